@@ -1,0 +1,1 @@
+//! election: placeholder until implemented.

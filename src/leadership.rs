@@ -1,0 +1,1 @@
+//! leadership: placeholder until implemented.

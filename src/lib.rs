@@ -1,0 +1,19 @@
+//! tenure: a distributed cron scheduler that fires every job exactly once per scheduled slot.
+//!
+//! Replicas campaign for leadership in etcd; the leader claims each run in the ledger (PostgreSQL)
+//! with its term as a fencing token before executing it. Read the modules in this order:
+//! `schedule` (pure cron maths), `config` (the job file), `leadership` and `election` (who may
+//! fire, and with which term), `store` (the fenced run ledger), `executor` (running one job),
+//! `scheduler` (the firing loop), `http` (health and API), `app` (wiring), `cli` (commands).
+
+pub mod schedule;
+pub mod config;
+pub mod leadership;
+pub mod election;
+pub mod store;
+pub mod executor;
+pub mod scheduler;
+pub mod http;
+pub mod app;
+pub mod cli;
+pub mod telemetry;
