@@ -1,1 +1,205 @@
-//! app: placeholder until implemented.
+//! Wires one replica together for `tenure run`: the job file and its reloads, the ledger, the
+//! election, the registry, the scheduler and the HTTP server, all under one shutdown token.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, JobSet};
+use crate::election::{self, Election, ElectionConfig, Keys, Member};
+use crate::http::{self, AppState};
+use crate::leadership::Leadership;
+use crate::scheduler::Scheduler;
+use crate::store::{self, Store};
+
+/// How often the job file's size and modification time are compared (a change triggers a reload;
+/// SIGHUP forces one). Polling rather than inotify: a Kubernetes ConfigMap update swaps a symlink,
+/// which inotify watches on the file do not see.
+const JOB_FILE_POLL: Duration = Duration::from_secs(1);
+
+/// Everything `tenure run` needs, already parsed.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub jobs_path: PathBuf,
+    pub etcd_endpoints: Vec<String>,
+    pub database_url: String,
+    pub node_id: String,
+    pub lease_ttl: Duration,
+    pub election: String,
+    pub shutdown_grace: Duration,
+}
+
+/// Run one replica until `shutdown` is cancelled, then hand over and drain.
+pub async fn run(
+    settings: RunSettings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let jobs = config::load(&settings.jobs_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let address = listener.local_addr().context("listener address")?;
+    tracing::info!(node = %settings.node_id, %address, jobs = jobs.jobs().len(), hash = jobs.hash(), "starting");
+
+    let pool = store::connect(&settings.database_url).await?;
+    let store = Store::new(pool);
+    migrate_with_retry(&store, &shutdown).await?;
+
+    let etcd = election::connect(&settings.etcd_endpoints, settings.lease_ttl).await?;
+    let keys = Keys::new(&settings.election);
+    let (leadership_tx, leadership_rx) = watch::channel(Leadership::Follower { leader: None });
+    let (member_tx, member_rx) = watch::channel(Member {
+        node: settings.node_id.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        address: address.to_string(),
+        config_hash: jobs.hash().to_owned(),
+        started_at: Utc::now(),
+    });
+    let (members_tx, members_rx) = watch::channel(Vec::new());
+    let (jobs_tx, jobs_rx) = watch::channel(Arc::new(jobs));
+
+    let tasks = TaskTracker::new();
+    // The registry outlives the scheduler's drain, so runs finishing after hand-over still belong
+    // to a registered node and are not reaped as lost.
+    let registry_shutdown = CancellationToken::new();
+    tasks.spawn(election::register(
+        etcd.clone(),
+        keys.clone(),
+        settings.lease_ttl,
+        member_rx,
+        registry_shutdown.clone(),
+    ));
+    tasks.spawn(watch_members(etcd.clone(), keys.clone(), settings.lease_ttl, members_tx, registry_shutdown.clone()));
+    tasks.spawn(
+        Election::new(
+            etcd.clone(),
+            ElectionConfig { keys, node_id: settings.node_id.clone(), lease_ttl: settings.lease_ttl },
+            leadership_tx,
+        )
+        .run(shutdown.clone()),
+    );
+    tasks.spawn(watch_job_file(settings.jobs_path.clone(), jobs_tx, member_tx, shutdown.clone()));
+    let state = AppState {
+        node_id: settings.node_id.clone(),
+        store: store.clone(),
+        leadership: leadership_rx.clone(),
+        etcd: Some(etcd),
+    };
+    let http_shutdown = CancellationToken::new();
+    let server = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));
+
+    let scheduler = Scheduler::new(
+        store,
+        settings.node_id.clone(),
+        jobs_rx,
+        leadership_rx,
+        members_rx,
+        settings.shutdown_grace,
+    );
+    scheduler.run(shutdown.clone()).await;
+    registry_shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    http_shutdown.cancel();
+    server.await.context("http server task")??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn migrate_with_retry(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    loop {
+        match store::migrate(store.pool()).await {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "database not ready; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => anyhow::bail!("shut down before the database was ready"),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Keep the list of live replicas fresh for the scheduler (reaping) and the dashboard.
+async fn watch_members(
+    mut etcd: etcd_client::Client,
+    keys: Keys,
+    lease_ttl: Duration,
+    members: watch::Sender<Vec<Member>>,
+    shutdown: CancellationToken,
+) {
+    let every = (lease_ttl / 2).max(Duration::from_millis(500));
+    loop {
+        match election::list_members(&mut etcd, &keys).await {
+            Ok(list) => {
+                members.send_if_modified(|current| {
+                    let changed = *current != list;
+                    *current = list;
+                    changed
+                });
+            }
+            // Keep the last list: an empty one would make every run look abandoned.
+            Err(error) => tracing::debug!(error = format!("{error:#}"), "could not list members"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Reload the job file when it changes or on SIGHUP. An invalid file keeps the last good one.
+async fn watch_job_file(
+    path: PathBuf,
+    jobs: watch::Sender<Arc<JobSet>>,
+    member: watch::Sender<Member>,
+    shutdown: CancellationToken,
+) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reloading on file changes only");
+            None
+        }
+    };
+    let mut seen = file_stamp(&path);
+    loop {
+        let forced = tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(JOB_FILE_POLL) => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let stamp = file_stamp(&path);
+        if !forced && stamp == seen {
+            continue;
+        }
+        seen = stamp;
+        match config::load(&path) {
+            Ok(loaded) if loaded.hash() == jobs.borrow().hash() => {}
+            Ok(loaded) => {
+                metrics::counter!("tenure_job_file_reloads_total", "result" => "success").increment(1);
+                tracing::info!(hash = loaded.hash(), jobs = loaded.jobs().len(), "job file changed; reloading");
+                member.send_modify(|member| member.config_hash = loaded.hash().to_owned());
+                jobs.send_replace(Arc::new(loaded));
+            }
+            Err(errors) => {
+                metrics::counter!("tenure_job_file_reloads_total", "result" => "failure").increment(1);
+                tracing::error!(
+                    file = %path.display(), kept = jobs.borrow().hash(),
+                    "job file is invalid; keeping the last good one:\n{errors}"
+                );
+            }
+        }
+    }
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}

@@ -1,1 +1,196 @@
-//! cli: placeholder until implemented.
+//! The command line: clap definitions (every flag also a `TENURE_*` variable) and the commands
+//! that print and exit (`validate`, `next`). `run` is handed to `app`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::RunSettings;
+use crate::config;
+use crate::schedule::{self, Schedule};
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "tenure", version, about = "A distributed cron scheduler that fires every job exactly once per slot")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log line format.
+    #[arg(long, global = true, env = "TENURE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a job file; print one line per job, or every error with its location.
+    Validate(ValidateArgs),
+    /// Print the next fire times of an expression or of a job in a job file.
+    Next(NextArgs),
+    /// Run one replica of a cluster (etcd for leadership, PostgreSQL for the run ledger).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The job file.
+    #[arg(env = "TENURE_JOBS")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct NextArgs {
+    /// A schedule expression: 5-field crontab, 6 fields with seconds first, @daily, "@every 30s".
+    #[arg(required_unless_present = "jobs", conflicts_with_all = ["jobs", "job"])]
+    pub expression: Option<String>,
+    /// IANA time zone of the expression.
+    #[arg(long, env = "TENURE_TZ", default_value = "UTC")]
+    pub tz: String,
+    /// Job file to take the schedule from (with --job).
+    #[arg(long, env = "TENURE_JOBS", requires = "job")]
+    pub jobs: Option<PathBuf>,
+    /// Name of the job in --jobs.
+    #[arg(long, env = "TENURE_JOB", requires = "jobs")]
+    pub job: Option<String>,
+    /// Print fire times strictly after this instant (RFC 3339); default now.
+    #[arg(long, env = "TENURE_FROM")]
+    pub from: Option<DateTime<chrono::FixedOffset>>,
+    /// How many fire times to print.
+    #[arg(short = 'n', long = "count", env = "TENURE_COUNT", default_value_t = 5)]
+    pub count: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job file; reloaded when it changes and on SIGHUP.
+    #[arg(long, env = "TENURE_JOBS")]
+    pub jobs: PathBuf,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "TENURE_ETCD", value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// PostgreSQL URL of the run ledger.
+    #[arg(long, env = "TENURE_DATABASE_URL")]
+    pub database_url: String,
+    /// This replica's id; default host name and pid.
+    #[arg(long, env = "TENURE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Address of the health, metrics and dashboard server.
+    #[arg(long, env = "TENURE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Lease TTL: a crashed leader is replaced within about this long.
+    #[arg(long, env = "TENURE_LEASE_TTL", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub lease_ttl: Duration,
+    /// Election name; replicas with the same etcd, database and election form one cluster.
+    #[arg(long, env = "TENURE_ELECTION", default_value = "default")]
+    pub election: String,
+    /// On SIGTERM, how long in-flight runs may finish before they are killed.
+    #[arg(long, env = "TENURE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub shutdown_grace: Duration,
+}
+
+impl RunArgs {
+    pub fn settings(&self) -> anyhow::Result<RunSettings> {
+        if self.lease_ttl < Duration::from_secs(1) {
+            anyhow::bail!("--lease-ttl must be at least 1s (etcd counts leases in whole seconds)");
+        }
+        let node_id = match &self.node_id {
+            Some(id) => id.clone(),
+            None => {
+                let host = hostname::get().context("read host name")?.to_string_lossy().into_owned();
+                format!("{host}-{}", std::process::id())
+            }
+        };
+        Ok(RunSettings {
+            jobs_path: self.jobs.clone(),
+            etcd_endpoints: self.etcd.clone(),
+            database_url: self.database_url.clone(),
+            node_id,
+            lease_ttl: self.lease_ttl,
+            election: self.election.clone(),
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+/// `tenure validate`: 0 when the file is valid, 1 with every error otherwise.
+pub fn validate(args: &ValidateArgs, now: DateTime<Utc>, out: &mut impl Write, err: &mut impl Write) -> anyhow::Result<i32> {
+    let jobs = match config::load(&args.file) {
+        Ok(jobs) => jobs,
+        Err(errors) => {
+            writeln!(err, "{errors}")?;
+            return Ok(1);
+        }
+    };
+    for job in jobs.jobs() {
+        let zone = job.schedule.timezone();
+        let next = match (job.paused, job.schedule.next_after(now)) {
+            (true, _) => "paused".to_owned(),
+            (false, Some(next)) => format!("next {}", rfc3339_in(next, zone)),
+            (false, None) => "never fires".to_owned(),
+        };
+        writeln!(
+            out,
+            "{name}: \"{expression}\" ({description}) {zone} {next}",
+            name = job.name,
+            expression = job.schedule.expression(),
+            description = job.schedule.describe(),
+        )?;
+    }
+    writeln!(out, "{} jobs valid (config hash {})", jobs.jobs().len(), jobs.hash())?;
+    Ok(0)
+}
+
+/// `tenure next`: the next N fire times, strictly after `--from`.
+pub fn next(args: &NextArgs, now: DateTime<Utc>, out: &mut impl Write, err: &mut impl Write) -> anyhow::Result<i32> {
+    let schedule = match (&args.expression, &args.jobs, &args.job) {
+        (Some(expression), _, _) => {
+            let schedule = schedule::parse_timezone(&args.tz).and_then(|zone| Schedule::parse(expression, zone));
+            match schedule {
+                Ok(schedule) => schedule,
+                Err(error) => {
+                    writeln!(err, "error: {error}")?;
+                    return Ok(1);
+                }
+            }
+        }
+        (None, Some(file), Some(name)) => {
+            let jobs = match config::load(file) {
+                Ok(jobs) => jobs,
+                Err(errors) => {
+                    writeln!(err, "{errors}")?;
+                    return Ok(1);
+                }
+            };
+            match jobs.get(name) {
+                Some(job) => job.schedule.clone(),
+                None => {
+                    writeln!(err, "error: no job named `{name}` in {}", file.display())?;
+                    return Ok(1);
+                }
+            }
+        }
+        _ => {
+            writeln!(err, "error: give an expression, or --jobs FILE with --job NAME")?;
+            return Ok(2);
+        }
+    };
+    let mut after = args.from.map(|from| from.with_timezone(&Utc)).unwrap_or(now);
+    for _ in 0..args.count {
+        match schedule.next_after(after) {
+            Some(next) => {
+                writeln!(out, "{}", rfc3339_in(next, schedule.timezone()))?;
+                after = next;
+            }
+            None => break,
+        }
+    }
+    Ok(0)
+}
+
+/// An instant in RFC 3339 with the zone's UTC offset, e.g. `2026-03-29T03:00:00+02:00`.
+pub fn rfc3339_in(instant: DateTime<Utc>, zone: chrono_tz::Tz) -> String {
+    instant.with_timezone(&zone).to_rfc3339_opts(SecondsFormat::Secs, false)
+}

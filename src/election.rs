@@ -1,1 +1,398 @@
-//! election: placeholder until implemented.
+//! Leadership through etcd's v3 election API, and the registry of live replicas. The only module
+//! that talks to etcd.
+//!
+//! One `Election` actor per replica: grant a lease, keep it alive every TTL/3, campaign, verify
+//! the win, publish `Leadership::Leader` with the term (the leader key's create revision), and
+//! publish `Follower` the moment the lease deadline passes, etcd reports the lease gone, the
+//! keep-alive stream fails, or someone asks it to step down. Then campaign again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, ResignOptions, Txn,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::leadership::{LeaderTerm, LeaseDeadline, Leadership, Term};
+
+/// How long a single unary etcd request may take before we treat etcd as unreachable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Open a client whose channel notices a frozen etcd: HTTP/2 keep-alive pings every second,
+/// answered within `lease_ttl / 3` at most.
+pub async fn connect(endpoints: &[String], lease_ttl: Duration) -> anyhow::Result<Client> {
+    let ping_timeout = (lease_ttl / 3).max(Duration::from_millis(300));
+    let options = ConnectOptions::new()
+        .with_keep_alive(Duration::from_secs(1), ping_timeout)
+        .with_keep_alive_while_idle(true)
+        .with_connect_timeout(REQUEST_TIMEOUT);
+    Client::connect(endpoints, Some(options)).await.context("connect to etcd")
+}
+
+/// Keys a cluster of replicas shares in etcd.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    election: String,
+    members: String,
+}
+
+impl Keys {
+    pub fn new(election_name: &str) -> Keys {
+        Keys {
+            election: format!("/tenure/{election_name}/leader"),
+            // A prefix of its own: under the election prefix the oldest key *is* the leader.
+            members: format!("/tenure/{election_name}/members/"),
+        }
+    }
+
+    pub fn election(&self) -> &str {
+        &self.election
+    }
+}
+
+/// The settings of one replica's campaign.
+#[derive(Debug, Clone)]
+pub struct ElectionConfig {
+    pub keys: Keys,
+    pub node_id: String,
+    pub lease_ttl: Duration,
+}
+
+/// The actor that campaigns, holds and gives up leadership.
+pub struct Election {
+    client: Client,
+    config: ElectionConfig,
+    leadership: watch::Sender<Leadership>,
+}
+
+impl Election {
+    pub fn new(
+        client: Client,
+        config: ElectionConfig,
+        leadership: watch::Sender<Leadership>,
+    ) -> Election {
+        Election { client, config, leadership }
+    }
+
+    /// Campaign until `shutdown` is cancelled; on the way out resign at once so a follower takes
+    /// over within milliseconds.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let retry_delay = (self.config.lease_ttl / 4).max(Duration::from_millis(200));
+        while !shutdown.is_cancelled() {
+            if let Err(error) = self.one_term(&shutdown).await {
+                tracing::warn!(error = format!("{error:#}"), "election round failed; retrying");
+                self.publish_follower();
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(retry_delay) => {}
+                }
+            }
+        }
+        self.publish_follower();
+    }
+
+    fn publish_follower(&self) {
+        self.leadership.send_if_modified(|current| {
+            if current.is_leader() {
+                *current = Leadership::Follower { leader: None };
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Grant a lease, campaign on it, lead while it lives. Returns Ok when the term ended in an
+    /// orderly way (step-down or shutdown), Err when etcd failed us.
+    async fn one_term(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let ttl = self.config.lease_ttl;
+        let sent = Instant::now();
+        let grant = timeout(self.client.lease_grant(ttl.as_secs().max(1) as i64, None))
+            .await
+            .context("grant lease")?;
+        let lease_id = grant.id();
+        let granted_ttl = Duration::from_secs(grant.ttl().max(0) as u64);
+        let lease = LeaseDeadline::new(sent + granted_ttl - safety_margin(granted_ttl));
+        let keep_alive_stop = CancellationToken::new();
+        let keep_alive = tokio::spawn(keep_lease_alive(
+            self.client.clone(),
+            lease_id,
+            granted_ttl,
+            lease.clone(),
+            keep_alive_stop.clone(),
+        ));
+        let _stop_keep_alive = keep_alive_stop.clone().drop_guard();
+
+        let result = self.campaign_and_lead(lease_id, &lease, keep_alive, shutdown).await;
+        keep_alive_stop.cancel();
+        // Whatever happened, give the lease back so no key of ours outlives this round.
+        let _ = timeout(self.client.lease_revoke(lease_id)).await;
+        result
+    }
+
+    async fn campaign_and_lead(
+        &mut self,
+        lease_id: i64,
+        lease: &LeaseDeadline,
+        mut keep_alive: tokio::task::JoinHandle<LeaseEnd>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut election_client = self.client.election_client();
+        let node_id = self.config.node_id.clone();
+        let name = self.config.keys.election.clone();
+        let campaign = election_client.campaign(name, node_id.clone(), lease_id);
+        let response = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            end = &mut keep_alive => bail!("lease lost while campaigning: {:?}", end.ok()),
+            response = campaign => response.context("campaign")?,
+        };
+        let cluster_id = response.header().map(|h| h.cluster_id()).unwrap_or_default();
+        let leader_key = response.leader().cloned().context("campaign answered without a key")?;
+        let revision = leader_key.rev();
+
+        // etcd 3.4 can report a win for a session whose lease already died: check that our key
+        // still exists, with this revision and on this lease, before acting on it.
+        let check = Txn::new().when([
+            Compare::create_revision(leader_key.key().to_vec(), CompareOp::Equal, revision),
+            Compare::lease(leader_key.key().to_vec(), CompareOp::Equal, lease_id),
+        ]);
+        let verified = timeout(self.client.txn(check)).await.context("verify leader key")?;
+        if !verified.succeeded() || !lease.is_valid() {
+            bail!("campaign reported a win at revision {revision} but the key or lease is gone");
+        }
+
+        let term = Term::new(revision, cluster_id.to_string());
+        let step_down = CancellationToken::new();
+        tracing::info!(term = revision, node = %node_id, "became leader");
+        metrics::counter!("tenure_elections_won_total").increment(1);
+        self.leadership.send_replace(Leadership::Leader(LeaderTerm {
+            term: term.clone(),
+            since: Utc::now(),
+            lease: lease.clone(),
+            step_down: step_down.clone(),
+        }));
+
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => Ok(()),
+            () = step_down.cancelled() => Ok(()),
+            end = &mut keep_alive => Err(end.unwrap_or(LeaseEnd::Failed("keep-alive task panicked".into()))),
+        };
+        // Stop firing first, then tell etcd.
+        lease.expire();
+        self.publish_follower();
+        metrics::counter!("tenure_step_downs_total").increment(1);
+        match outcome {
+            Ok(()) => {
+                let resign = ResignOptions::new().with_leader(leader_key.clone());
+                if let Err(error) = timeout(election_client.resign(Some(resign))).await {
+                    tracing::warn!(error = format!("{error:#}"), "resign failed; the lease revoke ends the term");
+                }
+                tracing::info!(term = revision, "stepped down");
+                Ok(())
+            }
+            Err(end) => {
+                tracing::warn!(term = revision, reason = ?end, "lost leadership");
+                Err(anyhow::anyhow!("lease ended: {end:?}"))
+            }
+        }
+    }
+}
+
+/// Why a lease stopped being kept alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// etcd answered with TTL 0: the lease is gone.
+    Expired,
+    /// The local deadline passed without an acknowledged keep-alive.
+    DeadlinePassed,
+    /// The stream or a request failed.
+    Failed(String),
+    /// We were told to stop.
+    Stopped,
+}
+
+/// The local deadline is the send time of the last acknowledged keep-alive plus the TTL, minus
+/// this margin for clock-rate differences and scheduling delay.
+fn safety_margin(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(1000))
+}
+
+/// Keep `lease_id` alive every TTL/3 until stopped or lost. Extends `lease` from the send time of
+/// each acknowledged keep-alive; expires it on any failure.
+async fn keep_lease_alive(
+    client: Client,
+    lease_id: i64,
+    ttl: Duration,
+    lease: LeaseDeadline,
+    stop: CancellationToken,
+) -> LeaseEnd {
+    let end = keep_lease_alive_inner(client, lease_id, ttl, &lease, &stop).await;
+    if end != LeaseEnd::Stopped {
+        lease.expire();
+    }
+    end
+}
+
+async fn keep_lease_alive_inner(
+    mut client: Client,
+    lease_id: i64,
+    ttl: Duration,
+    lease: &LeaseDeadline,
+    stop: &CancellationToken,
+) -> LeaseEnd {
+    let interval = ttl / 3;
+    let opened = tokio::select! {
+        () = stop.cancelled() => return LeaseEnd::Stopped,
+        () = tokio::time::sleep_until(lease.deadline().into()) => return LeaseEnd::DeadlinePassed,
+        opened = client.lease_keep_alive(lease_id) => opened,
+    };
+    let (mut keeper, mut stream) = match opened {
+        Ok(pair) => pair,
+        Err(error) => return LeaseEnd::Failed(format!("open keep-alive stream: {error}")),
+    };
+    let mut next_send = tokio::time::Instant::now() + interval;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return LeaseEnd::Stopped,
+            () = tokio::time::sleep_until(lease.deadline().into()) => return LeaseEnd::DeadlinePassed,
+            () = tokio::time::sleep_until(next_send) => {}
+        }
+        let sent = Instant::now();
+        next_send = tokio::time::Instant::now() + interval;
+        if let Err(error) = keeper.keep_alive().await {
+            return LeaseEnd::Failed(format!("send keep-alive: {error}"));
+        }
+        let answer = tokio::select! {
+            () = stop.cancelled() => return LeaseEnd::Stopped,
+            () = tokio::time::sleep_until(lease.deadline().into()) => return LeaseEnd::DeadlinePassed,
+            answer = stream.message() => answer,
+        };
+        match answer {
+            Ok(Some(response)) if response.ttl() > 0 => {
+                let granted = Duration::from_secs(response.ttl() as u64);
+                lease.extend_to(sent + granted - safety_margin(granted));
+                metrics::histogram!("tenure_keepalive_rtt_seconds")
+                    .record(sent.elapsed().as_secs_f64());
+            }
+            Ok(Some(_)) => return LeaseEnd::Expired,
+            Ok(None) => return LeaseEnd::Failed("keep-alive stream ended".into()),
+            Err(error) => return LeaseEnd::Failed(format!("keep-alive stream: {error}")),
+        }
+    }
+}
+
+async fn timeout<T, E>(
+    request: impl Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(result) => Ok(result?),
+        Err(_) => bail!("etcd did not answer within {REQUEST_TIMEOUT:?}"),
+    }
+}
+
+/// What a replica tells the cluster about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node: String,
+    pub version: String,
+    pub address: String,
+    pub config_hash: String,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Keep this replica's registration in etcd under its own lease, re-registering after any loss
+/// and whenever `member` changes (a reloaded job file changes the config hash).
+pub async fn register(
+    client: Client,
+    keys: Keys,
+    lease_ttl: Duration,
+    mut member: watch::Receiver<Member>,
+    shutdown: CancellationToken,
+) {
+    let retry_delay = (lease_ttl / 4).max(Duration::from_millis(200));
+    while !shutdown.is_cancelled() {
+        match register_once(client.clone(), &keys, lease_ttl, &mut member, &shutdown).await {
+            Ok(()) => {}
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "registration lost; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(retry_delay) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn register_once(
+    mut client: Client,
+    keys: &Keys,
+    lease_ttl: Duration,
+    member: &mut watch::Receiver<Member>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let sent = Instant::now();
+    let grant = timeout(client.lease_grant(lease_ttl.as_secs().max(1) as i64, None)).await?;
+    let lease_id = grant.id();
+    let granted = Duration::from_secs(grant.ttl().max(0) as u64);
+    let lease = LeaseDeadline::new(sent + granted);
+    let stop = CancellationToken::new();
+    let mut keep_alive =
+        tokio::spawn(keep_lease_alive(client.clone(), lease_id, granted, lease, stop.clone()));
+    let _stop_keep_alive = stop.clone().drop_guard();
+    let result = async {
+        loop {
+            let current = member.borrow_and_update().clone();
+            let key = format!("{}{}", keys.members, current.node);
+            let value = serde_json::to_vec(&current)?;
+            timeout(client.put(key, value, Some(PutOptions::new().with_lease(lease_id)))).await?;
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                changed = member.changed() => if changed.is_err() { return Ok(()) },
+                end = &mut keep_alive => bail!("registration lease ended: {:?}", end.ok()),
+            }
+        }
+    }
+    .await;
+    stop.cancel();
+    let _ = timeout(client.lease_revoke(lease_id)).await;
+    result
+}
+
+/// Every live replica, in node order.
+pub async fn list_members(client: &mut Client, keys: &Keys) -> anyhow::Result<Vec<Member>> {
+    let response =
+        timeout(client.get(keys.members.clone(), Some(GetOptions::new().with_prefix()))).await?;
+    let mut members = Vec::new();
+    for kv in response.kvs() {
+        match serde_json::from_slice::<Member>(kv.value()) {
+            Ok(member) => members.push(member),
+            Err(error) => tracing::warn!(key = ?kv.key_str(), %error, "unreadable member record"),
+        }
+    }
+    members.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(members)
+}
+
+/// The current leader's node id and term, as etcd sees it.
+pub async fn current_leader(
+    client: &mut Client,
+    keys: &Keys,
+) -> anyhow::Result<Option<(String, i64)>> {
+    // The leader is the oldest key under the election prefix.
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_sort(etcd_client::SortTarget::Create, etcd_client::SortOrder::Ascend)
+        .with_limit(1);
+    let response = timeout(client.get(format!("{}/", keys.election), Some(options))).await?;
+    Ok(response.kvs().first().map(|kv| {
+        (String::from_utf8_lossy(kv.value()).into_owned(), kv.create_revision())
+    }))
+}

@@ -1,1 +1,273 @@
-//! executor: placeholder until implemented.
+//! Runs one attempt of one job: a command or shell script in its own process group, or an HTTP
+//! request. Knows nothing of leadership or the ledger: the caller claims the slot first, passes a
+//! `stop` token (cancelled on leadership loss, `replace` or shutdown) and records the outcome.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{HttpTarget, Job, Target};
+use crate::store::{OUTPUT_LIMIT, RunOutcome, RunStatus};
+
+/// Between SIGTERM and SIGKILL of a job's process group.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Identity of the run, handed to the job as `TENURE_*` variables or `X-Tenure-*` headers so it
+/// can fence its own downstream writes with the term.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub run_id: i64,
+    pub job: String,
+    pub slot: DateTime<Utc>,
+    pub term: i64,
+    pub node: String,
+    pub attempt: i32,
+}
+
+impl RunContext {
+    fn variables(&self) -> [(&'static str, String); 6] {
+        [
+            ("JOB", self.job.clone()),
+            ("SLOT", self.slot.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            ("TERM", self.term.to_string()),
+            ("RUN_ID", self.run_id.to_string()),
+            ("NODE", self.node.clone()),
+            ("ATTEMPT", self.attempt.to_string()),
+        ]
+    }
+}
+
+/// The last `OUTPUT_LIMIT` bytes a run printed, shared with whoever wants to watch it live.
+#[derive(Debug, Clone, Default)]
+pub struct OutputTail {
+    bytes: Arc<Mutex<VecDeque<u8>>>,
+}
+
+impl OutputTail {
+    fn push(&self, chunk: &[u8]) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let keep = chunk.len().min(OUTPUT_LIMIT);
+        bytes.extend(&chunk[chunk.len() - keep..]);
+        let excess = bytes.len().saturating_sub(OUTPUT_LIMIT);
+        bytes.drain(..excess);
+    }
+
+    pub fn text(&self) -> String {
+        let bytes = self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (front, back) = bytes.as_slices();
+        let mut all = Vec::with_capacity(bytes.len());
+        all.extend_from_slice(front);
+        all.extend_from_slice(back);
+        String::from_utf8_lossy(&all).into_owned()
+    }
+}
+
+/// Run one attempt of `job`. Never panics on the job's behalf: every failure is an outcome.
+pub async fn execute(
+    job: &Job,
+    context: &RunContext,
+    output: &OutputTail,
+    http: &reqwest::Client,
+    stop: &CancellationToken,
+) -> RunOutcome {
+    match &job.target {
+        Target::Command { argv } => {
+            let mut command = Command::new(&argv[0]);
+            command.args(&argv[1..]);
+            run_process(command, job, context, output, stop).await
+        }
+        Target::Shell { script } => {
+            let mut command = Command::new("/bin/sh");
+            command.arg("-c").arg(script);
+            run_process(command, job, context, output, stop).await
+        }
+        Target::Http(target) => run_http(target, job.timeout, context, output, http, stop).await,
+    }
+}
+
+fn outcome(status: RunStatus, output: &OutputTail) -> RunOutcome {
+    RunOutcome {
+        status,
+        exit_code: None,
+        http_status: None,
+        error: None,
+        output: output.text(),
+        finished_at: Utc::now(),
+    }
+}
+
+async fn run_process(
+    mut command: Command,
+    job: &Job,
+    context: &RunContext,
+    output: &OutputTail,
+    stop: &CancellationToken,
+) -> RunOutcome {
+    command
+        .envs(&job.env)
+        .envs(context.variables().map(|(name, value)| (format!("TENURE_{name}"), value)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout or step-down kills the job's children too.
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(workdir) = &job.workdir {
+        command.current_dir(workdir);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            let program = command.as_std().get_program().to_string_lossy().into_owned();
+            return RunOutcome {
+                error: Some(format!("could not start `{program}`: {error}")),
+                ..outcome(RunStatus::Failed, output)
+            };
+        }
+    };
+    let group = child.id().map(|pid| Pid::from_raw(pid as i32));
+    let readers = [
+        child.stdout.take().map(|pipe| tokio::spawn(copy_into(pipe, output.clone()))),
+        child.stderr.take().map(|pipe| tokio::spawn(copy_into(pipe, output.clone()))),
+    ];
+
+    let (ending, exited) = tokio::select! {
+        status = child.wait() => (Ending::Exited, Some(status)),
+        () = tokio::time::sleep(job.timeout) => (Ending::TimedOut, None),
+        () = stop.cancelled() => (Ending::Stopped, None),
+    };
+    let exit = match exited {
+        Some(status) => status,
+        None => {
+            signal_group(group, Signal::SIGTERM);
+            match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    signal_group(group, Signal::SIGKILL);
+                    child.wait().await
+                }
+            }
+        }
+    };
+    // Children that outlived the job's main process would hold its pipes (and resources) forever.
+    signal_group(group, Signal::SIGKILL);
+    for reader in readers.into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+    }
+
+    let exit_code = exit.as_ref().ok().and_then(|status| status.code());
+    let (status, error) = match (ending, &exit) {
+        (Ending::TimedOut, _) => {
+            let limit = humantime::format_duration(job.timeout);
+            (RunStatus::TimedOut, Some(format!("timed out after {limit}")))
+        }
+        (Ending::Stopped, _) => (RunStatus::Killed, Some("stopped by tenure".to_owned())),
+        (Ending::Exited, Ok(status)) if status.success() => (RunStatus::Succeeded, None),
+        (Ending::Exited, Ok(status)) => (RunStatus::Failed, Some(describe_exit(*status))),
+        (Ending::Exited, Err(error)) => (RunStatus::Failed, Some(format!("wait failed: {error}"))),
+    };
+    RunOutcome { exit_code, error, ..outcome(status, output) }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    Exited,
+    TimedOut,
+    Stopped,
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "ended without a status".to_owned(),
+    }
+}
+
+fn signal_group(group: Option<Pid>, signal: Signal) {
+    if let Some(group) = group {
+        // ESRCH (the group is already gone) is the common, harmless case.
+        let _ = killpg(group, signal);
+    }
+}
+
+async fn copy_into(mut pipe: impl AsyncRead + Unpin, output: OutputTail) {
+    let mut buffer = vec![0u8; 8192];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => output.push(&buffer[..n]),
+        }
+    }
+}
+
+async fn run_http(
+    target: &HttpTarget,
+    timeout: Duration,
+    context: &RunContext,
+    output: &OutputTail,
+    http: &reqwest::Client,
+    stop: &CancellationToken,
+) -> RunOutcome {
+    let method = match reqwest::Method::from_bytes(target.method.as_bytes()) {
+        Ok(method) => method,
+        Err(error) => {
+            return RunOutcome {
+                error: Some(format!("invalid method: {error}")),
+                ..outcome(RunStatus::Failed, output)
+            };
+        }
+    };
+    let mut request = http.request(method, &target.url).timeout(timeout).body(target.body.clone());
+    for (name, value) in &target.headers {
+        request = request.header(name, value);
+    }
+    for (name, value) in context.variables() {
+        request = request.header(format!("X-Tenure-{}", name.replace('_', "-")), value);
+    }
+    let exchange = async {
+        let mut response = request.send().await?;
+        let status = response.status().as_u16();
+        while let Some(chunk) = response.chunk().await? {
+            output.push(&chunk);
+        }
+        Ok::<u16, reqwest::Error>(status)
+    };
+    let result = tokio::select! {
+        result = exchange => result,
+        () = stop.cancelled() => {
+            return RunOutcome { error: Some("stopped by tenure".to_owned()), ..outcome(RunStatus::Killed, output) };
+        }
+    };
+    match result {
+        Ok(status) => {
+            let expected = if target.expect_status.is_empty() {
+                (200..300).contains(&status)
+            } else {
+                target.expect_status.contains(&status)
+            };
+            RunOutcome {
+                http_status: Some(status),
+                error: (!expected).then(|| format!("unexpected HTTP status {status}")),
+                ..outcome(if expected { RunStatus::Succeeded } else { RunStatus::Failed }, output)
+            }
+        }
+        Err(error) if error.is_timeout() => RunOutcome {
+            error: Some(format!("timed out after {}", humantime::format_duration(timeout))),
+            ..outcome(RunStatus::TimedOut, output)
+        },
+        Err(error) => RunOutcome {
+            error: Some(format!("request failed: {error}")),
+            ..outcome(RunStatus::Failed, output)
+        },
+    }
+}

@@ -1,1 +1,51 @@
-fn main() {}
+//! The `tenure` binary: parse the command line, start logging, run the command, exit.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::Parser;
+use tenure::cli::{Cli, Command};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tenure::telemetry::init_logging(cli.log_format);
+    let result = match &cli.command {
+        Command::Validate(args) => tenure::cli::validate(args, Utc::now(), &mut std::io::stdout(), &mut std::io::stderr()),
+        Command::Next(args) => tenure::cli::next(args, Utc::now(), &mut std::io::stdout(), &mut std::io::stderr()),
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &tenure::cli::RunArgs) -> anyhow::Result<i32> {
+    let settings = args.settings()?;
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("listen on {}", args.listen))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        tenure::app::run(settings, listener, shutdown).await?;
+        Ok(0)
+    })
+}
+
+/// SIGTERM and ctrl-c both start the one shutdown: stop firing, resign, drain.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: handing over"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: handing over"),
+    }
+    shutdown.cancel();
+}

@@ -1,26 +1,540 @@
-//! The run ledger in PostgreSQL. Owns every SQL statement in tenure; nothing else talks to the
-//! database.
+//! The run ledger in PostgreSQL: the fence, the terms history and one row per (job, slot). Owns
+//! every SQL statement in tenure; nothing else talks to the database.
+//!
+//! Invariant: every write that records a slot (`claim_run`, `record_slots`) or changes a run as
+//! its leader (`retry_run`, `reap_lost`) is one statement that checks the fence under a share lock,
+//! so it cannot commit after a newer term's `begin_term` has committed.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-/// Connect with the timeouts a fenced ledger needs: a paused replica holding a row lock must not
-/// block the next leader for longer than these.
+use crate::leadership::Term;
+
+/// A pool with the timeouts a fenced ledger needs: a paused replica holding a lock must not block
+/// the next leader for longer than these. Connects lazily, so a replica starts (and serves its
+/// health endpoints) while PostgreSQL is still down.
 pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = database_url.parse().context("parse database url")?;
     let options = options
         .options([("statement_timeout", "5s"), ("idle_in_transaction_session_timeout", "5s")]);
-    PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(8)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
-        .await
-        .context("connect to postgres")
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_lazy_with(options))
 }
 
 /// Apply the migrations in `migrations/`.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::migrate!("./migrations").run(pool).await.context("apply migrations")
+}
+
+/// What the ledger says happened to a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    /// Stopped by tenure: leadership lost, `replace`, shutdown grace exceeded.
+    Killed,
+    /// Not started because the previous run was still going (`concurrency: forbid`).
+    Skipped,
+    /// Not run: the leader was down or late beyond the job's policy.
+    Missed,
+    /// Claimed by a leader that vanished without recording an outcome.
+    Lost,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 8] = [
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::TimedOut,
+        RunStatus::Killed,
+        RunStatus::Skipped,
+        RunStatus::Missed,
+        RunStatus::Lost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::TimedOut => "timed_out",
+            RunStatus::Killed => "killed",
+            RunStatus::Skipped => "skipped",
+            RunStatus::Missed => "missed",
+            RunStatus::Lost => "lost",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+}
+
+/// Why a claim was refused. The two refusals are told apart for metrics and logs.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("fenced: term {term} is older than the fence at {fence}")]
+    Fenced { term: i64, fence: i64 },
+    #[error("slot already claimed by term {term} on {node}")]
+    AlreadyClaimed { term: i64, node: String },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Why a new term could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    #[error("the fence is at term {fence} (etcd cluster {fence_cluster}), newer than term {term}")]
+    Superseded { term: i64, fence: i64, fence_cluster: String },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// How a scheduled or manual slot asks to be claimed.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    pub job: &'a str,
+    pub slot: DateTime<Utc>,
+    pub trigger: Trigger,
+    pub term: &'a Term,
+    pub node: &'a str,
+    pub config_hash: &'a str,
+    /// With `forbid`, the claim records the slot `skipped` when a run of the job is still going.
+    pub skip_if_running: SkipIfRunning,
+    pub claimed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipIfRunning {
+    Yes,
+    No,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Schedule,
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+/// A committed claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claimed {
+    pub run_id: i64,
+    /// `Running` (go ahead and execute) or `Skipped` (a previous run is still going).
+    pub status: RunStatus,
+}
+
+/// How a run ended, as recorded on its row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub status: RunStatus,
+    pub exit_code: Option<i32>,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    pub output: String,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// The fence row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub term: i64,
+    pub cluster_id: String,
+    pub node: String,
+}
+
+/// One row of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub job: String,
+    pub slot: DateTime<Utc>,
+    pub trigger: String,
+    pub term: i64,
+    pub node: String,
+    pub config_hash: String,
+    pub status: String,
+    pub attempt: i32,
+    pub claimed_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub http_status: Option<i32>,
+    pub error: Option<String>,
+    pub output: String,
+}
+
+/// One row of the terms history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TermRecord {
+    pub term: i64,
+    pub cluster_id: String,
+    pub node: String,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Largest output tail kept per run.
+pub const OUTPUT_LIMIT: usize = 64 * 1024;
+
+/// The columns `run_record` reads, for `concat!` into static SQL.
+macro_rules! run_columns {
+    () => {
+        "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
+         started_at, finished_at, exit_code, http_status, error, output"
+    };
+}
+
+/// The ledger. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Raise the fence to `term` and record it in the terms history, in one transaction. Must
+    /// succeed before the first claim of a term. Idempotent for the same term.
+    pub async fn begin_term(&self, term: &Term, node: &str) -> Result<(), FenceError> {
+        let mut tx = self.pool.begin().await?;
+        let raised = sqlx::query(
+            "UPDATE fence SET term = $1, cluster_id = $2, node = $3, raised_at = now()
+             WHERE id = 1 AND term <= $1",
+        )
+        .bind(term.revision())
+        .bind(term.cluster_id())
+        .bind(node)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if raised == 0 {
+            let fence = fence_in(&mut *tx).await?;
+            return Err(FenceError::Superseded {
+                term: term.revision(),
+                fence: fence.term,
+                fence_cluster: fence.cluster_id,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO terms (term, cluster_id, node) VALUES ($1, $2, $3)
+             ON CONFLICT (term) DO NOTHING",
+        )
+        .bind(term.revision())
+        .bind(term.cluster_id())
+        .bind(node)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn fence(&self) -> Result<Fence, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        fence_in(&mut *conn).await
+    }
+
+    /// Claim one slot: one statement that checks the fence under a share lock and inserts the
+    /// (job, slot) row. A job may execute only after this returns `Ok` with `Running`.
+    ///
+    /// A lost connection leaves the outcome unknown; retrying is safe because the (job, slot) key
+    /// makes the insert idempotent, and a row already holding our term and node is our own claim.
+    pub async fn claim_run(&self, claim: &Claim<'_>) -> Result<Claimed, ClaimError> {
+        let inserted = sqlx::query(
+            "WITH current_fence AS (
+                 SELECT term FROM fence WHERE id = 1 AND term <= $3 FOR SHARE
+             )
+             INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
+             SELECT $1, $2, $7, $3, $4, $5,
+                    CASE WHEN $6 AND EXISTS (
+                        SELECT 1 FROM runs WHERE job = $1 AND status = 'running'
+                    ) THEN 'skipped' ELSE 'running' END,
+                    $8
+             FROM current_fence
+             ON CONFLICT (job, slot) DO NOTHING
+             RETURNING id, status",
+        )
+        .bind(claim.job)
+        .bind(claim.slot)
+        .bind(claim.term.revision())
+        .bind(claim.node)
+        .bind(claim.config_hash)
+        .bind(claim.skip_if_running == SkipIfRunning::Yes)
+        .bind(claim.trigger.as_str())
+        .bind(claim.claimed_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = inserted {
+            let status: String = row.get("status");
+            return Ok(Claimed {
+                run_id: row.get("id"),
+                status: RunStatus::parse(&status).unwrap_or(RunStatus::Running),
+            });
+        }
+        self.explain_refusal(claim.job, claim.slot, claim.term, claim.node).await
+    }
+
+    /// Zero rows back means "stale term" or "already claimed"; find out which. A row with our own
+    /// term and node is our own earlier claim whose commit acknowledgement was lost.
+    async fn explain_refusal(
+        &self,
+        job: &str,
+        slot: DateTime<Utc>,
+        term: &Term,
+        node: &str,
+    ) -> Result<Claimed, ClaimError> {
+        let existing = sqlx::query("SELECT id, term, node, status FROM runs WHERE job = $1 AND slot = $2")
+            .bind(job)
+            .bind(slot)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = existing {
+            let owner_term: i64 = row.get("term");
+            let owner_node: String = row.get("node");
+            if owner_term == term.revision() && owner_node == node {
+                let status: String = row.get("status");
+                return Ok(Claimed {
+                    run_id: row.get("id"),
+                    status: RunStatus::parse(&status).unwrap_or(RunStatus::Running),
+                });
+            }
+            let fence = self.fence().await?;
+            if fence.term > term.revision() {
+                return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
+            }
+            return Err(ClaimError::AlreadyClaimed { term: owner_term, node: owner_node });
+        }
+        let fence = self.fence().await?;
+        Err(ClaimError::Fenced { term: term.revision(), fence: fence.term })
+    }
+
+    /// Record slots that will not run (`missed`) under the fence, in one statement. Returns how
+    /// many rows were new.
+    pub async fn record_slots(
+        &self,
+        job: &str,
+        slots: &[DateTime<Utc>],
+        status: RunStatus,
+        term: &Term,
+        node: &str,
+        config_hash: &str,
+        error: &str,
+    ) -> Result<u64, ClaimError> {
+        if slots.is_empty() {
+            return Ok(0);
+        }
+        let now = Utc::now();
+        let result = sqlx::query(
+            "WITH current_fence AS (
+                 SELECT term FROM fence WHERE id = 1 AND term <= $2 FOR SHARE
+             )
+             INSERT INTO runs (job, slot, term, node, config_hash, status, claimed_at, finished_at, error)
+             SELECT $1, s, $2, $3, $4, $5, $7, $7, $8
+             FROM current_fence, unnest($6::timestamptz[]) AS s
+             ON CONFLICT (job, slot) DO NOTHING",
+        )
+        .bind(job)
+        .bind(term.revision())
+        .bind(node)
+        .bind(config_hash)
+        .bind(status.as_str())
+        .bind(slots)
+        .bind(now)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            let fence = self.fence().await?;
+            if fence.term > term.revision() {
+                return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
+            }
+        }
+        Ok(result.rows_affected())
+    }
+
+    pub async fn start_run(&self, run_id: i64, started_at: DateTime<Utc>) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE runs SET started_at = $2 WHERE id = $1")
+            .bind(run_id)
+            .bind(started_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Begin another attempt of a slot this term claimed, under the fence.
+    pub async fn retry_run(
+        &self,
+        run_id: i64,
+        term: &Term,
+        attempt: i32,
+        previous_error: &str,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), ClaimError> {
+        let updated = sqlx::query(
+            "WITH current_fence AS (
+                 SELECT term FROM fence WHERE id = 1 AND term <= $2 FOR SHARE
+             )
+             UPDATE runs SET attempt = $3, status = 'running', error = $4, started_at = $5,
+                    finished_at = NULL, exit_code = NULL, http_status = NULL
+             FROM current_fence
+             WHERE runs.id = $1 AND runs.term = $2",
+        )
+        .bind(run_id)
+        .bind(term.revision())
+        .bind(attempt)
+        .bind(previous_error)
+        .bind(started_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            let fence = self.fence().await?;
+            return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
+        }
+        Ok(())
+    }
+
+    /// Record how a run ended. Not fenced: the node that ran it reports the truth even after its
+    /// term ended, and may overwrite a `lost` that a newer leader wrote meanwhile.
+    pub async fn finish_run(&self, run_id: i64, outcome: &RunOutcome) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE runs SET status = $2, exit_code = $3, http_status = $4, error = $5,
+                    output = $6, finished_at = $7
+             WHERE id = $1 AND status IN ('running', 'lost')",
+        )
+        .bind(run_id)
+        .bind(outcome.status.as_str())
+        .bind(outcome.exit_code)
+        .bind(outcome.http_status.map(i32::from))
+        .bind(outcome.error.as_deref().map(clean_text))
+        .bind(clean_text(&outcome.output))
+        .bind(outcome.finished_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest scheduled slot recorded for each job, whatever its status.
+    pub async fn last_scheduled_slots(&self) -> Result<HashMap<String, DateTime<Utc>>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT job, max(slot) AS slot FROM runs WHERE trigger = 'schedule' GROUP BY job",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|row| (row.get("job"), row.get("slot"))).collect())
+    }
+
+    /// Mark `lost` the runs still `running` from an older term whose node is no longer
+    /// registered. Fenced: only the current leader may do this.
+    pub async fn reap_lost(&self, term: &Term, live_nodes: &[String]) -> Result<u64, sqlx::Error> {
+        let result = sqlx::query(
+            "WITH current_fence AS (
+                 SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
+             )
+             UPDATE runs SET status = 'lost', finished_at = now(),
+                    error = 'its leader vanished without recording an outcome'
+             FROM current_fence
+             WHERE runs.status = 'running' AND runs.term < $1 AND NOT (runs.node = ANY($2))",
+        )
+        .bind(term.revision())
+        .bind(live_nodes)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    pub async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error> {
+        sqlx::query(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1"))
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| run_record(&row))
+            .transpose()
+    }
+
+    /// Every row of the ledger, oldest slot first (for tests and exports).
+    pub async fn all_runs(&self) -> Result<Vec<RunRecord>, sqlx::Error> {
+        sqlx::query(concat!("SELECT ", run_columns!(), " FROM runs ORDER BY slot, job"))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(run_record)
+            .collect()
+    }
+
+    pub async fn terms(&self) -> Result<Vec<TermRecord>, sqlx::Error> {
+        let rows = sqlx::query("SELECT term, cluster_id, node, started_at FROM terms ORDER BY term")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| TermRecord {
+                term: row.get("term"),
+                cluster_id: row.get("cluster_id"),
+                node: row.get("node"),
+                started_at: row.get("started_at"),
+            })
+            .collect())
+    }
+}
+
+
+fn run_record(row: &sqlx::postgres::PgRow) -> Result<RunRecord, sqlx::Error> {
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        job: row.try_get("job")?,
+        slot: row.try_get("slot")?,
+        trigger: row.try_get("trigger")?,
+        term: row.try_get("term")?,
+        node: row.try_get("node")?,
+        config_hash: row.try_get("config_hash")?,
+        status: row.try_get("status")?,
+        attempt: row.try_get("attempt")?,
+        claimed_at: row.try_get("claimed_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        exit_code: row.try_get("exit_code")?,
+        http_status: row.try_get("http_status")?,
+        error: row.try_get("error")?,
+        output: row.try_get("output")?,
+    })
+}
+
+async fn fence_in(conn: &mut sqlx::PgConnection) -> Result<Fence, sqlx::Error> {
+    let row = sqlx::query("SELECT term, cluster_id, node FROM fence WHERE id = 1")
+        .fetch_one(conn)
+        .await?;
+    Ok(Fence { term: row.get("term"), cluster_id: row.get("cluster_id"), node: row.get("node") })
+}
+
+/// PostgreSQL text cannot hold NUL bytes.
+fn clean_text(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
