@@ -1,0 +1,191 @@
+//! The checker every cluster scenario uses. It reads the witness file (written by the jobs
+//! themselves, outside the database) and the ledger, enumerates the expected slots on its own
+//! (whole seconds, not tenure's cron code), and reports what broke a guarantee.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use tenure::store::RunRecord;
+
+/// One execution, as the job itself recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Witness {
+    pub job: String,
+    pub slot: DateTime<Utc>,
+    pub term: i64,
+    pub node: String,
+    pub pid: u32,
+}
+
+impl Witness {
+    pub fn read(path: &Path) -> Vec<Witness> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                Some(Witness {
+                    job: fields.next()?.to_owned(),
+                    slot: DateTime::parse_from_rfc3339(fields.next()?).ok()?.with_timezone(&Utc),
+                    term: fields.next()?.parse().ok()?,
+                    node: fields.next()?.to_owned(),
+                    pid: fields.next()?.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// What went wrong, if anything. `assert_clean` panics with all of it.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// (a) a slot executed more than once.
+    pub executed_twice: Vec<(String, DateTime<Utc>, usize)>,
+    /// (b) an execution without a ledger row of the same term.
+    pub without_ledger_row: Vec<Witness>,
+    /// (b) a ledger row accepted with a term below one already accepted for an earlier slot.
+    pub stale_term_accepted: Vec<(String, DateTime<Utc>, i64, i64)>,
+    /// (c) an expected slot with no ledger row at all, or not executed where it had to be.
+    pub missing: Vec<(String, DateTime<Utc>, String)>,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.executed_twice.is_empty()
+            && self.without_ledger_row.is_empty()
+            && self.stale_term_accepted.is_empty()
+            && self.missing.is_empty()
+    }
+
+    #[track_caller]
+    pub fn assert_clean(&self, context: &str) {
+        assert!(self.is_clean(), "guarantee broken: {self:#?}\n{context}");
+    }
+}
+
+/// Which slots the checker expects: every whole second of `jobs` in `[from, until]`.
+pub struct Expect<'a> {
+    pub jobs: &'a [&'a str],
+    pub from: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// Whether an expected slot may be recorded `missed` (a catch-up policy) or must have run.
+    pub missed_allowed: bool,
+}
+
+pub fn check(witness: &[Witness], ledger: &[RunRecord], expect: &Expect<'_>) -> Report {
+    let mut report = Report::default();
+
+    let mut executions: BTreeMap<(&str, DateTime<Utc>), usize> = BTreeMap::new();
+    for w in witness {
+        *executions.entry((w.job.as_str(), w.slot)).or_default() += 1;
+    }
+    for ((job, slot), count) in &executions {
+        if *count > 1 {
+            report.executed_twice.push((job.to_string(), *slot, *count));
+        }
+    }
+
+    let rows: HashMap<(&str, DateTime<Utc>), &RunRecord> =
+        ledger.iter().map(|row| ((row.job.as_str(), row.slot), row)).collect();
+    for w in witness {
+        match rows.get(&(w.job.as_str(), w.slot)) {
+            Some(row) if row.term == w.term => {}
+            _ => report.without_ledger_row.push(w.clone()),
+        }
+    }
+
+    // Per job, in slot order, the term never goes back: a row of an older term after a row of a
+    // newer one means a stale leader's claim was accepted after the newer term's.
+    let mut by_job: BTreeMap<&str, Vec<&RunRecord>> = BTreeMap::new();
+    for row in ledger.iter().filter(|row| row.trigger == "schedule") {
+        by_job.entry(row.job.as_str()).or_default().push(row);
+    }
+    for rows in by_job.values_mut() {
+        rows.sort_by_key(|row| row.slot);
+        let mut highest = i64::MIN;
+        for row in rows.iter() {
+            if row.term < highest {
+                report.stale_term_accepted.push((row.job.clone(), row.slot, row.term, highest));
+            }
+            highest = highest.max(row.term);
+        }
+    }
+
+    let executed: HashSet<(&str, DateTime<Utc>)> = executions.keys().copied().collect();
+    let mut slot = expect.from.duration_trunc(Duration::seconds(1)).unwrap();
+    if slot < expect.from {
+        slot += Duration::seconds(1);
+    }
+    while slot <= expect.until {
+        for job in expect.jobs {
+            match rows.get(&(*job, slot)) {
+                None => report.missing.push((job.to_string(), slot, "no ledger row".into())),
+                Some(row) if row.status == "missed" && expect.missed_allowed => {}
+                Some(row) if !executed.contains(&(*job, slot)) => {
+                    report.missing.push((job.to_string(), slot, format!("not executed (status {})", row.status)));
+                }
+                Some(_) => {}
+            }
+        }
+        slot += Duration::seconds(1);
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(second: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + second, 0).unwrap()
+    }
+
+    fn row(job: &str, second: i64, term: i64, status: &str) -> RunRecord {
+        RunRecord {
+            id: second,
+            job: job.into(),
+            slot: at(second),
+            trigger: "schedule".into(),
+            term,
+            node: "n".into(),
+            config_hash: "h".into(),
+            status: status.into(),
+            attempt: 1,
+            claimed_at: at(second),
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            http_status: None,
+            error: None,
+            output: String::new(),
+        }
+    }
+
+    fn executed(job: &str, second: i64, term: i64) -> Witness {
+        Witness { job: job.into(), slot: at(second), term, node: "n".into(), pid: 1 }
+    }
+
+    /// The checker is only worth something if it fails: feed it each violation once.
+    #[test]
+    fn the_checker_catches_each_kind_of_violation() {
+        let expect = Expect { jobs: &["j"], from: at(0), until: at(3), missed_allowed: false };
+        let ledger = [row("j", 0, 5, "succeeded"), row("j", 1, 5, "succeeded"), row("j", 2, 4, "succeeded"), row("j", 3, 6, "missed")];
+        let witness = [executed("j", 0, 5), executed("j", 0, 5), executed("j", 1, 9), executed("j", 2, 4)];
+        let report = check(&witness, &ledger, &expect);
+        assert_eq!(report.executed_twice, [("j".to_string(), at(0), 2)]);
+        assert_eq!(report.without_ledger_row, [executed("j", 1, 9)]);
+        assert_eq!(report.stale_term_accepted, [("j".to_string(), at(2), 4, 5)]);
+        // Slot 3 was recorded missed where every slot had to run.
+        assert_eq!(report.missing.len(), 1, "{:?}", report.missing);
+        assert_eq!(report.missing[0].1, at(3));
+        assert!(!report.is_clean());
+    }
+
+    #[test]
+    fn a_clean_run_passes() {
+        let expect = Expect { jobs: &["j"], from: at(0), until: at(1), missed_allowed: true };
+        let ledger = [row("j", 0, 5, "succeeded"), row("j", 1, 6, "missed")];
+        let witness = [executed("j", 0, 5)];
+        assert!(check(&witness, &ledger, &expect).is_clean());
+    }
+}

@@ -1,0 +1,262 @@
+//! A cluster of real `tenure run` processes on a throwaway etcd and PostgreSQL, with jobs that
+//! append to a witness file, and the signals fault tests send them.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use tempfile::TempDir;
+use tenure::store::{RunRecord, Store, TermRecord};
+
+use crate::checker::Witness;
+use crate::harness::{Etcd, Postgres, free_port, wait_for};
+
+/// The lease TTL cluster tests run with (etcd is started with a low election timeout).
+pub const TTL: Duration = Duration::from_secs(1);
+
+/// A shell command for a job that records each execution outside the database.
+pub fn witness_command(witness: &std::path::Path) -> String {
+    format!(
+        "echo \"$TENURE_JOB $TENURE_SLOT $TENURE_TERM $TENURE_NODE $$\" >> {}",
+        witness.display()
+    )
+}
+
+pub struct Replica {
+    pub node: String,
+    pub port: u16,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    pub fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|child| Pid::from_raw(child.id() as i32))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub struct Cluster {
+    pub etcd: Etcd,
+    pub pg: Postgres,
+    pub database_url: String,
+    pub dir: TempDir,
+    pub jobs_path: PathBuf,
+    pub witness_path: PathBuf,
+    pub store: Store,
+    pub replicas: Vec<Replica>,
+    election: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Ready {
+    role: String,
+    term: Option<i64>,
+}
+
+impl Cluster {
+    /// Start etcd, PostgreSQL and `replicas` tenure processes on `jobs_yaml`, in which the text
+    /// `WITNESS` stands for a shell command that appends to the witness file.
+    pub async fn start(replicas: usize, jobs_yaml: &str) -> Cluster {
+        let etcd = Etcd::start().await;
+        let pg = Postgres::start().await;
+        let database_url = pg.create_database("tenure").await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let witness_path = dir.path().join("witness.log");
+        fs::write(&witness_path, "").unwrap();
+        let jobs_path = dir.path().join("jobs.yaml");
+        fs::write(&jobs_path, jobs_yaml.replace("WITNESS", &witness_command(&witness_path))).unwrap();
+        let pool = tenure::store::connect(&database_url).await.unwrap();
+        tenure::store::migrate(&pool).await.unwrap();
+        let mut cluster = Cluster {
+            etcd,
+            pg,
+            database_url,
+            dir,
+            jobs_path,
+            witness_path,
+            store: Store::new(pool),
+            replicas: Vec::new(),
+            election: "test".to_owned(),
+        };
+        for _ in 0..replicas {
+            cluster.add_replica();
+        }
+        cluster
+    }
+
+    /// Start one more replica; returns its index.
+    pub fn add_replica(&mut self) -> usize {
+        let index = self.replicas.len();
+        let node = format!("node-{index}");
+        let port = free_port();
+        let log = self.dir.path().join(format!("{node}.log"));
+        let mut replica = Replica { node, port, log, child: None };
+        self.spawn(&mut replica);
+        self.replicas.push(replica);
+        index
+    }
+
+    fn spawn(&self, replica: &mut Replica) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&replica.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tenure"))
+            .args(["run", "--jobs"])
+            .arg(&self.jobs_path)
+            .args(["--etcd", &self.etcd.client_url()])
+            .args(["--database-url", &self.database_url])
+            .args(["--node-id", &replica.node])
+            .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
+            .args(["--lease-ttl", &format!("{}s", TTL.as_secs())])
+            .args(["--election", &self.election])
+            .args(["--shutdown-grace", "5s"])
+            .env("RUST_LOG", "info,tenure=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tenure");
+        replica.child = Some(child);
+    }
+
+    /// Start a stopped or killed replica again (same node id and port).
+    pub fn restart(&mut self, index: usize) {
+        let mut replica = std::mem::replace(
+            &mut self.replicas[index],
+            Replica { node: String::new(), port: 0, log: PathBuf::new(), child: None },
+        );
+        if let Some(mut child) = replica.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn(&mut replica);
+        self.replicas[index] = replica;
+    }
+
+    pub fn signal(&self, index: usize, signal: Signal) {
+        let pid = self.replicas[index].pid().expect("replica is running");
+        kill(pid, signal).expect("signal replica");
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.replicas[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the process to exit.
+    pub async fn terminate(&mut self, index: usize) {
+        self.signal(index, Signal::SIGTERM);
+        let replica = &mut self.replicas[index];
+        let what = format!("{} to exit after SIGTERM", replica.node);
+        wait_for(&what, Duration::from_secs(20), || {
+            let exited = !replica.is_running();
+            async move { exited }
+        })
+        .await;
+        replica.child = None;
+    }
+
+    async fn ready(&self, index: usize) -> Option<Ready> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.replicas[index].port);
+        let client = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().ok()?;
+        client.get(url).send().await.ok()?.json().await.ok()
+    }
+
+    /// The replicas that believe they lead, with their terms.
+    pub async fn leaders(&self) -> Vec<(usize, i64)> {
+        let mut leaders = Vec::new();
+        for index in 0..self.replicas.len() {
+            if self.replicas[index].child.is_none() {
+                continue;
+            }
+            if let Some(ready) = self.ready(index).await {
+                if ready.role == "leader" {
+                    leaders.push((index, ready.term.unwrap_or_default()));
+                }
+            }
+        }
+        leaders
+    }
+
+    /// Wait until exactly one replica leads and has raised the fence to its term.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> (usize, i64) {
+        let found = std::cell::Cell::new(None);
+        wait_for("exactly one leader with the fence raised", timeout, || async {
+            let leaders = self.leaders().await;
+            if let [(index, term)] = leaders[..] {
+                if self.store.fence().await.is_ok_and(|fence| fence.term == term) {
+                    found.set(Some((index, term)));
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        found.get().unwrap()
+    }
+
+    /// Wait until the witness shows an execution by a term other than `old_term`; returns when.
+    pub async fn wait_for_execution_by_new_term(&self, old_term: i64, timeout: Duration) -> Instant {
+        wait_for("an execution in a new term", timeout, || async {
+            self.witness().iter().any(|w| w.term > old_term)
+        })
+        .await;
+        Instant::now()
+    }
+
+    pub fn witness(&self) -> Vec<Witness> {
+        Witness::read(&self.witness_path)
+    }
+
+    pub async fn ledger(&self) -> Vec<RunRecord> {
+        self.store.all_runs().await.expect("read ledger")
+    }
+
+    pub async fn terms(&self) -> Vec<TermRecord> {
+        self.store.terms().await.expect("read terms")
+    }
+
+    /// Replace the job file (the replicas reload it within about a second).
+    pub fn write_jobs(&self, jobs_yaml: &str) {
+        let text = jobs_yaml.replace("WITNESS", &witness_command(&self.witness_path));
+        let temporary = self.dir.path().join("jobs.yaml.new");
+        fs::write(&temporary, text).unwrap();
+        fs::rename(&temporary, &self.jobs_path).unwrap();
+    }
+
+    /// Every replica's log, for a failing test's message.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for replica in &self.replicas {
+            let text = fs::read_to_string(&replica.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            all.push_str(&format!("--- {} ---\n", replica.node));
+            for line in tail.into_iter().rev() {
+                all.push_str(line);
+                all.push('\n');
+            }
+        }
+        all
+    }
+}

@@ -1,0 +1,314 @@
+//! The singleton core on real processes: three replicas, per-second jobs that write a witness,
+//! and the faults of the core issue. Every scenario ends with the checker.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use nix::sys::signal::Signal;
+
+use crate::checker::{Expect, check};
+use crate::cluster::{Cluster, TTL};
+use crate::harness::wait_for;
+
+const TICK: &str = r#"
+jobs:
+  - name: tick
+    schedule: "* * * * * *"
+    shell: WITNESS
+    timeout: 10s
+"#;
+
+/// Let the cluster run until the witness holds at least `count` executions more than now.
+async fn let_it_tick(cluster: &Cluster, count: usize) {
+    let target = cluster.witness().len() + count;
+    wait_for("the job to keep firing", Duration::from_secs(10 + count as u64 * 2), || async {
+        cluster.witness().len() >= target
+    })
+    .await;
+}
+
+fn seconds(from: DateTime<Utc>, until: DateTime<Utc>) -> String {
+    format!("{from} .. {until}")
+}
+
+#[tokio::test]
+async fn exactly_one_leader_fires_and_the_others_fire_nothing() {
+    let cluster = Cluster::start(3, TICK).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let from = Utc::now() + chrono::Duration::seconds(1);
+    let_it_tick(&cluster, 4).await;
+    let until = Utc::now() - chrono::Duration::seconds(1);
+
+    assert_eq!(cluster.leaders().await, [(leader, term)], "one leader only");
+    let witness = cluster.witness();
+    let leader_node = &cluster.replicas[leader].node;
+    assert!(
+        witness.iter().all(|w| &w.node == leader_node && w.term == term),
+        "a follower fired: {witness:?}"
+    );
+    let report = check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: false });
+    report.assert_clean(&cluster.logs());
+}
+
+#[tokio::test]
+async fn sigkill_of_the_leader_hands_over_within_the_lease() {
+    let mut cluster = Cluster::start(3, TICK).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 2).await;
+
+    let killed_at = Instant::now();
+    cluster.kill(leader);
+    let fired_at = cluster.wait_for_execution_by_new_term(term, TTL * 4 + Duration::from_secs(5)).await;
+    let failover = fired_at - killed_at;
+    eprintln!("SIGKILL failover: first run in the new term {failover:?} after the kill (TTL {TTL:?})");
+    let (new_leader, new_term) = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    assert_ne!(new_leader, leader);
+    assert!(new_term > term);
+    let_it_tick(&cluster, 2).await;
+
+    // Slots while nobody led are recorded `missed` (catch_up latest) or run; never doubled.
+    let witness = cluster.witness();
+    let from = witness.first().unwrap().slot;
+    let until = witness.last().unwrap().slot;
+    let report = check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
+    report.assert_clean(&cluster.logs());
+}
+
+#[tokio::test]
+async fn sigterm_of_the_leader_hands_over_at_once_and_misses_nothing() {
+    let mut cluster = Cluster::start(3, TICK).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 2).await;
+
+    let signalled = Instant::now();
+    cluster.signal(leader, Signal::SIGTERM);
+    let found = std::cell::Cell::new(None);
+    wait_for("a new leader after SIGTERM", Duration::from_secs(5), || async {
+        let leaders = cluster.leaders().await;
+        match leaders.iter().find(|(_, t)| *t > term) {
+            Some(found_leader) => {
+                found.set(Some(*found_leader));
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    eprintln!("SIGTERM hand-over: new leader seen {:?} after the signal", signalled.elapsed());
+    cluster.terminate(leader).await;
+    let_it_tick(&cluster, 3).await;
+
+    let witness = cluster.witness();
+    let from = witness.first().unwrap().slot;
+    let until = witness.last().unwrap().slot;
+    let report = check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: false });
+    report.assert_clean(&format!("{}\n{}", seconds(from, until), cluster.logs()));
+}
+
+#[tokio::test]
+async fn a_leader_paused_past_its_lease_executes_nothing_after_resuming() {
+    let cluster = Cluster::start(3, TICK).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 2).await;
+
+    let paused_at = Utc::now();
+    cluster.signal(leader, Signal::SIGSTOP);
+    cluster.wait_for_execution_by_new_term(term, TTL * 4 + Duration::from_secs(5)).await;
+    tokio::time::sleep(TTL * 2).await;
+    cluster.signal(leader, Signal::SIGCONT);
+    let resumed_at = Utc::now();
+    // Give the resumed process time to do whatever it would do with its stale view.
+    let_it_tick(&cluster, 3).await;
+
+    let witness = cluster.witness();
+    let old_node = &cluster.replicas[leader].node;
+    let late: Vec<_> = witness
+        .iter()
+        .filter(|w| &w.node == old_node && w.term == term && w.slot > paused_at)
+        .collect();
+    assert!(late.is_empty(), "the stale leader executed after its pause began: {late:?}\nresumed {resumed_at}");
+    let from = witness.first().unwrap().slot;
+    let until = witness.last().unwrap().slot;
+    let report = check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
+    report.assert_clean(&cluster.logs());
+    assert_eq!(cluster.leaders().await.len(), 1, "one leader after the pause");
+}
+
+#[tokio::test]
+async fn postgres_restarted_mid_run_causes_no_duplicate_and_every_claim_ends() {
+    let mut cluster = Cluster::start(3, TICK).await;
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 2).await;
+
+    cluster.pg.stop_immediate();
+    tokio::time::sleep(TTL * 2).await;
+    cluster.pg.restart().await;
+    let_it_tick(&cluster, 3).await;
+    // Outcomes recorded late (after the restart) have had time to land.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let witness = cluster.witness();
+    let ledger = cluster.ledger().await;
+    let from = witness.first().unwrap().slot;
+    let until = witness.last().unwrap().slot - chrono::Duration::seconds(2);
+    let unfinished: Vec<_> = ledger.iter().filter(|r| r.status == "running" && r.slot < until).collect();
+    assert!(unfinished.is_empty(), "claimed runs without a final status: {unfinished:?}");
+    let report = check(&witness, &ledger, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
+    report.assert_clean(&cluster.logs());
+}
+
+#[tokio::test]
+async fn etcd_restarted_briefly_and_for_longer_than_the_lease() {
+    let mut cluster = Cluster::start(3, TICK).await;
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 2).await;
+
+    for outage in [TTL / 2, TTL * 3] {
+        cluster.etcd.stop();
+        tokio::time::sleep(outage).await;
+        cluster.etcd.restart().await;
+        cluster.wait_for_leader(Duration::from_secs(20)).await;
+        let_it_tick(&cluster, 2).await;
+    }
+
+    let witness = cluster.witness();
+    let from = witness.first().unwrap().slot;
+    let until = witness.last().unwrap().slot;
+    let report = check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
+    report.assert_clean(&cluster.logs());
+}
+
+#[tokio::test]
+async fn after_a_full_outage_each_catch_up_policy_does_what_it_says() {
+    let jobs = r#"
+defaults:
+  starting_deadline: 1m
+jobs:
+  - name: none
+    schedule: "* * * * * *"
+    catch_up: none
+    shell: WITNESS
+  - name: latest
+    schedule: "* * * * * *"
+    catch_up: latest
+    shell: WITNESS
+  - name: all
+    schedule: "* * * * * *"
+    catch_up: all
+    concurrency: allow
+    shell: WITNESS
+"#;
+    let mut cluster = Cluster::start(3, jobs).await;
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 6).await;
+    for index in 0..3 {
+        cluster.kill(index);
+    }
+    let down_from = Utc::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let down_until = Utc::now();
+    for index in 0..3 {
+        cluster.restart(index);
+    }
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 6).await;
+
+    let ledger = cluster.ledger().await;
+    let witness = cluster.witness();
+    let in_outage = |job: &str, status: &str| {
+        ledger
+            .iter()
+            .filter(|r| r.job == job && r.slot > down_from + chrono::Duration::seconds(1) && r.slot < down_until - chrono::Duration::seconds(1))
+            .filter(|r| r.status == status)
+            .count()
+    };
+    assert!(in_outage("none", "missed") >= 3, "none records outage slots missed: {ledger:#?}");
+    assert_eq!(in_outage("none", "succeeded"), 0, "none runs no outage slot");
+    assert!(in_outage("latest", "missed") >= 2, "latest records the older outage slots missed");
+    assert_eq!(in_outage("all", "missed"), 0, "all misses nothing");
+    assert!(in_outage("all", "succeeded") >= 3, "all runs every outage slot");
+    let from = witness.first().unwrap().slot;
+    let until = witness.last().unwrap().slot - chrono::Duration::seconds(1);
+    let report = check(&witness, &ledger, &Expect { jobs: &["none", "latest", "all"], from, until, missed_allowed: true });
+    report.assert_clean(&cluster.logs());
+}
+
+#[tokio::test]
+async fn concurrency_policies_and_timeouts_on_jobs_that_outlive_their_interval() {
+    let jobs = r#"
+jobs:
+  - name: forbid
+    schedule: "* * * * * *"
+    concurrency: forbid
+    shell: "WITNESS; sleep 2.5"
+  - name: allow
+    schedule: "* * * * * *"
+    concurrency: allow
+    shell: "WITNESS; sleep 2.5"
+  - name: replace
+    schedule: "*/3 * * * * *"
+    concurrency: replace
+    shell: "WITNESS; sleep 10"
+  - name: timeout
+    schedule: "*/2 * * * * *"
+    timeout: 1s
+    shell: "sleep 300 & echo child $! > CHILD; wait"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let child_file = dir.path().join("child");
+    let mut cluster = Cluster::start(1, &jobs.replace("CHILD", &child_file.display().to_string())).await;
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    wait_for("several runs of each job", Duration::from_secs(20), || async {
+        let ledger = cluster.ledger().await;
+        ["forbid", "allow", "replace", "timeout"].iter().all(|job| {
+            ledger.iter().filter(|r| r.job == *job && r.status != "running").count() >= 3
+        })
+    })
+    .await;
+    let ledger = cluster.ledger().await;
+    let count = |job: &str, status: &str| ledger.iter().filter(|r| r.job == job && r.status == status).count();
+    assert!(count("forbid", "skipped") >= 2, "forbid skips while running: {ledger:#?}");
+    assert_eq!(count("allow", "skipped"), 0, "allow never skips");
+    assert!(ledger.iter().filter(|r| r.job == "allow" && r.status == "running").count() >= 2 || count("allow", "succeeded") >= 2);
+    assert!(count("replace", "killed") >= 2, "replace kills the previous run");
+    assert!(ledger.iter().filter(|r| r.job == "replace" && r.status == "killed").all(|r| r.error.as_deref() == Some("replaced by a newer run")));
+    assert!(count("timeout", "timed_out") >= 2, "timeout is recorded");
+
+    // The timed-out job's child, in the job's process group, was killed with it.
+    let child: i32 = std::fs::read_to_string(&child_file).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    wait_for("the timed-out job's child to be gone", Duration::from_secs(5), || async {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), None).is_err()
+    })
+    .await;
+    cluster.kill(0);
+}
+
+#[tokio::test]
+async fn an_invalid_job_file_on_reload_keeps_the_old_schedule_running() {
+    let mut cluster = Cluster::start(2, TICK).await;
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 2).await;
+
+    cluster.write_jobs("jobs:\n  - name: tick\n    schedule: \"not a schedule\"\n    shell: WITNESS\n");
+    wait_for("the reload failure to be logged", Duration::from_secs(10), || async {
+        cluster.replicas.iter().all(|r| {
+            std::fs::read_to_string(&r.log).unwrap_or_default().contains("keeping the last good one")
+        })
+    })
+    .await;
+    let_it_tick(&cluster, 3).await;
+
+    // A valid file with a new job takes effect.
+    cluster.write_jobs(&format!("{TICK}  - name: tock\n    schedule: \"* * * * * *\"\n    shell: WITNESS\n"));
+    wait_for("the new job to fire", Duration::from_secs(10), || async {
+        cluster.witness().iter().any(|w| w.job == "tock")
+    })
+    .await;
+    let witness = cluster.witness();
+    let ticks: Vec<_> = witness.iter().filter(|w| w.job == "tick").cloned().collect();
+    let from = ticks.first().unwrap().slot;
+    let until = ticks.last().unwrap().slot;
+    let report = check(&ticks, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: false });
+    report.assert_clean(&cluster.logs());
+    cluster.terminate(0).await;
+}

@@ -1,0 +1,188 @@
+//! The fenced ledger against a real PostgreSQL: what a claim accepts and refuses, and why.
+
+use chrono::{DateTime, TimeZone, Utc};
+use tenure::leadership::Term;
+use tenure::store::{Claim, ClaimError, FenceError, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger};
+
+use crate::harness::Postgres;
+
+async fn fresh_store(pg: &Postgres, name: &str) -> Store {
+    let url = pg.create_database(name).await;
+    let pool = tenure::store::connect(&url).await.expect("connect");
+    tenure::store::migrate(&pool).await.expect("migrate");
+    Store::new(pool)
+}
+
+fn slot(second: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, second).unwrap()
+}
+
+fn claim<'a>(job: &'a str, at: DateTime<Utc>, term: &'a Term, node: &'a str) -> Claim<'a> {
+    Claim {
+        job,
+        slot: at,
+        trigger: Trigger::Schedule,
+        term,
+        node,
+        config_hash: "hash",
+        skip_if_running: SkipIfRunning::No,
+        claimed_at: Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn a_claim_is_refused_when_stale_or_taken_and_the_two_are_told_apart() {
+    let pg = Postgres::start().await;
+    let store = fresh_store(&pg, "claims").await;
+    let old = Term::for_tests(10, "cluster-a");
+    let new = Term::for_tests(20, "cluster-a");
+
+    store.begin_term(&old, "node-old").await.expect("first term raises the fence");
+    let first = store.claim_run(&claim("job", slot(0), &old, "node-old")).await.expect("claim");
+    assert_eq!(first.status, RunStatus::Running);
+
+    store.begin_term(&new, "node-new").await.expect("newer term raises the fence");
+    // The old leader may not claim anything any more, not even a fresh slot.
+    let stale = store.claim_run(&claim("job", slot(1), &old, "node-old")).await;
+    assert!(matches!(stale, Err(ClaimError::Fenced { term: 10, fence: 20 })), "{stale:?}");
+    // Nor may it raise the fence back.
+    let back = store.begin_term(&old, "node-old").await;
+    assert!(matches!(back, Err(FenceError::Superseded { fence: 20, .. })), "{back:?}");
+
+    // The new leader cannot claim a slot the old one already owns.
+    let taken = store.claim_run(&claim("job", slot(0), &new, "node-new")).await;
+    assert!(
+        matches!(&taken, Err(ClaimError::AlreadyClaimed { term: 10, node }) if node == "node-old"),
+        "{taken:?}"
+    );
+    // A slot the old leader could not claim is free for the new one.
+    store.claim_run(&claim("job", slot(1), &new, "node-new")).await.expect("claim in new term");
+
+    let rows = store.all_runs().await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].term, rows[1].term), (10, 20));
+    let terms: Vec<i64> = store.terms().await.unwrap().iter().map(|t| t.term).collect();
+    assert_eq!(terms, [10, 20]);
+}
+
+#[tokio::test]
+async fn a_retried_claim_whose_commit_was_not_acknowledged_is_recognised_as_ours() {
+    let pg = Postgres::start().await;
+    let store = fresh_store(&pg, "retry").await;
+    let term = Term::for_tests(7, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    let first = store.claim_run(&claim("job", slot(5), &term, "n")).await.unwrap();
+    // Same term and node sending the same claim again (as after a lost COMMIT acknowledgement).
+    let again = store.claim_run(&claim("job", slot(5), &term, "n")).await.unwrap();
+    assert_eq!(first, again);
+    // Another node of the same term (impossible in practice) would be refused.
+    let other = store.claim_run(&claim("job", slot(5), &term, "other")).await;
+    assert!(matches!(other, Err(ClaimError::AlreadyClaimed { .. })), "{other:?}");
+}
+
+#[tokio::test]
+async fn forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced_too() {
+    let pg = Postgres::start().await;
+    let store = fresh_store(&pg, "forbid").await;
+    let term = Term::for_tests(3, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    let running = store.claim_run(&claim("job", slot(0), &term, "n")).await.unwrap();
+    let mut forbid = claim("job", slot(1), &term, "n");
+    forbid.skip_if_running = SkipIfRunning::Yes;
+    let skipped = store.claim_run(&forbid).await.unwrap();
+    assert_eq!(skipped.status, RunStatus::Skipped);
+
+    store
+        .finish_run(running.run_id, &RunOutcome {
+            status: RunStatus::Succeeded,
+            exit_code: Some(0),
+            http_status: None,
+            error: None,
+            output: "out\0put".into(),
+            finished_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    let mut next = claim("job", slot(2), &term, "n");
+    next.skip_if_running = SkipIfRunning::Yes;
+    assert_eq!(store.claim_run(&next).await.unwrap().status, RunStatus::Running);
+
+    let recorded = store
+        .record_slots("job", &[slot(3), slot(4)], RunStatus::Missed, &term, "n", "hash", "down")
+        .await
+        .unwrap();
+    assert_eq!(recorded, 2);
+    let newer = Term::for_tests(4, "c");
+    store.begin_term(&newer, "m").await.unwrap();
+    let stale = store.record_slots("job", &[slot(6)], RunStatus::Missed, &term, "n", "hash", "down").await;
+    assert!(matches!(stale, Err(ClaimError::Fenced { .. })), "{stale:?}");
+
+    let rows = store.all_runs().await.unwrap();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["succeeded", "skipped", "running", "missed", "missed"]);
+    assert_eq!(rows[0].output, "out\u{FFFD}put");
+    let last = store.last_scheduled_slots().await.unwrap();
+    assert_eq!(last.get("job"), Some(&slot(4)));
+}
+
+#[tokio::test]
+async fn runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_one() {
+    let pg = Postgres::start().await;
+    let store = fresh_store(&pg, "reap").await;
+    let old = Term::for_tests(1, "c");
+    store.begin_term(&old, "gone").await.unwrap();
+    let gone = store.claim_run(&claim("a", slot(0), &old, "gone")).await.unwrap();
+    let alive = store.claim_run(&claim("b", slot(0), &old, "alive")).await.unwrap();
+    let new = Term::for_tests(2, "c");
+    store.begin_term(&new, "alive").await.unwrap();
+    let reaped = store.reap_lost(&new, &["alive".to_owned()]).await.unwrap();
+    assert_eq!(reaped, 1);
+    assert_eq!(store.run(gone.run_id).await.unwrap().unwrap().status, "lost");
+    assert_eq!(store.run(alive.run_id).await.unwrap().unwrap().status, "running");
+    // A stale leader cannot reap.
+    assert_eq!(store.reap_lost(&old, &[]).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one() {
+    let pg = Postgres::start().await;
+    let store = fresh_store(&pg, "race").await;
+    for round in 0..20u32 {
+        let old = Term::for_tests(i64::from(round) * 2 + 1, "c");
+        let new = Term::for_tests(i64::from(round) * 2 + 2, "c");
+        store.begin_term(&old, "old").await.unwrap();
+        let at = slot(round);
+        let (a, b) = tokio::join!(
+            store.claim_run(&claim("job", at, &old, "old")),
+            async {
+                store.begin_term(&new, "new").await.unwrap();
+                store.claim_run(&claim("job", at, &new, "new")).await
+            }
+        );
+        assert!(a.is_ok() ^ b.is_ok(), "round {round}: exactly one claim wins: {a:?} / {b:?}");
+    }
+    assert_eq!(store.all_runs().await.unwrap().len(), 20);
+}
+
+#[tokio::test]
+async fn a_stale_claim_racing_a_fence_raise_waits_for_it_and_is_then_refused() {
+    let pg = Postgres::start().await;
+    let store = fresh_store(&pg, "fence_race").await;
+    let old = Term::for_tests(10, "c");
+    store.begin_term(&old, "old").await.unwrap();
+    // A new leader is half-way through raising the fence: the row is locked, not yet committed.
+    let mut raise = store.pool().begin().await.unwrap();
+    sqlx::query("UPDATE fence SET term = 11 WHERE id = 1").execute(&mut *raise).await.unwrap();
+
+    let racing = tokio::spawn({
+        let store = store.clone();
+        async move { store.claim_run(&claim("job", slot(0), &old, "old")).await }
+    });
+    // The stale claim must wait for the raise rather than read the old fence and commit.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!racing.is_finished(), "the claim did not wait for the fence row");
+    raise.commit().await.unwrap();
+    let result = racing.await.unwrap();
+    assert!(matches!(result, Err(ClaimError::Fenced { term: 10, fence: 11 })), "{result:?}");
+    assert!(store.all_runs().await.unwrap().is_empty());
+}
