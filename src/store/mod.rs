@@ -5,7 +5,7 @@
 //! its leader (`retry_run`, `reap_lost`) is one statement that checks the fence under a share lock,
 //! so it cannot commit after a newer term's `begin_term` has committed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -194,6 +194,21 @@ pub struct TermRecord {
     pub node: String,
     pub started_at: DateTime<Utc>,
 }
+
+/// A manual trigger request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TriggerRecord {
+    pub id: i64,
+    pub job: String,
+    pub idempotency_key: String,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    pub run_id: Option<i64>,
+    pub handled_at: Option<DateTime<Utc>>,
+}
+
+/// The PostgreSQL NOTIFY channel for pauses, resumes and triggers.
+const CONTROL_CHANNEL: &str = "tenure_controls";
 
 /// Largest output tail kept per run.
 pub const OUTPUT_LIMIT: usize = 64 * 1024;
@@ -489,6 +504,90 @@ impl Store {
             .collect()
     }
 
+    /// Pause or resume a job; survives failover. Wakes the leader's scheduler.
+    pub async fn set_paused(&self, job: &str, paused: bool, by: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO job_controls (job, paused, updated_by, updated_at) VALUES ($1, $2, $3, now())
+             ON CONFLICT (job) DO UPDATE SET paused = $2, updated_by = $3, updated_at = now()",
+        )
+        .bind(job)
+        .bind(paused)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
+    /// Jobs paused by an operator.
+    pub async fn paused_jobs(&self) -> Result<HashSet<String>, sqlx::Error> {
+        let rows = sqlx::query("SELECT job FROM job_controls WHERE paused").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|row| row.get("job")).collect())
+    }
+
+    /// Record a manual trigger (idempotent per key) and wake the leader's scheduler. Returns the
+    /// trigger, new or the one already recorded under `idempotency_key`.
+    pub async fn request_trigger(
+        &self,
+        job: &str,
+        idempotency_key: &str,
+        by: &str,
+        requested_at: DateTime<Utc>,
+    ) -> Result<TriggerRecord, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(job)
+        .bind(idempotency_key)
+        .bind(by)
+        .bind(requested_at)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at
+             FROM triggers WHERE idempotency_key = $1",
+        )
+        .bind(idempotency_key)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
+        tx.commit().await?;
+        trigger_record(&row)
+    }
+
+    /// Triggers not yet handled by a leader, oldest first.
+    pub async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error> {
+        sqlx::query(
+            "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at
+             FROM triggers WHERE handled_at IS NULL ORDER BY requested_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(trigger_record)
+        .collect()
+    }
+
+    /// Mark a trigger handled, with the run it became (None: refused, e.g. unknown job).
+    pub async fn trigger_handled(&self, trigger_id: i64, run_id: Option<i64>) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE triggers SET handled_at = now(), run_id = $2 WHERE id = $1")
+            .bind(trigger_id)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Listen for pause, resume and trigger notifications (PostgreSQL LISTEN on its own connection).
+    pub async fn listen_controls(&self) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(CONTROL_CHANNEL).await?;
+        Ok(listener)
+    }
+
     pub async fn terms(&self) -> Result<Vec<TermRecord>, sqlx::Error> {
         let rows = sqlx::query("SELECT term, cluster_id, node, started_at FROM terms ORDER BY term")
             .fetch_all(&self.pool)
@@ -524,6 +623,18 @@ fn run_record(row: &sqlx::postgres::PgRow) -> Result<RunRecord, sqlx::Error> {
         http_status: row.try_get("http_status")?,
         error: row.try_get("error")?,
         output: row.try_get("output")?,
+    })
+}
+
+fn trigger_record(row: &sqlx::postgres::PgRow) -> Result<TriggerRecord, sqlx::Error> {
+    Ok(TriggerRecord {
+        id: row.try_get("id")?,
+        job: row.try_get("job")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        requested_by: row.try_get("requested_by")?,
+        requested_at: row.try_get("requested_at")?,
+        run_id: row.try_get("run_id")?,
+        handled_at: row.try_get("handled_at")?,
     })
 }
 
