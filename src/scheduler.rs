@@ -6,7 +6,7 @@
 //! file reloaded, a run finished, a slot came due, or shutdown.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ pub struct Scheduler {
     shutdown_grace: Duration,
     runs: TaskTracker,
     own_runs: HashMap<u64, OwnRun>,
+    /// Manual triggers this term has started; a trigger is started once per term.
+    started_triggers: HashSet<i64>,
     next_run_key: u64,
     finished_tx: mpsc::UnboundedSender<u64>,
     finished_rx: mpsc::UnboundedReceiver<u64>,
@@ -80,12 +82,17 @@ struct JobState {
     job: Arc<Job>,
     /// The last slot handled (recorded, claimed or being claimed). Never fire at or before it.
     cursor: DateTime<Utc>,
+    /// Paused in the job file or by an operator (recorded in the ledger database).
+    paused: bool,
 }
 
 enum Wake {
     Shutdown,
     LeadershipChanged,
     JobsReloaded,
+    /// An operator paused, resumed or triggered a job (PostgreSQL NOTIFY), or the listener
+    /// reconnected and anything may have changed.
+    ControlsChanged,
     RunFinished(u64),
     Due,
     Reap,
@@ -111,6 +118,7 @@ impl Scheduler {
             shutdown_grace,
             runs: TaskTracker::new(),
             own_runs: HashMap::new(),
+            started_triggers: HashSet::new(),
             next_run_key: 0,
             finished_tx,
             finished_rx,
@@ -164,6 +172,13 @@ impl Scheduler {
             return;
         }
         let Some(mut states) = self.load_states(leader, shutdown).await else { return };
+        self.started_triggers.clear();
+        let listener_stop = CancellationToken::new();
+        let _stop_listener = listener_stop.clone().drop_guard();
+        let (controls_tx, mut controls_rx) = mpsc::channel(1);
+        tokio::spawn(listen_controls(self.store.clone(), controls_tx, listener_stop));
+        // Triggers requested while nobody led are executed now.
+        let mut controls_pending = true;
         let mut due: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> = BinaryHeap::new();
         let schedule_all = |states: &[JobState], due: &mut BinaryHeap<Reverse<(DateTime<Utc>, usize)>>| {
             due.clear();
@@ -180,6 +195,10 @@ impl Scheduler {
         let mut next_reap = tokio::time::Instant::now() + reap_every;
 
         loop {
+            if std::mem::take(&mut controls_pending) {
+                self.apply_controls(&mut states, leader).await;
+                schedule_all(&states, &mut due);
+            }
             let wake_at = due.peek().map(|Reverse((slot, _))| instant_for(*slot));
             let wake = tokio::select! {
                 biased;
@@ -192,6 +211,7 @@ impl Scheduler {
                     if changed.is_err() { Wake::Shutdown } else { Wake::JobsReloaded }
                 }
                 Some(key) = self.finished_rx.recv() => Wake::RunFinished(key),
+                Some(()) = controls_rx.recv() => Wake::ControlsChanged,
                 () = sleep_until_or_forever(wake_at) => Wake::Due,
                 () = tokio::time::sleep_until(next_reap) => Wake::Reap,
             };
@@ -206,9 +226,11 @@ impl Scheduler {
                 Wake::JobsReloaded => {
                     let jobs = self.jobs.borrow_and_update().clone();
                     states = rebuild_states(states, &jobs, Utc::now());
-                    schedule_all(&states, &mut due);
+                    // Operator pauses apply to the reloaded jobs too.
+                    controls_pending = true;
                     tracing::info!(jobs = states.len(), hash = jobs.hash(), "job file reloaded");
                 }
+                Wake::ControlsChanged => controls_pending = true,
                 Wake::RunFinished(key) => {
                     self.own_runs.remove(&key);
                 }
@@ -290,6 +312,7 @@ impl Scheduler {
                             .iter()
                             .map(|job| JobState {
                                 cursor: last.get(job.name.as_ref()).copied().unwrap_or(now),
+                                paused: job.paused,
                                 job: Arc::new(job.clone()),
                             })
                             .collect(),
@@ -331,17 +354,13 @@ impl Scheduler {
     /// `starting_deadline`, and advance its cursor past them.
     fn fire_due(&mut self, state: &mut JobState, leader: &LeaderTerm, now: DateTime<Utc>) {
         let job = state.job.clone();
+        if state.paused {
+            return;
+        }
         let plan = plan_due_slots(&job, state.cursor, now);
         let Some(last) = plan.last_slot else { return };
         state.cursor = last;
-        let ledger = Ledger {
-            store: self.store.clone(),
-            term: leader.term.clone(),
-            lease: leader.lease.clone(),
-            node: self.node_id.clone(),
-            config_hash: self.jobs.borrow().hash().to_owned(),
-            http: self.http.clone(),
-        };
+        let ledger = self.ledger(leader);
         if plan.missed_total > 0 {
             metrics::counter!("tenure_missed_slots_total").increment(plan.missed_total as u64);
             tracing::warn!(
@@ -353,7 +372,30 @@ impl Scheduler {
             let missed = plan.missed;
             self.runs.spawn(async move { ledger.record_missed(&job, &missed).await });
         }
-        if plan.run.is_empty() {
+        self.start_runs(job, plan.run, Trigger::Schedule, None, ledger);
+    }
+
+    fn ledger(&self, leader: &LeaderTerm) -> Ledger {
+        Ledger {
+            store: self.store.clone(),
+            term: leader.term.clone(),
+            lease: leader.lease.clone(),
+            node: self.node_id.clone(),
+            config_hash: self.jobs.borrow().hash().to_owned(),
+            http: self.http.clone(),
+        }
+    }
+
+    /// Claim and run `slots` of `job` in order, in one task tracked as one of this term's runs.
+    fn start_runs(
+        &mut self,
+        job: Arc<Job>,
+        slots: Vec<DateTime<Utc>>,
+        trigger: Trigger,
+        trigger_id: Option<i64>,
+        ledger: Ledger,
+    ) {
+        if slots.is_empty() {
             return;
         }
         // `replace`: stop this job's earlier runs and let the new one wait for them to end.
@@ -373,7 +415,6 @@ impl Scheduler {
             OwnRun { job: job.name.to_string(), stop: stop.clone(), done: done.clone() },
         );
         let finished = self.finished_tx.clone();
-        let slots = plan.run;
         self.runs.spawn(async move {
             for wait in wait_for {
                 let _ = tokio::time::timeout(executor::KILL_GRACE * 2, wait.cancelled()).await;
@@ -383,11 +424,92 @@ impl Scheduler {
                 if stop.token.is_cancelled() {
                     break;
                 }
-                ledger.fire(&job, slot, Trigger::Schedule, &stop).await;
+                ledger.fire(&job, slot, trigger, trigger_id, &stop).await;
             }
             done.cancel();
             let _ = finished.send(key);
         });
+    }
+
+    /// Apply operator pauses and start pending manual triggers. On a database error the current
+    /// state stays and the next notification or term retries.
+    async fn apply_controls(&mut self, states: &mut [JobState], leader: &LeaderTerm) {
+        let now = Utc::now();
+        match self.store.paused_jobs().await {
+            Ok(paused) => {
+                for state in states.iter_mut() {
+                    let should_pause = state.job.paused || paused.contains(state.job.name.as_ref());
+                    if state.paused && !should_pause {
+                        // Resumed: slots that fell due while paused are not owed.
+                        state.cursor = state.cursor.max(now);
+                        tracing::info!(job = %state.job.name, "resumed");
+                    } else if !state.paused && should_pause {
+                        tracing::info!(job = %state.job.name, "paused");
+                    }
+                    state.paused = should_pause;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not read paused jobs"),
+        }
+        let triggers = match self.store.pending_triggers().await {
+            Ok(triggers) => triggers,
+            Err(error) => {
+                tracing::warn!(%error, "could not read pending triggers");
+                return;
+            }
+        };
+        for trigger in triggers {
+            if !self.started_triggers.insert(trigger.id) {
+                continue;
+            }
+            let job = states.iter().find(|state| state.job.name.as_ref() == trigger.job).map(|s| s.job.clone());
+            match job {
+                Some(job) => {
+                    tracing::info!(job = %job.name, trigger = trigger.id, by = %trigger.requested_by, "manual trigger");
+                    let ledger = self.ledger(leader);
+                    self.start_runs(job, vec![trigger.requested_at], Trigger::Manual, Some(trigger.id), ledger);
+                }
+                None => {
+                    tracing::warn!(job = %trigger.job, trigger = trigger.id, "trigger for a job not in the job file; dropped");
+                    if let Err(error) = self.store.trigger_dropped(trigger.id).await {
+                        tracing::warn!(%error, "could not mark the trigger handled");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward PostgreSQL notifications about pauses and triggers to the loop. A reconnect also
+/// wakes it, since notifications may have been lost meanwhile.
+async fn listen_controls(store: Store, wake: mpsc::Sender<()>, stop: CancellationToken) {
+    loop {
+        let mut listener = tokio::select! {
+            () = stop.cancelled() => return,
+            listener = store.listen_controls() => match listener {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot listen for controls; retrying");
+                    tokio::time::sleep(DATABASE_RETRY).await;
+                    continue;
+                }
+            },
+        };
+        let _ = wake.try_send(());
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                notification = listener.try_recv() => match notification {
+                    Ok(Some(_)) => { let _ = wake.try_send(()); }
+                    // The connection dropped: notifications may be lost, so re-read on reconnect.
+                    Ok(None) => { let _ = wake.try_send(()); }
+                    Err(error) => {
+                        tracing::debug!(%error, "control listener failed; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
     }
 }
 
@@ -406,9 +528,6 @@ struct DuePlan {
 /// Pure: the slots of `job` in `(cursor, now]` and what its policies make of them.
 fn plan_due_slots(job: &Job, cursor: DateTime<Utc>, now: DateTime<Utc>) -> DuePlan {
     let mut plan = DuePlan::default();
-    if job.paused {
-        return plan;
-    }
     let on_time_after = now - chrono::Duration::from_std(ON_TIME_TOLERANCE).unwrap_or_default();
     let deadline = now - chrono::Duration::from_std(job.starting_deadline).unwrap_or_default();
     let mut late = Vec::new();
@@ -456,7 +575,7 @@ fn plan_due_slots(job: &Job, cursor: DateTime<Utc>, now: DateTime<Utc>) -> DuePl
 }
 
 fn next_slot(state: &JobState) -> Option<DateTime<Utc>> {
-    if state.job.paused {
+    if state.paused {
         return None;
     }
     state.job.schedule.next_after(state.cursor)
@@ -471,10 +590,10 @@ fn rebuild_states(old: Vec<JobState>, jobs: &JobSet, now: DateTime<Utc>) -> Vec<
         .iter()
         .map(|job| {
             let cursor = match old.remove(job.name.as_ref()) {
-                Some(previous) if !previous.job.paused => previous.cursor,
+                Some(previous) if !previous.paused => previous.cursor,
                 _ => now,
             };
-            JobState { job: Arc::new(job.clone()), cursor }
+            JobState { job: Arc::new(job.clone()), cursor, paused: job.paused }
         })
         .collect()
 }
@@ -525,8 +644,23 @@ impl Ledger {
     }
 
     /// Claim `slot`, and only once the claim has committed, execute it with its retries.
-    async fn fire(&self, job: &Job, slot: DateTime<Utc>, trigger: Trigger, stop: &RunStop) {
-        let Some(claimed) = self.claim(job, slot, trigger, stop).await else { return };
+    async fn fire(
+        &self,
+        job: &Job,
+        slot: DateTime<Utc>,
+        trigger: Trigger,
+        trigger_id: Option<i64>,
+        stop: &RunStop,
+    ) {
+        let claimed = self.claim(job, slot, trigger, stop).await;
+        if let Some(trigger_id) = trigger_id {
+            // Whoever claimed the trigger's slot (this term, or an earlier one that did not get
+            // to mark it), the trigger is handled.
+            if let Err(error) = self.store.trigger_handled(trigger_id, job.name.as_ref(), slot).await {
+                tracing::warn!(%error, trigger_id, "could not mark the trigger handled");
+            }
+        }
+        let Some(claimed) = claimed else { return };
         let run_id = claimed.run_id;
         if claimed.status == RunStatus::Skipped {
             metrics::counter!("tenure_runs_total", "status" => "skipped").increment(1);

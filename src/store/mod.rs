@@ -325,19 +325,26 @@ impl Store {
         term: &Term,
         node: &str,
     ) -> Result<Claimed, ClaimError> {
-        let existing = sqlx::query("SELECT id, term, node, status FROM runs WHERE job = $1 AND slot = $2")
-            .bind(job)
-            .bind(slot)
-            .fetch_optional(&self.pool)
-            .await?;
+        let existing = sqlx::query(
+            "SELECT id, term, node, status, started_at IS NULL AS unstarted
+             FROM runs WHERE job = $1 AND slot = $2",
+        )
+        .bind(job)
+        .bind(slot)
+        .fetch_optional(&self.pool)
+        .await?;
         if let Some(row) = existing {
             let owner_term: i64 = row.get("term");
             let owner_node: String = row.get("node");
-            if owner_term == term.revision() && owner_node == node {
-                let status: String = row.get("status");
+            let status: String = row.get("status");
+            let unstarted: bool = row.get("unstarted");
+            // Only a claim nobody has acted on yet can be ours to take up again: a row that was
+            // started, finished or skipped is somebody's history, never a licence to run.
+            let ours = owner_term == term.revision() && owner_node == node;
+            if ours && unstarted && (status == "running" || status == "skipped") {
                 return Ok(Claimed {
                     run_id: row.get("id"),
-                    status: RunStatus::parse(&status).unwrap_or(RunStatus::Running),
+                    status: RunStatus::parse(&status).unwrap_or(RunStatus::Skipped),
                 });
             }
             let fence = self.fence().await?;
@@ -571,11 +578,30 @@ impl Store {
         .collect()
     }
 
-    /// Mark a trigger handled, with the run it became (None: refused, e.g. unknown job).
-    pub async fn trigger_handled(&self, trigger_id: i64, run_id: Option<i64>) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE triggers SET handled_at = now(), run_id = $2 WHERE id = $1")
+    /// Mark a trigger handled, linked to the run that holds its slot (if any was claimed).
+    pub async fn trigger_handled(
+        &self,
+        trigger_id: i64,
+        job: &str,
+        slot: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE triggers SET handled_at = now(),
+                    run_id = (SELECT id FROM runs WHERE job = $2 AND slot = $3)
+             WHERE id = $1",
+        )
+        .bind(trigger_id)
+        .bind(job)
+        .bind(slot)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Mark a trigger handled without a run (its job is not in the job file).
+    pub async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE triggers SET handled_at = now() WHERE id = $1")
             .bind(trigger_id)
-            .bind(run_id)
             .execute(&self.pool)
             .await?;
         Ok(())
