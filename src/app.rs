@@ -34,6 +34,7 @@ pub struct RunSettings {
     pub lease_ttl: Duration,
     pub election: String,
     pub shutdown_grace: Duration,
+    pub retain: Duration,
 }
 
 /// Run one replica until `shutdown` is cancelled, then hand over and drain.
@@ -83,6 +84,7 @@ pub async fn run(
         )
         .run(shutdown.clone()),
     );
+    tasks.spawn(prune_ledger(store.clone(), settings.retain, leadership_rx.clone(), shutdown.clone()));
     tasks.spawn(watch_job_file(settings.jobs_path.clone(), jobs_tx, member_tx, shutdown.clone()));
     let state = AppState {
         node_id: settings.node_id.clone(),
@@ -122,6 +124,46 @@ async fn migrate_with_retry(store: &Store, shutdown: &CancellationToken) -> anyh
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
+        }
+    }
+}
+
+/// Ledger retention: the leader deletes finished rows older than `retain`, a thousand at a time
+/// with a pause between batches, so pruning never holds up claims.
+async fn prune_ledger(
+    store: Store,
+    retain: Duration,
+    leadership: watch::Receiver<Leadership>,
+    shutdown: CancellationToken,
+) {
+    const BATCH: i64 = 1000;
+    let every = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let Ok(age) = chrono::Duration::from_std(retain) else { continue };
+        let before = Utc::now() - age;
+        let mut pruned = 0;
+        while leadership.borrow().is_leader() && !shutdown.is_cancelled() {
+            match store.prune_runs(before, BATCH).await {
+                Ok(count) => {
+                    pruned += count;
+                    if count < BATCH as u64 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "ledger pruning failed; retrying later");
+                    break;
+                }
+            }
+        }
+        if pruned > 0 {
+            metrics::counter!("tenure_runs_pruned_total").increment(pruned);
+            tracing::info!(pruned, before = %before, "pruned old ledger rows");
         }
     }
 }

@@ -89,6 +89,9 @@ pub struct RunArgs {
     /// On SIGTERM, how long in-flight runs may finish before they are killed.
     #[arg(long, env = "TENURE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "30s")]
     pub shutdown_grace: Duration,
+    /// Keep ledger rows this long; older finished rows are pruned in small batches by the leader.
+    #[arg(long, env = "TENURE_RETAIN", value_parser = humantime::parse_duration, default_value = "30d")]
+    pub retain: Duration,
 }
 
 impl RunArgs {
@@ -111,6 +114,7 @@ impl RunArgs {
             lease_ttl: self.lease_ttl,
             election: self.election.clone(),
             shutdown_grace: self.shutdown_grace,
+            retain: self.retain,
         })
     }
 }

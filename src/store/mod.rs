@@ -511,6 +511,25 @@ impl Store {
             .collect()
     }
 
+    /// Delete up to `batch` finished rows whose slot is older than `before`, in one short
+    /// statement so claims are never blocked for long. The newest row of every job is kept: it is
+    /// the job's cursor. Returns how many rows went.
+    pub async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
+        let result = sqlx::query(
+            "DELETE FROM runs WHERE id IN (
+                 SELECT r.id FROM runs r
+                 WHERE r.slot < $1 AND r.status <> 'running'
+                   AND r.slot < (SELECT max(slot) FROM runs newest WHERE newest.job = r.job)
+                 LIMIT $2
+             )",
+        )
+        .bind(before)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
     /// Pause or resume a job; survives failover. Wakes the leader's scheduler.
     pub async fn set_paused(&self, job: &str, paused: bool, by: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
