@@ -189,6 +189,10 @@ async fn watch_members(
             // Keep the last list: an empty one would make every run look abandoned.
             Err(error) => tracing::debug!(error = format!("{error:#}"), "could not list members"),
         }
+        // Every replica counts the time the cluster had no leader, as etcd sees it.
+        if let Ok(None) = election::current_leader(&mut etcd, &keys).await {
+            metrics::counter!("tenure_leaderless_seconds_total").increment(every.as_secs().max(1));
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}

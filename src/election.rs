@@ -96,6 +96,7 @@ impl Election {
     }
 
     fn publish_follower(&self) {
+        metrics::gauge!("tenure_is_leader").set(0.0);
         self.leadership.send_if_modified(|current| {
             if current.is_leader() {
                 *current = Leadership::Follower { leader: None };
@@ -169,6 +170,7 @@ impl Election {
         let step_down = CancellationToken::new();
         tracing::info!(term = revision, node = %node_id, "became leader");
         metrics::counter!("tenure_elections_won_total").increment(1);
+        metrics::gauge!("tenure_is_leader").set(1.0);
         self.leadership.send_replace(Leadership::Leader(LeaderTerm {
             term: term.clone(),
             since: Utc::now(),

@@ -362,7 +362,8 @@ impl Scheduler {
         state.cursor = last;
         let ledger = self.ledger(leader);
         if plan.missed_total > 0 {
-            metrics::counter!("tenure_missed_slots_total").increment(plan.missed_total as u64);
+            metrics::counter!("tenure_missed_slots_total", "job" => job.name.to_string())
+                .increment(plan.missed_total as u64);
             tracing::warn!(
                 job = %job.name, missed = plan.missed_total, recorded = plan.missed.len(),
                 "slots missed per the job's catch-up policy"
@@ -663,7 +664,7 @@ impl Ledger {
         let Some(claimed) = claimed else { return };
         let run_id = claimed.run_id;
         if claimed.status == RunStatus::Skipped {
-            metrics::counter!("tenure_runs_total", "status" => "skipped").increment(1);
+            metrics::counter!("tenure_runs_total", "job" => job.name.to_string(), "status" => "skipped").increment(1);
             tracing::info!(job = %job.name, %slot, "skipped: the previous run is still going");
             return;
         }
@@ -784,7 +785,8 @@ impl Ledger {
     /// Record the outcome; keep trying while the database is down, since a row left `running`
     /// blocks `forbid` jobs until a later leader reaps it.
     async fn finish(&self, job: &Job, run_id: i64, outcome: &RunOutcome) {
-        metrics::counter!("tenure_runs_total", "status" => outcome.status.as_str()).increment(1);
+        metrics::counter!("tenure_runs_total", "job" => job.name.to_string(), "status" => outcome.status.as_str())
+            .increment(1);
         tracing::info!(
             job = %job.name, run_id, status = outcome.status.as_str(), exit_code = ?outcome.exit_code,
             error = ?outcome.error, "run finished"
