@@ -177,6 +177,7 @@ async fn watch_members(
     shutdown: CancellationToken,
 ) {
     let every = (lease_ttl / 2).max(Duration::from_millis(500));
+    let mut leaderless_since: Option<std::time::Instant> = None;
     loop {
         match election::list_members(&mut etcd, &keys).await {
             Ok(list) => {
@@ -189,9 +190,17 @@ async fn watch_members(
             // Keep the last list: an empty one would make every run look abandoned.
             Err(error) => tracing::debug!(error = format!("{error:#}"), "could not list members"),
         }
-        // Every replica counts the time the cluster had no leader, as etcd sees it.
-        if let Ok(None) = election::current_leader(&mut etcd, &keys).await {
-            metrics::counter!("tenure_leaderless_seconds_total").increment(every.as_secs().max(1));
+        // How long the cluster has been without a leader, as etcd sees it (0 while one leads).
+        match election::current_leader(&mut etcd, &keys).await {
+            Ok(Some(_)) => leaderless_since = None,
+            Ok(None) => {
+                let since = *leaderless_since.get_or_insert_with(std::time::Instant::now);
+                metrics::gauge!("tenure_leaderless_seconds").set(since.elapsed().as_secs_f64());
+            }
+            Err(_) => {}
+        }
+        if leaderless_since.is_none() {
+            metrics::gauge!("tenure_leaderless_seconds").set(0.0);
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
