@@ -32,7 +32,12 @@ pub enum Command {
     Next(NextArgs),
     /// Run one replica of a cluster (etcd for leadership, PostgreSQL for the run ledger).
     Run(RunArgs),
+    /// Print the JSON Schema of the job file, for editors.
+    Schema,
 }
+
+/// The JSON Schema of the job file (`tenure schema`).
+pub const JOB_FILE_SCHEMA: &str = include_str!("job-file.schema.json");
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {

@@ -15,6 +15,10 @@ fn main() -> ExitCode {
         Command::Validate(args) => tenure::cli::validate(args, Utc::now(), &mut std::io::stdout(), &mut std::io::stderr()),
         Command::Next(args) => tenure::cli::next(args, Utc::now(), &mut std::io::stdout(), &mut std::io::stderr()),
         Command::Run(args) => run(args),
+        Command::Schema => {
+            print!("{}", tenure::cli::JOB_FILE_SCHEMA);
+            Ok(0)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),
