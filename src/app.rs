@@ -48,8 +48,8 @@ pub async fn run(
     tracing::info!(node = %settings.node_id, %address, jobs = jobs.jobs().len(), hash = jobs.hash(), "starting");
 
     let pool = store::connect(&settings.database_url).await?;
+    migrate_with_retry(&pool, &shutdown).await?;
     let store = Store::new(pool);
-    migrate_with_retry(&store, &shutdown).await?;
 
     let etcd = election::connect(&settings.etcd_endpoints, settings.lease_ttl).await?;
     let keys = Keys::new(&settings.election);
@@ -113,9 +113,9 @@ pub async fn run(
     Ok(())
 }
 
-async fn migrate_with_retry(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn migrate_with_retry(pool: &sqlx::PgPool, shutdown: &CancellationToken) -> anyhow::Result<()> {
     loop {
-        match store::migrate(store.pool()).await {
+        match store::migrate(pool).await {
             Ok(()) => return Ok(()),
             Err(error) => {
                 tracing::warn!(error = format!("{error:#}"), "database not ready; retrying");

@@ -49,7 +49,7 @@ struct Readiness {
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let database = sqlx::query("SELECT 1").execute(state.store.pool()).await.is_ok();
+    let database = state.store.ping().await.is_ok();
     let etcd = match state.etcd.clone() {
         Some(mut client) => {
             tokio::time::timeout(std::time::Duration::from_secs(2), client.status())

@@ -176,7 +176,8 @@ impl Scheduler {
         let listener_stop = CancellationToken::new();
         let _stop_listener = listener_stop.clone().drop_guard();
         let (controls_tx, mut controls_rx) = mpsc::channel(1);
-        tokio::spawn(listen_controls(self.store.clone(), controls_tx, listener_stop));
+        let store = self.store.clone();
+        tokio::spawn(async move { store.listen_controls(controls_tx, listener_stop).await });
         // Triggers requested while nobody led are executed now.
         let mut controls_pending = true;
         let mut due: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> = BinaryHeap::new();
@@ -476,39 +477,6 @@ impl Scheduler {
                         tracing::warn!(%error, "could not mark the trigger handled");
                     }
                 }
-            }
-        }
-    }
-}
-
-/// Forward PostgreSQL notifications about pauses and triggers to the loop. A reconnect also
-/// wakes it, since notifications may have been lost meanwhile.
-async fn listen_controls(store: Store, wake: mpsc::Sender<()>, stop: CancellationToken) {
-    loop {
-        let mut listener = tokio::select! {
-            () = stop.cancelled() => return,
-            listener = store.listen_controls() => match listener {
-                Ok(listener) => listener,
-                Err(error) => {
-                    tracing::debug!(%error, "cannot listen for controls; retrying");
-                    tokio::time::sleep(DATABASE_RETRY).await;
-                    continue;
-                }
-            },
-        };
-        let _ = wake.try_send(());
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                notification = listener.try_recv() => match notification {
-                    Ok(Some(_)) => { let _ = wake.try_send(()); }
-                    // The connection dropped: notifications may be lost, so re-read on reconnect.
-                    Ok(None) => { let _ = wake.try_send(()); }
-                    Err(error) => {
-                        tracing::debug!(%error, "control listener failed; reconnecting");
-                        break;
-                    }
-                },
             }
         }
     }

@@ -1,4 +1,6 @@
-//! The fenced ledger against a real PostgreSQL: what a claim accepts and refuses, and why.
+//! The ledger contract: what a claim accepts and refuses, and why. Every contract test runs
+//! against a real PostgreSQL and against SQLite (`tenure dev`); the lock-level race is
+//! PostgreSQL's own.
 
 use chrono::{DateTime, TimeZone, Utc};
 use tenure::leadership::Term;
@@ -6,12 +8,39 @@ use tenure::store::{Claim, ClaimError, FenceError, RunOutcome, RunStatus, SkipIf
 
 use crate::harness::Postgres;
 
-async fn fresh_store(pg: &Postgres, name: &str) -> Store {
+async fn fresh_pool(pg: &Postgres, name: &str) -> sqlx::PgPool {
     let url = pg.create_database(name).await;
     let pool = tenure::store::connect(&url).await.expect("connect");
     tenure::store::migrate(&pool).await.expect("migrate");
-    Store::new(pool)
+    pool
 }
+
+/// Run one contract test against both ledgers.
+macro_rules! contract {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn postgres() {
+                let pg = crate::harness::Postgres::start().await;
+                let store = tenure::store::Store::new(super::fresh_pool(&pg, stringify!($name)).await);
+                super::$name(store).await;
+            }
+
+            #[tokio::test]
+            async fn sqlite() {
+                let ledger = tenure::store::Sqlite::in_memory().await.expect("sqlite");
+                super::$name(tenure::store::Store::from_ledger(ledger)).await;
+            }
+        }
+    };
+}
+
+contract!(a_claim_is_refused_when_stale_or_taken_and_the_two_are_told_apart);
+contract!(a_retried_claim_whose_commit_was_not_acknowledged_is_recognised_as_ours);
+contract!(forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced_too);
+contract!(runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_one);
+contract!(concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one);
+contract!(pauses_and_triggers_are_recorded_once);
 
 fn slot(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, second).unwrap()
@@ -30,10 +59,7 @@ fn claim<'a>(job: &'a str, at: DateTime<Utc>, term: &'a Term, node: &'a str) -> 
     }
 }
 
-#[tokio::test]
-async fn a_claim_is_refused_when_stale_or_taken_and_the_two_are_told_apart() {
-    let pg = Postgres::start().await;
-    let store = fresh_store(&pg, "claims").await;
+async fn a_claim_is_refused_when_stale_or_taken_and_the_two_are_told_apart(store: Store) {
     let old = Term::for_tests(10, "cluster-a");
     let new = Term::for_tests(20, "cluster-a");
 
@@ -65,10 +91,7 @@ async fn a_claim_is_refused_when_stale_or_taken_and_the_two_are_told_apart() {
     assert_eq!(terms, [10, 20]);
 }
 
-#[tokio::test]
-async fn a_retried_claim_whose_commit_was_not_acknowledged_is_recognised_as_ours() {
-    let pg = Postgres::start().await;
-    let store = fresh_store(&pg, "retry").await;
+async fn a_retried_claim_whose_commit_was_not_acknowledged_is_recognised_as_ours(store: Store) {
     let term = Term::for_tests(7, "c");
     store.begin_term(&term, "n").await.unwrap();
     let first = store.claim_run(&claim("job", slot(5), &term, "n")).await.unwrap();
@@ -80,10 +103,7 @@ async fn a_retried_claim_whose_commit_was_not_acknowledged_is_recognised_as_ours
     assert!(matches!(other, Err(ClaimError::AlreadyClaimed { .. })), "{other:?}");
 }
 
-#[tokio::test]
-async fn forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced_too() {
-    let pg = Postgres::start().await;
-    let store = fresh_store(&pg, "forbid").await;
+async fn forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced_too(store: Store) {
     let term = Term::for_tests(3, "c");
     store.begin_term(&term, "n").await.unwrap();
     let running = store.claim_run(&claim("job", slot(0), &term, "n")).await.unwrap();
@@ -125,10 +145,7 @@ async fn forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced
     assert_eq!(last.get("job"), Some(&slot(4)));
 }
 
-#[tokio::test]
-async fn runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_one() {
-    let pg = Postgres::start().await;
-    let store = fresh_store(&pg, "reap").await;
+async fn runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_one(store: Store) {
     let old = Term::for_tests(1, "c");
     store.begin_term(&old, "gone").await.unwrap();
     let gone = store.claim_run(&claim("a", slot(0), &old, "gone")).await.unwrap();
@@ -143,10 +160,7 @@ async fn runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_on
     assert_eq!(store.reap_lost(&old, &[]).await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one() {
-    let pg = Postgres::start().await;
-    let store = fresh_store(&pg, "race").await;
+async fn concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one(store: Store) {
     for round in 0..20u32 {
         let old = Term::for_tests(i64::from(round) * 2 + 1, "c");
         let new = Term::for_tests(i64::from(round) * 2 + 2, "c");
@@ -166,12 +180,10 @@ async fn concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one() {
 
 #[tokio::test]
 async fn a_stale_claim_racing_a_fence_raise_waits_for_it_and_is_then_refused() {
-    let pg = Postgres::start().await;
-    let store = fresh_store(&pg, "fence_race").await;
     let old = Term::for_tests(10, "c");
     store.begin_term(&old, "old").await.unwrap();
     // A new leader is half-way through raising the fence: the row is locked, not yet committed.
-    let mut raise = store.pool().begin().await.unwrap();
+    let mut raise = pool.begin().await.unwrap();
     sqlx::query("UPDATE fence SET term = 11 WHERE id = 1").execute(&mut *raise).await.unwrap();
 
     let racing = tokio::spawn({
@@ -185,4 +197,27 @@ async fn a_stale_claim_racing_a_fence_raise_waits_for_it_and_is_then_refused() {
     let result = racing.await.unwrap();
     assert!(matches!(result, Err(ClaimError::Fenced { term: 10, fence: 11 })), "{result:?}");
     assert!(store.all_runs().await.unwrap().is_empty());
+}
+
+async fn pauses_and_triggers_are_recorded_once(store: Store) {
+    store.set_paused("job", true, "admin").await.unwrap();
+    assert!(store.paused_jobs().await.unwrap().contains("job"));
+    store.set_paused("job", false, "admin").await.unwrap();
+    assert!(store.paused_jobs().await.unwrap().is_empty());
+
+    let first = store.request_trigger("job", "key-1", "admin", slot(30)).await.unwrap();
+    let again = store.request_trigger("job", "key-1", "admin", slot(31)).await.unwrap();
+    assert_eq!(first, again, "a double click fires once");
+    assert_eq!(store.pending_triggers().await.unwrap(), [first.clone()]);
+
+    let term = Term::for_tests(1, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    let mut manual = claim("job", first.requested_at, &term, "n");
+    manual.trigger = Trigger::Manual;
+    let claimed = store.claim_run(&manual).await.unwrap();
+    store.trigger_handled(first.id, "job", first.requested_at).await.unwrap();
+    assert!(store.pending_triggers().await.unwrap().is_empty());
+    // A manual run does not move the job's schedule cursor.
+    assert!(store.last_scheduled_slots().await.unwrap().is_empty());
+    assert_eq!(store.run(claimed.run_id).await.unwrap().unwrap().trigger, "manual");
 }

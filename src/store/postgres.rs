@@ -1,0 +1,527 @@
+//! The ledger on PostgreSQL. Every statement that records a slot reads the fence `FOR SHARE`
+//! in the same statement, so it waits for a concurrent `begin_term` and is then refused.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::postgres::{PgListener, PgPool};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, Ledger, RunOutcome, RunRecord,
+    RunStatus, SkipIfRunning, TermRecord, TriggerRecord, clean_text,
+};
+use crate::leadership::Term;
+
+/// The columns `run_record` reads, for `concat!` into static SQL.
+macro_rules! run_columns {
+    () => {
+        "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
+         started_at, finished_at, exit_code, http_status, error, output"
+    };
+}
+
+/// The ledger on PostgreSQL: what production replicas share.
+#[derive(Debug, Clone)]
+pub struct Postgres {
+    pool: PgPool,
+}
+
+impl Postgres {
+    pub fn new(pool: PgPool) -> Postgres {
+        Postgres { pool }
+    }
+
+    /// Zero rows back means "stale term" or "already claimed"; find out which. A row with our own
+    /// term and node is our own earlier claim whose commit acknowledgement was lost.
+    async fn explain_refusal(
+        &self,
+        job: &str,
+        slot: DateTime<Utc>,
+        term: &Term,
+        node: &str,
+    ) -> Result<Claimed, ClaimError> {
+        let existing = sqlx::query(
+            "SELECT id, term, node, status, started_at IS NULL AS unstarted
+             FROM runs WHERE job = $1 AND slot = $2",
+        )
+        .bind(job)
+        .bind(slot)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = existing {
+            let owner_term: i64 = row.get("term");
+            let owner_node: String = row.get("node");
+            let status: String = row.get("status");
+            let unstarted: bool = row.get("unstarted");
+            // Only a claim nobody has acted on yet can be ours to take up again: a row that was
+            // started, finished or skipped is somebody's history, never a licence to run.
+            let ours = owner_term == term.revision() && owner_node == node;
+            if ours && unstarted && (status == "running" || status == "skipped") {
+                return Ok(Claimed {
+                    run_id: row.get("id"),
+                    status: RunStatus::parse(&status).unwrap_or(RunStatus::Skipped),
+                });
+            }
+            let fence = self.fence().await?;
+            if fence.term > term.revision() {
+                return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
+            }
+            return Err(ClaimError::AlreadyClaimed { term: owner_term, node: owner_node });
+        }
+        let fence = self.fence().await?;
+        Err(ClaimError::Fenced { term: term.revision(), fence: fence.term })
+    }
+}
+
+#[async_trait]
+impl Ledger for Postgres {
+    async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+    }
+
+    /// Raise the fence to `term` and record it in the terms history, in one transaction. Must
+    /// succeed before the first claim of a term. Idempotent for the same term.
+    async fn begin_term(&self, term: &Term, node: &str) -> Result<(), FenceError> {
+        let mut tx = self.pool.begin().await?;
+        let raised = sqlx::query(
+            "UPDATE fence SET term = $1, cluster_id = $2, node = $3, raised_at = now()
+             WHERE id = 1 AND term <= $1",
+        )
+        .bind(term.revision())
+        .bind(term.cluster_id())
+        .bind(node)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if raised == 0 {
+            let fence = fence_in(&mut *tx).await?;
+            return Err(FenceError::Superseded {
+                term: term.revision(),
+                fence: fence.term,
+                fence_cluster: fence.cluster_id,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO terms (term, cluster_id, node) VALUES ($1, $2, $3)
+             ON CONFLICT (term) DO NOTHING",
+        )
+        .bind(term.revision())
+        .bind(term.cluster_id())
+        .bind(node)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn fence(&self) -> Result<Fence, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        fence_in(&mut *conn).await
+    }
+
+    /// Claim one slot: one statement that checks the fence under a share lock and inserts the
+    /// (job, slot) row. A job may execute only after this returns `Ok` with `Running`.
+    ///
+    /// A lost connection leaves the outcome unknown; retrying is safe because the (job, slot) key
+    /// makes the insert idempotent, and a row already holding our term and node is our own claim.
+    async fn claim_run(&self, claim: &Claim<'_>) -> Result<Claimed, ClaimError> {
+        let inserted = sqlx::query(
+            "WITH current_fence AS (
+                 SELECT term FROM fence WHERE id = 1 AND term <= $3 FOR SHARE
+             )
+             INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
+             SELECT $1, $2, $7, $3, $4, $5,
+                    CASE WHEN $6 AND EXISTS (
+                        SELECT 1 FROM runs WHERE job = $1 AND status = 'running'
+                    ) THEN 'skipped' ELSE 'running' END,
+                    $8
+             FROM current_fence
+             ON CONFLICT (job, slot) DO NOTHING
+             RETURNING id, status",
+        )
+        .bind(claim.job)
+        .bind(claim.slot)
+        .bind(claim.term.revision())
+        .bind(claim.node)
+        .bind(claim.config_hash)
+        .bind(claim.skip_if_running == SkipIfRunning::Yes)
+        .bind(claim.trigger.as_str())
+        .bind(claim.claimed_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = inserted {
+            let status: String = row.get("status");
+            return Ok(Claimed {
+                run_id: row.get("id"),
+                status: RunStatus::parse(&status).unwrap_or(RunStatus::Running),
+            });
+        }
+        self.explain_refusal(claim.job, claim.slot, claim.term, claim.node).await
+    }
+
+    /// Record slots that will not run (`missed`) under the fence, in one statement. Returns how
+    /// many rows were new.
+    async fn record_slots(
+        &self,
+        job: &str,
+        slots: &[DateTime<Utc>],
+        status: RunStatus,
+        term: &Term,
+        node: &str,
+        config_hash: &str,
+        error: &str,
+    ) -> Result<u64, ClaimError> {
+        if slots.is_empty() {
+            return Ok(0);
+        }
+        let now = Utc::now();
+        let result = sqlx::query(
+            "WITH current_fence AS (
+                 SELECT term FROM fence WHERE id = 1 AND term <= $2 FOR SHARE
+             )
+             INSERT INTO runs (job, slot, term, node, config_hash, status, claimed_at, finished_at, error)
+             SELECT $1, s, $2, $3, $4, $5, $7, $7, $8
+             FROM current_fence, unnest($6::timestamptz[]) AS s
+             ON CONFLICT (job, slot) DO NOTHING",
+        )
+        .bind(job)
+        .bind(term.revision())
+        .bind(node)
+        .bind(config_hash)
+        .bind(status.as_str())
+        .bind(slots)
+        .bind(now)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            let fence = self.fence().await?;
+            if fence.term > term.revision() {
+                return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
+            }
+        }
+        Ok(result.rows_affected())
+    }
+
+    async fn start_run(&self, run_id: i64, started_at: DateTime<Utc>) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE runs SET started_at = $2 WHERE id = $1")
+            .bind(run_id)
+            .bind(started_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Begin another attempt of a slot this term claimed, under the fence.
+    async fn retry_run(
+        &self,
+        run_id: i64,
+        term: &Term,
+        attempt: i32,
+        previous_error: &str,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), ClaimError> {
+        let updated = sqlx::query(
+            "WITH current_fence AS (
+                 SELECT term FROM fence WHERE id = 1 AND term <= $2 FOR SHARE
+             )
+             UPDATE runs SET attempt = $3, status = 'running', error = $4, started_at = $5,
+                    finished_at = NULL, exit_code = NULL, http_status = NULL
+             FROM current_fence
+             WHERE runs.id = $1 AND runs.term = $2",
+        )
+        .bind(run_id)
+        .bind(term.revision())
+        .bind(attempt)
+        .bind(previous_error)
+        .bind(started_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            let fence = self.fence().await?;
+            return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
+        }
+        Ok(())
+    }
+
+    /// Record how a run ended. Not fenced: the node that ran it reports the truth even after its
+    /// term ended, and may overwrite a `lost` that a newer leader wrote meanwhile.
+    async fn finish_run(&self, run_id: i64, outcome: &RunOutcome) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE runs SET status = $2, exit_code = $3, http_status = $4, error = $5,
+                    output = $6, finished_at = $7
+             WHERE id = $1 AND status IN ('running', 'lost')",
+        )
+        .bind(run_id)
+        .bind(outcome.status.as_str())
+        .bind(outcome.exit_code)
+        .bind(outcome.http_status.map(i32::from))
+        .bind(outcome.error.as_deref().map(clean_text))
+        .bind(clean_text(&outcome.output))
+        .bind(outcome.finished_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest scheduled slot recorded for each job, whatever its status.
+    async fn last_scheduled_slots(&self) -> Result<HashMap<String, DateTime<Utc>>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT job, max(slot) AS slot FROM runs WHERE trigger = 'schedule' GROUP BY job",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|row| (row.get("job"), row.get("slot"))).collect())
+    }
+
+    /// Mark `lost` the runs still `running` from an older term whose node is no longer
+    /// registered. Fenced: only the current leader may do this.
+    async fn reap_lost(&self, term: &Term, live_nodes: &[String]) -> Result<u64, sqlx::Error> {
+        let result = sqlx::query(
+            "WITH current_fence AS (
+                 SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
+             )
+             UPDATE runs SET status = 'lost', finished_at = now(),
+                    error = 'its leader vanished without recording an outcome'
+             FROM current_fence
+             WHERE runs.status = 'running' AND runs.term < $1 AND NOT (runs.node = ANY($2))",
+        )
+        .bind(term.revision())
+        .bind(live_nodes)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error> {
+        sqlx::query(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1"))
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| run_record(&row))
+            .transpose()
+    }
+
+    /// Every row of the ledger, oldest slot first (for tests and exports).
+    async fn all_runs(&self) -> Result<Vec<RunRecord>, sqlx::Error> {
+        sqlx::query(concat!("SELECT ", run_columns!(), " FROM runs ORDER BY slot, job"))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(run_record)
+            .collect()
+    }
+
+    /// Delete up to `batch` finished rows whose slot is older than `before`, in one short
+    /// statement so claims are never blocked for long. The newest row of every job is kept: it is
+    /// the job's cursor. Returns how many rows went.
+    async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
+        let result = sqlx::query(
+            "DELETE FROM runs WHERE id IN (
+                 SELECT r.id FROM runs r
+                 WHERE r.slot < $1 AND r.status <> 'running'
+                   AND r.slot < (SELECT max(slot) FROM runs newest WHERE newest.job = r.job)
+                 LIMIT $2
+             )",
+        )
+        .bind(before)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// Pause or resume a job; survives failover. Wakes the leader's scheduler.
+    async fn set_paused(&self, job: &str, paused: bool, by: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO job_controls (job, paused, updated_by, updated_at) VALUES ($1, $2, $3, now())
+             ON CONFLICT (job) DO UPDATE SET paused = $2, updated_by = $3, updated_at = now()",
+        )
+        .bind(job)
+        .bind(paused)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
+    /// Jobs paused by an operator.
+    async fn paused_jobs(&self) -> Result<HashSet<String>, sqlx::Error> {
+        let rows = sqlx::query("SELECT job FROM job_controls WHERE paused").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|row| row.get("job")).collect())
+    }
+
+    /// Record a manual trigger (idempotent per key) and wake the leader's scheduler. Returns the
+    /// trigger, new or the one already recorded under `idempotency_key`.
+    async fn request_trigger(
+        &self,
+        job: &str,
+        idempotency_key: &str,
+        by: &str,
+        requested_at: DateTime<Utc>,
+    ) -> Result<TriggerRecord, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(job)
+        .bind(idempotency_key)
+        .bind(by)
+        .bind(requested_at)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at
+             FROM triggers WHERE idempotency_key = $1",
+        )
+        .bind(idempotency_key)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
+        tx.commit().await?;
+        trigger_record(&row)
+    }
+
+    /// Triggers not yet handled by a leader, oldest first.
+    async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error> {
+        sqlx::query(
+            "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at
+             FROM triggers WHERE handled_at IS NULL ORDER BY requested_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(trigger_record)
+        .collect()
+    }
+
+    /// Mark a trigger handled, linked to the run that holds its slot (if any was claimed).
+    async fn trigger_handled(
+        &self,
+        trigger_id: i64,
+        job: &str,
+        slot: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE triggers SET handled_at = now(),
+                    run_id = (SELECT id FROM runs WHERE job = $2 AND slot = $3)
+             WHERE id = $1",
+        )
+        .bind(trigger_id)
+        .bind(job)
+        .bind(slot)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Mark a trigger handled without a run (its job is not in the job file).
+    async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE triggers SET handled_at = now() WHERE id = $1")
+            .bind(trigger_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn listen_controls(&self, wake: mpsc::Sender<()>, stop: CancellationToken) {
+        loop {
+            let connect = async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(CONTROL_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            let mut listener = tokio::select! {
+                () = stop.cancelled() => return,
+                listener = connect => match listener {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::debug!(%error, "cannot listen for controls; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                },
+            };
+            // Notifications sent while we were not listening are lost: look again now.
+            let _ = wake.try_send(());
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    notification = listener.try_recv() => match notification {
+                        Ok(_) => { let _ = wake.try_send(()); }
+                        Err(error) => {
+                            tracing::debug!(%error, "control listener failed; reconnecting");
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    async fn terms(&self) -> Result<Vec<TermRecord>, sqlx::Error> {
+        let rows = sqlx::query("SELECT term, cluster_id, node, started_at FROM terms ORDER BY term")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| TermRecord {
+                term: row.get("term"),
+                cluster_id: row.get("cluster_id"),
+                node: row.get("node"),
+                started_at: row.get("started_at"),
+            })
+            .collect())
+    }
+}
+
+
+fn run_record(row: &sqlx::postgres::PgRow) -> Result<RunRecord, sqlx::Error> {
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        job: row.try_get("job")?,
+        slot: row.try_get("slot")?,
+        trigger: row.try_get("trigger")?,
+        term: row.try_get("term")?,
+        node: row.try_get("node")?,
+        config_hash: row.try_get("config_hash")?,
+        status: row.try_get("status")?,
+        attempt: row.try_get("attempt")?,
+        claimed_at: row.try_get("claimed_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        exit_code: row.try_get("exit_code")?,
+        http_status: row.try_get("http_status")?,
+        error: row.try_get("error")?,
+        output: row.try_get("output")?,
+    })
+}
+
+fn trigger_record(row: &sqlx::postgres::PgRow) -> Result<TriggerRecord, sqlx::Error> {
+    Ok(TriggerRecord {
+        id: row.try_get("id")?,
+        job: row.try_get("job")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        requested_by: row.try_get("requested_by")?,
+        requested_at: row.try_get("requested_at")?,
+        run_id: row.try_get("run_id")?,
+        handled_at: row.try_get("handled_at")?,
+    })
+}
+
+async fn fence_in(conn: &mut sqlx::PgConnection) -> Result<Fence, sqlx::Error> {
+    let row = sqlx::query("SELECT term, cluster_id, node FROM fence WHERE id = 1")
+        .fetch_one(conn)
+        .await?;
+    Ok(Fence { term: row.get("term"), cluster_id: row.get("cluster_id"), node: row.get("node") })
+}
+
