@@ -1,8 +1,23 @@
 //! Cron maths: parse a schedule expression in a time zone and compute fire times. Pure: no IO,
 //! no clock reads; the caller passes every instant in.
+//!
+//! croner matches the fields; this module owns everything crontab users expect that croner does
+//! differently (see DESIGN-NOTES "Cron semantics"):
+//! - day-of-month and day-of-week are ANDed when either field starts with `*` (croner ORs
+//!   whenever neither is a bare `*`);
+//! - the daylight-saving rules are applied here, on croner's *wall-clock* matches: a fixed-time
+//!   job (neither minute nor hour, nor seconds when given, starts with `*`) fires once right after
+//!   a skipped hour and once, on the first occurrence, in a repeated hour; a wildcard job fires
+//!   on real elapsed time: nothing in a skipped hour, both copies of a repeated one;
+//! - `@every <duration>` is an interval anchored to the Unix epoch, so every replica computes the
+//!   same slots without shared state.
 
-use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
 
 /// Why an expression or time zone was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,26 +30,101 @@ pub enum ScheduleError {
     UnknownTimeZone(String),
 }
 
+/// What a schedule expression fires on.
+#[derive(Debug, Clone)]
+enum Kind {
+    /// Wall-clock fields, matched in the job's zone.
+    Cron { cron: Box<Cron>, fixed_time: bool },
+    /// Every `seconds`, anchored to the Unix epoch.
+    Every { seconds: i64 },
+}
+
 /// A validated schedule in a time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     expression: String,
     timezone: Tz,
+    kind: Kind,
 }
 
+/// The widest daylight-saving shift considered when looking for repeated wall-clock times. Real
+/// zones shift by 30 minutes to 2 hours.
+const MAX_SHIFT: TimeDelta = TimeDelta::hours(3);
+
 impl Schedule {
+    /// Parse `expression` (5-field crontab, 6 fields with seconds first, a `@daily`-style macro or
+    /// `@every 30s`) to be evaluated in `timezone`.
     pub fn parse(expression: &str, timezone: Tz) -> Result<Schedule, ScheduleError> {
-        Ok(Schedule { expression: expression.to_owned(), timezone })
+        let trimmed = expression.trim();
+        let invalid = |reason: String| ScheduleError::Invalid { expression: expression.to_owned(), reason };
+        let kind = if let Some(interval) = trimmed.strip_prefix("@every") {
+            let interval = interval.trim();
+            let duration = humantime::parse_duration(interval)
+                .map_err(|e| invalid(format!("`{interval}` is not a duration such as 30s or 5m ({e})")))?;
+            if duration < Duration::from_secs(1) || duration.subsec_nanos() != 0 {
+                return Err(invalid("an @every interval must be a whole number of seconds, at least 1s".into()));
+            }
+            let seconds = i64::try_from(duration.as_secs()).map_err(|_| invalid("interval too long".into()))?;
+            Kind::Every { seconds }
+        } else {
+            let fields = expand_macro(trimmed).map_err(invalid)?;
+            let parts: Vec<&str> = fields.split_whitespace().collect();
+            if parts.len() != 5 && parts.len() != 6 {
+                return Err(invalid(format!(
+                    "expected 5 fields (minute hour day-of-month month day-of-week), 6 with seconds first, \
+                     a macro such as @daily, or `@every 30s`; found {} field(s)",
+                    parts.len()
+                )));
+            }
+            let (seconds, rest) = if parts.len() == 6 { (Some(parts[0]), &parts[1..]) } else { (None, &parts[..]) };
+            let (minute, hour, dom, dow) = (rest[0], rest[1], rest[2], rest[4]);
+            // crontab(5): when either day field starts with `*`, both must match.
+            let dom_and_dow = dom.starts_with('*') || dow.starts_with('*');
+            let cron = CronParser::builder()
+                .seconds(if seconds.is_some() { Seconds::Required } else { Seconds::Disallowed })
+                .year(Year::Disallowed)
+                .dom_and_dow(dom_and_dow)
+                .build()
+                .parse(&fields)
+                .map_err(|e| invalid(croner_reason(&e)))?;
+            let fixed_time = !minute.starts_with('*')
+                && !hour.starts_with('*')
+                && !seconds.is_some_and(|s| s.starts_with('*'));
+            Kind::Cron { cron: Box::new(cron), fixed_time }
+        };
+        let schedule = Schedule { expression: trimmed.to_owned(), timezone, kind };
+        if let Kind::Cron { cron, .. } = &schedule.kind {
+            // Four centuries cover every calendar combination (the Gregorian cycle is 400 years),
+            // so a pattern without a match from here on never fires.
+            let from = NaiveDateTime::new(chrono::NaiveDate::from_ymd_opt(2000, 1, 1).expect("valid date"), chrono::NaiveTime::MIN);
+            match cron.find_next_occurrence(&from, true) {
+                Ok(found) if found.year() < 2400 => {}
+                _ => return Err(ScheduleError::NeverFires(expression.to_owned())),
+            }
+        }
+        Ok(schedule)
     }
 
     /// The first fire time strictly after `after`, or `None` if there is none.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let _ = after;
-        None
+        match &self.kind {
+            Kind::Every { seconds } => {
+                let now = after.timestamp();
+                let next = now.div_euclid(*seconds).checked_add(1)?.checked_mul(*seconds)?;
+                DateTime::from_timestamp(next, 0)
+            }
+            Kind::Cron { cron, fixed_time } => next_cron(cron, *fixed_time, self.timezone, after),
+        }
     }
 
+    /// The schedule in English words, e.g. "At 02:30 AM, every day".
     pub fn describe(&self) -> String {
-        self.expression.clone()
+        match &self.kind {
+            Kind::Every { seconds } => {
+                format!("Every {}", humantime::format_duration(Duration::from_secs(*seconds as u64)))
+            }
+            Kind::Cron { cron, .. } => cron.describe(),
+        }
     }
 
     pub fn expression(&self) -> &str {
@@ -46,7 +136,286 @@ impl Schedule {
     }
 }
 
-/// Parse an IANA time zone name.
+/// Parse an IANA time zone name. Abbreviations (`CET`, `EST`) and fixed offsets are refused
+/// because they do not say which daylight-saving rules apply; `UTC` is accepted.
 pub fn parse_timezone(name: &str) -> Result<Tz, ScheduleError> {
-    name.parse().map_err(|_| ScheduleError::UnknownTimeZone(name.to_owned()))
+    let unknown = || ScheduleError::UnknownTimeZone(name.to_owned());
+    let is_iana = name == "UTC" || name.contains('/');
+    if !is_iana {
+        return Err(unknown());
+    }
+    name.parse().map_err(|_| unknown())
+}
+
+/// `@yearly` and friends as the crontab lines Vixie cron expands them to. `@reboot` has no slot
+/// identity, so it is refused.
+fn expand_macro(expression: &str) -> Result<String, String> {
+    if !expression.starts_with('@') {
+        return Ok(expression.to_owned());
+    }
+    let fields = match expression.to_ascii_lowercase().as_str() {
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        "@monthly" => "0 0 1 * *",
+        "@weekly" => "0 0 * * 0",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@hourly" => "0 * * * *",
+        other => {
+            return Err(format!(
+                "unknown macro `{other}`: expected @yearly, @annually, @monthly, @weekly, @daily, @midnight, \
+                 @hourly or `@every <duration>`"
+            ));
+        }
+    };
+    Ok(fields.to_owned())
+}
+
+fn croner_reason(error: &croner::errors::CronError) -> String {
+    use croner::errors::CronError;
+    match error {
+        CronError::EmptyPattern => "the expression is empty".to_owned(),
+        CronError::InvalidPattern(s) | CronError::IllegalCharacters(s) | CronError::ComponentError(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The first instant strictly after `after` at which a wall-clock pattern fires in `tz`.
+fn next_cron(cron: &Cron, fixed_time: bool, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let local_after = after.with_timezone(&tz).naive_local();
+    let mut best: Option<DateTime<Utc>> = None;
+
+    // Wildcard jobs fire in the second copy of a repeated hour too. If `after` lies in the first
+    // copy, wall-clock times *before* its own may still come again after it.
+    if !fixed_time
+        && let Some(transition) = fall_back_within(tz, after, after + MAX_SHIFT)
+    {
+        let new_offset = offset_at(tz, transition);
+        let repeat_start = transition.naive_utc() + new_offset;
+        if repeat_start <= local_after
+            && let Ok(wall) = cron.find_next_occurrence(&repeat_start, true)
+            && wall <= local_after
+        {
+            best = Some((wall - new_offset).and_utc());
+        }
+    }
+
+    let mut wall = cron.find_next_occurrence(&local_after, true).ok()?;
+    // Bounded: a few wall-clock matches can fall in a gap or before `after` in a repeated hour.
+    for _ in 0..10_000 {
+        let earliest = instants(tz, wall, fixed_time).into_iter().find(|instant| *instant > after);
+        if let Some(instant) = earliest {
+            return Some(best.map_or(instant, |b| b.min(instant)));
+        }
+        wall = cron.find_next_occurrence(&wall, false).ok()?;
+    }
+    best
+}
+
+/// The instants at which a wall-clock match fires, earliest first, per the daylight-saving rules.
+fn instants(tz: Tz, wall: NaiveDateTime, fixed_time: bool) -> Vec<DateTime<Utc>> {
+    match tz.from_local_datetime(&wall) {
+        LocalResult::Single(t) => vec![t.with_timezone(&Utc)],
+        LocalResult::Ambiguous(first, second) if fixed_time => {
+            let _ = second;
+            vec![first.with_timezone(&Utc)]
+        }
+        LocalResult::Ambiguous(first, second) => vec![first.with_timezone(&Utc), second.with_timezone(&Utc)],
+        // Skipped by a jump forward: a fixed-time job fires right after the jump.
+        LocalResult::None if fixed_time => jump_after(tz, wall).into_iter().collect(),
+        LocalResult::None => Vec::new(),
+    }
+}
+
+fn offset_at(tz: Tz, instant: DateTime<Utc>) -> TimeDelta {
+    TimeDelta::seconds(i64::from(tz.offset_from_utc_datetime(&instant.naive_utc()).fix().local_minus_utc()))
+}
+
+/// The first instant whose wall-clock time is at or after `wall`, which lies in a gap.
+fn jump_after(tz: Tz, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
+    let at_or_after = |t: i64| DateTime::from_timestamp(t, 0).is_some_and(|i| i.with_timezone(&tz).naive_local() >= wall);
+    // Offsets stay within a day of UTC, so the jump lies within a day of the wall-clock time.
+    let centre = wall.and_utc().timestamp();
+    first_second(centre - 86_400, centre + 86_400, at_or_after)
+}
+
+/// The instant in `(from, to]` at which `tz` turns its clocks back, if any.
+fn fall_back_within(tz: Tz, from: DateTime<Utc>, to: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let before = offset_at(tz, from);
+    if offset_at(tz, to) >= before {
+        return None;
+    }
+    let turned = |t: i64| DateTime::from_timestamp(t, 0).is_some_and(|i| offset_at(tz, i) < before);
+    first_second(from.timestamp(), to.timestamp(), turned)
+}
+
+/// The first whole second in `(low, high]` for which `past` holds, given that `past` is false at
+/// `low`, true at `high` and flips once in between.
+fn first_second(mut low: i64, mut high: i64, past: impl Fn(i64) -> bool) -> Option<DateTime<Utc>> {
+    if past(low) || !past(high) {
+        return None;
+    }
+    while high - low > 1 {
+        let mid = low + (high - low) / 2;
+        if past(mid) { high = mid } else { low = mid }
+    }
+    DateTime::from_timestamp(high, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).expect("rfc3339").with_timezone(&Utc)
+    }
+
+    /// The next `n` fire times after `from`, as RFC 3339 in the schedule's zone.
+    fn fires(expr: &str, zone: &str, from: &str, n: usize) -> Vec<String> {
+        let tz = parse_timezone(zone).expect("zone");
+        let schedule = Schedule::parse(expr, tz).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let mut t = at(from);
+        (0..n)
+            .map(|_| {
+                t = schedule.next_after(t).expect("fires");
+                t.with_timezone(&tz).to_rfc3339()
+            })
+            .collect()
+    }
+
+    /// (expression, zone, from, expected fire times)
+    type Case = (&'static str, &'static str, &'static str, &'static [&'static str]);
+
+    fn check(cases: &[Case]) {
+        for (expr, zone, from, want) in cases {
+            let got = fires(expr, zone, from, want.len());
+            assert_eq!(got, *want, "`{expr}` in {zone} after {from}");
+        }
+    }
+
+    #[test]
+    fn plain_crontab() {
+        check(&[
+            ("*/15 * * * *", "UTC", "2026-05-01T10:07:00Z", &["2026-05-01T10:15:00+00:00", "2026-05-01T10:30:00+00:00"]),
+            // Strictly after: a fire time equal to `from` is not repeated.
+            ("0 * * * *", "UTC", "2026-05-01T10:00:00Z", &["2026-05-01T11:00:00+00:00"]),
+            // Seconds first when six fields are given.
+            ("*/20 * * * * *", "UTC", "2026-05-01T10:00:00Z", &["2026-05-01T10:00:20+00:00", "2026-05-01T10:00:40+00:00"]),
+            // Names for months and days, case-insensitive.
+            ("0 9 * jan-feb mon", "UTC", "2026-01-01T00:00:00Z", &["2026-01-05T09:00:00+00:00", "2026-01-12T09:00:00+00:00"]),
+            // Day of week 0 and 7 are both Sunday.
+            ("0 0 * * 0", "UTC", "2026-05-01T00:00:00Z", &["2026-05-03T00:00:00+00:00"]),
+            ("0 0 * * 7", "UTC", "2026-05-01T00:00:00Z", &["2026-05-03T00:00:00+00:00"]),
+            ("0 0 * * 1", "UTC", "2026-05-01T00:00:00Z", &["2026-05-04T00:00:00+00:00"]),
+            // Macros.
+            ("@daily", "UTC", "2026-05-01T10:00:00Z", &["2026-05-02T00:00:00+00:00"]),
+            ("@midnight", "UTC", "2026-05-01T10:00:00Z", &["2026-05-02T00:00:00+00:00"]),
+            ("@hourly", "UTC", "2026-05-01T10:00:00Z", &["2026-05-01T11:00:00+00:00"]),
+            ("@weekly", "UTC", "2026-05-01T10:00:00Z", &["2026-05-03T00:00:00+00:00"]),
+            ("@monthly", "UTC", "2026-05-01T10:00:00Z", &["2026-06-01T00:00:00+00:00"]),
+            ("@yearly", "UTC", "2026-05-01T10:00:00Z", &["2027-01-01T00:00:00+00:00"]),
+            ("@annually", "UTC", "2026-05-01T10:00:00Z", &["2027-01-01T00:00:00+00:00"]),
+            // A zone without daylight saving.
+            ("30 2 * * *", "Asia/Kolkata", "2026-03-27T18:00:00Z", &["2026-03-28T02:30:00+05:30", "2026-03-29T02:30:00+05:30"]),
+            ("0 * * * *", "Asia/Kolkata", "2026-10-24T23:30:00Z", &["2026-10-25T06:00:00+05:30"]),
+        ]);
+    }
+
+    #[test]
+    fn day_of_month_and_day_of_week() {
+        check(&[
+            // Both restricted: either matches (the 1st, and every Monday).
+            ("0 0 1 * MON", "UTC", "2026-06-01T00:00:00Z", &["2026-06-08T00:00:00+00:00", "2026-06-15T00:00:00+00:00", "2026-06-22T00:00:00+00:00", "2026-06-29T00:00:00+00:00", "2026-07-01T00:00:00+00:00"]),
+            // A day field starting with `*` makes both required: Mondays on odd days.
+            ("0 0 */2 * MON", "UTC", "2026-06-01T00:00:00Z", &["2026-06-15T00:00:00+00:00", "2026-06-29T00:00:00+00:00", "2026-07-13T00:00:00+00:00"]),
+            ("0 0 1 * */2", "UTC", "2026-01-01T00:00:00Z", &["2026-02-01T00:00:00+00:00", "2026-03-01T00:00:00+00:00", "2026-08-01T00:00:00+00:00"]),
+        ]);
+    }
+
+    #[test]
+    fn leap_days_and_short_months() {
+        check(&[
+            ("0 12 29 2 *", "UTC", "2026-01-01T00:00:00Z", &["2028-02-29T12:00:00+00:00", "2032-02-29T12:00:00+00:00"]),
+            ("0 12 29 2 *", "Europe/Berlin", "2026-01-01T00:00:00Z", &["2028-02-29T12:00:00+01:00"]),
+            // The 31st only exists in seven months.
+            ("0 0 31 * *", "UTC", "2026-01-31T00:00:00Z", &["2026-03-31T00:00:00+00:00", "2026-05-31T00:00:00+00:00", "2026-07-31T00:00:00+00:00", "2026-08-31T00:00:00+00:00"]),
+            ("0 0 31 * *", "America/New_York", "2026-10-31T05:00:00Z", &["2026-12-31T00:00:00-05:00"]),
+            ("0 0 L * *", "UTC", "2026-01-31T00:00:00Z", &["2026-02-28T00:00:00+00:00", "2026-03-31T00:00:00+00:00"]),
+            ("0 0 L 2 *", "UTC", "2027-03-01T00:00:00Z", &["2028-02-29T00:00:00+00:00"]),
+        ]);
+    }
+
+    /// Clocks jump forward: a fixed-time job in the skipped hour fires once right after the jump;
+    /// a wildcard job fires on real time, so nothing in the skipped hour.
+    #[test]
+    fn spring_forward() {
+        check(&[
+            ("30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", &["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"]),
+            ("0 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", &["2026-03-29T03:00:00+02:00", "2026-03-30T02:00:00+02:00"]),
+            // Two fixed times in the gap still fire once.
+            ("15,45 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", &["2026-03-29T03:00:00+02:00", "2026-03-30T02:15:00+02:00"]),
+            ("30 1-3 * * *", "Europe/Berlin", "2026-03-28T23:00:00Z", &["2026-03-29T01:30:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-29T03:30:00+02:00"]),
+            ("0 * * * *", "Europe/Berlin", "2026-03-28T23:30:00Z", &["2026-03-29T01:00:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-29T04:00:00+02:00"]),
+            ("*/30 * * * *", "Europe/Berlin", "2026-03-29T00:45:00Z", &["2026-03-29T03:00:00+02:00", "2026-03-29T03:30:00+02:00"]),
+            ("30 2 * * *", "America/New_York", "2026-03-07T12:00:00Z", &["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"]),
+            ("0 * * * *", "America/New_York", "2026-03-08T05:30:00Z", &["2026-03-08T01:00:00-05:00", "2026-03-08T03:00:00-04:00"]),
+            // Southern hemisphere: Sydney springs forward in October (02:00 -> 03:00).
+            ("30 2 * * *", "Australia/Sydney", "2026-10-03T00:00:00Z", &["2026-10-04T03:00:00+11:00", "2026-10-05T02:30:00+11:00"]),
+            ("0 * * * *", "Australia/Sydney", "2026-10-03T14:30:00Z", &["2026-10-04T01:00:00+10:00", "2026-10-04T03:00:00+11:00"]),
+        ]);
+    }
+
+    /// Clocks go back: a fixed-time job fires once, on the first occurrence; a wildcard job fires
+    /// in both copies of the repeated hour.
+    #[test]
+    fn fall_back() {
+        check(&[
+            ("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00Z", &["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]),
+            ("0 * * * *", "Europe/Berlin", "2026-10-24T23:30:00Z", &["2026-10-25T02:00:00+02:00", "2026-10-25T02:00:00+01:00", "2026-10-25T03:00:00+01:00"]),
+            ("30 * * * *", "Europe/Berlin", "2026-10-25T00:15:00Z", &["2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00", "2026-10-25T03:30:00+01:00"]),
+            // From inside the first copy, the earlier wall-clock times come round again.
+            ("*/20 * * * *", "Europe/Berlin", "2026-10-25T00:50:00Z", &["2026-10-25T02:00:00+01:00", "2026-10-25T02:20:00+01:00"]),
+            // From inside the second copy, a fixed-time job does not fire again.
+            ("30 2 * * *", "Europe/Berlin", "2026-10-25T01:10:00Z", &["2026-10-26T02:30:00+01:00"]),
+            // Hour lists and ranges are fixed-time too.
+            ("15 2,3 * * *", "Europe/Berlin", "2026-10-24T23:00:00Z", &["2026-10-25T02:15:00+02:00", "2026-10-25T03:15:00+01:00", "2026-10-26T02:15:00+01:00"]),
+            ("30 1-3 * * *", "America/New_York", "2026-11-01T04:00:00Z", &["2026-11-01T01:30:00-04:00", "2026-11-01T02:30:00-05:00", "2026-11-01T03:30:00-05:00"]),
+            ("0 * * * *", "America/New_York", "2026-11-01T04:30:00Z", &["2026-11-01T01:00:00-04:00", "2026-11-01T01:00:00-05:00", "2026-11-01T02:00:00-05:00"]),
+            // Southern hemisphere: Sydney falls back in April (03:00 -> 02:00).
+            ("30 2 * * *", "Australia/Sydney", "2026-04-04T00:00:00Z", &["2026-04-05T02:30:00+11:00", "2026-04-06T02:30:00+10:00"]),
+            ("15 2,3 * * *", "Australia/Sydney", "2026-04-04T14:00:00Z", &["2026-04-05T02:15:00+11:00", "2026-04-05T03:15:00+10:00"]),
+            ("0 * * * *", "Australia/Sydney", "2026-04-04T14:30:00Z", &["2026-04-05T02:00:00+11:00", "2026-04-05T02:00:00+10:00", "2026-04-05T03:00:00+10:00"]),
+        ]);
+    }
+
+    #[test]
+    fn every_is_anchored_to_the_epoch() {
+        check(&[
+            ("@every 30s", "UTC", "2026-05-01T10:00:10Z", &["2026-05-01T10:00:30+00:00", "2026-05-01T10:01:00+00:00"]),
+            ("@every 1h", "Europe/Berlin", "2026-10-25T00:30:00Z", &["2026-10-25T02:00:00+01:00", "2026-10-25T03:00:00+01:00"]),
+            ("@every 7m", "UTC", "1970-01-01T00:00:00Z", &["1970-01-01T00:07:00+00:00"]),
+        ]);
+    }
+
+    #[test]
+    fn refuses_what_cannot_fire_or_parse() {
+        let utc = Tz::UTC;
+        for never in ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6 *"] {
+            assert!(matches!(Schedule::parse(never, utc), Err(ScheduleError::NeverFires(_))), "{never}");
+        }
+        for bad in ["", "* * * *", "* * * * * * *", "61 * * * *", "* 24 * * *", "* * 0 * *", "* * * 13 *", "* * * * 8", "@reboot", "@every", "@every 0s", "@every 1500ms", "@every soon", "x * * * *"] {
+            assert!(matches!(Schedule::parse(bad, utc), Err(ScheduleError::Invalid { .. })), "{bad:?} should be invalid");
+        }
+        for zone in ["Mars/Olympus", "CET", "EST", "+02:00", "europe/berlin"] {
+            assert!(parse_timezone(zone).is_err(), "{zone}");
+        }
+        for zone in ["UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires"] {
+            assert!(parse_timezone(zone).is_ok(), "{zone}");
+        }
+    }
+
+    #[test]
+    fn describes_in_words() {
+        let s = Schedule::parse("30 2 * * *", Tz::UTC).unwrap();
+        assert!(s.describe().contains("02:30"), "{}", s.describe());
+        assert_eq!(Schedule::parse("@every 30s", Tz::UTC).unwrap().describe(), "Every 30s");
+    }
 }
