@@ -38,11 +38,7 @@ pub struct RunSettings {
 }
 
 /// Run one replica until `shutdown` is cancelled, then hand over and drain.
-pub async fn run(
-    settings: RunSettings,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let jobs = config::load(&settings.jobs_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let address = listener.local_addr().context("listener address")?;
     tracing::info!(node = %settings.node_id, %address, jobs = jobs.jobs().len(), hash = jobs.hash(), "starting");
@@ -95,14 +91,8 @@ pub async fn run(
     let http_shutdown = CancellationToken::new();
     let server = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));
 
-    let scheduler = Scheduler::new(
-        store,
-        settings.node_id.clone(),
-        jobs_rx,
-        leadership_rx,
-        members_rx,
-        settings.shutdown_grace,
-    );
+    let scheduler =
+        Scheduler::new(store, settings.node_id.clone(), jobs_rx, leadership_rx, members_rx, settings.shutdown_grace);
     scheduler.run(shutdown.clone()).await;
     registry_shutdown.cancel();
     tasks.close();
@@ -143,7 +133,9 @@ async fn prune_ledger(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let Ok(age) = chrono::Duration::from_std(retain) else { continue };
+        let Ok(age) = chrono::Duration::from_std(retain) else {
+            continue;
+        };
         let before = Utc::now() - age;
         let mut pruned = 0;
         while leadership.borrow().is_leader() && !shutdown.is_cancelled() {

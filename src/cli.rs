@@ -125,7 +125,12 @@ impl RunArgs {
 }
 
 /// `tenure validate`: 0 when the file is valid, 1 with every error otherwise.
-pub fn validate(args: &ValidateArgs, now: DateTime<Utc>, out: &mut impl Write, err: &mut impl Write) -> anyhow::Result<i32> {
+pub fn validate(
+    args: &ValidateArgs,
+    now: DateTime<Utc>,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> anyhow::Result<i32> {
     let jobs = match config::load(&args.file) {
         Ok(jobs) => jobs,
         Err(errors) => {

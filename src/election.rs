@@ -10,14 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, ResignOptions, Txn,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, ResignOptions, Txn};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::leadership::{LeaderTerm, LeaseDeadline, Leadership, Term};
+use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
 
 /// How long a single unary etcd request may take before we treat etcd as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -70,11 +68,7 @@ pub struct Election {
 }
 
 impl Election {
-    pub fn new(
-        client: Client,
-        config: ElectionConfig,
-        leadership: watch::Sender<Leadership>,
-    ) -> Election {
+    pub fn new(client: Client, config: ElectionConfig, leadership: watch::Sender<Leadership>) -> Election {
         Election { client, config, leadership }
     }
 
@@ -112,9 +106,7 @@ impl Election {
     async fn one_term(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let ttl = self.config.lease_ttl;
         let sent = Instant::now();
-        let grant = timeout(self.client.lease_grant(ttl.as_secs().max(1) as i64, None))
-            .await
-            .context("grant lease")?;
+        let grant = timeout(self.client.lease_grant(ttl.as_secs().max(1) as i64, None)).await.context("grant lease")?;
         let lease_id = grant.id();
         let granted_ttl = Duration::from_secs(grant.ttl().max(0) as u64);
         let lease = LeaseDeadline::new(sent + granted_ttl - safety_margin(granted_ttl));
@@ -277,8 +269,7 @@ async fn keep_lease_alive_inner(
             Ok(Some(response)) if response.ttl() > 0 => {
                 let granted = Duration::from_secs(response.ttl() as u64);
                 lease.extend_to(sent + granted - safety_margin(granted));
-                metrics::histogram!("tenure_keepalive_rtt_seconds")
-                    .record(sent.elapsed().as_secs_f64());
+                metrics::histogram!("tenure_keepalive_rtt_seconds").record(sent.elapsed().as_secs_f64());
             }
             Ok(Some(_)) => return LeaseEnd::Expired,
             Ok(None) => return LeaseEnd::Failed("keep-alive stream ended".into()),
@@ -287,9 +278,7 @@ async fn keep_lease_alive_inner(
     }
 }
 
-async fn timeout<T, E>(
-    request: impl Future<Output = Result<T, E>>,
-) -> anyhow::Result<T>
+async fn timeout<T, E>(request: impl Future<Output = Result<T, E>>) -> anyhow::Result<T>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -346,8 +335,7 @@ async fn register_once(
     let granted = Duration::from_secs(grant.ttl().max(0) as u64);
     let lease = LeaseDeadline::new(sent + granted);
     let stop = CancellationToken::new();
-    let mut keep_alive =
-        tokio::spawn(keep_lease_alive(client.clone(), lease_id, granted, lease, stop.clone()));
+    let mut keep_alive = tokio::spawn(keep_lease_alive(client.clone(), lease_id, granted, lease, stop.clone()));
     let _stop_keep_alive = stop.clone().drop_guard();
     let result = async {
         loop {
@@ -370,8 +358,7 @@ async fn register_once(
 
 /// Every live replica, in node order.
 pub async fn list_members(client: &mut Client, keys: &Keys) -> anyhow::Result<Vec<Member>> {
-    let response =
-        timeout(client.get(keys.members.clone(), Some(GetOptions::new().with_prefix()))).await?;
+    let response = timeout(client.get(keys.members.clone(), Some(GetOptions::new().with_prefix()))).await?;
     let mut members = Vec::new();
     for kv in response.kvs() {
         match serde_json::from_slice::<Member>(kv.value()) {
@@ -384,17 +371,12 @@ pub async fn list_members(client: &mut Client, keys: &Keys) -> anyhow::Result<Ve
 }
 
 /// The current leader's node id and term, as etcd sees it.
-pub async fn current_leader(
-    client: &mut Client,
-    keys: &Keys,
-) -> anyhow::Result<Option<(String, i64)>> {
+pub async fn current_leader(client: &mut Client, keys: &Keys) -> anyhow::Result<Option<(String, i64)>> {
     // The leader is the oldest key under the election prefix.
     let options = GetOptions::new()
         .with_prefix()
         .with_sort(etcd_client::SortTarget::Create, etcd_client::SortOrder::Ascend)
         .with_limit(1);
     let response = timeout(client.get(format!("{}/", keys.election), Some(options))).await?;
-    Ok(response.kvs().first().map(|kv| {
-        (String::from_utf8_lossy(kv.value()).into_owned(), kv.create_revision())
-    }))
+    Ok(response.kvs().first().map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.create_revision())))
 }

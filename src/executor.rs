@@ -265,9 +265,8 @@ async fn run_http(
             error: Some(format!("timed out after {}", humantime::format_duration(timeout))),
             ..outcome(RunStatus::TimedOut, output)
         },
-        Err(error) => RunOutcome {
-            error: Some(format!("request failed: {error}")),
-            ..outcome(RunStatus::Failed, output)
-        },
+        Err(error) => {
+            RunOutcome { error: Some(format!("request failed: {error}")), ..outcome(RunStatus::Failed, output) }
+        }
     }
 }

@@ -33,9 +33,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Serve until `shutdown`.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
     Ok(())
 }
 
@@ -51,11 +49,9 @@ struct Readiness {
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let database = state.store.ping().await.is_ok();
     let etcd = match state.etcd.clone() {
-        Some(mut client) => {
-            tokio::time::timeout(std::time::Duration::from_secs(2), client.status())
-                .await
-                .is_ok_and(|status| status.is_ok())
-        }
+        Some(mut client) => tokio::time::timeout(std::time::Duration::from_secs(2), client.status())
+            .await
+            .is_ok_and(|status| status.is_ok()),
         None => true,
     };
     let leadership = state.leadership.borrow().clone();

@@ -6,14 +6,14 @@
 //! fire, and with which term), `store` (the fenced run ledger), `executor` (running one job),
 //! `scheduler` (the firing loop), `http` (health and API), `app` (wiring), `cli` (commands).
 
-pub mod schedule;
-pub mod config;
-pub mod leadership;
-pub mod election;
-pub mod store;
-pub mod executor;
-pub mod scheduler;
-pub mod http;
 pub mod app;
 pub mod cli;
+pub mod config;
+pub mod election;
+pub mod executor;
+pub mod http;
+pub mod leadership;
+pub mod schedule;
+pub mod scheduler;
+pub mod store;
 pub mod telemetry;

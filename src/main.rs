@@ -12,7 +12,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tenure::telemetry::init_logging(cli.log_format);
     let result = match &cli.command {
-        Command::Validate(args) => tenure::cli::validate(args, Utc::now(), &mut std::io::stdout(), &mut std::io::stderr()),
+        Command::Validate(args) => {
+            tenure::cli::validate(args, Utc::now(), &mut std::io::stdout(), &mut std::io::stderr())
+        }
         Command::Next(args) => tenure::cli::next(args, Utc::now(), &mut std::io::stdout(), &mut std::io::stderr()),
         Command::Run(args) => run(args),
         Command::Schema => {
@@ -33,9 +35,8 @@ fn run(args: &tenure::cli::RunArgs) -> anyhow::Result<i32> {
     let settings = args.settings()?;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("listen on {}", args.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tenure::app::run(settings, listener, shutdown).await?;
@@ -45,8 +46,8 @@ fn run(args: &tenure::cli::RunArgs) -> anyhow::Result<i32> {
 
 /// SIGTERM and ctrl-c both start the one shutdown: stop firing, resign, drain.
 async fn stop_on_signal(shutdown: CancellationToken) {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM: handing over"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: handing over"),

@@ -87,16 +87,18 @@ impl Schedule {
                 .build()
                 .parse(&fields)
                 .map_err(|e| invalid(croner_reason(&e)))?;
-            let fixed_time = !minute.starts_with('*')
-                && !hour.starts_with('*')
-                && !seconds.is_some_and(|s| s.starts_with('*'));
+            let fixed_time =
+                !minute.starts_with('*') && !hour.starts_with('*') && !seconds.is_some_and(|s| s.starts_with('*'));
             Kind::Cron { cron: Box::new(cron), fixed_time }
         };
         let schedule = Schedule { expression: trimmed.to_owned(), timezone, kind };
         if let Kind::Cron { cron, .. } = &schedule.kind {
             // Four centuries cover every calendar combination (the Gregorian cycle is 400 years),
             // so a pattern without a match from here on never fires.
-            let from = NaiveDateTime::new(chrono::NaiveDate::from_ymd_opt(2000, 1, 1).expect("valid date"), chrono::NaiveTime::MIN);
+            let from = NaiveDateTime::new(
+                chrono::NaiveDate::from_ymd_opt(2000, 1, 1).expect("valid date"),
+                chrono::NaiveTime::MIN,
+            );
             match cron.find_next_occurrence(&from, true) {
                 Ok(found) if found.year() < 2400 => {}
                 _ => return Err(ScheduleError::NeverFires(expression.to_owned())),
@@ -185,9 +187,7 @@ fn next_cron(cron: &Cron, fixed_time: bool, tz: Tz, after: DateTime<Utc>) -> Opt
 
     // Wildcard jobs fire in the second copy of a repeated hour too. If `after` lies in the first
     // copy, wall-clock times *before* its own may still come again after it.
-    if !fixed_time
-        && let Some(transition) = fall_back_within(tz, after, after + MAX_SHIFT)
-    {
+    if !fixed_time && let Some(transition) = fall_back_within(tz, after, after + MAX_SHIFT) {
         let new_offset = offset_at(tz, transition);
         let repeat_start = transition.naive_utc() + new_offset;
         if repeat_start <= local_after
@@ -218,7 +218,9 @@ fn instants(tz: Tz, wall: NaiveDateTime, fixed_time: bool) -> Vec<DateTime<Utc>>
             let _ = second;
             vec![first.with_timezone(&Utc)]
         }
-        LocalResult::Ambiguous(first, second) => vec![first.with_timezone(&Utc), second.with_timezone(&Utc)],
+        LocalResult::Ambiguous(first, second) => {
+            vec![first.with_timezone(&Utc), second.with_timezone(&Utc)]
+        }
         // Skipped by a jump forward: a fixed-time job fires right after the jump.
         LocalResult::None if fixed_time => jump_after(tz, wall).into_iter().collect(),
         LocalResult::None => Vec::new(),
@@ -231,7 +233,8 @@ fn offset_at(tz: Tz, instant: DateTime<Utc>) -> TimeDelta {
 
 /// The first instant whose wall-clock time is at or after `wall`, which lies in a gap.
 fn jump_after(tz: Tz, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
-    let at_or_after = |t: i64| DateTime::from_timestamp(t, 0).is_some_and(|i| i.with_timezone(&tz).naive_local() >= wall);
+    let at_or_after =
+        |t: i64| DateTime::from_timestamp(t, 0).is_some_and(|i| i.with_timezone(&tz).naive_local() >= wall);
     // Offsets stay within a day of UTC, so the jump lies within a day of the wall-clock time.
     let centre = wall.and_utc().timestamp();
     first_second(centre - 86_400, centre + 86_400, at_or_after)
@@ -294,13 +297,28 @@ mod tests {
     #[test]
     fn plain_crontab() {
         check(&[
-            ("*/15 * * * *", "UTC", "2026-05-01T10:07:00Z", &["2026-05-01T10:15:00+00:00", "2026-05-01T10:30:00+00:00"]),
+            (
+                "*/15 * * * *",
+                "UTC",
+                "2026-05-01T10:07:00Z",
+                &["2026-05-01T10:15:00+00:00", "2026-05-01T10:30:00+00:00"],
+            ),
             // Strictly after: a fire time equal to `from` is not repeated.
             ("0 * * * *", "UTC", "2026-05-01T10:00:00Z", &["2026-05-01T11:00:00+00:00"]),
             // Seconds first when six fields are given.
-            ("*/20 * * * * *", "UTC", "2026-05-01T10:00:00Z", &["2026-05-01T10:00:20+00:00", "2026-05-01T10:00:40+00:00"]),
+            (
+                "*/20 * * * * *",
+                "UTC",
+                "2026-05-01T10:00:00Z",
+                &["2026-05-01T10:00:20+00:00", "2026-05-01T10:00:40+00:00"],
+            ),
             // Names for months and days, case-insensitive.
-            ("0 9 * jan-feb mon", "UTC", "2026-01-01T00:00:00Z", &["2026-01-05T09:00:00+00:00", "2026-01-12T09:00:00+00:00"]),
+            (
+                "0 9 * jan-feb mon",
+                "UTC",
+                "2026-01-01T00:00:00Z",
+                &["2026-01-05T09:00:00+00:00", "2026-01-12T09:00:00+00:00"],
+            ),
             // Day of week 0 and 7 are both Sunday.
             ("0 0 * * 0", "UTC", "2026-05-01T00:00:00Z", &["2026-05-03T00:00:00+00:00"]),
             ("0 0 * * 7", "UTC", "2026-05-01T00:00:00Z", &["2026-05-03T00:00:00+00:00"]),
@@ -314,7 +332,12 @@ mod tests {
             ("@yearly", "UTC", "2026-05-01T10:00:00Z", &["2027-01-01T00:00:00+00:00"]),
             ("@annually", "UTC", "2026-05-01T10:00:00Z", &["2027-01-01T00:00:00+00:00"]),
             // A zone without daylight saving.
-            ("30 2 * * *", "Asia/Kolkata", "2026-03-27T18:00:00Z", &["2026-03-28T02:30:00+05:30", "2026-03-29T02:30:00+05:30"]),
+            (
+                "30 2 * * *",
+                "Asia/Kolkata",
+                "2026-03-27T18:00:00Z",
+                &["2026-03-28T02:30:00+05:30", "2026-03-29T02:30:00+05:30"],
+            ),
             ("0 * * * *", "Asia/Kolkata", "2026-10-24T23:30:00Z", &["2026-10-25T06:00:00+05:30"]),
         ]);
     }
@@ -323,10 +346,31 @@ mod tests {
     fn day_of_month_and_day_of_week() {
         check(&[
             // Both restricted: either matches (the 1st, and every Monday).
-            ("0 0 1 * MON", "UTC", "2026-06-01T00:00:00Z", &["2026-06-08T00:00:00+00:00", "2026-06-15T00:00:00+00:00", "2026-06-22T00:00:00+00:00", "2026-06-29T00:00:00+00:00", "2026-07-01T00:00:00+00:00"]),
+            (
+                "0 0 1 * MON",
+                "UTC",
+                "2026-06-01T00:00:00Z",
+                &[
+                    "2026-06-08T00:00:00+00:00",
+                    "2026-06-15T00:00:00+00:00",
+                    "2026-06-22T00:00:00+00:00",
+                    "2026-06-29T00:00:00+00:00",
+                    "2026-07-01T00:00:00+00:00",
+                ],
+            ),
             // A day field starting with `*` makes both required: Mondays on odd days.
-            ("0 0 */2 * MON", "UTC", "2026-06-01T00:00:00Z", &["2026-06-15T00:00:00+00:00", "2026-06-29T00:00:00+00:00", "2026-07-13T00:00:00+00:00"]),
-            ("0 0 1 * */2", "UTC", "2026-01-01T00:00:00Z", &["2026-02-01T00:00:00+00:00", "2026-03-01T00:00:00+00:00", "2026-08-01T00:00:00+00:00"]),
+            (
+                "0 0 */2 * MON",
+                "UTC",
+                "2026-06-01T00:00:00Z",
+                &["2026-06-15T00:00:00+00:00", "2026-06-29T00:00:00+00:00", "2026-07-13T00:00:00+00:00"],
+            ),
+            (
+                "0 0 1 * */2",
+                "UTC",
+                "2026-01-01T00:00:00Z",
+                &["2026-02-01T00:00:00+00:00", "2026-03-01T00:00:00+00:00", "2026-08-01T00:00:00+00:00"],
+            ),
         ]);
     }
 
@@ -336,7 +380,17 @@ mod tests {
             ("0 12 29 2 *", "UTC", "2026-01-01T00:00:00Z", &["2028-02-29T12:00:00+00:00", "2032-02-29T12:00:00+00:00"]),
             ("0 12 29 2 *", "Europe/Berlin", "2026-01-01T00:00:00Z", &["2028-02-29T12:00:00+01:00"]),
             // The 31st only exists in seven months.
-            ("0 0 31 * *", "UTC", "2026-01-31T00:00:00Z", &["2026-03-31T00:00:00+00:00", "2026-05-31T00:00:00+00:00", "2026-07-31T00:00:00+00:00", "2026-08-31T00:00:00+00:00"]),
+            (
+                "0 0 31 * *",
+                "UTC",
+                "2026-01-31T00:00:00Z",
+                &[
+                    "2026-03-31T00:00:00+00:00",
+                    "2026-05-31T00:00:00+00:00",
+                    "2026-07-31T00:00:00+00:00",
+                    "2026-08-31T00:00:00+00:00",
+                ],
+            ),
             ("0 0 31 * *", "America/New_York", "2026-10-31T05:00:00Z", &["2026-12-31T00:00:00-05:00"]),
             ("0 0 L * *", "UTC", "2026-01-31T00:00:00Z", &["2026-02-28T00:00:00+00:00", "2026-03-31T00:00:00+00:00"]),
             ("0 0 L 2 *", "UTC", "2027-03-01T00:00:00Z", &["2028-02-29T00:00:00+00:00"]),
@@ -348,18 +402,68 @@ mod tests {
     #[test]
     fn spring_forward() {
         check(&[
-            ("30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", &["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"]),
-            ("0 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", &["2026-03-29T03:00:00+02:00", "2026-03-30T02:00:00+02:00"]),
+            (
+                "30 2 * * *",
+                "Europe/Berlin",
+                "2026-03-28T12:00:00Z",
+                &["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"],
+            ),
+            (
+                "0 2 * * *",
+                "Europe/Berlin",
+                "2026-03-28T12:00:00Z",
+                &["2026-03-29T03:00:00+02:00", "2026-03-30T02:00:00+02:00"],
+            ),
             // Two fixed times in the gap still fire once.
-            ("15,45 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", &["2026-03-29T03:00:00+02:00", "2026-03-30T02:15:00+02:00"]),
-            ("30 1-3 * * *", "Europe/Berlin", "2026-03-28T23:00:00Z", &["2026-03-29T01:30:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-29T03:30:00+02:00"]),
-            ("0 * * * *", "Europe/Berlin", "2026-03-28T23:30:00Z", &["2026-03-29T01:00:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-29T04:00:00+02:00"]),
-            ("*/30 * * * *", "Europe/Berlin", "2026-03-29T00:45:00Z", &["2026-03-29T03:00:00+02:00", "2026-03-29T03:30:00+02:00"]),
-            ("30 2 * * *", "America/New_York", "2026-03-07T12:00:00Z", &["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"]),
-            ("0 * * * *", "America/New_York", "2026-03-08T05:30:00Z", &["2026-03-08T01:00:00-05:00", "2026-03-08T03:00:00-04:00"]),
+            (
+                "15,45 2 * * *",
+                "Europe/Berlin",
+                "2026-03-28T12:00:00Z",
+                &["2026-03-29T03:00:00+02:00", "2026-03-30T02:15:00+02:00"],
+            ),
+            (
+                "30 1-3 * * *",
+                "Europe/Berlin",
+                "2026-03-28T23:00:00Z",
+                &["2026-03-29T01:30:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-29T03:30:00+02:00"],
+            ),
+            (
+                "0 * * * *",
+                "Europe/Berlin",
+                "2026-03-28T23:30:00Z",
+                &["2026-03-29T01:00:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-29T04:00:00+02:00"],
+            ),
+            (
+                "*/30 * * * *",
+                "Europe/Berlin",
+                "2026-03-29T00:45:00Z",
+                &["2026-03-29T03:00:00+02:00", "2026-03-29T03:30:00+02:00"],
+            ),
+            (
+                "30 2 * * *",
+                "America/New_York",
+                "2026-03-07T12:00:00Z",
+                &["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"],
+            ),
+            (
+                "0 * * * *",
+                "America/New_York",
+                "2026-03-08T05:30:00Z",
+                &["2026-03-08T01:00:00-05:00", "2026-03-08T03:00:00-04:00"],
+            ),
             // Southern hemisphere: Sydney springs forward in October (02:00 -> 03:00).
-            ("30 2 * * *", "Australia/Sydney", "2026-10-03T00:00:00Z", &["2026-10-04T03:00:00+11:00", "2026-10-05T02:30:00+11:00"]),
-            ("0 * * * *", "Australia/Sydney", "2026-10-03T14:30:00Z", &["2026-10-04T01:00:00+10:00", "2026-10-04T03:00:00+11:00"]),
+            (
+                "30 2 * * *",
+                "Australia/Sydney",
+                "2026-10-03T00:00:00Z",
+                &["2026-10-04T03:00:00+11:00", "2026-10-05T02:30:00+11:00"],
+            ),
+            (
+                "0 * * * *",
+                "Australia/Sydney",
+                "2026-10-03T14:30:00Z",
+                &["2026-10-04T01:00:00+10:00", "2026-10-04T03:00:00+11:00"],
+            ),
         ]);
     }
 
@@ -368,21 +472,71 @@ mod tests {
     #[test]
     fn fall_back() {
         check(&[
-            ("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00Z", &["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]),
-            ("0 * * * *", "Europe/Berlin", "2026-10-24T23:30:00Z", &["2026-10-25T02:00:00+02:00", "2026-10-25T02:00:00+01:00", "2026-10-25T03:00:00+01:00"]),
-            ("30 * * * *", "Europe/Berlin", "2026-10-25T00:15:00Z", &["2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00", "2026-10-25T03:30:00+01:00"]),
+            (
+                "30 2 * * *",
+                "Europe/Berlin",
+                "2026-10-24T12:00:00Z",
+                &["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"],
+            ),
+            (
+                "0 * * * *",
+                "Europe/Berlin",
+                "2026-10-24T23:30:00Z",
+                &["2026-10-25T02:00:00+02:00", "2026-10-25T02:00:00+01:00", "2026-10-25T03:00:00+01:00"],
+            ),
+            (
+                "30 * * * *",
+                "Europe/Berlin",
+                "2026-10-25T00:15:00Z",
+                &["2026-10-25T02:30:00+02:00", "2026-10-25T02:30:00+01:00", "2026-10-25T03:30:00+01:00"],
+            ),
             // From inside the first copy, the earlier wall-clock times come round again.
-            ("*/20 * * * *", "Europe/Berlin", "2026-10-25T00:50:00Z", &["2026-10-25T02:00:00+01:00", "2026-10-25T02:20:00+01:00"]),
+            (
+                "*/20 * * * *",
+                "Europe/Berlin",
+                "2026-10-25T00:50:00Z",
+                &["2026-10-25T02:00:00+01:00", "2026-10-25T02:20:00+01:00"],
+            ),
             // From inside the second copy, a fixed-time job does not fire again.
             ("30 2 * * *", "Europe/Berlin", "2026-10-25T01:10:00Z", &["2026-10-26T02:30:00+01:00"]),
             // Hour lists and ranges are fixed-time too.
-            ("15 2,3 * * *", "Europe/Berlin", "2026-10-24T23:00:00Z", &["2026-10-25T02:15:00+02:00", "2026-10-25T03:15:00+01:00", "2026-10-26T02:15:00+01:00"]),
-            ("30 1-3 * * *", "America/New_York", "2026-11-01T04:00:00Z", &["2026-11-01T01:30:00-04:00", "2026-11-01T02:30:00-05:00", "2026-11-01T03:30:00-05:00"]),
-            ("0 * * * *", "America/New_York", "2026-11-01T04:30:00Z", &["2026-11-01T01:00:00-04:00", "2026-11-01T01:00:00-05:00", "2026-11-01T02:00:00-05:00"]),
+            (
+                "15 2,3 * * *",
+                "Europe/Berlin",
+                "2026-10-24T23:00:00Z",
+                &["2026-10-25T02:15:00+02:00", "2026-10-25T03:15:00+01:00", "2026-10-26T02:15:00+01:00"],
+            ),
+            (
+                "30 1-3 * * *",
+                "America/New_York",
+                "2026-11-01T04:00:00Z",
+                &["2026-11-01T01:30:00-04:00", "2026-11-01T02:30:00-05:00", "2026-11-01T03:30:00-05:00"],
+            ),
+            (
+                "0 * * * *",
+                "America/New_York",
+                "2026-11-01T04:30:00Z",
+                &["2026-11-01T01:00:00-04:00", "2026-11-01T01:00:00-05:00", "2026-11-01T02:00:00-05:00"],
+            ),
             // Southern hemisphere: Sydney falls back in April (03:00 -> 02:00).
-            ("30 2 * * *", "Australia/Sydney", "2026-04-04T00:00:00Z", &["2026-04-05T02:30:00+11:00", "2026-04-06T02:30:00+10:00"]),
-            ("15 2,3 * * *", "Australia/Sydney", "2026-04-04T14:00:00Z", &["2026-04-05T02:15:00+11:00", "2026-04-05T03:15:00+10:00"]),
-            ("0 * * * *", "Australia/Sydney", "2026-04-04T14:30:00Z", &["2026-04-05T02:00:00+11:00", "2026-04-05T02:00:00+10:00", "2026-04-05T03:00:00+10:00"]),
+            (
+                "30 2 * * *",
+                "Australia/Sydney",
+                "2026-04-04T00:00:00Z",
+                &["2026-04-05T02:30:00+11:00", "2026-04-06T02:30:00+10:00"],
+            ),
+            (
+                "15 2,3 * * *",
+                "Australia/Sydney",
+                "2026-04-04T14:00:00Z",
+                &["2026-04-05T02:15:00+11:00", "2026-04-05T03:15:00+10:00"],
+            ),
+            (
+                "0 * * * *",
+                "Australia/Sydney",
+                "2026-04-04T14:30:00Z",
+                &["2026-04-05T02:00:00+11:00", "2026-04-05T02:00:00+10:00", "2026-04-05T03:00:00+10:00"],
+            ),
         ]);
     }
 
@@ -390,7 +544,12 @@ mod tests {
     fn every_is_anchored_to_the_epoch() {
         check(&[
             ("@every 30s", "UTC", "2026-05-01T10:00:10Z", &["2026-05-01T10:00:30+00:00", "2026-05-01T10:01:00+00:00"]),
-            ("@every 1h", "Europe/Berlin", "2026-10-25T00:30:00Z", &["2026-10-25T02:00:00+01:00", "2026-10-25T03:00:00+01:00"]),
+            (
+                "@every 1h",
+                "Europe/Berlin",
+                "2026-10-25T00:30:00Z",
+                &["2026-10-25T02:00:00+01:00", "2026-10-25T03:00:00+01:00"],
+            ),
             ("@every 7m", "UTC", "1970-01-01T00:00:00Z", &["1970-01-01T00:07:00+00:00"]),
         ]);
     }
@@ -401,8 +560,26 @@ mod tests {
         for never in ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6 *"] {
             assert!(matches!(Schedule::parse(never, utc), Err(ScheduleError::NeverFires(_))), "{never}");
         }
-        for bad in ["", "* * * *", "* * * * * * *", "61 * * * *", "* 24 * * *", "* * 0 * *", "* * * 13 *", "* * * * 8", "@reboot", "@every", "@every 0s", "@every 1500ms", "@every soon", "x * * * *"] {
-            assert!(matches!(Schedule::parse(bad, utc), Err(ScheduleError::Invalid { .. })), "{bad:?} should be invalid");
+        for bad in [
+            "",
+            "* * * *",
+            "* * * * * * *",
+            "61 * * * *",
+            "* 24 * * *",
+            "* * 0 * *",
+            "* * * 13 *",
+            "* * * * 8",
+            "@reboot",
+            "@every",
+            "@every 0s",
+            "@every 1500ms",
+            "@every soon",
+            "x * * * *",
+        ] {
+            assert!(
+                matches!(Schedule::parse(bad, utc), Err(ScheduleError::Invalid { .. })),
+                "{bad:?} should be invalid"
+            );
         }
         for zone in ["Mars/Olympus", "CET", "EST", "+02:00", "europe/berlin"] {
             assert!(parse_timezone(zone).is_err(), "{zone}");

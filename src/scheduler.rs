@@ -19,9 +19,7 @@ use crate::config::{CatchUp, Concurrency, Job, JobSet};
 use crate::election::Member;
 use crate::executor::{self, OutputTail, RunContext};
 use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
-use crate::store::{
-    Claim, ClaimError, Claimed, FenceError, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger,
-};
+use crate::store::{Claim, ClaimError, Claimed, FenceError, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger};
 
 /// A slot this close behind "now" is on time; older due slots are catch-up slots and follow the
 /// job's `catch_up` policy.
@@ -171,7 +169,9 @@ impl Scheduler {
         if !self.begin_term(leader, shutdown).await {
             return;
         }
-        let Some(mut states) = self.load_states(leader, shutdown).await else { return };
+        let Some(mut states) = self.load_states(leader, shutdown).await else {
+            return;
+        };
         self.started_triggers.clear();
         let listener_stop = CancellationToken::new();
         let _stop_listener = listener_stop.clone().drop_guard();
@@ -273,7 +273,10 @@ impl Scheduler {
                 Err(FenceError::Superseded { fence, fence_cluster, .. }) => {
                     if fence_cluster != term.cluster_id() {
                         tracing::error!(
-                            term = term.revision(), fence, fence_cluster, cluster = term.cluster_id(),
+                            term = term.revision(),
+                            fence,
+                            fence_cluster,
+                            cluster = term.cluster_id(),
                             "the ledger's fence comes from another etcd cluster with a higher term: \
                              etcd was probably rebuilt; refusing to fire until an operator resets the fence"
                         );
@@ -298,11 +301,7 @@ impl Scheduler {
         }
     }
 
-    async fn load_states(
-        &mut self,
-        leader: &LeaderTerm,
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<JobState>> {
+    async fn load_states(&mut self, leader: &LeaderTerm, shutdown: &CancellationToken) -> Option<Vec<JobState>> {
         loop {
             match self.store.last_scheduled_slots().await {
                 Ok(last) => {
@@ -412,10 +411,7 @@ impl Scheduler {
         self.next_run_key += 1;
         let stop = RunStop::default();
         let done = CancellationToken::new();
-        self.own_runs.insert(
-            key,
-            OwnRun { job: job.name.to_string(), stop: stop.clone(), done: done.clone() },
-        );
+        self.own_runs.insert(key, OwnRun { job: job.name.to_string(), stop: stop.clone(), done: done.clone() });
         let finished = self.finished_tx.clone();
         self.runs.spawn(async move {
             for wait in wait_for {
@@ -553,8 +549,7 @@ fn next_slot(state: &JobState) -> Option<DateTime<Utc>> {
 /// After a reload: keep the cursor of every job that still exists; a new job, or one that was
 /// paused, starts from now.
 fn rebuild_states(old: Vec<JobState>, jobs: &JobSet, now: DateTime<Utc>) -> Vec<JobState> {
-    let mut old: HashMap<String, JobState> =
-        old.into_iter().map(|state| (state.job.name.to_string(), state)).collect();
+    let mut old: HashMap<String, JobState> = old.into_iter().map(|state| (state.job.name.to_string(), state)).collect();
     jobs.jobs()
         .iter()
         .map(|job| {
@@ -596,7 +591,15 @@ impl Ledger {
         loop {
             match self
                 .store
-                .record_slots(job.name.as_ref(), slots, RunStatus::Missed, &self.term, &self.node, &self.config_hash, reason)
+                .record_slots(
+                    job.name.as_ref(),
+                    slots,
+                    RunStatus::Missed,
+                    &self.term,
+                    &self.node,
+                    &self.config_hash,
+                    reason,
+                )
                 .await
             {
                 Ok(_) => return,
@@ -613,14 +616,7 @@ impl Ledger {
     }
 
     /// Claim `slot`, and only once the claim has committed, execute it with its retries.
-    async fn fire(
-        &self,
-        job: &Job,
-        slot: DateTime<Utc>,
-        trigger: Trigger,
-        trigger_id: Option<i64>,
-        stop: &RunStop,
-    ) {
+    async fn fire(&self, job: &Job, slot: DateTime<Utc>, trigger: Trigger, trigger_id: Option<i64>, stop: &RunStop) {
         let claimed = self.claim(job, slot, trigger, stop).await;
         if let Some(trigger_id) = trigger_id {
             // Whoever claimed the trigger's slot (this term, or an earlier one that did not get
@@ -693,13 +689,7 @@ impl Ledger {
         }
     }
 
-    async fn claim(
-        &self,
-        job: &Job,
-        slot: DateTime<Utc>,
-        trigger: Trigger,
-        stop: &RunStop,
-    ) -> Option<Claimed> {
+    async fn claim(&self, job: &Job, slot: DateTime<Utc>, trigger: Trigger, stop: &RunStop) -> Option<Claimed> {
         let skip_if_running = match job.concurrency {
             Concurrency::Forbid => SkipIfRunning::Yes,
             Concurrency::Allow | Concurrency::Replace => SkipIfRunning::No,

@@ -32,12 +32,8 @@ use crate::leadership::Term;
 /// health endpoints) while PostgreSQL is still down.
 pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = database_url.parse().context("parse database url")?;
-    let options = options
-        .options([("statement_timeout", "5s"), ("idle_in_transaction_session_timeout", "5s")]);
-    Ok(PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy_with(options))
+    let options = options.options([("statement_timeout", "5s"), ("idle_in_transaction_session_timeout", "5s")]);
+    Ok(PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(3)).connect_lazy_with(options))
 }
 
 /// Apply the migrations in `migrations/postgres/`.

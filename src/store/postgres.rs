@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, Ledger, RunOutcome, RunRecord,
-    RunStatus, SkipIfRunning, TermRecord, TriggerRecord, clean_text,
+    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, Ledger, RunOutcome, RunRecord, RunStatus,
+    SkipIfRunning, TermRecord, TriggerRecord, clean_text,
 };
 use crate::leadership::Term;
 
@@ -272,11 +272,9 @@ impl Ledger for Postgres {
 
     /// The newest scheduled slot recorded for each job, whatever its status.
     async fn last_scheduled_slots(&self) -> Result<HashMap<String, DateTime<Utc>>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT job, max(slot) AS slot FROM runs WHERE trigger = 'schedule' GROUP BY job",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query("SELECT job, max(slot) AS slot FROM runs WHERE trigger = 'schedule' GROUP BY job")
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(|row| (row.get("job"), row.get("slot"))).collect())
     }
 
@@ -405,12 +403,7 @@ impl Ledger for Postgres {
     }
 
     /// Mark a trigger handled, linked to the run that holds its slot (if any was claimed).
-    async fn trigger_handled(
-        &self,
-        trigger_id: i64,
-        job: &str,
-        slot: DateTime<Utc>,
-    ) -> Result<(), sqlx::Error> {
+    async fn trigger_handled(&self, trigger_id: i64, job: &str, slot: DateTime<Utc>) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE triggers SET handled_at = now(),
                     run_id = (SELECT id FROM runs WHERE job = $2 AND slot = $3)
@@ -484,7 +477,6 @@ impl Ledger for Postgres {
     }
 }
 
-
 fn run_record(row: &sqlx::postgres::PgRow) -> Result<RunRecord, sqlx::Error> {
     Ok(RunRecord {
         id: row.try_get("id")?,
@@ -519,9 +511,6 @@ fn trigger_record(row: &sqlx::postgres::PgRow) -> Result<TriggerRecord, sqlx::Er
 }
 
 async fn fence_in(conn: &mut sqlx::PgConnection) -> Result<Fence, sqlx::Error> {
-    let row = sqlx::query("SELECT term, cluster_id, node FROM fence WHERE id = 1")
-        .fetch_one(conn)
-        .await?;
+    let row = sqlx::query("SELECT term, cluster_id, node FROM fence WHERE id = 1").fetch_one(conn).await?;
     Ok(Fence { term: row.get("term"), cluster_id: row.get("cluster_id"), node: row.get("node") })
 }
-

@@ -17,8 +17,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Claim, ClaimError, Claimed, Fence, FenceError, Ledger, RunOutcome, RunRecord, RunStatus,
-    SkipIfRunning, TermRecord, TriggerRecord, clean_text,
+    Claim, ClaimError, Claimed, Fence, FenceError, Ledger, RunOutcome, RunRecord, RunStatus, SkipIfRunning, TermRecord,
+    TriggerRecord, clean_text,
 };
 use crate::leadership::Term;
 

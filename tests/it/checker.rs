@@ -169,7 +169,12 @@ mod tests {
     #[test]
     fn the_checker_catches_each_kind_of_violation() {
         let expect = Expect { jobs: &["j"], from: at(0), until: at(3), missed_allowed: false };
-        let ledger = [row("j", 0, 5, "succeeded"), row("j", 1, 5, "succeeded"), row("j", 2, 4, "succeeded"), row("j", 3, 6, "missed")];
+        let ledger = [
+            row("j", 0, 5, "succeeded"),
+            row("j", 1, 5, "succeeded"),
+            row("j", 2, 4, "succeeded"),
+            row("j", 3, 6, "missed"),
+        ];
         let witness = [executed("j", 0, 5), executed("j", 0, 5), executed("j", 1, 9), executed("j", 2, 4)];
         let report = check(&witness, &ledger, &expect);
         assert_eq!(report.executed_twice, [("j".to_string(), at(0), 2)]);

@@ -77,10 +77,7 @@ async fn a_claim_is_refused_when_stale_or_taken_and_the_two_are_told_apart(store
 
     // The new leader cannot claim a slot the old one already owns.
     let taken = store.claim_run(&claim("job", slot(0), &new, "node-new")).await;
-    assert!(
-        matches!(&taken, Err(ClaimError::AlreadyClaimed { term: 10, node }) if node == "node-old"),
-        "{taken:?}"
-    );
+    assert!(matches!(&taken, Err(ClaimError::AlreadyClaimed { term: 10, node }) if node == "node-old"), "{taken:?}");
     // A slot the old leader could not claim is free for the new one.
     store.claim_run(&claim("job", slot(1), &new, "node-new")).await.expect("claim in new term");
 
@@ -113,24 +110,25 @@ async fn forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced
     assert_eq!(skipped.status, RunStatus::Skipped);
 
     store
-        .finish_run(running.run_id, &RunOutcome {
-            status: RunStatus::Succeeded,
-            exit_code: Some(0),
-            http_status: None,
-            error: None,
-            output: "out\0put".into(),
-            finished_at: Utc::now(),
-        })
+        .finish_run(
+            running.run_id,
+            &RunOutcome {
+                status: RunStatus::Succeeded,
+                exit_code: Some(0),
+                http_status: None,
+                error: None,
+                output: "out\0put".into(),
+                finished_at: Utc::now(),
+            },
+        )
         .await
         .unwrap();
     let mut next = claim("job", slot(2), &term, "n");
     next.skip_if_running = SkipIfRunning::Yes;
     assert_eq!(store.claim_run(&next).await.unwrap().status, RunStatus::Running);
 
-    let recorded = store
-        .record_slots("job", &[slot(3), slot(4)], RunStatus::Missed, &term, "n", "hash", "down")
-        .await
-        .unwrap();
+    let recorded =
+        store.record_slots("job", &[slot(3), slot(4)], RunStatus::Missed, &term, "n", "hash", "down").await.unwrap();
     assert_eq!(recorded, 2);
     let newer = Term::for_tests(4, "c");
     store.begin_term(&newer, "m").await.unwrap();
@@ -166,13 +164,11 @@ async fn concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one(store: S
         let new = Term::for_tests(i64::from(round) * 2 + 2, "c");
         store.begin_term(&old, "old").await.unwrap();
         let at = slot(round);
-        let (a, b) = tokio::join!(
-            store.claim_run(&claim("job", at, &old, "old")),
-            async {
-                store.begin_term(&new, "new").await.unwrap();
-                store.claim_run(&claim("job", at, &new, "new")).await
-            }
-        );
+        let old_claim = claim("job", at, &old, "old");
+        let (a, b) = tokio::join!(store.claim_run(&old_claim), async {
+            store.begin_term(&new, "new").await.unwrap();
+            store.claim_run(&claim("job", at, &new, "new")).await
+        });
         assert!(a.is_ok() ^ b.is_ok(), "round {round}: exactly one claim wins: {a:?} / {b:?}");
     }
     assert_eq!(store.all_runs().await.unwrap().len(), 20);
@@ -180,6 +176,9 @@ async fn concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one(store: S
 
 #[tokio::test]
 async fn a_stale_claim_racing_a_fence_raise_waits_for_it_and_is_then_refused() {
+    let pg = Postgres::start().await;
+    let pool = fresh_pool(&pg, "fence_race").await;
+    let store = Store::new(pool.clone());
     let old = Term::for_tests(10, "c");
     store.begin_term(&old, "old").await.unwrap();
     // A new leader is half-way through raising the fence: the row is locked, not yet committed.

@@ -1,0 +1,353 @@
+//! Throwaway etcd and PostgreSQL servers on free loopback ports in temporary directories, with
+//! the faults later tests inject (stop, kill, pause, restart). Every server is killed on drop,
+//! also when the test panics.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+/// A port nobody listens on right now. Another process may take it before we bind; starters
+/// retry on "address in use".
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Wait until `condition` holds, checking every 50 ms; panic with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(30).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+fn signal(child: &Option<Child>, signal: Signal) {
+    if let Some(child) = child {
+        let _ = kill(Pid::from_raw(child.id() as i32), signal);
+    }
+}
+
+fn reap(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A single-member etcd. Started with a low election timeout so a 1 s lease TTL works.
+pub struct Etcd {
+    dir: TempDir,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    pub async fn start() -> Etcd {
+        let mut dir = tempfile::tempdir().expect("temp dir");
+        for _ in 0..5 {
+            let mut etcd = Etcd { client_port: free_port(), peer_port: free_port(), child: None, dir };
+            etcd.spawn();
+            if etcd.wait_ready(Duration::from_secs(15)).await {
+                return etcd;
+            }
+            reap(&mut etcd.child);
+            dir = std::mem::replace(&mut etcd.dir, tempfile::tempdir().unwrap());
+            let _ = fs::remove_dir_all(dir.path().join("data"));
+        }
+        panic!("etcd did not start");
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new("etcd")
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .arg("--election-timeout=100")
+            .arg("--heartbeat-interval=10")
+            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd (is etcd-server installed? scripts/test installs it)");
+        self.child = Some(child);
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return false;
+                }
+            }
+            if self.answers().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Whether etcd answers a status request within half a second.
+    pub async fn answers(&self) -> bool {
+        let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(300));
+        let attempt = async {
+            let mut client = etcd_client::Client::connect([self.client_url()], Some(options)).await.ok()?;
+            client.status().await.ok()
+        };
+        matches!(tokio::time::timeout(Duration::from_millis(500), attempt).await, Ok(Some(_)))
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        signal(&self.child, Signal::SIGTERM);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill(&mut self) {
+        reap(&mut self.child);
+    }
+
+    pub fn pause(&self) {
+        signal(&self.child, Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        signal(&self.child, Signal::SIGCONT);
+    }
+
+    /// Start again on the same ports and data directory, and wait until it answers.
+    pub async fn restart(&mut self) {
+        reap(&mut self.child);
+        self.spawn();
+        if !self.wait_ready(Duration::from_secs(15)).await {
+            panic!("etcd did not restart:\n{}", tail(&self.log_path()));
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        signal(&self.child, Signal::SIGCONT);
+        reap(&mut self.child);
+    }
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Run a PostgreSQL tool as the unprivileged `postgres` user when we are root (initdb refuses
+/// to run as root).
+fn as_postgres(tool: &str) -> Command {
+    let program = format!("{PG_BIN}/{tool}");
+    if nix::unistd::geteuid().is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--", &program]);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A throwaway PostgreSQL 15 on 127.0.0.1, fsync off.
+pub struct Postgres {
+    dir: TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Postgres {
+    pub async fn start() -> Postgres {
+        let mut dir = tempfile::Builder::new().prefix("tenure-pg").tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        if nix::unistd::geteuid().is_root() {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
+            assert!(status.success(), "chown the temp dir to postgres");
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let output = as_postgres("initdb")
+            .args(["--auth=trust", "--username=postgres", "--no-sync", "--encoding=UTF8", "--locale=C", "-D"])
+            .arg(&data)
+            .output()
+            .expect("run initdb (is PostgreSQL 15 installed? scripts/test installs it)");
+        assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
+        for _ in 0..5 {
+            let mut pg = Postgres { dir, port: free_port(), child: None };
+            pg.spawn();
+            if pg.wait_ready(Duration::from_secs(20)).await {
+                return pg;
+            }
+            // Most likely another process took the port: same data, another port.
+            pg.stop_immediate();
+            dir = std::mem::replace(&mut pg.dir, tempfile::tempdir().unwrap());
+        }
+        panic!("postgres did not start");
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    fn spawn(&mut self) {
+        let log_path = self.log_path();
+        let log = fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            let _ = Command::new("chown").args(["postgres:postgres"]).arg(&log_path).status();
+        }
+        let child = as_postgres("postgres")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(self.dir.path())
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args(["-c", "max_connections=200"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
+        self.child = Some(child);
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return false;
+                }
+            }
+            if self.answers().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Whether `select 1` answers within a second.
+    pub async fn answers(&self) -> bool {
+        use sqlx::Connection;
+        let attempt = async {
+            let mut conn = sqlx::PgConnection::connect(&self.url()).await.ok()?;
+            sqlx::query("SELECT 1").execute(&mut conn).await.ok()
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(1), attempt).await, Ok(Some(_)))
+    }
+
+    pub fn url(&self) -> String {
+        self.url_of("postgres")
+    }
+
+    fn url_of(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// A new empty database; returns its URL.
+    pub async fn create_database(&self, name: &str) -> String {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.url()).await.expect("connect to postgres");
+        let statement = format!("CREATE DATABASE \"{name}\"");
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.expect("create database");
+        self.url_of(name)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    fn stop_with(&mut self, signal_to_send: Signal) {
+        signal(&self.child, Signal::SIGCONT);
+        signal(&self.child, signal_to_send);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Fast shutdown (SIGINT): roll back sessions, checkpoint, exit.
+    pub fn stop_fast(&mut self) {
+        self.stop_with(Signal::SIGINT);
+    }
+
+    /// Immediate shutdown (`pg_ctl -m immediate`, SIGQUIT): no checkpoint, crash recovery on start.
+    pub fn stop_immediate(&mut self) {
+        self.stop_with(Signal::SIGQUIT);
+    }
+
+    pub fn kill(&mut self) {
+        signal(&self.child, Signal::SIGKILL);
+        reap(&mut self.child);
+        // Orphaned backends keep the shared memory; the immediate restart handles it.
+    }
+
+    pub fn pause(&self) {
+        signal(&self.child, Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        signal(&self.child, Signal::SIGCONT);
+    }
+
+    /// Start again on the same port and data directory; wait until it answers.
+    pub async fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop_fast();
+        }
+        let _ = fs::remove_file(self.dir.path().join("data/postmaster.pid"));
+        self.spawn();
+        if !self.wait_ready(Duration::from_secs(30)).await {
+            panic!("postgres did not restart:\n{}", tail(&self.log_path()));
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop_immediate();
+    }
+}

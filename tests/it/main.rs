@@ -1,0 +1,17 @@
+//! The one integration-test binary. Tests start their own etcd and PostgreSQL (see `harness`)
+//! and, for cluster scenarios, real `tenure run` processes.
+
+/// Verdicts over witness and ledger.
+mod checker;
+/// A cluster of real `tenure run` processes on a throwaway etcd and PostgreSQL.
+mod cluster;
+/// The singleton guarantees under the faults of the core issue.
+mod core;
+/// The executor on real processes and a real HTTP server.
+mod executor;
+/// Throwaway etcd and PostgreSQL servers with fault injection.
+mod harness;
+/// The ledger contract on PostgreSQL and SQLite.
+mod ledger;
+/// The harness itself: both servers come up, answer, survive restarts.
+mod smoke;
