@@ -460,7 +460,16 @@ impl Ctx<'_> {
         match &node.value {
             Node::Str(s) => Some(s),
             other => {
-                self.error(&node.referenced, job, format!("`{field}`: expected {expected}, found {}", other.kind()));
+                // YAML reads `yes`, `on`, `8080` as booleans and numbers; say how to keep the text.
+                let hint = match other {
+                    Node::Bool(_) | Node::Int(_) | Node::Float => " (put it in quotes to make it text)",
+                    _ => "",
+                };
+                self.error(
+                    &node.referenced,
+                    job,
+                    format!("`{field}`: expected {expected}, found {}{hint}", other.kind()),
+                );
                 None
             }
         }

@@ -20,10 +20,7 @@ pub const TTL: Duration = Duration::from_secs(1);
 
 /// A shell command for a job that records each execution outside the database.
 pub fn witness_command(witness: &std::path::Path) -> String {
-    format!(
-        "echo \"$TENURE_JOB $TENURE_SLOT $TENURE_TERM $TENURE_NODE $$\" >> {}",
-        witness.display()
-    )
+    format!("echo \"$TENURE_JOB $TENURE_SLOT $TENURE_TERM $TENURE_NODE $$\" >> {}", witness.display())
 }
 
 pub struct Replica {
@@ -218,10 +215,8 @@ impl Cluster {
 
     /// Wait until the witness shows an execution by a term other than `old_term`; returns when.
     pub async fn wait_for_execution_by_new_term(&self, old_term: i64, timeout: Duration) -> Instant {
-        wait_for("an execution in a new term", timeout, || async {
-            self.witness().iter().any(|w| w.term > old_term)
-        })
-        .await;
+        wait_for("an execution in a new term", timeout, || async { self.witness().iter().any(|w| w.term > old_term) })
+            .await;
         Instant::now()
     }
 

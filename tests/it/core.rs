@@ -42,11 +42,9 @@ async fn exactly_one_leader_fires_and_the_others_fire_nothing() {
     assert_eq!(cluster.leaders().await, [(leader, term)], "one leader only");
     let witness = cluster.witness();
     let leader_node = &cluster.replicas[leader].node;
-    assert!(
-        witness.iter().all(|w| &w.node == leader_node && w.term == term),
-        "a follower fired: {witness:?}"
-    );
-    let report = check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: false });
+    assert!(witness.iter().all(|w| &w.node == leader_node && w.term == term), "a follower fired: {witness:?}");
+    let report =
+        check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: false });
     report.assert_clean(&cluster.logs());
 }
 
@@ -70,7 +68,8 @@ async fn sigkill_of_the_leader_hands_over_within_the_lease() {
     let witness = cluster.witness();
     let from = witness.first().unwrap().slot;
     let until = witness.last().unwrap().slot;
-    let report = check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
+    let report =
+        check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
     report.assert_clean(&cluster.logs());
 }
 
@@ -101,7 +100,8 @@ async fn sigterm_of_the_leader_hands_over_at_once_and_misses_nothing() {
     let witness = cluster.witness();
     let from = witness.first().unwrap().slot;
     let until = witness.last().unwrap().slot;
-    let report = check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: false });
+    let report =
+        check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: false });
     report.assert_clean(&format!("{}\n{}", seconds(from, until), cluster.logs()));
 }
 
@@ -122,14 +122,12 @@ async fn a_leader_paused_past_its_lease_executes_nothing_after_resuming() {
 
     let witness = cluster.witness();
     let old_node = &cluster.replicas[leader].node;
-    let late: Vec<_> = witness
-        .iter()
-        .filter(|w| &w.node == old_node && w.term == term && w.slot > paused_at)
-        .collect();
+    let late: Vec<_> = witness.iter().filter(|w| &w.node == old_node && w.term == term && w.slot > paused_at).collect();
     assert!(late.is_empty(), "the stale leader executed after its pause began: {late:?}\nresumed {resumed_at}");
     let from = witness.first().unwrap().slot;
     let until = witness.last().unwrap().slot;
-    let report = check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
+    let report =
+        check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
     report.assert_clean(&cluster.logs());
     assert_eq!(cluster.leaders().await.len(), 1, "one leader after the pause");
 }
@@ -174,7 +172,8 @@ async fn etcd_restarted_briefly_and_for_longer_than_the_lease() {
     let witness = cluster.witness();
     let from = witness.first().unwrap().slot;
     let until = witness.last().unwrap().slot;
-    let report = check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
+    let report =
+        check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
     report.assert_clean(&cluster.logs());
 }
 
@@ -218,7 +217,11 @@ jobs:
     let in_outage = |job: &str, status: &str| {
         ledger
             .iter()
-            .filter(|r| r.job == job && r.slot > down_from + chrono::Duration::seconds(1) && r.slot < down_until - chrono::Duration::seconds(1))
+            .filter(|r| {
+                r.job == job
+                    && r.slot > down_from + chrono::Duration::seconds(1)
+                    && r.slot < down_until - chrono::Duration::seconds(1)
+            })
             .filter(|r| r.status == status)
             .count()
     };
@@ -229,7 +232,8 @@ jobs:
     assert!(in_outage("all", "succeeded") >= 3, "all runs every outage slot");
     let from = witness.first().unwrap().slot;
     let until = witness.last().unwrap().slot - chrono::Duration::seconds(1);
-    let report = check(&witness, &ledger, &Expect { jobs: &["none", "latest", "all"], from, until, missed_allowed: true });
+    let report =
+        check(&witness, &ledger, &Expect { jobs: &["none", "latest", "all"], from, until, missed_allowed: true });
     report.assert_clean(&cluster.logs());
 }
 
@@ -260,18 +264,26 @@ jobs:
     cluster.wait_for_leader(Duration::from_secs(15)).await;
     wait_for("several runs of each job", Duration::from_secs(20), || async {
         let ledger = cluster.ledger().await;
-        ["forbid", "allow", "replace", "timeout"].iter().all(|job| {
-            ledger.iter().filter(|r| r.job == *job && r.status != "running").count() >= 3
-        })
+        ["forbid", "allow", "replace", "timeout"]
+            .iter()
+            .all(|job| ledger.iter().filter(|r| r.job == *job && r.status != "running").count() >= 3)
     })
     .await;
     let ledger = cluster.ledger().await;
     let count = |job: &str, status: &str| ledger.iter().filter(|r| r.job == job && r.status == status).count();
     assert!(count("forbid", "skipped") >= 2, "forbid skips while running: {ledger:#?}");
     assert_eq!(count("allow", "skipped"), 0, "allow never skips");
-    assert!(ledger.iter().filter(|r| r.job == "allow" && r.status == "running").count() >= 2 || count("allow", "succeeded") >= 2);
+    assert!(
+        ledger.iter().filter(|r| r.job == "allow" && r.status == "running").count() >= 2
+            || count("allow", "succeeded") >= 2
+    );
     assert!(count("replace", "killed") >= 2, "replace kills the previous run");
-    assert!(ledger.iter().filter(|r| r.job == "replace" && r.status == "killed").all(|r| r.error.as_deref() == Some("replaced by a newer run")));
+    assert!(
+        ledger
+            .iter()
+            .filter(|r| r.job == "replace" && r.status == "killed")
+            .all(|r| r.error.as_deref() == Some("replaced by a newer run"))
+    );
     assert!(count("timeout", "timed_out") >= 2, "timeout is recorded");
 
     // The timed-out job's child, in the job's process group, was killed with it.
@@ -291,9 +303,10 @@ async fn an_invalid_job_file_on_reload_keeps_the_old_schedule_running() {
 
     cluster.write_jobs("jobs:\n  - name: tick\n    schedule: \"not a schedule\"\n    shell: WITNESS\n");
     wait_for("the reload failure to be logged", Duration::from_secs(10), || async {
-        cluster.replicas.iter().all(|r| {
-            std::fs::read_to_string(&r.log).unwrap_or_default().contains("keeping the last good one")
-        })
+        cluster
+            .replicas
+            .iter()
+            .all(|r| std::fs::read_to_string(&r.log).unwrap_or_default().contains("keeping the last good one"))
     })
     .await;
     let_it_tick(&cluster, 3).await;
@@ -308,7 +321,8 @@ async fn an_invalid_job_file_on_reload_keeps_the_old_schedule_running() {
     let ticks: Vec<_> = witness.iter().filter(|w| w.job == "tick").cloned().collect();
     let from = ticks.first().unwrap().slot;
     let until = ticks.last().unwrap().slot;
-    let report = check(&ticks, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: false });
+    let report =
+        check(&ticks, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: false });
     report.assert_clean(&cluster.logs());
     cluster.terminate(0).await;
 }

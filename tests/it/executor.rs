@@ -40,20 +40,19 @@ async fn a_command_sees_its_identity_env_and_workdir() {
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(outcome.exit_code, Some(0));
     let real_dir = std::fs::canonicalize(dir.path()).unwrap();
-    assert_eq!(
-        outcome.output,
-        format!("job 2026-03-29T01:00:00Z 7 42 node-a 2 hello\n{}\n", real_dir.display())
-    );
+    assert_eq!(outcome.output, format!("job 2026-03-29T01:00:00Z 7 42 node-a 2 hello\n{}\n", real_dir.display()));
 }
 
 #[tokio::test]
 async fn argv_commands_take_no_shell_and_a_missing_program_is_a_clear_failure() {
     let job_ok = job("    command: [\"/bin/echo\", \"$HOME\", \"a b\"]\n");
-    let outcome = execute(&job_ok, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome =
+        execute(&job_ok, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
     assert_eq!(outcome.output, "$HOME a b\n");
 
     let missing = job("    command: [\"/nonexistent/program\"]\n");
-    let outcome = execute(&missing, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome =
+        execute(&missing, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     let error = outcome.error.unwrap();
     assert!(error.contains("could not start `/nonexistent/program`"), "{error}");
@@ -62,7 +61,8 @@ async fn argv_commands_take_no_shell_and_a_missing_program_is_a_clear_failure() 
 #[tokio::test]
 async fn a_failing_command_records_its_exit_code() {
     let job = job("    shell: 'echo oops >&2; exit 3'\n");
-    let outcome = execute(&job, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome =
+        execute(&job, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_code, Some(3));
     assert_eq!(outcome.error.as_deref(), Some("exited with status 3"));
@@ -78,7 +78,8 @@ async fn a_timeout_kills_the_whole_process_group() {
         "    timeout: 1s\n    shell: \"sh -c 'trap \\\"\\\" TERM; sleep 300' & echo $! > {}; wait\"\n",
         pid_file.display()
     ));
-    let outcome = execute(&job, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome =
+        execute(&job, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::TimedOut, "{outcome:?}");
     assert_eq!(outcome.error.as_deref(), Some("timed out after 1s"));
     let child: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
@@ -94,7 +95,8 @@ async fn a_stopped_run_is_killed_and_children_left_behind_are_cleaned_up() {
     let pid_file = dir.path().join("orphan.pid");
     // The main process exits at once, leaving a child that would run forever.
     let orphan = job(&format!("    shell: \"sleep 300 & echo $! > {}\"\n", pid_file.display()));
-    let outcome = execute(&orphan, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome =
+        execute(&orphan, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Succeeded);
     let child: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     wait_for("the orphaned child to be killed", Duration::from_secs(5), || async {
@@ -142,15 +144,17 @@ async fn an_http_job_sends_its_identity_and_checks_the_status() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let ok = job(&format!(
-        "    http: {{ url: \"http://{address}/tick\", method: POST, headers: {{ X-Custom: yes }}, body: \"hi\", expect_status: [202] }}\n"
+        "    http: {{ url: \"http://{address}/tick\", method: POST, headers: {{ X-Custom: \"yes\" }}, body: \"hi\", expect_status: [202] }}\n"
     ));
-    let outcome = execute(&ok, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome =
+        execute(&ok, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(outcome.http_status, Some(202));
     assert_eq!(outcome.output, "term=7 custom=yes body=hi");
 
     let failing = job(&format!("    http: {{ url: \"http://{address}/fail\", method: POST }}\n"));
-    let outcome = execute(&failing, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome =
+        execute(&failing, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.http_status, Some(500));
     assert_eq!(outcome.error.as_deref(), Some("unexpected HTTP status 500"));
