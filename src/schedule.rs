@@ -86,7 +86,7 @@ impl Schedule {
                 .dom_and_dow(dom_and_dow)
                 .build()
                 .parse(&fields)
-                .map_err(|e| invalid(croner_reason(&e)))?;
+                .map_err(|e| invalid(field_reason(&parts, &croner_reason(&e))))?;
             let fixed_time =
                 !minute.starts_with('*') && !hour.starts_with('*') && !seconds.is_some_and(|s| s.starts_with('*'));
             Kind::Cron { cron: Box::new(cron), fixed_time }
@@ -169,6 +169,32 @@ fn expand_macro(expression: &str) -> Result<String, String> {
         }
     };
     Ok(fields.to_owned())
+}
+
+/// croner says what is wrong but not where ("Number out of bounds."). Find the field at fault by
+/// parsing each one alone, the others wildcards, and name it with its allowed values.
+fn field_reason(parts: &[&str], reason: &str) -> String {
+    const FIELDS: [(&str, &str); 6] = [
+        ("second", "0-59"),
+        ("minute", "0-59"),
+        ("hour", "0-23"),
+        ("day-of-month", "1-31, L, W"),
+        ("month", "1-12 or JAN-DEC"),
+        ("day-of-week", "0-7 or SUN-SAT, #, L"),
+    ];
+    let named = if parts.len() == 6 { &FIELDS[..] } else { &FIELDS[1..] };
+    let reason = reason.trim_end_matches('.');
+    for (index, (name, allowed)) in named.iter().enumerate() {
+        let alone: Vec<&str> = (0..parts.len()).map(|i| if i == index { parts[i] } else { "*" }).collect();
+        let parser = CronParser::builder()
+            .seconds(if parts.len() == 6 { Seconds::Required } else { Seconds::Disallowed })
+            .year(Year::Disallowed)
+            .build();
+        if parser.parse(&alone.join(" ")).is_err() {
+            return format!("{name} field `{}`: {reason}; expected {allowed}", parts[index]);
+        }
+    }
+    reason.to_owned()
 }
 
 fn croner_reason(error: &croner::errors::CronError) -> String {
@@ -580,6 +606,19 @@ mod tests {
                 matches!(Schedule::parse(bad, utc), Err(ScheduleError::Invalid { .. })),
                 "{bad:?} should be invalid"
             );
+        }
+        // The error names the field at fault and what it allows.
+        for (bad, field) in [
+            ("61 * * * *", "minute field `61`"),
+            ("* 24 * * *", "hour field `24`"),
+            ("* * 0 * *", "day-of-month field `0`"),
+            ("* * * 13 *", "month field `13`"),
+            ("* * * * 8", "day-of-week field `8`"),
+            ("60 * * * * *", "second field `60`"),
+        ] {
+            let message = Schedule::parse(bad, utc).unwrap_err().to_string();
+            assert!(message.contains(field), "{bad:?}: {message}");
+            assert!(message.contains("expected"), "{bad:?}: {message}");
         }
         for zone in ["Mars/Olympus", "CET", "EST", "+02:00", "europe/berlin"] {
             assert!(parse_timezone(zone).is_err(), "{zone}");

@@ -13,7 +13,7 @@ use tempfile::TempDir;
 use tenure::store::{RunRecord, Store, TermRecord};
 
 use crate::checker::Witness;
-use crate::harness::{Etcd, Postgres, free_port, wait_for};
+use crate::harness::{Etcd, Postgres, free_port, wait_for, wait_until};
 
 /// The lease TTL cluster tests run with (etcd is started with a low election timeout).
 pub const TTL: Duration = Duration::from_secs(1);
@@ -199,7 +199,7 @@ impl Cluster {
     /// Wait until exactly one replica leads and has raised the fence to its term.
     pub async fn wait_for_leader(&self, timeout: Duration) -> (usize, i64) {
         let found = std::cell::Cell::new(None);
-        wait_for("exactly one leader with the fence raised", timeout, || async {
+        let led = wait_until(timeout, || async {
             let leaders = self.leaders().await;
             if let [(index, term)] = leaders[..] {
                 if self.store.fence().await.is_ok_and(|fence| fence.term == term) {
@@ -210,6 +210,7 @@ impl Cluster {
             false
         })
         .await;
+        assert!(led, "no single leader with the fence raised after {timeout:?}\n{}", self.logs());
         found.get().unwrap()
     }
 

@@ -244,15 +244,15 @@ jobs:
   - name: forbid
     schedule: "* * * * * *"
     concurrency: forbid
-    shell: "WITNESS; sleep 2.5"
+    shell: 'WITNESS; sleep 2.5'
   - name: allow
     schedule: "* * * * * *"
     concurrency: allow
-    shell: "WITNESS; sleep 2.5"
+    shell: 'WITNESS; sleep 2.5'
   - name: replace
     schedule: "*/3 * * * * *"
     concurrency: replace
-    shell: "WITNESS; sleep 10"
+    shell: 'WITNESS; sleep 10'
   - name: timeout
     schedule: "*/2 * * * * *"
     timeout: 1s

@@ -19,7 +19,18 @@ pub fn free_port() -> u16 {
 }
 
 /// Wait until `condition` holds, checking every 50 ms; panic with `what` after `timeout`.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    if !wait_until(timeout, condition).await {
+        panic!("timed out after {timeout:?} waiting for {what}");
+    }
+}
+
+/// Whether `condition` came to hold within `timeout`, checking every 50 ms.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -27,10 +38,10 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if condition().await {
-            return;
+            return true;
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -3,6 +3,8 @@
 
 /// Verdicts over witness and ledger.
 mod checker;
+/// The command line on the example and the broken fixtures.
+mod cli;
 /// A cluster of real `tenure run` processes on a throwaway etcd and PostgreSQL.
 mod cluster;
 /// The singleton guarantees under the faults of the core issue.

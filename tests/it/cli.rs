@@ -1,0 +1,118 @@
+//! The command line as a user meets it: `validate` on the example and on broken files, `next`.
+
+use std::process::Command;
+
+fn tenure(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("TENURE_TZ")
+        .env_remove("TENURE_FROM")
+        .output()
+        .expect("run tenure");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn the_example_validates_with_one_line_per_job() {
+    let (code, stdout, stderr) = tenure(&["validate", "jobs.example.yaml"]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let jobs = ["heartbeat", "disk-usage", "flaky", "self-check", "nightly-report", "billing-sync"];
+    assert_eq!(lines.len(), jobs.len() + 1, "{stdout}");
+    for (line, job) in lines.iter().zip(jobs) {
+        assert!(line.starts_with(&format!("{job}: ")), "{line}");
+    }
+    assert!(lines[4].contains("Europe/Berlin next "), "{}", lines[4]);
+    assert!(lines[5].ends_with("paused"), "{}", lines[5]);
+    assert!(lines[6].starts_with("6 jobs valid"), "{}", lines[6]);
+}
+
+/// Each broken fixture yields exactly these located errors, in file order, and exit code 1.
+#[test]
+fn broken_files_yield_every_error_located() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "tests/fixtures/unknown-field.yaml",
+            &[
+                "tests/fixtures/unknown-field.yaml:2:5: job `report`: missing `schedule`",
+                "tests/fixtures/unknown-field.yaml:3:5: job `report`: unknown field `scedule` in a job (did you mean `schedule`?)",
+            ],
+        ),
+        (
+            "tests/fixtures/duplicates.yaml",
+            &[
+                "tests/fixtures/duplicates.yaml:5:11: job `cleanup`: duplicate job name `cleanup`: already defined at tests/fixtures/duplicates.yaml:2:11",
+            ],
+        ),
+        (
+            "tests/fixtures/bad-values.yaml",
+            &[
+                "tests/fixtures/bad-values.yaml:2:12: `timeout`: `soon` is not a duration such as 30s",
+                "tests/fixtures/bad-values.yaml:4:11: invalid job name `Nightly Report`: expected 1 to 63 characters",
+                "tests/fixtures/bad-values.yaml:5:15: job `Nightly Report`: `schedule`: schedule `0 0 30 2 *` can never fire",
+                "tests/fixtures/bad-values.yaml:6:15: job `Nightly Report`: `timezone`: unknown time zone `Mars/Olympus`",
+                "tests/fixtures/bad-values.yaml:11:5: job `two-actions`: expected exactly one of `command`, `shell` or `http`",
+                "tests/fixtures/bad-values.yaml:13:15: job `bad-policy`: `schedule`: invalid schedule `61 * * * *`: minute field `61`",
+                "tests/fixtures/bad-values.yaml:15:18: job `bad-policy`: `concurrency`: `sometimes` is not one of allow, forbid, replace",
+            ],
+        ),
+        ("tests/fixtures/not-yaml.yaml", &["tests/fixtures/not-yaml.yaml:4:13: "]),
+    ];
+    for (file, expected) in cases {
+        let (code, stdout, stderr) = tenure(&["validate", file]);
+        assert_eq!(code, 1, "{file}: {stdout}{stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), expected.len(), "{file}:\n{stderr}");
+        for (line, prefix) in lines.iter().zip(expected.iter()) {
+            assert!(line.starts_with(prefix), "{file}: expected a line starting\n  {prefix}\nfound\n  {line}");
+        }
+    }
+}
+
+#[test]
+fn next_prints_rfc3339_with_the_zone_offset_strictly_after_from() {
+    let (code, stdout, stderr) =
+        tenure(&["next", "30 2 * * *", "--tz", "Europe/Berlin", "--from", "2026-03-28T01:30:00Z", "-n", "3"]);
+    assert_eq!(code, 0, "{stderr}");
+    // The 28th's 02:30 CET is exactly `--from`, so it is not printed; the 29th's falls in the
+    // skipped hour and fires at 03:00 CEST.
+    assert_eq!(stdout, "2026-03-29T03:00:00+02:00\n2026-03-30T02:30:00+02:00\n2026-03-31T02:30:00+02:00\n");
+
+    let (code, stdout, _) = tenure(&[
+        "next",
+        "--jobs",
+        "jobs.example.yaml",
+        "--job",
+        "billing-sync",
+        "--from",
+        "2026-11-27T00:00:00Z",
+        "-n",
+        "2",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(stdout, "2026-11-27T09:00:00-05:00\n2026-11-30T09:00:00-05:00\n");
+
+    let (code, _, stderr) = tenure(&["next", "0 0 30 2 *"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("can never fire"), "{stderr}");
+    let (code, _, stderr) = tenure(&["next", "--jobs", "jobs.example.yaml", "--job", "nope"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("nope"), "{stderr}");
+}
+
+#[test]
+fn version_and_help() {
+    let (code, stdout, _) = tenure(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(stdout.trim(), format!("tenure {}", env!("CARGO_PKG_VERSION")));
+    let (code, stdout, _) = tenure(&["help"]);
+    assert_eq!(code, 0);
+    for command in ["validate", "next", "run", "schema"] {
+        assert!(stdout.contains(command), "{stdout}");
+    }
+}
