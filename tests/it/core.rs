@@ -181,7 +181,7 @@ async fn etcd_restarted_briefly_and_for_longer_than_the_lease() {
 async fn after_a_full_outage_each_catch_up_policy_does_what_it_says() {
     let jobs = r#"
 defaults:
-  starting_deadline: 1m
+  starting_deadline: 5m
 jobs:
   - name: none
     schedule: "* * * * * *"
@@ -196,6 +196,12 @@ jobs:
     catch_up: all
     concurrency: allow
     shell: WITNESS
+  - name: all-within-10s
+    schedule: "* * * * * *"
+    catch_up: all
+    concurrency: allow
+    starting_deadline: 10s
+    shell: WITNESS
 "#;
     let mut cluster = Cluster::start(3, jobs).await;
     cluster.wait_for_leader(Duration::from_secs(15)).await;
@@ -204,7 +210,7 @@ jobs:
         cluster.kill(index);
     }
     let down_from = Utc::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
     let down_until = Utc::now();
     for index in 0..3 {
         cluster.restart(index);
@@ -227,13 +233,22 @@ jobs:
     };
     assert!(in_outage("none", "missed") >= 3, "none records outage slots missed: {ledger:#?}");
     assert_eq!(in_outage("none", "succeeded"), 0, "none runs no outage slot");
-    assert!(in_outage("latest", "missed") >= 2, "latest records the older outage slots missed");
+    assert!(in_outage("latest", "missed") >= 55, "latest records the older outage slots missed");
     assert_eq!(in_outage("all", "missed"), 0, "all misses nothing");
-    assert!(in_outage("all", "succeeded") >= 3, "all runs every outage slot");
+    assert!(in_outage("all", "succeeded") >= 55, "all runs every outage slot");
+    // Past its starting deadline a slot is only recorded: the early outage slots are missed, the
+    // last ten seconds' run.
+    let deadline_missed = in_outage("all-within-10s", "missed");
+    let deadline_run = in_outage("all-within-10s", "succeeded");
+    assert!(deadline_missed >= 45, "slots older than the deadline are missed ({deadline_missed})");
+    assert!((5..=12).contains(&deadline_run), "the last ten seconds of slots run ({deadline_run})");
     let from = witness.first().unwrap().slot;
     let until = witness.last().unwrap().slot - chrono::Duration::seconds(1);
-    let report =
-        check(&witness, &ledger, &Expect { jobs: &["none", "latest", "all"], from, until, missed_allowed: true });
+    let report = check(
+        &witness,
+        &ledger,
+        &Expect { jobs: &["none", "latest", "all", "all-within-10s"], from, until, missed_allowed: true },
+    );
     report.assert_clean(&cluster.logs());
 }
 
