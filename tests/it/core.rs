@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 
 use crate::checker::{Expect, check};
 use crate::cluster::{Cluster, TTL};
-use crate::harness::wait_for;
+use crate::harness::{wait_for, wait_until};
 
 const TICK: &str = r#"
 jobs:
@@ -217,8 +217,24 @@ jobs:
     }
     cluster.wait_for_leader(Duration::from_secs(15)).await;
     let_it_tick(&cluster, 6).await;
+    // `all` replays about sixty slots one after another; let it finish.
+    let outage = |r: &&tenure::store::RunRecord| {
+        r.slot > down_from + chrono::Duration::seconds(1) && r.slot < down_until - chrono::Duration::seconds(1)
+    };
+    let caught_up = wait_until(Duration::from_secs(60), || async {
+        let ledger = cluster.ledger().await;
+        let settled = ledger.iter().filter(outage).filter(|r| r.job == "all" && r.status != "running").count();
+        settled >= 57
+    })
+    .await;
 
     let ledger = cluster.ledger().await;
+    let mut seen = std::collections::BTreeMap::new();
+    for r in ledger.iter().filter(outage) {
+        *seen.entry((r.job.as_str(), r.status.as_str())).or_insert(0) += 1;
+    }
+    eprintln!("outage slots by job and status: {seen:?}");
+    assert!(caught_up, "`all` did not replay the outage: {seen:?}\n{}", cluster.logs());
     let witness = cluster.witness();
     let in_outage = |job: &str, status: &str| {
         ledger
