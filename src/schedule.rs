@@ -125,7 +125,16 @@ impl Schedule {
             Kind::Every { seconds } => {
                 format!("Every {}", humantime::format_duration(Duration::from_secs(*seconds as u64)))
             }
-            Kind::Cron { cron, .. } => cron.describe(),
+            Kind::Cron { cron, .. } => {
+                // croner says "At every 5 seconds." and ends with a full stop; a table cell wants
+                // neither.
+                let words = cron.describe();
+                let words = words.trim_end_matches('.');
+                match words.strip_prefix("At every ") {
+                    Some(rest) => format!("Every {rest}"),
+                    None => words.to_owned(),
+                }
+            }
         }
     }
 
@@ -633,5 +642,7 @@ mod tests {
         let s = Schedule::parse("30 2 * * *", Tz::UTC).unwrap();
         assert!(s.describe().contains("02:30"), "{}", s.describe());
         assert_eq!(Schedule::parse("@every 30s", Tz::UTC).unwrap().describe(), "Every 30s");
+        assert_eq!(Schedule::parse("*/5 * * * * *", Tz::UTC).unwrap().describe(), "Every 5 seconds");
+        assert_eq!(Schedule::parse("* * * * *", Tz::UTC).unwrap().describe(), "Every minute");
     }
 }
