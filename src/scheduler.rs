@@ -28,6 +28,10 @@ const ON_TIME_TOLERANCE: Duration = Duration::from_secs(1);
 /// counted and logged (a per-second job down for a day would otherwise write 86,400 rows).
 const MAX_MISSED_ROWS: usize = 10_000;
 /// How long to wait before retrying a ledger operation that failed because the database did.
+/// How often the leader records that its term is alive (the terms page's hand-over times).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often a running job's output tail is copied to the ledger for live viewing.
+const OUTPUT_FLUSH: Duration = Duration::from_secs(1);
 const DATABASE_RETRY: Duration = Duration::from_millis(500);
 /// Re-check the wall clock at least this often, so a clock stepped forwards is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
@@ -94,6 +98,20 @@ enum Wake {
     RunFinished(u64),
     Due,
     Reap,
+    Heartbeat,
+}
+
+/// Records the term's last heartbeat when the term's loop ends (resign, step-down, shutdown).
+struct TermHeartbeat {
+    store: Store,
+    term: Term,
+}
+
+impl Drop for TermHeartbeat {
+    fn drop(&mut self) {
+        let (store, term, at) = (self.store.clone(), self.term.clone(), Utc::now());
+        tokio::spawn(async move { store.term_alive(&term, at).await });
+    }
 }
 
 impl Scheduler {
@@ -194,6 +212,9 @@ impl Scheduler {
         // time to kill them (lease deadline plus the executor's kill grace).
         let reap_every = executor::KILL_GRACE + Duration::from_secs(1);
         let mut next_reap = tokio::time::Instant::now() + reap_every;
+        let mut next_heartbeat = tokio::time::Instant::now();
+        // The last heartbeat marks when this term ended, however `lead` returns.
+        let _last_heartbeat = TermHeartbeat { store: self.store.clone(), term: term.clone() };
 
         loop {
             if std::mem::take(&mut controls_pending) {
@@ -215,6 +236,7 @@ impl Scheduler {
                 Some(()) = controls_rx.recv() => Wake::ControlsChanged,
                 () = sleep_until_or_forever(wake_at) => Wake::Due,
                 () = tokio::time::sleep_until(next_reap) => Wake::Reap,
+                () = tokio::time::sleep_until(next_heartbeat) => Wake::Heartbeat,
             };
             match wake {
                 Wake::Shutdown => return,
@@ -234,6 +256,12 @@ impl Scheduler {
                 Wake::ControlsChanged => controls_pending = true,
                 Wake::RunFinished(key) => {
                     self.own_runs.remove(&key);
+                }
+                Wake::Heartbeat => {
+                    if let Err(error) = self.store.term_alive(term, Utc::now()).await {
+                        tracing::debug!(%error, "could not record the term heartbeat");
+                    }
+                    next_heartbeat = tokio::time::Instant::now() + HEARTBEAT;
                 }
                 Wake::Reap => {
                     self.reap(term).await;
@@ -433,10 +461,11 @@ impl Scheduler {
     /// state stays and the next notification or term retries.
     async fn apply_controls(&mut self, states: &mut [JobState], leader: &LeaderTerm) {
         let now = Utc::now();
-        match self.store.paused_jobs().await {
-            Ok(paused) => {
+        match self.store.job_controls().await {
+            Ok(controls) => {
                 for state in states.iter_mut() {
-                    let should_pause = state.job.paused || paused.contains(state.job.name.as_ref());
+                    // An operator's pause or resume overrides the job file's `paused`.
+                    let should_pause = controls.get(state.job.name.as_ref()).copied().unwrap_or(state.job.paused);
                     if state.paused && !should_pause {
                         // Resumed: slots that fell due while paused are not owed.
                         state.cursor = state.cursor.max(now);
@@ -657,8 +686,10 @@ impl Ledger {
                     node: self.node.clone(),
                     attempt,
                 };
-                let mut outcome =
-                    executor::execute(job, &context, &OutputTail::default(), &self.http, &stop.token).await;
+                let output = OutputTail::default();
+                let flusher = tokio::spawn(flush_output(self.store.clone(), run_id, output.clone()));
+                let mut outcome = executor::execute(job, &context, &output, &self.http, &stop.token).await;
+                flusher.abort();
                 if let Some(reason) = stop.reason() {
                     outcome.error = Some(reason.to_owned());
                 }
@@ -761,5 +792,21 @@ impl Ledger {
             }
         }
         tracing::error!(run_id, job = %job.name, "gave up recording a run's outcome; a later leader will mark it lost");
+    }
+}
+
+/// Copy a running job's output tail to the ledger every `OUTPUT_FLUSH` while it changes, so the
+/// run page of any replica shows it live. The final outcome overwrites it.
+async fn flush_output(store: Store, run_id: i64, output: OutputTail) {
+    let mut written = String::new();
+    loop {
+        tokio::time::sleep(OUTPUT_FLUSH).await;
+        let text = output.text();
+        if text != written {
+            if let Err(error) = store.update_output(run_id, &text).await {
+                tracing::debug!(%error, run_id, "could not record live output");
+            }
+            written = text;
+        }
     }
 }

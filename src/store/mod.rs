@@ -12,7 +12,7 @@ mod sqlite;
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,6 +200,32 @@ pub struct TermRecord {
     pub cluster_id: String,
     pub node: String,
     pub started_at: DateTime<Utc>,
+    /// The leader's last heartbeat in this term (every second while it leads, and when it ends).
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+/// Where a page of one job's ledger ends: the last row's slot and id. Rows come newest first,
+/// so the next page holds the rows before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunCursor {
+    pub slot: DateTime<Utc>,
+    pub id: i64,
+}
+
+impl RunCursor {
+    pub fn after(run: &RunRecord) -> RunCursor {
+        RunCursor { slot: run.slot, id: run.id }
+    }
+
+    /// Opaque text for a URL: `<slot in microseconds>.<id>`.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.slot.timestamp_micros(), self.id)
+    }
+
+    pub fn decode(text: &str) -> Option<RunCursor> {
+        let (micros, id) = text.split_once('.')?;
+        Some(RunCursor { slot: DateTime::from_timestamp_micros(micros.parse().ok()?)?, id: id.parse().ok()? })
+    }
 }
 
 /// A manual trigger request.
@@ -316,7 +342,28 @@ pub trait Ledger: Send + Sync {
     /// Pause or resume a job; survives failover; wakes the leader's scheduler.
     async fn set_paused(&self, job: &str, paused: bool, by: &str) -> Result<(), sqlx::Error>;
 
-    async fn paused_jobs(&self) -> Result<HashSet<String>, sqlx::Error>;
+    /// Operator pauses and resumes, by job: `true` paused, `false` resumed. An entry overrides the
+    /// job file's `paused`.
+    async fn job_controls(&self) -> Result<HashMap<String, bool>, sqlx::Error>;
+
+    /// One job's runs, newest slot first, those before `before` (the previous page's cursor), at
+    /// most `limit`, optionally of one status. Lists leave `output` empty; `run` has it.
+    async fn job_runs(
+        &self,
+        job: &str,
+        status: Option<RunStatus>,
+        before: Option<RunCursor>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, sqlx::Error>;
+
+    /// The newest `per_job` runs of each of `jobs`, newest first, `output` empty.
+    async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error>;
+
+    /// Replace a running run's output tail, so every replica can show it live.
+    async fn update_output(&self, run_id: i64, output: &str) -> Result<(), sqlx::Error>;
+
+    /// The leader of `term` is alive at `at` (the terms page measures hand-overs with it).
+    async fn term_alive(&self, term: &Term, at: DateTime<Utc>) -> Result<(), sqlx::Error>;
 
     /// Record a manual trigger (idempotent per key) and wake the leader's scheduler.
     async fn request_trigger(

@@ -1,7 +1,7 @@
 //! The ledger on PostgreSQL. Every statement that records a slot reads the fence `FOR SHARE`
 //! in the same statement, so it waits for a concurrent `begin_term` and is then refused.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, Ledger, RunOutcome, RunRecord, RunStatus,
-    SkipIfRunning, TermRecord, TriggerRecord, clean_text,
+    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, Ledger, RunCursor, RunOutcome, RunRecord,
+    RunStatus, SkipIfRunning, TermRecord, TriggerRecord, clean_text,
 };
 use crate::leadership::Term;
 
@@ -22,6 +22,10 @@ macro_rules! run_columns {
     () => {
         "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
          started_at, finished_at, exit_code, http_status, error, output"
+    };
+    (brief) => {
+        "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
+         started_at, finished_at, exit_code, http_status, error, '' AS output"
     };
 }
 
@@ -352,9 +356,72 @@ impl Ledger for Postgres {
     }
 
     /// Jobs paused by an operator.
-    async fn paused_jobs(&self) -> Result<HashSet<String>, sqlx::Error> {
-        let rows = sqlx::query("SELECT job FROM job_controls WHERE paused").fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(|row| row.get("job")).collect())
+    async fn job_controls(&self) -> Result<HashMap<String, bool>, sqlx::Error> {
+        let rows = sqlx::query("SELECT job, paused FROM job_controls").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|row| (row.get("job"), row.get("paused"))).collect())
+    }
+
+    async fn job_runs(
+        &self,
+        job: &str,
+        status: Option<RunStatus>,
+        before: Option<RunCursor>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, sqlx::Error> {
+        // Keyset pagination on the (job, slot DESC, id DESC) index: as fast on page 1,000 as on 1.
+        sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(brief),
+            " FROM runs WHERE job = $1 AND ($2::text IS NULL OR status = $2)
+               AND ($3::timestamptz IS NULL OR (slot, id) < ($3, $4))
+             ORDER BY slot DESC, id DESC LIMIT $5"
+        ))
+        .bind(job)
+        .bind(status.map(RunStatus::as_str))
+        .bind(before.map(|cursor| cursor.slot))
+        .bind(before.map_or(0, |cursor| cursor.id))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(run_record)
+        .collect()
+    }
+
+    async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error> {
+        let rows = sqlx::query(concat!(
+            "SELECT r.* FROM unnest($1::text[]) AS j(name) CROSS JOIN LATERAL (SELECT ",
+            run_columns!(brief),
+            " FROM runs WHERE runs.job = j.name ORDER BY slot DESC, id DESC LIMIT $2) r"
+        ))
+        .bind(jobs)
+        .bind(per_job)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_job: HashMap<String, Vec<RunRecord>> = HashMap::new();
+        for row in &rows {
+            let run = run_record(row)?;
+            by_job.entry(run.job.clone()).or_default().push(run);
+        }
+        Ok(by_job)
+    }
+
+    async fn update_output(&self, run_id: i64, output: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE runs SET output = $2 WHERE id = $1 AND status = 'running'")
+            .bind(run_id)
+            .bind(clean_text(output))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn term_alive(&self, term: &Term, at: DateTime<Utc>) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE terms SET last_seen_at = $2 WHERE term = $1")
+            .bind(term.revision())
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Record a manual trigger (idempotent per key) and wake the leader's scheduler. Returns the
@@ -462,7 +529,7 @@ impl Ledger for Postgres {
     }
 
     async fn terms(&self) -> Result<Vec<TermRecord>, sqlx::Error> {
-        let rows = sqlx::query("SELECT term, cluster_id, node, started_at FROM terms ORDER BY term")
+        let rows = sqlx::query("SELECT term, cluster_id, node, started_at, last_seen_at FROM terms ORDER BY term")
             .fetch_all(&self.pool)
             .await?;
         Ok(rows
@@ -472,6 +539,7 @@ impl Ledger for Postgres {
                 cluster_id: row.get("cluster_id"),
                 node: row.get("node"),
                 started_at: row.get("started_at"),
+                last_seen_at: row.get("last_seen_at"),
             })
             .collect())
     }

@@ -3,7 +3,7 @@
 //! one statement are atomic without row locks. Instants are stored as integer microseconds
 //! since the Unix epoch, so `max()` and ordering are exact.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -17,8 +17,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Claim, ClaimError, Claimed, Fence, FenceError, Ledger, RunOutcome, RunRecord, RunStatus, SkipIfRunning, TermRecord,
-    TriggerRecord, clean_text,
+    Claim, ClaimError, Claimed, Fence, FenceError, Ledger, RunCursor, RunOutcome, RunRecord, RunStatus, SkipIfRunning,
+    TermRecord, TriggerRecord, clean_text,
 };
 use crate::leadership::Term;
 
@@ -73,6 +73,10 @@ fn optional_instant(micros: Option<i64>) -> Option<DateTime<Utc>> {
 
 const RUN_COLUMNS: &str = "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
      started_at, finished_at, exit_code, http_status, error, output";
+
+/// The run columns for lists: no output.
+const BRIEF_RUN_COLUMNS: &str = "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
+     started_at, finished_at, exit_code, http_status, error, '' AS output";
 
 fn run_record(row: &SqliteRow) -> Result<RunRecord, sqlx::Error> {
     Ok(RunRecord {
@@ -375,9 +379,63 @@ impl Ledger for Sqlite {
         Ok(())
     }
 
-    async fn paused_jobs(&self) -> Result<HashSet<String>, sqlx::Error> {
-        let rows = sqlx::query("SELECT job FROM job_controls WHERE paused").fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(|row| row.get("job")).collect())
+    async fn job_controls(&self) -> Result<HashMap<String, bool>, sqlx::Error> {
+        let rows = sqlx::query("SELECT job, paused FROM job_controls").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|row| (row.get("job"), row.get("paused"))).collect())
+    }
+
+    async fn job_runs(
+        &self,
+        job: &str,
+        status: Option<RunStatus>,
+        before: Option<RunCursor>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {BRIEF_RUN_COLUMNS} FROM runs WHERE job = ?1 AND (?2 IS NULL OR status = ?2)
+               AND (?3 IS NULL OR slot < ?3 OR (slot = ?3 AND id < ?4))
+             ORDER BY slot DESC, id DESC LIMIT ?5"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(job)
+            .bind(status.map(RunStatus::as_str))
+            .bind(before.map(|cursor| micros(cursor.slot)))
+            .bind(before.map_or(0, |cursor| cursor.id))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(run_record)
+            .collect()
+    }
+
+    async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error> {
+        let mut by_job = HashMap::new();
+        for job in jobs {
+            let runs = self.job_runs(job, None, None, per_job).await?;
+            if !runs.is_empty() {
+                by_job.insert(job.clone(), runs);
+            }
+        }
+        Ok(by_job)
+    }
+
+    async fn update_output(&self, run_id: i64, output: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE runs SET output = ?2 WHERE id = ?1 AND status = 'running'")
+            .bind(run_id)
+            .bind(clean_text(output))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn term_alive(&self, term: &Term, at: DateTime<Utc>) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE terms SET last_seen_at = ?2 WHERE term = ?1")
+            .bind(term.revision())
+            .bind(micros(at))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn request_trigger(
@@ -459,7 +517,7 @@ impl Ledger for Sqlite {
     }
 
     async fn terms(&self) -> Result<Vec<TermRecord>, sqlx::Error> {
-        let rows = sqlx::query("SELECT term, cluster_id, node, started_at FROM terms ORDER BY term")
+        let rows = sqlx::query("SELECT term, cluster_id, node, started_at, last_seen_at FROM terms ORDER BY term")
             .fetch_all(&self.pool)
             .await?;
         Ok(rows
@@ -469,6 +527,7 @@ impl Ledger for Sqlite {
                 cluster_id: row.get("cluster_id"),
                 node: row.get("node"),
                 started_at: instant(row.get("started_at")),
+                last_seen_at: optional_instant(row.get("last_seen_at")),
             })
             .collect())
     }

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use tenure::leadership::Term;
-use tenure::store::{Claim, ClaimError, FenceError, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger};
+use tenure::store::{Claim, ClaimError, FenceError, RunCursor, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger};
 
 use crate::harness::Postgres;
 
@@ -41,6 +41,8 @@ contract!(forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fence
 contract!(runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_one);
 contract!(concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one);
 contract!(pauses_and_triggers_are_recorded_once);
+contract!(pages_of_a_job_ledger_follow_the_cursor_and_the_status_filter);
+contract!(live_output_and_term_heartbeats_are_recorded);
 
 fn slot(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, second).unwrap()
@@ -200,9 +202,10 @@ async fn a_stale_claim_racing_a_fence_raise_waits_for_it_and_is_then_refused() {
 
 async fn pauses_and_triggers_are_recorded_once(store: Store) {
     store.set_paused("job", true, "admin").await.unwrap();
-    assert!(store.paused_jobs().await.unwrap().contains("job"));
+    assert_eq!(store.job_controls().await.unwrap().get("job"), Some(&true));
     store.set_paused("job", false, "admin").await.unwrap();
-    assert!(store.paused_jobs().await.unwrap().is_empty());
+    // A resume is kept too: it overrides `paused: true` in the job file.
+    assert_eq!(store.job_controls().await.unwrap().get("job"), Some(&false));
 
     let first = store.request_trigger("job", "key-1", "admin", slot(30)).await.unwrap();
     let again = store.request_trigger("job", "key-1", "admin", slot(31)).await.unwrap();
@@ -219,4 +222,68 @@ async fn pauses_and_triggers_are_recorded_once(store: Store) {
     // A manual run does not move the job's schedule cursor.
     assert!(store.last_scheduled_slots().await.unwrap().is_empty());
     assert_eq!(store.run(claimed.run_id).await.unwrap().unwrap().trigger, "manual");
+}
+
+async fn pages_of_a_job_ledger_follow_the_cursor_and_the_status_filter(store: Store) {
+    let term = Term::for_tests(1, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    for second in 0..25 {
+        let claimed = store.claim_run(&claim("paged", slot(second), &term, "n")).await.unwrap();
+        let status = if second % 5 == 0 { RunStatus::Failed } else { RunStatus::Succeeded };
+        let outcome = RunOutcome {
+            status,
+            exit_code: Some(0),
+            http_status: None,
+            error: None,
+            output: "printed".into(),
+            finished_at: slot(second),
+        };
+        store.finish_run(claimed.run_id, &outcome).await.unwrap();
+    }
+    store.claim_run(&claim("other", slot(3), &term, "n")).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.job_runs("paged", None, cursor, 10).await.unwrap();
+        assert!(page.len() <= 10);
+        assert!(page.iter().all(|run| run.job == "paged" && run.output.is_empty()), "lists carry no output");
+        let Some(last) = page.last() else { break };
+        // The cursor survives a round trip through a URL.
+        cursor = RunCursor::decode(&RunCursor::after(last).encode());
+        seen.extend(page.iter().map(|run| run.slot));
+    }
+    let expected: Vec<_> = (0..25).rev().map(slot).collect();
+    assert_eq!(seen, expected, "every row once, newest first");
+
+    let failed = store.job_runs("paged", Some(RunStatus::Failed), None, 100).await.unwrap();
+    assert_eq!(failed.iter().map(|run| run.slot).collect::<Vec<_>>(), [slot(20), slot(15), slot(10), slot(5), slot(0)]);
+
+    let recent = store.recent_runs(&["paged".into(), "other".into(), "none".into()], 3).await.unwrap();
+    assert_eq!(recent["paged"].iter().map(|run| run.slot).collect::<Vec<_>>(), [slot(24), slot(23), slot(22)]);
+    assert_eq!(recent["other"].len(), 1);
+    assert!(!recent.contains_key("none"));
+}
+
+async fn live_output_and_term_heartbeats_are_recorded(store: Store) {
+    let term = Term::for_tests(7, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    let claimed = store.claim_run(&claim("live", slot(0), &term, "n")).await.unwrap();
+    store.update_output(claimed.run_id, "half way").await.unwrap();
+    assert_eq!(store.run(claimed.run_id).await.unwrap().unwrap().output, "half way");
+    let outcome = RunOutcome {
+        status: RunStatus::Succeeded,
+        exit_code: Some(0),
+        http_status: None,
+        error: None,
+        output: "all done".into(),
+        finished_at: slot(1),
+    };
+    store.finish_run(claimed.run_id, &outcome).await.unwrap();
+    store.update_output(claimed.run_id, "late flush").await.unwrap();
+    assert_eq!(store.run(claimed.run_id).await.unwrap().unwrap().output, "all done", "a late flush is ignored");
+
+    assert_eq!(store.terms().await.unwrap()[0].last_seen_at, None);
+    store.term_alive(&term, slot(9)).await.unwrap();
+    assert_eq!(store.terms().await.unwrap()[0].last_seen_at, Some(slot(9)));
 }
