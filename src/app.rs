@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, JobSet};
-use crate::election::{self, Election, ElectionConfig, Keys, Member};
-use crate::http::{self, AppState};
+use crate::election::{self, ClusterSnapshot, Election, ElectionConfig, Keys, Member};
+use crate::http::{self, AppState, Auth};
 use crate::leadership::Leadership;
 use crate::scheduler::Scheduler;
 use crate::store::{self, Store};
@@ -35,6 +35,7 @@ pub struct RunSettings {
     pub election: String,
     pub shutdown_grace: Duration,
     pub retain: Duration,
+    pub auth: Auth,
 }
 
 /// Run one replica until `shutdown` is cancelled, then hand over and drain.
@@ -58,6 +59,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         started_at: Utc::now(),
     });
     let (members_tx, members_rx) = watch::channel(Vec::new());
+    let (cluster_tx, cluster_rx) = watch::channel(ClusterSnapshot::default());
     let (jobs_tx, jobs_rx) = watch::channel(Arc::new(jobs));
 
     let tasks = TaskTracker::new();
@@ -71,7 +73,14 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         member_rx,
         registry_shutdown.clone(),
     ));
-    tasks.spawn(watch_members(etcd.clone(), keys.clone(), settings.lease_ttl, members_tx, registry_shutdown.clone()));
+    tasks.spawn(watch_members(
+        etcd.clone(),
+        keys.clone(),
+        settings.lease_ttl,
+        members_tx,
+        cluster_tx,
+        registry_shutdown.clone(),
+    ));
     tasks.spawn(
         Election::new(
             etcd.clone(),
@@ -87,6 +96,9 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         store: store.clone(),
         leadership: leadership_rx.clone(),
         etcd: Some(etcd),
+        jobs: jobs_rx.clone(),
+        cluster: cluster_rx,
+        auth: settings.auth.clone(),
     };
     let http_shutdown = CancellationToken::new();
     let server = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));
@@ -160,12 +172,14 @@ async fn prune_ledger(
     }
 }
 
-/// Keep the list of live replicas fresh for the scheduler (reaping) and the dashboard.
+/// Keep the list of live replicas fresh for the scheduler (reaping), and the cluster snapshot
+/// (leader, roster) for the dashboard.
 async fn watch_members(
     mut etcd: etcd_client::Client,
     keys: Keys,
     lease_ttl: Duration,
     members: watch::Sender<Vec<Member>>,
+    cluster: watch::Sender<ClusterSnapshot>,
     shutdown: CancellationToken,
 ) {
     let every = (lease_ttl / 2).max(Duration::from_millis(500));
@@ -173,6 +187,7 @@ async fn watch_members(
     loop {
         match election::list_members(&mut etcd, &keys).await {
             Ok(list) => {
+                cluster.send_modify(|snapshot| snapshot.observe(&list, Utc::now()));
                 members.send_if_modified(|current| {
                     let changed = *current != list;
                     *current = list;
@@ -184,10 +199,14 @@ async fn watch_members(
         }
         // How long the cluster has been without a leader, as etcd sees it (0 while one leads).
         match election::current_leader(&mut etcd, &keys).await {
-            Ok(Some(_)) => leaderless_since = None,
-            Ok(None) => {
-                let since = *leaderless_since.get_or_insert_with(std::time::Instant::now);
-                metrics::gauge!("tenure_leaderless_seconds").set(since.elapsed().as_secs_f64());
+            Ok(leader) => {
+                if leader.is_some() {
+                    leaderless_since = None;
+                } else {
+                    let since = *leaderless_since.get_or_insert_with(std::time::Instant::now);
+                    metrics::gauge!("tenure_leaderless_seconds").set(since.elapsed().as_secs_f64());
+                }
+                cluster.send_modify(|snapshot| snapshot.leader = leader);
             }
             Err(_) => {}
         }

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app::RunSettings;
 use crate::config;
+use crate::http::Auth;
 use crate::schedule::{self, Schedule};
 use crate::telemetry::LogFormat;
 
@@ -97,6 +98,26 @@ pub struct RunArgs {
     /// Keep ledger rows this long; older finished rows are pruned in small batches by the leader.
     #[arg(long, env = "TENURE_RETAIN", value_parser = humantime::parse_duration, default_value = "30d")]
     pub retain: Duration,
+    #[command(flatten)]
+    pub web: WebArgs,
+}
+
+/// Who may use the dashboard and the API.
+#[derive(Debug, Args)]
+pub struct WebArgs {
+    /// Token for trigger, pause and resume: a bearer token for the API, the password (any user
+    /// name) for the pages' basic auth. Without it nothing can be changed from the web.
+    #[arg(long, env = "TENURE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Require the token for the pages and read endpoints too (health and metrics stay open).
+    #[arg(long, env = "TENURE_PROTECT_READS", requires = "admin_token")]
+    pub protect_reads: bool,
+}
+
+impl WebArgs {
+    pub fn auth(&self) -> Auth {
+        Auth::new(self.admin_token.as_deref(), self.protect_reads)
+    }
 }
 
 impl RunArgs {
@@ -120,6 +141,7 @@ impl RunArgs {
             election: self.election.clone(),
             shutdown_grace: self.shutdown_grace,
             retain: self.retain,
+            auth: self.web.auth(),
         })
     }
 }

@@ -298,6 +298,42 @@ pub struct Member {
     pub started_at: DateTime<Utc>,
 }
 
+/// The cluster as one replica last saw it: who leads and every replica seen in the last hour
+/// (gone ones kept with `live: false`, so a crashed replica stays visible for a while).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSnapshot {
+    /// The leader's node id and term.
+    pub leader: Option<(String, i64)>,
+    pub roster: Vec<RosterEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterEntry {
+    pub member: Member,
+    pub last_seen: DateTime<Utc>,
+    pub live: bool,
+}
+
+impl ClusterSnapshot {
+    /// How long a replica that left stays on the roster.
+    const FORGET_AFTER: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+    /// Fold a fresh list of live members in at `now`.
+    pub fn observe(&mut self, live: &[Member], now: DateTime<Utc>) {
+        for entry in &mut self.roster {
+            entry.live = false;
+        }
+        for member in live {
+            match self.roster.iter_mut().find(|entry| entry.member.node == member.node) {
+                Some(entry) => *entry = RosterEntry { member: member.clone(), last_seen: now, live: true },
+                None => self.roster.push(RosterEntry { member: member.clone(), last_seen: now, live: true }),
+            }
+        }
+        self.roster.retain(|entry| entry.live || now - entry.last_seen < Self::FORGET_AFTER);
+        self.roster.sort_by(|a, b| a.member.node.cmp(&b.member.node));
+    }
+}
+
 /// Keep this replica's registration in etcd under its own lease, re-registering after any loss
 /// and whenever `member` changes (a reloaded job file changes the config hash).
 pub async fn register(

@@ -1,6 +1,8 @@
 //! The one integration-test binary. Tests start their own etcd and PostgreSQL (see `harness`)
 //! and, for cluster scenarios, real `tenure run` processes.
 
+/// The API and the pages through the router, without a socket.
+mod api;
 /// Verdicts over witness and ledger.
 mod checker;
 /// The command line on the example and the broken fixtures.

@@ -1,0 +1,221 @@
+//! The JSON API under `/api`. Reads return the same views the pages render; trigger, pause and
+//! resume need the admin token as a bearer token and are recorded in the ledger, where the
+//! leader picks them up (a follower takes them just the same, nothing is forwarded).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use super::view::{self, ClusterView, JobView, RunBrief, RunView, TermView};
+use super::{AppState, Problem};
+use crate::store::{RunCursor, RunStatus, TriggerRecord};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/jobs", get(jobs))
+        .route("/api/jobs/{name}", get(job))
+        .route("/api/jobs/{name}/runs", get(job_runs))
+        .route("/api/jobs/{name}/trigger", post(trigger))
+        .route("/api/jobs/{name}/pause", post(pause))
+        .route("/api/jobs/{name}/resume", post(resume))
+        .route("/api/runs/{id}", get(run))
+        .route("/api/cluster", get(cluster))
+        .route("/api/terms", get(terms))
+        .route("/api/openapi.json", get(openapi))
+}
+
+pub(super) async fn jobs_view(state: &AppState) -> Result<Vec<JobView>, Problem> {
+    let jobs = state.jobs.borrow().clone();
+    Ok(view::jobs(&state.store, &jobs).await?)
+}
+
+pub(super) async fn job_view(state: &AppState, name: &str) -> Result<JobView, Problem> {
+    let jobs = state.jobs.borrow().clone();
+    let job = jobs.get(name).ok_or_else(|| Problem::not_found(format!("no job `{name}` in the job file")))?;
+    Ok(view::job(&state.store, job).await?)
+}
+
+pub(super) async fn cluster_view(state: &AppState) -> Result<ClusterView, Problem> {
+    let terms = state.store.terms().await?;
+    let snapshot = state.cluster.borrow().clone();
+    let hash = state.jobs.borrow().hash().to_owned();
+    Ok(view::cluster(&snapshot, &terms, &hash, &state.node_id))
+}
+
+pub(super) async fn terms_view(state: &AppState) -> Result<Vec<TermView>, Problem> {
+    let records = state.store.terms().await?;
+    let current = state.cluster.borrow().leader.as_ref().map(|(_, term)| *term);
+    Ok(view::terms(&records, current))
+}
+
+/// A page of one job's ledger.
+#[derive(Debug, Serialize)]
+pub(super) struct RunPage {
+    pub runs: Vec<RunBrief>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RunQuery {
+    pub status: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<i64>,
+}
+
+pub(super) const PAGE_DEFAULT: i64 = 50;
+const PAGE_MAX: i64 = 500;
+
+pub(super) async fn run_page(state: &AppState, name: &str, query: &RunQuery) -> Result<RunPage, Problem> {
+    if state.jobs.borrow().get(name).is_none() && state.store.job_runs(name, None, None, 1).await?.is_empty() {
+        return Err(Problem::not_found(format!("no job `{name}` in the job file or the ledger")));
+    }
+    let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(RunStatus::parse(text).ok_or_else(|| {
+            let all: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+            Problem::bad_request(format!("unknown status `{text}`; expected one of {}", all.join(", ")))
+        })?),
+    };
+    let cursor = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(text) => Some(RunCursor::decode(text).ok_or_else(|| Problem::bad_request("malformed cursor"))?),
+    };
+    let limit = query.limit.unwrap_or(PAGE_DEFAULT);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(Problem::bad_request(format!("limit must be between 1 and {PAGE_MAX}")));
+    }
+    // One more row than asked tells whether there is a next page.
+    let mut runs = state.store.job_runs(name, status, cursor, limit + 1).await?;
+    let more = runs.len() > limit as usize;
+    runs.truncate(limit as usize);
+    let next_cursor = if more { runs.last().map(|run| RunCursor::after(run).encode()) } else { None };
+    Ok(RunPage { runs: runs.iter().map(RunBrief::of).collect(), next_cursor })
+}
+
+pub(super) async fn run_view(state: &AppState, id: i64) -> Result<RunView, Problem> {
+    let run = state.store.run(id).await?.ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
+    Ok(RunView::of(run))
+}
+
+/// Record a manual trigger. The same key twice is one trigger (a double click fires once).
+pub(super) async fn request_trigger(
+    state: &AppState,
+    name: &str,
+    key: Option<&str>,
+    by: &str,
+) -> Result<TriggerRecord, Problem> {
+    if state.jobs.borrow().get(name).is_none() {
+        return Err(Problem::not_found(format!("no job `{name}` in the job file")));
+    }
+    let key = match key.map(str::trim).filter(|k| !k.is_empty()) {
+        Some(key) if key.len() <= 200 => key.to_owned(),
+        Some(_) => return Err(Problem::bad_request("the idempotency key is longer than 200 characters")),
+        None => new_key(),
+    };
+    Ok(state.store.request_trigger(name, &key, by, Utc::now()).await?)
+}
+
+pub(super) async fn set_paused(state: &AppState, name: &str, paused: bool, by: &str) -> Result<(), Problem> {
+    if state.jobs.borrow().get(name).is_none() {
+        return Err(Problem::not_found(format!("no job `{name}` in the job file")));
+    }
+    Ok(state.store.set_paused(name, paused, by).await?)
+}
+
+/// A fresh idempotency key: unique per process and instant.
+pub(super) fn new_key() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    format!("{nanos:x}-{:x}-{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn jobs(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<JobView>>, Problem> {
+    state.auth.read(&headers)?;
+    Ok(Json(jobs_view(&state).await?))
+}
+
+async fn job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<JobView>, Problem> {
+    state.auth.read(&headers)?;
+    Ok(Json(job_view(&state, &name).await?))
+}
+
+async fn job_runs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<RunQuery>,
+) -> Result<Json<RunPage>, Problem> {
+    state.auth.read(&headers)?;
+    Ok(Json(run_page(&state, &name, &query).await?))
+}
+
+async fn run(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<RunView>, Problem> {
+    state.auth.read(&headers)?;
+    Ok(Json(run_view(&state, id).await?))
+}
+
+async fn cluster(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<ClusterView>, Problem> {
+    state.auth.read(&headers)?;
+    Ok(Json(cluster_view(&state).await?))
+}
+
+async fn terms(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<TermView>>, Problem> {
+    state.auth.read(&headers)?;
+    Ok(Json(terms_view(&state).await?))
+}
+
+async fn trigger(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, Problem> {
+    state.auth.mutate_api(&headers)?;
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    let trigger = request_trigger(&state, &name, key, "api").await?;
+    Ok((StatusCode::ACCEPTED, Json(trigger)))
+}
+
+#[derive(Serialize)]
+struct Paused {
+    job: String,
+    paused: bool,
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Paused>, Problem> {
+    state.auth.mutate_api(&headers)?;
+    set_paused(&state, &name, true, "api").await?;
+    Ok(Json(Paused { job: name, paused: true }))
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Paused>, Problem> {
+    state.auth.mutate_api(&headers)?;
+    set_paused(&state, &name, false, "api").await?;
+    Ok(Json(Paused { job: name, paused: false }))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// The OpenAPI 3.1 description of the routes above (a test checks every route is in it).
+pub const OPENAPI: &str = include_str!("openapi.json");

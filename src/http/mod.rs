@@ -1,0 +1,243 @@
+//! The HTTP surface every replica serves on `--listen`: health, readiness and metrics (always
+//! open), the JSON API and the dashboard pages (open or behind the admin token). Handlers read the
+//! job file, the ledger and the cluster snapshot; the only writes are operator controls (pause,
+//! resume, trigger), recorded in the ledger for the leader to act on, so any replica takes them.
+
+mod api;
+mod pages;
+pub mod view;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::JobSet;
+use crate::election::ClusterSnapshot;
+use crate::leadership::Leadership;
+use crate::store::Store;
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    pub node_id: String,
+    pub store: Store,
+    pub leadership: watch::Receiver<Leadership>,
+    /// For readiness; `None` where leadership is in-process (`tenure dev`).
+    pub etcd: Option<etcd_client::Client>,
+    pub jobs: watch::Receiver<Arc<JobSet>>,
+    pub cluster: watch::Receiver<ClusterSnapshot>,
+    pub auth: Auth,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(|| async { crate::telemetry::metrics().render() }))
+        .merge(api::routes())
+        .merge(pages::routes())
+        .with_state(state)
+}
+
+/// Serve until `shutdown`.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    node: String,
+    role: &'static str,
+    term: Option<i64>,
+    database: bool,
+    etcd: bool,
+}
+
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let database = state.store.ping().await.is_ok();
+    let etcd = match state.etcd.clone() {
+        Some(mut client) => tokio::time::timeout(std::time::Duration::from_secs(2), client.status())
+            .await
+            .is_ok_and(|status| status.is_ok()),
+        None => true,
+    };
+    let leadership = state.leadership.borrow().clone();
+    let body = Readiness {
+        node: state.node_id.clone(),
+        role: if leadership.is_leader() { "leader" } else { "follower" },
+        term: leadership.term().map(|term| term.revision()),
+        database,
+        etcd,
+    };
+    let code = if database && etcd { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(body))
+}
+
+/// The admin token, kept only as digests: one to compare credentials with, one (derived) that
+/// the pages put in their forms against cross-site request forgery.
+#[derive(Clone, Debug, Default)]
+pub struct Auth {
+    token: Option<[u8; 32]>,
+    csrf: Option<String>,
+    protect_reads: bool,
+}
+
+/// What a request's credentials amount to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Credential {
+    None,
+    Bearer,
+    Basic,
+    Wrong,
+}
+
+impl Auth {
+    pub fn new(token: Option<&str>, protect_reads: bool) -> Auth {
+        let token = token.filter(|token| !token.is_empty());
+        Auth {
+            token: token.map(|token| Sha256::digest(token.as_bytes()).into()),
+            csrf: token.map(|token| hex::encode(Sha256::digest(format!("tenure-csrf:{token}").as_bytes()))),
+            protect_reads: protect_reads && token.is_some(),
+        }
+    }
+
+    fn matches(&self, candidate: &str) -> bool {
+        // Comparing digests: the time taken says nothing about the token.
+        let digest: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
+        self.token.is_some_and(|token| token == digest)
+    }
+
+    fn credential(&self, headers: &HeaderMap) -> Credential {
+        let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            return Credential::None;
+        };
+        if let Some(token) = value.strip_prefix("Bearer ") {
+            return if self.matches(token.trim()) { Credential::Bearer } else { Credential::Wrong };
+        }
+        if let Some(encoded) = value.strip_prefix("Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).unwrap_or_default();
+            let text = String::from_utf8_lossy(&decoded);
+            // Any user name; the password is the token.
+            let password = text.split_once(':').map_or("", |(_, password)| password);
+            return if self.matches(password) { Credential::Basic } else { Credential::Wrong };
+        }
+        Credential::Wrong
+    }
+
+    /// Reads (pages and GET endpoints): open unless `--protect-reads`.
+    fn read(&self, headers: &HeaderMap) -> Result<(), Problem> {
+        if !self.protect_reads || matches!(self.credential(headers), Credential::Bearer | Credential::Basic) {
+            return Ok(());
+        }
+        Err(Problem::unauthorized("this dashboard needs the admin token (basic auth password or bearer token)"))
+    }
+
+    /// API mutations: the bearer token only (a browser never adds one by itself, so no forgery).
+    fn mutate_api(&self, headers: &HeaderMap) -> Result<(), Problem> {
+        self.enabled()?;
+        match self.credential(headers) {
+            Credential::Bearer => Ok(()),
+            _ => Err(Problem::unauthorized("send the admin token as `Authorization: Bearer <token>`")),
+        }
+    }
+
+    /// Page forms: basic auth (or bearer) plus the form's anti-forgery field.
+    fn mutate_form(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Problem> {
+        self.enabled()?;
+        match self.credential(headers) {
+            Credential::Bearer | Credential::Basic => {}
+            _ => return Err(Problem::unauthorized("sign in with the admin token as the password")),
+        }
+        if self.csrf.as_deref() != Some(csrf) {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "the form is stale or forged; reload the page",
+            ));
+        }
+        Ok(())
+    }
+
+    fn enabled(&self) -> Result<(), Problem> {
+        if self.token.is_none() {
+            return Err(Problem::unauthorized(
+                "changes from the web are off: start tenure with --admin-token (or TENURE_ADMIN_TOKEN)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn csrf(&self) -> &str {
+        self.csrf.as_deref().unwrap_or("")
+    }
+
+    fn can_mutate(&self) -> bool {
+        self.token.is_some()
+    }
+}
+
+/// An error as RFC 9457 `application/problem+json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(skip)]
+    status: StatusCode,
+    title: &'static str,
+    detail: String,
+    #[serde(rename = "status")]
+    code: u16,
+}
+
+impl Problem {
+    fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Problem {
+        Problem { status, title, detail: detail.into(), code: status.as_u16() }
+    }
+
+    fn unauthorized(detail: &str) -> Problem {
+        Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized", detail)
+    }
+
+    fn not_found(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, "Not Found", detail)
+    }
+
+    fn bad_request(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, "Bad Request", detail)
+    }
+
+    fn database(error: sqlx::Error) -> Problem {
+        tracing::warn!(%error, "dashboard query failed");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Database Unavailable",
+            format!("the ledger did not answer: {error}"),
+        )
+    }
+}
+
+impl From<sqlx::Error> for Problem {
+    fn from(error: sqlx::Error) -> Problem {
+        Problem::database(error)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(&self)).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tenure\""));
+        }
+        response
+    }
+}

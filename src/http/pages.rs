@@ -1,0 +1,521 @@
+//! The dashboard: server-rendered pages (askama templates in `templates/`), complete without
+//! JavaScript; `static/live.js` refreshes their `#live` section in place. Forms post to routes
+//! here, which check basic auth plus an anti-forgery field, record the control and redirect back.
+
+use std::fmt::Write as _;
+
+use askama::Template;
+use axum::Form;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::api::{self, RunQuery};
+use super::view::{self, ClusterView, JobView, RunBrief, RunView, STRIP, ago, human_ms, in_zone, utc};
+use super::{AppState, Problem};
+use crate::store::RunStatus;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(overview))
+        .route("/jobs/{name}", get(job))
+        .route("/jobs/{name}/{action}", post(control))
+        .route("/runs/{id}", get(run))
+        .route("/terms", get(terms))
+        .route("/signin", get(signin))
+        .route("/static/app.css", get(|| async { asset("text/css; charset=utf-8", include_str!("static/app.css")) }))
+        .route(
+            "/static/live.js",
+            get(|| async { asset("text/javascript; charset=utf-8", include_str!("static/live.js")) }),
+        )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=300")], body).into_response()
+}
+
+/// A page failed: the problem, as a small HTML page.
+struct PageError(Problem);
+
+impl From<Problem> for PageError {
+    fn from(problem: Problem) -> PageError {
+        PageError(problem)
+    }
+}
+
+impl From<sqlx::Error> for PageError {
+    fn from(error: sqlx::Error) -> PageError {
+        PageError(Problem::database(error))
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let problem = self.0;
+        let body = format!(
+            "<!doctype html><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
+             <link rel=stylesheet href=/static/app.css><main><h1>{} {}</h1><p>{}</p><p><a href=/>Overview</a></p></main>",
+            problem.code,
+            problem.title,
+            html_escape(&problem.detail)
+        );
+        let mut response = (problem.status, Html(body)).into_response();
+        if problem.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, "Basic realm=\"tenure\"".parse().unwrap());
+        }
+        response
+    }
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn render(template: &impl Template) -> Result<Html<String>, PageError> {
+    template.render().map(Html).map_err(|error| {
+        PageError(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", error.to_string()))
+    })
+}
+
+struct Layout {
+    title: String,
+    nav: &'static str,
+    node: String,
+    /// "node-1 · term 42" while someone leads.
+    leader: Option<String>,
+}
+
+impl Layout {
+    fn new(state: &AppState, title: impl Into<String>, nav: &'static str) -> Layout {
+        let leader = state.cluster.borrow().leader.as_ref().map(|(node, term)| format!("{node} · term {term}"));
+        Layout { title: title.into(), nav, node: state.node_id.clone(), leader }
+    }
+}
+
+fn or_dash(text: Option<String>) -> String {
+    text.unwrap_or_else(|| "–".to_owned())
+}
+
+fn result_of(run: &RunBrief) -> String {
+    let mut parts = Vec::new();
+    if let Some(code) = run.exit_code {
+        parts.push(format!("exit {code}"));
+    }
+    if let Some(status) = run.http_status {
+        parts.push(format!("HTTP {status}"));
+    }
+    if let Some(error) = &run.error {
+        parts.push(error.clone());
+    }
+    parts.join(" · ")
+}
+
+struct ReplicaRow {
+    node: String,
+    version: String,
+    config_hash: String,
+    address: String,
+    started: String,
+    last_seen: String,
+    live: bool,
+    leader: bool,
+}
+
+struct Cell {
+    id: i64,
+    status: String,
+    title: String,
+}
+
+struct JobRow {
+    name: String,
+    paused: bool,
+    kind: &'static str,
+    schedule: String,
+    description: String,
+    timezone: String,
+    next_local: String,
+    next_utc: String,
+    last_status: Option<String>,
+    last_duration: String,
+    strip: Vec<Cell>,
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct OverviewPage {
+    layout: Layout,
+    cluster: ClusterView,
+    leader_since: Option<String>,
+    replicas: Vec<ReplicaRow>,
+    jobs: Vec<JobRow>,
+    strip: usize,
+}
+
+fn next_times(job: &JobView) -> (String, String) {
+    if job.paused {
+        return ("paused".to_owned(), String::new());
+    }
+    match job.next_utc {
+        Some(next) => {
+            let tz: chrono_tz::Tz = job.timezone.parse().unwrap_or(chrono_tz::UTC);
+            (in_zone(next, tz), utc(next))
+        }
+        None => ("never".to_owned(), String::new()),
+    }
+}
+
+async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Result<Html<String>, PageError> {
+    state.auth.read(&headers)?;
+    let cluster = api::cluster_view(&state).await?;
+    let jobs = api::jobs_view(&state).await?;
+    let now = Utc::now();
+    let replicas = cluster
+        .replicas
+        .iter()
+        .map(|r| ReplicaRow {
+            node: r.node.clone(),
+            version: r.version.clone(),
+            config_hash: r.config_hash.clone(),
+            address: r.address.clone(),
+            started: utc(r.started_at),
+            last_seen: if r.live { "now".to_owned() } else { ago(r.last_seen, now) },
+            live: r.live,
+            leader: r.leader,
+        })
+        .collect();
+    let rows = jobs
+        .iter()
+        .map(|job| {
+            let (next_local, next_utc) = next_times(job);
+            JobRow {
+                name: job.name.clone(),
+                paused: job.paused,
+                kind: job.kind,
+                schedule: job.schedule.clone(),
+                description: job.description.clone(),
+                timezone: job.timezone.clone(),
+                next_local,
+                next_utc,
+                last_status: job.last.as_ref().map(|run| run.status.clone()),
+                last_duration: job.last.as_ref().and_then(|run| run.duration_ms).map(human_ms).unwrap_or_default(),
+                strip: job
+                    .recent
+                    .iter()
+                    .map(|run| Cell {
+                        id: run.id,
+                        status: run.status.clone(),
+                        title: format!("{} · {}", utc(run.slot), run.status),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let leader_since = cluster.leader.as_ref().and_then(|leader| leader.since).map(utc);
+    render(&OverviewPage {
+        layout: Layout::new(&state, "Overview", "overview"),
+        cluster,
+        leader_since,
+        replicas,
+        jobs: rows,
+        strip: STRIP,
+    })
+}
+
+struct RunRow {
+    id: i64,
+    slot: String,
+    status: String,
+    trigger: String,
+    term: i64,
+    node: String,
+    attempt: i32,
+    lateness: String,
+    duration: String,
+    result: String,
+}
+
+#[derive(Template)]
+#[template(path = "job.html")]
+struct JobPage {
+    layout: Layout,
+    job: JobView,
+    notice: Option<&'static str>,
+    can_mutate: bool,
+    csrf: String,
+    key: String,
+    next_local: String,
+    next_utc: String,
+    timeout: String,
+    deadline: String,
+    chart: String,
+    statuses: Vec<&'static str>,
+    status_filter: String,
+    runs: Vec<RunRow>,
+    next_page: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct JobQuery {
+    status: Option<String>,
+    cursor: Option<String>,
+    done: Option<String>,
+}
+
+async fn job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<JobQuery>,
+) -> Result<Html<String>, PageError> {
+    state.auth.read(&headers)?;
+    let job = api::job_view(&state, &name).await?;
+    let status_filter = query.status.clone().unwrap_or_default();
+    let page = api::run_page(
+        &state,
+        &name,
+        &RunQuery { status: query.status.clone(), cursor: query.cursor.clone(), limit: Some(api::PAGE_DEFAULT) },
+    )
+    .await?;
+    // The chart shows the newest finished runs whatever the filter.
+    let recent = state.store.job_runs(&name, None, None, 60).await?;
+    let chart = duration_chart(&recent.iter().map(RunBrief::of).collect::<Vec<_>>());
+    let next_page = page.next_cursor.as_ref().map(|cursor| {
+        let status = if status_filter.is_empty() { String::new() } else { format!("status={status_filter}&") };
+        format!("/jobs/{name}?{status}cursor={cursor}")
+    });
+    let (next_local, next_utc) = next_times(&job);
+    let notice = match query.done.as_deref() {
+        Some("trigger") => Some("Triggered: the leader runs it within a moment; it appears below as a manual run."),
+        Some("pause") => Some("Paused: no slot fires until it is resumed."),
+        Some("resume") => Some("Resumed: the next slot fires on schedule."),
+        _ => None,
+    };
+    let runs = page
+        .runs
+        .iter()
+        .map(|run| RunRow {
+            id: run.id,
+            slot: utc(run.slot),
+            status: run.status.clone(),
+            trigger: run.trigger.clone(),
+            term: run.term,
+            node: run.node.clone(),
+            attempt: run.attempt,
+            lateness: or_dash(run.lateness_ms.map(human_ms)),
+            duration: or_dash(run.duration_ms.map(human_ms)),
+            result: result_of(run),
+        })
+        .collect();
+    render(&JobPage {
+        layout: Layout::new(&state, job.name.clone(), "job"),
+        notice,
+        can_mutate: state.auth.can_mutate(),
+        csrf: state.auth.csrf().to_owned(),
+        key: api::new_key(),
+        next_local,
+        next_utc,
+        timeout: view::seconds(std::time::Duration::from_secs(job.timeout_seconds)),
+        deadline: view::seconds(std::time::Duration::from_secs(job.starting_deadline_seconds)),
+        chart,
+        statuses: RunStatus::ALL.iter().map(|status| status.as_str()).collect(),
+        status_filter,
+        runs,
+        next_page,
+        job,
+    })
+}
+
+/// Bars of the newest finished runs' durations, oldest on the left, as inline SVG.
+fn duration_chart(runs: &[RunBrief]) -> String {
+    let finished: Vec<&RunBrief> = runs.iter().filter(|run| run.duration_ms.is_some()).rev().collect();
+    if finished.is_empty() {
+        return "<p><small>No finished runs yet.</small></p>".to_owned();
+    }
+    let (width, height, top) = (600.0, 120.0, 14.0);
+    let longest = finished.iter().filter_map(|run| run.duration_ms).max().unwrap_or(1).max(1) as f64;
+    let slot = width / finished.len().max(20) as f64;
+    let mut svg = format!(
+        "<svg viewBox=\"0 0 {width} {}\" role=\"img\" aria-label=\"durations of the last {} runs\" width=\"100%\" preserveAspectRatio=\"none\" style=\"max-height:160px\">",
+        height + top,
+        finished.len()
+    );
+    let _ = write!(svg, "<text x=\"0\" y=\"10\">longest {}</text>", html_escape(&human_ms(longest as i64)));
+    for (index, run) in finished.iter().enumerate() {
+        let ms = run.duration_ms.unwrap_or(0) as f64;
+        let bar = (ms / longest * height).max(1.0);
+        let _ = write!(
+            svg,
+            "<rect class=\"bar {}\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\"><title>{} · {}</title></rect>",
+            run.status,
+            index as f64 * slot + 1.0,
+            top + height - bar,
+            (slot - 2.0).max(1.0),
+            bar,
+            utc(run.slot),
+            html_escape(&human_ms(ms as i64)),
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+#[derive(Deserialize)]
+struct ControlForm {
+    #[serde(default)]
+    csrf: String,
+    key: Option<String>,
+}
+
+async fn control(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+    Form(form): Form<ControlForm>,
+) -> Result<Redirect, PageError> {
+    state.auth.mutate_form(&headers, &form.csrf)?;
+    match action.as_str() {
+        "trigger" => {
+            api::request_trigger(&state, &name, form.key.as_deref(), "dashboard").await?;
+        }
+        "pause" => api::set_paused(&state, &name, true, "dashboard").await?,
+        "resume" => api::set_paused(&state, &name, false, "dashboard").await?,
+        _ => return Err(Problem::not_found(format!("no action `{action}`")).into()),
+    }
+    Ok(Redirect::to(&format!("/jobs/{name}?done={action}")))
+}
+
+#[derive(Template)]
+#[template(path = "run.html")]
+struct RunPage {
+    layout: Layout,
+    run: RunView,
+    running: bool,
+    slot: String,
+    claimed: String,
+    started: String,
+    finished: String,
+    lateness: String,
+    duration: String,
+    result: String,
+}
+
+async fn run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Html<String>, PageError> {
+    state.auth.read(&headers)?;
+    let run = api::run_view(&state, id).await?;
+    let tz: chrono_tz::Tz =
+        state.jobs.borrow().get(&run.job).map(|job| job.schedule.timezone()).unwrap_or(chrono_tz::UTC);
+    let with_zone = |instant: DateTime<Utc>| {
+        if tz == chrono_tz::UTC { utc(instant) } else { format!("{} ({})", utc(instant), in_zone(instant, tz)) }
+    };
+    render(&RunPage {
+        layout: Layout::new(&state, format!("{} run {}", run.job, run.brief.id), "run"),
+        running: run.brief.status == "running",
+        slot: with_zone(run.brief.slot),
+        claimed: utc(run.claimed_at),
+        started: or_dash(run.started_at.map(utc)),
+        finished: or_dash(run.finished_at.map(utc)),
+        lateness: or_dash(run.brief.lateness_ms.map(human_ms)),
+        duration: match (run.brief.duration_ms, run.started_at) {
+            (Some(ms), _) => human_ms(ms),
+            (None, Some(started)) => format!("{} so far", human_ms((Utc::now() - started).num_milliseconds())),
+            (None, None) => "–".to_owned(),
+        },
+        result: or_dash(Some(result_of(&run.brief)).filter(|text| !text.is_empty())),
+        run,
+    })
+}
+
+struct TermRow {
+    term: i64,
+    current: bool,
+    node: String,
+    started: String,
+    led_for: String,
+    handover: String,
+}
+
+#[derive(Template)]
+#[template(path = "terms.html")]
+struct TermsPage {
+    layout: Layout,
+    timeline: String,
+    terms: Vec<TermRow>,
+}
+
+async fn terms(State(state): State<AppState>, headers: HeaderMap) -> Result<Html<String>, PageError> {
+    state.auth.read(&headers)?;
+    let terms = api::terms_view(&state).await?;
+    let now = Utc::now();
+    // Newest first: a term lasted until the next one started (or until now, for the current one).
+    let mut rows = Vec::new();
+    let mut spans = Vec::new();
+    let mut until = now;
+    for term in &terms {
+        let end = if term.current { now } else { term.last_seen_at.unwrap_or(until).min(until) };
+        spans.push((term.term, term.node.clone(), term.started_at, end));
+        rows.push(TermRow {
+            term: term.term,
+            current: term.current,
+            node: term.node.clone(),
+            started: utc(term.started_at),
+            led_for: human_ms((end - term.started_at).num_milliseconds()),
+            handover: or_dash(term.handover_ms.map(human_ms)),
+        });
+        until = term.started_at;
+    }
+    spans.truncate(30);
+    render(&TermsPage { layout: Layout::new(&state, "Terms", "terms"), timeline: timeline(&spans, now), terms: rows })
+}
+
+/// Who led when, as bars on a time axis (newest 30 terms).
+fn timeline(spans: &[(i64, String, DateTime<Utc>, DateTime<Utc>)], now: DateTime<Utc>) -> String {
+    let Some(first) = spans.iter().map(|span| span.2).min() else {
+        return "<p><small>No terms yet.</small></p>".to_owned();
+    };
+    let total = (now - first).num_milliseconds().max(1) as f64;
+    let (width, row) = (600.0, 18.0);
+    let mut svg = format!(
+        "<svg viewBox=\"0 0 {width} {}\" width=\"100%\" role=\"img\" aria-label=\"leadership timeline\">",
+        row * spans.len() as f64 + 16.0
+    );
+    for (index, (term, node, start, end)) in spans.iter().rev().enumerate() {
+        let x = (*start - first).num_milliseconds() as f64 / total * (width - 150.0) + 150.0;
+        let w = ((*end - *start).num_milliseconds() as f64 / total * (width - 150.0)).max(2.0);
+        let y = index as f64 * row;
+        let _ = write!(
+            svg,
+            "<text x=\"0\" y=\"{:.1}\">{} · {}</text><rect class=\"bar\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{w:.1}\" height=\"{:.1}\" rx=\"3\"><title>term {} · {} · {} – {}</title></rect>",
+            y + 13.0,
+            term,
+            html_escape(node),
+            y + 3.0,
+            row - 6.0,
+            term,
+            html_escape(node),
+            utc(*start),
+            utc(*end)
+        );
+    }
+    let _ = write!(
+        svg,
+        "<text x=\"150\" y=\"{:.1}\">{}</text><text x=\"{width}\" y=\"{:.1}\" text-anchor=\"end\">now</text></svg>",
+        row * spans.len() as f64 + 13.0,
+        utc(first),
+        row * spans.len() as f64 + 13.0
+    );
+    svg
+}
+
+async fn signin(State(state): State<AppState>, headers: HeaderMap) -> Result<Redirect, PageError> {
+    state.auth.mutate_form(&headers, state.auth.csrf())?;
+    Ok(Redirect::to("/"))
+}

@@ -1,0 +1,299 @@
+//! What the dashboard and the JSON API show, assembled from the job file, the ledger and the
+//! cluster snapshot. The pages render these structures; the API serialises them unchanged, so
+//! both always agree.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+
+use crate::config::{Job, JobSet, Target};
+use crate::election::ClusterSnapshot;
+use crate::store::{RunRecord, Store, TermRecord};
+
+/// How many outcomes the overview's strip shows per job.
+pub const STRIP: usize = 20;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    pub name: String,
+    pub schedule: String,
+    pub description: String,
+    pub timezone: String,
+    /// The next fire time in the job's zone (RFC 3339 with its offset) and in UTC; none while
+    /// paused or when the schedule has no future slot.
+    pub next_local: Option<String>,
+    pub next_utc: Option<DateTime<Utc>>,
+    pub paused: bool,
+    /// `file` (the job file says `paused: true`), `operator` (paused or resumed from the API) or
+    /// none.
+    pub paused_by: Option<&'static str>,
+    pub kind: &'static str,
+    pub target: String,
+    pub timeout_seconds: u64,
+    pub concurrency: &'static str,
+    pub catch_up: &'static str,
+    pub starting_deadline_seconds: u64,
+    pub retries: u32,
+    pub last: Option<RunBrief>,
+    /// The last outcomes, oldest first (at most `STRIP`).
+    pub recent: Vec<RunBrief>,
+}
+
+/// One run as lists show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunBrief {
+    pub id: i64,
+    pub slot: DateTime<Utc>,
+    pub status: String,
+    pub trigger: String,
+    pub term: i64,
+    pub node: String,
+    pub attempt: i32,
+    pub duration_ms: Option<i64>,
+    pub lateness_ms: Option<i64>,
+    pub exit_code: Option<i32>,
+    pub http_status: Option<i32>,
+    pub error: Option<String>,
+}
+
+impl RunBrief {
+    pub fn of(run: &RunRecord) -> RunBrief {
+        RunBrief {
+            id: run.id,
+            slot: run.slot,
+            status: run.status.clone(),
+            trigger: run.trigger.clone(),
+            term: run.term,
+            node: run.node.clone(),
+            attempt: run.attempt,
+            duration_ms: duration_ms(run),
+            lateness_ms: run.started_at.map(|started| (started - run.slot).num_milliseconds()),
+            exit_code: run.exit_code,
+            http_status: run.http_status,
+            error: run.error.clone(),
+        }
+    }
+}
+
+fn duration_ms(run: &RunRecord) -> Option<i64> {
+    Some((run.finished_at? - run.started_at?).num_milliseconds())
+}
+
+/// One run, whole: every timing and the output tail.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunView {
+    #[serde(flatten)]
+    pub brief: RunBrief,
+    pub job: String,
+    pub config_hash: String,
+    pub claimed_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub output: String,
+}
+
+impl RunView {
+    pub fn of(run: RunRecord) -> RunView {
+        RunView {
+            brief: RunBrief::of(&run),
+            job: run.job,
+            config_hash: run.config_hash,
+            claimed_at: run.claimed_at,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            output: run.output,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterView {
+    pub leader: Option<LeaderView>,
+    pub replicas: Vec<ReplicaView>,
+    /// What a person should look at: no leader, replicas on different job files.
+    pub warnings: Vec<String>,
+    /// The replica that answered.
+    pub answered_by: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaderView {
+    pub node: String,
+    pub term: i64,
+    pub since: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaView {
+    pub node: String,
+    pub version: String,
+    pub address: String,
+    pub config_hash: String,
+    pub started_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub live: bool,
+    pub leader: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TermView {
+    pub term: i64,
+    pub node: String,
+    pub started_at: DateTime<Utc>,
+    /// The leader's last heartbeat in this term; for the current term, recent.
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// From the previous leader's last heartbeat to this term's start: how long nobody fired.
+    /// An upper bound by the heartbeat interval (1 s) after a crash, exact after a hand-over.
+    pub handover_ms: Option<i64>,
+    pub current: bool,
+}
+
+pub fn job_view(job: &Job, controls: &HashMap<String, bool>, runs: &[RunRecord], now: DateTime<Utc>) -> JobView {
+    let control = controls.get(job.name.as_str()).copied();
+    let paused = control.unwrap_or(job.paused);
+    let paused_by = match (control, job.paused) {
+        (Some(true), _) => Some("operator"),
+        (None, true) => Some("file"),
+        _ => None,
+    };
+    let tz = job.schedule.timezone();
+    let next_utc = if paused { None } else { job.schedule.next_after(now) };
+    let (kind, target) = match &job.target {
+        Target::Command { argv } => ("command", argv.join(" ")),
+        Target::Shell { script } => ("shell", script.clone()),
+        Target::Http(http) => ("http", format!("{} {}", http.method, http.url)),
+    };
+    let mut recent: Vec<RunBrief> = runs.iter().take(STRIP).map(RunBrief::of).collect();
+    let last = recent.first().cloned();
+    recent.reverse();
+    JobView {
+        name: job.name.as_str().to_owned(),
+        schedule: job.schedule.expression().to_owned(),
+        description: job.schedule.describe(),
+        timezone: tz.name().to_owned(),
+        next_local: next_utc.map(|next| next.with_timezone(&tz).to_rfc3339()),
+        next_utc,
+        paused,
+        paused_by,
+        kind,
+        target,
+        timeout_seconds: job.timeout.as_secs(),
+        concurrency: job.concurrency.as_str(),
+        catch_up: job.catch_up.as_str(),
+        starting_deadline_seconds: job.starting_deadline.as_secs(),
+        retries: job.retries.max,
+        last,
+        recent,
+    }
+}
+
+/// Every job of the file with its recent outcomes.
+pub async fn jobs(store: &Store, jobs: &JobSet) -> Result<Vec<JobView>, sqlx::Error> {
+    let names: Vec<String> = jobs.jobs().iter().map(|job| job.name.as_str().to_owned()).collect();
+    let recent = store.recent_runs(&names, STRIP as i64).await?;
+    let controls = store.job_controls().await?;
+    let now = Utc::now();
+    Ok(jobs
+        .jobs()
+        .iter()
+        .map(|job| job_view(job, &controls, recent.get(job.name.as_str()).map_or(&[], |runs| &runs[..]), now))
+        .collect())
+}
+
+pub async fn job(store: &Store, job: &Job) -> Result<JobView, sqlx::Error> {
+    let runs = store.job_runs(job.name.as_str(), None, None, STRIP as i64).await?;
+    let controls = store.job_controls().await?;
+    Ok(job_view(job, &controls, &runs, Utc::now()))
+}
+
+pub fn cluster(snapshot: &ClusterSnapshot, terms: &[TermRecord], config_hash: &str, answered_by: &str) -> ClusterView {
+    let leader = snapshot.leader.as_ref().map(|(node, term)| LeaderView {
+        node: node.clone(),
+        term: *term,
+        since: terms.iter().find(|t| t.term == *term).map(|t| t.started_at),
+    });
+    let replicas: Vec<ReplicaView> = snapshot
+        .roster
+        .iter()
+        .map(|entry| ReplicaView {
+            node: entry.member.node.clone(),
+            version: entry.member.version.clone(),
+            address: entry.member.address.clone(),
+            config_hash: entry.member.config_hash.clone(),
+            started_at: entry.member.started_at,
+            last_seen: entry.last_seen,
+            live: entry.live,
+            leader: leader.as_ref().is_some_and(|leader| leader.node == entry.member.node),
+        })
+        .collect();
+    let mut warnings = Vec::new();
+    if leader.is_none() {
+        warnings.push("No leader: no job fires until one is elected.".to_owned());
+    }
+    let mut hashes: Vec<&str> =
+        replicas.iter().filter(|r| r.live).map(|r| r.config_hash.as_str()).chain([config_hash]).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    if hashes.len() > 1 {
+        warnings.push(format!(
+            "Replicas run different job files ({}): the leader's is the one that fires.",
+            hashes.join(", ")
+        ));
+    }
+    ClusterView { leader, replicas, warnings, answered_by: answered_by.to_owned() }
+}
+
+/// Terms newest first, with hand-over times.
+pub fn terms(records: &[TermRecord], current: Option<i64>) -> Vec<TermView> {
+    let mut views: Vec<TermView> = records
+        .iter()
+        .enumerate()
+        .map(|(index, record)| {
+            let previous = index.checked_sub(1).map(|i| &records[i]);
+            TermView {
+                term: record.term,
+                node: record.node.clone(),
+                started_at: record.started_at,
+                last_seen_at: record.last_seen_at,
+                handover_ms: previous
+                    .and_then(|previous| previous.last_seen_at)
+                    .map(|ended| (record.started_at - ended).num_milliseconds().max(0)),
+                current: current == Some(record.term),
+            }
+        })
+        .collect();
+    views.reverse();
+    views
+}
+
+/// A duration for people: `850 ms`, `12.3 s`, `4 min 05 s`, `2 h 10 min`.
+pub fn human_ms(ms: i64) -> String {
+    let ms = ms.max(0);
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{} min {:02} s", ms / 60_000, (ms / 1000) % 60),
+        _ => format!("{} h {:02} min", ms / 3_600_000, (ms / 60_000) % 60),
+    }
+}
+
+/// An instant for people, in `tz`, with the zone's abbreviation: `2026-11-23 14:05:00 CET`.
+pub fn in_zone(instant: DateTime<Utc>, tz: Tz) -> String {
+    instant.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z").to_string()
+}
+
+pub fn utc(instant: DateTime<Utc>) -> String {
+    instant.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// How long ago, for people: `3 s ago`.
+pub fn ago(instant: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    format!("{} ago", human_ms((now - instant).num_milliseconds()))
+}
+
+pub fn seconds(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}

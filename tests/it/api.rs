@@ -1,0 +1,310 @@
+//! The JSON API and the pages through the router, without a socket: a SQLite ledger with runs
+//! in it, a job file, and a cluster snapshot with a leader.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use base64::Engine;
+use chrono::{TimeZone, Utc};
+use serde_json::Value;
+use tenure::election::{ClusterSnapshot, Member};
+use tenure::http::{AppState, Auth, router};
+use tenure::leadership::{Leadership, Term};
+use tenure::store::{Claim, RunOutcome, RunStatus, SkipIfRunning, Sqlite, Store, Trigger};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+const TOKEN: &str = "s3cret-token";
+
+const JOBS: &str = r#"
+jobs:
+  - name: tick
+    schedule: "* * * * *"
+    shell: "echo tick"
+  - name: berlin
+    schedule: "30 2 * * *"
+    timezone: Europe/Berlin
+    http: { url: "http://127.0.0.1:9/x" }
+    paused: true
+"#;
+
+struct Fixture {
+    state: AppState,
+    store: Store,
+}
+
+async fn fixture(protect_reads: bool) -> Fixture {
+    let store = Store::from_ledger(Sqlite::in_memory().await.unwrap());
+    let term = Term::for_tests(42, "cluster");
+    store.begin_term(&term, "node-a").await.unwrap();
+    // 30 runs of `tick`: every third failed, one still running.
+    for minute in 0..30 {
+        let slot = Utc.with_ymd_and_hms(2026, 11, 23, 10, minute, 0).unwrap();
+        let claim = Claim {
+            job: "tick",
+            slot,
+            trigger: Trigger::Schedule,
+            term: &term,
+            node: "node-a",
+            config_hash: "abc",
+            skip_if_running: SkipIfRunning::No,
+            claimed_at: slot,
+        };
+        let claimed = store.claim_run(&claim).await.unwrap();
+        store.start_run(claimed.run_id, slot + chrono::Duration::milliseconds(120)).await.unwrap();
+        if minute == 29 {
+            store.update_output(claimed.run_id, "half way <there>").await.unwrap();
+            continue;
+        }
+        let status = if minute % 3 == 0 { RunStatus::Failed } else { RunStatus::Succeeded };
+        let outcome = RunOutcome {
+            status,
+            exit_code: Some(if status == RunStatus::Failed { 3 } else { 0 }),
+            http_status: None,
+            error: (status == RunStatus::Failed).then(|| "exited with status 3".to_owned()),
+            output: format!("run {minute}"),
+            finished_at: slot + chrono::Duration::seconds(2),
+        };
+        store.finish_run(claimed.run_id, &outcome).await.unwrap();
+    }
+    let jobs = tenure::config::parse(JOBS, "jobs.yaml").unwrap();
+    let member = |node: &str| Member {
+        node: node.to_owned(),
+        version: "0.1.0".to_owned(),
+        address: "127.0.0.1:1".to_owned(),
+        config_hash: jobs.hash().to_owned(),
+        started_at: Utc::now(),
+    };
+    let mut snapshot = ClusterSnapshot { leader: Some(("node-a".to_owned(), 42)), roster: Vec::new() };
+    snapshot.observe(&[member("node-a"), member("node-b")], Utc::now());
+    let state = AppState {
+        node_id: "node-b".to_owned(),
+        store: store.clone(),
+        leadership: watch::channel(Leadership::Follower { leader: Some("node-a".to_owned()) }).1,
+        etcd: None,
+        jobs: watch::channel(Arc::new(jobs)).1,
+        cluster: watch::channel(snapshot).1,
+        auth: Auth::new(Some(TOKEN), protect_reads),
+    };
+    Fixture { state, store }
+}
+
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+async fn send(state: &AppState, request: Request<Body>) -> Answer {
+    let response = router(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    Answer { status, content_type, headers, body: String::from_utf8(bytes.to_vec()).unwrap() }
+}
+
+async fn get(state: &AppState, uri: &str) -> Answer {
+    send(state, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+fn post(uri: &str, authorization: Option<&str>) -> axum::http::request::Builder {
+    let builder = Request::post(uri);
+    match authorization {
+        Some(value) => builder.header(header::AUTHORIZATION, value),
+        None => builder,
+    }
+}
+
+fn basic(password: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}")))
+}
+
+#[tokio::test]
+async fn jobs_cluster_and_terms_read_as_json() {
+    let f = fixture(false).await;
+    let jobs = get(&f.state, "/api/jobs").await;
+    assert_eq!(jobs.status, StatusCode::OK);
+    let jobs = jobs.json();
+    assert_eq!(jobs[0]["name"], "tick");
+    assert_eq!(jobs[0]["description"], "Every minute");
+    assert_eq!(jobs[0]["recent"].as_array().unwrap().len(), 20, "a strip of the last 20 outcomes");
+    assert_eq!(jobs[0]["last"]["status"], "running");
+    assert!(jobs[0]["next_utc"].is_string());
+    assert_eq!(jobs[1]["paused"], true);
+    assert_eq!(jobs[1]["paused_by"], "file");
+    assert_eq!(jobs[1]["timezone"], "Europe/Berlin");
+    assert!(jobs[1]["next_utc"].is_null(), "a paused job has no next fire time");
+
+    let cluster = get(&f.state, "/api/cluster").await.json();
+    assert_eq!(cluster["leader"]["node"], "node-a");
+    assert_eq!(cluster["leader"]["term"], 42);
+    assert!(cluster["leader"]["since"].is_string(), "since comes from the terms history");
+    assert_eq!(cluster["replicas"].as_array().unwrap().len(), 2);
+    assert_eq!(cluster["warnings"].as_array().unwrap().len(), 0);
+    let terms = get(&f.state, "/api/terms").await.json();
+    assert_eq!(terms[0]["term"], 42);
+    assert_eq!(terms[0]["current"], true);
+
+    let openapi = get(&f.state, "/api/openapi.json").await;
+    assert_eq!(openapi.status, StatusCode::OK);
+    let paths = openapi.json()["paths"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    for path in [
+        "/api/jobs",
+        "/api/jobs/{name}",
+        "/api/jobs/{name}/runs",
+        "/api/jobs/{name}/trigger",
+        "/api/jobs/{name}/pause",
+        "/api/jobs/{name}/resume",
+        "/api/runs/{id}",
+        "/api/cluster",
+        "/api/terms",
+        "/api/openapi.json",
+    ] {
+        assert!(paths.iter().any(|p| p == path), "{path} missing from the OpenAPI document");
+    }
+}
+
+#[tokio::test]
+async fn a_job_ledger_pages_by_cursor_and_filters_by_status() {
+    let f = fixture(false).await;
+    let first = get(&f.state, "/api/jobs/tick/runs?limit=12").await.json();
+    let runs = first["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 12);
+    assert_eq!(runs[0]["status"], "running", "newest first");
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = get(&f.state, &format!("/api/jobs/tick/runs?limit=12&cursor={cursor}")).await.json();
+    let third_cursor = second["next_cursor"].as_str().unwrap();
+    let third = get(&f.state, &format!("/api/jobs/tick/runs?limit=12&cursor={third_cursor}")).await.json();
+    assert_eq!(third["runs"].as_array().unwrap().len(), 6);
+    assert!(third["next_cursor"].is_null(), "the last page says so");
+
+    let failed = get(&f.state, "/api/jobs/tick/runs?status=failed").await.json();
+    let failed = failed["runs"].as_array().unwrap();
+    assert_eq!(failed.len(), 10);
+    assert!(failed.iter().all(|run| run["status"] == "failed" && run["exit_code"] == 3));
+    assert_eq!(failed[0]["duration_ms"], 1880);
+    assert_eq!(failed[0]["lateness_ms"], 120);
+
+    let bad = get(&f.state, "/api/jobs/tick/runs?status=exploded").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.content_type, "application/problem+json");
+    assert!(bad.json()["detail"].as_str().unwrap().contains("expected one of running, succeeded"));
+    let missing = get(&f.state, "/api/jobs/nope/runs").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.content_type, "application/problem+json");
+
+    let id = runs[0]["id"].as_i64().unwrap();
+    let run = get(&f.state, &format!("/api/runs/{id}")).await.json();
+    assert_eq!(run["output"], "half way <there>", "a running run shows its live output");
+    assert_eq!(get(&f.state, "/api/runs/999999").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn mutations_need_the_bearer_token_and_a_double_click_fires_once() {
+    let f = fixture(false).await;
+    let refused = send(&f.state, post("/api/jobs/tick/trigger", None).body(Body::empty()).unwrap()).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.content_type, "application/problem+json");
+    assert!(refused.headers.contains_key(header::WWW_AUTHENTICATE));
+    let wrong = send(&f.state, post("/api/jobs/tick/trigger", Some("Bearer nope")).body(Body::empty()).unwrap()).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    // Basic auth is for the pages' forms, which carry an anti-forgery field; the API wants bearer.
+    let basic_api =
+        send(&f.state, post("/api/jobs/tick/trigger", Some(&basic(TOKEN))).body(Body::empty()).unwrap()).await;
+    assert_eq!(basic_api.status, StatusCode::UNAUTHORIZED);
+
+    let bearer = format!("Bearer {TOKEN}");
+    let click = || {
+        post("/api/jobs/tick/trigger", Some(&bearer)).header("Idempotency-Key", "click-1").body(Body::empty()).unwrap()
+    };
+    let first = send(&f.state, click()).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    let second = send(&f.state, click()).await;
+    assert_eq!(first.json()["id"], second.json()["id"], "the same key is one trigger");
+    assert_eq!(f.store.pending_triggers().await.unwrap().len(), 1);
+    let unknown = send(&f.state, post("/api/jobs/nope/trigger", Some(&bearer)).body(Body::empty()).unwrap()).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    // Resume overrides the job file's `paused: true`; pause is recorded as the operator's.
+    let resumed = send(&f.state, post("/api/jobs/berlin/resume", Some(&bearer)).body(Body::empty()).unwrap()).await;
+    assert_eq!(resumed.status, StatusCode::OK);
+    let berlin = get(&f.state, "/api/jobs/berlin").await.json();
+    assert_eq!(berlin["paused"], false);
+    assert!(berlin["next_utc"].is_string());
+    send(&f.state, post("/api/jobs/tick/pause", Some(&bearer)).body(Body::empty()).unwrap()).await;
+    let tick = get(&f.state, "/api/jobs/tick").await.json();
+    assert_eq!((tick["paused"].clone(), tick["paused_by"].clone()), (Value::Bool(true), Value::from("operator")));
+}
+
+#[tokio::test]
+async fn pages_render_and_forms_need_basic_auth_and_the_forgery_field() {
+    let f = fixture(false).await;
+    let overview = get(&f.state, "/").await;
+    assert_eq!(overview.status, StatusCode::OK);
+    assert!(overview.content_type.starts_with("text/html"));
+    for text in
+        ["node-a", "term <b id=\"leader-term\">42</b>", "tick", "Every minute", "berlin", "paused", "Europe/Berlin"]
+    {
+        assert!(overview.body.contains(text), "overview lacks {text:?}");
+    }
+    let job = get(&f.state, "/jobs/tick").await;
+    assert_eq!(job.status, StatusCode::OK);
+    assert!(job.body.contains("id=\"trigger\""));
+    assert!(job.body.contains("exited with status 3"));
+    assert!(job.body.contains("<svg"), "the duration chart");
+    assert!(!job.body.contains("id=\"older\""), "30 runs fit on one page of 50");
+    let failed = get(&f.state, "/jobs/tick?status=failed").await;
+    assert_eq!(failed.body.matches("<span class=\"status failed\">failed</span>").count(), 10);
+    let run_id = f.store.job_runs("tick", Some(RunStatus::Running), None, 1).await.unwrap()[0].id;
+    let run = get(&f.state, &format!("/runs/{run_id}")).await;
+    assert!(
+        run.body.contains("half way &#60;there&#62;") || run.body.contains("half way &lt;there&gt;"),
+        "output is escaped: {}",
+        run.body
+    );
+    assert!(run.body.contains("data-refresh"), "a running run refreshes live");
+    let terms = get(&f.state, "/terms").await;
+    assert!(terms.body.contains("node-a") && terms.body.contains("current"));
+    assert_eq!(get(&f.state, "/jobs/nope").await.status, StatusCode::NOT_FOUND);
+
+    let csrf = job.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let form = |authorization: Option<&str>, csrf: &str| {
+        post("/jobs/tick/pause", authorization)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("csrf={csrf}")))
+            .unwrap()
+    };
+    assert_eq!(send(&f.state, form(None, &csrf)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&f.state, form(Some(&basic(TOKEN)), "forged")).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(send(&f.state, form(Some(&basic("wrong")), &csrf)).await.status, StatusCode::UNAUTHORIZED);
+    let done = send(&f.state, form(Some(&basic(TOKEN)), &csrf)).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER);
+    assert_eq!(done.headers[header::LOCATION], "/jobs/tick?done=pause");
+    assert_eq!(f.store.job_controls().await.unwrap().get("tick"), Some(&true));
+}
+
+#[tokio::test]
+async fn protected_reads_need_the_token_but_health_and_metrics_stay_open() {
+    let f = fixture(true).await;
+    for uri in ["/", "/jobs/tick", "/terms", "/api/jobs", "/api/cluster"] {
+        let answer = get(&f.state, uri).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert!(answer.headers.contains_key(header::WWW_AUTHENTICATE), "{uri}");
+    }
+    let with =
+        send(&f.state, Request::get("/").header(header::AUTHORIZATION, basic(TOKEN)).body(Body::empty()).unwrap())
+            .await;
+    assert_eq!(with.status, StatusCode::OK);
+    for uri in ["/healthz", "/metrics", "/readyz"] {
+        assert_eq!(get(&f.state, uri).await.status, StatusCode::OK, "{uri}");
+    }
+}
