@@ -163,7 +163,7 @@ fn next_times(job: &JobView) -> (String, String) {
     match job.next_utc {
         Some(next) => {
             let tz: chrono_tz::Tz = job.timezone.parse().unwrap_or(chrono_tz::UTC);
-            (in_zone(next, tz), utc(next))
+            if tz == chrono_tz::UTC { (utc(next), String::new()) } else { (in_zone(next, tz), utc(next)) }
         }
         None => ("never".to_owned(), String::new()),
     }

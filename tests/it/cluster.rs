@@ -15,6 +15,9 @@ use tenure::store::{RunRecord, Store, TermRecord};
 use crate::checker::Witness;
 use crate::harness::{Etcd, Postgres, free_port, wait_for, wait_until};
 
+/// The admin token every test replica is started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// The lease TTL cluster tests run with (etcd is started with a low election timeout).
 pub const TTL: Duration = Duration::from_secs(1);
 
@@ -125,6 +128,7 @@ impl Cluster {
             .args(["--lease-ttl", &format!("{}s", TTL.as_secs())])
             .args(["--election", &self.election])
             .args(["--shutdown-grace", "5s"])
+            .args(["--admin-token", ADMIN_TOKEN])
             .env("RUST_LOG", "info,tenure=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -178,6 +182,11 @@ impl Cluster {
         let url = format!("http://127.0.0.1:{}/readyz", self.replicas[index].port);
         let client = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().ok()?;
         client.get(url).send().await.ok()?.json().await.ok()
+    }
+
+    /// The base URL of a replica's HTTP server.
+    pub fn url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.replicas[index].port)
     }
 
     /// The replicas that believe they lead, with their terms.

@@ -11,6 +11,8 @@ mod cli;
 mod cluster;
 /// The singleton guarantees under the faults of the core issue.
 mod core;
+/// The dashboard and API of a real cluster, and in headless Chromium.
+mod dashboard;
 /// The executor on real processes and a real HTTP server.
 mod executor;
 /// Throwaway etcd and PostgreSQL servers with fault injection.

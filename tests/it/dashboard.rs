@@ -1,0 +1,206 @@
+//! The dashboard and API of a real three-replica cluster: a follower answers with the leader's
+//! view and takes controls the leader executes; then the same pages in headless Chromium.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::cluster::{ADMIN_TOKEN, Cluster};
+use crate::harness::{free_port, wait_for};
+
+const JOBS: &str = r#"
+jobs:
+  - name: tick
+    schedule: "* * * * * *"
+    shell: WITNESS
+  - name: greet
+    schedule: "0 0 1 1 *"
+    shell: 'WITNESS; echo "hello from $TENURE_NODE"'
+"#;
+
+async fn get_json(url: &str) -> Option<Value> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    client.get(url).send().await.ok()?.json().await.ok()
+}
+
+async fn post_api(url: &str) -> reqwest::Response {
+    reqwest::Client::new().post(url).bearer_auth(ADMIN_TOKEN).send().await.expect("post")
+}
+
+#[tokio::test]
+async fn a_follower_shows_the_cluster_and_takes_controls_the_leader_executes() {
+    let mut cluster = Cluster::start(3, JOBS).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let follower = (leader + 1) % 3;
+    let base = cluster.url(follower);
+    let leader_node = cluster.replicas[leader].node.clone();
+
+    wait_for("the follower to see the leader and three replicas", Duration::from_secs(10), || async {
+        let Some(view) = get_json(&format!("{base}/api/cluster")).await else { return false };
+        view["leader"]["node"] == leader_node.as_str()
+            && view["leader"]["term"] == term
+            && view["replicas"].as_array().is_some_and(|r| r.len() == 3 && r.iter().all(|r| r["live"] == true))
+    })
+    .await;
+
+    // A trigger taken by a follower is executed by the leader, in the leader's term, once.
+    let answer = post_api(&format!("{base}/api/jobs/greet/trigger")).await;
+    assert_eq!(answer.status(), 202);
+    wait_for("the manual run", Duration::from_secs(10), || async {
+        cluster.witness().iter().any(|w| w.job == "greet")
+    })
+    .await;
+    let greet: Vec<_> = cluster.witness().into_iter().filter(|w| w.job == "greet").collect();
+    assert_eq!(greet.len(), 1);
+    assert_eq!((greet[0].node.as_str(), greet[0].term), (leader_node.as_str(), term));
+    let runs = get_json(&format!("{base}/api/jobs/greet/runs")).await.unwrap();
+    assert_eq!(runs["runs"][0]["trigger"], "manual");
+    let run = get_json(&format!("{base}/api/runs/{}", runs["runs"][0]["id"])).await.unwrap();
+    wait_for("the manual run's outcome", Duration::from_secs(5), || async {
+        let run = get_json(&format!("{base}/api/runs/{}", runs["runs"][0]["id"])).await.unwrap();
+        run["status"] == "succeeded"
+    })
+    .await;
+    assert!(run["slot"].is_string());
+
+    // Pause through a follower: the leader stops firing; resume: it fires again.
+    assert_eq!(post_api(&format!("{base}/api/jobs/tick/pause")).await.status(), 200);
+    let paused_at = Utc::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let late: Vec<_> = cluster
+        .witness()
+        .into_iter()
+        .filter(|w| w.job == "tick" && w.slot > paused_at + chrono::Duration::seconds(1))
+        .collect();
+    assert!(late.is_empty(), "fired while paused: {late:?}");
+    assert_eq!(post_api(&format!("{base}/api/jobs/tick/resume")).await.status(), 200);
+    let resumed_at = Utc::now();
+    wait_for("tick to fire after resume", Duration::from_secs(5), || async {
+        cluster.witness().iter().any(|w| w.job == "tick" && w.slot > resumed_at)
+    })
+    .await;
+
+    // Kill the leader: the survivors show it gone, a new leader, and the hand-over.
+    cluster.kill(leader);
+    wait_for("a new leader and the old one shown gone", Duration::from_secs(15), || async {
+        let Some(view) = get_json(&format!("{base}/api/cluster")).await else { return false };
+        let gone = view["replicas"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["node"] == leader_node.as_str() && r["live"] == false));
+        gone && view["leader"]["term"].as_i64().is_some_and(|t| t > term)
+    })
+    .await;
+    let terms = get_json(&format!("{base}/api/terms")).await.unwrap();
+    let handover = terms[0]["handover_ms"].as_i64().expect("a hand-over time for the new term");
+    eprintln!("hand-over after SIGKILL as the terms page shows it: {handover} ms");
+    assert!(handover > 0);
+}
+
+/// The pages as a person sees them, in headless Chromium driven over WebDriver. Screenshots
+/// land in target/screenshots/.
+#[tokio::test]
+async fn the_dashboard_in_a_real_browser() {
+    use fantoccini::{ClientBuilder, Locator};
+
+    let cluster = Cluster::start(3, JOBS).await;
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let follower = (leader + 1) % 3;
+    let base = cluster.url(follower);
+    let leader_node = cluster.replicas[leader].node.clone();
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    let driver_port = free_port();
+    let mut driver = std::process::Command::new("chromedriver")
+        .arg(format!("--port={driver_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chromedriver (Debian chromium-driver; scripts/test installs it)");
+    let _driver_guard = KillOnDrop(&mut driver);
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]}),
+    );
+    let driver_url = format!("http://127.0.0.1:{driver_port}");
+    // chromedriver takes a moment to listen.
+    let mut connected = None;
+    for _ in 0..100 {
+        // chromedriver speaks plain HTTP on loopback: no TLS stack needed.
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector).capabilities(capabilities.clone()).connect(&driver_url).await {
+            Ok(client) => {
+                connected = Some(client);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(150)).await,
+        }
+    }
+    let browser = connected.expect("connect to chromedriver");
+    let page_text = async || browser.find(Locator::Css("body")).await.unwrap().text().await.unwrap();
+
+    // Overview: the leader at a glance, both jobs, outcomes piling up (live refresh).
+    browser.goto(&format!("{base}/")).await.unwrap();
+    let leader_shown = browser.find(Locator::Id("leader-node")).await.unwrap().text().await.unwrap();
+    assert_eq!(leader_shown, leader_node);
+    wait_for("outcomes in the strip", Duration::from_secs(10), || async {
+        browser.find_all(Locator::Css(".strip .cell.succeeded")).await.is_ok_and(|cells| cells.len() >= 3)
+    })
+    .await;
+    let text = page_text().await;
+    for expected in ["tick", "greet", "Every second", "follower", "leader"] {
+        assert!(text.contains(expected), "overview lacks {expected:?}:\n{text}");
+    }
+    std::fs::write(shots.join("overview.png"), browser.screenshot().await.unwrap()).unwrap();
+
+    // Sign in with the token (basic auth), then trigger `greet` from its page.
+    let signin = base.replace("http://", &format!("http://admin:{ADMIN_TOKEN}@"));
+    browser.goto(&format!("{signin}/signin")).await.unwrap();
+    browser.goto(&format!("{base}/jobs/greet")).await.unwrap();
+    browser.find(Locator::Id("trigger")).await.unwrap().click().await.unwrap();
+    // The live refresh brings the run in, then its outcome.
+    wait_for("the triggered run, succeeded, on the job page", Duration::from_secs(15), || async {
+        browser.find_all(Locator::Css("table.runs tbody .status.succeeded")).await.is_ok_and(|found| found.len() == 1)
+    })
+    .await;
+    let row = browser.find(Locator::Css("table.runs tbody tr")).await.unwrap().text().await.unwrap();
+    assert!(row.contains("manual") && row.contains("succeeded"), "{row}");
+    assert!(browser.current_url().await.unwrap().as_str().contains("done=trigger"));
+    assert!(page_text().await.contains("Triggered"));
+    std::fs::write(shots.join("job.png"), browser.screenshot().await.unwrap()).unwrap();
+
+    // The run: timings, term, node and the output it printed.
+    browser.find(Locator::Css("table.runs tbody tr td a")).await.unwrap().click().await.unwrap();
+    let status = browser.find(Locator::Id("run-status")).await.unwrap().text().await.unwrap();
+    assert_eq!(status, "succeeded");
+    let output = browser.find(Locator::Id("output")).await.unwrap().text().await.unwrap();
+    assert!(output.contains(&format!("hello from {leader_node}")), "{output}");
+    std::fs::write(shots.join("run.png"), browser.screenshot().await.unwrap()).unwrap();
+
+    // The tick job's ledger, filtered to what failed (nothing) and back.
+    browser.goto(&format!("{base}/jobs/tick")).await.unwrap();
+    assert!(page_text().await.contains("succeeded"));
+    std::fs::write(shots.join("job-tick.png"), browser.screenshot().await.unwrap()).unwrap();
+
+    browser.goto(&format!("{base}/terms")).await.unwrap();
+    let text = page_text().await;
+    assert!(text.contains(&leader_node) && text.contains("current"), "{text}");
+    std::fs::write(shots.join("terms.png"), browser.screenshot().await.unwrap()).unwrap();
+
+    // A phone.
+    browser.set_window_size(390, 844).await.unwrap();
+    browser.goto(&format!("{base}/")).await.unwrap();
+    std::fs::write(shots.join("overview-phone.png"), browser.screenshot().await.unwrap()).unwrap();
+    browser.close().await.unwrap();
+}
+
+struct KillOnDrop<'a>(&'a mut std::process::Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
