@@ -16,6 +16,7 @@ use crate::config::{self, JobSet};
 use crate::election::{self, ClusterSnapshot, Election, ElectionConfig, Keys, Member};
 use crate::http::{self, AppState, Auth};
 use crate::leadership::Leadership;
+use crate::local::LocalElection;
 use crate::scheduler::Scheduler;
 use crate::store::{self, Store};
 
@@ -50,17 +51,10 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
 
     let etcd = election::connect(&settings.etcd_endpoints, settings.lease_ttl).await?;
     let keys = Keys::new(&settings.election);
-    let (leadership_tx, leadership_rx) = watch::channel(Leadership::Follower { leader: None });
-    let (member_tx, member_rx) = watch::channel(Member {
-        node: settings.node_id.clone(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        address: address.to_string(),
-        config_hash: jobs.hash().to_owned(),
-        started_at: Utc::now(),
-    });
+    let replica = Replica::new(&settings.node_id, address, jobs);
     let (members_tx, members_rx) = watch::channel(Vec::new());
     let (cluster_tx, cluster_rx) = watch::channel(ClusterSnapshot::default());
-    let (jobs_tx, jobs_rx) = watch::channel(Arc::new(jobs));
+    let (leadership_tx, leadership_rx) = watch::channel(Leadership::Follower { leader: None });
 
     let tasks = TaskTracker::new();
     // The registry outlives the scheduler's drain, so runs finishing after hand-over still belong
@@ -70,7 +64,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         etcd.clone(),
         keys.clone(),
         settings.lease_ttl,
-        member_rx,
+        replica.member_tx.subscribe(),
         registry_shutdown.clone(),
     ));
     tasks.spawn(watch_members(
@@ -89,30 +83,174 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         )
         .run(shutdown.clone()),
     );
-    tasks.spawn(prune_ledger(store.clone(), settings.retain, leadership_rx.clone(), shutdown.clone()));
-    tasks.spawn(watch_job_file(settings.jobs_path.clone(), jobs_tx, member_tx, shutdown.clone()));
-    let state = AppState {
-        node_id: settings.node_id.clone(),
-        store: store.clone(),
-        leadership: leadership_rx.clone(),
-        etcd: Some(etcd),
-        jobs: jobs_rx.clone(),
+    let wiring = Wiring {
+        store,
+        leadership: leadership_rx,
+        members: members_rx,
         cluster: cluster_rx,
-        auth: settings.auth.clone(),
+        etcd: Some(etcd),
+        tasks,
+        registry_shutdown,
     };
-    let http_shutdown = CancellationToken::new();
-    let server = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));
+    replica
+        .drive(&settings.jobs_path, settings.shutdown_grace, settings.retain, settings.auth, wiring, listener, shutdown)
+        .await
+}
 
-    let scheduler =
-        Scheduler::new(store, settings.node_id.clone(), jobs_rx, leadership_rx, members_rx, settings.shutdown_grace);
-    scheduler.run(shutdown.clone()).await;
-    registry_shutdown.cancel();
-    tasks.close();
-    tasks.wait().await;
-    http_shutdown.cancel();
-    server.await.context("http server task")??;
-    tracing::info!("stopped");
-    Ok(())
+/// Everything `tenure dev` needs: one replica on an embedded SQLite ledger, leading on its own.
+#[derive(Debug, Clone)]
+pub struct DevSettings {
+    pub jobs_path: PathBuf,
+    pub ledger_path: PathBuf,
+    pub node_id: String,
+    pub shutdown_grace: Duration,
+    pub retain: Duration,
+    pub auth: Auth,
+}
+
+/// Run `tenure dev` until `shutdown`: the same scheduler, ledger semantics and dashboard as a
+/// cluster replica, with SQLite for the ledger and in-process leadership instead of etcd.
+pub async fn dev(settings: DevSettings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let jobs = config::load(&settings.jobs_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let address = listener.local_addr().context("listener address")?;
+    let ledger = store::Sqlite::open(&settings.ledger_path)
+        .await
+        .with_context(|| format!("open the dev ledger {}", settings.ledger_path.display()))?;
+    let store = Store::from_ledger(ledger);
+    // Terms continue above the ledger's fence, so a restart is a new, higher term.
+    let fence = store.fence().await.context("read the fence")?;
+    let replica = Replica::new(&settings.node_id, address, jobs);
+    let (leadership_tx, leadership_rx) = watch::channel(Leadership::Follower { leader: None });
+    let member = replica.member_tx.borrow().clone();
+    let (members_tx, members_rx) = watch::channel(vec![member.clone()]);
+    let mut snapshot = ClusterSnapshot::default();
+    snapshot.observe(std::slice::from_ref(&member), Utc::now());
+    let (cluster_tx, cluster_rx) = watch::channel(snapshot);
+
+    let tasks = TaskTracker::new();
+    let election = LocalElection::new(fence.term);
+    tasks.spawn({
+        let (node, stop) = (settings.node_id.clone(), shutdown.clone());
+        async move { election.campaign(node, leadership_tx, stop).await }
+    });
+    // The roster and leader the dashboard shows follow this replica's own state.
+    let registry_shutdown = CancellationToken::new();
+    tasks.spawn(mirror_self(
+        replica.member_tx.subscribe(),
+        leadership_rx.clone(),
+        members_tx,
+        cluster_tx,
+        registry_shutdown.clone(),
+    ));
+    let wiring = Wiring {
+        store,
+        leadership: leadership_rx,
+        members: members_rx,
+        cluster: cluster_rx,
+        etcd: None,
+        tasks,
+        registry_shutdown,
+    };
+    replica
+        .drive(&settings.jobs_path, settings.shutdown_grace, settings.retain, settings.auth, wiring, listener, shutdown)
+        .await
+}
+
+/// `tenure dev`'s cluster is itself: keep the roster and the leader in step with it.
+async fn mirror_self(
+    mut member: watch::Receiver<Member>,
+    mut leadership: watch::Receiver<Leadership>,
+    members: watch::Sender<Vec<Member>>,
+    cluster: watch::Sender<ClusterSnapshot>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let me = member.borrow_and_update().clone();
+        let term = leadership.borrow_and_update().term().map(|term| term.revision());
+        members.send_replace(vec![me.clone()]);
+        cluster.send_modify(|snapshot| {
+            snapshot.observe(std::slice::from_ref(&me), Utc::now());
+            snapshot.leader = term.map(|term| (me.node.clone(), term));
+        });
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = member.changed() => if changed.is_err() { return },
+            changed = leadership.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The parts of a replica that differ between `run` (etcd, PostgreSQL) and `dev` (in-process,
+/// SQLite), already started.
+struct Wiring {
+    store: Store,
+    leadership: watch::Receiver<Leadership>,
+    members: watch::Receiver<Vec<Member>>,
+    cluster: watch::Receiver<ClusterSnapshot>,
+    etcd: Option<etcd_client::Client>,
+    tasks: TaskTracker,
+    /// Stops the registration after the scheduler has drained.
+    registry_shutdown: CancellationToken,
+}
+
+/// What every replica has: its identity, its job file and the channels they change through.
+struct Replica {
+    node_id: String,
+    jobs: Arc<JobSet>,
+    member_tx: watch::Sender<Member>,
+}
+
+impl Replica {
+    fn new(node_id: &str, address: std::net::SocketAddr, jobs: JobSet) -> Replica {
+        let member = Member {
+            node: node_id.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            address: address.to_string(),
+            config_hash: jobs.hash().to_owned(),
+            started_at: Utc::now(),
+        };
+        Replica { node_id: node_id.to_owned(), jobs: Arc::new(jobs), member_tx: watch::channel(member).0 }
+    }
+
+    /// The common part: job file reloads, pruning, the HTTP server and the scheduler, until
+    /// `shutdown`; then drain, unregister and stop serving.
+    #[allow(clippy::too_many_arguments)]
+    async fn drive(
+        self,
+        jobs_path: &Path,
+        shutdown_grace: Duration,
+        retain: Duration,
+        auth: Auth,
+        wiring: Wiring,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Wiring { store, leadership, members, cluster, etcd, tasks, registry_shutdown } = wiring;
+        let (jobs_tx, jobs_rx) = watch::channel(self.jobs);
+        tasks.spawn(prune_ledger(store.clone(), retain, leadership.clone(), shutdown.clone()));
+        tasks.spawn(watch_job_file(jobs_path.to_owned(), jobs_tx, self.member_tx, shutdown.clone()));
+        let state = AppState {
+            node_id: self.node_id.clone(),
+            store: store.clone(),
+            leadership: leadership.clone(),
+            etcd,
+            jobs: jobs_rx.clone(),
+            cluster,
+            auth,
+        };
+        let http_shutdown = CancellationToken::new();
+        let server = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));
+
+        let scheduler = Scheduler::new(store, self.node_id, jobs_rx, leadership, members, shutdown_grace);
+        scheduler.run(shutdown.clone()).await;
+        registry_shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        http_shutdown.cancel();
+        server.await.context("http server task")??;
+        tracing::info!("stopped");
+        Ok(())
+    }
 }
 
 async fn migrate_with_retry(pool: &sqlx::PgPool, shutdown: &CancellationToken) -> anyhow::Result<()> {

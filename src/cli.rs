@@ -9,7 +9,7 @@ use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::RunSettings;
+use crate::app::{DevSettings, RunSettings};
 use crate::config;
 use crate::http::Auth;
 use crate::schedule::{self, Schedule};
@@ -33,6 +33,8 @@ pub enum Command {
     Next(NextArgs),
     /// Run one replica of a cluster (etcd for leadership, PostgreSQL for the run ledger).
     Run(RunArgs),
+    /// Try tenure on this machine alone: one replica, an embedded SQLite ledger, the dashboard.
+    Dev(DevArgs),
     /// Print the JSON Schema of the job file, for editors.
     Schema,
 }
@@ -100,6 +102,55 @@ pub struct RunArgs {
     pub retain: Duration,
     #[command(flatten)]
     pub web: WebArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// The job file; reloaded when it changes and on SIGHUP.
+    #[arg(long, env = "TENURE_JOBS", default_value = "jobs.example.yaml")]
+    pub jobs: PathBuf,
+    /// The SQLite ledger file, created if missing; keeps the run history across restarts.
+    #[arg(long, env = "TENURE_LEDGER", default_value = ".tenure/ledger.db")]
+    pub ledger: PathBuf,
+    /// Address of the dashboard, API, health and metrics.
+    #[arg(long, env = "TENURE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// On ctrl-c, how long in-flight runs may finish before they are killed.
+    #[arg(long, env = "TENURE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub shutdown_grace: Duration,
+    /// Keep ledger rows this long.
+    #[arg(long, env = "TENURE_RETAIN", value_parser = humantime::parse_duration, default_value = "7d")]
+    pub retain: Duration,
+    /// Token for trigger, pause and resume (default: a random one, printed at start).
+    #[arg(long, env = "TENURE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+impl DevArgs {
+    /// The settings, and the admin token in effect (generated when none was given).
+    pub fn settings(&self) -> anyhow::Result<(DevSettings, String)> {
+        let token = match &self.admin_token {
+            Some(token) => token.clone(),
+            None => {
+                let mut bytes = [0u8; 12];
+                use std::io::Read;
+                std::fs::File::open("/dev/urandom")
+                    .and_then(|mut f| f.read_exact(&mut bytes))
+                    .context("read /dev/urandom")?;
+                hex::encode(bytes)
+            }
+        };
+        let host = hostname::get().context("read host name")?.to_string_lossy().into_owned();
+        let settings = DevSettings {
+            jobs_path: self.jobs.clone(),
+            ledger_path: self.ledger.clone(),
+            node_id: format!("{host}-dev"),
+            shutdown_grace: self.shutdown_grace,
+            retain: self.retain,
+            auth: Auth::new(Some(&token), false),
+        };
+        Ok((settings, token))
+    }
 }
 
 /// Who may use the dashboard and the API.

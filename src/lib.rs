@@ -13,6 +13,7 @@ pub mod election;
 pub mod executor;
 pub mod http;
 pub mod leadership;
+pub mod local;
 pub mod schedule;
 pub mod scheduler;
 pub mod store;

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         }
         Command::Next(args) => tenure::cli::next(args, Utc::now(), &mut std::io::stdout(), &mut std::io::stderr()),
         Command::Run(args) => run(args),
+        Command::Dev(args) => dev(args),
         Command::Schema => {
             print!("{}", tenure::cli::JOB_FILE_SCHEMA);
             Ok(0)
@@ -40,6 +41,31 @@ fn run(args: &tenure::cli::RunArgs) -> anyhow::Result<i32> {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tenure::app::run(settings, listener, shutdown).await?;
+        Ok(0)
+    })
+}
+
+fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
+    let (settings, token) = args.settings()?;
+    // Check the job file first, so a broken one is reported before anything starts.
+    let jobs = tenure::config::load(&settings.jobs_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    runtime.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+        let address = listener.local_addr()?;
+        println!(
+            "tenure dev: {} jobs from {}, ledger {}",
+            jobs.jobs().len(),
+            settings.jobs_path.display(),
+            settings.ledger_path.display()
+        );
+        println!("  dashboard    http://{address}/");
+        println!("  admin token  {token}   (trigger, pause, resume: any user name, this password)");
+        println!("  ctrl-c stops; edit the job file and it reloads");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        tenure::app::dev(settings, listener, shutdown).await?;
         Ok(0)
     })
 }

@@ -13,10 +13,14 @@ mod cluster;
 mod core;
 /// The dashboard and API of a real cluster, and in headless Chromium.
 mod dashboard;
+/// `tenure dev`: one command, SQLite, the dashboard.
+mod dev;
 /// The executor on real processes and a real HTTP server.
 mod executor;
 /// Throwaway etcd and PostgreSQL servers with fault injection.
 mod harness;
+/// The leadership contract on etcd and in-process.
+mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
 mod ledger;
 /// The harness itself: both servers come up, answer, survive restarts.

@@ -1,0 +1,105 @@
+//! In-process leadership for `tenure dev`: the candidates of one process share a lock instead of
+//! an etcd election. It publishes the same `Leadership` as `election`, mints terms that grow with
+//! every new leader (starting above the ledger's fence, so a restart is a new, higher term), and
+//! passes the same contract suite (tests/it/leadership.rs).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
+
+/// The cluster id local terms carry (etcd terms carry the etcd cluster's id).
+pub const CLUSTER_ID: &str = "local";
+
+/// After a step-down (the ledger refused the term), wait this long before campaigning again.
+const STEP_DOWN_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct State {
+    holder: Option<String>,
+    last_term: i64,
+}
+
+/// One process's election: at most one candidate holds it at a time.
+#[derive(Debug, Clone, Default)]
+pub struct LocalElection {
+    state: Arc<Mutex<State>>,
+    released: Arc<Notify>,
+}
+
+impl LocalElection {
+    /// An election whose first term is `after + 1` (pass the ledger's fence).
+    pub fn new(after: i64) -> LocalElection {
+        LocalElection {
+            state: Arc::new(Mutex::new(State { holder: None, last_term: after })),
+            released: Arc::default(),
+        }
+    }
+
+    fn try_take(&self, node: &str) -> Option<i64> {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.holder.is_some() {
+            return None;
+        }
+        state.holder = Some(node.to_owned());
+        state.last_term += 1;
+        Some(state.last_term)
+    }
+
+    fn release(&self, node: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.holder.as_deref() == Some(node) {
+            state.holder = None;
+        }
+        drop(state);
+        self.released.notify_waiters();
+    }
+
+    /// The node holding the election, if any.
+    pub fn holder(&self) -> Option<String> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).holder.clone()
+    }
+
+    /// Campaign as `node` until `shutdown`; lead while holding the lock; on shutdown resign at
+    /// once, so another candidate takes over immediately.
+    pub async fn campaign(&self, node: String, leadership: watch::Sender<Leadership>, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let released = self.released.notified();
+            let Some(term) = self.try_take(&node) else {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = released => continue,
+                }
+            };
+            let step_down = CancellationToken::new();
+            metrics::counter!("tenure_elections_won_total").increment(1);
+            metrics::gauge!("tenure_is_leader").set(1.0);
+            tracing::info!(term, %node, "elected (in-process)");
+            leadership.send_replace(Leadership::Leader(LeaderTerm {
+                term: Term::new(term, CLUSTER_ID.to_owned()),
+                since: Utc::now(),
+                // Nothing can take an in-process lock away: the lease never runs out.
+                lease: LeaseDeadline::new(Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)),
+                step_down: step_down.clone(),
+            }));
+            let stepped_down = tokio::select! {
+                () = shutdown.cancelled() => false,
+                () = step_down.cancelled() => true,
+            };
+            metrics::gauge!("tenure_is_leader").set(0.0);
+            leadership.send_replace(Leadership::Follower { leader: None });
+            self.release(&node);
+            if stepped_down {
+                metrics::counter!("tenure_step_downs_total").increment(1);
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(STEP_DOWN_PAUSE) => {}
+                }
+            }
+        }
+    }
+}

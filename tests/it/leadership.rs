@@ -1,0 +1,134 @@
+//! The leadership contract: what `tenure run` (etcd) and `tenure dev` (in-process) both promise.
+//! One suite, two backends: exactly one of several candidates leads, with a term; a resigning
+//! leader hands over at once to another with a higher term; terms grow with every new leader.
+
+use std::time::Duration;
+
+use tenure::election::{Election, ElectionConfig, Keys};
+use tenure::leadership::Leadership;
+use tenure::local::LocalElection;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{Etcd, wait_for};
+
+/// Long enough that a hand-over which waited for the lease to expire is told apart from a
+/// resignation with room to spare on a loaded machine.
+const LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// Where candidates campaign.
+enum Backend {
+    Etcd { _etcd: Etcd, client: etcd_client::Client },
+    Local(LocalElection),
+}
+
+/// One campaigning candidate.
+struct Candidate {
+    leadership: watch::Receiver<Leadership>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Candidate {
+    fn term(&self) -> Option<i64> {
+        self.leadership.borrow().term().map(|term| term.revision())
+    }
+
+    /// Resign (as on SIGTERM) and wait until the campaign has ended.
+    async fn resign(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+        assert!(!self.leadership.borrow().is_leader(), "a resigned candidate still says it leads");
+    }
+}
+
+impl Backend {
+    async fn etcd() -> Backend {
+        let etcd = Etcd::start().await;
+        let client = tenure::election::connect(&[etcd.client_url()], LEASE_TTL).await.unwrap();
+        Backend::Etcd { _etcd: etcd, client }
+    }
+
+    fn local() -> Backend {
+        Backend::Local(LocalElection::new(0))
+    }
+
+    fn candidate(&self, node: &str) -> Candidate {
+        let (tx, rx) = watch::channel(Leadership::Follower { leader: None });
+        let shutdown = CancellationToken::new();
+        let task = match self {
+            Backend::Etcd { client, .. } => {
+                let config =
+                    ElectionConfig { keys: Keys::new("contract"), node_id: node.to_owned(), lease_ttl: LEASE_TTL };
+                tokio::spawn(Election::new(client.clone(), config, tx).run(shutdown.clone()))
+            }
+            Backend::Local(election) => {
+                let election = election.clone();
+                let (node, stop) = (node.to_owned(), shutdown.clone());
+                tokio::spawn(async move { election.campaign(node, tx, stop).await })
+            }
+        };
+        Candidate { leadership: rx, shutdown, task }
+    }
+}
+
+macro_rules! contract {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn etcd() {
+                super::$name(super::Backend::etcd().await).await;
+            }
+
+            #[tokio::test]
+            async fn in_process() {
+                super::$name(super::Backend::local()).await;
+            }
+        }
+    };
+}
+
+contract!(exactly_one_of_three_candidates_leads_with_a_term);
+contract!(a_resigning_leader_hands_over_at_once_with_a_higher_term);
+
+fn leaders(candidates: &[Candidate]) -> Vec<usize> {
+    (0..candidates.len()).filter(|&i| candidates[i].leadership.borrow().is_leader()).collect()
+}
+
+async fn exactly_one_of_three_candidates_leads_with_a_term(backend: Backend) {
+    let candidates: Vec<Candidate> = ["a", "b", "c"].iter().map(|node| backend.candidate(node)).collect();
+    wait_for("a leader", Duration::from_secs(10), || async { !leaders(&candidates).is_empty() }).await;
+    // Stays one: nobody else joins in over a few lease periods.
+    for _ in 0..20 {
+        assert_eq!(leaders(&candidates).len(), 1, "two leaders at once");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = leaders(&candidates)[0];
+    assert!(candidates[leader].term().unwrap() > 0);
+    for candidate in candidates {
+        candidate.resign().await;
+    }
+}
+
+async fn a_resigning_leader_hands_over_at_once_with_a_higher_term(backend: Backend) {
+    let mut candidates: Vec<Candidate> = ["a", "b", "c"].iter().map(|node| backend.candidate(node)).collect();
+    let mut terms = Vec::new();
+    for round in 0..3 {
+        wait_for("a leader", Duration::from_secs(10), || async { leaders(&candidates).len() == 1 }).await;
+        let leader = leaders(&candidates)[0];
+        terms.push(candidates[leader].term().unwrap());
+        let resigning = candidates.remove(leader);
+        let started = std::time::Instant::now();
+        resigning.resign().await;
+        if candidates.is_empty() {
+            break;
+        }
+        // A resignation is not a crash: the next leader must not wait for a lease to expire.
+        wait_for("the next leader", LEASE_TTL / 2, || async { leaders(&candidates).len() == 1 }).await;
+        eprintln!("round {round}: hand-over in {:?}", started.elapsed());
+    }
+    assert!(terms.windows(2).all(|pair| pair[0] < pair[1]), "terms must grow: {terms:?}");
+    for candidate in candidates {
+        candidate.resign().await;
+    }
+}
