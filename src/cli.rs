@@ -226,7 +226,9 @@ pub fn validate(
             description = job.schedule.describe(),
         )?;
     }
-    writeln!(out, "{} jobs valid (config hash {})", jobs.jobs().len(), jobs.hash())?;
+    let count = jobs.jobs().len();
+    let noun = if count == 1 { "job" } else { "jobs" };
+    writeln!(out, "{count} {noun} valid (config hash {})", jobs.hash())?;
     Ok(0)
 }
 
