@@ -75,6 +75,7 @@ impl Election {
     /// Campaign until `shutdown` is cancelled; on the way out resign at once so a follower takes
     /// over within milliseconds.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        metrics::gauge!("tenure_is_leader").set(0.0);
         let retry_delay = (self.config.lease_ttl / 4).max(Duration::from_millis(200));
         while !shutdown.is_cancelled() {
             if let Err(error) = self.one_term(&shutdown).await {

@@ -67,6 +67,7 @@ impl LocalElection {
     /// Campaign as `node` until `shutdown`; lead while holding the lock; on shutdown resign at
     /// once, so another candidate takes over immediately.
     pub async fn campaign(&self, node: String, leadership: watch::Sender<Leadership>, shutdown: CancellationToken) {
+        metrics::gauge!("tenure_is_leader").set(0.0);
         while !shutdown.is_cancelled() {
             let released = self.released.notified();
             let Some(term) = self.try_take(&node) else {

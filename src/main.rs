@@ -34,6 +34,8 @@ fn main() -> ExitCode {
 
 fn run(args: &tenure::cli::RunArgs) -> anyhow::Result<i32> {
     let settings = args.settings()?;
+    // Install the Prometheus recorder before anything records.
+    tenure::telemetry::metrics();
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async {
         let listener =
@@ -47,6 +49,7 @@ fn run(args: &tenure::cli::RunArgs) -> anyhow::Result<i32> {
 
 fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
     let (settings, token) = args.settings()?;
+    tenure::telemetry::metrics();
     // Check the job file first, so a broken one is reported before anything starts.
     let jobs = tenure::config::load(&settings.jobs_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;

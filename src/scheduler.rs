@@ -19,7 +19,9 @@ use crate::config::{CatchUp, Concurrency, Job, JobSet};
 use crate::election::Member;
 use crate::executor::{self, OutputTail, RunContext};
 use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
-use crate::store::{Claim, ClaimError, Claimed, FenceError, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger};
+use crate::store::{
+    Claim, ClaimError, Claimed, FenceError, LiveNode, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger,
+};
 
 /// A slot this close behind "now" is on time; older due slots are catch-up slots and follow the
 /// job's `catch_up` policy.
@@ -362,10 +364,11 @@ impl Scheduler {
     }
 
     async fn reap(&self, term: &Term) {
-        let live: Vec<String> = self.members.borrow().iter().map(|m| m.node.clone()).collect();
+        let live: Vec<LiveNode> =
+            self.members.borrow().iter().map(|m| LiveNode { node: m.node.clone(), since: m.started_at }).collect();
         // A registry that does not list us is stale or failing; reaping by it could mark a live
         // run lost.
-        if !live.contains(&self.node_id) {
+        if !live.iter().any(|l| l.node == self.node_id) {
             return;
         }
         match self.store.reap_lost(term, &live).await {

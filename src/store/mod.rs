@@ -204,6 +204,13 @@ pub struct TermRecord {
     pub last_seen_at: Option<DateTime<Utc>>,
 }
 
+/// A registered replica and when its current process started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveNode {
+    pub node: String,
+    pub since: DateTime<Utc>,
+}
+
 /// Where a page of one job's ledger ends: the last row's slot and id. Rows come newest first,
 /// so the next page holds the rows before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,9 +333,11 @@ pub trait Ledger: Send + Sync {
     /// The newest scheduled slot recorded for each job, whatever its status.
     async fn last_scheduled_slots(&self) -> Result<HashMap<String, DateTime<Utc>>, sqlx::Error>;
 
-    /// Mark `lost` the runs still `running` from an older term whose node is not in
-    /// `live_nodes`. Fenced: only the current leader may.
-    async fn reap_lost(&self, term: &Term, live_nodes: &[String]) -> Result<u64, sqlx::Error>;
+    /// Mark `lost` the runs still `running` from an older term whose node is not among `live`,
+    /// or was claimed before that node's current process started (a replica restarted under the
+    /// same id does not vouch for its previous life's runs). Claim and start times come from the
+    /// same node's clock. Fenced: only the current leader may.
+    async fn reap_lost(&self, term: &Term, live: &[LiveNode]) -> Result<u64, sqlx::Error>;
 
     async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error>;
 

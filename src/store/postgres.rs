@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, Ledger, RunCursor, RunOutcome, RunRecord,
+    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, Ledger, LiveNode, RunCursor, RunOutcome, RunRecord,
     RunStatus, SkipIfRunning, TermRecord, TriggerRecord, clean_text,
 };
 use crate::leadership::Term;
@@ -284,7 +284,9 @@ impl Ledger for Postgres {
 
     /// Mark `lost` the runs still `running` from an older term whose node is no longer
     /// registered. Fenced: only the current leader may do this.
-    async fn reap_lost(&self, term: &Term, live_nodes: &[String]) -> Result<u64, sqlx::Error> {
+    async fn reap_lost(&self, term: &Term, live: &[LiveNode]) -> Result<u64, sqlx::Error> {
+        let nodes: Vec<&str> = live.iter().map(|l| l.node.as_str()).collect();
+        let since: Vec<DateTime<Utc>> = live.iter().map(|l| l.since).collect();
         let result = sqlx::query(
             "WITH current_fence AS (
                  SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
@@ -292,10 +294,14 @@ impl Ledger for Postgres {
              UPDATE runs SET status = 'lost', finished_at = now(),
                     error = 'its leader vanished without recording an outcome'
              FROM current_fence
-             WHERE runs.status = 'running' AND runs.term < $1 AND NOT (runs.node = ANY($2))",
+             WHERE runs.status = 'running' AND runs.term < $1
+               AND NOT EXISTS (
+                   SELECT 1 FROM unnest($2::text[], $3::timestamptz[]) AS live(node, since)
+                   WHERE live.node = runs.node AND runs.claimed_at >= live.since)",
         )
         .bind(term.revision())
-        .bind(live_nodes)
+        .bind(nodes)
+        .bind(since)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected())

@@ -17,8 +17,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Claim, ClaimError, Claimed, Fence, FenceError, Ledger, RunCursor, RunOutcome, RunRecord, RunStatus, SkipIfRunning,
-    TermRecord, TriggerRecord, clean_text,
+    Claim, ClaimError, Claimed, Fence, FenceError, Ledger, LiveNode, RunCursor, RunOutcome, RunRecord, RunStatus,
+    SkipIfRunning, TermRecord, TriggerRecord, clean_text,
 };
 use crate::leadership::Term;
 
@@ -316,17 +316,21 @@ impl Ledger for Sqlite {
         Ok(rows.into_iter().map(|row| (row.get("job"), instant(row.get("slot")))).collect())
     }
 
-    async fn reap_lost(&self, term: &Term, live_nodes: &[String]) -> Result<u64, sqlx::Error> {
-        let live = serde_json::to_string(live_nodes).unwrap_or_else(|_| "[]".into());
+    async fn reap_lost(&self, term: &Term, live: &[LiveNode]) -> Result<u64, sqlx::Error> {
+        let live: Vec<serde_json::Value> =
+            live.iter().map(|l| serde_json::json!({"node": l.node, "since": micros(l.since)})).collect();
         let result = sqlx::query(
             "UPDATE runs SET status = 'lost', finished_at = ?3,
                     error = 'its leader vanished without recording an outcome'
              WHERE status = 'running' AND term < ?1
-               AND node NOT IN (SELECT value FROM json_each(?2))
+               AND NOT EXISTS (
+                   SELECT 1 FROM json_each(?2) AS live
+                   WHERE json_extract(live.value, '$.node') = runs.node
+                     AND runs.claimed_at >= json_extract(live.value, '$.since'))
                AND (SELECT term FROM fence WHERE id = 1) <= ?1",
         )
         .bind(term.revision())
-        .bind(live)
+        .bind(serde_json::Value::Array(live).to_string())
         .bind(micros(Utc::now()))
         .execute(&self.pool)
         .await?;

@@ -81,6 +81,22 @@ async fn a_follower_shows_the_cluster_and_takes_controls_the_leader_executes() {
     })
     .await;
 
+    // The leader's metrics say what it does, with bounded labels.
+    let metrics = reqwest::get(format!("{}/metrics", cluster.url(leader))).await.unwrap().text().await.unwrap();
+    for series in [
+        "tenure_is_leader 1",
+        &format!("tenure_term {term}"),
+        "tenure_runs_total{job=\"tick\",status=\"succeeded\"}",
+        "tenure_fire_lateness_seconds_count",
+        "tenure_run_duration_seconds_count",
+        "tenure_keepalive_rtt_seconds_count",
+        "tenure_elections_won_total",
+    ] {
+        assert!(metrics.contains(series), "leader metrics lack {series}:\n{metrics}");
+    }
+    let follower_metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(follower_metrics.contains("tenure_is_leader 0"), "{follower_metrics}");
+
     // Kill the leader: the survivors show it gone, a new leader, and the hand-over.
     cluster.kill(leader);
     wait_for("a new leader and the old one shown gone", Duration::from_secs(15), || async {

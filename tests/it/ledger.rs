@@ -4,7 +4,9 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use tenure::leadership::Term;
-use tenure::store::{Claim, ClaimError, FenceError, RunCursor, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger};
+use tenure::store::{
+    Claim, ClaimError, FenceError, LiveNode, RunCursor, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger,
+};
 
 use crate::harness::Postgres;
 
@@ -43,6 +45,7 @@ contract!(concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one);
 contract!(pauses_and_triggers_are_recorded_once);
 contract!(pages_of_a_job_ledger_follow_the_cursor_and_the_status_filter);
 contract!(live_output_and_term_heartbeats_are_recorded);
+contract!(retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newest);
 
 fn slot(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, second).unwrap()
@@ -148,13 +151,21 @@ async fn forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced
 async fn runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_one(store: Store) {
     let old = Term::for_tests(1, "c");
     store.begin_term(&old, "gone").await.unwrap();
-    let gone = store.claim_run(&claim("a", slot(0), &old, "gone")).await.unwrap();
-    let alive = store.claim_run(&claim("b", slot(0), &old, "alive")).await.unwrap();
+    let at_slot = |job, node| Claim { claimed_at: slot(0), ..claim(job, slot(0), &old, node) };
+    let gone = store.claim_run(&at_slot("a", "gone")).await.unwrap();
+    let alive = store.claim_run(&at_slot("b", "alive")).await.unwrap();
+    // Claimed by a process of `reborn` that was then replaced by one started later.
+    let previous_life = store.claim_run(&at_slot("c", "reborn")).await.unwrap();
     let new = Term::for_tests(2, "c");
     store.begin_term(&new, "alive").await.unwrap();
-    let reaped = store.reap_lost(&new, &["alive".to_owned()]).await.unwrap();
-    assert_eq!(reaped, 1);
+    let live = [
+        LiveNode { node: "alive".to_owned(), since: slot(0) - chrono::Duration::seconds(5) },
+        LiveNode { node: "reborn".to_owned(), since: slot(10) },
+    ];
+    let reaped = store.reap_lost(&new, &live).await.unwrap();
+    assert_eq!(reaped, 2);
     assert_eq!(store.run(gone.run_id).await.unwrap().unwrap().status, "lost");
+    assert_eq!(store.run(previous_life.run_id).await.unwrap().unwrap().status, "lost", "a restart does not vouch");
     assert_eq!(store.run(alive.run_id).await.unwrap().unwrap().status, "running");
     // A stale leader cannot reap.
     assert_eq!(store.reap_lost(&old, &[]).await.unwrap(), 0);
@@ -286,4 +297,42 @@ async fn live_output_and_term_heartbeats_are_recorded(store: Store) {
     assert_eq!(store.terms().await.unwrap()[0].last_seen_at, None);
     store.term_alive(&term, slot(9)).await.unwrap();
     assert_eq!(store.terms().await.unwrap()[0].last_seen_at, Some(slot(9)));
+}
+
+async fn retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newest(store: Store) {
+    let term = Term::for_tests(1, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    let finished = |at| RunOutcome {
+        status: RunStatus::Succeeded,
+        exit_code: Some(0),
+        http_status: None,
+        error: None,
+        output: String::new(),
+        finished_at: at,
+    };
+    for second in 0..10 {
+        let claimed = store.claim_run(&claim("old", slot(second), &term, "n")).await.unwrap();
+        if second != 3 {
+            store.finish_run(claimed.run_id, &finished(slot(second))).await.unwrap();
+        }
+    }
+    // A job whose only row is old: kept, it is the job's cursor.
+    let lone = store.claim_run(&claim("lone", slot(1), &term, "n")).await.unwrap();
+    store.finish_run(lone.run_id, &finished(slot(1))).await.unwrap();
+
+    let before = slot(30);
+    assert_eq!(store.prune_runs(before, 4).await.unwrap(), 4, "one batch at a time");
+    assert_eq!(store.prune_runs(before, 4).await.unwrap(), 4);
+    assert_eq!(store.prune_runs(before, 4).await.unwrap(), 0, "nothing more may go");
+    let left: Vec<(String, DateTime<Utc>, String)> =
+        store.all_runs().await.unwrap().into_iter().map(|r| (r.job, r.slot, r.status)).collect();
+    assert_eq!(
+        left,
+        [
+            ("lone".to_owned(), slot(1), "succeeded".to_owned()),
+            ("old".to_owned(), slot(3), "running".to_owned()),
+            ("old".to_owned(), slot(9), "succeeded".to_owned()),
+        ],
+        "running rows and each job's newest row stay"
+    );
 }
