@@ -1142,3 +1142,31 @@ jobs:
         assert!(errors(&text)[0].contains("at most 100000"));
     }
 }
+
+#[cfg(test)]
+mod schema_tests {
+    use std::collections::BTreeSet;
+
+    use super::{HTTP_KEYS, JOB_KEYS, POLICY_KEYS, RETRY_KEYS};
+
+    fn keys(value: &serde_json::Value) -> BTreeSet<String> {
+        value["properties"].as_object().expect("properties").keys().cloned().collect()
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    /// `tenure schema` must accept exactly what the parser accepts, field for field.
+    #[test]
+    fn the_json_schema_names_exactly_the_fields_the_parser_accepts() {
+        let schema: serde_json::Value = serde_json::from_str(crate::cli::JOB_FILE_SCHEMA).unwrap();
+        let defs = &schema["$defs"];
+        assert_eq!(keys(&schema), set(&["defaults", "jobs"]));
+        assert_eq!(keys(&defs["policies"]), set(POLICY_KEYS));
+        let job: BTreeSet<String> = keys(&defs["job"]).union(&keys(&defs["policies"])).cloned().collect();
+        assert_eq!(job, set(JOB_KEYS));
+        assert_eq!(keys(&defs["job"]["properties"]["http"]), set(HTTP_KEYS));
+        assert_eq!(keys(&defs["policies"]["properties"]["retries"]), set(RETRY_KEYS));
+    }
+}
