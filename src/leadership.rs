@@ -76,10 +76,16 @@ impl LeaseDeadline {
     }
 
     pub fn deadline(&self) -> Instant {
+        if crate::testing::no_self_fence() {
+            return self.origin + Duration::from_secs(100 * 365 * 24 * 3600);
+        }
         self.origin + Duration::from_nanos(self.deadline_nanos.load(Ordering::SeqCst))
     }
 
     pub fn is_valid(&self) -> bool {
+        if crate::testing::no_self_fence() {
+            return true;
+        }
         Instant::now() < self.deadline()
     }
 }

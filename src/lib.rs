@@ -18,3 +18,4 @@ pub mod schedule;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;
+pub mod testing;

@@ -14,6 +14,7 @@ use tenure::store::{RunRecord, Store, TermRecord};
 
 use crate::checker::Witness;
 use crate::harness::{Etcd, Postgres, free_port, wait_for, wait_until};
+use crate::proxy::Proxy;
 
 /// The admin token every test replica is started with.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -31,6 +32,9 @@ pub struct Replica {
     pub port: u16,
     pub log: PathBuf,
     child: Option<Child>,
+    /// This replica's own way to etcd and to PostgreSQL, when the cluster runs with proxies.
+    pub etcd_proxy: Option<Proxy>,
+    pub pg_proxy: Option<Proxy>,
 }
 
 impl Replica {
@@ -55,6 +59,15 @@ impl Drop for Replica {
     }
 }
 
+/// How a cluster is started.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Put a fault proxy between each replica and etcd, and each replica and PostgreSQL.
+    pub proxies: bool,
+    /// Extra environment for every replica (test switches).
+    pub env: Vec<(String, String)>,
+}
+
 pub struct Cluster {
     pub etcd: Etcd,
     pub pg: Postgres,
@@ -65,6 +78,7 @@ pub struct Cluster {
     pub store: Store,
     pub replicas: Vec<Replica>,
     election: String,
+    options: Options,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +91,10 @@ impl Cluster {
     /// Start etcd, PostgreSQL and `replicas` tenure processes on `jobs_yaml`, in which the text
     /// `WITNESS` stands for a shell command that appends to the witness file.
     pub async fn start(replicas: usize, jobs_yaml: &str) -> Cluster {
+        Cluster::start_with(replicas, jobs_yaml, Options::default()).await
+    }
+
+    pub async fn start_with(replicas: usize, jobs_yaml: &str, options: Options) -> Cluster {
         let etcd = Etcd::start().await;
         let pg = Postgres::start().await;
         let database_url = pg.create_database("tenure").await;
@@ -97,20 +115,28 @@ impl Cluster {
             store: Store::new(pool),
             replicas: Vec::new(),
             election: "test".to_owned(),
+            options,
         };
         for _ in 0..replicas {
-            cluster.add_replica();
+            cluster.add_replica().await;
         }
         cluster
     }
 
     /// Start one more replica; returns its index.
-    pub fn add_replica(&mut self) -> usize {
+    pub async fn add_replica(&mut self) -> usize {
         let index = self.replicas.len();
         let node = format!("node-{index}");
         let port = free_port();
         let log = self.dir.path().join(format!("{node}.log"));
-        let mut replica = Replica { node, port, log, child: None };
+        let (etcd_proxy, pg_proxy) = if self.options.proxies {
+            let etcd = Proxy::start(([127, 0, 0, 1], self.etcd.client_port()).into()).await;
+            let pg = Proxy::start(([127, 0, 0, 1], self.pg.port()).into()).await;
+            (Some(etcd), Some(pg))
+        } else {
+            (None, None)
+        };
+        let mut replica = Replica { node, port, log, child: None, etcd_proxy, pg_proxy };
         self.spawn(&mut replica);
         self.replicas.push(replica);
         index
@@ -118,11 +144,20 @@ impl Cluster {
 
     fn spawn(&self, replica: &mut Replica) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&replica.log).unwrap();
+        let etcd_url = match &replica.etcd_proxy {
+            Some(proxy) => format!("http://127.0.0.1:{}", proxy.port()),
+            None => self.etcd.client_url(),
+        };
+        let database_url = match &replica.pg_proxy {
+            Some(proxy) => self.database_url.replace(&format!(":{}/", self.pg.port()), &format!(":{}/", proxy.port())),
+            None => self.database_url.clone(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_tenure"))
             .args(["run", "--jobs"])
             .arg(&self.jobs_path)
-            .args(["--etcd", &self.etcd.client_url()])
-            .args(["--database-url", &self.database_url])
+            .args(["--etcd", &etcd_url])
+            .args(["--database-url", &database_url])
+            .envs(self.options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(["--node-id", &replica.node])
             .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
             .args(["--lease-ttl", &format!("{}s", TTL.as_secs())])
@@ -142,7 +177,14 @@ impl Cluster {
     pub fn restart(&mut self, index: usize) {
         let mut replica = std::mem::replace(
             &mut self.replicas[index],
-            Replica { node: String::new(), port: 0, log: PathBuf::new(), child: None },
+            Replica {
+                node: String::new(),
+                port: 0,
+                log: PathBuf::new(),
+                child: None,
+                etcd_proxy: None,
+                pg_proxy: None,
+            },
         );
         if let Some(mut child) = replica.child.take() {
             let _ = child.kill();

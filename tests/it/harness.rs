@@ -143,6 +143,10 @@ impl Etcd {
         matches!(tokio::time::timeout(Duration::from_millis(500), attempt).await, Ok(Some(_)))
     }
 
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
     pub fn client_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }
@@ -295,6 +299,10 @@ impl Postgres {
 
     pub fn url(&self) -> String {
         self.url_of("postgres")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     fn url_of(&self, database: &str) -> String {

@@ -23,5 +23,7 @@ mod harness;
 mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
 mod ledger;
+/// A TCP fault proxy (blackhole, reset, refuse, delay) on loopback.
+mod proxy;
 /// The harness itself: both servers come up, answer, survive restarts.
 mod smoke;
