@@ -171,10 +171,18 @@ impl Election {
             step_down: step_down.clone(),
         }));
 
+        let keep_alive_ended = async {
+            let end = (&mut keep_alive).await;
+            if crate::testing::no_self_fence() {
+                // Test switch: a leader that never learns it lost its lease.
+                std::future::pending::<()>().await;
+            }
+            end
+        };
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             () = step_down.cancelled() => Ok(()),
-            end = &mut keep_alive => Err(end.unwrap_or(LeaseEnd::Failed("keep-alive task panicked".into()))),
+            end = keep_alive_ended => Err(end.unwrap_or(LeaseEnd::Failed("keep-alive task panicked".into()))),
         };
         // Stop firing first, then tell etcd.
         lease.expire();

@@ -412,6 +412,7 @@ impl Scheduler {
             store: self.store.clone(),
             term: leader.term.clone(),
             lease: leader.lease.clone(),
+            step_down: leader.step_down.clone(),
             node: self.node_id.clone(),
             config_hash: self.jobs.borrow().hash().to_owned(),
             http: self.http.clone(),
@@ -612,6 +613,8 @@ struct Ledger {
     store: Store,
     term: Term,
     lease: LeaseDeadline,
+    /// Cancelled when the ledger shows a newer term: this one is over, whatever etcd says.
+    step_down: CancellationToken,
     node: String,
     config_hash: String,
     http: reqwest::Client,
@@ -746,9 +749,12 @@ impl Ledger {
                 Ok(claimed) => return Some(claimed),
                 Err(ClaimError::Fenced { term, fence }) => {
                     metrics::counter!("tenure_claims_rejected_total", "reason" => "fenced").increment(1);
-                    tracing::warn!(job = %job.name, %slot, term, fence, "claim refused: a newer term holds the fence");
-                    return crate::testing::ignore_refusals()
-                        .then_some(Claimed { run_id: 0, status: RunStatus::Running });
+                    if crate::testing::ignore_refusals() {
+                        return Some(Claimed { run_id: 0, status: RunStatus::Running });
+                    }
+                    tracing::warn!(job = %job.name, %slot, term, fence, "claim refused: a newer term holds the fence; stepping down");
+                    self.step_down.cancel();
+                    return None;
                 }
                 Err(ClaimError::AlreadyClaimed { term, node }) => {
                     metrics::counter!("tenure_claims_rejected_total", "reason" => "already_claimed").increment(1);

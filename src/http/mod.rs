@@ -64,14 +64,22 @@ struct Readiness {
     etcd: bool,
 }
 
+/// How long readiness waits for each dependency: a probe must answer promptly even when one is
+/// unreachable (it then says so).
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(400);
+
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let database = state.store.ping().await.is_ok();
-    let etcd = match state.etcd.clone() {
-        Some(mut client) => tokio::time::timeout(std::time::Duration::from_secs(2), client.status())
-            .await
-            .is_ok_and(|status| status.is_ok()),
-        None => true,
+    let database =
+        async { tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await.is_ok_and(|ping| ping.is_ok()) };
+    let etcd = async {
+        match state.etcd.clone() {
+            Some(mut client) => {
+                tokio::time::timeout(READY_TIMEOUT, client.status()).await.is_ok_and(|status| status.is_ok())
+            }
+            None => true,
+        }
     };
+    let (database, etcd) = tokio::join!(database, etcd);
     let leadership = state.leadership.borrow().clone();
     let body = Readiness {
         node: state.node_id.clone(),

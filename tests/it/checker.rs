@@ -72,6 +72,19 @@ pub struct Expect<'a> {
     pub missed_allowed: bool,
 }
 
+/// `check`, excusing expected slots missing inside the fault windows (never a double run, never
+/// a stale term).
+pub fn check_excusing(
+    witness: &[Witness],
+    ledger: &[RunRecord],
+    expect: &Expect<'_>,
+    windows: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> Report {
+    let mut report = check(witness, ledger, expect);
+    report.missing.retain(|(_, slot, _)| !windows.iter().any(|(from, until)| from <= slot && slot <= until));
+    report
+}
+
 pub fn check(witness: &[Witness], ledger: &[RunRecord], expect: &Expect<'_>) -> Report {
     let mut report = Report::default();
 

@@ -10,9 +10,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Deserialize;
 use tempfile::TempDir;
+use tenure::election::Keys;
 use tenure::store::{RunRecord, Store, TermRecord};
 
-use crate::checker::Witness;
+use crate::checker::{Report, Witness};
 use crate::harness::{Etcd, Postgres, free_port, wait_for, wait_until};
 use crate::proxy::Proxy;
 
@@ -79,6 +80,8 @@ pub struct Cluster {
     pub replicas: Vec<Replica>,
     election: String,
     options: Options,
+    /// What the test did when, for a failing scenario's report.
+    timeline: std::sync::Mutex<Vec<(chrono::DateTime<chrono::Utc>, String)>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +119,7 @@ impl Cluster {
             replicas: Vec::new(),
             election: "test".to_owned(),
             options,
+            timeline: std::sync::Mutex::new(Vec::new()),
         };
         for _ in 0..replicas {
             cluster.add_replica().await;
@@ -290,6 +294,77 @@ impl Cluster {
         let temporary = self.dir.path().join("jobs.yaml.new");
         fs::write(&temporary, text).unwrap();
         fs::rename(&temporary, &self.jobs_path).unwrap();
+    }
+
+    /// Note a fault or step in the scenario's timeline.
+    pub fn event(&self, what: impl Into<String>) {
+        let what = what.into();
+        eprintln!("[{}] {what}", chrono::Utc::now().format("%H:%M:%S%.3f"));
+        self.timeline.lock().unwrap().push((chrono::Utc::now(), what));
+    }
+
+    pub fn is_up(&self, index: usize) -> bool {
+        self.replicas[index].child.is_some()
+    }
+
+    /// (e) After healing: exactly one leader with the fence raised, every running replica names
+    /// the same leader, and no election key is left of a candidate that is gone.
+    pub async fn assert_healed(&self, timeout: Duration) -> (usize, i64) {
+        let (leader, term) = self.wait_for_leader(timeout).await;
+        let leader_node = self.replicas[leader].node.clone();
+        let agreed = wait_until(timeout, || async {
+            for index in (0..self.replicas.len()).filter(|&i| self.is_up(i)) {
+                let url = format!("{}/api/cluster", self.url(index));
+                let view: Option<serde_json::Value> = async { reqwest::get(&url).await.ok()?.json().await.ok() }.await;
+                if view.is_none_or(|view| view["leader"]["node"] != leader_node.as_str()) {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        assert!(agreed, "replicas disagree on the leader ({leader_node})\n{}", self.logs());
+        let live: Vec<String> =
+            (0..self.replicas.len()).filter(|&i| self.is_up(i)).map(|i| self.replicas[i].node.clone()).collect();
+        let keys = Keys::new(&self.election);
+        let clean = wait_until(timeout, || async {
+            let Ok(mut client) = etcd_client::Client::connect([self.etcd.client_url()], None).await else {
+                return false;
+            };
+            let prefix = format!("{}/", keys.election());
+            let Ok(response) = client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await else {
+                return false;
+            };
+            response.kvs().iter().all(|kv| live.iter().any(|node| node.as_bytes() == kv.value()))
+        })
+        .await;
+        assert!(clean, "election keys of gone candidates are left over");
+        (leader, term)
+    }
+
+    /// Pass the checker's report, or leave a report directory (witness, ledger, terms, logs,
+    /// timeline) that outlives the test, and fail with its path.
+    pub async fn verdict(&mut self, report: &Report) {
+        if report.is_clean() {
+            return;
+        }
+        let dir = self.dir.path().join("report");
+        fs::create_dir_all(&dir).unwrap();
+        let _ = fs::copy(&self.witness_path, dir.join("witness.log"));
+        let ledger = self.store.all_runs().await.unwrap_or_default();
+        fs::write(dir.join("ledger.json"), serde_json::to_string_pretty(&ledger).unwrap()).unwrap();
+        let terms = self.store.terms().await.unwrap_or_default();
+        fs::write(dir.join("terms.json"), serde_json::to_string_pretty(&terms).unwrap()).unwrap();
+        for replica in &self.replicas {
+            let _ = fs::copy(&replica.log, dir.join(format!("{}.log", replica.node)));
+        }
+        let timeline: String =
+            self.timeline.lock().unwrap().iter().map(|(at, what)| format!("{} {what}\n", at.to_rfc3339())).collect();
+        fs::write(dir.join("timeline.txt"), timeline).unwrap();
+        fs::write(dir.join("report.txt"), format!("{report:#?}")).unwrap();
+        // Keep the directory: swap in a fresh one to be removed instead.
+        let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+        panic!("guarantee broken; report in {}\n{report:#?}", kept.join("report").display());
     }
 
     /// Every replica's log, for a failing test's message.

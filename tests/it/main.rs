@@ -17,6 +17,8 @@ mod dashboard;
 mod dev;
 /// The executor on real processes and a real HTTP server.
 mod executor;
+/// The fault suite: partitions, pauses, kills, restarts, reloads.
+mod faults;
 /// Throwaway etcd and PostgreSQL servers with fault injection.
 mod harness;
 /// The leadership contract on etcd and in-process.

@@ -1,0 +1,433 @@
+//! The fault suite: the core guarantees under partitions, pauses, kills, restarts and reloads,
+//! on real processes with a fault proxy per replica in front of etcd and PostgreSQL. Every
+//! scenario ends with the checker (a-c), the hand-over times (d) and the healing check (e); a
+//! failing one leaves a report directory and prints its path.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use nix::sys::signal::Signal;
+
+use crate::checker::{Expect, Report, check_excusing};
+use crate::cluster::{Cluster, Options, TTL};
+use crate::harness::{wait_for, wait_until};
+use crate::proxy::Fault;
+
+const TICK: &str = r#"
+jobs:
+  - name: tick
+    schedule: "* * * * * *"
+    shell: WITNESS
+    timeout: 10s
+"#;
+
+fn with_proxies(env: &[(&str, &str)]) -> Options {
+    Options { proxies: true, env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect() }
+}
+
+async fn let_it_tick(cluster: &Cluster, count: usize) {
+    let target = cluster.witness().len() + count;
+    wait_for("the jobs to keep firing", Duration::from_secs(10 + count as u64 * 2), || async {
+        cluster.witness().len() >= target
+    })
+    .await;
+}
+
+/// The sum of a Prometheus counter's series on one replica (0 when absent or unreachable).
+async fn counter(cluster: &Cluster, index: usize, name_and_labels: &str) -> f64 {
+    let url = format!("{}/metrics", cluster.url(index));
+    let Ok(response) = reqwest::get(url).await else { return 0.0 };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|line| line.starts_with(name_and_labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// (d) From a fault to the first leader of a newer term, and to its first execution.
+struct Handover {
+    new_leader: usize,
+    new_term: i64,
+    to_leader: Duration,
+    to_first_run: Duration,
+}
+
+async fn handover_after(cluster: &Cluster, fault_at: Instant, old_term: i64, timeout: Duration) -> Handover {
+    let found = std::cell::Cell::new(None);
+    let led = wait_until(timeout, || async {
+        found.set(cluster.leaders().await.into_iter().find(|(_, term)| *term > old_term));
+        found.get().is_some()
+    })
+    .await;
+    assert!(led, "no new leader within {timeout:?} of the fault\n{}", cluster.logs());
+    let (new_leader, new_term) = found.get().unwrap();
+    let to_leader = fault_at.elapsed();
+    cluster.wait_for_execution_by_new_term(old_term, timeout).await;
+    Handover { new_leader, new_term, to_leader, to_first_run: fault_at.elapsed() }
+}
+
+/// Heal, then check everything the witness and ledger say, excusing missing slots (never a
+/// double run or a stale term) inside `windows`.
+async fn finish(cluster: &mut Cluster, jobs: &[&str], windows: &[(DateTime<Utc>, DateTime<Utc>)]) -> Report {
+    cluster.assert_healed(Duration::from_secs(20)).await;
+    let_it_tick(cluster, 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let witness = cluster.witness();
+    let ledger = cluster.ledger().await;
+    let from = witness.iter().map(|w| w.slot).min().unwrap();
+    let until = witness.iter().map(|w| w.slot).max().unwrap() - chrono::Duration::seconds(2);
+    let expect = Expect { jobs, from, until, missed_allowed: true };
+    check_excusing(&witness, &ledger, &expect, windows)
+}
+
+fn window(from: DateTime<Utc>, until: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    (from - chrono::Duration::seconds(1), until + chrono::Duration::seconds(1))
+}
+
+#[tokio::test]
+async fn sigkill_of_the_leader_ten_times_at_random_phases() {
+    let mut cluster = Cluster::start(3, TICK).await;
+    let mut times = Vec::new();
+    for round in 0..10u32 {
+        let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+        let_it_tick(&cluster, 1).await;
+        // A phase within the second that differs every round: before, at and after slots.
+        let now = Utc::now();
+        let phase = (u64::from(round) * 347 + u64::from(now.timestamp_subsec_millis())) % 1000;
+        let wait = (1000 - u64::from(now.timestamp_subsec_millis()) + phase) % 1000;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        cluster.event(format!(
+            "round {round}: SIGKILL {} (term {term}) {phase} ms into the second",
+            cluster.replicas[leader].node
+        ));
+        let fault_at = Instant::now();
+        cluster.kill(leader);
+        let handover = handover_after(&cluster, fault_at, term, TTL * 5 + Duration::from_secs(5)).await;
+        times.push((handover.to_leader, handover.to_first_run));
+        cluster.restart(leader);
+    }
+    for (round, (leader, run)) in times.iter().enumerate() {
+        eprintln!("SIGKILL round {round}: new leader after {leader:?}, first run after {run:?} (TTL {TTL:?})");
+    }
+    let report = finish(&mut cluster, &["tick"], &[]).await;
+    cluster.verdict(&report).await;
+}
+
+/// The stale leader believes it leads: it is cut from etcd and its self-fencing is off. Only
+/// the database fence stands between it and a double run.
+#[tokio::test]
+async fn with_self_fencing_off_a_leader_cut_from_etcd_is_refused_by_the_database() {
+    let mut cluster = Cluster::start_with(3, TICK, with_proxies(&[("TENURE_TEST_NO_SELF_FENCE", "1")])).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 2).await;
+    cluster.event(format!("blackhole {} <-> etcd", cluster.replicas[leader].node));
+    let cut = Utc::now();
+    let fault_at = Instant::now();
+    cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Blackhole);
+    let handover = handover_after(&cluster, fault_at, term, Duration::from_secs(15)).await;
+    eprintln!(
+        "etcd cut, self-fencing off: new leader after {:?}, first run after {:?}",
+        handover.to_leader, handover.to_first_run
+    );
+    // Both believe they lead for a while; the old one keeps trying.
+    let_it_tick(&cluster, 4).await;
+    let rejected = counter(&cluster, leader, "tenure_claims_rejected_total{reason=\"fenced\"}").await;
+    eprintln!("fenced claim rejections on the stale leader: {rejected}");
+    assert!(rejected > 0.0, "the stale leader never tried, so this proved nothing\n{}", cluster.logs());
+    let stale: Vec<_> = cluster
+        .witness()
+        .into_iter()
+        .filter(|w| w.term == term && w.slot > cut + chrono::Duration::seconds(1))
+        .collect();
+    assert!(stale.is_empty(), "the stale leader executed: {stale:?}");
+    cluster.event("heal");
+    cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Pass);
+    let report = finish(&mut cluster, &["tick"], &[]).await;
+    cluster.verdict(&report).await;
+}
+
+/// The checker is only worth something if it fails: with the refusals ignored (a test-only
+/// switch) the stale leader runs slots the new one runs too, and the checker must say so.
+#[tokio::test]
+async fn the_checker_catches_the_double_runs_when_the_fence_is_switched_off() {
+    let env = [("TENURE_TEST_NO_SELF_FENCE", "1"), ("TENURE_TEST_IGNORE_REFUSALS", "1")];
+    let cluster = Cluster::start_with(3, TICK, with_proxies(&env)).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 2).await;
+    cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Blackhole);
+    handover_after(&cluster, Instant::now(), term, Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 4).await;
+    let witness = cluster.witness();
+    let ledger = cluster.ledger().await;
+    let from = witness.first().unwrap().slot;
+    let until = witness.last().unwrap().slot;
+    let report = check_excusing(&witness, &ledger, &Expect { jobs: &["tick"], from, until, missed_allowed: true }, &[]);
+    eprintln!("with the fence off the checker reports {} doubled slots", report.executed_twice.len());
+    assert!(!report.executed_twice.is_empty(), "the checker missed the double runs: {report:#?}");
+    assert!(!report.is_clean());
+}
+
+#[tokio::test]
+async fn a_leader_paused_past_its_lease_with_self_fencing_off_is_refused_by_the_database() {
+    let mut cluster = Cluster::start_with(3, TICK, with_proxies(&[("TENURE_TEST_NO_SELF_FENCE", "1")])).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 2).await;
+    let paused = Utc::now();
+    cluster.event("SIGSTOP the leader");
+    let fault_at = Instant::now();
+    cluster.signal(leader, Signal::SIGSTOP);
+    let handover = handover_after(&cluster, fault_at, term, Duration::from_secs(15)).await;
+    tokio::time::sleep((TTL * 2).saturating_sub(fault_at.elapsed())).await;
+    cluster.event("SIGCONT the leader");
+    cluster.signal(leader, Signal::SIGCONT);
+    let_it_tick(&cluster, 3).await;
+    let rejected = counter(&cluster, leader, "tenure_claims_rejected_total{reason=\"fenced\"}").await;
+    eprintln!(
+        "SIGSTOP 2xTTL, self-fencing off: new leader after {:?}, first run {:?}, fenced rejections on resume {rejected}",
+        handover.to_leader, handover.to_first_run
+    );
+    let stale: Vec<_> = cluster.witness().into_iter().filter(|w| w.term == term && w.slot > paused).collect();
+    assert!(stale.is_empty(), "the paused leader executed after resuming: {stale:?}");
+    let report = finish(&mut cluster, &["tick"], &[]).await;
+    cluster.verdict(&report).await;
+}
+
+#[tokio::test]
+async fn a_leader_cut_from_etcd_by_blackhole_reset_or_delay_steps_down() {
+    let mut cluster = Cluster::start_with(3, TICK, with_proxies(&[])).await;
+    for fault in [Fault::Blackhole, Fault::Reset, Fault::Delay { ms: 3 * TTL.as_millis() as u64, jitter: 200 }] {
+        let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
+        let_it_tick(&cluster, 2).await;
+        let node = cluster.replicas[leader].node.clone();
+        cluster.event(format!("{fault:?} between {node} and etcd"));
+        let cut = Utc::now();
+        let fault_at = Instant::now();
+        cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(fault);
+        let handover = handover_after(&cluster, fault_at, term, Duration::from_secs(20)).await;
+        eprintln!(
+            "etcd {fault:?}: new leader after {:?}, first run after {:?}",
+            handover.to_leader, handover.to_first_run
+        );
+        // Its own lease deadline stops the old leader within a TTL; nothing after that.
+        let late: Vec<_> = cluster
+            .witness()
+            .into_iter()
+            .filter(|w| w.node == node && w.term == term && w.slot > cut + chrono::Duration::from_std(TTL).unwrap())
+            .collect();
+        assert!(late.is_empty(), "{fault:?}: the cut-off leader executed after its lease: {late:?}");
+        let_it_tick(&cluster, 2).await;
+        cluster.event("heal");
+        cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Pass);
+    }
+    let report = finish(&mut cluster, &["tick"], &[]).await;
+    cluster.verdict(&report).await;
+}
+
+#[tokio::test]
+async fn a_leader_cut_from_postgres_then_from_both_then_healed() {
+    let mut cluster = Cluster::start_with(3, TICK, with_proxies(&[])).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 2).await;
+
+    // PostgreSQL only: it keeps leading; claims wait and are retried, nothing doubles.
+    cluster.event("blackhole the leader <-> PostgreSQL");
+    let from = Utc::now();
+    cluster.replicas[leader].pg_proxy.as_ref().unwrap().set(Fault::Blackhole);
+    tokio::time::sleep(TTL * 3).await;
+    let leaders = cluster.leaders().await;
+    assert_eq!(leaders, [(leader, term)], "etcd is fine: the same leader stays");
+    cluster.event("heal PostgreSQL");
+    cluster.replicas[leader].pg_proxy.as_ref().unwrap().set(Fault::Pass);
+    let pg_window = window(from, Utc::now());
+    let_it_tick(&cluster, 3).await;
+
+    // Both: another replica takes over; the old one can neither claim nor keep its lease.
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    cluster.event("blackhole the leader <-> etcd and PostgreSQL");
+    let from = Utc::now();
+    let fault_at = Instant::now();
+    cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Blackhole);
+    cluster.replicas[leader].pg_proxy.as_ref().unwrap().set(Fault::Blackhole);
+    let handover = handover_after(&cluster, fault_at, term, Duration::from_secs(20)).await;
+    eprintln!("cut from both: new leader after {:?}, first run after {:?}", handover.to_leader, handover.to_first_run);
+    let_it_tick(&cluster, 2).await;
+    cluster.event("heal both");
+    cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Pass);
+    cluster.replicas[leader].pg_proxy.as_ref().unwrap().set(Fault::Pass);
+    let both_window = window(from, Utc::now());
+    let report = finish(&mut cluster, &["tick"], &[pg_window, both_window]).await;
+    cluster.verdict(&report).await;
+}
+
+#[tokio::test]
+async fn a_candidate_paused_past_its_lease_then_the_leader_killed() {
+    let mut cluster = Cluster::start(3, TICK).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let candidate = (leader + 1) % 3;
+    cluster.event("SIGSTOP a waiting candidate");
+    cluster.signal(candidate, Signal::SIGSTOP);
+    tokio::time::sleep(TTL * 3).await;
+    cluster.event("SIGCONT it");
+    cluster.signal(candidate, Signal::SIGCONT);
+    tokio::time::sleep(TTL).await;
+    cluster.event("SIGKILL the leader");
+    let fault_at = Instant::now();
+    cluster.kill(leader);
+    let handover = handover_after(&cluster, fault_at, term, Duration::from_secs(15)).await;
+    eprintln!(
+        "after a paused candidate: {} leads, new leader after {:?}",
+        cluster.replicas[handover.new_leader].node, handover.to_leader
+    );
+    assert!(handover.new_term > term);
+    cluster.restart(leader);
+    let report = finish(&mut cluster, &["tick"], &[]).await;
+    cluster.verdict(&report).await;
+}
+
+#[tokio::test]
+async fn rolling_restart_one_by_one_then_all_at_once() {
+    let mut cluster = Cluster::start(3, TICK).await;
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 2).await;
+    let rolling_from = Utc::now();
+    for index in 0..3 {
+        cluster.event(format!("rolling: SIGTERM and restart {}", cluster.replicas[index].node));
+        cluster.terminate(index).await;
+        cluster.restart(index);
+        cluster.wait_for_leader(Duration::from_secs(15)).await;
+        let_it_tick(&cluster, 2).await;
+    }
+    let rolling_until = Utc::now();
+    // One by one, every hand-over is a resignation: not a single slot may be missed.
+    let witness = cluster.witness();
+    let ledger = cluster.ledger().await;
+    let rolling = Expect { jobs: &["tick"], from: rolling_from, until: rolling_until, missed_allowed: false };
+    cluster.verdict(&check_excusing(&witness, &ledger, &rolling, &[])).await;
+
+    cluster.event("all at once: SIGTERM every replica, then start them");
+    let from = Utc::now();
+    for index in 0..3 {
+        cluster.signal(index, Signal::SIGTERM);
+    }
+    for index in 0..3 {
+        cluster.terminate(index).await;
+    }
+    for index in 0..3 {
+        cluster.restart(index);
+    }
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let all_window = window(from, Utc::now());
+    let report = finish(&mut cluster, &["tick"], &[all_window]).await;
+    cluster.verdict(&report).await;
+}
+
+#[tokio::test]
+async fn the_job_file_changes_on_every_replica_while_the_leader_is_killed() {
+    let before = r#"
+jobs:
+  - name: stays
+    schedule: "* * * * * *"
+    shell: WITNESS
+  - name: removed
+    schedule: "* * * * * *"
+    shell: WITNESS
+  - name: rescheduled
+    schedule: "* * * * * *"
+    shell: WITNESS
+"#;
+    let after = r#"
+jobs:
+  - name: stays
+    schedule: "* * * * * *"
+    shell: WITNESS
+  - name: added
+    schedule: "* * * * * *"
+    shell: WITNESS
+  - name: rescheduled
+    schedule: "*/2 * * * * *"
+    shell: WITNESS
+"#;
+    let mut cluster = Cluster::start(3, before).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 6).await;
+    cluster.event("new job file and SIGKILL the leader");
+    cluster.write_jobs(after);
+    let changed = Utc::now();
+    let fault_at = Instant::now();
+    cluster.kill(leader);
+    handover_after(&cluster, fault_at, term, Duration::from_secs(15)).await;
+    let settled = changed + chrono::Duration::seconds(4);
+    wait_for("the new file in force", Duration::from_secs(20), || async {
+        cluster.witness().iter().any(|w| w.job == "added" && w.slot > settled)
+    })
+    .await;
+    let_it_tick(&cluster, 6).await;
+    let witness = cluster.witness();
+    assert!(!witness.iter().any(|w| w.job == "removed" && w.slot > settled), "a removed job fired");
+    let odd: Vec<_> =
+        witness.iter().filter(|w| w.job == "rescheduled" && w.slot > settled && w.slot.timestamp() % 2 != 0).collect();
+    assert!(odd.is_empty(), "the rescheduled job fired on its old schedule: {odd:?}");
+
+    // An invalid file changes nothing.
+    cluster.event("invalid job file");
+    std::fs::write(&cluster.jobs_path, "jobs:\n  - name: [broken\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let invalid_at = Utc::now();
+    let_it_tick(&cluster, 4).await;
+    assert!(
+        cluster.witness().iter().any(|w| w.job == "added" && w.slot > invalid_at),
+        "the last good file keeps running"
+    );
+    cluster.write_jobs(after);
+    restart_killed(&mut cluster, leader);
+    let report = finish(&mut cluster, &["stays"], &[window(changed, settled)]).await;
+    cluster.verdict(&report).await;
+}
+
+fn restart_killed(cluster: &mut Cluster, index: usize) {
+    if !cluster.is_up(index) {
+        cluster.restart(index);
+    }
+}
+
+/// A run that outlives its leader's lease: the cut-off leader stops and records it, and `forbid`
+/// keeps the new leader from starting an overlapping run until then.
+#[tokio::test]
+async fn a_long_run_whose_leader_is_cut_from_etcd_is_stopped_before_another_starts() {
+    let jobs = r#"
+jobs:
+  - name: long
+    schedule: "* * * * * *"
+    concurrency: forbid
+    shell: 'WITNESS; sleep 3'
+"#;
+    let mut cluster = Cluster::start_with(3, jobs, with_proxies(&[])).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    wait_for("a long run going", Duration::from_secs(10), || async {
+        cluster.ledger().await.iter().any(|r| r.job == "long" && r.status == "running" && r.term == term)
+    })
+    .await;
+    cluster.event("blackhole the leader <-> etcd during a long run");
+    let fault_at = Instant::now();
+    cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Blackhole);
+    handover_after(&cluster, fault_at, term, Duration::from_secs(20)).await;
+    let_it_tick(&cluster, 2).await;
+    cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Pass);
+
+    let ledger = cluster.ledger().await;
+    let old: Vec<_> = ledger.iter().filter(|r| r.job == "long" && r.term == term && r.status != "skipped").collect();
+    let last_old = old.iter().max_by_key(|r| r.slot).unwrap();
+    assert_eq!(last_old.status, "killed", "the cut-off leader stopped and recorded its run: {last_old:?}");
+    assert!(last_old.error.as_deref().unwrap_or("").contains("leadership"), "{last_old:?}");
+    let first_new = ledger
+        .iter()
+        .filter(|r| r.job == "long" && r.term > term && r.status != "skipped")
+        .min_by_key(|r| r.started_at)
+        .expect("the new leader ran the job");
+    assert!(
+        first_new.started_at.unwrap() >= last_old.finished_at.unwrap(),
+        "runs overlapped: old {last_old:?} new {first_new:?}"
+    );
+    let report = finish(&mut cluster, &[], &[]).await;
+    cluster.verdict(&report).await;
+}
