@@ -246,10 +246,16 @@ pub fn parse(text: &str, file: &str) -> Result<JobSet, ConfigErrors> {
         );
         return Err(ConfigErrors(ctx.errors));
     }
+    const MAX_DEPTH: usize = 16;
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_nodes: 20 * MAX_JOBS + 1_000,
             max_events: 40 * MAX_JOBS + 10_000,
+            // A job file nests six deep at most (jobs, job, http, headers). Each level costs the
+            // deserializer a deep stack frame: about 50 levels overflow a 2 MiB thread stack
+            // (tokio's workers, where reloads parse) in a debug build.
+            max_depth: MAX_DEPTH,
+            flow_nesting_limit: MAX_DEPTH,
         },
     };
     let root: Option<Spanned<Node>> = match serde_saphyr::from_str_with_options(text, options) {
@@ -258,6 +264,11 @@ pub fn parse(text: &str, file: &str) -> Result<JobSet, ConfigErrors> {
             let (line, column) = error.location().map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
             let message = error.without_snippet().to_string();
             let message = message.lines().next().unwrap_or("invalid YAML").to_owned();
+            let message = if message.contains("recursion limit") || message.contains("depth limit") {
+                format!("nested deeper than {MAX_DEPTH} levels; a job file needs at most 6")
+            } else {
+                message
+            };
             ctx.error_at(line as u32, column as u32, None, message);
             return Err(ConfigErrors(ctx.errors));
         }
@@ -1168,5 +1179,23 @@ mod schema_tests {
         assert_eq!(job, set(JOB_KEYS));
         assert_eq!(keys(&defs["job"]["properties"]["http"]), set(HTTP_KEYS));
         assert_eq!(keys(&defs["policies"]["properties"]["retries"]), set(RETRY_KEYS));
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    /// Deep nesting is refused by the parser's budget before it can exhaust a 2 MiB stack (the
+    /// size of tokio's worker threads and of this test's thread).
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        for depth in [17, 64, 1_000, 50_000] {
+            for (open, close) in [("{a: ", "}"), ("[", "]")] {
+                let text = format!("jobs:\n  - name: x\n    env: {}{}", open.repeat(depth), close.repeat(depth));
+                let errors = super::parse(&text, "deep.yaml").unwrap_err();
+                assert!(errors.to_string().contains("depth") || errors.to_string().contains("nest"), "{errors}");
+            }
+        }
+        let block: String = (0..200).map(|i| format!("{}k{i}:\n", "  ".repeat(i))).collect();
+        assert!(super::parse(&block, "deep.yaml").is_err());
     }
 }

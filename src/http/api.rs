@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -17,8 +19,11 @@ use super::view::{self, ClusterView, JobView, RunBrief, RunView, TermView};
 use super::{AppState, Problem};
 use crate::store::{RunCursor, RunStatus, TriggerRecord};
 
+/// The largest request body the API reads (a trigger's optional JSON).
+const BODY_LIMIT: usize = 16 * 1024;
+
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    let api = Router::new()
         .route("/api/jobs", get(jobs))
         .route("/api/jobs/{name}", get(job))
         .route("/api/jobs/{name}/runs", get(job_runs))
@@ -29,6 +34,15 @@ pub fn routes() -> Router<AppState> {
         .route("/api/cluster", get(cluster))
         .route("/api/terms", get(terms))
         .route("/api/openapi.json", get(openapi))
+        .route(
+            "/api/{*rest}",
+            axum::routing::any(|| async { Problem::not_found("no such API endpoint; see /api/openapi.json") }),
+        )
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    // Wrong methods answer in the API's own error format too.
+    api.method_not_allowed_fallback(|| async {
+        Problem::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", "see /api/openapi.json for the methods")
+    })
 }
 
 pub(super) async fn jobs_view(state: &AppState) -> Result<Vec<JobView>, Problem> {
@@ -161,8 +175,13 @@ async fn job_runs(
     Ok(Json(run_page(&state, &name, &query).await?))
 }
 
-async fn run(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<RunView>, Problem> {
+async fn run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<RunView>, Problem> {
     state.auth.read(&headers)?;
+    let Path(id) = id.map_err(|_| Problem::bad_request("a run id is a number"))?;
     Ok(Json(run_view(&state, id).await?))
 }
 
@@ -176,14 +195,37 @@ async fn terms(State(state): State<AppState>, headers: HeaderMap) -> Result<Json
     Ok(Json(terms_view(&state).await?))
 }
 
+/// A trigger's optional body: `{"idempotency_key": "..."}` (or the `Idempotency-Key` header).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    idempotency_key: Option<String>,
+}
+
 async fn trigger(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, Problem> {
     state.auth.mutate_api(&headers)?;
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
-    let trigger = request_trigger(&state, &name, key, "api").await?;
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload Too Large",
+            format!("the body is over {BODY_LIMIT} bytes"),
+        ),
+        _ => Problem::bad_request(rejection.body_text()),
+    })?;
+    let parsed: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TriggerBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|error| {
+            Problem::bad_request(format!("expected a JSON object such as {{\"idempotency_key\": \"...\"}}: {error}"))
+        })?
+    };
+    let header = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    let trigger = request_trigger(&state, &name, header.or(parsed.idempotency_key.as_deref()), "api").await?;
     Ok((StatusCode::ACCEPTED, Json(trigger)))
 }
 

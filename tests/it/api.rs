@@ -308,3 +308,49 @@ async fn protected_reads_need_the_token_but_health_and_metrics_stay_open() {
         assert_eq!(get(&f.state, uri).await.status, StatusCode::OK, "{uri}");
     }
 }
+
+#[tokio::test]
+async fn malformed_requests_get_clear_problems_and_change_nothing() {
+    let f = fixture(false).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let trigger = |body: Body| post("/api/jobs/tick/trigger", Some(&bearer)).body(body).unwrap();
+    let problem = |answer: &Answer, status: StatusCode, needle: &str| {
+        assert_eq!(answer.status, status, "{}", answer.body);
+        assert_eq!(answer.content_type, "application/problem+json", "{}", answer.body);
+        let detail = answer.json()["detail"].as_str().unwrap_or_default().to_owned();
+        assert!(detail.contains(needle), "{detail:?} lacks {needle:?}");
+    };
+    problem(&send(&f.state, trigger(Body::from("{not json"))).await, StatusCode::BAD_REQUEST, "expected a JSON object");
+    problem(
+        &send(&f.state, trigger(Body::from(r#"{"idempotency_key": "k", "extra": 1}"#))).await,
+        StatusCode::BAD_REQUEST,
+        "unknown field",
+    );
+    problem(&send(&f.state, trigger(Body::from(vec![b'x'; 100_000]))).await, StatusCode::PAYLOAD_TOO_LARGE, "bytes");
+    let wrong_method = send(&f.state, Request::get("/api/jobs/tick/trigger").body(Body::empty()).unwrap()).await;
+    problem(&wrong_method, StatusCode::METHOD_NOT_ALLOWED, "methods");
+    let delete = send(&f.state, Request::delete("/api/jobs").body(Body::empty()).unwrap()).await;
+    problem(&delete, StatusCode::METHOD_NOT_ALLOWED, "methods");
+    problem(&get(&f.state, "/api/nope").await, StatusCode::NOT_FOUND, "openapi");
+    problem(&get(&f.state, "/api/runs/abc").await, StatusCode::BAD_REQUEST, "number");
+    for tricky in ["/api/jobs/..%2F..%2Fetc%2Fpasswd/runs", "/api/jobs/%00/runs", "/api/jobs/tick%20/runs"] {
+        problem(&get(&f.state, tricky).await, StatusCode::NOT_FOUND, "no job");
+    }
+    let tricky_trigger =
+        send(&f.state, post("/api/jobs/..%2Ftick/trigger", Some(&bearer)).body(Body::empty()).unwrap()).await;
+    problem(&tricky_trigger, StatusCode::NOT_FOUND, "no job");
+    problem(
+        &send(&f.state, post("/api/jobs/tick/pause", Some("Bearer wrong")).body(Body::empty()).unwrap()).await,
+        StatusCode::UNAUTHORIZED,
+        "Bearer",
+    );
+
+    // Nothing was recorded by any of that.
+    assert!(f.store.pending_triggers().await.unwrap().is_empty());
+    assert!(f.store.job_controls().await.unwrap().is_empty());
+
+    // The body's key is used like the header's.
+    let keyed = send(&f.state, trigger(Body::from(r#"{"idempotency_key": "body-key"}"#))).await;
+    assert_eq!(keyed.status, StatusCode::ACCEPTED, "{}", keyed.body);
+    assert_eq!(keyed.json()["idempotency_key"], "body-key");
+}

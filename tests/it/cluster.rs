@@ -14,7 +14,7 @@ use tenure::election::Keys;
 use tenure::store::{RunRecord, Store, TermRecord};
 
 use crate::checker::{Report, Witness};
-use crate::harness::{Etcd, Postgres, free_port, wait_for, wait_until};
+use crate::harness::{Etcd, EtcdCluster, Postgres, free_port, wait_for, wait_until};
 use crate::proxy::Proxy;
 
 /// The admin token every test replica is started with.
@@ -67,10 +67,14 @@ pub struct Options {
     pub proxies: bool,
     /// Extra environment for every replica (test switches).
     pub env: Vec<(String, String)>,
+    /// Run on an etcd cluster of this many members instead of a single one (no etcd proxies).
+    pub etcd_members: usize,
 }
 
 pub struct Cluster {
     pub etcd: Etcd,
+    /// The multi-member etcd the replicas use when `Options::etcd_members` > 1.
+    pub etcd_cluster: Option<EtcdCluster>,
     pub pg: Postgres,
     pub database_url: String,
     pub dir: TempDir,
@@ -108,8 +112,13 @@ impl Cluster {
         fs::write(&jobs_path, jobs_yaml.replace("WITNESS", &witness_command(&witness_path))).unwrap();
         let pool = tenure::store::connect(&database_url).await.unwrap();
         tenure::store::migrate(&pool).await.unwrap();
+        let etcd_cluster = match options.etcd_members {
+            0 | 1 => None,
+            members => Some(EtcdCluster::start(members).await),
+        };
         let mut cluster = Cluster {
             etcd,
+            etcd_cluster,
             pg,
             database_url,
             dir,
@@ -148,9 +157,10 @@ impl Cluster {
 
     fn spawn(&self, replica: &mut Replica) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&replica.log).unwrap();
-        let etcd_url = match &replica.etcd_proxy {
-            Some(proxy) => format!("http://127.0.0.1:{}", proxy.port()),
-            None => self.etcd.client_url(),
+        let etcd_url = match (&replica.etcd_proxy, &self.etcd_cluster) {
+            (Some(proxy), _) => format!("http://127.0.0.1:{}", proxy.port()),
+            (None, Some(members)) => members.client_urls().join(","),
+            (None, None) => self.etcd.client_url(),
         };
         let database_url = match &replica.pg_proxy {
             Some(proxy) => self.database_url.replace(&format!(":{}/", self.pg.port()), &format!(":{}/", proxy.port())),
@@ -328,7 +338,11 @@ impl Cluster {
             (0..self.replicas.len()).filter(|&i| self.is_up(i)).map(|i| self.replicas[i].node.clone()).collect();
         let keys = Keys::new(&self.election);
         let clean = wait_until(timeout, || async {
-            let Ok(mut client) = etcd_client::Client::connect([self.etcd.client_url()], None).await else {
+            let urls = match &self.etcd_cluster {
+                Some(members) => members.client_urls(),
+                None => vec![self.etcd.client_url()],
+            };
+            let Ok(mut client) = etcd_client::Client::connect(urls, None).await else {
                 return false;
             };
             let prefix = format!("{}/", keys.election());

@@ -22,7 +22,11 @@ jobs:
 "#;
 
 fn with_proxies(env: &[(&str, &str)]) -> Options {
-    Options { proxies: true, env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect() }
+    Options {
+        proxies: true,
+        env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        etcd_members: 1,
+    }
 }
 
 async fn let_it_tick(cluster: &Cluster, count: usize) {
@@ -429,5 +433,32 @@ jobs:
         "runs overlapped: old {last_old:?} new {first_new:?}"
     );
     let report = finish(&mut cluster, &[], &[]).await;
+    cluster.verdict(&report).await;
+}
+
+#[tokio::test]
+async fn the_etcd_leader_of_a_three_member_cluster_is_killed_and_restarted() {
+    let options = Options { etcd_members: 3, ..Options::default() };
+    let mut cluster = Cluster::start_with(3, TICK, options).await;
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let_it_tick(&cluster, 3).await;
+    let members = cluster.etcd_cluster.as_mut().unwrap();
+    let etcd_leader = members.leader().await.expect("an etcd leader");
+    cluster.event(format!("SIGKILL etcd member {etcd_leader}, the raft leader"));
+    let from = Utc::now();
+    cluster.etcd_cluster.as_mut().unwrap().kill(etcd_leader);
+    let fault_at = Instant::now();
+    wait_for("a new etcd leader", Duration::from_secs(10), || async {
+        cluster.etcd_cluster.as_ref().unwrap().leader().await.is_some_and(|leader| leader != etcd_leader)
+    })
+    .await;
+    eprintln!("etcd raft leader replaced after {:?}", fault_at.elapsed());
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    eprintln!("tenure leader after the etcd leader's death: {} (term {term})", cluster.replicas[leader].node);
+    let_it_tick(&cluster, 3).await;
+    cluster.event("restart the killed etcd member");
+    cluster.etcd_cluster.as_mut().unwrap().restart(etcd_leader);
+    let_it_tick(&cluster, 3).await;
+    let report = finish(&mut cluster, &["tick"], &[window(from, from + chrono::Duration::seconds(5))]).await;
     cluster.verdict(&report).await;
 }

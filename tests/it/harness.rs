@@ -193,6 +193,127 @@ impl Drop for Etcd {
     }
 }
 
+/// A three-member (or n-member) etcd cluster on loopback, for killing the etcd leader.
+pub struct EtcdCluster {
+    dir: TempDir,
+    members: Vec<EtcdMember>,
+}
+
+struct EtcdMember {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl EtcdCluster {
+    pub async fn start(size: usize) -> EtcdCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let members = (0..size)
+            .map(|i| EtcdMember {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let mut cluster = EtcdCluster { dir, members };
+        for index in 0..size {
+            cluster.spawn(index);
+        }
+        let urls = cluster.client_urls();
+        wait_for("the etcd cluster to answer", Duration::from_secs(30), || async {
+            let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(300));
+            let Ok(Ok(mut client)) =
+                tokio::time::timeout(Duration::from_secs(1), etcd_client::Client::connect(&urls, Some(options))).await
+            else {
+                return false;
+            };
+            matches!(tokio::time::timeout(Duration::from_secs(1), client.put("ready", "1", None)).await, Ok(Ok(_)))
+        })
+        .await;
+        cluster
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let initial: Vec<String> =
+            self.members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect();
+        let member = &self.members[index];
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", member.name)))
+            .unwrap();
+        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let peer = format!("http://127.0.0.1:{}", member.peer_port);
+        let child = Command::new("etcd")
+            .arg(format!("--name={}", member.name))
+            .arg(format!("--data-dir={}", self.dir.path().join(&member.name).display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={}", initial.join(",")))
+            .arg("--initial-cluster-state=new")
+            .arg("--election-timeout=300")
+            .arg("--heartbeat-interval=30")
+            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.members[index].child = Some(child);
+    }
+
+    pub fn client_urls(&self) -> Vec<String> {
+        self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect()
+    }
+
+    /// The member that is the raft leader now, as the members themselves report it.
+    pub async fn leader(&self) -> Option<usize> {
+        for (index, member) in self.members.iter().enumerate() {
+            if member.child.is_none() {
+                continue;
+            }
+            let url = format!("http://127.0.0.1:{}", member.client_port);
+            let attempt = async {
+                let mut client = etcd_client::Client::connect([url], None).await.ok()?;
+                let status = client.status().await.ok()?;
+                let own = status.header()?.member_id();
+                Some(status.leader() == own)
+            };
+            if let Ok(Some(true)) = tokio::time::timeout(Duration::from_secs(1), attempt).await {
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    pub fn kill(&mut self, index: usize) {
+        reap(&mut self.members[index].child);
+    }
+
+    /// Start a killed member again on its data directory (it rejoins the cluster).
+    pub fn restart(&mut self, index: usize) {
+        reap(&mut self.members[index].child);
+        self.spawn_existing(index);
+    }
+
+    fn spawn_existing(&mut self, index: usize) {
+        // Same flags; with a data directory present, etcd ignores the initial-cluster settings.
+        self.spawn(index);
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            reap(&mut member.child);
+        }
+    }
+}
+
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Run a PostgreSQL tool directly as the unprivileged `postgres` user when we are root (initdb

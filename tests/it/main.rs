@@ -3,6 +3,8 @@
 
 /// The API and the pages through the router, without a socket.
 mod api;
+/// Random, mutated and malformed input: never a panic, always a clear error.
+mod bad_input;
 /// Verdicts over witness and ledger.
 mod checker;
 /// The command line on the example and the broken fixtures.
