@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::{self, ClockCheck};
 use crate::config::{self, JobSet};
 use crate::election::{self, ClusterSnapshot, Election, ElectionConfig, Keys, Member};
 use crate::http::{self, AppState, Auth};
@@ -75,12 +76,15 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         cluster_tx,
         registry_shutdown.clone(),
     ));
+    let (clock_tx, clock_rx) = watch::channel(ClockCheck { skew_ms: None });
+    tasks.spawn(clock::watch_skew(store.clone(), clock_tx, registry_shutdown.clone()));
     tasks.spawn(
         Election::new(
             etcd.clone(),
             ElectionConfig { keys, node_id: settings.node_id.clone(), lease_ttl: settings.lease_ttl },
             leadership_tx,
         )
+        .with_clock_guard(clock_rx.clone())
         .run(shutdown.clone()),
     );
     let wiring = Wiring {
@@ -88,6 +92,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         leadership: leadership_rx,
         members: members_rx,
         cluster: cluster_rx,
+        clock: clock_rx,
         etcd: Some(etcd),
         tasks,
         registry_shutdown,
@@ -142,11 +147,14 @@ pub async fn dev(settings: DevSettings, listener: TcpListener, shutdown: Cancell
         cluster_tx,
         registry_shutdown.clone(),
     ));
+    let (clock_tx, clock_rx) = watch::channel(ClockCheck { skew_ms: None });
+    tasks.spawn(clock::watch_skew(store.clone(), clock_tx, registry_shutdown.clone()));
     let wiring = Wiring {
         store,
         leadership: leadership_rx,
         members: members_rx,
         cluster: cluster_rx,
+        clock: clock_rx,
         etcd: None,
         tasks,
         registry_shutdown,
@@ -187,6 +195,7 @@ struct Wiring {
     leadership: watch::Receiver<Leadership>,
     members: watch::Receiver<Vec<Member>>,
     cluster: watch::Receiver<ClusterSnapshot>,
+    clock: watch::Receiver<ClockCheck>,
     etcd: Option<etcd_client::Client>,
     tasks: TaskTracker,
     /// Stops the registration after the scheduler has drained.
@@ -225,7 +234,7 @@ impl Replica {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let Wiring { store, leadership, members, cluster, etcd, tasks, registry_shutdown } = wiring;
+        let Wiring { store, leadership, members, cluster, clock, etcd, tasks, registry_shutdown } = wiring;
         let (jobs_tx, jobs_rx) = watch::channel(self.jobs);
         tasks.spawn(prune_ledger(store.clone(), retain, leadership.clone(), shutdown.clone()));
         tasks.spawn(watch_job_file(jobs_path.to_owned(), jobs_tx, self.member_tx, shutdown.clone()));
@@ -241,7 +250,7 @@ impl Replica {
         let http_shutdown = CancellationToken::new();
         let server = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));
 
-        let scheduler = Scheduler::new(store, self.node_id, jobs_rx, leadership, members, shutdown_grace);
+        let scheduler = Scheduler::new(store, self.node_id, jobs_rx, leadership, members, clock, shutdown_grace);
         scheduler.run(shutdown.clone()).await;
         registry_shutdown.cancel();
         tasks.close();

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::ClockCheck;
 use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
 
 /// How long a single unary etcd request may take before we treat etcd as unreachable.
@@ -65,11 +66,18 @@ pub struct Election {
     client: Client,
     config: ElectionConfig,
     leadership: watch::Sender<Leadership>,
+    clock: Option<watch::Receiver<ClockCheck>>,
 }
 
 impl Election {
     pub fn new(client: Client, config: ElectionConfig, leadership: watch::Sender<Leadership>) -> Election {
-        Election { client, config, leadership }
+        Election { client, config, leadership, clock: None }
+    }
+
+    /// Campaign only while this replica's clock agrees with the database's.
+    pub fn with_clock_guard(mut self, clock: watch::Receiver<ClockCheck>) -> Election {
+        self.clock = Some(clock);
+        self
     }
 
     /// Campaign until `shutdown` is cancelled; on the way out resign at once so a follower takes
@@ -78,6 +86,16 @@ impl Election {
         metrics::gauge!("tenure_is_leader").set(0.0);
         let retry_delay = (self.config.lease_ttl / 4).max(Duration::from_millis(200));
         while !shutdown.is_cancelled() {
+            if let Some(clock) = self.clock.as_mut() {
+                if !clock.borrow_and_update().ok() {
+                    tracing::warn!("not campaigning while the clock is skewed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        _ = clock.wait_for(ClockCheck::ok) => {}
+                    }
+                    continue;
+                }
+            }
             if let Err(error) = self.one_term(&shutdown).await {
                 tracing::warn!(error = format!("{error:#}"), "election round failed; retrying");
                 self.publish_follower();

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::{ClockCheck, StepDetector};
 use crate::config::{CatchUp, Concurrency, Job, JobSet};
 use crate::election::Member;
 use crate::executor::{self, OutputTail, RunContext};
@@ -45,6 +46,8 @@ pub struct Scheduler {
     jobs: watch::Receiver<Arc<JobSet>>,
     leadership: watch::Receiver<Leadership>,
     members: watch::Receiver<Vec<Member>>,
+    /// This replica's clock against the database's; a skewed clock does not fire.
+    clock: watch::Receiver<ClockCheck>,
     http: reqwest::Client,
     shutdown_grace: Duration,
     runs: TaskTracker,
@@ -101,6 +104,7 @@ enum Wake {
     Due,
     Reap,
     Heartbeat,
+    ClockChanged,
 }
 
 /// Records the term's last heartbeat when the term's loop ends (resign, step-down, shutdown).
@@ -123,6 +127,7 @@ impl Scheduler {
         jobs: watch::Receiver<Arc<JobSet>>,
         leadership: watch::Receiver<Leadership>,
         members: watch::Receiver<Vec<Member>>,
+        clock: watch::Receiver<ClockCheck>,
         shutdown_grace: Duration,
     ) -> Scheduler {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
@@ -132,6 +137,7 @@ impl Scheduler {
             jobs,
             leadership,
             members,
+            clock,
             http: reqwest::Client::new(),
             shutdown_grace,
             runs: TaskTracker::new(),
@@ -186,9 +192,15 @@ impl Scheduler {
     /// One term: raise the fence, catch up, then fire on time until the term ends.
     async fn lead(&mut self, leader: &LeaderTerm, shutdown: &CancellationToken) {
         let term = &leader.term;
+        if !self.clock.borrow_and_update().ok() {
+            tracing::error!(term = term.revision(), "won the election with a skewed clock; stepping down");
+            leader.step_down.cancel();
+            return;
+        }
         if !self.begin_term(leader, shutdown).await {
             return;
         }
+        let mut steps = StepDetector::default();
         let Some(mut states) = self.load_states(leader, shutdown).await else {
             return;
         };
@@ -239,6 +251,9 @@ impl Scheduler {
                 () = sleep_until_or_forever(wake_at) => Wake::Due,
                 () = tokio::time::sleep_until(next_reap) => Wake::Reap,
                 () = tokio::time::sleep_until(next_heartbeat) => Wake::Heartbeat,
+                changed = self.clock.changed() => {
+                    if changed.is_err() { Wake::Shutdown } else { Wake::ClockChanged }
+                }
             };
             match wake {
                 Wake::Shutdown => return,
@@ -259,6 +274,15 @@ impl Scheduler {
                 Wake::RunFinished(key) => {
                     self.own_runs.remove(&key);
                 }
+                Wake::ClockChanged => {
+                    let check = *self.clock.borrow_and_update();
+                    if !check.ok() {
+                        tracing::error!(skew_ms = ?check.skew_ms, "clock skewed against the database; stepping down");
+                        metrics::counter!("tenure_clock_step_downs_total").increment(1);
+                        leader.step_down.cancel();
+                        return;
+                    }
+                }
                 Wake::Heartbeat => {
                     if let Err(error) = self.store.term_alive(term, Utc::now()).await {
                         tracing::debug!(%error, "could not record the term heartbeat");
@@ -273,6 +297,13 @@ impl Scheduler {
                     if !leader.lease.is_valid() {
                         // The election notices too and publishes Follower; fire nothing meanwhile.
                         continue;
+                    }
+                    if let Some(step) = steps.step() {
+                        // Firing now would catch up (or skip) slots by a clock that just jumped.
+                        tracing::error!(step_ms = step.num_milliseconds(), "the wall clock stepped; stepping down");
+                        metrics::counter!("tenure_clock_step_downs_total").increment(1);
+                        leader.step_down.cancel();
+                        return;
                     }
                     let now = Utc::now();
                     while let Some(Reverse((slot, index))) = due.peek().copied() {

@@ -290,6 +290,9 @@ pub trait Ledger: Send + Sync {
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), sqlx::Error>;
 
+    /// The database server's wall clock: the reference every replica's clock is checked against.
+    async fn clock(&self) -> Result<DateTime<Utc>, sqlx::Error>;
+
     /// Raise the fence to `term` and record it in the terms history, atomically. Must succeed
     /// before the first claim of a term. Idempotent for the same term.
     async fn begin_term(&self, term: &Term, node: &str) -> Result<(), FenceError>;

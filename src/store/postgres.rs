@@ -88,6 +88,10 @@ impl Ledger for Postgres {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
     }
 
+    async fn clock(&self) -> Result<DateTime<Utc>, sqlx::Error> {
+        sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&self.pool).await
+    }
+
     /// Raise the fence to `term` and record it in the terms history, in one transaction. Must
     /// succeed before the first claim of a term. Idempotent for the same term.
     async fn begin_term(&self, term: &Term, node: &str) -> Result<(), FenceError> {

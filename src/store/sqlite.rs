@@ -117,6 +117,11 @@ impl Ledger for Sqlite {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
     }
 
+    /// SQLite runs in this process: its clock is ours.
+    async fn clock(&self) -> Result<DateTime<Utc>, sqlx::Error> {
+        Ok(Utc::now())
+    }
+
     async fn begin_term(&self, term: &Term, node: &str) -> Result<(), FenceError> {
         let mut tx = self.pool.begin().await?;
         let raised = sqlx::query(

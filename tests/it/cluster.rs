@@ -65,7 +65,8 @@ impl Drop for Replica {
 pub struct Options {
     /// Put a fault proxy between each replica and etcd, and each replica and PostgreSQL.
     pub proxies: bool,
-    /// Extra environment for every replica (test switches).
+    /// Extra environment for every replica (test switches); `{node}` in a value becomes the
+    /// replica's node id.
     pub env: Vec<(String, String)>,
     /// Run on an etcd cluster of this many members instead of a single one (no etcd proxies).
     pub etcd_members: usize,
@@ -171,7 +172,7 @@ impl Cluster {
             .arg(&self.jobs_path)
             .args(["--etcd", &etcd_url])
             .args(["--database-url", &database_url])
-            .envs(self.options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.options.env.iter().map(|(k, v)| (k.clone(), v.replace("{node}", &replica.node))))
             .args(["--node-id", &replica.node])
             .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
             .args(["--lease-ttl", &format!("{}s", TTL.as_secs())])

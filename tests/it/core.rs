@@ -71,6 +71,8 @@ async fn sigkill_of_the_leader_hands_over_within_the_lease() {
     let report =
         check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
     report.assert_clean(&cluster.logs());
+    // (e) healed: one leader all replicas agree on, no election keys of gone candidates.
+    cluster.assert_healed(Duration::from_secs(20)).await;
 }
 
 #[tokio::test]
@@ -103,6 +105,8 @@ async fn sigterm_of_the_leader_hands_over_at_once_and_misses_nothing() {
     let report =
         check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: false });
     report.assert_clean(&format!("{}\n{}", seconds(from, until), cluster.logs()));
+    // (e) healed: one leader all replicas agree on, no election keys of gone candidates.
+    cluster.assert_healed(Duration::from_secs(20)).await;
 }
 
 #[tokio::test]
@@ -129,6 +133,8 @@ async fn a_leader_paused_past_its_lease_executes_nothing_after_resuming() {
     let report =
         check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
     report.assert_clean(&cluster.logs());
+    // (e) healed: one leader all replicas agree on, no election keys of gone candidates.
+    cluster.assert_healed(Duration::from_secs(20)).await;
     assert_eq!(cluster.leaders().await.len(), 1, "one leader after the pause");
 }
 
@@ -153,6 +159,8 @@ async fn postgres_restarted_mid_run_causes_no_duplicate_and_every_claim_ends() {
     assert!(unfinished.is_empty(), "claimed runs without a final status: {unfinished:?}");
     let report = check(&witness, &ledger, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
     report.assert_clean(&cluster.logs());
+    // (e) healed: one leader all replicas agree on, no election keys of gone candidates.
+    cluster.assert_healed(Duration::from_secs(20)).await;
 }
 
 #[tokio::test]
@@ -175,6 +183,8 @@ async fn etcd_restarted_briefly_and_for_longer_than_the_lease() {
     let report =
         check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
     report.assert_clean(&cluster.logs());
+    // (e) healed: one leader all replicas agree on, no election keys of gone candidates.
+    cluster.assert_healed(Duration::from_secs(20)).await;
 }
 
 #[tokio::test]

@@ -21,6 +21,12 @@ jobs:
     timeout: 10s
 "#;
 
+/// `TENURE_SOAK=N` runs every repeated fault N times as often, for a longer run by hand
+/// (`TENURE_SOAK=20 cargo test --features testing --test it faults::`); CI runs N = 1.
+fn soak() -> u32 {
+    std::env::var("TENURE_SOAK").ok().and_then(|n| n.parse().ok()).filter(|&n| n >= 1).unwrap_or(1)
+}
+
 fn with_proxies(env: &[(&str, &str)]) -> Options {
     Options {
         proxies: true,
@@ -92,7 +98,7 @@ fn window(from: DateTime<Utc>, until: DateTime<Utc>) -> (DateTime<Utc>, DateTime
 async fn sigkill_of_the_leader_ten_times_at_random_phases() {
     let mut cluster = Cluster::start(3, TICK).await;
     let mut times = Vec::new();
-    for round in 0..10u32 {
+    for round in 0..10 * soak() {
         let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
         let_it_tick(&cluster, 1).await;
         // A phase within the second that differs every round: before, at and after slots.
@@ -199,7 +205,8 @@ async fn a_leader_paused_past_its_lease_with_self_fencing_off_is_refused_by_the_
 #[tokio::test]
 async fn a_leader_cut_from_etcd_by_blackhole_reset_or_delay_steps_down() {
     let mut cluster = Cluster::start_with(3, TICK, with_proxies(&[])).await;
-    for fault in [Fault::Blackhole, Fault::Reset, Fault::Delay { ms: 3 * TTL.as_millis() as u64, jitter: 200 }] {
+    let faults = [Fault::Blackhole, Fault::Reset, Fault::Delay { ms: 3 * TTL.as_millis() as u64, jitter: 200 }];
+    for fault in faults.into_iter().cycle().take(3 * soak() as usize) {
         let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
         let_it_tick(&cluster, 2).await;
         let node = cluster.replicas[leader].node.clone();
@@ -460,5 +467,54 @@ async fn the_etcd_leader_of_a_three_member_cluster_is_killed_and_restarted() {
     cluster.etcd_cluster.as_mut().unwrap().restart(etcd_leader);
     let_it_tick(&cluster, 3).await;
     let report = finish(&mut cluster, &["tick"], &[window(from, from + chrono::Duration::seconds(5))]).await;
+    cluster.verdict(&report).await;
+}
+
+/// libfaketime steps one replica's wall clock (not its monotonic clock) while it runs.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[tokio::test]
+async fn the_leaders_wall_clock_steps_an_hour_forward_then_an_hour_back() {
+    let clocks = tempfile::tempdir().unwrap();
+    for node in ["node-0", "node-1", "node-2"] {
+        std::fs::write(clocks.path().join(node), "+0\n").unwrap();
+    }
+    let clock_file = clocks.path().join("{node}").display().to_string();
+    let env = [
+        ("LD_PRELOAD", LIBFAKETIME),
+        ("FAKETIME_TIMESTAMP_FILE", clock_file.as_str()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let options =
+        Options { env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(), ..Options::default() };
+    let mut cluster = Cluster::start_with(3, TICK, options).await;
+    let mut windows = Vec::new();
+    for step in ["+3600", "-3600"] {
+        let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
+        let_it_tick(&cluster, 2).await;
+        let node = cluster.replicas[leader].node.clone();
+        cluster.event(format!("step {node}'s wall clock by {step} s"));
+        let from = Utc::now();
+        let fault_at = Instant::now();
+        std::fs::write(clocks.path().join(&node), format!("{step}\n")).unwrap();
+        let handover = handover_after(&cluster, fault_at, term, Duration::from_secs(20)).await;
+        eprintln!(
+            "clock step {step} s: new leader after {:?}, first run after {:?}",
+            handover.to_leader, handover.to_first_run
+        );
+        assert_ne!(handover.new_leader, leader, "the replica with the stepped clock led again");
+        let_it_tick(&cluster, 3).await;
+        assert!(!cluster.leaders().await.iter().any(|(index, _)| *index == leader), "a skewed replica leads");
+        // Nothing was claimed or recorded for slots that are not due yet.
+        let future: Vec<_> =
+            cluster.ledger().await.into_iter().filter(|r| r.slot > Utc::now() + chrono::Duration::seconds(5)).collect();
+        assert!(future.is_empty(), "slots from the future in the ledger: {future:?}");
+        cluster.event(format!("{node}'s clock back to normal"));
+        std::fs::write(clocks.path().join(&node), "+0\n").unwrap();
+        windows.push(window(from, Utc::now()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let report = finish(&mut cluster, &["tick"], &windows).await;
     cluster.verdict(&report).await;
 }
