@@ -14,6 +14,22 @@ pub fn ignore_refusals() -> bool {
     switch("TENURE_TEST_IGNORE_REFUSALS")
 }
 
+/// `TENURE_TEST_CLAIM_HOLD_MS`: every PostgreSQL claim stays uncommitted this long, holding
+/// the fence row `FOR SHARE`, so a test can pause the leader in the middle of a claim.
+pub fn claim_hold() -> Option<std::time::Duration> {
+    value("TENURE_TEST_CLAIM_HOLD_MS").and_then(|ms| ms.parse().ok()).map(std::time::Duration::from_millis)
+}
+
+#[cfg(feature = "testing")]
+fn value(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+#[cfg(not(feature = "testing"))]
+fn value(_name: &str) -> Option<String> {
+    None
+}
+
 #[cfg(feature = "testing")]
 fn switch(name: &str) -> bool {
     std::env::var_os(name).is_some()

@@ -138,30 +138,17 @@ impl Ledger for Postgres {
     /// A lost connection leaves the outcome unknown; retrying is safe because the (job, slot) key
     /// makes the insert idempotent, and a row already holding our term and node is our own claim.
     async fn claim_run(&self, claim: &Claim<'_>) -> Result<Claimed, ClaimError> {
-        let inserted = sqlx::query(
-            "WITH current_fence AS (
-                 SELECT term FROM fence WHERE id = 1 AND term <= $3 FOR SHARE
-             )
-             INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
-             SELECT $1, $2, $7, $3, $4, $5,
-                    CASE WHEN $6 AND EXISTS (
-                        SELECT 1 FROM runs WHERE job = $1 AND status = 'running'
-                    ) THEN 'skipped' ELSE 'running' END,
-                    $8
-             FROM current_fence
-             ON CONFLICT (job, slot) DO NOTHING
-             RETURNING id, status",
-        )
-        .bind(claim.job)
-        .bind(claim.slot)
-        .bind(claim.term.revision())
-        .bind(claim.node)
-        .bind(claim.config_hash)
-        .bind(claim.skip_if_running == SkipIfRunning::Yes)
-        .bind(claim.trigger.as_str())
-        .bind(claim.claimed_at)
-        .fetch_optional(&self.pool)
-        .await?;
+        let inserted = match crate::testing::claim_hold() {
+            None => claim_query(claim).fetch_optional(&self.pool).await?,
+            Some(hold) => {
+                // Failpoint: the claim stays uncommitted (holding the fence FOR SHARE) for `hold`.
+                let mut tx = self.pool.begin().await?;
+                let inserted = claim_query(claim).fetch_optional(&mut *tx).await?;
+                sqlx::query("SELECT pg_sleep($1)").bind(hold.as_secs_f64()).execute(&mut *tx).await?;
+                tx.commit().await?;
+                inserted
+            }
+        };
         if let Some(row) = inserted {
             let status: String = row.get("status");
             return Ok(Claimed {
@@ -553,6 +540,33 @@ impl Ledger for Postgres {
             })
             .collect())
     }
+}
+
+/// The fenced claim: one statement that reads the fence `FOR SHARE` and inserts the (job, slot)
+/// row only while the claim's term is not older than the fence.
+fn claim_query<'q>(claim: &'q Claim<'_>) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(
+        "WITH current_fence AS (
+             SELECT term FROM fence WHERE id = 1 AND term <= $3 FOR SHARE
+         )
+         INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
+         SELECT $1, $2, $7, $3, $4, $5,
+                CASE WHEN $6 AND EXISTS (
+                    SELECT 1 FROM runs WHERE job = $1 AND status = 'running'
+                ) THEN 'skipped' ELSE 'running' END,
+                $8
+         FROM current_fence
+         ON CONFLICT (job, slot) DO NOTHING
+         RETURNING id, status",
+    )
+    .bind(claim.job)
+    .bind(claim.slot)
+    .bind(claim.term.revision())
+    .bind(claim.node)
+    .bind(claim.config_hash)
+    .bind(claim.skip_if_running == SkipIfRunning::Yes)
+    .bind(claim.trigger.as_str())
+    .bind(claim.claimed_at)
 }
 
 fn run_record(row: &sqlx::postgres::PgRow) -> Result<RunRecord, sqlx::Error> {

@@ -56,11 +56,6 @@ impl Report {
             && self.stale_term_accepted.is_empty()
             && self.missing.is_empty()
     }
-
-    #[track_caller]
-    pub fn assert_clean(&self, context: &str) {
-        assert!(self.is_clean(), "guarantee broken: {self:#?}\n{context}");
-    }
 }
 
 /// Which slots the checker expects: every whole second of `jobs` in `[from, until]`.

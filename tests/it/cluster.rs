@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 use tempfile::TempDir;
 use tenure::election::Keys;
-use tenure::store::{RunRecord, Store, TermRecord};
+use tenure::store::{RunRecord, Store};
 
 use crate::checker::{Report, Witness};
 use crate::harness::{Etcd, EtcdCluster, Postgres, free_port, wait_for, wait_until};
@@ -293,10 +293,6 @@ impl Cluster {
 
     pub async fn ledger(&self) -> Vec<RunRecord> {
         self.store.all_runs().await.expect("read ledger")
-    }
-
-    pub async fn terms(&self) -> Vec<TermRecord> {
-        self.store.terms().await.expect("read terms")
     }
 
     /// Replace the job file (the replicas reload it within about a second).

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use nix::sys::signal::Signal;
 
 use crate::checker::{Expect, check};
@@ -27,13 +27,9 @@ async fn let_it_tick(cluster: &Cluster, count: usize) {
     .await;
 }
 
-fn seconds(from: DateTime<Utc>, until: DateTime<Utc>) -> String {
-    format!("{from} .. {until}")
-}
-
 #[tokio::test]
 async fn exactly_one_leader_fires_and_the_others_fire_nothing() {
-    let cluster = Cluster::start(3, TICK).await;
+    let mut cluster = Cluster::start(3, TICK).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
     let from = Utc::now() + chrono::Duration::seconds(1);
     let_it_tick(&cluster, 4).await;
@@ -45,7 +41,7 @@ async fn exactly_one_leader_fires_and_the_others_fire_nothing() {
     assert!(witness.iter().all(|w| &w.node == leader_node && w.term == term), "a follower fired: {witness:?}");
     let report =
         check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: false });
-    report.assert_clean(&cluster.logs());
+    cluster.verdict(&report).await;
 }
 
 #[tokio::test]
@@ -70,7 +66,7 @@ async fn sigkill_of_the_leader_hands_over_within_the_lease() {
     let until = witness.last().unwrap().slot;
     let report =
         check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
-    report.assert_clean(&cluster.logs());
+    cluster.verdict(&report).await;
     // (e) healed: one leader all replicas agree on, no election keys of gone candidates.
     cluster.assert_healed(Duration::from_secs(20)).await;
 }
@@ -104,14 +100,14 @@ async fn sigterm_of_the_leader_hands_over_at_once_and_misses_nothing() {
     let until = witness.last().unwrap().slot;
     let report =
         check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: false });
-    report.assert_clean(&format!("{}\n{}", seconds(from, until), cluster.logs()));
+    cluster.verdict(&report).await;
     // (e) healed: one leader all replicas agree on, no election keys of gone candidates.
     cluster.assert_healed(Duration::from_secs(20)).await;
 }
 
 #[tokio::test]
 async fn a_leader_paused_past_its_lease_executes_nothing_after_resuming() {
-    let cluster = Cluster::start(3, TICK).await;
+    let mut cluster = Cluster::start(3, TICK).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
     let_it_tick(&cluster, 2).await;
 
@@ -132,7 +128,7 @@ async fn a_leader_paused_past_its_lease_executes_nothing_after_resuming() {
     let until = witness.last().unwrap().slot;
     let report =
         check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
-    report.assert_clean(&cluster.logs());
+    cluster.verdict(&report).await;
     // (e) healed: one leader all replicas agree on, no election keys of gone candidates.
     cluster.assert_healed(Duration::from_secs(20)).await;
     assert_eq!(cluster.leaders().await.len(), 1, "one leader after the pause");
@@ -158,7 +154,7 @@ async fn postgres_restarted_mid_run_causes_no_duplicate_and_every_claim_ends() {
     let unfinished: Vec<_> = ledger.iter().filter(|r| r.status == "running" && r.slot < until).collect();
     assert!(unfinished.is_empty(), "claimed runs without a final status: {unfinished:?}");
     let report = check(&witness, &ledger, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
-    report.assert_clean(&cluster.logs());
+    cluster.verdict(&report).await;
     // (e) healed: one leader all replicas agree on, no election keys of gone candidates.
     cluster.assert_healed(Duration::from_secs(20)).await;
 }
@@ -182,7 +178,7 @@ async fn etcd_restarted_briefly_and_for_longer_than_the_lease() {
     let until = witness.last().unwrap().slot;
     let report =
         check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
-    report.assert_clean(&cluster.logs());
+    cluster.verdict(&report).await;
     // (e) healed: one leader all replicas agree on, no election keys of gone candidates.
     cluster.assert_healed(Duration::from_secs(20)).await;
 }
@@ -275,7 +271,7 @@ jobs:
         &ledger,
         &Expect { jobs: &["none", "latest", "all", "all-within-10s"], from, until, missed_allowed: true },
     );
-    report.assert_clean(&cluster.logs());
+    cluster.verdict(&report).await;
 }
 
 #[tokio::test]
@@ -364,6 +360,6 @@ async fn an_invalid_job_file_on_reload_keeps_the_old_schedule_running() {
     let until = ticks.last().unwrap().slot;
     let report =
         check(&ticks, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: false });
-    report.assert_clean(&cluster.logs());
+    cluster.verdict(&report).await;
     cluster.terminate(0).await;
 }

@@ -518,3 +518,38 @@ async fn the_leaders_wall_clock_steps_an_hour_forward_then_an_hour_back() {
     let report = finish(&mut cluster, &["tick"], &windows).await;
     cluster.verdict(&report).await;
 }
+
+/// The leader is stopped while a claim of its is uncommitted, holding the fence row `FOR SHARE`
+/// (a test-only failpoint widens that moment to 2 s). The new leader's fence raise waits for that
+/// lock only until PostgreSQL's idle-in-transaction timeout (5 s) ends the stalled session; the
+/// stale claim never commits and nothing runs twice.
+#[tokio::test]
+async fn the_leader_paused_in_the_middle_of_a_claim_blocks_the_next_only_until_the_timeouts() {
+    let options = Options { env: vec![("TENURE_TEST_CLAIM_HOLD_MS".into(), "2000".into())], ..Options::default() };
+    let mut cluster = Cluster::start_with(3, TICK, options).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let_it_tick(&cluster, 2).await;
+    // Just after a slot boundary the leader's claim for it is in its 2 s hold.
+    let into_second = u64::from(Utc::now().timestamp_subsec_millis());
+    tokio::time::sleep(Duration::from_millis(1000 - into_second + 300)).await;
+    cluster.event("SIGSTOP the leader inside an uncommitted claim");
+    let paused = Utc::now();
+    let fault_at = Instant::now();
+    cluster.signal(leader, Signal::SIGSTOP);
+    let handover = handover_after(&cluster, fault_at, term, Duration::from_secs(30)).await;
+    eprintln!(
+        "paused mid-claim: new leader after {:?}, first run after {:?} (TTL {TTL:?}, idle-in-transaction timeout 5 s)",
+        handover.to_leader, handover.to_first_run
+    );
+    // A liveness bound, not a performance target: the lock must not outlive the timeouts.
+    let bound = TTL + Duration::from_secs(2 + 5 + 5 + 5);
+    assert!(handover.to_first_run < bound, "the next leader was blocked {:?}", handover.to_first_run);
+    tokio::time::sleep(TTL).await;
+    cluster.event("SIGCONT the old leader");
+    cluster.signal(leader, Signal::SIGCONT);
+    let_it_tick(&cluster, 3).await;
+    let stale: Vec<_> = cluster.witness().into_iter().filter(|w| w.term == term && w.slot > paused).collect();
+    assert!(stale.is_empty(), "the paused leader executed: {stale:?}");
+    let report = finish(&mut cluster, &["tick"], &[window(paused, paused + chrono::Duration::seconds(10))]).await;
+    cluster.verdict(&report).await;
+}

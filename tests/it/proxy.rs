@@ -237,6 +237,12 @@ mod tests {
         let stream = TcpStream::connect(&address).await.expect("blackhole still accepts");
         assert!(round_trip(stream).await.is_none());
 
+        for one_way in [Fault::BlackholeToServer, Fault::BlackholeToClient] {
+            proxy.set(one_way);
+            let stream = TcpStream::connect(&address).await.unwrap();
+            assert!(round_trip(stream).await.is_none(), "{one_way:?} drops one direction");
+        }
+
         proxy.set(Fault::Delay { ms: 150, jitter: 0 });
         let stream = TcpStream::connect(&address).await.unwrap();
         let started = std::time::Instant::now();

@@ -46,6 +46,10 @@ async fn servers_keep_their_data_across_restarts_and_pause_for_real() {
     assert!(!etcd.answers().await, "a paused etcd does not answer");
     etcd.resume();
     wait_for("etcd to answer after SIGCONT", Duration::from_secs(5), || etcd.answers()).await;
+    etcd.kill();
+    assert!(!etcd.is_running() && !etcd.answers().await, "killed");
+    etcd.restart().await;
+    assert!(etcd.is_running());
 
     let mut pg = Postgres::start().await;
     let url = pg.create_database("kept").await;
@@ -65,4 +69,8 @@ async fn servers_keep_their_data_across_restarts_and_pause_for_real() {
     assert!(!pg.answers().await, "a paused postgres does not answer");
     pg.resume();
     wait_for("postgres to answer after SIGCONT", Duration::from_secs(5), || pg.answers()).await;
+    pg.kill();
+    assert!(!pg.is_running() && !pg.answers().await, "killed");
+    pg.restart().await;
+    assert!(pg.is_running());
 }
