@@ -12,6 +12,8 @@
 //! - `@every <duration>` is an interval anchored to the Unix epoch, so every replica computes the
 //!   same slots without shared state.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
@@ -34,7 +36,7 @@ pub enum ScheduleError {
 #[derive(Debug, Clone)]
 enum Kind {
     /// Wall-clock fields, matched in the job's zone.
-    Cron { cron: Box<Cron>, fixed_time: bool },
+    Cron { cron: Arc<Cron>, fixed_time: bool },
     /// Every `seconds`, anchored to the Unix epoch.
     Every { seconds: i64 },
 }
@@ -80,30 +82,14 @@ impl Schedule {
             let (minute, hour, dom, dow) = (rest[0], rest[1], rest[2], rest[4]);
             // crontab(5): when either day field starts with `*`, both must match.
             let dom_and_dow = dom.starts_with('*') || dow.starts_with('*');
-            let cron = CronParser::builder()
-                .seconds(if seconds.is_some() { Seconds::Required } else { Seconds::Disallowed })
-                .year(Year::Disallowed)
-                .dom_and_dow(dom_and_dow)
-                .build()
-                .parse(&fields)
-                .map_err(|e| invalid(field_reason(&parts, &croner_reason(&e))))?;
+            let cron = compile(&fields, seconds.is_some(), dom_and_dow)
+                .map_err(|e| invalid(field_reason(&parts, &croner_reason(&e))))?
+                .ok_or_else(|| ScheduleError::NeverFires(expression.to_owned()))?;
             let fixed_time =
                 !minute.starts_with('*') && !hour.starts_with('*') && !seconds.is_some_and(|s| s.starts_with('*'));
-            Kind::Cron { cron: Box::new(cron), fixed_time }
+            Kind::Cron { cron, fixed_time }
         };
         let schedule = Schedule { expression: trimmed.to_owned(), timezone, kind };
-        if let Kind::Cron { cron, .. } = &schedule.kind {
-            // Four centuries cover every calendar combination (the Gregorian cycle is 400 years),
-            // so a pattern without a match from here on never fires.
-            let from = NaiveDateTime::new(
-                chrono::NaiveDate::from_ymd_opt(2000, 1, 1).expect("valid date"),
-                chrono::NaiveTime::MIN,
-            );
-            match cron.find_next_occurrence(&from, true) {
-                Ok(found) if found.year() < 2400 => {}
-                _ => return Err(ScheduleError::NeverFires(expression.to_owned())),
-            }
-        }
         Ok(schedule)
     }
 
@@ -178,6 +164,38 @@ fn expand_macro(expression: &str) -> Result<String, String> {
         }
     };
     Ok(fields.to_owned())
+}
+
+/// Parse wall-clock fields with croner, once per distinct pattern: jobs share the result. A
+/// croner `Cron` holds a byte per possible year (about 10 KB), so 100,000 jobs each with their
+/// own would need a gigabyte. `Ok(None)`: the pattern never fires.
+fn compile(fields: &str, seconds: bool, dom_and_dow: bool) -> Result<Option<Arc<Cron>>, croner::errors::CronError> {
+    type Compiled = HashMap<(String, bool), Option<Arc<Cron>>>;
+    static COMPILED: OnceLock<Mutex<Compiled>> = OnceLock::new();
+    let cache = COMPILED.get_or_init(Mutex::default);
+    let key = (fields.to_owned(), dom_and_dow);
+    if let Some(found) = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&key) {
+        return Ok(found.clone());
+    }
+    let cron = CronParser::builder()
+        .seconds(if seconds { Seconds::Required } else { Seconds::Disallowed })
+        .year(Year::Disallowed)
+        .dom_and_dow(dom_and_dow)
+        .build()
+        .parse(fields)?;
+    // Four centuries cover every calendar combination (the Gregorian cycle is 400 years), so a
+    // pattern without a match from here on never fires.
+    let from =
+        NaiveDateTime::new(chrono::NaiveDate::from_ymd_opt(2000, 1, 1).expect("valid date"), chrono::NaiveTime::MIN);
+    let fires = matches!(cron.find_next_occurrence(&from, true), Ok(found) if found.year() < 2400);
+    let compiled = fires.then(|| Arc::new(cron));
+    let mut cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Bounded: a process that sees this many distinct patterns starts over rather than grow.
+    if cache.len() >= 200_000 {
+        cache.clear();
+    }
+    cache.insert(key, compiled.clone());
+    Ok(compiled)
 }
 
 /// croner says what is wrong but not where ("Number out of bounds."). Find the field at fault by

@@ -334,10 +334,21 @@ pub struct Postgres {
     dir: TempDir,
     port: u16,
     child: Option<Child>,
+    /// fsync on (benchmarks), or off (tests: a killed server still loses nothing the kernel has).
+    durable: bool,
 }
 
 impl Postgres {
     pub async fn start() -> Postgres {
+        Postgres::start_with(false).await
+    }
+
+    /// A server with fsync on, as production runs it (benchmarks).
+    pub async fn start_durable() -> Postgres {
+        Postgres::start_with(true).await
+    }
+
+    async fn start_with(durable: bool) -> Postgres {
         let mut dir = tempfile::Builder::new().prefix("tenure-pg").tempdir().expect("temp dir");
         let data = dir.path().join("data");
         if nix::unistd::geteuid().is_root() {
@@ -353,7 +364,7 @@ impl Postgres {
             .expect("run initdb (is PostgreSQL 15 installed? scripts/test installs it)");
         assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
         for _ in 0..5 {
-            let mut pg = Postgres { dir, port: free_port(), child: None };
+            let mut pg = Postgres { dir, port: free_port(), child: None, durable };
             pg.spawn();
             if pg.wait_ready(Duration::from_secs(20)).await {
                 return pg;
@@ -382,7 +393,11 @@ impl Postgres {
             .arg(self.dir.path())
             // fsync off only: a killed server loses nothing the kernel already has, and every commit
             // reaches the kernel before it is acknowledged (synchronous_commit stays on).
-            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .args(if self.durable {
+                ["-c", "fsync=on", "-c", "full_page_writes=on"]
+            } else {
+                ["-c", "fsync=off", "-c", "full_page_writes=off"]
+            })
             .args(["-c", "max_connections=200"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -1,0 +1,669 @@
+//! tenure's benchmarks: failover, firing precision, job-file scale, the cost of fencing, and the
+//! dashboard on a large ledger, against a real etcd and a PostgreSQL with fsync on. Prints one
+//! table per scenario and the machine it ran on. No assertions: figures and the targets beside
+//! them. Run `scripts/bench [failover|precision|scale|fencing|dashboard ...]`.
+
+#[path = "../tests/it/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sqlx::PgPool;
+use tenure::leadership::Term;
+use tenure::store::{Claim, SkipIfRunning, Store, Trigger};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let chosen: Vec<String> = std::env::args().skip(1).collect();
+    let wants = |name: &str| chosen.is_empty() || chosen.iter().any(|c| c == name);
+    let started = Instant::now();
+    machine();
+    if wants("failover") {
+        failover().await?;
+    }
+    if wants("precision") {
+        precision(1_000, "* * * * * *", Duration::from_secs(60)).await?;
+        precision(10_000, "*/10 * * * * *", Duration::from_secs(60)).await?;
+    }
+    if wants("scale") {
+        scale(100_000).await?;
+    }
+    if wants("fencing") {
+        fencing().await?;
+    }
+    if wants("dashboard") {
+        dashboard().await?;
+    }
+    println!("\nall scenarios in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn machine() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("machine: {cores} cores ({cpu}), {:.1} GiB memory, Linux {}", memory as f64 / 1_048_576.0, kernel.trim());
+    println!("servers: etcd (single member, election timeout 100 ms), PostgreSQL 15 with fsync on");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn header(title: &str) {
+    println!("\n## {title}");
+    println!(
+        "{:<52} {:>9} {:>9} {:>9} {:>9} {:>7}  target",
+        "figure (ms unless stated)", "min", "p50", "p99", "max", "n"
+    );
+}
+
+fn row(name: &str, values: &mut [f64], target: &str) {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    let (min, max) = (values.first().copied().unwrap_or(f64::NAN), values.last().copied().unwrap_or(f64::NAN));
+    println!(
+        "{name:<52} {min:>9.1} {:>9.1} {:>9.1} {max:>9.1} {n:>7}  {target}",
+        percentile(values, 50.0),
+        percentile(values, 99.0)
+    );
+}
+
+fn single(name: &str, value: String, target: &str) {
+    println!("{name:<52} {value:>49}  {target}");
+}
+
+fn ms(duration: chrono::Duration) -> f64 {
+    duration.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replicas of the release binary
+
+fn tenure_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let binary = exe.parent().and_then(|dir| dir.parent()).map(|dir| dir.join("tenure"));
+    binary.filter(|path| path.exists()).ok_or_else(|| anyhow::anyhow!("build tenure first: `cargo build --release`"))
+}
+
+struct Replica {
+    node: String,
+    port: u16,
+    child: Option<Child>,
+}
+
+struct Replicas {
+    binary: PathBuf,
+    jobs: PathBuf,
+    etcd: String,
+    database: String,
+    ttl: Duration,
+    election: String,
+    logs: PathBuf,
+    list: Vec<Replica>,
+}
+
+impl Replicas {
+    fn start(
+        count: usize,
+        jobs: &Path,
+        etcd: &str,
+        database: &str,
+        ttl: Duration,
+        logs: &Path,
+    ) -> anyhow::Result<Replicas> {
+        // Each group of replicas campaigns in an election of its own: no waiting for the keys of
+        // an earlier group to expire.
+        static ELECTIONS: AtomicU64 = AtomicU64::new(0);
+        let mut replicas = Replicas {
+            election: format!("bench-{}", ELECTIONS.fetch_add(1, Ordering::Relaxed)),
+            binary: tenure_binary()?,
+            jobs: jobs.to_owned(),
+            etcd: etcd.to_owned(),
+            database: database.to_owned(),
+            ttl,
+            logs: logs.to_owned(),
+            list: (0..count)
+                .map(|i| Replica { node: format!("node-{i}"), port: harness::free_port(), child: None })
+                .collect(),
+        };
+        for index in 0..count {
+            replicas.spawn(index)?;
+        }
+        Ok(replicas)
+    }
+
+    fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
+        let replica = &mut self.list[index];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{}.log", replica.node)))?;
+        let child = Command::new(&self.binary)
+            .args(["run", "--jobs"])
+            .arg(&self.jobs)
+            .args(["--etcd", &self.etcd, "--database-url", &self.database, "--node-id", &replica.node])
+            .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
+            .args(["--lease-ttl", &format!("{}s", self.ttl.as_secs())])
+            .args(["--election", &self.election])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        replica.child = Some(child);
+        Ok(())
+    }
+
+    fn pid(&self, index: usize) -> Option<Pid> {
+        self.list[index].child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+
+    async fn leader(&self) -> Option<(usize, i64)> {
+        let client = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().ok()?;
+        for (index, replica) in self.list.iter().enumerate() {
+            if replica.child.is_none() {
+                continue;
+            }
+            let Ok(response) = client.get(format!("http://127.0.0.1:{}/readyz", replica.port)).send().await else {
+                continue;
+            };
+            let Ok(ready) = response.json::<serde_json::Value>().await else { continue };
+            if ready["role"] == "leader" {
+                return ready["term"].as_i64().map(|term| (index, term));
+            }
+        }
+        None
+    }
+
+    async fn wait_leader(&self, pool: &PgPool) -> (usize, i64) {
+        loop {
+            if let Some((index, term)) = self.leader().await {
+                let fence: i64 =
+                    sqlx::query_scalar("SELECT term FROM fence WHERE id = 1").fetch_one(pool).await.unwrap_or(0);
+                if fence == term {
+                    return (index, term);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal(&mut self, index: usize, signal: Signal) {
+        if let Some(child) = self.list[index].child.as_mut() {
+            let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+
+    fn reap(&mut self, index: usize) {
+        if let Some(mut child) = self.list[index].child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for replica in &mut self.list {
+            if let Some(mut child) = replica.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+async fn database(pg: &harness::Postgres, name: &str) -> anyhow::Result<(String, PgPool)> {
+    let url = pg.create_database(name).await;
+    let pool = tenure::store::connect(&url).await?;
+    tenure::store::migrate(&pool).await?;
+    Ok((url, pool))
+}
+
+/// A pseudo-random number from the clock, for phases.
+fn jitter(below: u64) -> u64 {
+    let nanos = Utc::now().timestamp_subsec_nanos() as u64;
+    nanos.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) % below.max(1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Failover
+
+async fn failover() -> anyhow::Result<()> {
+    header("1. Failover: 3 replicas, a per-second job, 20 trials each (signal at a random phase)");
+    let etcd = harness::Etcd::start().await;
+    let pg = harness::Postgres::start_durable().await;
+    let dir = tempfile::tempdir()?;
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(&jobs, "jobs:\n  - name: tick\n    schedule: \"* * * * * *\"\n    shell: \"true\"\n")?;
+    for ttl in [Duration::from_secs(2), Duration::from_secs(10)] {
+        for signal in [Signal::SIGKILL, Signal::SIGTERM] {
+            let (url, pool) = database(&pg, &format!("failover_{}_{:?}", ttl.as_secs(), signal).to_lowercase()).await?;
+            let mut replicas = Replicas::start(3, &jobs, &etcd.client_url(), &url, ttl, dir.path())?;
+            let (mut to_fence, mut to_claim) = (Vec::new(), Vec::new());
+            for _ in 0..20 {
+                let (leader, term) = replicas.wait_leader(&pool).await;
+                tokio::time::sleep(Duration::from_millis(500 + jitter(1000))).await;
+                let signalled = Utc::now();
+                replicas.signal(leader, signal);
+                let fenced: DateTime<Utc> =
+                    poll(&pool, "SELECT min(started_at) FROM terms WHERE term > $1", term).await;
+                let claimed: DateTime<Utc> =
+                    poll(&pool, "SELECT min(claimed_at) FROM runs WHERE term > $1", term).await;
+                to_fence.push(ms(fenced - signalled));
+                to_claim.push(ms(claimed - signalled));
+                replicas.reap(leader);
+                replicas.spawn(leader)?;
+                // Let the restarted replica register and settle before the next trial.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            let target = match signal {
+                Signal::SIGKILL => format!("p99 <= TTL + 500 = {} ms", ttl.as_millis() + 500),
+                _ => "p99 <= 100 ms".to_owned(),
+            };
+            row(&format!("TTL {}s {signal:?}: signal -> new term in the fence", ttl.as_secs()), &mut to_fence, &target);
+            row(
+                &format!("TTL {}s {signal:?}: signal -> first claim of the new term", ttl.as_secs()),
+                &mut to_claim,
+                "",
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn poll(pool: &PgPool, sql: &'static str, after: i64) -> DateTime<Utc> {
+    loop {
+        if let Ok(Some(at)) = sqlx::query_scalar::<_, Option<DateTime<Utc>>>(sql).bind(after).fetch_one(pool).await {
+            return at;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Firing precision under load
+
+fn cpu_seconds(pid: Pid) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+fn rss_mib(pid: Pid) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+async fn sink() -> anyhow::Result<(String, Arc<AtomicU64>)> {
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/hit",
+        axum::routing::get(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hit", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, hits))
+}
+
+async fn precision(jobs: usize, schedule: &str, window: Duration) -> anyhow::Result<()> {
+    header(&format!("2. Firing precision: {jobs} HTTP jobs `{schedule}` for {}s, one leader", window.as_secs()));
+    let etcd = harness::Etcd::start().await;
+    let pg = harness::Postgres::start_durable().await;
+    let (url, pool) = database(&pg, "precision").await?;
+    let (sink_url, hits) = sink().await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("jobs.yaml");
+    let mut text = String::from("jobs:\n");
+    for i in 0..jobs {
+        text.push_str(&format!(
+            "  - name: j{i:05}\n    schedule: \"{schedule}\"\n    http: {{ url: \"{sink_url}\" }}\n    timeout: 5s\n"
+        ));
+    }
+    std::fs::write(&path, text)?;
+    let replicas = Replicas::start(1, &path, &etcd.client_url(), &url, Duration::from_secs(10), dir.path())?;
+    replicas.wait_leader(&pool).await;
+    // Warm up, then measure whole seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let from = Utc::now() + chrono::Duration::seconds(1);
+    let pid = replicas.pid(0).unwrap();
+    let cpu_before = cpu_seconds(pid);
+    let wall = Instant::now();
+    tokio::time::sleep(window).await;
+    let cpu = (cpu_seconds(pid) - cpu_before) / wall.elapsed().as_secs_f64();
+    let until = Utc::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let rows: Vec<(DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>, String)> =
+        sqlx::query_as("SELECT slot, claimed_at, started_at, status FROM runs WHERE slot >= $1 AND slot < $2")
+            .bind(from)
+            .bind(until)
+            .fetch_all(&pool)
+            .await?;
+    let mut start_late: Vec<f64> =
+        rows.iter().filter_map(|(slot, _, started, _)| started.map(|s| ms(s - *slot))).collect();
+    let mut claim_late: Vec<f64> = rows.iter().map(|(slot, claimed, _, _)| ms(*claimed - *slot)).collect();
+    let missed = rows.iter().filter(|r| r.3 == "missed").count();
+    let every = if schedule.starts_with("*/10") { 10 } else { 1 };
+    let slots = ((until - from).num_seconds() as usize).div_ceil(every);
+    row("lateness: slot -> run started", &mut start_late, "p99 <= 10 ms");
+    row("claim lateness: slot -> claim committed", &mut claim_late, "");
+    single("claims per second", format!("{:.0}", rows.len() as f64 / (until - from).num_seconds() as f64), "");
+    single("slots expected / rows / missed", format!("{} / {} / {missed}", slots * jobs, rows.len()), "no slot missed");
+    single("leader CPU (cores)", format!("{cpu:.2}"), "< 1 core");
+    single("HTTP requests the sink received", hits.load(Ordering::Relaxed).to_string(), "");
+    drop(replicas);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Scale of the job file
+
+async fn scale(count: usize) -> anyhow::Result<()> {
+    header(&format!("3. Scale: a job file of {count} jobs"));
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("jobs.yaml");
+    let schedules = ["*/5 * * * *", "0 * * * *", "30 2 * * *", "0 9 * * MON-FRI", "@every 90s", "15 */6 * * *"];
+    let zones = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"];
+    let mut text = String::from("jobs:\n  - name: first\n    schedule: \"* * * * * *\"\n    shell: \"true\"\n");
+    for i in 1..count {
+        text.push_str(&format!(
+            "  - name: job-{i:06}\n    schedule: \"{}\"\n    timezone: {}\n    shell: \"echo {i}\"\n",
+            schedules[i % schedules.len()],
+            zones[i % zones.len()]
+        ));
+    }
+    std::fs::write(&path, &text)?;
+    single("file size (MiB)", format!("{:.1}", text.len() as f64 / 1_048_576.0), "");
+
+    let started = Instant::now();
+    let status = Command::new(tenure_binary()?).arg("validate").arg(&path).stdout(Stdio::null()).status()?;
+    single(
+        "`tenure validate` (s)",
+        format!("{:.2} (exit {})", started.elapsed().as_secs_f64(), status.code().unwrap_or(-1)),
+        "seconds",
+    );
+
+    let started = Instant::now();
+    let jobs = tenure::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let parsed = started.elapsed();
+    let now = Utc::now();
+    let started = Instant::now();
+    let fires = jobs.jobs().iter().filter_map(|job| job.schedule.next_after(now)).count();
+    single("parse + validate in process (s)", format!("{:.2}", parsed.as_secs_f64()), "");
+    single(
+        "next fire of every job (ms)",
+        format!("{:.0} ({fires} jobs)", started.elapsed().as_secs_f64() * 1000.0),
+        "",
+    );
+
+    let etcd = harness::Etcd::start().await;
+    let pg = harness::Postgres::start_durable().await;
+    let (url, pool) = database(&pg, "scale").await?;
+    let spawned = Utc::now();
+    let replicas = Replicas::start(1, &path, &etcd.client_url(), &url, Duration::from_secs(10), dir.path())?;
+    let first: DateTime<Utc> = poll(&pool, "SELECT min(claimed_at) FROM runs WHERE term > $1", 0).await;
+    single("start-up: spawn -> first run claimed (s)", format!("{:.2}", ms(first - spawned) / 1000.0), "<= 2 s");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    single("resident memory after start (MiB)", format!("{:.0}", rss_mib(replicas.pid(0).unwrap())), "<= 200 MB");
+    drop(replicas);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The cost of fencing
+
+async fn fencing() -> anyhow::Result<()> {
+    header("4. Cost of fencing: claims of distinct slots, sequential, one connection pool");
+    let pg = harness::Postgres::start_durable().await;
+    let (_, pool) = database(&pg, "fencing").await?;
+    let store = Store::new(pool.clone());
+    let term = Term::for_tests(7, "bench");
+    store.begin_term(&term, "n").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let base = Utc::now();
+    const N: i64 = 3_000;
+    const BATCH: i64 = 100;
+
+    let started = Instant::now();
+    for i in 0..N {
+        let claim = Claim {
+            job: "fenced",
+            slot: base + chrono::Duration::seconds(i),
+            trigger: Trigger::Schedule,
+            term: &term,
+            node: "n",
+            config_hash: "h",
+            skip_if_running: SkipIfRunning::No,
+            claimed_at: Utc::now(),
+        };
+        store.claim_run(&claim).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let fenced = N as f64 / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    for i in 0..N {
+        sqlx::query(
+            "INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
+             VALUES ('plain', $1, 'schedule', 7, 'n', 'h', 'running', $2) ON CONFLICT (job, slot) DO NOTHING",
+        )
+        .bind(base + chrono::Duration::seconds(i))
+        .bind(Utc::now())
+        .execute(&pool)
+        .await?;
+    }
+    let plain = N as f64 / started.elapsed().as_secs_f64();
+
+    let batch = |fence: bool| {
+        let pool = pool.clone();
+        async move {
+            let started = Instant::now();
+            let job = if fence { "fenced-batch" } else { "plain-batch" };
+            for b in 0..N / BATCH {
+                let slots: Vec<DateTime<Utc>> =
+                    (0..BATCH).map(|i| base + chrono::Duration::seconds(b * BATCH + i)).collect();
+                let sql = if fence {
+                    "WITH current_fence AS (SELECT term FROM fence WHERE id = 1 AND term <= 7 FOR SHARE)
+                     INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
+                     SELECT $1, s, 'schedule', 7, 'n', 'h', 'running', now() FROM current_fence, unnest($2::timestamptz[]) AS s
+                     ON CONFLICT (job, slot) DO NOTHING"
+                } else {
+                    "INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
+                     SELECT $1, s, 'schedule', 7, 'n', 'h', 'running', now() FROM unnest($2::timestamptz[]) AS s
+                     ON CONFLICT (job, slot) DO NOTHING"
+                };
+                sqlx::query(sql).bind(job).bind(&slots).execute(&pool).await?;
+            }
+            anyhow::Ok(N as f64 / started.elapsed().as_secs_f64())
+        }
+    };
+    let fenced_batched = batch(true).await?;
+    let plain_batched = batch(false).await?;
+    single(
+        "single: fenced claims/s vs plain inserts/s",
+        format!("{fenced:.0} vs {plain:.0} ({:.0} %)", fenced / plain * 100.0),
+        ">= 85 %",
+    );
+    single(
+        &format!("batched x{BATCH}: fenced rows/s vs plain rows/s"),
+        format!("{fenced_batched:.0} vs {plain_batched:.0} ({:.0} %)", fenced_batched / plain_batched * 100.0),
+        ">= 85 %",
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Dashboard and API with a large ledger
+
+async fn dashboard() -> anyhow::Result<()> {
+    header("5. Dashboard: 1,000,000 ledger rows (100,000 for one job), 20 concurrent clients");
+    let pg = harness::Postgres::start_durable().await;
+    let (_, pool) = database(&pg, "dashboard").await?;
+    let store = Store::new(pool.clone());
+    store.begin_term(&Term::for_tests(7, "bench"), "n").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO runs (job, slot, term, node, config_hash, status, attempt, claimed_at, started_at, finished_at, exit_code, output)
+         SELECT CASE WHEN n <= 100000 THEN 'big' ELSE 'job-' || lpad((n % 999)::text, 3, '0') END,
+                now() - make_interval(secs => n * 60), 7, 'n', 'h',
+                CASE WHEN n % 50 = 0 THEN 'missed' WHEN n % 10 = 0 THEN 'failed' ELSE 'succeeded' END, 1,
+                now() - make_interval(secs => n * 60), now() - make_interval(secs => n * 60),
+                now() - make_interval(secs => n * 60 - 2), 0, repeat('x', 100)
+         FROM generate_series(1, 1000000) AS n",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query("ANALYZE runs").execute(&pool).await?;
+    single("insert 1,000,000 rows (s)", format!("{:.1}", started.elapsed().as_secs_f64()), "");
+
+    let mut text = String::from("jobs:\n  - name: big\n    schedule: \"* * * * *\"\n    shell: \"true\"\n");
+    for i in 0..999 {
+        text.push_str(&format!("  - name: job-{i:03}\n    schedule: \"* * * * *\"\n    shell: \"true\"\n"));
+    }
+    let jobs = tenure::config::parse(&text, "bench.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let state = tenure::http::AppState {
+        node_id: "bench".into(),
+        store: store.clone(),
+        leadership: tokio::sync::watch::channel(tenure::leadership::Leadership::Follower { leader: None }).1,
+        etcd: None,
+        jobs: tokio::sync::watch::channel(Arc::new(jobs)).1,
+        cluster: tokio::sync::watch::channel(tenure::election::ClusterSnapshot {
+            leader: Some(("n".into(), 7)),
+            roster: Vec::new(),
+        })
+        .1,
+        auth: tenure::http::Auth::new(None, false),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(tenure::http::serve(listener, state, stop.clone()));
+    let client = reqwest::Client::new();
+    for (name, path) in [
+        ("overview (1,000 jobs)", "/"),
+        ("job page, 100,000 rows", "/jobs/big"),
+        ("GET /api/jobs/big/runs", "/api/jobs/big/runs"),
+    ] {
+        let mut times = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (client, url) = (client.clone(), format!("{base}{path}"));
+            tasks.push(tokio::spawn(async move {
+                let mut times = Vec::new();
+                for _ in 0..10 {
+                    let t = Instant::now();
+                    let ok = client.get(&url).send().await.map(|r| r.status().is_success()).unwrap_or(false);
+                    times.push(if ok { t.elapsed().as_secs_f64() * 1000.0 } else { f64::INFINITY });
+                }
+                times
+            }));
+        }
+        for task in tasks {
+            times.extend(task.await?);
+        }
+        row(name, &mut times, "p99 <= 50 ms");
+    }
+    stop.cancel();
+
+    // Retention: prune the older 500,000 rows the way the leader does (1,000 per statement,
+    // 20 ms apart) while claims go on, and compare claim latency with and without it.
+    let term = Term::for_tests(7, "bench");
+    let claims = |label: &'static str, until: Arc<std::sync::atomic::AtomicBool>| {
+        let store = store.clone();
+        let term = term.clone();
+        async move {
+            let mut latencies = Vec::new();
+            let mut i = 0i64;
+            let base = Utc::now() + chrono::Duration::days(1);
+            while !until.load(Ordering::Relaxed) {
+                let claim = Claim {
+                    job: label,
+                    slot: base + chrono::Duration::seconds(i),
+                    trigger: Trigger::Schedule,
+                    term: &term,
+                    node: "n",
+                    config_hash: "h",
+                    skip_if_running: SkipIfRunning::No,
+                    claimed_at: Utc::now(),
+                };
+                let t = Instant::now();
+                let _ = store.claim_run(&claim).await;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if latencies.len() >= 3000 {
+                    break;
+                }
+            }
+            latencies
+        }
+    };
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let baseline = tokio::spawn(claims("baseline", done.clone()));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    done.store(true, Ordering::Relaxed);
+    let mut baseline = baseline.await?;
+    row("claim latency, no pruning", &mut baseline, "p99 <= 10 ms");
+
+    let cutoff: DateTime<Utc> =
+        sqlx::query_scalar("SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY slot) FROM runs")
+            .fetch_one(&pool)
+            .await?;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let during = tokio::spawn(claims("during", done.clone()));
+    let started = Instant::now();
+    let mut pruned = 0u64;
+    loop {
+        let count = store.prune_runs(cutoff, 1000).await?;
+        pruned += count;
+        if count < 1000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut during = during.await?;
+    single("pruned rows / time (s)", format!("{pruned} / {:.1}", started.elapsed().as_secs_f64()), "");
+    row("claim latency while pruning", &mut during, "p99 <= 10 ms");
+    Ok(())
+}
