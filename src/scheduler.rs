@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -48,6 +48,8 @@ pub struct Scheduler {
     members: watch::Receiver<Vec<Member>>,
     /// This replica's clock against the database's; a skewed clock does not fire.
     clock: watch::Receiver<ClockCheck>,
+    /// The current term's claim batcher, while leading.
+    claims: Option<mpsc::UnboundedSender<ClaimRequest>>,
     http: reqwest::Client,
     shutdown_grace: Duration,
     runs: TaskTracker,
@@ -138,6 +140,7 @@ impl Scheduler {
             leadership,
             members,
             clock,
+            claims: None,
             http: reqwest::Client::new(),
             shutdown_grace,
             runs: TaskTracker::new(),
@@ -201,6 +204,10 @@ impl Scheduler {
             return;
         }
         let mut steps = StepDetector::default();
+        let (claims_tx, claims_rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_claims(self.store.clone(), term.clone(), self.node_id.clone(), claims_rx));
+        // Replaced by the next term's; the batcher stops once the term's runs let go of it.
+        self.claims = Some(claims_tx);
         let Some(mut states) = self.load_states(leader, shutdown).await else {
             return;
         };
@@ -444,6 +451,7 @@ impl Scheduler {
             term: leader.term.clone(),
             lease: leader.lease.clone(),
             step_down: leader.step_down.clone(),
+            claims: self.claims.clone().expect("a claim batcher while leading"),
             node: self.node_id.clone(),
             config_hash: self.jobs.borrow().hash().to_owned(),
             http: self.http.clone(),
@@ -646,12 +654,34 @@ struct Ledger {
     lease: LeaseDeadline,
     /// Cancelled when the ledger shows a newer term: this one is over, whatever etcd says.
     step_down: CancellationToken,
+    /// The term's claim batcher: claims that fall due together go to the database together.
+    claims: mpsc::UnboundedSender<ClaimRequest>,
     node: String,
     config_hash: String,
     http: reqwest::Client,
 }
 
 impl Ledger {
+    /// Claim through the term's batcher (or directly, if it is gone).
+    async fn submit(&self, claim: &Claim<'_>) -> Result<Claimed, ClaimError> {
+        let (reply, answer) = oneshot::channel();
+        let request = ClaimRequest {
+            job: claim.job.to_owned(),
+            slot: claim.slot,
+            trigger: claim.trigger,
+            config_hash: claim.config_hash.to_owned(),
+            skip_if_running: claim.skip_if_running,
+            claimed_at: claim.claimed_at,
+            reply,
+        };
+        if self.claims.send(request).is_ok() {
+            if let Ok(result) = answer.await {
+                return result;
+            }
+        }
+        self.store.claim_run(claim).await
+    }
+
     async fn record_missed(&self, job: &Job, slots: &[DateTime<Utc>]) {
         let reason = "not run: past the job's catch-up policy or starting deadline";
         loop {
@@ -776,7 +806,7 @@ impl Ledger {
                 skip_if_running,
                 claimed_at: Utc::now(),
             };
-            match self.store.claim_run(&claim).await {
+            match self.submit(&claim).await {
                 Ok(claimed) => return Some(claimed),
                 Err(ClaimError::Fenced { term, fence }) => {
                     metrics::counter!("tenure_claims_rejected_total", "reason" => "fenced").increment(1);
@@ -834,6 +864,53 @@ impl Ledger {
             }
         }
         tracing::error!(run_id, job = %job.name, "gave up recording a run's outcome; a later leader will mark it lost");
+    }
+}
+
+/// One claim waiting for the batcher.
+struct ClaimRequest {
+    job: String,
+    slot: DateTime<Utc>,
+    trigger: Trigger,
+    config_hash: String,
+    skip_if_running: SkipIfRunning,
+    claimed_at: DateTime<Utc>,
+    reply: oneshot::Sender<Result<Claimed, ClaimError>>,
+}
+
+/// The most claims one statement carries.
+const MAX_BATCH: usize = 2_000;
+
+/// Claim what is waiting in one statement, then what came meanwhile, and so on: slots that fall
+/// due together cost one round trip and one commit instead of one each. Each claim keeps its own
+/// answer (claimed, skipped, fenced, taken), exactly as if it had been sent alone.
+async fn batch_claims(store: Store, term: Term, node: String, mut requests: mpsc::UnboundedReceiver<ClaimRequest>) {
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let claims: Vec<Claim<'_>> = batch
+            .iter()
+            .map(|request| Claim {
+                job: &request.job,
+                slot: request.slot,
+                trigger: request.trigger,
+                term: &term,
+                node: &node,
+                config_hash: &request.config_hash,
+                skip_if_running: request.skip_if_running,
+                claimed_at: request.claimed_at,
+            })
+            .collect();
+        let results = store.claim_runs(&claims).await;
+        drop(claims);
+        for (request, result) in batch.into_iter().zip(results) {
+            let _ = request.reply.send(result);
+        }
     }
 }
 

@@ -304,6 +304,17 @@ pub trait Ledger: Send + Sync {
     /// acknowledgement is safe: an unstarted row of our own term and node is handed back.
     async fn claim_run(&self, claim: &Claim<'_>) -> Result<Claimed, ClaimError>;
 
+    /// Claim many slots of one term at once, each with exactly `claim_run`'s meaning (fence,
+    /// uniqueness, `skip_if_running`, a refusal explained). PostgreSQL does it in one statement
+    /// and one commit; the default claims one by one.
+    async fn claim_runs(&self, claims: &[Claim<'_>]) -> Vec<Result<Claimed, ClaimError>> {
+        let mut results = Vec::with_capacity(claims.len());
+        for claim in claims {
+            results.push(self.claim_run(claim).await);
+        }
+        results
+    }
+
     /// Record slots that will not run (e.g. `missed`) under the fence. Returns how many were new.
     #[allow(clippy::too_many_arguments)]
     async fn record_slots(

@@ -42,6 +42,61 @@ impl Postgres {
 
     /// Zero rows back means "stale term" or "already claimed"; find out which. A row with our own
     /// term and node is our own earlier claim whose commit acknowledgement was lost.
+    /// All `claims` (one term) in one statement: the fence read `FOR SHARE` once, each
+    /// (job, slot) inserted unless taken. Rows not inserted are explained one by one.
+    async fn claim_batch(&self, claims: &[Claim<'_>]) -> Result<Vec<Result<Claimed, ClaimError>>, sqlx::Error> {
+        let term = claims[0].term;
+        debug_assert!(claims.iter().all(|claim| claim.term == term && claim.node == claims[0].node));
+        let jobs: Vec<&str> = claims.iter().map(|c| c.job).collect();
+        let slots: Vec<DateTime<Utc>> = claims.iter().map(|c| c.slot).collect();
+        let triggers: Vec<&str> = claims.iter().map(|c| c.trigger.as_str()).collect();
+        let hashes: Vec<&str> = claims.iter().map(|c| c.config_hash).collect();
+        let skips: Vec<bool> = claims.iter().map(|c| c.skip_if_running == SkipIfRunning::Yes).collect();
+        let claimed_at: Vec<DateTime<Utc>> = claims.iter().map(|c| c.claimed_at).collect();
+        let rows = sqlx::query(
+            "WITH current_fence AS (
+                 SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
+             ), wanted AS (
+                 SELECT * FROM unnest($3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[])
+                     AS w(job, slot, trigger, config_hash, skip, claimed_at)
+             )
+             INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
+             SELECT w.job, w.slot, w.trigger, $1, $2, w.config_hash,
+                    CASE WHEN w.skip AND EXISTS (
+                        SELECT 1 FROM runs r WHERE r.job = w.job AND r.status = 'running'
+                    ) THEN 'skipped' ELSE 'running' END,
+                    w.claimed_at
+             FROM current_fence, wanted w
+             ON CONFLICT (job, slot) DO NOTHING
+             RETURNING job, slot, id, status",
+        )
+        .bind(term.revision())
+        .bind(claims[0].node)
+        .bind(&jobs)
+        .bind(&slots)
+        .bind(&triggers)
+        .bind(&hashes)
+        .bind(&skips)
+        .bind(&claimed_at)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut inserted: HashMap<(String, DateTime<Utc>), Claimed> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let status: String = row.get("status");
+            let claimed =
+                Claimed { run_id: row.get("id"), status: RunStatus::parse(&status).unwrap_or(RunStatus::Running) };
+            inserted.insert((row.get("job"), row.get("slot")), claimed);
+        }
+        let mut results = Vec::with_capacity(claims.len());
+        for claim in claims {
+            match inserted.get(&(claim.job.to_owned(), claim.slot)) {
+                Some(claimed) => results.push(Ok(*claimed)),
+                None => results.push(self.explain_refusal(claim.job, claim.slot, claim.term, claim.node).await),
+            }
+        }
+        Ok(results)
+    }
+
     async fn explain_refusal(
         &self,
         job: &str,
@@ -137,6 +192,24 @@ impl Ledger for Postgres {
     ///
     /// A lost connection leaves the outcome unknown; retrying is safe because the (job, slot) key
     /// makes the insert idempotent, and a row already holding our term and node is our own claim.
+    async fn claim_runs(&self, claims: &[Claim<'_>]) -> Vec<Result<Claimed, ClaimError>> {
+        if claims.len() < 2 || crate::testing::claim_hold().is_some() {
+            let mut results = Vec::with_capacity(claims.len());
+            for claim in claims {
+                results.push(self.claim_run(claim).await);
+            }
+            return results;
+        }
+        match self.claim_batch(claims).await {
+            Ok(results) => results,
+            Err(error) => {
+                // The statement as a whole failed: nothing of it committed; every claim retries.
+                let message = error.to_string();
+                claims.iter().map(|_| Err(ClaimError::Database(sqlx::Error::Protocol(message.clone())))).collect()
+            }
+        }
+    }
+
     async fn claim_run(&self, claim: &Claim<'_>) -> Result<Claimed, ClaimError> {
         let inserted = match crate::testing::claim_hold() {
             None => claim_query(claim).fetch_optional(&self.pool).await?,

@@ -5,7 +5,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use tenure::leadership::Term;
 use tenure::store::{
-    Claim, ClaimError, FenceError, LiveNode, RunCursor, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger,
+    Claim, ClaimError, Claimed, FenceError, LiveNode, RunCursor, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger,
 };
 
 use crate::harness::Postgres;
@@ -46,6 +46,7 @@ contract!(pauses_and_triggers_are_recorded_once);
 contract!(pages_of_a_job_ledger_follow_the_cursor_and_the_status_filter);
 contract!(live_output_and_term_heartbeats_are_recorded);
 contract!(retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newest);
+contract!(a_batch_of_claims_answers_each_as_if_it_were_alone);
 
 fn slot(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, second).unwrap()
@@ -335,4 +336,35 @@ async fn retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newes
         ],
         "running rows and each job's newest row stay"
     );
+}
+
+async fn a_batch_of_claims_answers_each_as_if_it_were_alone(store: Store) {
+    let old = Term::for_tests(3, "c");
+    store.begin_term(&old, "a").await.unwrap();
+    store.claim_run(&claim("taken", slot(0), &old, "a")).await.unwrap();
+    store.claim_run(&claim("busy", slot(0), &old, "a")).await.unwrap();
+    let term = Term::for_tests(4, "c");
+    store.begin_term(&term, "b").await.unwrap();
+
+    let mut forbid = claim("busy", slot(1), &term, "b");
+    forbid.skip_if_running = SkipIfRunning::Yes;
+    let batch = [
+        claim("fresh", slot(0), &term, "b"),
+        claim("taken", slot(0), &term, "b"),
+        forbid,
+        claim("fresh", slot(1), &term, "b"),
+    ];
+    let results = store.claim_runs(&batch).await;
+    assert_eq!(results.len(), 4);
+    assert!(matches!(results[0], Ok(Claimed { status: RunStatus::Running, .. })), "{:?}", results[0]);
+    assert!(matches!(results[1], Err(ClaimError::AlreadyClaimed { term: 3, .. })), "{:?}", results[1]);
+    assert!(matches!(results[2], Ok(Claimed { status: RunStatus::Skipped, .. })), "{:?}", results[2]);
+    assert!(matches!(results[3], Ok(Claimed { status: RunStatus::Running, .. })), "{:?}", results[3]);
+
+    // A stale term's batch is refused whole, every claim told why.
+    let stale = [claim("late", slot(5), &old, "a"), claim("late", slot(6), &old, "a")];
+    for result in store.claim_runs(&stale).await {
+        assert!(matches!(result, Err(ClaimError::Fenced { term: 3, fence: 4 })), "{result:?}");
+    }
+    assert!(!store.all_runs().await.unwrap().iter().any(|run| run.job == "late"));
 }
