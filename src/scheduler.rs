@@ -48,8 +48,9 @@ pub struct Scheduler {
     members: watch::Receiver<Vec<Member>>,
     /// This replica's clock against the database's; a skewed clock does not fire.
     clock: watch::Receiver<ClockCheck>,
-    /// The current term's claim batcher, while leading.
+    /// The current term's claim and start batchers, while leading.
     claims: Option<mpsc::UnboundedSender<ClaimRequest>>,
+    starts: Option<mpsc::UnboundedSender<StartRequest>>,
     http: reqwest::Client,
     shutdown_grace: Duration,
     runs: TaskTracker,
@@ -141,6 +142,7 @@ impl Scheduler {
             members,
             clock,
             claims: None,
+            starts: None,
             http: reqwest::Client::new(),
             shutdown_grace,
             runs: TaskTracker::new(),
@@ -208,6 +210,9 @@ impl Scheduler {
         tokio::spawn(batch_claims(self.store.clone(), term.clone(), self.node_id.clone(), claims_rx));
         // Replaced by the next term's; the batcher stops once the term's runs let go of it.
         self.claims = Some(claims_tx);
+        let (starts_tx, starts_rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_starts(self.store.clone(), starts_rx));
+        self.starts = Some(starts_tx);
         let Some(mut states) = self.load_states(leader, shutdown).await else {
             return;
         };
@@ -452,6 +457,7 @@ impl Scheduler {
             lease: leader.lease.clone(),
             step_down: leader.step_down.clone(),
             claims: self.claims.clone().expect("a claim batcher while leading"),
+            starts: self.starts.clone().expect("a start batcher while leading"),
             node: self.node_id.clone(),
             config_hash: self.jobs.borrow().hash().to_owned(),
             http: self.http.clone(),
@@ -656,6 +662,8 @@ struct Ledger {
     step_down: CancellationToken,
     /// The term's claim batcher: claims that fall due together go to the database together.
     claims: mpsc::UnboundedSender<ClaimRequest>,
+    /// Start times, batched the same way.
+    starts: mpsc::UnboundedSender<StartRequest>,
     node: String,
     config_hash: String,
     http: reqwest::Client,
@@ -838,6 +846,10 @@ impl Ledger {
     }
 
     async fn start(&self, run_id: i64, started: DateTime<Utc>) {
+        let (reply, recorded) = oneshot::channel();
+        if self.starts.send(StartRequest { run_id, started, reply }).is_ok() && recorded.await.is_ok() {
+            return;
+        }
         if let Err(error) = self.store.start_run(run_id, started).await {
             tracing::warn!(%error, run_id, "could not record the start time");
         }
@@ -910,6 +922,33 @@ async fn batch_claims(store: Store, term: Term, node: String, mut requests: mpsc
         drop(claims);
         for (request, result) in batch.into_iter().zip(results) {
             let _ = request.reply.send(result);
+        }
+    }
+}
+
+/// A start time waiting for the batcher; answered once it is recorded (or given up on).
+struct StartRequest {
+    run_id: i64,
+    started: DateTime<Utc>,
+    reply: oneshot::Sender<()>,
+}
+
+/// Record start times like `batch_claims` claims: what is waiting, in one statement.
+async fn batch_starts(store: Store, mut requests: mpsc::UnboundedReceiver<StartRequest>) {
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let runs: Vec<(i64, DateTime<Utc>)> = batch.iter().map(|r| (r.run_id, r.started)).collect();
+        if let Err(error) = store.start_runs(&runs).await {
+            tracing::warn!(%error, runs = runs.len(), "could not record start times");
+        }
+        for request in batch {
+            let _ = request.reply.send(());
         }
     }
 }

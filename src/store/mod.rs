@@ -330,6 +330,14 @@ pub trait Ledger: Send + Sync {
 
     async fn start_run(&self, run_id: i64, started_at: DateTime<Utc>) -> Result<(), sqlx::Error>;
 
+    /// `start_run` for many runs at once (one statement on PostgreSQL).
+    async fn start_runs(&self, runs: &[(i64, DateTime<Utc>)]) -> Result<(), sqlx::Error> {
+        for (run_id, started_at) in runs {
+            self.start_run(*run_id, *started_at).await?;
+        }
+        Ok(())
+    }
+
     /// Begin another attempt of a slot this term claimed, under the fence.
     async fn retry_run(
         &self,

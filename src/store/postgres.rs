@@ -276,6 +276,20 @@ impl Ledger for Postgres {
         Ok(result.rows_affected())
     }
 
+    async fn start_runs(&self, runs: &[(i64, DateTime<Utc>)]) -> Result<(), sqlx::Error> {
+        let ids: Vec<i64> = runs.iter().map(|(id, _)| *id).collect();
+        let at: Vec<DateTime<Utc>> = runs.iter().map(|(_, at)| *at).collect();
+        sqlx::query(
+            "UPDATE runs SET started_at = v.at FROM unnest($1::bigint[], $2::timestamptz[]) AS v(id, at)
+             WHERE runs.id = v.id",
+        )
+        .bind(&ids)
+        .bind(&at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn start_run(&self, run_id: i64, started_at: DateTime<Utc>) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE runs SET started_at = $2 WHERE id = $1")
             .bind(run_id)
