@@ -45,9 +45,16 @@ pub fn routes() -> Router<AppState> {
     })
 }
 
-pub(super) async fn jobs_view(state: &AppState) -> Result<Vec<JobView>, Problem> {
+/// One page of the jobs (`page` from 1), and how many jobs there are in all.
+pub(super) async fn jobs_view(state: &AppState, page: usize) -> Result<(Vec<JobView>, usize), Problem> {
     let jobs = state.jobs.borrow().clone();
-    Ok(view::jobs(&state.store, &jobs).await?)
+    let offset = page.saturating_sub(1) * view::JOBS_PER_PAGE;
+    Ok((view::jobs(&state.store, &jobs, offset, view::JOBS_PER_PAGE).await?, jobs.jobs().len()))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct PageQuery {
+    pub page: Option<usize>,
 }
 
 pub(super) async fn job_view(state: &AppState, name: &str) -> Result<JobView, Problem> {
@@ -151,9 +158,15 @@ pub(super) fn new_key() -> String {
     format!("{nanos:x}-{:x}-{:x}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-async fn jobs(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<JobView>>, Problem> {
+/// `GET /api/jobs?page=N`: 100 jobs a page; `X-Total-Count` says how many there are.
+async fn jobs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<PageQuery>,
+) -> Result<impl IntoResponse, Problem> {
     state.auth.read(&headers)?;
-    Ok(Json(jobs_view(&state).await?))
+    let (jobs, total) = jobs_view(&state, query.page.unwrap_or(1)).await?;
+    Ok(([("x-total-count", total.to_string())], Json(jobs)))
 }
 
 async fn job(

@@ -154,6 +154,10 @@ struct OverviewPage {
     replicas: Vec<ReplicaRow>,
     jobs: Vec<JobRow>,
     strip: usize,
+    /// "1-100 of 1000"
+    shown: String,
+    previous_page: Option<String>,
+    next_page: Option<String>,
 }
 
 fn next_times(job: &JobView) -> (String, String) {
@@ -169,10 +173,23 @@ fn next_times(job: &JobView) -> (String, String) {
     }
 }
 
-async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Result<Html<String>, PageError> {
+async fn overview(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<api::PageQuery>,
+) -> Result<Html<String>, PageError> {
     state.auth.read(&headers)?;
     let cluster = api::cluster_view(&state).await?;
-    let jobs = api::jobs_view(&state).await?;
+    let page = query.page.unwrap_or(1).max(1);
+    let (jobs, total) = api::jobs_view(&state, page).await?;
+    let pages = total.div_ceil(view::JOBS_PER_PAGE).max(1);
+    let shown = format!(
+        "{}-{} of {total}",
+        ((page - 1) * view::JOBS_PER_PAGE + 1).min(total),
+        ((page - 1) * view::JOBS_PER_PAGE + jobs.len()).min(total)
+    );
+    let previous_page = (page > 1).then(|| format!("/?page={}", page - 1));
+    let next_page = (page < pages).then(|| format!("/?page={}", page + 1));
     let now = Utc::now();
     let replicas = cluster
         .replicas
@@ -223,6 +240,9 @@ async fn overview(State(state): State<AppState>, headers: HeaderMap) -> Result<H
         replicas,
         jobs: rows,
         strip: STRIP,
+        shown,
+        previous_page,
+        next_page,
     })
 }
 

@@ -190,15 +190,18 @@ pub fn job_view(job: &Job, controls: &HashMap<String, bool>, runs: &[RunRecord],
     }
 }
 
-/// Every job of the file with its recent outcomes.
-pub async fn jobs(store: &Store, jobs: &JobSet) -> Result<Vec<JobView>, sqlx::Error> {
-    let names: Vec<String> = jobs.jobs().iter().map(|job| job.name.as_str().to_owned()).collect();
+/// How many jobs one overview page (and one `/api/jobs` page) shows.
+pub const JOBS_PER_PAGE: usize = 100;
+
+/// The jobs of the file from `offset`, at most `limit`, with their recent outcomes.
+pub async fn jobs(store: &Store, jobs: &JobSet, offset: usize, limit: usize) -> Result<Vec<JobView>, sqlx::Error> {
+    let page: Vec<&Job> = jobs.jobs().iter().skip(offset).take(limit).collect();
+    let names: Vec<String> = page.iter().map(|job| job.name.as_str().to_owned()).collect();
     let recent = store.recent_runs(&names, STRIP as i64).await?;
     let controls = store.job_controls().await?;
     let now = Utc::now();
-    Ok(jobs
-        .jobs()
-        .iter()
+    Ok(page
+        .into_iter()
         .map(|job| job_view(job, &controls, recent.get(job.name.as_str()).map_or(&[], |runs| &runs[..]), now))
         .collect())
 }

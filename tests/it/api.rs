@@ -133,6 +133,8 @@ async fn jobs_cluster_and_terms_read_as_json() {
     let f = fixture(false).await;
     let jobs = get(&f.state, "/api/jobs").await;
     assert_eq!(jobs.status, StatusCode::OK);
+    assert_eq!(jobs.headers["x-total-count"], "2");
+    assert_eq!(get(&f.state, "/api/jobs?page=2").await.json(), serde_json::json!([]), "past the last page");
     let jobs = jobs.json();
     assert_eq!(jobs[0]["name"], "tick");
     assert_eq!(jobs[0]["description"], "Every minute");
