@@ -526,7 +526,10 @@ async fn the_leaders_wall_clock_steps_an_hour_forward_then_an_hour_back() {
 #[tokio::test]
 async fn the_leader_paused_in_the_middle_of_a_claim_blocks_the_next_only_until_the_timeouts() {
     let options = Options { env: vec![("TENURE_TEST_CLAIM_HOLD_MS".into(), "2000".into())], ..Options::default() };
-    let mut cluster = Cluster::start_with(3, TICK, options).await;
+    // Every claim commits 2 s late here, so runs of consecutive slots overlap: `allow`, or
+    // `forbid` would (rightly) record them skipped.
+    let jobs = TICK.replace("timeout: 10s", "timeout: 10s\n    concurrency: allow");
+    let mut cluster = Cluster::start_with(3, &jobs, options).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
     let_it_tick(&cluster, 2).await;
     // Just after a slot boundary the leader's claim for it is in its 2 s hold.

@@ -344,6 +344,7 @@ impl Postgres {
     }
 
     /// A server with fsync on, as production runs it (benchmarks).
+    #[allow(dead_code)] // used by examples/bench.rs, which includes this file
     pub async fn start_durable() -> Postgres {
         Postgres::start_with(true).await
     }
