@@ -575,6 +575,7 @@ async fn dashboard() -> anyhow::Result<()> {
         })
         .1,
         auth: tenure::http::Auth::new(None, false),
+        pages: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         jobs: watch::channel(Arc::new(jobs)).1,
         cluster: watch::channel(ClusterSnapshot { leader: Some(("node-a".into(), 7)), roster: Vec::new() }).1,
         auth: Auth::new(None, false),
+        pages: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

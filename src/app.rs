@@ -246,6 +246,7 @@ impl Replica {
             jobs: jobs_rx.clone(),
             cluster,
             auth,
+            pages: Default::default(),
         };
         let http_shutdown = CancellationToken::new();
         let server = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));

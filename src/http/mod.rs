@@ -37,6 +37,32 @@ pub struct AppState {
     pub jobs: watch::Receiver<Arc<JobSet>>,
     pub cluster: watch::Receiver<ClusterSnapshot>,
     pub auth: Auth,
+    /// Rendered overview pages, kept for a second: concurrent viewers share one rendering.
+    pub pages: PageCache,
+}
+
+/// A one-second cache of rendered pages by key. The pages refresh themselves every two seconds,
+/// so a second of staleness is invisible, and twenty viewers cost one rendering, not twenty.
+#[derive(Clone, Default)]
+pub struct PageCache {
+    entries: Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Arc<str>)>>>,
+    /// One rendering at a time: viewers arriving meanwhile wait for it instead of repeating it.
+    rendering: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl PageCache {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn get(&self, key: &str) -> Option<Arc<str>> {
+        let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        entries.get(key).filter(|(at, _)| at.elapsed() < Self::FRESH).map(|(_, page)| page.clone())
+    }
+
+    fn put(&self, key: String, page: Arc<str>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        entries.retain(|_, (at, _)| at.elapsed() < Self::FRESH);
+        entries.insert(key, (std::time::Instant::now(), page));
+    }
 }
 
 pub fn router(state: AppState) -> Router {

@@ -3,6 +3,7 @@
 //! here, which check basic auth plus an anti-forgery field, record the control and redirect back.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use askama::Template;
 use axum::Form;
@@ -179,8 +180,16 @@ async fn overview(
     Query(query): Query<api::PageQuery>,
 ) -> Result<Html<String>, PageError> {
     state.auth.read(&headers)?;
-    let cluster = api::cluster_view(&state).await?;
     let page = query.page.unwrap_or(1).max(1);
+    let key = format!("overview:{page}");
+    if let Some(cached) = state.pages.get(&key) {
+        return Ok(Html(cached.to_string()));
+    }
+    let _rendering = state.pages.rendering.lock().await;
+    if let Some(cached) = state.pages.get(&key) {
+        return Ok(Html(cached.to_string()));
+    }
+    let cluster = api::cluster_view(&state).await?;
     let (jobs, total) = api::jobs_view(&state, page).await?;
     let pages = total.div_ceil(view::JOBS_PER_PAGE).max(1);
     let shown = format!(
@@ -233,7 +242,7 @@ async fn overview(
         })
         .collect();
     let leader_since = cluster.leader.as_ref().and_then(|leader| leader.since).map(utc);
-    render(&OverviewPage {
+    let html = render(&OverviewPage {
         layout: Layout::new(&state, "Overview", "overview"),
         cluster,
         leader_since,
@@ -243,7 +252,9 @@ async fn overview(
         shown,
         previous_page,
         next_page,
-    })
+    })?;
+    state.pages.put(key, Arc::from(html.0.as_str()));
+    Ok(html)
 }
 
 struct RunRow {

@@ -86,6 +86,7 @@ async fn fixture(protect_reads: bool) -> Fixture {
         jobs: watch::channel(Arc::new(jobs)).1,
         cluster: watch::channel(snapshot).1,
         auth: Auth::new(Some(TOKEN), protect_reads),
+        pages: Default::default(),
     };
     Fixture { state, store }
 }
