@@ -898,13 +898,7 @@ const MAX_BATCH: usize = 2_000;
 /// answer (claimed, skipped, fenced, taken), exactly as if it had been sent alone.
 async fn batch_claims(store: Store, term: Term, node: String, mut requests: mpsc::UnboundedReceiver<ClaimRequest>) {
     while let Some(first) = requests.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
+        let batch = drain(first, &mut requests);
         let claims: Vec<Claim<'_>> = batch
             .iter()
             .map(|request| Claim {
@@ -926,6 +920,18 @@ async fn batch_claims(store: Store, term: Term, node: String, mut requests: mpsc
     }
 }
 
+/// `first` and whatever else is already waiting, up to `MAX_BATCH`: the batch to send now.
+fn drain<T>(first: T, requests: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match requests.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 /// A start time waiting for the batcher; answered once it is recorded (or given up on).
 struct StartRequest {
     run_id: i64,
@@ -936,13 +942,7 @@ struct StartRequest {
 /// Record start times like `batch_claims` claims: what is waiting, in one statement.
 async fn batch_starts(store: Store, mut requests: mpsc::UnboundedReceiver<StartRequest>) {
     while let Some(first) = requests.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
+        let batch = drain(first, &mut requests);
         let runs: Vec<(i64, DateTime<Utc>)> = batch.iter().map(|r| (r.run_id, r.started)).collect();
         if let Err(error) = store.start_runs(&runs).await {
             tracing::warn!(%error, runs = runs.len(), "could not record start times");

@@ -63,7 +63,8 @@ pub struct Expect<'a> {
     pub jobs: &'a [&'a str],
     pub from: DateTime<Utc>,
     pub until: DateTime<Utc>,
-    /// Whether an expected slot may be recorded `missed` (a catch-up policy) or must have run.
+    /// Whether an expected slot may be recorded `missed` or `skipped` (a policy outcome) or must
+    /// have run.
     pub missed_allowed: bool,
 }
 
@@ -128,7 +129,9 @@ pub fn check(witness: &[Witness], ledger: &[RunRecord], expect: &Expect<'_>) -> 
         for job in expect.jobs {
             match rows.get(&(*job, slot)) {
                 None => report.missing.push((job.to_string(), slot, "no ledger row".into())),
-                Some(row) if row.status == "missed" && expect.missed_allowed => {}
+                // Recorded policy outcomes, not silent gaps: `missed` (catch_up, starting
+                // deadline) and `skipped` (forbid, while a dead leader's run is not yet reaped).
+                Some(row) if (row.status == "missed" || row.status == "skipped") && expect.missed_allowed => {}
                 Some(row) if !executed.contains(&(*job, slot)) => {
                     report.missing.push((job.to_string(), slot, format!("not executed (status {})", row.status)));
                 }
