@@ -515,8 +515,8 @@ fn timeline(spans: &[(i64, String, DateTime<Utc>, DateTime<Utc>)], now: DateTime
     let total = (now - first).num_milliseconds().max(1) as f64;
     let (width, row) = (600.0, 18.0);
     let mut svg = format!(
-        "<svg viewBox=\"0 0 {width} {}\" width=\"100%\" role=\"img\" aria-label=\"leadership timeline\">",
-        row * spans.len() as f64 + 16.0
+        "<svg viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\" style=\"max-width:100%;height:auto\" role=\"img\" aria-label=\"leadership timeline\">",
+        height = row * spans.len() as f64 + 16.0
     );
     for (index, (term, node, start, end)) in spans.iter().rev().enumerate() {
         let x = (*start - first).num_milliseconds() as f64 / total * (width - 150.0) + 150.0;
