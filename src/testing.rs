@@ -1,23 +1,30 @@
 //! Test-only switches for the fault suite, read from the environment. They exist only in builds
 //! with the `testing` feature (`scripts/test` builds the binary under test that way); a release
-//! build ignores the variables entirely.
+//! build ignores the variables entirely. Each is read once: the lease check is on the hot path.
+
+use std::sync::OnceLock;
 
 /// `TENURE_TEST_NO_SELF_FENCE`: the leader ignores its local lease deadline, so a paused leader
 /// claims on resume and only the database fence stands between it and a double run.
 pub fn no_self_fence() -> bool {
-    switch("TENURE_TEST_NO_SELF_FENCE")
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| switch("TENURE_TEST_NO_SELF_FENCE"))
 }
 
 /// `TENURE_TEST_IGNORE_REFUSALS`: the scheduler executes even when the ledger refuses a claim
 /// (fenced or already claimed). Used once, to show the checker catches the double runs.
 pub fn ignore_refusals() -> bool {
-    switch("TENURE_TEST_IGNORE_REFUSALS")
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| switch("TENURE_TEST_IGNORE_REFUSALS"))
 }
 
 /// `TENURE_TEST_CLAIM_HOLD_MS`: every PostgreSQL claim stays uncommitted this long, holding
 /// the fence row `FOR SHARE`, so a test can pause the leader in the middle of a claim.
 pub fn claim_hold() -> Option<std::time::Duration> {
-    value("TENURE_TEST_CLAIM_HOLD_MS").and_then(|ms| ms.parse().ok()).map(std::time::Duration::from_millis)
+    static HOLD: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+    *HOLD.get_or_init(|| {
+        value("TENURE_TEST_CLAIM_HOLD_MS").and_then(|ms| ms.parse().ok()).map(std::time::Duration::from_millis)
+    })
 }
 
 #[cfg(feature = "testing")]

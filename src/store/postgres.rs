@@ -202,12 +202,10 @@ impl Ledger for Postgres {
     /// A lost connection leaves the outcome unknown; retrying is safe because the (job, slot) key
     /// makes the insert idempotent, and a row already holding our term and node is our own claim.
     async fn claim_runs(&self, claims: &[Claim<'_>]) -> Vec<Result<Claimed, ClaimError>> {
-        if claims.len() < 2 {
-            let mut results = Vec::with_capacity(claims.len());
-            for claim in claims {
-                results.push(self.claim_run(claim).await);
-            }
-            return results;
+        match claims {
+            [] => return Vec::new(),
+            [claim] => return vec![self.claim_run(claim).await],
+            _ => {}
         }
         match self.claim_batch(claims).await {
             Ok(results) => results,
