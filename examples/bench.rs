@@ -13,12 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::PgPool;
 use tenure::leadership::Term;
 use tenure::store::{Claim, SkipIfRunning, Store, Trigger};
+
+/// The allocator the binary uses, for the sink and the bare client too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -30,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
         failover().await?;
     }
     if wants("precision") {
+        precision(100, "* * * * * *", Duration::from_secs(30)).await?;
         precision(1_000, "* * * * * *", Duration::from_secs(60)).await?;
         precision(10_000, "*/10 * * * * *", Duration::from_secs(60)).await?;
     }
@@ -329,15 +334,23 @@ fn rss_mib(pid: Pid) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-async fn sink() -> anyhow::Result<(String, Arc<AtomicU64>)> {
-    let hits = Arc::new(AtomicU64::new(0));
-    let counter = hits.clone();
+/// Every request the sink received: the slot it was for (its `X-Tenure-Slot` header) and when it
+/// arrived.
+type Arrivals = Arc<std::sync::Mutex<Vec<(DateTime<Utc>, DateTime<Utc>)>>>;
+
+async fn sink() -> anyhow::Result<(String, Arrivals)> {
+    let arrivals = Arrivals::default();
+    let seen = arrivals.clone();
     let app = axum::Router::new().route(
         "/hit",
-        axum::routing::get(move || {
-            let counter = counter.clone();
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let arrived = Utc::now();
+            let seen = seen.clone();
             async move {
-                counter.fetch_add(1, Ordering::Relaxed);
+                let slot = headers.get("x-tenure-slot").and_then(|v| v.to_str().ok());
+                if let Some(Ok(slot)) = slot.map(DateTime::parse_from_rfc3339) {
+                    seen.lock().unwrap().push((slot.with_timezone(&Utc), arrived));
+                }
                 "ok"
             }
         }),
@@ -345,7 +358,7 @@ async fn sink() -> anyhow::Result<(String, Arc<AtomicU64>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hit", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((url, hits))
+    Ok((url, arrivals))
 }
 
 async fn precision(jobs: usize, schedule: &str, window: Duration) -> anyhow::Result<()> {
@@ -353,7 +366,7 @@ async fn precision(jobs: usize, schedule: &str, window: Duration) -> anyhow::Res
     let etcd = harness::Etcd::start().await;
     let pg = harness::Postgres::start_durable().await;
     let (url, pool) = database(&pg, "precision").await?;
-    let (sink_url, hits) = sink().await?;
+    let (sink_url, arrivals) = sink().await?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("jobs.yaml");
     let mut text = String::from("jobs:\n");
@@ -384,17 +397,68 @@ async fn precision(jobs: usize, schedule: &str, window: Duration) -> anyhow::Res
     let mut start_late: Vec<f64> =
         rows.iter().filter_map(|(slot, _, started, _)| started.map(|s| ms(s - *slot))).collect();
     let mut claim_late: Vec<f64> = rows.iter().map(|(slot, claimed, _, _)| ms(*claimed - *slot)).collect();
+    let mut arrival_late: Vec<f64> = arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(slot, _)| *slot >= from && *slot < until)
+        .map(|(slot, arrived)| ms(*arrived - *slot))
+        .collect();
     let missed = rows.iter().filter(|r| r.3 == "missed").count();
     let every = if schedule.starts_with("*/10") { 10 } else { 1 };
     let slots = ((until - from).num_seconds() as usize).div_ceil(every);
     row("lateness: slot -> run started", &mut start_late, "p99 <= 10 ms");
-    row("claim lateness: slot -> claim committed", &mut claim_late, "");
+    row("lateness: slot -> request at the sink", &mut arrival_late, "");
+    row("claim sent, relative to the slot (< 0: ahead)", &mut claim_late, "");
     single("claims per second", format!("{:.0}", rows.len() as f64 / (until - from).num_seconds() as f64), "");
     single("slots expected / rows / missed", format!("{} / {} / {missed}", slots * jobs, rows.len()), "no slot missed");
     single("leader CPU (cores)", format!("{cpu:.2}"), "< 1 core");
-    single("HTTP requests the sink received", hits.load(Ordering::Relaxed).to_string(), "");
+    single("HTTP requests the sink received", arrivals.lock().unwrap().len().to_string(), "");
     drop(replicas);
+    let mut floor = bare_requests(&sink_url, &arrivals, jobs).await;
+    row("floor: the same requests from a bare client, at the sink", &mut floor, "");
     Ok(())
+}
+
+/// What this machine can do without tenure: `count` requests from one reqwest client (pooled
+/// connections, warmed up; its own runtime and threads, as a replica has) to the same sink, all due
+/// at one whole second, five times. Arrival lateness at the sink; no scheduler, no database.
+async fn bare_requests(sink_url: &str, arrivals: &Arrivals, count: usize) -> Vec<f64> {
+    let (sink_url, arrivals) = (sink_url.to_owned(), arrivals.clone());
+    let client = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        runtime.block_on(bare_client(&sink_url, &arrivals, count))
+    });
+    tokio::task::spawn_blocking(move || client.join().expect("bare client")).await.expect("bare client")
+}
+
+async fn bare_client(sink_url: &str, arrivals: &Arrivals, count: usize) -> Vec<f64> {
+    let client = reqwest::Client::new();
+    let mut late = Vec::new();
+    for round in 0..6 {
+        let slot = (Utc::now() + chrono::Duration::seconds(2)).duration_trunc(chrono::Duration::seconds(1)).unwrap();
+        arrivals.lock().unwrap().clear();
+        let header = slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let sends: Vec<_> = (0..count)
+            .map(|_| {
+                let (client, url, header) = (client.clone(), sink_url.to_owned(), header.clone());
+                tokio::spawn(async move {
+                    if let Ok(wait) = (slot - Utc::now()).to_std() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    let _ = client.get(url).header("X-Tenure-Slot", header).send().await;
+                })
+            })
+            .collect();
+        for send in sends {
+            let _ = send.await;
+        }
+        // The first round opens the connections.
+        if round > 0 {
+            late.extend(arrivals.lock().unwrap().iter().map(|(slot, arrived)| ms(*arrived - *slot)));
+        }
+    }
+    late
 }
 
 // ---------------------------------------------------------------------------------------------

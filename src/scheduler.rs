@@ -38,6 +38,11 @@ const OUTPUT_FLUSH: Duration = Duration::from_secs(1);
 const DATABASE_RETRY: Duration = Duration::from_millis(500);
 /// Re-check the wall clock at least this often, so a clock stepped forwards is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// Bounds of how far ahead of its slot a run is claimed (see `ClaimLead`).
+const MIN_LEAD: Duration = Duration::from_millis(20);
+const MAX_LEAD: Duration = Duration::from_secs(1);
+/// The lead a term starts with, before it has seen its own claims commit.
+const FIRST_LEAD: Duration = Duration::from_millis(250);
 
 /// Everything the loop needs from outside; tests pass channels they drive themselves.
 pub struct Scheduler {
@@ -51,10 +56,19 @@ pub struct Scheduler {
     /// The current term's claim and start batchers, while leading.
     claims: Option<mpsc::UnboundedSender<ClaimRequest>>,
     starts: Option<mpsc::UnboundedSender<StartRequest>>,
+    finishes: Option<mpsc::UnboundedSender<FinishRequest>>,
     http: reqwest::Client,
     shutdown_grace: Duration,
     runs: TaskTracker,
     own_runs: HashMap<u64, OwnRun>,
+    /// How many of `own_runs` each job has: a `forbid` or `replace` job with one is not claimed
+    /// ahead of its slot, so its policy is decided at the slot, as crontab users expect.
+    runs_per_job: HashMap<String, usize>,
+    /// How far ahead of their slots claims are sent.
+    lead: ClaimLead,
+    /// Cancelled when this replica stops: a run claimed ahead still starts at its slot after the
+    /// orderly resignation (its claim committed in a current term), so a hand-over loses nothing.
+    stopping: CancellationToken,
     /// Manual triggers this term has started; a trigger is started once per term.
     started_triggers: HashSet<i64>,
     next_run_key: u64,
@@ -143,10 +157,14 @@ impl Scheduler {
             clock,
             claims: None,
             starts: None,
+            finishes: None,
             http: reqwest::Client::new(),
             shutdown_grace,
             runs: TaskTracker::new(),
             own_runs: HashMap::new(),
+            runs_per_job: HashMap::new(),
+            lead: ClaimLead::default(),
+            stopping: CancellationToken::new(),
             started_triggers: HashSet::new(),
             next_run_key: 0,
             finished_tx,
@@ -156,6 +174,7 @@ impl Scheduler {
 
     /// Fire while leading, until `shutdown`; then let runs finish within the grace period.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.stopping = shutdown.clone();
         while !shutdown.is_cancelled() {
             let leadership = self.leadership.borrow_and_update().clone();
             match leadership {
@@ -170,7 +189,7 @@ impl Scheduler {
                     tokio::select! {
                         () = shutdown.cancelled() => {}
                         changed = self.leadership.changed() => if changed.is_err() { break },
-                        Some(key) = self.finished_rx.recv() => { self.own_runs.remove(&key); }
+                        Some(key) = self.finished_rx.recv() => self.run_finished(key),
                     }
                 }
             }
@@ -213,6 +232,9 @@ impl Scheduler {
         let (starts_tx, starts_rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_starts(self.store.clone(), starts_rx));
         self.starts = Some(starts_tx);
+        let (finishes_tx, finishes_rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_finishes(self.store.clone(), finishes_rx));
+        self.finishes = Some(finishes_tx);
         let Some(mut states) = self.load_states(leader, shutdown).await else {
             return;
         };
@@ -224,16 +246,8 @@ impl Scheduler {
         tokio::spawn(async move { store.listen_controls(controls_tx, listener_stop).await });
         // Triggers requested while nobody led are executed now.
         let mut controls_pending = true;
-        let mut due: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> = BinaryHeap::new();
-        let schedule_all = |states: &[JobState], due: &mut BinaryHeap<Reverse<(DateTime<Utc>, usize)>>| {
-            due.clear();
-            for (index, state) in states.iter().enumerate() {
-                if let Some(next) = next_slot(state) {
-                    due.push(Reverse((next, index)));
-                }
-            }
-        };
-        schedule_all(&states, &mut due);
+        let mut due = DueSlots::default();
+        due.reset(&states);
         // Runs of older terms whose node vanished become `lost` once their node would have had
         // time to kill them (lease deadline plus the executor's kill grace).
         let reap_every = executor::KILL_GRACE + Duration::from_secs(1);
@@ -245,9 +259,9 @@ impl Scheduler {
         loop {
             if std::mem::take(&mut controls_pending) {
                 self.apply_controls(&mut states, leader).await;
-                schedule_all(&states, &mut due);
+                due.reset(&states);
             }
-            let wake_at = due.peek().map(|Reverse((slot, _))| instant_for(*slot));
+            let wake_at = due.wake_at(self.lead.lead()).map(instant_for);
             let wake = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Wake::Shutdown,
@@ -283,9 +297,7 @@ impl Scheduler {
                     tracing::info!(jobs = states.len(), hash = jobs.hash(), "job file reloaded");
                 }
                 Wake::ControlsChanged => controls_pending = true,
-                Wake::RunFinished(key) => {
-                    self.own_runs.remove(&key);
-                }
+                Wake::RunFinished(key) => self.run_finished(key),
                 Wake::ClockChanged => {
                     let check = *self.clock.borrow_and_update();
                     if !check.ok() {
@@ -318,15 +330,14 @@ impl Scheduler {
                         return;
                     }
                     let now = Utc::now();
-                    while let Some(Reverse((slot, index))) = due.peek().copied() {
-                        if slot > now {
-                            break;
-                        }
-                        due.pop();
-                        self.fire_due(&mut states[index], leader, now);
-                        if let Some(next) = next_slot(&states[index]) {
-                            due.push(Reverse((next, index)));
-                        }
+                    let lead = self.lead.lead();
+                    let ready = due.pop_ready(now, lead, |index| self.decided_at_slot(&states[index].job));
+                    for index in ready {
+                        // Claim ahead so the claim has committed when the slot comes; a job whose
+                        // policy depends on its run in flight is decided at its slot.
+                        let until = if self.decided_at_slot(&states[index].job) { now } else { now + lead };
+                        self.fire_due(&mut states[index], leader, now, until);
+                        due.push(&states[index], index);
                     }
                 }
             }
@@ -424,17 +435,17 @@ impl Scheduler {
         }
     }
 
-    /// Decide what happens to every due slot of one job, per its `catch_up` policy and
-    /// `starting_deadline`, and advance its cursor past them.
-    fn fire_due(&mut self, state: &mut JobState, leader: &LeaderTerm, now: DateTime<Utc>) {
+    /// Decide what happens to every slot of one job due by `until` (at most `now` plus the claim
+    /// lead), per its `catch_up` policy and `starting_deadline`, and advance its cursor past them.
+    fn fire_due(&mut self, state: &mut JobState, leader: &LeaderTerm, now: DateTime<Utc>, until: DateTime<Utc>) {
         let job = state.job.clone();
         if state.paused {
             return;
         }
-        let plan = plan_due_slots(&job, state.cursor, now);
+        let plan = plan_due_slots(&job, state.cursor, now, until);
         let Some(last) = plan.last_slot else { return };
         state.cursor = last;
-        let ledger = self.ledger(leader);
+        let ledger = self.ledger(leader, now);
         if plan.missed_total > 0 {
             metrics::counter!("tenure_missed_slots_total", "job" => job.name.to_string())
                 .increment(plan.missed_total as u64);
@@ -450,14 +461,36 @@ impl Scheduler {
         self.start_runs(job, plan.run, Trigger::Schedule, None, ledger);
     }
 
-    fn ledger(&self, leader: &LeaderTerm) -> Ledger {
+    /// A `forbid` or `replace` job with a run going: whether its next slot runs, is skipped or
+    /// replaces that run is decided at the slot, never ahead of it.
+    fn decided_at_slot(&self, job: &Job) -> bool {
+        job.concurrency != Concurrency::Allow && self.runs_per_job.get(job.name.as_ref()).is_some_and(|n| *n > 0)
+    }
+
+    fn run_finished(&mut self, key: u64) {
+        if let Some(run) = self.own_runs.remove(&key) {
+            if let Some(count) = self.runs_per_job.get_mut(&run.job) {
+                *count -= 1;
+                if *count == 0 {
+                    self.runs_per_job.remove(&run.job);
+                }
+            }
+        }
+    }
+
+    /// `planned_at`: when the scheduler decided to fire (the claim lead is measured from it).
+    fn ledger(&self, leader: &LeaderTerm, planned_at: DateTime<Utc>) -> Ledger {
         Ledger {
+            lead: self.lead.clone(),
+            stopping: self.stopping.clone(),
+            planned_at,
             store: self.store.clone(),
             term: leader.term.clone(),
             lease: leader.lease.clone(),
             step_down: leader.step_down.clone(),
             claims: self.claims.clone().expect("a claim batcher while leading"),
             starts: self.starts.clone().expect("a start batcher while leading"),
+            finishes: self.finishes.clone().expect("an outcome batcher while leading"),
             node: self.node_id.clone(),
             config_hash: self.jobs.borrow().hash().to_owned(),
             http: self.http.clone(),
@@ -489,6 +522,7 @@ impl Scheduler {
         let stop = RunStop::default();
         let done = CancellationToken::new();
         self.own_runs.insert(key, OwnRun { job: job.name.to_string(), stop: stop.clone(), done: done.clone() });
+        *self.runs_per_job.entry(job.name.to_string()).or_default() += 1;
         let finished = self.finished_tx.clone();
         self.runs.spawn(async move {
             for wait in wait_for {
@@ -542,7 +576,7 @@ impl Scheduler {
             match job {
                 Some(job) => {
                     tracing::info!(job = %job.name, trigger = trigger.id, by = %trigger.requested_by, "manual trigger");
-                    let ledger = self.ledger(leader);
+                    let ledger = self.ledger(leader, now);
                     self.start_runs(job, vec![trigger.requested_at], Trigger::Manual, Some(trigger.id), ledger);
                 }
                 None => {
@@ -568,8 +602,9 @@ struct DuePlan {
     last_slot: Option<DateTime<Utc>>,
 }
 
-/// Pure: the slots of `job` in `(cursor, now]` and what its policies make of them.
-fn plan_due_slots(job: &Job, cursor: DateTime<Utc>, now: DateTime<Utc>) -> DuePlan {
+/// Pure: the slots of `job` in `(cursor, until]` and what its policies make of them; slots after
+/// `now` (claimed ahead) are on time.
+fn plan_due_slots(job: &Job, cursor: DateTime<Utc>, now: DateTime<Utc>, until: DateTime<Utc>) -> DuePlan {
     let mut plan = DuePlan::default();
     let on_time_after = now - chrono::Duration::from_std(ON_TIME_TOLERANCE).unwrap_or_default();
     let deadline = now - chrono::Duration::from_std(job.starting_deadline).unwrap_or_default();
@@ -578,7 +613,7 @@ fn plan_due_slots(job: &Job, cursor: DateTime<Utc>, now: DateTime<Utc>) -> DuePl
     let mut too_old = std::collections::VecDeque::new();
     let mut slot = cursor;
     while let Some(next) = job.schedule.next_after(slot) {
-        if next > now {
+        if next > until {
             break;
         }
         slot = next;
@@ -617,6 +652,101 @@ fn plan_due_slots(job: &Job, cursor: DateTime<Utc>, now: DateTime<Utc>) -> DuePl
     plan
 }
 
+/// The next slot of every job, in two queues: slots claimed ahead (woken `lead` before them) and
+/// slots decided only when they come (see `Scheduler::decided_at_slot`). A job is in at most one.
+#[derive(Default)]
+struct DueSlots {
+    ahead: BinaryHeap<Reverse<(DateTime<Utc>, usize)>>,
+    at_slot: BinaryHeap<Reverse<(DateTime<Utc>, usize)>>,
+}
+
+impl DueSlots {
+    fn reset(&mut self, states: &[JobState]) {
+        self.ahead.clear();
+        self.at_slot.clear();
+        for (index, state) in states.iter().enumerate() {
+            self.push(state, index);
+        }
+    }
+
+    fn push(&mut self, state: &JobState, index: usize) {
+        if let Some(next) = next_slot(state) {
+            self.ahead.push(Reverse((next, index)));
+        }
+    }
+
+    fn wake_at(&self, lead: Duration) -> Option<DateTime<Utc>> {
+        let lead = chrono::Duration::from_std(lead).unwrap_or_default();
+        let ahead = self.ahead.peek().map(|Reverse((slot, _))| *slot - lead);
+        let at_slot = self.at_slot.peek().map(|Reverse((slot, _))| *slot);
+        ahead.into_iter().chain(at_slot).min()
+    }
+
+    /// The jobs to fire now: slots due by `now`, and slots due within `lead` unless
+    /// `decided_at_slot`, which wait in the second queue instead.
+    fn pop_ready(&mut self, now: DateTime<Utc>, lead: Duration, decided_at_slot: impl Fn(usize) -> bool) -> Vec<usize> {
+        let horizon = now + chrono::Duration::from_std(lead).unwrap_or_default();
+        let mut ready = Vec::new();
+        while let Some(Reverse((slot, index))) = self.at_slot.peek().copied() {
+            if slot > now {
+                break;
+            }
+            self.at_slot.pop();
+            ready.push(index);
+        }
+        while let Some(Reverse((slot, index))) = self.ahead.peek().copied() {
+            if slot > horizon {
+                break;
+            }
+            self.ahead.pop();
+            if slot > now && decided_at_slot(index) {
+                self.at_slot.push(Reverse((slot, index)));
+            } else {
+                ready.push(index);
+            }
+        }
+        ready
+    }
+}
+
+/// How far ahead of its slot a run is claimed, so that the claim (a fenced insert and a commit,
+/// batched with everything due at the same moment) has committed when the slot comes and the run
+/// starts on time. Learned from this replica's own claims: one and a half times the slowest
+/// recent claim (wake-up to commit; it halves every minute), plus 5 ms, within
+/// [`MIN_LEAD`, `MAX_LEAD`]. The price of the lead is a window: a leader killed between a claim and
+/// its slot leaves that run to be reaped `lost`, where a later claim would have left it to the
+/// next leader's catch-up.
+#[derive(Clone, Default)]
+struct ClaimLead {
+    /// The slowest recent claim and when it was observed; `None` before the first.
+    slowest: Arc<Mutex<Option<(Duration, std::time::Instant)>>>,
+}
+
+impl ClaimLead {
+    const HALF_LIFE: Duration = Duration::from_secs(60);
+
+    fn lead(&self) -> Duration {
+        if let Some(lead) = crate::testing::claim_lead() {
+            return lead;
+        }
+        match self.slowest_now() {
+            None => FIRST_LEAD,
+            Some(slowest) => (slowest.mul_f64(1.5) + Duration::from_millis(5)).clamp(MIN_LEAD, MAX_LEAD),
+        }
+    }
+
+    /// A claim sent ahead of its slot committed `took` after the scheduler decided to fire it.
+    fn observe(&self, took: Duration) {
+        let slowest = self.slowest_now().unwrap_or_default().max(took);
+        *self.slowest.lock().unwrap_or_else(|p| p.into_inner()) = Some((slowest, std::time::Instant::now()));
+    }
+
+    fn slowest_now(&self) -> Option<Duration> {
+        let (took, at) = (*self.slowest.lock().unwrap_or_else(|p| p.into_inner()))?;
+        Some(took.mul_f64(0.5f64.powf(at.elapsed().as_secs_f64() / Self::HALF_LIFE.as_secs_f64())))
+    }
+}
+
 fn next_slot(state: &JobState) -> Option<DateTime<Utc>> {
     if state.paused {
         return None;
@@ -645,6 +775,20 @@ fn instant_for(slot: DateTime<Utc>) -> tokio::time::Instant {
     tokio::time::Instant::now() + wait
 }
 
+/// Sleep until the wall clock reaches `slot` (re-checked after each sleep, so never early), or
+/// until `stop`.
+async fn wait_until(slot: DateTime<Utc>, stop: &CancellationToken) {
+    while let Ok(wait) = (slot - Utc::now()).to_std() {
+        if wait.is_zero() {
+            return;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
 async fn sleep_until_or_forever(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -655,6 +799,10 @@ async fn sleep_until_or_forever(at: Option<tokio::time::Instant>) {
 /// What a run task needs to claim, execute and record one slot in the current term.
 #[derive(Clone)]
 struct Ledger {
+    lead: ClaimLead,
+    stopping: CancellationToken,
+    /// When the scheduler decided to fire these slots.
+    planned_at: DateTime<Utc>,
     store: Store,
     term: Term,
     lease: LeaseDeadline,
@@ -662,8 +810,9 @@ struct Ledger {
     step_down: CancellationToken,
     /// The term's claim batcher: claims that fall due together go to the database together.
     claims: mpsc::UnboundedSender<ClaimRequest>,
-    /// Start times, batched the same way.
+    /// Start times and outcomes, batched the same way.
     starts: mpsc::UnboundedSender<StartRequest>,
+    finishes: mpsc::UnboundedSender<FinishRequest>,
     node: String,
     config_hash: String,
     http: reqwest::Client,
@@ -736,21 +885,37 @@ impl Ledger {
             tracing::info!(job = %job.name, %slot, "skipped: the previous run is still going");
             return;
         }
+        if slot > Utc::now() {
+            // Claimed ahead: start at the slot, never before it.
+            self.lead.observe((Utc::now() - self.planned_at).to_std().unwrap_or_default());
+            wait_until(slot, &stop.token).await;
+        }
         let mut attempt = 1;
+        let mut recorded_start = None;
         loop {
             let started = Utc::now();
-            let outcome = if !self.lease.is_valid() {
-                // Claimed, but the lease ran out before we could start: run nothing.
+            // After an orderly resignation a claim of this term still starts (it committed while
+            // the term was current; nobody else may claim the slot); after a lost lease it does not.
+            let leading = self.lease.is_valid() || (attempt == 1 && self.stopping.is_cancelled());
+            let refused = match stop.reason().filter(|_| stop.token.is_cancelled()) {
+                Some(reason) => Some(format!("{reason} before the run started")),
+                None => (!leading).then(|| "leadership lost before the run started".to_owned()),
+            };
+            let outcome = if let Some(error) = refused {
+                // Claimed, but this term may not start it any more: run nothing.
                 RunOutcome {
                     status: RunStatus::Killed,
                     exit_code: None,
                     http_status: None,
-                    error: Some("leadership lost before the run started".into()),
+                    error: Some(error),
                     output: String::new(),
                     finished_at: started,
                 }
             } else {
-                self.start(run_id, started).await;
+                if attempt == 1 {
+                    // Recorded beside the run rather than before it: the claim is what licenses it.
+                    recorded_start = Some(self.start(run_id, started));
+                }
                 metrics::histogram!("tenure_fire_lateness_seconds")
                     .record((started - slot).to_std().unwrap_or_default().as_secs_f64());
                 let context = RunContext {
@@ -772,6 +937,10 @@ impl Ledger {
                     .record((outcome.finished_at - started).to_std().unwrap_or_default().as_secs_f64());
                 outcome
             };
+            if let Some(recorded) = recorded_start.take() {
+                // The start time lands before anything later is written about the run.
+                let _ = recorded.await;
+            }
             let retryable = matches!(outcome.status, RunStatus::Failed | RunStatus::TimedOut);
             if !retryable || attempt > job.retries.max as i32 || stop.token.is_cancelled() {
                 self.finish(job, run_id, &outcome).await;
@@ -845,14 +1014,20 @@ impl Ledger {
         }
     }
 
-    async fn start(&self, run_id: i64, started: DateTime<Utc>) {
+    /// Send the start time to the term's batcher (or write it directly if the batcher is gone);
+    /// the receiver answers once it is recorded or given up on.
+    fn start(&self, run_id: i64, started: DateTime<Utc>) -> oneshot::Receiver<()> {
         let (reply, recorded) = oneshot::channel();
-        if self.starts.send(StartRequest { run_id, started, reply }).is_ok() && recorded.await.is_ok() {
-            return;
+        if let Err(mpsc::error::SendError(request)) = self.starts.send(StartRequest { run_id, started, reply }) {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.start_run(run_id, started).await {
+                    tracing::warn!(%error, run_id, "could not record the start time");
+                }
+                let _ = request.reply.send(());
+            });
         }
-        if let Err(error) = self.store.start_run(run_id, started).await {
-            tracing::warn!(%error, run_id, "could not record the start time");
-        }
+        recorded
     }
 
     /// Record the outcome; keep trying while the database is down, since a row left `running`
@@ -864,6 +1039,11 @@ impl Ledger {
             job = %job.name, run_id, status = outcome.status.as_str(), exit_code = ?outcome.exit_code,
             error = ?outcome.error, "run finished"
         );
+        let (reply, recorded) = oneshot::channel();
+        let request = FinishRequest { run_id, outcome: outcome.clone(), reply };
+        if self.finishes.send(request).is_ok() && recorded.await.unwrap_or(false) {
+            return;
+        }
         let mut delay = DATABASE_RETRY;
         for _ in 0..60 {
             match self.store.finish_run(run_id, outcome).await {
@@ -890,15 +1070,16 @@ struct ClaimRequest {
     reply: oneshot::Sender<Result<Claimed, ClaimError>>,
 }
 
-/// The most claims one statement carries.
+/// The most claims (start times, outcomes) one statement carries.
 const MAX_BATCH: usize = 2_000;
+/// How long start times and outcomes wait for others to share their statement.
+const RECORD_LINGER: Duration = Duration::from_millis(25);
 
 /// Claim what is waiting in one statement, then what came meanwhile, and so on: slots that fall
 /// due together cost one round trip and one commit instead of one each. Each claim keeps its own
 /// answer (claimed, skipped, fenced, taken), exactly as if it had been sent alone.
-async fn batch_claims(store: Store, term: Term, node: String, mut requests: mpsc::UnboundedReceiver<ClaimRequest>) {
-    while let Some(first) = requests.recv().await {
-        let batch = drain(first, &mut requests);
+async fn batch_claims(store: Store, term: Term, node: String, requests: mpsc::UnboundedReceiver<ClaimRequest>) {
+    batched(requests, Duration::ZERO, |batch: Vec<ClaimRequest>| async {
         let claims: Vec<Claim<'_>> = batch
             .iter()
             .map(|request| Claim {
@@ -917,19 +1098,32 @@ async fn batch_claims(store: Store, term: Term, node: String, mut requests: mpsc
         for (request, result) in batch.into_iter().zip(results) {
             let _ = request.reply.send(result);
         }
-    }
+    })
+    .await;
 }
 
-/// `first` and whatever else is already waiting, up to `MAX_BATCH`: the batch to send now.
-fn drain<T>(first: T, requests: &mut mpsc::UnboundedReceiver<T>) -> Vec<T> {
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match requests.try_recv() {
-            Ok(request) => batch.push(request),
-            Err(_) => break,
+/// Hand `send` what is waiting (up to `MAX_BATCH`), wait for it, and again, until every sender
+/// is gone. With a `linger`, wait that long after the first request for others to join: for
+/// writes that nothing waits on, so a burst of runs starting together is one statement after the
+/// burst rather than many during it.
+async fn batched<T, F, Fut>(mut requests: mpsc::UnboundedReceiver<T>, linger: Duration, mut send: F)
+where
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    while let Some(first) = requests.recv().await {
+        if !linger.is_zero() {
+            tokio::time::sleep(linger).await;
         }
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        send(batch).await;
     }
-    batch
 }
 
 /// A start time waiting for the batcher; answered once it is recorded (or given up on).
@@ -940,9 +1134,8 @@ struct StartRequest {
 }
 
 /// Record start times like `batch_claims` claims: what is waiting, in one statement.
-async fn batch_starts(store: Store, mut requests: mpsc::UnboundedReceiver<StartRequest>) {
-    while let Some(first) = requests.recv().await {
-        let batch = drain(first, &mut requests);
+async fn batch_starts(store: Store, requests: mpsc::UnboundedReceiver<StartRequest>) {
+    batched(requests, RECORD_LINGER, |batch: Vec<StartRequest>| async {
         let runs: Vec<(i64, DateTime<Utc>)> = batch.iter().map(|r| (r.run_id, r.started)).collect();
         if let Err(error) = store.start_runs(&runs).await {
             tracing::warn!(%error, runs = runs.len(), "could not record start times");
@@ -950,7 +1143,33 @@ async fn batch_starts(store: Store, mut requests: mpsc::UnboundedReceiver<StartR
         for request in batch {
             let _ = request.reply.send(());
         }
-    }
+    })
+    .await;
+}
+
+/// An outcome waiting for the batcher; answered whether it was recorded.
+struct FinishRequest {
+    run_id: i64,
+    outcome: RunOutcome,
+    reply: oneshot::Sender<bool>,
+}
+
+/// Record outcomes like `batch_claims` claims; one that fails is retried by its run alone.
+async fn batch_finishes(store: Store, requests: mpsc::UnboundedReceiver<FinishRequest>) {
+    batched(requests, RECORD_LINGER, |batch: Vec<FinishRequest>| async {
+        let runs: Vec<(i64, RunOutcome)> = batch.iter().map(|r| (r.run_id, r.outcome.clone())).collect();
+        let recorded = match store.finish_runs(&runs).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, runs = runs.len(), "could not record outcomes; each run retries");
+                false
+            }
+        };
+        for request in batch {
+            let _ = request.reply.send(recorded);
+        }
+    })
+    .await;
 }
 
 /// Copy a running job's output tail to the ledger every `OUTPUT_FLUSH` while it changes, so the
@@ -966,5 +1185,71 @@ async fn flush_output(store: Store, run_id: i64, output: OutputTail) {
             }
             written = text;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(yaml: &str) -> Job {
+        crate::config::parse(&format!("jobs:\n  - name: j\n    shell: \"true\"\n{yaml}"), "jobs.yaml").unwrap().jobs()
+            [0]
+        .clone()
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_slot_within_the_lead_is_claimed_on_time_and_catch_up_is_judged_by_now() {
+        let job = job("    schedule: \"* * * * * *\"\n    catch_up: none\n");
+        let now = at("2026-01-01T00:00:09.900Z");
+        // Down since 00:00:00: 1-8 are late (catch_up none: missed), 9 is on time, 10 is ahead.
+        let plan = plan_due_slots(&job, at("2026-01-01T00:00:00Z"), now, now + chrono::Duration::milliseconds(200));
+        assert_eq!(plan.run, [at("2026-01-01T00:00:09Z"), at("2026-01-01T00:00:10Z")]);
+        assert_eq!(plan.missed_total, 8);
+        assert_eq!(plan.last_slot, Some(at("2026-01-01T00:00:10Z")));
+        // Without a lead, the next slot is not due.
+        let plan = plan_due_slots(&job, at("2026-01-01T00:00:09Z"), now, now);
+        assert!(plan.run.is_empty() && plan.last_slot.is_none());
+    }
+
+    #[test]
+    fn slots_decided_at_the_slot_wait_in_their_own_queue() {
+        let states: Vec<JobState> = (0..2)
+            .map(|_| JobState {
+                job: Arc::new(job("    schedule: \"* * * * * *\"\n")),
+                cursor: at("2026-01-01T00:00:00Z"),
+                paused: false,
+            })
+            .collect();
+        let mut due = DueSlots::default();
+        due.reset(&states);
+        let lead = Duration::from_millis(100);
+        let first = at("2026-01-01T00:00:01Z");
+        assert_eq!(due.wake_at(lead), Some(first - chrono::Duration::milliseconds(100)));
+        // 50 ms before the slot: job 0 is claimed ahead, job 1 (a run going) waits for the slot.
+        let ready = due.pop_ready(first - chrono::Duration::milliseconds(50), lead, |index| index == 1);
+        assert_eq!(ready, [0]);
+        assert_eq!(due.wake_at(lead), Some(first));
+        assert!(due.pop_ready(first - chrono::Duration::milliseconds(1), lead, |_| true).is_empty());
+        assert_eq!(due.pop_ready(first, lead, |_| true), [1]);
+        assert_eq!(due.wake_at(lead), None);
+    }
+
+    #[test]
+    fn the_claim_lead_follows_the_slowest_recent_claim_within_bounds() {
+        let lead = ClaimLead::default();
+        assert_eq!(lead.lead(), FIRST_LEAD);
+        lead.observe(Duration::from_millis(2));
+        assert_eq!(lead.lead(), MIN_LEAD);
+        lead.observe(Duration::from_millis(100));
+        lead.observe(Duration::from_millis(3));
+        let learned = lead.lead();
+        assert!(learned >= Duration::from_millis(150) && learned <= Duration::from_millis(156), "{learned:?}");
+        lead.observe(Duration::from_secs(5));
+        assert_eq!(lead.lead(), MAX_LEAD);
     }
 }

@@ -22,9 +22,18 @@ pub fn ignore_refusals() -> bool {
 /// the fence row `FOR SHARE`, so a test can pause the leader in the middle of a claim.
 pub fn claim_hold() -> Option<std::time::Duration> {
     static HOLD: OnceLock<Option<std::time::Duration>> = OnceLock::new();
-    *HOLD.get_or_init(|| {
-        value("TENURE_TEST_CLAIM_HOLD_MS").and_then(|ms| ms.parse().ok()).map(std::time::Duration::from_millis)
-    })
+    *HOLD.get_or_init(|| millis("TENURE_TEST_CLAIM_HOLD_MS"))
+}
+
+/// `TENURE_TEST_CLAIM_LEAD_MS`: runs are claimed this far ahead of their slots instead of the
+/// learned lead, so a test can fault the leader between a claim and its slot.
+pub fn claim_lead() -> Option<std::time::Duration> {
+    static LEAD: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+    *LEAD.get_or_init(|| millis("TENURE_TEST_CLAIM_LEAD_MS"))
+}
+
+fn millis(name: &str) -> Option<std::time::Duration> {
+    value(name).and_then(|ms| ms.parse().ok()).map(std::time::Duration::from_millis)
 }
 
 #[cfg(feature = "testing")]

@@ -352,6 +352,14 @@ pub trait Ledger: Send + Sync {
     /// term ended, and may overwrite a `lost` that a newer leader wrote meanwhile.
     async fn finish_run(&self, run_id: i64, outcome: &RunOutcome) -> Result<(), sqlx::Error>;
 
+    /// `finish_run` for many runs at once (one statement on PostgreSQL).
+    async fn finish_runs(&self, runs: &[(i64, RunOutcome)]) -> Result<(), sqlx::Error> {
+        for (run_id, outcome) in runs {
+            self.finish_run(*run_id, outcome).await?;
+        }
+        Ok(())
+    }
+
     /// The newest scheduled slot recorded for each job, whatever its status.
     async fn last_scheduled_slots(&self) -> Result<HashMap<String, DateTime<Utc>>, sqlx::Error>;
 

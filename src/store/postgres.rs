@@ -359,6 +359,33 @@ impl Ledger for Postgres {
         Ok(())
     }
 
+    async fn finish_runs(&self, runs: &[(i64, RunOutcome)]) -> Result<(), sqlx::Error> {
+        let ids: Vec<i64> = runs.iter().map(|(id, _)| *id).collect();
+        let statuses: Vec<&str> = runs.iter().map(|(_, o)| o.status.as_str()).collect();
+        let exit_codes: Vec<Option<i32>> = runs.iter().map(|(_, o)| o.exit_code).collect();
+        let http_statuses: Vec<Option<i32>> = runs.iter().map(|(_, o)| o.http_status.map(i32::from)).collect();
+        let errors: Vec<Option<String>> = runs.iter().map(|(_, o)| o.error.as_deref().map(clean_text)).collect();
+        let outputs: Vec<String> = runs.iter().map(|(_, o)| clean_text(&o.output)).collect();
+        let finished: Vec<DateTime<Utc>> = runs.iter().map(|(_, o)| o.finished_at).collect();
+        sqlx::query(
+            "UPDATE runs SET status = v.status, exit_code = v.exit_code, http_status = v.http_status,
+                    error = v.error, output = v.output, finished_at = v.finished_at
+             FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[],
+                         $7::timestamptz[]) AS v(id, status, exit_code, http_status, error, output, finished_at)
+             WHERE runs.id = v.id AND runs.status IN ('running', 'lost')",
+        )
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&exit_codes)
+        .bind(&http_statuses)
+        .bind(&errors)
+        .bind(&outputs)
+        .bind(&finished)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The newest scheduled slot recorded for each job, whatever its status.
     async fn last_scheduled_slots(&self) -> Result<HashMap<String, DateTime<Utc>>, sqlx::Error> {
         let rows = sqlx::query("SELECT job, max(slot) AS slot FROM runs WHERE trigger = 'schedule' GROUP BY job")

@@ -16,6 +16,8 @@ pub struct Witness {
     pub term: i64,
     pub node: String,
     pub pid: u32,
+    /// When the job ran (the real clock, even on a replica whose clock a test fakes).
+    pub at: DateTime<Utc>,
 }
 
 impl Witness {
@@ -30,6 +32,10 @@ impl Witness {
                     term: fields.next()?.parse().ok()?,
                     node: fields.next()?.to_owned(),
                     pid: fields.next()?.parse().ok()?,
+                    at: {
+                        let seconds: f64 = fields.next()?.parse().ok()?;
+                        DateTime::from_timestamp_micros((seconds * 1e6) as i64)?
+                    },
                 })
             })
             .collect()
@@ -41,6 +47,8 @@ impl Witness {
 pub struct Report {
     /// (a) a slot executed more than once.
     pub executed_twice: Vec<(String, DateTime<Utc>, usize)>,
+    /// (a) an execution that began before its slot (runs are claimed ahead, never started ahead).
+    pub executed_early: Vec<Witness>,
     /// (b) an execution without a ledger row of the same term.
     pub without_ledger_row: Vec<Witness>,
     /// (b) a ledger row accepted with a term below one already accepted for an earlier slot.
@@ -52,6 +60,7 @@ pub struct Report {
 impl Report {
     pub fn is_clean(&self) -> bool {
         self.executed_twice.is_empty()
+            && self.executed_early.is_empty()
             && self.without_ledger_row.is_empty()
             && self.stale_term_accepted.is_empty()
             && self.missing.is_empty()
@@ -93,6 +102,8 @@ pub fn check(witness: &[Witness], ledger: &[RunRecord], expect: &Expect<'_>) -> 
             report.executed_twice.push((job.to_string(), *slot, *count));
         }
     }
+
+    report.executed_early = witness.iter().filter(|w| w.at < w.slot).cloned().collect();
 
     let rows: HashMap<(&str, DateTime<Utc>), &RunRecord> =
         ledger.iter().map(|row| ((row.job.as_str(), row.slot), row)).collect();
@@ -173,7 +184,7 @@ mod tests {
     }
 
     fn executed(job: &str, second: i64, term: i64) -> Witness {
-        Witness { job: job.into(), slot: at(second), term, node: "n".into(), pid: 1 }
+        Witness { job: job.into(), slot: at(second), term, node: "n".into(), pid: 1, at: at(second) }
     }
 
     /// The checker is only worth something if it fails: feed it each violation once.
@@ -186,9 +197,11 @@ mod tests {
             row("j", 2, 4, "succeeded"),
             row("j", 3, 6, "missed"),
         ];
-        let witness = [executed("j", 0, 5), executed("j", 0, 5), executed("j", 1, 9), executed("j", 2, 4)];
+        let early = Witness { at: at(2) - Duration::milliseconds(1), ..executed("j", 2, 4) };
+        let witness = [executed("j", 0, 5), executed("j", 0, 5), executed("j", 1, 9), early.clone()];
         let report = check(&witness, &ledger, &expect);
         assert_eq!(report.executed_twice, [("j".to_string(), at(0), 2)]);
+        assert_eq!(report.executed_early, [early]);
         assert_eq!(report.without_ledger_row, [executed("j", 1, 9)]);
         assert_eq!(report.stale_term_accepted, [("j".to_string(), at(2), 4, 5)]);
         // Slot 3 was recorded missed where every slot had to run.

@@ -25,7 +25,11 @@ pub const TTL: Duration = Duration::from_secs(1);
 
 /// A shell command for a job that records each execution outside the database.
 pub fn witness_command(witness: &std::path::Path) -> String {
-    format!("echo \"$TENURE_JOB $TENURE_SLOT $TENURE_TERM $TENURE_NODE $$\" >> {}", witness.display())
+    // `date` without LD_PRELOAD: the real clock, even where a test fakes the replica's.
+    format!(
+        "echo \"$TENURE_JOB $TENURE_SLOT $TENURE_TERM $TENURE_NODE $$ $(LD_PRELOAD= date +%s.%N)\" >> {}",
+        witness.display()
+    )
 }
 
 pub struct Replica {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use nix::sys::signal::Signal;
 
 use crate::checker::{Expect, Report, check_excusing};
@@ -554,5 +554,76 @@ async fn the_leader_paused_in_the_middle_of_a_claim_blocks_the_next_only_until_t
     let stale: Vec<_> = cluster.witness().into_iter().filter(|w| w.term == term && w.slot > paused).collect();
     assert!(stale.is_empty(), "the paused leader executed: {stale:?}");
     let report = finish(&mut cluster, &["tick"], &[window(paused, paused + chrono::Duration::seconds(10))]).await;
+    cluster.verdict(&report).await;
+}
+
+/// Runs are claimed ahead of their slots (here 700 ms ahead, by a test switch, so the window is
+/// wide enough to hit) and start at the slot. A fault between the claim and the slot: SIGTERM
+/// hands over at once and the claimed slot still runs, on time, by the old term; SIGKILL leaves
+/// the slot recorded `lost`, never run and never run again; a leader paused past its lease over
+/// its slot runs nothing when it resumes.
+#[tokio::test]
+async fn a_fault_between_a_claim_ahead_and_its_slot_never_runs_it_twice_or_early() {
+    let options = Options { env: vec![("TENURE_TEST_CLAIM_LEAD_MS".into(), "700".into())], ..Options::default() };
+    let mut cluster = Cluster::start_with(3, TICK, options).await;
+    let mut windows = Vec::new();
+    for fault in [Signal::SIGTERM, Signal::SIGKILL, Signal::SIGSTOP] {
+        let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+        let_it_tick(&cluster, 2).await;
+        // 450 ms into a second: the next slot was claimed ~150 ms ago and starts in ~550 ms.
+        let into = u64::from(Utc::now().timestamp_subsec_millis());
+        tokio::time::sleep(Duration::from_millis((1450 - into) % 1000)).await;
+        let slot = Utc::now().duration_trunc(chrono::Duration::seconds(1)).unwrap() + chrono::Duration::seconds(1);
+        let from = Utc::now();
+        cluster.event(format!(
+            "{fault:?} {} (term {term}) between its claim of {slot} and the slot",
+            cluster.replicas[leader].node
+        ));
+        match fault {
+            Signal::SIGKILL => cluster.kill(leader),
+            _ => cluster.signal(leader, fault),
+        }
+        let claimed = cluster.ledger().await.into_iter().find(|r| r.job == "tick" && r.slot == slot);
+        let claimed = claimed.unwrap_or_else(|| panic!("{slot} was not claimed ahead\n{}", cluster.logs()));
+        assert_eq!((claimed.term, claimed.started_at), (term, None), "claimed ahead by the leader, not started");
+        let run_of_slot =
+            |cluster: &Cluster| cluster.witness().into_iter().filter(|w| w.slot == slot).collect::<Vec<_>>();
+        match fault {
+            Signal::SIGTERM => {
+                cluster.terminate(leader).await;
+                let ran = run_of_slot(&cluster);
+                assert_eq!(ran.len(), 1, "the claimed slot runs once, by the resigned term: {ran:?}");
+                assert_eq!(ran[0].term, term);
+                cluster.restart(leader);
+                cluster.wait_for_leader(Duration::from_secs(15)).await;
+                let_it_tick(&cluster, 2).await;
+                // A resignation misses nothing, the claimed slot included.
+                let handed_over = Expect { jobs: &["tick"], from, until: Utc::now(), missed_allowed: false };
+                let report = check_excusing(&cluster.witness(), &cluster.ledger().await, &handed_over, &[]);
+                cluster.verdict(&report).await;
+            }
+            Signal::SIGKILL => {
+                cluster.wait_for_leader(Duration::from_secs(15)).await;
+                wait_for("the killed leader's claim to be reaped lost", Duration::from_secs(20), || async {
+                    cluster.ledger().await.iter().any(|r| r.job == "tick" && r.slot == slot && r.status == "lost")
+                })
+                .await;
+                assert!(run_of_slot(&cluster).is_empty(), "a slot claimed by a killed leader ran");
+                cluster.restart(leader);
+                windows.push(window(from, Utc::now()));
+            }
+            _ => {
+                tokio::time::sleep(TTL * 3).await;
+                cluster.signal(leader, Signal::SIGCONT);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                assert!(run_of_slot(&cluster).is_empty(), "a leader resumed after its lease ran its claimed slot");
+                let status =
+                    cluster.ledger().await.into_iter().find(|r| r.job == "tick" && r.slot == slot).unwrap().status;
+                assert!(status == "lost" || status == "killed", "the paused leader's claim ends {status}");
+                windows.push(window(from, Utc::now()));
+            }
+        }
+    }
+    let report = finish(&mut cluster, &["tick"], &windows).await;
     cluster.verdict(&report).await;
 }

@@ -47,6 +47,7 @@ contract!(pages_of_a_job_ledger_follow_the_cursor_and_the_status_filter);
 contract!(live_output_and_term_heartbeats_are_recorded);
 contract!(retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newest);
 contract!(a_batch_of_claims_answers_each_as_if_it_were_alone);
+contract!(batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_finished_one);
 
 fn slot(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, second).unwrap()
@@ -367,4 +368,39 @@ async fn a_batch_of_claims_answers_each_as_if_it_were_alone(store: Store) {
         assert!(matches!(result, Err(ClaimError::Fenced { term: 3, fence: 4 })), "{result:?}");
     }
     assert!(!store.all_runs().await.unwrap().iter().any(|run| run.job == "late"));
+}
+
+async fn batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_finished_one(store: Store) {
+    let term = Term::for_tests(2, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    let a = store.claim_run(&claim("a", slot(0), &term, "n")).await.unwrap().run_id;
+    let b = store.claim_run(&claim("b", slot(0), &term, "n")).await.unwrap().run_id;
+    let done = store.claim_run(&claim("done", slot(0), &term, "n")).await.unwrap().run_id;
+    let outcome = |status, code, second| RunOutcome {
+        status,
+        exit_code: Some(code),
+        http_status: None,
+        error: (code != 0).then(|| format!("exit {code}")),
+        output: format!("out {code}\0"),
+        finished_at: slot(second),
+    };
+    store.finish_run(done, &outcome(RunStatus::Succeeded, 0, 5)).await.unwrap();
+
+    store.start_runs(&[(a, slot(1)), (b, slot(2))]).await.unwrap();
+    store
+        .finish_runs(&[
+            (a, outcome(RunStatus::Succeeded, 0, 3)),
+            (b, outcome(RunStatus::Failed, 7, 4)),
+            (done, outcome(RunStatus::Failed, 9, 9)),
+        ])
+        .await
+        .unwrap();
+    let a = store.run(a).await.unwrap().unwrap();
+    assert_eq!((a.status.as_str(), a.started_at, a.finished_at), ("succeeded", Some(slot(1)), Some(slot(3))));
+    assert_eq!((a.exit_code, a.error.as_deref(), a.output.as_str()), (Some(0), None, "out 0\u{FFFD}"));
+    let b = store.run(b).await.unwrap().unwrap();
+    assert_eq!((b.status.as_str(), b.started_at, b.finished_at), ("failed", Some(slot(2)), Some(slot(4))));
+    assert_eq!((b.exit_code, b.error.as_deref()), (Some(7), Some("exit 7")));
+    let done = store.run(done).await.unwrap().unwrap();
+    assert_eq!((done.status.as_str(), done.exit_code), ("succeeded", Some(0)), "a finished row keeps its outcome");
 }
