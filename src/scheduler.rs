@@ -53,7 +53,7 @@ pub struct Scheduler {
     members: watch::Receiver<Vec<Member>>,
     /// This replica's clock against the database's; a skewed clock does not fire.
     clock: watch::Receiver<ClockCheck>,
-    /// The current term's claim and start batchers, while leading.
+    /// The current term's claim, start-time and outcome batchers, while leading.
     claims: Option<mpsc::UnboundedSender<ClaimRequest>>,
     starts: Option<mpsc::UnboundedSender<StartRequest>>,
     finishes: Option<mpsc::UnboundedSender<FinishRequest>>,
@@ -483,7 +483,7 @@ impl Scheduler {
         Ledger {
             lead: self.lead.clone(),
             stopping: self.stopping.clone(),
-            planned_at,
+            planned_at: Some(planned_at),
             store: self.store.clone(),
             term: leader.term.clone(),
             lease: leader.lease.clone(),
@@ -524,6 +524,7 @@ impl Scheduler {
         self.own_runs.insert(key, OwnRun { job: job.name.to_string(), stop: stop.clone(), done: done.clone() });
         *self.runs_per_job.entry(job.name.to_string()).or_default() += 1;
         let finished = self.finished_tx.clone();
+        let mut ledger = ledger;
         self.runs.spawn(async move {
             for wait in wait_for {
                 let _ = tokio::time::timeout(executor::KILL_GRACE * 2, wait.cancelled()).await;
@@ -801,8 +802,9 @@ async fn sleep_until_or_forever(at: Option<tokio::time::Instant>) {
 struct Ledger {
     lead: ClaimLead,
     stopping: CancellationToken,
-    /// When the scheduler decided to fire these slots.
-    planned_at: DateTime<Utc>,
+    /// When the scheduler decided to fire these slots; taken by the first claim, the one whose
+    /// time from decision to commit the claim lead must cover.
+    planned_at: Option<DateTime<Utc>>,
     store: Store,
     term: Term,
     lease: LeaseDeadline,
@@ -869,8 +871,21 @@ impl Ledger {
     }
 
     /// Claim `slot`, and only once the claim has committed, execute it with its retries.
-    async fn fire(&self, job: &Job, slot: DateTime<Utc>, trigger: Trigger, trigger_id: Option<i64>, stop: &RunStop) {
+    async fn fire(
+        &mut self,
+        job: &Job,
+        slot: DateTime<Utc>,
+        trigger: Trigger,
+        trigger_id: Option<i64>,
+        stop: &RunStop,
+    ) {
         let claimed = self.claim(job, slot, trigger, stop).await;
+        if let Some(planned_at) = self.planned_at.take().filter(|planned_at| slot > *planned_at) {
+            if claimed.is_some() {
+                // Sent ahead of its slot: however late it committed, the lead learns from it.
+                self.lead.observe((Utc::now() - planned_at).to_std().unwrap_or_default());
+            }
+        }
         if let Some(trigger_id) = trigger_id {
             // Whoever claimed the trigger's slot (this term, or an earlier one that did not get
             // to mark it), the trigger is handled.
@@ -885,11 +900,8 @@ impl Ledger {
             tracing::info!(job = %job.name, %slot, "skipped: the previous run is still going");
             return;
         }
-        if slot > Utc::now() {
-            // Claimed ahead: start at the slot, never before it.
-            self.lead.observe((Utc::now() - self.planned_at).to_std().unwrap_or_default());
-            wait_until(slot, &stop.token).await;
-        }
+        // Claimed ahead: start at the slot, never before it.
+        wait_until(slot, &stop.token).await;
         let mut attempt = 1;
         let mut recorded_start = None;
         loop {
