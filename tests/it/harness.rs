@@ -12,10 +12,23 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-/// A port nobody listens on right now. Another process may take it before we bind; starters
-/// retry on "address in use".
+/// A port nobody listens on right now, handed out once per process, from below the kernel's
+/// ephemeral range (32768 and up by default): a port from `bind(:0)` could meanwhile become the
+/// source port of some outgoing connection and a replica started on it would find it taken.
+/// Another process may still take it before we bind; starters retry on "address in use".
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let seed = std::process::id().wrapping_mul(7_919) % SPAN;
+    let _ = NEXT.compare_exchange(u32::MAX, seed, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Wait until `condition` holds, checking every 50 ms; panic with `what` after `timeout`.
