@@ -533,8 +533,17 @@ async fn scale(count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A term for claiming straight through the store, from the in-process election `tenure dev`
-/// uses (only an election mints terms). Its campaign stays up for the rest of the bench.
+/// The ledger on `pool` with the fence raised to a term of ours, for claiming straight through
+/// the store.
+async fn leading_store(pool: &PgPool) -> anyhow::Result<(Store, Term)> {
+    let store = Store::new(pool.clone());
+    let term = mint_term().await;
+    store.begin_term(&term, "n").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((store, term))
+}
+
+/// A term from the in-process election `tenure dev` uses (only an election mints terms). Its
+/// campaign stays up for the rest of the bench.
 async fn mint_term() -> Term {
     let (tx, mut leadership) = tokio::sync::watch::channel(tenure::leadership::Leadership::Follower { leader: None });
     let election = tenure::local::LocalElection::new(0);
@@ -556,9 +565,7 @@ async fn fencing() -> anyhow::Result<()> {
     header("4. Cost of fencing: claims of distinct slots, sequential, one connection pool");
     let pg = harness::Postgres::start_durable().await;
     let (_, pool) = database(&pg, "fencing").await?;
-    let store = Store::new(pool.clone());
-    let term = mint_term().await;
-    store.begin_term(&term, "n").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (store, term) = leading_store(&pool).await?;
     let base = Utc::now();
     const N: i64 = 3_000;
     const BATCH: i64 = 100;
@@ -637,9 +644,7 @@ async fn dashboard() -> anyhow::Result<()> {
     header("5. Dashboard: 1,000,000 ledger rows (100,000 for one job), 20 concurrent clients");
     let pg = harness::Postgres::start_durable().await;
     let (url, pool) = database(&pg, "dashboard").await?;
-    let store = Store::new(pool.clone());
-    let term = mint_term().await;
-    store.begin_term(&term, "n").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (store, term) = leading_store(&pool).await?;
     let started = Instant::now();
     // A connection of its own: the pool's 5 s statement timeout is for claims, not bulk loads.
     let mut bulk = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
