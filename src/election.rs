@@ -6,7 +6,7 @@
 //! publish `Follower` the moment the lease deadline passes, etcd reports the lease gone, the
 //! keep-alive stream fails, or someone asks it to step down. Then campaign again.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::ClockCheck;
-use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
+use crate::leadership::{BootInstant, LeaderTerm, Leadership, LeaseDeadline, Term};
 
 /// How long a single unary etcd request may take before we treat etcd as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -124,7 +124,7 @@ impl Election {
     /// orderly way (step-down or shutdown), Err when etcd failed us.
     async fn one_term(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let ttl = self.config.lease_ttl;
-        let sent = Instant::now();
+        let sent = BootInstant::now();
         let grant = timeout(self.client.lease_grant(ttl.as_secs().max(1) as i64, None)).await.context("grant lease")?;
         let lease_id = grant.id();
         let granted_ttl = Duration::from_secs(grant.ttl().max(0) as u64);
@@ -268,7 +268,7 @@ async fn keep_lease_alive_inner(
     let interval = ttl / 3;
     let opened = tokio::select! {
         () = stop.cancelled() => return LeaseEnd::Stopped,
-        () = tokio::time::sleep_until(lease.deadline().into()) => return LeaseEnd::DeadlinePassed,
+        () = lease.expired() => return LeaseEnd::DeadlinePassed,
         opened = client.lease_keep_alive(lease_id) => opened,
     };
     let (mut keeper, mut stream) = match opened {
@@ -279,17 +279,17 @@ async fn keep_lease_alive_inner(
     loop {
         tokio::select! {
             () = stop.cancelled() => return LeaseEnd::Stopped,
-            () = tokio::time::sleep_until(lease.deadline().into()) => return LeaseEnd::DeadlinePassed,
+            () = lease.expired() => return LeaseEnd::DeadlinePassed,
             () = tokio::time::sleep_until(next_send) => {}
         }
-        let sent = Instant::now();
+        let sent = BootInstant::now();
         next_send = tokio::time::Instant::now() + interval;
         if let Err(error) = keeper.keep_alive().await {
             return LeaseEnd::Failed(format!("send keep-alive: {error}"));
         }
         let answer = tokio::select! {
             () = stop.cancelled() => return LeaseEnd::Stopped,
-            () = tokio::time::sleep_until(lease.deadline().into()) => return LeaseEnd::DeadlinePassed,
+            () = lease.expired() => return LeaseEnd::DeadlinePassed,
             answer = stream.message() => answer,
         };
         match answer {
@@ -392,7 +392,7 @@ async fn register_once(
     member: &mut watch::Receiver<Member>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let sent = Instant::now();
+    let sent = BootInstant::now();
     let grant = timeout(client.lease_grant(lease_ttl.as_secs().max(1) as i64, None)).await?;
     let lease_id = grant.id();
     let granted = Duration::from_secs(grant.ttl().max(0) as u64);

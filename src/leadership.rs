@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -47,50 +47,96 @@ impl fmt::Display for Term {
     }
 }
 
-/// The local deadline of a lease on the monotonic clock, shared between the keep-alive loop that
-/// extends it and the scheduler that must stop claiming the moment it passes.
+/// An instant on `CLOCK_BOOTTIME`: like the monotonic clock, but it keeps counting while the
+/// machine is suspended (a VM paused by its host, a laptop asleep), so a lease measured on it
+/// has expired after a suspend as long as the lease, as it has in etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BootInstant(Duration);
+
+impl BootInstant {
+    pub fn now() -> BootInstant {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME is readable");
+        BootInstant(Duration::new(now.tv_sec() as u64, now.tv_nsec() as u32))
+    }
+
+    /// How long from `earlier` to this instant (zero if `earlier` is later).
+    pub fn saturating_duration_since(&self, earlier: BootInstant) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        BootInstant::now().saturating_duration_since(*self)
+    }
+}
+
+impl std::ops::Add<Duration> for BootInstant {
+    type Output = BootInstant;
+
+    fn add(self, rhs: Duration) -> BootInstant {
+        BootInstant(self.0 + rhs)
+    }
+}
+
+impl std::ops::Sub<Duration> for BootInstant {
+    type Output = BootInstant;
+
+    fn sub(self, rhs: Duration) -> BootInstant {
+        BootInstant(self.0.saturating_sub(rhs))
+    }
+}
+
+/// The local deadline of a lease on `CLOCK_BOOTTIME`, shared between the keep-alive loop that
+/// extends it and the scheduler that must stop claiming and starting the moment it passes.
 #[derive(Debug, Clone)]
 pub struct LeaseDeadline {
-    origin: Instant,
-    /// Nanoseconds after `origin`; 0 means "already expired".
+    /// Nanoseconds of `CLOCK_BOOTTIME`; 0 means "already expired".
     deadline_nanos: Arc<AtomicU64>,
 }
 
 impl LeaseDeadline {
-    pub fn new(deadline: Instant) -> LeaseDeadline {
-        let origin = Instant::now();
-        let lease = LeaseDeadline { origin, deadline_nanos: Arc::new(AtomicU64::new(0)) };
+    pub fn new(deadline: BootInstant) -> LeaseDeadline {
+        let lease = LeaseDeadline { deadline_nanos: Arc::new(AtomicU64::new(0)) };
         lease.extend_to(deadline);
         lease
     }
 
-    /// Move the deadline (only ever forwards; a late acknowledgement never shortens it).
-    pub fn extend_to(&self, deadline: Instant) {
-        let nanos = deadline.saturating_duration_since(self.origin).as_nanos() as u64;
-        self.deadline_nanos.fetch_max(nanos, Ordering::SeqCst);
+    /// Move the deadline to `deadline` if that is later; never earlier.
+    pub fn extend_to(&self, deadline: BootInstant) {
+        self.deadline_nanos.fetch_max(deadline.0.as_nanos() as u64, Ordering::SeqCst);
     }
 
-    /// Expire now, e.g. when etcd reports the lease gone.
+    /// Stop at once (lease lost, stepping down, shutting down).
     pub fn expire(&self) {
         self.deadline_nanos.store(0, Ordering::SeqCst);
     }
 
-    pub fn deadline(&self) -> Instant {
+    pub fn deadline(&self) -> BootInstant {
         if crate::testing::no_self_fence() {
-            return self.origin + Duration::from_secs(100 * 365 * 24 * 3600);
+            return BootInstant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         }
-        self.origin + Duration::from_nanos(self.deadline_nanos.load(Ordering::SeqCst))
+        BootInstant(Duration::from_nanos(self.deadline_nanos.load(Ordering::SeqCst)))
     }
 
     pub fn is_valid(&self) -> bool {
         if crate::testing::no_self_fence() {
             return true;
         }
-        Instant::now() < self.deadline()
+        BootInstant::now() < self.deadline()
+    }
+
+    /// Resolves once the deadline has passed (re-checked after every sleep: tokio sleeps on the
+    /// monotonic clock, which stands still during a suspend).
+    pub async fn expired(&self) {
+        loop {
+            let left = self.deadline().saturating_duration_since(BootInstant::now());
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+        }
     }
 }
 
-/// The leadership this replica holds right now.
 #[derive(Debug, Clone)]
 pub enum Leadership {
     /// Not leading. `leader` is the node id of the current leader when known.
@@ -129,7 +175,7 @@ mod tests {
 
     #[test]
     fn lease_deadline_only_moves_forward_and_expires() {
-        let now = Instant::now();
+        let now = BootInstant::now();
         let lease = LeaseDeadline::new(now + Duration::from_secs(10));
         assert!(lease.is_valid());
         lease.extend_to(now + Duration::from_secs(5));
@@ -138,5 +184,17 @@ mod tests {
         assert!(!lease.is_valid());
         let past = LeaseDeadline::new(now);
         assert!(!past.is_valid());
+    }
+
+    /// A suspended machine cannot be simulated here; what can be checked is that the lease is
+    /// measured on the clock that counts suspended time: the one `/proc/uptime` reports, which is
+    /// never behind the monotonic clock.
+    #[test]
+    fn leases_are_measured_on_the_clock_that_counts_suspended_time() {
+        let uptime: f64 = std::fs::read_to_string("/proc/uptime").unwrap().split(' ').next().unwrap().parse().unwrap();
+        let boot = BootInstant::now().0.as_secs_f64();
+        assert!((boot - uptime).abs() < 1.0, "CLOCK_BOOTTIME {boot} vs uptime {uptime}");
+        let monotonic = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+        assert!(BootInstant::now().0 >= Duration::new(monotonic.tv_sec() as u64, monotonic.tv_nsec() as u32));
     }
 }

@@ -4,13 +4,13 @@
 //! passes the same contract suite (tests/it/leadership.rs).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
+use crate::leadership::{BootInstant, LeaderTerm, Leadership, LeaseDeadline, Term};
 
 /// The cluster id local terms carry (etcd terms carry the etcd cluster's id).
 pub const CLUSTER_ID: &str = "local";
@@ -84,7 +84,7 @@ impl LocalElection {
                 term: Term::new(term, CLUSTER_ID.to_owned()),
                 since: Utc::now(),
                 // Nothing can take an in-process lock away: the lease never runs out.
-                lease: LeaseDeadline::new(Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)),
+                lease: LeaseDeadline::new(BootInstant::now() + Duration::from_secs(100 * 365 * 24 * 3600)),
                 step_down: step_down.clone(),
             }));
             let stepped_down = tokio::select! {

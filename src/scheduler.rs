@@ -21,7 +21,7 @@ use crate::election::Member;
 use crate::executor::{self, OutputTail, RunContext};
 use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
 use crate::store::{
-    Claim, ClaimError, Claimed, FenceError, LiveNode, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger,
+    Claim, ClaimError, Claimed, FenceError, JobCursor, LiveNode, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger,
 };
 
 /// A slot this close behind "now" is on time; older due slots are catch-up slots and follow the
@@ -66,9 +66,6 @@ pub struct Scheduler {
     runs_per_job: HashMap<String, usize>,
     /// How far ahead of their slots claims are sent.
     lead: ClaimLead,
-    /// Cancelled when this replica stops: a run claimed ahead still starts at its slot after the
-    /// orderly resignation (its claim committed in a current term), so a hand-over loses nothing.
-    stopping: CancellationToken,
     /// Manual triggers this term has started; a trigger is started once per term.
     started_triggers: HashSet<i64>,
     next_run_key: u64,
@@ -164,7 +161,6 @@ impl Scheduler {
             own_runs: HashMap::new(),
             runs_per_job: HashMap::new(),
             lead: ClaimLead::default(),
-            stopping: CancellationToken::new(),
             started_triggers: HashSet::new(),
             next_run_key: 0,
             finished_tx,
@@ -174,7 +170,6 @@ impl Scheduler {
 
     /// Fire while leading, until `shutdown`; then let runs finish within the grace period.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        self.stopping = shutdown.clone();
         while !shutdown.is_cancelled() {
             let leadership = self.leadership.borrow_and_update().clone();
             match leadership {
@@ -230,7 +225,7 @@ impl Scheduler {
         // Replaced by the next term's; the batcher stops once the term's runs let go of it.
         self.claims = Some(claims_tx);
         let (starts_tx, starts_rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_starts(self.store.clone(), starts_rx));
+        tokio::spawn(batch_starts(self.store.clone(), term.clone(), starts_rx));
         self.starts = Some(starts_tx);
         let (finishes_tx, finishes_rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_finishes(self.store.clone(), finishes_rx));
@@ -291,7 +286,18 @@ impl Scheduler {
                 }
                 Wake::JobsReloaded => {
                     let jobs = self.jobs.borrow_and_update().clone();
-                    states = rebuild_states(states, &jobs, Utc::now());
+                    let known: HashSet<String> = states.iter().map(|state| state.job.name.to_string()).collect();
+                    let now = Utc::now();
+                    states = rebuild_states(states, &jobs, now);
+                    // A job new to this term starts from now; its cursor is recorded so that a
+                    // hand-over before its first slot does not lose that slot.
+                    let added: Vec<&str> =
+                        jobs.jobs().iter().map(|job| job.name.as_ref()).filter(|name| !known.contains(*name)).collect();
+                    if !added.is_empty() {
+                        if let Err(error) = self.store.job_cursors(term, &added, now).await {
+                            tracing::warn!(%error, jobs = added.len(), "could not record the cursors of new jobs");
+                        }
+                    }
                     // Operator pauses apply to the reloaded jobs too.
                     controls_pending = true;
                     tracing::info!(jobs = states.len(), hash = jobs.hash(), "job file reloaded");
@@ -387,20 +393,26 @@ impl Scheduler {
 
     async fn load_states(&mut self, leader: &LeaderTerm, shutdown: &CancellationToken) -> Option<Vec<JobState>> {
         loop {
-            match self.store.last_scheduled_slots().await {
-                Ok(last) => {
-                    let jobs = self.jobs.borrow_and_update().clone();
-                    let now = Utc::now();
+            let jobs = self.jobs.borrow_and_update().clone();
+            let names: Vec<&str> = jobs.jobs().iter().map(|job| job.name.as_ref()).collect();
+            let now = Utc::now();
+            match self.store.job_cursors(&leader.term, &names, now).await {
+                Ok(cursors) => {
                     return Some(
                         jobs.jobs()
                             .iter()
                             .map(|job| JobState {
-                                cursor: last.get(job.name.as_ref()).copied().unwrap_or(now),
+                                cursor: resume_from(cursors.get(job.name.as_ref()), now),
                                 paused: job.paused,
                                 job: Arc::new(job.clone()),
                             })
                             .collect(),
                     );
+                }
+                Err(ClaimError::Fenced { fence, .. }) => {
+                    tracing::warn!(term = leader.term.revision(), fence, "a newer term holds the fence; stepping down");
+                    leader.step_down.cancel();
+                    return None;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "could not read the ledger; retrying");
@@ -456,7 +468,7 @@ impl Scheduler {
             let ledger = ledger.clone();
             let job = job.clone();
             let missed = plan.missed;
-            self.runs.spawn(async move { ledger.record_missed(&job, &missed).await });
+            self.runs.spawn(async move { ledger.record_missed(&job, &missed, Trigger::Schedule).await });
         }
         self.start_runs(job, plan.run, Trigger::Schedule, None, ledger);
     }
@@ -482,7 +494,6 @@ impl Scheduler {
     fn ledger(&self, leader: &LeaderTerm, planned_at: DateTime<Utc>) -> Ledger {
         Ledger {
             lead: self.lead.clone(),
-            stopping: self.stopping.clone(),
             planned_at: Some(planned_at),
             store: self.store.clone(),
             term: leader.term.clone(),
@@ -755,6 +766,19 @@ fn next_slot(state: &JobState) -> Option<DateTime<Utc>> {
     state.job.schedule.next_after(state.cursor)
 }
 
+/// Where a new term resumes a job: after its recorded cursor, or, when an older term claimed
+/// slots and never started them, just before the oldest of those, so they are decided again (run
+/// or recorded missed, per the job's policy); the rows of slots in between answer for themselves.
+fn resume_from(cursor: Option<&JobCursor>, now: DateTime<Utc>) -> DateTime<Utc> {
+    match cursor {
+        None => now,
+        Some(JobCursor { slot, unstarted: None }) => *slot,
+        Some(JobCursor { slot, unstarted: Some(unstarted) }) => {
+            (*slot).min(*unstarted - chrono::Duration::milliseconds(1))
+        }
+    }
+}
+
 /// After a reload: keep the cursor of every job that still exists; a new job, or one that was
 /// paused, starts from now.
 fn rebuild_states(old: Vec<JobState>, jobs: &JobSet, now: DateTime<Utc>) -> Vec<JobState> {
@@ -801,7 +825,6 @@ async fn sleep_until_or_forever(at: Option<tokio::time::Instant>) {
 #[derive(Clone)]
 struct Ledger {
     lead: ClaimLead,
-    stopping: CancellationToken,
     /// When the scheduler decided to fire these slots; taken by the first claim, the one whose
     /// time from decision to commit the claim lead must cover.
     planned_at: Option<DateTime<Utc>>,
@@ -812,7 +835,7 @@ struct Ledger {
     step_down: CancellationToken,
     /// The term's claim batcher: claims that fall due together go to the database together.
     claims: mpsc::UnboundedSender<ClaimRequest>,
-    /// Start times and outcomes, batched the same way.
+    /// Fenced starts and outcomes, batched the same way.
     starts: mpsc::UnboundedSender<StartRequest>,
     finishes: mpsc::UnboundedSender<FinishRequest>,
     node: String,
@@ -841,15 +864,21 @@ impl Ledger {
         self.store.claim_run(claim).await
     }
 
-    async fn record_missed(&self, job: &Job, slots: &[DateTime<Utc>]) {
+    async fn record_missed(&self, job: &Job, slots: &[DateTime<Utc>], trigger: Trigger) {
         let reason = "not run: past the job's catch-up policy or starting deadline";
+        self.record(job, slots, RunStatus::Missed, trigger, reason).await;
+    }
+
+    /// Record `slots` as not run: new rows, or this term's claims that never started.
+    async fn record(&self, job: &Job, slots: &[DateTime<Utc>], status: RunStatus, trigger: Trigger, reason: &str) {
         loop {
             match self
                 .store
                 .record_slots(
                     job.name.as_ref(),
                     slots,
-                    RunStatus::Missed,
+                    status,
+                    trigger,
                     &self.term,
                     &self.node,
                     &self.config_hash,
@@ -859,11 +888,11 @@ impl Ledger {
             {
                 Ok(_) => return,
                 Err(ClaimError::Database(error)) if self.lease.is_valid() => {
-                    tracing::warn!(%error, job = %job.name, "could not record missed slots; retrying");
+                    tracing::warn!(%error, job = %job.name, "could not record slots not run; retrying");
                     tokio::time::sleep(DATABASE_RETRY).await;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, job = %job.name, "missed slots not recorded in this term");
+                    tracing::warn!(%error, job = %job.name, "slots not run were not recorded in this term");
                     return;
                 }
             }
@@ -902,57 +931,29 @@ impl Ledger {
         }
         // Claimed ahead: start at the slot, never before it.
         wait_until(slot, &stop.token).await;
+        let Some(started) = self.start(job, slot, trigger, run_id, stop).await else { return };
         let mut attempt = 1;
-        let mut recorded_start = None;
         loop {
-            let started = Utc::now();
-            // After an orderly resignation a claim of this term still starts (it committed while
-            // the term was current; nobody else may claim the slot); after a lost lease it does not.
-            let leading = self.lease.is_valid() || (attempt == 1 && self.stopping.is_cancelled());
-            let refused = match stop.reason().filter(|_| stop.token.is_cancelled()) {
-                Some(reason) => Some(format!("{reason} before the run started")),
-                None => (!leading).then(|| "leadership lost before the run started".to_owned()),
+            let started = if attempt == 1 { started } else { Utc::now() };
+            metrics::histogram!("tenure_fire_lateness_seconds")
+                .record((started - slot).to_std().unwrap_or_default().as_secs_f64());
+            let context = RunContext {
+                run_id,
+                job: job.name.to_string(),
+                slot,
+                term: self.term.revision(),
+                node: self.node.clone(),
+                attempt,
             };
-            let outcome = if let Some(error) = refused {
-                // Claimed, but this term may not start it any more: run nothing.
-                RunOutcome {
-                    status: RunStatus::Killed,
-                    exit_code: None,
-                    http_status: None,
-                    error: Some(error),
-                    output: String::new(),
-                    finished_at: started,
-                }
-            } else {
-                if attempt == 1 {
-                    // Recorded beside the run rather than before it: the claim is what licenses it.
-                    recorded_start = Some(self.start(run_id, started));
-                }
-                metrics::histogram!("tenure_fire_lateness_seconds")
-                    .record((started - slot).to_std().unwrap_or_default().as_secs_f64());
-                let context = RunContext {
-                    run_id,
-                    job: job.name.to_string(),
-                    slot,
-                    term: self.term.revision(),
-                    node: self.node.clone(),
-                    attempt,
-                };
-                let output = OutputTail::default();
-                let flusher = tokio::spawn(flush_output(self.store.clone(), run_id, output.clone()));
-                let mut outcome = executor::execute(job, &context, &output, &self.http, &stop.token).await;
-                flusher.abort();
-                if let Some(reason) = stop.reason() {
-                    outcome.error = Some(reason.to_owned());
-                }
-                metrics::histogram!("tenure_run_duration_seconds")
-                    .record((outcome.finished_at - started).to_std().unwrap_or_default().as_secs_f64());
-                outcome
-            };
-            if let Some(recorded) = recorded_start.take() {
-                // The start time lands before anything later is written about the run.
-                let _ = recorded.await;
+            let output = OutputTail::default();
+            let flusher = tokio::spawn(flush_output(self.store.clone(), run_id, output.clone()));
+            let mut outcome = executor::execute(job, &context, &output, &self.http, &stop.token).await;
+            flusher.abort();
+            if let Some(reason) = stop.reason() {
+                outcome.error = Some(reason.to_owned());
             }
+            metrics::histogram!("tenure_run_duration_seconds")
+                .record((outcome.finished_at - started).to_std().unwrap_or_default().as_secs_f64());
             let retryable = matches!(outcome.status, RunStatus::Failed | RunStatus::TimedOut);
             if !retryable || attempt > job.retries.max as i32 || stop.token.is_cancelled() {
                 self.finish(job, run_id, &outcome).await;
@@ -1018,7 +1019,7 @@ impl Ledger {
                     tokio::time::sleep(DATABASE_RETRY).await;
                     if Utc::now() - slot > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default() {
                         tracing::warn!(job = %job.name, %slot, "the slot passed its starting deadline while the database was down");
-                        self.record_missed(job, &[slot]).await;
+                        self.record_missed(job, &[slot], trigger).await;
                         return None;
                     }
                 }
@@ -1026,20 +1027,75 @@ impl Ledger {
         }
     }
 
-    /// Send the start time to the term's batcher (or write it directly if the batcher is gone);
-    /// the receiver answers once it is recorded or given up on.
-    fn start(&self, run_id: i64, started: DateTime<Utc>) -> oneshot::Receiver<()> {
-        let (reply, recorded) = oneshot::channel();
-        if let Err(mpsc::error::SendError(request)) = self.starts.send(StartRequest { run_id, started, reply }) {
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                if let Err(error) = store.start_run(run_id, started).await {
-                    tracing::warn!(%error, run_id, "could not record the start time");
+    /// Start a claimed run: the fenced `claimed -> started` transition, recorded before anything
+    /// executes. `None`: this term may not start it, and nothing runs. A claim left unstarted
+    /// because the lease ended stays as it is, for the next term to take over; one stopped by
+    /// this term (`replace`, shutdown grace) is recorded `killed`; one whose start could not be
+    /// recorded in time is recorded `missed`.
+    async fn start(
+        &self,
+        job: &Job,
+        slot: DateTime<Utc>,
+        trigger: Trigger,
+        run_id: i64,
+        stop: &RunStop,
+    ) -> Option<DateTime<Utc>> {
+        // The same start time on every retry: a retry after a lost acknowledgement finds it.
+        let started = Utc::now();
+        loop {
+            if let Some(reason) = stop.reason().filter(|_| stop.token.is_cancelled()) {
+                let reason = format!("{reason} before the run started");
+                self.record(job, &[slot], RunStatus::Killed, trigger, &reason).await;
+                return None;
+            }
+            if !self.lease.is_valid() {
+                // Not an orderly hand-over either: a resignation expires the lease first. The
+                // claim was never started, so the next term takes it over.
+                tracing::warn!(job = %job.name, %slot, "leadership lost before the run started; left to the next leader");
+                return None;
+            }
+            match self.submit_start(run_id, started).await {
+                Ok(true) => break,
+                Ok(false) => {
+                    tracing::warn!(job = %job.name, %slot, run_id, "the claim is no longer this term's to start");
+                    return None;
                 }
-                let _ = request.reply.send(());
-            });
+                Err(ClaimError::Fenced { term, fence }) => {
+                    metrics::counter!("tenure_claims_rejected_total", "reason" => "fenced").increment(1);
+                    tracing::warn!(job = %job.name, %slot, term, fence, "start refused: a newer term holds the fence; stepping down");
+                    self.step_down.cancel();
+                    return None;
+                }
+                Err(error) => {
+                    tracing::warn!(job = %job.name, %slot, %error, "could not record the start; retrying (the run is delayed, not doubled)");
+                    tokio::time::sleep(DATABASE_RETRY).await;
+                }
+            }
         }
-        recorded
+        if Utc::now() - slot > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default() {
+            let outcome = RunOutcome {
+                status: RunStatus::Missed,
+                exit_code: None,
+                http_status: None,
+                error: Some("not run: its start was recorded only after the starting deadline".to_owned()),
+                output: String::new(),
+                finished_at: Utc::now(),
+            };
+            self.finish(job, run_id, &outcome).await;
+            return None;
+        }
+        Some(started)
+    }
+
+    /// The fenced start through the term's batcher (or directly, if it is gone).
+    async fn submit_start(&self, run_id: i64, started: DateTime<Utc>) -> Result<bool, ClaimError> {
+        let (reply, answer) = oneshot::channel();
+        if self.starts.send(StartRequest { run_id, started, reply }).is_ok() {
+            if let Ok(result) = answer.await {
+                return result;
+            }
+        }
+        Ok(self.store.start_runs(&self.term, &[(run_id, started)]).await?[0])
     }
 
     /// Record the outcome; keep trying while the database is down, since a row left `running`
@@ -1138,22 +1194,26 @@ where
     }
 }
 
-/// A start time waiting for the batcher; answered once it is recorded (or given up on).
+/// A fenced start waiting for the batcher; answered whether the run may start.
 struct StartRequest {
     run_id: i64,
     started: DateTime<Utc>,
-    reply: oneshot::Sender<()>,
+    reply: oneshot::Sender<Result<bool, ClaimError>>,
 }
 
-/// Record start times like `batch_claims` claims: what is waiting, in one statement.
-async fn batch_starts(store: Store, requests: mpsc::UnboundedReceiver<StartRequest>) {
-    batched(requests, RECORD_LINGER, |batch: Vec<StartRequest>| async {
+/// Start runs like `batch_claims` claims: what is waiting, in one fenced statement, at once (a
+/// run waits for its answer before it executes, so nothing lingers).
+async fn batch_starts(store: Store, term: Term, requests: mpsc::UnboundedReceiver<StartRequest>) {
+    batched(requests, Duration::ZERO, |batch: Vec<StartRequest>| async {
         let runs: Vec<(i64, DateTime<Utc>)> = batch.iter().map(|r| (r.run_id, r.started)).collect();
-        if let Err(error) = store.start_runs(&runs).await {
-            tracing::warn!(%error, runs = runs.len(), "could not record start times");
-        }
-        for request in batch {
-            let _ = request.reply.send(());
+        let answers = store.start_runs(&term, &runs).await;
+        for (index, request) in batch.into_iter().enumerate() {
+            let answer = match &answers {
+                Ok(started) => Ok(started[index]),
+                Err(ClaimError::Fenced { term, fence }) => Err(ClaimError::Fenced { term: *term, fence: *fence }),
+                Err(error) => Err(ClaimError::Database(sqlx::Error::Protocol(error.to_string()))),
+            };
+            let _ = request.reply.send(answer);
         }
     })
     .await;

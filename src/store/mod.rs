@@ -2,9 +2,14 @@
 //! cluster (`postgres`) or SQLite for `tenure dev` (`sqlite`), behind one `Ledger` contract. Owns
 //! every SQL statement in tenure; nothing else talks to a database.
 //!
-//! Invariant: every write that records a slot (`claim_run`, `record_slots`) or changes a run as
-//! its leader (`retry_run`, `reap_lost`) checks the fence in the same statement, so it cannot
-//! commit after a newer term's `begin_term` has committed.
+//! Invariant: every write that records a slot (`claim_run`, `record_slots`), starts a run
+//! (`start_runs`), moves a cursor (`job_cursors`) or changes a run as its leader (`retry_run`,
+//! `reap_lost`) checks the fence in the same statement, so it cannot commit after a newer term's
+//! `begin_term` has committed.
+//!
+//! A row is claimed (`running`, no `started_at`), then started (`started_at` set by the fenced
+//! `start_runs`, before the process or request begins), then finished. Only a claimed row that
+//! was never started can change hands: a newer term's claim or `record_slots` takes it over.
 
 mod postgres;
 mod sqlite;
@@ -45,6 +50,8 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Claimed (`started_at` empty: not started, a newer term may take it over) or started
+    /// (`started_at` set, through the fenced `start_runs`).
     Running,
     Succeeded,
     Failed,
@@ -55,7 +62,7 @@ pub enum RunStatus {
     Skipped,
     /// Not run: the leader was down or late beyond the job's policy.
     Missed,
-    /// Claimed by a leader that vanished without recording an outcome.
+    /// Started by a leader that vanished without recording an outcome.
     Lost,
 }
 
@@ -149,8 +156,20 @@ impl Trigger {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claimed {
     pub run_id: i64,
-    /// `Running` (go ahead and execute) or `Skipped` (a previous run is still going).
+    /// `Running` (claimed: start it at its slot through `start_runs`) or `Skipped` (a previous
+    /// run is still going).
     pub status: RunStatus,
+}
+
+/// Where a new term resumes one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobCursor {
+    /// The newest scheduled slot recorded (claimed, run or recorded missed), or when the job was
+    /// first seen.
+    pub slot: DateTime<Utc>,
+    /// The oldest scheduled slot an older term claimed and never started: not run yet, so the
+    /// new term decides it again per the job's policy.
+    pub unstarted: Option<DateTime<Utc>>,
 }
 
 /// How a run ended, as recorded on its row.
@@ -299,9 +318,10 @@ pub trait Ledger: Send + Sync {
 
     async fn fence(&self) -> Result<Fence, sqlx::Error>;
 
-    /// Claim one slot in one statement that checks the fence and inserts the (job, slot) row. A
-    /// job may execute only after this returns `Ok` with `Running`. Retrying after a lost
-    /// acknowledgement is safe: an unstarted row of our own term and node is handed back.
+    /// Claim one slot in one statement that checks the fence and inserts the (job, slot) row, or
+    /// takes over a row an older term claimed and never started. A claim is not a licence to
+    /// execute: `start_runs` is. Retrying after a lost acknowledgement is safe: an unstarted row
+    /// of our own term and node is handed back.
     async fn claim_run(&self, claim: &Claim<'_>) -> Result<Claimed, ClaimError>;
 
     /// Claim many slots of one term at once, each with exactly `claim_run`'s meaning (fence,
@@ -315,28 +335,27 @@ pub trait Ledger: Send + Sync {
         results
     }
 
-    /// Record slots that will not run (e.g. `missed`) under the fence. Returns how many were new.
+    /// Record slots that will not run (`missed`, or `killed` before they started) under the
+    /// fence, in one statement: new rows, and rows claimed by this or an older term that were
+    /// never started. Returns how many rows were written.
     #[allow(clippy::too_many_arguments)]
     async fn record_slots(
         &self,
         job: &str,
         slots: &[DateTime<Utc>],
         status: RunStatus,
+        trigger: Trigger,
         term: &Term,
         node: &str,
         config_hash: &str,
         error: &str,
     ) -> Result<u64, ClaimError>;
 
-    async fn start_run(&self, run_id: i64, started_at: DateTime<Utc>) -> Result<(), sqlx::Error>;
-
-    /// `start_run` for many runs at once (one statement on PostgreSQL).
-    async fn start_runs(&self, runs: &[(i64, DateTime<Utc>)]) -> Result<(), sqlx::Error> {
-        for (run_id, started_at) in runs {
-            self.start_run(*run_id, *started_at).await?;
-        }
-        Ok(())
-    }
+    /// Start runs `term` claimed: one fenced statement records each start time on its row, if the
+    /// row is still this term's and unstarted (or already carries exactly this start: a retry
+    /// after a lost acknowledgement). A run executes only when its answer is `true`; a refusal
+    /// leaves the claim to the next term. `Fenced` when a newer term holds the fence.
+    async fn start_runs(&self, term: &Term, runs: &[(i64, DateTime<Utc>)]) -> Result<Vec<bool>, ClaimError>;
 
     /// Begin another attempt of a slot this term claimed, under the fence.
     async fn retry_run(
@@ -360,10 +379,18 @@ pub trait Ledger: Send + Sync {
         Ok(())
     }
 
-    /// The newest scheduled slot recorded for each job, whatever its status.
-    async fn last_scheduled_slots(&self) -> Result<HashMap<String, DateTime<Utc>>, sqlx::Error>;
+    /// Each of `jobs`' cursor, beside the runs (so retention cannot move it): the newest
+    /// scheduled slot any term claimed or recorded; a job without one gets `now`, recorded under
+    /// the fence. Also the oldest scheduled slot of each job that an older term claimed and never
+    /// started, which the new term takes over.
+    async fn job_cursors(
+        &self,
+        term: &Term,
+        jobs: &[&str],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<String, JobCursor>, ClaimError>;
 
-    /// Mark `lost` the runs still `running` from an older term whose node is not among `live`,
+    /// Mark `lost` the runs started and still `running` from an older term whose node is not among `live`,
     /// or was claimed before that node's current process started (a replica restarted under the
     /// same id does not vouch for its previous life's runs). Claim and start times come from the
     /// same node's clock. Fenced: only the current leader may.
@@ -374,8 +401,8 @@ pub trait Ledger: Send + Sync {
     /// Every row of the ledger, oldest slot first (tests and exports).
     async fn all_runs(&self) -> Result<Vec<RunRecord>, sqlx::Error>;
 
-    /// Delete up to `batch` finished rows older than `before`, keeping each job's newest row (its
-    /// cursor). Returns how many went.
+    /// Delete up to `batch` finished rows older than `before`, keeping each job's newest row (the
+    /// dashboard's last run; the cursor is kept apart). Returns how many went.
     async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error>;
 
     /// Pause or resume a job; survives failover; wakes the leader's scheduler.

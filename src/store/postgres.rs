@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, Ledger, LiveNode, RunCursor, RunOutcome, RunRecord,
-    RunStatus, SkipIfRunning, TermRecord, TriggerRecord, clean_text,
+    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, JobCursor, Ledger, LiveNode, RunCursor, RunOutcome,
+    RunRecord, RunStatus, SkipIfRunning, TermRecord, Trigger, TriggerRecord, clean_text,
 };
 use crate::leadership::Term;
 
@@ -40,10 +40,9 @@ impl Postgres {
         Postgres { pool }
     }
 
-    /// Zero rows back means "stale term" or "already claimed"; find out which. A row with our own
-    /// term and node is our own earlier claim whose commit acknowledgement was lost.
     /// All `claims` (one term) in one statement: the fence read `FOR SHARE` once, each
-    /// (job, slot) inserted unless taken. Rows not inserted are explained one by one.
+    /// (job, slot) inserted unless taken (a row an older term claimed and never started is taken
+    /// over), each job's cursor advanced. Rows not claimed are explained one by one.
     async fn claim_batch(&self, claims: &[Claim<'_>]) -> Result<Vec<Result<Claimed, ClaimError>>, sqlx::Error> {
         let term = claims[0].term;
         debug_assert!(claims.iter().all(|claim| claim.term == term && claim.node == claims[0].node));
@@ -53,22 +52,35 @@ impl Postgres {
         let hashes: Vec<&str> = claims.iter().map(|c| c.config_hash).collect();
         let skips: Vec<bool> = claims.iter().map(|c| c.skip_if_running == SkipIfRunning::Yes).collect();
         let claimed_at: Vec<DateTime<Utc>> = claims.iter().map(|c| c.claimed_at).collect();
+        // `forbid` counts runs started, and this term's own claims (they will start); an older
+        // term's claim that never started will not, and is being taken over.
         let rows = sqlx::query(
             "WITH current_fence AS (
                  SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
              ), wanted AS (
-                 SELECT * FROM unnest($3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[])
+                 SELECT DISTINCT ON (job, slot) *
+                 FROM unnest($3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[])
                      AS w(job, slot, trigger, config_hash, skip, claimed_at)
+             ), claimed AS (
+                 INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
+                 SELECT w.job, w.slot, w.trigger, $1, $2, w.config_hash,
+                        CASE WHEN w.skip AND EXISTS (
+                            SELECT 1 FROM runs r WHERE r.job = w.job AND r.status = 'running'
+                              AND (r.started_at IS NOT NULL OR r.term = $1)
+                        ) THEN 'skipped' ELSE 'running' END,
+                        w.claimed_at
+                 FROM current_fence, wanted w
+                 ON CONFLICT (job, slot) DO UPDATE
+                     SET term = EXCLUDED.term, node = EXCLUDED.node, config_hash = EXCLUDED.config_hash,
+                         status = EXCLUDED.status, claimed_at = EXCLUDED.claimed_at
+                     WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term < EXCLUDED.term
+                 RETURNING job, slot, id, status, trigger
+             ), cursors AS (
+                 INSERT INTO job_cursors (job, slot)
+                 SELECT job, max(slot) FROM claimed WHERE trigger = 'schedule' GROUP BY job
+                 ON CONFLICT (job) DO UPDATE SET slot = GREATEST(job_cursors.slot, EXCLUDED.slot)
              )
-             INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
-             SELECT w.job, w.slot, w.trigger, $1, $2, w.config_hash,
-                    CASE WHEN w.skip AND EXISTS (
-                        SELECT 1 FROM runs r WHERE r.job = w.job AND r.status = 'running'
-                    ) THEN 'skipped' ELSE 'running' END,
-                    w.claimed_at
-             FROM current_fence, wanted w
-             ON CONFLICT (job, slot) DO NOTHING
-             RETURNING job, slot, id, status",
+             SELECT job, slot, id, status FROM claimed",
         )
         .bind(term.revision())
         .bind(claims[0].node)
@@ -106,6 +118,8 @@ impl Postgres {
         Ok(results)
     }
 
+    /// Zero rows back means "stale term" or "already claimed"; find out which. A row with our own
+    /// term and node, never started, is our own earlier claim whose acknowledgement was lost.
     async fn explain_refusal(
         &self,
         job: &str,
@@ -202,10 +216,8 @@ impl Ledger for Postgres {
     /// A lost connection leaves the outcome unknown; retrying is safe because the (job, slot) key
     /// makes the insert idempotent, and a row already holding our term and node is our own claim.
     async fn claim_runs(&self, claims: &[Claim<'_>]) -> Vec<Result<Claimed, ClaimError>> {
-        match claims {
-            [] => return Vec::new(),
-            [claim] => return vec![self.claim_run(claim).await],
-            _ => {}
+        if claims.is_empty() {
+            return Vec::new();
         }
         match self.claim_batch(claims).await {
             Ok(results) => results,
@@ -218,34 +230,15 @@ impl Ledger for Postgres {
     }
 
     async fn claim_run(&self, claim: &Claim<'_>) -> Result<Claimed, ClaimError> {
-        let inserted = match crate::testing::claim_hold() {
-            None => claim_query(claim).fetch_optional(&self.pool).await?,
-            Some(hold) => {
-                // Failpoint: the claim stays uncommitted (holding the fence FOR SHARE) for `hold`.
-                let mut tx = self.pool.begin().await?;
-                let inserted = claim_query(claim).fetch_optional(&mut *tx).await?;
-                sqlx::query("SELECT pg_sleep($1)").bind(hold.as_secs_f64()).execute(&mut *tx).await?;
-                tx.commit().await?;
-                inserted
-            }
-        };
-        if let Some(row) = inserted {
-            let status: String = row.get("status");
-            return Ok(Claimed {
-                run_id: row.get("id"),
-                status: RunStatus::parse(&status).unwrap_or(RunStatus::Running),
-            });
-        }
-        self.explain_refusal(claim.job, claim.slot, claim.term, claim.node).await
+        self.claim_batch(std::slice::from_ref(claim)).await?.pop().expect("one answer per claim")
     }
 
-    /// Record slots that will not run (`missed`) under the fence, in one statement. Returns how
-    /// many rows were new.
     async fn record_slots(
         &self,
         job: &str,
         slots: &[DateTime<Utc>],
         status: RunStatus,
+        trigger: Trigger,
         term: &Term,
         node: &str,
         config_hash: &str,
@@ -255,14 +248,24 @@ impl Ledger for Postgres {
             return Ok(0);
         }
         let now = Utc::now();
-        let result = sqlx::query(
+        let recorded: i64 = sqlx::query_scalar(
             "WITH current_fence AS (
                  SELECT term FROM fence WHERE id = 1 AND term <= $2 FOR SHARE
+             ), recorded AS (
+                 INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, finished_at, error)
+                 SELECT $1, s, $9, $2, $3, $4, $5, $7, $7, $8
+                 FROM current_fence, unnest($6::timestamptz[]) AS s
+                 ON CONFLICT (job, slot) DO UPDATE
+                     SET term = EXCLUDED.term, node = EXCLUDED.node, status = EXCLUDED.status,
+                         finished_at = EXCLUDED.finished_at, error = EXCLUDED.error
+                     WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term <= EXCLUDED.term
+                 RETURNING slot
+             ), cursors AS (
+                 INSERT INTO job_cursors (job, slot)
+                 SELECT $1, max(slot) FROM recorded WHERE $9 = 'schedule' HAVING count(*) > 0
+                 ON CONFLICT (job) DO UPDATE SET slot = GREATEST(job_cursors.slot, EXCLUDED.slot)
              )
-             INSERT INTO runs (job, slot, term, node, config_hash, status, claimed_at, finished_at, error)
-             SELECT $1, s, $2, $3, $4, $5, $7, $7, $8
-             FROM current_fence, unnest($6::timestamptz[]) AS s
-             ON CONFLICT (job, slot) DO NOTHING",
+             SELECT count(*) FROM recorded",
         )
         .bind(job)
         .bind(term.revision())
@@ -272,38 +275,44 @@ impl Ledger for Postgres {
         .bind(slots)
         .bind(now)
         .bind(error)
-        .execute(&self.pool)
+        .bind(trigger.as_str())
+        .fetch_one(&self.pool)
         .await?;
-        if result.rows_affected() == 0 {
+        if recorded == 0 {
             let fence = self.fence().await?;
             if fence.term > term.revision() {
                 return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
             }
         }
-        Ok(result.rows_affected())
+        Ok(recorded as u64)
     }
 
-    async fn start_runs(&self, runs: &[(i64, DateTime<Utc>)]) -> Result<(), sqlx::Error> {
+    async fn start_runs(&self, term: &Term, runs: &[(i64, DateTime<Utc>)]) -> Result<Vec<bool>, ClaimError> {
         let ids: Vec<i64> = runs.iter().map(|(id, _)| *id).collect();
         let at: Vec<DateTime<Utc>> = runs.iter().map(|(_, at)| *at).collect();
-        sqlx::query(
-            "UPDATE runs SET started_at = v.at FROM unnest($1::bigint[], $2::timestamptz[]) AS v(id, at)
-             WHERE runs.id = v.id",
+        let started: Vec<i64> = sqlx::query_scalar(
+            "WITH current_fence AS (
+                 SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
+             )
+             UPDATE runs SET started_at = v.at
+             FROM current_fence, unnest($2::bigint[], $3::timestamptz[]) AS v(id, at)
+             WHERE runs.id = v.id AND runs.term = $1 AND runs.status = 'running'
+               AND (runs.started_at IS NULL OR runs.started_at = v.at)
+             RETURNING runs.id",
         )
+        .bind(term.revision())
         .bind(&ids)
         .bind(&at)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(())
-    }
-
-    async fn start_run(&self, run_id: i64, started_at: DateTime<Utc>) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE runs SET started_at = $2 WHERE id = $1")
-            .bind(run_id)
-            .bind(started_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        if started.is_empty() {
+            let fence = self.fence().await?;
+            if fence.term > term.revision() {
+                return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
+            }
+        }
+        let started: std::collections::HashSet<i64> = started.into_iter().collect();
+        Ok(ids.iter().map(|id| started.contains(id)).collect())
     }
 
     /// Begin another attempt of a slot this term claimed, under the fence.
@@ -386,12 +395,46 @@ impl Ledger for Postgres {
         Ok(())
     }
 
-    /// The newest scheduled slot recorded for each job, whatever its status.
-    async fn last_scheduled_slots(&self) -> Result<HashMap<String, DateTime<Utc>>, sqlx::Error> {
-        let rows = sqlx::query("SELECT job, max(slot) AS slot FROM runs WHERE trigger = 'schedule' GROUP BY job")
-            .fetch_all(&self.pool)
+    async fn job_cursors(
+        &self,
+        term: &Term,
+        jobs: &[&str],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<String, JobCursor>, ClaimError> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE")
+            .bind(term.revision())
+            .fetch_optional(&mut *tx)
             .await?;
-        Ok(rows.into_iter().map(|row| (row.get("job"), row.get("slot"))).collect())
+        if current.is_none() {
+            let fence = fence_in(&mut *tx).await?;
+            return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
+        }
+        sqlx::query(
+            "INSERT INTO job_cursors (job, slot) SELECT j, $2 FROM unnest($1::text[]) AS j ON CONFLICT DO NOTHING",
+        )
+        .bind(jobs)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT c.job, c.slot, u.slot AS unstarted
+             FROM job_cursors c LEFT JOIN (
+                 SELECT job, min(slot) AS slot FROM runs
+                 WHERE status = 'running' AND started_at IS NULL AND trigger = 'schedule' AND term < $2
+                 GROUP BY job
+             ) u ON u.job = c.job
+             WHERE c.job = ANY($1)",
+        )
+        .bind(jobs)
+        .bind(term.revision())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.get("job"), JobCursor { slot: row.get("slot"), unstarted: row.get("unstarted") }))
+            .collect())
     }
 
     /// Mark `lost` the runs still `running` from an older term whose node is no longer
@@ -406,7 +449,7 @@ impl Ledger for Postgres {
              UPDATE runs SET status = 'lost', finished_at = now(),
                     error = 'its leader vanished without recording an outcome'
              FROM current_fence
-             WHERE runs.status = 'running' AND runs.term < $1
+             WHERE runs.status = 'running' AND runs.started_at IS NOT NULL AND runs.term < $1
                AND NOT EXISTS (
                    SELECT 1 FROM unnest($2::text[], $3::timestamptz[]) AS live(node, since)
                    WHERE live.node = runs.node AND runs.claimed_at >= live.since)",
@@ -661,33 +704,6 @@ impl Ledger for Postgres {
             })
             .collect())
     }
-}
-
-/// The fenced claim: one statement that reads the fence `FOR SHARE` and inserts the (job, slot)
-/// row only while the claim's term is not older than the fence.
-fn claim_query<'q>(claim: &'q Claim<'_>) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query(
-        "WITH current_fence AS (
-             SELECT term FROM fence WHERE id = 1 AND term <= $3 FOR SHARE
-         )
-         INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
-         SELECT $1, $2, $7, $3, $4, $5,
-                CASE WHEN $6 AND EXISTS (
-                    SELECT 1 FROM runs WHERE job = $1 AND status = 'running'
-                ) THEN 'skipped' ELSE 'running' END,
-                $8
-         FROM current_fence
-         ON CONFLICT (job, slot) DO NOTHING
-         RETURNING id, status",
-    )
-    .bind(claim.job)
-    .bind(claim.slot)
-    .bind(claim.term.revision())
-    .bind(claim.node)
-    .bind(claim.config_hash)
-    .bind(claim.skip_if_running == SkipIfRunning::Yes)
-    .bind(claim.trigger.as_str())
-    .bind(claim.claimed_at)
 }
 
 fn run_record(row: &sqlx::postgres::PgRow) -> Result<RunRecord, sqlx::Error> {

@@ -17,8 +17,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Claim, ClaimError, Claimed, Fence, FenceError, Ledger, LiveNode, RunCursor, RunOutcome, RunRecord, RunStatus,
-    SkipIfRunning, TermRecord, TriggerRecord, clean_text,
+    Claim, ClaimError, Claimed, Fence, FenceError, JobCursor, Ledger, LiveNode, RunCursor, RunOutcome, RunRecord,
+    RunStatus, SkipIfRunning, TermRecord, Trigger, TriggerRecord, clean_text,
 };
 use crate::leadership::Term;
 
@@ -99,6 +99,23 @@ fn run_record(row: &SqliteRow) -> Result<RunRecord, sqlx::Error> {
     })
 }
 
+/// Move `job`'s cursor to `slot` unless it is already past it.
+async fn advance_cursor(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    job: &str,
+    slot: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO job_cursors (job, slot) VALUES (?1, ?2)
+         ON CONFLICT (job) DO UPDATE SET slot = max(slot, excluded.slot)",
+    )
+    .bind(job)
+    .bind(micros(slot))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 fn trigger_record(row: &SqliteRow) -> Result<TriggerRecord, sqlx::Error> {
     Ok(TriggerRecord {
         id: row.try_get("id")?,
@@ -163,15 +180,22 @@ impl Ledger for Sqlite {
     }
 
     async fn claim_run(&self, claim: &Claim<'_>) -> Result<Claimed, ClaimError> {
+        let mut tx = self.pool.begin().await?;
+        // As on PostgreSQL: `forbid` counts runs started and this term's own claims; an older
+        // term's claim that never started is taken over.
         let inserted = sqlx::query(
             "INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
              SELECT ?1, ?2, ?7, ?3, ?4, ?5,
                     CASE WHEN ?6 AND EXISTS (
                         SELECT 1 FROM runs WHERE job = ?1 AND status = 'running'
+                          AND (started_at IS NOT NULL OR term = ?3)
                     ) THEN 'skipped' ELSE 'running' END,
                     ?8
              FROM fence WHERE id = 1 AND term <= ?3
-             ON CONFLICT (job, slot) DO NOTHING
+             ON CONFLICT (job, slot) DO UPDATE
+                 SET term = excluded.term, node = excluded.node, config_hash = excluded.config_hash,
+                     status = excluded.status, claimed_at = excluded.claimed_at
+                 WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term < excluded.term
              RETURNING id, status",
         )
         .bind(claim.job)
@@ -182,15 +206,20 @@ impl Ledger for Sqlite {
         .bind(claim.skip_if_running == SkipIfRunning::Yes)
         .bind(claim.trigger.as_str())
         .bind(micros(claim.claimed_at))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = inserted {
+            if claim.trigger == Trigger::Schedule {
+                advance_cursor(&mut tx, claim.job, claim.slot).await?;
+            }
+            tx.commit().await?;
             let status: String = row.get("status");
             return Ok(Claimed {
                 run_id: row.get("id"),
                 status: RunStatus::parse(&status).unwrap_or(RunStatus::Running),
             });
         }
+        tx.commit().await?;
         let existing = sqlx::query(
             "SELECT id, term, node, status, started_at IS NULL AS unstarted FROM runs WHERE job = ?1 AND slot = ?2",
         )
@@ -226,6 +255,7 @@ impl Ledger for Sqlite {
         job: &str,
         slots: &[DateTime<Utc>],
         status: RunStatus,
+        trigger: Trigger,
         term: &Term,
         node: &str,
         config_hash: &str,
@@ -240,8 +270,12 @@ impl Ledger for Sqlite {
         let mut recorded = 0;
         for slot in slots {
             recorded += sqlx::query(
-                "INSERT INTO runs (job, slot, term, node, config_hash, status, claimed_at, finished_at, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8) ON CONFLICT (job, slot) DO NOTHING",
+                "INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, finished_at, error)
+                 VALUES (?1, ?2, ?9, ?3, ?4, ?5, ?6, ?7, ?7, ?8)
+                 ON CONFLICT (job, slot) DO UPDATE
+                     SET term = excluded.term, node = excluded.node, status = excluded.status,
+                         finished_at = excluded.finished_at, error = excluded.error
+                     WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term <= excluded.term",
             )
             .bind(job)
             .bind(micros(*slot))
@@ -251,21 +285,42 @@ impl Ledger for Sqlite {
             .bind(status.as_str())
             .bind(now)
             .bind(error)
+            .bind(trigger.as_str())
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        }
+        if let (Trigger::Schedule, Some(newest)) = (trigger, slots.iter().max()) {
+            if recorded > 0 {
+                advance_cursor(&mut tx, job, *newest).await?;
+            }
         }
         tx.commit().await?;
         Ok(recorded)
     }
 
-    async fn start_run(&self, run_id: i64, started_at: DateTime<Utc>) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE runs SET started_at = ?2 WHERE id = ?1")
+    async fn start_runs(&self, term: &Term, runs: &[(i64, DateTime<Utc>)]) -> Result<Vec<bool>, ClaimError> {
+        let mut tx = self.pool.begin().await?;
+        let fence: i64 = sqlx::query("SELECT term FROM fence WHERE id = 1").fetch_one(&mut *tx).await?.get("term");
+        if fence > term.revision() {
+            return Err(ClaimError::Fenced { term: term.revision(), fence });
+        }
+        let mut started = Vec::with_capacity(runs.len());
+        for (run_id, at) in runs {
+            let updated = sqlx::query(
+                "UPDATE runs SET started_at = ?3
+                 WHERE id = ?1 AND term = ?2 AND status = 'running' AND (started_at IS NULL OR started_at = ?3)",
+            )
             .bind(run_id)
-            .bind(micros(started_at))
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+            .bind(term.revision())
+            .bind(micros(*at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            started.push(updated == 1);
+        }
+        tx.commit().await?;
+        Ok(started)
     }
 
     async fn retry_run(
@@ -314,11 +369,42 @@ impl Ledger for Sqlite {
         .map(|_| ())
     }
 
-    async fn last_scheduled_slots(&self) -> Result<HashMap<String, DateTime<Utc>>, sqlx::Error> {
-        let rows = sqlx::query("SELECT job, max(slot) AS slot FROM runs WHERE trigger = 'schedule' GROUP BY job")
-            .fetch_all(&self.pool)
+    async fn job_cursors(
+        &self,
+        term: &Term,
+        jobs: &[&str],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<String, JobCursor>, ClaimError> {
+        let mut tx = self.pool.begin().await?;
+        let fence: i64 = sqlx::query("SELECT term FROM fence WHERE id = 1").fetch_one(&mut *tx).await?.get("term");
+        if fence > term.revision() {
+            return Err(ClaimError::Fenced { term: term.revision(), fence });
+        }
+        let mut cursors = HashMap::with_capacity(jobs.len());
+        for job in jobs {
+            sqlx::query("INSERT INTO job_cursors (job, slot) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+                .bind(job)
+                .bind(micros(now))
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query(
+                "SELECT slot, (SELECT min(slot) FROM runs
+                               WHERE job = ?1 AND status = 'running' AND started_at IS NULL
+                                 AND trigger = 'schedule' AND term < ?2) AS unstarted
+                 FROM job_cursors WHERE job = ?1",
+            )
+            .bind(job)
+            .bind(term.revision())
+            .fetch_one(&mut *tx)
             .await?;
-        Ok(rows.into_iter().map(|row| (row.get("job"), instant(row.get("slot")))).collect())
+            let unstarted: Option<i64> = row.get("unstarted");
+            cursors.insert(
+                (*job).to_owned(),
+                JobCursor { slot: instant(row.get("slot")), unstarted: unstarted.map(instant) },
+            );
+        }
+        tx.commit().await?;
+        Ok(cursors)
     }
 
     async fn reap_lost(&self, term: &Term, live: &[LiveNode]) -> Result<u64, sqlx::Error> {
@@ -327,7 +413,7 @@ impl Ledger for Sqlite {
         let result = sqlx::query(
             "UPDATE runs SET status = 'lost', finished_at = ?3,
                     error = 'its leader vanished without recording an outcome'
-             WHERE status = 'running' AND term < ?1
+             WHERE status = 'running' AND started_at IS NOT NULL AND term < ?1
                AND NOT EXISTS (
                    SELECT 1 FROM json_each(?2) AS live
                    WHERE json_extract(live.value, '$.node') = runs.node

@@ -52,7 +52,7 @@ async fn fixture(protect_reads: bool) -> Fixture {
             claimed_at: slot,
         };
         let claimed = store.claim_run(&claim).await.unwrap();
-        store.start_run(claimed.run_id, slot + chrono::Duration::milliseconds(120)).await.unwrap();
+        store.start_runs(&term, &[(claimed.run_id, slot + chrono::Duration::milliseconds(120))]).await.unwrap();
         if minute == 29 {
             store.update_output(claimed.run_id, "half way <there>").await.unwrap();
             continue;

@@ -48,6 +48,9 @@ contract!(live_output_and_term_heartbeats_are_recorded);
 contract!(retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newest);
 contract!(a_batch_of_claims_answers_each_as_if_it_were_alone);
 contract!(batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_finished_one);
+contract!(a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a_claim_never_started);
+contract!(an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger);
+contract!(each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move);
 
 fn slot(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, second).unwrap()
@@ -73,6 +76,7 @@ async fn a_claim_is_refused_when_stale_or_taken_and_the_two_are_told_apart(store
     store.begin_term(&old, "node-old").await.expect("first term raises the fence");
     let first = store.claim_run(&claim("job", slot(0), &old, "node-old")).await.expect("claim");
     assert_eq!(first.status, RunStatus::Running);
+    assert_eq!(store.start_runs(&old, &[(first.run_id, slot(0))]).await.unwrap(), [true]);
 
     store.begin_term(&new, "node-new").await.expect("newer term raises the fence");
     // The old leader may not claim anything any more, not even a fresh slot.
@@ -134,20 +138,23 @@ async fn forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced
     next.skip_if_running = SkipIfRunning::Yes;
     assert_eq!(store.claim_run(&next).await.unwrap().status, RunStatus::Running);
 
-    let recorded =
-        store.record_slots("job", &[slot(3), slot(4)], RunStatus::Missed, &term, "n", "hash", "down").await.unwrap();
+    let recorded = store
+        .record_slots("job", &[slot(3), slot(4)], RunStatus::Missed, Trigger::Schedule, &term, "n", "hash", "down")
+        .await
+        .unwrap();
     assert_eq!(recorded, 2);
     let newer = Term::for_tests(4, "c");
     store.begin_term(&newer, "m").await.unwrap();
-    let stale = store.record_slots("job", &[slot(6)], RunStatus::Missed, &term, "n", "hash", "down").await;
+    let stale =
+        store.record_slots("job", &[slot(6)], RunStatus::Missed, Trigger::Schedule, &term, "n", "hash", "down").await;
     assert!(matches!(stale, Err(ClaimError::Fenced { .. })), "{stale:?}");
 
     let rows = store.all_runs().await.unwrap();
     let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
     assert_eq!(statuses, ["succeeded", "skipped", "running", "missed", "missed"]);
     assert_eq!(rows[0].output, "out\u{FFFD}put");
-    let last = store.last_scheduled_slots().await.unwrap();
-    assert_eq!(last.get("job"), Some(&slot(4)));
+    let cursors = store.job_cursors(&newer, &["job"], slot(59)).await.unwrap();
+    assert_eq!(cursors["job"].slot, slot(4));
 }
 
 async fn runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_one(store: Store) {
@@ -158,6 +165,10 @@ async fn runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_on
     let alive = store.claim_run(&at_slot("b", "alive")).await.unwrap();
     // Claimed by a process of `reborn` that was then replaced by one started later.
     let previous_life = store.claim_run(&at_slot("c", "reborn")).await.unwrap();
+    let runs = [(gone.run_id, slot(0)), (alive.run_id, slot(0)), (previous_life.run_id, slot(0))];
+    assert_eq!(store.start_runs(&old, &runs).await.unwrap(), [true, true, true]);
+    // A claim never started is not lost: the next term takes it over instead.
+    let unstarted = store.claim_run(&at_slot("d", "gone")).await.unwrap();
     let new = Term::for_tests(2, "c");
     store.begin_term(&new, "alive").await.unwrap();
     let live = [
@@ -169,22 +180,29 @@ async fn runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_on
     assert_eq!(store.run(gone.run_id).await.unwrap().unwrap().status, "lost");
     assert_eq!(store.run(previous_life.run_id).await.unwrap().unwrap().status, "lost", "a restart does not vouch");
     assert_eq!(store.run(alive.run_id).await.unwrap().unwrap().status, "running");
+    assert_eq!(store.run(unstarted.run_id).await.unwrap().unwrap().status, "running");
     // A stale leader cannot reap.
     assert_eq!(store.reap_lost(&old, &[]).await.unwrap(), 0);
 }
 
 async fn concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one(store: Store) {
+    // Claim and start, as a run does, from two terms at once: exactly one of them starts.
+    async fn claim_and_start(store: &Store, term: &Term, node: &str, at: DateTime<Utc>) -> bool {
+        match store.claim_run(&claim("job", at, term, node)).await {
+            Ok(claimed) => matches!(store.start_runs(term, &[(claimed.run_id, at)]).await.as_deref(), Ok([true])),
+            Err(_) => false,
+        }
+    }
     for round in 0..20u32 {
         let old = Term::for_tests(i64::from(round) * 2 + 1, "c");
         let new = Term::for_tests(i64::from(round) * 2 + 2, "c");
         store.begin_term(&old, "old").await.unwrap();
         let at = slot(round);
-        let old_claim = claim("job", at, &old, "old");
-        let (a, b) = tokio::join!(store.claim_run(&old_claim), async {
+        let (a, b) = tokio::join!(claim_and_start(&store, &old, "old", at), async {
             store.begin_term(&new, "new").await.unwrap();
-            store.claim_run(&claim("job", at, &new, "new")).await
+            claim_and_start(&store, &new, "new", at).await
         });
-        assert!(a.is_ok() ^ b.is_ok(), "round {round}: exactly one claim wins: {a:?} / {b:?}");
+        assert!(a ^ b, "round {round}: exactly one term starts the slot: {a} / {b}");
     }
     assert_eq!(store.all_runs().await.unwrap().len(), 20);
 }
@@ -233,7 +251,8 @@ async fn pauses_and_triggers_are_recorded_once(store: Store) {
     store.trigger_handled(first.id, "job", first.requested_at).await.unwrap();
     assert!(store.pending_triggers().await.unwrap().is_empty());
     // A manual run does not move the job's schedule cursor.
-    assert!(store.last_scheduled_slots().await.unwrap().is_empty());
+    let cursors = store.job_cursors(&term, &["job"], slot(0)).await.unwrap();
+    assert_eq!(cursors["job"].slot, slot(0), "the cursor is where the job was first seen");
     assert_eq!(store.run(claimed.run_id).await.unwrap().unwrap().trigger, "manual");
 }
 
@@ -342,8 +361,9 @@ async fn retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newes
 async fn a_batch_of_claims_answers_each_as_if_it_were_alone(store: Store) {
     let old = Term::for_tests(3, "c");
     store.begin_term(&old, "a").await.unwrap();
-    store.claim_run(&claim("taken", slot(0), &old, "a")).await.unwrap();
-    store.claim_run(&claim("busy", slot(0), &old, "a")).await.unwrap();
+    let taken = store.claim_run(&claim("taken", slot(0), &old, "a")).await.unwrap();
+    let busy = store.claim_run(&claim("busy", slot(0), &old, "a")).await.unwrap();
+    store.start_runs(&old, &[(taken.run_id, slot(0)), (busy.run_id, slot(0))]).await.unwrap();
     let term = Term::for_tests(4, "c");
     store.begin_term(&term, "b").await.unwrap();
 
@@ -386,7 +406,7 @@ async fn batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_f
     };
     store.finish_run(done, &outcome(RunStatus::Succeeded, 0, 5)).await.unwrap();
 
-    store.start_runs(&[(a, slot(1)), (b, slot(2))]).await.unwrap();
+    assert_eq!(store.start_runs(&term, &[(a, slot(1)), (b, slot(2))]).await.unwrap(), [true, true]);
     store
         .finish_runs(&[
             (a, outcome(RunStatus::Succeeded, 0, 3)),
@@ -403,4 +423,148 @@ async fn batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_f
     assert_eq!((b.exit_code, b.error.as_deref()), (Some(7), Some("exit 7")));
     let done = store.run(done).await.unwrap().unwrap();
     assert_eq!((done.status.as_str(), done.exit_code), ("succeeded", Some(0)), "a finished row keeps its outcome");
+}
+
+/// Issue 13 (7): a run starts only through a fenced `claimed -> running` transition, so a slot
+/// that its term claimed but never started can be taken over by the next term, and one that was
+/// started never can.
+async fn a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a_claim_never_started(store: Store) {
+    let old = Term::for_tests(10, "c");
+    store.begin_term(&old, "old").await.unwrap();
+    let started = store.claim_run(&claim("job", slot(0), &old, "old")).await.unwrap();
+    let unstarted = store.claim_run(&claim("job", slot(1), &old, "old")).await.unwrap();
+    assert_eq!((started.status, unstarted.status), (RunStatus::Running, RunStatus::Running));
+    assert_eq!(store.start_runs(&old, &[(started.run_id, slot(0))]).await.unwrap(), [true]);
+    // Issue 13 (6): a start retried after its acknowledgement was lost is recognised, once the
+    // row says so; a re-claim of a started slot is not "ours and unstarted" any more.
+    assert_eq!(store.start_runs(&old, &[(started.run_id, slot(0))]).await.unwrap(), [true]);
+    let again = store.claim_run(&claim("job", slot(0), &old, "old")).await;
+    assert!(matches!(again, Err(ClaimError::AlreadyClaimed { term: 10, .. })), "{again:?}");
+    assert_eq!(store.start_runs(&old, &[(started.run_id, slot(5))]).await.unwrap(), [false], "a second start");
+
+    let new = Term::for_tests(20, "c");
+    store.begin_term(&new, "new").await.unwrap();
+    // The old term may not start what it claimed once a newer term holds the fence.
+    let stale = store.start_runs(&old, &[(unstarted.run_id, slot(1))]).await;
+    assert!(matches!(stale, Err(ClaimError::Fenced { term: 10, fence: 20 })), "{stale:?}");
+    // The new term takes over the claim nobody started, and only that one.
+    let taken_over = store.claim_run(&claim("job", slot(1), &new, "new")).await.unwrap();
+    assert_eq!(taken_over.status, RunStatus::Running);
+    let refused = store.claim_run(&claim("job", slot(0), &new, "new")).await;
+    assert!(matches!(refused, Err(ClaimError::AlreadyClaimed { term: 10, .. })), "{refused:?}");
+    assert_eq!(store.start_runs(&new, &[(taken_over.run_id, slot(1))]).await.unwrap(), [true]);
+    let row = store.run(taken_over.run_id).await.unwrap().unwrap();
+    assert_eq!((row.term, row.node.as_str(), row.status.as_str()), (20, "new", "running"));
+    assert_eq!(row.started_at, Some(slot(1)));
+
+    // Batched claims take over the same way.
+    let older = store.claim_run(&claim("other", slot(2), &new, "new")).await.unwrap();
+    let newest = Term::for_tests(30, "c");
+    store.begin_term(&newest, "newest").await.unwrap();
+    let results = store
+        .claim_runs(&[claim("other", slot(2), &newest, "newest"), claim("other", slot(3), &newest, "newest")])
+        .await;
+    assert!(matches!(results[0], Ok(Claimed { status: RunStatus::Running, run_id }) if run_id == older.run_id));
+    assert!(matches!(results[1], Ok(Claimed { status: RunStatus::Running, .. })), "{:?}", results[1]);
+    let stale = store.start_runs(&new, &[(older.run_id, slot(2))]).await;
+    assert!(matches!(stale, Err(ClaimError::Fenced { .. })), "{stale:?}");
+}
+
+/// Issue 13 (6): a claim whose acknowledgement was lost and whose slot then passed its starting
+/// deadline ends `missed` instead of staying `running` for the term; the next leader does the
+/// same with an older term's unstarted claim. Issue 13 (4): a missed manual trigger is manual.
+async fn an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger(store: Store) {
+    let term = Term::for_tests(3, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    store.claim_run(&claim("job", slot(0), &term, "n")).await.unwrap();
+    let recorded = store
+        .record_slots("job", &[slot(0)], RunStatus::Missed, Trigger::Schedule, &term, "n", "hash", "too late")
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1);
+    // Nothing of this job runs any more, so `forbid` does not skip its next slot.
+    let mut forbid = claim("job", slot(1), &term, "n");
+    forbid.skip_if_running = SkipIfRunning::Yes;
+    assert_eq!(store.claim_run(&forbid).await.unwrap().status, RunStatus::Running);
+
+    let newer = Term::for_tests(4, "c");
+    store.begin_term(&newer, "m").await.unwrap();
+    store
+        .record_slots("job", &[slot(1)], RunStatus::Missed, Trigger::Schedule, &newer, "m", "hash", "too late")
+        .await
+        .unwrap();
+    let mut manual = claim("job", slot(9), &newer, "m");
+    manual.trigger = Trigger::Manual;
+    store
+        .record_slots("job", &[slot(8)], RunStatus::Missed, Trigger::Manual, &newer, "m", "hash", "too late")
+        .await
+        .unwrap();
+    let rows = store.all_runs().await.unwrap();
+    let seen: Vec<(DateTime<Utc>, &str, i64, &str)> =
+        rows.iter().map(|r| (r.slot, r.status.as_str(), r.term, r.trigger.as_str())).collect();
+    assert_eq!(
+        seen,
+        [(slot(0), "missed", 3, "schedule"), (slot(1), "missed", 4, "schedule"), (slot(8), "missed", 4, "manual"),]
+    );
+    // A started run is history: recording its slot missed changes nothing.
+    let started = store.claim_run(&manual).await.unwrap();
+    store.start_runs(&newer, &[(started.run_id, slot(9))]).await.unwrap();
+    let again = store
+        .record_slots("job", &[slot(9)], RunStatus::Missed, Trigger::Manual, &newer, "m", "hash", "x")
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+    assert_eq!(store.run(started.run_id).await.unwrap().unwrap().status, "running");
+}
+
+/// Issue 13 (4): each job's cursor lives apart from the rows retention prunes: a job seen for
+/// the first time gets one, scheduled claims and missed slots advance it, manual triggers and
+/// pruning do not move it, and claims an older term never started are reported beside it.
+async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(store: Store) {
+    let term = Term::for_tests(1, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    let cursors = store.job_cursors(&term, &["a", "b"], slot(0)).await.unwrap();
+    assert_eq!(cursors["a"].slot, slot(0), "a job seen for the first time starts from then");
+    let finished = |at| RunOutcome {
+        status: RunStatus::Succeeded,
+        exit_code: Some(0),
+        http_status: None,
+        error: None,
+        output: String::new(),
+        finished_at: at,
+    };
+    for second in [1, 2] {
+        let run = store.claim_run(&claim("a", slot(second), &term, "n")).await.unwrap();
+        store.start_runs(&term, &[(run.run_id, slot(second))]).await.unwrap();
+        store.finish_run(run.run_id, &finished(slot(second))).await.unwrap();
+    }
+    store
+        .record_slots("b", &[slot(4)], RunStatus::Missed, Trigger::Schedule, &term, "n", "hash", "down")
+        .await
+        .unwrap();
+    // A manual run newer than the last scheduled one.
+    let mut manual = claim("a", slot(7), &term, "n");
+    manual.trigger = Trigger::Manual;
+    let manual = store.claim_run(&manual).await.unwrap();
+    store.start_runs(&term, &[(manual.run_id, slot(7))]).await.unwrap();
+    store.finish_run(manual.run_id, &finished(slot(7))).await.unwrap();
+    // Retention takes everything it may.
+    while store.prune_runs(slot(59), 100).await.unwrap() > 0 {}
+    // Seen again much later (a new term): the cursors did not move, `c` is new.
+    let newer = Term::for_tests(2, "c");
+    store.begin_term(&newer, "m").await.unwrap();
+    let cursors = store.job_cursors(&newer, &["a", "b", "c"], slot(50)).await.unwrap();
+    assert_eq!((cursors["a"].slot, cursors["b"].slot, cursors["c"].slot), (slot(2), slot(4), slot(50)));
+    assert_eq!(cursors["a"].unstarted, None);
+
+    // A claim the previous term never started is reported, so the new term can take it over.
+    let orphan = store.claim_run(&claim("a", slot(10), &newer, "m")).await.unwrap();
+    let newest = Term::for_tests(3, "c");
+    store.begin_term(&newest, "o").await.unwrap();
+    let cursors = store.job_cursors(&newest, &["a"], slot(55)).await.unwrap();
+    assert_eq!((cursors["a"].slot, cursors["a"].unstarted), (slot(10), Some(slot(10))));
+    // A stale term cannot write cursors.
+    let stale = store.job_cursors(&newer, &["d"], slot(55)).await;
+    assert!(matches!(stale, Err(ClaimError::Fenced { .. })), "{stale:?}");
+    let _ = orphan;
 }
