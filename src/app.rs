@@ -42,7 +42,7 @@ pub struct RunSettings {
 
 /// Run one replica until `shutdown` is cancelled, then hand over and drain.
 pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let jobs = config::load(&settings.jobs_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let jobs = load_jobs(&settings.jobs_path, settings.retain).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let address = listener.local_addr().context("listener address")?;
     tracing::info!(node = %settings.node_id, %address, jobs = jobs.jobs().len(), hash = jobs.hash(), "starting");
 
@@ -116,7 +116,7 @@ pub struct DevSettings {
 /// Run `tenure dev` until `shutdown`: the same scheduler, ledger semantics and dashboard as a
 /// cluster replica, with SQLite for the ledger and in-process leadership instead of etcd.
 pub async fn dev(settings: DevSettings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let jobs = config::load(&settings.jobs_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let jobs = load_jobs(&settings.jobs_path, settings.retain).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let address = listener.local_addr().context("listener address")?;
     let ledger = store::Sqlite::open(&settings.ledger_path)
         .await
@@ -237,7 +237,7 @@ impl Replica {
         let Wiring { store, leadership, members, cluster, clock, etcd, tasks, registry_shutdown } = wiring;
         let (jobs_tx, jobs_rx) = watch::channel(self.jobs);
         tasks.spawn(prune_ledger(store.clone(), retain, leadership.clone(), shutdown.clone()));
-        tasks.spawn(watch_job_file(jobs_path.to_owned(), jobs_tx, self.member_tx, shutdown.clone()));
+        tasks.spawn(watch_job_file(jobs_path.to_owned(), retain, jobs_tx, self.member_tx, shutdown.clone()));
         let state = AppState {
             node_id: self.node_id.clone(),
             store: store.clone(),
@@ -371,6 +371,7 @@ async fn watch_members(
 /// Reload the job file when it changes or on SIGHUP. An invalid file keeps the last good one.
 async fn watch_job_file(
     path: PathBuf,
+    retain: Duration,
     jobs: watch::Sender<Arc<JobSet>>,
     member: watch::Sender<Member>,
     shutdown: CancellationToken,
@@ -394,7 +395,7 @@ async fn watch_job_file(
             continue;
         }
         seen = stamp;
-        match config::load(&path) {
+        match load_jobs(&path, retain) {
             Ok(loaded) if loaded.hash() == jobs.borrow().hash() => {}
             Ok(loaded) => {
                 metrics::counter!("tenure_job_file_reloads_total", "result" => "success").increment(1);
@@ -411,6 +412,13 @@ async fn watch_job_file(
             }
         }
     }
+}
+
+/// Read the job file and check it against the ledger's retention.
+fn load_jobs(path: &Path, retain: Duration) -> Result<JobSet, config::ConfigErrors> {
+    let jobs = config::load(path)?;
+    jobs.check_retention(&path.display().to_string(), retain)?;
+    Ok(jobs)
 }
 
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {

@@ -47,6 +47,9 @@ pub struct ValidateArgs {
     /// The job file.
     #[arg(env = "TENURE_JOBS")]
     pub file: PathBuf,
+    /// Also check every `starting_deadline` against this ledger retention, as `run` and `dev` do.
+    #[arg(long, env = "TENURE_RETAIN", value_parser = humantime::parse_duration)]
+    pub retain: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -204,7 +207,11 @@ pub fn validate(
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> anyhow::Result<i32> {
-    let jobs = match config::load(&args.file) {
+    let checked = config::load(&args.file).and_then(|jobs| match args.retain {
+        Some(retain) => jobs.check_retention(&args.file.display().to_string(), retain).map(|()| jobs),
+        None => Ok(jobs),
+    });
+    let jobs = match checked {
         Ok(jobs) => jobs,
         Err(errors) => {
             writeln!(err, "{errors}")?;

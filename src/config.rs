@@ -82,6 +82,31 @@ impl JobSet {
     }
 }
 
+impl JobSet {
+    /// Refuse jobs whose `starting_deadline` is longer than the ledger keeps its rows
+    /// (`--retain`): a slot that late could be decided again after its row was pruned.
+    pub fn check_retention(&self, file: &str, retain: Duration) -> Result<(), ConfigErrors> {
+        let errors: Vec<ConfigError> = self
+            .jobs()
+            .iter()
+            .filter(|job| job.starting_deadline > retain)
+            .map(|job| ConfigError {
+                file: file.to_owned(),
+                line: job.starting_deadline_at.0,
+                column: job.starting_deadline_at.1,
+                job: Some(job.name.to_string()),
+                message: format!(
+                    "`starting_deadline` {} is longer than the ledger's retention (--retain {}); \
+                     expected at most the retention",
+                    humantime::format_duration(job.starting_deadline),
+                    humantime::format_duration(retain)
+                ),
+            })
+            .collect();
+        if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
+    }
+}
+
 /// One validated job with every default applied.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -92,6 +117,8 @@ pub struct Job {
     pub concurrency: Concurrency,
     pub catch_up: CatchUp,
     pub starting_deadline: Duration,
+    /// Where `starting_deadline` was set (line, column), or where the job starts if defaulted.
+    pub starting_deadline_at: (u32, u32),
     pub retries: Retries,
     pub paused: bool,
     pub env: BTreeMap<String, String>,
@@ -382,6 +409,8 @@ struct Policies {
     concurrency: Concurrency,
     catch_up: CatchUp,
     starting_deadline: Duration,
+    /// Where `starting_deadline` was set (line, column), if it was.
+    starting_deadline_at: Option<(u32, u32)>,
     retries: Retries,
 }
 
@@ -393,6 +422,7 @@ impl Default for Policies {
             concurrency: Concurrency::Forbid,
             catch_up: CatchUp::Latest,
             starting_deadline: Duration::from_secs(5 * 60),
+            starting_deadline_at: None,
             retries: Retries { max: 0, backoff: Duration::from_secs(10) },
         }
     }
@@ -575,6 +605,8 @@ impl Ctx<'_> {
                 "starting_deadline" => {
                     if let Some(d) = self.duration(value, job, "starting_deadline") {
                         base.starting_deadline = d;
+                        let at = &value.referenced;
+                        base.starting_deadline_at = Some((at.line().max(1) as u32, at.column().max(1) as u32));
                     }
                 }
                 "concurrency" => {
@@ -820,6 +852,9 @@ impl Ctx<'_> {
             concurrency: policies.concurrency,
             catch_up: policies.catch_up,
             starting_deadline: policies.starting_deadline,
+            starting_deadline_at: policies
+                .starting_deadline_at
+                .unwrap_or((node.referenced.line().max(1) as u32, node.referenced.column().max(1) as u32)),
             retries: policies.retries,
             paused,
             env,

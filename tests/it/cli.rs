@@ -116,3 +116,39 @@ fn version_and_help() {
         assert!(stdout.contains(command), "{stdout}");
     }
 }
+
+/// Issue 13 (4): a `starting_deadline` longer than the ledger keeps its rows is refused, located,
+/// by `validate --retain` and by `dev` at start.
+#[test]
+fn a_starting_deadline_longer_than_the_retention_is_refused_where_it_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &file,
+        "jobs:\n  - name: nightly\n    schedule: \"30 2 * * *\"\n    shell: \"true\"\n    starting_deadline: 2d\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let expected = format!(
+        "{path}:5:24: job `nightly`: `starting_deadline` 2days is longer than the ledger's retention (--retain 1day); \
+         expected at most the retention"
+    );
+    let (code, _, stderr) = tenure(&["validate", "--retain", "1d", path]);
+    assert_eq!((code, stderr.trim()), (1, expected.as_str()));
+    let (code, _, _) = tenure(&["validate", "--retain", "3d", path]);
+    assert_eq!(code, 0);
+    let ledger = dir.path().join("ledger.db");
+    let (code, _, stderr) = tenure(&[
+        "dev",
+        "--jobs",
+        path,
+        "--retain",
+        "1d",
+        "--listen",
+        "127.0.0.1:0",
+        "--ledger",
+        ledger.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&expected), "{stderr}");
+}
