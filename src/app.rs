@@ -76,8 +76,13 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         cluster_tx,
         registry_shutdown.clone(),
     ));
-    let (clock_tx, clock_rx) = watch::channel(ClockCheck { skew_ms: None });
-    tasks.spawn(clock::watch_skew(store.clone(), clock_tx, registry_shutdown.clone()));
+    let (clock_tx, clock_rx) = watch::channel(ClockCheck::UNKNOWN);
+    tasks.spawn(clock::watch_skew(
+        store.clone(),
+        clock_tx,
+        clock::unreachable_after(settings.lease_ttl),
+        registry_shutdown.clone(),
+    ));
     tasks.spawn(
         Election::new(
             etcd.clone(),
@@ -147,8 +152,13 @@ pub async fn dev(settings: DevSettings, listener: TcpListener, shutdown: Cancell
         cluster_tx,
         registry_shutdown.clone(),
     ));
-    let (clock_tx, clock_rx) = watch::channel(ClockCheck { skew_ms: None });
-    tasks.spawn(clock::watch_skew(store.clone(), clock_tx, registry_shutdown.clone()));
+    let (clock_tx, clock_rx) = watch::channel(ClockCheck::UNKNOWN);
+    tasks.spawn(clock::watch_skew(
+        store.clone(),
+        clock_tx,
+        clock::unreachable_after(Duration::ZERO),
+        registry_shutdown.clone(),
+    ));
     let wiring = Wiring {
         store,
         leadership: leadership_rx,

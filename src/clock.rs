@@ -1,9 +1,14 @@
-//! Wall-clock sanity. Slots are wall-clock instants, so a replica whose clock is wrong would
-//! fire at the wrong times, or catch up an hour of slots that are not due yet. Two guards:
+//! Wall-clock and database sanity: a replica leads only while it can reach the ledger and its
+//! clock agrees with the ledger's. Slots are wall-clock instants, so a replica whose clock is
+//! wrong would fire at the wrong times; one that cannot reach the database can record nothing,
+//! and would hold the lead while a replica that can waits. Three guards:
 //!
-//! - every replica compares its clock with the database server's (`clock_timestamp()`, the
-//!   RTT halved) every second; while they differ by more than `MAX_SKEW` it does not campaign,
-//!   and a leader steps down;
+//! - every replica asks the database for its clock (`clock_timestamp()`, the RTT halved) every
+//!   quarter of `unreachable_after` (within 250 ms..1 s); while the skew exceeds `MAX_SKEW`, is
+//!   still unknown, or no answer came for `unreachable_after`, it does not campaign, and a leader
+//!   steps down;
+//! - `unreachable_after` is the lease TTL, at least 2 s: a leader cut from PostgreSQL (but not
+//!   from etcd) hands over within about that plus a probe interval, as fast as a crashed one;
 //! - the leader notices a step between two wake-ups at once: wall-clock time and monotonic time
 //!   elapsed must agree (a pause moves both; a step moves only the wall clock).
 
@@ -18,49 +23,83 @@ use crate::store::Store;
 /// The largest difference from the database's clock a replica may fire with.
 pub const MAX_SKEW: Duration = Duration::from_secs(2);
 
-/// How often the skew is measured.
-const EVERY: Duration = Duration::from_secs(1);
+/// How long without a database answer before a replica counts as cut from it.
+pub fn unreachable_after(lease_ttl: Duration) -> Duration {
+    lease_ttl.max(Duration::from_secs(2))
+}
 
 /// The last measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClockCheck {
     /// Local minus database time, in milliseconds; `None` before the first answer.
     pub skew_ms: Option<i64>,
+    /// Whether the database answered within `unreachable_after`.
+    pub reachable: bool,
 }
 
 impl ClockCheck {
-    /// Whether this replica may lead: unknown counts as fine (the database may be down, and the
-    /// step detector still guards), a known skew must be within `MAX_SKEW`.
+    /// Before the first answer: may not lead.
+    pub const UNKNOWN: ClockCheck = ClockCheck { skew_ms: None, reachable: false };
+
+    /// Whether this replica may lead.
     pub fn ok(&self) -> bool {
-        self.skew_ms.is_none_or(|skew| skew.unsigned_abs() <= MAX_SKEW.as_millis() as u64)
+        self.refusal().is_none()
+    }
+
+    /// Why this replica may not lead, if it may not.
+    pub fn refusal(&self) -> Option<&'static str> {
+        match (self.reachable, self.skew_ms) {
+            (_, None) => Some("the database has not told this replica its clock yet"),
+            (false, Some(_)) => Some("the database does not answer"),
+            (true, Some(skew)) if skew.unsigned_abs() > MAX_SKEW.as_millis() as u64 => {
+                Some("this replica's clock differs from the database's")
+            }
+            (true, Some(_)) => None,
+        }
     }
 }
 
-/// Measure the skew against the database every second until `shutdown`.
-pub async fn watch_skew(store: Store, check: watch::Sender<ClockCheck>, shutdown: CancellationToken) {
+/// Measure reachability and skew against the database until `shutdown`.
+pub async fn watch_skew(
+    store: Store,
+    check: watch::Sender<ClockCheck>,
+    unreachable_after: Duration,
+    shutdown: CancellationToken,
+) {
+    let every = (unreachable_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(1));
+    let mut last_answer: Option<Instant> = None;
     loop {
         let sent = Utc::now();
         let started = Instant::now();
-        if let Ok(Ok(database)) = tokio::time::timeout(EVERY, store.clock()).await {
-            let round_trip = started.elapsed();
-            let local = sent + chrono::Duration::from_std(round_trip / 2).unwrap_or_default();
-            let skew = (local - database).num_milliseconds();
-            metrics::gauge!("tenure_clock_skew_seconds").set(skew as f64 / 1000.0);
-            let measured = ClockCheck { skew_ms: Some(skew) };
-            let was_ok = check.borrow().ok();
-            if was_ok && !measured.ok() {
-                tracing::error!(
-                    skew_ms = skew,
-                    "this replica's clock differs from the database's; not leading until it agrees"
-                );
-            } else if !was_ok && measured.ok() {
-                tracing::info!(skew_ms = skew, "clock agrees with the database again");
+        let previous = *check.borrow();
+        let measured = match tokio::time::timeout(unreachable_after, store.clock()).await {
+            Ok(Ok(database)) => {
+                let round_trip = started.elapsed();
+                last_answer = Some(Instant::now());
+                let local = sent + chrono::Duration::from_std(round_trip / 2).unwrap_or_default();
+                let skew = (local - database).num_milliseconds();
+                metrics::gauge!("tenure_clock_skew_seconds").set(skew as f64 / 1000.0);
+                ClockCheck { skew_ms: Some(skew), reachable: true }
             }
-            check.send_replace(measured);
+            _ => ClockCheck {
+                skew_ms: previous.skew_ms,
+                reachable: last_answer.is_some_and(|at| at.elapsed() < unreachable_after),
+            },
+        };
+        match (previous.refusal(), measured.refusal()) {
+            (None, Some(why)) => tracing::error!(skew_ms = ?measured.skew_ms, "{why}; not leading until it does"),
+            (Some(_), None) => tracing::info!(skew_ms = ?measured.skew_ms, "the database answers and the clocks agree"),
+            _ => {}
         }
+        metrics::gauge!("tenure_database_reachable").set(if measured.reachable { 1.0 } else { 0.0 });
+        check.send_if_modified(|current| {
+            let changed = current.refusal() != measured.refusal();
+            *current = measured;
+            changed
+        });
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(EVERY) => {}
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

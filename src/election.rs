@@ -74,7 +74,7 @@ impl Election {
         Election { client, config, leadership, clock: None }
     }
 
-    /// Campaign only while this replica's clock agrees with the database's.
+    /// Campaign only while this replica reaches the database and its clock agrees with it.
     pub fn with_clock_guard(mut self, clock: watch::Receiver<ClockCheck>) -> Election {
         self.clock = Some(clock);
         self
@@ -87,8 +87,9 @@ impl Election {
         let retry_delay = (self.config.lease_ttl / 4).max(Duration::from_millis(200));
         while !shutdown.is_cancelled() {
             if let Some(clock) = self.clock.as_mut() {
-                if !clock.borrow_and_update().ok() {
-                    tracing::warn!("not campaigning while the clock is skewed");
+                let refusal = clock.borrow_and_update().refusal();
+                if let Some(why) = refusal {
+                    tracing::warn!("not campaigning: {why}");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
                         _ = clock.wait_for(ClockCheck::ok) => {}

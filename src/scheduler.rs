@@ -179,6 +179,16 @@ impl Scheduler {
                         // Leadership is gone: nothing of this term may keep running.
                         self.stop_all("leadership lost");
                     }
+                    if leader.step_down.is_cancelled() {
+                        // Stepping down: wait for the election to say so rather than lead again.
+                        while self.leadership.borrow_and_update().term() == Some(&leader.term) {
+                            tokio::select! {
+                                () = shutdown.cancelled() => break,
+                                changed = self.leadership.changed() => if changed.is_err() { break },
+                                Some(key) = self.finished_rx.recv() => self.run_finished(key),
+                            }
+                        }
+                    }
                 }
                 Leadership::Follower { .. } => {
                     tokio::select! {
@@ -211,8 +221,8 @@ impl Scheduler {
     /// One term: raise the fence, catch up, then fire on time until the term ends.
     async fn lead(&mut self, leader: &LeaderTerm, shutdown: &CancellationToken) {
         let term = &leader.term;
-        if !self.clock.borrow_and_update().ok() {
-            tracing::error!(term = term.revision(), "won the election with a skewed clock; stepping down");
+        if let Some(why) = self.clock.borrow_and_update().refusal() {
+            tracing::error!(term = term.revision(), "won the election, but {why}; stepping down");
             leader.step_down.cancel();
             return;
         }
@@ -248,6 +258,8 @@ impl Scheduler {
         let reap_every = executor::KILL_GRACE + Duration::from_secs(1);
         let mut next_reap = tokio::time::Instant::now() + reap_every;
         let mut next_heartbeat = tokio::time::Instant::now();
+        let mut heartbeat: Option<tokio::task::JoinHandle<()>> = None;
+        let mut reaping: Option<tokio::task::JoinHandle<()>> = None;
         // The last heartbeat marks when this term ended, however `lead` returns.
         let _last_heartbeat = TermHeartbeat { store: self.store.clone(), term: term.clone() };
 
@@ -264,6 +276,9 @@ impl Scheduler {
                     if changed.is_err() { Wake::Shutdown } else { Wake::LeadershipChanged }
                 }
                 () = leader.step_down.cancelled() => Wake::LeadershipChanged,
+                changed = self.clock.changed() => {
+                    if changed.is_err() { Wake::Shutdown } else { Wake::ClockChanged }
+                }
                 changed = self.jobs.changed() => {
                     if changed.is_err() { Wake::Shutdown } else { Wake::JobsReloaded }
                 }
@@ -272,9 +287,6 @@ impl Scheduler {
                 () = sleep_until_or_forever(wake_at) => Wake::Due,
                 () = tokio::time::sleep_until(next_reap) => Wake::Reap,
                 () = tokio::time::sleep_until(next_heartbeat) => Wake::Heartbeat,
-                changed = self.clock.changed() => {
-                    if changed.is_err() { Wake::Shutdown } else { Wake::ClockChanged }
-                }
             };
             match wake {
                 Wake::Shutdown => return,
@@ -306,21 +318,30 @@ impl Scheduler {
                 Wake::RunFinished(key) => self.run_finished(key),
                 Wake::ClockChanged => {
                     let check = *self.clock.borrow_and_update();
-                    if !check.ok() {
-                        tracing::error!(skew_ms = ?check.skew_ms, "clock skewed against the database; stepping down");
+                    if let Some(why) = check.refusal() {
+                        tracing::error!(skew_ms = ?check.skew_ms, "{why}; stepping down");
                         metrics::counter!("tenure_clock_step_downs_total").increment(1);
                         leader.step_down.cancel();
                         return;
                     }
                 }
+                // Bookkeeping runs beside the loop, one at a time, so a slow or unreachable
+                // database never holds up a wake-up (a slot, a step-down).
                 Wake::Heartbeat => {
-                    if let Err(error) = self.store.term_alive(term, Utc::now()).await {
-                        tracing::debug!(%error, "could not record the term heartbeat");
+                    if heartbeat.as_ref().is_none_or(|task| task.is_finished()) {
+                        let (store, term, at) = (self.store.clone(), term.clone(), Utc::now());
+                        heartbeat = Some(tokio::spawn(async move {
+                            if let Err(error) = store.term_alive(&term, at).await {
+                                tracing::debug!(%error, "could not record the term heartbeat");
+                            }
+                        }));
                     }
                     next_heartbeat = tokio::time::Instant::now() + HEARTBEAT;
                 }
                 Wake::Reap => {
-                    self.reap(term).await;
+                    if reaping.as_ref().is_none_or(|task| task.is_finished()) {
+                        reaping = Some(tokio::spawn(self.reap(term)));
+                    }
                     next_reap = tokio::time::Instant::now() + reap_every;
                 }
                 Wake::Due => {
@@ -429,15 +450,23 @@ impl Scheduler {
         }
     }
 
-    async fn reap(&self, term: &Term) {
+    /// Mark the runs of vanished leaders `lost` (the returned future owns what it needs).
+    fn reap(&self, term: &Term) -> impl std::future::Future<Output = ()> + Send + 'static {
         let live: Vec<LiveNode> =
             self.members.borrow().iter().map(|m| LiveNode { node: m.node.clone(), since: m.started_at }).collect();
+        let (store, term, node) = (self.store.clone(), term.clone(), self.node_id.clone());
+        async move { reap_lost(store, term, node, live).await }
+    }
+}
+
+async fn reap_lost(store: Store, term: Term, node: String, live: Vec<LiveNode>) {
+    {
         // A registry that does not list us is stale or failing; reaping by it could mark a live
         // run lost.
-        if !live.iter().any(|l| l.node == self.node_id) {
+        if !live.iter().any(|l| l.node == node) {
             return;
         }
-        match self.store.reap_lost(term, &live).await {
+        match store.reap_lost(&term, &live).await {
             Ok(0) => {}
             Ok(count) => {
                 metrics::counter!("tenure_runs_lost_total").increment(count);
@@ -446,7 +475,9 @@ impl Scheduler {
             Err(error) => tracing::warn!(%error, "could not reap lost runs"),
         }
     }
+}
 
+impl Scheduler {
     /// Decide what happens to every slot of one job due by `until` (at most `now` plus the claim
     /// lead), per its `catch_up` policy and `starting_deadline`, and advance its cursor past them.
     fn fire_due(&mut self, state: &mut JobState, leader: &LeaderTerm, now: DateTime<Utc>, until: DateTime<Utc>) {

@@ -286,8 +286,8 @@ impl Cluster {
 
     /// Wait until the witness shows an execution by a term other than `old_term`; returns when.
     pub async fn wait_for_execution_by_new_term(&self, old_term: i64, timeout: Duration) -> Instant {
-        wait_for("an execution in a new term", timeout, || async { self.witness().iter().any(|w| w.term > old_term) })
-            .await;
+        let ran = wait_until(timeout, || async { self.witness().iter().any(|w| w.term > old_term) }).await;
+        assert!(ran, "no execution in a term after {old_term} within {timeout:?}\n{}", self.logs());
         Instant::now()
     }
 

@@ -234,19 +234,33 @@ async fn a_leader_cut_from_etcd_by_blackhole_reset_or_delay_steps_down() {
     cluster.verdict(&report).await;
 }
 
+/// Issue 14 (1): a leader that cannot reach PostgreSQL hands over to one that can, and does not
+/// campaign again until it can; with every replica cut, nobody leads (no flapping) and what fell
+/// due is recorded once PostgreSQL is back.
 #[tokio::test]
-async fn a_leader_cut_from_postgres_then_from_both_then_healed() {
-    let mut cluster = Cluster::start_with(3, TICK, with_proxies(&[])).await;
+async fn a_leader_cut_from_postgres_then_from_both_then_everyone_cut_then_healed() {
+    // `allow`: a `forbid` job waits (recorded `skipped`) while a run of the cut-off leader has no
+    // recorded outcome, since nobody can know whether it still goes.
+    let jobs = TICK.replace("timeout: 10s", "timeout: 10s\n    concurrency: allow");
+    let mut cluster = Cluster::start_with(3, &jobs, with_proxies(&[])).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
     let_it_tick(&cluster, 2).await;
 
-    // PostgreSQL only: it keeps leading; claims wait and are retried, nothing doubles.
+    // PostgreSQL only: etcd is fine, but a leader that cannot record anything must hand over.
     cluster.event("blackhole the leader <-> PostgreSQL");
     let from = Utc::now();
+    let fault_at = Instant::now();
     cluster.replicas[leader].pg_proxy.as_ref().unwrap().set(Fault::Blackhole);
+    let handover = handover_after(&cluster, fault_at, term, Duration::from_secs(20)).await;
+    eprintln!(
+        "cut from PostgreSQL: new term in the fence after {:?} (TTL {TTL:?}), first run after {:?}",
+        handover.to_leader, handover.to_first_run
+    );
+    assert_ne!(handover.new_leader, leader, "the cut-off replica cannot lead");
+    let_it_tick(&cluster, 3).await;
+    // Still cut: it does not campaign again, so the new leader keeps its term.
     tokio::time::sleep(TTL * 3).await;
-    let leaders = cluster.leaders().await;
-    assert_eq!(leaders, [(leader, term)], "etcd is fine: the same leader stays");
+    assert_eq!(cluster.leaders().await, [(handover.new_leader, handover.new_term)], "nobody flaps");
     cluster.event("heal PostgreSQL");
     cluster.replicas[leader].pg_proxy.as_ref().unwrap().set(Fault::Pass);
     let pg_window = window(from, Utc::now());
@@ -266,7 +280,36 @@ async fn a_leader_cut_from_postgres_then_from_both_then_healed() {
     cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Pass);
     cluster.replicas[leader].pg_proxy.as_ref().unwrap().set(Fault::Pass);
     let both_window = window(from, Utc::now());
-    let report = finish(&mut cluster, &["tick"], &[pg_window, both_window]).await;
+    let_it_tick(&cluster, 2).await;
+
+    // Everyone cut from PostgreSQL: the leader steps down and nobody campaigns: no new terms.
+    let (_, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    cluster.event("blackhole every replica <-> PostgreSQL");
+    let from = Utc::now();
+    for replica in &cluster.replicas {
+        replica.pg_proxy.as_ref().unwrap().set(Fault::Blackhole);
+    }
+    wait_for("the leader to step down", Duration::from_secs(20), || async { cluster.leaders().await.is_empty() }).await;
+    let steady = Instant::now();
+    while steady.elapsed() < TTL * 5 {
+        assert_eq!(cluster.leaders().await, [], "a replica that cannot reach PostgreSQL took the lead");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.event("heal every replica <-> PostgreSQL");
+    for replica in &cluster.replicas {
+        replica.pg_proxy.as_ref().unwrap().set(Fault::Pass);
+    }
+    let (_, healed_term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    assert!(healed_term > term);
+    let all_window = window(from, Utc::now());
+    let_it_tick(&cluster, 2).await;
+    // What fell due while nobody could record it is in the ledger now (`catch_up: latest`:
+    // missed, but the newest).
+    let ledger = cluster.ledger().await;
+    let during = |r: &&tenure::store::RunRecord| r.job == "tick" && r.slot > from + chrono::Duration::seconds(3);
+    let recorded_missed = ledger.iter().filter(during).filter(|r| r.status == "missed").count();
+    assert!(recorded_missed > 0, "the outage's slots were not recorded missed");
+    let report = finish(&mut cluster, &["tick"], &[pg_window, both_window, all_window]).await;
     cluster.verdict(&report).await;
 }
 
