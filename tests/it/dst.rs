@@ -244,3 +244,90 @@ fn next_agrees_with_the_reference_around_every_transition_2020_to_2040() {
     assert!(coverage.zones > 100 && coverage.second_pass > 1_000, "{coverage:?}");
     assert!(coverage.several_in_first_pass > 500 && coverage.at_the_jump > 500, "{coverage:?}");
 }
+
+/// libfaketime moves the wall clock of one process (not its monotonic clock).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// A child process killed when dropped, also when the test fails.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tenure dev` with a per-second job in New York, its wall clock starting at `start` (UTC).
+fn dev_from(dir: &std::path::Path, port: u16, start: &str) -> Running {
+    let jobs = dir.join("jobs.yaml");
+    std::fs::write(
+        &jobs,
+        "jobs:\n  - name: tick\n    schedule: \"* * * * * *\"\n    timezone: America/New_York\n    command: [\"true\"]\n",
+    )
+    .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .arg("dev")
+        .arg("--jobs")
+        .arg(&jobs)
+        .arg("--ledger")
+        .arg(dir.join("ledger.db"))
+        .args(["--admin-token", "tok", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("LD_PRELOAD", LIBFAKETIME)
+        // `@`: the clock starts there and runs; read in the zone of TZ.
+        .env("FAKETIME", format!("@{start}"))
+        .env("TZ", "UTC")
+        .env("DONT_FAKE_MONOTONIC", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(Running)
+        .expect("start tenure dev")
+}
+
+/// The slots in the ledger of job `tick`, earliest first.
+async fn ledger_slots(port: u16) -> Vec<DateTime<Utc>> {
+    let url = format!("http://127.0.0.1:{port}/api/jobs/tick/runs?limit=500");
+    let Ok(answer) = reqwest::get(&url).await else { return Vec::new() };
+    let Ok(page) = answer.json::<serde_json::Value>().await else { return Vec::new() };
+    let mut slots: Vec<DateTime<Utc>> =
+        page["runs"].as_array().into_iter().flatten().filter_map(|run| run["slot"].as_str()?.parse().ok()).collect();
+    slots.sort_unstable();
+    slots
+}
+
+/// Issue 13, on the real firing path: `tenure dev` (SQLite ledger) with its clock set by
+/// libfaketime a few seconds before New York's repeated hour begins (01:00 EDT) and before the
+/// fall-back itself (01:59:59 EDT -> 01:00 EST) fires a per-second job in exactly the slots
+/// `next_after` gives, each once.
+#[tokio::test]
+async fn issue_13_tenure_dev_fires_what_next_says_across_a_fall_back() {
+    let ny: chrono_tz::Tz = "America/New_York".parse().unwrap();
+    let schedule = Schedule::parse("* * * * * *", ny).unwrap();
+    // (where the clock starts, the slot the ledger must reach)
+    let windows = [("2026-11-01 04:59:52", "2026-11-01T05:00:06Z"), ("2026-11-01 05:59:52", "2026-11-01T06:00:06Z")];
+    let mut running = Vec::new();
+    for (start, through) in windows {
+        let dir = tempfile::tempdir().unwrap();
+        let port = crate::harness::free_port();
+        let child = dev_from(dir.path(), port, start);
+        running.push((dir, port, child, start, through.parse::<DateTime<Utc>>().unwrap()));
+    }
+    for (_, port, _, start, through) in &running {
+        let reached = crate::harness::wait_until(std::time::Duration::from_secs(60), || async {
+            ledger_slots(*port).await.last().is_some_and(|last| last >= through)
+        })
+        .await;
+        let slots: Vec<DateTime<Utc>> = ledger_slots(*port).await.into_iter().filter(|s| s <= through).collect();
+        let show =
+            |slots: &[DateTime<Utc>]| slots.iter().map(|s| s.with_timezone(&ny).to_rfc3339()).collect::<Vec<_>>();
+        assert!(reached, "clock from {start}: the ledger never reached {through}; it holds {:?}", show(&slots));
+        let first = slots[0];
+        assert!(first < *through - TimeDelta::seconds(8), "clock from {start}: the first slot {first} is too late");
+        let expected: Vec<DateTime<Utc>> =
+            std::iter::successors(Some(first), |t| schedule.next_after(*t)).take_while(|t| t <= through).collect();
+        assert_eq!(show(&slots), show(&expected), "clock from {start}: the ledger against next_after");
+    }
+}
