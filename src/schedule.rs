@@ -327,10 +327,7 @@ fn first_pass_of_later_walls(
 fn instants(tz: Tz, wall: NaiveDateTime, fixed_time: bool) -> Vec<DateTime<Utc>> {
     match tz.from_local_datetime(&wall) {
         LocalResult::Single(t) => vec![t.with_timezone(&Utc)],
-        LocalResult::Ambiguous(first, second) if fixed_time => {
-            let _ = second;
-            vec![first.with_timezone(&Utc)]
-        }
+        LocalResult::Ambiguous(first, _) if fixed_time => vec![first.with_timezone(&Utc)],
         LocalResult::Ambiguous(first, second) => {
             vec![first.with_timezone(&Utc), second.with_timezone(&Utc)]
         }
