@@ -2,13 +2,23 @@
 //! no clock reads; the caller passes every instant in.
 //!
 //! croner matches the fields; this module owns everything crontab users expect that croner does
-//! differently (see DESIGN-NOTES "Cron semantics"):
+//! differently:
 //! - day-of-month and day-of-week are ANDed when either field starts with `*` (croner ORs
 //!   whenever neither is a bare `*`);
-//! - the daylight-saving rules are applied here, on croner's *wall-clock* matches: a fixed-time
-//!   job (neither minute nor hour, nor seconds when given, starts with `*`) fires once right after
-//!   a skipped hour and once, on the first occurrence, in a repeated hour; a wildcard job fires
-//!   on real elapsed time: nothing in a skipped hour, both copies of a repeated one;
+//! - the daylight-saving rules of cronie, applied here on croner's *wall-clock* matches. A job is
+//!   *fixed-time* when neither its minute nor its hour field (nor its second field, when given)
+//!   starts with `*`, so `30 1-3 * * *` and `15 2,3 * * *` are fixed-time; otherwise it is a
+//!   *wildcard* job.
+//!   - A wildcard job fires on real elapsed time: at every instant whose wall time matches. In a
+//!     repeated hour that is every matching time of both passes (`*/20 * * * *` in New York on
+//!     2026-11-01: 01:00, 01:20, 01:40 at -04:00, then again at -05:00); in a skipped hour,
+//!     nothing.
+//!   - A fixed-time job fires at a matching wall time only the first time the wall clock shows it:
+//!     in a repeated hour, on the first pass only.
+//!   - A fixed-time job whose wall times fall in a skipped hour fires once, at the instant the
+//!     clocks jump (`30 2 * * *` in Berlin on 2026-03-29 fires at 03:00+02:00). Several skipped
+//!     matches (`15,45 2 * * *`), and a match at the jump's own wall time (`0 2,3 * * *`), are one
+//!     fire: a slot is its instant, and every skipped time stands for the same one.
 //! - `@every <duration>` is an interval anchored to the Unix epoch, so every replica computes the
 //!   same slots without shared state.
 
@@ -234,43 +244,90 @@ fn croner_reason(error: &croner::errors::CronError) -> String {
 }
 
 /// The first instant strictly after `after` at which a wall-clock pattern fires in `tz`.
+///
+/// croner walks wall-clock time, and wall-clock order is real-time order except across a
+/// fall-back, where the wall clock runs the repeated hour twice. So the answer is the earliest of:
+/// - the *walk*: wall-clock matches from `after`'s own wall time on, each turned into its instants
+///   by the daylight-saving rules, up to the first that has one after `after`;
+/// - the *second pass of earlier wall times* (wildcard jobs): when `after` lies in, or just before,
+///   the first pass of a repeated hour, wall times at or before its own come round again;
+/// - the *first pass of later wall times*: when the walk's instant lies after a fall-back (in the
+///   second pass, or just beyond), later wall times of the first pass, before the fall-back, come
+///   first. Without this a job firing several times an hour jumped from its first fire in the
+///   repeated hour straight to the second pass.
 fn next_cron(cron: &Cron, fixed_time: bool, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let local_after = after.with_timezone(&tz).naive_local();
-    let mut best: Option<DateTime<Utc>> = None;
+    let walked = walk(cron, fixed_time, tz, after, local_after);
+    let earlier_walls_again =
+        if fixed_time { None } else { second_pass_of_earlier_walls(cron, tz, after, local_after) };
+    let later_walls_first =
+        walked.and_then(|(wall, instant)| first_pass_of_later_walls(cron, tz, after, wall, instant));
+    [walked.map(|(_, instant)| instant), earlier_walls_again, later_walls_first].into_iter().flatten().min()
+}
 
-    // Wildcard jobs fire in the second copy of a repeated hour too. If `after` lies in the first
-    // copy, wall-clock times *before* its own may still come again after it.
-    if !fixed_time && let Some(transition) = fall_back_within(tz, after, after + MAX_SHIFT) {
-        let new_offset = offset_at(tz, transition);
-        let repeat_start = transition.naive_utc() + new_offset;
-        if repeat_start <= local_after
-            && let Ok(wall) = cron.find_next_occurrence(&repeat_start, true)
-            && wall <= local_after
-        {
-            best = Some((wall - new_offset).and_utc());
-        }
-    }
-
+/// The first wall-clock match at or after `local_after` with an instant after `after`, and that
+/// instant (the earliest of its instants after `after`).
+fn walk(
+    cron: &Cron,
+    fixed_time: bool,
+    tz: Tz,
+    after: DateTime<Utc>,
+    local_after: NaiveDateTime,
+) -> Option<(NaiveDateTime, DateTime<Utc>)> {
     let mut wall = cron.find_next_occurrence(&local_after, true).ok()?;
-    // Bounded: a few wall-clock matches can fall in a gap or before `after` in a repeated hour.
+    // Bounded: the matches passed over lie in a gap or before `after` in a repeated hour, at most
+    // two hours of seconds.
     for _ in 0..10_000 {
-        let earliest = instants(tz, wall, fixed_time).into_iter().find(|instant| *instant > after);
-        if let Some(instant) = earliest {
-            return Some(best.map_or(instant, |b| b.min(instant)));
+        if let Some(instant) = instants(tz, wall, fixed_time).into_iter().find(|instant| *instant > after) {
+            return Some((wall, instant));
         }
         wall = cron.find_next_occurrence(&wall, false).ok()?;
     }
-    best
+    None
+}
+
+/// When a fall-back follows `after` closely enough to repeat wall times at or before
+/// `local_after`: the first of them that matches, in its second pass.
+fn second_pass_of_earlier_walls(
+    cron: &Cron,
+    tz: Tz,
+    after: DateTime<Utc>,
+    local_after: NaiveDateTime,
+) -> Option<DateTime<Utc>> {
+    let transition = fall_back_within(tz, after, after + MAX_SHIFT)?;
+    let new_offset = offset_at(tz, transition);
+    let repeat_start = transition.naive_utc() + new_offset;
+    if repeat_start > local_after {
+        return None;
+    }
+    let wall = cron.find_next_occurrence(&repeat_start, true).ok()?;
+    (wall <= local_after).then(|| (wall - new_offset).and_utc())
+}
+
+/// When the walk's `instant` (of wall time `wall`) follows a fall-back that itself follows
+/// `after`: the first matching wall time after `wall` still in the first pass, before the
+/// fall-back, and after `after`. First passes fire for fixed-time and wildcard jobs alike.
+fn first_pass_of_later_walls(
+    cron: &Cron,
+    tz: Tz,
+    after: DateTime<Utc>,
+    wall: NaiveDateTime,
+    instant: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let transition = fall_back_within(tz, after.max(instant - MAX_SHIFT), instant)?;
+    let old_offset = offset_at(tz, transition - TimeDelta::seconds(1));
+    let first_pass_end = transition.naive_utc() + old_offset;
+    let from = wall.max(after.naive_utc() + old_offset);
+    let later = cron.find_next_occurrence(&from, false).ok()?;
+    let fires = (later - old_offset).and_utc();
+    (later < first_pass_end && fires > after).then_some(fires)
 }
 
 /// The instants at which a wall-clock match fires, earliest first, per the daylight-saving rules.
 fn instants(tz: Tz, wall: NaiveDateTime, fixed_time: bool) -> Vec<DateTime<Utc>> {
     match tz.from_local_datetime(&wall) {
         LocalResult::Single(t) => vec![t.with_timezone(&Utc)],
-        LocalResult::Ambiguous(first, second) if fixed_time => {
-            let _ = second;
-            vec![first.with_timezone(&Utc)]
-        }
+        LocalResult::Ambiguous(first, _) if fixed_time => vec![first.with_timezone(&Utc)],
         LocalResult::Ambiguous(first, second) => {
             vec![first.with_timezone(&Utc), second.with_timezone(&Utc)]
         }
@@ -591,6 +648,123 @@ mod tests {
                 &["2026-04-05T02:00:00+11:00", "2026-04-05T02:00:00+10:00", "2026-04-05T03:00:00+10:00"],
             ),
         ]);
+    }
+
+    /// Issue 13: a job firing several times an hour, entering a repeated hour from before it,
+    /// fires every matching minute of the first pass, then of the second; in every hemisphere and
+    /// for half-hour and 45-minute zones.
+    #[test]
+    fn issue_13_several_fires_an_hour_keep_the_first_pass_of_a_repeated_hour() {
+        check(&[
+            (
+                "*/20 * * * *",
+                "America/New_York",
+                "2026-11-01T04:30:00Z",
+                &[
+                    "2026-11-01T00:40:00-04:00",
+                    "2026-11-01T01:00:00-04:00",
+                    "2026-11-01T01:20:00-04:00",
+                    "2026-11-01T01:40:00-04:00",
+                    "2026-11-01T01:00:00-05:00",
+                    "2026-11-01T01:20:00-05:00",
+                    "2026-11-01T01:40:00-05:00",
+                    "2026-11-01T02:00:00-05:00",
+                ],
+            ),
+            (
+                "*/20 * * * *",
+                "Europe/Berlin",
+                "2026-10-24T23:50:00Z",
+                &[
+                    "2026-10-25T02:00:00+02:00",
+                    "2026-10-25T02:20:00+02:00",
+                    "2026-10-25T02:40:00+02:00",
+                    "2026-10-25T02:00:00+01:00",
+                    "2026-10-25T02:20:00+01:00",
+                    "2026-10-25T02:40:00+01:00",
+                    "2026-10-25T03:00:00+01:00",
+                ],
+            ),
+            (
+                "*/20 * * * *",
+                "Australia/Sydney",
+                "2026-04-04T14:50:00Z",
+                &[
+                    "2026-04-05T02:00:00+11:00",
+                    "2026-04-05T02:20:00+11:00",
+                    "2026-04-05T02:40:00+11:00",
+                    "2026-04-05T02:00:00+10:00",
+                    "2026-04-05T02:20:00+10:00",
+                    "2026-04-05T02:40:00+10:00",
+                    "2026-04-05T03:00:00+10:00",
+                ],
+            ),
+            // Chatham repeats 02:45-03:45 (+13:45, then +12:45).
+            (
+                "*/20 * * * *",
+                "Pacific/Chatham",
+                "2026-04-04T12:50:00Z",
+                &[
+                    "2026-04-05T02:40:00+13:45",
+                    "2026-04-05T03:00:00+13:45",
+                    "2026-04-05T03:20:00+13:45",
+                    "2026-04-05T03:40:00+13:45",
+                    "2026-04-05T03:00:00+12:45",
+                    "2026-04-05T03:20:00+12:45",
+                    "2026-04-05T03:40:00+12:45",
+                    "2026-04-05T04:00:00+12:45",
+                ],
+            ),
+            (
+                "*/20 * * * *",
+                "America/St_Johns",
+                "2026-11-01T03:20:00Z",
+                &[
+                    "2026-11-01T01:00:00-02:30",
+                    "2026-11-01T01:20:00-02:30",
+                    "2026-11-01T01:40:00-02:30",
+                    "2026-11-01T01:00:00-03:30",
+                    "2026-11-01T01:20:00-03:30",
+                    "2026-11-01T01:40:00-03:30",
+                    "2026-11-01T02:00:00-03:30",
+                ],
+            ),
+            // Seconds first: the same rule.
+            (
+                "0 */30 * * * *",
+                "America/New_York",
+                "2026-11-01T04:45:00Z",
+                &[
+                    "2026-11-01T01:00:00-04:00",
+                    "2026-11-01T01:30:00-04:00",
+                    "2026-11-01T01:00:00-05:00",
+                    "2026-11-01T01:30:00-05:00",
+                    "2026-11-01T02:00:00-05:00",
+                ],
+            ),
+            // A fixed-time list or range still fires once, on the first pass.
+            (
+                "0,20,40 1 * * *",
+                "America/New_York",
+                "2026-11-01T04:30:00Z",
+                &[
+                    "2026-11-01T01:00:00-04:00",
+                    "2026-11-01T01:20:00-04:00",
+                    "2026-11-01T01:40:00-04:00",
+                    "2026-11-02T01:00:00-05:00",
+                ],
+            ),
+        ]);
+        // Every real minute of the two hours from the start of the repeated one: 120 runs, not 61.
+        let ny = parse_timezone("America/New_York").unwrap();
+        for (expression, runs) in [("* * * * *", 120), ("*/5 * * * *", 24)] {
+            let schedule = Schedule::parse(expression, ny).unwrap();
+            let (start, end) = (at("2026-11-01T04:59:59Z"), at("2026-11-01T06:59:59Z"));
+            let fires = std::iter::successors(schedule.next_after(start), |t| schedule.next_after(*t))
+                .take_while(|t| *t <= end)
+                .count();
+            assert_eq!(fires, runs, "`{expression}`");
+        }
     }
 
     #[test]

@@ -105,6 +105,19 @@ fn next_prints_rfc3339_with_the_zone_offset_strictly_after_from() {
     assert!(stderr.contains("nope"), "{stderr}");
 }
 
+/// Issue 13: the repeated hour's first pass is printed in full before the second.
+#[test]
+fn next_prints_both_passes_of_a_repeated_hour() {
+    let (code, stdout, stderr) =
+        tenure(&["next", "*/20 * * * *", "--tz", "America/New_York", "--from", "2026-11-01T04:30:00Z", "-n", "8"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        "2026-11-01T00:40:00-04:00\n2026-11-01T01:00:00-04:00\n2026-11-01T01:20:00-04:00\n2026-11-01T01:40:00-04:00\n\
+         2026-11-01T01:00:00-05:00\n2026-11-01T01:20:00-05:00\n2026-11-01T01:40:00-05:00\n2026-11-01T02:00:00-05:00\n"
+    );
+}
+
 #[test]
 fn version_and_help() {
     let (code, stdout, _) = tenure(&["--version"]);

@@ -13,10 +13,14 @@ mod cli;
 mod cluster;
 /// The singleton guarantees under the faults of the core issue.
 mod core;
+/// A brute-force cron oracle, independent of croner and of `schedule`.
+mod cron_reference;
 /// The dashboard and API of a real cluster, and in headless Chromium.
 mod dashboard;
 /// `tenure dev`: one command, SQLite, the dashboard.
 mod dev;
+/// Daylight saving: `next` against the oracle around every transition, and the firing path.
+mod dst;
 /// The executor on real processes and a real HTTP server.
 mod executor;
 /// The fault suite: partitions, pauses, kills, restarts, reloads.
