@@ -21,7 +21,8 @@ use crate::election::Member;
 use crate::executor::{self, OutputTail, RunContext};
 use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
 use crate::store::{
-    Claim, ClaimError, Claimed, FenceError, JobCursor, LiveNode, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger,
+    Claim, ClaimError, Claimed, FenceError, JobControl, JobCursor, LiveNode, RunOutcome, RunStatus, SkipIfRunning,
+    Store, Trigger,
 };
 
 /// A slot this close behind "now" is on time; older due slots are catch-up slots and follow the
@@ -66,7 +67,8 @@ pub struct Scheduler {
     runs_per_job: HashMap<String, usize>,
     /// How far ahead of their slots claims are sent.
     lead: ClaimLead,
-    /// Manual triggers this term has started; a trigger is started once per term.
+    /// Manual triggers this term has started and whose runs have not ended; a trigger still
+    /// pending after its run ended (stopped before its claim or start) is started again.
     started_triggers: HashSet<i64>,
     next_run_key: u64,
     finished_tx: mpsc::UnboundedSender<u64>,
@@ -76,6 +78,7 @@ pub struct Scheduler {
 /// A run this replica started (or is claiming) in the current term.
 struct OwnRun {
     job: String,
+    trigger: Trigger,
     stop: RunStop,
     done: CancellationToken,
 }
@@ -185,7 +188,7 @@ impl Scheduler {
                             tokio::select! {
                                 () = shutdown.cancelled() => break,
                                 changed = self.leadership.changed() => if changed.is_err() { break },
-                                Some(key) = self.finished_rx.recv() => self.run_finished(key),
+                                Some(key) = self.finished_rx.recv() => { self.run_finished(key); }
                             }
                         }
                     }
@@ -194,7 +197,7 @@ impl Scheduler {
                     tokio::select! {
                         () = shutdown.cancelled() => {}
                         changed = self.leadership.changed() => if changed.is_err() { break },
-                        Some(key) = self.finished_rx.recv() => self.run_finished(key),
+                        Some(key) = self.finished_rx.recv() => { self.run_finished(key); }
                     }
                 }
             }
@@ -249,7 +252,9 @@ impl Scheduler {
         let (controls_tx, mut controls_rx) = mpsc::channel(1);
         let store = self.store.clone();
         tokio::spawn(async move { store.listen_controls(controls_tx, listener_stop).await });
-        // Triggers requested while nobody led are executed now.
+        // Triggers requested while nobody led are executed now. Until the operator controls are
+        // read (at term start, after a reload, after a notification) nothing fires: a job an
+        // operator paused must not fire by the job file's `paused` alone.
         let mut controls_pending = true;
         let mut due = DueSlots::default();
         due.reset(&states);
@@ -264,11 +269,16 @@ impl Scheduler {
         let _last_heartbeat = TermHeartbeat { store: self.store.clone(), term: term.clone() };
 
         loop {
-            if std::mem::take(&mut controls_pending) {
-                self.apply_controls(&mut states, leader).await;
+            if controls_pending {
+                controls_pending = !self.apply_controls(&mut states, leader).await;
                 due.reset(&states);
             }
-            let wake_at = due.wake_at(self.lead.lead()).map(instant_for);
+            let wake_at = if controls_pending {
+                Some(Utc::now() + chrono::Duration::from_std(DATABASE_RETRY).unwrap_or_default())
+            } else {
+                due.wake_at(self.lead.lead())
+            };
+            let wake_at = wake_at.map(instant_for);
             let wake = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Wake::Shutdown,
@@ -315,7 +325,11 @@ impl Scheduler {
                     tracing::info!(jobs = states.len(), hash = jobs.hash(), "job file reloaded");
                 }
                 Wake::ControlsChanged => controls_pending = true,
-                Wake::RunFinished(key) => self.run_finished(key),
+                Wake::RunFinished(key) => {
+                    if self.run_finished(key) {
+                        controls_pending = true;
+                    }
+                }
                 Wake::ClockChanged => {
                     let check = *self.clock.borrow_and_update();
                     if let Some(why) = check.refusal() {
@@ -345,6 +359,10 @@ impl Scheduler {
                     next_reap = tokio::time::Instant::now() + reap_every;
                 }
                 Wake::Due => {
+                    if controls_pending {
+                        // The controls are read again at the top of the loop first.
+                        continue;
+                    }
                     if !leader.lease.is_valid() {
                         // The election notices too and publishes Follower; fire nothing meanwhile.
                         continue;
@@ -501,7 +519,7 @@ impl Scheduler {
             let missed = plan.missed;
             self.runs.spawn(async move { ledger.record_missed(&job, &missed, Trigger::Schedule).await });
         }
-        self.start_runs(job, plan.run, Trigger::Schedule, None, ledger);
+        self.start_runs(job, plan.run, Trigger::Schedule, ledger);
     }
 
     /// A `forbid` or `replace` job with a run going: whether its next slot runs, is skipped or
@@ -510,14 +528,19 @@ impl Scheduler {
         job.concurrency != Concurrency::Allow && self.runs_per_job.get(job.name.as_ref()).is_some_and(|n| *n > 0)
     }
 
-    fn run_finished(&mut self, key: u64) {
-        if let Some(run) = self.own_runs.remove(&key) {
-            if let Some(count) = self.runs_per_job.get_mut(&run.job) {
-                *count -= 1;
-                if *count == 0 {
-                    self.runs_per_job.remove(&run.job);
-                }
+    /// Forget a run that ended. True when it was a manual trigger's: if it was stopped before its
+    /// claim or its start, the trigger is still pending, and the caller reads the triggers again.
+    fn run_finished(&mut self, key: u64) -> bool {
+        let Some(run) = self.own_runs.remove(&key) else { return false };
+        if let Some(count) = self.runs_per_job.get_mut(&run.job) {
+            *count -= 1;
+            if *count == 0 {
+                self.runs_per_job.remove(&run.job);
             }
+        }
+        match run.trigger.request() {
+            Some(request) => self.started_triggers.remove(&request),
+            None => false,
         }
     }
 
@@ -540,14 +563,7 @@ impl Scheduler {
     }
 
     /// Claim and run `slots` of `job` in order, in one task tracked as one of this term's runs.
-    fn start_runs(
-        &mut self,
-        job: Arc<Job>,
-        slots: Vec<DateTime<Utc>>,
-        trigger: Trigger,
-        trigger_id: Option<i64>,
-        ledger: Ledger,
-    ) {
+    fn start_runs(&mut self, job: Arc<Job>, slots: Vec<DateTime<Utc>>, trigger: Trigger, ledger: Ledger) {
         if slots.is_empty() {
             return;
         }
@@ -563,7 +579,8 @@ impl Scheduler {
         self.next_run_key += 1;
         let stop = RunStop::default();
         let done = CancellationToken::new();
-        self.own_runs.insert(key, OwnRun { job: job.name.to_string(), stop: stop.clone(), done: done.clone() });
+        self.own_runs
+            .insert(key, OwnRun { job: job.name.to_string(), trigger, stop: stop.clone(), done: done.clone() });
         *self.runs_per_job.entry(job.name.to_string()).or_default() += 1;
         let finished = self.finished_tx.clone();
         let mut ledger = ledger;
@@ -576,39 +593,50 @@ impl Scheduler {
                 if stop.token.is_cancelled() {
                     break;
                 }
-                ledger.fire(&job, slot, trigger, trigger_id, &stop).await;
+                ledger.fire(&job, slot, trigger, &stop).await;
             }
             done.cancel();
             let _ = finished.send(key);
         });
     }
 
-    /// Apply operator pauses and start pending manual triggers. On a database error the current
-    /// state stays and the next notification or term retries.
-    async fn apply_controls(&mut self, states: &mut [JobState], leader: &LeaderTerm) {
+    /// Apply operator pauses and resumes, and start pending manual triggers. False when the
+    /// ledger could not be read: the caller fires nothing until a later call succeeds, and
+    /// retries after `DATABASE_RETRY`.
+    async fn apply_controls(&mut self, states: &mut [JobState], leader: &LeaderTerm) -> bool {
         let now = Utc::now();
-        match self.store.job_controls().await {
-            Ok(controls) => {
-                for state in states.iter_mut() {
-                    // An operator's pause or resume overrides the job file's `paused`.
-                    let should_pause = controls.get(state.job.name.as_ref()).copied().unwrap_or(state.job.paused);
-                    if state.paused && !should_pause {
-                        // Resumed: slots that fell due while paused are not owed.
-                        state.cursor = state.cursor.max(now);
-                        tracing::info!(job = %state.job.name, "resumed");
-                    } else if !state.paused && should_pause {
-                        tracing::info!(job = %state.job.name, "paused");
-                    }
-                    state.paused = should_pause;
-                }
+        let controls = match self.store.job_controls().await {
+            Ok(controls) => controls,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the operator controls; firing nothing until they are read");
+                return false;
             }
-            Err(error) => tracing::warn!(%error, "could not read paused jobs"),
+        };
+        for state in states.iter_mut() {
+            let control = controls.get(state.job.name.as_ref());
+            // An operator's pause or resume overrides the job file's `paused`.
+            let should_pause = control.map_or(state.job.paused, |control| control.paused);
+            if state.paused && !should_pause {
+                // Resumed: slots that fell due while paused are not owed.
+                state.cursor = state.cursor.max(now);
+                tracing::info!(job = %state.job.name, "resumed");
+            } else if !state.paused && should_pause {
+                tracing::info!(job = %state.job.name, "paused");
+            }
+            state.paused = should_pause;
+            if let Some(control) = control {
+                start_after_resume(state, control);
+            }
+        }
+        if !leader.lease.is_valid() {
+            // No trigger could be claimed now: retried shortly, unless the term ends first.
+            return false;
         }
         let triggers = match self.store.pending_triggers().await {
             Ok(triggers) => triggers,
             Err(error) => {
-                tracing::warn!(%error, "could not read pending triggers");
-                return;
+                tracing::warn!(%error, "could not read pending triggers; retrying");
+                return false;
             }
         };
         for trigger in triggers {
@@ -620,7 +648,8 @@ impl Scheduler {
                 Some(job) => {
                     tracing::info!(job = %job.name, trigger = trigger.id, by = %trigger.requested_by, "manual trigger");
                     let ledger = self.ledger(leader, now);
-                    self.start_runs(job, vec![trigger.requested_at], Trigger::Manual, Some(trigger.id), ledger);
+                    let manual = Trigger::Manual { request: trigger.id };
+                    self.start_runs(job, vec![trigger.requested_at], manual, ledger);
                 }
                 None => {
                     tracing::warn!(job = %trigger.job, trigger = trigger.id, "trigger for a job not in the job file; dropped");
@@ -630,6 +659,17 @@ impl Scheduler {
                 }
             }
         }
+        true
+    }
+}
+
+/// A job an operator resumed starts again at its resume, whichever leader saw it: the slots of
+/// its pause are not owed, neither run nor recorded `missed`. The instant is in the ledger, so a
+/// term that loads the job's cursor after a resume (the leader that saw it died before the job
+/// fired again) does not replay the pause from the job's last recorded slot.
+fn start_after_resume(state: &mut JobState, control: &JobControl) {
+    if let Some(resumed_at) = control.resumed_at.filter(|_| !control.paused) {
+        state.cursor = state.cursor.max(resumed_at);
     }
 }
 
@@ -931,26 +971,14 @@ impl Ledger {
     }
 
     /// Claim `slot`, and only once the claim has committed, execute it with its retries.
-    async fn fire(
-        &mut self,
-        job: &Job,
-        slot: DateTime<Utc>,
-        trigger: Trigger,
-        trigger_id: Option<i64>,
-        stop: &RunStop,
-    ) {
+    async fn fire(&mut self, job: &Job, slot: DateTime<Utc>, trigger: Trigger, stop: &RunStop) {
+        // A manual claim marks its trigger handled in the same statement; a refused one leaves
+        // it pending for the next leader.
         let claimed = self.claim(job, slot, trigger, stop).await;
         if let Some(planned_at) = self.planned_at.take().filter(|planned_at| slot > *planned_at) {
             if claimed.is_some() {
                 // Sent ahead of its slot: however late it committed, the lead learns from it.
                 self.lead.observe((Utc::now() - planned_at).to_std().unwrap_or_default());
-            }
-        }
-        if let Some(trigger_id) = trigger_id {
-            // Whoever claimed the trigger's slot (this term, or an earlier one that did not get
-            // to mark it), the trigger is handled.
-            if let Err(error) = self.store.trigger_handled(trigger_id, job.name.as_ref(), slot).await {
-                tracing::warn!(%error, trigger_id, "could not mark the trigger handled");
             }
         }
         let Some(claimed) = claimed else { return };

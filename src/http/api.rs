@@ -126,7 +126,8 @@ pub(super) async fn run_view(state: &AppState, id: i64) -> Result<RunView, Probl
     Ok(RunView::of(run))
 }
 
-/// Record a manual trigger. The same key twice is one trigger (a double click fires once).
+/// Record a manual trigger. The same key twice for one job is one trigger (a double click fires
+/// once); the same key for another job is that job's own trigger. Without a key, a fresh one.
 pub(super) async fn request_trigger(
     state: &AppState,
     name: &str,
@@ -136,17 +137,44 @@ pub(super) async fn request_trigger(
     if state.jobs.borrow().get(name).is_none() {
         return Err(Problem::not_found(format!("no job `{name}` in the job file")));
     }
-    let key = match key.map(str::trim).filter(|k| !k.is_empty()) {
-        Some(key) if key.len() <= 200 => key.to_owned(),
-        Some(_) => return Err(Problem::bad_request("the idempotency key is longer than 200 characters")),
+    let key = match key {
+        Some(key) => checked_key(key)?.to_owned(),
         None => new_key(),
     };
     Ok(state.store.request_trigger(name, &key, by, Utc::now()).await?)
 }
 
+/// The longest idempotency key, in characters.
+const KEY_MAX: usize = 255;
+
+/// An idempotency key is 1 to `KEY_MAX` visible ASCII characters: what any client sends in a
+/// header unchanged, stored and shown exactly as sent. Anything else is refused rather than
+/// altered, or a retry with the same key would not find its trigger.
+fn checked_key(key: &str) -> Result<&str, Problem> {
+    let fault = if key.is_empty() {
+        "it is empty".to_owned()
+    } else if !key.bytes().all(|byte| byte.is_ascii_graphic()) {
+        "it has a space, a control character or a non-ASCII character".to_owned()
+    } else if key.len() > KEY_MAX {
+        format!("it has {} characters", key.len())
+    } else {
+        return Ok(key);
+    };
+    Err(Problem::bad_request(key_rule(&fault)))
+}
+
+fn key_rule(fault: &str) -> String {
+    format!("an idempotency key is 1 to {KEY_MAX} visible ASCII characters (`!` to `~`, no spaces); {fault}")
+}
+
 pub(super) async fn set_paused(state: &AppState, name: &str, paused: bool, by: &str) -> Result<(), Problem> {
-    if state.jobs.borrow().get(name).is_none() {
+    let Some(paused_in_file) = state.jobs.borrow().get(name).map(|job| job.paused) else {
         return Err(Problem::not_found(format!("no job `{name}` in the job file")));
+    };
+    if !paused && !paused_in_file && !state.store.job_controls().await?.contains_key(name) {
+        // Nothing pauses the job: the resume changes nothing, and recording it would stamp a
+        // resume instant that excuses the job's slots before it.
+        return Ok(());
     }
     Ok(state.store.set_paused(name, paused, by).await?)
 }
@@ -237,7 +265,10 @@ async fn trigger(
             Problem::bad_request(format!("expected a JSON object such as {{\"idempotency_key\": \"...\"}}: {error}"))
         })?
     };
-    let header = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    let header = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| Problem::bad_request(key_rule("it has a non-ASCII byte")))?),
+    };
     let trigger = request_trigger(&state, &name, header.or(parsed.idempotency_key.as_deref()), "api").await?;
     Ok((StatusCode::ACCEPTED, Json(trigger)))
 }

@@ -411,7 +411,9 @@ async fn control(
     state.auth.mutate_form(&headers, &form.csrf)?;
     match action.as_str() {
         "trigger" => {
-            api::request_trigger(&state, &name, form.key.as_deref(), "dashboard").await?;
+            // The page's form always carries a fresh key; an empty one is taken as none.
+            let key = form.key.as_deref().filter(|key| !key.is_empty());
+            api::request_trigger(&state, &name, key, "dashboard").await?;
         }
         "pause" => api::set_paused(&state, &name, true, "dashboard").await?,
         "resume" => api::set_paused(&state, &name, false, "dashboard").await?,

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::config::{Job, JobSet, Target};
 use crate::election::ClusterSnapshot;
-use crate::store::{RunRecord, Store, TermRecord};
+use crate::store::{JobControl, RunRecord, Store, TermRecord};
 
 /// How many outcomes the overview's strip shows per job.
 pub const STRIP: usize = 20;
@@ -151,8 +151,8 @@ pub struct TermView {
     pub current: bool,
 }
 
-pub fn job_view(job: &Job, controls: &HashMap<String, bool>, runs: &[RunRecord], now: DateTime<Utc>) -> JobView {
-    let control = controls.get(job.name.as_str()).copied();
+pub fn job_view(job: &Job, controls: &HashMap<String, JobControl>, runs: &[RunRecord], now: DateTime<Utc>) -> JobView {
+    let control = controls.get(job.name.as_str()).map(|control| control.paused);
     let paused = control.unwrap_or(job.paused);
     let paused_by = match (control, job.paused) {
         (Some(true), _) => Some("operator"),

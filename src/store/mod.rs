@@ -5,7 +5,8 @@
 //! Invariant: every write that records a slot (`claim_run`, `record_slots`), starts a run
 //! (`start_runs`), moves a cursor (`job_cursors`) or changes a run as its leader (`retry_run`,
 //! `reap_lost`) checks the fence in the same statement, so it cannot commit after a newer term's
-//! `begin_term` has committed.
+//! `begin_term` has committed. A manual trigger is marked handled by the claim of its slot, in
+//! that same statement: a refused claim leaves it pending.
 //!
 //! A row is claimed (`running`, no `started_at`), then started (`started_at` set by the fenced
 //! `start_runs`, before the process or request begins), then finished. Only a claimed row that
@@ -136,18 +137,30 @@ pub enum SkipIfRunning {
     No,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Why a slot is claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     Schedule,
-    Manual,
+    /// An operator's trigger request (`TriggerRecord::id`); the claim that records its slot
+    /// marks it handled, and a refused claim leaves it pending for the next leader.
+    Manual {
+        request: i64,
+    },
 }
 
 impl Trigger {
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Schedule => "schedule",
-            Trigger::Manual => "manual",
+            Trigger::Manual { .. } => "manual",
+        }
+    }
+
+    /// The trigger request a manual claim fulfils.
+    pub fn request(self) -> Option<i64> {
+        match self {
+            Trigger::Schedule => None,
+            Trigger::Manual { request } => Some(request),
         }
     }
 }
@@ -266,6 +279,14 @@ pub struct TriggerRecord {
     pub handled_at: Option<DateTime<Utc>>,
 }
 
+/// An operator's pause or resume of one job. It overrides the job file's `paused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobControl {
+    pub paused: bool,
+    /// When an operator last ended a pause of the job: slots before it are not owed.
+    pub resumed_at: Option<DateTime<Utc>>,
+}
+
 /// The PostgreSQL NOTIFY channel for pauses, resumes and triggers.
 const CONTROL_CHANNEL: &str = "tenure_controls";
 
@@ -322,6 +343,10 @@ pub trait Ledger: Send + Sync {
     /// takes over a row an older term claimed and never started. A claim is not a licence to
     /// execute: `start_runs` is. Retrying after a lost acknowledgement is safe: an unstarted row
     /// of our own term and node is handed back.
+    ///
+    /// A manual claim (`Trigger::Manual`) marks its trigger handled in the same statement,
+    /// linked to the run now holding its slot: the claimed row, or one another term recorded
+    /// (the trigger fired there). A fenced claim leaves the trigger pending.
     async fn claim_run(&self, claim: &Claim<'_>) -> Result<Claimed, ClaimError>;
 
     /// Claim many slots of one term at once, each with exactly `claim_run`'s meaning (fence,
@@ -405,12 +430,13 @@ pub trait Ledger: Send + Sync {
     /// dashboard's last run; the cursor is kept apart). Returns how many went.
     async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error>;
 
-    /// Pause or resume a job; survives failover; wakes the leader's scheduler.
+    /// Pause or resume a job; survives failover; wakes the leader's scheduler. A resume that ends
+    /// a pause (the job's control said paused, or it had none: the job file's pause) records
+    /// the database's now as the job's `resumed_at`; a resume of a resumed job keeps it.
     async fn set_paused(&self, job: &str, paused: bool, by: &str) -> Result<(), sqlx::Error>;
 
-    /// Operator pauses and resumes, by job: `true` paused, `false` resumed. An entry overrides the
-    /// job file's `paused`.
-    async fn job_controls(&self) -> Result<HashMap<String, bool>, sqlx::Error>;
+    /// Operator pauses and resumes, by job. An entry overrides the job file's `paused`.
+    async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error>;
 
     /// One job's runs, newest slot first, those before `before` (the previous page's cursor), at
     /// most `limit`, optionally of one status. Lists leave `output` empty; `run` has it.
@@ -431,7 +457,8 @@ pub trait Ledger: Send + Sync {
     /// The leader of `term` is alive at `at` (the terms page measures hand-overs with it).
     async fn term_alive(&self, term: &Term, at: DateTime<Utc>) -> Result<(), sqlx::Error>;
 
-    /// Record a manual trigger (idempotent per key) and wake the leader's scheduler.
+    /// Record a manual trigger (idempotent per job and key: the same key for another job is
+    /// another trigger) and wake the leader's scheduler.
     async fn request_trigger(
         &self,
         job: &str,
@@ -440,11 +467,9 @@ pub trait Ledger: Send + Sync {
         requested_at: DateTime<Utc>,
     ) -> Result<TriggerRecord, sqlx::Error>;
 
-    /// Triggers not yet handled by a leader, oldest first.
+    /// Triggers no claim has handled yet, and those whose claim was never started (a newer
+    /// term's claim takes it over), oldest first.
     async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error>;
-
-    /// Mark a trigger handled, linked to the run that holds its slot (if one was claimed).
-    async fn trigger_handled(&self, trigger_id: i64, job: &str, slot: DateTime<Utc>) -> Result<(), sqlx::Error>;
 
     /// Mark a trigger handled without a run (its job is not in the job file).
     async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error>;

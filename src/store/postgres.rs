@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, JobCursor, Ledger, LiveNode, RunCursor, RunOutcome,
-    RunRecord, RunStatus, SkipIfRunning, TermRecord, Trigger, TriggerRecord, clean_text,
+    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode, RunCursor,
+    RunOutcome, RunRecord, RunStatus, SkipIfRunning, TermRecord, Trigger, TriggerRecord, clean_text,
 };
 use crate::leadership::Term;
 
@@ -52,6 +52,7 @@ impl Postgres {
         let hashes: Vec<&str> = claims.iter().map(|c| c.config_hash).collect();
         let skips: Vec<bool> = claims.iter().map(|c| c.skip_if_running == SkipIfRunning::Yes).collect();
         let claimed_at: Vec<DateTime<Utc>> = claims.iter().map(|c| c.claimed_at).collect();
+        let requests: Vec<Option<i64>> = claims.iter().map(|c| c.trigger.request()).collect();
         // `forbid` counts runs started, and this term's own claims (they will start); an older
         // term's claim that never started will not, and is being taken over.
         let rows = sqlx::query(
@@ -79,6 +80,16 @@ impl Postgres {
                  INSERT INTO job_cursors (job, slot)
                  SELECT job, max(slot) FROM claimed WHERE trigger = 'schedule' GROUP BY job
                  ON CONFLICT (job) DO UPDATE SET slot = GREATEST(job_cursors.slot, EXCLUDED.slot)
+             ), handled AS (
+                 -- A manual claim marks its trigger handled under the same fence, linked to the
+                 -- row it claimed, or to the row another term holds for the slot (the trigger
+                 -- fired there); the statement's snapshot does not see its own rows, hence both.
+                 UPDATE triggers SET handled_at = now(),
+                        run_id = COALESCE(
+                            (SELECT c.id FROM claimed c WHERE c.job = m.job AND c.slot = m.slot),
+                            (SELECT r.id FROM runs r WHERE r.job = m.job AND r.slot = m.slot))
+                 FROM current_fence, unnest($3::text[], $4::timestamptz[], $9::bigint[]) AS m(job, slot, request)
+                 WHERE triggers.id = m.request AND triggers.handled_at IS NULL
              )
              SELECT job, slot, id, status FROM claimed",
         )
@@ -89,7 +100,8 @@ impl Postgres {
         .bind(&triggers)
         .bind(&hashes)
         .bind(&skips)
-        .bind(&claimed_at);
+        .bind(&claimed_at)
+        .bind(&requests);
         let rows = match crate::testing::claim_hold() {
             None => rows.fetch_all(&self.pool).await?,
             Some(hold) => {
@@ -503,9 +515,14 @@ impl Ledger for Postgres {
     /// Pause or resume a job; survives failover. Wakes the leader's scheduler.
     async fn set_paused(&self, job: &str, paused: bool, by: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        // A resume that ends a pause records when, by the database's clock (every leader's agrees
+        // with it within the allowed skew).
         sqlx::query(
-            "INSERT INTO job_controls (job, paused, updated_by, updated_at) VALUES ($1, $2, $3, now())
-             ON CONFLICT (job) DO UPDATE SET paused = $2, updated_by = $3, updated_at = now()",
+            "INSERT INTO job_controls (job, paused, updated_by, updated_at, resumed_at)
+             VALUES ($1, $2, $3, now(), CASE WHEN $2 THEN NULL ELSE now() END)
+             ON CONFLICT (job) DO UPDATE SET paused = $2, updated_by = $3, updated_at = now(),
+                 resumed_at = CASE WHEN job_controls.paused AND NOT $2 THEN now()
+                                   ELSE job_controls.resumed_at END",
         )
         .bind(job)
         .bind(paused)
@@ -517,9 +534,12 @@ impl Ledger for Postgres {
     }
 
     /// Jobs paused by an operator.
-    async fn job_controls(&self) -> Result<HashMap<String, bool>, sqlx::Error> {
-        let rows = sqlx::query("SELECT job, paused FROM job_controls").fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(|row| (row.get("job"), row.get("paused"))).collect())
+    async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {
+        let rows = sqlx::query("SELECT job, paused, resumed_at FROM job_controls").fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.get("job"), JobControl { paused: row.get("paused"), resumed_at: row.get("resumed_at") }))
+            .collect())
     }
 
     async fn job_runs(
@@ -597,7 +617,7 @@ impl Ledger for Postgres {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING",
+             VALUES ($1, $2, $3, $4) ON CONFLICT (job, idempotency_key) DO NOTHING",
         )
         .bind(job)
         .bind(idempotency_key)
@@ -607,8 +627,9 @@ impl Ledger for Postgres {
         .await?;
         let row = sqlx::query(
             "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at
-             FROM triggers WHERE idempotency_key = $1",
+             FROM triggers WHERE job = $1 AND idempotency_key = $2",
         )
+        .bind(job)
         .bind(idempotency_key)
         .fetch_one(&mut *tx)
         .await?;
@@ -617,32 +638,20 @@ impl Ledger for Postgres {
         trigger_record(&row)
     }
 
-    /// Triggers not yet handled by a leader, oldest first.
+    /// Triggers no claim has handled, and those whose claim never started (a newer term's claim
+    /// takes it over), oldest first.
     async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error> {
         sqlx::query(
-            "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at
-             FROM triggers WHERE handled_at IS NULL ORDER BY requested_at, id",
+            "SELECT t.id, t.job, t.idempotency_key, t.requested_by, t.requested_at, t.run_id, t.handled_at
+             FROM triggers t LEFT JOIN runs r ON r.id = t.run_id
+             WHERE t.handled_at IS NULL OR (r.status = 'running' AND r.started_at IS NULL)
+             ORDER BY t.requested_at, t.id",
         )
         .fetch_all(&self.pool)
         .await?
         .iter()
         .map(trigger_record)
         .collect()
-    }
-
-    /// Mark a trigger handled, linked to the run that holds its slot (if any was claimed).
-    async fn trigger_handled(&self, trigger_id: i64, job: &str, slot: DateTime<Utc>) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE triggers SET handled_at = now(),
-                    run_id = (SELECT id FROM runs WHERE job = $2 AND slot = $3)
-             WHERE id = $1",
-        )
-        .bind(trigger_id)
-        .bind(job)
-        .bind(slot)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// Mark a trigger handled without a run (its job is not in the job file).

@@ -17,8 +17,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Claim, ClaimError, Claimed, Fence, FenceError, JobCursor, Ledger, LiveNode, RunCursor, RunOutcome, RunRecord,
-    RunStatus, SkipIfRunning, TermRecord, Trigger, TriggerRecord, clean_text,
+    Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode, RunCursor, RunOutcome,
+    RunRecord, RunStatus, SkipIfRunning, TermRecord, Trigger, TriggerRecord, clean_text,
 };
 use crate::leadership::Term;
 
@@ -208,6 +208,23 @@ impl Ledger for Sqlite {
         .bind(micros(claim.claimed_at))
         .fetch_optional(&mut *tx)
         .await?;
+        if let Some(request) = claim.trigger.request() {
+            // In the claim's transaction (SQLite's one writer makes it as atomic as PostgreSQL's
+            // one statement): linked to whichever run holds the slot now, ours or another term's;
+            // not at all when the claim was fenced, so the trigger stays pending.
+            sqlx::query(
+                "UPDATE triggers SET handled_at = ?4,
+                        run_id = (SELECT id FROM runs WHERE job = ?2 AND slot = ?3)
+                 WHERE id = ?1 AND handled_at IS NULL AND (SELECT term FROM fence WHERE id = 1) <= ?5",
+            )
+            .bind(request)
+            .bind(claim.job)
+            .bind(micros(claim.slot))
+            .bind(micros(Utc::now()))
+            .bind(claim.term.revision())
+            .execute(&mut *tx)
+            .await?;
+        }
         if let Some(row) = inserted {
             if claim.trigger == Trigger::Schedule {
                 advance_cursor(&mut tx, claim.job, claim.slot).await?;
@@ -461,8 +478,10 @@ impl Ledger for Sqlite {
 
     async fn set_paused(&self, job: &str, paused: bool, by: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO job_controls (job, paused, updated_by, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (job) DO UPDATE SET paused = ?2, updated_by = ?3, updated_at = ?4",
+            "INSERT INTO job_controls (job, paused, updated_by, updated_at, resumed_at)
+             VALUES (?1, ?2, ?3, ?4, CASE WHEN ?2 THEN NULL ELSE ?4 END)
+             ON CONFLICT (job) DO UPDATE SET paused = ?2, updated_by = ?3, updated_at = ?4,
+                 resumed_at = CASE WHEN job_controls.paused AND NOT ?2 THEN ?4 ELSE job_controls.resumed_at END",
         )
         .bind(job)
         .bind(paused)
@@ -474,9 +493,16 @@ impl Ledger for Sqlite {
         Ok(())
     }
 
-    async fn job_controls(&self) -> Result<HashMap<String, bool>, sqlx::Error> {
-        let rows = sqlx::query("SELECT job, paused FROM job_controls").fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(|row| (row.get("job"), row.get("paused"))).collect())
+    async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {
+        let rows = sqlx::query("SELECT job, paused, resumed_at FROM job_controls").fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let control =
+                    JobControl { paused: row.get("paused"), resumed_at: optional_instant(row.get("resumed_at")) };
+                (row.get("job"), control)
+            })
+            .collect())
     }
 
     async fn job_runs(
@@ -542,7 +568,7 @@ impl Ledger for Sqlite {
     ) -> Result<TriggerRecord, sqlx::Error> {
         sqlx::query(
             "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at)
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (idempotency_key) DO NOTHING",
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (job, idempotency_key) DO NOTHING",
         )
         .bind(job)
         .bind(idempotency_key)
@@ -552,8 +578,9 @@ impl Ledger for Sqlite {
         .await?;
         let row = sqlx::query(
             "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at
-             FROM triggers WHERE idempotency_key = ?1",
+             FROM triggers WHERE job = ?1 AND idempotency_key = ?2",
         )
+        .bind(job)
         .bind(idempotency_key)
         .fetch_one(&self.pool)
         .await?;
@@ -563,29 +590,16 @@ impl Ledger for Sqlite {
 
     async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error> {
         sqlx::query(
-            "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at
-             FROM triggers WHERE handled_at IS NULL ORDER BY requested_at, id",
+            "SELECT t.id, t.job, t.idempotency_key, t.requested_by, t.requested_at, t.run_id, t.handled_at
+             FROM triggers t LEFT JOIN runs r ON r.id = t.run_id
+             WHERE t.handled_at IS NULL OR (r.status = 'running' AND r.started_at IS NULL)
+             ORDER BY t.requested_at, t.id",
         )
         .fetch_all(&self.pool)
         .await?
         .iter()
         .map(trigger_record)
         .collect()
-    }
-
-    async fn trigger_handled(&self, trigger_id: i64, job: &str, slot: DateTime<Utc>) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE triggers SET handled_at = ?4,
-                    run_id = (SELECT id FROM runs WHERE job = ?2 AND slot = ?3)
-             WHERE id = ?1",
-        )
-        .bind(trigger_id)
-        .bind(job)
-        .bind(micros(slot))
-        .bind(micros(Utc::now()))
-        .execute(&self.pool)
-        .await
-        .map(|_| ())
     }
 
     async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error> {

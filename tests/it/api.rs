@@ -292,7 +292,7 @@ async fn pages_render_and_forms_need_basic_auth_and_the_forgery_field() {
     let done = send(&f.state, form(Some(&basic(TOKEN)), &csrf)).await;
     assert_eq!(done.status, StatusCode::SEE_OTHER);
     assert_eq!(done.headers[header::LOCATION], "/jobs/tick?done=pause");
-    assert_eq!(f.store.job_controls().await.unwrap().get("tick"), Some(&true));
+    assert!(f.store.job_controls().await.unwrap()["tick"].paused);
 }
 
 #[tokio::test]
@@ -356,4 +356,47 @@ async fn malformed_requests_get_clear_problems_and_change_nothing() {
     let keyed = send(&f.state, trigger(Body::from(r#"{"idempotency_key": "body-key"}"#))).await;
     assert_eq!(keyed.status, StatusCode::ACCEPTED, "{}", keyed.body);
     assert_eq!(keyed.json()["idempotency_key"], "body-key");
+}
+
+#[tokio::test]
+async fn issue_13_idempotency_keys_are_per_job_and_bad_keys_are_refused() {
+    let f = fixture(false).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let keyed = |job: &str, key: &[u8]| {
+        post(&format!("/api/jobs/{job}/trigger"), Some(&bearer))
+            .header("Idempotency-Key", axum::http::HeaderValue::from_bytes(key).unwrap())
+            .body(Body::empty())
+            .unwrap()
+    };
+    let tick = send(&f.state, keyed("tick", b"shared-1")).await;
+    assert_eq!(tick.status, StatusCode::ACCEPTED, "{}", tick.body);
+    let berlin = send(&f.state, keyed("berlin", b"shared-1")).await;
+    assert_eq!(berlin.status, StatusCode::ACCEPTED, "{}", berlin.body);
+    assert_eq!(berlin.json()["job"], "berlin", "the same key for another job is that job's own trigger");
+    assert_ne!(berlin.json()["id"], tick.json()["id"]);
+    let again = send(&f.state, keyed("tick", b"shared-1")).await;
+    assert_eq!(again.json()["id"], tick.json()["id"], "the same key for the same job is one trigger");
+    let pending: Vec<String> = f.store.pending_triggers().await.unwrap().into_iter().map(|t| t.job).collect();
+    assert_eq!(pending, ["tick", "berlin"]);
+
+    let refused = |answer: &Answer| {
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+        assert_eq!(answer.content_type, "application/problem+json");
+        let detail = answer.json()["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains("1 to 255 visible ASCII characters"), "{detail}");
+    };
+    refused(&send(&f.state, keyed("tick", "clé-1".as_bytes())).await);
+    refused(&send(&f.state, keyed("tick", b"")).await);
+    refused(&send(&f.state, keyed("tick", b"two words")).await);
+    let body = |key: String| {
+        post("/api/jobs/tick/trigger", Some(&bearer))
+            .body(Body::from(serde_json::json!({ "idempotency_key": key }).to_string()))
+            .unwrap()
+    };
+    refused(&send(&f.state, body("bell\u{7}".to_owned())).await);
+    refused(&send(&f.state, body("k".repeat(256))).await);
+    refused(&send(&f.state, body("ключ".to_owned())).await);
+    assert_eq!(f.store.pending_triggers().await.unwrap().len(), 2, "a refused key records nothing");
+    let longest = send(&f.state, body("k".repeat(255))).await;
+    assert_eq!(longest.status, StatusCode::ACCEPTED, "{}", longest.body);
 }

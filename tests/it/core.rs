@@ -363,3 +363,151 @@ async fn an_invalid_job_file_on_reload_keeps_the_old_schedule_running() {
     cluster.verdict(&report).await;
     cluster.terminate(0).await;
 }
+
+// Issue 13: triggers, pauses and resumes that lie.
+
+async fn post_api(url: &str) -> reqwest::Response {
+    reqwest::Client::new().post(url).bearer_auth(crate::cluster::ADMIN_TOKEN).send().await.expect("post")
+}
+
+#[tokio::test]
+async fn issue_13_a_trigger_the_leader_cannot_claim_is_executed_by_the_next_leader() {
+    let jobs = "jobs:\n  - name: greet\n    schedule: \"0 0 1 1 *\"\n    shell: WITNESS\n";
+    let cluster = Cluster::start(3, jobs).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    // A newer term holds the ledger's fence while etcd still names the leader (as when its lease
+    // lapsed and a successor raised the fence): every claim the leader makes is refused.
+    let fence = cluster.store.fence().await.unwrap();
+    let successor = tenure::leadership::Term::for_tests(term + 1, &fence.cluster_id);
+    cluster.store.begin_term(&successor, "successor").await.unwrap();
+    cluster.event("fence raised above the leader's term");
+
+    let follower = (leader + 1) % 3;
+    let answer = post_api(&format!("{}/api/jobs/greet/trigger", cluster.url(follower))).await;
+    assert_eq!(answer.status(), 202);
+    let trigger: serde_json::Value = answer.json().await.unwrap();
+    wait_for("the trigger to run in a newer term", Duration::from_secs(20), || async {
+        cluster.witness().iter().any(|w| w.job == "greet" && w.term > term)
+    })
+    .await;
+    let greet: Vec<_> = cluster.witness().into_iter().filter(|w| w.job == "greet").collect();
+    assert_eq!(greet.len(), 1, "the trigger fired once: {greet:?}");
+    let ledger = cluster.ledger().await;
+    let manual: Vec<_> = ledger.iter().filter(|r| r.job == "greet" && r.trigger == "manual").collect();
+    assert_eq!(manual.len(), 1, "{manual:?}");
+    assert_eq!(manual[0].term, greet[0].term);
+    wait_for("the trigger to be marked handled", Duration::from_secs(5), || async {
+        cluster.store.pending_triggers().await.unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(trigger["job"], "greet");
+}
+
+#[tokio::test]
+async fn issue_13_a_pause_is_kept_when_the_next_leader_cannot_read_the_controls_at_first() {
+    let jobs = r#"
+jobs:
+  - name: tick
+    schedule: "* * * * * *"
+    shell: WITNESS
+  - name: held
+    schedule: "* * * * * *"
+    shell: WITNESS
+"#;
+    let mut cluster = Cluster::start(2, jobs).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 4).await;
+    let follower = (leader + 1) % 2;
+    assert_eq!(post_api(&format!("{}/api/jobs/held/pause", cluster.url(follower))).await.status(), 200);
+    let paused_at = Utc::now();
+    cluster.event("held paused");
+    let_it_tick(&cluster, 2).await;
+
+    // The controls table is away while the next leader starts its term, so its first reads fail.
+    let pool = tenure::store::connect(&cluster.database_url).await.unwrap();
+    sqlx::query("ALTER TABLE job_controls RENAME TO job_controls_away").execute(&pool).await.unwrap();
+    cluster.kill(leader);
+    cluster.event("leader killed; controls unreadable");
+    let (_, new_term) = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    assert!(new_term > term);
+    wait_for("the new leader to fail reading the controls", Duration::from_secs(5), || async {
+        cluster.replicas.iter().any(|r| {
+            std::fs::read_to_string(&r.log).unwrap_or_default().contains("relation \"job_controls\" does not exist")
+        })
+    })
+    .await;
+    // Watching for what must not happen: the new leader firing `held` blind.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sqlx::query("ALTER TABLE job_controls_away RENAME TO job_controls").execute(&pool).await.unwrap();
+    cluster.event("controls readable again");
+    wait_for("tick to fire in the new term", Duration::from_secs(10), || async {
+        cluster.witness().iter().any(|w| w.job == "tick" && w.term == new_term)
+    })
+    .await;
+    let_it_tick(&cluster, 2).await;
+
+    let late: Vec<_> = cluster
+        .witness()
+        .into_iter()
+        .filter(|w| w.job == "held" && w.slot > paused_at + chrono::Duration::seconds(1))
+        .collect();
+    assert!(late.is_empty(), "a paused job fired: {late:?}\n{}", cluster.logs());
+}
+
+#[tokio::test]
+async fn issue_13_a_resume_then_a_failover_neither_replays_nor_misses_the_paused_period() {
+    let jobs = r#"
+jobs:
+  - name: all
+    schedule: "* * * * * *"
+    catch_up: all
+    concurrency: allow
+    shell: WITNESS
+  - name: latest
+    schedule: "* * * * * *"
+    catch_up: latest
+    shell: WITNESS
+"#;
+    let mut cluster = Cluster::start(3, jobs).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let_it_tick(&cluster, 4).await;
+    let base = cluster.url((leader + 1) % 3);
+    for job in ["all", "latest"] {
+        assert_eq!(post_api(&format!("{base}/api/jobs/{job}/pause")).await.status(), 200);
+    }
+    let paused_at = Utc::now();
+    cluster.event("paused");
+    // The paused period: five seconds of slots nobody owes.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The leader never gets to act on the resume: stopped, resumed through a follower, killed.
+    cluster.signal(leader, Signal::SIGSTOP);
+    let resumed_at = Utc::now();
+    for job in ["all", "latest"] {
+        assert_eq!(post_api(&format!("{base}/api/jobs/{job}/resume")).await.status(), 200);
+    }
+    cluster.kill(leader);
+    cluster.event("resumed; leader killed");
+    cluster.wait_for_execution_by_new_term(term, TTL * 4 + Duration::from_secs(5)).await;
+    let settled = resumed_at + chrono::Duration::seconds(4);
+    wait_for("both jobs to run after the resume", Duration::from_secs(15), || async {
+        let ledger = cluster.ledger().await;
+        ["all", "latest"]
+            .iter()
+            .all(|job| ledger.iter().any(|r| r.job == *job && r.slot > settled && r.status == "succeeded"))
+    })
+    .await;
+
+    let ledger = cluster.ledger().await;
+    let in_pause = |slot: chrono::DateTime<Utc>| {
+        slot > paused_at + chrono::Duration::seconds(1) && slot < resumed_at - chrono::Duration::seconds(1)
+    };
+    let during: Vec<_> = ledger.iter().filter(|r| in_pause(r.slot)).map(|r| (&r.job, r.slot, &r.status)).collect();
+    assert!(during.is_empty(), "the paused period was replayed or recorded: {during:?}");
+    assert!(cluster.witness().iter().all(|w| !in_pause(w.slot)), "a paused slot executed");
+    // After the resume every slot is accounted for, run or recorded missed per `catch_up`.
+    let witness = cluster.witness();
+    let from = resumed_at + chrono::Duration::seconds(2);
+    let until = witness.iter().map(|w| w.slot).max().unwrap() - chrono::Duration::seconds(1);
+    let report = check(&witness, &ledger, &Expect { jobs: &["all", "latest"], from, until, missed_allowed: true });
+    cluster.verdict(&report).await;
+}

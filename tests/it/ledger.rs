@@ -5,7 +5,8 @@
 use chrono::{DateTime, TimeZone, Utc};
 use tenure::leadership::Term;
 use tenure::store::{
-    Claim, ClaimError, Claimed, FenceError, LiveNode, RunCursor, RunOutcome, RunStatus, SkipIfRunning, Store, Trigger,
+    Claim, ClaimError, Claimed, FenceError, JobControl, LiveNode, RunCursor, RunOutcome, RunStatus, SkipIfRunning,
+    Store, Trigger, TriggerRecord,
 };
 
 use crate::harness::Postgres;
@@ -51,6 +52,9 @@ contract!(batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_
 contract!(a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a_claim_never_started);
 contract!(an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger);
 contract!(each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move);
+contract!(issue_13_idempotency_keys_are_scoped_per_job);
+contract!(issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot);
+contract!(issue_13_a_resume_that_ends_a_pause_records_when);
 
 fn slot(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, second).unwrap()
@@ -233,10 +237,10 @@ async fn a_stale_claim_racing_a_fence_raise_waits_for_it_and_is_then_refused() {
 
 async fn pauses_and_triggers_are_recorded_once(store: Store) {
     store.set_paused("job", true, "admin").await.unwrap();
-    assert_eq!(store.job_controls().await.unwrap().get("job"), Some(&true));
+    assert!(store.job_controls().await.unwrap()["job"].paused);
     store.set_paused("job", false, "admin").await.unwrap();
     // A resume is kept too: it overrides `paused: true` in the job file.
-    assert_eq!(store.job_controls().await.unwrap().get("job"), Some(&false));
+    assert!(!store.job_controls().await.unwrap()["job"].paused);
 
     let first = store.request_trigger("job", "key-1", "admin", slot(30)).await.unwrap();
     let again = store.request_trigger("job", "key-1", "admin", slot(31)).await.unwrap();
@@ -246,9 +250,8 @@ async fn pauses_and_triggers_are_recorded_once(store: Store) {
     let term = Term::for_tests(1, "c");
     store.begin_term(&term, "n").await.unwrap();
     let mut manual = claim("job", first.requested_at, &term, "n");
-    manual.trigger = Trigger::Manual;
+    manual.trigger = Trigger::Manual { request: first.id };
     let claimed = store.claim_run(&manual).await.unwrap();
-    store.trigger_handled(first.id, "job", first.requested_at).await.unwrap();
     assert!(store.pending_triggers().await.unwrap().is_empty());
     // A manual run does not move the job's schedule cursor.
     let cursors = store.job_cursors(&term, &["job"], slot(0)).await.unwrap();
@@ -494,9 +497,18 @@ async fn an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger(store: 
         .await
         .unwrap();
     let mut manual = claim("job", slot(9), &newer, "m");
-    manual.trigger = Trigger::Manual;
+    manual.trigger = Trigger::Manual { request: 0 };
     store
-        .record_slots("job", &[slot(8)], RunStatus::Missed, Trigger::Manual, &newer, "m", "hash", "too late")
+        .record_slots(
+            "job",
+            &[slot(8)],
+            RunStatus::Missed,
+            Trigger::Manual { request: 0 },
+            &newer,
+            "m",
+            "hash",
+            "too late",
+        )
         .await
         .unwrap();
     let rows = store.all_runs().await.unwrap();
@@ -510,7 +522,7 @@ async fn an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger(store: 
     let started = store.claim_run(&manual).await.unwrap();
     store.start_runs(&newer, &[(started.run_id, slot(9))]).await.unwrap();
     let again = store
-        .record_slots("job", &[slot(9)], RunStatus::Missed, Trigger::Manual, &newer, "m", "hash", "x")
+        .record_slots("job", &[slot(9)], RunStatus::Missed, Trigger::Manual { request: 0 }, &newer, "m", "hash", "x")
         .await
         .unwrap();
     assert_eq!(again, 0);
@@ -544,7 +556,7 @@ async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(st
         .unwrap();
     // A manual run newer than the last scheduled one.
     let mut manual = claim("a", slot(7), &term, "n");
-    manual.trigger = Trigger::Manual;
+    manual.trigger = Trigger::Manual { request: 0 };
     let manual = store.claim_run(&manual).await.unwrap();
     store.start_runs(&term, &[(manual.run_id, slot(7))]).await.unwrap();
     store.finish_run(manual.run_id, &finished(slot(7))).await.unwrap();
@@ -567,4 +579,96 @@ async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(st
     let stale = store.job_cursors(&newer, &["d"], slot(55)).await;
     assert!(matches!(stale, Err(ClaimError::Fenced { .. })), "{stale:?}");
     let _ = orphan;
+}
+
+async fn issue_13_idempotency_keys_are_scoped_per_job(store: Store) {
+    let a = store.request_trigger("a", "key", "admin", slot(1)).await.unwrap();
+    let b = store.request_trigger("b", "key", "admin", slot(2)).await.unwrap();
+    assert_ne!(a.id, b.id, "the same key for another job is another trigger");
+    assert_eq!((a.job.as_str(), b.job.as_str()), ("a", "b"));
+    assert_eq!(store.request_trigger("a", "key", "admin", slot(3)).await.unwrap(), a);
+    assert_eq!(store.request_trigger("b", "key", "admin", slot(4)).await.unwrap(), b);
+    assert_eq!(store.pending_triggers().await.unwrap(), [a, b]);
+}
+
+/// The claim of a trigger's slot with the trigger's id.
+fn manual<'a>(trigger: &TriggerRecord, term: &'a Term, node: &'a str) -> Claim<'a> {
+    Claim { trigger: Trigger::Manual { request: trigger.id }, ..claim("job", trigger.requested_at, term, node) }
+}
+
+async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Store) {
+    let old = Term::for_tests(5, "c");
+    let new = Term::for_tests(6, "c");
+    store.begin_term(&old, "a").await.unwrap();
+    store.begin_term(&new, "b").await.unwrap();
+    // The same key again answers the trigger as recorded now.
+    let reread = |key: &'static str| {
+        let store = store.clone();
+        async move { store.request_trigger("job", key, "admin", slot(59)).await.unwrap() }
+    };
+
+    // A fenced claim, alone or in a batch, leaves the trigger pending.
+    let first = store.request_trigger("job", "k1", "admin", slot(10)).await.unwrap();
+    let fenced = store.claim_run(&manual(&first, &old, "a")).await;
+    assert!(matches!(fenced, Err(ClaimError::Fenced { term: 5, fence: 6 })), "{fenced:?}");
+    for result in store.claim_runs(&[manual(&first, &old, "a"), claim("other", slot(1), &old, "a")]).await {
+        assert!(matches!(result, Err(ClaimError::Fenced { .. })), "{result:?}");
+    }
+    assert_eq!(store.pending_triggers().await.unwrap(), [first.clone()]);
+
+    // The current term's claim records the run and marks the trigger handled, linked to it.
+    let claimed = store.claim_run(&manual(&first, &new, "b")).await.unwrap();
+    let first = reread("k1").await;
+    assert_eq!(first.run_id, Some(claimed.run_id));
+    assert!(first.handled_at.is_some());
+    assert!(store.pending_triggers().await.unwrap().is_empty());
+
+    // A trigger whose slot another term already holds fired there: handled, linked to that run.
+    let second = store.request_trigger("job", "k2", "admin", slot(20)).await.unwrap();
+    let held = store.claim_run(&claim("job", slot(20), &new, "b")).await.unwrap();
+    let newer = Term::for_tests(7, "c");
+    store.begin_term(&newer, "c").await.unwrap();
+    let taken = store.claim_run(&manual(&second, &newer, "c")).await;
+    assert!(matches!(taken, Err(ClaimError::AlreadyClaimed { term: 6, .. })), "{taken:?}");
+    let second = reread("k2").await;
+    assert_eq!((second.run_id, second.handled_at.is_some()), (Some(held.run_id), true));
+
+    // In a batch, each manual claim handles its own trigger.
+    let third = store.request_trigger("job", "k3", "admin", slot(30)).await.unwrap();
+    let fourth = store.request_trigger("job", "k4", "admin", slot(31)).await.unwrap();
+    let results = store
+        .claim_runs(&[manual(&third, &newer, "c"), claim("job", slot(32), &newer, "c"), manual(&fourth, &newer, "c")])
+        .await;
+    let ids: Vec<i64> = results.iter().map(|result| result.as_ref().expect("claimed").run_id).collect();
+    assert_eq!(reread("k3").await.run_id, Some(ids[0]));
+    assert_eq!(reread("k4").await.run_id, Some(ids[2]));
+    assert!(store.pending_triggers().await.unwrap().is_empty());
+    let manual_runs = store.all_runs().await.unwrap().into_iter().filter(|run| run.trigger == "manual").count();
+    assert_eq!(manual_runs, 3);
+}
+
+async fn issue_13_a_resume_that_ends_a_pause_records_when(store: Store) {
+    let controls = || {
+        let store = store.clone();
+        async move { store.job_controls().await.unwrap() }
+    };
+    store.set_paused("job", true, "admin").await.unwrap();
+    assert_eq!(controls().await["job"], JobControl { paused: true, resumed_at: None });
+    let before = store.clock().await.unwrap() - chrono::Duration::seconds(1);
+    store.set_paused("job", false, "admin").await.unwrap();
+    let resumed = controls().await["job"];
+    let at = resumed.resumed_at.expect("a resume that ends a pause records when");
+    assert!(!resumed.paused && at >= before && at <= Utc::now() + chrono::Duration::seconds(1), "{resumed:?}");
+
+    // Resuming a resumed job changes nothing; a pause keeps the last resume until the next one.
+    store.set_paused("job", false, "admin").await.unwrap();
+    assert_eq!(controls().await["job"].resumed_at, Some(at));
+    store.set_paused("job", true, "admin").await.unwrap();
+    assert_eq!(controls().await["job"], JobControl { paused: true, resumed_at: Some(at) });
+    store.set_paused("job", false, "admin").await.unwrap();
+    assert!(controls().await["job"].resumed_at.is_some_and(|again| again > at));
+
+    // A job without a control was paused by its file: resuming it ends that pause.
+    store.set_paused("file-paused", false, "admin").await.unwrap();
+    assert!(controls().await["file-paused"].resumed_at.is_some());
 }
