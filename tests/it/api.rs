@@ -399,4 +399,12 @@ async fn issue_13_idempotency_keys_are_per_job_and_bad_keys_are_refused() {
     assert_eq!(f.store.pending_triggers().await.unwrap().len(), 2, "a refused key records nothing");
     let longest = send(&f.state, body("k".repeat(255))).await;
     assert_eq!(longest.status, StatusCode::ACCEPTED, "{}", longest.body);
+
+    // A resume of a job nothing pauses records nothing: a resume instant would excuse its slots.
+    let resumed = send(&f.state, post("/api/jobs/tick/resume", Some(&bearer)).body(Body::empty()).unwrap()).await;
+    assert_eq!(resumed.status, StatusCode::OK);
+    assert!(f.store.job_controls().await.unwrap().is_empty());
+    // The job file's pause is ended by a resume, and when is recorded.
+    send(&f.state, post("/api/jobs/berlin/resume", Some(&bearer)).body(Body::empty()).unwrap()).await;
+    assert!(f.store.job_controls().await.unwrap()["berlin"].resumed_at.is_some());
 }
