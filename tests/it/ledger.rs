@@ -252,7 +252,8 @@ async fn pauses_and_triggers_are_recorded_once(store: Store) {
     let mut manual = claim("job", first.requested_at, &term, "n");
     manual.trigger = Trigger::Manual { request: first.id };
     let claimed = store.claim_run(&manual).await.unwrap();
-    assert!(store.pending_triggers().await.unwrap().is_empty());
+    store.start_runs(&term, &[(claimed.run_id, first.requested_at)]).await.unwrap();
+    assert!(store.pending_triggers().await.unwrap().is_empty(), "handled by its claim, and started");
     // A manual run does not move the job's schedule cursor.
     let cursors = store.job_cursors(&term, &["job"], slot(0)).await.unwrap();
     assert_eq!(cursors["job"].slot, slot(0), "the cursor is where the job was first seen");
@@ -621,11 +622,13 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
     let first = reread("k1").await;
     assert_eq!(first.run_id, Some(claimed.run_id));
     assert!(first.handled_at.is_some());
+    assert_eq!(store.start_runs(&new, &[(claimed.run_id, slot(11))]).await.unwrap(), [true]);
     assert!(store.pending_triggers().await.unwrap().is_empty());
 
     // A trigger whose slot another term already holds fired there: handled, linked to that run.
     let second = store.request_trigger("job", "k2", "admin", slot(20)).await.unwrap();
     let held = store.claim_run(&claim("job", slot(20), &new, "b")).await.unwrap();
+    store.start_runs(&new, &[(held.run_id, slot(20))]).await.unwrap();
     let newer = Term::for_tests(7, "c");
     store.begin_term(&newer, "c").await.unwrap();
     let taken = store.claim_run(&manual(&second, &newer, "c")).await;
@@ -633,18 +636,32 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
     let second = reread("k2").await;
     assert_eq!((second.run_id, second.handled_at.is_some()), (Some(held.run_id), true));
 
+    // A trigger claimed and never started (its leader lost the lease before the fenced start)
+    // is pending again for the next term, whose claim takes the row over; started, it is done.
+    let fifth = store.request_trigger("job", "k5", "admin", slot(40)).await.unwrap();
+    let orphan = store.claim_run(&manual(&fifth, &newer, "c")).await.unwrap();
+    assert_eq!(store.pending_triggers().await.unwrap(), [reread("k5").await]);
+    let newest = Term::for_tests(8, "c");
+    store.begin_term(&newest, "d").await.unwrap();
+    let taken_over = store.claim_run(&manual(&fifth, &newest, "d")).await.unwrap();
+    assert_eq!(taken_over.run_id, orphan.run_id);
+    assert_eq!(store.start_runs(&newest, &[(taken_over.run_id, slot(41))]).await.unwrap(), [true]);
+    assert!(store.pending_triggers().await.unwrap().is_empty());
+    let newer = newest;
+
     // In a batch, each manual claim handles its own trigger.
     let third = store.request_trigger("job", "k3", "admin", slot(30)).await.unwrap();
     let fourth = store.request_trigger("job", "k4", "admin", slot(31)).await.unwrap();
     let results = store
-        .claim_runs(&[manual(&third, &newer, "c"), claim("job", slot(32), &newer, "c"), manual(&fourth, &newer, "c")])
+        .claim_runs(&[manual(&third, &newer, "d"), claim("job", slot(32), &newer, "d"), manual(&fourth, &newer, "d")])
         .await;
     let ids: Vec<i64> = results.iter().map(|result| result.as_ref().expect("claimed").run_id).collect();
     assert_eq!(reread("k3").await.run_id, Some(ids[0]));
     assert_eq!(reread("k4").await.run_id, Some(ids[2]));
+    store.start_runs(&newer, &[(ids[0], slot(33)), (ids[2], slot(33))]).await.unwrap();
     assert!(store.pending_triggers().await.unwrap().is_empty());
     let manual_runs = store.all_runs().await.unwrap().into_iter().filter(|run| run.trigger == "manual").count();
-    assert_eq!(manual_runs, 3);
+    assert_eq!(manual_runs, 4);
 }
 
 async fn issue_13_a_resume_that_ends_a_pause_records_when(store: Store) {
