@@ -147,7 +147,9 @@ impl DevArgs {
         let settings = DevSettings {
             jobs_path: self.jobs.clone(),
             ledger_path: self.ledger.clone(),
-            node_id: format!("{host}-dev"),
+            // One id per process, as for `tenure run`: the ledger tells leaders apart by node, so
+            // two processes on one ledger (kept apart by its lock) could never pass as one.
+            node_id: format!("{host}-dev-{}", std::process::id()),
             shutdown_grace: self.shutdown_grace,
             retain: self.retain,
             auth: Auth::new(Some(&token), false),

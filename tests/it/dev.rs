@@ -89,3 +89,123 @@ async fn dev_fires_the_example_at_once_and_a_restart_is_a_higher_term() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A `tenure dev` process on `ledger`, killed when dropped (also when the test fails).
+struct DevProcess {
+    child: std::process::Child,
+    stderr: std::path::PathBuf,
+}
+
+impl DevProcess {
+    fn start(jobs: &std::path::Path, ledger: &std::path::Path, port: u16, name: &str) -> DevProcess {
+        let stderr = ledger.with_file_name(format!("{name}.stderr"));
+        let child = Command::new(env!("CARGO_BIN_EXE_tenure"))
+            .args(["dev", "--admin-token", "tok", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--jobs")
+            .arg(jobs)
+            .arg("--ledger")
+            .arg(ledger)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start tenure dev");
+        DevProcess { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (slot, term) of every execution the job itself recorded, in order.
+fn witnessed(path: &std::path::Path) -> Vec<(String, i64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            Some((fields.next()?.to_owned(), fields.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Issue 13.2: two `tenure dev` on one ledger both led, under the same term, and every slot ran
+/// twice. The second must refuse to start, saying who holds the ledger; a SIGKILLed dev must not
+/// keep the next one out.
+#[tokio::test]
+async fn issue_13_a_second_dev_on_one_ledger_refuses_to_start_and_no_slot_runs_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let witness = dir.path().join("witness");
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &jobs,
+        format!(
+            "jobs:\n  - name: tick\n    schedule: \"* * * * * *\"\n    shell: 'echo \"$TENURE_SLOT $TENURE_TERM\" >> {}'\n",
+            witness.display()
+        ),
+    )
+    .unwrap();
+    let ledger = dir.path().join("ledger.db");
+
+    let mut first = DevProcess::start(&jobs, &ledger, free_port(), "first");
+    wait_for("the first dev to fire", Duration::from_secs(15), || async { witnessed(&witness).len() >= 2 }).await;
+    let first_term = witnessed(&witness)[0].1;
+
+    let mut second = DevProcess::start(&jobs, &ledger, free_port(), "second");
+    wait_for("the second dev to exit", Duration::from_secs(10), || {
+        let exited = second.child.try_wait().unwrap().is_some();
+        async move { exited }
+    })
+    .await;
+    let status = second.child.wait().unwrap();
+    assert!(!status.success(), "the second dev must fail: {status:?}");
+    let message = second.stderr();
+    let error = message.lines().find(|line| line.starts_with("error:")).unwrap_or_else(|| panic!("{message}"));
+    assert!(
+        error.contains(&ledger.display().to_string()) && error.contains(&format!("pid {}", first.child.id())),
+        "the message names the ledger and the process holding it: {error}"
+    );
+
+    // The first keeps firing, alone.
+    let seen = witnessed(&witness).len();
+    wait_for("the first dev to keep firing", Duration::from_secs(10), || async {
+        witnessed(&witness).len() >= seen + 3
+    })
+    .await;
+    assert!(first.child.try_wait().unwrap().is_none(), "the first dev still runs: {}", first.stderr());
+
+    // SIGKILL releases the lock with the process: the next start on the ledger leads at once.
+    kill(Pid::from_raw(first.child.id() as i32), Signal::SIGKILL).unwrap();
+    first.child.wait().unwrap();
+    let third = DevProcess::start(&jobs, &ledger, free_port(), "third");
+    wait_for("the restarted dev to fire in a newer term", Duration::from_secs(15), || async {
+        witnessed(&witness).iter().any(|(_, term)| *term > first_term)
+    })
+    .await;
+    drop(third);
+
+    // No slot ran twice, and every execution is the ledger's row of the term that ran it.
+    let executions = witnessed(&witness);
+    let mut slots: Vec<&str> = executions.iter().map(|(slot, _)| slot.as_str()).collect();
+    slots.sort_unstable();
+    let twice: Vec<&&str> = slots.windows(2).filter(|pair| pair[0] == pair[1]).map(|pair| &pair[0]).collect();
+    assert!(twice.is_empty(), "slots executed twice: {twice:?}\n{executions:?}");
+    let store = tenure::store::Store::from_ledger(tenure::store::Sqlite::open(&ledger).await.unwrap());
+    let rows = store.all_runs().await.unwrap();
+    for (slot, term) in &executions {
+        let slot = chrono::DateTime::parse_from_rfc3339(slot).unwrap();
+        assert!(
+            rows.iter().any(|row| row.job == "tick" && row.slot == slot && row.term == *term),
+            "the execution of {slot} in term {term} has no ledger row of its term"
+        );
+    }
+}
