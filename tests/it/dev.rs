@@ -209,3 +209,71 @@ async fn issue_13_a_second_dev_on_one_ledger_refuses_to_start_and_no_slot_runs_t
         );
     }
 }
+
+/// The environment a job's `env` dump shows, as name -> value.
+fn environment(dump: &str) -> std::collections::BTreeMap<String, String> {
+    dump.lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// Issue 13.3: every job saw `TENURE_ADMIN_TOKEN`, `TENURE_DATABASE_URL` and any other `TENURE_*`
+/// setting of tenure itself. A real `tenure dev` with all three set runs a job that dumps its
+/// environment: none of tenure's settings reach it; the run's values, the job's `env` and what
+/// its `inherit_env` names do.
+#[tokio::test]
+async fn issue_13_a_job_gets_its_run_values_and_env_but_none_of_tenures_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("env.dump");
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &jobs,
+        format!(
+            "jobs:\n  - name: dump-env\n    schedule: \"* * * * * *\"\n    env: {{ GREETING: hello }}\n    \
+             inherit_env: [AWS_REGION]\n    \
+             shell: 'env > {0}.tmp && mv {0}.tmp {0}'\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["dev", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--jobs")
+        .arg(&jobs)
+        .arg("--ledger")
+        .arg(dir.path().join("ledger.db"))
+        .env("TENURE_ADMIN_TOKEN", "admin-secret")
+        .env("TENURE_DATABASE_URL", "postgres://tenure:db-secret@db/tenure")
+        .env("TENURE_FOO", "foo-setting")
+        .env("UNRELATED_SECRET", "not-for-jobs")
+        .env("AWS_REGION", "eu-west-1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tenure dev");
+    let found = crate::harness::wait_until(Duration::from_secs(15), || async { dump.exists() }).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "the job never dumped its environment");
+    let text = std::fs::read_to_string(&dump).unwrap();
+    let seen = environment(&text);
+
+    for secret in ["admin-secret", "db-secret", "foo-setting", "not-for-jobs"] {
+        assert!(!text.contains(secret), "`{secret}` reached the job:\n{text}");
+    }
+    let tenure_names: Vec<&str> = seen.keys().map(String::as_str).filter(|name| name.starts_with("TENURE_")).collect();
+    assert_eq!(
+        tenure_names,
+        ["TENURE_ATTEMPT", "TENURE_JOB", "TENURE_NODE", "TENURE_RUN_ID", "TENURE_SLOT", "TENURE_TERM"],
+        "only the run's own values:\n{text}"
+    );
+    assert_eq!(seen["TENURE_JOB"], "dump-env");
+    assert_eq!(seen["TENURE_ATTEMPT"], "1");
+    assert_eq!(seen.get("GREETING").map(String::as_str), Some("hello"));
+    assert_eq!(seen.get("AWS_REGION").map(String::as_str), Some("eu-west-1"));
+    assert!(seen.contains_key("PATH"), "PATH is inherited:\n{text}");
+}
