@@ -112,7 +112,8 @@ pub struct DevArgs {
     /// The job file; reloaded when it changes and on SIGHUP.
     #[arg(long, env = "TENURE_JOBS", default_value = "jobs.example.yaml")]
     pub jobs: PathBuf,
-    /// The SQLite ledger file, created if missing; keeps the run history across restarts.
+    /// The SQLite ledger file, created if missing; keeps the run history across restarts. One
+    /// `tenure dev` at a time per ledger (it holds a lock on `<ledger>.lock`).
     #[arg(long, env = "TENURE_LEDGER", default_value = ".tenure/ledger.db")]
     pub ledger: PathBuf,
     /// Address of the dashboard, API, health and metrics.
