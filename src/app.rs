@@ -17,7 +17,7 @@ use crate::config::{self, JobSet};
 use crate::election::{self, ClusterSnapshot, Election, ElectionConfig, Keys, Member};
 use crate::http::{self, AppState, Auth};
 use crate::leadership::Leadership;
-use crate::local::LocalElection;
+use crate::local::{LedgerLock, LocalElection};
 use crate::scheduler::Scheduler;
 use crate::store::{self, Store};
 
@@ -120,7 +120,14 @@ pub struct DevSettings {
 
 /// Run `tenure dev` until `shutdown`: the same scheduler, ledger semantics and dashboard as a
 /// cluster replica, with SQLite for the ledger and in-process leadership instead of etcd.
-pub async fn dev(settings: DevSettings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// `_ledger_lock` (of `settings.ledger_path`) is held until everything has stopped: terms are
+/// minted in this process, so no other process may lead on the same ledger meanwhile.
+pub async fn dev(
+    settings: DevSettings,
+    _ledger_lock: LedgerLock,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let jobs = load_jobs(&settings.jobs_path, settings.retain).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let address = listener.local_addr().context("listener address")?;
     let ledger = store::Sqlite::open(&settings.ledger_path)

@@ -112,7 +112,8 @@ pub struct DevArgs {
     /// The job file; reloaded when it changes and on SIGHUP.
     #[arg(long, env = "TENURE_JOBS", default_value = "jobs.example.yaml")]
     pub jobs: PathBuf,
-    /// The SQLite ledger file, created if missing; keeps the run history across restarts.
+    /// The SQLite ledger file, created if missing; keeps the run history across restarts. One
+    /// `tenure dev` at a time per ledger (it holds a lock on `<ledger>.lock`).
     #[arg(long, env = "TENURE_LEDGER", default_value = ".tenure/ledger.db")]
     pub ledger: PathBuf,
     /// Address of the dashboard, API, health and metrics.
@@ -147,7 +148,9 @@ impl DevArgs {
         let settings = DevSettings {
             jobs_path: self.jobs.clone(),
             ledger_path: self.ledger.clone(),
-            node_id: format!("{host}-dev"),
+            // One id per process, as for `tenure run`: the ledger tells leaders apart by node, so
+            // two processes on one ledger (kept apart by its lock) could never pass as one.
+            node_id: format!("{host}-dev-{}", std::process::id()),
             shutdown_grace: self.shutdown_grace,
             retain: self.retain,
             auth: Auth::new(Some(&token), false),

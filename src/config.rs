@@ -122,6 +122,9 @@ pub struct Job {
     pub retries: Retries,
     pub paused: bool,
     pub env: BTreeMap<String, String>,
+    /// Variables of tenure's own environment passed on to the job, beyond the few every job
+    /// inherits (see `executor`). Never a `TENURE_*` name.
+    pub inherit_env: Vec<String>,
     pub workdir: Option<PathBuf>,
 }
 
@@ -436,6 +439,7 @@ const JOB_KEYS: &[&str] = &[
     "shell",
     "http",
     "env",
+    "inherit_env",
     "workdir",
     "paused",
     "timezone",
@@ -799,9 +803,7 @@ impl Ctx<'_> {
             && let Some(vars) = self.entries(e, job, "`env`")
         {
             for (k, v) in vars {
-                let valid_name = k.value.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                    && k.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if !valid_name {
+                if !is_variable_name(&k.value) {
                     self.error(
                         &k.referenced,
                         job,
@@ -829,6 +831,20 @@ impl Ctx<'_> {
                 }
             }
         }
+
+        let inherit_env = match entries.iter().find(|(k, _)| k.value == "inherit_env") {
+            None => Vec::new(),
+            Some((key, node)) => {
+                if matches!(target, Some(Target::Http(_))) {
+                    self.error(
+                        &key.referenced,
+                        job,
+                        "`inherit_env` applies to `command` and `shell` jobs; an HTTP job gets no environment".into(),
+                    );
+                }
+                self.inherit_env(node, job)
+            }
+        };
 
         let workdir =
             get("workdir").and_then(|w| self.string(w, job, "workdir", "a directory path")).map(PathBuf::from);
@@ -858,8 +874,47 @@ impl Ctx<'_> {
             retries: policies.retries,
             paused,
             env,
+            inherit_env,
             workdir,
         })
+    }
+
+    /// `inherit_env`: a list of variable names to pass on from tenure's environment.
+    fn inherit_env(&mut self, node: &Spanned<Node>, job: Option<&str>) -> Vec<String> {
+        let Node::Seq(items) = &node.value else {
+            self.error(
+                &node.referenced,
+                job,
+                format!("`inherit_env`: expected a list of variable names, found {}", node.value.kind()),
+            );
+            return Vec::new();
+        };
+        let mut names = Vec::with_capacity(items.len());
+        for item in items {
+            let Some(name) = self.string(item, job, "inherit_env", "a variable name") else {
+                continue;
+            };
+            if !is_variable_name(name) {
+                self.error(
+                    &item.referenced,
+                    job,
+                    format!(
+                        "`inherit_env`: `{name}` is not a variable name (letters, digits and `_`, not starting with a digit)"
+                    ),
+                );
+            } else if name.starts_with("TENURE_") {
+                self.error(
+                    &item.referenced,
+                    job,
+                    format!(
+                        "`inherit_env`: `{name}` is tenure's own setting or a per-run value; it never reaches a job"
+                    ),
+                );
+            } else if !names.iter().any(|known| known == name) {
+                names.push(name.to_owned());
+            }
+        }
+        names
     }
 
     fn target(&mut self, kind: &str, node: &Spanned<Node>, job: Option<&str>) -> Option<Target> {
@@ -1012,6 +1067,12 @@ impl Ctx<'_> {
 }
 
 /// ", did you mean `x`?" when an unknown key is a near miss of a known one.
+/// An environment variable name: letters, digits and `_`, not starting with a digit.
+fn is_variable_name(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 fn strsim_hint(key: &str, known: &[&str]) -> String {
     known
         .iter()
@@ -1152,6 +1213,37 @@ jobs:
         ] {
             assert!(got.contains(needle), "missing {needle:?} in:\n{got}");
         }
+    }
+
+    #[test]
+    fn inherit_env_names_variables_and_never_tenures_own() {
+        let text = "jobs:
+  - name: a
+    schedule: '@daily'
+    shell: 'true'
+    inherit_env: [AWS_REGION, TENURE_ADMIN_TOKEN, 9LIVES, AWS_REGION]
+  - name: b
+    schedule: '@daily'
+    http: { url: 'http://x' }
+    inherit_env: [AWS_REGION]
+  - name: c
+    schedule: '@daily'
+    shell: 'true'
+    inherit_env: AWS_REGION
+";
+        let got = errors(text);
+        let want = [
+            "jobs.yaml:5:31: job `a`: `inherit_env`: `TENURE_ADMIN_TOKEN` is tenure's own setting or a per-run value; it never reaches a job",
+            "jobs.yaml:5:51: job `a`: `inherit_env`: `9LIVES` is not a variable name",
+            "jobs.yaml:9:5: job `b`: `inherit_env` applies to `command` and `shell` jobs",
+            "jobs.yaml:13:18: job `c`: `inherit_env`: expected a list of variable names, found a string",
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (got, want) in got.iter().zip(want) {
+            assert!(got.starts_with(want), "got  {got}\nwant {want}…");
+        }
+        let jobs = parse("jobs:\n  - name: a\n    schedule: '@daily'\n    shell: 'true'\n    inherit_env: [AWS_REGION, AWS_REGION, LC_ALL]\n", "jobs.yaml").unwrap();
+        assert_eq!(jobs.jobs()[0].inherit_env, ["AWS_REGION", "LC_ALL"]);
     }
 
     #[test]

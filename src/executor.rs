@@ -1,8 +1,14 @@
 //! Runs one attempt of one job: a command or shell script in its own process group, or an HTTP
 //! request. Knows nothing of leadership or the ledger: the caller claims the slot first, passes a
 //! `stop` token (cancelled on leadership loss, `replace` or shutdown) and records the outcome.
+//!
+//! A process starts from a cleared environment: the few variables of tenure's own that every
+//! program expects ([`INHERITED`], every `LC_*`), those the job's `inherit_env` names, the job's
+//! `env`, then the run's `TENURE_*` values. tenure's configuration (`TENURE_ADMIN_TOKEN`,
+//! `TENURE_DATABASE_URL`, any `TENURE_*`) never reaches a job.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +25,36 @@ use crate::store::{OUTPUT_LIMIT, RunOutcome, RunStatus};
 
 /// Between SIGTERM and SIGKILL of a job's process group.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// What every command or shell job inherits from tenure's environment (with every `LC_*`): how to
+/// find programs, whose home and shell, the locale and time zone; what cron hands its jobs, plus
+/// the locale and `TMPDIR`. Anything else must be named in the job's `inherit_env`.
+pub const INHERITED: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR"];
+
+/// `PATH` for a job when tenure itself has none (as cron does).
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The part of `parent` (tenure's environment) a job inherits: [`INHERITED`], `LC_*` and the
+/// names in `inherit_env`, never a `TENURE_*` variable; `PATH` always.
+fn inherited_environment(
+    inherit_env: &[String],
+    parent: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Vec<(OsString, OsString)> {
+    let mut inherited: Vec<(OsString, OsString)> = parent
+        .into_iter()
+        .filter(|(name, _)| {
+            let Some(name) = name.to_str() else { return false };
+            !name.starts_with("TENURE_")
+                && (INHERITED.contains(&name)
+                    || name.starts_with("LC_")
+                    || inherit_env.iter().any(|wanted| wanted == name))
+        })
+        .collect();
+    if !inherited.iter().any(|(name, _)| name == "PATH") {
+        inherited.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    inherited
+}
 
 /// Identity of the run, handed to the job as `TENURE_*` variables or `X-Tenure-*` headers so it
 /// can fence its own downstream writes with the term.
@@ -112,6 +148,8 @@ async fn run_process(
     stop: &CancellationToken,
 ) -> RunOutcome {
     command
+        .env_clear()
+        .envs(inherited_environment(&job.inherit_env, std::env::vars_os()))
         .envs(&job.env)
         .envs(context.variables().map(|(name, value)| (format!("TENURE_{name}"), value)))
         .stdin(Stdio::null())
@@ -268,5 +306,47 @@ async fn run_http(
         Err(error) => {
             RunOutcome { error: Some(format!("request failed: {error}")), ..outcome(RunStatus::Failed, output) }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(environment: &[(OsString, OsString)]) -> Vec<&str> {
+        let mut names: Vec<&str> = environment.iter().map(|(name, _)| name.to_str().unwrap()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn a_job_inherits_the_documented_variables_and_what_it_names_never_tenures_settings() {
+        let parent = [
+            ("PATH", "/opt/bin:/usr/bin"),
+            ("HOME", "/home/ops"),
+            ("LANG", "de_DE.UTF-8"),
+            ("LC_TIME", "C"),
+            ("TZ", "Europe/Berlin"),
+            ("TENURE_ADMIN_TOKEN", "secret"),
+            ("TENURE_DATABASE_URL", "postgres://secret"),
+            ("TENURE_FOO", "x"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_SECRET_ACCESS_KEY", "not asked for"),
+            ("DISPLAY", ":0"),
+        ]
+        .map(|(name, value)| (OsString::from(name), OsString::from(value)));
+        let plain = inherited_environment(&[], parent.clone());
+        assert_eq!(names(&plain), ["HOME", "LANG", "LC_TIME", "PATH", "TZ"]);
+        assert!(plain.contains(&("PATH".into(), "/opt/bin:/usr/bin".into())));
+
+        // Even a `TENURE_*` name slipped into the list (the job file refuses one) is not passed on.
+        let asked = inherited_environment(&["AWS_REGION".into(), "TENURE_FOO".into(), "UNSET".into()], parent);
+        assert_eq!(names(&asked), ["AWS_REGION", "HOME", "LANG", "LC_TIME", "PATH", "TZ"]);
+    }
+
+    #[test]
+    fn a_job_gets_a_path_even_when_tenure_has_none() {
+        let environment = inherited_environment(&[], [(OsString::from("HOME"), OsString::from("/root"))]);
+        assert!(environment.contains(&("PATH".into(), DEFAULT_PATH.into())), "{environment:?}");
     }
 }

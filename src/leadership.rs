@@ -26,8 +26,9 @@ impl Term {
         Term { revision, cluster_id }
     }
 
-    /// A term for tests of the store outside this crate. Absent from release builds.
-    #[cfg(feature = "testing")]
+    /// A term for tests of the store, in this crate's unit tests and outside it. Absent from
+    /// release builds.
+    #[cfg(any(test, feature = "testing"))]
     pub fn for_tests(revision: i64, cluster_id: &str) -> Term {
         Term::new(revision, cluster_id.to_owned())
     }

@@ -57,6 +57,8 @@ fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
     tenure::telemetry::metrics();
     // Check the job file first, so a broken one is reported before anything starts.
     let jobs = tenure::config::load(&settings.jobs_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    // Before the port: a second dev in the same directory is told about the ledger, not the port.
+    let lock = tenure::local::LedgerLock::acquire(&settings.ledger_path)?;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async {
         let listener =
@@ -73,7 +75,7 @@ fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
         println!("  ctrl-c stops; edit the job file and it reloads");
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        tenure::app::dev(settings, listener, shutdown).await?;
+        tenure::app::dev(settings, lock, listener, shutdown).await?;
         Ok(0)
     })
 }

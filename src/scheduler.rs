@@ -399,7 +399,7 @@ impl Scheduler {
                     tracing::info!(term = term.revision(), "fence raised; firing");
                     return true;
                 }
-                Err(FenceError::Superseded { fence, fence_cluster, .. }) => {
+                Err(FenceError::Superseded { fence, fence_cluster, fence_node, .. }) => {
                     if fence_cluster != term.cluster_id() {
                         tracing::error!(
                             term = term.revision(),
@@ -408,6 +408,12 @@ impl Scheduler {
                             cluster = term.cluster_id(),
                             "the ledger's fence comes from another etcd cluster with a higher term: \
                              etcd was probably rebuilt; refusing to fire until an operator resets the fence"
+                        );
+                    } else if fence == term.revision() {
+                        tracing::warn!(
+                            term = term.revision(),
+                            fence_node,
+                            "another node already began this term; stepping down"
                         );
                     } else {
                         tracing::warn!(term = term.revision(), fence, "a newer term holds the fence; stepping down");

@@ -111,8 +111,12 @@ pub enum ClaimError {
 /// Why a new term could not be recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {
-    #[error("the fence is at term {fence} (etcd cluster {fence_cluster}), newer than term {term}")]
-    Superseded { term: i64, fence: i64, fence_cluster: String },
+    /// The fence holds a newer term, or this very term begun by another node: a term number is
+    /// begun once, so two leaders can never share one.
+    #[error(
+        "the fence is at term {fence} of node {fence_node} (etcd cluster {fence_cluster}); term {term} may not begin"
+    )]
+    Superseded { term: i64, fence: i64, fence_cluster: String, fence_node: String },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -334,7 +338,9 @@ pub trait Ledger: Send + Sync {
     async fn clock(&self) -> Result<DateTime<Utc>, sqlx::Error>;
 
     /// Raise the fence to `term` and record it in the terms history, atomically. Must succeed
-    /// before the first claim of a term. Idempotent for the same term.
+    /// before the first claim of a term. A term number is begun once: refused when the fence is
+    /// above it, or at it for another node (two leaders that minted the same term never both
+    /// pass). Idempotent for the node that began it (a retry after a lost acknowledgement).
     async fn begin_term(&self, term: &Term, node: &str) -> Result<(), FenceError>;
 
     async fn fence(&self) -> Result<Fence, sqlx::Error>;

@@ -182,13 +182,13 @@ impl Ledger for Postgres {
         sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&self.pool).await
     }
 
-    /// Raise the fence to `term` and record it in the terms history, in one transaction. Must
-    /// succeed before the first claim of a term. Idempotent for the same term.
+    /// One transaction. Two nodes racing for one term number queue on the fence row's lock; the
+    /// second re-reads the row the first committed and is refused.
     async fn begin_term(&self, term: &Term, node: &str) -> Result<(), FenceError> {
         let mut tx = self.pool.begin().await?;
         let raised = sqlx::query(
             "UPDATE fence SET term = $1, cluster_id = $2, node = $3, raised_at = now()
-             WHERE id = 1 AND term <= $1",
+             WHERE id = 1 AND (term < $1 OR (term = $1 AND cluster_id = $2 AND node = $3))",
         )
         .bind(term.revision())
         .bind(term.cluster_id())
@@ -202,6 +202,7 @@ impl Ledger for Postgres {
                 term: term.revision(),
                 fence: fence.term,
                 fence_cluster: fence.cluster_id,
+                fence_node: fence.node,
             });
         }
         sqlx::query(

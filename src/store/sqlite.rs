@@ -143,7 +143,7 @@ impl Ledger for Sqlite {
         let mut tx = self.pool.begin().await?;
         let raised = sqlx::query(
             "UPDATE fence SET term = ?1, cluster_id = ?2, node = ?3, raised_at = ?4
-             WHERE id = 1 AND term <= ?1",
+             WHERE id = 1 AND (term < ?1 OR (term = ?1 AND cluster_id = ?2 AND node = ?3))",
         )
         .bind(term.revision())
         .bind(term.cluster_id())
@@ -153,11 +153,12 @@ impl Ledger for Sqlite {
         .await?
         .rows_affected();
         if raised == 0 {
-            let row = sqlx::query("SELECT term, cluster_id FROM fence WHERE id = 1").fetch_one(&mut *tx).await?;
+            let row = sqlx::query("SELECT term, cluster_id, node FROM fence WHERE id = 1").fetch_one(&mut *tx).await?;
             return Err(FenceError::Superseded {
                 term: term.revision(),
                 fence: row.get("term"),
                 fence_cluster: row.get("cluster_id"),
+                fence_node: row.get("node"),
             });
         }
         sqlx::query(

@@ -89,3 +89,191 @@ async fn dev_fires_the_example_at_once_and_a_restart_is_a_higher_term() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A `tenure dev` process on `ledger`, killed when dropped (also when the test fails).
+struct DevProcess {
+    child: std::process::Child,
+    stderr: std::path::PathBuf,
+}
+
+impl DevProcess {
+    fn start(jobs: &std::path::Path, ledger: &std::path::Path, port: u16, name: &str) -> DevProcess {
+        let stderr = ledger.with_file_name(format!("{name}.stderr"));
+        let child = Command::new(env!("CARGO_BIN_EXE_tenure"))
+            .args(["dev", "--admin-token", "tok", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--jobs")
+            .arg(jobs)
+            .arg("--ledger")
+            .arg(ledger)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start tenure dev");
+        DevProcess { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (slot, term) of every execution the job itself recorded, in order.
+fn witnessed(path: &std::path::Path) -> Vec<(String, i64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            Some((fields.next()?.to_owned(), fields.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Issue 13.2: two `tenure dev` on one ledger both led, under the same term, and every slot ran
+/// twice. The second must refuse to start, saying who holds the ledger; a SIGKILLed dev must not
+/// keep the next one out.
+#[tokio::test]
+async fn issue_13_a_second_dev_on_one_ledger_refuses_to_start_and_no_slot_runs_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let witness = dir.path().join("witness");
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &jobs,
+        format!(
+            "jobs:\n  - name: tick\n    schedule: \"* * * * * *\"\n    shell: 'echo \"$TENURE_SLOT $TENURE_TERM\" >> {}'\n",
+            witness.display()
+        ),
+    )
+    .unwrap();
+    let ledger = dir.path().join("ledger.db");
+
+    let mut first = DevProcess::start(&jobs, &ledger, free_port(), "first");
+    wait_for("the first dev to fire", Duration::from_secs(15), || async { witnessed(&witness).len() >= 2 }).await;
+    let first_term = witnessed(&witness)[0].1;
+
+    let mut second = DevProcess::start(&jobs, &ledger, free_port(), "second");
+    wait_for("the second dev to exit", Duration::from_secs(10), || {
+        let exited = second.child.try_wait().unwrap().is_some();
+        async move { exited }
+    })
+    .await;
+    let status = second.child.wait().unwrap();
+    assert!(!status.success(), "the second dev must fail: {status:?}");
+    let message = second.stderr();
+    let error = message.lines().find(|line| line.starts_with("error:")).unwrap_or_else(|| panic!("{message}"));
+    assert!(
+        error.contains(&ledger.display().to_string()) && error.contains(&format!("pid {}", first.child.id())),
+        "the message names the ledger and the process holding it: {error}"
+    );
+
+    // The first keeps firing, alone.
+    let seen = witnessed(&witness).len();
+    wait_for("the first dev to keep firing", Duration::from_secs(10), || async {
+        witnessed(&witness).len() >= seen + 3
+    })
+    .await;
+    assert!(first.child.try_wait().unwrap().is_none(), "the first dev still runs: {}", first.stderr());
+
+    // SIGKILL releases the lock with the process: the next start on the ledger leads at once.
+    kill(Pid::from_raw(first.child.id() as i32), Signal::SIGKILL).unwrap();
+    first.child.wait().unwrap();
+    let third = DevProcess::start(&jobs, &ledger, free_port(), "third");
+    wait_for("the restarted dev to fire in a newer term", Duration::from_secs(15), || async {
+        witnessed(&witness).iter().any(|(_, term)| *term > first_term)
+    })
+    .await;
+    drop(third);
+
+    // No slot ran twice, and every execution is the ledger's row of the term that ran it.
+    let executions = witnessed(&witness);
+    let mut slots: Vec<&str> = executions.iter().map(|(slot, _)| slot.as_str()).collect();
+    slots.sort_unstable();
+    let twice: Vec<&&str> = slots.windows(2).filter(|pair| pair[0] == pair[1]).map(|pair| &pair[0]).collect();
+    assert!(twice.is_empty(), "slots executed twice: {twice:?}\n{executions:?}");
+    let store = tenure::store::Store::from_ledger(tenure::store::Sqlite::open(&ledger).await.unwrap());
+    let rows = store.all_runs().await.unwrap();
+    for (slot, term) in &executions {
+        let slot = chrono::DateTime::parse_from_rfc3339(slot).unwrap();
+        assert!(
+            rows.iter().any(|row| row.job == "tick" && row.slot == slot && row.term == *term),
+            "the execution of {slot} in term {term} has no ledger row of its term"
+        );
+    }
+}
+
+/// The environment a job's `env` dump shows, as name -> value.
+fn environment(dump: &str) -> std::collections::BTreeMap<String, String> {
+    dump.lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// Issue 13.3: every job saw `TENURE_ADMIN_TOKEN`, `TENURE_DATABASE_URL` and any other `TENURE_*`
+/// setting of tenure itself. A real `tenure dev` with all three set runs a job that dumps its
+/// environment: none of tenure's settings reach it; the run's values, the job's `env` and what
+/// its `inherit_env` names do.
+#[tokio::test]
+async fn issue_13_a_job_gets_its_run_values_and_env_but_none_of_tenures_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("env.dump");
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &jobs,
+        format!(
+            "jobs:\n  - name: dump-env\n    schedule: \"* * * * * *\"\n    env: {{ GREETING: hello }}\n    \
+             inherit_env: [AWS_REGION]\n    \
+             shell: 'env > {0}.tmp && mv {0}.tmp {0}'\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["dev", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--jobs")
+        .arg(&jobs)
+        .arg("--ledger")
+        .arg(dir.path().join("ledger.db"))
+        .env("TENURE_ADMIN_TOKEN", "admin-secret")
+        .env("TENURE_DATABASE_URL", "postgres://tenure:db-secret@db/tenure")
+        .env("TENURE_FOO", "foo-setting")
+        .env("UNRELATED_SECRET", "not-for-jobs")
+        .env("AWS_REGION", "eu-west-1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tenure dev");
+    let found = crate::harness::wait_until(Duration::from_secs(15), || async { dump.exists() }).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "the job never dumped its environment");
+    let text = std::fs::read_to_string(&dump).unwrap();
+    let seen = environment(&text);
+
+    for secret in ["admin-secret", "db-secret", "foo-setting", "not-for-jobs"] {
+        assert!(!text.contains(secret), "`{secret}` reached the job:\n{text}");
+    }
+    let tenure_names: Vec<&str> = seen.keys().map(String::as_str).filter(|name| name.starts_with("TENURE_")).collect();
+    assert_eq!(
+        tenure_names,
+        ["TENURE_ATTEMPT", "TENURE_JOB", "TENURE_NODE", "TENURE_RUN_ID", "TENURE_SLOT", "TENURE_TERM"],
+        "only the run's own values:\n{text}"
+    );
+    assert_eq!(seen["TENURE_JOB"], "dump-env");
+    assert_eq!(seen["TENURE_ATTEMPT"], "1");
+    assert_eq!(seen.get("GREETING").map(String::as_str), Some("hello"));
+    assert_eq!(seen.get("AWS_REGION").map(String::as_str), Some("eu-west-1"));
+    assert!(seen.contains_key("PATH"), "PATH is inherited:\n{text}");
+}

@@ -159,3 +159,28 @@ async fn an_http_job_sends_its_identity_and_checks_the_status() {
     assert_eq!(outcome.http_status, Some(500));
     assert_eq!(outcome.error.as_deref(), Some("unexpected HTTP status 500"));
 }
+
+/// Issue 13.3: a job inherits only a short list of tenure's environment (PATH, HOME, locale...).
+/// Cargo sets `CARGO_MANIFEST_DIR` for this test process: it stands for anything else tenure has.
+#[tokio::test]
+async fn a_command_inherits_only_the_documented_variables() {
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some(), "run under cargo, which sets CARGO_MANIFEST_DIR");
+    let dump = job("    shell: 'env'\n    env: { GREETING: hello }\n");
+    let outcome =
+        execute(&dump, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    let names: Vec<&str> =
+        outcome.output.lines().filter_map(|line| line.split_once('=')).map(|(name, _)| name).collect();
+    assert!(!names.contains(&"CARGO_MANIFEST_DIR"), "tenure's own environment reached the job:\n{}", outcome.output);
+    assert!(
+        names.contains(&"PATH") && names.contains(&"GREETING") && names.contains(&"TENURE_RUN_ID"),
+        "{}",
+        outcome.output
+    );
+
+    // Named in `inherit_env`, it is passed on with its value.
+    let asking = job("    shell: 'echo \"$CARGO_MANIFEST_DIR\"'\n    inherit_env: [CARGO_MANIFEST_DIR]\n");
+    let outcome =
+        execute(&asking, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    assert_eq!(outcome.output, format!("{}\n", env!("CARGO_MANIFEST_DIR")));
+}

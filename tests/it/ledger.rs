@@ -55,6 +55,7 @@ contract!(each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move);
 contract!(issue_13_idempotency_keys_are_scoped_per_job);
 contract!(issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot);
 contract!(issue_13_a_resume_that_ends_a_pause_records_when);
+contract!(a_term_is_begun_by_one_node_only_and_its_own_retry_is_idempotent);
 
 fn slot(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, second).unwrap()
@@ -688,4 +689,32 @@ async fn issue_13_a_resume_that_ends_a_pause_records_when(store: Store) {
     // A job without a control was paused by its file: resuming it ends that pause.
     store.set_paused("file-paused", false, "admin").await.unwrap();
     assert!(controls().await["file-paused"].resumed_at.is_some());
+}
+
+/// Issue 13.2: a term number is begun once. Two leaders holding the same term (two `tenure dev`
+/// on one ledger minted the same one) must not both pass the fence; the holder's own retry (its
+/// acknowledgement lost) stays idempotent.
+async fn a_term_is_begun_by_one_node_only_and_its_own_retry_is_idempotent(store: Store) {
+    let term = Term::for_tests(5, "local");
+    store.begin_term(&term, "node-a").await.expect("node-a begins term 5");
+    store.begin_term(&term, "node-a").await.expect("node-a's retry of its own begin is accepted");
+    let second = store.begin_term(&term, "node-b").await;
+    assert!(matches!(second, Err(FenceError::Superseded { term: 5, fence: 5, .. })), "{second:?}");
+    let fence = store.fence().await.unwrap();
+    assert_eq!((fence.term, fence.node.as_str()), (5, "node-a"));
+    let terms: Vec<(i64, String)> = store.terms().await.unwrap().into_iter().map(|t| (t.term, t.node)).collect();
+    assert_eq!(terms, [(5, "node-a".to_owned())]);
+    store.claim_run(&claim("job", slot(0), &term, "node-a")).await.expect("the holder claims");
+
+    // Once a newer term holds the fence, not even the holder may begin the old one again.
+    store.begin_term(&Term::for_tests(6, "local"), "node-b").await.expect("a newer term");
+    let late = store.begin_term(&term, "node-a").await;
+    assert!(matches!(late, Err(FenceError::Superseded { term: 5, fence: 6, .. })), "{late:?}");
+
+    // Racing for one term number: exactly one of two nodes begins it, every time.
+    for revision in 10..30 {
+        let term = Term::for_tests(revision, "local");
+        let (a, b) = tokio::join!(store.begin_term(&term, "node-a"), store.begin_term(&term, "node-b"));
+        assert_eq!(u8::from(a.is_ok()) + u8::from(b.is_ok()), 1, "term {revision}: {a:?} {b:?}");
+    }
 }
