@@ -4,7 +4,7 @@
 //! and would hold the lead while a replica that can waits. Three guards:
 //!
 //! - every replica asks the database for its clock (`clock_timestamp()`, the RTT halved) every
-//!   quarter of `unreachable_after` (within 250 ms..1 s); while the skew exceeds `MAX_SKEW`, is
+//!   eighth of `unreachable_after` (within 250 ms..1 s); while the skew exceeds `MAX_SKEW`, is
 //!   still unknown, or no answer came for `unreachable_after`, it does not campaign, and a leader
 //!   steps down;
 //! - `unreachable_after` is the lease TTL, at least 2 s: a leader cut from PostgreSQL (but not
@@ -66,7 +66,7 @@ pub async fn watch_skew(
     unreachable_after: Duration,
     shutdown: CancellationToken,
 ) {
-    let every = (unreachable_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(1));
+    let every = (unreachable_after / 8).clamp(Duration::from_millis(250), Duration::from_secs(1));
     let mut last_answer: Option<Instant> = None;
     loop {
         let sent = Utc::now();

@@ -431,6 +431,9 @@ impl Scheduler {
                     if self.leadership.borrow().term() != Some(term) || !leader.lease.is_valid() {
                         return false;
                     }
+                    if self.refused_by_clock(leader) {
+                        return false;
+                    }
                 }
             }
         }
@@ -466,12 +469,21 @@ impl Scheduler {
                         () = leader.step_down.cancelled() => return None,
                         () = tokio::time::sleep(DATABASE_RETRY) => {}
                     }
-                    if self.leadership.borrow().term() != Some(&leader.term) {
+                    if self.leadership.borrow().term() != Some(&leader.term) || self.refused_by_clock(leader) {
                         return None;
                     }
                 }
             }
         }
+    }
+
+    /// A term that is still starting (raising the fence, reading cursors) while the database
+    /// stopped answering, or the clock drifted, steps down rather than wait for it.
+    fn refused_by_clock(&self, leader: &LeaderTerm) -> bool {
+        let Some(why) = self.clock.borrow().refusal() else { return false };
+        tracing::error!(term = leader.term.revision(), "{why}; stepping down");
+        leader.step_down.cancel();
+        true
     }
 
     /// Mark the runs of vanished leaders `lost` (the returned future owns what it needs).
