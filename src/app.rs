@@ -315,11 +315,22 @@ async fn connect_etcd_with_retry(
     lease_ttl: Duration,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<etcd_client::Client> {
+    // A plaintext client to a TLS-only etcd sees its connections accepted, then closed.
+    const CLOSED_TRIES: u32 = 3;
+    let mut closed = 0;
     loop {
         match election::connect(access, lease_ttl).await {
             Ok(client) => return Ok(client),
             Err(refused @ election::ConnectError::Refused { .. }) => return Err(refused.into()),
+            Err(error @ election::ConnectError::Closed { .. }) if closed + 1 >= CLOSED_TRIES => {
+                return Err(error.into());
+            }
             Err(unreachable) => {
+                if matches!(unreachable, election::ConnectError::Closed { .. }) {
+                    closed += 1;
+                } else {
+                    closed = 0;
+                }
                 tracing::warn!(error = %unreachable, "etcd not ready; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => anyhow::bail!("shut down before etcd was ready"),

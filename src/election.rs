@@ -81,6 +81,10 @@ pub enum ConnectError {
     Refused { endpoints: String, detail: String },
     #[error("etcd at {endpoints} is not reachable yet: {detail}")]
     Unreachable { endpoints: String, detail: String },
+    /// The connection was accepted, then closed: what a TLS-only etcd does to a plaintext
+    /// client, and also what a restarting one may do, so the caller decides after a few tries.
+    #[error("etcd at {endpoints} closed the connection ({detail}); {hint}")]
+    Closed { endpoints: String, detail: String, hint: &'static str },
 }
 
 /// Open a client whose channel notices a frozen etcd: HTTP/2 keep-alive pings every second,
@@ -98,9 +102,15 @@ pub async fn connect(access: &EtcdAccess, lease_ttl: Duration) -> Result<Client,
         .with_keep_alive(Duration::from_secs(1), ping_timeout)
         .with_keep_alive_while_idle(true)
         .with_connect_timeout(REQUEST_TIMEOUT);
-    if access.uses_tls().map_err(|error| refused(format!("{error:#}")))? {
+    let tls = access.uses_tls().map_err(|error| refused(format!("{error:#}")))?;
+    if tls {
         options = options.with_tls(access.tls_options().map_err(|error| refused(format!("{error:#}")))?);
     }
+    let hint = if tls {
+        "etcd may refuse the client certificate (--etcd-cert expired, or not signed by its --trusted-ca-file)"
+    } else {
+        "if etcd serves TLS, use https:// endpoints with --etcd-ca"
+    };
     if let Some((user, password)) = &access.user {
         options = options.with_user(user.clone(), password.expose()).with_auto_token_refresh(true);
     }
@@ -108,6 +118,8 @@ pub async fn connect(access: &EtcdAccess, lease_ttl: Duration) -> Result<Client,
         let detail = error_chain(&error);
         if is_refusal(&detail) {
             refused(detail)
+        } else if detail.contains("connection closed") || detail.contains("broken pipe") {
+            ConnectError::Closed { endpoints: endpoints.clone(), detail, hint }
         } else {
             ConnectError::Unreachable { endpoints: endpoints.clone(), detail }
         }

@@ -756,7 +756,14 @@ impl Postgres {
         let secure = SecurePostgres { ca: pki.ca.clone(), admin: pki.admin.clone() };
         let mut pg = Postgres { dir, port: free_port(), child: None, durable: false, secure: Some(secure) };
         pg.spawn();
-        if !pg.wait_ready(Duration::from_secs(20)).await {
+        // Ready by its own word: a server with an expired certificate never answers a client.
+        let log = pg.log_path();
+        let ready = wait_until(Duration::from_secs(20), || {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            async move { text.contains("database system is ready to accept connections") }
+        })
+        .await;
+        if !ready {
             panic!("secure postgres did not start:\n{}", tail(&pg.log_path()));
         }
         pg

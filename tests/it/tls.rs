@@ -140,7 +140,7 @@ async fn secrets_appear_in_no_log_page_api_error_or_help() {
 /// exits (it must, and fail).
 fn start_once(cluster: &Cluster, overrides: &[(&str, &str)]) -> String {
     let pki = &cluster.secure.as_ref().expect("a secure cluster").pki;
-    let database_url = std::fs::read_to_string(pki.dir.path().join("database-url")).unwrap();
+    let database_url = cluster.database_url.clone();
     let mut flags: Vec<(String, String)> = vec![
         ("--jobs".into(), cluster.jobs_path.display().to_string()),
         ("--etcd".into(), cluster.etcd.client_url()),
@@ -149,7 +149,7 @@ fn start_once(cluster: &Cluster, overrides: &[(&str, &str)]) -> String {
         ("--etcd-cert".into(), pki.client.cert.display().to_string()),
         ("--etcd-key".into(), pki.client.key.display().to_string()),
         ("--etcd-user".into(), ETCD_USER.into()),
-        ("--etcd-password-file".into(), pki.dir.path().join("etcd-password").display().to_string()),
+        ("--etcd-password-file".into(), pki.file("etcd-password", ETCD_PASSWORD).display().to_string()),
         ("--listen".into(), "127.0.0.1:0".into()),
         ("--election".into(), "start-checks".into()),
     ];
@@ -205,7 +205,7 @@ fn url_with(url: &str, parameter: &str, value: &Path) -> String {
 async fn a_wrong_ca_an_expired_certificate_or_a_wrong_password_fail_at_start_with_one_line() {
     let cluster = Cluster::start_secure(0, TICK, None).await;
     let pki = &cluster.secure.as_ref().unwrap().pki;
-    let database_url = std::fs::read_to_string(pki.dir.path().join("database-url")).unwrap();
+    let database_url = cluster.database_url.clone();
     let wrong_password = pki.file("wrong-password", "not-the-password");
     let other_ca = pki.other_ca.display().to_string();
     let expired_cert = pki.expired_client.cert.display().to_string();
@@ -263,8 +263,7 @@ async fn a_wrong_ca_an_expired_certificate_or_a_wrong_password_fail_at_start_wit
 #[tokio::test]
 async fn plaintext_connections_to_tls_only_servers_are_refused() {
     let cluster = Cluster::start_secure(0, TICK, None).await;
-    let pki = &cluster.secure.as_ref().unwrap().pki;
-    let database_url = std::fs::read_to_string(pki.dir.path().join("database-url")).unwrap();
+    let database_url = cluster.database_url.clone();
     let plain_db = format!("{}?sslmode=disable", database_url.split('?').next().unwrap());
     let line =
         assert_error_line(&start_once(&cluster, &[("--database-url", &plain_db)]), &["PostgreSQL", "no encryption"]);
@@ -273,6 +272,6 @@ async fn plaintext_connections_to_tls_only_servers_are_refused() {
     let plain_etcd = cluster.etcd.client_url().replace("https://", "http://");
     let stderr =
         start_once(&cluster, &[("--etcd", &plain_etcd), ("--etcd-ca", ""), ("--etcd-cert", ""), ("--etcd-key", "")]);
-    let line = assert_error_line(&stderr, &["etcd"]);
+    let line = assert_error_line(&stderr, &["etcd", "closed the connection", "use https://"]);
     eprintln!("etcd over http://: {line}");
 }
