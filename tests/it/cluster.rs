@@ -77,10 +77,10 @@ pub struct Options {
 }
 
 /// A cluster on TLS-only servers: the throwaway CA and certificates, and how long etcd's
-/// authentication tokens live.
+/// authentication tokens (JWTs) live.
 pub struct Secure {
     pub pki: Pki,
-    pub auth_token_ttl: Option<u32>,
+    pub jwt_ttl: Option<u32>,
 }
 
 pub struct Cluster {
@@ -121,10 +121,11 @@ impl Cluster {
 
     /// The same cluster on TLS-only servers (see `Secure`): replicas reach etcd over https with
     /// a client certificate and a user, PostgreSQL with verify-full, a client certificate and a
-    /// password, and read every secret from a file.
-    pub async fn start_secure(replicas: usize, jobs_yaml: &str, auth_token_ttl: Option<u32>) -> Cluster {
+    /// password, and read every secret from a file. With `jwt_ttl`, etcd's auth tokens expire
+    /// that many seconds after they are issued.
+    pub async fn start_secure(replicas: usize, jobs_yaml: &str, jwt_ttl: Option<u32>) -> Cluster {
         let pki = Pki::generate();
-        Cluster::start_on(replicas, jobs_yaml, Options::default(), Some(Secure { pki, auth_token_ttl })).await
+        Cluster::start_on(replicas, jobs_yaml, Options::default(), Some(Secure { pki, jwt_ttl })).await
     }
 
     async fn start_on(replicas: usize, jobs_yaml: &str, options: Options, secure: Option<Secure>) -> Cluster {
@@ -134,11 +135,11 @@ impl Cluster {
                 let url = pg.create_database("tenure").await;
                 (Etcd::start().await, pg, url)
             }
-            Some(Secure { pki, auth_token_ttl }) => {
+            Some(Secure { pki, jwt_ttl }) => {
                 let pg = Postgres::start_secure(pki, &pki.server).await;
                 pg.create_database("tenure").await;
                 let url = pg.create_login("tenure", pki).await;
-                (Etcd::start_secure(pki, *auth_token_ttl).await, pg, url)
+                (Etcd::start_secure(pki, *jwt_ttl).await, pg, url)
             }
         };
         let dir = tempfile::tempdir().expect("temp dir");

@@ -581,6 +581,8 @@ pub struct Pki {
     pub expired_client: CertFiles,
     /// CN `postgres`: the harness's own administrative connections.
     pub admin: CertFiles,
+    /// An ES256 key pair for etcd's JWT tokens (`cert` holds the public key).
+    pub jwt_keys: CertFiles,
 }
 
 impl Pki {
@@ -624,7 +626,10 @@ impl Pki {
         let admin = issue("admin", "postgres", false);
         let ca = write("ca.crt", ca_pem);
         let other_ca = write("other-ca.crt", other_pem);
-        Pki { dir, ca, other_ca, server, expired_server, client, expired_client, admin }
+        let jwt = KeyPair::generate().unwrap();
+        let jwt_keys =
+            CertFiles { cert: write("jwt.pub", jwt.public_key_pem()), key: write("jwt.key", jwt.serialize_pem()) };
+        Pki { dir, ca, other_ca, server, expired_server, client, expired_client, admin, jwt_keys }
     }
 
     /// Write `text` to a file in the PKI's directory (secrets for `--*-file` flags).
@@ -640,7 +645,11 @@ struct SecureEtcd {
     ca: PathBuf,
     server: CertFiles,
     client: CertFiles,
-    auth_token_ttl: Option<u32>,
+    /// JWT tokens that expire this many seconds after they are issued, however much they are
+    /// used; etcd's default "simple" tokens live 300 s from their *last* use, so an active
+    /// client never sees one expire.
+    jwt_ttl: Option<u32>,
+    jwt_keys: CertFiles,
     /// Set once authentication is on.
     root_password: Option<&'static str>,
 }
@@ -653,8 +662,12 @@ impl SecureEtcd {
             format!("--trusted-ca-file={}", self.ca.display()),
             "--client-cert-auth".to_owned(),
         ];
-        if let Some(ttl) = self.auth_token_ttl {
-            args.push(format!("--auth-token-ttl={ttl}"));
+        if let Some(ttl) = self.jwt_ttl {
+            args.push(format!(
+                "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES256,ttl={ttl}s",
+                self.jwt_keys.cert.display(),
+                self.jwt_keys.key.display()
+            ));
         }
         args
     }
@@ -675,13 +688,14 @@ impl SecureEtcd {
 impl Etcd {
     /// An etcd that serves only TLS, asks every client for a certificate signed by `pki.ca`,
     /// and has authentication on: user `ETCD_USER` may read and write `/tenure/`. With
-    /// `auth_token_ttl`, its simple tokens expire after that many seconds (default 300).
-    pub async fn start_secure(pki: &Pki, auth_token_ttl: Option<u32>) -> Etcd {
+    /// `jwt_ttl`, its tokens are JWTs that expire that many seconds after they are issued.
+    pub async fn start_secure(pki: &Pki, jwt_ttl: Option<u32>) -> Etcd {
         let secure = SecureEtcd {
             ca: pki.ca.clone(),
             server: pki.server.clone(),
             client: pki.client.clone(),
-            auth_token_ttl,
+            jwt_ttl,
+            jwt_keys: pki.jwt_keys.clone(),
             root_password: None,
         };
         let mut etcd = Etcd {
