@@ -221,7 +221,9 @@ impl Auth {
     }
 }
 
-/// An error as RFC 9457 `application/problem+json`.
+/// An error as RFC 9457 `application/problem+json`. A client's own mistake is explained in
+/// `detail`; a failure inside tenure (database, rendering) shows only a correlation id, also in
+/// the `X-Correlation-Id` header, and the cause goes to the log under the same id.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
     #[serde(skip)]
@@ -230,11 +232,27 @@ pub struct Problem {
     detail: String,
     #[serde(rename = "status")]
     code: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<String>,
 }
 
 impl Problem {
     fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status, title, detail: detail.into(), code: status.as_u16() }
+        Problem { status, title, detail: detail.into(), code: status.as_u16(), correlation_id: None }
+    }
+
+    /// A failure inside tenure: logged with a fresh correlation id; the client sees `detail`
+    /// (which must hold no internal text) and the id.
+    fn internal(status: StatusCode, title: &'static str, detail: &str, cause: &dyn std::fmt::Display) -> Problem {
+        let id = correlation_id();
+        tracing::warn!(correlation_id = %id, error = %cause, "{title}");
+        Problem {
+            status,
+            title,
+            detail: format!("{detail} (correlation id {id}; the cause is in the server's log)"),
+            code: status.as_u16(),
+            correlation_id: Some(id),
+        }
     }
 
     fn unauthorized(detail: &str) -> Problem {
@@ -250,12 +268,7 @@ impl Problem {
     }
 
     fn database(error: sqlx::Error) -> Problem {
-        tracing::warn!(%error, "dashboard query failed");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Database Unavailable",
-            format!("the ledger did not answer: {error}"),
-        )
+        Problem::internal(StatusCode::SERVICE_UNAVAILABLE, "Database Unavailable", "the ledger did not answer", &error)
     }
 }
 
@@ -272,6 +285,28 @@ impl IntoResponse for Problem {
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tenure\""));
         }
+        self.add_correlation_header(&mut response);
         response
     }
+}
+
+impl Problem {
+    fn add_correlation_header(&self, response: &mut Response) {
+        if let Some(value) = self.correlation_id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+            response.headers_mut().insert("x-correlation-id", value);
+        }
+    }
+}
+
+/// 16 random hex digits: enough to find one failure in the log, nothing about the request.
+fn correlation_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS once per process and varies per instance; mixing in
+    // a counter and the time keeps ids distinct within a process.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    format!("{:016x}", hasher.finish())
 }

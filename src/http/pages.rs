@@ -68,6 +68,7 @@ impl IntoResponse for PageError {
         if problem.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, "Basic realm=\"tenure\"".parse().unwrap());
         }
+        problem.add_correlation_header(&mut response);
         response
     }
 }
@@ -78,7 +79,12 @@ fn html_escape(text: &str) -> String {
 
 fn render(template: &impl Template) -> Result<Html<String>, PageError> {
     template.render().map(Html).map_err(|error| {
-        PageError(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", error.to_string()))
+        PageError(Problem::internal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            "the page could not be rendered",
+            &error,
+        ))
     })
 }
 

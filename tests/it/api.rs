@@ -408,3 +408,23 @@ async fn issue_13_idempotency_keys_are_per_job_and_bad_keys_are_refused() {
     send(&f.state, post("/api/jobs/berlin/resume", Some(&bearer)).body(Body::empty()).unwrap()).await;
     assert!(f.store.job_controls().await.unwrap()["berlin"].resumed_at.is_some());
 }
+
+#[tokio::test]
+async fn internal_errors_show_a_correlation_id_and_no_driver_text() {
+    // A ledger that cannot be reached: PostgreSQL on a port nobody listens on.
+    let mut f = fixture(false).await;
+    let pool = tenure::store::connect("postgres://tenure:pw-in-url@127.0.0.1:1/tenure").await.unwrap();
+    f.state.store = Store::new(pool);
+    for path in ["/api/jobs/tick/runs", "/jobs/tick", "/terms"] {
+        let answer = get(&f.state, path).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {}", answer.body);
+        let id = answer.headers.get("x-correlation-id").map(|v| v.to_str().unwrap().to_owned());
+        let id = id.unwrap_or_else(|| panic!("{path}: no x-correlation-id header: {}", answer.body));
+        assert!(id.len() >= 12, "{id}");
+        assert!(answer.body.contains(&id), "{path}: the body names the correlation id {id}: {}", answer.body);
+        let lower = answer.body.to_lowercase();
+        for internal in ["pool", "timed out", "refused", "sqlx", "os error", "pw-in-url", "127.0.0.1:1"] {
+            assert!(!lower.contains(internal), "{path}: {internal:?} shown to the client: {}", answer.body);
+        }
+    }
+}
