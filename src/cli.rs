@@ -34,7 +34,7 @@ pub enum Command {
     /// Print the next fire times of an expression or of a job in a job file.
     Next(NextArgs),
     /// Run one replica of a cluster (etcd for leadership, PostgreSQL for the run ledger).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Try tenure on this machine alone: one replica, an embedded SQLite ledger, the dashboard.
     Dev(DevArgs),
     /// Print the JSON Schema of the job file, for editors.

@@ -214,6 +214,9 @@ fn url_with(url: &str, parameter: &str, value: &Path) -> String {
     format!("{}?{}", url.split('?').next().unwrap(), parts.join("&"))
 }
 
+/// What is wrong, the flags that make it so, and what the error line must name.
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a [&'a str]);
+
 #[tokio::test]
 async fn a_wrong_ca_an_expired_certificate_or_a_wrong_password_fail_at_start_with_one_line() {
     let cluster = Cluster::start_secure(0, TICK, None).await;
@@ -223,7 +226,7 @@ async fn a_wrong_ca_an_expired_certificate_or_a_wrong_password_fail_at_start_wit
     let other_ca = pki.other_ca.display().to_string();
     let expired_cert = pki.expired_client.cert.display().to_string();
     let expired_key = pki.expired_client.key.display().to_string();
-    let cases: Vec<(&str, Vec<(&str, String)>, &[&str])> = vec![
+    let cases: Vec<Case> = vec![
         ("etcd, wrong CA", vec![("--etcd-ca", other_ca.clone())], &["etcd", "certificate"]),
         (
             "etcd, expired client certificate",
