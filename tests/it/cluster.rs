@@ -139,6 +139,9 @@ impl Cluster {
                 let pg = Postgres::start_secure(pki, &pki.server).await;
                 pg.create_database("tenure").await;
                 let url = pg.create_login("tenure", pki).await;
+                pki.file("database-url", &url);
+                pki.file("admin-token", &format!("{ADMIN_TOKEN}\n"));
+                pki.file("etcd-password", ETCD_PASSWORD);
                 (Etcd::start_secure(pki, *jwt_ttl).await, pg, url)
             }
         };
@@ -210,13 +213,15 @@ impl Cluster {
             None => {
                 command.args(["--database-url", &database_url]).args(["--admin-token", ADMIN_TOKEN]);
             }
-            // Every secret from a file, every connection over TLS with a client certificate.
+            // Every secret from a file (written once in `start_on`: a replica starting meanwhile
+            // must never read one half-written), every connection over TLS with a client certificate.
             Some(Secure { pki, .. }) => {
+                let secret = |name: &str| pki.dir.path().join(name);
                 command
                     .arg("--database-url-file")
-                    .arg(pki.file("database-url", &database_url))
+                    .arg(secret("database-url"))
                     .arg("--admin-token-file")
-                    .arg(pki.file("admin-token", &format!("{ADMIN_TOKEN}\n")))
+                    .arg(secret("admin-token"))
                     .arg("--etcd-ca")
                     .arg(&pki.ca)
                     .arg("--etcd-cert")
@@ -225,7 +230,7 @@ impl Cluster {
                     .arg(&pki.client.key)
                     .args(["--etcd-user", ETCD_USER])
                     .arg("--etcd-password-file")
-                    .arg(pki.file("etcd-password", ETCD_PASSWORD));
+                    .arg(secret("etcd-password"));
             }
         }
         let child = command

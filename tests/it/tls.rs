@@ -162,7 +162,7 @@ fn start_once(cluster: &Cluster, overrides: &[(&str, &str)]) -> String {
         ("--etcd-cert".into(), pki.client.cert.display().to_string()),
         ("--etcd-key".into(), pki.client.key.display().to_string()),
         ("--etcd-user".into(), ETCD_USER.into()),
-        ("--etcd-password-file".into(), pki.file("etcd-password", ETCD_PASSWORD).display().to_string()),
+        ("--etcd-password-file".into(), pki.dir.path().join("etcd-password").display().to_string()),
         ("--listen".into(), "127.0.0.1:0".into()),
         ("--election".into(), "start-checks".into()),
     ];
