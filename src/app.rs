@@ -14,11 +14,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{self, ClockCheck};
 use crate::config::{self, JobSet};
-use crate::election::{self, ClusterSnapshot, Election, ElectionConfig, Keys, Member};
+use crate::election::{self, ClusterSnapshot, Election, ElectionConfig, EtcdAccess, Keys, Member};
 use crate::http::{self, AppState, Auth};
 use crate::leadership::Leadership;
 use crate::local::{LedgerLock, LocalElection};
 use crate::scheduler::Scheduler;
+use crate::secret::Secret;
 use crate::store::{self, Store};
 
 /// How often the job file's size and modification time are compared (a change triggers a reload;
@@ -30,8 +31,8 @@ const JOB_FILE_POLL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct RunSettings {
     pub jobs_path: PathBuf,
-    pub etcd_endpoints: Vec<String>,
-    pub database_url: String,
+    pub etcd: EtcdAccess,
+    pub database_url: Secret,
     pub node_id: String,
     pub lease_ttl: Duration,
     pub election: String,
@@ -46,11 +47,11 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
     let address = listener.local_addr().context("listener address")?;
     tracing::info!(node = %settings.node_id, %address, jobs = jobs.jobs().len(), hash = jobs.hash(), "starting");
 
-    let pool = store::connect(&settings.database_url).await?;
-    migrate_with_retry(&pool, &shutdown).await?;
+    let pool = store::connect(settings.database_url.expose()).await.context("read --database-url")?;
+    migrate_with_retry(settings.database_url.expose(), &pool, &shutdown).await?;
     let store = Store::new(pool);
 
-    let etcd = election::connect(&settings.etcd_endpoints, settings.lease_ttl).await?;
+    let etcd = connect_etcd_with_retry(&settings.etcd, settings.lease_ttl, &shutdown).await?;
     let keys = Keys::new(&settings.election);
     let replica = Replica::new(&settings.node_id, address, jobs);
     let (members_tx, members_rx) = watch::channel(Vec::new());
@@ -280,14 +281,59 @@ impl Replica {
     }
 }
 
-async fn migrate_with_retry(pool: &sqlx::PgPool, shutdown: &CancellationToken) -> anyhow::Result<()> {
+/// Wait for PostgreSQL and apply the migrations. A server that is not up yet is waited for;
+/// settings it refuses (certificate, password, `pg_hba.conf`) stop the replica with one line
+/// naming the server (password masked) and what failed.
+async fn migrate_with_retry(
+    database_url: &str,
+    pool: &sqlx::PgPool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     loop {
-        match store::migrate(pool).await {
+        let ready = match store::check_connection(database_url).await {
+            Ok(()) => store::migrate(pool).await,
+            Err(refused @ store::DatabaseConnectError::Refused { .. }) => return Err(refused.into()),
+            Err(unreachable) => Err(unreachable.into()),
+        };
+        match ready {
             Ok(()) => return Ok(()),
             Err(error) => {
                 tracing::warn!(error = format!("{error:#}"), "database not ready; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => anyhow::bail!("shut down before the database was ready"),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Connect to etcd, waiting while it is unreachable; a refusal (certificate, CA, password) stops
+/// the replica with one line naming the endpoints and what failed.
+async fn connect_etcd_with_retry(
+    access: &EtcdAccess,
+    lease_ttl: Duration,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<etcd_client::Client> {
+    // A plaintext client to a TLS-only etcd sees its connections accepted, then closed.
+    const CLOSED_TRIES: u32 = 3;
+    let mut closed = 0;
+    loop {
+        match election::connect(access, lease_ttl).await {
+            Ok(client) => return Ok(client),
+            Err(refused @ election::ConnectError::Refused { .. }) => return Err(refused.into()),
+            Err(error @ election::ConnectError::Closed { .. }) if closed + 1 >= CLOSED_TRIES => {
+                return Err(error.into());
+            }
+            Err(unreachable) => {
+                if matches!(unreachable, election::ConnectError::Closed { .. }) {
+                    closed += 1;
+                } else {
+                    closed = 0;
+                }
+                tracing::warn!(error = %unreachable, "etcd not ready; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => anyhow::bail!("shut down before etcd was ready"),
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }

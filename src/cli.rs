@@ -11,8 +11,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app::{DevSettings, RunSettings};
 use crate::config;
+use crate::election::EtcdAccess;
 use crate::http::Auth;
 use crate::schedule::{self, Schedule};
+use crate::secret::Secret;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -32,7 +34,7 @@ pub enum Command {
     /// Print the next fire times of an expression or of a job in a job file.
     Next(NextArgs),
     /// Run one replica of a cluster (etcd for leadership, PostgreSQL for the run ledger).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Try tenure on this machine alone: one replica, an embedded SQLite ledger, the dashboard.
     Dev(DevArgs),
     /// Print the JSON Schema of the job file, for editors.
@@ -82,9 +84,15 @@ pub struct RunArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "TENURE_ETCD", value_delimiter = ',', required = true)]
     pub etcd: Vec<String>,
-    /// PostgreSQL URL of the run ledger.
-    #[arg(long, env = "TENURE_DATABASE_URL")]
-    pub database_url: String,
+    /// PostgreSQL URL of the run ledger; TLS as libpq reads it (`sslmode=verify-full`,
+    /// `sslrootcert`, `sslcert`, `sslkey`).
+    #[arg(long, env = "TENURE_DATABASE_URL", hide_env_values = true, required_unless_present = "database_url_file")]
+    pub database_url: Option<Secret>,
+    /// A file holding the PostgreSQL URL (a mounted secret), instead of --database-url.
+    #[arg(long, env = "TENURE_DATABASE_URL_FILE", conflicts_with = "database_url")]
+    pub database_url_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd_access: EtcdArgs,
     /// This replica's id; default host name and pid.
     #[arg(long, env = "TENURE_NODE_ID")]
     pub node_id: Option<String>,
@@ -127,21 +135,24 @@ pub struct DevArgs {
     pub retain: Duration,
     /// Token for trigger, pause and resume (default: a random one, printed at start).
     #[arg(long, env = "TENURE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
+    /// A file holding the admin token (a mounted secret), instead of --admin-token.
+    #[arg(long, env = "TENURE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl DevArgs {
     /// The settings, and the admin token in effect (generated when none was given).
-    pub fn settings(&self) -> anyhow::Result<(DevSettings, String)> {
-        let token = match &self.admin_token {
-            Some(token) => token.clone(),
+    pub fn settings(&self) -> anyhow::Result<(DevSettings, Secret)> {
+        let token = match Secret::inline_or_file(self.admin_token.as_ref(), self.admin_token_file.as_deref())? {
+            Some(token) => token,
             None => {
                 let mut bytes = [0u8; 12];
                 use std::io::Read;
                 std::fs::File::open("/dev/urandom")
                     .and_then(|mut f| f.read_exact(&mut bytes))
                     .context("read /dev/urandom")?;
-                hex::encode(bytes)
+                Secret::new(hex::encode(bytes))
             }
         };
         let host = hostname::get().context("read host name")?.to_string_lossy().into_owned();
@@ -153,27 +164,73 @@ impl DevArgs {
             node_id: format!("{host}-dev-{}", std::process::id()),
             shutdown_grace: self.shutdown_grace,
             retain: self.retain,
-            auth: Auth::new(Some(&token), false),
+            auth: Auth::new(Some(token.expose()), false),
         };
         Ok((settings, token))
     }
 }
 
+/// How to reach etcd: TLS and user/password authentication.
+#[derive(Debug, Args)]
+pub struct EtcdArgs {
+    /// PEM file of the CA that signs etcd's server certificate (https:// endpoints; default the
+    /// system's CA bundle).
+    #[arg(long, env = "TENURE_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM file of this replica's client certificate, for etcd's --client-cert-auth.
+    #[arg(long, env = "TENURE_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[arg(long, env = "TENURE_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user name, when etcd has authentication enabled.
+    #[arg(long, env = "TENURE_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// The etcd user's password (prefer --etcd-password-file or the variable: flags show in ps).
+    #[arg(long, env = "TENURE_ETCD_PASSWORD", hide_env_values = true, requires = "etcd_user")]
+    pub etcd_password: Option<Secret>,
+    /// A file holding the etcd user's password (a mounted secret).
+    #[arg(long, env = "TENURE_ETCD_PASSWORD_FILE", conflicts_with = "etcd_password", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    fn access(&self, endpoints: &[String]) -> anyhow::Result<EtcdAccess> {
+        let password = Secret::inline_or_file(self.etcd_password.as_ref(), self.etcd_password_file.as_deref())?;
+        let user = match (&self.etcd_user, password) {
+            (Some(user), Some(password)) => Some((user.clone(), password)),
+            (Some(_), None) => anyhow::bail!("--etcd-user needs --etcd-password-file or TENURE_ETCD_PASSWORD"),
+            (None, _) => None,
+        };
+        Ok(EtcdAccess {
+            endpoints: endpoints.to_vec(),
+            ca: self.etcd_ca.clone(),
+            identity: self.etcd_cert.clone().zip(self.etcd_key.clone()),
+            user,
+        })
+    }
+}
+
 /// Who may use the dashboard and the API.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("admin_token_source").args(["admin_token", "admin_token_file"])))]
 pub struct WebArgs {
     /// Token for trigger, pause and resume: a bearer token for the API, the password (any user
     /// name) for the pages' basic auth. Without it nothing can be changed from the web.
     #[arg(long, env = "TENURE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
+    /// A file holding the admin token (a mounted secret), instead of --admin-token.
+    #[arg(long, env = "TENURE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
     /// Require the token for the pages and read endpoints too (health and metrics stay open).
-    #[arg(long, env = "TENURE_PROTECT_READS", requires = "admin_token")]
+    #[arg(long, env = "TENURE_PROTECT_READS", requires = "admin_token_source")]
     pub protect_reads: bool,
 }
 
 impl WebArgs {
-    pub fn auth(&self) -> Auth {
-        Auth::new(self.admin_token.as_deref(), self.protect_reads)
+    pub fn auth(&self) -> anyhow::Result<Auth> {
+        let token = Secret::inline_or_file(self.admin_token.as_ref(), self.admin_token_file.as_deref())?;
+        Ok(Auth::new(token.as_ref().map(Secret::expose), self.protect_reads))
     }
 }
 
@@ -191,14 +248,15 @@ impl RunArgs {
         };
         Ok(RunSettings {
             jobs_path: self.jobs.clone(),
-            etcd_endpoints: self.etcd.clone(),
-            database_url: self.database_url.clone(),
+            etcd: self.etcd_access.access(&self.etcd)?,
+            database_url: Secret::inline_or_file(self.database_url.as_ref(), self.database_url_file.as_deref())?
+                .context("give --database-url or --database-url-file")?,
             node_id,
             lease_ttl: self.lease_ttl,
             election: self.election.clone(),
             shutdown_grace: self.shutdown_grace,
             retain: self.retain,
-            auth: self.web.auth(),
+            auth: self.web.auth()?,
         })
     }
 }

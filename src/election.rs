@@ -6,30 +6,172 @@
 //! publish `Follower` the moment the lease deadline passes, etcd reports the lease gone, the
 //! keep-alive stream fails, or someone asks it to step down. Then campaign again.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, ResignOptions, Txn};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions, ResignOptions,
+    TlsOptions, Txn,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::ClockCheck;
 use crate::leadership::{BootInstant, LeaderTerm, Leadership, LeaseDeadline, Term};
+use crate::secret::Secret;
 
 /// How long a single unary etcd request may take before we treat etcd as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How to reach etcd: endpoints, TLS (a CA to trust, a client certificate) and user/password
+/// authentication. `Debug` shows no password.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdAccess {
+    pub endpoints: Vec<String>,
+    /// PEM file of the CA(s) that sign etcd's server certificate; the system bundle when unset.
+    pub ca: Option<PathBuf>,
+    /// PEM files of this replica's client certificate and its key (`--client-cert-auth`).
+    pub identity: Option<(PathBuf, PathBuf)>,
+    pub user: Option<(String, Secret)>,
+}
+
+/// Where Debian and its derivatives keep the system's trusted CAs, used for `https://`
+/// endpoints without `--etcd-ca`.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+impl EtcdAccess {
+    /// Plain endpoints, no TLS, no user: a test's or a development etcd.
+    pub fn plain(endpoints: Vec<String>) -> EtcdAccess {
+        EtcdAccess { endpoints, ..EtcdAccess::default() }
+    }
+
+    fn uses_tls(&self) -> anyhow::Result<bool> {
+        let https = self.endpoints.iter().filter(|endpoint| endpoint.starts_with("https://")).count();
+        if https != 0 && https != self.endpoints.len() {
+            bail!("etcd endpoints mix http:// and https://: {}", self.endpoints.join(","));
+        }
+        if https == 0 && (self.ca.is_some() || self.identity.is_some()) {
+            bail!("--etcd-ca, --etcd-cert and --etcd-key need https:// etcd endpoints");
+        }
+        Ok(https != 0)
+    }
+
+    fn tls_options(&self) -> anyhow::Result<TlsOptions> {
+        let ca_path = self.ca.clone().unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+        let ca = std::fs::read(&ca_path).with_context(|| format!("read etcd CA file {}", ca_path.display()))?;
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some((cert, key)) = &self.identity {
+            let cert =
+                std::fs::read(cert).with_context(|| format!("read etcd client certificate {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("read etcd client key {}", key.display()))?;
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        Ok(tls)
+    }
+}
+
+/// Why etcd could not be reached at start: settings that will not get better by waiting (a
+/// certificate refused, a wrong password) are told apart from an etcd that is not up yet.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("etcd at {endpoints}: {detail}")]
+    Refused { endpoints: String, detail: String },
+    #[error("etcd at {endpoints} is not reachable yet: {detail}")]
+    Unreachable { endpoints: String, detail: String },
+    /// The connection was accepted, then closed: what a TLS-only etcd does to a plaintext
+    /// client, and also what a restarting one may do, so the caller decides after a few tries.
+    #[error("etcd at {endpoints} closed the connection ({detail}); {hint}")]
+    Closed { endpoints: String, detail: String, hint: &'static str },
+}
+
 /// Open a client whose channel notices a frozen etcd: HTTP/2 keep-alive pings every second,
-/// answered within `lease_ttl / 3` at most.
-pub async fn connect(endpoints: &[String], lease_ttl: Duration) -> anyhow::Result<Client> {
+/// answered within `lease_ttl / 3` at most. With TLS, trust `access.ca` and present the client
+/// certificate; with a user, authenticate, and refresh the token whenever etcd says it expired
+/// (etcd's default "simple" tokens live 5 minutes).
+///
+/// Checks that etcd answers before returning, so a certificate etcd refuses, a CA that does not
+/// sign etcd's certificate or a wrong password stop the replica at start with a `Refused` error.
+pub async fn connect(access: &EtcdAccess, lease_ttl: Duration) -> Result<Client, ConnectError> {
+    let endpoints = access.endpoints.join(",");
+    let refused = |detail: String| ConnectError::Refused { endpoints: endpoints.clone(), detail };
     let ping_timeout = (lease_ttl / 3).max(Duration::from_millis(300));
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .with_keep_alive(Duration::from_secs(1), ping_timeout)
         .with_keep_alive_while_idle(true)
         .with_connect_timeout(REQUEST_TIMEOUT);
-    Client::connect(endpoints, Some(options)).await.context("connect to etcd")
+    let tls = access.uses_tls().map_err(|error| refused(format!("{error:#}")))?;
+    if tls {
+        options = options.with_tls(access.tls_options().map_err(|error| refused(format!("{error:#}")))?);
+    }
+    let hint = if tls {
+        "etcd may refuse the client certificate (--etcd-cert expired, or not signed by its --trusted-ca-file)"
+    } else {
+        "if etcd serves TLS, use https:// endpoints with --etcd-ca"
+    };
+    if let Some((user, password)) = &access.user {
+        options = options.with_user(user.clone(), password.expose()).with_auto_token_refresh(true);
+    }
+    let classify = |error: etcd_client::Error| {
+        let detail = error_chain(&error);
+        if is_refusal(&detail) {
+            refused(detail)
+        } else if detail.contains("connection closed") || detail.contains("broken pipe") {
+            ConnectError::Closed { endpoints: endpoints.clone(), detail, hint }
+        } else {
+            ConnectError::Unreachable { endpoints: endpoints.clone(), detail }
+        }
+    };
+    // With a user, `connect` authenticates (a round trip); without one it connects lazily, so
+    // ask for etcd's status to learn now whether TLS and the certificates work.
+    let mut client =
+        match tokio::time::timeout(REQUEST_TIMEOUT * 2, Client::connect(&access.endpoints, Some(options))).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => return Err(classify(error)),
+            Err(_) => return Err(ConnectError::Unreachable { endpoints, detail: "connect timed out".into() }),
+        };
+    match tokio::time::timeout(REQUEST_TIMEOUT, client.status()).await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(error)) => Err(classify(error)),
+        Err(_) => Err(ConnectError::Unreachable { endpoints, detail: "status request timed out".into() }),
+    }
+}
+
+/// An error with its sources, on one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text.replace('\n', " ")
+}
+
+/// Whether an etcd error is about credentials or certificates, which waiting does not fix.
+fn is_refusal(detail: &str) -> bool {
+    let detail = detail.to_ascii_lowercase();
+    [
+        "certificate",
+        "authentication failed",
+        "invalid user id or password",
+        "permission denied",
+        "unauthenticated",
+        "handshake",
+        "tls",
+        "alert",
+        "invalid peer",
+        "http2 error",
+        "frame with invalid size",
+    ]
+    .iter()
+    .any(|marker| detail.contains(marker))
 }
 
 /// Keys a cluster of replicas shares in etcd.

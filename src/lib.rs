@@ -4,7 +4,7 @@
 //! with its term as a fencing token before executing it. Read the modules in this order:
 //! `schedule` (pure cron maths), `config` (the job file), `leadership` and `election` (who may
 //! fire, and with which term), `store` (the fenced run ledger), `executor` (running one job),
-//! `scheduler` (the firing loop), `http` (health and API), `app` (wiring), `cli` (commands).
+//! `scheduler` (the firing loop), `http` (health and API), `app` (wiring), `secret` (values never printed), `cli` (commands).
 
 pub mod app;
 pub mod cli;
@@ -17,6 +17,7 @@ pub mod leadership;
 pub mod local;
 pub mod schedule;
 pub mod scheduler;
+pub mod secret;
 pub mod store;
 pub mod telemetry;
 pub mod testing;

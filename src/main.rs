@@ -71,7 +71,12 @@ fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
             settings.ledger_path.display()
         );
         println!("  dashboard    http://{address}/");
-        println!("  admin token  {token}   (trigger, pause, resume: any user name, this password)");
+        // A generated token is shown so it can be used; one the operator gave stays a secret.
+        if args.admin_token.is_none() && args.admin_token_file.is_none() {
+            println!("  admin token  {}   (trigger, pause, resume: any user name, this password)", token.expose());
+        } else {
+            println!("  admin token  the one given   (trigger, pause, resume: any user name, the token as password)");
+        }
         println!("  ctrl-c stops; edit the job file and it reloads");
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));

@@ -119,12 +119,81 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// The admin token, kept only as digests: one to compare credentials with, one (derived) that
-/// the pages put in their forms against cross-site request forgery.
+/// keys the pages' anti-forgery values.
+///
+/// Forms are protected twice over (OWASP's CSRF cheat sheet): a synchronizer value bound to the
+/// browser (HMAC of its `tenure_session` cookie, `HttpOnly; SameSite=Strict`, under a key only
+/// the token holder's replicas know), and the browser's own word on where a request comes from
+/// (`Sec-Fetch-Site`, else `Origin` against `Host`). A page viewed by someone else carries a
+/// value for their session only; a cross-site request is refused whatever it carries.
 #[derive(Clone, Debug, Default)]
 pub struct Auth {
     token: Option<[u8; 32]>,
-    csrf: Option<String>,
+    csrf_key: Option<[u8; 32]>,
     protect_reads: bool,
+}
+
+/// The cookie that binds a browser to its forms' anti-forgery values.
+const SESSION_COOKIE: &str = "tenure_session";
+
+/// A browser's session id, from its cookie or new (then the page sets the cookie).
+#[derive(Debug, Clone)]
+pub(crate) struct BrowserSession {
+    id: String,
+    is_new: bool,
+}
+
+impl BrowserSession {
+    fn of(headers: &HeaderMap) -> BrowserSession {
+        let existing = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, value)| *name == SESSION_COOKIE && is_session_id(value))
+            .map(|(_, value)| value.to_owned());
+        match existing {
+            Some(id) => BrowserSession { id, is_new: false },
+            None => BrowserSession { id: new_session_id(), is_new: true },
+        }
+    }
+
+    /// The `Set-Cookie` value for a new session; `None` when the browser already has one.
+    pub(crate) fn set_cookie(&self) -> Option<HeaderValue> {
+        if !self.is_new {
+            return None;
+        }
+        HeaderValue::from_str(&format!("{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", self.id)).ok()
+    }
+}
+
+fn is_session_id(value: &str) -> bool {
+    value.len() == 32 && value.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+/// 128 random bits from the kernel: a session id must not be guessable, or an attacker could
+/// ask for the page's value under the victim's id.
+fn new_session_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    if std::fs::File::open("/dev/urandom").and_then(|mut file| file.read_exact(&mut bytes)).is_err() {
+        // No kernel randomness: an id that matches no value, so forms fail closed.
+        return "0".repeat(32);
+    }
+    hex::encode(bytes)
+}
+
+/// HMAC-SHA-256 (RFC 2104) over a 32-byte key.
+fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    let mut inner_pad = [0x36u8; 64];
+    let mut outer_pad = [0x5cu8; 64];
+    for (index, byte) in key.iter().enumerate() {
+        inner_pad[index] ^= byte;
+        outer_pad[index] ^= byte;
+    }
+    let inner = Sha256::new().chain_update(inner_pad).chain_update(message).finalize();
+    Sha256::new().chain_update(outer_pad).chain_update(inner).finalize().into()
 }
 
 /// What a request's credentials amount to.
@@ -141,7 +210,7 @@ impl Auth {
         let token = token.filter(|token| !token.is_empty());
         Auth {
             token: token.map(|token| Sha256::digest(token.as_bytes()).into()),
-            csrf: token.map(|token| hex::encode(Sha256::digest(format!("tenure-csrf:{token}").as_bytes()))),
+            csrf_key: token.map(|token| Sha256::digest(format!("tenure-csrf-key:{token}").as_bytes()).into()),
             protect_reads: protect_reads && token.is_some(),
         }
     }
@@ -186,14 +255,32 @@ impl Auth {
         }
     }
 
-    /// Page forms: basic auth (or bearer) plus the form's anti-forgery field.
-    fn mutate_form(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Problem> {
+    /// Sign-in: the credentials only (a GET that changes nothing).
+    fn signed_in(&self, headers: &HeaderMap) -> Result<(), Problem> {
         self.enabled()?;
         match self.credential(headers) {
-            Credential::Bearer | Credential::Basic => {}
-            _ => return Err(Problem::unauthorized("sign in with the admin token as the password")),
+            Credential::Bearer | Credential::Basic => Ok(()),
+            _ => Err(Problem::unauthorized("sign in with the admin token as the password")),
         }
-        if self.csrf.as_deref() != Some(csrf) {
+    }
+
+    /// Page forms: basic auth (or bearer), a same-origin request, and the anti-forgery value of
+    /// this browser's session.
+    fn mutate_form(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Problem> {
+        self.signed_in(headers)?;
+        if let Err(reason) = same_origin(headers) {
+            tracing::warn!(reason, "refused a cross-origin form post");
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "cross-origin requests cannot change anything",
+            ));
+        }
+        let session = BrowserSession::of(headers);
+        let expected = (!session.is_new).then(|| self.csrf_for(&session)).flatten();
+        // Compare digests: the time taken says nothing about the expected value.
+        let matches = expected.is_some_and(|expected| Sha256::digest(expected) == Sha256::digest(csrf));
+        if !matches {
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
@@ -201,6 +288,11 @@ impl Auth {
             ));
         }
         Ok(())
+    }
+
+    /// The anti-forgery value a page shows the browser of `session`.
+    pub(crate) fn csrf_for(&self, session: &BrowserSession) -> Option<String> {
+        self.csrf_key.as_ref().map(|key| hex::encode(hmac_sha256(key, session.id.as_bytes())))
     }
 
     fn enabled(&self) -> Result<(), Problem> {
@@ -212,16 +304,36 @@ impl Auth {
         Ok(())
     }
 
-    fn csrf(&self) -> &str {
-        self.csrf.as_deref().unwrap_or("")
-    }
-
     fn can_mutate(&self) -> bool {
         self.token.is_some()
     }
 }
 
-/// An error as RFC 9457 `application/problem+json`.
+/// Whether the browser says the request comes from this site: `Sec-Fetch-Site` when it sends
+/// one (it cannot be set by a page), else `Origin` against `Host` (or `X-Forwarded-Host` behind
+/// a proxy). A request with neither (an old browser, curl) relies on the anti-forgery value.
+fn same_origin(headers: &HeaderMap) -> Result<(), &'static str> {
+    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return match site {
+            "same-origin" | "none" => Ok(()),
+            _ => Err("Sec-Fetch-Site is not same-origin"),
+        };
+    }
+    let Some(origin) = text("origin") else {
+        return Ok(());
+    };
+    let origin_host = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+    let hosts = [text("host"), text("x-forwarded-host")];
+    match origin_host {
+        Some(origin_host) if hosts.iter().flatten().any(|host| host.eq_ignore_ascii_case(origin_host)) => Ok(()),
+        _ => Err("Origin is not this host"),
+    }
+}
+
+/// An error as RFC 9457 `application/problem+json`. A client's own mistake is explained in
+/// `detail`; a failure inside tenure (database, rendering) shows only a correlation id, also in
+/// the `X-Correlation-Id` header, and the cause goes to the log under the same id.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
     #[serde(skip)]
@@ -230,11 +342,27 @@ pub struct Problem {
     detail: String,
     #[serde(rename = "status")]
     code: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<String>,
 }
 
 impl Problem {
     fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Problem {
-        Problem { status, title, detail: detail.into(), code: status.as_u16() }
+        Problem { status, title, detail: detail.into(), code: status.as_u16(), correlation_id: None }
+    }
+
+    /// A failure inside tenure: logged with a fresh correlation id; the client sees `detail`
+    /// (which must hold no internal text) and the id.
+    fn internal(status: StatusCode, title: &'static str, detail: &str, cause: &dyn std::fmt::Display) -> Problem {
+        let id = correlation_id();
+        tracing::warn!(correlation_id = %id, error = %cause, "{title}");
+        Problem {
+            status,
+            title,
+            detail: format!("{detail} (correlation id {id}; the cause is in the server's log)"),
+            code: status.as_u16(),
+            correlation_id: Some(id),
+        }
     }
 
     fn unauthorized(detail: &str) -> Problem {
@@ -250,12 +378,7 @@ impl Problem {
     }
 
     fn database(error: sqlx::Error) -> Problem {
-        tracing::warn!(%error, "dashboard query failed");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Database Unavailable",
-            format!("the ledger did not answer: {error}"),
-        )
+        Problem::internal(StatusCode::SERVICE_UNAVAILABLE, "Database Unavailable", "the ledger did not answer", &error)
     }
 }
 
@@ -272,6 +395,28 @@ impl IntoResponse for Problem {
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tenure\""));
         }
+        self.add_correlation_header(&mut response);
         response
     }
+}
+
+impl Problem {
+    fn add_correlation_header(&self, response: &mut Response) {
+        if let Some(value) = self.correlation_id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+            response.headers_mut().insert("x-correlation-id", value);
+        }
+    }
+}
+
+/// 16 random hex digits: enough to find one failure in the log, nothing about the request.
+fn correlation_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS once per process and varies per instance; mixing in
+    // a counter and the time keeps ids distinct within a process.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    format!("{:016x}", hasher.finish())
 }

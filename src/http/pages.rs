@@ -1,6 +1,7 @@
 //! The dashboard: server-rendered pages (askama templates in `templates/`), complete without
 //! JavaScript; `static/live.js` refreshes their `#live` section in place. Forms post to routes
-//! here, which check basic auth plus an anti-forgery field, record the control and redirect back.
+//! here, which check basic auth, that the request is same-origin, and the anti-forgery value bound
+//! to the browser's session cookie, record the control and redirect back.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use serde::Deserialize;
 
 use super::api::{self, RunQuery};
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, STRIP, ago, human_ms, in_zone, utc};
-use super::{AppState, Problem};
+use super::{AppState, BrowserSession, Problem};
 use crate::store::RunStatus;
 
 pub fn routes() -> Router<AppState> {
@@ -68,6 +69,7 @@ impl IntoResponse for PageError {
         if problem.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, "Basic realm=\"tenure\"".parse().unwrap());
         }
+        problem.add_correlation_header(&mut response);
         response
     }
 }
@@ -78,7 +80,12 @@ fn html_escape(text: &str) -> String {
 
 fn render(template: &impl Template) -> Result<Html<String>, PageError> {
     template.render().map(Html).map_err(|error| {
-        PageError(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", error.to_string()))
+        PageError(Problem::internal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            "the page could not be rendered",
+            &error,
+        ))
     })
 }
 
@@ -302,7 +309,7 @@ async fn job(
     headers: HeaderMap,
     Path(name): Path<String>,
     Query(query): Query<JobQuery>,
-) -> Result<Html<String>, PageError> {
+) -> Result<Response, PageError> {
     state.auth.read(&headers)?;
     let job = api::job_view(&state, &name).await?;
     let status_filter = query.status.clone().unwrap_or_default();
@@ -320,6 +327,7 @@ async fn job(
         format!("/jobs/{name}?{status}cursor={cursor}")
     });
     let (next_local, next_utc) = next_times(&job);
+    let session = BrowserSession::of(&headers);
     let notice = match query.done.as_deref() {
         Some("trigger") => Some("Triggered: the leader runs it within a moment; it appears below as a manual run."),
         Some("pause") => Some("Paused: no slot fires until it is resumed."),
@@ -342,11 +350,11 @@ async fn job(
             result: result_of(run),
         })
         .collect();
-    render(&JobPage {
+    let page = render(&JobPage {
         layout: Layout::new(&state, job.name.clone(), "job"),
         notice,
         can_mutate: state.auth.can_mutate(),
-        csrf: state.auth.csrf().to_owned(),
+        csrf: state.auth.csrf_for(&session).unwrap_or_default(),
         key: api::new_key(),
         next_local,
         next_utc,
@@ -358,7 +366,12 @@ async fn job(
         runs,
         next_page,
         job,
-    })
+    })?;
+    let mut response = page.into_response();
+    if let Some(cookie) = session.set_cookie() {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
 }
 
 /// Bars of the newest finished runs' durations, oldest on the left, as inline SVG.
@@ -549,6 +562,6 @@ fn timeline(spans: &[(i64, String, DateTime<Utc>, DateTime<Utc>)], now: DateTime
 }
 
 async fn signin(State(state): State<AppState>, headers: HeaderMap) -> Result<Redirect, PageError> {
-    state.auth.mutate_form(&headers, state.auth.csrf())?;
+    state.auth.signed_in(&headers)?;
     Ok(Redirect::to("/"))
 }

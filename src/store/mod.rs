@@ -42,6 +42,65 @@ pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
     Ok(PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(3)).connect_lazy_with(options))
 }
 
+/// Why PostgreSQL could not be used at start: settings that waiting will not fix (a certificate
+/// refused, a wrong password, no `pg_hba.conf` rule for this connection) are told apart from a
+/// server that is not up yet. `server` is the URL with its password masked.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseConnectError {
+    #[error("PostgreSQL at {server}: {detail}")]
+    Refused { server: String, detail: String },
+    #[error("PostgreSQL at {server} is not reachable yet: {detail}")]
+    Unreachable { server: String, detail: String },
+}
+
+/// Open one connection as the pool would (TLS per `sslmode`, `sslrootcert`, `sslcert`,
+/// `sslkey` in the URL, like libpq) and close it, to learn at start whether the settings work.
+pub async fn check_connection(database_url: &str) -> Result<(), DatabaseConnectError> {
+    use sqlx::Connection;
+    let server = crate::secret::mask_url(database_url);
+    let refused = |detail: String| DatabaseConnectError::Refused { server: server.clone(), detail };
+    let options: PgConnectOptions = database_url
+        .parse()
+        .map_err(|error: sqlx::Error| refused(format!("invalid database url: {}", one_line(&error))))?;
+    let attempt = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect_with(&options)).await;
+    let error = match attempt {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            return Ok(());
+        }
+        Ok(Err(error)) => error,
+        Err(_) => {
+            return Err(DatabaseConnectError::Unreachable { server, detail: "no answer within 5s".into() });
+        }
+    };
+    let detail = one_line(&error);
+    let lasting = match &error {
+        sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => true,
+        // Class 28: invalid authorization (wrong password, no pg_hba.conf entry); 3D000: no
+        // such database.
+        sqlx::Error::Database(database) => {
+            database.code().is_some_and(|code| code.starts_with("28") || code == "3D000")
+        }
+        _ => detail.to_ascii_lowercase().contains("certificate"),
+    };
+    if lasting { Err(refused(detail)) } else { Err(DatabaseConnectError::Unreachable { server, detail }) }
+}
+
+/// An error with its sources on one line.
+fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text.replace('\n', " ")
+}
+
 /// Apply the migrations in `migrations/postgres/`.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::migrate!("./migrations/postgres").run(pool).await.context("apply migrations")

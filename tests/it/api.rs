@@ -280,9 +280,12 @@ async fn pages_render_and_forms_need_basic_auth_and_the_forgery_field() {
     assert_eq!(get(&f.state, "/jobs/nope").await.status, StatusCode::NOT_FOUND);
 
     let csrf = job.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    // The value is bound to the session cookie the page set.
+    let session = job.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_owned();
     let form = |authorization: Option<&str>, csrf: &str| {
         post("/jobs/tick/pause", authorization)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, &session)
             .body(Body::from(format!("csrf={csrf}")))
             .unwrap()
     };
@@ -407,4 +410,75 @@ async fn issue_13_idempotency_keys_are_per_job_and_bad_keys_are_refused() {
     // The job file's pause is ended by a resume, and when is recorded.
     send(&f.state, post("/api/jobs/berlin/resume", Some(&bearer)).body(Body::empty()).unwrap()).await;
     assert!(f.store.job_controls().await.unwrap()["berlin"].resumed_at.is_some());
+}
+
+#[tokio::test]
+async fn internal_errors_show_a_correlation_id_and_no_driver_text() {
+    // A ledger that cannot be reached: PostgreSQL on a port nobody listens on.
+    let mut f = fixture(false).await;
+    let pool = tenure::store::connect("postgres://tenure:pw-in-url@127.0.0.1:1/tenure").await.unwrap();
+    f.state.store = Store::new(pool);
+    for path in ["/api/jobs/tick/runs", "/jobs/tick", "/terms"] {
+        let answer = get(&f.state, path).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {}", answer.body);
+        let id = answer.headers.get("x-correlation-id").map(|v| v.to_str().unwrap().to_owned());
+        let id = id.unwrap_or_else(|| panic!("{path}: no x-correlation-id header: {}", answer.body));
+        assert!(id.len() >= 12, "{id}");
+        assert!(answer.body.contains(&id), "{path}: the body names the correlation id {id}: {}", answer.body);
+        let lower = answer.body.to_lowercase();
+        for internal in ["pool", "timed out", "refused", "sqlx", "os error", "pw-in-url", "127.0.0.1:1"] {
+            assert!(!lower.contains(internal), "{path}: {internal:?} shown to the client: {}", answer.body);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cross_origin_form_post_is_refused_even_with_the_admins_credentials() {
+    let f = fixture(false).await;
+    // The attacker reads the (open) job page and takes its anti-forgery value.
+    let attackers_view = get(&f.state, "/jobs/tick").await;
+    let csrf =
+        attackers_view.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    // The administrator's browser, signed in (basic auth cached), submits the attacker's form.
+    let forged = |headers: &[(&str, &str)]| {
+        let mut request = post("/jobs/tick/pause", Some(&basic(TOKEN)))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::HOST, "tenure.internal:8080");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(Body::from(format!("csrf={csrf}"))).unwrap()
+    };
+    let modern = send(&f.state, forged(&[("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")])).await;
+    assert_eq!(modern.status, StatusCode::FORBIDDEN, "{}", modern.body);
+    let origin_only = send(&f.state, forged(&[("origin", "https://evil.example")])).await;
+    assert_eq!(origin_only.status, StatusCode::FORBIDDEN, "{}", origin_only.body);
+    // A browser that sends neither header: the value is bound to the attacker's own session.
+    let bare = send(&f.state, forged(&[])).await;
+    assert_eq!(bare.status, StatusCode::FORBIDDEN, "{}", bare.body);
+    assert_eq!(
+        f.store.job_controls().await.unwrap().get("tick").map(|control| control.paused),
+        None,
+        "nothing was paused"
+    );
+
+    // The administrator's own page and form, same origin: accepted.
+    let own = get(&f.state, "/jobs/tick").await;
+    let cookie = own.headers[header::SET_COOKIE].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let own_csrf = own.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let request = post("/jobs/tick/pause", Some(&basic(TOKEN)))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::HOST, "tenure.internal:8080")
+        .header("origin", "http://tenure.internal:8080")
+        .header("sec-fetch-site", "same-origin")
+        .header(header::COOKIE, &session)
+        .body(Body::from(format!("csrf={own_csrf}")))
+        .unwrap();
+    let done = send(&f.state, request).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    assert!(f.store.job_controls().await.unwrap()["tick"].paused);
 }

@@ -14,7 +14,7 @@ use tenure::election::Keys;
 use tenure::store::{RunRecord, Store};
 
 use crate::checker::{Report, Witness};
-use crate::harness::{Etcd, EtcdCluster, Postgres, free_port, wait_for, wait_until};
+use crate::harness::{ETCD_PASSWORD, ETCD_USER, Etcd, EtcdCluster, Pki, Postgres, free_port, wait_for, wait_until};
 use crate::proxy::Proxy;
 
 /// The admin token every test replica is started with.
@@ -76,6 +76,13 @@ pub struct Options {
     pub etcd_members: usize,
 }
 
+/// A cluster on TLS-only servers: the throwaway CA and certificates, and how long etcd's
+/// authentication tokens (JWTs) live.
+pub struct Secure {
+    pub pki: Pki,
+    pub jwt_ttl: Option<u32>,
+}
+
 pub struct Cluster {
     pub etcd: Etcd,
     /// The multi-member etcd the replicas use when `Options::etcd_members` > 1.
@@ -89,6 +96,8 @@ pub struct Cluster {
     pub replicas: Vec<Replica>,
     election: String,
     options: Options,
+    /// TLS-only servers and the secrets replicas read from files (`Cluster::start_secure`).
+    pub secure: Option<Secure>,
     /// What the test did when, for a failing scenario's report.
     timeline: std::sync::Mutex<Vec<(chrono::DateTime<chrono::Utc>, String)>>,
 }
@@ -107,9 +116,35 @@ impl Cluster {
     }
 
     pub async fn start_with(replicas: usize, jobs_yaml: &str, options: Options) -> Cluster {
-        let etcd = Etcd::start().await;
-        let pg = Postgres::start().await;
-        let database_url = pg.create_database("tenure").await;
+        Cluster::start_on(replicas, jobs_yaml, options, None).await
+    }
+
+    /// The same cluster on TLS-only servers (see `Secure`): replicas reach etcd over https with
+    /// a client certificate and a user, PostgreSQL with verify-full, a client certificate and a
+    /// password, and read every secret from a file. With `jwt_ttl`, etcd's auth tokens expire
+    /// that many seconds after they are issued.
+    pub async fn start_secure(replicas: usize, jobs_yaml: &str, jwt_ttl: Option<u32>) -> Cluster {
+        let pki = Pki::generate();
+        Cluster::start_on(replicas, jobs_yaml, Options::default(), Some(Secure { pki, jwt_ttl })).await
+    }
+
+    async fn start_on(replicas: usize, jobs_yaml: &str, options: Options, secure: Option<Secure>) -> Cluster {
+        let (etcd, pg, database_url) = match &secure {
+            None => {
+                let pg = Postgres::start().await;
+                let url = pg.create_database("tenure").await;
+                (Etcd::start().await, pg, url)
+            }
+            Some(Secure { pki, jwt_ttl }) => {
+                let pg = Postgres::start_secure(pki, &pki.server).await;
+                pg.create_database("tenure").await;
+                let url = pg.create_login("tenure", pki).await;
+                pki.file("database-url", &url);
+                pki.file("admin-token", &format!("{ADMIN_TOKEN}\n"));
+                pki.file("etcd-password", ETCD_PASSWORD);
+                (Etcd::start_secure(pki, *jwt_ttl).await, pg, url)
+            }
+        };
         let dir = tempfile::tempdir().expect("temp dir");
         let witness_path = dir.path().join("witness.log");
         fs::write(&witness_path, "").unwrap();
@@ -133,6 +168,7 @@ impl Cluster {
             replicas: Vec::new(),
             election: "test".to_owned(),
             options,
+            secure,
             timeline: std::sync::Mutex::new(Vec::new()),
         };
         for _ in 0..replicas {
@@ -171,18 +207,39 @@ impl Cluster {
             Some(proxy) => self.database_url.replace(&format!(":{}/", self.pg.port()), &format!(":{}/", proxy.port())),
             None => self.database_url.clone(),
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_tenure"))
-            .args(["run", "--jobs"])
-            .arg(&self.jobs_path)
-            .args(["--etcd", &etcd_url])
-            .args(["--database-url", &database_url])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tenure"));
+        command.args(["run", "--jobs"]).arg(&self.jobs_path).args(["--etcd", &etcd_url]);
+        match &self.secure {
+            None => {
+                command.args(["--database-url", &database_url]).args(["--admin-token", ADMIN_TOKEN]);
+            }
+            // Every secret from a file (written once in `start_on`: a replica starting meanwhile
+            // must never read one half-written), every connection over TLS with a client certificate.
+            Some(Secure { pki, .. }) => {
+                let secret = |name: &str| pki.dir.path().join(name);
+                command
+                    .arg("--database-url-file")
+                    .arg(secret("database-url"))
+                    .arg("--admin-token-file")
+                    .arg(secret("admin-token"))
+                    .arg("--etcd-ca")
+                    .arg(&pki.ca)
+                    .arg("--etcd-cert")
+                    .arg(&pki.client.cert)
+                    .arg("--etcd-key")
+                    .arg(&pki.client.key)
+                    .args(["--etcd-user", ETCD_USER])
+                    .arg("--etcd-password-file")
+                    .arg(secret("etcd-password"));
+            }
+        }
+        let child = command
             .envs(self.options.env.iter().map(|(k, v)| (k.clone(), v.replace("{node}", &replica.node))))
             .args(["--node-id", &replica.node])
             .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
             .args(["--lease-ttl", &format!("{}s", TTL.as_secs())])
             .args(["--election", &self.election])
             .args(["--shutdown-grace", "5s"])
-            .args(["--admin-token", ADMIN_TOKEN])
             .env("RUST_LOG", "info,tenure=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -343,7 +400,7 @@ impl Cluster {
                 Some(members) => members.client_urls(),
                 None => vec![self.etcd.client_url()],
             };
-            let Ok(mut client) = etcd_client::Client::connect(urls, None).await else {
+            let Ok(mut client) = etcd_client::Client::connect(urls, Some(self.etcd.connect_options())).await else {
                 return false;
             };
             let prefix = format!("{}/", keys.election());

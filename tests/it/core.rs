@@ -241,7 +241,10 @@ jobs:
     }
     eprintln!("outage slots by job and status: {seen:?}");
     assert!(caught_up, "`all` did not replay the outage: {seen:?}\n{}", cluster.logs());
+    // The witness first, then the ledger again: a run claimed and executed between two reads
+    // would otherwise be in the witness without its (already committed) row.
     let witness = cluster.witness();
+    let ledger = cluster.ledger().await;
     let in_outage = |job: &str, status: &str| {
         ledger
             .iter()

@@ -85,13 +85,15 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
+    /// TLS-only with client certificates and authentication (`Etcd::start_secure`).
+    secure: Option<SecureEtcd>,
 }
 
 impl Etcd {
     pub async fn start() -> Etcd {
         let mut dir = tempfile::tempdir().expect("temp dir");
         for _ in 0..5 {
-            let mut etcd = Etcd { client_port: free_port(), peer_port: free_port(), child: None, dir };
+            let mut etcd = Etcd { client_port: free_port(), peer_port: free_port(), child: None, dir, secure: None };
             etcd.spawn();
             if etcd.wait_ready(Duration::from_secs(15)).await {
                 return etcd;
@@ -109,9 +111,10 @@ impl Etcd {
 
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.client_url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new("etcd")
+            .args(self.secure.as_ref().map(SecureEtcd::server_args).unwrap_or_default())
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -148,7 +151,7 @@ impl Etcd {
 
     /// Whether etcd answers a status request within half a second.
     pub async fn answers(&self) -> bool {
-        let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(300));
+        let options = self.connect_options().with_connect_timeout(Duration::from_millis(300));
         let attempt = async {
             let mut client = etcd_client::Client::connect([self.client_url()], Some(options)).await.ok()?;
             client.status().await.ok()
@@ -161,7 +164,17 @@ impl Etcd {
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.secure.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// How a test client reaches this etcd: plain, or with the CA, a client certificate and the
+    /// root user once authentication is on.
+    pub fn connect_options(&self) -> etcd_client::ConnectOptions {
+        match &self.secure {
+            None => etcd_client::ConnectOptions::new(),
+            Some(secure) => secure.client_options(),
+        }
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -349,6 +362,8 @@ pub struct Postgres {
     child: Option<Child>,
     /// fsync on (benchmarks), or off (tests: a killed server still loses nothing the kernel has).
     durable: bool,
+    /// TLS only (`Postgres::start_secure`).
+    secure: Option<SecurePostgres>,
 }
 
 impl Postgres {
@@ -378,7 +393,7 @@ impl Postgres {
             .expect("run initdb (is PostgreSQL 15 installed? scripts/test installs it)");
         assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
         for _ in 0..5 {
-            let mut pg = Postgres { dir, port: free_port(), child: None, durable };
+            let mut pg = Postgres { dir, port: free_port(), child: None, durable, secure: None };
             pg.spawn();
             if pg.wait_ready(Duration::from_secs(20)).await {
                 return pg;
@@ -456,7 +471,16 @@ impl Postgres {
     }
 
     fn url_of(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        match &self.secure {
+            None => format!("postgres://postgres@127.0.0.1:{}/{database}", self.port),
+            Some(secure) => format!(
+                "postgres://postgres@127.0.0.1:{}/{database}?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+                self.port,
+                secure.ca.display(),
+                secure.admin.cert.display(),
+                secure.admin.key.display()
+            ),
+        }
     }
 
     /// A new empty database; returns its URL.
@@ -520,5 +544,262 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop_immediate();
+    }
+}
+
+// ---- TLS: a throwaway CA and servers that take only TLS (tests/it/tls.rs) ----
+
+/// The etcd user replicas authenticate as, and its password (also given in a file).
+pub const ETCD_USER: &str = "tenure";
+pub const ETCD_PASSWORD: &str = "etcd-pw-3f9a1c";
+/// The PostgreSQL role replicas log in as (client certificate with this CN, and a password).
+pub const PG_USER: &str = "tenure";
+pub const PG_PASSWORD: &str = "pg-pw-7be2d4";
+const ETCD_ROOT_PASSWORD: &str = "etcd-root-pw";
+
+/// A certificate and its key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A throwaway CA with the certificates the TLS tests need, generated with rcgen. Every name
+/// certificate carries a `localhost` DNS SAN and a 127.0.0.1 IP SAN (rustls checks names).
+#[derive(Debug)]
+pub struct Pki {
+    pub dir: TempDir,
+    pub ca: PathBuf,
+    /// A CA that signed nothing here: trusting it instead of `ca` must fail.
+    pub other_ca: PathBuf,
+    pub server: CertFiles,
+    /// The same names, valid only in 2020.
+    pub expired_server: CertFiles,
+    /// CN `tenure`: the replicas' client certificate (etcd and PostgreSQL).
+    pub client: CertFiles,
+    /// CN `tenure`, valid only in 2020.
+    pub expired_client: CertFiles,
+    /// CN `postgres`: the harness's own administrative connections.
+    pub admin: CertFiles,
+    /// An ES256 key pair for etcd's JWT tokens (`cert` holds the public key).
+    pub jwt_keys: CertFiles,
+}
+
+impl Pki {
+    pub fn generate() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+        let dir = tempfile::Builder::new().prefix("tenure-pki").tempdir().expect("temp dir");
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            fs::write(&path, text).unwrap();
+            path
+        };
+        let new_ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let (ca_pem, issuer) = new_ca("tenure test CA");
+        let (other_pem, _) = new_ca("some other CA");
+        let issue = |name: &str, common_name: &str, expired: bool| {
+            let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+            params.distinguished_name.push(DnType::CommonName, common_name);
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+            }
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            CertFiles {
+                cert: write(&format!("{name}.crt"), cert.pem()),
+                key: write(&format!("{name}.key"), key.serialize_pem()),
+            }
+        };
+        let server = issue("server", "localhost", false);
+        let expired_server = issue("expired-server", "localhost", true);
+        let client = issue("client", PG_USER, false);
+        let expired_client = issue("expired-client", PG_USER, true);
+        let admin = issue("admin", "postgres", false);
+        let ca = write("ca.crt", ca_pem);
+        let other_ca = write("other-ca.crt", other_pem);
+        let jwt = KeyPair::generate().unwrap();
+        let jwt_keys =
+            CertFiles { cert: write("jwt.pub", jwt.public_key_pem()), key: write("jwt.key", jwt.serialize_pem()) };
+        Pki { dir, ca, other_ca, server, expired_server, client, expired_client, admin, jwt_keys }
+    }
+
+    /// Write `text` to a file in the PKI's directory (secrets for `--*-file` flags).
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// What makes an `Etcd` secure: its certificates and the root user's credentials.
+struct SecureEtcd {
+    ca: PathBuf,
+    server: CertFiles,
+    client: CertFiles,
+    /// JWT tokens that expire this many seconds after they are issued, however much they are
+    /// used; etcd's default "simple" tokens live 300 s from their *last* use, so an active
+    /// client never sees one expire.
+    jwt_ttl: Option<u32>,
+    jwt_keys: CertFiles,
+    /// Set once authentication is on.
+    root_password: Option<&'static str>,
+}
+
+impl SecureEtcd {
+    fn server_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--cert-file={}", self.server.cert.display()),
+            format!("--key-file={}", self.server.key.display()),
+            format!("--trusted-ca-file={}", self.ca.display()),
+            "--client-cert-auth".to_owned(),
+        ];
+        if let Some(ttl) = self.jwt_ttl {
+            args.push(format!(
+                "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES256,ttl={ttl}s",
+                self.jwt_keys.cert.display(),
+                self.jwt_keys.key.display()
+            ));
+        }
+        args
+    }
+
+    fn client_options(&self) -> etcd_client::ConnectOptions {
+        let read = |path: &Path| fs::read(path).unwrap();
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)))
+            .identity(etcd_client::Identity::from_pem(read(&self.client.cert), read(&self.client.key)));
+        let options = etcd_client::ConnectOptions::new().with_tls(tls);
+        match self.root_password {
+            Some(password) => options.with_user("root", password).with_auto_token_refresh(true),
+            None => options,
+        }
+    }
+}
+
+impl Etcd {
+    /// An etcd that serves only TLS, asks every client for a certificate signed by `pki.ca`,
+    /// and has authentication on: user `ETCD_USER` may read and write `/tenure/`. With
+    /// `jwt_ttl`, its tokens are JWTs that expire that many seconds after they are issued.
+    pub async fn start_secure(pki: &Pki, jwt_ttl: Option<u32>) -> Etcd {
+        let secure = SecureEtcd {
+            ca: pki.ca.clone(),
+            server: pki.server.clone(),
+            client: pki.client.clone(),
+            jwt_ttl,
+            jwt_keys: pki.jwt_keys.clone(),
+            root_password: None,
+        };
+        let mut etcd = Etcd {
+            dir: tempfile::tempdir().expect("temp dir"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+            secure: Some(secure),
+        };
+        etcd.spawn();
+        if !etcd.wait_ready(Duration::from_secs(15)).await {
+            panic!("secure etcd did not start:\n{}", tail(&etcd.log_path()));
+        }
+        let mut client =
+            etcd_client::Client::connect([etcd.client_url()], Some(etcd.connect_options())).await.expect("connect");
+        client.user_add("root", ETCD_ROOT_PASSWORD, None).await.expect("add root");
+        client.user_grant_role("root", "root").await.expect("root role");
+        client.user_add(ETCD_USER, ETCD_PASSWORD, None).await.expect("add user");
+        client.role_add(ETCD_USER).await.expect("add role");
+        let permission = etcd_client::Permission::read_write("/tenure/").with_prefix();
+        client.role_grant_permission(ETCD_USER, permission).await.expect("grant");
+        client.user_grant_role(ETCD_USER, ETCD_USER).await.expect("grant role");
+        client.auth_enable().await.expect("enable auth");
+        etcd.secure.as_mut().unwrap().root_password = Some(ETCD_ROOT_PASSWORD);
+        etcd
+    }
+}
+
+/// What makes a `Postgres` secure: `ssl = on` with these files (copied into the data
+/// directory, owned by the server's user, key 0600), and `pg_hba.conf` with `hostssl` rules only.
+struct SecurePostgres {
+    ca: PathBuf,
+    admin: CertFiles,
+}
+
+impl Postgres {
+    /// A PostgreSQL that takes only TLS connections: `postgres` by client certificate (`cert`),
+    /// every other role by password (`scram-sha-256`) *and* a client certificate whose CN is the
+    /// role (`clientcert=verify-full`). `server` is the certificate it presents.
+    pub async fn start_secure(pki: &Pki, server: &CertFiles) -> Postgres {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new().prefix("tenure-pg").tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        if nix::unistd::geteuid().is_root() {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
+            assert!(status.success(), "chown the temp dir to postgres");
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let output = as_postgres("initdb")
+            .args(["--auth=trust", "--username=postgres", "--no-sync", "--encoding=UTF8", "--locale=C", "-D"])
+            .arg(&data)
+            .output()
+            .expect("run initdb");
+        assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
+        for (name, from) in [("server.crt", &server.cert), ("server.key", &server.key), ("root.crt", &pki.ca)] {
+            let to = data.join(name);
+            fs::copy(from, &to).unwrap();
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).unwrap();
+            if nix::unistd::geteuid().is_root() {
+                let _ = Command::new("chown").args(["postgres:postgres"]).arg(&to).status();
+            }
+        }
+        let settings = "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+                        ssl_ca_file = 'root.crt'\npassword_encryption = 'scram-sha-256'\n";
+        let mut conf = fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        conf.push_str(settings);
+        fs::write(data.join("postgresql.conf"), conf).unwrap();
+        let hba = "local all all trust\n\
+                   hostssl all postgres 127.0.0.1/32 cert\n\
+                   hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n";
+        fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        let secure = SecurePostgres { ca: pki.ca.clone(), admin: pki.admin.clone() };
+        let mut pg = Postgres { dir, port: free_port(), child: None, durable: false, secure: Some(secure) };
+        pg.spawn();
+        // Ready by its own word: a server with an expired certificate never answers a client.
+        let log = pg.log_path();
+        let ready = wait_until(Duration::from_secs(20), || {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            async move { text.contains("database system is ready to accept connections") }
+        })
+        .await;
+        if !ready {
+            panic!("secure postgres did not start:\n{}", tail(&pg.log_path()));
+        }
+        pg
+    }
+
+    /// A login role `PG_USER` with `PG_PASSWORD` owning `database`; returns the URL a replica
+    /// uses: verify-full against the CA, the client certificate, the password.
+    pub async fn create_login(&self, database: &str, pki: &Pki) -> String {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.url()).await.expect("connect as postgres");
+        for statement in [
+            format!("CREATE ROLE {PG_USER} LOGIN PASSWORD '{PG_PASSWORD}'"),
+            format!("ALTER DATABASE \"{database}\" OWNER TO {PG_USER}"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.expect("create login");
+        }
+        format!(
+            "postgres://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{}/{database}?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+            self.port,
+            pki.ca.display(),
+            pki.client.cert.display(),
+            pki.client.key.display()
+        )
     }
 }

@@ -45,7 +45,10 @@ impl Candidate {
 impl Backend {
     async fn etcd() -> Backend {
         let etcd = Etcd::start().await;
-        let client = tenure::election::connect(&[etcd.client_url()], LEASE_TTL).await.unwrap();
+        let client =
+            tenure::election::connect(&tenure::election::EtcdAccess::plain(vec![etcd.client_url()]), LEASE_TTL)
+                .await
+                .unwrap();
         Backend::Etcd { _etcd: etcd, client }
     }
 

@@ -35,3 +35,5 @@ mod ledger;
 mod proxy;
 /// The harness itself: both servers come up, answer, survive restarts.
 mod smoke;
+/// TLS and authentication to PostgreSQL and etcd, secrets from files, start-up refusals.
+mod tls;
