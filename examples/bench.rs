@@ -1,11 +1,14 @@
 //! tenure's benchmarks: failover, firing precision, job-file scale, the cost of fencing, and the
 //! dashboard on a large ledger, against a real etcd and a PostgreSQL with fsync on. Prints one
 //! table per scenario and the machine it ran on. No assertions: figures and the targets beside
-//! them. Run `scripts/bench [failover|precision|scale|fencing|dashboard ...]`.
+//! them. Run `scripts/bench [failover|pgcut|precision|scale|fencing|dashboard ...]`.
 
 #[path = "../tests/it/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "../tests/it/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,6 +35,9 @@ async fn main() -> anyhow::Result<()> {
     machine();
     if wants("failover") {
         failover().await?;
+    }
+    if wants("pgcut") {
+        postgres_cut().await?;
     }
     if wants("precision") {
         precision(100, "* * * * * *", Duration::from_secs(20)).await?;
@@ -133,7 +139,8 @@ struct Replicas {
     binary: PathBuf,
     jobs: PathBuf,
     etcd: String,
-    database: String,
+    /// One URL for every replica, or one each (through a fault proxy each).
+    databases: Vec<String>,
     ttl: Duration,
     election: String,
     logs: PathBuf,
@@ -149,6 +156,17 @@ impl Replicas {
         ttl: Duration,
         logs: &Path,
     ) -> anyhow::Result<Replicas> {
+        Replicas::start_with_databases(count, jobs, etcd, vec![database.to_owned()], ttl, logs)
+    }
+
+    fn start_with_databases(
+        count: usize,
+        jobs: &Path,
+        etcd: &str,
+        databases: Vec<String>,
+        ttl: Duration,
+        logs: &Path,
+    ) -> anyhow::Result<Replicas> {
         // Each group of replicas campaigns in an election of its own: no waiting for the keys of
         // an earlier group to expire.
         static ELECTIONS: AtomicU64 = AtomicU64::new(0);
@@ -157,7 +175,7 @@ impl Replicas {
             binary: tenure_binary()?,
             jobs: jobs.to_owned(),
             etcd: etcd.to_owned(),
-            database: database.to_owned(),
+            databases,
             ttl,
             logs: logs.to_owned(),
             list: (0..count)
@@ -171,6 +189,7 @@ impl Replicas {
     }
 
     fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
+        let database = self.databases[index % self.databases.len()].clone();
         let replica = &mut self.list[index];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -179,7 +198,7 @@ impl Replicas {
         let child = Command::new(&self.binary)
             .args(["run", "--jobs"])
             .arg(&self.jobs)
-            .args(["--etcd", &self.etcd, "--database-url", &self.database, "--node-id", &replica.node])
+            .args(["--etcd", &self.etcd, "--database-url", &database, "--node-id", &replica.node])
             .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
             .args(["--lease-ttl", &format!("{}s", self.ttl.as_secs())])
             .args(["--election", &self.election])
@@ -324,6 +343,58 @@ async fn failover_trials(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok((to_fence, to_claim))
+}
+
+/// The leader's link to PostgreSQL blackholed (etcd fine): how long until a replica that reaches
+/// the database has raised the fence to a new term.
+async fn postgres_cut() -> anyhow::Result<()> {
+    header("1b. Leader cut from PostgreSQL only: 3 replicas, each behind its own proxy, 10 trials each");
+    let etcd = harness::Etcd::start().await;
+    let pg = harness::Postgres::start_durable().await;
+    let dir = tempfile::tempdir()?;
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(&jobs, "jobs:\n  - name: tick\n    schedule: \"* * * * * *\"\n    shell: \"true\"\n")?;
+    let (two, ten) = tokio::join!(
+        postgres_cut_trials(&etcd, &pg, &jobs, Duration::from_secs(2)),
+        postgres_cut_trials(&etcd, &pg, &jobs, Duration::from_secs(10))
+    );
+    for (ttl, result) in [(2, two), (10, ten)] {
+        let mut to_fence = result?;
+        let target = format!("p99 <= TTL + 2 s = {} ms", ttl * 1000 + 2000);
+        row(&format!("TTL {ttl}s: blackhole -> new term in the fence"), &mut to_fence, &target);
+    }
+    Ok(())
+}
+
+async fn postgres_cut_trials(
+    etcd: &harness::Etcd,
+    pg: &harness::Postgres,
+    jobs: &Path,
+    ttl: Duration,
+) -> anyhow::Result<Vec<f64>> {
+    let dir = tempfile::tempdir()?;
+    let (url, pool) = database(pg, &format!("pgcut_{}", ttl.as_secs())).await?;
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], pg.port()).into();
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        proxies.push(proxy::Proxy::start(target).await);
+    }
+    let direct = format!(":{}/", pg.port());
+    let urls = proxies.iter().map(|p| url.replace(&direct, &format!(":{}/", p.port()))).collect();
+    let replicas = Replicas::start_with_databases(3, jobs, &etcd.client_url(), urls, ttl, dir.path())?;
+    let mut to_fence = Vec::new();
+    for _ in 0..10 {
+        let (leader, term) = replicas.wait_leader(&pool).await;
+        tokio::time::sleep(Duration::from_millis(500 + jitter(1000))).await;
+        let cut = Utc::now();
+        proxies[leader].set(proxy::Fault::Blackhole);
+        let fenced: DateTime<Utc> = poll(&pool, "SELECT min(started_at) FROM terms WHERE term > $1", term).await;
+        to_fence.push(ms(fenced - cut));
+        proxies[leader].set(proxy::Fault::Pass);
+        // The healed replica sees the database again before the next trial.
+        tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+    }
+    Ok(to_fence)
 }
 
 async fn poll(pool: &PgPool, sql: &'static str, after: i64) -> DateTime<Utc> {
