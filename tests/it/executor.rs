@@ -7,6 +7,7 @@ use chrono::{TimeZone, Utc};
 use tenure::config::Job;
 use tenure::executor::{OutputTail, RunContext, execute};
 use tenure::store::RunStatus;
+use tenure::supervisor::Supervision;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::wait_for;
@@ -15,6 +16,12 @@ fn job(yaml_job: &str) -> Job {
     let text = format!("jobs:\n  - name: job\n    schedule: \"* * * * *\"\n{yaml_job}");
     let jobs = tenure::config::parse(&text, "test.yaml").unwrap_or_else(|errors| panic!("{errors}"));
     jobs.jobs()[0].clone()
+}
+
+/// Supervisors from the `tenure` binary under test (this test binary is not one), patient enough
+/// that only a test that stops the heartbeats meets their silence limit.
+fn supervision() -> Supervision {
+    Supervision::with_program(env!("CARGO_BIN_EXE_tenure").into(), Duration::from_secs(10))
 }
 
 fn context() -> RunContext {
@@ -36,7 +43,8 @@ async fn a_command_sees_its_identity_env_and_workdir() {
         dir.path().display()
     ));
     let output = OutputTail::default();
-    let outcome = execute(&job, &context(), &output, &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome =
+        execute(&job, &context(), &output, &reqwest::Client::new(), &supervision(), &CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(outcome.exit_code, Some(0));
     let real_dir = std::fs::canonicalize(dir.path()).unwrap();
@@ -46,13 +54,27 @@ async fn a_command_sees_its_identity_env_and_workdir() {
 #[tokio::test]
 async fn argv_commands_take_no_shell_and_a_missing_program_is_a_clear_failure() {
     let job_ok = job("    command: [\"/bin/echo\", \"$HOME\", \"a b\"]\n");
-    let outcome =
-        execute(&job_ok, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome = execute(
+        &job_ok,
+        &context(),
+        &OutputTail::default(),
+        &reqwest::Client::new(),
+        &supervision(),
+        &CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.output, "$HOME a b\n");
 
     let missing = job("    command: [\"/nonexistent/program\"]\n");
-    let outcome =
-        execute(&missing, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome = execute(
+        &missing,
+        &context(),
+        &OutputTail::default(),
+        &reqwest::Client::new(),
+        &supervision(),
+        &CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.status, RunStatus::Failed);
     let error = outcome.error.unwrap();
     assert!(error.contains("could not start `/nonexistent/program`"), "{error}");
@@ -61,8 +83,15 @@ async fn argv_commands_take_no_shell_and_a_missing_program_is_a_clear_failure() 
 #[tokio::test]
 async fn a_failing_command_records_its_exit_code() {
     let job = job("    shell: 'echo oops >&2; exit 3'\n");
-    let outcome =
-        execute(&job, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome = execute(
+        &job,
+        &context(),
+        &OutputTail::default(),
+        &reqwest::Client::new(),
+        &supervision(),
+        &CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_code, Some(3));
     assert_eq!(outcome.error.as_deref(), Some("exited with status 3"));
@@ -78,8 +107,15 @@ async fn a_timeout_kills_the_whole_process_group() {
         "    timeout: 1s\n    shell: \"sh -c 'trap \\\"\\\" TERM; sleep 300' & echo $! > {}; wait\"\n",
         pid_file.display()
     ));
-    let outcome =
-        execute(&job, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome = execute(
+        &job,
+        &context(),
+        &OutputTail::default(),
+        &reqwest::Client::new(),
+        &supervision(),
+        &CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.status, RunStatus::TimedOut, "{outcome:?}");
     assert_eq!(outcome.error.as_deref(), Some("timed out after 1s"));
     let child: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
@@ -95,8 +131,15 @@ async fn a_stopped_run_is_killed_and_children_left_behind_are_cleaned_up() {
     let pid_file = dir.path().join("orphan.pid");
     // The main process exits at once, leaving a child that would run forever.
     let orphan = job(&format!("    shell: \"sleep 300 & echo $! > {}\"\n", pid_file.display()));
-    let outcome =
-        execute(&orphan, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome = execute(
+        &orphan,
+        &context(),
+        &OutputTail::default(),
+        &reqwest::Client::new(),
+        &supervision(),
+        &CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.status, RunStatus::Succeeded);
     let child: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     wait_for("the orphaned child to be killed", Duration::from_secs(5), || async {
@@ -111,7 +154,8 @@ async fn a_stopped_run_is_killed_and_children_left_behind_are_cleaned_up() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         stopper.cancel();
     });
-    let outcome = execute(&long, &context(), &OutputTail::default(), &reqwest::Client::new(), &stop).await;
+    let outcome =
+        execute(&long, &context(), &OutputTail::default(), &reqwest::Client::new(), &supervision(), &stop).await;
     assert_eq!(outcome.status, RunStatus::Killed);
 }
 
@@ -119,7 +163,8 @@ async fn a_stopped_run_is_killed_and_children_left_behind_are_cleaned_up() {
 async fn endless_binary_output_keeps_only_a_bounded_tail() {
     let job = job("    shell: 'head -c 1000000 /dev/urandom; echo; echo THE-END'\n");
     let output = OutputTail::default();
-    let outcome = execute(&job, &context(), &output, &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome =
+        execute(&job, &context(), &output, &reqwest::Client::new(), &supervision(), &CancellationToken::new()).await;
     assert_eq!(outcome.status, RunStatus::Succeeded);
     assert!(outcome.output.ends_with("THE-END\n"));
     // Lossy UTF-8 may grow invalid bytes into replacement characters, but the byte tail is bounded.
@@ -146,15 +191,29 @@ async fn an_http_job_sends_its_identity_and_checks_the_status() {
     let ok = job(&format!(
         "    http: {{ url: \"http://{address}/tick\", method: POST, headers: {{ X-Custom: \"yes\" }}, body: \"hi\", expect_status: [202] }}\n"
     ));
-    let outcome =
-        execute(&ok, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome = execute(
+        &ok,
+        &context(),
+        &OutputTail::default(),
+        &reqwest::Client::new(),
+        &supervision(),
+        &CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(outcome.http_status, Some(202));
     assert_eq!(outcome.output, "term=7 custom=yes body=hi");
 
     let failing = job(&format!("    http: {{ url: \"http://{address}/fail\", method: POST }}\n"));
-    let outcome =
-        execute(&failing, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome = execute(
+        &failing,
+        &context(),
+        &OutputTail::default(),
+        &reqwest::Client::new(),
+        &supervision(),
+        &CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.http_status, Some(500));
     assert_eq!(outcome.error.as_deref(), Some("unexpected HTTP status 500"));
