@@ -144,6 +144,7 @@ impl Drop for TermHeartbeat {
 }
 
 impl Scheduler {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         node_id: String,
@@ -1457,6 +1458,36 @@ mod tests {
         assert!(due.pop_ready(first - chrono::Duration::milliseconds(1), lead, |_| true).is_empty());
         assert_eq!(due.pop_ready(first, lead, |_| true), [1]);
         assert_eq!(due.wake_at(lead), None);
+    }
+
+    #[test]
+    fn a_departed_replica_vouches_for_its_runs_until_its_wait_is_out() {
+        let member = |node: &str| Member {
+            node: node.into(),
+            version: String::new(),
+            address: String::new(),
+            config_hash: String::new(),
+            started_at: at("2026-01-01T00:00:00Z"),
+        };
+        let nodes = |live: Vec<LiveNode>| {
+            let mut nodes: Vec<String> = live.into_iter().map(|l| l.node).collect();
+            nodes.sort();
+            nodes
+        };
+        let wait = Duration::from_secs(3);
+        let start = tokio::time::Instant::now();
+        let mut departures = Departures::default();
+        assert!(!departures.observe(&[member("a"), member("b")], start));
+        let left = start + Duration::from_secs(10);
+        assert!(departures.observe(&[member("a")], left), "b left");
+        assert!(!departures.observe(&[member("a")], left + Duration::from_secs(1)), "seen gone again: no news");
+        // b is gone since `left`, not since the later look, and vouches until `left + wait`.
+        assert_eq!(nodes(departures.vouching(&[member("a")], left + Duration::from_secs(2), wait)), ["a", "b"]);
+        assert_eq!(nodes(departures.vouching(&[member("a")], left + wait, wait)), ["a"]);
+        // Back in the registry, then gone again: a new wait.
+        departures.observe(&[member("a"), member("b")], left + Duration::from_secs(5));
+        assert!(departures.observe(&[member("a")], left + Duration::from_secs(6)));
+        assert_eq!(nodes(departures.vouching(&[member("a")], left + Duration::from_secs(8), wait)), ["a", "b"]);
     }
 
     #[test]

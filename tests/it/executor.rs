@@ -1,7 +1,9 @@
 //! The executor on real processes and a real HTTP server: what a job sees, how it is stopped,
 //! and what is recorded.
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use tenure::config::Job;
@@ -10,7 +12,7 @@ use tenure::store::RunStatus;
 use tenure::supervisor::Supervision;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::wait_for;
+use crate::harness::{process_gone, wait_for};
 
 fn job(yaml_job: &str) -> Job {
     let text = format!("jobs:\n  - name: job\n    schedule: \"* * * * *\"\n{yaml_job}");
@@ -225,8 +227,15 @@ async fn an_http_job_sends_its_identity_and_checks_the_status() {
 async fn a_command_inherits_only_the_documented_variables() {
     assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some(), "run under cargo, which sets CARGO_MANIFEST_DIR");
     let dump = job("    shell: 'env'\n    env: { GREETING: hello }\n");
-    let outcome =
-        execute(&dump, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome = execute(
+        &dump,
+        &context(),
+        &OutputTail::default(),
+        &reqwest::Client::new(),
+        &supervision(),
+        &CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     let names: Vec<&str> =
         outcome.output.lines().filter_map(|line| line.split_once('=')).map(|(name, _)| name).collect();
@@ -239,7 +248,83 @@ async fn a_command_inherits_only_the_documented_variables() {
 
     // Named in `inherit_env`, it is passed on with its value.
     let asking = job("    shell: 'echo \"$CARGO_MANIFEST_DIR\"'\n    inherit_env: [CARGO_MANIFEST_DIR]\n");
-    let outcome =
-        execute(&asking, &context(), &OutputTail::default(), &reqwest::Client::new(), &CancellationToken::new()).await;
+    let outcome = execute(
+        &asking,
+        &context(),
+        &OutputTail::default(),
+        &reqwest::Client::new(),
+        &supervision(),
+        &CancellationToken::new(),
+    )
+    .await;
     assert_eq!(outcome.output, format!("{}\n", env!("CARGO_MANIFEST_DIR")));
+}
+
+/// `tenure supervise` started as the executor starts it, the test holding the replica's end of
+/// its socket. The job writes its own pid and that of a grandchild it leaves behind (its parent
+/// exits at once, so it is reparented away from the job: a double fork inside the group).
+fn supervised(silence_limit: &str, dir: &std::path::Path) -> (std::process::Child, UnixStream, [u32; 2]) {
+    let (replica_end, supervisor_end) = UnixStream::pair().unwrap();
+    let script = format!(
+        "sh -c 'sleep 300 & echo $! > {dir}/grandchild.pid'; echo $$ > {dir}/main.pid; sleep 300",
+        dir = dir.display()
+    );
+    let mut supervisor = std::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["supervise", "--silence-limit", silence_limit, "--", "/bin/sh", "-c", &script])
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(supervisor_end)))
+        .spawn()
+        .unwrap();
+    let read_pid = |name: &str| std::fs::read_to_string(dir.join(name)).ok()?.trim().parse::<u32>().ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let (Some(main), Some(grandchild)) = (read_pid("main.pid"), read_pid("grandchild.pid")) {
+            return (supervisor, replica_end, [main, grandchild]);
+        }
+        if Instant::now() > deadline {
+            let _ = supervisor.kill();
+            let _ = supervisor.wait();
+            panic!("the supervised job did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How long until every process in `pids` is gone (at most `limit`, else panic).
+async fn gone_within(pids: [u32; 2], limit: Duration, what: &str) -> Duration {
+    let from = Instant::now();
+    wait_for(what, limit, || async { pids.iter().all(|pid| process_gone(*pid)) }).await;
+    from.elapsed()
+}
+
+/// Issue 13: a replica that dies (SIGKILL, crash) closes its end of the socket; the supervisor
+/// kills the job's whole group at once, the grandchild that left its parent included.
+#[tokio::test]
+async fn issue_13_a_supervised_job_dies_with_its_replica_grandchildren_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut supervisor, replica_end, pids) = supervised("10s", dir.path());
+    drop(replica_end);
+    let took = gone_within(pids, Duration::from_secs(2), "the job's group to die with its replica").await;
+    eprintln!("replica gone -> job's group gone after {took:?}");
+    assert!(supervisor.wait().unwrap().success());
+}
+
+/// Issue 13: a replica that is alive but frozen (SIGSTOP) sends no heartbeats; the supervisor
+/// kills the job's group once the silence limit has passed without one, and says why.
+#[tokio::test]
+async fn issue_13_a_supervised_job_is_killed_when_its_replica_falls_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut supervisor, mut replica_end, pids) = supervised("500ms", dir.path());
+    // Heartbeats keep it going well past the limit.
+    for _ in 0..10 {
+        replica_end.write_all(b".").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(pids.iter().all(|pid| !process_gone(*pid)), "killed while the replica answered");
+    let took = gone_within(pids, Duration::from_secs(3), "the job's group to be killed for silence").await;
+    eprintln!("replica silent -> job's group gone after {took:?} (silence limit 500 ms)");
+    assert!(took >= Duration::from_millis(300), "killed before the silence limit: {took:?}");
+    assert!(supervisor.wait().unwrap().success());
+    let mut reports = String::new();
+    replica_end.read_to_string(&mut reports).unwrap();
+    assert_eq!(reports.lines().last(), Some("silent"), "{reports}");
 }

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 
 use crate::checker::{Expect, Report, check_excusing};
 use crate::cluster::{Cluster, Options, TTL};
-use crate::harness::{wait_for, wait_until};
+use crate::harness::{process_gone, wait_for, wait_until};
 use crate::proxy::Fault;
 
 const TICK: &str = r#"
@@ -679,18 +679,6 @@ async fn a_fault_between_a_claim_ahead_and_its_slot_never_runs_it_twice_or_early
 /// How long each run of the issue-13 job lasts: several of its 2 s periods, so a run its leader
 /// left behind would still be going when the next leader's `forbid` lets the next slot run.
 const LONG_RUN_SECS: u64 = 8;
-
-/// Whether a process is gone: no `/proc` entry, or a zombie (dead, waiting to be reaped).
-fn process_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // The state follows the command name, which is in parentheses and may hold spaces.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_none_or(|state| state == "Z" || state == "X"),
-    }
-}
 
 /// Issue 13, point 8: a job's processes must not outlive the replica that started them. A
 /// `forbid` job due every 2 s runs for 8 s. Its leader is SIGKILLed mid-run; then the next
