@@ -263,6 +263,8 @@ async fn a_command_inherits_only_the_documented_variables() {
 /// `tenure supervise` started as the executor starts it, the test holding the replica's end of
 /// its socket. The job writes its own pid and that of a grandchild it leaves behind (its parent
 /// exits at once, so it is reparented away from the job: a double fork inside the group).
+// The caller waits for the supervisor; if the test fails first, dropping the socket ends it.
+#[allow(clippy::zombie_processes)]
 fn supervised(silence_limit: &str, dir: &std::path::Path) -> (std::process::Child, UnixStream, [u32; 2]) {
     let (replica_end, supervisor_end) = UnixStream::pair().unwrap();
     let script = format!(
