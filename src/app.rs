@@ -21,7 +21,7 @@ use crate::local::{LedgerLock, LocalElection};
 use crate::scheduler::Scheduler;
 use crate::secret::Secret;
 use crate::store::{self, Store};
-use crate::supervisor::Supervision;
+use crate::supervisor::{self, Supervision};
 
 /// How often the job file's size and modification time are compared (a change triggers a reload;
 /// SIGHUP forces one). Polling rather than inotify: a Kubernetes ConfigMap update swaps a symlink,
@@ -103,8 +103,9 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         cluster: cluster_rx,
         clock: clock_rx,
         etcd: Some(etcd),
-        // A replica silent for a lease TTL has lost its lease: it would stop its runs on waking.
-        supervision: Supervision::new(settings.lease_ttl),
+        // A replica silent for a lease TTL since its last heartbeat has lost its lease (its
+        // deadline is at most a TTL after its last keep-alive): it would stop its runs on waking.
+        supervision: Supervision::new(settings.lease_ttl + supervisor::HEARTBEAT),
         tasks,
         registry_shutdown,
     };

@@ -7,9 +7,9 @@
 //! - the socket reaches end-of-file: the replica died (SIGKILL, crash, OOM), since the kernel
 //!   closes its end of the socket with its last file descriptor, or
 //! - nothing arrives for the silence limit: the replica is alive but frozen (SIGSTOP, a stalled
-//!   VM) and cannot stop its own runs. The limit is the lease TTL: a replica silent for that long
-//!   has lost its lease (its local deadline is at most a TTL after its last keep-alive), so it
-//!   would stop the run itself the moment it woke.
+//!   VM) and cannot stop its own runs. The limit is the lease TTL plus one heartbeat: a replica
+//!   silent for that long has lost its lease (its local deadline is at most a TTL after its last
+//!   keep-alive), so it would stop the run itself the moment it woke.
 //!
 //! Why not `PR_SET_PDEATHSIG`: it fires when the *thread* that spawned the supervisor exits, not
 //! the process, and tokio's threads come and go; and a supervisor killed by it could not kill the
