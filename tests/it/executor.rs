@@ -304,6 +304,7 @@ async fn gone_within(pids: [u32; 2], limit: Duration, what: &str) -> Duration {
 async fn issue_13_a_supervised_job_dies_with_its_replica_grandchildren_included() {
     let dir = tempfile::tempdir().unwrap();
     let (mut supervisor, replica_end, pids) = supervised("10s", dir.path());
+    assert!(pids.iter().all(|pid| !process_gone(*pid)), "the job ended before its replica");
     drop(replica_end);
     let took = gone_within(pids, Duration::from_secs(2), "the job's group to die with its replica").await;
     eprintln!("replica gone -> job's group gone after {took:?}");
