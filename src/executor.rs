@@ -197,6 +197,8 @@ async fn run_process(
     let group = match next_report(&mut reports, SUPERVISOR_START).await {
         Some(Report::Started(group)) => Pid::from_raw(group),
         started => {
+            // Closing this end makes a supervisor that is still there kill whatever it started.
+            drop((reports, heartbeats));
             let status = child.wait().await;
             let error = match started {
                 Some(Report::Failed(error)) => error,
