@@ -82,6 +82,7 @@ async fn finish(cluster: &mut Cluster, jobs: &[&str], windows: &[(DateTime<Utc>,
     cluster.assert_healed(Duration::from_secs(20)).await;
     let_it_tick(cluster, 3).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.wait_for_reaped(Duration::from_secs(20)).await;
     let witness = cluster.witness();
     let ledger = cluster.ledger().await;
     let from = witness.iter().map(|w| w.slot).min().unwrap();
