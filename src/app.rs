@@ -21,11 +21,14 @@ use crate::local::{LedgerLock, LocalElection};
 use crate::scheduler::Scheduler;
 use crate::secret::Secret;
 use crate::store::{self, Store};
+use crate::supervisor::{self, Supervision};
 
 /// How often the job file's size and modification time are compared (a change triggers a reload;
 /// SIGHUP forces one). Polling rather than inotify: a Kubernetes ConfigMap update swaps a symlink,
 /// which inotify watches on the file do not see.
 const JOB_FILE_POLL: Duration = Duration::from_secs(1);
+/// `tenure dev` holds no lease: how long its runs' supervisors let a frozen replica be silent.
+const DEV_SILENCE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Everything `tenure run` needs, already parsed.
 #[derive(Debug, Clone)]
@@ -100,6 +103,9 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         cluster: cluster_rx,
         clock: clock_rx,
         etcd: Some(etcd),
+        // A replica silent for a lease TTL since its last heartbeat has lost its lease (its
+        // deadline is at most a TTL after its last keep-alive): it would stop its runs on waking.
+        supervision: Supervision::new(settings.lease_ttl + supervisor::HEARTBEAT),
         tasks,
         registry_shutdown,
     };
@@ -174,6 +180,7 @@ pub async fn dev(
         cluster: cluster_rx,
         clock: clock_rx,
         etcd: None,
+        supervision: Supervision::new(DEV_SILENCE_LIMIT),
         tasks,
         registry_shutdown,
     };
@@ -215,6 +222,7 @@ struct Wiring {
     cluster: watch::Receiver<ClusterSnapshot>,
     clock: watch::Receiver<ClockCheck>,
     etcd: Option<etcd_client::Client>,
+    supervision: Supervision,
     tasks: TaskTracker,
     /// Stops the registration after the scheduler has drained.
     registry_shutdown: CancellationToken,
@@ -252,7 +260,7 @@ impl Replica {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let Wiring { store, leadership, members, cluster, clock, etcd, tasks, registry_shutdown } = wiring;
+        let Wiring { store, leadership, members, cluster, clock, etcd, supervision, tasks, registry_shutdown } = wiring;
         let (jobs_tx, jobs_rx) = watch::channel(self.jobs);
         tasks.spawn(prune_ledger(store.clone(), retain, leadership.clone(), shutdown.clone()));
         tasks.spawn(watch_job_file(jobs_path.to_owned(), retain, jobs_tx, self.member_tx, shutdown.clone()));
@@ -269,7 +277,8 @@ impl Replica {
         let http_shutdown = CancellationToken::new();
         let server = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));
 
-        let scheduler = Scheduler::new(store, self.node_id, jobs_rx, leadership, members, clock, shutdown_grace);
+        let scheduler =
+            Scheduler::new(store, self.node_id, jobs_rx, leadership, members, clock, supervision, shutdown_grace);
         scheduler.run(shutdown.clone()).await;
         registry_shutdown.cancel();
         tasks.close();

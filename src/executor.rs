@@ -1,4 +1,5 @@
-//! Runs one attempt of one job: a command or shell script in its own process group, or an HTTP
+//! Runs one attempt of one job: a command or shell script in its own process group, under a
+//! supervisor that kills the group if this replica dies or freezes (see `supervisor`), or an HTTP
 //! request. Knows nothing of leadership or the ledger: the caller claims the slot first, passes a
 //! `stop` token (cancelled on leadership loss, `replace` or shutdown) and records the outcome.
 //!
@@ -9,22 +10,28 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::process::Stdio;
+use std::os::fd::OwnedFd;
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{HttpTarget, Job, Target};
 use crate::store::{OUTPUT_LIMIT, RunOutcome, RunStatus};
+use crate::supervisor::{self, Report, Supervision};
 
 /// Between SIGTERM and SIGKILL of a job's process group.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long a supervisor may take to start its job and say so.
+const SUPERVISOR_START: Duration = Duration::from_secs(10);
 
 /// What every command or shell job inherits from tenure's environment (with every `LC_*`): how to
 /// find programs, whose home and shell, the locale and time zone; what cron hands its jobs, plus
@@ -112,18 +119,17 @@ pub async fn execute(
     context: &RunContext,
     output: &OutputTail,
     http: &reqwest::Client,
+    supervision: &Supervision,
     stop: &CancellationToken,
 ) -> RunOutcome {
     match &job.target {
         Target::Command { argv } => {
-            let mut command = Command::new(&argv[0]);
-            command.args(&argv[1..]);
-            run_process(command, job, context, output, stop).await
+            let command = supervision.wrap(argv[0].as_ref(), &argv[1..]);
+            run_process(command.into(), argv[0].as_ref(), job, context, output, supervision, stop).await
         }
         Target::Shell { script } => {
-            let mut command = Command::new("/bin/sh");
-            command.arg("-c").arg(script);
-            run_process(command, job, context, output, stop).await
+            let command = supervision.wrap("/bin/sh".as_ref(), ["-c", script.as_str()]);
+            run_process(command.into(), "/bin/sh".as_ref(), job, context, output, supervision, stop).await
         }
         Target::Http(target) => run_http(target, job.timeout, context, output, http, stop).await,
     }
@@ -140,67 +146,108 @@ fn outcome(status: RunStatus, output: &OutputTail) -> RunOutcome {
     }
 }
 
+/// `command` is the job's `program` wrapped in its supervisor (`Supervision::wrap`): what is set
+/// here (environment, directory, output pipes) the supervisor passes on to the job.
 async fn run_process(
     mut command: Command,
+    program: &std::ffi::OsStr,
     job: &Job,
     context: &RunContext,
     output: &OutputTail,
+    supervision: &Supervision,
     stop: &CancellationToken,
 ) -> RunOutcome {
+    let could_not_start = |error: &dyn std::fmt::Display| RunOutcome {
+        error: Some(format!("could not start `{}`: {error}", program.to_string_lossy())),
+        ..outcome(RunStatus::Failed, output)
+    };
+    // The supervisor's stdin is its line to this replica; the job's stdin is /dev/null.
+    let (replica_end, supervisor_end) = match socket_pair() {
+        Ok(pair) => pair,
+        Err(error) => return could_not_start(&error),
+    };
     command
         .env_clear()
         .envs(inherited_environment(&job.inherit_env, std::env::vars_os()))
         .envs(&job.env)
         .envs(context.variables().map(|(name, value)| (format!("TENURE_{name}"), value)))
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(OwnedFd::from(supervisor_end)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // Its own process group, so a timeout or step-down kills the job's children too.
-        .process_group(0)
-        .kill_on_drop(true);
+        // Out of the replica's process group, so a ctrl-c meant for the replica does not reach it.
+        // No kill_on_drop: a supervisor killed outright could not kill the job's group; one whose
+        // replica end closes (when this future is dropped) does.
+        .process_group(0);
     if let Some(workdir) = &job.workdir {
         command.current_dir(workdir);
     }
-    let mut child = match command.spawn() {
+    let spawned = command.spawn();
+    // The command holds the supervisor's end of the socket: close it here, so the supervisor sees
+    // end-of-file when this replica's end goes.
+    drop(command);
+    let mut child = match spawned {
         Ok(child) => child,
-        Err(error) => {
-            let program = command.as_std().get_program().to_string_lossy().into_owned();
-            return RunOutcome {
-                error: Some(format!("could not start `{program}`: {error}")),
-                ..outcome(RunStatus::Failed, output)
-            };
-        }
+        Err(error) => return could_not_start(&error),
     };
-    let group = child.id().map(|pid| Pid::from_raw(pid as i32));
     let readers = [
         child.stdout.take().map(|pipe| tokio::spawn(copy_into(pipe, output.clone()))),
         child.stderr.take().map(|pipe| tokio::spawn(copy_into(pipe, output.clone()))),
     ];
+    let (mut reports, heartbeats) = replica_end.into_split();
+    let group = match next_report(&mut reports, SUPERVISOR_START).await {
+        Some(Report::Started(group)) => Pid::from_raw(group),
+        started => {
+            // Closing this end makes a supervisor that is still there kill whatever it started.
+            drop((reports, heartbeats));
+            let status = child.wait().await;
+            let error = match started {
+                Some(Report::Failed(error)) => error,
+                _ => format!("its supervisor ended without starting it ({})", describe_wait(&status)),
+            };
+            return could_not_start(&error);
+        }
+    };
+    // Until the run is over; dropped (and the socket closed) with this future in any case.
+    let _heartbeats = AbortOnDropHandle::new(tokio::spawn(send_heartbeats(heartbeats)));
 
-    let (ending, exited) = tokio::select! {
+    let (mut ending, exited) = tokio::select! {
         status = child.wait() => (Ending::Exited, Some(status)),
         () = tokio::time::sleep(job.timeout) => (Ending::TimedOut, None),
         () = stop.cancelled() => (Ending::Stopped, None),
     };
-    let exit = match exited {
+    let supervisor_exit = match exited {
         Some(status) => status,
         None => {
-            signal_group(group, Signal::SIGTERM);
+            // The supervisor exits as soon as the job's main process does.
+            signal_group(Some(group), Signal::SIGTERM);
             match tokio::time::timeout(KILL_GRACE, child.wait()).await {
                 Ok(status) => status,
                 Err(_) => {
-                    signal_group(group, Signal::SIGKILL);
+                    signal_group(Some(group), Signal::SIGKILL);
                     child.wait().await
                 }
             }
         }
     };
     // Children that outlived the job's main process would hold its pipes (and resources) forever.
-    signal_group(group, Signal::SIGKILL);
+    // The supervisor killed them already; this is for a supervisor that died first.
+    signal_group(Some(group), Signal::SIGKILL);
     for reader in readers.into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
     }
 
+    // The supervisor wrote its report before it exited.
+    let exit: Result<ExitStatus, String> = match next_report(&mut reports, Duration::from_secs(1)).await {
+        Some(Report::Exited(status)) => Ok(status),
+        Some(Report::Silent) => {
+            ending = Ending::Abandoned;
+            Err("killed by its supervisor".to_owned())
+        }
+        Some(Report::Failed(error)) => Err(error),
+        Some(Report::Started(_)) | None => {
+            Err(format!("its supervisor ended without a report ({})", describe_wait(&supervisor_exit)))
+        }
+    };
     let exit_code = exit.as_ref().ok().and_then(|status| status.code());
     let (status, error) = match (ending, &exit) {
         (Ending::TimedOut, _) => {
@@ -208,6 +255,10 @@ async fn run_process(
             (RunStatus::TimedOut, Some(format!("timed out after {limit}")))
         }
         (Ending::Stopped, _) => (RunStatus::Killed, Some("stopped by tenure".to_owned())),
+        (Ending::Abandoned, _) => {
+            let limit = humantime::format_duration(supervision.silence_limit());
+            (RunStatus::Killed, Some(format!("killed by its supervisor: tenure did not answer for {limit}")))
+        }
         (Ending::Exited, Ok(status)) if status.success() => (RunStatus::Succeeded, None),
         (Ending::Exited, Ok(status)) => (RunStatus::Failed, Some(describe_exit(*status))),
         (Ending::Exited, Err(error)) => (RunStatus::Failed, Some(format!("wait failed: {error}"))),
@@ -220,9 +271,55 @@ enum Ending {
     Exited,
     TimedOut,
     Stopped,
+    /// Its supervisor killed it: this replica had gone quiet (frozen) for the silence limit.
+    Abandoned,
 }
 
-fn describe_exit(status: std::process::ExitStatus) -> String {
+/// A connected pair of Unix sockets: this replica's end (async) and the supervisor's.
+fn socket_pair() -> std::io::Result<(tokio::net::UnixStream, std::os::unix::net::UnixStream)> {
+    let (replica_end, supervisor_end) = std::os::unix::net::UnixStream::pair()?;
+    replica_end.set_nonblocking(true)?;
+    Ok((tokio::net::UnixStream::from_std(replica_end)?, supervisor_end))
+}
+
+/// The supervisor's next report, or `None` if it sends none within `wait`.
+async fn next_report(reports: &mut OwnedReadHalf, wait: Duration) -> Option<Report> {
+    // Byte by byte up to the newline: reports are rare and short, and nothing may be read past
+    // the one asked for.
+    let read_line = async {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while reports.read_exact(&mut byte).await.is_ok() {
+            if byte[0] == b'\n' {
+                return Report::parse(&String::from_utf8_lossy(&line));
+            }
+            line.push(byte[0]);
+        }
+        None
+    };
+    tokio::time::timeout(wait, read_line).await.ok().flatten()
+}
+
+/// Tell the supervisor every `HEARTBEAT` that this replica is alive, until the run is over.
+async fn send_heartbeats(mut socket: OwnedWriteHalf) {
+    let mut ticks = tokio::time::interval(supervisor::HEARTBEAT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if socket.write_all(b".").await.is_err() {
+            return;
+        }
+    }
+}
+
+fn describe_wait(status: &std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(status) => describe_exit(*status),
+        Err(error) => format!("wait failed: {error}"),
+    }
+}
+
+fn describe_exit(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),

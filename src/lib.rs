@@ -3,8 +3,9 @@
 //! Replicas campaign for leadership in etcd; the leader claims each run in the ledger (PostgreSQL)
 //! with its term as a fencing token before executing it. Read the modules in this order:
 //! `schedule` (pure cron maths), `config` (the job file), `leadership` and `election` (who may
-//! fire, and with which term), `store` (the fenced run ledger), `executor` (running one job),
-//! `scheduler` (the firing loop), `http` (health and API), `app` (wiring), `secret` (values never printed), `cli` (commands).
+//! fire, and with which term), `store` (the fenced run ledger), `executor` (running one job) and
+//! `supervisor` (its processes die with the replica), `scheduler` (the firing loop), `http` (health
+//! and API), `app` (wiring), `secret` (values never printed), `cli` (commands).
 
 pub mod app;
 pub mod cli;
@@ -19,5 +20,6 @@ pub mod schedule;
 pub mod scheduler;
 pub mod secret;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod testing;

@@ -24,6 +24,7 @@ use crate::store::{
     Claim, ClaimError, Claimed, FenceError, JobControl, JobCursor, LiveNode, RunOutcome, RunStatus, SkipIfRunning,
     Store, Trigger,
 };
+use crate::supervisor::Supervision;
 
 /// A slot this close behind "now" is on time; older due slots are catch-up slots and follow the
 /// job's `catch_up` policy.
@@ -59,6 +60,9 @@ pub struct Scheduler {
     starts: Option<mpsc::UnboundedSender<StartRequest>>,
     finishes: Option<mpsc::UnboundedSender<FinishRequest>>,
     http: reqwest::Client,
+    /// How runs' supervisors are started, and so how long after a replica vanished its runs may
+    /// be recorded `lost`.
+    supervision: Supervision,
     shutdown_grace: Duration,
     runs: TaskTracker,
     own_runs: HashMap<u64, OwnRun>,
@@ -119,6 +123,8 @@ enum Wake {
     ControlsChanged,
     RunFinished(u64),
     Due,
+    /// A replica joined or left the registry.
+    MembersChanged,
     Reap,
     Heartbeat,
     ClockChanged,
@@ -138,6 +144,7 @@ impl Drop for TermHeartbeat {
 }
 
 impl Scheduler {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         node_id: String,
@@ -145,6 +152,7 @@ impl Scheduler {
         leadership: watch::Receiver<Leadership>,
         members: watch::Receiver<Vec<Member>>,
         clock: watch::Receiver<ClockCheck>,
+        supervision: Supervision,
         shutdown_grace: Duration,
     ) -> Scheduler {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
@@ -159,6 +167,7 @@ impl Scheduler {
             starts: None,
             finishes: None,
             http: reqwest::Client::new(),
+            supervision,
             shutdown_grace,
             runs: TaskTracker::new(),
             own_runs: HashMap::new(),
@@ -258,10 +267,13 @@ impl Scheduler {
         let mut controls_pending = true;
         let mut due = DueSlots::default();
         due.reset(&states);
-        // Runs of older terms whose node vanished become `lost` once their node would have had
-        // time to kill them (lease deadline plus the executor's kill grace).
-        let reap_every = executor::KILL_GRACE + Duration::from_secs(1);
-        let mut next_reap = tokio::time::Instant::now() + reap_every;
+        // Runs of older terms whose node vanished become `lost` once nothing of them can be left:
+        // `lost_after` since the node left the registry (or since this term began, for a node
+        // gone before), by which time its supervisors or its own kill grace have ended them.
+        let lost_after = self.supervision.lost_after();
+        let mut departures = Departures::default();
+        departures.observe(&self.members.borrow_and_update(), tokio::time::Instant::now());
+        let mut next_reap = tokio::time::Instant::now() + lost_after;
         let mut next_heartbeat = tokio::time::Instant::now();
         let mut heartbeat: Option<tokio::task::JoinHandle<()>> = None;
         let mut reaping: Option<tokio::task::JoinHandle<()>> = None;
@@ -296,6 +308,9 @@ impl Scheduler {
                 Some(()) = controls_rx.recv() => Wake::ControlsChanged,
                 () = sleep_until_or_forever(wake_at) => Wake::Due,
                 () = tokio::time::sleep_until(next_reap) => Wake::Reap,
+                changed = self.members.changed() => {
+                    if changed.is_err() { Wake::Shutdown } else { Wake::MembersChanged }
+                }
                 () = tokio::time::sleep_until(next_heartbeat) => Wake::Heartbeat,
             };
             match wake {
@@ -352,11 +367,18 @@ impl Scheduler {
                     }
                     next_heartbeat = tokio::time::Instant::now() + HEARTBEAT;
                 }
+                Wake::MembersChanged => {
+                    let now = tokio::time::Instant::now();
+                    if departures.observe(&self.members.borrow_and_update(), now) {
+                        // The departed node's runs may be reaped as soon as its wait is out.
+                        next_reap = next_reap.min(now + lost_after);
+                    }
+                }
                 Wake::Reap => {
                     if reaping.as_ref().is_none_or(|task| task.is_finished()) {
-                        reaping = Some(tokio::spawn(self.reap(term)));
+                        reaping = Some(tokio::spawn(self.reap(term, &mut departures)));
                     }
-                    next_reap = tokio::time::Instant::now() + reap_every;
+                    next_reap = tokio::time::Instant::now() + lost_after;
                 }
                 Wake::Due => {
                     if controls_pending {
@@ -486,10 +508,17 @@ impl Scheduler {
         true
     }
 
-    /// Mark the runs of vanished leaders `lost` (the returned future owns what it needs).
-    fn reap(&self, term: &Term) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let live: Vec<LiveNode> =
-            self.members.borrow().iter().map(|m| LiveNode { node: m.node.clone(), since: m.started_at }).collect();
+    /// Mark the runs of vanished leaders `lost` once they have been gone for `lost_after` (the
+    /// returned future owns what it needs).
+    fn reap(&self, term: &Term, departures: &mut Departures) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let members = self.members.borrow().clone();
+        let now = tokio::time::Instant::now();
+        departures.observe(&members, now);
+        let mut live = departures.vouching(&members, now, self.supervision.lost_after());
+        if !members.iter().any(|member| member.node == self.node_id) {
+            // Not registered ourselves: the registry is stale or failing; `reap_lost` reaps nothing.
+            live.clear();
+        }
         let (store, term, node) = (self.store.clone(), term.clone(), self.node_id.clone());
         async move { reap_lost(store, term, node, live).await }
     }
@@ -577,6 +606,7 @@ impl Scheduler {
             node: self.node_id.clone(),
             config_hash: self.jobs.borrow().hash().to_owned(),
             http: self.http.clone(),
+            supervision: self.supervision.clone(),
         }
     }
 
@@ -688,6 +718,45 @@ impl Scheduler {
 fn start_after_resume(state: &mut JobState, control: &JobControl) {
     if let Some(resumed_at) = control.resumed_at.filter(|_| !control.paused) {
         state.cursor = state.cursor.max(resumed_at);
+    }
+}
+
+/// The replicas this leader saw leave the registry, and when: a run of theirs is reaped `lost` only
+/// once they have been gone for `Supervision::lost_after` (a replica that freezes now has
+/// supervisors that kill its runs only after the silence limit). A replica gone before the term
+/// began is not listed: the term's first reap comes `lost_after` after its start.
+#[derive(Debug, Default)]
+struct Departures {
+    /// Node id and start time of every replica registered at the last look.
+    present: HashMap<String, DateTime<Utc>>,
+    /// Node id, start time, and when it was first seen gone.
+    gone: HashMap<String, (DateTime<Utc>, tokio::time::Instant)>,
+}
+
+impl Departures {
+    /// Take note of the registry as of `now`; true when a replica has left it since the last look.
+    fn observe(&mut self, members: &[Member], now: tokio::time::Instant) -> bool {
+        let current: HashMap<String, DateTime<Utc>> =
+            members.iter().map(|member| (member.node.clone(), member.started_at)).collect();
+        let mut departed = false;
+        for (node, since) in &self.present {
+            if !current.contains_key(node) {
+                self.gone.entry(node.clone()).or_insert((*since, now));
+                departed = true;
+            }
+        }
+        self.gone.retain(|node, _| !current.contains_key(node));
+        self.present = current;
+        departed
+    }
+
+    /// Whose runs may not be reaped yet: the registered replicas, and those gone for less than
+    /// `wait` (each vouching for the runs it claimed since it started).
+    fn vouching(&mut self, members: &[Member], now: tokio::time::Instant, wait: Duration) -> Vec<LiveNode> {
+        self.gone.retain(|_, (_, gone_at)| now.duration_since(*gone_at) < wait);
+        let registered = members.iter().map(|member| LiveNode { node: member.node.clone(), since: member.started_at });
+        let departing = self.gone.iter().map(|(node, (since, _))| LiveNode { node: node.clone(), since: *since });
+        registered.chain(departing).collect()
     }
 }
 
@@ -930,6 +999,7 @@ struct Ledger {
     node: String,
     config_hash: String,
     http: reqwest::Client,
+    supervision: Supervision,
 }
 
 impl Ledger {
@@ -1024,7 +1094,8 @@ impl Ledger {
             };
             let output = OutputTail::default();
             let flusher = tokio::spawn(flush_output(self.store.clone(), run_id, output.clone()));
-            let mut outcome = executor::execute(job, &context, &output, &self.http, &stop.token).await;
+            let mut outcome =
+                executor::execute(job, &context, &output, &self.http, &self.supervision, &stop.token).await;
             flusher.abort();
             if let Some(reason) = stop.reason() {
                 outcome.error = Some(reason.to_owned());
@@ -1387,6 +1458,36 @@ mod tests {
         assert!(due.pop_ready(first - chrono::Duration::milliseconds(1), lead, |_| true).is_empty());
         assert_eq!(due.pop_ready(first, lead, |_| true), [1]);
         assert_eq!(due.wake_at(lead), None);
+    }
+
+    #[test]
+    fn a_departed_replica_vouches_for_its_runs_until_its_wait_is_out() {
+        let member = |node: &str| Member {
+            node: node.into(),
+            version: String::new(),
+            address: String::new(),
+            config_hash: String::new(),
+            started_at: at("2026-01-01T00:00:00Z"),
+        };
+        let nodes = |live: Vec<LiveNode>| {
+            let mut nodes: Vec<String> = live.into_iter().map(|l| l.node).collect();
+            nodes.sort();
+            nodes
+        };
+        let wait = Duration::from_secs(3);
+        let start = tokio::time::Instant::now();
+        let mut departures = Departures::default();
+        assert!(!departures.observe(&[member("a"), member("b")], start));
+        let left = start + Duration::from_secs(10);
+        assert!(departures.observe(&[member("a")], left), "b left");
+        assert!(!departures.observe(&[member("a")], left + Duration::from_secs(1)), "seen gone again: no news");
+        // b is gone since `left`, not since the later look, and vouches until `left + wait`.
+        assert_eq!(nodes(departures.vouching(&[member("a")], left + Duration::from_secs(2), wait)), ["a", "b"]);
+        assert_eq!(nodes(departures.vouching(&[member("a")], left + wait, wait)), ["a"]);
+        // Back in the registry, then gone again: a new wait.
+        departures.observe(&[member("a"), member("b")], left + Duration::from_secs(5));
+        assert!(departures.observe(&[member("a")], left + Duration::from_secs(6)));
+        assert_eq!(nodes(departures.vouching(&[member("a")], left + Duration::from_secs(8), wait)), ["a", "b"]);
     }
 
     #[test]

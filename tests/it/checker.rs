@@ -72,8 +72,8 @@ pub struct Expect<'a> {
     pub jobs: &'a [&'a str],
     pub from: DateTime<Utc>,
     pub until: DateTime<Utc>,
-    /// Whether an expected slot may be recorded `missed` or `skipped` (a policy outcome) or must
-    /// have run.
+    /// Whether an expected slot may be recorded `missed` or `skipped` (a policy outcome) or `lost`
+    /// (killed with its leader), or must have run.
     pub missed_allowed: bool,
 }
 
@@ -140,9 +140,11 @@ pub fn check(witness: &[Witness], ledger: &[RunRecord], expect: &Expect<'_>) -> 
         for job in expect.jobs {
             match rows.get(&(*job, slot)) {
                 None => report.missing.push((job.to_string(), slot, "no ledger row".into())),
-                // Recorded policy outcomes, not silent gaps: `missed` (catch_up, starting
-                // deadline) and `skipped` (forbid, while a dead leader's run is not yet reaped).
-                Some(row) if (row.status == "missed" || row.status == "skipped") && expect.missed_allowed => {}
+                // Recorded outcomes, not silent gaps: `missed` (catch_up, starting deadline),
+                // `skipped` (forbid, while a dead leader's run is not yet reaped) and `lost` (started
+                // when its leader was killed; its supervisor killed it too, maybe before the job
+                // got as far as its witness line).
+                Some(row) if matches!(row.status.as_str(), "missed" | "skipped" | "lost") && expect.missed_allowed => {}
                 Some(row) if !executed.contains(&(*job, slot)) => {
                     report.missing.push((job.to_string(), slot, format!("not executed (status {})", row.status)));
                 }
@@ -216,5 +218,10 @@ mod tests {
         let ledger = [row("j", 0, 5, "succeeded"), row("j", 1, 6, "missed")];
         let witness = [executed("j", 0, 5)];
         assert!(check(&witness, &ledger, &expect).is_clean());
+        // A run killed with its leader before it wrote its witness line, where faults are allowed.
+        let ledger = [row("j", 0, 5, "succeeded"), row("j", 1, 5, "lost")];
+        assert!(check(&witness, &ledger, &expect).is_clean());
+        let no_faults = Expect { missed_allowed: false, ..expect };
+        assert_eq!(check(&witness, &ledger, &no_faults).missing.len(), 1);
     }
 }

@@ -165,3 +165,13 @@ fn a_starting_deadline_longer_than_the_retention_is_refused_where_it_is_set() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains(&expected), "{stderr}");
 }
+
+/// `tenure supervise` is for the executor only: not offered in the help.
+#[test]
+fn the_supervisor_command_is_hidden_from_help() {
+    let (code, stdout, _) = tenure(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("validate") && !stdout.contains("supervise"), "{stdout}");
+    let (code, _, stderr) = tenure(&["supervise", "--silence-limit", "1s"]);
+    assert_eq!(code, 2, "no job to supervise is a usage error: {stderr}");
+}

@@ -356,6 +356,17 @@ impl Cluster {
         self.store.all_runs().await.expect("read ledger")
     }
 
+    /// Wait until no run of a term below the fence is still `running`: the leader has reaped what
+    /// vanished replicas left (their supervisors killed those runs, some before the job wrote its
+    /// witness line), so a verdict judges the ledger as it settles, not a moment before.
+    pub async fn wait_for_reaped(&self, timeout: Duration) {
+        wait_for("the runs of vanished replicas to be reaped", timeout, || async {
+            let Ok(fence) = self.store.fence().await else { return false };
+            !self.ledger().await.iter().any(|run| run.status == "running" && run.term < fence.term)
+        })
+        .await;
+    }
+
     /// Replace the job file (the replicas reload it within about a second).
     pub fn write_jobs(&self, jobs_yaml: &str) {
         let text = jobs_yaml.replace("WITNESS", &witness_command(&self.witness_path));

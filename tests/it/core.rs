@@ -59,8 +59,10 @@ async fn sigkill_of_the_leader_hands_over_within_the_lease() {
     assert_ne!(new_leader, leader);
     assert!(new_term > term);
     let_it_tick(&cluster, 2).await;
+    cluster.wait_for_reaped(Duration::from_secs(20)).await;
 
-    // Slots while nobody led are recorded `missed` (catch_up latest) or run; never doubled.
+    // Slots while nobody led are recorded `missed` (catch_up latest) or run, and the run the kill
+    // cut short `lost`; never doubled.
     let witness = cluster.witness();
     let from = witness.first().unwrap().slot;
     let until = witness.last().unwrap().slot;
@@ -233,6 +235,7 @@ jobs:
         settled >= 57
     })
     .await;
+    cluster.wait_for_reaped(Duration::from_secs(20)).await;
 
     let ledger = cluster.ledger().await;
     let mut seen = std::collections::BTreeMap::new();

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 
 use crate::checker::{Expect, Report, check_excusing};
 use crate::cluster::{Cluster, Options, TTL};
-use crate::harness::{wait_for, wait_until};
+use crate::harness::{process_gone, wait_for, wait_until};
 use crate::proxy::Fault;
 
 const TICK: &str = r#"
@@ -82,6 +82,7 @@ async fn finish(cluster: &mut Cluster, jobs: &[&str], windows: &[(DateTime<Utc>,
     cluster.assert_healed(Duration::from_secs(20)).await;
     let_it_tick(cluster, 3).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.wait_for_reaped(Duration::from_secs(20)).await;
     let witness = cluster.witness();
     let ledger = cluster.ledger().await;
     let from = witness.iter().map(|w| w.slot).min().unwrap();
@@ -679,5 +680,162 @@ async fn a_fault_between_a_claim_ahead_and_its_slot_never_runs_it_twice_or_early
         cluster.verdict(&report).await;
     }
     let report = finish(&mut cluster, &["tick"], &[]).await;
+    cluster.verdict(&report).await;
+}
+
+/// How long each run of the issue-13 job lasts: several of its 2 s periods, so a run its leader
+/// left behind would still be going when the next leader's `forbid` lets the next slot run.
+const LONG_RUN_SECS: u64 = 8;
+
+/// Issue 13, point 8: a job's processes must not outlive the replica that started them. A
+/// `forbid` job due every 2 s runs for 8 s. Its leader is SIGKILLed mid-run; then the next
+/// leader is SIGSTOPped mid-run past its lease and resumed. Each run is watched from outside
+/// tenure: its start record (the witness), its end record, and the moment its shell disappears.
+/// No two runs may overlap in real time, and no run recorded `lost` may have written its end.
+#[tokio::test]
+async fn issue_13_a_forbid_job_never_overlaps_itself_across_sigkill_and_sigstop_of_its_leader() {
+    let records = tempfile::tempdir().unwrap();
+    let ends_path = records.path().join("ends.log");
+    let jobs = format!(
+        r#"
+jobs:
+  - name: long
+    schedule: "*/2 * * * * *"
+    concurrency: forbid
+    timeout: 1m
+    shell: 'WITNESS; sleep {LONG_RUN_SECS}; echo "$TENURE_SLOT $$ $(date +%s.%N)" >> {}'
+"#,
+        ends_path.display()
+    );
+    let mut cluster = Cluster::start(3, &jobs).await;
+
+    // Outside tenure, every 20 ms: when did each run's shell (its `$$`) disappear?
+    let deaths = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<u32, DateTime<Utc>>::new()));
+    let watcher = {
+        let (deaths, witness_path) = (deaths.clone(), cluster.witness_path.clone());
+        tokio::spawn(async move {
+            loop {
+                for run in crate::checker::Witness::read(&witness_path) {
+                    if !deaths.lock().unwrap().contains_key(&run.pid) && process_gone(run.pid) {
+                        deaths.lock().unwrap().insert(run.pid, Utc::now());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let died = |pid: u32| deaths.lock().unwrap().get(&pid).copied();
+    // A run of `term` that has been going for a second (so the fault lands mid-run).
+    let run_going = |cluster: &Cluster, term: i64| {
+        let witness = cluster.witness();
+        witness
+            .into_iter()
+            .find(|w| w.term == term && died(w.pid).is_none() && Utc::now() - w.at > chrono::Duration::seconds(1))
+    };
+
+    let (first, first_term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+    wait_for("a run of the first leader going", Duration::from_secs(15), || async {
+        run_going(&cluster, first_term).is_some()
+    })
+    .await;
+    let killed_run = run_going(&cluster, first_term).unwrap();
+    cluster.event(format!(
+        "SIGKILL {} (term {first_term}) during the run of {}",
+        cluster.replicas[first].node, killed_run.slot
+    ));
+    let killed_at = Utc::now();
+    cluster.kill(first);
+
+    let found = std::cell::Cell::new(None);
+    wait_for("a run of the next leader going", Duration::from_secs(30), || async {
+        let leader = cluster.leaders().await.into_iter().find(|(_, term)| *term > first_term);
+        found.set(leader.filter(|(_, term)| run_going(&cluster, *term).is_some()));
+        found.get().is_some()
+    })
+    .await;
+    let (second, second_term) = found.get().unwrap();
+    let stopped_run = run_going(&cluster, second_term).unwrap();
+    cluster.event(format!(
+        "SIGSTOP {} (term {second_term}) during the run of {}",
+        cluster.replicas[second].node, stopped_run.slot
+    ));
+    let stopped_at = Utc::now();
+    let stop_instant = Instant::now();
+    cluster.signal(second, Signal::SIGSTOP);
+    handover_after(&cluster, stop_instant, second_term, Duration::from_secs(30)).await;
+    tokio::time::sleep((TTL * 3).saturating_sub(stop_instant.elapsed())).await;
+    cluster.event("SIGCONT the stopped leader");
+    let resumed_at = Utc::now();
+    cluster.signal(second, Signal::SIGCONT);
+
+    // Every run started before the resume has ended, and a later leader's run has started.
+    wait_for("the runs before the resume to end", Duration::from_secs(LONG_RUN_SECS * 3), || async {
+        let witness = cluster.witness();
+        witness.iter().filter(|w| w.at < resumed_at).all(|w| died(w.pid).is_some())
+            && witness.iter().any(|w| w.term > second_term)
+    })
+    .await;
+    wait_for("no run of the faulted terms left running in the ledger", Duration::from_secs(20), || async {
+        !cluster.ledger().await.iter().any(|r| r.term <= second_term && r.status == "running")
+    })
+    .await;
+    watcher.abort();
+
+    let witness = cluster.witness();
+    let ends: Vec<(DateTime<Utc>, u32, DateTime<Utc>)> = std::fs::read_to_string(&ends_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let slot = DateTime::parse_from_rfc3339(fields.next()?).ok()?.with_timezone(&Utc);
+            let pid = fields.next()?.parse().ok()?;
+            let seconds: f64 = fields.next()?.parse().ok()?;
+            Some((slot, pid, DateTime::from_timestamp_micros((seconds * 1e6) as i64)?))
+        })
+        .collect();
+    // A run lasts from its start record to its end record, or to when its shell disappeared, or
+    // (still going) to now.
+    let now = Utc::now();
+    let intervals: Vec<(DateTime<Utc>, DateTime<Utc>, &crate::checker::Witness)> = witness
+        .iter()
+        .map(|w| {
+            let end = ends.iter().find(|(_, pid, _)| *pid == w.pid).map(|(_, _, at)| *at);
+            (w.at, end.or(died(w.pid)).unwrap_or(now), w)
+        })
+        .collect();
+    let mut overlaps = Vec::new();
+    for (i, (start_a, end_a, a)) in intervals.iter().enumerate() {
+        for (start_b, end_b, b) in &intervals[i + 1..] {
+            if start_a < end_b && start_b < end_a {
+                overlaps.push(format!(
+                    "{} (term {}) {start_a}..{end_a} and {} (term {}) {start_b}..{end_b}",
+                    a.slot, a.term, b.slot, b.term
+                ));
+            }
+        }
+    }
+    let ledger = cluster.ledger().await;
+    let lost_but_finished: Vec<_> = ledger
+        .iter()
+        .filter(|r| r.status == "lost" && ends.iter().any(|(slot, _, _)| *slot == r.slot))
+        .map(|r| format!("{} (term {}, {})", r.slot, r.term, r.node))
+        .collect();
+    let gone_after_kill = died(killed_run.pid).map(|at| (at - killed_at).to_std().unwrap_or_default());
+    let gone_after_stop = died(stopped_run.pid).map(|at| (at - stopped_at).to_std().unwrap_or_default());
+    eprintln!(
+        "issue 13: the SIGKILLed leader's run gone {gone_after_kill:?} after the kill; the SIGSTOPped \
+         leader's run gone {gone_after_stop:?} after the stop (TTL {TTL:?})"
+    );
+    assert!(overlaps.is_empty(), "runs of a forbid job overlapped:\n{}\n{}", overlaps.join("\n"), cluster.logs());
+    assert!(lost_but_finished.is_empty(), "runs recorded lost went on to finish: {lost_but_finished:?}");
+    // Dead with its replica: at once after SIGKILL, within the silence limit (one TTL) after SIGSTOP.
+    let bound = |limit: Duration| move |gone: Option<Duration>| gone.is_some_and(|gone| gone < limit);
+    assert!(bound(Duration::from_secs(2))(gone_after_kill), "the killed leader's run lived on: {gone_after_kill:?}");
+    assert!(
+        bound(TTL + Duration::from_secs(2))(gone_after_stop),
+        "the stopped leader's run lived on: {gone_after_stop:?}"
+    );
+    let expect = Expect { jobs: &[], from: witness[0].slot, until: now, missed_allowed: true };
+    let report = check_excusing(&witness, &ledger, &expect, &[]);
     cluster.verdict(&report).await;
 }
