@@ -290,29 +290,28 @@ impl Replica {
     }
 }
 
-/// Wait for PostgreSQL and apply the migrations. A server that is not up yet is waited for;
-/// settings it refuses (certificate, password, `pg_hba.conf`) stop the replica with one line
-/// naming the server (password masked) and what failed.
+/// Wait for PostgreSQL and bring the schema up to date. A server that is not up yet, or busy, is
+/// waited for; settings it refuses (certificate, password, `pg_hba.conf`) and a problem waiting
+/// does not solve (a newer schema, a changed migration) stop the replica with one line naming it.
 async fn migrate_with_retry(
     database_url: &str,
     pool: &sqlx::PgPool,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
-        let ready = match store::check_connection(database_url).await {
-            Ok(()) => store::migrate(pool).await,
+        let error: anyhow::Error = match store::check_connection(database_url).await {
             Err(refused @ store::DatabaseConnectError::Refused { .. }) => return Err(refused.into()),
-            Err(unreachable) => Err(unreachable.into()),
+            Err(unreachable) => unreachable.into(),
+            Ok(()) => match store::migrate(pool).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_transient() => error.into(),
+                Err(error) => return Err(error.into()),
+            },
         };
-        match ready {
-            Ok(()) => return Ok(()),
-            Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "database not ready; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => anyhow::bail!("shut down before the database was ready"),
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
+        tracing::warn!(error = format!("{error:#}"), "database not ready; retrying");
+        tokio::select! {
+            () = shutdown.cancelled() => anyhow::bail!("shut down before the database was ready"),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }

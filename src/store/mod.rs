@@ -101,9 +101,92 @@ fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
     text.replace('\n', " ")
 }
 
-/// Apply the migrations in `migrations/postgres/`.
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::migrate!("./migrations/postgres").run(pool).await.context("apply migrations")
+/// Why the schema could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// An older binary against a schema a newer release migrated: it must not guess.
+    #[error(
+        "the database schema is at version {database}, newer than this binary knows (its newest is version \
+         {known}): run a tenure release that knows version {database}"
+    )]
+    NewerSchema { known: i64, database: i64 },
+    #[error("apply migrations: {0}")]
+    Failed(#[from] sqlx::migrate::MigrateError),
+    #[error("open a connection for migrations: {0}")]
+    Connect(#[from] sqlx::Error),
+}
+
+impl MigrateError {
+    /// Whether trying again later may succeed: the database is unreachable, starting, busy or
+    /// held a lock too long. A newer schema, a changed or half-applied migration, a refused login
+    /// or a missing database stay as they are until somebody acts.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            MigrateError::NewerSchema { .. } => false,
+            MigrateError::Connect(error)
+            | MigrateError::Failed(sqlx::migrate::MigrateError::Execute(error))
+            | MigrateError::Failed(sqlx::migrate::MigrateError::ExecuteMigration(error, _)) => transient(error),
+            MigrateError::Failed(_) => false,
+        }
+    }
+}
+
+/// Connection trouble, a server starting or shutting down, too many connections, a lock or
+/// statement timeout, a serialization failure or deadlock.
+fn transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            ["08", "40", "53", "57P", "57014", "55P03"].iter().any(|prefix| code.starts_with(prefix))
+        }),
+        _ => false,
+    }
+}
+
+/// A connection of its own for migrations, out of `pool`'s accounting and without its timeouts:
+/// an index build on a large ledger may take minutes. Waiting for a lock (the migrator's advisory
+/// lock, or a table a running replica is using) gives up after 5 s and is retried: a DDL
+/// statement queued behind a lock would hold up every claim queued behind it. Closing it (or dropping it, on any error
+/// or cancellation) ends the session, and with it the migrator's advisory lock.
+pub async fn migration_connection(pool: &PgPool) -> Result<sqlx::PgConnection, sqlx::Error> {
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::raw_sql(
+        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
+         SET lock_timeout = '5s'",
+    )
+    .execute(&mut conn)
+    .await?;
+    Ok(conn)
+}
+
+/// Apply the migrations in `migrations/postgres/` on a dedicated connection (see
+/// `migration_connection`), one replica at a time (sqlx's advisory lock). A database that has a
+/// migration this binary does not know is `NewerSchema`.
+pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
+    let migrator = sqlx::migrate!("./migrations/postgres");
+    let mut conn = migration_connection(pool).await?;
+    let result = match migrator.run(&mut conn).await {
+        Ok(()) => Ok(()),
+        Err(sqlx::migrate::MigrateError::VersionMissing(unknown)) => {
+            let known = migrator.iter().map(|migration| migration.version).max().unwrap_or(0);
+            let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap_or(None);
+            Err(MigrateError::NewerSchema { known, database: newest.unwrap_or(unknown).max(unknown) })
+        }
+        Err(error) => Err(error.into()),
+    };
+    // Ends the session: the advisory lock goes with it, whatever happened above.
+    if let Err(error) = sqlx::Connection::close(conn).await {
+        tracing::debug!(%error, "closing the migration connection failed; the server ends it");
+    }
+    result
 }
 
 /// What the ledger says happened to a slot.

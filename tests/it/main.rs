@@ -35,5 +35,7 @@ mod ledger;
 mod proxy;
 /// The harness itself: both servers come up, answer, survive restarts.
 mod smoke;
+/// Starting up against a real PostgreSQL: migrations, replicas together, a newer schema.
+mod startup;
 /// TLS and authentication to PostgreSQL and etcd, secrets from files, start-up refusals.
 mod tls;
