@@ -53,6 +53,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
     let pool = store::connect(settings.database_url.expose()).await.context("read --database-url")?;
     migrate_with_retry(settings.database_url.expose(), &pool, &shutdown).await?;
     let store = Store::new(pool);
+    let reads = Store::new(store::connect_reads(settings.database_url.expose()).await?);
 
     let etcd = connect_etcd_with_retry(&settings.etcd, settings.lease_ttl, &shutdown).await?;
     let keys = Keys::new(&settings.election);
@@ -98,6 +99,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
     );
     let wiring = Wiring {
         store,
+        reads,
         leadership: leadership_rx,
         members: members_rx,
         cluster: cluster_rx,
@@ -174,6 +176,7 @@ pub async fn dev(
         registry_shutdown.clone(),
     ));
     let wiring = Wiring {
+        reads: store.clone(),
         store,
         leadership: leadership_rx,
         members: members_rx,
@@ -216,7 +219,10 @@ async fn mirror_self(
 /// The parts of a replica that differ between `run` (etcd, PostgreSQL) and `dev` (in-process,
 /// SQLite), already started.
 struct Wiring {
+    /// The firing path's ledger: the web never reads through it.
     store: Store,
+    /// The dashboard's and API's ledger (on PostgreSQL, a pool of its own).
+    reads: Store,
     leadership: watch::Receiver<Leadership>,
     members: watch::Receiver<Vec<Member>>,
     cluster: watch::Receiver<ClusterSnapshot>,
@@ -260,13 +266,14 @@ impl Replica {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let Wiring { store, leadership, members, cluster, clock, etcd, supervision, tasks, registry_shutdown } = wiring;
+        let Wiring { store, reads, leadership, members, cluster, clock, etcd, supervision, tasks, registry_shutdown } =
+            wiring;
         let (jobs_tx, jobs_rx) = watch::channel(self.jobs);
         tasks.spawn(prune_ledger(store.clone(), retain, leadership.clone(), shutdown.clone()));
         tasks.spawn(watch_job_file(jobs_path.to_owned(), retain, jobs_tx, self.member_tx, shutdown.clone()));
         let state = AppState {
             node_id: self.node_id.clone(),
-            store: store.clone(),
+            store: reads,
             leadership: leadership.clone(),
             etcd,
             jobs: jobs_rx.clone(),

@@ -5,7 +5,10 @@
 
 mod api;
 mod pages;
+mod shed;
 pub mod view;
+
+pub use shed::{MAX_CONCURRENT_READS, MAX_QUEUED_READS};
 
 use std::sync::Arc;
 
@@ -65,13 +68,16 @@ impl PageCache {
     }
 }
 
+/// Every route. The API and the pages take turns (`shed`); the probes and metrics never wait.
 pub fn router(state: AppState) -> Router {
+    let dashboard = api::routes()
+        .merge(pages::routes())
+        .layer(axum::middleware::from_fn_with_state(shed::Admission::new(), shed::admit));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(|| async { crate::telemetry::metrics().render() }))
-        .merge(api::routes())
-        .merge(pages::routes())
+        .merge(dashboard)
         .with_state(state)
 }
 

@@ -33,13 +33,32 @@ use tokio_util::sync::CancellationToken;
 
 use crate::leadership::Term;
 
-/// A pool with the timeouts a fenced ledger needs: a paused replica holding a lock must not block
-/// the next leader for longer than these. Connects lazily, so a replica starts (and serves its
-/// health endpoints) while PostgreSQL is still down.
+/// The firing pool: claims, starts, outcomes, the fence and terms, cursors, heartbeats, reaping,
+/// pruning and the controls the leader reads. The web never gets it (it reads on
+/// `connect_reads`), so no reader can hold a connection a claim needs. Timeouts a fenced ledger
+/// needs: a paused replica holding a lock must not block the next leader for longer than these.
+/// Connects lazily, so a replica starts (and serves its health endpoints) while PostgreSQL is
+/// still down.
 pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = database_url.parse().context("parse database url")?;
     let options = options.options([("statement_timeout", "5s"), ("idle_in_transaction_session_timeout", "5s")]);
     Ok(PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(3)).connect_lazy_with(options))
+}
+
+/// Connections the read pool holds at most: one per dashboard or API handler running at once,
+/// and one for readiness and operator controls.
+pub const READ_CONNECTIONS: u32 = crate::http::MAX_CONCURRENT_READS as u32 + 1;
+
+/// The read pool, for the dashboard and the API: a few connections with a shorter statement
+/// timeout, so a slow read gives up (503) rather than waiting, and readers wait for each other,
+/// never for the firing path's connections.
+pub async fn connect_reads(database_url: &str) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = database_url.parse().context("parse database url")?;
+    let options = options.options([("statement_timeout", "2s"), ("idle_in_transaction_session_timeout", "2s")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(READ_CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy_with(options))
 }
 
 /// Why PostgreSQL could not be used at start: settings that waiting will not fix (a certificate

@@ -31,6 +31,8 @@ mod harness;
 mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
 mod ledger;
+/// Readers never starve claims; a full dashboard sheds load.
+mod load;
 /// A TCP fault proxy (blackhole, reset, refuse, delay) on loopback.
 mod proxy;
 /// The harness itself: both servers come up, answer, survive restarts.
