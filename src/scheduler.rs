@@ -75,6 +75,8 @@ pub struct Scheduler {
     /// pending after its run ended (stopped before its claim or start) is started again.
     started_triggers: HashSet<i64>,
     next_run_key: u64,
+    /// The output tails of the runs going, written to the ledger together.
+    live_outputs: LiveOutputs,
     finished_tx: mpsc::UnboundedSender<u64>,
     finished_rx: mpsc::UnboundedReceiver<u64>,
 }
@@ -175,6 +177,7 @@ impl Scheduler {
             lead: ClaimLead::default(),
             started_triggers: HashSet::new(),
             next_run_key: 0,
+            live_outputs: LiveOutputs::default(),
             finished_tx,
             finished_rx,
         }
@@ -182,6 +185,10 @@ impl Scheduler {
 
     /// Fire while leading, until `shutdown`; then let runs finish within the grace period.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        // One writer of live output for every run of every term, until the last run has drained.
+        let flusher_stop = CancellationToken::new();
+        let _stop_flusher = flusher_stop.clone().drop_guard();
+        tokio::spawn(flush_live_outputs(self.store.clone(), self.live_outputs.clone(), flusher_stop));
         while !shutdown.is_cancelled() {
             let leadership = self.leadership.borrow_and_update().clone();
             match leadership {
@@ -607,6 +614,7 @@ impl Scheduler {
             config_hash: self.jobs.borrow().hash().to_owned(),
             http: self.http.clone(),
             supervision: self.supervision.clone(),
+            live_outputs: self.live_outputs.clone(),
         }
     }
 
@@ -1000,6 +1008,7 @@ struct Ledger {
     config_hash: String,
     http: reqwest::Client,
     supervision: Supervision,
+    live_outputs: LiveOutputs,
 }
 
 impl Ledger {
@@ -1093,10 +1102,10 @@ impl Ledger {
                 attempt,
             };
             let output = OutputTail::default();
-            let flusher = tokio::spawn(flush_output(self.store.clone(), run_id, output.clone()));
+            let live = self.live_outputs.watch(run_id, output.clone());
             let mut outcome =
                 executor::execute(job, &context, &output, &self.http, &self.supervision, &stop.token).await;
-            flusher.abort();
+            drop(live);
             if let Some(reason) = stop.reason() {
                 outcome.error = Some(reason.to_owned());
             }
@@ -1393,18 +1402,62 @@ async fn batch_finishes(store: Store, requests: mpsc::UnboundedReceiver<FinishRe
     .await;
 }
 
-/// Copy a running job's output tail to the ledger every `OUTPUT_FLUSH` while it changes, so the
-/// run page of any replica shows it live. The final outcome overwrites it.
-async fn flush_output(store: Store, run_id: i64, output: OutputTail) {
-    let mut written = String::new();
-    loop {
-        tokio::time::sleep(OUTPUT_FLUSH).await;
-        let text = output.text();
-        if text != written {
-            if let Err(error) = store.update_output(run_id, &text).await {
-                tracing::debug!(%error, run_id, "could not record live output");
+/// The output tails of the runs going, by run id, with what was last written of each.
+#[derive(Clone, Default)]
+struct LiveOutputs {
+    tails: Arc<Mutex<HashMap<i64, (OutputTail, String)>>>,
+}
+
+impl LiveOutputs {
+    /// Show `tail` live until the returned guard is dropped (the attempt ended; its outcome
+    /// carries the final output).
+    fn watch(&self, run_id: i64, tail: OutputTail) -> LiveOutput {
+        self.tails.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id, (tail, String::new()));
+        LiveOutput { outputs: self.clone(), run_id }
+    }
+
+    /// The tails that changed since they were last taken.
+    fn changed(&self) -> Vec<(i64, String)> {
+        let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = Vec::new();
+        for (run_id, (tail, written)) in tails.iter_mut() {
+            let text = tail.text();
+            if text != *written {
+                changed.push((*run_id, text.clone()));
+                *written = text;
             }
-            written = text;
+        }
+        changed
+    }
+}
+
+/// A run's place among the live outputs; leaves it when dropped.
+struct LiveOutput {
+    outputs: LiveOutputs,
+    run_id: i64,
+}
+
+impl Drop for LiveOutput {
+    fn drop(&mut self) {
+        self.outputs.tails.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.run_id);
+    }
+}
+
+/// Every `OUTPUT_FLUSH`, copy the output tails that changed to the ledger in one statement, so the
+/// run page of any replica shows them live at the cost of one write a second, however many runs
+/// are going. The final outcome overwrites it (a late write does not touch a finished run).
+async fn flush_live_outputs(store: Store, outputs: LiveOutputs, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(OUTPUT_FLUSH) => {}
+        }
+        let changed = outputs.changed();
+        if changed.is_empty() {
+            continue;
+        }
+        if let Err(error) = store.update_outputs(&changed).await {
+            tracing::debug!(%error, runs = changed.len(), "could not record live output");
         }
     }
 }

@@ -621,6 +621,15 @@ pub trait Ledger: Send + Sync {
     /// Replace a running run's output tail, so every replica can show it live.
     async fn update_output(&self, run_id: i64, output: &str) -> Result<(), sqlx::Error>;
 
+    /// `update_output` for many runs at once (one statement on PostgreSQL): the live output of
+    /// every run going is written together, once a second.
+    async fn update_outputs(&self, outputs: &[(i64, String)]) -> Result<(), sqlx::Error> {
+        for (run_id, output) in outputs {
+            self.update_output(*run_id, output).await?;
+        }
+        Ok(())
+    }
+
     /// The leader of `term` is alive at `at` (the terms page measures hand-overs with it).
     async fn term_alive(&self, term: &Term, at: DateTime<Utc>) -> Result<(), sqlx::Error>;
 

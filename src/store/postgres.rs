@@ -597,6 +597,21 @@ impl Ledger for Postgres {
         Ok(())
     }
 
+    async fn update_outputs(&self, outputs: &[(i64, String)]) -> Result<(), sqlx::Error> {
+        let ids: Vec<i64> = outputs.iter().map(|(id, _)| *id).collect();
+        let texts: Vec<String> = outputs.iter().map(|(_, text)| clean_text(text)).collect();
+        sqlx::query(
+            "UPDATE runs SET output = v.output
+             FROM unnest($1::bigint[], $2::text[]) AS v(id, output)
+             WHERE runs.id = v.id AND runs.status = 'running'",
+        )
+        .bind(&ids)
+        .bind(&texts)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn term_alive(&self, term: &Term, at: DateTime<Utc>) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE terms SET last_seen_at = $2 WHERE term = $1")
             .bind(term.revision())

@@ -46,6 +46,7 @@ contract!(concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one);
 contract!(pauses_and_triggers_are_recorded_once);
 contract!(pages_of_a_job_ledger_follow_the_cursor_and_the_status_filter);
 contract!(live_output_and_term_heartbeats_are_recorded);
+contract!(live_outputs_of_many_runs_are_written_together_and_never_over_an_outcome);
 contract!(retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newest);
 contract!(a_batch_of_claims_answers_each_as_if_it_were_alone);
 contract!(batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_finished_one);
@@ -300,6 +301,33 @@ async fn pages_of_a_job_ledger_follow_the_cursor_and_the_status_filter(store: St
     assert_eq!(recent["paged"].iter().map(|run| run.slot).collect::<Vec<_>>(), [slot(24), slot(23), slot(22)]);
     assert_eq!(recent["other"].len(), 1);
     assert!(!recent.contains_key("none"));
+}
+
+async fn live_outputs_of_many_runs_are_written_together_and_never_over_an_outcome(store: Store) {
+    let term = Term::for_tests(7, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    let going = store.claim_run(&claim("going", slot(0), &term, "n")).await.unwrap().run_id;
+    let other = store.claim_run(&claim("other", slot(0), &term, "n")).await.unwrap().run_id;
+    let done = store.claim_run(&claim("done", slot(0), &term, "n")).await.unwrap().run_id;
+    let outcome = RunOutcome {
+        status: RunStatus::Succeeded,
+        exit_code: Some(0),
+        http_status: None,
+        error: None,
+        output: "all done".into(),
+        finished_at: slot(1),
+    };
+    store.finish_run(done, &outcome).await.unwrap();
+    let outputs = [(going, "line 1\n".to_owned()), (other, "nul \0 byte".to_owned()), (done, "late".to_owned())];
+    store.update_outputs(&outputs).await.unwrap();
+    let output = |id| {
+        let store = store.clone();
+        async move { store.run(id).await.unwrap().unwrap().output }
+    };
+    assert_eq!(output(going).await, "line 1\n");
+    assert_eq!(output(other).await, "nul \u{FFFD} byte");
+    assert_eq!(output(done).await, "all done", "a late live write is ignored");
+    store.update_outputs(&[]).await.unwrap();
 }
 
 async fn live_output_and_term_heartbeats_are_recorded(store: Store) {

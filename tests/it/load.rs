@@ -162,3 +162,49 @@ async fn a_full_dashboard_answers_503_with_retry_after_and_probes_stay_open() {
     let (status, _, body, _) = get(&app, "/api/terms").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// Transactions the server has committed in `database` so far (every statement outside a
+/// transaction is one).
+async fn commits(database_url: &str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(database_url).await.expect("connect");
+    sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        .fetch_one(&mut conn)
+        .await
+        .expect("read pg_stat_database")
+}
+
+#[tokio::test]
+async fn live_output_of_many_runs_is_one_write_a_second() {
+    const RUNS: usize = 40;
+    let jobs: String = (0..RUNS)
+        .map(|index| {
+            format!(
+                "  - name: talk-{index}\n    schedule: \"* * * * * *\"\n    concurrency: forbid\n    \
+                 shell: \"for i in $(seq 1 60); do echo line $i; sleep 0.25; done\"\n"
+            )
+        })
+        .collect();
+    let cluster = Cluster::start(1, &format!("jobs:\n{jobs}")).await;
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    wait_for("every job's run to be going with output", Duration::from_secs(15), || async {
+        let ledger = cluster.ledger().await;
+        let talking = ledger.iter().filter(|run| run.status == "running" && run.started_at.is_some());
+        talking.filter(|run| !run.output.is_empty()).count() == RUNS
+    })
+    .await;
+    // The runs print four lines a second for the whole window. Written run by run, that alone is
+    // RUNS commits a second; besides it come the heartbeat, the clock probes and the claims of
+    // the slots skipped meanwhile (about 13 a second here).
+    let window = Duration::from_secs(4);
+    let before = commits(&cluster.database_url).await;
+    tokio::time::sleep(window).await;
+    let after = commits(&cluster.database_url).await;
+    let per_second = (after - before) as f64 / window.as_secs_f64();
+    assert!(
+        per_second < RUNS as f64,
+        "{per_second:.1} commits a second with {RUNS} runs printing: live output is not batched"
+    );
+    let ledger = cluster.ledger().await;
+    let still_talking = ledger.iter().filter(|run| run.status == "running" && run.started_at.is_some()).count();
+    assert_eq!(still_talking, RUNS, "the window did not cover the runs");
+}
