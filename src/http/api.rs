@@ -64,16 +64,20 @@ pub(super) async fn job_view(state: &AppState, name: &str) -> Result<JobView, Pr
 }
 
 pub(super) async fn cluster_view(state: &AppState) -> Result<ClusterView, Problem> {
-    let terms = state.store.terms().await?;
+    // The leader's term is among the newest (when it began is all the view takes from it).
+    let terms = state.store.recent_terms(view::TERMS_SHOWN as i64).await?;
     let snapshot = state.cluster.borrow().clone();
     let hash = state.jobs.borrow().hash().to_owned();
     Ok(view::cluster(&snapshot, &terms, &hash, &state.node_id))
 }
 
 pub(super) async fn terms_view(state: &AppState) -> Result<Vec<TermView>, Problem> {
-    let records = state.store.terms().await?;
+    // One more than shown: the oldest shown term's hand-over is measured from the one before it.
+    let records = state.store.recent_terms(view::TERMS_SHOWN as i64 + 1).await?;
     let current = state.cluster.borrow().leader.as_ref().map(|(_, term)| *term);
-    Ok(view::terms(&records, current))
+    let mut views = view::terms(&records, current);
+    views.truncate(view::TERMS_SHOWN);
+    Ok(views)
 }
 
 /// A page of one job's ledger.

@@ -249,6 +249,9 @@ pub fn cluster(snapshot: &ClusterSnapshot, terms: &[TermRecord], config_hash: &s
     ClusterView { leader, replicas, warnings, answered_by: answered_by.to_owned() }
 }
 
+/// How many terms the terms page and `/api/terms` show, newest first.
+pub const TERMS_SHOWN: usize = 200;
+
 /// Terms newest first, with hand-over times.
 pub fn terms(records: &[TermRecord], current: Option<i64>) -> Vec<TermView> {
     let mut views: Vec<TermView> = records

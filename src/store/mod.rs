@@ -653,7 +653,11 @@ pub trait Ledger: Send + Sync {
     /// Send on `wake` whenever a pause, resume or trigger may have happened, until `stop`.
     async fn listen_controls(&self, wake: mpsc::Sender<()>, stop: CancellationToken);
 
+    /// Every term, oldest first (tests and exports; grows with every hand-over).
     async fn terms(&self) -> Result<Vec<TermRecord>, sqlx::Error>;
+
+    /// The newest `limit` terms, oldest first: what the dashboard reads.
+    async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error>;
 }
 
 /// Databases cannot hold NUL bytes in text.

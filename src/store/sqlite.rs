@@ -641,4 +641,24 @@ impl Ledger for Sqlite {
             })
             .collect())
     }
+
+    async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT term, cluster_id, node, started_at, last_seen_at FROM terms
+             ORDER BY term DESC LIMIT ?1) newest ORDER BY term",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| TermRecord {
+                term: row.get("term"),
+                cluster_id: row.get("cluster_id"),
+                node: row.get("node"),
+                started_at: instant(row.get("started_at")),
+                last_seen_at: optional_instant(row.get("last_seen_at")),
+            })
+            .collect())
+    }
 }

@@ -482,3 +482,23 @@ async fn a_cross_origin_form_post_is_refused_even_with_the_admins_credentials() 
     assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
     assert!(f.store.job_controls().await.unwrap()["tick"].paused);
 }
+
+#[tokio::test]
+async fn the_terms_page_shows_the_newest_terms_only() {
+    let fixture = fixture(false).await;
+    // A long-lived cluster: hundreds of hand-overs after the fixture's term 42.
+    for revision in 43..43 + tenure::http::view::TERMS_SHOWN as i64 + 50 {
+        fixture.store.begin_term(&Term::for_tests(revision, "cluster"), "node-a").await.unwrap();
+    }
+    let newest = 42 + tenure::http::view::TERMS_SHOWN as i64 + 50;
+    let answer = get(&fixture.state, "/api/terms").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let terms = answer.json();
+    let terms = terms.as_array().unwrap();
+    assert_eq!(terms.len(), tenure::http::view::TERMS_SHOWN);
+    assert_eq!(terms[0]["term"], newest);
+    assert_eq!(terms[terms.len() - 1]["term"], newest + 1 - tenure::http::view::TERMS_SHOWN as i64);
+    let page = get(&fixture.state, "/terms").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains(">42<"), "the oldest term is not on the page");
+}

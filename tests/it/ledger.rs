@@ -47,6 +47,7 @@ contract!(pauses_and_triggers_are_recorded_once);
 contract!(pages_of_a_job_ledger_follow_the_cursor_and_the_status_filter);
 contract!(live_output_and_term_heartbeats_are_recorded);
 contract!(live_outputs_of_many_runs_are_written_together_and_never_over_an_outcome);
+contract!(the_dashboard_reads_only_the_newest_terms);
 contract!(retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newest);
 contract!(a_batch_of_claims_answers_each_as_if_it_were_alone);
 contract!(batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_finished_one);
@@ -330,6 +331,16 @@ async fn live_outputs_of_many_runs_are_written_together_and_never_over_an_outcom
     store.update_outputs(&[]).await.unwrap();
 }
 
+async fn the_dashboard_reads_only_the_newest_terms(store: Store) {
+    for revision in 1..=5 {
+        store.begin_term(&Term::for_tests(revision, "c"), "n").await.unwrap();
+    }
+    let terms = |records: Vec<tenure::store::TermRecord>| records.iter().map(|t| t.term).collect::<Vec<_>>();
+    assert_eq!(terms(store.recent_terms(2).await.unwrap()), [4, 5]);
+    assert_eq!(terms(store.recent_terms(10).await.unwrap()), [1, 2, 3, 4, 5]);
+    assert_eq!(terms(store.terms().await.unwrap()), [1, 2, 3, 4, 5]);
+}
+
 async fn live_output_and_term_heartbeats_are_recorded(store: Store) {
     let term = Term::for_tests(7, "c");
     store.begin_term(&term, "n").await.unwrap();
@@ -348,6 +359,7 @@ async fn live_output_and_term_heartbeats_are_recorded(store: Store) {
     store.update_output(claimed.run_id, "late flush").await.unwrap();
     assert_eq!(store.run(claimed.run_id).await.unwrap().unwrap().output, "all done", "a late flush is ignored");
 
+    assert_eq!(store.recent_terms(5).await.unwrap().len(), 1);
     assert_eq!(store.terms().await.unwrap()[0].last_seen_at, None);
     store.term_alive(&term, slot(9)).await.unwrap();
     assert_eq!(store.terms().await.unwrap()[0].last_seen_at, Some(slot(9)));
