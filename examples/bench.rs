@@ -1,7 +1,9 @@
 //! tenure's benchmarks: failover, firing precision, job-file scale, the cost of fencing, and the
 //! dashboard on a large ledger, against a real etcd and a PostgreSQL with fsync on. Prints one
 //! table per scenario and the machine it ran on. No assertions: figures and the targets beside
-//! them. Run `scripts/bench [failover|pgcut|precision|scale|fencing|dashboard ...]`.
+//! them. Run `scripts/bench [failover|pgcut|precision|scale|fencing|dashboard ...]`; `scripts/bench
+//! readers` (firing while 50 dashboard and API clients read a large ledger, about 3 minutes) runs
+//! only when named.
 
 #[path = "../tests/it/harness.rs"]
 #[allow(dead_code)]
@@ -52,6 +54,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("dashboard") {
         dashboard().await?;
+    }
+    // Not in the default run: it would take the whole bench past 15 minutes.
+    if chosen.iter().any(|c| c == "readers") {
+        readers().await?;
     }
     println!("\nall scenarios in {:.0?}", started.elapsed());
     Ok(())
@@ -854,4 +860,159 @@ async fn dashboard() -> anyhow::Result<()> {
     single("pruned rows / time (s)", format!("{pruned} / {:.1}", started.elapsed().as_secs_f64()), "");
     row("claim latency while pruning", &mut during, "p99 <= 10 ms");
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Firing while the dashboard and the API are read hard
+
+async fn readers() -> anyhow::Result<()> {
+    const JOBS: usize = 100;
+    const CLIENTS: usize = 50;
+    const WINDOW: Duration = Duration::from_secs(60);
+    header("6. Readers: 100 per-second shell jobs, 1,000,000 ledger rows, 60 s without and with 50 clients");
+    let etcd = harness::Etcd::start().await;
+    let pg = harness::Postgres::start_durable().await;
+    let (url, pool) = database(&pg, "readers").await?;
+    let started = Instant::now();
+    // The dashboard scenario's ledger: `big` with 100,000 rows, 999 jobs with 900 each.
+    let mut bulk = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+    sqlx::query(
+        "INSERT INTO runs (job, slot, term, node, config_hash, status, attempt, claimed_at, started_at, finished_at, exit_code, output)
+         SELECT CASE WHEN n <= 100000 THEN 'big' ELSE 'job-' || lpad((n % 999)::text, 3, '0') END,
+                now() - make_interval(secs => n * 60), 1, 'n', 'h',
+                CASE WHEN n % 50 = 0 THEN 'missed' WHEN n % 10 = 0 THEN 'failed' ELSE 'succeeded' END, 1,
+                now() - make_interval(secs => n * 60), now() - make_interval(secs => n * 60),
+                now() - make_interval(secs => n * 60 - 2), 0, repeat('x', 100)
+         FROM generate_series(1, 1000000) AS n",
+    )
+    .execute(&mut bulk)
+    .await?;
+    sqlx::query("ANALYZE runs").execute(&mut bulk).await?;
+    single("insert 1,000,000 rows (s)", format!("{:.1}", started.elapsed().as_secs_f64()), "");
+
+    // The firing jobs first, so the overview's first page shows them; the ledger's jobs after,
+    // yearly, so their pages can be read.
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("jobs.yaml");
+    let mut text = String::from("jobs:\n");
+    for i in 0..JOBS {
+        text.push_str(&format!("  - name: s{i:03}\n    schedule: \"* * * * * *\"\n    shell: \"true\"\n"));
+    }
+    text.push_str("  - name: big\n    schedule: \"0 0 1 1 *\"\n    shell: \"true\"\n");
+    for i in 0..999 {
+        text.push_str(&format!("  - name: job-{i:03}\n    schedule: \"0 0 1 1 *\"\n    shell: \"true\"\n"));
+    }
+    std::fs::write(&path, text)?;
+    let replicas = Replicas::start(1, &path, &etcd.client_url(), &url, Duration::from_secs(10), dir.path())?;
+    replicas.wait_leader(&pool).await;
+    let base = format!("http://127.0.0.1:{}", replicas.list[0].port);
+    let pid = replicas.pid(0).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    for with_readers in [false, true] {
+        let label = if with_readers { "with 50 readers" } else { "without readers" };
+        let from = Utc::now().duration_trunc(chrono::Duration::seconds(1))? + chrono::Duration::seconds(1);
+        let cpu_before = cpu_seconds(pid);
+        let wall = Instant::now();
+        let until_instant = Instant::now() + WINDOW;
+        let mut clients = Vec::new();
+        if with_readers {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+            for index in 0..CLIENTS {
+                let (client, base) = (client.clone(), base.clone());
+                clients.push(tokio::spawn(read_dashboard(client, base, index, until_instant)));
+            }
+        }
+        let mut served = Vec::new();
+        let (mut shed, mut failed) = (0usize, 0usize);
+        for client in clients {
+            let tally = client.await?;
+            served.extend(tally.served);
+            shed += tally.shed;
+            failed += tally.failed;
+        }
+        let remaining = until_instant.saturating_duration_since(Instant::now());
+        tokio::time::sleep(remaining).await;
+        let cpu = (cpu_seconds(pid) - cpu_before) / wall.elapsed().as_secs_f64();
+        let until = Utc::now().duration_trunc(chrono::Duration::seconds(1))?;
+        // Let the window's last runs record their starts.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rows: Vec<(DateTime<Utc>, Option<DateTime<Utc>>, String)> = sqlx::query_as(
+            "SELECT slot, started_at, status FROM runs WHERE job LIKE 's%' AND slot >= $1 AND slot < $2",
+        )
+        .bind(from)
+        .bind(until)
+        .fetch_all(&pool)
+        .await?;
+        let mut late: Vec<f64> = rows.iter().filter_map(|(slot, started, _)| started.map(|s| ms(s - *slot))).collect();
+        let missed = rows.iter().filter(|(_, _, status)| status == "missed").count();
+        let expected = (until - from).num_seconds() as usize * JOBS;
+        row(&format!("{label}: slot -> run started"), &mut late, "p99 within 10 ms of no readers");
+        single(
+            &format!("{label}: slots expected / rows / missed"),
+            format!("{expected} / {} / {missed}", rows.len()),
+            "0 missed",
+        );
+        single(&format!("{label}: leader CPU (cores)"), format!("{cpu:.2}"), "");
+        if with_readers {
+            let seconds = WINDOW.as_secs_f64();
+            single(
+                "readers: answered / shed (503) / failed per second",
+                format!(
+                    "{:.0} / {:.0} / {:.0}",
+                    served.len() as f64 / seconds,
+                    shed as f64 / seconds,
+                    failed as f64 / seconds
+                ),
+                "",
+            );
+            row("readers: time to an answer", &mut served, "");
+        }
+    }
+    Ok(())
+}
+
+/// What one dashboard client saw.
+struct ReadTally {
+    served: Vec<f64>,
+    shed: usize,
+    failed: usize,
+}
+
+/// One client until `until`: the overview, a job page of 100,000 rows, a firing job's page and
+/// 500 runs from the API, round and round; told to retry later (503 + `Retry-After`), it does.
+async fn read_dashboard(client: reqwest::Client, base: String, index: usize, until: Instant) -> ReadTally {
+    let paths = [
+        "/".to_owned(),
+        "/jobs/big".to_owned(),
+        format!("/jobs/s{:03}", index % 100),
+        "/api/jobs/big/runs?limit=500".to_owned(),
+    ];
+    let mut tally = ReadTally { served: Vec::new(), shed: 0, failed: 0 };
+    let mut next = index;
+    while Instant::now() < until {
+        let path = &paths[next % paths.len()];
+        next += 1;
+        let asked = Instant::now();
+        match client.get(format!("{base}{path}")).send().await {
+            Ok(response) if response.status().is_success() => {
+                let _ = response.bytes().await;
+                tally.served.push(ms_since(asked));
+            }
+            Ok(response) if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                let wait = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+                match wait {
+                    Some(_) => tally.shed += 1,
+                    None => tally.failed += 1,
+                }
+                let wait = Duration::from_secs(wait.unwrap_or(1));
+                tokio::time::sleep(wait.min(until.saturating_duration_since(Instant::now()))).await;
+            }
+            _ => tally.failed += 1,
+        }
+    }
+    tally
 }
