@@ -1445,19 +1445,18 @@ impl Drop for LiveOutput {
 
 /// Every `OUTPUT_FLUSH`, copy the output tails that changed to the ledger in one statement, so the
 /// run page of any replica shows them live at the cost of one write a second, however many runs
-/// are going. The final outcome overwrites it (a late write does not touch a finished run).
+/// (up to `MAX_BATCH`) are going. The final outcome overwrites it (a late write does not touch a finished run).
 async fn flush_live_outputs(store: Store, outputs: LiveOutputs, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(OUTPUT_FLUSH) => {}
         }
-        let changed = outputs.changed();
-        if changed.is_empty() {
-            continue;
-        }
-        if let Err(error) = store.update_outputs(&changed).await {
-            tracing::debug!(%error, runs = changed.len(), "could not record live output");
+        // A statement carries at most `MAX_BATCH` tails (of up to 64 KiB each).
+        for changed in outputs.changed().chunks(MAX_BATCH) {
+            if let Err(error) = store.update_outputs(changed).await {
+                tracing::debug!(%error, runs = changed.len(), "could not record live output");
+            }
         }
     }
 }
