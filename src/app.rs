@@ -282,7 +282,7 @@ impl Replica {
             pages: Default::default(),
         };
         let http_shutdown = CancellationToken::new();
-        let server = tokio::spawn(http::serve(listener, state, http_shutdown.clone()));
+        let server = http::serve_apart(listener, state, http_shutdown.clone()).context("start the http server")?;
 
         let scheduler =
             Scheduler::new(store, self.node_id, jobs_rx, leadership, members, clock, supervision, shutdown_grace);
@@ -291,7 +291,8 @@ impl Replica {
         tasks.close();
         tasks.wait().await;
         http_shutdown.cancel();
-        server.await.context("http server task")??;
+        let served = tokio::task::spawn_blocking(move || server.join()).await.context("http server thread")?;
+        served.map_err(|_| anyhow::anyhow!("the http server thread panicked"))??;
         tracing::info!("stopped");
         Ok(())
     }

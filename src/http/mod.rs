@@ -81,6 +81,34 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How much lower than the rest of the replica the HTTP server's thread runs (`nice`): when the
+/// CPU is short, the firing path's threads get it first.
+const HTTP_NICENESS: i32 = 10;
+
+/// Serve until `shutdown` on a runtime of its own: one thread, at a lower CPU priority, so that
+/// however many readers come, the dashboard and the API use at most one core and only what the
+/// firing path leaves of it. Join the returned thread (off the async runtime) for the outcome.
+pub fn serve_apart(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
+    let listener = listener.into_std()?;
+    let thread = std::thread::Builder::new().name("tenure-http".into()).spawn(move || {
+        // On Linux the niceness is per thread: only this one is lowered.
+        // SAFETY: setpriority reads no memory of ours; it changes the calling thread's niceness.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HTTP_NICENESS) } != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the HTTP thread's priority");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let listener = TcpListener::from_std(listener)?;
+            serve(listener, state, shutdown).await
+        })
+    })?;
+    Ok(thread)
+}
+
 /// Serve until `shutdown`.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
     axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;

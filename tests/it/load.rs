@@ -208,3 +208,30 @@ async fn live_output_of_many_runs_is_one_write_a_second() {
     let still_talking = ledger.iter().filter(|run| run.status == "running" && run.started_at.is_some()).count();
     assert_eq!(still_talking, RUNS, "the window did not cover the runs");
 }
+
+#[tokio::test]
+async fn the_dashboard_is_served_from_one_thread_of_lower_priority() {
+    const JOBS: &str = "jobs:\n  - name: tick\n    schedule: \"* * * * * *\"\n    shell: \"true\"\n";
+    let cluster = Cluster::start(1, JOBS).await;
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let pid = cluster.replicas[0].pid().expect("running");
+    // Every thread of the replica: its name and its niceness (field 19 of its stat line).
+    let threads: Vec<(String, i64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?.trim().to_owned();
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some((name, fields.get(16)?.parse().ok()?))
+        })
+        .collect();
+    let http: Vec<_> = threads.iter().filter(|(name, _)| name == "tenure-http").collect();
+    assert_eq!(http.len(), 1, "one HTTP thread: {threads:?}");
+    assert_eq!(http[0].1, 10, "the HTTP thread runs at niceness 10: {threads:?}");
+    let firing = threads.iter().filter(|(name, _)| name == "tokio-rt-worker").collect::<Vec<_>>();
+    assert!(!firing.is_empty() && firing.iter().all(|(_, nice)| *nice == 0), "{threads:?}");
+    // And it serves.
+    let answer = reqwest::get(format!("{}/api/jobs", cluster.url(0))).await.unwrap();
+    assert_eq!(answer.status(), 200);
+}
