@@ -1298,9 +1298,6 @@ struct ClaimRequest {
 
 /// The most claims (start times, outcomes) one statement carries.
 const MAX_BATCH: usize = 2_000;
-/// The most starts one statement carries, and how many such statements may be in flight.
-const START_BATCH: usize = 500;
-const START_STATEMENTS: usize = 4;
 /// How long start times and outcomes wait for others to share their statement.
 const RECORD_LINGER: Duration = Duration::from_millis(25);
 
@@ -1364,39 +1361,20 @@ struct StartRequest {
 
 /// Start runs like `batch_claims` claims: what is waiting, in one fenced statement, at once (a
 /// run waits for its answer before it executes, so nothing lingers).
-async fn batch_starts(store: Store, term: Term, mut requests: mpsc::UnboundedReceiver<StartRequest>) {
-    // Starts are at the slot, so unlike claims they cannot be sent ahead: a burst is cut into
-    // statements of `START_BATCH` that go out side by side (up to `START_STATEMENTS`), rather than
-    // one after another.
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(START_STATEMENTS));
-    while let Some(first) = requests.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < START_BATCH {
-            match requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
+async fn batch_starts(store: Store, term: Term, requests: mpsc::UnboundedReceiver<StartRequest>) {
+    batched(requests, Duration::ZERO, |batch: Vec<StartRequest>| async {
+        let runs: Vec<(i64, DateTime<Utc>)> = batch.iter().map(|r| (r.run_id, r.started)).collect();
+        let answers = store.start_runs(&term, &runs).await;
+        for (index, request) in batch.into_iter().enumerate() {
+            let answer = match &answers {
+                Ok(started) => Ok(started[index]),
+                Err(ClaimError::Fenced { term, fence }) => Err(ClaimError::Fenced { term: *term, fence: *fence }),
+                Err(error) => Err(ClaimError::Database(sqlx::Error::Protocol(error.to_string()))),
+            };
+            let _ = request.reply.send(answer);
         }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let (store, term) = (store.clone(), term.clone());
-        tokio::spawn(async move {
-            start_batch(&store, &term, batch).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn start_batch(store: &Store, term: &Term, batch: Vec<StartRequest>) {
-    let runs: Vec<(i64, DateTime<Utc>)> = batch.iter().map(|r| (r.run_id, r.started)).collect();
-    let answers = store.start_runs(term, &runs).await;
-    for (index, request) in batch.into_iter().enumerate() {
-        let answer = match &answers {
-            Ok(started) => Ok(started[index]),
-            Err(ClaimError::Fenced { term, fence }) => Err(ClaimError::Fenced { term: *term, fence: *fence }),
-            Err(error) => Err(ClaimError::Database(sqlx::Error::Protocol(error.to_string()))),
-        };
-        let _ = request.reply.send(answer);
-    }
+    })
+    .await;
 }
 
 /// An outcome waiting for the batcher; answered whether it was recorded.
