@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use tenure::config::Job;
 use tenure::executor::{OutputTail, RunContext, execute};
-use tenure::store::RunStatus;
+use tenure::store::{RunOutcome, RunStatus};
 use tenure::supervisor::Supervision;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,12 @@ fn job(yaml_job: &str) -> Job {
 /// that only a test that stops the heartbeats meets their silence limit.
 fn supervision() -> Supervision {
     Supervision::with_program(env!("CARGO_BIN_EXE_tenure").into(), Duration::from_secs(10))
+}
+
+/// One attempt of `job` with the test context, its own output tail, client and supervision.
+async fn run(job: &Job) -> RunOutcome {
+    execute(job, &context(), &OutputTail::default(), &reqwest::Client::new(), &supervision(), &CancellationToken::new())
+        .await
 }
 
 fn context() -> RunContext {
@@ -56,27 +62,11 @@ async fn a_command_sees_its_identity_env_and_workdir() {
 #[tokio::test]
 async fn argv_commands_take_no_shell_and_a_missing_program_is_a_clear_failure() {
     let job_ok = job("    command: [\"/bin/echo\", \"$HOME\", \"a b\"]\n");
-    let outcome = execute(
-        &job_ok,
-        &context(),
-        &OutputTail::default(),
-        &reqwest::Client::new(),
-        &supervision(),
-        &CancellationToken::new(),
-    )
-    .await;
+    let outcome = run(&job_ok).await;
     assert_eq!(outcome.output, "$HOME a b\n");
 
     let missing = job("    command: [\"/nonexistent/program\"]\n");
-    let outcome = execute(
-        &missing,
-        &context(),
-        &OutputTail::default(),
-        &reqwest::Client::new(),
-        &supervision(),
-        &CancellationToken::new(),
-    )
-    .await;
+    let outcome = run(&missing).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     let error = outcome.error.unwrap();
     assert!(error.contains("could not start `/nonexistent/program`"), "{error}");
@@ -85,15 +75,7 @@ async fn argv_commands_take_no_shell_and_a_missing_program_is_a_clear_failure() 
 #[tokio::test]
 async fn a_failing_command_records_its_exit_code() {
     let job = job("    shell: 'echo oops >&2; exit 3'\n");
-    let outcome = execute(
-        &job,
-        &context(),
-        &OutputTail::default(),
-        &reqwest::Client::new(),
-        &supervision(),
-        &CancellationToken::new(),
-    )
-    .await;
+    let outcome = run(&job).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_code, Some(3));
     assert_eq!(outcome.error.as_deref(), Some("exited with status 3"));
@@ -109,15 +91,7 @@ async fn a_timeout_kills_the_whole_process_group() {
         "    timeout: 1s\n    shell: \"sh -c 'trap \\\"\\\" TERM; sleep 300' & echo $! > {}; wait\"\n",
         pid_file.display()
     ));
-    let outcome = execute(
-        &job,
-        &context(),
-        &OutputTail::default(),
-        &reqwest::Client::new(),
-        &supervision(),
-        &CancellationToken::new(),
-    )
-    .await;
+    let outcome = run(&job).await;
     assert_eq!(outcome.status, RunStatus::TimedOut, "{outcome:?}");
     assert_eq!(outcome.error.as_deref(), Some("timed out after 1s"));
     let child: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
@@ -133,15 +107,7 @@ async fn a_stopped_run_is_killed_and_children_left_behind_are_cleaned_up() {
     let pid_file = dir.path().join("orphan.pid");
     // The main process exits at once, leaving a child that would run forever.
     let orphan = job(&format!("    shell: \"sleep 300 & echo $! > {}\"\n", pid_file.display()));
-    let outcome = execute(
-        &orphan,
-        &context(),
-        &OutputTail::default(),
-        &reqwest::Client::new(),
-        &supervision(),
-        &CancellationToken::new(),
-    )
-    .await;
+    let outcome = run(&orphan).await;
     assert_eq!(outcome.status, RunStatus::Succeeded);
     let child: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     wait_for("the orphaned child to be killed", Duration::from_secs(5), || async {
@@ -193,29 +159,13 @@ async fn an_http_job_sends_its_identity_and_checks_the_status() {
     let ok = job(&format!(
         "    http: {{ url: \"http://{address}/tick\", method: POST, headers: {{ X-Custom: \"yes\" }}, body: \"hi\", expect_status: [202] }}\n"
     ));
-    let outcome = execute(
-        &ok,
-        &context(),
-        &OutputTail::default(),
-        &reqwest::Client::new(),
-        &supervision(),
-        &CancellationToken::new(),
-    )
-    .await;
+    let outcome = run(&ok).await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     assert_eq!(outcome.http_status, Some(202));
     assert_eq!(outcome.output, "term=7 custom=yes body=hi");
 
     let failing = job(&format!("    http: {{ url: \"http://{address}/fail\", method: POST }}\n"));
-    let outcome = execute(
-        &failing,
-        &context(),
-        &OutputTail::default(),
-        &reqwest::Client::new(),
-        &supervision(),
-        &CancellationToken::new(),
-    )
-    .await;
+    let outcome = run(&failing).await;
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.http_status, Some(500));
     assert_eq!(outcome.error.as_deref(), Some("unexpected HTTP status 500"));
@@ -227,15 +177,7 @@ async fn an_http_job_sends_its_identity_and_checks_the_status() {
 async fn a_command_inherits_only_the_documented_variables() {
     assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some(), "run under cargo, which sets CARGO_MANIFEST_DIR");
     let dump = job("    shell: 'env'\n    env: { GREETING: hello }\n");
-    let outcome = execute(
-        &dump,
-        &context(),
-        &OutputTail::default(),
-        &reqwest::Client::new(),
-        &supervision(),
-        &CancellationToken::new(),
-    )
-    .await;
+    let outcome = run(&dump).await;
     assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
     let names: Vec<&str> =
         outcome.output.lines().filter_map(|line| line.split_once('=')).map(|(name, _)| name).collect();
@@ -248,15 +190,7 @@ async fn a_command_inherits_only_the_documented_variables() {
 
     // Named in `inherit_env`, it is passed on with its value.
     let asking = job("    shell: 'echo \"$CARGO_MANIFEST_DIR\"'\n    inherit_env: [CARGO_MANIFEST_DIR]\n");
-    let outcome = execute(
-        &asking,
-        &context(),
-        &OutputTail::default(),
-        &reqwest::Client::new(),
-        &supervision(),
-        &CancellationToken::new(),
-    )
-    .await;
+    let outcome = run(&asking).await;
     assert_eq!(outcome.output, format!("{}\n", env!("CARGO_MANIFEST_DIR")));
 }
 
