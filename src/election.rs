@@ -115,7 +115,7 @@ pub async fn connect(access: &EtcdAccess, lease_ttl: Duration) -> Result<Client,
         options = options.with_user(user.clone(), password.expose()).with_auto_token_refresh(true);
     }
     let classify = |error: etcd_client::Error| {
-        let detail = error_chain(&error);
+        let detail = crate::telemetry::one_line(&error);
         if is_refusal(&detail) {
             refused(detail)
         } else if detail.contains("connection closed") || detail.contains("broken pipe") {
@@ -137,21 +137,6 @@ pub async fn connect(access: &EtcdAccess, lease_ttl: Duration) -> Result<Client,
         Ok(Err(error)) => Err(classify(error)),
         Err(_) => Err(ConnectError::Unreachable { endpoints, detail: "status request timed out".into() }),
     }
-}
-
-/// An error with its sources, on one line.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text.replace('\n', " ")
 }
 
 /// Whether an etcd error is about credentials or certificates, which waiting does not fix.

@@ -1,4 +1,5 @@
-//! Logging and metrics set-up for the binary. Tests leave it alone.
+//! Logging and metrics set-up for the binary (tests leave it alone), and how an error is told
+//! on one log line.
 
 use std::sync::OnceLock;
 
@@ -32,4 +33,19 @@ pub fn metrics() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// An error with its sources on one line, each cause said once.
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text.replace('\n', " ")
 }

@@ -78,9 +78,9 @@ pub async fn check_connection(database_url: &str) -> Result<(), DatabaseConnectE
     use sqlx::Connection;
     let server = crate::secret::mask_url(database_url);
     let refused = |detail: String| DatabaseConnectError::Refused { server: server.clone(), detail };
-    let options: PgConnectOptions = database_url
-        .parse()
-        .map_err(|error: sqlx::Error| refused(format!("invalid database url: {}", one_line(&error))))?;
+    let options: PgConnectOptions = database_url.parse().map_err(|error: sqlx::Error| {
+        refused(format!("invalid database url: {}", crate::telemetry::one_line(&error)))
+    })?;
     let attempt = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect_with(&options)).await;
     let error = match attempt {
         Ok(Ok(connection)) => {
@@ -92,7 +92,7 @@ pub async fn check_connection(database_url: &str) -> Result<(), DatabaseConnectE
             return Err(DatabaseConnectError::Unreachable { server, detail: "no answer within 5s".into() });
         }
     };
-    let detail = one_line(&error);
+    let detail = crate::telemetry::one_line(&error);
     let lasting = match &error {
         sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => true,
         // Class 28: invalid authorization (wrong password, no pg_hba.conf entry); 3D000: no
@@ -103,21 +103,6 @@ pub async fn check_connection(database_url: &str) -> Result<(), DatabaseConnectE
         _ => detail.to_ascii_lowercase().contains("certificate"),
     };
     if lasting { Err(refused(detail)) } else { Err(DatabaseConnectError::Unreachable { server, detail }) }
-}
-
-/// An error with its sources on one line.
-fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text.replace('\n', " ")
 }
 
 /// Why the schema could not be brought up to date.
