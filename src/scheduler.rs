@@ -422,7 +422,17 @@ impl Scheduler {
     async fn begin_term(&mut self, leader: &LeaderTerm, shutdown: &CancellationToken) -> bool {
         let term = &leader.term;
         loop {
-            match self.store.begin_term(term, &self.node_id).await {
+            let (store, clock, node) = (&self.store, &mut self.clock, &self.node_id);
+            let began = tokio::select! {
+                began = store.begin_term(term, node) => Some(began),
+                // A database that hangs is not waited out: the probe's verdict ends the term.
+                _ = clock.wait_for(|check| check.refusal().is_some()) => None,
+            };
+            let Some(began) = began else {
+                self.refused_by_clock(leader);
+                return false;
+            };
+            match began {
                 Ok(()) => {
                     metrics::gauge!("tenure_term").set(term.revision() as f64);
                     tracing::info!(term = term.revision(), "fence raised; firing");
@@ -473,7 +483,16 @@ impl Scheduler {
             let jobs = self.jobs.borrow_and_update().clone();
             let names: Vec<&str> = jobs.jobs().iter().map(|job| job.name.as_ref()).collect();
             let now = Utc::now();
-            match self.store.job_cursors(&leader.term, &names, now).await {
+            let (store, clock) = (&self.store, &mut self.clock);
+            let cursors = tokio::select! {
+                cursors = store.job_cursors(&leader.term, &names, now) => Some(cursors),
+                _ = clock.wait_for(|check| check.refusal().is_some()) => None,
+            };
+            let Some(cursors) = cursors else {
+                self.refused_by_clock(leader);
+                return None;
+            };
+            match cursors {
                 Ok(cursors) => {
                     return Some(
                         jobs.jobs()
