@@ -33,6 +33,8 @@ const ON_TIME_TOLERANCE: Duration = Duration::from_secs(1);
 /// counted and logged (a per-second job down for a day would otherwise write 86,400 rows).
 const MAX_MISSED_ROWS: usize = 10_000;
 /// How long to wait before retrying a ledger operation that failed because the database did.
+/// Why every run of a term is stopped when the term ends.
+const LEADERSHIP_LOST: &str = "leadership lost";
 /// How often the leader records that its term is alive (the terms page's hand-over times).
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How often a running job's output tail is copied to the ledger for live viewing.
@@ -196,7 +198,7 @@ impl Scheduler {
                     self.lead(&leader, &shutdown).await;
                     if !shutdown.is_cancelled() {
                         // Leadership is gone: nothing of this term may keep running.
-                        self.stop_all("leadership lost");
+                        self.stop_all(LEADERSHIP_LOST);
                     }
                     if leader.step_down.is_cancelled() {
                         // Stepping down: wait for the election to say so rather than lead again.
@@ -1219,6 +1221,12 @@ impl Ledger {
         // The same start time on every retry: a retry after a lost acknowledgement finds it.
         let started = Utc::now();
         loop {
+            // Stopped because the term ended: the claim was never started, so it is the next
+            // term's to decide, not a run to record.
+            if stop.reason() == Some(LEADERSHIP_LOST) || !self.lease.is_valid() {
+                tracing::warn!(job = %job.name, %slot, "leadership lost before the run started; left to the next leader");
+                return None;
+            }
             if let Some(reason) = stop.reason().filter(|_| stop.token.is_cancelled()) {
                 let reason = format!("{reason} before the run started");
                 self.record(job, &[slot], RunStatus::Killed, trigger, &reason).await;
