@@ -718,16 +718,7 @@ impl Ledger for Postgres {
         let rows = sqlx::query("SELECT term, cluster_id, node, started_at, last_seen_at FROM terms ORDER BY term")
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| TermRecord {
-                term: row.get("term"),
-                cluster_id: row.get("cluster_id"),
-                node: row.get("node"),
-                started_at: row.get("started_at"),
-                last_seen_at: row.get("last_seen_at"),
-            })
-            .collect())
+        Ok(rows.into_iter().map(|row| term_record(&row)).collect())
     }
 
     async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error> {
@@ -738,16 +729,7 @@ impl Ledger for Postgres {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| TermRecord {
-                term: row.get("term"),
-                cluster_id: row.get("cluster_id"),
-                node: row.get("node"),
-                started_at: row.get("started_at"),
-                last_seen_at: row.get("last_seen_at"),
-            })
-            .collect())
+        Ok(rows.into_iter().map(|row| term_record(&row)).collect())
     }
 }
 
@@ -787,4 +769,14 @@ fn trigger_record(row: &sqlx::postgres::PgRow) -> Result<TriggerRecord, sqlx::Er
 async fn fence_in(conn: &mut sqlx::PgConnection) -> Result<Fence, sqlx::Error> {
     let row = sqlx::query("SELECT term, cluster_id, node FROM fence WHERE id = 1").fetch_one(conn).await?;
     Ok(Fence { term: row.get("term"), cluster_id: row.get("cluster_id"), node: row.get("node") })
+}
+
+fn term_record(row: &sqlx::postgres::PgRow) -> TermRecord {
+    TermRecord {
+        term: row.get("term"),
+        cluster_id: row.get("cluster_id"),
+        node: row.get("node"),
+        started_at: row.get("started_at"),
+        last_seen_at: row.get("last_seen_at"),
+    }
 }

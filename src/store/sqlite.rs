@@ -630,16 +630,7 @@ impl Ledger for Sqlite {
         let rows = sqlx::query("SELECT term, cluster_id, node, started_at, last_seen_at FROM terms ORDER BY term")
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| TermRecord {
-                term: row.get("term"),
-                cluster_id: row.get("cluster_id"),
-                node: row.get("node"),
-                started_at: instant(row.get("started_at")),
-                last_seen_at: optional_instant(row.get("last_seen_at")),
-            })
-            .collect())
+        Ok(rows.into_iter().map(|row| term_record(&row)).collect())
     }
 
     async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error> {
@@ -650,15 +641,16 @@ impl Ledger for Sqlite {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| TermRecord {
-                term: row.get("term"),
-                cluster_id: row.get("cluster_id"),
-                node: row.get("node"),
-                started_at: instant(row.get("started_at")),
-                last_seen_at: optional_instant(row.get("last_seen_at")),
-            })
-            .collect())
+        Ok(rows.into_iter().map(|row| term_record(&row)).collect())
+    }
+}
+
+fn term_record(row: &SqliteRow) -> TermRecord {
+    TermRecord {
+        term: row.get("term"),
+        cluster_id: row.get("cluster_id"),
+        node: row.get("node"),
+        started_at: instant(row.get("started_at")),
+        last_seen_at: optional_instant(row.get("last_seen_at")),
     }
 }
