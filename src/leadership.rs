@@ -118,6 +118,11 @@ impl LeaseDeadline {
         BootInstant(Duration::from_nanos(self.deadline_nanos.load(Ordering::SeqCst)))
     }
 
+    /// Whether the lease is still valid `ahead` from now, unless it is renewed meanwhile.
+    pub fn is_valid_for(&self, ahead: Duration) -> bool {
+        BootInstant::now() + ahead < self.deadline()
+    }
+
     pub fn is_valid(&self) -> bool {
         if crate::testing::no_self_fence() {
             return true;

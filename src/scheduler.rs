@@ -42,11 +42,8 @@ const OUTPUT_FLUSH: Duration = Duration::from_secs(1);
 const DATABASE_RETRY: Duration = Duration::from_millis(500);
 /// Re-check the wall clock at least this often, so a clock stepped forwards is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
-/// Bounds of how far ahead of its slot a run is claimed (see `ClaimLead`).
-const MIN_LEAD: Duration = Duration::from_millis(20);
+/// The longest a run is claimed, or its start recorded, ahead of its slot (see `Lead`).
 const MAX_LEAD: Duration = Duration::from_secs(1);
-/// The lead a term starts with, before it has seen its own claims commit.
-const FIRST_LEAD: Duration = Duration::from_millis(250);
 
 /// Everything the loop needs from outside; tests pass channels they drive themselves.
 pub struct Scheduler {
@@ -71,8 +68,8 @@ pub struct Scheduler {
     /// How many of `own_runs` each job has: a `forbid` or `replace` job with one is not claimed
     /// ahead of its slot, so its policy is decided at the slot, as crontab users expect.
     runs_per_job: HashMap<String, usize>,
-    /// How far ahead of their slots claims are sent.
-    lead: ClaimLead,
+    /// How far ahead of their slots starts are recorded, and claims sent before that.
+    leads: Leads,
     /// Manual triggers this term has started and whose runs have not ended; a trigger still
     /// pending after its run ended (stopped before its claim or start) is started again.
     started_triggers: HashSet<i64>,
@@ -176,7 +173,7 @@ impl Scheduler {
             runs: TaskTracker::new(),
             own_runs: HashMap::new(),
             runs_per_job: HashMap::new(),
-            lead: ClaimLead::default(),
+            leads: Leads::default(),
             started_triggers: HashSet::new(),
             next_run_key: 0,
             live_outputs: LiveOutputs::default(),
@@ -297,7 +294,7 @@ impl Scheduler {
             let wake_at = if controls_pending {
                 Some(Utc::now() + chrono::Duration::from_std(DATABASE_RETRY).unwrap_or_default())
             } else {
-                due.wake_at(self.lead.lead())
+                due.wake_at(self.leads.ahead())
             };
             let wake_at = wake_at.map(instant_for);
             let wake = tokio::select! {
@@ -406,7 +403,7 @@ impl Scheduler {
                         return;
                     }
                     let now = Utc::now();
-                    let lead = self.lead.lead();
+                    let lead = self.leads.ahead();
                     let ready = due.pop_ready(now, lead, |index| self.decided_at_slot(&states[index].job));
                     for index in ready {
                         // Claim ahead so the claim has committed when the slot comes; a job whose
@@ -622,7 +619,7 @@ impl Scheduler {
     /// `planned_at`: when the scheduler decided to fire (the claim lead is measured from it).
     fn ledger(&self, leader: &LeaderTerm, planned_at: DateTime<Utc>) -> Ledger {
         Ledger {
-            lead: self.lead.clone(),
+            leads: self.leads.clone(),
             planned_at: Some(planned_at),
             store: self.store.clone(),
             term: leader.term.clone(),
@@ -908,33 +905,78 @@ impl DueSlots {
     }
 }
 
-/// How far ahead of its slot a run is claimed, so that the claim (a fenced insert and a commit,
-/// batched with everything due at the same moment) has committed when the slot comes and the run
-/// starts on time. Learned from this replica's own claims: one and a half times the slowest
-/// recent claim (wake-up to commit; it halves every minute), plus 5 ms, within
-/// [`MIN_LEAD`, `MAX_LEAD`]. The price of the lead is a window: a leader killed between a claim and
-/// its slot leaves that run to be reaped `lost`, where a later claim would have left it to the
-/// next leader's catch-up.
-#[derive(Clone, Default)]
-struct ClaimLead {
-    /// The slowest recent claim and when it was observed; `None` before the first.
-    slowest: Arc<Mutex<Option<(Duration, std::time::Instant)>>>,
+/// How far ahead of its slot a run is claimed and started, so that nothing is left to the
+/// database when the slot comes: the run's task wakes at its slot and executes at once.
+///
+/// A run claimed ahead records its fenced start (`started_at` = its slot) `starts` ahead of the
+/// slot, once its claim has committed; the claim is sent `claims` before that. Each lead is
+/// learned from this replica's own statements: one and a half times the slowest recent one
+/// (sent to committed; it halves every minute), plus 5 ms, within its bounds.
+///
+/// The price of a lead is a window. A leader killed between a claim and its start leaves the
+/// claim unstarted, for the next leader to run; killed or stopped past its lease between the
+/// start and the slot, it leaves a run that was started and never executed: recorded `killed`
+/// if the leader lives, reaped `lost` if it died. Keeping the start's lead short (tens of
+/// milliseconds with a healthy database) keeps that window short.
+#[derive(Clone)]
+struct Leads {
+    claims: Lead,
+    starts: Lead,
 }
 
-impl ClaimLead {
-    const HALF_LIFE: Duration = Duration::from_secs(60);
+impl Default for Leads {
+    fn default() -> Leads {
+        Leads {
+            claims: Lead::new(Duration::from_millis(250), Duration::from_millis(20)),
+            starts: Lead::new(Duration::from_millis(50), Duration::from_millis(5)),
+        }
+    }
+}
 
-    fn lead(&self) -> Duration {
+impl Leads {
+    /// How far ahead of its slot a run is claimed.
+    fn ahead(&self) -> Duration {
         if let Some(lead) = crate::testing::claim_lead() {
             return lead;
         }
+        self.claims.lead() + self.start()
+    }
+
+    /// How far ahead of its slot a claimed run's start is recorded.
+    fn start(&self) -> Duration {
+        if let Some(lead) = crate::testing::start_lead() {
+            return lead;
+        }
+        self.starts.lead()
+    }
+}
+
+/// One learned lead (see `Leads`).
+#[derive(Clone)]
+struct Lead {
+    /// The slowest recent statement and when it was observed; `None` before the first.
+    slowest: Arc<Mutex<Option<(Duration, std::time::Instant)>>>,
+    /// The lead before the first observation, and the least one.
+    first: Duration,
+    least: Duration,
+}
+
+impl Lead {
+    const HALF_LIFE: Duration = Duration::from_secs(60);
+
+    fn new(first: Duration, least: Duration) -> Lead {
+        Lead { slowest: Arc::default(), first, least }
+    }
+
+    fn lead(&self) -> Duration {
         match self.slowest_now() {
-            None => FIRST_LEAD,
-            Some(slowest) => (slowest.mul_f64(1.5) + Duration::from_millis(5)).clamp(MIN_LEAD, MAX_LEAD),
+            None => self.first,
+            Some(slowest) => (slowest.mul_f64(1.5) + Duration::from_millis(5)).clamp(self.least, MAX_LEAD),
         }
     }
 
-    /// A claim sent ahead of its slot committed `took` after the scheduler decided to fire it.
+    /// A statement sent ahead of its slot committed `took` after it was sent (a claim: after
+    /// the scheduler decided to fire it).
     fn observe(&self, took: Duration) {
         let slowest = self.slowest_now().unwrap_or_default().max(took);
         *self.slowest.lock().unwrap_or_else(|p| p.into_inner()) = Some((slowest, std::time::Instant::now()));
@@ -1011,7 +1053,7 @@ async fn sleep_until_or_forever(at: Option<tokio::time::Instant>) {
 /// What a run task needs to claim, execute and record one slot in the current term.
 #[derive(Clone)]
 struct Ledger {
-    lead: ClaimLead,
+    leads: Leads,
     /// When the scheduler decided to fire these slots; taken by the first claim, the one whose
     /// time from decision to commit the claim lead must cover.
     planned_at: Option<DateTime<Utc>>,
@@ -1096,7 +1138,7 @@ impl Ledger {
         if let Some(planned_at) = self.planned_at.take().filter(|planned_at| slot > *planned_at) {
             if claimed.is_some() {
                 // Sent ahead of its slot: however late it committed, the lead learns from it.
-                self.lead.observe((Utc::now() - planned_at).to_std().unwrap_or_default());
+                self.leads.claims.observe((Utc::now() - planned_at).to_std().unwrap_or_default());
             }
         }
         let Some(claimed) = claimed else { return };
@@ -1106,14 +1148,40 @@ impl Ledger {
             tracing::info!(job = %job.name, %slot, "skipped: the previous run is still going");
             return;
         }
-        // Claimed ahead: start at the slot, never before it.
-        wait_until(slot, &stop.token).await;
+        // Claimed ahead: the start is recorded a start's lead before the slot (for the slot, if
+        // the lease lasts until then), so that at the slot nothing is left but to execute.
+        let start_lead = chrono::Duration::from_std(self.leads.start()).unwrap_or_default();
+        wait_until(slot - start_lead, &stop.token).await;
+        let ahead = (slot - Utc::now()).to_std().unwrap_or_default();
+        if !ahead.is_zero() && !self.lease.is_valid_for(ahead) {
+            wait_until(slot, &stop.token).await;
+        }
+        let sent = std::time::Instant::now();
         let Some(started) = self.start(job, slot, trigger, run_id, stop).await else { return };
+        if started > Utc::now() {
+            self.leads.starts.observe(sent.elapsed());
+        }
+        // Never executed before its slot, nor by a term that ended meanwhile.
+        wait_until(slot, &stop.token).await;
+        if let Some(reason) = self.stopped_before_start(stop) {
+            let outcome = RunOutcome {
+                status: RunStatus::Killed,
+                exit_code: None,
+                http_status: None,
+                error: Some(format!("{reason} before the run started")),
+                output: String::new(),
+                finished_at: Utc::now(),
+            };
+            self.finish(job, run_id, &outcome).await;
+            return;
+        }
         let mut attempt = 1;
         loop {
-            let started = if attempt == 1 { started } else { Utc::now() };
-            metrics::histogram!("tenure_fire_lateness_seconds")
-                .record((started - slot).to_std().unwrap_or_default().as_secs_f64());
+            let started = Utc::now();
+            if attempt == 1 {
+                metrics::histogram!("tenure_fire_lateness_seconds")
+                    .record((started - slot).to_std().unwrap_or_default().as_secs_f64());
+            }
             let context = RunContext {
                 run_id,
                 job: job.name.to_string(),
@@ -1219,7 +1287,8 @@ impl Ledger {
         stop: &RunStop,
     ) -> Option<DateTime<Utc>> {
         // The same start time on every retry: a retry after a lost acknowledgement finds it.
-        let started = Utc::now();
+        // Recorded ahead, it is the slot: the run executes at its slot, never before.
+        let started = Utc::now().max(slot);
         loop {
             // Stopped because the term ended: the claim was never started, so it is the next
             // term's to decide, not a run to record.
@@ -1270,6 +1339,16 @@ impl Ledger {
             return None;
         }
         Some(started)
+    }
+
+    /// Why a run whose start is recorded may not execute after all: it was stopped (replaced,
+    /// shut down, its term ended) or the lease ran out while it waited for its slot. It was
+    /// started under this term, so no other term takes it over: it is recorded `killed`.
+    fn stopped_before_start(&self, stop: &RunStop) -> Option<&'static str> {
+        if stop.token.is_cancelled() {
+            return Some(stop.reason().unwrap_or(LEADERSHIP_LOST));
+        }
+        (!self.lease.is_valid()).then_some(LEADERSHIP_LOST)
     }
 
     /// The fenced start through the term's batcher (or directly, if it is gone).
@@ -1570,16 +1649,22 @@ mod tests {
     }
 
     #[test]
-    fn the_claim_lead_follows_the_slowest_recent_claim_within_bounds() {
-        let lead = ClaimLead::default();
-        assert_eq!(lead.lead(), FIRST_LEAD);
+    fn each_lead_follows_its_slowest_recent_statement_within_bounds() {
+        let leads = Leads::default();
+        let lead = &leads.claims;
+        assert_eq!(lead.lead(), Duration::from_millis(250));
         lead.observe(Duration::from_millis(2));
-        assert_eq!(lead.lead(), MIN_LEAD);
+        assert_eq!(lead.lead(), Duration::from_millis(20));
         lead.observe(Duration::from_millis(100));
         lead.observe(Duration::from_millis(3));
         let learned = lead.lead();
         assert!(learned >= Duration::from_millis(150) && learned <= Duration::from_millis(156), "{learned:?}");
         lead.observe(Duration::from_secs(5));
         assert_eq!(lead.lead(), MAX_LEAD);
+        // The start's lead is learned apart, and a claim is sent ahead of both.
+        assert_eq!(leads.start(), Duration::from_millis(50));
+        leads.starts.observe(Duration::ZERO);
+        assert_eq!(leads.start(), Duration::from_millis(5));
+        assert_eq!(leads.ahead(), MAX_LEAD + Duration::from_millis(5));
     }
 }

@@ -32,6 +32,13 @@ pub fn claim_lead() -> Option<std::time::Duration> {
     *LEAD.get_or_init(|| millis("TENURE_TEST_CLAIM_LEAD_MS"))
 }
 
+/// `TENURE_TEST_START_LEAD_MS`: claimed runs record their start this far ahead of their slots
+/// instead of the learned lead, so a test can fault the leader between a start and its slot.
+pub fn start_lead() -> Option<std::time::Duration> {
+    static LEAD: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+    *LEAD.get_or_init(|| millis("TENURE_TEST_START_LEAD_MS"))
+}
+
 fn millis(name: &str) -> Option<std::time::Duration> {
     value(name).and_then(|ms| ms.parse().ok()).map(std::time::Duration::from_millis)
 }

@@ -683,6 +683,63 @@ async fn a_fault_between_a_claim_ahead_and_its_slot_never_runs_it_twice_or_early
     cluster.verdict(&report).await;
 }
 
+/// A claimed run records its start a short lead before its slot (here 600 ms, by a test
+/// switch, so the window is wide enough to hit) and executes at the slot. A fault between the
+/// start and the slot: the run is this term's, so no later term takes it over; SIGKILL leaves it
+/// reaped `lost`; a leader paused past its lease records it `killed` when it resumes (or finds it
+/// reaped `lost` meanwhile). Never run, never run twice, never early.
+#[tokio::test]
+async fn a_fault_between_a_start_ahead_and_its_slot_never_runs_it() {
+    let options = Options {
+        env: vec![
+            ("TENURE_TEST_CLAIM_LEAD_MS".into(), "900".into()),
+            ("TENURE_TEST_START_LEAD_MS".into(), "600".into()),
+        ],
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start_with(3, TICK, options).await;
+    let mut windows = Vec::new();
+    for (fault, outcomes) in [(Signal::SIGKILL, &["lost"][..]), (Signal::SIGSTOP, &["killed", "lost"][..])] {
+        let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
+        let_it_tick(&cluster, 2).await;
+        // 550 ms into a second: the next slot was started ~150 ms ago and is due in ~450 ms.
+        let into = u64::from(Utc::now().timestamp_subsec_millis());
+        tokio::time::sleep(Duration::from_millis((1550 - into) % 1000)).await;
+        let slot = Utc::now().duration_trunc(chrono::Duration::seconds(1)).unwrap() + chrono::Duration::seconds(1);
+        cluster.event(format!(
+            "{fault:?} {} (term {term}) between the start of {slot} and the slot",
+            cluster.replicas[leader].node
+        ));
+        let fault_at = Utc::now();
+        match fault {
+            Signal::SIGKILL => cluster.kill(leader),
+            _ => cluster.signal(leader, fault),
+        }
+        let row = cluster.ledger().await.into_iter().find(|r| r.job == "tick" && r.slot == slot);
+        let row = row.unwrap_or_else(|| panic!("{slot} was not claimed ahead\n{}", cluster.logs()));
+        assert_eq!((row.term, row.started_at), (term, Some(slot)), "{fault:?}: started ahead, for its slot");
+        if fault == Signal::SIGSTOP {
+            tokio::time::sleep(TTL * 3).await;
+            cluster.signal(leader, Signal::SIGCONT);
+        }
+        wait_for("the started slot's outcome", Duration::from_secs(30), || async {
+            let ledger = cluster.ledger().await;
+            ledger.iter().any(|r| r.job == "tick" && r.slot == slot && outcomes.contains(&r.status.as_str()))
+        })
+        .await;
+        let ran: Vec<_> = cluster.witness().into_iter().filter(|w| w.slot == slot).collect();
+        assert!(ran.is_empty(), "{fault:?}: a slot started by a term that ended before it was run: {ran:?}");
+        let row = cluster.ledger().await.into_iter().find(|r| r.job == "tick" && r.slot == slot).unwrap();
+        assert_eq!(row.term, term, "{fault:?}: no other term took the started slot over: {row:?}");
+        windows.push(window(fault_at, Utc::now()));
+        if fault == Signal::SIGKILL {
+            cluster.restart(leader);
+        }
+    }
+    let report = finish(&mut cluster, &["tick"], &windows).await;
+    cluster.verdict(&report).await;
+}
+
 /// How long each run of the issue-13 job lasts: several of its 2 s periods, so a run its leader
 /// left behind would still be going when the next leader's `forbid` lets the next slot run.
 const LONG_RUN_SECS: u64 = 8;
