@@ -602,10 +602,8 @@ async fn processes(jobs: usize, window: Duration) -> anyhow::Result<()> {
             .fetch_all(&pool)
             .await?;
     drop(replicas);
-    let mut late: Vec<f64> = rows
-        .iter()
-        .filter_map(|(slot, _, output)| Some(ms(stamp(output.as_deref()?)? - *slot)))
-        .collect();
+    let mut late: Vec<f64> =
+        rows.iter().filter_map(|(slot, _, output)| Some(ms(stamp(output.as_deref()?)? - *slot))).collect();
     let missed = rows.iter().filter(|r| r.1 == "missed").count();
     let slots = (until - from).num_seconds() as usize;
     row("lateness: slot -> the job's process runs", &mut late, "");

@@ -27,7 +27,7 @@ use crate::supervisor::{self, Supervision};
 /// SIGHUP forces one). Polling rather than inotify: a Kubernetes ConfigMap update swaps a symlink,
 /// which inotify watches on the file do not see.
 const JOB_FILE_POLL: Duration = Duration::from_secs(1);
-/// `tenure dev` holds no lease: how long its runs' supervisors let a frozen replica be silent.
+/// `tenure dev` holds no lease: how long its supervisor lets a frozen replica be silent.
 const DEV_SILENCE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Everything `tenure run` needs, already parsed.

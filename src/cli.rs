@@ -1,7 +1,6 @@
 //! The command line: clap definitions (every flag also a `TENURE_*` variable) and the commands
 //! that print and exit (`validate`, `next`). `run` is handed to `app`.
 
-use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,18 +41,15 @@ pub enum Command {
     Schema,
 }
 
-/// `tenure supervise`, hidden: the executor starts one per command or shell run, to kill the
-/// run's process group if the replica dies or freezes (see `supervisor`). Not in `Command`, so
+/// `tenure supervise`, hidden: each replica starts one, which starts its command and shell runs
+/// and kills their process groups if the replica dies or freezes (see `supervisor`). Not in `Command`, so
 /// `--help` does not list it; `main` dispatches it before parsing anything else.
 #[derive(Debug, Parser)]
 #[command(name = "supervise")]
 pub struct SuperviseArgs {
-    /// Kill the job's process group when the replica sends nothing for this long.
+    /// Kill every job's process group when the replica sends nothing for this long.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub silence_limit: Duration,
-    /// The job's program and its arguments, after `--`.
-    #[arg(last = true, required = true)]
-    pub command: Vec<OsString>,
 }
 
 /// The JSON Schema of the job file (`tenure schema`).

@@ -9,29 +9,23 @@
 //! `TENURE_DATABASE_URL`, any `TENURE_*`) never reaches a job.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
-use std::os::fd::OwnedFd;
-use std::process::{ExitStatus, Stdio};
+use std::ffi::{OsStr, OsString};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::process::Command;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{HttpTarget, Job, Target};
 use crate::store::{OUTPUT_LIMIT, RunOutcome, RunStatus};
-use crate::supervisor::{self, Report, Supervision};
+use crate::supervisor::{Ended, Spawn, Supervision};
 
 /// Between SIGTERM and SIGKILL of a job's process group.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
-/// How long a supervisor may take to start its job and say so.
-const SUPERVISOR_START: Duration = Duration::from_secs(10);
 
 /// What every command or shell job inherits from tenure's environment (with every `LC_*`): how to
 /// find programs, whose home and shell, the locale and time zone; what cron hands its jobs, plus
@@ -124,12 +118,12 @@ pub async fn execute(
 ) -> RunOutcome {
     match &job.target {
         Target::Command { argv } => {
-            let command = supervision.wrap(argv[0].as_ref(), &argv[1..]);
-            run_process(command.into(), argv[0].as_ref(), job, context, output, supervision, stop).await
+            let args = argv[1..].iter().map(|arg| arg.as_ref()).collect();
+            run_process(argv[0].as_ref(), args, job, context, output, supervision, stop).await
         }
         Target::Shell { script } => {
-            let command = supervision.wrap("/bin/sh".as_ref(), ["-c", script.as_str()]);
-            run_process(command.into(), "/bin/sh".as_ref(), job, context, output, supervision, stop).await
+            let args = vec!["-c".as_ref(), script.as_ref()];
+            run_process("/bin/sh".as_ref(), args, job, context, output, supervision, stop).await
         }
         Target::Http(target) => run_http(target, job.timeout, context, output, http, stop).await,
     }
@@ -146,11 +140,11 @@ fn outcome(status: RunStatus, output: &OutputTail) -> RunOutcome {
     }
 }
 
-/// `command` is the job's `program` wrapped in its supervisor (`Supervision::wrap`): what is set
-/// here (environment, directory, output pipes) the supervisor passes on to the job.
+/// Start `program args` through the replica's supervisor (environment, directory, output pipes)
+/// and see it to its end: exit, timeout (SIGTERM to its group, SIGKILL after `KILL_GRACE`) or stop.
 async fn run_process(
-    mut command: Command,
-    program: &std::ffi::OsStr,
+    program: &OsStr,
+    args: Vec<&OsStr>,
     job: &Job,
     context: &RunContext,
     output: &OutputTail,
@@ -161,92 +155,61 @@ async fn run_process(
         error: Some(format!("could not start `{}`: {error}", program.to_string_lossy())),
         ..outcome(RunStatus::Failed, output)
     };
-    // The supervisor's stdin is its line to this replica; the job's stdin is /dev/null.
-    let (replica_end, supervisor_end) = match socket_pair() {
-        Ok(pair) => pair,
+    let pipes = tokio::net::unix::pipe::pipe().and_then(|out| Ok((out, tokio::net::unix::pipe::pipe()?)));
+    let ((stdout_tx, stdout_rx), (stderr_tx, stderr_rx)) = match pipes {
+        Ok(pipes) => pipes,
         Err(error) => return could_not_start(&error),
     };
-    command
-        .env_clear()
-        .envs(inherited_environment(&job.inherit_env, std::env::vars_os()))
-        .envs(&job.env)
-        .envs(context.variables().map(|(name, value)| (format!("TENURE_{name}"), value)))
-        .stdin(Stdio::from(OwnedFd::from(supervisor_end)))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Out of the replica's process group, so a ctrl-c meant for the replica does not reach it.
-        // No kill_on_drop: a supervisor killed outright could not kill the job's group; one whose
-        // replica end closes (when this future is dropped) does.
-        .process_group(0);
-    if let Some(workdir) = &job.workdir {
-        command.current_dir(workdir);
-    }
-    let spawned = command.spawn();
-    // The command holds the supervisor's end of the socket: close it here, so the supervisor sees
-    // end-of-file when this replica's end goes.
-    drop(command);
-    let mut child = match spawned {
-        Ok(child) => child,
+    let (stdout, stderr) = match (stdout_tx.into_blocking_fd(), stderr_tx.into_blocking_fd()) {
+        (Ok(stdout), Ok(stderr)) => (stdout, stderr),
+        (Err(error), _) | (_, Err(error)) => return could_not_start(&error),
+    };
+    let env = inherited_environment(&job.inherit_env, std::env::vars_os())
+        .into_iter()
+        .chain(job.env.iter().map(|(name, value)| (name.into(), value.into())))
+        .chain(context.variables().map(|(name, value)| (format!("TENURE_{name}").into(), value.into())))
+        .collect();
+    let spawn = Spawn { program, args, env, workdir: job.workdir.as_deref(), stdout, stderr };
+    let started = match supervision.start(spawn).await {
+        Ok(started) => started,
         Err(error) => return could_not_start(&error),
     };
-    let readers = [
-        child.stdout.take().map(|pipe| tokio::spawn(copy_into(pipe, output.clone()))),
-        child.stderr.take().map(|pipe| tokio::spawn(copy_into(pipe, output.clone()))),
-    ];
-    let (mut reports, heartbeats) = replica_end.into_split();
-    let group = match next_report(&mut reports, SUPERVISOR_START).await {
-        Some(Report::Started(group)) => Pid::from_raw(group),
-        started => {
-            // Closing this end makes a supervisor that is still there kill whatever it started.
-            drop((reports, heartbeats));
-            let status = child.wait().await;
-            let error = match started {
-                Some(Report::Failed(error)) => error,
-                _ => format!("its supervisor ended without starting it ({})", describe_wait(&status)),
-            };
-            return could_not_start(&error);
-        }
-    };
-    // Until the run is over; dropped (and the socket closed) with this future in any case.
-    let _heartbeats = AbortOnDropHandle::new(tokio::spawn(send_heartbeats(heartbeats)));
-
-    let (mut ending, exited) = tokio::select! {
-        status = child.wait() => (Ending::Exited, Some(status)),
+    let group = started.group;
+    let readers =
+        [tokio::spawn(copy_into(stdout_rx, output.clone())), tokio::spawn(copy_into(stderr_rx, output.clone()))];
+    let mut ended = started.ended;
+    let (ending, end) = tokio::select! {
+        end = &mut ended => (Ending::Exited, end.ok()),
         () = tokio::time::sleep(job.timeout) => (Ending::TimedOut, None),
         () = stop.cancelled() => (Ending::Stopped, None),
     };
-    let supervisor_exit = match exited {
-        Some(status) => status,
+    let end = match end {
+        Some(end) => Some(end),
         None => {
-            // The supervisor exits as soon as the job's main process does.
             signal_group(Some(group), Signal::SIGTERM);
-            match tokio::time::timeout(KILL_GRACE, child.wait()).await {
-                Ok(status) => status,
+            match tokio::time::timeout(KILL_GRACE, &mut ended).await {
+                Ok(end) => end.ok(),
                 Err(_) => {
                     signal_group(Some(group), Signal::SIGKILL);
-                    child.wait().await
+                    tokio::time::timeout(Duration::from_secs(1), ended).await.ok().and_then(Result::ok)
                 }
             }
         }
     };
     // Children that outlived the job's main process would hold its pipes (and resources) forever.
-    // The supervisor killed them already; this is for a supervisor that died first.
+    // The supervisor killed them already; this is for a supervisor that ended first.
     signal_group(Some(group), Signal::SIGKILL);
-    for reader in readers.into_iter().flatten() {
+    for reader in readers {
         let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
     }
-
-    // The supervisor wrote its report before it exited.
-    let exit: Result<ExitStatus, String> = match next_report(&mut reports, Duration::from_secs(1)).await {
-        Some(Report::Exited(status)) => Ok(status),
-        Some(Report::Silent) => {
-            ending = Ending::Abandoned;
-            Err("killed by its supervisor".to_owned())
-        }
-        Some(Report::Failed(error)) => Err(error),
-        Some(Report::Started(_)) | None => {
-            Err(format!("its supervisor ended without a report ({})", describe_wait(&supervisor_exit)))
-        }
+    let ending = match end {
+        Some(Ended::Silent) => Ending::Abandoned,
+        _ => ending,
+    };
+    let exit: Result<ExitStatus, String> = match end {
+        Some(Ended::Exited(status)) => Ok(status),
+        Some(Ended::Silent) => Err("killed by its supervisor".to_owned()),
+        Some(Ended::SupervisorGone) | None => Err("its supervisor ended without a report".to_owned()),
     };
     let exit_code = exit.as_ref().ok().and_then(|status| status.code());
     let (status, error) = match (ending, &exit) {
@@ -261,7 +224,7 @@ async fn run_process(
         }
         (Ending::Exited, Ok(status)) if status.success() => (RunStatus::Succeeded, None),
         (Ending::Exited, Ok(status)) => (RunStatus::Failed, Some(describe_exit(*status))),
-        (Ending::Exited, Err(error)) => (RunStatus::Failed, Some(format!("wait failed: {error}"))),
+        (Ending::Exited, Err(error)) => (RunStatus::Failed, Some(error.clone())),
     };
     RunOutcome { exit_code, error, ..outcome(status, output) }
 }
@@ -273,50 +236,6 @@ enum Ending {
     Stopped,
     /// Its supervisor killed it: this replica had gone quiet (frozen) for the silence limit.
     Abandoned,
-}
-
-/// A connected pair of Unix sockets: this replica's end (async) and the supervisor's.
-fn socket_pair() -> std::io::Result<(tokio::net::UnixStream, std::os::unix::net::UnixStream)> {
-    let (replica_end, supervisor_end) = std::os::unix::net::UnixStream::pair()?;
-    replica_end.set_nonblocking(true)?;
-    Ok((tokio::net::UnixStream::from_std(replica_end)?, supervisor_end))
-}
-
-/// The supervisor's next report, or `None` if it sends none within `wait`.
-async fn next_report(reports: &mut OwnedReadHalf, wait: Duration) -> Option<Report> {
-    // Byte by byte up to the newline: reports are rare and short, and nothing may be read past
-    // the one asked for.
-    let read_line = async {
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while reports.read_exact(&mut byte).await.is_ok() {
-            if byte[0] == b'\n' {
-                return Report::parse(&String::from_utf8_lossy(&line));
-            }
-            line.push(byte[0]);
-        }
-        None
-    };
-    tokio::time::timeout(wait, read_line).await.ok().flatten()
-}
-
-/// Tell the supervisor every `HEARTBEAT` that this replica is alive, until the run is over.
-async fn send_heartbeats(mut socket: OwnedWriteHalf) {
-    let mut ticks = tokio::time::interval(supervisor::HEARTBEAT);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        if socket.write_all(b".").await.is_err() {
-            return;
-        }
-    }
-}
-
-fn describe_wait(status: &std::io::Result<ExitStatus>) -> String {
-    match status {
-        Ok(status) => describe_exit(*status),
-        Err(error) => format!("wait failed: {error}"),
-    }
 }
 
 fn describe_exit(status: ExitStatus) -> String {

@@ -15,11 +15,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     // `tenure supervise` is started by the executor, not by people: parsed apart from the other
-    // commands (the job's environment, which it runs in, may hold any `TENURE_*` variable), and
-    // it logs nothing (its output is the job's).
+    // commands (it runs with an empty environment), and it logs nothing.
     if std::env::args_os().nth(1).is_some_and(|command| command == "supervise") {
         let args = tenure::cli::SuperviseArgs::parse_from(std::env::args_os().skip(1));
-        let code = tenure::supervisor::supervise(args.silence_limit, &args.command[0], &args.command[1..]);
+        let code = tenure::supervisor::supervise(args.silence_limit);
         return ExitCode::from(code as u8);
     }
     let cli = Cli::parse();

@@ -59,7 +59,7 @@ pub struct Scheduler {
     starts: Option<mpsc::UnboundedSender<StartRequest>>,
     finishes: Option<mpsc::UnboundedSender<FinishRequest>>,
     http: reqwest::Client,
-    /// How runs' supervisors are started, and so how long after a replica vanished its runs may
+    /// How runs' processes are started (through the replica's supervisor), and so how long after a replica vanished its runs may
     /// be recorded `lost`.
     supervision: Supervision,
     shutdown_grace: Duration,
@@ -275,7 +275,7 @@ impl Scheduler {
         due.reset(&states);
         // Runs of older terms whose node vanished become `lost` once nothing of them can be left:
         // `lost_after` since the node left the registry (or since this term began, for a node
-        // gone before), by which time its supervisors or its own kill grace have ended them.
+        // gone before), by which time its supervisor or its own kill grace have ended them.
         let lost_after = self.supervision.lost_after();
         let mut departures = Departures::default();
         departures.observe(&self.members.borrow_and_update(), tokio::time::Instant::now());
@@ -748,8 +748,8 @@ fn start_after_resume(state: &mut JobState, control: &JobControl) {
 }
 
 /// The replicas this leader saw leave the registry, and when: a run of theirs is reaped `lost` only
-/// once they have been gone for `Supervision::lost_after` (a replica that freezes now has
-/// supervisors that kill its runs only after the silence limit). A replica gone before the term
+/// once they have been gone for `Supervision::lost_after` (a replica that freezes now has a
+/// supervisor that kills its runs only after the silence limit). A replica gone before the term
 /// began is not listed: the term's first reap comes `lost_after` after its start.
 #[derive(Debug, Default)]
 struct Departures {

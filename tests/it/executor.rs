@@ -1,8 +1,6 @@
 //! The executor on real processes and a real HTTP server: what a job sees, how it is stopped,
 //! and what is recorded.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
@@ -194,35 +192,51 @@ async fn a_command_inherits_only_the_documented_variables() {
     assert_eq!(outcome.output, format!("{}\n", env!("CARGO_MANIFEST_DIR")));
 }
 
-/// `tenure supervise` started as the executor starts it, the test holding the replica's end of
-/// its socket. The job writes its own pid and that of a grandchild it leaves behind (its parent
-/// exits at once, so it is reparented away from the job: a double fork inside the group).
-// The caller waits for the supervisor; if the test fails first, dropping the socket ends it.
-#[allow(clippy::zombie_processes)]
-fn supervised(silence_limit: &str, dir: &std::path::Path) -> (std::process::Child, UnixStream, [u32; 2]) {
-    let (replica_end, supervisor_end) = UnixStream::pair().unwrap();
-    let script = format!(
-        "sh -c 'sleep 300 & echo $! > {dir}/grandchild.pid'; echo $$ > {dir}/main.pid; sleep 300",
+/// A job that writes its own pid, that of a grandchild it leaves behind (its parent exits at
+/// once, so it is reparented away from the job: a double fork inside the group) and its parent's
+/// (the supervisor), then sleeps.
+fn sleeper(dir: &std::path::Path) -> String {
+    format!(
+        "sh -c 'sleep 300 & echo $! > {dir}/grandchild.pid'; echo $PPID > {dir}/supervisor.pid; echo $$ > {dir}/main.pid; sleep 300",
         dir = dir.display()
-    );
-    let mut supervisor = std::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
-        .args(["supervise", "--silence-limit", silence_limit, "--", "/bin/sh", "-c", &script])
-        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(supervisor_end)))
+    )
+}
+
+/// The pids `sleeper` wrote: [main, grandchild], and its supervisor's.
+async fn sleeper_pids(dir: &std::path::Path) -> ([u32; 2], u32) {
+    let read_pid = |name: &str| std::fs::read_to_string(dir.join(name)).ok()?.trim().parse::<u32>().ok();
+    wait_for("the job to start", Duration::from_secs(10), || async {
+        ["main.pid", "grandchild.pid", "supervisor.pid"].iter().all(|name| read_pid(name).is_some())
+    })
+    .await;
+    ([read_pid("main.pid").unwrap(), read_pid("grandchild.pid").unwrap()], read_pid("supervisor.pid").unwrap())
+}
+
+/// `tenure dev` running `sleeper` every minute, and the pids of its first run.
+async fn replica_running_a_sleeper(dir: &std::path::Path) -> (std::process::Child, [u32; 2]) {
+    let jobs = dir.join("jobs.yaml");
+    let script = sleeper(dir).replace('\'', "''");
+    std::fs::write(
+        &jobs,
+        format!(
+            "jobs:\n  - name: sleeper\n    schedule: \"* * * * * *\"\n    concurrency: forbid\n    shell: '{script}'\n"
+        ),
+    )
+    .unwrap();
+    let replica = std::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["dev", "--admin-token", "tok", "--listen"])
+        .arg(format!("127.0.0.1:{}", crate::harness::free_port()))
+        .arg("--jobs")
+        .arg(&jobs)
+        .arg("--ledger")
+        .arg(dir.join("ledger.db"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let read_pid = |name: &str| std::fs::read_to_string(dir.join(name)).ok()?.trim().parse::<u32>().ok();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let (Some(main), Some(grandchild)) = (read_pid("main.pid"), read_pid("grandchild.pid")) {
-            return (supervisor, replica_end, [main, grandchild]);
-        }
-        if Instant::now() > deadline {
-            let _ = supervisor.kill();
-            let _ = supervisor.wait();
-            panic!("the supervised job did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (pids, _) = sleeper_pids(dir).await;
+    (replica, pids)
 }
 
 /// How long until every process in `pids` is gone (at most `limit`, else panic).
@@ -232,36 +246,62 @@ async fn gone_within(pids: [u32; 2], limit: Duration, what: &str) -> Duration {
     from.elapsed()
 }
 
-/// Issue 13: a replica that dies (SIGKILL, crash) closes its end of the socket; the supervisor
-/// kills the job's whole group at once, the grandchild that left its parent included.
+/// Issue 13: a replica that dies (SIGKILL, crash) closes its end of the supervisor's socket; the
+/// supervisor kills the job's whole group at once, the grandchild that left its parent included.
 #[tokio::test]
 async fn issue_13_a_supervised_job_dies_with_its_replica_grandchildren_included() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut supervisor, replica_end, pids) = supervised("10s", dir.path());
+    let (mut replica, pids) = replica_running_a_sleeper(dir.path()).await;
     assert!(pids.iter().all(|pid| !process_gone(*pid)), "the job ended before its replica");
-    drop(replica_end);
+    replica.kill().unwrap();
+    replica.wait().unwrap();
     let took = gone_within(pids, Duration::from_secs(2), "the job's group to die with its replica").await;
     eprintln!("replica gone -> job's group gone after {took:?}");
-    assert!(supervisor.wait().unwrap().success());
 }
 
 /// Issue 13: a replica that is alive but frozen (SIGSTOP) sends no heartbeats; the supervisor
-/// kills the job's group once the silence limit has passed without one, and says why.
+/// kills the job's group once the silence limit (5 s for `tenure dev`) has passed without one.
 #[tokio::test]
 async fn issue_13_a_supervised_job_is_killed_when_its_replica_falls_silent() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut supervisor, mut replica_end, pids) = supervised("500ms", dir.path());
-    // Heartbeats keep it going well past the limit.
-    for _ in 0..10 {
-        replica_end.write_all(b".").unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(pids.iter().all(|pid| !process_gone(*pid)), "killed while the replica answered");
-    let took = gone_within(pids, Duration::from_secs(3), "the job's group to be killed for silence").await;
-    eprintln!("replica silent -> job's group gone after {took:?} (silence limit 500 ms)");
-    assert!(took >= Duration::from_millis(300), "killed before the silence limit: {took:?}");
-    assert!(supervisor.wait().unwrap().success());
-    let mut reports = String::new();
-    replica_end.read_to_string(&mut reports).unwrap();
-    assert_eq!(reports.lines().last(), Some("silent"), "{reports}");
+    let (mut replica, pids) = replica_running_a_sleeper(dir.path()).await;
+    let pid = nix::unistd::Pid::from_raw(replica.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let took = gone_within(pids, Duration::from_secs(10), "the job's group to be killed for silence").await;
+    eprintln!("replica silent -> job's group gone after {took:?} (silence limit 5 s)");
+    assert!(took >= Duration::from_secs(4), "killed before the silence limit: {took:?}");
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    replica.kill().unwrap();
+    replica.wait().unwrap();
+}
+
+/// A supervisor killed by someone else: the replica kills its runs' groups itself, records the
+/// run failed, and starts another supervisor for the next run.
+#[tokio::test]
+async fn a_supervisor_killed_from_outside_takes_its_runs_down_and_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(&format!("    shell: \"{}\"\n", sleeper(dir.path()).replace('"', "\\\"")));
+    let supervision = supervision();
+    let running = {
+        let supervision = supervision.clone();
+        let job = job.clone();
+        tokio::spawn(async move {
+            let output = OutputTail::default();
+            execute(&job, &context(), &output, &reqwest::Client::new(), &supervision, &CancellationToken::new()).await
+        })
+    };
+    let (pids, supervisor) = sleeper_pids(dir.path()).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(supervisor as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), running).await.unwrap().unwrap();
+    assert_eq!(outcome.status, RunStatus::Failed, "{outcome:?}");
+    assert_eq!(outcome.error.as_deref(), Some("its supervisor ended without a report"));
+    gone_within(pids, Duration::from_secs(2), "the run's group to be killed by its replica").await;
+    let next = job_echo(&supervision).await;
+    assert_eq!((next.status, next.output.as_str()), (RunStatus::Succeeded, "next\n"), "{next:?}");
+}
+
+async fn job_echo(supervision: &Supervision) -> RunOutcome {
+    let output = OutputTail::default();
+    let echo = job("    command: [echo, next]\n");
+    execute(&echo, &context(), &output, &reqwest::Client::new(), supervision, &CancellationToken::new()).await
 }
