@@ -23,7 +23,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::PgPool;
 use tenure::leadership::Term;
-use tenure::store::{Claim, SkipIfRunning, Store, Trigger};
+use tenure::model::Trigger;
+use tenure::store::{Claim, SkipIfRunning, Store};
 
 /// The allocator the binary uses, for the sink and the bare client too.
 #[global_allocator]
@@ -848,7 +849,7 @@ async fn dashboard() -> anyhow::Result<()> {
         leadership: tokio::sync::watch::channel(tenure::leadership::Leadership::Follower { leader: None }).1,
         etcd: None,
         jobs: tokio::sync::watch::channel(Arc::new(jobs)).1,
-        cluster: tokio::sync::watch::channel(tenure::election::ClusterSnapshot {
+        cluster: tokio::sync::watch::channel(tenure::model::ClusterSnapshot {
             leader: Some(("n".into(), 7)),
             roster: Vec::new(),
         })

@@ -14,10 +14,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{self, ClockCheck};
 use crate::config::{self, JobSet};
-use crate::election::{self, ClusterSnapshot, Election, ElectionConfig, EtcdAccess, Keys, Member};
+use crate::election::{self, Election, ElectionConfig, EtcdAccess, Keys};
 use crate::http::{self, AppState, Auth};
 use crate::leadership::Leadership;
 use crate::local::{LedgerLock, LocalElection};
+use crate::model::{ClusterSnapshot, Member};
 use crate::scheduler::Scheduler;
 use crate::secret::Secret;
 use crate::store::{self, Store};
@@ -104,7 +105,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         members: members_rx,
         cluster: cluster_rx,
         clock: clock_rx,
-        etcd: Some(etcd),
+        etcd: Some(election::EtcdProbe::new(etcd)),
         // A replica silent for a lease TTL since its last heartbeat has lost its lease (its
         // deadline is at most a TTL after its last keep-alive): it would stop its runs on waking.
         supervision: Supervision::new(settings.lease_ttl + supervisor::HEARTBEAT),
@@ -227,7 +228,7 @@ struct Wiring {
     members: watch::Receiver<Vec<Member>>,
     cluster: watch::Receiver<ClusterSnapshot>,
     clock: watch::Receiver<ClockCheck>,
-    etcd: Option<etcd_client::Client>,
+    etcd: Option<election::EtcdProbe>,
     supervision: Supervision,
     tasks: TaskTracker,
     /// Stops the registration after the scheduler has drained.

@@ -10,17 +10,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions, ResignOptions,
     TlsOptions, Txn,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::ClockCheck;
 use crate::leadership::{BootInstant, LeaderTerm, Leadership, LeaseDeadline, Term};
+use crate::model::Member;
 use crate::secret::Secret;
 
 /// How long a single unary etcd request may take before we treat etcd as unreachable.
@@ -443,49 +443,22 @@ where
     }
 }
 
-/// What a replica tells the cluster about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub node: String,
-    pub version: String,
-    pub address: String,
-    pub config_hash: String,
-    pub started_at: DateTime<Utc>,
+/// What readiness (`/readyz`) may ask of etcd: whether it answers. A handle on the replica's
+/// client that can do nothing else, so the HTTP layer holds no etcd client.
+#[derive(Clone)]
+pub struct EtcdProbe {
+    client: Client,
 }
 
-/// The cluster as one replica last saw it: who leads and every replica seen in the last hour
-/// (gone ones kept with `live: false`, so a crashed replica stays visible for a while).
-#[derive(Debug, Clone, Default)]
-pub struct ClusterSnapshot {
-    /// The leader's node id and term.
-    pub leader: Option<(String, i64)>,
-    pub roster: Vec<RosterEntry>,
-}
+impl EtcdProbe {
+    pub fn new(client: Client) -> EtcdProbe {
+        EtcdProbe { client }
+    }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RosterEntry {
-    pub member: Member,
-    pub last_seen: DateTime<Utc>,
-    pub live: bool,
-}
-
-impl ClusterSnapshot {
-    /// How long a replica that left stays on the roster.
-    const FORGET_AFTER: chrono::TimeDelta = chrono::TimeDelta::hours(1);
-
-    /// Fold a fresh list of live members in at `now`.
-    pub fn observe(&mut self, live: &[Member], now: DateTime<Utc>) {
-        for entry in &mut self.roster {
-            entry.live = false;
-        }
-        for member in live {
-            match self.roster.iter_mut().find(|entry| entry.member.node == member.node) {
-                Some(entry) => *entry = RosterEntry { member: member.clone(), last_seen: now, live: true },
-                None => self.roster.push(RosterEntry { member: member.clone(), last_seen: now, live: true }),
-            }
-        }
-        self.roster.retain(|entry| entry.live || now - entry.last_seen < Self::FORGET_AFTER);
-        self.roster.sort_by(|a, b| a.member.node.cmp(&b.member.node));
+    /// Whether etcd answers a status request within `within`.
+    pub async fn answers(&self, within: Duration) -> bool {
+        let mut client = self.client.clone();
+        tokio::time::timeout(within, client.status()).await.is_ok_and(|status| status.is_ok())
     }
 }
 

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{HttpTarget, Job, Target};
-use crate::store::{OUTPUT_LIMIT, RunOutcome, RunStatus};
+use crate::model::{OUTPUT_LIMIT, RunOutcome, RunStatus};
 use crate::supervisor::{self, Report, Supervision};
 
 /// Between SIGTERM and SIGKILL of a job's process group.

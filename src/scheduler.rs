@@ -17,13 +17,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{ClockCheck, StepDetector};
 use crate::config::{CatchUp, Concurrency, Job, JobSet};
-use crate::election::Member;
 use crate::executor::{self, OutputTail, RunContext};
 use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
-use crate::store::{
-    Claim, ClaimError, Claimed, FenceError, JobControl, JobCursor, LiveNode, RunOutcome, RunStatus, SkipIfRunning,
-    Store, Trigger,
-};
+use crate::model::{Member, RunOutcome, RunStatus, Trigger};
+use crate::store::{Claim, ClaimError, Claimed, FenceError, JobControl, JobCursor, LiveNode, SkipIfRunning, Store};
 use crate::supervisor::Supervision;
 
 /// A slot this close behind "now" is on time; older due slots are catch-up slots and follow the

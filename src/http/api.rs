@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, TermView};
 use super::{AppState, Problem};
-use crate::store::{RunCursor, RunStatus, TriggerRecord};
+use crate::model::RunStatus;
+use crate::store::{RunCursor, TriggerRecord};
 
 /// The largest request body the API reads (a trigger's optional JSON).
 const BODY_LIMIT: usize = 16 * 1024;

@@ -25,8 +25,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JobSet;
-use crate::election::ClusterSnapshot;
+use crate::election::EtcdProbe;
 use crate::leadership::Leadership;
+use crate::model::ClusterSnapshot;
 use crate::store::Store;
 
 /// What the handlers read.
@@ -36,7 +37,7 @@ pub struct AppState {
     pub store: Store,
     pub leadership: watch::Receiver<Leadership>,
     /// For readiness; `None` where leadership is in-process (`tenure dev`).
-    pub etcd: Option<etcd_client::Client>,
+    pub etcd: Option<EtcdProbe>,
     pub jobs: watch::Receiver<Arc<JobSet>>,
     pub cluster: watch::Receiver<ClusterSnapshot>,
     pub auth: Auth,
@@ -132,10 +133,8 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let database =
         async { tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await.is_ok_and(|ping| ping.is_ok()) };
     let etcd = async {
-        match state.etcd.clone() {
-            Some(mut client) => {
-                tokio::time::timeout(READY_TIMEOUT, client.status()).await.is_ok_and(|status| status.is_ok())
-            }
+        match &state.etcd {
+            Some(probe) => probe.answers(READY_TIMEOUT).await,
             None => true,
         }
     };

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::api::{self, RunQuery};
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, STRIP, ago, human_ms, in_zone, utc};
 use super::{AppState, BrowserSession, Problem};
-use crate::store::RunStatus;
+use crate::model::RunStatus;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -10,7 +10,7 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::config::{Job, JobSet, Target};
-use crate::election::ClusterSnapshot;
+use crate::model::ClusterSnapshot;
 use crate::store::{JobControl, RunRecord, Store, TermRecord};
 
 /// How many outcomes the overview's strip shows per job.

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::leadership::Term;
+use crate::model::{RunOutcome, RunStatus, Trigger};
 
 /// The firing pool: claims, starts, outcomes, the fence and terms, cursors, heartbeats, reaping,
 /// pruning and the controls the leader reads. The web never gets it (it reads on
@@ -193,56 +194,6 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
     result
 }
 
-/// What the ledger says happened to a slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    /// Claimed (`started_at` empty: not started, a newer term may take it over) or started
-    /// (`started_at` set, through the fenced `start_runs`).
-    Running,
-    Succeeded,
-    Failed,
-    TimedOut,
-    /// Stopped by tenure: leadership lost, `replace`, shutdown grace exceeded.
-    Killed,
-    /// Not started because the previous run was still going (`concurrency: forbid`).
-    Skipped,
-    /// Not run: the leader was down or late beyond the job's policy.
-    Missed,
-    /// Started by a leader that vanished without recording an outcome.
-    Lost,
-}
-
-impl RunStatus {
-    pub const ALL: [RunStatus; 8] = [
-        RunStatus::Running,
-        RunStatus::Succeeded,
-        RunStatus::Failed,
-        RunStatus::TimedOut,
-        RunStatus::Killed,
-        RunStatus::Skipped,
-        RunStatus::Missed,
-        RunStatus::Lost,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::TimedOut => "timed_out",
-            RunStatus::Killed => "killed",
-            RunStatus::Skipped => "skipped",
-            RunStatus::Missed => "missed",
-            RunStatus::Lost => "lost",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<RunStatus> {
-        RunStatus::ALL.into_iter().find(|status| status.as_str() == text)
-    }
-}
-
 /// Why a claim was refused. The two refusals are told apart for metrics and logs.
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
@@ -287,34 +238,6 @@ pub enum SkipIfRunning {
     No,
 }
 
-/// Why a slot is claimed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Schedule,
-    /// An operator's trigger request (`TriggerRecord::id`); the claim that records its slot
-    /// marks it handled, and a refused claim leaves it pending for the next leader.
-    Manual {
-        request: i64,
-    },
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Schedule => "schedule",
-            Trigger::Manual { .. } => "manual",
-        }
-    }
-
-    /// The trigger request a manual claim fulfils.
-    pub fn request(self) -> Option<i64> {
-        match self {
-            Trigger::Schedule => None,
-            Trigger::Manual { request } => Some(request),
-        }
-    }
-}
-
 /// A committed claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claimed {
@@ -333,17 +256,6 @@ pub struct JobCursor {
     /// The oldest scheduled slot an older term claimed and never started: not run yet, so the
     /// new term decides it again per the job's policy.
     pub unstarted: Option<DateTime<Utc>>,
-}
-
-/// How a run ended, as recorded on its row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunOutcome {
-    pub status: RunStatus,
-    pub exit_code: Option<i32>,
-    pub http_status: Option<u16>,
-    pub error: Option<String>,
-    pub output: String,
-    pub finished_at: DateTime<Utc>,
 }
 
 /// The fence row.
@@ -439,9 +351,6 @@ pub struct JobControl {
 
 /// The PostgreSQL NOTIFY channel for pauses, resumes and triggers.
 const CONTROL_CHANNEL: &str = "tenure_controls";
-
-/// Largest output tail kept per run.
-pub const OUTPUT_LIMIT: usize = 64 * 1024;
 
 /// The ledger, whichever database holds it. Cheap to clone; derefs to the `Ledger` contract.
 #[derive(Clone)]

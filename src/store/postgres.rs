@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode, RunCursor,
-    RunOutcome, RunRecord, RunStatus, SkipIfRunning, TermRecord, Trigger, TriggerRecord, clean_text,
+    RunRecord, SkipIfRunning, TermRecord, TriggerRecord, clean_text,
 };
 use crate::leadership::Term;
+use crate::model::{RunOutcome, RunStatus, Trigger};
 
 /// The columns `run_record` reads, for `concat!` into static SQL.
 macro_rules! run_columns {

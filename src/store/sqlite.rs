@@ -17,10 +17,11 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode, RunCursor, RunOutcome,
-    RunRecord, RunStatus, SkipIfRunning, TermRecord, Trigger, TriggerRecord, clean_text,
+    Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode, RunCursor, RunRecord,
+    SkipIfRunning, TermRecord, TriggerRecord, clean_text,
 };
 use crate::leadership::Term;
+use crate::model::{RunOutcome, RunStatus, Trigger};
 
 /// The SQLite ledger. Pauses and triggers wake the scheduler through an in-process channel.
 #[derive(Debug, Clone)]

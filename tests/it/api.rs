@@ -8,10 +8,10 @@ use axum::http::{Request, StatusCode, header};
 use base64::Engine;
 use chrono::{TimeZone, Utc};
 use serde_json::Value;
-use tenure::election::{ClusterSnapshot, Member};
 use tenure::http::{AppState, Auth, router};
 use tenure::leadership::{Leadership, Term};
-use tenure::store::{Claim, RunOutcome, RunStatus, SkipIfRunning, Sqlite, Store, Trigger};
+use tenure::model::{ClusterSnapshot, Member, RunOutcome, RunStatus, Trigger};
+use tenure::store::{Claim, SkipIfRunning, Sqlite, Store};
 use tokio::sync::watch;
 use tower::ServiceExt;
 

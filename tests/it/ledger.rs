@@ -4,9 +4,9 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use tenure::leadership::Term;
+use tenure::model::{RunOutcome, RunStatus, Trigger};
 use tenure::store::{
-    Claim, ClaimError, Claimed, FenceError, JobControl, LiveNode, RunCursor, RunOutcome, RunStatus, SkipIfRunning,
-    Store, Trigger, TriggerRecord,
+    Claim, ClaimError, Claimed, FenceError, JobControl, LiveNode, RunCursor, SkipIfRunning, Store, TriggerRecord,
 };
 
 use crate::harness::Postgres;
