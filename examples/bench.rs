@@ -845,7 +845,7 @@ async fn dashboard() -> anyhow::Result<()> {
     let jobs = tenure::config::parse(&text, "bench.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = tenure::http::AppState {
         node_id: "bench".into(),
-        store: store.clone(),
+        store: tenure::store::Reads::new(pool.clone()),
         leadership: tokio::sync::watch::channel(tenure::leadership::Leadership::Follower { leader: None }).1,
         etcd: None,
         jobs: tokio::sync::watch::channel(Arc::new(jobs)).1,

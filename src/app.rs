@@ -21,7 +21,7 @@ use crate::local::{LedgerLock, LocalElection};
 use crate::model::{ClusterSnapshot, Member};
 use crate::scheduler::Scheduler;
 use crate::secret::Secret;
-use crate::store::{self, Store};
+use crate::store::{self, Reads, Store};
 use crate::supervisor::{self, Supervision};
 
 /// How often the job file's size and modification time are compared (a change triggers a reload;
@@ -54,7 +54,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
     let pool = store::connect(settings.database_url.expose()).await.context("read --database-url")?;
     migrate_with_retry(settings.database_url.expose(), &pool, &shutdown).await?;
     let store = Store::new(pool);
-    let reads = Store::new(store::connect_reads(settings.database_url.expose()).await?);
+    let reads = Reads::new(store::connect_reads(settings.database_url.expose()).await?);
 
     let etcd = connect_etcd_with_retry(&settings.etcd, settings.lease_ttl, &shutdown).await?;
     let keys = Keys::new(&settings.election);
@@ -143,7 +143,8 @@ pub async fn dev(
     let ledger = store::Sqlite::open(&settings.ledger_path)
         .await
         .with_context(|| format!("open the dev ledger {}", settings.ledger_path.display()))?;
-    let store = Store::from_ledger(ledger);
+    // One SQLite connection serves both sides: `tenure dev` has no readers to keep apart.
+    let (store, reads) = Store::with_reads(ledger);
     // Terms continue above the ledger's fence, so a restart is a new, higher term.
     let fence = store.fence().await.context("read the fence")?;
     let replica = Replica::new(&settings.node_id, address, jobs);
@@ -177,8 +178,8 @@ pub async fn dev(
         registry_shutdown.clone(),
     ));
     let wiring = Wiring {
-        reads: store.clone(),
         store,
+        reads,
         leadership: leadership_rx,
         members: members_rx,
         cluster: cluster_rx,
@@ -223,7 +224,7 @@ struct Wiring {
     /// The firing path's ledger: the web never reads through it.
     store: Store,
     /// The dashboard's and API's ledger (on PostgreSQL, a pool of its own).
-    reads: Store,
+    reads: Reads,
     leadership: watch::Receiver<Leadership>,
     members: watch::Receiver<Vec<Member>>,
     cluster: watch::Receiver<ClusterSnapshot>,

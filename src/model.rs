@@ -128,6 +128,14 @@ impl fmt::Display for TriggerKind {
     }
 }
 
+/// An operator's word on one job, recorded in the ledger for the leader to act on. It overrides
+/// the job file's `paused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Pause,
+    Resume,
+}
+
 /// Largest output tail kept per run.
 pub const OUTPUT_LIMIT: usize = 64 * 1024;
 

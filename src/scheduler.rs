@@ -20,7 +20,9 @@ use crate::config::{CatchUp, Concurrency, Job, JobSet};
 use crate::executor::{self, OutputTail, RunContext};
 use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
 use crate::model::{Member, RunOutcome, RunStatus, Trigger};
-use crate::store::{Claim, ClaimError, Claimed, FenceError, JobControl, JobCursor, LiveNode, SkipIfRunning, Store};
+use crate::store::{
+    Claim, ClaimError, Claimed, FenceError, JobControl, JobCursor, LiveNode, SkipIfRunning, Store, UnrunSlots,
+};
 use crate::supervisor::Supervision;
 
 /// A slot this close behind "now" is on time; older due slots are catch-up slots and follow the
@@ -1100,20 +1102,17 @@ impl Ledger {
     /// Record `slots` as not run: new rows, or this term's claims that never started.
     async fn record(&self, job: &Job, slots: &[DateTime<Utc>], status: RunStatus, trigger: Trigger, reason: &str) {
         loop {
-            match self
-                .store
-                .record_slots(
-                    job.name.as_ref(),
-                    slots,
-                    status,
-                    trigger,
-                    &self.term,
-                    &self.node,
-                    &self.config_hash,
-                    reason,
-                )
-                .await
-            {
+            let unrun = UnrunSlots {
+                job: job.name.as_ref(),
+                slots,
+                status,
+                trigger,
+                term: &self.term,
+                node: &self.node,
+                config_hash: &self.config_hash,
+                error: reason,
+            };
+            match self.store.record_slots(&unrun).await {
                 Ok(_) => return,
                 Err(ClaimError::Database(error)) if self.lease.is_valid() => {
                     tracing::warn!(%error, job = %job.name, "could not record slots not run; retrying");

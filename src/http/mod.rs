@@ -28,13 +28,14 @@ use crate::config::JobSet;
 use crate::election::EtcdProbe;
 use crate::leadership::Leadership;
 use crate::model::ClusterSnapshot;
-use crate::store::Store;
+use crate::store::Reads;
 
 /// What the handlers read.
 #[derive(Clone)]
 pub struct AppState {
     pub node_id: String,
-    pub store: Store,
+    /// The ledger's read side, on the read pool.
+    pub store: Reads,
     pub leadership: watch::Receiver<Leadership>,
     /// For readiness; `None` where leadership is in-process (`tenure dev`).
     pub etcd: Option<EtcdProbe>,

@@ -12,6 +12,7 @@
 //! `start_runs`, before the process or request begins), then finished. Only a claimed row that
 //! was never started can change hands: a newer term's claim or `record_slots` takes it over.
 
+mod common;
 mod postgres;
 mod sqlite;
 
@@ -32,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::leadership::Term;
-use crate::model::{RunOutcome, RunStatus, Trigger};
+use crate::model::{Control, RunOutcome, RunStatus, Trigger, TriggerKind};
 
 /// The firing pool: claims, starts, outcomes, the fence and terms, cursors, heartbeats, reaping,
 /// pruning and the controls the leader reads. The web never gets it (it reads on
@@ -272,11 +273,11 @@ pub struct RunRecord {
     pub id: i64,
     pub job: String,
     pub slot: DateTime<Utc>,
-    pub trigger: String,
+    pub trigger: TriggerKind,
     pub term: i64,
     pub node: String,
     pub config_hash: String,
-    pub status: String,
+    pub status: RunStatus,
     pub attempt: i32,
     pub claimed_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -352,20 +353,28 @@ pub struct JobControl {
 /// The PostgreSQL NOTIFY channel for pauses, resumes and triggers.
 const CONTROL_CHANNEL: &str = "tenure_controls";
 
-/// The ledger, whichever database holds it. Cheap to clone; derefs to the `Ledger` contract.
+/// The firing path's ledger: what the scheduler (and pruning) may do. Cheap to clone; derefs to
+/// the `Ledger` contract. On PostgreSQL it holds the firing pool (`connect`).
 #[derive(Clone)]
 pub struct Store {
     ledger: Arc<dyn Ledger>,
 }
 
 impl Store {
-    /// The PostgreSQL ledger on `pool` (migrations applied separately, see `migrate`).
+    /// The PostgreSQL ledger on the firing pool (migrations applied separately, see `migrate`).
     pub fn new(pool: PgPool) -> Store {
         Store { ledger: Arc::new(Postgres::new(pool)) }
     }
 
     pub fn from_ledger(ledger: impl Ledger + 'static) -> Store {
         Store { ledger: Arc::new(ledger) }
+    }
+
+    /// Both sides of one ledger on one pool: `tenure dev` (SQLite has one connection anyway) and
+    /// tests. A replica on PostgreSQL opens `Store::new` and `Reads::new` on pools of their own.
+    pub fn with_reads<L: Ledger + LedgerReads + 'static>(ledger: L) -> (Store, Reads) {
+        let ledger = Arc::new(ledger);
+        (Store { ledger: ledger.clone() }, Reads { ledger })
     }
 }
 
@@ -383,12 +392,59 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// What a ledger must do, on any database. One test suite checks both implementations.
+/// The web's ledger: the dashboard's and API's reads and the operator controls they record.
+/// Cheap to clone; derefs to `LedgerReads`. On PostgreSQL it holds the read pool
+/// (`connect_reads`), so no reader can take a connection a claim needs; and it has no way to
+/// claim or start a run.
+#[derive(Clone)]
+pub struct Reads {
+    ledger: Arc<dyn LedgerReads>,
+}
+
+impl Reads {
+    /// The PostgreSQL ledger's read side on the read pool (`connect_reads`).
+    pub fn new(pool: PgPool) -> Reads {
+        Reads { ledger: Arc::new(Postgres::new(pool)) }
+    }
+
+    pub fn from_ledger(ledger: impl LedgerReads + 'static) -> Reads {
+        Reads { ledger: Arc::new(ledger) }
+    }
+}
+
+impl Deref for Reads {
+    type Target = dyn LedgerReads;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.ledger
+    }
+}
+
+impl std::fmt::Debug for Reads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reads")
+    }
+}
+
+/// Slots that will not run, to be recorded as such (`Ledger::record_slots`).
+#[derive(Debug, Clone, Copy)]
+pub struct UnrunSlots<'a> {
+    pub job: &'a str,
+    pub slots: &'a [DateTime<Utc>],
+    /// `missed`, or `killed` before they started.
+    pub status: RunStatus,
+    pub trigger: Trigger,
+    pub term: &'a Term,
+    pub node: &'a str,
+    pub config_hash: &'a str,
+    pub error: &'a str,
+}
+
+/// The write side: what the leader's scheduler does on the firing pool (fenced writes, cursors,
+/// terms, outcomes) and the few reads it needs to act (controls, pending triggers). One test
+/// suite checks both implementations.
 #[async_trait]
 pub trait Ledger: Send + Sync {
-    /// Whether the database answers.
-    async fn ping(&self) -> Result<(), sqlx::Error>;
-
     /// The database server's wall clock: the reference every replica's clock is checked against.
     async fn clock(&self) -> Result<DateTime<Utc>, sqlx::Error>;
 
@@ -424,18 +480,7 @@ pub trait Ledger: Send + Sync {
     /// Record slots that will not run (`missed`, or `killed` before they started) under the
     /// fence, in one statement: new rows, and rows claimed by this or an older term that were
     /// never started. Returns how many rows were written.
-    #[allow(clippy::too_many_arguments)]
-    async fn record_slots(
-        &self,
-        job: &str,
-        slots: &[DateTime<Utc>],
-        status: RunStatus,
-        trigger: Trigger,
-        term: &Term,
-        node: &str,
-        config_hash: &str,
-        error: &str,
-    ) -> Result<u64, ClaimError>;
+    async fn record_slots(&self, unrun: &UnrunSlots<'_>) -> Result<u64, ClaimError>;
 
     /// Start runs `term` claimed: one fenced statement records each start time on its row, if the
     /// row is still this term's and unstarted (or already carries exactly this start: a retry
@@ -482,35 +527,12 @@ pub trait Ledger: Send + Sync {
     /// same node's clock. Fenced: only the current leader may.
     async fn reap_lost(&self, term: &Term, live: &[LiveNode]) -> Result<u64, sqlx::Error>;
 
-    async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error>;
-
-    /// Every row of the ledger, oldest slot first (tests and exports).
-    async fn all_runs(&self) -> Result<Vec<RunRecord>, sqlx::Error>;
-
     /// Delete up to `batch` finished rows older than `before`, keeping each job's newest row (the
     /// dashboard's last run; the cursor is kept apart). Returns how many went.
     async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error>;
 
-    /// Pause or resume a job; survives failover; wakes the leader's scheduler. A resume that ends
-    /// a pause (the job's control said paused, or it had none: the job file's pause) records
-    /// the database's now as the job's `resumed_at`; a resume of a resumed job keeps it.
-    async fn set_paused(&self, job: &str, paused: bool, by: &str) -> Result<(), sqlx::Error>;
-
     /// Operator pauses and resumes, by job. An entry overrides the job file's `paused`.
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error>;
-
-    /// One job's runs, newest slot first, those before `before` (the previous page's cursor), at
-    /// most `limit`, optionally of one status. Lists leave `output` empty; `run` has it.
-    async fn job_runs(
-        &self,
-        job: &str,
-        status: Option<RunStatus>,
-        before: Option<RunCursor>,
-        limit: i64,
-    ) -> Result<Vec<RunRecord>, sqlx::Error>;
-
-    /// The newest `per_job` runs of each of `jobs`, newest first, `output` empty.
-    async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error>;
 
     /// Replace a running run's output tail, so every replica can show it live.
     async fn update_output(&self, run_id: i64, output: &str) -> Result<(), sqlx::Error>;
@@ -527,6 +549,48 @@ pub trait Ledger: Send + Sync {
     /// The leader of `term` is alive at `at` (the terms page measures hand-overs with it).
     async fn term_alive(&self, term: &Term, at: DateTime<Utc>) -> Result<(), sqlx::Error>;
 
+    /// Triggers no claim has handled yet, and those whose claim was never started (a newer
+    /// term's claim takes it over), oldest first.
+    async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error>;
+
+    /// Mark a trigger handled without a run (its job is not in the job file).
+    async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error>;
+
+    /// Send on `wake` whenever a pause, resume or trigger may have happened, until `stop`.
+    async fn listen_controls(&self, wake: mpsc::Sender<()>, stop: CancellationToken);
+}
+
+/// The read side: what the dashboard and the API do, on the read pool. Reads, and the operator
+/// controls (rows the leader acts on; never a run). Rows this binary cannot read (an unknown
+/// status or trigger) are decode errors, never a default.
+#[async_trait]
+pub trait LedgerReads: Send + Sync {
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), sqlx::Error>;
+
+    async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error>;
+
+    /// One job's runs, newest slot first, those before `before` (the previous page's cursor), at
+    /// most `limit`, optionally of one status. Lists leave `output` empty; `run` has it.
+    async fn job_runs(
+        &self,
+        job: &str,
+        status: Option<RunStatus>,
+        before: Option<RunCursor>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, sqlx::Error>;
+
+    /// The newest `per_job` runs of each of `jobs`, newest first, `output` empty.
+    async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error>;
+
+    /// Operator pauses and resumes, by job (as `Ledger::job_controls`).
+    async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error>;
+
+    /// Pause or resume a job; survives failover; wakes the leader's scheduler. A resume that ends
+    /// a pause (the job's control said paused, or it had none: the job file's pause) records
+    /// the database's now as the job's `resumed_at`; a resume of a resumed job keeps it.
+    async fn set_control(&self, job: &str, control: Control, by: &str) -> Result<(), sqlx::Error>;
+
     /// Record a manual trigger (idempotent per job and key: the same key for another job is
     /// another trigger) and wake the leader's scheduler.
     async fn request_trigger(
@@ -537,21 +601,14 @@ pub trait Ledger: Send + Sync {
         requested_at: DateTime<Utc>,
     ) -> Result<TriggerRecord, sqlx::Error>;
 
-    /// Triggers no claim has handled yet, and those whose claim was never started (a newer
-    /// term's claim takes it over), oldest first.
-    async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error>;
+    /// The newest `limit` terms, oldest first: what the dashboard reads.
+    async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error>;
 
-    /// Mark a trigger handled without a run (its job is not in the job file).
-    async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error>;
-
-    /// Send on `wake` whenever a pause, resume or trigger may have happened, until `stop`.
-    async fn listen_controls(&self, wake: mpsc::Sender<()>, stop: CancellationToken);
+    /// Every row of the ledger, oldest slot first (tests and exports).
+    async fn all_runs(&self) -> Result<Vec<RunRecord>, sqlx::Error>;
 
     /// Every term, oldest first (tests and exports; grows with every hand-over).
     async fn terms(&self) -> Result<Vec<TermRecord>, sqlx::Error>;
-
-    /// The newest `limit` terms, oldest first: what the dashboard reads.
-    async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error>;
 }
 
 /// Databases cannot hold NUL bytes in text.

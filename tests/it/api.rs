@@ -11,7 +11,7 @@ use serde_json::Value;
 use tenure::http::{AppState, Auth, router};
 use tenure::leadership::{Leadership, Term};
 use tenure::model::{ClusterSnapshot, Member, RunOutcome, RunStatus, Trigger};
-use tenure::store::{Claim, SkipIfRunning, Sqlite, Store};
+use tenure::store::{Claim, Reads, SkipIfRunning, Sqlite, Store};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
@@ -35,7 +35,7 @@ struct Fixture {
 }
 
 async fn fixture(protect_reads: bool) -> Fixture {
-    let store = Store::from_ledger(Sqlite::in_memory().await.unwrap());
+    let (store, reads) = Store::with_reads(Sqlite::in_memory().await.unwrap());
     let term = Term::for_tests(42, "cluster");
     store.begin_term(&term, "node-a").await.unwrap();
     // 30 runs of `tick`: every third failed, one still running.
@@ -80,7 +80,7 @@ async fn fixture(protect_reads: bool) -> Fixture {
     snapshot.observe(&[member("node-a"), member("node-b")], Utc::now());
     let state = AppState {
         node_id: "node-b".to_owned(),
-        store: store.clone(),
+        store: reads,
         leadership: watch::channel(Leadership::Follower { leader: Some("node-a".to_owned()) }).1,
         etcd: None,
         jobs: watch::channel(Arc::new(jobs)).1,
@@ -267,7 +267,7 @@ async fn pages_render_and_forms_need_basic_auth_and_the_forgery_field() {
     assert!(!job.body.contains("id=\"older\""), "30 runs fit on one page of 50");
     let failed = get(&f.state, "/jobs/tick?status=failed").await;
     assert_eq!(failed.body.matches("<span class=\"status failed\">failed</span>").count(), 10);
-    let run_id = f.store.job_runs("tick", Some(RunStatus::Running), None, 1).await.unwrap()[0].id;
+    let run_id = f.state.store.job_runs("tick", Some(RunStatus::Running), None, 1).await.unwrap()[0].id;
     let run = get(&f.state, &format!("/runs/{run_id}")).await;
     assert!(
         run.body.contains("half way &#60;there&#62;") || run.body.contains("half way &lt;there&gt;"),
@@ -417,7 +417,7 @@ async fn internal_errors_show_a_correlation_id_and_no_driver_text() {
     // A ledger that cannot be reached: PostgreSQL on a port nobody listens on.
     let mut f = fixture(false).await;
     let pool = tenure::store::connect("postgres://tenure:pw-in-url@127.0.0.1:1/tenure").await.unwrap();
-    f.state.store = Store::new(pool);
+    f.state.store = Reads::new(pool);
     for path in ["/api/jobs/tick/runs", "/jobs/tick", "/terms"] {
         let answer = get(&f.state, path).await;
         assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {}", answer.body);
