@@ -23,6 +23,7 @@ use crate::scheduler::Scheduler;
 use crate::secret::Secret;
 use crate::store::{self, Reads, Store};
 use crate::supervisor::{self, Supervision};
+use crate::telemetry::metric;
 
 /// How often the job file's size and modification time are compared (a change triggers a reload;
 /// SIGHUP forces one). Polling rather than inotify: a Kubernetes ConfigMap update swaps a symlink,
@@ -395,7 +396,7 @@ async fn prune_ledger(
             }
         }
         if pruned > 0 {
-            metrics::counter!("tenure_runs_pruned_total").increment(pruned);
+            metrics::counter!(metric::RUNS_PRUNED).increment(pruned);
             tracing::info!(pruned, before = %before, "pruned old ledger rows");
         }
     }
@@ -433,14 +434,14 @@ async fn watch_members(
                     leaderless_since = None;
                 } else {
                     let since = *leaderless_since.get_or_insert_with(std::time::Instant::now);
-                    metrics::gauge!("tenure_leaderless_seconds").set(since.elapsed().as_secs_f64());
+                    metrics::gauge!(metric::LEADERLESS).set(since.elapsed().as_secs_f64());
                 }
                 cluster.send_modify(|snapshot| snapshot.leader = leader);
             }
             Err(_) => {}
         }
         if leaderless_since.is_none() {
-            metrics::gauge!("tenure_leaderless_seconds").set(0.0);
+            metrics::gauge!(metric::LEADERLESS).set(0.0);
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -479,13 +480,13 @@ async fn watch_job_file(
         match load_jobs(&path, retain) {
             Ok(loaded) if loaded.hash() == jobs.borrow().hash() => {}
             Ok(loaded) => {
-                metrics::counter!("tenure_job_file_reloads_total", "result" => "success").increment(1);
+                metrics::counter!(metric::JOB_FILE_RELOADS, "result" => "success").increment(1);
                 tracing::info!(hash = loaded.hash(), jobs = loaded.jobs().len(), "job file changed; reloading");
                 member.send_modify(|member| member.config_hash = loaded.hash().to_owned());
                 jobs.send_replace(Arc::new(loaded));
             }
             Err(errors) => {
-                metrics::counter!("tenure_job_file_reloads_total", "result" => "failure").increment(1);
+                metrics::counter!(metric::JOB_FILE_RELOADS, "result" => "failure").increment(1);
                 tracing::error!(
                     file = %path.display(), kept = jobs.borrow().hash(),
                     "job file is invalid; keeping the last good one:\n{errors}"

@@ -22,6 +22,7 @@ use crate::clock::ClockCheck;
 use crate::leadership::{BootInstant, LeaderTerm, Leadership, LeaseDeadline, Term};
 use crate::model::Member;
 use crate::secret::Secret;
+use crate::telemetry::metric;
 
 /// How long a single unary etcd request may take before we treat etcd as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -210,7 +211,7 @@ impl Election {
     /// Campaign until `shutdown` is cancelled; on the way out resign at once so a follower takes
     /// over within milliseconds.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        metrics::gauge!("tenure_is_leader").set(0.0);
+        metrics::gauge!(metric::IS_LEADER).set(0.0);
         let retry_delay = (self.config.lease_ttl / 4).max(Duration::from_millis(200));
         while !shutdown.is_cancelled() {
             if let Some(clock) = self.clock.as_mut() {
@@ -237,7 +238,7 @@ impl Election {
     }
 
     fn publish_follower(&self) {
-        metrics::gauge!("tenure_is_leader").set(0.0);
+        metrics::gauge!(metric::IS_LEADER).set(0.0);
         self.leadership.send_if_modified(|current| {
             if current.is_leader() {
                 *current = Leadership::Follower { leader: None };
@@ -308,8 +309,8 @@ impl Election {
         let term = Term::new(revision, cluster_id.to_string());
         let step_down = CancellationToken::new();
         tracing::info!(term = revision, node = %node_id, "became leader");
-        metrics::counter!("tenure_elections_won_total").increment(1);
-        metrics::gauge!("tenure_is_leader").set(1.0);
+        metrics::counter!(metric::ELECTIONS_WON).increment(1);
+        metrics::gauge!(metric::IS_LEADER).set(1.0);
         self.leadership.send_replace(Leadership::Leader(LeaderTerm {
             term: term.clone(),
             since: Utc::now(),
@@ -333,7 +334,7 @@ impl Election {
         // Stop firing first, then tell etcd.
         lease.expire();
         self.publish_follower();
-        metrics::counter!("tenure_step_downs_total").increment(1);
+        metrics::counter!(metric::STEP_DOWNS).increment(1);
         match outcome {
             Ok(()) => {
                 let resign = ResignOptions::new().with_leader(leader_key.clone());
@@ -424,7 +425,7 @@ async fn keep_lease_alive_inner(
             Ok(Some(response)) if response.ttl() > 0 => {
                 let granted = Duration::from_secs(response.ttl() as u64);
                 lease.extend_to(sent + granted - safety_margin(granted));
-                metrics::histogram!("tenure_keepalive_rtt_seconds").record(sent.elapsed().as_secs_f64());
+                metrics::histogram!(metric::KEEPALIVE_RTT).record(sent.elapsed().as_secs_f64());
             }
             Ok(Some(_)) => return LeaseEnd::Expired,
             Ok(None) => return LeaseEnd::Failed("keep-alive stream ended".into()),
