@@ -854,7 +854,7 @@ async fn dashboard() -> anyhow::Result<()> {
             roster: Vec::new(),
         })
         .1,
-        auth: tenure::http::Auth::new(None, false),
+        auth: tenure::http::Auth::new(None, tenure::http::ReadAccess::Open),
         pages: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

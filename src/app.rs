@@ -113,9 +113,13 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         tasks,
         registry_shutdown,
     };
-    replica
-        .drive(&settings.jobs_path, settings.shutdown_grace, settings.retain, settings.auth, wiring, listener, shutdown)
-        .await
+    let common = CommonSettings {
+        jobs_path: &settings.jobs_path,
+        shutdown_grace: settings.shutdown_grace,
+        retain: settings.retain,
+        auth: settings.auth,
+    };
+    replica.drive(common, wiring, listener, shutdown).await
 }
 
 /// Everything `tenure dev` needs: one replica on an embedded SQLite ledger, leading on its own.
@@ -190,9 +194,13 @@ pub async fn dev(
         tasks,
         registry_shutdown,
     };
-    replica
-        .drive(&settings.jobs_path, settings.shutdown_grace, settings.retain, settings.auth, wiring, listener, shutdown)
-        .await
+    let common = CommonSettings {
+        jobs_path: &settings.jobs_path,
+        shutdown_grace: settings.shutdown_grace,
+        retain: settings.retain,
+        auth: settings.auth,
+    };
+    replica.drive(common, wiring, listener, shutdown).await
 }
 
 /// `tenure dev`'s cluster is itself: keep the roster and the leader in step with it.
@@ -237,6 +245,14 @@ struct Wiring {
     registry_shutdown: CancellationToken,
 }
 
+/// What `run` and `dev` configure alike.
+struct CommonSettings<'a> {
+    jobs_path: &'a Path,
+    shutdown_grace: Duration,
+    retain: Duration,
+    auth: Auth,
+}
+
 /// What every replica has: its identity, its job file and the channels they change through.
 struct Replica {
     node_id: String,
@@ -258,17 +274,14 @@ impl Replica {
 
     /// The common part: job file reloads, pruning, the HTTP server and the scheduler, until
     /// `shutdown`; then drain, unregister and stop serving.
-    #[allow(clippy::too_many_arguments)]
     async fn drive(
         self,
-        jobs_path: &Path,
-        shutdown_grace: Duration,
-        retain: Duration,
-        auth: Auth,
+        common: CommonSettings<'_>,
         wiring: Wiring,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        let CommonSettings { jobs_path, shutdown_grace, retain, auth } = common;
         let Wiring { store, reads, leadership, members, cluster, clock, etcd, supervision, tasks, registry_shutdown } =
             wiring;
         let (jobs_tx, jobs_rx) = watch::channel(self.jobs);

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use chrono::{DurationRound, TimeDelta, Utc};
 use sqlx::Connection;
-use tenure::http::{AppState, Auth, router};
+use tenure::http::{AppState, Auth, ReadAccess, router};
 use tenure::leadership::Leadership;
 use tenure::model::{ClusterSnapshot, RunStatus};
 use tenure::store::Reads;
@@ -108,7 +108,7 @@ async fn stuck_router(pg: &Postgres) -> (axum::Router, sqlx::PgConnection) {
         etcd: None,
         jobs: watch::channel(Arc::new(jobs)).1,
         cluster: watch::channel(ClusterSnapshot::default()).1,
-        auth: Auth::new(None, false),
+        auth: Auth::new(None, ReadAccess::Open),
         pages: Default::default(),
     };
     (router(state), lock_terms(&url).await)

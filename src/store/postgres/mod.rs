@@ -161,7 +161,7 @@ impl Ledger for Postgres {
         .await?
         .rows_affected();
         if raised == 0 {
-            let fence = fence_in(&mut *tx).await?;
+            let fence = fence_in(&mut tx).await?;
             return Err(FenceError::Superseded {
                 term: term.revision(),
                 fence: fence.term,
@@ -184,7 +184,7 @@ impl Ledger for Postgres {
 
     async fn fence(&self) -> Result<Fence, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        fence_in(&mut *conn).await
+        fence_in(&mut conn).await
     }
 
     /// Claim one slot: one statement that checks the fence under a share lock and inserts the
@@ -375,7 +375,7 @@ impl Ledger for Postgres {
             .fetch_optional(&mut *tx)
             .await?;
         if current.is_none() {
-            let fence = fence_in(&mut *tx).await?;
+            let fence = fence_in(&mut tx).await?;
             return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
         }
         sqlx::query(
