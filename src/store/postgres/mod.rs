@@ -105,9 +105,18 @@ impl Postgres {
                 rows
             }
         };
+        self.answer_claims(claims, &rows).await
+    }
+
+    /// Each claim's answer: its row if the batch inserted or took one over, else why not.
+    async fn answer_claims(
+        &self,
+        claims: &[Claim<'_>],
+        rows: &[sqlx::postgres::PgRow],
+    ) -> Result<Vec<Result<Claimed, ClaimError>>, sqlx::Error> {
         let mut inserted: HashMap<(String, DateTime<Utc>), Claimed> = HashMap::with_capacity(rows.len());
         for row in rows {
-            let claimed = Claimed { run_id: row.try_get("id")?, status: common::status(&row, "status")? };
+            let claimed = Claimed { run_id: row.try_get("id")?, status: common::status(row, "status")? };
             inserted.insert((row.try_get("job")?, row.try_get("slot")?), claimed);
         }
         let mut results = Vec::with_capacity(claims.len());
