@@ -23,7 +23,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::PgPool;
 use tenure::leadership::Term;
-use tenure::store::{Claim, SkipIfRunning, Store, Trigger};
+use tenure::model::Trigger;
+use tenure::store::{Claim, SkipIfRunning, Store};
 
 /// The allocator the binary uses, for the sink and the bare client too.
 #[global_allocator]
@@ -842,16 +843,16 @@ async fn dashboard() -> anyhow::Result<()> {
     let jobs = tenure::config::parse(&text, "bench.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = tenure::http::AppState {
         node_id: "bench".into(),
-        store: store.clone(),
+        store: tenure::store::Reads::new(pool.clone()),
         leadership: tokio::sync::watch::channel(tenure::leadership::Leadership::Follower { leader: None }).1,
         etcd: None,
         jobs: tokio::sync::watch::channel(Arc::new(jobs)).1,
-        cluster: tokio::sync::watch::channel(tenure::election::ClusterSnapshot {
+        cluster: tokio::sync::watch::channel(tenure::model::ClusterSnapshot {
             leader: Some(("n".into(), 7)),
             roster: Vec::new(),
         })
         .1,
-        auth: tenure::http::Auth::new(None, false),
+        auth: tenure::http::Auth::new(None, tenure::http::ReadAccess::Open),
         pages: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

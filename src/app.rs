@@ -14,14 +14,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{self, ClockCheck};
 use crate::config::{self, JobSet};
-use crate::election::{self, ClusterSnapshot, Election, ElectionConfig, EtcdAccess, Keys, Member};
+use crate::election::{self, Election, ElectionConfig, EtcdAccess, Keys};
 use crate::http::{self, AppState, Auth};
 use crate::leadership::Leadership;
 use crate::local::{LedgerLock, LocalElection};
+use crate::model::{ClusterSnapshot, Member};
 use crate::scheduler::Scheduler;
 use crate::secret::Secret;
-use crate::store::{self, Store};
+use crate::store::{self, Reads, Store};
 use crate::supervisor::{self, Supervision};
+use crate::telemetry::metric;
 
 /// How often the job file's size and modification time are compared (a change triggers a reload;
 /// SIGHUP forces one). Polling rather than inotify: a Kubernetes ConfigMap update swaps a symlink,
@@ -53,7 +55,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
     let pool = store::connect(settings.database_url.expose()).await.context("read --database-url")?;
     migrate_with_retry(settings.database_url.expose(), &pool, &shutdown).await?;
     let store = Store::new(pool);
-    let reads = Store::new(store::connect_reads(settings.database_url.expose()).await?);
+    let reads = Reads::new(store::connect_reads(settings.database_url.expose()).await?);
 
     let etcd = connect_etcd_with_retry(&settings.etcd, settings.lease_ttl, &shutdown).await?;
     let keys = Keys::new(&settings.election);
@@ -104,16 +106,20 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         members: members_rx,
         cluster: cluster_rx,
         clock: clock_rx,
-        etcd: Some(etcd),
+        etcd: Some(election::EtcdProbe::new(etcd)),
         // A replica silent for a lease TTL since its last heartbeat has lost its lease (its
         // deadline is at most a TTL after its last keep-alive): it would stop its runs on waking.
         supervision: Supervision::new(settings.lease_ttl + supervisor::HEARTBEAT),
         tasks,
         registry_shutdown,
     };
-    replica
-        .drive(&settings.jobs_path, settings.shutdown_grace, settings.retain, settings.auth, wiring, listener, shutdown)
-        .await
+    let common = CommonSettings {
+        jobs_path: &settings.jobs_path,
+        shutdown_grace: settings.shutdown_grace,
+        retain: settings.retain,
+        auth: settings.auth,
+    };
+    replica.drive(common, wiring, listener, shutdown).await
 }
 
 /// Everything `tenure dev` needs: one replica on an embedded SQLite ledger, leading on its own.
@@ -142,7 +148,8 @@ pub async fn dev(
     let ledger = store::Sqlite::open(&settings.ledger_path)
         .await
         .with_context(|| format!("open the dev ledger {}", settings.ledger_path.display()))?;
-    let store = Store::from_ledger(ledger);
+    // One SQLite connection serves both sides: `tenure dev` has no readers to keep apart.
+    let (store, reads) = Store::with_reads(ledger);
     // Terms continue above the ledger's fence, so a restart is a new, higher term.
     let fence = store.fence().await.context("read the fence")?;
     let replica = Replica::new(&settings.node_id, address, jobs);
@@ -176,8 +183,8 @@ pub async fn dev(
         registry_shutdown.clone(),
     ));
     let wiring = Wiring {
-        reads: store.clone(),
         store,
+        reads,
         leadership: leadership_rx,
         members: members_rx,
         cluster: cluster_rx,
@@ -187,9 +194,13 @@ pub async fn dev(
         tasks,
         registry_shutdown,
     };
-    replica
-        .drive(&settings.jobs_path, settings.shutdown_grace, settings.retain, settings.auth, wiring, listener, shutdown)
-        .await
+    let common = CommonSettings {
+        jobs_path: &settings.jobs_path,
+        shutdown_grace: settings.shutdown_grace,
+        retain: settings.retain,
+        auth: settings.auth,
+    };
+    replica.drive(common, wiring, listener, shutdown).await
 }
 
 /// `tenure dev`'s cluster is itself: keep the roster and the leader in step with it.
@@ -222,16 +233,24 @@ struct Wiring {
     /// The firing path's ledger: the web never reads through it.
     store: Store,
     /// The dashboard's and API's ledger (on PostgreSQL, a pool of its own).
-    reads: Store,
+    reads: Reads,
     leadership: watch::Receiver<Leadership>,
     members: watch::Receiver<Vec<Member>>,
     cluster: watch::Receiver<ClusterSnapshot>,
     clock: watch::Receiver<ClockCheck>,
-    etcd: Option<etcd_client::Client>,
+    etcd: Option<election::EtcdProbe>,
     supervision: Supervision,
     tasks: TaskTracker,
     /// Stops the registration after the scheduler has drained.
     registry_shutdown: CancellationToken,
+}
+
+/// What `run` and `dev` configure alike.
+struct CommonSettings<'a> {
+    jobs_path: &'a Path,
+    shutdown_grace: Duration,
+    retain: Duration,
+    auth: Auth,
 }
 
 /// What every replica has: its identity, its job file and the channels they change through.
@@ -255,17 +274,14 @@ impl Replica {
 
     /// The common part: job file reloads, pruning, the HTTP server and the scheduler, until
     /// `shutdown`; then drain, unregister and stop serving.
-    #[allow(clippy::too_many_arguments)]
     async fn drive(
         self,
-        jobs_path: &Path,
-        shutdown_grace: Duration,
-        retain: Duration,
-        auth: Auth,
+        common: CommonSettings<'_>,
         wiring: Wiring,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        let CommonSettings { jobs_path, shutdown_grace, retain, auth } = common;
         let Wiring { store, reads, leadership, members, cluster, clock, etcd, supervision, tasks, registry_shutdown } =
             wiring;
         let (jobs_tx, jobs_rx) = watch::channel(self.jobs);
@@ -393,7 +409,7 @@ async fn prune_ledger(
             }
         }
         if pruned > 0 {
-            metrics::counter!("tenure_runs_pruned_total").increment(pruned);
+            metrics::counter!(metric::RUNS_PRUNED).increment(pruned);
             tracing::info!(pruned, before = %before, "pruned old ledger rows");
         }
     }
@@ -431,14 +447,14 @@ async fn watch_members(
                     leaderless_since = None;
                 } else {
                     let since = *leaderless_since.get_or_insert_with(std::time::Instant::now);
-                    metrics::gauge!("tenure_leaderless_seconds").set(since.elapsed().as_secs_f64());
+                    metrics::gauge!(metric::LEADERLESS).set(since.elapsed().as_secs_f64());
                 }
                 cluster.send_modify(|snapshot| snapshot.leader = leader);
             }
             Err(_) => {}
         }
         if leaderless_since.is_none() {
-            metrics::gauge!("tenure_leaderless_seconds").set(0.0);
+            metrics::gauge!(metric::LEADERLESS).set(0.0);
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -477,13 +493,13 @@ async fn watch_job_file(
         match load_jobs(&path, retain) {
             Ok(loaded) if loaded.hash() == jobs.borrow().hash() => {}
             Ok(loaded) => {
-                metrics::counter!("tenure_job_file_reloads_total", "result" => "success").increment(1);
+                metrics::counter!(metric::JOB_FILE_RELOADS, "result" => "success").increment(1);
                 tracing::info!(hash = loaded.hash(), jobs = loaded.jobs().len(), "job file changed; reloading");
                 member.send_modify(|member| member.config_hash = loaded.hash().to_owned());
                 jobs.send_replace(Arc::new(loaded));
             }
             Err(errors) => {
-                metrics::counter!("tenure_job_file_reloads_total", "result" => "failure").increment(1);
+                metrics::counter!(metric::JOB_FILE_RELOADS, "result" => "failure").increment(1);
                 tracing::error!(
                     file = %path.display(), kept = jobs.borrow().hash(),
                     "job file is invalid; keeping the last good one:\n{errors}"

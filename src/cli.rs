@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::{DevSettings, RunSettings};
 use crate::config;
 use crate::election::EtcdAccess;
-use crate::http::Auth;
+use crate::http::{Auth, ReadAccess};
 use crate::schedule::{self, Schedule};
 use crate::secret::Secret;
 use crate::telemetry::LogFormat;
@@ -175,7 +175,7 @@ impl DevArgs {
             node_id: format!("{host}-dev-{}", std::process::id()),
             shutdown_grace: self.shutdown_grace,
             retain: self.retain,
-            auth: Auth::new(Some(token.expose()), false),
+            auth: Auth::new(Some(token.expose()), ReadAccess::Open),
         };
         Ok((settings, token))
     }
@@ -241,7 +241,8 @@ pub struct WebArgs {
 impl WebArgs {
     pub fn auth(&self) -> anyhow::Result<Auth> {
         let token = Secret::inline_or_file(self.admin_token.as_ref(), self.admin_token_file.as_deref())?;
-        Ok(Auth::new(token.as_ref().map(Secret::expose), self.protect_reads))
+        let reads = if self.protect_reads { ReadAccess::TokenRequired } else { ReadAccess::Open };
+        Ok(Auth::new(token.as_ref().map(Secret::expose), reads))
     }
 }
 

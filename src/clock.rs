@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
+use crate::telemetry::metric;
 
 /// The largest difference from the database's clock a replica may fire with.
 pub const MAX_SKEW: Duration = Duration::from_secs(2);
@@ -78,7 +79,7 @@ pub async fn watch_skew(
                 last_answer = Some(Instant::now());
                 let local = sent + chrono::Duration::from_std(round_trip / 2).unwrap_or_default();
                 let skew = (local - database).num_milliseconds();
-                metrics::gauge!("tenure_clock_skew_seconds").set(skew as f64 / 1000.0);
+                metrics::gauge!(metric::CLOCK_SKEW).set(skew as f64 / 1000.0);
                 ClockCheck { skew_ms: Some(skew), reachable: true }
             }
             _ => ClockCheck {
@@ -91,7 +92,7 @@ pub async fn watch_skew(
             (Some(_), None) => tracing::info!(skew_ms = ?measured.skew_ms, "the database answers and the clocks agree"),
             _ => {}
         }
-        metrics::gauge!("tenure_database_reachable").set(if measured.reachable { 1.0 } else { 0.0 });
+        metrics::gauge!(metric::DATABASE_REACHABLE).set(if measured.reachable { 1.0 } else { 0.0 });
         check.send_if_modified(|current| {
             let changed = current.refusal() != measured.refusal();
             *current = measured;

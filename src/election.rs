@@ -10,18 +10,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions, ResignOptions,
     TlsOptions, Txn,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::ClockCheck;
 use crate::leadership::{BootInstant, LeaderTerm, Leadership, LeaseDeadline, Term};
+use crate::model::Member;
 use crate::secret::Secret;
+use crate::telemetry::metric;
 
 /// How long a single unary etcd request may take before we treat etcd as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -210,7 +211,7 @@ impl Election {
     /// Campaign until `shutdown` is cancelled; on the way out resign at once so a follower takes
     /// over within milliseconds.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        metrics::gauge!("tenure_is_leader").set(0.0);
+        metrics::gauge!(metric::IS_LEADER).set(0.0);
         let retry_delay = (self.config.lease_ttl / 4).max(Duration::from_millis(200));
         while !shutdown.is_cancelled() {
             if let Some(clock) = self.clock.as_mut() {
@@ -237,7 +238,7 @@ impl Election {
     }
 
     fn publish_follower(&self) {
-        metrics::gauge!("tenure_is_leader").set(0.0);
+        metrics::gauge!(metric::IS_LEADER).set(0.0);
         self.leadership.send_if_modified(|current| {
             if current.is_leader() {
                 *current = Leadership::Follower { leader: None };
@@ -308,8 +309,8 @@ impl Election {
         let term = Term::new(revision, cluster_id.to_string());
         let step_down = CancellationToken::new();
         tracing::info!(term = revision, node = %node_id, "became leader");
-        metrics::counter!("tenure_elections_won_total").increment(1);
-        metrics::gauge!("tenure_is_leader").set(1.0);
+        metrics::counter!(metric::ELECTIONS_WON).increment(1);
+        metrics::gauge!(metric::IS_LEADER).set(1.0);
         self.leadership.send_replace(Leadership::Leader(LeaderTerm {
             term: term.clone(),
             since: Utc::now(),
@@ -333,7 +334,7 @@ impl Election {
         // Stop firing first, then tell etcd.
         lease.expire();
         self.publish_follower();
-        metrics::counter!("tenure_step_downs_total").increment(1);
+        metrics::counter!(metric::STEP_DOWNS).increment(1);
         match outcome {
             Ok(()) => {
                 let resign = ResignOptions::new().with_leader(leader_key.clone());
@@ -424,7 +425,7 @@ async fn keep_lease_alive_inner(
             Ok(Some(response)) if response.ttl() > 0 => {
                 let granted = Duration::from_secs(response.ttl() as u64);
                 lease.extend_to(sent + granted - safety_margin(granted));
-                metrics::histogram!("tenure_keepalive_rtt_seconds").record(sent.elapsed().as_secs_f64());
+                metrics::histogram!(metric::KEEPALIVE_RTT).record(sent.elapsed().as_secs_f64());
             }
             Ok(Some(_)) => return LeaseEnd::Expired,
             Ok(None) => return LeaseEnd::Failed("keep-alive stream ended".into()),
@@ -443,49 +444,22 @@ where
     }
 }
 
-/// What a replica tells the cluster about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub node: String,
-    pub version: String,
-    pub address: String,
-    pub config_hash: String,
-    pub started_at: DateTime<Utc>,
+/// What readiness (`/readyz`) may ask of etcd: whether it answers. A handle on the replica's
+/// client that can do nothing else, so the HTTP layer holds no etcd client.
+#[derive(Clone)]
+pub struct EtcdProbe {
+    client: Client,
 }
 
-/// The cluster as one replica last saw it: who leads and every replica seen in the last hour
-/// (gone ones kept with `live: false`, so a crashed replica stays visible for a while).
-#[derive(Debug, Clone, Default)]
-pub struct ClusterSnapshot {
-    /// The leader's node id and term.
-    pub leader: Option<(String, i64)>,
-    pub roster: Vec<RosterEntry>,
-}
+impl EtcdProbe {
+    pub fn new(client: Client) -> EtcdProbe {
+        EtcdProbe { client }
+    }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RosterEntry {
-    pub member: Member,
-    pub last_seen: DateTime<Utc>,
-    pub live: bool,
-}
-
-impl ClusterSnapshot {
-    /// How long a replica that left stays on the roster.
-    const FORGET_AFTER: chrono::TimeDelta = chrono::TimeDelta::hours(1);
-
-    /// Fold a fresh list of live members in at `now`.
-    pub fn observe(&mut self, live: &[Member], now: DateTime<Utc>) {
-        for entry in &mut self.roster {
-            entry.live = false;
-        }
-        for member in live {
-            match self.roster.iter_mut().find(|entry| entry.member.node == member.node) {
-                Some(entry) => *entry = RosterEntry { member: member.clone(), last_seen: now, live: true },
-                None => self.roster.push(RosterEntry { member: member.clone(), last_seen: now, live: true }),
-            }
-        }
-        self.roster.retain(|entry| entry.live || now - entry.last_seen < Self::FORGET_AFTER);
-        self.roster.sort_by(|a, b| a.member.node.cmp(&b.member.node));
+    /// Whether etcd answers a status request within `within`.
+    pub async fn answers(&self, within: Duration) -> bool {
+        let mut client = self.client.clone();
+        tokio::time::timeout(within, client.status()).await.is_ok_and(|status| status.is_ok())
     }
 }
 

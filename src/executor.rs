@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HttpTarget, Job, Target};
-use crate::store::{OUTPUT_LIMIT, RunOutcome, RunStatus};
+use crate::model::{OUTPUT_LIMIT, RunOutcome, RunStatus};
 use crate::supervisor::{Ended, Spawn, Supervision};
 
 /// Between SIGTERM and SIGKILL of a job's process group.

@@ -2,8 +2,10 @@
 //! local deadline of its lease. `election` (etcd) publishes a `Leadership` through a
 //! `watch` channel; `scheduler` reads it. This module does no IO.
 //!
-//! Invariant: only `election` mints a `Term`, so a claim in the ledger (which needs one) is always
-//! backed by an election that was won.
+//! Invariant: only the leadership backends mint a `Term`: `election` (a won etcd election) and
+//! `local` (`tenure dev`, above the ledger's fence, under its lock). So a claim in the ledger
+//! (which needs one) is always backed by a leadership that was won. `Term::for_tests` exists
+//! only in test builds.
 
 use std::fmt;
 use std::sync::Arc;

@@ -2,7 +2,8 @@
 //!
 //! Replicas campaign for leadership in etcd; the leader claims each run in the ledger (PostgreSQL)
 //! with its term as a fencing token before executing it. Read the modules in this order:
-//! `schedule` (pure cron maths), `config` (the job file), `leadership` and `election` (who may
+//! `schedule` (pure cron maths), `config` (the job file), `model` (the vocabulary the rest
+//! shares: run statuses and outcomes, triggers, the cluster view), `leadership` and `election` (who may
 //! fire, and with which term), `store` (the fenced run ledger), `executor` (running one job) and
 //! `supervisor` (its processes die with the replica), `scheduler` (the firing loop), `http` (health
 //! and API), `app` (wiring), `secret` (values never printed), `cli` (commands).
@@ -16,6 +17,7 @@ pub mod executor;
 pub mod http;
 pub mod leadership;
 pub mod local;
+pub mod model;
 pub mod schedule;
 pub mod scheduler;
 pub mod secret;

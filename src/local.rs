@@ -19,6 +19,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::leadership::{BootInstant, LeaderTerm, Leadership, LeaseDeadline, Term};
+use crate::telemetry::metric;
 
 /// The cluster id local terms carry (etcd terms carry the etcd cluster's id).
 pub const CLUSTER_ID: &str = "local";
@@ -75,7 +76,7 @@ impl LocalElection {
     /// Campaign as `node` until `shutdown`; lead while holding the lock; on shutdown resign at
     /// once, so another candidate takes over immediately.
     pub async fn campaign(&self, node: String, leadership: watch::Sender<Leadership>, shutdown: CancellationToken) {
-        metrics::gauge!("tenure_is_leader").set(0.0);
+        metrics::gauge!(metric::IS_LEADER).set(0.0);
         while !shutdown.is_cancelled() {
             let released = self.released.notified();
             let Some(term) = self.try_take(&node) else {
@@ -85,8 +86,8 @@ impl LocalElection {
                 }
             };
             let step_down = CancellationToken::new();
-            metrics::counter!("tenure_elections_won_total").increment(1);
-            metrics::gauge!("tenure_is_leader").set(1.0);
+            metrics::counter!(metric::ELECTIONS_WON).increment(1);
+            metrics::gauge!(metric::IS_LEADER).set(1.0);
             tracing::info!(term, %node, "elected (in-process)");
             leadership.send_replace(Leadership::Leader(LeaderTerm {
                 term: Term::new(term, CLUSTER_ID.to_owned()),
@@ -99,11 +100,11 @@ impl LocalElection {
                 () = shutdown.cancelled() => false,
                 () = step_down.cancelled() => true,
             };
-            metrics::gauge!("tenure_is_leader").set(0.0);
+            metrics::gauge!(metric::IS_LEADER).set(0.0);
             leadership.send_replace(Leadership::Follower { leader: None });
             self.release(&node);
             if stepped_down {
-                metrics::counter!("tenure_step_downs_total").increment(1);
+                metrics::counter!(metric::STEP_DOWNS).increment(1);
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(STEP_DOWN_PAUSE) => {}

@@ -17,14 +17,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{ClockCheck, StepDetector};
 use crate::config::{CatchUp, Concurrency, Job, JobSet};
-use crate::election::Member;
 use crate::executor::{self, OutputTail, RunContext};
 use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
+use crate::model::{Member, RunOutcome, RunStatus, Trigger};
 use crate::store::{
-    Claim, ClaimError, Claimed, FenceError, JobControl, JobCursor, LiveNode, RunOutcome, RunStatus, SkipIfRunning,
-    Store, Trigger,
+    Claim, ClaimError, Claimed, FenceError, JobControl, JobCursor, LiveNode, SkipIfRunning, Store, UnrunSlots,
 };
 use crate::supervisor::Supervision;
+use crate::telemetry::metric;
 
 /// A slot this close behind "now" is on time; older due slots are catch-up slots and follow the
 /// job's `catch_up` policy.
@@ -355,7 +355,7 @@ impl Scheduler {
                     let check = *self.clock.borrow_and_update();
                     if let Some(why) = check.refusal() {
                         tracing::error!(skew_ms = ?check.skew_ms, "{why}; stepping down");
-                        metrics::counter!("tenure_clock_step_downs_total").increment(1);
+                        metrics::counter!(metric::CLOCK_STEP_DOWNS).increment(1);
                         leader.step_down.cancel();
                         return;
                     }
@@ -398,7 +398,7 @@ impl Scheduler {
                     if let Some(step) = steps.step() {
                         // Firing now would catch up (or skip) slots by a clock that just jumped.
                         tracing::error!(step_ms = step.num_milliseconds(), "the wall clock stepped; stepping down");
-                        metrics::counter!("tenure_clock_step_downs_total").increment(1);
+                        metrics::counter!(metric::CLOCK_STEP_DOWNS).increment(1);
                         leader.step_down.cancel();
                         return;
                     }
@@ -433,7 +433,7 @@ impl Scheduler {
             };
             match began {
                 Ok(()) => {
-                    metrics::gauge!("tenure_term").set(term.revision() as f64);
+                    metrics::gauge!(metric::TERM).set(term.revision() as f64);
                     tracing::info!(term = term.revision(), "fence raised; firing");
                     return true;
                 }
@@ -559,7 +559,7 @@ async fn reap_lost(store: Store, term: Term, node: String, live: Vec<LiveNode>) 
         match store.reap_lost(&term, &live).await {
             Ok(0) => {}
             Ok(count) => {
-                metrics::counter!("tenure_runs_lost_total").increment(count);
+                metrics::counter!(metric::RUNS_LOST).increment(count);
                 tracing::warn!(count, "runs of vanished leaders marked lost");
             }
             Err(error) => tracing::warn!(%error, "could not reap lost runs"),
@@ -580,8 +580,8 @@ impl Scheduler {
         state.cursor = last;
         let ledger = self.ledger(leader, now);
         if plan.missed_total > 0 {
-            metrics::counter!("tenure_missed_slots_total", "job" => job.name.to_string())
-                .increment(plan.missed_total as u64);
+            // Job names are a bounded label: the job file lists them all.
+            metrics::counter!(metric::MISSED_SLOTS, "job" => job.name.to_string()).increment(plan.missed_total as u64);
             tracing::warn!(
                 job = %job.name, missed = plan.missed_total, recorded = plan.missed.len(),
                 "slots missed per the job's catch-up policy"
@@ -1103,20 +1103,17 @@ impl Ledger {
     /// Record `slots` as not run: new rows, or this term's claims that never started.
     async fn record(&self, job: &Job, slots: &[DateTime<Utc>], status: RunStatus, trigger: Trigger, reason: &str) {
         loop {
-            match self
-                .store
-                .record_slots(
-                    job.name.as_ref(),
-                    slots,
-                    status,
-                    trigger,
-                    &self.term,
-                    &self.node,
-                    &self.config_hash,
-                    reason,
-                )
-                .await
-            {
+            let unrun = UnrunSlots {
+                job: job.name.as_ref(),
+                slots,
+                status,
+                trigger,
+                term: &self.term,
+                node: &self.node,
+                config_hash: &self.config_hash,
+                error: reason,
+            };
+            match self.store.record_slots(&unrun).await {
                 Ok(_) => return,
                 Err(ClaimError::Database(error)) if self.lease.is_valid() => {
                     tracing::warn!(%error, job = %job.name, "could not record slots not run; retrying");
@@ -1144,7 +1141,7 @@ impl Ledger {
         let Some(claimed) = claimed else { return };
         let run_id = claimed.run_id;
         if claimed.status == RunStatus::Skipped {
-            metrics::counter!("tenure_runs_total", "job" => job.name.to_string(), "status" => "skipped").increment(1);
+            metrics::counter!(metric::RUNS, "job" => job.name.to_string(), "status" => "skipped").increment(1);
             tracing::info!(job = %job.name, %slot, "skipped: the previous run is still going");
             return;
         }
@@ -1179,7 +1176,7 @@ impl Ledger {
         loop {
             let started = Utc::now();
             if attempt == 1 {
-                metrics::histogram!("tenure_fire_lateness_seconds")
+                metrics::histogram!(metric::FIRE_LATENESS)
                     .record((started - slot).to_std().unwrap_or_default().as_secs_f64());
             }
             let context = RunContext {
@@ -1198,7 +1195,7 @@ impl Ledger {
             if let Some(reason) = stop.reason() {
                 outcome.error = Some(reason.to_owned());
             }
-            metrics::histogram!("tenure_run_duration_seconds")
+            metrics::histogram!(metric::RUN_DURATION)
                 .record((outcome.finished_at - started).to_std().unwrap_or_default().as_secs_f64());
             let retryable = matches!(outcome.status, RunStatus::Failed | RunStatus::TimedOut);
             if !retryable || attempt > job.retries.max as i32 || stop.token.is_cancelled() {
@@ -1245,7 +1242,7 @@ impl Ledger {
             match self.submit(&claim).await {
                 Ok(claimed) => return Some(claimed),
                 Err(ClaimError::Fenced { term, fence }) => {
-                    metrics::counter!("tenure_claims_rejected_total", "reason" => "fenced").increment(1);
+                    metrics::counter!(metric::CLAIMS_REJECTED, "reason" => "fenced").increment(1);
                     if crate::testing::ignore_refusals() {
                         return Some(Claimed { run_id: 0, status: RunStatus::Running });
                     }
@@ -1254,13 +1251,13 @@ impl Ledger {
                     return None;
                 }
                 Err(ClaimError::AlreadyClaimed { term, node }) => {
-                    metrics::counter!("tenure_claims_rejected_total", "reason" => "already_claimed").increment(1);
+                    metrics::counter!(metric::CLAIMS_REJECTED, "reason" => "already_claimed").increment(1);
                     tracing::info!(job = %job.name, %slot, term, %node, "claim refused: slot already claimed");
                     return crate::testing::ignore_refusals()
                         .then_some(Claimed { run_id: 0, status: RunStatus::Running });
                 }
                 Err(ClaimError::Database(error)) => {
-                    metrics::counter!("tenure_claim_errors_total").increment(1);
+                    metrics::counter!(metric::CLAIM_ERRORS).increment(1);
                     tracing::warn!(job = %job.name, %slot, %error, "claim failed; retrying (the run is delayed, not doubled)");
                     tokio::time::sleep(DATABASE_RETRY).await;
                     if Utc::now() - slot > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default() {
@@ -1315,7 +1312,7 @@ impl Ledger {
                     return None;
                 }
                 Err(ClaimError::Fenced { term, fence }) => {
-                    metrics::counter!("tenure_claims_rejected_total", "reason" => "fenced").increment(1);
+                    metrics::counter!(metric::CLAIMS_REJECTED, "reason" => "fenced").increment(1);
                     tracing::warn!(job = %job.name, %slot, term, fence, "start refused: a newer term holds the fence; stepping down");
                     self.step_down.cancel();
                     return None;
@@ -1365,7 +1362,7 @@ impl Ledger {
     /// Record the outcome; keep trying while the database is down, since a row left `running`
     /// blocks `forbid` jobs until a later leader reaps it.
     async fn finish(&self, job: &Job, run_id: i64, outcome: &RunOutcome) {
-        metrics::counter!("tenure_runs_total", "job" => job.name.to_string(), "status" => outcome.status.as_str())
+        metrics::counter!(metric::RUNS, "job" => job.name.to_string(), "status" => outcome.status.as_str())
             .increment(1);
         tracing::info!(
             job = %job.name, run_id, status = outcome.status.as_str(), exit_code = ?outcome.exit_code,

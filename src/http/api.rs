@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, TermView};
 use super::{AppState, Problem};
-use crate::store::{RunCursor, RunStatus, TriggerRecord};
+use crate::model::{Control, RunStatus};
+use crate::store::{RunCursor, TriggerRecord};
 
 /// The largest request body the API reads (a trigger's optional JSON).
 const BODY_LIMIT: usize = 16 * 1024;
@@ -171,16 +172,16 @@ fn key_rule(fault: &str) -> String {
     format!("an idempotency key is 1 to {KEY_MAX} visible ASCII characters (`!` to `~`, no spaces); {fault}")
 }
 
-pub(super) async fn set_paused(state: &AppState, name: &str, paused: bool, by: &str) -> Result<(), Problem> {
+pub(super) async fn set_control(state: &AppState, name: &str, control: Control, by: &str) -> Result<(), Problem> {
     let Some(paused_in_file) = state.jobs.borrow().get(name).map(|job| job.paused) else {
         return Err(Problem::not_found(format!("no job `{name}` in the job file")));
     };
-    if !paused && !paused_in_file && !state.store.job_controls().await?.contains_key(name) {
+    if control == Control::Resume && !paused_in_file && !state.store.job_controls().await?.contains_key(name) {
         // Nothing pauses the job: the resume changes nothing, and recording it would stamp a
         // resume instant that excuses the job's slots before it.
         return Ok(());
     }
-    Ok(state.store.set_paused(name, paused, by).await?)
+    Ok(state.store.set_control(name, control, by).await?)
 }
 
 /// A fresh idempotency key: unique per process and instant.
@@ -289,7 +290,7 @@ async fn pause(
     Path(name): Path<String>,
 ) -> Result<Json<Paused>, Problem> {
     state.auth.mutate_api(&headers)?;
-    set_paused(&state, &name, true, "api").await?;
+    set_control(&state, &name, Control::Pause, "api").await?;
     Ok(Json(Paused { job: name, paused: true }))
 }
 
@@ -299,7 +300,7 @@ async fn resume(
     Path(name): Path<String>,
 ) -> Result<Json<Paused>, Problem> {
     state.auth.mutate_api(&headers)?;
-    set_paused(&state, &name, false, "api").await?;
+    set_control(&state, &name, Control::Resume, "api").await?;
     Ok(Json(Paused { job: name, paused: false }))
 }
 

@@ -25,18 +25,20 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JobSet;
-use crate::election::ClusterSnapshot;
+use crate::election::EtcdProbe;
 use crate::leadership::Leadership;
-use crate::store::Store;
+use crate::model::ClusterSnapshot;
+use crate::store::Reads;
 
 /// What the handlers read.
 #[derive(Clone)]
 pub struct AppState {
     pub node_id: String,
-    pub store: Store,
+    /// The ledger's read side, on the read pool.
+    pub store: Reads,
     pub leadership: watch::Receiver<Leadership>,
     /// For readiness; `None` where leadership is in-process (`tenure dev`).
-    pub etcd: Option<etcd_client::Client>,
+    pub etcd: Option<EtcdProbe>,
     pub jobs: watch::Receiver<Arc<JobSet>>,
     pub cluster: watch::Receiver<ClusterSnapshot>,
     pub auth: Auth,
@@ -132,10 +134,8 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let database =
         async { tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await.is_ok_and(|ping| ping.is_ok()) };
     let etcd = async {
-        match state.etcd.clone() {
-            Some(mut client) => {
-                tokio::time::timeout(READY_TIMEOUT, client.status()).await.is_ok_and(|status| status.is_ok())
-            }
+        match &state.etcd {
+            Some(probe) => probe.answers(READY_TIMEOUT).await,
             None => true,
         }
     };
@@ -164,7 +164,17 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 pub struct Auth {
     token: Option<[u8; 32]>,
     csrf_key: Option<[u8; 32]>,
-    protect_reads: bool,
+    reads: ReadAccess,
+}
+
+/// Who may read the pages and GET endpoints (health and metrics are always open).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadAccess {
+    #[default]
+    Open,
+    /// The admin token is needed to read too (`--protect-reads`); without a token, reads stay
+    /// open (there is nothing to ask for).
+    TokenRequired,
 }
 
 /// The cookie that binds a browser to its forms' anti-forgery values.
@@ -240,12 +250,12 @@ enum Credential {
 }
 
 impl Auth {
-    pub fn new(token: Option<&str>, protect_reads: bool) -> Auth {
+    pub fn new(token: Option<&str>, reads: ReadAccess) -> Auth {
         let token = token.filter(|token| !token.is_empty());
         Auth {
             token: token.map(|token| Sha256::digest(token.as_bytes()).into()),
             csrf_key: token.map(|token| Sha256::digest(format!("tenure-csrf-key:{token}").as_bytes()).into()),
-            protect_reads: protect_reads && token.is_some(),
+            reads: if token.is_some() { reads } else { ReadAccess::Open },
         }
     }
 
@@ -274,7 +284,8 @@ impl Auth {
 
     /// Reads (pages and GET endpoints): open unless `--protect-reads`.
     fn read(&self, headers: &HeaderMap) -> Result<(), Problem> {
-        if !self.protect_reads || matches!(self.credential(headers), Credential::Bearer | Credential::Basic) {
+        if self.reads == ReadAccess::Open || matches!(self.credential(headers), Credential::Bearer | Credential::Basic)
+        {
             return Ok(());
         }
         Err(Problem::unauthorized("this dashboard needs the admin token (basic auth password or bearer token)"))

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::api::{self, RunQuery};
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, STRIP, ago, human_ms, in_zone, utc};
 use super::{AppState, BrowserSession, Problem};
-use crate::store::RunStatus;
+use crate::model::{Control, RunStatus, TriggerKind};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -135,7 +135,7 @@ struct ReplicaRow {
 
 struct Cell {
     id: i64,
-    status: String,
+    status: RunStatus,
     title: String,
 }
 
@@ -148,7 +148,7 @@ struct JobRow {
     timezone: String,
     next_local: String,
     next_utc: String,
-    last_status: Option<String>,
+    last_status: Option<RunStatus>,
     last_duration: String,
     strip: Vec<Cell>,
 }
@@ -234,14 +234,14 @@ async fn overview(
                 timezone: job.timezone.clone(),
                 next_local,
                 next_utc,
-                last_status: job.last.as_ref().map(|run| run.status.clone()),
+                last_status: job.last.as_ref().map(|run| run.status),
                 last_duration: job.last.as_ref().and_then(|run| run.duration_ms).map(human_ms).unwrap_or_default(),
                 strip: job
                     .recent
                     .iter()
                     .map(|run| Cell {
                         id: run.id,
-                        status: run.status.clone(),
+                        status: run.status,
                         title: format!("{} · {}", utc(run.slot), run.status),
                     })
                     .collect(),
@@ -267,8 +267,8 @@ async fn overview(
 struct RunRow {
     id: i64,
     slot: String,
-    status: String,
-    trigger: String,
+    status: RunStatus,
+    trigger: TriggerKind,
     term: i64,
     node: String,
     attempt: i32,
@@ -340,8 +340,8 @@ async fn job(
         .map(|run| RunRow {
             id: run.id,
             slot: utc(run.slot),
-            status: run.status.clone(),
-            trigger: run.trigger.clone(),
+            status: run.status,
+            trigger: run.trigger,
             term: run.term,
             node: run.node.clone(),
             attempt: run.attempt,
@@ -428,8 +428,8 @@ async fn control(
             let key = form.key.as_deref().filter(|key| !key.is_empty());
             api::request_trigger(&state, &name, key, "dashboard").await?;
         }
-        "pause" => api::set_paused(&state, &name, true, "dashboard").await?,
-        "resume" => api::set_paused(&state, &name, false, "dashboard").await?,
+        "pause" => api::set_control(&state, &name, Control::Pause, "dashboard").await?,
+        "resume" => api::set_control(&state, &name, Control::Resume, "dashboard").await?,
         _ => return Err(Problem::not_found(format!("no action `{action}`")).into()),
     }
     Ok(Redirect::to(&format!("/jobs/{name}?done={action}")))
@@ -464,7 +464,7 @@ async fn run(
     };
     render(&RunPage {
         layout: Layout::new(&state, format!("{} run {}", run.job, run.brief.id), "run"),
-        running: run.brief.status == "running",
+        running: run.brief.status == RunStatus::Running,
         slot: with_zone(run.brief.slot),
         claimed: utc(run.claimed_at),
         started: or_dash(run.started_at.map(utc)),

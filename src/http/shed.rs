@@ -68,7 +68,7 @@ impl Drop for Waiting<'_> {
 /// Middleware: run the handler in its turn, or answer 503 with `Retry-After`.
 pub(super) async fn admit(State(admission): State<Admission>, request: Request, next: Next) -> Response {
     let Some(turn) = admission.admit().await else {
-        metrics::counter!("tenure_http_shed_total").increment(1);
+        metrics::counter!(crate::telemetry::metric::HTTP_SHED).increment(1);
         let mut response = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable",

@@ -10,8 +10,8 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::config::{Job, JobSet, Target};
-use crate::election::ClusterSnapshot;
-use crate::store::{JobControl, RunRecord, Store, TermRecord};
+use crate::model::{ClusterSnapshot, RunStatus, TriggerKind};
+use crate::store::{JobControl, Reads, RunRecord, TermRecord};
 
 /// How many outcomes the overview's strip shows per job.
 pub const STRIP: usize = 20;
@@ -47,8 +47,8 @@ pub struct JobView {
 pub struct RunBrief {
     pub id: i64,
     pub slot: DateTime<Utc>,
-    pub status: String,
-    pub trigger: String,
+    pub status: RunStatus,
+    pub trigger: TriggerKind,
     pub term: i64,
     pub node: String,
     pub attempt: i32,
@@ -64,8 +64,8 @@ impl RunBrief {
         RunBrief {
             id: run.id,
             slot: run.slot,
-            status: run.status.clone(),
-            trigger: run.trigger.clone(),
+            status: run.status,
+            trigger: run.trigger,
             term: run.term,
             node: run.node.clone(),
             attempt: run.attempt,
@@ -194,7 +194,7 @@ pub fn job_view(job: &Job, controls: &HashMap<String, JobControl>, runs: &[RunRe
 pub const JOBS_PER_PAGE: usize = 100;
 
 /// The jobs of the file from `offset`, at most `limit`, with their recent outcomes.
-pub async fn jobs(store: &Store, jobs: &JobSet, offset: usize, limit: usize) -> Result<Vec<JobView>, sqlx::Error> {
+pub async fn jobs(store: &Reads, jobs: &JobSet, offset: usize, limit: usize) -> Result<Vec<JobView>, sqlx::Error> {
     let page: Vec<&Job> = jobs.jobs().iter().skip(offset).take(limit).collect();
     let names: Vec<String> = page.iter().map(|job| job.name.as_str().to_owned()).collect();
     let recent = store.recent_runs(&names, STRIP as i64).await?;
@@ -206,7 +206,7 @@ pub async fn jobs(store: &Store, jobs: &JobSet, offset: usize, limit: usize) -> 
         .collect())
 }
 
-pub async fn job(store: &Store, job: &Job) -> Result<JobView, sqlx::Error> {
+pub async fn job(store: &Reads, job: &Job) -> Result<JobView, sqlx::Error> {
     let runs = store.job_runs(job.name.as_str(), None, None, STRIP as i64).await?;
     let controls = store.job_controls().await?;
     Ok(job_view(job, &controls, &runs, Utc::now()))

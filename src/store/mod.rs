@@ -2,6 +2,12 @@
 //! cluster (`postgres`) or SQLite for `tenure dev` (`sqlite`), behind one `Ledger` contract. Owns
 //! every SQL statement in tenure; nothing else talks to a database.
 //!
+//! Two sides, two handles: `Ledger` (`Store`) is what the leader's scheduler does on the firing
+//! pool (fenced writes, cursors, terms, outcomes); `LedgerReads` (`Reads`) is what the web does
+//! on the read pool (dashboard and API reads, operator controls). `common` holds what both
+//! databases share (column lists, row mappers, refusals, pruning); `pools` the connections and
+//! migrations.
+//!
 //! Invariant: every write that records a slot (`claim_run`, `record_slots`), starts a run
 //! (`start_runs`), moves a cursor (`job_cursors`) or changes a run as its leader (`retry_run`,
 //! `reap_lost`) checks the fence in the same statement, so it cannot commit after a newer term's
@@ -12,236 +18,31 @@
 //! `start_runs`, before the process or request begins), then finished. Only a claimed row that
 //! was never started can change hands: a newer term's claim or `record_slots` takes it over.
 
+mod common;
+mod pools;
 mod postgres;
 mod sqlite;
 
+pub use pools::{
+    DatabaseConnectError, MigrateError, READ_CONNECTIONS, check_connection, connect, connect_reads, migrate,
+    migration_connection,
+};
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
 
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::leadership::Term;
-
-/// The firing pool: claims, starts, outcomes, the fence and terms, cursors, heartbeats, reaping,
-/// pruning and the controls the leader reads. The web never gets it (it reads on
-/// `connect_reads`), so no reader can hold a connection a claim needs. Timeouts a fenced ledger
-/// needs: a paused replica holding a lock must not block the next leader for longer than these.
-/// Connects lazily, so a replica starts (and serves its health endpoints) while PostgreSQL is
-/// still down.
-pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = database_url.parse().context("parse database url")?;
-    let options = options.options([("statement_timeout", "5s"), ("idle_in_transaction_session_timeout", "5s")]);
-    Ok(PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(3)).connect_lazy_with(options))
-}
-
-/// Connections the read pool holds at most: one per dashboard or API handler running at once,
-/// and one for readiness and operator controls.
-pub const READ_CONNECTIONS: u32 = crate::http::MAX_CONCURRENT_READS as u32 + 1;
-
-/// The read pool, for the dashboard and the API: a few connections with a shorter statement
-/// timeout, so a slow read gives up (503) rather than waiting, and readers wait for each other,
-/// never for the firing path's connections.
-pub async fn connect_reads(database_url: &str) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = database_url.parse().context("parse database url")?;
-    let options = options.options([("statement_timeout", "2s"), ("idle_in_transaction_session_timeout", "2s")]);
-    Ok(PgPoolOptions::new()
-        .max_connections(READ_CONNECTIONS)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect_lazy_with(options))
-}
-
-/// Why PostgreSQL could not be used at start: settings that waiting will not fix (a certificate
-/// refused, a wrong password, no `pg_hba.conf` rule for this connection) are told apart from a
-/// server that is not up yet. `server` is the URL with its password masked.
-#[derive(Debug, thiserror::Error)]
-pub enum DatabaseConnectError {
-    #[error("PostgreSQL at {server}: {detail}")]
-    Refused { server: String, detail: String },
-    #[error("PostgreSQL at {server} is not reachable yet: {detail}")]
-    Unreachable { server: String, detail: String },
-}
-
-/// Open one connection as the pool would (TLS per `sslmode`, `sslrootcert`, `sslcert`,
-/// `sslkey` in the URL, like libpq) and close it, to learn at start whether the settings work.
-pub async fn check_connection(database_url: &str) -> Result<(), DatabaseConnectError> {
-    use sqlx::Connection;
-    let server = crate::secret::mask_url(database_url);
-    let refused = |detail: String| DatabaseConnectError::Refused { server: server.clone(), detail };
-    let options: PgConnectOptions = database_url.parse().map_err(|error: sqlx::Error| {
-        refused(format!("invalid database url: {}", crate::telemetry::one_line(&error)))
-    })?;
-    let attempt = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect_with(&options)).await;
-    let error = match attempt {
-        Ok(Ok(connection)) => {
-            let _ = connection.close().await;
-            return Ok(());
-        }
-        Ok(Err(error)) => error,
-        Err(_) => {
-            return Err(DatabaseConnectError::Unreachable { server, detail: "no answer within 5s".into() });
-        }
-    };
-    let detail = crate::telemetry::one_line(&error);
-    let lasting = match &error {
-        sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => true,
-        // Class 28: invalid authorization (wrong password, no pg_hba.conf entry); 3D000: no
-        // such database.
-        sqlx::Error::Database(database) => {
-            database.code().is_some_and(|code| code.starts_with("28") || code == "3D000")
-        }
-        _ => detail.to_ascii_lowercase().contains("certificate"),
-    };
-    if lasting { Err(refused(detail)) } else { Err(DatabaseConnectError::Unreachable { server, detail }) }
-}
-
-/// Why the schema could not be brought up to date.
-#[derive(Debug, thiserror::Error)]
-pub enum MigrateError {
-    /// An older binary against a schema a newer release migrated: it must not guess.
-    #[error(
-        "the database schema is at version {database}, newer than this binary knows (its newest is version \
-         {known}): run a tenure release that knows version {database}"
-    )]
-    NewerSchema { known: i64, database: i64 },
-    #[error("apply migrations: {0}")]
-    Failed(#[from] sqlx::migrate::MigrateError),
-    #[error("open a connection for migrations: {0}")]
-    Connect(#[from] sqlx::Error),
-}
-
-impl MigrateError {
-    /// Whether trying again later may succeed: the database is unreachable, starting, busy or
-    /// held a lock too long. A newer schema, a changed or half-applied migration, a refused login
-    /// or a missing database stay as they are until somebody acts.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            MigrateError::NewerSchema { .. } => false,
-            MigrateError::Connect(error)
-            | MigrateError::Failed(sqlx::migrate::MigrateError::Execute(error))
-            | MigrateError::Failed(sqlx::migrate::MigrateError::ExecuteMigration(error, _)) => transient(error),
-            MigrateError::Failed(_) => false,
-        }
-    }
-}
-
-/// Connection trouble, a server starting or shutting down, too many connections, a lock or
-/// statement timeout, a serialization failure or deadlock.
-fn transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
-            ["08", "40", "53", "57P", "57014", "55P03"].iter().any(|prefix| code.starts_with(prefix))
-        }),
-        _ => false,
-    }
-}
-
-/// A connection of its own for migrations, out of `pool`'s accounting and without its timeouts:
-/// an index build on a large ledger may take minutes. Waiting for a lock (the migrator's advisory
-/// lock, or a table a running replica is using) gives up after 5 s and is retried: a DDL
-/// statement queued behind a lock would hold up every claim queued behind it. Closing it (or dropping it, on any error
-/// or cancellation) ends the session, and with it the migrator's advisory lock.
-pub async fn migration_connection(pool: &PgPool) -> Result<sqlx::PgConnection, sqlx::Error> {
-    let mut conn = pool.acquire().await?.detach();
-    sqlx::raw_sql(
-        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
-         SET lock_timeout = '5s'",
-    )
-    .execute(&mut conn)
-    .await?;
-    Ok(conn)
-}
-
-/// Apply the migrations in `migrations/postgres/` on a dedicated connection (see
-/// `migration_connection`), one replica at a time (sqlx's advisory lock). A database that has a
-/// migration this binary does not know is `NewerSchema`.
-pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
-    let migrator = sqlx::migrate!("./migrations/postgres");
-    let mut conn = migration_connection(pool).await?;
-    let result = match migrator.run(&mut conn).await {
-        Ok(()) => Ok(()),
-        Err(sqlx::migrate::MigrateError::VersionMissing(unknown)) => {
-            let known = migrator.iter().map(|migration| migration.version).max().unwrap_or(0);
-            let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
-                .fetch_one(&mut conn)
-                .await
-                .unwrap_or(None);
-            Err(MigrateError::NewerSchema { known, database: newest.unwrap_or(unknown).max(unknown) })
-        }
-        Err(error) => Err(error.into()),
-    };
-    // Ends the session: the advisory lock goes with it, whatever happened above.
-    if let Err(error) = sqlx::Connection::close(conn).await {
-        tracing::debug!(%error, "closing the migration connection failed; the server ends it");
-    }
-    result
-}
-
-/// What the ledger says happened to a slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    /// Claimed (`started_at` empty: not started, a newer term may take it over) or started
-    /// (`started_at` set, through the fenced `start_runs`).
-    Running,
-    Succeeded,
-    Failed,
-    TimedOut,
-    /// Stopped by tenure: leadership lost, `replace`, shutdown grace exceeded.
-    Killed,
-    /// Not started because the previous run was still going (`concurrency: forbid`).
-    Skipped,
-    /// Not run: the leader was down or late beyond the job's policy.
-    Missed,
-    /// Started by a leader that vanished without recording an outcome.
-    Lost,
-}
-
-impl RunStatus {
-    pub const ALL: [RunStatus; 8] = [
-        RunStatus::Running,
-        RunStatus::Succeeded,
-        RunStatus::Failed,
-        RunStatus::TimedOut,
-        RunStatus::Killed,
-        RunStatus::Skipped,
-        RunStatus::Missed,
-        RunStatus::Lost,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::TimedOut => "timed_out",
-            RunStatus::Killed => "killed",
-            RunStatus::Skipped => "skipped",
-            RunStatus::Missed => "missed",
-            RunStatus::Lost => "lost",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<RunStatus> {
-        RunStatus::ALL.into_iter().find(|status| status.as_str() == text)
-    }
-}
+use crate::model::{Control, RunOutcome, RunStatus, Trigger, TriggerKind};
 
 /// Why a claim was refused. The two refusals are told apart for metrics and logs.
 #[derive(Debug, thiserror::Error)]
@@ -287,34 +88,6 @@ pub enum SkipIfRunning {
     No,
 }
 
-/// Why a slot is claimed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Schedule,
-    /// An operator's trigger request (`TriggerRecord::id`); the claim that records its slot
-    /// marks it handled, and a refused claim leaves it pending for the next leader.
-    Manual {
-        request: i64,
-    },
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Schedule => "schedule",
-            Trigger::Manual { .. } => "manual",
-        }
-    }
-
-    /// The trigger request a manual claim fulfils.
-    pub fn request(self) -> Option<i64> {
-        match self {
-            Trigger::Schedule => None,
-            Trigger::Manual { request } => Some(request),
-        }
-    }
-}
-
 /// A committed claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claimed {
@@ -335,17 +108,6 @@ pub struct JobCursor {
     pub unstarted: Option<DateTime<Utc>>,
 }
 
-/// How a run ended, as recorded on its row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunOutcome {
-    pub status: RunStatus,
-    pub exit_code: Option<i32>,
-    pub http_status: Option<u16>,
-    pub error: Option<String>,
-    pub output: String,
-    pub finished_at: DateTime<Utc>,
-}
-
 /// The fence row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
@@ -360,11 +122,11 @@ pub struct RunRecord {
     pub id: i64,
     pub job: String,
     pub slot: DateTime<Utc>,
-    pub trigger: String,
+    pub trigger: TriggerKind,
     pub term: i64,
     pub node: String,
     pub config_hash: String,
-    pub status: String,
+    pub status: RunStatus,
     pub attempt: i32,
     pub claimed_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -440,23 +202,28 @@ pub struct JobControl {
 /// The PostgreSQL NOTIFY channel for pauses, resumes and triggers.
 const CONTROL_CHANNEL: &str = "tenure_controls";
 
-/// Largest output tail kept per run.
-pub const OUTPUT_LIMIT: usize = 64 * 1024;
-
-/// The ledger, whichever database holds it. Cheap to clone; derefs to the `Ledger` contract.
+/// The firing path's ledger: what the scheduler (and pruning) may do. Cheap to clone; derefs to
+/// the `Ledger` contract. On PostgreSQL it holds the firing pool (`connect`).
 #[derive(Clone)]
 pub struct Store {
     ledger: Arc<dyn Ledger>,
 }
 
 impl Store {
-    /// The PostgreSQL ledger on `pool` (migrations applied separately, see `migrate`).
+    /// The PostgreSQL ledger on the firing pool (migrations applied separately, see `migrate`).
     pub fn new(pool: PgPool) -> Store {
         Store { ledger: Arc::new(Postgres::new(pool)) }
     }
 
     pub fn from_ledger(ledger: impl Ledger + 'static) -> Store {
         Store { ledger: Arc::new(ledger) }
+    }
+
+    /// Both sides of one ledger on one pool: `tenure dev` (SQLite has one connection anyway) and
+    /// tests. A replica on PostgreSQL opens `Store::new` and `Reads::new` on pools of their own.
+    pub fn with_reads<L: Ledger + LedgerReads + 'static>(ledger: L) -> (Store, Reads) {
+        let ledger = Arc::new(ledger);
+        (Store { ledger: ledger.clone() }, Reads { ledger })
     }
 }
 
@@ -474,12 +241,59 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// What a ledger must do, on any database. One test suite checks both implementations.
+/// The web's ledger: the dashboard's and API's reads and the operator controls they record.
+/// Cheap to clone; derefs to `LedgerReads`. On PostgreSQL it holds the read pool
+/// (`connect_reads`), so no reader can take a connection a claim needs; and it has no way to
+/// claim or start a run.
+#[derive(Clone)]
+pub struct Reads {
+    ledger: Arc<dyn LedgerReads>,
+}
+
+impl Reads {
+    /// The PostgreSQL ledger's read side on the read pool (`connect_reads`).
+    pub fn new(pool: PgPool) -> Reads {
+        Reads { ledger: Arc::new(Postgres::new(pool)) }
+    }
+
+    pub fn from_ledger(ledger: impl LedgerReads + 'static) -> Reads {
+        Reads { ledger: Arc::new(ledger) }
+    }
+}
+
+impl Deref for Reads {
+    type Target = dyn LedgerReads;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.ledger
+    }
+}
+
+impl std::fmt::Debug for Reads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reads")
+    }
+}
+
+/// Slots that will not run, to be recorded as such (`Ledger::record_slots`).
+#[derive(Debug, Clone, Copy)]
+pub struct UnrunSlots<'a> {
+    pub job: &'a str,
+    pub slots: &'a [DateTime<Utc>],
+    /// `missed`, or `killed` before they started.
+    pub status: RunStatus,
+    pub trigger: Trigger,
+    pub term: &'a Term,
+    pub node: &'a str,
+    pub config_hash: &'a str,
+    pub error: &'a str,
+}
+
+/// The write side: what the leader's scheduler does on the firing pool (fenced writes, cursors,
+/// terms, outcomes) and the few reads it needs to act (controls, pending triggers). One test
+/// suite checks both implementations.
 #[async_trait]
 pub trait Ledger: Send + Sync {
-    /// Whether the database answers.
-    async fn ping(&self) -> Result<(), sqlx::Error>;
-
     /// The database server's wall clock: the reference every replica's clock is checked against.
     async fn clock(&self) -> Result<DateTime<Utc>, sqlx::Error>;
 
@@ -515,18 +329,7 @@ pub trait Ledger: Send + Sync {
     /// Record slots that will not run (`missed`, or `killed` before they started) under the
     /// fence, in one statement: new rows, and rows claimed by this or an older term that were
     /// never started. Returns how many rows were written.
-    #[allow(clippy::too_many_arguments)]
-    async fn record_slots(
-        &self,
-        job: &str,
-        slots: &[DateTime<Utc>],
-        status: RunStatus,
-        trigger: Trigger,
-        term: &Term,
-        node: &str,
-        config_hash: &str,
-        error: &str,
-    ) -> Result<u64, ClaimError>;
+    async fn record_slots(&self, unrun: &UnrunSlots<'_>) -> Result<u64, ClaimError>;
 
     /// Start runs `term` claimed: one fenced statement records each start time on its row, if the
     /// row is still this term's and unstarted (or already carries exactly this start: a retry
@@ -573,35 +376,12 @@ pub trait Ledger: Send + Sync {
     /// same node's clock. Fenced: only the current leader may.
     async fn reap_lost(&self, term: &Term, live: &[LiveNode]) -> Result<u64, sqlx::Error>;
 
-    async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error>;
-
-    /// Every row of the ledger, oldest slot first (tests and exports).
-    async fn all_runs(&self) -> Result<Vec<RunRecord>, sqlx::Error>;
-
     /// Delete up to `batch` finished rows older than `before`, keeping each job's newest row (the
     /// dashboard's last run; the cursor is kept apart). Returns how many went.
     async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error>;
 
-    /// Pause or resume a job; survives failover; wakes the leader's scheduler. A resume that ends
-    /// a pause (the job's control said paused, or it had none: the job file's pause) records
-    /// the database's now as the job's `resumed_at`; a resume of a resumed job keeps it.
-    async fn set_paused(&self, job: &str, paused: bool, by: &str) -> Result<(), sqlx::Error>;
-
     /// Operator pauses and resumes, by job. An entry overrides the job file's `paused`.
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error>;
-
-    /// One job's runs, newest slot first, those before `before` (the previous page's cursor), at
-    /// most `limit`, optionally of one status. Lists leave `output` empty; `run` has it.
-    async fn job_runs(
-        &self,
-        job: &str,
-        status: Option<RunStatus>,
-        before: Option<RunCursor>,
-        limit: i64,
-    ) -> Result<Vec<RunRecord>, sqlx::Error>;
-
-    /// The newest `per_job` runs of each of `jobs`, newest first, `output` empty.
-    async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error>;
 
     /// Replace a running run's output tail, so every replica can show it live.
     async fn update_output(&self, run_id: i64, output: &str) -> Result<(), sqlx::Error>;
@@ -618,6 +398,48 @@ pub trait Ledger: Send + Sync {
     /// The leader of `term` is alive at `at` (the terms page measures hand-overs with it).
     async fn term_alive(&self, term: &Term, at: DateTime<Utc>) -> Result<(), sqlx::Error>;
 
+    /// Triggers no claim has handled yet, and those whose claim was never started (a newer
+    /// term's claim takes it over), oldest first.
+    async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error>;
+
+    /// Mark a trigger handled without a run (its job is not in the job file).
+    async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error>;
+
+    /// Send on `wake` whenever a pause, resume or trigger may have happened, until `stop`.
+    async fn listen_controls(&self, wake: mpsc::Sender<()>, stop: CancellationToken);
+}
+
+/// The read side: what the dashboard and the API do, on the read pool. Reads, and the operator
+/// controls (rows the leader acts on; never a run). Rows this binary cannot read (an unknown
+/// status or trigger) are decode errors, never a default.
+#[async_trait]
+pub trait LedgerReads: Send + Sync {
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), sqlx::Error>;
+
+    async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error>;
+
+    /// One job's runs, newest slot first, those before `before` (the previous page's cursor), at
+    /// most `limit`, optionally of one status. Lists leave `output` empty; `run` has it.
+    async fn job_runs(
+        &self,
+        job: &str,
+        status: Option<RunStatus>,
+        before: Option<RunCursor>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, sqlx::Error>;
+
+    /// The newest `per_job` runs of each of `jobs`, newest first, `output` empty.
+    async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error>;
+
+    /// Operator pauses and resumes, by job (as `Ledger::job_controls`).
+    async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error>;
+
+    /// Pause or resume a job; survives failover; wakes the leader's scheduler. A resume that ends
+    /// a pause (the job's control said paused, or it had none: the job file's pause) records
+    /// the database's now as the job's `resumed_at`; a resume of a resumed job keeps it.
+    async fn set_control(&self, job: &str, control: Control, by: &str) -> Result<(), sqlx::Error>;
+
     /// Record a manual trigger (idempotent per job and key: the same key for another job is
     /// another trigger) and wake the leader's scheduler.
     async fn request_trigger(
@@ -628,21 +450,14 @@ pub trait Ledger: Send + Sync {
         requested_at: DateTime<Utc>,
     ) -> Result<TriggerRecord, sqlx::Error>;
 
-    /// Triggers no claim has handled yet, and those whose claim was never started (a newer
-    /// term's claim takes it over), oldest first.
-    async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error>;
+    /// The newest `limit` terms, oldest first: what the dashboard reads.
+    async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error>;
 
-    /// Mark a trigger handled without a run (its job is not in the job file).
-    async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error>;
-
-    /// Send on `wake` whenever a pause, resume or trigger may have happened, until `stop`.
-    async fn listen_controls(&self, wake: mpsc::Sender<()>, stop: CancellationToken);
+    /// Every row of the ledger, oldest slot first (tests and exports).
+    async fn all_runs(&self) -> Result<Vec<RunRecord>, sqlx::Error>;
 
     /// Every term, oldest first (tests and exports; grows with every hand-over).
     async fn terms(&self) -> Result<Vec<TermRecord>, sqlx::Error>;
-
-    /// The newest `limit` terms, oldest first: what the dashboard reads.
-    async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error>;
 }
 
 /// Databases cannot hold NUL bytes in text.

@@ -8,10 +8,10 @@ use axum::http::{Request, StatusCode, header};
 use base64::Engine;
 use chrono::{TimeZone, Utc};
 use serde_json::Value;
-use tenure::election::{ClusterSnapshot, Member};
-use tenure::http::{AppState, Auth, router};
+use tenure::http::{AppState, Auth, ReadAccess, router};
 use tenure::leadership::{Leadership, Term};
-use tenure::store::{Claim, RunOutcome, RunStatus, SkipIfRunning, Sqlite, Store, Trigger};
+use tenure::model::{ClusterSnapshot, Member, RunOutcome, RunStatus, Trigger};
+use tenure::store::{Claim, Reads, SkipIfRunning, Sqlite, Store};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
@@ -34,8 +34,8 @@ struct Fixture {
     store: Store,
 }
 
-async fn fixture(protect_reads: bool) -> Fixture {
-    let store = Store::from_ledger(Sqlite::in_memory().await.unwrap());
+async fn fixture(reads_need: ReadAccess) -> Fixture {
+    let (store, reads) = Store::with_reads(Sqlite::in_memory().await.unwrap());
     let term = Term::for_tests(42, "cluster");
     store.begin_term(&term, "node-a").await.unwrap();
     // 30 runs of `tick`: every third failed, one still running.
@@ -80,12 +80,12 @@ async fn fixture(protect_reads: bool) -> Fixture {
     snapshot.observe(&[member("node-a"), member("node-b")], Utc::now());
     let state = AppState {
         node_id: "node-b".to_owned(),
-        store: store.clone(),
+        store: reads,
         leadership: watch::channel(Leadership::Follower { leader: Some("node-a".to_owned()) }).1,
         etcd: None,
         jobs: watch::channel(Arc::new(jobs)).1,
         cluster: watch::channel(snapshot).1,
-        auth: Auth::new(Some(TOKEN), protect_reads),
+        auth: Auth::new(Some(TOKEN), reads_need),
         pages: Default::default(),
     };
     Fixture { state, store }
@@ -131,7 +131,7 @@ fn basic(password: &str) -> String {
 
 #[tokio::test]
 async fn jobs_cluster_and_terms_read_as_json() {
-    let f = fixture(false).await;
+    let f = fixture(ReadAccess::Open).await;
     let jobs = get(&f.state, "/api/jobs").await;
     assert_eq!(jobs.status, StatusCode::OK);
     assert_eq!(jobs.headers["x-total-count"], "2");
@@ -178,7 +178,7 @@ async fn jobs_cluster_and_terms_read_as_json() {
 
 #[tokio::test]
 async fn a_job_ledger_pages_by_cursor_and_filters_by_status() {
-    let f = fixture(false).await;
+    let f = fixture(ReadAccess::Open).await;
     let first = get(&f.state, "/api/jobs/tick/runs?limit=12").await.json();
     let runs = first["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 12);
@@ -213,7 +213,7 @@ async fn a_job_ledger_pages_by_cursor_and_filters_by_status() {
 
 #[tokio::test]
 async fn mutations_need_the_bearer_token_and_a_double_click_fires_once() {
-    let f = fixture(false).await;
+    let f = fixture(ReadAccess::Open).await;
     let refused = send(&f.state, post("/api/jobs/tick/trigger", None).body(Body::empty()).unwrap()).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert_eq!(refused.content_type, "application/problem+json");
@@ -250,7 +250,7 @@ async fn mutations_need_the_bearer_token_and_a_double_click_fires_once() {
 
 #[tokio::test]
 async fn pages_render_and_forms_need_basic_auth_and_the_forgery_field() {
-    let f = fixture(false).await;
+    let f = fixture(ReadAccess::Open).await;
     let overview = get(&f.state, "/").await;
     assert_eq!(overview.status, StatusCode::OK);
     assert!(overview.content_type.starts_with("text/html"));
@@ -267,7 +267,7 @@ async fn pages_render_and_forms_need_basic_auth_and_the_forgery_field() {
     assert!(!job.body.contains("id=\"older\""), "30 runs fit on one page of 50");
     let failed = get(&f.state, "/jobs/tick?status=failed").await;
     assert_eq!(failed.body.matches("<span class=\"status failed\">failed</span>").count(), 10);
-    let run_id = f.store.job_runs("tick", Some(RunStatus::Running), None, 1).await.unwrap()[0].id;
+    let run_id = f.state.store.job_runs("tick", Some(RunStatus::Running), None, 1).await.unwrap()[0].id;
     let run = get(&f.state, &format!("/runs/{run_id}")).await;
     assert!(
         run.body.contains("half way &#60;there&#62;") || run.body.contains("half way &lt;there&gt;"),
@@ -300,7 +300,7 @@ async fn pages_render_and_forms_need_basic_auth_and_the_forgery_field() {
 
 #[tokio::test]
 async fn protected_reads_need_the_token_but_health_and_metrics_stay_open() {
-    let f = fixture(true).await;
+    let f = fixture(ReadAccess::TokenRequired).await;
     for uri in ["/", "/jobs/tick", "/terms", "/api/jobs", "/api/cluster"] {
         let answer = get(&f.state, uri).await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{uri}");
@@ -317,7 +317,7 @@ async fn protected_reads_need_the_token_but_health_and_metrics_stay_open() {
 
 #[tokio::test]
 async fn malformed_requests_get_clear_problems_and_change_nothing() {
-    let f = fixture(false).await;
+    let f = fixture(ReadAccess::Open).await;
     let bearer = format!("Bearer {TOKEN}");
     let trigger = |body: Body| post("/api/jobs/tick/trigger", Some(&bearer)).body(body).unwrap();
     let problem = |answer: &Answer, status: StatusCode, needle: &str| {
@@ -363,7 +363,7 @@ async fn malformed_requests_get_clear_problems_and_change_nothing() {
 
 #[tokio::test]
 async fn issue_13_idempotency_keys_are_per_job_and_bad_keys_are_refused() {
-    let f = fixture(false).await;
+    let f = fixture(ReadAccess::Open).await;
     let bearer = format!("Bearer {TOKEN}");
     let keyed = |job: &str, key: &[u8]| {
         post(&format!("/api/jobs/{job}/trigger"), Some(&bearer))
@@ -415,9 +415,9 @@ async fn issue_13_idempotency_keys_are_per_job_and_bad_keys_are_refused() {
 #[tokio::test]
 async fn internal_errors_show_a_correlation_id_and_no_driver_text() {
     // A ledger that cannot be reached: PostgreSQL on a port nobody listens on.
-    let mut f = fixture(false).await;
+    let mut f = fixture(ReadAccess::Open).await;
     let pool = tenure::store::connect("postgres://tenure:pw-in-url@127.0.0.1:1/tenure").await.unwrap();
-    f.state.store = Store::new(pool);
+    f.state.store = Reads::new(pool);
     for path in ["/api/jobs/tick/runs", "/jobs/tick", "/terms"] {
         let answer = get(&f.state, path).await;
         assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {}", answer.body);
@@ -434,7 +434,7 @@ async fn internal_errors_show_a_correlation_id_and_no_driver_text() {
 
 #[tokio::test]
 async fn a_cross_origin_form_post_is_refused_even_with_the_admins_credentials() {
-    let f = fixture(false).await;
+    let f = fixture(ReadAccess::Open).await;
     // The attacker reads the (open) job page and takes its anti-forgery value.
     let attackers_view = get(&f.state, "/jobs/tick").await;
     let csrf =
@@ -485,7 +485,7 @@ async fn a_cross_origin_form_post_is_refused_even_with_the_admins_credentials() 
 
 #[tokio::test]
 async fn the_terms_page_shows_the_newest_terms_only() {
-    let fixture = fixture(false).await;
+    let fixture = fixture(ReadAccess::Open).await;
     // A long-lived cluster: hundreds of hand-overs after the fixture's term 42.
     for revision in 43..43 + tenure::http::view::TERMS_SHOWN as i64 + 50 {
         fixture.store.begin_term(&Term::for_tests(revision, "cluster"), "node-a").await.unwrap();

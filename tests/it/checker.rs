@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
+use tenure::model::{RunStatus, TriggerKind};
 use tenure::store::RunRecord;
 
 /// One execution, as the job itself recorded it.
@@ -117,7 +118,7 @@ pub fn check(witness: &[Witness], ledger: &[RunRecord], expect: &Expect<'_>) -> 
     // Per job, in slot order, the term never goes back: a row of an older term after a row of a
     // newer one means a stale leader's claim was accepted after the newer term's.
     let mut by_job: BTreeMap<&str, Vec<&RunRecord>> = BTreeMap::new();
-    for row in ledger.iter().filter(|row| row.trigger == "schedule") {
+    for row in ledger.iter().filter(|row| row.trigger == TriggerKind::Schedule) {
         by_job.entry(row.job.as_str()).or_default().push(row);
     }
     for rows in by_job.values_mut() {
@@ -169,11 +170,11 @@ mod tests {
             id: second,
             job: job.into(),
             slot: at(second),
-            trigger: "schedule".into(),
+            trigger: TriggerKind::Schedule,
             term,
             node: "n".into(),
             config_hash: "h".into(),
-            status: status.into(),
+            status: RunStatus::parse(status).expect("a status"),
             attempt: 1,
             claimed_at: at(second),
             started_at: None,

@@ -11,7 +11,8 @@ use nix::unistd::Pid;
 use serde::Deserialize;
 use tempfile::TempDir;
 use tenure::election::Keys;
-use tenure::store::{RunRecord, Store};
+use tenure::model::RunStatus;
+use tenure::store::{Reads, RunRecord, Store};
 
 use crate::checker::{Report, Witness};
 use crate::harness::{ETCD_PASSWORD, ETCD_USER, Etcd, EtcdCluster, Pki, Postgres, free_port, wait_for, wait_until};
@@ -93,6 +94,8 @@ pub struct Cluster {
     pub jobs_path: PathBuf,
     pub witness_path: PathBuf,
     pub store: Store,
+    /// The ledger's read side (rows and terms), on the same pool.
+    pub reads: Reads,
     pub replicas: Vec<Replica>,
     election: String,
     options: Options,
@@ -164,7 +167,8 @@ impl Cluster {
             dir,
             jobs_path,
             witness_path,
-            store: Store::new(pool),
+            store: Store::new(pool.clone()),
+            reads: Reads::new(pool),
             replicas: Vec::new(),
             election: "test".to_owned(),
             options,
@@ -353,7 +357,7 @@ impl Cluster {
     }
 
     pub async fn ledger(&self) -> Vec<RunRecord> {
-        self.store.all_runs().await.expect("read ledger")
+        self.reads.all_runs().await.expect("read ledger")
     }
 
     /// Wait until no run of a term below the fence is still `running`: the leader has reaped what
@@ -362,7 +366,7 @@ impl Cluster {
     pub async fn wait_for_reaped(&self, timeout: Duration) {
         wait_for("the runs of vanished replicas to be reaped", timeout, || async {
             let Ok(fence) = self.store.fence().await else { return false };
-            !self.ledger().await.iter().any(|run| run.status == "running" && run.term < fence.term)
+            !self.ledger().await.iter().any(|run| run.status == RunStatus::Running && run.term < fence.term)
         })
         .await;
     }
@@ -434,9 +438,9 @@ impl Cluster {
         let dir = self.dir.path().join("report");
         fs::create_dir_all(&dir).unwrap();
         let _ = fs::copy(&self.witness_path, dir.join("witness.log"));
-        let ledger = self.store.all_runs().await.unwrap_or_default();
+        let ledger = self.reads.all_runs().await.unwrap_or_default();
         fs::write(dir.join("ledger.json"), serde_json::to_string_pretty(&ledger).unwrap()).unwrap();
-        let terms = self.store.terms().await.unwrap_or_default();
+        let terms = self.reads.terms().await.unwrap_or_default();
         fs::write(dir.join("terms.json"), serde_json::to_string_pretty(&terms).unwrap()).unwrap();
         for replica in &self.replicas {
             let _ = fs::copy(&replica.log, dir.join(format!("{}.log", replica.node)));

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nix::sys::signal::Signal;
+use tenure::model::{RunStatus, TriggerKind};
 
 use crate::checker::{Expect, check};
 use crate::cluster::{Cluster, TTL};
@@ -153,7 +154,7 @@ async fn postgres_restarted_mid_run_causes_no_duplicate_and_every_claim_ends() {
     let ledger = cluster.ledger().await;
     let from = witness.first().unwrap().slot;
     let until = witness.last().unwrap().slot - chrono::Duration::seconds(2);
-    let unfinished: Vec<_> = ledger.iter().filter(|r| r.status == "running" && r.slot < until).collect();
+    let unfinished: Vec<_> = ledger.iter().filter(|r| r.status == RunStatus::Running && r.slot < until).collect();
     assert!(unfinished.is_empty(), "claimed runs without a final status: {unfinished:?}");
     let report = check(&witness, &ledger, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
     cluster.verdict(&report).await;
@@ -231,7 +232,7 @@ jobs:
     };
     let caught_up = wait_until(Duration::from_secs(60), || async {
         let ledger = cluster.ledger().await;
-        let settled = ledger.iter().filter(outage).filter(|r| r.job == "all" && r.status != "running").count();
+        let settled = ledger.iter().filter(outage).filter(|r| r.job == "all" && r.status != RunStatus::Running).count();
         settled >= 57
     })
     .await;
@@ -256,7 +257,7 @@ jobs:
                     && r.slot > down_from + chrono::Duration::seconds(1)
                     && r.slot < down_until - chrono::Duration::seconds(1)
             })
-            .filter(|r| r.status == status)
+            .filter(|r| r.status.as_str() == status)
             .count()
     };
     assert!(in_outage("none", "missed") >= 3, "none records outage slots missed: {ledger:#?}");
@@ -309,22 +310,22 @@ jobs:
         let ledger = cluster.ledger().await;
         ["forbid", "allow", "replace", "timeout"]
             .iter()
-            .all(|job| ledger.iter().filter(|r| r.job == *job && r.status != "running").count() >= 3)
+            .all(|job| ledger.iter().filter(|r| r.job == *job && r.status != RunStatus::Running).count() >= 3)
     })
     .await;
     let ledger = cluster.ledger().await;
-    let count = |job: &str, status: &str| ledger.iter().filter(|r| r.job == job && r.status == status).count();
+    let count = |job: &str, status: &str| ledger.iter().filter(|r| r.job == job && r.status.as_str() == status).count();
     assert!(count("forbid", "skipped") >= 2, "forbid skips while running: {ledger:#?}");
     assert_eq!(count("allow", "skipped"), 0, "allow never skips");
     assert!(
-        ledger.iter().filter(|r| r.job == "allow" && r.status == "running").count() >= 2
+        ledger.iter().filter(|r| r.job == "allow" && r.status == RunStatus::Running).count() >= 2
             || count("allow", "succeeded") >= 2
     );
     assert!(count("replace", "killed") >= 2, "replace kills the previous run");
     assert!(
         ledger
             .iter()
-            .filter(|r| r.job == "replace" && r.status == "killed")
+            .filter(|r| r.job == "replace" && r.status == RunStatus::Killed)
             .all(|r| r.error.as_deref() == Some("replaced by a newer run"))
     );
     assert!(count("timeout", "timed_out") >= 2, "timeout is recorded");
@@ -399,7 +400,7 @@ async fn issue_13_a_trigger_the_leader_cannot_claim_is_executed_by_the_next_lead
     let greet: Vec<_> = cluster.witness().into_iter().filter(|w| w.job == "greet").collect();
     assert_eq!(greet.len(), 1, "the trigger fired once: {greet:?}");
     let ledger = cluster.ledger().await;
-    let manual: Vec<_> = ledger.iter().filter(|r| r.job == "greet" && r.trigger == "manual").collect();
+    let manual: Vec<_> = ledger.iter().filter(|r| r.job == "greet" && r.trigger == TriggerKind::Manual).collect();
     assert_eq!(manual.len(), 1, "{manual:?}");
     assert_eq!(manual[0].term, greet[0].term);
     wait_for("the trigger to be marked handled", Duration::from_secs(5), || async {
@@ -499,7 +500,7 @@ jobs:
         let ledger = cluster.ledger().await;
         ["all", "latest"]
             .iter()
-            .all(|job| ledger.iter().any(|r| r.job == *job && r.slot > settled && r.status == "succeeded"))
+            .all(|job| ledger.iter().any(|r| r.job == *job && r.slot > settled && r.status == RunStatus::Succeeded))
     })
     .await;
 

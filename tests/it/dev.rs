@@ -199,7 +199,7 @@ async fn issue_13_a_second_dev_on_one_ledger_refuses_to_start_and_no_slot_runs_t
     slots.sort_unstable();
     let twice: Vec<&&str> = slots.windows(2).filter(|pair| pair[0] == pair[1]).map(|pair| &pair[0]).collect();
     assert!(twice.is_empty(), "slots executed twice: {twice:?}\n{executions:?}");
-    let store = tenure::store::Store::from_ledger(tenure::store::Sqlite::open(&ledger).await.unwrap());
+    let store = tenure::store::Reads::from_ledger(tenure::store::Sqlite::open(&ledger).await.unwrap());
     let rows = store.all_runs().await.unwrap();
     for (slot, term) in &executions {
         let slot = chrono::DateTime::parse_from_rfc3339(slot).unwrap();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use tenure::config::Job;
 use tenure::executor::{OutputTail, RunContext, execute};
-use tenure::store::{RunOutcome, RunStatus};
+use tenure::model::{RunOutcome, RunStatus};
 use tenure::supervisor::Supervision;
 use tokio_util::sync::CancellationToken;
 
@@ -134,7 +134,7 @@ async fn endless_binary_output_keeps_only_a_bounded_tail() {
     assert_eq!(outcome.status, RunStatus::Succeeded);
     assert!(outcome.output.ends_with("THE-END\n"));
     // Lossy UTF-8 may grow invalid bytes into replacement characters, but the byte tail is bounded.
-    assert!(outcome.output.chars().count() <= tenure::store::OUTPUT_LIMIT, "{}", outcome.output.len());
+    assert!(outcome.output.chars().count() <= tenure::model::OUTPUT_LIMIT, "{}", outcome.output.len());
 }
 
 #[tokio::test]

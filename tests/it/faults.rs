@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, Utc};
 use nix::sys::signal::Signal;
+use tenure::model::RunStatus;
 
 use crate::checker::{Expect, Report, check_excusing};
 use crate::cluster::{Cluster, Options, TTL};
@@ -314,7 +315,7 @@ async fn a_leader_cut_from_postgres_then_from_both_then_everyone_cut_then_healed
     // missed, but the newest).
     let ledger = cluster.ledger().await;
     let during = |r: &&tenure::store::RunRecord| r.job == "tick" && r.slot > from + chrono::Duration::seconds(3);
-    let recorded_missed = ledger.iter().filter(during).filter(|r| r.status == "missed").count();
+    let recorded_missed = ledger.iter().filter(during).filter(|r| r.status == RunStatus::Missed).count();
     assert!(recorded_missed > 0, "the outage's slots were not recorded missed");
     let report = finish(&mut cluster, &["tick"], &[pg_window, both_window, all_window]).await;
     cluster.verdict(&report).await;
@@ -465,7 +466,7 @@ jobs:
     let mut cluster = Cluster::start_with(3, jobs, with_proxies(&[])).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
     wait_for("a long run going", Duration::from_secs(10), || async {
-        cluster.ledger().await.iter().any(|r| r.job == "long" && r.status == "running" && r.term == term)
+        cluster.ledger().await.iter().any(|r| r.job == "long" && r.status == RunStatus::Running && r.term == term)
     })
     .await;
     cluster.event("blackhole the leader <-> etcd during a long run");
@@ -476,13 +477,14 @@ jobs:
     cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Pass);
 
     let ledger = cluster.ledger().await;
-    let old: Vec<_> = ledger.iter().filter(|r| r.job == "long" && r.term == term && r.status != "skipped").collect();
+    let old: Vec<_> =
+        ledger.iter().filter(|r| r.job == "long" && r.term == term && r.status != RunStatus::Skipped).collect();
     let last_old = old.iter().max_by_key(|r| r.slot).unwrap();
-    assert_eq!(last_old.status, "killed", "the cut-off leader stopped and recorded its run: {last_old:?}");
+    assert_eq!(last_old.status, RunStatus::Killed, "the cut-off leader stopped and recorded its run: {last_old:?}");
     assert!(last_old.error.as_deref().unwrap_or("").contains("leadership"), "{last_old:?}");
     let first_new = ledger
         .iter()
-        .filter(|r| r.job == "long" && r.term > term && r.status != "skipped")
+        .filter(|r| r.job == "long" && r.term > term && r.status != RunStatus::Skipped)
         .min_by_key(|r| r.started_at)
         .expect("the new leader ran the job");
     assert!(
@@ -833,7 +835,7 @@ jobs:
     })
     .await;
     wait_for("no run of the faulted terms left running in the ledger", Duration::from_secs(20), || async {
-        !cluster.ledger().await.iter().any(|r| r.term <= second_term && r.status == "running")
+        !cluster.ledger().await.iter().any(|r| r.term <= second_term && r.status == RunStatus::Running)
     })
     .await;
     watcher.abort();
@@ -874,7 +876,7 @@ jobs:
     let ledger = cluster.ledger().await;
     let lost_but_finished: Vec<_> = ledger
         .iter()
-        .filter(|r| r.status == "lost" && ends.iter().any(|(slot, _, _)| *slot == r.slot))
+        .filter(|r| r.status == RunStatus::Lost && ends.iter().any(|(slot, _, _)| *slot == r.slot))
         .map(|r| format!("{} (term {}, {})", r.slot, r.term, r.node))
         .collect();
     let gone_after_kill = died(killed_run.pid).map(|at| (at - killed_at).to_std().unwrap_or_default());

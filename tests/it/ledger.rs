@@ -4,9 +4,10 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use tenure::leadership::Term;
+use tenure::model::{Control, RunOutcome, RunStatus, Trigger, TriggerKind};
 use tenure::store::{
-    Claim, ClaimError, Claimed, FenceError, JobControl, LiveNode, RunCursor, RunOutcome, RunStatus, SkipIfRunning,
-    Store, Trigger, TriggerRecord,
+    Claim, ClaimError, Claimed, FenceError, JobControl, LiveNode, Reads, RunCursor, SkipIfRunning, Store,
+    TriggerRecord, UnrunSlots,
 };
 
 use crate::harness::Postgres;
@@ -25,14 +26,16 @@ macro_rules! contract {
             #[tokio::test]
             async fn postgres() {
                 let pg = crate::harness::Postgres::start().await;
-                let store = tenure::store::Store::new(super::fresh_pool(&pg, stringify!($name)).await);
-                super::$name(store).await;
+                let pool = super::fresh_pool(&pg, stringify!($name)).await;
+                let (store, reads) = tenure::store::Store::with_reads(tenure::store::Postgres::new(pool));
+                super::$name(store, reads).await;
             }
 
             #[tokio::test]
             async fn sqlite() {
                 let ledger = tenure::store::Sqlite::in_memory().await.expect("sqlite");
-                super::$name(tenure::store::Store::from_ledger(ledger)).await;
+                let (store, reads) = tenure::store::Store::with_reads(ledger);
+                super::$name(store, reads).await;
             }
         }
     };
@@ -76,7 +79,7 @@ fn claim<'a>(job: &'a str, at: DateTime<Utc>, term: &'a Term, node: &'a str) -> 
     }
 }
 
-async fn a_claim_is_refused_when_stale_or_taken_and_the_two_are_told_apart(store: Store) {
+async fn a_claim_is_refused_when_stale_or_taken_and_the_two_are_told_apart(store: Store, reads: Reads) {
     let old = Term::for_tests(10, "cluster-a");
     let new = Term::for_tests(20, "cluster-a");
 
@@ -99,14 +102,14 @@ async fn a_claim_is_refused_when_stale_or_taken_and_the_two_are_told_apart(store
     // A slot the old leader could not claim is free for the new one.
     store.claim_run(&claim("job", slot(1), &new, "node-new")).await.expect("claim in new term");
 
-    let rows = store.all_runs().await.unwrap();
+    let rows = reads.all_runs().await.unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!((rows[0].term, rows[1].term), (10, 20));
-    let terms: Vec<i64> = store.terms().await.unwrap().iter().map(|t| t.term).collect();
+    let terms: Vec<i64> = reads.terms().await.unwrap().iter().map(|t| t.term).collect();
     assert_eq!(terms, [10, 20]);
 }
 
-async fn a_retried_claim_whose_commit_was_not_acknowledged_is_recognised_as_ours(store: Store) {
+async fn a_retried_claim_whose_commit_was_not_acknowledged_is_recognised_as_ours(store: Store, _reads: Reads) {
     let term = Term::for_tests(7, "c");
     store.begin_term(&term, "n").await.unwrap();
     let first = store.claim_run(&claim("job", slot(5), &term, "n")).await.unwrap();
@@ -118,7 +121,7 @@ async fn a_retried_claim_whose_commit_was_not_acknowledged_is_recognised_as_ours
     assert!(matches!(other, Err(ClaimError::AlreadyClaimed { .. })), "{other:?}");
 }
 
-async fn forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced_too(store: Store) {
+async fn forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced_too(store: Store, reads: Reads) {
     let term = Term::for_tests(3, "c");
     store.begin_term(&term, "n").await.unwrap();
     let running = store.claim_run(&claim("job", slot(0), &term, "n")).await.unwrap();
@@ -146,17 +149,36 @@ async fn forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced
     assert_eq!(store.claim_run(&next).await.unwrap().status, RunStatus::Running);
 
     let recorded = store
-        .record_slots("job", &[slot(3), slot(4)], RunStatus::Missed, Trigger::Schedule, &term, "n", "hash", "down")
+        .record_slots(&UnrunSlots {
+            job: "job",
+            slots: &[slot(3), slot(4)],
+            status: RunStatus::Missed,
+            trigger: Trigger::Schedule,
+            term: &term,
+            node: "n",
+            config_hash: "hash",
+            error: "down",
+        })
         .await
         .unwrap();
     assert_eq!(recorded, 2);
     let newer = Term::for_tests(4, "c");
     store.begin_term(&newer, "m").await.unwrap();
-    let stale =
-        store.record_slots("job", &[slot(6)], RunStatus::Missed, Trigger::Schedule, &term, "n", "hash", "down").await;
+    let stale = store
+        .record_slots(&UnrunSlots {
+            job: "job",
+            slots: &[slot(6)],
+            status: RunStatus::Missed,
+            trigger: Trigger::Schedule,
+            term: &term,
+            node: "n",
+            config_hash: "hash",
+            error: "down",
+        })
+        .await;
     assert!(matches!(stale, Err(ClaimError::Fenced { .. })), "{stale:?}");
 
-    let rows = store.all_runs().await.unwrap();
+    let rows = reads.all_runs().await.unwrap();
     let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
     assert_eq!(statuses, ["succeeded", "skipped", "running", "missed", "missed"]);
     assert_eq!(rows[0].output, "out\u{FFFD}put");
@@ -164,7 +186,7 @@ async fn forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced
     assert_eq!(cursors["job"].slot, slot(4));
 }
 
-async fn runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_one(store: Store) {
+async fn runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_one(store: Store, reads: Reads) {
     let old = Term::for_tests(1, "c");
     store.begin_term(&old, "gone").await.unwrap();
     let at_slot = |job, node| Claim { claimed_at: slot(0), ..claim(job, slot(0), &old, node) };
@@ -184,15 +206,19 @@ async fn runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_on
     ];
     let reaped = store.reap_lost(&new, &live).await.unwrap();
     assert_eq!(reaped, 2);
-    assert_eq!(store.run(gone.run_id).await.unwrap().unwrap().status, "lost");
-    assert_eq!(store.run(previous_life.run_id).await.unwrap().unwrap().status, "lost", "a restart does not vouch");
-    assert_eq!(store.run(alive.run_id).await.unwrap().unwrap().status, "running");
-    assert_eq!(store.run(unstarted.run_id).await.unwrap().unwrap().status, "running");
+    assert_eq!(reads.run(gone.run_id).await.unwrap().unwrap().status, RunStatus::Lost);
+    assert_eq!(
+        reads.run(previous_life.run_id).await.unwrap().unwrap().status,
+        RunStatus::Lost,
+        "a restart does not vouch"
+    );
+    assert_eq!(reads.run(alive.run_id).await.unwrap().unwrap().status, RunStatus::Running);
+    assert_eq!(reads.run(unstarted.run_id).await.unwrap().unwrap().status, RunStatus::Running);
     // A stale leader cannot reap.
     assert_eq!(store.reap_lost(&old, &[]).await.unwrap(), 0);
 }
 
-async fn concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one(store: Store) {
+async fn concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one(store: Store, reads: Reads) {
     // Claim and start, as a run does, from two terms at once: exactly one of them starts.
     async fn claim_and_start(store: &Store, term: &Term, node: &str, at: DateTime<Utc>) -> bool {
         match store.claim_run(&claim("job", at, term, node)).await {
@@ -211,7 +237,7 @@ async fn concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one(store: S
         });
         assert!(a ^ b, "round {round}: exactly one term starts the slot: {a} / {b}");
     }
-    assert_eq!(store.all_runs().await.unwrap().len(), 20);
+    assert_eq!(reads.all_runs().await.unwrap().len(), 20);
 }
 
 #[tokio::test]
@@ -235,18 +261,18 @@ async fn a_stale_claim_racing_a_fence_raise_waits_for_it_and_is_then_refused() {
     raise.commit().await.unwrap();
     let result = racing.await.unwrap();
     assert!(matches!(result, Err(ClaimError::Fenced { term: 10, fence: 11 })), "{result:?}");
-    assert!(store.all_runs().await.unwrap().is_empty());
+    assert!(Reads::new(pool).all_runs().await.unwrap().is_empty());
 }
 
-async fn pauses_and_triggers_are_recorded_once(store: Store) {
-    store.set_paused("job", true, "admin").await.unwrap();
+async fn pauses_and_triggers_are_recorded_once(store: Store, reads: Reads) {
+    reads.set_control("job", Control::Pause, "admin").await.unwrap();
     assert!(store.job_controls().await.unwrap()["job"].paused);
-    store.set_paused("job", false, "admin").await.unwrap();
+    reads.set_control("job", Control::Resume, "admin").await.unwrap();
     // A resume is kept too: it overrides `paused: true` in the job file.
     assert!(!store.job_controls().await.unwrap()["job"].paused);
 
-    let first = store.request_trigger("job", "key-1", "admin", slot(30)).await.unwrap();
-    let again = store.request_trigger("job", "key-1", "admin", slot(31)).await.unwrap();
+    let first = reads.request_trigger("job", "key-1", "admin", slot(30)).await.unwrap();
+    let again = reads.request_trigger("job", "key-1", "admin", slot(31)).await.unwrap();
     assert_eq!(first, again, "a double click fires once");
     assert_eq!(store.pending_triggers().await.unwrap(), [first.clone()]);
 
@@ -260,10 +286,10 @@ async fn pauses_and_triggers_are_recorded_once(store: Store) {
     // A manual run does not move the job's schedule cursor.
     let cursors = store.job_cursors(&term, &["job"], slot(0)).await.unwrap();
     assert_eq!(cursors["job"].slot, slot(0), "the cursor is where the job was first seen");
-    assert_eq!(store.run(claimed.run_id).await.unwrap().unwrap().trigger, "manual");
+    assert_eq!(reads.run(claimed.run_id).await.unwrap().unwrap().trigger, TriggerKind::Manual);
 }
 
-async fn pages_of_a_job_ledger_follow_the_cursor_and_the_status_filter(store: Store) {
+async fn pages_of_a_job_ledger_follow_the_cursor_and_the_status_filter(store: Store, reads: Reads) {
     let term = Term::for_tests(1, "c");
     store.begin_term(&term, "n").await.unwrap();
     for second in 0..25 {
@@ -284,7 +310,7 @@ async fn pages_of_a_job_ledger_follow_the_cursor_and_the_status_filter(store: St
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
-        let page = store.job_runs("paged", None, cursor, 10).await.unwrap();
+        let page = reads.job_runs("paged", None, cursor, 10).await.unwrap();
         assert!(page.len() <= 10);
         assert!(page.iter().all(|run| run.job == "paged" && run.output.is_empty()), "lists carry no output");
         let Some(last) = page.last() else { break };
@@ -295,16 +321,16 @@ async fn pages_of_a_job_ledger_follow_the_cursor_and_the_status_filter(store: St
     let expected: Vec<_> = (0..25).rev().map(slot).collect();
     assert_eq!(seen, expected, "every row once, newest first");
 
-    let failed = store.job_runs("paged", Some(RunStatus::Failed), None, 100).await.unwrap();
+    let failed = reads.job_runs("paged", Some(RunStatus::Failed), None, 100).await.unwrap();
     assert_eq!(failed.iter().map(|run| run.slot).collect::<Vec<_>>(), [slot(20), slot(15), slot(10), slot(5), slot(0)]);
 
-    let recent = store.recent_runs(&["paged".into(), "other".into(), "none".into()], 3).await.unwrap();
+    let recent = reads.recent_runs(&["paged".into(), "other".into(), "none".into()], 3).await.unwrap();
     assert_eq!(recent["paged"].iter().map(|run| run.slot).collect::<Vec<_>>(), [slot(24), slot(23), slot(22)]);
     assert_eq!(recent["other"].len(), 1);
     assert!(!recent.contains_key("none"));
 }
 
-async fn live_outputs_of_many_runs_are_written_together_and_never_over_an_outcome(store: Store) {
+async fn live_outputs_of_many_runs_are_written_together_and_never_over_an_outcome(store: Store, reads: Reads) {
     let term = Term::for_tests(7, "c");
     store.begin_term(&term, "n").await.unwrap();
     let going = store.claim_run(&claim("going", slot(0), &term, "n")).await.unwrap().run_id;
@@ -322,8 +348,8 @@ async fn live_outputs_of_many_runs_are_written_together_and_never_over_an_outcom
     let outputs = [(going, "line 1\n".to_owned()), (other, "nul \0 byte".to_owned()), (done, "late".to_owned())];
     store.update_outputs(&outputs).await.unwrap();
     let output = |id| {
-        let store = store.clone();
-        async move { store.run(id).await.unwrap().unwrap().output }
+        let reads = reads.clone();
+        async move { reads.run(id).await.unwrap().unwrap().output }
     };
     assert_eq!(output(going).await, "line 1\n");
     assert_eq!(output(other).await, "nul \u{FFFD} byte");
@@ -331,22 +357,22 @@ async fn live_outputs_of_many_runs_are_written_together_and_never_over_an_outcom
     store.update_outputs(&[]).await.unwrap();
 }
 
-async fn the_dashboard_reads_only_the_newest_terms(store: Store) {
+async fn the_dashboard_reads_only_the_newest_terms(store: Store, reads: Reads) {
     for revision in 1..=5 {
         store.begin_term(&Term::for_tests(revision, "c"), "n").await.unwrap();
     }
     let terms = |records: Vec<tenure::store::TermRecord>| records.iter().map(|t| t.term).collect::<Vec<_>>();
-    assert_eq!(terms(store.recent_terms(2).await.unwrap()), [4, 5]);
-    assert_eq!(terms(store.recent_terms(10).await.unwrap()), [1, 2, 3, 4, 5]);
-    assert_eq!(terms(store.terms().await.unwrap()), [1, 2, 3, 4, 5]);
+    assert_eq!(terms(reads.recent_terms(2).await.unwrap()), [4, 5]);
+    assert_eq!(terms(reads.recent_terms(10).await.unwrap()), [1, 2, 3, 4, 5]);
+    assert_eq!(terms(reads.terms().await.unwrap()), [1, 2, 3, 4, 5]);
 }
 
-async fn live_output_and_term_heartbeats_are_recorded(store: Store) {
+async fn live_output_and_term_heartbeats_are_recorded(store: Store, reads: Reads) {
     let term = Term::for_tests(7, "c");
     store.begin_term(&term, "n").await.unwrap();
     let claimed = store.claim_run(&claim("live", slot(0), &term, "n")).await.unwrap();
     store.update_output(claimed.run_id, "half way").await.unwrap();
-    assert_eq!(store.run(claimed.run_id).await.unwrap().unwrap().output, "half way");
+    assert_eq!(reads.run(claimed.run_id).await.unwrap().unwrap().output, "half way");
     let outcome = RunOutcome {
         status: RunStatus::Succeeded,
         exit_code: Some(0),
@@ -357,15 +383,15 @@ async fn live_output_and_term_heartbeats_are_recorded(store: Store) {
     };
     store.finish_run(claimed.run_id, &outcome).await.unwrap();
     store.update_output(claimed.run_id, "late flush").await.unwrap();
-    assert_eq!(store.run(claimed.run_id).await.unwrap().unwrap().output, "all done", "a late flush is ignored");
+    assert_eq!(reads.run(claimed.run_id).await.unwrap().unwrap().output, "all done", "a late flush is ignored");
 
-    assert_eq!(store.recent_terms(5).await.unwrap().len(), 1);
-    assert_eq!(store.terms().await.unwrap()[0].last_seen_at, None);
+    assert_eq!(reads.recent_terms(5).await.unwrap().len(), 1);
+    assert_eq!(reads.terms().await.unwrap()[0].last_seen_at, None);
     store.term_alive(&term, slot(9)).await.unwrap();
-    assert_eq!(store.terms().await.unwrap()[0].last_seen_at, Some(slot(9)));
+    assert_eq!(reads.terms().await.unwrap()[0].last_seen_at, Some(slot(9)));
 }
 
-async fn retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newest(store: Store) {
+async fn retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newest(store: Store, reads: Reads) {
     let term = Term::for_tests(1, "c");
     store.begin_term(&term, "n").await.unwrap();
     let finished = |at| RunOutcome {
@@ -391,7 +417,7 @@ async fn retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newes
     assert_eq!(store.prune_runs(before, 4).await.unwrap(), 4);
     assert_eq!(store.prune_runs(before, 4).await.unwrap(), 0, "nothing more may go");
     let left: Vec<(String, DateTime<Utc>, String)> =
-        store.all_runs().await.unwrap().into_iter().map(|r| (r.job, r.slot, r.status)).collect();
+        reads.all_runs().await.unwrap().into_iter().map(|r| (r.job, r.slot, r.status.to_string())).collect();
     assert_eq!(
         left,
         [
@@ -403,7 +429,7 @@ async fn retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newes
     );
 }
 
-async fn a_batch_of_claims_answers_each_as_if_it_were_alone(store: Store) {
+async fn a_batch_of_claims_answers_each_as_if_it_were_alone(store: Store, reads: Reads) {
     let old = Term::for_tests(3, "c");
     store.begin_term(&old, "a").await.unwrap();
     let taken = store.claim_run(&claim("taken", slot(0), &old, "a")).await.unwrap();
@@ -432,10 +458,13 @@ async fn a_batch_of_claims_answers_each_as_if_it_were_alone(store: Store) {
     for result in store.claim_runs(&stale).await {
         assert!(matches!(result, Err(ClaimError::Fenced { term: 3, fence: 4 })), "{result:?}");
     }
-    assert!(!store.all_runs().await.unwrap().iter().any(|run| run.job == "late"));
+    assert!(!reads.all_runs().await.unwrap().iter().any(|run| run.job == "late"));
 }
 
-async fn batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_finished_one(store: Store) {
+async fn batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_finished_one(
+    store: Store,
+    reads: Reads,
+) {
     let term = Term::for_tests(2, "c");
     store.begin_term(&term, "n").await.unwrap();
     let a = store.claim_run(&claim("a", slot(0), &term, "n")).await.unwrap().run_id;
@@ -460,20 +489,23 @@ async fn batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_f
         ])
         .await
         .unwrap();
-    let a = store.run(a).await.unwrap().unwrap();
+    let a = reads.run(a).await.unwrap().unwrap();
     assert_eq!((a.status.as_str(), a.started_at, a.finished_at), ("succeeded", Some(slot(1)), Some(slot(3))));
     assert_eq!((a.exit_code, a.error.as_deref(), a.output.as_str()), (Some(0), None, "out 0\u{FFFD}"));
-    let b = store.run(b).await.unwrap().unwrap();
+    let b = reads.run(b).await.unwrap().unwrap();
     assert_eq!((b.status.as_str(), b.started_at, b.finished_at), ("failed", Some(slot(2)), Some(slot(4))));
     assert_eq!((b.exit_code, b.error.as_deref()), (Some(7), Some("exit 7")));
-    let done = store.run(done).await.unwrap().unwrap();
+    let done = reads.run(done).await.unwrap().unwrap();
     assert_eq!((done.status.as_str(), done.exit_code), ("succeeded", Some(0)), "a finished row keeps its outcome");
 }
 
 /// Issue 13 (7): a run starts only through a fenced `claimed -> running` transition, so a slot
 /// that its term claimed but never started can be taken over by the next term, and one that was
 /// started never can.
-async fn a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a_claim_never_started(store: Store) {
+async fn a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a_claim_never_started(
+    store: Store,
+    reads: Reads,
+) {
     let old = Term::for_tests(10, "c");
     store.begin_term(&old, "old").await.unwrap();
     let started = store.claim_run(&claim("job", slot(0), &old, "old")).await.unwrap();
@@ -498,7 +530,7 @@ async fn a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a_
     let refused = store.claim_run(&claim("job", slot(0), &new, "new")).await;
     assert!(matches!(refused, Err(ClaimError::AlreadyClaimed { term: 10, .. })), "{refused:?}");
     assert_eq!(store.start_runs(&new, &[(taken_over.run_id, slot(1))]).await.unwrap(), [true]);
-    let row = store.run(taken_over.run_id).await.unwrap().unwrap();
+    let row = reads.run(taken_over.run_id).await.unwrap().unwrap();
     assert_eq!((row.term, row.node.as_str(), row.status.as_str()), (20, "new", "running"));
     assert_eq!(row.started_at, Some(slot(1)));
 
@@ -518,12 +550,21 @@ async fn a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a_
 /// Issue 13 (6): a claim whose acknowledgement was lost and whose slot then passed its starting
 /// deadline ends `missed` instead of staying `running` for the term; the next leader does the
 /// same with an older term's unstarted claim. Issue 13 (4): a missed manual trigger is manual.
-async fn an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger(store: Store) {
+async fn an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger(store: Store, reads: Reads) {
     let term = Term::for_tests(3, "c");
     store.begin_term(&term, "n").await.unwrap();
     store.claim_run(&claim("job", slot(0), &term, "n")).await.unwrap();
     let recorded = store
-        .record_slots("job", &[slot(0)], RunStatus::Missed, Trigger::Schedule, &term, "n", "hash", "too late")
+        .record_slots(&UnrunSlots {
+            job: "job",
+            slots: &[slot(0)],
+            status: RunStatus::Missed,
+            trigger: Trigger::Schedule,
+            term: &term,
+            node: "n",
+            config_hash: "hash",
+            error: "too late",
+        })
         .await
         .unwrap();
     assert_eq!(recorded, 1);
@@ -535,25 +576,34 @@ async fn an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger(store: 
     let newer = Term::for_tests(4, "c");
     store.begin_term(&newer, "m").await.unwrap();
     store
-        .record_slots("job", &[slot(1)], RunStatus::Missed, Trigger::Schedule, &newer, "m", "hash", "too late")
+        .record_slots(&UnrunSlots {
+            job: "job",
+            slots: &[slot(1)],
+            status: RunStatus::Missed,
+            trigger: Trigger::Schedule,
+            term: &newer,
+            node: "m",
+            config_hash: "hash",
+            error: "too late",
+        })
         .await
         .unwrap();
     let mut manual = claim("job", slot(9), &newer, "m");
     manual.trigger = Trigger::Manual { request: 0 };
     store
-        .record_slots(
-            "job",
-            &[slot(8)],
-            RunStatus::Missed,
-            Trigger::Manual { request: 0 },
-            &newer,
-            "m",
-            "hash",
-            "too late",
-        )
+        .record_slots(&UnrunSlots {
+            job: "job",
+            slots: &[slot(8)],
+            status: RunStatus::Missed,
+            trigger: Trigger::Manual { request: 0 },
+            term: &newer,
+            node: "m",
+            config_hash: "hash",
+            error: "too late",
+        })
         .await
         .unwrap();
-    let rows = store.all_runs().await.unwrap();
+    let rows = reads.all_runs().await.unwrap();
     let seen: Vec<(DateTime<Utc>, &str, i64, &str)> =
         rows.iter().map(|r| (r.slot, r.status.as_str(), r.term, r.trigger.as_str())).collect();
     assert_eq!(
@@ -564,17 +614,26 @@ async fn an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger(store: 
     let started = store.claim_run(&manual).await.unwrap();
     store.start_runs(&newer, &[(started.run_id, slot(9))]).await.unwrap();
     let again = store
-        .record_slots("job", &[slot(9)], RunStatus::Missed, Trigger::Manual { request: 0 }, &newer, "m", "hash", "x")
+        .record_slots(&UnrunSlots {
+            job: "job",
+            slots: &[slot(9)],
+            status: RunStatus::Missed,
+            trigger: Trigger::Manual { request: 0 },
+            term: &newer,
+            node: "m",
+            config_hash: "hash",
+            error: "x",
+        })
         .await
         .unwrap();
     assert_eq!(again, 0);
-    assert_eq!(store.run(started.run_id).await.unwrap().unwrap().status, "running");
+    assert_eq!(reads.run(started.run_id).await.unwrap().unwrap().status, RunStatus::Running);
 }
 
 /// Issue 13 (4): each job's cursor lives apart from the rows retention prunes: a job seen for
 /// the first time gets one, scheduled claims and missed slots advance it, manual triggers and
 /// pruning do not move it, and claims an older term never started are reported beside it.
-async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(store: Store) {
+async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(store: Store, _reads: Reads) {
     let term = Term::for_tests(1, "c");
     store.begin_term(&term, "n").await.unwrap();
     let cursors = store.job_cursors(&term, &["a", "b"], slot(0)).await.unwrap();
@@ -593,7 +652,16 @@ async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(st
         store.finish_run(run.run_id, &finished(slot(second))).await.unwrap();
     }
     store
-        .record_slots("b", &[slot(4)], RunStatus::Missed, Trigger::Schedule, &term, "n", "hash", "down")
+        .record_slots(&UnrunSlots {
+            job: "b",
+            slots: &[slot(4)],
+            status: RunStatus::Missed,
+            trigger: Trigger::Schedule,
+            term: &term,
+            node: "n",
+            config_hash: "hash",
+            error: "down",
+        })
         .await
         .unwrap();
     // A manual run newer than the last scheduled one.
@@ -623,13 +691,13 @@ async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(st
     let _ = orphan;
 }
 
-async fn issue_13_idempotency_keys_are_scoped_per_job(store: Store) {
-    let a = store.request_trigger("a", "key", "admin", slot(1)).await.unwrap();
-    let b = store.request_trigger("b", "key", "admin", slot(2)).await.unwrap();
+async fn issue_13_idempotency_keys_are_scoped_per_job(store: Store, reads: Reads) {
+    let a = reads.request_trigger("a", "key", "admin", slot(1)).await.unwrap();
+    let b = reads.request_trigger("b", "key", "admin", slot(2)).await.unwrap();
     assert_ne!(a.id, b.id, "the same key for another job is another trigger");
     assert_eq!((a.job.as_str(), b.job.as_str()), ("a", "b"));
-    assert_eq!(store.request_trigger("a", "key", "admin", slot(3)).await.unwrap(), a);
-    assert_eq!(store.request_trigger("b", "key", "admin", slot(4)).await.unwrap(), b);
+    assert_eq!(reads.request_trigger("a", "key", "admin", slot(3)).await.unwrap(), a);
+    assert_eq!(reads.request_trigger("b", "key", "admin", slot(4)).await.unwrap(), b);
     assert_eq!(store.pending_triggers().await.unwrap(), [a, b]);
 }
 
@@ -638,19 +706,19 @@ fn manual<'a>(trigger: &TriggerRecord, term: &'a Term, node: &'a str) -> Claim<'
     Claim { trigger: Trigger::Manual { request: trigger.id }, ..claim("job", trigger.requested_at, term, node) }
 }
 
-async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Store) {
+async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Store, reads: Reads) {
     let old = Term::for_tests(5, "c");
     let new = Term::for_tests(6, "c");
     store.begin_term(&old, "a").await.unwrap();
     store.begin_term(&new, "b").await.unwrap();
     // The same key again answers the trigger as recorded now.
     let reread = |key: &'static str| {
-        let store = store.clone();
-        async move { store.request_trigger("job", key, "admin", slot(59)).await.unwrap() }
+        let reads = reads.clone();
+        async move { reads.request_trigger("job", key, "admin", slot(59)).await.unwrap() }
     };
 
     // A fenced claim, alone or in a batch, leaves the trigger pending.
-    let first = store.request_trigger("job", "k1", "admin", slot(10)).await.unwrap();
+    let first = reads.request_trigger("job", "k1", "admin", slot(10)).await.unwrap();
     let fenced = store.claim_run(&manual(&first, &old, "a")).await;
     assert!(matches!(fenced, Err(ClaimError::Fenced { term: 5, fence: 6 })), "{fenced:?}");
     for result in store.claim_runs(&[manual(&first, &old, "a"), claim("other", slot(1), &old, "a")]).await {
@@ -667,7 +735,7 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
     assert!(store.pending_triggers().await.unwrap().is_empty());
 
     // A trigger whose slot another term already holds fired there: handled, linked to that run.
-    let second = store.request_trigger("job", "k2", "admin", slot(20)).await.unwrap();
+    let second = reads.request_trigger("job", "k2", "admin", slot(20)).await.unwrap();
     let held = store.claim_run(&claim("job", slot(20), &new, "b")).await.unwrap();
     store.start_runs(&new, &[(held.run_id, slot(20))]).await.unwrap();
     let newer = Term::for_tests(7, "c");
@@ -679,7 +747,7 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
 
     // A trigger claimed and never started (its leader lost the lease before the fenced start)
     // is pending again for the next term, whose claim takes the row over; started, it is done.
-    let fifth = store.request_trigger("job", "k5", "admin", slot(40)).await.unwrap();
+    let fifth = reads.request_trigger("job", "k5", "admin", slot(40)).await.unwrap();
     let orphan = store.claim_run(&manual(&fifth, &newer, "c")).await.unwrap();
     assert_eq!(store.pending_triggers().await.unwrap(), [reread("k5").await]);
     let newest = Term::for_tests(8, "c");
@@ -691,8 +759,8 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
     let newer = newest;
 
     // In a batch, each manual claim handles its own trigger.
-    let third = store.request_trigger("job", "k3", "admin", slot(30)).await.unwrap();
-    let fourth = store.request_trigger("job", "k4", "admin", slot(31)).await.unwrap();
+    let third = reads.request_trigger("job", "k3", "admin", slot(30)).await.unwrap();
+    let fourth = reads.request_trigger("job", "k4", "admin", slot(31)).await.unwrap();
     let results = store
         .claim_runs(&[manual(&third, &newer, "d"), claim("job", slot(32), &newer, "d"), manual(&fourth, &newer, "d")])
         .await;
@@ -701,40 +769,41 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
     assert_eq!(reread("k4").await.run_id, Some(ids[2]));
     store.start_runs(&newer, &[(ids[0], slot(33)), (ids[2], slot(33))]).await.unwrap();
     assert!(store.pending_triggers().await.unwrap().is_empty());
-    let manual_runs = store.all_runs().await.unwrap().into_iter().filter(|run| run.trigger == "manual").count();
+    let manual_runs =
+        reads.all_runs().await.unwrap().into_iter().filter(|run| run.trigger == TriggerKind::Manual).count();
     assert_eq!(manual_runs, 4);
 }
 
-async fn issue_13_a_resume_that_ends_a_pause_records_when(store: Store) {
+async fn issue_13_a_resume_that_ends_a_pause_records_when(store: Store, reads: Reads) {
     let controls = || {
         let store = store.clone();
         async move { store.job_controls().await.unwrap() }
     };
-    store.set_paused("job", true, "admin").await.unwrap();
+    reads.set_control("job", Control::Pause, "admin").await.unwrap();
     assert_eq!(controls().await["job"], JobControl { paused: true, resumed_at: None });
     let before = store.clock().await.unwrap() - chrono::Duration::seconds(1);
-    store.set_paused("job", false, "admin").await.unwrap();
+    reads.set_control("job", Control::Resume, "admin").await.unwrap();
     let resumed = controls().await["job"];
     let at = resumed.resumed_at.expect("a resume that ends a pause records when");
     assert!(!resumed.paused && at >= before && at <= Utc::now() + chrono::Duration::seconds(1), "{resumed:?}");
 
     // Resuming a resumed job changes nothing; a pause keeps the last resume until the next one.
-    store.set_paused("job", false, "admin").await.unwrap();
+    reads.set_control("job", Control::Resume, "admin").await.unwrap();
     assert_eq!(controls().await["job"].resumed_at, Some(at));
-    store.set_paused("job", true, "admin").await.unwrap();
+    reads.set_control("job", Control::Pause, "admin").await.unwrap();
     assert_eq!(controls().await["job"], JobControl { paused: true, resumed_at: Some(at) });
-    store.set_paused("job", false, "admin").await.unwrap();
+    reads.set_control("job", Control::Resume, "admin").await.unwrap();
     assert!(controls().await["job"].resumed_at.is_some_and(|again| again > at));
 
     // A job without a control was paused by its file: resuming it ends that pause.
-    store.set_paused("file-paused", false, "admin").await.unwrap();
+    reads.set_control("file-paused", Control::Resume, "admin").await.unwrap();
     assert!(controls().await["file-paused"].resumed_at.is_some());
 }
 
 /// Issue 13.2: a term number is begun once. Two leaders holding the same term (two `tenure dev`
 /// on one ledger minted the same one) must not both pass the fence; the holder's own retry (its
 /// acknowledgement lost) stays idempotent.
-async fn a_term_is_begun_by_one_node_only_and_its_own_retry_is_idempotent(store: Store) {
+async fn a_term_is_begun_by_one_node_only_and_its_own_retry_is_idempotent(store: Store, reads: Reads) {
     let term = Term::for_tests(5, "local");
     store.begin_term(&term, "node-a").await.expect("node-a begins term 5");
     store.begin_term(&term, "node-a").await.expect("node-a's retry of its own begin is accepted");
@@ -742,7 +811,7 @@ async fn a_term_is_begun_by_one_node_only_and_its_own_retry_is_idempotent(store:
     assert!(matches!(second, Err(FenceError::Superseded { term: 5, fence: 5, .. })), "{second:?}");
     let fence = store.fence().await.unwrap();
     assert_eq!((fence.term, fence.node.as_str()), (5, "node-a"));
-    let terms: Vec<(i64, String)> = store.terms().await.unwrap().into_iter().map(|t| (t.term, t.node)).collect();
+    let terms: Vec<(i64, String)> = reads.terms().await.unwrap().into_iter().map(|t| (t.term, t.node)).collect();
     assert_eq!(terms, [(5, "node-a".to_owned())]);
     store.claim_run(&claim("job", slot(0), &term, "node-a")).await.expect("the holder claims");
 
@@ -756,5 +825,76 @@ async fn a_term_is_begun_by_one_node_only_and_its_own_retry_is_idempotent(store:
         let term = Term::for_tests(revision, "local");
         let (a, b) = tokio::join!(store.begin_term(&term, "node-a"), store.begin_term(&term, "node-b"));
         assert_eq!(u8::from(a.is_ok()) + u8::from(b.is_ok()), 1, "term {revision}: {a:?} {b:?}");
+    }
+}
+
+/// A row this binary cannot read (a status or trigger a newer release wrote, a hand edit) is a
+/// decode error on every read, never taken for `running` (issue 18): a default would show a
+/// finished run as still going and let `forbid` skip slots for it.
+mod issue_18_an_unknown_status_or_trigger_in_a_row_is_a_decode_error {
+    use super::*;
+
+    #[tokio::test]
+    async fn postgres() {
+        let pg = crate::harness::Postgres::start().await;
+        let pool = fresh_pool(&pg, "issue_18_unknown_status").await;
+        let (store, reads) = Store::with_reads(tenure::store::Postgres::new(pool.clone()));
+        let (status_run, trigger_run) = two_claimed_runs(&store).await;
+        // What a newer schema might allow: a status this binary does not know.
+        sqlx::query("ALTER TABLE runs DROP CONSTRAINT runs_status_check").execute(&pool).await.unwrap();
+        sqlx::query("UPDATE runs SET status = 'paused' WHERE id = $1").bind(status_run).execute(&pool).await.unwrap();
+        sqlx::query("UPDATE runs SET trigger = 'webhook' WHERE id = $1")
+            .bind(trigger_run)
+            .execute(&pool)
+            .await
+            .unwrap();
+        every_read_refuses(&reads, status_run, trigger_run).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let (store, reads) = Store::with_reads(tenure::store::Sqlite::open(&path).await.unwrap());
+        let (status_run, trigger_run) = two_claimed_runs(&store).await;
+        use sqlx::Connection;
+        let mut raw = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+        sqlx::query("PRAGMA ignore_check_constraints = ON").execute(&mut raw).await.unwrap();
+        sqlx::query("UPDATE runs SET status = 'paused' WHERE id = ?1")
+            .bind(status_run)
+            .execute(&mut raw)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE runs SET trigger = 'webhook' WHERE id = ?1")
+            .bind(trigger_run)
+            .execute(&mut raw)
+            .await
+            .unwrap();
+        raw.close().await.unwrap();
+        every_read_refuses(&reads, status_run, trigger_run).await;
+    }
+
+    async fn two_claimed_runs(store: &Store) -> (i64, i64) {
+        let term = Term::for_tests(5, "c");
+        store.begin_term(&term, "n").await.unwrap();
+        let first = store.claim_run(&claim("job", slot(0), &term, "n")).await.unwrap();
+        let second = store.claim_run(&claim("other", slot(0), &term, "n")).await.unwrap();
+        (first.run_id, second.run_id)
+    }
+
+    async fn every_read_refuses(reads: &Reads, status_run: i64, trigger_run: i64) {
+        let is_decode = |error: &sqlx::Error| matches!(error, sqlx::Error::ColumnDecode { .. });
+        for run_id in [status_run, trigger_run] {
+            let read = reads.run(run_id).await;
+            assert!(read.as_ref().is_err_and(is_decode), "run {run_id}: {read:?}");
+        }
+        let all = reads.all_runs().await;
+        assert!(all.as_ref().is_err_and(is_decode), "{all:?}");
+        for job in ["job", "other"] {
+            let page = reads.job_runs(job, None, None, 10).await;
+            assert!(page.as_ref().is_err_and(is_decode), "{job}: {page:?}");
+        }
+        let recent = reads.recent_runs(&["job".to_owned()], 5).await;
+        assert!(recent.as_ref().is_err_and(is_decode), "{recent:?}");
     }
 }

@@ -9,10 +9,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use chrono::{DurationRound, TimeDelta, Utc};
 use sqlx::Connection;
-use tenure::election::ClusterSnapshot;
-use tenure::http::{AppState, Auth, router};
+use tenure::http::{AppState, Auth, ReadAccess, router};
 use tenure::leadership::Leadership;
-use tenure::store::Store;
+use tenure::model::{ClusterSnapshot, RunStatus};
+use tenure::store::Reads;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
@@ -103,12 +103,12 @@ async fn stuck_router(pg: &Postgres) -> (axum::Router, sqlx::PgConnection) {
             .unwrap();
     let state = AppState {
         node_id: "node-a".to_owned(),
-        store: Store::new(reads),
+        store: Reads::new(reads),
         leadership: watch::channel(Leadership::Follower { leader: None }).1,
         etcd: None,
         jobs: watch::channel(Arc::new(jobs)).1,
         cluster: watch::channel(ClusterSnapshot::default()).1,
-        auth: Auth::new(None, false),
+        auth: Auth::new(None, ReadAccess::Open),
         pages: Default::default(),
     };
     (router(state), lock_terms(&url).await)
@@ -188,7 +188,7 @@ async fn live_output_of_many_runs_is_one_write_a_second() {
     cluster.wait_for_leader(Duration::from_secs(15)).await;
     wait_for("every job's run to be going with output", Duration::from_secs(15), || async {
         let ledger = cluster.ledger().await;
-        let talking = ledger.iter().filter(|run| run.status == "running" && run.started_at.is_some());
+        let talking = ledger.iter().filter(|run| run.status == RunStatus::Running && run.started_at.is_some());
         talking.filter(|run| !run.output.is_empty()).count() == RUNS
     })
     .await;
@@ -205,7 +205,8 @@ async fn live_output_of_many_runs_is_one_write_a_second() {
         "{per_second:.1} commits a second with {RUNS} runs printing: live output is not batched"
     );
     let ledger = cluster.ledger().await;
-    let still_talking = ledger.iter().filter(|run| run.status == "running" && run.started_at.is_some()).count();
+    let still_talking =
+        ledger.iter().filter(|run| run.status == RunStatus::Running && run.started_at.is_some()).count();
     assert_eq!(still_talking, RUNS, "the window did not cover the runs");
 }
 

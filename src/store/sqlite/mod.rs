@@ -3,6 +3,8 @@
 //! one statement are atomic without row locks. Instants are stored as integer microseconds
 //! since the Unix epoch, so `max()` and ordering are exact.
 
+mod reads;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
@@ -12,15 +14,17 @@ use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::common::{self, LedgerRow, SlotHolder, micros};
 use super::{
-    Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode, RunCursor, RunOutcome,
-    RunRecord, RunStatus, SkipIfRunning, TermRecord, Trigger, TriggerRecord, clean_text,
+    Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode, SkipIfRunning,
+    TriggerRecord, UnrunSlots, clean_text,
 };
 use crate::leadership::Term;
+use crate::model::{RunOutcome, Trigger};
 
 /// The SQLite ledger. Pauses and triggers wake the scheduler through an in-process channel.
 #[derive(Debug, Clone)]
@@ -57,46 +61,11 @@ impl Sqlite {
     fn notify_controls(&self) {
         let _ = self.controls.send(());
     }
-}
 
-fn micros(instant: DateTime<Utc>) -> i64 {
-    instant.timestamp_micros()
-}
-
-fn instant(micros: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(micros).unwrap_or_default()
-}
-
-fn optional_instant(micros: Option<i64>) -> Option<DateTime<Utc>> {
-    micros.map(instant)
-}
-
-const RUN_COLUMNS: &str = "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
-     started_at, finished_at, exit_code, http_status, error, output";
-
-/// The run columns for lists: no output.
-const BRIEF_RUN_COLUMNS: &str = "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
-     started_at, finished_at, exit_code, http_status, error, '' AS output";
-
-fn run_record(row: &SqliteRow) -> Result<RunRecord, sqlx::Error> {
-    Ok(RunRecord {
-        id: row.try_get("id")?,
-        job: row.try_get("job")?,
-        slot: instant(row.try_get("slot")?),
-        trigger: row.try_get("trigger")?,
-        term: row.try_get("term")?,
-        node: row.try_get("node")?,
-        config_hash: row.try_get("config_hash")?,
-        status: row.try_get("status")?,
-        attempt: row.try_get("attempt")?,
-        claimed_at: instant(row.try_get("claimed_at")?),
-        started_at: optional_instant(row.try_get("started_at")?),
-        finished_at: optional_instant(row.try_get("finished_at")?),
-        exit_code: row.try_get("exit_code")?,
-        http_status: row.try_get("http_status")?,
-        error: row.try_get("error")?,
-        output: row.try_get("output")?,
-    })
+    /// Operator pauses and resumes, for either side of the ledger.
+    async fn read_job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {
+        sqlx::query(common::JOB_CONTROLS).fetch_all(&self.pool).await?.iter().map(common::job_control).collect()
+    }
 }
 
 /// Move `job`'s cursor to `slot` unless it is already past it.
@@ -116,24 +85,8 @@ async fn advance_cursor(
     Ok(())
 }
 
-fn trigger_record(row: &SqliteRow) -> Result<TriggerRecord, sqlx::Error> {
-    Ok(TriggerRecord {
-        id: row.try_get("id")?,
-        job: row.try_get("job")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        requested_by: row.try_get("requested_by")?,
-        requested_at: instant(row.try_get("requested_at")?),
-        run_id: row.try_get("run_id")?,
-        handled_at: optional_instant(row.try_get("handled_at")?),
-    })
-}
-
 #[async_trait]
 impl Ledger for Sqlite {
-    async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
-    }
-
     /// SQLite runs in this process: its clock is ours.
     async fn clock(&self) -> Result<DateTime<Utc>, sqlx::Error> {
         Ok(Utc::now())
@@ -153,12 +106,12 @@ impl Ledger for Sqlite {
         .await?
         .rows_affected();
         if raised == 0 {
-            let row = sqlx::query("SELECT term, cluster_id, node FROM fence WHERE id = 1").fetch_one(&mut *tx).await?;
+            let fence = common::fence(&sqlx::query(common::FENCE).fetch_one(&mut *tx).await?)?;
             return Err(FenceError::Superseded {
                 term: term.revision(),
-                fence: row.get("term"),
-                fence_cluster: row.get("cluster_id"),
-                fence_node: row.get("node"),
+                fence: fence.term,
+                fence_cluster: fence.cluster_id,
+                fence_node: fence.node,
             });
         }
         sqlx::query(
@@ -176,8 +129,7 @@ impl Ledger for Sqlite {
     }
 
     async fn fence(&self) -> Result<Fence, sqlx::Error> {
-        let row = sqlx::query("SELECT term, cluster_id, node FROM fence WHERE id = 1").fetch_one(&self.pool).await?;
-        Ok(Fence { term: row.get("term"), cluster_id: row.get("cluster_id"), node: row.get("node") })
+        common::fence(&sqlx::query(common::FENCE).fetch_one(&self.pool).await?)
     }
 
     async fn claim_run(&self, claim: &Claim<'_>) -> Result<Claimed, ClaimError> {
@@ -231,54 +183,21 @@ impl Ledger for Sqlite {
                 advance_cursor(&mut tx, claim.job, claim.slot).await?;
             }
             tx.commit().await?;
-            let status: String = row.get("status");
-            return Ok(Claimed {
-                run_id: row.get("id"),
-                status: RunStatus::parse(&status).unwrap_or(RunStatus::Running),
-            });
+            return Ok(Claimed { run_id: row.try_get("id")?, status: common::status(&row, "status")? });
         }
         tx.commit().await?;
-        let existing = sqlx::query(
-            "SELECT id, term, node, status, started_at IS NULL AS unstarted FROM runs WHERE job = ?1 AND slot = ?2",
-        )
-        .bind(claim.job)
-        .bind(micros(claim.slot))
-        .fetch_optional(&self.pool)
-        .await?;
+        let holder = sqlx::query(common::SLOT_HOLDER)
+            .bind(claim.job)
+            .bind(micros(claim.slot))
+            .fetch_optional(&self.pool)
+            .await?;
+        let holder = holder.map(|row| SlotHolder::of(&row)).transpose()?;
         let fence = self.fence().await?;
-        match existing {
-            Some(row) => {
-                let owner_term: i64 = row.get("term");
-                let owner_node: String = row.get("node");
-                let status: String = row.get("status");
-                let unstarted: bool = row.get("unstarted");
-                let ours = owner_term == claim.term.revision() && owner_node == claim.node;
-                if ours && unstarted && (status == "running" || status == "skipped") {
-                    return Ok(Claimed {
-                        run_id: row.get("id"),
-                        status: RunStatus::parse(&status).unwrap_or(RunStatus::Skipped),
-                    });
-                }
-                if fence.term > claim.term.revision() {
-                    return Err(ClaimError::Fenced { term: claim.term.revision(), fence: fence.term });
-                }
-                Err(ClaimError::AlreadyClaimed { term: owner_term, node: owner_node })
-            }
-            None => Err(ClaimError::Fenced { term: claim.term.revision(), fence: fence.term }),
-        }
+        common::explain_refusal(holder, fence.term, claim.term, claim.node)
     }
 
-    async fn record_slots(
-        &self,
-        job: &str,
-        slots: &[DateTime<Utc>],
-        status: RunStatus,
-        trigger: Trigger,
-        term: &Term,
-        node: &str,
-        config_hash: &str,
-        error: &str,
-    ) -> Result<u64, ClaimError> {
+    async fn record_slots(&self, unrun: &UnrunSlots<'_>) -> Result<u64, ClaimError> {
+        let UnrunSlots { job, slots, status, trigger, term, node, config_hash, error } = *unrun;
         let now = micros(Utc::now());
         let mut tx = self.pool.begin().await?;
         let fence: i64 = sqlx::query("SELECT term FROM fence WHERE id = 1").fetch_one(&mut *tx).await?.get("term");
@@ -415,11 +334,8 @@ impl Ledger for Sqlite {
             .bind(term.revision())
             .fetch_one(&mut *tx)
             .await?;
-            let unstarted: Option<i64> = row.get("unstarted");
-            cursors.insert(
-                (*job).to_owned(),
-                JobCursor { slot: instant(row.get("slot")), unstarted: unstarted.map(instant) },
-            );
+            let cursor = JobCursor { slot: row.instant("slot")?, unstarted: row.optional_instant("unstarted")? };
+            cursors.insert((*job).to_owned(), cursor);
         }
         tx.commit().await?;
         Ok(cursors)
@@ -446,108 +362,17 @@ impl Ledger for Sqlite {
         Ok(result.rows_affected())
     }
 
-    async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| run_record(&row))
-            .transpose()
-    }
-
-    async fn all_runs(&self) -> Result<Vec<RunRecord>, sqlx::Error> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY slot, job");
-        sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?.iter().map(run_record).collect()
-    }
-
     async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
-        let result = sqlx::query(
-            "DELETE FROM runs WHERE id IN (
-                 SELECT r.id FROM runs r
-                 WHERE r.slot < ?1 AND r.status <> 'running'
-                   AND r.slot < (SELECT max(slot) FROM runs newest WHERE newest.job = r.job)
-                 LIMIT ?2
-             )",
-        )
-        .bind(micros(before))
-        .bind(batch)
-        .execute(&self.pool)
-        .await?;
+        let result = sqlx::query(common::PRUNE_RUNS).bind(micros(before)).bind(batch).execute(&self.pool).await?;
         Ok(result.rows_affected())
     }
 
-    async fn set_paused(&self, job: &str, paused: bool, by: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO job_controls (job, paused, updated_by, updated_at, resumed_at)
-             VALUES (?1, ?2, ?3, ?4, CASE WHEN ?2 THEN NULL ELSE ?4 END)
-             ON CONFLICT (job) DO UPDATE SET paused = ?2, updated_by = ?3, updated_at = ?4,
-                 resumed_at = CASE WHEN job_controls.paused AND NOT ?2 THEN ?4 ELSE job_controls.resumed_at END",
-        )
-        .bind(job)
-        .bind(paused)
-        .bind(by)
-        .bind(micros(Utc::now()))
-        .execute(&self.pool)
-        .await?;
-        self.notify_controls();
-        Ok(())
-    }
-
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {
-        let rows = sqlx::query("SELECT job, paused, resumed_at FROM job_controls").fetch_all(&self.pool).await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                let control =
-                    JobControl { paused: row.get("paused"), resumed_at: optional_instant(row.get("resumed_at")) };
-                (row.get("job"), control)
-            })
-            .collect())
-    }
-
-    async fn job_runs(
-        &self,
-        job: &str,
-        status: Option<RunStatus>,
-        before: Option<RunCursor>,
-        limit: i64,
-    ) -> Result<Vec<RunRecord>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {BRIEF_RUN_COLUMNS} FROM runs WHERE job = ?1 AND (?2 IS NULL OR status = ?2)
-               AND (?3 IS NULL OR slot < ?3 OR (slot = ?3 AND id < ?4))
-             ORDER BY slot DESC, id DESC LIMIT ?5"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(job)
-            .bind(status.map(RunStatus::as_str))
-            .bind(before.map(|cursor| micros(cursor.slot)))
-            .bind(before.map_or(0, |cursor| cursor.id))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(run_record)
-            .collect()
-    }
-
-    async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error> {
-        let mut by_job = HashMap::new();
-        for job in jobs {
-            let runs = self.job_runs(job, None, None, per_job).await?;
-            if !runs.is_empty() {
-                by_job.insert(job.clone(), runs);
-            }
-        }
-        Ok(by_job)
+        self.read_job_controls().await
     }
 
     async fn update_output(&self, run_id: i64, output: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE runs SET output = ?2 WHERE id = ?1 AND status = 'running'")
-            .bind(run_id)
-            .bind(clean_text(output))
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(common::UPDATE_OUTPUT).bind(run_id).bind(clean_text(output)).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -560,47 +385,8 @@ impl Ledger for Sqlite {
         Ok(())
     }
 
-    async fn request_trigger(
-        &self,
-        job: &str,
-        idempotency_key: &str,
-        by: &str,
-        requested_at: DateTime<Utc>,
-    ) -> Result<TriggerRecord, sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at)
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (job, idempotency_key) DO NOTHING",
-        )
-        .bind(job)
-        .bind(idempotency_key)
-        .bind(by)
-        .bind(micros(requested_at))
-        .execute(&self.pool)
-        .await?;
-        let row = sqlx::query(
-            "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at
-             FROM triggers WHERE job = ?1 AND idempotency_key = ?2",
-        )
-        .bind(job)
-        .bind(idempotency_key)
-        .fetch_one(&self.pool)
-        .await?;
-        self.notify_controls();
-        trigger_record(&row)
-    }
-
     async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error> {
-        sqlx::query(
-            "SELECT t.id, t.job, t.idempotency_key, t.requested_by, t.requested_at, t.run_id, t.handled_at
-             FROM triggers t LEFT JOIN runs r ON r.id = t.run_id
-             WHERE t.handled_at IS NULL OR (r.status = 'running' AND r.started_at IS NULL)
-             ORDER BY t.requested_at, t.id",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(trigger_record)
-        .collect()
+        sqlx::query(common::PENDING_TRIGGERS).fetch_all(&self.pool).await?.iter().map(common::trigger_record).collect()
     }
 
     async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error> {
@@ -624,33 +410,5 @@ impl Ledger for Sqlite {
                 },
             }
         }
-    }
-
-    async fn terms(&self) -> Result<Vec<TermRecord>, sqlx::Error> {
-        let rows = sqlx::query("SELECT term, cluster_id, node, started_at, last_seen_at FROM terms ORDER BY term")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(|row| term_record(&row)).collect())
-    }
-
-    async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT * FROM (SELECT term, cluster_id, node, started_at, last_seen_at FROM terms
-             ORDER BY term DESC LIMIT ?1) newest ORDER BY term",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|row| term_record(&row)).collect())
-    }
-}
-
-fn term_record(row: &SqliteRow) -> TermRecord {
-    TermRecord {
-        term: row.get("term"),
-        cluster_id: row.get("cluster_id"),
-        node: row.get("node"),
-        started_at: instant(row.get("started_at")),
-        last_seen_at: optional_instant(row.get("last_seen_at")),
     }
 }

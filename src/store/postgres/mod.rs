@@ -1,6 +1,8 @@
 //! The ledger on PostgreSQL. Every statement that records a slot reads the fence `FOR SHARE`
 //! in the same statement, so it waits for a concurrent `begin_term` and is then refused.
 
+mod reads;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -11,23 +13,13 @@ use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::common::{self, SlotHolder};
 use super::{
-    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode, RunCursor,
-    RunOutcome, RunRecord, RunStatus, SkipIfRunning, TermRecord, Trigger, TriggerRecord, clean_text,
+    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode,
+    SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
 };
 use crate::leadership::Term;
-
-/// The columns `run_record` reads, for `concat!` into static SQL.
-macro_rules! run_columns {
-    () => {
-        "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
-         started_at, finished_at, exit_code, http_status, error, output"
-    };
-    (brief) => {
-        "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
-         started_at, finished_at, exit_code, http_status, error, '' AS output"
-    };
-}
+use crate::model::RunOutcome;
 
 /// The ledger on PostgreSQL: what production replicas share.
 #[derive(Debug, Clone)]
@@ -113,12 +105,19 @@ impl Postgres {
                 rows
             }
         };
+        self.answer_claims(claims, &rows).await
+    }
+
+    /// Each claim's answer: its row if the batch inserted or took one over, else why not.
+    async fn answer_claims(
+        &self,
+        claims: &[Claim<'_>],
+        rows: &[sqlx::postgres::PgRow],
+    ) -> Result<Vec<Result<Claimed, ClaimError>>, sqlx::Error> {
         let mut inserted: HashMap<(String, DateTime<Utc>), Claimed> = HashMap::with_capacity(rows.len());
         for row in rows {
-            let status: String = row.get("status");
-            let claimed =
-                Claimed { run_id: row.get("id"), status: RunStatus::parse(&status).unwrap_or(RunStatus::Running) };
-            inserted.insert((row.get("job"), row.get("slot")), claimed);
+            let claimed = Claimed { run_id: row.try_get("id")?, status: common::status(row, "status")? };
+            inserted.insert((row.try_get("job")?, row.try_get("slot")?), claimed);
         }
         let mut results = Vec::with_capacity(claims.len());
         for claim in claims {
@@ -130,8 +129,7 @@ impl Postgres {
         Ok(results)
     }
 
-    /// Zero rows back means "stale term" or "already claimed"; find out which. A row with our own
-    /// term and node, never started, is our own earlier claim whose acknowledgement was lost.
+    /// Zero rows back means "stale term" or "already claimed"; find out which.
     async fn explain_refusal(
         &self,
         job: &str,
@@ -139,45 +137,20 @@ impl Postgres {
         term: &Term,
         node: &str,
     ) -> Result<Claimed, ClaimError> {
-        let existing = sqlx::query(
-            "SELECT id, term, node, status, started_at IS NULL AS unstarted
-             FROM runs WHERE job = $1 AND slot = $2",
-        )
-        .bind(job)
-        .bind(slot)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = existing {
-            let owner_term: i64 = row.get("term");
-            let owner_node: String = row.get("node");
-            let status: String = row.get("status");
-            let unstarted: bool = row.get("unstarted");
-            // Only a claim nobody has acted on yet can be ours to take up again: a row that was
-            // started, finished or skipped is somebody's history, never a licence to run.
-            let ours = owner_term == term.revision() && owner_node == node;
-            if ours && unstarted && (status == "running" || status == "skipped") {
-                return Ok(Claimed {
-                    run_id: row.get("id"),
-                    status: RunStatus::parse(&status).unwrap_or(RunStatus::Skipped),
-                });
-            }
-            let fence = self.fence().await?;
-            if fence.term > term.revision() {
-                return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
-            }
-            return Err(ClaimError::AlreadyClaimed { term: owner_term, node: owner_node });
-        }
+        let holder = sqlx::query(common::SLOT_HOLDER).bind(job).bind(slot).fetch_optional(&self.pool).await?;
+        let holder = holder.map(|row| SlotHolder::of(&row)).transpose()?;
         let fence = self.fence().await?;
-        Err(ClaimError::Fenced { term: term.revision(), fence: fence.term })
+        common::explain_refusal(holder, fence.term, term, node)
+    }
+
+    /// Operator pauses and resumes, for either side of the ledger.
+    async fn read_job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {
+        sqlx::query(common::JOB_CONTROLS).fetch_all(&self.pool).await?.iter().map(common::job_control).collect()
     }
 }
 
 #[async_trait]
 impl Ledger for Postgres {
-    async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
-    }
-
     async fn clock(&self) -> Result<DateTime<Utc>, sqlx::Error> {
         sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&self.pool).await
     }
@@ -197,7 +170,7 @@ impl Ledger for Postgres {
         .await?
         .rows_affected();
         if raised == 0 {
-            let fence = fence_in(&mut *tx).await?;
+            let fence = fence_in(&mut tx).await?;
             return Err(FenceError::Superseded {
                 term: term.revision(),
                 fence: fence.term,
@@ -220,7 +193,7 @@ impl Ledger for Postgres {
 
     async fn fence(&self) -> Result<Fence, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        fence_in(&mut *conn).await
+        fence_in(&mut conn).await
     }
 
     /// Claim one slot: one statement that checks the fence under a share lock and inserts the
@@ -246,17 +219,8 @@ impl Ledger for Postgres {
         self.claim_batch(std::slice::from_ref(claim)).await?.pop().expect("one answer per claim")
     }
 
-    async fn record_slots(
-        &self,
-        job: &str,
-        slots: &[DateTime<Utc>],
-        status: RunStatus,
-        trigger: Trigger,
-        term: &Term,
-        node: &str,
-        config_hash: &str,
-        error: &str,
-    ) -> Result<u64, ClaimError> {
+    async fn record_slots(&self, unrun: &UnrunSlots<'_>) -> Result<u64, ClaimError> {
+        let UnrunSlots { job, slots, status, trigger, term, node, config_hash, error } = *unrun;
         if slots.is_empty() {
             return Ok(0);
         }
@@ -420,7 +384,7 @@ impl Ledger for Postgres {
             .fetch_optional(&mut *tx)
             .await?;
         if current.is_none() {
-            let fence = fence_in(&mut *tx).await?;
+            let fence = fence_in(&mut tx).await?;
             return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
         }
         sqlx::query(
@@ -475,125 +439,17 @@ impl Ledger for Postgres {
         Ok(result.rows_affected())
     }
 
-    async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error> {
-        sqlx::query(concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1"))
-            .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| run_record(&row))
-            .transpose()
-    }
-
-    /// Every row of the ledger, oldest slot first (for tests and exports).
-    async fn all_runs(&self) -> Result<Vec<RunRecord>, sqlx::Error> {
-        sqlx::query(concat!("SELECT ", run_columns!(), " FROM runs ORDER BY slot, job"))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(run_record)
-            .collect()
-    }
-
-    /// Delete up to `batch` finished rows whose slot is older than `before`, in one short
-    /// statement so claims are never blocked for long. The newest row of every job is kept: it is
-    /// the job's cursor. Returns how many rows went.
     async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
-        let result = sqlx::query(
-            "DELETE FROM runs WHERE id IN (
-                 SELECT r.id FROM runs r
-                 WHERE r.slot < $1 AND r.status <> 'running'
-                   AND r.slot < (SELECT max(slot) FROM runs newest WHERE newest.job = r.job)
-                 LIMIT $2
-             )",
-        )
-        .bind(before)
-        .bind(batch)
-        .execute(&self.pool)
-        .await?;
+        let result = sqlx::query(common::PRUNE_RUNS).bind(before).bind(batch).execute(&self.pool).await?;
         Ok(result.rows_affected())
     }
 
-    /// Pause or resume a job; survives failover. Wakes the leader's scheduler.
-    async fn set_paused(&self, job: &str, paused: bool, by: &str) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        // A resume that ends a pause records when, by the database's clock (every leader's agrees
-        // with it within the allowed skew).
-        sqlx::query(
-            "INSERT INTO job_controls (job, paused, updated_by, updated_at, resumed_at)
-             VALUES ($1, $2, $3, now(), CASE WHEN $2 THEN NULL ELSE now() END)
-             ON CONFLICT (job) DO UPDATE SET paused = $2, updated_by = $3, updated_at = now(),
-                 resumed_at = CASE WHEN job_controls.paused AND NOT $2 THEN now()
-                                   ELSE job_controls.resumed_at END",
-        )
-        .bind(job)
-        .bind(paused)
-        .bind(by)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
-        tx.commit().await
-    }
-
-    /// Jobs paused by an operator.
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {
-        let rows = sqlx::query("SELECT job, paused, resumed_at FROM job_controls").fetch_all(&self.pool).await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| (row.get("job"), JobControl { paused: row.get("paused"), resumed_at: row.get("resumed_at") }))
-            .collect())
-    }
-
-    async fn job_runs(
-        &self,
-        job: &str,
-        status: Option<RunStatus>,
-        before: Option<RunCursor>,
-        limit: i64,
-    ) -> Result<Vec<RunRecord>, sqlx::Error> {
-        // Keyset pagination on the (job, slot DESC, id DESC) index: as fast on page 1,000 as on 1.
-        sqlx::query(concat!(
-            "SELECT ",
-            run_columns!(brief),
-            " FROM runs WHERE job = $1 AND ($2::text IS NULL OR status = $2)
-               AND ($3::timestamptz IS NULL OR (slot, id) < ($3, $4))
-             ORDER BY slot DESC, id DESC LIMIT $5"
-        ))
-        .bind(job)
-        .bind(status.map(RunStatus::as_str))
-        .bind(before.map(|cursor| cursor.slot))
-        .bind(before.map_or(0, |cursor| cursor.id))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(run_record)
-        .collect()
-    }
-
-    async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error> {
-        let rows = sqlx::query(concat!(
-            "SELECT r.* FROM unnest($1::text[]) AS j(name) CROSS JOIN LATERAL (SELECT ",
-            run_columns!(brief),
-            " FROM runs WHERE runs.job = j.name ORDER BY slot DESC, id DESC LIMIT $2) r"
-        ))
-        .bind(jobs)
-        .bind(per_job)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut by_job: HashMap<String, Vec<RunRecord>> = HashMap::new();
-        for row in &rows {
-            let run = run_record(row)?;
-            by_job.entry(run.job.clone()).or_default().push(run);
-        }
-        Ok(by_job)
+        self.read_job_controls().await
     }
 
     async fn update_output(&self, run_id: i64, output: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE runs SET output = $2 WHERE id = $1 AND status = 'running'")
-            .bind(run_id)
-            .bind(clean_text(output))
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(common::UPDATE_OUTPUT).bind(run_id).bind(clean_text(output)).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -621,53 +477,8 @@ impl Ledger for Postgres {
         Ok(())
     }
 
-    /// Record a manual trigger (idempotent per key) and wake the leader's scheduler. Returns the
-    /// trigger, new or the one already recorded under `idempotency_key`.
-    async fn request_trigger(
-        &self,
-        job: &str,
-        idempotency_key: &str,
-        by: &str,
-        requested_at: DateTime<Utc>,
-    ) -> Result<TriggerRecord, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (job, idempotency_key) DO NOTHING",
-        )
-        .bind(job)
-        .bind(idempotency_key)
-        .bind(by)
-        .bind(requested_at)
-        .execute(&mut *tx)
-        .await?;
-        let row = sqlx::query(
-            "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at
-             FROM triggers WHERE job = $1 AND idempotency_key = $2",
-        )
-        .bind(job)
-        .bind(idempotency_key)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
-        tx.commit().await?;
-        trigger_record(&row)
-    }
-
-    /// Triggers no claim has handled, and those whose claim never started (a newer term's claim
-    /// takes it over), oldest first.
     async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error> {
-        sqlx::query(
-            "SELECT t.id, t.job, t.idempotency_key, t.requested_by, t.requested_at, t.run_id, t.handled_at
-             FROM triggers t LEFT JOIN runs r ON r.id = t.run_id
-             WHERE t.handled_at IS NULL OR (r.status = 'running' AND r.started_at IS NULL)
-             ORDER BY t.requested_at, t.id",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(trigger_record)
-        .collect()
+        sqlx::query(common::PENDING_TRIGGERS).fetch_all(&self.pool).await?.iter().map(common::trigger_record).collect()
     }
 
     /// Mark a trigger handled without a run (its job is not in the job file).
@@ -713,70 +524,8 @@ impl Ledger for Postgres {
             }
         }
     }
-
-    async fn terms(&self) -> Result<Vec<TermRecord>, sqlx::Error> {
-        let rows = sqlx::query("SELECT term, cluster_id, node, started_at, last_seen_at FROM terms ORDER BY term")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(|row| term_record(&row)).collect())
-    }
-
-    async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT * FROM (SELECT term, cluster_id, node, started_at, last_seen_at FROM terms
-             ORDER BY term DESC LIMIT $1) newest ORDER BY term",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|row| term_record(&row)).collect())
-    }
-}
-
-fn run_record(row: &sqlx::postgres::PgRow) -> Result<RunRecord, sqlx::Error> {
-    Ok(RunRecord {
-        id: row.try_get("id")?,
-        job: row.try_get("job")?,
-        slot: row.try_get("slot")?,
-        trigger: row.try_get("trigger")?,
-        term: row.try_get("term")?,
-        node: row.try_get("node")?,
-        config_hash: row.try_get("config_hash")?,
-        status: row.try_get("status")?,
-        attempt: row.try_get("attempt")?,
-        claimed_at: row.try_get("claimed_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        exit_code: row.try_get("exit_code")?,
-        http_status: row.try_get("http_status")?,
-        error: row.try_get("error")?,
-        output: row.try_get("output")?,
-    })
-}
-
-fn trigger_record(row: &sqlx::postgres::PgRow) -> Result<TriggerRecord, sqlx::Error> {
-    Ok(TriggerRecord {
-        id: row.try_get("id")?,
-        job: row.try_get("job")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        requested_by: row.try_get("requested_by")?,
-        requested_at: row.try_get("requested_at")?,
-        run_id: row.try_get("run_id")?,
-        handled_at: row.try_get("handled_at")?,
-    })
 }
 
 async fn fence_in(conn: &mut sqlx::PgConnection) -> Result<Fence, sqlx::Error> {
-    let row = sqlx::query("SELECT term, cluster_id, node FROM fence WHERE id = 1").fetch_one(conn).await?;
-    Ok(Fence { term: row.get("term"), cluster_id: row.get("cluster_id"), node: row.get("node") })
-}
-
-fn term_record(row: &sqlx::postgres::PgRow) -> TermRecord {
-    TermRecord {
-        term: row.get("term"),
-        cluster_id: row.get("cluster_id"),
-        node: row.get("node"),
-        started_at: row.get("started_at"),
-        last_seen_at: row.get("last_seen_at"),
-    }
+    common::fence(&sqlx::query(common::FENCE).fetch_one(conn).await?)
 }

@@ -1,0 +1,167 @@
+//! Connections to PostgreSQL: the firing pool and the read pool a replica keeps apart, the
+//! start-up check of the URL's settings, and the migrations (on a connection of their own).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+/// The firing pool: claims, starts, outcomes, the fence and terms, cursors, heartbeats, reaping,
+/// pruning and the controls the leader reads. The web never gets it (it reads on
+/// `connect_reads`), so no reader can hold a connection a claim needs. Timeouts a fenced ledger
+/// needs: a paused replica holding a lock must not block the next leader for longer than these.
+/// Connects lazily, so a replica starts (and serves its health endpoints) while PostgreSQL is
+/// still down.
+pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = database_url.parse().context("parse database url")?;
+    let options = options.options([("statement_timeout", "5s"), ("idle_in_transaction_session_timeout", "5s")]);
+    Ok(PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(3)).connect_lazy_with(options))
+}
+
+/// Connections the read pool holds at most: one per dashboard or API handler running at once,
+/// and one for readiness and operator controls.
+pub const READ_CONNECTIONS: u32 = crate::http::MAX_CONCURRENT_READS as u32 + 1;
+
+/// The read pool, for the dashboard and the API: a few connections with a shorter statement
+/// timeout, so a slow read gives up (503) rather than waiting, and readers wait for each other,
+/// never for the firing path's connections.
+pub async fn connect_reads(database_url: &str) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = database_url.parse().context("parse database url")?;
+    let options = options.options([("statement_timeout", "2s"), ("idle_in_transaction_session_timeout", "2s")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(READ_CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy_with(options))
+}
+
+/// Why PostgreSQL could not be used at start: settings that waiting will not fix (a certificate
+/// refused, a wrong password, no `pg_hba.conf` rule for this connection) are told apart from a
+/// server that is not up yet. `server` is the URL with its password masked.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseConnectError {
+    #[error("PostgreSQL at {server}: {detail}")]
+    Refused { server: String, detail: String },
+    #[error("PostgreSQL at {server} is not reachable yet: {detail}")]
+    Unreachable { server: String, detail: String },
+}
+
+/// Open one connection as the pool would (TLS per `sslmode`, `sslrootcert`, `sslcert`,
+/// `sslkey` in the URL, like libpq) and close it, to learn at start whether the settings work.
+pub async fn check_connection(database_url: &str) -> Result<(), DatabaseConnectError> {
+    use sqlx::Connection;
+    let server = crate::secret::mask_url(database_url);
+    let refused = |detail: String| DatabaseConnectError::Refused { server: server.clone(), detail };
+    let options: PgConnectOptions = database_url.parse().map_err(|error: sqlx::Error| {
+        refused(format!("invalid database url: {}", crate::telemetry::one_line(&error)))
+    })?;
+    let attempt = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect_with(&options)).await;
+    let error = match attempt {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            return Ok(());
+        }
+        Ok(Err(error)) => error,
+        Err(_) => {
+            return Err(DatabaseConnectError::Unreachable { server, detail: "no answer within 5s".into() });
+        }
+    };
+    let detail = crate::telemetry::one_line(&error);
+    let lasting = match &error {
+        sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => true,
+        // Class 28: invalid authorization (wrong password, no pg_hba.conf entry); 3D000: no
+        // such database.
+        sqlx::Error::Database(database) => {
+            database.code().is_some_and(|code| code.starts_with("28") || code == "3D000")
+        }
+        _ => detail.to_ascii_lowercase().contains("certificate"),
+    };
+    if lasting { Err(refused(detail)) } else { Err(DatabaseConnectError::Unreachable { server, detail }) }
+}
+
+/// Why the schema could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// An older binary against a schema a newer release migrated: it must not guess.
+    #[error(
+        "the database schema is at version {database}, newer than this binary knows (its newest is version \
+         {known}): run a tenure release that knows version {database}"
+    )]
+    NewerSchema { known: i64, database: i64 },
+    #[error("apply migrations: {0}")]
+    Failed(#[from] sqlx::migrate::MigrateError),
+    #[error("open a connection for migrations: {0}")]
+    Connect(#[from] sqlx::Error),
+}
+
+impl MigrateError {
+    /// Whether trying again later may succeed: the database is unreachable, starting, busy or
+    /// held a lock too long. A newer schema, a changed or half-applied migration, a refused login
+    /// or a missing database stay as they are until somebody acts.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            MigrateError::NewerSchema { .. } => false,
+            MigrateError::Connect(error)
+            | MigrateError::Failed(sqlx::migrate::MigrateError::Execute(error))
+            | MigrateError::Failed(sqlx::migrate::MigrateError::ExecuteMigration(error, _)) => transient(error),
+            MigrateError::Failed(_) => false,
+        }
+    }
+}
+
+/// Connection trouble, a server starting or shutting down, too many connections, a lock or
+/// statement timeout, a serialization failure or deadlock.
+fn transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            ["08", "40", "53", "57P", "57014", "55P03"].iter().any(|prefix| code.starts_with(prefix))
+        }),
+        _ => false,
+    }
+}
+
+/// A connection of its own for migrations, out of `pool`'s accounting and without its timeouts:
+/// an index build on a large ledger may take minutes. Waiting for a lock (the migrator's advisory
+/// lock, or a table a running replica is using) gives up after 5 s and is retried: a DDL
+/// statement queued behind a lock would hold up every claim queued behind it. Closing it (or dropping it, on any error
+/// or cancellation) ends the session, and with it the migrator's advisory lock.
+pub async fn migration_connection(pool: &PgPool) -> Result<sqlx::PgConnection, sqlx::Error> {
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::raw_sql(
+        "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
+         SET lock_timeout = '5s'",
+    )
+    .execute(&mut conn)
+    .await?;
+    Ok(conn)
+}
+
+/// Apply the migrations in `migrations/postgres/` on a dedicated connection (see
+/// `migration_connection`), one replica at a time (sqlx's advisory lock). A database that has a
+/// migration this binary does not know is `NewerSchema`.
+pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
+    let migrator = sqlx::migrate!("./migrations/postgres");
+    let mut conn = migration_connection(pool).await?;
+    let result = match migrator.run(&mut conn).await {
+        Ok(()) => Ok(()),
+        Err(sqlx::migrate::MigrateError::VersionMissing(unknown)) => {
+            let known = migrator.iter().map(|migration| migration.version).max().unwrap_or(0);
+            let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap_or(None);
+            Err(MigrateError::NewerSchema { known, database: newest.unwrap_or(unknown).max(unknown) })
+        }
+        Err(error) => Err(error.into()),
+    };
+    // Ends the session: the advisory lock goes with it, whatever happened above.
+    if let Err(error) = sqlx::Connection::close(conn).await {
+        tracing::debug!(%error, "closing the migration connection failed; the server ends it");
+    }
+    result
+}

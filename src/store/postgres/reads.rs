@@ -1,0 +1,137 @@
+//! The PostgreSQL ledger's read side: what the dashboard and the API read and the operator
+//! controls they record, on the read pool (`connect_reads`).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::Postgres;
+use crate::model::{Control, RunStatus};
+use crate::store::common::{self, run_columns};
+use crate::store::{CONTROL_CHANNEL, JobControl, LedgerReads, RunCursor, RunRecord, TermRecord, TriggerRecord};
+
+#[async_trait]
+impl LedgerReads for Postgres {
+    async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+    }
+
+    async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error> {
+        let row = sqlx::query(common::RUN).bind(run_id).fetch_optional(&self.pool).await?;
+        row.map(|row| common::run_record(&row)).transpose()
+    }
+
+    async fn job_runs(
+        &self,
+        job: &str,
+        status: Option<RunStatus>,
+        before: Option<RunCursor>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, sqlx::Error> {
+        // Keyset pagination on the (job, slot DESC, id DESC) index: as fast on page 1,000 as on 1.
+        sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(brief),
+            " FROM runs WHERE job = $1 AND ($2::text IS NULL OR status = $2)
+               AND ($3::timestamptz IS NULL OR (slot, id) < ($3, $4))
+             ORDER BY slot DESC, id DESC LIMIT $5"
+        ))
+        .bind(job)
+        .bind(status.map(RunStatus::as_str))
+        .bind(before.map(|cursor| cursor.slot))
+        .bind(before.map_or(0, |cursor| cursor.id))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(common::run_record)
+        .collect()
+    }
+
+    async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error> {
+        let rows = sqlx::query(concat!(
+            "SELECT r.* FROM unnest($1::text[]) AS j(name) CROSS JOIN LATERAL (SELECT ",
+            run_columns!(brief),
+            " FROM runs WHERE runs.job = j.name ORDER BY slot DESC, id DESC LIMIT $2) r"
+        ))
+        .bind(jobs)
+        .bind(per_job)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_job: HashMap<String, Vec<RunRecord>> = HashMap::new();
+        for row in &rows {
+            let run = common::run_record(row)?;
+            by_job.entry(run.job.clone()).or_default().push(run);
+        }
+        Ok(by_job)
+    }
+
+    async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {
+        self.read_job_controls().await
+    }
+
+    async fn set_control(&self, job: &str, control: Control, by: &str) -> Result<(), sqlx::Error> {
+        let paused = control == Control::Pause;
+        let mut tx = self.pool.begin().await?;
+        // A resume that ends a pause records when, by the database's clock (every leader's agrees
+        // with it within the allowed skew).
+        sqlx::query(
+            "INSERT INTO job_controls (job, paused, updated_by, updated_at, resumed_at)
+             VALUES ($1, $2, $3, now(), CASE WHEN $2 THEN NULL ELSE now() END)
+             ON CONFLICT (job) DO UPDATE SET paused = $2, updated_by = $3, updated_at = now(),
+                 resumed_at = CASE WHEN job_controls.paused AND NOT $2 THEN now()
+                                   ELSE job_controls.resumed_at END",
+        )
+        .bind(job)
+        .bind(paused)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
+    /// Returns the trigger, new or the one already recorded under `idempotency_key`.
+    async fn request_trigger(
+        &self,
+        job: &str,
+        idempotency_key: &str,
+        by: &str,
+        requested_at: DateTime<Utc>,
+    ) -> Result<TriggerRecord, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (job, idempotency_key) DO NOTHING",
+        )
+        .bind(job)
+        .bind(idempotency_key)
+        .bind(by)
+        .bind(requested_at)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(common::TRIGGER_BY_KEY).bind(job).bind(idempotency_key).fetch_one(&mut *tx).await?;
+        sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
+        tx.commit().await?;
+        common::trigger_record(&row)
+    }
+
+    async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error> {
+        sqlx::query(common::RECENT_TERMS)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(common::term_record)
+            .collect()
+    }
+
+    async fn all_runs(&self) -> Result<Vec<RunRecord>, sqlx::Error> {
+        sqlx::query(common::ALL_RUNS).fetch_all(&self.pool).await?.iter().map(common::run_record).collect()
+    }
+
+    async fn terms(&self) -> Result<Vec<TermRecord>, sqlx::Error> {
+        sqlx::query(common::ALL_TERMS).fetch_all(&self.pool).await?.iter().map(common::term_record).collect()
+    }
+}

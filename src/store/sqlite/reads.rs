@@ -1,0 +1,123 @@
+//! The SQLite ledger's read side (`tenure dev`): what the dashboard and the API read and the
+//! operator controls they record. The same pool as the write side: SQLite has one connection.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::Sqlite;
+use crate::model::{Control, RunStatus};
+use crate::store::common::{self, micros, run_columns};
+use crate::store::{JobControl, LedgerReads, RunCursor, RunRecord, TermRecord, TriggerRecord};
+
+#[async_trait]
+impl LedgerReads for Sqlite {
+    async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+    }
+
+    async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error> {
+        let row = sqlx::query(common::RUN).bind(run_id).fetch_optional(&self.pool).await?;
+        row.map(|row| common::run_record(&row)).transpose()
+    }
+
+    async fn job_runs(
+        &self,
+        job: &str,
+        status: Option<RunStatus>,
+        before: Option<RunCursor>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, sqlx::Error> {
+        sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(brief),
+            " FROM runs WHERE job = ?1 AND (?2 IS NULL OR status = ?2)
+               AND (?3 IS NULL OR slot < ?3 OR (slot = ?3 AND id < ?4))
+             ORDER BY slot DESC, id DESC LIMIT ?5"
+        ))
+        .bind(job)
+        .bind(status.map(RunStatus::as_str))
+        .bind(before.map(|cursor| micros(cursor.slot)))
+        .bind(before.map_or(0, |cursor| cursor.id))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(common::run_record)
+        .collect()
+    }
+
+    async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error> {
+        let mut by_job = HashMap::new();
+        for job in jobs {
+            let runs = self.job_runs(job, None, None, per_job).await?;
+            if !runs.is_empty() {
+                by_job.insert(job.clone(), runs);
+            }
+        }
+        Ok(by_job)
+    }
+
+    async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {
+        self.read_job_controls().await
+    }
+
+    async fn set_control(&self, job: &str, control: Control, by: &str) -> Result<(), sqlx::Error> {
+        let paused = control == Control::Pause;
+        sqlx::query(
+            "INSERT INTO job_controls (job, paused, updated_by, updated_at, resumed_at)
+             VALUES (?1, ?2, ?3, ?4, CASE WHEN ?2 THEN NULL ELSE ?4 END)
+             ON CONFLICT (job) DO UPDATE SET paused = ?2, updated_by = ?3, updated_at = ?4,
+                 resumed_at = CASE WHEN job_controls.paused AND NOT ?2 THEN ?4 ELSE job_controls.resumed_at END",
+        )
+        .bind(job)
+        .bind(paused)
+        .bind(by)
+        .bind(micros(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        self.notify_controls();
+        Ok(())
+    }
+
+    async fn request_trigger(
+        &self,
+        job: &str,
+        idempotency_key: &str,
+        by: &str,
+        requested_at: DateTime<Utc>,
+    ) -> Result<TriggerRecord, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (job, idempotency_key) DO NOTHING",
+        )
+        .bind(job)
+        .bind(idempotency_key)
+        .bind(by)
+        .bind(micros(requested_at))
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(common::TRIGGER_BY_KEY).bind(job).bind(idempotency_key).fetch_one(&self.pool).await?;
+        self.notify_controls();
+        common::trigger_record(&row)
+    }
+
+    async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error> {
+        sqlx::query(common::RECENT_TERMS)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(common::term_record)
+            .collect()
+    }
+
+    async fn all_runs(&self) -> Result<Vec<RunRecord>, sqlx::Error> {
+        sqlx::query(common::ALL_RUNS).fetch_all(&self.pool).await?.iter().map(common::run_record).collect()
+    }
+
+    async fn terms(&self) -> Result<Vec<TermRecord>, sqlx::Error> {
+        sqlx::query(common::ALL_TERMS).fetch_all(&self.pool).await?.iter().map(common::term_record).collect()
+    }
+}
