@@ -161,10 +161,10 @@ pub fn job_view(job: &Job, controls: &HashMap<String, JobControl>, runs: &[RunRe
     };
     let tz = job.schedule.timezone();
     let next_utc = if paused { None } else { job.schedule.next_after(now) };
-    let (kind, target) = match &job.target {
-        Target::Command { argv } => ("command", argv.join(" ")),
-        Target::Shell { script } => ("shell", script.clone()),
-        Target::Http(http) => ("http", format!("{} {}", http.method, http.url)),
+    let target = match &job.target {
+        Target::Command { argv } => argv.join(" "),
+        Target::Shell { script } => script.clone(),
+        Target::Http(http) => format!("{} {}", http.method, http.url),
     };
     let mut recent: Vec<RunBrief> = runs.iter().take(STRIP).map(RunBrief::of).collect();
     let last = recent.first().cloned();
@@ -178,7 +178,7 @@ pub fn job_view(job: &Job, controls: &HashMap<String, JobControl>, runs: &[RunRe
         next_utc,
         paused,
         paused_by,
-        kind,
+        kind: job.target.kind().as_str(),
         target,
         timeout_seconds: job.timeout.as_secs(),
         concurrency: job.concurrency.as_str(),
