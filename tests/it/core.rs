@@ -299,21 +299,50 @@ jobs:
     })
     .await;
     let ledger = cluster.ledger().await;
-    let count = |job: &str, status: &str| ledger.iter().filter(|r| r.job == job && r.status == status).count();
+    let runs = |job: &str| -> Vec<&tenure::store::RunRecord> { ledger.iter().filter(|r| r.job == job).collect() };
+    let count = |job: &str, status: &str| runs(job).iter().filter(|r| r.status == status).count();
+    let finished = |job: &str| runs(job).into_iter().filter(|r| r.status != "running").count();
+    // A run "goes" from its start until its outcome is recorded; `forbid` and `replace` decide
+    // a slot at the slot, from what goes then.
+    let going_at = |run: &tenure::store::RunRecord, at: chrono::DateTime<Utc>| {
+        run.started_at.is_some_and(|started| started <= at) && run.finished_at.is_none_or(|finished| finished >= at)
+    };
+
+    // forbid: runs of 2.5 s never overlap, and every slot skipped fell while one went.
+    let forbid_ran: Vec<_> = runs("forbid").into_iter().filter(|r| r.started_at.is_some()).collect();
+    for pair in forbid_ran.windows(2) {
+        assert!(!going_at(pair[0], pair[1].started_at.unwrap()), "forbid runs overlapped: {pair:#?}");
+    }
+    let skipped_idle: Vec<_> = runs("forbid")
+        .into_iter()
+        .filter(|r| r.status == "skipped" && !forbid_ran.iter().any(|run| going_at(run, r.slot)))
+        .collect();
     assert!(count("forbid", "skipped") >= 2, "forbid skips while running: {ledger:#?}");
+    assert!(skipped_idle.is_empty(), "forbid skipped a slot while nothing went: {skipped_idle:#?}");
+    // allow: never skips, and each 2.5 s run is still going when the next (1 s later) starts.
     assert_eq!(count("allow", "skipped"), 0, "allow never skips");
+    let allow_ran: Vec<_> = runs("allow").into_iter().filter(|r| r.started_at.is_some()).collect();
+    assert!(allow_ran.len() >= 3, "{allow_ran:#?}");
+    for pair in allow_ran.windows(2) {
+        assert!(going_at(pair[0], pair[1].started_at.unwrap()), "allow did not overlap its runs: {pair:#?}");
+    }
+    // replace: a 10 s run every 3 s, so every run that ended was replaced by the next one.
+    assert_eq!(count("replace", "killed"), finished("replace"), "replace kills every previous run: {ledger:#?}");
     assert!(
-        ledger.iter().filter(|r| r.job == "allow" && r.status == "running").count() >= 2
-            || count("allow", "succeeded") >= 2
-    );
-    assert!(count("replace", "killed") >= 2, "replace kills the previous run");
-    assert!(
-        ledger
+        runs("replace")
             .iter()
-            .filter(|r| r.job == "replace" && r.status == "killed")
+            .filter(|r| r.status == "killed")
             .all(|r| r.error.as_deref() == Some("replaced by a newer run"))
     );
-    assert!(count("timeout", "timed_out") >= 2, "timeout is recorded");
+    // timeout: every run of a job that never ends by itself times out after its 1 s.
+    assert_eq!(count("timeout", "timed_out"), finished("timeout"), "every run times out: {ledger:#?}");
+    for run in runs("timeout").iter().filter(|r| r.status == "timed_out") {
+        let lasted = (run.finished_at.unwrap() - run.started_at.unwrap()).to_std().unwrap();
+        assert!(
+            lasted >= Duration::from_secs(1) && lasted < Duration::from_secs(1) + tenure::executor::KILL_GRACE,
+            "a 1 s timeout took {lasted:?}: {run:#?}"
+        );
+    }
 
     // The timed-out job's child, in the job's process group, was killed with it.
     let child: i32 = std::fs::read_to_string(&child_file).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();

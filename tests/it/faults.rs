@@ -416,7 +416,14 @@ jobs:
     // An invalid file changes nothing.
     cluster.event("invalid job file");
     std::fs::write(&cluster.jobs_path, "jobs:\n  - name: [broken\n").unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for("every running replica to refuse the invalid file", Duration::from_secs(10), || async {
+        (0..cluster.replicas.len()).filter(|&index| cluster.is_up(index)).all(|index| {
+            std::fs::read_to_string(&cluster.replicas[index].log)
+                .unwrap_or_default()
+                .contains("keeping the last good one")
+        })
+    })
+    .await;
     let invalid_at = Utc::now();
     cluster.let_it_tick(4).await;
     assert!(
