@@ -124,7 +124,10 @@ impl<'a> Validator<'a> {
             return Vec::new();
         }
         let mut first_seen: HashMap<String, Location> = HashMap::with_capacity(items.len());
-        items.iter().filter_map(|item| self.job(item, &defaults, &mut first_seen)).collect()
+        // Sized up front: a `Job` is large, and a growing vector would hold up to twice the jobs.
+        let mut jobs = Vec::with_capacity(items.len());
+        jobs.extend(items.iter().filter_map(|item| self.job(item, &defaults, &mut first_seen)));
+        jobs
     }
 
     /// Apply the policy fields present in `entries` over `base`. Returns whether all were valid.
