@@ -52,9 +52,6 @@ pub struct SuperviseArgs {
     pub silence_limit: Duration,
 }
 
-/// The JSON Schema of the job file (`tenure schema`).
-pub const JOB_FILE_SCHEMA: &str = include_str!("job-file.schema.json");
-
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// The job file.

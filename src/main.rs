@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Dev(args) => dev(args),
         Command::Schema => {
-            print!("{}", tenure::cli::JOB_FILE_SCHEMA);
+            print!("{}", tenure::config::job_file_schema());
             Ok(0)
         }
     };

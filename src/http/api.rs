@@ -47,10 +47,10 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// One page of the jobs (`page` from 1), and how many jobs there are in all.
-pub(super) async fn jobs_view(state: &AppState, page: usize) -> Result<(Vec<JobView>, usize), Problem> {
+pub(super) async fn jobs_page(state: &AppState, page: usize) -> Result<(Vec<JobView>, usize), Problem> {
     let jobs = state.jobs.borrow().clone();
     let offset = page.saturating_sub(1) * view::JOBS_PER_PAGE;
-    Ok((view::jobs(&state.store, &jobs, offset, view::JOBS_PER_PAGE).await?, jobs.jobs().len()))
+    Ok((view::read_jobs(&state.store, &jobs, offset, view::JOBS_PER_PAGE).await?, jobs.jobs().len()))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,10 +58,11 @@ pub(super) struct PageQuery {
     pub page: Option<usize>,
 }
 
-pub(super) async fn job_view(state: &AppState, name: &str) -> Result<JobView, Problem> {
+/// The job named `name` in the current job file, or 404.
+pub(super) async fn named_job(state: &AppState, name: &str) -> Result<JobView, Problem> {
     let jobs = state.jobs.borrow().clone();
     let job = jobs.get(name).ok_or_else(|| Problem::not_found(format!("no job `{name}` in the job file")))?;
-    Ok(view::job(&state.store, job).await?)
+    Ok(view::read_job(&state.store, job).await?)
 }
 
 pub(super) async fn cluster_view(state: &AppState) -> Result<ClusterView, Problem> {
@@ -198,7 +199,7 @@ async fn jobs(
     Query(query): Query<PageQuery>,
 ) -> Result<impl IntoResponse, Problem> {
     state.auth.read(&headers)?;
-    let (jobs, total) = jobs_view(&state, query.page.unwrap_or(1)).await?;
+    let (jobs, total) = jobs_page(&state, query.page.unwrap_or(1)).await?;
     Ok(([("x-total-count", total.to_string())], Json(jobs)))
 }
 
@@ -208,7 +209,7 @@ async fn job(
     Path(name): Path<String>,
 ) -> Result<Json<JobView>, Problem> {
     state.auth.read(&headers)?;
-    Ok(Json(job_view(&state, &name).await?))
+    Ok(Json(named_job(&state, &name).await?))
 }
 
 async fn job_runs(

@@ -197,7 +197,7 @@ async fn overview(
         return Ok(Html(cached.to_string()));
     }
     let cluster = api::cluster_view(&state).await?;
-    let (jobs, total) = api::jobs_view(&state, page).await?;
+    let (jobs, total) = api::jobs_page(&state, page).await?;
     let pages = total.div_ceil(view::JOBS_PER_PAGE).max(1);
     let shown = format!(
         "{}-{} of {total}",
@@ -311,7 +311,7 @@ async fn job(
     Query(query): Query<JobQuery>,
 ) -> Result<Response, PageError> {
     state.auth.read(&headers)?;
-    let job = api::job_view(&state, &name).await?;
+    let job = api::named_job(&state, &name).await?;
     let status_filter = query.status.clone().unwrap_or_default();
     let page = api::run_page(
         &state,

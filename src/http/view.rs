@@ -27,8 +27,8 @@ pub struct JobView {
     pub next_local: Option<String>,
     pub next_utc: Option<DateTime<Utc>>,
     pub paused: bool,
-    /// `file` (the job file says `paused: true`), `operator` (paused or resumed from the API) or
-    /// none.
+    /// Who paused it: `file` (the job file says `paused: true`), `operator` (paused from the API
+    /// or a page); none while it runs, also when an operator resumed a job the file pauses.
     pub paused_by: Option<&'static str>,
     pub kind: &'static str,
     pub target: String,
@@ -151,50 +151,55 @@ pub struct TermView {
     pub current: bool,
 }
 
-pub fn job_view(job: &Job, controls: &HashMap<String, JobControl>, runs: &[RunRecord], now: DateTime<Utc>) -> JobView {
-    let control = controls.get(job.name.as_str()).map(|control| control.paused);
-    let paused = control.unwrap_or(job.paused);
-    let paused_by = match (control, job.paused) {
-        (Some(true), _) => Some("operator"),
-        (None, true) => Some("file"),
-        _ => None,
-    };
-    let tz = job.schedule.timezone();
-    let next_utc = if paused { None } else { job.schedule.next_after(now) };
-    let (kind, target) = match &job.target {
-        Target::Command { argv } => ("command", argv.join(" ")),
-        Target::Shell { script } => ("shell", script.clone()),
-        Target::Http(http) => ("http", format!("{} {}", http.method, http.url)),
-    };
-    let mut recent: Vec<RunBrief> = runs.iter().take(STRIP).map(RunBrief::of).collect();
-    let last = recent.first().cloned();
-    recent.reverse();
-    JobView {
-        name: job.name.as_str().to_owned(),
-        schedule: job.schedule.expression().to_owned(),
-        description: job.schedule.describe(),
-        timezone: tz.name().to_owned(),
-        next_local: next_utc.map(|next| next.with_timezone(&tz).to_rfc3339()),
-        next_utc,
-        paused,
-        paused_by,
-        kind,
-        target,
-        timeout_seconds: job.timeout.as_secs(),
-        concurrency: job.concurrency.as_str(),
-        catch_up: job.catch_up.as_str(),
-        starting_deadline_seconds: job.starting_deadline.as_secs(),
-        retries: job.retries.max,
-        last,
-        recent,
+impl JobView {
+    /// What is shown of `job` at `now`: its file entry, the operator's pause or resume from
+    /// `controls`, and `runs`, its newest runs first.
+    pub fn of(job: &Job, controls: &HashMap<String, JobControl>, runs: &[RunRecord], now: DateTime<Utc>) -> JobView {
+        let control = controls.get(job.name.as_str()).map(|control| control.paused);
+        let paused = control.unwrap_or(job.paused);
+        let paused_by = match (control, job.paused) {
+            (Some(true), _) => Some("operator"),
+            (None, true) => Some("file"),
+            _ => None,
+        };
+        let tz = job.schedule.timezone();
+        let next_utc = if paused { None } else { job.schedule.next_after(now) };
+        let target = match &job.target {
+            Target::Command { argv } => argv.join(" "),
+            Target::Shell { script } => script.clone(),
+            Target::Http(http) => format!("{} {}", http.method, http.url),
+        };
+        let mut recent: Vec<RunBrief> = runs.iter().take(STRIP).map(RunBrief::of).collect();
+        let last = recent.first().cloned();
+        recent.reverse();
+        JobView {
+            name: job.name.as_str().to_owned(),
+            schedule: job.schedule.expression().to_owned(),
+            description: job.schedule.describe(),
+            timezone: tz.name().to_owned(),
+            next_local: next_utc.map(|next| next.with_timezone(&tz).to_rfc3339()),
+            next_utc,
+            paused,
+            paused_by,
+            kind: job.target.kind().as_str(),
+            target,
+            timeout_seconds: job.timeout.as_secs(),
+            concurrency: job.concurrency.as_str(),
+            catch_up: job.catch_up.as_str(),
+            starting_deadline_seconds: job.starting_deadline.as_secs(),
+            retries: job.retries.max,
+            last,
+            recent,
+        }
     }
 }
 
 /// How many jobs one overview page (and one `/api/jobs` page) shows.
 pub const JOBS_PER_PAGE: usize = 100;
 
-/// The jobs of the file from `offset`, at most `limit`, with their recent outcomes.
-pub async fn jobs(store: &Reads, jobs: &JobSet, offset: usize, limit: usize) -> Result<Vec<JobView>, sqlx::Error> {
+/// The jobs of the file from `offset`, at most `limit`, with their recent outcomes read from the
+/// ledger.
+pub async fn read_jobs(store: &Reads, jobs: &JobSet, offset: usize, limit: usize) -> Result<Vec<JobView>, sqlx::Error> {
     let page: Vec<&Job> = jobs.jobs().iter().skip(offset).take(limit).collect();
     let names: Vec<String> = page.iter().map(|job| job.name.as_str().to_owned()).collect();
     let recent = store.recent_runs(&names, STRIP as i64).await?;
@@ -202,14 +207,15 @@ pub async fn jobs(store: &Reads, jobs: &JobSet, offset: usize, limit: usize) -> 
     let now = Utc::now();
     Ok(page
         .into_iter()
-        .map(|job| job_view(job, &controls, recent.get(job.name.as_str()).map_or(&[], |runs| &runs[..]), now))
+        .map(|job| JobView::of(job, &controls, recent.get(job.name.as_str()).map_or(&[], |runs| &runs[..]), now))
         .collect())
 }
 
-pub async fn job(store: &Reads, job: &Job) -> Result<JobView, sqlx::Error> {
+/// One job with its recent outcomes read from the ledger.
+pub async fn read_job(store: &Reads, job: &Job) -> Result<JobView, sqlx::Error> {
     let runs = store.job_runs(job.name.as_str(), None, None, STRIP as i64).await?;
     let controls = store.job_controls().await?;
-    Ok(job_view(job, &controls, &runs, Utc::now()))
+    Ok(JobView::of(job, &controls, &runs, Utc::now()))
 }
 
 pub fn cluster(snapshot: &ClusterSnapshot, terms: &[TermRecord], config_hash: &str, answered_by: &str) -> ClusterView {

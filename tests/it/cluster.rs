@@ -24,6 +24,15 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// The lease TTL cluster tests run with (etcd is started with a low election timeout).
 pub const TTL: Duration = Duration::from_secs(1);
 
+/// The job file most cluster scenarios run: one job firing every second, witnessed.
+pub const TICK: &str = r#"
+jobs:
+  - name: tick
+    schedule: "* * * * * *"
+    shell: WITNESS
+    timeout: 10s
+"#;
+
 /// A shell command for a job that records each execution outside the database.
 pub fn witness_command(witness: &std::path::Path) -> String {
     // `date` without LD_PRELOAD: the real clock, even where a test fakes the replica's.
@@ -350,6 +359,16 @@ impl Cluster {
         let ran = wait_until(timeout, || async { self.witness().iter().any(|w| w.term > old_term) }).await;
         assert!(ran, "no execution in a term after {old_term} within {timeout:?}\n{}", self.logs());
         Instant::now()
+    }
+
+    /// Let the cluster run until the witness holds at least `count` executions more than now
+    /// (of any job), allowing 2 s per execution and 10 s more for a hand-over.
+    pub async fn let_it_tick(&self, count: usize) {
+        let target = self.witness().len() + count;
+        wait_for("the jobs to keep firing", Duration::from_secs(10 + count as u64 * 2), || async {
+            self.witness().len() >= target
+        })
+        .await;
     }
 
     pub fn witness(&self) -> Vec<Witness> {

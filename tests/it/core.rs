@@ -8,32 +8,15 @@ use nix::sys::signal::Signal;
 use tenure::model::{RunStatus, TriggerKind};
 
 use crate::checker::{Expect, check};
-use crate::cluster::{Cluster, TTL};
+use crate::cluster::{Cluster, TICK, TTL};
 use crate::harness::{wait_for, wait_until};
-
-const TICK: &str = r#"
-jobs:
-  - name: tick
-    schedule: "* * * * * *"
-    shell: WITNESS
-    timeout: 10s
-"#;
-
-/// Let the cluster run until the witness holds at least `count` executions more than now.
-async fn let_it_tick(cluster: &Cluster, count: usize) {
-    let target = cluster.witness().len() + count;
-    wait_for("the job to keep firing", Duration::from_secs(10 + count as u64 * 2), || async {
-        cluster.witness().len() >= target
-    })
-    .await;
-}
 
 #[tokio::test]
 async fn exactly_one_leader_fires_and_the_others_fire_nothing() {
     let mut cluster = Cluster::start(3, TICK).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
     let from = Utc::now() + chrono::Duration::seconds(1);
-    let_it_tick(&cluster, 4).await;
+    cluster.let_it_tick(4).await;
     let until = Utc::now() - chrono::Duration::seconds(1);
 
     assert_eq!(cluster.leaders().await, [(leader, term)], "one leader only");
@@ -49,7 +32,7 @@ async fn exactly_one_leader_fires_and_the_others_fire_nothing() {
 async fn sigkill_of_the_leader_hands_over_within_the_lease() {
     let mut cluster = Cluster::start(3, TICK).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
 
     let killed_at = Instant::now();
     cluster.kill(leader);
@@ -59,7 +42,7 @@ async fn sigkill_of_the_leader_hands_over_within_the_lease() {
     let (new_leader, new_term) = cluster.wait_for_leader(Duration::from_secs(5)).await;
     assert_ne!(new_leader, leader);
     assert!(new_term > term);
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
     cluster.wait_for_reaped(Duration::from_secs(20)).await;
 
     // Slots while nobody led are recorded `missed` (catch_up latest) or run, and the run the kill
@@ -78,7 +61,7 @@ async fn sigkill_of_the_leader_hands_over_within_the_lease() {
 async fn sigterm_of_the_leader_hands_over_at_once_and_misses_nothing() {
     let mut cluster = Cluster::start(3, TICK).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
 
     let signalled = Instant::now();
     cluster.signal(leader, Signal::SIGTERM);
@@ -96,7 +79,7 @@ async fn sigterm_of_the_leader_hands_over_at_once_and_misses_nothing() {
     .await;
     eprintln!("SIGTERM hand-over: new leader seen {:?} after the signal", signalled.elapsed());
     cluster.terminate(leader).await;
-    let_it_tick(&cluster, 3).await;
+    cluster.let_it_tick(3).await;
 
     let witness = cluster.witness();
     let from = witness.first().unwrap().slot;
@@ -112,7 +95,7 @@ async fn sigterm_of_the_leader_hands_over_at_once_and_misses_nothing() {
 async fn a_leader_paused_past_its_lease_executes_nothing_after_resuming() {
     let mut cluster = Cluster::start(3, TICK).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
 
     let paused_at = Utc::now();
     cluster.signal(leader, Signal::SIGSTOP);
@@ -121,7 +104,7 @@ async fn a_leader_paused_past_its_lease_executes_nothing_after_resuming() {
     cluster.signal(leader, Signal::SIGCONT);
     let resumed_at = Utc::now();
     // Give the resumed process time to do whatever it would do with its stale view.
-    let_it_tick(&cluster, 3).await;
+    cluster.let_it_tick(3).await;
 
     let witness = cluster.witness();
     let old_node = &cluster.replicas[leader].node;
@@ -141,21 +124,24 @@ async fn a_leader_paused_past_its_lease_executes_nothing_after_resuming() {
 async fn postgres_restarted_mid_run_causes_no_duplicate_and_every_claim_ends() {
     let mut cluster = Cluster::start(3, TICK).await;
     cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
 
     cluster.pg.stop_immediate();
     tokio::time::sleep(TTL * 2).await;
     cluster.pg.restart().await;
-    let_it_tick(&cluster, 3).await;
-    // Outcomes recorded late (after the restart) have had time to land.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.let_it_tick(3).await;
 
     let witness = cluster.witness();
-    let ledger = cluster.ledger().await;
     let from = witness.first().unwrap().slot;
     let until = witness.last().unwrap().slot - chrono::Duration::seconds(2);
-    let unfinished: Vec<_> = ledger.iter().filter(|r| r.status == RunStatus::Running && r.slot < until).collect();
-    assert!(unfinished.is_empty(), "claimed runs without a final status: {unfinished:?}");
+    // Outcomes held back while the database was down land once it is back.
+    let unfinished = |ledger: &[tenure::store::RunRecord]| -> Vec<tenure::store::RunRecord> {
+        ledger.iter().filter(|r| r.status == RunStatus::Running && r.slot < until).cloned().collect()
+    };
+    let settled =
+        wait_until(Duration::from_secs(10), || async { unfinished(&cluster.ledger().await).is_empty() }).await;
+    let ledger = cluster.ledger().await;
+    assert!(settled, "claimed runs without a final status: {:?}", unfinished(&ledger));
     let report = check(&witness, &ledger, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
     cluster.verdict(&report).await;
     // (e) healed: one leader all replicas agree on, no election keys of gone candidates.
@@ -166,14 +152,14 @@ async fn postgres_restarted_mid_run_causes_no_duplicate_and_every_claim_ends() {
 async fn etcd_restarted_briefly_and_for_longer_than_the_lease() {
     let mut cluster = Cluster::start(3, TICK).await;
     cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
 
     for outage in [TTL / 2, TTL * 3] {
         cluster.etcd.stop();
         tokio::time::sleep(outage).await;
         cluster.etcd.restart().await;
         cluster.wait_for_leader(Duration::from_secs(20)).await;
-        let_it_tick(&cluster, 2).await;
+        cluster.let_it_tick(2).await;
     }
 
     let witness = cluster.witness();
@@ -214,7 +200,7 @@ jobs:
 "#;
     let mut cluster = Cluster::start(3, jobs).await;
     cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 6).await;
+    cluster.let_it_tick(6).await;
     for index in 0..3 {
         cluster.kill(index);
     }
@@ -225,51 +211,52 @@ jobs:
         cluster.restart(index);
     }
     cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 6).await;
-    // `all` replays about sixty slots one after another; let it finish.
-    let outage = |r: &&tenure::store::RunRecord| {
-        r.slot > down_from + chrono::Duration::seconds(1) && r.slot < down_until - chrono::Duration::seconds(1)
-    };
+    cluster.let_it_tick(6).await;
+    // The outage window: the whole seconds strictly between a second after the last kill and a
+    // second before the first restart. Nobody ran then, and every job fires every second, so each
+    // job owes exactly one row per second of it, run or recorded missed as its `catch_up` says.
+    let (window_from, window_until) =
+        (down_from + chrono::Duration::seconds(1), down_until - chrono::Duration::seconds(1));
+    let in_window = |slot: chrono::DateTime<Utc>| slot > window_from && slot < window_until;
+    let owed = (window_from.timestamp() + 1..=window_until.timestamp())
+        .filter(|&second| in_window(chrono::DateTime::from_timestamp(second, 0).unwrap()))
+        .count();
+    assert!((55..=60).contains(&owed), "a 60 s outage owes about 58 slots, not {owed}");
+    // `all` replays them one after another; let it finish.
     let caught_up = wait_until(Duration::from_secs(60), || async {
         let ledger = cluster.ledger().await;
-        let settled = ledger.iter().filter(outage).filter(|r| r.job == "all" && r.status != RunStatus::Running).count();
-        settled >= 57
+        let settled =
+            ledger.iter().filter(|r| r.job == "all" && in_window(r.slot) && r.status != RunStatus::Running).count();
+        settled == owed
     })
     .await;
     cluster.wait_for_reaped(Duration::from_secs(20)).await;
 
     let ledger = cluster.ledger().await;
     let mut seen = std::collections::BTreeMap::new();
-    for r in ledger.iter().filter(outage) {
+    for r in ledger.iter().filter(|r| in_window(r.slot)) {
         *seen.entry((r.job.as_str(), r.status.as_str())).or_insert(0) += 1;
     }
-    eprintln!("outage slots by job and status: {seen:?}");
+    eprintln!("{owed} outage slots; by job and status: {seen:?}");
     assert!(caught_up, "`all` did not replay the outage: {seen:?}\n{}", cluster.logs());
     // The witness first, then the ledger again: a run claimed and executed between two reads
     // would otherwise be in the witness without its (already committed) row.
     let witness = cluster.witness();
     let ledger = cluster.ledger().await;
     let in_outage = |job: &str, status: &str| {
-        ledger
-            .iter()
-            .filter(|r| {
-                r.job == job
-                    && r.slot > down_from + chrono::Duration::seconds(1)
-                    && r.slot < down_until - chrono::Duration::seconds(1)
-            })
-            .filter(|r| r.status.as_str() == status)
-            .count()
+        ledger.iter().filter(|r| r.job == job && in_window(r.slot) && r.status.as_str() == status).count()
     };
-    assert!(in_outage("none", "missed") >= 3, "none records outage slots missed: {ledger:#?}");
+    assert_eq!(in_outage("none", "missed"), owed, "none records every outage slot missed: {seen:?}");
     assert_eq!(in_outage("none", "succeeded"), 0, "none runs no outage slot");
-    assert!(in_outage("latest", "missed") >= 55, "latest records the older outage slots missed");
+    // The newest late slot `latest` runs is the one before the new term began, after the window.
+    assert_eq!(in_outage("latest", "missed"), owed, "latest records the older outage slots missed: {seen:?}");
     assert_eq!(in_outage("all", "missed"), 0, "all misses nothing");
-    assert!(in_outage("all", "succeeded") >= 55, "all runs every outage slot");
+    assert_eq!(in_outage("all", "succeeded"), owed, "all runs every outage slot: {seen:?}");
     // Past its starting deadline a slot is only recorded: the early outage slots are missed, the
     // last ten seconds' run.
     let deadline_missed = in_outage("all-within-10s", "missed");
     let deadline_run = in_outage("all-within-10s", "succeeded");
-    assert!(deadline_missed >= 45, "slots older than the deadline are missed ({deadline_missed})");
+    assert_eq!(deadline_missed + deadline_run, owed, "every slot run or missed: {seen:?}");
     assert!((5..=12).contains(&deadline_run), "the last ten seconds of slots run ({deadline_run})");
     let from = witness.first().unwrap().slot;
     let until = witness.last().unwrap().slot - chrono::Duration::seconds(1);
@@ -314,21 +301,50 @@ jobs:
     })
     .await;
     let ledger = cluster.ledger().await;
-    let count = |job: &str, status: &str| ledger.iter().filter(|r| r.job == job && r.status.as_str() == status).count();
+    let runs = |job: &str| -> Vec<&tenure::store::RunRecord> { ledger.iter().filter(|r| r.job == job).collect() };
+    let count = |job: &str, status: &str| runs(job).iter().filter(|r| r.status.as_str() == status).count();
+    let finished = |job: &str| runs(job).into_iter().filter(|r| r.status != RunStatus::Running).count();
+    // A run "goes" from its start until its outcome is recorded; `forbid` and `replace` decide
+    // a slot at the slot, from what goes then.
+    let going_at = |run: &tenure::store::RunRecord, at: chrono::DateTime<Utc>| {
+        run.started_at.is_some_and(|started| started <= at) && run.finished_at.is_none_or(|finished| finished >= at)
+    };
+
+    // forbid: runs of 2.5 s never overlap, and every slot skipped fell while one went.
+    let forbid_ran: Vec<_> = runs("forbid").into_iter().filter(|r| r.started_at.is_some()).collect();
+    for pair in forbid_ran.windows(2) {
+        assert!(!going_at(pair[0], pair[1].started_at.unwrap()), "forbid runs overlapped: {pair:#?}");
+    }
+    let skipped_idle: Vec<_> = runs("forbid")
+        .into_iter()
+        .filter(|r| r.status == RunStatus::Skipped && !forbid_ran.iter().any(|run| going_at(run, r.slot)))
+        .collect();
     assert!(count("forbid", "skipped") >= 2, "forbid skips while running: {ledger:#?}");
+    assert!(skipped_idle.is_empty(), "forbid skipped a slot while nothing went: {skipped_idle:#?}");
+    // allow: never skips, and each 2.5 s run is still going when the next (1 s later) starts.
     assert_eq!(count("allow", "skipped"), 0, "allow never skips");
+    let allow_ran: Vec<_> = runs("allow").into_iter().filter(|r| r.started_at.is_some()).collect();
+    assert!(allow_ran.len() >= 3, "{allow_ran:#?}");
+    for pair in allow_ran.windows(2) {
+        assert!(going_at(pair[0], pair[1].started_at.unwrap()), "allow did not overlap its runs: {pair:#?}");
+    }
+    // replace: a 10 s run every 3 s, so every run that ended was replaced by the next one.
+    assert_eq!(count("replace", "killed"), finished("replace"), "replace kills every previous run: {ledger:#?}");
     assert!(
-        ledger.iter().filter(|r| r.job == "allow" && r.status == RunStatus::Running).count() >= 2
-            || count("allow", "succeeded") >= 2
-    );
-    assert!(count("replace", "killed") >= 2, "replace kills the previous run");
-    assert!(
-        ledger
+        runs("replace")
             .iter()
-            .filter(|r| r.job == "replace" && r.status == RunStatus::Killed)
+            .filter(|r| r.status == RunStatus::Killed)
             .all(|r| r.error.as_deref() == Some("replaced by a newer run"))
     );
-    assert!(count("timeout", "timed_out") >= 2, "timeout is recorded");
+    // timeout: every run of a job that never ends by itself times out after its 1 s.
+    assert_eq!(count("timeout", "timed_out"), finished("timeout"), "every run times out: {ledger:#?}");
+    for run in runs("timeout").iter().filter(|r| r.status == RunStatus::TimedOut) {
+        let lasted = (run.finished_at.unwrap() - run.started_at.unwrap()).to_std().unwrap();
+        assert!(
+            lasted >= Duration::from_secs(1) && lasted < Duration::from_secs(1) + tenure::executor::KILL_GRACE,
+            "a 1 s timeout took {lasted:?}: {run:#?}"
+        );
+    }
 
     // The timed-out job's child, in the job's process group, was killed with it.
     let child: i32 = std::fs::read_to_string(&child_file).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -343,7 +359,7 @@ jobs:
 async fn an_invalid_job_file_on_reload_keeps_the_old_schedule_running() {
     let mut cluster = Cluster::start(2, TICK).await;
     cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
 
     cluster.write_jobs("jobs:\n  - name: tick\n    schedule: \"not a schedule\"\n    shell: WITNESS\n");
     wait_for("the reload failure to be logged", Duration::from_secs(10), || async {
@@ -353,7 +369,7 @@ async fn an_invalid_job_file_on_reload_keeps_the_old_schedule_running() {
             .all(|r| std::fs::read_to_string(&r.log).unwrap_or_default().contains("keeping the last good one"))
     })
     .await;
-    let_it_tick(&cluster, 3).await;
+    cluster.let_it_tick(3).await;
 
     // A valid file with a new job takes effect.
     cluster.write_jobs(&format!("{TICK}  - name: tock\n    schedule: \"* * * * * *\"\n    shell: WITNESS\n"));
@@ -423,12 +439,12 @@ jobs:
 "#;
     let mut cluster = Cluster::start(2, jobs).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 4).await;
+    cluster.let_it_tick(4).await;
     let follower = (leader + 1) % 2;
     assert_eq!(post_api(&format!("{}/api/jobs/held/pause", cluster.url(follower))).await.status(), 200);
     let paused_at = Utc::now();
     cluster.event("held paused");
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
 
     // The controls table is away while the next leader starts its term, so its first reads fail.
     let pool = tenure::store::connect(&cluster.database_url).await.unwrap();
@@ -451,7 +467,7 @@ jobs:
         cluster.witness().iter().any(|w| w.job == "tick" && w.term == new_term)
     })
     .await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
 
     let late: Vec<_> = cluster
         .witness()
@@ -477,7 +493,7 @@ jobs:
 "#;
     let mut cluster = Cluster::start(3, jobs).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 4).await;
+    cluster.let_it_tick(4).await;
     let base = cluster.url((leader + 1) % 3);
     for job in ["all", "latest"] {
         assert_eq!(post_api(&format!("{base}/api/jobs/{job}/pause")).await.status(), 200);

@@ -10,17 +10,9 @@ use nix::sys::signal::Signal;
 use tenure::model::RunStatus;
 
 use crate::checker::{Expect, Report, check_excusing};
-use crate::cluster::{Cluster, Options, TTL};
+use crate::cluster::{Cluster, Options, TICK, TTL};
 use crate::harness::{process_gone, wait_for, wait_until};
 use crate::proxy::Fault;
-
-const TICK: &str = r#"
-jobs:
-  - name: tick
-    schedule: "* * * * * *"
-    shell: WITNESS
-    timeout: 10s
-"#;
 
 /// `TENURE_SOAK=N` runs every repeated fault N times as often, for a longer run by hand
 /// (`TENURE_SOAK=20 cargo test --features testing --test it faults::`); CI runs N = 1.
@@ -34,14 +26,6 @@ fn with_proxies(env: &[(&str, &str)]) -> Options {
         env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         etcd_members: 1,
     }
-}
-
-async fn let_it_tick(cluster: &Cluster, count: usize) {
-    let target = cluster.witness().len() + count;
-    wait_for("the jobs to keep firing", Duration::from_secs(10 + count as u64 * 2), || async {
-        cluster.witness().len() >= target
-    })
-    .await;
 }
 
 /// The sum of a Prometheus counter's series on one replica (0 when absent or unreachable).
@@ -81,7 +65,7 @@ async fn handover_after(cluster: &Cluster, fault_at: Instant, old_term: i64, tim
 /// double run or a stale term) inside `windows`.
 async fn finish(cluster: &mut Cluster, jobs: &[&str], windows: &[(DateTime<Utc>, DateTime<Utc>)]) -> Report {
     cluster.assert_healed(Duration::from_secs(20)).await;
-    let_it_tick(cluster, 3).await;
+    cluster.let_it_tick(3).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.wait_for_reaped(Duration::from_secs(20)).await;
     let witness = cluster.witness();
@@ -102,7 +86,7 @@ async fn sigkill_of_the_leader_ten_times_at_random_phases() {
     let mut times = Vec::new();
     for round in 0..10 * soak() {
         let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
-        let_it_tick(&cluster, 1).await;
+        cluster.let_it_tick(1).await;
         // A phase within the second that differs every round: before, at and after slots.
         let now = Utc::now();
         let phase = (u64::from(round) * 347 + u64::from(now.timestamp_subsec_millis())) % 1000;
@@ -131,7 +115,7 @@ async fn sigkill_of_the_leader_ten_times_at_random_phases() {
 async fn with_self_fencing_off_a_leader_cut_from_etcd_is_refused_by_the_database() {
     let mut cluster = Cluster::start_with(3, TICK, with_proxies(&[("TENURE_TEST_NO_SELF_FENCE", "1")])).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
     cluster.event(format!("blackhole {} <-> etcd", cluster.replicas[leader].node));
     let cut = Utc::now();
     let fault_at = Instant::now();
@@ -142,7 +126,7 @@ async fn with_self_fencing_off_a_leader_cut_from_etcd_is_refused_by_the_database
         handover.to_leader, handover.to_first_run
     );
     // Both believe they lead for a while; the old one keeps trying.
-    let_it_tick(&cluster, 4).await;
+    cluster.let_it_tick(4).await;
     let rejected = counter(&cluster, leader, "tenure_claims_rejected_total{reason=\"fenced\"}").await;
     eprintln!("fenced claim rejections on the stale leader: {rejected}");
     assert!(rejected > 0.0, "the stale leader never tried, so this proved nothing\n{}", cluster.logs());
@@ -165,10 +149,10 @@ async fn the_checker_catches_the_double_runs_when_the_fence_is_switched_off() {
     let env = [("TENURE_TEST_NO_SELF_FENCE", "1"), ("TENURE_TEST_IGNORE_REFUSALS", "1")];
     let cluster = Cluster::start_with(3, TICK, with_proxies(&env)).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
     cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Blackhole);
     handover_after(&cluster, Instant::now(), term, Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 4).await;
+    cluster.let_it_tick(4).await;
     let witness = cluster.witness();
     let ledger = cluster.ledger().await;
     let from = witness.first().unwrap().slot;
@@ -183,7 +167,7 @@ async fn the_checker_catches_the_double_runs_when_the_fence_is_switched_off() {
 async fn a_leader_paused_past_its_lease_with_self_fencing_off_is_refused_by_the_database() {
     let mut cluster = Cluster::start_with(3, TICK, with_proxies(&[("TENURE_TEST_NO_SELF_FENCE", "1")])).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
     let paused = Utc::now();
     cluster.event("SIGSTOP the leader");
     let fault_at = Instant::now();
@@ -192,7 +176,7 @@ async fn a_leader_paused_past_its_lease_with_self_fencing_off_is_refused_by_the_
     tokio::time::sleep((TTL * 2).saturating_sub(fault_at.elapsed())).await;
     cluster.event("SIGCONT the leader");
     cluster.signal(leader, Signal::SIGCONT);
-    let_it_tick(&cluster, 3).await;
+    cluster.let_it_tick(3).await;
     let rejected = counter(&cluster, leader, "tenure_claims_rejected_total{reason=\"fenced\"}").await;
     eprintln!(
         "SIGSTOP 2xTTL, self-fencing off: new leader after {:?}, first run {:?}, fenced rejections on resume {rejected}",
@@ -210,7 +194,7 @@ async fn a_leader_cut_from_etcd_by_blackhole_reset_or_delay_steps_down() {
     let faults = [Fault::Blackhole, Fault::Reset, Fault::Delay { ms: 3 * TTL.as_millis() as u64, jitter: 200 }];
     for fault in faults.into_iter().cycle().take(3 * soak() as usize) {
         let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
-        let_it_tick(&cluster, 2).await;
+        cluster.let_it_tick(2).await;
         let node = cluster.replicas[leader].node.clone();
         cluster.event(format!("{fault:?} between {node} and etcd"));
         let cut = Utc::now();
@@ -228,7 +212,7 @@ async fn a_leader_cut_from_etcd_by_blackhole_reset_or_delay_steps_down() {
             .filter(|w| w.node == node && w.term == term && w.slot > cut + chrono::Duration::from_std(TTL).unwrap())
             .collect();
         assert!(late.is_empty(), "{fault:?}: the cut-off leader executed after its lease: {late:?}");
-        let_it_tick(&cluster, 2).await;
+        cluster.let_it_tick(2).await;
         cluster.event("heal");
         cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Pass);
     }
@@ -246,7 +230,7 @@ async fn a_leader_cut_from_postgres_then_from_both_then_everyone_cut_then_healed
     let jobs = TICK.replace("timeout: 10s", "timeout: 10s\n    concurrency: allow");
     let mut cluster = Cluster::start_with(3, &jobs, with_proxies(&[])).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
 
     // PostgreSQL only: etcd is fine, but a leader that cannot record anything must hand over.
     cluster.event("blackhole the leader <-> PostgreSQL");
@@ -259,14 +243,14 @@ async fn a_leader_cut_from_postgres_then_from_both_then_everyone_cut_then_healed
         handover.to_leader, handover.to_first_run
     );
     assert_ne!(handover.new_leader, leader, "the cut-off replica cannot lead");
-    let_it_tick(&cluster, 3).await;
+    cluster.let_it_tick(3).await;
     // Still cut: it does not campaign again, so the new leader keeps its term.
     tokio::time::sleep(TTL * 3).await;
     assert_eq!(cluster.leaders().await, [(handover.new_leader, handover.new_term)], "nobody flaps");
     cluster.event("heal PostgreSQL");
     cluster.replicas[leader].pg_proxy.as_ref().unwrap().set(Fault::Pass);
     let pg_window = window(from, Utc::now());
-    let_it_tick(&cluster, 3).await;
+    cluster.let_it_tick(3).await;
 
     // Both: another replica takes over; the old one can neither claim nor keep its lease.
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
@@ -277,12 +261,12 @@ async fn a_leader_cut_from_postgres_then_from_both_then_everyone_cut_then_healed
     cluster.replicas[leader].pg_proxy.as_ref().unwrap().set(Fault::Blackhole);
     let handover = handover_after(&cluster, fault_at, term, Duration::from_secs(20)).await;
     eprintln!("cut from both: new leader after {:?}, first run after {:?}", handover.to_leader, handover.to_first_run);
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
     cluster.event("heal both");
     cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Pass);
     cluster.replicas[leader].pg_proxy.as_ref().unwrap().set(Fault::Pass);
     let both_window = window(from, Utc::now());
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
 
     // Everyone cut from PostgreSQL: the leader steps down and nobody campaigns: no new terms.
     let (_, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
@@ -310,7 +294,7 @@ async fn a_leader_cut_from_postgres_then_from_both_then_everyone_cut_then_healed
     let (_, healed_term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
     assert!(healed_term > term);
     let all_window = window(from, Utc::now());
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
     // What fell due while nobody could record it is in the ledger now (`catch_up: latest`:
     // missed, but the newest).
     let ledger = cluster.ledger().await;
@@ -350,14 +334,14 @@ async fn a_candidate_paused_past_its_lease_then_the_leader_killed() {
 async fn rolling_restart_one_by_one_then_all_at_once() {
     let mut cluster = Cluster::start(3, TICK).await;
     cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
     let rolling_from = Utc::now();
     for index in 0..3 {
         cluster.event(format!("rolling: SIGTERM and restart {}", cluster.replicas[index].node));
         cluster.terminate(index).await;
         cluster.restart(index);
         cluster.wait_for_leader(Duration::from_secs(15)).await;
-        let_it_tick(&cluster, 2).await;
+        cluster.let_it_tick(2).await;
     }
     let rolling_until = Utc::now();
     // One by one, every hand-over is a resignation: not a single slot may be missed.
@@ -411,7 +395,7 @@ jobs:
 "#;
     let mut cluster = Cluster::start(3, before).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
-    let_it_tick(&cluster, 6).await;
+    cluster.let_it_tick(6).await;
     cluster.event("new job file and SIGKILL the leader");
     cluster.write_jobs(after);
     let changed = Utc::now();
@@ -423,7 +407,7 @@ jobs:
         cluster.witness().iter().any(|w| w.job == "added" && w.slot > settled)
     })
     .await;
-    let_it_tick(&cluster, 6).await;
+    cluster.let_it_tick(6).await;
     let witness = cluster.witness();
     assert!(!witness.iter().any(|w| w.job == "removed" && w.slot > settled), "a removed job fired");
     let odd: Vec<_> =
@@ -433,9 +417,16 @@ jobs:
     // An invalid file changes nothing.
     cluster.event("invalid job file");
     std::fs::write(&cluster.jobs_path, "jobs:\n  - name: [broken\n").unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for("every running replica to refuse the invalid file", Duration::from_secs(10), || async {
+        (0..cluster.replicas.len()).filter(|&index| cluster.is_up(index)).all(|index| {
+            std::fs::read_to_string(&cluster.replicas[index].log)
+                .unwrap_or_default()
+                .contains("keeping the last good one")
+        })
+    })
+    .await;
     let invalid_at = Utc::now();
-    let_it_tick(&cluster, 4).await;
+    cluster.let_it_tick(4).await;
     assert!(
         cluster.witness().iter().any(|w| w.job == "added" && w.slot > invalid_at),
         "the last good file keeps running"
@@ -473,7 +464,7 @@ jobs:
     let fault_at = Instant::now();
     cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Blackhole);
     handover_after(&cluster, fault_at, term, Duration::from_secs(20)).await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
     cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Pass);
 
     let ledger = cluster.ledger().await;
@@ -500,7 +491,7 @@ async fn the_etcd_leader_of_a_three_member_cluster_is_killed_and_restarted() {
     let options = Options { etcd_members: 3, ..Options::default() };
     let mut cluster = Cluster::start_with(3, TICK, options).await;
     cluster.wait_for_leader(Duration::from_secs(20)).await;
-    let_it_tick(&cluster, 3).await;
+    cluster.let_it_tick(3).await;
     let members = cluster.etcd_cluster.as_mut().unwrap();
     let etcd_leader = members.leader().await.expect("an etcd leader");
     cluster.event(format!("SIGKILL etcd member {etcd_leader}, the raft leader"));
@@ -514,10 +505,10 @@ async fn the_etcd_leader_of_a_three_member_cluster_is_killed_and_restarted() {
     eprintln!("etcd raft leader replaced after {:?}", fault_at.elapsed());
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
     eprintln!("tenure leader after the etcd leader's death: {} (term {term})", cluster.replicas[leader].node);
-    let_it_tick(&cluster, 3).await;
+    cluster.let_it_tick(3).await;
     cluster.event("restart the killed etcd member");
     cluster.etcd_cluster.as_mut().unwrap().restart(etcd_leader);
-    let_it_tick(&cluster, 3).await;
+    cluster.let_it_tick(3).await;
     let report = finish(&mut cluster, &["tick"], &[window(from, from + chrono::Duration::seconds(5))]).await;
     cluster.verdict(&report).await;
 }
@@ -544,7 +535,7 @@ async fn the_leaders_wall_clock_steps_an_hour_forward_then_an_hour_back() {
     let mut windows = Vec::new();
     for step in ["+3600", "-3600"] {
         let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
-        let_it_tick(&cluster, 2).await;
+        cluster.let_it_tick(2).await;
         let node = cluster.replicas[leader].node.clone();
         cluster.event(format!("step {node}'s wall clock by {step} s"));
         let from = Utc::now();
@@ -556,7 +547,7 @@ async fn the_leaders_wall_clock_steps_an_hour_forward_then_an_hour_back() {
             handover.to_leader, handover.to_first_run
         );
         assert_ne!(handover.new_leader, leader, "the replica with the stepped clock led again");
-        let_it_tick(&cluster, 3).await;
+        cluster.let_it_tick(3).await;
         assert!(!cluster.leaders().await.iter().any(|(index, _)| *index == leader), "a skewed replica leads");
         // Nothing was claimed or recorded for slots that are not due yet.
         let future: Vec<_> =
@@ -583,7 +574,7 @@ async fn the_leader_paused_in_the_middle_of_a_claim_blocks_the_next_only_until_t
     let jobs = TICK.replace("timeout: 10s", "timeout: 10s\n    concurrency: allow");
     let mut cluster = Cluster::start_with(3, &jobs, options).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
-    let_it_tick(&cluster, 2).await;
+    cluster.let_it_tick(2).await;
     // Just after a slot boundary the leader's claim for it is in its 2 s hold.
     let into_second = u64::from(Utc::now().timestamp_subsec_millis());
     tokio::time::sleep(Duration::from_millis(1000 - into_second + 300)).await;
@@ -602,7 +593,7 @@ async fn the_leader_paused_in_the_middle_of_a_claim_blocks_the_next_only_until_t
     tokio::time::sleep(TTL).await;
     cluster.event("SIGCONT the old leader");
     cluster.signal(leader, Signal::SIGCONT);
-    let_it_tick(&cluster, 3).await;
+    cluster.let_it_tick(3).await;
     let stale: Vec<_> = cluster.witness().into_iter().filter(|w| w.term == term && w.slot > paused).collect();
     assert!(stale.is_empty(), "the paused leader executed: {stale:?}");
     let report = finish(&mut cluster, &["tick"], &[window(paused, paused + chrono::Duration::seconds(10))]).await;
@@ -623,7 +614,7 @@ async fn a_fault_between_a_claim_ahead_and_its_slot_never_runs_it_twice_or_early
     let mut cluster = Cluster::start_with(3, &jobs, options).await;
     for fault in [Signal::SIGTERM, Signal::SIGKILL, Signal::SIGSTOP] {
         let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
-        let_it_tick(&cluster, 2).await;
+        cluster.let_it_tick(2).await;
         // 450 ms into a second: the next slot was claimed ~150 ms ago and starts in ~550 ms.
         let into = u64::from(Utc::now().timestamp_subsec_millis());
         tokio::time::sleep(Duration::from_millis((1450 - into) % 1000)).await;
@@ -674,7 +665,7 @@ async fn a_fault_between_a_claim_ahead_and_its_slot_never_runs_it_twice_or_early
         assert_eq!((row.term, row.status.as_str()), (ran[0].term, "succeeded"), "{fault:?}: {row:?}");
         cluster.restart(leader);
         cluster.wait_for_leader(Duration::from_secs(15)).await;
-        let_it_tick(&cluster, 2).await;
+        cluster.let_it_tick(2).await;
         // Nothing of the hand-over is missed: late slots run (`catch_up: all`).
         let handed_over =
             Expect { jobs: &["tick"], from, until: Utc::now() - chrono::Duration::seconds(1), missed_allowed: false };
@@ -703,7 +694,7 @@ async fn a_fault_between_a_start_ahead_and_its_slot_never_runs_it() {
     let mut windows = Vec::new();
     for (fault, outcomes) in [(Signal::SIGKILL, &["lost"][..]), (Signal::SIGSTOP, &["killed", "lost"][..])] {
         let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
-        let_it_tick(&cluster, 2).await;
+        cluster.let_it_tick(2).await;
         // 550 ms into a second: the next slot was started ~150 ms ago and is due in ~450 ms.
         let into = u64::from(Utc::now().timestamp_subsec_millis());
         tokio::time::sleep(Duration::from_millis((1550 - into) % 1000)).await;

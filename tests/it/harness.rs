@@ -91,6 +91,59 @@ fn reap(child: &mut Option<Child>) {
     }
 }
 
+/// Raft timing of an etcd member, in milliseconds.
+#[derive(Clone, Copy)]
+struct RaftTiming {
+    election_timeout: u32,
+    heartbeat_interval: u32,
+}
+
+impl RaftTiming {
+    /// A lone member elects itself at once; low values let a 1 s lease TTL work.
+    const LONE_MEMBER: RaftTiming = RaftTiming { election_timeout: 100, heartbeat_interval: 10 };
+    /// Members of a cluster talk over loopback under test load: room enough not to flap.
+    const CLUSTER_MEMBER: RaftTiming = RaftTiming { election_timeout: 300, heartbeat_interval: 30 };
+}
+
+/// One etcd member to start. [`Etcd`] and [`EtcdCluster`] both start theirs through
+/// [`spawn_etcd`], so the two cannot drift apart in how etcd is run.
+struct EtcdLaunch<'a> {
+    name: &'a str,
+    data_dir: PathBuf,
+    client_url: String,
+    peer_port: u16,
+    /// `--initial-cluster`: every member as `name=peer-url`, this one included.
+    initial_cluster: String,
+    timing: RaftTiming,
+    /// TLS and client-certificate flags, for a secure `Etcd`.
+    tls_args: Vec<String>,
+    /// Standard output and error are appended here.
+    log: PathBuf,
+}
+
+fn spawn_etcd(launch: EtcdLaunch<'_>) -> Child {
+    let log = fs::OpenOptions::new().create(true).append(true).open(&launch.log).unwrap();
+    let peer = format!("http://127.0.0.1:{}", launch.peer_port);
+    Command::new("etcd")
+        .args(launch.tls_args)
+        .arg(format!("--name={}", launch.name))
+        .arg(format!("--data-dir={}", launch.data_dir.display()))
+        .arg(format!("--listen-client-urls={}", launch.client_url))
+        .arg(format!("--advertise-client-urls={}", launch.client_url))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster={}", launch.initial_cluster))
+        .arg("--initial-cluster-state=new")
+        .arg(format!("--election-timeout={}", launch.timing.election_timeout))
+        .arg(format!("--heartbeat-interval={}", launch.timing.heartbeat_interval))
+        .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start etcd (is etcd-server installed? scripts/test installs it)")
+}
+
 /// A single-member etcd. Started with a low election timeout so a 1 s lease TTL works.
 pub struct Etcd {
     dir: TempDir,
@@ -122,27 +175,17 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let client = self.client_url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("etcd")
-            .args(self.secure.as_ref().map(SecureEtcd::server_args).unwrap_or_default())
-            .arg("--name=test")
-            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
-            .arg("--election-timeout=100")
-            .arg("--heartbeat-interval=10")
-            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd (is etcd-server installed? scripts/test installs it)");
-        self.child = Some(child);
+        self.child = Some(spawn_etcd(EtcdLaunch {
+            name: "test",
+            data_dir: self.dir.path().join("data"),
+            client_url: self.client_url(),
+            peer_port: self.peer_port,
+            initial_cluster: format!("test={peer}"),
+            timing: RaftTiming::LONE_MEMBER,
+            tls_args: self.secure.as_ref().map(SecureEtcd::server_args).unwrap_or_default(),
+            log: self.log_path(),
+        }));
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> bool {
@@ -244,6 +287,12 @@ struct EtcdMember {
     child: Option<Child>,
 }
 
+impl EtcdMember {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+}
+
 impl EtcdCluster {
     pub async fn start(size: usize) -> EtcdCluster {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -277,35 +326,21 @@ impl EtcdCluster {
         let initial: Vec<String> =
             self.members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port)).collect();
         let member = &self.members[index];
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{}.log", member.name)))
-            .unwrap();
-        let client = format!("http://127.0.0.1:{}", member.client_port);
-        let peer = format!("http://127.0.0.1:{}", member.peer_port);
-        let child = Command::new("etcd")
-            .arg(format!("--name={}", member.name))
-            .arg(format!("--data-dir={}", self.dir.path().join(&member.name).display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster={}", initial.join(",")))
-            .arg("--initial-cluster-state=new")
-            .arg("--election-timeout=300")
-            .arg("--heartbeat-interval=30")
-            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd");
+        let child = spawn_etcd(EtcdLaunch {
+            name: &member.name,
+            data_dir: self.dir.path().join(&member.name),
+            client_url: member.client_url(),
+            peer_port: member.peer_port,
+            initial_cluster: initial.join(","),
+            timing: RaftTiming::CLUSTER_MEMBER,
+            tls_args: Vec::new(),
+            log: self.dir.path().join(format!("{}.log", member.name)),
+        });
         self.members[index].child = Some(child);
     }
 
     pub fn client_urls(&self) -> Vec<String> {
-        self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect()
+        self.members.iter().map(EtcdMember::client_url).collect()
     }
 
     /// The member that is the raft leader now, as the members themselves report it.
@@ -314,9 +349,8 @@ impl EtcdCluster {
             if member.child.is_none() {
                 continue;
             }
-            let url = format!("http://127.0.0.1:{}", member.client_port);
             let attempt = async {
-                let mut client = etcd_client::Client::connect([url], None).await.ok()?;
+                let mut client = etcd_client::Client::connect([member.client_url()], None).await.ok()?;
                 let status = client.status().await.ok()?;
                 let own = status.header()?.member_id();
                 Some(status.leader() == own)
@@ -332,14 +366,10 @@ impl EtcdCluster {
         reap(&mut self.members[index].child);
     }
 
-    /// Start a killed member again on its data directory (it rejoins the cluster).
+    /// Start a killed member again on its data directory (it rejoins the cluster): the same
+    /// flags, as etcd ignores the initial-cluster settings once a data directory exists.
     pub fn restart(&mut self, index: usize) {
         reap(&mut self.members[index].child);
-        self.spawn_existing(index);
-    }
-
-    fn spawn_existing(&mut self, index: usize) {
-        // Same flags; with a data directory present, etcd ignores the initial-cluster settings.
         self.spawn(index);
     }
 }

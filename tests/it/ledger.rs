@@ -10,7 +10,7 @@ use tenure::store::{
     TriggerRecord, UnrunSlots,
 };
 
-use crate::harness::Postgres;
+use crate::harness::{Postgres, wait_until};
 
 async fn fresh_pool(pg: &Postgres, name: &str) -> sqlx::PgPool {
     let url = pg.create_database(name).await;
@@ -255,9 +255,19 @@ async fn a_stale_claim_racing_a_fence_raise_waits_for_it_and_is_then_refused() {
         let store = store.clone();
         async move { store.claim_run(&claim("job", slot(0), &old, "old")).await }
     });
-    // The stale claim must wait for the raise rather than read the old fence and commit.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(!racing.is_finished(), "the claim did not wait for the fence row");
+    // The stale claim must wait for the raise rather than read the old fence and commit: once
+    // PostgreSQL shows a session waiting on a lock, it is queued behind the raise.
+    let waiting = wait_until(std::time::Duration::from_secs(5), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        waiting > 0 || racing.is_finished()
+    })
+    .await;
+    assert!(waiting && !racing.is_finished(), "the claim did not wait for the fence row");
     raise.commit().await.unwrap();
     let result = racing.await.unwrap();
     assert!(matches!(result, Err(ClaimError::Fenced { term: 10, fence: 11 })), "{result:?}");

@@ -1,0 +1,463 @@
+//! The fields only a job has (`name`, `schedule`, its target, `env`, `inherit_env`, `workdir`,
+//! `paused`), one [`Validator`] function each; [`Validator::job`] puts them together with the
+//! job's policies. The walk over the file and the shared readers are in `validate.rs`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use serde_saphyr::{Location, Spanned};
+
+use super::node::Node;
+use super::validate::{HTTP_KEYS, JOB_KEYS, Policies, Validator, line_column};
+use super::{HttpTarget, Job, JobName, Target, TargetKind};
+use crate::schedule::Schedule;
+
+/// A mapping's entries: each key and its value, located.
+type Entries = [(Spanned<String>, Spanned<Node>)];
+
+impl Validator<'_> {
+    /// One job: every field checked (each problem recorded), the job built only if all were
+    /// valid. `first_seen` holds where each name was first defined, to report duplicates.
+    pub(super) fn job(
+        &mut self,
+        node: &Spanned<Node>,
+        defaults: &Policies,
+        first_seen: &mut HashMap<String, Location>,
+    ) -> Option<Job> {
+        let before = self.errors.len();
+        // The name first, so that every other error can say which job it is about.
+        let name_node = match &node.value {
+            Node::Map(entries) => entries.iter().find(|(k, _)| k.value == "name").map(|(_, v)| v),
+            _ => None,
+        };
+        let label = match name_node.map(|n| &n.value) {
+            Some(Node::Str(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let job = label.as_deref();
+        let entries = self.mapping(node, job, "a job", &JOB_KEYS)?;
+        let get = |key: &str| entries.iter().find(|(k, _)| k.value == key).map(|(_, v)| v);
+
+        let name = match name_node {
+            None => {
+                self.error(&node.referenced, None, "missing `name`: every job needs a unique name".into());
+                None
+            }
+            Some(name_node) => self.job_name(name_node, job, first_seen),
+        };
+        let mut policies = defaults.clone();
+        let policies_ok = self.policies(entries, job, &mut policies);
+        let schedule = self.schedule(node, get("schedule"), job, &policies);
+        let target = self.target(node, entries, job);
+        let env = get("env").map(|env| self.env(env, job)).unwrap_or_default();
+        let inherit_env = self.inherit_env(entries, target.as_ref(), job);
+        let workdir =
+            get("workdir").and_then(|w| self.string(w, job, "workdir", "a directory path")).map(PathBuf::from);
+        let paused = get("paused").is_some_and(|paused| self.paused(paused, job));
+
+        if self.errors.len() != before || !policies_ok {
+            return None;
+        }
+        Some(Job {
+            name: name?,
+            schedule: schedule?,
+            target: target?,
+            timeout: policies.timeout,
+            concurrency: policies.concurrency,
+            catch_up: policies.catch_up,
+            starting_deadline: policies.starting_deadline,
+            starting_deadline_at: policies.starting_deadline_at.unwrap_or(line_column(&node.referenced)),
+            retries: policies.retries,
+            paused,
+            env,
+            inherit_env,
+            workdir,
+        })
+    }
+
+    /// `name`: valid and not defined before in the file.
+    fn job_name(
+        &mut self,
+        node: &Spanned<Node>,
+        job: Option<&str>,
+        first_seen: &mut HashMap<String, Location>,
+    ) -> Option<JobName> {
+        let text = self.string(node, None, "name", "a job name")?;
+        match JobName::parse(text) {
+            Ok(name) => {
+                if let Some(first) = first_seen.get(text) {
+                    let first = self.place(first);
+                    let message = format!("duplicate job name `{text}`: already defined at {first}");
+                    self.error(&node.referenced, job, message);
+                } else {
+                    first_seen.insert(text.to_owned(), node.referenced);
+                }
+                Some(name)
+            }
+            Err(e) => {
+                self.error(&node.referenced, None, e);
+                None
+            }
+        }
+    }
+
+    /// `schedule`, in the job's zone. With an invalid zone (already reported) the expression is
+    /// still checked, in UTC.
+    fn schedule(
+        &mut self,
+        job_node: &Spanned<Node>,
+        node: Option<&Spanned<Node>>,
+        job: Option<&str>,
+        policies: &Policies,
+    ) -> Option<Schedule> {
+        let Some(node) = node else {
+            self.error(&job_node.referenced, job, "missing `schedule`: expected a crontab line such as \"30 2 * * *\", a macro such as @daily, or \"@every 30s\"".into());
+            return None;
+        };
+        let text = self.string(node, job, "schedule", "a crontab line, a macro or \"@every 30s\"")?;
+        match Schedule::parse(text, policies.timezone) {
+            Ok(schedule) => Some(schedule),
+            Err(e) => {
+                self.error(&node.referenced, job, format!("`schedule`: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Exactly one of the target fields (`command`, `shell`, `http`), valid.
+    fn target(&mut self, job_node: &Spanned<Node>, entries: &Entries, job: Option<&str>) -> Option<Target> {
+        let targets: Vec<(TargetKind, &Spanned<String>, &Spanned<Node>)> = entries
+            .iter()
+            .filter_map(|(key, value)| {
+                let (_, kind) = TargetKind::NAMES.iter().find(|(name, _)| *name == key.value)?;
+                Some((*kind, key, value))
+            })
+            .collect();
+        match targets.as_slice() {
+            [] => {
+                let message = format!("nothing to run: expected exactly one of {}", TargetKind::listed());
+                self.error(&job_node.referenced, job, message);
+                None
+            }
+            [(kind, _, value)] => match kind {
+                TargetKind::Command => self.command(value, job),
+                TargetKind::Shell => self.shell(value, job),
+                TargetKind::Http => self.http(value, job).map(Target::Http),
+            },
+            [_, (_, second, _), ..] => {
+                let message = format!("expected exactly one of {}, found several", TargetKind::listed());
+                self.error(&second.referenced, job, message);
+                None
+            }
+        }
+    }
+
+    /// `command`: an argv list, the program first; numbers are taken as their text.
+    fn command(&mut self, node: &Spanned<Node>, job: Option<&str>) -> Option<Target> {
+        let expected = "an argv list such as [\"/usr/local/bin/report\", \"--nightly\"]";
+        let Node::Seq(items) = &node.value else {
+            let message =
+                format!("`command`: expected {expected}, found {}; use `shell` for a shell line", node.value.kind());
+            self.error(&node.referenced, job, message);
+            return None;
+        };
+        let mut argv = Vec::with_capacity(items.len());
+        for item in items {
+            match &item.value {
+                Node::Str(s) => argv.push(s.clone()),
+                Node::Int(n) => argv.push(n.to_string()),
+                other => self.error(
+                    &item.referenced,
+                    job,
+                    format!("`command`: expected a string argument, found {}", other.kind()),
+                ),
+            }
+        }
+        if argv.first().is_none_or(|program| program.is_empty()) {
+            self.error(&node.referenced, job, format!("`command`: expected {expected}, with the program first"));
+            return None;
+        }
+        (argv.len() == items.len()).then_some(Target::Command { argv })
+    }
+
+    /// `shell`: a script for `/bin/sh -c`, not blank.
+    fn shell(&mut self, node: &Spanned<Node>, job: Option<&str>) -> Option<Target> {
+        let script = self.string(node, job, "shell", "a shell script")?;
+        if script.trim().is_empty() {
+            self.error(&node.referenced, job, "`shell`: the script is empty".into());
+            return None;
+        }
+        Some(Target::Shell { script: script.to_owned() })
+    }
+
+    /// `env`: variable names to strings (numbers and booleans taken as their text).
+    fn env(&mut self, node: &Spanned<Node>, job: Option<&str>) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let Some(vars) = self.entries(node, job, "`env`") else {
+            return env;
+        };
+        for (k, v) in vars {
+            if !is_variable_name(&k.value) {
+                let message = format!(
+                    "`env`: `{}` is not a variable name (letters, digits and `_`, not starting with a digit)",
+                    k.value
+                );
+                self.error(&k.referenced, job, message);
+            } else if k.value.starts_with("TENURE_") {
+                let message = format!("`env`: `{}` is reserved: tenure sets the TENURE_* variables itself", k.value);
+                self.error(&k.referenced, job, message);
+            }
+            match &v.value {
+                Node::Str(s) => _ = env.insert(k.value.clone(), s.clone()),
+                Node::Int(n) => _ = env.insert(k.value.clone(), n.to_string()),
+                Node::Bool(b) => _ = env.insert(k.value.clone(), b.to_string()),
+                other => self.error(
+                    &v.referenced,
+                    job,
+                    format!("`env.{}`: expected a string, found {}", k.value, other.kind()),
+                ),
+            }
+        }
+        env
+    }
+
+    /// `inherit_env`: a list of variable names to pass on from tenure's environment, for
+    /// `command` and `shell` jobs only. Duplicates are dropped.
+    fn inherit_env(&mut self, entries: &Entries, target: Option<&Target>, job: Option<&str>) -> Vec<String> {
+        let Some((key, node)) = entries.iter().find(|(k, _)| k.value == "inherit_env") else {
+            return Vec::new();
+        };
+        if matches!(target, Some(Target::Http(_))) {
+            let message = "`inherit_env` applies to `command` and `shell` jobs; an HTTP job gets no environment";
+            self.error(&key.referenced, job, message.into());
+        }
+        let Node::Seq(items) = &node.value else {
+            let message = format!("`inherit_env`: expected a list of variable names, found {}", node.value.kind());
+            self.error(&node.referenced, job, message);
+            return Vec::new();
+        };
+        let mut names = Vec::with_capacity(items.len());
+        for item in items {
+            let Some(name) = self.string(item, job, "inherit_env", "a variable name") else {
+                continue;
+            };
+            if !is_variable_name(name) {
+                let message = format!(
+                    "`inherit_env`: `{name}` is not a variable name (letters, digits and `_`, not starting with a digit)"
+                );
+                self.error(&item.referenced, job, message);
+            } else if name.starts_with("TENURE_") {
+                let message = format!(
+                    "`inherit_env`: `{name}` is tenure's own setting or a per-run value; it never reaches a job"
+                );
+                self.error(&item.referenced, job, message);
+            } else if !names.iter().any(|known| known == name) {
+                names.push(name.to_owned());
+            }
+        }
+        names
+    }
+
+    /// `paused`: true or false (a wrong value is reported and taken as false).
+    fn paused(&mut self, node: &Spanned<Node>, job: Option<&str>) -> bool {
+        match &node.value {
+            Node::Bool(paused) => *paused,
+            other => {
+                self.error(&node.referenced, job, format!("`paused`: expected true or false, found {}", other.kind()));
+                false
+            }
+        }
+    }
+
+    /// `http`: the request a run sends; `url` is required.
+    fn http(&mut self, node: &Spanned<Node>, job: Option<&str>) -> Option<HttpTarget> {
+        let before = self.errors.len();
+        let fields = self.mapping(node, job, "`http`", HTTP_KEYS)?;
+        let mut target = HttpTarget {
+            url: String::new(),
+            method: "GET".into(),
+            headers: BTreeMap::new(),
+            body: String::new(),
+            expect_status: Vec::new(),
+        };
+        for (k, v) in fields {
+            match k.value.as_str() {
+                "url" => target.url = self.http_url(v, job).unwrap_or_default(),
+                "method" => target.method = self.http_method(v, job).unwrap_or(target.method),
+                "headers" => self.http_headers(v, job, &mut target.headers),
+                "body" => {
+                    if let Some(body) = self.string(v, job, "http.body", "a string") {
+                        target.body = body.to_owned();
+                    }
+                }
+                "expect_status" => self.http_expect_status(v, job, &mut target.expect_status),
+                _ => {}
+            }
+        }
+        if target.url.is_empty() && self.errors.len() == before {
+            self.error(&node.referenced, job, "missing `http.url`: expected an http:// or https:// URL".into());
+        }
+        (self.errors.len() == before).then_some(target)
+    }
+
+    /// `http.url`: an absolute http:// or https:// URL with a host.
+    fn http_url(&mut self, node: &Spanned<Node>, job: Option<&str>) -> Option<String> {
+        let url = self.string(node, job, "http.url", "an http:// or https:// URL")?;
+        match reqwest::Url::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => Some(url.to_owned()),
+            Ok(_) => {
+                self.error(&node.referenced, job, format!("`http.url`: `{url}` is not an http:// or https:// URL"));
+                None
+            }
+            Err(e) => {
+                self.error(&node.referenced, job, format!("`http.url`: `{url}` is not a URL ({e})"));
+                None
+            }
+        }
+    }
+
+    /// `http.method`, upper-cased.
+    fn http_method(&mut self, node: &Spanned<Node>, job: Option<&str>) -> Option<String> {
+        let method = self.string(node, job, "http.method", "an HTTP method such as GET or POST")?;
+        let method = method.to_ascii_uppercase();
+        if reqwest::Method::from_bytes(method.as_bytes()).is_err() {
+            self.error(&node.referenced, job, format!("`http.method`: `{method}` is not an HTTP method"));
+        }
+        Some(method)
+    }
+
+    fn http_headers(&mut self, node: &Spanned<Node>, job: Option<&str>, headers: &mut BTreeMap<String, String>) {
+        let Some(entries) = self.entries(node, job, "`http.headers`") else {
+            return;
+        };
+        for (name, value) in entries {
+            if reqwest::header::HeaderName::from_bytes(name.value.as_bytes()).is_err() {
+                let message = format!("`http.headers`: `{}` is not a header name", name.value);
+                self.error(&name.referenced, job, message);
+            }
+            let Some(value) = self.string(value, job, "http.headers", "a header value") else {
+                continue;
+            };
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                let message = format!("`http.headers.{}`: the value is not a valid header value", name.value);
+                self.error(&name.referenced, job, message);
+            }
+            headers.insert(name.value.clone(), value.to_owned());
+        }
+    }
+
+    /// `http.expect_status`: one status or a list of them.
+    fn http_expect_status(&mut self, node: &Spanned<Node>, job: Option<&str>, statuses: &mut Vec<u16>) {
+        let items = match &node.value {
+            Node::Seq(items) => items.as_slice(),
+            Node::Int(_) => std::slice::from_ref(node),
+            other => {
+                let message = format!(
+                    "`http.expect_status`: expected a list of HTTP statuses such as [200, 204], found {}",
+                    other.kind()
+                );
+                self.error(&node.referenced, job, message);
+                return;
+            }
+        };
+        for item in items {
+            match item.value {
+                Node::Int(n) if (100..=599).contains(&n) => statuses.push(n as u16),
+                _ => self.error(
+                    &item.referenced,
+                    job,
+                    "`http.expect_status`: expected an HTTP status from 100 to 599".into(),
+                ),
+            }
+        }
+    }
+}
+
+/// An environment variable name: letters, digits and `_`, not starting with a digit.
+fn is_variable_name(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+    use crate::config::tests::errors;
+
+    #[test]
+    fn wrong_types_and_values_are_explained() {
+        let text = "defaults: { timeout: 10, concurrency: sometimes, retries: { max: -1, backoff: soon } }
+jobs:
+  - name: a
+    schedule: 5
+    http: { url: 'ftp://x', method: 'NOT A METHOD', expect_status: [700] }
+    env: { 1X: y, TENURE_JOB: z }
+    paused: 'no'
+";
+        let got = errors(text).join("\n");
+        for needle in [
+            "jobs.yaml:1:22: `timeout`: expected a duration such as 30s, 10m or 1h30m, found a number",
+            "`concurrency`: `sometimes` is not one of allow, forbid, replace",
+            "`retries.max`: expected a whole number from 0 to 100, found -1",
+            "`retries.backoff`: `soon` is not a duration",
+            "job `a`: `schedule`: expected a crontab line",
+            "`http.url`: `ftp://x` is not an http:// or https:// URL",
+            "`http.method`: `NOT A METHOD` is not an HTTP method",
+            "`http.expect_status`: expected an HTTP status from 100 to 599",
+            "`env`: `1X` is not a variable name",
+            "`env`: `TENURE_JOB` is reserved",
+            "`paused`: expected true or false, found a string",
+        ] {
+            assert!(got.contains(needle), "missing {needle:?} in:\n{got}");
+        }
+    }
+
+    #[test]
+    fn inherit_env_names_variables_and_never_tenures_own() {
+        let text = "jobs:
+  - name: a
+    schedule: '@daily'
+    shell: 'true'
+    inherit_env: [AWS_REGION, TENURE_ADMIN_TOKEN, 9LIVES, AWS_REGION]
+  - name: b
+    schedule: '@daily'
+    http: { url: 'http://x' }
+    inherit_env: [AWS_REGION]
+  - name: c
+    schedule: '@daily'
+    shell: 'true'
+    inherit_env: AWS_REGION
+";
+        let got = errors(text);
+        let want = [
+            "jobs.yaml:5:31: job `a`: `inherit_env`: `TENURE_ADMIN_TOKEN` is tenure's own setting or a per-run value; it never reaches a job",
+            "jobs.yaml:5:51: job `a`: `inherit_env`: `9LIVES` is not a variable name",
+            "jobs.yaml:9:5: job `b`: `inherit_env` applies to `command` and `shell` jobs",
+            "jobs.yaml:13:18: job `c`: `inherit_env`: expected a list of variable names, found a string",
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (got, want) in got.iter().zip(want) {
+            assert!(got.starts_with(want), "got  {got}\nwant {want}…");
+        }
+        let jobs = parse("jobs:\n  - name: a\n    schedule: '@daily'\n    shell: 'true'\n    inherit_env: [AWS_REGION, AWS_REGION, LC_ALL]\n", "jobs.yaml").unwrap();
+        assert_eq!(jobs.jobs()[0].inherit_env, ["AWS_REGION", "LC_ALL"]);
+    }
+
+    #[test]
+    fn each_target_kind_is_read_from_its_field() {
+        let text = "jobs:
+  - { name: c, schedule: '@daily', command: [/bin/echo, 42] }
+  - { name: s, schedule: '@daily', shell: 'echo hi' }
+  - { name: h, schedule: '@daily', http: { url: 'http://x/y', method: post, expect_status: 204 } }
+";
+        let set = parse(text, "jobs.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let kinds: Vec<&str> = set.jobs().iter().map(|job| job.target.kind().as_str()).collect();
+        assert_eq!(kinds, ["command", "shell", "http"]);
+        assert_eq!(
+            set.jobs()[0].target,
+            crate::config::Target::Command { argv: vec!["/bin/echo".into(), "42".into()] }
+        );
+        let crate::config::Target::Http(http) = &set.jobs()[2].target else { panic!("an http target") };
+        assert_eq!((http.method.as_str(), http.expect_status.as_slice()), ("POST", &[204][..]));
+    }
+}

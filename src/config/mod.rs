@@ -1,0 +1,518 @@
+//! The job file: its model ([`JobSet`], [`Job`], [`Target`] and the policy enums), and [`load`] /
+//! [`parse`], which turn a file into it. Pure apart from [`load`] reading the file.
+//!
+//! Parsing runs in two steps so that *every* error in a file is reported at once, each located:
+//! serde-saphyr reads the YAML into a tree of located nodes (`node`; it rejects syntax errors,
+//! duplicate keys and alias bombs, with a location), then a `validate::Validator` walks the tree
+//! (`validate` for the file and the policies, `job` for a job's own fields), checks each field
+//! and collects one [`ConfigError`] per problem. `schema` gives the JSON Schema of the same
+//! format (`tenure schema`).
+//!
+//! Each enum the file names by a word (`concurrency`, `catch_up`, the target kinds) has its words
+//! in one table, `NAMES`, made by `yaml_names!`: parsing, `as_str` and the schema read it.
+
+mod job;
+mod node;
+mod schema;
+mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+use sha2::{Digest, Sha256};
+
+use self::node::Node;
+use self::validate::Validator;
+use crate::schedule::Schedule;
+
+pub use self::schema::job_file_schema;
+
+/// A job file larger than this is refused before parsing.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// A job file with more jobs than this is refused.
+pub const MAX_JOBS: usize = 100_000;
+
+/// A job's name: `[a-z0-9][a-z0-9_-]{0,62}`, unique in its file. Safe in URLs, logs and labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobName(String);
+
+impl JobName {
+    pub fn parse(name: &str) -> Result<JobName, String> {
+        let mut chars = name.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if first_ok && rest_ok && name.len() <= 63 {
+            Ok(JobName(name.to_owned()))
+        } else {
+            Err(format!(
+                "invalid job name `{name}`: expected 1 to 63 characters of a-z, 0-9, `_` and `-`, starting with a letter or digit"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for JobName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Every job of one file, in file order, with the file's hash.
+#[derive(Debug, Clone)]
+pub struct JobSet {
+    jobs: Vec<Job>,
+    index: HashMap<JobName, usize>,
+    hash: String,
+}
+
+impl JobSet {
+    pub fn jobs(&self) -> &[Job] {
+        &self.jobs
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Job> {
+        self.index.get(&JobName(name.to_owned())).map(|&i| &self.jobs[i])
+    }
+
+    /// The first 12 hex digits of the SHA-256 of the file's bytes: which file a replica runs.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Refuse jobs whose `starting_deadline` is longer than the ledger keeps its rows
+    /// (`--retain`): a slot that late could be decided again after its row was pruned.
+    pub fn check_retention(&self, file: &str, retain: Duration) -> Result<(), ConfigErrors> {
+        let errors: Vec<ConfigError> = self
+            .jobs()
+            .iter()
+            .filter(|job| job.starting_deadline > retain)
+            .map(|job| ConfigError {
+                file: file.to_owned(),
+                line: job.starting_deadline_at.0,
+                column: job.starting_deadline_at.1,
+                job: Some(job.name.to_string()),
+                message: format!(
+                    "`starting_deadline` {} is longer than the ledger's retention (--retain {}); \
+                     expected at most the retention",
+                    humantime::format_duration(job.starting_deadline),
+                    humantime::format_duration(retain)
+                ),
+            })
+            .collect();
+        if errors.is_empty() { Ok(()) } else { Err(ConfigErrors(errors)) }
+    }
+}
+
+/// One validated job with every default applied.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: JobName,
+    pub schedule: Schedule,
+    pub target: Target,
+    pub timeout: Duration,
+    pub concurrency: Concurrency,
+    pub catch_up: CatchUp,
+    pub starting_deadline: Duration,
+    /// Where `starting_deadline` was set (line, column), or where the job starts if defaulted.
+    pub starting_deadline_at: (u32, u32),
+    pub retries: Retries,
+    pub paused: bool,
+    pub env: BTreeMap<String, String>,
+    /// Variables of tenure's own environment passed on to the job, beyond the few every job
+    /// inherits (see `executor`). Never a `TENURE_*` name.
+    pub inherit_env: Vec<String>,
+    pub workdir: Option<PathBuf>,
+}
+
+/// What a run executes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An argv, executed without a shell.
+    Command {
+        argv: Vec<String>,
+    },
+    /// A script run by `/bin/sh -c`.
+    Shell {
+        script: String,
+    },
+    Http(HttpTarget),
+}
+
+impl Target {
+    pub fn kind(&self) -> TargetKind {
+        match self {
+            Target::Command { .. } => TargetKind::Command,
+            Target::Shell { .. } => TargetKind::Shell,
+            Target::Http(_) => TargetKind::Http,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    pub url: String,
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+    /// Statuses that count as success; empty means any 2xx.
+    pub expect_status: Vec<u16>,
+}
+
+/// An enum whose values the job file spells as words: the words are written once, here, in
+/// `NAMES` (file order, which error messages and the schema list), and `as_str` is made from the
+/// same words, so parsing, display and `tenure schema` cannot disagree.
+macro_rules! yaml_names {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $($(#[$variant_meta:meta])* $variant:ident = $word:literal,)+ }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($(#[$variant_meta])* $variant,)+ }
+
+        impl $name {
+            /// Every value with its word in the job file, in the order messages list them.
+            pub const NAMES: &[(&str, $name)] = &[$(($word, $name::$variant),)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word,)+
+                }
+            }
+        }
+    };
+}
+
+yaml_names! {
+    /// What happens when a slot comes due while an earlier run of the job still goes.
+    pub enum Concurrency {
+        Allow = "allow",
+        Forbid = "forbid",
+        Replace = "replace",
+    }
+}
+
+yaml_names! {
+    /// What happens to slots that came due while no leader fired them.
+    pub enum CatchUp {
+        None = "none",
+        Latest = "latest",
+        All = "all",
+    }
+}
+
+yaml_names! {
+    /// Which kind of [`Target`] a job has: the field that sets it (`command: [...]`).
+    pub enum TargetKind {
+        Command = "command",
+        Shell = "shell",
+        Http = "http",
+    }
+}
+
+impl TargetKind {
+    /// "`command`, `shell` or `http`", as messages list the choices.
+    fn listed() -> String {
+        let quoted: Vec<String> = Self::NAMES.iter().map(|(name, _)| format!("`{name}`")).collect();
+        match quoted.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    pub max: u32,
+    pub backoff: Duration,
+}
+
+/// One problem in a job file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: u32,
+    pub column: u32,
+    pub job: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if let Some(job) = &self.job {
+            write!(f, "job `{job}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a job file, in file order.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Read and validate the job file at `path`.
+pub fn load(path: &Path) -> Result<JobSet, ConfigErrors> {
+    let file = path.display().to_string();
+    let whole_file = |message: String| {
+        ConfigErrors(vec![ConfigError { file: file.clone(), line: 1, column: 1, job: None, message }])
+    };
+    let size = std::fs::metadata(path).map_err(|e| whole_file(format!("cannot read the job file: {e}")))?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(whole_file(format!(
+            "the job file is {size} bytes; at most {MAX_FILE_BYTES} (64 MiB) are accepted"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| whole_file(format!("cannot read the job file: {e}")))?;
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let valid = std::str::from_utf8(valid).unwrap_or_default();
+            let line = valid.matches('\n').count() + 1;
+            let column = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            return Err(ConfigErrors(vec![ConfigError {
+                file,
+                line: line as u32,
+                column: column as u32,
+                job: None,
+                message: "the job file is not valid UTF-8".into(),
+            }]));
+        }
+    };
+    parse(&text, &file)
+}
+
+/// Validate the text of a job file; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<JobSet, ConfigErrors> {
+    let mut validator = Validator::new(file);
+    if text.len() as u64 > MAX_FILE_BYTES {
+        validator.error_at(
+            1,
+            1,
+            None,
+            format!("the job file is {} bytes; at most {MAX_FILE_BYTES} (64 MiB) are accepted", text.len()),
+        );
+        return Err(ConfigErrors(validator.into_errors()));
+    }
+    let root = match read_nodes(text) {
+        Ok(root) => root,
+        Err((line, column, message)) => {
+            validator.error_at(line, column, None, message);
+            return Err(ConfigErrors(validator.into_errors()));
+        }
+    };
+    let jobs = match root {
+        Some(root) => validator.job_file(&root),
+        None => {
+            validator.error_at(1, 1, None, "the job file is empty: expected a mapping with a `jobs:` list".into());
+            Vec::new()
+        }
+    };
+    let errors = validator.into_errors();
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let index = jobs.iter().enumerate().map(|(i, job)| (job.name.clone(), i)).collect();
+    let hash = hex::encode(Sha256::digest(text.as_bytes()))[..12].to_owned();
+    Ok(JobSet { jobs, index, hash })
+}
+
+/// The YAML of a job file as a node tree (`None` for an empty file), or the one error that
+/// stopped serde-saphyr, located.
+fn read_nodes(text: &str) -> Result<Option<Spanned<Node>>, (u32, u32, String)> {
+    const MAX_DEPTH: usize = 16;
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_nodes: 20 * MAX_JOBS + 1_000,
+            max_events: 40 * MAX_JOBS + 10_000,
+            // A job file nests six deep at most (jobs, job, http, headers). Each level costs the
+            // deserializer a deep stack frame: about 50 levels overflow a 2 MiB thread stack
+            // (tokio's workers, where reloads parse) in a debug build.
+            max_depth: MAX_DEPTH,
+            flow_nesting_limit: MAX_DEPTH,
+        },
+    };
+    serde_saphyr::from_str_with_options(text, options).map_err(|error| {
+        let (line, column) = error.location().map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
+        let message = error.without_snippet().to_string();
+        let message = message.lines().next().unwrap_or("invalid YAML").to_owned();
+        let message = if message.contains("recursion limit") || message.contains("depth limit") {
+            format!("nested deeper than {MAX_DEPTH} levels; a job file needs at most 6")
+        } else {
+            message
+        };
+        (line as u32, column as u32, message)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every error `parse` reports for `text` (as `jobs.yaml`), displayed.
+    pub(crate) fn errors(text: &str) -> Vec<String> {
+        match parse(text, "jobs.yaml") {
+            Ok(_) => panic!("expected errors in:\n{text}"),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_issue_example_parses_with_defaults_applied() {
+        let text = r#"
+defaults:
+  timezone: UTC
+  timeout: 10m
+  concurrency: forbid
+  catch_up: latest
+  starting_deadline: 5m
+  retries: { max: 0, backoff: 10s }
+jobs:
+  - name: nightly-report
+    schedule: "30 2 * * *"
+    timezone: Europe/Berlin
+    command: ["/usr/local/bin/report", "--nightly"]
+    env: { REPORT_DIR: /srv/reports }
+    workdir: /srv/app
+  - name: cleanup
+    schedule: "*/15 * * * *"
+    shell: "find /tmp/app -mtime +1 -delete"
+  - name: ping-billing
+    schedule: "@every 30s"
+    http: { url: "http://127.0.0.1:9000/tick", method: POST, headers: {}, body: "", expect_status: [200, 204] }
+    paused: true
+"#;
+        let set = parse(text, "jobs.yaml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set.jobs().len(), 3);
+        let report = set.get("nightly-report").unwrap();
+        assert_eq!(report.schedule.timezone(), chrono_tz::Europe::Berlin);
+        assert_eq!(report.target, Target::Command { argv: vec!["/usr/local/bin/report".into(), "--nightly".into()] });
+        assert_eq!(report.env.get("REPORT_DIR").map(String::as_str), Some("/srv/reports"));
+        assert_eq!(report.workdir.as_deref(), Some(Path::new("/srv/app")));
+        assert_eq!(report.timeout, Duration::from_secs(600));
+        assert_eq!(report.concurrency, Concurrency::Forbid);
+        assert_eq!(report.catch_up, CatchUp::Latest);
+        let ping = set.get("ping-billing").unwrap();
+        assert!(ping.paused);
+        let Target::Http(http) = &ping.target else { panic!("http target") };
+        assert_eq!(http.method, "POST");
+        assert_eq!(http.expect_status, vec![200, 204]);
+        assert_eq!(set.hash().len(), 12);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_place() {
+        let text = "jobs:
+  - name: first
+    schedule: \"0 0 30 2 *\"
+    shell: 'true'
+  - name: second
+    schedule: \"* * * * *\"
+    timezone: Mars/Olympus
+    shell: 'true'
+    tiemout: 5m
+  - name: Bad Name
+    schedule: \"@daily\"
+    command: []
+  - name: first
+    schedule: \"@every 10s\"
+    shell: 'true'
+    http: { url: 'http://x' }
+";
+        let got = errors(text);
+        let want = [
+            "jobs.yaml:3:15: job `first`: `schedule`: schedule `0 0 30 2 *` can never fire",
+            "jobs.yaml:7:15: job `second`: `timezone`: unknown time zone `Mars/Olympus`",
+            "jobs.yaml:9:5: job `second`: unknown field `tiemout` in a job (did you mean `timeout`?)",
+            "jobs.yaml:10:11: invalid job name `Bad Name`",
+            "jobs.yaml:12:14: job `Bad Name`: `command`: expected an argv list",
+            "jobs.yaml:13:11: job `first`: duplicate job name `first`: already defined at jobs.yaml:2:11",
+            "jobs.yaml:16:5: job `first`: expected exactly one of `command`, `shell` or `http`, found several",
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (got, want) in got.iter().zip(want) {
+            assert!(got.starts_with(want), "got  {got}\nwant {want}…");
+        }
+    }
+
+    #[test]
+    fn yaml_errors_are_located() {
+        let got = errors("jobs:\n  - name: a\n    schedule: '@daily'\n    schedule: '@hourly'\n    shell: 'true'\n");
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with("jobs.yaml:4:"), "{got:?}");
+        let got = errors("jobs:\n  - name: [unclosed\n");
+        assert!(got[0].starts_with("jobs.yaml:"), "{got:?}");
+        assert!(errors("")[0].contains("empty"));
+        assert!(errors("defaults: {}\n")[0].contains("missing `jobs:`"));
+        assert!(errors("jobs: 3\n")[0].contains("expected a list of jobs"));
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let prev = format!("*a{}", i - 1);
+            text.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
+        }
+        text.push_str("jobs: []\n");
+        assert_eq!(errors(&text).len(), 1);
+    }
+
+    #[test]
+    fn a_hundred_thousand_jobs_validate_and_one_more_is_refused() {
+        let mut text = String::from("jobs:\n");
+        for i in 0..MAX_JOBS {
+            text.push_str(&format!("  - {{ name: job-{i}, schedule: '*/5 * * * *', shell: 'true' }}\n"));
+        }
+        assert_eq!(parse(&text, "big.yaml").map(|s| s.jobs().len()).unwrap_or_else(|e| panic!("{}", e.0[0])), MAX_JOBS);
+        text.push_str("  - { name: one-more, schedule: '@daily', shell: 'true' }\n");
+        assert!(errors(&text)[0].contains("at most 100000"));
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    /// Deep nesting is refused by the parser's budget before it can exhaust a 2 MiB stack (the
+    /// size of tokio's worker threads and of this test's thread).
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        for depth in [17, 64, 1_000, 50_000] {
+            for (open, close) in [("{a: ", "}"), ("[", "]")] {
+                let text = format!("jobs:\n  - name: x\n    env: {}{}", open.repeat(depth), close.repeat(depth));
+                let errors = super::parse(&text, "deep.yaml").unwrap_err();
+                assert!(errors.to_string().contains("depth") || errors.to_string().contains("nest"), "{errors}");
+            }
+        }
+        let block: String = (0..200).map(|i| format!("{}k{i}:\n", "  ".repeat(i))).collect();
+        assert!(super::parse(&block, "deep.yaml").is_err());
+    }
+}
