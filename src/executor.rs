@@ -202,6 +202,17 @@ async fn run_process(
     for reader in readers {
         let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
     }
+    let (status, exit_code, error) = judge(ending, end, job, supervision);
+    RunOutcome { exit_code, error, ..outcome(status, output) }
+}
+
+/// What a run that ended this way is recorded as: status, exit code, error.
+fn judge(
+    ending: Ending,
+    end: Option<Ended>,
+    job: &Job,
+    supervision: &Supervision,
+) -> (RunStatus, Option<i32>, Option<String>) {
     let ending = match end {
         Some(Ended::Silent) => Ending::Abandoned,
         _ => ending,
@@ -212,7 +223,7 @@ async fn run_process(
         Some(Ended::SupervisorGone) | None => Err("its supervisor ended without a report".to_owned()),
     };
     let exit_code = exit.as_ref().ok().and_then(|status| status.code());
-    let (status, error) = match (ending, &exit) {
+    let (status, error) = match (ending, exit) {
         (Ending::TimedOut, _) => {
             let limit = humantime::format_duration(job.timeout);
             (RunStatus::TimedOut, Some(format!("timed out after {limit}")))
@@ -223,10 +234,10 @@ async fn run_process(
             (RunStatus::Killed, Some(format!("killed by its supervisor: tenure did not answer for {limit}")))
         }
         (Ending::Exited, Ok(status)) if status.success() => (RunStatus::Succeeded, None),
-        (Ending::Exited, Ok(status)) => (RunStatus::Failed, Some(describe_exit(*status))),
-        (Ending::Exited, Err(error)) => (RunStatus::Failed, Some(error.clone())),
+        (Ending::Exited, Ok(status)) => (RunStatus::Failed, Some(describe_exit(status))),
+        (Ending::Exited, Err(error)) => (RunStatus::Failed, Some(error)),
     };
-    RunOutcome { exit_code, error, ..outcome(status, output) }
+    (status, exit_code, error)
 }
 
 #[derive(Debug, Clone, Copy)]
