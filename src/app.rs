@@ -19,7 +19,7 @@ use crate::http::{self, AppState, Auth};
 use crate::leadership::Leadership;
 use crate::local::{LedgerLock, LocalElection};
 use crate::model::{ClusterSnapshot, Member};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{self, Scheduler, SchedulerInputs};
 use crate::secret::Secret;
 use crate::store::{self, Reads, Store};
 use crate::supervisor::{self, Supervision};
@@ -300,8 +300,17 @@ impl Replica {
         let http_shutdown = CancellationToken::new();
         let server = http::serve_apart(listener, state, http_shutdown.clone()).context("start the http server")?;
 
-        let scheduler =
-            Scheduler::new(store, self.node_id, jobs_rx, leadership, members, clock, supervision, shutdown_grace);
+        let scheduler = Scheduler::new(SchedulerInputs {
+            store,
+            node_id: self.node_id,
+            jobs: jobs_rx,
+            leadership,
+            members,
+            clock_check: clock,
+            supervision,
+            shutdown_grace,
+            clock: scheduler::Clock::system(),
+        });
         scheduler.run(shutdown.clone()).await;
         registry_shutdown.cancel();
         tasks.close();

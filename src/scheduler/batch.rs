@@ -1,0 +1,262 @@
+//! The term's batchers: claims, fenced starts and outcomes that are waiting go to the database
+//! together, one statement for all of them, each answered exactly as if it had been sent alone;
+//! and the live output of every run going, written in one statement a second.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::OutputTail;
+use crate::leadership::Term;
+use crate::model::{RunOutcome, Trigger};
+use crate::store::{Claim, ClaimError, Claimed, SkipIfRunning, Store};
+
+/// How often a running job's output tail is copied to the ledger for live viewing.
+const OUTPUT_FLUSH: Duration = Duration::from_secs(1);
+
+/// One term's claim, start and outcome batchers. They run as long as someone holds a copy: the
+/// term while it lasts, and each of its runs until it has recorded its outcome.
+#[derive(Clone)]
+pub(super) struct Batchers {
+    claims: mpsc::UnboundedSender<ClaimRequest>,
+    starts: mpsc::UnboundedSender<StartRequest>,
+    finishes: mpsc::UnboundedSender<FinishRequest>,
+}
+
+impl Batchers {
+    /// Start the batchers of `term`, led from `node`.
+    pub(super) fn spawn(store: &Store, term: &Term, node: &str) -> Batchers {
+        let (claims, claims_rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_claims(store.clone(), term.clone(), node.to_owned(), claims_rx));
+        let (starts, starts_rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_starts(store.clone(), term.clone(), starts_rx));
+        let (finishes, finishes_rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_finishes(store.clone(), finishes_rx));
+        Batchers { claims, starts, finishes }
+    }
+
+    /// Claim through the batcher (or directly, if it is gone).
+    pub(super) async fn claim(&self, store: &Store, claim: &Claim<'_>) -> Result<Claimed, ClaimError> {
+        let (reply, answer) = oneshot::channel();
+        let request = ClaimRequest {
+            job: claim.job.to_owned(),
+            slot: claim.slot,
+            trigger: claim.trigger,
+            config_hash: claim.config_hash.to_owned(),
+            skip_if_running: claim.skip_if_running,
+            claimed_at: claim.claimed_at,
+            reply,
+        };
+        if self.claims.send(request).is_ok() {
+            if let Ok(result) = answer.await {
+                return result;
+            }
+        }
+        store.claim_run(claim).await
+    }
+
+    /// The fenced start through the batcher (or directly, if it is gone).
+    pub(super) async fn start(
+        &self,
+        store: &Store,
+        term: &Term,
+        run_id: i64,
+        started: DateTime<Utc>,
+    ) -> Result<bool, ClaimError> {
+        let (reply, answer) = oneshot::channel();
+        if self.starts.send(StartRequest { run_id, started, reply }).is_ok() {
+            if let Ok(result) = answer.await {
+                return result;
+            }
+        }
+        Ok(store.start_runs(term, &[(run_id, started)]).await?[0])
+    }
+
+    /// Record an outcome through the batcher; false when it was not recorded (the caller retries
+    /// alone).
+    pub(super) async fn finish(&self, run_id: i64, outcome: &RunOutcome) -> bool {
+        let (reply, recorded) = oneshot::channel();
+        let request = FinishRequest { run_id, outcome: outcome.clone(), reply };
+        self.finishes.send(request).is_ok() && recorded.await.unwrap_or(false)
+    }
+}
+
+/// One claim waiting for the batcher.
+struct ClaimRequest {
+    job: String,
+    slot: DateTime<Utc>,
+    trigger: Trigger,
+    config_hash: String,
+    skip_if_running: SkipIfRunning,
+    claimed_at: DateTime<Utc>,
+    reply: oneshot::Sender<Result<Claimed, ClaimError>>,
+}
+
+/// The most claims (start times, outcomes) one statement carries.
+const MAX_BATCH: usize = 2_000;
+/// How long start times and outcomes wait for others to share their statement.
+const RECORD_LINGER: Duration = Duration::from_millis(25);
+
+/// Claim what is waiting in one statement, then what came meanwhile, and so on: slots that fall
+/// due together cost one round trip and one commit instead of one each. Each claim keeps its own
+/// answer (claimed, skipped, fenced, taken), exactly as if it had been sent alone.
+async fn batch_claims(store: Store, term: Term, node: String, requests: mpsc::UnboundedReceiver<ClaimRequest>) {
+    batched(requests, Duration::ZERO, |batch: Vec<ClaimRequest>| async {
+        let claims: Vec<Claim<'_>> = batch
+            .iter()
+            .map(|request| Claim {
+                job: &request.job,
+                slot: request.slot,
+                trigger: request.trigger,
+                term: &term,
+                node: &node,
+                config_hash: &request.config_hash,
+                skip_if_running: request.skip_if_running,
+                claimed_at: request.claimed_at,
+            })
+            .collect();
+        let results = store.claim_runs(&claims).await;
+        drop(claims);
+        for (request, result) in batch.into_iter().zip(results) {
+            let _ = request.reply.send(result);
+        }
+    })
+    .await;
+}
+
+/// Hand `send` what is waiting (up to `MAX_BATCH`), wait for it, and again, until every sender
+/// is gone. With a `linger`, wait that long after the first request for others to join: for
+/// writes that nothing waits on, so a burst of runs starting together is one statement after the
+/// burst rather than many during it.
+async fn batched<T, F, Fut>(mut requests: mpsc::UnboundedReceiver<T>, linger: Duration, mut send: F)
+where
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    while let Some(first) = requests.recv().await {
+        if !linger.is_zero() {
+            tokio::time::sleep(linger).await;
+        }
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        send(batch).await;
+    }
+}
+
+/// A fenced start waiting for the batcher; answered whether the run may start.
+struct StartRequest {
+    run_id: i64,
+    started: DateTime<Utc>,
+    reply: oneshot::Sender<Result<bool, ClaimError>>,
+}
+
+/// Start runs like `batch_claims` claims: what is waiting, in one fenced statement, at once (a
+/// run waits for its answer before it executes, so nothing lingers).
+async fn batch_starts(store: Store, term: Term, requests: mpsc::UnboundedReceiver<StartRequest>) {
+    batched(requests, Duration::ZERO, |batch: Vec<StartRequest>| async {
+        let runs: Vec<(i64, DateTime<Utc>)> = batch.iter().map(|r| (r.run_id, r.started)).collect();
+        let answers = store.start_runs(&term, &runs).await;
+        for (index, request) in batch.into_iter().enumerate() {
+            let answer = match &answers {
+                Ok(started) => Ok(started[index]),
+                Err(ClaimError::Fenced { term, fence }) => Err(ClaimError::Fenced { term: *term, fence: *fence }),
+                Err(error) => Err(ClaimError::Database(sqlx::Error::Protocol(error.to_string()))),
+            };
+            let _ = request.reply.send(answer);
+        }
+    })
+    .await;
+}
+
+/// An outcome waiting for the batcher; answered whether it was recorded.
+struct FinishRequest {
+    run_id: i64,
+    outcome: RunOutcome,
+    reply: oneshot::Sender<bool>,
+}
+
+/// Record outcomes like `batch_claims` claims; one that fails is retried by its run alone.
+async fn batch_finishes(store: Store, requests: mpsc::UnboundedReceiver<FinishRequest>) {
+    batched(requests, RECORD_LINGER, |batch: Vec<FinishRequest>| async {
+        let runs: Vec<(i64, RunOutcome)> = batch.iter().map(|r| (r.run_id, r.outcome.clone())).collect();
+        let recorded = match store.finish_runs(&runs).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, runs = runs.len(), "could not record outcomes; each run retries");
+                false
+            }
+        };
+        for request in batch {
+            let _ = request.reply.send(recorded);
+        }
+    })
+    .await;
+}
+
+/// The output tails of the runs going, by run id, with what was last written of each.
+#[derive(Clone, Default)]
+pub(super) struct LiveOutputs {
+    tails: Arc<Mutex<HashMap<i64, (OutputTail, String)>>>,
+}
+
+impl LiveOutputs {
+    /// Show `tail` live until the returned guard is dropped (the attempt ended; its outcome
+    /// carries the final output).
+    pub(super) fn watch(&self, run_id: i64, tail: OutputTail) -> LiveOutput {
+        self.tails.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id, (tail, String::new()));
+        LiveOutput { outputs: self.clone(), run_id }
+    }
+
+    /// The tails that changed since they were last taken.
+    fn changed(&self) -> Vec<(i64, String)> {
+        let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = Vec::new();
+        for (run_id, (tail, written)) in tails.iter_mut() {
+            let text = tail.text();
+            if text != *written {
+                changed.push((*run_id, text.clone()));
+                *written = text;
+            }
+        }
+        changed
+    }
+}
+
+/// A run's place among the live outputs; leaves it when dropped.
+pub(super) struct LiveOutput {
+    outputs: LiveOutputs,
+    run_id: i64,
+}
+
+impl Drop for LiveOutput {
+    fn drop(&mut self) {
+        self.outputs.tails.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.run_id);
+    }
+}
+
+/// Every `OUTPUT_FLUSH`, copy the output tails that changed to the ledger in one statement, so the
+/// run page of any replica shows them live at the cost of one write a second, however many runs
+/// (up to `MAX_BATCH`) are going. The final outcome overwrites it (a late write does not touch a finished run).
+pub(super) async fn flush_live_outputs(store: Store, outputs: LiveOutputs, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(OUTPUT_FLUSH) => {}
+        }
+        // A statement carries at most `MAX_BATCH` tails (of up to 64 KiB each).
+        for changed in outputs.changed().chunks(MAX_BATCH) {
+            if let Err(error) = store.update_outputs(changed).await {
+                tracing::debug!(%error, runs = changed.len(), "could not record live output");
+            }
+        }
+    }
+}

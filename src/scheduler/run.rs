@@ -1,0 +1,456 @@
+//! One run's life, from its claim to its recorded outcome (`RunTask`), and the runs this replica
+//! has going (`OwnRuns`), so that a term's end, `replace` or the shutdown grace can stop them.
+//!
+//! A run is claimed (fenced) ahead of its slot, its start is recorded (fenced, `claimed ->
+//! started`) a start lead time before the slot while the lease lasts until the slot, and at the
+//! slot it executes, with its retries; then its outcome is recorded.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{Batchers, LiveOutputs};
+use super::clock::Clock;
+use super::lead_time::LeadTimes;
+use super::{DATABASE_RETRY, LEADERSHIP_LOST};
+use crate::config::{Concurrency, Job};
+use crate::executor::{self, OutputTail, RunContext};
+use crate::leadership::{LeaseDeadline, Term};
+use crate::model::{RunOutcome, RunStatus, Trigger};
+use crate::store::{Claim, ClaimError, Claimed, SkipIfRunning, Store, UnrunSlots};
+use crate::supervisor::Supervision;
+use crate::telemetry::metric;
+
+/// A stop request with its reason, so the ledger says why a run was killed.
+#[derive(Clone, Default)]
+pub(super) struct RunStop {
+    pub(super) token: CancellationToken,
+    reason: Arc<Mutex<Option<&'static str>>>,
+}
+
+impl RunStop {
+    pub(super) fn stop(&self, reason: &'static str) {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(reason);
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> Option<&'static str> {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A run this replica started (or is claiming), in this term or an earlier one.
+struct OwnRun {
+    job: String,
+    trigger: Trigger,
+    stop: RunStop,
+    done: CancellationToken,
+}
+
+/// A run just added to `OwnRuns`: what its task needs to be stopped, to wait for the runs it
+/// replaces, and to say it has ended.
+pub(super) struct NewRun {
+    pub(super) stop: RunStop,
+    pub(super) done: CancellationToken,
+    /// The runs of the same job it replaces (`concurrency: replace`), stopped already.
+    pub(super) replaced: Vec<CancellationToken>,
+    /// Send the run's key here when its task ends.
+    pub(super) finished: mpsc::UnboundedSender<u64>,
+    pub(super) key: u64,
+}
+
+/// The runs of this replica whose tasks have not ended, by key. Outlives terms: a run of an
+/// ended term still records its outcome.
+pub(super) struct OwnRuns {
+    runs: HashMap<u64, OwnRun>,
+    /// How many of `runs` each job has: a `forbid` or `replace` job with one is not claimed
+    /// ahead of its slot, so its policy is decided at the slot, as crontab users expect.
+    per_job: HashMap<String, usize>,
+    next_key: u64,
+    finished_tx: mpsc::UnboundedSender<u64>,
+    finished_rx: mpsc::UnboundedReceiver<u64>,
+}
+
+impl OwnRuns {
+    pub(super) fn new() -> OwnRuns {
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        OwnRuns { runs: HashMap::new(), per_job: HashMap::new(), next_key: 0, finished_tx, finished_rx }
+    }
+
+    /// Take note of a new run of `job`; with `concurrency: replace`, stop the job's runs going.
+    pub(super) fn add(&mut self, job: &Job, trigger: Trigger) -> NewRun {
+        let mut replaced = Vec::new();
+        if job.concurrency == Concurrency::Replace {
+            for run in self.runs.values().filter(|run| run.job == job.name.as_ref()) {
+                run.stop.stop("replaced by a newer run");
+                replaced.push(run.done.clone());
+            }
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let (stop, done) = (RunStop::default(), CancellationToken::new());
+        self.runs.insert(key, OwnRun { job: job.name.to_string(), trigger, stop: stop.clone(), done: done.clone() });
+        *self.per_job.entry(job.name.to_string()).or_default() += 1;
+        NewRun { stop, done, replaced, finished: self.finished_tx.clone(), key }
+    }
+
+    /// The key of the next run whose task ended.
+    pub(super) async fn next_finished(&mut self) -> Option<u64> {
+        self.finished_rx.recv().await
+    }
+
+    /// Forget a run whose task ended; its trigger, if it was known.
+    pub(super) fn finished(&mut self, key: u64) -> Option<Trigger> {
+        let run = self.runs.remove(&key)?;
+        if let Some(count) = self.per_job.get_mut(&run.job) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_job.remove(&run.job);
+            }
+        }
+        Some(run.trigger)
+    }
+
+    /// A `forbid` or `replace` job with a run going: whether its next slot runs, is skipped or
+    /// replaces that run is decided at the slot, never ahead of it.
+    pub(super) fn decided_at_slot(&self, job: &Job) -> bool {
+        job.concurrency != Concurrency::Allow && self.per_job.get(job.name.as_ref()).is_some_and(|n| *n > 0)
+    }
+
+    pub(super) fn stop_all(&self, reason: &'static str) {
+        for run in self.runs.values() {
+            run.stop.stop(reason);
+        }
+    }
+}
+
+/// What a run task needs to claim, execute and record its slots in one term.
+#[derive(Clone)]
+pub(super) struct RunTask {
+    pub(super) lead_times: LeadTimes,
+    /// When the scheduler decided to fire these slots; taken by the first claim, the one whose
+    /// time from decision to commit the claim lead time must cover.
+    pub(super) planned_at: Option<DateTime<Utc>>,
+    pub(super) clock: Clock,
+    pub(super) store: Store,
+    pub(super) term: Term,
+    pub(super) lease: LeaseDeadline,
+    /// Cancelled when the ledger shows a newer term: this one is over, whatever etcd says.
+    pub(super) step_down: CancellationToken,
+    /// The term's batchers: claims, starts and outcomes that fall due together go to the
+    /// database together.
+    pub(super) batchers: Batchers,
+    pub(super) node: String,
+    pub(super) config_hash: String,
+    pub(super) http: reqwest::Client,
+    pub(super) supervision: Supervision,
+    pub(super) live_outputs: LiveOutputs,
+}
+
+impl RunTask {
+    pub(super) async fn record_missed(&self, job: &Job, slots: &[DateTime<Utc>], trigger: Trigger) {
+        let reason = "not run: past the job's catch-up policy or starting deadline";
+        self.record(job, slots, RunStatus::Missed, trigger, reason).await;
+    }
+
+    /// Record `slots` as not run: new rows, or this term's claims that never started.
+    async fn record(&self, job: &Job, slots: &[DateTime<Utc>], status: RunStatus, trigger: Trigger, reason: &str) {
+        loop {
+            let unrun = UnrunSlots {
+                job: job.name.as_ref(),
+                slots,
+                status,
+                trigger,
+                term: &self.term,
+                node: &self.node,
+                config_hash: &self.config_hash,
+                error: reason,
+            };
+            match self.store.record_slots(&unrun).await {
+                Ok(_) => return,
+                Err(ClaimError::Database(error)) if self.lease.is_valid() => {
+                    tracing::warn!(%error, job = %job.name, "could not record slots not run; retrying");
+                    tokio::time::sleep(DATABASE_RETRY).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, job = %job.name, "slots not run were not recorded in this term");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Claim `slot`, record its start once the claim has committed, and at the slot execute it
+    /// with its retries.
+    pub(super) async fn fire(&mut self, job: &Job, slot: DateTime<Utc>, trigger: Trigger, stop: &RunStop) {
+        let Some(run_id) = self.claim_learning(job, slot, trigger, stop).await else { return };
+        if self.start_at_slot(job, slot, trigger, run_id, stop).await {
+            self.execute(job, slot, run_id, stop).await;
+        }
+    }
+
+    /// The claim, teaching the claim lead time how long it took; the run to start, unless the
+    /// claim was refused or recorded `skipped`.
+    async fn claim_learning(
+        &mut self,
+        job: &Job,
+        slot: DateTime<Utc>,
+        trigger: Trigger,
+        stop: &RunStop,
+    ) -> Option<i64> {
+        // A manual claim marks its trigger handled in the same statement; a refused one leaves
+        // it pending for the next leader.
+        let claimed = self.claim(job, slot, trigger, stop).await;
+        if let Some(planned_at) = self.planned_at.take().filter(|planned_at| slot > *planned_at) {
+            if claimed.is_some() {
+                // Sent ahead of its slot: however late it committed, the lead time learns from it.
+                self.lead_times.claims.observe((self.clock.now() - planned_at).to_std().unwrap_or_default());
+            }
+        }
+        let claimed = claimed?;
+        if claimed.status == RunStatus::Skipped {
+            metrics::counter!(metric::RUNS, "job" => job.name.to_string(), "status" => "skipped").increment(1);
+            tracing::info!(job = %job.name, %slot, "skipped: the previous run is still going");
+            return None;
+        }
+        Some(claimed.run_id)
+    }
+
+    /// Record the start of a claimed run and wait for its slot. False when it may not execute.
+    async fn start_at_slot(
+        &self,
+        job: &Job,
+        slot: DateTime<Utc>,
+        trigger: Trigger,
+        run_id: i64,
+        stop: &RunStop,
+    ) -> bool {
+        // Claimed ahead: the start is recorded a start's lead time before the slot (for the slot,
+        // if the lease lasts until then), so that at the slot nothing is left but to execute.
+        let start_lead = chrono::Duration::from_std(self.lead_times.start()).unwrap_or_default();
+        self.clock.wait_until(slot - start_lead, &stop.token).await;
+        let ahead = (slot - self.clock.now()).to_std().unwrap_or_default();
+        if !ahead.is_zero() && !self.lease.is_valid_for(ahead) {
+            self.clock.wait_until(slot, &stop.token).await;
+        }
+        let sent = std::time::Instant::now();
+        let Some(started) = self.start(job, slot, trigger, run_id, stop).await else { return false };
+        if started > self.clock.now() {
+            self.lead_times.starts.observe(sent.elapsed());
+        }
+        // Never executed before its slot, nor by a term that ended meanwhile.
+        self.clock.wait_until(slot, &stop.token).await;
+        let Some(reason) = self.stopped_before_start(stop) else { return true };
+        let outcome = self.not_run(RunStatus::Killed, format!("{reason} before the run started"));
+        self.finish(job, run_id, &outcome).await;
+        false
+    }
+
+    /// Execute a started run, retry it per the job's `retries`, and record its outcome.
+    async fn execute(&self, job: &Job, slot: DateTime<Utc>, run_id: i64, stop: &RunStop) {
+        let mut attempt = 1;
+        loop {
+            let started = self.clock.now();
+            if attempt == 1 {
+                metrics::histogram!(metric::FIRE_LATENESS)
+                    .record((started - slot).to_std().unwrap_or_default().as_secs_f64());
+            }
+            let context = RunContext {
+                run_id,
+                job: job.name.to_string(),
+                slot,
+                term: self.term.revision(),
+                node: self.node.clone(),
+                attempt,
+            };
+            let output = OutputTail::default();
+            let live = self.live_outputs.watch(run_id, output.clone());
+            let mut outcome =
+                executor::execute(job, &context, &output, &self.http, &self.supervision, &stop.token).await;
+            drop(live);
+            if let Some(reason) = stop.reason() {
+                outcome.error = Some(reason.to_owned());
+            }
+            metrics::histogram!(metric::RUN_DURATION)
+                .record((outcome.finished_at - started).to_std().unwrap_or_default().as_secs_f64());
+            let retryable = matches!(outcome.status, RunStatus::Failed | RunStatus::TimedOut);
+            if !retryable || attempt > job.retries.max as i32 || stop.token.is_cancelled() {
+                self.finish(job, run_id, &outcome).await;
+                return;
+            }
+            let error = outcome.error.clone().unwrap_or_default();
+            tracing::info!(job = %job.name, %slot, attempt, %error, backoff = ?job.retries.backoff, "attempt failed; retrying");
+            tokio::select! {
+                () = stop.token.cancelled() => {}
+                () = tokio::time::sleep(job.retries.backoff) => {}
+            }
+            let retry_started = self.clock.now();
+            let previous = format!("attempt {attempt}: {error}");
+            match self.store.retry_run(run_id, &self.term, attempt + 1, &previous, retry_started).await {
+                Ok(()) if self.lease.is_valid() && !stop.token.is_cancelled() => attempt += 1,
+                Ok(()) | Err(_) => {
+                    self.finish(job, run_id, &outcome).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn claim(&self, job: &Job, slot: DateTime<Utc>, trigger: Trigger, stop: &RunStop) -> Option<Claimed> {
+        let skip_if_running = match job.concurrency {
+            Concurrency::Forbid => SkipIfRunning::Yes,
+            Concurrency::Allow | Concurrency::Replace => SkipIfRunning::No,
+        };
+        loop {
+            if !self.lease.is_valid() || stop.token.is_cancelled() {
+                return None;
+            }
+            let claim = Claim {
+                job: job.name.as_ref(),
+                slot,
+                trigger,
+                term: &self.term,
+                node: &self.node,
+                config_hash: &self.config_hash,
+                skip_if_running,
+                claimed_at: self.clock.now(),
+            };
+            match self.batchers.claim(&self.store, &claim).await {
+                Ok(claimed) => return Some(claimed),
+                Err(ClaimError::Fenced { term, fence }) => {
+                    metrics::counter!(metric::CLAIMS_REJECTED, "reason" => "fenced").increment(1);
+                    if crate::testing::ignore_refusals() {
+                        return Some(Claimed { run_id: 0, status: RunStatus::Running });
+                    }
+                    tracing::warn!(job = %job.name, %slot, term, fence, "claim refused: a newer term holds the fence; stepping down");
+                    self.step_down.cancel();
+                    return None;
+                }
+                Err(ClaimError::AlreadyClaimed { term, node }) => {
+                    metrics::counter!(metric::CLAIMS_REJECTED, "reason" => "already_claimed").increment(1);
+                    tracing::info!(job = %job.name, %slot, term, %node, "claim refused: slot already claimed");
+                    return crate::testing::ignore_refusals()
+                        .then_some(Claimed { run_id: 0, status: RunStatus::Running });
+                }
+                Err(ClaimError::Database(error)) => {
+                    metrics::counter!(metric::CLAIM_ERRORS).increment(1);
+                    tracing::warn!(job = %job.name, %slot, %error, "claim failed; retrying (the run is delayed, not doubled)");
+                    tokio::time::sleep(DATABASE_RETRY).await;
+                    if self.clock.now() - slot > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default() {
+                        tracing::warn!(job = %job.name, %slot, "the slot passed its starting deadline while the database was down");
+                        self.record_missed(job, &[slot], trigger).await;
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Start a claimed run: the fenced `claimed -> started` transition, recorded before anything
+    /// executes. `None`: this term may not start it, and nothing runs. A claim left unstarted
+    /// because the lease ended stays as it is, for the next term to take over; one stopped by
+    /// this term (`replace`, shutdown grace) is recorded `killed`; one whose start could not be
+    /// recorded in time is recorded `missed`.
+    async fn start(
+        &self,
+        job: &Job,
+        slot: DateTime<Utc>,
+        trigger: Trigger,
+        run_id: i64,
+        stop: &RunStop,
+    ) -> Option<DateTime<Utc>> {
+        // The same start time on every retry: a retry after a lost acknowledgement finds it.
+        // Recorded ahead, it is the slot: the run executes at its slot, never before.
+        let started = self.clock.now().max(slot);
+        loop {
+            // Stopped because the term ended: the claim was never started, so it is the next
+            // term's to decide, not a run to record.
+            if stop.reason() == Some(LEADERSHIP_LOST) || !self.lease.is_valid() {
+                tracing::warn!(job = %job.name, %slot, "leadership lost before the run started; left to the next leader");
+                return None;
+            }
+            if let Some(reason) = stop.reason().filter(|_| stop.token.is_cancelled()) {
+                let reason = format!("{reason} before the run started");
+                self.record(job, &[slot], RunStatus::Killed, trigger, &reason).await;
+                return None;
+            }
+            match self.batchers.start(&self.store, &self.term, run_id, started).await {
+                Ok(true) => break,
+                Ok(false) | Err(ClaimError::Fenced { .. }) if crate::testing::ignore_refusals() => break,
+                Ok(false) => {
+                    tracing::warn!(job = %job.name, %slot, run_id, "the claim is no longer this term's to start");
+                    return None;
+                }
+                Err(ClaimError::Fenced { term, fence }) => {
+                    metrics::counter!(metric::CLAIMS_REJECTED, "reason" => "fenced").increment(1);
+                    tracing::warn!(job = %job.name, %slot, term, fence, "start refused: a newer term holds the fence; stepping down");
+                    self.step_down.cancel();
+                    return None;
+                }
+                Err(error) => {
+                    tracing::warn!(job = %job.name, %slot, %error, "could not record the start; retrying (the run is delayed, not doubled)");
+                    tokio::time::sleep(DATABASE_RETRY).await;
+                }
+            }
+        }
+        if self.clock.now() - slot > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default() {
+            let reason = "not run: its start was recorded only after the starting deadline";
+            let outcome = self.not_run(RunStatus::Missed, reason.to_owned());
+            self.finish(job, run_id, &outcome).await;
+            return None;
+        }
+        Some(started)
+    }
+
+    /// Why a run whose start is recorded may not execute after all: it was stopped (replaced,
+    /// shut down, its term ended) or the lease ran out while it waited for its slot. It was
+    /// started under this term, so no other term takes it over: it is recorded `killed`.
+    fn stopped_before_start(&self, stop: &RunStop) -> Option<&'static str> {
+        if stop.token.is_cancelled() {
+            return Some(stop.reason().unwrap_or(LEADERSHIP_LOST));
+        }
+        (!self.lease.is_valid()).then_some(LEADERSHIP_LOST)
+    }
+
+    /// The outcome of a started run that never executed.
+    fn not_run(&self, status: RunStatus, error: String) -> RunOutcome {
+        RunOutcome {
+            status,
+            exit_code: None,
+            http_status: None,
+            error: Some(error),
+            output: String::new(),
+            finished_at: self.clock.now(),
+        }
+    }
+
+    /// Record the outcome; keep trying while the database is down, since a row left `running`
+    /// blocks `forbid` jobs until a later leader reaps it.
+    async fn finish(&self, job: &Job, run_id: i64, outcome: &RunOutcome) {
+        metrics::counter!(metric::RUNS, "job" => job.name.to_string(), "status" => outcome.status.as_str())
+            .increment(1);
+        tracing::info!(
+            job = %job.name, run_id, status = outcome.status.as_str(), exit_code = ?outcome.exit_code,
+            error = ?outcome.error, "run finished"
+        );
+        if self.batchers.finish(run_id, outcome).await {
+            return;
+        }
+        let mut delay = DATABASE_RETRY;
+        for _ in 0..60 {
+            match self.store.finish_run(run_id, outcome).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%error, run_id, "could not record the outcome; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::error!(run_id, job = %job.name, "gave up recording a run's outcome; a later leader will mark it lost");
+    }
+}

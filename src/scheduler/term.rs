@@ -1,0 +1,411 @@
+//! One term of leadership as the firing loop holds it (`ActiveTerm`): begun by raising the fence
+//! and reading each job's cursor, it owns what only a leader has (the term's batchers, the jobs'
+//! firing state, the heartbeat, the reaping of vanished replicas' runs), and ends when it is
+//! dropped. Also the operator controls the leader applies.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::Batchers;
+use super::clock::Clock;
+use super::plan::{self, DueSlots, JobState};
+use super::{DATABASE_RETRY, Scheduler};
+use crate::clock::StepDetector;
+use crate::leadership::{LeaderTerm, Term};
+use crate::model::{Member, Trigger};
+use crate::store::{ClaimError, FenceError, LiveNode, Store};
+use crate::telemetry::metric;
+
+/// How often the leader records that its term is alive (the terms page's hand-over times).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The term this replica leads, from the fence raised to its end. Whatever needs a term
+/// (batchers, cursors) exists only in here, so nothing can claim without one.
+pub(super) struct ActiveTerm {
+    pub(super) leader: LeaderTerm,
+    pub(super) batchers: Batchers,
+    /// Per job, in job-file order: its cursor and whether it is paused.
+    pub(super) jobs: Vec<JobState>,
+    pub(super) due: DueSlots,
+    /// Until the operator controls are read (at term start, after a reload, after a
+    /// notification) nothing fires: a job an operator paused must not fire by the job file's
+    /// `paused` alone.
+    pub(super) controls_pending: bool,
+    /// Manual triggers this term has started and whose runs have not ended; a trigger still
+    /// pending after its run ended (stopped before its claim or start) is started again.
+    pub(super) started_triggers: HashSet<i64>,
+    pub(super) steps: StepDetector,
+    /// Runs of older terms whose node vanished become `lost` once nothing of them can be left:
+    /// `lost_after` since the node left the registry (or since this term began, for a node
+    /// gone before), by which time its supervisor or its own kill grace have ended them.
+    pub(super) departures: Departures,
+    pub(super) next_reap: Instant,
+    pub(super) next_heartbeat: Instant,
+    /// Bookkeeping runs beside the loop, one at a time, so a slow or unreachable database never
+    /// holds up a wake-up (a slot, a step-down).
+    heartbeat: Option<JoinHandle<()>>,
+    reaping: Option<JoinHandle<()>>,
+    /// The last heartbeat marks when this term ended, however it ends.
+    _last_heartbeat: TermHeartbeat,
+}
+
+impl ActiveTerm {
+    pub(super) fn term(&self) -> &Term {
+        &self.leader.term
+    }
+
+    /// Record that the term is alive (unless the last record is still under way).
+    pub(super) fn heartbeat(&mut self, store: &Store, clock: &Clock) {
+        if self.heartbeat.as_ref().is_none_or(|task| task.is_finished()) {
+            let (store, term, at) = (store.clone(), self.leader.term.clone(), clock.now());
+            self.heartbeat = Some(tokio::spawn(async move {
+                if let Err(error) = store.term_alive(&term, at).await {
+                    tracing::debug!(%error, "could not record the term heartbeat");
+                }
+            }));
+        }
+        self.next_heartbeat = Instant::now() + HEARTBEAT;
+    }
+}
+
+/// Records the term's last heartbeat when the term ends (resign, step-down, shutdown).
+struct TermHeartbeat {
+    store: Store,
+    term: Term,
+    clock: Clock,
+}
+
+impl Drop for TermHeartbeat {
+    fn drop(&mut self) {
+        let (store, term, at) = (self.store.clone(), self.term.clone(), self.clock.now());
+        tokio::spawn(async move { store.term_alive(&term, at).await });
+    }
+}
+
+impl Scheduler {
+    /// Raise the fence to this term before its first claim, start its batchers and read the
+    /// jobs' cursors. `None` when this term must not fire.
+    pub(super) async fn begin_term(&mut self, leader: &LeaderTerm, shutdown: &CancellationToken) -> Option<ActiveTerm> {
+        if !self.raise_fence(leader, shutdown).await {
+            return None;
+        }
+        let steps = StepDetector::default();
+        let batchers = Batchers::spawn(&self.store, &leader.term, &self.node_id);
+        let jobs = self.load_states(leader, shutdown).await?;
+        let lost_after = self.supervision.lost_after();
+        let mut departures = Departures::default();
+        departures.observe(&self.members.borrow_and_update(), Instant::now());
+        let mut due = DueSlots::default();
+        due.reset(&jobs);
+        Some(ActiveTerm {
+            leader: leader.clone(),
+            batchers,
+            jobs,
+            due,
+            controls_pending: true,
+            started_triggers: HashSet::new(),
+            steps,
+            departures,
+            next_reap: Instant::now() + lost_after,
+            next_heartbeat: Instant::now(),
+            heartbeat: None,
+            reaping: None,
+            _last_heartbeat: TermHeartbeat {
+                store: self.store.clone(),
+                term: leader.term.clone(),
+                clock: self.clock.clone(),
+            },
+        })
+    }
+
+    /// Raise the fence to `leader`'s term. False when this term must not fire.
+    async fn raise_fence(&mut self, leader: &LeaderTerm, shutdown: &CancellationToken) -> bool {
+        let term = &leader.term;
+        loop {
+            let (store, clock_check, node) = (&self.store, &mut self.clock_check, &self.node_id);
+            let began = tokio::select! {
+                began = store.begin_term(term, node) => Some(began),
+                // A database that hangs is not waited out: the probe's verdict ends the term.
+                _ = clock_check.wait_for(|check| check.refusal().is_some()) => None,
+            };
+            let Some(began) = began else {
+                self.refused_by_clock(leader);
+                return false;
+            };
+            match began {
+                Ok(()) => {
+                    metrics::gauge!(metric::TERM).set(term.revision() as f64);
+                    tracing::info!(term = term.revision(), "fence raised; firing");
+                    return true;
+                }
+                Err(FenceError::Superseded { fence, fence_cluster, fence_node, .. }) => {
+                    if fence_cluster != term.cluster_id() {
+                        tracing::error!(
+                            term = term.revision(),
+                            fence,
+                            fence_cluster,
+                            cluster = term.cluster_id(),
+                            "the ledger's fence comes from another etcd cluster with a higher term: \
+                             etcd was probably rebuilt; refusing to fire until an operator resets the fence"
+                        );
+                    } else if fence == term.revision() {
+                        tracing::warn!(
+                            term = term.revision(),
+                            fence_node,
+                            "another node already began this term; stepping down"
+                        );
+                    } else {
+                        tracing::warn!(term = term.revision(), fence, "a newer term holds the fence; stepping down");
+                    }
+                    leader.step_down.cancel();
+                    return false;
+                }
+                Err(FenceError::Database(error)) => {
+                    tracing::warn!(%error, term = term.revision(), "could not raise the fence; retrying");
+                    if !self.retry_pause(leader, shutdown).await
+                        || !leader.lease.is_valid()
+                        || self.refused_by_clock(leader)
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each job's firing state, from its cursor in the ledger.
+    async fn load_states(&mut self, leader: &LeaderTerm, shutdown: &CancellationToken) -> Option<Vec<JobState>> {
+        loop {
+            let jobs = self.jobs.borrow_and_update().clone();
+            let names: Vec<&str> = jobs.jobs().iter().map(|job| job.name.as_ref()).collect();
+            let now = self.clock.now();
+            let (store, clock_check) = (&self.store, &mut self.clock_check);
+            let cursors = tokio::select! {
+                cursors = store.job_cursors(&leader.term, &names, now) => Some(cursors),
+                _ = clock_check.wait_for(|check| check.refusal().is_some()) => None,
+            };
+            let Some(cursors) = cursors else {
+                self.refused_by_clock(leader);
+                return None;
+            };
+            match cursors {
+                Ok(cursors) => {
+                    let state = |job: &crate::config::Job| JobState {
+                        cursor: plan::resume_from(cursors.get(job.name.as_ref()), now),
+                        paused: job.paused,
+                        job: Arc::new(job.clone()),
+                    };
+                    return Some(jobs.jobs().iter().map(state).collect());
+                }
+                Err(ClaimError::Fenced { fence, .. }) => {
+                    tracing::warn!(term = leader.term.revision(), fence, "a newer term holds the fence; stepping down");
+                    leader.step_down.cancel();
+                    return None;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not read the ledger; retrying");
+                    if !self.retry_pause(leader, shutdown).await || self.refused_by_clock(leader) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wait `DATABASE_RETRY` before a term that is starting tries the database again. False
+    /// when the term ended meanwhile (shutdown, step-down, another term).
+    async fn retry_pause(&self, leader: &LeaderTerm, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = leader.step_down.cancelled() => return false,
+            () = tokio::time::sleep(DATABASE_RETRY) => {}
+        }
+        self.leadership.borrow().term() == Some(&leader.term)
+    }
+
+    /// A term that is still starting (raising the fence, reading cursors) while the database
+    /// stopped answering, or the clock drifted, steps down rather than wait for it.
+    fn refused_by_clock(&self, leader: &LeaderTerm) -> bool {
+        let Some(why) = self.clock_check.borrow().refusal() else { return false };
+        tracing::error!(term = leader.term.revision(), "{why}; stepping down");
+        leader.step_down.cancel();
+        true
+    }
+
+    /// Mark the runs of vanished leaders `lost` once they have been gone for `lost_after`
+    /// (unless the last reaping is still under way).
+    pub(super) fn reap(&self, term: &mut ActiveTerm) {
+        let lost_after = self.supervision.lost_after();
+        if term.reaping.as_ref().is_none_or(|task| task.is_finished()) {
+            let members = self.members.borrow().clone();
+            let now = Instant::now();
+            term.departures.observe(&members, now);
+            let mut live = term.departures.vouching(&members, now, lost_after);
+            if !members.iter().any(|member| member.node == self.node_id) {
+                // Not registered ourselves: the registry is stale or failing; `reap_lost` reaps nothing.
+                live.clear();
+            }
+            let (store, node) = (self.store.clone(), self.node_id.clone());
+            term.reaping = Some(tokio::spawn(reap_lost(store, term.leader.term.clone(), node, live)));
+        }
+        term.next_reap = Instant::now() + lost_after;
+    }
+
+    /// Apply operator pauses and resumes, and start pending manual triggers. False when the
+    /// ledger could not be read: the caller fires nothing until a later call succeeds, and
+    /// retries after `DATABASE_RETRY`.
+    pub(super) async fn apply_controls(&mut self, term: &mut ActiveTerm) -> bool {
+        let now = self.clock.now();
+        let controls = match self.store.job_controls().await {
+            Ok(controls) => controls,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the operator controls; firing nothing until they are read");
+                return false;
+            }
+        };
+        for state in term.jobs.iter_mut() {
+            let control = controls.get(state.job.name.as_ref());
+            // An operator's pause or resume overrides the job file's `paused`.
+            let should_pause = control.map_or(state.job.paused, |control| control.paused);
+            if state.paused && !should_pause {
+                // Resumed: slots that fell due while paused are not owed.
+                state.cursor = state.cursor.max(now);
+                tracing::info!(job = %state.job.name, "resumed");
+            } else if !state.paused && should_pause {
+                tracing::info!(job = %state.job.name, "paused");
+            }
+            state.paused = should_pause;
+            if let Some(control) = control {
+                plan::start_after_resume(state, control);
+            }
+        }
+        if !term.leader.lease.is_valid() {
+            // No trigger could be claimed now: retried shortly, unless the term ends first.
+            return false;
+        }
+        let triggers = match self.store.pending_triggers().await {
+            Ok(triggers) => triggers,
+            Err(error) => {
+                tracing::warn!(%error, "could not read pending triggers; retrying");
+                return false;
+            }
+        };
+        for trigger in triggers {
+            if !term.started_triggers.insert(trigger.id) {
+                continue;
+            }
+            let job = term.jobs.iter().find(|state| state.job.name.as_ref() == trigger.job).map(|s| s.job.clone());
+            let Some(job) = job else {
+                tracing::warn!(job = %trigger.job, trigger = trigger.id, "trigger for a job not in the job file; dropped");
+                if let Err(error) = self.store.trigger_dropped(trigger.id).await {
+                    tracing::warn!(%error, "could not mark the trigger handled");
+                }
+                continue;
+            };
+            tracing::info!(job = %job.name, trigger = trigger.id, by = %trigger.requested_by, "manual trigger");
+            let task = self.run_task(term, now);
+            self.start_runs(job, vec![trigger.requested_at], Trigger::Manual { request: trigger.id }, task);
+        }
+        true
+    }
+}
+
+async fn reap_lost(store: Store, term: Term, node: String, live: Vec<LiveNode>) {
+    // A registry that does not list us is stale or failing; reaping by it could mark a live run
+    // lost.
+    if !live.iter().any(|l| l.node == node) {
+        return;
+    }
+    match store.reap_lost(&term, &live).await {
+        Ok(0) => {}
+        Ok(count) => {
+            metrics::counter!(metric::RUNS_LOST).increment(count);
+            tracing::warn!(count, "runs of vanished leaders marked lost");
+        }
+        Err(error) => tracing::warn!(%error, "could not reap lost runs"),
+    }
+}
+
+/// The replicas this leader saw leave the registry, and when: a run of theirs is reaped `lost` only
+/// once they have been gone for `Supervision::lost_after` (a replica that freezes now has a
+/// supervisor that kills its runs only after the silence limit). A replica gone before the term
+/// began is not listed: the term's first reap comes `lost_after` after its start.
+#[derive(Debug, Default)]
+pub(super) struct Departures {
+    /// Node id and start time of every replica registered at the last look.
+    present: HashMap<String, DateTime<Utc>>,
+    /// Node id, start time, and when it was first seen gone.
+    gone: HashMap<String, (DateTime<Utc>, Instant)>,
+}
+
+impl Departures {
+    /// Take note of the registry as of `now`; true when a replica has left it since the last look.
+    pub(super) fn observe(&mut self, members: &[Member], now: Instant) -> bool {
+        let current: HashMap<String, DateTime<Utc>> =
+            members.iter().map(|member| (member.node.clone(), member.started_at)).collect();
+        let mut departed = false;
+        for (node, since) in &self.present {
+            if !current.contains_key(node) {
+                self.gone.entry(node.clone()).or_insert((*since, now));
+                departed = true;
+            }
+        }
+        self.gone.retain(|node, _| !current.contains_key(node));
+        self.present = current;
+        departed
+    }
+
+    /// Whose runs may not be reaped yet: the registered replicas, and those gone for less than
+    /// `wait` (each vouching for the runs it claimed since it started).
+    fn vouching(&mut self, members: &[Member], now: Instant, wait: Duration) -> Vec<LiveNode> {
+        self.gone.retain(|_, (_, gone_at)| now.duration_since(*gone_at) < wait);
+        let registered = members.iter().map(|member| LiveNode { node: member.node.clone(), since: member.started_at });
+        let departing = self.gone.iter().map(|(node, (since, _))| LiveNode { node: node.clone(), since: *since });
+        registered.chain(departing).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_departed_replica_vouches_for_its_runs_until_its_wait_is_out() {
+        let member = |node: &str| Member {
+            node: node.into(),
+            version: String::new(),
+            address: String::new(),
+            config_hash: String::new(),
+            started_at: at("2026-01-01T00:00:00Z"),
+        };
+        let nodes = |live: Vec<LiveNode>| {
+            let mut nodes: Vec<String> = live.into_iter().map(|l| l.node).collect();
+            nodes.sort();
+            nodes
+        };
+        let wait = Duration::from_secs(3);
+        let start = Instant::now();
+        let mut departures = Departures::default();
+        assert!(!departures.observe(&[member("a"), member("b")], start));
+        let left = start + Duration::from_secs(10);
+        assert!(departures.observe(&[member("a")], left), "b left");
+        assert!(!departures.observe(&[member("a")], left + Duration::from_secs(1)), "seen gone again: no news");
+        // b is gone since `left`, not since the later look, and vouches until `left + wait`.
+        assert_eq!(nodes(departures.vouching(&[member("a")], left + Duration::from_secs(2), wait)), ["a", "b"]);
+        assert_eq!(nodes(departures.vouching(&[member("a")], left + wait, wait)), ["a"]);
+        // Back in the registry, then gone again: a new wait.
+        departures.observe(&[member("a"), member("b")], left + Duration::from_secs(5));
+        assert!(departures.observe(&[member("a")], left + Duration::from_secs(6)));
+        assert_eq!(nodes(departures.vouching(&[member("a")], left + Duration::from_secs(8), wait)), ["a", "b"]);
+    }
+}
