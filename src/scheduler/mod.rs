@@ -19,6 +19,8 @@ mod lead_time;
 mod plan;
 mod run;
 mod term;
+#[cfg(test)]
+mod tests;
 
 pub use clock::Clock;
 

@@ -1,0 +1,419 @@
+//! The firing loop driven through its inputs, in milliseconds: a `watch::Sender<Leadership>` for
+//! the election, a stepped `Clock` for time, the SQLite ledger `tenure dev` uses (in memory: a
+//! real ledger with the same fence and refusals, not a fake), and HTTP jobs that call a witness
+//! on loopback, which notes the slot, term and job of every execution.
+
+use std::sync::Mutex;
+
+use chrono::Timelike;
+
+use super::*;
+use crate::leadership::{BootInstant, LeaseDeadline, Term};
+use crate::store::{Reads, RunRecord, Sqlite};
+
+const NODE: &str = "node-1";
+
+fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+}
+
+fn ms(millis: i64) -> chrono::Duration {
+    chrono::Duration::milliseconds(millis)
+}
+
+/// What the witness saw of one execution.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Execution {
+    job: String,
+    slot: DateTime<Utc>,
+    term: i64,
+}
+
+/// An HTTP endpoint the jobs call: it answers 200 and notes each call's `X-Tenure-*` headers.
+struct Witness {
+    url: String,
+    calls: Arc<Mutex<Vec<Execution>>>,
+}
+
+impl Witness {
+    async fn start() -> Witness {
+        let calls: Arc<Mutex<Vec<Execution>>> = Arc::default();
+        let noted = calls.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::any(move |headers: axum::http::HeaderMap| {
+                let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+                noted.lock().unwrap().push(Execution {
+                    job: header("x-tenure-job"),
+                    slot: at(&header("x-tenure-slot")),
+                    term: header("x-tenure-term").parse().unwrap(),
+                });
+                async { "ok" }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Witness { url, calls }
+    }
+
+    fn executions(&self) -> Vec<Execution> {
+        let mut calls = self.calls.lock().unwrap().clone();
+        calls.sort();
+        calls
+    }
+
+    /// A job file of HTTP jobs calling this witness: (name, schedule, further YAML lines).
+    fn jobs(&self, jobs: &[(&str, &str, &str)]) -> JobSet {
+        let mut yaml = String::from("jobs:\n");
+        for (name, schedule, more) in jobs {
+            yaml += &format!("  - name: {name}\n    schedule: \"{schedule}\"\n    http:\n      url: {}\n", self.url);
+            for line in more.lines() {
+                yaml += &format!("    {line}\n");
+            }
+        }
+        crate::config::parse(&yaml, "jobs.yaml").unwrap()
+    }
+}
+
+/// One ledger row, as the assertions compare it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Row {
+    job: String,
+    slot: DateTime<Utc>,
+    term: i64,
+    status: String,
+    started_at: Option<DateTime<Utc>>,
+}
+
+fn row(job: &str, slot: &str, term: i64, status: &str, started: bool) -> Row {
+    let slot = at(slot);
+    Row { job: job.to_owned(), slot, term, status: status.to_owned(), started_at: started.then_some(slot) }
+}
+
+fn rows(runs: &[RunRecord]) -> Vec<Row> {
+    let mut rows: Vec<Row> = runs
+        .iter()
+        .map(|run| Row {
+            job: run.job.clone(),
+            slot: run.slot,
+            term: run.term,
+            status: run.status.as_str().to_owned(),
+            started_at: run.started_at,
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// A scheduler running on its own task, and the senders that drive it.
+struct Loop {
+    clock: Clock,
+    store: Store,
+    reads: Reads,
+    leadership: watch::Sender<Leadership>,
+    _jobs: watch::Sender<Arc<JobSet>>,
+    _members: watch::Sender<Vec<Member>>,
+    _clock_check: watch::Sender<ClockCheck>,
+    shutdown: CancellationToken,
+    /// The scheduler's run tasks (claims, starts, executions, outcomes), to see them end.
+    runs: TaskTracker,
+    scheduler: tokio::task::JoinHandle<()>,
+}
+
+impl Loop {
+    async fn start((store, reads): (Store, Reads), jobs: JobSet, start: DateTime<Utc>) -> Loop {
+        Loop::start_as(NODE, (store, reads), jobs, start).await
+    }
+
+    /// A replica `node` on the ledger `(store, reads)`, its clock at `start`, not leading.
+    async fn start_as(node: &str, (store, reads): (Store, Reads), jobs: JobSet, start: DateTime<Utc>) -> Loop {
+        let clock = Clock::stepped(start);
+        let (leadership, leadership_rx) = watch::channel(Leadership::Follower { leader: None });
+        let (jobs_tx, jobs_rx) = watch::channel(Arc::new(jobs));
+        let member = Member {
+            node: node.into(),
+            version: String::new(),
+            address: String::new(),
+            config_hash: String::new(),
+            started_at: start,
+        };
+        let (members, members_rx) = watch::channel(vec![member]);
+        let (clock_check, clock_check_rx) = watch::channel(ClockCheck { skew_ms: Some(0), reachable: true });
+        let scheduler = Scheduler::new(SchedulerInputs {
+            store: store.clone(),
+            node_id: node.into(),
+            jobs: jobs_rx,
+            leadership: leadership_rx,
+            members: members_rx,
+            clock_check: clock_check_rx,
+            supervision: Supervision::new(Duration::from_secs(1)),
+            shutdown_grace: Duration::from_secs(5),
+            clock: clock.clone(),
+        });
+        let shutdown = CancellationToken::new();
+        let runs = scheduler.runs.clone();
+        let scheduler = tokio::spawn(scheduler.run(shutdown.clone()));
+        Loop {
+            clock,
+            store,
+            reads,
+            leadership,
+            _jobs: jobs_tx,
+            _members: members,
+            _clock_check: clock_check,
+            shutdown,
+            runs,
+            scheduler,
+        }
+    }
+
+    /// Lead with term `revision` (a lease valid for an hour), and wait until its fence is raised.
+    async fn lead(&self, revision: i64) -> LeaderTerm {
+        let leader = LeaderTerm {
+            term: Term::for_tests(revision, crate::local::CLUSTER_ID),
+            since: self.clock.now(),
+            lease: LeaseDeadline::new(BootInstant::now() + Duration::from_secs(3600)),
+            step_down: CancellationToken::new(),
+        };
+        self.leadership.send_replace(Leadership::Leader(leader.clone()));
+        let reads = &self.reads;
+        wait_for(&format!("term {revision} begun"), || async move {
+            let terms = reads.terms().await.unwrap();
+            terms.iter().any(|term| term.term == revision).then_some(())
+        })
+        .await;
+        leader
+    }
+
+    fn follow(&self) {
+        self.leadership.send_replace(Leadership::Follower { leader: None });
+    }
+
+    /// Wait until every run task has ended (nothing of a term that ended is left to act).
+    async fn wait_for_runs_to_end(&self) {
+        let runs = &self.runs;
+        wait_for("the run tasks to end", || async move { runs.is_empty().then_some(()) }).await;
+    }
+
+    /// Wait until the ledger's rows satisfy `done`; return them.
+    async fn wait_for_rows(&self, what: &str, done: impl Fn(&[Row]) -> bool) -> Vec<Row> {
+        let (reads, done) = (&self.reads, &done);
+        wait_for(what, || async move {
+            let rows = rows(&reads.all_runs().await.unwrap());
+            done(&rows).then_some(rows)
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.scheduler).await.unwrap().unwrap();
+    }
+}
+
+/// Poll `probe` every 2 ms (real time) until it answers, for at most 10 s.
+async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(what: &str, probe: impl Fn() -> F) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Both sides of a fresh SQLite ledger, as `tenure dev` has them.
+async fn ledger() -> (Store, Reads) {
+    Store::with_reads(Sqlite::in_memory().await.unwrap())
+}
+
+/// As if term 1 had begun at `at` and recorded the jobs' cursors: where the next term resumes.
+async fn seed_cursors(store: &Store, jobs: &JobSet, at: DateTime<Utc>) {
+    let earlier = Term::for_tests(1, crate::local::CLUSTER_ID);
+    store.begin_term(&earlier, NODE).await.unwrap();
+    let names: Vec<&str> = jobs.jobs().iter().map(|job| job.name.as_ref()).collect();
+    store.job_cursors(&earlier, &names, at).await.unwrap();
+}
+
+/// A fresh scheduler claims 300 ms ahead (a claim lead time of 250 ms before any claim was
+/// seen, plus a start lead time of 50 ms): 200 ms before the slot, it has claimed and not started.
+async fn claimed_ahead(lp: &Loop, slot: DateTime<Utc>) {
+    lp.clock.advance_to(slot - ms(200));
+    lp.wait_for_rows("the claim ahead", |rows| rows.len() == 1).await;
+    let claimed = rows(&lp.reads.all_runs().await.unwrap());
+    assert_eq!(claimed, [row("minutely", "2026-03-02T10:01:00Z", 1, "running", false)]);
+}
+
+#[tokio::test]
+async fn a_term_that_ends_between_a_claim_ahead_and_its_start_leaves_the_claim_to_the_next_term() {
+    let witness = Witness::start().await;
+    let slot = at("2026-03-02T10:01:00Z");
+    let jobs = witness.jobs(&[("minutely", "* * * * *", "")]);
+    let lp = Loop::start(ledger().await, jobs, at("2026-03-02T10:00:50Z")).await;
+    let first = lp.lead(1).await;
+    claimed_ahead(&lp, slot).await;
+    // The term ends before the start: its claim is left unstarted for the next term, neither
+    // started nor recorded `killed`.
+    lp.follow();
+    lp.wait_for_runs_to_end().await;
+    let unstarted = rows(&lp.reads.all_runs().await.unwrap());
+    assert_eq!(unstarted, [row("minutely", "2026-03-02T10:01:00Z", 1, "running", false)]);
+    let _second = lp.lead(2).await;
+    lp.clock.advance_to(slot);
+    let rows = lp.wait_for_rows("the slot run", |rows| rows.iter().all(|row| row.status != "running")).await;
+    assert_eq!(rows, [row("minutely", "2026-03-02T10:01:00Z", 2, "succeeded", true)]);
+    assert_eq!(witness.executions(), [Execution { job: "minutely".into(), slot, term: 2 }]);
+    assert!(!first.step_down.is_cancelled(), "the first term never tried to start its claim");
+    lp.stop().await;
+}
+
+#[tokio::test]
+async fn a_newer_term_in_the_ledger_refuses_the_start_of_a_claim_ahead_and_the_leader_steps_down() {
+    let witness = Witness::start().await;
+    let slot = at("2026-03-02T10:01:00Z");
+    let jobs = witness.jobs(&[("minutely", "* * * * *", "")]);
+    let lp = Loop::start(ledger().await, jobs, at("2026-03-02T10:00:50Z")).await;
+    let first = lp.lead(1).await;
+    claimed_ahead(&lp, slot).await;
+    // Another replica's newer term raises the fence while etcd still says we lead.
+    lp.store.begin_term(&Term::for_tests(7, crate::local::CLUSTER_ID), "node-2").await.unwrap();
+    lp.clock.advance_to(slot - ms(50));
+    wait_for("the step-down", || async { first.step_down.is_cancelled().then_some(()) }).await;
+    lp.clock.advance_to(slot + ms(1_000));
+    let rows = rows(&lp.reads.all_runs().await.unwrap());
+    assert_eq!(rows, [row("minutely", "2026-03-02T10:01:00Z", 1, "running", false)], "left for term 7");
+    assert_eq!(witness.executions(), []);
+    lp.stop().await;
+}
+
+#[tokio::test]
+async fn a_lease_that_expires_before_a_claimed_slot_leaves_the_claim_to_the_next_term() {
+    let witness = Witness::start().await;
+    let slot = at("2026-03-02T10:01:00Z");
+    let jobs = witness.jobs(&[("minutely", "* * * * *", "")]);
+    let ledger = ledger().await;
+    let lp = Loop::start(ledger.clone(), jobs.clone(), at("2026-03-02T10:00:50Z")).await;
+    let first = lp.lead(1).await;
+    claimed_ahead(&lp, slot).await;
+    // The lease runs out before the start lead time, and nothing tells this replica it no longer
+    // leads: its own deadline must keep it from starting the claim, or recording it `killed`.
+    first.lease.expire();
+    lp.clock.advance_to(slot);
+    lp.wait_for_runs_to_end().await;
+    let unstarted = rows(&lp.reads.all_runs().await.unwrap());
+    assert_eq!(unstarted, [row("minutely", "2026-03-02T10:01:00Z", 1, "running", false)]);
+    // Another replica wins the next term at the slot and takes the claim over.
+    let next = Loop::start_as("node-2", ledger, jobs, slot).await;
+    next.lead(2).await;
+    let rows = next.wait_for_rows("the slot run", |rows| rows.iter().all(|row| row.status != "running")).await;
+    assert_eq!(rows, [row("minutely", "2026-03-02T10:01:00Z", 2, "succeeded", true)]);
+    assert_eq!(witness.executions(), [Execution { job: "minutely".into(), slot, term: 2 }]);
+    assert!(!first.step_down.is_cancelled(), "the first term never tried to start its claim");
+    lp.stop().await;
+    next.stop().await;
+}
+
+#[tokio::test]
+async fn across_the_fall_back_hour_a_wildcard_job_fires_in_both_copies_and_a_fixed_time_once() {
+    let witness = Witness::start().await;
+    let new_york = "timezone: America/New_York";
+    let jobs = witness.jobs(&[("wildcard", "*/20 * * * *", new_york), ("fixed", "30 1 * * *", new_york)]);
+    // 00:50 EDT; New York falls back at 06:00Z (02:00 EDT becomes 01:00 EST).
+    let start = at("2026-11-01T04:50:00Z");
+    let ledger = ledger().await;
+    seed_cursors(&ledger.0, &jobs, start).await;
+    let lp = Loop::start(ledger, jobs, start).await;
+    lp.lead(2).await;
+    let mut expected = Vec::new();
+    for step in 1..=12 {
+        let now = at("2026-11-01T04:50:00Z") + chrono::Duration::minutes(10 * step);
+        lp.clock.advance_to(now);
+        let local = now.with_timezone(&chrono_tz::America::New_York);
+        let succeeded =
+            |job: &str| Row { job: job.into(), slot: now, term: 2, status: "succeeded".into(), started_at: Some(now) };
+        if now.minute() % 20 == 0 {
+            expected.push(succeeded("wildcard"));
+        }
+        if now == at("2026-11-01T05:30:00Z") {
+            expected.push(succeeded("fixed"));
+        }
+        expected.sort();
+        let count = expected.len();
+        let rows = lp
+            .wait_for_rows(&format!("the slots up to {local}"), |rows| {
+                rows.len() == count && rows.iter().all(|row| row.status != "running")
+            })
+            .await;
+        assert_eq!(rows, expected, "at {local}");
+    }
+    let slots = |job: &str| -> Vec<DateTime<Utc>> {
+        expected.iter().filter(|row| row.job == job).map(|row| row.slot).collect()
+    };
+    let z =
+        |times: &[&str]| -> Vec<DateTime<Utc>> { times.iter().map(|t| at(&format!("2026-11-01T{t}:00Z"))).collect() };
+    // 01:00, 01:20, 01:40 EDT, then 01:00, 01:20, 01:40 EST; 01:30 only in EDT.
+    assert_eq!(slots("wildcard"), z(&["05:00", "05:20", "05:40", "06:00", "06:20", "06:40"]));
+    assert_eq!(slots("fixed"), z(&["05:30"]));
+    let executed: Vec<Execution> =
+        expected.iter().map(|row| Execution { job: row.job.clone(), slot: row.slot, term: 2 }).collect();
+    assert_eq!(witness.executions(), executed);
+    lp.stop().await;
+}
+
+#[tokio::test]
+async fn a_term_that_begins_late_catches_up_per_each_jobs_policy_and_starting_deadline() {
+    let witness = Witness::start().await;
+    let jobs = witness.jobs(&[
+        ("none", "* * * * *", "catch_up: none"),
+        ("latest", "* * * * *", "catch_up: latest"),
+        ("all", "* * * * *", "catch_up: all"),
+        ("all-2m", "* * * * *", "catch_up: all\nstarting_deadline: 2m"),
+    ]);
+    // An earlier term recorded the cursors at 10:00:30, then nobody led until 10:04:30.
+    let ledger = ledger().await;
+    seed_cursors(&ledger.0, &jobs, at("2026-03-02T10:00:30Z")).await;
+    let lp = Loop::start(ledger, jobs, at("2026-03-02T10:04:30Z")).await;
+    lp.lead(2).await;
+    let rows = lp
+        .wait_for_rows("the catch-up", |rows| rows.len() == 16 && rows.iter().all(|row| row.status != "running"))
+        .await;
+    let late = |job: &str, minute: u32, status: &str| {
+        let slot = format!("2026-03-02T10:0{minute}:00Z");
+        let started = status == "succeeded";
+        Row { started_at: started.then(|| lp.clock.now()), ..row(job, &slot, 2, status, started) }
+    };
+    let mut expected = vec![
+        late("none", 1, "missed"),
+        late("none", 2, "missed"),
+        late("none", 3, "missed"),
+        late("none", 4, "missed"),
+        late("latest", 1, "missed"),
+        late("latest", 2, "missed"),
+        late("latest", 3, "missed"),
+        late("latest", 4, "succeeded"),
+        late("all", 1, "succeeded"),
+        late("all", 2, "succeeded"),
+        late("all", 3, "succeeded"),
+        late("all", 4, "succeeded"),
+        late("all-2m", 1, "missed"),
+        late("all-2m", 2, "missed"),
+        late("all-2m", 3, "succeeded"),
+        late("all-2m", 4, "succeeded"),
+    ];
+    expected.sort();
+    assert_eq!(rows, expected);
+    let executed = |job: &str, minutes: &[u32]| -> Vec<Execution> {
+        let slot = |minute| at(&format!("2026-03-02T10:0{minute}:00Z"));
+        minutes.iter().map(|minute| Execution { job: job.into(), slot: slot(minute), term: 2 }).collect()
+    };
+    let mut expected = [executed("latest", &[4]), executed("all", &[1, 2, 3, 4]), executed("all-2m", &[3, 4])].concat();
+    expected.sort();
+    assert_eq!(witness.executions(), expected);
+    // `all` runs its slots one after the other, oldest first.
+    let calls = witness.calls.lock().unwrap().clone();
+    let all: Vec<DateTime<Utc>> = calls.iter().filter(|call| call.job == "all").map(|call| call.slot).collect();
+    assert!(all.is_sorted(), "{all:?}");
+    lp.stop().await;
+}
