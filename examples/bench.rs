@@ -1020,13 +1020,12 @@ async fn readers() -> anyhow::Result<()> {
         let until = Utc::now().duration_trunc(chrono::Duration::seconds(1))?;
         // Let the window's last runs record their outputs.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let rows: Vec<(DateTime<Utc>, Option<String>, String)> = sqlx::query_as(
-            "SELECT slot, output, status FROM runs WHERE job LIKE 's%' AND slot >= $1 AND slot < $2",
-        )
-        .bind(from)
-        .bind(until)
-        .fetch_all(&pool)
-        .await?;
+        let rows: Vec<(DateTime<Utc>, Option<String>, String)> =
+            sqlx::query_as("SELECT slot, output, status FROM runs WHERE job LIKE 's%' AND slot >= $1 AND slot < $2")
+                .bind(from)
+                .bind(until)
+                .fetch_all(&pool)
+                .await?;
         // When each job's process ran, as it printed it.
         let mut late: Vec<f64> =
             rows.iter().filter_map(|(slot, output, _)| Some(ms(stamp(output.as_deref()?)? - *slot))).collect();

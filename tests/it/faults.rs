@@ -610,7 +610,15 @@ async fn a_fault_between_a_claim_ahead_and_its_slot_never_runs_it_twice_or_early
     // `catch_up: all`, so a slot the dead leader claimed and never started must be run late by
     // the next leader (issue 13, point 7), not recorded `lost` or `missed`.
     let jobs = TICK.replace("timeout: 10s", "timeout: 10s\n    catch_up: all");
-    let options = Options { env: vec![("TENURE_TEST_CLAIM_LEAD_MS".into(), "700".into())], ..Options::default() };
+    // The start is recorded 20 ms before the slot (a learned lead could grow past the fault's
+    // moment on a loaded machine, and the claim would no longer be unstarted when it comes).
+    let options = Options {
+        env: vec![
+            ("TENURE_TEST_CLAIM_LEAD_MS".into(), "700".into()),
+            ("TENURE_TEST_START_LEAD_MS".into(), "20".into()),
+        ],
+        ..Options::default()
+    };
     let mut cluster = Cluster::start_with(3, &jobs, options).await;
     for fault in [Signal::SIGTERM, Signal::SIGKILL, Signal::SIGSTOP] {
         let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
