@@ -1,5 +1,6 @@
 //! The command line: clap definitions (every flag also a `TENURE_*` variable) and the commands
-//! that print and exit (`validate`, `next`). `run` is handed to `app`.
+//! that print and exit (`validate`, `next`). `run` is handed to `app`; the client commands
+//! (`status`, `jobs`, `trigger`, ...) are defined and run by `client::commands`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -39,6 +40,10 @@ pub enum Command {
     Dev(DevArgs),
     /// Print the JSON Schema of the job file, for editors.
     Schema,
+    /// The client commands (status, jobs, runs, show, trigger, pause, resume, terms): a
+    /// replica's API over HTTP(S).
+    #[command(flatten)]
+    Client(crate::client::commands::ClientCommand),
 }
 
 /// `tenure supervise`, hidden: each replica starts one, which starts its command and shell runs

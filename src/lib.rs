@@ -6,10 +6,12 @@
 //! shares: run statuses and outcomes, triggers, the cluster view), `leadership` and `election` (who may
 //! fire, and with which term), `store` (the fenced run ledger), `executor` (running one job) and
 //! `supervisor` (its processes die with the replica), `scheduler` (the firing loop), `http` (health
-//! and API), `app` (wiring), `secret` (values never printed), `cli` (commands).
+//! and API), `app` (wiring), `secret` (values never printed), `cli` (commands), `client` (the commands that
+//! talk to a replica's API).
 
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod election;

@@ -34,6 +34,9 @@ fn main() -> ExitCode {
             print!("{}", tenure::config::job_file_schema());
             Ok(0)
         }
+        Command::Client(command) => {
+            Ok(tenure::client::commands::run(command, &mut std::io::stdout(), &mut std::io::stderr()))
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// What the ledger says happened to a slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Claimed (`started_at` empty: not started, a newer term may take it over) or started
@@ -101,7 +101,7 @@ impl Trigger {
 
 /// What a ledger row says about why its slot was claimed. The row keeps the kind only: the
 /// request behind a manual run is the trigger row linked to it (`TriggerRecord::run_id`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerKind {
     Schedule,

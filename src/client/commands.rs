@@ -1,0 +1,340 @@
+//! The client commands: their clap definitions (every flag also a `TENURE_*` variable) and
+//! running them against a replica. Each prints a table (or, with `--output json`, the API's
+//! JSON as one document) and returns the process's exit code; an error is one line on stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::Utc;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::Value;
+
+use super::types::{Run, Trigger};
+use super::{Answer, Client, ClientError, render};
+use crate::model::RunStatus;
+use crate::secret::Secret;
+
+/// Exit codes of the client commands (also in `--help` and the README).
+pub mod exit {
+    /// The command did what it was asked; with `trigger --wait`, the run succeeded.
+    pub const OK: i32 = 0;
+    /// `trigger --wait`: the run ended otherwise (failed, timed_out, killed, lost, missed,
+    /// skipped) or the leader dropped the trigger.
+    pub const RUN_DID_NOT_SUCCEED: i32 = 1;
+    /// A usage error, or no answer: the server unreachable, or its error (unknown job or run,
+    /// wrong token, ...).
+    pub const ERROR: i32 = 2;
+    /// `trigger --wait`: the run had not ended within `--timeout` (it goes on).
+    pub const WAIT_TIMED_OUT: i32 = 3;
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 done (with --wait: the run succeeded); 1 the run failed, timed out, was \
+killed, lost, missed or skipped; 2 usage error, server unreachable or an error answer (one line on stderr); 3 \
+--timeout passed before the run ended (it goes on).";
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Show the cluster as a replica sees it: the leader and its term, the replicas, warnings.
+    Status(ServerArgs),
+    /// List the jobs: schedule, state (active or paused), next fire time, last run.
+    Jobs(ServerArgs),
+    /// List a job's runs, newest first.
+    Runs(RunsArgs),
+    /// Show one run, with its output tail.
+    Show(ShowArgs),
+    /// Run a job now (through the same fenced claim as a scheduled slot); with --wait, follow
+    /// the run and exit with its outcome.
+    #[command(after_help = EXIT_CODES)]
+    Trigger(TriggerArgs),
+    /// Pause a job: its slots are not run until it is resumed (overrides the job file).
+    Pause(JobArgs),
+    /// Resume a paused job: the slots of its pause are not owed.
+    Resume(JobArgs),
+    /// List the leaders' terms (fencing tokens), newest first, with hand-over times.
+    Terms(ServerArgs),
+}
+
+/// Where the API is and how to talk to it.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Base URL of any replica's dashboard and API (http:// or https://).
+    #[arg(long, env = "TENURE_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// A file holding the admin token, needed by trigger, pause and resume (and by reads
+    /// under --protect-reads). Without it, the TENURE_ADMIN_TOKEN variable is used.
+    #[arg(long, env = "TENURE_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of a CA to trust for https:// servers, besides the built-in roots.
+    #[arg(long, env = "TENURE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// `table` for people, `json` (the API's JSON, one document) for scripts.
+    #[arg(long, short = 'o', env = "TENURE_OUTPUT", value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// The job's name.
+    pub job: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// The job's name.
+    pub job: String,
+    /// Only runs with this status.
+    #[arg(long, value_parser = parse_status)]
+    pub status: Option<RunStatus>,
+    /// At most this many runs.
+    #[arg(long, short = 'n', default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit: u32,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The run's id (the ID column of `tenure runs`).
+    pub run_id: i64,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    /// The job's name.
+    pub job: String,
+    /// Follow the run until it ends, print it, and exit with its outcome (see the exit codes).
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up waiting after this long (exit code 3; the run goes on).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h", requires = "wait")]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+fn parse_status(text: &str) -> Result<RunStatus, String> {
+    RunStatus::parse(text).ok_or_else(|| {
+        let all: Vec<&str> = RunStatus::ALL.iter().map(|status| status.as_str()).collect();
+        format!("expected one of {}", all.join(", "))
+    })
+}
+
+impl ServerArgs {
+    /// The token from `--token-file`, else from `TENURE_ADMIN_TOKEN`. Read here rather than
+    /// through a `--token` flag: a flag's value shows in `ps`.
+    fn token(&self) -> Result<Option<Secret>, ClientError> {
+        if let Some(path) = &self.token_file {
+            // The path, never the contents, goes into the error.
+            let token = Secret::from_file(path).map_err(|error| ClientError::Setup(format!("{error:#}")))?;
+            return Ok(Some(token));
+        }
+        Ok(std::env::var("TENURE_ADMIN_TOKEN").ok().filter(|token| !token.is_empty()).map(Secret::new))
+    }
+
+    fn client(&self) -> Result<Client, ClientError> {
+        Client::new(&self.server, self.token()?, self.ca_file.as_deref())
+    }
+}
+
+impl ClientCommand {
+    fn server(&self) -> &ServerArgs {
+        match self {
+            ClientCommand::Status(server) | ClientCommand::Jobs(server) | ClientCommand::Terms(server) => server,
+            ClientCommand::Runs(args) => &args.server,
+            ClientCommand::Show(args) => &args.server,
+            ClientCommand::Trigger(args) => &args.server,
+            ClientCommand::Pause(args) | ClientCommand::Resume(args) => &args.server,
+        }
+    }
+}
+
+/// Run a client command; the exit code (see `exit`). Errors are written to `err` as one line.
+pub fn run(command: &ClientCommand, out: &mut impl Write, err: &mut impl Write) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = writeln!(err, "error: start the async runtime: {error}");
+            return exit::ERROR;
+        }
+    };
+    let mut printed = Vec::new();
+    let result = runtime.block_on(execute(command, &mut printed));
+    let written = out.write_all(&printed).and_then(|()| out.flush());
+    match (result, written) {
+        (Ok(code), Ok(())) => code,
+        (Err(error), _) => {
+            let _ = writeln!(err, "error: {error}");
+            exit::ERROR
+        }
+        (Ok(_), Err(error)) => {
+            let _ = writeln!(err, "error: write the output: {error}");
+            exit::ERROR
+        }
+    }
+}
+
+async fn execute(command: &ClientCommand, out: &mut Vec<u8>) -> Result<i32, ClientError> {
+    let server = command.server();
+    let client = server.client()?;
+    let now = Utc::now();
+    let print = |out: &mut Vec<u8>, document: &Value, table: String| {
+        let text = match server.output {
+            Output::Table => table,
+            Output::Json => format!("{}\n", serde_json::to_string_pretty(document).expect("a JSON value prints")),
+        };
+        out.extend_from_slice(text.as_bytes());
+    };
+    match command {
+        ClientCommand::Status(_) => {
+            let answer = client.cluster().await?;
+            print(out, &answer.document, render::cluster(&answer.value, now));
+        }
+        ClientCommand::Jobs(_) => {
+            let answer = client.jobs().await?;
+            print(out, &answer.document, render::jobs(&answer.value, now));
+        }
+        ClientCommand::Runs(args) => {
+            let answer = client.job_runs(&args.job, args.status, args.limit as usize).await?;
+            print(out, &answer.document, render::runs(&answer.value.runs));
+        }
+        ClientCommand::Show(args) => {
+            let answer = client.run(args.run_id).await?;
+            print(out, &answer.document, render::run(&answer.value));
+        }
+        ClientCommand::Trigger(args) => return trigger(&client, args, server.output, out).await,
+        ClientCommand::Pause(args) => {
+            let answer = client.pause(&args.job).await?;
+            print(out, &answer.document, render::paused(&answer.value));
+        }
+        ClientCommand::Resume(args) => {
+            let answer = client.resume(&args.job).await?;
+            print(out, &answer.document, render::paused(&answer.value));
+        }
+        ClientCommand::Terms(_) => {
+            let answer = client.terms().await?;
+            print(out, &answer.document, render::terms(&answer.value, now));
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `tenure trigger JOB [--wait]`. The key is this invocation's own, so every request of it (a
+/// retry of a shed one, the polls of `--wait`) is the one trigger.
+async fn trigger(client: &Client, args: &TriggerArgs, output: Output, out: &mut Vec<u8>) -> Result<i32, ClientError> {
+    let key = idempotency_key()?;
+    let triggered = client.trigger(&args.job, &key).await?;
+    if !args.wait {
+        let text = match output {
+            Output::Table => render::trigger(&triggered.value),
+            Output::Json => json_line(&triggered.document),
+        };
+        out.extend_from_slice(text.as_bytes());
+        return Ok(exit::OK);
+    }
+    let (code, text) = match follow(client, &args.job, &key, triggered, args.timeout).await? {
+        Followed::Ended(run) => {
+            let code = match run.value.brief.status {
+                RunStatus::Succeeded => exit::OK,
+                _ => exit::RUN_DID_NOT_SUCCEED,
+            };
+            let text = match output {
+                Output::Table => render::run(&run.value),
+                Output::Json => json_line(&run.document),
+            };
+            (code, text)
+        }
+        Followed::Dropped(trigger) => {
+            let text = match output {
+                Output::Table => render::trigger(&trigger.value),
+                Output::Json => json_line(&trigger.document),
+            };
+            (exit::RUN_DID_NOT_SUCCEED, text)
+        }
+        Followed::StillGoing { job, run_id } => {
+            let what = match run_id {
+                Some(id) => format!("run {id} of {job} had not ended"),
+                None => format!("the trigger of {job} had not been claimed by a leader"),
+            };
+            let timeout = humantime::format_duration(args.timeout);
+            let text = format!("{what} after {timeout} (--timeout); it goes on\n");
+            (exit::WAIT_TIMED_OUT, text)
+        }
+    };
+    out.extend_from_slice(text.as_bytes());
+    Ok(code)
+}
+
+fn json_line(document: &Value) -> String {
+    format!("{}\n", serde_json::to_string_pretty(document).expect("a JSON value prints"))
+}
+
+/// How a followed trigger came out.
+enum Followed {
+    Ended(Answer<Run>),
+    /// Handled without a run: the leader's job file no longer has the job.
+    Dropped(Answer<Trigger>),
+    StillGoing {
+        job: String,
+        run_id: Option<i64>,
+    },
+}
+
+/// The first wait between two looks at a followed run, and the longest.
+const FOLLOW_FIRST_WAIT: Duration = Duration::from_millis(100);
+const FOLLOW_LONGEST_WAIT: Duration = Duration::from_secs(1);
+
+/// Follow a trigger until its run ends, or `timeout`. The API has no stream of a run's end, so
+/// this polls: quickly at first (most manual runs are short), then at most once a second. The
+/// run id comes from sending the trigger again under its key, which answers with its state.
+async fn follow(
+    client: &Client,
+    job: &str,
+    key: &str,
+    mut trigger: Answer<Trigger>,
+    timeout: Duration,
+) -> Result<Followed, ClientError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut wait = FOLLOW_FIRST_WAIT;
+    loop {
+        match (trigger.value.run_id, trigger.value.handled_at) {
+            (Some(id), _) => {
+                let run = client.run(id).await?;
+                if run.value.brief.status != RunStatus::Running {
+                    return Ok(Followed::Ended(run));
+                }
+            }
+            (None, Some(_)) => return Ok(Followed::Dropped(trigger)),
+            (None, None) => {}
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(Followed::StillGoing { job: job.to_owned(), run_id: trigger.value.run_id });
+        }
+        tokio::time::sleep(wait.min(deadline - now)).await;
+        wait = (wait * 3 / 2).min(FOLLOW_LONGEST_WAIT);
+        if trigger.value.run_id.is_none() {
+            trigger = client.trigger(job, key).await?;
+        }
+    }
+}
+
+/// A fresh idempotency key, `cli-` and 128 random bits: unique across every client.
+fn idempotency_key() -> Result<String, ClientError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut file| file.read_exact(&mut bytes))
+        .map_err(|error| ClientError::Setup(format!("read /dev/urandom: {error}")))?;
+    Ok(format!("cli-{}", hex::encode(bytes)))
+}

@@ -1,0 +1,237 @@
+//! The client's tables and summaries: plain text, columns aligned with two spaces, instants in
+//! RFC 3339 UTC, durations and distances in time as the dashboard writes them (`in 3.0 s`,
+//! `850 ms ago`). `now` is a parameter, so the same answer always renders the same way. An
+//! absent value is `-`. No IO.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use super::types::{Cluster, Job, Paused, Run, RunBrief, Term, Trigger};
+use crate::http::view::human_ms;
+
+/// Rows under a header, each column as wide as its widest cell; no trailing spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|title| title.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = header.iter().map(|title| (*title).to_owned()).collect();
+    let mut text = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            line.push_str(&format!("{cell:width$}  "));
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// An instant in RFC 3339 UTC: `2026-11-27T09:44:00Z`, with a fraction only when it has one.
+pub fn instant(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// How far `at` is from `now`: `in 3.0 s`, `12 min 05 s ago`.
+pub fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let ms = (at - now).num_milliseconds();
+    if ms >= 0 { format!("in {}", human_ms(ms)) } else { format!("{} ago", human_ms(-ms)) }
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |value| value.to_string())
+}
+
+/// `tenure jobs`.
+pub fn jobs(jobs: &[Job], now: DateTime<Utc>) -> String {
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|job| {
+            let state = match (&job.paused_by, job.paused) {
+                (Some(by), true) => format!("paused ({by})"),
+                (None, true) => "paused".to_owned(),
+                (_, false) => "active".to_owned(),
+            };
+            let next = job.next_utc.map(|next| format!("{} ({})", instant(next), relative(next, now)));
+            let last =
+                job.last.as_ref().map(|run| format!("{} run {} ({})", run.status, run.id, relative(run.slot, now)));
+            vec![
+                job.name.clone(),
+                job.schedule.clone(),
+                job.timezone.clone(),
+                job.kind.clone(),
+                state,
+                or_dash(next),
+                or_dash(last),
+            ]
+        })
+        .collect();
+    table(&["JOB", "SCHEDULE", "TIMEZONE", "KIND", "STATE", "NEXT", "LAST"], &rows)
+}
+
+/// `tenure runs JOB`.
+pub fn runs(runs: &[RunBrief]) -> String {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|run| {
+            vec![
+                run.id.to_string(),
+                instant(run.slot),
+                run.status.to_string(),
+                run.trigger.to_string(),
+                run.term.to_string(),
+                run.node.clone(),
+                run.attempt.to_string(),
+                or_dash(run.duration_ms.map(human_ms)),
+                or_dash(run.lateness_ms.map(human_ms)),
+                or_dash(result_code(run)),
+                or_dash(run.error.as_deref().map(first_line)),
+            ]
+        })
+        .collect();
+    table(&["ID", "SLOT", "STATUS", "TRIGGER", "TERM", "NODE", "ATTEMPT", "TOOK", "LATE", "CODE", "ERROR"], &rows)
+}
+
+/// A process's exit code, or an HTTP job's answer (`HTTP 500`).
+fn result_code(run: &RunBrief) -> Option<String> {
+    match (run.exit_code, run.http_status) {
+        (Some(code), _) => Some(code.to_string()),
+        (None, Some(status)) => Some(format!("HTTP {status}")),
+        (None, None) => None,
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}
+
+/// `tenure show RUN_ID`, and `tenure trigger JOB --wait` once the run ended: every field, then
+/// the output tail.
+pub fn run(run: &Run) -> String {
+    let brief = &run.brief;
+    let fields = [
+        ("slot", instant(brief.slot)),
+        ("trigger", brief.trigger.to_string()),
+        ("term", brief.term.to_string()),
+        ("node", brief.node.clone()),
+        ("attempt", brief.attempt.to_string()),
+        ("claimed", instant(run.claimed_at)),
+        ("started", or_dash(run.started_at.map(instant))),
+        ("finished", or_dash(run.finished_at.map(instant))),
+        ("took", or_dash(brief.duration_ms.map(human_ms))),
+        ("late", or_dash(brief.lateness_ms.map(human_ms))),
+        ("exit code", or_dash(brief.exit_code)),
+        ("http status", or_dash(brief.http_status)),
+        ("error", or_dash(brief.error.clone())),
+    ];
+    let mut text = format!("run {} of {}: {}\n", brief.id, run.job, brief.status);
+    for (name, value) in fields {
+        text.push_str(&format!("  {name:<12}{value}\n"));
+    }
+    if run.output.is_empty() {
+        text.push_str("output: none\n");
+    } else {
+        text.push_str("output (tail):\n");
+        text.push_str(&run.output);
+        if !run.output.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// `tenure status`: the leader, the replicas, the warnings.
+pub fn cluster(cluster: &Cluster, now: DateTime<Utc>) -> String {
+    let mut text = match &cluster.leader {
+        Some(leader) => {
+            let since = leader.since.map(|since| format!(", since {} ({})", instant(since), relative(since, now)));
+            format!("leader: {} (term {}{})\n", leader.node, leader.term, since.unwrap_or_default())
+        }
+        None => "leader: none\n".to_owned(),
+    };
+    text.push_str(&format!("answered by: {}\n\n", cluster.answered_by));
+    let rows: Vec<Vec<String>> = cluster
+        .replicas
+        .iter()
+        .map(|replica| {
+            vec![
+                replica.node.clone(),
+                if replica.leader { "leader" } else { "follower" }.to_owned(),
+                if replica.live { "yes" } else { "no" }.to_owned(),
+                replica.version.clone(),
+                replica.address.clone(),
+                instant(replica.started_at),
+                relative(replica.last_seen, now),
+            ]
+        })
+        .collect();
+    text.push_str(&table(&["REPLICA", "ROLE", "LIVE", "VERSION", "ADDRESS", "STARTED", "LAST SEEN"], &rows));
+    for warning in &cluster.warnings {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
+    text
+}
+
+/// `tenure terms`: newest first.
+pub fn terms(terms: &[Term], now: DateTime<Utc>) -> String {
+    let rows: Vec<Vec<String>> = terms
+        .iter()
+        .map(|term| {
+            vec![
+                term.term.to_string(),
+                term.node.clone(),
+                instant(term.started_at),
+                or_dash(term.last_seen_at.map(|seen| relative(seen, now))),
+                or_dash(term.handover_ms.map(human_ms)),
+                if term.current { "yes" } else { "" }.to_owned(),
+            ]
+        })
+        .collect();
+    table(&["TERM", "NODE", "STARTED", "LAST SEEN", "HANDOVER", "CURRENT"], &rows)
+}
+
+/// `tenure trigger JOB` without `--wait`.
+pub fn trigger(trigger: &Trigger) -> String {
+    let state = match (trigger.run_id, trigger.handled_at) {
+        (Some(run), _) => format!("run {run}"),
+        (None, Some(_)) => "dropped: the job is not in the leader's job file".to_owned(),
+        (None, None) => "waiting for the leader".to_owned(),
+    };
+    format!("triggered {} (trigger {}, key {}): {state}\n", trigger.job, trigger.id, trigger.idempotency_key)
+}
+
+/// `tenure pause JOB` and `tenure resume JOB`.
+pub fn paused(answer: &Paused) -> String {
+    format!("{} {}\n", if answer.paused { "paused" } else { "resumed" }, answer.job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_aligns_its_columns_and_ends_no_line_with_a_space() {
+        let rows = vec![
+            vec!["heartbeat".to_owned(), "* * * * * *".to_owned(), "-".to_owned()],
+            vec!["a".to_owned(), "@daily".to_owned(), "succeeded run 7".to_owned()],
+        ];
+        assert_eq!(
+            table(&["JOB", "SCHEDULE", "LAST"], &rows),
+            "JOB        SCHEDULE     LAST\n\
+             heartbeat  * * * * * *  -\n\
+             a          @daily       succeeded run 7\n"
+        );
+    }
+
+    #[test]
+    fn instants_are_utc_and_distances_read_both_ways() {
+        let now = DateTime::parse_from_rfc3339("2026-11-27T09:44:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(instant(now), "2026-11-27T09:44:00Z");
+        assert_eq!(instant(now + chrono::Duration::milliseconds(120)), "2026-11-27T09:44:00.120Z");
+        assert_eq!(relative(now + chrono::Duration::seconds(3), now), "in 3.0 s");
+        assert_eq!(relative(now - chrono::Duration::milliseconds(850), now), "850 ms ago");
+        assert_eq!(relative(now - chrono::Duration::seconds(725), now), "12 min 05 s ago");
+    }
+}
