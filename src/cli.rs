@@ -19,7 +19,14 @@ use crate::secret::Secret;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "tenure", version, about = "A distributed cron scheduler that fires every job exactly once per slot")]
+#[command(
+    name = "tenure",
+    version,
+    about = "A distributed cron scheduler that fires every job exactly once per slot",
+    after_help = "The client commands (status, jobs, runs, show, trigger, pause, resume, terms) talk to --server \
+                  (TENURE_SERVER) and exit 0 when done, 2 on an error (one line on stderr); `tenure trigger --help` \
+                  has the codes of --wait."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -1,12 +1,11 @@
 //! The client's tables and summaries: plain text, columns aligned with two spaces, instants in
-//! RFC 3339 UTC, durations and distances in time as the dashboard writes them (`in 3.0 s`,
-//! `850 ms ago`). `now` is a parameter, so the same answer always renders the same way. An
-//! absent value is `-`. No IO.
+//! RFC 3339 UTC, durations without spaces (`850ms`, `12.3s`, `4m05s`: a runs table splits on
+//! whitespace) and distances in time (`in 3.0s`, `850ms ago`). `now` is a parameter, so the
+//! same answer always renders the same way. An absent value is `-`. No IO.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::types::{Cluster, Job, Paused, Run, RunBrief, Term, Trigger};
-use crate::http::view::human_ms;
 
 /// Rows under a header, each column as wide as its widest cell; no trailing spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -29,15 +28,28 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     text
 }
 
-/// An instant in RFC 3339 UTC: `2026-11-27T09:44:00Z`, with a fraction only when it has one.
+/// An instant in RFC 3339 UTC: `2026-11-27T09:44:00Z`, or to the millisecond when it has a
+/// fraction (a manual trigger's slot, a start): `2026-11-27T09:44:00.120Z`.
 pub fn instant(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    let precision = if at.timestamp_subsec_nanos() == 0 { SecondsFormat::Secs } else { SecondsFormat::Millis };
+    at.to_rfc3339_opts(precision, true)
 }
 
 /// How far `at` is from `now`: `in 3.0 s`, `12 min 05 s ago`.
 pub fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let ms = (at - now).num_milliseconds();
-    if ms >= 0 { format!("in {}", human_ms(ms)) } else { format!("{} ago", human_ms(-ms)) }
+    if ms >= 0 { format!("in {}", duration_ms(ms)) } else { format!("{} ago", duration_ms(-ms)) }
+}
+
+/// A duration in milliseconds, short: `850ms`, `12.3s`, `4m05s`, `2h10m`.
+pub fn duration_ms(ms: i64) -> String {
+    let ms = ms.max(0);
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60),
+    }
 }
 
 fn or_dash<T: ToString>(value: Option<T>) -> String {
@@ -84,8 +96,8 @@ pub fn runs(runs: &[RunBrief]) -> String {
                 run.term.to_string(),
                 run.node.clone(),
                 run.attempt.to_string(),
-                or_dash(run.duration_ms.map(human_ms)),
-                or_dash(run.lateness_ms.map(human_ms)),
+                or_dash(run.duration_ms.map(duration_ms)),
+                or_dash(run.lateness_ms.map(duration_ms)),
                 or_dash(result_code(run)),
                 or_dash(run.error.as_deref().map(first_line)),
             ]
@@ -120,8 +132,8 @@ pub fn run(run: &Run) -> String {
         ("claimed", instant(run.claimed_at)),
         ("started", or_dash(run.started_at.map(instant))),
         ("finished", or_dash(run.finished_at.map(instant))),
-        ("took", or_dash(brief.duration_ms.map(human_ms))),
-        ("late", or_dash(brief.lateness_ms.map(human_ms))),
+        ("took", or_dash(brief.duration_ms.map(duration_ms))),
+        ("late", or_dash(brief.lateness_ms.map(duration_ms))),
         ("exit code", or_dash(brief.exit_code)),
         ("http status", or_dash(brief.http_status)),
         ("error", or_dash(brief.error.clone())),
@@ -146,7 +158,7 @@ pub fn run(run: &Run) -> String {
 pub fn cluster(cluster: &Cluster, now: DateTime<Utc>) -> String {
     let mut text = match &cluster.leader {
         Some(leader) => {
-            let since = leader.since.map(|since| format!(", since {} ({})", instant(since), relative(since, now)));
+            let since = leader.since.map(|since| format!(", since {}, {}", instant(since), relative(since, now)));
             format!("leader: {} (term {}{})\n", leader.node, leader.term, since.unwrap_or_default())
         }
         None => "leader: none\n".to_owned(),
@@ -184,7 +196,7 @@ pub fn terms(terms: &[Term], now: DateTime<Utc>) -> String {
                 term.node.clone(),
                 instant(term.started_at),
                 or_dash(term.last_seen_at.map(|seen| relative(seen, now))),
-                or_dash(term.handover_ms.map(human_ms)),
+                or_dash(term.handover_ms.map(duration_ms)),
                 if term.current { "yes" } else { "" }.to_owned(),
             ]
         })
@@ -230,8 +242,10 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-11-27T09:44:00Z").unwrap().with_timezone(&Utc);
         assert_eq!(instant(now), "2026-11-27T09:44:00Z");
         assert_eq!(instant(now + chrono::Duration::milliseconds(120)), "2026-11-27T09:44:00.120Z");
-        assert_eq!(relative(now + chrono::Duration::seconds(3), now), "in 3.0 s");
-        assert_eq!(relative(now - chrono::Duration::milliseconds(850), now), "850 ms ago");
-        assert_eq!(relative(now - chrono::Duration::seconds(725), now), "12 min 05 s ago");
+        assert_eq!(instant(now + chrono::Duration::nanoseconds(317_359_769)), "2026-11-27T09:44:00.317Z");
+        assert_eq!(relative(now + chrono::Duration::seconds(3), now), "in 3.0s");
+        assert_eq!(relative(now - chrono::Duration::milliseconds(850), now), "850ms ago");
+        assert_eq!(relative(now - chrono::Duration::seconds(725), now), "12m05s ago");
+        assert_eq!(duration_ms(7_800_000), "2h10m");
     }
 }

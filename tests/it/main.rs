@@ -9,6 +9,8 @@ mod bad_input;
 mod checker;
 /// The command line on the example and the broken fixtures.
 mod cli;
+/// The client commands against real `tenure dev`, TLS and cluster servers.
+mod client;
 /// A cluster of real `tenure run` processes on a throwaway etcd and PostgreSQL.
 mod cluster;
 /// The singleton guarantees under the faults of the core issue.
