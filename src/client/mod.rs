@@ -50,16 +50,6 @@ pub enum ClientError {
     Unexpected { url: String, reason: String },
 }
 
-impl ClientError {
-    /// The HTTP status of an error answer.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            ClientError::Problem { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-}
-
 /// An answer: the typed reading and the document it was read from.
 #[derive(Debug, Clone)]
 pub struct Answer<T> {
@@ -127,8 +117,9 @@ impl Client {
                 break;
             }
             jobs.extend(answer.value);
-            let Value::Array(items) = answer.document else { unreachable!("a Vec was read from it") };
-            documents.extend(items);
+            if let Value::Array(items) = answer.document {
+                documents.extend(items);
+            }
         }
         Ok(Answer { value: jobs, document: Value::Array(documents) })
     }

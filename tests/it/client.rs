@@ -15,6 +15,7 @@ use crate::cluster::{ADMIN_TOKEN, Cluster};
 use crate::harness::{Pki, free_port, wait_for};
 
 const TOKEN: &str = "client-test-token";
+const WITH_TOKEN: &[(&str, &str)] = &[("TENURE_ADMIN_TOKEN", TOKEN)];
 
 /// Two jobs that fire only when triggered (their schedule is once a year): one succeeds, one
 /// fails with exit code 3.
@@ -193,6 +194,9 @@ async fn trigger_wait_exits_with_the_runs_outcome_and_show_and_runs_find_it() {
     assert_eq!((none.code, none.stdout.lines().count()), (0, 1), "only the header: {none:?}");
 }
 
+/// A client command's arguments, its environment, and the one line it must print on stderr.
+struct Case(&'static [&'static str], &'static [(&'static str, &'static str)], &'static str);
+
 /// Unknown jobs and runs, a wrong or missing token, no server: one line on stderr, exit code 2,
 /// nothing on stdout, and the token in no output.
 #[tokio::test]
@@ -200,42 +204,24 @@ async fn errors_are_one_line_with_exit_code_2_and_never_show_the_token() {
     let dev = Dev::start(JOBS).await;
     let server = ["--server", dev.server.as_str()];
     let token = [("TENURE_ADMIN_TOKEN", TOKEN)];
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, String)> = vec![
-        (
-            vec!["trigger", "nope"],
-            token.to_vec(),
-            "error: Not Found: no job `nope` in the job file (HTTP 404)\n".into(),
-        ),
-        (
-            vec!["trigger", "nope", "--wait"],
-            token.to_vec(),
-            "error: Not Found: no job `nope` in the job file (HTTP 404)\n".into(),
-        ),
-        (vec!["pause", "nope"], token.to_vec(), "error: Not Found: no job `nope` in the job file (HTTP 404)\n".into()),
-        (
-            vec!["runs", "nope"],
-            vec![],
-            "error: Not Found: no job `nope` in the job file or the ledger (HTTP 404)\n".into(),
-        ),
-        (vec!["show", "999999"], vec![], "error: Not Found: no run 999999 (HTTP 404)\n".into()),
-        (
-            vec!["pause", "greet"],
-            vec![("TENURE_ADMIN_TOKEN", "wrong-secret-value")],
-            "error: Unauthorized: send the admin token as `Authorization: Bearer <token>` (HTTP 401)\n".into(),
-        ),
-        (
-            vec!["trigger", "greet"],
-            vec![],
-            "error: trigger needs the admin token: give --token-file PATH or set TENURE_ADMIN_TOKEN\n".into(),
+    let not_found = "error: Not Found: no job `nope` in the job file (HTTP 404)\n";
+    let unauthorized = "error: Unauthorized: send the admin token as `Authorization: Bearer <token>` (HTTP 401)\n";
+    let cases: [Case; 7] = [
+        Case(&["trigger", "nope"], WITH_TOKEN, not_found),
+        Case(&["trigger", "nope", "--wait"], WITH_TOKEN, not_found),
+        Case(&["pause", "nope"], WITH_TOKEN, not_found),
+        Case(&["runs", "nope"], &[], "error: Not Found: no job `nope` in the job file or the ledger (HTTP 404)\n"),
+        Case(&["show", "999999"], &[], "error: Not Found: no run 999999 (HTTP 404)\n"),
+        Case(&["pause", "greet"], &[("TENURE_ADMIN_TOKEN", "wrong-secret-value")], unauthorized),
+        Case(
+            &["trigger", "greet"],
+            &[],
+            "error: trigger needs the admin token: give --token-file PATH or set TENURE_ADMIN_TOKEN\n",
         ),
     ];
-    for (args, env, expected) in cases {
-        let outcome = tenure(&[&args[..], &server].concat(), &env).await;
-        assert_eq!(
-            (outcome.code, outcome.stdout.as_str(), outcome.stderr.as_str()),
-            (2, "", expected.as_str()),
-            "{args:?}"
-        );
+    for Case(args, env, expected) in cases {
+        let outcome = tenure(&[args, &server].concat(), env).await;
+        assert_eq!((outcome.code, outcome.stdout.as_str(), outcome.stderr.as_str()), (2, "", expected), "{args:?}");
     }
     // A wrong token from a file: the same line, and neither token anywhere.
     let wrong = dev.dir.path().join("wrong-token");
@@ -499,7 +485,7 @@ async fn scripted_server(
 const SHED: (&str, &str, &str) = (
     "503 Service Unavailable",
     "retry-after: 1\r\n",
-    r#"{"title":"Service Unavailable","detail":"the dashboard is busy; retry shortly","status":503}"#,
+    r#"{"title":"Service Unavailable","detail":"the dashboard is answering as many requests as it may; retry in a second","status":503}"#,
 );
 
 /// A shed request (503 with `Retry-After`) is sent once more after the wait; a second refusal
@@ -526,7 +512,11 @@ async fn a_shed_request_is_retried_once_after_retry_after() {
     let outcome = tenure(&["terms", "--server", &format!("http://127.0.0.1:{port}")], &[]).await;
     assert_eq!(
         (outcome.code, outcome.stdout.as_str(), outcome.stderr.as_str()),
-        (2, "", "error: Service Unavailable: the dashboard is busy; retry shortly (HTTP 503)\n")
+        (
+            2,
+            "",
+            "error: Service Unavailable: the dashboard is answering as many requests as it may; retry in a second (HTTP 503)\n"
+        )
     );
     assert_eq!(seen.lock().unwrap().len(), 2, "one retry, not more");
 }
