@@ -68,7 +68,7 @@ impl Client {
     /// `server` is `http://host:port` or `https://host:port` (a path prefix is kept, for a
     /// replica behind a proxy); `ca_file` is a PEM bundle trusted besides the built-in roots.
     pub fn new(server: &str, token: Option<Secret>, ca_file: Option<&Path>) -> Result<Client, ClientError> {
-        let shown = mask_url(server);
+        let shown = shown_server(server);
         let mut base =
             Url::parse(server).map_err(|error| ClientError::Setup(format!("--server {shown}: not a URL ({error})")))?;
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
@@ -260,6 +260,16 @@ impl Client {
     }
 }
 
+/// The server as the user typed it, fit for an error line: a password masked; a text without
+/// a scheme (`host:8080`) shown as typed, unless it holds user information.
+fn shown_server(server: &str) -> String {
+    match (server.contains("://"), server.contains('@')) {
+        (true, _) => mask_url(server),
+        (false, false) => server.to_owned(),
+        (false, true) => "[a server address with user information]".to_owned(),
+    }
+}
+
 /// How long a shed request (503 with `Retry-After` in seconds) should wait before its retry;
 /// `None` for any other answer, or a wait too long to sit through.
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
@@ -308,4 +318,40 @@ fn read_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientErr
         return Err(ClientError::Setup(format!("--ca-file {shown}: no PEM certificate in it")));
     }
     Ok(certificates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_answer_is_the_problem_or_the_first_line_of_what_came() {
+        let problem = br#"{"title":"Not Found","detail":"no run 7","status":404}"#;
+        let error = error_answer(StatusCode::NOT_FOUND, "http://h/api/runs/7", problem);
+        assert_eq!(error.to_string(), "Not Found: no run 7 (HTTP 404)");
+        let page = b"\n<html><head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>";
+        let error = error_answer(StatusCode::BAD_GATEWAY, "http://h/api/jobs", page);
+        assert_eq!(
+            error.to_string(),
+            "unexpected answer from http://h/api/jobs: HTTP 502: <html><head><title>502 Bad Gateway</title></head>"
+        );
+        let error = error_answer(StatusCode::INTERNAL_SERVER_ERROR, "http://h/api/jobs", b"");
+        assert_eq!(error.to_string(), "unexpected answer from http://h/api/jobs: HTTP 500");
+    }
+
+    #[test]
+    fn paths_are_kept_and_names_encoded_and_a_password_in_the_server_never_shown() {
+        let client = Client::new("https://user:pw@example.com:8443/tenure", None, None).unwrap();
+        assert_eq!(
+            client.url(&["api", "jobs", "a b/c", "runs"]).as_str(),
+            "https://user:pw@example.com:8443/tenure/api/jobs/a%20b%2Fc/runs"
+        );
+        assert_eq!(client.server(), "https://user:***@example.com:8443/tenure");
+        let refused = Client::new("example.com:8080", None, None).err().unwrap().to_string();
+        assert_eq!(refused, "--server example.com:8080: expected http://HOST:PORT or https://HOST:PORT");
+        for server in ["http://u:secret@", "u:secret@example.com"] {
+            let refused = Client::new(server, None, None).err().unwrap().to_string();
+            assert!(refused.starts_with("--server ") && !refused.contains("secret"), "{refused}");
+        }
+    }
 }
