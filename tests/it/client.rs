@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::cluster::{ADMIN_TOKEN, Cluster};
+use crate::cluster::{ADMIN_TOKEN, Cluster, Options};
 use crate::harness::{Pki, free_port, wait_for};
 
 const TOKEN: &str = "client-test-token";
@@ -445,6 +445,30 @@ async fn against_a_real_cluster_status_terms_and_trigger_wait() {
     let witness = cluster.witness();
     assert_eq!(witness.len(), 1, "the job ran exactly once: {witness:?}");
     assert_eq!((witness[0].job.as_str(), witness[0].term), ("once", term));
+}
+
+/// Behind `--protect-reads` the reads need the token too: the client sends it with every
+/// request, and without one the refusal is the one-line 401.
+#[tokio::test]
+async fn reads_behind_protect_reads_take_the_token() {
+    let options = Options { env: vec![("TENURE_PROTECT_READS".to_owned(), "true".to_owned())], ..Options::default() };
+    let cluster =
+        Cluster::start_with(1, "jobs:\n  - name: once\n    schedule: \"0 0 1 1 *\"\n    shell: 'true'\n", options)
+            .await;
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let server = cluster.url(0);
+    let refused = tenure(&["jobs", "--server", &server], &[]).await;
+    assert_eq!(
+        (refused.code, refused.stdout.as_str(), refused.stderr.as_str()),
+        (
+            2,
+            "",
+            "error: Unauthorized: this dashboard needs the admin token (basic auth password or bearer token) (HTTP 401)\n"
+        )
+    );
+    let listed = tenure(&["jobs", "--server", &server, "-o", "json"], &[("TENURE_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    assert_eq!(listed.code, 0, "{listed:?}");
+    assert_eq!(listed.json()[0]["name"], "once");
 }
 
 /// A loopback HTTP server that answers each request with the next of `answers` (status line,
