@@ -212,8 +212,25 @@ async fn sleeper_pids(dir: &std::path::Path) -> ([u32; 2], u32) {
     ([read_pid("main.pid").unwrap(), read_pid("grandchild.pid").unwrap()], read_pid("supervisor.pid").unwrap())
 }
 
-/// `tenure dev` running `sleeper` every minute, and the pids of its first run.
-async fn replica_running_a_sleeper(dir: &std::path::Path) -> (std::process::Child, [u32; 2]) {
+/// A `tenure dev` replica, killed when dropped, so a failing test leaves no process behind.
+struct Replica(std::process::Child);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGCONT);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Replica {
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0.id() as i32)
+    }
+}
+
+/// `tenure dev` running `sleeper` every second (`forbid`), and the pids of its first run.
+async fn replica_running_a_sleeper(dir: &std::path::Path) -> (Replica, [u32; 2]) {
     let jobs = dir.join("jobs.yaml");
     let script = sleeper(dir).replace('\'', "''");
     std::fs::write(
@@ -235,6 +252,7 @@ async fn replica_running_a_sleeper(dir: &std::path::Path) -> (std::process::Chil
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let replica = Replica(replica);
     let (pids, _) = sleeper_pids(dir).await;
     (replica, pids)
 }
@@ -251,10 +269,9 @@ async fn gone_within(pids: [u32; 2], limit: Duration, what: &str) -> Duration {
 #[tokio::test]
 async fn issue_13_a_supervised_job_dies_with_its_replica_grandchildren_included() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut replica, pids) = replica_running_a_sleeper(dir.path()).await;
+    let (replica, pids) = replica_running_a_sleeper(dir.path()).await;
     assert!(pids.iter().all(|pid| !process_gone(*pid)), "the job ended before its replica");
-    replica.kill().unwrap();
-    replica.wait().unwrap();
+    nix::sys::signal::kill(replica.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
     let took = gone_within(pids, Duration::from_secs(2), "the job's group to die with its replica").await;
     eprintln!("replica gone -> job's group gone after {took:?}");
 }
@@ -264,15 +281,11 @@ async fn issue_13_a_supervised_job_dies_with_its_replica_grandchildren_included(
 #[tokio::test]
 async fn issue_13_a_supervised_job_is_killed_when_its_replica_falls_silent() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut replica, pids) = replica_running_a_sleeper(dir.path()).await;
-    let pid = nix::unistd::Pid::from_raw(replica.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let (replica, pids) = replica_running_a_sleeper(dir.path()).await;
+    nix::sys::signal::kill(replica.pid(), nix::sys::signal::Signal::SIGSTOP).unwrap();
     let took = gone_within(pids, Duration::from_secs(10), "the job's group to be killed for silence").await;
     eprintln!("replica silent -> job's group gone after {took:?} (silence limit 5 s)");
     assert!(took >= Duration::from_secs(4), "killed before the silence limit: {took:?}");
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
-    replica.kill().unwrap();
-    replica.wait().unwrap();
 }
 
 /// A supervisor killed by someone else: the replica kills its runs' groups itself, records the
