@@ -518,7 +518,8 @@ async fn precision(jobs: usize, schedule: &str, window: Duration) -> anyhow::Res
     single("leader CPU (cores)", format!("{cpu:.2}"), "< 1 core");
     single("HTTP requests the sink received", arrivals.lock().unwrap().len().to_string(), "");
     drop(replicas);
-    let mut floor = bare_requests(&sink_url, &arrivals, jobs).await;
+    // As many bursts as tenure fired, so both p99s stand on the same number of bursts.
+    let mut floor = bare_requests(&sink_url, &arrivals, jobs, slots).await;
     row("floor: the same requests from a bare client, at the sink", &mut floor, "");
     let ratio = percentile(&arrival_late, 99.0) / percentile(&floor, 99.0);
     let target = if jobs >= 10_000 { "<= 1.2x" } else { "<= 1.1x" };
@@ -528,21 +529,23 @@ async fn precision(jobs: usize, schedule: &str, window: Duration) -> anyhow::Res
 
 /// What this machine can do without tenure: `count` requests from one reqwest client (pooled
 /// connections, warmed up; its own runtime and threads, as a replica has) to the same sink, all due
-/// at one whole second, three times. Arrival lateness at the sink; no scheduler, no database.
-async fn bare_requests(sink_url: &str, arrivals: &Arrivals, count: usize) -> Vec<f64> {
+/// at one whole second, `bursts` times. Arrival lateness at the sink; no scheduler, no database.
+async fn bare_requests(sink_url: &str, arrivals: &Arrivals, count: usize, bursts: usize) -> Vec<f64> {
     let (sink_url, arrivals) = (sink_url.to_owned(), arrivals.clone());
     let client = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-        runtime.block_on(bare_client(&sink_url, &arrivals, count))
+        runtime.block_on(bare_client(&sink_url, &arrivals, count, bursts))
     });
     tokio::task::spawn_blocking(move || client.join().expect("bare client")).await.expect("bare client")
 }
 
-async fn bare_client(sink_url: &str, arrivals: &Arrivals, count: usize) -> Vec<f64> {
+async fn bare_client(sink_url: &str, arrivals: &Arrivals, count: usize, bursts: usize) -> Vec<f64> {
     let client = reqwest::Client::new();
     let mut late = Vec::new();
-    for round in 0..4 {
-        let slot = (Utc::now() + chrono::Duration::seconds(2)).duration_trunc(chrono::Duration::seconds(1)).unwrap();
+    for round in 0..=bursts.max(3) {
+        // The next whole second at least 200 ms away.
+        let slot =
+            (Utc::now() + chrono::Duration::milliseconds(1200)).duration_trunc(chrono::Duration::seconds(1)).unwrap();
         arrivals.lock().unwrap().clear();
         let header = slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let sends: Vec<_> = (0..count)
@@ -610,7 +613,7 @@ async fn processes(jobs: usize, window: Duration) -> anyhow::Result<()> {
     row("lateness: slot -> the job's process runs", &mut late, "");
     single("slots expected / rows / missed", format!("{} / {} / {missed}", slots * jobs, rows.len()), "no slot missed");
     single("leader CPU (cores)", format!("{cpu:.2}"), "");
-    let mut floor = tokio::task::spawn_blocking(move || bare_spawns(jobs)).await?;
+    let mut floor = tokio::task::spawn_blocking(move || bare_spawns(jobs, slots)).await?;
     row("floor: the same processes from a posix_spawn loop", &mut floor, "");
     let ratio = percentile(&late, 99.0) / percentile(&floor, 99.0);
     single("p99: tenure / posix_spawn loop", format!("{ratio:.2}x"), "");
@@ -623,12 +626,13 @@ fn stamp(output: &str) -> Option<DateTime<Utc>> {
     Some(DateTime::from_timestamp_nanos(nanos))
 }
 
-/// `count` processes started one after another from one thread at each of three whole seconds
-/// (after one to warm up), their output read once all have started. Lateness as for tenure.
-fn bare_spawns(count: usize) -> Vec<f64> {
+/// `count` processes started one after another from one thread at `bursts` whole seconds (after
+/// one to warm up), their output read once all have started. Lateness as for tenure.
+fn bare_spawns(count: usize, bursts: usize) -> Vec<f64> {
     let mut late = Vec::new();
-    for round in 0..4 {
-        let slot = (Utc::now() + chrono::Duration::seconds(1)).duration_trunc(chrono::Duration::seconds(1)).unwrap();
+    for round in 0..=bursts.max(3) {
+        let slot =
+            (Utc::now() + chrono::Duration::milliseconds(1200)).duration_trunc(chrono::Duration::seconds(1)).unwrap();
         std::thread::sleep((slot - Utc::now()).to_std().unwrap_or_default());
         let children: Vec<_> = (0..count)
             .filter_map(|_| Command::new("/bin/sh").args(["-c", STAMP]).stdout(Stdio::piped()).spawn().ok())
