@@ -19,6 +19,8 @@ mod core;
 mod cron_reference;
 /// The dashboard and API of a real cluster, and in headless Chromium.
 mod dashboard;
+/// The dead-man ping: only the leader pings an outside monitor, and stops with the last leader.
+mod deadman;
 /// `tenure dev`: one command, SQLite, the dashboard.
 mod dev;
 /// Daylight saving: `next` against the oracle around every transition, and the firing path.
