@@ -59,7 +59,7 @@ pub fn job_file_loaded<'a>(hash: &str, previous_hash: Option<&str>, jobs: impl I
     }
     for job in jobs {
         metrics::counter!(metric::MISSED_SLOTS, "job" => job.to_owned()).increment(0);
-        for status in ["succeeded", "failed", "timed_out"] {
+        for status in ["succeeded", "failed", "timed_out", "killed", "skipped"] {
             metrics::counter!(metric::RUNS, "job" => job.to_owned(), "status" => status).increment(0);
         }
     }

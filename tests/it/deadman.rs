@@ -19,7 +19,7 @@ const SLACK: Duration = Duration::from_millis(250);
 
 /// One ping as the receiver heard it.
 #[derive(Debug, Clone)]
-struct Ping {
+pub struct Ping {
     at: Instant,
     method: String,
     path: String,
@@ -29,14 +29,14 @@ struct Ping {
 }
 
 /// An HTTP server in the test process that records every request.
-struct Receiver {
-    url: String,
+pub struct Receiver {
+    pub url: String,
     pings: Arc<Mutex<Vec<Ping>>>,
     _server: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    pub async fn start() -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let pings = Arc::new(Mutex::new(Vec::new()));
@@ -65,7 +65,7 @@ impl Receiver {
         Receiver { url: format!("http://127.0.0.1:{port}/ping/0b6c0d4e-secret-token"), pings, _server: server }
     }
 
-    fn pings(&self) -> Vec<Ping> {
+    pub fn pings(&self) -> Vec<Ping> {
         self.pings.lock().unwrap().clone()
     }
 

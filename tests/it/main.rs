@@ -1,6 +1,8 @@
 //! The one integration-test binary. Tests start their own etcd and PostgreSQL (see `harness`)
 //! and, for cluster scenarios, real `tenure run` processes.
 
+/// The Prometheus alert rules: promtool, and the series they read against a real replica's.
+mod alerts;
 /// The API and the pages through the router, without a socket.
 mod api;
 /// Random, mutated and malformed input: never a panic, always a clear error.
