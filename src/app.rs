@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::{self, ClockCheck};
 use crate::config::{self, JobSet};
+use crate::deadman::DeadManSettings;
 use crate::election::{self, Election, ElectionConfig, EtcdAccess, Keys};
 use crate::http::{self, AppState, Auth};
 use crate::leadership::Leadership;
@@ -23,7 +24,7 @@ use crate::scheduler::{self, Scheduler, SchedulerInputs};
 use crate::secret::Secret;
 use crate::store::{self, Reads, Store};
 use crate::supervisor::{self, Supervision};
-use crate::telemetry::metric;
+use crate::telemetry::{self, metric};
 
 /// How often the job file's size and modification time are compared (a change triggers a reload;
 /// SIGHUP forces one). Polling rather than inotify: a Kubernetes ConfigMap update swaps a symlink,
@@ -44,6 +45,8 @@ pub struct RunSettings {
     pub shutdown_grace: Duration,
     pub retain: Duration,
     pub auth: Auth,
+    /// The dead-man ping's monitor, when `--heartbeat-url` is given.
+    pub dead_man: Option<DeadManSettings>,
 }
 
 /// Run one replica until `shutdown` is cancelled, then hand over and drain.
@@ -118,6 +121,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         shutdown_grace: settings.shutdown_grace,
         retain: settings.retain,
         auth: settings.auth,
+        dead_man: settings.dead_man,
     };
     replica.drive(common, wiring, listener, shutdown).await
 }
@@ -131,6 +135,7 @@ pub struct DevSettings {
     pub shutdown_grace: Duration,
     pub retain: Duration,
     pub auth: Auth,
+    pub dead_man: Option<DeadManSettings>,
 }
 
 /// Run `tenure dev` until `shutdown`: the same scheduler, ledger semantics and dashboard as a
@@ -199,6 +204,7 @@ pub async fn dev(
         shutdown_grace: settings.shutdown_grace,
         retain: settings.retain,
         auth: settings.auth,
+        dead_man: settings.dead_man,
     };
     replica.drive(common, wiring, listener, shutdown).await
 }
@@ -251,6 +257,7 @@ struct CommonSettings<'a> {
     shutdown_grace: Duration,
     retain: Duration,
     auth: Auth,
+    dead_man: Option<DeadManSettings>,
 }
 
 /// What every replica has: its identity, its job file and the channels they change through.
@@ -269,6 +276,7 @@ impl Replica {
             config_hash: jobs.hash().to_owned(),
             started_at: Utc::now(),
         };
+        telemetry::job_file_loaded(jobs.hash(), None, jobs.jobs().iter().map(|job| job.name.as_ref()));
         Replica { node_id: node_id.to_owned(), jobs: Arc::new(jobs), member_tx: watch::channel(member).0 }
     }
 
@@ -281,7 +289,10 @@ impl Replica {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let CommonSettings { jobs_path, shutdown_grace, retain, auth } = common;
+        let CommonSettings { jobs_path, shutdown_grace, retain, auth, dead_man } = common;
+        if let Some(dead_man) = &dead_man {
+            tracing::info!(host = dead_man.host(), interval = ?dead_man.interval, "dead-man ping while leading");
+        }
         let Wiring { store, reads, leadership, members, cluster, clock, etcd, supervision, tasks, registry_shutdown } =
             wiring;
         let (jobs_tx, jobs_rx) = watch::channel(self.jobs);
@@ -310,6 +321,7 @@ impl Replica {
             supervision,
             shutdown_grace,
             clock: scheduler::Clock::system(),
+            dead_man,
         });
         scheduler.run(shutdown.clone()).await;
         registry_shutdown.cancel();
@@ -504,6 +516,12 @@ async fn watch_job_file(
             Ok(loaded) => {
                 metrics::counter!(metric::JOB_FILE_RELOADS, "result" => "success").increment(1);
                 tracing::info!(hash = loaded.hash(), jobs = loaded.jobs().len(), "job file changed; reloading");
+                let previous = jobs.borrow().hash().to_owned();
+                telemetry::job_file_loaded(
+                    loaded.hash(),
+                    Some(&previous),
+                    loaded.jobs().iter().map(|job| job.name.as_ref()),
+                );
                 member.send_modify(|member| member.config_hash = loaded.hash().to_owned());
                 jobs.send_replace(Arc::new(loaded));
             }

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::app::{DevSettings, RunSettings};
 use crate::config;
+use crate::deadman::{DeadManSettings, PingMethod};
 use crate::election::EtcdAccess;
 use crate::http::{Auth, ReadAccess};
 use crate::schedule::{self, Schedule};
@@ -133,6 +134,8 @@ pub struct RunArgs {
     pub retain: Duration,
     #[command(flatten)]
     pub web: WebArgs,
+    #[command(flatten)]
+    pub dead_man: DeadManArgs,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +162,32 @@ pub struct DevArgs {
     /// A file holding the admin token (a mounted secret), instead of --admin-token.
     #[arg(long, env = "TENURE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
     pub admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub dead_man: DeadManArgs,
+}
+
+/// The dead-man ping: an outside monitor that alerts when the cluster stops leading.
+#[derive(Debug, Args)]
+pub struct DeadManArgs {
+    /// While this replica leads, request this URL every --heartbeat-interval (a plain GET by
+    /// default), e.g. a Healthchecks.io or Cronitor check: when no replica leads, or the leader's
+    /// firing loop is stuck, the pings stop and the monitor alerts. Only the leader pings. The URL
+    /// may hold a token: logs show its host only.
+    #[arg(long, env = "TENURE_HEARTBEAT_URL", hide_env_values = true)]
+    pub heartbeat_url: Option<Secret>,
+    /// How often the leader pings --heartbeat-url (also each ping's timeout, at most 10s).
+    #[arg(long, env = "TENURE_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, default_value = "1m")]
+    pub heartbeat_interval: Duration,
+    /// The pings' HTTP method (an empty POST for monitors that want one).
+    #[arg(long, env = "TENURE_HEARTBEAT_METHOD", value_enum, default_value = "get")]
+    pub heartbeat_method: PingMethod,
+}
+
+impl DeadManArgs {
+    fn settings(&self) -> anyhow::Result<Option<DeadManSettings>> {
+        let Some(url) = &self.heartbeat_url else { return Ok(None) };
+        Ok(Some(DeadManSettings::new(url.clone(), self.heartbeat_interval, self.heartbeat_method)?))
+    }
 }
 
 impl DevArgs {
@@ -185,6 +214,7 @@ impl DevArgs {
             shutdown_grace: self.shutdown_grace,
             retain: self.retain,
             auth: Auth::new(Some(token.expose()), ReadAccess::Open),
+            dead_man: self.dead_man.settings()?,
         };
         Ok((settings, token))
     }
@@ -278,6 +308,7 @@ impl RunArgs {
             shutdown_grace: self.shutdown_grace,
             retain: self.retain,
             auth: self.web.auth()?,
+            dead_man: self.dead_man.settings()?,
         })
     }
 }

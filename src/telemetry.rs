@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
@@ -27,12 +27,42 @@ pub fn init_logging(format: LogFormat) {
 pub fn metrics() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Fire lateness as a histogram (not the exporter's default summary), so alerts can take a
+        // quantile over any window and across replicas.
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(metric::FIRE_LATENESS.to_owned()), LATENESS_BUCKETS)
+            .expect("the lateness buckets are not empty")
+            .build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be installed (tests); the handle still renders ours.
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// Upper bounds of the fire lateness buckets, in seconds: a run on time starts within a few
+/// milliseconds of its slot.
+const LATENESS_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Export the series alerts look at from the moment a job file is loaded, at 0, so the first
+/// missed slot, lost run or fenced claim is an increase Prometheus can see (a counter that appears
+/// at 1 has no increase). `previous_hash`: the job file this replica ran before, now retired.
+pub fn job_file_loaded<'a>(hash: &str, previous_hash: Option<&str>, jobs: impl Iterator<Item = &'a str>) {
+    if let Some(previous) = previous_hash {
+        metrics::gauge!(metric::JOB_FILE_INFO, "hash" => previous.to_owned()).set(0.0);
+    }
+    metrics::gauge!(metric::JOB_FILE_INFO, "hash" => hash.to_owned()).set(1.0);
+    metrics::counter!(metric::RUNS_LOST).increment(0);
+    for reason in ["fenced", "already_claimed"] {
+        metrics::counter!(metric::CLAIMS_REJECTED, "reason" => reason).increment(0);
+    }
+    for job in jobs {
+        metrics::counter!(metric::MISSED_SLOTS, "job" => job.to_owned()).increment(0);
+        for status in ["succeeded", "failed", "timed_out", "killed", "skipped"] {
+            metrics::counter!(metric::RUNS, "job" => job.to_owned(), "status" => status).increment(0);
+        }
+    }
 }
 
 /// An error with its sources on one line, each cause said once.
@@ -80,10 +110,17 @@ pub mod metric {
     /// Label `reason`: `fenced` or `already_claimed`.
     pub const CLAIMS_REJECTED: &str = "tenure_claims_rejected_total";
     pub const CLAIM_ERRORS: &str = "tenure_claim_errors_total";
-    /// Histogram: from a slot to its run's start.
+    /// Histogram (buckets `LATENESS_BUCKETS`): from a slot to its run's first attempt.
     pub const FIRE_LATENESS: &str = "tenure_fire_lateness_seconds";
     /// Histogram, label `job`.
     pub const RUN_DURATION: &str = "tenure_run_duration_seconds";
+    /// Gauge, label `hash`: 1 for the job file this replica runs (0 for one it ran before), so
+    /// replicas running different job files can be told apart.
+    pub const JOB_FILE_INFO: &str = "tenure_job_file_info";
+    /// Dead-man pings sent by this replica while it led; label `result`: `success` or `failure`.
+    pub const DEADMAN_PINGS: &str = "tenure_deadman_pings_total";
+    /// Gauge: when the last dead-man ping succeeded, in seconds since the Unix epoch.
+    pub const DEADMAN_LAST_SUCCESS: &str = "tenure_deadman_last_success_timestamp_seconds";
     /// Dashboard and API requests refused by admission (`http::shed`).
     pub const HTTP_SHED: &str = "tenure_http_shed_total";
 }

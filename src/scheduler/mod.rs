@@ -41,6 +41,7 @@ use self::run::{NewRun, OwnRuns, RunTask};
 use self::term::ActiveTerm;
 use crate::clock::ClockCheck;
 use crate::config::{Job, JobSet};
+use crate::deadman::{DeadManPing, DeadManSettings};
 use crate::executor;
 use crate::leadership::{LeaderTerm, Leadership};
 use crate::model::{Member, Trigger};
@@ -68,6 +69,8 @@ pub struct SchedulerInputs {
     pub shutdown_grace: Duration,
     /// The wall clock slots are fired by: `Clock::system()` but in the loop's own tests.
     pub clock: Clock,
+    /// The dead-man ping (`--heartbeat-url`), sent from the loop while it holds a term.
+    pub dead_man: Option<DeadManSettings>,
 }
 
 /// The firing loop's actor. What lasts only as long as a term is in `ActiveTerm`.
@@ -88,6 +91,7 @@ pub struct Scheduler {
     lead_times: LeadTimes,
     /// The output tails of the runs going, written to the ledger together.
     live_outputs: LiveOutputs,
+    dead_man: Option<DeadManPing>,
 }
 
 enum Wake {
@@ -103,6 +107,8 @@ enum Wake {
     MembersChanged,
     Reap,
     Heartbeat,
+    /// The dead-man ping's interval is up (only with `--heartbeat-url`).
+    DeadManPing,
     ClockChanged,
 }
 
@@ -118,7 +124,11 @@ impl Scheduler {
             supervision,
             shutdown_grace,
             clock,
+            dead_man,
         } = inputs;
+        // The executor's client (its TLS roots) also pings the monitor.
+        let http = reqwest::Client::new();
+        let dead_man = dead_man.map(|settings| DeadManPing::new(settings, &node_id, http.clone()));
         Scheduler {
             store,
             node_id,
@@ -127,13 +137,14 @@ impl Scheduler {
             members,
             clock_check,
             clock,
-            http: reqwest::Client::new(),
+            http,
             supervision,
             shutdown_grace,
             runs: TaskTracker::new(),
             own_runs: OwnRuns::new(),
             lead_times: LeadTimes::default(),
             live_outputs: LiveOutputs::default(),
+            dead_man,
         }
     }
 
@@ -248,6 +259,7 @@ impl Scheduler {
                 if changed.is_err() { Wake::Shutdown } else { Wake::MembersChanged }
             }
             () = tokio::time::sleep_until(term.next_heartbeat) => Wake::Heartbeat,
+            () = sleep_until_or_never(term.next_dead_man_ping) => Wake::DeadManPing,
         }
     }
 
@@ -278,6 +290,11 @@ impl Scheduler {
                 }
             }
             Wake::Heartbeat => term.heartbeat(&self.store, &self.clock),
+            Wake::DeadManPing => {
+                if let Some(dead_man) = &self.dead_man {
+                    term.ping_dead_man(dead_man);
+                }
+            }
             Wake::MembersChanged => {
                 let now = tokio::time::Instant::now();
                 if term.departures.observe(&self.members.borrow_and_update(), now) {
@@ -419,6 +436,13 @@ impl Scheduler {
             done.cancel();
             let _ = finished.send(key);
         });
+    }
+}
+
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,7 +1,7 @@
 //! One term of leadership as the firing loop holds it (`ActiveTerm`): begun by raising the fence
 //! and reading each job's cursor, it owns what only a leader has (the term's batchers, the jobs'
-//! firing state, the heartbeat, the reaping of vanished replicas' runs), and ends when it is
-//! dropped. Also the operator controls the leader applies.
+//! firing state, the heartbeat, the reaping of vanished replicas' runs, the dead-man ping), and
+//! ends when it is dropped. Also the operator controls the leader applies.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,12 +11,14 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::batch::Batchers;
 use super::clock::Clock;
 use super::plan::{self, DueSlots, JobState};
 use super::{DATABASE_RETRY, Scheduler};
 use crate::clock::StepDetector;
+use crate::deadman::DeadManPing;
 use crate::leadership::{LeaderTerm, Term};
 use crate::model::{Member, Trigger};
 use crate::store::{ClaimError, FenceError, LiveNode, Store};
@@ -47,10 +49,14 @@ pub(super) struct ActiveTerm {
     pub(super) departures: Departures,
     pub(super) next_reap: Instant,
     pub(super) next_heartbeat: Instant,
+    /// When the dead-man ping is next due; `None` without `--heartbeat-url`.
+    pub(super) next_dead_man_ping: Option<Instant>,
     /// Bookkeeping runs beside the loop, one at a time, so a slow or unreachable database never
     /// holds up a wake-up (a slot, a step-down).
     heartbeat: Option<JoinHandle<()>>,
     reaping: Option<JoinHandle<()>>,
+    /// The dead-man ping under way, aborted when the term ends: no leader, no ping.
+    dead_man_ping: Option<AbortOnDropHandle<()>>,
     /// The last heartbeat marks when this term ended, however it ends.
     _last_heartbeat: TermHeartbeat,
 }
@@ -71,6 +77,17 @@ impl ActiveTerm {
             }));
         }
         self.next_heartbeat = Instant::now() + HEARTBEAT;
+    }
+
+    /// Ping the outside monitor, and schedule the next ping an interval later. Asked by the
+    /// firing loop itself, so a leader whose loop is wedged, or whose lease has run out, pings
+    /// nothing; a ping still under way after an interval (its timeout) is replaced.
+    pub(super) fn ping_dead_man(&mut self, dead_man: &DeadManPing) {
+        if self.leader.lease.is_valid() {
+            let (dead_man, term) = (dead_man.clone(), self.leader.term.revision());
+            self.dead_man_ping = Some(AbortOnDropHandle::new(tokio::spawn(async move { dead_man.ping(term).await })));
+        }
+        self.next_dead_man_ping = Some(Instant::now() + dead_man.interval());
     }
 }
 
@@ -114,8 +131,11 @@ impl Scheduler {
             departures,
             next_reap: Instant::now() + lost_after,
             next_heartbeat: Instant::now(),
+            // A new leader pings at once: the monitor hears from the cluster again after a failover.
+            next_dead_man_ping: self.dead_man.as_ref().map(|_| Instant::now()),
             heartbeat: None,
             reaping: None,
+            dead_man_ping: None,
             _last_heartbeat: TermHeartbeat {
                 store: self.store.clone(),
                 term: leader.term.clone(),

@@ -150,6 +150,7 @@ impl Loop {
             supervision: Supervision::new(Duration::from_secs(1)),
             shutdown_grace: Duration::from_secs(5),
             clock: clock.clone(),
+            dead_man: None,
         });
         let shutdown = CancellationToken::new();
         let runs = scheduler.runs.clone();

@@ -299,6 +299,11 @@ impl Cluster {
     /// SIGTERM and wait for the process to exit.
     pub async fn terminate(&mut self, index: usize) {
         self.signal(index, Signal::SIGTERM);
+        self.wait_exited(index).await;
+    }
+
+    /// Wait for a replica that was sent SIGTERM to exit.
+    pub async fn wait_exited(&mut self, index: usize) {
         let replica = &mut self.replicas[index];
         let what = format!("{} to exit after SIGTERM", replica.node);
         wait_for(&what, Duration::from_secs(20), || {

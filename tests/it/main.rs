@@ -1,6 +1,8 @@
 //! The one integration-test binary. Tests start their own etcd and PostgreSQL (see `harness`)
 //! and, for cluster scenarios, real `tenure run` processes.
 
+/// The Prometheus alert rules: promtool, and the series they read against a real replica's.
+mod alerts;
 /// The API and the pages through the router, without a socket.
 mod api;
 /// Random, mutated and malformed input: never a panic, always a clear error.
@@ -19,6 +21,8 @@ mod core;
 mod cron_reference;
 /// The dashboard and API of a real cluster, and in headless Chromium.
 mod dashboard;
+/// The dead-man ping: only the leader pings an outside monitor, and stops with the last leader.
+mod deadman;
 /// `tenure dev`: one command, SQLite, the dashboard.
 mod dev;
 /// Daylight saving: `next` against the oracle around every transition, and the firing path.
