@@ -98,8 +98,13 @@ struct ClaimRequest {
 
 /// The most claims (start times, outcomes) one statement carries.
 const MAX_BATCH: usize = 2_000;
-/// How long start times and outcomes wait for others to share their statement.
+/// How long outcomes wait for others to share their statement: until none has come for
+/// `RECORD_LINGER`, at most `RECORD_LINGER_MAX` after the first, and at most `MAX_WAITING` of
+/// them. So a burst of runs ending together is written once the burst is over, not during it,
+/// where its statements would take the CPU the burst's last requests and processes need.
 const RECORD_LINGER: Duration = Duration::from_millis(25);
+const RECORD_LINGER_MAX: Duration = Duration::from_millis(500);
+const MAX_WAITING: usize = 20_000;
 
 /// Claim what is waiting in one statement, then what came meanwhile, and so on: slots that fall
 /// due together cost one round trip and one commit instead of one each. Each claim keeps its own
@@ -128,27 +133,44 @@ async fn batch_claims(store: Store, term: Term, node: String, requests: mpsc::Un
     .await;
 }
 
-/// Hand `send` what is waiting (up to `MAX_BATCH`), wait for it, and again, until every sender
-/// is gone. With a `linger`, wait that long after the first request for others to join: for
-/// writes that nothing waits on, so a burst of runs starting together is one statement after the
-/// burst rather than many during it.
+/// Hand `send` what is waiting (up to `MAX_BATCH` at a time), wait for it, and again, until
+/// every sender is gone. With a `linger`, gather first, as long as requests keep coming (see
+/// `RECORD_LINGER`): for writes that nothing waits on before its slot.
 async fn batched<T, F, Fut>(mut requests: mpsc::UnboundedReceiver<T>, linger: Duration, mut send: F)
 where
     F: FnMut(Vec<T>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     while let Some(first) = requests.recv().await {
-        if !linger.is_zero() {
-            tokio::time::sleep(linger).await;
-        }
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
+        let mut waiting = vec![first];
+        if linger.is_zero() {
+            take_waiting(&mut requests, &mut waiting, MAX_BATCH);
+        } else {
+            let first_came = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(linger).await;
+                let before = waiting.len();
+                take_waiting(&mut requests, &mut waiting, MAX_WAITING);
+                let quiet = waiting.len() == before;
+                if quiet || waiting.len() >= MAX_WAITING || first_came.elapsed() + linger > RECORD_LINGER_MAX {
+                    break;
+                }
             }
         }
-        send(batch).await;
+        while !waiting.is_empty() {
+            let rest = waiting.split_off(waiting.len().min(MAX_BATCH));
+            send(std::mem::replace(&mut waiting, rest)).await;
+        }
+    }
+}
+
+/// Move what is waiting in `requests` into `waiting`, up to `limit` in all.
+fn take_waiting<T>(requests: &mut mpsc::UnboundedReceiver<T>, waiting: &mut Vec<T>, limit: usize) {
+    while waiting.len() < limit {
+        match requests.try_recv() {
+            Ok(request) => waiting.push(request),
+            Err(_) => break,
+        }
     }
 }
 
@@ -258,5 +280,47 @@ pub(super) async fn flush_live_outputs(store: Store, outputs: LiveOutputs, stop:
                 tracing::debug!(%error, runs = changed.len(), "could not record live output");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// When each call of `send` came (ms after the start) and how many requests it carried.
+    async fn sends(linger: Duration, arrivals_ms: Vec<u64>) -> Vec<(u64, usize)> {
+        let start = tokio::time::Instant::now();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for at in arrivals_ms {
+                tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                tx.send(at).unwrap();
+            }
+        });
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let record = sent.clone();
+        batched(rx, linger, |batch: Vec<u64>| {
+            let record = record.clone();
+            async move { record.lock().unwrap().push((start.elapsed().as_millis() as u64, batch.len())) }
+        })
+        .await;
+        sent.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_wait_for_a_burst_to_end_and_a_lone_one_briefly() {
+        // Alone: written a linger after it came.
+        assert_eq!(sends(RECORD_LINGER, vec![0]).await, [(25, 1)]);
+        // A burst of 30 over 290 ms: one statement once a linger passed with nothing new (the
+        // last came in the linger that ended at 300 ms; the next, to 325 ms, was quiet).
+        let burst: Vec<u64> = (0..30).map(|i| i * 10).collect();
+        assert_eq!(sends(RECORD_LINGER, burst).await, [(325, 30)]);
+        // A stream that never pauses is written at most RECORD_LINGER_MAX after its first.
+        let stream: Vec<u64> = (0..100).map(|i| i * 10).collect();
+        let sent = sends(RECORD_LINGER, stream).await;
+        assert_eq!(sent.iter().map(|(_, n)| n).sum::<usize>(), 100);
+        assert!(sent[0].0 <= RECORD_LINGER_MAX.as_millis() as u64, "{sent:?}");
+        // Claims and starts do not linger.
+        assert_eq!(sends(Duration::ZERO, vec![0, 100]).await, [(0, 1), (100, 1)]);
     }
 }
