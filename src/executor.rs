@@ -107,6 +107,21 @@ impl OutputTail {
     }
 }
 
+/// One attempt built before it starts: for an HTTP job, the request itself (URL parsed, headers
+/// written), so that at its slot nothing is left but to send it.
+pub struct Prepared {
+    request: Option<Result<reqwest::Request, String>>,
+}
+
+/// Build the attempt `context` stands for.
+pub fn prepare(job: &Job, context: &RunContext, http: &reqwest::Client) -> Prepared {
+    let request = match &job.target {
+        Target::Http(target) => Some(build_request(target, job.timeout, context, http)),
+        Target::Command { .. } | Target::Shell { .. } => None,
+    };
+    Prepared { request }
+}
+
 /// Run one attempt of `job`. Never panics on the job's behalf: every failure is an outcome.
 pub async fn execute(
     job: &Job,
@@ -116,16 +131,32 @@ pub async fn execute(
     supervision: &Supervision,
     stop: &CancellationToken,
 ) -> RunOutcome {
-    match &job.target {
-        Target::Command { argv } => {
+    execute_prepared(prepare(job, context, http), job, context, output, http, supervision, stop).await
+}
+
+/// `execute` with the attempt built beforehand by `prepare` (from the same job and context).
+pub async fn execute_prepared(
+    prepared: Prepared,
+    job: &Job,
+    context: &RunContext,
+    output: &OutputTail,
+    http: &reqwest::Client,
+    supervision: &Supervision,
+    stop: &CancellationToken,
+) -> RunOutcome {
+    match (&job.target, prepared.request) {
+        (Target::Command { argv }, _) => {
             let args = argv[1..].iter().map(|arg| arg.as_ref()).collect();
             run_process(argv[0].as_ref(), args, job, context, output, supervision, stop).await
         }
-        Target::Shell { script } => {
+        (Target::Shell { script }, _) => {
             let args = vec!["-c".as_ref(), script.as_ref()];
             run_process("/bin/sh".as_ref(), args, job, context, output, supervision, stop).await
         }
-        Target::Http(target) => run_http(target, job.timeout, context, output, http, stop).await,
+        (Target::Http(target), request) => {
+            let request = request.unwrap_or_else(|| build_request(target, job.timeout, context, http));
+            run_http(request, target, job.timeout, output, http, stop).await
+        }
     }
 }
 
@@ -275,23 +306,15 @@ async fn copy_into(mut pipe: impl AsyncRead + Unpin, output: OutputTail) {
     }
 }
 
-async fn run_http(
+/// The request of an HTTP attempt: the target's method, URL, body and headers, the run's values
+/// as `X-Tenure-*` headers, and the job's timeout.
+fn build_request(
     target: &HttpTarget,
     timeout: Duration,
     context: &RunContext,
-    output: &OutputTail,
     http: &reqwest::Client,
-    stop: &CancellationToken,
-) -> RunOutcome {
-    let method = match reqwest::Method::from_bytes(target.method.as_bytes()) {
-        Ok(method) => method,
-        Err(error) => {
-            return RunOutcome {
-                error: Some(format!("invalid method: {error}")),
-                ..outcome(RunStatus::Failed, output)
-            };
-        }
-    };
+) -> Result<reqwest::Request, String> {
+    let method = reqwest::Method::from_bytes(target.method.as_bytes()).map_err(|e| format!("invalid method: {e}"))?;
     let mut request = http.request(method, &target.url).timeout(timeout).body(target.body.clone());
     for (name, value) in &target.headers {
         request = request.header(name, value);
@@ -299,8 +322,23 @@ async fn run_http(
     for (name, value) in context.variables() {
         request = request.header(format!("X-Tenure-{}", name.replace('_', "-")), value);
     }
+    request.build().map_err(|error| format!("request failed: {error}"))
+}
+
+async fn run_http(
+    request: Result<reqwest::Request, String>,
+    target: &HttpTarget,
+    timeout: Duration,
+    output: &OutputTail,
+    http: &reqwest::Client,
+    stop: &CancellationToken,
+) -> RunOutcome {
+    let request = match request {
+        Ok(request) => request,
+        Err(error) => return RunOutcome { error: Some(error), ..outcome(RunStatus::Failed, output) },
+    };
     let exchange = async {
-        let mut response = request.send().await?;
+        let mut response = http.execute(request).await?;
         let status = response.status().as_u16();
         while let Some(chunk) = response.chunk().await? {
             output.push(&chunk);

@@ -18,7 +18,7 @@ use super::clock::Clock;
 use super::lead_time::LeadTimes;
 use super::{DATABASE_RETRY, LEADERSHIP_LOST};
 use crate::config::{Concurrency, Job};
-use crate::executor::{self, OutputTail, RunContext};
+use crate::executor::{self, OutputTail, Prepared, RunContext};
 use crate::leadership::{LeaseDeadline, Term};
 use crate::model::{RunOutcome, RunStatus, Trigger};
 use crate::store::{Claim, ClaimError, Claimed, SkipIfRunning, Store, UnrunSlots};
@@ -188,8 +188,10 @@ impl RunTask {
     /// with its retries.
     pub(super) async fn fire(&mut self, job: &Job, slot: DateTime<Utc>, trigger: Trigger, stop: &RunStop) {
         let Some(run_id) = self.claim_learning(job, slot, trigger, stop).await else { return };
+        // Built before the slot, so that at the slot it is only sent (or started).
+        let first = executor::prepare(job, &self.context(job, slot, run_id, 1), &self.http);
         if self.start_at_slot(job, slot, trigger, run_id, stop).await {
-            self.execute(job, slot, run_id, stop).await;
+            self.execute(job, slot, run_id, stop, first).await;
         }
     }
 
@@ -250,27 +252,42 @@ impl RunTask {
         false
     }
 
-    /// Execute a started run, retry it per the job's `retries`, and record its outcome.
-    async fn execute(&self, job: &Job, slot: DateTime<Utc>, run_id: i64, stop: &RunStop) {
+    fn context(&self, job: &Job, slot: DateTime<Utc>, run_id: i64, attempt: i32) -> RunContext {
+        RunContext {
+            run_id,
+            job: job.name.to_string(),
+            slot,
+            term: self.term.revision(),
+            node: self.node.clone(),
+            attempt,
+        }
+    }
+
+    /// Execute a started run (its first attempt `first`, built ahead), retry it per the job's
+    /// `retries`, and record its outcome.
+    async fn execute(&self, job: &Job, slot: DateTime<Utc>, run_id: i64, stop: &RunStop, first: Prepared) {
         let mut attempt = 1;
+        let mut prepared = Some(first);
         loop {
             let started = self.clock.now();
             if attempt == 1 {
                 metrics::histogram!(metric::FIRE_LATENESS)
                     .record((started - slot).to_std().unwrap_or_default().as_secs_f64());
             }
-            let context = RunContext {
-                run_id,
-                job: job.name.to_string(),
-                slot,
-                term: self.term.revision(),
-                node: self.node.clone(),
-                attempt,
-            };
+            let context = self.context(job, slot, run_id, attempt);
+            let attempt_run = prepared.take().unwrap_or_else(|| executor::prepare(job, &context, &self.http));
             let output = OutputTail::default();
             let live = self.live_outputs.watch(run_id, output.clone());
-            let mut outcome =
-                executor::execute(job, &context, &output, &self.http, &self.supervision, &stop.token).await;
+            let mut outcome = executor::execute_prepared(
+                attempt_run,
+                job,
+                &context,
+                &output,
+                &self.http,
+                &self.supervision,
+                &stop.token,
+            )
+            .await;
             drop(live);
             if let Some(reason) = stop.reason() {
                 outcome.error = Some(reason.to_owned());
