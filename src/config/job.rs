@@ -68,6 +68,7 @@ impl Validator<'_> {
             starting_deadline: policies.starting_deadline,
             starting_deadline_at: policies.starting_deadline_at.unwrap_or(line_column(&node.referenced)),
             retries: policies.retries,
+            notify: policies.notify,
             paused,
             env,
             inherit_env,
@@ -284,7 +285,7 @@ impl Validator<'_> {
             match k.value.as_str() {
                 "url" => target.url = self.http_url(v, job).unwrap_or_default(),
                 "method" => target.method = self.http_method(v, job).unwrap_or(target.method),
-                "headers" => self.http_headers(v, job, &mut target.headers),
+                "headers" => self.headers(v, job, "http.headers", &mut target.headers),
                 "body" => {
                     if let Some(body) = self.string(v, job, "http.body", "a string") {
                         target.body = body.to_owned();
@@ -326,20 +327,27 @@ impl Validator<'_> {
         Some(method)
     }
 
-    fn http_headers(&mut self, node: &Spanned<Node>, job: Option<&str>, headers: &mut BTreeMap<String, String>) {
-        let Some(entries) = self.entries(node, job, "`http.headers`") else {
+    /// `headers:` of a request (`http.headers`, `notify.webhook.headers`): names and values HTTP takes.
+    pub(super) fn headers(
+        &mut self,
+        node: &Spanned<Node>,
+        job: Option<&str>,
+        field: &str,
+        headers: &mut BTreeMap<String, String>,
+    ) {
+        let Some(entries) = self.entries(node, job, &format!("`{field}`")) else {
             return;
         };
         for (name, value) in entries {
             if reqwest::header::HeaderName::from_bytes(name.value.as_bytes()).is_err() {
-                let message = format!("`http.headers`: `{}` is not a header name", name.value);
+                let message = format!("`{field}`: `{}` is not a header name", name.value);
                 self.error(&name.referenced, job, message);
             }
-            let Some(value) = self.string(value, job, "http.headers", "a header value") else {
+            let Some(value) = self.string(value, job, field, "a header value") else {
                 continue;
             };
             if reqwest::header::HeaderValue::from_str(value).is_err() {
-                let message = format!("`http.headers.{}`: the value is not a valid header value", name.value);
+                let message = format!("`{field}.{}`: the value is not a valid header value", name.value);
                 self.error(&name.referenced, job, message);
             }
             headers.insert(name.value.clone(), value.to_owned());

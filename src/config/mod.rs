@@ -129,6 +129,8 @@ pub struct Job {
     /// Where `starting_deadline` was set (line, column), or where the job starts if defaulted.
     pub starting_deadline_at: (u32, u32),
     pub retries: Retries,
+    /// Who is told about which outcomes (`notify:`, or the defaults').
+    pub notify: Vec<NotifyTarget>,
     pub paused: bool,
     pub env: BTreeMap<String, String>,
     /// Variables of tenure's own environment passed on to the job, beyond the few every job
@@ -195,6 +197,11 @@ macro_rules! yaml_names {
         }
     };
 }
+
+// After `yaml_names!`, which it uses.
+mod notify;
+
+pub use self::notify::{NotifyOn, NotifyTarget, Sourced, Webhook, WebhookFormat, url_label};
 
 yaml_names! {
     /// What happens when a slot comes due while an earlier run of the job still goes.

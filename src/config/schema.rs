@@ -1,9 +1,10 @@
 //! The JSON Schema of the job file (`tenure schema`), for editors and CI linters. The document is
 //! `job-file.schema.json`, except the lists of words the parser reads from a table
-//! (`Concurrency::NAMES`, `CatchUp::NAMES`, `TargetKind::NAMES`): the file holds a placeholder
+//! (`Concurrency::NAMES`, `CatchUp::NAMES`, `TargetKind::NAMES`, `NotifyOn::NAMES`,
+//! `WebhookFormat::NAMES`): the file holds a placeholder
 //! for each and they are written in here, so the schema cannot offer a word the parser refuses.
 
-use super::{CatchUp, Concurrency, TargetKind};
+use super::{CatchUp, Concurrency, NotifyOn, TargetKind, WebhookFormat};
 
 /// The schema with its placeholders; each is a JSON string in an array, so the file stays JSON.
 const TEMPLATE: &str = include_str!("job-file.schema.json");
@@ -15,6 +16,8 @@ pub fn job_file_schema() -> String {
     TEMPLATE
         .replace(r#"["{concurrency}"]"#, &json_words(Concurrency::NAMES))
         .replace(r#"["{catch_up}"]"#, &json_words(CatchUp::NAMES))
+        .replace(r#"["{notify on}"]"#, &json_words(NotifyOn::NAMES))
+        .replace(r#"["{webhook formats}"]"#, &json_words(WebhookFormat::NAMES))
         .replace(r#"["{target kinds}"]"#, &format!("[{}\n      ]", one_of.join(",")))
 }
 
@@ -32,7 +35,7 @@ mod tests {
 
     use super::job_file_schema;
     use crate::config::validate::{HTTP_KEYS, JOB_KEYS, POLICY_KEYS, RETRY_KEYS};
-    use crate::config::{CatchUp, Concurrency, TargetKind};
+    use crate::config::{CatchUp, Concurrency, NotifyOn, TargetKind, WebhookFormat};
 
     fn schema() -> Value {
         serde_json::from_str(&job_file_schema()).expect("the schema is JSON")
@@ -67,7 +70,7 @@ mod tests {
     #[test]
     fn the_json_schema_offers_exactly_the_words_the_parser_reads() {
         let text = job_file_schema();
-        assert!(!text.contains("{concurrency}") && !text.contains("{catch_up}") && !text.contains("{target"), "{text}");
+        assert!(!text.contains("[\"{"), "a placeholder is left: {text}");
         let schema = schema();
         let policies = &schema["$defs"]["policies"]["properties"];
         assert_eq!(policies["concurrency"]["enum"].as_array().unwrap(), &words(Concurrency::NAMES));
@@ -79,5 +82,10 @@ mod tests {
             .map(|choice| choice["required"][0].clone())
             .collect();
         assert_eq!(one_of, words(TargetKind::NAMES));
+        let target = &schema["$defs"]["notify_target"]["properties"];
+        assert_eq!(target["on"]["oneOf"][0]["enum"].as_array().unwrap(), &words(NotifyOn::NAMES));
+        assert_eq!(target["on"]["oneOf"][1]["items"]["enum"].as_array().unwrap(), &words(NotifyOn::NAMES));
+        assert_eq!(target["webhook"]["properties"]["format"]["enum"].as_array().unwrap(), &words(WebhookFormat::NAMES));
+        assert_eq!(keys(&schema["$defs"]["notify_target"]), set(crate::config::notify::TARGET_KEYS));
     }
 }

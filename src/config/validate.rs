@@ -12,12 +12,13 @@ use chrono_tz::Tz;
 use serde_saphyr::{Location, Spanned};
 
 use super::node::Node;
+use super::notify::NotifyTarget;
 use super::{CatchUp, Concurrency, ConfigError, Job, MAX_JOBS, Retries, TargetKind};
 use crate::schedule;
 
 /// The fields `defaults:` takes; a job takes them too, to override.
 pub(super) const POLICY_KEYS: &[&str] =
-    &["timezone", "timeout", "concurrency", "catch_up", "starting_deadline", "retries"];
+    &["timezone", "timeout", "concurrency", "catch_up", "starting_deadline", "retries", "notify"];
 /// The fields of `retries:`.
 pub(super) const RETRY_KEYS: &[&str] = &["max", "backoff"];
 /// The fields of `http:`.
@@ -41,6 +42,7 @@ pub(super) struct Policies {
     /// Where `starting_deadline` was set (line, column), if it was.
     pub starting_deadline_at: Option<(u32, u32)>,
     pub retries: Retries,
+    pub notify: Vec<NotifyTarget>,
 }
 
 impl Default for Policies {
@@ -53,6 +55,7 @@ impl Default for Policies {
             starting_deadline: Duration::from_secs(5 * 60),
             starting_deadline_at: None,
             retries: Retries { max: 0, backoff: Duration::from_secs(10) },
+            notify: Vec::new(),
         }
     }
 }
@@ -167,6 +170,11 @@ impl<'a> Validator<'a> {
                     }
                 }
                 "retries" => self.retries(value, job, &mut base.retries),
+                "notify" => {
+                    if let Some(notify) = self.notify(value, job) {
+                        base.notify = notify;
+                    }
+                }
                 _ => {}
             }
         }
@@ -264,7 +272,7 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn duration(&mut self, node: &Spanned<Node>, job: Option<&str>, field: &str) -> Option<Duration> {
+    pub(super) fn duration(&mut self, node: &Spanned<Node>, job: Option<&str>, field: &str) -> Option<Duration> {
         const EXPECTED: &str = "a duration such as 30s, 10m or 1h30m";
         let text = self.string(node, job, field, EXPECTED)?;
         match humantime::parse_duration(text) {
@@ -281,7 +289,7 @@ impl<'a> Validator<'a> {
     }
 
     /// One of the names in `names` (an enum's table of YAML names), as its value.
-    fn choice<T: Copy>(
+    pub(super) fn choice<T: Copy>(
         &mut self,
         node: &Spanned<Node>,
         job: Option<&str>,
