@@ -20,7 +20,7 @@ CREATE TABLE notifications (
     created_at     INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)),
     status         TEXT    NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'abandoned')),
     attempts       INTEGER NOT NULL DEFAULT 0,
-    next_at        INTEGER NOT NULL DEFAULT 0,
+    next_at        INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)),
     sending_term   INTEGER,
     sending_until  INTEGER,
     delivered_at   INTEGER,

@@ -19,10 +19,12 @@
 //! was never started can change hands: a newer term's claim or `record_slots` takes it over.
 
 mod common;
+mod outbox;
 mod pools;
 mod postgres;
 mod sqlite;
 
+pub use outbox::{Delivery, NotificationRecord, NotifyRoute, OutboxEvent};
 pub use pools::{
     DatabaseConnectError, MigrateError, READ_CONNECTIONS, check_connection, connect, connect_reads, migrate,
     migration_connection,
@@ -377,7 +379,8 @@ pub trait Ledger: Send + Sync {
     async fn reap_lost(&self, term: &Term, live: &[LiveNode]) -> Result<u64, sqlx::Error>;
 
     /// Delete up to `batch` finished rows older than `before`, keeping each job's newest row (the
-    /// dashboard's last run; the cursor is kept apart). Returns how many went.
+    /// dashboard's last run; the cursor is kept apart), and the delivered or abandoned
+    /// notifications created before `before`. Returns how many runs went.
     async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error>;
 
     /// Operator pauses and resumes, by job. An entry overrides the job file's `paused`.
@@ -407,6 +410,30 @@ pub trait Ledger: Send + Sync {
 
     /// Send on `wake` whenever a pause, resume or trigger may have happened, until `stop`.
     async fn listen_controls(&self, wake: mpsc::Sender<()>, stop: CancellationToken);
+
+    /// Route outcomes to notification targets as `routes` say (the leader's job file), replacing
+    /// every route, under the fence: from then on each outcome recorded writes its events in the
+    /// same statement.
+    async fn set_notify_routes(&self, term: &Term, routes: &[NotifyRoute]) -> Result<(), ClaimError>;
+
+    /// Take up to `limit` pending events that are due at `now` and not held by another delivery,
+    /// and hold them for `term` until `hold_until`, under the fence (nothing when a newer term
+    /// holds it). Each take counts an attempt.
+    async fn take_notifications(
+        &self,
+        term: &Term,
+        now: DateTime<Utc>,
+        hold_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, sqlx::Error>;
+
+    /// Record delivery answers. Each is written only while `term` still holds its event: once a
+    /// newer term has taken an event up again, an older term's answer is refused. Returns how
+    /// many were written.
+    async fn record_deliveries(&self, term: &Term, deliveries: &[(i64, Delivery)]) -> Result<u64, sqlx::Error>;
+
+    /// How many events wait to be delivered.
+    async fn pending_notifications(&self) -> Result<i64, sqlx::Error>;
 }
 
 /// The read side: what the dashboard and the API do, on the read pool. Reads, and the operator
@@ -418,6 +445,9 @@ pub trait LedgerReads: Send + Sync {
     async fn ping(&self) -> Result<(), sqlx::Error>;
 
     async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error>;
+
+    /// The notifications of one run, oldest first, with their delivery state.
+    async fn run_notifications(&self, run_id: i64) -> Result<Vec<NotificationRecord>, sqlx::Error>;
 
     /// One job's runs, newest slot first, those before `before` (the previous page's cursor), at
     /// most `limit`, optionally of one status. Lists leave `output` empty; `run` has it.

@@ -61,6 +61,13 @@ contract!(issue_13_idempotency_keys_are_scoped_per_job);
 contract!(issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot);
 contract!(issue_13_a_resume_that_ends_a_pause_records_when);
 contract!(a_term_is_begun_by_one_node_only_and_its_own_retry_is_idempotent);
+contract!(every_recorded_outcome_writes_the_events_its_routes_ask_for);
+contract!(a_delivery_is_held_by_one_term_and_an_older_terms_answer_is_refused);
+
+use crate::ledger_outbox::{
+    a_delivery_is_held_by_one_term_and_an_older_terms_answer_is_refused,
+    every_recorded_outcome_writes_the_events_its_routes_ask_for,
+};
 
 fn slot(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, second).unwrap()

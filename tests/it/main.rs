@@ -37,6 +37,8 @@ mod harness;
 mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
 mod ledger;
+/// The notification outbox's part of the ledger contract.
+mod ledger_outbox;
 /// Readers never starve claims; a full dashboard sheds load.
 mod load;
 /// A TCP fault proxy (blackhole, reset, refuse, delay) on loopback.

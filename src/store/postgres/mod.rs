@@ -14,10 +14,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, SlotHolder};
+use super::outbox;
 use super::{
     CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode,
     SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
 };
+use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
 use crate::model::RunOutcome;
 
@@ -441,6 +443,7 @@ impl Ledger for Postgres {
 
     async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
         let result = sqlx::query(common::PRUNE_RUNS).bind(before).bind(batch).execute(&self.pool).await?;
+        sqlx::query(outbox::PRUNE_NOTIFICATIONS).bind(before).execute(&self.pool).await?;
         Ok(result.rows_affected())
     }
 
@@ -523,6 +526,84 @@ impl Ledger for Postgres {
                 }
             }
         }
+    }
+
+    async fn set_notify_routes(&self, term: &Term, routes: &[NotifyRoute]) -> Result<(), ClaimError> {
+        let mut tx = self.pool.begin().await?;
+        let fence: i64 =
+            sqlx::query_scalar("SELECT term FROM fence WHERE id = 1 FOR SHARE").fetch_one(&mut *tx).await?;
+        if fence > term.revision() {
+            return Err(ClaimError::Fenced { term: term.revision(), fence });
+        }
+        sqlx::query("DELETE FROM notify_routes").execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO notify_routes (job, target, label, events, late_ms)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])",
+        )
+        .bind(routes.iter().map(|r| r.job.as_str()).collect::<Vec<_>>())
+        .bind(routes.iter().map(|r| r.target.as_str()).collect::<Vec<_>>())
+        .bind(routes.iter().map(|r| r.label.as_str()).collect::<Vec<_>>())
+        .bind(routes.iter().map(|r| r.events.as_str()).collect::<Vec<_>>())
+        .bind(routes.iter().map(|r| r.late_ms).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn take_notifications(
+        &self,
+        term: &Term,
+        now: DateTime<Utc>,
+        hold_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+        let rows = sqlx::query(
+            "WITH current_fence AS (
+                 SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
+             ), due AS (
+                 SELECT id FROM notifications
+                 WHERE status = 'pending' AND next_at <= $2 AND (sending_until IS NULL OR sending_until < $2)
+                 ORDER BY next_at, id LIMIT $4 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE notifications SET sending_term = $1, sending_until = $3, attempts = attempts + 1
+             FROM current_fence, due WHERE notifications.id = due.id
+             RETURNING notifications.id, run_id, job, slot, event, target, label, created_at, attempts",
+        )
+        .bind(term.revision())
+        .bind(now)
+        .bind(hold_until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows.iter().map(outbox::outbox_event).collect::<Result<Vec<_>, _>>()?;
+        events.sort_by_key(|event| event.id);
+        Ok(events)
+    }
+
+    async fn record_deliveries(&self, term: &Term, deliveries: &[(i64, Delivery)]) -> Result<u64, sqlx::Error> {
+        let columns: Vec<_> = deliveries.iter().map(|(id, delivery)| (*id, delivery.columns())).collect();
+        let result = sqlx::query(
+            "UPDATE notifications n
+             SET status = v.status, delivered_at = v.delivered_at, next_at = coalesce(v.next_at, n.next_at),
+                 last_error = coalesce(v.error, n.last_error), sending_until = NULL
+             FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
+                  AS v(id, status, delivered_at, next_at, error)
+             WHERE n.id = v.id AND n.sending_term = $1 AND n.status = 'pending'",
+        )
+        .bind(term.revision())
+        .bind(columns.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(columns.iter().map(|(_, c)| c.0).collect::<Vec<_>>())
+        .bind(columns.iter().map(|(_, c)| c.1).collect::<Vec<_>>())
+        .bind(columns.iter().map(|(_, c)| c.2).collect::<Vec<_>>())
+        .bind(columns.iter().map(|(_, c)| c.3.map(clean_text)).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn pending_notifications(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(outbox::PENDING_COUNT).fetch_one(&self.pool).await
     }
 }
 

@@ -9,7 +9,10 @@ use chrono::{DateTime, Utc};
 use super::Postgres;
 use crate::model::{Control, RunStatus};
 use crate::store::common::{self, run_columns};
-use crate::store::{CONTROL_CHANNEL, JobControl, LedgerReads, RunCursor, RunRecord, TermRecord, TriggerRecord};
+use crate::store::outbox;
+use crate::store::{
+    CONTROL_CHANNEL, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord, TriggerRecord,
+};
 
 #[async_trait]
 impl LedgerReads for Postgres {
@@ -20,6 +23,11 @@ impl LedgerReads for Postgres {
     async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error> {
         let row = sqlx::query(common::RUN).bind(run_id).fetch_optional(&self.pool).await?;
         row.map(|row| common::run_record(&row)).transpose()
+    }
+
+    async fn run_notifications(&self, run_id: i64) -> Result<Vec<NotificationRecord>, sqlx::Error> {
+        let rows = sqlx::query(outbox::RUN_NOTIFICATIONS).bind(run_id).fetch_all(&self.pool).await?;
+        rows.iter().map(outbox::notification_record).collect()
     }
 
     async fn job_runs(

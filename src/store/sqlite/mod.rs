@@ -19,10 +19,12 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::common::{self, LedgerRow, SlotHolder, micros};
+use super::outbox;
 use super::{
     Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode, SkipIfRunning,
     TriggerRecord, UnrunSlots, clean_text,
 };
+use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
 use crate::model::{RunOutcome, Trigger};
 
@@ -364,6 +366,7 @@ impl Ledger for Sqlite {
 
     async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
         let result = sqlx::query(common::PRUNE_RUNS).bind(micros(before)).bind(batch).execute(&self.pool).await?;
+        sqlx::query(outbox::PRUNE_NOTIFICATIONS).bind(micros(before)).execute(&self.pool).await?;
         Ok(result.rows_affected())
     }
 
@@ -410,5 +413,88 @@ impl Ledger for Sqlite {
                 },
             }
         }
+    }
+
+    async fn set_notify_routes(&self, term: &Term, routes: &[NotifyRoute]) -> Result<(), ClaimError> {
+        let mut tx = self.pool.begin().await?;
+        let fence: i64 = sqlx::query_scalar("SELECT term FROM fence WHERE id = 1").fetch_one(&mut *tx).await?;
+        if fence > term.revision() {
+            return Err(ClaimError::Fenced { term: term.revision(), fence });
+        }
+        sqlx::query("DELETE FROM notify_routes").execute(&mut *tx).await?;
+        for route in routes {
+            sqlx::query("INSERT INTO notify_routes (job, target, label, events, late_ms) VALUES ($1, $2, $3, $4, $5)")
+                .bind(&route.job)
+                .bind(&route.target)
+                .bind(&route.label)
+                .bind(&route.events)
+                .bind(route.late_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn take_notifications(
+        &self,
+        term: &Term,
+        now: DateTime<Utc>,
+        hold_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let fence: i64 = sqlx::query_scalar("SELECT term FROM fence WHERE id = 1").fetch_one(&mut *tx).await?;
+        if fence > term.revision() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "UPDATE notifications SET sending_term = $1, sending_until = $3, attempts = attempts + 1
+             WHERE id IN (
+                 SELECT id FROM notifications
+                 WHERE status = 'pending' AND next_at <= $2 AND (sending_until IS NULL OR sending_until < $2)
+                 ORDER BY next_at, id LIMIT $4
+             )
+             RETURNING id, run_id, job, slot, event, target, label, created_at, attempts",
+        )
+        .bind(term.revision())
+        .bind(micros(now))
+        .bind(micros(hold_until))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut events = rows.iter().map(outbox::outbox_event).collect::<Result<Vec<_>, _>>()?;
+        events.sort_by_key(|event| event.id);
+        Ok(events)
+    }
+
+    async fn record_deliveries(&self, term: &Term, deliveries: &[(i64, Delivery)]) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut written = 0;
+        for (id, delivery) in deliveries {
+            let (status, delivered_at, next_at, error) = delivery.columns();
+            written += sqlx::query(
+                "UPDATE notifications
+                 SET status = $3, delivered_at = $4, next_at = coalesce($5, next_at),
+                     last_error = coalesce($6, last_error), sending_until = NULL
+                 WHERE id = $1 AND sending_term = $2 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(term.revision())
+            .bind(status)
+            .bind(delivered_at.map(micros))
+            .bind(next_at.map(micros))
+            .bind(error.map(clean_text))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn pending_notifications(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(outbox::PENDING_COUNT).fetch_one(&self.pool).await
     }
 }
