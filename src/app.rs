@@ -300,7 +300,7 @@ impl Replica {
         tasks.spawn(watch_job_file(jobs_path.to_owned(), retain, jobs_tx, self.member_tx, shutdown.clone()));
         let state = AppState {
             node_id: self.node_id.clone(),
-            store: reads,
+            store: reads.clone(),
             leadership: leadership.clone(),
             etcd,
             jobs: jobs_rx.clone(),
@@ -322,6 +322,7 @@ impl Replica {
             shutdown_grace,
             clock: scheduler::Clock::system(),
             dead_man,
+            reads,
         });
         scheduler.run(shutdown.clone()).await;
         registry_shutdown.cancel();

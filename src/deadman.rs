@@ -158,7 +158,7 @@ impl DeadManPing {
 }
 
 /// What went wrong with a request, in words that never hold its URL.
-fn request_failure(error: &reqwest::Error) -> String {
+pub(crate) fn request_failure(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {

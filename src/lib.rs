@@ -22,6 +22,7 @@ pub mod http;
 pub mod leadership;
 pub mod local;
 pub mod model;
+pub mod notify;
 pub mod schedule;
 pub mod scheduler;
 pub mod secret;

@@ -123,4 +123,9 @@ pub mod metric {
     pub const DEADMAN_LAST_SUCCESS: &str = "tenure_deadman_last_success_timestamp_seconds";
     /// Dashboard and API requests refused by admission (`http::shed`).
     pub const HTTP_SHED: &str = "tenure_http_shed_total";
+    /// Notification delivery attempts by this replica while it led; label `result`:
+    /// `delivered`, `failed` (retried later) or `abandoned`.
+    pub const NOTIFICATIONS: &str = "tenure_notifications_total";
+    /// Gauge, exported by the leader: notifications in the outbox not delivered yet.
+    pub const NOTIFICATIONS_PENDING: &str = "tenure_notifications_pending";
 }

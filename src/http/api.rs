@@ -129,7 +129,8 @@ pub(super) async fn run_page(state: &AppState, name: &str, query: &RunQuery) -> 
 
 pub(super) async fn run_view(state: &AppState, id: i64) -> Result<RunView, Problem> {
     let run = state.store.run(id).await?.ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
-    Ok(RunView::of(run))
+    let notifications = state.store.run_notifications(id).await?;
+    Ok(RunView::of(run, notifications))
 }
 
 /// Record a manual trigger. The same key twice for one job is one trigger (a double click fires

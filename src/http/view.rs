@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::config::{Job, JobSet, Target};
 use crate::model::{ClusterSnapshot, RunStatus, TriggerKind};
-use crate::store::{JobControl, Reads, RunRecord, TermRecord};
+use crate::store::{JobControl, NotificationRecord, Reads, RunRecord, TermRecord};
 
 /// How many outcomes the overview's strip shows per job.
 pub const STRIP: usize = 20;
@@ -93,10 +93,12 @@ pub struct RunView {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub output: String,
+    /// The events `notify:` targets were or will be told about this run, with delivery state.
+    pub notifications: Vec<NotificationRecord>,
 }
 
 impl RunView {
-    pub fn of(run: RunRecord) -> RunView {
+    pub fn of(run: RunRecord, notifications: Vec<NotificationRecord>) -> RunView {
         RunView {
             brief: RunBrief::of(&run),
             job: run.job,
@@ -105,6 +107,7 @@ impl RunView {
             started_at: run.started_at,
             finished_at: run.finished_at,
             output: run.output,
+            notifications,
         }
     }
 }

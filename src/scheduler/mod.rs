@@ -45,7 +45,7 @@ use crate::deadman::{DeadManPing, DeadManSettings};
 use crate::executor;
 use crate::leadership::{LeaderTerm, Leadership};
 use crate::model::{Member, Trigger};
-use crate::store::Store;
+use crate::store::{Reads, Store};
 use crate::supervisor::Supervision;
 use crate::telemetry::metric;
 
@@ -71,6 +71,8 @@ pub struct SchedulerInputs {
     pub clock: Clock,
     /// The dead-man ping (`--heartbeat-url`), sent from the loop while it holds a term.
     pub dead_man: Option<DeadManSettings>,
+    /// The read side of the ledger: the notification courier reads the runs it tells about.
+    pub reads: Reads,
 }
 
 /// The firing loop's actor. What lasts only as long as a term is in `ActiveTerm`.
@@ -92,6 +94,7 @@ pub struct Scheduler {
     /// The output tails of the runs going, written to the ledger together.
     live_outputs: LiveOutputs,
     dead_man: Option<DeadManPing>,
+    reads: Reads,
 }
 
 enum Wake {
@@ -125,6 +128,7 @@ impl Scheduler {
             shutdown_grace,
             clock,
             dead_man,
+            reads,
         } = inputs;
         // The executor's client (its TLS roots) also pings the monitor.
         let http = reqwest::Client::new();
@@ -145,6 +149,7 @@ impl Scheduler {
             lead_times: LeadTimes::default(),
             live_outputs: LiveOutputs::default(),
             dead_man,
+            reads,
         }
     }
 
@@ -323,6 +328,7 @@ impl Scheduler {
                 tracing::warn!(%error, jobs = added.len(), "could not record the cursors of new jobs");
             }
         }
+        term.route_notifications(&self.store, &jobs);
         // Operator pauses apply to the reloaded jobs too.
         term.controls_pending = true;
         tracing::info!(jobs = term.jobs.len(), hash = jobs.hash(), "job file reloaded");

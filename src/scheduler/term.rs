@@ -20,7 +20,9 @@ use super::{DATABASE_RETRY, Scheduler};
 use crate::clock::StepDetector;
 use crate::deadman::DeadManPing;
 use crate::leadership::{LeaderTerm, Term};
+use crate::config::JobSet;
 use crate::model::{Member, Trigger};
+use crate::notify::{self, Courier};
 use crate::store::{ClaimError, FenceError, LiveNode, Store};
 use crate::telemetry::metric;
 
@@ -57,6 +59,10 @@ pub(super) struct ActiveTerm {
     reaping: Option<JoinHandle<()>>,
     /// The dead-man ping under way, aborted when the term ends: no leader, no ping.
     dead_man_ping: Option<AbortOnDropHandle<()>>,
+    /// The notification routes of a reloaded job file being written (retried until they are).
+    routing: Option<AbortOnDropHandle<()>>,
+    /// The notification courier: delivers the outbox while the term lasts.
+    _courier: AbortOnDropHandle<()>,
     /// The last heartbeat marks when this term ended, however it ends.
     _last_heartbeat: TermHeartbeat,
 }
@@ -89,6 +95,23 @@ impl ActiveTerm {
         }
         self.next_dead_man_ping = Some(Instant::now() + dead_man.interval());
     }
+
+    /// Route outcomes to `jobs`' notification targets from now on, beside the loop, retrying
+    /// until the ledger has them (a newer term's fence ends the attempt).
+    pub(super) fn route_notifications(&mut self, store: &Store, jobs: &JobSet) {
+        let (store, term, routes) = (store.clone(), self.leader.term.clone(), notify::routes(jobs));
+        self.routing = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                match store.set_notify_routes(&term, &routes).await {
+                    Ok(()) | Err(ClaimError::Fenced { .. }) => return,
+                    Err(error) => {
+                        tracing::warn!(%error, "could not record the notification routes; retrying");
+                        tokio::time::sleep(DATABASE_RETRY).await;
+                    }
+                }
+            }
+        })));
+    }
 }
 
 /// Records the term's last heartbeat when the term ends (resign, step-down, shutdown).
@@ -115,6 +138,17 @@ impl Scheduler {
         let steps = StepDetector::default();
         let batchers = Batchers::spawn(&self.store, &leader.term, &self.node_id);
         let jobs = self.load_states(leader, shutdown).await?;
+        // Before the term records an outcome (its catch-up first), so that none goes untold.
+        self.route_notifications(leader, shutdown).await?;
+        let courier = Courier {
+            store: self.store.clone(),
+            reads: self.reads.clone(),
+            term: leader.term.clone(),
+            lease: leader.lease.clone(),
+            jobs: self.jobs.clone(),
+            http: self.http.clone(),
+            clock: self.clock.clone(),
+        };
         let lost_after = self.supervision.lost_after();
         let mut departures = Departures::default();
         departures.observe(&self.members.borrow_and_update(), Instant::now());
@@ -136,6 +170,8 @@ impl Scheduler {
             heartbeat: None,
             reaping: None,
             dead_man_ping: None,
+            routing: None,
+            _courier: AbortOnDropHandle::new(tokio::spawn(courier.run())),
             _last_heartbeat: TermHeartbeat {
                 store: self.store.clone(),
                 term: leader.term.clone(),
@@ -230,6 +266,28 @@ impl Scheduler {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "could not read the ledger; retrying");
+                    if !self.retry_pause(leader, shutdown).await || self.refused_by_clock(leader) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Record the notification routes of the job file this term starts with. `None` when this
+    /// term must not fire.
+    async fn route_notifications(&mut self, leader: &LeaderTerm, shutdown: &CancellationToken) -> Option<()> {
+        loop {
+            let routes = notify::routes(&self.jobs.borrow());
+            match self.store.set_notify_routes(&leader.term, &routes).await {
+                Ok(()) => return Some(()),
+                Err(ClaimError::Fenced { fence, .. }) => {
+                    tracing::warn!(term = leader.term.revision(), fence, "a newer term holds the fence; stepping down");
+                    leader.step_down.cancel();
+                    return None;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not record the notification routes; retrying");
                     if !self.retry_pause(leader, shutdown).await || self.refused_by_clock(leader) {
                         return None;
                     }

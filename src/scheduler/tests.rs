@@ -151,6 +151,7 @@ impl Loop {
             shutdown_grace: Duration::from_secs(5),
             clock: clock.clone(),
             dead_man: None,
+            reads: reads.clone(),
         });
         let shutdown = CancellationToken::new();
         let runs = scheduler.runs.clone();
