@@ -35,7 +35,7 @@ const BATCH: i64 = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a taken event is held for this term: longer than a request, so a newer leader never
 /// sends it while this one still may.
-const HOLD: Duration = Duration::from_secs(30);
+const HOLD: Duration = Duration::from_secs(20);
 /// The first retry waits this long, each next one twice as long, up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
@@ -46,6 +46,13 @@ const MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 pub const EVENT_ID_HEADER: &str = "X-Tenure-Event-Id";
 pub const EVENT_HEADER: &str = "X-Tenure-Event";
 pub const SIGNATURE_HEADER: &str = "X-Tenure-Signature-256";
+
+/// Export the delivery counters at 0, so an alert on their increase sees the first failure.
+pub fn export_metrics() {
+    for result in ["delivered", "failed", "abandoned"] {
+        metrics::counter!(metric::NOTIFICATIONS, "result" => result).increment(0);
+    }
+}
 
 /// The routes the ledger needs for `jobs`: one per (job, target).
 pub fn routes(jobs: &JobSet) -> Vec<NotifyRoute> {
@@ -130,9 +137,9 @@ impl Courier {
         let now = self.clock.now();
         let age = (now - event.created_at).to_std().unwrap_or_default();
         let delivery = match target {
-            None => Delivery::Abandoned {
-                error: "its target is no longer in the job file (removed or edited)".to_owned(),
-            },
+            None => {
+                Delivery::Abandoned { error: "its target is no longer in the job file (removed or edited)".to_owned() }
+            }
             Some(_) if age > MAX_AGE => {
                 Delivery::Abandoned { error: format!("not delivered within {}", humantime::format_duration(MAX_AGE)) }
             }

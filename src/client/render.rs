@@ -142,6 +142,14 @@ pub fn run(run: &Run) -> String {
     for (name, value) in fields {
         text.push_str(&format!("  {name:<12}{value}\n"));
     }
+    for told in &run.notifications {
+        let attempts = if told.attempts == 1 { "1 attempt".to_owned() } else { format!("{} attempts", told.attempts) };
+        let error = told.last_error.as_deref().map(|error| format!(", last error: {error}")).unwrap_or_default();
+        text.push_str(&format!(
+            "  {:<12}{} to {}: {} ({attempts}{error})\n",
+            "notified", told.event, told.target, told.status
+        ));
+    }
     if run.output.is_empty() {
         text.push_str("output: none\n");
     } else {

@@ -50,6 +50,19 @@ pub struct Run {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub output: String,
+    /// Absent from servers older than notifications.
+    #[serde(default)]
+    pub notifications: Vec<Notification>,
+}
+
+/// An event a `notify:` target was told (or will be), in `GET /api/runs/{id}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Notification {
+    pub event: String,
+    pub target: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
 }
 
 /// `GET /api/jobs/{name}/runs`: newest first.

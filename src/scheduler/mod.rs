@@ -133,6 +133,7 @@ impl Scheduler {
         // The executor's client (its TLS roots) also pings the monitor.
         let http = reqwest::Client::new();
         let dead_man = dead_man.map(|settings| DeadManPing::new(settings, &node_id, http.clone()));
+        crate::notify::export_metrics();
         Scheduler {
             store,
             node_id,

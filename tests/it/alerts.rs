@@ -118,6 +118,7 @@ async fn issue16_every_series_the_alert_rules_read_is_exported_by_a_replica() {
             "tenure_is_leader",
             "tenure_job_file_info",
             "tenure_missed_slots_total",
+            "tenure_notifications_total",
             "tenure_runs_lost_total",
             "tenure_runs_total",
         ],

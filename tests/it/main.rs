@@ -41,6 +41,8 @@ mod ledger;
 mod ledger_outbox;
 /// Readers never starve claims; a full dashboard sheds load.
 mod load;
+/// Notifications by outcome, from a real cluster to a real receiver.
+mod notify;
 /// A TCP fault proxy (blackhole, reset, refuse, delay) on loopback.
 mod proxy;
 /// The harness itself: both servers come up, answer, survive restarts.
