@@ -55,14 +55,22 @@ pub enum Delivery {
     },
 }
 
+/// The columns an answer writes.
+pub(super) struct DeliveryColumns<'a> {
+    pub status: &'static str,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub next_at: Option<DateTime<Utc>>,
+    pub error: Option<&'a str>,
+}
+
 impl Delivery {
-    /// The columns an answer writes: (status, delivered_at, next_at, error).
-    pub(super) fn columns(&self) -> (&'static str, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<&str>) {
-        match self {
+    pub(super) fn columns(&self) -> DeliveryColumns<'_> {
+        let (status, delivered_at, next_at, error) = match self {
             Delivery::Delivered { at } => ("delivered", Some(*at), None, None),
-            Delivery::Retry { error, at } => ("pending", None, Some(*at), Some(error)),
-            Delivery::Abandoned { error } => ("abandoned", None, None, Some(error)),
-        }
+            Delivery::Retry { error, at } => ("pending", None, Some(*at), Some(error.as_str())),
+            Delivery::Abandoned { error } => ("abandoned", None, None, Some(error.as_str())),
+        };
+        DeliveryColumns { status, delivered_at, next_at, error }
     }
 }
 

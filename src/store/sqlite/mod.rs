@@ -473,7 +473,7 @@ impl Ledger for Sqlite {
         let mut tx = self.pool.begin().await?;
         let mut written = 0;
         for (id, delivery) in deliveries {
-            let (status, delivered_at, next_at, error) = delivery.columns();
+            let columns = delivery.columns();
             written += sqlx::query(
                 "UPDATE notifications
                  SET status = $3, delivered_at = $4, next_at = coalesce($5, next_at),
@@ -482,10 +482,10 @@ impl Ledger for Sqlite {
             )
             .bind(id)
             .bind(term.revision())
-            .bind(status)
-            .bind(delivered_at.map(micros))
-            .bind(next_at.map(micros))
-            .bind(error.map(clean_text))
+            .bind(columns.status)
+            .bind(columns.delivered_at.map(micros))
+            .bind(columns.next_at.map(micros))
+            .bind(columns.error.map(clean_text))
             .execute(&mut *tx)
             .await?
             .rows_affected();
