@@ -83,8 +83,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// How much lower than the rest of the replica the HTTP server's thread runs (`nice`): when the
-/// CPU is short, the firing path's threads get it first.
+/// How much lower than the rest of the replica the HTTP server's thread runs (`nice`, added to
+/// the replica's own, at most 19): when the CPU is short, the firing path's threads get it first.
 const HTTP_NICENESS: i32 = 10;
 
 /// Serve until `shutdown` on a runtime of its own: one thread, at a lower CPU priority, so that
@@ -97,9 +97,12 @@ pub fn serve_apart(
 ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
     let listener = listener.into_std()?;
     let thread = std::thread::Builder::new().name("tenure-http".into()).spawn(move || {
-        // On Linux the niceness is per thread: only this one is lowered.
-        // SAFETY: setpriority reads no memory of ours; it changes the calling thread's niceness.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HTTP_NICENESS) } != 0 {
+        // On Linux the niceness is per thread: only this one is lowered, relative to the replica's
+        // own (a replica started niced keeps its HTTP thread below its firing path, never above).
+        // SAFETY: getpriority and setpriority read no memory of ours; they read and change the
+        // calling thread's niceness. A failure leaves the thread at the replica's niceness.
+        let base = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, (base + HTTP_NICENESS).min(19)) } != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the HTTP thread's priority");
         }
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -227,11 +227,13 @@ async fn the_dashboard_is_served_from_one_thread_of_lower_priority() {
             Some((name, fields.get(16)?.parse().ok()?))
         })
         .collect();
+    // The suite may itself run niced: the replica's own niceness is the base.
+    let base = threads.iter().find(|(name, _)| name == "tenure").expect("the main thread").1;
     let http: Vec<_> = threads.iter().filter(|(name, _)| name == "tenure-http").collect();
     assert_eq!(http.len(), 1, "one HTTP thread: {threads:?}");
-    assert_eq!(http[0].1, 10, "the HTTP thread runs at niceness 10: {threads:?}");
+    assert_eq!(http[0].1, (base + 10).min(19), "the HTTP thread runs 10 below the rest: {threads:?}");
     let firing = threads.iter().filter(|(name, _)| name == "tokio-rt-worker").collect::<Vec<_>>();
-    assert!(!firing.is_empty() && firing.iter().all(|(_, nice)| *nice == 0), "{threads:?}");
+    assert!(!firing.is_empty() && firing.iter().all(|(_, nice)| *nice == base), "{threads:?}");
     // And it serves.
     let answer = reqwest::get(format!("{}/api/jobs", cluster.url(0))).await.unwrap();
     assert_eq!(answer.status(), 200);
