@@ -22,7 +22,7 @@ use crate::local::{LedgerLock, LocalElection};
 use crate::model::{ClusterSnapshot, Member};
 use crate::scheduler::{self, Scheduler, SchedulerInputs};
 use crate::secret::Secret;
-use crate::store::{self, Reads, Store};
+use crate::store::{self, Reads, Retention, Store};
 use crate::supervisor::{self, Supervision};
 use crate::telemetry::{self, metric};
 
@@ -296,7 +296,7 @@ impl Replica {
         let Wiring { store, reads, leadership, members, cluster, clock, etcd, supervision, tasks, registry_shutdown } =
             wiring;
         let (jobs_tx, jobs_rx) = watch::channel(self.jobs);
-        tasks.spawn(prune_ledger(store.clone(), retain, leadership.clone(), shutdown.clone()));
+        tasks.spawn(prune_ledger(store.clone(), retain, jobs_rx.clone(), leadership.clone(), shutdown.clone()));
         tasks.spawn(watch_job_file(jobs_path.to_owned(), retain, jobs_tx, self.member_tx, shutdown.clone()));
         let state = AppState {
             node_id: self.node_id.clone(),
@@ -395,11 +395,13 @@ async fn connect_etcd_with_retry(
     }
 }
 
-/// Ledger retention: the leader deletes finished rows older than `retain`, a thousand at a time
-/// with a pause between batches, so pruning never holds up claims.
+/// Ledger retention: the leader deletes finished rows older than their job's `retain` (or
+/// `--retain`), a thousand at a time with a pause between batches, so pruning never holds up
+/// claims.
 async fn prune_ledger(
     store: Store,
     retain: Duration,
+    jobs: watch::Receiver<Arc<JobSet>>,
     leadership: watch::Receiver<Leadership>,
     shutdown: CancellationToken,
 ) {
@@ -410,13 +412,11 @@ async fn prune_ledger(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let Ok(age) = chrono::Duration::from_std(retain) else {
-            continue;
-        };
-        let before = Utc::now() - age;
+        let retention = retention(&jobs.borrow(), retain, Utc::now());
+        let before = retention.default_before;
         let mut pruned = 0;
         while leadership.borrow().is_leader() && !shutdown.is_cancelled() {
-            match store.prune_runs(before, BATCH).await {
+            match store.prune_runs(&retention, BATCH).await {
                 Ok(count) => {
                     pruned += count;
                     if count < BATCH as u64 {
@@ -434,6 +434,21 @@ async fn prune_ledger(
             metrics::counter!(metric::RUNS_PRUNED).increment(pruned);
             tracing::info!(pruned, before = %before, "pruned old ledger rows");
         }
+    }
+}
+
+/// What pruning at `now` deletes: rows older than `retain` (`--retain`), or than their job's
+/// own `retain`. A job gone from the file keeps the ledger's retention.
+fn retention(jobs: &JobSet, retain: Duration, now: chrono::DateTime<Utc>) -> Retention {
+    let before = |retain: Duration| {
+        chrono::Duration::from_std(retain)
+            .ok()
+            .and_then(|age| now.checked_sub_signed(age))
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
+    };
+    Retention {
+        default_before: before(retain),
+        per_job: jobs.jobs().iter().filter_map(|job| Some((job.name.to_string(), before(job.retain?)))).collect(),
     }
 }
 

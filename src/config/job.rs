@@ -404,7 +404,7 @@ impl Validator<'_> {
 }
 
 /// An environment variable name: letters, digits and `_`, not starting with a digit.
-fn is_variable_name(name: &str) -> bool {
+pub fn is_variable_name(name: &str) -> bool {
     name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

@@ -28,6 +28,7 @@ use self::node::Node;
 use self::validate::Validator;
 use crate::schedule::Schedule;
 
+pub use self::job::is_variable_name;
 pub use self::schema::job_file_schema;
 
 /// A job file larger than this is refused before parsing.

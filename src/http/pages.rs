@@ -20,6 +20,7 @@ use super::api::{self, RunQuery};
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, STRIP, ago, human_ms, in_zone, utc};
 use super::{AppState, BrowserSession, Problem};
 use crate::model::{Control, RunStatus, TriggerKind};
+use crate::store::TriggerOverrides;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -426,7 +427,7 @@ async fn control(
         "trigger" => {
             // The page's form always carries a fresh key; an empty one is taken as none.
             let key = form.key.as_deref().filter(|key| !key.is_empty());
-            api::request_trigger(&state, &name, key, "dashboard").await?;
+            api::request_trigger(&state, &name, key, "dashboard", &TriggerOverrides::default()).await?;
         }
         "pause" => api::set_control(&state, &name, Control::Pause, "dashboard").await?,
         "resume" => api::set_control(&state, &name, Control::Resume, "dashboard").await?,

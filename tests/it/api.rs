@@ -50,6 +50,7 @@ async fn fixture(reads_need: ReadAccess) -> Fixture {
             config_hash: "abc",
             skip_if_running: SkipIfRunning::No,
             claimed_at: slot,
+            planned_at: slot,
         };
         let claimed = store.claim_run(&claim).await.unwrap();
         store.start_runs(&term, &[(claimed.run_id, slot + chrono::Duration::milliseconds(120))]).await.unwrap();

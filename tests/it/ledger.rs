@@ -7,7 +7,7 @@ use tenure::leadership::Term;
 use tenure::model::{Control, RunOutcome, RunStatus, Trigger, TriggerKind};
 use tenure::store::{
     Claim, ClaimError, Claimed, FenceError, JobControl, LiveNode, Reads, RunCursor, SkipIfRunning, Store,
-    TriggerRecord, UnrunSlots,
+    TriggerOverrides, TriggerRecord, TriggerRequest, UnrunSlots,
 };
 
 use crate::harness::{Postgres, wait_until};
@@ -73,6 +73,20 @@ fn slot(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, second).unwrap()
 }
 
+/// Record a manual trigger of `job` under `key` without overrides, as the API does.
+async fn request(reads: &Reads, job: &str, key: &str, at: DateTime<Utc>) -> Result<TriggerRecord, sqlx::Error> {
+    let overrides = TriggerOverrides::default();
+    reads
+        .request_trigger(&TriggerRequest {
+            job,
+            idempotency_key: key,
+            by: "admin",
+            requested_at: at,
+            overrides: &overrides,
+        })
+        .await
+}
+
 fn claim<'a>(job: &'a str, at: DateTime<Utc>, term: &'a Term, node: &'a str) -> Claim<'a> {
     Claim {
         job,
@@ -83,6 +97,7 @@ fn claim<'a>(job: &'a str, at: DateTime<Utc>, term: &'a Term, node: &'a str) -> 
         config_hash: "hash",
         skip_if_running: SkipIfRunning::No,
         claimed_at: Utc::now(),
+        planned_at: at,
     }
 }
 
@@ -288,8 +303,8 @@ async fn pauses_and_triggers_are_recorded_once(store: Store, reads: Reads) {
     // A resume is kept too: it overrides `paused: true` in the job file.
     assert!(!store.job_controls().await.unwrap()["job"].paused);
 
-    let first = reads.request_trigger("job", "key-1", "admin", slot(30)).await.unwrap();
-    let again = reads.request_trigger("job", "key-1", "admin", slot(31)).await.unwrap();
+    let first = request(&reads, "job", "key-1", slot(30)).await.unwrap();
+    let again = request(&reads, "job", "key-1", slot(31)).await.unwrap();
     assert_eq!(first, again, "a double click fires once");
     assert_eq!(store.pending_triggers().await.unwrap(), [first.clone()]);
 
@@ -430,9 +445,9 @@ async fn retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newes
     store.finish_run(lone.run_id, &finished(slot(1))).await.unwrap();
 
     let before = slot(30);
-    assert_eq!(store.prune_runs(before, 4).await.unwrap(), 4, "one batch at a time");
-    assert_eq!(store.prune_runs(before, 4).await.unwrap(), 4);
-    assert_eq!(store.prune_runs(before, 4).await.unwrap(), 0, "nothing more may go");
+    assert_eq!(store.prune_runs(&tenure::store::Retention::before(before), 4).await.unwrap(), 4, "one batch at a time");
+    assert_eq!(store.prune_runs(&tenure::store::Retention::before(before), 4).await.unwrap(), 4);
+    assert_eq!(store.prune_runs(&tenure::store::Retention::before(before), 4).await.unwrap(), 0, "nothing more may go");
     let left: Vec<(String, DateTime<Utc>, String)> =
         reads.all_runs().await.unwrap().into_iter().map(|r| (r.job, r.slot, r.status.to_string())).collect();
     assert_eq!(
@@ -688,7 +703,7 @@ async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(st
     store.start_runs(&term, &[(manual.run_id, slot(7))]).await.unwrap();
     store.finish_run(manual.run_id, &finished(slot(7))).await.unwrap();
     // Retention takes everything it may.
-    while store.prune_runs(slot(59), 100).await.unwrap() > 0 {}
+    while store.prune_runs(&tenure::store::Retention::before(slot(59)), 100).await.unwrap() > 0 {}
     // Seen again much later (a new term): the cursors did not move, `c` is new.
     let newer = Term::for_tests(2, "c");
     store.begin_term(&newer, "m").await.unwrap();
@@ -709,12 +724,12 @@ async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(st
 }
 
 async fn issue_13_idempotency_keys_are_scoped_per_job(store: Store, reads: Reads) {
-    let a = reads.request_trigger("a", "key", "admin", slot(1)).await.unwrap();
-    let b = reads.request_trigger("b", "key", "admin", slot(2)).await.unwrap();
+    let a = request(&reads, "a", "key", slot(1)).await.unwrap();
+    let b = request(&reads, "b", "key", slot(2)).await.unwrap();
     assert_ne!(a.id, b.id, "the same key for another job is another trigger");
     assert_eq!((a.job.as_str(), b.job.as_str()), ("a", "b"));
-    assert_eq!(reads.request_trigger("a", "key", "admin", slot(3)).await.unwrap(), a);
-    assert_eq!(reads.request_trigger("b", "key", "admin", slot(4)).await.unwrap(), b);
+    assert_eq!(request(&reads, "a", "key", slot(3)).await.unwrap(), a);
+    assert_eq!(request(&reads, "b", "key", slot(4)).await.unwrap(), b);
     assert_eq!(store.pending_triggers().await.unwrap(), [a, b]);
 }
 
@@ -731,11 +746,11 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
     // The same key again answers the trigger as recorded now.
     let reread = |key: &'static str| {
         let reads = reads.clone();
-        async move { reads.request_trigger("job", key, "admin", slot(59)).await.unwrap() }
+        async move { request(&reads, "job", key, slot(59)).await.unwrap() }
     };
 
     // A fenced claim, alone or in a batch, leaves the trigger pending.
-    let first = reads.request_trigger("job", "k1", "admin", slot(10)).await.unwrap();
+    let first = request(&reads, "job", "k1", slot(10)).await.unwrap();
     let fenced = store.claim_run(&manual(&first, &old, "a")).await;
     assert!(matches!(fenced, Err(ClaimError::Fenced { term: 5, fence: 6 })), "{fenced:?}");
     for result in store.claim_runs(&[manual(&first, &old, "a"), claim("other", slot(1), &old, "a")]).await {
@@ -752,7 +767,7 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
     assert!(store.pending_triggers().await.unwrap().is_empty());
 
     // A trigger whose slot another term already holds fired there: handled, linked to that run.
-    let second = reads.request_trigger("job", "k2", "admin", slot(20)).await.unwrap();
+    let second = request(&reads, "job", "k2", slot(20)).await.unwrap();
     let held = store.claim_run(&claim("job", slot(20), &new, "b")).await.unwrap();
     store.start_runs(&new, &[(held.run_id, slot(20))]).await.unwrap();
     let newer = Term::for_tests(7, "c");
@@ -764,7 +779,7 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
 
     // A trigger claimed and never started (its leader lost the lease before the fenced start)
     // is pending again for the next term, whose claim takes the row over; started, it is done.
-    let fifth = reads.request_trigger("job", "k5", "admin", slot(40)).await.unwrap();
+    let fifth = request(&reads, "job", "k5", slot(40)).await.unwrap();
     let orphan = store.claim_run(&manual(&fifth, &newer, "c")).await.unwrap();
     assert_eq!(store.pending_triggers().await.unwrap(), [reread("k5").await]);
     let newest = Term::for_tests(8, "c");
@@ -776,8 +791,8 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
     let newer = newest;
 
     // In a batch, each manual claim handles its own trigger.
-    let third = reads.request_trigger("job", "k3", "admin", slot(30)).await.unwrap();
-    let fourth = reads.request_trigger("job", "k4", "admin", slot(31)).await.unwrap();
+    let third = request(&reads, "job", "k3", slot(30)).await.unwrap();
+    let fourth = request(&reads, "job", "k4", slot(31)).await.unwrap();
     let results = store
         .claim_runs(&[manual(&third, &newer, "d"), claim("job", slot(32), &newer, "d"), manual(&fourth, &newer, "d")])
         .await;
