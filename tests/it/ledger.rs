@@ -6,8 +6,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use tenure::leadership::Term;
 use tenure::model::{Control, RunOutcome, RunStatus, Trigger, TriggerKind};
 use tenure::store::{
-    Claim, ClaimError, Claimed, FenceError, JobControl, LiveNode, Reads, RunCursor, SkipIfRunning, Store,
-    Retention, TriggerOverrides, TriggerRecord, TriggerRequest, UnrunSlots,
+    Claim, ClaimError, Claimed, FenceError, JobControl, LiveNode, Reads, Retention, RunCursor, SkipIfRunning, Store,
+    TriggerOverrides, TriggerRecord, TriggerRequest, UnrunSlots,
 };
 
 use crate::harness::{Postgres, wait_until};
@@ -439,8 +439,10 @@ async fn retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newes
     };
     for second in 0..10 {
         // Claimed at its slot, as the scheduler does: pruning goes by slot and claim.
-        let claimed =
-            store.claim_run(&Claim { claimed_at: slot(second), ..claim("old", slot(second), &term, "n") }).await.unwrap();
+        let claimed = store
+            .claim_run(&Claim { claimed_at: slot(second), ..claim("old", slot(second), &term, "n") })
+            .await
+            .unwrap();
         if second != 3 {
             store.finish_run(claimed.run_id, &finished(slot(second))).await.unwrap();
         }
@@ -1053,7 +1055,8 @@ async fn issue_17_a_triggers_overrides_are_recorded_with_its_run(store: Store, r
         reason: Some("re-run after the outage".to_owned()),
         concurrency: Some(tenure::config::Concurrency::Allow),
     };
-    let request = TriggerRequest { job: "job", idempotency_key: "k", by: "api", requested_at: slot(7), overrides: &overrides };
+    let request =
+        TriggerRequest { job: "job", idempotency_key: "k", by: "api", requested_at: slot(7), overrides: &overrides };
     let trigger = reads.request_trigger(&request).await.unwrap();
     assert_eq!(trigger.overrides, overrides);
     // A retry under the same key keeps the first request's overrides.

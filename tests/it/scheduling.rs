@@ -253,7 +253,8 @@ jobs:
     })
     .await;
     post(&format!("{base}/api/jobs/slow/trigger"), json!({})).await;
-    post(&format!("{base}/api/jobs/slow/trigger"), json!({"concurrency": "allow", "reason": "overlap on purpose"})).await;
+    post(&format!("{base}/api/jobs/slow/trigger"), json!({"concurrency": "allow", "reason": "overlap on purpose"}))
+        .await;
     wait_for("both slow runs to end and the second to be skipped", Duration::from_secs(20), || async {
         let slow: Vec<_> = cluster.ledger().await.into_iter().filter(|r| r.job == "slow").collect();
         slow.len() == 3 && slow.iter().all(|r| r.status != RunStatus::Running)
