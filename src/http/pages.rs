@@ -296,6 +296,8 @@ struct JobPage {
     status_filter: String,
     runs: Vec<RunRow>,
     next_page: Option<String>,
+    /// The job's newest backfills and their progress.
+    backfills: Vec<api::BackfillView>,
 }
 
 #[derive(Deserialize)]
@@ -366,6 +368,7 @@ async fn job(
         status_filter,
         runs,
         next_page,
+        backfills: state.store.backfills(Some(&name), 5).await?.into_iter().map(api::BackfillView::of).collect(),
         job,
     })?;
     let mut response = page.into_response();
@@ -449,6 +452,8 @@ struct RunPage {
     lateness: String,
     duration: String,
     result: String,
+    /// When it was to start, when that was not its slot (jitter, backfill).
+    planned: Option<String>,
 }
 
 async fn run(
@@ -477,6 +482,7 @@ async fn run(
             (None, None) => "–".to_owned(),
         },
         result: or_dash(Some(result_of(&run.brief)).filter(|text| !text.is_empty())),
+        planned: (run.planned_at != run.brief.slot).then(|| with_zone(run.planned_at)),
         run,
     })
 }
