@@ -406,7 +406,7 @@ async fn prune_ledger(
     shutdown: CancellationToken,
 ) {
     const BATCH: i64 = 1000;
-    let every = Duration::from_secs(60);
+    let every = crate::testing::prune_every().unwrap_or(Duration::from_secs(60));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -562,4 +562,35 @@ fn load_jobs(path: &Path, retain: Duration) -> Result<JobSet, config::ConfigErro
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let metadata = std::fs::metadata(path).ok()?;
     Some((metadata.modified().ok()?, metadata.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_17_retention_takes_each_jobs_own_retain_and_the_ledgers_for_the_rest() {
+        let jobs = config::parse(
+            "jobs:
+  - { name: kept-long, schedule: '@hourly', shell: 'true', retain: 90d }
+  - { name: plain, schedule: '@hourly', shell: 'true' }
+  - { name: short, schedule: '@hourly', shell: 'true', retain: 1h, starting_deadline: 1h }
+",
+            "jobs.yaml",
+        )
+        .unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z").unwrap().to_utc();
+        let week = retention(&jobs, Duration::from_secs(7 * 86_400), now);
+        assert_eq!(week.default_before, now - chrono::Duration::days(7));
+        assert_eq!(
+            week.per_job,
+            [
+                ("kept-long".to_owned(), now - chrono::Duration::days(90)),
+                ("short".to_owned(), now - chrono::Duration::hours(1)),
+            ]
+        );
+        // A retention too long to subtract keeps everything rather than panic.
+        let forever = retention(&jobs, Duration::from_secs(u64::MAX / 4), now);
+        assert_eq!(forever.default_before, chrono::DateTime::<Utc>::MIN_UTC);
+    }
 }

@@ -267,3 +267,57 @@ jobs:
     assert_eq!(allowed["request"]["concurrency"], "allow");
     assert_eq!(lines().matches("slow ").count(), 2);
 }
+
+#[tokio::test]
+async fn issue_17_per_job_retention_prunes_only_what_it_should_on_a_running_cluster() {
+    // `brief` keeps 2 s of rows, `kept` the ledger's --retain (30 days by default).
+    let jobs = r#"
+jobs:
+  - name: brief
+    schedule: "* * * * * *"
+    shell: WITNESS
+    concurrency: allow
+    starting_deadline: 1s
+    retain: 2s
+  - name: kept
+    schedule: "* * * * * *"
+    shell: WITNESS
+    concurrency: allow
+"#;
+    let options = crate::cluster::Options {
+        env: vec![("TENURE_TEST_PRUNE_EVERY_MS".to_owned(), "500".to_owned())],
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with(2, jobs, options).await;
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let first = cluster.witness().first().map(|w| w.slot);
+    cluster.let_it_tick(12).await;
+    let first = first.unwrap_or_else(|| cluster.witness().first().unwrap().slot);
+    wait_for("the pruning of brief's older rows", Duration::from_secs(10), || async {
+        let ledger = cluster.ledger().await;
+        let kept = ledger.iter().filter(|r| r.job == "kept").count();
+        let brief = ledger.iter().filter(|r| r.job == "brief").count();
+        kept >= 6 && brief + 3 <= kept
+    })
+    .await;
+    let ledger = cluster.ledger().await;
+    let oldest_kept = ledger.iter().filter(|r| r.job == "kept").map(|r| r.slot).min().unwrap();
+    assert!(oldest_kept <= first, "nothing of `kept` was pruned: its oldest row is {oldest_kept}, first slot {first}");
+    let kept: BTreeSet<DateTime<Utc>> = ledger.iter().filter(|r| r.job == "kept").map(|r| r.slot).collect();
+    let last = *kept.iter().next_back().unwrap();
+    let every_second: BTreeSet<DateTime<Utc>> =
+        (0..=(last - oldest_kept).num_seconds()).map(|s| oldest_kept + chrono::Duration::seconds(s)).collect();
+    assert_eq!(kept, every_second, "`kept` lost no row");
+    // What is left of `brief` is recent, or still running, or its newest row.
+    let now = Utc::now();
+    let newest_brief = ledger.iter().filter(|r| r.job == "brief").map(|r| r.slot).max().unwrap();
+    for row in ledger.iter().filter(|r| r.job == "brief") {
+        let young = now - row.slot < chrono::Duration::seconds(5);
+        assert!(young || row.status == RunStatus::Running || row.slot == newest_brief, "{row:?} should be pruned");
+    }
+    // Pruning never moves a cursor: both jobs keep firing every second.
+    let seen = cluster.witness().len();
+    cluster.let_it_tick(4).await;
+    let fresh: BTreeSet<String> = cluster.witness()[seen..].iter().map(|w| w.job.clone()).collect();
+    assert_eq!(fresh, BTreeSet::from(["brief".to_owned(), "kept".to_owned()]));
+}
