@@ -352,7 +352,8 @@ fn json_line(document: &Value) -> String {
 
 /// How a followed trigger came out.
 enum Followed {
-    Ended(Answer<Run>),
+    /// Boxed: a run (its output tail, a manual run's request) is far larger than the rest.
+    Ended(Box<Answer<Run>>),
     /// Handled without a run: the leader's job file no longer has the job.
     Dropped(Answer<Trigger>),
     StillGoing {
@@ -383,7 +384,7 @@ async fn follow(
             (Some(id), _) => {
                 let run = client.run(id).await?;
                 if run.value.brief.status != RunStatus::Running {
-                    return Ok(Followed::Ended(run));
+                    return Ok(Followed::Ended(Box::new(run)));
                 }
             }
             (None, Some(_)) => return Ok(Followed::Dropped(trigger)),
