@@ -1,5 +1,4 @@
--- Issue 17, scheduling features. (0006 is left to another change made at the same time; sqlx
--- applies every migration it has not applied, gaps included.)
+-- Issue 17, scheduling features.
 
 -- When the run was planned to start: its slot plus the job's jitter offset (the slot itself
 -- without jitter; the claim instant for a backfill). Lateness and the starting deadline are
@@ -34,3 +33,42 @@ CREATE TABLE backfill_slots (
     PRIMARY KEY (job, slot)
 );
 CREATE INDEX backfill_slots_backfill ON backfill_slots (backfill_id, slot);
+
+-- A start is `late` (notifications) by its planned start, not its slot: a jittered run started
+-- at its offset, or a backfill started when it was claimed, is on time.
+CREATE OR REPLACE FUNCTION runs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status <> 'running' AND (TG_OP = 'INSERT' OR OLD.status IS DISTINCT FROM NEW.status) THEN
+        INSERT INTO notifications (run_id, job, slot, event, target, label)
+        SELECT NEW.id, NEW.job, NEW.slot, NEW.status, r.target, r.label
+        FROM notify_routes r
+        WHERE r.job = NEW.job AND strpos(r.events, ',' || NEW.status || ',') > 0;
+        IF NEW.status = 'succeeded' THEN
+            INSERT INTO notifications (run_id, job, slot, event, target, label)
+            SELECT NEW.id, NEW.job, NEW.slot, 'recovered', r.target, r.label
+            FROM notify_routes r
+            WHERE r.job = NEW.job AND strpos(r.events, ',recovered,') > 0
+              AND (SELECT p.status FROM runs p
+                   WHERE p.job = NEW.job AND p.slot < NEW.slot AND p.status NOT IN ('running', 'skipped', 'missed')
+                   ORDER BY p.slot DESC LIMIT 1) IN ('failed', 'timed_out', 'killed', 'lost');
+        END IF;
+    END IF;
+    IF NEW.started_at > COALESCE(NEW.planned_at, NEW.slot) AND (TG_OP = 'INSERT' OR OLD.started_at IS NULL) THEN
+        INSERT INTO notifications (run_id, job, slot, event, target, label)
+        SELECT NEW.id, NEW.job, NEW.slot, 'late', r.target, r.label
+        FROM notify_routes r
+        WHERE r.job = NEW.job AND r.late_ms IS NOT NULL
+          AND NEW.started_at - COALESCE(NEW.planned_at, NEW.slot) > r.late_ms * interval '1 millisecond';
+    END IF;
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER runs_notify_insert ON runs;
+DROP TRIGGER runs_notify_update ON runs;
+CREATE TRIGGER runs_notify_insert AFTER INSERT ON runs
+    FOR EACH ROW WHEN (NEW.status <> 'running' OR NEW.started_at > COALESCE(NEW.planned_at, NEW.slot))
+    EXECUTE FUNCTION runs_notify();
+CREATE TRIGGER runs_notify_update AFTER UPDATE OF status, started_at ON runs
+    FOR EACH ROW WHEN ((NEW.status <> 'running' AND OLD.status IS DISTINCT FROM NEW.status)
+                       OR (OLD.started_at IS NULL AND NEW.started_at > COALESCE(NEW.planned_at, NEW.slot)))
+    EXECUTE FUNCTION runs_notify();

@@ -1,5 +1,4 @@
--- See migrations/postgres/0007_scheduling.sql (0005 is left to another change made at the same
--- time). Instants are integer microseconds.
+-- See migrations/postgres/0007_scheduling.sql. Instants are integer microseconds.
 ALTER TABLE runs ADD COLUMN planned_at INTEGER;
 
 ALTER TABLE triggers ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
@@ -22,3 +21,25 @@ CREATE TABLE backfill_slots (
     PRIMARY KEY (job, slot)
 );
 CREATE INDEX backfill_slots_backfill ON backfill_slots (backfill_id, slot);
+
+-- A start is `late` by its planned start, not its slot (see the PostgreSQL migration).
+DROP TRIGGER runs_notify_late_insert;
+DROP TRIGGER runs_notify_late_update;
+CREATE TRIGGER runs_notify_late_insert AFTER INSERT ON runs
+    WHEN NEW.started_at > COALESCE(NEW.planned_at, NEW.slot)
+BEGIN
+    INSERT INTO notifications (run_id, job, slot, event, target, label)
+    SELECT NEW.id, NEW.job, NEW.slot, 'late', r.target, r.label
+    FROM notify_routes r
+    WHERE r.job = NEW.job AND r.late_ms IS NOT NULL
+      AND NEW.started_at - COALESCE(NEW.planned_at, NEW.slot) > r.late_ms * 1000;
+END;
+CREATE TRIGGER runs_notify_late_update AFTER UPDATE OF started_at ON runs
+    WHEN OLD.started_at IS NULL AND NEW.started_at > COALESCE(NEW.planned_at, NEW.slot)
+BEGIN
+    INSERT INTO notifications (run_id, job, slot, event, target, label)
+    SELECT NEW.id, NEW.job, NEW.slot, 'late', r.target, r.label
+    FROM notify_routes r
+    WHERE r.job = NEW.job AND r.late_ms IS NOT NULL
+      AND NEW.started_at - COALESCE(NEW.planned_at, NEW.slot) > r.late_ms * 1000;
+END;

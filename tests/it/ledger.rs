@@ -64,6 +64,7 @@ contract!(a_term_is_begun_by_one_node_only_and_its_own_retry_is_idempotent);
 contract!(issue_17_retention_per_job_prunes_only_what_it_should);
 contract!(issue_17_a_backfill_queues_each_unheld_slot_once_and_reports_its_progress);
 contract!(issue_17_a_triggers_overrides_are_recorded_with_its_run);
+contract!(issue_17_a_late_notification_counts_from_the_planned_start_not_the_slot);
 contract!(every_recorded_outcome_writes_the_events_its_routes_ask_for);
 contract!(a_delivery_is_held_by_one_term_and_an_older_terms_answer_is_refused);
 
@@ -1074,4 +1075,40 @@ async fn issue_17_a_triggers_overrides_are_recorded_with_its_run(store: Store, r
     assert_eq!(reads.trigger_of_run(plain.run_id).await.unwrap(), None);
     // The planned start is recorded with the claim (the slot here).
     assert_eq!(reads.run(claimed.run_id).await.unwrap().unwrap().planned_at, slot(7));
+}
+
+async fn issue_17_a_late_notification_counts_from_the_planned_start_not_the_slot(store: Store, reads: Reads) {
+    let term = Term::for_tests(1, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    let route = tenure::store::NotifyRoute {
+        job: "job".to_owned(),
+        target: "ops".to_owned(),
+        label: "https://ops.example".to_owned(),
+        events: ",late,".to_owned(),
+        late_ms: Some(500),
+    };
+    store.set_notify_routes(&term, &[route]).await.unwrap();
+    let planned = |at: DateTime<Utc>, planned_at: DateTime<Utc>, trigger: Trigger| Claim {
+        trigger,
+        claimed_at: at,
+        planned_at,
+        ..claim("job", at, &term, "n")
+    };
+    // Jittered by 20 s and started on its planned start: on time.
+    let jittered = store.claim_run(&planned(slot(0), slot(20), Trigger::Schedule)).await.unwrap().run_id;
+    store.start_runs(&term, &[(jittered, slot(20) + chrono::Duration::milliseconds(100))]).await.unwrap();
+    // A backfill of an old slot, started when it was claimed: on time too.
+    let old = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let backfill = store.claim_run(&planned(old, slot(30), Trigger::Backfill { request: 1 })).await.unwrap().run_id;
+    store.start_runs(&term, &[(backfill, slot(30))]).await.unwrap();
+    // Jittered by 2 s and started 1 s after that: late, and told.
+    let late = store.claim_run(&planned(slot(40), slot(42), Trigger::Schedule)).await.unwrap().run_id;
+    store.start_runs(&term, &[(late, slot(43))]).await.unwrap();
+    let told = |run| {
+        let reads = reads.clone();
+        async move { reads.run_notifications(run).await.unwrap().into_iter().map(|n| n.event).collect::<Vec<_>>() }
+    };
+    assert_eq!(told(jittered).await, Vec::<String>::new(), "a jittered start is not late");
+    assert_eq!(told(backfill).await, Vec::<String>::new(), "a backfill's start is not late");
+    assert_eq!(told(late).await, ["late"]);
 }
