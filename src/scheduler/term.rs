@@ -433,12 +433,18 @@ impl Scheduler {
             *per_job.entry(job.clone()).or_default() += 1;
         }
         term.backfill_waiting = false;
+        if queued.is_empty() {
+            return true;
+        }
+        let by_name: HashMap<&str, &JobState> =
+            term.jobs.iter().map(|state| (state.job.name.as_ref(), state)).collect();
+        let mut start = Vec::new();
         for queued in queued {
             if going.contains(&(queued.job.clone(), queued.slot)) {
                 continue;
             }
             // A job gone from the file, or paused, keeps its slots queued until it is back.
-            let Some(state) = term.jobs.iter().find(|state| state.job.name.as_ref() == queued.job) else { continue };
+            let Some(state) = by_name.get(queued.job.as_str()) else { continue };
             if state.paused {
                 continue;
             }
@@ -460,6 +466,9 @@ impl Scheduler {
             } else {
                 job
             };
+            start.push((job, queued));
+        }
+        for (job, queued) in start {
             let task = self.run_task(term, now);
             let trigger = Trigger::Backfill { request: queued.backfill };
             if let Some(key) = self.start_runs(job, vec![queued.slot], trigger, task) {
