@@ -152,17 +152,18 @@ pub(super) async fn request_trigger(
     by: &str,
     overrides: &TriggerOverrides,
 ) -> Result<TriggerRecord, Problem> {
-    let target = state.jobs.borrow().get(name).map(|job| job.target.kind());
-    let Some(target) = target else {
+    let Some(job) = state.jobs.borrow().get(name).cloned() else {
         return Err(Problem::not_found(format!("no job `{name}` in the job file")));
     };
-    checked_overrides(overrides, target)?;
+    checked_overrides(overrides, job.target.kind())?;
     let key = match key {
         Some(key) => checked_key(key)?.to_owned(),
         None => new_key(),
     };
     let request = TriggerRequest { job: name, idempotency_key: &key, by, requested_at: Utc::now(), overrides };
-    Ok(state.store.request_trigger(&request).await?)
+    let mut trigger = state.store.request_trigger(&request).await?;
+    trigger.overrides.env = view::shown_env(std::mem::take(&mut trigger.overrides.env), Some(&job));
+    Ok(trigger)
 }
 
 /// The longest reason, in bytes.

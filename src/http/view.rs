@@ -2,7 +2,7 @@
 //! cluster snapshot. The pages render these structures; the API serialises them unchanged, so
 //! both always agree.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -117,9 +117,21 @@ pub struct RequestView {
     /// The variables it set, by name. A value that overrides a variable the job inherits from
     /// tenure's environment (`inherit_env`: a deployment's secrets come that way) is shown as
     /// `[redacted]`; the ledger holds it, for the run.
-    pub env: std::collections::BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
     /// The concurrency policy it asked for instead of the job's; none: the job's.
     pub concurrency: Option<&'static str>,
+}
+
+/// A trigger's `env` overrides as the API and pages show them: a value that overrides a
+/// variable `job` inherits from tenure's environment (`inherit_env`, where deployments pass
+/// secrets), or of a job no longer in the file, is `[redacted]`.
+pub fn shown_env(env: BTreeMap<String, String>, job: Option<&Job>) -> BTreeMap<String, String> {
+    env.into_iter()
+        .map(|(name, value)| {
+            let inherited = job.is_none_or(|job| job.inherit_env.contains(&name));
+            (name, if inherited { crate::secret::REDACTED.to_owned() } else { value })
+        })
+        .collect()
 }
 
 impl RunView {
@@ -134,15 +146,7 @@ impl RunView {
         let request = request.map(|trigger| RequestView {
             requested_by: trigger.requested_by,
             reason: trigger.overrides.reason,
-            env: trigger
-                .overrides
-                .env
-                .into_iter()
-                .map(|(name, value)| {
-                    let inherited = job.is_none_or(|job| job.inherit_env.contains(&name));
-                    (name, if inherited { crate::secret::REDACTED.to_owned() } else { value })
-                })
-                .collect(),
+            env: shown_env(trigger.overrides.env, job),
             concurrency: trigger.overrides.concurrency.map(|policy| policy.as_str()),
         });
         RunView {

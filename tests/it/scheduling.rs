@@ -233,6 +233,12 @@ jobs:
     let body = json!({"env": {"GREETING": "override", "HOME": "/nowhere"}, "reason": "re-run after the outage"});
     let answer = post(&format!("{base}/api/jobs/show/trigger"), body).await;
     assert_eq!(answer.status(), 202);
+    // The answer does not echo a value that overrides an inherited variable either.
+    let trigger: Value = answer.json().await.unwrap();
+    assert_eq!(
+        (trigger["env"]["GREETING"].as_str(), trigger["env"]["HOME"].as_str()),
+        (Some("override"), Some("[redacted]"))
+    );
     wait_for("the manual run", Duration::from_secs(15), || async { lines().contains("override") }).await;
     assert!(lines().contains(" override /nowhere"), "the overrides reached the job: {}", lines());
     let ledger = cluster.ledger().await;
