@@ -35,9 +35,14 @@ CREATE TABLE backfill_slots (
 CREATE INDEX backfill_slots_backfill ON backfill_slots (backfill_id, slot);
 
 -- A start is `late` (notifications) by its planned start, not its slot: a jittered run started
--- at its offset, or a backfill started when it was claimed, is on time.
+-- at its offset, or a backfill started when it was claimed, is on time. The function is 0006's
+-- otherwise, unchanged.
 CREATE OR REPLACE FUNCTION runs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- Most jobs tell nobody: one index probe and nothing more (an outcome costs ~2 us more).
+    IF NOT EXISTS (SELECT 1 FROM notify_routes WHERE job = NEW.job) THEN
+        RETURN NULL;
+    END IF;
     IF NEW.status <> 'running' AND (TG_OP = 'INSERT' OR OLD.status IS DISTINCT FROM NEW.status) THEN
         INSERT INTO notifications (run_id, job, slot, event, target, label)
         SELECT NEW.id, NEW.job, NEW.slot, NEW.status, r.target, r.label
