@@ -721,6 +721,7 @@ fn claim<'a>(job: &'a str, slot: DateTime<Utc>, term: &'a Term) -> Claim<'a> {
         config_hash: "h",
         skip_if_running: SkipIfRunning::No,
         claimed_at: Utc::now(),
+        planned_at: slot,
     }
 }
 
@@ -935,7 +936,7 @@ async fn dashboard() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut pruned = 0u64;
     loop {
-        let count = store.prune_runs(cutoff, 1000).await?;
+        let count = store.prune_runs(&tenure::store::Retention::before(cutoff), 1000).await?;
         pruned += count;
         if count < 1000 {
             break;

@@ -22,7 +22,7 @@ use crate::local::{LedgerLock, LocalElection};
 use crate::model::{ClusterSnapshot, Member};
 use crate::scheduler::{self, Scheduler, SchedulerInputs};
 use crate::secret::Secret;
-use crate::store::{self, Reads, Store};
+use crate::store::{self, Reads, Retention, Store};
 use crate::supervisor::{self, Supervision};
 use crate::telemetry::{self, metric};
 
@@ -296,7 +296,7 @@ impl Replica {
         let Wiring { store, reads, leadership, members, cluster, clock, etcd, supervision, tasks, registry_shutdown } =
             wiring;
         let (jobs_tx, jobs_rx) = watch::channel(self.jobs);
-        tasks.spawn(prune_ledger(store.clone(), retain, leadership.clone(), shutdown.clone()));
+        tasks.spawn(prune_ledger(store.clone(), retain, jobs_rx.clone(), leadership.clone(), shutdown.clone()));
         tasks.spawn(watch_job_file(jobs_path.to_owned(), retain, jobs_tx, self.member_tx, shutdown.clone()));
         let state = AppState {
             node_id: self.node_id.clone(),
@@ -395,28 +395,28 @@ async fn connect_etcd_with_retry(
     }
 }
 
-/// Ledger retention: the leader deletes finished rows older than `retain`, a thousand at a time
-/// with a pause between batches, so pruning never holds up claims.
+/// Ledger retention: the leader deletes finished rows older than their job's `retain` (or
+/// `--retain`), a thousand at a time with a pause between batches, so pruning never holds up
+/// claims.
 async fn prune_ledger(
     store: Store,
     retain: Duration,
+    jobs: watch::Receiver<Arc<JobSet>>,
     leadership: watch::Receiver<Leadership>,
     shutdown: CancellationToken,
 ) {
     const BATCH: i64 = 1000;
-    let every = Duration::from_secs(60);
+    let every = crate::testing::prune_every().unwrap_or(Duration::from_secs(60));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let Ok(age) = chrono::Duration::from_std(retain) else {
-            continue;
-        };
-        let before = Utc::now() - age;
+        let retention = retention(&jobs.borrow(), retain, Utc::now());
+        let before = retention.default_before;
         let mut pruned = 0;
         while leadership.borrow().is_leader() && !shutdown.is_cancelled() {
-            match store.prune_runs(before, BATCH).await {
+            match store.prune_runs(&retention, BATCH).await {
                 Ok(count) => {
                     pruned += count;
                     if count < BATCH as u64 {
@@ -434,6 +434,21 @@ async fn prune_ledger(
             metrics::counter!(metric::RUNS_PRUNED).increment(pruned);
             tracing::info!(pruned, before = %before, "pruned old ledger rows");
         }
+    }
+}
+
+/// What pruning at `now` deletes: rows older than `retain` (`--retain`), or than their job's
+/// own `retain`. A job gone from the file keeps the ledger's retention.
+fn retention(jobs: &JobSet, retain: Duration, now: chrono::DateTime<Utc>) -> Retention {
+    let before = |retain: Duration| {
+        chrono::Duration::from_std(retain)
+            .ok()
+            .and_then(|age| now.checked_sub_signed(age))
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
+    };
+    Retention {
+        default_before: before(retain),
+        per_job: jobs.jobs().iter().filter_map(|job| Some((job.name.to_string(), before(job.retain?)))).collect(),
     }
 }
 
@@ -547,4 +562,35 @@ fn load_jobs(path: &Path, retain: Duration) -> Result<JobSet, config::ConfigErro
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let metadata = std::fs::metadata(path).ok()?;
     Some((metadata.modified().ok()?, metadata.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_17_retention_takes_each_jobs_own_retain_and_the_ledgers_for_the_rest() {
+        let jobs = config::parse(
+            "jobs:
+  - { name: kept-long, schedule: '@hourly', shell: 'true', retain: 90d }
+  - { name: plain, schedule: '@hourly', shell: 'true' }
+  - { name: short, schedule: '@hourly', shell: 'true', retain: 1h, starting_deadline: 1h }
+",
+            "jobs.yaml",
+        )
+        .unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z").unwrap().to_utc();
+        let week = retention(&jobs, Duration::from_secs(7 * 86_400), now);
+        assert_eq!(week.default_before, now - chrono::Duration::days(7));
+        assert_eq!(
+            week.per_job,
+            [
+                ("kept-long".to_owned(), now - chrono::Duration::days(90)),
+                ("short".to_owned(), now - chrono::Duration::hours(1)),
+            ]
+        );
+        // A retention too long to subtract keeps everything rather than panic.
+        let forever = retention(&jobs, Duration::from_secs(u64::MAX / 4), now);
+        assert_eq!(forever.default_before, chrono::DateTime::<Utc>::MIN_UTC);
+    }
 }

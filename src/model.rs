@@ -76,6 +76,11 @@ pub enum Trigger {
     Manual {
         request: i64,
     },
+    /// A slot of an operator's backfill (`backfills.id`), claimed like a scheduled slot; it
+    /// leaves the backfill's queue once its row has started or ended.
+    Backfill {
+        request: i64,
+    },
 }
 
 impl Trigger {
@@ -83,6 +88,7 @@ impl Trigger {
         match self {
             Trigger::Schedule => TriggerKind::Schedule,
             Trigger::Manual { .. } => TriggerKind::Manual,
+            Trigger::Backfill { .. } => TriggerKind::Backfill,
         }
     }
 
@@ -93,7 +99,7 @@ impl Trigger {
     /// The trigger request a manual claim fulfils.
     pub fn request(self) -> Option<i64> {
         match self {
-            Trigger::Schedule => None,
+            Trigger::Schedule | Trigger::Backfill { .. } => None,
             Trigger::Manual { request } => Some(request),
         }
     }
@@ -106,6 +112,7 @@ impl Trigger {
 pub enum TriggerKind {
     Schedule,
     Manual,
+    Backfill,
 }
 
 impl TriggerKind {
@@ -114,11 +121,14 @@ impl TriggerKind {
         match self {
             TriggerKind::Schedule => "schedule",
             TriggerKind::Manual => "manual",
+            TriggerKind::Backfill => "backfill",
         }
     }
 
     pub fn parse(text: &str) -> Option<TriggerKind> {
-        [TriggerKind::Schedule, TriggerKind::Manual].into_iter().find(|kind| kind.as_str() == text)
+        [TriggerKind::Schedule, TriggerKind::Manual, TriggerKind::Backfill]
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
     }
 }
 
@@ -208,7 +218,7 @@ mod tests {
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
         assert_eq!(RunStatus::parse("paused"), None);
-        for kind in [TriggerKind::Schedule, TriggerKind::Manual] {
+        for kind in [TriggerKind::Schedule, TriggerKind::Manual, TriggerKind::Backfill] {
             assert_eq!(TriggerKind::parse(kind.as_str()), Some(kind));
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }

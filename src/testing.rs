@@ -39,6 +39,13 @@ pub fn start_lead() -> Option<std::time::Duration> {
     *LEAD.get_or_init(|| millis("TENURE_TEST_START_LEAD_MS"))
 }
 
+/// `TENURE_TEST_PRUNE_EVERY_MS`: the leader prunes the ledger this often instead of every
+/// minute, so a test can watch retention work.
+pub fn prune_every() -> Option<std::time::Duration> {
+    static EVERY: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+    *EVERY.get_or_init(|| millis("TENURE_TEST_PRUNE_EVERY_MS"))
+}
+
 fn millis(name: &str) -> Option<std::time::Duration> {
     value(name).and_then(|ms| ms.parse().ok()).map(std::time::Duration::from_millis)
 }

@@ -51,6 +51,12 @@ pub enum ClientCommand {
     Pause(JobArgs),
     /// Resume a paused job: the slots of its pause are not owed.
     Resume(JobArgs),
+    /// Run every slot of a job's schedule in a past window that the ledger does not hold
+    /// (through fenced claims, trigger `backfill`, obeying the job's concurrency), and follow
+    /// the progress until it ends; --dry-run lists the slots instead. Repeating it runs nothing
+    /// new.
+    #[command(after_help = BACKFILL_EXIT_CODES)]
+    Backfill(BackfillArgs),
     /// List the leaders' terms (fencing tokens), newest first, with hand-over times.
     Terms(ServerArgs),
 }
@@ -71,6 +77,30 @@ pub struct ServerArgs {
     /// `table` for people, `json` (the API's JSON, one document) for scripts.
     #[arg(long, short = 'o', env = "TENURE_OUTPUT", value_enum, default_value = "table")]
     pub output: Output,
+}
+
+const BACKFILL_EXIT_CODES: &str = "Exit codes: 0 done (every slot's run ended, whatever its outcome; or the \
+dry run listed them); 2 usage error, server unreachable or an error answer (one line on stderr); 3 --timeout passed \
+before the backfill ended (it goes on).";
+
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// The job's name.
+    pub job: String,
+    /// The window's first instant (RFC 3339, e.g. 2026-11-01T00:00:00Z); slots at it count.
+    #[arg(long)]
+    pub from: chrono::DateTime<Utc>,
+    /// The window's last instant (RFC 3339, not in the future); slots at it count.
+    #[arg(long)]
+    pub to: chrono::DateTime<Utc>,
+    /// List the slots a backfill would run, and record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Give up following after this long (exit code 3; the backfill goes on).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,8 +149,41 @@ pub struct TriggerArgs {
     /// With --wait: give up waiting after this long (exit code 3; the run goes on).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1h", requires = "wait")]
     pub timeout: Duration,
+    /// Set a variable for this run only, over the job's `env` (repeatable; never a TENURE_*
+    /// name). Recorded with the run.
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_assignment)]
+    pub env: Vec<(String, String)>,
+    /// Why: recorded with the run and shown on its page.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Run under this concurrency policy instead of the job's (recorded with the run).
+    #[arg(long, value_parser = ["allow", "forbid", "replace"])]
+    pub concurrency: Option<String>,
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+fn parse_assignment(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err("expected NAME=VALUE".to_owned()),
+    }
+}
+
+impl TriggerArgs {
+    /// The trigger's body: what this run alone gets.
+    fn overrides(&self) -> Value {
+        let env: serde_json::Map<String, Value> =
+            self.env.iter().map(|(name, value)| (name.clone(), Value::from(value.clone()))).collect();
+        let mut body = serde_json::json!({ "env": env });
+        if let Some(reason) = &self.reason {
+            body["reason"] = Value::from(reason.clone());
+        }
+        if let Some(concurrency) = &self.concurrency {
+            body["concurrency"] = Value::from(concurrency.clone());
+        }
+        body
+    }
 }
 
 fn parse_status(text: &str) -> Result<RunStatus, String> {
@@ -155,6 +218,7 @@ impl ClientCommand {
             ClientCommand::Show(args) => &args.server,
             ClientCommand::Trigger(args) => &args.server,
             ClientCommand::Pause(args) | ClientCommand::Resume(args) => &args.server,
+            ClientCommand::Backfill(args) => &args.server,
         }
     }
 }
@@ -169,7 +233,7 @@ pub fn run(command: &ClientCommand, out: &mut impl Write, err: &mut impl Write) 
         }
     };
     let mut printed = Vec::new();
-    let result = runtime.block_on(execute(command, &mut printed));
+    let result = runtime.block_on(execute(command, &mut printed, err));
     let written = out.write_all(&printed).and_then(|()| out.flush());
     match (result, written) {
         (Ok(code), Ok(())) => code,
@@ -184,7 +248,8 @@ pub fn run(command: &ClientCommand, out: &mut impl Write, err: &mut impl Write) 
     }
 }
 
-async fn execute(command: &ClientCommand, out: &mut Vec<u8>) -> Result<i32, ClientError> {
+/// `progress`: where a followed backfill reports as it goes (stderr; stdout gets the end).
+async fn execute(command: &ClientCommand, out: &mut Vec<u8>, progress: &mut impl Write) -> Result<i32, ClientError> {
     let server = command.server();
     let client = server.client()?;
     let now = Utc::now();
@@ -213,6 +278,11 @@ async fn execute(command: &ClientCommand, out: &mut Vec<u8>) -> Result<i32, Clie
             print(out, &answer.document, render::run(&answer.value));
         }
         ClientCommand::Trigger(args) => return trigger(&client, args, server.output, out).await,
+        ClientCommand::Backfill(args) if args.dry_run => {
+            let answer = client.backfill_plan(&args.job, args.from, args.to).await?;
+            print(out, &answer.document, render::backfill_plan(&answer.value));
+        }
+        ClientCommand::Backfill(args) => return backfill(&client, args, server.output, out, progress).await,
         ClientCommand::Pause(args) => {
             let answer = client.pause(&args.job).await?;
             print(out, &answer.document, render::paused(&answer.value));
@@ -233,7 +303,8 @@ async fn execute(command: &ClientCommand, out: &mut Vec<u8>) -> Result<i32, Clie
 /// retry of a shed one, the polls of `--wait`) is the one trigger.
 async fn trigger(client: &Client, args: &TriggerArgs, output: Output, out: &mut Vec<u8>) -> Result<i32, ClientError> {
     let key = idempotency_key()?;
-    let triggered = client.trigger(&args.job, &key).await?;
+    let overrides = args.overrides();
+    let triggered = client.trigger(&args.job, &key, &overrides).await?;
     if !args.wait {
         let text = match output {
             Output::Table => render::trigger(&triggered.value),
@@ -242,7 +313,7 @@ async fn trigger(client: &Client, args: &TriggerArgs, output: Output, out: &mut 
         out.extend_from_slice(text.as_bytes());
         return Ok(exit::OK);
     }
-    let (code, text) = match follow(client, &args.job, &key, triggered, args.timeout).await? {
+    let (code, text) = match follow(client, &args.job, &key, &overrides, triggered, args.timeout).await? {
         Followed::Ended(run) => {
             let code = match run.value.brief.status {
                 RunStatus::Succeeded => exit::OK,
@@ -281,7 +352,8 @@ fn json_line(document: &Value) -> String {
 
 /// How a followed trigger came out.
 enum Followed {
-    Ended(Answer<Run>),
+    /// Boxed: a run (its output tail, a manual run's request) is far larger than the rest.
+    Ended(Box<Answer<Run>>),
     /// Handled without a run: the leader's job file no longer has the job.
     Dropped(Answer<Trigger>),
     StillGoing {
@@ -301,6 +373,7 @@ async fn follow(
     client: &Client,
     job: &str,
     key: &str,
+    overrides: &Value,
     mut trigger: Answer<Trigger>,
     timeout: Duration,
 ) -> Result<Followed, ClientError> {
@@ -311,7 +384,7 @@ async fn follow(
             (Some(id), _) => {
                 let run = client.run(id).await?;
                 if run.value.brief.status != RunStatus::Running {
-                    return Ok(Followed::Ended(run));
+                    return Ok(Followed::Ended(Box::new(run)));
                 }
             }
             (None, Some(_)) => return Ok(Followed::Dropped(trigger)),
@@ -324,8 +397,53 @@ async fn follow(
         tokio::time::sleep(wait.min(deadline - now)).await;
         wait = (wait * 3 / 2).min(FOLLOW_LONGEST_WAIT);
         if trigger.value.run_id.is_none() {
-            trigger = client.trigger(job, key).await?;
+            trigger = client.trigger(job, key, overrides).await?;
         }
+    }
+}
+
+/// `tenure backfill JOB --from T1 --to T2`: record it, then report its progress on `progress`
+/// each time it changes until every slot's run has ended (or `--timeout`), and print the end
+/// (with `--output json`, the last answer as one document).
+async fn backfill(
+    client: &Client,
+    args: &BackfillArgs,
+    output: Output,
+    out: &mut Vec<u8>,
+    progress: &mut impl Write,
+) -> Result<i32, ClientError> {
+    let mut answer = client.backfill(&args.job, args.from, args.to).await?;
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let mut wait = FOLLOW_FIRST_WAIT;
+    let mut shown = String::new();
+    loop {
+        let line = render::backfill(&answer.value);
+        if answer.value.finished {
+            let text = match output {
+                Output::Table => line,
+                Output::Json => json_line(&answer.document),
+            };
+            out.extend_from_slice(text.as_bytes());
+            return Ok(exit::OK);
+        }
+        if line != shown {
+            // Reported as it goes: a person watching sees the progress, not only its end.
+            let _ = progress.write_all(line.as_bytes()).and_then(|()| progress.flush());
+            shown = line;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            let timeout = humantime::format_duration(args.timeout);
+            let text = format!(
+                "backfill {} of {} had not ended after {timeout} (--timeout); it goes on\n",
+                answer.value.id, answer.value.job
+            );
+            out.extend_from_slice(text.as_bytes());
+            return Ok(exit::WAIT_TIMED_OUT);
+        }
+        tokio::time::sleep(wait.min(deadline - now)).await;
+        wait = (wait * 3 / 2).min(FOLLOW_LONGEST_WAIT);
+        answer = client.backfill_progress(answer.value.id).await?;
     }
 }
 

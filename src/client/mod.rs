@@ -16,13 +16,14 @@ pub mod types;
 use std::path::Path;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::model::RunStatus;
 use crate::secret::{Secret, mask_url};
-use types::{Cluster, Job, Paused, Run, RunPage, Term, Trigger};
+use types::{Backfill, BackfillPlan, Cluster, Job, Paused, Run, RunPage, Term, Trigger};
 
 /// How long one request may take, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -165,19 +166,52 @@ impl Client {
         self.read(self.url(&["api", "runs", &id.to_string()])).await
     }
 
-    /// Ask for a run of `job` now under `idempotency_key`: sending the same key again is the
-    /// same trigger, and answers with its state (the run id once the leader claimed it).
-    pub async fn trigger(&self, job: &str, idempotency_key: &str) -> Result<Answer<Trigger>, ClientError> {
+    /// Ask for a run of `job` now under `idempotency_key`, with `overrides` (the API's trigger
+    /// body: `env`, `reason`, `concurrency`): sending the same key again is the same trigger,
+    /// and answers with its state (the run id once the leader claimed it).
+    pub async fn trigger(
+        &self,
+        job: &str,
+        idempotency_key: &str,
+        overrides: &Value,
+    ) -> Result<Answer<Trigger>, ClientError> {
         let url = self.url(&["api", "jobs", job, "trigger"]);
-        self.change(url, "trigger", Some(idempotency_key)).await
+        self.change(url, "trigger", Some(idempotency_key), Some(overrides)).await
     }
 
     pub async fn pause(&self, job: &str) -> Result<Answer<Paused>, ClientError> {
-        self.change(self.url(&["api", "jobs", job, "pause"]), "pause", None).await
+        self.change(self.url(&["api", "jobs", job, "pause"]), "pause", None, None).await
     }
 
     pub async fn resume(&self, job: &str) -> Result<Answer<Paused>, ClientError> {
-        self.change(self.url(&["api", "jobs", job, "resume"]), "resume", None).await
+        self.change(self.url(&["api", "jobs", job, "resume"]), "resume", None, None).await
+    }
+
+    /// What a backfill of `job` over `[from, to]` would run: the slots the ledger does not hold.
+    pub async fn backfill_plan(
+        &self,
+        job: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Answer<BackfillPlan>, ClientError> {
+        let body = serde_json::json!({ "from": from, "to": to, "dry_run": true });
+        self.change(self.url(&["api", "jobs", job, "backfill"]), "backfill", None, Some(&body)).await
+    }
+
+    /// Record a backfill of `job` over `[from, to]`. Repeating it queues nothing new.
+    pub async fn backfill(
+        &self,
+        job: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Answer<Backfill>, ClientError> {
+        let body = serde_json::json!({ "from": from, "to": to });
+        self.change(self.url(&["api", "jobs", job, "backfill"]), "backfill", None, Some(&body)).await
+    }
+
+    /// A backfill's progress.
+    pub async fn backfill_progress(&self, id: i64) -> Result<Answer<Backfill>, ClientError> {
+        self.read(self.url(&["api", "backfills", &id.to_string()])).await
     }
 
     /// The base URL with `segments` appended, each percent-encoded (a job name is a segment).
@@ -188,7 +222,7 @@ impl Client {
     }
 
     async fn read<T: DeserializeOwned>(&self, url: Url) -> Result<Answer<T>, ClientError> {
-        self.send(Method::GET, url, None).await
+        self.send(Method::GET, url, None, None).await
     }
 
     /// A control (trigger, pause, resume): it needs the admin token, so without one nothing is
@@ -198,22 +232,25 @@ impl Client {
         url: Url,
         what: &str,
         idempotency_key: Option<&str>,
+        body: Option<&Value>,
     ) -> Result<Answer<T>, ClientError> {
         if self.token.is_none() {
             return Err(ClientError::Setup(format!(
                 "{what} needs the admin token: give --token-file PATH or set TENURE_ADMIN_TOKEN"
             )));
         }
-        self.send(Method::POST, url, idempotency_key).await
+        self.send(Method::POST, url, idempotency_key, body).await
     }
 
     /// One request, retried once after the server's `Retry-After` when it shed it (every call
-    /// here is safe to repeat: reads, pause and resume are idempotent, a trigger carries its key).
+    /// here is safe to repeat: reads, pause and resume are idempotent, a trigger carries its key,
+    /// a backfill queues only what no backfill queued).
     async fn send<T: DeserializeOwned>(
         &self,
         method: Method,
         url: Url,
         idempotency_key: Option<&str>,
+        body: Option<&Value>,
     ) -> Result<Answer<T>, ClientError> {
         let mut retried = false;
         loop {
@@ -223,6 +260,9 @@ impl Client {
             }
             if let Some(key) = idempotency_key {
                 request = request.header("Idempotency-Key", key);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
             }
             let response = request.send().await.map_err(|error| self.unreachable(&error))?;
             match retry_after(&response) {

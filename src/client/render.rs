@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::types::{Cluster, Job, Paused, Run, RunBrief, Term, Trigger};
+use super::types::{Backfill, BackfillPlan, Cluster, Job, Paused, Run, RunBrief, Term, Trigger};
 
 /// Rows under a header, each column as wide as its widest cell; no trailing spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -130,6 +130,7 @@ pub fn run(run: &Run) -> String {
         ("node", brief.node.clone()),
         ("attempt", brief.attempt.to_string()),
         ("claimed", instant(run.claimed_at)),
+        ("planned", or_dash(run.planned_at.filter(|planned| *planned != brief.slot).map(instant))),
         ("started", or_dash(run.started_at.map(instant))),
         ("finished", or_dash(run.finished_at.map(instant))),
         ("took", or_dash(brief.duration_ms.map(duration_ms))),
@@ -149,6 +150,15 @@ pub fn run(run: &Run) -> String {
             "  {:<12}{} to {}: {} ({attempts}{error})\n",
             "notified", told.event, told.target, told.status
         ));
+    }
+    if let Some(request) = &run.request {
+        text.push_str(&format!("  {:<12}{}\n", "by", request.requested_by));
+        text.push_str(&format!("  {:<12}{}\n", "reason", or_dash(request.reason.clone())));
+        let policy = request.concurrency.clone().map(|policy| format!("{policy} (asked for)"));
+        text.push_str(&format!("  {:<12}{}\n", "concurrency", policy.unwrap_or_else(|| "the job's".to_owned())));
+        for (name, value) in &request.env {
+            text.push_str(&format!("  {:<12}{name}={value}\n", "env"));
+        }
     }
     if run.output.is_empty() {
         text.push_str("output: none\n");
@@ -220,6 +230,31 @@ pub fn trigger(trigger: &Trigger) -> String {
         (None, None) => "waiting for the leader".to_owned(),
     };
     format!("triggered {} (trigger {}, key {}): {state}\n", trigger.job, trigger.id, trigger.idempotency_key)
+}
+
+/// `tenure backfill JOB --dry-run`: the slots a backfill would run.
+pub fn backfill_plan(plan: &BackfillPlan) -> String {
+    let mut text = format!("{} slot(s) of {} to run:\n", plan.slots.len(), plan.job);
+    for slot in &plan.slots {
+        text.push_str(&format!("  {}\n", instant(*slot)));
+    }
+    text
+}
+
+/// One line of a backfill's progress.
+pub fn backfill(backfill: &Backfill) -> String {
+    let state = if backfill.finished { "finished" } else { "going" };
+    format!(
+        "backfill {} of {} ({} .. {}): {}/{} done, {} running, {} pending: {state}\n",
+        backfill.id,
+        backfill.job,
+        instant(backfill.from),
+        instant(backfill.to),
+        backfill.done,
+        backfill.slots,
+        backfill.running,
+        backfill.pending
+    )
 }
 
 /// `tenure pause JOB` and `tenure resume JOB`.

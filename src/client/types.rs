@@ -50,6 +50,10 @@ pub struct Run {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub output: String,
+    /// When it was to start (its slot plus the job's jitter offset); older servers omit it.
+    pub planned_at: Option<DateTime<Utc>>,
+    /// A manual run's request: who, why, what it overrode.
+    pub request: Option<Request>,
     /// Absent from servers older than notifications.
     #[serde(default)]
     pub notifications: Vec<Notification>,
@@ -63,6 +67,37 @@ pub struct Notification {
     pub status: String,
     pub attempts: i32,
     pub last_error: Option<String>,
+}
+
+/// What an operator asked of a manual run (values overriding an inherited variable redacted).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Request {
+    pub requested_by: String,
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    pub concurrency: Option<String>,
+}
+
+/// `POST /api/jobs/{name}/backfill` with `dry_run`: the slots it would run.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BackfillPlan {
+    pub job: String,
+    pub slots: Vec<DateTime<Utc>>,
+}
+
+/// A backfill and its progress (`POST /api/jobs/{name}/backfill`, `GET /api/backfills/{id}`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Backfill {
+    pub id: i64,
+    pub job: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub slots: i64,
+    pub done: i64,
+    pub running: i64,
+    pub pending: i64,
+    pub finished: bool,
 }
 
 /// `GET /api/jobs/{name}/runs`: newest first.

@@ -46,7 +46,8 @@ impl Validator<'_> {
             Some(name_node) => self.job_name(name_node, job, first_seen),
         };
         let mut policies = defaults.clone();
-        let policies_ok = self.policies(entries, job, &mut policies);
+        let policies_ok = self.policies(entries, job, &mut policies)
+            && self.policy_bounds(&policies, job, line_column(&node.referenced));
         let schedule = self.schedule(node, get("schedule"), job, &policies);
         let target = self.target(node, entries, job);
         let env = get("env").map(|env| self.env(env, job)).unwrap_or_default();
@@ -69,6 +70,8 @@ impl Validator<'_> {
             starting_deadline_at: policies.starting_deadline_at.unwrap_or(line_column(&node.referenced)),
             retries: policies.retries,
             notify: policies.notify,
+            jitter: policies.jitter,
+            retain: policies.retain,
             paused,
             env,
             inherit_env,
@@ -102,8 +105,9 @@ impl Validator<'_> {
         }
     }
 
-    /// `schedule`, in the job's zone. With an invalid zone (already reported) the expression is
-    /// still checked, in UTC.
+    /// `schedule`, in the job's zone: one expression, or a list of them (merged: one cursor,
+    /// one slot per instant). With an invalid zone (already reported) the expressions are still
+    /// checked, in UTC.
     fn schedule(
         &mut self,
         job_node: &Spanned<Node>,
@@ -112,17 +116,35 @@ impl Validator<'_> {
         policies: &Policies,
     ) -> Option<Schedule> {
         let Some(node) = node else {
-            self.error(&job_node.referenced, job, "missing `schedule`: expected a crontab line such as \"30 2 * * *\", a macro such as @daily, or \"@every 30s\"".into());
+            self.error(&job_node.referenced, job, "missing `schedule`: expected a crontab line such as \"30 2 * * *\", a macro such as @daily, or \"@every 30s\" (or a list of them)".into());
             return None;
         };
-        let text = self.string(node, job, "schedule", "a crontab line, a macro or \"@every 30s\"")?;
-        match Schedule::parse(text, policies.timezone) {
-            Ok(schedule) => Some(schedule),
-            Err(e) => {
-                self.error(&node.referenced, job, format!("`schedule`: {e}"));
-                None
+        let items = match &node.value {
+            Node::Seq(items) if items.is_empty() => {
+                self.error(
+                    &node.referenced,
+                    job,
+                    "`schedule`: the list is empty; expected at least one expression".into(),
+                );
+                return None;
+            }
+            Node::Seq(items) => items.as_slice(),
+            _ => std::slice::from_ref(node),
+        };
+        let before = self.errors.len();
+        let mut parts = Vec::with_capacity(items.len());
+        for item in items {
+            let expected = "a crontab line, a macro or \"@every 30s\" (or a list of them)";
+            let Some(text) = self.string(item, job, "schedule", expected) else { continue };
+            match Schedule::parse(text, policies.timezone) {
+                Ok(schedule) => parts.push(schedule),
+                Err(e) => self.error(&item.referenced, job, format!("`schedule`: {e}")),
             }
         }
+        if self.errors.len() != before {
+            return None;
+        }
+        Schedule::union(parts)
     }
 
     /// Exactly one of the target fields (`command`, `shell`, `http`), valid.
@@ -382,13 +404,15 @@ impl Validator<'_> {
 }
 
 /// An environment variable name: letters, digits and `_`, not starting with a digit.
-fn is_variable_name(name: &str) -> bool {
+pub fn is_variable_name(name: &str) -> bool {
     name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use crate::config::parse;
     use crate::config::tests::errors;
 
@@ -449,6 +473,76 @@ jobs:
         }
         let jobs = parse("jobs:\n  - name: a\n    schedule: '@daily'\n    shell: 'true'\n    inherit_env: [AWS_REGION, AWS_REGION, LC_ALL]\n", "jobs.yaml").unwrap();
         assert_eq!(jobs.jobs()[0].inherit_env, ["AWS_REGION", "LC_ALL"]);
+    }
+
+    #[test]
+    fn issue_17_a_schedule_may_be_a_list_merged_into_one() {
+        let text = "jobs:
+  - name: a
+    schedule: ['0 9 * * MON-FRI', '0 12 * * SAT', '0 9 * * MON']
+    shell: 'true'
+";
+        let set = parse(text, "jobs.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let schedule = &set.jobs()[0].schedule;
+        assert_eq!(schedule.expressions(), ["0 9 * * MON-FRI", "0 12 * * SAT", "0 9 * * MON"]);
+        let monday = chrono::DateTime::parse_from_rfc3339("2026-05-04T08:00:00Z").unwrap().to_utc();
+        // Monday 09:00 is in two expressions: one slot.
+        let next = schedule.next_after(monday).unwrap();
+        assert_eq!(next.to_rfc3339(), "2026-05-04T09:00:00+00:00");
+        assert_eq!(schedule.next_after(next).unwrap().to_rfc3339(), "2026-05-05T09:00:00+00:00");
+
+        let text = "jobs:
+  - name: b
+    schedule: ['0 9 * * *', '61 * * * *', 7]
+    shell: 'true'
+  - name: c
+    schedule: []
+    shell: 'true'
+";
+        let got = errors(text);
+        let want = [
+            "jobs.yaml:3:29: job `b`: `schedule`: invalid schedule `61 * * * *`: minute field `61`",
+            "jobs.yaml:3:43: job `b`: `schedule`: expected a crontab line, a macro or \"@every 30s\" (or a list of them), found a number",
+            "jobs.yaml:6:15: job `c`: `schedule`: the list is empty",
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (got, want) in got.iter().zip(want) {
+            assert!(got.starts_with(want), "got  {got}\nwant {want}…");
+        }
+    }
+
+    #[test]
+    fn issue_17_jitter_and_retain_are_policies_bounded_by_the_starting_deadline() {
+        let text = "defaults: { jitter: 30s, retain: 7d }
+jobs:
+  - { name: a, schedule: '@hourly', shell: 'true' }
+  - { name: b, schedule: '@hourly', shell: 'true', jitter: 1m, retain: 1h, starting_deadline: 2m }
+";
+        let set = parse(text, "jobs.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let (a, b) = (set.get("a").unwrap(), set.get("b").unwrap());
+        assert_eq!((a.jitter, a.retain), (Duration::from_secs(30), Some(Duration::from_secs(7 * 86_400))));
+        assert_eq!((b.jitter, b.retain), (Duration::from_secs(60), Some(Duration::from_secs(3_600))));
+        let plain = parse("jobs:\n  - { name: p, schedule: '@hourly', shell: 'true' }\n", "jobs.yaml").unwrap();
+        assert_eq!((plain.jobs()[0].jitter, plain.jobs()[0].retain), (Duration::ZERO, None));
+
+        let text = "defaults: { retain: 1m }
+jobs:
+  - { name: a, schedule: '@hourly', shell: 'true', jitter: 10m }
+  - { name: b, schedule: '@hourly', shell: 'true', starting_deadline: 30s }
+  - { name: c, schedule: '@hourly', shell: 'true', retain: 10s, starting_deadline: 20s }
+  - { name: d, schedule: '@hourly', shell: 'true', jitter: soon }
+";
+        let got = errors(text);
+        let want = [
+            "jobs.yaml:1:21: job `a`: `retain` 1m is shorter than the job's `starting_deadline` 5m",
+            "jobs.yaml:3:60: job `a`: `jitter` 10m is longer than the job's `starting_deadline` 5m",
+            "jobs.yaml:5:60: job `c`: `retain` 10s is shorter than the job's `starting_deadline` 20s",
+            "jobs.yaml:6:60: job `d`: `jitter`: `soon` is not a duration",
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (got, want) in got.iter().zip(want) {
+            assert!(got.starts_with(want), "got  {got}\nwant {want}…");
+        }
     }
 
     #[test]

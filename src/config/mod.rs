@@ -28,6 +28,7 @@ use self::node::Node;
 use self::validate::Validator;
 use crate::schedule::Schedule;
 
+pub use self::job::is_variable_name;
 pub use self::schema::job_file_schema;
 
 /// A job file larger than this is refused before parsing.
@@ -92,13 +93,14 @@ impl JobSet {
         &self.hash
     }
 
-    /// Refuse jobs whose `starting_deadline` is longer than the ledger keeps its rows
-    /// (`--retain`): a slot that late could be decided again after its row was pruned.
+    /// Refuse jobs whose `starting_deadline` is longer than the ledger keeps their rows
+    /// (`--retain`, unless the job sets its own `retain`, checked when parsed): a slot that late
+    /// could be decided again after its row was pruned.
     pub fn check_retention(&self, file: &str, retain: Duration) -> Result<(), ConfigErrors> {
         let errors: Vec<ConfigError> = self
             .jobs()
             .iter()
-            .filter(|job| job.starting_deadline > retain)
+            .filter(|job| job.retain.is_none() && job.starting_deadline > retain)
             .map(|job| ConfigError {
                 file: file.to_owned(),
                 line: job.starting_deadline_at.0,
@@ -131,6 +133,11 @@ pub struct Job {
     pub retries: Retries,
     /// Who is told about which outcomes (`notify:`, or the defaults').
     pub notify: Vec<NotifyTarget>,
+    /// Each run starts this much after its slot at most, by a deterministic offset (zero: at
+    /// its slot). The slot stays the run's identity.
+    pub jitter: Duration,
+    /// How long the job's finished rows are kept; `None`: the ledger's `--retain`.
+    pub retain: Option<Duration>,
     pub paused: bool,
     pub env: BTreeMap<String, String>,
     /// Variables of tenure's own environment passed on to the job, beyond the few every job

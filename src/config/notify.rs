@@ -53,7 +53,8 @@ yaml_names! {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotifyTarget {
     pub on: Vec<NotifyOn>,
-    /// Tell when a run starts later than this after its slot.
+    /// Tell when a run starts later than this after its planned start (its slot, plus its
+    /// `jitter` offset; when claimed, for a backfill).
     pub late: Option<Duration>,
     pub webhook: Webhook,
 }

@@ -18,7 +18,7 @@ use crate::schedule;
 
 /// The fields `defaults:` takes; a job takes them too, to override.
 pub(super) const POLICY_KEYS: &[&str] =
-    &["timezone", "timeout", "concurrency", "catch_up", "starting_deadline", "retries", "notify"];
+    &["timezone", "timeout", "concurrency", "catch_up", "starting_deadline", "retries", "notify", "jitter", "retain"];
 /// The fields of `retries:`.
 pub(super) const RETRY_KEYS: &[&str] = &["max", "backoff"];
 /// The fields of `http:`.
@@ -43,6 +43,12 @@ pub(super) struct Policies {
     pub starting_deadline_at: Option<(u32, u32)>,
     pub retries: Retries,
     pub notify: Vec<NotifyTarget>,
+    /// Each run delayed by a deterministic offset below this (`schedule::jitter_offset`).
+    pub jitter: Duration,
+    pub jitter_at: Option<(u32, u32)>,
+    /// How long the job's finished rows are kept; `None`: the ledger's `--retain`.
+    pub retain: Option<Duration>,
+    pub retain_at: Option<(u32, u32)>,
 }
 
 impl Default for Policies {
@@ -56,6 +62,10 @@ impl Default for Policies {
             starting_deadline_at: None,
             retries: Retries { max: 0, backoff: Duration::from_secs(10) },
             notify: Vec::new(),
+            jitter: Duration::ZERO,
+            jitter_at: None,
+            retain: None,
+            retain_at: None,
         }
     }
 }
@@ -175,8 +185,48 @@ impl<'a> Validator<'a> {
                         base.notify = notify;
                     }
                 }
+                "jitter" => {
+                    if let Some(d) = self.duration(value, job, "jitter") {
+                        base.jitter = d;
+                        base.jitter_at = Some(line_column(&value.referenced));
+                    }
+                }
+                "retain" => {
+                    if let Some(d) = self.duration(value, job, "retain") {
+                        base.retain = Some(d);
+                        base.retain_at = Some(line_column(&value.referenced));
+                    }
+                }
                 _ => {}
             }
+        }
+        self.errors.len() == before
+    }
+
+    /// The policies that bound each other, once a job's are all known: a run delayed by its
+    /// jitter must still be able to start within its starting deadline, and a row is kept at
+    /// least as long as its slot may still be decided (the starting deadline), or a slot that
+    /// late could be decided again after its row was pruned.
+    pub(super) fn policy_bounds(&mut self, policies: &Policies, job: Option<&str>, job_at: (u32, u32)) -> bool {
+        let before = self.errors.len();
+        let deadline = humantime::format_duration(policies.starting_deadline);
+        if policies.jitter > policies.starting_deadline {
+            let (line, column) = policies.jitter_at.unwrap_or(job_at);
+            let message = format!(
+                "`jitter` {} is longer than the job's `starting_deadline` {deadline}: a run delayed that far \
+                 could never start; expected at most the starting deadline",
+                humantime::format_duration(policies.jitter)
+            );
+            self.error_at(line, column, job, message);
+        }
+        if let Some(retain) = policies.retain.filter(|retain| *retain < policies.starting_deadline) {
+            let (line, column) = policies.retain_at.unwrap_or(job_at);
+            let message = format!(
+                "`retain` {} is shorter than the job's `starting_deadline` {deadline}; expected at least the \
+                 starting deadline",
+                humantime::format_duration(retain)
+            );
+            self.error_at(line, column, job, message);
         }
         self.errors.len() == before
     }

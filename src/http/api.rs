@@ -12,13 +12,14 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, TermView};
 use super::{AppState, Problem};
-use crate::model::{Control, RunStatus};
-use crate::store::{RunCursor, TriggerRecord};
+use crate::config::{Concurrency, TargetKind};
+use crate::model::{Control, RunStatus, TriggerKind};
+use crate::store::{BackfillRecord, RunCursor, TriggerOverrides, TriggerRecord, TriggerRequest};
 
 /// The largest request body the API reads (a trigger's optional JSON).
 const BODY_LIMIT: usize = 16 * 1024;
@@ -31,6 +32,9 @@ pub fn routes() -> Router<AppState> {
         .route("/api/jobs/{name}/trigger", post(trigger))
         .route("/api/jobs/{name}/pause", post(pause))
         .route("/api/jobs/{name}/resume", post(resume))
+        .route("/api/jobs/{name}/backfill", post(backfill))
+        .route("/api/backfills", get(backfills))
+        .route("/api/backfills/{id}", get(backfill_progress))
         .route("/api/runs/{id}", get(run))
         .route("/api/cluster", get(cluster))
         .route("/api/terms", get(terms))
@@ -130,7 +134,13 @@ pub(super) async fn run_page(state: &AppState, name: &str, query: &RunQuery) -> 
 pub(super) async fn run_view(state: &AppState, id: i64) -> Result<RunView, Problem> {
     let run = state.store.run(id).await?.ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
     let notifications = state.store.run_notifications(id).await?;
-    Ok(RunView::of(run, notifications))
+    let request = match run.trigger {
+        TriggerKind::Manual => state.store.trigger_of_run(id).await?,
+        TriggerKind::Schedule | TriggerKind::Backfill => None,
+    };
+    let jobs = state.jobs.borrow().clone();
+    let job = jobs.get(&run.job);
+    Ok(RunView::of(run, notifications, request, job))
 }
 
 /// Record a manual trigger. The same key twice for one job is one trigger (a double click fires
@@ -140,15 +150,50 @@ pub(super) async fn request_trigger(
     name: &str,
     key: Option<&str>,
     by: &str,
+    overrides: &TriggerOverrides,
 ) -> Result<TriggerRecord, Problem> {
-    if state.jobs.borrow().get(name).is_none() {
+    let Some(job) = state.jobs.borrow().get(name).cloned() else {
         return Err(Problem::not_found(format!("no job `{name}` in the job file")));
-    }
+    };
+    checked_overrides(overrides, job.target.kind())?;
     let key = match key {
         Some(key) => checked_key(key)?.to_owned(),
         None => new_key(),
     };
-    Ok(state.store.request_trigger(name, &key, by, Utc::now()).await?)
+    let request = TriggerRequest { job: name, idempotency_key: &key, by, requested_at: Utc::now(), overrides };
+    let mut trigger = state.store.request_trigger(&request).await?;
+    trigger.overrides.env = view::shown_env(std::mem::take(&mut trigger.overrides.env), Some(&job));
+    Ok(trigger)
+}
+
+/// The longest reason, in bytes.
+const REASON_MAX: usize = 1_000;
+
+/// Overrides a run can take: variables (not tenure's own `TENURE_*`, which a run gets from
+/// tenure alone), for a job that has an environment.
+fn checked_overrides(overrides: &TriggerOverrides, target: TargetKind) -> Result<(), Problem> {
+    if !overrides.env.is_empty() && target == TargetKind::Http {
+        return Err(Problem::bad_request("`env`: an HTTP job has no environment to override"));
+    }
+    for name in overrides.env.keys() {
+        if !crate::config::is_variable_name(name) {
+            return Err(Problem::bad_request(format!(
+                "`env`: `{name}` is not a variable name (letters, digits and `_`, not starting with a digit)"
+            )));
+        }
+        if name.starts_with("TENURE_") {
+            return Err(Problem::bad_request(format!(
+                "`env`: `{name}` is reserved: tenure sets the TENURE_* variables of a run itself"
+            )));
+        }
+    }
+    if overrides.env.values().any(|value| value.contains('\0')) {
+        return Err(Problem::bad_request("`env`: a value may not contain a NUL character"));
+    }
+    if overrides.reason.as_ref().is_some_and(|reason| reason.len() > REASON_MAX) {
+        return Err(Problem::bad_request(format!("`reason`: at most {REASON_MAX} bytes")));
+    }
+    Ok(())
 }
 
 /// The longest idempotency key, in characters.
@@ -243,11 +288,35 @@ async fn terms(State(state): State<AppState>, headers: HeaderMap) -> Result<Json
     Ok(Json(terms_view(&state).await?))
 }
 
-/// A trigger's optional body: `{"idempotency_key": "..."}` (or the `Idempotency-Key` header).
+/// A trigger's optional body: `{"idempotency_key": "..."}` (or the `Idempotency-Key` header),
+/// and what this run alone gets: `env` overrides, a `reason`, and a `concurrency` policy other
+/// than the job's (explicitly; recorded with the run).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TriggerBody {
     idempotency_key: Option<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    reason: Option<String>,
+    concurrency: Option<String>,
+}
+
+impl TriggerBody {
+    fn overrides(self) -> Result<TriggerOverrides, Problem> {
+        let concurrency = match self.concurrency.as_deref() {
+            None => None,
+            Some(word) => {
+                Some(Concurrency::NAMES.iter().find(|(name, _)| *name == word).map(|(_, value)| *value).ok_or_else(
+                    || {
+                        let words: Vec<&str> = Concurrency::NAMES.iter().map(|(name, _)| *name).collect();
+                        Problem::bad_request(format!("`concurrency`: `{word}` is not one of {}", words.join(", ")))
+                    },
+                )?)
+            }
+        };
+        let reason = self.reason.filter(|reason| !reason.trim().is_empty());
+        Ok(TriggerOverrides { env: self.env, reason, concurrency })
+    }
 }
 
 async fn trigger(
@@ -265,19 +334,147 @@ async fn trigger(
         ),
         _ => Problem::bad_request(rejection.body_text()),
     })?;
-    let parsed: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
+    let mut parsed: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
         TriggerBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|error| {
-            Problem::bad_request(format!("expected a JSON object such as {{\"idempotency_key\": \"...\"}}: {error}"))
+            Problem::bad_request(format!(
+                "expected a JSON object such as {{\"idempotency_key\": \"...\", \"env\": {{\"NAME\": \"value\"}}, \
+                 \"reason\": \"...\", \"concurrency\": \"allow\"}}: {error}"
+            ))
         })?
     };
     let header = match headers.get("idempotency-key") {
         None => None,
         Some(value) => Some(value.to_str().map_err(|_| Problem::bad_request(key_rule("it has a non-ASCII byte")))?),
     };
-    let trigger = request_trigger(&state, &name, header.or(parsed.idempotency_key.as_deref()), "api").await?;
+    let key = header.map(str::to_owned).or(parsed.idempotency_key.take());
+    let overrides = parsed.overrides()?;
+    let trigger = request_trigger(&state, &name, key.as_deref(), "api", &overrides).await?;
     Ok((StatusCode::ACCEPTED, Json(trigger)))
+}
+
+/// The most slots one backfill may cover.
+pub const BACKFILL_MAX_SLOTS: usize = 10_000;
+
+/// `POST /api/jobs/{name}/backfill`: `{"from": T1, "to": T2, "dry_run": false}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackfillBody {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// What a dry run would run: the slots of the window the ledger does not hold.
+#[derive(Debug, Serialize)]
+pub(super) struct BackfillPlan {
+    job: String,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    dry_run: bool,
+    slots: Vec<DateTime<Utc>>,
+}
+
+/// A backfill with its progress.
+#[derive(Debug, Serialize)]
+pub(super) struct BackfillView {
+    #[serde(flatten)]
+    pub record: BackfillRecord,
+    pub pending: i64,
+    pub finished: bool,
+}
+
+impl BackfillView {
+    pub(super) fn of(record: BackfillRecord) -> BackfillView {
+        let pending = record.pending();
+        BackfillView { finished: pending == 0 && record.running == 0, pending, record }
+    }
+}
+
+/// The slots of `name`'s schedule in `[from, to]`, all in the past, at most `BACKFILL_MAX_SLOTS`.
+fn backfill_slots(
+    state: &AppState,
+    name: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<DateTime<Utc>>, Problem> {
+    let Some(job) = state.jobs.borrow().get(name).cloned() else {
+        return Err(Problem::not_found(format!("no job `{name}` in the job file")));
+    };
+    if from > to {
+        return Err(Problem::bad_request(format!("`from` ({from}) is after `to` ({to})")));
+    }
+    let now = Utc::now();
+    if to > now {
+        return Err(Problem::bad_request(format!(
+            "`to` ({to}) is in the future: a backfill covers past slots; the schedule runs the rest"
+        )));
+    }
+    let mut slots = Vec::new();
+    let mut after = from - chrono::Duration::microseconds(1);
+    while let Some(slot) = job.schedule.next_after(after).filter(|slot| *slot <= to) {
+        if slots.len() == BACKFILL_MAX_SLOTS {
+            return Err(Problem::bad_request(format!(
+                "the window holds more than {BACKFILL_MAX_SLOTS} slots of `{name}`; backfill it in parts"
+            )));
+        }
+        slots.push(slot);
+        after = slot;
+    }
+    Ok(slots)
+}
+
+async fn backfill(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::response::Response, Problem> {
+    state.auth.mutate_api(&headers)?;
+    let body = body.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let request: BackfillBody = serde_json::from_slice(&body).map_err(|error| {
+        Problem::bad_request(format!(
+            "expected a JSON object such as {{\"from\": \"2026-01-01T00:00:00Z\", \"to\": \"2026-01-02T00:00:00Z\", \
+             \"dry_run\": true}}: {error}"
+        ))
+    })?;
+    let slots = backfill_slots(&state, &name, request.from, request.to)?;
+    if request.dry_run {
+        let slots = state.store.unheld_slots(&name, &slots).await?;
+        let plan = BackfillPlan { job: name, from: request.from, to: request.to, dry_run: true, slots };
+        return Ok(Json(plan).into_response());
+    }
+    let record = state.store.request_backfill(&name, request.from, request.to, &slots, "api").await?;
+    Ok((StatusCode::ACCEPTED, Json(BackfillView::of(record))).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BackfillQuery {
+    job: Option<String>,
+}
+
+/// `GET /api/backfills?job=NAME`: the newest 100 backfills, newest first, with their progress.
+async fn backfills(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<BackfillQuery>,
+) -> Result<Json<Vec<BackfillView>>, Problem> {
+    state.auth.read(&headers)?;
+    let records = state.store.backfills(query.job.as_deref(), 100).await?;
+    Ok(Json(records.into_iter().map(BackfillView::of).collect()))
+}
+
+async fn backfill_progress(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<BackfillView>, Problem> {
+    state.auth.read(&headers)?;
+    let Path(id) = id.map_err(|_| Problem::bad_request("a backfill id is a number"))?;
+    let record = state.store.backfill(id).await?.ok_or_else(|| Problem::not_found(format!("no backfill {id}")))?;
+    Ok(Json(BackfillView::of(record)))
 }
 
 #[derive(Serialize)]

@@ -20,6 +20,7 @@ use super::api::{self, RunQuery};
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, STRIP, ago, human_ms, in_zone, utc};
 use super::{AppState, BrowserSession, Problem};
 use crate::model::{Control, RunStatus, TriggerKind};
+use crate::store::TriggerOverrides;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -295,6 +296,8 @@ struct JobPage {
     status_filter: String,
     runs: Vec<RunRow>,
     next_page: Option<String>,
+    /// The job's newest backfills and their progress.
+    backfills: Vec<api::BackfillView>,
 }
 
 #[derive(Deserialize)]
@@ -365,6 +368,7 @@ async fn job(
         status_filter,
         runs,
         next_page,
+        backfills: state.store.backfills(Some(&name), 5).await?.into_iter().map(api::BackfillView::of).collect(),
         job,
     })?;
     let mut response = page.into_response();
@@ -426,7 +430,7 @@ async fn control(
         "trigger" => {
             // The page's form always carries a fresh key; an empty one is taken as none.
             let key = form.key.as_deref().filter(|key| !key.is_empty());
-            api::request_trigger(&state, &name, key, "dashboard").await?;
+            api::request_trigger(&state, &name, key, "dashboard", &TriggerOverrides::default()).await?;
         }
         "pause" => api::set_control(&state, &name, Control::Pause, "dashboard").await?,
         "resume" => api::set_control(&state, &name, Control::Resume, "dashboard").await?,
@@ -448,6 +452,8 @@ struct RunPage {
     lateness: String,
     duration: String,
     result: String,
+    /// When it was to start, when that was not its slot (jitter, backfill).
+    planned: Option<String>,
 }
 
 async fn run(
@@ -476,6 +482,7 @@ async fn run(
             (None, None) => "–".to_owned(),
         },
         result: or_dash(Some(result_of(&run.brief)).filter(|text| !text.is_empty())),
+        planned: (run.planned_at != run.brief.slot).then(|| with_zone(run.planned_at)),
         run,
     })
 }

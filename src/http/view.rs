@@ -2,7 +2,7 @@
 //! cluster snapshot. The pages render these structures; the API serialises them unchanged, so
 //! both always agree.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::config::{Job, JobSet, Target};
 use crate::model::{ClusterSnapshot, RunStatus, TriggerKind};
-use crate::store::{JobControl, NotificationRecord, Reads, RunRecord, TermRecord};
+use crate::store::{JobControl, NotificationRecord, Reads, RunRecord, TermRecord, TriggerRecord};
 
 /// How many outcomes the overview's strip shows per job.
 pub const STRIP: usize = 20;
@@ -19,7 +19,10 @@ pub const STRIP: usize = 20;
 #[derive(Debug, Clone, Serialize)]
 pub struct JobView {
     pub name: String,
+    /// The expressions as written, joined by " | " when there are several.
     pub schedule: String,
+    /// Each expression; the job fires at their merged times (an instant they share, once).
+    pub schedules: Vec<String>,
     pub description: String,
     pub timezone: String,
     /// The next fire time in the job's zone (RFC 3339 with its offset) and in UTC; none while
@@ -37,6 +40,10 @@ pub struct JobView {
     pub catch_up: &'static str,
     pub starting_deadline_seconds: u64,
     pub retries: u32,
+    /// Each run starts up to this long after its slot (`jitter`; 0: at its slot).
+    pub jitter_seconds: u64,
+    /// How long the job's finished rows are kept, when the job sets it (else `--retain`).
+    pub retain_seconds: Option<u64>,
     pub last: Option<RunBrief>,
     /// The last outcomes, oldest first (at most `STRIP`).
     pub recent: Vec<RunBrief>,
@@ -53,6 +60,7 @@ pub struct RunBrief {
     pub node: String,
     pub attempt: i32,
     pub duration_ms: Option<i64>,
+    /// From the planned start (the slot plus the job's jitter offset) to the start.
     pub lateness_ms: Option<i64>,
     pub exit_code: Option<i32>,
     pub http_status: Option<i32>,
@@ -70,7 +78,7 @@ impl RunBrief {
             node: run.node.clone(),
             attempt: run.attempt,
             duration_ms: duration_ms(run),
-            lateness_ms: run.started_at.map(|started| (started - run.slot).num_milliseconds()),
+            lateness_ms: run.started_at.map(|started| (started - run.planned_at).num_milliseconds()),
             exit_code: run.exit_code,
             http_status: run.http_status,
             error: run.error.clone(),
@@ -90,24 +98,68 @@ pub struct RunView {
     pub job: String,
     pub config_hash: String,
     pub claimed_at: DateTime<Utc>,
+    /// When it was to start: the slot plus the job's jitter offset (when claimed, for a backfill).
+    pub planned_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub output: String,
     /// The events `notify:` targets were or will be told about this run, with delivery state.
     pub notifications: Vec<NotificationRecord>,
+    /// The operator's request behind a manual run: who, why, and what it overrode.
+    pub request: Option<RequestView>,
+}
+
+/// What an operator asked of a manual run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestView {
+    pub requested_by: String,
+    pub reason: Option<String>,
+    /// The variables it set, by name. A value that overrides a variable the job inherits from
+    /// tenure's environment (`inherit_env`: a deployment's secrets come that way) is shown as
+    /// `[redacted]`; the ledger holds it, for the run.
+    pub env: BTreeMap<String, String>,
+    /// The concurrency policy it asked for instead of the job's; none: the job's.
+    pub concurrency: Option<&'static str>,
+}
+
+/// A trigger's `env` overrides as the API and pages show them: a value that overrides a
+/// variable `job` inherits from tenure's environment (`inherit_env`, where deployments pass
+/// secrets), or of a job no longer in the file, is `[redacted]`.
+pub fn shown_env(env: BTreeMap<String, String>, job: Option<&Job>) -> BTreeMap<String, String> {
+    env.into_iter()
+        .map(|(name, value)| {
+            let inherited = job.is_none_or(|job| job.inherit_env.contains(&name));
+            (name, if inherited { crate::secret::REDACTED.to_owned() } else { value })
+        })
+        .collect()
 }
 
 impl RunView {
-    pub fn of(run: RunRecord, notifications: Vec<NotificationRecord>) -> RunView {
+    /// `run`, with its notifications and the manual trigger behind it (`request`, shown against
+    /// `job`'s file entry).
+    pub fn of(
+        run: RunRecord,
+        notifications: Vec<NotificationRecord>,
+        request: Option<TriggerRecord>,
+        job: Option<&Job>,
+    ) -> RunView {
+        let request = request.map(|trigger| RequestView {
+            requested_by: trigger.requested_by,
+            reason: trigger.overrides.reason,
+            env: shown_env(trigger.overrides.env, job),
+            concurrency: trigger.overrides.concurrency.map(|policy| policy.as_str()),
+        });
         RunView {
             brief: RunBrief::of(&run),
             job: run.job,
             config_hash: run.config_hash,
             claimed_at: run.claimed_at,
+            planned_at: run.planned_at,
             started_at: run.started_at,
             finished_at: run.finished_at,
             output: run.output,
             notifications,
+            request,
         }
     }
 }
@@ -178,6 +230,7 @@ impl JobView {
         JobView {
             name: job.name.as_str().to_owned(),
             schedule: job.schedule.expression().to_owned(),
+            schedules: job.schedule.expressions().to_vec(),
             description: job.schedule.describe(),
             timezone: tz.name().to_owned(),
             next_local: next_utc.map(|next| next.with_timezone(&tz).to_rfc3339()),
@@ -191,6 +244,8 @@ impl JobView {
             catch_up: job.catch_up.as_str(),
             starting_deadline_seconds: job.starting_deadline.as_secs(),
             retries: job.retries.max,
+            jitter_seconds: job.jitter.as_secs(),
+            retain_seconds: job.retain.map(|retain| retain.as_secs()),
             last,
             recent,
         }

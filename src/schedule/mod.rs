@@ -21,6 +21,10 @@
 //!     fire: a slot is its instant, and every skipped time stands for the same one.
 //! - `@every <duration>` is an interval anchored to the Unix epoch, so every replica computes the
 //!   same slots without shared state.
+//!
+//! A job may have several expressions ([`Schedule::union`]): its fire times are theirs merged in
+//! time order, two expressions that fall on the same instant making one fire (a slot is its
+//! instant). [`jitter_offset`] is the deterministic delay a job's `jitter` gives one slot.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -51,12 +55,14 @@ enum Kind {
     Every { seconds: i64 },
 }
 
-/// A validated schedule in a time zone.
+/// A validated schedule in a time zone: one expression, or several merged.
 #[derive(Debug, Clone)]
 pub struct Schedule {
+    /// The expressions as written, joined by [`Schedule::SEPARATOR`] when there are several.
     expression: String,
+    expressions: Vec<String>,
     timezone: Tz,
-    kind: Kind,
+    kinds: Vec<Kind>,
 }
 
 /// The widest daylight-saving shift considered when looking for repeated wall-clock times. Real
@@ -99,25 +105,72 @@ impl Schedule {
                 !minute.starts_with('*') && !hour.starts_with('*') && !seconds.is_some_and(|s| s.starts_with('*'));
             Kind::Cron { cron, fixed_time }
         };
-        let schedule = Schedule { expression: trimmed.to_owned(), timezone, kind };
+        let schedule = Schedule {
+            expression: trimmed.to_owned(),
+            expressions: vec![trimmed.to_owned()],
+            timezone,
+            kinds: vec![kind],
+        };
         Ok(schedule)
     }
 
-    /// The first fire time strictly after `after`, or `None` if there is none.
+    /// How `expression` joins several expressions (no expression contains it).
+    pub const SEPARATOR: &str = " | ";
+
+    /// One schedule firing whenever any of `parts` fires (all in one zone, the first's). `None`
+    /// for no parts.
+    pub fn union(parts: Vec<Schedule>) -> Option<Schedule> {
+        let mut parts = parts.into_iter();
+        let mut union = parts.next()?;
+        for part in parts {
+            union.expressions.extend(part.expressions);
+            union.kinds.extend(part.kinds);
+        }
+        union.expression = union.expressions.join(Self::SEPARATOR);
+        Some(union)
+    }
+
+    /// The first fire time strictly after `after`, or `None` if there is none: the earliest of
+    /// every expression's, so equal instants are one fire.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        match &self.kind {
+        self.kinds.iter().filter_map(|kind| kind.next_after(self.timezone, after)).min()
+    }
+
+    /// The schedule in English words, e.g. "At 02:30 AM, every day" (several joined by "; ").
+    pub fn describe(&self) -> String {
+        let words: Vec<String> = self.kinds.iter().map(Kind::describe).collect();
+        words.join("; ")
+    }
+
+    /// The expression as written, or the expressions joined by [`Schedule::SEPARATOR`].
+    pub fn expression(&self) -> &str {
+        &self.expression
+    }
+
+    /// Each expression as written.
+    pub fn expressions(&self) -> &[String] {
+        &self.expressions
+    }
+
+    pub fn timezone(&self) -> Tz {
+        self.timezone
+    }
+}
+
+impl Kind {
+    fn next_after(&self, timezone: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
             Kind::Every { seconds } => {
                 let now = after.timestamp();
                 let next = now.div_euclid(*seconds).checked_add(1)?.checked_mul(*seconds)?;
                 DateTime::from_timestamp(next, 0)
             }
-            Kind::Cron { cron, fixed_time } => next_cron(cron, *fixed_time, self.timezone, after),
+            Kind::Cron { cron, fixed_time } => next_cron(cron, *fixed_time, timezone, after),
         }
     }
 
-    /// The schedule in English words, e.g. "At 02:30 AM, every day".
-    pub fn describe(&self) -> String {
-        match &self.kind {
+    fn describe(&self) -> String {
+        match self {
             Kind::Every { seconds } => {
                 format!("Every {}", humantime::format_duration(Duration::from_secs(*seconds as u64)))
             }
@@ -133,14 +186,31 @@ impl Schedule {
             }
         }
     }
+}
 
-    pub fn expression(&self) -> &str {
-        &self.expression
+/// The delay `jitter` gives `job`'s run of `slot`: a whole number of milliseconds in
+/// `[0, window)`, the same on every replica and in every release, so a failover does not move a
+/// run. FNV-1a (64 bits) of the job's name, a zero byte and the slot's microseconds
+/// (little-endian), mixed by MurmurHash3's finaliser: a fixed algorithm, unlike `std`'s `DefaultHasher`, whose output may change
+/// between Rust releases. Jobs sharing an expression are spread over the window.
+pub fn jitter_offset(job: &str, slot: DateTime<Utc>, window: Duration) -> Duration {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0100_0000_01b3;
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    if window_ms == 0 {
+        return Duration::ZERO;
     }
-
-    pub fn timezone(&self) -> Tz {
-        self.timezone
-    }
+    let micros = slot.timestamp_micros().to_le_bytes();
+    let bytes = job.as_bytes().iter().chain(&[0]).chain(&micros).copied();
+    let hash = bytes.fold(FNV_OFFSET, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME));
+    // MurmurHash3's finaliser: FNV's low bits follow its last bytes closely; this spreads them
+    // over the whole window.
+    let mut mixed = hash ^ (hash >> 33);
+    mixed = mixed.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    mixed ^= mixed >> 33;
+    mixed = mixed.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    mixed ^= mixed >> 33;
+    Duration::from_millis(mixed % window_ms)
 }
 
 /// Parse an IANA time zone name. Abbreviations (`CET`, `EST`) and fixed offsets are refused

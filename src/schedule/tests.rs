@@ -449,3 +449,70 @@ fn describes_in_words() {
     assert_eq!(Schedule::parse("*/5 * * * * *", Tz::UTC).unwrap().describe(), "Every 5 seconds");
     assert_eq!(Schedule::parse("* * * * *", Tz::UTC).unwrap().describe(), "Every minute");
 }
+
+#[test]
+fn issue_17_several_expressions_merge_in_time_order_and_equal_instants_fire_once() {
+    let parts = ["0,30 * * * *", "15 * * * *", "*/30 * * * *"]
+        .into_iter()
+        .map(|expression| Schedule::parse(expression, Tz::UTC).unwrap())
+        .collect();
+    let schedule = Schedule::union(parts).unwrap();
+    assert_eq!(schedule.expression(), "0,30 * * * * | 15 * * * * | */30 * * * *");
+    assert_eq!(schedule.expressions().len(), 3);
+    let mut t = at("2026-05-01T10:00:00Z");
+    let got: Vec<String> = (0..5)
+        .map(|_| {
+            t = schedule.next_after(t).unwrap();
+            t.to_rfc3339()
+        })
+        .collect();
+    // :00 and :30 come from two expressions each: one fire per instant.
+    assert_eq!(
+        got,
+        [
+            "2026-05-01T10:15:00+00:00",
+            "2026-05-01T10:30:00+00:00",
+            "2026-05-01T11:00:00+00:00",
+            "2026-05-01T11:15:00+00:00",
+            "2026-05-01T11:30:00+00:00",
+        ]
+    );
+    assert_eq!(schedule.describe().matches("; ").count(), 2, "{}", schedule.describe());
+    assert!(Schedule::union(Vec::new()).is_none());
+}
+
+#[test]
+fn issue_17_jitter_is_deterministic_and_within_its_window_over_ten_thousand_slots() {
+    let window = Duration::from_secs(30);
+    let mut slot = at("2026-01-01T00:00:00Z");
+    let mut offsets = std::collections::HashSet::new();
+    let (mut low, mut high) = (0, 0);
+    for _ in 0..10_000 {
+        let offset = jitter_offset("nightly-report", slot, window);
+        assert!(offset < window, "{offset:?} at {slot}");
+        assert_eq!(offset, jitter_offset("nightly-report", slot, window), "the same on every call");
+        assert_eq!(offset.subsec_nanos() % 1_000_000, 0, "whole milliseconds");
+        offsets.insert(offset);
+        if offset < window / 2 {
+            low += 1
+        } else {
+            high += 1
+        }
+        slot += chrono::Duration::seconds(1);
+    }
+    // Spread over the window, not stuck on a few values or one half.
+    assert!(offsets.len() > 5_000, "{} distinct offsets", offsets.len());
+    assert!((4_000..6_000).contains(&low) && (4_000..6_000).contains(&high), "{low} / {high}");
+    // Another job sharing the slots gets other offsets: the point of `spread`.
+    let slot = at("2026-01-01T00:00:00Z");
+    let jobs: std::collections::HashSet<Duration> =
+        (0..20).map(|i| jitter_offset(&format!("job-{i}"), slot, window)).collect();
+    assert!(jobs.len() > 15, "{jobs:?}");
+    // Fixed across releases: a change of algorithm would move every jittered run at an upgrade.
+    assert_eq!(jitter_offset("nightly-report", slot, window), Duration::from_millis(PINNED_OFFSET_MS));
+    assert_eq!(jitter_offset("x", slot, Duration::ZERO), Duration::ZERO);
+}
+
+/// `jitter_offset("nightly-report", 2026-01-01T00:00:00Z, 30s)`, computed apart from this crate
+/// (FNV-1a over the bytes, then the MurmurHash3 finaliser, in a few lines of Python).
+const PINNED_OFFSET_MS: u64 = 27_706;

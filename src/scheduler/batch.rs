@@ -49,6 +49,7 @@ impl Batchers {
             config_hash: claim.config_hash.to_owned(),
             skip_if_running: claim.skip_if_running,
             claimed_at: claim.claimed_at,
+            planned_at: claim.planned_at,
             reply,
         };
         if self.claims.send(request).is_ok() {
@@ -93,6 +94,7 @@ struct ClaimRequest {
     config_hash: String,
     skip_if_running: SkipIfRunning,
     claimed_at: DateTime<Utc>,
+    planned_at: DateTime<Utc>,
     reply: oneshot::Sender<Result<Claimed, ClaimError>>,
 }
 
@@ -122,6 +124,7 @@ async fn batch_claims(store: Store, term: Term, node: String, requests: mpsc::Un
                 config_hash: &request.config_hash,
                 skip_if_running: request.skip_if_running,
                 claimed_at: request.claimed_at,
+                planned_at: request.planned_at,
             })
             .collect();
         let results = store.claim_runs(&claims).await;

@@ -282,7 +282,10 @@ impl Scheduler {
             Wake::JobsReloaded => self.reload_jobs(term).await,
             Wake::ControlsChanged => term.controls_pending = true,
             Wake::RunFinished(key) => {
-                if self.run_finished(key, term) {
+                // A trigger's run that ended unstarted is started again; a backfill run that
+                // ended (or any run, while backfill slots wait for one to end) lets the next go.
+                let backfill_ended = term.backfills_going.remove(&key).is_some();
+                if self.run_finished(key, term) || backfill_ended || term.backfill_waiting {
                     term.controls_pending = true;
                 }
             }
@@ -422,10 +425,17 @@ impl Scheduler {
         }
     }
 
-    /// Claim and run `slots` of `job` in order, in one task tracked as one of this replica's runs.
-    fn start_runs(&mut self, job: Arc<Job>, slots: Vec<DateTime<Utc>>, trigger: Trigger, mut task: RunTask) {
+    /// Claim and run `slots` of `job` in order, in one task tracked as one of this replica's runs;
+    /// its key (`Wake::RunFinished` names it when the task ends).
+    fn start_runs(
+        &mut self,
+        job: Arc<Job>,
+        slots: Vec<DateTime<Utc>>,
+        trigger: Trigger,
+        mut task: RunTask,
+    ) -> Option<u64> {
         if slots.is_empty() {
-            return;
+            return None;
         }
         // `replace`: the job's earlier runs are stopped; the new one waits for them to end.
         let NewRun { stop, done, replaced, finished, key } = self.own_runs.add(&job, trigger);
@@ -443,6 +453,7 @@ impl Scheduler {
             done.cancel();
             let _ = finished.send(key);
         });
+        Some(key)
     }
 }
 

@@ -128,6 +128,13 @@ impl OwnRuns {
     }
 }
 
+/// A run's slot (its identity) and when it is to start (`RunTask::planned_start`).
+#[derive(Debug, Clone, Copy)]
+struct Planned {
+    slot: DateTime<Utc>,
+    start: DateTime<Utc>,
+}
+
 /// What a run task needs to claim, execute and record its slots in one term.
 #[derive(Clone)]
 pub(super) struct RunTask {
@@ -184,14 +191,30 @@ impl RunTask {
         }
     }
 
-    /// Claim `slot`, record its start once the claim has committed, and at the slot execute it
-    /// with its retries.
+    /// Claim `slot`, record its start once the claim has committed, and at its planned start
+    /// execute it with its retries.
     pub(super) async fn fire(&mut self, job: &Job, slot: DateTime<Utc>, trigger: Trigger, stop: &RunStop) {
-        let Some(run_id) = self.claim_learning(job, slot, trigger, stop).await else { return };
+        let planned = self.planned_start(job, slot, trigger);
+        let Some(run_id) = self.claim_learning(job, slot, planned, trigger, stop).await else { return };
         // Built before the slot, so that at the slot it is only sent (or started).
         let first = executor::prepare(job, &self.context(job, slot, run_id, 1), &self.http);
-        if self.start_at_slot(job, slot, trigger, run_id, stop).await {
-            self.execute(job, slot, run_id, stop, first).await;
+        if self.start_at_slot(job, Planned { slot, start: planned }, trigger, run_id, stop).await {
+            self.execute(job, slot, planned, run_id, stop, first).await;
+        }
+    }
+
+    /// When a run of `slot` is to start: a scheduled slot at the slot plus the job's jitter
+    /// offset (the same on every replica, so a new leader keeps it); a manual trigger at its
+    /// request (its slot); a backfill's slot, long past, now. Lateness and the starting deadline
+    /// are measured from it; the slot stays the run's identity.
+    fn planned_start(&self, job: &Job, slot: DateTime<Utc>, trigger: Trigger) -> DateTime<Utc> {
+        match trigger {
+            Trigger::Schedule => {
+                let offset = crate::schedule::jitter_offset(job.name.as_ref(), slot, job.jitter);
+                slot + chrono::Duration::from_std(offset).unwrap_or_default()
+            }
+            Trigger::Manual { .. } => slot,
+            Trigger::Backfill { .. } => self.clock.now().max(slot),
         }
     }
 
@@ -201,12 +224,13 @@ impl RunTask {
         &mut self,
         job: &Job,
         slot: DateTime<Utc>,
+        planned: DateTime<Utc>,
         trigger: Trigger,
         stop: &RunStop,
     ) -> Option<i64> {
         // A manual claim marks its trigger handled in the same statement; a refused one leaves
         // it pending for the next leader.
-        let claimed = self.claim(job, slot, trigger, stop).await;
+        let claimed = self.claim(job, slot, planned, trigger, stop).await;
         if let Some(planned_at) = self.planned_at.take().filter(|planned_at| slot > *planned_at) {
             if claimed.is_some() {
                 // Sent ahead of its slot: however late it committed, the lead time learns from it.
@@ -222,30 +246,24 @@ impl RunTask {
         Some(claimed.run_id)
     }
 
-    /// Record the start of a claimed run and wait for its slot. False when it may not execute.
-    async fn start_at_slot(
-        &self,
-        job: &Job,
-        slot: DateTime<Utc>,
-        trigger: Trigger,
-        run_id: i64,
-        stop: &RunStop,
-    ) -> bool {
-        // Claimed ahead: the start is recorded a start's lead time before the slot (for the slot,
-        // if the lease lasts until then), so that at the slot nothing is left but to execute.
+    /// Record the start of a claimed run and wait for its planned start. False when it may not
+    /// execute.
+    async fn start_at_slot(&self, job: &Job, planned: Planned, trigger: Trigger, run_id: i64, stop: &RunStop) -> bool {
+        // Claimed ahead: the start is recorded a start's lead time before the planned start (for
+        // it, if the lease lasts until then), so that then nothing is left but to execute.
         let start_lead = chrono::Duration::from_std(self.lead_times.start()).unwrap_or_default();
-        self.clock.wait_until(slot - start_lead, &stop.token).await;
-        let ahead = (slot - self.clock.now()).to_std().unwrap_or_default();
+        self.clock.wait_until(planned.start - start_lead, &stop.token).await;
+        let ahead = (planned.start - self.clock.now()).to_std().unwrap_or_default();
         if !ahead.is_zero() && !self.lease.is_valid_for(ahead) {
-            self.clock.wait_until(slot, &stop.token).await;
+            self.clock.wait_until(planned.start, &stop.token).await;
         }
         let sent = std::time::Instant::now();
-        let Some(started) = self.start(job, slot, trigger, run_id, stop).await else { return false };
+        let Some(started) = self.start(job, planned, trigger, run_id, stop).await else { return false };
         if started > self.clock.now() {
             self.lead_times.starts.observe(sent.elapsed());
         }
-        // Never executed before its slot, nor by a term that ended meanwhile.
-        self.clock.wait_until(slot, &stop.token).await;
+        // Never executed before its planned start, nor by a term that ended meanwhile.
+        self.clock.wait_until(planned.start, &stop.token).await;
         let Some(reason) = self.stopped_before_start(stop) else { return true };
         let outcome = self.not_run(RunStatus::Killed, format!("{reason} before the run started"));
         self.finish(job, run_id, &outcome).await;
@@ -264,15 +282,23 @@ impl RunTask {
     }
 
     /// Execute a started run (its first attempt `first`, built ahead), retry it per the job's
-    /// `retries`, and record its outcome.
-    async fn execute(&self, job: &Job, slot: DateTime<Utc>, run_id: i64, stop: &RunStop, first: Prepared) {
+    /// `retries`, and record its outcome. Lateness is measured from the planned start.
+    async fn execute(
+        &self,
+        job: &Job,
+        slot: DateTime<Utc>,
+        planned: DateTime<Utc>,
+        run_id: i64,
+        stop: &RunStop,
+        first: Prepared,
+    ) {
         let mut attempt = 1;
         let mut prepared = Some(first);
         loop {
             let started = self.clock.now();
             if attempt == 1 {
                 metrics::histogram!(metric::FIRE_LATENESS)
-                    .record((started - slot).to_std().unwrap_or_default().as_secs_f64());
+                    .record((started - planned).to_std().unwrap_or_default().as_secs_f64());
             }
             let context = self.context(job, slot, run_id, attempt);
             let attempt_run = prepared.take().unwrap_or_else(|| executor::prepare(job, &context, &self.http));
@@ -317,7 +343,14 @@ impl RunTask {
         }
     }
 
-    async fn claim(&self, job: &Job, slot: DateTime<Utc>, trigger: Trigger, stop: &RunStop) -> Option<Claimed> {
+    async fn claim(
+        &self,
+        job: &Job,
+        slot: DateTime<Utc>,
+        planned: DateTime<Utc>,
+        trigger: Trigger,
+        stop: &RunStop,
+    ) -> Option<Claimed> {
         let skip_if_running = match job.concurrency {
             Concurrency::Forbid => SkipIfRunning::Yes,
             Concurrency::Allow | Concurrency::Replace => SkipIfRunning::No,
@@ -335,6 +368,7 @@ impl RunTask {
                 config_hash: &self.config_hash,
                 skip_if_running,
                 claimed_at: self.clock.now(),
+                planned_at: planned,
             };
             match self.batchers.claim(&self.store, &claim).await {
                 Ok(claimed) => return Some(claimed),
@@ -357,7 +391,9 @@ impl RunTask {
                     metrics::counter!(metric::CLAIM_ERRORS).increment(1);
                     tracing::warn!(job = %job.name, %slot, %error, "claim failed; retrying (the run is delayed, not doubled)");
                     tokio::time::sleep(DATABASE_RETRY).await;
-                    if self.clock.now() - slot > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default() {
+                    if self.clock.now() - planned
+                        > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default()
+                    {
                         tracing::warn!(job = %job.name, %slot, "the slot passed its starting deadline while the database was down");
                         self.record_missed(job, &[slot], trigger).await;
                         return None;
@@ -375,14 +411,15 @@ impl RunTask {
     async fn start(
         &self,
         job: &Job,
-        slot: DateTime<Utc>,
+        planned: Planned,
         trigger: Trigger,
         run_id: i64,
         stop: &RunStop,
     ) -> Option<DateTime<Utc>> {
+        let Planned { slot, start: planned } = planned;
         // The same start time on every retry: a retry after a lost acknowledgement finds it.
-        // Recorded ahead, it is the slot: the run executes at its slot, never before.
-        let started = self.clock.now().max(slot);
+        // Recorded ahead, it is the planned start: the run executes then, never before.
+        let started = self.clock.now().max(planned);
         loop {
             // Stopped because the term ended: the claim was never started, so it is the next
             // term's to decide, not a run to record.
@@ -414,7 +451,7 @@ impl RunTask {
                 }
             }
         }
-        if self.clock.now() - slot > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default() {
+        if self.clock.now() - planned > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default() {
             let reason = "not run: its start was recorded only after the starting deadline";
             let outcome = self.not_run(RunStatus::Missed, reason.to_owned());
             self.finish(job, run_id, &outcome).await;

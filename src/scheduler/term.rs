@@ -18,16 +18,20 @@ use super::clock::Clock;
 use super::plan::{self, DueSlots, JobState};
 use super::{DATABASE_RETRY, Scheduler};
 use crate::clock::StepDetector;
-use crate::config::JobSet;
+use crate::config::{Concurrency, Job, JobSet};
 use crate::deadman::DeadManPing;
 use crate::leadership::{LeaderTerm, Term};
 use crate::model::{Member, Trigger};
 use crate::notify::{self, Courier};
-use crate::store::{ClaimError, FenceError, LiveNode, Store};
+use crate::store::{ClaimError, FenceError, LiveNode, Store, TriggerOverrides};
 use crate::telemetry::metric;
 
 /// How often the leader records that its term is alive (the terms page's hand-over times).
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// The most backfill runs of one `allow` job going at once.
+pub(super) const BACKFILL_PARALLELISM: usize = 4;
+/// How many queued backfill slots one read of the queue takes.
+const BACKFILL_READ: i64 = 512;
 
 /// The term this replica leads, from the fence raised to its end. Whatever needs a term
 /// (batchers, cursors) exists only in here, so nothing can claim without one.
@@ -44,6 +48,12 @@ pub(super) struct ActiveTerm {
     /// Manual triggers this term has started and whose runs have not ended; a trigger still
     /// pending after its run ended (stopped before its claim or start) is started again.
     pub(super) started_triggers: HashSet<i64>,
+    /// Backfill runs this term has started whose tasks have not ended, by run key: their job
+    /// and slot (the queue lists a slot until its run has ended).
+    pub(super) backfills_going: HashMap<u64, (String, DateTime<Utc>)>,
+    /// The last read of the backfill queue found slots held back by a job's concurrency: any
+    /// run's end may free one.
+    pub(super) backfill_waiting: bool,
     pub(super) steps: StepDetector,
     /// Runs of older terms whose node vanished become `lost` once nothing of them can be left:
     /// `lost_after` since the node left the registry (or since this term began, for a node
@@ -161,6 +171,8 @@ impl Scheduler {
             due,
             controls_pending: true,
             started_triggers: HashSet::new(),
+            backfills_going: HashMap::new(),
+            backfill_waiting: false,
             steps,
             departures,
             next_reap: Instant::now() + lost_after,
@@ -386,12 +398,97 @@ impl Scheduler {
                 }
                 continue;
             };
-            tracing::info!(job = %job.name, trigger = trigger.id, by = %trigger.requested_by, "manual trigger");
+            // Override names are logged, never their values: an operator may type a secret.
+            let overridden: Vec<&str> = trigger.overrides.env.keys().map(String::as_str).collect();
+            tracing::info!(
+                job = %job.name, trigger = trigger.id, by = %trigger.requested_by, env = ?overridden,
+                concurrency = trigger.overrides.concurrency.map(Concurrency::as_str), "manual trigger"
+            );
+            let job = with_overrides(job, &trigger.overrides);
             let task = self.run_task(term, now);
             self.start_runs(job, vec![trigger.requested_at], Trigger::Manual { request: trigger.id }, task);
         }
+        self.start_backfills(term, now).await
+    }
+
+    /// Start queued backfill slots, as many as each job's concurrency allows: one at a time for
+    /// a `forbid` or `replace` job (and only while none of its runs goes; a backfill never
+    /// replaces a run), up to `BACKFILL_PARALLELISM` at once for an `allow` job. Each goes
+    /// through the same fenced claim as a scheduled slot, with its own slot. False when the
+    /// queue could not be read (retried like the controls).
+    async fn start_backfills(&mut self, term: &mut ActiveTerm, now: DateTime<Utc>) -> bool {
+        if let Err(error) = self.store.clear_backfill_slots().await {
+            tracing::debug!(%error, "could not clear the backfill queue of ended slots");
+        }
+        let queued = match self.store.pending_backfill_slots(BACKFILL_READ).await {
+            Ok(queued) => queued,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the backfill queue; retrying");
+                return false;
+            }
+        };
+        let going: HashSet<(String, DateTime<Utc>)> = term.backfills_going.values().cloned().collect();
+        let mut per_job: HashMap<String, usize> = HashMap::new();
+        for (job, _) in term.backfills_going.values() {
+            *per_job.entry(job.clone()).or_default() += 1;
+        }
+        term.backfill_waiting = false;
+        if queued.is_empty() {
+            return true;
+        }
+        let by_name: HashMap<&str, &JobState> =
+            term.jobs.iter().map(|state| (state.job.name.as_ref(), state)).collect();
+        let mut start = Vec::new();
+        for queued in queued {
+            if going.contains(&(queued.job.clone(), queued.slot)) {
+                continue;
+            }
+            // A job gone from the file, or paused, keeps its slots queued until it is back.
+            let Some(state) = by_name.get(queued.job.as_str()) else { continue };
+            if state.paused {
+                continue;
+            }
+            let job = state.job.clone();
+            let running = per_job.get(&queued.job).copied().unwrap_or(0);
+            let allowed = match job.concurrency {
+                Concurrency::Allow => running < BACKFILL_PARALLELISM,
+                Concurrency::Forbid | Concurrency::Replace => running == 0 && !self.own_runs.decided_at_slot(&job),
+            };
+            if !allowed {
+                term.backfill_waiting = true;
+                continue;
+            }
+            *per_job.entry(queued.job.clone()).or_default() += 1;
+            let job = if job.concurrency == Concurrency::Replace {
+                let mut job = Arc::unwrap_or_clone(job);
+                job.concurrency = Concurrency::Forbid;
+                Arc::new(job)
+            } else {
+                job
+            };
+            start.push((job, queued));
+        }
+        for (job, queued) in start {
+            let task = self.run_task(term, now);
+            let trigger = Trigger::Backfill { request: queued.backfill };
+            if let Some(key) = self.start_runs(job, vec![queued.slot], trigger, task) {
+                term.backfills_going.insert(key, (queued.job, queued.slot));
+            }
+        }
         true
     }
+}
+
+/// The job as one manual run of it runs: its `env` with the trigger's overrides over it, and
+/// the concurrency policy the request asked for explicitly, if it did.
+fn with_overrides(job: Arc<Job>, overrides: &TriggerOverrides) -> Arc<Job> {
+    if overrides.env.is_empty() && overrides.concurrency.is_none_or(|policy| policy == job.concurrency) {
+        return job;
+    }
+    let mut job = Arc::unwrap_or_clone(job);
+    job.env.extend(overrides.env.iter().map(|(name, value)| (name.clone(), value.clone())));
+    job.concurrency = overrides.concurrency.unwrap_or(job.concurrency);
+    Arc::new(job)
 }
 
 async fn reap_lost(store: Store, term: Term, node: String, live: Vec<LiveNode>) {

@@ -11,7 +11,11 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 
-use super::{ClaimError, Claimed, Fence, JobControl, RunRecord, TermRecord, TriggerRecord};
+use super::{
+    BackfillRecord, BackfillSlot, ClaimError, Claimed, Fence, JobControl, RunRecord, TermRecord, TriggerOverrides,
+    TriggerRecord,
+};
+use crate::config::Concurrency;
 use crate::leadership::Term;
 use crate::model::{RunStatus, TriggerKind};
 
@@ -20,11 +24,12 @@ use crate::model::{RunStatus, TriggerKind};
 macro_rules! run_columns {
     () => {
         "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
-         started_at, finished_at, exit_code, http_status, error, output"
+         COALESCE(planned_at, slot) AS planned_at, started_at, finished_at, exit_code, http_status, error, output"
     };
     (brief) => {
         "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
-         started_at, finished_at, exit_code, http_status, error, '' AS output"
+         COALESCE(planned_at, slot) AS planned_at, started_at, finished_at, exit_code, http_status, error, \
+         '' AS output"
     };
 }
 pub(super) use run_columns;
@@ -33,15 +38,56 @@ pub(super) const RUN: &str = concat!("SELECT ", run_columns!(), " FROM runs WHER
 
 pub(super) const ALL_RUNS: &str = concat!("SELECT ", run_columns!(), " FROM runs ORDER BY slot, job");
 
-/// Up to `$2` finished rows whose slot is before `$1`, in one short statement so claims are never
-/// blocked for long. Each job's newest row stays: the dashboard's last run (the cursor is kept
-/// apart, in `job_cursors`).
-pub(super) const PRUNE_RUNS: &str = "DELETE FROM runs WHERE id IN (
-         SELECT r.id FROM runs r
-         WHERE r.slot < $1 AND r.status <> 'running'
-           AND r.slot < (SELECT max(slot) FROM runs newest WHERE newest.job = r.job)
-         LIMIT $2
-     )";
+/// Up to `$2` finished rows whose slot and claim are before their job's limit (`$1`, or the
+/// job's own in `$3`/`$4` (PostgreSQL) or the JSON object `$3` (SQLite): see each backend), in
+/// one short statement so claims are never blocked for long. A backfill's rows (an old slot
+/// claimed lately) stay for the retention after their claim. Each job's newest row stays: the
+/// dashboard's last run (the cursor is kept apart, in `job_cursors`, never pruned).
+macro_rules! prune_runs {
+    ($limit:literal) => {
+        concat!(
+            "DELETE FROM runs WHERE id IN (
+                 SELECT r.id FROM runs r
+                 WHERE r.status <> 'running' AND r.slot < ",
+            $limit,
+            " AND r.claimed_at < ",
+            $limit,
+            " AND r.slot < (SELECT max(slot) FROM runs newest WHERE newest.job = r.job)
+                 LIMIT $2
+             )"
+        )
+    };
+}
+pub(super) use prune_runs;
+
+/// Backfill slots whose row has not started: none yet, or a backfill claim never started (a
+/// dead leader's, taken over by the next claim). Oldest backfill first, at most `$1`.
+pub(super) const PENDING_BACKFILL_SLOTS: &str = "SELECT q.backfill_id, q.job, q.slot FROM backfill_slots q
+     LEFT JOIN runs r ON r.job = q.job AND r.slot = q.slot
+     WHERE r.id IS NULL OR (r.status = 'running' AND r.started_at IS NULL AND r.trigger = 'backfill')
+     ORDER BY q.backfill_id, q.slot LIMIT $1";
+
+/// Take out of the queue the slots whose row has ended (any status): the ledger holds them.
+pub(super) const CLEAR_BACKFILL_SLOTS: &str = "DELETE FROM backfill_slots WHERE EXISTS (
+         SELECT 1 FROM runs r WHERE r.job = backfill_slots.job AND r.slot = backfill_slots.slot
+           AND r.status <> 'running')";
+
+/// Backfills with their progress: queued slots whose run is going, and those still queued.
+macro_rules! backfill_progress {
+    ($where:literal) => {
+        concat!(
+            "SELECT b.id, b.job, b.from_slot, b.to_slot, b.requested_by, b.requested_at, b.slots,
+                    (SELECT count(*) FROM backfill_slots q WHERE q.backfill_id = b.id) AS queued,
+                    (SELECT count(*) FROM backfill_slots q JOIN runs r ON r.job = q.job AND r.slot = q.slot
+                     WHERE q.backfill_id = b.id AND r.status = 'running' AND r.started_at IS NOT NULL) AS going,
+                    (SELECT count(*) FROM backfill_slots q JOIN runs r ON r.job = q.job AND r.slot = q.slot
+                     WHERE q.backfill_id = b.id AND r.status <> 'running') AS ended
+             FROM backfills b ",
+            $where
+        )
+    };
+}
+pub(super) use backfill_progress;
 
 /// Who holds (job `$1`, slot `$2`), for `explain_refusal`.
 pub(super) const SLOT_HOLDER: &str =
@@ -52,13 +98,17 @@ pub(super) const FENCE: &str = "SELECT term, cluster_id, node FROM fence WHERE i
 pub(super) const JOB_CONTROLS: &str = "SELECT job, paused, resumed_at FROM job_controls";
 
 pub(super) const TRIGGER_BY_KEY: &str =
-    "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at
+    "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at, env, reason, concurrency
      FROM triggers WHERE job = $1 AND idempotency_key = $2";
+
+pub(super) const TRIGGER_OF_RUN: &str =
+    "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at, env, reason, concurrency
+     FROM triggers WHERE run_id = $1 ORDER BY id LIMIT 1";
 
 /// Triggers no claim has handled, and those whose claim never started (a newer term's claim
 /// takes it over), oldest first.
-pub(super) const PENDING_TRIGGERS: &str =
-    "SELECT t.id, t.job, t.idempotency_key, t.requested_by, t.requested_at, t.run_id, t.handled_at
+pub(super) const PENDING_TRIGGERS: &str = "SELECT t.id, t.job, t.idempotency_key, t.requested_by, t.requested_at,
+            t.run_id, t.handled_at, t.env, t.reason, t.concurrency
      FROM triggers t LEFT JOIN runs r ON r.id = t.run_id
      WHERE t.handled_at IS NULL OR (r.status = 'running' AND r.started_at IS NULL)
      ORDER BY t.requested_at, t.id";
@@ -177,6 +227,7 @@ pub(super) fn run_record(row: &impl LedgerRow) -> Result<RunRecord, sqlx::Error>
         status: status(row, "status")?,
         attempt: row.small_int("attempt")?,
         claimed_at: row.instant("claimed_at")?,
+        planned_at: row.instant("planned_at")?,
         started_at: row.optional_instant("started_at")?,
         finished_at: row.optional_instant("finished_at")?,
         exit_code: row.optional_small_int("exit_code")?,
@@ -195,7 +246,52 @@ pub(super) fn trigger_record(row: &impl LedgerRow) -> Result<TriggerRecord, sqlx
         requested_at: row.instant("requested_at")?,
         run_id: row.optional_int("run_id")?,
         handled_at: row.optional_instant("handled_at")?,
+        overrides: trigger_overrides(row)?,
     })
+}
+
+fn trigger_overrides(row: &impl LedgerRow) -> Result<TriggerOverrides, sqlx::Error> {
+    let env = row.text("env")?;
+    let env =
+        serde_json::from_str(&env).map_err(|e| undecodable("env", format!("not a JSON object of strings: {e}")))?;
+    let concurrency = match row.optional_text("concurrency")? {
+        None => None,
+        Some(text) => Some(
+            Concurrency::NAMES
+                .iter()
+                .find(|(name, _)| *name == text)
+                .map(|(_, concurrency)| *concurrency)
+                .ok_or_else(|| undecodable("concurrency", format!("unknown concurrency {text:?}")))?,
+        ),
+    };
+    Ok(TriggerOverrides { env, reason: row.optional_text("reason")?, concurrency })
+}
+
+/// The JSON text the `env` column holds.
+pub(super) fn env_json(env: &std::collections::BTreeMap<String, String>) -> String {
+    serde_json::to_string(env).expect("a map of strings is JSON")
+}
+
+/// A row of `backfill_progress!`.
+pub(super) fn backfill_record(row: &impl LedgerRow) -> Result<BackfillRecord, sqlx::Error> {
+    let slots = row.int("slots")?;
+    let (queued, going, ended) = (row.int("queued")?, row.int("going")?, row.int("ended")?);
+    Ok(BackfillRecord {
+        id: row.int("id")?,
+        job: row.text("job")?,
+        from: row.instant("from_slot")?,
+        to: row.instant("to_slot")?,
+        requested_by: row.text("requested_by")?,
+        requested_at: row.instant("requested_at")?,
+        slots,
+        // Out of the queue: ended (or held by another trigger's run, which has ended too).
+        done: slots - queued + ended,
+        running: going,
+    })
+}
+
+pub(super) fn backfill_slot(row: &impl LedgerRow) -> Result<BackfillSlot, sqlx::Error> {
+    Ok(BackfillSlot { backfill: row.int("backfill_id")?, job: row.text("job")?, slot: row.instant("slot")? })
 }
 
 pub(super) fn term_record(row: &impl LedgerRow) -> Result<TermRecord, sqlx::Error> {

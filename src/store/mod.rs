@@ -32,7 +32,7 @@ pub use pools::{
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
 use std::sync::Arc;
 
@@ -43,6 +43,7 @@ use sqlx::postgres::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Concurrency;
 use crate::leadership::Term;
 use crate::model::{Control, RunOutcome, RunStatus, Trigger, TriggerKind};
 
@@ -82,6 +83,8 @@ pub struct Claim<'a> {
     /// With `forbid`, the claim records the slot `skipped` when a run of the job is still going.
     pub skip_if_running: SkipIfRunning,
     pub claimed_at: DateTime<Utc>,
+    /// When the run is planned to start (`RunRecord::planned_at`).
+    pub planned_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +134,9 @@ pub struct RunRecord {
     pub status: RunStatus,
     pub attempt: i32,
     pub claimed_at: DateTime<Utc>,
+    /// When the run was planned to start: the slot plus the job's jitter offset (the slot
+    /// without jitter; when it was claimed, for a backfill). Lateness is measured from it.
+    pub planned_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub exit_code: Option<i32>,
@@ -191,6 +197,84 @@ pub struct TriggerRecord {
     pub requested_at: DateTime<Utc>,
     pub run_id: Option<i64>,
     pub handled_at: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    pub overrides: TriggerOverrides,
+}
+
+/// What a manual trigger may ask beyond the job file, recorded with it (and so with its run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TriggerOverrides {
+    /// Variables set for this run only, over the job's `env`. Never a `TENURE_*` name.
+    pub env: BTreeMap<String, String>,
+    /// Why the operator triggered it, as they wrote it.
+    pub reason: Option<String>,
+    /// A concurrency policy other than the job's, asked for explicitly; `None`: the job's.
+    #[serde(serialize_with = "serialize_concurrency")]
+    pub concurrency: Option<Concurrency>,
+}
+
+fn serialize_concurrency<S: serde::Serializer>(value: &Option<Concurrency>, out: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(concurrency) => out.serialize_some(concurrency.as_str()),
+        None => out.serialize_none(),
+    }
+}
+
+/// A manual trigger as the web records it (`LedgerReads::request_trigger`).
+#[derive(Debug, Clone, Copy)]
+pub struct TriggerRequest<'a> {
+    pub job: &'a str,
+    pub idempotency_key: &'a str,
+    pub by: &'a str,
+    pub requested_at: DateTime<Utc>,
+    pub overrides: &'a TriggerOverrides,
+}
+
+/// An operator's backfill of one job's window, with its progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackfillRecord {
+    pub id: i64,
+    pub job: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    /// How many slots it queued: those of the window the ledger did not hold.
+    pub slots: i64,
+    /// Slots whose run has ended (whatever its status), or that another run holds.
+    pub done: i64,
+    /// Slots whose run has started and not ended.
+    pub running: i64,
+}
+
+impl BackfillRecord {
+    /// Slots not started yet (claimed by a leader that died, or not claimed).
+    pub fn pending(&self) -> i64 {
+        self.slots - self.done - self.running
+    }
+}
+
+/// One queued slot of a backfill, for the leader to claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillSlot {
+    pub backfill: i64,
+    pub job: String,
+    pub slot: DateTime<Utc>,
+}
+
+/// How long each job's finished rows are kept: `default` for every job not in `per_job`.
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    pub default_before: DateTime<Utc>,
+    /// Jobs with their own `retain`: rows with a slot before this go.
+    pub per_job: Vec<(String, DateTime<Utc>)>,
+}
+
+impl Retention {
+    /// The same limit for every job.
+    pub fn before(default_before: DateTime<Utc>) -> Retention {
+        Retention { default_before, per_job: Vec::new() }
+    }
 }
 
 /// An operator's pause or resume of one job. It overrides the job file's `paused`.
@@ -378,10 +462,20 @@ pub trait Ledger: Send + Sync {
     /// same node's clock. Fenced: only the current leader may.
     async fn reap_lost(&self, term: &Term, live: &[LiveNode]) -> Result<u64, sqlx::Error>;
 
-    /// Delete up to `batch` finished rows older than `before`, keeping each job's newest row (the
-    /// dashboard's last run; the cursor is kept apart), and the delivered or abandoned
-    /// notifications created before `before`. Returns how many runs went.
-    async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error>;
+    /// Delete up to `batch` finished rows whose slot and claim are both older than the job's
+    /// limit in `retention` (a backfill's rows are kept for the retention after their claim),
+    /// keeping each job's newest row (the dashboard's last run; the cursor is kept apart in
+    /// `job_cursors`, which pruning never touches), and the delivered or abandoned notifications
+    /// created before the ledger's limit. Returns how many runs went.
+    async fn prune_runs(&self, retention: &Retention, batch: i64) -> Result<u64, sqlx::Error>;
+
+    /// Queued backfill slots whose row has not started (no row, or a claim never started),
+    /// oldest backfill first, at most `limit`.
+    async fn pending_backfill_slots(&self, limit: i64) -> Result<Vec<BackfillSlot>, sqlx::Error>;
+
+    /// Take out of the backfill queue every slot whose row has started or ended (or that
+    /// another trigger's row holds): they are the ledger's now. Returns how many went.
+    async fn clear_backfill_slots(&self) -> Result<u64, sqlx::Error>;
 
     /// Operator pauses and resumes, by job. An entry overrides the job file's `paused`.
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error>;
@@ -470,15 +564,34 @@ pub trait LedgerReads: Send + Sync {
     /// the database's now as the job's `resumed_at`; a resume of a resumed job keeps it.
     async fn set_control(&self, job: &str, control: Control, by: &str) -> Result<(), sqlx::Error>;
 
-    /// Record a manual trigger (idempotent per job and key: the same key for another job is
-    /// another trigger) and wake the leader's scheduler.
-    async fn request_trigger(
+    /// Record a manual trigger with its overrides (idempotent per job and key: the same key for
+    /// another job is another trigger; a retry keeps the first request's overrides) and wake
+    /// the leader's scheduler.
+    async fn request_trigger(&self, request: &TriggerRequest<'_>) -> Result<TriggerRecord, sqlx::Error>;
+
+    /// The manual trigger a run fulfilled, with its overrides, if it was one.
+    async fn trigger_of_run(&self, run_id: i64) -> Result<Option<TriggerRecord>, sqlx::Error>;
+
+    /// Of `slots` of `job`, those the ledger does not hold and no backfill has queued, in order
+    /// (what a backfill of them would run).
+    async fn unheld_slots(&self, job: &str, slots: &[DateTime<Utc>]) -> Result<Vec<DateTime<Utc>>, sqlx::Error>;
+
+    /// Record a backfill of `job` over `[from, to]`, queueing those of `slots` the ledger does
+    /// not hold and no backfill has queued, and wake the leader's scheduler.
+    async fn request_backfill(
         &self,
         job: &str,
-        idempotency_key: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        slots: &[DateTime<Utc>],
         by: &str,
-        requested_at: DateTime<Utc>,
-    ) -> Result<TriggerRecord, sqlx::Error>;
+    ) -> Result<BackfillRecord, sqlx::Error>;
+
+    /// One backfill with its progress.
+    async fn backfill(&self, id: i64) -> Result<Option<BackfillRecord>, sqlx::Error>;
+
+    /// The newest `limit` backfills (of one job, or all), newest first, with their progress.
+    async fn backfills(&self, job: Option<&str>, limit: i64) -> Result<Vec<BackfillRecord>, sqlx::Error>;
 
     /// The newest `limit` terms, oldest first: what the dashboard reads.
     async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error>;

@@ -50,6 +50,7 @@ async fn fixture(reads_need: ReadAccess) -> Fixture {
             config_hash: "abc",
             skip_if_running: SkipIfRunning::No,
             claimed_at: slot,
+            planned_at: slot,
         };
         let claimed = store.claim_run(&claim).await.unwrap();
         store.start_runs(&term, &[(claimed.run_id, slot + chrono::Duration::milliseconds(120))]).await.unwrap();
@@ -501,4 +502,77 @@ async fn the_terms_page_shows_the_newest_terms_only() {
     let page = get(&fixture.state, "/terms").await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(!page.body.contains(">42<"), "the oldest term is not on the page");
+}
+
+/// Issue 17 through the router: a trigger's overrides come back on its run (JSON and page), a
+/// backfill is refused without the token and for a bad window, its dry run lists the slots,
+/// and the job page shows its progress.
+#[tokio::test]
+async fn issue_17_overrides_and_backfills_through_the_api_and_the_pages() {
+    let f = fixture(ReadAccess::Open).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let body = r#"{"env": {"DRY_RUN": "1"}, "reason": "after <the> outage", "concurrency": "allow"}"#;
+    let trigger = send(&f.state, post("/api/jobs/tick/trigger", Some(&bearer)).body(Body::from(body)).unwrap()).await;
+    assert_eq!(trigger.status, StatusCode::ACCEPTED, "{}", trigger.body);
+    let trigger = trigger.json();
+    assert_eq!((trigger["env"]["DRY_RUN"].as_str(), trigger["concurrency"].as_str()), (Some("1"), Some("allow")));
+    let http_env = r#"{"env": {"X": "1"}}"#;
+    let refused =
+        send(&f.state, post("/api/jobs/berlin/trigger", Some(&bearer)).body(Body::from(http_env)).unwrap()).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.json()["detail"].as_str().unwrap().contains("an HTTP job has no environment"), "{}", refused.body);
+
+    // The leader claims it (here by hand, as the scheduler does).
+    let term = Term::for_tests(42, "cluster");
+    let slot = chrono::DateTime::parse_from_rfc3339(trigger["requested_at"].as_str().unwrap()).unwrap().to_utc();
+    let claim = Claim {
+        job: "tick",
+        slot,
+        trigger: Trigger::Manual { request: trigger["id"].as_i64().unwrap() },
+        term: &term,
+        node: "node-a",
+        config_hash: "abc",
+        skip_if_running: SkipIfRunning::No,
+        claimed_at: slot,
+        planned_at: slot,
+    };
+    let run_id = f.store.claim_run(&claim).await.unwrap().run_id;
+    let run = get(&f.state, &format!("/api/runs/{run_id}")).await.json();
+    assert_eq!(run["request"]["reason"], "after <the> outage");
+    assert_eq!(run["request"]["env"]["DRY_RUN"], "1");
+    assert_eq!(run["request"]["concurrency"], "allow");
+    let page = get(&f.state, &format!("/runs/{run_id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("after &#60;the&#62; outage"), "escaped on the page: {}", page.body);
+    assert!(page.body.contains("<code>DRY_RUN=1</code>") && page.body.contains("allow (asked for)"), "{}", page.body);
+
+    let window = r#"{"from": "2026-11-23T09:00:00Z", "to": "2026-11-23T09:04:00Z", "dry_run": true}"#;
+    let anonymous = send(&f.state, post("/api/jobs/tick/backfill", None).body(Body::from(window)).unwrap()).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let dry = send(&f.state, post("/api/jobs/tick/backfill", Some(&bearer)).body(Body::from(window)).unwrap()).await;
+    assert_eq!(dry.status, StatusCode::OK, "{}", dry.body);
+    assert_eq!(dry.json()["slots"].as_array().unwrap().len(), 5, "09:00 to 09:04, both ends");
+    for (window, needle) in [
+        (r#"{"from": "2026-11-23T10:00:00Z", "to": "2026-11-23T09:00:00Z"}"#, "is after `to`"),
+        (r#"{"from": "2026-11-23T10:00:00Z", "to": "2999-01-01T00:00:00Z"}"#, "is in the future"),
+        (r#"{"from": "2000-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}"#, "more than 10000 slots"),
+        (r#"{"from": "yesterday", "to": "2026-01-01T00:00:00Z"}"#, "expected a JSON object"),
+    ] {
+        let refused =
+            send(&f.state, post("/api/jobs/tick/backfill", Some(&bearer)).body(Body::from(window)).unwrap()).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{window}");
+        assert!(refused.json()["detail"].as_str().unwrap().contains(needle), "{}", refused.body);
+    }
+    // 10:00 to 10:29 are in the ledger already (the fixture's runs): only 10:30 to 10:34 queue.
+    let window = r#"{"from": "2026-11-23T10:25:00Z", "to": "2026-11-23T10:34:00Z"}"#;
+    let recorded =
+        send(&f.state, post("/api/jobs/tick/backfill", Some(&bearer)).body(Body::from(window)).unwrap()).await;
+    assert_eq!(recorded.status, StatusCode::ACCEPTED, "{}", recorded.body);
+    let recorded = recorded.json();
+    assert_eq!((recorded["slots"].as_i64(), recorded["pending"].as_i64()), (Some(5), Some(5)));
+    let id = recorded["id"].as_i64().unwrap();
+    assert_eq!(get(&f.state, &format!("/api/backfills/{id}")).await.json()["finished"], false);
+    assert_eq!(get(&f.state, "/api/backfills?job=tick").await.json().as_array().unwrap().len(), 1);
+    let job = get(&f.state, "/jobs/tick").await;
+    assert!(job.body.contains("id=\"backfills\""), "{}", job.body);
 }

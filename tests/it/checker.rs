@@ -184,6 +184,7 @@ mod tests {
             status: RunStatus::parse(status).expect("a status"),
             attempt: 1,
             claimed_at: at(second),
+            planned_at: at(second),
             started_at: None,
             finished_at: None,
             exit_code: None,

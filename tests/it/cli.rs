@@ -22,14 +22,25 @@ fn the_example_validates_with_one_line_per_job() {
     let (code, stdout, stderr) = tenure(&["validate", "jobs.example.yaml"]);
     assert_eq!(code, 0, "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    let jobs = ["heartbeat", "disk-usage", "flaky", "self-check", "nightly-report", "billing-sync"];
+    let jobs = [
+        "heartbeat",
+        "disk-usage",
+        "flaky",
+        "self-check",
+        "nightly-report",
+        "digest",
+        "sync-eu",
+        "sync-us",
+        "billing-sync",
+    ];
     assert_eq!(lines.len(), jobs.len() + 1, "{stdout}");
     for (line, job) in lines.iter().zip(jobs) {
         assert!(line.starts_with(&format!("{job}: ")), "{line}");
     }
     assert!(lines[4].contains("Europe/Berlin next "), "{}", lines[4]);
-    assert!(lines[5].ends_with("paused"), "{}", lines[5]);
-    assert!(lines[6].starts_with("6 jobs valid"), "{}", lines[6]);
+    assert!(lines[5].starts_with("digest: \"0 9 * * MON-FRI | 0 12 * * SAT\" ("), "{}", lines[5]);
+    assert!(lines[8].ends_with("paused"), "{}", lines[8]);
+    assert!(lines[9].starts_with("9 jobs valid"), "{}", lines[9]);
 }
 
 /// Each broken fixture yields exactly these located errors, in file order, and exit code 1.
@@ -96,6 +107,21 @@ fn next_prints_rfc3339_with_the_zone_offset_strictly_after_from() {
     ]);
     assert_eq!(code, 0);
     assert_eq!(stdout, "2026-11-27T09:00:00-05:00\n2026-11-30T09:00:00-05:00\n");
+
+    // Issue 17: a job with several expressions prints their merged fire times.
+    let (code, stdout, stderr) = tenure(&[
+        "next",
+        "--jobs",
+        "jobs.example.yaml",
+        "--job",
+        "digest",
+        "--from",
+        "2026-11-27T00:00:00Z",
+        "-n",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "2026-11-27T09:00:00+00:00\n2026-11-28T12:00:00+00:00\n2026-11-30T09:00:00+00:00\n");
 
     let (code, _, stderr) = tenure(&["next", "0 0 30 2 *"]);
     assert_eq!(code, 1);

@@ -544,3 +544,55 @@ async fn a_shed_request_is_retried_once_after_retry_after() {
     );
     assert_eq!(seen.lock().unwrap().len(), 2, "one retry, not more");
 }
+
+/// Issue 17 from the command line: `backfill --dry-run` lists the slots, `backfill` follows the
+/// progress to its end (exit 0) and a second one has nothing new; `trigger --env --reason
+/// --concurrency` records its overrides, which `show` prints.
+#[tokio::test]
+async fn issue_17_backfill_follows_its_progress_and_trigger_carries_overrides() {
+    let jobs = r#"
+jobs:
+  - name: tick
+    schedule: "*/10 * * * * *"
+    shell: 'echo "tick $TENURE_SLOT $WHO"'
+    concurrency: allow
+"#;
+    let dev = Dev::start(jobs).await;
+    let server = ["--server", dev.server.as_str()];
+    let token = [("TENURE_ADMIN_TOKEN", TOKEN)];
+    let to = (chrono::Utc::now() - chrono::Duration::minutes(5)).format("%Y-%m-%dT%H:%M:00Z").to_string();
+    let from = (chrono::Utc::now() - chrono::Duration::minutes(10)).format("%Y-%m-%dT%H:%M:00Z").to_string();
+    let window = ["tick", "--from", from.as_str(), "--to", to.as_str()];
+
+    let dry = tenure(&[&["backfill"][..], &window, &["--dry-run"], &server].concat(), &token).await;
+    assert_eq!(dry.code, 0, "{dry:?}");
+    // Five minutes of a slot every 10 s, both ends included.
+    assert!(dry.stdout.starts_with("31 slot(s) of tick to run:\n"), "{dry:?}");
+    assert_eq!(dry.stdout.lines().count(), 32, "{dry:?}");
+
+    let done = tenure(&[&["backfill"][..], &window, &server].concat(), &token).await;
+    assert_eq!(done.code, 0, "{done:?}");
+    assert!(done.stdout.starts_with("backfill 1 of tick ("), "{done:?}");
+    assert!(done.stdout.ends_with("): 31/31 done, 0 running, 0 pending: finished\n"), "{done:?}");
+    let again = tenure(&[&["backfill"][..], &window, &["-o", "json"], &server].concat(), &token).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!((again.json()["slots"].as_i64(), again.json()["finished"].as_bool()), (Some(0), Some(true)));
+    let runs = tenure(&[&["runs", "tick", "--limit", "100", "-o", "json"][..], &server].concat(), &[]).await;
+    let backfilled = runs.json()["runs"].as_array().unwrap().iter().filter(|run| run["trigger"] == "backfill").count();
+    assert_eq!(backfilled, 31);
+
+    let future = ["tick", "--from", from.as_str(), "--to", "2999-01-01T00:00:00Z"];
+    let refused = tenure(&[&["backfill"][..], &future, &server].concat(), &token).await;
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(refused.stderr.contains("is in the future"), "{refused:?}");
+
+    let overrides = ["--env", "WHO=operator", "--reason", "check the fix", "--concurrency", "allow"];
+    let run = tenure(&[&["trigger", "tick", "--wait"][..], &overrides, &server].concat(), &token).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("\n  by          api\n  reason      check the fix\n"), "{run:?}");
+    assert!(run.stdout.contains("\n  concurrency allow (asked for)\n  env         WHO=operator\n"), "{run:?}");
+    assert!(run.stdout.ends_with(" operator\n"), "the override reached the job: {run:?}");
+    let bad = tenure(&[&["trigger", "tick"][..], &["--env", "TENURE_TERM=1"], &server].concat(), &token).await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("`TENURE_TERM` is reserved"), "{bad:?}");
+}

@@ -6,8 +6,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use tenure::leadership::Term;
 use tenure::model::{Control, RunOutcome, RunStatus, Trigger, TriggerKind};
 use tenure::store::{
-    Claim, ClaimError, Claimed, FenceError, JobControl, LiveNode, Reads, RunCursor, SkipIfRunning, Store,
-    TriggerRecord, UnrunSlots,
+    Claim, ClaimError, Claimed, FenceError, JobControl, LiveNode, Reads, Retention, RunCursor, SkipIfRunning, Store,
+    TriggerOverrides, TriggerRecord, TriggerRequest, UnrunSlots,
 };
 
 use crate::harness::{Postgres, wait_until};
@@ -61,6 +61,10 @@ contract!(issue_13_idempotency_keys_are_scoped_per_job);
 contract!(issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot);
 contract!(issue_13_a_resume_that_ends_a_pause_records_when);
 contract!(a_term_is_begun_by_one_node_only_and_its_own_retry_is_idempotent);
+contract!(issue_17_retention_per_job_prunes_only_what_it_should);
+contract!(issue_17_a_backfill_queues_each_unheld_slot_once_and_reports_its_progress);
+contract!(issue_17_a_triggers_overrides_are_recorded_with_its_run);
+contract!(issue_17_a_late_notification_counts_from_the_planned_start_not_the_slot);
 contract!(every_recorded_outcome_writes_the_events_its_routes_ask_for);
 contract!(a_delivery_is_held_by_one_term_and_an_older_terms_answer_is_refused);
 
@@ -73,6 +77,20 @@ fn slot(second: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, second).unwrap()
 }
 
+/// Record a manual trigger of `job` under `key` without overrides, as the API does.
+async fn request(reads: &Reads, job: &str, key: &str, at: DateTime<Utc>) -> Result<TriggerRecord, sqlx::Error> {
+    let overrides = TriggerOverrides::default();
+    reads
+        .request_trigger(&TriggerRequest {
+            job,
+            idempotency_key: key,
+            by: "admin",
+            requested_at: at,
+            overrides: &overrides,
+        })
+        .await
+}
+
 fn claim<'a>(job: &'a str, at: DateTime<Utc>, term: &'a Term, node: &'a str) -> Claim<'a> {
     Claim {
         job,
@@ -83,6 +101,7 @@ fn claim<'a>(job: &'a str, at: DateTime<Utc>, term: &'a Term, node: &'a str) -> 
         config_hash: "hash",
         skip_if_running: SkipIfRunning::No,
         claimed_at: Utc::now(),
+        planned_at: at,
     }
 }
 
@@ -288,8 +307,8 @@ async fn pauses_and_triggers_are_recorded_once(store: Store, reads: Reads) {
     // A resume is kept too: it overrides `paused: true` in the job file.
     assert!(!store.job_controls().await.unwrap()["job"].paused);
 
-    let first = reads.request_trigger("job", "key-1", "admin", slot(30)).await.unwrap();
-    let again = reads.request_trigger("job", "key-1", "admin", slot(31)).await.unwrap();
+    let first = request(&reads, "job", "key-1", slot(30)).await.unwrap();
+    let again = request(&reads, "job", "key-1", slot(31)).await.unwrap();
     assert_eq!(first, again, "a double click fires once");
     assert_eq!(store.pending_triggers().await.unwrap(), [first.clone()]);
 
@@ -420,19 +439,23 @@ async fn retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newes
         finished_at: at,
     };
     for second in 0..10 {
-        let claimed = store.claim_run(&claim("old", slot(second), &term, "n")).await.unwrap();
+        // Claimed at its slot, as the scheduler does: pruning goes by slot and claim.
+        let claimed = store
+            .claim_run(&Claim { claimed_at: slot(second), ..claim("old", slot(second), &term, "n") })
+            .await
+            .unwrap();
         if second != 3 {
             store.finish_run(claimed.run_id, &finished(slot(second))).await.unwrap();
         }
     }
     // A job whose only row is old: kept, it is the job's cursor.
-    let lone = store.claim_run(&claim("lone", slot(1), &term, "n")).await.unwrap();
+    let lone = store.claim_run(&Claim { claimed_at: slot(1), ..claim("lone", slot(1), &term, "n") }).await.unwrap();
     store.finish_run(lone.run_id, &finished(slot(1))).await.unwrap();
 
     let before = slot(30);
-    assert_eq!(store.prune_runs(before, 4).await.unwrap(), 4, "one batch at a time");
-    assert_eq!(store.prune_runs(before, 4).await.unwrap(), 4);
-    assert_eq!(store.prune_runs(before, 4).await.unwrap(), 0, "nothing more may go");
+    assert_eq!(store.prune_runs(&tenure::store::Retention::before(before), 4).await.unwrap(), 4, "one batch at a time");
+    assert_eq!(store.prune_runs(&tenure::store::Retention::before(before), 4).await.unwrap(), 4);
+    assert_eq!(store.prune_runs(&tenure::store::Retention::before(before), 4).await.unwrap(), 0, "nothing more may go");
     let left: Vec<(String, DateTime<Utc>, String)> =
         reads.all_runs().await.unwrap().into_iter().map(|r| (r.job, r.slot, r.status.to_string())).collect();
     assert_eq!(
@@ -688,7 +711,7 @@ async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(st
     store.start_runs(&term, &[(manual.run_id, slot(7))]).await.unwrap();
     store.finish_run(manual.run_id, &finished(slot(7))).await.unwrap();
     // Retention takes everything it may.
-    while store.prune_runs(slot(59), 100).await.unwrap() > 0 {}
+    while store.prune_runs(&tenure::store::Retention::before(slot(59)), 100).await.unwrap() > 0 {}
     // Seen again much later (a new term): the cursors did not move, `c` is new.
     let newer = Term::for_tests(2, "c");
     store.begin_term(&newer, "m").await.unwrap();
@@ -709,12 +732,12 @@ async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(st
 }
 
 async fn issue_13_idempotency_keys_are_scoped_per_job(store: Store, reads: Reads) {
-    let a = reads.request_trigger("a", "key", "admin", slot(1)).await.unwrap();
-    let b = reads.request_trigger("b", "key", "admin", slot(2)).await.unwrap();
+    let a = request(&reads, "a", "key", slot(1)).await.unwrap();
+    let b = request(&reads, "b", "key", slot(2)).await.unwrap();
     assert_ne!(a.id, b.id, "the same key for another job is another trigger");
     assert_eq!((a.job.as_str(), b.job.as_str()), ("a", "b"));
-    assert_eq!(reads.request_trigger("a", "key", "admin", slot(3)).await.unwrap(), a);
-    assert_eq!(reads.request_trigger("b", "key", "admin", slot(4)).await.unwrap(), b);
+    assert_eq!(request(&reads, "a", "key", slot(3)).await.unwrap(), a);
+    assert_eq!(request(&reads, "b", "key", slot(4)).await.unwrap(), b);
     assert_eq!(store.pending_triggers().await.unwrap(), [a, b]);
 }
 
@@ -731,11 +754,11 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
     // The same key again answers the trigger as recorded now.
     let reread = |key: &'static str| {
         let reads = reads.clone();
-        async move { reads.request_trigger("job", key, "admin", slot(59)).await.unwrap() }
+        async move { request(&reads, "job", key, slot(59)).await.unwrap() }
     };
 
     // A fenced claim, alone or in a batch, leaves the trigger pending.
-    let first = reads.request_trigger("job", "k1", "admin", slot(10)).await.unwrap();
+    let first = request(&reads, "job", "k1", slot(10)).await.unwrap();
     let fenced = store.claim_run(&manual(&first, &old, "a")).await;
     assert!(matches!(fenced, Err(ClaimError::Fenced { term: 5, fence: 6 })), "{fenced:?}");
     for result in store.claim_runs(&[manual(&first, &old, "a"), claim("other", slot(1), &old, "a")]).await {
@@ -752,7 +775,7 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
     assert!(store.pending_triggers().await.unwrap().is_empty());
 
     // A trigger whose slot another term already holds fired there: handled, linked to that run.
-    let second = reads.request_trigger("job", "k2", "admin", slot(20)).await.unwrap();
+    let second = request(&reads, "job", "k2", slot(20)).await.unwrap();
     let held = store.claim_run(&claim("job", slot(20), &new, "b")).await.unwrap();
     store.start_runs(&new, &[(held.run_id, slot(20))]).await.unwrap();
     let newer = Term::for_tests(7, "c");
@@ -764,7 +787,7 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
 
     // A trigger claimed and never started (its leader lost the lease before the fenced start)
     // is pending again for the next term, whose claim takes the row over; started, it is done.
-    let fifth = reads.request_trigger("job", "k5", "admin", slot(40)).await.unwrap();
+    let fifth = request(&reads, "job", "k5", slot(40)).await.unwrap();
     let orphan = store.claim_run(&manual(&fifth, &newer, "c")).await.unwrap();
     assert_eq!(store.pending_triggers().await.unwrap(), [reread("k5").await]);
     let newest = Term::for_tests(8, "c");
@@ -776,8 +799,8 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
     let newer = newest;
 
     // In a batch, each manual claim handles its own trigger.
-    let third = reads.request_trigger("job", "k3", "admin", slot(30)).await.unwrap();
-    let fourth = reads.request_trigger("job", "k4", "admin", slot(31)).await.unwrap();
+    let third = request(&reads, "job", "k3", slot(30)).await.unwrap();
+    let fourth = request(&reads, "job", "k4", slot(31)).await.unwrap();
     let results = store
         .claim_runs(&[manual(&third, &newer, "d"), claim("job", slot(32), &newer, "d"), manual(&fourth, &newer, "d")])
         .await;
@@ -914,4 +937,178 @@ mod issue_18_an_unknown_status_or_trigger_in_a_row_is_a_decode_error {
         let recent = reads.recent_runs(&["job".to_owned()], 5).await;
         assert!(recent.as_ref().is_err_and(is_decode), "{recent:?}");
     }
+}
+
+fn succeeded(at: DateTime<Utc>) -> RunOutcome {
+    RunOutcome {
+        status: RunStatus::Succeeded,
+        exit_code: Some(0),
+        http_status: None,
+        error: None,
+        output: String::new(),
+        finished_at: at,
+    }
+}
+
+async fn issue_17_retention_per_job_prunes_only_what_it_should(store: Store, reads: Reads) {
+    let term = Term::for_tests(1, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    for job in ["short", "default"] {
+        store.job_cursors(&term, &[job], slot(0)).await.unwrap();
+        for second in 0..10 {
+            let at = Claim { claimed_at: slot(second), ..claim(job, slot(second), &term, "n") };
+            let claimed = store.claim_run(&at).await.unwrap();
+            store.finish_run(claimed.run_id, &succeeded(slot(second))).await.unwrap();
+        }
+    }
+    // A backfill's run of an old slot, claimed lately: kept for the retention after its claim.
+    let backfill = Claim {
+        trigger: Trigger::Backfill { request: 1 },
+        claimed_at: slot(50),
+        ..claim("short", Utc.with_ymd_and_hms(2026, 11, 23, 11, 0, 0).unwrap(), &term, "n")
+    };
+    let backfilled = store.claim_run(&backfill).await.unwrap();
+    store.finish_run(backfilled.run_id, &succeeded(slot(51))).await.unwrap();
+
+    // `short` keeps rows from second 8 on; every other job from second 3 on.
+    let retention = Retention { default_before: slot(3), per_job: vec![("short".to_owned(), slot(8))] };
+    while store.prune_runs(&retention, 100).await.unwrap() > 0 {}
+    let mut left: Vec<(String, u32)> = reads
+        .all_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.job, chrono::Timelike::second(&r.slot) + 60 * chrono::Timelike::minute(&r.slot)))
+        .collect();
+    left.sort();
+    let mut want: Vec<(String, u32)> = (3..10).map(|s| ("default".to_owned(), s)).collect();
+    want.push(("short".to_owned(), 0)); // the backfilled 11:00:00, minute 0 second 0
+    want.extend((8..10).map(|s| ("short".to_owned(), s)));
+    want.sort();
+    assert_eq!(left, want);
+    // Pruning never moves a cursor.
+    let cursors = store.job_cursors(&term, &["short", "default"], slot(59)).await.unwrap();
+    assert_eq!(cursors["short"].slot, slot(9));
+    assert_eq!(cursors["default"].slot, slot(9));
+}
+
+async fn issue_17_a_backfill_queues_each_unheld_slot_once_and_reports_its_progress(store: Store, reads: Reads) {
+    let old = Term::for_tests(1, "c");
+    store.begin_term(&old, "n").await.unwrap();
+    // The ledger holds slot 1 already (a scheduled run).
+    let held = store.claim_run(&claim("job", slot(1), &old, "n")).await.unwrap();
+    store.start_runs(&old, &[(held.run_id, slot(1))]).await.unwrap();
+    store.finish_run(held.run_id, &succeeded(slot(1))).await.unwrap();
+
+    let window: Vec<DateTime<Utc>> = (0..6).map(slot).collect();
+    let unheld = reads.unheld_slots("job", &window).await.unwrap();
+    assert_eq!(unheld, [slot(0), slot(2), slot(3), slot(4), slot(5)], "the dry run's answer");
+    let first = reads.request_backfill("job", slot(0), slot(5), &window, "admin").await.unwrap();
+    assert_eq!((first.slots, first.done, first.running, first.pending()), (5, 0, 0, 5));
+    // The same request again queues nothing new: every slot is held or queued.
+    let again = reads.request_backfill("job", slot(0), slot(5), &window, "admin").await.unwrap();
+    assert_eq!((again.slots, again.pending()), (0, 0));
+    assert!(reads.unheld_slots("job", &window).await.unwrap().is_empty());
+
+    let queued = store.pending_backfill_slots(100).await.unwrap();
+    let slots: Vec<DateTime<Utc>> = queued.iter().map(|q| q.slot).collect();
+    assert_eq!(slots, unheld);
+    assert!(queued.iter().all(|q| q.backfill == first.id && q.job == "job"));
+
+    // Slot 0 runs to its end, slot 2 is started, slot 3 is claimed by a leader that then dies.
+    let backfill = |at| Claim { trigger: Trigger::Backfill { request: first.id }, ..claim("job", at, &old, "n") };
+    let zero = store.claim_run(&backfill(slot(0))).await.unwrap();
+    store.start_runs(&old, &[(zero.run_id, slot(50))]).await.unwrap();
+    store.finish_run(zero.run_id, &succeeded(slot(51))).await.unwrap();
+    let two = store.claim_run(&backfill(slot(2))).await.unwrap();
+    store.start_runs(&old, &[(two.run_id, slot(50))]).await.unwrap();
+    store.claim_run(&backfill(slot(3))).await.unwrap();
+    assert_eq!(store.clear_backfill_slots().await.unwrap(), 1, "slot 0 ended: out of the queue");
+    let progress = reads.backfill(first.id).await.unwrap().unwrap();
+    assert_eq!((progress.slots, progress.done, progress.running, progress.pending()), (5, 1, 1, 3));
+
+    // The next term finds the unstarted claim and the unclaimed slots, and takes slot 3 over.
+    let new = Term::for_tests(2, "c");
+    store.begin_term(&new, "m").await.unwrap();
+    let pending: Vec<DateTime<Utc>> = store.pending_backfill_slots(100).await.unwrap().iter().map(|q| q.slot).collect();
+    assert_eq!(pending, [slot(3), slot(4), slot(5)]);
+    let taken = store
+        .claim_run(&Claim { trigger: Trigger::Backfill { request: first.id }, ..claim("job", slot(3), &new, "m") })
+        .await
+        .unwrap();
+    assert_eq!(taken.status, RunStatus::Running);
+    // Backfill claims never move the job's cursor: it is the schedule's.
+    let cursors = store.job_cursors(&new, &["job"], slot(59)).await.unwrap();
+    assert_eq!(cursors["job"].slot, slot(1));
+    assert_eq!(cursors["job"].unstarted, None, "a backfill's claim is no scheduled slot to take over");
+    let listed = reads.backfills(Some("job"), 10).await.unwrap();
+    assert_eq!(listed.iter().map(|b| b.id).collect::<Vec<_>>(), [again.id, first.id]);
+    assert!(reads.backfills(Some("other"), 10).await.unwrap().is_empty());
+    let rows = reads.all_runs().await.unwrap();
+    assert!(rows.iter().filter(|r| r.slot != slot(1)).all(|r| r.trigger == TriggerKind::Backfill), "{rows:?}");
+}
+
+async fn issue_17_a_triggers_overrides_are_recorded_with_its_run(store: Store, reads: Reads) {
+    let term = Term::for_tests(1, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    let overrides = TriggerOverrides {
+        env: [("DRY_RUN".to_owned(), "1".to_owned()), ("REGION".to_owned(), "eu-west".to_owned())].into(),
+        reason: Some("re-run after the outage".to_owned()),
+        concurrency: Some(tenure::config::Concurrency::Allow),
+    };
+    let request =
+        TriggerRequest { job: "job", idempotency_key: "k", by: "api", requested_at: slot(7), overrides: &overrides };
+    let trigger = reads.request_trigger(&request).await.unwrap();
+    assert_eq!(trigger.overrides, overrides);
+    // A retry under the same key keeps the first request's overrides.
+    let retry = TriggerRequest { overrides: &TriggerOverrides::default(), ..request };
+    assert_eq!(reads.request_trigger(&retry).await.unwrap(), trigger);
+    assert_eq!(store.pending_triggers().await.unwrap(), [trigger.clone()]);
+
+    let claimed = store
+        .claim_run(&Claim { trigger: Trigger::Manual { request: trigger.id }, ..claim("job", slot(7), &term, "n") })
+        .await
+        .unwrap();
+    let of_run = reads.trigger_of_run(claimed.run_id).await.unwrap().expect("the run's trigger");
+    assert_eq!((of_run.id, of_run.overrides), (trigger.id, overrides));
+    let plain = store.claim_run(&claim("job", slot(8), &term, "n")).await.unwrap();
+    assert_eq!(reads.trigger_of_run(plain.run_id).await.unwrap(), None);
+    // The planned start is recorded with the claim (the slot here).
+    assert_eq!(reads.run(claimed.run_id).await.unwrap().unwrap().planned_at, slot(7));
+}
+
+async fn issue_17_a_late_notification_counts_from_the_planned_start_not_the_slot(store: Store, reads: Reads) {
+    let term = Term::for_tests(1, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    let route = tenure::store::NotifyRoute {
+        job: "job".to_owned(),
+        target: "ops".to_owned(),
+        label: "https://ops.example".to_owned(),
+        events: ",late,".to_owned(),
+        late_ms: Some(500),
+    };
+    store.set_notify_routes(&term, &[route]).await.unwrap();
+    let planned = |at: DateTime<Utc>, planned_at: DateTime<Utc>, trigger: Trigger| Claim {
+        trigger,
+        claimed_at: at,
+        planned_at,
+        ..claim("job", at, &term, "n")
+    };
+    // Jittered by 20 s and started on its planned start: on time.
+    let jittered = store.claim_run(&planned(slot(0), slot(20), Trigger::Schedule)).await.unwrap().run_id;
+    store.start_runs(&term, &[(jittered, slot(20) + chrono::Duration::milliseconds(100))]).await.unwrap();
+    // A backfill of an old slot, started when it was claimed: on time too.
+    let old = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let backfill = store.claim_run(&planned(old, slot(30), Trigger::Backfill { request: 1 })).await.unwrap().run_id;
+    store.start_runs(&term, &[(backfill, slot(30))]).await.unwrap();
+    // Jittered by 2 s and started 1 s after that: late, and told.
+    let late = store.claim_run(&planned(slot(40), slot(42), Trigger::Schedule)).await.unwrap().run_id;
+    store.start_runs(&term, &[(late, slot(43))]).await.unwrap();
+    let told = |run| {
+        let reads = reads.clone();
+        async move { reads.run_notifications(run).await.unwrap().into_iter().map(|n| n.event).collect::<Vec<_>>() }
+    };
+    assert_eq!(told(jittered).await, Vec::<String>::new(), "a jittered start is not late");
+    assert_eq!(told(backfill).await, Vec::<String>::new(), "a backfill's start is not late");
+    assert_eq!(told(late).await, ["late"]);
 }

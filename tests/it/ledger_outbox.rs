@@ -22,6 +22,7 @@ fn claim<'a>(job: &'a str, at: DateTime<Utc>, term: &'a Term) -> Claim<'a> {
         config_hash: "hash",
         skip_if_running: SkipIfRunning::No,
         claimed_at: at,
+        planned_at: at,
     }
 }
 

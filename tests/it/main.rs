@@ -45,6 +45,8 @@ mod load;
 mod notify;
 /// A TCP fault proxy (blackhole, reset, refuse, delay) on loopback.
 mod proxy;
+/// Issue 17: several schedules, jitter, backfill and manual overrides on real clusters.
+mod scheduling;
 /// The harness itself: both servers come up, answer, survive restarts.
 mod smoke;
 /// Starting up against a real PostgreSQL: migrations, replicas together, a newer schema.

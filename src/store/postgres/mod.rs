@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, SlotHolder};
 use super::outbox;
 use super::{
-    CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode,
-    SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
+    BackfillSlot, CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger,
+    LiveNode, Retention, SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
@@ -47,6 +47,7 @@ impl Postgres {
         let skips: Vec<bool> = claims.iter().map(|c| c.skip_if_running == SkipIfRunning::Yes).collect();
         let claimed_at: Vec<DateTime<Utc>> = claims.iter().map(|c| c.claimed_at).collect();
         let requests: Vec<Option<i64>> = claims.iter().map(|c| c.trigger.request()).collect();
+        let planned_at: Vec<DateTime<Utc>> = claims.iter().map(|c| c.planned_at).collect();
         // `forbid` counts runs started, and this term's own claims (they will start); an older
         // term's claim that never started will not, and is being taken over.
         let rows = sqlx::query(
@@ -54,20 +55,22 @@ impl Postgres {
                  SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
              ), wanted AS (
                  SELECT DISTINCT ON (job, slot) *
-                 FROM unnest($3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[])
-                     AS w(job, slot, trigger, config_hash, skip, claimed_at)
+                 FROM unnest($3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[],
+                             $10::timestamptz[])
+                     AS w(job, slot, trigger, config_hash, skip, claimed_at, planned_at)
              ), claimed AS (
-                 INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
+                 INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at)
                  SELECT w.job, w.slot, w.trigger, $1, $2, w.config_hash,
                         CASE WHEN w.skip AND EXISTS (
                             SELECT 1 FROM runs r WHERE r.job = w.job AND r.status = 'running'
                               AND (r.started_at IS NOT NULL OR r.term = $1)
                         ) THEN 'skipped' ELSE 'running' END,
-                        w.claimed_at
+                        w.claimed_at, w.planned_at
                  FROM current_fence, wanted w
                  ON CONFLICT (job, slot) DO UPDATE
                      SET term = EXCLUDED.term, node = EXCLUDED.node, config_hash = EXCLUDED.config_hash,
-                         status = EXCLUDED.status, claimed_at = EXCLUDED.claimed_at
+                         status = EXCLUDED.status, claimed_at = EXCLUDED.claimed_at,
+                         planned_at = EXCLUDED.planned_at
                      WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term < EXCLUDED.term
                  RETURNING job, slot, id, status, trigger
              ), cursors AS (
@@ -95,7 +98,8 @@ impl Postgres {
         .bind(&hashes)
         .bind(&skips)
         .bind(&claimed_at)
-        .bind(&requests);
+        .bind(&requests)
+        .bind(&planned_at);
         let rows = match crate::testing::claim_hold() {
             None => rows.fetch_all(&self.pool).await?,
             Some(hold) => {
@@ -441,10 +445,35 @@ impl Ledger for Postgres {
         Ok(result.rows_affected())
     }
 
-    async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
-        let result = sqlx::query(common::PRUNE_RUNS).bind(before).bind(batch).execute(&self.pool).await?;
-        sqlx::query(outbox::PRUNE_NOTIFICATIONS).bind(before).execute(&self.pool).await?;
+    async fn prune_runs(&self, retention: &Retention, batch: i64) -> Result<u64, sqlx::Error> {
+        let jobs: Vec<&str> = retention.per_job.iter().map(|(job, _)| job.as_str()).collect();
+        let before: Vec<DateTime<Utc>> = retention.per_job.iter().map(|(_, before)| *before).collect();
+        let result = sqlx::query(common::prune_runs!(
+            "COALESCE((SELECT p.before FROM unnest($3::text[], $4::timestamptz[]) AS p(job, before)
+                       WHERE p.job = r.job), $1)"
+        ))
+        .bind(retention.default_before)
+        .bind(batch)
+        .bind(&jobs)
+        .bind(&before)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(outbox::PRUNE_NOTIFICATIONS).bind(retention.default_before).execute(&self.pool).await?;
         Ok(result.rows_affected())
+    }
+
+    async fn pending_backfill_slots(&self, limit: i64) -> Result<Vec<BackfillSlot>, sqlx::Error> {
+        sqlx::query(common::PENDING_BACKFILL_SLOTS)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(common::backfill_slot)
+            .collect()
+    }
+
+    async fn clear_backfill_slots(&self) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(common::CLEAR_BACKFILL_SLOTS).execute(&self.pool).await?.rows_affected())
     }
 
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {

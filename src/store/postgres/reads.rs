@@ -7,11 +7,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::Postgres;
+use crate::config::Concurrency;
 use crate::model::{Control, RunStatus};
 use crate::store::common::{self, run_columns};
 use crate::store::outbox;
 use crate::store::{
-    CONTROL_CHANNEL, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord, TriggerRecord,
+    BackfillRecord, CONTROL_CHANNEL, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord,
+    TriggerRecord, TriggerRequest, clean_text,
 };
 
 #[async_trait]
@@ -101,28 +103,104 @@ impl LedgerReads for Postgres {
     }
 
     /// Returns the trigger, new or the one already recorded under `idempotency_key`.
-    async fn request_trigger(
-        &self,
-        job: &str,
-        idempotency_key: &str,
-        by: &str,
-        requested_at: DateTime<Utc>,
-    ) -> Result<TriggerRecord, sqlx::Error> {
+    async fn request_trigger(&self, request: &TriggerRequest<'_>) -> Result<TriggerRecord, sqlx::Error> {
+        let TriggerRequest { job, idempotency_key, by, requested_at, overrides } = *request;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (job, idempotency_key) DO NOTHING",
+            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at, env, reason, concurrency)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job, idempotency_key) DO NOTHING",
         )
         .bind(job)
         .bind(idempotency_key)
         .bind(by)
         .bind(requested_at)
+        .bind(common::env_json(&overrides.env))
+        .bind(overrides.reason.as_deref().map(clean_text))
+        .bind(overrides.concurrency.map(Concurrency::as_str))
         .execute(&mut *tx)
         .await?;
         let row = sqlx::query(common::TRIGGER_BY_KEY).bind(job).bind(idempotency_key).fetch_one(&mut *tx).await?;
         sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
         tx.commit().await?;
         common::trigger_record(&row)
+    }
+
+    async fn trigger_of_run(&self, run_id: i64) -> Result<Option<TriggerRecord>, sqlx::Error> {
+        let row = sqlx::query(common::TRIGGER_OF_RUN).bind(run_id).fetch_optional(&self.pool).await?;
+        row.map(|row| common::trigger_record(&row)).transpose()
+    }
+
+    async fn unheld_slots(&self, job: &str, slots: &[DateTime<Utc>]) -> Result<Vec<DateTime<Utc>>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT s FROM unnest($2::timestamptz[]) AS s
+             WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.job = $1 AND r.slot = s)
+               AND NOT EXISTS (SELECT 1 FROM backfill_slots q WHERE q.job = $1 AND q.slot = s)
+             ORDER BY s",
+        )
+        .bind(job)
+        .bind(slots)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn request_backfill(
+        &self,
+        job: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        slots: &[DateTime<Utc>],
+        by: &str,
+    ) -> Result<BackfillRecord, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO backfills (job, from_slot, to_slot, requested_by, slots) VALUES ($1, $2, $3, $4, 0)
+             RETURNING id",
+        )
+        .bind(job)
+        .bind(from)
+        .bind(to)
+        .bind(by)
+        .fetch_one(&mut *tx)
+        .await?;
+        // The slots the ledger holds, or another backfill queued, stay theirs: nothing twice.
+        let queued = sqlx::query(
+            "INSERT INTO backfill_slots (backfill_id, job, slot)
+             SELECT $1, $2, s FROM unnest($3::timestamptz[]) AS s
+             WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.job = $2 AND r.slot = s)
+             ON CONFLICT (job, slot) DO NOTHING",
+        )
+        .bind(id)
+        .bind(job)
+        .bind(slots)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("UPDATE backfills SET slots = $2 WHERE id = $1")
+            .bind(id)
+            .bind(queued as i64)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
+        let row = sqlx::query(common::backfill_progress!("WHERE b.id = $1")).bind(id).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        common::backfill_record(&row)
+    }
+
+    async fn backfill(&self, id: i64) -> Result<Option<BackfillRecord>, sqlx::Error> {
+        let row =
+            sqlx::query(common::backfill_progress!("WHERE b.id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        row.map(|row| common::backfill_record(&row)).transpose()
+    }
+
+    async fn backfills(&self, job: Option<&str>, limit: i64) -> Result<Vec<BackfillRecord>, sqlx::Error> {
+        sqlx::query(common::backfill_progress!("WHERE ($1::text IS NULL OR b.job = $1) ORDER BY b.id DESC LIMIT $2"))
+            .bind(job)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(common::backfill_record)
+            .collect()
     }
 
     async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error> {

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, LedgerRow, SlotHolder, micros};
 use super::outbox;
 use super::{
-    Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode, SkipIfRunning,
-    TriggerRecord, UnrunSlots, clean_text,
+    BackfillSlot, Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode, Retention,
+    SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
@@ -139,17 +139,17 @@ impl Ledger for Sqlite {
         // As on PostgreSQL: `forbid` counts runs started and this term's own claims; an older
         // term's claim that never started is taken over.
         let inserted = sqlx::query(
-            "INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at)
+            "INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at)
              SELECT ?1, ?2, ?7, ?3, ?4, ?5,
                     CASE WHEN ?6 AND EXISTS (
                         SELECT 1 FROM runs WHERE job = ?1 AND status = 'running'
                           AND (started_at IS NOT NULL OR term = ?3)
                     ) THEN 'skipped' ELSE 'running' END,
-                    ?8
+                    ?8, ?9
              FROM fence WHERE id = 1 AND term <= ?3
              ON CONFLICT (job, slot) DO UPDATE
                  SET term = excluded.term, node = excluded.node, config_hash = excluded.config_hash,
-                     status = excluded.status, claimed_at = excluded.claimed_at
+                     status = excluded.status, claimed_at = excluded.claimed_at, planned_at = excluded.planned_at
                  WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term < excluded.term
              RETURNING id, status",
         )
@@ -161,6 +161,7 @@ impl Ledger for Sqlite {
         .bind(claim.skip_if_running == SkipIfRunning::Yes)
         .bind(claim.trigger.as_str())
         .bind(micros(claim.claimed_at))
+        .bind(micros(claim.planned_at))
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(request) = claim.trigger.request() {
@@ -364,10 +365,32 @@ impl Ledger for Sqlite {
         Ok(result.rows_affected())
     }
 
-    async fn prune_runs(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
-        let result = sqlx::query(common::PRUNE_RUNS).bind(micros(before)).bind(batch).execute(&self.pool).await?;
-        sqlx::query(outbox::PRUNE_NOTIFICATIONS).bind(micros(before)).execute(&self.pool).await?;
+    async fn prune_runs(&self, retention: &Retention, batch: i64) -> Result<u64, sqlx::Error> {
+        let per_job: serde_json::Map<String, serde_json::Value> =
+            retention.per_job.iter().map(|(job, before)| (job.clone(), micros(*before).into())).collect();
+        let result =
+            sqlx::query(common::prune_runs!("COALESCE((SELECT value FROM json_each($3) WHERE key = r.job), $1)"))
+                .bind(micros(retention.default_before))
+                .bind(batch)
+                .bind(serde_json::Value::Object(per_job).to_string())
+                .execute(&self.pool)
+                .await?;
+        sqlx::query(outbox::PRUNE_NOTIFICATIONS).bind(micros(retention.default_before)).execute(&self.pool).await?;
         Ok(result.rows_affected())
+    }
+
+    async fn pending_backfill_slots(&self, limit: i64) -> Result<Vec<BackfillSlot>, sqlx::Error> {
+        sqlx::query(common::PENDING_BACKFILL_SLOTS)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(common::backfill_slot)
+            .collect()
+    }
+
+    async fn clear_backfill_slots(&self) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(common::CLEAR_BACKFILL_SLOTS).execute(&self.pool).await?.rows_affected())
     }
 
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {

@@ -7,10 +7,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::Sqlite;
+use crate::config::Concurrency;
 use crate::model::{Control, RunStatus};
 use crate::store::common::{self, micros, run_columns};
 use crate::store::outbox;
-use crate::store::{JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord, TriggerRecord};
+use crate::store::{
+    BackfillRecord, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord, TriggerRecord,
+    TriggerRequest, clean_text,
+};
 
 #[async_trait]
 impl LedgerReads for Sqlite {
@@ -87,26 +91,106 @@ impl LedgerReads for Sqlite {
         Ok(())
     }
 
-    async fn request_trigger(
-        &self,
-        job: &str,
-        idempotency_key: &str,
-        by: &str,
-        requested_at: DateTime<Utc>,
-    ) -> Result<TriggerRecord, sqlx::Error> {
+    async fn request_trigger(&self, request: &TriggerRequest<'_>) -> Result<TriggerRecord, sqlx::Error> {
+        let TriggerRequest { job, idempotency_key, by, requested_at, overrides } = *request;
         sqlx::query(
-            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at)
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (job, idempotency_key) DO NOTHING",
+            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at, env, reason, concurrency)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (job, idempotency_key) DO NOTHING",
         )
         .bind(job)
         .bind(idempotency_key)
         .bind(by)
         .bind(micros(requested_at))
+        .bind(common::env_json(&overrides.env))
+        .bind(overrides.reason.as_deref().map(clean_text))
+        .bind(overrides.concurrency.map(Concurrency::as_str))
         .execute(&self.pool)
         .await?;
         let row = sqlx::query(common::TRIGGER_BY_KEY).bind(job).bind(idempotency_key).fetch_one(&self.pool).await?;
         self.notify_controls();
         common::trigger_record(&row)
+    }
+
+    async fn trigger_of_run(&self, run_id: i64) -> Result<Option<TriggerRecord>, sqlx::Error> {
+        let row = sqlx::query(common::TRIGGER_OF_RUN).bind(run_id).fetch_optional(&self.pool).await?;
+        row.map(|row| common::trigger_record(&row)).transpose()
+    }
+
+    async fn unheld_slots(&self, job: &str, slots: &[DateTime<Utc>]) -> Result<Vec<DateTime<Utc>>, sqlx::Error> {
+        let mut unheld = Vec::new();
+        // One connection, one process: a statement per slot is what SQLite does best anyway.
+        for slot in slots {
+            let held: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE job = ?1 AND slot = ?2)
+                     OR EXISTS (SELECT 1 FROM backfill_slots WHERE job = ?1 AND slot = ?2)",
+            )
+            .bind(job)
+            .bind(micros(*slot))
+            .fetch_one(&self.pool)
+            .await?;
+            if !held {
+                unheld.push(*slot);
+            }
+        }
+        Ok(unheld)
+    }
+
+    async fn request_backfill(
+        &self,
+        job: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        slots: &[DateTime<Utc>],
+        by: &str,
+    ) -> Result<BackfillRecord, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO backfills (job, from_slot, to_slot, requested_by, requested_at, slots)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0) RETURNING id",
+        )
+        .bind(job)
+        .bind(micros(from))
+        .bind(micros(to))
+        .bind(by)
+        .bind(micros(Utc::now()))
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut queued = 0;
+        for slot in slots {
+            queued += sqlx::query(
+                "INSERT INTO backfill_slots (backfill_id, job, slot)
+                 SELECT ?1, ?2, ?3 WHERE NOT EXISTS (SELECT 1 FROM runs WHERE job = ?2 AND slot = ?3)
+                 ON CONFLICT (job, slot) DO NOTHING",
+            )
+            .bind(id)
+            .bind(job)
+            .bind(micros(*slot))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected() as i64;
+        }
+        sqlx::query("UPDATE backfills SET slots = ?2 WHERE id = ?1").bind(id).bind(queued).execute(&mut *tx).await?;
+        let row = sqlx::query(common::backfill_progress!("WHERE b.id = $1")).bind(id).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        self.notify_controls();
+        common::backfill_record(&row)
+    }
+
+    async fn backfill(&self, id: i64) -> Result<Option<BackfillRecord>, sqlx::Error> {
+        let row =
+            sqlx::query(common::backfill_progress!("WHERE b.id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        row.map(|row| common::backfill_record(&row)).transpose()
+    }
+
+    async fn backfills(&self, job: Option<&str>, limit: i64) -> Result<Vec<BackfillRecord>, sqlx::Error> {
+        sqlx::query(common::backfill_progress!("WHERE ($1 IS NULL OR b.job = $1) ORDER BY b.id DESC LIMIT $2"))
+            .bind(job)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(common::backfill_record)
+            .collect()
     }
 
     async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error> {
