@@ -849,7 +849,7 @@ async fn dashboard() -> anyhow::Result<()> {
         node_id: "bench".into(),
         store: tenure::store::Reads::new(pool.clone()),
         leadership: tokio::sync::watch::channel(tenure::leadership::Leadership::Follower { leader: None }).1,
-        etcd: None,
+        coordinator: None,
         jobs: tokio::sync::watch::channel(Arc::new(jobs)).1,
         cluster: tokio::sync::watch::channel(tenure::model::ClusterSnapshot {
             leader: Some(("n".into(), 7)),
