@@ -51,3 +51,6 @@ mod smoke;
 mod startup;
 /// TLS and authentication to PostgreSQL and etcd, secrets from files, start-up refusals.
 mod tls;
+/// The singleton guarantees with ZooKeeper as the coordinator: kills, pauses, a blackhole, and
+/// an ensemble losing its own leader.
+mod zookeeper;
