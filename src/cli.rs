@@ -304,10 +304,7 @@ impl RunArgs {
         if self.etcd_access.is_given() {
             anyhow::bail!("--etcd-ca, --etcd-cert, --etcd-key and --etcd-user are for etcd, not --zookeeper");
         }
-        if self.zookeeper.iter().any(|server| server.trim().is_empty()) {
-            anyhow::bail!("--zookeeper has an empty server: {}", self.zookeeper.join(","));
-        }
-        Ok(CoordinatorAccess::ZooKeeper(ZooKeeperAccess::new(&self.zookeeper)))
+        Ok(CoordinatorAccess::ZooKeeper(ZooKeeperAccess::new(&self.zookeeper)?))
     }
 
     pub fn settings(&self) -> anyhow::Result<RunSettings> {

@@ -53,8 +53,37 @@ pub struct ZooKeeperAccess {
 }
 
 impl ZooKeeperAccess {
-    pub fn new(servers: &[String]) -> ZooKeeperAccess {
-        ZooKeeperAccess { servers: servers.join(",") }
+    /// The servers as `--zookeeper` lists them, checked as ZooKeeper's clients read them: each
+    /// `host:port` (the port 2181 when left out), a chroot path after the last one at most.
+    pub fn new(servers: &[String]) -> anyhow::Result<ZooKeeperAccess> {
+        let given = servers.join(",");
+        let last = servers.len().saturating_sub(1);
+        for (index, server) in servers.iter().enumerate() {
+            let server = server.trim();
+            if server.starts_with("tcp+tls://") {
+                bail!("--zookeeper {given}: TLS to ZooKeeper is not supported (plaintext host:port only)");
+            }
+            let server = server.strip_prefix("tcp://").unwrap_or(server);
+            let address = match server.find('/') {
+                Some(slash) if index == last => {
+                    let chroot = &server[slash..];
+                    if chroot.len() > 1 && (chroot.ends_with('/') || chroot.contains("//")) {
+                        bail!("--zookeeper {given}: the chroot path {chroot} is not a znode path");
+                    }
+                    &server[..slash]
+                }
+                Some(_) => bail!("--zookeeper {given}: only the last server may carry a chroot path ({server})"),
+                None => server,
+            };
+            let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
+            if host.is_empty() {
+                bail!("--zookeeper {given}: {server} has no host");
+            }
+            if !port.is_empty() && !port.parse::<u16>().is_ok_and(|port| port != 0) {
+                bail!("--zookeeper {given}: {server} has no valid port (host:port)");
+            }
+        }
+        Ok(ZooKeeperAccess { servers: given })
     }
 }
 
@@ -546,6 +575,26 @@ mod tests {
             candidates(&children),
             vec![(3, "candidate-0000000003"), (10, "candidate-0000000010"), (12, "candidate-0000000012")]
         );
+    }
+
+    #[test]
+    fn server_lists_are_checked_as_zookeeper_reads_them() {
+        let servers = |list: &str| list.split(',').map(str::to_owned).collect::<Vec<_>>();
+        for good in ["zk-1:2181", "zk-1:2181,zk-2:2182,zk-3", "10.0.0.1:2181,10.0.0.2:2181/apps/tenure", "zk/"] {
+            let access = ZooKeeperAccess::new(&servers(good)).unwrap_or_else(|error| panic!("{good}: {error}"));
+            assert_eq!(access.servers, good);
+        }
+        for (bad, why) in [
+            ("zk-1:abc", "valid port"),
+            ("zk-1:0", "valid port"),
+            (":2181", "no host"),
+            ("zk-1:2181/a,zk-2:2181", "only the last"),
+            ("zk-1:2181/a/", "chroot"),
+            ("tcp+tls://zk-1:2281", "TLS"),
+        ] {
+            let error = ZooKeeperAccess::new(&servers(bad)).unwrap_err().to_string();
+            assert!(error.contains(why) && error.contains(bad), "{bad}: {error}");
+        }
     }
 
     #[test]

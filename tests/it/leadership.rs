@@ -62,7 +62,7 @@ impl Backend {
 
     async fn zookeeper() -> Backend {
         let zookeeper = ZooKeeper::start().await;
-        let access = CoordinatorAccess::ZooKeeper(ZooKeeperAccess::new(&[zookeeper.connect_string()]));
+        let access = CoordinatorAccess::ZooKeeper(ZooKeeperAccess::new(&[zookeeper.connect_string()]).unwrap());
         let coordinator = Coordinator::connect(&access, LEASE_TTL).await.unwrap();
         Backend::ZooKeeper { _zookeeper: zookeeper, coordinator }
     }
