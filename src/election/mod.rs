@@ -55,7 +55,8 @@ pub enum ConnectError {
 /// its view of the cluster from.
 #[derive(Clone)]
 pub enum Coordinator {
-    Etcd(etcd_client::Client),
+    /// Boxed: etcd's client is a few kilobytes, ZooKeeper's handle a few pointers.
+    Etcd(Box<etcd_client::Client>),
     ZooKeeper(zookeeper::ZooKeeper),
 }
 
@@ -64,7 +65,9 @@ impl Coordinator {
     /// `zookeeper::ZooKeeper::connect`).
     pub async fn connect(access: &CoordinatorAccess, lease_ttl: Duration) -> Result<Coordinator, ConnectError> {
         match access {
-            CoordinatorAccess::Etcd(access) => etcd::connect(access, lease_ttl).await.map(Coordinator::Etcd),
+            CoordinatorAccess::Etcd(access) => {
+                etcd::connect(access, lease_ttl).await.map(|client| Coordinator::Etcd(Box::new(client)))
+            }
             CoordinatorAccess::ZooKeeper(access) => {
                 zookeeper::ZooKeeper::connect(access, lease_ttl).await.map(Coordinator::ZooKeeper)
             }
@@ -81,7 +84,7 @@ impl Coordinator {
         shutdown: CancellationToken,
     ) {
         match self {
-            Coordinator::Etcd(client) => etcd::register(client, keys, lease_ttl, member, shutdown).await,
+            Coordinator::Etcd(client) => etcd::register(*client, keys, lease_ttl, member, shutdown).await,
             Coordinator::ZooKeeper(zookeeper) => zookeeper.register(keys, member, shutdown).await,
         }
     }
@@ -89,7 +92,7 @@ impl Coordinator {
     /// Every live replica, in node order.
     pub async fn list_members(&self, keys: &Keys) -> anyhow::Result<Vec<Member>> {
         match self {
-            Coordinator::Etcd(client) => etcd::list_members(&mut client.clone(), keys).await,
+            Coordinator::Etcd(client) => etcd::list_members(&mut (**client).clone(), keys).await,
             Coordinator::ZooKeeper(zookeeper) => zookeeper.list_members(keys).await,
         }
     }
@@ -97,7 +100,7 @@ impl Coordinator {
     /// The current leader's node id and term, as the coordinator sees it.
     pub async fn current_leader(&self, keys: &Keys) -> anyhow::Result<Option<(String, i64)>> {
         match self {
-            Coordinator::Etcd(client) => etcd::current_leader(&mut client.clone(), keys).await,
+            Coordinator::Etcd(client) => etcd::current_leader(&mut (**client).clone(), keys).await,
             Coordinator::ZooKeeper(zookeeper) => zookeeper.current_leader(keys).await,
         }
     }
@@ -169,7 +172,7 @@ pub struct ElectionConfig {
 
 /// The backend a campaign runs on.
 enum Campaign {
-    Etcd(etcd::Campaign),
+    Etcd(Box<etcd::Campaign>),
     ZooKeeper(zookeeper::Campaign),
 }
 
@@ -185,7 +188,7 @@ impl Election {
     pub fn new(coordinator: Coordinator, config: ElectionConfig, leadership: watch::Sender<Leadership>) -> Election {
         let lease_ttl = config.lease_ttl;
         let campaign = match coordinator {
-            Coordinator::Etcd(client) => Campaign::Etcd(etcd::Campaign::new(client, config)),
+            Coordinator::Etcd(client) => Campaign::Etcd(Box::new(etcd::Campaign::new(*client, config))),
             Coordinator::ZooKeeper(zookeeper) => Campaign::ZooKeeper(zookeeper.campaign(config)),
         };
         Election { campaign, lease_ttl, leadership, clock: None }

@@ -20,7 +20,7 @@ const LEASE_TTL: Duration = Duration::from_secs(5);
 enum Backend {
     Etcd {
         _etcd: Etcd,
-        client: etcd_client::Client,
+        coordinator: Coordinator,
     },
     /// One ZooKeeper server; every candidate opens its own sessions on it.
     ZooKeeper {
@@ -53,11 +53,9 @@ impl Candidate {
 impl Backend {
     async fn etcd() -> Backend {
         let etcd = Etcd::start().await;
-        let client =
-            tenure::election::connect(&tenure::election::EtcdAccess::plain(vec![etcd.client_url()]), LEASE_TTL)
-                .await
-                .unwrap();
-        Backend::Etcd { _etcd: etcd, client }
+        let access = CoordinatorAccess::Etcd(tenure::election::EtcdAccess::plain(vec![etcd.client_url()]));
+        let coordinator = Coordinator::connect(&access, LEASE_TTL).await.unwrap();
+        Backend::Etcd { _etcd: etcd, coordinator }
     }
 
     async fn zookeeper() -> Backend {
@@ -75,12 +73,7 @@ impl Backend {
         let (tx, rx) = watch::channel(Leadership::Follower { leader: None });
         let shutdown = CancellationToken::new();
         let task = match self {
-            Backend::Etcd { client, .. } => {
-                let config =
-                    ElectionConfig { keys: Keys::new("contract"), node_id: node.to_owned(), lease_ttl: LEASE_TTL };
-                tokio::spawn(Election::new(Coordinator::Etcd(client.clone()), config, tx).run(shutdown.clone()))
-            }
-            Backend::ZooKeeper { coordinator, .. } => {
+            Backend::Etcd { coordinator, .. } | Backend::ZooKeeper { coordinator, .. } => {
                 let config =
                     ElectionConfig { keys: Keys::new("contract"), node_id: node.to_owned(), lease_ttl: LEASE_TTL };
                 tokio::spawn(Election::new(coordinator.clone(), config, tx).run(shutdown.clone()))
