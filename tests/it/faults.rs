@@ -30,7 +30,7 @@ fn with_proxies(env: &[(&str, &str)]) -> Options {
 }
 
 /// The sum of a Prometheus counter's series on one replica (0 when absent or unreachable).
-async fn counter(cluster: &Cluster, index: usize, name_and_labels: &str) -> f64 {
+pub async fn counter(cluster: &Cluster, index: usize, name_and_labels: &str) -> f64 {
     let url = format!("{}/metrics", cluster.url(index));
     let Ok(response) = reqwest::get(url).await else { return 0.0 };
     let text = response.text().await.unwrap_or_default();

@@ -10,7 +10,7 @@ use chrono::Utc;
 use nix::sys::signal::Signal;
 
 use crate::cluster::{Cluster, CoordinatorKind, Options, TICK, ZOOKEEPER_TTL};
-use crate::faults::{finish, handover_after, window};
+use crate::faults::{counter, finish, handover_after, window};
 use crate::harness::wait_for;
 use crate::proxy::Fault;
 
@@ -93,6 +93,41 @@ async fn zookeeper_a_leader_whose_link_is_blackholed_stops_before_its_session_ex
     let late = executed_after(&cluster, &node, term, cut + chrono::Duration::from_std(ZOOKEEPER_TTL).unwrap());
     assert!(late.is_empty(), "the cut-off leader executed after its session could expire: {late:?}");
     cluster.let_it_tick(2).await;
+    cluster.event("heal");
+    cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Pass);
+    let report = finish(&mut cluster, &["tick"], &[]).await;
+    cluster.verdict(&report).await;
+}
+
+/// The stale leader believes it leads: it is cut from ZooKeeper and its self-fencing is off, so
+/// only the fence (its term, the czxid of its znode, below the new leader's) stands between it and
+/// a double run.
+#[tokio::test]
+async fn zookeeper_with_self_fencing_off_a_cut_leader_is_refused_by_the_database() {
+    let options =
+        Options { proxies: true, env: vec![("TENURE_TEST_NO_SELF_FENCE".into(), "1".into())], ..on_zookeeper(1) };
+    let mut cluster = Cluster::start_with(3, TICK, options).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    cluster.let_it_tick(2).await;
+    cluster.event(format!("blackhole {} <-> ZooKeeper", cluster.replicas[leader].node));
+    let cut = Utc::now();
+    let fault_at = Instant::now();
+    cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Blackhole);
+    let handover = handover_after(&cluster, fault_at, term, ZOOKEEPER_TTL * 4 + Duration::from_secs(5)).await;
+    eprintln!(
+        "ZooKeeper cut, self-fencing off: new leader after {:?}, first run after {:?}",
+        handover.to_leader, handover.to_first_run
+    );
+    // Both believe they lead for a while; the old one keeps trying.
+    cluster.let_it_tick(4).await;
+    let rejected = counter(&cluster, leader, "tenure_claims_rejected_total{reason=\"fenced\"}").await;
+    assert!(rejected > 0.0, "the stale leader never tried, so this proved nothing\n{}", cluster.logs());
+    let stale: Vec<_> = cluster
+        .witness()
+        .into_iter()
+        .filter(|w| w.term == term && w.slot > cut + chrono::Duration::seconds(1))
+        .collect();
+    assert!(stale.is_empty(), "the stale leader executed: {stale:?}");
     cluster.event("heal");
     cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Pass);
     let report = finish(&mut cluster, &["tick"], &[]).await;
