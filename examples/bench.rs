@@ -89,7 +89,10 @@ fn machine() {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("machine: {cores} cores ({cpu}), {:.1} GiB memory, Linux {}", memory as f64 / 1_048_576.0, kernel.trim());
-    println!("servers: etcd (single member, election timeout 100 ms), PostgreSQL 15 with fsync on");
+    println!(
+        "servers: etcd (single member, election timeout 100 ms; failover-zk: ZooKeeper, one server, tick 500 ms), \
+         PostgreSQL 15 with fsync on"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
