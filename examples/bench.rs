@@ -2,8 +2,9 @@
 //! dashboard on a large ledger, against a real etcd and a PostgreSQL with fsync on. Prints one
 //! table per scenario and the machine it ran on. No assertions: figures and the targets beside
 //! them. Run `scripts/bench [failover|pgcut|precision|processes|scale|fencing|dashboard ...]`; `scripts/bench
-//! readers` (firing while 50 dashboard and API clients read a large ledger, about 3 minutes) runs
-//! only when named.
+//! readers` (firing while 50 dashboard and API clients read a large ledger, about 3 minutes) and
+//! `scripts/bench failover-zk` (the failover with ZooKeeper as the coordinator, about 4 minutes)
+//! run only when named.
 
 #[path = "../tests/it/harness.rs"]
 #[allow(dead_code)]
@@ -59,7 +60,10 @@ async fn main() -> anyhow::Result<()> {
     if wants("dashboard") {
         dashboard().await?;
     }
-    // Not in the default run: it would take the whole bench past 15 minutes.
+    // Not in the default run: they would take the whole bench past 15 minutes.
+    if chosen.iter().any(|c| c == "failover-zk") {
+        failover_zookeeper().await?;
+    }
     if chosen.iter().any(|c| c == "readers") {
         readers().await?;
     }
@@ -85,7 +89,10 @@ fn machine() {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("machine: {cores} cores ({cpu}), {:.1} GiB memory, Linux {}", memory as f64 / 1_048_576.0, kernel.trim());
-    println!("servers: etcd (single member, election timeout 100 ms), PostgreSQL 15 with fsync on");
+    println!(
+        "servers: etcd (single member, election timeout 100 ms; failover-zk: ZooKeeper, one server, tick 500 ms), \
+         PostgreSQL 15 with fsync on"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -148,7 +155,8 @@ struct Replica {
 struct Replicas {
     binary: PathBuf,
     jobs: PathBuf,
-    etcd: String,
+    /// The coordinator's flag and address: `--etcd <url>` or `--zookeeper <servers>`.
+    coordinator: (&'static str, String),
     /// One URL for every replica, or one each (through a fault proxy each).
     databases: Vec<String>,
     ttl: Duration,
@@ -169,10 +177,33 @@ impl Replicas {
         Replicas::start_with_databases(count, jobs, etcd, vec![database.to_owned()], ttl, logs)
     }
 
+    /// Replicas electing their leader in ZooKeeper (`servers`: its connect string).
+    fn start_on_zookeeper(
+        count: usize,
+        jobs: &Path,
+        servers: &str,
+        database: &str,
+        ttl: Duration,
+        logs: &Path,
+    ) -> anyhow::Result<Replicas> {
+        Replicas::start_on(count, jobs, ("--zookeeper", servers.to_owned()), vec![database.to_owned()], ttl, logs)
+    }
+
     fn start_with_databases(
         count: usize,
         jobs: &Path,
         etcd: &str,
+        databases: Vec<String>,
+        ttl: Duration,
+        logs: &Path,
+    ) -> anyhow::Result<Replicas> {
+        Replicas::start_on(count, jobs, ("--etcd", etcd.to_owned()), databases, ttl, logs)
+    }
+
+    fn start_on(
+        count: usize,
+        jobs: &Path,
+        coordinator: (&'static str, String),
         databases: Vec<String>,
         ttl: Duration,
         logs: &Path,
@@ -184,7 +215,7 @@ impl Replicas {
             election: format!("bench-{}", ELECTIONS.fetch_add(1, Ordering::Relaxed)),
             binary: tenure_binary()?,
             jobs: jobs.to_owned(),
-            etcd: etcd.to_owned(),
+            coordinator,
             databases,
             ttl,
             logs: logs.to_owned(),
@@ -208,7 +239,7 @@ impl Replicas {
         let child = Command::new(&self.binary)
             .args(["run", "--jobs"])
             .arg(&self.jobs)
-            .args(["--etcd", &self.etcd, "--database-url", &database, "--node-id", &replica.node])
+            .args([self.coordinator.0, &self.coordinator.1, "--database-url", &database, "--node-id", &replica.node])
             .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
             .args(["--lease-ttl", &format!("{}s", self.ttl.as_secs())])
             .args(["--election", &self.election])
@@ -302,7 +333,10 @@ async fn failover() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let jobs = dir.path().join("jobs.yaml");
     std::fs::write(&jobs, "jobs:\n  - name: tick\n    schedule: \"* * * * * *\"\n    shell: \"true\"\n")?;
-    let trials = |ttl: u64, signal| failover_trials(&etcd, &pg, &jobs, Duration::from_secs(ttl), signal);
+    let trials = |ttl: u64, signal| {
+        let coordinator = Coordinator::Etcd(&etcd);
+        failover_trials(coordinator, &pg, &jobs, Duration::from_secs(ttl), signal, 20)
+    };
     // The SIGKILL trials wait out leases, not the CPU: both TTLs run side by side (separate
     // elections and databases). The millisecond SIGTERM trials run alone.
     let (kill_2, kill_10) = tokio::join!(trials(2, Signal::SIGKILL), trials(10, Signal::SIGKILL));
@@ -325,20 +359,73 @@ async fn failover() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 20 trials of `signal` to the leader: milliseconds from the signal to the new term in the
-/// fence, and to its first claim.
+/// The same failover with ZooKeeper (one server, tick 500 ms, so sessions of 1-10 s) as the
+/// coordinator: the session timeout is the TTL.
+async fn failover_zookeeper() -> anyhow::Result<()> {
+    header("1b. Failover on ZooKeeper: 3 replicas, a per-second job, 10 trials each (signal at a random phase)");
+    let zookeeper = harness::ZooKeeper::start().await;
+    let pg = harness::Postgres::start_durable().await;
+    let dir = tempfile::tempdir()?;
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(&jobs, "jobs:\n  - name: tick\n    schedule: \"* * * * * *\"\n    shell: \"true\"\n")?;
+    let trials = |ttl: u64, signal| {
+        let coordinator = Coordinator::ZooKeeper(&zookeeper);
+        failover_trials(coordinator, &pg, &jobs, Duration::from_secs(ttl), signal, 10)
+    };
+    let (kill_2, kill_10) = tokio::join!(trials(2, Signal::SIGKILL), trials(10, Signal::SIGKILL));
+    let term_2 = trials(2, Signal::SIGTERM).await;
+    let term_10 = trials(10, Signal::SIGTERM).await;
+    for (ttl, signal, result) in [
+        (2, Signal::SIGKILL, kill_2),
+        (2, Signal::SIGTERM, term_2),
+        (10, Signal::SIGKILL, kill_10),
+        (10, Signal::SIGTERM, term_10),
+    ] {
+        let (mut to_fence, mut to_claim) = result?;
+        let target = match signal {
+            // ZooKeeper expires sessions in buckets of a tick, rounded up: allow one more.
+            Signal::SIGKILL => format!("p99 <= TTL + tick + 500 = {} ms", ttl * 1000 + 1000),
+            _ => "p99 <= 100 ms".to_owned(),
+        };
+        row(&format!("TTL {ttl}s {signal:?}: signal -> new term in the fence"), &mut to_fence, &target);
+        row(&format!("TTL {ttl}s {signal:?}: signal -> first claim of the new term"), &mut to_claim, "");
+    }
+    Ok(())
+}
+
+/// Where failover trials elect their leader.
+#[derive(Clone, Copy)]
+enum Coordinator<'a> {
+    Etcd(&'a harness::Etcd),
+    ZooKeeper(&'a harness::ZooKeeper),
+}
+
+/// `trials` trials of `signal` to the leader: milliseconds from the signal to the new term in
+/// the fence, and to its first claim.
 async fn failover_trials(
-    etcd: &harness::Etcd,
+    coordinator: Coordinator<'_>,
     pg: &harness::Postgres,
     jobs: &Path,
     ttl: Duration,
     signal: Signal,
+    trials: usize,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let dir = tempfile::tempdir()?;
-    let (url, pool) = database(pg, &format!("failover_{}_{:?}", ttl.as_secs(), signal).to_lowercase()).await?;
-    let mut replicas = Replicas::start(3, jobs, &etcd.client_url(), &url, ttl, dir.path())?;
+    let (pool, mut replicas) = match coordinator {
+        Coordinator::Etcd(etcd) => {
+            let name = format!("failover_{}_{:?}", ttl.as_secs(), signal).to_lowercase();
+            let (url, pool) = database(pg, &name).await?;
+            (pool, Replicas::start(3, jobs, &etcd.client_url(), &url, ttl, dir.path())?)
+        }
+        Coordinator::ZooKeeper(zookeeper) => {
+            let name = format!("failover_zk_{}_{:?}", ttl.as_secs(), signal).to_lowercase();
+            let (url, pool) = database(pg, &name).await?;
+            let servers = zookeeper.connect_string();
+            (pool, Replicas::start_on_zookeeper(3, jobs, &servers, &url, ttl, dir.path())?)
+        }
+    };
     let (mut to_fence, mut to_claim) = (Vec::new(), Vec::new());
-    for _ in 0..20 {
+    for _ in 0..trials {
         let (leader, term) = replicas.wait_leader(&pool).await;
         tokio::time::sleep(Duration::from_millis(500 + jitter(1000))).await;
         let signalled = Utc::now();
@@ -850,7 +937,7 @@ async fn dashboard() -> anyhow::Result<()> {
         node_id: "bench".into(),
         store: tenure::store::Reads::new(pool.clone()),
         leadership: tokio::sync::watch::channel(tenure::leadership::Leadership::Follower { leader: None }).1,
-        etcd: None,
+        coordinator: None,
         jobs: tokio::sync::watch::channel(Arc::new(jobs)).1,
         cluster: tokio::sync::watch::channel(tenure::model::ClusterSnapshot {
             leader: Some(("n".into(), 7)),

@@ -1,5 +1,6 @@
 //! Wires one replica together for `tenure run`: the job file and its reloads, the ledger, the
-//! election, the registry, the scheduler and the HTTP server, all under one shutdown token.
+//! election and the registry (on etcd or ZooKeeper), the scheduler and the HTTP server, all under
+//! one shutdown token.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::{self, ClockCheck};
 use crate::config::{self, JobSet};
 use crate::deadman::DeadManSettings;
-use crate::election::{self, Election, ElectionConfig, EtcdAccess, Keys};
+use crate::election::{ConnectError, Coordinator, CoordinatorAccess, CoordinatorProbe, Election, ElectionConfig, Keys};
 use crate::http::{self, AppState, Auth};
 use crate::leadership::Leadership;
 use crate::local::{LedgerLock, LocalElection};
@@ -37,7 +38,8 @@ const DEV_SILENCE_LIMIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct RunSettings {
     pub jobs_path: PathBuf,
-    pub etcd: EtcdAccess,
+    /// etcd or ZooKeeper, and how to reach it.
+    pub coordinator: CoordinatorAccess,
     pub database_url: Secret,
     pub node_id: String,
     pub lease_ttl: Duration,
@@ -60,7 +62,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
     let store = Store::new(pool);
     let reads = Reads::new(store::connect_reads(settings.database_url.expose()).await?);
 
-    let etcd = connect_etcd_with_retry(&settings.etcd, settings.lease_ttl, &shutdown).await?;
+    let coordinator = connect_coordinator_with_retry(&settings.coordinator, settings.lease_ttl, &shutdown).await?;
     let keys = Keys::new(&settings.election);
     let replica = Replica::new(&settings.node_id, address, jobs);
     let (members_tx, members_rx) = watch::channel(Vec::new());
@@ -71,15 +73,14 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
     // The registry outlives the scheduler's drain, so runs finishing after hand-over still belong
     // to a registered node and are not reaped as lost.
     let registry_shutdown = CancellationToken::new();
-    tasks.spawn(election::register(
-        etcd.clone(),
+    tasks.spawn(coordinator.clone().register(
         keys.clone(),
         settings.lease_ttl,
         replica.member_tx.subscribe(),
         registry_shutdown.clone(),
     ));
     tasks.spawn(watch_members(
-        etcd.clone(),
+        coordinator.clone(),
         keys.clone(),
         settings.lease_ttl,
         members_tx,
@@ -95,7 +96,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
     ));
     tasks.spawn(
         Election::new(
-            etcd.clone(),
+            coordinator.clone(),
             ElectionConfig { keys, node_id: settings.node_id.clone(), lease_ttl: settings.lease_ttl },
             leadership_tx,
         )
@@ -109,7 +110,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         members: members_rx,
         cluster: cluster_rx,
         clock: clock_rx,
-        etcd: Some(election::EtcdProbe::new(etcd)),
+        coordinator: Some(CoordinatorProbe::new(coordinator)),
         // A replica silent for a lease TTL since its last heartbeat has lost its lease (its
         // deadline is at most a TTL after its last keep-alive): it would stop its runs on waking.
         supervision: Supervision::new(settings.lease_ttl + supervisor::HEARTBEAT),
@@ -194,7 +195,7 @@ pub async fn dev(
         members: members_rx,
         cluster: cluster_rx,
         clock: clock_rx,
-        etcd: None,
+        coordinator: None,
         supervision: Supervision::new(DEV_SILENCE_LIMIT),
         tasks,
         registry_shutdown,
@@ -244,7 +245,8 @@ struct Wiring {
     members: watch::Receiver<Vec<Member>>,
     cluster: watch::Receiver<ClusterSnapshot>,
     clock: watch::Receiver<ClockCheck>,
-    etcd: Option<election::EtcdProbe>,
+    /// What readiness asks of the coordinator (`tenure dev` has none).
+    coordinator: Option<CoordinatorProbe>,
     supervision: Supervision,
     tasks: TaskTracker,
     /// Stops the registration after the scheduler has drained.
@@ -293,8 +295,18 @@ impl Replica {
         if let Some(dead_man) = &dead_man {
             tracing::info!(host = dead_man.host(), interval = ?dead_man.interval, "dead-man ping while leading");
         }
-        let Wiring { store, reads, leadership, members, cluster, clock, etcd, supervision, tasks, registry_shutdown } =
-            wiring;
+        let Wiring {
+            store,
+            reads,
+            leadership,
+            members,
+            cluster,
+            clock,
+            coordinator,
+            supervision,
+            tasks,
+            registry_shutdown,
+        } = wiring;
         let (jobs_tx, jobs_rx) = watch::channel(self.jobs);
         tasks.spawn(prune_ledger(store.clone(), retain, jobs_rx.clone(), leadership.clone(), shutdown.clone()));
         tasks.spawn(watch_job_file(jobs_path.to_owned(), retain, jobs_tx, self.member_tx, shutdown.clone()));
@@ -302,7 +314,7 @@ impl Replica {
             node_id: self.node_id.clone(),
             store: reads.clone(),
             leadership: leadership.clone(),
-            etcd,
+            coordinator,
             jobs: jobs_rx.clone(),
             cluster,
             auth,
@@ -362,32 +374,33 @@ async fn migrate_with_retry(
     }
 }
 
-/// Connect to etcd, waiting while it is unreachable; a refusal (certificate, CA, password) stops
-/// the replica with one line naming the endpoints and what failed.
-async fn connect_etcd_with_retry(
-    access: &EtcdAccess,
+/// Connect to etcd or ZooKeeper, waiting while it is unreachable; a refusal (certificate, CA,
+/// password, a malformed address) stops the replica with one line naming the endpoints and what
+/// failed.
+async fn connect_coordinator_with_retry(
+    access: &CoordinatorAccess,
     lease_ttl: Duration,
     shutdown: &CancellationToken,
-) -> anyhow::Result<etcd_client::Client> {
+) -> anyhow::Result<Coordinator> {
     // A plaintext client to a TLS-only etcd sees its connections accepted, then closed.
     const CLOSED_TRIES: u32 = 3;
     let mut closed = 0;
     loop {
-        match election::connect(access, lease_ttl).await {
-            Ok(client) => return Ok(client),
-            Err(refused @ election::ConnectError::Refused { .. }) => return Err(refused.into()),
-            Err(error @ election::ConnectError::Closed { .. }) if closed + 1 >= CLOSED_TRIES => {
+        match Coordinator::connect(access, lease_ttl).await {
+            Ok(coordinator) => return Ok(coordinator),
+            Err(refused @ ConnectError::Refused { .. }) => return Err(refused.into()),
+            Err(error @ ConnectError::Closed { .. }) if closed + 1 >= CLOSED_TRIES => {
                 return Err(error.into());
             }
             Err(unreachable) => {
-                if matches!(unreachable, election::ConnectError::Closed { .. }) {
+                if matches!(unreachable, ConnectError::Closed { .. }) {
                     closed += 1;
                 } else {
                     closed = 0;
                 }
-                tracing::warn!(error = %unreachable, "etcd not ready; retrying");
+                tracing::warn!(error = %unreachable, "coordinator not ready; retrying");
                 tokio::select! {
-                    () = shutdown.cancelled() => anyhow::bail!("shut down before etcd was ready"),
+                    () = shutdown.cancelled() => anyhow::bail!("shut down before the coordinator was ready"),
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
@@ -455,7 +468,7 @@ fn retention(jobs: &JobSet, retain: Duration, now: chrono::DateTime<Utc>) -> Ret
 /// Keep the list of live replicas fresh for the scheduler (reaping), and the cluster snapshot
 /// (leader, roster) for the dashboard.
 async fn watch_members(
-    mut etcd: etcd_client::Client,
+    coordinator: Coordinator,
     keys: Keys,
     lease_ttl: Duration,
     members: watch::Sender<Vec<Member>>,
@@ -465,7 +478,7 @@ async fn watch_members(
     let every = (lease_ttl / 2).max(Duration::from_millis(500));
     let mut leaderless_since: Option<std::time::Instant> = None;
     loop {
-        match election::list_members(&mut etcd, &keys).await {
+        match coordinator.list_members(&keys).await {
             Ok(list) => {
                 cluster.send_modify(|snapshot| snapshot.observe(&list, Utc::now()));
                 members.send_if_modified(|current| {
@@ -477,8 +490,9 @@ async fn watch_members(
             // Keep the last list: an empty one would make every run look abandoned.
             Err(error) => tracing::debug!(error = format!("{error:#}"), "could not list members"),
         }
-        // How long the cluster has been without a leader, as etcd sees it (0 while one leads).
-        match election::current_leader(&mut etcd, &keys).await {
+        // How long the cluster has been without a leader, as the coordinator sees it (0 while
+        // one leads).
+        match coordinator.current_leader(&keys).await {
             Ok(leader) => {
                 if leader.is_some() {
                     leaderless_since = None;

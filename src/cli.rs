@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::{DevSettings, RunSettings};
 use crate::config;
 use crate::deadman::{DeadManSettings, PingMethod};
-use crate::election::EtcdAccess;
+use crate::election::{CoordinatorAccess, EtcdAccess, ZooKeeperAccess};
 use crate::http::{Auth, ReadAccess};
 use crate::schedule::{self, Schedule};
 use crate::secret::Secret;
@@ -42,7 +42,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print the next fire times of an expression or of a job in a job file.
     Next(NextArgs),
-    /// Run one replica of a cluster (etcd for leadership, PostgreSQL for the run ledger).
+    /// Run one replica of a cluster (etcd or ZooKeeper for leadership, PostgreSQL for the run
+    /// ledger).
     Run(Box<RunArgs>),
     /// Try tenure on this machine alone: one replica, an embedded SQLite ledger, the dashboard.
     Dev(DevArgs),
@@ -102,9 +103,13 @@ pub struct RunArgs {
     /// The job file; reloaded when it changes and on SIGHUP.
     #[arg(long, env = "TENURE_JOBS")]
     pub jobs: PathBuf,
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "TENURE_ETCD", value_delimiter = ',', required = true)]
+    /// etcd endpoints, comma-separated (or --zookeeper).
+    #[arg(long, env = "TENURE_ETCD", value_delimiter = ',', required_unless_present = "zookeeper")]
     pub etcd: Vec<String>,
+    /// ZooKeeper servers, comma-separated `host:port` (a chroot path may end the list), instead
+    /// of etcd; the session timeout is the lease TTL.
+    #[arg(long, env = "TENURE_ZOOKEEPER", value_delimiter = ',', conflicts_with = "etcd")]
+    pub zookeeper: Vec<String>,
     /// PostgreSQL URL of the run ledger; TLS as libpq reads it (`sslmode=verify-full`,
     /// `sslrootcert`, `sslcert`, `sslkey`).
     #[arg(long, env = "TENURE_DATABASE_URL", hide_env_values = true, required_unless_present = "database_url_file")]
@@ -120,10 +125,11 @@ pub struct RunArgs {
     /// Address of the health, metrics and dashboard server.
     #[arg(long, env = "TENURE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Lease TTL: a crashed leader is replaced within about this long.
+    /// Lease TTL (etcd) or session timeout (ZooKeeper): a crashed leader is replaced within
+    /// about this long.
     #[arg(long, env = "TENURE_LEASE_TTL", value_parser = humantime::parse_duration, default_value = "10s")]
     pub lease_ttl: Duration,
-    /// Election name; replicas with the same etcd, database and election form one cluster.
+    /// Election name; replicas with the same coordinator, database and election form one cluster.
     #[arg(long, env = "TENURE_ELECTION", default_value = "default")]
     pub election: String,
     /// On SIGTERM, how long in-flight runs may finish before they are killed.
@@ -245,6 +251,11 @@ pub struct EtcdArgs {
 }
 
 impl EtcdArgs {
+    /// Whether any of these was given (they mean nothing without etcd).
+    fn is_given(&self) -> bool {
+        self.etcd_ca.is_some() || self.etcd_cert.is_some() || self.etcd_user.is_some()
+    }
+
     fn access(&self, endpoints: &[String]) -> anyhow::Result<EtcdAccess> {
         let password = Secret::inline_or_file(self.etcd_password.as_ref(), self.etcd_password_file.as_deref())?;
         let user = match (&self.etcd_user, password) {
@@ -286,6 +297,16 @@ impl WebArgs {
 }
 
 impl RunArgs {
+    fn coordinator(&self) -> anyhow::Result<CoordinatorAccess> {
+        if self.zookeeper.is_empty() {
+            return Ok(CoordinatorAccess::Etcd(self.etcd_access.access(&self.etcd)?));
+        }
+        if self.etcd_access.is_given() {
+            anyhow::bail!("--etcd-ca, --etcd-cert, --etcd-key and --etcd-user are for etcd, not --zookeeper");
+        }
+        Ok(CoordinatorAccess::ZooKeeper(ZooKeeperAccess::new(&self.zookeeper)?))
+    }
+
     pub fn settings(&self) -> anyhow::Result<RunSettings> {
         if self.lease_ttl < Duration::from_secs(1) {
             anyhow::bail!("--lease-ttl must be at least 1s (etcd counts leases in whole seconds)");
@@ -299,7 +320,7 @@ impl RunArgs {
         };
         Ok(RunSettings {
             jobs_path: self.jobs.clone(),
-            etcd: self.etcd_access.access(&self.etcd)?,
+            coordinator: self.coordinator()?,
             database_url: Secret::inline_or_file(self.database_url.as_ref(), self.database_url_file.as_deref())?
                 .context("give --database-url or --database-url-file")?,
             node_id,

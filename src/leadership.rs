@@ -1,11 +1,11 @@
 //! What a replica knows about its own leadership: the `Term` (fencing token) it holds and the
-//! local deadline of its lease. `election` (etcd) publishes a `Leadership` through a
+//! local deadline of its lease. `election` (etcd or ZooKeeper) publishes a `Leadership` through a
 //! `watch` channel; `scheduler` reads it. This module does no IO.
 //!
-//! Invariant: only the leadership backends mint a `Term`: `election` (a won etcd election) and
-//! `local` (`tenure dev`, above the ledger's fence, under its lock). So a claim in the ledger
-//! (which needs one) is always backed by a leadership that was won. `Term::for_tests` exists
-//! only in test builds.
+//! Invariant: only the leadership backends mint a `Term`: `election` (a won etcd or ZooKeeper
+//! election) and `local` (`tenure dev`, above the ledger's fence, under its lock). So a claim in
+//! the ledger (which needs one) is always backed by a leadership that was won. `Term::for_tests`
+//! exists only in test builds.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,8 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-/// A fencing token: the etcd revision at which this leader's key was created, plus the id of the
-/// etcd cluster that issued it (revisions restart when etcd is rebuilt from scratch).
+/// A fencing token: the etcd revision at which this leader's key was created (on ZooKeeper, the
+/// zxid at which its znode was created), plus the id of the etcd cluster or ZooKeeper ensemble
+/// that issued it (both numberings restart when the coordinator is rebuilt from scratch).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Term {
     revision: i64,

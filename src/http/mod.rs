@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JobSet;
-use crate::election::EtcdProbe;
+use crate::election::CoordinatorProbe;
 use crate::leadership::Leadership;
 use crate::model::ClusterSnapshot;
 use crate::store::Reads;
@@ -38,7 +38,7 @@ pub struct AppState {
     pub store: Reads,
     pub leadership: watch::Receiver<Leadership>,
     /// For readiness; `None` where leadership is in-process (`tenure dev`).
-    pub etcd: Option<EtcdProbe>,
+    pub coordinator: Option<CoordinatorProbe>,
     pub jobs: watch::Receiver<Arc<JobSet>>,
     pub cluster: watch::Receiver<ClusterSnapshot>,
     pub auth: Auth,
@@ -126,7 +126,8 @@ struct Readiness {
     role: &'static str,
     term: Option<i64>,
     database: bool,
-    etcd: bool,
+    /// etcd or ZooKeeper answers (always true for `tenure dev`, which has none).
+    coordinator: bool,
 }
 
 /// How long readiness waits for each dependency: a probe must answer promptly even when one is
@@ -136,22 +137,22 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(400)
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let database =
         async { tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await.is_ok_and(|ping| ping.is_ok()) };
-    let etcd = async {
-        match &state.etcd {
+    let coordinator = async {
+        match &state.coordinator {
             Some(probe) => probe.answers(READY_TIMEOUT).await,
             None => true,
         }
     };
-    let (database, etcd) = tokio::join!(database, etcd);
+    let (database, coordinator) = tokio::join!(database, coordinator);
     let leadership = state.leadership.borrow().clone();
     let body = Readiness {
         node: state.node_id.clone(),
         role: if leadership.is_leader() { "leader" } else { "follower" },
         term: leadership.term().map(|term| term.revision()),
         database,
-        etcd,
+        coordinator,
     };
-    let code = if database && etcd { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if database && coordinator { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body))
 }
 

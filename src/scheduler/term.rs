@@ -219,8 +219,9 @@ impl Scheduler {
                             fence,
                             fence_cluster,
                             cluster = term.cluster_id(),
-                            "the ledger's fence comes from another etcd cluster with a higher term: \
-                             etcd was probably rebuilt; refusing to fire until an operator resets the fence"
+                            "the ledger's fence comes from another coordinator (etcd cluster or ZooKeeper \
+                             ensemble) with a higher term: it was probably rebuilt or replaced; refusing to \
+                             fire until an operator resets the fence"
                         );
                     } else if fence == term.revision() {
                         tracing::warn!(

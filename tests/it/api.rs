@@ -83,7 +83,7 @@ async fn fixture(reads_need: ReadAccess) -> Fixture {
         node_id: "node-b".to_owned(),
         store: reads,
         leadership: watch::channel(Leadership::Follower { leader: Some("node-a".to_owned()) }).1,
-        etcd: None,
+        coordinator: None,
         jobs: watch::channel(Arc::new(jobs)).1,
         cluster: watch::channel(snapshot).1,
         auth: Auth::new(Some(TOKEN), reads_need),

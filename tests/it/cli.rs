@@ -201,3 +201,59 @@ fn the_supervisor_command_is_hidden_from_help() {
     let (code, _, stderr) = tenure(&["supervise", "--silence-limit", "1s"]);
     assert_eq!(code, 2, "no job to supervise is a usage error: {stderr}");
 }
+
+/// `tenure run` with these arguments, killed if it has not exited within 10 s (a replica that
+/// accepted its flags would wait for its database and coordinator). Exit code (-1 when it had to
+/// be killed) and standard error.
+fn run_briefly(args: &[&str]) -> (i32, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .arg("run")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("TENURE_ETCD")
+        .env_remove("TENURE_ZOOKEEPER")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tenure");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (code, stderr)
+}
+
+/// Issue 20: `--zookeeper` is an alternative to `--etcd`, not an addition, and a malformed server
+/// list or an etcd-only flag beside it stops the replica at once with one line, before it waits
+/// for anything.
+#[test]
+fn issue_20_zookeeper_flags_are_checked_before_anything_starts() {
+    let database = "postgres://tenure@127.0.0.1:9/tenure";
+    let base = ["--jobs", "jobs.example.yaml", "--database-url", database, "--listen", "127.0.0.1:0"];
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--etcd", "http://127.0.0.1:2379", "--zookeeper", "127.0.0.1:2181"], &["--zookeeper", "--etcd"]),
+        (&["--zookeeper", "127.0.0.1:2181", "--etcd-ca", "/nonexistent/ca.crt"], &["--etcd-ca", "--zookeeper"]),
+        (&["--zookeeper", "zk-1:2181,zk-2:abc"], &["--zookeeper", "zk-2:abc", "port"]),
+        (&["--zookeeper", "zk-1:2181,:2181"], &["--zookeeper", ":2181", "host"]),
+        (&["--zookeeper", "tcp+tls://zk-1:2281"], &["--zookeeper", "TLS"]),
+    ];
+    for (flags, words) in cases {
+        let args: Vec<&str> = base.iter().chain(flags.iter()).copied().collect();
+        let (code, stderr) = run_briefly(&args);
+        assert!(code > 0, "{flags:?} was accepted (exit {code}): {stderr}");
+        for word in *words {
+            assert!(stderr.contains(word), "{flags:?}: {word:?} not in the error: {stderr}");
+        }
+    }
+}

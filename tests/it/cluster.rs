@@ -1,5 +1,5 @@
-//! A cluster of real `tenure run` processes on a throwaway etcd and PostgreSQL, with jobs that
-//! append to a witness file, and the signals fault tests send them.
+//! A cluster of real `tenure run` processes on a throwaway etcd (or ZooKeeper) and PostgreSQL,
+//! with jobs that append to a witness file, and the signals fault tests send them.
 
 use std::fs;
 use std::path::PathBuf;
@@ -15,7 +15,9 @@ use tenure::model::RunStatus;
 use tenure::store::{Reads, RunRecord, Store};
 
 use crate::checker::{Report, Witness};
-use crate::harness::{ETCD_PASSWORD, ETCD_USER, Etcd, EtcdCluster, Pki, Postgres, free_port, wait_for, wait_until};
+use crate::harness::{
+    ETCD_PASSWORD, ETCD_USER, Etcd, EtcdCluster, Pki, Postgres, ZooKeeper, free_port, wait_for, wait_until,
+};
 use crate::proxy::Proxy;
 
 /// The admin token every test replica is started with.
@@ -23,6 +25,12 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// The lease TTL cluster tests run with (etcd is started with a low election timeout).
 pub const TTL: Duration = Duration::from_secs(1);
+
+/// The session timeout clusters on ZooKeeper run with. ZooKeeper's leader learns of a session's
+/// requests only through the server it reaches, every half tick, so a replica's local deadline
+/// falls about half a timeout after its last heartbeat (see `election::zookeeper`): 2 s leaves a
+/// loaded two-core machine room for a late heartbeat without ending a term.
+pub const ZOOKEEPER_TTL: Duration = Duration::from_secs(2);
 
 /// The job file most cluster scenarios run: one job firing every second, witnessed.
 pub const TICK: &str = r#"
@@ -47,7 +55,8 @@ pub struct Replica {
     pub port: u16,
     pub log: PathBuf,
     child: Option<Child>,
-    /// This replica's own way to etcd and to PostgreSQL, when the cluster runs with proxies.
+    /// This replica's own way to its coordinator (etcd, or ZooKeeper's single server) and to
+    /// PostgreSQL, when the cluster runs with proxies.
     pub etcd_proxy: Option<Proxy>,
     pub pg_proxy: Option<Proxy>,
 }
@@ -84,6 +93,17 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Run on an etcd cluster of this many members instead of a single one (no etcd proxies).
     pub etcd_members: usize,
+    /// Which coordinator the replicas elect their leader in.
+    pub coordinator: CoordinatorKind,
+}
+
+/// The coordinator of a test cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CoordinatorKind {
+    #[default]
+    Etcd,
+    /// ZooKeeper with this many servers (1: standalone; proxies reach only a standalone one).
+    ZooKeeper { servers: usize },
 }
 
 /// A cluster on TLS-only servers: the throwaway CA and certificates, and how long etcd's
@@ -97,6 +117,8 @@ pub struct Cluster {
     pub etcd: Etcd,
     /// The multi-member etcd the replicas use when `Options::etcd_members` > 1.
     pub etcd_cluster: Option<EtcdCluster>,
+    /// The ZooKeeper the replicas use instead of etcd (`Options::coordinator`).
+    pub zookeeper: Option<ZooKeeper>,
     pub pg: Postgres,
     pub database_url: String,
     pub dir: TempDir,
@@ -168,9 +190,14 @@ impl Cluster {
             0 | 1 => None,
             members => Some(EtcdCluster::start(members).await),
         };
+        let zookeeper = match options.coordinator {
+            CoordinatorKind::Etcd => None,
+            CoordinatorKind::ZooKeeper { servers } => Some(ZooKeeper::start_ensemble(servers).await),
+        };
         let mut cluster = Cluster {
             etcd,
             etcd_cluster,
+            zookeeper,
             pg,
             database_url,
             dir,
@@ -197,7 +224,11 @@ impl Cluster {
         let port = free_port();
         let log = self.dir.path().join(format!("{node}.log"));
         let (etcd_proxy, pg_proxy) = if self.options.proxies {
-            let etcd = Proxy::start(([127, 0, 0, 1], self.etcd.client_port()).into()).await;
+            let coordinator_port = match &self.zookeeper {
+                Some(zookeeper) => zookeeper.client_port(0),
+                None => self.etcd.client_port(),
+            };
+            let etcd = Proxy::start(([127, 0, 0, 1], coordinator_port).into()).await;
             let pg = Proxy::start(([127, 0, 0, 1], self.pg.port()).into()).await;
             (Some(etcd), Some(pg))
         } else {
@@ -221,7 +252,12 @@ impl Cluster {
             None => self.database_url.clone(),
         };
         let mut command = Command::new(env!("CARGO_BIN_EXE_tenure"));
-        command.args(["run", "--jobs"]).arg(&self.jobs_path).args(["--etcd", &etcd_url]);
+        command.args(["run", "--jobs"]).arg(&self.jobs_path);
+        match (&self.zookeeper, &replica.etcd_proxy) {
+            (Some(_), Some(proxy)) => command.args(["--zookeeper", &format!("127.0.0.1:{}", proxy.port())]),
+            (Some(zookeeper), None) => command.args(["--zookeeper", &zookeeper.connect_string()]),
+            (None, _) => command.args(["--etcd", &etcd_url]),
+        };
         match &self.secure {
             None => {
                 command.args(["--database-url", &database_url]).args(["--admin-token", ADMIN_TOKEN]);
@@ -250,7 +286,7 @@ impl Cluster {
             .envs(self.options.env.iter().map(|(k, v)| (k.clone(), v.replace("{node}", &replica.node))))
             .args(["--node-id", &replica.node])
             .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
-            .args(["--lease-ttl", &format!("{}s", TTL.as_secs())])
+            .args(["--lease-ttl", &format!("{}s", self.lease_ttl().as_secs())])
             .args(["--election", &self.election])
             .args(["--shutdown-grace", "5s"])
             .env("RUST_LOG", "info,tenure=debug")
@@ -260,6 +296,11 @@ impl Cluster {
             .spawn()
             .expect("start tenure");
         replica.child = Some(child);
+    }
+
+    /// The replicas' lease TTL (etcd) or session timeout (ZooKeeper).
+    pub fn lease_ttl(&self) -> Duration {
+        if self.zookeeper.is_some() { ZOOKEEPER_TTL } else { TTL }
     }
 
     /// Start a stopped or killed replica again (same node id and port).
@@ -434,6 +475,15 @@ impl Cluster {
         let live: Vec<String> =
             (0..self.replicas.len()).filter(|&i| self.is_up(i)).map(|i| self.replicas[i].node.clone()).collect();
         let keys = Keys::new(&self.election);
+        if let Some(zookeeper) = &self.zookeeper {
+            let clean = wait_until(timeout, || async {
+                let candidates = zookeeper_election_values(zookeeper, &keys).await;
+                candidates.is_some_and(|values| values.iter().all(|value| live.contains(value)))
+            })
+            .await;
+            assert!(clean, "candidate znodes of gone replicas are left over");
+            return (leader, term);
+        }
         let clean = wait_until(timeout, || async {
             let urls = match &self.etcd_cluster {
                 Some(members) => members.client_urls(),
@@ -492,4 +542,19 @@ impl Cluster {
         }
         all
     }
+}
+
+/// The values (node ids) of every candidate znode under the election, or None when ZooKeeper
+/// does not answer.
+async fn zookeeper_election_values(zookeeper: &ZooKeeper, keys: &Keys) -> Option<Vec<String>> {
+    let servers = zookeeper.connect_string();
+    let connect = zookeeper_client::Client::connector().with_session_timeout(Duration::from_secs(2)).connect(&servers);
+    let client = tokio::time::timeout(Duration::from_secs(3), connect).await.ok()?.ok()?;
+    let children = client.list_children(keys.election()).await.ok()?;
+    let mut values = Vec::new();
+    for child in children {
+        let (data, _) = client.get_data(&format!("{}/{child}", keys.election())).await.ok()?;
+        values.push(String::from_utf8_lossy(&data).into_owned());
+    }
+    Some(values)
 }

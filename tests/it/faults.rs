@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tenure::model::RunStatus;
 
 use crate::checker::{Expect, Report, check_excusing};
-use crate::cluster::{Cluster, Options, TICK, TTL};
+use crate::cluster::{Cluster, CoordinatorKind, Options, TICK, TTL};
 use crate::harness::{process_gone, wait_for, wait_until};
 use crate::proxy::Fault;
 
@@ -25,11 +25,12 @@ fn with_proxies(env: &[(&str, &str)]) -> Options {
         proxies: true,
         env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         etcd_members: 1,
+        coordinator: CoordinatorKind::Etcd,
     }
 }
 
 /// The sum of a Prometheus counter's series on one replica (0 when absent or unreachable).
-async fn counter(cluster: &Cluster, index: usize, name_and_labels: &str) -> f64 {
+pub async fn counter(cluster: &Cluster, index: usize, name_and_labels: &str) -> f64 {
     let url = format!("{}/metrics", cluster.url(index));
     let Ok(response) = reqwest::get(url).await else { return 0.0 };
     let text = response.text().await.unwrap_or_default();
@@ -40,14 +41,14 @@ async fn counter(cluster: &Cluster, index: usize, name_and_labels: &str) -> f64 
 }
 
 /// (d) From a fault to the first leader of a newer term, and to its first execution.
-struct Handover {
-    new_leader: usize,
-    new_term: i64,
-    to_leader: Duration,
-    to_first_run: Duration,
+pub struct Handover {
+    pub new_leader: usize,
+    pub new_term: i64,
+    pub to_leader: Duration,
+    pub to_first_run: Duration,
 }
 
-async fn handover_after(cluster: &Cluster, fault_at: Instant, old_term: i64, timeout: Duration) -> Handover {
+pub async fn handover_after(cluster: &Cluster, fault_at: Instant, old_term: i64, timeout: Duration) -> Handover {
     let found = std::cell::Cell::new(None);
     let led = wait_until(timeout, || async {
         found.set(cluster.leaders().await.into_iter().find(|(_, term)| *term > old_term));
@@ -63,7 +64,7 @@ async fn handover_after(cluster: &Cluster, fault_at: Instant, old_term: i64, tim
 
 /// Heal, then check everything the witness and ledger say, excusing missing slots (never a
 /// double run or a stale term) inside `windows`.
-async fn finish(cluster: &mut Cluster, jobs: &[&str], windows: &[(DateTime<Utc>, DateTime<Utc>)]) -> Report {
+pub async fn finish(cluster: &mut Cluster, jobs: &[&str], windows: &[(DateTime<Utc>, DateTime<Utc>)]) -> Report {
     cluster.assert_healed(Duration::from_secs(20)).await;
     cluster.let_it_tick(3).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -76,7 +77,7 @@ async fn finish(cluster: &mut Cluster, jobs: &[&str], windows: &[(DateTime<Utc>,
     check_excusing(&witness, &ledger, &expect, windows)
 }
 
-fn window(from: DateTime<Utc>, until: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+pub fn window(from: DateTime<Utc>, until: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
     (from - chrono::Duration::seconds(1), until + chrono::Duration::seconds(1))
 }
 

@@ -1,5 +1,5 @@
-//! Throwaway etcd and PostgreSQL servers on free loopback ports in temporary directories, with
-//! the faults later tests inject (stop, kill, pause, restart). Every server is killed on drop,
+//! Throwaway etcd, ZooKeeper and PostgreSQL servers on free loopback ports in temporary
+//! directories, with the faults later tests inject (stop, kill, pause, restart). Every server is killed on drop,
 //! also when the test panics.
 
 use std::fs;
@@ -843,5 +843,169 @@ impl Postgres {
             pki.client.cert.display(),
             pki.client.key.display()
         )
+    }
+}
+
+// ---- ZooKeeper: a single server or an ensemble (Debian's `zookeeper` package, run by hand) ----
+
+/// Where Debian's `zookeeper` package puts the server's jar (its dependencies are on the jar's
+/// manifest class path).
+const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
+
+/// ZooKeeper's tick: sessions may last from 2 to 20 ticks, so 500 ms allows 1 s to 10 s.
+pub const ZOOKEEPER_TICK: Duration = Duration::from_millis(500);
+
+struct ZooKeeperServer {
+    client_port: u16,
+    quorum_port: u16,
+    election_port: u16,
+    child: Option<Child>,
+}
+
+/// A throwaway ZooKeeper on loopback: one standalone server (`ZooKeeper::start`) or an ensemble
+/// of several (`ZooKeeper::start_ensemble`), each a `QuorumPeerMain` JVM in its own process group
+/// with its data in a temporary directory. Killed on drop, also when the test panics.
+pub struct ZooKeeper {
+    dir: TempDir,
+    servers: Vec<ZooKeeperServer>,
+}
+
+impl ZooKeeper {
+    /// One standalone server.
+    pub async fn start() -> ZooKeeper {
+        ZooKeeper::start_ensemble(1).await
+    }
+
+    /// `size` servers in one ensemble (1: standalone), ready once one leads and all answer.
+    pub async fn start_ensemble(size: usize) -> ZooKeeper {
+        let dir = tempfile::Builder::new().prefix("tenure-zk").tempdir().expect("temp dir");
+        let servers = (0..size)
+            .map(|_| ZooKeeperServer {
+                client_port: free_port(),
+                quorum_port: free_port(),
+                election_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let mut zookeeper = ZooKeeper { dir, servers };
+        for index in 0..size {
+            zookeeper.spawn(index);
+        }
+        let ready = wait_until(Duration::from_secs(40), || async {
+            let mut modes = Vec::new();
+            for index in 0..zookeeper.servers.len() {
+                modes.push(zookeeper.mode(index).await);
+            }
+            let serving = modes.iter().filter(|mode| mode.is_some()).count() == modes.len();
+            serving && modes.iter().any(|mode| matches!(mode.as_deref(), Some("leader" | "standalone")))
+        })
+        .await;
+        if !ready {
+            let logs: Vec<String> = (0..size).map(|index| tail(&zookeeper.log_path(index))).collect();
+            panic!("ZooKeeper did not start:\n{}", logs.join("\n---\n"));
+        }
+        zookeeper
+    }
+
+    fn log_path(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("zk{index}.log"))
+    }
+
+    fn spawn(&mut self, index: usize) {
+        use std::os::unix::process::CommandExt;
+        let data = self.dir.path().join(format!("zk{index}"));
+        fs::create_dir_all(&data).unwrap();
+        let server = &self.servers[index];
+        let mut config = format!(
+            "tickTime={}\ninitLimit=10\nsyncLimit=4\ndataDir={}\nclientPort={}\nclientPortAddress=127.0.0.1\n\
+             admin.enableServer=false\n4lw.commands.whitelist=*\n",
+            ZOOKEEPER_TICK.as_millis(),
+            data.display(),
+            server.client_port
+        );
+        if self.servers.len() > 1 {
+            fs::write(data.join("myid"), format!("{}\n", index + 1)).unwrap();
+            for (id, peer) in self.servers.iter().enumerate() {
+                config.push_str(&format!("server.{}=127.0.0.1:{}:{}\n", id + 1, peer.quorum_port, peer.election_port));
+            }
+        }
+        let config_path = self.dir.path().join(format!("zoo{index}.cfg"));
+        fs::write(&config_path, config).unwrap();
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path(index)).unwrap();
+        let child = Command::new("java")
+            .args(["-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", ZOOKEEPER_JAR])
+            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+            .arg(&config_path)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start ZooKeeper (is Debian's zookeeper installed? scripts/test installs it)");
+        self.servers[index].child = Some(child);
+    }
+
+    /// The connect string of every server: `127.0.0.1:port,...`.
+    pub fn connect_string(&self) -> String {
+        let servers: Vec<String> =
+            self.servers.iter().map(|server| format!("127.0.0.1:{}", server.client_port)).collect();
+        servers.join(",")
+    }
+
+    pub fn client_port(&self, index: usize) -> u16 {
+        self.servers[index].client_port
+    }
+
+    /// What a server says it is (`srvr`'s `Mode:`: standalone, leader or follower), or None
+    /// when it does not serve.
+    pub async fn mode(&self, index: usize) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.servers[index].child.as_ref()?;
+        let port = self.servers[index].client_port;
+        let attempt = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            stream.write_all(b"srvr").await.ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.ok()?;
+            let mode = answer.lines().find_map(|line| line.strip_prefix("Mode: "))?;
+            Some(mode.trim().to_owned())
+        };
+        tokio::time::timeout(Duration::from_secs(1), attempt).await.ok().flatten()
+    }
+
+    /// The server that leads the ensemble now, by its own word.
+    pub async fn leader(&self) -> Option<usize> {
+        for index in 0..self.servers.len() {
+            if self.mode(index).await.as_deref() == Some("leader") {
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    fn signal_group(&self, index: usize, signal: Signal) {
+        if let Some(child) = &self.servers[index].child {
+            let _ = kill(Pid::from_raw(-(child.id() as i32)), signal);
+        }
+    }
+
+    /// SIGKILL a server's process group and reap it.
+    pub fn kill(&mut self, index: usize) {
+        self.signal_group(index, Signal::SIGKILL);
+        reap(&mut self.servers[index].child);
+    }
+
+    /// Start a killed server again on its data directory and ports.
+    pub fn restart(&mut self, index: usize) {
+        self.kill(index);
+        self.spawn(index);
+    }
+}
+
+impl Drop for ZooKeeper {
+    fn drop(&mut self) {
+        for index in 0..self.servers.len() {
+            self.kill(index);
+        }
     }
 }

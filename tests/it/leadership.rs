@@ -1,16 +1,16 @@
-//! The leadership contract: what `tenure run` (etcd) and `tenure dev` (in-process) both promise.
-//! One suite, two backends: exactly one of several candidates leads, with a term; a resigning
+//! The leadership contract: what `tenure run` (on etcd or on ZooKeeper) and `tenure dev`
+//! (in-process) all promise. One suite, three backends: exactly one of several candidates leads, with a term; a resigning
 //! leader hands over at once to another with a higher term; terms grow with every new leader.
 
 use std::time::Duration;
 
-use tenure::election::{Election, ElectionConfig, Keys};
+use tenure::election::{Coordinator, CoordinatorAccess, Election, ElectionConfig, Keys, ZooKeeperAccess};
 use tenure::leadership::Leadership;
 use tenure::local::LocalElection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Etcd, wait_for};
+use crate::harness::{Etcd, ZooKeeper, wait_for};
 
 /// Long enough that a hand-over which waited for the lease to expire is told apart from a
 /// resignation with room to spare on a loaded machine.
@@ -18,7 +18,15 @@ const LEASE_TTL: Duration = Duration::from_secs(5);
 
 /// Where candidates campaign.
 enum Backend {
-    Etcd { _etcd: Etcd, client: etcd_client::Client },
+    Etcd {
+        _etcd: Etcd,
+        coordinator: Coordinator,
+    },
+    /// One ZooKeeper server; every candidate opens its own sessions on it.
+    ZooKeeper {
+        _zookeeper: ZooKeeper,
+        coordinator: Coordinator,
+    },
     Local(LocalElection),
 }
 
@@ -45,11 +53,16 @@ impl Candidate {
 impl Backend {
     async fn etcd() -> Backend {
         let etcd = Etcd::start().await;
-        let client =
-            tenure::election::connect(&tenure::election::EtcdAccess::plain(vec![etcd.client_url()]), LEASE_TTL)
-                .await
-                .unwrap();
-        Backend::Etcd { _etcd: etcd, client }
+        let access = CoordinatorAccess::Etcd(tenure::election::EtcdAccess::plain(vec![etcd.client_url()]));
+        let coordinator = Coordinator::connect(&access, LEASE_TTL).await.unwrap();
+        Backend::Etcd { _etcd: etcd, coordinator }
+    }
+
+    async fn zookeeper() -> Backend {
+        let zookeeper = ZooKeeper::start().await;
+        let access = CoordinatorAccess::ZooKeeper(ZooKeeperAccess::new(&[zookeeper.connect_string()]).unwrap());
+        let coordinator = Coordinator::connect(&access, LEASE_TTL).await.unwrap();
+        Backend::ZooKeeper { _zookeeper: zookeeper, coordinator }
     }
 
     fn local() -> Backend {
@@ -60,10 +73,10 @@ impl Backend {
         let (tx, rx) = watch::channel(Leadership::Follower { leader: None });
         let shutdown = CancellationToken::new();
         let task = match self {
-            Backend::Etcd { client, .. } => {
+            Backend::Etcd { coordinator, .. } | Backend::ZooKeeper { coordinator, .. } => {
                 let config =
                     ElectionConfig { keys: Keys::new("contract"), node_id: node.to_owned(), lease_ttl: LEASE_TTL };
-                tokio::spawn(Election::new(client.clone(), config, tx).run(shutdown.clone()))
+                tokio::spawn(Election::new(coordinator.clone(), config, tx).run(shutdown.clone()))
             }
             Backend::Local(election) => {
                 let election = election.clone();
@@ -81,6 +94,11 @@ macro_rules! contract {
             #[tokio::test]
             async fn etcd() {
                 super::$name(super::Backend::etcd().await).await;
+            }
+
+            #[tokio::test]
+            async fn zookeeper() {
+                super::$name(super::Backend::zookeeper().await).await;
             }
 
             #[tokio::test]

@@ -105,7 +105,7 @@ async fn stuck_router(pg: &Postgres) -> (axum::Router, sqlx::PgConnection) {
         node_id: "node-a".to_owned(),
         store: Reads::new(reads),
         leadership: watch::channel(Leadership::Follower { leader: None }).1,
-        etcd: None,
+        coordinator: None,
         jobs: watch::channel(Arc::new(jobs)).1,
         cluster: watch::channel(ClusterSnapshot::default()).1,
         auth: Auth::new(None, ReadAccess::Open),

@@ -31,9 +31,9 @@ mod dst;
 mod executor;
 /// The fault suite: partitions, pauses, kills, restarts, reloads.
 mod faults;
-/// Throwaway etcd and PostgreSQL servers with fault injection.
+/// Throwaway etcd, ZooKeeper and PostgreSQL servers with fault injection.
 mod harness;
-/// The leadership contract on etcd and in-process.
+/// The leadership contract on etcd, on ZooKeeper and in-process.
 mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
 mod ledger;
@@ -53,3 +53,6 @@ mod smoke;
 mod startup;
 /// TLS and authentication to PostgreSQL and etcd, secrets from files, start-up refusals.
 mod tls;
+/// The singleton guarantees with ZooKeeper as the coordinator: kills, pauses, a blackhole, and
+/// an ensemble losing its own leader.
+mod zookeeper;

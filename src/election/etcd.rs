@@ -1,16 +1,15 @@
-//! Leadership through etcd's v3 election API, and the registry of live replicas. The only module
-//! that talks to etcd.
+//! The etcd backend: leadership through etcd's v3 election API, and the registry of live replicas
+//! on leased keys. The only code that talks to etcd.
 //!
-//! One `Election` actor per replica: grant a lease, keep it alive every TTL/3, campaign, verify
+//! Each term (`Campaign::one_term`): grant a lease, keep it alive every TTL/3, campaign, verify
 //! the win, publish `Leadership::Leader` with the term (the leader key's create revision), and
 //! publish `Follower` the moment the lease deadline passes, etcd reports the lease gone, the
-//! keep-alive stream fails, or someone asks it to step down. Then campaign again.
+//! keep-alive stream fails, or someone asks it to step down. `Election` then campaigns again.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chrono::Utc;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions, ResignOptions,
     TlsOptions, Txn,
@@ -18,8 +17,8 @@ use etcd_client::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::ClockCheck;
-use crate::leadership::{BootInstant, LeaderTerm, Leadership, LeaseDeadline, Term};
+use super::{ConnectError, ElectionConfig, Keys};
+use crate::leadership::{BootInstant, Leadership, LeaseDeadline, Term};
 use crate::model::Member;
 use crate::secret::Secret;
 use crate::telemetry::metric;
@@ -74,20 +73,6 @@ impl EtcdAccess {
     }
 }
 
-/// Why etcd could not be reached at start: settings that will not get better by waiting (a
-/// certificate refused, a wrong password) are told apart from an etcd that is not up yet.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("etcd at {endpoints}: {detail}")]
-    Refused { endpoints: String, detail: String },
-    #[error("etcd at {endpoints} is not reachable yet: {detail}")]
-    Unreachable { endpoints: String, detail: String },
-    /// The connection was accepted, then closed: what a TLS-only etcd does to a plaintext
-    /// client, and also what a restarting one may do, so the caller decides after a few tries.
-    #[error("etcd at {endpoints} closed the connection ({detail}); {hint}")]
-    Closed { endpoints: String, detail: String, hint: &'static str },
-}
-
 /// Open a client whose channel notices a frozen etcd: HTTP/2 keep-alive pings every second,
 /// answered within `lease_ttl / 3` at most. With TLS, trust `access.ca` and present the client
 /// certificate; with a user, authenticate, and refresh the token whenever etcd says it expired
@@ -97,7 +82,7 @@ pub enum ConnectError {
 /// sign etcd's certificate or a wrong password stop the replica at start with a `Refused` error.
 pub async fn connect(access: &EtcdAccess, lease_ttl: Duration) -> Result<Client, ConnectError> {
     let endpoints = access.endpoints.join(",");
-    let refused = |detail: String| ConnectError::Refused { endpoints: endpoints.clone(), detail };
+    let refused = |detail: String| ConnectError::Refused { coordinator: "etcd", endpoints: endpoints.clone(), detail };
     let ping_timeout = (lease_ttl / 3).max(Duration::from_millis(300));
     let mut options = ConnectOptions::new()
         .with_keep_alive(Duration::from_secs(1), ping_timeout)
@@ -120,9 +105,9 @@ pub async fn connect(access: &EtcdAccess, lease_ttl: Duration) -> Result<Client,
         if is_refusal(&detail) {
             refused(detail)
         } else if detail.contains("connection closed") || detail.contains("broken pipe") {
-            ConnectError::Closed { endpoints: endpoints.clone(), detail, hint }
+            ConnectError::Closed { coordinator: "etcd", endpoints: endpoints.clone(), detail, hint }
         } else {
-            ConnectError::Unreachable { endpoints: endpoints.clone(), detail }
+            ConnectError::Unreachable { coordinator: "etcd", endpoints: endpoints.clone(), detail }
         }
     };
     // With a user, `connect` authenticates (a round trip); without one it connects lazily, so
@@ -131,12 +116,20 @@ pub async fn connect(access: &EtcdAccess, lease_ttl: Duration) -> Result<Client,
         match tokio::time::timeout(REQUEST_TIMEOUT * 2, Client::connect(&access.endpoints, Some(options))).await {
             Ok(Ok(client)) => client,
             Ok(Err(error)) => return Err(classify(error)),
-            Err(_) => return Err(ConnectError::Unreachable { endpoints, detail: "connect timed out".into() }),
+            Err(_) => {
+                return Err(ConnectError::Unreachable {
+                    coordinator: "etcd",
+                    endpoints,
+                    detail: "connect timed out".into(),
+                });
+            }
         };
     match tokio::time::timeout(REQUEST_TIMEOUT, client.status()).await {
         Ok(Ok(_)) => Ok(client),
         Ok(Err(error)) => Err(classify(error)),
-        Err(_) => Err(ConnectError::Unreachable { endpoints, detail: "status request timed out".into() }),
+        Err(_) => {
+            Err(ConnectError::Unreachable { coordinator: "etcd", endpoints, detail: "status request timed out".into() })
+        }
     }
 }
 
@@ -160,98 +153,24 @@ fn is_refusal(detail: &str) -> bool {
     .any(|marker| detail.contains(marker))
 }
 
-/// Keys a cluster of replicas shares in etcd.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    election: String,
-    members: String,
-}
-
-impl Keys {
-    pub fn new(election_name: &str) -> Keys {
-        Keys {
-            election: format!("/tenure/{election_name}/leader"),
-            // A prefix of its own: under the election prefix the oldest key *is* the leader.
-            members: format!("/tenure/{election_name}/members/"),
-        }
-    }
-
-    pub fn election(&self) -> &str {
-        &self.election
-    }
-}
-
-/// The settings of one replica's campaign.
-#[derive(Debug, Clone)]
-pub struct ElectionConfig {
-    pub keys: Keys,
-    pub node_id: String,
-    pub lease_ttl: Duration,
-}
-
-/// The actor that campaigns, holds and gives up leadership.
-pub struct Election {
+/// One replica's campaigns in etcd, a term at a time.
+pub(super) struct Campaign {
     client: Client,
     config: ElectionConfig,
-    leadership: watch::Sender<Leadership>,
-    clock: Option<watch::Receiver<ClockCheck>>,
 }
 
-impl Election {
-    pub fn new(client: Client, config: ElectionConfig, leadership: watch::Sender<Leadership>) -> Election {
-        Election { client, config, leadership, clock: None }
-    }
-
-    /// Campaign only while this replica reaches the database and its clock agrees with it.
-    pub fn with_clock_guard(mut self, clock: watch::Receiver<ClockCheck>) -> Election {
-        self.clock = Some(clock);
-        self
-    }
-
-    /// Campaign until `shutdown` is cancelled; on the way out resign at once so a follower takes
-    /// over within milliseconds.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        metrics::gauge!(metric::IS_LEADER).set(0.0);
-        let retry_delay = (self.config.lease_ttl / 4).max(Duration::from_millis(200));
-        while !shutdown.is_cancelled() {
-            if let Some(clock) = self.clock.as_mut() {
-                let refusal = clock.borrow_and_update().refusal();
-                if let Some(why) = refusal {
-                    tracing::warn!("not campaigning: {why}");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        _ = clock.wait_for(ClockCheck::ok) => {}
-                    }
-                    continue;
-                }
-            }
-            if let Err(error) = self.one_term(&shutdown).await {
-                tracing::warn!(error = format!("{error:#}"), "election round failed; retrying");
-                self.publish_follower();
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(retry_delay) => {}
-                }
-            }
-        }
-        self.publish_follower();
-    }
-
-    fn publish_follower(&self) {
-        metrics::gauge!(metric::IS_LEADER).set(0.0);
-        self.leadership.send_if_modified(|current| {
-            if current.is_leader() {
-                *current = Leadership::Follower { leader: None };
-                true
-            } else {
-                false
-            }
-        });
+impl Campaign {
+    pub(super) fn new(client: Client, config: ElectionConfig) -> Campaign {
+        Campaign { client, config }
     }
 
     /// Grant a lease, campaign on it, lead while it lives. Returns Ok when the term ended in an
     /// orderly way (step-down or shutdown), Err when etcd failed us.
-    async fn one_term(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    pub(super) async fn one_term(
+        &mut self,
+        leadership: &watch::Sender<Leadership>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let ttl = self.config.lease_ttl;
         let sent = BootInstant::now();
         let grant = timeout(self.client.lease_grant(ttl.as_secs().max(1) as i64, None)).await.context("grant lease")?;
@@ -268,7 +187,7 @@ impl Election {
         ));
         let _stop_keep_alive = keep_alive_stop.clone().drop_guard();
 
-        let result = self.campaign_and_lead(lease_id, &lease, keep_alive, shutdown).await;
+        let result = self.campaign_and_lead(leadership, lease_id, &lease, keep_alive, shutdown).await;
         keep_alive_stop.cancel();
         // Whatever happened, give the lease back so no key of ours outlives this round.
         let _ = timeout(self.client.lease_revoke(lease_id)).await;
@@ -277,6 +196,7 @@ impl Election {
 
     async fn campaign_and_lead(
         &mut self,
+        leadership: &watch::Sender<Leadership>,
         lease_id: i64,
         lease: &LeaseDeadline,
         mut keep_alive: tokio::task::JoinHandle<LeaseEnd>,
@@ -284,7 +204,7 @@ impl Election {
     ) -> anyhow::Result<()> {
         let mut election_client = self.client.election_client();
         let node_id = self.config.node_id.clone();
-        let name = self.config.keys.election.clone();
+        let name = self.config.keys.election().to_owned();
         let campaign = election_client.campaign(name, node_id.clone(), lease_id);
         let response = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -307,16 +227,8 @@ impl Election {
         }
 
         let term = Term::new(revision, cluster_id.to_string());
-        let step_down = CancellationToken::new();
         tracing::info!(term = revision, node = %node_id, "became leader");
-        metrics::counter!(metric::ELECTIONS_WON).increment(1);
-        metrics::gauge!(metric::IS_LEADER).set(1.0);
-        self.leadership.send_replace(Leadership::Leader(LeaderTerm {
-            term: term.clone(),
-            since: Utc::now(),
-            lease: lease.clone(),
-            step_down: step_down.clone(),
-        }));
+        let step_down = super::publish_leader(leadership, term, lease);
 
         let keep_alive_ended = async {
             let end = (&mut keep_alive).await;
@@ -333,7 +245,7 @@ impl Election {
         };
         // Stop firing first, then tell etcd.
         lease.expire();
-        self.publish_follower();
+        super::publish_follower(leadership);
         metrics::counter!(metric::STEP_DOWNS).increment(1);
         match outcome {
             Ok(()) => {
@@ -365,11 +277,7 @@ pub enum LeaseEnd {
     Stopped,
 }
 
-/// The local deadline is the send time of the last acknowledged keep-alive plus the TTL, minus
-/// this margin for clock-rate differences and scheduling delay.
-fn safety_margin(ttl: Duration) -> Duration {
-    (ttl / 10).clamp(Duration::from_millis(50), Duration::from_millis(1000))
-}
+use super::safety_margin;
 
 /// Keep `lease_id` alive every TTL/3 until stopped or lost. Extends `lease` from the send time of
 /// each acknowledged keep-alive; expires it on any failure.
@@ -444,28 +352,15 @@ where
     }
 }
 
-/// What readiness (`/readyz`) may ask of etcd: whether it answers. A handle on the replica's
-/// client that can do nothing else, so the HTTP layer holds no etcd client.
-#[derive(Clone)]
-pub struct EtcdProbe {
-    client: Client,
-}
-
-impl EtcdProbe {
-    pub fn new(client: Client) -> EtcdProbe {
-        EtcdProbe { client }
-    }
-
-    /// Whether etcd answers a status request within `within`.
-    pub async fn answers(&self, within: Duration) -> bool {
-        let mut client = self.client.clone();
-        tokio::time::timeout(within, client.status()).await.is_ok_and(|status| status.is_ok())
-    }
+/// Whether etcd answers a status request within `within` (readiness).
+pub(super) async fn answers(client: &Client, within: Duration) -> bool {
+    let mut client = client.clone();
+    tokio::time::timeout(within, client.status()).await.is_ok_and(|status| status.is_ok())
 }
 
 /// Keep this replica's registration in etcd under its own lease, re-registering after any loss
 /// and whenever `member` changes (a reloaded job file changes the config hash).
-pub async fn register(
+pub(super) async fn register(
     client: Client,
     keys: Keys,
     lease_ttl: Duration,
@@ -505,7 +400,7 @@ async fn register_once(
     let result = async {
         loop {
             let current = member.borrow_and_update().clone();
-            let key = format!("{}{}", keys.members, current.node);
+            let key = format!("{}{}", keys.members(), current.node);
             let value = serde_json::to_vec(&current)?;
             timeout(client.put(key, value, Some(PutOptions::new().with_lease(lease_id)))).await?;
             tokio::select! {
@@ -522,8 +417,8 @@ async fn register_once(
 }
 
 /// Every live replica, in node order.
-pub async fn list_members(client: &mut Client, keys: &Keys) -> anyhow::Result<Vec<Member>> {
-    let response = timeout(client.get(keys.members.clone(), Some(GetOptions::new().with_prefix()))).await?;
+pub(super) async fn list_members(client: &mut Client, keys: &Keys) -> anyhow::Result<Vec<Member>> {
+    let response = timeout(client.get(keys.members().to_owned(), Some(GetOptions::new().with_prefix()))).await?;
     let mut members = Vec::new();
     for kv in response.kvs() {
         match serde_json::from_slice::<Member>(kv.value()) {
@@ -536,12 +431,12 @@ pub async fn list_members(client: &mut Client, keys: &Keys) -> anyhow::Result<Ve
 }
 
 /// The current leader's node id and term, as etcd sees it.
-pub async fn current_leader(client: &mut Client, keys: &Keys) -> anyhow::Result<Option<(String, i64)>> {
+pub(super) async fn current_leader(client: &mut Client, keys: &Keys) -> anyhow::Result<Option<(String, i64)>> {
     // The leader is the oldest key under the election prefix.
     let options = GetOptions::new()
         .with_prefix()
         .with_sort(etcd_client::SortTarget::Create, etcd_client::SortOrder::Ascend)
         .with_limit(1);
-    let response = timeout(client.get(format!("{}/", keys.election), Some(options))).await?;
+    let response = timeout(client.get(format!("{}/", keys.election()), Some(options))).await?;
     Ok(response.kvs().first().map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.create_revision())))
 }
