@@ -78,8 +78,9 @@ pub struct Expect<'a> {
     pub missed_allowed: bool,
 }
 
-/// `check`, excusing expected slots missing inside the fault windows (never a double run, never
-/// a stale term).
+/// `check`, excusing expected slots that did not run inside the fault windows, if the ledger
+/// recorded them (never a slot without a row: no slot is missed silently; never a double run,
+/// never a stale term).
 pub fn check_excusing(
     witness: &[Witness],
     ledger: &[RunRecord],
@@ -87,9 +88,13 @@ pub fn check_excusing(
     windows: &[(DateTime<Utc>, DateTime<Utc>)],
 ) -> Report {
     let mut report = check(witness, ledger, expect);
-    report.missing.retain(|(_, slot, _)| !windows.iter().any(|(from, until)| from <= slot && slot <= until));
+    report.missing.retain(|(_, slot, why)| {
+        why == NO_LEDGER_ROW || !windows.iter().any(|(from, until)| from <= slot && slot <= until)
+    });
     report
 }
+
+const NO_LEDGER_ROW: &str = "no ledger row";
 
 pub fn check(witness: &[Witness], ledger: &[RunRecord], expect: &Expect<'_>) -> Report {
     let mut report = Report::default();
@@ -147,7 +152,7 @@ pub fn check(witness: &[Witness], ledger: &[RunRecord], expect: &Expect<'_>) -> 
     while slot <= expect.until {
         for job in expect.jobs {
             match rows.get(&(*job, slot)) {
-                None => report.missing.push((job.to_string(), slot, "no ledger row".into())),
+                None => report.missing.push((job.to_string(), slot, NO_LEDGER_ROW.into())),
                 // Recorded outcomes, not silent gaps: `missed` (catch_up, starting deadline),
                 // `skipped` (forbid, while a dead leader's run is not yet reaped) and `lost` (started
                 // when its leader was killed; its supervisor killed it too, maybe before the job
@@ -219,6 +224,17 @@ mod tests {
         assert_eq!(report.missing.len(), 1, "{:?}", report.missing);
         assert_eq!(report.missing[0].1, at(3));
         assert!(!report.is_clean());
+    }
+
+    /// A fault window excuses a slot the ledger recorded as not run (`killed` before its start),
+    /// never one it has no row for: that slot was missed silently.
+    #[test]
+    fn a_fault_window_excuses_recorded_slots_only() {
+        let expect = Expect { jobs: &["j"], from: at(0), until: at(3), missed_allowed: true };
+        let ledger = [row("j", 0, 5, "succeeded"), row("j", 1, 5, "killed"), row("j", 3, 6, "succeeded")];
+        let witness = [executed("j", 0, 5), executed("j", 3, 6)];
+        let report = check_excusing(&witness, &ledger, &expect, &[(at(1), at(2))]);
+        assert_eq!(report.missing, [("j".to_string(), at(2), NO_LEDGER_ROW.to_string())]);
     }
 
     /// Seen in a run: term 4 claims slot 2 and, a forbid job, skips slot 3 because of it; then
