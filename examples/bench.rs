@@ -1,7 +1,8 @@
 //! tenure's benchmarks: failover, firing precision, job-file scale, the cost of fencing, and the
 //! dashboard on a large ledger, against a real etcd and a PostgreSQL with fsync on. Prints one
 //! table per scenario and the machine it ran on. No assertions: figures and the targets beside
-//! them. Run `scripts/bench [failover|pgcut|precision|processes|scale|fencing|dashboard ...]`; `scripts/bench
+//! them. Run `scripts/bench [failover|pgcut|precision|processes|scale|fencing|dashboard ...]`
+//! (`precision-100`, `precision-1000` or `precision-10000`: one size of `precision`); `scripts/bench
 //! readers` (firing while 50 dashboard and API clients read a large ledger, about 3 minutes) and
 //! `scripts/bench failover-zk` (the failover with ZooKeeper as the coordinator, about 4 minutes)
 //! run only when named.
@@ -43,9 +44,14 @@ async fn main() -> anyhow::Result<()> {
     if wants("pgcut") {
         postgres_cut().await?;
     }
-    if wants("precision") {
+    // `precision` runs the three sizes; `precision-100`, `precision-1000`, `precision-10000` one.
+    if wants("precision") || wants("precision-100") {
         precision(100, "* * * * * *", Duration::from_secs(20)).await?;
+    }
+    if wants("precision") || wants("precision-1000") {
         precision(1_000, "* * * * * *", Duration::from_secs(60)).await?;
+    }
+    if wants("precision") || wants("precision-10000") {
         precision(10_000, "*/10 * * * * *", Duration::from_secs(60)).await?;
     }
     if wants("processes") {
