@@ -47,7 +47,7 @@ use crate::leadership::{LeaderTerm, Leadership};
 use crate::model::{Member, Trigger};
 use crate::store::{Reads, Store};
 use crate::supervisor::Supervision;
-use crate::telemetry::metric;
+use crate::telemetry::{JobRunMetrics, metric};
 
 /// Why every run of a term is stopped when the term ends.
 const LEADERSHIP_LOST: &str = "leadership lost";
@@ -382,7 +382,8 @@ impl Scheduler {
         let plan = plan_due_slots(&job, state.cursor, now, until);
         let Some(last) = plan.last_slot else { return };
         state.cursor = last;
-        let task = self.run_task(term, now);
+        let metrics = state.metrics.clone();
+        let task = self.run_task(term, metrics, now);
         if plan.missed_total > 0 {
             // Job names are a bounded label: the job file lists them all.
             metrics::counter!(metric::MISSED_SLOTS, "job" => job.name.to_string()).increment(plan.missed_total as u64);
@@ -405,10 +406,11 @@ impl Scheduler {
         }
     }
 
-    /// What a run task of `term` needs. `planned_at`: when the scheduler decided to fire (the
-    /// claim lead time is measured from it).
-    fn run_task(&self, term: &ActiveTerm, planned_at: DateTime<Utc>) -> RunTask {
+    /// What a run task of `term` needs; `metrics`: its job's series. `planned_at`: when the
+    /// scheduler decided to fire (the claim lead time is measured from it).
+    fn run_task(&self, term: &ActiveTerm, metrics: JobRunMetrics, planned_at: DateTime<Utc>) -> RunTask {
         RunTask {
+            metrics,
             lead_times: self.lead_times.clone(),
             planned_at: Some(planned_at),
             clock: self.clock.clone(),

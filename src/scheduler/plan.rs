@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{CatchUp, Job, JobSet};
 use crate::store::{JobControl, JobCursor};
+use crate::telemetry::JobRunMetrics;
 
 /// A slot this close behind "now" is on time; older due slots are catch-up slots and follow the
 /// job's `catch_up` policy.
@@ -26,6 +27,8 @@ pub(super) struct JobState {
     pub(super) cursor: DateTime<Utc>,
     /// Paused in the job file or by an operator (recorded in the ledger database).
     pub(super) paused: bool,
+    /// The series its runs record, registered once for the term (not at each run's end).
+    pub(super) metrics: JobRunMetrics,
 }
 
 /// A job an operator resumed starts again at its resume, whichever leader saw it: the slots of
@@ -189,11 +192,13 @@ pub(super) fn rebuild_states(old: Vec<JobState>, jobs: &JobSet, now: DateTime<Ut
     jobs.jobs()
         .iter()
         .map(|job| {
-            let cursor = match old.remove(job.name.as_ref()) {
+            let previous = old.remove(job.name.as_ref());
+            let cursor = match &previous {
                 Some(previous) if !previous.paused => previous.cursor,
                 _ => now,
             };
-            JobState { job: Arc::new(job.clone()), cursor, paused: job.paused }
+            let metrics = previous.map_or_else(|| JobRunMetrics::new(job.name.as_ref()), |previous| previous.metrics);
+            JobState { job: Arc::new(job.clone()), cursor, paused: job.paused, metrics }
         })
         .collect()
 }
@@ -233,6 +238,7 @@ mod tests {
                 job: Arc::new(job("    schedule: \"* * * * * *\"\n")),
                 cursor: at("2026-01-01T00:00:00Z"),
                 paused: false,
+                metrics: JobRunMetrics::new("j"),
             })
             .collect();
         let mut due = DueSlots::default();

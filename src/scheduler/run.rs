@@ -23,7 +23,7 @@ use crate::leadership::{LeaseDeadline, Term};
 use crate::model::{RunOutcome, RunStatus, Trigger};
 use crate::store::{Claim, ClaimError, Claimed, SkipIfRunning, Store, UnrunSlots};
 use crate::supervisor::Supervision;
-use crate::telemetry::metric;
+use crate::telemetry::{JobRunMetrics, metric};
 
 /// A stop request with its reason, so the ledger says why a run was killed.
 #[derive(Clone, Default)]
@@ -156,6 +156,8 @@ pub(super) struct RunTask {
     pub(super) http: reqwest::Client,
     pub(super) supervision: Supervision,
     pub(super) live_outputs: LiveOutputs,
+    /// The job's series, registered ahead: a burst's runs record theirs without a registry lookup.
+    pub(super) metrics: JobRunMetrics,
 }
 
 impl RunTask {
@@ -239,7 +241,7 @@ impl RunTask {
         }
         let claimed = claimed?;
         if claimed.status == RunStatus::Skipped {
-            metrics::counter!(metric::RUNS, "job" => job.name.to_string(), "status" => "skipped").increment(1);
+            self.metrics.count(RunStatus::Skipped);
             tracing::info!(job = %job.name, %slot, "skipped: the previous run is still going");
             return None;
         }
@@ -297,8 +299,7 @@ impl RunTask {
         loop {
             let started = self.clock.now();
             if attempt == 1 {
-                metrics::histogram!(metric::FIRE_LATENESS)
-                    .record((started - planned).to_std().unwrap_or_default().as_secs_f64());
+                self.metrics.fire_lateness.record((started - planned).to_std().unwrap_or_default().as_secs_f64());
             }
             let context = self.context(job, slot, run_id, attempt);
             let attempt_run = prepared.take().unwrap_or_else(|| executor::prepare(job, &context, &self.http));
@@ -318,7 +319,8 @@ impl RunTask {
             if let Some(reason) = stop.reason() {
                 outcome.error = Some(reason.to_owned());
             }
-            metrics::histogram!(metric::RUN_DURATION)
+            self.metrics
+                .run_duration
                 .record((outcome.finished_at - started).to_std().unwrap_or_default().as_secs_f64());
             let retryable = matches!(outcome.status, RunStatus::Failed | RunStatus::TimedOut);
             if !retryable || attempt > job.retries.max as i32 || stop.token.is_cancelled() {
@@ -485,8 +487,7 @@ impl RunTask {
     /// Record the outcome; keep trying while the database is down, since a row left `running`
     /// blocks `forbid` jobs until a later leader reaps it.
     async fn finish(&self, job: &Job, run_id: i64, outcome: &RunOutcome) {
-        metrics::counter!(metric::RUNS, "job" => job.name.to_string(), "status" => outcome.status.as_str())
-            .increment(1);
+        self.metrics.count(outcome.status);
         tracing::info!(
             job = %job.name, run_id, status = outcome.status.as_str(), exit_code = ?outcome.exit_code,
             error = ?outcome.error, "run finished"

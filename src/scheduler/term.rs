@@ -24,7 +24,7 @@ use crate::leadership::{LeaderTerm, Term};
 use crate::model::{Member, Trigger};
 use crate::notify::{self, Courier};
 use crate::store::{ClaimError, FenceError, LiveNode, Store, TriggerOverrides};
-use crate::telemetry::metric;
+use crate::telemetry::{JobRunMetrics, metric};
 
 /// How often the leader records that its term is alive (the terms page's hand-over times).
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -268,6 +268,7 @@ impl Scheduler {
                     let state = |job: &crate::config::Job| JobState {
                         cursor: plan::resume_from(cursors.get(job.name.as_ref()), now),
                         paused: job.paused,
+                        metrics: JobRunMetrics::new(job.name.as_ref()),
                         job: Arc::new(job.clone()),
                     };
                     return Some(jobs.jobs().iter().map(state).collect());
@@ -391,14 +392,15 @@ impl Scheduler {
             if !term.started_triggers.insert(trigger.id) {
                 continue;
             }
-            let job = term.jobs.iter().find(|state| state.job.name.as_ref() == trigger.job).map(|s| s.job.clone());
-            let Some(job) = job else {
+            let state = term.jobs.iter().find(|state| state.job.name.as_ref() == trigger.job);
+            let Some(state) = state else {
                 tracing::warn!(job = %trigger.job, trigger = trigger.id, "trigger for a job not in the job file; dropped");
                 if let Err(error) = self.store.trigger_dropped(trigger.id).await {
                     tracing::warn!(%error, "could not mark the trigger handled");
                 }
                 continue;
             };
+            let (job, metrics) = (state.job.clone(), state.metrics.clone());
             // Override names are logged, never their values: an operator may type a secret.
             let overridden: Vec<&str> = trigger.overrides.env.keys().map(String::as_str).collect();
             tracing::info!(
@@ -406,7 +408,7 @@ impl Scheduler {
                 concurrency = trigger.overrides.concurrency.map(Concurrency::as_str), "manual trigger"
             );
             let job = with_overrides(job, &trigger.overrides);
-            let task = self.run_task(term, now);
+            let task = self.run_task(term, metrics, now);
             self.start_runs(job, vec![trigger.requested_at], Trigger::Manual { request: trigger.id }, task);
         }
         self.start_backfills(term, now).await
@@ -467,10 +469,10 @@ impl Scheduler {
             } else {
                 job
             };
-            start.push((job, queued));
+            start.push((job, state.metrics.clone(), queued));
         }
-        for (job, queued) in start {
-            let task = self.run_task(term, now);
+        for (job, metrics, queued) in start {
+            let task = self.run_task(term, metrics, now);
             let trigger = Trigger::Backfill { request: queued.backfill };
             if let Some(key) = self.start_runs(job, vec![queued.slot], trigger, task) {
                 term.backfills_going.insert(key, (queued.job, queued.slot));
