@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use self::etcd::{EtcdAccess, connect};
-pub use self::zookeeper::ZooKeeperAccess;
+pub use self::zookeeper::{ZooKeeperAccess, ZooKeeperTls};
 use crate::clock::ClockCheck;
 use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
 use crate::model::Member;
