@@ -22,6 +22,13 @@
 //! The ensemble's identity, which `Term::cluster_id` carries into the fence (ZooKeeper has no
 //! cluster id), is a random value created once under the election (`Keys::ensemble`): a rebuilt
 //! ensemble gets a new one, and its zxids restart below the fence, which `begin_term` refuses.
+//!
+//! Every session goes to the servers the same way: plaintext, or TLS (`tcp+tls://` servers, the
+//! CA of `--zookeeper-ca`, the client certificate ZooKeeper's `ssl.clientAuth=need` asks for),
+//! with the server's name checked against its certificate. The client library reports every
+//! failed connection as a lost one, so when the first session cannot be opened `diagnose`
+//! connects to the servers itself to tell a refused handshake, or a plaintext link to a TLS-only
+//! port, from a ZooKeeper that is not up yet. No SASL.
 
 use std::path::PathBuf;
 use std::sync::Arc;
