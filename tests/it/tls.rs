@@ -12,7 +12,7 @@ use chrono::Utc;
 use nix::sys::signal::Signal;
 
 use crate::checker::{Expect, check};
-use crate::cluster::{ADMIN_TOKEN, Cluster, CoordinatorKind, Options, TICK, TTL};
+use crate::cluster::{ADMIN_TOKEN, Cluster, CoordinatorKind, Options, TICK, TTL, ZOOKEEPER_TTL};
 use crate::harness::{ETCD_PASSWORD, ETCD_USER, PG_PASSWORD, Postgres, wait_for};
 
 /// How long after `from` the fence first held a term newer than `old_term`, polled every 5 ms.
@@ -309,7 +309,7 @@ fn key_lines(key: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn over_tls_with_a_client_certificate_a_replica_leads_and_fires_on_a_tls_only_zookeeper() {
-    let cluster = Cluster::start_secure_with(2, TICK, on_tls_zookeeper()).await;
+    let mut cluster = Cluster::start_secure_with(3, TICK, on_tls_zookeeper()).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
     cluster.let_it_tick(3).await;
     let leader_node = cluster.replicas[leader].node.clone();
@@ -318,7 +318,7 @@ async fn over_tls_with_a_client_certificate_a_replica_leads_and_fires_on_a_tls_o
     // Every replica's dashboard API names the leader, and ZooKeeper (read over TLS) holds a
     // candidate znode of each live replica and of no other.
     cluster.assert_healed(Duration::from_secs(20)).await;
-    let follower = 1 - leader;
+    let follower = (leader + 1) % cluster.replicas.len();
     let page = reqwest::get(cluster.url(follower)).await.unwrap().text().await.unwrap();
     assert!(page.contains(&leader_node), "the follower's dashboard names the leader {leader_node}:\n{page}");
 
@@ -333,6 +333,32 @@ async fn over_tls_with_a_client_certificate_a_replica_leads_and_fires_on_a_tls_o
     }
     let log = std::fs::read_to_string(&cluster.replicas[leader].log).unwrap();
     assert!(log.contains("became leader"), "the leader's log is read:\n{log}");
+
+    // The failover over TLS: SIGKILL (the session expires, a follower wins), then SIGTERM (the
+    // leader closes its session, the last replica takes over at once).
+    let killed = Instant::now();
+    cluster.kill(leader);
+    let (kill_failover, killed_term) =
+        new_term_in_fence(&cluster, term, killed, ZOOKEEPER_TTL * 4 + Duration::from_secs(5)).await;
+    eprintln!(
+        "ZooKeeper TLS SIGKILL failover: signal to new term in the fence {kill_failover:?} (session {ZOOKEEPER_TTL:?})"
+    );
+    let (new_leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    cluster.let_it_tick(2).await;
+    let signalled = Instant::now();
+    cluster.signal(new_leader, Signal::SIGTERM);
+    let (term_handover, _) = new_term_in_fence(&cluster, killed_term, signalled, Duration::from_secs(5)).await;
+    eprintln!("ZooKeeper TLS SIGTERM hand-over: signal to new term in the fence {term_handover:?}");
+    cluster.terminate(new_leader).await;
+    cluster.let_it_tick(2).await;
+    assert!(kill_failover < ZOOKEEPER_TTL * 2 + Duration::from_millis(1500), "SIGKILL failover took {kill_failover:?}");
+    assert!(term_handover < Duration::from_secs(1), "SIGTERM hand-over took {term_handover:?}");
+    let witness = cluster.witness();
+    let from = witness.first().unwrap().slot;
+    let until = witness.last().unwrap().slot;
+    let report =
+        check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
+    cluster.verdict(&report).await;
 }
 
 #[tokio::test]
