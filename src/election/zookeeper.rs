@@ -260,7 +260,7 @@ enum ServerSeen {
     TlsRefused(String),
     /// Plaintext: connection accepted and closed with no answer.
     ClosedSilently(String),
-    /// No server took a connection.
+    /// No server took a connection and answered or closed it (the last one's error).
     Unreachable(String),
     /// It answered: the trouble is elsewhere (not serving yet, a session refused).
     Answers,
