@@ -382,7 +382,7 @@ async fn connect_coordinator_with_retry(
     lease_ttl: Duration,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Coordinator> {
-    // A plaintext client to a TLS-only etcd sees its connections accepted, then closed.
+    // A plaintext client to a TLS-only etcd or ZooKeeper sees its connections accepted, then closed.
     const CLOSED_TRIES: u32 = 3;
     let mut closed = 0;
     loop {

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::{DevSettings, RunSettings};
 use crate::config;
 use crate::deadman::{DeadManSettings, PingMethod};
-use crate::election::{CoordinatorAccess, EtcdAccess, ZooKeeperAccess};
+use crate::election::{CoordinatorAccess, EtcdAccess, ZooKeeperAccess, ZooKeeperTls};
 use crate::http::{Auth, ReadAccess};
 use crate::schedule::{self, Schedule};
 use crate::secret::Secret;
@@ -107,7 +107,8 @@ pub struct RunArgs {
     #[arg(long, env = "TENURE_ETCD", value_delimiter = ',', required_unless_present = "zookeeper")]
     pub etcd: Vec<String>,
     /// ZooKeeper servers, comma-separated `host:port` (a chroot path may end the list), instead
-    /// of etcd; the session timeout is the lease TTL.
+    /// of etcd; the session timeout is the lease TTL. `tcp+tls://host:port` for TLS (every
+    /// server or none).
     #[arg(long, env = "TENURE_ZOOKEEPER", value_delimiter = ',', conflicts_with = "etcd")]
     pub zookeeper: Vec<String>,
     /// PostgreSQL URL of the run ledger; TLS as libpq reads it (`sslmode=verify-full`,
@@ -119,6 +120,8 @@ pub struct RunArgs {
     pub database_url_file: Option<PathBuf>,
     #[command(flatten)]
     pub etcd_access: EtcdArgs,
+    #[command(flatten)]
+    pub zookeeper_access: ZooKeeperArgs,
     /// This replica's id; default host name and pid.
     #[arg(long, env = "TENURE_NODE_ID")]
     pub node_id: Option<String>,
@@ -272,6 +275,35 @@ impl EtcdArgs {
     }
 }
 
+/// How to reach ZooKeeper over TLS (`tcp+tls://` servers).
+#[derive(Debug, Args)]
+pub struct ZooKeeperArgs {
+    /// PEM file of the CA that signs ZooKeeper's server certificates (tcp+tls:// servers;
+    /// default the system's CA bundle).
+    #[arg(long, env = "TENURE_ZOOKEEPER_CA")]
+    pub zookeeper_ca: Option<PathBuf>,
+    /// PEM file of this replica's client certificate, for ZooKeeper's ssl.clientAuth=need.
+    #[arg(long, env = "TENURE_ZOOKEEPER_CERT", requires = "zookeeper_key")]
+    pub zookeeper_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[arg(long, env = "TENURE_ZOOKEEPER_KEY", requires = "zookeeper_cert")]
+    pub zookeeper_key: Option<PathBuf>,
+}
+
+impl ZooKeeperArgs {
+    fn tls(&self) -> ZooKeeperTls {
+        ZooKeeperTls {
+            ca: self.zookeeper_ca.clone(),
+            identity: self.zookeeper_cert.clone().zip(self.zookeeper_key.clone()),
+        }
+    }
+
+    /// Whether any of these was given (they mean nothing without ZooKeeper).
+    fn is_given(&self) -> bool {
+        self.zookeeper_ca.is_some() || self.zookeeper_cert.is_some()
+    }
+}
+
 /// Who may use the dashboard and the API.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("admin_token_source").args(["admin_token", "admin_token_file"])))]
@@ -299,12 +331,15 @@ impl WebArgs {
 impl RunArgs {
     fn coordinator(&self) -> anyhow::Result<CoordinatorAccess> {
         if self.zookeeper.is_empty() {
+            if self.zookeeper_access.is_given() {
+                anyhow::bail!("--zookeeper-ca, --zookeeper-cert and --zookeeper-key are for --zookeeper, not etcd");
+            }
             return Ok(CoordinatorAccess::Etcd(self.etcd_access.access(&self.etcd)?));
         }
         if self.etcd_access.is_given() {
             anyhow::bail!("--etcd-ca, --etcd-cert, --etcd-key and --etcd-user are for etcd, not --zookeeper");
         }
-        Ok(CoordinatorAccess::ZooKeeper(ZooKeeperAccess::new(&self.zookeeper)?))
+        Ok(CoordinatorAccess::ZooKeeper(ZooKeeperAccess::new(&self.zookeeper, self.zookeeper_access.tls())?))
     }
 
     pub fn settings(&self) -> anyhow::Result<RunSettings> {

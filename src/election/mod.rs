@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use self::etcd::{EtcdAccess, connect};
-pub use self::zookeeper::ZooKeeperAccess;
+pub use self::zookeeper::{ZooKeeperAccess, ZooKeeperTls};
 use crate::clock::ClockCheck;
 use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
 use crate::model::Member;
@@ -45,8 +45,9 @@ pub enum ConnectError {
     Refused { coordinator: &'static str, endpoints: String, detail: String },
     #[error("{coordinator} at {endpoints} is not reachable yet: {detail}")]
     Unreachable { coordinator: &'static str, endpoints: String, detail: String },
-    /// The connection was accepted, then closed: what a TLS-only etcd does to a plaintext
-    /// client, and also what a restarting one may do, so the caller decides after a few tries.
+    /// The connection was accepted, then closed: what a TLS-only etcd or ZooKeeper does to a
+    /// plaintext client, and also what a restarting one may do, so the caller decides after a
+    /// few tries.
     #[error("{coordinator} at {endpoints} closed the connection ({detail}); {hint}")]
     Closed { coordinator: &'static str, endpoints: String, detail: String, hint: &'static str },
 }

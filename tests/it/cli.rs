@@ -206,6 +206,11 @@ fn the_supervisor_command_is_hidden_from_help() {
 /// accepted its flags would wait for its database and coordinator). Exit code (-1 when it had to
 /// be killed) and standard error.
 fn run_briefly(args: &[&str]) -> (i32, String) {
+    run_briefly_with(args, &[])
+}
+
+/// `run_briefly` with these environment variables set.
+fn run_briefly_with(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     use std::io::Read;
     let mut child = Command::new(env!("CARGO_BIN_EXE_tenure"))
         .arg("run")
@@ -213,6 +218,10 @@ fn run_briefly(args: &[&str]) -> (i32, String) {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("TENURE_ETCD")
         .env_remove("TENURE_ZOOKEEPER")
+        .env_remove("TENURE_ZOOKEEPER_CA")
+        .env_remove("TENURE_ZOOKEEPER_CERT")
+        .env_remove("TENURE_ZOOKEEPER_KEY")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -246,7 +255,7 @@ fn issue_20_zookeeper_flags_are_checked_before_anything_starts() {
         (&["--zookeeper", "127.0.0.1:2181", "--etcd-ca", "/nonexistent/ca.crt"], &["--etcd-ca", "--zookeeper"]),
         (&["--zookeeper", "zk-1:2181,zk-2:abc"], &["--zookeeper", "zk-2:abc", "port"]),
         (&["--zookeeper", "zk-1:2181,:2181"], &["--zookeeper", ":2181", "host"]),
-        (&["--zookeeper", "tcp+tls://zk-1:2281"], &["--zookeeper", "TLS"]),
+        (&["--zookeeper", "tcp+tls://zk-1:2281,zk-2:2181"], &["--zookeeper", "all TLS or none"]),
     ];
     for (flags, words) in cases {
         let args: Vec<&str> = base.iter().chain(flags.iter()).copied().collect();
@@ -254,6 +263,52 @@ fn issue_20_zookeeper_flags_are_checked_before_anything_starts() {
         assert!(code > 0, "{flags:?} was accepted (exit {code}): {stderr}");
         for word in *words {
             assert!(stderr.contains(word), "{flags:?}: {word:?} not in the error: {stderr}");
+        }
+    }
+}
+
+/// Issue 20, TLS to ZooKeeper: `--zookeeper-ca`, `--zookeeper-cert` and `--zookeeper-key` (or
+/// their `TENURE_ZOOKEEPER_*` variables) mean something only with `tcp+tls://` servers; given
+/// with plaintext servers or with etcd they stop the replica at once with one line.
+#[test]
+fn issue_20_zookeeper_tls_files_without_tls_servers_are_refused_at_once() {
+    let database = "postgres://tenure@127.0.0.1:9/tenure";
+    let base = ["--jobs", "jobs.example.yaml", "--database-url", database, "--listen", "127.0.0.1:0"];
+    let cases: &[(&[&str], &[(&str, &str)], &[&str])] = &[
+        (
+            &["--zookeeper", "127.0.0.1:2181", "--zookeeper-ca", "/etc/zk/ca.crt"],
+            &[],
+            &["--zookeeper-ca", "tcp+tls://"],
+        ),
+        (
+            &["--zookeeper", "127.0.0.1:2181", "--zookeeper-cert", "/etc/zk/c.crt", "--zookeeper-key", "/etc/zk/c.key"],
+            &[],
+            &["--zookeeper-key", "tcp+tls://"],
+        ),
+        (
+            &["--zookeeper", "127.0.0.1:2181"],
+            &[("TENURE_ZOOKEEPER_CA", "/etc/zk/ca.crt")],
+            &["--zookeeper-ca", "tcp+tls://"],
+        ),
+        (
+            &["--etcd", "http://127.0.0.1:2379", "--zookeeper-ca", "/etc/zk/ca.crt"],
+            &[],
+            &["--zookeeper-ca", "not etcd"],
+        ),
+        (
+            &["--etcd", "http://127.0.0.1:2379"],
+            &[("TENURE_ZOOKEEPER_CERT", "/etc/zk/c.crt"), ("TENURE_ZOOKEEPER_KEY", "/etc/zk/c.key")],
+            &["--zookeeper-cert", "not etcd"],
+        ),
+    ];
+    for (flags, env, words) in cases {
+        let args: Vec<&str> = base.iter().chain(flags.iter()).copied().collect();
+        let (code, stderr) = run_briefly_with(&args, env);
+        assert!(code > 0, "{flags:?} {env:?} was accepted (exit {code}): {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{flags:?} {env:?}: one line: {stderr}");
+        for word in *words {
+            assert!(stderr.contains(word), "{flags:?} {env:?}: {word:?} not in the error: {stderr}");
         }
     }
 }

@@ -162,6 +162,13 @@ impl Cluster {
         Cluster::start_on(replicas, jobs_yaml, Options::default(), Some(Secure { pki, jwt_ttl })).await
     }
 
+    /// `start_secure` with `options`: with `CoordinatorKind::ZooKeeper { servers: 1 }`, replicas
+    /// elect their leader in a TLS-only ZooKeeper (`tcp+tls://`, a client certificate) instead.
+    pub async fn start_secure_with(replicas: usize, jobs_yaml: &str, options: Options) -> Cluster {
+        let pki = Pki::generate();
+        Cluster::start_on(replicas, jobs_yaml, options, Some(Secure { pki, jwt_ttl: None })).await
+    }
+
     async fn start_on(replicas: usize, jobs_yaml: &str, options: Options, secure: Option<Secure>) -> Cluster {
         let (etcd, pg, database_url) = match &secure {
             None => {
@@ -190,9 +197,13 @@ impl Cluster {
             0 | 1 => None,
             members => Some(EtcdCluster::start(members).await),
         };
-        let zookeeper = match options.coordinator {
-            CoordinatorKind::Etcd => None,
-            CoordinatorKind::ZooKeeper { servers } => Some(ZooKeeper::start_ensemble(servers).await),
+        let zookeeper = match (options.coordinator, &secure) {
+            (CoordinatorKind::Etcd, _) => None,
+            (CoordinatorKind::ZooKeeper { servers }, None) => Some(ZooKeeper::start_ensemble(servers).await),
+            (CoordinatorKind::ZooKeeper { servers }, Some(Secure { pki, .. })) => {
+                assert_eq!(servers, 1, "a TLS-only ZooKeeper is a single server");
+                Some(ZooKeeper::start_secure(pki).await)
+            }
         };
         let mut cluster = Cluster {
             etcd,
@@ -241,7 +252,6 @@ impl Cluster {
     }
 
     fn spawn(&self, replica: &mut Replica) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(&replica.log).unwrap();
         let etcd_url = match (&replica.etcd_proxy, &self.etcd_cluster) {
             (Some(proxy), _) => format!("http://127.0.0.1:{}", proxy.port()),
             (None, Some(members)) => members.client_urls().join(","),
@@ -254,7 +264,9 @@ impl Cluster {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tenure"));
         command.args(["run", "--jobs"]).arg(&self.jobs_path);
         match (&self.zookeeper, &replica.etcd_proxy) {
-            (Some(_), Some(proxy)) => command.args(["--zookeeper", &format!("127.0.0.1:{}", proxy.port())]),
+            (Some(zookeeper), Some(proxy)) => {
+                command.args(["--zookeeper", &format!("{}127.0.0.1:{}", zookeeper.scheme(), proxy.port())])
+            }
             (Some(zookeeper), None) => command.args(["--zookeeper", &zookeeper.connect_string()]),
             (None, _) => command.args(["--etcd", &etcd_url]),
         };
@@ -270,7 +282,18 @@ impl Cluster {
                     .arg("--database-url-file")
                     .arg(secret("database-url"))
                     .arg("--admin-token-file")
-                    .arg(secret("admin-token"))
+                    .arg(secret("admin-token"));
+                if self.zookeeper.is_some() {
+                    command
+                        .arg("--zookeeper-ca")
+                        .arg(&pki.ca)
+                        .arg("--zookeeper-cert")
+                        .arg(&pki.client.cert)
+                        .arg("--zookeeper-key")
+                        .arg(&pki.client.key);
+                    return self.spawn_with(replica, command);
+                }
+                command
                     .arg("--etcd-ca")
                     .arg(&pki.ca)
                     .arg("--etcd-cert")
@@ -282,6 +305,13 @@ impl Cluster {
                     .arg(secret("etcd-password"));
             }
         }
+        self.spawn_with(replica, command);
+    }
+
+    /// Start `command` (the coordinator, database and secrets chosen) with the replica's own
+    /// flags, logging to its log file.
+    fn spawn_with(&self, replica: &mut Replica, mut command: Command) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&replica.log).unwrap();
         let child = command
             .envs(self.options.env.iter().map(|(k, v)| (k.clone(), v.replace("{node}", &replica.node))))
             .args(["--node-id", &replica.node])
@@ -548,7 +578,7 @@ impl Cluster {
 /// does not answer.
 async fn zookeeper_election_values(zookeeper: &ZooKeeper, keys: &Keys) -> Option<Vec<String>> {
     let servers = zookeeper.connect_string();
-    let connect = zookeeper_client::Client::connector().with_session_timeout(Duration::from_secs(2)).connect(&servers);
+    let connect = zookeeper.connector().with_session_timeout(Duration::from_secs(2)).connect(&servers);
     let client = tokio::time::timeout(Duration::from_secs(3), connect).await.ok()?.ok()?;
     let children = client.list_children(keys.election()).await.ok()?;
     let mut values = Vec::new();

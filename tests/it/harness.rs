@@ -852,6 +852,12 @@ impl Postgres {
 /// manifest class path).
 const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
 
+/// What the Netty connection factory (ZooKeeper's only TLS one) needs beyond the jar's manifest
+/// class path, which names netty-buffer, -common, -handler and -transport but not the codec
+/// Netty's `SslHandler` is built on: without it the server starts and never opens its secure
+/// port (its log says nothing: Debian's ZooKeeper logs through a no-op SLF4J).
+const NETTY_TLS_JARS: &[&str] = &["/usr/share/java/netty-codec.jar", "/usr/share/java/netty-resolver.jar"];
+
 /// ZooKeeper's tick: sessions may last from 2 to 20 ticks, so 500 ms allows 1 s to 10 s.
 pub const ZOOKEEPER_TICK: Duration = Duration::from_millis(500);
 
@@ -868,6 +874,18 @@ struct ZooKeeperServer {
 pub struct ZooKeeper {
     dir: TempDir,
     servers: Vec<ZooKeeperServer>,
+    /// Set for a TLS-only server (`ZooKeeper::start_secure`).
+    secure: Option<SecureZooKeeper>,
+}
+
+/// What makes a `ZooKeeper` TLS-only: `secureClientPort` and no `clientPort`, the Netty
+/// connection factory, PEM key and trust stores, and `ssl.clientAuth=need`. The harness's own
+/// connections (`srvr`, `connector`) present the replicas' client certificate.
+struct SecureZooKeeper {
+    ca: PathBuf,
+    /// The server's key and certificate in one PEM file: ZooKeeper's PEM key store.
+    key_store: PathBuf,
+    client: CertFiles,
 }
 
 impl ZooKeeper {
@@ -887,7 +905,33 @@ impl ZooKeeper {
                 child: None,
             })
             .collect();
-        let mut zookeeper = ZooKeeper { dir, servers };
+        ZooKeeper::start_on(dir, servers, None).await
+    }
+
+    /// One standalone server that serves only TLS and asks every client for a certificate
+    /// signed by `pki.ca`; it presents `pki.server`.
+    pub async fn start_secure(pki: &Pki) -> ZooKeeper {
+        let dir = tempfile::Builder::new().prefix("tenure-zk").tempdir().expect("temp dir");
+        let key_store = dir.path().join("server.pem");
+        let pem = format!(
+            "{}{}",
+            fs::read_to_string(&pki.server.key).unwrap(),
+            fs::read_to_string(&pki.server.cert).unwrap()
+        );
+        fs::write(&key_store, pem).unwrap();
+        let secure = SecureZooKeeper { ca: pki.ca.clone(), key_store, client: pki.client.clone() };
+        let server = ZooKeeperServer {
+            client_port: free_port(),
+            quorum_port: free_port(),
+            election_port: free_port(),
+            child: None,
+        };
+        ZooKeeper::start_on(dir, vec![server], Some(secure)).await
+    }
+
+    async fn start_on(dir: TempDir, servers: Vec<ZooKeeperServer>, secure: Option<SecureZooKeeper>) -> ZooKeeper {
+        let size = servers.len();
+        let mut zookeeper = ZooKeeper { dir, servers, secure };
         for index in 0..size {
             zookeeper.spawn(index);
         }
@@ -917,12 +961,29 @@ impl ZooKeeper {
         fs::create_dir_all(&data).unwrap();
         let server = &self.servers[index];
         let mut config = format!(
-            "tickTime={}\ninitLimit=10\nsyncLimit=4\ndataDir={}\nclientPort={}\nclientPortAddress=127.0.0.1\n\
-             admin.enableServer=false\n4lw.commands.whitelist=*\n",
+            "tickTime={}\ninitLimit=10\nsyncLimit=4\ndataDir={}\nadmin.enableServer=false\n4lw.commands.whitelist=*\n",
             ZOOKEEPER_TICK.as_millis(),
             data.display(),
-            server.client_port
         );
+        let mut class_path = ZOOKEEPER_JAR.to_owned();
+        match &self.secure {
+            None => config.push_str(&format!("clientPort={}\nclientPortAddress=127.0.0.1\n", server.client_port)),
+            Some(secure) => {
+                config.push_str(&format!(
+                    "secureClientPort={}\nsecureClientPortAddress=127.0.0.1\n\
+                     serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+                     ssl.keyStore.location={}\nssl.keyStore.type=PEM\n\
+                     ssl.trustStore.location={}\nssl.trustStore.type=PEM\nssl.clientAuth=need\n",
+                    server.client_port,
+                    secure.key_store.display(),
+                    secure.ca.display()
+                ));
+                for jar in NETTY_TLS_JARS {
+                    class_path.push(':');
+                    class_path.push_str(jar);
+                }
+            }
+        }
         if self.servers.len() > 1 {
             fs::write(data.join("myid"), format!("{}\n", index + 1)).unwrap();
             for (id, peer) in self.servers.iter().enumerate() {
@@ -933,7 +994,7 @@ impl ZooKeeper {
         fs::write(&config_path, config).unwrap();
         let log = fs::OpenOptions::new().create(true).append(true).open(self.log_path(index)).unwrap();
         let child = Command::new("java")
-            .args(["-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", ZOOKEEPER_JAR])
+            .args(["-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", &class_path])
             .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
             .arg(&config_path)
             .process_group(0)
@@ -945,11 +1006,79 @@ impl ZooKeeper {
         self.servers[index].child = Some(child);
     }
 
-    /// The connect string of every server: `127.0.0.1:port,...`.
+    /// The connect string of every server: `127.0.0.1:port,...`, each `tcp+tls://` when the
+    /// server is TLS-only.
     pub fn connect_string(&self) -> String {
+        let scheme = self.scheme();
         let servers: Vec<String> =
-            self.servers.iter().map(|server| format!("127.0.0.1:{}", server.client_port)).collect();
+            self.servers.iter().map(|server| format!("{scheme}127.0.0.1:{}", server.client_port)).collect();
         servers.join(",")
+    }
+
+    /// What a server address is prefixed with in a connect string: `tcp+tls://` or nothing.
+    pub fn scheme(&self) -> &'static str {
+        if self.secure.is_some() { "tcp+tls://" } else { "" }
+    }
+
+    /// A client connector for these servers: over TLS with the replicas' client certificate
+    /// when they are TLS-only.
+    pub fn connector(&self) -> zookeeper_client::Connector {
+        let connector = zookeeper_client::Client::connector();
+        let Some(secure) = &self.secure else {
+            return connector;
+        };
+        // The client library needs a process-wide rustls provider (see `election::zookeeper`).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let read = |path: &Path| fs::read_to_string(path).unwrap();
+        let tls = zookeeper_client::TlsOptions::new()
+            .with_pem_ca(&read(&secure.ca))
+            .unwrap()
+            .with_pem_identity(&read(&secure.client.cert), &read(&secure.client.key))
+            .unwrap();
+        connector.with_tls(tls)
+    }
+
+    /// Send a four-letter word to a server (over TLS with the client certificate when it is
+    /// TLS-only: the Netty factory serves them there too) and read its answer.
+    async fn four_letter_word(&self, index: usize, word: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = self.servers[index].client_port;
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut answer = String::new();
+        match &self.secure {
+            None => {
+                let mut stream = stream;
+                stream.write_all(word.as_bytes()).await.ok()?;
+                stream.read_to_string(&mut answer).await.ok()?;
+            }
+            Some(secure) => {
+                use rustls::pki_types::pem::PemObject;
+                use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(&secure.ca).ok()? {
+                    roots.add(cert.ok()?).ok()?;
+                }
+                let chain: Vec<_> =
+                    CertificateDer::pem_file_iter(&secure.client.cert).ok()?.collect::<Result<_, _>>().ok()?;
+                let key = PrivateKeyDer::from_pem_file(&secure.client.key).ok()?;
+                let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .ok()?
+                    .with_root_certificates(roots)
+                    .with_client_auth_cert(chain, key)
+                    .ok()?;
+                let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+                let name = ServerName::try_from("127.0.0.1").ok()?;
+                let mut stream = connector.connect(name, stream).await.ok()?;
+                stream.write_all(word.as_bytes()).await.ok()?;
+                // Netty closes without close_notify: what came before the end is the answer.
+                let mut bytes = Vec::new();
+                let _ = stream.read_to_end(&mut bytes).await;
+                answer = String::from_utf8_lossy(&bytes).into_owned();
+            }
+        }
+        Some(answer)
     }
 
     pub fn client_port(&self, index: usize) -> u16 {
@@ -959,14 +1088,9 @@ impl ZooKeeper {
     /// What a server says it is (`srvr`'s `Mode:`: standalone, leader or follower), or None
     /// when it does not serve.
     pub async fn mode(&self, index: usize) -> Option<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         self.servers[index].child.as_ref()?;
-        let port = self.servers[index].client_port;
         let attempt = async {
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-            stream.write_all(b"srvr").await.ok()?;
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).await.ok()?;
+            let answer = self.four_letter_word(index, "srvr").await?;
             let mode = answer.lines().find_map(|line| line.strip_prefix("Mode: "))?;
             Some(mode.trim().to_owned())
         };

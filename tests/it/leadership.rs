@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tenure::election::{Coordinator, CoordinatorAccess, Election, ElectionConfig, Keys, ZooKeeperAccess};
+use tenure::election::{Coordinator, CoordinatorAccess, Election, ElectionConfig, Keys, ZooKeeperAccess, ZooKeeperTls};
 use tenure::leadership::Leadership;
 use tenure::local::LocalElection;
 use tokio::sync::watch;
@@ -60,7 +60,9 @@ impl Backend {
 
     async fn zookeeper() -> Backend {
         let zookeeper = ZooKeeper::start().await;
-        let access = CoordinatorAccess::ZooKeeper(ZooKeeperAccess::new(&[zookeeper.connect_string()]).unwrap());
+        let access = CoordinatorAccess::ZooKeeper(
+            ZooKeeperAccess::new(&[zookeeper.connect_string()], ZooKeeperTls::default()).unwrap(),
+        );
         let coordinator = Coordinator::connect(&access, LEASE_TTL).await.unwrap();
         Backend::ZooKeeper { _zookeeper: zookeeper, coordinator }
     }

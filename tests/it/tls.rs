@@ -1,7 +1,8 @@
 //! Production connections (issue 15): a throwaway CA (rcgen), PostgreSQL with `ssl = on` and
 //! `hostssl` rules only (`cert` for the harness, `scram-sha-256 clientcert=verify-full` for
 //! replicas), etcd with `--cert-file --key-file --trusted-ca-file --client-cert-auth` and
-//! authentication on. Replicas read every secret from a file.
+//! authentication on, ZooKeeper with only a `secureClientPort` and `ssl.clientAuth=need`.
+//! Replicas read every secret from a file.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,7 +12,7 @@ use chrono::Utc;
 use nix::sys::signal::Signal;
 
 use crate::checker::{Expect, check};
-use crate::cluster::{ADMIN_TOKEN, Cluster, TICK, TTL};
+use crate::cluster::{ADMIN_TOKEN, Cluster, CoordinatorKind, Options, TICK, TTL, ZOOKEEPER_TTL};
 use crate::harness::{ETCD_PASSWORD, ETCD_USER, PG_PASSWORD, Postgres, wait_for};
 
 /// How long after `from` the fence first held a term newer than `old_term`, polled every 5 ms.
@@ -147,16 +148,26 @@ fn start_once(cluster: &Cluster, overrides: &[(&str, &str)]) -> String {
     let database_url = cluster.database_url.clone();
     let mut flags: Vec<(String, String)> = vec![
         ("--jobs".into(), cluster.jobs_path.display().to_string()),
-        ("--etcd".into(), cluster.etcd.client_url()),
         ("--database-url".into(), database_url),
-        ("--etcd-ca".into(), pki.ca.display().to_string()),
-        ("--etcd-cert".into(), pki.client.cert.display().to_string()),
-        ("--etcd-key".into(), pki.client.key.display().to_string()),
-        ("--etcd-user".into(), ETCD_USER.into()),
-        ("--etcd-password-file".into(), pki.dir.path().join("etcd-password").display().to_string()),
         ("--listen".into(), "127.0.0.1:0".into()),
         ("--election".into(), "start-checks".into()),
     ];
+    match &cluster.zookeeper {
+        Some(zookeeper) => flags.extend([
+            ("--zookeeper".into(), zookeeper.connect_string()),
+            ("--zookeeper-ca".into(), pki.ca.display().to_string()),
+            ("--zookeeper-cert".into(), pki.client.cert.display().to_string()),
+            ("--zookeeper-key".into(), pki.client.key.display().to_string()),
+        ]),
+        None => flags.extend([
+            ("--etcd".into(), cluster.etcd.client_url()),
+            ("--etcd-ca".into(), pki.ca.display().to_string()),
+            ("--etcd-cert".into(), pki.client.cert.display().to_string()),
+            ("--etcd-key".into(), pki.client.key.display().to_string()),
+            ("--etcd-user".into(), ETCD_USER.into()),
+            ("--etcd-password-file".into(), pki.dir.path().join("etcd-password").display().to_string()),
+        ]),
+    }
     for (flag, value) in overrides {
         match flags.iter_mut().find(|(f, _)| f == flag) {
             Some(entry) => entry.1 = (*value).to_owned(),
@@ -281,4 +292,137 @@ async fn plaintext_connections_to_tls_only_servers_are_refused() {
         start_once(&cluster, &[("--etcd", &plain_etcd), ("--etcd-ca", ""), ("--etcd-cert", ""), ("--etcd-key", "")]);
     let line = assert_error_line(&stderr, &["etcd", "closed the connection", "use https://"]);
     eprintln!("etcd over http://: {line}");
+}
+
+fn on_tls_zookeeper() -> Options {
+    Options { coordinator: CoordinatorKind::ZooKeeper { servers: 1 }, ..Options::default() }
+}
+
+/// The base64 lines of a PEM private key: none may appear in any text a replica writes.
+fn key_lines(key: &Path) -> Vec<String> {
+    let pem = std::fs::read_to_string(key).unwrap();
+    let lines: Vec<String> =
+        pem.lines().filter(|line| !line.starts_with("-----") && line.len() > 16).map(str::to_owned).collect();
+    assert!(!lines.is_empty(), "{} is a PEM key", key.display());
+    lines
+}
+
+#[tokio::test]
+async fn over_tls_with_a_client_certificate_a_replica_leads_and_fires_on_a_tls_only_zookeeper() {
+    let mut cluster = Cluster::start_secure_with(3, TICK, on_tls_zookeeper()).await;
+    let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    cluster.let_it_tick(3).await;
+    let leader_node = cluster.replicas[leader].node.clone();
+    let witness = cluster.witness();
+    assert!(witness.len() >= 3 && witness.iter().all(|w| w.term == term && w.node == leader_node), "{witness:?}");
+    // Every replica's dashboard API names the leader, and ZooKeeper (read over TLS) holds a
+    // candidate znode of each live replica and of no other.
+    cluster.assert_healed(Duration::from_secs(20)).await;
+    let follower = (leader + 1) % cluster.replicas.len();
+    let page = reqwest::get(cluster.url(follower)).await.unwrap().text().await.unwrap();
+    assert!(page.contains(&leader_node), "the follower's dashboard names the leader {leader_node}:\n{page}");
+
+    let pki = &cluster.secure.as_ref().unwrap().pki;
+    let secret_lines = key_lines(&pki.client.key);
+    for replica in &cluster.replicas {
+        let log = std::fs::read_to_string(&replica.log).unwrap();
+        assert!(!log.contains("PRIVATE KEY"), "{} logged a key", replica.node);
+        for line in &secret_lines {
+            assert!(!log.contains(line.as_str()), "{} logged the client key", replica.node);
+        }
+    }
+    let log = std::fs::read_to_string(&cluster.replicas[leader].log).unwrap();
+    assert!(log.contains("became leader"), "the leader's log is read:\n{log}");
+
+    // The failover over TLS: SIGKILL (the session expires, a follower wins), then SIGTERM (the
+    // leader closes its session, the last replica takes over at once).
+    let killed = Instant::now();
+    cluster.kill(leader);
+    let (kill_failover, killed_term) =
+        new_term_in_fence(&cluster, term, killed, ZOOKEEPER_TTL * 4 + Duration::from_secs(5)).await;
+    eprintln!(
+        "ZooKeeper TLS SIGKILL failover: signal to new term in the fence {kill_failover:?} (session {ZOOKEEPER_TTL:?})"
+    );
+    let (new_leader, _) = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    cluster.let_it_tick(2).await;
+    let signalled = Instant::now();
+    cluster.signal(new_leader, Signal::SIGTERM);
+    let (term_handover, _) = new_term_in_fence(&cluster, killed_term, signalled, Duration::from_secs(5)).await;
+    eprintln!("ZooKeeper TLS SIGTERM hand-over: signal to new term in the fence {term_handover:?}");
+    cluster.terminate(new_leader).await;
+    cluster.let_it_tick(2).await;
+    assert!(kill_failover < ZOOKEEPER_TTL * 2 + Duration::from_millis(1500), "SIGKILL failover took {kill_failover:?}");
+    assert!(term_handover < Duration::from_secs(1), "SIGTERM hand-over took {term_handover:?}");
+    let witness = cluster.witness();
+    let from = witness.first().unwrap().slot;
+    let until = witness.last().unwrap().slot;
+    let report =
+        check(&witness, &cluster.ledger().await, &Expect { jobs: &["tick"], from, until, missed_allowed: true });
+    cluster.verdict(&report).await;
+}
+
+#[tokio::test]
+async fn zookeeper_a_wrong_ca_an_expired_certificate_or_an_unreadable_file_fail_at_start_with_one_line() {
+    let cluster = Cluster::start_secure_with(0, TICK, on_tls_zookeeper()).await;
+    let pki = &cluster.secure.as_ref().unwrap().pki;
+    let zookeeper = cluster.zookeeper.as_ref().unwrap();
+    let plain_servers = zookeeper.connect_string().replace("tcp+tls://", "");
+    let other_ca = pki.other_ca.display().to_string();
+    let missing = pki.dir.path().join("no-such-file.pem").display().to_string();
+    let cases: Vec<Case> = vec![
+        ("ZooKeeper, wrong CA", vec![("--zookeeper-ca", other_ca)], &["ZooKeeper", "certificate"]),
+        (
+            "ZooKeeper, expired client certificate",
+            vec![
+                ("--zookeeper-cert", pki.expired_client.cert.display().to_string()),
+                ("--zookeeper-key", pki.expired_client.key.display().to_string()),
+            ],
+            &["ZooKeeper", "TLS", "alert"],
+        ),
+        (
+            "ZooKeeper, CA file missing",
+            vec![("--zookeeper-ca", missing.clone())],
+            &["ZooKeeper", "read ZooKeeper CA file", "no-such-file.pem"],
+        ),
+        (
+            "ZooKeeper, key file missing",
+            vec![("--zookeeper-key", missing)],
+            &["ZooKeeper", "read ZooKeeper client key", "no-such-file.pem"],
+        ),
+        (
+            "ZooKeeper, a key where the certificate belongs",
+            vec![("--zookeeper-cert", pki.client.key.display().to_string())],
+            &["ZooKeeper", "client certificate"],
+        ),
+        (
+            "ZooKeeper, TLS files for plaintext servers",
+            vec![("--zookeeper", plain_servers)],
+            &["--zookeeper-ca", "need tcp+tls://"],
+        ),
+    ];
+    let secret_lines = key_lines(&pki.client.key);
+    for (what, overrides, expected) in cases {
+        let overrides: Vec<(&str, &str)> = overrides.iter().map(|(flag, value)| (*flag, value.as_str())).collect();
+        let stderr = start_once(&cluster, &overrides);
+        let line = assert_error_line(&stderr, expected);
+        eprintln!("{what}: {line}");
+        assert!(!stderr.contains("PRIVATE KEY"), "{what}: {stderr}");
+        for secret in &secret_lines {
+            assert!(!stderr.contains(secret.as_str()), "{what}: the key leaked: {stderr}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn plaintext_connections_to_a_tls_only_zookeeper_are_refused() {
+    let cluster = Cluster::start_secure_with(0, TICK, on_tls_zookeeper()).await;
+    let zookeeper = cluster.zookeeper.as_ref().unwrap();
+    let plain_servers = zookeeper.connect_string().replace("tcp+tls://", "");
+    let stderr = start_once(
+        &cluster,
+        &[("--zookeeper", &plain_servers), ("--zookeeper-ca", ""), ("--zookeeper-cert", ""), ("--zookeeper-key", "")],
+    );
+    let line = assert_error_line(&stderr, &["ZooKeeper", "closed the connection", "tcp+tls://"]);
+    eprintln!("ZooKeeper in plaintext: {line}");
+    assert!(!stderr.contains("became leader"), "{stderr}");
 }
