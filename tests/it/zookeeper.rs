@@ -125,12 +125,14 @@ async fn zookeeper_with_self_fencing_off_a_cut_leader_is_refused_by_the_database
     cluster.let_it_tick(4).await;
     let rejected = counter(&cluster, leader, "tenure_claims_rejected_total{reason=\"fenced\"}").await;
     assert!(rejected > 0.0, "the stale leader never tried, so this proved nothing\n{}", cluster.logs());
-    let stale: Vec<_> = cluster
-        .witness()
-        .into_iter()
-        .filter(|w| w.term == term && w.slot > cut + chrono::Duration::seconds(1))
-        .collect();
-    assert!(stale.is_empty(), "the stale leader executed: {stale:?}");
+    // Its local deadline (the last acknowledged heartbeat + the session timeout - the margin) may
+    // fall up to about a second after the cut, so a slot within it may still run; nothing may
+    // run for a slot once its session could have expired. The fence refusing the stale term's
+    // later claims is the checker's verdict below.
+    let session_could_expire = cut + chrono::Duration::from_std(ZOOKEEPER_TTL).unwrap();
+    let stale: Vec<_> =
+        cluster.witness().into_iter().filter(|w| w.term == term && w.slot > session_could_expire).collect();
+    assert!(stale.is_empty(), "the stale leader executed after its session could expire: {stale:?}");
     cluster.event("heal");
     cluster.replicas[leader].etcd_proxy.as_ref().unwrap().set(Fault::Pass);
     let report = finish(&mut cluster, &["tick"], &[]).await;
