@@ -32,6 +32,11 @@ pub const TTL: Duration = Duration::from_secs(1);
 /// loaded two-core machine room for a late heartbeat without ending a term.
 pub const ZOOKEEPER_TTL: Duration = Duration::from_secs(2);
 
+/// The furthest ahead of its slot a leader records a run's start (`scheduler::lead_time`'s
+/// bound): a leader that stops after recording it may still execute that slot, which is no
+/// longer the next leader's to claim.
+pub const START_AHEAD: Duration = Duration::from_secs(1);
+
 /// The job file most cluster scenarios run: one job firing every second, witnessed.
 pub const TICK: &str = r#"
 jobs:
@@ -412,6 +417,17 @@ impl Cluster {
             }
         }
         leaders
+    }
+
+    /// Whether every running replica answers that it does not lead (one that does not answer
+    /// may still lead).
+    pub async fn all_follow(&self) -> bool {
+        for index in (0..self.replicas.len()).filter(|&i| self.is_up(i)) {
+            if self.ready(index).await.is_none_or(|ready| ready.role == "leader") {
+                return false;
+            }
+        }
+        true
     }
 
     /// Wait until exactly one replica leads and has raised the fence to its term.

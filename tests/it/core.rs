@@ -257,7 +257,31 @@ jobs:
     let deadline_missed = in_outage("all-within-10s", "missed");
     let deadline_run = in_outage("all-within-10s", "succeeded");
     assert_eq!(deadline_missed + deadline_run, owed, "every slot run or missed: {seen:?}");
-    assert!((5..=12).contains(&deadline_run), "the last ten seconds of slots run ({deadline_run})");
+    // Which slots are within it depends on when the new leader planned: just after its term
+    // began (a restart of three replicas may take a while on a loaded machine).
+    let began = cluster
+        .reads
+        .terms()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|record| record.started_at > down_until)
+        .map(|record| record.started_at)
+        .min()
+        .expect("a term after the restart");
+    let within = |planned: chrono::DateTime<Utc>| {
+        ledger
+            .iter()
+            .filter(|r| {
+                r.job == "all-within-10s" && in_window(r.slot) && planned - r.slot <= chrono::Duration::seconds(10)
+            })
+            .count()
+    };
+    let (most, least) = (within(began), within(began + chrono::Duration::seconds(2)));
+    assert!(
+        (least..=most).contains(&deadline_run),
+        "the slots within ten seconds of the new term's planning run ({deadline_run}, expected {least}..={most}): {seen:?}"
+    );
     let from = witness.first().unwrap().slot;
     let until = witness.last().unwrap().slot - chrono::Duration::seconds(1);
     let report = check(

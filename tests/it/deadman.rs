@@ -109,10 +109,7 @@ async fn issue16_only_the_leader_pings_and_the_pings_stop_with_the_last_leader()
         assert_eq!(ping.path, "/ping/0b6c0d4e-secret-token");
         assert_eq!(ping.user_agent, concat!("tenure/", env!("CARGO_PKG_VERSION")));
     }
-    for pair in pings.windows(2) {
-        let gap = pair[1].at - pair[0].at;
-        assert!(gap >= INTERVAL - Duration::from_millis(100) && gap <= INTERVAL + SLACK, "gap {gap:?}: {pings:#?}");
-    }
+    assert_paced(&pings);
     // The log names the monitor's host, never the token.
     let logs = std::fs::read_to_string(&cluster.replicas[first].log).unwrap();
     assert!(logs.contains("dead-man ping while leading") && logs.contains("127.0.0.1"), "{logs}");
@@ -131,16 +128,14 @@ async fn issue16_only_the_leader_pings_and_the_pings_stop_with_the_last_leader()
     let pings = receiver.pings();
     // One hand-over, no two replicas taking turns: the old leader's pings, then the new one's.
     assert_eq!(speakers(&pings), [(first_node.clone(), first_term), (second_node.clone(), second_term)], "{pings:#?}");
-    assert!(receiver.from(&first_node).iter().all(|ping| ping.at <= killed), "a dead leader pinged");
-    let new = receiver.from(&second_node);
-    for pair in new.windows(2) {
-        let gap = pair[1].at - pair[0].at;
-        assert!(gap >= INTERVAL - Duration::from_millis(100) && gap <= INTERVAL + SLACK, "gap {gap:?}: {new:#?}");
-    }
+    // A ping on its way when the leader died may be taken a moment later.
+    assert!(receiver.from(&first_node).iter().all(|ping| ping.at <= killed + SLACK), "a dead leader pinged");
+    assert_paced(&receiver.from(&second_node));
 
     // etcd down: the leader's lease runs out and nobody can lead. The pings stop with it.
     cluster.etcd.kill();
-    let lost = wait_until(Duration::from_secs(10), || async { cluster.leaders().await.is_empty() }).await;
+    // Every running replica must say it follows: a slow answer is not one.
+    let lost = wait_until(Duration::from_secs(10), || async { cluster.all_follow().await }).await;
     assert!(lost, "a replica still leads without etcd\n{}", cluster.logs());
     let no_leader = Instant::now();
     // Absence is what is asserted: watch for four intervals.
@@ -173,4 +168,17 @@ async fn issue16_only_the_leader_pings_and_the_pings_stop_with_the_last_leader()
     // Every ping came from a leader with the fence raised to the term it named.
     let terms: Vec<i64> = speakers(&receiver.pings()).into_iter().map(|(_, term)| term).collect();
     assert!(terms.windows(2).all(|pair| pair[0] < pair[1]), "terms out of order: {terms:?}");
+}
+
+/// Pings come once an interval: each gap within half to twice the interval (a loaded machine
+/// may hold one back), and on average the interval itself.
+fn assert_paced(pings: &[Ping]) {
+    for pair in pings.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= INTERVAL / 2 && gap <= INTERVAL * 2, "gap {gap:?}: {pings:#?}");
+    }
+    if let [first, .., last] = pings {
+        let mean = (last.at - first.at) / (pings.len() as u32 - 1);
+        assert!(mean >= INTERVAL - SLACK / 2 && mean <= INTERVAL + SLACK / 2, "mean gap {mean:?}: {pings:#?}");
+    }
 }

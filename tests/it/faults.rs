@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tenure::model::RunStatus;
 
 use crate::checker::{Expect, Report, check_excusing};
-use crate::cluster::{Cluster, CoordinatorKind, Options, TICK, TTL};
+use crate::cluster::{Cluster, CoordinatorKind, Options, START_AHEAD, TICK, TTL};
 use crate::harness::{process_gone, wait_for, wait_until};
 use crate::proxy::Fault;
 
@@ -131,10 +131,14 @@ async fn with_self_fencing_off_a_leader_cut_from_etcd_is_refused_by_the_database
     let rejected = counter(&cluster, leader, "tenure_claims_rejected_total{reason=\"fenced\"}").await;
     eprintln!("fenced claim rejections on the stale leader: {rejected}");
     assert!(rejected > 0.0, "the stale leader never tried, so this proved nothing\n{}", cluster.logs());
+    // Its local deadline falls at most a TTL after the cut; a run whose start it recorded ahead
+    // (at most `START_AHEAD` before its slot) before then was never the next leader's to claim,
+    // and still runs. Nothing later: the fence refusing the stale term's later claims is the
+    // checker's verdict below.
     let stale: Vec<_> = cluster
         .witness()
         .into_iter()
-        .filter(|w| w.term == term && w.slot > cut + chrono::Duration::seconds(1))
+        .filter(|w| w.term == term && w.slot > cut + chrono::Duration::from_std(TTL + START_AHEAD).unwrap())
         .collect();
     assert!(stale.is_empty(), "the stale leader executed: {stale:?}");
     cluster.event("heal");
@@ -183,7 +187,13 @@ async fn a_leader_paused_past_its_lease_with_self_fencing_off_is_refused_by_the_
         "SIGSTOP 2xTTL, self-fencing off: new leader after {:?}, first run {:?}, fenced rejections on resume {rejected}",
         handover.to_leader, handover.to_first_run
     );
-    let stale: Vec<_> = cluster.witness().into_iter().filter(|w| w.term == term && w.slot > paused).collect();
+    // A run whose start it recorded ahead before the pause (at most `START_AHEAD` before its
+    // slot) runs on resuming; no slot after that.
+    let stale: Vec<_> = cluster
+        .witness()
+        .into_iter()
+        .filter(|w| w.term == term && w.slot > paused + chrono::Duration::from_std(START_AHEAD).unwrap())
+        .collect();
     assert!(stale.is_empty(), "the paused leader executed after resuming: {stale:?}");
     let report = finish(&mut cluster, &["tick"], &[]).await;
     cluster.verdict(&report).await;

@@ -42,7 +42,9 @@ where
     }
 }
 
-/// Whether `condition` came to hold within `timeout`, checking every 50 ms.
+/// Whether `condition` came to hold within `timeout`, checking every 50 ms. A check that hangs
+/// (a request without an answer) counts as not holding once the deadline has passed, with at
+/// least 5 s of its own, so a wait ends however its checks behave.
 pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,
@@ -50,7 +52,8 @@ where
 {
     let deadline = Instant::now() + timeout;
     loop {
-        if condition().await {
+        let allowed = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
+        if tokio::time::timeout(allowed, condition()).await.unwrap_or(false) {
             return true;
         }
         if Instant::now() > deadline {

@@ -77,7 +77,9 @@ async fn claims_start_on_time_while_every_read_is_stuck() {
     while slot <= last {
         match ledger.iter().find(|run| run.slot == slot) {
             Some(run) => match run.started_at {
-                Some(started) if started - slot < TimeDelta::milliseconds(500) && run.term == term => {}
+                // A claim starved by the readers would wait for their locks (seconds); a loaded
+                // machine's scheduling delay stays well under one.
+                Some(started) if started - slot < TimeDelta::milliseconds(1_000) && run.term == term => {}
                 _ => late.push(format!("{slot}: {} term {} started {:?}", run.status, run.term, run.started_at)),
             },
             None => late.push(format!("{slot}: no row")),
@@ -151,8 +153,9 @@ async fn a_full_dashboard_answers_503_with_retry_after_and_probes_stay_open() {
             assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
             let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
             assert_eq!(problem["status"], 503, "{body}");
-            // Shed at once or after the short queue, never after a stuck read.
-            assert!(took < Duration::from_millis(1_500), "shed after {took:?}");
+            // Shed at once or after the short queue (1 s), never after a stuck read (its 2 s
+            // statement timeout).
+            assert!(took < Duration::from_millis(1_900), "shed after {took:?}");
         }
     }
     assert!(shed >= extra, "only {shed} of {} requests shed with capacity {capacity}", capacity + extra);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nix::sys::signal::Signal;
 
-use crate::cluster::{Cluster, CoordinatorKind, Options, TICK, ZOOKEEPER_TTL};
+use crate::cluster::{Cluster, CoordinatorKind, Options, START_AHEAD, TICK, ZOOKEEPER_TTL};
 use crate::faults::{counter, finish, handover_after, window};
 use crate::harness::wait_for;
 use crate::proxy::Fault;
@@ -126,10 +126,11 @@ async fn zookeeper_with_self_fencing_off_a_cut_leader_is_refused_by_the_database
     let rejected = counter(&cluster, leader, "tenure_claims_rejected_total{reason=\"fenced\"}").await;
     assert!(rejected > 0.0, "the stale leader never tried, so this proved nothing\n{}", cluster.logs());
     // Its local deadline (the last acknowledged heartbeat + the session timeout - the margin) may
-    // fall up to about a second after the cut, so a slot within it may still run; nothing may
-    // run for a slot once its session could have expired. The fence refusing the stale term's
-    // later claims is the checker's verdict below.
-    let session_could_expire = cut + chrono::Duration::from_std(ZOOKEEPER_TTL).unwrap();
+    // fall up to about a second after the cut, so a slot within it may still run, and so may a
+    // run whose start it recorded ahead before then (at most `START_AHEAD` before its slot);
+    // nothing for a later slot. The fence refusing the stale term's later claims is the
+    // checker's verdict below.
+    let session_could_expire = cut + chrono::Duration::from_std(ZOOKEEPER_TTL + START_AHEAD).unwrap();
     let stale: Vec<_> =
         cluster.witness().into_iter().filter(|w| w.term == term && w.slot > session_could_expire).collect();
     assert!(stale.is_empty(), "the stale leader executed after its session could expire: {stale:?}");
