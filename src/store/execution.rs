@@ -141,13 +141,16 @@ pub trait Executions: Send + Sync {
 
     /// Renew an accepted attempt's lease for `lease` from the commit and write its live
     /// `output`, unless it was given up, reassigned, ended or cancelled.
-    async fn renew_execution(&self, key: &ExecutionKey, lease: Duration, output: &str)
-    -> Result<Renewal, sqlx::Error>;
+    async fn renew_execution(&self, key: &ExecutionKey, lease: Duration, output: &str) -> Result<Renewal, sqlx::Error>;
 
     /// Begin the next attempt on the same executor after a retryable failure (the job's
     /// `retries`), renewing the lease; false when the attempt is no longer this executor's.
-    async fn retry_execution(&self, key: &ExecutionKey, previous_error: &str, lease: Duration)
-    -> Result<bool, sqlx::Error>;
+    async fn retry_execution(
+        &self,
+        key: &ExecutionKey,
+        previous_error: &str,
+        lease: Duration,
+    ) -> Result<bool, sqlx::Error>;
 
     /// Record an attempt's outcome, keyed on (run, attempt, executor) and only while the run is
     /// `running` and accepted: not fenced by a term (a failover does not refuse it), and refused
@@ -180,7 +183,12 @@ pub trait Executions: Send + Sync {
 
     /// Send on `wake` whenever an attempt may have been assigned to `node`, until `stop`. A
     /// backend without notifications returns at once (the caller polls).
-    async fn listen_assignments(&self, node: &str, wake: tokio::sync::mpsc::Sender<()>, stop: tokio_util::sync::CancellationToken);
+    async fn listen_assignments(
+        &self,
+        node: &str,
+        wake: tokio::sync::mpsc::Sender<()>,
+        stop: tokio_util::sync::CancellationToken,
+    );
 }
 
 /// Tags as the ledger holds them: comma-separated, in order.
@@ -210,7 +218,11 @@ pub(super) fn give_up_reason(expired: &ExpiredExecution) -> String {
 /// A row of `id, attempt, executor, job, slot, term`.
 pub(super) fn assigned_run(row: &impl LedgerRow) -> Result<AssignedRun, sqlx::Error> {
     Ok(AssignedRun {
-        key: ExecutionKey { run_id: row.int("id")?, attempt: row.small_int("attempt")?, executor: row.text("executor")? },
+        key: ExecutionKey {
+            run_id: row.int("id")?,
+            attempt: row.small_int("attempt")?,
+            executor: row.text("executor")?,
+        },
         job: row.text("job")?,
         slot: row.instant("slot")?,
         term: row.int("term")?,
@@ -220,7 +232,11 @@ pub(super) fn assigned_run(row: &impl LedgerRow) -> Result<AssignedRun, sqlx::Er
 /// A row of `id, attempt, executor, job, accepted, cancel_requested`.
 pub(super) fn expired_execution(row: &impl LedgerRow) -> Result<ExpiredExecution, sqlx::Error> {
     Ok(ExpiredExecution {
-        key: ExecutionKey { run_id: row.int("id")?, attempt: row.small_int("attempt")?, executor: row.text("executor")? },
+        key: ExecutionKey {
+            run_id: row.int("id")?,
+            attempt: row.small_int("attempt")?,
+            executor: row.text("executor")?,
+        },
         job: row.text("job")?,
         accepted: row.flag("accepted")?,
         cancel_requested: row.flag("cancel_requested")?,

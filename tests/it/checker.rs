@@ -196,6 +196,7 @@ mod tests {
             http_status: None,
             error: None,
             output: String::new(),
+            executor: None,
         }
     }
 

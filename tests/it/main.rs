@@ -37,6 +37,8 @@ mod harness;
 mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
 mod ledger;
+/// Issue 19's part of the ledger contract: acceptance, renewal, give-up, cancel.
+mod ledger_execution;
 /// The notification outbox's part of the ledger contract.
 mod ledger_outbox;
 /// Readers never starve claims; a full dashboard sheds load.

@@ -14,7 +14,7 @@ use crate::leadership::Term;
 use crate::model::RunOutcome;
 use crate::store::execution::{
     ASSIGNMENT_CHANNEL, AssignedRun, Assignment, ExecutionKey, Executions, ExpiredExecution, GiveUp, Renewal,
-    ReplicaLoad, ReplicaOffer, assigned_run, give_up_reason, expired_execution, join_tags, replica_load,
+    ReplicaLoad, ReplicaOffer, assigned_run, expired_execution, give_up_reason, join_tags, replica_load,
 };
 use crate::store::{ClaimError, clean_text};
 
@@ -53,8 +53,7 @@ impl Executions for Postgres {
         .bind(within.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(replica_load)
-            .collect()
+        rows.iter().map(replica_load).collect()
     }
 
     async fn assign_runs(
@@ -136,12 +135,7 @@ impl Executions for Postgres {
         row.as_ref().map(assigned_run).transpose()
     }
 
-    async fn renew_execution(
-        &self,
-        key: &ExecutionKey,
-        lease: Duration,
-        output: &str,
-    ) -> Result<Renewal, sqlx::Error> {
+    async fn renew_execution(&self, key: &ExecutionKey, lease: Duration, output: &str) -> Result<Renewal, sqlx::Error> {
         let renewed = sqlx::query(
             "UPDATE runs SET lease_until = now() + $4 * interval '1 second', output = $5
              WHERE id = $1 AND attempt = $2 AND executor = $3 AND status = 'running' AND accepted
@@ -224,8 +218,7 @@ impl Executions for Postgres {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(expired_execution)
-            .collect()
+        rows.iter().map(expired_execution).collect()
     }
 
     async fn give_up_execution(

@@ -31,8 +31,7 @@ fn now() -> i64 {
 
 impl Sqlite {
     async fn fenced(&self, term: &Term) -> Result<(), ClaimError> {
-        let fence: i64 =
-            sqlx::query("SELECT term FROM fence WHERE id = 1").fetch_one(&self.pool).await?.get("term");
+        let fence: i64 = sqlx::query("SELECT term FROM fence WHERE id = 1").fetch_one(&self.pool).await?.get("term");
         if fence > term.revision() {
             return Err(ClaimError::Fenced { term: term.revision(), fence });
         }
@@ -148,12 +147,7 @@ impl Executions for Sqlite {
         row.as_ref().map(assigned_run).transpose()
     }
 
-    async fn renew_execution(
-        &self,
-        key: &ExecutionKey,
-        lease: Duration,
-        output: &str,
-    ) -> Result<Renewal, sqlx::Error> {
+    async fn renew_execution(&self, key: &ExecutionKey, lease: Duration, output: &str) -> Result<Renewal, sqlx::Error> {
         let renewed = sqlx::query(
             "UPDATE runs SET lease_until = ?4, output = ?5
              WHERE id = ?1 AND attempt = ?2 AND executor = ?3 AND status = 'running' AND accepted
