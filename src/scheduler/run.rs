@@ -280,6 +280,7 @@ impl RunTask {
             term: self.term.revision(),
             node: self.node.clone(),
             attempt,
+            lease_id: None,
         }
     }
 
