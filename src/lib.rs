@@ -30,3 +30,4 @@ pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 pub mod testing;
+pub mod worker;
