@@ -27,6 +27,8 @@ mod deadman;
 mod dev;
 /// Daylight saving: `next` against the oracle around every transition, and the firing path.
 mod dst;
+/// Issue 19: runs executing on worker replicas under leases of their own, across faults.
+mod execution;
 /// The executor on real processes and a real HTTP server.
 mod executor;
 /// The fault suite: partitions, pauses, kills, restarts, reloads.
