@@ -39,7 +39,7 @@ struct Scenario {
 
 impl Scenario {
     /// `jobs` holds `EXEC(<seconds>)` where a job's shell goes.
-    async fn start(jobs: &str, workers: &[(&str, u32)], proxies: bool) -> Scenario {
+    async fn start(jobs: &str, workers: &[(&str, u32)], base: Options) -> Scenario {
         let records = tempfile::tempdir().unwrap();
         let path = records.path().join("executions.log");
         let mut jobs = jobs.to_owned();
@@ -55,7 +55,7 @@ impl Scenario {
                 (format!("node-{}", i + 1), vec![format!("--tags={tags}"), format!("--max-runs={max_runs}")])
             })
             .collect();
-        let options = Options { proxies, replica_args, ..Options::default() };
+        let options = Options { replica_args, ..base };
         let mut cluster = Cluster::start_with(1, &jobs, options).await;
         cluster.wait_for_leader(Duration::from_secs(20)).await;
         for _ in workers {
@@ -139,6 +139,10 @@ impl Drop for Scenario {
     }
 }
 
+fn proxies() -> Options {
+    Options { proxies: true, ..Options::default() }
+}
+
 /// A replica's log without its colours.
 fn plain_log(path: &std::path::Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -192,7 +196,7 @@ async fn assert_retried_elsewhere(scenario: &Scenario, victim: &Execution, gone:
 
 #[tokio::test]
 async fn issue_19_a_worker_sigkilled_mid_run_is_retried_on_another_after_its_lease_never_overlapping() {
-    let mut scenario = Scenario::start(WORK, &[("worker", 8), ("worker", 8)], false).await;
+    let mut scenario = Scenario::start(WORK, &[("worker", 8), ("worker", 8)], Options::default()).await;
     let victim = scenario.wait_going_on("node-1").await;
     scenario.cluster.event(format!("SIGKILL node-1 during run {} attempt 1", victim.run_id));
     let killed_at = Utc::now();
@@ -217,7 +221,7 @@ async fn issue_19_a_worker_sigkilled_mid_run_is_retried_on_another_after_its_lea
 
 #[tokio::test]
 async fn issue_19_a_worker_sigstopped_past_its_lease_kills_its_job_and_records_nothing_on_resuming() {
-    let scenario = Scenario::start(WORK, &[("worker", 8), ("worker", 8)], false).await;
+    let scenario = Scenario::start(WORK, &[("worker", 8), ("worker", 8)], Options::default()).await;
     let victim = scenario.wait_going_on("node-1").await;
     scenario.cluster.event(format!("SIGSTOP node-1 during run {} attempt 1", victim.run_id));
     let stopped_at = Utc::now();
@@ -251,7 +255,7 @@ async fn issue_19_a_worker_sigstopped_past_its_lease_kills_its_job_and_records_n
 
 #[tokio::test]
 async fn issue_19_a_worker_cut_from_postgres_kills_its_job_within_its_local_deadline() {
-    let scenario = Scenario::start(WORK, &[("worker", 8), ("worker", 8)], true).await;
+    let scenario = Scenario::start(WORK, &[("worker", 8), ("worker", 8)], proxies()).await;
     let victim = scenario.wait_going_on("node-1").await;
     scenario.cluster.event(format!("blackhole node-1's PostgreSQL during run {} attempt 1", victim.run_id));
     let cut_at = Utc::now();
@@ -276,6 +280,26 @@ async fn issue_19_a_worker_cut_from_postgres_kills_its_job_within_its_local_dead
     scenario.assert_no_overlap(&[]);
 }
 
+/// The checker is shown to fail: with its local deadline switched off, a worker cut from
+/// PostgreSQL keeps its job running past its lease, the leader retries the run elsewhere, and the
+/// two attempts overlap.
+#[tokio::test]
+async fn issue_19_the_checker_catches_overlapping_attempts_when_a_workers_deadline_is_switched_off() {
+    let jobs = WORK.replace("EXEC(5)", "EXEC(14)");
+    let options = Options { env: vec![("TENURE_TEST_NO_SELF_FENCE".into(), "1".into())], ..proxies() };
+    let scenario = Scenario::start(&jobs, &[("worker", 8), ("worker", 8)], options).await;
+    let victim = scenario.wait_going_on("node-1").await;
+    scenario.cluster.event(format!("blackhole node-1's PostgreSQL during run {} attempt 1", victim.run_id));
+    scenario.cluster.replicas[1].pg_proxy.as_ref().unwrap().set(Fault::Blackhole);
+    let retry = scenario.wait_attempt(victim.run_id, 2, Duration::from_secs(30)).await;
+    assert!(scenario.died(victim.pid).is_none_or(|died| died > retry.started), "attempt 1 ended before the retry");
+    let overlaps = execution_overlaps(&scenario.executions(), &[], |pid| scenario.died(pid), Utc::now());
+    assert!(
+        overlaps.iter().any(|o| o.starts_with(&format!("two attempts of one run: run {}", victim.run_id))),
+        "the checker missed the overlap: {overlaps:#?}"
+    );
+}
+
 #[tokio::test]
 async fn issue_19_the_leader_sigkilled_while_twenty_runs_execute_elsewhere_loses_none_of_them() {
     let jobs = r#"
@@ -285,7 +309,7 @@ jobs:
   - { name: c, schedule: "* * * * * *", run_on: { tags: [worker] }, concurrency: allow, shell: 'EXEC(7)' }
   - { name: d, schedule: "* * * * * *", run_on: { tags: [worker] }, concurrency: allow, shell: 'EXEC(7)' }
 "#;
-    let mut scenario = Scenario::start(jobs, &[("worker", 64), ("worker", 64)], false).await;
+    let mut scenario = Scenario::start(jobs, &[("worker", 64), ("worker", 64)], Options::default()).await;
     let going = |scenario: &Scenario| -> Vec<Execution> {
         scenario.executions().into_iter().filter(|e| e.ended.is_none() && scenario.died(e.pid).is_none()).collect()
     };
@@ -336,7 +360,7 @@ jobs:
     starting_deadline: 1s
     shell: 'EXEC(1)'
 "#;
-    let scenario = Scenario::start(jobs, &[("a", 2), ("a,b", 1)], false).await;
+    let scenario = Scenario::start(jobs, &[("a", 2), ("a,b", 1)], Options::default()).await;
     wait_for("a dozen executions", Duration::from_secs(40), || async { scenario.executions().len() >= 12 }).await;
     let executions = scenario.executions();
     let now = Utc::now();
@@ -379,7 +403,7 @@ jobs:
     concurrency: replace
     shell: 'EXEC(30)'
 "#;
-    let scenario = Scenario::start(jobs, &[("w", 8), ("w", 8)], false).await;
+    let scenario = Scenario::start(jobs, &[("w", 8), ("w", 8)], Options::default()).await;
     wait_for("three runs of rp", Duration::from_secs(40), || async {
         scenario.executions().iter().filter(|e| e.job == "rp").count() >= 3
     })
