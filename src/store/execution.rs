@@ -200,6 +200,12 @@ pub(super) fn split_tags(text: &str) -> Vec<String> {
     text.split(',').filter(|tag| !tag.is_empty()).map(str::to_owned).collect()
 }
 
+/// Every advertised replica with its load, live or not (the dashboard's read; both databases
+/// read it alike).
+pub(super) const REPLICA_LOADS: &str = "SELECT p.node, p.tags, p.max_runs, p.last_seen,
+            (SELECT count(*) FROM runs r WHERE r.status = 'running' AND r.executor = p.node) AS load
+     FROM replicas p ORDER BY p.node";
+
 /// The PostgreSQL NOTIFY channel executors listen on; the payload is the executor's node id.
 pub(super) const ASSIGNMENT_CHANNEL: &str = "tenure_assignments";
 

@@ -601,6 +601,11 @@ pub trait LedgerReads: Send + Sync {
     /// The newest `limit` backfills (of one job, or all), newest first, with their progress.
     async fn backfills(&self, job: Option<&str>, limit: i64) -> Result<Vec<BackfillRecord>, sqlx::Error>;
 
+    /// Every replica that advertised itself for execution (`Executions::advertise`), with its
+    /// tags, capacity, when it was last seen and how many runs are assigned to it or running on
+    /// it, by node.
+    async fn replica_loads(&self) -> Result<Vec<ReplicaLoad>, sqlx::Error>;
+
     /// The newest `limit` terms, oldest first: what the dashboard reads.
     async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error>;
 

@@ -386,6 +386,29 @@ jobs:
         assert!(row.error.as_deref().is_some_and(|e| e.contains("no live replica")), "{row:?}");
     }
     scenario.assert_no_overlap(&[]);
+
+    // The dashboard: where each run executes, and each replica's tags, capacity and load.
+    let base = scenario.cluster.url(0);
+    let get = |path: String| {
+        let url = format!("{base}{path}");
+        async move { reqwest::get(url).await.unwrap() }
+    };
+    let run = &executions[0];
+    let view: serde_json::Value = get(format!("/api/runs/{}", run.run_id)).await.json().await.unwrap();
+    assert_eq!(view["executor"], run.node.as_str(), "{view:#}");
+    assert_eq!(view["node"], "node-0", "{view:#}");
+    let cluster: serde_json::Value = get("/api/cluster".into()).await.json().await.unwrap();
+    let replica =
+        |node: &str| cluster["replicas"].as_array().unwrap().iter().find(|r| r["node"] == node).cloned().unwrap();
+    assert_eq!(replica("node-1")["execution"]["tags"], serde_json::json!(["a"]), "{cluster:#}");
+    assert_eq!(replica("node-1")["execution"]["max_runs"], 2);
+    assert_eq!(replica("node-2")["execution"]["tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(replica("node-2")["execution"]["max_runs"], 1);
+    assert!(replica("node-1")["execution"]["load"].as_i64().is_some_and(|load| (0..=2).contains(&load)));
+    let page = get(format!("/runs/{}", run.run_id)).await.text().await.unwrap();
+    assert!(page.contains(&format!("<dd id=\"executor\">{}</dd>", run.node)), "{page}");
+    let overview = get("/".into()).await.text().await.unwrap();
+    assert!(overview.contains("<td>a, b</td>") && overview.contains("/ 1</td>"), "{overview}");
 }
 
 #[tokio::test]
