@@ -764,13 +764,14 @@ async fn spread(jobs: usize, window: Duration) -> anyhow::Result<()> {
         tokio::time::sleep(window).await;
         let until = Utc::now();
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let rows: Vec<(DateTime<Utc>, String, Option<String>, String, Option<String>)> = sqlx::query_as(
-            "SELECT slot, status, output, node, executor FROM runs WHERE slot >= $1 AND slot < $2",
-        )
-        .bind(from)
-        .bind(until)
-        .fetch_all(&pool)
-        .await?;
+        // (slot, status, output, node, executor)
+        type Row = (DateTime<Utc>, String, Option<String>, String, Option<String>);
+        let rows: Vec<Row> =
+            sqlx::query_as("SELECT slot, status, output, node, executor FROM runs WHERE slot >= $1 AND slot < $2")
+                .bind(from)
+                .bind(until)
+                .fetch_all(&pool)
+                .await?;
         drop(replicas);
         let mut late: Vec<f64> =
             rows.iter().filter_map(|(slot, _, output, _, _)| Some(ms(stamp(output.as_deref()?)? - *slot))).collect();

@@ -436,11 +436,12 @@ mod tests {
     use crate::supervisor::{HEARTBEAT, KILL_TIME};
 
     /// The arithmetic ARCHITECTURE.md states, for the TTLs a cluster may run with. A frozen
-    /// executor's jobs are killed by its supervisor at most the silence limit (TTL + heartbeat)
-    /// + `KILL_TIME` after the freeze; the freeze comes at the latest at its local deadline, E - M
-    /// after its last acknowledged renewal was sent; the leader gives up no sooner than E + grace
-    /// after that send. So silence + KILL_TIME < M + grace. A live executor kills at its local
-    /// deadline, M before the lease's end by the database's clock.
+    /// executor's jobs are killed by its supervisor at most the silence limit (TTL plus a
+    /// heartbeat) and `KILL_TIME` after the freeze; the freeze comes at the latest at its local
+    /// deadline, E - M after its last acknowledged renewal was sent; the leader gives up no sooner
+    /// than E plus the grace after that send. So silence and `KILL_TIME` together stay below M
+    /// plus the grace. A live executor kills at its local deadline, M before the lease's end by
+    /// the database's clock.
     #[test]
     fn issue_19_a_frozen_executors_jobs_die_before_the_leader_may_give_their_attempt_up() {
         for ttl in [1, 2, 3, 5, 10, 30, 60, 300].map(Duration::from_secs) {
