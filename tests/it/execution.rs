@@ -452,3 +452,43 @@ jobs:
     }
     scenario.assert_no_overlap(&["fb", "rp"]);
 }
+
+/// `tenure dev`: its one replica is leader and executor, so a `run_on: any` job runs there
+/// through the same assignment, acceptance and lease (on SQLite), with `TENURE_LEASE_ID`.
+#[tokio::test]
+async fn issue_19_tenure_dev_executes_run_on_jobs_itself_under_a_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &jobs,
+        "jobs:\n  - name: remote\n    schedule: \"* * * * * *\"\n    run_on: any\n    shell: 'echo lease=$TENURE_LEASE_ID'\n",
+    )
+    .unwrap();
+    let port = crate::harness::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["dev", "--admin-token", "tok", "--listen", &format!("127.0.0.1:{port}"), "--jobs"])
+        .arg(&jobs)
+        .arg("--ledger")
+        .arg(dir.path().join("ledger.db"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let succeeded = || async {
+        let page: serde_json::Value =
+            reqwest::get(format!("{base}/api/jobs/remote/runs")).await.ok()?.json().await.ok()?;
+        page["runs"].as_array()?.iter().find(|run| run["status"] == "succeeded").cloned()
+    };
+    wait_for("a run of the run_on job to succeed", Duration::from_secs(20), || async { succeeded().await.is_some() })
+        .await;
+    let brief = succeeded().await.unwrap();
+    let run: serde_json::Value =
+        reqwest::get(format!("{base}/api/runs/{}", brief["id"])).await.unwrap().json().await.unwrap();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let _ = child.wait();
+    let node = run["node"].as_str().unwrap();
+    assert_eq!(run["executor"], node, "{run:#}");
+    assert_eq!(run["output"].as_str().unwrap().trim(), format!("lease={}-1-{node}", run["id"]), "{run:#}");
+}
