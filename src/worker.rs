@@ -165,6 +165,10 @@ impl Worker {
                 () = tokio::time::sleep_until(advertise_at) => {}
             }
         }
+        // No more assignments: the leader's next read of the replicas leaves this one out.
+        if let Err(error) = self.store.withdraw(&self.offer.node).await {
+            tracing::warn!(%error, "could not withdraw this replica from execution");
+        }
         self.executions.close();
         if tokio::time::timeout(self.shutdown_grace, self.executions.wait()).await.is_err() {
             tracing::warn!(grace = ?self.shutdown_grace, "assigned runs still going after the shutdown grace; killing them");

@@ -151,8 +151,11 @@ impl Dispatcher {
         for expired in expired {
             let jobs = self.jobs.borrow().clone();
             let job = jobs.get(&expired.job);
+            // An attempt never accepted never executed: it goes elsewhere whatever the retries.
             let retry = job.filter(|job| {
-                !expired.cancel_requested && job.run_on.is_remote() && expired.key.attempt <= job.retries.max as i32
+                !expired.cancel_requested
+                    && job.run_on.is_remote()
+                    && (!expired.accepted || expired.key.attempt <= job.retries.max as i32)
             });
             let choice = retry.and_then(|job| self.dispatch.choose(&job.run_on, Some(&expired.key.executor)));
             let then = match &choice {

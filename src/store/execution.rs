@@ -112,6 +112,9 @@ pub trait Executions: Send + Sync {
     /// Record that `offer`'s replica is alive now (the database's clock).
     async fn advertise(&self, offer: &ReplicaOffer) -> Result<(), sqlx::Error>;
 
+    /// Take `node`'s advertisement back (it is shutting down): the leader assigns it nothing more.
+    async fn withdraw(&self, node: &str) -> Result<(), sqlx::Error>;
+
     /// Replicas seen within `within` (the database's clock), each with how many runs are
     /// assigned to it or running on it, ordered by node.
     async fn live_replicas(&self, within: Duration) -> Result<Vec<ReplicaLoad>, sqlx::Error>;

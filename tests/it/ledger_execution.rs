@@ -129,6 +129,14 @@ pub(crate) async fn issue_19_an_assigned_run_is_accepted_only_by_its_executor_un
     assert_eq!(store.renew_execution(&key(second, 1, "w1"), LONG, "half").await.unwrap(), Renewal::Renewed);
     assert!(store.finish_execution(&key(second, 1, "w1"), &ended(RunStatus::Failed)).await.unwrap());
     assert_eq!(reads.run(second).await.unwrap().unwrap().status, RunStatus::Failed);
+
+    // A replica shutting down withdraws: no longer live, no longer on the dashboard.
+    store.withdraw("w1").await.unwrap();
+    assert_eq!(
+        store.live_replicas(LONG).await.unwrap().iter().map(|r| r.offer.node.as_str()).collect::<Vec<_>>(),
+        ["w2"]
+    );
+    assert_eq!(reads.replica_loads().await.unwrap().len(), 1);
 }
 
 pub(crate) async fn issue_19_renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled(

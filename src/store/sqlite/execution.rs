@@ -60,6 +60,11 @@ impl Executions for Sqlite {
         Ok(())
     }
 
+    async fn withdraw(&self, node: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM replicas WHERE node = ?1").bind(node).execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn live_replicas(&self, within: Duration) -> Result<Vec<ReplicaLoad>, sqlx::Error> {
         sqlx::query(
             "SELECT p.node, p.tags, p.max_runs, p.last_seen,
