@@ -748,6 +748,9 @@ async fn spread(jobs: usize, window: Duration) -> anyhow::Result<()> {
         let pg = harness::Postgres::start_durable().await;
         let (url, pool) = database(&pg, &format!("spread_{run_on}")).await?;
         let dir = tempfile::tempdir()?;
+        if std::env::var_os("BENCH_KEEP").is_some() {
+            println!("logs in {}", dir.path().display());
+        }
         let path = dir.path().join("jobs.yaml");
         let mut text = String::from("jobs:\n");
         for i in 0..jobs {
@@ -773,6 +776,9 @@ async fn spread(jobs: usize, window: Duration) -> anyhow::Result<()> {
                 .fetch_all(&pool)
                 .await?;
         drop(replicas);
+        if std::env::var_os("BENCH_KEEP").is_some() {
+            let _ = dir.keep();
+        }
         let mut late: Vec<f64> =
             rows.iter().filter_map(|(slot, _, output, _, _)| Some(ms(stamp(output.as_deref()?)? - *slot))).collect();
         let mut per_replica = std::collections::BTreeMap::<String, usize>::new();
@@ -780,6 +786,12 @@ async fn spread(jobs: usize, window: Duration) -> anyhow::Result<()> {
             *per_replica.entry(executor.clone().unwrap_or_else(|| node.clone())).or_default() += 1;
         }
         let succeeded = rows.iter().filter(|r| r.1 == "succeeded").count();
+        let mut per_slot = std::collections::BTreeMap::<DateTime<Utc>, usize>::new();
+        for (slot, ..) in &rows {
+            *per_slot.entry(*slot).or_default() += 1;
+        }
+        let per_slot: Vec<String> = per_slot.iter().map(|(slot, n)| format!("{} {n}", slot.format("%S"))).collect();
+        single("rows per slot (second)", per_slot.join(", "), "");
         let slots = window.as_secs() as usize / 10;
         single(
             "slots expected / rows / succeeded",
