@@ -32,6 +32,7 @@ use crate::leadership::{BootInstant, LeaseDeadline};
 use crate::model::{RunOutcome, RunStatus};
 use crate::store::{AssignedRun, ExecutionKey, Renewal, ReplicaOffer, Store};
 use crate::supervisor::Supervision;
+use crate::telemetry::JobRunMetrics;
 
 /// The execution lease's durations, all derived from the replica's lease TTL (see
 /// ARCHITECTURE.md, "Execution across replicas", for the arithmetic and the clock assumption).
@@ -370,7 +371,11 @@ impl Execution {
         );
         while self.deadline.is_valid() {
             match self.store.finish_execution(key, outcome).await {
-                Ok(true) => return,
+                Ok(true) => {
+                    // Counted where it executed, as the leader counts the runs it executes.
+                    JobRunMetrics::new(&self.run.job).count(outcome.status);
+                    return;
+                }
                 Ok(false) => {
                     tracing::warn!(
                         run_id = key.run_id,

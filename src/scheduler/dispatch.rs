@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{JobSet, RunOn};
 use crate::leadership::{LeaseDeadline, Term};
+use crate::model::RunStatus;
 use crate::store::{ClaimError, GiveUp, ReplicaLoad, Store};
+use crate::telemetry::JobRunMetrics;
 use crate::worker::ExecutionLease;
 
 /// How many expired attempts one pass of the dispatcher takes.
@@ -166,6 +168,10 @@ impl Dispatcher {
             if let Some((choice, _)) = &choice {
                 let committed = matches!(given_up, Ok(true)).then(Instant::now);
                 self.dispatch.settled(*choice, committed);
+            }
+            if matches!((&given_up, &then), (Ok(true), GiveUp::End)) {
+                let status = if expired.cancel_requested { RunStatus::Killed } else { RunStatus::Lost };
+                JobRunMetrics::new(&expired.job).count(status);
             }
             match given_up {
                 Ok(true) => tracing::warn!(

@@ -407,6 +407,15 @@ jobs:
     assert!(replica("node-1")["execution"]["load"].as_i64().is_some_and(|load| (0..=2).contains(&load)));
     let page = get(format!("/runs/{}", run.run_id)).await.text().await.unwrap();
     assert!(page.contains(&format!("<dd id=\"executor\">{}</dd>", run.node)), "{page}");
+    // Counted where they executed.
+    let worker = scenario.cluster.url(1);
+    let metrics = reqwest::get(format!("{worker}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|line| line.starts_with("tenure_runs_total")
+            && line.contains("job=\"ja\"")
+            && line.contains("status=\"succeeded\"")),
+        "{metrics}"
+    );
     let overview = get("/".into()).await.text().await.unwrap();
     assert!(overview.contains("<td>a, b</td>") && overview.contains("/ 1</td>"), "{overview}");
 }
