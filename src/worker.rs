@@ -154,11 +154,17 @@ impl Worker {
         let mut advertise_at = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             if tokio::time::Instant::now() >= advertise_at {
-                if let Err(error) = self.store.advertise(&self.offer).await {
-                    tracing::warn!(%error, "could not advertise this replica for execution");
+                // A database that hangs does not hold up the shutdown.
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    advertised = self.store.advertise(&self.offer) => if let Err(error) = advertised {
+                        tracing::warn!(%error, "could not advertise this replica for execution");
+                    },
                 }
                 advertise_at = tokio::time::Instant::now() + self.lease.renew_every;
             }
+            // Not cancelled: an acceptance that committed is always executed (each statement is
+            // bounded by the pool's statement timeout).
             self.accept_assigned().await;
             tokio::select! {
                 () = shutdown.cancelled() => {}
@@ -166,9 +172,14 @@ impl Worker {
                 () = tokio::time::sleep_until(advertise_at) => {}
             }
         }
-        // No more assignments: the leader's next read of the replicas leaves this one out.
-        if let Err(error) = self.store.withdraw(&self.offer.node).await {
-            tracing::warn!(%error, "could not withdraw this replica from execution");
+        // No more assignments: the leader's next read of the replicas leaves this one out (a
+        // database that does not answer soon is not waited for: the advertisement lapses).
+        match tokio::time::timeout(self.lease.renew_every, self.store.withdraw(&self.offer.node)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "could not withdraw this replica from execution"),
+            Err(_) => {
+                tracing::warn!("could not withdraw this replica from execution in time; its advertisement lapses")
+            }
         }
         self.executions.close();
         if tokio::time::timeout(self.shutdown_grace, self.executions.wait()).await.is_err() {

@@ -280,6 +280,31 @@ async fn issue_19_a_worker_cut_from_postgres_kills_its_job_within_its_local_dead
     scenario.assert_no_overlap(&[]);
 }
 
+#[tokio::test]
+async fn issue_19_a_worker_sigtermed_mid_run_finishes_it_within_the_grace_and_takes_no_more() {
+    let mut scenario = Scenario::start(WORK, &[("worker", 8), ("worker", 8)], Options::default()).await;
+    let victim = scenario.wait_going_on("node-1").await;
+    scenario.cluster.event(format!("SIGTERM node-1 during run {} attempt 1", victim.run_id));
+    let terminated_at = Utc::now();
+    scenario.cluster.terminate(1).await;
+    let row = scenario.wait_ended(victim.run_id, Duration::from_secs(10)).await;
+    assert_eq!(
+        (row.status, row.attempt, row.executor.as_deref()),
+        (RunStatus::Succeeded, 1, Some("node-1")),
+        "{row:?}"
+    );
+    // The leader stops choosing it once it withdrew; the next runs go to node-2.
+    let later = terminated_at + chrono::Duration::milliseconds(500);
+    wait_for("a run after the SIGTERM on node-2", Duration::from_secs(10), || async {
+        scenario.executions().iter().any(|e| e.started > later && e.node == "node-2")
+    })
+    .await;
+    let on_stopped: Vec<Execution> =
+        scenario.executions().into_iter().filter(|e| e.node == "node-1" && e.started > later).collect();
+    assert!(on_stopped.is_empty(), "node-1 took runs after its SIGTERM: {on_stopped:#?}");
+    scenario.assert_no_overlap(&[]);
+}
+
 /// The checker is shown to fail: with its local deadline switched off, a worker cut from
 /// PostgreSQL keeps its job running past its lease, the leader retries the run elsewhere, and the
 /// two attempts overlap.
