@@ -1,7 +1,7 @@
 //! tenure's benchmarks: failover, firing precision, job-file scale, the cost of fencing, and the
 //! dashboard on a large ledger, against a real etcd and a PostgreSQL with fsync on. Prints one
 //! table per scenario and the machine it ran on. No assertions: figures and the targets beside
-//! them. Run `scripts/bench [failover|pgcut|precision|processes|scale|fencing|dashboard ...]`
+//! them. Run `scripts/bench [failover|pgcut|precision|processes|spread|scale|fencing|dashboard ...]`
 //! (`precision-100`, `precision-1000` or `precision-10000`: one size of `precision`); `scripts/bench
 //! readers` (firing while 50 dashboard and API clients read a large ledger, about 3 minutes) and
 //! `scripts/bench failover-zk` (the failover with ZooKeeper as the coordinator, about 4 minutes)
@@ -56,6 +56,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("processes") {
         processes(100, Duration::from_secs(30)).await?;
+    }
+    if wants("spread") {
+        spread(400, Duration::from_secs(40)).await?;
     }
     if wants("scale") {
         scale(100_000).await?;
@@ -725,6 +728,88 @@ async fn processes(jobs: usize, window: Duration) -> anyhow::Result<()> {
     row("floor: the same processes from a posix_spawn loop", &mut floor, "");
     let ratio = percentile(&late, 99.0) / percentile(&floor, 99.0);
     single("p99: tenure / posix_spawn loop", format!("{ratio:.2}x"), "");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2c. Spread: runs executing across replicas (issue 19)
+
+/// `jobs` command jobs every 10 s, each stamping its start and sleeping 2 s, on 4 replicas with
+/// `run_on: any`: how evenly the runs spread and how late they start after their slot; then the
+/// same load with `run_on: leader` (the leader executes everything) for comparison.
+async fn spread(jobs: usize, window: Duration) -> anyhow::Result<()> {
+    const REPLICAS: usize = 4;
+    for run_on in ["any", "leader"] {
+        header(&format!(
+            "2c. Spread: {jobs} command jobs every 10 s (`{STAMP}; sleep 2`), {REPLICAS} replicas, run_on: {run_on}, {}s",
+            window.as_secs()
+        ));
+        let etcd = harness::Etcd::start().await;
+        let pg = harness::Postgres::start_durable().await;
+        let (url, pool) = database(&pg, &format!("spread_{run_on}")).await?;
+        let dir = tempfile::tempdir()?;
+        if std::env::var_os("BENCH_KEEP").is_some() {
+            println!("logs in {}", dir.path().display());
+        }
+        let path = dir.path().join("jobs.yaml");
+        let mut text = String::from("jobs:\n");
+        for i in 0..jobs {
+            text.push_str(&format!(
+                "  - name: s{i:04}\n    schedule: \"*/10 * * * * *\"\n    run_on: {run_on}\n    command: [\"/bin/sh\", \"-c\", \"{STAMP}; sleep 2\"]\n"
+            ));
+        }
+        std::fs::write(&path, text)?;
+        let replicas = Replicas::start(REPLICAS, &path, &etcd.client_url(), &url, Duration::from_secs(10), dir.path())?;
+        let (leader, _) = replicas.wait_leader(&pool).await;
+        // Every replica has advertised itself, and the first slot is a whole one.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let from = Utc::now() + chrono::Duration::seconds(1);
+        tokio::time::sleep(window).await;
+        let until = Utc::now();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // (slot, status, output, node, executor)
+        type Row = (DateTime<Utc>, String, Option<String>, String, Option<String>);
+        let rows: Vec<Row> =
+            sqlx::query_as("SELECT slot, status, output, node, executor FROM runs WHERE slot >= $1 AND slot < $2")
+                .bind(from)
+                .bind(until)
+                .fetch_all(&pool)
+                .await?;
+        drop(replicas);
+        if std::env::var_os("BENCH_KEEP").is_some() {
+            let _ = dir.keep();
+        }
+        let mut late: Vec<f64> =
+            rows.iter().filter_map(|(slot, _, output, _, _)| Some(ms(stamp(output.as_deref()?)? - *slot))).collect();
+        let mut per_replica = std::collections::BTreeMap::<String, usize>::new();
+        for (_, _, _, node, executor) in &rows {
+            *per_replica.entry(executor.clone().unwrap_or_else(|| node.clone())).or_default() += 1;
+        }
+        let succeeded = rows.iter().filter(|r| r.1 == "succeeded").count();
+        let mut per_slot = std::collections::BTreeMap::<DateTime<Utc>, usize>::new();
+        for (slot, ..) in &rows {
+            *per_slot.entry(*slot).or_default() += 1;
+        }
+        let per_slot: Vec<String> = per_slot.iter().map(|(slot, n)| format!("{} {n}", slot.format("%S"))).collect();
+        single("rows per slot (second)", per_slot.join(", "), "");
+        let slots = window.as_secs() as usize / 10;
+        single(
+            "slots expected / rows / succeeded",
+            format!("~{} / {} / {succeeded}", slots * jobs, rows.len()),
+            "every run succeeds",
+        );
+        let even = rows.len() as f64 / if run_on == "any" { REPLICAS as f64 } else { 1.0 };
+        let spread: Vec<String> = per_replica
+            .iter()
+            .map(|(node, count)| format!("{node} {count} ({:+.1}%)", (*count as f64 - even) / even * 100.0))
+            .collect();
+        single(
+            &format!("runs per replica (leader node-{leader})"),
+            spread.join(", "),
+            if run_on == "any" { "within 10% of even" } else { "all on the leader" },
+        );
+        row("slot -> the job's process runs", &mut late, "");
+    }
     Ok(())
 }
 

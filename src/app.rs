@@ -23,9 +23,10 @@ use crate::local::{LedgerLock, LocalElection};
 use crate::model::{ClusterSnapshot, Member};
 use crate::scheduler::{self, Scheduler, SchedulerInputs};
 use crate::secret::Secret;
-use crate::store::{self, Reads, Retention, Store};
+use crate::store::{self, Reads, ReplicaOffer, Retention, Store};
 use crate::supervisor::{self, Supervision};
 use crate::telemetry::{self, metric};
+use crate::worker::{ExecutionLease, Worker, WorkerInputs};
 
 /// How often the job file's size and modification time are compared (a change triggers a reload;
 /// SIGHUP forces one). Polling rather than inotify: a Kubernetes ConfigMap update swaps a symlink,
@@ -33,6 +34,8 @@ use crate::telemetry::{self, metric};
 const JOB_FILE_POLL: Duration = Duration::from_secs(1);
 /// `tenure dev` holds no lease: how long its supervisor lets a frozen replica be silent.
 const DEV_SILENCE_LIMIT: Duration = Duration::from_secs(5);
+/// `tenure dev` executes every assigned run itself: as many at once as a laptop would.
+const DEV_MAX_RUNS: u32 = 64;
 
 /// Everything `tenure run` needs, already parsed.
 #[derive(Debug, Clone)]
@@ -49,6 +52,10 @@ pub struct RunSettings {
     pub auth: Auth,
     /// The dead-man ping's monitor, when `--heartbeat-url` is given.
     pub dead_man: Option<DeadManSettings>,
+    /// `--tags`: what `run_on: { tags: [..] }` jobs look for.
+    pub tags: Vec<String>,
+    /// `--max-runs`: how many assigned runs this replica executes at once.
+    pub max_runs: u32,
 }
 
 /// Run one replica until `shutdown` is cancelled, then hand over and drain.
@@ -123,6 +130,11 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         retain: settings.retain,
         auth: settings.auth,
         dead_man: settings.dead_man,
+        execution: Execution {
+            tags: settings.tags,
+            max_runs: settings.max_runs,
+            lease: ExecutionLease::for_ttl(settings.lease_ttl),
+        },
     };
     replica.drive(common, wiring, listener, shutdown).await
 }
@@ -206,6 +218,12 @@ pub async fn dev(
         retain: settings.retain,
         auth: settings.auth,
         dead_man: settings.dead_man,
+        // The one replica is leader and executor: every `run_on` job runs here.
+        execution: Execution {
+            tags: Vec::new(),
+            max_runs: DEV_MAX_RUNS,
+            lease: ExecutionLease::for_ttl(DEV_SILENCE_LIMIT),
+        },
     };
     replica.drive(common, wiring, listener, shutdown).await
 }
@@ -260,6 +278,14 @@ struct CommonSettings<'a> {
     retain: Duration,
     auth: Auth,
     dead_man: Option<DeadManSettings>,
+    execution: Execution,
+}
+
+/// What this replica offers for execution, and its execution lease.
+struct Execution {
+    tags: Vec<String>,
+    max_runs: u32,
+    lease: ExecutionLease,
 }
 
 /// What every replica has: its identity, its job file and the channels they change through.
@@ -291,7 +317,7 @@ impl Replica {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let CommonSettings { jobs_path, shutdown_grace, retain, auth, dead_man } = common;
+        let CommonSettings { jobs_path, shutdown_grace, retain, auth, dead_man, execution } = common;
         if let Some(dead_man) = &dead_man {
             tracing::info!(host = dead_man.host(), interval = ?dead_man.interval, "dead-man ping while leading");
         }
@@ -323,8 +349,19 @@ impl Replica {
         let http_shutdown = CancellationToken::new();
         let server = http::serve_apart(listener, state, http_shutdown.clone()).context("start the http server")?;
 
+        // Every replica executes what the leader assigns it, the leader's own included.
+        let worker = Worker::new(WorkerInputs {
+            store: store.clone(),
+            offer: ReplicaOffer { node: self.node_id.clone(), tags: execution.tags, max_runs: execution.max_runs },
+            lease: execution.lease,
+            jobs: jobs_rx.clone(),
+            supervision: supervision.clone(),
+            shutdown_grace,
+        });
+        tasks.spawn(worker.run(shutdown.clone()));
         let scheduler = Scheduler::new(SchedulerInputs {
             store,
+            execution: execution.lease,
             node_id: self.node_id,
             jobs: jobs_rx,
             leadership,

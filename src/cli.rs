@@ -141,6 +141,13 @@ pub struct RunArgs {
     /// Keep ledger rows this long; older finished rows are pruned in small batches by the leader.
     #[arg(long, env = "TENURE_RETAIN", value_parser = humantime::parse_duration, default_value = "30d")]
     pub retain: Duration,
+    /// This replica's tags, comma-separated: jobs with `run_on: { tags: [..] }` execute only on a
+    /// replica that has all of theirs.
+    #[arg(long, env = "TENURE_TAGS", value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// How many runs of `run_on: any` or `{ tags: [..] }` jobs this replica executes at once.
+    #[arg(long, env = "TENURE_MAX_RUNS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_runs: u32,
     #[command(flatten)]
     pub web: WebArgs,
     #[command(flatten)]
@@ -346,6 +353,11 @@ impl RunArgs {
         if self.lease_ttl < Duration::from_secs(1) {
             anyhow::bail!("--lease-ttl must be at least 1s (etcd counts leases in whole seconds)");
         }
+        let tags: Vec<String> =
+            self.tags.iter().map(|tag| tag.trim().to_owned()).filter(|tag| !tag.is_empty()).collect();
+        if let Some(bad) = tags.iter().find(|tag| !crate::config::is_tag(tag)) {
+            anyhow::bail!("--tags: `{bad}` is not a tag (letters, digits, `-`, `_` and `.`, at most 64)");
+        }
         let node_id = match &self.node_id {
             Some(id) => id.clone(),
             None => {
@@ -365,6 +377,8 @@ impl RunArgs {
             retain: self.retain,
             auth: self.web.auth()?,
             dead_man: self.dead_man.settings()?,
+            tags,
+            max_runs: self.max_runs,
         })
     }
 }

@@ -67,18 +67,25 @@ pub struct RunContext {
     pub term: i64,
     pub node: String,
     pub attempt: i32,
+    /// The attempt's execution lease (`TENURE_LEASE_ID`), when it executes on a replica under a
+    /// lease of its own (`run_on: any` or `{ tags: [..] }`); `None` on the leader.
+    pub lease_id: Option<String>,
 }
 
 impl RunContext {
-    fn variables(&self) -> [(&'static str, String); 6] {
-        [
+    fn variables(&self) -> Vec<(&'static str, String)> {
+        let mut variables = vec![
             ("JOB", self.job.clone()),
             ("SLOT", self.slot.to_rfc3339_opts(SecondsFormat::Secs, true)),
             ("TERM", self.term.to_string()),
             ("RUN_ID", self.run_id.to_string()),
             ("NODE", self.node.clone()),
             ("ATTEMPT", self.attempt.to_string()),
-        ]
+        ];
+        if let Some(lease_id) = &self.lease_id {
+            variables.push(("LEASE_ID", lease_id.clone()));
+        }
+        variables
     }
 }
 
@@ -144,21 +151,69 @@ pub async fn execute_prepared(
     supervision: &Supervision,
     stop: &CancellationToken,
 ) -> RunOutcome {
+    let stops = Stops { stop, lease_lost: &CancellationToken::new() };
+    execute_with(prepared, job, context, output, http, supervision, stops).await
+}
+
+/// `execute_prepared` for an attempt held under an execution lease: once `lease_lost` is
+/// cancelled (the renewal refused, or the local deadline passed) its process group is SIGKILLed
+/// at once, with no SIGTERM grace, since another replica may start the run once the lease has
+/// lapsed; an HTTP request is dropped. `stop` is the usual stop (SIGTERM, then SIGKILL).
+#[allow(clippy::too_many_arguments)]
+pub async fn execute_leased(
+    prepared: Prepared,
+    job: &Job,
+    context: &RunContext,
+    output: &OutputTail,
+    http: &reqwest::Client,
+    supervision: &Supervision,
+    stop: &CancellationToken,
+    lease_lost: &CancellationToken,
+) -> RunOutcome {
+    execute_with(prepared, job, context, output, http, supervision, Stops { stop, lease_lost }).await
+}
+
+/// The two ways tenure ends an attempt: `stop` (SIGTERM, `KILL_GRACE`, SIGKILL) and
+/// `lease_lost` (SIGKILL at once).
+#[derive(Clone, Copy)]
+struct Stops<'a> {
+    stop: &'a CancellationToken,
+    lease_lost: &'a CancellationToken,
+}
+
+async fn execute_with(
+    prepared: Prepared,
+    job: &Job,
+    context: &RunContext,
+    output: &OutputTail,
+    http: &reqwest::Client,
+    supervision: &Supervision,
+    stops: Stops<'_>,
+) -> RunOutcome {
     match (&job.target, prepared.request) {
         (Target::Command { argv }, _) => {
             let args = argv[1..].iter().map(|arg| arg.as_ref()).collect();
-            run_process(argv[0].as_ref(), args, job, context, output, supervision, stop).await
+            run_process(argv[0].as_ref(), args, job, context, output, supervision, stops).await
         }
         (Target::Shell { script }, _) => {
             let args = vec!["-c".as_ref(), script.as_ref()];
-            run_process("/bin/sh".as_ref(), args, job, context, output, supervision, stop).await
+            run_process("/bin/sh".as_ref(), args, job, context, output, supervision, stops).await
         }
         (Target::Http(target), request) => {
             let request = request.unwrap_or_else(|| build_request(target, job.timeout, context, http));
-            run_http(request, target, job.timeout, output, http, stop).await
+            tokio::select! {
+                outcome = run_http(request, target, job.timeout, output, http, stops.stop) => outcome,
+                () = stops.lease_lost.cancelled() => RunOutcome {
+                    error: Some(LEASE_LOST.to_owned()),
+                    ..outcome(RunStatus::Killed, output)
+                },
+            }
         }
     }
 }
+
+/// Why an attempt was killed at once.
+const LEASE_LOST: &str = "killed: its execution lease was lost";
 
 fn outcome(status: RunStatus, output: &OutputTail) -> RunOutcome {
     RunOutcome {
@@ -180,7 +235,7 @@ async fn run_process(
     context: &RunContext,
     output: &OutputTail,
     supervision: &Supervision,
-    stop: &CancellationToken,
+    stops: Stops<'_>,
 ) -> RunOutcome {
     let could_not_start = |error: &dyn std::fmt::Display| RunOutcome {
         error: Some(format!("could not start `{}`: {error}", program.to_string_lossy())),
@@ -198,7 +253,7 @@ async fn run_process(
     let env = inherited_environment(&job.inherit_env, std::env::vars_os())
         .into_iter()
         .chain(job.env.iter().map(|(name, value)| (name.into(), value.into())))
-        .chain(context.variables().map(|(name, value)| (format!("TENURE_{name}").into(), value.into())))
+        .chain(context.variables().into_iter().map(|(name, value)| (format!("TENURE_{name}").into(), value.into())))
         .collect();
     let spawn = Spawn { program, args, env, workdir: job.workdir.as_deref(), stdout, stderr };
     let started = match supervision.start(spawn).await {
@@ -212,10 +267,15 @@ async fn run_process(
     let (ending, end) = tokio::select! {
         end = &mut ended => (Ending::Exited, end.ok()),
         () = tokio::time::sleep(job.timeout) => (Ending::TimedOut, None),
-        () = stop.cancelled() => (Ending::Stopped, None),
+        () = stops.stop.cancelled() => (Ending::Stopped, None),
+        () = stops.lease_lost.cancelled() => (Ending::LeaseLost, None),
     };
     let end = match end {
         Some(end) => Some(end),
+        None if matches!(ending, Ending::LeaseLost) => {
+            signal_group(Some(group), Signal::SIGKILL);
+            tokio::time::timeout(Duration::from_secs(1), ended).await.ok().and_then(Result::ok)
+        }
         None => {
             signal_group(Some(group), Signal::SIGTERM);
             match tokio::time::timeout(KILL_GRACE, &mut ended).await {
@@ -260,6 +320,7 @@ fn judge(
             (RunStatus::TimedOut, Some(format!("timed out after {limit}")))
         }
         (Ending::Stopped, _) => (RunStatus::Killed, Some("stopped by tenure".to_owned())),
+        (Ending::LeaseLost, _) => (RunStatus::Killed, Some(LEASE_LOST.to_owned())),
         (Ending::Abandoned, _) => {
             let limit = humantime::format_duration(supervision.silence_limit());
             (RunStatus::Killed, Some(format!("killed by its supervisor: tenure did not answer for {limit}")))
@@ -276,6 +337,8 @@ enum Ending {
     Exited,
     TimedOut,
     Stopped,
+    /// Its execution lease was lost: SIGKILLed at once.
+    LeaseLost,
     /// Its supervisor killed it: this replica had gone quiet (frozen) for the silence limit.
     Abandoned,
 }

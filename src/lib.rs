@@ -5,7 +5,8 @@
 //! `schedule` (pure cron maths), `config` (the job file), `model` (the vocabulary the rest
 //! shares: run statuses and outcomes, triggers, the cluster view), `leadership` and `election` (who may
 //! fire, and with which term), `store` (the fenced run ledger), `executor` (running one job) and
-//! `supervisor` (its processes die with the replica), `scheduler` (the firing loop) and `deadman` (its
+//! `supervisor` (its processes die with the replica), `scheduler` (the firing loop), `worker` (runs the
+//! leader assigns to this replica, each under an execution lease of its own) and `deadman` (its
 //! ping to an outside monitor while it leads), `http` (health
 //! and API), `app` (wiring), `secret` (values never printed), `cli` (commands), `client` (the commands that
 //! talk to a replica's API).
@@ -30,3 +31,4 @@ pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 pub mod testing;
+pub mod worker;

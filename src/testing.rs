@@ -5,7 +5,9 @@
 use std::sync::OnceLock;
 
 /// `TENURE_TEST_NO_SELF_FENCE`: the leader ignores its local lease deadline, so a paused leader
-/// claims on resume and only the database fence stands between it and a double run.
+/// claims on resume and only the database fence stands between it and a double run; and an
+/// executor ignores its execution lease's local deadline (`worker`), so the checker can be shown
+/// an attempt overlapping its retry.
 pub fn no_self_fence() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| switch("TENURE_TEST_NO_SELF_FENCE"))

@@ -9,7 +9,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::node::Node;
 use super::validate::{HTTP_KEYS, JOB_KEYS, Policies, Validator, line_column};
-use super::{HttpTarget, Job, JobName, Target, TargetKind};
+use super::{HttpTarget, Job, JobName, RunOn, Target, TargetKind, is_tag};
 use crate::schedule::Schedule;
 
 /// A mapping's entries: each key and its value, located.
@@ -55,6 +55,7 @@ impl Validator<'_> {
         let workdir =
             get("workdir").and_then(|w| self.string(w, job, "workdir", "a directory path")).map(PathBuf::from);
         let paused = get("paused").is_some_and(|paused| self.paused(paused, job));
+        let run_on = get("run_on").map(|run_on| self.run_on(run_on, job)).unwrap_or_default();
 
         if self.errors.len() != before || !policies_ok {
             return None;
@@ -76,7 +77,61 @@ impl Validator<'_> {
             env,
             inherit_env,
             workdir,
+            run_on,
         })
+    }
+
+    /// `run_on`: `leader` (the default), `any`, or `{ tags: [..] }` (at least one tag, each
+    /// letters, digits, `-`, `_` or `.`). A wrong value is reported and taken as `leader`.
+    fn run_on(&mut self, node: &Spanned<Node>, job: Option<&str>) -> RunOn {
+        const EXPECTED: &str = "`leader`, `any` or `{ tags: [..] }`";
+        match &node.value {
+            Node::Str(word) if word == "leader" => RunOn::Leader,
+            Node::Str(word) if word == "any" => RunOn::Any,
+            Node::Map(_) => {
+                let Some(entries) = self.mapping(node, job, "`run_on`", &["tags"]) else { return RunOn::Leader };
+                let Some((key, tags)) = entries.iter().find(|(k, _)| k.value == "tags") else {
+                    self.error(&node.referenced, job, format!("`run_on`: missing `tags`; expected {EXPECTED}"));
+                    return RunOn::Leader;
+                };
+                let items = match &tags.value {
+                    Node::Seq(items) if !items.is_empty() => items,
+                    Node::Seq(_) => {
+                        self.error(
+                            &key.referenced,
+                            job,
+                            "`run_on.tags`: the list is empty; expected at least one tag".into(),
+                        );
+                        return RunOn::Leader;
+                    }
+                    other => {
+                        let message = format!("`run_on.tags`: expected a list of tags, found {}", other.kind());
+                        self.error(&tags.referenced, job, message);
+                        return RunOn::Leader;
+                    }
+                };
+                let mut wanted: Vec<String> = Vec::with_capacity(items.len());
+                for item in items {
+                    let Some(tag) = self.string(item, job, "run_on.tags", "a tag") else { continue };
+                    if !is_tag(tag) {
+                        let message =
+                            format!("`run_on.tags`: `{tag}` is not a tag (letters, digits, `-`, `_` and `.`)");
+                        self.error(&item.referenced, job, message);
+                    } else if !wanted.iter().any(|known| known == tag) {
+                        wanted.push(tag.to_owned());
+                    }
+                }
+                RunOn::Tags(wanted)
+            }
+            Node::Str(word) => {
+                self.error(&node.referenced, job, format!("`run_on`: `{word}` is not one of {EXPECTED}"));
+                RunOn::Leader
+            }
+            other => {
+                self.error(&node.referenced, job, format!("`run_on`: expected {EXPECTED}, found {}", other.kind()));
+                RunOn::Leader
+            }
+        }
     }
 
     /// `name`: valid and not defined before in the file.
@@ -413,6 +468,7 @@ pub fn is_variable_name(name: &str) -> bool {
 mod tests {
     use std::time::Duration;
 
+    use crate::config::RunOn;
     use crate::config::parse;
     use crate::config::tests::errors;
 
@@ -442,6 +498,46 @@ jobs:
         ] {
             assert!(got.contains(needle), "missing {needle:?} in:\n{got}");
         }
+    }
+
+    #[test]
+    fn issue_19_run_on_is_leader_any_or_tags_and_bad_values_are_located() {
+        let text = "jobs:
+  - { name: a, schedule: '@daily', shell: 'true' }
+  - { name: b, schedule: '@daily', shell: 'true', run_on: any }
+  - { name: c, schedule: '@daily', shell: 'true', run_on: { tags: [gpu, eu-west, gpu] } }
+  - { name: d, schedule: '@daily', shell: 'true', run_on: leader }
+";
+        let jobs = crate::config::parse(text, "jobs.yaml").expect("valid");
+        let run_on: Vec<RunOn> = jobs.jobs().iter().map(|job| job.run_on.clone()).collect();
+        assert_eq!(
+            run_on,
+            vec![RunOn::Leader, RunOn::Any, RunOn::Tags(vec!["gpu".into(), "eu-west".into()]), RunOn::Leader]
+        );
+        assert!(run_on[2].accepts(&["eu-west".into(), "gpu".into(), "big".into()]));
+        assert!(!run_on[2].accepts(&["gpu".into()]));
+        assert!(!run_on[0].accepts(&[]) && run_on[1].accepts(&[]));
+        let text = "jobs:
+  - { name: a, schedule: '@daily', shell: 'true', run_on: everywhere }
+  - { name: b, schedule: '@daily', shell: 'true', run_on: { tags: [] } }
+  - { name: c, schedule: '@daily', shell: 'true', run_on: { tags: ['a,b'] } }
+  - { name: d, schedule: '@daily', shell: 'true', run_on: { nodes: [x] } }
+  - { name: e, schedule: '@daily', shell: 'true', run_on: 3 }
+";
+        let got = errors(text);
+        let want = [
+            "jobs.yaml:2:59: job `a`: `run_on`: `everywhere` is not one of `leader`, `any` or `{ tags: [..] }`",
+            "jobs.yaml:3:61: job `b`: `run_on.tags`: the list is empty; expected at least one tag",
+            "jobs.yaml:4:68: job `c`: `run_on.tags`: `a,b` is not a tag (letters, digits, `-`, `_` and `.`)",
+        ];
+        for want in want {
+            assert!(got.iter().any(|line| line == want), "missing {want:?} in {got:#?}");
+        }
+        assert!(got.iter().any(|line| line.starts_with("jobs.yaml:5:") && line.contains("nodes")), "{got:#?}");
+        assert!(
+            got.iter().any(|line| line.starts_with("jobs.yaml:6:") && line.contains("`run_on`: expected")),
+            "{got:#?}"
+        );
     }
 
     #[test]

@@ -144,6 +144,43 @@ pub struct Job {
     /// inherits (see `executor`). Never a `TENURE_*` name.
     pub inherit_env: Vec<String>,
     pub workdir: Option<PathBuf>,
+    /// Where its runs execute: on the leader (the default), or on a live replica that matches.
+    pub run_on: RunOn,
+}
+
+/// Where a job's runs execute (`run_on`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RunOn {
+    /// On the leader that claimed the run, as a singleton scheduler does (the default).
+    #[default]
+    Leader,
+    /// On any live replica (the leader's own included), least loaded first.
+    Any,
+    /// On a live replica that has every one of these tags (`--tags`).
+    Tags(Vec<String>),
+}
+
+impl RunOn {
+    /// Whether a replica offering `tags` may execute the job's runs. The leader executes
+    /// `Leader` jobs itself: no replica is asked.
+    pub fn accepts(&self, tags: &[String]) -> bool {
+        match self {
+            RunOn::Leader => false,
+            RunOn::Any => true,
+            RunOn::Tags(wanted) => wanted.iter().all(|tag| tags.contains(tag)),
+        }
+    }
+
+    /// Whether the runs are handed to a replica under an execution lease.
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, RunOn::Leader)
+    }
+}
+
+/// Whether `text` may be a replica tag: letters, digits, `-`, `_` and `.` (the ledger keeps a
+/// replica's tags comma-separated).
+pub fn is_tag(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 64 && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// What a run executes.

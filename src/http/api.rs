@@ -72,9 +72,10 @@ pub(super) async fn named_job(state: &AppState, name: &str) -> Result<JobView, P
 pub(super) async fn cluster_view(state: &AppState) -> Result<ClusterView, Problem> {
     // The leader's term is among the newest (when it began is all the view takes from it).
     let terms = state.store.recent_terms(view::TERMS_SHOWN as i64).await?;
+    let loads = state.store.replica_loads().await?;
     let snapshot = state.cluster.borrow().clone();
     let hash = state.jobs.borrow().hash().to_owned();
-    Ok(view::cluster(&snapshot, &terms, &hash, &state.node_id))
+    Ok(view::cluster(&snapshot, &terms, &loads, &hash, &state.node_id))
 }
 
 pub(super) async fn terms_view(state: &AppState) -> Result<Vec<TermView>, Problem> {

@@ -132,6 +132,10 @@ struct ReplicaRow {
     last_seen: String,
     live: bool,
     leader: bool,
+    /// `--tags`, or `–`.
+    tags: String,
+    /// Runs assigned or running / `--max-runs`, or `–` before it advertised.
+    load: String,
 }
 
 struct Cell {
@@ -220,6 +224,12 @@ async fn overview(
             last_seen: if r.live { "now".to_owned() } else { ago(r.last_seen, now) },
             live: r.live,
             leader: r.leader,
+            tags: r
+                .execution
+                .as_ref()
+                .filter(|e| !e.tags.is_empty())
+                .map_or_else(|| "–".to_owned(), |e| e.tags.join(", ")),
+            load: r.execution.as_ref().map_or_else(|| "–".to_owned(), |e| format!("{} / {}", e.load, e.max_runs)),
         })
         .collect();
     let rows = jobs

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::config::{Job, JobSet, Target};
 use crate::model::{ClusterSnapshot, RunStatus, TriggerKind};
-use crate::store::{JobControl, NotificationRecord, Reads, RunRecord, TermRecord, TriggerRecord};
+use crate::store::{JobControl, NotificationRecord, Reads, ReplicaLoad, RunRecord, TermRecord, TriggerRecord};
 
 /// How many outcomes the overview's strip shows per job.
 pub const STRIP: usize = 20;
@@ -58,6 +58,9 @@ pub struct RunBrief {
     pub trigger: TriggerKind,
     pub term: i64,
     pub node: String,
+    /// Where it executes: the replica its current attempt is assigned to (`run_on: any` or
+    /// `{ tags: [..] }`); `null` for a run its leader (`node`) executes.
+    pub executor: Option<String>,
     pub attempt: i32,
     pub duration_ms: Option<i64>,
     /// From the planned start (the slot plus the job's jitter offset) to the start.
@@ -76,6 +79,7 @@ impl RunBrief {
             trigger: run.trigger,
             term: run.term,
             node: run.node.clone(),
+            executor: run.executor.clone(),
             attempt: run.attempt,
             duration_ms: duration_ms(run),
             lateness_ms: run.started_at.map(|started| (started - run.planned_at).num_milliseconds()),
@@ -191,6 +195,19 @@ pub struct ReplicaView {
     pub last_seen: DateTime<Utc>,
     pub live: bool,
     pub leader: bool,
+    /// What it offers for `run_on` jobs and how loaded it is; `null` before it first advertised.
+    pub execution: Option<ExecutionView>,
+}
+
+/// A replica's side of execution across replicas.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecutionView {
+    /// Its `--tags`.
+    pub tags: Vec<String>,
+    /// Its `--max-runs`.
+    pub max_runs: u32,
+    /// Runs assigned to it or running on it now.
+    pub load: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -276,7 +293,13 @@ pub async fn read_job(store: &Reads, job: &Job) -> Result<JobView, sqlx::Error> 
     Ok(JobView::of(job, &controls, &runs, Utc::now()))
 }
 
-pub fn cluster(snapshot: &ClusterSnapshot, terms: &[TermRecord], config_hash: &str, answered_by: &str) -> ClusterView {
+pub fn cluster(
+    snapshot: &ClusterSnapshot,
+    terms: &[TermRecord],
+    loads: &[ReplicaLoad],
+    config_hash: &str,
+    answered_by: &str,
+) -> ClusterView {
     let leader = snapshot.leader.as_ref().map(|(node, term)| LeaderView {
         node: node.clone(),
         term: *term,
@@ -294,6 +317,11 @@ pub fn cluster(snapshot: &ClusterSnapshot, terms: &[TermRecord], config_hash: &s
             last_seen: entry.last_seen,
             live: entry.live,
             leader: leader.as_ref().is_some_and(|leader| leader.node == entry.member.node),
+            execution: loads.iter().find(|load| load.offer.node == entry.member.node).map(|load| ExecutionView {
+                tags: load.offer.tags.clone(),
+                max_runs: load.offer.max_runs,
+                load: load.load,
+            }),
         })
         .collect();
     let mut warnings = Vec::new();

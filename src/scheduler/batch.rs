@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::executor::OutputTail;
 use crate::leadership::Term;
 use crate::model::{RunOutcome, Trigger};
-use crate::store::{Claim, ClaimError, Claimed, SkipIfRunning, Store};
+use crate::store::{Assignment, Claim, ClaimError, Claimed, SkipIfRunning, Store};
 
 /// How often a running job's output tail is copied to the ledger for live viewing.
 const OUTPUT_FLUSH: Duration = Duration::from_secs(1);
@@ -24,19 +24,41 @@ const OUTPUT_FLUSH: Duration = Duration::from_secs(1);
 pub(super) struct Batchers {
     claims: mpsc::UnboundedSender<ClaimRequest>,
     starts: mpsc::UnboundedSender<StartRequest>,
+    assigns: mpsc::UnboundedSender<AssignRequest>,
     finishes: mpsc::UnboundedSender<FinishRequest>,
 }
 
 impl Batchers {
-    /// Start the batchers of `term`, led from `node`.
-    pub(super) fn spawn(store: &Store, term: &Term, node: &str) -> Batchers {
+    /// Start the batchers of `term`, led from `node`; assigned runs must be accepted within
+    /// `accept_within`.
+    pub(super) fn spawn(store: &Store, term: &Term, node: &str, accept_within: Duration) -> Batchers {
         let (claims, claims_rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_claims(store.clone(), term.clone(), node.to_owned(), claims_rx));
         let (starts, starts_rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_starts(store.clone(), term.clone(), starts_rx));
+        let (assigns, assigns_rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_assigns(store.clone(), term.clone(), accept_within, assigns_rx));
         let (finishes, finishes_rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_finishes(store.clone(), finishes_rx));
-        Batchers { claims, starts, finishes }
+        Batchers { claims, starts, assigns, finishes }
+    }
+
+    /// The fenced start of a run that executes on `assignment.executor`, through the batcher
+    /// (or directly, if it is gone).
+    pub(super) async fn assign(
+        &self,
+        store: &Store,
+        term: &Term,
+        assignment: Assignment,
+        accept_within: Duration,
+    ) -> Result<bool, ClaimError> {
+        let (reply, answer) = oneshot::channel();
+        if self.assigns.send(AssignRequest { assignment: assignment.clone(), reply }).is_ok() {
+            if let Ok(result) = answer.await {
+                return result;
+            }
+        }
+        Ok(store.assign_runs(term, &[assignment], accept_within).await?[0])
     }
 
     /// Claim through the batcher (or directly, if it is gone).
@@ -193,6 +215,34 @@ async fn batch_starts(store: Store, term: Term, requests: mpsc::UnboundedReceive
         for (index, request) in batch.into_iter().enumerate() {
             let answer = match &answers {
                 Ok(started) => Ok(started[index]),
+                Err(ClaimError::Fenced { term, fence }) => Err(ClaimError::Fenced { term: *term, fence: *fence }),
+                Err(error) => Err(ClaimError::Database(sqlx::Error::Protocol(error.to_string()))),
+            };
+            let _ = request.reply.send(answer);
+        }
+    })
+    .await;
+}
+
+/// An assignment (a fenced start on another replica) waiting for the batcher.
+struct AssignRequest {
+    assignment: Assignment,
+    reply: oneshot::Sender<Result<bool, ClaimError>>,
+}
+
+/// Assign runs like `batch_starts` starts them: what is waiting, in one fenced statement, at once.
+async fn batch_assigns(
+    store: Store,
+    term: Term,
+    accept_within: Duration,
+    requests: mpsc::UnboundedReceiver<AssignRequest>,
+) {
+    batched(requests, Duration::ZERO, |batch: Vec<AssignRequest>| async {
+        let assignments: Vec<Assignment> = batch.iter().map(|r| r.assignment.clone()).collect();
+        let answers = store.assign_runs(&term, &assignments, accept_within).await;
+        for (index, request) in batch.into_iter().enumerate() {
+            let answer = match &answers {
+                Ok(assigned) => Ok(assigned[index]),
                 Err(ClaimError::Fenced { term, fence }) => Err(ClaimError::Fenced { term: *term, fence: *fence }),
                 Err(error) => Err(ClaimError::Database(sqlx::Error::Protocol(error.to_string()))),
             };

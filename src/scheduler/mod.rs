@@ -10,11 +10,14 @@
 //! - `plan`: which slots are due and what each job's policies make of them (pure);
 //! - `run`: one run's life from its claim to its outcome (`RunTask`), and the runs going;
 //! - `batch`: the batchers that send a term's claims, starts and outcomes together; live output;
+//! - `dispatch`: which replica a `run_on: any` or `{ tags: [..] }` run goes to, and the term's
+//!   dispatcher, which gives up attempts whose execution lease expired;
 //! - `lead_time`: how far ahead of its slot a run is claimed and started, learned;
 //! - `clock`: the wall clock the loop reads and sleeps on (stepped in the unit tests).
 
 mod batch;
 mod clock;
+mod dispatch;
 mod lead_time;
 mod plan;
 mod run;
@@ -48,6 +51,7 @@ use crate::model::{Member, Trigger};
 use crate::store::{Reads, Store};
 use crate::supervisor::Supervision;
 use crate::telemetry::{JobRunMetrics, metric};
+use crate::worker::ExecutionLease;
 
 /// Why every run of a term is stopped when the term ends.
 const LEADERSHIP_LOST: &str = "leadership lost";
@@ -57,6 +61,8 @@ const DATABASE_RETRY: Duration = Duration::from_millis(500);
 /// Everything the loop needs from outside; tests pass channels they drive themselves.
 pub struct SchedulerInputs {
     pub store: Store,
+    /// The execution lease runs assigned to other replicas are held under (`worker`).
+    pub execution: ExecutionLease,
     pub node_id: String,
     pub jobs: watch::Receiver<Arc<JobSet>>,
     pub leadership: watch::Receiver<Leadership>,
@@ -78,6 +84,7 @@ pub struct SchedulerInputs {
 /// The firing loop's actor. What lasts only as long as a term is in `ActiveTerm`.
 pub struct Scheduler {
     store: Store,
+    execution: ExecutionLease,
     node_id: String,
     jobs: watch::Receiver<Arc<JobSet>>,
     leadership: watch::Receiver<Leadership>,
@@ -119,6 +126,7 @@ impl Scheduler {
     pub fn new(inputs: SchedulerInputs) -> Scheduler {
         let SchedulerInputs {
             store,
+            execution,
             node_id,
             jobs,
             leadership,
@@ -136,6 +144,7 @@ impl Scheduler {
         crate::notify::export_metrics();
         Scheduler {
             store,
+            execution,
             node_id,
             jobs,
             leadership,
@@ -424,6 +433,7 @@ impl Scheduler {
             http: self.http.clone(),
             supervision: self.supervision.clone(),
             live_outputs: self.live_outputs.clone(),
+            dispatch: term.dispatch.clone(),
         }
     }
 

@@ -15,15 +15,22 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::{Batchers, LiveOutputs};
 use super::clock::Clock;
+use super::dispatch::Dispatch;
 use super::lead_time::LeadTimes;
 use super::{DATABASE_RETRY, LEADERSHIP_LOST};
 use crate::config::{Concurrency, Job};
 use crate::executor::{self, OutputTail, Prepared, RunContext};
 use crate::leadership::{LeaseDeadline, Term};
 use crate::model::{RunOutcome, RunStatus, Trigger};
-use crate::store::{Claim, ClaimError, Claimed, SkipIfRunning, Store, UnrunSlots};
+use crate::store::{Assignment, Claim, ClaimError, Claimed, SkipIfRunning, Store, UnrunSlots};
 use crate::supervisor::Supervision;
 use crate::telemetry::{JobRunMetrics, metric};
+
+/// How often a run that no replica can take yet looks again (the placement is read every
+/// renewal interval; a choice may free up sooner).
+const NO_REPLICA_RETRY: Duration = Duration::from_millis(200);
+/// How often a `replace` run looks whether the runs it replaces elsewhere have ended.
+const REPLACED_POLL: Duration = Duration::from_millis(100);
 
 /// A stop request with its reason, so the ledger says why a run was killed.
 #[derive(Clone, Default)]
@@ -158,6 +165,8 @@ pub(super) struct RunTask {
     pub(super) live_outputs: LiveOutputs,
     /// The job's series, registered ahead: a burst's runs record theirs without a registry lookup.
     pub(super) metrics: JobRunMetrics,
+    /// Where runs of `run_on: any` or `{ tags: [..] }` jobs go.
+    pub(super) dispatch: Dispatch,
 }
 
 impl RunTask {
@@ -198,10 +207,112 @@ impl RunTask {
     pub(super) async fn fire(&mut self, job: &Job, slot: DateTime<Utc>, trigger: Trigger, stop: &RunStop) {
         let planned = self.planned_start(job, slot, trigger);
         let Some(run_id) = self.claim_learning(job, slot, planned, trigger, stop).await else { return };
+        if job.run_on.is_remote() {
+            self.assign_at_slot(job, Planned { slot, start: planned }, trigger, run_id, stop).await;
+            return;
+        }
         // Built before the slot, so that at the slot it is only sent (or started).
         let first = executor::prepare(job, &self.context(job, slot, run_id, 1), &self.http);
         if self.start_at_slot(job, Planned { slot, start: planned }, trigger, run_id, stop).await {
             self.execute(job, slot, planned, run_id, stop, first).await;
+        }
+    }
+
+    /// A run that executes on another replica (`run_on: any` or `{ tags: [..] }`): at its planned
+    /// start, its fenced start assigns it to the least loaded live replica that matches
+    /// (`Dispatch`), which accepts it under an execution lease of its own and records its outcome
+    /// itself (`worker`). With no replica to take it, the claim waits unstarted until one comes,
+    /// or its starting deadline passes (`missed`); a term that ends meanwhile leaves it to the
+    /// next, as any claim never started.
+    async fn assign_at_slot(&self, job: &Job, planned: Planned, trigger: Trigger, run_id: i64, stop: &RunStop) {
+        self.clock.wait_until(planned.start, &stop.token).await;
+        if job.concurrency == Concurrency::Replace {
+            self.replace_remote(job, run_id, stop).await;
+        }
+        let deadline = planned.start + chrono::Duration::from_std(job.starting_deadline).unwrap_or_default();
+        // The same start on every retry: a retry after a lost acknowledgement finds it.
+        let started = self.clock.now().max(planned.start);
+        let mut waiting = false;
+        loop {
+            if stop.reason() == Some(LEADERSHIP_LOST) || !self.lease.is_valid() {
+                tracing::warn!(job = %job.name, slot = %planned.slot, "leadership lost before the run was assigned; left to the next leader");
+                return;
+            }
+            if let Some(reason) = stop.reason().filter(|_| stop.token.is_cancelled()) {
+                let reason = format!("{reason} before the run started");
+                self.record(job, &[planned.slot], RunStatus::Killed, trigger, &reason).await;
+                return;
+            }
+            if self.clock.now() > deadline {
+                let reason = "not run: no live replica that matches its `run_on` had room before its starting deadline";
+                tracing::warn!(job = %job.name, slot = %planned.slot, "{reason}");
+                self.record(job, &[planned.slot], RunStatus::Missed, trigger, reason).await;
+                return;
+            }
+            let Some((choice, executor)) = self.dispatch.choose(&job.run_on, None) else {
+                if !waiting {
+                    tracing::info!(job = %job.name, slot = %planned.slot, "no live replica that matches its `run_on` has room; waiting");
+                    waiting = true;
+                }
+                tokio::select! {
+                    () = stop.token.cancelled() => {}
+                    () = tokio::time::sleep(NO_REPLICA_RETRY) => {}
+                }
+                continue;
+            };
+            let assignment = Assignment { run_id, started_at: started, executor: executor.clone() };
+            let assigned = self.batchers.assign(&self.store, &self.term, assignment, self.dispatch.lease.lease).await;
+            self.dispatch.settled(choice, matches!(assigned, Ok(true)).then(tokio::time::Instant::now));
+            match assigned {
+                Ok(true) => {
+                    self.metrics
+                        .fire_lateness
+                        .record((self.clock.now() - planned.start).to_std().unwrap_or_default().as_secs_f64());
+                    tracing::info!(job = %job.name, slot = %planned.slot, run_id, %executor, "assigned");
+                    return;
+                }
+                Ok(false) => {
+                    tracing::warn!(job = %job.name, slot = %planned.slot, run_id, "the claim is no longer this term's to start");
+                    return;
+                }
+                Err(ClaimError::Fenced { term, fence }) => {
+                    metrics::counter!(metric::CLAIMS_REJECTED, "reason" => "fenced").increment(1);
+                    tracing::warn!(job = %job.name, term, fence, "assignment refused: a newer term holds the fence; stepping down");
+                    self.step_down.cancel();
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(job = %job.name, %error, "could not assign the run; retrying (delayed, not doubled)");
+                    tokio::time::sleep(DATABASE_RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// `concurrency: replace` for a job whose runs execute elsewhere: ask (fenced) every other
+    /// run of the job to stop, and wait for them to end (their executor kills at its next
+    /// renewal and records `killed`; at worst the leader gives the attempt up after its lease and
+    /// grace).
+    async fn replace_remote(&self, job: &Job, run_id: i64, stop: &RunStop) {
+        match self.store.request_cancel(&self.term, job.name.as_ref(), run_id).await {
+            Ok(0) => return,
+            Ok(asked) => tracing::info!(job = %job.name, asked, "replacing the job's runs going elsewhere"),
+            Err(ClaimError::Fenced { .. }) => {
+                self.step_down.cancel();
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(job = %job.name, %error, "could not ask the job's runs elsewhere to stop");
+                return;
+            }
+        }
+        let lease = self.dispatch.lease;
+        let limit = tokio::time::Instant::now() + lease.lease + lease.grace + lease.renew_every * 2;
+        while tokio::time::Instant::now() < limit && !stop.token.is_cancelled() {
+            if self.store.executions_going(job.name.as_ref()).await.is_ok_and(|going| going == 0) {
+                return;
+            }
+            tokio::time::sleep(REPLACED_POLL).await;
         }
     }
 
@@ -280,6 +391,7 @@ impl RunTask {
             term: self.term.revision(),
             node: self.node.clone(),
             attempt,
+            lease_id: None,
         }
     }
 

@@ -15,6 +15,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::batch::Batchers;
 use super::clock::Clock;
+use super::dispatch::{Dispatch, Dispatcher};
 use super::plan::{self, DueSlots, JobState};
 use super::{DATABASE_RETRY, Scheduler};
 use crate::clock::StepDetector;
@@ -73,6 +74,10 @@ pub(super) struct ActiveTerm {
     routing: Option<AbortOnDropHandle<()>>,
     /// The notification courier: delivers the outbox while the term lasts.
     _courier: AbortOnDropHandle<()>,
+    /// Where runs executing on other replicas go (`run_on: any` or `{ tags: [..] }`).
+    pub(super) dispatch: Dispatch,
+    /// Keeps `dispatch` fresh and gives up attempts whose execution lease expired.
+    _dispatcher: AbortOnDropHandle<()>,
     /// The last heartbeat marks when this term ended, however it ends.
     _last_heartbeat: TermHeartbeat,
 }
@@ -146,7 +151,16 @@ impl Scheduler {
             return None;
         }
         let steps = StepDetector::default();
-        let batchers = Batchers::spawn(&self.store, &leader.term, &self.node_id);
+        let batchers = Batchers::spawn(&self.store, &leader.term, &self.node_id, self.execution.lease);
+        let dispatch = Dispatch::new(self.execution);
+        let dispatcher = Dispatcher {
+            dispatch: dispatch.clone(),
+            store: self.store.clone(),
+            term: leader.term.clone(),
+            lease: leader.lease.clone(),
+            jobs: self.jobs.clone(),
+            step_down: leader.step_down.clone(),
+        };
         let jobs = self.load_states(leader, shutdown).await?;
         // Before the term records an outcome (its catch-up first), so that none goes untold.
         self.route_notifications(leader, shutdown).await?;
@@ -184,6 +198,8 @@ impl Scheduler {
             dead_man_ping: None,
             routing: None,
             _courier: AbortOnDropHandle::new(tokio::spawn(courier.run())),
+            dispatch,
+            _dispatcher: AbortOnDropHandle::new(tokio::spawn(dispatcher.run())),
             _last_heartbeat: TermHeartbeat {
                 store: self.store.clone(),
                 term: leader.term.clone(),

@@ -142,6 +142,7 @@ impl Loop {
         let (clock_check, clock_check_rx) = watch::channel(ClockCheck { skew_ms: Some(0), reachable: true });
         let scheduler = Scheduler::new(SchedulerInputs {
             store: store.clone(),
+            execution: crate::worker::ExecutionLease::for_ttl(Duration::from_secs(1)),
             node_id: node.into(),
             jobs: jobs_rx,
             leadership: leadership_rx,

@@ -24,12 +24,13 @@ use crate::model::{RunStatus, TriggerKind};
 macro_rules! run_columns {
     () => {
         "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
-         COALESCE(planned_at, slot) AS planned_at, started_at, finished_at, exit_code, http_status, error, output"
+         COALESCE(planned_at, slot) AS planned_at, started_at, finished_at, exit_code, http_status, error, output, \
+         executor"
     };
     (brief) => {
         "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
          COALESCE(planned_at, slot) AS planned_at, started_at, finished_at, exit_code, http_status, error, \
-         '' AS output"
+         '' AS output, executor"
     };
 }
 pub(super) use run_columns;
@@ -234,6 +235,7 @@ pub(super) fn run_record(row: &impl LedgerRow) -> Result<RunRecord, sqlx::Error>
         http_status: row.optional_small_int("http_status")?,
         error: row.optional_text("error")?,
         output: row.text("output")?,
+        executor: row.optional_text("executor")?,
     })
 }
 

@@ -19,11 +19,15 @@
 //! was never started can change hands: a newer term's claim or `record_slots` takes it over.
 
 mod common;
+mod execution;
 mod outbox;
 mod pools;
 mod postgres;
 mod sqlite;
 
+pub use execution::{
+    AssignedRun, Assignment, ExecutionKey, Executions, ExpiredExecution, GiveUp, Renewal, ReplicaLoad, ReplicaOffer,
+};
 pub use outbox::{Delivery, NotificationRecord, NotifyRoute, OutboxEvent};
 pub use pools::{
     DatabaseConnectError, MigrateError, READ_CONNECTIONS, check_connection, connect, connect_reads, migrate,
@@ -143,6 +147,9 @@ pub struct RunRecord {
     pub http_status: Option<i32>,
     pub error: Option<String>,
     pub output: String,
+    /// The replica the run (its current attempt) is assigned to, when it executes away from its
+    /// leader (`run_on: any` or `{ tags: [..] }`); `None` for a run its leader executes.
+    pub executor: Option<String>,
 }
 
 /// One row of the terms history.
@@ -379,7 +386,7 @@ pub struct UnrunSlots<'a> {
 /// terms, outcomes) and the few reads it needs to act (controls, pending triggers). One test
 /// suite checks both implementations.
 #[async_trait]
-pub trait Ledger: Send + Sync {
+pub trait Ledger: Executions + Send + Sync {
     /// The database server's wall clock: the reference every replica's clock is checked against.
     async fn clock(&self) -> Result<DateTime<Utc>, sqlx::Error>;
 
@@ -456,7 +463,8 @@ pub trait Ledger: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<HashMap<String, JobCursor>, ClaimError>;
 
-    /// Mark `lost` the runs started and still `running` from an older term whose node is not among `live`,
+    /// Mark `lost` the runs started and still `running` from an older term whose node is not among `live`
+    /// (never a run assigned to an executor: it keeps its execution lease, see `Executions`),
     /// or was claimed before that node's current process started (a replica restarted under the
     /// same id does not vouch for its previous life's runs). Claim and start times come from the
     /// same node's clock. Fenced: only the current leader may.
@@ -592,6 +600,11 @@ pub trait LedgerReads: Send + Sync {
 
     /// The newest `limit` backfills (of one job, or all), newest first, with their progress.
     async fn backfills(&self, job: Option<&str>, limit: i64) -> Result<Vec<BackfillRecord>, sqlx::Error>;
+
+    /// Every replica that advertised itself for execution (`Executions::advertise`), with its
+    /// tags, capacity, when it was last seen and how many runs are assigned to it or running on
+    /// it, by node.
+    async fn replica_loads(&self) -> Result<Vec<ReplicaLoad>, sqlx::Error>;
 
     /// The newest `limit` terms, oldest first: what the dashboard reads.
     async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error>;

@@ -56,7 +56,7 @@ pub const HEARTBEAT: Duration = Duration::from_millis(200);
 
 /// From a supervisor's decision to its jobs' groups being gone: SIGKILL is delivered at once, but
 /// the decision waits for a read timeout and the machine may be loaded.
-const KILL_TIME: Duration = Duration::from_secs(1);
+pub const KILL_TIME: Duration = Duration::from_secs(1);
 
 /// How long a new supervisor may take to answer its first start request.
 const SUPERVISOR_START: Duration = Duration::from_secs(10);

@@ -169,6 +169,111 @@ pub fn check(witness: &[Witness], ledger: &[RunRecord], expect: &Expect<'_>) -> 
     report
 }
 
+// Issue 19: executions across replicas, each with its start and end.
+
+/// One execution of a run's attempt as the job recorded it: a `start` line when it began and,
+/// if it was not killed, an `end` line (see `Execution::shell`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Execution {
+    pub job: String,
+    pub run_id: i64,
+    pub attempt: i32,
+    pub node: String,
+    pub pid: u32,
+    pub lease_id: String,
+    pub started: DateTime<Utc>,
+    /// Its end record; `None` when it was killed (or is still going).
+    pub ended: Option<DateTime<Utc>>,
+}
+
+impl Execution {
+    /// A shell job body that records its start in `path`, sleeps `seconds`, and records its end.
+    pub fn shell(path: &Path, seconds: f64) -> String {
+        let at = "$(LD_PRELOAD= date +%s.%N)";
+        let who = "$TENURE_JOB $TENURE_RUN_ID $TENURE_ATTEMPT $TENURE_NODE $$";
+        format!(
+            "echo \"start {who} {at} $TENURE_LEASE_ID\" >> {path}; sleep {seconds}; echo \"end {who} {at}\" >> {path}",
+            path = path.display()
+        )
+    }
+
+    pub fn read(path: &Path) -> Vec<Execution> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let instant = |field: Option<&str>| -> Option<DateTime<Utc>> {
+            let seconds: f64 = field?.parse().ok()?;
+            DateTime::from_timestamp_micros((seconds * 1e6) as i64)
+        };
+        let mut executions: Vec<Execution> = Vec::new();
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let kind = fields.next();
+            let (Some(job), Some(run_id), Some(attempt), Some(node), Some(pid)) =
+                (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let (Ok(run_id), Ok(attempt), Ok(pid)) = (run_id.parse(), attempt.parse(), pid.parse()) else { continue };
+            let Some(at) = instant(fields.next()) else { continue };
+            match kind {
+                Some("start") => executions.push(Execution {
+                    job: job.to_owned(),
+                    run_id,
+                    attempt,
+                    node: node.to_owned(),
+                    pid,
+                    lease_id: fields.next().unwrap_or_default().to_owned(),
+                    started: at,
+                    ended: None,
+                }),
+                Some("end") => {
+                    if let Some(execution) = executions.iter_mut().find(|e| e.pid == pid && e.run_id == run_id) {
+                        execution.ended = Some(at);
+                    }
+                }
+                _ => {}
+            }
+        }
+        executions
+    }
+}
+
+/// Every pair of executions that overlapped in time although they must not: two attempts of
+/// one run, or two runs of a job in `forbid_jobs`. An execution lasts from its start record to
+/// its end record, or to `died(pid)` (when its process was seen gone from outside), or to `now`.
+pub fn execution_overlaps(
+    executions: &[Execution],
+    forbid_jobs: &[&str],
+    died: impl Fn(u32) -> Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let until = |e: &Execution| e.ended.or_else(|| died(e.pid)).unwrap_or(now);
+    let mut overlaps = Vec::new();
+    for (i, a) in executions.iter().enumerate() {
+        for b in &executions[i + 1..] {
+            let same_run = a.run_id == b.run_id;
+            let forbid = a.job == b.job && forbid_jobs.contains(&a.job.as_str());
+            if !(same_run || forbid) || !(a.started < until(b) && b.started < until(a)) {
+                continue;
+            }
+            let what = if same_run { "two attempts of one run" } else { "two runs of a forbid job" };
+            overlaps.push(format!(
+                "{what}: run {} attempt {} on {} {}..{} and run {} attempt {} on {} {}..{}",
+                a.run_id,
+                a.attempt,
+                a.node,
+                a.started,
+                until(a),
+                b.run_id,
+                b.attempt,
+                b.node,
+                b.started,
+                until(b)
+            ));
+        }
+    }
+    overlaps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +301,7 @@ mod tests {
             http_status: None,
             error: None,
             output: String::new(),
+            executor: None,
         }
     }
 
@@ -269,5 +375,39 @@ mod tests {
         assert!(check(&witness, &ledger, &expect).is_clean());
         let no_faults = Expect { missed_allowed: false, ..expect };
         assert_eq!(check(&witness, &ledger, &no_faults).missing.len(), 1);
+    }
+
+    #[test]
+    fn issue_19_the_checker_catches_overlapping_attempts_and_forbid_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("executions.log");
+        let lines = [
+            "start a 1 1 n1 100 10.0 1-1-n1",
+            "start a 1 2 n2 200 12.0 1-2-n2",
+            "end a 1 2 n2 200 13.0",
+            "start f 2 1 n1 300 20.0 2-1-n1",
+            "end f 2 1 n1 300 22.0",
+            "start f 3 1 n2 400 21.5 3-1-n2",
+            "end f 3 1 n2 400 23.0",
+            "start f 4 1 n2 500 23.0 4-1-n2",
+            "end f 4 1 n2 500 24.0",
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let executions = Execution::read(&path);
+        assert_eq!(executions.len(), 5);
+        assert_eq!(executions[0].ended, None);
+        assert_eq!(executions[1].lease_id, "1-2-n2");
+        let at = |seconds: f64| DateTime::from_timestamp_micros((seconds * 1e6) as i64).unwrap();
+        // Attempt 1 of run 1 died (killed) at 11.5: before attempt 2 began, no overlap; at 12.5 it
+        // overlapped.
+        let now = at(30.0);
+        let died_early = |pid: u32| (pid == 100).then(|| at(11.5));
+        let died_late = |pid: u32| (pid == 100).then(|| at(12.5));
+        assert_eq!(execution_overlaps(&executions, &[], died_early, now), Vec::<String>::new());
+        let found = execution_overlaps(&executions, &["f"], died_late, now);
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found[0].starts_with("two attempts of one run: run 1"), "{found:#?}");
+        // Runs 2 and 3 of `f` overlap (21.5 < 22.0); 3 and 4 only touch.
+        assert!(found[1].starts_with("two runs of a forbid job: run 2"), "{found:#?}");
     }
 }

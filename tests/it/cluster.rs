@@ -100,6 +100,8 @@ pub struct Options {
     pub etcd_members: usize,
     /// Which coordinator the replicas elect their leader in.
     pub coordinator: CoordinatorKind,
+    /// Extra flags for one replica, by node id (issue 19: `--tags`, `--max-runs`).
+    pub replica_args: Vec<(String, Vec<String>)>,
 }
 
 /// The coordinator of a test cluster.
@@ -324,6 +326,7 @@ impl Cluster {
             .args(["--lease-ttl", &format!("{}s", self.lease_ttl().as_secs())])
             .args(["--election", &self.election])
             .args(["--shutdown-grace", "5s"])
+            .args(self.options.replica_args.iter().filter(|(node, _)| *node == replica.node).flat_map(|(_, args)| args))
             .env("RUST_LOG", "info,tenure=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

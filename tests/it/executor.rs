@@ -38,6 +38,7 @@ fn context() -> RunContext {
         term: 7,
         node: "node-a".into(),
         attempt: 2,
+        lease_id: None,
     }
 }
 

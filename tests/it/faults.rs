@@ -26,6 +26,7 @@ fn with_proxies(env: &[(&str, &str)]) -> Options {
         env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         etcd_members: 1,
         coordinator: CoordinatorKind::Etcd,
+        replica_args: Vec::new(),
     }
 }
 

@@ -67,6 +67,13 @@ contract!(issue_17_a_triggers_overrides_are_recorded_with_its_run);
 contract!(issue_17_a_late_notification_counts_from_the_planned_start_not_the_slot);
 contract!(every_recorded_outcome_writes_the_events_its_routes_ask_for);
 contract!(a_delivery_is_held_by_one_term_and_an_older_terms_answer_is_refused);
+contract!(issue_19_an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt);
+contract!(issue_19_renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled);
+
+use crate::ledger_execution::{
+    issue_19_an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt,
+    issue_19_renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled,
+};
 
 use crate::ledger_outbox::{
     a_delivery_is_held_by_one_term_and_an_older_terms_answer_is_refused,

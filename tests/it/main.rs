@@ -27,6 +27,8 @@ mod deadman;
 mod dev;
 /// Daylight saving: `next` against the oracle around every transition, and the firing path.
 mod dst;
+/// Issue 19: runs executing on worker replicas under leases of their own, across faults.
+mod execution;
 /// The executor on real processes and a real HTTP server.
 mod executor;
 /// The fault suite: partitions, pauses, kills, restarts, reloads.
@@ -37,6 +39,8 @@ mod harness;
 mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
 mod ledger;
+/// Issue 19's part of the ledger contract: acceptance, renewal, give-up, cancel.
+mod ledger_execution;
 /// The notification outbox's part of the ledger contract.
 mod ledger_outbox;
 /// Readers never starve claims; a full dashboard sheds load.

@@ -1,6 +1,7 @@
 //! The ledger on PostgreSQL. Every statement that records a slot reads the fence `FOR SHARE`
 //! in the same statement, so it waits for a concurrent `begin_term` and is then refused.
 
+mod execution;
 mod reads;
 
 use std::collections::HashMap;
@@ -433,6 +434,7 @@ impl Ledger for Postgres {
                     error = 'its leader vanished without recording an outcome'
              FROM current_fence
              WHERE runs.status = 'running' AND runs.started_at IS NOT NULL AND runs.term < $1
+               AND runs.executor IS NULL
                AND NOT EXISTS (
                    SELECT 1 FROM unnest($2::text[], $3::timestamptz[]) AS live(node, since)
                    WHERE live.node = runs.node AND runs.claimed_at >= live.since)",

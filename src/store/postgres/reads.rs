@@ -203,6 +203,15 @@ impl LedgerReads for Postgres {
             .collect()
     }
 
+    async fn replica_loads(&self) -> Result<Vec<crate::store::ReplicaLoad>, sqlx::Error> {
+        sqlx::query(crate::store::execution::REPLICA_LOADS)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(crate::store::execution::replica_load)
+            .collect()
+    }
+
     async fn recent_terms(&self, limit: i64) -> Result<Vec<TermRecord>, sqlx::Error> {
         sqlx::query(common::RECENT_TERMS)
             .bind(limit)

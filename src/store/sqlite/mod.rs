@@ -3,6 +3,7 @@
 //! one statement are atomic without row locks. Instants are stored as integer microseconds
 //! since the Unix epoch, so `max()` and ordering are exact.
 
+mod execution;
 mod reads;
 
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ use crate::model::{RunOutcome, Trigger};
 pub struct Sqlite {
     pool: SqlitePool,
     controls: broadcast::Sender<()>,
+    /// Wakes the executor when a run is assigned (`store::execution`).
+    assignments: broadcast::Sender<()>,
 }
 
 impl Sqlite {
@@ -57,7 +60,7 @@ impl Sqlite {
         // One connection: SQLite has one writer anyway, and an in-memory database is per connection.
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await.context("apply migrations")?;
-        Ok(Sqlite { pool, controls: broadcast::channel(16).0 })
+        Ok(Sqlite { pool, controls: broadcast::channel(16).0, assignments: broadcast::channel(16).0 })
     }
 
     fn notify_controls(&self) {
@@ -350,7 +353,7 @@ impl Ledger for Sqlite {
         let result = sqlx::query(
             "UPDATE runs SET status = 'lost', finished_at = ?3,
                     error = 'its leader vanished without recording an outcome'
-             WHERE status = 'running' AND started_at IS NOT NULL AND term < ?1
+             WHERE status = 'running' AND started_at IS NOT NULL AND term < ?1 AND executor IS NULL
                AND NOT EXISTS (
                    SELECT 1 FROM json_each(?2) AS live
                    WHERE json_extract(live.value, '$.node') = runs.node
