@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HttpTarget, Job, Target};
+use crate::leadership::LeaseDeadline;
 use crate::model::{OUTPUT_LIMIT, RunOutcome, RunStatus};
 use crate::supervisor::{Ended, Spawn, Supervision};
 
@@ -151,14 +152,16 @@ pub async fn execute_prepared(
     supervision: &Supervision,
     stop: &CancellationToken,
 ) -> RunOutcome {
-    let stops = Stops { stop, lease_lost: &CancellationToken::new() };
+    let stops = Stops { stop, lease_lost: &CancellationToken::new(), deadline: None };
     execute_with(prepared, job, context, output, http, supervision, stops).await
 }
 
 /// `execute_prepared` for an attempt held under an execution lease: once `lease_lost` is
 /// cancelled (the renewal refused, or the local deadline passed) its process group is SIGKILLed
 /// at once, with no SIGTERM grace, since another replica may start the run once the lease has
-/// lapsed; an HTTP request is dropped. `stop` is the usual stop (SIGTERM, then SIGKILL).
+/// lapsed; an HTTP request is dropped. A process is not started at all once `deadline` has
+/// passed (the supervisor checks it when it takes the request). `stop` is the usual stop
+/// (SIGTERM, then SIGKILL).
 #[allow(clippy::too_many_arguments)]
 pub async fn execute_leased(
     prepared: Prepared,
@@ -169,8 +172,10 @@ pub async fn execute_leased(
     supervision: &Supervision,
     stop: &CancellationToken,
     lease_lost: &CancellationToken,
+    deadline: &LeaseDeadline,
 ) -> RunOutcome {
-    execute_with(prepared, job, context, output, http, supervision, Stops { stop, lease_lost }).await
+    let stops = Stops { stop, lease_lost, deadline: Some(deadline) };
+    execute_with(prepared, job, context, output, http, supervision, stops).await
 }
 
 /// The two ways tenure ends an attempt: `stop` (SIGTERM, `KILL_GRACE`, SIGKILL) and
@@ -179,6 +184,8 @@ pub async fn execute_leased(
 struct Stops<'a> {
     stop: &'a CancellationToken,
     lease_lost: &'a CancellationToken,
+    /// The execution lease's local deadline, for an attempt under one.
+    deadline: Option<&'a LeaseDeadline>,
 }
 
 async fn execute_with(
@@ -255,7 +262,8 @@ async fn run_process(
         .chain(job.env.iter().map(|(name, value)| (name.into(), value.into())))
         .chain(context.variables().into_iter().map(|(name, value)| (format!("TENURE_{name}").into(), value.into())))
         .collect();
-    let spawn = Spawn { program, args, env, workdir: job.workdir.as_deref(), stdout, stderr };
+    let not_after = stops.deadline.map(LeaseDeadline::deadline);
+    let spawn = Spawn { program, args, env, workdir: job.workdir.as_deref(), stdout, stderr, not_after };
     let started = match supervision.start(spawn).await {
         Ok(started) => started,
         Err(error) => return could_not_start(&error),

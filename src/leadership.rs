@@ -63,6 +63,12 @@ impl BootInstant {
         BootInstant(Duration::new(now.tv_sec() as u64, now.tv_nsec() as u32))
     }
 
+    /// Nanoseconds of `CLOCK_BOOTTIME`: one clock for every process of the machine, so another
+    /// process (the supervisor) can hold a deadline measured here.
+    pub fn nanos(&self) -> u64 {
+        self.0.as_nanos() as u64
+    }
+
     /// How long from `earlier` to this instant (zero if `earlier` is later).
     pub fn saturating_duration_since(&self, earlier: BootInstant) -> Duration {
         self.0.saturating_sub(earlier.0)

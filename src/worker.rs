@@ -309,6 +309,7 @@ impl Execution {
                 &self.supervision,
                 &self.stop,
                 &lost.token,
+                &self.deadline,
             )
             .await;
             // Nothing is recorded by an executor whose lease may have lapsed: it checks first.

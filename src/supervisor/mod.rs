@@ -50,6 +50,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::executor::KILL_GRACE;
+use crate::leadership::BootInstant;
+
+/// Why a start request came too late: its attempt's execution lease ended first.
+pub const LEASE_ENDED_BEFORE_START: &str = "its execution lease ended before it could start";
 
 /// How often the replica tells its supervisor it is alive.
 pub const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -81,6 +85,10 @@ pub struct Spawn<'a> {
     pub workdir: Option<&'a std::path::Path>,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// For an attempt under an execution lease: its local deadline. The supervisor does not
+    /// start the job once that has passed (a supervisor being restarted may take seconds to
+    /// take the request, and by then another replica may hold the run).
+    pub not_after: Option<BootInstant>,
 }
 
 /// A job its supervisor started.
@@ -369,6 +377,7 @@ fn encode_spawn(id: u64, spawn: &Spawn<'_>) -> Vec<u8> {
         field(&[name.as_bytes(), b"=", value.as_bytes()].concat());
     }
     field(spawn.workdir.map_or(&[][..], |dir| dir.as_os_str().as_bytes()));
+    field(&spawn.not_after.map_or(0, |deadline| deadline.nanos()).to_le_bytes());
     bytes
 }
 
@@ -379,6 +388,8 @@ struct Job {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     workdir: Option<OsString>,
+    /// Nanoseconds of `CLOCK_BOOTTIME` after which it must not start; 0 for none.
+    not_after: u64,
 }
 
 /// Read the rest of a start request (after its `S`).
@@ -404,7 +415,8 @@ fn read_spawn(stream: &mut impl Read) -> std::io::Result<Job> {
         })
         .collect::<std::io::Result<_>>()?;
     let workdir = Some(field()?).filter(|dir| !dir.is_empty()).map(OsString::from_vec);
-    Ok(Job { id: u64::from_le_bytes(id), program, args, env, workdir })
+    let not_after = field()?.try_into().map(u64::from_le_bytes).unwrap_or(0);
+    Ok(Job { id: u64::from_le_bytes(id), program, args, env, workdir, not_after })
 }
 
 /// The groups a supervisor started and has not seen end, and its line to the replica.
@@ -425,6 +437,9 @@ impl Supervisor {
             Ok(fds) => fds,
             Err(_) => return self.report(&Report::Failed(job.id, "no output pipes came with it".to_owned())),
         };
+        if job.not_after != 0 && BootInstant::now().nanos() >= job.not_after {
+            return self.report(&Report::Failed(job.id, LEASE_ENDED_BEFORE_START.to_owned()));
+        }
         let mut command = std::process::Command::new(&job.program);
         command
             .args(&job.args)

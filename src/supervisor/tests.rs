@@ -28,6 +28,7 @@ fn start_requests_read_back_as_written() {
         workdir: Some(std::path::Path::new("/tmp")),
         stdout: stdout.into(),
         stderr: stderr.into(),
+        not_after: Some(crate::leadership::BootInstant::now()),
     };
     let bytes = encode_spawn(42, &spawn);
     assert_eq!(bytes[0], b'S');
@@ -36,8 +37,10 @@ fn start_requests_read_back_as_written() {
     assert_eq!(job.args, [OsString::from("-c"), OsString::from("echo 'a=b' \u{e9}")]);
     assert_eq!(job.env, [("A".into(), "x=y".into()), ("EMPTY".into(), "".into())]);
     assert_eq!(job.workdir, Some(OsString::from("/tmp")));
-    let inherited = Spawn { workdir: None, ..spawn };
-    assert_eq!(read_spawn(&mut &encode_spawn(1, &inherited)[1..]).unwrap().workdir, None);
+    assert_eq!(job.not_after, spawn.not_after.unwrap().nanos());
+    let inherited = Spawn { workdir: None, not_after: None, ..spawn };
+    let job = read_spawn(&mut &encode_spawn(1, &inherited)[1..]).unwrap();
+    assert_eq!((job.workdir, job.not_after), (None, 0));
 }
 
 #[test]

@@ -319,3 +319,46 @@ async fn job_echo(supervision: &Supervision) -> RunOutcome {
     let echo = job("    command: [echo, next]\n");
     execute(&echo, &context(), &output, &reqwest::Client::new(), supervision, &CancellationToken::new()).await
 }
+
+/// Issue 19: a supervisor takes a start request only while the attempt's execution lease holds.
+/// One whose local deadline passed before the supervisor took it (a supervisor being restarted
+/// may take seconds, and by then the leader may have given the attempt to another replica)
+/// starts nothing; within the deadline the same request runs.
+#[tokio::test]
+async fn issue_19_a_start_request_past_its_lease_deadline_starts_nothing() {
+    use tenure::leadership::{BootInstant, LeaseDeadline};
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let job = job(&format!("    shell: \"touch {}\"\n", marker.display()));
+    let (http, supervision, stop, lost) =
+        (reqwest::Client::new(), supervision(), CancellationToken::new(), CancellationToken::new());
+    let attempt = |deadline: LeaseDeadline| {
+        let (job, http, supervision, stop, lost) = (&job, &http, &supervision, &stop, &lost);
+        async move {
+            let prepared = tenure::executor::prepare(job, &context(), http);
+            let output = OutputTail::default();
+            tenure::executor::execute_leased(
+                prepared,
+                job,
+                &context(),
+                &output,
+                http,
+                supervision,
+                stop,
+                lost,
+                &deadline,
+            )
+            .await
+        }
+    };
+    let late = attempt(LeaseDeadline::new(BootInstant::now())).await;
+    assert_eq!(late.status, RunStatus::Failed, "{late:?}");
+    assert!(
+        late.error.as_deref().unwrap_or_default().contains(tenure::supervisor::LEASE_ENDED_BEFORE_START),
+        "{late:?}"
+    );
+    assert!(!marker.exists(), "a start past its deadline ran");
+    let on_time = attempt(LeaseDeadline::new(BootInstant::now() + Duration::from_secs(30))).await;
+    assert_eq!(on_time.status, RunStatus::Succeeded, "{on_time:?}");
+    assert!(marker.exists(), "a start within its deadline did not run");
+}
