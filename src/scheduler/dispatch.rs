@@ -18,6 +18,11 @@ use crate::store::{ClaimError, GiveUp, ReplicaLoad, Store};
 use crate::telemetry::JobRunMetrics;
 use crate::worker::ExecutionLease;
 
+/// How many more attempts a run gets, beyond its job's retries, when an attempt was never
+/// accepted (its replica went away or refused it): it never executed, so it goes elsewhere, but
+/// not forever.
+const UNACCEPTED_TRIES: i32 = 3;
+
 /// How many expired attempts one pass of the dispatcher takes.
 const EXPIRED_READ: i64 = 256;
 
@@ -153,11 +158,11 @@ impl Dispatcher {
         for expired in expired {
             let jobs = self.jobs.borrow().clone();
             let job = jobs.get(&expired.job);
-            // An attempt never accepted never executed: it goes elsewhere whatever the retries.
+            // An attempt never accepted never executed: it goes elsewhere whatever the retries,
+            // up to `UNACCEPTED_TRIES` more times (a run no replica takes must end, recorded).
             let retry = job.filter(|job| {
-                !expired.cancel_requested
-                    && job.run_on.is_remote()
-                    && (!expired.accepted || expired.key.attempt <= job.retries.max as i32)
+                let tries = job.retries.max as i32 + if expired.accepted { 0 } else { UNACCEPTED_TRIES };
+                !expired.cancel_requested && job.run_on.is_remote() && expired.key.attempt <= tries
             });
             let choice = retry.and_then(|job| self.dispatch.choose(&job.run_on, Some(&expired.key.executor)));
             let then = match &choice {

@@ -294,22 +294,30 @@ impl RunTask {
     /// renewal and records `killed`; at worst the leader gives the attempt up after its lease and
     /// grace).
     async fn replace_remote(&self, job: &Job, run_id: i64, stop: &RunStop) {
-        match self.store.request_cancel(&self.term, job.name.as_ref(), run_id).await {
-            Ok(0) => return,
-            Ok(asked) => tracing::info!(job = %job.name, asked, "replacing the job's runs going elsewhere"),
-            Err(ClaimError::Fenced { .. }) => {
-                self.step_down.cancel();
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(job = %job.name, %error, "could not ask the job's runs elsewhere to stop");
-                return;
-            }
-        }
         let lease = self.dispatch.lease;
         let limit = tokio::time::Instant::now() + lease.lease + lease.grace + lease.renew_every * 2;
+        // Asked until the ledger took it, then waited on until none is going: a run an earlier
+        // replacement already asked to stop (and no longer counted as asked now) may still be
+        // dying.
+        let mut asked = false;
         while tokio::time::Instant::now() < limit && !stop.token.is_cancelled() {
-            if self.store.executions_going(job.name.as_ref()).await.is_ok_and(|going| going == 0) {
+            if !asked {
+                match self.store.request_cancel(&self.term, job.name.as_ref(), run_id).await {
+                    Ok(0) => asked = true,
+                    Ok(count) => {
+                        asked = true;
+                        tracing::info!(job = %job.name, asked = count, "replacing the job's runs going elsewhere");
+                    }
+                    Err(ClaimError::Fenced { .. }) => {
+                        self.step_down.cancel();
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(job = %job.name, %error, "could not ask the job's runs elsewhere to stop")
+                    }
+                }
+            }
+            if asked && self.store.executions_going(job.name.as_ref()).await.is_ok_and(|going| going == 0) {
                 return;
             }
             tokio::time::sleep(REPLACED_POLL).await;
