@@ -128,6 +128,7 @@ pub fn run(run: &Run) -> String {
         ("trigger", brief.trigger.to_string()),
         ("term", brief.term.to_string()),
         ("node", brief.node.clone()),
+        ("executed on", brief.executor.clone().unwrap_or_else(|| format!("{} (the leader)", brief.node))),
         ("attempt", brief.attempt.to_string()),
         ("claimed", instant(run.claimed_at)),
         ("planned", or_dash(run.planned_at.filter(|planned| *planned != brief.slot).map(instant))),

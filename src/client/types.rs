@@ -32,6 +32,9 @@ pub struct RunBrief {
     pub trigger: TriggerKind,
     pub term: i64,
     pub node: String,
+    /// The replica that executes it, for a `run_on: any` or tags job; none for a leader-run one.
+    #[serde(default)]
+    pub executor: Option<String>,
     pub attempt: i32,
     pub duration_ms: Option<i64>,
     pub lateness_ms: Option<i64>,

@@ -432,6 +432,15 @@ jobs:
     assert!(replica("node-1")["execution"]["load"].as_i64().is_some_and(|load| (0..=2).contains(&load)));
     let page = get(format!("/runs/{}", run.run_id)).await.text().await.unwrap();
     assert!(page.contains(&format!("<dd id=\"executor\">{}</dd>", run.node)), "{page}");
+    // And `tenure show`, the CLI client.
+    let shown = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["show", &run.run_id.to_string(), "--server", &base])
+        .env_remove("TENURE_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.lines().any(|line| line.trim() == format!("executed on {}", run.node)), "{shown}");
     // Counted where they executed.
     let worker = scenario.cluster.url(1);
     let metrics = reqwest::get(format!("{worker}/metrics")).await.unwrap().text().await.unwrap();
