@@ -139,17 +139,36 @@ impl LeaseDeadline {
         BootInstant::now() < self.deadline()
     }
 
-    /// Resolves once the deadline has passed (re-checked after every sleep: tokio sleeps on the
-    /// monotonic clock, which stands still during a suspend).
+    /// Resolves once the deadline has passed, re-checked on waking (a renewal may have moved
+    /// it). It waits on a timer of `CLOCK_BOOTTIME` itself, which fires at once when the
+    /// machine resumes past the deadline; tokio's sleeps are on the monotonic clock, which stands
+    /// still during a suspend, so they are only the fallback (in steps of at most 100 ms).
     pub async fn expired(&self) {
         loop {
-            let left = self.deadline().saturating_duration_since(BootInstant::now());
+            let deadline = self.deadline();
+            let left = deadline.saturating_duration_since(BootInstant::now());
             if left.is_zero() {
                 return;
             }
-            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+            if boot_timer(deadline).await.is_err() {
+                tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+            }
         }
     }
+}
+
+/// Resolves when `CLOCK_BOOTTIME` reaches `deadline` (a timerfd set to that absolute instant).
+async fn boot_timer(deadline: BootInstant) -> std::io::Result<()> {
+    use nix::sys::time::TimeSpec;
+    use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+    let timer = TimerFd::new(ClockId::CLOCK_BOOTTIME, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)?;
+    timer.set(Expiration::OneShot(TimeSpec::from_duration(deadline.0)), TimerSetTimeFlags::TFD_TIMER_ABSTIME)?;
+    let timer = std::os::fd::OwnedFd::from(timer);
+    // SAFETY: the descriptor is owned by the `AsyncFd` and stays open, the same one, until it drops.
+    let timer = unsafe { tokio::io::unix::AsyncFd::register_with_interest(timer, tokio::io::Interest::READABLE) }
+        .map_err(|error| std::io::Error::other(error.to_string()))?;
+    let _ready = timer.readable().await?;
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -187,6 +206,31 @@ pub struct LeaderTerm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The wait ends at the deadline, on `CLOCK_BOOTTIME` (a timer of that clock), follows a
+    /// deadline moved meanwhile, and ends at once for one already past.
+    #[tokio::test]
+    async fn a_lease_deadline_is_awaited_on_the_boot_clock_and_follows_renewals() {
+        let start = BootInstant::now();
+        let lease = LeaseDeadline::new(start + Duration::from_millis(100));
+        let waiting = tokio::spawn({
+            let lease = lease.clone();
+            async move {
+                lease.expired().await;
+                BootInstant::now()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        lease.extend_to(start + Duration::from_millis(300));
+        let ended = waiting.await.unwrap().saturating_duration_since(start);
+        assert!(ended >= Duration::from_millis(300) && ended < Duration::from_secs(2), "{ended:?}");
+        let past = LeaseDeadline::new(BootInstant::now());
+        tokio::time::timeout(Duration::from_secs(1), past.expired()).await.expect("a passed deadline is expired");
+        // The boot clock's own timer is what waits (not the fallback).
+        let soon = BootInstant::now() + Duration::from_millis(20);
+        boot_timer(soon).await.expect("a CLOCK_BOOTTIME timer");
+        assert!(BootInstant::now() >= soon);
+    }
 
     #[test]
     fn lease_deadline_only_moves_forward_and_expires() {
