@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -316,39 +315,6 @@ impl Executions for Postgres {
     }
 
     async fn listen_assignments(&self, node: &str, wake: mpsc::Sender<()>, stop: CancellationToken) {
-        loop {
-            let connect = async {
-                let mut listener = PgListener::connect_with(&self.pool).await?;
-                listener.listen(ASSIGNMENT_CHANNEL).await?;
-                Ok::<_, sqlx::Error>(listener)
-            };
-            let mut listener = tokio::select! {
-                () = stop.cancelled() => return,
-                listener = connect => match listener {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        tracing::debug!(%error, "cannot listen for assignments; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                },
-            };
-            // Assignments made while we were not listening: look now.
-            let _ = wake.try_send(());
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    notification = listener.try_recv() => match notification {
-                        Ok(Some(notification)) if notification.payload() == node => { let _ = wake.try_send(()); }
-                        Ok(Some(_)) => {}
-                        Ok(None) => { let _ = wake.try_send(()); }
-                        Err(error) => {
-                            tracing::debug!(%error, "assignment listener failed; reconnecting");
-                            break;
-                        }
-                    },
-                }
-            }
-        }
+        super::listen(&self.pool, ASSIGNMENT_CHANNEL, |payload| payload == node, wake, stop).await;
     }
 }

@@ -525,38 +525,7 @@ impl Ledger for Postgres {
     }
 
     async fn listen_controls(&self, wake: mpsc::Sender<()>, stop: CancellationToken) {
-        loop {
-            let connect = async {
-                let mut listener = PgListener::connect_with(&self.pool).await?;
-                listener.listen(CONTROL_CHANNEL).await?;
-                Ok::<_, sqlx::Error>(listener)
-            };
-            let mut listener = tokio::select! {
-                () = stop.cancelled() => return,
-                listener = connect => match listener {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        tracing::debug!(%error, "cannot listen for controls; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                },
-            };
-            // Notifications sent while we were not listening are lost: look again now.
-            let _ = wake.try_send(());
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    notification = listener.try_recv() => match notification {
-                        Ok(_) => { let _ = wake.try_send(()); }
-                        Err(error) => {
-                            tracing::debug!(%error, "control listener failed; reconnecting");
-                            break;
-                        }
-                    },
-                }
-            }
-        }
+        listen(&self.pool, CONTROL_CHANNEL, |_| true, wake, stop).await;
     }
 
     async fn set_notify_routes(&self, term: &Term, routes: &[NotifyRoute]) -> Result<(), ClaimError> {
@@ -640,4 +609,48 @@ impl Ledger for Postgres {
 
 async fn fence_in(conn: &mut sqlx::PgConnection) -> Result<Fence, sqlx::Error> {
     common::fence(&sqlx::query(common::FENCE).fetch_one(conn).await?)
+}
+
+/// Wake `wake` on every notification on `channel` whose payload is `wanted`, and once each time
+/// the listening connection is (re)made: what was sent while nobody listened is lost, so the
+/// woken side looks again. Reconnects until `stop`.
+pub(super) async fn listen(
+    pool: &PgPool,
+    channel: &str,
+    wanted: impl Fn(&str) -> bool,
+    wake: mpsc::Sender<()>,
+    stop: CancellationToken,
+) {
+    loop {
+        let connect = async {
+            let mut listener = PgListener::connect_with(pool).await?;
+            listener.listen(channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            () = stop.cancelled() => return,
+            listener = connect => match listener {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::debug!(%error, channel, "cannot listen; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = wake.try_send(());
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                notification = listener.try_recv() => match notification {
+                    Ok(Some(notification)) if !wanted(notification.payload()) => {}
+                    Ok(_) => { let _ = wake.try_send(()); }
+                    Err(error) => {
+                        tracing::debug!(%error, channel, "listener failed; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+    }
 }
