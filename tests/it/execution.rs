@@ -535,3 +535,54 @@ async fn issue_19_tenure_dev_executes_run_on_jobs_itself_under_a_lease() {
     assert_eq!(run["executor"], node, "{run:#}");
     assert_eq!(run["output"].as_str().unwrap().trim(), format!("lease={}-1-{node}", run["id"]), "{run:#}");
 }
+
+/// A run a replica executes under an execution lease keeps what a leader-run one has: its
+/// timeout ends it (`timed_out`, SIGTERM then SIGKILL as ever), its output tail is kept, and its
+/// outcome is told to the job's notification targets. (`tenure dev`: the one replica executes
+/// its `run_on: any` job through the same assignment, acceptance and lease.)
+#[tokio::test]
+async fn issue_19_a_leased_run_times_out_keeps_its_output_and_is_told() {
+    let receiver = crate::notify::Receiver::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &jobs,
+        format!(
+            "jobs:\n  - name: slow\n    schedule: \"*/5 * * * * *\"\n    run_on: any\n    timeout: 1s\n    \
+             shell: 'echo begun; sleep 30'\n    notify:\n      - on: [timed_out]\n        webhook: {{ url: \"{}\" }}\n",
+            receiver.url
+        ),
+    )
+    .unwrap();
+    let port = crate::harness::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["dev", "--admin-token", "tok", "--listen", &format!("127.0.0.1:{port}"), "--jobs"])
+        .arg(&jobs)
+        .arg("--ledger")
+        .arg(dir.path().join("ledger.db"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let timed_out = || async {
+        let page: serde_json::Value =
+            reqwest::get(format!("{base}/api/jobs/slow/runs")).await.ok()?.json().await.ok()?;
+        page["runs"].as_array()?.iter().find(|run| run["status"] == "timed_out").cloned()
+    };
+    wait_for("a leased run to time out", Duration::from_secs(30), || async { timed_out().await.is_some() }).await;
+    let brief = timed_out().await.unwrap();
+    let run: serde_json::Value =
+        reqwest::get(format!("{base}/api/runs/{}", brief["id"])).await.unwrap().json().await.unwrap();
+    wait_for("the timeout to be told", Duration::from_secs(20), || async {
+        receiver.accepted().iter().any(|heard| heard.event == "timed_out")
+    })
+    .await;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let _ = child.wait();
+    assert_eq!(run["executor"], run["node"], "{run:#}");
+    assert_eq!(run["output"].as_str().unwrap().trim(), "begun", "{run:#}");
+    let took = run["duration_ms"].as_i64().unwrap();
+    assert!((1_000..10_000).contains(&took), "ended by its 1 s timeout, not its 30 s sleep: {run:#}");
+}

@@ -21,9 +21,9 @@ const SECRET: &str = "correct-horse-battery-staple";
 
 /// One request as the receiver got it, and what it answered.
 #[derive(Debug, Clone)]
-struct Heard {
+pub(crate) struct Heard {
     id: i64,
-    event: String,
+    pub(crate) event: String,
     signature: String,
     attempt: i32,
     body: Bytes,
@@ -37,15 +37,15 @@ impl Heard {
 }
 
 /// An HTTP receiver on loopback: records every request; answers 503 while `down`.
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     heard: Arc<Mutex<Vec<Heard>>>,
     down: Arc<AtomicBool>,
     _server: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
-    async fn start(down: bool) -> Receiver {
+    pub(crate) async fn start(down: bool) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let heard = Arc::new(Mutex::new(Vec::new()));
@@ -80,7 +80,7 @@ impl Receiver {
         self.heard.lock().unwrap().clone()
     }
 
-    fn accepted(&self) -> Vec<Heard> {
+    pub(crate) fn accepted(&self) -> Vec<Heard> {
         self.heard().into_iter().filter(|heard| heard.accepted).collect()
     }
 
