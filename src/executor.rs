@@ -152,7 +152,7 @@ pub async fn execute_prepared(
     supervision: &Supervision,
     stop: &CancellationToken,
 ) -> RunOutcome {
-    let stops = Stops { stop, lease_lost: &CancellationToken::new(), deadline: None };
+    let stops = Stops { stop, lease_lost: None, deadline: None };
     execute_with(prepared, job, context, output, http, supervision, stops).await
 }
 
@@ -174,7 +174,7 @@ pub async fn execute_leased(
     lease_lost: &CancellationToken,
     deadline: &LeaseDeadline,
 ) -> RunOutcome {
-    let stops = Stops { stop, lease_lost, deadline: Some(deadline) };
+    let stops = Stops { stop, lease_lost: Some(lease_lost), deadline: Some(deadline) };
     execute_with(prepared, job, context, output, http, supervision, stops).await
 }
 
@@ -183,9 +183,20 @@ pub async fn execute_leased(
 #[derive(Clone, Copy)]
 struct Stops<'a> {
     stop: &'a CancellationToken,
-    lease_lost: &'a CancellationToken,
+    /// For an attempt under an execution lease (none on the leader).
+    lease_lost: Option<&'a CancellationToken>,
     /// The execution lease's local deadline, for an attempt under one.
     deadline: Option<&'a LeaseDeadline>,
+}
+
+impl Stops<'_> {
+    /// Resolves once the attempt's execution lease is lost; never for an attempt without one.
+    async fn lease_lost(&self) {
+        match self.lease_lost {
+            Some(lost) => lost.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 async fn execute_with(
@@ -208,9 +219,13 @@ async fn execute_with(
         }
         (Target::Http(target), request) => {
             let request = request.unwrap_or_else(|| build_request(target, job.timeout, context, http));
+            let exchange = run_http(request, target, job.timeout, output, http, stops.stop);
+            if stops.lease_lost.is_none() {
+                return exchange.await;
+            }
             tokio::select! {
-                outcome = run_http(request, target, job.timeout, output, http, stops.stop) => outcome,
-                () = stops.lease_lost.cancelled() => RunOutcome {
+                outcome = exchange => outcome,
+                () = stops.lease_lost() => RunOutcome {
                     error: Some(LEASE_LOST.to_owned()),
                     ..outcome(RunStatus::Killed, output)
                 },
@@ -276,7 +291,7 @@ async fn run_process(
         end = &mut ended => (Ending::Exited, end.ok()),
         () = tokio::time::sleep(job.timeout) => (Ending::TimedOut, None),
         () = stops.stop.cancelled() => (Ending::Stopped, None),
-        () = stops.lease_lost.cancelled() => (Ending::LeaseLost, None),
+        () = stops.lease_lost() => (Ending::LeaseLost, None),
     };
     let end = match end {
         Some(end) => Some(end),

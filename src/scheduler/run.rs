@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{Batchers, LiveOutputs};
+use super::batch::{Batchers, LiveOutput, LiveOutputs};
 use super::clock::Clock;
 use super::dispatch::Dispatch;
 use super::lead_time::LeadTimes;
@@ -135,6 +135,16 @@ impl OwnRuns {
     }
 }
 
+/// One attempt of a run executed here, built before it starts (`RunTask::attempt`), so that at
+/// its slot nothing is left but to send its request or start its process.
+struct Attempt {
+    context: RunContext,
+    prepared: Prepared,
+    output: OutputTail,
+    /// Its output, shown live until the attempt ends.
+    _live: LiveOutput,
+}
+
 /// A run's slot (its identity) and when it is to start (`RunTask::planned_start`).
 #[derive(Debug, Clone, Copy)]
 struct Planned {
@@ -212,7 +222,7 @@ impl RunTask {
             return;
         }
         // Built before the slot, so that at the slot it is only sent (or started).
-        let first = executor::prepare(job, &self.context(job, slot, run_id, 1), &self.http);
+        let first = self.attempt(job, slot, run_id, 1);
         if self.start_at_slot(job, Planned { slot, start: planned }, trigger, run_id, stop).await {
             self.execute(job, slot, planned, run_id, stop, first).await;
         }
@@ -391,8 +401,10 @@ impl RunTask {
         false
     }
 
-    fn context(&self, job: &Job, slot: DateTime<Utc>, run_id: i64, attempt: i32) -> RunContext {
-        RunContext {
+    /// Attempt `attempt` of run `run_id`, built to be executed: its identity, its request (for
+    /// an HTTP job) and its output, shown live from now on.
+    fn attempt(&self, job: &Job, slot: DateTime<Utc>, run_id: i64, attempt: i32) -> Attempt {
+        let context = RunContext {
             run_id,
             job: job.name.to_string(),
             slot,
@@ -400,7 +412,11 @@ impl RunTask {
             node: self.node.clone(),
             attempt,
             lease_id: None,
-        }
+        };
+        let prepared = executor::prepare(job, &context, &self.http);
+        let output = OutputTail::default();
+        let live = self.live_outputs.watch(run_id, output.clone());
+        Attempt { context, prepared, output, _live: live }
     }
 
     /// Execute a started run (its first attempt `first`, built ahead), retry it per the job's
@@ -412,21 +428,19 @@ impl RunTask {
         planned: DateTime<Utc>,
         run_id: i64,
         stop: &RunStop,
-        first: Prepared,
+        first: Attempt,
     ) {
         let mut attempt = 1;
-        let mut prepared = Some(first);
+        let mut next = Some(first);
         loop {
             let started = self.clock.now();
             if attempt == 1 {
                 self.metrics.fire_lateness.record((started - planned).to_std().unwrap_or_default().as_secs_f64());
             }
-            let context = self.context(job, slot, run_id, attempt);
-            let attempt_run = prepared.take().unwrap_or_else(|| executor::prepare(job, &context, &self.http));
-            let output = OutputTail::default();
-            let live = self.live_outputs.watch(run_id, output.clone());
+            let Attempt { context, prepared, output, _live: live } =
+                next.take().unwrap_or_else(|| self.attempt(job, slot, run_id, attempt));
             let mut outcome = executor::execute_prepared(
-                attempt_run,
+                prepared,
                 job,
                 &context,
                 &output,

@@ -335,20 +335,13 @@ impl Ledger for Postgres {
     /// Record how a run ended. Not fenced: the node that ran it reports the truth even after its
     /// term ended, and may overwrite a `lost` that a newer leader wrote meanwhile.
     async fn finish_run(&self, run_id: i64, outcome: &RunOutcome) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        let query = sqlx::query(
             "UPDATE runs SET status = $2, exit_code = $3, http_status = $4, error = $5,
                     output = $6, finished_at = $7
              WHERE id = $1 AND status IN ('running', 'lost')",
         )
-        .bind(run_id)
-        .bind(outcome.status.as_str())
-        .bind(outcome.exit_code)
-        .bind(outcome.http_status.map(i32::from))
-        .bind(outcome.error.as_deref().map(clean_text))
-        .bind(clean_text(&outcome.output))
-        .bind(outcome.finished_at)
-        .execute(&self.pool)
-        .await?;
+        .bind(run_id);
+        bind_outcome(query, outcome).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -653,4 +646,19 @@ pub(super) async fn listen(
             }
         }
     }
+}
+
+/// Bind an outcome's six columns, in this order: status, exit code, HTTP status, error, output,
+/// finished at (the leader's outcome and a worker's take the same).
+fn bind_outcome<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    outcome: &'q RunOutcome,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(outcome.status.as_str())
+        .bind(outcome.exit_code)
+        .bind(outcome.http_status.map(i32::from))
+        .bind(outcome.error.as_deref().map(clean_text))
+        .bind(clean_text(&outcome.output))
+        .bind(outcome.finished_at)
 }

@@ -206,22 +206,14 @@ impl Executions for Sqlite {
     }
 
     async fn finish_execution(&self, key: &ExecutionKey, outcome: &RunOutcome) -> Result<bool, sqlx::Error> {
-        let updated = sqlx::query(
+        let query = sqlx::query(
             "UPDATE runs SET status = ?4, exit_code = ?5, http_status = ?6, error = ?7, output = ?8, finished_at = ?9
              WHERE id = ?1 AND attempt = ?2 AND executor = ?3 AND status = 'running' AND accepted",
         )
         .bind(key.run_id)
         .bind(key.attempt)
-        .bind(&key.executor)
-        .bind(outcome.status.as_str())
-        .bind(outcome.exit_code)
-        .bind(outcome.http_status.map(i32::from))
-        .bind(outcome.error.as_deref().map(clean_text))
-        .bind(clean_text(&outcome.output))
-        .bind(micros(outcome.finished_at))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        .bind(&key.executor);
+        let updated = super::bind_outcome(query, outcome).execute(&self.pool).await?.rows_affected();
         Ok(updated == 1)
     }
 

@@ -295,21 +295,13 @@ impl Ledger for Sqlite {
     }
 
     async fn finish_run(&self, run_id: i64, outcome: &RunOutcome) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        let query = sqlx::query(
             "UPDATE runs SET status = ?2, exit_code = ?3, http_status = ?4, error = ?5, output = ?6,
                     finished_at = ?7
              WHERE id = ?1 AND status IN ('running', 'lost')",
         )
-        .bind(run_id)
-        .bind(outcome.status.as_str())
-        .bind(outcome.exit_code)
-        .bind(outcome.http_status.map(i32::from))
-        .bind(outcome.error.as_deref().map(clean_text))
-        .bind(clean_text(&outcome.output))
-        .bind(micros(outcome.finished_at))
-        .execute(&self.pool)
-        .await
-        .map(|_| ())
+        .bind(run_id);
+        bind_outcome(query, outcome).execute(&self.pool).await.map(|_| ())
     }
 
     async fn job_cursors(
@@ -523,4 +515,19 @@ impl Ledger for Sqlite {
     async fn pending_notifications(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(outbox::PENDING_COUNT).fetch_one(&self.pool).await
     }
+}
+
+/// Bind an outcome's six columns, in this order: status, exit code, HTTP status, error, output,
+/// finished at (the leader's outcome and a worker's take the same).
+fn bind_outcome<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    outcome: &'q RunOutcome,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
+        .bind(outcome.status.as_str())
+        .bind(outcome.exit_code)
+        .bind(outcome.http_status.map(i32::from))
+        .bind(outcome.error.as_deref().map(clean_text))
+        .bind(clean_text(&outcome.output))
+        .bind(micros(outcome.finished_at))
 }
