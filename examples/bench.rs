@@ -641,6 +641,9 @@ fn burst_p99(mut burst: Vec<f64>) -> f64 {
 /// What this machine can do without tenure: `count` requests from one reqwest client (pooled
 /// connections, warmed up; its own runtime and threads, as a replica has) to the same sink, all due
 /// at one whole second, `bursts` times. Arrival lateness at the sink; no scheduler, no database.
+/// The same exchange tenure has with the sink: the request as tenure builds it for these jobs
+/// (built ahead of the slot, with the run's six `X-Tenure-*` headers, an empty body and the
+/// job's 5 s timeout), and the response read to its end.
 async fn bare_requests(sink_url: &str, arrivals: &Arrivals, count: usize, bursts: usize) -> Vec<Vec<f64>> {
     let (sink_url, arrivals) = (sink_url.to_owned(), arrivals.clone());
     let client = std::thread::spawn(move || {
@@ -660,13 +663,27 @@ async fn bare_client(sink_url: &str, arrivals: &Arrivals, count: usize, bursts: 
         arrivals.lock().unwrap().clear();
         let header = slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let sends: Vec<_> = (0..count)
-            .map(|_| {
-                let (client, url, header) = (client.clone(), sink_url.to_owned(), header.clone());
+            .map(|i| {
+                let request = client
+                    .get(sink_url)
+                    .timeout(Duration::from_secs(5))
+                    .body("")
+                    .header("X-Tenure-JOB", format!("j{i:05}"))
+                    .header("X-Tenure-SLOT", &header)
+                    .header("X-Tenure-TERM", "104729")
+                    .header("X-Tenure-RUN-ID", (round * count + i + 10_000).to_string())
+                    .header("X-Tenure-NODE", "node-0")
+                    .header("X-Tenure-ATTEMPT", "1")
+                    .build()
+                    .expect("request");
+                let client = client.clone();
                 tokio::spawn(async move {
                     if let Ok(wait) = (slot - Utc::now()).to_std() {
                         tokio::time::sleep(wait).await;
                     }
-                    let _ = client.get(url).header("X-Tenure-Slot", header).send().await;
+                    if let Ok(response) = client.execute(request).await {
+                        let _ = response.bytes().await;
+                    }
                 })
             })
             .collect();
