@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
         precision(1_000, "* * * * * *", Duration::from_secs(60)).await?;
     }
     if wants("precision") || wants("precision-10000") {
-        precision(10_000, "*/10 * * * * *", Duration::from_secs(60)).await?;
+        precision(10_000, "*/10 * * * * *", Duration::from_secs(120)).await?;
     }
     if wants("processes") {
         processes(100, Duration::from_secs(30)).await?;
