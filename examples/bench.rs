@@ -588,7 +588,8 @@ async fn precision(jobs: usize, schedule: &str, window: Duration) -> anyhow::Res
     let cpu = (cpu_seconds(pid) - cpu_before) / wall.elapsed().as_secs_f64();
     let until = Utc::now();
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let rows: Vec<(DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>, String)> =
+    type Row = (DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>, String);
+    let rows: Vec<Row> =
         sqlx::query_as("SELECT slot, claimed_at, started_at, status FROM runs WHERE slot >= $1 AND slot < $2")
             .bind(from)
             .bind(until)

@@ -529,17 +529,14 @@ async fn watch_members(
         }
         // How long the cluster has been without a leader, as the coordinator sees it (0 while
         // one leads).
-        match coordinator.current_leader(&keys).await {
-            Ok(leader) => {
-                if leader.is_some() {
-                    leaderless_since = None;
-                } else {
-                    let since = *leaderless_since.get_or_insert_with(std::time::Instant::now);
-                    metrics::gauge!(metric::LEADERLESS).set(since.elapsed().as_secs_f64());
-                }
-                cluster.send_modify(|snapshot| snapshot.leader = leader);
+        if let Ok(leader) = coordinator.current_leader(&keys).await {
+            if leader.is_some() {
+                leaderless_since = None;
+            } else {
+                let since = *leaderless_since.get_or_insert_with(std::time::Instant::now);
+                metrics::gauge!(metric::LEADERLESS).set(since.elapsed().as_secs_f64());
             }
-            Err(_) => {}
+            cluster.send_modify(|snapshot| snapshot.leader = leader);
         }
         if leaderless_since.is_none() {
             metrics::gauge!(metric::LEADERLESS).set(0.0);

@@ -46,11 +46,15 @@ pub struct AppState {
     pub pages: PageCache,
 }
 
+/// A rendered page and when it was rendered.
+type CachedPage = (std::time::Instant, Arc<str>);
+
 /// A one-second cache of rendered pages by key. The pages refresh themselves every two seconds,
 /// so a second of staleness is invisible, and twenty viewers cost one rendering, not twenty.
 #[derive(Clone, Default)]
 pub struct PageCache {
-    entries: Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Arc<str>)>>>,
+    /// Each page by key, with when it was rendered.
+    entries: Arc<std::sync::Mutex<std::collections::HashMap<String, CachedPage>>>,
     /// One rendering at a time: viewers arriving meanwhile wait for it instead of repeating it.
     rendering: Arc<tokio::sync::Mutex<()>>,
 }

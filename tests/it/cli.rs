@@ -274,7 +274,9 @@ fn issue_20_zookeeper_flags_are_checked_before_anything_starts() {
 fn issue_20_zookeeper_tls_files_without_tls_servers_are_refused_at_once() {
     let database = "postgres://tenure@127.0.0.1:9/tenure";
     let base = ["--jobs", "jobs.example.yaml", "--database-url", database, "--listen", "127.0.0.1:0"];
-    let cases: &[(&[&str], &[(&str, &str)], &[&str])] = &[
+    // Each case: the arguments, the environment, and what the refusal must say.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
         (
             &["--zookeeper", "127.0.0.1:2181", "--zookeeper-ca", "/etc/zk/ca.crt"],
             &[],

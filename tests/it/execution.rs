@@ -496,29 +496,48 @@ jobs:
     scenario.assert_no_overlap(&["fb", "rp"]);
 }
 
+/// `tenure dev` on a job file of its own, stopped (SIGTERM) when dropped.
+struct Dev {
+    base: String,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl Dev {
+    fn start(jobs_yaml: &str) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = dir.path().join("jobs.yaml");
+        std::fs::write(&jobs, jobs_yaml).unwrap();
+        let port = crate::harness::free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
+            .args(["dev", "--admin-token", "tok", "--listen", &format!("127.0.0.1:{port}"), "--jobs"])
+            .arg(&jobs)
+            .arg("--ledger")
+            .arg(dir.path().join("ledger.db"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Dev { base: format!("http://127.0.0.1:{port}"), child, _dir: dir }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
 /// `tenure dev`: its one replica is leader and executor, so a `run_on: any` job runs there
 /// through the same assignment, acceptance and lease (on SQLite), with `TENURE_LEASE_ID`.
 #[tokio::test]
 async fn issue_19_tenure_dev_executes_run_on_jobs_itself_under_a_lease() {
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = dir.path().join("jobs.yaml");
-    std::fs::write(
-        &jobs,
+    let dev = Dev::start(
         "jobs:\n  - name: remote\n    schedule: \"* * * * * *\"\n    run_on: any\n    shell: 'echo lease=$TENURE_LEASE_ID'\n",
-    )
-    .unwrap();
-    let port = crate::harness::free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
-        .args(["dev", "--admin-token", "tok", "--listen", &format!("127.0.0.1:{port}"), "--jobs"])
-        .arg(&jobs)
-        .arg("--ledger")
-        .arg(dir.path().join("ledger.db"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    );
+    let base = &dev.base;
     let succeeded = || async {
         let page: serde_json::Value =
             reqwest::get(format!("{base}/api/jobs/remote/runs")).await.ok()?.json().await.ok()?;
@@ -529,8 +548,7 @@ async fn issue_19_tenure_dev_executes_run_on_jobs_itself_under_a_lease() {
     let brief = succeeded().await.unwrap();
     let run: serde_json::Value =
         reqwest::get(format!("{base}/api/runs/{}", brief["id"])).await.unwrap().json().await.unwrap();
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let _ = child.wait();
+    drop(dev);
     let node = run["node"].as_str().unwrap();
     assert_eq!(run["executor"], node, "{run:#}");
     assert_eq!(run["output"].as_str().unwrap().trim(), format!("lease={}-1-{node}", run["id"]), "{run:#}");
@@ -543,29 +561,12 @@ async fn issue_19_tenure_dev_executes_run_on_jobs_itself_under_a_lease() {
 #[tokio::test]
 async fn issue_19_a_leased_run_times_out_keeps_its_output_and_is_told() {
     let receiver = crate::notify::Receiver::start(false).await;
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = dir.path().join("jobs.yaml");
-    std::fs::write(
-        &jobs,
-        format!(
-            "jobs:\n  - name: slow\n    schedule: \"*/5 * * * * *\"\n    run_on: any\n    timeout: 1s\n    \
-             shell: 'echo begun; sleep 30'\n    notify:\n      - on: [timed_out]\n        webhook: {{ url: \"{}\" }}\n",
-            receiver.url
-        ),
-    )
-    .unwrap();
-    let port = crate::harness::free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
-        .args(["dev", "--admin-token", "tok", "--listen", &format!("127.0.0.1:{port}"), "--jobs"])
-        .arg(&jobs)
-        .arg("--ledger")
-        .arg(dir.path().join("ledger.db"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let dev = Dev::start(&format!(
+        "jobs:\n  - name: slow\n    schedule: \"*/5 * * * * *\"\n    run_on: any\n    timeout: 1s\n    \
+         shell: 'echo begun; sleep 30'\n    notify:\n      - on: [timed_out]\n        webhook: {{ url: \"{}\" }}\n",
+        receiver.url
+    ));
+    let base = &dev.base;
     let timed_out = || async {
         let page: serde_json::Value =
             reqwest::get(format!("{base}/api/jobs/slow/runs")).await.ok()?.json().await.ok()?;
@@ -579,8 +580,7 @@ async fn issue_19_a_leased_run_times_out_keeps_its_output_and_is_told() {
         receiver.accepted().iter().any(|heard| heard.event == "timed_out")
     })
     .await;
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let _ = child.wait();
+    drop(dev);
     assert_eq!(run["executor"], run["node"], "{run:#}");
     assert_eq!(run["output"].as_str().unwrap().trim(), "begun", "{run:#}");
     let took = run["duration_ms"].as_i64().unwrap();
