@@ -388,9 +388,14 @@ impl RunTask {
         if !ahead.is_zero() && !self.lease.is_valid_for(ahead) {
             self.clock.wait_until(planned.start, &stop.token).await;
         }
+        // Sent ahead, the start teaches the lead how long a start takes, however late it
+        // committed: one that outran the lead is the very one it must learn from.
+        let sent_ahead = self.clock.now() < planned.start;
         let sent = std::time::Instant::now();
-        let Some(started) = self.start(job, planned, trigger, run_id, stop).await else { return false };
-        if started > self.clock.now() {
+        if self.start(job, planned, trigger, run_id, stop).await.is_none() {
+            return false;
+        }
+        if sent_ahead {
             self.lead_times.starts.observe(sent.elapsed());
         }
         // Never executed before its planned start, nor by a term that ended meanwhile.

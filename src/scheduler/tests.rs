@@ -118,6 +118,8 @@ struct Loop {
     shutdown: CancellationToken,
     /// The scheduler's run tasks (claims, starts, executions, outcomes), to see them end.
     runs: TaskTracker,
+    /// The lead times the scheduler learns (shared with it).
+    lead_times: LeadTimes,
     scheduler: tokio::task::JoinHandle<()>,
 }
 
@@ -156,6 +158,7 @@ impl Loop {
         });
         let shutdown = CancellationToken::new();
         let runs = scheduler.runs.clone();
+        let lead_times = scheduler.lead_times.clone();
         let scheduler = tokio::spawn(scheduler.run(shutdown.clone()));
         Loop {
             clock,
@@ -167,6 +170,7 @@ impl Loop {
             _clock_check: clock_check,
             shutdown,
             runs,
+            lead_times,
             scheduler,
         }
     }
@@ -269,6 +273,38 @@ async fn a_term_that_ends_between_a_claim_ahead_and_its_start_leaves_the_claim_t
     assert_eq!(rows, [row("minutely", "2026-03-02T10:01:00Z", 2, "succeeded", true)]);
     assert_eq!(witness.executions(), [Execution { job: "minutely".into(), slot, term: 2 }]);
     assert!(!first.step_down.is_cancelled(), "the first term never tried to start its claim");
+    lp.stop().await;
+}
+
+/// The start's lead time learns from a start that committed after its slot: that is the commit
+/// it exists for (one start outrunning the lead holds back every run of its burst), so it must
+/// widen the lead, not be left out of what the lead learns.
+#[tokio::test]
+async fn a_start_sent_ahead_that_commits_after_its_slot_widens_the_start_lead() {
+    let witness = Witness::start().await;
+    let slot = at("2026-03-02T10:01:00Z");
+    let jobs = witness.jobs(&[("minutely", "* * * * *", "")]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let ledger = Store::with_reads(Sqlite::open(&path).await.unwrap());
+    let lp = Loop::start(ledger, jobs, at("2026-03-02T10:00:50Z")).await;
+    let _term = lp.lead(1).await;
+    claimed_ahead(&lp, slot).await;
+    let before = lp.lead_times.start();
+    assert_eq!(before, Duration::from_millis(50), "no start seen yet");
+    // Another writer holds the ledger: the start, sent 50 ms ahead, waits 300 ms to commit, and
+    // its slot passes meanwhile.
+    let mut writer =
+        <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut writer).await.unwrap();
+    lp.clock.advance_to(slot - ms(40));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lp.clock.advance_to(slot + ms(100));
+    sqlx::query("COMMIT").execute(&mut writer).await.unwrap();
+    let rows = lp.wait_for_rows("the slot run", |rows| rows.iter().all(|row| row.status != "running")).await;
+    assert_eq!(rows, [row("minutely", "2026-03-02T10:01:00Z", 1, "succeeded", true)]);
+    let learned = lp.lead_times.start();
+    assert!(learned >= Duration::from_millis(600), "the start took 300 ms; the lead stays {learned:?}");
     lp.stop().await;
 }
 
