@@ -578,8 +578,8 @@ async fn precision(jobs: usize, schedule: &str, window: Duration) -> anyhow::Res
     replicas.wait_leader(&pool).await;
     // Warm up past the first firing (it opens the connections to the sink), then measure whole
     // seconds.
-    let every = if schedule.starts_with("*/10") { 10 } else { 1 };
-    tokio::time::sleep(Duration::from_secs(every + 3)).await;
+    let every: i64 = if schedule.starts_with("*/10") { 10 } else { 1 };
+    tokio::time::sleep(Duration::from_secs(every as u64 + 3)).await;
     let from = Utc::now() + chrono::Duration::seconds(1);
     let pid = replicas.pid(0).unwrap();
     let cpu_before = cpu_seconds(pid);
@@ -604,7 +604,7 @@ async fn precision(jobs: usize, schedule: &str, window: Duration) -> anyhow::Res
     }
     let mut arrival_late: Vec<f64> = by_burst.values().flatten().copied().collect();
     let missed = rows.iter().filter(|r| r.3 == "missed").count();
-    let slots = ((until - from).num_seconds() as usize).div_ceil(every as usize);
+    let slots = slots_within(from, until, every);
     row("start recorded, relative to the slot (0: ahead)", &mut start_late, "");
     row("lateness: slot -> request at the sink", &mut arrival_late, "");
     row("claim sent, relative to the slot (< 0: ahead)", &mut claim_late, "");
@@ -631,6 +631,15 @@ async fn precision(jobs: usize, schedule: &str, window: Duration) -> anyhow::Res
     let target = if jobs >= 10_000 { "<= 1.2x" } else { "<= 1.1x" };
     single("a burst's p99 (median burst): tenure / bare client", format!("{ratio:.2}x"), target);
     Ok(())
+}
+
+/// How many slots of a job due every `every` seconds (at whole multiples of it) fall within
+/// [from, until): a window of 119.6 s holds 11 or 12 slots every 10 s, as it falls.
+fn slots_within(from: DateTime<Utc>, until: DateTime<Utc>, every: i64) -> usize {
+    (from.timestamp()..=until.timestamp())
+        .filter_map(|second| DateTime::from_timestamp(second, 0).filter(|_| second % every == 0))
+        .filter(|slot| *slot >= from && *slot < until)
+        .count()
 }
 
 /// The 99th percentile of one burst's lateness.
@@ -738,7 +747,7 @@ async fn processes(jobs: usize, window: Duration) -> anyhow::Result<()> {
     let mut late: Vec<f64> =
         rows.iter().filter_map(|(slot, _, output)| Some(ms(stamp(output.as_deref()?)? - *slot))).collect();
     let missed = rows.iter().filter(|r| r.1 == "missed").count();
-    let slots = (until - from).num_seconds() as usize;
+    let slots = slots_within(from, until, 1);
     row("lateness: slot -> the job's process runs", &mut late, "");
     single("slots expected / rows / missed", format!("{} / {} / {missed}", slots * jobs, rows.len()), "no slot missed");
     single("leader CPU (cores)", format!("{cpu:.2}"), "");
@@ -810,11 +819,8 @@ async fn spread(jobs: usize, window: Duration) -> anyhow::Result<()> {
         }
         let per_slot: Vec<String> = per_slot.iter().map(|(slot, n)| format!("{} {n}", slot.format("%S"))).collect();
         single("rows per slot (second)", per_slot.join(", "), "");
-        // The whole tens of seconds in [from, until): 3 or 4, as the window falls.
-        let slots = (from.timestamp()..=until.timestamp())
-            .filter_map(|second| DateTime::from_timestamp(second, 0).filter(|_| second % 10 == 0))
-            .filter(|slot| *slot >= from && *slot < until)
-            .count();
+        // 3 or 4, as the window falls.
+        let slots = slots_within(from, until, 10);
         single(
             "slots expected / rows / succeeded",
             format!("{} / {} / {succeeded}", slots * jobs, rows.len()),

@@ -13,7 +13,10 @@ const MAX_LEAD: Duration = Duration::from_secs(1);
 /// A run claimed ahead records its fenced start (`started_at` = its slot) `starts` ahead of the
 /// slot, once its claim has committed; the claim is sent `claims` before that. Each lead time is
 /// learned from this replica's own statements: twice the slowest recent one (sent to committed;
-/// it halves every five minutes), plus 5 ms, within its bounds. The margin is wide on purpose: a
+/// it halves every five minutes), plus 5 ms, within its bounds. A start teaches it whenever it
+/// was sent ahead, also when it committed after its slot (the very case the lead is for), and
+/// only the statement that recorded it counts, not retries after errors before it (a database
+/// outage is not a start's duration). The margin is wide on purpose: a
 /// start that commits after its slot holds back every run of the burst that waits on it, so one
 /// slow commit (a checkpoint, a loaded machine) outrunning the lead makes a whole burst late,
 /// while a few more milliseconds of lead cost only a slightly longer window (below).

@@ -388,15 +388,12 @@ impl RunTask {
         if !ahead.is_zero() && !self.lease.is_valid_for(ahead) {
             self.clock.wait_until(planned.start, &stop.token).await;
         }
-        // Sent ahead, the start teaches the lead how long a start takes, however late it
+        // Sent ahead, the start teaches the lead how long its statement took, however late it
         // committed: one that outran the lead is the very one it must learn from.
         let sent_ahead = self.clock.now() < planned.start;
-        let sent = std::time::Instant::now();
-        if self.start(job, planned, trigger, run_id, stop).await.is_none() {
-            return false;
-        }
+        let Some(took) = self.start(job, planned, trigger, run_id, stop).await else { return false };
         if sent_ahead {
-            self.lead_times.starts.observe(sent.elapsed());
+            self.lead_times.starts.observe(took);
         }
         // Never executed before its planned start, nor by a term that ended meanwhile.
         self.clock.wait_until(planned.start, &stop.token).await;
@@ -545,7 +542,9 @@ impl RunTask {
     }
 
     /// Start a claimed run: the fenced `claimed -> started` transition, recorded before anything
-    /// executes. `None`: this term may not start it, and nothing runs. A claim left unstarted
+    /// executes; how long the statement that recorded it took (sent to committed; not the
+    /// retries before it, so a database outage is not learned as a start's duration). `None`:
+    /// this term may not start it, and nothing runs. A claim left unstarted
     /// because the lease ended stays as it is, for the next term to take over; one stopped by
     /// this term (`replace`, shutdown grace) is recorded `killed`; one whose start could not be
     /// recorded in time is recorded `missed`.
@@ -556,12 +555,12 @@ impl RunTask {
         trigger: Trigger,
         run_id: i64,
         stop: &RunStop,
-    ) -> Option<DateTime<Utc>> {
+    ) -> Option<Duration> {
         let Planned { slot, start: planned } = planned;
         // The same start time on every retry: a retry after a lost acknowledgement finds it.
         // Recorded ahead, it is the planned start: the run executes then, never before.
         let started = self.clock.now().max(planned);
-        loop {
+        let took = loop {
             // Stopped because the term ended: the claim was never started, so it is the next
             // term's to decide, not a run to record.
             if stop.reason() == Some(LEADERSHIP_LOST) || !self.lease.is_valid() {
@@ -573,9 +572,12 @@ impl RunTask {
                 self.record(job, &[slot], RunStatus::Killed, trigger, &reason).await;
                 return None;
             }
+            let sent = std::time::Instant::now();
             match self.batchers.start(&self.store, &self.term, run_id, started).await {
-                Ok(true) => break,
-                Ok(false) | Err(ClaimError::Fenced { .. }) if crate::testing::ignore_refusals() => break,
+                Ok(true) => break sent.elapsed(),
+                Ok(false) | Err(ClaimError::Fenced { .. }) if crate::testing::ignore_refusals() => {
+                    break sent.elapsed();
+                }
                 Ok(false) => {
                     tracing::warn!(job = %job.name, %slot, run_id, "the claim is no longer this term's to start");
                     return None;
@@ -591,14 +593,14 @@ impl RunTask {
                     tokio::time::sleep(DATABASE_RETRY).await;
                 }
             }
-        }
+        };
         if self.clock.now() - planned > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default() {
             let reason = "not run: its start was recorded only after the starting deadline";
             let outcome = self.not_run(RunStatus::Missed, reason.to_owned());
             self.finish(job, run_id, &outcome).await;
             return None;
         }
-        Some(started)
+        Some(took)
     }
 
     /// Why a run whose start is recorded may not execute after all: it was stopped (replaced,

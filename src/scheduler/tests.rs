@@ -276,6 +276,14 @@ async fn a_term_that_ends_between_a_claim_ahead_and_its_start_leaves_the_claim_t
     lp.stop().await;
 }
 
+/// A ledger in a file, and a second connection to it standing for other writers.
+async fn file_ledger(dir: &tempfile::TempDir) -> ((Store, Reads), sqlx::SqliteConnection) {
+    let path = dir.path().join("ledger.db");
+    let ledger = Store::with_reads(Sqlite::open(&path).await.unwrap());
+    let other = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", path.display()));
+    (ledger, other.await.unwrap())
+}
+
 /// The start's lead time learns from a start that committed after its slot: that is the commit
 /// it exists for (one start outrunning the lead holds back every run of its burst), so it must
 /// widen the lead, not be left out of what the lead learns.
@@ -285,26 +293,61 @@ async fn a_start_sent_ahead_that_commits_after_its_slot_widens_the_start_lead() 
     let slot = at("2026-03-02T10:01:00Z");
     let jobs = witness.jobs(&[("minutely", "* * * * *", "")]);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ledger.db");
-    let ledger = Store::with_reads(Sqlite::open(&path).await.unwrap());
+    let (ledger, mut writer) = file_ledger(&dir).await;
+    // A slow statement: each start runs a trigger that multiplies its way through nine million
+    // rows (timed here first, as this machine runs it; the trigger's body is the same query).
+    sqlx::query("CREATE TABLE burn (x INTEGER)").execute(&mut writer).await.unwrap();
+    let rows =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 3000) INSERT INTO burn SELECT x FROM c";
+    sqlx::query(rows).execute(&mut writer).await.unwrap();
+    let timed = std::time::Instant::now();
+    sqlx::query("SELECT sum(p.x * q.x % 7) FROM burn p, burn q").execute(&mut writer).await.unwrap();
+    let burn = timed.elapsed();
+    let slow = "CREATE TRIGGER slow_starts BEFORE UPDATE OF started_at ON runs
+                BEGIN SELECT sum(p.x * q.x % 7) FROM burn p, burn q; END";
+    sqlx::query(slow).execute(&mut writer).await.unwrap();
     let lp = Loop::start(ledger, jobs, at("2026-03-02T10:00:50Z")).await;
     let _term = lp.lead(1).await;
     claimed_ahead(&lp, slot).await;
-    let before = lp.lead_times.start();
-    assert_eq!(before, Duration::from_millis(50), "no start seen yet");
-    // Another writer holds the ledger: the start, sent 50 ms ahead, waits 300 ms to commit, and
-    // its slot passes meanwhile.
-    let mut writer =
-        <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut writer).await.unwrap();
+    assert_eq!(lp.lead_times.start(), Duration::from_millis(50), "no start seen yet");
+    // The start is sent 50 ms ahead; its slot passes while it runs.
     lp.clock.advance_to(slot - ms(40));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(burn / 3).await;
     lp.clock.advance_to(slot + ms(100));
-    sqlx::query("COMMIT").execute(&mut writer).await.unwrap();
     let rows = lp.wait_for_rows("the slot run", |rows| rows.iter().all(|row| row.status != "running")).await;
     assert_eq!(rows, [row("minutely", "2026-03-02T10:01:00Z", 1, "succeeded", true)]);
     let learned = lp.lead_times.start();
-    assert!(learned >= Duration::from_millis(600), "the start took 300 ms; the lead stays {learned:?}");
+    let least = (burn * 3 / 2).min(Duration::from_secs(1));
+    assert!(learned >= least, "the start took at least {burn:?}; the lead stays {learned:?}");
+    lp.stop().await;
+}
+
+/// What the start's lead time learns is how long the statement that recorded the start took,
+/// not the retries before it: a start retried through a database outage leaves the lead at tens
+/// of milliseconds once the database answers again (a lead of a second would widen the window
+/// in which a leader's death leaves a started run unexecuted, for minutes after the outage).
+#[tokio::test]
+async fn a_start_retried_through_a_database_outage_teaches_the_lead_its_statement_not_the_outage() {
+    let witness = Witness::start().await;
+    let slot = at("2026-03-02T10:01:00Z");
+    let jobs = witness.jobs(&[("minutely", "* * * * *", "")]);
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, mut writer) = file_ledger(&dir).await;
+    let lp = Loop::start(ledger, jobs, at("2026-03-02T10:00:50Z")).await;
+    let _term = lp.lead(1).await;
+    claimed_ahead(&lp, slot).await;
+    // Every start fails for 1.2 s (retried every `DATABASE_RETRY`), then the ledger answers.
+    let refuse =
+        "CREATE TRIGGER refuse_starts BEFORE UPDATE OF started_at ON runs BEGIN SELECT RAISE(ABORT, 'down'); END";
+    sqlx::query(refuse).execute(&mut writer).await.unwrap();
+    lp.clock.advance_to(slot - ms(40));
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    sqlx::query("DROP TRIGGER refuse_starts").execute(&mut writer).await.unwrap();
+    lp.clock.advance_to(slot + ms(100));
+    let rows = lp.wait_for_rows("the slot run", |rows| rows.iter().all(|row| row.status != "running")).await;
+    assert_eq!(rows, [row("minutely", "2026-03-02T10:01:00Z", 1, "succeeded", true)]);
+    let learned = lp.lead_times.start();
+    assert!(learned < Duration::from_millis(200), "the outage was learned as the start's duration: {learned:?}");
     lp.stop().await;
 }
 
