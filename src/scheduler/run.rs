@@ -361,14 +361,18 @@ impl RunTask {
     ) -> Option<i64> {
         // A manual claim marks its trigger handled in the same statement; a refused one leaves
         // it pending for the next leader.
+        let first_sent = self.clock.now();
         let claimed = self.claim(job, slot, planned, trigger, stop).await;
         if let Some(planned_at) = self.planned_at.take().filter(|planned_at| slot > *planned_at) {
-            if claimed.is_some() {
-                // Sent ahead of its slot: however late it committed, the lead time learns from it.
-                self.lead_times.claims.observe((self.clock.now() - planned_at).to_std().unwrap_or_default());
+            if let Some((_, took)) = &claimed {
+                // Sent ahead of its slot: however late it committed, the lead time learns from it:
+                // from the decision to send it, plus the statement that recorded it (not the
+                // retries after errors before it: a database outage is not a claim's duration).
+                let deciding = (first_sent - planned_at).to_std().unwrap_or_default();
+                self.lead_times.claims.observe(deciding + *took);
             }
         }
-        let claimed = claimed?;
+        let (claimed, _) = claimed?;
         if claimed.status == RunStatus::Skipped {
             self.metrics.count(RunStatus::Skipped);
             tracing::info!(job = %job.name, %slot, "skipped: the previous run is still going");
@@ -488,7 +492,7 @@ impl RunTask {
         planned: DateTime<Utc>,
         trigger: Trigger,
         stop: &RunStop,
-    ) -> Option<Claimed> {
+    ) -> Option<(Claimed, Duration)> {
         let skip_if_running = match job.concurrency {
             Concurrency::Forbid => SkipIfRunning::Yes,
             Concurrency::Allow | Concurrency::Replace => SkipIfRunning::No,
@@ -508,12 +512,13 @@ impl RunTask {
                 claimed_at: self.clock.now(),
                 planned_at: planned,
             };
+            let sent = std::time::Instant::now();
             match self.batchers.claim(&self.store, &claim).await {
-                Ok(claimed) => return Some(claimed),
+                Ok(claimed) => return Some((claimed, sent.elapsed())),
                 Err(ClaimError::Fenced { term, fence }) => {
                     metrics::counter!(metric::CLAIMS_REJECTED, "reason" => "fenced").increment(1);
                     if crate::testing::ignore_refusals() {
-                        return Some(Claimed { run_id: 0, status: RunStatus::Running });
+                        return Some((Claimed { run_id: 0, status: RunStatus::Running }, sent.elapsed()));
                     }
                     tracing::warn!(job = %job.name, %slot, term, fence, "claim refused: a newer term holds the fence; stepping down");
                     self.step_down.cancel();
@@ -523,7 +528,7 @@ impl RunTask {
                     metrics::counter!(metric::CLAIMS_REJECTED, "reason" => "already_claimed").increment(1);
                     tracing::info!(job = %job.name, %slot, term, %node, "claim refused: slot already claimed");
                     return crate::testing::ignore_refusals()
-                        .then_some(Claimed { run_id: 0, status: RunStatus::Running });
+                        .then_some((Claimed { run_id: 0, status: RunStatus::Running }, sent.elapsed()));
                 }
                 Err(ClaimError::Database(error)) => {
                     metrics::counter!(metric::CLAIM_ERRORS).increment(1);

@@ -351,6 +351,35 @@ async fn a_start_retried_through_a_database_outage_teaches_the_lead_its_statemen
     lp.stop().await;
 }
 
+/// The claim's lead time, likewise, learns the statement that recorded the claim, not the
+/// retries through an outage before it: claims go back to being sent a few tens of
+/// milliseconds ahead once the database answers, not pinned a second ahead for minutes.
+#[tokio::test]
+async fn a_claim_retried_through_a_database_outage_teaches_the_lead_its_statement_not_the_outage() {
+    let witness = Witness::start().await;
+    let slot = at("2026-03-02T10:01:00Z");
+    let jobs = witness.jobs(&[("minutely", "* * * * *", "")]);
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, mut writer) = file_ledger(&dir).await;
+    let lp = Loop::start(ledger, jobs, at("2026-03-02T10:00:50Z")).await;
+    let _term = lp.lead(1).await;
+    // Every claim fails for 1.2 s (retried every `DATABASE_RETRY`), then the ledger answers.
+    let refuse = "CREATE TRIGGER refuse_claims BEFORE INSERT ON runs BEGIN SELECT RAISE(ABORT, 'down'); END";
+    sqlx::query(refuse).execute(&mut writer).await.unwrap();
+    // The clock moves on with the outage (the slot passes).
+    lp.clock.advance_to(slot - ms(200));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    lp.clock.advance_to(slot + ms(400));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    lp.clock.advance_to(slot + ms(1_000));
+    assert!(lp.reads.all_runs().await.unwrap().is_empty(), "no claim while the ledger refuses them");
+    sqlx::query("DROP TRIGGER refuse_claims").execute(&mut writer).await.unwrap();
+    lp.wait_for_rows("the claim", |rows| rows.len() == 1).await;
+    let learned = lp.lead_times.claims.lead();
+    assert!(learned < Duration::from_millis(200), "the outage was learned as the claim's duration: {learned:?}");
+    lp.stop().await;
+}
+
 #[tokio::test]
 async fn a_newer_term_in_the_ledger_refuses_the_start_of_a_claim_ahead_and_the_leader_steps_down() {
     let witness = Witness::start().await;
