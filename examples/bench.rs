@@ -46,13 +46,13 @@ async fn main() -> anyhow::Result<()> {
     }
     // `precision` runs the three sizes; `precision-100`, `precision-1000`, `precision-10000` one.
     if wants("precision") || wants("precision-100") {
-        precision(100, "* * * * * *", Duration::from_secs(20)).await?;
+        precision(100, 2, Duration::from_secs(40)).await?;
     }
     if wants("precision") || wants("precision-1000") {
-        precision(1_000, "* * * * * *", Duration::from_secs(60)).await?;
+        precision(1_000, 2, Duration::from_secs(120)).await?;
     }
     if wants("precision") || wants("precision-10000") {
-        precision(10_000, "*/10 * * * * *", Duration::from_secs(120)).await?;
+        precision(10_000, 10, Duration::from_secs(240)).await?;
     }
     if wants("processes") {
         processes(100, Duration::from_secs(30)).await?;
@@ -559,8 +559,17 @@ async fn sink() -> anyhow::Result<(String, Arrivals)> {
     Ok((url, arrivals))
 }
 
-async fn precision(jobs: usize, schedule: &str, window: Duration) -> anyhow::Result<()> {
-    header(&format!("2. Firing precision: {jobs} HTTP jobs `{schedule}` for {}s, one leader", window.as_secs()));
+/// Firing precision: `jobs` HTTP jobs due together every `every` seconds, against the floor (the
+/// same requests from a bare client), measured in the same window, interleaved: tenure's bursts
+/// at whole multiples of `every`, the floor's half an `every` later. So both see the same machine
+/// at the same time (a separate minute for each swung their ratio by ±15 % between runs), and
+/// neither's burst overlaps the other's.
+async fn precision(jobs: usize, every: i64, window: Duration) -> anyhow::Result<()> {
+    let schedule = format!("*/{every} * * * * *");
+    header(&format!(
+        "2. Firing precision: {jobs} HTTP jobs `{schedule}` for {}s, one leader; the floor's bursts between them",
+        window.as_secs()
+    ));
     let etcd = harness::Etcd::start().await;
     let pg = harness::Postgres::start_durable().await;
     let (url, pool) = database(&pg, "precision").await?;
@@ -576,17 +585,18 @@ async fn precision(jobs: usize, schedule: &str, window: Duration) -> anyhow::Res
     std::fs::write(&path, text)?;
     let replicas = Replicas::start(1, &path, &etcd.client_url(), &url, Duration::from_secs(10), dir.path())?;
     replicas.wait_leader(&pool).await;
-    // Warm up past the first firing (it opens the connections to the sink), then measure whole
-    // seconds.
-    let every: i64 = if schedule.starts_with("*/10") { 10 } else { 1 };
-    tokio::time::sleep(Duration::from_secs(every as u64 + 3)).await;
-    let from = Utc::now() + chrono::Duration::seconds(1);
+    // Both warm up past their first burst (it opens their connections to the sink), then whole
+    // seconds are measured.
+    let from = Utc::now() + chrono::Duration::seconds(every + 4);
+    let until = from + chrono::Duration::from_std(window)?;
+    let floor = tokio::spawn(bare_requests(sink_url.clone(), jobs, every, from, until));
+    tokio::time::sleep((from - Utc::now()).to_std().unwrap_or_default()).await;
     let pid = replicas.pid(0).unwrap();
     let cpu_before = cpu_seconds(pid);
     let wall = Instant::now();
-    tokio::time::sleep(window).await;
+    let floor = floor.await?;
+    tokio::time::sleep((until - Utc::now()).to_std().unwrap_or_default()).await;
     let cpu = (cpu_seconds(pid) - cpu_before) / wall.elapsed().as_secs_f64();
-    let until = Utc::now();
     tokio::time::sleep(Duration::from_secs(6)).await;
     type Row = (DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>, String);
     let rows: Vec<Row> =
@@ -595,51 +605,44 @@ async fn precision(jobs: usize, schedule: &str, window: Duration) -> anyhow::Res
             .bind(until)
             .fetch_all(&pool)
             .await?;
+    drop(replicas);
     let mut start_late: Vec<f64> =
         rows.iter().filter_map(|(slot, _, started, _)| started.map(|s| ms(s - *slot))).collect();
     let mut claim_late: Vec<f64> = rows.iter().map(|(slot, claimed, _, _)| ms(*claimed - *slot)).collect();
-    let mut by_burst: std::collections::BTreeMap<DateTime<Utc>, Vec<f64>> = Default::default();
+    // Each burst's lateness at the sink, by its slot: tenure's at multiples of `every`, the
+    // floor's in between.
+    let mut tenure_bursts: std::collections::BTreeMap<DateTime<Utc>, Vec<f64>> = Default::default();
+    let mut floor_bursts: std::collections::BTreeMap<DateTime<Utc>, Vec<f64>> = Default::default();
     for (slot, arrived) in arrivals.lock().unwrap().iter().filter(|(slot, _)| *slot >= from && *slot < until) {
-        by_burst.entry(*slot).or_default().push(ms(*arrived - *slot));
+        let bursts = if slot.timestamp() % every == 0 { &mut tenure_bursts } else { &mut floor_bursts };
+        bursts.entry(*slot).or_default().push(ms(*arrived - *slot));
     }
-    let mut arrival_late: Vec<f64> = by_burst.values().flatten().copied().collect();
     let missed = rows.iter().filter(|r| r.3 == "missed").count();
     let slots = slots_within(from, until, every);
+    let mut tenure_late: Vec<f64> = tenure_bursts.values().flatten().copied().collect();
+    let mut floor_late: Vec<f64> = floor_bursts.values().flatten().copied().collect();
     row("start recorded, relative to the slot (0: ahead)", &mut start_late, "");
-    row("lateness: slot -> request at the sink", &mut arrival_late, "");
+    row("lateness: slot -> request at the sink", &mut tenure_late, "");
     row("claim sent, relative to the slot (< 0: ahead)", &mut claim_late, "");
-    single("claims per second", format!("{:.0}", rows.len() as f64 / (until - from).num_seconds() as f64), "");
+    single("claims per second", format!("{:.0}", rows.len() as f64 / window.as_secs_f64()), "");
     single("slots expected / rows / missed", format!("{} / {} / {missed}", slots * jobs, rows.len()), "no slot missed");
     single("leader CPU (cores)", format!("{cpu:.2}"), "< 1 core");
-    single("HTTP requests the sink received", arrivals.lock().unwrap().len().to_string(), "");
-    drop(replicas);
-    // As many bursts as tenure fired, so both p99s stand on the same number of bursts.
-    let floor_bursts = bare_requests(&sink_url, &arrivals, jobs, slots).await;
-    let mut floor: Vec<f64> = floor_bursts.iter().flatten().copied().collect();
-    row("floor: the same requests from a bare client, at the sink", &mut floor, "");
-    let pooled = percentile(&arrival_late, 99.0) / percentile(&floor, 99.0);
+    single("bursts: tenure / the floor, interleaved", format!("{} / {floor}", tenure_bursts.len()), "");
+    row("floor: the same requests from a bare client, at the sink", &mut floor_late, "");
+    let pooled = percentile(&tenure_late, 99.0) / percentile(&floor_late, 99.0);
     single("p99 of all requests: tenure / bare client", format!("{pooled:.2}x"), "");
     // The target is read per burst: each burst of simultaneous fires has its p99, and the
     // typical burst's (the median over bursts) is compared. A pooled p99 over ~60 bursts is
     // decided by the single worst one (1,000 requests > 1 % of 60,000), so one stall of the
-    // machine in either minute, tenure's or the floor's, swings it from 0.8x to 4x between runs.
-    let mut tenure_p99s: Vec<f64> = by_burst.into_values().map(burst_p99).collect();
-    let mut floor_p99s: Vec<f64> = floor_bursts.into_iter().map(burst_p99).collect();
+    // machine swings it from 0.8x to 4x between runs.
+    let mut tenure_p99s: Vec<f64> = tenure_bursts.into_values().map(burst_p99).collect();
+    let mut floor_p99s: Vec<f64> = floor_bursts.into_values().map(burst_p99).collect();
     row("p99 of each burst: tenure", &mut tenure_p99s, "");
     row("p99 of each burst: bare client", &mut floor_p99s, "");
     let ratio = percentile(&tenure_p99s, 50.0) / percentile(&floor_p99s, 50.0);
     let target = if jobs >= 10_000 { "<= 1.2x" } else { "<= 1.1x" };
     single("a burst's p99 (median burst): tenure / bare client", format!("{ratio:.2}x"), target);
     Ok(())
-}
-
-/// How many slots of a job due every `every` seconds (at whole multiples of it) fall within
-/// [from, until): a window of 119.6 s holds 11 or 12 slots every 10 s, as it falls.
-fn slots_within(from: DateTime<Utc>, until: DateTime<Utc>, every: i64) -> usize {
-    (from.timestamp()..=until.timestamp())
-        .filter_map(|second| DateTime::from_timestamp(second, 0).filter(|_| second % every == 0))
-        .filter(|slot| *slot >= from && *slot < until)
-        .count()
 }
 
 /// The 99th percentile of one burst's lateness.
@@ -650,28 +653,34 @@ fn burst_p99(mut burst: Vec<f64>) -> f64 {
 
 /// What this machine can do without tenure: `count` requests from one reqwest client (pooled
 /// connections, warmed up; its own runtime and threads, as a replica has) to the same sink, all due
-/// at one whole second, `bursts` times. Arrival lateness at the sink; no scheduler, no database.
+/// at one whole second, half an `every` after each of tenure's slots, from now until `until`
+/// (those before `from` warm it up and are not counted). Arrivals are noted by the sink under the burst's instant.
 /// The same exchange tenure has with the sink: the request as tenure builds it for these jobs
-/// (built ahead of the slot, with the run's six `X-Tenure-*` headers, an empty body and the
-/// job's 5 s timeout), and the response read to its end.
-async fn bare_requests(sink_url: &str, arrivals: &Arrivals, count: usize, bursts: usize) -> Vec<Vec<f64>> {
-    let (sink_url, arrivals) = (sink_url.to_owned(), arrivals.clone());
+/// (built ahead of the burst, with the run's six `X-Tenure-*` headers, an empty body and the
+/// job's 5 s timeout), and the response read to its end. How many bursts it fired.
+async fn bare_requests(sink_url: String, count: usize, every: i64, from: DateTime<Utc>, until: DateTime<Utc>) -> usize {
     let client = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-        runtime.block_on(bare_client(&sink_url, &arrivals, count, bursts))
+        runtime.block_on(bare_client(&sink_url, count, every, from, until))
     });
     tokio::task::spawn_blocking(move || client.join().expect("bare client")).await.expect("bare client")
 }
 
-async fn bare_client(sink_url: &str, arrivals: &Arrivals, count: usize, bursts: usize) -> Vec<Vec<f64>> {
+async fn bare_client(sink_url: &str, count: usize, every: i64, from: DateTime<Utc>, until: DateTime<Utc>) -> usize {
     let client = reqwest::Client::new();
-    let mut late = Vec::new();
-    for round in 0..=bursts.max(3) {
-        // The next whole second at least 200 ms away.
-        let slot =
-            (Utc::now() + chrono::Duration::milliseconds(1200)).duration_trunc(chrono::Duration::seconds(1)).unwrap();
-        arrivals.lock().unwrap().clear();
-        let header = slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let offset = every / 2;
+    // The first instant half an `every` after a slot, at least 200 ms away.
+    let next = |after: DateTime<Utc>| {
+        let mut second = (after + chrono::Duration::milliseconds(200)).timestamp() + 1;
+        while second.rem_euclid(every) != offset {
+            second += 1;
+        }
+        DateTime::from_timestamp(second, 0).expect("a time")
+    };
+    let mut burst = next(Utc::now());
+    let mut fired = 0;
+    while burst < until {
+        let header = burst.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let sends: Vec<_> = (0..count)
             .map(|i| {
                 let request = client
@@ -681,14 +690,14 @@ async fn bare_client(sink_url: &str, arrivals: &Arrivals, count: usize, bursts: 
                     .header("X-Tenure-JOB", format!("j{i:05}"))
                     .header("X-Tenure-SLOT", &header)
                     .header("X-Tenure-TERM", "104729")
-                    .header("X-Tenure-RUN-ID", (round * count + i + 10_000).to_string())
+                    .header("X-Tenure-RUN-ID", (burst.timestamp() as usize * count + i).to_string())
                     .header("X-Tenure-NODE", "node-0")
                     .header("X-Tenure-ATTEMPT", "1")
                     .build()
                     .expect("request");
                 let client = client.clone();
                 tokio::spawn(async move {
-                    if let Ok(wait) = (slot - Utc::now()).to_std() {
+                    if let Ok(wait) = (burst - Utc::now()).to_std() {
                         tokio::time::sleep(wait).await;
                     }
                     if let Ok(response) = client.execute(request).await {
@@ -700,12 +709,21 @@ async fn bare_client(sink_url: &str, arrivals: &Arrivals, count: usize, bursts: 
         for send in sends {
             let _ = send.await;
         }
-        // The first round opens the connections.
-        if round > 0 {
-            late.push(arrivals.lock().unwrap().iter().map(|(slot, arrived)| ms(*arrived - *slot)).collect());
+        if burst >= from {
+            fired += 1;
         }
+        burst = next(Utc::now().max(burst));
     }
-    late
+    fired
+}
+
+/// How many slots of a job due every `every` seconds (at whole multiples of it) fall within
+/// [from, until): a window of 119.6 s holds 11 or 12 slots every 10 s, as it falls.
+fn slots_within(from: DateTime<Utc>, until: DateTime<Utc>, every: i64) -> usize {
+    (from.timestamp()..=until.timestamp())
+        .filter_map(|second| DateTime::from_timestamp(second, 0).filter(|_| second % every == 0))
+        .filter(|slot| *slot >= from && *slot < until)
+        .count()
 }
 
 /// The command both tenure and the floor start: it prints when it ran, in nanoseconds.
