@@ -622,7 +622,7 @@ async fn precision(jobs: usize, every: i64, window: Duration) -> anyhow::Result<
     let mut tenure_late: Vec<f64> = tenure_bursts.values().flatten().copied().collect();
     let mut floor_late: Vec<f64> = floor_bursts.values().flatten().copied().collect();
     row("start recorded, relative to the slot (0: ahead)", &mut start_late, "");
-    row("lateness: slot -> request at the sink", &mut tenure_late, "");
+    row("lateness: slot -> request at the sink", &mut tenure_late, if jobs <= 100 { "p99 <= 10 ms" } else { "" });
     row("claim sent, relative to the slot (< 0: ahead)", &mut claim_late, "");
     single("claims per second", format!("{:.0}", rows.len() as f64 / window.as_secs_f64()), "");
     single("slots expected / rows / missed", format!("{} / {} / {missed}", slots * jobs, rows.len()), "no slot missed");
@@ -640,7 +640,12 @@ async fn precision(jobs: usize, every: i64, window: Duration) -> anyhow::Result<
     row("p99 of each burst: tenure", &mut tenure_p99s, "");
     row("p99 of each burst: bare client", &mut floor_p99s, "");
     let ratio = percentile(&tenure_p99s, 50.0) / percentile(&floor_p99s, 50.0);
-    let target = if jobs >= 10_000 { "<= 1.2x" } else { "<= 1.1x" };
+    // The targets: 1.1x at 1,000 simultaneous fires, 1.2x at 10,000; 100 has its own (above).
+    let target = match jobs {
+        10_000.. => "<= 1.2x",
+        1_000.. => "<= 1.1x",
+        _ => "",
+    };
     single("a burst's p99 (median burst): tenure / bare client", format!("{ratio:.2}x"), target);
     Ok(())
 }
