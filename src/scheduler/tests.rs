@@ -276,12 +276,16 @@ async fn a_term_that_ends_between_a_claim_ahead_and_its_start_leaves_the_claim_t
     lp.stop().await;
 }
 
-/// A ledger in a file, and a second connection to it standing for other writers.
-async fn file_ledger(dir: &tempfile::TempDir) -> ((Store, Reads), sqlx::SqliteConnection) {
+/// A loop leading term 1 from 10:00:50 with `witness`'s `minutely` job, on a ledger in a file;
+/// and a second connection to that file, for the test to play other writers (or an outage).
+async fn leading_on_a_file(witness: &Witness, dir: &tempfile::TempDir) -> (Loop, sqlx::SqliteConnection) {
     let path = dir.path().join("ledger.db");
     let ledger = Store::with_reads(Sqlite::open(&path).await.unwrap());
     let other = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", path.display()));
-    (ledger, other.await.unwrap())
+    let jobs = witness.jobs(&[("minutely", "* * * * *", "")]);
+    let lp = Loop::start(ledger, jobs, at("2026-03-02T10:00:50Z")).await;
+    lp.lead(1).await;
+    (lp, other.await.unwrap())
 }
 
 /// The start's lead time learns from a start that committed after its slot: that is the commit
@@ -291,9 +295,8 @@ async fn file_ledger(dir: &tempfile::TempDir) -> ((Store, Reads), sqlx::SqliteCo
 async fn a_start_sent_ahead_that_commits_after_its_slot_widens_the_start_lead() {
     let witness = Witness::start().await;
     let slot = at("2026-03-02T10:01:00Z");
-    let jobs = witness.jobs(&[("minutely", "* * * * *", "")]);
     let dir = tempfile::tempdir().unwrap();
-    let (ledger, mut writer) = file_ledger(&dir).await;
+    let (lp, mut writer) = leading_on_a_file(&witness, &dir).await;
     // A slow statement: each start runs a trigger that multiplies its way through nine million
     // rows (timed here first, as this machine runs it; the trigger's body is the same query).
     sqlx::query("CREATE TABLE burn (x INTEGER)").execute(&mut writer).await.unwrap();
@@ -306,8 +309,6 @@ async fn a_start_sent_ahead_that_commits_after_its_slot_widens_the_start_lead() 
     let slow = "CREATE TRIGGER slow_starts BEFORE UPDATE OF started_at ON runs
                 BEGIN SELECT sum(p.x * q.x % 7) FROM burn p, burn q; END";
     sqlx::query(slow).execute(&mut writer).await.unwrap();
-    let lp = Loop::start(ledger, jobs, at("2026-03-02T10:00:50Z")).await;
-    let _term = lp.lead(1).await;
     claimed_ahead(&lp, slot).await;
     assert_eq!(lp.lead_times.start(), Duration::from_millis(50), "no start seen yet");
     // The start is sent 50 ms ahead; its slot passes while it runs.
@@ -330,11 +331,8 @@ async fn a_start_sent_ahead_that_commits_after_its_slot_widens_the_start_lead() 
 async fn a_start_retried_through_a_database_outage_teaches_the_lead_its_statement_not_the_outage() {
     let witness = Witness::start().await;
     let slot = at("2026-03-02T10:01:00Z");
-    let jobs = witness.jobs(&[("minutely", "* * * * *", "")]);
     let dir = tempfile::tempdir().unwrap();
-    let (ledger, mut writer) = file_ledger(&dir).await;
-    let lp = Loop::start(ledger, jobs, at("2026-03-02T10:00:50Z")).await;
-    let _term = lp.lead(1).await;
+    let (lp, mut writer) = leading_on_a_file(&witness, &dir).await;
     claimed_ahead(&lp, slot).await;
     // Every start fails for 1.2 s (retried every `DATABASE_RETRY`), then the ledger answers.
     let refuse =
@@ -358,11 +356,8 @@ async fn a_start_retried_through_a_database_outage_teaches_the_lead_its_statemen
 async fn a_claim_retried_through_a_database_outage_teaches_the_lead_its_statement_not_the_outage() {
     let witness = Witness::start().await;
     let slot = at("2026-03-02T10:01:00Z");
-    let jobs = witness.jobs(&[("minutely", "* * * * *", "")]);
     let dir = tempfile::tempdir().unwrap();
-    let (ledger, mut writer) = file_ledger(&dir).await;
-    let lp = Loop::start(ledger, jobs, at("2026-03-02T10:00:50Z")).await;
-    let _term = lp.lead(1).await;
+    let (lp, mut writer) = leading_on_a_file(&witness, &dir).await;
     // Every claim fails for 1.2 s (retried every `DATABASE_RETRY`), then the ledger answers.
     let refuse = "CREATE TRIGGER refuse_claims BEFORE INSERT ON runs BEGIN SELECT RAISE(ABORT, 'down'); END";
     sqlx::query(refuse).execute(&mut writer).await.unwrap();
