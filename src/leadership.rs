@@ -6,6 +6,10 @@
 //! election) and `local` (`tenure dev`, above the ledger's fence, under its lock). So a claim in
 //! the ledger (which needs one) is always backed by a leadership that was won. `Term::for_tests`
 //! exists only in test builds.
+//!
+//! Also what a term writes to its coordinator before it starts runs (`StartRecord`, through a
+//! `StartWitness` the backend implements), so that a ledger which forgets starts in a database
+//! failover cannot make them run again.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,7 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+use crate::model::{Trigger, TriggerKind};
 
 /// A fencing token: the etcd revision at which this leader's key was created (on ZooKeeper, the
 /// zxid at which its znode was created), plus the id of the etcd cluster or ZooKeeper ensemble
@@ -201,6 +208,106 @@ pub struct LeaderTerm {
     /// Cancelled by whoever decides this term must end (the scheduler when the fence shows a
     /// newer term, shutdown); the election then resigns and campaigns again.
     pub step_down: CancellationToken,
+    /// Where this term records, before each fenced start, what it is about to start: the
+    /// coordinator, which a database failover cannot roll back.
+    pub starts: Arc<dyn StartWitness>,
+}
+
+/// A run as the start witness names it: its identity (job, slot), when it was to start, and why
+/// it was claimed (the request behind a manual or backfill run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WitnessedRun {
+    pub job: String,
+    pub slot: DateTime<Utc>,
+    pub planned: DateTime<Utc>,
+    pub trigger: TriggerKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<i64>,
+}
+
+impl WitnessedRun {
+    pub fn new(job: &str, slot: DateTime<Utc>, planned: DateTime<Utc>, trigger: Trigger) -> WitnessedRun {
+        WitnessedRun { job: job.to_owned(), slot, planned, trigger: trigger.kind(), request: trigger.request_id() }
+    }
+
+    /// The claim's trigger again (the request id of a manual or backfill run).
+    pub fn trigger(&self) -> Trigger {
+        let request = self.request.unwrap_or_default();
+        match self.trigger {
+            TriggerKind::Schedule => Trigger::Schedule,
+            TriggerKind::Manual => Trigger::Manual { request },
+            TriggerKind::Backfill => Trigger::Backfill { request },
+        }
+    }
+}
+
+/// What the coordinator holds of the starts of the latest term that recorded any: written before
+/// each fenced start statement, so every run that may have begun is covered, whatever the ledger
+/// later forgets. `through` bounds the scheduled slots (a run of a scheduled slot starts at its
+/// planned start, never later than `through` for any start witnessed); manual and backfill runs,
+/// whose slots are not in schedule order, are named one by one in `recent` for a while.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartRecord {
+    /// The term that wrote it.
+    pub term: i64,
+    /// The latest planned start among every start witnessed (carried over from older terms).
+    pub through: Option<DateTime<Utc>>,
+    /// The last batch of fenced starts on this replica (some of its runs), and of assignments to
+    /// other replicas: whether the ledger holds them tells whether it lost the term's last writes.
+    #[serde(default)]
+    pub last_starts: Vec<WitnessedRun>,
+    #[serde(default)]
+    pub last_assignments: Vec<WitnessedRun>,
+    /// Manual and backfill runs started within `StartRecord::RECENT`, oldest first.
+    #[serde(default)]
+    pub recent: Vec<WitnessedRun>,
+}
+
+impl StartRecord {
+    /// How long a manual or backfill start stays named: the replication delay of an asynchronous
+    /// standby that the guarantee covers for them (scheduled slots are covered whatever the delay).
+    pub const RECENT: Duration = Duration::from_secs(15 * 60);
+    /// The most manual and backfill starts named at once (the oldest go first).
+    pub const RECENT_MAX: usize = 1_024;
+    /// How many runs of a batch are named to find it again in the ledger.
+    pub const LAST_BATCH: usize = 8;
+}
+
+/// Why the coordinator did not record a start.
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    /// The term no longer leads in the coordinator (its key or znode is gone).
+    #[error("term {term} no longer leads in the coordinator")]
+    NotLeading { term: i64 },
+    #[error("the coordinator did not record the starts: {0}")]
+    Unavailable(String),
+}
+
+/// The coordinator's side of the start witness: one record per election, written only by the
+/// term that leads (a write from a term whose leadership ended is refused), read by a new term
+/// before its first claim. Implemented by `election` (etcd: a key written in a transaction that
+/// compares the leader key's create revision; ZooKeeper: a znode set in a multi that checks the
+/// candidate znode) and by `local` (`tenure dev`: its ledger is on this machine and cannot fail
+/// over, so there is nothing to witness).
+#[async_trait::async_trait]
+pub trait StartWitness: fmt::Debug + Send + Sync {
+    async fn read(&self) -> Result<Option<StartRecord>, WitnessError>;
+    async fn write(&self, record: &StartRecord) -> Result<(), WitnessError>;
+}
+
+/// `tenure dev`'s witness, and the scheduler's unit tests': records nothing, remembers nothing.
+#[derive(Debug, Default)]
+pub struct NoStartWitness;
+
+#[async_trait::async_trait]
+impl StartWitness for NoStartWitness {
+    async fn read(&self) -> Result<Option<StartRecord>, WitnessError> {
+        Ok(None)
+    }
+
+    async fn write(&self, _record: &StartRecord) -> Result<(), WitnessError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

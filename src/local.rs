@@ -18,7 +18,7 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::leadership::{BootInstant, LeaderTerm, Leadership, LeaseDeadline, Term};
+use crate::leadership::{BootInstant, LeaderTerm, Leadership, LeaseDeadline, NoStartWitness, Term};
 use crate::telemetry::metric;
 
 /// The cluster id local terms carry (etcd terms carry the etcd cluster's id).
@@ -95,6 +95,8 @@ impl LocalElection {
                 // Nothing can take an in-process lock away: the lease never runs out.
                 lease: LeaseDeadline::new(BootInstant::now() + Duration::from_secs(100 * 365 * 24 * 3600)),
                 step_down: step_down.clone(),
+                // Its ledger is a file on this machine, which no failover replaces.
+                starts: Arc::new(NoStartWitness),
             }));
             let stepped_down = tokio::select! {
                 () = shutdown.cancelled() => false,

@@ -96,6 +96,14 @@ impl Trigger {
         self.kind().as_str()
     }
 
+    /// The request behind a manual or backfill claim.
+    pub fn request_id(self) -> Option<i64> {
+        match self {
+            Trigger::Schedule => None,
+            Trigger::Manual { request } | Trigger::Backfill { request } => Some(request),
+        }
+    }
+
     /// The trigger request a manual claim fulfils.
     pub fn request(self) -> Option<i64> {
         match self {

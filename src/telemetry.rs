@@ -144,6 +144,9 @@ pub mod metric {
     pub const RUNS: &str = "tenure_runs_total";
     /// Label `job`.
     pub const MISSED_SLOTS: &str = "tenure_missed_slots_total";
+    /// Runs a new term recorded `lost` because the ledger forgot their starts (a database
+    /// failover lost commits) while the coordinator's start witness still named them.
+    pub const FORGOTTEN_STARTS: &str = "tenure_ledger_forgotten_starts_total";
     /// Label `reason`: `fenced` or `already_claimed`.
     pub const CLAIMS_REJECTED: &str = "tenure_claims_rejected_total";
     pub const CLAIM_ERRORS: &str = "tenure_claim_errors_total";

@@ -20,6 +20,14 @@ pub fn ignore_refusals() -> bool {
     *ON.get_or_init(|| switch("TENURE_TEST_IGNORE_REFUSALS"))
 }
 
+/// `TENURE_TEST_NO_START_WITNESS`: the leader neither records its starts in the coordinator
+/// nor, as a new term, asks what the ledger forgot; used once, to show that the checker catches
+/// the double runs a database failover then causes.
+pub fn no_start_witness() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| switch("TENURE_TEST_NO_START_WITNESS"))
+}
+
 /// `TENURE_TEST_CLAIM_HOLD_MS`: every PostgreSQL claim stays uncommitted this long, holding
 /// the fence row `FOR SHARE`, so a test can pause the leader in the middle of a claim.
 pub fn claim_hold() -> Option<std::time::Duration> {

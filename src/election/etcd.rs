@@ -7,18 +7,19 @@
 //! keep-alive stream fails, or someone asks it to step down. `Election` then campaigns again.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions, ResignOptions,
-    TlsOptions, Txn,
+    TlsOptions, Txn, TxnOp,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnectError, ElectionConfig, Keys};
-use crate::leadership::{BootInstant, Leadership, LeaseDeadline, Term};
+use crate::leadership::{BootInstant, Leadership, LeaseDeadline, StartRecord, StartWitness, Term, WitnessError};
 use crate::model::Member;
 use crate::secret::Secret;
 use crate::telemetry::metric;
@@ -228,7 +229,13 @@ impl Campaign {
 
         let term = Term::new(revision, cluster_id.to_string());
         tracing::info!(term = revision, node = %node_id, "became leader");
-        let step_down = super::publish_leader(leadership, term, lease);
+        let starts = EtcdStarts {
+            client: self.client.clone(),
+            key: self.config.keys.starts().to_owned(),
+            leader_key: leader_key.key().to_vec(),
+            revision,
+        };
+        let step_down = super::publish_leader(leadership, term, lease, Arc::new(starts));
 
         let keep_alive_ended = async {
             let end = (&mut keep_alive).await;
@@ -261,6 +268,49 @@ impl Campaign {
                 Err(anyhow::anyhow!("lease ended: {end:?}"))
             }
         }
+    }
+}
+
+/// The start witness of one term in etcd: a plain key (no lease: it must outlive the term),
+/// written in a transaction that compares our leader key's create revision, so only the term
+/// that still leads writes it.
+struct EtcdStarts {
+    client: Client,
+    key: String,
+    leader_key: Vec<u8>,
+    revision: i64,
+}
+
+impl std::fmt::Debug for EtcdStarts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStarts").field("key", &self.key).field("term", &self.revision).finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl StartWitness for EtcdStarts {
+    async fn read(&self) -> Result<Option<StartRecord>, WitnessError> {
+        let mut client = self.client.clone();
+        let unavailable = |error: anyhow::Error| WitnessError::Unavailable(format!("read {}: {error:#}", self.key));
+        let response = timeout(client.get(self.key.as_str(), None)).await.map_err(unavailable)?;
+        match response.kvs().first() {
+            Some(kv) => super::decode_starts(kv.value()),
+            None => Ok(None),
+        }
+    }
+
+    async fn write(&self, record: &StartRecord) -> Result<(), WitnessError> {
+        let mut client = self.client.clone();
+        let put = Txn::new()
+            .when([Compare::create_revision(self.leader_key.clone(), CompareOp::Equal, self.revision)])
+            .and_then([TxnOp::put(self.key.as_str(), super::encode_starts(record), None)]);
+        let response = timeout(client.txn(put))
+            .await
+            .map_err(|error| WitnessError::Unavailable(format!("write {}: {error:#}", self.key)))?;
+        if !response.succeeded() {
+            return Err(WitnessError::NotLeading { term: self.revision });
+        }
+        Ok(())
     }
 }
 

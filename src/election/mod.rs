@@ -16,6 +16,7 @@
 pub mod etcd;
 pub mod zookeeper;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::etcd::{EtcdAccess, connect};
 pub use self::zookeeper::{ZooKeeperAccess, ZooKeeperTls};
 use crate::clock::ClockCheck;
-use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, Term};
+use crate::leadership::{LeaderTerm, Leadership, LeaseDeadline, StartRecord, StartWitness, Term, WitnessError};
 use crate::model::Member;
 use crate::telemetry::metric;
 
@@ -135,6 +136,7 @@ pub struct Keys {
     election: String,
     members: String,
     ensemble: String,
+    starts: String,
 }
 
 impl Keys {
@@ -145,6 +147,8 @@ impl Keys {
             members: format!("/tenure/{election_name}/members/"),
             // ZooKeeper only: the ensemble's identity, created once (see `zookeeper`).
             ensemble: format!("/tenure/{election_name}/ensemble"),
+            // Outside the election prefix, like the registry: the leader's start witness.
+            starts: format!("/tenure/{election_name}/starts"),
         }
     }
 
@@ -160,6 +164,11 @@ impl Keys {
 
     pub fn ensemble(&self) -> &str {
         &self.ensemble
+    }
+
+    /// The start witness (`leadership::StartRecord`), written by each leader before its starts.
+    pub fn starts(&self) -> &str {
+        &self.starts
     }
 }
 
@@ -236,7 +245,12 @@ impl Election {
 }
 
 /// Publish a verified win; returns the token that ends the term when cancelled.
-fn publish_leader(leadership: &watch::Sender<Leadership>, term: Term, lease: &LeaseDeadline) -> CancellationToken {
+fn publish_leader(
+    leadership: &watch::Sender<Leadership>,
+    term: Term,
+    lease: &LeaseDeadline,
+    starts: Arc<dyn StartWitness>,
+) -> CancellationToken {
     let step_down = CancellationToken::new();
     metrics::counter!(metric::ELECTIONS_WON).increment(1);
     metrics::gauge!(metric::IS_LEADER).set(1.0);
@@ -245,6 +259,7 @@ fn publish_leader(leadership: &watch::Sender<Leadership>, term: Term, lease: &Le
         since: Utc::now(),
         lease: lease.clone(),
         step_down: step_down.clone(),
+        starts,
     }));
     step_down
 }
@@ -259,6 +274,20 @@ fn publish_follower(leadership: &watch::Sender<Leadership>) {
             false
         }
     });
+}
+
+/// The start witness as both coordinators store it: JSON.
+fn encode_starts(record: &StartRecord) -> Vec<u8> {
+    serde_json::to_vec(record).expect("a start record serialises")
+}
+
+fn decode_starts(bytes: &[u8]) -> Result<Option<StartRecord>, WitnessError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(bytes)
+        .map(Some)
+        .map_err(|error| WitnessError::Unavailable(format!("the start record does not parse: {error}")))
 }
 
 /// The local deadline is the send time of the last acknowledged heartbeat plus the lease TTL or

@@ -10,8 +10,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::witness::{StartStream, TermWitness};
 use crate::executor::OutputTail;
-use crate::leadership::Term;
+use crate::leadership::{Term, WitnessError, WitnessedRun};
 use crate::model::{RunOutcome, Trigger};
 use crate::store::{Assignment, Claim, ClaimError, Claimed, SkipIfRunning, Store};
 
@@ -26,38 +27,49 @@ pub(super) struct Batchers {
     starts: mpsc::UnboundedSender<StartRequest>,
     assigns: mpsc::UnboundedSender<AssignRequest>,
     finishes: mpsc::UnboundedSender<FinishRequest>,
+    /// Records every batch of starts in the coordinator before it is sent.
+    witness: Arc<TermWitness>,
 }
 
 impl Batchers {
     /// Start the batchers of `term`, led from `node`; assigned runs must be accepted within
     /// `accept_within`.
-    pub(super) fn spawn(store: &Store, term: &Term, node: &str, accept_within: Duration) -> Batchers {
+    pub(super) fn spawn(
+        store: &Store,
+        term: &Term,
+        node: &str,
+        accept_within: Duration,
+        witness: Arc<TermWitness>,
+    ) -> Batchers {
         let (claims, claims_rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_claims(store.clone(), term.clone(), node.to_owned(), claims_rx));
         let (starts, starts_rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_starts(store.clone(), term.clone(), starts_rx));
+        tokio::spawn(batch_starts(store.clone(), term.clone(), witness.clone(), starts_rx));
         let (assigns, assigns_rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_assigns(store.clone(), term.clone(), accept_within, assigns_rx));
+        tokio::spawn(batch_assigns(store.clone(), term.clone(), accept_within, witness.clone(), assigns_rx));
         let (finishes, finishes_rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_finishes(store.clone(), finishes_rx));
-        Batchers { claims, starts, assigns, finishes }
+        Batchers { claims, starts, assigns, finishes, witness }
     }
 
     /// The fenced start of a run that executes on `assignment.executor`, through the batcher
-    /// (or directly, if it is gone).
+    /// (or directly, if it is gone), witnessed first.
     pub(super) async fn assign(
         &self,
         store: &Store,
         term: &Term,
         assignment: Assignment,
+        witnessed: WitnessedRun,
         accept_within: Duration,
     ) -> Result<bool, ClaimError> {
         let (reply, answer) = oneshot::channel();
-        if self.assigns.send(AssignRequest { assignment: assignment.clone(), reply }).is_ok() {
+        let request = AssignRequest { assignment: assignment.clone(), witnessed: witnessed.clone(), reply };
+        if self.assigns.send(request).is_ok() {
             if let Ok(result) = answer.await {
                 return result;
             }
         }
+        self.witness.before_starts(StartStream::Assigned, &[witnessed]).await.map_err(not_witnessed)?;
         Ok(store.assign_runs(term, &[assignment], accept_within).await?[0])
     }
 
@@ -82,20 +94,22 @@ impl Batchers {
         store.claim_run(claim).await
     }
 
-    /// The fenced start through the batcher (or directly, if it is gone).
+    /// The fenced start through the batcher (or directly, if it is gone), witnessed first.
     pub(super) async fn start(
         &self,
         store: &Store,
         term: &Term,
         run_id: i64,
         started: DateTime<Utc>,
+        witnessed: WitnessedRun,
     ) -> Result<bool, ClaimError> {
         let (reply, answer) = oneshot::channel();
-        if self.starts.send(StartRequest { run_id, started, reply }).is_ok() {
+        if self.starts.send(StartRequest { run_id, started, witnessed: witnessed.clone(), reply }).is_ok() {
             if let Ok(result) = answer.await {
                 return result;
             }
         }
+        self.witness.before_starts(StartStream::Local, &[witnessed]).await.map_err(not_witnessed)?;
         Ok(store.start_runs(term, &[(run_id, started)]).await?[0])
     }
 
@@ -203,50 +217,76 @@ fn take_waiting<T>(requests: &mut mpsc::UnboundedReceiver<T>, waiting: &mut Vec<
 struct StartRequest {
     run_id: i64,
     started: DateTime<Utc>,
+    witnessed: WitnessedRun,
     reply: oneshot::Sender<Result<bool, ClaimError>>,
 }
 
 /// Start runs like `batch_claims` claims: what is waiting, in one fenced statement, at once (a
-/// run waits for its answer before it executes, so nothing lingers).
-async fn batch_starts(store: Store, term: Term, requests: mpsc::UnboundedReceiver<StartRequest>) {
+/// run waits for its answer before it executes, so nothing lingers). The coordinator records
+/// the batch first; a batch it did not record is not sent (each run retries).
+async fn batch_starts(
+    store: Store,
+    term: Term,
+    witness: Arc<TermWitness>,
+    requests: mpsc::UnboundedReceiver<StartRequest>,
+) {
     batched(requests, Duration::ZERO, |batch: Vec<StartRequest>| async {
-        let runs: Vec<(i64, DateTime<Utc>)> = batch.iter().map(|r| (r.run_id, r.started)).collect();
-        let answers = store.start_runs(&term, &runs).await;
+        let witnessed: Vec<WitnessedRun> = batch.iter().map(|r| r.witnessed.clone()).collect();
+        let answers = match witness.before_starts(StartStream::Local, &witnessed).await {
+            Ok(()) => {
+                let runs: Vec<(i64, DateTime<Utc>)> = batch.iter().map(|r| (r.run_id, r.started)).collect();
+                store.start_runs(&term, &runs).await
+            }
+            Err(error) => Err(not_witnessed(error)),
+        };
         for (index, request) in batch.into_iter().enumerate() {
-            let answer = match &answers {
-                Ok(started) => Ok(started[index]),
-                Err(ClaimError::Fenced { term, fence }) => Err(ClaimError::Fenced { term: *term, fence: *fence }),
-                Err(error) => Err(ClaimError::Database(sqlx::Error::Protocol(error.to_string()))),
-            };
-            let _ = request.reply.send(answer);
+            let _ = request.reply.send(answer_of(&answers, index));
         }
     })
     .await;
 }
 
+/// The answer of one request in a batch: the batch's own answer for it, or the batch's error.
+fn answer_of(answers: &Result<Vec<bool>, ClaimError>, index: usize) -> Result<bool, ClaimError> {
+    match answers {
+        Ok(answers) => Ok(answers[index]),
+        Err(ClaimError::Fenced { term, fence }) => Err(ClaimError::Fenced { term: *term, fence: *fence }),
+        Err(ClaimError::NotWitnessed(why)) => Err(ClaimError::NotWitnessed(why.clone())),
+        Err(error) => Err(ClaimError::Database(sqlx::Error::Protocol(error.to_string()))),
+    }
+}
+
+fn not_witnessed(error: WitnessError) -> ClaimError {
+    ClaimError::NotWitnessed(error.to_string())
+}
+
 /// An assignment (a fenced start on another replica) waiting for the batcher.
 struct AssignRequest {
     assignment: Assignment,
+    witnessed: WitnessedRun,
     reply: oneshot::Sender<Result<bool, ClaimError>>,
 }
 
-/// Assign runs like `batch_starts` starts them: what is waiting, in one fenced statement, at once.
+/// Assign runs like `batch_starts` starts them: what is waiting, witnessed, in one fenced
+/// statement, at once.
 async fn batch_assigns(
     store: Store,
     term: Term,
     accept_within: Duration,
+    witness: Arc<TermWitness>,
     requests: mpsc::UnboundedReceiver<AssignRequest>,
 ) {
     batched(requests, Duration::ZERO, |batch: Vec<AssignRequest>| async {
-        let assignments: Vec<Assignment> = batch.iter().map(|r| r.assignment.clone()).collect();
-        let answers = store.assign_runs(&term, &assignments, accept_within).await;
+        let witnessed: Vec<WitnessedRun> = batch.iter().map(|r| r.witnessed.clone()).collect();
+        let answers = match witness.before_starts(StartStream::Assigned, &witnessed).await {
+            Ok(()) => {
+                let assignments: Vec<Assignment> = batch.iter().map(|r| r.assignment.clone()).collect();
+                store.assign_runs(&term, &assignments, accept_within).await
+            }
+            Err(error) => Err(not_witnessed(error)),
+        };
         for (index, request) in batch.into_iter().enumerate() {
-            let answer = match &answers {
-                Ok(assigned) => Ok(assigned[index]),
-                Err(ClaimError::Fenced { term, fence }) => Err(ClaimError::Fenced { term: *term, fence: *fence }),
-                Err(error) => Err(ClaimError::Database(sqlx::Error::Protocol(error.to_string()))),
-            };
-            let _ = request.reply.send(answer);
+            let _ = request.reply.send(answer_of(&answers, index));
         }
     })
     .await;

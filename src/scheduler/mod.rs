@@ -22,6 +22,7 @@ mod lead_time;
 mod plan;
 mod run;
 mod term;
+mod witness;
 #[cfg(test)]
 mod tests;
 
@@ -388,11 +389,23 @@ impl Scheduler {
         if state.paused {
             return;
         }
-        let plan = plan_due_slots(&job, state.cursor, now, until);
+        let mut plan = plan_due_slots(&job, state.cursor, now, until);
         let Some(last) = plan.last_slot else { return };
         state.cursor = last;
+        if let Some(through) = term.forgotten_through {
+            plan::set_apart_forgotten(&job, &mut plan, through);
+        }
         let metrics = state.metrics.clone();
         let task = self.run_task(term, metrics, now);
+        if !plan.forgotten.is_empty() {
+            metrics::counter!(metric::FORGOTTEN_STARTS).increment(plan.forgotten.len() as u64);
+            tracing::warn!(
+                job = %job.name, slots = plan.forgotten.len(),
+                "slots the ledger forgot in a database failover recorded lost, not run again"
+            );
+            let (task, job, forgotten) = (task.clone(), job.clone(), plan.forgotten);
+            self.runs.spawn(async move { task.record_forgotten(&job, &forgotten).await });
+        }
         if plan.missed_total > 0 {
             // Job names are a bounded label: the job file lists them all.
             metrics::counter!(metric::MISSED_SLOTS, "job" => job.name.to_string()).increment(plan.missed_total as u64);

@@ -51,6 +51,26 @@ pub(super) struct DuePlan {
     pub(super) missed_total: usize,
     /// The newest due slot: the job's new cursor.
     pub(super) last_slot: Option<DateTime<Utc>>,
+    /// Slots an older term may have started although the ledger forgot it
+    /// (`set_apart_forgotten`): recorded `lost`, neither run nor `missed`.
+    pub(super) forgotten: Vec<DateTime<Utc>>,
+}
+
+/// Pure: move the slots of `plan` whose planned start (the slot plus its jitter offset) is at or
+/// before `through` out of `run` and `missed` into `forgotten`: an older term may have started
+/// them (the coordinator's start witness covers them) although the ledger lost the record.
+pub(super) fn set_apart_forgotten(job: &Job, plan: &mut DuePlan, through: DateTime<Utc>) {
+    let forgotten = |slot: &DateTime<Utc>| {
+        let offset = crate::schedule::jitter_offset(job.name.as_ref(), *slot, job.jitter);
+        *slot + chrono::Duration::from_std(offset).unwrap_or_default() <= through
+    };
+    plan.forgotten.extend(plan.run.iter().filter(|slot| forgotten(slot)));
+    plan.run.retain(|slot| !forgotten(slot));
+    let missed_before = plan.missed.len();
+    plan.forgotten.extend(plan.missed.iter().filter(|slot| forgotten(slot)));
+    plan.missed.retain(|slot| !forgotten(slot));
+    plan.missed_total -= missed_before - plan.missed.len();
+    plan.forgotten.sort();
 }
 
 /// Pure: the slots of `job` in `(cursor, until]` and what its policies make of them; slots after

@@ -20,7 +20,7 @@ use super::lead_time::LeadTimes;
 use super::{DATABASE_RETRY, LEADERSHIP_LOST};
 use crate::config::{Concurrency, Job};
 use crate::executor::{self, OutputTail, Prepared, RunContext};
-use crate::leadership::{LeaseDeadline, Term};
+use crate::leadership::{LeaseDeadline, Term, WitnessedRun};
 use crate::model::{RunOutcome, RunStatus, Trigger};
 use crate::store::{Assignment, Claim, ClaimError, Claimed, SkipIfRunning, Store, UnrunSlots};
 use crate::supervisor::Supervision;
@@ -185,6 +185,12 @@ impl RunTask {
         self.record(job, slots, RunStatus::Missed, trigger, reason).await;
     }
 
+    /// Record `slots` `lost`: an older term may have started them, and the ledger forgot it in
+    /// a database failover (`witness`).
+    pub(super) async fn record_forgotten(&self, job: &Job, slots: &[DateTime<Utc>]) {
+        self.record(job, slots, RunStatus::Lost, Trigger::Schedule, super::witness::FORGOTTEN_REASON).await;
+    }
+
     /// Record `slots` as not run: new rows, or this term's claims that never started.
     async fn record(&self, job: &Job, slots: &[DateTime<Utc>], status: RunStatus, trigger: Trigger, reason: &str) {
         loop {
@@ -271,7 +277,9 @@ impl RunTask {
                 continue;
             };
             let assignment = Assignment { run_id, started_at: started, executor: executor.clone() };
-            let assigned = self.batchers.assign(&self.store, &self.term, assignment, self.dispatch.lease.lease).await;
+            let witnessed = WitnessedRun::new(job.name.as_ref(), planned.slot, planned.start, trigger);
+            let assigned =
+                self.batchers.assign(&self.store, &self.term, assignment, witnessed, self.dispatch.lease.lease).await;
             self.dispatch.settled(choice, matches!(assigned, Ok(true)).then(tokio::time::Instant::now));
             match assigned {
                 Ok(true) => {
@@ -530,7 +538,7 @@ impl RunTask {
                     return crate::testing::ignore_refusals()
                         .then_some((Claimed { run_id: 0, status: RunStatus::Running }, sent.elapsed()));
                 }
-                Err(ClaimError::Database(error)) => {
+                Err(error @ (ClaimError::Database(_) | ClaimError::NotWitnessed(_))) => {
                     metrics::counter!(metric::CLAIM_ERRORS).increment(1);
                     tracing::warn!(job = %job.name, %slot, %error, "claim failed; retrying (the run is delayed, not doubled)");
                     tokio::time::sleep(DATABASE_RETRY).await;
@@ -578,7 +586,8 @@ impl RunTask {
                 return None;
             }
             let sent = std::time::Instant::now();
-            match self.batchers.start(&self.store, &self.term, run_id, started).await {
+            let witnessed = WitnessedRun::new(job.name.as_ref(), slot, planned, trigger);
+            match self.batchers.start(&self.store, &self.term, run_id, started, witnessed).await {
                 Ok(true) => break sent.elapsed(),
                 Ok(false) | Err(ClaimError::Fenced { .. }) if crate::testing::ignore_refusals() => {
                     break sent.elapsed();

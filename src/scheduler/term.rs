@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::batch::Batchers;
+use super::witness::{self, TermWitness};
 use super::clock::Clock;
 use super::dispatch::{Dispatch, Dispatcher};
 use super::plan::{self, DueSlots, JobState};
@@ -21,10 +22,10 @@ use super::{DATABASE_RETRY, Scheduler};
 use crate::clock::StepDetector;
 use crate::config::{Concurrency, Job, JobSet};
 use crate::deadman::DeadManPing;
-use crate::leadership::{LeaderTerm, Term};
-use crate::model::{Member, Trigger};
+use crate::leadership::{LeaderTerm, StartRecord, Term, WitnessedRun};
+use crate::model::{Member, RunStatus, Trigger};
 use crate::notify::{self, Courier};
-use crate::store::{ClaimError, FenceError, LiveNode, Store, TriggerOverrides};
+use crate::store::{ClaimError, FenceError, LiveNode, Store, TriggerOverrides, UnrunSlots};
 use crate::telemetry::{JobRunMetrics, metric};
 
 /// How often the leader records that its term is alive (the terms page's hand-over times).
@@ -46,6 +47,10 @@ pub(super) struct ActiveTerm {
     /// notification) nothing fires: a job an operator paused must not fire by the job file's
     /// `paused` alone.
     pub(super) controls_pending: bool,
+    /// Scheduled slots planned at or before this instant may have begun under an older term
+    /// although the ledger does not show it (it lost their starts in a database failover): they
+    /// are recorded `lost`, never run (`None` when the ledger forgot nothing).
+    pub(super) forgotten_through: Option<DateTime<Utc>>,
     /// Manual triggers this term has started and whose runs have not ended; a trigger still
     /// pending after its run ended (stopped before its claim or start) is started again.
     pub(super) started_triggers: HashSet<i64>,
@@ -151,7 +156,8 @@ impl Scheduler {
             return None;
         }
         let steps = StepDetector::default();
-        let batchers = Batchers::spawn(&self.store, &leader.term, &self.node_id, self.execution.lease);
+        let (witness, forgotten_through) = self.judge_start_witness(leader, shutdown).await?;
+        let batchers = Batchers::spawn(&self.store, &leader.term, &self.node_id, self.execution.lease, witness);
         let dispatch = Dispatch::new(self.execution);
         let dispatcher = Dispatcher {
             dispatch: dispatch.clone(),
@@ -184,6 +190,7 @@ impl Scheduler {
             jobs,
             due,
             controls_pending: true,
+            forgotten_through,
             started_triggers: HashSet::new(),
             backfills_going: HashMap::new(),
             backfill_waiting: false,
@@ -262,6 +269,103 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Read the coordinator's start record and judge whether the ledger forgot starts it names
+    /// (`witness::forgotten_starts`); record the manual and backfill runs it forgot `lost`, and
+    /// return this term's witness with the instant up to which scheduled slots were forgotten.
+    /// Done before this term's first start, so the record it judges is the older terms'. `None`
+    /// when this term must not fire.
+    async fn judge_start_witness(
+        &mut self,
+        leader: &LeaderTerm,
+        shutdown: &CancellationToken,
+    ) -> Option<(Arc<TermWitness>, Option<DateTime<Utc>>)> {
+        loop {
+            let judged = match leader.starts.read().await {
+                Ok(record) => match &record {
+                    Some(record) => witness::forgotten_starts(&self.store, record)
+                        .await
+                        .map(|forgotten| (record.clone(), forgotten))
+                        .map_err(|error| error.to_string()),
+                    None => Ok((StartRecord::default(), None)),
+                },
+                Err(error) => Err(error.to_string()),
+            };
+            let (record, forgotten) = match judged {
+                Ok(judged) => judged,
+                Err(error) => {
+                    tracing::warn!(%error, "could not read the start witness or the ledger; retrying");
+                    if !self.retry_pause(leader, shutdown).await || self.refused_by_clock(leader) {
+                        return None;
+                    }
+                    continue;
+                }
+            };
+            let through = match forgotten {
+                Some(forgotten) => {
+                    tracing::error!(
+                        term = leader.term.revision(),
+                        older_term = record.term,
+                        through = %forgotten.through,
+                        "the ledger lost starts that the coordinator recorded (a database failover to a standby \
+                         that had not received the last commits): every slot they may cover is recorded lost, \
+                         none is run again; run PostgreSQL with synchronous replication to lose nothing"
+                    );
+                    if !self.record_forgotten_runs(leader, &forgotten.recent, shutdown).await {
+                        return None;
+                    }
+                    Some(forgotten.through)
+                }
+                None => None,
+            };
+            let witness = TermWitness::new(leader.starts.clone(), leader.term.revision(), Some(record));
+            return Some((Arc::new(witness), through));
+        }
+    }
+
+    /// Record the manual and backfill runs the ledger forgot `lost` (each stays one row: a
+    /// trigger or queued backfill slot still pending finds it and runs nothing). False when this
+    /// term must not fire.
+    async fn record_forgotten_runs(
+        &mut self,
+        leader: &LeaderTerm,
+        runs: &[WitnessedRun],
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let config_hash = self.jobs.borrow().hash().to_owned();
+        for run in runs {
+            loop {
+                let unrun = UnrunSlots {
+                    job: &run.job,
+                    slots: std::slice::from_ref(&run.slot),
+                    status: RunStatus::Lost,
+                    trigger: run.trigger(),
+                    term: &leader.term,
+                    node: &self.node_id,
+                    config_hash: &config_hash,
+                    error: witness::FORGOTTEN_REASON,
+                };
+                match self.store.record_slots(&unrun).await {
+                    Ok(recorded) => {
+                        metrics::counter!(metric::FORGOTTEN_STARTS).increment(recorded);
+                        break;
+                    }
+                    Err(ClaimError::Fenced { fence, .. }) => {
+                        tracing::warn!(term = leader.term.revision(), fence, "a newer term holds the fence; stepping down");
+                        leader.step_down.cancel();
+                        return false;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not record the runs the ledger forgot; retrying");
+                        if !self.retry_pause(leader, shutdown).await || self.refused_by_clock(leader) {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        true
     }
 
     /// Each job's firing state, from its cursor in the ledger.

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use chrono::Timelike;
 
 use super::*;
-use crate::leadership::{BootInstant, LeaseDeadline, Term};
+use crate::leadership::{BootInstant, LeaseDeadline, StartRecord, StartWitness, Term, WitnessError};
 use crate::store::{Reads, RunRecord, Sqlite};
 
 const NODE: &str = "node-1";
@@ -177,11 +177,17 @@ impl Loop {
 
     /// Lead with term `revision` (a lease valid for an hour), and wait until its fence is raised.
     async fn lead(&self, revision: i64) -> LeaderTerm {
+        self.lead_witnessed(revision, Arc::new(crate::leadership::NoStartWitness)).await
+    }
+
+    /// `lead`, recording starts in `starts`.
+    async fn lead_witnessed(&self, revision: i64, starts: Arc<dyn StartWitness>) -> LeaderTerm {
         let leader = LeaderTerm {
             term: Term::for_tests(revision, crate::local::CLUSTER_ID),
             since: self.clock.now(),
             lease: LeaseDeadline::new(BootInstant::now() + Duration::from_secs(3600)),
             step_down: CancellationToken::new(),
+            starts,
         };
         self.leadership.send_replace(Leadership::Leader(leader.clone()));
         let reads = &self.reads;
@@ -521,5 +527,104 @@ async fn a_term_that_begins_late_catches_up_per_each_jobs_policy_and_starting_de
     let calls = witness.calls.lock().unwrap().clone();
     let all: Vec<DateTime<Utc>> = calls.iter().filter(|call| call.job == "all").map(|call| call.slot).collect();
     assert!(all.is_sorted(), "{all:?}");
+    lp.stop().await;
+}
+
+/// A coordinator's start record kept in memory (the real ones are etcd and ZooKeeper, tested on
+/// real servers in the integration suite): what the loop's terms write survives them.
+#[derive(Debug, Default)]
+struct RememberedStarts(Mutex<Option<StartRecord>>);
+
+#[async_trait::async_trait]
+impl StartWitness for RememberedStarts {
+    async fn read(&self) -> Result<Option<StartRecord>, WitnessError> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+
+    async fn write(&self, record: &StartRecord) -> Result<(), WitnessError> {
+        *self.0.lock().unwrap() = Some(record.clone());
+        Ok(())
+    }
+}
+
+/// The ledger loses the last slot's claim, start and outcome, and the job's cursor with them,
+/// as a promoted standby that had not received them would: the next term finds the slot in the
+/// coordinator's start record and records it `lost` with the reason instead of running it again
+/// (`catch_up: all` would run it), then fires the next slot as usual.
+#[tokio::test]
+async fn a_start_the_ledger_forgot_is_recorded_lost_and_never_run_again() {
+    let witness = Witness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let ledger = Store::with_reads(Sqlite::open(&path).await.unwrap());
+    let mut other =
+        <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    let jobs = witness.jobs(&[("minutely", "* * * * *", "catch_up: all")]);
+    let lp = Loop::start(ledger, jobs, at("2026-03-02T10:00:50Z")).await;
+    let starts: Arc<RememberedStarts> = Arc::default();
+    lp.lead_witnessed(1, starts.clone()).await;
+    for minute in ["01", "02"] {
+        lp.clock.advance_to(at(&format!("2026-03-02T10:{minute}:00Z")));
+        lp.wait_for_rows("the slot run", |rows| rows.iter().all(|row| row.status == "succeeded") && rows.len() == minute.parse::<usize>().unwrap()).await;
+    }
+    lp.follow();
+    lp.wait_for_runs_to_end().await;
+    // The database fails over to a standby that never received the 10:02 slot.
+    let forgotten = at("2026-03-02T10:02:00Z").timestamp_micros();
+    sqlx::query("DELETE FROM runs WHERE slot = ?1").bind(forgotten).execute(&mut other).await.unwrap();
+    let kept = at("2026-03-02T10:01:00Z").timestamp_micros();
+    sqlx::query("UPDATE job_cursors SET slot = ?1").bind(kept).execute(&mut other).await.unwrap();
+    lp.lead_witnessed(2, starts.clone()).await;
+    lp.clock.advance_to(at("2026-03-02T10:03:00Z"));
+    let rows = lp.wait_for_rows("the next slot run", |rows| rows.len() == 3 && rows.iter().all(|row| row.status != "running")).await;
+    assert_eq!(
+        rows,
+        [
+            row("minutely", "2026-03-02T10:01:00Z", 1, "succeeded", true),
+            row("minutely", "2026-03-02T10:02:00Z", 2, "lost", false),
+            row("minutely", "2026-03-02T10:03:00Z", 2, "succeeded", true),
+        ]
+    );
+    let lost = lp.reads.all_runs().await.unwrap().into_iter().find(|run| run.status == crate::model::RunStatus::Lost).unwrap();
+    assert_eq!(lost.error.as_deref(), Some(witness::FORGOTTEN_REASON));
+    let slot = |minute: &str| at(&format!("2026-03-02T10:{minute}:00Z"));
+    assert_eq!(
+        witness.executions(),
+        [
+            Execution { job: "minutely".into(), slot: slot("01"), term: 1 },
+            Execution { job: "minutely".into(), slot: slot("02"), term: 1 },
+            Execution { job: "minutely".into(), slot: slot("03"), term: 2 },
+        ]
+    );
+    lp.stop().await;
+}
+
+/// A term that ends between a claim ahead and its start leaves the claim to the next term: the
+/// start record does not cover it (nothing was started), so the next term runs it, and a ledger
+/// that lost nothing has nothing recorded `lost`.
+#[tokio::test]
+async fn a_claim_never_started_is_not_covered_by_the_start_record_and_runs_in_the_next_term() {
+    let witness = Witness::start().await;
+    let jobs = witness.jobs(&[("minutely", "* * * * *", "")]);
+    let lp = Loop::start(ledger().await, jobs, at("2026-03-02T10:00:50Z")).await;
+    let starts: Arc<RememberedStarts> = Arc::default();
+    lp.lead_witnessed(1, starts.clone()).await;
+    lp.clock.advance_to(at("2026-03-02T10:01:00Z"));
+    lp.wait_for_rows("the first slot run", |rows| rows.len() == 1 && rows[0].status == "succeeded").await;
+    lp.clock.advance_to(at("2026-03-02T10:01:59.800Z"));
+    lp.wait_for_rows("the claim ahead", |rows| rows.len() == 2).await;
+    lp.follow();
+    lp.wait_for_runs_to_end().await;
+    assert_eq!(starts.0.lock().unwrap().as_ref().unwrap().through, Some(at("2026-03-02T10:01:00Z")));
+    lp.lead_witnessed(2, starts.clone()).await;
+    lp.clock.advance_to(at("2026-03-02T10:02:00Z"));
+    let rows = lp.wait_for_rows("the slot run", |rows| rows.iter().all(|row| row.status != "running")).await;
+    assert_eq!(
+        rows,
+        [
+            row("minutely", "2026-03-02T10:01:00Z", 1, "succeeded", true),
+            row("minutely", "2026-03-02T10:02:00Z", 2, "succeeded", true),
+        ]
+    );
     lp.stop().await;
 }

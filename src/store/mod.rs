@@ -58,6 +58,10 @@ pub enum ClaimError {
     Fenced { term: i64, fence: i64 },
     #[error("slot already claimed by term {term} on {node}")]
     AlreadyClaimed { term: i64, node: String },
+    /// The coordinator did not record a start before it was to be sent (`scheduler::witness`),
+    /// so it was not sent: retried like a database error, never executed unwitnessed.
+    #[error("{0}")]
+    NotWitnessed(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -451,6 +455,10 @@ pub trait Ledger: Executions + Send + Sync {
         }
         Ok(())
     }
+
+    /// How many of `runs` (job, slot) the ledger holds as started by `term`: the start witness's
+    /// test of whether the ledger still has a term's last starts after a database failover.
+    async fn started_by_term(&self, term: i64, runs: &[(String, DateTime<Utc>)]) -> Result<usize, sqlx::Error>;
 
     /// Each of `jobs`' cursor, beside the runs (so retention cannot move it): the newest
     /// scheduled slot any term claimed or recorded; a job without one gets `now`, recorded under

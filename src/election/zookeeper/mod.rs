@@ -38,7 +38,7 @@ use zookeeper_client as zk;
 mod link;
 
 use super::{ConnectError, ElectionConfig, Keys, safety_margin};
-use crate::leadership::{BootInstant, Leadership, LeaseDeadline, Term};
+use crate::leadership::{BootInstant, Leadership, LeaseDeadline, StartRecord, StartWitness, Term, WitnessError};
 use crate::model::Member;
 use crate::telemetry::metric;
 use link::{Link, TlsLink, diagnose, open_session};
@@ -297,6 +297,50 @@ struct Candidate {
     czxid: i64,
 }
 
+/// The start witness of one term in ZooKeeper: a persistent znode (it must outlive the term's
+/// session), set in a multi that first checks our candidate znode, so only the term whose
+/// candidate still exists (its session alive, so still the lowest) writes it.
+struct ZooKeeperStarts {
+    client: zk::Client,
+    path: String,
+    candidate: String,
+    term: i64,
+}
+
+impl std::fmt::Debug for ZooKeeperStarts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZooKeeperStarts").field("path", &self.path).field("term", &self.term).finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl StartWitness for ZooKeeperStarts {
+    async fn read(&self) -> Result<Option<StartRecord>, WitnessError> {
+        // A sync first: the read must see the last write of any term, not a lagging server's view.
+        let read = async {
+            self.client.sync(&self.path).await?;
+            self.client.get_data(&self.path).await
+        };
+        match request(read).await {
+            Ok((data, _)) => super::decode_starts(&data),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(error) => Err(WitnessError::Unavailable(format!("read {}: {error}", self.path))),
+        }
+    }
+
+    async fn write(&self, record: &StartRecord) -> Result<(), WitnessError> {
+        let unavailable = |error: String| WitnessError::Unavailable(format!("write {}: {error}", self.path));
+        let mut writer = self.client.new_check_writer(&self.candidate, None).map_err(|e| unavailable(e.to_string()))?;
+        writer.add_set_data(&self.path, &super::encode_starts(record), None).map_err(|e| unavailable(e.to_string()))?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, writer.commit()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(zk::CheckWriteError::CheckFailed { .. })) => Err(WitnessError::NotLeading { term: self.term }),
+            Ok(Err(error)) => Err(unavailable(error.to_string())),
+            Err(_) => Err(unavailable(format!("no answer within {REQUEST_TIMEOUT:?}"))),
+        }
+    }
+}
+
 /// Why a term's session stopped being kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SessionEnd {
@@ -342,6 +386,10 @@ impl Campaign {
         // Also creates `/tenure/<election>`, where the ensemble id lives.
         request(client.mkdir(keys.election(), &persistent())).await.context("create the election znode")?;
         let cluster_id = ensemble_id(client, keys).await?;
+        match request(client.create(keys.starts(), &[], &persistent())).await {
+            Ok(_) | Err(zk::Error::NodeExists) => {}
+            Err(error) => return Err(error).context("create the start witness znode"),
+        }
         let ephemeral = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
         let prefix = format!("{}/{CANDIDATE_PREFIX}", keys.election());
         let sent = BootInstant::now();
@@ -387,7 +435,13 @@ impl Campaign {
 
         let term = Term::new(own.czxid, cluster_id);
         tracing::info!(term = own.czxid, node = %self.config.node_id, znode = %own.path, "became leader");
-        let step_down = super::publish_leader(leadership, term, &lease);
+        let starts = ZooKeeperStarts {
+            client: client.clone(),
+            path: keys.starts().to_owned(),
+            candidate: own.path.clone(),
+            term: own.czxid,
+        };
+        let step_down = super::publish_leader(leadership, term, &lease, Arc::new(starts));
         let heartbeat_ended = async {
             let end = (&mut heartbeat).await;
             if crate::testing::no_self_fence() {

@@ -372,6 +372,21 @@ impl Ledger for Postgres {
         Ok(())
     }
 
+    async fn started_by_term(&self, term: i64, runs: &[(String, DateTime<Utc>)]) -> Result<usize, sqlx::Error> {
+        let (jobs, slots): (Vec<&str>, Vec<DateTime<Utc>>) = runs.iter().map(|(job, slot)| (job.as_str(), *slot)).unzip();
+        let started: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM runs JOIN unnest($2::text[], $3::timestamptz[]) AS r(job, slot)
+                 ON runs.job = r.job AND runs.slot = r.slot
+             WHERE runs.term = $1 AND runs.started_at IS NOT NULL",
+        )
+        .bind(term)
+        .bind(&jobs)
+        .bind(&slots)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(started as usize)
+    }
+
     async fn job_cursors(
         &self,
         term: &Term,

@@ -304,6 +304,22 @@ impl Ledger for Sqlite {
         bind_outcome(query, outcome).execute(&self.pool).await.map(|_| ())
     }
 
+    async fn started_by_term(&self, term: i64, runs: &[(String, DateTime<Utc>)]) -> Result<usize, sqlx::Error> {
+        let mut started = 0;
+        for (job, slot) in runs {
+            let found: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM runs WHERE job = ?1 AND slot = ?2 AND term = ?3 AND started_at IS NOT NULL",
+            )
+            .bind(job)
+            .bind(micros(*slot))
+            .bind(term)
+            .fetch_optional(&self.pool)
+            .await?;
+            started += usize::from(found.is_some());
+        }
+        Ok(started)
+    }
+
     async fn job_cursors(
         &self,
         term: &Term,
