@@ -67,6 +67,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
     let pool = store::connect(settings.database_url.expose()).await.context("read --database-url")?;
     migrate_with_retry(settings.database_url.expose(), &pool, &shutdown).await?;
     let store = Store::new(pool);
+    crate::clock::report_replication(&store).await;
     let reads = Reads::new(store::connect_reads(settings.database_url.expose()).await?);
 
     let coordinator = connect_coordinator_with_retry(&settings.coordinator, settings.lease_ttl, &shutdown).await?;

@@ -9,6 +9,9 @@
 //!   steps down;
 //! - `unreachable_after` is the lease TTL, at least 2 s: a leader cut from PostgreSQL (but not
 //!   from etcd) hands over within about that plus a probe interval, as fast as a crashed one;
+//! - the same answer says whether the database is a writable primary: a replica whose database
+//!   address now leads to a standby or a read-only server does not campaign, and a leader steps
+//!   down, until it is a primary again;
 //! - the leader notices a step between two wake-ups at once: wall-clock time and monotonic time
 //!   elapsed must agree (a pause moves both; a step moves only the wall clock).
 
@@ -36,11 +39,14 @@ pub struct ClockCheck {
     pub skew_ms: Option<i64>,
     /// Whether the database answered within `unreachable_after`.
     pub reachable: bool,
+    /// Why the database that answered cannot take the ledger's writes (a standby after the
+    /// address moved, a read-only server); `None` for a writable primary.
+    pub not_primary: Option<&'static str>,
 }
 
 impl ClockCheck {
     /// Before the first answer: may not lead.
-    pub const UNKNOWN: ClockCheck = ClockCheck { skew_ms: None, reachable: false };
+    pub const UNKNOWN: ClockCheck = ClockCheck { skew_ms: None, reachable: false, not_primary: None };
 
     /// Whether this replica may lead.
     pub fn ok(&self) -> bool {
@@ -49,6 +55,9 @@ impl ClockCheck {
 
     /// Why this replica may not lead, if it may not.
     pub fn refusal(&self) -> Option<&'static str> {
+        if let (true, Some(why)) = (self.reachable, self.not_primary) {
+            return Some(why);
+        }
         match (self.reachable, self.skew_ms) {
             (_, None) => Some("the database has not told this replica its clock yet"),
             (false, Some(_)) => Some("the database does not answer"),
@@ -78,13 +87,14 @@ pub async fn watch_skew(
                 let round_trip = started.elapsed();
                 last_answer = Some(Instant::now());
                 let local = sent + chrono::Duration::from_std(round_trip / 2).unwrap_or_default();
-                let skew = (local - database).num_milliseconds();
+                let skew = (local - database.now).num_milliseconds();
                 metrics::gauge!(metric::CLOCK_SKEW).set(skew as f64 / 1000.0);
-                ClockCheck { skew_ms: Some(skew), reachable: true }
+                ClockCheck { skew_ms: Some(skew), reachable: true, not_primary: database.not_primary }
             }
             _ => ClockCheck {
                 skew_ms: previous.skew_ms,
                 reachable: last_answer.is_some_and(|at| at.elapsed() < unreachable_after),
+                not_primary: previous.not_primary,
             },
         };
         match (previous.refusal(), measured.refusal()) {
@@ -102,6 +112,35 @@ pub async fn watch_skew(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+/// Log and export what the database says of its replication (at start and at every term):
+/// whether a commit the ledger was told about has reached a synchronous standby. Asynchronous
+/// replication can lose the last commits in a failover; tenure then runs no slot twice (the
+/// start witness) but the ledger's record of those seconds is gone.
+pub async fn report_replication(store: &Store) {
+    match store.replication().await {
+        Ok(Some(replication)) => {
+            let synchronous = replication.is_synchronous();
+            metrics::gauge!(metric::LEDGER_SYNCHRONOUS).set(if synchronous { 1.0 } else { 0.0 });
+            if synchronous {
+                tracing::info!(
+                    synchronous_commit = %replication.synchronous_commit,
+                    synchronous_standby_names = %replication.synchronous_standby_names,
+                    "the ledger's commits wait for a synchronous standby: a failover loses none of them"
+                );
+            } else {
+                tracing::info!(
+                    synchronous_commit = %replication.synchronous_commit,
+                    synchronous_standby_names = %replication.synchronous_standby_names,
+                    "the ledger's commits do not wait for a standby: a failover may lose the last seconds of \
+                     its history (never a second run of a slot)"
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%error, "could not read the database's replication settings"),
     }
 }
 

@@ -147,6 +147,8 @@ pub mod metric {
     /// Runs a new term recorded `lost` because the ledger forgot their starts (a database
     /// failover lost commits) while the coordinator's start witness still named them.
     pub const FORGOTTEN_STARTS: &str = "tenure_ledger_forgotten_starts_total";
+    /// 1 when the ledger's commits wait for a named synchronous standby, 0 otherwise.
+    pub const LEDGER_SYNCHRONOUS: &str = "tenure_ledger_synchronous_replication";
     /// Label `reason`: `fenced` or `already_claimed`.
     pub const CLAIMS_REJECTED: &str = "tenure_claims_rejected_total";
     pub const CLAIM_ERRORS: &str = "tenure_claim_errors_total";

@@ -155,6 +155,8 @@ impl Scheduler {
         if !self.raise_fence(leader, shutdown).await {
             return None;
         }
+        let store = self.store.clone();
+        tokio::spawn(async move { crate::clock::report_replication(&store).await });
         let steps = StepDetector::default();
         let (witness, forgotten_through) = self.judge_start_witness(leader, shutdown).await?;
         let batchers = Batchers::spawn(&self.store, &leader.term, &self.node_id, self.execution.lease, witness);

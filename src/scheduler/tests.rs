@@ -141,7 +141,7 @@ impl Loop {
             started_at: start,
         };
         let (members, members_rx) = watch::channel(vec![member]);
-        let (clock_check, clock_check_rx) = watch::channel(ClockCheck { skew_ms: Some(0), reachable: true });
+        let (clock_check, clock_check_rx) = watch::channel(ClockCheck { skew_ms: Some(0), reachable: true, not_primary: None });
         let scheduler = Scheduler::new(SchedulerInputs {
             store: store.clone(),
             execution: crate::worker::ExecutionLease::for_ttl(Duration::from_secs(1)),

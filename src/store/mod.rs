@@ -386,13 +386,43 @@ pub struct UnrunSlots<'a> {
     pub error: &'a str,
 }
 
+/// The database's clock, and whether it is a writable primary.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseClock {
+    pub now: DateTime<Utc>,
+    /// Why the server cannot take the ledger's writes (a standby, read-only); `None` when it can.
+    pub not_primary: Option<&'static str>,
+}
+
+/// PostgreSQL's replication settings as a session of the ledger sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    pub synchronous_commit: String,
+    pub synchronous_standby_names: String,
+}
+
+impl Replication {
+    /// Whether a commit the ledger was told about has reached a standby too: a named synchronous
+    /// standby, and a `synchronous_commit` level that waits for it. (A managed service may
+    /// replicate below PostgreSQL, unseen here: this answers only for what PostgreSQL reports.)
+    pub fn is_synchronous(&self) -> bool {
+        !self.synchronous_standby_names.trim().is_empty()
+            && matches!(self.synchronous_commit.as_str(), "on" | "remote_write" | "remote_apply")
+    }
+}
+
 /// The write side: what the leader's scheduler does on the firing pool (fenced writes, cursors,
 /// terms, outcomes) and the few reads it needs to act (controls, pending triggers). One test
 /// suite checks both implementations.
 #[async_trait]
 pub trait Ledger: Executions + Send + Sync {
-    /// The database server's wall clock: the reference every replica's clock is checked against.
-    async fn clock(&self) -> Result<DateTime<Utc>, sqlx::Error>;
+    /// The database server's wall clock: the reference every replica's clock is checked against;
+    /// and, in the same round trip, whether the server takes the ledger's writes.
+    async fn clock(&self) -> Result<DatabaseClock, sqlx::Error>;
+
+    /// What the server says of its replication, for the operator (`None`: a local file, which
+    /// has none).
+    async fn replication(&self) -> Result<Option<Replication>, sqlx::Error>;
 
     /// Raise the fence to `term` and record it in the terms history, atomically. Must succeed
     /// before the first claim of a term. A term number is begun once: refused when the fence is

@@ -45,8 +45,34 @@ pub enum DatabaseConnectError {
     Unreachable { server: String, detail: String },
 }
 
+/// The one statement that tells a writable primary from a standby (in recovery) or a server
+/// whose sessions are read-only; the clock guard asks it with every clock reading.
+pub(super) const PRIMARY_QUERY: &str =
+    "SELECT pg_is_in_recovery() AS in_recovery, current_setting('transaction_read_only') = 'on' AS read_only";
+
+/// Why this database cannot hold a ledger that is written, or `None` for a writable primary.
+pub(super) fn not_primary(in_recovery: bool, read_only: bool) -> Option<&'static str> {
+    if in_recovery {
+        Some(
+            "a standby (in recovery): tenure writes its ledger only on the primary; give --database-url an \
+             address that follows the primary (a DNS name, a virtual IP or a pooler)",
+        )
+    } else if read_only {
+        Some("read-only (transaction_read_only is on): tenure writes its ledger only on a writable primary")
+    } else {
+        None
+    }
+}
+
+async fn primary_or_why_not(connection: &mut sqlx::PgConnection) -> Result<Option<&'static str>, sqlx::Error> {
+    use sqlx::Row;
+    let row = sqlx::query(PRIMARY_QUERY).fetch_one(&mut *connection).await?;
+    Ok(not_primary(row.try_get("in_recovery")?, row.try_get("read_only")?))
+}
+
 /// Open one connection as the pool would (TLS per `sslmode`, `sslrootcert`, `sslcert`,
-/// `sslkey` in the URL, like libpq) and close it, to learn at start whether the settings work.
+/// `sslkey` in the URL, like libpq) and close it, to learn at start whether the settings work
+/// and whether the server is a writable primary (a standby or a read-only server is refused).
 pub async fn check_connection(database_url: &str) -> Result<(), DatabaseConnectError> {
     use sqlx::Connection;
     let server = crate::secret::mask_url(database_url);
@@ -56,9 +82,14 @@ pub async fn check_connection(database_url: &str) -> Result<(), DatabaseConnectE
     })?;
     let attempt = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect_with(&options)).await;
     let error = match attempt {
-        Ok(Ok(connection)) => {
+        Ok(Ok(mut connection)) => {
+            let role = primary_or_why_not(&mut connection).await;
             let _ = connection.close().await;
-            return Ok(());
+            return match role {
+                Ok(None) => Ok(()),
+                Ok(Some(why)) => Err(refused(why.to_owned())),
+                Err(error) => Err(DatabaseConnectError::Unreachable { server, detail: crate::telemetry::one_line(&error) }),
+            };
         }
         Ok(Err(error)) => error,
         Err(_) => {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tenure::election::{Coordinator, CoordinatorAccess, Election, ElectionConfig, Keys, ZooKeeperAccess, ZooKeeperTls};
-use tenure::leadership::Leadership;
+use tenure::leadership::{Leadership, StartRecord, StartWitness, WitnessError};
 use tenure::local::LocalElection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,14 @@ struct Candidate {
 impl Candidate {
     fn term(&self) -> Option<i64> {
         self.leadership.borrow().term().map(|term| term.revision())
+    }
+
+    /// The start witness of the term this candidate leads.
+    fn starts(&self) -> std::sync::Arc<dyn StartWitness> {
+        match &*self.leadership.borrow() {
+            Leadership::Leader(leader) => leader.starts.clone(),
+            Leadership::Follower { .. } => panic!("not leading"),
+        }
     }
 
     /// Resign (as on SIGTERM) and wait until the campaign has ended.
@@ -151,6 +159,49 @@ async fn a_resigning_leader_hands_over_at_once_with_a_higher_term(backend: Backe
         eprintln!("round {round}: hand-over in {:?}", started.elapsed());
     }
     assert!(terms.windows(2).all(|pair| pair[0] < pair[1]), "terms must grow: {terms:?}");
+    for candidate in candidates {
+        candidate.resign().await;
+    }
+}
+
+mod a_start_record_outlives_its_term_and_only_the_leading_term_writes_it {
+    #[tokio::test]
+    async fn etcd() {
+        super::a_start_record_outlives_its_term_and_only_the_leading_term_writes_it(super::Backend::etcd().await).await;
+    }
+
+    #[tokio::test]
+    async fn zookeeper() {
+        super::a_start_record_outlives_its_term_and_only_the_leading_term_writes_it(super::Backend::zookeeper().await)
+            .await;
+    }
+}
+
+/// The coordinators' start witness (not the in-process one, whose ledger cannot fail over): a
+/// record written by a term is what the next term reads, although the writer's lease or session
+/// is gone; a term that no longer leads cannot write it.
+async fn a_start_record_outlives_its_term_and_only_the_leading_term_writes_it(backend: Backend) {
+    let mut candidates: Vec<Candidate> = ["a", "b"].iter().map(|node| backend.candidate(node)).collect();
+    wait_for("a leader", Duration::from_secs(10), || async { leaders(&candidates).len() == 1 }).await;
+    let first = candidates.remove(leaders(&candidates)[0]);
+    let first_starts = first.starts();
+    assert_eq!(first_starts.read().await.unwrap(), None, "a new election has no record");
+    let through = chrono::DateTime::from_timestamp(1_800_000_000, 0);
+    let record = StartRecord { term: first.term().unwrap(), through, ..StartRecord::default() };
+    first_starts.write(&record).await.unwrap();
+    first.resign().await;
+    wait_for("the next leader", Duration::from_secs(10), || async { leaders(&candidates).len() == 1 }).await;
+    let second = &candidates[0];
+    let second_starts = second.starts();
+    assert_eq!(second_starts.read().await.unwrap(), Some(record.clone()), "the record outlives its term");
+    let stale = StartRecord { through: chrono::DateTime::from_timestamp(1_900_000_000, 0), ..record.clone() };
+    match first_starts.write(&stale).await {
+        Err(WitnessError::NotLeading { .. }) => {}
+        other => panic!("a term that no longer leads wrote the start record: {other:?}"),
+    }
+    let newer = StartRecord { term: second.term().unwrap(), ..record };
+    second_starts.write(&newer).await.unwrap();
+    assert_eq!(second_starts.read().await.unwrap(), Some(newer));
     for candidate in candidates {
         candidate.resign().await;
     }

@@ -55,6 +55,7 @@ contract!(retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newe
 contract!(a_batch_of_claims_answers_each_as_if_it_were_alone);
 contract!(batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_finished_one);
 contract!(a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a_claim_never_started);
+contract!(the_ledger_tells_which_of_a_terms_starts_it_holds);
 contract!(an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger);
 contract!(each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move);
 contract!(issue_13_idempotency_keys_are_scoped_per_job);
@@ -549,6 +550,21 @@ async fn batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_f
 /// Issue 13 (7): a run starts only through a fenced `claimed -> running` transition, so a slot
 /// that its term claimed but never started can be taken over by the next term, and one that was
 /// started never can.
+/// What a new term asks to learn whether a database failover lost the older term's last starts
+/// (the start witness names them): only rows started by that very term count.
+async fn the_ledger_tells_which_of_a_terms_starts_it_holds(store: Store, _reads: Reads) {
+    let old = Term::for_tests(10, "c");
+    store.begin_term(&old, "old").await.unwrap();
+    let started = store.claim_run(&claim("job", slot(0), &old, "old")).await.unwrap();
+    store.claim_run(&claim("job", slot(1), &old, "old")).await.unwrap();
+    assert_eq!(store.start_runs(&old, &[(started.run_id, slot(0))]).await.unwrap(), [true]);
+    let named = |slots: &[u32]| slots.iter().map(|s| ("job".to_owned(), slot(*s))).collect::<Vec<_>>();
+    assert_eq!(store.started_by_term(10, &named(&[0, 1, 9])).await.unwrap(), 1);
+    assert_eq!(store.started_by_term(10, &named(&[1, 9])).await.unwrap(), 0, "claimed is not started");
+    assert_eq!(store.started_by_term(20, &named(&[0])).await.unwrap(), 0, "another term's start");
+    assert_eq!(store.started_by_term(10, &[]).await.unwrap(), 0);
+}
+
 async fn a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a_claim_never_started(
     store: Store,
     reads: Reads,
@@ -828,7 +844,7 @@ async fn issue_13_a_resume_that_ends_a_pause_records_when(store: Store, reads: R
     };
     reads.set_control("job", Control::Pause, "admin").await.unwrap();
     assert_eq!(controls().await["job"], JobControl { paused: true, resumed_at: None });
-    let before = store.clock().await.unwrap() - chrono::Duration::seconds(1);
+    let before = store.clock().await.unwrap().now - chrono::Duration::seconds(1);
     reads.set_control("job", Control::Resume, "admin").await.unwrap();
     let resumed = controls().await["job"];
     let at = resumed.resumed_at.expect("a resume that ends a pause records when");

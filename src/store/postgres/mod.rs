@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, SlotHolder};
 use super::outbox;
 use super::{
-    BackfillSlot, CONTROL_CHANNEL, Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger,
-    LiveNode, Retention, SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
+    BackfillSlot, CONTROL_CHANNEL, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor,
+    Ledger,
+    LiveNode, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
@@ -158,8 +159,30 @@ impl Postgres {
 
 #[async_trait]
 impl Ledger for Postgres {
-    async fn clock(&self) -> Result<DateTime<Utc>, sqlx::Error> {
-        sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&self.pool).await
+    async fn clock(&self) -> Result<DatabaseClock, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT clock_timestamp() AS now, pg_is_in_recovery() AS in_recovery,
+                    current_setting('transaction_read_only') = 'on' AS read_only",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(DatabaseClock {
+            now: row.try_get("now")?,
+            not_primary: super::pools::not_primary(row.try_get("in_recovery")?, row.try_get("read_only")?),
+        })
+    }
+
+    async fn replication(&self) -> Result<Option<Replication>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT current_setting('synchronous_commit') AS synchronous_commit,
+                    current_setting('synchronous_standby_names') AS synchronous_standby_names",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Some(Replication {
+            synchronous_commit: row.try_get("synchronous_commit")?,
+            synchronous_standby_names: row.try_get("synchronous_standby_names")?,
+        }))
     }
 
     /// One transaction. Two nodes racing for one term number queue on the fence row's lock; the

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, LedgerRow, SlotHolder, micros};
 use super::outbox;
 use super::{
-    BackfillSlot, Claim, ClaimError, Claimed, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode, Retention,
+    BackfillSlot, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode,
+    Replication, Retention,
     SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
@@ -93,8 +94,12 @@ async fn advance_cursor(
 #[async_trait]
 impl Ledger for Sqlite {
     /// SQLite runs in this process: its clock is ours.
-    async fn clock(&self) -> Result<DateTime<Utc>, sqlx::Error> {
-        Ok(Utc::now())
+    async fn clock(&self) -> Result<DatabaseClock, sqlx::Error> {
+        Ok(DatabaseClock { now: Utc::now(), not_primary: None })
+    }
+
+    async fn replication(&self) -> Result<Option<Replication>, sqlx::Error> {
+        Ok(None)
     }
 
     async fn begin_term(&self, term: &Term, node: &str) -> Result<(), FenceError> {
