@@ -598,6 +598,7 @@ async fn precision(jobs: usize, every: i64, window: Duration) -> anyhow::Result<
     tokio::time::sleep((until - Utc::now()).to_std().unwrap_or_default()).await;
     let cpu = (cpu_seconds(pid) - cpu_before) / wall.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(6)).await;
+    let witness = start_witness_writes(replicas.list[0].port).await;
     type Row = (DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>, String);
     let rows: Vec<Row> =
         sqlx::query_as("SELECT slot, claimed_at, started_at, status FROM runs WHERE slot >= $1 AND slot < $2")
@@ -627,6 +628,7 @@ async fn precision(jobs: usize, every: i64, window: Duration) -> anyhow::Result<
     single("claims per second", format!("{:.0}", rows.len() as f64 / window.as_secs_f64()), "");
     single("slots expected / rows / missed", format!("{} / {} / {missed}", slots * jobs, rows.len()), "no slot missed");
     single("leader CPU (cores)", format!("{cpu:.2}"), "< 1 core");
+    single("start witness: writes / mean / p99 bucket (before each batch of starts)", witness, "");
     single("bursts: tenure / the floor, interleaved", format!("{} / {floor}", tenure_bursts.len()), "");
     row("floor: the same requests from a bare client, at the sink", &mut floor_late, "");
     let pooled = percentile(&tenure_late, 99.0) / percentile(&floor_late, 99.0);
@@ -654,6 +656,30 @@ async fn precision(jobs: usize, every: i64, window: Duration) -> anyhow::Result<
 fn burst_p99(mut burst: Vec<f64>) -> f64 {
     burst.sort_by(|a, b| a.total_cmp(b));
     percentile(&burst, 99.0)
+}
+
+/// The leader's start witness writes (etcd transactions before each batch of starts), from its
+/// `/metrics`: how many, their mean, and the bucket that holds their 99th percentile.
+async fn start_witness_writes(port: u16) -> String {
+    let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else { return "?".into() };
+    let text = response.text().await.unwrap_or_default();
+    let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let series = |suffix: &str| {
+        text.lines().filter(|l| l.starts_with(&format!("tenure_start_witness_seconds{suffix}"))).map(value).sum::<f64>()
+    };
+    let (count, sum) = (series("_count"), series("_sum"));
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let bound = l.strip_prefix("tenure_start_witness_seconds_bucket{le=\"")?.split('"').next()?;
+            Some((bound.parse::<f64>().unwrap_or(f64::INFINITY), value(l)))
+        })
+        .collect();
+    let p99 = buckets.iter().find(|(_, seen)| *seen >= 0.99 * count).map_or(f64::NAN, |(bound, _)| *bound);
+    if count == 0.0 {
+        return "none".into();
+    }
+    format!("{count:.0} / {:.1} ms / <= {:.1} ms", 1000.0 * sum / count, 1000.0 * p99)
 }
 
 /// What this machine can do without tenure: `count` requests from one reqwest client (pooled

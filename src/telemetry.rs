@@ -35,6 +35,8 @@ pub fn metrics() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(metric::FIRE_LATENESS.to_owned()), LATENESS_BUCKETS)
             .expect("the lateness buckets are not empty")
+            .set_buckets_for_metric(Matcher::Full(metric::START_WITNESS.to_owned()), LATENESS_BUCKETS)
+            .expect("the lateness buckets are not empty")
             .build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be installed (tests); the handle still renders ours.
@@ -147,6 +149,8 @@ pub mod metric {
     /// Runs a new term recorded `lost` because the ledger forgot their starts (a database
     /// failover lost commits) while the coordinator's start witness still named them.
     pub const FORGOTTEN_STARTS: &str = "tenure_ledger_forgotten_starts_total";
+    /// How long the coordinator took to record a batch of starts before it was sent (histogram).
+    pub const START_WITNESS: &str = "tenure_start_witness_seconds";
     /// 1 when the ledger's commits wait for a named synchronous standby, 0 otherwise.
     pub const LEDGER_SYNCHRONOUS: &str = "tenure_ledger_synchronous_replication";
     /// Label `reason`: `fenced` or `already_claimed`.

@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 use crate::leadership::{StartRecord, StartWitness, WitnessError, WitnessedRun};
 use crate::model::TriggerKind;
 use crate::store::Store;
+use crate::telemetry::metric;
 
 /// Which batcher a batch comes from: each sends its batches one after another, but the two run
 /// side by side, so the record keeps the last batch of each.
@@ -52,7 +53,9 @@ impl TermWitness {
         }
         let mut record = self.record.lock().await;
         let next = with_starts(&record, stream, runs);
+        let sent = std::time::Instant::now();
         self.coordinator.write(&next).await?;
+        metrics::histogram!(metric::START_WITNESS).record(sent.elapsed().as_secs_f64());
         *record = next;
         Ok(())
     }
