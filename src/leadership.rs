@@ -241,23 +241,24 @@ impl WitnessedRun {
     }
 }
 
-/// What the coordinator holds of the starts of the latest term that recorded any: written before
-/// each fenced start statement, so every run that may have begun is covered, whatever the ledger
-/// later forgets. `through` bounds the scheduled slots (a run of a scheduled slot starts at its
-/// planned start, never later than `through` for any start witnessed); manual and backfill runs,
-/// whose slots are not in schedule order, are named one by one in `recent` for a while.
+/// What the coordinator holds of the starts of the latest term that recorded any, written before
+/// each batch of fenced starts is sent, so that every run that may have begun is covered whatever
+/// the ledger later forgets. `through` bounds the scheduled slots (every start witnessed so far
+/// was planned at or before it); manual and backfill runs, whose slots are not in schedule order,
+/// are named one by one in `recent` for a while.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartRecord {
     /// The term that wrote it.
     pub term: i64,
     /// The latest planned start among every start witnessed (carried over from older terms).
     pub through: Option<DateTime<Utc>>,
-    /// The last batch of fenced starts on this replica (some of its runs), and of assignments to
-    /// other replicas: whether the ledger holds them tells whether it lost the term's last writes.
+    /// What the writing term knows of its own batches, then, while it has had none of its own
+    /// acknowledged, those of the terms before it (newest first): a new term judges them all.
     #[serde(default)]
-    pub last_starts: Vec<WitnessedRun>,
+    pub terms: Vec<TermStarts>,
+    /// More older terms were carried than kept: judge the ledger as having lost commits.
     #[serde(default)]
-    pub last_assignments: Vec<WitnessedRun>,
+    pub assume_lost: bool,
     /// Manual and backfill runs started within `StartRecord::RECENT`, oldest first.
     #[serde(default)]
     pub recent: Vec<WitnessedRun>,
@@ -269,8 +270,52 @@ impl StartRecord {
     pub const RECENT: Duration = Duration::from_secs(15 * 60);
     /// The most manual and backfill starts named at once (the oldest go first).
     pub const RECENT_MAX: usize = 1_024;
-    /// How many runs of a batch are named to find it again in the ledger.
-    pub const LAST_BATCH: usize = 8;
+    /// How many runs of an acknowledged batch are named to find it again in the ledger.
+    pub const ACKNOWLEDGED_NAMES: usize = 8;
+    /// The most batches sent and not acknowledged kept apart (more are merged into one range).
+    pub const PENDING_MAX: usize = 32;
+    /// The most older terms carried.
+    pub const TERMS_MAX: usize = 8;
+}
+
+/// One term's batches as the start record keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermStarts {
+    pub term: i64,
+    /// The ledger's history as the term found it: PostgreSQL's timeline (a promotion begins a
+    /// new one) and whether a commit the server acknowledged survives the server's own crash
+    /// (`synchronous_commit` is not `off`). When both still hold, the ledger lost nothing.
+    pub timeline: Option<i64>,
+    pub crash_safe: bool,
+    /// Fenced starts of runs on the leader's replica, and assignments to other replicas: two
+    /// batchers sending side by side, so each keeps its own.
+    pub starts: StreamStarts,
+    pub assignments: StreamStarts,
+}
+
+/// One batcher's batches: the last the ledger acknowledged, and those recorded and sent since
+/// whose statements have not been acknowledged (they may have committed, or not).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStarts {
+    /// Some runs the last acknowledged batch started: a ledger without any of them lost commits.
+    #[serde(default)]
+    pub acknowledged: Vec<WitnessedRun>,
+    /// The planned starts of the batches sent and not acknowledged.
+    #[serde(default)]
+    pub pending: Vec<PlannedRange>,
+}
+
+/// The planned starts of one batch, first to last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedRange {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+impl PlannedRange {
+    pub fn contains(&self, planned: DateTime<Utc>) -> bool {
+        self.from <= planned && planned <= self.to
+    }
 }
 
 /// Why the coordinator did not record a start.

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::witness::{StartStream, TermWitness};
 use crate::executor::OutputTail;
-use crate::leadership::{Term, WitnessError, WitnessedRun};
+use crate::leadership::{PlannedRange, Term, WitnessError, WitnessedRun};
 use crate::model::{RunOutcome, Trigger};
 use crate::store::{Assignment, Claim, ClaimError, Claimed, SkipIfRunning, Store};
 
@@ -69,8 +69,11 @@ impl Batchers {
                 return result;
             }
         }
-        self.witness.before_starts(StartStream::Assigned, &[witnessed]).await.map_err(not_witnessed)?;
-        Ok(store.assign_runs(term, &[assignment], accept_within).await?[0])
+        let batch = self.witness.before_starts(StartStream::Assigned, &[witnessed.clone()]).await.map_err(not_witnessed)?;
+        let assigned = store.assign_runs(term, &[assignment], accept_within).await?[0];
+        let started = if assigned { vec![witnessed] } else { Vec::new() };
+        self.witness.acknowledged(StartStream::Assigned, batch, &started).await;
+        Ok(assigned)
     }
 
     /// Claim through the batcher (or directly, if it is gone).
@@ -109,8 +112,11 @@ impl Batchers {
                 return result;
             }
         }
-        self.witness.before_starts(StartStream::Local, &[witnessed]).await.map_err(not_witnessed)?;
-        Ok(store.start_runs(term, &[(run_id, started)]).await?[0])
+        let batch = self.witness.before_starts(StartStream::Local, &[witnessed.clone()]).await.map_err(not_witnessed)?;
+        let began = store.start_runs(term, &[(run_id, started)]).await?[0];
+        let started = if began { vec![witnessed] } else { Vec::new() };
+        self.witness.acknowledged(StartStream::Local, batch, &started).await;
+        Ok(began)
     }
 
     /// Record an outcome through the batcher; false when it was not recorded (the caller retries
@@ -233,9 +239,11 @@ async fn batch_starts(
     batched(requests, Duration::ZERO, |batch: Vec<StartRequest>| async {
         let witnessed: Vec<WitnessedRun> = batch.iter().map(|r| r.witnessed.clone()).collect();
         let answers = match witness.before_starts(StartStream::Local, &witnessed).await {
-            Ok(()) => {
+            Ok(recorded) => {
                 let runs: Vec<(i64, DateTime<Utc>)> = batch.iter().map(|r| (r.run_id, r.started)).collect();
-                store.start_runs(&term, &runs).await
+                let answers = store.start_runs(&term, &runs).await;
+                acknowledge(&witness, StartStream::Local, recorded, &witnessed, &answers).await;
+                answers
             }
             Err(error) => Err(not_witnessed(error)),
         };
@@ -253,6 +261,22 @@ fn answer_of(answers: &Result<Vec<bool>, ClaimError>, index: usize) -> Result<bo
         Err(ClaimError::Fenced { term, fence }) => Err(ClaimError::Fenced { term: *term, fence: *fence }),
         Err(ClaimError::NotWitnessed(why)) => Err(ClaimError::NotWitnessed(why.clone())),
         Err(error) => Err(ClaimError::Database(sqlx::Error::Protocol(error.to_string()))),
+    }
+}
+
+/// Tell the witness how the ledger answered a batch it recorded (nothing, if it failed: the batch
+/// stays pending, as it may have committed).
+async fn acknowledge(
+    witness: &TermWitness,
+    stream: StartStream,
+    recorded: Option<PlannedRange>,
+    witnessed: &[WitnessedRun],
+    answers: &Result<Vec<bool>, ClaimError>,
+) {
+    if let Ok(answers) = answers {
+        let started: Vec<WitnessedRun> =
+            witnessed.iter().zip(answers).filter(|(_, started)| **started).map(|(run, _)| run.clone()).collect();
+        witness.acknowledged(stream, recorded, &started).await;
     }
 }
 
@@ -279,9 +303,11 @@ async fn batch_assigns(
     batched(requests, Duration::ZERO, |batch: Vec<AssignRequest>| async {
         let witnessed: Vec<WitnessedRun> = batch.iter().map(|r| r.witnessed.clone()).collect();
         let answers = match witness.before_starts(StartStream::Assigned, &witnessed).await {
-            Ok(()) => {
+            Ok(recorded) => {
                 let assignments: Vec<Assignment> = batch.iter().map(|r| r.assignment.clone()).collect();
-                store.assign_runs(&term, &assignments, accept_within).await
+                let answers = store.assign_runs(&term, &assignments, accept_within).await;
+                acknowledge(&witness, StartStream::Assigned, recorded, &witnessed, &answers).await;
+                answers
             }
             Err(error) => Err(not_witnessed(error)),
         };

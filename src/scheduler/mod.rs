@@ -392,8 +392,8 @@ impl Scheduler {
         let mut plan = plan_due_slots(&job, state.cursor, now, until);
         let Some(last) = plan.last_slot else { return };
         state.cursor = last;
-        if let Some(through) = term.forgotten_through {
-            plan::set_apart_forgotten(&job, &mut plan, through);
+        if let Some(covered) = &term.forgotten {
+            plan::set_apart_forgotten(&job, &mut plan, covered);
         }
         let metrics = state.metrics.clone();
         let task = self.run_task(term, metrics, now);

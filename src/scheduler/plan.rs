@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::witness::ForgottenSlots;
 use crate::config::{CatchUp, Job, JobSet};
 use crate::store::{JobControl, JobCursor};
 use crate::telemetry::JobRunMetrics;
@@ -56,13 +57,13 @@ pub(super) struct DuePlan {
     pub(super) forgotten: Vec<DateTime<Utc>>,
 }
 
-/// Pure: move the slots of `plan` whose planned start (the slot plus its jitter offset) is at or
-/// before `through` out of `run` and `missed` into `forgotten`: an older term may have started
-/// them (the coordinator's start witness covers them) although the ledger lost the record.
-pub(super) fn set_apart_forgotten(job: &Job, plan: &mut DuePlan, through: DateTime<Utc>) {
+/// Pure: move the slots of `plan` whose planned start (the slot plus its jitter offset) the
+/// ledger may have forgotten out of `run` and `missed` into `forgotten`: an older term may have
+/// started them (the coordinator's start witness covers them) although the ledger has no record.
+pub(super) fn set_apart_forgotten(job: &Job, plan: &mut DuePlan, covered: &ForgottenSlots) {
     let forgotten = |slot: &DateTime<Utc>| {
         let offset = crate::schedule::jitter_offset(job.name.as_ref(), *slot, job.jitter);
-        *slot + chrono::Duration::from_std(offset).unwrap_or_default() <= through
+        covered.covers(*slot + chrono::Duration::from_std(offset).unwrap_or_default())
     };
     plan.forgotten.extend(plan.run.iter().filter(|slot| forgotten(slot)));
     plan.run.retain(|slot| !forgotten(slot));

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::batch::Batchers;
-use super::witness::{self, TermWitness};
+use super::witness::{self, ForgottenSlots, TermWitness};
 use super::clock::Clock;
 use super::dispatch::{Dispatch, Dispatcher};
 use super::plan::{self, DueSlots, JobState};
@@ -22,7 +22,7 @@ use super::{DATABASE_RETRY, Scheduler};
 use crate::clock::StepDetector;
 use crate::config::{Concurrency, Job, JobSet};
 use crate::deadman::DeadManPing;
-use crate::leadership::{LeaderTerm, StartRecord, Term, WitnessedRun};
+use crate::leadership::{LeaderTerm, Term, TermStarts, WitnessedRun};
 use crate::model::{Member, RunStatus, Trigger};
 use crate::notify::{self, Courier};
 use crate::store::{ClaimError, FenceError, LiveNode, Store, TriggerOverrides, UnrunSlots};
@@ -47,10 +47,10 @@ pub(super) struct ActiveTerm {
     /// notification) nothing fires: a job an operator paused must not fire by the job file's
     /// `paused` alone.
     pub(super) controls_pending: bool,
-    /// Scheduled slots planned at or before this instant may have begun under an older term
-    /// although the ledger does not show it (it lost their starts in a database failover): they
-    /// are recorded `lost`, never run (`None` when the ledger forgot nothing).
-    pub(super) forgotten_through: Option<DateTime<Utc>>,
+    /// Scheduled slots that may have begun under an older term although the ledger does not
+    /// show it (it lost their starts in a database failover): recorded `lost`, never run (`None`
+    /// when the ledger forgot nothing).
+    pub(super) forgotten: Option<ForgottenSlots>,
     /// Manual triggers this term has started and whose runs have not ended; a trigger still
     /// pending after its run ended (stopped before its claim or start) is started again.
     pub(super) started_triggers: HashSet<i64>,
@@ -158,7 +158,7 @@ impl Scheduler {
         let store = self.store.clone();
         tokio::spawn(async move { crate::clock::report_replication(&store).await });
         let steps = StepDetector::default();
-        let (witness, forgotten_through) = self.judge_start_witness(leader, shutdown).await?;
+        let (witness, forgotten) = self.judge_start_witness(leader, shutdown).await?;
         let batchers = Batchers::spawn(&self.store, &leader.term, &self.node_id, self.execution.lease, witness);
         let dispatch = Dispatch::new(self.execution);
         let dispatcher = Dispatcher {
@@ -192,7 +192,7 @@ impl Scheduler {
             jobs,
             due,
             controls_pending: true,
-            forgotten_through,
+            forgotten,
             started_triggers: HashSet::new(),
             backfills_going: HashMap::new(),
             backfill_waiting: false,
@@ -282,19 +282,18 @@ impl Scheduler {
         &mut self,
         leader: &LeaderTerm,
         shutdown: &CancellationToken,
-    ) -> Option<(Arc<TermWitness>, Option<DateTime<Utc>>)> {
+    ) -> Option<(Arc<TermWitness>, Option<ForgottenSlots>)> {
         loop {
-            let judged = match leader.starts.read().await {
-                Ok(record) => match &record {
-                    Some(record) => witness::forgotten_starts(&self.store, record)
-                        .await
-                        .map(|forgotten| (record.clone(), forgotten))
-                        .map_err(|error| error.to_string()),
-                    None => Ok((StartRecord::default(), None)),
-                },
-                Err(error) => Err(error.to_string()),
+            let judged = match (leader.starts.read().await, self.store.history().await) {
+                (Ok(Some(record)), Ok(history)) => witness::forgotten_starts(&self.store, &record, history.timeline)
+                    .await
+                    .map(|forgotten| (Some(record), history, forgotten))
+                    .map_err(|error| error.to_string()),
+                (Ok(None), Ok(history)) => Ok((None, history, None)),
+                (Err(error), _) => Err(error.to_string()),
+                (_, Err(error)) => Err(error.to_string()),
             };
-            let (record, forgotten) = match judged {
+            let (record, history, forgotten) = match judged {
                 Ok(judged) => judged,
                 Err(error) => {
                     tracing::warn!(%error, "could not read the start witness or the ledger; retrying");
@@ -304,25 +303,31 @@ impl Scheduler {
                     continue;
                 }
             };
-            let through = match forgotten {
+            let slots = match forgotten {
                 Some(forgotten) => {
                     tracing::error!(
                         term = leader.term.revision(),
-                        older_term = record.term,
-                        through = %forgotten.through,
-                        "the ledger lost starts that the coordinator recorded (a database failover to a standby \
-                         that had not received the last commits): every slot they may cover is recorded lost, \
-                         none is run again; run PostgreSQL with synchronous replication to lose nothing"
+                        older_term = record.as_ref().map(|record| record.term),
+                        covered = ?forgotten.slots,
+                        "the ledger may lack starts that the coordinator recorded (a database failover to a \
+                         standby that had not received the last commits): every slot they may cover is recorded \
+                         lost, none is run again; run PostgreSQL with synchronous replication to lose nothing"
                     );
-                    if !self.record_forgotten_runs(leader, &forgotten.recent, shutdown).await {
+                    if !self.record_forgotten_runs(leader, &forgotten.runs, shutdown).await {
                         return None;
                     }
-                    Some(forgotten.through)
+                    Some(forgotten.slots)
                 }
                 None => None,
             };
-            let witness = TermWitness::new(leader.starts.clone(), leader.term.revision(), Some(record));
-            return Some((Arc::new(witness), through));
+            let ours = TermStarts {
+                term: leader.term.revision(),
+                timeline: history.timeline,
+                crash_safe: history.crash_safe,
+                ..TermStarts::default()
+            };
+            let witness = TermWitness::new(leader.starts.clone(), ours, record);
+            return Some((Arc::new(witness), slots));
         }
     }
 

@@ -394,6 +394,13 @@ pub struct DatabaseClock {
     pub not_primary: Option<&'static str>,
 }
 
+/// See `Ledger::history`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerHistory {
+    pub timeline: Option<i64>,
+    pub crash_safe: bool,
+}
+
 /// PostgreSQL's replication settings as a session of the ledger sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replication {
@@ -423,6 +430,12 @@ pub trait Ledger: Executions + Send + Sync {
     /// What the server says of its replication, for the operator (`None`: a local file, which
     /// has none).
     async fn replication(&self) -> Result<Option<Replication>, sqlx::Error>;
+
+    /// The ledger's history as the start witness judges it: PostgreSQL's current timeline (a
+    /// promoted standby begins a new one) and whether an acknowledged commit survives the
+    /// server's crash (`synchronous_commit` is not `off`). `None` for the timeline where the
+    /// server does not tell it (a local file, a service without WAL functions).
+    async fn history(&self) -> Result<LedgerHistory, sqlx::Error>;
 
     /// Raise the fence to `term` and record it in the terms history, atomically. Must succeed
     /// before the first claim of a term. A term number is begun once: refused when the fence is

@@ -19,7 +19,7 @@ use super::outbox;
 use super::{
     BackfillSlot, CONTROL_CHANNEL, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor,
     Ledger,
-    LiveNode, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
+    LedgerHistory, LiveNode, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
@@ -170,6 +170,24 @@ impl Ledger for Postgres {
             now: row.try_get("now")?,
             not_primary: super::pools::not_primary(row.try_get("in_recovery")?, row.try_get("read_only")?),
         })
+    }
+
+    async fn history(&self) -> Result<LedgerHistory, sqlx::Error> {
+        let crash_safe: bool = sqlx::query_scalar("SELECT current_setting('synchronous_commit') <> 'off'")
+            .fetch_one(&self.pool)
+            .await?;
+        // The timeline is the first eight hex digits of the current WAL file's name.
+        let wal_file: Result<String, sqlx::Error> =
+            sqlx::query_scalar("SELECT pg_walfile_name(pg_current_wal_lsn())").fetch_one(&self.pool).await;
+        let timeline = match wal_file {
+            Ok(name) => name.get(..8).and_then(|hex| i64::from_str_radix(hex, 16).ok()),
+            Err(sqlx::Error::Database(error)) => {
+                tracing::debug!(%error, "the database does not tell its timeline");
+                None
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(LedgerHistory { timeline, crash_safe })
     }
 
     async fn replication(&self) -> Result<Option<Replication>, sqlx::Error> {

@@ -23,7 +23,7 @@ use super::common::{self, LedgerRow, SlotHolder, micros};
 use super::outbox;
 use super::{
     BackfillSlot, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode,
-    Replication, Retention,
+    LedgerHistory, Replication, Retention,
     SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
@@ -100,6 +100,10 @@ impl Ledger for Sqlite {
 
     async fn replication(&self) -> Result<Option<Replication>, sqlx::Error> {
         Ok(None)
+    }
+
+    async fn history(&self) -> Result<LedgerHistory, sqlx::Error> {
+        Ok(LedgerHistory { timeline: None, crash_safe: true })
     }
 
     async fn begin_term(&self, term: &Term, node: &str) -> Result<(), FenceError> {
