@@ -193,6 +193,31 @@ impl Cluster {
                 (Etcd::start_secure(pki, *jwt_ttl).await, pg, url)
             }
         };
+        Cluster::assemble(replicas, jobs_yaml, options, secure, etcd, pg, database_url).await
+    }
+
+    /// A cluster whose replicas (and this test's ledger handles) reach the database `pg` holds
+    /// through `database_url`, which may lead elsewhere (a service address in front of it).
+    pub async fn start_on_database(
+        replicas: usize,
+        jobs_yaml: &str,
+        options: Options,
+        pg: Postgres,
+        database_url: String,
+    ) -> Cluster {
+        let etcd = Etcd::start().await;
+        Cluster::assemble(replicas, jobs_yaml, options, None, etcd, pg, database_url).await
+    }
+
+    async fn assemble(
+        replicas: usize,
+        jobs_yaml: &str,
+        options: Options,
+        secure: Option<Secure>,
+        etcd: Etcd,
+        pg: Postgres,
+        database_url: String,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let witness_path = dir.path().join("witness.log");
         fs::write(&witness_path, "").unwrap();

@@ -409,6 +409,9 @@ pub struct Postgres {
     durable: bool,
     /// TLS only (`Postgres::start_secure`).
     secure: Option<SecurePostgres>,
+    /// A standby's WAL receiver this harness froze (SIGSTOP): continued before the server is
+    /// stopped, or a frozen child would hold its shutdown up.
+    frozen_walreceiver: Option<Pid>,
 }
 
 impl Postgres {
@@ -423,22 +426,58 @@ impl Postgres {
     }
 
     async fn start_with(durable: bool) -> Postgres {
-        let mut dir = tempfile::Builder::new().prefix("tenure-pg").tempdir().expect("temp dir");
-        let data = dir.path().join("data");
+        Postgres::start_in(Postgres::initdb(""), durable).await
+    }
+
+    /// A primary that streams its WAL to standbys (`Postgres::start_standby`): WAL for a
+    /// replica, WAL senders, hot standbys, and replication connections from loopback trusted.
+    pub async fn start_primary() -> Postgres {
+        let settings = "wal_level = replica\nmax_wal_senders = 5\nhot_standby = on\n";
+        let dir = Postgres::initdb(settings);
+        let hba = dir.path().join("data/pg_hba.conf");
+        let mut rules = fs::read_to_string(&hba).unwrap();
+        rules.push_str("host replication all 127.0.0.1/32 trust\n");
+        fs::write(&hba, rules).unwrap();
+        Postgres::start_in(dir, false).await
+    }
+
+    /// A temporary directory the server's user owns (initdb and the server refuse to run as
+    /// root), world-readable so this process reaches the socket and log.
+    fn server_dir() -> TempDir {
+        let dir = tempfile::Builder::new().prefix("tenure-pg").tempdir().expect("temp dir");
         if nix::unistd::geteuid().is_root() {
             let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
             assert!(status.success(), "chown the temp dir to postgres");
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         }
+        dir
+    }
+
+    /// A fresh cluster in `data` of a new `server_dir`, with `settings` appended to its
+    /// postgresql.conf.
+    fn initdb(settings: &str) -> TempDir {
+        let dir = Postgres::server_dir();
+        let data = dir.path().join("data");
         let output = as_postgres("initdb")
             .args(["--auth=trust", "--username=postgres", "--no-sync", "--encoding=UTF8", "--locale=C", "-D"])
             .arg(&data)
             .output()
             .expect("run initdb (is PostgreSQL 15 installed? scripts/test installs it)");
         assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
+        if !settings.is_empty() {
+            let mut conf = fs::read_to_string(data.join("postgresql.conf")).unwrap();
+            conf.push_str(settings);
+            fs::write(data.join("postgresql.conf"), conf).unwrap();
+        }
+        dir
+    }
+
+    /// Start a server on the data directory in `dir`, on a free port; wait until it answers.
+    async fn start_in(mut dir: TempDir, durable: bool) -> Postgres {
         for _ in 0..5 {
-            let mut pg = Postgres { dir, port: free_port(), child: None, durable, secure: None };
+            let mut pg =
+                Postgres { dir, port: free_port(), child: None, durable, secure: None, frozen_walreceiver: None };
             pg.spawn();
             if pg.wait_ready(Duration::from_secs(20)).await {
                 return pg;
@@ -515,7 +554,8 @@ impl Postgres {
         self.port
     }
 
-    fn url_of(&self, database: &str) -> String {
+    /// The URL of `database` on this server, as the superuser.
+    pub fn url_of(&self, database: &str) -> String {
         match &self.secure {
             None => format!("postgres://postgres@127.0.0.1:{}/{database}", self.port),
             Some(secure) => format!(
@@ -542,6 +582,9 @@ impl Postgres {
     }
 
     fn stop_with(&mut self, signal_to_send: Signal) {
+        if let Some(walreceiver) = self.frozen_walreceiver.take() {
+            let _ = kill(walreceiver, Signal::SIGCONT);
+        }
         signal(&self.child, Signal::SIGCONT);
         signal(&self.child, signal_to_send);
         if let Some(mut child) = self.child.take() {
@@ -583,6 +626,141 @@ impl Postgres {
         if !self.wait_ready(Duration::from_secs(30)).await {
             panic!("postgres did not restart:\n{}", tail(&self.log_path()));
         }
+    }
+}
+
+// ---- Streaming replication: a primary, a standby, the standby's WAL receiver, a promotion ----
+
+impl Postgres {
+    /// A streaming standby of this primary (`Postgres::start_primary`): `pg_basebackup -R`
+    /// into a directory of its own (it writes `standby.signal` and `primary_conninfo`), named
+    /// `name` (the conninfo's `application_name`, what `synchronous_standby_names` matches), on a
+    /// port of its own. Returned once the primary sees it streaming, asynchronously.
+    pub async fn start_standby(&self, name: &str) -> Postgres {
+        let dir = Postgres::server_dir();
+        let data = dir.path().join("data");
+        let output = as_postgres("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+            // `-R`: standby.signal and primary_conninfo; a fast checkpoint, not a spread one.
+            .args(["-R", "-X", "stream", "--checkpoint=fast", "-D"])
+            .arg(&data)
+            .output()
+            .expect("run pg_basebackup");
+        assert!(output.status.success(), "pg_basebackup failed: {}", String::from_utf8_lossy(&output.stderr));
+        let auto = data.join("postgresql.auto.conf");
+        let conf = fs::read_to_string(&auto).unwrap();
+        assert!(conf.contains("primary_conninfo = '"), "pg_basebackup -R wrote no primary_conninfo:\n{conf}");
+        let named = conf.replacen("primary_conninfo = '", &format!("primary_conninfo = 'application_name={name} "), 1);
+        fs::write(&auto, named).unwrap();
+        let standby = Postgres::start_in(dir, false).await;
+        let streaming = wait_until(Duration::from_secs(20), || async {
+            self.replication_state(name).await.is_some_and(|(state, _)| state == "streaming")
+        })
+        .await;
+        assert!(streaming, "standby {name} does not stream:\n{}", tail(&standby.log_path()));
+        standby
+    }
+
+    /// How this primary sees standby `name`: its `state` and `sync_state` in
+    /// `pg_stat_replication`, or None when it is not connected.
+    pub async fn replication_state(&self, name: &str) -> Option<(String, String)> {
+        use sqlx::Connection;
+        let attempt = async {
+            let mut conn = sqlx::PgConnection::connect(&self.url()).await.ok()?;
+            sqlx::query_as("SELECT state, sync_state FROM pg_stat_replication WHERE application_name = $1")
+                .bind(name)
+                .fetch_optional(&mut conn)
+                .await
+                .ok()?
+        };
+        tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten()
+    }
+
+    /// Make standby `name` synchronous: from now on a commit returns only once that standby has
+    /// flushed it. Only once it streams (set before, every commit would wait for it forever).
+    pub async fn require_synchronous(&self, name: &str) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.url()).await.expect("connect to the primary");
+        let statement = format!("ALTER SYSTEM SET synchronous_standby_names = '{name}'");
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.expect("name the synchronous standby");
+        sqlx::query("SELECT pg_reload_conf()").execute(&mut conn).await.expect("reload the configuration");
+        let what = format!("standby {name} to be synchronous");
+        wait_for(&what, Duration::from_secs(10), || async {
+            self.replication_state(name).await.is_some_and(|(_, sync)| sync == "sync")
+        })
+        .await;
+    }
+
+    /// The pid of this standby's WAL receiver (`pg_stat_wal_receiver`), once it has one.
+    async fn walreceiver_pid(&self) -> Pid {
+        use sqlx::Connection;
+        let found = std::cell::Cell::new(None);
+        wait_for("the standby's WAL receiver", Duration::from_secs(10), || async {
+            let attempt = async {
+                let mut conn = sqlx::PgConnection::connect(&self.url()).await.ok()?;
+                sqlx::query_scalar::<_, i32>("SELECT pid FROM pg_stat_wal_receiver")
+                    .fetch_optional(&mut conn)
+                    .await
+                    .ok()?
+            };
+            found.set(tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten());
+            found.get().is_some()
+        })
+        .await;
+        Pid::from_raw(found.get().unwrap())
+    }
+
+    /// SIGSTOP this standby's WAL receiver: the primary's commits stop reaching it (they wait in
+    /// kernel buffers it does not read), and an asynchronous primary commits on regardless.
+    pub async fn freeze_walreceiver(&mut self) {
+        assert!(self.frozen_walreceiver.is_none(), "the WAL receiver is already frozen");
+        let pid = self.walreceiver_pid().await;
+        kill(pid, Signal::SIGSTOP).expect("SIGSTOP the WAL receiver");
+        self.frozen_walreceiver = Some(pid);
+    }
+
+    pub fn walreceiver_frozen(&self) -> bool {
+        self.frozen_walreceiver.is_some()
+    }
+
+    /// SIGCONT the frozen WAL receiver: it reads on where it stopped.
+    pub fn thaw_walreceiver(&mut self) {
+        let pid = self.frozen_walreceiver.take().expect("a frozen WAL receiver");
+        let _ = kill(pid, Signal::SIGCONT);
+    }
+
+    /// SIGKILL the frozen WAL receiver, discarding what the primary sent that it never read, and
+    /// wait until the standby serves again. A promotion waits for the WAL receiver to stop,
+    /// which a frozen one never does, and a thawed one may first read what the kernel buffered
+    /// (on loopback, the whole gap). Killed, it takes the standby's other processes with it
+    /// (PostgreSQL restarts them all after a child's crash), and the standby recovers from its
+    /// own WAL: exactly what it had received before the freeze.
+    pub async fn kill_frozen_walreceiver(&mut self) {
+        const READY: &str = "ready to accept read-only connections";
+        let log = self.log_path();
+        let ready_before = fs::read_to_string(&log).unwrap_or_default().matches(READY).count();
+        let pid = self.frozen_walreceiver.take().expect("a frozen WAL receiver");
+        kill(pid, Signal::SIGKILL).expect("SIGKILL the WAL receiver");
+        let recovered = wait_until(Duration::from_secs(30), || {
+            let ready = fs::read_to_string(&log).unwrap_or_default().matches(READY).count();
+            async move { ready > ready_before }
+        })
+        .await;
+        assert!(recovered, "the standby did not serve again after its WAL receiver was killed:\n{}", tail(&log));
+        wait_for("the recovered standby to answer", Duration::from_secs(10), || self.answers()).await;
+    }
+
+    /// Promote this standby to a primary (`pg_promote`, waiting for it), on a new timeline with
+    /// what it has.
+    pub async fn promote(&self) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.url()).await.expect("connect to the standby");
+        let promoted: bool =
+            sqlx::query_scalar("SELECT pg_promote(true, 30)").fetch_one(&mut conn).await.expect("promote");
+        assert!(promoted, "the standby was not promoted within 30 s:\n{}", tail(&self.log_path()));
+        let recovering: bool =
+            sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut conn).await.expect("read the role");
+        assert!(!recovering, "promoted, yet still in recovery");
     }
 }
 
@@ -813,7 +991,14 @@ impl Postgres {
                    hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n";
         fs::write(data.join("pg_hba.conf"), hba).unwrap();
         let secure = SecurePostgres { ca: pki.ca.clone(), admin: pki.admin.clone() };
-        let mut pg = Postgres { dir, port: free_port(), child: None, durable: false, secure: Some(secure) };
+        let mut pg = Postgres {
+            dir,
+            port: free_port(),
+            child: None,
+            durable: false,
+            secure: Some(secure),
+            frozen_walreceiver: None,
+        };
         pg.spawn();
         // Ready by its own word: a server with an expired certificate never answers a client.
         let log = pg.log_path();

@@ -21,6 +21,8 @@ mod core;
 mod cron_reference;
 /// The dashboard and API of a real cluster, and in headless Chromium.
 mod dashboard;
+/// The database failing over to a standby: asynchronous loses commits, never a slot twice.
+mod db_failover;
 /// The dead-man ping: only the leader pings an outside monitor, and stops with the last leader.
 mod deadman;
 /// `tenure dev`: one command, SQLite, the dashboard.

@@ -1,7 +1,9 @@
 //! A TCP fault proxy on loopback: one in front of etcd and one in front of PostgreSQL for each
-//! replica, so a test can cut one replica off from one server while the others carry on.
+//! replica, so a test can cut one replica off from one server while the others carry on; or one
+//! service address in front of a database that fails over, moved to the promoted standby.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,7 +34,22 @@ pub enum Fault {
 pub struct Proxy {
     port: u16,
     fault: watch::Sender<Fault>,
+    route: Arc<Mutex<Route>>,
     stop: CancellationToken,
+}
+
+/// Where new connections go; `opened` ends the connections opened to it (with the proxy, or
+/// when it moves) and `moved` says it moved: they are reset rather than closed.
+struct Route {
+    target: SocketAddr,
+    opened: CancellationToken,
+    moved: CancellationToken,
+}
+
+impl Route {
+    fn new(target: SocketAddr, stop: &CancellationToken) -> Route {
+        Route { target, opened: stop.child_token(), moved: CancellationToken::new() }
+    }
 }
 
 impl Proxy {
@@ -42,8 +59,9 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let (fault, _) = watch::channel(Fault::Pass);
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, port, target, fault.subscribe(), stop.clone()));
-        Proxy { port, fault, stop }
+        let route = Arc::new(Mutex::new(Route::new(target, &stop)));
+        tokio::spawn(accept_loop(listener, port, route.clone(), fault.subscribe(), stop.clone()));
+        Proxy { port, fault, route, stop }
     }
 
     pub fn port(&self) -> u16 {
@@ -52,6 +70,15 @@ impl Proxy {
 
     pub fn set(&self, fault: Fault) {
         self.fault.send_replace(fault);
+    }
+
+    /// Send new connections to `target` from now on and reset (RST) every open one, as a
+    /// service address moving to another machine does: the new machine knows none of them.
+    pub fn retarget(&self, target: SocketAddr) {
+        let mut route = self.route.lock().unwrap();
+        route.moved.cancel();
+        route.opened.cancel();
+        *route = Route::new(target, &self.stop);
     }
 }
 
@@ -64,7 +91,7 @@ impl Drop for Proxy {
 async fn accept_loop(
     listener: TcpListener,
     port: u16,
-    target: SocketAddr,
+    route: Arc<Mutex<Route>>,
     mut fault: watch::Receiver<Fault>,
     stop: CancellationToken,
 ) {
@@ -95,13 +122,25 @@ async fn accept_loop(
             () = stop.cancelled() => return,
             changed = fault.changed() => if changed.is_err() { return },
             Some((client, _)) = accepted => {
-                tokio::spawn(connection(client, target, fault.clone(), stop.clone()));
+                let (target, opened, moved) = {
+                    let route = route.lock().unwrap();
+                    (route.target, route.opened.clone(), route.moved.clone())
+                };
+                tokio::spawn(connection(client, target, fault.clone(), opened, moved));
             }
         }
     }
 }
 
-async fn connection(client: TcpStream, target: SocketAddr, fault: watch::Receiver<Fault>, stop: CancellationToken) {
+/// Forward one connection until either side closes or `opened` is cancelled: the proxy stops,
+/// or it moved (`moved`), which resets both sides.
+async fn connection(
+    client: TcpStream,
+    target: SocketAddr,
+    fault: watch::Receiver<Fault>,
+    opened: CancellationToken,
+    moved: CancellationToken,
+) {
     if *fault.borrow() == Fault::Reset {
         reset(client);
         return;
@@ -114,9 +153,10 @@ async fn connection(client: TcpStream, target: SocketAddr, fault: watch::Receive
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let done = stop.child_token();
-    let to_server = tokio::spawn(pump(client_read, server_write, Direction::ToServer, fault.clone(), done.clone()));
-    let to_client = tokio::spawn(pump(server_read, client_write, Direction::ToClient, fault, done.clone()));
+    let done = opened.child_token();
+    let to_server =
+        tokio::spawn(pump(client_read, server_write, Direction::ToServer, fault.clone(), done.clone(), moved.clone()));
+    let to_client = tokio::spawn(pump(server_read, client_write, Direction::ToClient, fault, done.clone(), moved));
     let (a, b) = (to_server.await, to_client.await);
     // If either side was reset, reset both: reunite the halves and close with SO_LINGER 0.
     if let (Ok(Ended::Reset(read_a, write_a)), Ok(Ended::Reset(read_b, write_b))) = (a, b) {
@@ -149,6 +189,7 @@ async fn pump(
     direction: Direction,
     mut fault: watch::Receiver<Fault>,
     done: CancellationToken,
+    moved: CancellationToken,
 ) -> Ended {
     let mut buffer = vec![0u8; 64 * 1024];
     let mut seed = u64::from(std::process::id()) ^ (buffer.as_ptr() as u64);
@@ -160,7 +201,8 @@ async fn pump(
         let read = tokio::select! {
             () = done.cancelled() => {
                 let current = *fault.borrow();
-                return if current == Fault::Reset { Ended::Reset(from, to) } else { Ended::Closed };
+                let reset = current == Fault::Reset || moved.is_cancelled();
+                return if reset { Ended::Reset(from, to) } else { Ended::Closed };
             }
             changed = fault.changed() => {
                 if changed.is_err() { return Ended::Closed }
@@ -202,9 +244,8 @@ async fn pump(
 mod tests {
     use super::*;
 
-    /// An echo server behind the proxy, and each fault as a client sees it.
-    #[tokio::test]
-    async fn each_fault_does_what_it_says() {
+    /// An echo server on loopback that prefixes every answer with `tag`; returns its address.
+    async fn echo(tag: u8) -> SocketAddr {
         let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = echo.local_addr().unwrap();
         tokio::spawn(async move {
@@ -212,6 +253,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buffer = [0u8; 1024];
                     while let Ok(n) = socket.read(&mut buffer).await {
+                        buffer[0] = if tag == 0 { buffer[0] } else { tag };
                         if n == 0 || socket.write_all(&buffer[..n]).await.is_err() {
                             break;
                         }
@@ -219,14 +261,22 @@ mod tests {
                 });
             }
         });
+        target
+    }
+
+    async fn round_trip(mut stream: TcpStream) -> Option<([u8; 4], TcpStream)> {
+        stream.write_all(b"ping").await.ok()?;
+        let mut answer = [0u8; 4];
+        tokio::time::timeout(Duration::from_millis(300), stream.read_exact(&mut answer)).await.ok()?.ok()?;
+        Some((answer, stream))
+    }
+
+    /// An echo server behind the proxy, and each fault as a client sees it.
+    #[tokio::test]
+    async fn each_fault_does_what_it_says() {
+        let target = echo(0).await;
         let proxy = Proxy::start(target).await;
         let address = format!("127.0.0.1:{}", proxy.port());
-        let round_trip = |mut stream: TcpStream| async move {
-            stream.write_all(b"ping").await.ok()?;
-            let mut answer = [0u8; 4];
-            tokio::time::timeout(Duration::from_millis(300), stream.read_exact(&mut answer)).await.ok()?.ok()?;
-            Some((answer, stream))
-        };
 
         let stream = TcpStream::connect(&address).await.unwrap();
         let (answer, stream) = round_trip(stream).await.expect("pass forwards");
@@ -265,5 +315,26 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let stream = TcpStream::connect(&address).await.expect("listens again on the same port");
         assert_eq!(&round_trip(stream).await.expect("pass again").0, b"ping");
+    }
+
+    /// Moving the service address: new connections reach the new server, open ones to the old
+    /// one are reset (they cannot carry on against a server that never knew them).
+    #[tokio::test]
+    async fn retarget_sends_new_connections_to_the_new_server_and_resets_open_ones() {
+        let (old, new) = (echo(b'o').await, echo(b'n').await);
+        let proxy = Proxy::start(old).await;
+        let address = format!("127.0.0.1:{}", proxy.port());
+        let (answer, mut open) = round_trip(TcpStream::connect(&address).await.unwrap()).await.expect("forwards");
+        assert_eq!(&answer, b"oing");
+
+        proxy.retarget(new);
+        let mut buffer = [0u8; 4];
+        let read = tokio::time::timeout(Duration::from_secs(1), open.read(&mut buffer)).await.unwrap();
+        assert!(
+            matches!(&read, Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset),
+            "the open connection is reset: {read:?}"
+        );
+        let (answer, _) = round_trip(TcpStream::connect(&address).await.unwrap()).await.expect("forwards again");
+        assert_eq!(&answer, b"ning", "a new connection reaches the new server");
     }
 }
