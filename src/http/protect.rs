@@ -104,8 +104,7 @@ impl Served {
         let Some(claimed) = text("origin").or_else(|| text("referer")) else {
             return Ok(());
         };
-        let Some(claimed) = url::Url::parse(claimed).ok().filter(|url| matches!(url.scheme(), "http" | "https"))
-        else {
+        let Some(claimed) = url::Url::parse(claimed).ok().filter(|url| matches!(url.scheme(), "http" | "https")) else {
             return Err("Origin is not an http(s) origin");
         };
         if self.origins(headers).contains(&claimed.origin()) {
@@ -117,7 +116,8 @@ impl Served {
 
     /// The origins tenure is served at for this request: the request's own (its `Host` on the
     /// listener's scheme); with `--public-url`, also the public URL's and the one the proxy's
-    /// forwarded headers describe. Without it those headers count for nothing: anyone may send
+    /// forwarded headers describe (`Forwarded`'s `proto`/`host`, else `X-Forwarded-Proto`/`-Host`;
+    /// a scheme not told is the public URL's, a host not told the request's). Without it those headers count for nothing: anyone may send
     /// them.
     fn origins(&self, headers: &HeaderMap) -> Vec<Origin> {
         let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
@@ -143,7 +143,8 @@ impl Served {
             let proto = proto.or_else(|| first_of("x-forwarded-proto"));
             let forwarded_host = forwarded_host.or_else(|| first_of("x-forwarded-host"));
             if proto.is_some() || forwarded_host.is_some() {
-                let scheme = proto.unwrap_or(self.scheme());
+                // A proxy that does not say the scheme serves the public URL's.
+                let scheme = proto.unwrap_or(public.url.scheme());
                 if let Some(forwarded) = forwarded_host.or(host).and_then(|host| origin(scheme, host)) {
                     origins.push(forwarded);
                 }

@@ -78,12 +78,17 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The two files' contents, and their digest (what a change is noticed by).
-fn read_files(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>, [u8; 32]), TlsFileError> {
-    let cert_pem =
-        std::fs::read(cert).map_err(|error| TlsFileError::ReadCert { path: cert.to_owned(), error })?;
+struct Contents {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    digest: [u8; 32],
+}
+
+fn read_files(cert: &Path, key: &Path) -> Result<Contents, TlsFileError> {
+    let cert_pem = std::fs::read(cert).map_err(|error| TlsFileError::ReadCert { path: cert.to_owned(), error })?;
     let key_pem = std::fs::read(key).map_err(|error| TlsFileError::ReadKey { path: key.to_owned(), error })?;
     let digest = Sha256::new().chain_update(&cert_pem).chain_update([0]).chain_update(&key_pem).finalize().into();
-    Ok((cert_pem, key_pem, digest))
+    Ok(Contents { cert_pem, key_pem, digest })
 }
 
 /// The pair in the files' contents, its key checked against the certificate.
@@ -107,8 +112,8 @@ fn certified(cert: &Path, cert_pem: &[u8], key: &Path, key_pem: &[u8]) -> Result
 impl ListenerTls {
     /// Read the pair at start.
     pub fn load(cert: &Path, key: &Path) -> Result<ListenerTls, TlsFileError> {
-        let (cert_pem, key_pem, _) = read_files(cert, key)?;
-        let pair = certified(cert, &cert_pem, key, &key_pem)?;
+        let contents = read_files(cert, key)?;
+        let pair = certified(cert, &contents.cert_pem, key, &contents.key_pem)?;
         Ok(ListenerTls {
             cert: cert.to_owned(),
             key: key.to_owned(),
@@ -137,7 +142,7 @@ impl ListenerTls {
                 None
             }
         };
-        let mut seen = read_files(&self.cert, &self.key).ok().map(|(_, _, digest)| digest);
+        let mut seen = read_files(&self.cert, &self.key).ok().map(|contents| contents.digest);
         let mut complained: Option<String> = None;
         loop {
             let forced = tokio::select! {
@@ -145,12 +150,12 @@ impl ListenerTls {
                 () = tokio::time::sleep(POLL) => false,
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
             };
-            let loaded = read_files(&self.cert, &self.key).and_then(|(cert_pem, key_pem, digest)| {
-                if !forced && seen == Some(digest) {
+            let loaded = read_files(&self.cert, &self.key).and_then(|contents| {
+                if !forced && seen == Some(contents.digest) {
                     return Ok(None);
                 }
-                let pair = certified(&self.cert, &cert_pem, &self.key, &key_pem)?;
-                Ok(Some((pair, digest)))
+                let pair = certified(&self.cert, &contents.cert_pem, &self.key, &contents.key_pem)?;
+                Ok(Some((pair, contents.digest)))
             });
             match loaded {
                 Ok(None) => {}

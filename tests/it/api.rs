@@ -627,19 +627,47 @@ async fn every_answer_carries_the_browser_protections_and_pages_have_nothing_inl
     ] {
         answers.push((path.to_owned(), get(&f.state, path).await));
     }
-    answers.push(("an API change without the token".to_owned(), send(&f.state, post("/api/jobs/tick/pause", None).body(Body::empty()).unwrap()).await));
-    answers.push(("a forged form".to_owned(), send(&f.state, post("/jobs/tick/pause", Some(&basic(TOKEN))).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(Body::from("csrf=x")).unwrap()).await));
-    answers.push(("a wrong method".to_owned(), send(&f.state, Request::delete("/api/jobs").body(Body::empty()).unwrap()).await));
-    answers.push(("sign-in".to_owned(), send(&f.state, Request::get("/signin").header(header::AUTHORIZATION, basic(TOKEN)).body(Body::empty()).unwrap()).await));
-    let statuses: Vec<(&str, u16)> = answers.iter().map(|(what, answer)| (what.as_str(), answer.status.as_u16())).collect();
-    assert!(statuses.iter().any(|(_, status)| *status == 404) && statuses.iter().any(|(_, status)| *status == 401), "{statuses:?}");
+    answers.push((
+        "an API change without the token".to_owned(),
+        send(&f.state, post("/api/jobs/tick/pause", None).body(Body::empty()).unwrap()).await,
+    ));
+    answers.push((
+        "a forged form".to_owned(),
+        send(
+            &f.state,
+            post("/jobs/tick/pause", Some(&basic(TOKEN)))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from("csrf=x"))
+                .unwrap(),
+        )
+        .await,
+    ));
+    answers.push((
+        "a wrong method".to_owned(),
+        send(&f.state, Request::delete("/api/jobs").body(Body::empty()).unwrap()).await,
+    ));
+    answers.push((
+        "sign-in".to_owned(),
+        send(
+            &f.state,
+            Request::get("/signin").header(header::AUTHORIZATION, basic(TOKEN)).body(Body::empty()).unwrap(),
+        )
+        .await,
+    ));
+    let statuses: Vec<(&str, u16)> =
+        answers.iter().map(|(what, answer)| (what.as_str(), answer.status.as_u16())).collect();
+    assert!(
+        statuses.iter().any(|(_, status)| *status == 404) && statuses.iter().any(|(_, status)| *status == 401),
+        "{statuses:?}"
+    );
     for (what, answer) in &answers {
         assert_browser_protections(what, answer);
         assert!(answer.headers.get("strict-transport-security").is_none(), "{what}: HSTS on a plain listener");
         if answer.content_type.starts_with("text/html") {
             let body = answer.body.to_lowercase();
             assert!(!body.contains(" style="), "{what}: an inline style: {}", answer.body);
-            let inline_script = body.match_indices("<script").any(|(at, _)| !body[at..].split('>').next().unwrap().contains("src="));
+            let inline_script =
+                body.match_indices("<script").any(|(at, _)| !body[at..].split('>').next().unwrap().contains("src="));
             assert!(!inline_script, "{what}: an inline script: {}", answer.body);
             let handler = regex_lite::Regex::new(r"\son[a-z]+\s*=").unwrap();
             assert!(!handler.is_match(&body), "{what}: an inline event handler: {}", answer.body);
@@ -694,7 +722,8 @@ async fn an_origin_or_referer_with_another_scheme_or_port_is_refused() {
 /// says a proxy serves tenure; then the origin they describe (or the public URL's) is this one.
 #[tokio::test]
 async fn forwarded_headers_count_only_with_a_public_url() {
-    let proxied = [("origin", "https://tenure.example"), ("x-forwarded-host", "tenure.example"), ("x-forwarded-proto", "https")];
+    let proxied =
+        [("origin", "https://tenure.example"), ("x-forwarded-host", "tenure.example"), ("x-forwarded-proto", "https")];
     let mut f = fixture(ReadAccess::Open).await;
     for headers in [
         &proxied[..],
@@ -707,9 +736,11 @@ async fn forwarded_headers_count_only_with_a_public_url() {
     assert_eq!(f.store.job_controls().await.unwrap().get("tick").map(|control| control.paused), None);
 
     let public: tenure::http::PublicUrl = "https://tenure.example/".parse().unwrap();
-    f.state.auth = Auth::new(Some(TOKEN), ReadAccess::Open).served(tenure::http::Served { tls: false, public_url: Some(public) });
+    f.state.auth =
+        Auth::new(Some(TOKEN), ReadAccess::Open).served(tenure::http::Served { tls: false, public_url: Some(public) });
     for headers in [
-        &[("origin", "http://tenure.example"), ("x-forwarded-host", "tenure.example"), ("x-forwarded-proto", "https")][..],
+        &[("origin", "http://tenure.example"), ("x-forwarded-host", "tenure.example"), ("x-forwarded-proto", "https")]
+            [..],
         &[("origin", "https://evil.example"), ("x-forwarded-host", "tenure.example"), ("x-forwarded-proto", "https")],
         &[("origin", "https://tenure.example:8443"), ("forwarded", "proto=https;host=tenure.example")],
     ] {
@@ -722,7 +753,10 @@ async fn forwarded_headers_count_only_with_a_public_url() {
         &[("origin", "https://tenure.example")],
         // Another name the proxy serves tenure under, told in either header.
         &[("origin", "https://cron.example"), ("x-forwarded-host", "cron.example"), ("x-forwarded-proto", "https")],
-        &[("origin", "https://cron.example:8443"), ("forwarded", "for=10.0.0.1;proto=https;host=\"cron.example:8443\", for=10.0.0.2")],
+        &[
+            ("origin", "https://cron.example:8443"),
+            ("forwarded", "for=10.0.0.1;proto=https;host=\"cron.example:8443\", for=10.0.0.2"),
+        ],
     ] {
         let answer = form_post(&f, headers).await;
         assert_eq!(answer.status, StatusCode::SEE_OTHER, "with --public-url {headers:?}: {}", answer.body);

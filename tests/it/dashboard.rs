@@ -199,7 +199,8 @@ struct DriverGroup(std::process::Child);
 
 impl Drop for DriverGroup {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ =
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.wait();
     }
 }
@@ -246,7 +247,16 @@ impl Chromium {
         entries
             .as_array()
             .map(|entries| {
-                entries.iter().map(|entry| format!("{} {}", entry["level"].as_str().unwrap_or("?"), entry["message"].as_str().unwrap_or("?"))).collect()
+                entries
+                    .iter()
+                    .map(|entry| {
+                        format!(
+                            "{} {}",
+                            entry["level"].as_str().unwrap_or("?"),
+                            entry["message"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect()
             })
             .unwrap_or_default()
     }
