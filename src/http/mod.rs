@@ -2,6 +2,8 @@
 //! open), the JSON API and the dashboard pages (open or behind the admin token). Handlers read the
 //! job file, the ledger and the cluster snapshot; the only writes are operator controls (pause,
 //! resume, trigger), recorded in the ledger for the leader to act on, so any replica takes them.
+//! Every answer carries the browser protections (`protect`); with `--tls-cert` the listener
+//! speaks HTTPS (`tls`).
 
 mod api;
 mod pages;
@@ -191,8 +193,9 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 /// Forms are protected twice over (OWASP's CSRF cheat sheet): a synchronizer value bound to the
 /// browser (HMAC of its `tenure_session` cookie, `HttpOnly; SameSite=Strict`, under a key only
 /// the token holder's replicas know), and the browser's own word on where a request comes from
-/// (`Sec-Fetch-Site`, else `Origin` against `Host`). A page viewed by someone else carries a
-/// value for their session only; a cross-site request is refused whatever it carries.
+/// (`Sec-Fetch-Site`, and the `Origin` or `Referer` against where tenure is served: `Served`). A
+/// page viewed by someone else carries a value for their session only; a cross-site request is
+/// refused whatever it carries.
 #[derive(Clone, Debug, Default)]
 pub struct Auth {
     token: Option<[u8; 32]>,
