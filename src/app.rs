@@ -17,6 +17,7 @@ use crate::clock::{self, ClockCheck};
 use crate::config::{self, JobSet};
 use crate::deadman::DeadManSettings;
 use crate::election::{ConnectError, Coordinator, CoordinatorAccess, CoordinatorProbe, Election, ElectionConfig, Keys};
+use crate::http::tls::ListenerTls;
 use crate::http::{self, AppState, Auth};
 use crate::leadership::Leadership;
 use crate::local::{LedgerLock, LocalElection};
@@ -50,6 +51,8 @@ pub struct RunSettings {
     pub shutdown_grace: Duration,
     pub retain: Duration,
     pub auth: Auth,
+    /// HTTPS on `--listen` (`--tls-cert`, `--tls-key`).
+    pub tls: Option<ListenerTls>,
     /// The dead-man ping's monitor, when `--heartbeat-url` is given.
     pub dead_man: Option<DeadManSettings>,
     /// `--tags`: what `run_on: { tags: [..] }` jobs look for.
@@ -130,6 +133,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
         shutdown_grace: settings.shutdown_grace,
         retain: settings.retain,
         auth: settings.auth,
+        tls: settings.tls,
         dead_man: settings.dead_man,
         execution: Execution {
             tags: settings.tags,
@@ -149,6 +153,8 @@ pub struct DevSettings {
     pub shutdown_grace: Duration,
     pub retain: Duration,
     pub auth: Auth,
+    /// HTTPS on `--listen` (`--tls-cert`, `--tls-key`).
+    pub tls: Option<ListenerTls>,
     pub dead_man: Option<DeadManSettings>,
 }
 
@@ -218,6 +224,7 @@ pub async fn dev(
         shutdown_grace: settings.shutdown_grace,
         retain: settings.retain,
         auth: settings.auth,
+        tls: settings.tls,
         dead_man: settings.dead_man,
         // The one replica is leader and executor: every `run_on` job runs here.
         execution: Execution {
@@ -278,6 +285,7 @@ struct CommonSettings<'a> {
     shutdown_grace: Duration,
     retain: Duration,
     auth: Auth,
+    tls: Option<ListenerTls>,
     dead_man: Option<DeadManSettings>,
     execution: Execution,
 }
@@ -318,7 +326,7 @@ impl Replica {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let CommonSettings { jobs_path, shutdown_grace, retain, auth, dead_man, execution } = common;
+        let CommonSettings { jobs_path, shutdown_grace, retain, auth, tls, dead_man, execution } = common;
         if let Some(dead_man) = &dead_man {
             tracing::info!(host = dead_man.host(), interval = ?dead_man.interval, "dead-man ping while leading");
         }
@@ -348,7 +356,7 @@ impl Replica {
             pages: Default::default(),
         };
         let http_shutdown = CancellationToken::new();
-        let server = http::serve_apart(listener, state, http_shutdown.clone()).context("start the http server")?;
+        let server = http::serve_apart(listener, state, tls, http_shutdown.clone()).context("start the http server")?;
 
         // Every replica executes what the leader assigns it, the leader's own included.
         let worker = Worker::new(WorkerInputs {

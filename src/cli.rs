@@ -14,7 +14,8 @@ use crate::app::{DevSettings, RunSettings};
 use crate::config;
 use crate::deadman::{DeadManSettings, PingMethod};
 use crate::election::{CoordinatorAccess, EtcdAccess, ZooKeeperAccess, ZooKeeperTls};
-use crate::http::{Auth, ReadAccess};
+use crate::http::tls::ListenerTls;
+use crate::http::{Auth, ReadAccess, Served};
 use crate::schedule::{self, Schedule};
 use crate::secret::Secret;
 use crate::telemetry::LogFormat;
@@ -151,6 +152,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub web: WebArgs,
     #[command(flatten)]
+    pub listener: ListenerArgs,
+    #[command(flatten)]
     pub dead_man: DeadManArgs,
 }
 
@@ -179,7 +182,40 @@ pub struct DevArgs {
     #[arg(long, env = "TENURE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
     pub admin_token_file: Option<PathBuf>,
     #[command(flatten)]
+    pub listener: ListenerArgs,
+    #[command(flatten)]
     pub dead_man: DeadManArgs,
+}
+
+/// How `--listen` is reached: HTTPS on it, or a proxy in front of it.
+#[derive(Debug, Args)]
+pub struct ListenerArgs {
+    /// PEM file of the certificate (chain) to serve HTTPS with on --listen (with --tls-key);
+    /// read again when it changes and on SIGHUP.
+    #[arg(long, env = "TENURE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the certificate's private key (with --tls-cert).
+    #[arg(long, env = "TENURE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Where browsers reach tenure when a proxy serves it, e.g. `https://cron.example.com/`:
+    /// only then are the proxy's `Forwarded` and `X-Forwarded-Host`/`-Proto` headers believed.
+    #[arg(long, env = "TENURE_PUBLIC_URL")]
+    pub public_url: Option<crate::http::PublicUrl>,
+}
+
+impl ListenerArgs {
+    /// The certificate and key, read now: a file that cannot be served stops the start.
+    fn tls(&self) -> anyhow::Result<Option<ListenerTls>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(ListenerTls::load(cert, key)?)),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("give both --tls-cert and --tls-key, or neither"),
+        }
+    }
+
+    fn served(&self) -> Served {
+        Served { tls: self.tls_cert.is_some(), public_url: self.public_url.clone() }
+    }
 }
 
 /// The dead-man ping: an outside monitor that alerts when the cluster stops leading.
@@ -229,7 +265,8 @@ impl DevArgs {
             node_id: format!("{host}-dev-{}", std::process::id()),
             shutdown_grace: self.shutdown_grace,
             retain: self.retain,
-            auth: Auth::new(Some(token.expose()), ReadAccess::Open),
+            tls: self.listener.tls()?,
+            auth: Auth::new(Some(token.expose()), ReadAccess::Open).served(self.listener.served()),
             dead_man: self.dead_man.settings()?,
         };
         Ok((settings, token))
@@ -375,7 +412,8 @@ impl RunArgs {
             election: self.election.clone(),
             shutdown_grace: self.shutdown_grace,
             retain: self.retain,
-            auth: self.web.auth()?,
+            tls: self.listener.tls()?,
+            auth: self.web.auth()?.served(self.listener.served()),
             dead_man: self.dead_man.settings()?,
             tags,
             max_runs: self.max_runs,

@@ -102,7 +102,8 @@ fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
             settings.jobs_path.display(),
             settings.ledger_path.display()
         );
-        println!("  dashboard    http://{address}/");
+        let scheme = if settings.tls.is_some() { "https" } else { "http" };
+        println!("  dashboard    {scheme}://{address}/");
         // A generated token is shown so it can be used; one the operator gave stays a secret.
         if args.admin_token.is_none() && args.admin_token_file.is_none() {
             println!("  admin token  {}   (trigger, pause, resume: any user name, this password)", token.expose());

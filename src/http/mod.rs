@@ -2,12 +2,17 @@
 //! open), the JSON API and the dashboard pages (open or behind the admin token). Handlers read the
 //! job file, the ledger and the cluster snapshot; the only writes are operator controls (pause,
 //! resume, trigger), recorded in the ledger for the leader to act on, so any replica takes them.
+//! Every answer carries the browser protections (`protect`); with `--tls-cert` the listener
+//! speaks HTTPS (`tls`).
 
 mod api;
 mod pages;
+mod protect;
 mod shed;
+pub mod tls;
 pub mod view;
 
+pub use protect::{CONTENT_SECURITY_POLICY, PublicUrl, Served};
 pub use shed::{MAX_CONCURRENT_READS, MAX_QUEUED_READS};
 
 use std::sync::Arc;
@@ -75,7 +80,9 @@ impl PageCache {
 }
 
 /// Every route. The API and the pages take turns (`shed`); the probes and metrics never wait.
+/// Every answer, a 404 of no route included, carries the browser protections (`protect`).
 pub fn router(state: AppState) -> Router {
+    let https = state.auth.served.https();
     let dashboard = api::routes()
         .merge(pages::routes())
         .layer(axum::middleware::from_fn_with_state(shed::Admission::new(), shed::admit));
@@ -85,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(|| async { crate::telemetry::metrics().render() }))
         .merge(dashboard)
         .with_state(state)
+        .layer(axum::middleware::map_response_with_state(https, protect::add_headers))
 }
 
 /// How much lower than the rest of the replica the HTTP server's thread runs (`nice`, added to
@@ -93,10 +101,12 @@ const HTTP_NICENESS: i32 = 10;
 
 /// Serve until `shutdown` on a runtime of its own: one thread, at a lower CPU priority, so that
 /// however many readers come, the dashboard and the API use at most one core and only what the
-/// firing path leaves of it. Join the returned thread (off the async runtime) for the outcome.
+/// firing path leaves of it. HTTPS when `tls` is given. Join the returned thread (off the async
+/// runtime) for the outcome.
 pub fn serve_apart(
     listener: TcpListener,
     state: AppState,
+    tls: Option<tls::ListenerTls>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
     let listener = listener.into_std()?;
@@ -112,7 +122,10 @@ pub fn serve_apart(
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async move {
             let listener = TcpListener::from_std(listener)?;
-            serve(listener, state, shutdown).await
+            match tls {
+                Some(tls) => serve_tls(listener, state, tls, shutdown).await,
+                None => serve(listener, state, shutdown).await,
+            }
         })
     })?;
     Ok(thread)
@@ -120,6 +133,20 @@ pub fn serve_apart(
 
 /// Serve until `shutdown`.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    Ok(())
+}
+
+/// Serve HTTPS until `shutdown`: each accepted connection is wrapped in TLS (`tls::handshake`)
+/// before HTTP; the certificate is read again when its files change.
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: AppState,
+    tls: tls::ListenerTls,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tls::TlsListener::new(listener, tls.acceptor()?);
+    tokio::spawn(tls.keep_fresh(shutdown.clone()));
     axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
     Ok(())
 }
@@ -166,13 +193,15 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 /// Forms are protected twice over (OWASP's CSRF cheat sheet): a synchronizer value bound to the
 /// browser (HMAC of its `tenure_session` cookie, `HttpOnly; SameSite=Strict`, under a key only
 /// the token holder's replicas know), and the browser's own word on where a request comes from
-/// (`Sec-Fetch-Site`, else `Origin` against `Host`). A page viewed by someone else carries a
-/// value for their session only; a cross-site request is refused whatever it carries.
+/// (`Sec-Fetch-Site`, and the `Origin` or `Referer` against where tenure is served: `Served`). A
+/// page viewed by someone else carries a value for their session only; a cross-site request is
+/// refused whatever it carries.
 #[derive(Clone, Debug, Default)]
 pub struct Auth {
     token: Option<[u8; 32]>,
     csrf_key: Option<[u8; 32]>,
     reads: ReadAccess,
+    served: Served,
 }
 
 /// Who may read the pages and GET endpoints (health and metrics are always open).
@@ -211,12 +240,14 @@ impl BrowserSession {
         }
     }
 
-    /// The `Set-Cookie` value for a new session; `None` when the browser already has one.
-    pub(crate) fn set_cookie(&self) -> Option<HeaderValue> {
+    /// The `Set-Cookie` value for a new session (`Secure` when browsers come over HTTPS);
+    /// `None` when the browser already has one.
+    pub(crate) fn set_cookie(&self, auth: &Auth) -> Option<HeaderValue> {
         if !self.is_new {
             return None;
         }
-        HeaderValue::from_str(&format!("{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", self.id)).ok()
+        let secure = if auth.served.https() { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!("{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{secure}", self.id)).ok()
     }
 }
 
@@ -264,7 +295,15 @@ impl Auth {
             token: token.map(|token| Sha256::digest(token.as_bytes()).into()),
             csrf_key: token.map(|token| Sha256::digest(format!("tenure-csrf-key:{token}").as_bytes()).into()),
             reads: if token.is_some() { reads } else { ReadAccess::Open },
+            served: Served::default(),
         }
+    }
+
+    /// Where browsers reach this listener (its scheme, `--public-url`): what the origin check
+    /// compares with and whether the session cookie is `Secure`.
+    pub fn served(mut self, served: Served) -> Auth {
+        self.served = served;
+        self
     }
 
     fn matches(&self, candidate: &str) -> bool {
@@ -321,7 +360,7 @@ impl Auth {
     /// this browser's session.
     fn mutate_form(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Problem> {
         self.signed_in(headers)?;
-        if let Err(reason) = same_origin(headers) {
+        if let Err(reason) = self.served.same_origin(headers) {
             tracing::warn!(reason, "refused a cross-origin form post");
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
@@ -359,28 +398,6 @@ impl Auth {
 
     fn can_mutate(&self) -> bool {
         self.token.is_some()
-    }
-}
-
-/// Whether the browser says the request comes from this site: `Sec-Fetch-Site` when it sends
-/// one (it cannot be set by a page), else `Origin` against `Host` (or `X-Forwarded-Host` behind
-/// a proxy). A request with neither (an old browser, curl) relies on the anti-forgery value.
-fn same_origin(headers: &HeaderMap) -> Result<(), &'static str> {
-    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    if let Some(site) = text("sec-fetch-site") {
-        return match site {
-            "same-origin" | "none" => Ok(()),
-            _ => Err("Sec-Fetch-Site is not same-origin"),
-        };
-    }
-    let Some(origin) = text("origin") else {
-        return Ok(());
-    };
-    let origin_host = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
-    let hosts = [text("host"), text("x-forwarded-host")];
-    match origin_host {
-        Some(origin_host) if hosts.iter().flatten().any(|host| host.eq_ignore_ascii_case(origin_host)) => Ok(()),
-        _ => Err("Origin is not this host"),
     }
 }
 

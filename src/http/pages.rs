@@ -382,7 +382,7 @@ async fn job(
         job,
     })?;
     let mut response = page.into_response();
-    if let Some(cookie) = session.set_cookie() {
+    if let Some(cookie) = session.set_cookie(&state.auth) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     Ok(response)
@@ -398,7 +398,7 @@ fn duration_chart(runs: &[RunBrief]) -> String {
     let longest = finished.iter().filter_map(|run| run.duration_ms).max().unwrap_or(1).max(1) as f64;
     let slot = width / finished.len().max(20) as f64;
     let mut svg = format!(
-        "<svg viewBox=\"0 0 {width} {}\" role=\"img\" aria-label=\"durations of the last {} runs\" width=\"100%\" preserveAspectRatio=\"none\" style=\"max-height:160px\">",
+        "<svg viewBox=\"0 0 {width} {}\" role=\"img\" aria-label=\"durations of the last {} runs\" width=\"100%\" preserveAspectRatio=\"none\" class=\"chart\">",
         height + top,
         finished.len()
     );
@@ -547,7 +547,7 @@ fn timeline(spans: &[(i64, String, DateTime<Utc>, DateTime<Utc>)], now: DateTime
     let total = (now - first).num_milliseconds().max(1) as f64;
     let (width, row) = (600.0, 18.0);
     let mut svg = format!(
-        "<svg viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\" style=\"max-width:100%;height:auto\" role=\"img\" aria-label=\"leadership timeline\">",
+        "<svg viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\" class=\"timeline\" role=\"img\" aria-label=\"leadership timeline\">",
         height = row * spans.len() as f64 + 16.0
     );
     for (index, (term, node, start, end)) in spans.iter().rev().enumerate() {

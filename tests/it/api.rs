@@ -576,3 +576,189 @@ async fn issue_17_overrides_and_backfills_through_the_api_and_the_pages() {
     let job = get(&f.state, "/jobs/tick").await;
     assert!(job.body.contains("id=\"backfills\""), "{}", job.body);
 }
+
+/// The headers a browser is told to protect every answer with, whatever produced it.
+fn assert_browser_protections(what: &str, answer: &Answer) {
+    let header = |name: &str| answer.headers.get(name).map(|value| value.to_str().unwrap().to_owned());
+    let policy = header("content-security-policy").unwrap_or_else(|| panic!("{what}: no Content-Security-Policy"));
+    for directive in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "object-src 'none'",
+    ] {
+        assert!(policy.contains(directive), "{what}: the policy lacks {directive}: {policy}");
+    }
+    assert!(!policy.contains("unsafe-"), "{what}: {policy}");
+    assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"), "{what}");
+    assert_eq!(header("x-frame-options").as_deref(), Some("DENY"), "{what}");
+    assert_eq!(header("referrer-policy").as_deref(), Some("same-origin"), "{what}");
+}
+
+/// Every answer carries the CSP, `nosniff`, framing denied and the referrer policy: pages, the
+/// API, problems, 404s of both, static files, probes and metrics. The pages hold no inline script,
+/// style or handler (the policy would refuse them). No HSTS on a plain listener.
+#[tokio::test]
+async fn every_answer_carries_the_browser_protections_and_pages_have_nothing_inline() {
+    let f = fixture(ReadAccess::Open).await;
+    let run = get(&f.state, "/api/jobs/tick/runs").await.json()["runs"][0]["id"].as_i64().unwrap();
+    let run_page = format!("/runs/{run}");
+    let mut answers = Vec::new();
+    for path in [
+        "/",
+        "/jobs/tick",
+        run_page.as_str(),
+        "/terms",
+        "/jobs/no-such-job",
+        "/no/such/page",
+        "/static/app.css",
+        "/static/live.js",
+        "/api/jobs",
+        "/api/cluster",
+        "/api/jobs/no-such-job/runs",
+        "/api/no-such-endpoint",
+        "/api/openapi.json",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        answers.push((path.to_owned(), get(&f.state, path).await));
+    }
+    answers.push((
+        "an API change without the token".to_owned(),
+        send(&f.state, post("/api/jobs/tick/pause", None).body(Body::empty()).unwrap()).await,
+    ));
+    answers.push((
+        "a forged form".to_owned(),
+        send(
+            &f.state,
+            post("/jobs/tick/pause", Some(&basic(TOKEN)))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from("csrf=x"))
+                .unwrap(),
+        )
+        .await,
+    ));
+    answers.push((
+        "a wrong method".to_owned(),
+        send(&f.state, Request::delete("/api/jobs").body(Body::empty()).unwrap()).await,
+    ));
+    answers.push((
+        "sign-in".to_owned(),
+        send(
+            &f.state,
+            Request::get("/signin").header(header::AUTHORIZATION, basic(TOKEN)).body(Body::empty()).unwrap(),
+        )
+        .await,
+    ));
+    let statuses: Vec<(&str, u16)> =
+        answers.iter().map(|(what, answer)| (what.as_str(), answer.status.as_u16())).collect();
+    assert!(
+        statuses.iter().any(|(_, status)| *status == 404) && statuses.iter().any(|(_, status)| *status == 401),
+        "{statuses:?}"
+    );
+    for (what, answer) in &answers {
+        assert_browser_protections(what, answer);
+        assert!(answer.headers.get("strict-transport-security").is_none(), "{what}: HSTS on a plain listener");
+        if answer.content_type.starts_with("text/html") {
+            let body = answer.body.to_lowercase();
+            assert!(!body.contains(" style="), "{what}: an inline style: {}", answer.body);
+            let inline_script =
+                body.match_indices("<script").any(|(at, _)| !body[at..].split('>').next().unwrap().contains("src="));
+            assert!(!inline_script, "{what}: an inline script: {}", answer.body);
+            let handler = regex_lite::Regex::new(r"\son[a-z]+\s*=").unwrap();
+            assert!(!handler.is_match(&body), "{what}: an inline event handler: {}", answer.body);
+        }
+    }
+    // The pages' charts (the job's durations, the terms' timeline) are styled by the stylesheet.
+    let job = get(&f.state, "/jobs/tick").await;
+    assert!(job.body.contains("<svg") && job.body.contains("class=\"chart"), "{}", job.body);
+}
+
+/// A form post that forges the administrator's browser, with the given request headers (the
+/// replica is reached as `tenure.internal:8080`).
+async fn form_post(f: &Fixture, headers: &[(&str, &str)]) -> Answer {
+    let own = get(&f.state, "/jobs/tick").await;
+    let cookie = own.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let csrf = own.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let mut request = post("/jobs/tick/pause", Some(&basic(TOKEN)))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::HOST, "tenure.internal:8080")
+        .header(header::COOKIE, cookie);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(&f.state, request.body(Body::from(format!("csrf={csrf}"))).unwrap()).await
+}
+
+/// The Origin (or, without one, the Referer) must be this replica's own origin: scheme, host and
+/// port. A plain listener is `http://`; another port, or `https://`, is another origin.
+#[tokio::test]
+async fn an_origin_or_referer_with_another_scheme_or_port_is_refused() {
+    let f = fixture(ReadAccess::Open).await;
+    for headers in [
+        &[("origin", "https://tenure.internal:8080")][..],
+        &[("origin", "http://tenure.internal:9090")],
+        &[("origin", "http://tenure.internal")],
+        &[("origin", "null")],
+        &[("origin", "https://tenure.internal:8080"), ("sec-fetch-site", "same-origin")],
+        &[("referer", "https://tenure.internal:8080/jobs/tick")],
+        &[("referer", "http://tenure.internal:9090/jobs/tick")],
+    ] {
+        let answer = form_post(&f, headers).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{headers:?}: {}", answer.body);
+    }
+    assert_eq!(f.store.job_controls().await.unwrap().get("tick").map(|control| control.paused), None);
+    let own = form_post(&f, &[("referer", "http://tenure.internal:8080/jobs/tick")]).await;
+    assert_eq!(own.status, StatusCode::SEE_OTHER, "{}", own.body);
+    let own = form_post(&f, &[("origin", "http://TENURE.internal:8080"), ("sec-fetch-site", "same-origin")]).await;
+    assert_eq!(own.status, StatusCode::SEE_OTHER, "{}", own.body);
+}
+
+/// `X-Forwarded-Host`, `X-Forwarded-Proto` and `Forwarded` say nothing unless `--public-url`
+/// says a proxy serves tenure; then the origin they describe (or the public URL's) is this one.
+#[tokio::test]
+async fn forwarded_headers_count_only_with_a_public_url() {
+    let proxied =
+        [("origin", "https://tenure.example"), ("x-forwarded-host", "tenure.example"), ("x-forwarded-proto", "https")];
+    let mut f = fixture(ReadAccess::Open).await;
+    for headers in [
+        &proxied[..],
+        &[("origin", "http://tenure.example"), ("x-forwarded-host", "tenure.example")],
+        &[("origin", "https://tenure.example"), ("forwarded", "for=10.0.0.1;proto=https;host=tenure.example")],
+    ] {
+        let answer = form_post(&f, headers).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "without --public-url {headers:?}: {}", answer.body);
+    }
+    assert_eq!(f.store.job_controls().await.unwrap().get("tick").map(|control| control.paused), None);
+
+    let public: tenure::http::PublicUrl = "https://tenure.example/".parse().unwrap();
+    f.state.auth =
+        Auth::new(Some(TOKEN), ReadAccess::Open).served(tenure::http::Served { tls: false, public_url: Some(public) });
+    for headers in [
+        &[("origin", "http://tenure.example"), ("x-forwarded-host", "tenure.example"), ("x-forwarded-proto", "https")]
+            [..],
+        &[("origin", "https://evil.example"), ("x-forwarded-host", "tenure.example"), ("x-forwarded-proto", "https")],
+        &[("origin", "https://tenure.example:8443"), ("forwarded", "proto=https;host=tenure.example")],
+    ] {
+        let answer = form_post(&f, headers).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "with --public-url {headers:?}: {}", answer.body);
+    }
+    for headers in [
+        &proxied[..],
+        // The public URL itself, whatever the proxy says of the host.
+        &[("origin", "https://tenure.example")],
+        // Another name the proxy serves tenure under, told in either header.
+        &[("origin", "https://cron.example"), ("x-forwarded-host", "cron.example"), ("x-forwarded-proto", "https")],
+        &[
+            ("origin", "https://cron.example:8443"),
+            ("forwarded", "for=10.0.0.1;proto=https;host=\"cron.example:8443\", for=10.0.0.2"),
+        ],
+    ] {
+        let answer = form_post(&f, headers).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "with --public-url {headers:?}: {}", answer.body);
+    }
+}

@@ -117,7 +117,7 @@ async fn a_follower_shows_the_cluster_and_takes_controls_the_leader_executes() {
 /// land in target/screenshots/.
 #[tokio::test]
 async fn the_dashboard_in_a_real_browser() {
-    use fantoccini::{ClientBuilder, Locator};
+    use fantoccini::Locator;
 
     let cluster = Cluster::start(3, JOBS).await;
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(15)).await;
@@ -127,34 +127,8 @@ async fn the_dashboard_in_a_real_browser() {
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
 
-    let driver_port = free_port();
-    let mut driver = std::process::Command::new("chromedriver")
-        .arg(format!("--port={driver_port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start chromedriver (Debian chromium-driver; scripts/test installs it)");
-    let _driver_guard = KillOnDrop(&mut driver);
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]}),
-    );
-    let driver_url = format!("http://127.0.0.1:{driver_port}");
-    // chromedriver takes a moment to listen.
-    let mut connected = None;
-    for _ in 0..100 {
-        // chromedriver speaks plain HTTP on loopback: no TLS stack needed.
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        match ClientBuilder::new(connector).capabilities(capabilities.clone()).connect(&driver_url).await {
-            Ok(client) => {
-                connected = Some(client);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(150)).await,
-        }
-    }
-    let browser = connected.expect("connect to chromedriver");
+    let chromium = Chromium::start(&[]).await;
+    let browser = &chromium.browser;
     let page_text = async || browser.find(Locator::Css("body")).await.unwrap().text().await.unwrap();
 
     // Overview: the leader at a glance, both jobs, outcomes piling up (live refresh).
@@ -209,14 +183,99 @@ async fn the_dashboard_in_a_real_browser() {
     browser.set_window_size(390, 844).await.unwrap();
     browser.goto(&format!("{base}/")).await.unwrap();
     std::fs::write(shots.join("overview-phone.png"), browser.screenshot().await.unwrap()).unwrap();
-    browser.close().await.unwrap();
+    chromium.close().await;
 }
 
-struct KillOnDrop<'a>(&'a mut std::process::Child);
+/// Headless Chromium driven over WebDriver (chromedriver on a free loopback port), its console
+/// kept for `console`. chromedriver runs in a process group of its own, with the browser it
+/// starts: dropping this kills the group, also when a test fails.
+pub struct Chromium {
+    pub browser: fantoccini::Client,
+    _driver: DriverGroup,
+}
 
-impl Drop for KillOnDrop<'_> {
+/// chromedriver's process group, killed when dropped.
+struct DriverGroup(std::process::Child);
+
+impl Drop for DriverGroup {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let _ =
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGKILL);
         let _ = self.0.wait();
+    }
+}
+
+impl Chromium {
+    /// Start chromedriver and a session, with `args` added to Chromium's command line.
+    pub async fn start(args: &[String]) -> Chromium {
+        use fantoccini::ClientBuilder;
+        use std::os::unix::process::CommandExt;
+        let driver_port = free_port();
+        let driver = DriverGroup(
+            std::process::Command::new("chromedriver")
+                .arg(format!("--port={driver_port}"))
+                .process_group(0)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start chromedriver (Debian chromium-driver; scripts/test installs it)"),
+        );
+        let mut chrome_args: Vec<String> =
+            ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]
+                .map(String::from)
+                .to_vec();
+        chrome_args.extend(args.iter().cloned());
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert("goog:chromeOptions".into(), serde_json::json!({ "args": chrome_args }));
+        capabilities.insert("goog:loggingPrefs".into(), serde_json::json!({ "browser": "ALL" }));
+        let driver_url = format!("http://127.0.0.1:{driver_port}");
+        // chromedriver takes a moment to listen.
+        for _ in 0..100 {
+            // chromedriver speaks plain HTTP on loopback: no TLS stack needed.
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector).capabilities(capabilities.clone()).connect(&driver_url).await {
+                Ok(browser) => return Chromium { browser, _driver: driver },
+                Err(_) => tokio::time::sleep(Duration::from_millis(150)).await,
+            }
+        }
+        panic!("could not connect to chromedriver");
+    }
+
+    /// The browser's console messages since the last call, as `LEVEL message` lines.
+    pub async fn console(&self) -> Vec<String> {
+        let entries = self.browser.issue_cmd(BrowserLog).await.expect("read the browser's console");
+        entries
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|entry| {
+                        format!(
+                            "{} {}",
+                            entry["level"].as_str().unwrap_or("?"),
+                            entry["message"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub async fn close(self) {
+        let _ = self.browser.clone().close().await;
+    }
+}
+
+/// chromedriver's (legacy) log endpoint: the console messages gathered since the last read.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (axum::http::Method, Option<String>) {
+        (axum::http::Method::POST, Some(r#"{"type":"browser"}"#.to_owned()))
     }
 }

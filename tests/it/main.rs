@@ -7,6 +7,8 @@ mod alerts;
 mod api;
 /// Random, mutated and malformed input: never a panic, always a clear error.
 mod bad_input;
+/// Browser protections (CSP, framing, origins) and TLS on the listener, in headless Chromium.
+mod browser;
 /// Verdicts over witness and ledger.
 mod checker;
 /// The command line on the example and the broken fixtures.
