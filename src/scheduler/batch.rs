@@ -69,7 +69,11 @@ impl Batchers {
                 return result;
             }
         }
-        let batch = self.witness.before_starts(StartStream::Assigned, &[witnessed.clone()]).await.map_err(not_witnessed)?;
+        let batch = self
+            .witness
+            .before_starts(StartStream::Assigned, std::slice::from_ref(&witnessed))
+            .await
+            .map_err(not_witnessed)?;
         let assigned = store.assign_runs(term, &[assignment], accept_within).await?[0];
         let started = if assigned { vec![witnessed] } else { Vec::new() };
         self.witness.acknowledged(StartStream::Assigned, batch, &started).await;
@@ -112,7 +116,11 @@ impl Batchers {
                 return result;
             }
         }
-        let batch = self.witness.before_starts(StartStream::Local, &[witnessed.clone()]).await.map_err(not_witnessed)?;
+        let batch = self
+            .witness
+            .before_starts(StartStream::Local, std::slice::from_ref(&witnessed))
+            .await
+            .map_err(not_witnessed)?;
         let began = store.start_runs(term, &[(run_id, started)]).await?[0];
         let started = if began { vec![witnessed] } else { Vec::new() };
         self.witness.acknowledged(StartStream::Local, batch, &started).await;

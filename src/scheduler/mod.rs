@@ -22,9 +22,9 @@ mod lead_time;
 mod plan;
 mod run;
 mod term;
-mod witness;
 #[cfg(test)]
 mod tests;
+mod witness;
 
 pub use clock::Clock;
 

@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::batch::Batchers;
-use super::witness::{self, ForgottenSlots, TermWitness};
 use super::clock::Clock;
 use super::dispatch::{Dispatch, Dispatcher};
 use super::plan::{self, DueSlots, JobState};
+use super::witness::{self, ForgottenSlots, TermWitness};
 use super::{DATABASE_RETRY, Scheduler};
 use crate::clock::StepDetector;
 use crate::config::{Concurrency, Job, JobSet};
@@ -359,7 +359,11 @@ impl Scheduler {
                         break;
                     }
                     Err(ClaimError::Fenced { fence, .. }) => {
-                        tracing::warn!(term = leader.term.revision(), fence, "a newer term holds the fence; stepping down");
+                        tracing::warn!(
+                            term = leader.term.revision(),
+                            fence,
+                            "a newer term holds the fence; stepping down"
+                        );
                         leader.step_down.cancel();
                         return false;
                     }

@@ -141,7 +141,8 @@ impl Loop {
             started_at: start,
         };
         let (members, members_rx) = watch::channel(vec![member]);
-        let (clock_check, clock_check_rx) = watch::channel(ClockCheck { skew_ms: Some(0), reachable: true, not_primary: None });
+        let (clock_check, clock_check_rx) =
+            watch::channel(ClockCheck { skew_ms: Some(0), reachable: true, not_primary: None });
         let scheduler = Scheduler::new(SchedulerInputs {
             store: store.clone(),
             execution: crate::worker::ExecutionLease::for_ttl(Duration::from_secs(1)),
@@ -565,7 +566,10 @@ async fn a_start_the_ledger_forgot_is_recorded_lost_and_never_run_again() {
     lp.lead_witnessed(1, starts.clone()).await;
     for minute in ["01", "02"] {
         lp.clock.advance_to(at(&format!("2026-03-02T10:{minute}:00Z")));
-        lp.wait_for_rows("the slot run", |rows| rows.iter().all(|row| row.status == "succeeded") && rows.len() == minute.parse::<usize>().unwrap()).await;
+        lp.wait_for_rows("the slot run", |rows| {
+            rows.iter().all(|row| row.status == "succeeded") && rows.len() == minute.parse::<usize>().unwrap()
+        })
+        .await;
     }
     lp.follow();
     lp.wait_for_runs_to_end().await;
@@ -576,7 +580,9 @@ async fn a_start_the_ledger_forgot_is_recorded_lost_and_never_run_again() {
     sqlx::query("UPDATE job_cursors SET slot = ?1").bind(kept).execute(&mut other).await.unwrap();
     lp.lead_witnessed(2, starts.clone()).await;
     lp.clock.advance_to(at("2026-03-02T10:03:00Z"));
-    let rows = lp.wait_for_rows("the next slot run", |rows| rows.len() == 3 && rows.iter().all(|row| row.status != "running")).await;
+    let rows = lp
+        .wait_for_rows("the next slot run", |rows| rows.len() == 3 && rows.iter().all(|row| row.status != "running"))
+        .await;
     assert_eq!(
         rows,
         [
@@ -585,7 +591,8 @@ async fn a_start_the_ledger_forgot_is_recorded_lost_and_never_run_again() {
             row("minutely", "2026-03-02T10:03:00Z", 2, "succeeded", true),
         ]
     );
-    let lost = lp.reads.all_runs().await.unwrap().into_iter().find(|run| run.status == crate::model::RunStatus::Lost).unwrap();
+    let lost =
+        lp.reads.all_runs().await.unwrap().into_iter().find(|run| run.status == crate::model::RunStatus::Lost).unwrap();
     assert_eq!(lost.error.as_deref(), Some(witness::FORGOTTEN_REASON));
     let slot = |minute: &str| at(&format!("2026-03-02T10:{minute}:00Z"));
     assert_eq!(

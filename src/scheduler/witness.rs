@@ -13,7 +13,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
 
-use crate::leadership::{PlannedRange, StartRecord, StartWitness, StreamStarts, TermStarts, WitnessError, WitnessedRun};
+use crate::leadership::{
+    PlannedRange, StartRecord, StartWitness, StreamStarts, TermStarts, WitnessError, WitnessedRun,
+};
 use crate::model::TriggerKind;
 use crate::store::Store;
 use crate::telemetry::metric;
@@ -41,13 +43,18 @@ impl TermWitness {
     /// The witness of the term `ours`, carrying over what the previous record covers: its
     /// `through`, its recent manual and backfill runs, and its terms' batches (until this term
     /// has a batch of its own acknowledged: then the ledger holds this term's judgment of them).
-    pub(super) fn new(coordinator: Arc<dyn StartWitness>, ours: TermStarts, previous: Option<StartRecord>) -> TermWitness {
+    pub(super) fn new(
+        coordinator: Arc<dyn StartWitness>,
+        ours: TermStarts,
+        previous: Option<StartRecord>,
+    ) -> TermWitness {
         let previous = previous.unwrap_or_default();
         let mut terms = vec![ours.clone()];
         terms.extend(previous.terms);
         let assume_lost = previous.assume_lost || terms.len() > StartRecord::TERMS_MAX;
         terms.truncate(StartRecord::TERMS_MAX);
-        let record = StartRecord { term: ours.term, through: previous.through, terms, assume_lost, recent: previous.recent };
+        let record =
+            StartRecord { term: ours.term, through: previous.through, terms, assume_lost, recent: previous.recent };
         TermWitness { coordinator, record: Mutex::new(record) }
     }
 
@@ -72,7 +79,12 @@ impl TermWitness {
 
     /// The ledger answered the statement of `batch`: it is no longer pending, and the runs it
     /// `started` are what a later term looks for. Written with the next batch.
-    pub(super) async fn acknowledged(&self, stream: StartStream, batch: Option<PlannedRange>, started: &[WitnessedRun]) {
+    pub(super) async fn acknowledged(
+        &self,
+        stream: StartStream,
+        batch: Option<PlannedRange>,
+        started: &[WitnessedRun],
+    ) {
         if let Some(batch) = batch {
             let mut record = self.record.lock().await;
             *record = with_acknowledged(&record, stream, batch, started);
@@ -106,7 +118,8 @@ fn with_starts(record: &StartRecord, stream: StartStream, runs: &[WitnessedRun])
         pending.insert(0, PlannedRange { from: first.from.min(second.from), to: first.to.max(second.to) });
     }
     next.recent.extend(runs.iter().filter(|run| run.trigger != TriggerKind::Schedule).cloned());
-    let keep_after = next.through.expect("raised above") - chrono::Duration::from_std(StartRecord::RECENT).unwrap_or_default();
+    let keep_after =
+        next.through.expect("raised above") - chrono::Duration::from_std(StartRecord::RECENT).unwrap_or_default();
     next.recent.retain(|run| run.planned >= keep_after);
     let excess = next.recent.len().saturating_sub(StartRecord::RECENT_MAX);
     next.recent.drain(..excess);
@@ -116,7 +129,12 @@ fn with_starts(record: &StartRecord, stream: StartStream, runs: &[WitnessedRun])
 /// Pure: `record` once the ledger answered `batch`'s statement, having started `started`. A
 /// batch that started something is this term's newest acknowledged one, and with it found in the
 /// ledger nothing before it can be missing: the older terms' batches are no longer carried.
-fn with_acknowledged(record: &StartRecord, stream: StartStream, batch: PlannedRange, started: &[WitnessedRun]) -> StartRecord {
+fn with_acknowledged(
+    record: &StartRecord,
+    stream: StartStream,
+    batch: PlannedRange,
+    started: &[WitnessedRun],
+) -> StartRecord {
     let mut next = record.clone();
     let ours = stream_of(&mut next, stream);
     if let Some(index) = ours.pending.iter().position(|pending| *pending == batch) {
@@ -208,7 +226,8 @@ pub(super) async fn forgotten_starts(
     if ranges.is_empty() {
         return Ok(None);
     }
-    let runs = record.recent.iter().filter(|run| ranges.iter().any(|range| range.contains(run.planned))).cloned().collect();
+    let runs =
+        record.recent.iter().filter(|run| ranges.iter().any(|range| range.contains(run.planned))).cloned().collect();
     Ok(Some(ForgottenStarts { slots: ForgottenSlots::Within(ranges), runs }))
 }
 
@@ -266,8 +285,9 @@ mod tests {
         let later = StartRecord::RECENT.as_secs() as i64 + 1;
         let record = with_starts(&record, StartStream::Local, &[run("b", later, Trigger::Schedule)]).0;
         assert_eq!(record.recent, vec![run("a", 1, Trigger::Backfill { request: 4 })]);
-        let burst: Vec<WitnessedRun> =
-            (0..StartRecord::RECENT_MAX as i64 + 5).map(|i| run("c", later, Trigger::Backfill { request: i })).collect();
+        let burst: Vec<WitnessedRun> = (0..StartRecord::RECENT_MAX as i64 + 5)
+            .map(|i| run("c", later, Trigger::Backfill { request: i }))
+            .collect();
         let record = with_starts(&record, StartStream::Local, &burst).0;
         assert_eq!(record.recent.len(), StartRecord::RECENT_MAX);
         assert_eq!(record.recent.last().unwrap().request, Some(StartRecord::RECENT_MAX as i64 + 4));

@@ -88,7 +88,9 @@ pub async fn check_connection(database_url: &str) -> Result<(), DatabaseConnectE
             return match role {
                 Ok(None) => Ok(()),
                 Ok(Some(why)) => Err(refused(why.to_owned())),
-                Err(error) => Err(DatabaseConnectError::Unreachable { server, detail: crate::telemetry::one_line(&error) }),
+                Err(error) => {
+                    Err(DatabaseConnectError::Unreachable { server, detail: crate::telemetry::one_line(&error) })
+                }
             };
         }
         Ok(Err(error)) => error,

@@ -18,8 +18,7 @@ use super::common::{self, SlotHolder};
 use super::outbox;
 use super::{
     BackfillSlot, CONTROL_CHANNEL, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor,
-    Ledger,
-    LedgerHistory, LiveNode, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
+    Ledger, LedgerHistory, LiveNode, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
@@ -173,9 +172,8 @@ impl Ledger for Postgres {
     }
 
     async fn history(&self) -> Result<LedgerHistory, sqlx::Error> {
-        let crash_safe: bool = sqlx::query_scalar("SELECT current_setting('synchronous_commit') <> 'off'")
-            .fetch_one(&self.pool)
-            .await?;
+        let crash_safe: bool =
+            sqlx::query_scalar("SELECT current_setting('synchronous_commit') <> 'off'").fetch_one(&self.pool).await?;
         // The timeline is the first eight hex digits of the current WAL file's name.
         let wal_file: Result<String, sqlx::Error> =
             sqlx::query_scalar("SELECT pg_walfile_name(pg_current_wal_lsn())").fetch_one(&self.pool).await;
@@ -414,7 +412,8 @@ impl Ledger for Postgres {
     }
 
     async fn started_by_term(&self, term: i64, runs: &[(String, DateTime<Utc>)]) -> Result<usize, sqlx::Error> {
-        let (jobs, slots): (Vec<&str>, Vec<DateTime<Utc>>) = runs.iter().map(|(job, slot)| (job.as_str(), *slot)).unzip();
+        let (jobs, slots): (Vec<&str>, Vec<DateTime<Utc>>) =
+            runs.iter().map(|(job, slot)| (job.as_str(), *slot)).unzip();
         let started: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM runs JOIN unnest($2::text[], $3::timestamptz[]) AS r(job, slot)
                  ON runs.job = r.job AND runs.slot = r.slot

@@ -22,9 +22,8 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, LedgerRow, SlotHolder, micros};
 use super::outbox;
 use super::{
-    BackfillSlot, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor, Ledger, LiveNode,
-    LedgerHistory, Replication, Retention,
-    SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
+    BackfillSlot, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor, Ledger,
+    LedgerHistory, LiveNode, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
