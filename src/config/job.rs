@@ -572,6 +572,110 @@ jobs:
     }
 
     #[test]
+    fn overrides_lists_the_variables_a_manual_run_may_set_and_never_a_loader_or_shell_one() {
+        let jobs = parse(
+            "jobs:\n  - name: a\n    schedule: '@daily'\n    shell: 'true'\n    overrides: [DRY_RUN, REGION, DRY_RUN]\n\
+             \x20 - name: b\n    schedule: '@daily'\n    shell: 'true'\n",
+            "jobs.yaml",
+        )
+        .unwrap();
+        assert_eq!(jobs.jobs()[0].overrides, ["DRY_RUN", "REGION"]);
+        assert!(jobs.jobs()[1].overrides.is_empty(), "no `overrides:`, no overrides");
+        let text = "jobs:
+  - name: a
+    schedule: '@daily'
+    shell: 'true'
+    overrides: [LD_PRELOAD, DYLD_INSERT_LIBRARIES, BASH_ENV, ENV, IFS, PATH, PS4, SHELLOPTS, BASHOPTS]
+  - name: b
+    schedule: '@daily'
+    shell: 'true'
+    overrides: [PERL5OPT, PYTHONSTARTUP, NODE_OPTIONS, TENURE_SLOT, 9LIVES]
+  - name: c
+    schedule: '@daily'
+    http: { url: 'http://x' }
+    overrides: [DRY_RUN]
+  - name: d
+    schedule: '@daily'
+    shell: 'true'
+    overrides: DRY_RUN
+";
+        let got = errors(text);
+        let want = [
+            "jobs.yaml:5:17: job `a`: `overrides`: `LD_PRELOAD` changes what the dynamic loader loads; a manual run may not set it",
+            "jobs.yaml:5:29: job `a`: `overrides`: `DYLD_INSERT_LIBRARIES` changes what the dynamic loader loads",
+            "jobs.yaml:5:52: job `a`: `overrides`: `BASH_ENV` makes a shell run code before the job's",
+            "jobs.yaml:5:62: job `a`: `overrides`: `ENV` makes a shell run code before the job's",
+            "jobs.yaml:5:67: job `a`: `overrides`: `IFS` changes how a shell splits the job's words",
+            "jobs.yaml:5:72: job `a`: `overrides`: `PATH` chooses which programs the job runs",
+            "jobs.yaml:5:78: job `a`: `overrides`: `PS4` makes a shell run code before the job's",
+            "jobs.yaml:5:83: job `a`: `overrides`: `SHELLOPTS` makes a shell run code before the job's",
+            "jobs.yaml:5:94: job `a`: `overrides`: `BASHOPTS` makes a shell run code before the job's",
+            "jobs.yaml:9:17: job `b`: `overrides`: `PERL5OPT` makes an interpreter run code before the job's",
+            "jobs.yaml:9:27: job `b`: `overrides`: `PYTHONSTARTUP` makes an interpreter run code before the job's",
+            "jobs.yaml:9:42: job `b`: `overrides`: `NODE_OPTIONS` makes an interpreter run code before the job's",
+            "jobs.yaml:9:56: job `b`: `overrides`: `TENURE_SLOT` is reserved: tenure sets the TENURE_* variables of a run itself",
+            "jobs.yaml:9:69: job `b`: `overrides`: `9LIVES` is not a variable name",
+            "jobs.yaml:13:5: job `c`: `overrides` applies to `command` and `shell` jobs; an HTTP job has no environment",
+            "jobs.yaml:17:16: job `d`: `overrides`: expected a list of variable names, found a string",
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (got, want) in got.iter().zip(want) {
+            assert!(got.starts_with(want), "got  {got}\nwant {want}…");
+        }
+    }
+
+    #[test]
+    fn user_and_group_are_resolved_when_the_file_is_loaded() {
+        let root = crate::config::Runner { euid: 0 };
+        let text = "jobs:
+  - { name: a, schedule: '@daily', shell: 'true', user: nobody }
+  - { name: b, schedule: '@daily', shell: 'true', user: 0, group: 65534 }
+  - { name: c, schedule: '@daily', shell: 'true' }
+";
+        let jobs = crate::config::parse_as(text, "jobs.yaml", root).expect("valid");
+        let nobody = jobs.jobs()[0].run_as.clone().expect("run as nobody");
+        assert_eq!((nobody.user.as_str(), nobody.uid, nobody.gid), ("nobody", 65534, 65534));
+        assert!(nobody.groups.contains(&65534), "{nobody:?}");
+        let b = jobs.jobs()[1].run_as.clone().expect("run as root");
+        assert_eq!((b.user.as_str(), b.uid, b.gid, b.home.to_str()), ("root", 0, 65534, Some("/root")));
+        assert_eq!(b.groups.first(), Some(&65534), "the primary group first: {b:?}");
+        assert_eq!(jobs.jobs()[2].run_as, None);
+    }
+
+    #[test]
+    fn user_and_group_are_refused_where_the_file_says_them() {
+        let text = "jobs:
+  - { name: a, schedule: '@daily', shell: 'true', user: no-such-user-here }
+  - { name: b, schedule: '@daily', shell: 'true', user: nobody, group: no-such-group }
+  - { name: c, schedule: '@daily', shell: 'true', group: nogroup }
+  - { name: d, schedule: '@daily', http: { url: 'http://x' }, user: nobody }
+  - { name: e, schedule: '@daily', shell: 'true', user: 4000000000 }
+  - { name: f, schedule: '@daily', shell: 'true', user: [nobody] }
+";
+        let root = crate::config::Runner { euid: 0 };
+        let got: Vec<String> = match crate::config::parse_as(text, "jobs.yaml", root) {
+            Ok(_) => panic!("expected errors"),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        };
+        let want = [
+            "jobs.yaml:2:55: job `a`: `user`: no user `no-such-user-here` on this machine",
+            "jobs.yaml:3:70: job `b`: `group`: no group `no-such-group` on this machine",
+            "jobs.yaml:4:49: job `c`: `group` needs `user`: it sets the primary group of the user the job runs as",
+            "jobs.yaml:5:62: job `d`: `user` applies to `command` and `shell` jobs; an HTTP job starts no process",
+            "jobs.yaml:6:55: job `e`: `user`: no user with uid 4000000000 on this machine",
+            "jobs.yaml:7:55: job `f`: `user`: expected a user name or uid, found a list",
+        ];
+        assert_eq!(got, want);
+        // Not root: it cannot switch users, so it refuses any `user:`.
+        let text = "jobs:\n  - { name: a, schedule: '@daily', shell: 'true', user: nobody }\n";
+        let got = crate::config::parse_as(text, "jobs.yaml", crate::config::Runner { euid: 1000 }).unwrap_err();
+        assert_eq!(
+            got.to_string(),
+            "jobs.yaml:2:55: job `a`: `user`: tenure runs as uid 1000, not root: it cannot run a job as another user"
+        );
+    }
+
+    #[test]
     fn issue_17_a_schedule_may_be_a_list_merged_into_one() {
         let text = "jobs:
   - name: a

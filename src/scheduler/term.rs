@@ -602,4 +602,20 @@ mod tests {
         assert!(departures.observe(&[member("a")], left + Duration::from_secs(6)));
         assert_eq!(nodes(departures.vouching(&[member("a")], left + Duration::from_secs(8), wait)), ["a", "b"]);
     }
+
+    /// A trigger recorded before its job stopped listing a variable (or by an older tenure that
+    /// took any name) does not set it: the job file in force when the run starts decides.
+    #[test]
+    fn a_manual_run_gets_only_the_overrides_its_job_lists_when_it_starts() {
+        let text = "jobs:\n  - name: a\n    schedule: '@daily'\n    shell: 'true'\n    env: { GREETING: hi }\n    overrides: [REGION]\n";
+        let job = Arc::new(crate::config::parse(text, "jobs.yaml").unwrap().jobs()[0].clone());
+        let env = [("REGION", "eu"), ("LD_PRELOAD", "/tmp/evil.so"), ("GREETING", "hello")];
+        let overrides = TriggerOverrides {
+            env: env.into_iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect(),
+            ..TriggerOverrides::default()
+        };
+        let run = with_overrides(job, &overrides);
+        let env: Vec<(&str, &str)> = run.env.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+        assert_eq!(env, [("GREETING", "hi"), ("REGION", "eu")]);
+    }
 }
