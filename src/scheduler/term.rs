@@ -498,14 +498,21 @@ impl Scheduler {
     }
 }
 
-/// The job as one manual run of it runs: its `env` with the trigger's overrides over it, and
-/// the concurrency policy the request asked for explicitly, if it did.
+/// The job as one manual run of it runs: its `env` with the trigger's overrides over it (only
+/// the variables the job lists under `overrides` now: the file may have changed since the trigger
+/// was recorded, or an older tenure recorded any name), and the concurrency policy the request
+/// asked for explicitly, if it did.
 fn with_overrides(job: Arc<Job>, overrides: &TriggerOverrides) -> Arc<Job> {
     if overrides.env.is_empty() && overrides.concurrency.is_none_or(|policy| policy == job.concurrency) {
         return job;
     }
+    let (allowed, refused): (Vec<_>, Vec<_>) = overrides.env.iter().partition(|(name, _)| job.overrides.contains(name));
+    if !refused.is_empty() {
+        let names: Vec<&str> = refused.iter().map(|(name, _)| name.as_str()).collect();
+        tracing::warn!(job = %job.name, env = ?names, "manual run: overrides its job does not list are left out");
+    }
     let mut job = Arc::unwrap_or_clone(job);
-    job.env.extend(overrides.env.iter().map(|(name, value)| (name.clone(), value.clone())));
+    job.env.extend(allowed.into_iter().map(|(name, value)| (name.clone(), value.clone())));
     job.concurrency = overrides.concurrency.unwrap_or(job.concurrency);
     Arc::new(job)
 }

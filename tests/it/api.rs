@@ -534,12 +534,16 @@ async fn a_trigger_sets_only_the_variables_its_job_lists_under_overrides() {
 
     // The same job without `overrides:`: no variable at all, whatever its name.
     let mut state = f.state.clone();
-    let listed_none = tenure::config::parse(&JOBS.replace("    overrides: [DRY_RUN, REGION]\n", ""), "jobs.yaml").unwrap();
+    let listed_none =
+        tenure::config::parse(&JOBS.replace("    overrides: [DRY_RUN, REGION]\n", ""), "jobs.yaml").unwrap();
     state.jobs = watch::channel(Arc::new(listed_none)).1;
     let refused = trigger(state.clone(), r#"{"env": {"DRY_RUN": "1"}}"#).await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
     let detail = refused.json()["detail"].as_str().unwrap().to_owned();
-    assert!(detail.contains("job `tick` lets a manual run set no variable (it lists none under `overrides`)"), "{detail}");
+    assert!(
+        detail.contains("job `tick` lets a manual run set no variable (it lists none under `overrides`)"),
+        "{detail}"
+    );
     assert_eq!(get(&state, "/api/jobs/tick").await.json()["overrides"], serde_json::json!([]));
     // A trigger without `env` is as welcome as ever.
     assert_eq!(trigger(state, r#"{"reason": "just run it"}"#).await.status, StatusCode::ACCEPTED);

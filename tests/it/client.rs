@@ -597,7 +597,8 @@ jobs:
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.contains("`TENURE_TERM` is reserved"), "{bad:?}");
     // A variable the job does not list: the server's reason, with the names it does list.
-    let loader = tenure(&[&["trigger", "tick"][..], &["--env", "LD_PRELOAD=/tmp/evil.so"], &server].concat(), &token).await;
+    let loader =
+        tenure(&[&["trigger", "tick"][..], &["--env", "LD_PRELOAD=/tmp/evil.so"], &server].concat(), &token).await;
     assert_eq!(loader.code, 2, "{loader:?}");
     assert!(loader.stderr.contains("job `tick` lets a manual run set only WHO (its `overrides`)"), "{loader:?}");
 }

@@ -49,10 +49,10 @@ mod load;
 mod notify;
 /// A TCP fault proxy (blackhole, reset, refuse, delay) on loopback.
 mod proxy;
-/// What a job can see of tenure through /proc, and whom it runs as (`user:`).
-mod security;
 /// Issue 17: several schedules, jitter, backfill and manual overrides on real clusters.
 mod scheduling;
+/// What a job can see of tenure through /proc, and whom it runs as (`user:`).
+mod security;
 /// The harness itself: both servers come up, answer, survive restarts.
 mod smoke;
 /// Starting up against a real PostgreSQL: migrations, replicas together, a newer schema.
