@@ -35,9 +35,9 @@
 //!
 //! The socket carries, from the replica: a heartbeat (`H`) or a start request (`S`, the run's
 //! number, program, arguments, environment, directory, deadline and credentials, with the job's
-//! stdout and stderr pipes as `SCM_RIGHTS`). From the supervisor, one line each: `started RUN GROUP`, `failed RUN ERROR`,
-//! `exit RUN STATUS` (the raw wait status; the rest of the group is killed first), `silent` (it
-//! killed everything for the replica's silence). It logs nothing.
+//! stdout and stderr pipes as `SCM_RIGHTS`). From the supervisor, one line each: `started RUN
+//! GROUP`, `failed RUN ERROR`, `exit RUN STATUS` (the raw wait status; the rest of the group is
+//! killed first), `silent` (it killed everything for the replica's silence). It logs nothing.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
