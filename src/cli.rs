@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::app::{DevSettings, RunSettings};
 use crate::config;
@@ -19,6 +19,30 @@ use crate::http::{Auth, ReadAccess, Served};
 use crate::schedule::{self, Schedule};
 use crate::secret::Secret;
 use crate::telemetry::LogFormat;
+
+/// The flags (`--admin-token`) and variables (`TENURE_ADMIN_TOKEN`) that carry secrets: those
+/// whose values the command line hides (`hide_env_values`), in every command. `main` scrubs them
+/// from the replica's /proc once read (see `hardening`).
+pub fn secret_arguments() -> (Vec<String>, Vec<String>) {
+    fn walk(command: &clap::Command, flags: &mut Vec<String>, variables: &mut Vec<String>) {
+        for arg in command.get_arguments().filter(|arg| arg.is_hide_env_values_set()) {
+            for long in arg.get_long().into_iter().chain(arg.get_all_aliases().unwrap_or_default()) {
+                flags.push(format!("--{long}"));
+            }
+            variables.extend(arg.get_env().map(|name| name.to_string_lossy().into_owned()));
+        }
+        for command in command.get_subcommands() {
+            walk(command, flags, variables);
+        }
+    }
+    let (mut flags, mut variables) = (Vec::new(), Vec::new());
+    walk(&Cli::command(), &mut flags, &mut variables);
+    for list in [&mut flags, &mut variables] {
+        list.sort();
+        list.dedup();
+    }
+    (flags, variables)
+}
 
 #[derive(Debug, Parser)]
 #[command(

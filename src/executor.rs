@@ -4,9 +4,11 @@
 //! `stop` token (cancelled on leadership loss, `replace` or shutdown) and records the outcome.
 //!
 //! A process starts from a cleared environment: the few variables of tenure's own that every
-//! program expects ([`INHERITED`], every `LC_*`), those the job's `inherit_env` names, the job's
-//! `env`, then the run's `TENURE_*` values. tenure's configuration (`TENURE_ADMIN_TOKEN`,
-//! `TENURE_DATABASE_URL`, any `TENURE_*`) never reaches a job.
+//! program expects ([`INHERITED`], every `LC_*`), those the job's `inherit_env` names, for a job
+//! with `user:` that user's `HOME`, `USER` and `LOGNAME` instead of tenure's, the job's `env`,
+//! then the run's `TENURE_*` values. tenure's configuration (`TENURE_ADMIN_TOKEN`,
+//! `TENURE_DATABASE_URL`, any `TENURE_*`) never reaches a job. A job with `user:` is started as
+//! that user by the supervisor.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -20,10 +22,10 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HttpTarget, Job, Target};
+use crate::config::{HttpTarget, Job, RunAs, Target};
 use crate::leadership::LeaseDeadline;
 use crate::model::{OUTPUT_LIMIT, RunOutcome, RunStatus};
-use crate::supervisor::{Ended, Spawn, Supervision};
+use crate::supervisor::{Credentials, Ended, Spawn, Supervision};
 
 /// Between SIGTERM and SIGKILL of a job's process group.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -32,6 +34,19 @@ pub const KILL_GRACE: Duration = Duration::from_secs(2);
 /// find programs, whose home and shell, the locale and time zone; what cron hands its jobs, plus
 /// the locale and `TMPDIR`. Anything else must be named in the job's `inherit_env`.
 pub const INHERITED: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR"];
+
+/// The variables that say whose a job is: a job with `user:` gets that user's, as cron sets
+/// them, not tenure's.
+const IDENTITY: [&str; 3] = ["HOME", "USER", "LOGNAME"];
+
+/// `HOME`, `USER` and `LOGNAME` of the user a job runs as.
+fn identity(user: &RunAs) -> [(OsString, OsString); 3] {
+    [
+        ("HOME".into(), user.home.clone().into_os_string()),
+        ("USER".into(), user.user.clone().into()),
+        ("LOGNAME".into(), user.user.clone().into()),
+    ]
+}
 
 /// `PATH` for a job when tenure itself has none (as cron does).
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -274,11 +289,15 @@ async fn run_process(
     };
     let env = inherited_environment(&job.inherit_env, std::env::vars_os())
         .into_iter()
+        .filter(|(name, _)| job.run_as.is_none() || !IDENTITY.iter().any(|own| name == own))
+        .chain(job.run_as.iter().flat_map(identity))
         .chain(job.env.iter().map(|(name, value)| (name.into(), value.into())))
         .chain(context.variables().into_iter().map(|(name, value)| (format!("TENURE_{name}").into(), value.into())))
         .collect();
     let not_after = stops.deadline.map(LeaseDeadline::deadline);
-    let spawn = Spawn { program, args, env, workdir: job.workdir.as_deref(), stdout, stderr, not_after };
+    let credentials =
+        job.run_as.as_ref().map(|user| Credentials { uid: user.uid, gid: user.gid, groups: user.groups.clone() });
+    let spawn = Spawn { program, args, env, workdir: job.workdir.as_deref(), stdout, stderr, not_after, credentials };
     let started = match supervision.start(spawn).await {
         Ok(started) => started,
         Err(error) => return could_not_start(&error),

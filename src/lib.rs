@@ -5,7 +5,7 @@
 //! `schedule` (pure cron maths), `config` (the job file), `model` (the vocabulary the rest
 //! shares: run statuses and outcomes, triggers, the cluster view), `leadership` and `election` (who may
 //! fire, and with which term), `store` (the fenced run ledger), `executor` (running one job) and
-//! `supervisor` (its processes die with the replica), `scheduler` (the firing loop), `worker` (runs the
+//! `supervisor` (its processes die with the replica; `hardening` keeps both unreadable to jobs), `scheduler` (the firing loop), `worker` (runs the
 //! leader assigns to this replica, each under an execution lease of its own) and `deadman` (its
 //! ping to an outside monitor while it leads), `http` (health
 //! and API), `app` (wiring), `secret` (values never printed), `cli` (commands), `client` (the commands that
@@ -19,6 +19,7 @@ pub mod config;
 pub mod deadman;
 pub mod election;
 pub mod executor;
+pub mod hardening;
 pub mod http;
 pub mod leadership;
 pub mod local;

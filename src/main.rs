@@ -35,6 +35,12 @@ fn keep_burst_memory() {
 }
 
 fn main() -> ExitCode {
+    // First of all, before a secret is read: no other process of this user (a job) may read this
+    // one's environment, files or memory through /proc (see `hardening`).
+    if let Err(error) = tenure::hardening::forbid_inspection() {
+        eprintln!("error: could not make tenure unreadable to other processes (prctl PR_SET_DUMPABLE): {error}");
+        return ExitCode::FAILURE;
+    }
     keep_burst_memory();
     // `tenure supervise` is started by the executor, not by people: parsed apart from the other
     // commands (it runs with an empty environment), and it logs nothing.
@@ -44,6 +50,15 @@ fn main() -> ExitCode {
         return ExitCode::from(code as u8);
     }
     let cli = Cli::parse();
+    // A replica's secrets, now read, leave the command line and the environment /proc shows of
+    // it (`cmdline` stays readable to every process). Still one thread: the environment may change.
+    if matches!(cli.command, Command::Run(_) | Command::Dev(_)) {
+        let (flags, variables) = tenure::cli::secret_arguments();
+        if let Err(error) = tenure::hardening::scrub_secrets(&flags, &variables) {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
     tenure::telemetry::init_logging(cli.log_format);
     let result = match &cli.command {
         Command::Validate(args) => {

@@ -1,6 +1,7 @@
-//! The fields only a job has (`name`, `schedule`, its target, `env`, `inherit_env`, `workdir`,
-//! `paused`), one [`Validator`] function each; [`Validator::job`] puts them together with the
-//! job's policies. The walk over the file and the shared readers are in `validate.rs`.
+//! The fields only a job has (`name`, `schedule`, its target, `env`, `inherit_env`, `overrides`,
+//! `workdir`, `user` and `group`, `paused`), one [`Validator`] function each; [`Validator::job`]
+//! puts them together with the job's policies. The walk over the file and the shared readers are
+//! in `validate.rs`. `user` and `group` are looked up on this machine when the file is loaded.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::node::Node;
 use super::validate::{HTTP_KEYS, JOB_KEYS, Policies, Validator, line_column};
-use super::{HttpTarget, Job, JobName, RunOn, Target, TargetKind, is_tag};
+use super::{HttpTarget, Job, JobName, RunAs, RunOn, Target, TargetKind, is_tag};
 use crate::schedule::Schedule;
 
 /// A mapping's entries: each key and its value, located.
@@ -52,6 +53,8 @@ impl Validator<'_> {
         let target = self.target(node, entries, job);
         let env = get("env").map(|env| self.env(env, job)).unwrap_or_default();
         let inherit_env = self.inherit_env(entries, target.as_ref(), job);
+        let overrides = self.overrides(entries, target.as_ref(), job);
+        let run_as = self.run_as(entries, target.as_ref(), job);
         let workdir =
             get("workdir").and_then(|w| self.string(w, job, "workdir", "a directory path")).map(PathBuf::from);
         let paused = get("paused").is_some_and(|paused| self.paused(paused, job));
@@ -78,6 +81,8 @@ impl Validator<'_> {
             inherit_env,
             workdir,
             run_on,
+            overrides,
+            run_as,
         })
     }
 
@@ -336,6 +341,146 @@ impl Validator<'_> {
         names
     }
 
+    /// `overrides`: the variables a manual run may set, for `command` and `shell` jobs only. A
+    /// name that changes what the loader, the C library, a shell or an interpreter runs or
+    /// loads, and tenure's own `TENURE_*`, are refused ([`refused_override`]). Duplicates are
+    /// dropped.
+    fn overrides(&mut self, entries: &Entries, target: Option<&Target>, job: Option<&str>) -> Vec<String> {
+        let Some((key, node)) = entries.iter().find(|(k, _)| k.value == "overrides") else {
+            return Vec::new();
+        };
+        if matches!(target, Some(Target::Http(_))) {
+            let message = "`overrides` applies to `command` and `shell` jobs; an HTTP job has no environment";
+            self.error(&key.referenced, job, message.into());
+        }
+        let Node::Seq(items) = &node.value else {
+            let message = format!("`overrides`: expected a list of variable names, found {}", node.value.kind());
+            self.error(&node.referenced, job, message);
+            return Vec::new();
+        };
+        let mut names: Vec<String> = Vec::with_capacity(items.len());
+        for item in items {
+            let Some(name) = self.string(item, job, "overrides", "a variable name") else {
+                continue;
+            };
+            if !is_variable_name(name) {
+                let message = format!(
+                    "`overrides`: `{name}` is not a variable name (letters, digits and `_`, not starting with a digit)"
+                );
+                self.error(&item.referenced, job, message);
+            } else if name.starts_with("TENURE_") {
+                let message =
+                    format!("`overrides`: `{name}` is reserved: tenure sets the TENURE_* variables of a run itself");
+                self.error(&item.referenced, job, message);
+            } else if let Some(why) = refused_override(name) {
+                let message = format!("`overrides`: `{name}` {why}; a manual run may not set it");
+                self.error(&item.referenced, job, message);
+            } else if !names.iter().any(|known| known == name) {
+                names.push(name.to_owned());
+            }
+        }
+        names
+    }
+
+    /// `user` and `group`: whom the job's processes run as, each a name or a numeric id that
+    /// this machine knows, looked up now. `group` (the primary group, the user's own by default)
+    /// needs `user`; both need tenure to run as root, the only user that may switch.
+    fn run_as(&mut self, entries: &Entries, target: Option<&Target>, job: Option<&str>) -> Option<RunAs> {
+        let find = |field: &str| entries.iter().find(|(k, _)| k.value == field);
+        let (user_entry, group_entry) = (find("user"), find("group"));
+        if user_entry.is_none() && group_entry.is_none() {
+            return None;
+        }
+        let user = user_entry.and_then(|(key, node)| {
+            if matches!(target, Some(Target::Http(_))) {
+                let message = "`user` applies to `command` and `shell` jobs; an HTTP job starts no process";
+                self.error(&key.referenced, job, message.into());
+                return None;
+            }
+            self.account(node, job, "user")
+        });
+        let group = group_entry.and_then(|(key, node)| {
+            if user_entry.is_none() {
+                let message = "`group` needs `user`: it sets the primary group of the user the job runs as";
+                self.error(&key.referenced, job, message.into());
+                return None;
+            }
+            self.account(node, job, "group")
+        });
+        let (user_node, user) = (&user_entry?.1, user?);
+        if self.runner.euid != 0 {
+            let message = format!(
+                "`user`: tenure runs as uid {}, not root: it cannot run a job as another user",
+                self.runner.euid
+            );
+            self.error(&user_node.referenced, job, message);
+            return None;
+        }
+        let Account::User(user) = user else { return None };
+        let gid = match (group_entry, group) {
+            (None, _) => user.gid,
+            (Some(_), Some(Account::Group(group))) => group.gid,
+            (Some(_), _) => return None,
+        };
+        let name = std::ffi::CString::new(user.name.clone()).ok()?;
+        let mut groups = vec![gid.as_raw()];
+        match nix::unistd::getgrouplist(&name, gid) {
+            Ok(all) => groups.extend(all.into_iter().map(|g| g.as_raw()).filter(|g| *g != gid.as_raw())),
+            Err(error) => {
+                let message = format!("`user`: the groups of `{}` could not be read: {error}", user.name);
+                self.error(&user_node.referenced, job, message);
+                return None;
+            }
+        }
+        Some(RunAs { user: user.name, uid: user.uid.as_raw(), gid: gid.as_raw(), groups, home: user.dir })
+    }
+
+    /// A user (`field` is `user`) or group on this machine, by name or numeric id.
+    fn account(&mut self, node: &Spanned<Node>, job: Option<&str>, field: &str) -> Option<Account> {
+        use nix::unistd::{Gid, Group, Uid, User};
+        let (found, missing) = match &node.value {
+            Node::Str(name) => {
+                let found = if field == "user" {
+                    User::from_name(name).map(|u| u.map(Account::User))
+                } else {
+                    Group::from_name(name).map(|g| g.map(Account::Group))
+                };
+                (found, format!("no {field} `{name}` on this machine"))
+            }
+            Node::Int(id) => {
+                let kind = if field == "user" { "uid" } else { "gid" };
+                let missing = format!("no {field} with {kind} {id} on this machine");
+                let Ok(id) = u32::try_from(*id) else {
+                    self.error(&node.referenced, job, format!("`{field}`: {missing}"));
+                    return None;
+                };
+                let found = if field == "user" {
+                    User::from_uid(Uid::from_raw(id)).map(|u| u.map(Account::User))
+                } else {
+                    Group::from_gid(Gid::from_raw(id)).map(|g| g.map(Account::Group))
+                };
+                (found, missing)
+            }
+            other => {
+                let message =
+                    format!("`{field}`: expected a {field} name or {}, found {}", id_word(field), other.kind());
+                self.error(&node.referenced, job, message);
+                return None;
+            }
+        };
+        match found {
+            Ok(Some(account)) => Some(account),
+            Ok(None) => {
+                self.error(&node.referenced, job, format!("`{field}`: {missing}"));
+                None
+            }
+            Err(error) => {
+                self.error(&node.referenced, job, format!("`{field}`: could not look it up: {error}"));
+                None
+            }
+        }
+    }
+
     /// `paused`: true or false (a wrong value is reported and taken as false).
     fn paused(&mut self, node: &Spanned<Node>, job: Option<&str>) -> bool {
         match &node.value {
@@ -458,6 +603,107 @@ impl Validator<'_> {
     }
 }
 
+/// A user or group of this machine.
+enum Account {
+    User(nix::unistd::User),
+    Group(nix::unistd::Group),
+}
+
+fn id_word(field: &str) -> &'static str {
+    if field == "user" { "uid" } else { "gid" }
+}
+
+/// Why a manual run may never set `name`, if it may not: it would make a job run or load code its
+/// job file did not name. The allow-list (`overrides`) is the control; this refuses the known
+/// doors in it, so that no job file opens one by mistake:
+///
+/// - the dynamic loader's (`LD_*`, `DYLD_*`), and every variable the C library ignores for
+///   privileged programs (glibc's `unsecvars.h`: the converters, tunables, locale and resolver
+///   files, the time zone directory, `TMPDIR`);
+/// - `PATH`: it chooses which program a bare command name is, and `sh -c` looks up every one;
+/// - a shell's start-up and tracing code (`ENV`, `BASH_ENV`, `PS4`, `SHELLOPTS`, `BASHOPTS`,
+///   `PROMPT_COMMAND`) and how it reads the script (`IFS`, `CDPATH`, `GLOBIGNORE`);
+/// - an interpreter's start-up options and module paths (Perl, Python, Ruby, Node, the JVM, Lua).
+pub fn refused_override(name: &str) -> Option<&'static str> {
+    REFUSED_OVERRIDES.iter().find(|(refused, _)| refused.matches(name)).map(|(_, why)| *why)
+}
+
+/// A name or a family of names (`LD_*`) a manual run may never set.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Refused {
+    Name(&'static str),
+    Prefix(&'static str),
+}
+
+impl Refused {
+    fn matches(self, name: &str) -> bool {
+        match self {
+            Refused::Name(refused) => name == refused,
+            Refused::Prefix(prefix) => name.starts_with(prefix),
+        }
+    }
+
+    /// The same as a JSON Schema `pattern`.
+    pub(super) fn pattern(self) -> String {
+        match self {
+            Refused::Name(name) => format!("^{name}$"),
+            Refused::Prefix(prefix) => format!("^{prefix}"),
+        }
+    }
+}
+
+const LOADER: &str = "changes what the dynamic loader loads";
+const C_LIBRARY: &str =
+    "is one the C library ignores for privileged programs (it changes what the library loads or reads)";
+const SHELL_CODE: &str = "makes a shell run code before the job's";
+const SHELL_WORDS: &str = "changes how a shell splits the job's words";
+const SHELL_COMMANDS: &str = "changes what a shell's commands do";
+const INTERPRETER: &str = "makes an interpreter run code before the job's";
+
+/// What [`refused_override`] refuses, and why (the schema's `overrides` refuses the same).
+pub(super) const REFUSED_OVERRIDES: &[(Refused, &str)] = &[
+    (Refused::Prefix("LD_"), LOADER),
+    (Refused::Prefix("DYLD_"), LOADER),
+    (Refused::Name("GCONV_PATH"), C_LIBRARY),
+    (Refused::Name("GETCONF_DIR"), C_LIBRARY),
+    (Refused::Name("GLIBC_TUNABLES"), C_LIBRARY),
+    (Refused::Name("HOSTALIASES"), C_LIBRARY),
+    (Refused::Name("LOCALDOMAIN"), C_LIBRARY),
+    (Refused::Name("LOCPATH"), C_LIBRARY),
+    (Refused::Name("MALLOC_TRACE"), C_LIBRARY),
+    (Refused::Name("NIS_PATH"), C_LIBRARY),
+    (Refused::Name("NLSPATH"), C_LIBRARY),
+    (Refused::Name("RESOLV_HOST_CONF"), C_LIBRARY),
+    (Refused::Name("RES_OPTIONS"), C_LIBRARY),
+    (Refused::Name("TMPDIR"), C_LIBRARY),
+    (Refused::Name("TZDIR"), C_LIBRARY),
+    (Refused::Name("PATH"), "chooses which programs the job runs"),
+    (Refused::Name("ENV"), SHELL_CODE),
+    (Refused::Name("BASH_ENV"), SHELL_CODE),
+    (Refused::Name("PS4"), SHELL_CODE),
+    (Refused::Name("SHELLOPTS"), SHELL_CODE),
+    (Refused::Name("BASHOPTS"), SHELL_CODE),
+    (Refused::Name("PROMPT_COMMAND"), SHELL_CODE),
+    (Refused::Name("IFS"), SHELL_WORDS),
+    (Refused::Name("CDPATH"), SHELL_COMMANDS),
+    (Refused::Name("GLOBIGNORE"), SHELL_COMMANDS),
+    (Refused::Prefix("PYTHON"), INTERPRETER),
+    (Refused::Name("PERL5OPT"), INTERPRETER),
+    (Refused::Name("PERL5LIB"), INTERPRETER),
+    (Refused::Name("PERLLIB"), INTERPRETER),
+    (Refused::Name("PERL5DB"), INTERPRETER),
+    (Refused::Name("RUBYOPT"), INTERPRETER),
+    (Refused::Name("RUBYLIB"), INTERPRETER),
+    (Refused::Name("NODE_OPTIONS"), INTERPRETER),
+    (Refused::Name("NODE_PATH"), INTERPRETER),
+    (Refused::Name("JAVA_TOOL_OPTIONS"), INTERPRETER),
+    (Refused::Name("_JAVA_OPTIONS"), INTERPRETER),
+    (Refused::Name("JDK_JAVA_OPTIONS"), INTERPRETER),
+    (Refused::Prefix("LUA_INIT"), INTERPRETER),
+    (Refused::Name("LUA_PATH"), INTERPRETER),
+    (Refused::Name("LUA_CPATH"), INTERPRETER),
+];
+
 /// An environment variable name: letters, digits and `_`, not starting with a digit.
 pub fn is_variable_name(name: &str) -> bool {
     name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -569,6 +815,110 @@ jobs:
         }
         let jobs = parse("jobs:\n  - name: a\n    schedule: '@daily'\n    shell: 'true'\n    inherit_env: [AWS_REGION, AWS_REGION, LC_ALL]\n", "jobs.yaml").unwrap();
         assert_eq!(jobs.jobs()[0].inherit_env, ["AWS_REGION", "LC_ALL"]);
+    }
+
+    #[test]
+    fn overrides_lists_the_variables_a_manual_run_may_set_and_never_a_loader_or_shell_one() {
+        let jobs = parse(
+            "jobs:\n  - name: a\n    schedule: '@daily'\n    shell: 'true'\n    overrides: [DRY_RUN, REGION, DRY_RUN]\n\
+             \x20 - name: b\n    schedule: '@daily'\n    shell: 'true'\n",
+            "jobs.yaml",
+        )
+        .unwrap();
+        assert_eq!(jobs.jobs()[0].overrides, ["DRY_RUN", "REGION"]);
+        assert!(jobs.jobs()[1].overrides.is_empty(), "no `overrides:`, no overrides");
+        let text = "jobs:
+  - name: a
+    schedule: '@daily'
+    shell: 'true'
+    overrides: [LD_PRELOAD, DYLD_INSERT_LIBRARIES, BASH_ENV, ENV, IFS, PATH, PS4, SHELLOPTS, BASHOPTS]
+  - name: b
+    schedule: '@daily'
+    shell: 'true'
+    overrides: [PERL5OPT, PYTHONSTARTUP, NODE_OPTIONS, TENURE_SLOT, 9LIVES]
+  - name: c
+    schedule: '@daily'
+    http: { url: 'http://x' }
+    overrides: [DRY_RUN]
+  - name: d
+    schedule: '@daily'
+    shell: 'true'
+    overrides: DRY_RUN
+";
+        let got = errors(text);
+        let want = [
+            "jobs.yaml:5:17: job `a`: `overrides`: `LD_PRELOAD` changes what the dynamic loader loads; a manual run may not set it",
+            "jobs.yaml:5:29: job `a`: `overrides`: `DYLD_INSERT_LIBRARIES` changes what the dynamic loader loads",
+            "jobs.yaml:5:52: job `a`: `overrides`: `BASH_ENV` makes a shell run code before the job's",
+            "jobs.yaml:5:62: job `a`: `overrides`: `ENV` makes a shell run code before the job's",
+            "jobs.yaml:5:67: job `a`: `overrides`: `IFS` changes how a shell splits the job's words",
+            "jobs.yaml:5:72: job `a`: `overrides`: `PATH` chooses which programs the job runs",
+            "jobs.yaml:5:78: job `a`: `overrides`: `PS4` makes a shell run code before the job's",
+            "jobs.yaml:5:83: job `a`: `overrides`: `SHELLOPTS` makes a shell run code before the job's",
+            "jobs.yaml:5:94: job `a`: `overrides`: `BASHOPTS` makes a shell run code before the job's",
+            "jobs.yaml:9:17: job `b`: `overrides`: `PERL5OPT` makes an interpreter run code before the job's",
+            "jobs.yaml:9:27: job `b`: `overrides`: `PYTHONSTARTUP` makes an interpreter run code before the job's",
+            "jobs.yaml:9:42: job `b`: `overrides`: `NODE_OPTIONS` makes an interpreter run code before the job's",
+            "jobs.yaml:9:56: job `b`: `overrides`: `TENURE_SLOT` is reserved: tenure sets the TENURE_* variables of a run itself",
+            "jobs.yaml:9:69: job `b`: `overrides`: `9LIVES` is not a variable name",
+            "jobs.yaml:13:5: job `c`: `overrides` applies to `command` and `shell` jobs; an HTTP job has no environment",
+            "jobs.yaml:17:16: job `d`: `overrides`: expected a list of variable names, found a string",
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (got, want) in got.iter().zip(want) {
+            assert!(got.starts_with(want), "got  {got}\nwant {want}…");
+        }
+    }
+
+    #[test]
+    fn user_and_group_are_resolved_when_the_file_is_loaded() {
+        let root = crate::config::Runner { euid: 0 };
+        let text = "jobs:
+  - { name: a, schedule: '@daily', shell: 'true', user: nobody }
+  - { name: b, schedule: '@daily', shell: 'true', user: 0, group: 65534 }
+  - { name: c, schedule: '@daily', shell: 'true' }
+";
+        let jobs = crate::config::parse_as(text, "jobs.yaml", root).expect("valid");
+        let nobody = jobs.jobs()[0].run_as.clone().expect("run as nobody");
+        assert_eq!((nobody.user.as_str(), nobody.uid, nobody.gid), ("nobody", 65534, 65534));
+        assert!(nobody.groups.contains(&65534), "{nobody:?}");
+        let b = jobs.jobs()[1].run_as.clone().expect("run as root");
+        assert_eq!((b.user.as_str(), b.uid, b.gid, b.home.to_str()), ("root", 0, 65534, Some("/root")));
+        assert_eq!(b.groups.first(), Some(&65534), "the primary group first: {b:?}");
+        assert_eq!(jobs.jobs()[2].run_as, None);
+    }
+
+    #[test]
+    fn user_and_group_are_refused_where_the_file_says_them() {
+        let text = "jobs:
+  - { name: a, schedule: '@daily', shell: 'true', user: no-such-user-here }
+  - { name: b, schedule: '@daily', shell: 'true', user: nobody, group: no-such-group }
+  - { name: c, schedule: '@daily', shell: 'true', group: nogroup }
+  - { name: d, schedule: '@daily', http: { url: 'http://x' }, user: nobody }
+  - { name: e, schedule: '@daily', shell: 'true', user: 4000000000 }
+  - { name: f, schedule: '@daily', shell: 'true', user: [nobody] }
+";
+        let root = crate::config::Runner { euid: 0 };
+        let got: Vec<String> = match crate::config::parse_as(text, "jobs.yaml", root) {
+            Ok(_) => panic!("expected errors"),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        };
+        let want = [
+            "jobs.yaml:2:57: job `a`: `user`: no user `no-such-user-here` on this machine",
+            "jobs.yaml:3:72: job `b`: `group`: no group `no-such-group` on this machine",
+            "jobs.yaml:4:51: job `c`: `group` needs `user`: it sets the primary group of the user the job runs as",
+            "jobs.yaml:5:63: job `d`: `user` applies to `command` and `shell` jobs; an HTTP job starts no process",
+            "jobs.yaml:6:57: job `e`: `user`: no user with uid 4000000000 on this machine",
+            "jobs.yaml:7:57: job `f`: `user`: expected a user name or uid, found a list",
+        ];
+        assert_eq!(got, want);
+        // Not root: it cannot switch users, so it refuses any `user:`.
+        let text = "jobs:\n  - { name: a, schedule: '@daily', shell: 'true', user: nobody }\n";
+        let got = crate::config::parse_as(text, "jobs.yaml", crate::config::Runner { euid: 1000 }).unwrap_err();
+        assert_eq!(
+            got.to_string(),
+            "jobs.yaml:2:57: job `a`: `user`: tenure runs as uid 1000, not root: it cannot run a job as another user"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use self::node::Node;
 use self::validate::Validator;
 use crate::schedule::Schedule;
 
-pub use self::job::is_variable_name;
+pub use self::job::{is_variable_name, refused_override};
 pub use self::schema::job_file_schema;
 
 /// A job file larger than this is refused before parsing.
@@ -146,6 +146,38 @@ pub struct Job {
     pub workdir: Option<PathBuf>,
     /// Where its runs execute: on the leader (the default), or on a live replica that matches.
     pub run_on: RunOn,
+    /// The variables a manual run may set (`overrides:`), in file order; none when absent. Never
+    /// a loader, shell start-up or `TENURE_*` variable.
+    pub overrides: Vec<String>,
+    /// Whom its processes run as (`user:`, `group:`); `None`: tenure's own user.
+    pub run_as: Option<RunAs>,
+}
+
+/// Whom a job's processes run as, resolved when the job file was loaded (`user:` and `group:`,
+/// names or numeric ids), as cron does: the user's id, a primary group, every group of the user
+/// (`initgroups`), and its name and home for `USER`, `LOGNAME` and `HOME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub uid: u32,
+    /// `group:`, or the user's own primary group.
+    pub gid: u32,
+    /// Every group the process gets: the primary one first, then the user's others.
+    pub groups: Vec<u32>,
+    pub home: PathBuf,
+}
+
+/// Who loads the job file: `user:` needs tenure to run as root (only root may switch users).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Runner {
+    pub euid: u32,
+}
+
+impl Runner {
+    /// This process.
+    pub fn current() -> Runner {
+        Runner { euid: nix::unistd::geteuid().as_raw() }
+    }
 }
 
 /// Where a job's runs execute (`run_on`).
@@ -362,9 +394,15 @@ pub fn load(path: &Path) -> Result<JobSet, ConfigErrors> {
     parse(&text, &file)
 }
 
-/// Validate the text of a job file; `file` names it in errors.
+/// Validate the text of a job file; `file` names it in errors. Users and groups are looked up
+/// on this machine, and `user:` is accepted only when this process runs as root.
 pub fn parse(text: &str, file: &str) -> Result<JobSet, ConfigErrors> {
-    let mut validator = Validator::new(file);
+    parse_as(text, file, Runner::current())
+}
+
+/// [`parse`] as if `runner` loaded the file.
+pub fn parse_as(text: &str, file: &str, runner: Runner) -> Result<JobSet, ConfigErrors> {
+    let mut validator = Validator::new(file, runner);
     if text.len() as u64 > MAX_FILE_BYTES {
         validator.error_at(
             1,

@@ -1,9 +1,11 @@
 //! The JSON Schema of the job file (`tenure schema`), for editors and CI linters. The document is
 //! `job-file.schema.json`, except the lists of words the parser reads from a table
 //! (`Concurrency::NAMES`, `CatchUp::NAMES`, `TargetKind::NAMES`, `NotifyOn::NAMES`,
-//! `WebhookFormat::NAMES`): the file holds a placeholder
-//! for each and they are written in here, so the schema cannot offer a word the parser refuses.
+//! `WebhookFormat::NAMES`) and the variables `overrides` may never list (`REFUSED_OVERRIDES`): the
+//! file holds a placeholder for each and they are written in here, so the schema cannot offer a
+//! word the parser refuses.
 
+use super::job::REFUSED_OVERRIDES;
 use super::{CatchUp, Concurrency, NotifyOn, TargetKind, WebhookFormat};
 
 /// The schema with its placeholders; each is a JSON string in an array, so the file stays JSON.
@@ -19,6 +21,16 @@ pub fn job_file_schema() -> String {
         .replace(r#"["{notify on}"]"#, &json_words(NotifyOn::NAMES))
         .replace(r#"["{webhook formats}"]"#, &json_words(WebhookFormat::NAMES))
         .replace(r#"["{target kinds}"]"#, &format!("[{}\n      ]", one_of.join(",")))
+        .replace(r#", "{refused overrides}"]"#, &refused_patterns())
+}
+
+/// `, { "pattern": "^LD_" }, ...]`: the rest of the list of patterns `overrides` refuses.
+fn refused_patterns() -> String {
+    let patterns: Vec<String> = REFUSED_OVERRIDES
+        .iter()
+        .map(|(refused, _)| format!(", {{ \"pattern\": \"{}\" }}", refused.pattern()))
+        .collect();
+    format!("{}]", patterns.concat())
 }
 
 /// `["a", "b"]`: the words of a `NAMES` table as a JSON array.
@@ -87,5 +99,9 @@ mod tests {
         assert_eq!(target["on"]["oneOf"][1]["items"]["enum"].as_array().unwrap(), &words(NotifyOn::NAMES));
         assert_eq!(target["webhook"]["properties"]["format"]["enum"].as_array().unwrap(), &words(WebhookFormat::NAMES));
         assert_eq!(keys(&schema["$defs"]["notify_target"]), set(crate::config::notify::TARGET_KEYS));
+        let refused = &schema["$defs"]["job"]["properties"]["overrides"]["items"]["not"]["anyOf"];
+        let patterns: Vec<&str> = refused.as_array().unwrap().iter().map(|p| p["pattern"].as_str().unwrap()).collect();
+        assert_eq!(patterns.len(), 1 + crate::config::job::REFUSED_OVERRIDES.len());
+        assert!(patterns.contains(&"^LD_") && patterns.contains(&"^PATH$"), "{patterns:?}");
     }
 }

@@ -13,7 +13,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::node::Node;
 use super::notify::NotifyTarget;
-use super::{CatchUp, Concurrency, ConfigError, Job, MAX_JOBS, Retries, TargetKind};
+use super::{CatchUp, Concurrency, ConfigError, Job, MAX_JOBS, Retries, Runner, TargetKind};
 use crate::schedule;
 
 /// The fields `defaults:` takes; a job takes them too, to override.
@@ -26,7 +26,7 @@ pub(super) const HTTP_KEYS: &[&str] = &["url", "method", "headers", "body", "exp
 /// The fields of a job, in the order the unknown-field error lists them.
 pub(super) static JOB_KEYS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     let targets = TargetKind::NAMES.iter().map(|(name, _)| *name);
-    let own = ["env", "inherit_env", "workdir", "paused", "run_on"];
+    let own = ["env", "inherit_env", "overrides", "workdir", "user", "group", "paused", "run_on"];
     ["name", "schedule"].into_iter().chain(targets).chain(own).chain(POLICY_KEYS.iter().copied()).collect()
 });
 const MAX_RETRIES: i128 = 100;
@@ -70,15 +70,17 @@ impl Default for Policies {
     }
 }
 
-/// One validation of one job file: its name (for error locations) and the errors found so far.
+/// One validation of one job file: its name (for error locations), who loads it (`user:` needs
+/// root) and the errors found so far.
 pub(super) struct Validator<'a> {
     file: &'a str,
+    pub(super) runner: Runner,
     pub(super) errors: Vec<ConfigError>,
 }
 
 impl<'a> Validator<'a> {
-    pub(super) fn new(file: &'a str) -> Validator<'a> {
-        Validator { file, errors: Vec::new() }
+    pub(super) fn new(file: &'a str, runner: Runner) -> Validator<'a> {
+        Validator { file, runner, errors: Vec::new() }
     }
 
     /// The errors found, in file order.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, TermView};
 use super::{AppState, Problem};
-use crate::config::{Concurrency, TargetKind};
+use crate::config::{Concurrency, Job, TargetKind};
 use crate::model::{Control, RunStatus, TriggerKind};
 use crate::store::{BackfillRecord, RunCursor, TriggerOverrides, TriggerRecord, TriggerRequest};
 
@@ -156,7 +156,7 @@ pub(super) async fn request_trigger(
     let Some(job) = state.jobs.borrow().get(name).cloned() else {
         return Err(Problem::not_found(format!("no job `{name}` in the job file")));
     };
-    checked_overrides(overrides, job.target.kind())?;
+    checked_overrides(overrides, &job)?;
     let key = match key {
         Some(key) => checked_key(key)?.to_owned(),
         None => new_key(),
@@ -171,9 +171,10 @@ pub(super) async fn request_trigger(
 const REASON_MAX: usize = 1_000;
 
 /// Overrides a run can take: variables (not tenure's own `TENURE_*`, which a run gets from
-/// tenure alone), for a job that has an environment.
-fn checked_overrides(overrides: &TriggerOverrides, target: TargetKind) -> Result<(), Problem> {
-    if !overrides.env.is_empty() && target == TargetKind::Http {
+/// tenure alone), for a job that has an environment, and only those its job file lists under
+/// `overrides` (which never lists a loader or shell start-up variable).
+fn checked_overrides(overrides: &TriggerOverrides, job: &Job) -> Result<(), Problem> {
+    if !overrides.env.is_empty() && job.target.kind() == TargetKind::Http {
         return Err(Problem::bad_request("`env`: an HTTP job has no environment to override"));
     }
     for name in overrides.env.keys() {
@@ -185,6 +186,16 @@ fn checked_overrides(overrides: &TriggerOverrides, target: TargetKind) -> Result
         if name.starts_with("TENURE_") {
             return Err(Problem::bad_request(format!(
                 "`env`: `{name}` is reserved: tenure sets the TENURE_* variables of a run itself"
+            )));
+        }
+        if !job.overrides.contains(name) {
+            let allowed = match job.overrides.as_slice() {
+                [] => "no variable (it lists none under `overrides`)".to_owned(),
+                names => format!("only {} (its `overrides`)", names.join(", ")),
+            };
+            return Err(Problem::bad_request(format!(
+                "`env`: `{name}` may not be set: job `{}` lets a manual run set {allowed}",
+                job.name
             )));
         }
     }

@@ -44,6 +44,8 @@ pub struct JobView {
     pub jitter_seconds: u64,
     /// How long the job's finished rows are kept, when the job sets it (else `--retain`).
     pub retain_seconds: Option<u64>,
+    /// The variables a manual run may set (`overrides`), so a form can offer exactly these.
+    pub overrides: Vec<String>,
     pub last: Option<RunBrief>,
     /// The last outcomes, oldest first (at most `STRIP`).
     pub recent: Vec<RunBrief>,
@@ -263,6 +265,7 @@ impl JobView {
             retries: job.retries.max,
             jitter_seconds: job.jitter.as_secs(),
             retain_seconds: job.retain.map(|retain| retain.as_secs()),
+            overrides: job.overrides.clone(),
             last,
             recent,
         }

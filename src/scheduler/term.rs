@@ -613,14 +613,21 @@ impl Scheduler {
     }
 }
 
-/// The job as one manual run of it runs: its `env` with the trigger's overrides over it, and
-/// the concurrency policy the request asked for explicitly, if it did.
+/// The job as one manual run of it runs: its `env` with the trigger's overrides over it (only
+/// the variables the job lists under `overrides` now: the file may have changed since the trigger
+/// was recorded, or an older tenure recorded any name), and the concurrency policy the request
+/// asked for explicitly, if it did.
 fn with_overrides(job: Arc<Job>, overrides: &TriggerOverrides) -> Arc<Job> {
     if overrides.env.is_empty() && overrides.concurrency.is_none_or(|policy| policy == job.concurrency) {
         return job;
     }
+    let (allowed, refused): (Vec<_>, Vec<_>) = overrides.env.iter().partition(|(name, _)| job.overrides.contains(name));
+    if !refused.is_empty() {
+        let names: Vec<&str> = refused.iter().map(|(name, _)| name.as_str()).collect();
+        tracing::warn!(job = %job.name, env = ?names, "manual run: overrides its job does not list are left out");
+    }
     let mut job = Arc::unwrap_or_clone(job);
-    job.env.extend(overrides.env.iter().map(|(name, value)| (name.clone(), value.clone())));
+    job.env.extend(allowed.into_iter().map(|(name, value)| (name.clone(), value.clone())));
     job.concurrency = overrides.concurrency.unwrap_or(job.concurrency);
     Arc::new(job)
 }
@@ -716,5 +723,21 @@ mod tests {
         departures.observe(&[member("a"), member("b")], left + Duration::from_secs(5));
         assert!(departures.observe(&[member("a")], left + Duration::from_secs(6)));
         assert_eq!(nodes(departures.vouching(&[member("a")], left + Duration::from_secs(8), wait)), ["a", "b"]);
+    }
+
+    /// A trigger recorded before its job stopped listing a variable (or by an older tenure that
+    /// took any name) does not set it: the job file in force when the run starts decides.
+    #[test]
+    fn a_manual_run_gets_only_the_overrides_its_job_lists_when_it_starts() {
+        let text = "jobs:\n  - name: a\n    schedule: '@daily'\n    shell: 'true'\n    env: { GREETING: hi }\n    overrides: [REGION]\n";
+        let job = Arc::new(crate::config::parse(text, "jobs.yaml").unwrap().jobs()[0].clone());
+        let env = [("REGION", "eu"), ("LD_PRELOAD", "/tmp/evil.so"), ("GREETING", "hello")];
+        let overrides = TriggerOverrides {
+            env: env.into_iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect(),
+            ..TriggerOverrides::default()
+        };
+        let run = with_overrides(job, &overrides);
+        let env: Vec<(&str, &str)> = run.env.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+        assert_eq!(env, [("GREETING", "hi"), ("REGION", "eu")]);
     }
 }

@@ -24,11 +24,20 @@
 //! (killed by someone) is noticed by the replica, which kills the groups of the runs it had
 //! started (the executor knows each group) and starts another supervisor for the next run.
 //!
+//! Jobs cannot read their supervisor: it is not dumpable (`hardening::forbid_inspection`), so its
+//! `environ`, `fd/`, `maps` and `mem` are closed to processes of its user (its memory holds every
+//! job's environment). A job with `user:` (tenure running as root) is started as that user: the
+//! request carries the uid, the primary group and every group, and the child sets them (and then
+//! enters its `workdir`, with the user's rights) between fork and exec. posix_spawn cannot change
+//! credentials, so such a job is started by fork and exec, not posix_spawn; every other job as
+//! before. The fork copies the supervisor, a small process (no runtime, no job file), not the
+//! replica.
+//!
 //! The socket carries, from the replica: a heartbeat (`H`) or a start request (`S`, the run's
-//! number, program, arguments, environment, directory, with the job's stdout and stderr pipes as
-//! `SCM_RIGHTS`). From the supervisor, one line each: `started RUN GROUP`, `failed RUN ERROR`,
-//! `exit RUN STATUS` (the raw wait status; the rest of the group is killed first), `silent` (it
-//! killed everything for the replica's silence). It logs nothing.
+//! number, program, arguments, environment, directory, deadline and credentials, with the job's
+//! stdout and stderr pipes as `SCM_RIGHTS`). From the supervisor, one line each: `started RUN
+//! GROUP`, `failed RUN ERROR`, `exit RUN STATUS` (the raw wait status; the rest of the group is
+//! killed first), `silent` (it killed everything for the replica's silence). It logs nothing.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -89,6 +98,16 @@ pub struct Spawn<'a> {
     /// start the job once that has passed (a supervisor being restarted may take seconds to
     /// take the request, and by then another replica may hold the run).
     pub not_after: Option<BootInstant>,
+    /// Whom the job runs as (its `user:`); `None`: the supervisor's own user.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user to start a job as: its id, primary group and every group (the primary one first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
 }
 
 /// A job its supervisor started.
@@ -378,6 +397,12 @@ fn encode_spawn(id: u64, spawn: &Spawn<'_>) -> Vec<u8> {
     }
     field(spawn.workdir.map_or(&[][..], |dir| dir.as_os_str().as_bytes()));
     field(&spawn.not_after.map_or(0, |deadline| deadline.nanos()).to_le_bytes());
+    // Credentials: empty for none, else uid, gid and the groups, four bytes each.
+    let credentials: Vec<u8> = spawn
+        .credentials
+        .as_ref()
+        .map_or_else(Vec::new, |c| [c.uid, c.gid].iter().chain(&c.groups).flat_map(|id| id.to_le_bytes()).collect());
+    field(&credentials);
     bytes
 }
 
@@ -390,6 +415,7 @@ struct Job {
     workdir: Option<OsString>,
     /// Nanoseconds of `CLOCK_BOOTTIME` after which it must not start; 0 for none.
     not_after: u64,
+    credentials: Option<Credentials>,
 }
 
 /// Read the rest of a start request (after its `S`).
@@ -416,7 +442,14 @@ fn read_spawn(stream: &mut impl Read) -> std::io::Result<Job> {
         .collect::<std::io::Result<_>>()?;
     let workdir = Some(field()?).filter(|dir| !dir.is_empty()).map(OsString::from_vec);
     let not_after = field()?.try_into().map(u64::from_le_bytes).unwrap_or(0);
-    Ok(Job { id: u64::from_le_bytes(id), program, args, env, workdir, not_after })
+    let ids: Vec<u32> =
+        field()?.chunks_exact(4).map(|id| u32::from_le_bytes(id.try_into().unwrap_or_default())).collect();
+    let credentials = match ids.as_slice() {
+        [] => None,
+        [uid, gid, groups @ ..] => Some(Credentials { uid: *uid, gid: *gid, groups: groups.to_vec() }),
+        [_] => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "credentials without a group")),
+    };
+    Ok(Job { id: u64::from_le_bytes(id), program, args, env, workdir, not_after, credentials })
 }
 
 /// The groups a supervisor started and has not seen end, and its line to the replica.
@@ -449,8 +482,15 @@ impl Supervisor {
             .stdout(stdout)
             .stderr(stderr)
             .process_group(0);
-        if let Some(dir) = &job.workdir {
-            command.current_dir(dir);
+        match (job.credentials, &job.workdir) {
+            (Some(credentials), workdir) => {
+                let Ok(workdir) = workdir.as_ref().map(|dir| std::ffi::CString::new(dir.as_bytes())).transpose() else {
+                    return self.report(&Report::Failed(job.id, "its workdir holds a NUL byte".to_owned()));
+                };
+                become_user(&mut command, credentials, workdir);
+            }
+            (None, Some(dir)) => _ = command.current_dir(dir),
+            (None, None) => {}
         }
         // Registered before its waiter can see it end.
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
@@ -496,6 +536,30 @@ impl Supervisor {
     }
 }
 
+/// Have `command`'s child take `credentials` (every group, the primary group, then the user,
+/// which drops root for good) and then enter `workdir` with the user's rights, between its fork
+/// and its exec. posix_spawn cannot change a process's credentials, so a job with `user:` is
+/// started by fork and exec instead (std's `Command` does so as soon as a step runs before exec).
+/// The step makes only async-signal-safe system calls on values prepared before the fork.
+fn become_user(command: &mut std::process::Command, credentials: Credentials, workdir: Option<std::ffi::CString>) {
+    let Credentials { uid, gid, groups } = credentials;
+    let check = |result: std::ffi::c_int| if result == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+    // SAFETY: the closure runs in the forked child before exec: it only calls setgroups, setgid,
+    // setuid and chdir (async-signal-safe) on memory allocated before the fork, and allocates
+    // nothing.
+    unsafe {
+        command.pre_exec(move || {
+            check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+            check(libc::setgid(gid))?;
+            check(libc::setuid(uid))?;
+            if let Some(dir) = &workdir {
+                check(libc::chdir(dir.as_ptr()))?;
+            }
+            Ok(())
+        });
+    }
+}
+
 /// How `pid` (our child) ended, as a raw wait status.
 fn wait(pid: Pid) -> ExitStatus {
     use nix::sys::wait::{WaitStatus, waitpid};
@@ -515,6 +579,11 @@ fn wait(pid: Pid) -> ExitStatus {
 /// `tenure supervise`: start the jobs the replica on stdin (a Unix socket) asks for, and kill all
 /// of them when the replica dies or goes quiet. Returns the exit code when stdin is not a socket.
 pub fn supervise(silence_limit: Duration) -> i32 {
+    // Its memory holds every job's environment: no job may read it (`main` did so already, for
+    // every command; this is the supervisor's own promise).
+    if crate::hardening::forbid_inspection().is_err() {
+        return 2;
+    }
     // SAFETY: fd 0 is ours; the duplicate below keeps the job's own stdin free to be /dev/null.
     let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
     let Ok(control) = stdin.try_clone_to_owned() else { return 2 };

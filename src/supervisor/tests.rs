@@ -29,6 +29,7 @@ fn start_requests_read_back_as_written() {
         stdout: stdout.into(),
         stderr: stderr.into(),
         not_after: Some(crate::leadership::BootInstant::now()),
+        credentials: Some(Credentials { uid: 65534, gid: 65533, groups: vec![65533, 27, 100] }),
     };
     let bytes = encode_spawn(42, &spawn);
     assert_eq!(bytes[0], b'S');
@@ -38,9 +39,10 @@ fn start_requests_read_back_as_written() {
     assert_eq!(job.env, [("A".into(), "x=y".into()), ("EMPTY".into(), "".into())]);
     assert_eq!(job.workdir, Some(OsString::from("/tmp")));
     assert_eq!(job.not_after, spawn.not_after.unwrap().nanos());
-    let inherited = Spawn { workdir: None, not_after: None, ..spawn };
+    assert_eq!(job.credentials, spawn.credentials);
+    let inherited = Spawn { workdir: None, not_after: None, credentials: None, ..spawn };
     let job = read_spawn(&mut &encode_spawn(1, &inherited)[1..]).unwrap();
-    assert_eq!((job.workdir, job.not_after), (None, 0));
+    assert_eq!((job.workdir, job.not_after, job.credentials), (None, 0, None));
 }
 
 #[test]

@@ -22,6 +22,7 @@ jobs:
   - name: tick
     schedule: "* * * * *"
     shell: "echo tick"
+    overrides: [DRY_RUN, REGION]
   - name: berlin
     schedule: "30 2 * * *"
     timezone: Europe/Berlin
@@ -502,6 +503,50 @@ async fn the_terms_page_shows_the_newest_terms_only() {
     let page = get(&fixture.state, "/terms").await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(!page.body.contains(">42<"), "the oldest term is not on the page");
+}
+
+/// A manual run sets only the variables its job lists under `overrides`: any other name (the
+/// loader's, the shell's, or just not listed) is refused with a 400 that names the allowed ones,
+/// a job listing none takes no variable at all, and the job's view lists them for a form.
+#[tokio::test]
+async fn a_trigger_sets_only_the_variables_its_job_lists_under_overrides() {
+    let f = fixture(ReadAccess::Open).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let trigger = |state: AppState, body: &'static str| {
+        let bearer = bearer.clone();
+        async move { send(&state, post("/api/jobs/tick/trigger", Some(&bearer)).body(Body::from(body)).unwrap()).await }
+    };
+    for body in [
+        r#"{"env": {"LD_PRELOAD": "/tmp/evil.so"}}"#,
+        r#"{"env": {"DRY_RUN": "1", "PATH": "/tmp/evil"}}"#,
+        r#"{"env": {"BASH_ENV": "/tmp/evil.sh"}}"#,
+        r#"{"env": {"COLOR": "blue"}}"#,
+    ] {
+        let refused = trigger(f.state.clone(), body).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{body}: {}", refused.body);
+        assert_eq!(refused.content_type, "application/problem+json");
+        let detail = refused.json()["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains("job `tick` lets a manual run set only DRY_RUN, REGION (its `overrides`)"), "{detail}");
+    }
+    let accepted = trigger(f.state.clone(), r#"{"env": {"REGION": "eu"}}"#).await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.body);
+    assert_eq!(get(&f.state, "/api/jobs/tick").await.json()["overrides"], serde_json::json!(["DRY_RUN", "REGION"]));
+
+    // The same job without `overrides:`: no variable at all, whatever its name.
+    let mut state = f.state.clone();
+    let listed_none =
+        tenure::config::parse(&JOBS.replace("    overrides: [DRY_RUN, REGION]\n", ""), "jobs.yaml").unwrap();
+    state.jobs = watch::channel(Arc::new(listed_none)).1;
+    let refused = trigger(state.clone(), r#"{"env": {"DRY_RUN": "1"}}"#).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    let detail = refused.json()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.contains("job `tick` lets a manual run set no variable (it lists none under `overrides`)"),
+        "{detail}"
+    );
+    assert_eq!(get(&state, "/api/jobs/tick").await.json()["overrides"], serde_json::json!([]));
+    // A trigger without `env` is as welcome as ever.
+    assert_eq!(trigger(state, r#"{"reason": "just run it"}"#).await.status, StatusCode::ACCEPTED);
 }
 
 /// Issue 17 through the router: a trigger's overrides come back on its run (JSON and page), a

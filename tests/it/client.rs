@@ -556,6 +556,7 @@ jobs:
     schedule: "*/10 * * * * *"
     shell: 'echo "tick $TENURE_SLOT $WHO"'
     concurrency: allow
+    overrides: [WHO]
 "#;
     let dev = Dev::start(jobs).await;
     let server = ["--server", dev.server.as_str()];
@@ -595,4 +596,9 @@ jobs:
     let bad = tenure(&[&["trigger", "tick"][..], &["--env", "TENURE_TERM=1"], &server].concat(), &token).await;
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.contains("`TENURE_TERM` is reserved"), "{bad:?}");
+    // A variable the job does not list: the server's reason, with the names it does list.
+    let loader =
+        tenure(&[&["trigger", "tick"][..], &["--env", "LD_PRELOAD=/tmp/evil.so"], &server].concat(), &token).await;
+    assert_eq!(loader.code, 2, "{loader:?}");
+    assert!(loader.stderr.contains("job `tick` lets a manual run set only WHO (its `overrides`)"), "{loader:?}");
 }

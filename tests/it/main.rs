@@ -55,6 +55,8 @@ mod notify;
 mod proxy;
 /// Issue 17: several schedules, jitter, backfill and manual overrides on real clusters.
 mod scheduling;
+/// What a job can see of tenure through /proc, and whom it runs as (`user:`).
+mod security;
 /// The harness itself: both servers come up, answer, survive restarts.
 mod smoke;
 /// Starting up against a real PostgreSQL: migrations, replicas together, a newer schema.

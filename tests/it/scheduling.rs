@@ -206,6 +206,7 @@ jobs:
     shell: 'echo "$TENURE_SLOT $GREETING $HOME" >> {seen}'
     env: {{ GREETING: hello }}
     inherit_env: [HOME]
+    overrides: [GREETING, HOME]
   - name: slow
     schedule: "0 0 1 1 *"
     shell: 'sleep 4; echo "slow $TENURE_RUN_ID" >> {seen}'
