@@ -225,9 +225,17 @@ async fn the_dashboard_works_under_its_content_security_policy() {
     .await;
     assert!(browser.current_url().await.unwrap().as_str().contains("done=trigger"));
     browser.find(Locator::Id("pause")).await.unwrap().click().await.unwrap();
+    wait_for("the page after pause", Duration::from_secs(10), || async {
+        browser.current_url().await.is_ok_and(|url| url.as_str().contains("done=pause"))
+    })
+    .await;
     browser.find(Locator::Id("paused")).await.expect("the job shows paused");
     browser.find(Locator::Id("resume")).await.unwrap().click().await.unwrap();
-    assert!(browser.current_url().await.unwrap().as_str().contains("done=resume"));
+    // The click starts a navigation; the page after the form's redirect says what was done.
+    wait_for("the page after resume", Duration::from_secs(10), || async {
+        browser.current_url().await.is_ok_and(|url| url.as_str().contains("done=resume"))
+    })
+    .await;
 
     // The run and the terms (its timeline styled by the stylesheet too).
     browser.find(Locator::Css("table.runs tbody tr td a")).await.unwrap().click().await.unwrap();
