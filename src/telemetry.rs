@@ -40,9 +40,64 @@ pub fn metrics() -> &'static PrometheusHandle {
             .build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be installed (tests); the handle still renders ours.
-        let _ = metrics::set_global_recorder(recorder);
+        if metrics::set_global_recorder(recorder).is_ok() {
+            describe_metrics();
+        }
         handle
     })
+}
+
+/// What kind of series a metric is, for its `# HELP` and `# TYPE`.
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric tenure exports, with the help text `/metrics` shows for it (`promtool check
+/// metrics` wants one for each).
+const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (metric::IS_LEADER, Kind::Gauge, "1 while this replica leads"),
+    (metric::TERM, Kind::Gauge, "The term this replica leads in"),
+    (metric::ELECTIONS_WON, Kind::Counter, "Elections this replica won"),
+    (metric::STEP_DOWNS, Kind::Counter, "Times this replica stopped leading"),
+    (metric::CLOCK_STEP_DOWNS, Kind::Counter, "Step-downs because wall and monotonic time disagreed"),
+    (metric::KEEPALIVE_RTT, Kind::Histogram, "Round trips of lease keep-alives to the coordinator, in seconds"),
+    (metric::LEADERLESS, Kind::Gauge, "How long the cluster has been without a leader, in seconds"),
+    (metric::CLOCK_SKEW, Kind::Gauge, "This replica's clock minus the database's, in seconds"),
+    (metric::DATABASE_REACHABLE, Kind::Gauge, "1 while the database answers this replica"),
+    (metric::JOB_FILE_RELOADS, Kind::Counter, "Job file reloads by result (success or failure)"),
+    (metric::RUNS_PRUNED, Kind::Counter, "Ledger rows removed by retention"),
+    (metric::RUNS_LOST, Kind::Counter, "Runs recorded lost: started, then their replica vanished"),
+    (metric::RUNS, Kind::Counter, "Runs ended, by job and status"),
+    (metric::MISSED_SLOTS, Kind::Counter, "Slots not run per the job's catch-up policy or starting deadline, by job"),
+    (
+        metric::FORGOTTEN_STARTS,
+        Kind::Counter,
+        "Runs recorded lost because a database failover lost their starts (never run again)",
+    ),
+    (metric::START_WITNESS, Kind::Histogram, "Time to record a batch of starts in the coordinator, in seconds"),
+    (metric::LEDGER_SYNCHRONOUS, Kind::Gauge, "1 when the ledger's commits wait for a named synchronous standby"),
+    (metric::CLAIMS_REJECTED, Kind::Counter, "Claims the ledger refused, by reason (fenced or already_claimed)"),
+    (metric::CLAIM_ERRORS, Kind::Counter, "Claims that failed on a database error and were retried"),
+    (metric::FIRE_LATENESS, Kind::Histogram, "From a run's planned start to its first attempt, in seconds"),
+    (metric::RUN_DURATION, Kind::Histogram, "How long runs took, in seconds"),
+    (metric::JOB_FILE_INFO, Kind::Gauge, "1 for the job file this replica runs, by its hash"),
+    (metric::DEADMAN_PINGS, Kind::Counter, "Dead-man pings sent while leading, by result"),
+    (metric::DEADMAN_LAST_SUCCESS, Kind::Gauge, "When the last dead-man ping succeeded, in Unix seconds"),
+    (metric::HTTP_SHED, Kind::Counter, "Dashboard and API requests turned away by admission"),
+    (metric::NOTIFICATIONS, Kind::Counter, "Notification delivery attempts while leading, by result"),
+    (metric::NOTIFICATIONS_PENDING, Kind::Gauge, "Notifications in the outbox not delivered yet (the leader's view)"),
+];
+
+fn describe_metrics() {
+    for (name, kind, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(*name, *help),
+            Kind::Gauge => metrics::describe_gauge!(*name, *help),
+            Kind::Histogram => metrics::describe_histogram!(*name, *help),
+        }
+    }
 }
 
 /// Upper bounds of the fire lateness buckets, in seconds: a run on time starts within a few
@@ -59,6 +114,7 @@ pub fn job_file_loaded<'a>(hash: &str, previous_hash: Option<&str>, jobs: impl I
     }
     metrics::gauge!(metric::JOB_FILE_INFO, "hash" => hash.to_owned()).set(1.0);
     metrics::counter!(metric::RUNS_LOST).increment(0);
+    metrics::counter!(metric::FORGOTTEN_STARTS).increment(0);
     for reason in ["fenced", "already_claimed"] {
         metrics::counter!(metric::CLAIMS_REJECTED, "reason" => reason).increment(0);
     }

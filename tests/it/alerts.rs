@@ -39,6 +39,23 @@ struct Selector {
 }
 
 /// Every `tenure_*` selector in `text`.
+/// `promtool check metrics` on a scrape: every metric has its `# HELP` and `# TYPE`, names and
+/// units follow Prometheus' conventions. Silence is success.
+fn check_metrics_with_promtool(metrics: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (scripts/test installs it)");
+    child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}\n{metrics}");
+}
+
 fn selectors(text: &str) -> BTreeSet<Selector> {
     let mut found = BTreeSet::new();
     let mut rest = text;
@@ -98,6 +115,7 @@ async fn issue16_every_series_the_alert_rules_read_is_exported_by_a_replica() {
     })
     .await;
     let metrics = scrape().await;
+    check_metrics_with_promtool(&metrics);
 
     let rules = std::fs::read_to_string(rules_dir().join("tenure-rules.yaml")).unwrap();
     let tests = std::fs::read_to_string(rules_dir().join("tenure-rules.test.yaml")).unwrap();
@@ -117,6 +135,7 @@ async fn issue16_every_series_the_alert_rules_read_is_exported_by_a_replica() {
             "tenure_fire_lateness_seconds_bucket",
             "tenure_is_leader",
             "tenure_job_file_info",
+            "tenure_ledger_forgotten_starts_total",
             "tenure_missed_slots_total",
             "tenure_notifications_total",
             "tenure_runs_lost_total",
