@@ -16,10 +16,14 @@ pub enum LogFormat {
     Json,
 }
 
-/// Log to stderr, filtered by `RUST_LOG` (default `info`).
+/// Log to stderr, filtered by `RUST_LOG` (default `info`); in colour only on a terminal and
+/// without `NO_COLOR` (<https://no-color.org>), so a log file or a collector gets plain text.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -277,3 +277,40 @@ async fn issue_13_a_job_gets_its_run_values_and_env_but_none_of_tenures_settings
     assert_eq!(seen.get("AWS_REGION").map(String::as_str), Some("eu-west-1"));
     assert!(seen.contains_key("PATH"), "PATH is inherited:\n{text}");
 }
+
+/// A log written to a file is plain text (colour codes only on a terminal); on a terminal,
+/// `NO_COLOR` turns them off too.
+#[tokio::test]
+async fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(&jobs, "jobs:\n  - name: tick\n    schedule: \"* * * * * *\"\n    shell: 'true'\n").unwrap();
+    let ledger = dir.path().join("ledger.db");
+    let dev = DevProcess::start(&jobs, &ledger, free_port(), "to-a-file");
+    wait_for("a few log lines", Duration::from_secs(15), || async { dev.stderr().lines().count() >= 3 }).await;
+    let log = dev.stderr();
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file:\n{log:?}");
+    drop(dev);
+
+    // On a terminal (`script` gives the command one), colour unless NO_COLOR is set.
+    let on_a_terminal = |no_color: bool| {
+        let command = format!(
+            "timeout -s INT 3 {} dev --listen 127.0.0.1:{} --jobs {} --ledger {}",
+            env!("CARGO_BIN_EXE_tenure"),
+            free_port(),
+            jobs.display(),
+            dir.path().join(if no_color { "plain.db" } else { "coloured.db" }).display()
+        );
+        let mut script = Command::new("script");
+        script.args(["-qfec", &command, "/dev/null"]);
+        if no_color {
+            script.env("NO_COLOR", "1");
+        }
+        let output = script.stdin(Stdio::null()).output().expect("script runs (util-linux)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let coloured = on_a_terminal(false);
+    assert!(coloured.contains("\u{1b}["), "no colour on a terminal:\n{coloured:?}");
+    let plain = on_a_terminal(true);
+    assert!(plain.contains("INFO") && !plain.contains('\u{1b}'), "colour with NO_COLOR:\n{plain:?}");
+}
