@@ -74,6 +74,14 @@ pub enum Command {
     Dev(DevArgs),
     /// Print the JSON Schema of the job file, for editors.
     Schema,
+    /// Print a completion script for a shell: `tenure completions bash > /etc/bash_completion.d/tenure`,
+    /// `tenure completions zsh > "${fpath[1]}/_tenure"`, `tenure completions fish > ~/.config/fish/completions/tenure.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print tenure's man page (roff): `tenure man > /usr/local/share/man/man1/tenure.1`.
+    Man,
     /// The client commands (status, jobs, runs, show, trigger, pause, resume, terms): a
     /// replica's API over HTTP(S).
     #[command(flatten)]
@@ -89,6 +97,16 @@ pub struct SuperviseArgs {
     /// Kill every job's process group when the replica sends nothing for this long.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub silence_limit: Duration,
+}
+
+/// Write the completion script for `shell` to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "tenure", out);
+}
+
+/// Write the man page (roff) of `tenure`, its commands listed, to `out`.
+pub fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(out)
 }
 
 #[derive(Debug, Args)]

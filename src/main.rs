@@ -71,6 +71,11 @@ fn main() -> ExitCode {
             print!("{}", tenure::config::job_file_schema());
             Ok(0)
         }
+        Command::Completions { shell } => {
+            tenure::cli::completions(*shell, &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => tenure::cli::man_page(&mut std::io::stdout()).map(|()| 0).map_err(Into::into),
         Command::Client(command) => {
             Ok(tenure::client::commands::run(command, &mut std::io::stdout(), &mut std::io::stderr()))
         }

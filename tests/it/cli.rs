@@ -314,3 +314,18 @@ fn issue_20_zookeeper_tls_files_without_tls_servers_are_refused_at_once() {
         }
     }
 }
+
+/// The shell completions and the man page an operator installs once.
+#[test]
+fn completions_for_each_shell_and_a_man_page_are_printed() {
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef tenure"), ("fish", "complete -c tenure")] {
+        let (code, out, err) = tenure(&["completions", shell]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(marker) && out.contains("trigger") && out.contains("--database-url"), "{shell}: {out}");
+    }
+    let (code, out, err) = tenure(&["man"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(".TH tenure 1") && out.contains("completions") && out.contains("validate"), "{out}");
+    let (code, _, err) = tenure(&["completions", "powerpoint"]);
+    assert_eq!(code, 2, "an unknown shell is refused: {err}");
+}
