@@ -160,6 +160,10 @@ pub mod metric {
     pub const DEADMAN_LAST_SUCCESS: &str = "tenure_deadman_last_success_timestamp_seconds";
     /// Dashboard and API requests refused by admission (`http::shed`).
     pub const HTTP_SHED: &str = "tenure_http_shed_total";
+    /// HTTP connections closed at the connection cap (`http::listen`); label `reason`: `idle`
+    /// (open longest without a request, closed to make room) or `busy` (a new one, every open one
+    /// being busy).
+    pub const HTTP_CONNECTIONS_SHED: &str = "tenure_http_connections_shed_total";
     /// Notification delivery attempts by this replica while it led; label `result`:
     /// `delivered`, `failed` (retried later) or `abandoned`.
     pub const NOTIFICATIONS: &str = "tenure_notifications_total";

@@ -4,10 +4,15 @@
 //! resume, trigger), recorded in the ledger for the leader to act on, so any replica takes them.
 
 mod api;
+mod gate;
+mod listen;
 mod pages;
+mod rejection;
 mod shed;
 pub mod view;
 
+pub use gate::{BODY_LIMIT, BODY_TIMEOUT};
+pub use listen::HEADER_TIMEOUT;
 pub use shed::{MAX_CONCURRENT_READS, MAX_QUEUED_READS};
 
 use std::sync::Arc;
@@ -74,17 +79,21 @@ impl PageCache {
     }
 }
 
-/// Every route. The API and the pages take turns (`shed`); the probes and metrics never wait.
+/// Every route. The API and the pages take turns (`shed`), once they have shown what their route
+/// needs (`gate`); the probes and metrics never wait. A panicking handler is answered 500.
 pub fn router(state: AppState) -> Router {
     let dashboard = api::routes()
         .merge(pages::routes())
-        .layer(axum::middleware::from_fn_with_state(shed::Admission::new(), shed::admit));
+        .route_layer(axum::middleware::from_fn_with_state(shed::Admission::new(), shed::admit))
+        .route_layer(axum::middleware::from_fn_with_state(state.auth.clone(), gate::check));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(|| async { crate::telemetry::metrics().render() }))
         .merge(dashboard)
+        .fallback(rejection::no_route)
         .with_state(state)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(rejection::panicked))
 }
 
 /// How much lower than the rest of the replica the HTTP server's thread runs (`nice`, added to
@@ -93,10 +102,13 @@ const HTTP_NICENESS: i32 = 10;
 
 /// Serve until `shutdown` on a runtime of its own: one thread, at a lower CPU priority, so that
 /// however many readers come, the dashboard and the API use at most one core and only what the
-/// firing path leaves of it. Join the returned thread (off the async runtime) for the outcome.
+/// firing path leaves of it; and at most as many connections as `budget` leaves beside the
+/// firing path's open files (`listen`). Join the returned thread (off the async runtime) for the
+/// outcome.
 pub fn serve_apart(
     listener: TcpListener,
     state: AppState,
+    budget: crate::fds::Budget,
     shutdown: CancellationToken,
 ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
     let listener = listener.into_std()?;
@@ -112,16 +124,21 @@ pub fn serve_apart(
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async move {
             let listener = TcpListener::from_std(listener)?;
-            serve(listener, state, shutdown).await
+            serve(listener, state, budget, shutdown).await
         })
     })?;
     Ok(thread)
 }
 
-/// Serve until `shutdown`.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
-    Ok(())
+/// Serve until `shutdown`, with at most as many connections as `budget` leaves.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    budget: crate::fds::Budget,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let jobs = state.jobs.clone();
+    listen::serve(listener, router(state), budget, jobs, shutdown).await
 }
 
 #[derive(Serialize)]
@@ -317,9 +334,8 @@ impl Auth {
         }
     }
 
-    /// Page forms: basic auth (or bearer), a same-origin request, and the anti-forgery value of
-    /// this browser's session.
-    fn mutate_form(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Problem> {
+    /// Page forms, before their body is read: basic auth (or bearer), from a same-origin page.
+    fn form_sender(&self, headers: &HeaderMap) -> Result<(), Problem> {
         self.signed_in(headers)?;
         if let Err(reason) = same_origin(headers) {
             tracing::warn!(reason, "refused a cross-origin form post");
@@ -329,6 +345,13 @@ impl Auth {
                 "cross-origin requests cannot change anything",
             ));
         }
+        Ok(())
+    }
+
+    /// Page forms: basic auth (or bearer), a same-origin request, and the anti-forgery value of
+    /// this browser's session.
+    fn mutate_form(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Problem> {
+        self.form_sender(headers)?;
         let session = BrowserSession::of(headers);
         let expected = (!session.is_new).then(|| self.csrf_for(&session)).flatten();
         // Compare digests: the time taken says nothing about the expected value.
