@@ -32,14 +32,15 @@ struct Replica {
 }
 
 impl Replica {
-    /// `tenure dev` on `jobs` with the admin token and `extra` arguments; under an open-files
-    /// limit of `open_files` (soft and hard, as `ulimit -n` sets them) when given.
-    async fn start(jobs: &str, extra: &[&str], open_files: Option<u32>) -> Replica {
+    /// `tenure dev` on `jobs` (`DIR` in it stands for the replica's own directory) with the admin
+    /// token and `extra` arguments, under `ulimit` with `ulimit_args` (`-n 1024`: soft and hard
+    /// open-files limits) when given.
+    async fn start(jobs: &str, extra: &[&str], ulimit_args: Option<&str>) -> Replica {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("jobs.yaml"), jobs).unwrap();
+        std::fs::write(dir.path().join("jobs.yaml"), jobs.replace("DIR", &dir.path().display().to_string())).unwrap();
         let port = free_port();
         let stderr = dir.path().join("tenure.stderr");
-        let limit = open_files.map_or_else(String::new, |files| format!("ulimit -n {files} && "));
+        let limit = ulimit_args.map_or_else(String::new, |args| format!("ulimit {args} && "));
         let child = Command::new("sh")
             .arg("-c")
             .arg(format!("{limit}exec \"$0\" \"$@\""))
@@ -62,6 +63,10 @@ impl Replica {
         })
         .await;
         replica
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     fn stderr(&self) -> String {
@@ -231,7 +236,7 @@ async fn slowloris(port: u16, until: tokio::time::Instant) {
 #[tokio::test]
 async fn thousands_of_slow_heads_leave_the_firing_path_its_open_files() {
     raise_own_open_files_limit();
-    let replica = Replica::start(EVERY_SECOND, &[], Some(1024)).await;
+    let replica = Replica::start(EVERY_SECOND, &[], Some("-n 1024")).await;
     wait_for("tick's first success", Duration::from_secs(15), || async {
         replica.runs().await.iter().any(|run| run["status"] == "succeeded")
     })
@@ -315,4 +320,26 @@ async fn a_backfill_from_the_first_representable_instant_is_answered_400() {
     let health = client.get(format!("{}/healthz", replica.base)).send().await.unwrap();
     assert_eq!(health.status(), 200);
     assert!(!replica.stderr().contains("panicked"), "{}", replica.stderr());
+}
+
+/// The soft and hard open-files limits of process `pid`, from `/proc/<pid>/limits`.
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|line| line.starts_with("Max open files")).unwrap().to_owned();
+    let mut numbers = line.split_whitespace().skip(3);
+    (numbers.next().unwrap().to_owned(), numbers.next().unwrap().to_owned())
+}
+
+/// A replica raises its soft open-files limit to the hard one (its connections and runs share
+/// it); the jobs it starts get the soft limit it was started with.
+#[tokio::test]
+async fn the_replica_raises_its_open_files_limit_and_its_jobs_keep_the_one_it_was_given() {
+    let jobs = "jobs:\n  - name: limit\n    schedule: \"* * * * * *\"\n    shell: \"ulimit -Sn > DIR/soft.tmp && mv DIR/soft.tmp DIR/soft\"\n";
+    let replica = Replica::start(jobs, &[], Some("-Sn 512")).await;
+    let (soft, hard) = open_files_limits(replica.child.id());
+    assert_eq!(soft, hard, "the replica's own soft limit is its hard one");
+    assert_ne!(soft, "512");
+    let seen = replica.dir().join("soft");
+    wait_for("the job to report its limit", Duration::from_secs(15), || async { seen.exists() }).await;
+    assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), "512", "the job's soft limit");
 }
