@@ -11,14 +11,13 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use tenure::http::{BODY_TIMEOUT, HEADER_TIMEOUT};
+
 use crate::cluster::{ADMIN_TOKEN, Cluster, Options};
 use crate::harness::{free_port, wait_for};
 
 /// The admin token the replicas here start with.
 const TOKEN: &str = "tok";
-/// How long a client may take to send a request's head, and then its body (README, "HTTP limits").
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A job that runs every second and always succeeds.
 const EVERY_SECOND: &str = "jobs:\n  - name: tick\n    schedule: \"* * * * * *\"\n    shell: \"true\"\n";
 
