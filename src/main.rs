@@ -85,8 +85,7 @@ fn run(args: &tenure::cli::RunArgs) -> anyhow::Result<i32> {
     tenure::telemetry::metrics();
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+        let listener = tenure::http::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tenure::app::run(settings, listener, shutdown).await?;
@@ -104,8 +103,7 @@ fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
     let lock = tenure::local::LedgerLock::acquire(&settings.ledger_path)?;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+        let listener = tenure::http::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
         let address = listener.local_addr()?;
         println!(
             "tenure dev: {} jobs from {}, ledger {}",

@@ -36,6 +36,27 @@ const ROOM_WAIT: Duration = Duration::from_secs(1);
 /// How long, on shutdown, requests in flight have to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// The accept queue asked of the kernel (which caps it at `net.core.somaxconn`): deep enough that
+/// under a flood of connections a new one waits its turn rather than having its SYN dropped (a
+/// second's retransmission each time).
+const ACCEPT_QUEUE: u32 = 4096;
+
+/// Listen on `address` (`host:port`; the first of its addresses that binds), with the accept
+/// queue `ACCEPT_QUEUE`.
+pub async fn bind(address: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for address in tokio::net::lookup_host(address).await? {
+        let socket =
+            if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(address).and_then(|()| socket.listen(ACCEPT_QUEUE)) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to listen on")))
+}
+
 /// Serve `app` on `listener` until `shutdown`, under the cap `budget` leaves with the leader's
 /// jobs in `jobs`; then let requests in flight finish (at most `SHUTDOWN_GRACE`).
 pub(super) async fn serve(

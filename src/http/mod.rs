@@ -12,7 +12,7 @@ mod shed;
 pub mod view;
 
 pub use gate::{BODY_LIMIT, BODY_TIMEOUT};
-pub use listen::HEADER_TIMEOUT;
+pub use listen::{HEADER_TIMEOUT, bind};
 pub use shed::{MAX_CONCURRENT_READS, MAX_QUEUED_READS};
 
 use std::sync::Arc;
