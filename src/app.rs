@@ -356,7 +356,10 @@ impl Replica {
             pages: Default::default(),
         };
         let http_shutdown = CancellationToken::new();
-        let server = http::serve_apart(listener, state, tls, http_shutdown.clone()).context("start the http server")?;
+        // The connections the server takes leave the firing path its open files (`fds`).
+        let budget = crate::fds::Budget::current(execution.max_runs);
+        let server =
+            http::serve_apart(listener, state, tls, budget, http_shutdown.clone()).context("start the http server")?;
 
         // Every replica executes what the leader assigns it, the leader's own included.
         let worker = Worker::new(WorkerInputs {

@@ -19,6 +19,7 @@ pub mod config;
 pub mod deadman;
 pub mod election;
 pub mod executor;
+pub mod fds;
 pub mod hardening;
 pub mod http;
 pub mod leadership;

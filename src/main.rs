@@ -89,14 +89,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raise the soft open-files limit to the hard one: the runs and the dashboard's connections
+/// share it (`tenure::fds`); the processes tenure starts get the old soft limit back.
+fn raise_open_files_limit() {
+    match tenure::fds::raise_soft_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open-files limit"),
+    }
+}
+
 fn run(args: &tenure::cli::RunArgs) -> anyhow::Result<i32> {
     let settings = args.settings()?;
+    raise_open_files_limit();
     // Install the Prometheus recorder before anything records.
     tenure::telemetry::metrics();
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+        let listener = tenure::http::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tenure::app::run(settings, listener, shutdown).await?;
@@ -106,6 +115,7 @@ fn run(args: &tenure::cli::RunArgs) -> anyhow::Result<i32> {
 
 fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
     let (settings, token) = args.settings()?;
+    raise_open_files_limit();
     tenure::telemetry::metrics();
     // Check the job file first, so a broken one is reported before anything starts.
     let jobs = tenure::config::load(&settings.jobs_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
@@ -113,8 +123,7 @@ fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
     let lock = tenure::local::LedgerLock::acquire(&settings.ledger_path)?;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+        let listener = tenure::http::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
         let address = listener.local_addr()?;
         println!(
             "tenure dev: {} jobs from {}, ledger {}",

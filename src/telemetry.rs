@@ -22,8 +22,7 @@ pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -229,6 +228,10 @@ pub mod metric {
     pub const DEADMAN_LAST_SUCCESS: &str = "tenure_deadman_last_success_timestamp_seconds";
     /// Dashboard and API requests refused by admission (`http::shed`).
     pub const HTTP_SHED: &str = "tenure_http_shed_total";
+    /// HTTP connections closed at the connection cap (`http::listen`); label `reason`: `idle`
+    /// (open longest without a request, closed to make room) or `busy` (a new one, every open one
+    /// being busy).
+    pub const HTTP_CONNECTIONS_SHED: &str = "tenure_http_connections_shed_total";
     /// Notification delivery attempts by this replica while it led; label `result`:
     /// `delivered`, `failed` (retried later) or `abandoned`.
     pub const NOTIFICATIONS: &str = "tenure_notifications_total";

@@ -7,22 +7,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::gate::BODY_LIMIT;
+use super::rejection::{Path, Query, Rejected};
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, TermView};
 use super::{AppState, Problem};
 use crate::config::{Concurrency, Job, TargetKind};
 use crate::model::{Control, RunStatus, TriggerKind};
 use crate::store::{BackfillRecord, RunCursor, TriggerOverrides, TriggerRecord, TriggerRequest};
-
-/// The largest request body the API reads (a trigger's optional JSON).
-const BODY_LIMIT: usize = 16 * 1024;
 
 pub fn routes() -> Router<AppState> {
     let api = Router::new()
@@ -53,7 +52,8 @@ pub fn routes() -> Router<AppState> {
 /// One page of the jobs (`page` from 1), and how many jobs there are in all.
 pub(super) async fn jobs_page(state: &AppState, page: usize) -> Result<(Vec<JobView>, usize), Problem> {
     let jobs = state.jobs.borrow().clone();
-    let offset = page.saturating_sub(1) * view::JOBS_PER_PAGE;
+    // Saturating: a page past the last (however far) is empty, never an overflow.
+    let offset = page.saturating_sub(1).saturating_mul(view::JOBS_PER_PAGE);
     Ok((view::read_jobs(&state.store, &jobs, offset, view::JOBS_PER_PAGE).await?, jobs.jobs().len()))
 }
 
@@ -283,7 +283,7 @@ async fn job_runs(
 async fn run(
     State(state): State<AppState>,
     headers: HeaderMap,
-    id: Result<Path<i64>, PathRejection>,
+    id: Result<Path<i64>, Rejected>,
 ) -> Result<Json<RunView>, Problem> {
     state.auth.read(&headers)?;
     let Path(id) = id.map_err(|_| Problem::bad_request("a run id is a number"))?;
@@ -425,7 +425,10 @@ fn backfill_slots(
         )));
     }
     let mut slots = Vec::new();
-    let mut after = from - chrono::Duration::microseconds(1);
+    // The schedule's slots after the instant just before `from`: `from` itself may be one.
+    let Some(mut after) = from.checked_sub_signed(chrono::Duration::microseconds(1)) else {
+        return Err(Problem::bad_request(format!("`from` ({from}) is before the first instant tenure can schedule")));
+    };
     while let Some(slot) = job.schedule.next_after(after).filter(|slot| *slot <= to) {
         if slots.len() == BACKFILL_MAX_SLOTS {
             return Err(Problem::bad_request(format!(
@@ -481,7 +484,7 @@ async fn backfills(
 async fn backfill_progress(
     State(state): State<AppState>,
     headers: HeaderMap,
-    id: Result<Path<i64>, PathRejection>,
+    id: Result<Path<i64>, Rejected>,
 ) -> Result<Json<BackfillView>, Problem> {
     state.auth.read(&headers)?;
     let Path(id) = id.map_err(|_| Problem::bad_request("a backfill id is a number"))?;

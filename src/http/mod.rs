@@ -6,12 +6,17 @@
 //! speaks HTTPS (`tls`).
 
 mod api;
+mod gate;
+mod listen;
 mod pages;
 mod protect;
+mod rejection;
 mod shed;
 pub mod tls;
 pub mod view;
 
+pub use gate::{BODY_LIMIT, BODY_TIMEOUT};
+pub use listen::{HEADER_TIMEOUT, bind};
 pub use protect::{CONTENT_SECURITY_POLICY, PublicUrl, Served};
 pub use shed::{MAX_CONCURRENT_READS, MAX_QUEUED_READS};
 
@@ -79,19 +84,24 @@ impl PageCache {
     }
 }
 
-/// Every route. The API and the pages take turns (`shed`); the probes and metrics never wait.
-/// Every answer, a 404 of no route included, carries the browser protections (`protect`).
+/// Every route. The API and the pages take turns (`shed`), once they have shown what their route
+/// needs (`gate`); the probes and metrics never wait. A panicking handler is answered 500. Every
+/// answer, a 404 of no route and a panic's 500 included, carries the browser protections
+/// (`protect`).
 pub fn router(state: AppState) -> Router {
     let https = state.auth.served.https();
     let dashboard = api::routes()
         .merge(pages::routes())
-        .layer(axum::middleware::from_fn_with_state(shed::Admission::new(), shed::admit));
+        .route_layer(axum::middleware::from_fn_with_state(shed::Admission::new(), shed::admit))
+        .route_layer(axum::middleware::from_fn_with_state(state.auth.clone(), gate::check));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(|| async { crate::telemetry::metrics().render() }))
         .merge(dashboard)
+        .fallback(rejection::no_route)
         .with_state(state)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(rejection::panicked))
         .layer(axum::middleware::map_response_with_state(https, protect::add_headers))
 }
 
@@ -101,12 +111,14 @@ const HTTP_NICENESS: i32 = 10;
 
 /// Serve until `shutdown` on a runtime of its own: one thread, at a lower CPU priority, so that
 /// however many readers come, the dashboard and the API use at most one core and only what the
-/// firing path leaves of it. HTTPS when `tls` is given. Join the returned thread (off the async
-/// runtime) for the outcome.
+/// firing path leaves of it; and at most as many connections as `budget` leaves beside the
+/// firing path's open files (`listen`). HTTPS when `tls` is given. Join the returned thread (off
+/// the async runtime) for the outcome.
 pub fn serve_apart(
     listener: TcpListener,
     state: AppState,
     tls: Option<tls::ListenerTls>,
+    budget: crate::fds::Budget,
     shutdown: CancellationToken,
 ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
     let listener = listener.into_std()?;
@@ -122,33 +134,32 @@ pub fn serve_apart(
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async move {
             let listener = TcpListener::from_std(listener)?;
-            match tls {
-                Some(tls) => serve_tls(listener, state, tls, shutdown).await,
-                None => serve(listener, state, shutdown).await,
-            }
+            serve(listener, state, tls, budget, shutdown).await
         })
     })?;
     Ok(thread)
 }
 
-/// Serve until `shutdown`.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
-    Ok(())
-}
-
-/// Serve HTTPS until `shutdown`: each accepted connection is wrapped in TLS (`tls::handshake`)
-/// before HTTP; the certificate is read again when its files change.
-pub async fn serve_tls(
+/// Serve until `shutdown`, with at most as many connections as `budget` leaves; HTTPS when
+/// `tls` is given (each admitted connection's handshake first, on its own task; the certificate
+/// read again when its files change).
+pub async fn serve(
     listener: TcpListener,
     state: AppState,
-    tls: tls::ListenerTls,
+    tls: Option<tls::ListenerTls>,
+    budget: crate::fds::Budget,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let listener = tls::TlsListener::new(listener, tls.acceptor()?);
-    tokio::spawn(tls.keep_fresh(shutdown.clone()));
-    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
-    Ok(())
+    let jobs = state.jobs.clone();
+    let acceptor = match tls {
+        Some(tls) => {
+            let acceptor = tls.acceptor()?;
+            tokio::spawn(tls.keep_fresh(shutdown.clone()));
+            Some(acceptor)
+        }
+        None => None,
+    };
+    listen::serve(listener, router(state), budget, jobs, acceptor, shutdown).await
 }
 
 #[derive(Serialize)]
@@ -356,9 +367,8 @@ impl Auth {
         }
     }
 
-    /// Page forms: basic auth (or bearer), a same-origin request, and the anti-forgery value of
-    /// this browser's session.
-    fn mutate_form(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Problem> {
+    /// Page forms, before their body is read: basic auth (or bearer), from a same-origin page.
+    fn form_sender(&self, headers: &HeaderMap) -> Result<(), Problem> {
         self.signed_in(headers)?;
         if let Err(reason) = self.served.same_origin(headers) {
             tracing::warn!(reason, "refused a cross-origin form post");
@@ -368,6 +378,13 @@ impl Auth {
                 "cross-origin requests cannot change anything",
             ));
         }
+        Ok(())
+    }
+
+    /// Page forms: basic auth (or bearer), a same-origin request, and the anti-forgery value of
+    /// this browser's session.
+    fn mutate_form(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Problem> {
+        self.form_sender(headers)?;
         let session = BrowserSession::of(headers);
         let expected = (!session.is_new).then(|| self.csrf_for(&session)).flatten();
         // Compare digests: the time taken says nothing about the expected value.

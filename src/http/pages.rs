@@ -7,9 +7,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::Form;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -17,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::api::{self, RunQuery};
+use super::rejection::{Form, Path, Query};
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, STRIP, ago, human_ms, in_zone, utc};
 use super::{AppState, BrowserSession, Problem};
 use crate::model::{Control, RunStatus, TriggerKind};
@@ -35,6 +35,7 @@ pub fn routes() -> Router<AppState> {
             "/static/live.js",
             get(|| async { asset("text/javascript; charset=utf-8", include_str!("static/live.js")) }),
         )
+        .method_not_allowed_fallback(super::rejection::wrong_page_method)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -42,7 +43,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// A page failed: the problem, as a small HTML page.
-struct PageError(Problem);
+pub(super) struct PageError(pub(super) Problem);
 
 impl From<Problem> for PageError {
     fn from(problem: Problem) -> PageError {
@@ -204,10 +205,11 @@ async fn overview(
     let cluster = api::cluster_view(&state).await?;
     let (jobs, total) = api::jobs_page(&state, page).await?;
     let pages = total.div_ceil(view::JOBS_PER_PAGE).max(1);
+    let skipped = (page - 1).saturating_mul(view::JOBS_PER_PAGE);
     let shown = format!(
         "{}-{} of {total}",
-        ((page - 1) * view::JOBS_PER_PAGE + 1).min(total),
-        ((page - 1) * view::JOBS_PER_PAGE + jobs.len()).min(total)
+        skipped.saturating_add(1).min(total),
+        skipped.saturating_add(jobs.len()).min(total)
     );
     let previous_page = (page > 1).then(|| format!("/?page={}", page - 1));
     let next_page = (page < pages).then(|| format!("/?page={}", page + 1));

@@ -1,11 +1,10 @@
 //! HTTPS on `--listen` (`--tls-cert`, `--tls-key`; rustls on the ring provider): the pair is read
 //! at start (a file that cannot be used stops the start with one line naming it), read again when
 //! either file changes (compared every `POLL`) and on SIGHUP; a new pair that does not load is
-//! logged and the one served is kept. Each accepted TCP connection goes through its TLS handshake
-//! on a task of its own (`handshake`, bounded in time and in number), so a slow client holds up
-//! no other; a plaintext request is answered 400 and closed.
+//! logged and the one served is kept. Each connection the accept loop admits (`listen`, within its
+//! cap) goes through its TLS handshake on its own task (`handshake`, bounded in time), so a slow
+//! client holds up no other; a plaintext request is answered 400 and closed.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -18,8 +17,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -28,8 +26,6 @@ use tokio_util::sync::CancellationToken;
 const POLL: Duration = Duration::from_secs(2);
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes under way at once; the listener accepts no more until one ends.
-const MAX_HANDSHAKES: usize = 128;
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
@@ -174,53 +170,6 @@ impl ListenerTls {
                 }
             }
         }
-    }
-}
-
-/// The TCP listener with TLS in front of every connection: `accept` yields only connections
-/// whose handshake completed; handshakes run on tasks of their own meanwhile.
-pub struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
-}
-
-impl TlsListener {
-    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> TlsListener {
-        TlsListener { tcp, acceptor, handshakes: JoinSet::new() }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // Cancel-safe: a connection accepted or a handshake started stays in `self`.
-        loop {
-            tokio::select! {
-                accepted = self.tcp.accept(), if self.handshakes.len() < MAX_HANDSHAKES => match accepted {
-                    Ok((stream, address)) => {
-                        let acceptor = self.acceptor.clone();
-                        self.handshakes.spawn(async move { handshake(&acceptor, stream).await.map(|tls| (tls, address)) });
-                    }
-                    Err(error) => {
-                        // Out of file descriptors and the like: give the process a moment.
-                        tracing::warn!(%error, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(done) = self.handshakes.join_next() => {
-                    if let Ok(Some(connection)) = done {
-                        return connection;
-                    }
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
     }
 }
 

@@ -226,7 +226,8 @@ impl Connection {
     fn start(program: &std::path::Path, silence_limit: Duration) -> std::io::Result<Connection> {
         let (replica_end, supervisor_end) = UnixStream::pair()?;
         replica_end.set_nonblocking(true)?;
-        let mut child = tokio::process::Command::new(program)
+        let mut command = tokio::process::Command::new(program);
+        command
             .arg0("tenure")
             .arg("supervise")
             .arg("--silence-limit")
@@ -237,8 +238,12 @@ impl Connection {
             .stderr(Stdio::inherit())
             // Out of the replica's process group, so a ctrl-c meant for the replica does not
             // reach it. No kill_on_drop: a supervisor killed outright could not kill its groups.
-            .process_group(0)
-            .spawn()?;
+            .process_group(0);
+        // The supervisor, and so every job, runs with the soft open-files limit the replica was
+        // started with, not the one the replica raised for itself.
+        // SAFETY: between fork and exec the closure only calls getrlimit and setrlimit.
+        unsafe { command.pre_exec(crate::fds::restore_soft_limit_for_children) };
+        let mut child = command.spawn()?;
         let socket = tokio::net::UnixStream::from_std(replica_end)?;
         let (reader, writer) = socket.into_split();
         let waiting: Arc<Mutex<HashMap<u64, Waiting>>> = Arc::default();

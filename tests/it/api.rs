@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use base64::Engine;
 use chrono::{TimeZone, Utc};
+use proptest::prelude::*;
 use serde_json::Value;
 use tenure::http::{AppState, Auth, ReadAccess, router};
 use tenure::leadership::{Leadership, Term};
@@ -805,5 +806,326 @@ async fn forwarded_headers_count_only_with_a_public_url() {
     ] {
         let answer = form_post(&f, headers).await;
         assert_eq!(answer.status, StatusCode::SEE_OTHER, "with --public-url {headers:?}: {}", answer.body);
+    }
+}
+
+/// Every route of the router, as (method, path template), and two no route has. `{name}`, `{id}` and `{action}` are
+/// filled with generated segments.
+const ROUTES: &[(&str, &str)] = &[
+    // The routes that read a body, thrice: most of what can go wrong is there.
+    ("POST", "/api/jobs/{name}/trigger"),
+    ("POST", "/api/jobs/{name}/backfill"),
+    ("POST", "/jobs/{name}/{action}"),
+    ("POST", "/api/jobs/{name}/trigger"),
+    ("POST", "/api/jobs/{name}/backfill"),
+    ("POST", "/jobs/{name}/{action}"),
+    ("GET", "/api/jobs"),
+    ("GET", "/api/jobs/{name}"),
+    ("GET", "/api/jobs/{name}/runs"),
+    ("POST", "/api/jobs/{name}/trigger"),
+    ("POST", "/api/jobs/{name}/pause"),
+    ("POST", "/api/jobs/{name}/resume"),
+    ("POST", "/api/jobs/{name}/backfill"),
+    ("GET", "/api/backfills"),
+    ("GET", "/api/backfills/{id}"),
+    ("GET", "/api/runs/{id}"),
+    ("GET", "/api/cluster"),
+    ("GET", "/api/terms"),
+    ("GET", "/api/openapi.json"),
+    ("GET", "/api/{name}"),
+    ("GET", "/"),
+    ("GET", "/jobs/{name}"),
+    ("POST", "/jobs/{name}/{action}"),
+    ("GET", "/runs/{id}"),
+    ("GET", "/terms"),
+    ("GET", "/signin"),
+    ("GET", "/static/app.css"),
+    ("GET", "/{name}"),
+];
+
+/// Each byte as `%XX`: any byte string, invalid UTF-8 and `/` included, as one path segment.
+fn percent_encoded(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("%{byte:02X}")).collect()
+}
+
+/// A path segment or query value: numbers at and past the edges, words the routes know, any
+/// bytes percent-encoded, and raw text with broken escapes.
+fn hostile_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "nope",
+            "0",
+            "1",
+            "-1",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "99999999999999999999",
+            "1e3",
+            "trigger",
+            "backfill",
+            "failed",
+            "running",
+            "..",
+            "",
+        ])
+        .prop_map(str::to_owned),
+        prop::collection::vec(any::<u8>(), 0..12).prop_map(|bytes| percent_encoded(&bytes)),
+        "[a-zA-Z0-9%._~+-]{0,12}",
+    ]
+}
+
+/// A segment for `placeholder`: mostly one the route knows (so the handler behind it runs),
+/// otherwise hostile text.
+fn segment(known: &'static [&'static str]) -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::sample::select(known).prop_map(str::to_owned),
+        1 => hostile_text(),
+    ]
+}
+
+/// Instants at the edges of what chrono represents.
+fn edge_instant() -> impl Strategy<Value = serde_json::Value> {
+    prop::sample::select(vec![
+        "-262143-01-01T00:00:00Z",
+        "-262143-01-01T00:00:00.000001Z",
+        "+262142-12-31T23:59:59.999999999Z",
+    ])
+    .prop_map(serde_json::Value::from)
+}
+
+/// Instants a client may send: the edges of what chrono represents, years out of its range,
+/// ordinary ones, and what is no instant.
+fn hostile_instant() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        3 => edge_instant(),
+        2 => prop::sample::select(vec![
+            "0000-01-01T00:00:00Z",
+            "1970-01-01T00:00:00Z",
+            "2026-11-23T09:00:00Z",
+            "2026-11-23T10:34:00Z",
+            "2026-11-23T10:00:00+14:00",
+        ])
+        .prop_map(serde_json::Value::from),
+        1 => (-262_143i64..=262_142, 1u32..=12, 1u32..=28).prop_map(|(year, month, day)| serde_json::Value::from(
+            format!("{year:+07}-{month:02}-{day:02}T00:00:00Z")
+        )),
+        1 => prop::sample::select(vec!["-262144-12-31T23:59:59Z", "+262143-01-01T00:00:00Z", "yesterday", ""])
+            .prop_map(serde_json::Value::from),
+        1 => any::<i64>().prop_map(serde_json::Value::from),
+        1 => Just(serde_json::Value::Null),
+    ]
+}
+
+/// Any JSON value, a few levels deep.
+fn any_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(serde_json::Value::from),
+        "\\PC{0,20}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            prop::collection::btree_map("[A-Za-z_0-9]{0,8}", inner, 0..4)
+                .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+        ]
+    })
+}
+
+/// A backfill window.
+fn backfill_body() -> impl Strategy<Value = Vec<u8>> {
+    (hostile_instant(), hostile_instant(), prop::option::of(prop_oneof![Just(serde_json::json!(true)), any_json()]))
+        .prop_map(|(from, to, dry_run)| {
+            let mut body = serde_json::json!({ "from": from, "to": to });
+            if let Some(dry_run) = dry_run {
+                body["dry_run"] = dry_run;
+            }
+            body.to_string().into_bytes()
+        })
+}
+
+/// A trigger's overrides.
+fn trigger_body() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop::option::of("\\PC{0,8}"),
+        prop::collection::btree_map("\\PC{0,8}", "\\PC{0,8}", 0..3),
+        prop::option::of("\\PC{0,8}"),
+        prop::option::of(prop::sample::select(vec!["allow", "forbid", "replace", "skip", "bogus"])),
+    )
+        .prop_map(|(key, env, reason, concurrency)| {
+            serde_json::json!({ "idempotency_key": key, "env": env, "reason": reason, "concurrency": concurrency })
+                .to_string()
+                .into_bytes()
+        })
+}
+
+/// Stands in a generated form for the session's anti-forgery value.
+const CSRF: &str = "CSRF-OF-THE-SESSION";
+
+/// A body for `template`: mostly the shape its route reads, otherwise any JSON or bytes.
+fn hostile_body(template: &str) -> BoxedStrategy<Vec<u8>> {
+    let shaped = match template {
+        "/api/jobs/{name}/backfill" => backfill_body().boxed(),
+        "/api/jobs/{name}/trigger" => trigger_body().boxed(),
+        "/jobs/{name}/{action}" => {
+            (prop_oneof![3 => Just(CSRF.to_owned()), 1 => hostile_text()], prop::option::of(hostile_text()))
+                .prop_map(|(csrf, key)| match key {
+                    Some(key) => format!("csrf={csrf}&key={key}").into_bytes(),
+                    None => format!("csrf={csrf}").into_bytes(),
+                })
+                .boxed()
+        }
+        _ => Just(Vec::new()).boxed(),
+    };
+    prop_oneof![
+        6 => shaped,
+        1 => any_json().prop_map(|body| body.to_string().into_bytes()),
+        1 => prop::collection::vec(any::<u8>(), 0..64),
+    ]
+    .boxed()
+}
+
+/// One generated request: a route (and sometimes another method), its segments, a query, a body
+/// and credentials.
+#[derive(Debug, Clone)]
+struct Hostile {
+    method: &'static str,
+    template: &'static str,
+    segments: [String; 3],
+    query: Vec<(String, String)>,
+    body: Vec<u8>,
+    content_type: &'static str,
+    credential: Credential,
+}
+
+/// What a generated request shows: the token as its route takes it (a bearer token for the API,
+/// basic auth with the session for the pages), none, or a wrong one.
+#[derive(Debug, Clone, Copy)]
+enum Credential {
+    Right,
+    None,
+    Wrong,
+}
+
+fn hostile_request() -> impl Strategy<Value = Hostile> {
+    prop::sample::select(ROUTES).prop_flat_map(|(method, template)| {
+        (
+            prop_oneof![9 => Just(method), 1 => prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "HEAD"])],
+            [segment(&["tick", "berlin"]), segment(&["1", "2", "30", "31"]), segment(&["trigger", "pause", "resume"])],
+            prop::collection::vec(
+                (
+                    prop_oneof![
+                        prop::sample::select(vec!["page", "status", "cursor", "limit", "job", "done"])
+                            .prop_map(str::to_owned),
+                        "[a-z%]{0,5}"
+                    ],
+                    hostile_text(),
+                ),
+                0..4,
+            ),
+            hostile_body(template),
+            prop::sample::select(vec![
+                "application/json",
+                "application/x-www-form-urlencoded",
+                "application/x-www-form-urlencoded",
+                "text/plain",
+                "",
+            ]),
+            prop_oneof![6 => Just(Credential::Right), 1 => Just(Credential::None), 1 => Just(Credential::Wrong)],
+        )
+            .prop_map(move |(method, segments, query, body, content_type, credential)| Hostile {
+                method,
+                template,
+                segments,
+                query,
+                body,
+                content_type,
+                credential,
+            })
+    })
+}
+
+impl Hostile {
+    fn uri(&self) -> String {
+        let mut path = self.template.to_owned();
+        for (placeholder, segment) in ["{name}", "{id}", "{action}"].iter().zip(&self.segments) {
+            path = path.replace(placeholder, segment);
+        }
+        // `/api/{name}`, `/{name}`: paths no route has.
+        if !self.query.is_empty() {
+            let pairs: Vec<String> = self.query.iter().map(|(key, value)| format!("{key}={value}")).collect();
+            path = format!("{path}?{}", pairs.join("&"));
+        }
+        path
+    }
+
+    /// The request, or `None` when the generated text is no URI at all (the listener refuses
+    /// those before any route sees them).
+    fn request(&self, session: &str, csrf: &str) -> Option<Request<Body>> {
+        let uri: axum::http::Uri = self.uri().parse().ok()?;
+        let mut request = Request::builder().method(self.method).uri(uri);
+        let api = self.template.starts_with("/api/");
+        request = match self.credential {
+            Credential::None => request,
+            Credential::Right if api => request.header(header::AUTHORIZATION, format!("Bearer {TOKEN}")),
+            Credential::Right => request
+                .header(header::AUTHORIZATION, basic(TOKEN))
+                .header(header::COOKIE, session)
+                .header("sec-fetch-site", "same-origin"),
+            Credential::Wrong => request.header(header::AUTHORIZATION, "Bearer wrong"),
+        };
+        if !self.content_type.is_empty() {
+            request = request.header(header::CONTENT_TYPE, self.content_type);
+        }
+        // A page form with the session's own anti-forgery value, so the handler behind it runs.
+        let body = match std::str::from_utf8(&self.body) {
+            Ok(text) if text.contains(CSRF) => text.replace(CSRF, csrf).into_bytes(),
+            _ => self.body.clone(),
+        };
+        request.body(Body::from(body)).ok()
+    }
+}
+
+/// Generated paths, queries and bodies at every route, with and without credentials: every answer
+/// is a 2xx, a redirect, or a 4xx in the surface's error format (problem+json under `/api`, the
+/// error page elsewhere); never a 5xx, a panic or a bare text answer.
+#[test]
+fn every_route_answers_generated_input_with_a_success_or_a_clear_client_error() {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let f = runtime.block_on(fixture(ReadAccess::Open));
+    let page = runtime.block_on(get(&f.state, "/jobs/tick"));
+    let session = page.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let csrf = page.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let config = Config { cases: 1_000, failure_persistence: None, ..Config::default() };
+    let mut runner = TestRunner::new(config);
+    let outcome = runner.run(&hostile_request(), |hostile| {
+        let Some(request) = hostile.request(&session, &csrf) else { return Ok(()) };
+        let answer = runtime.block_on(send(&f.state, request));
+        let what = format!(
+            "{} {} -> {} {}: {}",
+            hostile.method,
+            hostile.uri(),
+            answer.status,
+            answer.content_type,
+            answer.body
+        );
+        if answer.status.is_server_error() {
+            return Err(TestCaseError::fail(format!("a server error: {what}")));
+        }
+        if answer.status.is_client_error() {
+            let api = hostile.uri().starts_with("/api/");
+            let expected = if api { "application/problem+json" } else { "text/html" };
+            if !answer.content_type.starts_with(expected) {
+                return Err(TestCaseError::fail(format!("not {expected}: {what}")));
+            }
+        }
+        Ok(())
+    });
+    if let Err(failure) = outcome {
+        panic!("{failure}");
     }
 }

@@ -39,6 +39,8 @@ mod executor;
 mod faults;
 /// Throwaway etcd, ZooKeeper and PostgreSQL servers with fault injection.
 mod harness;
+/// Slow and hostile clients against a real listener: timeouts, the connection cap, admission.
+mod http_limits;
 /// The leadership contract on etcd, on ZooKeeper and in-process.
 mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
