@@ -12,12 +12,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
+use super::Scheduler;
 use crate::leadership::{
-    PlannedRange, StartRecord, StartWitness, StreamStarts, TermStarts, WitnessError, WitnessedRun,
+    LeaderTerm, PlannedRange, StartRecord, StartWitness, StreamStarts, TermStarts, WitnessError, WitnessedRun,
 };
-use crate::model::TriggerKind;
-use crate::store::Store;
+use crate::model::{RunStatus, TriggerKind};
+use crate::store::{ClaimError, Store, UnrunSlots};
 use crate::telemetry::metric;
 
 /// Which batcher a batch comes from: each sends its batches one after another, but the two run
@@ -229,6 +231,114 @@ pub(super) async fn forgotten_starts(
     let runs =
         record.recent.iter().filter(|run| ranges.iter().any(|range| range.contains(run.planned))).cloned().collect();
     Ok(Some(ForgottenStarts { slots: ForgottenSlots::Within(ranges), runs }))
+}
+
+impl Scheduler {
+    /// Read the coordinator's start record and judge whether the ledger forgot starts it names
+    /// (`forgotten_starts`); record the manual and backfill runs it forgot `lost`, and
+    /// return this term's witness with the instant up to which scheduled slots were forgotten.
+    /// Done before this term's first start, so the record it judges is the older terms'. `None`
+    /// when this term must not fire.
+    pub(super) async fn judge_start_witness(
+        &mut self,
+        leader: &LeaderTerm,
+        shutdown: &CancellationToken,
+    ) -> Option<(Arc<TermWitness>, Option<ForgottenSlots>)> {
+        loop {
+            let judged = match (leader.starts.read().await, self.store.history().await) {
+                (Ok(Some(record)), Ok(history)) => forgotten_starts(&self.store, &record, history.timeline)
+                    .await
+                    .map(|forgotten| (Some(record), history, forgotten))
+                    .map_err(|error| error.to_string()),
+                (Ok(None), Ok(history)) => Ok((None, history, None)),
+                (Err(error), _) => Err(error.to_string()),
+                (_, Err(error)) => Err(error.to_string()),
+            };
+            let (record, history, forgotten) = match judged {
+                Ok(judged) => judged,
+                Err(error) => {
+                    tracing::warn!(%error, "could not read the start witness or the ledger; retrying");
+                    if !self.retry_pause(leader, shutdown).await || self.refused_by_clock(leader) {
+                        return None;
+                    }
+                    continue;
+                }
+            };
+            let slots = match forgotten {
+                Some(forgotten) => {
+                    tracing::error!(
+                        term = leader.term.revision(),
+                        older_term = record.as_ref().map(|record| record.term),
+                        covered = ?forgotten.slots,
+                        "the ledger may lack starts that the coordinator recorded (a database failover to a \
+                         standby that had not received the last commits): every slot they may cover is recorded \
+                         lost, none is run again; run PostgreSQL with synchronous replication to lose nothing"
+                    );
+                    if !self.record_forgotten_runs(leader, &forgotten.runs, shutdown).await {
+                        return None;
+                    }
+                    Some(forgotten.slots)
+                }
+                None => None,
+            };
+            let ours = TermStarts {
+                term: leader.term.revision(),
+                timeline: history.timeline,
+                crash_safe: history.crash_safe,
+                ..TermStarts::default()
+            };
+            let witness = TermWitness::new(leader.starts.clone(), ours, record);
+            return Some((Arc::new(witness), slots));
+        }
+    }
+
+    /// Record the manual and backfill runs the ledger forgot `lost` (each stays one row: a
+    /// trigger or queued backfill slot still pending finds it and runs nothing). False when this
+    /// term must not fire.
+    async fn record_forgotten_runs(
+        &mut self,
+        leader: &LeaderTerm,
+        runs: &[WitnessedRun],
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let config_hash = self.jobs.borrow().hash().to_owned();
+        for run in runs {
+            loop {
+                let unrun = UnrunSlots {
+                    job: &run.job,
+                    slots: std::slice::from_ref(&run.slot),
+                    status: RunStatus::Lost,
+                    trigger: run.trigger(),
+                    term: &leader.term,
+                    node: &self.node_id,
+                    config_hash: &config_hash,
+                    error: FORGOTTEN_REASON,
+                };
+                match self.store.record_slots(&unrun).await {
+                    Ok(recorded) => {
+                        metrics::counter!(metric::FORGOTTEN_STARTS).increment(recorded);
+                        break;
+                    }
+                    Err(ClaimError::Fenced { fence, .. }) => {
+                        tracing::warn!(
+                            term = leader.term.revision(),
+                            fence,
+                            "a newer term holds the fence; stepping down"
+                        );
+                        leader.step_down.cancel();
+                        return false;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not record the runs the ledger forgot; retrying");
+                        if !self.retry_pause(leader, shutdown).await || self.refused_by_clock(leader) {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]
