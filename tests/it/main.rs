@@ -31,6 +31,8 @@ mod dst;
 mod execution;
 /// The executor on real processes and a real HTTP server.
 mod executor;
+/// Secrets of HTTP jobs: redacted wherever shown, or read from the environment or a file.
+mod http_secrets;
 /// The fault suite: partitions, pauses, kills, restarts, reloads.
 mod faults;
 /// Throwaway etcd, ZooKeeper and PostgreSQL servers with fault injection.
