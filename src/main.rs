@@ -35,6 +35,8 @@ fn keep_burst_memory() {
 }
 
 fn main() -> ExitCode {
+    // Before anything may scrub the environment: a job file's `{ env: NAME }` reads this copy.
+    tenure::secret::keep_environment();
     keep_burst_memory();
     // `tenure supervise` is started by the executor, not by people: parsed apart from the other
     // commands (it runs with an empty environment), and it logs nothing.

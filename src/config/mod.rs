@@ -209,9 +209,11 @@ impl Target {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpTarget {
-    pub url: String,
+    /// Written in the file, or read from the environment or a file when a run is prepared.
+    pub url: Sourced,
     pub method: String,
-    pub headers: BTreeMap<String, String>,
+    /// Each value written in the file, or read like `url`.
+    pub headers: BTreeMap<String, Sourced>,
     pub body: String,
     /// Statuses that count as success; empty means any 2xx.
     pub expect_status: Vec<u16>,
@@ -244,8 +246,10 @@ macro_rules! yaml_names {
 
 // After `yaml_names!`, which it uses.
 mod notify;
+mod sourced;
 
-pub use self::notify::{NotifyOn, NotifyTarget, Sourced, Webhook, WebhookFormat, url_label};
+pub use self::notify::{NotifyOn, NotifyTarget, Webhook, WebhookFormat, url_label};
+pub use self::sourced::{Sourced, is_http_url};
 
 yaml_names! {
     /// What happens when a slot comes due while an earlier run of the job still goes.
