@@ -90,7 +90,8 @@ fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
     let (settings, token) = args.settings()?;
     tenure::telemetry::metrics();
     // Check the job file first, so a broken one is reported before anything starts.
-    let jobs = tenure::config::load(&settings.jobs_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let jobs = tenure::config::load(&settings.jobs_path)
+        .map_err(|errors| anyhow::anyhow!("{}", errors.summary(tenure::config::LOGGED_ERRORS)))?;
     // Before the port: a second dev in the same directory is told about the ledger, not the port.
     let lock = tenure::local::LedgerLock::acquire(&settings.ledger_path)?;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
