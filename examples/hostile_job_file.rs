@@ -46,7 +46,8 @@ fn main() -> anyhow::Result<()> {
         let rejected = started.elapsed();
         // The rest of the rejection's log entry, and nothing else: the job's own lines excluded.
         std::thread::sleep(Duration::from_millis(300));
-        logged += dev.appended().lines().filter(|line| !line.contains("run finished")).map(|l| l.len() + 1).sum::<usize>();
+        logged +=
+            dev.appended().lines().filter(|line| !line.contains("run finished")).map(|l| l.len() + 1).sum::<usize>();
         let after = vm_hwm_mib(dev.pid());
         println!(
             "{:<44} {:>10.1} {:>12.0} {:>12.0} {:>12.0} {:>10.1}",

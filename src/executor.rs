@@ -461,9 +461,7 @@ async fn run_http(
             error: Some(format!("timed out after {}", humantime::format_duration(timeout))),
             ..outcome(RunStatus::TimedOut, output)
         },
-        Err(error) => {
-            RunOutcome { error: Some(request_failure(&error, target)), ..outcome(RunStatus::Failed, output) }
-        }
+        Err(error) => RunOutcome { error: Some(request_failure(&error, target)), ..outcome(RunStatus::Failed, output) },
     }
 }
 

@@ -202,7 +202,10 @@ mod tests {
             "postgres://tenure@db/tenure?password=***&sslmode=require",
         );
         check("postgres://db", "postgres://db");
-        check("postgres://tenure@db/tenure?sslmode=require&password=pw&sslpassword=x", "postgres://tenure@db/tenure?sslmode=require&password=***&sslpassword=***");
+        check(
+            "postgres://tenure@db/tenure?sslmode=require&password=pw&sslpassword=x",
+            "postgres://tenure@db/tenure?sslmode=require&password=***&sslpassword=***",
+        );
         check("not a url with a password", "[unparsable url]");
     }
 

@@ -376,9 +376,8 @@ pub fn load(path: &Path) -> Result<JobSet, ConfigErrors> {
     let whole_file = |message: String| {
         ConfigErrors(vec![ConfigError { file: file.clone(), line: 1, column: 1, job: None, message }])
     };
-    let too_large = |size: u64| {
-        whole_file(format!("the job file is {size} bytes; at most {MAX_FILE_BYTES} (16 MiB) are accepted"))
-    };
+    let too_large =
+        |size: u64| whole_file(format!("the job file is {size} bytes; at most {MAX_FILE_BYTES} (16 MiB) are accepted"));
     let file_handle = std::fs::File::open(path).map_err(|e| whole_file(format!("cannot read the job file: {e}")))?;
     let size = file_handle.metadata().map_err(|e| whole_file(format!("cannot read the job file: {e}")))?.len();
     if size > MAX_FILE_BYTES {
@@ -591,7 +590,10 @@ jobs:
         assert_eq!(summary.lines().count(), LOGGED_ERRORS + 1, "{summary}");
         assert!(summary.lines().all(|line| line.len() < 400), "{summary}");
         assert!(summary.starts_with("jobs.yaml:2:"), "{summary}");
-        assert!(summary.ends_with("... and 1980 more errors (`tenure validate jobs.yaml` lists them all)"), "{summary}");
+        assert!(
+            summary.ends_with("... and 1980 more errors (`tenure validate jobs.yaml` lists them all)"),
+            "{summary}"
+        );
         assert_eq!(errors.summary(5_000).lines().count(), 2_000, "nothing more to count");
     }
 

@@ -75,7 +75,9 @@ pub fn hostile_files(limit: u64) -> Vec<(&'static str, Vec<u8>)> {
         let mut text = String::from("jobs:\n");
         for i in 0..200 {
             let key = format!("k{i}{}", "x".repeat(64 * 1024));
-            text.push_str(&format!("  - name: long-{i}\n    schedule: '@daily'\n    shell: 'true'\n    ? {key}\n    : 1\n"));
+            text.push_str(&format!(
+                "  - name: long-{i}\n    schedule: '@daily'\n    shell: 'true'\n    ? {key}\n    : 1\n"
+            ));
         }
         text.into_bytes()
     }));

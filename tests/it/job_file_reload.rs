@@ -37,7 +37,9 @@ async fn hostile_job_files_never_delay_a_slot_and_the_last_good_file_keeps_runni
 
     let dir = tempfile::tempdir().unwrap();
     let jobs = dir.path().join("jobs.yaml");
-    let good = format!("jobs:\n  - name: tick\n    schedule: \"* * * * * *\"\n    http: {{ url: \"http://127.0.0.1:{port}/tick\" }}\n");
+    let good = format!(
+        "jobs:\n  - name: tick\n    schedule: \"* * * * * *\"\n    http: {{ url: \"http://127.0.0.1:{port}/tick\" }}\n"
+    );
     std::fs::write(&jobs, &good).unwrap();
     let dev = Dev::start(dir.path(), &jobs, &[]);
     wait_for("the tick job to run", Duration::from_secs(30), || async { calls.load(Ordering::SeqCst) >= 2 }).await;
@@ -71,14 +73,18 @@ async fn hostile_job_files_never_delay_a_slot_and_the_last_good_file_keeps_runni
     let until = next_second(Utc::now()) - chrono::Duration::seconds(1);
     wait_for("the slots up to the last rejection to be decided", Duration::from_secs(10), || async {
         let api = dev.json("/api/jobs/tick").await;
-        api["last"]["slot"].as_str().and_then(|slot| slot.parse::<DateTime<Utc>>().ok()).is_some_and(|last| last > until)
+        api["last"]["slot"]
+            .as_str()
+            .and_then(|slot| slot.parse::<DateTime<Utc>>().ok())
+            .is_some_and(|last| last > until)
     })
     .await;
 
     // The last good file is still the one running.
     let cluster = dev.json("/api/cluster").await;
     assert_eq!(cluster["replicas"][0]["config_hash"], hash, "{cluster}");
-    let listed: Vec<String> = dev.json("/api/jobs").await.as_array().unwrap().iter().map(|j| j["name"].to_string()).collect();
+    let listed: Vec<String> =
+        dev.json("/api/jobs").await.as_array().unwrap().iter().map(|j| j["name"].to_string()).collect();
     assert_eq!(listed, ["\"tick\""]);
     let log = dev.log();
     drop(dev);
@@ -86,7 +92,8 @@ async fn hostile_job_files_never_delay_a_slot_and_the_last_good_file_keeps_runni
     for (name, added) in &logged {
         assert!(*added <= MAX_LOGGED, "the rejection of {name} logged {added} bytes:\n{}", &log[..log.len().min(4096)]);
     }
-    let ledger = tenure::store::Reads::from_ledger(tenure::store::Sqlite::open(&dir.path().join("ledger.db")).await.unwrap());
+    let ledger =
+        tenure::store::Reads::from_ledger(tenure::store::Sqlite::open(&dir.path().join("ledger.db")).await.unwrap());
     let runs = ledger.all_runs().await.unwrap();
     let mut slot = from;
     let mut wrong = Vec::new();
@@ -99,7 +106,11 @@ async fn hostile_job_files_never_delay_a_slot_and_the_last_good_file_keeps_runni
         slot += chrono::Duration::seconds(1);
     }
     let window = (until - from).num_seconds() + 1;
-    assert!(wrong.is_empty(), "{} of {window} slots not succeeded while hostile files were refused: {wrong:#?}", wrong.len());
+    assert!(
+        wrong.is_empty(),
+        "{} of {window} slots not succeeded while hostile files were refused: {wrong:#?}",
+        wrong.len()
+    );
     eprintln!("{window} slots, every one succeeded; logged per rejection: {logged:?}");
 }
 

@@ -31,16 +31,16 @@ mod dst;
 mod execution;
 /// The executor on real processes and a real HTTP server.
 mod executor;
-/// Secrets of HTTP jobs: redacted wherever shown, or read from the environment or a file.
-mod http_secrets;
-/// Hostile job files refused on reload without delaying a slot or flooding the log.
-mod job_file_reload;
 /// The fault suite: partitions, pauses, kills, restarts, reloads.
 mod faults;
 /// Throwaway etcd, ZooKeeper and PostgreSQL servers with fault injection.
 mod harness;
 /// Hostile job files: huge, deep, alias bombs, 100,000 errors.
 mod hostile;
+/// Secrets of HTTP jobs: redacted wherever shown, or read from the environment or a file.
+mod http_secrets;
+/// Hostile job files refused on reload without delaying a slot or flooding the log.
+mod job_file_reload;
 /// The leadership contract on etcd, on ZooKeeper and in-process.
 mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
