@@ -33,6 +33,10 @@ use crate::worker::{ExecutionLease, Worker, WorkerInputs};
 /// SIGHUP forces one). Polling rather than inotify: a Kubernetes ConfigMap update swaps a symlink,
 /// which inotify watches on the file do not see.
 const JOB_FILE_POLL: Duration = Duration::from_secs(1);
+/// How much lower than the rest of the replica the thread that reads the job file runs (`nice`,
+/// added to the replica's own, at most 19): a large file takes a core for seconds, and when the
+/// CPU is short the firing path's threads get it first.
+const JOB_FILE_NICENESS: i32 = 10;
 /// `tenure dev` holds no lease: how long its supervisor lets a frozen replica be silent.
 const DEV_SILENCE_LIMIT: Duration = Duration::from_secs(5);
 /// `tenure dev` executes every assigned run itself: as many at once as a laptop would.
@@ -63,7 +67,9 @@ pub struct RunSettings {
 
 /// Run one replica until `shutdown` is cancelled, then hand over and drain.
 pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let jobs = load_jobs(&settings.jobs_path, settings.retain).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let jobs = load_jobs_apart(&settings.jobs_path, settings.retain)
+        .await
+        .map_err(|errors| anyhow::anyhow!("{}", errors.summary(config::LOGGED_ERRORS)))?;
     let address = listener.local_addr().context("listener address")?;
     tracing::info!(node = %settings.node_id, %address, jobs = jobs.jobs().len(), hash = jobs.hash(), "starting");
 
@@ -168,7 +174,9 @@ pub async fn dev(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let jobs = load_jobs(&settings.jobs_path, settings.retain).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let jobs = load_jobs_apart(&settings.jobs_path, settings.retain)
+        .await
+        .map_err(|errors| anyhow::anyhow!("{}", errors.summary(config::LOGGED_ERRORS)))?;
     let address = listener.local_addr().context("listener address")?;
     let ledger = store::Sqlite::open(&settings.ledger_path)
         .await
@@ -560,7 +568,9 @@ async fn watch_members(
     }
 }
 
-/// Reload the job file when it changes or on SIGHUP. An invalid file keeps the last good one.
+/// Reload the job file when it changes or on SIGHUP. An invalid file keeps the last good one;
+/// its first errors are logged, the rest counted. The file is read off the async runtime
+/// (`load_jobs_apart`), so however large or hostile it is, no slot waits for it.
 async fn watch_job_file(
     path: PathBuf,
     retain: Duration,
@@ -587,7 +597,11 @@ async fn watch_job_file(
             continue;
         }
         seen = stamp;
-        match load_jobs(&path, retain) {
+        let loaded = tokio::select! {
+            () = shutdown.cancelled() => return,
+            loaded = load_jobs_apart(&path, retain) => loaded,
+        };
+        match loaded {
             Ok(loaded) if loaded.hash() == jobs.borrow().hash() => {}
             Ok(loaded) => {
                 metrics::counter!(metric::JOB_FILE_RELOADS, "result" => "success").increment(1);
@@ -604,12 +618,36 @@ async fn watch_job_file(
             Err(errors) => {
                 metrics::counter!(metric::JOB_FILE_RELOADS, "result" => "failure").increment(1);
                 tracing::error!(
-                    file = %path.display(), kept = jobs.borrow().hash(),
-                    "job file is invalid; keeping the last good one:\n{errors}"
+                    file = %path.display(), kept = jobs.borrow().hash(), errors = errors.0.len(),
+                    "job file is invalid; keeping the last good one:\n{}", errors.summary(config::LOGGED_ERRORS)
                 );
             }
         }
     }
+}
+
+/// [`load_jobs`] on a thread of its own, at a lower CPU priority (`JOB_FILE_NICENESS`): never on
+/// the async runtime's threads, which fire the slots. The file's size is bounded
+/// (`config::MAX_FILE_BYTES`), so the thread's time and memory are too.
+async fn load_jobs_apart(path: &Path, retain: Duration) -> Result<JobSet, config::ConfigErrors> {
+    let whole_file = |message: String| {
+        let file = path.display().to_string();
+        config::ConfigErrors(vec![config::ConfigError { file, line: 1, column: 1, job: None, message }])
+    };
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let owned = path.to_owned();
+    let spawned = std::thread::Builder::new().name("tenure-job-file".into()).spawn(move || {
+        // On Linux the niceness is per thread: only this one is lowered, relative to the replica's.
+        // SAFETY: getpriority and setpriority read no memory of ours; they read and change the
+        // calling thread's niceness. A failure leaves the thread at the replica's niceness.
+        let base = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, (base + JOB_FILE_NICENESS).min(19)) };
+        let _ = sender.send(load_jobs(&owned, retain));
+    });
+    if let Err(error) = spawned {
+        return Err(whole_file(format!("cannot start a thread to read the job file: {error}")));
+    }
+    receiver.await.unwrap_or_else(|_| Err(whole_file("reading the job file failed unexpectedly".into())))
 }
 
 /// Read the job file and check it against the ledger's retention.

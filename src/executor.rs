@@ -420,14 +420,21 @@ fn build_request(
     http: &reqwest::Client,
 ) -> Result<reqwest::Request, String> {
     let method = reqwest::Method::from_bytes(target.method.as_bytes()).map_err(|e| format!("invalid method: {e}"))?;
-    let mut request = http.request(method, &target.url).timeout(timeout).body(target.body.clone());
+    let url = target.url.url_value()?;
+    let mut request = http.request(method, url).timeout(timeout).body(target.body.clone());
     for (name, value) in &target.headers {
-        request = request.header(name, value);
+        request = request.header(name, value.header_value(name)?);
     }
     for (name, value) in context.variables() {
         request = request.header(format!("X-Tenure-{}", name.replace('_', "-")), value);
     }
-    request.build().map_err(|error| format!("request failed: {error}"))
+    request.build().map_err(|error| request_failure(&error, target))
+}
+
+/// Why an HTTP attempt failed, with its URL as pages show it: reqwest's own message quotes the
+/// URL whole, query values (and for a URL read from elsewhere, all of it) included.
+fn request_failure(error: &reqwest::Error, target: &HttpTarget) -> String {
+    format!("{} (url {})", crate::deadman::request_failure(error), target.url.shown_url())
 }
 
 async fn run_http(
@@ -473,9 +480,7 @@ async fn run_http(
             error: Some(format!("timed out after {}", humantime::format_duration(timeout))),
             ..outcome(RunStatus::TimedOut, output)
         },
-        Err(error) => {
-            RunOutcome { error: Some(format!("request failed: {error}")), ..outcome(RunStatus::Failed, output) }
-        }
+        Err(error) => RunOutcome { error: Some(request_failure(&error, target)), ..outcome(RunStatus::Failed, output) },
     }
 }
 

@@ -41,6 +41,8 @@ fn main() -> ExitCode {
         eprintln!("error: could not make tenure unreadable to other processes (prctl PR_SET_DUMPABLE): {error}");
         return ExitCode::FAILURE;
     }
+    // Before anything scrubs the environment: a job file's `{ env: NAME }` reads this copy.
+    tenure::secret::keep_environment();
     keep_burst_memory();
     // `tenure supervise` is started by the executor, not by people: parsed apart from the other
     // commands (it runs with an empty environment), and it logs nothing.
@@ -118,7 +120,8 @@ fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
     raise_open_files_limit();
     tenure::telemetry::metrics();
     // Check the job file first, so a broken one is reported before anything starts.
-    let jobs = tenure::config::load(&settings.jobs_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let jobs = tenure::config::load(&settings.jobs_path)
+        .map_err(|errors| anyhow::anyhow!("{}", errors.summary(tenure::config::LOGGED_ERRORS)))?;
     // Before the port: a second dev in the same directory is told about the ledger, not the port.
     let lock = tenure::local::LedgerLock::acquire(&settings.ledger_path)?;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;

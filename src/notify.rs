@@ -165,7 +165,7 @@ impl Courier {
 
     async fn send(&self, event: &OutboxEvent, target: &NotifyTarget) -> Result<(), String> {
         let webhook = &target.webhook;
-        let url = webhook.url.resolve().map_err(|e| format!("url: {e}"))?;
+        let url = webhook.url.url_value()?;
         let run = self.reads.run(event.run_id).await.ok().flatten();
         let body = match webhook.format {
             WebhookFormat::Json => json_body(event, run.as_ref(), &self.term),
@@ -174,7 +174,7 @@ impl Courier {
         let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
         let mut request = self
             .http
-            .post(url.expose())
+            .post(url)
             .timeout(REQUEST_TIMEOUT)
             .header(reqwest::header::USER_AGENT, concat!("tenure/", env!("CARGO_PKG_VERSION")))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -182,7 +182,7 @@ impl Courier {
             .header(EVENT_HEADER, &event.event)
             .header("X-Tenure-Delivery-Attempt", event.attempts.to_string());
         for (name, value) in &webhook.headers {
-            request = request.header(name, value);
+            request = request.header(name, value.header_value(name)?);
         }
         if let Some(secret) = &webhook.secret {
             let key = secret.resolve().map_err(|e| format!("secret: {e}"))?;

@@ -1,10 +1,14 @@
-//! Secrets (the database URL, the admin token, the etcd password): a wrapper that never prints
-//! its value, reading a secret from a file the way Kubernetes and Docker mount them, and the
-//! database URL with its password masked for logs and error messages. Owns no policy about
-//! which secrets exist; `cli` decides that.
+//! Secrets (the database URL, the admin token, the etcd password, what a job file reads with
+//! `{ env: NAME }` or `{ file: PATH }`): a wrapper that never prints its value, reading a secret
+//! from a file the way Kubernetes and Docker mount them or from tenure's environment as it was
+//! at start ([`keep_environment`], [`from_environment`]), and URLs with their secrets masked for
+//! pages, logs and error messages ([`redact_url`], [`mask_url`]). Owns no policy about which
+//! secrets exist; `cli` and `config` decide that.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use anyhow::Context;
 
@@ -44,6 +48,30 @@ impl Secret {
     }
 }
 
+/// tenure's environment as it was when it started, but for its own `TENURE_*` settings.
+static ENVIRONMENT: OnceLock<HashMap<String, Secret>> = OnceLock::new();
+
+/// Keep tenure's environment as it is now, for [`from_environment`]. The binary calls it first
+/// thing, before anything may remove a variable from the process's environment (tenure's own
+/// settings are scrubbed from it once read); later calls keep the first copy. Its `TENURE_*`
+/// variables are left out: they are tenure's own settings, and a job file never reads them.
+pub fn keep_environment() {
+    ENVIRONMENT.get_or_init(|| {
+        std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .filter(|(name, _)| !name.starts_with("TENURE_"))
+            .map(|(name, value)| (name, Secret(value)))
+            .collect()
+    });
+}
+
+/// The variable `name` of tenure's environment as it was at start ([`keep_environment`]; the
+/// environment now, if nothing kept it yet), unless empty. Never a `TENURE_*` variable.
+pub fn from_environment(name: &str) -> Option<Secret> {
+    keep_environment();
+    ENVIRONMENT.get()?.get(name).filter(|value| !value.0.is_empty()).cloned()
+}
+
 /// What is shown in place of a secret value.
 pub const REDACTED: &str = "[redacted]";
 
@@ -73,9 +101,43 @@ impl std::str::FromStr for Secret {
     }
 }
 
-/// A database URL fit for a log line: the password (and any query parameter named like one)
-/// replaced by `***`, everything else kept so the operator sees which server and options.
+/// A URL fit to show or log: its password, every query value and its fragment replaced by
+/// `***`; the scheme, user, host, port, path and the query's parameter names kept, so a reader
+/// still sees which server and endpoint. The one redaction of URLs: HTTP jobs' URLs on the
+/// pages, in the API and in run errors, and the client's server address.
+pub fn redact_url(url: &str) -> String {
+    redact_url_keeping(url, &[])
+}
+
+/// libpq's connection settings that are not secrets: a database URL shows their values.
+const LIBPQ_SETTINGS_SHOWN: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "application_name",
+    "connect_timeout",
+    "target_session_attrs",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "statement_cache_capacity",
+];
+
+/// A database URL fit for a log line: [`redact_url`], except that libpq's settings that are not
+/// secrets (`sslmode`, `sslrootcert`, ...) keep their values, so the operator sees the options.
 pub fn mask_url(url: &str) -> String {
+    redact_url_keeping(url, LIBPQ_SETTINGS_SHOWN)
+}
+
+/// [`redact_url`], showing the values of the query parameters named in `shown`.
+fn redact_url_keeping(url: &str, shown: &[&str]) -> String {
+    let (url, fragment) = match url.split_once('#') {
+        Some((before, fragment)) => (before, Some(fragment)),
+        None => (url, None),
+    };
     let (before_query, query) = match url.split_once('?') {
         Some((before, query)) => (before, Some(query)),
         None => (url, None),
@@ -96,20 +158,22 @@ pub fn mask_url(url: &str) -> String {
             };
             format!("{scheme}://{authority}{path}")
         }
-        None => "[unparsable url]".to_owned(),
+        None => return "[unparsable url]".to_owned(),
     };
     if let Some(query) = query {
         let parameters: Vec<String> = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword") => {
-                    format!("{key}=***")
-                }
-                _ => pair.to_owned(),
+                Some((key, _)) if shown.iter().any(|name| key.eq_ignore_ascii_case(name)) => pair.to_owned(),
+                Some((key, _)) => format!("{key}=***"),
+                None => pair.to_owned(),
             })
             .collect();
         masked.push('?');
         masked.push_str(&parameters.join("&"));
+    }
+    if fragment.is_some_and(|fragment| !fragment.is_empty()) {
+        masked.push_str("#***");
     }
     masked
 }
@@ -138,7 +202,25 @@ mod tests {
             "postgres://tenure@db/tenure?password=***&sslmode=require",
         );
         check("postgres://db", "postgres://db");
+        check(
+            "postgres://tenure@db/tenure?sslmode=require&password=pw&sslpassword=x",
+            "postgres://tenure@db/tenure?sslmode=require&password=***&sslpassword=***",
+        );
         check("not a url with a password", "[unparsable url]");
+    }
+
+    #[test]
+    fn shown_urls_lose_the_password_every_query_value_and_the_fragment() {
+        let check = |url: &str, expected: &str| assert_eq!(redact_url(url), expected, "{url}");
+        check("http://admin:Pass@host/hook?token=Tok", "http://admin:***@host/hook?token=***");
+        check(
+            "https://hooks.example.com:8443/a/b?token=Tok&sig=abc&flag#access_token=xyz",
+            "https://hooks.example.com:8443/a/b?token=***&sig=***&flag#***",
+        );
+        check("http://user@host", "http://user@host");
+        check("http://host/p?sslmode=require", "http://host/p?sslmode=***");
+        check("http://host/path#", "http://host/path");
+        check("no scheme?token=Tok", "[unparsable url]");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::node::Node;
 use super::validate::{HTTP_KEYS, JOB_KEYS, Policies, Validator, line_column};
-use super::{HttpTarget, Job, JobName, RunAs, RunOn, Target, TargetKind, is_tag};
+use super::{HttpTarget, Job, JobName, RunAs, RunOn, Sourced, Target, TargetKind, is_tag};
 use crate::schedule::Schedule;
 
 /// A mapping's entries: each key and its value, located.
@@ -496,8 +496,9 @@ impl Validator<'_> {
     fn http(&mut self, node: &Spanned<Node>, job: Option<&str>) -> Option<HttpTarget> {
         let before = self.errors.len();
         let fields = self.mapping(node, job, "`http`", HTTP_KEYS)?;
+        let mut url = None;
         let mut target = HttpTarget {
-            url: String::new(),
+            url: Sourced::Inline(String::new()),
             method: "GET".into(),
             headers: BTreeMap::new(),
             body: String::new(),
@@ -505,7 +506,7 @@ impl Validator<'_> {
         };
         for (k, v) in fields {
             match k.value.as_str() {
-                "url" => target.url = self.http_url(v, job).unwrap_or_default(),
+                "url" => url = self.url(v, job, "http.url"),
                 "method" => target.method = self.http_method(v, job).unwrap_or(target.method),
                 "headers" => self.headers(v, job, "http.headers", &mut target.headers),
                 "body" => {
@@ -517,26 +518,11 @@ impl Validator<'_> {
                 _ => {}
             }
         }
-        if target.url.is_empty() && self.errors.len() == before {
+        if url.is_none() && self.errors.len() == before {
             self.error(&node.referenced, job, "missing `http.url`: expected an http:// or https:// URL".into());
         }
+        target.url = url?;
         (self.errors.len() == before).then_some(target)
-    }
-
-    /// `http.url`: an absolute http:// or https:// URL with a host.
-    fn http_url(&mut self, node: &Spanned<Node>, job: Option<&str>) -> Option<String> {
-        let url = self.string(node, job, "http.url", "an http:// or https:// URL")?;
-        match reqwest::Url::parse(url) {
-            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => Some(url.to_owned()),
-            Ok(_) => {
-                self.error(&node.referenced, job, format!("`http.url`: `{url}` is not an http:// or https:// URL"));
-                None
-            }
-            Err(e) => {
-                self.error(&node.referenced, job, format!("`http.url`: `{url}` is not a URL ({e})"));
-                None
-            }
-        }
     }
 
     /// `http.method`, upper-cased.
@@ -547,33 +533,6 @@ impl Validator<'_> {
             self.error(&node.referenced, job, format!("`http.method`: `{method}` is not an HTTP method"));
         }
         Some(method)
-    }
-
-    /// `headers:` of a request (`http.headers`, `notify.webhook.headers`): names and values HTTP takes.
-    pub(super) fn headers(
-        &mut self,
-        node: &Spanned<Node>,
-        job: Option<&str>,
-        field: &str,
-        headers: &mut BTreeMap<String, String>,
-    ) {
-        let Some(entries) = self.entries(node, job, &format!("`{field}`")) else {
-            return;
-        };
-        for (name, value) in entries {
-            if reqwest::header::HeaderName::from_bytes(name.value.as_bytes()).is_err() {
-                let message = format!("`{field}`: `{}` is not a header name", name.value);
-                self.error(&name.referenced, job, message);
-            }
-            let Some(value) = self.string(value, job, field, "a header value") else {
-                continue;
-            };
-            if reqwest::header::HeaderValue::from_str(value).is_err() {
-                let message = format!("`{field}.{}`: the value is not a valid header value", name.value);
-                self.error(&name.referenced, job, message);
-            }
-            headers.insert(name.value.clone(), value.to_owned());
-        }
     }
 
     /// `http.expect_status`: one status or a list of them.
@@ -735,7 +694,7 @@ jobs:
             "`retries.max`: expected a whole number from 0 to 100, found -1",
             "`retries.backoff`: `soon` is not a duration",
             "job `a`: `schedule`: expected a crontab line",
-            "`http.url`: `ftp://x` is not an http:// or https:// URL",
+            "`http.url`: expected an http:// or https:// URL with a host",
             "`http.method`: `NOT A METHOD` is not an HTTP method",
             "`http.expect_status`: expected an HTTP status from 100 to 599",
             "`env`: `1X` is not a variable name",

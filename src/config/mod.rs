@@ -31,8 +31,17 @@ use crate::schedule::Schedule;
 pub use self::job::{is_variable_name, refused_override};
 pub use self::schema::job_file_schema;
 
-/// A job file larger than this is refused before parsing.
-pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// A job file larger than this is refused before it is read: 100,000 jobs of four lines each
+/// take about 10 MiB. It bounds the memory and time a reload may take (about 15 times the file
+/// in memory for the node tree, at most `MAX_NODES` nodes).
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// A job file of more YAML nodes (scalars, lists and mappings, aliases expanded) than this is
+/// refused while it is read.
+pub const MAX_NODES: usize = 12 * MAX_JOBS + 1_000;
+/// How many errors a reload logs; the rest are counted (`tenure validate` lists them all).
+pub const LOGGED_ERRORS: usize = 20;
+/// An error's message is cut to this many characters where it is logged.
+const LOGGED_MESSAGE_CHARS: usize = 300;
 /// A job file with more jobs than this is refused.
 pub const MAX_JOBS: usize = 100_000;
 
@@ -241,9 +250,11 @@ impl Target {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpTarget {
-    pub url: String,
+    /// Written in the file, or read from the environment or a file when a run is prepared.
+    pub url: Sourced,
     pub method: String,
-    pub headers: BTreeMap<String, String>,
+    /// Each value written in the file, or read like `url`.
+    pub headers: BTreeMap<String, Sourced>,
     pub body: String,
     /// Statuses that count as success; empty means any 2xx.
     pub expect_status: Vec<u16>,
@@ -276,8 +287,10 @@ macro_rules! yaml_names {
 
 // After `yaml_names!`, which it uses.
 mod notify;
+mod sourced;
 
-pub use self::notify::{NotifyOn, NotifyTarget, Sourced, Webhook, WebhookFormat, url_label};
+pub use self::notify::{NotifyOn, NotifyTarget, Webhook, WebhookFormat, url_label};
+pub use self::sourced::{Sourced, is_http_url};
 
 yaml_names! {
     /// What happens when a slot comes due while an earlier run of the job still goes.
@@ -362,19 +375,53 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl ConfigErrors {
+    /// The first `shown` errors, each message cut to a few hundred characters, and how many more
+    /// there are: what a log line or a start-up failure holds, whatever the file (a file of
+    /// 100,000 invalid jobs, an unknown field with a name of megabytes).
+    pub fn summary(&self, shown: usize) -> String {
+        let mut text = String::new();
+        for (i, error) in self.0.iter().take(shown).enumerate() {
+            if i > 0 {
+                text.push('\n');
+            }
+            let line = error.to_string();
+            match line.char_indices().nth(LOGGED_MESSAGE_CHARS) {
+                Some((cut, _)) => {
+                    text.push_str(&line[..cut]);
+                    text.push_str("...");
+                }
+                None => text.push_str(&line),
+            }
+        }
+        if let Some(more) = self.0.len().checked_sub(shown).filter(|more| *more > 0) {
+            let file = self.0.first().map_or("FILE", |error| error.file.as_str());
+            text.push_str(&format!("\n... and {more} more errors (`tenure validate {file}` lists them all)"));
+        }
+        text
+    }
+}
+
 /// Read and validate the job file at `path`.
 pub fn load(path: &Path) -> Result<JobSet, ConfigErrors> {
     let file = path.display().to_string();
     let whole_file = |message: String| {
         ConfigErrors(vec![ConfigError { file: file.clone(), line: 1, column: 1, job: None, message }])
     };
-    let size = std::fs::metadata(path).map_err(|e| whole_file(format!("cannot read the job file: {e}")))?.len();
+    let too_large =
+        |size: u64| whole_file(format!("the job file is {size} bytes; at most {MAX_FILE_BYTES} (16 MiB) are accepted"));
+    let file_handle = std::fs::File::open(path).map_err(|e| whole_file(format!("cannot read the job file: {e}")))?;
+    let size = file_handle.metadata().map_err(|e| whole_file(format!("cannot read the job file: {e}")))?.len();
     if size > MAX_FILE_BYTES {
-        return Err(whole_file(format!(
-            "the job file is {size} bytes; at most {MAX_FILE_BYTES} (64 MiB) are accepted"
-        )));
+        return Err(too_large(size));
     }
-    let bytes = std::fs::read(path).map_err(|e| whole_file(format!("cannot read the job file: {e}")))?;
+    // Never more than the limit, even from a file that grows while it is read.
+    let mut bytes = Vec::with_capacity(size as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(file_handle, MAX_FILE_BYTES + 1), &mut bytes)
+        .map_err(|e| whole_file(format!("cannot read the job file: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
@@ -408,7 +455,7 @@ pub fn parse_as(text: &str, file: &str, runner: Runner) -> Result<JobSet, Config
             1,
             1,
             None,
-            format!("the job file is {} bytes; at most {MAX_FILE_BYTES} (64 MiB) are accepted", text.len()),
+            format!("the job file is {} bytes; at most {MAX_FILE_BYTES} (16 MiB) are accepted", text.len()),
         );
         return Err(ConfigErrors(validator.into_errors()));
     }
@@ -441,8 +488,12 @@ fn read_nodes(text: &str) -> Result<Option<Spanned<Node>>, (u32, u32, String)> {
     const MAX_DEPTH: usize = 16;
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
-            max_nodes: 20 * MAX_JOBS + 1_000,
-            max_events: 40 * MAX_JOBS + 10_000,
+            // The tree costs about 100 bytes a node: these bound a reload's memory, whatever the
+            // file (a flood of tiny nodes, an alias bomb expanding to billions). 100,000 jobs of
+            // five fields each take 1.1 million nodes.
+            max_nodes: MAX_NODES,
+            max_events: 2 * MAX_NODES + 10_000,
+            max_total_scalar_bytes: MAX_FILE_BYTES as usize,
             // A job file nests six deep at most (jobs, job, http, headers). Each level costs the
             // deserializer a deep stack frame: about 50 levels overflow a 2 MiB thread stack
             // (tokio's workers, where reloads parse) in a debug build.
@@ -563,6 +614,39 @@ jobs:
         assert!(errors("")[0].contains("empty"));
         assert!(errors("defaults: {}\n")[0].contains("missing `jobs:`"));
         assert!(errors("jobs: 3\n")[0].contains("expected a list of jobs"));
+    }
+
+    #[test]
+    fn a_summary_holds_the_first_errors_cut_short_and_counts_the_rest() {
+        let mut text = String::from("jobs:\n");
+        for i in 0..1_000 {
+            text.push_str(&format!("  - {{ name: bad-{i}-{}, schedule: never, shell: 'true' }}\n", "K".repeat(5_000)));
+        }
+        let errors = parse(&text, "jobs.yaml").unwrap_err();
+        assert_eq!(errors.0.len(), 2_000);
+        let summary = errors.summary(LOGGED_ERRORS);
+        assert_eq!(summary.lines().count(), LOGGED_ERRORS + 1, "{summary}");
+        assert!(summary.lines().all(|line| line.len() < 400), "{summary}");
+        assert!(summary.starts_with("jobs.yaml:2:"), "{summary}");
+        assert!(
+            summary.ends_with("... and 1980 more errors (`tenure validate jobs.yaml` lists them all)"),
+            "{summary}"
+        );
+        assert_eq!(errors.summary(5_000).lines().count(), 2_000, "nothing more to count");
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.yaml");
+        let mut text = b"jobs: []\n".to_vec();
+        text.resize(MAX_FILE_BYTES as usize + 1, b'\n');
+        std::fs::write(&path, &text).unwrap();
+        let error = load(&path).unwrap_err().to_string();
+        assert!(error.ends_with("the job file is 16777217 bytes; at most 16777216 (16 MiB) are accepted"), "{error}");
+        text.truncate(MAX_FILE_BYTES as usize);
+        std::fs::write(&path, &text).unwrap();
+        assert!(load(&path).is_ok());
     }
 
     #[test]

@@ -1,22 +1,22 @@
 //! `notify:`: who is told about which outcomes of a job. The model ([`NotifyTarget`],
-//! [`Webhook`], [`Sourced`]), its validation (one located error per problem, like every other
+//! [`Webhook`]), its validation (one located error per problem, like every other
 //! field) and what the ledger routes by ([`NotifyTarget::fingerprint`], [`NotifyTarget::label`]).
 //!
 //! A target's URL may carry a token (Slack's incoming webhooks do) and its signing secret is one:
-//! both may come from the environment or a file (`{ env: NAME }`, `{ file: PATH }`) and are read
-//! when a notification is sent, never when the file is loaded. The signing secret cannot be
+//! they and its header values may come from the environment or a file (`{ env: NAME }`,
+//! `{ file: PATH }`, see `sourced`) and are read when a notification is sent, never when the
+//! file is loaded. The signing secret cannot be
 //! written in the job file itself. No error message repeats a URL.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
 use super::node::Node;
+use super::sourced::Sourced;
 use super::validate::Validator;
-use crate::secret::Secret;
 
 /// The fields of one `notify:` target.
 pub(super) const TARGET_KEYS: &[&str] = &["on", "late", "webhook"];
@@ -62,51 +62,10 @@ pub struct NotifyTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
     pub url: Sourced,
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Sourced>,
     pub format: WebhookFormat,
     /// Signs each body with HMAC-SHA256 (`X-Tenure-Signature-256`).
     pub secret: Option<Sourced>,
-}
-
-/// A value written in the job file, or read from the environment or a file when it is used.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Sourced {
-    Inline(String),
-    Env(String),
-    File(PathBuf),
-}
-
-impl std::fmt::Debug for Sourced {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Sourced::Inline(_) => f.write_str("Inline([redacted])"),
-            Sourced::Env(name) => write!(f, "Env({name})"),
-            Sourced::File(path) => write!(f, "File({})", path.display()),
-        }
-    }
-}
-
-impl Sourced {
-    /// The value, read now. The error names where it was looked for, never the value.
-    pub fn resolve(&self) -> Result<Secret, String> {
-        match self {
-            Sourced::Inline(value) => Ok(Secret::new(value.clone())),
-            Sourced::Env(name) => match std::env::var(name) {
-                Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
-                _ => Err(format!("environment variable {name} is not set on this replica")),
-            },
-            Sourced::File(path) => Secret::from_file(path).map_err(|e| format!("{e:#}")),
-        }
-    }
-
-    /// Where the value comes from, for a fingerprint: never the value itself.
-    fn origin(&self) -> String {
-        match self {
-            Sourced::Inline(value) => format!("inline:{value}"),
-            Sourced::Env(name) => format!("env:{name}"),
-            Sourced::File(path) => format!("file:{}", path.display()),
-        }
-    }
 }
 
 impl NotifyTarget {
@@ -117,6 +76,11 @@ impl NotifyTarget {
         let mut hash = Sha256::new();
         hash.update(self.webhook.url.origin());
         for (name, value) in &self.webhook.headers {
+            // A value written out hashes as it always has: editing nothing keeps the target.
+            let value = match value {
+                Sourced::Inline(value) => value.clone(),
+                other => other.origin(),
+            };
             hash.update(format!("\0{name}:{value}"));
         }
         hash.update(format!("\0{}", self.webhook.format.as_str()));
@@ -228,7 +192,7 @@ impl Validator<'_> {
         };
         for (key, value) in entries {
             match key.value.as_str() {
-                "url" => url = self.webhook_url(value, job),
+                "url" => url = self.url(value, job, "notify.webhook.url"),
                 "headers" => self.headers(value, job, "notify.webhook.headers", &mut webhook.headers),
                 "format" => {
                     if let Some(format) = self.choice(value, job, "notify.webhook.format", WebhookFormat::NAMES) {
@@ -249,24 +213,6 @@ impl Validator<'_> {
         Some(webhook)
     }
 
-    /// `url:` written out (checked now, never repeated in a message), or `{ env }` / `{ file }`.
-    fn webhook_url(&mut self, node: &Spanned<Node>, job: Option<&str>) -> Option<Sourced> {
-        if let Node::Map(_) = &node.value {
-            return self.sourced(node, job, "notify.webhook.url");
-        }
-        let url = self.string(node, job, "notify.webhook.url", "an http:// or https:// URL, or { env: NAME }")?;
-        match reqwest::Url::parse(url) {
-            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {
-                Some(Sourced::Inline(url.to_owned()))
-            }
-            _ => {
-                let message = "`notify.webhook.url`: expected an http:// or https:// URL with a host".to_owned();
-                self.error(&node.referenced, job, message);
-                None
-            }
-        }
-    }
-
     /// `secret:` only from the environment or a file: a job file is shared, reviewed and shown.
     fn webhook_secret(&mut self, node: &Spanned<Node>, job: Option<&str>) -> Option<Sourced> {
         if let Node::Map(_) = &node.value {
@@ -277,28 +223,6 @@ impl Validator<'_> {
             .to_owned();
         self.error(&node.referenced, job, message);
         None
-    }
-
-    /// `{ env: NAME }` or `{ file: PATH }`.
-    fn sourced(&mut self, node: &Spanned<Node>, job: Option<&str>, field: &str) -> Option<Sourced> {
-        let what = format!("`{field}`");
-        let entries = self.mapping(node, job, &what, &["env", "file"])?;
-        match entries {
-            [(key, value)] if key.value == "env" => {
-                let name = self.string(value, job, &format!("{field}.env"), "an environment variable name")?;
-                Some(Sourced::Env(name.to_owned()))
-            }
-            [(key, value)] if key.value == "file" => {
-                let path = self.string(value, job, &format!("{field}.file"), "a file path")?;
-                Some(Sourced::File(PathBuf::from(path)))
-            }
-            [(_, _)] => None,
-            _ => {
-                let message = format!("{what}: expected exactly one of `env:` or `file:`");
-                self.error(&node.referenced, job, message);
-                None
-            }
-        }
     }
 }
 

@@ -34,7 +34,12 @@ pub struct JobView {
     /// or a page); none while it runs, also when an operator resumed a job the file pauses.
     pub paused_by: Option<&'static str>,
     pub kind: &'static str,
+    /// What it runs: an argv, a script, or an HTTP method and URL (without its password and query
+    /// values; `[redacted]` when read from the environment or a file).
     pub target: String,
+    /// An HTTP job's header names, each value shown `[redacted]`: any may be a credential.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, &'static str>,
     pub timeout_seconds: u64,
     pub concurrency: &'static str,
     pub catch_up: &'static str,
@@ -241,7 +246,11 @@ impl JobView {
         let target = match &job.target {
             Target::Command { argv } => argv.join(" "),
             Target::Shell { script } => script.clone(),
-            Target::Http(http) => format!("{} {}", http.method, http.url),
+            Target::Http(http) => format!("{} {}", http.method, http.url.shown_url()),
+        };
+        let headers = match &job.target {
+            Target::Http(http) => http.headers.keys().map(|name| (name.clone(), crate::secret::REDACTED)).collect(),
+            Target::Command { .. } | Target::Shell { .. } => BTreeMap::new(),
         };
         let mut recent: Vec<RunBrief> = runs.iter().take(STRIP).map(RunBrief::of).collect();
         let last = recent.first().cloned();
@@ -258,6 +267,7 @@ impl JobView {
             paused_by,
             kind: job.target.kind().as_str(),
             target,
+            headers,
             timeout_seconds: job.timeout.as_secs(),
             concurrency: job.concurrency.as_str(),
             catch_up: job.catch_up.as_str(),

@@ -39,8 +39,14 @@ mod executor;
 mod faults;
 /// Throwaway etcd, ZooKeeper and PostgreSQL servers with fault injection.
 mod harness;
+/// Hostile job files: huge, deep, alias bombs, 100,000 errors.
+mod hostile;
 /// Slow and hostile clients against a real listener: timeouts, the connection cap, admission.
 mod http_limits;
+/// Secrets of HTTP jobs: redacted wherever shown, or read from the environment or a file.
+mod http_secrets;
+/// Hostile job files refused on reload without delaying a slot or flooding the log.
+mod job_file_reload;
 /// The leadership contract on etcd, on ZooKeeper and in-process.
 mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
