@@ -3,6 +3,10 @@
 //! request. Knows nothing of leadership or the ledger: the caller claims the slot first, passes a
 //! `stop` token (cancelled on leadership loss, `replace` or shutdown) and records the outcome.
 //!
+//! An attempt begins when its process is spawned (the supervisor reported the spawn) or its
+//! request begins to be sent: the outcome carries that instant (`RunOutcome::began_at`), and the
+//! caller is told it at once (`OnBegan`), while the attempt goes.
+//!
 //! A process starts from a cleared environment: the few variables of tenure's own that every
 //! program expects ([`INHERITED`], every `LC_*`), those the job's `inherit_env` names, the job's
 //! `env`, then the run's `TENURE_*` values. tenure's configuration (`TENURE_ADMIN_TOKEN`,
@@ -11,7 +15,7 @@
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::process::ExitStatus;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -115,6 +119,13 @@ impl OutputTail {
     }
 }
 
+/// Told the instant an attempt began (its process spawned, or its request began to be sent),
+/// while the attempt goes: the caller's lateness metric.
+pub type OnBegan<'a> = &'a (dyn Fn(DateTime<Utc>) + Send + Sync);
+
+/// An `OnBegan` for a caller with nothing to do then.
+pub fn ignore_began(_: DateTime<Utc>) {}
+
 /// One attempt built before it starts: for an HTTP job, the request itself (URL parsed, headers
 /// written), so that at its slot nothing is left but to send it.
 pub struct Prepared {
@@ -139,10 +150,12 @@ pub async fn execute(
     supervision: &Supervision,
     stop: &CancellationToken,
 ) -> RunOutcome {
-    execute_prepared(prepare(job, context, http), job, context, output, http, supervision, stop).await
+    execute_prepared(prepare(job, context, http), job, context, output, http, supervision, stop, &ignore_began).await
 }
 
-/// `execute` with the attempt built beforehand by `prepare` (from the same job and context).
+/// `execute` with the attempt built beforehand by `prepare` (from the same job and context);
+/// `on_began` is told when it began.
+#[allow(clippy::too_many_arguments)]
 pub async fn execute_prepared(
     prepared: Prepared,
     job: &Job,
@@ -151,8 +164,9 @@ pub async fn execute_prepared(
     http: &reqwest::Client,
     supervision: &Supervision,
     stop: &CancellationToken,
+    on_began: OnBegan<'_>,
 ) -> RunOutcome {
-    let stops = Stops { stop, lease_lost: None, deadline: None };
+    let stops = Stops { stop, lease_lost: None, deadline: None, on_began };
     execute_with(prepared, job, context, output, http, supervision, stops).await
 }
 
@@ -173,8 +187,9 @@ pub async fn execute_leased(
     stop: &CancellationToken,
     lease_lost: &CancellationToken,
     deadline: &LeaseDeadline,
+    on_began: OnBegan<'_>,
 ) -> RunOutcome {
-    let stops = Stops { stop, lease_lost: Some(lease_lost), deadline: Some(deadline) };
+    let stops = Stops { stop, lease_lost: Some(lease_lost), deadline: Some(deadline), on_began };
     execute_with(prepared, job, context, output, http, supervision, stops).await
 }
 
@@ -187,6 +202,7 @@ struct Stops<'a> {
     lease_lost: Option<&'a CancellationToken>,
     /// The execution lease's local deadline, for an attempt under one.
     deadline: Option<&'a LeaseDeadline>,
+    on_began: OnBegan<'a>,
 }
 
 impl Stops<'_> {
@@ -219,7 +235,8 @@ async fn execute_with(
         }
         (Target::Http(target), request) => {
             let request = request.unwrap_or_else(|| build_request(target, job.timeout, context, http));
-            let exchange = run_http(request, target, job.timeout, output, http, stops.stop);
+            let began = OnceLock::new();
+            let exchange = run_http(request, target, job.timeout, output, http, stops, &began);
             if stops.lease_lost.is_none() {
                 return exchange.await;
             }
@@ -227,6 +244,7 @@ async fn execute_with(
                 outcome = exchange => outcome,
                 () = stops.lease_lost() => RunOutcome {
                     error: Some(LEASE_LOST.to_owned()),
+                    began_at: began.get().copied(),
                     ..outcome(RunStatus::Killed, output)
                 },
             }
@@ -244,6 +262,7 @@ fn outcome(status: RunStatus, output: &OutputTail) -> RunOutcome {
         http_status: None,
         error: None,
         output: output.text(),
+        began_at: None,
         finished_at: Utc::now(),
     }
 }
@@ -283,6 +302,10 @@ async fn run_process(
         Ok(started) => started,
         Err(error) => return could_not_start(&error),
     };
+    // Begun: the supervisor reported the spawn (a stalled supervisor, or a loaded replica,
+    // shows here, not in the start the leader recorded ahead).
+    let began = Utc::now();
+    (stops.on_began)(began);
     let group = started.group;
     let readers =
         [tokio::spawn(copy_into(stdout_rx, output.clone())), tokio::spawn(copy_into(stderr_rx, output.clone()))];
@@ -317,7 +340,7 @@ async fn run_process(
         let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
     }
     let (status, exit_code, error) = judge(ending, end, job, supervision);
-    RunOutcome { exit_code, error, ..outcome(status, output) }
+    RunOutcome { exit_code, error, began_at: Some(began), ..outcome(status, output) }
 }
 
 /// What a run that ended this way is recorded as: status, exit code, error.
@@ -411,18 +434,27 @@ fn build_request(
     request.build().map_err(|error| format!("request failed: {error}"))
 }
 
+/// Send the request and read the answer; `began` is set (and `on_began` told) as it begins to
+/// be sent.
 async fn run_http(
     request: Result<reqwest::Request, String>,
     target: &HttpTarget,
     timeout: Duration,
     output: &OutputTail,
     http: &reqwest::Client,
-    stop: &CancellationToken,
+    stops: Stops<'_>,
+    began: &OnceLock<DateTime<Utc>>,
 ) -> RunOutcome {
     let request = match request {
         Ok(request) => request,
         Err(error) => return RunOutcome { error: Some(error), ..outcome(RunStatus::Failed, output) },
     };
+    let at = Utc::now();
+    let _ = began.set(at);
+    (stops.on_began)(at);
+    // Every outcome from here on is of a request that began.
+    let ended = |status| RunOutcome { began_at: Some(at), ..outcome(status, output) };
+    let stop = stops.stop;
     let exchange = async {
         let mut response = http.execute(request).await?;
         let status = response.status().as_u16();
@@ -434,7 +466,7 @@ async fn run_http(
     let result = tokio::select! {
         result = exchange => result,
         () = stop.cancelled() => {
-            return RunOutcome { error: Some("stopped by tenure".to_owned()), ..outcome(RunStatus::Killed, output) };
+            return RunOutcome { error: Some("stopped by tenure".to_owned()), ..ended(RunStatus::Killed) };
         }
     };
     match result {
@@ -447,15 +479,15 @@ async fn run_http(
             RunOutcome {
                 http_status: Some(status),
                 error: (!expected).then(|| format!("unexpected HTTP status {status}")),
-                ..outcome(if expected { RunStatus::Succeeded } else { RunStatus::Failed }, output)
+                ..ended(if expected { RunStatus::Succeeded } else { RunStatus::Failed })
             }
         }
         Err(error) if error.is_timeout() => RunOutcome {
             error: Some(format!("timed out after {}", humantime::format_duration(timeout))),
-            ..outcome(RunStatus::TimedOut, output)
+            ..ended(RunStatus::TimedOut)
         },
         Err(error) => {
-            RunOutcome { error: Some(format!("request failed: {error}")), ..outcome(RunStatus::Failed, output) }
+            RunOutcome { error: Some(format!("request failed: {error}")), ..ended(RunStatus::Failed) }
         }
     }
 }

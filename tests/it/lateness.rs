@@ -164,12 +164,17 @@ struct Dev {
 
 impl Drop for Dev {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
 impl Dev {
+    /// Kill it, keeping its directory and ledger.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     async fn start(jobs_yaml: &str) -> Dev {
         let dir = tempfile::tempdir().unwrap();
         let jobs = dir.path().join("jobs.yaml");
@@ -270,11 +275,10 @@ jobs:
     let sum = lateness_sum(&server).await;
     assert!(sum >= AT_LEAST_LATE_MS as f64 / 1000.0, "tenure_fire_lateness_seconds_sum {sum}");
 
-    // The ledger itself.
+    // The ledger itself, once `tenure dev` has let go of it.
+    let mut dev = dev;
+    dev.stop();
     let ledger = dev.dir.path().join("ledger.db");
-    let path = dev.dir.path().to_owned();
-    drop(dev);
-    let _keep = path;
     let reads = tenure::store::Reads::from_ledger(tenure::store::Sqlite::open(&ledger).await.unwrap());
     let row = reads.run(id).await.unwrap().unwrap();
     let (late, took) = ledger_timings(&row);
