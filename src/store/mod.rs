@@ -15,8 +15,10 @@
 //! that same statement: a refused claim leaves it pending.
 //!
 //! A row is claimed (`running`, no `started_at`), then started (`started_at` set by the fenced
-//! `start_runs`, before the process or request begins), then finished. Only a claimed row that
-//! was never started can change hands: a newer term's claim or `record_slots` takes it over.
+//! `start_runs`, before the process or request begins), then finished (the outcome, with
+//! `began_at`: when the attempt's process was spawned or its request began to be sent). Only a
+//! claimed row that was never started can change hands: a newer term's claim or `record_slots`
+//! takes it over.
 
 mod common;
 mod execution;
