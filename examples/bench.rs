@@ -600,7 +600,8 @@ async fn precision(jobs: usize, every: i64, window: Duration) -> anyhow::Result<
     let cpu = (cpu_seconds(pid) - cpu_before) / wall.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let witness = start_witness_writes(replicas.list[0].port).await;
-    type Row = (DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+    type Row =
+        (DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT slot, claimed_at, started_at, status, job, COALESCE(planned_at, slot), began_at
          FROM runs WHERE slot >= $1 AND slot < $2",

@@ -486,9 +486,7 @@ async fn run_http(
             error: Some(format!("timed out after {}", humantime::format_duration(timeout))),
             ..ended(RunStatus::TimedOut)
         },
-        Err(error) => {
-            RunOutcome { error: Some(format!("request failed: {error}")), ..ended(RunStatus::Failed) }
-        }
+        Err(error) => RunOutcome { error: Some(format!("request failed: {error}")), ..ended(RunStatus::Failed) },
     }
 }
 

@@ -322,7 +322,11 @@ async fn slow_sink() -> (u16, Arc<Mutex<Vec<DateTime<Utc>>>>) {
 /// The row of `job` at `slot`, once it has ended.
 async fn ended_row(cluster: &Cluster, job: &str, slot: DateTime<Utc>) -> RunRecord {
     let find = || async {
-        cluster.ledger().await.into_iter().find(|row| row.job == job && row.slot == slot && row.status != RunStatus::Running)
+        cluster
+            .ledger()
+            .await
+            .into_iter()
+            .find(|row| row.job == job && row.slot == slot && row.status != RunStatus::Running)
     };
     wait_for(&format!("the run of {job} at {slot} to end"), Duration::from_secs(20), || async {
         find().await.is_some()

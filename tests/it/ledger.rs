@@ -78,7 +78,8 @@ use crate::ledger_execution::{
 };
 
 use crate::ledger_outbox::{
-    a_delivery_is_held_by_one_term_and_an_older_terms_answer_is_refused, a_run_that_began_late_is_told_late_once_from_its_begin,
+    a_delivery_is_held_by_one_term_and_an_older_terms_answer_is_refused,
+    a_run_that_began_late_is_told_late_once_from_its_begin,
     every_recorded_outcome_writes_the_events_its_routes_ask_for,
 };
 

@@ -35,10 +35,10 @@ mod executor;
 mod faults;
 /// Throwaway etcd, ZooKeeper and PostgreSQL servers with fault injection.
 mod harness;
-/// The leadership contract on etcd, on ZooKeeper and in-process.
-mod leadership;
 /// Lateness and duration from a run's real begin, across a frozen supervisor or replica.
 mod lateness;
+/// The leadership contract on etcd, on ZooKeeper and in-process.
+mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
 mod ledger;
 /// Issue 19's part of the ledger contract: acceptance, renewal, give-up, cancel.
