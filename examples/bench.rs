@@ -532,9 +532,9 @@ fn rss_mib(pid: Pid) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-/// Every request the sink received: the slot it was for (its `X-Tenure-Slot` header) and when it
-/// arrived.
-type Arrivals = Arc<std::sync::Mutex<Vec<(DateTime<Utc>, DateTime<Utc>)>>>;
+/// Every request the sink received: the slot it was for (its `X-Tenure-Slot` header), when it
+/// arrived, and the job it was for (`X-Tenure-Job`).
+type Arrivals = Arc<std::sync::Mutex<Vec<(DateTime<Utc>, DateTime<Utc>, String)>>>;
 
 async fn sink() -> anyhow::Result<(String, Arrivals)> {
     let arrivals = Arrivals::default();
@@ -546,8 +546,9 @@ async fn sink() -> anyhow::Result<(String, Arrivals)> {
             let seen = seen.clone();
             async move {
                 let slot = headers.get("x-tenure-slot").and_then(|v| v.to_str().ok());
+                let job = headers.get("x-tenure-job").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
                 if let Some(Ok(slot)) = slot.map(DateTime::parse_from_rfc3339) {
-                    seen.lock().unwrap().push((slot.with_timezone(&Utc), arrived));
+                    seen.lock().unwrap().push((slot.with_timezone(&Utc), arrived, job));
                 }
                 "ok"
             }
@@ -599,31 +600,48 @@ async fn precision(jobs: usize, every: i64, window: Duration) -> anyhow::Result<
     let cpu = (cpu_seconds(pid) - cpu_before) / wall.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let witness = start_witness_writes(replicas.list[0].port).await;
-    type Row = (DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>, String);
-    let rows: Vec<Row> =
-        sqlx::query_as("SELECT slot, claimed_at, started_at, status FROM runs WHERE slot >= $1 AND slot < $2")
-            .bind(from)
-            .bind(until)
-            .fetch_all(&pool)
-            .await?;
+    type Row =
+        (DateTime<Utc>, DateTime<Utc>, Option<DateTime<Utc>>, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT slot, claimed_at, started_at, status, job, COALESCE(planned_at, slot), began_at
+         FROM runs WHERE slot >= $1 AND slot < $2",
+    )
+    .bind(from)
+    .bind(until)
+    .fetch_all(&pool)
+    .await?;
     drop(replicas);
     let mut start_late: Vec<f64> =
-        rows.iter().filter_map(|(slot, _, started, _)| started.map(|s| ms(s - *slot))).collect();
-    let mut claim_late: Vec<f64> = rows.iter().map(|(slot, claimed, _, _)| ms(*claimed - *slot)).collect();
+        rows.iter().filter_map(|(slot, _, started, ..)| started.map(|s| ms(s - *slot))).collect();
+    let mut claim_late: Vec<f64> = rows.iter().map(|(slot, claimed, ..)| ms(*claimed - *slot)).collect();
+    // The ledger's own lateness (planned start -> the request began to be sent, `began_at`),
+    // and, run by run, how much later the sink heard that request.
+    let mut ledger_late: Vec<f64> =
+        rows.iter().filter_map(|(.., planned, began)| began.map(|began| ms(began - *planned))).collect();
+    let heard: std::collections::HashMap<(String, DateTime<Utc>), DateTime<Utc>> =
+        arrivals.lock().unwrap().iter().map(|(slot, arrived, job)| ((job.clone(), *slot), *arrived)).collect();
+    let mut began_to_sink: Vec<f64> = rows
+        .iter()
+        .filter_map(|(slot, _, _, _, job, _, began)| Some(ms(*heard.get(&(job.clone(), *slot))? - (*began)?)))
+        .collect();
     // Each burst's lateness at the sink, by its slot: tenure's at multiples of `every`, the
     // floor's in between.
     let mut tenure_bursts: std::collections::BTreeMap<DateTime<Utc>, Vec<f64>> = Default::default();
     let mut floor_bursts: std::collections::BTreeMap<DateTime<Utc>, Vec<f64>> = Default::default();
-    for (slot, arrived) in arrivals.lock().unwrap().iter().filter(|(slot, _)| *slot >= from && *slot < until) {
+    for (slot, arrived, _) in arrivals.lock().unwrap().iter().filter(|(slot, ..)| *slot >= from && *slot < until) {
         let bursts = if slot.timestamp() % every == 0 { &mut tenure_bursts } else { &mut floor_bursts };
         bursts.entry(*slot).or_default().push(ms(*arrived - *slot));
     }
     let missed = rows.iter().filter(|r| r.3 == "missed").count();
+    let unbegun = rows.iter().filter(|r| r.6.is_none()).count();
     let slots = slots_within(from, until, every);
     let mut tenure_late: Vec<f64> = tenure_bursts.values().flatten().copied().collect();
     let mut floor_late: Vec<f64> = floor_bursts.values().flatten().copied().collect();
     row("start recorded, relative to the slot (0: ahead)", &mut start_late, "");
     row("lateness: slot -> request at the sink", &mut tenure_late, if jobs <= 100 { "p99 <= 10 ms" } else { "" });
+    row("lateness in the ledger: planned start -> began_at", &mut ledger_late, "agrees with the sink's");
+    row("per run: began_at -> request at the sink", &mut began_to_sink, "a few ms");
+    single("rows without began_at (never began)", unbegun.to_string(), "0");
     row("claim sent, relative to the slot (< 0: ahead)", &mut claim_late, "");
     single("claims per second", format!("{:.0}", rows.len() as f64 / window.as_secs_f64()), "");
     single("slots expected / rows / missed", format!("{} / {} / {missed}", slots * jobs, rows.len()), "no slot missed");

@@ -3,6 +3,10 @@
 //! request. Knows nothing of leadership or the ledger: the caller claims the slot first, passes a
 //! `stop` token (cancelled on leadership loss, `replace` or shutdown) and records the outcome.
 //!
+//! An attempt begins when its process is spawned (the supervisor reported the spawn) or its
+//! request begins to be sent: the outcome carries that instant (`RunOutcome::began_at`), and the
+//! caller is told it at once (`OnBegan`), while the attempt goes.
+//!
 //! A process starts from a cleared environment: the few variables of tenure's own that every
 //! program expects ([`INHERITED`], every `LC_*`), those the job's `inherit_env` names, for a job
 //! with `user:` that user's `HOME`, `USER` and `LOGNAME` instead of tenure's, the job's `env`,
@@ -13,7 +17,7 @@
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::process::ExitStatus;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -130,6 +134,13 @@ impl OutputTail {
     }
 }
 
+/// Told the instant an attempt began (its process spawned, or its request began to be sent),
+/// while the attempt goes: the caller's lateness metric.
+pub type OnBegan<'a> = &'a (dyn Fn(DateTime<Utc>) + Send + Sync);
+
+/// An `OnBegan` for a caller with nothing to do then.
+pub fn ignore_began(_: DateTime<Utc>) {}
+
 /// One attempt built before it starts: for an HTTP job, the request itself (URL parsed, headers
 /// written), so that at its slot nothing is left but to send it.
 pub struct Prepared {
@@ -154,10 +165,12 @@ pub async fn execute(
     supervision: &Supervision,
     stop: &CancellationToken,
 ) -> RunOutcome {
-    execute_prepared(prepare(job, context, http), job, context, output, http, supervision, stop).await
+    execute_prepared(prepare(job, context, http), job, context, output, http, supervision, stop, &ignore_began).await
 }
 
-/// `execute` with the attempt built beforehand by `prepare` (from the same job and context).
+/// `execute` with the attempt built beforehand by `prepare` (from the same job and context);
+/// `on_began` is told when it began.
+#[allow(clippy::too_many_arguments)]
 pub async fn execute_prepared(
     prepared: Prepared,
     job: &Job,
@@ -166,8 +179,9 @@ pub async fn execute_prepared(
     http: &reqwest::Client,
     supervision: &Supervision,
     stop: &CancellationToken,
+    on_began: OnBegan<'_>,
 ) -> RunOutcome {
-    let stops = Stops { stop, lease_lost: None, deadline: None };
+    let stops = Stops { stop, lease_lost: None, deadline: None, on_began };
     execute_with(prepared, job, context, output, http, supervision, stops).await
 }
 
@@ -188,8 +202,9 @@ pub async fn execute_leased(
     stop: &CancellationToken,
     lease_lost: &CancellationToken,
     deadline: &LeaseDeadline,
+    on_began: OnBegan<'_>,
 ) -> RunOutcome {
-    let stops = Stops { stop, lease_lost: Some(lease_lost), deadline: Some(deadline) };
+    let stops = Stops { stop, lease_lost: Some(lease_lost), deadline: Some(deadline), on_began };
     execute_with(prepared, job, context, output, http, supervision, stops).await
 }
 
@@ -202,6 +217,7 @@ struct Stops<'a> {
     lease_lost: Option<&'a CancellationToken>,
     /// The execution lease's local deadline, for an attempt under one.
     deadline: Option<&'a LeaseDeadline>,
+    on_began: OnBegan<'a>,
 }
 
 impl Stops<'_> {
@@ -234,7 +250,8 @@ async fn execute_with(
         }
         (Target::Http(target), request) => {
             let request = request.unwrap_or_else(|| build_request(target, job.timeout, context, http));
-            let exchange = run_http(request, target, job.timeout, output, http, stops.stop);
+            let began = OnceLock::new();
+            let exchange = run_http(request, target, job.timeout, output, http, stops, &began);
             if stops.lease_lost.is_none() {
                 return exchange.await;
             }
@@ -242,6 +259,7 @@ async fn execute_with(
                 outcome = exchange => outcome,
                 () = stops.lease_lost() => RunOutcome {
                     error: Some(LEASE_LOST.to_owned()),
+                    began_at: began.get().copied(),
                     ..outcome(RunStatus::Killed, output)
                 },
             }
@@ -259,6 +277,7 @@ fn outcome(status: RunStatus, output: &OutputTail) -> RunOutcome {
         http_status: None,
         error: None,
         output: output.text(),
+        began_at: None,
         finished_at: Utc::now(),
     }
 }
@@ -302,6 +321,10 @@ async fn run_process(
         Ok(started) => started,
         Err(error) => return could_not_start(&error),
     };
+    // Begun: the supervisor reported the spawn (a stalled supervisor, or a loaded replica,
+    // shows here, not in the start the leader recorded ahead).
+    let began = Utc::now();
+    (stops.on_began)(began);
     let group = started.group;
     let readers =
         [tokio::spawn(copy_into(stdout_rx, output.clone())), tokio::spawn(copy_into(stderr_rx, output.clone()))];
@@ -336,7 +359,7 @@ async fn run_process(
         let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
     }
     let (status, exit_code, error) = judge(ending, end, job, supervision);
-    RunOutcome { exit_code, error, ..outcome(status, output) }
+    RunOutcome { exit_code, error, began_at: Some(began), ..outcome(status, output) }
 }
 
 /// What a run that ended this way is recorded as: status, exit code, error.
@@ -437,18 +460,27 @@ fn request_failure(error: &reqwest::Error, target: &HttpTarget) -> String {
     format!("{} (url {})", crate::deadman::request_failure(error), target.url.shown_url())
 }
 
+/// Send the request and read the answer; `began` is set (and `on_began` told) as it begins to
+/// be sent.
 async fn run_http(
     request: Result<reqwest::Request, String>,
     target: &HttpTarget,
     timeout: Duration,
     output: &OutputTail,
     http: &reqwest::Client,
-    stop: &CancellationToken,
+    stops: Stops<'_>,
+    began: &OnceLock<DateTime<Utc>>,
 ) -> RunOutcome {
     let request = match request {
         Ok(request) => request,
         Err(error) => return RunOutcome { error: Some(error), ..outcome(RunStatus::Failed, output) },
     };
+    let at = Utc::now();
+    let _ = began.set(at);
+    (stops.on_began)(at);
+    // Every outcome from here on is of a request that began.
+    let ended = |status| RunOutcome { began_at: Some(at), ..outcome(status, output) };
+    let stop = stops.stop;
     let exchange = async {
         let mut response = http.execute(request).await?;
         let status = response.status().as_u16();
@@ -460,7 +492,7 @@ async fn run_http(
     let result = tokio::select! {
         result = exchange => result,
         () = stop.cancelled() => {
-            return RunOutcome { error: Some("stopped by tenure".to_owned()), ..outcome(RunStatus::Killed, output) };
+            return RunOutcome { error: Some("stopped by tenure".to_owned()), ..ended(RunStatus::Killed) };
         }
     };
     match result {
@@ -473,14 +505,14 @@ async fn run_http(
             RunOutcome {
                 http_status: Some(status),
                 error: (!expected).then(|| format!("unexpected HTTP status {status}")),
-                ..outcome(if expected { RunStatus::Succeeded } else { RunStatus::Failed }, output)
+                ..ended(if expected { RunStatus::Succeeded } else { RunStatus::Failed })
             }
         }
         Err(error) if error.is_timeout() => RunOutcome {
             error: Some(format!("timed out after {}", humantime::format_duration(timeout))),
-            ..outcome(RunStatus::TimedOut, output)
+            ..ended(RunStatus::TimedOut)
         },
-        Err(error) => RunOutcome { error: Some(request_failure(&error, target)), ..outcome(RunStatus::Failed, output) },
+        Err(error) => RunOutcome { error: Some(request_failure(&error, target)), ..ended(RunStatus::Failed) },
     }
 }
 

@@ -166,6 +166,9 @@ pub struct RunOutcome {
     pub error: Option<String>,
     /// At most `OUTPUT_LIMIT` bytes: the tail.
     pub output: String,
+    /// When the attempt really began: its process spawned (the supervisor reported it), or its
+    /// HTTP request began to be sent. `None` for an attempt that never began.
+    pub began_at: Option<DateTime<Utc>>,
     pub finished_at: DateTime<Utc>,
 }
 

@@ -229,6 +229,7 @@ impl Worker {
         let run_id = run.key.run_id;
         self.going.lock().unwrap_or_else(|p| p.into_inner()).insert(run_id);
         let execution = Execution {
+            metrics: JobRunMetrics::new(&run.job),
             store: self.store.clone(),
             current: Arc::new(tokio::sync::Mutex::new(Current { key: run.key.clone(), output: OutputTail::default() })),
             run,
@@ -256,6 +257,8 @@ struct Current {
 
 /// One accepted run on this replica, through its attempts here.
 struct Execution {
+    /// The job's series: runs counted, and lateness observed, where it executes.
+    metrics: JobRunMetrics,
     store: Store,
     current: Arc<tokio::sync::Mutex<Current>>,
     run: AssignedRun,
@@ -287,7 +290,7 @@ impl Execution {
                 lost.lose(LeaseLoss::DeadlinePassed);
             }
             if lost.token.is_cancelled() {
-                return self.lease_lost(&key, &lost).await;
+                return self.lease_lost(&key, &lost, None).await;
             }
             let context = RunContext {
                 run_id: key.run_id,
@@ -300,6 +303,15 @@ impl Execution {
             };
             tracing::info!(job = %self.run.job, run_id = key.run_id, attempt = key.attempt, "executing an assigned run");
             let prepared = executor::prepare(&self.job, &context, &self.http);
+            // Its lateness is observed here, where it begins: from its planned start to its
+            // first attempt's process spawned (or request sent).
+            let first_attempt = key.attempt == 1;
+            let planned = self.run.planned_at;
+            let on_began = |began: chrono::DateTime<chrono::Utc>| {
+                if first_attempt {
+                    self.metrics.fire_lateness.record((began - planned).to_std().unwrap_or_default().as_secs_f64());
+                }
+            };
             let outcome = executor::execute_leased(
                 prepared,
                 &self.job,
@@ -310,6 +322,7 @@ impl Execution {
                 &self.stop,
                 &lost.token,
                 &self.deadline,
+                &on_began,
             )
             .await;
             // Nothing is recorded by an executor whose lease may have lapsed: it checks first.
@@ -317,7 +330,7 @@ impl Execution {
                 lost.lose(LeaseLoss::DeadlinePassed);
             }
             if lost.token.is_cancelled() {
-                return self.lease_lost(&key, &lost).await;
+                return self.lease_lost(&key, &lost, outcome.began_at).await;
             }
             let retryable = matches!(outcome.status, RunStatus::Failed | RunStatus::TimedOut);
             if !retryable || key.attempt > self.job.retries.max as i32 || self.stop.is_cancelled() {
@@ -351,8 +364,9 @@ impl Execution {
 
     /// The lease is gone and the process group with it (SIGKILLed at once). A cancel requested
     /// by the leader (`replace`) is answered with `killed`, which the leader asked for; anything
-    /// else records nothing: the attempt may already be another replica's.
-    async fn lease_lost(&self, key: &ExecutionKey, lost: &LostLease) {
+    /// else records nothing: the attempt may already be another replica's. `began`: when the
+    /// attempt began, if it did.
+    async fn lease_lost(&self, key: &ExecutionKey, lost: &LostLease, began: Option<chrono::DateTime<chrono::Utc>>) {
         match lost.reason() {
             Some(LeaseLoss::CancelRequested) => {
                 let outcome = RunOutcome {
@@ -361,6 +375,7 @@ impl Execution {
                     http_status: None,
                     error: Some("replaced by a newer run".to_owned()),
                     output: self.current.lock().await.output.text(),
+                    began_at: began,
                     finished_at: chrono::Utc::now(),
                 };
                 self.finish(key, &outcome).await;
@@ -385,7 +400,7 @@ impl Execution {
             match self.store.finish_execution(key, outcome).await {
                 Ok(true) => {
                     // Counted where it executed, as the leader counts the runs it executes.
-                    JobRunMetrics::new(&self.run.job).count(outcome.status);
+                    self.metrics.count(outcome.status);
                     return;
                 }
                 Ok(false) => {

@@ -132,7 +132,8 @@ pub fn run(run: &Run) -> String {
         ("attempt", brief.attempt.to_string()),
         ("claimed", instant(run.claimed_at)),
         ("planned", or_dash(run.planned_at.filter(|planned| *planned != brief.slot).map(instant))),
-        ("started", or_dash(run.started_at.map(instant))),
+        ("start recorded", or_dash(run.start_recorded_at.map(instant))),
+        ("began", or_dash(run.began_at.map(instant))),
         ("finished", or_dash(run.finished_at.map(instant))),
         ("took", or_dash(brief.duration_ms.map(duration_ms))),
         ("late", or_dash(brief.lateness_ms.map(duration_ms))),
@@ -142,23 +143,23 @@ pub fn run(run: &Run) -> String {
     ];
     let mut text = format!("run {} of {}: {}\n", brief.id, run.job, brief.status);
     for (name, value) in fields {
-        text.push_str(&format!("  {name:<12}{value}\n"));
+        text.push_str(&format!("  {name:<16}{value}\n"));
     }
     for told in &run.notifications {
         let attempts = if told.attempts == 1 { "1 attempt".to_owned() } else { format!("{} attempts", told.attempts) };
         let error = told.last_error.as_deref().map(|error| format!(", last error: {error}")).unwrap_or_default();
         text.push_str(&format!(
-            "  {:<12}{} to {}: {} ({attempts}{error})\n",
+            "  {:<16}{} to {}: {} ({attempts}{error})\n",
             "notified", told.event, told.target, told.status
         ));
     }
     if let Some(request) = &run.request {
-        text.push_str(&format!("  {:<12}{}\n", "by", request.requested_by));
-        text.push_str(&format!("  {:<12}{}\n", "reason", or_dash(request.reason.clone())));
+        text.push_str(&format!("  {:<16}{}\n", "by", request.requested_by));
+        text.push_str(&format!("  {:<16}{}\n", "reason", or_dash(request.reason.clone())));
         let policy = request.concurrency.clone().map(|policy| format!("{policy} (asked for)"));
-        text.push_str(&format!("  {:<12}{}\n", "concurrency", policy.unwrap_or_else(|| "the job's".to_owned())));
+        text.push_str(&format!("  {:<16}{}\n", "concurrency", policy.unwrap_or_else(|| "the job's".to_owned())));
         for (name, value) in &request.env {
-            text.push_str(&format!("  {:<12}{name}={value}\n", "env"));
+            text.push_str(&format!("  {:<16}{name}={value}\n", "env"));
         }
     }
     if run.output.is_empty() {

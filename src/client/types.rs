@@ -50,7 +50,12 @@ pub struct Run {
     pub brief: RunBrief,
     pub job: String,
     pub claimed_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
+    /// When its fenced start was recorded (older servers call it `started_at`).
+    #[serde(default, alias = "started_at")]
+    pub start_recorded_at: Option<DateTime<Utc>>,
+    /// When it really began (its process spawned, its request sent); older servers omit it.
+    #[serde(default)]
+    pub began_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub output: String,
     /// When it was to start (its slot plus the job's jitter offset); older servers omit it.

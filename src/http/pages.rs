@@ -459,7 +459,8 @@ struct RunPage {
     running: bool,
     slot: String,
     claimed: String,
-    started: String,
+    start_recorded: String,
+    began: String,
     finished: String,
     lateness: String,
     duration: String,
@@ -480,18 +481,27 @@ async fn run(
     let with_zone = |instant: DateTime<Utc>| {
         if tz == chrono_tz::UTC { utc(instant) } else { format!("{} ({})", utc(instant), in_zone(instant, tz)) }
     };
+    let running = run.brief.status == RunStatus::Running;
     render(&RunPage {
         layout: Layout::new(&state, format!("{} run {}", run.job, run.brief.id), "run"),
-        running: run.brief.status == RunStatus::Running,
+        running,
         slot: with_zone(run.brief.slot),
         claimed: utc(run.claimed_at),
-        started: or_dash(run.started_at.map(utc)),
+        start_recorded: or_dash(run.start_recorded_at.map(utc)),
+        began: match (run.began_at, run.start_recorded_at, running) {
+            (Some(began), _, _) => utc(began),
+            // Written with the outcome: nothing is recorded at the slot.
+            (None, Some(_), true) => "known when it ends".to_owned(),
+            (None, _, _) => "–".to_owned(),
+        },
         finished: or_dash(run.finished_at.map(utc)),
         lateness: or_dash(run.brief.lateness_ms.map(human_ms)),
-        duration: match (run.brief.duration_ms, run.started_at) {
-            (Some(ms), _) => human_ms(ms),
-            (None, Some(started)) => format!("{} so far", human_ms((Utc::now() - started).num_milliseconds())),
-            (None, None) => "–".to_owned(),
+        duration: match (run.brief.duration_ms, run.start_recorded_at, running) {
+            (Some(ms), _, _) => human_ms(ms),
+            (None, Some(recorded), true) => {
+                format!("{} so far, from its start recorded", human_ms((Utc::now() - recorded).num_milliseconds()))
+            }
+            (None, _, _) => "–".to_owned(),
         },
         result: or_dash(Some(result_of(&run.brief)).filter(|text| !text.is_empty())),
         planned: (run.planned_at != run.brief.slot).then(|| with_zone(run.planned_at)),

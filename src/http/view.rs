@@ -69,8 +69,12 @@ pub struct RunBrief {
     /// `{ tags: [..] }`); `null` for a run its leader (`node`) executes.
     pub executor: Option<String>,
     pub attempt: i32,
+    /// From its begin (`began_at`) to its outcome; `null` while it goes and for a run that never
+    /// began.
     pub duration_ms: Option<i64>,
-    /// From the planned start (the slot plus the job's jitter offset) to the start.
+    /// From the planned start (the slot plus the job's jitter offset) to its begin: its process
+    /// spawned or its request sent, which the ledger learns with the outcome. `null` while it
+    /// goes and for a run that never began (missed, skipped, killed before it began, lost).
     pub lateness_ms: Option<i64>,
     pub exit_code: Option<i32>,
     pub http_status: Option<i32>,
@@ -89,7 +93,7 @@ impl RunBrief {
             executor: run.executor.clone(),
             attempt: run.attempt,
             duration_ms: duration_ms(run),
-            lateness_ms: run.started_at.map(|started| (started - run.planned_at).num_milliseconds()),
+            lateness_ms: run.began_at.map(|began| (began - run.planned_at).num_milliseconds()),
             exit_code: run.exit_code,
             http_status: run.http_status,
             error: run.error.clone(),
@@ -98,7 +102,7 @@ impl RunBrief {
 }
 
 fn duration_ms(run: &RunRecord) -> Option<i64> {
-    Some((run.finished_at? - run.started_at?).num_milliseconds())
+    Some((run.finished_at? - run.began_at?).num_milliseconds())
 }
 
 /// One run, whole: every timing and the output tail.
@@ -111,7 +115,12 @@ pub struct RunView {
     pub claimed_at: DateTime<Utc>,
     /// When it was to start: the slot plus the job's jitter offset (when claimed, for a backfill).
     pub planned_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
+    /// When its fenced start was recorded (the ledger's `started_at`): ahead of the planned
+    /// start, so the planned start itself when on time. Not when it began.
+    pub start_recorded_at: Option<DateTime<Utc>>,
+    /// When its current attempt really began: its process spawned, or its request began to be
+    /// sent. Recorded with its outcome; `null` before, and for a run that never began.
+    pub began_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub output: String,
     /// The events `notify:` targets were or will be told about this run, with delivery state.
@@ -166,7 +175,8 @@ impl RunView {
             config_hash: run.config_hash,
             claimed_at: run.claimed_at,
             planned_at: run.planned_at,
-            started_at: run.started_at,
+            start_recorded_at: run.started_at,
+            began_at: run.began_at,
             finished_at: run.finished_at,
             output: run.output,
             notifications,

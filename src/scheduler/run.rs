@@ -283,9 +283,7 @@ impl RunTask {
             self.dispatch.settled(choice, matches!(assigned, Ok(true)).then(tokio::time::Instant::now));
             match assigned {
                 Ok(true) => {
-                    self.metrics
-                        .fire_lateness
-                        .record((self.clock.now() - planned.start).to_std().unwrap_or_default().as_secs_f64());
+                    // Its lateness is the executing replica's to observe, when it begins there.
                     tracing::info!(job = %job.name, slot = %planned.slot, run_id, %executor, "assigned");
                     return;
                 }
@@ -434,7 +432,8 @@ impl RunTask {
     }
 
     /// Execute a started run (its first attempt `first`, built ahead), retry it per the job's
-    /// `retries`, and record its outcome. Lateness is measured from the planned start.
+    /// `retries`, and record its outcome. Lateness is measured from the planned start to the
+    /// first attempt's begin (its process spawned, its request sent), observed as it begins.
     async fn execute(
         &self,
         job: &Job,
@@ -448,9 +447,12 @@ impl RunTask {
         let mut next = Some(first);
         loop {
             let started = self.clock.now();
-            if attempt == 1 {
-                self.metrics.fire_lateness.record((started - planned).to_std().unwrap_or_default().as_secs_f64());
-            }
+            let first_attempt = attempt == 1;
+            let on_began = |began: DateTime<Utc>| {
+                if first_attempt {
+                    self.metrics.fire_lateness.record((began - planned).to_std().unwrap_or_default().as_secs_f64());
+                }
+            };
             let Attempt { context, prepared, output, _live: live } =
                 next.take().unwrap_or_else(|| self.attempt(job, slot, run_id, attempt));
             let mut outcome = executor::execute_prepared(
@@ -461,15 +463,15 @@ impl RunTask {
                 &self.http,
                 &self.supervision,
                 &stop.token,
+                &on_began,
             )
             .await;
             drop(live);
             if let Some(reason) = stop.reason() {
                 outcome.error = Some(reason.to_owned());
             }
-            self.metrics
-                .run_duration
-                .record((outcome.finished_at - started).to_std().unwrap_or_default().as_secs_f64());
+            let began = outcome.began_at.unwrap_or(started);
+            self.metrics.run_duration.record((outcome.finished_at - began).to_std().unwrap_or_default().as_secs_f64());
             let retryable = matches!(outcome.status, RunStatus::Failed | RunStatus::TimedOut);
             if !retryable || attempt > job.retries.max as i32 || stop.token.is_cancelled() {
                 self.finish(job, run_id, &outcome).await;
@@ -635,6 +637,7 @@ impl RunTask {
             http_status: None,
             error: Some(error),
             output: String::new(),
+            began_at: None,
             finished_at: self.clock.now(),
         }
     }

@@ -24,12 +24,12 @@ use crate::model::{RunStatus, TriggerKind};
 macro_rules! run_columns {
     () => {
         "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
-         COALESCE(planned_at, slot) AS planned_at, started_at, finished_at, exit_code, http_status, error, output, \
-         executor"
+         COALESCE(planned_at, slot) AS planned_at, started_at, began_at, finished_at, exit_code, http_status, error, \
+         output, executor"
     };
     (brief) => {
         "id, job, slot, trigger, term, node, config_hash, status, attempt, claimed_at, \
-         COALESCE(planned_at, slot) AS planned_at, started_at, finished_at, exit_code, http_status, error, \
+         COALESCE(planned_at, slot) AS planned_at, started_at, began_at, finished_at, exit_code, http_status, error, \
          '' AS output, executor"
     };
 }
@@ -230,6 +230,7 @@ pub(super) fn run_record(row: &impl LedgerRow) -> Result<RunRecord, sqlx::Error>
         claimed_at: row.instant("claimed_at")?,
         planned_at: row.instant("planned_at")?,
         started_at: row.optional_instant("started_at")?,
+        began_at: row.optional_instant("began_at")?,
         finished_at: row.optional_instant("finished_at")?,
         exit_code: row.optional_small_int("exit_code")?,
         http_status: row.optional_small_int("http_status")?,

@@ -71,6 +71,8 @@ pub struct AssignedRun {
     pub key: ExecutionKey,
     pub job: String,
     pub slot: DateTime<Utc>,
+    /// When it was planned to start (its lateness counts from it).
+    pub planned_at: DateTime<Utc>,
     /// The term that claimed it (`TENURE_TERM`).
     pub term: i64,
 }
@@ -234,6 +236,7 @@ pub(super) fn assigned_run(row: &impl LedgerRow) -> Result<AssignedRun, sqlx::Er
         },
         job: row.text("job")?,
         slot: row.instant("slot")?,
+        planned_at: row.instant("planned_at")?,
         term: row.int("term")?,
     })
 }

@@ -15,8 +15,10 @@
 //! that same statement: a refused claim leaves it pending.
 //!
 //! A row is claimed (`running`, no `started_at`), then started (`started_at` set by the fenced
-//! `start_runs`, before the process or request begins), then finished. Only a claimed row that
-//! was never started can change hands: a newer term's claim or `record_slots` takes it over.
+//! `start_runs`, before the process or request begins), then finished (the outcome, with
+//! `began_at`: when the attempt's process was spawned or its request began to be sent). Only a
+//! claimed row that was never started can change hands: a newer term's claim or `record_slots`
+//! takes it over.
 
 mod common;
 mod execution;
@@ -145,7 +147,15 @@ pub struct RunRecord {
     /// When the run was planned to start: the slot plus the job's jitter offset (the slot
     /// without jitter; when it was claimed, for a backfill). Lateness is measured from it.
     pub planned_at: DateTime<Utc>,
+    /// When the fenced start was recorded (`start_runs`, or the assignment of a `run_on` run;
+    /// `retry_run` for a later attempt): for a start recorded ahead of its slot, the planned
+    /// start itself. Not when the run began: it may begin later (a loaded replica, a stalled
+    /// supervisor), and only `began_at` says when.
     pub started_at: Option<DateTime<Utc>>,
+    /// When the current attempt really began (its process spawned, or its HTTP request began
+    /// to be sent), written with its outcome; `None` while it goes, and for a run that never
+    /// began or whose outcome was never written. Lateness and duration are counted from it.
+    pub began_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub exit_code: Option<i32>,
     pub http_status: Option<i32>,

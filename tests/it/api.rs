@@ -55,7 +55,8 @@ async fn fixture(reads_need: ReadAccess) -> Fixture {
             planned_at: slot,
         };
         let claimed = store.claim_run(&claim).await.unwrap();
-        store.start_runs(&term, &[(claimed.run_id, slot + chrono::Duration::milliseconds(120))]).await.unwrap();
+        // Its start recorded ahead, at the plan; it began 120 ms later.
+        store.start_runs(&term, &[(claimed.run_id, slot)]).await.unwrap();
         if minute == 29 {
             store.update_output(claimed.run_id, "half way <there>").await.unwrap();
             continue;
@@ -67,6 +68,7 @@ async fn fixture(reads_need: ReadAccess) -> Fixture {
             http_status: None,
             error: (status == RunStatus::Failed).then(|| "exited with status 3".to_owned()),
             output: format!("run {minute}"),
+            began_at: Some(slot + chrono::Duration::milliseconds(120)),
             finished_at: slot + chrono::Duration::seconds(2),
         };
         store.finish_run(claimed.run_id, &outcome).await.unwrap();

@@ -308,6 +308,7 @@ mod tests {
             claimed_at: at(second),
             planned_at: at(second),
             started_at: None,
+            began_at: None,
             finished_at: None,
             exit_code: None,
             http_status: None,

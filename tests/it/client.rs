@@ -131,8 +131,8 @@ async fn trigger_wait_exits_with_the_runs_outcome_and_show_and_runs_find_it() {
     assert_eq!(ok.code, 0, "{ok:?}");
     let greet_run = run_id(&ok.stdout);
     assert!(ok.stdout.starts_with(&format!("run {greet_run} of greet: succeeded\n")), "{ok:?}");
-    assert!(ok.stdout.contains("\n  trigger     manual\n"), "{ok:?}");
-    assert!(ok.stdout.contains("\n  exit code   0\n"), "{ok:?}");
+    assert!(ok.stdout.contains("\n  trigger         manual\n"), "{ok:?}");
+    assert!(ok.stdout.contains("\n  exit code       0\n"), "{ok:?}");
     assert!(ok.stdout.ends_with("output (tail):\nhello from greet\n"), "{ok:?}");
     assert_eq!(ok.stderr, "");
 
@@ -140,7 +140,7 @@ async fn trigger_wait_exits_with_the_runs_outcome_and_show_and_runs_find_it() {
     assert_eq!(failed.code, 1, "{failed:?}");
     let broken_run = run_id(&failed.stdout);
     assert!(failed.stdout.starts_with(&format!("run {broken_run} of broken: failed\n")), "{failed:?}");
-    assert!(failed.stdout.contains("\n  exit code   3\n"), "{failed:?}");
+    assert!(failed.stdout.contains("\n  exit code       3\n"), "{failed:?}");
     assert!(failed.stdout.ends_with("output (tail):\nabout to fail\n"), "{failed:?}");
 
     // The same run, shown by id, as text and as the API's JSON.
@@ -439,7 +439,7 @@ async fn against_a_real_cluster_status_terms_and_trigger_wait() {
     let run = run_id(&triggered.stdout);
     assert!(triggered.stdout.starts_with(&format!("run {run} of once: succeeded\n")), "{triggered:?}");
     assert!(
-        triggered.stdout.contains(&format!("\n  term        {term}\n  node        {leader_node}\n")),
+        triggered.stdout.contains(&format!("\n  term            {term}\n  node            {leader_node}\n")),
         "{triggered:?}"
     );
     let witness = cluster.witness();
@@ -590,8 +590,8 @@ jobs:
     let overrides = ["--env", "WHO=operator", "--reason", "check the fix", "--concurrency", "allow"];
     let run = tenure(&[&["trigger", "tick", "--wait"][..], &overrides, &server].concat(), &token).await;
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("\n  by          api\n  reason      check the fix\n"), "{run:?}");
-    assert!(run.stdout.contains("\n  concurrency allow (asked for)\n  env         WHO=operator\n"), "{run:?}");
+    assert!(run.stdout.contains("\n  by              api\n  reason          check the fix\n"), "{run:?}");
+    assert!(run.stdout.contains("\n  concurrency     allow (asked for)\n  env             WHO=operator\n"), "{run:?}");
     assert!(run.stdout.ends_with(" operator\n"), "the override reached the job: {run:?}");
     let bad = tenure(&[&["trigger", "tick"][..], &["--env", "TENURE_TERM=1"], &server].concat(), &token).await;
     assert_eq!(bad.code, 2, "{bad:?}");

@@ -102,6 +102,9 @@ pub struct Options {
     pub coordinator: CoordinatorKind,
     /// Extra flags for one replica, by node id (issue 19: `--tags`, `--max-runs`).
     pub replica_args: Vec<(String, Vec<String>)>,
+    /// Another lease TTL than `TTL` (etcd only), for a test that freezes a process for longer
+    /// than `TTL` allows.
+    pub lease_ttl: Option<Duration>,
 }
 
 /// The coordinator of a test cluster.
@@ -363,7 +366,11 @@ impl Cluster {
 
     /// The replicas' lease TTL (etcd) or session timeout (ZooKeeper).
     pub fn lease_ttl(&self) -> Duration {
-        if self.zookeeper.is_some() { ZOOKEEPER_TTL } else { TTL }
+        match (&self.zookeeper, self.options.lease_ttl) {
+            (Some(_), _) => ZOOKEEPER_TTL,
+            (None, Some(ttl)) => ttl,
+            (None, None) => TTL,
+        }
     }
 
     /// Start a stopped or killed replica again (same node id and port).

@@ -347,6 +347,7 @@ async fn issue_19_a_start_request_past_its_lease_deadline_starts_nothing() {
                 stop,
                 lost,
                 &deadline,
+                &tenure::executor::ignore_began,
             )
             .await
         }

@@ -27,6 +27,7 @@ fn with_proxies(env: &[(&str, &str)]) -> Options {
         etcd_members: 1,
         coordinator: CoordinatorKind::Etcd,
         replica_args: Vec::new(),
+        lease_ttl: None,
     }
 }
 

@@ -68,6 +68,7 @@ contract!(issue_17_a_triggers_overrides_are_recorded_with_its_run);
 contract!(issue_17_a_late_notification_counts_from_the_planned_start_not_the_slot);
 contract!(every_recorded_outcome_writes_the_events_its_routes_ask_for);
 contract!(a_delivery_is_held_by_one_term_and_an_older_terms_answer_is_refused);
+contract!(a_run_that_began_late_is_told_late_once_from_its_begin);
 contract!(issue_19_an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt);
 contract!(issue_19_renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled);
 
@@ -78,6 +79,7 @@ use crate::ledger_execution::{
 
 use crate::ledger_outbox::{
     a_delivery_is_held_by_one_term_and_an_older_terms_answer_is_refused,
+    a_run_that_began_late_is_told_late_once_from_its_begin,
     every_recorded_outcome_writes_the_events_its_routes_ask_for,
 };
 
@@ -173,6 +175,7 @@ async fn forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced
                 http_status: None,
                 error: None,
                 output: "out\0put".into(),
+                began_at: None,
                 finished_at: Utc::now(),
             },
         )
@@ -345,6 +348,7 @@ async fn pages_of_a_job_ledger_follow_the_cursor_and_the_status_filter(store: St
             http_status: None,
             error: None,
             output: "printed".into(),
+            began_at: None,
             finished_at: slot(second),
         };
         store.finish_run(claimed.run_id, &outcome).await.unwrap();
@@ -386,6 +390,7 @@ async fn live_outputs_of_many_runs_are_written_together_and_never_over_an_outcom
         http_status: None,
         error: None,
         output: "all done".into(),
+        began_at: None,
         finished_at: slot(1),
     };
     store.finish_run(done, &outcome).await.unwrap();
@@ -423,6 +428,7 @@ async fn live_output_and_term_heartbeats_are_recorded(store: Store, reads: Reads
         http_status: None,
         error: None,
         output: "all done".into(),
+        began_at: None,
         finished_at: slot(1),
     };
     store.finish_run(claimed.run_id, &outcome).await.unwrap();
@@ -444,6 +450,7 @@ async fn retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newes
         http_status: None,
         error: None,
         output: String::new(),
+        began_at: None,
         finished_at: at,
     };
     for second in 0..10 {
@@ -524,6 +531,7 @@ async fn batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_f
         http_status: None,
         error: (code != 0).then(|| format!("exit {code}")),
         output: format!("out {code}\0"),
+        began_at: None,
         finished_at: slot(second),
     };
     store.finish_run(done, &outcome(RunStatus::Succeeded, 0, 5)).await.unwrap();
@@ -707,6 +715,7 @@ async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(st
         http_status: None,
         error: None,
         output: String::new(),
+        began_at: None,
         finished_at: at,
     };
     for second in [1, 2] {
@@ -969,6 +978,7 @@ fn succeeded(at: DateTime<Utc>) -> RunOutcome {
         http_status: None,
         error: None,
         output: String::new(),
+        began_at: None,
         finished_at: at,
     }
 }

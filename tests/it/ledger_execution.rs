@@ -47,6 +47,7 @@ fn ended(status: RunStatus) -> RunOutcome {
         http_status: None,
         error: None,
         output: "done".into(),
+        began_at: None,
         finished_at: Utc::now(),
     }
 }

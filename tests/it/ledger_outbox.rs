@@ -37,7 +37,15 @@ fn route(job: &str, target: &str, events: &str, late_ms: Option<i64>) -> NotifyR
 }
 
 fn ended(status: RunStatus, at: DateTime<Utc>) -> RunOutcome {
-    RunOutcome { status, exit_code: None, http_status: None, error: None, output: String::new(), finished_at: at }
+    RunOutcome {
+        status,
+        exit_code: None,
+        http_status: None,
+        error: None,
+        output: String::new(),
+        began_at: None,
+        finished_at: at,
+    }
 }
 
 /// (run id, event, target) of every event of `runs`, in order.
@@ -171,4 +179,53 @@ pub(crate) async fn a_delivery_is_held_by_one_term_and_an_older_terms_answer_is_
     // Delivered once: never taken again.
     let much_later = retry_at + Duration::hours(1);
     assert!(store.take_notifications(&new, much_later, much_later, 10).await.unwrap().is_empty());
+}
+
+/// The ledger learns when a run began with its outcome (`began_at`), and a `late` route is told
+/// from it: a run whose start was recorded on time but which began past the threshold is told
+/// with its outcome; one whose recorded start was already late was told then, and is not told
+/// twice; a run on time, a later attempt (it begins after the earlier ones by design) and a run
+/// that never began are not told.
+pub(crate) async fn a_run_that_began_late_is_told_late_once_from_its_begin(store: Store, reads: Reads) {
+    let term = Term::for_tests(4, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    store.set_notify_routes(&term, &[route("job", "ops", ",failed,", Some(2_000))]).await.unwrap();
+    let begun = |status, began: Option<DateTime<Utc>>, at| RunOutcome { began_at: began, ..ended(status, at) };
+
+    // Started at the plan, held back 3 s after it (a stalled supervisor): told at the outcome.
+    let held = store.claim_run(&claim("job", slot(0), &term)).await.unwrap().run_id;
+    assert_eq!(store.start_runs(&term, &[(held, slot(0))]).await.unwrap(), [true]);
+    assert!(events(&reads, &[held]).await.is_empty(), "on time as far as the start tells");
+    store.finish_runs(&[(held, begun(RunStatus::Succeeded, Some(slot(3)), slot(4)))]).await.unwrap();
+    // Its start recorded 3 s late: told then, and not again when it began later still.
+    let recorded_late = store.claim_run(&claim("job", slot(10), &term)).await.unwrap().run_id;
+    assert_eq!(store.start_runs(&term, &[(recorded_late, slot(13))]).await.unwrap(), [true]);
+    store.finish_run(recorded_late, &begun(RunStatus::Succeeded, Some(slot(14)), slot(15))).await.unwrap();
+    // Began 1 s after its plan: within the threshold.
+    let on_time = store.claim_run(&claim("job", slot(20), &term)).await.unwrap().run_id;
+    assert_eq!(store.start_runs(&term, &[(on_time, slot(20))]).await.unwrap(), [true]);
+    store.finish_runs(&[(on_time, begun(RunStatus::Succeeded, Some(slot(21)), slot(22)))]).await.unwrap();
+    // A second attempt begins after the first and its backoff: no lateness of the run.
+    let retried = store.claim_run(&claim("job", slot(30), &term)).await.unwrap().run_id;
+    assert_eq!(store.start_runs(&term, &[(retried, slot(30))]).await.unwrap(), [true]);
+    store.retry_run(retried, &term, 2, "attempt 1: exited with status 1", slot(35)).await.unwrap();
+    store.finish_runs(&[(retried, begun(RunStatus::Succeeded, Some(slot(35)), slot(36)))]).await.unwrap();
+    // Stopped before it began.
+    let never = store.claim_run(&claim("job", slot(40), &term)).await.unwrap().run_id;
+    assert_eq!(store.start_runs(&term, &[(never, slot(40))]).await.unwrap(), [true]);
+    store.finish_runs(&[(never, begun(RunStatus::Killed, None, slot(41)))]).await.unwrap();
+
+    let ops = "https://ops.example".to_owned();
+    assert_eq!(
+        events(&reads, &[held, recorded_late, on_time, retried, never]).await,
+        [(held, "late".to_owned(), ops.clone()), (recorded_late, "late".to_owned(), ops.clone())]
+    );
+    let row = |id| {
+        let reads = reads.clone();
+        async move { reads.run(id).await.unwrap().unwrap() }
+    };
+    let held_row = row(held).await;
+    assert_eq!((held_row.started_at, held_row.began_at), (Some(slot(0)), Some(slot(3))), "{held_row:?}");
+    assert_eq!(row(never).await.began_at, None);
+    assert_eq!(row(retried).await.began_at, Some(slot(35)));
 }

@@ -47,6 +47,8 @@ mod http_limits;
 mod http_secrets;
 /// Hostile job files refused on reload without delaying a slot or flooding the log.
 mod job_file_reload;
+/// Lateness and duration from a run's real begin, across a frozen supervisor or replica.
+mod lateness;
 /// The leadership contract on etcd, on ZooKeeper and in-process.
 mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.

@@ -376,7 +376,7 @@ impl Ledger for Postgres {
     async fn finish_run(&self, run_id: i64, outcome: &RunOutcome) -> Result<(), sqlx::Error> {
         let query = sqlx::query(
             "UPDATE runs SET status = $2, exit_code = $3, http_status = $4, error = $5,
-                    output = $6, finished_at = $7
+                    output = $6, finished_at = $7, began_at = $8
              WHERE id = $1 AND status IN ('running', 'lost')",
         )
         .bind(run_id);
@@ -392,11 +392,13 @@ impl Ledger for Postgres {
         let errors: Vec<Option<String>> = runs.iter().map(|(_, o)| o.error.as_deref().map(clean_text)).collect();
         let outputs: Vec<String> = runs.iter().map(|(_, o)| clean_text(&o.output)).collect();
         let finished: Vec<DateTime<Utc>> = runs.iter().map(|(_, o)| o.finished_at).collect();
+        let began: Vec<Option<DateTime<Utc>>> = runs.iter().map(|(_, o)| o.began_at).collect();
         sqlx::query(
             "UPDATE runs SET status = v.status, exit_code = v.exit_code, http_status = v.http_status,
-                    error = v.error, output = v.output, finished_at = v.finished_at
+                    error = v.error, output = v.output, finished_at = v.finished_at, began_at = v.began_at
              FROM unnest($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[],
-                         $7::timestamptz[]) AS v(id, status, exit_code, http_status, error, output, finished_at)
+                         $7::timestamptz[], $8::timestamptz[])
+                  AS v(id, status, exit_code, http_status, error, output, finished_at, began_at)
              WHERE runs.id = v.id AND runs.status IN ('running', 'lost')",
         )
         .bind(&ids)
@@ -406,6 +408,7 @@ impl Ledger for Postgres {
         .bind(&errors)
         .bind(&outputs)
         .bind(&finished)
+        .bind(&began)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -703,8 +706,8 @@ pub(super) async fn listen(
     }
 }
 
-/// Bind an outcome's six columns, in this order: status, exit code, HTTP status, error, output,
-/// finished at (the leader's outcome and a worker's take the same).
+/// Bind an outcome's seven columns, in this order: status, exit code, HTTP status, error, output,
+/// finished at, began at (the leader's outcome and a worker's take the same).
 fn bind_outcome<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     outcome: &'q RunOutcome,
@@ -716,4 +719,5 @@ fn bind_outcome<'q>(
         .bind(outcome.error.as_deref().map(clean_text))
         .bind(clean_text(&outcome.output))
         .bind(outcome.finished_at)
+        .bind(outcome.began_at)
 }

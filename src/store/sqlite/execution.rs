@@ -118,7 +118,7 @@ impl Executions for Sqlite {
 
     async fn assigned_to(&self, node: &str) -> Result<Vec<AssignedRun>, sqlx::Error> {
         sqlx::query(
-            "SELECT id, attempt, executor, job, slot, term FROM runs
+            "SELECT id, attempt, executor, job, slot, COALESCE(planned_at, slot) AS planned_at, term FROM runs
              WHERE executor = ?1 AND status = 'running' AND NOT accepted AND NOT cancel_requested ORDER BY id",
         )
         .bind(node)
@@ -140,7 +140,7 @@ impl Executions for Sqlite {
              WHERE id = ?1 AND attempt = ?2 AND executor = ?3 AND status = 'running'
                AND NOT accepted AND NOT cancel_requested
                AND (SELECT count(*) FROM runs o WHERE o.executor = ?3 AND o.status = 'running' AND o.accepted) < ?5
-             RETURNING id, attempt, executor, job, slot, term",
+             RETURNING id, attempt, executor, job, slot, COALESCE(planned_at, slot) AS planned_at, term",
         )
         .bind(key.run_id)
         .bind(key.attempt)
@@ -207,7 +207,8 @@ impl Executions for Sqlite {
 
     async fn finish_execution(&self, key: &ExecutionKey, outcome: &RunOutcome) -> Result<bool, sqlx::Error> {
         let query = sqlx::query(
-            "UPDATE runs SET status = ?4, exit_code = ?5, http_status = ?6, error = ?7, output = ?8, finished_at = ?9
+            "UPDATE runs SET status = ?4, exit_code = ?5, http_status = ?6, error = ?7, output = ?8, finished_at = ?9,
+                    began_at = ?10
              WHERE id = ?1 AND attempt = ?2 AND executor = ?3 AND status = 'running' AND accepted",
         )
         .bind(key.run_id)

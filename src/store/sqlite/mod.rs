@@ -305,7 +305,7 @@ impl Ledger for Sqlite {
     async fn finish_run(&self, run_id: i64, outcome: &RunOutcome) -> Result<(), sqlx::Error> {
         let query = sqlx::query(
             "UPDATE runs SET status = ?2, exit_code = ?3, http_status = ?4, error = ?5, output = ?6,
-                    finished_at = ?7
+                    finished_at = ?7, began_at = ?8
              WHERE id = ?1 AND status IN ('running', 'lost')",
         )
         .bind(run_id);
@@ -541,8 +541,8 @@ impl Ledger for Sqlite {
     }
 }
 
-/// Bind an outcome's six columns, in this order: status, exit code, HTTP status, error, output,
-/// finished at (the leader's outcome and a worker's take the same).
+/// Bind an outcome's seven columns, in this order: status, exit code, HTTP status, error, output,
+/// finished at, began at (the leader's outcome and a worker's take the same).
 fn bind_outcome<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
     outcome: &'q RunOutcome,
@@ -554,4 +554,5 @@ fn bind_outcome<'q>(
         .bind(outcome.error.as_deref().map(clean_text))
         .bind(clean_text(&outcome.output))
         .bind(micros(outcome.finished_at))
+        .bind(outcome.began_at.map(micros))
 }
