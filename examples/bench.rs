@@ -1151,7 +1151,7 @@ async fn dashboard() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(tenure::http::serve(listener, state, tenure::fds::Budget::current(1), stop.clone()));
+    tokio::spawn(tenure::http::serve(listener, state, None, tenure::fds::Budget::current(1), stop.clone()));
     let client = reqwest::Client::new();
     for (name, path) in [
         ("overview (1,000 jobs)", "/"),
