@@ -14,7 +14,7 @@ pub fn no_self_fence() -> bool {
 }
 
 /// `TENURE_TEST_IGNORE_REFUSALS`: the scheduler executes even when the ledger refuses a claim
-/// or its start (fenced or already claimed). Used once, to show the checker catches the double runs.
+/// or its start (fenced or already claimed), or the coordinator refuses to witness the start. Used once, to show the checker catches the double runs.
 pub fn ignore_refusals() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| switch("TENURE_TEST_IGNORE_REFUSALS"))

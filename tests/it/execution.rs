@@ -440,7 +440,8 @@ jobs:
         .await
         .unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout);
-    assert!(shown.lines().any(|line| line.trim() == format!("executed on {}", run.node)), "{shown}");
+    let executed_on = ["executed", "on", run.node.as_str()];
+    assert!(shown.lines().any(|line| line.split_whitespace().eq(executed_on)), "{shown}");
     // Counted where they executed.
     let worker = scenario.cluster.url(1);
     let metrics = reqwest::get(format!("{worker}/metrics")).await.unwrap().text().await.unwrap();
