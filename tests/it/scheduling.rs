@@ -133,6 +133,12 @@ jobs:
     let to = (Utc::now() - chrono::Duration::seconds(120)).with_nanosecond(0).unwrap();
     let from = to - chrono::Duration::seconds(499);
     let url = format!("{}/api/jobs/fill/backfill", cluster.url((leader + 1) % 3));
+    // A follower serves once it has started (a leader may exist before every replica answers).
+    let healthz = format!("{}/healthz", cluster.url((leader + 1) % 3));
+    wait_for("the follower to serve", Duration::from_secs(15), || async {
+        reqwest::get(&healthz).await.is_ok_and(|answer| answer.status() == 200)
+    })
+    .await;
 
     let dry = post(&url, json!({"from": from, "to": to, "dry_run": true})).await;
     assert_eq!(dry.status(), 200);
