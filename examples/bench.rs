@@ -826,7 +826,7 @@ async fn processes(jobs: usize, window: Duration) -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 2c. Spread: runs executing across replicas (issue 19)
+// 2c. Spread: runs executing across replicas
 
 /// `jobs` command jobs every 10 s, each stamping its start and sleeping 2 s, on 4 replicas with
 /// `run_on: any`: how evenly the runs spread and how late they start after their slot; then the

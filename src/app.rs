@@ -667,7 +667,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn issue_17_retention_takes_each_jobs_own_retain_and_the_ledgers_for_the_rest() {
+    fn retention_takes_each_jobs_own_retain_and_the_ledgers_for_the_rest() {
         let jobs = config::parse(
             "jobs:
   - { name: kept-long, schedule: '@hourly', shell: 'true', retain: 90d }

@@ -1,4 +1,4 @@
-//! The executing side of a replica (issue 19): runs of jobs with `run_on: any` or
+//! The executing side of a replica: runs of jobs with `run_on: any` or
 //! `{ tags: [..] }` that the leader assigned to this replica, each executed under an execution
 //! lease of its own in the ledger. Knows nothing of leadership: the leader claims and assigns
 //! (`scheduler`), this module accepts, renews, kills and records.
@@ -479,7 +479,7 @@ mod tests {
     /// plus the grace. A live executor kills at its local deadline, M before the lease's end by
     /// the database's clock.
     #[test]
-    fn issue_19_a_frozen_executors_jobs_die_before_the_leader_may_give_their_attempt_up() {
+    fn a_frozen_executors_jobs_die_before_the_leader_may_give_their_attempt_up() {
         for ttl in [1, 2, 3, 5, 10, 30, 60, 300].map(Duration::from_secs) {
             let lease = ExecutionLease::for_ttl(ttl);
             let silence = ttl + HEARTBEAT;

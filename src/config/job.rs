@@ -706,7 +706,7 @@ jobs:
     }
 
     #[test]
-    fn issue_19_run_on_is_leader_any_or_tags_and_bad_values_are_located() {
+    fn run_on_is_leader_any_or_tags_and_bad_values_are_located() {
         let text = "jobs:
   - { name: a, schedule: '@daily', shell: 'true' }
   - { name: b, schedule: '@daily', shell: 'true', run_on: any }
@@ -881,7 +881,7 @@ jobs:
     }
 
     #[test]
-    fn issue_17_a_schedule_may_be_a_list_merged_into_one() {
+    fn a_schedule_may_be_a_list_merged_into_one() {
         let text = "jobs:
   - name: a
     schedule: ['0 9 * * MON-FRI', '0 12 * * SAT', '0 9 * * MON']
@@ -917,7 +917,7 @@ jobs:
     }
 
     #[test]
-    fn issue_17_jitter_and_retain_are_policies_bounded_by_the_starting_deadline() {
+    fn jitter_and_retain_are_policies_bounded_by_the_starting_deadline() {
         let text = "defaults: { jitter: 30s, retain: 7d }
 jobs:
   - { name: a, schedule: '@hourly', shell: 'true' }

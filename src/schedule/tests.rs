@@ -265,11 +265,11 @@ fn fall_back() {
     ]);
 }
 
-/// Issue 13: a job firing several times an hour, entering a repeated hour from before it,
+/// A job firing several times an hour, entering a repeated hour from before it,
 /// fires every matching minute of the first pass, then of the second; in every hemisphere and
 /// for half-hour and 45-minute zones.
 #[test]
-fn issue_13_several_fires_an_hour_keep_the_first_pass_of_a_repeated_hour() {
+fn several_fires_an_hour_keep_the_first_pass_of_a_repeated_hour() {
     check(&[
         (
             "*/20 * * * *",
@@ -451,7 +451,7 @@ fn describes_in_words() {
 }
 
 #[test]
-fn issue_17_several_expressions_merge_in_time_order_and_equal_instants_fire_once() {
+fn several_expressions_merge_in_time_order_and_equal_instants_fire_once() {
     let parts = ["0,30 * * * *", "15 * * * *", "*/30 * * * *"]
         .into_iter()
         .map(|expression| Schedule::parse(expression, Tz::UTC).unwrap())
@@ -482,7 +482,7 @@ fn issue_17_several_expressions_merge_in_time_order_and_equal_instants_fire_once
 }
 
 #[test]
-fn issue_17_jitter_is_deterministic_and_within_its_window_over_ten_thousand_slots() {
+fn jitter_is_deterministic_and_within_its_window_over_ten_thousand_slots() {
     let window = Duration::from_secs(30);
     let mut slot = at("2026-01-01T00:00:00Z");
     let mut offsets = std::collections::HashSet::new();

@@ -216,7 +216,7 @@ mod tests {
     }
 
     #[test]
-    fn issue_19_runs_go_to_the_least_loaded_matching_replica_with_room() {
+    fn runs_go_to_the_least_loaded_matching_replica_with_room() {
         let mut placement = Placement::default();
         let began = Instant::now();
         placement.refresh(

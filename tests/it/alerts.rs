@@ -25,7 +25,7 @@ fn promtool(args: &[&str]) {
 }
 
 #[test]
-fn issue16_alert_rules_pass_promtool_check_and_their_unit_tests() {
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     promtool(&["check", "rules", "tenure-rules.yaml"]);
     promtool(&["test", "rules", "tenure-rules.test.yaml"]);
 }
@@ -94,7 +94,7 @@ fn exported<'a>(metrics: &'a str, metric: &str) -> Vec<&'a str> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue16_every_series_the_alert_rules_read_is_exported_by_a_replica() {
+async fn every_series_the_alert_rules_read_is_exported_by_a_replica() {
     let receiver = Receiver::start().await;
     let options = Options {
         env: vec![

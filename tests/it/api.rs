@@ -367,7 +367,7 @@ async fn malformed_requests_get_clear_problems_and_change_nothing() {
 }
 
 #[tokio::test]
-async fn issue_13_idempotency_keys_are_per_job_and_bad_keys_are_refused() {
+async fn idempotency_keys_are_per_job_and_bad_keys_are_refused() {
     let f = fixture(ReadAccess::Open).await;
     let bearer = format!("Bearer {TOKEN}");
     let keyed = |job: &str, key: &[u8]| {
@@ -552,11 +552,11 @@ async fn a_trigger_sets_only_the_variables_its_job_lists_under_overrides() {
     assert_eq!(trigger(state, r#"{"reason": "just run it"}"#).await.status, StatusCode::ACCEPTED);
 }
 
-/// Issue 17 through the router: a trigger's overrides come back on its run (JSON and page), a
+/// A trigger's overrides come back on its run (JSON and page), a
 /// backfill is refused without the token and for a bad window, its dry run lists the slots,
 /// and the job page shows its progress.
 #[tokio::test]
-async fn issue_17_overrides_and_backfills_through_the_api_and_the_pages() {
+async fn overrides_and_backfills_through_the_api_and_the_pages() {
     let f = fixture(ReadAccess::Open).await;
     let bearer = format!("Bearer {TOKEN}");
     let body = r#"{"env": {"DRY_RUN": "1"}, "reason": "after <the> outage", "concurrency": "allow"}"#;

@@ -181,7 +181,7 @@ pub fn check(witness: &[Witness], ledger: &[RunRecord], expect: &Expect<'_>) -> 
     report
 }
 
-// Issue 19: executions across replicas, each with its start and end.
+// Executions across replicas, each with its start and end.
 
 /// One execution of a run's attempt as the job recorded it: a `start` line when it began and,
 /// if it was not killed, an `end` line (see `Execution::shell`).
@@ -413,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn issue_19_the_checker_catches_overlapping_attempts_and_forbid_runs() {
+    fn the_checker_catches_overlapping_attempts_and_forbid_runs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("executions.log");
         let lines = [

@@ -108,7 +108,7 @@ fn next_prints_rfc3339_with_the_zone_offset_strictly_after_from() {
     assert_eq!(code, 0);
     assert_eq!(stdout, "2026-11-27T09:00:00-05:00\n2026-11-30T09:00:00-05:00\n");
 
-    // Issue 17: a job with several expressions prints their merged fire times.
+    // A job with several expressions prints their merged fire times.
     let (code, stdout, stderr) = tenure(&[
         "next",
         "--jobs",
@@ -131,7 +131,7 @@ fn next_prints_rfc3339_with_the_zone_offset_strictly_after_from() {
     assert!(stderr.contains("nope"), "{stderr}");
 }
 
-/// Issue 13: the repeated hour's first pass is printed in full before the second.
+/// The repeated hour's first pass is printed in full before the second.
 #[test]
 fn next_prints_both_passes_of_a_repeated_hour() {
     let (code, stdout, stderr) =
@@ -156,7 +156,7 @@ fn version_and_help() {
     }
 }
 
-/// Issue 13 (4): a `starting_deadline` longer than the ledger keeps its rows is refused, located,
+/// A `starting_deadline` longer than the ledger keeps its rows is refused, located,
 /// by `validate --retain` and by `dev` at start.
 #[test]
 fn a_starting_deadline_longer_than_the_retention_is_refused_where_it_is_set() {
@@ -243,11 +243,11 @@ fn run_briefly_with(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     (code, stderr)
 }
 
-/// Issue 20: `--zookeeper` is an alternative to `--etcd`, not an addition, and a malformed server
+/// `--zookeeper` is an alternative to `--etcd`, not an addition, and a malformed server
 /// list or an etcd-only flag beside it stops the replica at once with one line, before it waits
 /// for anything.
 #[test]
-fn issue_20_zookeeper_flags_are_checked_before_anything_starts() {
+fn zookeeper_flags_are_checked_before_anything_starts() {
     let database = "postgres://tenure@127.0.0.1:9/tenure";
     let base = ["--jobs", "jobs.example.yaml", "--database-url", database, "--listen", "127.0.0.1:0"];
     let cases: &[(&[&str], &[&str])] = &[
@@ -267,11 +267,11 @@ fn issue_20_zookeeper_flags_are_checked_before_anything_starts() {
     }
 }
 
-/// Issue 20, TLS to ZooKeeper: `--zookeeper-ca`, `--zookeeper-cert` and `--zookeeper-key` (or
+/// `--zookeeper-ca`, `--zookeeper-cert` and `--zookeeper-key` (or
 /// their `TENURE_ZOOKEEPER_*` variables) mean something only with `tcp+tls://` servers; given
 /// with plaintext servers or with etcd they stop the replica at once with one line.
 #[test]
-fn issue_20_zookeeper_tls_files_without_tls_servers_are_refused_at_once() {
+fn zookeeper_tls_files_without_tls_servers_are_refused_at_once() {
     let database = "postgres://tenure@127.0.0.1:9/tenure";
     let base = ["--jobs", "jobs.example.yaml", "--database-url", database, "--listen", "127.0.0.1:0"];
     // Each case: the arguments, the environment, and what the refusal must say.

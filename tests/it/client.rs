@@ -545,11 +545,11 @@ async fn a_shed_request_is_retried_once_after_retry_after() {
     assert_eq!(seen.lock().unwrap().len(), 2, "one retry, not more");
 }
 
-/// Issue 17 from the command line: `backfill --dry-run` lists the slots, `backfill` follows the
+/// `backfill --dry-run` lists the slots, `backfill` follows the
 /// progress to its end (exit 0) and a second one has nothing new; `trigger --env --reason
 /// --concurrency` records its overrides, which `show` prints.
 #[tokio::test]
-async fn issue_17_backfill_follows_its_progress_and_trigger_carries_overrides() {
+async fn backfill_follows_its_progress_and_trigger_carries_overrides() {
     let jobs = r#"
 jobs:
   - name: tick

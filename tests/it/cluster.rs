@@ -100,7 +100,7 @@ pub struct Options {
     pub etcd_members: usize,
     /// Which coordinator the replicas elect their leader in.
     pub coordinator: CoordinatorKind,
-    /// Extra flags for one replica, by node id (issue 19: `--tags`, `--max-runs`).
+    /// Extra flags for one replica, by node id.
     pub replica_args: Vec<(String, Vec<String>)>,
     /// Another lease TTL than `TTL` (etcd only), for a test that freezes a process for longer
     /// than `TTL` allows.

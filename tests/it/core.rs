@@ -411,14 +411,14 @@ async fn an_invalid_job_file_on_reload_keeps_the_old_schedule_running() {
     cluster.terminate(0).await;
 }
 
-// Issue 13: triggers, pauses and resumes that lie.
+// Triggers, pauses and resumes that lie.
 
 async fn post_api(url: &str) -> reqwest::Response {
     reqwest::Client::new().post(url).bearer_auth(crate::cluster::ADMIN_TOKEN).send().await.expect("post")
 }
 
 #[tokio::test]
-async fn issue_13_a_trigger_the_leader_cannot_claim_is_executed_by_the_next_leader() {
+async fn a_trigger_the_leader_cannot_claim_is_executed_by_the_next_leader() {
     let jobs = "jobs:\n  - name: greet\n    schedule: \"0 0 1 1 *\"\n    shell: WITNESS\n";
     let cluster = Cluster::start(3, jobs).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
@@ -451,7 +451,7 @@ async fn issue_13_a_trigger_the_leader_cannot_claim_is_executed_by_the_next_lead
 }
 
 #[tokio::test]
-async fn issue_13_a_pause_is_kept_when_the_next_leader_cannot_read_the_controls_at_first() {
+async fn a_pause_is_kept_when_the_next_leader_cannot_read_the_controls_at_first() {
     let jobs = r#"
 jobs:
   - name: tick
@@ -502,7 +502,7 @@ jobs:
 }
 
 #[tokio::test]
-async fn issue_13_a_resume_then_a_failover_neither_replays_nor_misses_the_paused_period() {
+async fn a_resume_then_a_failover_neither_replays_nor_misses_the_paused_period() {
     let jobs = r#"
 jobs:
   - name: all

@@ -86,7 +86,7 @@ fn speakers(pings: &[Ping]) -> Vec<(String, i64)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue16_only_the_leader_pings_and_the_pings_stop_with_the_last_leader() {
+async fn only_the_leader_pings_and_the_pings_stop_with_the_last_leader() {
     let receiver = Receiver::start().await;
     let options = Options {
         env: vec![

@@ -138,11 +138,11 @@ fn witnessed(path: &std::path::Path) -> Vec<(String, i64)> {
         .collect()
 }
 
-/// Issue 13.2: two `tenure dev` on one ledger both led, under the same term, and every slot ran
+/// Two `tenure dev` on one ledger both led, under the same term, and every slot ran
 /// twice. The second must refuse to start, saying who holds the ledger; a SIGKILLed dev must not
 /// keep the next one out.
 #[tokio::test]
-async fn issue_13_a_second_dev_on_one_ledger_refuses_to_start_and_no_slot_runs_twice() {
+async fn a_second_dev_on_one_ledger_refuses_to_start_and_no_slot_runs_twice() {
     let dir = tempfile::tempdir().unwrap();
     let witness = dir.path().join("witness");
     let jobs = dir.path().join("jobs.yaml");
@@ -218,12 +218,12 @@ fn environment(dump: &str) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
-/// Issue 13.3: every job saw `TENURE_ADMIN_TOKEN`, `TENURE_DATABASE_URL` and any other `TENURE_*`
+/// Every job saw `TENURE_ADMIN_TOKEN`, `TENURE_DATABASE_URL` and any other `TENURE_*`
 /// setting of tenure itself. A real `tenure dev` with all three set runs a job that dumps its
 /// environment: none of tenure's settings reach it; the run's values, the job's `env` and what
 /// its `inherit_env` names do.
 #[tokio::test]
-async fn issue_13_a_job_gets_its_run_values_and_env_but_none_of_tenures_settings() {
+async fn a_job_gets_its_run_values_and_env_but_none_of_tenures_settings() {
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("env.dump");
     let jobs = dir.path().join("jobs.yaml");

@@ -159,7 +159,7 @@ struct Coverage {
 /// Each transition is entered from this many random instants with as many random expressions.
 const CASES_PER_TRANSITION: usize = 2;
 
-/// Issue 13: `next_after`, iterated from 0-3 h before every offset change 2020-2040 of every
+/// `next_after`, iterated from 0-3 h before every offset change 2020-2040 of every
 /// zone, must give exactly the reference's fire times up to an hour past the change.
 #[test]
 fn next_agrees_with_the_reference_around_every_transition_2020_to_2040() {
@@ -298,12 +298,12 @@ async fn ledger_slots(port: u16) -> Vec<DateTime<Utc>> {
     slots
 }
 
-/// Issue 13, on the real firing path: `tenure dev` (SQLite ledger) with its clock set by
+/// On the real firing path: `tenure dev` (SQLite ledger) with its clock set by
 /// libfaketime a few seconds before New York's repeated hour begins (01:00 EDT) and before the
 /// fall-back itself (01:59:59 EDT -> 01:00 EST) fires a per-second job in exactly the slots
 /// `next_after` gives, each once.
 #[tokio::test]
-async fn issue_13_tenure_dev_fires_what_next_says_across_a_fall_back() {
+async fn tenure_dev_fires_what_next_says_across_a_fall_back() {
     let ny: chrono_tz::Tz = "America/New_York".parse().unwrap();
     let schedule = Schedule::parse("* * * * * *", ny).unwrap();
     // (where the clock starts, the slot the ledger must reach)

@@ -1,4 +1,4 @@
-//! Issue 19 on real clusters: runs of `run_on` jobs execute on worker replicas under execution
+//! Runs of `run_on` jobs execute on worker replicas under execution
 //! leases of their own. A worker SIGKILLed, SIGSTOPped past its lease, or cut from PostgreSQL
 //! mid-run; the leader SIGKILLed while runs execute elsewhere; tags and capacity; `forbid` and
 //! `replace` across replicas. Each job records its start and end (`checker::Execution`), each
@@ -195,7 +195,7 @@ async fn assert_retried_elsewhere(scenario: &Scenario, victim: &Execution, gone:
 }
 
 #[tokio::test]
-async fn issue_19_a_worker_sigkilled_mid_run_is_retried_on_another_after_its_lease_never_overlapping() {
+async fn a_worker_sigkilled_mid_run_is_retried_on_another_after_its_lease_never_overlapping() {
     let mut scenario = Scenario::start(WORK, &[("worker", 8), ("worker", 8)], Options::default()).await;
     let victim = scenario.wait_going_on("node-1").await;
     scenario.cluster.event(format!("SIGKILL node-1 during run {} attempt 1", victim.run_id));
@@ -209,7 +209,7 @@ async fn issue_19_a_worker_sigkilled_mid_run_is_retried_on_another_after_its_lea
     let retry = assert_retried_elsewhere(&scenario, &victim, gone).await;
     let lease = lease();
     eprintln!(
-        "issue 19 SIGKILL: job gone {:?} after the kill; retry started {:?} after it (E {:?}, grace {:?})",
+        "worker SIGKILL: job gone {:?} after the kill; retry started {:?} after it (E {:?}, grace {:?})",
         (gone - killed_at).to_std().unwrap_or_default(),
         (retry.started - killed_at).to_std().unwrap_or_default(),
         lease.lease,
@@ -220,7 +220,7 @@ async fn issue_19_a_worker_sigkilled_mid_run_is_retried_on_another_after_its_lea
 }
 
 #[tokio::test]
-async fn issue_19_a_worker_sigstopped_past_its_lease_kills_its_job_and_records_nothing_on_resuming() {
+async fn a_worker_sigstopped_past_its_lease_kills_its_job_and_records_nothing_on_resuming() {
     let scenario = Scenario::start(WORK, &[("worker", 8), ("worker", 8)], Options::default()).await;
     let victim = scenario.wait_going_on("node-1").await;
     scenario.cluster.event(format!("SIGSTOP node-1 during run {} attempt 1", victim.run_id));
@@ -244,7 +244,7 @@ async fn issue_19_a_worker_sigstopped_past_its_lease_kills_its_job_and_records_n
     let log = plain_log(&scenario.cluster.replicas[1].log);
     assert!(!log.contains(&format!("run_id={} attempt=1 status=", victim.run_id)), "node-1 recorded an outcome");
     eprintln!(
-        "issue 19 SIGSTOP: job gone {:?} after the stop; retry started {:?} after it",
+        "worker SIGSTOP: job gone {:?} after the stop; retry started {:?} after it",
         (gone - stopped_at).to_std().unwrap_or_default(),
         (retry.started - stopped_at).to_std().unwrap_or_default()
     );
@@ -254,7 +254,7 @@ async fn issue_19_a_worker_sigstopped_past_its_lease_kills_its_job_and_records_n
 }
 
 #[tokio::test]
-async fn issue_19_a_worker_cut_from_postgres_kills_its_job_within_its_local_deadline() {
+async fn a_worker_cut_from_postgres_kills_its_job_within_its_local_deadline() {
     let scenario = Scenario::start(WORK, &[("worker", 8), ("worker", 8)], proxies()).await;
     let victim = scenario.wait_going_on("node-1").await;
     scenario.cluster.event(format!("blackhole node-1's PostgreSQL during run {} attempt 1", victim.run_id));
@@ -270,7 +270,7 @@ async fn issue_19_a_worker_cut_from_postgres_kills_its_job_within_its_local_dead
     // the cut: the local deadline falls E - M after it.
     let bound = lease.lease - lease.margin + Duration::from_millis(500);
     eprintln!(
-        "issue 19 PostgreSQL cut: job gone {:?} after the cut (local deadline E - M = {:?})",
+        "worker PostgreSQL cut: job gone {:?} after the cut (local deadline E - M = {:?})",
         (gone - cut_at).to_std().unwrap_or_default(),
         lease.lease - lease.margin
     );
@@ -281,7 +281,7 @@ async fn issue_19_a_worker_cut_from_postgres_kills_its_job_within_its_local_dead
 }
 
 #[tokio::test]
-async fn issue_19_a_worker_sigtermed_mid_run_finishes_it_within_the_grace_and_takes_no_more() {
+async fn a_worker_sigtermed_mid_run_finishes_it_within_the_grace_and_takes_no_more() {
     let mut scenario = Scenario::start(WORK, &[("worker", 8), ("worker", 8)], Options::default()).await;
     let victim = scenario.wait_going_on("node-1").await;
     scenario.cluster.event(format!("SIGTERM node-1 during run {} attempt 1", victim.run_id));
@@ -309,7 +309,7 @@ async fn issue_19_a_worker_sigtermed_mid_run_finishes_it_within_the_grace_and_ta
 /// PostgreSQL keeps its job running past its lease, the leader retries the run elsewhere, and the
 /// two attempts overlap.
 #[tokio::test]
-async fn issue_19_the_checker_catches_overlapping_attempts_when_a_workers_deadline_is_switched_off() {
+async fn the_checker_catches_overlapping_attempts_when_a_workers_deadline_is_switched_off() {
     let jobs = WORK.replace("EXEC(5)", "EXEC(14)");
     let options = Options { env: vec![("TENURE_TEST_NO_SELF_FENCE".into(), "1".into())], ..proxies() };
     let scenario = Scenario::start(&jobs, &[("worker", 8), ("worker", 8)], options).await;
@@ -326,7 +326,7 @@ async fn issue_19_the_checker_catches_overlapping_attempts_when_a_workers_deadli
 }
 
 #[tokio::test]
-async fn issue_19_the_leader_sigkilled_while_twenty_runs_execute_elsewhere_loses_none_of_them() {
+async fn the_leader_sigkilled_while_twenty_runs_execute_elsewhere_loses_none_of_them() {
     let jobs = r#"
 jobs:
   - { name: a, schedule: "* * * * * *", run_on: { tags: [worker] }, concurrency: allow, shell: 'EXEC(7)' }
@@ -360,12 +360,12 @@ jobs:
         let record = ended.iter().find(|e| e.pid == execution.pid).unwrap();
         assert!(record.ended.is_some(), "run {} did not finish: {record:?}", execution.run_id);
     }
-    eprintln!("issue 19 leader SIGKILL: {} runs executing elsewhere all finished and were recorded", executing.len());
+    eprintln!("worker leader SIGKILL: {} runs executing elsewhere all finished and were recorded", executing.len());
     scenario.assert_no_overlap(&[]);
 }
 
 #[tokio::test]
-async fn issue_19_tags_and_capacity_are_respected_and_a_run_no_replica_can_take_is_missed() {
+async fn tags_and_capacity_are_respected_and_a_run_no_replica_can_take_is_missed() {
     let jobs = r#"
 jobs:
   - name: ja
@@ -456,7 +456,7 @@ jobs:
 }
 
 #[tokio::test]
-async fn issue_19_forbid_and_replace_hold_across_replicas() {
+async fn forbid_and_replace_hold_across_replicas() {
     let jobs = r#"
 jobs:
   - name: fb
@@ -534,7 +534,7 @@ impl Drop for Dev {
 /// `tenure dev`: its one replica is leader and executor, so a `run_on: any` job runs there
 /// through the same assignment, acceptance and lease (on SQLite), with `TENURE_LEASE_ID`.
 #[tokio::test]
-async fn issue_19_tenure_dev_executes_run_on_jobs_itself_under_a_lease() {
+async fn tenure_dev_executes_run_on_jobs_itself_under_a_lease() {
     let dev = Dev::start(
         "jobs:\n  - name: remote\n    schedule: \"* * * * * *\"\n    run_on: any\n    shell: 'echo lease=$TENURE_LEASE_ID'\n",
     );
@@ -560,7 +560,7 @@ async fn issue_19_tenure_dev_executes_run_on_jobs_itself_under_a_lease() {
 /// outcome is told to the job's notification targets. (`tenure dev`: the one replica executes
 /// its `run_on: any` job through the same assignment, acceptance and lease.)
 #[tokio::test]
-async fn issue_19_a_leased_run_times_out_keeps_its_output_and_is_told() {
+async fn a_leased_run_times_out_keeps_its_output_and_is_told() {
     let receiver = crate::notify::Receiver::start(false).await;
     let dev = Dev::start(&format!(
         "jobs:\n  - name: slow\n    schedule: \"*/5 * * * * *\"\n    run_on: any\n    timeout: 1s\n    \

@@ -170,7 +170,7 @@ async fn an_http_job_sends_its_identity_and_checks_the_status() {
     assert_eq!(outcome.error.as_deref(), Some("unexpected HTTP status 500"));
 }
 
-/// Issue 13.3: a job inherits only a short list of tenure's environment (PATH, HOME, locale...).
+/// A job inherits only a short list of tenure's environment (PATH, HOME, locale...).
 /// Cargo sets `CARGO_MANIFEST_DIR` for this test process: it stands for anything else tenure has.
 #[tokio::test]
 async fn a_command_inherits_only_the_documented_variables() {
@@ -265,10 +265,10 @@ async fn gone_within(pids: [u32; 2], limit: Duration, what: &str) -> Duration {
     from.elapsed()
 }
 
-/// Issue 13: a replica that dies (SIGKILL, crash) closes its end of the supervisor's socket; the
+/// A replica that dies (SIGKILL, crash) closes its end of the supervisor's socket; the
 /// supervisor kills the job's whole group at once, the grandchild that left its parent included.
 #[tokio::test]
-async fn issue_13_a_supervised_job_dies_with_its_replica_grandchildren_included() {
+async fn a_supervised_job_dies_with_its_replica_grandchildren_included() {
     let dir = tempfile::tempdir().unwrap();
     let (replica, pids) = replica_running_a_sleeper(dir.path()).await;
     assert!(pids.iter().all(|pid| !process_gone(*pid)), "the job ended before its replica");
@@ -277,10 +277,10 @@ async fn issue_13_a_supervised_job_dies_with_its_replica_grandchildren_included(
     eprintln!("replica gone -> job's group gone after {took:?}");
 }
 
-/// Issue 13: a replica that is alive but frozen (SIGSTOP) sends no heartbeats; the supervisor
+/// A replica that is alive but frozen (SIGSTOP) sends no heartbeats; the supervisor
 /// kills the job's group once the silence limit (5 s for `tenure dev`) has passed without one.
 #[tokio::test]
-async fn issue_13_a_supervised_job_is_killed_when_its_replica_falls_silent() {
+async fn a_supervised_job_is_killed_when_its_replica_falls_silent() {
     let dir = tempfile::tempdir().unwrap();
     let (replica, pids) = replica_running_a_sleeper(dir.path()).await;
     nix::sys::signal::kill(replica.pid(), nix::sys::signal::Signal::SIGSTOP).unwrap();
@@ -320,12 +320,12 @@ async fn job_echo(supervision: &Supervision) -> RunOutcome {
     execute(&echo, &context(), &output, &reqwest::Client::new(), supervision, &CancellationToken::new()).await
 }
 
-/// Issue 19: a supervisor takes a start request only while the attempt's execution lease holds.
+/// A supervisor takes a start request only while the attempt's execution lease holds.
 /// One whose local deadline passed before the supervisor took it (a supervisor being restarted
 /// may take seconds, and by then the leader may have given the attempt to another replica)
 /// starts nothing; within the deadline the same request runs.
 #[tokio::test]
-async fn issue_19_a_start_request_past_its_lease_deadline_starts_nothing() {
+async fn a_start_request_past_its_lease_deadline_starts_nothing() {
     use tenure::leadership::{BootInstant, LeaseDeadline};
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");

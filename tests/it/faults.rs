@@ -237,7 +237,7 @@ async fn a_leader_cut_from_etcd_by_blackhole_reset_or_delay_steps_down() {
     cluster.verdict(&report).await;
 }
 
-/// Issue 14 (1): a leader that cannot reach PostgreSQL hands over to one that can, and does not
+/// A leader that cannot reach PostgreSQL hands over to one that can, and does not
 /// campaign again until it can; with every replica cut, nobody leads (no flapping) and what fell
 /// due is recorded once PostgreSQL is back.
 #[tokio::test]
@@ -629,7 +629,7 @@ async fn the_leader_paused_in_the_middle_of_a_claim_blocks_the_next_only_until_t
 #[tokio::test]
 async fn a_fault_between_a_claim_ahead_and_its_slot_never_runs_it_twice_or_early() {
     // `catch_up: all`, so a slot the dead leader claimed and never started must be run late by
-    // the next leader (issue 13, point 7), not recorded `lost` or `missed`.
+    // the next leader, not recorded `lost` or `missed`.
     let jobs = TICK.replace("timeout: 10s", "timeout: 10s\n    catch_up: all");
     // The start is recorded 20 ms before the slot (a learned lead could grow past the fault's
     // moment on a loaded machine, and the claim would no longer be unstarted when it comes).
@@ -676,7 +676,7 @@ async fn a_fault_between_a_claim_ahead_and_its_slot_never_runs_it_twice_or_early
             Signal::SIGKILL => {}
             _ => {
                 tokio::time::sleep(TTL * 3).await;
-                // Issue 13 (6): a SIGTERM that arrives while the leader is stopped past its lease
+                // A SIGTERM that arrives while the leader is stopped past its lease
                 // is not an orderly resignation: resumed, it must start nothing.
                 cluster.signal(leader, Signal::SIGTERM);
                 cluster.signal(leader, Signal::SIGCONT);
@@ -791,13 +791,13 @@ async fn a_fault_between_a_start_ahead_and_its_slot_never_runs_it() {
 /// left behind would still be going when the next leader's `forbid` lets the next slot run.
 const LONG_RUN_SECS: u64 = 8;
 
-/// Issue 13, point 8: a job's processes must not outlive the replica that started them. A
+/// A job's processes must not outlive the replica that started them. A
 /// `forbid` job due every 2 s runs for 8 s. Its leader is SIGKILLed mid-run; then the next
 /// leader is SIGSTOPped mid-run past its lease and resumed. Each run is watched from outside
 /// tenure: its start record (the witness), its end record, and the moment its shell disappears.
 /// No two runs may overlap in real time, and no run recorded `lost` may have written its end.
 #[tokio::test]
-async fn issue_13_a_forbid_job_never_overlaps_itself_across_sigkill_and_sigstop_of_its_leader() {
+async fn a_forbid_job_never_overlaps_itself_across_sigkill_and_sigstop_of_its_leader() {
     let records = tempfile::tempdir().unwrap();
     let ends_path = records.path().join("ends.log");
     let jobs = format!(
@@ -927,7 +927,7 @@ jobs:
     let gone_after_kill = died(killed_run.pid).map(|at| (at - killed_at).to_std().unwrap_or_default());
     let gone_after_stop = died(stopped_run.pid).map(|at| (at - stopped_at).to_std().unwrap_or_default());
     eprintln!(
-        "issue 13: the SIGKILLed leader's run gone {gone_after_kill:?} after the kill; the SIGSTOPped \
+        "the SIGKILLed leader's run gone {gone_after_kill:?} after the kill; the SIGSTOPped \
          leader's run gone {gone_after_stop:?} after the stop (TTL {TTL:?})"
     );
     assert!(overlaps.is_empty(), "runs of a forbid job overlapped:\n{}\n{}", overlaps.join("\n"), cluster.logs());

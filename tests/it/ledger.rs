@@ -58,23 +58,23 @@ contract!(a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a
 contract!(the_ledger_tells_which_of_a_terms_starts_it_holds);
 contract!(an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger);
 contract!(each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move);
-contract!(issue_13_idempotency_keys_are_scoped_per_job);
-contract!(issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot);
-contract!(issue_13_a_resume_that_ends_a_pause_records_when);
+contract!(idempotency_keys_are_scoped_per_job);
+contract!(a_trigger_is_handled_only_by_the_claim_of_its_slot);
+contract!(a_resume_that_ends_a_pause_records_when);
 contract!(a_term_is_begun_by_one_node_only_and_its_own_retry_is_idempotent);
-contract!(issue_17_retention_per_job_prunes_only_what_it_should);
-contract!(issue_17_a_backfill_queues_each_unheld_slot_once_and_reports_its_progress);
-contract!(issue_17_a_triggers_overrides_are_recorded_with_its_run);
-contract!(issue_17_a_late_notification_counts_from_the_planned_start_not_the_slot);
+contract!(retention_per_job_prunes_only_what_it_should);
+contract!(a_backfill_queues_each_unheld_slot_once_and_reports_its_progress);
+contract!(a_triggers_overrides_are_recorded_with_its_run);
+contract!(a_late_notification_counts_from_the_planned_start_not_the_slot);
 contract!(every_recorded_outcome_writes_the_events_its_routes_ask_for);
 contract!(a_delivery_is_held_by_one_term_and_an_older_terms_answer_is_refused);
 contract!(a_run_that_began_late_is_told_late_once_from_its_begin);
-contract!(issue_19_an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt);
-contract!(issue_19_renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled);
+contract!(an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt);
+contract!(renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled);
 
 use crate::ledger_execution::{
-    issue_19_an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt,
-    issue_19_renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled,
+    an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt,
+    renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled,
 };
 
 use crate::ledger_outbox::{
@@ -555,7 +555,7 @@ async fn batched_starts_and_outcomes_land_on_their_own_rows_and_never_revive_a_f
     assert_eq!((done.status.as_str(), done.exit_code), ("succeeded", Some(0)), "a finished row keeps its outcome");
 }
 
-/// Issue 13 (7): a run starts only through a fenced `claimed -> running` transition, so a slot
+/// A run starts only through a fenced `claimed -> running` transition, so a slot
 /// that its term claimed but never started can be taken over by the next term, and one that was
 /// started never can.
 /// What a new term asks to learn whether a database failover lost the older term's last starts
@@ -583,7 +583,7 @@ async fn a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a_
     let unstarted = store.claim_run(&claim("job", slot(1), &old, "old")).await.unwrap();
     assert_eq!((started.status, unstarted.status), (RunStatus::Running, RunStatus::Running));
     assert_eq!(store.start_runs(&old, &[(started.run_id, slot(0))]).await.unwrap(), [true]);
-    // Issue 13 (6): a start retried after its acknowledgement was lost is recognised, once the
+    // A start retried after its acknowledgement was lost is recognised, once the
     // row says so; a re-claim of a started slot is not "ours and unstarted" any more.
     assert_eq!(store.start_runs(&old, &[(started.run_id, slot(0))]).await.unwrap(), [true]);
     let again = store.claim_run(&claim("job", slot(0), &old, "old")).await;
@@ -618,9 +618,9 @@ async fn a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a_
     assert!(matches!(stale, Err(ClaimError::Fenced { .. })), "{stale:?}");
 }
 
-/// Issue 13 (6): a claim whose acknowledgement was lost and whose slot then passed its starting
+/// A claim whose acknowledgement was lost and whose slot then passed its starting
 /// deadline ends `missed` instead of staying `running` for the term; the next leader does the
-/// same with an older term's unstarted claim. Issue 13 (4): a missed manual trigger is manual.
+/// same with an older term's unstarted claim. A missed manual trigger is manual.
 async fn an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger(store: Store, reads: Reads) {
     let term = Term::for_tests(3, "c");
     store.begin_term(&term, "n").await.unwrap();
@@ -701,7 +701,7 @@ async fn an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger(store: 
     assert_eq!(reads.run(started.run_id).await.unwrap().unwrap().status, RunStatus::Running);
 }
 
-/// Issue 13 (4): each job's cursor lives apart from the rows retention prunes: a job seen for
+/// Each job's cursor lives apart from the rows retention prunes: a job seen for
 /// the first time gets one, scheduled claims and missed slots advance it, manual triggers and
 /// pruning do not move it, and claims an older term never started are reported beside it.
 async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(store: Store, _reads: Reads) {
@@ -763,7 +763,7 @@ async fn each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move(st
     let _ = orphan;
 }
 
-async fn issue_13_idempotency_keys_are_scoped_per_job(store: Store, reads: Reads) {
+async fn idempotency_keys_are_scoped_per_job(store: Store, reads: Reads) {
     let a = request(&reads, "a", "key", slot(1)).await.unwrap();
     let b = request(&reads, "b", "key", slot(2)).await.unwrap();
     assert_ne!(a.id, b.id, "the same key for another job is another trigger");
@@ -778,7 +778,7 @@ fn manual<'a>(trigger: &TriggerRecord, term: &'a Term, node: &'a str) -> Claim<'
     Claim { trigger: Trigger::Manual { request: trigger.id }, ..claim("job", trigger.requested_at, term, node) }
 }
 
-async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Store, reads: Reads) {
+async fn a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Store, reads: Reads) {
     let old = Term::for_tests(5, "c");
     let new = Term::for_tests(6, "c");
     store.begin_term(&old, "a").await.unwrap();
@@ -846,7 +846,7 @@ async fn issue_13_a_trigger_is_handled_only_by_the_claim_of_its_slot(store: Stor
     assert_eq!(manual_runs, 4);
 }
 
-async fn issue_13_a_resume_that_ends_a_pause_records_when(store: Store, reads: Reads) {
+async fn a_resume_that_ends_a_pause_records_when(store: Store, reads: Reads) {
     let controls = || {
         let store = store.clone();
         async move { store.job_controls().await.unwrap() }
@@ -872,7 +872,7 @@ async fn issue_13_a_resume_that_ends_a_pause_records_when(store: Store, reads: R
     assert!(controls().await["file-paused"].resumed_at.is_some());
 }
 
-/// Issue 13.2: a term number is begun once. Two leaders holding the same term (two `tenure dev`
+/// A term number is begun once. Two leaders holding the same term (two `tenure dev`
 /// on one ledger minted the same one) must not both pass the fence; the holder's own retry (its
 /// acknowledgement lost) stays idempotent.
 async fn a_term_is_begun_by_one_node_only_and_its_own_retry_is_idempotent(store: Store, reads: Reads) {
@@ -901,15 +901,15 @@ async fn a_term_is_begun_by_one_node_only_and_its_own_retry_is_idempotent(store:
 }
 
 /// A row this binary cannot read (a status or trigger a newer release wrote, a hand edit) is a
-/// decode error on every read, never taken for `running` (issue 18): a default would show a
+/// decode error on every read, never taken for `running`: a default would show a
 /// finished run as still going and let `forbid` skip slots for it.
-mod issue_18_an_unknown_status_or_trigger_in_a_row_is_a_decode_error {
+mod an_unknown_status_or_trigger_in_a_row_is_a_decode_error {
     use super::*;
 
     #[tokio::test]
     async fn postgres() {
         let pg = crate::harness::Postgres::start().await;
-        let pool = fresh_pool(&pg, "issue_18_unknown_status").await;
+        let pool = fresh_pool(&pg, "unknown_status").await;
         let (store, reads) = Store::with_reads(tenure::store::Postgres::new(pool.clone()));
         let (status_run, trigger_run) = two_claimed_runs(&store).await;
         // What a newer schema might allow: a status this binary does not know.
@@ -983,7 +983,7 @@ fn succeeded(at: DateTime<Utc>) -> RunOutcome {
     }
 }
 
-async fn issue_17_retention_per_job_prunes_only_what_it_should(store: Store, reads: Reads) {
+async fn retention_per_job_prunes_only_what_it_should(store: Store, reads: Reads) {
     let term = Term::for_tests(1, "c");
     store.begin_term(&term, "n").await.unwrap();
     for job in ["short", "default"] {
@@ -1025,7 +1025,7 @@ async fn issue_17_retention_per_job_prunes_only_what_it_should(store: Store, rea
     assert_eq!(cursors["default"].slot, slot(9));
 }
 
-async fn issue_17_a_backfill_queues_each_unheld_slot_once_and_reports_its_progress(store: Store, reads: Reads) {
+async fn a_backfill_queues_each_unheld_slot_once_and_reports_its_progress(store: Store, reads: Reads) {
     let old = Term::for_tests(1, "c");
     store.begin_term(&old, "n").await.unwrap();
     // The ledger holds slot 1 already (a scheduled run).
@@ -1081,7 +1081,7 @@ async fn issue_17_a_backfill_queues_each_unheld_slot_once_and_reports_its_progre
     assert!(rows.iter().filter(|r| r.slot != slot(1)).all(|r| r.trigger == TriggerKind::Backfill), "{rows:?}");
 }
 
-async fn issue_17_a_triggers_overrides_are_recorded_with_its_run(store: Store, reads: Reads) {
+async fn a_triggers_overrides_are_recorded_with_its_run(store: Store, reads: Reads) {
     let term = Term::for_tests(1, "c");
     store.begin_term(&term, "n").await.unwrap();
     let overrides = TriggerOverrides {
@@ -1110,7 +1110,7 @@ async fn issue_17_a_triggers_overrides_are_recorded_with_its_run(store: Store, r
     assert_eq!(reads.run(claimed.run_id).await.unwrap().unwrap().planned_at, slot(7));
 }
 
-async fn issue_17_a_late_notification_counts_from_the_planned_start_not_the_slot(store: Store, reads: Reads) {
+async fn a_late_notification_counts_from_the_planned_start_not_the_slot(store: Store, reads: Reads) {
     let term = Term::for_tests(1, "c");
     store.begin_term(&term, "n").await.unwrap();
     let route = tenure::store::NotifyRoute {

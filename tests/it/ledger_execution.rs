@@ -1,4 +1,4 @@
-//! Issue 19's part of the ledger contract (run from `ledger`'s `contract!` on PostgreSQL and
+//! The execution part of the ledger contract (run from `ledger`'s `contract!` on PostgreSQL and
 //! SQLite): an assigned run is accepted only by its executor under its attempt; renewals and
 //! outcomes are refused once the leader gave the attempt up, reassigned or cancelled it; the
 //! leader's writes are fenced by its term; reaping leaves runs executing elsewhere alone.
@@ -71,7 +71,7 @@ async fn until_expired(store: &Store, run: i64) {
     assert!(expired, "run {run} never expired");
 }
 
-pub(crate) async fn issue_19_an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt(
+pub(crate) async fn an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt(
     store: Store,
     reads: Reads,
 ) {
@@ -140,7 +140,7 @@ pub(crate) async fn issue_19_an_assigned_run_is_accepted_only_by_its_executor_un
     assert_eq!(reads.replica_loads().await.unwrap().len(), 1);
 }
 
-pub(crate) async fn issue_19_renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled(
+pub(crate) async fn renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled(
     store: Store,
     reads: Reads,
 ) {

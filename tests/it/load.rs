@@ -1,4 +1,4 @@
-//! Readers never starve claims (issue 14, point 2): the dashboard and API read on connections of
+//! Readers never starve claims: the dashboard and API read on connections of
 //! their own, so a replica whose every read is stuck still claims and starts on time; and a full
 //! dashboard sheds requests with 503 and `Retry-After` while health, readiness and metrics answer.
 

@@ -31,7 +31,7 @@ mod deadman;
 mod dev;
 /// Daylight saving: `next` against the oracle around every transition, and the firing path.
 mod dst;
-/// Issue 19: runs executing on worker replicas under leases of their own, across faults.
+/// Runs executing on worker replicas under leases of their own, across faults.
 mod execution;
 /// The executor on real processes and a real HTTP server.
 mod executor;
@@ -53,7 +53,7 @@ mod lateness;
 mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
 mod ledger;
-/// Issue 19's part of the ledger contract: acceptance, renewal, give-up, cancel.
+/// The execution part of the ledger contract: acceptance, renewal, give-up, cancel.
 mod ledger_execution;
 /// The notification outbox's part of the ledger contract.
 mod ledger_outbox;
@@ -63,7 +63,7 @@ mod load;
 mod notify;
 /// A TCP fault proxy (blackhole, reset, refuse, delay) on loopback.
 mod proxy;
-/// Issue 17: several schedules, jitter, backfill and manual overrides on real clusters.
+/// Several schedules, jitter, backfill and manual overrides on real clusters.
 mod scheduling;
 /// What a job can see of tenure through /proc, and whom it runs as (`user:`).
 mod security;

@@ -175,7 +175,7 @@ async fn wait_all_delivered(cluster: &Cluster, count: usize, timeout: Duration) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue16_outcomes_are_told_once_each_signed_with_a_stable_id_and_recoveries_once() {
+async fn outcomes_are_told_once_each_signed_with_a_stable_id_and_recoveries_once() {
     let receiver = Receiver::start(false).await;
     let flag = tempfile::NamedTempFile::new().unwrap().into_temp_path();
     std::fs::remove_file(&flag).unwrap();
@@ -247,7 +247,7 @@ async fn issue16_outcomes_are_told_once_each_signed_with_a_stable_id_and_recover
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue16_a_receiver_down_for_a_while_gets_every_event_once_it_is_back() {
+async fn a_receiver_down_for_a_while_gets_every_event_once_it_is_back() {
     let receiver = Receiver::start(true).await;
     let jobs = failing_job(&receiver);
     let cluster = Cluster::start_with(2, &jobs, with_secret()).await;
@@ -274,7 +274,7 @@ async fn issue16_a_receiver_down_for_a_while_gets_every_event_once_it_is_back() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue16_a_failover_with_events_pending_delivers_each_once() {
+async fn a_failover_with_events_pending_delivers_each_once() {
     let receiver = Receiver::start(true).await;
     let jobs = failing_job(&receiver);
     let mut cluster = Cluster::start_with(3, &jobs, with_secret()).await;

@@ -1,4 +1,4 @@
-//! Issue 17's scheduling features on real `tenure run` processes and PostgreSQL: several
+//! Scheduling features on real `tenure run` processes and PostgreSQL: several
 //! schedules per job across a failover, jitter that a new leader keeps, a backfill a leader's
 //! SIGKILL interrupts and the next leader finishes, and manual runs with overrides.
 
@@ -31,7 +31,7 @@ fn judge_executions(cluster: &Cluster, ledger: &[tenure::store::RunRecord]) -> c
 }
 
 #[tokio::test]
-async fn issue_17_a_job_with_several_schedules_fires_each_merged_slot_once_across_a_failover() {
+async fn a_job_with_several_schedules_fires_each_merged_slot_once_across_a_failover() {
     // Every second divisible by 2 or by 3: 0, 6, 12, ... are in both expressions and are one slot.
     let jobs = r#"
 jobs:
@@ -77,7 +77,7 @@ jobs:
 }
 
 #[tokio::test]
-async fn issue_17_jitter_offsets_are_the_same_on_two_leaders_and_within_the_window() {
+async fn jitter_offsets_are_the_same_on_two_leaders_and_within_the_window() {
     let jobs = r#"
 jobs:
   - name: spread
@@ -119,7 +119,7 @@ jobs:
 }
 
 #[tokio::test]
-async fn issue_17_a_backfill_of_500_slots_interrupted_by_a_leader_sigkill_is_finished_by_the_next_leader() {
+async fn a_backfill_of_500_slots_interrupted_by_a_leader_sigkill_is_finished_by_the_next_leader() {
     let jobs = r#"
 jobs:
   - name: fill
@@ -201,7 +201,7 @@ jobs:
 }
 
 #[tokio::test]
-async fn issue_17_a_manual_runs_overrides_reach_its_environment_and_are_recorded() {
+async fn a_manual_runs_overrides_reach_its_environment_and_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let seen = dir.path().join("seen.log");
     let jobs = format!(
@@ -282,7 +282,7 @@ jobs:
 }
 
 #[tokio::test]
-async fn issue_17_per_job_retention_prunes_only_what_it_should_on_a_running_cluster() {
+async fn per_job_retention_prunes_only_what_it_should_on_a_running_cluster() {
     // `brief` keeps 2 s of rows, `kept` the ledger's --retain (30 days by default).
     let jobs = r#"
 jobs:

@@ -1,6 +1,6 @@
 //! Starting up against a real PostgreSQL: migrations on a dedicated connection (no statement
 //! timeout, the advisory lock released on every path), replicas migrating together, and an older
-//! binary meeting a newer schema (issue 14, point 3).
+//! binary meeting a newer schema.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! Production connections (issue 15): a throwaway CA (rcgen), PostgreSQL with `ssl = on` and
+//! Production connections: a throwaway CA (rcgen), PostgreSQL with `ssl = on` and
 //! `hostssl` rules only (`cert` for the harness, `scram-sha-256 clientcert=verify-full` for
 //! replicas), etcd with `--cert-file --key-file --trusted-ca-file --client-cert-auth` and
 //! authentication on, ZooKeeper with only a `secureClientPort` and `ssl.clientAuth=need`.

@@ -1,4 +1,4 @@
-//! The singleton guarantees with ZooKeeper as the coordinator (issue 20): real `tenure run`
+//! The singleton guarantees with ZooKeeper as the coordinator: real `tenure run`
 //! replicas on a real ZooKeeper, the leader SIGKILLed, SIGSTOPped past its session timeout, cut
 //! from ZooKeeper by a blackhole, and a three-server ensemble losing its own leader. Each
 //! scenario ends with the checker on witness and ledger (no slot twice, no stale term accepted,
