@@ -1,6 +1,7 @@
 //! Test-only switches for the fault suite, read from the environment. They exist only in builds
-//! with the `testing` feature (`scripts/test` builds the binary under test that way); a release
-//! build ignores the variables entirely. Each is read once: the lease check is on the hot path.
+//! with the `testing` feature, which every `cargo test` build has (the crate is its own
+//! dev-dependency with that feature); `cargo build`, `cargo run` and `cargo install` ignore the
+//! variables entirely. Each is read once: the lease check is on the hot path.
 
 use std::sync::OnceLock;
 
@@ -78,4 +79,18 @@ fn switch(name: &str) -> bool {
 #[cfg(not(feature = "testing"))]
 fn switch(_name: &str) -> bool {
     false
+}
+
+#[cfg(test)]
+mod tests {
+    /// Plain `cargo test` must build what the integration suite drives: were the feature off here,
+    /// the suite would run against a binary that ignores its switches (or be skipped in silence).
+    #[test]
+    fn every_test_build_has_the_testing_switches() {
+        assert!(
+            cfg!(feature = "testing"),
+            "this test build lacks the `testing` feature: Cargo.toml's dev-dependency on the crate itself \
+             turns it on for `cargo test`; run the suite with scripts/test"
+        );
+    }
 }

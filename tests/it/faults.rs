@@ -15,7 +15,7 @@ use crate::harness::{process_gone, wait_for, wait_until};
 use crate::proxy::Fault;
 
 /// `TENURE_SOAK=N` runs every repeated fault N times as often, for a longer run by hand
-/// (`TENURE_SOAK=20 cargo test --features testing --test it faults::`); CI runs N = 1.
+/// (`TENURE_SOAK=20 cargo test --test it faults::`); CI runs N = 1.
 fn soak() -> u32 {
     std::env::var("TENURE_SOAK").ok().and_then(|n| n.parse().ok()).filter(|&n| n >= 1).unwrap_or(1)
 }
