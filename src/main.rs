@@ -137,11 +137,15 @@ fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
         let scheme = if settings.tls.is_some() { "https" } else { "http" };
         println!("  dashboard    {scheme}://{address}/");
         // A generated token is shown so it can be used; one the operator gave stays a secret.
-        if args.admin_token.is_none() && args.admin_token_file.is_none() {
+        let generated = args.admin_token.is_none() && args.admin_token_file.is_none();
+        if generated {
             println!("  admin token  {}   (trigger, pause, resume: any user name, this password)", token.expose());
         } else {
             println!("  admin token  the one given   (trigger, pause, resume: any user name, the token as password)");
         }
+        let shown_token = if generated { token.expose() } else { "<the token given>" };
+        println!("  command line export TENURE_SERVER={scheme}://{address} TENURE_ADMIN_TOKEN={shown_token}");
+        println!("               tenure status");
         println!("  ctrl-c stops; edit the job file and it reloads");
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));

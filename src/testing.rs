@@ -86,6 +86,7 @@ mod tests {
     /// Plain `cargo test` must build what the integration suite drives: were the feature off here,
     /// the suite would run against a binary that ignores its switches (or be skipped in silence).
     #[test]
+    #[allow(clippy::assertions_on_constants, reason = "the constant is what the build chose")]
     fn every_test_build_has_the_testing_switches() {
         assert!(
             cfg!(feature = "testing"),

@@ -115,6 +115,15 @@ fn result_code(run: &RunBrief) -> Option<String> {
     }
 }
 
+/// When a run was to start: its slot, or its slot plus the job's jitter offset.
+fn planned_words(planned: DateTime<Utc>, slot: DateTime<Utc>) -> String {
+    if planned == slot {
+        format!("{} (its slot)", instant(planned))
+    } else {
+        format!("{} (jitter {})", instant(planned), duration_ms((planned - slot).num_milliseconds()))
+    }
+}
+
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or("")
 }
@@ -131,7 +140,7 @@ pub fn run(run: &Run) -> String {
         ("executed on", brief.executor.clone().unwrap_or_else(|| format!("{} (the leader)", brief.node))),
         ("attempt", brief.attempt.to_string()),
         ("claimed", instant(run.claimed_at)),
-        ("planned", or_dash(run.planned_at.filter(|planned| *planned != brief.slot).map(instant))),
+        ("planned", or_dash(run.planned_at.map(|planned| planned_words(planned, brief.slot)))),
         ("start recorded", or_dash(run.start_recorded_at.map(instant))),
         ("began", or_dash(run.began_at.map(instant))),
         ("finished", or_dash(run.finished_at.map(instant))),
@@ -279,6 +288,27 @@ mod tests {
             "JOB        SCHEDULE     LAST\n\
              heartbeat  * * * * * *  -\n\
              a          @daily       succeeded run 7\n"
+        );
+    }
+
+    /// `show` prints when a run was to start, as the API has it, also when that is its slot.
+    #[test]
+    fn show_prints_the_planned_start_with_or_without_jitter() {
+        let run = |planned: &str| -> Run {
+            serde_json::from_value(serde_json::json!({
+                "id": 7, "slot": "2026-11-27T09:00:00Z", "trigger": "schedule", "term": 3, "node": "a",
+                "executor": null, "attempt": 1, "status": "succeeded", "duration_ms": 12, "lateness_ms": 2,
+                "exit_code": 0, "http_status": null, "error": null, "job": "tick",
+                "claimed_at": "2026-11-27T08:59:59Z", "finished_at": "2026-11-27T09:00:07Z", "output": "",
+                "planned_at": planned, "request": null
+            }))
+            .unwrap()
+        };
+        let planned_line = |text: String| text.lines().find(|line| line.trim_start().starts_with("planned")).unwrap().to_owned();
+        assert_eq!(planned_line(self::run(&run("2026-11-27T09:00:00Z"))), "  planned         2026-11-27T09:00:00Z (its slot)");
+        assert_eq!(
+            planned_line(self::run(&run("2026-11-27T09:00:07.500Z"))),
+            "  planned         2026-11-27T09:00:07.500Z (jitter 7.5s)"
         );
     }
 

@@ -25,7 +25,7 @@ fn the_example_validates_with_one_line_per_job() {
     let jobs = [
         "heartbeat",
         "disk-usage",
-        "flaky",
+        "fails-on-purpose",
         "self-check",
         "nightly-report",
         "digest",
@@ -39,6 +39,7 @@ fn the_example_validates_with_one_line_per_job() {
     }
     assert!(lines[4].contains("Europe/Berlin next "), "{}", lines[4]);
     assert!(lines[5].starts_with("digest: \"0 9 * * MON-FRI | 0 12 * * SAT\" ("), "{}", lines[5]);
+    assert!(lines[3].ends_with("paused"), "{}", lines[3]);
     assert!(lines[8].ends_with("paused"), "{}", lines[8]);
     assert!(lines[9].starts_with("9 jobs valid"), "{}", lines[9]);
 }

@@ -90,6 +90,79 @@ async fn dev_fires_the_example_at_once_and_a_restart_is_a_higher_term() {
     let _ = child.wait();
 }
 
+/// The example file is a newcomer's first dashboard: on any port, every job it does not pause
+/// succeeds, except the one whose name says it fails on purpose; and the banner gives the two
+/// lines that point the command line at this dev process.
+#[tokio::test]
+async fn the_example_jobs_succeed_in_dev_except_the_one_failing_on_purpose() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    // Ended with SIGTERM, when the test is done and when it fails.
+    struct Dev(std::process::Child);
+    impl Dev {
+        fn stop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGTERM);
+                let _ = self.0.wait();
+            }
+        }
+    }
+    impl Drop for Dev {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+    let mut dev = Dev(start(dir.path(), port));
+    wait_for("tenure dev to serve its jobs", Duration::from_secs(15), || async {
+        get_json(&format!("{base}/api/jobs")).await.is_some()
+    })
+    .await;
+    let jobs = get_json(&format!("{base}/api/jobs")).await.unwrap();
+    let unpaused: Vec<String> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|job| job["paused"] == false)
+        .map(|job| job["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(unpaused.len() >= 6 && unpaused.iter().any(|job| job == "fails-on-purpose"), "{jobs}");
+    let client = reqwest::Client::new();
+    for job in &unpaused {
+        let answer = client.post(format!("{base}/api/jobs/{job}/trigger")).bearer_auth("tok").send().await.unwrap();
+        assert_eq!(answer.status(), 202, "trigger {job}");
+    }
+    // Each job's manual run once it has ended (the failing one after its two retries, 3 s apart).
+    let ended = |base: String, unpaused: Vec<String>| async move {
+        let mut outcomes = std::collections::BTreeMap::new();
+        for job in unpaused {
+            let page = get_json(&format!("{base}/api/jobs/{job}/runs")).await?;
+            let run = page["runs"].as_array()?.iter().find(|run| run["trigger"] == "manual")?.clone();
+            let status = run["status"].as_str()?.to_owned();
+            if matches!(status.as_str(), "claimed" | "running" | "retrying") {
+                return None;
+            }
+            outcomes.insert(job, status);
+        }
+        Some(outcomes)
+    };
+    wait_for("every triggered run to end", Duration::from_secs(40), || {
+        let ended = ended(base.clone(), unpaused.clone());
+        async move { ended.await.is_some() }
+    })
+    .await;
+    let outcomes = ended(base.clone(), unpaused.clone()).await.unwrap();
+    for (job, status) in &outcomes {
+        let expected = if job == "fails-on-purpose" { "failed" } else { "succeeded" };
+        assert_eq!(status, expected, "{job}: {outcomes:?}");
+    }
+    dev.stop();
+    let mut banner = String::new();
+    std::io::Read::read_to_string(dev.0.stdout.as_mut().unwrap(), &mut banner).unwrap();
+    assert!(banner.contains(&format!("export TENURE_SERVER={base} TENURE_ADMIN_TOKEN=")) && !banner.contains("=tok"), "{banner}");
+    assert!(banner.contains("tenure status"), "{banner}");
+}
+
 /// A `tenure dev` process on `ledger`, killed when dropped (also when the test fails).
 struct DevProcess {
     child: std::process::Child,
