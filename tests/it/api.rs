@@ -282,6 +282,9 @@ async fn pages_render_and_forms_need_basic_auth_and_the_forgery_field() {
     assert!(run.body.contains("data-refresh"), "a running run refreshes live");
     let terms = get(&f.state, "/terms").await;
     assert!(terms.body.contains("node-a") && terms.body.contains("current"));
+    // In-process leadership (as `tenure dev`): the page says what a term is there, not etcd's.
+    let what = terms.body.split("id=\"what-a-term-is\">").nth(1).unwrap().split("</p>").next().unwrap();
+    assert!(what.contains("in-process leadership") && !what.contains("etcd revision"), "{what}");
     assert_eq!(get(&f.state, "/jobs/nope").await.status, StatusCode::NOT_FOUND);
 
     let csrf = job.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
