@@ -547,6 +547,7 @@ jobs:
             .send()
     };
     // Any replica takes the request: the follower executing nothing of it here.
+    let asked_at = Utc::now();
     let asked = cancel(scenario.cluster.url(2), remote.run_id).await.unwrap();
     assert_eq!(asked.status(), reqwest::StatusCode::ACCEPTED);
     let row = scenario.wait_ended(remote.run_id, Duration::from_secs(15)).await;
@@ -559,6 +560,8 @@ jobs:
         scenario.died(remote.pid).is_some()
     })
     .await;
+    let died = scenario.died(remote.pid).unwrap();
+    eprintln!("cancel of a run on another replica: process gone {} ms after the request", (died - asked_at).num_milliseconds());
     let ended = scenario.executions().into_iter().find(|e| e.pid == remote.pid).unwrap();
     assert!(ended.ended.is_none(), "the cancelled run finished anyway: {ended:?}");
     // Once ended, a cancel is refused, and so is one of a run that does not exist.
@@ -570,6 +573,7 @@ jobs:
     // The leader's own run, through the CLI, which waits for the run to end.
     let local = going("local").await;
     assert_eq!(local.node, "node-0", "{local:?}");
+    let asked_at = Utc::now();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
         .args(["cancel", &local.run_id.to_string(), "--wait", "--timeout", "30s", "--reason", "not today"])
         .args(["--server", &scenario.cluster.url(1)])
@@ -585,6 +589,11 @@ jobs:
         scenario.died(local.pid).is_some()
     })
     .await;
+    let died = scenario.died(local.pid).unwrap();
+    eprintln!(
+        "cancel of the leader's own run through `tenure cancel --wait`: process gone {} ms after the command began",
+        (died - asked_at).num_milliseconds()
+    );
     scenario.assert_no_overlap(&["remote", "local"]);
 }
 
