@@ -597,6 +597,88 @@ jobs:
     scenario.assert_no_overlap(&["remote", "local"]);
 }
 
+/// A stale leader cannot cancel: the leader is cut from etcd with its self-fencing off, so it
+/// believes it still leads, and a newer term raises the fence. While the new leader is frozen,
+/// an operator cancels a run executing on the other worker: the stale leader, told of it,
+/// is refused by the fence and steps down, and the run goes on; once a current leader acts, the
+/// run is killed there and recorded with who asked and why.
+#[tokio::test]
+async fn a_stale_leader_cannot_cancel_and_the_current_leader_does() {
+    let jobs = r#"
+jobs:
+  - name: on-a
+    schedule: "0 0 1 1 *"
+    run_on: { tags: [a] }
+    shell: 'EXEC(120)'
+  - name: on-b
+    schedule: "0 0 1 1 *"
+    run_on: { tags: [b] }
+    shell: 'EXEC(120)'
+"#;
+    let options = Options { env: vec![("TENURE_TEST_NO_SELF_FENCE".into(), "1".into())], ..proxies() };
+    let scenario = Scenario::start(jobs, &[("a", 8), ("b", 8)], options).await;
+    let cluster = &scenario.cluster;
+    let (old_leader, old_term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    assert_eq!(old_leader, 0);
+    let http = reqwest::Client::new();
+    for job in ["on-a", "on-b"] {
+        let answer = http
+            .post(format!("{}/api/jobs/{job}/trigger", cluster.url(0)))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
+    }
+    wait_for("both runs going", Duration::from_secs(30), || async {
+        ["node-1", "node-2"].iter().all(|node| scenario.executions().iter().any(|e| e.node == *node))
+    })
+    .await;
+
+    // Cut the leader from etcd: it keeps believing it leads (its self-fencing is off).
+    cluster.replicas[0].etcd_proxy.as_ref().unwrap().set(Fault::Blackhole);
+    let found = std::cell::Cell::new(None);
+    wait_for("a newer term with its fence raised", Duration::from_secs(20), || async {
+        let newer = cluster.leaders().await.into_iter().find(|(_, term)| *term > old_term);
+        let raised = match newer {
+            Some((_, term)) => cluster.reads.terms().await.unwrap().iter().any(|t| t.term == term),
+            None => false,
+        };
+        found.set(newer.filter(|_| raised));
+        raised
+    })
+    .await;
+    let (new_leader, new_term) = found.get().unwrap();
+    let other = if new_leader == 1 { 2 } else { 1 };
+    let victim = scenario.executions().into_iter().find(|e| e.node == format!("node-{other}")).unwrap();
+    assert!(cluster.leaders().await.iter().any(|(index, term)| *index == 0 && *term == old_term), "stale leader gone");
+
+    // The current leader frozen, the cancel is asked (of the victim's own replica).
+    cluster.signal(new_leader, Signal::SIGSTOP);
+    let asked = http
+        .post(format!("{}/api/runs/{}/cancel", cluster.url(other), victim.run_id))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "reason": "stale test" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), reqwest::StatusCode::ACCEPTED);
+    let refused = || plain_log(&cluster.replicas[0].log).contains("cancel refused: a newer term holds the fence");
+    wait_for("the stale leader to be refused", Duration::from_secs(10), || async { refused() }).await;
+    let row = scenario.row(victim.run_id).await;
+    assert_eq!(row.status, RunStatus::Running, "the stale leader acted on the cancel: {row:?}");
+    assert!(scenario.died(victim.pid).is_none(), "the run was stopped by a stale leader");
+
+    cluster.signal(new_leader, Signal::SIGCONT);
+    let row = scenario.wait_ended(victim.run_id, Duration::from_secs(30)).await;
+    assert_eq!((row.status, row.error.as_deref()), (RunStatus::Killed, Some("cancelled by admin (api): stale test")));
+    wait_for("the cancelled run's process to be gone", Duration::from_secs(5), || async {
+        scenario.died(victim.pid).is_some()
+    })
+    .await;
+    eprintln!("stale leader refused; term {new_term} (or a later one) cancelled run {}", victim.run_id);
+}
+
 /// `tenure dev` on a job file of its own, stopped (SIGTERM) when dropped.
 struct Dev {
     base: String,
