@@ -414,7 +414,7 @@ impl Scheduler {
                 "slots missed per the job's catch-up policy"
             );
             let (task, job, missed) = (task.clone(), job.clone(), plan.missed);
-            self.runs.spawn(async move { task.record_missed(&job, &missed, Trigger::Schedule).await });
+            self.runs.spawn(async move { task.record_missed(&job, &missed, Trigger::Schedule, now).await });
         }
         self.start_runs(job, plan.run, Trigger::Schedule, task);
     }

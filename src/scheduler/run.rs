@@ -19,7 +19,7 @@ use super::clock::Clock;
 use super::dispatch::Dispatch;
 use super::lead_time::LeadTimes;
 use super::{DATABASE_RETRY, LEADERSHIP_LOST};
-use crate::config::{Concurrency, Job};
+use crate::config::{CatchUp, Concurrency, Job};
 use crate::executor::{self, OutputTail, Prepared, RunContext};
 use crate::leadership::{LeaseDeadline, Term, WitnessedRun};
 use crate::model::{RunOutcome, RunStatus, Trigger};
@@ -167,6 +167,14 @@ impl OwnRuns {
     }
 }
 
+/// Why a slot whose starting deadline had passed before a leader could start it was not run.
+fn missed_past_deadline(job: &Job) -> String {
+    format!(
+        "not run: its starting deadline ({}) had passed before a leader could start it",
+        humantime::format_duration(job.starting_deadline)
+    )
+}
+
 /// A manual run of a `forbid` job that its leader executes waits for the job's runs going there
 /// instead of being skipped for them (`SkipIfRunning::ExceptOwn`); one executed elsewhere is
 /// decided by its claim alone, as the leader does not see those runs end.
@@ -222,9 +230,21 @@ pub(super) struct RunTask {
 }
 
 impl RunTask {
-    pub(super) async fn record_missed(&self, job: &Job, slots: &[DateTime<Utc>], trigger: Trigger) {
-        let reason = "not run: past the job's catch-up policy or starting deadline";
-        self.record(job, slots, RunStatus::Missed, trigger, reason).await;
+    /// Record `slots` `missed` at `now`, each saying why: those whose starting deadline had
+    /// passed, and those the job's `catch_up` does not run (late, within their deadline).
+    pub(super) async fn record_missed(&self, job: &Job, slots: &[DateTime<Utc>], trigger: Trigger, now: DateTime<Utc>) {
+        let deadline = now - chrono::Duration::from_std(job.starting_deadline).unwrap_or_default();
+        let (past, late): (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) = slots.iter().partition(|slot| **slot < deadline);
+        if !past.is_empty() {
+            self.record(job, &past, RunStatus::Missed, trigger, &missed_past_deadline(job)).await;
+        }
+        if !late.is_empty() {
+            let reason = match job.catch_up {
+                CatchUp::Latest => "not run: late, and `catch_up: latest` runs only the newest late slot",
+                CatchUp::None | CatchUp::All => "not run: late, and `catch_up: none` runs no late slot",
+            };
+            self.record(job, &late, RunStatus::Missed, trigger, reason).await;
+        }
     }
 
     /// Record `slots` `lost`: an older term may have started them, and the ledger forgot it in
@@ -611,7 +631,12 @@ impl RunTask {
                         > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default()
                     {
                         tracing::warn!(job = %job.name, %slot, "the slot passed its starting deadline while the database was down");
-                        self.record_missed(job, &[slot], trigger).await;
+                        let reason = format!(
+                            "not run: its claim could not be recorded (the database did not answer) before its \
+                             starting deadline ({})",
+                            humantime::format_duration(job.starting_deadline)
+                        );
+                        self.record(job, &[slot], RunStatus::Missed, trigger, &reason).await;
                         return None;
                     }
                 }

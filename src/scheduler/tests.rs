@@ -517,6 +517,24 @@ async fn a_term_that_begins_late_catches_up_per_each_jobs_policy_and_starting_de
     ];
     expected.sort();
     assert_eq!(rows, expected);
+    // Each missed row says why: its job's `catch_up`, or its starting deadline.
+    let mut reasons: Vec<(String, String)> = lp
+        .reads
+        .all_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|run| run.status == crate::model::RunStatus::Missed)
+        .map(|run| (run.job, run.error.unwrap_or_default()))
+        .collect();
+    reasons.sort();
+    reasons.dedup();
+    let reason = |job: &str, why: &str| (job.to_owned(), why.to_owned());
+    assert_eq!(reasons, [
+        reason("all-2m", "not run: its starting deadline (2m) had passed before a leader could start it"),
+        reason("latest", "not run: late, and `catch_up: latest` runs only the newest late slot"),
+        reason("none", "not run: late, and `catch_up: none` runs no late slot"),
+    ]);
     let executed = |job: &str, minutes: &[u32]| -> Vec<Execution> {
         let slot = |minute| at(&format!("2026-03-02T10:0{minute}:00Z"));
         minutes.iter().map(|minute| Execution { job: job.into(), slot: slot(minute), term: 2 }).collect()

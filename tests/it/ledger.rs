@@ -246,7 +246,11 @@ async fn runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_on
     ];
     let reaped = store.reap_lost(&new, &live).await.unwrap();
     assert_eq!(reaped, 2);
-    assert_eq!(reads.run(gone.run_id).await.unwrap().unwrap().status, RunStatus::Lost);
+    let reaped_row = reads.run(gone.run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (reaped_row.status, reaped_row.error.as_deref()),
+        (RunStatus::Lost, Some("its leader vanished without recording an outcome"))
+    );
     assert_eq!(
         reads.run(previous_life.run_id).await.unwrap().unwrap().status,
         RunStatus::Lost,

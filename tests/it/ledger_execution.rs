@@ -139,6 +139,20 @@ pub(crate) async fn an_assigned_run_is_accepted_only_by_its_executor_under_its_a
         ["w2"]
     );
     assert_eq!(reads.replica_loads().await.unwrap().len(), 1);
+
+    // An assignment its replica never accepted is given up `lost`, saying so.
+    let unaccepted = store.claim_run(&claim("slow", slot(5), &newer, SkipIfRunning::No)).await.unwrap().run_id;
+    let assignment = Assignment { run_id: unaccepted, started_at: slot(5), executor: "w2".into() };
+    assert_eq!(store.assign_runs(&newer, &[assignment], Duration::ZERO).await.unwrap(), vec![true]);
+    until_expired(&store, unaccepted).await;
+    let expired = store.expired_executions(Duration::ZERO, 100).await.unwrap();
+    let expired = expired.iter().find(|expired| expired.key.run_id == unaccepted).unwrap();
+    assert!(store.give_up_execution(&newer, expired, &GiveUp::End, Duration::ZERO, LONG).await.unwrap());
+    let row = reads.run(unaccepted).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.error.as_deref()),
+        (RunStatus::Lost, Some("lost: its executor w2 did not accept it in time"))
+    );
 }
 
 pub(crate) async fn renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled(
@@ -207,7 +221,10 @@ pub(crate) async fn renewals_and_outcomes_are_refused_once_an_attempt_is_given_u
     ));
     assert!(store.give_up_execution(&term, &expired[0], &GiveUp::End, Duration::ZERO, LONG).await.unwrap());
     let row = reads.run(newer).await.unwrap().unwrap();
-    assert_eq!(row.status, RunStatus::Lost);
+    assert_eq!(
+        (row.status, row.error.as_deref()),
+        (RunStatus::Lost, Some("lost: its executor w1 stopped renewing its execution lease"))
+    );
     assert_eq!(store.renew_execution(&last, LONG, "").await.unwrap(), Renewal::Refused);
     assert!(!store.finish_execution(&last, &ended(RunStatus::Succeeded)).await.unwrap());
     // A cancel requested by an older term is fenced.
