@@ -380,7 +380,10 @@ async fn cancel(client: &Client, args: &CancelArgs, output: Output, out: &mut Ve
     if !args.wait {
         let text = match output {
             Output::Table => {
-                format!("asked to cancel run {} of {}: the leader stops it and records it killed\n", args.run_id, run.value.job)
+                format!(
+                    "asked to cancel run {} of {}: the leader stops it and records it killed\n",
+                    args.run_id, run.value.job
+                )
             }
             Output::Json => json_line(&run.document),
         };
@@ -393,7 +396,9 @@ async fn cancel(client: &Client, args: &CancelArgs, output: Output, out: &mut Ve
         let now = tokio::time::Instant::now();
         if now >= deadline {
             let timeout = humantime::format_duration(args.timeout);
-            out.extend_from_slice(format!("run {} had not ended after {timeout} (--timeout)\n", args.run_id).as_bytes());
+            out.extend_from_slice(
+                format!("run {} had not ended after {timeout} (--timeout)\n", args.run_id).as_bytes(),
+            );
             return Ok(exit::WAIT_TIMED_OUT);
         }
         tokio::time::sleep(wait.min(deadline - now)).await;

@@ -494,11 +494,7 @@ async fn cancel(
     Ok(Redirect::to(&format!("/runs/{id}")))
 }
 
-async fn run(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Result<Response, PageError> {
+async fn run(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Response, PageError> {
     state.auth.read(&headers)?;
     let session = BrowserSession::of(&headers);
     let run = api::run_view(&state, id).await?;
@@ -508,7 +504,8 @@ async fn run(
         if tz == chrono_tz::UTC { utc(instant) } else { format!("{} ({})", utc(instant), in_zone(instant, tz)) }
     };
     let running = run.brief.status == RunStatus::Running;
-    let stopped = matches!(run.brief.status, RunStatus::Skipped | RunStatus::Missed | RunStatus::Lost | RunStatus::Killed);
+    let stopped =
+        matches!(run.brief.status, RunStatus::Skipped | RunStatus::Missed | RunStatus::Lost | RunStatus::Killed);
     let page = render(&RunPage {
         layout: Layout::new(&state, format!("{} run {}", run.job, run.brief.id), "run"),
         running,
@@ -588,7 +585,9 @@ async fn terms(State(state): State<AppState>, headers: HeaderMap) -> Result<Html
     spans.truncate(30);
     let what_a_term_is = match &state.coordinator {
         Some(coordinator) => coordinator.what_a_term_is(),
-        None => "the next number above the ledger's fence, taken by tenure dev's in-process leadership each time it leads (it has no etcd or ZooKeeper)",
+        None => {
+            "the next number above the ledger's fence, taken by tenure dev's in-process leadership each time it leads (it has no etcd or ZooKeeper)"
+        }
     };
     render(&TermsPage {
         layout: Layout::new(&state, "Terms", "terms"),

@@ -530,11 +530,14 @@ async fn a_term_that_begins_late_catches_up_per_each_jobs_policy_and_starting_de
     reasons.sort();
     reasons.dedup();
     let reason = |job: &str, why: &str| (job.to_owned(), why.to_owned());
-    assert_eq!(reasons, [
-        reason("all-2m", "not run: its starting deadline (2m) had passed before a leader could start it"),
-        reason("latest", "not run: late, and `catch_up: latest` runs only the newest late slot"),
-        reason("none", "not run: late, and `catch_up: none` runs no late slot"),
-    ]);
+    assert_eq!(
+        reasons,
+        [
+            reason("all-2m", "not run: its starting deadline (2m) had passed before a leader could start it"),
+            reason("latest", "not run: late, and `catch_up: latest` runs only the newest late slot"),
+            reason("none", "not run: late, and `catch_up: none` runs no late slot"),
+        ]
+    );
     let executed = |job: &str, minutes: &[u32]| -> Vec<Execution> {
         let slot = |minute| at(&format!("2026-03-02T10:0{minute}:00Z"));
         minutes.iter().map(|minute| Execution { job: job.into(), slot: slot(minute), term: 2 }).collect()
@@ -688,7 +691,8 @@ async fn a_manual_run_of_a_forbid_job_triggered_between_a_claim_and_its_start_ru
         "the manual run waits for the scheduled one, claimed: {manual:?}"
     );
     lp.clock.advance_to(slot + ms(10));
-    let finished = lp.wait_for_rows("both runs", |rows| rows.len() == 2 && rows.iter().all(|row| row.status != "running")).await;
+    let finished =
+        lp.wait_for_rows("both runs", |rows| rows.len() == 2 && rows.iter().all(|row| row.status != "running")).await;
     assert!(finished.iter().all(|row| row.status == "succeeded"), "{finished:?}");
     let runs = lp.reads.all_runs().await.unwrap();
     let scheduled = runs.iter().find(|run| run.trigger == crate::model::TriggerKind::Schedule).unwrap();

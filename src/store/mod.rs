@@ -406,7 +406,9 @@ pub struct UnrunSlots<'a> {
 pub enum CancelAnswer {
     /// Recorded (or recorded already: the first request's reason stays) for the running run of
     /// `job`; the leader acts on it.
-    Asked { job: String },
+    Asked {
+        job: String,
+    },
     NoSuchRun,
     /// The run has ended already, with this status.
     Ended(RunStatus),

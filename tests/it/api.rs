@@ -355,7 +355,10 @@ async fn a_cancel_is_recorded_for_the_leader_and_a_finished_or_unknown_run_is_re
     };
     assert_eq!(send(&f.state, form("forged")).await.status, StatusCode::FORBIDDEN);
     let done = send(&f.state, form(&csrf)).await;
-    assert_eq!((done.status, done.headers[header::LOCATION].to_str().unwrap()), (StatusCode::SEE_OTHER, &*format!("/runs/{running}")));
+    assert_eq!(
+        (done.status, done.headers[header::LOCATION].to_str().unwrap()),
+        (StatusCode::SEE_OTHER, &*format!("/runs/{running}"))
+    );
     let finished_form = send(
         &f.state,
         post(&format!("/runs/{finished}/cancel"), Some(&basic(TOKEN)))
@@ -365,7 +368,10 @@ async fn a_cancel_is_recorded_for_the_leader_and_a_finished_or_unknown_run_is_re
             .unwrap(),
     )
     .await;
-    assert_eq!((finished_form.status, finished_form.content_type.starts_with("text/html")), (StatusCode::CONFLICT, true));
+    assert_eq!(
+        (finished_form.status, finished_form.content_type.starts_with("text/html")),
+        (StatusCode::CONFLICT, true)
+    );
 
     // The leader acted: the row is `killed` with who and why, and its page says why.
     let term = Term::for_tests(42, "cluster");
@@ -383,7 +389,10 @@ async fn a_cancel_is_recorded_for_the_leader_and_a_finished_or_unknown_run_is_re
     let page = get(&f.state, &format!("/runs/{running}")).await;
     let why = page.body.split("id=\"why\">").nth(1).unwrap().split("</dd>").next().unwrap();
     assert_eq!(why, "cancelled by admin (api): wrong input");
-    assert_eq!(get(&f.state, &format!("/api/runs/{running}")).await.json()["error"], "cancelled by admin (api): wrong input");
+    assert_eq!(
+        get(&f.state, &format!("/api/runs/{running}")).await.json()["error"],
+        "cancelled by admin (api): wrong input"
+    );
 }
 
 #[tokio::test]

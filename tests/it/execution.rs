@@ -561,7 +561,10 @@ jobs:
     })
     .await;
     let died = scenario.died(remote.pid).unwrap();
-    eprintln!("cancel of a run on another replica: process gone {} ms after the request", (died - asked_at).num_milliseconds());
+    eprintln!(
+        "cancel of a run on another replica: process gone {} ms after the request",
+        (died - asked_at).num_milliseconds()
+    );
     let ended = scenario.executions().into_iter().find(|e| e.pid == remote.pid).unwrap();
     assert!(ended.ended.is_none(), "the cancelled run finished anyway: {ended:?}");
     // Once ended, a cancel is refused, and so is one of a run that does not exist.

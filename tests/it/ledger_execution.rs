@@ -72,10 +72,7 @@ async fn until_expired(store: &Store, run: i64) {
     assert!(expired, "run {run} never expired");
 }
 
-pub(crate) async fn an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt(
-    store: Store,
-    reads: Reads,
-) {
+pub(crate) async fn an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt(store: Store, reads: Reads) {
     let term = Term::for_tests(5, "c");
     store.begin_term(&term, "leader").await.unwrap();
     store.advertise(&offer("w1", &["gpu", "eu"], 1)).await.unwrap();
@@ -253,12 +250,14 @@ pub(crate) async fn an_operators_cancel_is_recorded_by_the_web_and_acted_on_only
     let why = "cancelled by admin (api): wrong input";
     assert_eq!(reads.cancel_run(remote, why).await.unwrap(), CancelAnswer::Asked { job: "job".into() });
     // A second request keeps the first one's reason.
-    assert_eq!(reads.cancel_run(remote, "cancelled by admin (api): again").await.unwrap(), CancelAnswer::Asked {
-        job: "job".into()
-    });
-    assert_eq!(reads.cancel_run(unstarted, "cancelled by admin (dashboard)").await.unwrap(), CancelAnswer::Asked {
-        job: "other".into()
-    });
+    assert_eq!(
+        reads.cancel_run(remote, "cancelled by admin (api): again").await.unwrap(),
+        CancelAnswer::Asked { job: "job".into() }
+    );
+    assert_eq!(
+        reads.cancel_run(unstarted, "cancelled by admin (dashboard)").await.unwrap(),
+        CancelAnswer::Asked { job: "other".into() }
+    );
     assert_eq!(reads.cancel_run(done, why).await.unwrap(), CancelAnswer::Ended(RunStatus::Succeeded));
     assert_eq!(reads.cancel_run(999_999, why).await.unwrap(), CancelAnswer::NoSuchRun);
     // Asked, not acted on: the executor still renews.
@@ -282,9 +281,10 @@ pub(crate) async fn an_operators_cancel_is_recorded_by_the_web_and_acted_on_only
     marked.sort();
     assert_eq!(marked, [remote, unstarted]);
     assert!(store.pending_cancels().await.unwrap().is_empty());
-    assert_eq!(store.renew_execution(&attempt, LONG, "").await.unwrap(), Renewal::CancelRequested {
-        reason: why.into()
-    });
+    assert_eq!(
+        store.renew_execution(&attempt, LONG, "").await.unwrap(),
+        Renewal::CancelRequested { reason: why.into() }
+    );
     let row = reads.run(unstarted).await.unwrap().unwrap();
     assert_eq!(
         (row.status, row.error.as_deref()),

@@ -12,8 +12,7 @@ use super::Postgres;
 use crate::leadership::Term;
 use crate::model::RunOutcome;
 use crate::store::execution::{
-    REPLACED,
-    ASSIGNMENT_CHANNEL, AssignedRun, Assignment, ExecutionKey, Executions, ExpiredExecution, GiveUp, Renewal,
+    ASSIGNMENT_CHANNEL, AssignedRun, Assignment, ExecutionKey, Executions, ExpiredExecution, GiveUp, REPLACED, Renewal,
     ReplicaLoad, ReplicaOffer, assigned_run, expired_execution, give_up_reason, join_tags, replica_load,
 };
 use crate::store::{ClaimError, clean_text};

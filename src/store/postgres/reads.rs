@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use sqlx::Row;
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 
 use super::Postgres;
 use crate::config::Concurrency;
@@ -13,8 +13,8 @@ use crate::model::{Control, RunStatus};
 use crate::store::common::{self, run_columns};
 use crate::store::outbox;
 use crate::store::{
-    BackfillRecord, CONTROL_CHANNEL, CancelAnswer, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord,
-    TriggerRecord, TriggerRequest, clean_text,
+    BackfillRecord, CONTROL_CHANNEL, CancelAnswer, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord,
+    TermRecord, TriggerRecord, TriggerRequest, clean_text,
 };
 
 #[async_trait]
@@ -145,7 +145,8 @@ impl LedgerReads for Postgres {
         if let Some(row) = row {
             return Ok(CancelAnswer::Asked { job: row.try_get("job")? });
         }
-        let status = sqlx::query("SELECT status FROM runs WHERE id = $1").bind(run_id).fetch_optional(&self.pool).await?;
+        let status =
+            sqlx::query("SELECT status FROM runs WHERE id = $1").bind(run_id).fetch_optional(&self.pool).await?;
         Ok(match status {
             Some(row) => CancelAnswer::Ended(common::status(&row, "status")?),
             None => CancelAnswer::NoSuchRun,

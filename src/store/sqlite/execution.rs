@@ -15,9 +15,8 @@ use crate::leadership::Term;
 use crate::model::RunOutcome;
 use crate::store::common::micros;
 use crate::store::execution::{
-    REPLACED,
-    AssignedRun, Assignment, ExecutionKey, Executions, ExpiredExecution, GiveUp, Renewal, ReplicaLoad, ReplicaOffer,
-    assigned_run, expired_execution, give_up_reason, join_tags, replica_load,
+    AssignedRun, Assignment, ExecutionKey, Executions, ExpiredExecution, GiveUp, REPLACED, Renewal, ReplicaLoad,
+    ReplicaOffer, assigned_run, expired_execution, give_up_reason, join_tags, replica_load,
 };
 use crate::store::{ClaimError, clean_text};
 

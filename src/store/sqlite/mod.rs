@@ -23,7 +23,8 @@ use super::common::{self, LedgerRow, SlotHolder, micros};
 use super::outbox;
 use super::{
     BackfillSlot, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor, Ledger,
-    LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
+    LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots,
+    clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
