@@ -364,7 +364,8 @@ impl Execution {
     }
 
     /// The lease is gone and the process group with it (SIGKILLed at once). A cancel requested
-    /// by the leader (`replace`) is answered with `killed`, which the leader asked for; anything
+    /// by the leader (`replace`, or an operator's cancel it acted on) is answered with `killed`
+    /// and the reason the ledger gave, which the leader asked for; anything
     /// else records nothing: the attempt may already be another replica's. `began`: when the
     /// attempt began, if it did.
     async fn lease_lost(&self, key: &ExecutionKey, lost: &LostLease, began: Option<chrono::DateTime<chrono::Utc>>) {

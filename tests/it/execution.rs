@@ -597,6 +597,19 @@ jobs:
         "cancel of the leader's own run through `tenure cancel --wait`: process gone {} ms after the command began",
         (died - asked_at).num_milliseconds()
     );
+    // Again, now that it has ended: an error, said in one line.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["cancel", &local.run_id.to_string(), "--server", &scenario.cluster.url(0)])
+        .env("TENURE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!("error: Conflict: run {} has ended (killed); only a running run can be cancelled (HTTP 409)", local.run_id)
+    );
     scenario.assert_no_overlap(&["remote", "local"]);
 }
 
