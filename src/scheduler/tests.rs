@@ -745,3 +745,30 @@ async fn a_stale_leader_acts_on_no_cancel_and_steps_down() {
     assert_eq!(lp.reads.run(run).await.unwrap().unwrap().status, crate::model::RunStatus::Running);
     lp.stop().await;
 }
+
+/// A claim whose start the database could record only after the starting deadline is not run:
+/// recorded `missed`, saying so.
+#[tokio::test]
+async fn a_start_recorded_only_after_the_starting_deadline_is_recorded_missed_saying_why() {
+    let witness = Witness::start().await;
+    let slot = at("2026-03-02T10:01:00Z");
+    let dir = tempfile::tempdir().unwrap();
+    let (lp, mut writer) = leading_on_a_file(&witness, &dir).await;
+    claimed_ahead(&lp, slot).await;
+    let refuse = "CREATE TRIGGER refuse BEFORE UPDATE OF started_at ON runs BEGIN SELECT RAISE(ABORT, 'down'); END";
+    sqlx::query(refuse).execute(&mut writer).await.unwrap();
+    // The starting deadline (5 minutes) passes while the database refuses the start.
+    lp.clock.advance_to(slot - ms(20));
+    lp.clock.advance_to(slot + chrono::Duration::minutes(6));
+    sqlx::query("DROP TRIGGER refuse").execute(&mut writer).await.unwrap();
+    let reads = &lp.reads;
+    let row = wait_for("the slot's row to end", || async move {
+        let row = reads.all_runs().await.unwrap().into_iter().find(|run| run.slot == slot);
+        row.filter(|run| run.status != crate::model::RunStatus::Running)
+    })
+    .await;
+    let why = "not run: its start was recorded only after the starting deadline";
+    assert_eq!((row.status, row.error.as_deref()), (crate::model::RunStatus::Missed, Some(why)));
+    assert!(witness.executions().iter().all(|e| e.slot != slot), "the slot ran");
+    lp.stop().await;
+}

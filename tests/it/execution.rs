@@ -608,7 +608,10 @@ jobs:
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert_eq!(
         stderr.trim(),
-        format!("error: Conflict: run {} has ended (killed); only a running run can be cancelled (HTTP 409)", local.run_id)
+        format!(
+            "error: Conflict: run {} has ended (killed); only a running run can be cancelled (HTTP 409)",
+            local.run_id
+        )
     );
     scenario.assert_no_overlap(&["remote", "local"]);
 }
