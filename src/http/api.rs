@@ -1,6 +1,7 @@
-//! The JSON API under `/api`. Reads return the same views the pages render; trigger, pause and
-//! resume need the admin token as a bearer token and are recorded in the ledger, where the
-//! leader picks them up (a follower takes them just the same, nothing is forwarded).
+//! The JSON API under `/api`. Reads return the same views the pages render; trigger, pause,
+//! resume, backfill and cancel need the admin token as a bearer token and are recorded in the
+//! ledger, where the leader picks them up (a follower takes them just the same, nothing is
+//! forwarded).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,7 +22,7 @@ use super::view::{self, ClusterView, JobView, RunBrief, RunView, TermView};
 use super::{AppState, Problem};
 use crate::config::{Concurrency, Job, TargetKind};
 use crate::model::{Control, RunStatus, TriggerKind};
-use crate::store::{BackfillRecord, RunCursor, TriggerOverrides, TriggerRecord, TriggerRequest};
+use crate::store::{BackfillRecord, CancelAnswer, RunCursor, TriggerOverrides, TriggerRecord, TriggerRequest};
 
 pub fn routes() -> Router<AppState> {
     let api = Router::new()
@@ -35,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/backfills", get(backfills))
         .route("/api/backfills/{id}", get(backfill_progress))
         .route("/api/runs/{id}", get(run))
+        .route("/api/runs/{id}/cancel", post(cancel))
         .route("/api/cluster", get(cluster))
         .route("/api/terms", get(terms))
         .route("/api/openapi.json", get(openapi))
@@ -165,6 +167,29 @@ pub(super) async fn request_trigger(
     let mut trigger = state.store.request_trigger(&request).await?;
     trigger.overrides.env = view::shown_env(std::mem::take(&mut trigger.overrides.env), Some(&job));
     Ok(trigger)
+}
+
+/// Ask for run `id` to be cancelled: recorded on its row with who asked (`by`: "admin", the
+/// holder of the admin token, and where from) and why, for the leader to act on under the fence.
+/// 404 for an unknown run, 409 for one that has ended.
+pub(super) async fn request_cancel(state: &AppState, id: i64, by: &str, reason: Option<&str>) -> Result<(), Problem> {
+    let reason = reason.map(str::trim).filter(|reason| !reason.is_empty());
+    if reason.is_some_and(|reason| reason.len() > REASON_MAX) {
+        return Err(Problem::bad_request(format!("`reason` is over {REASON_MAX} bytes")));
+    }
+    let why = match reason {
+        Some(reason) => format!("cancelled by admin ({by}): {reason}"),
+        None => format!("cancelled by admin ({by})"),
+    };
+    match state.store.cancel_run(id, &why).await? {
+        CancelAnswer::Asked { .. } => Ok(()),
+        CancelAnswer::NoSuchRun => Err(Problem::not_found(format!("no run {id}"))),
+        CancelAnswer::Ended(status) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("run {id} has ended ({}); only a running run can be cancelled", status.as_str()),
+        )),
+    }
 }
 
 /// The longest reason, in bytes.
@@ -364,6 +389,34 @@ async fn trigger(
     let overrides = parsed.overrides()?;
     let trigger = request_trigger(&state, &name, key.as_deref(), "api", &overrides).await?;
     Ok((StatusCode::ACCEPTED, Json(trigger)))
+}
+
+/// A cancel's optional body: `{"reason": "..."}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+/// `POST /api/runs/{id}/cancel`: 202 with the run as it is now; the leader stops it (here or on
+/// the replica executing it) and records it `killed` with who asked and why.
+async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, Problem> {
+    state.auth.mutate_api(&headers)?;
+    let body = body.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let parsed: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|error| {
+            Problem::bad_request(format!("expected a JSON object such as {{\"reason\": \"...\"}}: {error}"))
+        })?
+    };
+    request_cancel(&state, id, "api", parsed.reason.as_deref()).await?;
+    Ok((StatusCode::ACCEPTED, Json(run_view(&state, id).await?)))
 }
 
 /// The most slots one backfill may cover.

@@ -28,6 +28,7 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{name}", get(job))
         .route("/jobs/{name}/{action}", post(control))
         .route("/runs/{id}", get(run))
+        .route("/runs/{id}/cancel", post(cancel))
         .route("/terms", get(terms))
         .route("/signin", get(signin))
         .route("/static/app.css", get(|| async { asset("text/css; charset=utf-8", include_str!("static/app.css")) }))
@@ -457,6 +458,11 @@ struct RunPage {
     layout: Layout,
     run: RunView,
     running: bool,
+    /// A running run offers its cancel form to those who may change things.
+    can_mutate: bool,
+    csrf: String,
+    /// Why a run did not run or was stopped (skipped, missed, lost, killed), in words.
+    why: Option<String>,
     slot: String,
     claimed: String,
     start_recorded: String,
@@ -469,12 +475,28 @@ struct RunPage {
     planned: Option<String>,
 }
 
-async fn run(
+#[derive(Deserialize)]
+struct CancelForm {
+    #[serde(default)]
+    csrf: String,
+    reason: Option<String>,
+}
+
+/// The run page's cancel form: recorded as the API's cancel is, then back to the run.
+async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<i64>,
-) -> Result<Html<String>, PageError> {
+    Form(form): Form<CancelForm>,
+) -> Result<Redirect, PageError> {
+    state.auth.mutate_form(&headers, &form.csrf)?;
+    api::request_cancel(&state, id, "dashboard", form.reason.as_deref()).await?;
+    Ok(Redirect::to(&format!("/runs/{id}")))
+}
+
+async fn run(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Response, PageError> {
     state.auth.read(&headers)?;
+    let session = BrowserSession::of(&headers);
     let run = api::run_view(&state, id).await?;
     let tz: chrono_tz::Tz =
         state.jobs.borrow().get(&run.job).map(|job| job.schedule.timezone()).unwrap_or(chrono_tz::UTC);
@@ -482,9 +504,14 @@ async fn run(
         if tz == chrono_tz::UTC { utc(instant) } else { format!("{} ({})", utc(instant), in_zone(instant, tz)) }
     };
     let running = run.brief.status == RunStatus::Running;
-    render(&RunPage {
+    let stopped =
+        matches!(run.brief.status, RunStatus::Skipped | RunStatus::Missed | RunStatus::Lost | RunStatus::Killed);
+    let page = render(&RunPage {
         layout: Layout::new(&state, format!("{} run {}", run.job, run.brief.id), "run"),
         running,
+        can_mutate: state.auth.can_mutate(),
+        csrf: state.auth.csrf_for(&session).unwrap_or_default(),
+        why: stopped.then(|| run.brief.error.clone().unwrap_or_else(|| "not recorded".to_owned())),
         slot: with_zone(run.brief.slot),
         claimed: utc(run.claimed_at),
         start_recorded: or_dash(run.start_recorded_at.map(utc)),
@@ -506,7 +533,12 @@ async fn run(
         result: or_dash(Some(result_of(&run.brief)).filter(|text| !text.is_empty())),
         planned: (run.planned_at != run.brief.slot).then(|| with_zone(run.planned_at)),
         run,
-    })
+    })?;
+    let mut response = page.into_response();
+    if let Some(cookie) = session.set_cookie(&state.auth) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
 }
 
 struct TermRow {
@@ -522,6 +554,9 @@ struct TermRow {
 #[template(path = "terms.html")]
 struct TermsPage {
     layout: Layout,
+    /// What a term number is with the coordinator in use (etcd, ZooKeeper, or `tenure dev`'s
+    /// in-process leadership).
+    what_a_term_is: &'static str,
     timeline: String,
     terms: Vec<TermRow>,
 }
@@ -548,7 +583,18 @@ async fn terms(State(state): State<AppState>, headers: HeaderMap) -> Result<Html
         until = term.started_at;
     }
     spans.truncate(30);
-    render(&TermsPage { layout: Layout::new(&state, "Terms", "terms"), timeline: timeline(&spans, now), terms: rows })
+    let what_a_term_is = match &state.coordinator {
+        Some(coordinator) => coordinator.what_a_term_is(),
+        None => {
+            "the next number above the ledger's fence, taken by tenure dev's in-process leadership each time it leads (it has no etcd or ZooKeeper)"
+        }
+    };
+    render(&TermsPage {
+        layout: Layout::new(&state, "Terms", "terms"),
+        what_a_term_is,
+        timeline: timeline(&spans, now),
+        terms: rows,
+    })
 }
 
 /// Who led when, as bars on a time axis (newest 30 terms).

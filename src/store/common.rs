@@ -12,8 +12,8 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 
 use super::{
-    BackfillRecord, BackfillSlot, ClaimError, Claimed, Fence, JobControl, RunRecord, TermRecord, TriggerOverrides,
-    TriggerRecord,
+    BackfillRecord, BackfillSlot, ClaimError, Claimed, Fence, JobControl, PendingCancel, RunRecord, TermRecord,
+    TriggerOverrides, TriggerRecord,
 };
 use crate::config::Concurrency;
 use crate::leadership::Term;
@@ -305,6 +305,16 @@ pub(super) fn term_record(row: &impl LedgerRow) -> Result<TermRecord, sqlx::Erro
         started_at: row.instant("started_at")?,
         last_seen_at: row.optional_instant("last_seen_at")?,
     })
+}
+
+/// Operators' cancels the leader has not acted on (`Ledger::pending_cancels`); both databases
+/// read it alike.
+pub(super) const PENDING_CANCELS: &str = "SELECT id, job, cancel_reason FROM runs
+     WHERE status = 'running' AND cancel_reason IS NOT NULL AND NOT cancel_requested ORDER BY id LIMIT 1000";
+
+/// A row of `PENDING_CANCELS`.
+pub(super) fn pending_cancel(row: &impl LedgerRow) -> Result<PendingCancel, sqlx::Error> {
+    Ok(PendingCancel { run_id: row.int("id")?, job: row.text("job")?, reason: row.text("cancel_reason")? })
 }
 
 pub(super) fn fence(row: &impl LedgerRow) -> Result<Fence, sqlx::Error> {

@@ -100,6 +100,10 @@ pub struct Claim<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkipIfRunning {
     Yes,
+    /// `forbid` for a manual run its leader executes: skipped only for a run going elsewhere
+    /// (another term's, or executing on another replica); the leader's own runs of the job in
+    /// this term it waits for before starting it.
+    ExceptOwn,
     No,
 }
 
@@ -108,7 +112,8 @@ pub enum SkipIfRunning {
 pub struct Claimed {
     pub run_id: i64,
     /// `Running` (claimed: start it at its slot through `start_runs`) or `Skipped` (a previous
-    /// run is still going).
+    /// run is still going; its row's error names it: "forbid: run N of this job was still
+    /// going").
     pub status: RunStatus,
 }
 
@@ -396,6 +401,28 @@ pub struct UnrunSlots<'a> {
     pub error: &'a str,
 }
 
+/// How the web's request to cancel a run was answered (`LedgerReads::cancel_run`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelAnswer {
+    /// Recorded (or recorded already: the first request's reason stays) for the running run of
+    /// `job`; the leader acts on it.
+    Asked {
+        job: String,
+    },
+    NoSuchRun,
+    /// The run has ended already, with this status.
+    Ended(RunStatus),
+}
+
+/// An operator's cancel the leader has not acted on yet (`Ledger::pending_cancels`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCancel {
+    pub run_id: i64,
+    pub job: String,
+    /// What the run is recorded `killed` with: who asked, and why.
+    pub reason: String,
+}
+
 /// The database's clock, and whether it is a writable primary.
 #[derive(Debug, Clone, Copy)]
 pub struct DatabaseClock {
@@ -568,6 +595,18 @@ pub trait Ledger: Executions + Send + Sync {
     /// term's claim takes it over), oldest first.
     async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error>;
 
+    /// Operators' cancels of running runs not acted on yet (`cancel_reason` set, no
+    /// `cancel_requested`), oldest first.
+    async fn pending_cancels(&self) -> Result<Vec<PendingCancel>, sqlx::Error>;
+
+    /// Act on operators' cancels, under the fence (as `Executions::request_cancel` for
+    /// `replace`): set `cancel_requested` on those of `runs` still running, so an executor
+    /// elsewhere is refused its next renewal and kills the run (recorded `killed` with its
+    /// `cancel_reason`); a claim an older term never started is recorded `killed` at once (no
+    /// one else would). Returns the ids it marked, whose runs this leader stops itself if they
+    /// are its own. `Fenced` when a newer term holds the fence: a stale leader cancels nothing.
+    async fn apply_cancels(&self, term: &Term, runs: &[i64]) -> Result<Vec<i64>, ClaimError>;
+
     /// Mark a trigger handled without a run (its job is not in the job file).
     async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error>;
 
@@ -637,6 +676,11 @@ pub trait LedgerReads: Send + Sync {
     /// another job is another trigger; a retry keeps the first request's overrides) and wake
     /// the leader's scheduler.
     async fn request_trigger(&self, request: &TriggerRequest<'_>) -> Result<TriggerRecord, sqlx::Error>;
+
+    /// Ask for a running run to be stopped, `reason` (who asked and why) to be its error once it
+    /// is `killed`: one conditional statement, and a wake-up of the leader's scheduler, which
+    /// acts on it under the fence. The web never stops a run itself.
+    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<CancelAnswer, sqlx::Error>;
 
     /// The manual trigger a run fulfilled, with its overrides, if it was one.
     async fn trigger_of_run(&self, run_id: i64) -> Result<Option<TriggerRecord>, sqlx::Error>;

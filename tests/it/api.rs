@@ -282,6 +282,9 @@ async fn pages_render_and_forms_need_basic_auth_and_the_forgery_field() {
     assert!(run.body.contains("data-refresh"), "a running run refreshes live");
     let terms = get(&f.state, "/terms").await;
     assert!(terms.body.contains("node-a") && terms.body.contains("current"));
+    // In-process leadership (as `tenure dev`): the page says what a term is there, not etcd's.
+    let what = terms.body.split("id=\"what-a-term-is\">").nth(1).unwrap().split("</p>").next().unwrap();
+    assert!(what.contains("in-process leadership") && !what.contains("etcd revision"), "{what}");
     assert_eq!(get(&f.state, "/jobs/nope").await.status, StatusCode::NOT_FOUND);
 
     let csrf = job.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
@@ -301,6 +304,95 @@ async fn pages_render_and_forms_need_basic_auth_and_the_forgery_field() {
     assert_eq!(done.status, StatusCode::SEE_OTHER);
     assert_eq!(done.headers[header::LOCATION], "/jobs/tick?done=pause");
     assert!(f.store.job_controls().await.unwrap()["tick"].paused);
+}
+
+/// A cancel through the API and through the run page's form: recorded on the running row with
+/// who asked and why (the leader acts on it), the same request again changes nothing, a run that
+/// has ended is a 409 and an unknown one a 404, in problem+json; the form is offered only while
+/// the run goes and carries the anti-forgery field; a row that did not run says why.
+#[tokio::test]
+async fn a_cancel_is_recorded_for_the_leader_and_a_finished_or_unknown_run_is_refused_clearly() {
+    let f = fixture(ReadAccess::Open).await;
+    let running = f.state.store.job_runs("tick", Some(RunStatus::Running), None, 1).await.unwrap()[0].id;
+    let finished = f.state.store.job_runs("tick", Some(RunStatus::Succeeded), None, 1).await.unwrap()[0].id;
+    let bearer = format!("Bearer {TOKEN}");
+    let cancel = |id: i64, authorization: Option<&str>, body: &str| {
+        post(&format!("/api/runs/{id}/cancel"), authorization)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let refused = send(&f.state, cancel(running, None, "")).await;
+    assert_eq!((refused.status, refused.content_type.as_str()), (StatusCode::UNAUTHORIZED, "application/problem+json"));
+    let asked = send(&f.state, cancel(running, Some(&bearer), r#"{"reason": "wrong input"}"#)).await;
+    assert_eq!(asked.status, StatusCode::ACCEPTED, "{}", asked.body);
+    assert_eq!((asked.json()["id"].as_i64(), asked.json()["status"].as_str()), (Some(running), Some("running")));
+    let again = send(&f.state, cancel(running, Some(&bearer), "")).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    let pending = f.store.pending_cancels().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!((pending[0].run_id, pending[0].reason.as_str()), (running, "cancelled by admin (api): wrong input"));
+    let ended = send(&f.state, cancel(finished, Some(&bearer), "")).await;
+    assert_eq!((ended.status, ended.content_type.as_str()), (StatusCode::CONFLICT, "application/problem+json"));
+    assert!(ended.json()["detail"].as_str().unwrap().contains("has ended (succeeded)"), "{}", ended.body);
+    let unknown = send(&f.state, cancel(999_999, Some(&bearer), "")).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let garbled = send(&f.state, cancel(running, Some(&bearer), r#"{"why": 1}"#)).await;
+    assert_eq!(garbled.status, StatusCode::BAD_REQUEST);
+
+    // The page: the form while the run goes (with the session's anti-forgery value), none after.
+    let page = get(&f.state, &format!("/runs/{running}")).await;
+    assert!(page.body.contains(&format!("action=\"/runs/{running}/cancel\"")), "{}", page.body);
+    assert!(!get(&f.state, &format!("/runs/{finished}")).await.body.contains("/cancel\""));
+    let cookie = page.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let csrf = page.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let form = |csrf: &str| {
+        post(&format!("/runs/{running}/cancel"), Some(&basic(TOKEN)))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, &cookie)
+            .body(Body::from(format!("csrf={csrf}&reason=from+the+page")))
+            .unwrap()
+    };
+    assert_eq!(send(&f.state, form("forged")).await.status, StatusCode::FORBIDDEN);
+    let done = send(&f.state, form(&csrf)).await;
+    assert_eq!(
+        (done.status, done.headers[header::LOCATION].to_str().unwrap()),
+        (StatusCode::SEE_OTHER, &*format!("/runs/{running}"))
+    );
+    let finished_form = send(
+        &f.state,
+        post(&format!("/runs/{finished}/cancel"), Some(&basic(TOKEN)))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, &cookie)
+            .body(Body::from(format!("csrf={csrf}")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (finished_form.status, finished_form.content_type.starts_with("text/html")),
+        (StatusCode::CONFLICT, true)
+    );
+
+    // The leader acted: the row is `killed` with who and why, and its page says why.
+    let term = Term::for_tests(42, "cluster");
+    assert_eq!(f.store.apply_cancels(&term, &[running]).await.unwrap(), [running]);
+    let outcome = RunOutcome {
+        status: RunStatus::Killed,
+        exit_code: None,
+        http_status: None,
+        error: Some("cancelled by admin (api): wrong input".to_owned()),
+        output: String::new(),
+        began_at: None,
+        finished_at: Utc::now(),
+    };
+    f.store.finish_run(running, &outcome).await.unwrap();
+    let page = get(&f.state, &format!("/runs/{running}")).await;
+    let why = page.body.split("id=\"why\">").nth(1).unwrap().split("</dd>").next().unwrap();
+    assert_eq!(why, "cancelled by admin (api): wrong input");
+    assert_eq!(
+        get(&f.state, &format!("/api/runs/{running}")).await.json()["error"],
+        "cancelled by admin (api): wrong input"
+    );
 }
 
 #[tokio::test]
@@ -821,6 +913,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/jobs/{name}/trigger"),
     ("POST", "/api/jobs/{name}/backfill"),
     ("POST", "/jobs/{name}/{action}"),
+    ("POST", "/api/runs/{id}/cancel"),
+    ("POST", "/runs/{id}/cancel"),
     ("GET", "/api/jobs"),
     ("GET", "/api/jobs/{name}"),
     ("GET", "/api/jobs/{name}/runs"),
@@ -831,6 +925,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/backfills"),
     ("GET", "/api/backfills/{id}"),
     ("GET", "/api/runs/{id}"),
+    ("POST", "/api/runs/{id}/cancel"),
     ("GET", "/api/cluster"),
     ("GET", "/api/terms"),
     ("GET", "/api/openapi.json"),
@@ -839,6 +934,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/jobs/{name}"),
     ("POST", "/jobs/{name}/{action}"),
     ("GET", "/runs/{id}"),
+    ("POST", "/runs/{id}/cancel"),
     ("GET", "/terms"),
     ("GET", "/signin"),
     ("GET", "/static/app.css"),
@@ -971,6 +1067,12 @@ fn hostile_body(template: &str) -> BoxedStrategy<Vec<u8>> {
     let shaped = match template {
         "/api/jobs/{name}/backfill" => backfill_body().boxed(),
         "/api/jobs/{name}/trigger" => trigger_body().boxed(),
+        "/api/runs/{id}/cancel" => prop::option::of(hostile_text())
+            .prop_map(|reason| serde_json::json!({ "reason": reason }).to_string().into_bytes())
+            .boxed(),
+        "/runs/{id}/cancel" => (prop_oneof![3 => Just(CSRF.to_owned()), 1 => hostile_text()], hostile_text())
+            .prop_map(|(csrf, reason)| format!("csrf={csrf}&reason={reason}").into_bytes())
+            .boxed(),
         "/jobs/{name}/{action}" => {
             (prop_oneof![3 => Just(CSRF.to_owned()), 1 => hostile_text()], prop::option::of(hostile_text()))
                 .prop_map(|(csrf, key)| match key {

@@ -18,7 +18,8 @@ use super::common::{self, SlotHolder};
 use super::outbox;
 use super::{
     BackfillSlot, CONTROL_CHANNEL, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor,
-    Ledger, LedgerHistory, LiveNode, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
+    Ledger, LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots,
+    clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
@@ -45,33 +46,40 @@ impl Postgres {
         let slots: Vec<DateTime<Utc>> = claims.iter().map(|c| c.slot).collect();
         let triggers: Vec<&str> = claims.iter().map(|c| c.trigger.as_str()).collect();
         let hashes: Vec<&str> = claims.iter().map(|c| c.config_hash).collect();
-        let skips: Vec<bool> = claims.iter().map(|c| c.skip_if_running == SkipIfRunning::Yes).collect();
+        let skips: Vec<bool> = claims.iter().map(|c| c.skip_if_running != SkipIfRunning::No).collect();
+        // `ExceptOwn`: the leader's own runs of this term (it waits for them) do not count.
+        let own_waits: Vec<bool> = claims.iter().map(|c| c.skip_if_running == SkipIfRunning::ExceptOwn).collect();
         let claimed_at: Vec<DateTime<Utc>> = claims.iter().map(|c| c.claimed_at).collect();
         let requests: Vec<Option<i64>> = claims.iter().map(|c| c.trigger.request()).collect();
         let planned_at: Vec<DateTime<Utc>> = claims.iter().map(|c| c.planned_at).collect();
         // `forbid` counts runs started, and this term's own claims (they will start); an older
-        // term's claim that never started will not, and is being taken over.
+        // term's claim that never started will not, and is being taken over. A slot skipped says
+        // which run was still going.
         let rows = sqlx::query(
             "WITH current_fence AS (
                  SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
              ), wanted AS (
                  SELECT DISTINCT ON (job, slot) *
                  FROM unnest($3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[],
-                             $10::timestamptz[])
-                     AS w(job, slot, trigger, config_hash, skip, claimed_at, planned_at)
+                             $10::timestamptz[], $11::bool[])
+                     AS w(job, slot, trigger, config_hash, skip, claimed_at, planned_at, own_waits)
              ), claimed AS (
-                 INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at)
+                 INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at, error)
                  SELECT w.job, w.slot, w.trigger, $1, $2, w.config_hash,
-                        CASE WHEN w.skip AND EXISTS (
-                            SELECT 1 FROM runs r WHERE r.job = w.job AND r.status = 'running'
-                              AND (r.started_at IS NOT NULL OR r.term = $1)
-                        ) THEN 'skipped' ELSE 'running' END,
-                        w.claimed_at, w.planned_at
+                        CASE WHEN going.id IS NOT NULL THEN 'skipped' ELSE 'running' END,
+                        w.claimed_at, w.planned_at,
+                        'forbid: run ' || going.id || ' of this job was still going'
                  FROM current_fence, wanted w
+                 LEFT JOIN LATERAL (
+                     SELECT r.id FROM runs r WHERE w.skip AND r.job = w.job AND r.status = 'running'
+                       AND (r.started_at IS NOT NULL OR r.term = $1)
+                       AND NOT (w.own_waits AND r.term = $1 AND r.node = $2 AND r.executor IS NULL)
+                     ORDER BY r.id LIMIT 1
+                 ) going ON true
                  ON CONFLICT (job, slot) DO UPDATE
                      SET term = EXCLUDED.term, node = EXCLUDED.node, config_hash = EXCLUDED.config_hash,
                          status = EXCLUDED.status, claimed_at = EXCLUDED.claimed_at,
-                         planned_at = EXCLUDED.planned_at
+                         planned_at = EXCLUDED.planned_at, error = EXCLUDED.error
                      WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term < EXCLUDED.term
                  RETURNING job, slot, id, status, trigger
              ), cursors AS (
@@ -100,7 +108,8 @@ impl Postgres {
         .bind(&skips)
         .bind(&claimed_at)
         .bind(&requests)
-        .bind(&planned_at);
+        .bind(&planned_at)
+        .bind(&own_waits);
         let rows = match crate::testing::claim_hold() {
             None => rows.fetch_all(&self.pool).await?,
             Some(hold) => {
@@ -567,6 +576,43 @@ impl Ledger for Postgres {
     }
 
     /// Mark a trigger handled without a run (its job is not in the job file).
+    async fn pending_cancels(&self) -> Result<Vec<PendingCancel>, sqlx::Error> {
+        let rows = sqlx::query(common::PENDING_CANCELS).fetch_all(&self.pool).await?;
+        rows.iter().map(common::pending_cancel).collect()
+    }
+
+    async fn apply_cancels(&self, term: &Term, runs: &[i64]) -> Result<Vec<i64>, ClaimError> {
+        // An older term's claim never started has nobody to stop it: recorded `killed` here
+        // (a newer claim would otherwise take it over and run it).
+        let marked: Vec<i64> = sqlx::query_scalar(
+            "WITH current_fence AS (
+                 SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
+             )
+             UPDATE runs SET cancel_requested = true,
+                    status = CASE WHEN runs.started_at IS NULL AND runs.executor IS NULL AND runs.term < $1
+                                  THEN 'killed' ELSE runs.status END,
+                    finished_at = CASE WHEN runs.started_at IS NULL AND runs.executor IS NULL AND runs.term < $1
+                                       THEN now() ELSE runs.finished_at END,
+                    error = CASE WHEN runs.started_at IS NULL AND runs.executor IS NULL AND runs.term < $1
+                                 THEN runs.cancel_reason || ' before the run started' ELSE runs.error END
+             FROM current_fence
+             WHERE runs.id = ANY($2) AND runs.status = 'running' AND runs.cancel_reason IS NOT NULL
+               AND NOT runs.cancel_requested
+             RETURNING runs.id",
+        )
+        .bind(term.revision())
+        .bind(runs)
+        .fetch_all(&self.pool)
+        .await?;
+        if marked.is_empty() && !runs.is_empty() {
+            let fence = fence_in(&mut *self.pool.acquire().await?).await?;
+            if fence.term > term.revision() {
+                return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
+            }
+        }
+        Ok(marked)
+    }
+
     async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE triggers SET handled_at = now() WHERE id = $1")
             .bind(trigger_id)

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 
 use super::Postgres;
 use crate::config::Concurrency;
@@ -12,8 +13,8 @@ use crate::model::{Control, RunStatus};
 use crate::store::common::{self, run_columns};
 use crate::store::outbox;
 use crate::store::{
-    BackfillRecord, CONTROL_CHANNEL, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord,
-    TriggerRecord, TriggerRequest, clean_text,
+    BackfillRecord, CONTROL_CHANNEL, CancelAnswer, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord,
+    TermRecord, TriggerRecord, TriggerRequest, clean_text,
 };
 
 #[async_trait]
@@ -123,6 +124,33 @@ impl LedgerReads for Postgres {
         sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
         tx.commit().await?;
         common::trigger_record(&row)
+    }
+
+    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<CancelAnswer, sqlx::Error> {
+        // The request and the leader's wake-up commit together; a second request keeps the
+        // first one's reason.
+        let row = sqlx::query(
+            "WITH asked AS (
+                 UPDATE runs SET cancel_reason = COALESCE(cancel_reason, $2)
+                 WHERE id = $1 AND status = 'running'
+                 RETURNING job
+             )
+             SELECT job, pg_notify($3, job) FROM asked",
+        )
+        .bind(run_id)
+        .bind(clean_text(reason))
+        .bind(CONTROL_CHANNEL)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            return Ok(CancelAnswer::Asked { job: row.try_get("job")? });
+        }
+        let status =
+            sqlx::query("SELECT status FROM runs WHERE id = $1").bind(run_id).fetch_optional(&self.pool).await?;
+        Ok(match status {
+            Some(row) => CancelAnswer::Ended(common::status(&row, "status")?),
+            None => CancelAnswer::NoSuchRun,
+        })
     }
 
     async fn trigger_of_run(&self, run_id: i64) -> Result<Option<TriggerRecord>, sqlx::Error> {

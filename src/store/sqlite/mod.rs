@@ -23,7 +23,8 @@ use super::common::{self, LedgerRow, SlotHolder, micros};
 use super::outbox;
 use super::{
     BackfillSlot, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor, Ledger,
-    LedgerHistory, LiveNode, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
+    LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots,
+    clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
@@ -148,19 +149,23 @@ impl Ledger for Sqlite {
     async fn claim_run(&self, claim: &Claim<'_>) -> Result<Claimed, ClaimError> {
         let mut tx = self.pool.begin().await?;
         // As on PostgreSQL: `forbid` counts runs started and this term's own claims; an older
-        // term's claim that never started is taken over.
+        // term's claim that never started is taken over; a slot skipped says which run was going.
         let inserted = sqlx::query(
-            "INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at)
+            "INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at, error)
              SELECT ?1, ?2, ?7, ?3, ?4, ?5,
-                    CASE WHEN ?6 AND EXISTS (
-                        SELECT 1 FROM runs WHERE job = ?1 AND status = 'running'
-                          AND (started_at IS NOT NULL OR term = ?3)
-                    ) THEN 'skipped' ELSE 'running' END,
-                    ?8, ?9
-             FROM fence WHERE id = 1 AND term <= ?3
+                    CASE WHEN going.id IS NOT NULL THEN 'skipped' ELSE 'running' END,
+                    ?8, ?9,
+                    'forbid: run ' || going.id || ' of this job was still going'
+             FROM fence, (
+                 SELECT min(id) AS id FROM runs WHERE ?6 AND job = ?1 AND status = 'running'
+                   AND (started_at IS NOT NULL OR term = ?3)
+                   AND NOT (?10 AND term = ?3 AND node = ?4 AND executor IS NULL)
+             ) going
+             WHERE fence.id = 1 AND fence.term <= ?3
              ON CONFLICT (job, slot) DO UPDATE
                  SET term = excluded.term, node = excluded.node, config_hash = excluded.config_hash,
-                     status = excluded.status, claimed_at = excluded.claimed_at, planned_at = excluded.planned_at
+                     status = excluded.status, claimed_at = excluded.claimed_at, planned_at = excluded.planned_at,
+                     error = excluded.error
                  WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term < excluded.term
              RETURNING id, status",
         )
@@ -169,10 +174,12 @@ impl Ledger for Sqlite {
         .bind(claim.term.revision())
         .bind(claim.node)
         .bind(claim.config_hash)
-        .bind(claim.skip_if_running == SkipIfRunning::Yes)
+        .bind(claim.skip_if_running != SkipIfRunning::No)
         .bind(claim.trigger.as_str())
         .bind(micros(claim.claimed_at))
         .bind(micros(claim.planned_at))
+        // `ExceptOwn`: the leader's own runs of this term (it waits for them) do not count.
+        .bind(claim.skip_if_running == SkipIfRunning::ExceptOwn)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(request) = claim.trigger.request() {
@@ -432,6 +439,47 @@ impl Ledger for Sqlite {
 
     async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error> {
         sqlx::query(common::PENDING_TRIGGERS).fetch_all(&self.pool).await?.iter().map(common::trigger_record).collect()
+    }
+
+    async fn pending_cancels(&self) -> Result<Vec<PendingCancel>, sqlx::Error> {
+        let rows = sqlx::query(common::PENDING_CANCELS).fetch_all(&self.pool).await?;
+        rows.iter().map(common::pending_cancel).collect()
+    }
+
+    async fn apply_cancels(&self, term: &Term, runs: &[i64]) -> Result<Vec<i64>, ClaimError> {
+        // As on PostgreSQL: an older term's claim never started is recorded `killed` here.
+        let mut marked = Vec::new();
+        let mut tx = self.pool.begin().await?;
+        for run_id in runs {
+            let row = sqlx::query(
+                "UPDATE runs SET cancel_requested = 1,
+                        status = CASE WHEN started_at IS NULL AND executor IS NULL AND term < ?1
+                                      THEN 'killed' ELSE status END,
+                        finished_at = CASE WHEN started_at IS NULL AND executor IS NULL AND term < ?1
+                                           THEN ?3 ELSE finished_at END,
+                        error = CASE WHEN started_at IS NULL AND executor IS NULL AND term < ?1
+                                     THEN cancel_reason || ' before the run started' ELSE error END
+                 WHERE id = ?2 AND status = 'running' AND cancel_reason IS NOT NULL AND NOT cancel_requested
+                   AND (SELECT term FROM fence WHERE id = 1) <= ?1
+                 RETURNING id",
+            )
+            .bind(term.revision())
+            .bind(run_id)
+            .bind(micros(Utc::now()))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                marked.push(row.try_get("id")?);
+            }
+        }
+        tx.commit().await?;
+        if marked.is_empty() && !runs.is_empty() {
+            let fence = self.fence().await?;
+            if fence.term > term.revision() {
+                return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
+            }
+        }
+        Ok(marked)
     }
 
     async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error> {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 
 use super::Sqlite;
 use crate::config::Concurrency;
@@ -12,8 +13,8 @@ use crate::model::{Control, RunStatus};
 use crate::store::common::{self, micros, run_columns};
 use crate::store::outbox;
 use crate::store::{
-    BackfillRecord, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord, TriggerRecord,
-    TriggerRequest, clean_text,
+    BackfillRecord, CancelAnswer, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord,
+    TriggerRecord, TriggerRequest, clean_text,
 };
 
 #[async_trait]
@@ -109,6 +110,28 @@ impl LedgerReads for Sqlite {
         let row = sqlx::query(common::TRIGGER_BY_KEY).bind(job).bind(idempotency_key).fetch_one(&self.pool).await?;
         self.notify_controls();
         common::trigger_record(&row)
+    }
+
+    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<CancelAnswer, sqlx::Error> {
+        let row = sqlx::query(
+            "UPDATE runs SET cancel_reason = COALESCE(cancel_reason, ?2)
+             WHERE id = ?1 AND status = 'running'
+             RETURNING job",
+        )
+        .bind(run_id)
+        .bind(clean_text(reason))
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            self.notify_controls();
+            return Ok(CancelAnswer::Asked { job: row.try_get("job")? });
+        }
+        let status =
+            sqlx::query("SELECT status FROM runs WHERE id = ?1").bind(run_id).fetch_optional(&self.pool).await?;
+        Ok(match status {
+            Some(row) => CancelAnswer::Ended(common::status(&row, "status")?),
+            None => CancelAnswer::NoSuchRun,
+        })
     }
 
     async fn trigger_of_run(&self, run_id: i64) -> Result<Option<TriggerRecord>, sqlx::Error> {
