@@ -326,13 +326,15 @@ pub(super) fn uneven_steps(expression: &str, fields: &[&str]) -> Vec<UnevenStep>
                 Some(suffix) => format!("; for a fire every {step} {unit}s write `@every {step}{suffix}`"),
                 None => String::new(),
             };
+            // A term is short; a hostile file's (`*/000…045`) is cut for the message.
+            let term: String = term.chars().take(24).collect();
             found.push(UnevenStep {
-                term: term.to_owned(),
                 offset: here,
                 message: format!(
                     "`{term}` in the {field} field: the step does not divide {range}, so it restarts every {parent}: \
                      fires {fires} ({apart}), not every {step} {unit}s{meant}"
                 ),
+                term,
             });
         }
     }
