@@ -617,9 +617,10 @@ fn timeline(spans: &[(i64, String, DateTime<Utc>, DateTime<Utc>)], now: DateTime
 
 struct HourRow {
     label: String,
-    /// "680", or "680+" when a job was counted to the cap in it.
-    slots: String,
+    slots: u64,
     jobs: usize,
+    /// Jobs firing more than the cap in the hour (not in `slots`), or empty.
+    over_cap: String,
 }
 
 struct MinuteRow {
@@ -636,7 +637,7 @@ struct TimelinePage {
     to: String,
     jobs: usize,
     paused: usize,
-    slots: String,
+    slots: u64,
     hour_cap: u64,
     /// The jobs counted to the cap, named (the first 10, then how many more); empty when none.
     capped_jobs: String,
@@ -657,7 +658,6 @@ async fn timeline_page(State(state): State<AppState>, headers: HeaderMap) -> Res
         return Ok(Html(cached.to_string()));
     }
     let view = api::timeline_view(&state).await?;
-    let plus = |capped: bool| if capped { "+" } else { "" };
     let mut capped_jobs: Vec<String> = view.capped_jobs.iter().take(10).cloned().collect();
     if view.capped_jobs.len() > 10 {
         capped_jobs.push(format!("{} more", view.capped_jobs.len() - 10));
@@ -668,7 +668,7 @@ async fn timeline_page(State(state): State<AppState>, headers: HeaderMap) -> Res
         to: utc(view.to),
         jobs: view.jobs,
         paused: view.paused,
-        slots: format!("{}{}", view.slots, plus(view.capped)),
+        slots: view.slots,
         hour_cap: view.hour_cap,
         capped_jobs: capped_jobs.join(", "),
         chart: slots_chart(&view),
@@ -677,8 +677,9 @@ async fn timeline_page(State(state): State<AppState>, headers: HeaderMap) -> Res
             .iter()
             .map(|hour| HourRow {
                 label: hour.start.format("%a %H:00").to_string(),
-                slots: format!("{}{}", hour.slots, plus(hour.capped)),
+                slots: hour.slots,
                 jobs: hour.jobs,
+                over_cap: if hour.over_cap == 0 { String::new() } else { hour.over_cap.to_string() },
             })
             .collect(),
         minutes: view
@@ -713,15 +714,17 @@ fn slots_chart(view: &Timeline) -> String {
         let x = index as f64 * slot;
         let _ = write!(
             svg,
-            "<rect class=\"bar{}\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bar:.1}\"><title>{} · {}{} slots · {} jobs</title></rect>",
-            if hour.capped { " capped" } else { "" },
+            "<rect class=\"bar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bar:.1}\"><title>{} · {} slots · {} jobs{}</title></rect>",
             x + 1.0,
             top + height - bar,
             (slot - 2.0).max(1.0),
             hour.start.format("%H:00 UTC"),
             hour.slots,
-            if hour.capped { "+" } else { "" },
             hour.jobs,
+            match hour.over_cap {
+                0 => String::new(),
+                n => format!(" ({n} of them more than {} times, not in the slots)", view.hour_cap),
+            },
         );
         if index % 3 == 0 {
             let _ = write!(

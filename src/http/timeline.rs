@@ -4,8 +4,9 @@
 //!
 //! Bounded whatever the file: per distinct schedule (jobs sharing one are walked once) at most
 //! [`HOUR_CAP`] fires are walked in each hour, so 500 per-second jobs cost 24 x 61 steps each,
-//! not 86,400. A job past the cap in an hour is counted to the cap there, the hour marked, and
-//! left out of the minute counts (its fires after the cap are not known to the minute).
+//! not 86,400. A job past the cap in an hour fires all through it, a background rather than a
+//! cluster: it is counted apart there (`over_cap`, the job named in `capped_jobs`) and left out
+//! of the hour's slots and of the minute counts, so the bars show where the other slots bunch.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -55,9 +56,9 @@ pub struct Timeline {
     /// Jobs counted, and jobs left out because they are paused.
     pub jobs: usize,
     pub paused: usize,
-    /// Every slot counted (a lower bound when `capped`).
+    /// Every slot of the jobs within the cap in their hour.
     pub slots: u64,
-    /// Whether some job fired more than `hour_cap` times in some hour.
+    /// Whether some job fires more than `hour_cap` times in some hour.
     pub capped: bool,
     pub hour_cap: u64,
     /// The jobs counted to the cap somewhere, by name.
@@ -70,11 +71,12 @@ pub struct Timeline {
 #[derive(Debug, Clone, Serialize)]
 pub struct Hour {
     pub start: DateTime<Utc>,
-    /// Slots in the hour (a lower bound when `capped`).
+    /// Slots in the hour of the jobs firing at most `hour_cap` times in it.
     pub slots: u64,
-    /// How many jobs fire in it.
+    /// How many jobs fire in it, those past the cap included.
     pub jobs: usize,
-    pub capped: bool,
+    /// How many jobs fire more than `hour_cap` times in it (not in `slots`).
+    pub over_cap: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -86,8 +88,8 @@ pub struct Minute {
     pub more: usize,
 }
 
-/// One schedule's slots in the window: per hour (count, capped), and per minute of the window
-/// (hours past the cap left out).
+/// One schedule's slots in the window: per hour (count, past the cap: then the count is 0), and
+/// per minute of the window (hours past the cap left out).
 struct Counts {
     hours: [(u64, bool); HOURS],
     minutes: BTreeMap<u32, u64>,
@@ -110,7 +112,9 @@ fn count(schedule: &Schedule, from: DateTime<Utc>) -> Counts {
             minutes.push(((at - from).num_minutes()) as u32);
             next = schedule.next_after(at);
         }
-        if !counts.hours[hour].1 {
+        if counts.hours[hour].1 {
+            counts.hours[hour].0 = 0;
+        } else {
             for minute in minutes {
                 *counts.minutes.entry(minute).or_default() += 1;
             }
@@ -134,7 +138,7 @@ pub fn timeline(jobs: &JobSet, paused: &HashSet<String>, now: DateTime<Utc>) -> 
         counted.push((job.name.as_str(), key));
     }
     let mut hours: Vec<Hour> = (0..HOURS)
-        .map(|hour| Hour { start: from + TimeDelta::hours(hour as i64), slots: 0, jobs: 0, capped: false })
+        .map(|hour| Hour { start: from + TimeDelta::hours(hour as i64), slots: 0, jobs: 0, over_cap: 0 })
         .collect();
     let mut minutes: BTreeMap<u32, u64> = BTreeMap::new();
     let mut capped_jobs = Vec::new();
@@ -142,8 +146,8 @@ pub fn timeline(jobs: &JobSet, paused: &HashSet<String>, now: DateTime<Utc>) -> 
         let counts = &by_schedule[key];
         for (hour, &(slots, capped)) in hours.iter_mut().zip(&counts.hours) {
             hour.slots += slots;
-            hour.jobs += usize::from(slots > 0);
-            hour.capped |= capped;
+            hour.jobs += usize::from(slots > 0 || capped);
+            hour.over_cap += usize::from(capped);
         }
         if counts.hours.iter().any(|(_, capped)| *capped) {
             capped_jobs.push((*name).to_owned());
