@@ -713,3 +713,26 @@ mod words_against_fire_times {
         }
     }
 }
+
+#[test]
+fn only_steps_over_a_whole_field_that_do_not_divide_it_are_uneven() {
+    let uneven = |expression: &str| -> Vec<String> {
+        let schedule = Schedule::parse(expression, Tz::UTC).unwrap_or_else(|e| panic!("{expression}: {e}"));
+        schedule.uneven_steps().into_iter().map(|(_, step)| step.term).collect()
+    };
+    // Dividing steps, ranges the user chose, days of the month (no step divides months of 28 to
+    // 31 days), macros and `@every`: nothing to say.
+    for expression in ["*/15 * * * *", "0-30/7 * * * *", "5-59/15 * * * *", "0 0 */10 * *", "@daily", "@every 45m"] {
+        assert_eq!(uneven(expression), Vec::<String>::new(), "`{expression}`");
+    }
+    assert_eq!(uneven("*/45 0-59/45 */5 * */5 */2"), ["*/45", "0-59/45", "*/5", "*/5", "*/2"]);
+    let schedule = Schedule::parse("0 0 * */5 */2", Tz::UTC).unwrap();
+    let messages: Vec<String> = schedule.uneven_steps().into_iter().map(|(_, step)| step.message).collect();
+    assert!(messages[0].contains("fires in January, June and November (5 months apart, then 2"), "{}", messages[0]);
+    assert!(!messages[0].contains("@every"), "months vary in length: {}", messages[0]);
+    assert!(messages[1].contains("on Sunday, Tuesday, Thursday and Saturday"), "{}", messages[1]);
+    assert!(messages[1].contains("`@every 2d`"), "{}", messages[1]);
+    // Offsets locate the term in the expression.
+    let steps = Schedule::parse("0 */5 * * *", Tz::UTC).unwrap().uneven_steps();
+    assert_eq!(steps[0].1.offset, 2);
+}
