@@ -641,6 +641,8 @@ struct TimelinePage {
     hour_cap: u64,
     /// The jobs counted to the cap, named (the first 10, then how many more); empty when none.
     capped_jobs: String,
+    /// "fires" for one such job, "fire" for several.
+    capped_verb: &'static str,
     chart: String,
     hours: Vec<HourRow>,
     minutes: Vec<MinuteRow>,
@@ -670,6 +672,7 @@ async fn timeline_page(State(state): State<AppState>, headers: HeaderMap) -> Res
         paused: view.paused,
         slots: view.slots,
         hour_cap: view.hour_cap,
+        capped_verb: if view.capped_jobs.len() == 1 { "fires" } else { "fire" },
         capped_jobs: capped_jobs.join(", "),
         chart: slots_chart(&view),
         hours: view

@@ -1238,6 +1238,6 @@ async fn the_timeline_counts_every_jobs_slots_per_hour_and_says_where_it_capped(
     assert!(body.contains("<h1>Next 24 hours</h1>"), "{body}");
     assert_eq!(body.matches("<tr class=\"hour\">").count(), 24, "{body}");
     assert!(body.contains("every-second-0"), "the capped jobs are named: {body}");
-    assert!(body.contains("fire more than 60 times in an hour"), "the page says it capped: {body}");
+    assert!(body.contains("every-second-2 fire more than 60 times in an hour"), "the page says it capped: {body}");
     assert!(body.contains("<td>500</td><td>503</td><td>3</td>"), "the hour's jobs past the cap, apart: {body}");
 }
