@@ -70,6 +70,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
     let jobs = load_jobs_apart(&settings.jobs_path, settings.retain)
         .await
         .map_err(|errors| anyhow::anyhow!("{}", errors.summary(config::LOGGED_ERRORS)))?;
+    log_warnings(&jobs);
     let address = listener.local_addr().context("listener address")?;
     tracing::info!(node = %settings.node_id, %address, jobs = jobs.jobs().len(), hash = jobs.hash(), "starting");
 
@@ -177,6 +178,7 @@ pub async fn dev(
     let jobs = load_jobs_apart(&settings.jobs_path, settings.retain)
         .await
         .map_err(|errors| anyhow::anyhow!("{}", errors.summary(config::LOGGED_ERRORS)))?;
+    log_warnings(&jobs);
     let address = listener.local_addr().context("listener address")?;
     let ledger = store::Sqlite::open(&settings.ledger_path)
         .await
@@ -606,6 +608,7 @@ async fn watch_job_file(
             Ok(loaded) => {
                 metrics::counter!(metric::JOB_FILE_RELOADS, "result" => "success").increment(1);
                 tracing::info!(hash = loaded.hash(), jobs = loaded.jobs().len(), "job file changed; reloading");
+                log_warnings(&loaded);
                 let previous = jobs.borrow().hash().to_owned();
                 telemetry::job_file_loaded(
                     loaded.hash(),
@@ -624,6 +627,29 @@ async fn watch_job_file(
             }
         }
     }
+}
+
+/// A job file's warnings (a step that does not divide its field), one log event: the file
+/// loads and fires as written; the first `config::LOGGED_ERRORS` are listed, each located.
+fn log_warnings(jobs: &JobSet) {
+    let warnings = jobs.warnings();
+    if warnings.is_empty() {
+        return;
+    }
+    let mut listed: Vec<String> =
+        warnings.iter().take(config::LOGGED_ERRORS).map(config::ConfigError::as_warning).collect();
+    if warnings.len() > config::LOGGED_ERRORS {
+        listed.push(format!(
+            "... and {} more (`tenure validate` lists them all)",
+            warnings.len() - config::LOGGED_ERRORS
+        ));
+    }
+    tracing::warn!(
+        hash = jobs.hash(),
+        warnings = warnings.len(),
+        "the job file loads, but may not fire as meant:\n{}",
+        listed.join("\n")
+    );
 }
 
 /// [`load_jobs`] on a thread of its own, at a lower CPU priority (`JOB_FILE_NICENESS`): never on

@@ -3,6 +3,7 @@
 //! ledger, where the leader picks them up (a follower takes them just the same, nothing is
 //! forwarded).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::gate::BODY_LIMIT;
 use super::rejection::{Path, Query, Rejected};
+use super::timeline;
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, TermView};
 use super::{AppState, Problem};
 use crate::config::{Concurrency, Job, TargetKind};
@@ -29,6 +31,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/jobs", get(jobs))
         .route("/api/jobs/{name}", get(job))
         .route("/api/jobs/{name}/runs", get(job_runs))
+        .route("/api/jobs/{name}/next", get(job_next))
+        .route("/api/timeline", get(timeline))
         .route("/api/jobs/{name}/trigger", post(trigger))
         .route("/api/jobs/{name}/pause", post(pause))
         .route("/api/jobs/{name}/resume", post(resume))
@@ -293,6 +297,74 @@ async fn job(
 ) -> Result<Json<JobView>, Problem> {
     state.auth.read(&headers)?;
     Ok(Json(named_job(&state, &name).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct NextQuery {
+    pub count: Option<usize>,
+}
+
+/// `GET /api/jobs/{name}/next`: a job's next fire times, in its zone and in UTC.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct NextView {
+    pub job: String,
+    pub timezone: String,
+    pub description: String,
+    /// Paused now (by the file or an operator): none of `fires` fires until it is resumed.
+    pub paused: bool,
+    pub fires: Vec<timeline::Fire>,
+}
+
+/// The jobs paused now: by an operator, or by the file unless an operator resumed them.
+pub(super) async fn paused_jobs(state: &AppState, jobs: &crate::config::JobSet) -> Result<HashSet<String>, Problem> {
+    let controls = state.store.job_controls().await?;
+    Ok(jobs
+        .jobs()
+        .iter()
+        .filter(|job| controls.get(job.name.as_str()).map_or(job.paused, |control| control.paused))
+        .map(|job| job.name.as_str().to_owned())
+        .collect())
+}
+
+pub(super) async fn next_view(state: &AppState, name: &str, count: usize) -> Result<NextView, Problem> {
+    if count == 0 || count > timeline::MAX_UPCOMING {
+        return Err(Problem::bad_request(format!("count is 1 to {}", timeline::MAX_UPCOMING)));
+    }
+    let jobs = state.jobs.borrow().clone();
+    let job = jobs.get(name).ok_or_else(|| Problem::not_found(format!("no job `{name}` in the job file")))?;
+    let paused = paused_jobs(state, &jobs).await?.contains(name);
+    Ok(NextView {
+        job: name.to_owned(),
+        timezone: job.schedule.timezone().name().to_owned(),
+        description: job.schedule.describe(),
+        paused,
+        fires: timeline::upcoming(&job.schedule, Utc::now(), count),
+    })
+}
+
+async fn job_next(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<NextQuery>,
+) -> Result<Json<NextView>, Problem> {
+    state.auth.read(&headers)?;
+    Ok(Json(next_view(&state, &name, query.count.unwrap_or(timeline::UPCOMING)).await?))
+}
+
+/// The timeline of the current job file from now, computed off the async runtime (bounded:
+/// `timeline::HOUR_CAP`).
+pub(super) async fn timeline_view(state: &AppState) -> Result<timeline::Timeline, Problem> {
+    let jobs = state.jobs.borrow().clone();
+    let paused = paused_jobs(state, &jobs).await?;
+    tokio::task::spawn_blocking(move || timeline::timeline(&jobs, &paused, Utc::now())).await.map_err(|error| {
+        Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", "the timeline failed", &error)
+    })
+}
+
+async fn timeline(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<timeline::Timeline>, Problem> {
+    state.auth.read(&headers)?;
+    Ok(Json(timeline_view(&state).await?))
 }
 
 async fn job_runs(

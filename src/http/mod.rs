@@ -12,6 +12,7 @@ mod pages;
 mod protect;
 mod rejection;
 mod shed;
+pub mod timeline;
 pub mod tls;
 pub mod view;
 

@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use super::api::{self, RunQuery};
 use super::rejection::{Form, Path, Query};
+use super::timeline::{self, Timeline};
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, STRIP, ago, human_ms, in_zone, utc};
 use super::{AppState, BrowserSession, Problem};
 use crate::model::{Control, RunStatus, TriggerKind};
@@ -30,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/runs/{id}", get(run))
         .route("/runs/{id}/cancel", post(cancel))
         .route("/terms", get(terms))
+        .route("/timeline", get(timeline_page))
         .route("/signin", get(signin))
         .route("/static/app.css", get(|| async { asset("text/css; charset=utf-8", include_str!("static/app.css")) }))
         .route(
@@ -311,6 +313,17 @@ struct JobPage {
     next_page: Option<String>,
     /// The job's newest backfills and their progress.
     backfills: Vec<api::BackfillView>,
+    /// Its next fire times; each in its zone (when it is not UTC and not `?tz=utc`) and UTC.
+    upcoming: Vec<FireRow>,
+    show_local: bool,
+    /// `?tz=utc`: UTC alone.
+    utc_only: bool,
+    zone_is_utc: bool,
+}
+
+struct FireRow {
+    local: String,
+    utc: String,
 }
 
 #[derive(Deserialize)]
@@ -318,6 +331,8 @@ struct JobQuery {
     status: Option<String>,
     cursor: Option<String>,
     done: Option<String>,
+    /// `utc`: the next fire times in UTC alone.
+    tz: Option<String>,
 }
 
 async fn job(
@@ -343,6 +358,12 @@ async fn job(
         format!("/jobs/{name}?{status}cursor={cursor}")
     });
     let (next_local, next_utc) = next_times(&job);
+    let next = api::next_view(&state, &name, timeline::UPCOMING).await?;
+    let zone: chrono_tz::Tz = next.timezone.parse().unwrap_or(chrono_tz::UTC);
+    let upcoming =
+        next.fires.iter().map(|fire| FireRow { local: in_zone(fire.utc, zone), utc: utc(fire.utc) }).collect();
+    let utc_only = query.tz.as_deref() == Some("utc");
+    let zone_is_utc = zone == chrono_tz::UTC;
     let session = BrowserSession::of(&headers);
     let notice = match query.done.as_deref() {
         Some("trigger") => Some("Triggered: the leader runs it within a moment; it appears below as a manual run."),
@@ -382,6 +403,10 @@ async fn job(
         runs,
         next_page,
         backfills: state.store.backfills(Some(&name), 5).await?.into_iter().map(api::BackfillView::of).collect(),
+        upcoming,
+        show_local: !utc_only && !zone_is_utc,
+        utc_only,
+        zone_is_utc,
         job,
     })?;
     let mut response = page.into_response();
@@ -633,6 +658,134 @@ fn timeline(spans: &[(i64, String, DateTime<Utc>, DateTime<Utc>)], now: DateTime
         utc(first),
         row * spans.len() as f64 + 13.0
     );
+    svg
+}
+
+struct HourRow {
+    label: String,
+    slots: u64,
+    jobs: usize,
+    /// Jobs firing more than the cap in the hour (not in `slots`), or empty.
+    over_cap: String,
+}
+
+struct MinuteRow {
+    label: String,
+    slots: u64,
+    jobs: String,
+}
+
+#[derive(Template)]
+#[template(path = "timeline.html")]
+struct TimelinePage {
+    layout: Layout,
+    from: String,
+    to: String,
+    jobs: usize,
+    paused: usize,
+    slots: u64,
+    hour_cap: u64,
+    /// The jobs counted to the cap, named (the first 10, then how many more); empty when none.
+    capped_jobs: String,
+    /// "fires" for one such job, "fire" for several.
+    capped_verb: &'static str,
+    chart: String,
+    hours: Vec<HourRow>,
+    minutes: Vec<MinuteRow>,
+}
+
+/// `/timeline`: the next 24 clock hours of every job's slots, per hour, and the busiest minutes.
+async fn timeline_page(State(state): State<AppState>, headers: HeaderMap) -> Result<Html<String>, PageError> {
+    state.auth.read(&headers)?;
+    let key = "timeline".to_owned();
+    if let Some(cached) = state.pages.get(&key) {
+        return Ok(Html(cached.to_string()));
+    }
+    let _rendering = state.pages.rendering.lock().await;
+    if let Some(cached) = state.pages.get(&key) {
+        return Ok(Html(cached.to_string()));
+    }
+    let view = api::timeline_view(&state).await?;
+    let mut capped_jobs: Vec<String> = view.capped_jobs.iter().take(10).cloned().collect();
+    if view.capped_jobs.len() > 10 {
+        capped_jobs.push(format!("{} more", view.capped_jobs.len() - 10));
+    }
+    let html = render(&TimelinePage {
+        layout: Layout::new(&state, "Next 24 hours", "timeline"),
+        from: utc(view.from),
+        to: utc(view.to),
+        jobs: view.jobs,
+        paused: view.paused,
+        slots: view.slots,
+        hour_cap: view.hour_cap,
+        capped_verb: if view.capped_jobs.len() == 1 { "fires" } else { "fire" },
+        capped_jobs: capped_jobs.join(", "),
+        chart: slots_chart(&view),
+        hours: view
+            .hours
+            .iter()
+            .map(|hour| HourRow {
+                label: hour.start.format("%a %H:00").to_string(),
+                slots: hour.slots,
+                jobs: hour.jobs,
+                over_cap: if hour.over_cap == 0 { String::new() } else { hour.over_cap.to_string() },
+            })
+            .collect(),
+        minutes: view
+            .busiest_minutes
+            .iter()
+            .map(|minute| MinuteRow {
+                label: minute.start.format("%a %H:%M").to_string(),
+                slots: minute.slots,
+                jobs: match minute.more {
+                    0 => minute.jobs.join(", "),
+                    more => format!("{}, and {more} more", minute.jobs.join(", ")),
+                },
+            })
+            .collect(),
+    })?;
+    state.pages.put(key, Arc::from(html.0.as_str()));
+    Ok(html)
+}
+
+/// Slots per hour as bars, inline SVG scaled to its box (the hours' table below says the same).
+fn slots_chart(view: &Timeline) -> String {
+    let (width, height, top, bottom) = (720.0, 120.0, 14.0, 16.0);
+    let most = view.hours.iter().map(|hour| hour.slots).max().unwrap_or(0).max(1) as f64;
+    let slot = width / view.hours.len().max(1) as f64;
+    let mut svg = format!(
+        "<svg viewBox=\"0 0 {width} {}\" role=\"img\" aria-label=\"slots per hour over the next 24 hours\" width=\"100%\" class=\"slots-chart\">",
+        height + top + bottom
+    );
+    let _ = write!(svg, "<text x=\"0\" y=\"10\">most {}</text>", most as u64);
+    for (index, hour) in view.hours.iter().enumerate() {
+        let bar = if hour.slots == 0 { 0.0 } else { (hour.slots as f64 / most * height).max(1.0) };
+        let x = index as f64 * slot;
+        let _ = write!(
+            svg,
+            "<rect class=\"bar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bar:.1}\"><title>{} · {} slots · {} jobs{}</title></rect>",
+            x + 1.0,
+            top + height - bar,
+            (slot - 2.0).max(1.0),
+            hour.start.format("%H:00 UTC"),
+            hour.slots,
+            hour.jobs,
+            match hour.over_cap {
+                0 => String::new(),
+                n => format!(" ({n} of them more than {} times, not in the slots)", view.hour_cap),
+            },
+        );
+        if index % 3 == 0 {
+            let _ = write!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+                x + 1.0,
+                top + height + 13.0,
+                hour.start.format("%H:00")
+            );
+        }
+    }
+    svg.push_str("</svg>");
     svg
 }
 

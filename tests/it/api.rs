@@ -176,6 +176,8 @@ async fn jobs_cluster_and_terms_read_as_json() {
         "/api/cluster",
         "/api/terms",
         "/api/openapi.json",
+        "/api/jobs/{name}/next",
+        "/api/timeline",
     ] {
         assert!(paths.iter().any(|p| p == path), "{path} missing from the OpenAPI document");
     }
@@ -1232,4 +1234,112 @@ fn every_route_answers_generated_input_with_a_success_or_a_clear_client_error() 
     if let Err(failure) = outcome {
         panic!("{failure}");
     }
+}
+
+/// A job's next ten fire times, in its zone and in UTC: from the API and on its page (both
+/// columns, or UTC alone with `?tz=utc`, a link and no script).
+#[tokio::test]
+async fn a_job_shows_its_next_ten_fire_times_in_its_zone_and_in_utc() {
+    let f = fixture(ReadAccess::Open).await;
+    let next = get(&f.state, "/api/jobs/berlin/next").await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.body);
+    let next = next.json();
+    assert_eq!((next["timezone"].as_str(), next["paused"].as_bool()), (Some("Europe/Berlin"), Some(true)));
+    let fires = next["fires"].as_array().unwrap();
+    assert_eq!(fires.len(), 10, "{next}");
+    for pair in fires.windows(2) {
+        let (a, b) = (pair[0]["utc"].as_str().unwrap(), pair[1]["utc"].as_str().unwrap());
+        assert!(a < b, "in time order: {a} then {b}");
+    }
+    // 02:30 in Berlin is 00:30 or 01:30 UTC, as daylight saving has it.
+    for fire in fires {
+        let (local, utc) = (fire["local"].as_str().unwrap(), fire["utc"].as_str().unwrap());
+        assert!(
+            local.contains("T02:30:00+01:00") || local.contains("T02:30:00+02:00") || local.contains("T03:00:00+02:00"),
+            "{local}"
+        );
+        let same =
+            chrono::DateTime::parse_from_rfc3339(local).unwrap() == chrono::DateTime::parse_from_rfc3339(utc).unwrap();
+        assert!(same, "{local} is {utc}");
+    }
+    assert_eq!(get(&f.state, "/api/jobs/berlin/next?count=3").await.json()["fires"].as_array().unwrap().len(), 3);
+    assert_eq!(get(&f.state, "/api/jobs/berlin/next?count=1000").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(get(&f.state, "/api/jobs/nope/next").await.status, StatusCode::NOT_FOUND);
+
+    let page = get(&f.state, "/jobs/berlin").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let upcoming = section(&page.body, "upcoming");
+    assert!(
+        upcoming.contains("<th scope=\"col\">Europe/Berlin</th>") && upcoming.contains("<th scope=\"col\">UTC</th>"),
+        "{upcoming}"
+    );
+    assert_eq!(upcoming.matches("<tr class=\"fire\">").count(), 10, "{upcoming}");
+    let first = fires[0]["utc"].as_str().unwrap().replace('T', " ").replace('Z', "");
+    assert!(upcoming.contains(&first[..16]), "{first} in {upcoming}");
+    assert!(upcoming.contains("paused"), "a paused job's times say it is paused: {upcoming}");
+    assert!(upcoming.contains("href=\"/jobs/berlin?tz=utc#upcoming\""), "{upcoming}");
+    let utc_page = get(&f.state, "/jobs/berlin?tz=utc").await;
+    let utc_only = section(&utc_page.body, "upcoming");
+    assert!(!utc_only.contains("<th scope=\"col\">Europe/Berlin</th>"), "{utc_only}");
+    assert_eq!(utc_only.matches("<tr class=\"fire\">").count(), 10, "{utc_only}");
+    assert!(utc_only.contains("href=\"/jobs/berlin#upcoming\""), "{utc_only}");
+}
+
+/// The element with `id` and what follows it up to its closing `</section>`.
+fn section<'a>(body: &'a str, id: &str) -> &'a str {
+    let start = body.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id} in {body}"));
+    let end = body[start..].find("</section>").map_or(body.len(), |end| start + end);
+    &body[start..end]
+}
+
+/// The next 24 hours of every job's slots, per clock hour, with the busiest minutes: 520 jobs,
+/// three of them per second. A job firing more than 60 times in an hour is walked no further
+/// there (never millions of slots enumerated) and counted apart, and the page says so.
+#[tokio::test]
+async fn the_timeline_counts_every_jobs_slots_per_hour_and_says_where_it_capped() {
+    let f = fixture(ReadAccess::Open).await;
+    let mut yaml = String::from("jobs:\n");
+    for i in 0..500 {
+        yaml.push_str(&format!("  - {{ name: hourly-{i}, schedule: '0 * * * *', shell: 'true' }}\n"));
+    }
+    for i in 0..3 {
+        yaml.push_str(&format!("  - {{ name: every-second-{i}, schedule: '* * * * * *', shell: 'true' }}\n"));
+    }
+    for i in 0..16 {
+        yaml.push_str(&format!("  - {{ name: nightly-{i}, schedule: '30 2 * * *', shell: 'true' }}\n"));
+    }
+    yaml.push_str("  - { name: resting, schedule: '0 * * * *', shell: 'true', paused: true }\n");
+    let mut state = f.state.clone();
+    state.jobs = watch::channel(Arc::new(tenure::config::parse(&yaml, "jobs.yaml").unwrap())).1;
+
+    let timeline = get(&state, "/api/timeline").await;
+    assert_eq!(timeline.status, StatusCode::OK, "{}", timeline.body);
+    let timeline = timeline.json();
+    assert_eq!((timeline["jobs"].as_u64(), timeline["paused"].as_u64()), (Some(519), Some(1)), "{timeline}");
+    let hours = timeline["hours"].as_array().unwrap();
+    assert_eq!(hours.len(), 24);
+    for hour in hours {
+        let start: chrono::DateTime<Utc> = hour["start"].as_str().unwrap().parse().unwrap();
+        let nightly = if start.format("%H").to_string() == "02" { 16 } else { 0 };
+        // 500 hourly and the nightly ones at 02:30; the 3 per-second ones apart.
+        assert_eq!(hour["slots"].as_u64(), Some(500 + nightly), "{hour}");
+        assert_eq!(hour["over_cap"].as_u64(), Some(3), "{hour}");
+        assert_eq!(hour["jobs"].as_u64(), Some(503 + nightly), "{hour}");
+    }
+    assert_eq!(timeline["capped_jobs"], serde_json::json!(["every-second-0", "every-second-1", "every-second-2"]));
+    // The busiest minutes are the tops of the hours, 500 jobs each; capped jobs are left out.
+    let busiest = &timeline["busiest_minutes"][0];
+    assert_eq!(busiest["slots"].as_u64(), Some(500), "{busiest}");
+    assert!(busiest["start"].as_str().unwrap().ends_with(":00:00Z"), "{busiest}");
+    assert_eq!(busiest["jobs"].as_array().unwrap().len(), 5, "the first few named: {busiest}");
+    assert_eq!(busiest["more"].as_u64(), Some(495), "{busiest}");
+
+    let page = get(&state, "/timeline").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let body = &page.body;
+    assert!(body.contains("<h1>Next 24 hours</h1>"), "{body}");
+    assert_eq!(body.matches("<tr class=\"hour\">").count(), 24, "{body}");
+    assert!(body.contains("every-second-0"), "the capped jobs are named: {body}");
+    assert!(body.contains("every-second-2 fire more than 60 times in an hour"), "the page says it capped: {body}");
+    assert!(body.contains("<td>500</td><td>503</td><td>3</td>"), "the hour's jobs past the cap, apart: {body}");
 }
