@@ -233,10 +233,12 @@ async fn migrate_on(migrator: &sqlx::migrate::Migrator, conn: &mut sqlx::PgConne
             .execute(&mut *conn)
             .await?;
     }
-    for migration in migrator.iter() {
-        let lock_timeout = if migration.no_tx { "SET lock_timeout = 0" } else { "SET lock_timeout = '5s'" };
+    let steps: Vec<(i64, bool)> = migrator.iter().map(|migration| (migration.version, migration.no_tx)).collect();
+    for (version, no_tx) in steps {
+        let lock_timeout = if no_tx { "SET lock_timeout = 0" } else { "SET lock_timeout = '5s'" };
         sqlx::raw_sql(lock_timeout).execute(&mut *conn).await?;
-        migrator.run_to(migration.version, &mut *conn).await?;
+        // `run_to` on a connection: its `Acquire` bound makes this future not `Send`.
+        migrator.run_direct(Some(version), &mut *conn, false).await?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, DurationRound, TimeZone, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor};
 use tenure::model::RunStatus;
@@ -259,4 +259,121 @@ async fn the_embedded_ledger_prunes_by_index_and_gives_the_space_back() {
         "the ledger file still holds {after} pages of {before} after two thirds of its rows went"
     );
     conn.close().await.unwrap();
+}
+
+/// One job firing every second, nothing else.
+const EVERY_SECOND: &str = r#"
+jobs:
+  - name: tick
+    schedule: "* * * * * *"
+    shell: "true"
+"#;
+
+/// The ledger as the release before these migrations left it: their indexes absent, the old
+/// ones present, the migrations unrecorded.
+const SCHEMA_BEFORE_AGES: &str =
+    "DROP INDEX runs_job_status_slot; DROP INDEX triggers_run; DROP INDEX notifications_created;
+     CREATE INDEX runs_job_status ON runs (job, status);
+     CREATE INDEX runs_job_slot_desc ON runs (job, slot DESC, id DESC);
+     DELETE FROM _sqlx_migrations WHERE version > 9;";
+
+/// The migration onto an aged ledger runs while its leader fires: a concurrent index build, then
+/// the duplicates dropped, none of which holds up a claim. Interrupted in the middle of the index
+/// build (its session ended, as by a crash), it is run again and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_an_aged_ledger_keeps_firing_and_resumes_when_interrupted() {
+    let cluster = crate::cluster::Cluster::start_with(1, EVERY_SECOND, crate::cluster::Options::default()).await;
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let options: PgConnectOptions = cluster.database_url.parse().expect("a database URL");
+    let mut conn = options.connect().await.expect("connect");
+    sqlx::raw_sql(SCHEMA_BEFORE_AGES).execute(&mut conn).await.expect("the schema before");
+    conn.execute("SET session_replication_role = replica").await.expect("no triggers");
+    sqlx::query(GENERATE_POSTGRES)
+        .bind(newest())
+        .bind(ROWS)
+        .bind(JOBS)
+        .bind(STEP_SECONDS as f64)
+        .execute(&mut conn)
+        .await
+        .expect("generate the history");
+    conn.execute("SET session_replication_role = origin; ANALYZE runs").await.expect("analyze");
+
+    let pool = tenure::store::connect(&cluster.database_url).await.expect("connect");
+    let from = Utc::now();
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move { tenure::store::migrate(&pool).await }
+    });
+    // The first attempt ends in the middle of building the index, its session terminated.
+    let mut ended = false;
+    for _ in 0..2_000 {
+        let building: Option<i32> = sqlx::query_scalar(
+            "SELECT p.pid FROM pg_stat_progress_create_index p JOIN pg_class i ON i.oid = p.index_relid
+             WHERE i.relname = 'runs_job_status_slot'",
+        )
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+        if let Some(pid) = building {
+            ended = sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&mut conn).await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ended, "the index build was seen and its session ended");
+    let error = first.await.unwrap().expect_err("the interrupted migration fails");
+    assert!(error.is_transient(), "an interrupted migration is retried at start-up: {error}");
+    let invalid: Vec<String> =
+        sqlx::query_scalar("SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(invalid, ["runs_job_status_slot"], "the interrupted build left its index unfinished");
+
+    tenure::store::migrate(&pool).await.expect("the migration resumes and completes");
+    let to = Utc::now();
+    let indexes: Vec<String> =
+        sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE tablename = 'runs' ORDER BY indexname")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        indexes,
+        ["runs_executing", "runs_job_slot_key", "runs_job_status_slot", "runs_pkey", "runs_running", "runs_unstarted"]
+    );
+    let invalid: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(invalid, 0);
+
+    // Every second of the migration fired, on time.
+    let first_slot = from.duration_trunc(chrono::TimeDelta::seconds(1)).unwrap() + chrono::TimeDelta::seconds(1);
+    let last_slot = to.duration_trunc(chrono::TimeDelta::seconds(1)).unwrap();
+    crate::harness::wait_for("the migration's last slot ran", Duration::from_secs(15), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM runs WHERE job = 'tick' AND slot = $1 AND status <> 'running'",
+        )
+        .bind(last_slot)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+    let fired: Vec<(DateTime<Utc>, String, Option<i64>)> = sqlx::query_as(
+        "SELECT slot, status, (extract(epoch FROM began_at - COALESCE(planned_at, slot)) * 1000)::bigint
+         FROM runs WHERE job = 'tick' AND slot BETWEEN $1 AND $2 ORDER BY slot",
+    )
+    .bind(first_slot)
+    .bind(last_slot)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let seconds = (last_slot - first_slot).num_seconds() + 1;
+    assert!(seconds >= 2, "the migration took {seconds} s");
+    assert_eq!(fired.len() as i64, seconds, "every second from {first_slot} to {last_slot} fired: {fired:?}");
+    for (slot, status, late_ms) in &fired {
+        assert_eq!(status, "succeeded", "{slot}");
+        let late_ms = late_ms.unwrap_or_else(|| panic!("{slot} has no begin"));
+        assert!(late_ms < 1_000, "{slot} began {late_ms} ms late, during the migration");
+    }
 }
