@@ -469,7 +469,8 @@ async fn connect_coordinator_with_retry(
 
 /// Ledger retention: the leader deletes finished rows older than their job's `retain` (or
 /// `--retain`), a thousand at a time with a pause between batches, so pruning never holds up
-/// claims.
+/// claims; each batch costs what it deletes (`Ledger::prune_runs`). A cycle that fails is
+/// counted (`tenure_ledger_prune_failures_total`, alerted on) and tried again a minute later.
 async fn prune_ledger(
     store: Store,
     retain: Duration,
@@ -497,6 +498,7 @@ async fn prune_ledger(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(error) => {
+                    metrics::counter!(metric::PRUNE_FAILURES).increment(1);
                     tracing::warn!(%error, "ledger pruning failed; retrying later");
                     break;
                 }

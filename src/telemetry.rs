@@ -71,6 +71,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (metric::DATABASE_REACHABLE, Kind::Gauge, "1 while the database answers this replica"),
     (metric::JOB_FILE_RELOADS, Kind::Counter, "Job file reloads by result (success or failure)"),
     (metric::RUNS_PRUNED, Kind::Counter, "Ledger rows removed by retention"),
+    (metric::PRUNE_FAILURES, Kind::Counter, "Retention cycles of the leader that failed on a database error"),
     (metric::RUNS_LOST, Kind::Counter, "Runs recorded lost: started, then their replica vanished"),
     (metric::RUNS, Kind::Counter, "Runs ended, by job and status"),
     (metric::MISSED_SLOTS, Kind::Counter, "Slots not run per the job's catch-up policy or starting deadline, by job"),
@@ -118,6 +119,7 @@ pub fn job_file_loaded<'a>(hash: &str, previous_hash: Option<&str>, jobs: impl I
     metrics::gauge!(metric::JOB_FILE_INFO, "hash" => hash.to_owned()).set(1.0);
     metrics::counter!(metric::RUNS_LOST).increment(0);
     metrics::counter!(metric::FORGOTTEN_STARTS).increment(0);
+    metrics::counter!(metric::PRUNE_FAILURES).increment(0);
     for reason in ["fenced", "already_claimed"] {
         metrics::counter!(metric::CLAIMS_REJECTED, "reason" => reason).increment(0);
     }
@@ -200,6 +202,8 @@ pub mod metric {
     /// Label `result`: `success` or `failure`.
     pub const JOB_FILE_RELOADS: &str = "tenure_job_file_reloads_total";
     pub const RUNS_PRUNED: &str = "tenure_runs_pruned_total";
+    /// Retention cycles cut short by a database error (the rest waits for the next cycle).
+    pub const PRUNE_FAILURES: &str = "tenure_ledger_prune_failures_total";
     pub const RUNS_LOST: &str = "tenure_runs_lost_total";
     /// Labels `job` and `status`.
     pub const RUNS: &str = "tenure_runs_total";

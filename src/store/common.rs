@@ -39,28 +39,6 @@ pub(super) const RUN: &str = concat!("SELECT ", run_columns!(), " FROM runs WHER
 
 pub(super) const ALL_RUNS: &str = concat!("SELECT ", run_columns!(), " FROM runs ORDER BY slot, job");
 
-/// Up to `$2` finished rows whose slot and claim are before their job's limit (`$1`, or the
-/// job's own in `$3`/`$4` (PostgreSQL) or the JSON object `$3` (SQLite): see each backend), in
-/// one short statement so claims are never blocked for long. A backfill's rows (an old slot
-/// claimed lately) stay for the retention after their claim. Each job's newest row stays: the
-/// dashboard's last run (the cursor is kept apart, in `job_cursors`, never pruned).
-macro_rules! prune_runs {
-    ($limit:literal) => {
-        concat!(
-            "DELETE FROM runs WHERE id IN (
-                 SELECT r.id FROM runs r
-                 WHERE r.status <> 'running' AND r.slot < ",
-            $limit,
-            " AND r.claimed_at < ",
-            $limit,
-            " AND r.slot < (SELECT max(slot) FROM runs newest WHERE newest.job = r.job)
-                 LIMIT $2
-             )"
-        )
-    };
-}
-pub(super) use prune_runs;
-
 /// Backfill slots whose row has not started: none yet, or a backfill claim never started (a
 /// dead leader's, taken over by the next claim). Oldest backfill first, at most `$1`.
 pub(super) const PENDING_BACKFILL_SLOTS: &str = "SELECT q.backfill_id, q.job, q.slot FROM backfill_slots q

@@ -59,6 +59,7 @@ contract!(a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a
 contract!(the_ledger_tells_which_of_a_terms_starts_it_holds);
 contract!(an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger);
 contract!(each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move);
+contract!(a_longer_retain_holds_and_a_job_gone_from_the_file_keeps_the_ledgers_in_bounded_batches);
 contract!(idempotency_keys_are_scoped_per_job);
 contract!(a_trigger_is_handled_only_by_the_claim_of_its_slot);
 contract!(a_resume_that_ends_a_pause_records_when);
@@ -1177,4 +1178,42 @@ async fn a_late_notification_counts_from_the_planned_start_not_the_slot(store: S
     assert_eq!(told(jittered).await, Vec::<String>::new(), "a jittered start is not late");
     assert_eq!(told(backfill).await, Vec::<String>::new(), "a backfill's start is not late");
     assert_eq!(told(late).await, ["late"]);
+}
+
+async fn a_longer_retain_holds_and_a_job_gone_from_the_file_keeps_the_ledgers_in_bounded_batches(
+    store: Store,
+    reads: Reads,
+) {
+    let term = Term::for_tests(1, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    for job in ["gone", "long", "plain"] {
+        for second in 0..10 {
+            let at = Claim { claimed_at: slot(second), ..claim(job, slot(second), &term, "n") };
+            let claimed = store.claim_run(&at).await.unwrap();
+            store.finish_run(claimed.run_id, &succeeded(slot(second))).await.unwrap();
+        }
+    }
+    // The ledger keeps rows from second 6 on; `long` its own, from second 2 on; `gone` is in no
+    // job file, so the ledger's retention is its.
+    let retention = Retention {
+        default_before: slot(6),
+        per_job: vec![("long".to_owned(), slot(2)), ("plain".to_owned(), slot(6))],
+    };
+    let mut batches = Vec::new();
+    loop {
+        let pruned = store.prune_runs(&retention, 4).await.unwrap();
+        batches.push(pruned);
+        if pruned == 0 {
+            break;
+        }
+    }
+    assert!(batches.iter().all(|pruned| *pruned <= 4), "every batch within its bound: {batches:?}");
+    assert_eq!(batches.iter().sum::<u64>(), 6 + 2 + 6);
+    let mut left: Vec<(String, u32)> =
+        reads.all_runs().await.unwrap().into_iter().map(|r| (r.job, chrono::Timelike::second(&r.slot))).collect();
+    left.sort();
+    let mut want: Vec<(String, u32)> = (6..10).map(|s| ("gone".to_owned(), s)).collect();
+    want.extend((2..10).map(|s| ("long".to_owned(), s)));
+    want.extend((6..10).map(|s| ("plain".to_owned(), s)));
+    assert_eq!(left, want);
 }

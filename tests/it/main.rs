@@ -53,6 +53,8 @@ mod lateness;
 mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
 mod ledger;
+/// A ledger of a million rows: pruning and history pages read what they use, space goes back.
+mod ledger_ages;
 /// The execution part of the ledger contract: acceptance, renewal, give-up, cancel.
 mod ledger_execution;
 /// The notification outbox's part of the ledger contract.

@@ -507,20 +507,41 @@ impl Ledger for Postgres {
         Ok(result.rows_affected())
     }
 
+    /// One statement whose cost follows the rows it deletes: the jobs the ledger holds are
+    /// found by skipping through `runs_job_slot_key` (one probe a job), and each job's rows
+    /// older than its limit and than its newest row are read off the same index, oldest first,
+    /// until the batch is full. With nothing to delete, a few probes a job.
     async fn prune_runs(&self, retention: &Retention, batch: i64) -> Result<u64, sqlx::Error> {
         let jobs: Vec<&str> = retention.per_job.iter().map(|(job, _)| job.as_str()).collect();
         let before: Vec<DateTime<Utc>> = retention.per_job.iter().map(|(_, before)| *before).collect();
-        let result = sqlx::query(common::prune_runs!(
-            "COALESCE((SELECT p.before FROM unnest($3::text[], $4::timestamptz[]) AS p(job, before)
-                       WHERE p.job = r.job), $1)"
-        ))
+        let result = sqlx::query(
+            "WITH RECURSIVE jobs(job) AS (
+                 SELECT min(job) FROM runs
+                 UNION ALL
+                 SELECT (SELECT min(r.job) FROM runs r WHERE r.job > jobs.job) FROM jobs WHERE jobs.job IS NOT NULL
+             ), limits AS (
+                 SELECT jobs.job, COALESCE(p.before, $1) AS before,
+                        (SELECT max(n.slot) FROM runs n WHERE n.job = jobs.job) AS newest
+                 FROM jobs LEFT JOIN unnest($3::text[], $4::timestamptz[]) AS p(job, before) ON p.job = jobs.job
+                 WHERE jobs.job IS NOT NULL
+             ), doomed AS (
+                 SELECT d.id FROM limits CROSS JOIN LATERAL (
+                     SELECT r.id FROM runs r
+                     WHERE r.job = limits.job AND r.slot < LEAST(limits.before, limits.newest)
+                       AND r.claimed_at < limits.before AND r.status <> 'running'
+                     ORDER BY r.slot LIMIT $2
+                 ) d
+                 LIMIT $2
+             )
+             DELETE FROM runs WHERE id = ANY (ARRAY(SELECT id FROM doomed))",
+        )
         .bind(retention.default_before)
         .bind(batch)
         .bind(&jobs)
         .bind(&before)
         .execute(&self.pool)
         .await?;
-        sqlx::query(outbox::PRUNE_NOTIFICATIONS).bind(retention.default_before).execute(&self.pool).await?;
+        sqlx::query(outbox::PRUNE_NOTIFICATIONS).bind(retention.default_before).bind(batch).execute(&self.pool).await?;
         Ok(result.rows_affected())
     }
 

@@ -40,31 +40,40 @@ impl LedgerReads for Postgres {
         before: Option<RunCursor>,
         limit: i64,
     ) -> Result<Vec<RunRecord>, sqlx::Error> {
-        // Keyset pagination on the (job, slot DESC, id DESC) index: as fast on page 1,000 as on 1.
-        sqlx::query(concat!(
-            "SELECT ",
-            run_columns!(brief),
-            " FROM runs WHERE job = $1 AND ($2::text IS NULL OR status = $2)
-               AND ($3::timestamptz IS NULL OR (slot, id) < ($3, $4))
-             ORDER BY slot DESC, id DESC LIMIT $5"
-        ))
-        .bind(job)
-        .bind(status.map(RunStatus::as_str))
-        .bind(before.map(|cursor| cursor.slot))
-        .bind(before.map_or(0, |cursor| cursor.id))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(common::run_record)
-        .collect()
+        // Keyset pagination, one statement per case so that every plan, generic ones included,
+        // has the job, the status and the cursor as index conditions: `runs_job_slot_key`
+        // (job, slot) or `runs_job_status_slot` (job, status, slot), read backwards from the
+        // cursor, as fast on page 1,000 as on 1. A job has one row per slot, so the slot alone
+        // orders its rows and places the cursor.
+        macro_rules! page {
+            ($filter:literal) => {
+                concat!(
+                    "SELECT ",
+                    run_columns!(brief),
+                    " FROM runs WHERE job = $1 ",
+                    $filter,
+                    " ORDER BY slot DESC LIMIT $2"
+                )
+            };
+        }
+        let query = match (status, before) {
+            (None, None) => sqlx::query(page!("")).bind(job).bind(limit),
+            (None, Some(cursor)) => sqlx::query(page!("AND slot < $3")).bind(job).bind(limit).bind(cursor.slot),
+            (Some(status), None) => sqlx::query(page!("AND status = $3")).bind(job).bind(limit).bind(status.as_str()),
+            (Some(status), Some(cursor)) => sqlx::query(page!("AND status = $3 AND slot < $4"))
+                .bind(job)
+                .bind(limit)
+                .bind(status.as_str())
+                .bind(cursor.slot),
+        };
+        query.fetch_all(&self.pool).await?.iter().map(common::run_record).collect()
     }
 
     async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error> {
         let rows = sqlx::query(concat!(
             "SELECT r.* FROM unnest($1::text[]) AS j(name) CROSS JOIN LATERAL (SELECT ",
             run_columns!(brief),
-            " FROM runs WHERE runs.job = j.name ORDER BY slot DESC, id DESC LIMIT $2) r"
+            " FROM runs WHERE runs.job = j.name ORDER BY slot DESC LIMIT $2) r"
         ))
         .bind(jobs)
         .bind(per_job)

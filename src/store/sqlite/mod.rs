@@ -391,18 +391,47 @@ impl Ledger for Sqlite {
         Ok(result.rows_affected())
     }
 
+    /// Job by job (found by skipping through the (job, slot) key), each job's rows older than
+    /// its limit and than its newest row read off that key, oldest first, until the batch is
+    /// full: what it costs follows what it deletes. The pages freed go back to the file system
+    /// (`auto_vacuum = INCREMENTAL`).
     async fn prune_runs(&self, retention: &Retention, batch: i64) -> Result<u64, sqlx::Error> {
-        let per_job: serde_json::Map<String, serde_json::Value> =
-            retention.per_job.iter().map(|(job, before)| (job.clone(), micros(*before).into())).collect();
-        let result =
-            sqlx::query(common::prune_runs!("COALESCE((SELECT value FROM json_each($3) WHERE key = r.job), $1)"))
-                .bind(micros(retention.default_before))
-                .bind(batch)
-                .bind(serde_json::Value::Object(per_job).to_string())
-                .execute(&self.pool)
+        let own: HashMap<&str, DateTime<Utc>> =
+            retention.per_job.iter().map(|(job, before)| (job.as_str(), *before)).collect();
+        let mut pruned = 0;
+        let mut previous = String::new();
+        while pruned < batch {
+            let job: Option<String> = sqlx::query_scalar("SELECT job FROM runs WHERE job > ?1 ORDER BY job LIMIT 1")
+                .bind(&previous)
+                .fetch_optional(&self.pool)
                 .await?;
-        sqlx::query(outbox::PRUNE_NOTIFICATIONS).bind(micros(retention.default_before)).execute(&self.pool).await?;
-        Ok(result.rows_affected())
+            let Some(job) = job else { break };
+            let before = own.get(job.as_str()).copied().unwrap_or(retention.default_before);
+            pruned += sqlx::query(
+                "DELETE FROM runs WHERE id IN (
+                     SELECT id FROM runs
+                     WHERE job = ?1 AND slot < min(?2, (SELECT slot FROM runs WHERE job = ?1 ORDER BY slot DESC LIMIT 1))
+                       AND claimed_at < ?2 AND status <> 'running'
+                     ORDER BY slot LIMIT ?3)",
+            )
+            .bind(&job)
+            .bind(micros(before))
+            .bind(batch - pruned)
+            .execute(&self.pool)
+            .await?
+            .rows_affected() as i64;
+            previous = job;
+        }
+        let events = sqlx::query(outbox::PRUNE_NOTIFICATIONS)
+            .bind(micros(retention.default_before))
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if pruned > 0 || events > 0 {
+            sqlx::query("PRAGMA incremental_vacuum").execute(&self.pool).await?;
+        }
+        Ok(pruned as u64)
     }
 
     async fn pending_backfill_slots(&self, limit: i64) -> Result<Vec<BackfillSlot>, sqlx::Error> {

@@ -40,23 +40,30 @@ impl LedgerReads for Sqlite {
         before: Option<RunCursor>,
         limit: i64,
     ) -> Result<Vec<RunRecord>, sqlx::Error> {
-        sqlx::query(concat!(
-            "SELECT ",
-            run_columns!(brief),
-            " FROM runs WHERE job = ?1 AND (?2 IS NULL OR status = ?2)
-               AND (?3 IS NULL OR slot < ?3 OR (slot = ?3 AND id < ?4))
-             ORDER BY slot DESC, id DESC LIMIT ?5"
-        ))
-        .bind(job)
-        .bind(status.map(RunStatus::as_str))
-        .bind(before.map(|cursor| micros(cursor.slot)))
-        .bind(before.map_or(0, |cursor| cursor.id))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(common::run_record)
-        .collect()
+        // One statement per case, each read off `(job, slot)` or `(job, status, slot)` backwards
+        // from the cursor (see the PostgreSQL ledger).
+        macro_rules! page {
+            ($filter:literal) => {
+                concat!(
+                    "SELECT ",
+                    run_columns!(brief),
+                    " FROM runs WHERE job = $1 ",
+                    $filter,
+                    " ORDER BY slot DESC LIMIT $2"
+                )
+            };
+        }
+        let query = match (status, before) {
+            (None, None) => sqlx::query(page!("")).bind(job).bind(limit),
+            (None, Some(cursor)) => sqlx::query(page!("AND slot < $3")).bind(job).bind(limit).bind(micros(cursor.slot)),
+            (Some(status), None) => sqlx::query(page!("AND status = $3")).bind(job).bind(limit).bind(status.as_str()),
+            (Some(status), Some(cursor)) => sqlx::query(page!("AND status = $3 AND slot < $4"))
+                .bind(job)
+                .bind(limit)
+                .bind(status.as_str())
+                .bind(micros(cursor.slot)),
+        };
+        query.fetch_all(&self.pool).await?.iter().map(common::run_record).collect()
     }
 
     async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error> {
