@@ -23,6 +23,9 @@ mod core;
 mod cron_reference;
 /// The dashboard and API of a real cluster, and in headless Chromium.
 mod dashboard;
+/// The dashboard for a fleet of 500 jobs in headless Chromium: widths, filters, live refresh,
+/// run output, axe-core and contrast in light and dark.
+mod fleet;
 /// The database failing over to a standby: asynchronous loses commits, never a slot twice.
 mod db_failover;
 /// The dead-man ping: only the leader pings an outside monitor, and stops with the last leader.
