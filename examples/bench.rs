@@ -1268,8 +1268,11 @@ async fn fleet_renders(backend: &str, reads: tenure::store::Reads) -> anyhow::Re
         leadership: tokio::sync::watch::channel(tenure::leadership::Leadership::Follower { leader: None }).1,
         coordinator: None,
         jobs: tokio::sync::watch::channel(Arc::new(fleet_file()?)).1,
-        cluster: tokio::sync::watch::channel(tenure::model::ClusterSnapshot { leader: Some(("n".into(), 7)), roster: Vec::new() })
-            .1,
+        cluster: tokio::sync::watch::channel(tenure::model::ClusterSnapshot {
+            leader: Some(("n".into(), 7)),
+            roster: Vec::new(),
+        })
+        .1,
         auth: tenure::http::Auth::new(None, tenure::http::ReadAccess::Open),
         pages: Default::default(),
     };
@@ -1322,7 +1325,8 @@ async fn fleet() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("ledger.db");
     let sqlite = tenure::store::Sqlite::open(&path).await?;
-    let mut bulk = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", path.display())).await?;
+    let mut bulk =
+        <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", path.display())).await?;
     let now = Utc::now().timestamp_micros();
     sqlx::query(
         "WITH RECURSIVE k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n < 299999)

@@ -38,7 +38,11 @@ enum Need {
 impl Need {
     fn of(method: &Method, route: &str) -> Need {
         match route {
-            "/api/openapi.json" | "/api/{*rest}" | "/static/app.css" | "/static/live.js" | "/static/favicon.svg"
+            "/api/openapi.json"
+            | "/api/{*rest}"
+            | "/static/app.css"
+            | "/static/live.js"
+            | "/static/favicon.svg"
             | "/favicon.ico" => Need::Nothing,
             "/signin" => Need::SignIn,
             _ if method == Method::GET || method == Method::HEAD => Need::Read,

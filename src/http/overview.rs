@@ -46,7 +46,8 @@ pub(super) enum Show {
 }
 
 impl Show {
-    const NAMES: [(&'static str, Show); 3] = [("failing", Show::Failing), ("running", Show::Running), ("late", Show::Late)];
+    const NAMES: [(&'static str, Show); 3] =
+        [("failing", Show::Failing), ("running", Show::Running), ("late", Show::Late)];
 
     pub fn as_str(self) -> &'static str {
         Show::NAMES.iter().find(|(_, show)| *show == self).map_or("", |(name, _)| name)
@@ -64,7 +65,8 @@ pub(super) enum Sort {
 }
 
 impl Sort {
-    pub const NAMES: [(&'static str, Sort); 3] = [("name", Sort::Name), ("next", Sort::Next), ("outcome", Sort::Outcome)];
+    pub const NAMES: [(&'static str, Sort); 3] =
+        [("name", Sort::Name), ("next", Sort::Next), ("outcome", Sort::Outcome)];
 
     pub fn as_str(self) -> &'static str {
         Sort::NAMES.iter().find(|(_, sort)| *sort == self).map_or("name", |(name, _)| name)
@@ -109,9 +111,13 @@ impl Filters {
         };
         let show = match given(query.show).as_deref() {
             None => None,
-            Some(word) => Some(Show::NAMES.iter().find(|(name, _)| *name == word).map(|(_, show)| *show).ok_or_else(
-                || unknown("show", word, &Show::NAMES.map(|(name, _)| name)),
-            )?),
+            Some(word) => Some(
+                Show::NAMES
+                    .iter()
+                    .find(|(name, _)| *name == word)
+                    .map(|(_, show)| *show)
+                    .ok_or_else(|| unknown("show", word, &Show::NAMES.map(|(name, _)| name)))?,
+            ),
         };
         let paused = match given(query.paused).as_deref() {
             None => None,
@@ -285,9 +291,8 @@ pub(super) fn select<'a>(
     }
     match filters.sort {
         Sort::Name => chosen.sort_by(|a, b| a.job.name.as_str().cmp(b.job.name.as_str())),
-        Sort::Outcome => chosen.sort_by(|a, b| {
-            (severity(&a.state), a.job.name.as_str()).cmp(&(severity(&b.state), b.job.name.as_str()))
-        }),
+        Sort::Outcome => chosen
+            .sort_by(|a, b| (severity(&a.state), a.job.name.as_str()).cmp(&(severity(&b.state), b.job.name.as_str()))),
         Sort::Next => {
             let mut keyed: Vec<(Option<DateTime<Utc>>, Weighed<'a>)> = chosen
                 .into_iter()
@@ -363,7 +368,10 @@ jobs:
 
     fn states() -> HashMap<String, JobState> {
         HashMap::from([
-            ("beta-report".to_owned(), JobState { last: Some(RunStatus::Failed), running: false, late_or_missed: true }),
+            (
+                "beta-report".to_owned(),
+                JobState { last: Some(RunStatus::Failed), running: false, late_or_missed: true },
+            ),
             (
                 "alpha-sync".to_owned(),
                 JobState { last: Some(RunStatus::Succeeded), running: true, late_or_missed: false },
@@ -375,8 +383,7 @@ jobs:
     #[test]
     fn the_summary_counts_every_job_whatever_the_filters() {
         let jobs = jobs();
-        let (summary, selected) =
-            select(&jobs, &states(), &HashMap::new(), &query(&[("q", "alpha")]), Utc::now());
+        let (summary, selected) = select(&jobs, &states(), &HashMap::new(), &query(&[("q", "alpha")]), Utc::now());
         assert_eq!(summary, Summary { total: 4, failing: 2, running: 1, late: 1, paused: 1 });
         assert_eq!(names(&selected), ["alpha-sync"]);
     }
@@ -384,9 +391,8 @@ jobs:
     #[test]
     fn filters_narrow_and_sorts_order() {
         let jobs = jobs();
-        let pick = |pairs: &[(&str, &str)]| {
-            names(&select(&jobs, &states(), &HashMap::new(), &query(pairs), Utc::now()).1)
-        };
+        let pick =
+            |pairs: &[(&str, &str)]| names(&select(&jobs, &states(), &HashMap::new(), &query(pairs), Utc::now()).1);
         assert_eq!(pick(&[]), ["alpha-sync", "beta-report", "delta-idle", "gamma-ping"]);
         assert_eq!(pick(&[("q", "A-S")]), ["alpha-sync"], "case-insensitive part of the name");
         assert_eq!(pick(&[("show", "failing")]), ["beta-report", "gamma-ping"]);
@@ -406,9 +412,13 @@ jobs:
 
     #[test]
     fn the_url_round_trips_and_a_bad_word_is_refused_by_name() {
-        let filters = query(&[("q", "a b&c"), ("outcome", "timed_out"), ("tag", "edge"), ("sort", "next"), ("page", "3")]);
+        let filters =
+            query(&[("q", "a b&c"), ("outcome", "timed_out"), ("tag", "edge"), ("sort", "next"), ("page", "3")]);
         assert_eq!(filters.href(), "/?q=a+b%26c&outcome=timed_out&tag=edge&sort=next&page=3");
-        assert_eq!(query(&[("q", "a b&c"), ("outcome", "timed_out"), ("tag", "edge"), ("sort", "next"), ("page", "3")]), filters);
+        assert_eq!(
+            query(&[("q", "a b&c"), ("outcome", "timed_out"), ("tag", "edge"), ("sort", "next"), ("page", "3")]),
+            filters
+        );
         assert_eq!(Filters::default().href(), "/");
         let error = Filters::of(OverviewQuery { sort: Some("size".into()), ..OverviewQuery::default() }).unwrap_err();
         assert!(error.detail.contains("`sort`: `size` is not one of name, next, outcome"), "{}", error.detail);

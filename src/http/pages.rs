@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::api::{self, RunQuery};
-use super::rejection::{Form, Path, Query};
 use super::overview::{self, Filters, Outcome, OverviewQuery, Show};
+use super::rejection::{Form, Path, Query};
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, STRIP, ago, human_ms, in_zone, utc};
 use super::{AppState, BrowserSession, Problem};
 use crate::model::{Control, RunStatus, TriggerKind};
@@ -93,7 +93,10 @@ impl PageError {
             back,
         };
         let body = page.render().unwrap_or_else(|_| {
-            format!("<!doctype html><title>{} {}</title><h1>{} {}</h1><p><a href=/>Overview</a>", problem.code, problem.title, problem.code, problem.title)
+            format!(
+                "<!doctype html><title>{} {}</title><h1>{} {}</h1><p><a href=/>Overview</a>",
+                problem.code, problem.title, problem.code, problem.title
+            )
         });
         let mut response = (problem.status, Html(body)).into_response();
         if problem.status == StatusCode::UNAUTHORIZED {
@@ -114,7 +117,10 @@ fn same_site_path(referer: &str) -> Option<String> {
         }
         None => referer,
     };
-    let page = path.starts_with('/') && !path.starts_with("//") && !path.starts_with("/api") && !path.contains(['\\', '"', '<', '>']);
+    let page = path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.starts_with("/api")
+        && !path.contains(['\\', '"', '<', '>']);
     page.then(|| path.to_owned())
 }
 
@@ -454,8 +460,11 @@ pub(super) async fn render_overview(state: &AppState, filters: &Filters) -> Resu
         tile("paused", "paused", summary.paused, "warn", filters.summary_link(None, Some(true))),
     ];
     let (kinds, tags) = overview::choices(&jobs);
-    let mut outcomes: Vec<&'static str> =
-        RunStatus::ALL.iter().filter(|status| **status != RunStatus::Running).map(|status| status.as_str()).collect();
+    let mut outcomes: Vec<&'static str> = RunStatus::ALL
+        .iter()
+        .filter(|status| !matches!(status, RunStatus::Running | RunStatus::Skipped))
+        .map(|status| status.as_str())
+        .collect();
     outcomes.push("never");
     let html = render(&OverviewPage {
         layout: Layout::new(state, "Overview", "overview"),
@@ -665,11 +674,10 @@ impl ControlForm {
                 "concurrency" if value.is_empty() => {}
                 "concurrency" => {
                     let policy = crate::config::Concurrency::NAMES.iter().find(|(word, _)| *word == value);
-                    form.overrides.concurrency = Some(
-                        policy
-                            .map(|(_, policy)| *policy)
-                            .ok_or_else(|| Problem::bad_request(format!("`concurrency`: `{value}` is not a policy")))?,
-                    );
+                    form.overrides.concurrency =
+                        Some(policy.map(|(_, policy)| *policy).ok_or_else(|| {
+                            Problem::bad_request(format!("`concurrency`: `{value}` is not a policy"))
+                        })?);
                 }
                 _ => {
                     if let Some(variable) = name.strip_prefix("env.").filter(|_| !value.is_empty()) {
@@ -716,7 +724,9 @@ async fn rerun(
     state.auth.mutate_form(&headers, &form.csrf)?;
     let run = state.store.run(id).await?.ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
     let mut overrides = match run.trigger {
-        TriggerKind::Manual => state.store.trigger_of_run(id).await?.map(|trigger| trigger.overrides).unwrap_or_default(),
+        TriggerKind::Manual => {
+            state.store.trigger_of_run(id).await?.map(|trigger| trigger.overrides).unwrap_or_default()
+        }
         TriggerKind::Schedule | TriggerKind::Backfill => TriggerOverrides::default(),
     };
     overrides.reason = Some(match overrides.reason {
@@ -736,14 +746,15 @@ async fn run_output(
 ) -> Result<Response, PageError> {
     state.auth.read(&headers)?;
     let run = state.store.run(id).await?.ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
-    let file: String = run.job.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let file: String =
+        run.job.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
             (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{file}-run-{id}.log\"")),
             (header::CACHE_CONTROL, "no-store".to_owned()),
         ],
-        run.output,
+        crate::executor::plain_output(&run.output),
     )
         .into_response())
 }
@@ -764,18 +775,13 @@ struct RunPage {
     result: String,
     /// When it was to start, when that was not its slot (jitter, backfill).
     planned: Option<String>,
-    /// The output, line by line (each line with its end), so a refresh touches only new lines.
-    output_lines: Vec<String>,
+
     can_mutate: bool,
     csrf: String,
     key: String,
 }
 
-async fn run(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Result<Response, PageError> {
+async fn run(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Response, PageError> {
     state.auth.read(&headers)?;
     let run = api::run_view(&state, id).await?;
     let tz: chrono_tz::Tz =
@@ -786,7 +792,6 @@ async fn run(
     let running = run.brief.status == RunStatus::Running;
     let session = BrowserSession::of(&headers);
     let page = render(&RunPage {
-        output_lines: run.output.split_inclusive('\n').map(str::to_owned).collect(),
         can_mutate: state.auth.can_mutate(),
         csrf: state.auth.csrf_for(&session).unwrap_or_default(),
         key: api::new_key(),

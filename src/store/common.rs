@@ -14,8 +14,8 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 
 use super::{
-    BackfillRecord, BackfillSlot, ClaimError, Claimed, Fence, JobControl, JobState, RunRecord, TermRecord, TriggerOverrides,
-    TriggerRecord,
+    BackfillRecord, BackfillSlot, ClaimError, Claimed, Fence, JobControl, JobState, RunRecord, TermRecord,
+    TriggerOverrides, TriggerRecord,
 };
 use crate::config::Concurrency;
 use crate::leadership::Term;
@@ -223,9 +223,9 @@ pub(super) fn job_states(rows: &[impl LedgerRow]) -> Result<HashMap<String, JobS
     let mut states = HashMap::with_capacity(rows.len());
     for row in rows {
         let last = match row.optional_text("last")? {
-            Some(text) => {
-                Some(RunStatus::parse(&text).ok_or_else(|| undecodable("last", format!("unknown run status {text:?}")))?)
-            }
+            Some(text) => Some(
+                RunStatus::parse(&text).ok_or_else(|| undecodable("last", format!("unknown run status {text:?}")))?,
+            ),
             None => None,
         };
         let state = JobState { last, running: row.flag("running")?, late_or_missed: row.flag("late_or_missed")? };

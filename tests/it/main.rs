@@ -23,9 +23,6 @@ mod core;
 mod cron_reference;
 /// The dashboard and API of a real cluster, and in headless Chromium.
 mod dashboard;
-/// The dashboard for a fleet of 500 jobs in headless Chromium: widths, filters, live refresh,
-/// run output, axe-core and contrast in light and dark.
-mod fleet;
 /// The database failing over to a standby: asynchronous loses commits, never a slot twice.
 mod db_failover;
 /// The dead-man ping: only the leader pings an outside monitor, and stops with the last leader.
@@ -40,6 +37,9 @@ mod execution;
 mod executor;
 /// The fault suite: partitions, pauses, kills, restarts, reloads.
 mod faults;
+/// The dashboard for a fleet of 500 jobs in headless Chromium: widths, filters, live refresh,
+/// run output, axe-core and contrast in light and dark.
+mod fleet;
 /// Throwaway etcd, ZooKeeper and PostgreSQL servers with fault injection.
 mod harness;
 /// Hostile job files: huge, deep, alias bombs, 100,000 errors.

@@ -146,7 +146,14 @@
       const fresh = page.getElementById("live");
       if (fresh) {
         const bottoms = followers().map((box) => [box.id, box.scrollTop + box.clientHeight >= box.scrollHeight - 8]);
+        const focused = document.activeElement;
+        const y = window.scrollY;
         patch(live, fresh);
+        // A node moved among its siblings loses focus: give it back, where the reader was.
+        if (focused && focused !== document.activeElement && focused.isConnected) {
+          focused.focus({ preventScroll: true });
+          window.scrollTo(window.scrollX, y);
+        }
         tidyStrips();
         for (const [id, atBottom] of bottoms) {
           const box = document.getElementById(id);

@@ -12,8 +12,8 @@ use crate::model::{Control, RunStatus};
 use crate::store::common::{self, run_columns};
 use crate::store::outbox;
 use crate::store::{
-    BackfillRecord, CONTROL_CHANNEL, JobControl, JobState, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord,
-    TriggerRecord, TriggerRequest, clean_text,
+    BackfillRecord, CONTROL_CHANNEL, JobControl, JobState, LedgerReads, NotificationRecord, RunCursor, RunRecord,
+    TermRecord, TriggerRecord, TriggerRequest, clean_text,
 };
 
 #[async_trait]
@@ -89,7 +89,7 @@ impl LedgerReads for Postgres {
     ) -> Result<HashMap<String, JobState>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT j.name AS job,
-               (SELECT status FROM runs WHERE job = j.name AND status <> 'running'
+               (SELECT status FROM runs WHERE job = j.name AND status NOT IN ('running', 'skipped')
                  ORDER BY slot DESC, id DESC LIMIT 1) AS last,
                EXISTS (SELECT 1 FROM runs WHERE job = j.name AND status = 'running') AS running,
                EXISTS (SELECT 1 FROM runs WHERE job = j.name AND status = 'missed' AND slot >= $2)

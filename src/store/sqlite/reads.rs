@@ -12,8 +12,8 @@ use crate::model::{Control, RunStatus};
 use crate::store::common::{self, micros, run_columns};
 use crate::store::outbox;
 use crate::store::{
-    BackfillRecord, JobControl, JobState, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord, TriggerRecord,
-    TriggerRequest, clean_text,
+    BackfillRecord, JobControl, JobState, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord,
+    TriggerRecord, TriggerRequest, clean_text,
 };
 
 #[async_trait]
@@ -82,7 +82,7 @@ impl LedgerReads for Sqlite {
         let names = serde_json::to_string(jobs).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
         let rows = sqlx::query(
             "SELECT j.value AS job,
-               (SELECT status FROM runs WHERE job = j.value AND status <> 'running'
+               (SELECT status FROM runs WHERE job = j.value AND status NOT IN ('running', 'skipped')
                  ORDER BY slot DESC, id DESC LIMIT 1) AS last,
                EXISTS (SELECT 1 FROM runs WHERE job = j.value AND status = 'running') AS running,
                EXISTS (SELECT 1 FROM runs WHERE job = j.value AND status = 'missed' AND slot >= ?2)
