@@ -79,6 +79,25 @@
     }
   }
 
+  // An element's address by keys: its own `data-key` or id and its keyed ancestors'.
+  function keyPath(element) {
+    const keys = [];
+    for (let node = element; node && node !== document.body; node = node.parentElement) {
+      const key = keyOf(node);
+      if (key !== null) keys.unshift(key);
+    }
+    return keys.length ? keys : null;
+  }
+  function findPath(keys) {
+    let scope = document;
+    for (const key of keys) {
+      const next = Array.from(scope.querySelectorAll("[data-key], [id]")).find((node) => keyOf(node) === key);
+      if (!next) return null;
+      scope = next;
+    }
+    return scope === document ? null : scope;
+  }
+
   // --- the strip: one tab stop, arrow keys between its runs -------------------------------------
   function tidyStrips() {
     for (const strip of document.querySelectorAll(".strip")) {
@@ -147,12 +166,14 @@
       if (fresh) {
         const bottoms = followers().map((box) => [box.id, box.scrollTop + box.clientHeight >= box.scrollHeight - 8]);
         const focused = document.activeElement;
+        const where = focused && focused !== document.body ? keyPath(focused) : null;
         const y = window.scrollY;
         patch(live, fresh);
-        // A node moved among its siblings loses focus: give it back, where the reader was.
-        if (focused && focused !== document.activeElement && focused.isConnected) {
-          focused.focus({ preventScroll: true });
-          window.scrollTo(window.scrollX, y);
+        // A node moved among its siblings loses focus, a replaced one takes it along: give it
+        // back to the node, or to the one now standing for it (same keys), where the reader was.
+        if (where && focused !== document.activeElement) {
+          const target = focused.isConnected ? focused : findPath(where);
+          if (target) { target.focus({ preventScroll: true }); window.scrollTo(window.scrollX, y); }
         }
         tidyStrips();
         for (const [id, atBottom] of bottoms) {
