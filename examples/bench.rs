@@ -78,6 +78,9 @@ async fn main() -> anyhow::Result<()> {
     if wants("dashboard") {
         dashboard().await?;
     }
+    if wants("fleet") {
+        fleet().await?;
+    }
     // Not in the default run: they would take the whole bench past 15 minutes.
     if chosen.iter().any(|c| c == "failover-zk") {
         failover_zookeeper().await?;
@@ -1244,6 +1247,112 @@ async fn dashboard() -> anyhow::Result<()> {
     let mut during = during.await?;
     single("pruned rows / time (s)", format!("{pruned} / {:.1}", started.elapsed().as_secs_f64()), "");
     row("claim latency while pruning", &mut during, "p99 <= 10 ms");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5b. The overview of a fleet: 10,000 jobs, on PostgreSQL and on SQLite (`tenure dev`)
+
+/// The 10,000 jobs: every 7th fails, every 13th is paused, every 11th has four schedules.
+fn fleet_file() -> anyhow::Result<tenure::config::JobSet> {
+    let mut text = String::from("jobs:\n");
+    for i in 0..10_000 {
+        let schedule = if i % 11 == 0 {
+            r#"["0 9 * * MON-FRI", "30 17 * * MON-FRI", "15 3 1,15 * *"]"#.to_owned()
+        } else {
+            format!("\"{} {} * * *\"", i % 60, i % 24)
+        };
+        let paused = if i % 13 == 0 { ", paused: true" } else { "" };
+        text.push_str(&format!("  - {{ name: job-{i:05}, schedule: {schedule}, shell: \"true\"{paused} }}\n"));
+    }
+    tenure::config::parse(&text, "fleet.yaml").map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Each overview page rendered fresh (distinct pages, so the one-second page cache never
+/// answers), one request at a time: the server's time per rendering, as a client on loopback sees it.
+async fn fleet_renders(backend: &str, reads: tenure::store::Reads) -> anyhow::Result<()> {
+    let state = tenure::http::AppState {
+        node_id: "bench".into(),
+        store: reads,
+        leadership: tokio::sync::watch::channel(tenure::leadership::Leadership::Follower { leader: None }).1,
+        coordinator: None,
+        jobs: tokio::sync::watch::channel(Arc::new(fleet_file()?)).1,
+        cluster: tokio::sync::watch::channel(tenure::model::ClusterSnapshot {
+            leader: Some(("n".into(), 7)),
+            roster: Vec::new(),
+        })
+        .1,
+        auth: tenure::http::Auth::new(None, tenure::http::ReadAccess::Open),
+        pages: Default::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(tenure::http::serve(listener, state, None, tenure::fds::Budget::current(1), stop.clone()));
+    let client = reqwest::Client::new();
+    client.get(format!("{base}/")).send().await?.error_for_status()?;
+    for (name, query) in [
+        ("by name", ""),
+        ("by next fire", "sort=next&"),
+        ("by last outcome", "sort=outcome&"),
+        ("failing now", "show=failing&"),
+        ("search `job-09`", "q=job-09&"),
+    ] {
+        let mut times = Vec::new();
+        for page in 1..=15 {
+            let t = Instant::now();
+            let answer = client.get(format!("{base}/?{query}page={page}")).send().await?.error_for_status()?;
+            answer.bytes().await?;
+            times.push(ms_since(t));
+        }
+        row(&format!("{backend}: overview of 10,000 jobs, {name} (ms)"), &mut times, "max <= 300 ms");
+    }
+    stop.cancel();
+    Ok(())
+}
+
+async fn fleet() -> anyhow::Result<()> {
+    header("5b. Overview of a fleet: 10,000 jobs, 30 runs each (300,000 rows), a fresh rendering per page");
+    let pg = harness::Postgres::start_durable().await;
+    let (url, pool) = database(&pg, "fleet").await?;
+    let (_store, term) = leading_store(&pool).await?;
+    let mut bulk = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+    sqlx::query(
+        "INSERT INTO runs (job, slot, term, node, config_hash, status, attempt, claimed_at, started_at, finished_at, exit_code, output)
+         SELECT 'job-' || lpad((n % 10000)::text, 5, '0'), now() - make_interval(secs => (n / 10000) * 3600 + 60), $1, 'n', 'h',
+                CASE WHEN n % 7 = 0 THEN 'failed' WHEN n % 501 = 0 THEN 'missed' ELSE 'succeeded' END, 1,
+                now() - make_interval(secs => (n / 10000) * 3600 + 60), now() - make_interval(secs => (n / 10000) * 3600 + 60),
+                now() - make_interval(secs => (n / 10000) * 3600 + 58), 0, ''
+         FROM generate_series(0, 299999) AS n",
+    )
+    .bind(term.revision())
+    .execute(&mut bulk)
+    .await?;
+    sqlx::query("ANALYZE runs").execute(&mut bulk).await?;
+    fleet_renders("PostgreSQL", tenure::store::Reads::new(pool.clone())).await?;
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("ledger.db");
+    let sqlite = tenure::store::Sqlite::open(&path).await?;
+    let mut bulk =
+        <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", path.display())).await?;
+    let now = Utc::now().timestamp_micros();
+    sqlx::query(
+        "WITH RECURSIVE k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n < 299999)
+         INSERT INTO runs (job, slot, term, node, config_hash, status, attempt, claimed_at, started_at, finished_at,
+                           exit_code, output, planned_at, began_at)
+         SELECT printf('job-%05d', n % 10000), ?1 - ((n / 10000) * 3600 + 60) * 1000000, 1, 'n', 'h',
+                CASE WHEN n % 7 = 0 THEN 'failed' WHEN n % 501 = 0 THEN 'missed' ELSE 'succeeded' END, 1,
+                ?1 - ((n / 10000) * 3600 + 60) * 1000000, ?1 - ((n / 10000) * 3600 + 60) * 1000000,
+                ?1 - ((n / 10000) * 3600 + 58) * 1000000, 0, '', ?1 - ((n / 10000) * 3600 + 60) * 1000000,
+                ?1 - ((n / 10000) * 3600 + 60) * 1000000 + (n % 3) * 700000
+         FROM k",
+    )
+    .bind(now)
+    .execute(&mut bulk)
+    .await?;
+    sqlx::query("ANALYZE").execute(&mut bulk).await?;
+    fleet_renders("SQLite", tenure::store::Reads::from_ledger(sqlite)).await?;
     Ok(())
 }
 

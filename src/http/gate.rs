@@ -38,7 +38,12 @@ enum Need {
 impl Need {
     fn of(method: &Method, route: &str) -> Need {
         match route {
-            "/api/openapi.json" | "/api/{*rest}" | "/static/app.css" | "/static/live.js" => Need::Nothing,
+            "/api/openapi.json"
+            | "/api/{*rest}"
+            | "/static/app.css"
+            | "/static/live.js"
+            | "/static/favicon.svg"
+            | "/favicon.ico" => Need::Nothing,
             "/signin" => Need::SignIn,
             _ if method == Method::GET || method == Method::HEAD => Need::Read,
             _ if method == Method::POST && is_api(route) => Need::ApiChange,
@@ -59,7 +64,10 @@ pub(super) fn is_api(path: &str) -> bool {
 pub(super) async fn check(State(auth): State<Auth>, request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or_else(String::new, |path| path.as_str().to_owned());
     let api = is_api(request.uri().path());
-    let refuse = |problem: Problem| if api { problem.into_response() } else { PageError(problem).into_response() };
+    let referer = request.headers().get(header::REFERER).and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let refuse = |problem: Problem| {
+        if api { problem.into_response() } else { PageError(problem).answer(referer.as_deref()) }
+    };
     let need = Need::of(request.method(), &route);
     let allowed = match need {
         Need::Nothing => Ok(()),

@@ -8,6 +8,7 @@
 mod api;
 mod gate;
 mod listen;
+mod overview;
 mod pages;
 mod protect;
 mod rejection;

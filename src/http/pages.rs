@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::api::{self, RunQuery};
+use super::overview::{self, Filters, Outcome, OverviewQuery, Show};
 use super::rejection::{Form, Path, Query};
 use super::timeline::{self, Timeline};
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, STRIP, ago, human_ms, in_zone, utc};
@@ -38,6 +39,10 @@ pub fn routes() -> Router<AppState> {
             "/static/live.js",
             get(|| async { asset("text/javascript; charset=utf-8", include_str!("static/live.js")) }),
         )
+        .route("/static/favicon.svg", get(|| async { asset("image/svg+xml", include_str!("static/favicon.svg")) }))
+        .route("/favicon.ico", get(|| async { asset("image/svg+xml", include_str!("static/favicon.svg")) }))
+        .route("/runs/{id}/output", get(run_output))
+        .route("/runs/{id}/rerun", post(rerun))
         .method_not_allowed_fallback(super::rejection::wrong_page_method)
 }
 
@@ -60,22 +65,71 @@ impl From<sqlx::Error> for PageError {
     }
 }
 
-impl IntoResponse for PageError {
-    fn into_response(self) -> Response {
+/// The error page: a title, what went wrong, and the ways back.
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    layout: Layout,
+    code: u16,
+    title: &'static str,
+    detail: String,
+    /// A way back to the page that led here, when it is a page of this dashboard.
+    back: Option<String>,
+}
+
+impl PageError {
+    /// The answer, with a way back to `referer` when it is a path of this site's.
+    pub(super) fn answer(self, referer: Option<&str>) -> Response {
         let problem = self.0;
-        let body = format!(
-            "<!doctype html><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
-             <link rel=stylesheet href=/static/app.css><main><h1>{} {}</h1><p>{}</p><p><a href=/>Overview</a></p></main>",
-            problem.code,
-            problem.title,
-            html_escape(&problem.detail)
-        );
+        let back = referer.and_then(same_site_path);
+        let page = ErrorPage {
+            layout: Layout {
+                title: format!("{} {}", problem.code, problem.title),
+                nav: "error",
+                node: String::new(),
+                badge: false,
+                leader: None,
+            },
+            code: problem.code,
+            title: problem.title,
+            detail: problem.detail.clone(),
+            back,
+        };
+        let body = page.render().unwrap_or_else(|_| {
+            format!(
+                "<!doctype html><title>{} {}</title><h1>{} {}</h1><p><a href=/>Overview</a>",
+                problem.code, problem.title, problem.code, problem.title
+            )
+        });
         let mut response = (problem.status, Html(body)).into_response();
         if problem.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, "Basic realm=\"tenure\"".parse().unwrap());
         }
         problem.add_correlation_header(&mut response);
         response
+    }
+}
+
+/// The path of a `Referer` (a full URL or a path) when it is a page of this dashboard: a way
+/// back that never leads off the site nor to a form's action.
+fn same_site_path(referer: &str) -> Option<String> {
+    let path = match referer.find("://") {
+        Some(scheme_end) => {
+            let rest = &referer[scheme_end + 3..];
+            &rest[rest.find('/')?..]
+        }
+        None => referer,
+    };
+    let page = path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.starts_with("/api")
+        && !path.contains(['\\', '"', '<', '>']);
+    page.then(|| path.to_owned())
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        self.answer(None)
     }
 }
 
@@ -98,6 +152,8 @@ struct Layout {
     title: String,
     nav: &'static str,
     node: String,
+    /// Whether the header shows the leader badge (error pages do not know it).
+    badge: bool,
     /// "node-1 · term 42" while someone leads.
     leader: Option<String>,
 }
@@ -105,7 +161,7 @@ struct Layout {
 impl Layout {
     fn new(state: &AppState, title: impl Into<String>, nav: &'static str) -> Layout {
         let leader = state.cluster.borrow().leader.as_ref().map(|(node, term)| format!("{node} · term {term}"));
-        Layout { title: title.into(), nav, node: state.node_id.clone(), leader }
+        Layout { title: title.into(), nav, node: state.node_id.clone(), badge: true, leader }
     }
 }
 
@@ -142,24 +198,60 @@ struct ReplicaRow {
     load: String,
 }
 
+/// A strip cell's glyph: every status told apart by shape as well as colour (succeeded is the
+/// plain full bar, skipped a low bar, missed a hollow one; the others carry a mark).
+fn glyph(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Succeeded | RunStatus::Skipped | RunStatus::Missed => "",
+        RunStatus::Failed => "✕",
+        RunStatus::TimedOut => "T",
+        RunStatus::Lost => "?",
+        RunStatus::Killed => "K",
+        RunStatus::Running => "▸",
+    }
+}
+
 struct Cell {
     id: i64,
     status: RunStatus,
+    glyph: &'static str,
     title: String,
 }
 
 struct JobRow {
     name: String,
     paused: bool,
+    running: bool,
+    late: bool,
     kind: &'static str,
+    tags: Vec<String>,
     schedule: String,
     description: String,
+    /// Long enough to be clamped: focusable, so the whole text shows on focus.
+    long_description: bool,
     timezone: String,
-    next_local: String,
+    /// The next fire time in UTC, or why there is none.
     next_utc: String,
+    /// The same instant in the job's zone, when that is not UTC.
+    next_local: String,
     last_status: Option<RunStatus>,
+    last_glyph: &'static str,
     last_duration: String,
+    /// Empty cells before the strip's outcomes, so strips of every length end aligned.
+    pad: usize,
     strip: Vec<Cell>,
+    strip_label: String,
+}
+
+/// A summary tile: a count and the link that shows those jobs.
+struct Tile {
+    id: &'static str,
+    label: &'static str,
+    count: usize,
+    href: String,
+    /// Its colour when the count is not zero.
+    tone: &'static str,
+    current: bool,
 }
 
 #[derive(Template)]
@@ -169,8 +261,23 @@ struct OverviewPage {
     cluster: ClusterView,
     leader_since: Option<String>,
     replicas: Vec<ReplicaRow>,
+    tiles: Vec<Tile>,
+    filters: Filters,
+    outcomes: Vec<&'static str>,
+    outcome: String,
+    kinds: Vec<&'static str>,
+    kind: String,
+    tags: Vec<String>,
+    tag: String,
+    paused: &'static str,
+    show: &'static str,
+    sorts: Vec<(&'static str, &'static str)>,
+    sort: &'static str,
+    narrowed: bool,
+    clear: String,
     jobs: Vec<JobRow>,
     strip: usize,
+    legend: Vec<(RunStatus, &'static str)>,
     /// "1-100 of 1000"
     shown: String,
     previous_page: Option<String>,
@@ -190,14 +297,31 @@ fn next_times(job: &JobView) -> (String, String) {
     }
 }
 
+/// The overview's next fire: UTC first (every time on the page is), the job's zone after.
+fn next_in_utc(job: &JobView) -> (String, String) {
+    if job.paused {
+        return ("paused".to_owned(), String::new());
+    }
+    match job.next_utc {
+        Some(next) => {
+            let tz: chrono_tz::Tz = job.timezone.parse().unwrap_or(chrono_tz::UTC);
+            (utc(next), if tz == chrono_tz::UTC { String::new() } else { in_zone(next, tz) })
+        }
+        None => ("never".to_owned(), String::new()),
+    }
+}
+
+/// Descriptions longer than this are clamped to two lines.
+const LONG_DESCRIPTION: usize = 60;
+
 async fn overview(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<api::PageQuery>,
+    Query(query): Query<OverviewQuery>,
 ) -> Result<Html<String>, PageError> {
     state.auth.read(&headers)?;
-    let page = query.page.unwrap_or(1).max(1);
-    let key = format!("overview:{page}");
+    let filters = Filters::of(query)?;
+    let key = format!("overview:{}", filters.href());
     if let Some(cached) = state.pages.get(&key) {
         return Ok(Html(cached.to_string()));
     }
@@ -205,18 +329,40 @@ async fn overview(
     if let Some(cached) = state.pages.get(&key) {
         return Ok(Html(cached.to_string()));
     }
-    let cluster = api::cluster_view(&state).await?;
-    let (jobs, total) = api::jobs_page(&state, page).await?;
-    let pages = total.div_ceil(view::JOBS_PER_PAGE).max(1);
-    let skipped = (page - 1).saturating_mul(view::JOBS_PER_PAGE);
-    let shown = format!(
-        "{}-{} of {total}",
-        skipped.saturating_add(1).min(total),
-        skipped.saturating_add(jobs.len()).min(total)
-    );
-    let previous_page = (page > 1).then(|| format!("/?page={}", page - 1));
-    let next_page = (page < pages).then(|| format!("/?page={}", page + 1));
+    let html = render_overview(&state, &filters).await?;
+    state.pages.put(key, Arc::from(html.as_str()));
+    Ok(Html(html))
+}
+
+/// The overview for `filters`: every job counted and filtered from one read of the ledger
+/// (`job_states`), and only the page shown read in full (its strips).
+pub(super) async fn render_overview(state: &AppState, filters: &Filters) -> Result<String, PageError> {
+    let cluster = api::cluster_view(state).await?;
+    let jobs = state.jobs.borrow().clone();
     let now = Utc::now();
+    let names: Vec<String> = jobs.jobs().iter().map(|job| job.name.as_str().to_owned()).collect();
+    let states = state.store.job_states(&names, now - overview::LATE_SINCE, overview::LATE_AFTER).await?;
+    let controls = state.store.job_controls().await?;
+    let (summary, selected) = overview::select(&jobs, &states, &controls, filters, now);
+    let total = selected.len();
+    let pages = total.div_ceil(view::JOBS_PER_PAGE).max(1);
+    let page = filters.page.min(pages);
+    let skipped = (page - 1).saturating_mul(view::JOBS_PER_PAGE);
+    let shown_jobs: Vec<&crate::config::Job> = selected.into_iter().skip(skipped).take(view::JOBS_PER_PAGE).collect();
+    let shown = if total == 0 {
+        format!("none of {}", summary.total)
+    } else {
+        format!(
+            "{}-{} of {total}{}",
+            skipped + 1,
+            skipped + shown_jobs.len(),
+            if total == summary.total { String::new() } else { format!(" matching, {} in all", summary.total) }
+        )
+    };
+    let previous_page = (page > 1).then(|| filters.on_page(page - 1).href());
+    let next_page = (page < pages).then(|| filters.on_page(page + 1).href());
+    let page_names: Vec<String> = shown_jobs.iter().map(|job| job.name.as_str().to_owned()).collect();
+    let recent = state.store.recent_runs(&page_names, STRIP as i64).await?;
     let replicas = cluster
         .replicas
         .iter()
@@ -237,47 +383,127 @@ async fn overview(
             load: r.execution.as_ref().map_or_else(|| "–".to_owned(), |e| format!("{} / {}", e.load, e.max_runs)),
         })
         .collect();
-    let rows = jobs
+    let rows = shown_jobs
         .iter()
         .map(|job| {
-            let (next_local, next_utc) = next_times(job);
+            let view = JobView::of(job, &controls, recent.get(job.name.as_str()).map_or(&[], |runs| &runs[..]), now);
+            let job_state = states.get(job.name.as_str()).copied().unwrap_or_default();
+            let (next_utc, next_local) = next_in_utc(&view);
+            let strip: Vec<Cell> = view
+                .recent
+                .iter()
+                .map(|run| Cell {
+                    id: run.id,
+                    status: run.status,
+                    glyph: glyph(run.status),
+                    title: format!("run {} · {} · {}", run.id, utc(run.slot), run.status),
+                })
+                .collect();
+            let mut counts: Vec<(RunStatus, usize)> = Vec::new();
+            for cell in &strip {
+                match counts.iter_mut().find(|(status, _)| *status == cell.status) {
+                    Some((_, count)) => *count += 1,
+                    None => counts.push((cell.status, 1)),
+                }
+            }
+            let strip_label = if strip.is_empty() {
+                format!("{}: no outcomes yet", view.name)
+            } else {
+                let counted: Vec<String> = counts.iter().map(|(status, count)| format!("{count} {status}")).collect();
+                format!(
+                    "{}: last {} outcomes, newest right: {}; arrow keys move between runs",
+                    view.name,
+                    strip.len(),
+                    counted.join(", ")
+                )
+            };
             JobRow {
-                name: job.name.clone(),
-                paused: job.paused,
-                kind: job.kind,
-                schedule: job.schedule.clone(),
-                description: job.description.clone(),
-                timezone: job.timezone.clone(),
-                next_local,
+                paused: view.paused,
+                running: job_state.running,
+                late: job_state.late_or_missed,
+                kind: view.kind,
+                tags: overview::tags(job).to_vec(),
+                long_description: view.description.chars().count() > LONG_DESCRIPTION,
+                schedule: view.schedule.clone(),
+                description: view.description.clone(),
+                timezone: view.timezone.clone(),
                 next_utc,
-                last_status: job.last.as_ref().map(|run| run.status),
-                last_duration: job.last.as_ref().and_then(|run| run.duration_ms).map(human_ms).unwrap_or_default(),
-                strip: job
+                next_local,
+                last_status: job_state.last,
+                last_glyph: job_state.last.map_or("", glyph),
+                last_duration: view
                     .recent
                     .iter()
-                    .map(|run| Cell {
-                        id: run.id,
-                        status: run.status,
-                        title: format!("{} · {}", utc(run.slot), run.status),
-                    })
-                    .collect(),
+                    .rev()
+                    .find(|run| run.status != RunStatus::Running)
+                    .and_then(|run| run.duration_ms)
+                    .map(human_ms)
+                    .unwrap_or_default(),
+                pad: STRIP.saturating_sub(strip.len()),
+                strip,
+                strip_label,
+                name: view.name,
             }
         })
         .collect();
     let leader_since = cluster.leader.as_ref().and_then(|leader| leader.since).map(utc);
+    let tile = |id, label, count, tone, link: Filters| Tile {
+        id,
+        label,
+        count,
+        current: filters.narrows() && link == filters.on_page(1),
+        href: link.href(),
+        tone: if count > 0 { tone } else { "" },
+    };
+    let tiles = vec![
+        tile("all", "jobs", summary.total, "", filters.summary_link(None, None)),
+        tile("failing", "failing now", summary.failing, "bad", filters.summary_link(Some(Show::Failing), None)),
+        tile("running", "running", summary.running, "info", filters.summary_link(Some(Show::Running), None)),
+        tile("late", "late or missed in 24 h", summary.late, "warn", filters.summary_link(Some(Show::Late), None)),
+        tile("paused", "paused", summary.paused, "warn", filters.summary_link(None, Some(true))),
+    ];
+    let (kinds, tags) = overview::choices(&jobs);
+    let mut outcomes: Vec<&'static str> = RunStatus::ALL
+        .iter()
+        .filter(|status| !matches!(status, RunStatus::Running | RunStatus::Skipped))
+        .map(|status| status.as_str())
+        .collect();
+    outcomes.push("never");
     let html = render(&OverviewPage {
-        layout: Layout::new(&state, "Overview", "overview"),
+        layout: Layout::new(state, "Overview", "overview"),
         cluster,
         leader_since,
         replicas,
+        tiles,
+        outcome: match filters.outcome {
+            Some(Outcome::Status(status)) => status.as_str().to_owned(),
+            Some(Outcome::Never) => "never".to_owned(),
+            None => String::new(),
+        },
+        outcomes,
+        kind: filters.kind.clone().unwrap_or_default(),
+        kinds,
+        tag: filters.tag.clone().unwrap_or_default(),
+        tags,
+        paused: match filters.paused {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "",
+        },
+        show: filters.show.map_or("", Show::as_str),
+        sorts: vec![("name", "name"), ("next", "next fire"), ("outcome", "last outcome")],
+        sort: filters.sort.as_str(),
+        narrowed: filters.narrows(),
+        clear: filters.summary_link(None, None).href(),
+        filters: filters.clone(),
         jobs: rows,
         strip: STRIP,
+        legend: RunStatus::ALL.iter().map(|status| (*status, glyph(*status))).collect(),
         shown,
         previous_page,
         next_page,
     })?;
-    state.pages.put(key, Arc::from(html.0.as_str()));
-    Ok(html)
+    Ok(html.0)
 }
 
 struct RunRow {
@@ -313,6 +539,8 @@ struct JobPage {
     next_page: Option<String>,
     /// The job's newest backfills and their progress.
     backfills: Vec<api::BackfillView>,
+    /// The concurrency policies a manual run may ask for.
+    concurrencies: Vec<&'static str>,
     /// Its next fire times; each in its zone (when it is not UTC and not `?tz=utc`) and UTC.
     upcoming: Vec<FireRow>,
     show_local: bool,
@@ -369,6 +597,7 @@ async fn job(
         Some("trigger") => Some("Triggered: the leader runs it within a moment; it appears below as a manual run."),
         Some("pause") => Some("Paused: no slot fires until it is resumed."),
         Some("resume") => Some("Resumed: the next slot fires on schedule."),
+        Some("rerun") => Some("Re-run requested with the same request: it appears below as a manual run."),
         _ => None,
     };
     let runs = page
@@ -407,6 +636,7 @@ async fn job(
         show_local: !utc_only && !zone_is_utc,
         utc_only,
         zone_is_utc,
+        concurrencies: crate::config::Concurrency::NAMES.iter().map(|(word, _)| *word).collect(),
         job,
     })?;
     let mut response = page.into_response();
@@ -450,31 +680,109 @@ fn duration_chart(runs: &[RunBrief]) -> String {
     svg
 }
 
-#[derive(Deserialize)]
+/// A page form's fields: `csrf`, `key` (a trigger's idempotency key), and a trigger's options:
+/// `env.NAME` for each variable the job lets a manual run set (empty: not set), `reason` and
+/// `concurrency` (empty: the job's).
 struct ControlForm {
-    #[serde(default)]
     csrf: String,
     key: Option<String>,
+    overrides: TriggerOverrides,
+}
+
+impl ControlForm {
+    fn of(fields: Vec<(String, String)>) -> Result<ControlForm, Problem> {
+        let mut form = ControlForm { csrf: String::new(), key: None, overrides: TriggerOverrides::default() };
+        for (name, value) in fields {
+            match name.as_str() {
+                "csrf" => form.csrf = value,
+                "key" => form.key = Some(value),
+                "reason" => form.overrides.reason = Some(value).filter(|reason| !reason.trim().is_empty()),
+                "concurrency" if value.is_empty() => {}
+                "concurrency" => {
+                    let policy = crate::config::Concurrency::NAMES.iter().find(|(word, _)| *word == value);
+                    form.overrides.concurrency =
+                        Some(policy.map(|(_, policy)| *policy).ok_or_else(|| {
+                            Problem::bad_request(format!("`concurrency`: `{value}` is not a policy"))
+                        })?);
+                }
+                _ => {
+                    if let Some(variable) = name.strip_prefix("env.").filter(|_| !value.is_empty()) {
+                        form.overrides.env.insert(variable.to_owned(), value);
+                    }
+                }
+            }
+        }
+        Ok(form)
+    }
 }
 
 async fn control(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
-    Form(form): Form<ControlForm>,
+    Form(fields): Form<Vec<(String, String)>>,
 ) -> Result<Redirect, PageError> {
+    let form = ControlForm::of(fields)?;
     state.auth.mutate_form(&headers, &form.csrf)?;
     match action.as_str() {
         "trigger" => {
             // The page's form always carries a fresh key; an empty one is taken as none.
             let key = form.key.as_deref().filter(|key| !key.is_empty());
-            api::request_trigger(&state, &name, key, "dashboard", &TriggerOverrides::default()).await?;
+            api::request_trigger(&state, &name, key, "dashboard", &form.overrides).await?;
         }
         "pause" => api::set_control(&state, &name, Control::Pause, "dashboard").await?,
         "resume" => api::set_control(&state, &name, Control::Resume, "dashboard").await?,
         _ => return Err(Problem::not_found(format!("no action `{action}`")).into()),
     }
     Ok(Redirect::to(&format!("/jobs/{name}?done={action}")))
+}
+
+/// Re-run a finished run: a manual trigger of its job with the same request (the variables,
+/// reason and concurrency of the trigger behind it, read from the ledger as recorded, so an
+/// inherited variable's value shown redacted is re-sent as it was), the reason naming the run.
+async fn rerun(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Result<Redirect, PageError> {
+    let form = ControlForm::of(fields)?;
+    state.auth.mutate_form(&headers, &form.csrf)?;
+    let run = state.store.run(id).await?.ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
+    let mut overrides = match run.trigger {
+        TriggerKind::Manual => {
+            state.store.trigger_of_run(id).await?.map(|trigger| trigger.overrides).unwrap_or_default()
+        }
+        TriggerKind::Schedule | TriggerKind::Backfill => TriggerOverrides::default(),
+    };
+    overrides.reason = Some(match overrides.reason {
+        Some(reason) => format!("re-run of run {id}: {reason}"),
+        None => format!("re-run of run {id}"),
+    });
+    let key = form.key.as_deref().filter(|key| !key.is_empty());
+    api::request_trigger(&state, &run.job, key, "dashboard", &overrides).await?;
+    Ok(Redirect::to(&format!("/jobs/{}?done=rerun", run.job)))
+}
+
+/// A run's output as a file: the tail the ledger keeps, as text.
+async fn run_output(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Response, PageError> {
+    state.auth.read(&headers)?;
+    let run = state.store.run(id).await?.ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
+    let file: String =
+        run.job.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{file}-run-{id}.log\"")),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        crate::executor::plain_output(&run.output),
+    )
+        .into_response())
 }
 
 #[derive(Template)]
@@ -498,6 +806,8 @@ struct RunPage {
     result: String,
     /// When it was to start, when that was not its slot (jitter, backfill).
     planned: Option<String>,
+    /// A fresh idempotency key for the re-run form.
+    key: String,
 }
 
 #[derive(Deserialize)]
@@ -532,6 +842,7 @@ async fn run(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i
     let stopped =
         matches!(run.brief.status, RunStatus::Skipped | RunStatus::Missed | RunStatus::Lost | RunStatus::Killed);
     let page = render(&RunPage {
+        key: api::new_key(),
         layout: Layout::new(&state, format!("{} run {}", run.job, run.brief.id), "run"),
         running,
         can_mutate: state.auth.can_mutate(),

@@ -6,13 +6,15 @@
 //! read by number. Instants differ in storage (`timestamptz` on PostgreSQL, integer
 //! microseconds on SQLite), so each backend's `LedgerRow` reads them its own way.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 
 use super::{
-    BackfillRecord, BackfillSlot, ClaimError, Claimed, Fence, JobControl, PendingCancel, RunRecord, TermRecord,
+    BackfillRecord, BackfillSlot, ClaimError, Claimed, Fence, JobControl, JobState, PendingCancel, RunRecord, TermRecord,
     TriggerOverrides, TriggerRecord,
 };
 use crate::config::Concurrency;
@@ -191,6 +193,25 @@ pub(super) fn status(row: &impl LedgerRow, column: &str) -> Result<RunStatus, sq
 fn trigger_kind(row: &impl LedgerRow, column: &str) -> Result<TriggerKind, sqlx::Error> {
     let text = row.text(column)?;
     TriggerKind::parse(&text).ok_or_else(|| undecodable(column, format!("unknown trigger {text:?}")))
+}
+
+/// The rows of `LedgerReads::job_states` (`job`, `last`, `running`, `late_or_missed`), by job;
+/// a job without runs is left out.
+pub(super) fn job_states(rows: &[impl LedgerRow]) -> Result<HashMap<String, JobState>, sqlx::Error> {
+    let mut states = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let last = match row.optional_text("last")? {
+            Some(text) => Some(
+                RunStatus::parse(&text).ok_or_else(|| undecodable("last", format!("unknown run status {text:?}")))?,
+            ),
+            None => None,
+        };
+        let state = JobState { last, running: row.flag("running")?, late_or_missed: row.flag("late_or_missed")? };
+        if state != JobState::default() {
+            states.insert(row.text("job")?, state);
+        }
+    }
+    Ok(states)
 }
 
 /// A row of `run_columns!()`.

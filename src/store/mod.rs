@@ -311,6 +311,23 @@ pub struct JobControl {
     pub resumed_at: Option<DateTime<Utc>>,
 }
 
+/// What the overview counts, filters and sorts each job by, read for every job at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobState {
+    /// The newest outcome: the newest run's status that is neither `running` nor `skipped` (a
+    /// slot its concurrency policy skipped says nothing of how the job fares); none before one.
+    pub last: Option<RunStatus>,
+    /// A run of the job is going.
+    pub running: bool,
+    /// Since the instant asked: a slot was missed, or one of the job's newest `LATE_WINDOW` runs
+    /// began later than the lateness asked after its planned start.
+    pub late_or_missed: bool,
+}
+
+/// How many of a job's newest runs `LedgerReads::job_states` looks at for lateness: a bound on
+/// its cost per job (a per-second job has 86,400 runs a day); missed slots are all counted.
+pub const LATE_WINDOW: i64 = 100;
+
 /// The PostgreSQL NOTIFY channel for pauses, resumes and triggers.
 const CONTROL_CHANNEL: &str = "tenure_controls";
 
@@ -666,6 +683,16 @@ pub trait LedgerReads: Send + Sync {
 
     /// Operator pauses and resumes, by job (as `Ledger::job_controls`).
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error>;
+
+    /// The state of each of `jobs` that has runs, in one statement: its newest outcome, whether
+    /// a run goes, and whether since `since` a slot was missed or a run began more than `late`
+    /// after its planned start (`JobState`). Index probes per job, never a scan of the ledger.
+    async fn job_states(
+        &self,
+        jobs: &[String],
+        since: DateTime<Utc>,
+        late: std::time::Duration,
+    ) -> Result<HashMap<String, JobState>, sqlx::Error>;
 
     /// Pause or resume a job; survives failover; wakes the leader's scheduler. A resume that ends
     /// a pause (the job's control said paused, or it had none: the job file's pause) records

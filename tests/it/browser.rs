@@ -233,17 +233,22 @@ async fn the_dashboard_works_under_its_content_security_policy() {
         browser.find_all(Locator::Css("table.runs tbody .status.succeeded")).await.is_ok_and(|found| found.len() == 1)
     })
     .await;
-    assert!(browser.current_url().await.unwrap().as_str().contains("done=trigger"));
+    let notice = browser.find(Locator::Css(".notice")).await.unwrap().text().await.unwrap();
+    assert!(notice.starts_with("Triggered"), "{notice}");
+    // Pause asks first (the page's own <dialog>, under the policy too).
     browser.find(Locator::Id("pause")).await.unwrap().click().await.unwrap();
+    browser.find(Locator::Id("confirm-yes")).await.unwrap().click().await.unwrap();
     wait_for("the page after pause", Duration::from_secs(10), || async {
-        browser.current_url().await.is_ok_and(|url| url.as_str().contains("done=pause"))
+        browser.find(Locator::Id("paused")).await.is_ok()
     })
     .await;
-    browser.find(Locator::Id("paused")).await.expect("the job shows paused");
     browser.find(Locator::Id("resume")).await.unwrap().click().await.unwrap();
     // The click starts a navigation; the page after the form's redirect says what was done.
     wait_for("the page after resume", Duration::from_secs(10), || async {
-        browser.current_url().await.is_ok_and(|url| url.as_str().contains("done=resume"))
+        match browser.find(Locator::Css(".notice")).await {
+            Ok(notice) => notice.text().await.is_ok_and(|text| text.starts_with("Resumed")),
+            Err(_) => false,
+        }
     })
     .await;
 

@@ -37,6 +37,9 @@ mod execution;
 mod executor;
 /// The fault suite: partitions, pauses, kills, restarts, reloads.
 mod faults;
+/// The dashboard for a fleet of 500 jobs in headless Chromium: widths, filters, live refresh,
+/// run output, axe-core and contrast in light and dark.
+mod fleet;
 /// Throwaway etcd, ZooKeeper and PostgreSQL servers with fault injection.
 mod harness;
 /// Hostile job files: huge, deep, alias bombs, 100,000 errors.

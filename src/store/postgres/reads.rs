@@ -13,7 +13,7 @@ use crate::model::{Control, RunStatus};
 use crate::store::common::{self, run_columns};
 use crate::store::outbox;
 use crate::store::{
-    BackfillRecord, CONTROL_CHANNEL, CancelAnswer, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord,
+    BackfillRecord, CONTROL_CHANNEL, CancelAnswer, JobControl, JobState, LedgerReads, NotificationRecord, RunCursor, RunRecord,
     TermRecord, TriggerRecord, TriggerRequest, clean_text,
 };
 
@@ -89,6 +89,32 @@ impl LedgerReads for Postgres {
 
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {
         self.read_job_controls().await
+    }
+
+    async fn job_states(
+        &self,
+        jobs: &[String],
+        since: DateTime<Utc>,
+        late: std::time::Duration,
+    ) -> Result<HashMap<String, JobState>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT j.name AS job,
+               (SELECT status FROM runs WHERE job = j.name AND status NOT IN ('running', 'skipped')
+                 ORDER BY slot DESC, id DESC LIMIT 1) AS last,
+               EXISTS (SELECT 1 FROM runs WHERE job = j.name AND status = 'running') AS running,
+               EXISTS (SELECT 1 FROM runs WHERE job = j.name AND status = 'missed' AND slot >= $2)
+               OR EXISTS (SELECT 1 FROM (SELECT began_at, planned_at FROM runs
+                   WHERE job = j.name AND slot >= $2 ORDER BY slot DESC, id DESC LIMIT $4) recent
+                 WHERE began_at - planned_at > $3 * interval '1 microsecond') AS late_or_missed
+             FROM unnest($1::text[]) AS j(name)",
+        )
+        .bind(jobs)
+        .bind(since)
+        .bind(late.as_micros().min(i64::MAX as u128) as i64)
+        .bind(crate::store::LATE_WINDOW)
+        .fetch_all(&self.pool)
+        .await?;
+        common::job_states(&rows)
     }
 
     async fn set_control(&self, job: &str, control: Control, by: &str) -> Result<(), sqlx::Error> {

@@ -13,7 +13,7 @@ use crate::model::{Control, RunStatus};
 use crate::store::common::{self, micros, run_columns};
 use crate::store::outbox;
 use crate::store::{
-    BackfillRecord, CancelAnswer, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord,
+    BackfillRecord, CancelAnswer, JobControl, JobState, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord,
     TriggerRecord, TriggerRequest, clean_text,
 };
 
@@ -79,6 +79,33 @@ impl LedgerReads for Sqlite {
 
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {
         self.read_job_controls().await
+    }
+
+    async fn job_states(
+        &self,
+        jobs: &[String],
+        since: DateTime<Utc>,
+        late: std::time::Duration,
+    ) -> Result<HashMap<String, JobState>, sqlx::Error> {
+        let names = serde_json::to_string(jobs).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+        let rows = sqlx::query(
+            "SELECT j.value AS job,
+               (SELECT status FROM runs WHERE job = j.value AND status NOT IN ('running', 'skipped')
+                 ORDER BY slot DESC, id DESC LIMIT 1) AS last,
+               EXISTS (SELECT 1 FROM runs WHERE job = j.value AND status = 'running') AS running,
+               EXISTS (SELECT 1 FROM runs WHERE job = j.value AND status = 'missed' AND slot >= ?2)
+               OR EXISTS (SELECT 1 FROM (SELECT began_at, planned_at FROM runs
+                   WHERE job = j.value AND slot >= ?2 ORDER BY slot DESC, id DESC LIMIT ?4)
+                 WHERE began_at - COALESCE(planned_at, 0) > ?3) AS late_or_missed
+             FROM json_each(?1) AS j",
+        )
+        .bind(names)
+        .bind(micros(since))
+        .bind(late.as_micros().min(i64::MAX as u128) as i64)
+        .bind(crate::store::LATE_WINDOW)
+        .fetch_all(&self.pool)
+        .await?;
+        common::job_states(&rows)
     }
 
     async fn set_control(&self, job: &str, control: Control, by: &str) -> Result<(), sqlx::Error> {
