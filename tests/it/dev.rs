@@ -314,3 +314,51 @@ async fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
     let plain = on_a_terminal(true);
     assert!(plain.contains("INFO") && !plain.contains('\u{1b}'), "colour with NO_COLOR:\n{plain:?}");
 }
+
+/// `THP_enabled` of a process, from its `/proc/PID/status` (1: transparent huge pages allowed).
+fn huge_pages_enabled(status: &str) -> Option<String> {
+    status.lines().find_map(|line| Some(line.strip_prefix("THP_enabled:")?.trim().to_owned()))
+}
+
+/// mimalloc marks its arena for transparent huge pages, and the kernel then filled every 2 MiB of
+/// it holding one resident page into a huge page: a replica's resident memory crept up while
+/// what it held stayed flat. A real `tenure dev` runs without them; its supervisor and its jobs
+/// get the machine's setting (what this test process has), not tenure's.
+#[tokio::test]
+async fn a_replica_runs_without_transparent_huge_pages_and_its_jobs_with_the_machines_setting() {
+    let ours = huge_pages_enabled(&std::fs::read_to_string("/proc/self/status").unwrap()).expect("THP_enabled in status");
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("thp.dump");
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &jobs,
+        format!(
+            "jobs:\n  - name: huge-pages\n    schedule: \"* * * * * *\"\n    \
+             shell: 'grep THP_enabled /proc/$$/status > {0}.tmp && grep THP_enabled /proc/$PPID/status >> {0}.tmp && mv {0}.tmp {0}'\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["dev", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--jobs")
+        .arg(&jobs)
+        .arg("--ledger")
+        .arg(dir.path().join("ledger.db"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tenure dev");
+    let found = crate::harness::wait_until(Duration::from_secs(15), || async { dump.exists() }).await;
+    let replica = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "the job never wrote its THP_enabled");
+    assert_eq!(huge_pages_enabled(&replica).as_deref(), Some("0"), "the replica's THP_enabled");
+    let text = std::fs::read_to_string(&dump).unwrap();
+    let seen: Vec<String> = text.lines().filter_map(huge_pages_enabled).collect();
+    assert_eq!(seen, [ours.clone(), ours], "the job's and its supervisor's THP_enabled, as this process's:\n{text}");
+}
