@@ -1568,7 +1568,8 @@ async fn stop_for_allocator_stats(pid: u32, log: &Path, label: &str) {
     }
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    match lines.iter().rposition(|l| l.contains("heap stats")) {
+    // mimalloc 2's table opens with its `pages` row (older ones with a `heap stats` line).
+    match lines.iter().rposition(|l| l.contains("heap stats") || (l.trim_start().starts_with("pages") && l.contains("peak"))) {
         Some(from) => {
             println!("\nmimalloc's statistics of the {label} at its exit:");
             for line in &lines[from..] {
