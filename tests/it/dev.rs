@@ -362,3 +362,73 @@ async fn a_replica_runs_without_transparent_huge_pages_and_its_jobs_with_the_mac
     let seen: Vec<String> = text.lines().filter_map(huge_pages_enabled).collect();
     assert_eq!(seen, [ours.clone(), ours], "the job's and its supervisor's THP_enabled, as this process's:\n{text}");
 }
+
+/// Connections to HTTP jobs' targets are kept for the next request (no handshake at the slot),
+/// but not forever: an idle one is closed after the pool's idle time (90 s;
+/// `TENURE_TEST_HTTP_POOL_IDLE_MS` shortens it here). A target that answers once and is then
+/// left alone sees its connection closed by tenure.
+#[tokio::test]
+async fn an_idle_connection_to_an_http_jobs_target_is_closed_after_the_pools_idle_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = target.local_addr().unwrap();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel::<Duration>();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let heard = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = target.accept().await {
+            let (closed_tx, heard) = (closed_tx.clone(), heard.clone());
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 8192];
+                let mut answered = None;
+                loop {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+                            heard.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            answered = Some(std::time::Instant::now());
+                        }
+                    }
+                }
+                if let Some(at) = answered {
+                    let _ = closed_tx.send(at.elapsed());
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &jobs,
+        format!("jobs:\n  - name: ping\n    schedule: \"0 0 1 1 *\"\n    http: {{ url: \"http://{address}/\" }}\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["dev", "--admin-token", "tok", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--jobs")
+        .arg(&jobs)
+        .arg("--ledger")
+        .arg(dir.path().join("ledger.db"))
+        .env("TENURE_TEST_HTTP_POOL_IDLE_MS", "1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tenure dev");
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for("the manual run to be accepted", Duration::from_secs(15), || async {
+        let answer = reqwest::Client::new().post(format!("{base}/api/jobs/ping/trigger")).bearer_auth("tok").send().await;
+        answer.is_ok_and(|answer| answer.status() == 202)
+    })
+    .await;
+    let idle = tokio::time::timeout(Duration::from_secs(20), closed.recv()).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let requests = requests.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(requests, 1, "requests heard by the target");
+    let idle = idle.expect("tenure kept its idle connection to the target open for 20 s").unwrap();
+    assert!(idle < Duration::from_secs(10), "closed after {idle:?} idle");
+}
