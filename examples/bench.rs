@@ -1480,7 +1480,8 @@ impl MemorySeries {
             return None;
         }
         let n = recent.len() as f64;
-        let (mean_t, mean_m) = (recent.iter().map(|s| s.0).sum::<f64>() / n, recent.iter().map(|s| s.1).sum::<f64>() / n);
+        let (mean_t, mean_m) =
+            (recent.iter().map(|s| s.0).sum::<f64>() / n, recent.iter().map(|s| s.1).sum::<f64>() / n);
         let covariance: f64 = recent.iter().map(|(t, m)| (t - mean_t) * (m - mean_m)).sum();
         let variance: f64 = recent.iter().map(|(t, _)| (t - mean_t).powi(2)).sum();
         Some((covariance / variance * 3600.0, mean_m))
@@ -1550,7 +1551,10 @@ fn soak_verdict(series: &[MemorySeries]) {
         let (slope, verdict) = match one.slope(Duration::from_secs(3600)) {
             Some((slope, mean)) => {
                 let share = 100.0 * slope / mean;
-                (format!("{slope:+.2} MiB/h = {share:+.2} %/h"), if share < 1.0 { "< 1 %/h: met" } else { "< 1 %/h: NOT met" })
+                (
+                    format!("{slope:+.2} MiB/h = {share:+.2} %/h"),
+                    if share < 1.0 { "< 1 %/h: met" } else { "< 1 %/h: NOT met" },
+                )
             }
             None => ("-".into(), ""),
         };
@@ -1569,7 +1573,10 @@ async fn stop_for_allocator_stats(pid: u32, log: &Path, label: &str) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     // mimalloc 2's table opens with its `pages` row (older ones with a `heap stats` line).
-    match lines.iter().rposition(|l| l.contains("heap stats") || (l.trim_start().starts_with("pages") && l.contains("peak"))) {
+    match lines
+        .iter()
+        .rposition(|l| l.contains("heap stats") || (l.trim_start().starts_with("pages") && l.contains("peak")))
+    {
         Some(from) => {
             println!("\nmimalloc's statistics of the {label} at its exit:");
             for line in &lines[from..] {
@@ -1582,9 +1589,12 @@ async fn stop_for_allocator_stats(pid: u32, log: &Path, label: &str) {
 
 /// The soak in `tenure dev`: one replica, SQLite, `--retain 5m`.
 async fn soak_dev(minutes: u64) -> anyhow::Result<()> {
-    println!("\n## {}", format_args!(
-        "S1. Soak, tenure dev: 200 shell jobs every second + 20 HTTP jobs every 2 s (closed port), --retain 5m, {minutes} min"
-    ));
+    println!(
+        "\n## {}",
+        format_args!(
+            "S1. Soak, tenure dev: 200 shell jobs every second + 20 HTTP jobs every 2 s (closed port), --retain 5m, {minutes} min"
+        )
+    );
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("jobs.yaml");
     std::fs::write(&path, soak_jobs(false))?;
@@ -1613,7 +1623,12 @@ async fn soak_dev(minutes: u64) -> anyhow::Result<()> {
         minutes,
         &["replica", "supervisor"],
         || vec![Some(pid), supervisor_of(pid)],
-        || soak_progress(sqlx::query_as("SELECT COALESCE(MAX(id), 0), status, COUNT(*) FROM runs GROUP BY status").fetch_all(&pool)),
+        || {
+            soak_progress(
+                sqlx::query_as("SELECT COALESCE(MAX(id), 0), status, COUNT(*) FROM runs GROUP BY status")
+                    .fetch_all(&pool),
+            )
+        },
     )
     .await;
     soak_verdict(&series);
@@ -1641,9 +1656,12 @@ async fn soak_progress<E: std::fmt::Display>(
 /// The soak on three `tenure run` replicas (etcd, PostgreSQL), every job `run_on: any`: the leader
 /// and a worker measured.
 async fn soak_cluster(minutes: u64) -> anyhow::Result<()> {
-    println!("\n## {}", format_args!(
-        "S2. Soak, 3 replicas on etcd + PostgreSQL, run_on: any: 200 shell jobs every second + 20 HTTP jobs every 2 s (closed port), retain 5m, {minutes} min"
-    ));
+    println!(
+        "\n## {}",
+        format_args!(
+            "S2. Soak, 3 replicas on etcd + PostgreSQL, run_on: any: 200 shell jobs every second + 20 HTTP jobs every 2 s (closed port), retain 5m, {minutes} min"
+        )
+    );
     let etcd = harness::Etcd::start().await;
     let pg = harness::Postgres::start_durable().await;
     let (url, pool) = database(&pg, "soak").await?;
@@ -1661,7 +1679,8 @@ async fn soak_cluster(minutes: u64) -> anyhow::Result<()> {
     )?;
     let (leader, _) = replicas.wait_leader(&pool).await;
     let worker = (leader + 1) % 3;
-    let (leader_pid, worker_pid) = (replicas.pid(leader).unwrap().as_raw() as u32, replicas.pid(worker).unwrap().as_raw() as u32);
+    let (leader_pid, worker_pid) =
+        (replicas.pid(leader).unwrap().as_raw() as u32, replicas.pid(worker).unwrap().as_raw() as u32);
     println!("leader: {}, worker: {}", replicas.list[leader].node, replicas.list[worker].node);
     let series = soak_watch(
         minutes,
@@ -1669,7 +1688,8 @@ async fn soak_cluster(minutes: u64) -> anyhow::Result<()> {
         || vec![Some(leader_pid), supervisor_of(leader_pid), Some(worker_pid), supervisor_of(worker_pid)],
         || async {
             let progress = soak_progress(
-                sqlx::query_as("SELECT COALESCE(MAX(id), 0), status, COUNT(*)::bigint FROM runs GROUP BY status").fetch_all(&pool),
+                sqlx::query_as("SELECT COALESCE(MAX(id), 0), status, COUNT(*)::bigint FROM runs GROUP BY status")
+                    .fetch_all(&pool),
             )
             .await;
             let leading = match replicas.leader().await {

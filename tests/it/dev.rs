@@ -326,7 +326,8 @@ fn huge_pages_enabled(status: &str) -> Option<String> {
 /// get the machine's setting (what this test process has), not tenure's.
 #[tokio::test]
 async fn a_replica_runs_without_transparent_huge_pages_and_its_jobs_with_the_machines_setting() {
-    let ours = huge_pages_enabled(&std::fs::read_to_string("/proc/self/status").unwrap()).expect("THP_enabled in status");
+    let ours =
+        huge_pages_enabled(&std::fs::read_to_string("/proc/self/status").unwrap()).expect("THP_enabled in status");
     let dir = tempfile::tempdir().unwrap();
     let dump = dir.path().join("thp.dump");
     let jobs = dir.path().join("jobs.yaml");
@@ -420,7 +421,8 @@ async fn an_idle_connection_to_an_http_jobs_target_is_closed_after_the_pools_idl
         .expect("start tenure dev");
     let base = format!("http://127.0.0.1:{port}");
     wait_for("the manual run to be accepted", Duration::from_secs(15), || async {
-        let answer = reqwest::Client::new().post(format!("{base}/api/jobs/ping/trigger")).bearer_auth("tok").send().await;
+        let answer =
+            reqwest::Client::new().post(format!("{base}/api/jobs/ping/trigger")).bearer_auth("tok").send().await;
         answer.is_ok_and(|answer| answer.status() == 202)
     })
     .await;
