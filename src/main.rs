@@ -39,7 +39,7 @@ fn keep_burst_memory() {
 /// khugepaged then turns every 2 MiB of it that holds a single resident page into a whole huge
 /// page, so resident memory crept up by 2 MiB steps while what tenure held stayed flat. The
 /// supervisor clears the flag again at its start (`allow_huge_pages`): its jobs get the
-/// machine's setting, not tenure's.
+/// machine's setting, not tenure's (its own allocator is started with `MIMALLOC_ALLOW_THP=0`).
 fn no_huge_pages() {
     if let Err(error) = nix::sys::prctl::set_thp_disable(true) {
         eprintln!("warning: could not disable transparent huge pages (prctl PR_SET_THP_DISABLE): {error}");
@@ -47,7 +47,7 @@ fn no_huge_pages() {
 }
 
 /// The supervisor's side of `no_huge_pages`: the replica's flag is inherited across exec, so the
-/// supervisor clears it, for itself and the jobs it starts.
+/// supervisor clears it for the jobs it starts (`posix_spawn` has no place to do it per job).
 fn allow_huge_pages() {
     let _ = nix::sys::prctl::set_thp_disable(false);
 }

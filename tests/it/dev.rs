@@ -355,10 +355,28 @@ async fn a_replica_runs_without_transparent_huge_pages_and_its_jobs_with_the_mac
         .expect("start tenure dev");
     let found = crate::harness::wait_until(Duration::from_secs(15), || async { dump.exists() }).await;
     let replica = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    // The supervisor's own memory: no mapping marked for huge pages (`hg`), so its arena does not
+    // grow by 2 MiB steps where the machine's setting is `madvise`.
+    let supervisor = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|children| children.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"supervise"))
+        });
+    let supervisor_maps = supervisor.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok());
     let _ = child.kill();
     let _ = child.wait();
     assert!(found, "the job never wrote its THP_enabled");
     assert_eq!(huge_pages_enabled(&replica).as_deref(), Some("0"), "the replica's THP_enabled");
+    let supervisor_maps = supervisor_maps.expect("the supervisor's smaps (this test reads it as root)");
+    let marked: Vec<&str> = supervisor_maps
+        .lines()
+        .filter(|l| l.starts_with("VmFlags:") && l.split_whitespace().any(|f| f == "hg"))
+        .collect();
+    assert!(marked.is_empty(), "the supervisor marked memory for huge pages: {marked:?}");
     let text = std::fs::read_to_string(&dump).unwrap();
     let seen: Vec<String> = text.lines().filter_map(huge_pages_enabled).collect();
     assert_eq!(seen, [ours.clone(), ours], "the job's and its supervisor's THP_enabled, as this process's:\n{text}");
