@@ -5,7 +5,9 @@
 //! (`precision-100`, `precision-1000` or `precision-10000`: one size of `precision`); `scripts/bench
 //! readers` (firing while 50 dashboard and API clients read a large ledger, about 3 minutes) and
 //! `scripts/bench failover-zk` (the failover with ZooKeeper as the coordinator, about 4 minutes)
-//! run only when named.
+//! run only when named; so do `scripts/bench soak` (resident memory of `tenure dev` under a steady
+//! load, 2 hours; `--minutes N` for another length) and `scripts/bench soak-cluster` (the same on
+//! three replicas with `run_on: any`).
 
 #[path = "../tests/it/harness.rs"]
 #[allow(dead_code)]
@@ -87,6 +89,18 @@ async fn main() -> anyhow::Result<()> {
     }
     if chosen.iter().any(|c| c == "readers") {
         readers().await?;
+    }
+    // Hours long: only when named, `--minutes N` (default 120) for a shorter or longer one.
+    let minutes = chosen
+        .iter()
+        .position(|c| c == "--minutes")
+        .and_then(|i| chosen.get(i + 1)?.parse::<u64>().ok())
+        .unwrap_or(120);
+    if chosen.iter().any(|c| c == "soak") {
+        soak_dev(minutes).await?;
+    }
+    if chosen.iter().any(|c| c == "soak-cluster") {
+        soak_cluster(minutes).await?;
     }
     println!("\nall scenarios in {:.0?}", started.elapsed());
     Ok(())
@@ -183,6 +197,8 @@ struct Replicas {
     ttl: Duration,
     election: String,
     logs: PathBuf,
+    /// Set in each replica's environment besides `RUST_LOG`.
+    env: Vec<(&'static str, &'static str)>,
     list: Vec<Replica>,
 }
 
@@ -229,6 +245,19 @@ impl Replicas {
         ttl: Duration,
         logs: &Path,
     ) -> anyhow::Result<Replicas> {
+        Replicas::start_on_env(count, jobs, coordinator, databases, ttl, logs, Vec::new())
+    }
+
+    /// Replicas with `env` set in their environment besides `RUST_LOG`.
+    fn start_on_env(
+        count: usize,
+        jobs: &Path,
+        coordinator: (&'static str, String),
+        databases: Vec<String>,
+        ttl: Duration,
+        logs: &Path,
+        env: Vec<(&'static str, &'static str)>,
+    ) -> anyhow::Result<Replicas> {
         // Each group of replicas campaigns in an election of its own: no waiting for the keys of
         // an earlier group to expire.
         static ELECTIONS: AtomicU64 = AtomicU64::new(0);
@@ -240,6 +269,7 @@ impl Replicas {
             databases,
             ttl,
             logs: logs.to_owned(),
+            env,
             list: (0..count)
                 .map(|i| Replica { node: format!("node-{i}"), port: harness::free_port(), child: None })
                 .collect(),
@@ -265,6 +295,7 @@ impl Replicas {
             .args(["--lease-ttl", &format!("{}s", self.ttl.as_secs())])
             .args(["--election", &self.election])
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -1698,6 +1729,288 @@ async fn ledger_aged(rows: i64) -> anyhow::Result<()> {
         format!("{before:.0} / {:.0}", runs_size(&pool).await?),
         "after <= 45 % of before",
     );
+
+// Soak: resident memory under a steady load for hours
+
+/// The soak's load: 200 shell jobs every second (`echo`) and 20 HTTP jobs every 2 s to a closed
+/// port (each run fails), finished rows kept 5 minutes; `run_on: any` on the cluster.
+fn soak_jobs(run_on_any: bool) -> String {
+    let closed = harness::free_port();
+    let placement = if run_on_any { "    run_on: any\n" } else { "" };
+    let mut text = String::from("defaults:\n  retain: 5m\njobs:\n");
+    for i in 0..200 {
+        text.push_str(&format!(
+            "  - name: echo-{i:03}\n    schedule: \"* * * * * *\"\n    shell: \"echo soak {i}\"\n{placement}"
+        ));
+    }
+    for i in 0..20 {
+        text.push_str(&format!(
+            "  - name: http-{i:02}\n    schedule: \"*/2 * * * * *\"\n    http: {{ url: \"http://127.0.0.1:{closed}/\" }}\n    timeout: 5s\n{placement}"
+        ));
+    }
+    text
+}
+
+/// The `tenure supervise` process a replica started, if it has one now.
+fn supervisor_of(pid: u32) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|children| children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()).collect::<Vec<_>>())
+        .find(|child| {
+            std::fs::read(format!("/proc/{child}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == b"supervise"))
+        })
+}
+
+/// One process's resident memory over a soak: (seconds since the start, MiB).
+struct MemorySeries {
+    name: String,
+    samples: Vec<(f64, f64)>,
+}
+
+impl MemorySeries {
+    fn new(name: &str) -> MemorySeries {
+        MemorySeries { name: name.to_owned(), samples: Vec::new() }
+    }
+
+    /// The least-squares slope (MiB per hour) of the samples of the last `window`, and their mean.
+    fn slope(&self, window: Duration) -> Option<(f64, f64)> {
+        let last = self.samples.last()?.0;
+        let recent: Vec<(f64, f64)> =
+            self.samples.iter().copied().filter(|(t, _)| *t >= last - window.as_secs_f64()).collect();
+        if recent.len() < 3 {
+            return None;
+        }
+        let n = recent.len() as f64;
+        let (mean_t, mean_m) =
+            (recent.iter().map(|s| s.0).sum::<f64>() / n, recent.iter().map(|s| s.1).sum::<f64>() / n);
+        let covariance: f64 = recent.iter().map(|(t, m)| (t - mean_t) * (m - mean_m)).sum();
+        let variance: f64 = recent.iter().map(|(t, _)| (t - mean_t).powi(2)).sum();
+        Some((covariance / variance * 3600.0, mean_m))
+    }
+
+    fn latest(&self) -> f64 {
+        self.samples.last().map_or(f64::NAN, |s| s.1)
+    }
+}
+
+/// The slope over the last hour as printed: MiB per hour and per cent of the resident memory.
+fn slope_text(series: &MemorySeries) -> String {
+    match series.slope(Duration::from_secs(3600)) {
+        Some((slope, mean)) => format!("{slope:+.2} MiB/h ({:+.2} %/h)", 100.0 * slope / mean),
+        None => "-".into(),
+    }
+}
+
+/// Sample every 30 s for `minutes`, print a row every 10 minutes: each process's resident memory
+/// (`pids` names them, looked up again at each sample: a supervisor may be restarted) and the slope
+/// of the last hour; `progress` says how far the load went.
+async fn soak_watch<P, R, F>(minutes: u64, names: &[&str], pids: P, progress: R) -> Vec<MemorySeries>
+where
+    P: Fn() -> Vec<Option<u32>>,
+    R: Fn() -> F,
+    F: std::future::Future<Output = String>,
+{
+    const SAMPLE: Duration = Duration::from_secs(30);
+    const ROW: Duration = Duration::from_secs(600);
+    let mut series: Vec<MemorySeries> = names.iter().map(|name| MemorySeries::new(name)).collect();
+    println!("{:>6}  {}", "minute", names.iter().map(|n| format!("{n:>22}")).collect::<String>());
+    let started = Instant::now();
+    let end = started + Duration::from_secs(minutes * 60);
+    let mut next_row = started;
+    loop {
+        let at = started.elapsed().as_secs_f64();
+        for (one, pid) in series.iter_mut().zip(pids()) {
+            if let Some(pid) = pid {
+                let rss = rss_mib(Pid::from_raw(pid as i32));
+                if rss.is_finite() {
+                    one.samples.push((at, rss));
+                }
+            }
+        }
+        if Instant::now() >= next_row {
+            let cells: String = series.iter().map(|s| format!("{:>18.1} MiB", s.latest())).collect();
+            println!("{:>6.0}  {cells}   {}", at / 60.0, progress().await);
+            if at >= 1200.0 {
+                let slopes: Vec<String> = series.iter().map(|s| format!("{} {}", s.name, slope_text(s))).collect();
+                println!("        slope over the last hour: {}", slopes.join(", "));
+            }
+            next_row += ROW;
+        }
+        if Instant::now() >= end {
+            return series;
+        }
+        tokio::time::sleep(SAMPLE.min(end.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// The verdict: each process's memory at its first sample, at the end, and its slope over the
+/// last hour against the target (under 1 % of its resident memory per hour).
+fn soak_verdict(series: &[MemorySeries]) {
+    println!("{:<22} {:>10} {:>10} {:>32}  target", "process", "first MiB", "last MiB", "slope over the last hour");
+    for one in series {
+        let first = one.samples.first().map_or(f64::NAN, |s| s.1);
+        let (slope, verdict) = match one.slope(Duration::from_secs(3600)) {
+            Some((slope, mean)) => {
+                let share = 100.0 * slope / mean;
+                (
+                    format!("{slope:+.2} MiB/h = {share:+.2} %/h"),
+                    if share < 1.0 { "< 1 %/h: met" } else { "< 1 %/h: NOT met" },
+                )
+            }
+            None => ("-".into(), ""),
+        };
+        println!("{:<22} {first:>10.1} {:>10.1} {slope:>32}  {verdict}", one.name, one.latest());
+    }
+}
+
+/// SIGTERM a replica and wait (up to 30 s) for it to end, so mimalloc prints its statistics
+/// (`MIMALLOC_SHOW_STATS`) to its log; then print them.
+async fn stop_for_allocator_stats(pid: u32, log: &Path, label: &str) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    let ended = Instant::now() + Duration::from_secs(30);
+    while !harness::process_gone(pid) && Instant::now() < ended {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    // mimalloc 2's table opens with its `pages` row (older ones with a `heap stats` line).
+    match lines
+        .iter()
+        .rposition(|l| l.contains("heap stats") || (l.trim_start().starts_with("pages") && l.contains("peak")))
+    {
+        Some(from) => {
+            println!("\nmimalloc's statistics of the {label} at its exit:");
+            for line in &lines[from..] {
+                println!("  {line}");
+            }
+        }
+        None => println!("\n(no mimalloc statistics in {})", log.display()),
+    }
+}
+
+/// The soak in `tenure dev`: one replica, SQLite, `--retain 5m`.
+async fn soak_dev(minutes: u64) -> anyhow::Result<()> {
+    println!(
+        "\n## {}",
+        format_args!(
+            "S1. Soak, tenure dev: 200 shell jobs every second + 20 HTTP jobs every 2 s (closed port), --retain 5m, {minutes} min"
+        )
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("jobs.yaml");
+    std::fs::write(&path, soak_jobs(false))?;
+    let ledger = dir.path().join("ledger.db");
+    let log_path = dir.path().join("dev.log");
+    let log = std::fs::File::create(&log_path)?;
+    let port = harness::free_port();
+    let mut child = Command::new(tenure_binary()?)
+        .args(["dev", "--jobs"])
+        .arg(&path)
+        .arg("--ledger")
+        .arg(&ledger)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--retain", "5m"])
+        .env("RUST_LOG", "warn")
+        .env("MIMALLOC_SHOW_STATS", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let pid = child.id();
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&ledger).read_only(true);
+    let reads = harness::wait_until(Duration::from_secs(30), || async { ledger.exists() }).await;
+    anyhow::ensure!(reads, "tenure dev made no ledger in 30 s (log: {})", log_path.display());
+    let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+    let series = soak_watch(
+        minutes,
+        &["replica", "supervisor"],
+        || vec![Some(pid), supervisor_of(pid)],
+        || {
+            soak_progress(
+                sqlx::query_as("SELECT COALESCE(MAX(id), 0), status, COUNT(*) FROM runs GROUP BY status")
+                    .fetch_all(&pool),
+            )
+        },
+    )
+    .await;
+    soak_verdict(&series);
+    stop_for_allocator_stats(pid, &log_path, "replica").await;
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}
+
+/// How far the load went: the runs claimed so far (the ledger's highest id) and the retained
+/// rows by status.
+async fn soak_progress<E: std::fmt::Display>(
+    rows: impl std::future::Future<Output = Result<Vec<(i64, String, i64)>, E>>,
+) -> String {
+    match rows.await {
+        Ok(rows) => {
+            let claimed = rows.iter().map(|r| r.0).max().unwrap_or(0);
+            let statuses: Vec<String> = rows.iter().map(|(_, status, n)| format!("{status} {n}")).collect();
+            format!("runs claimed {claimed}; kept: {}", statuses.join(", "))
+        }
+        Err(error) => format!("(ledger: {error})"),
+    }
+}
+
+/// The soak on three `tenure run` replicas (etcd, PostgreSQL), every job `run_on: any`: the leader
+/// and a worker measured.
+async fn soak_cluster(minutes: u64) -> anyhow::Result<()> {
+    println!(
+        "\n## {}",
+        format_args!(
+            "S2. Soak, 3 replicas on etcd + PostgreSQL, run_on: any: 200 shell jobs every second + 20 HTTP jobs every 2 s (closed port), retain 5m, {minutes} min"
+        )
+    );
+    let etcd = harness::Etcd::start().await;
+    let pg = harness::Postgres::start_durable().await;
+    let (url, pool) = database(&pg, "soak").await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("jobs.yaml");
+    std::fs::write(&path, soak_jobs(true))?;
+    let replicas = Replicas::start_on_env(
+        3,
+        &path,
+        ("--etcd", etcd.client_url()),
+        vec![url],
+        Duration::from_secs(10),
+        dir.path(),
+        vec![("MIMALLOC_SHOW_STATS", "1")],
+    )?;
+    let (leader, _) = replicas.wait_leader(&pool).await;
+    let worker = (leader + 1) % 3;
+    let (leader_pid, worker_pid) =
+        (replicas.pid(leader).unwrap().as_raw() as u32, replicas.pid(worker).unwrap().as_raw() as u32);
+    println!("leader: {}, worker: {}", replicas.list[leader].node, replicas.list[worker].node);
+    let series = soak_watch(
+        minutes,
+        &["leader", "leader's supervisor", "worker", "worker's supervisor"],
+        || vec![Some(leader_pid), supervisor_of(leader_pid), Some(worker_pid), supervisor_of(worker_pid)],
+        || async {
+            let progress = soak_progress(
+                sqlx::query_as("SELECT COALESCE(MAX(id), 0), status, COUNT(*)::bigint FROM runs GROUP BY status")
+                    .fetch_all(&pool),
+            )
+            .await;
+            let leading = match replicas.leader().await {
+                Some((index, term)) => format!("leader {} (term {term})", replicas.list[index].node),
+                None => "no leader".into(),
+            };
+            format!("{progress}; {leading}")
+        },
+    )
+    .await;
+    soak_verdict(&series);
+    let terms: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM terms").fetch_one(&pool).await.unwrap_or(-1);
+    single("terms during the soak", terms.to_string(), "1 (no failover)");
+    for (index, label) in [(leader, "leader"), (worker, "worker")] {
+        let pid = replicas.pid(index).unwrap().as_raw() as u32;
+        stop_for_allocator_stats(pid, &dir.path().join(format!("{}.log", replicas.list[index].node)), label).await;
+    }
     drop(replicas);
     Ok(())
 }

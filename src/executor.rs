@@ -55,6 +55,22 @@ fn identity(user: &RunAs) -> [(OsString, OsString); 3] {
 /// `PATH` for a job when tenure itself has none (as cron does).
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// How long a connection to an HTTP job's target stays open unused, kept for its next request:
+/// longer than a minute, so a `* * * * *` job's request finds its connection (no handshake at its
+/// slot), and no longer, so what the pool holds is bounded by age (reqwest's own default, named
+/// here as the bound). How many it holds per target is bounded by the requests once in flight
+/// together, that is by the jobs.
+pub const HTTP_POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// The HTTP client of a replica's runs (and of its dead-man ping and webhooks): one connection
+/// pool, each idle connection closed after `HTTP_POOL_IDLE`.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(crate::testing::http_pool_idle().unwrap_or(HTTP_POOL_IDLE))
+        .build()
+        .expect("the HTTP client builds (as `reqwest::Client::new` would)")
+}
+
 /// The part of `parent` (tenure's environment) a job inherits: [`INHERITED`], `LC_*` and the
 /// names in `inherit_env`, never a `TENURE_*` variable; `PATH` always.
 fn inherited_environment(

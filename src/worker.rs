@@ -135,7 +135,7 @@ impl Worker {
             jobs,
             supervision,
             shutdown_grace,
-            http: reqwest::Client::new(),
+            http: crate::executor::http_client(),
             executions: TaskTracker::new(),
             going: Arc::default(),
             stop: CancellationToken::new(),

@@ -140,7 +140,7 @@ impl Scheduler {
             reads,
         } = inputs;
         // The executor's client (its TLS roots) also pings the monitor.
-        let http = reqwest::Client::new();
+        let http = crate::executor::http_client();
         let dead_man = dead_man.map(|settings| DeadManPing::new(settings, &node_id, http.clone()));
         crate::notify::export_metrics();
         Scheduler {

@@ -759,3 +759,27 @@ impl RunTask {
         tracing::error!(run_id, job = %job.name, "gave up recording a run's outcome; a later leader will mark it lost");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_runs_forget_each_run_whose_task_ended() {
+        let jobs = crate::config::parse(
+            "jobs:\n  - name: a\n    schedule: \"* * * * * *\"\n    shell: \"true\"\n    concurrency: allow\n  \
+             - name: b\n    schedule: \"* * * * * *\"\n    shell: \"true\"\n",
+            "jobs.yaml",
+        )
+        .unwrap();
+        let mut own = OwnRuns::new();
+        let keys: Vec<u64> = (0..1_000).map(|i| own.add(&jobs.jobs()[i % 2], Trigger::Schedule).key).collect();
+        assert_eq!((own.runs.len(), own.per_job.len()), (1_000, 2));
+        assert!(own.decided_at_slot(&jobs.jobs()[1]), "b (forbid) has runs going");
+        for key in keys {
+            assert!(own.finished(key).is_some());
+        }
+        assert!(own.runs.is_empty() && own.per_job.is_empty(), "ended runs are kept");
+        assert!(!own.decided_at_slot(&jobs.jobs()[1]));
+    }
+}
