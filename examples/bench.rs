@@ -1729,6 +1729,9 @@ async fn ledger_aged(rows: i64) -> anyhow::Result<()> {
         format!("{before:.0} / {:.0}", runs_size(&pool).await?),
         "after <= 45 % of before",
     );
+    drop(replicas);
+    Ok(())
+}
 
 // Soak: resident memory under a steady load for hours
 
