@@ -393,9 +393,13 @@ pub(super) fn line_column(at: &Location) -> (u32, u32) {
 }
 
 /// " (did you mean `x`?)" when an unknown key is a near miss of a known one, else nothing.
+/// Keys whose lengths differ by more than the distance allowed are never compared: the edit
+/// distance is at least that difference, and a hostile 64 KB key must cost no more than a short one.
 fn did_you_mean(key: &str, known: &[&str]) -> String {
+    let length = key.chars().count();
     known
         .iter()
+        .filter(|k| k.chars().count().abs_diff(length) <= 2)
         .map(|k| (strsim::levenshtein(key, k), k))
         .filter(|(d, _)| *d <= 2)
         .min()

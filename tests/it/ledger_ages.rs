@@ -339,7 +339,15 @@ async fn migrating_an_aged_ledger_keeps_firing_and_resumes_when_interrupted() {
             .unwrap();
     assert_eq!(
         indexes,
-        ["runs_executing", "runs_job_slot_key", "runs_job_status_slot", "runs_pkey", "runs_running", "runs_unstarted"]
+        [
+            "runs_cancels_pending",
+            "runs_executing",
+            "runs_job_slot_key",
+            "runs_job_status_slot",
+            "runs_pkey",
+            "runs_running",
+            "runs_unstarted"
+        ]
     );
     let invalid: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetch_one(&mut conn).await.unwrap();
