@@ -6,6 +6,7 @@
 //! speaks HTTPS (`tls`).
 
 mod api;
+mod fleet;
 mod gate;
 mod listen;
 mod overview;
@@ -70,6 +71,8 @@ pub struct PageCache {
     entries: Arc<std::sync::Mutex<std::collections::HashMap<String, CachedPage>>>,
     /// One rendering at a time: viewers arriving meanwhile wait for it instead of repeating it.
     rendering: Arc<tokio::sync::Mutex<()>>,
+    /// Every job's state for the overview's counts, filters and sorts, read for all at once.
+    fleet: fleet::FleetStates,
 }
 
 impl PageCache {

@@ -340,10 +340,10 @@ pub(super) async fn render_overview(state: &AppState, filters: &Filters) -> Resu
     let cluster = api::cluster_view(state).await?;
     let jobs = state.jobs.borrow().clone();
     let now = Utc::now();
-    let names: Vec<String> = jobs.jobs().iter().map(|job| job.name.as_str().to_owned()).collect();
-    let states = state.store.job_states(&names, now - overview::LATE_SINCE, overview::LATE_AFTER).await?;
+    let fleet = state.pages.fleet.of(&state.store, &jobs).await?;
+    let states = &fleet.states;
     let controls = state.store.job_controls().await?;
-    let (summary, selected) = overview::select(&jobs, &states, &controls, filters, now);
+    let (summary, selected) = overview::select(&jobs, states, &controls, filters, now);
     let total = selected.len();
     let pages = total.div_ceil(view::JOBS_PER_PAGE).max(1);
     let page = filters.page.min(pages);
