@@ -88,7 +88,9 @@ impl FleetStates {
                     tokio::spawn(async move {
                         match read(&store, &jobs).await {
                             Ok(reading) => fleet.keep(Arc::new(reading)),
-                            Err(error) => tracing::warn!(%error, "reading the fleet's states failed; the overview shows the last reading"),
+                            Err(error) => {
+                                tracing::warn!(%error, "reading the fleet's states failed; the overview shows the last reading")
+                            }
                         }
                         drop(guard);
                     });
@@ -121,7 +123,9 @@ mod tests {
     use super::*;
 
     fn jobs() -> Arc<JobSet> {
-        Arc::new(crate::config::parse("jobs:\n  - { name: a, schedule: '* * * * *', shell: 'true' }\n", "j.yaml").unwrap())
+        Arc::new(
+            crate::config::parse("jobs:\n  - { name: a, schedule: '* * * * *', shell: 'true' }\n", "j.yaml").unwrap(),
+        )
     }
 
     fn reading(jobs: &Arc<JobSet>, taken: Instant) -> Reading {
