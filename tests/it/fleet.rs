@@ -279,6 +279,7 @@ async fn the_overview_fits_a_fleet_at_every_width_and_every_page_passes_axe_and_
         ("job", "/jobs/job-001".to_owned()),
         ("run", format!("/runs/{run}")),
         ("terms", "/terms".to_owned()),
+        ("timeline", "/timeline".to_owned()),
         ("not-found", "/jobs/no-such-job".to_owned()),
     ];
     let mut faults = Vec::new();
@@ -315,6 +316,17 @@ async fn the_overview_fits_a_fleet_at_every_width_and_every_page_passes_axe_and_
         }
     }
     assert!(faults.is_empty(), "{faults:#?}");
+    // The timeline is one of the main places: in the nav on every page, marked where it is.
+    let current = js(
+        &chromium,
+        "return Array.from(document.querySelectorAll(\"nav[aria-label='Main'] a\"))
+           .map((a) => a.getAttribute('href') + (a.getAttribute('aria-current') ? ' (here)' : ''));",
+    )
+    .await;
+    assert_eq!(current, json!(["/", "/timeline", "/terms"]), "the not-found page's nav: {current}");
+    browser.goto(&format!("{base}/timeline")).await.unwrap();
+    let here = js(&chromium, "return document.querySelector(\"nav[aria-label='Main'] a[aria-current='page']\").getAttribute('href')").await;
+    assert_eq!(here, "/timeline");
 
     // The first page of 100, every one of the 501 counted; the summary's numbers.
     emulate(&chromium, 1024, false).await;
