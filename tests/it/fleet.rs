@@ -325,7 +325,11 @@ async fn the_overview_fits_a_fleet_at_every_width_and_every_page_passes_axe_and_
     .await;
     assert_eq!(current, json!(["/", "/timeline", "/terms"]), "the not-found page's nav: {current}");
     browser.goto(&format!("{base}/timeline")).await.unwrap();
-    let here = js(&chromium, "return document.querySelector(\"nav[aria-label='Main'] a[aria-current='page']\").getAttribute('href')").await;
+    let here = js(
+        &chromium,
+        "return document.querySelector(\"nav[aria-label='Main'] a[aria-current='page']\").getAttribute('href')",
+    )
+    .await;
     assert_eq!(here, "/timeline");
 
     // The first page of 100, every one of the 501 counted; the summary's numbers.
