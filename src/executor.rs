@@ -140,13 +140,25 @@ impl OutputTail {
             if *at_line_start {
                 marked.push(STDERR_MARK as u8);
             }
-            marked.push(byte);
+            push_printed(&mut marked, byte);
             *at_line_start = byte == b'\n';
         }
-        self.push(&marked);
+        self.append(&marked);
     }
 
+    /// `chunk` from stdout or an HTTP answer.
     fn push(&self, chunk: &[u8]) {
+        if !chunk.contains(&(STDERR_MARK as u8)) {
+            return self.append(chunk);
+        }
+        let mut printed = Vec::with_capacity(chunk.len() + 8);
+        for &byte in chunk {
+            push_printed(&mut printed, byte);
+        }
+        self.append(&printed);
+    }
+
+    fn append(&self, chunk: &[u8]) {
         let mut bytes = self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let keep = chunk.len().min(OUTPUT_LIMIT);
         bytes.extend(&chunk[chunk.len() - keep..]);
@@ -167,6 +179,19 @@ impl OutputTail {
 /// What starts each line a job wrote to stderr in its output tail (U+001E, the record
 /// separator), so stdout and stderr stay in the order printed and pages can tell them apart.
 pub const STDERR_MARK: char = '\u{1e}';
+
+/// What a job's own record separators are kept as: `STDERR_MARK` is only ever tenure's.
+const PRINTED_MARK: char = '\u{241e}';
+
+/// `byte` as the job printed it, unless it is a record separator (a byte that appears in UTF-8
+/// only as that character): kept as `PRINTED_MARK`.
+fn push_printed(into: &mut Vec<u8>, byte: u8) {
+    if byte == STDERR_MARK as u8 {
+        into.extend_from_slice(PRINTED_MARK.encode_utf8(&mut [0; 3]).as_bytes());
+    } else {
+        into.push(byte);
+    }
+}
 
 /// An output tail as plain text: the stderr marks taken out.
 pub fn plain_output(output: &str) -> String {
@@ -568,6 +593,21 @@ mod tests {
         let mut names: Vec<&str> = environment.iter().map(|(name, _)| name.to_str().unwrap()).collect();
         names.sort_unstable();
         names
+    }
+
+    #[test]
+    fn a_record_separator_a_job_prints_never_passes_for_the_stderr_mark() {
+        let tail = OutputTail::default();
+        let mut at_line_start = true;
+        tail.push(b"\x1eout one\n");
+        tail.push_stderr(b"err \x1e two\n", &mut at_line_start);
+        let lines: Vec<(bool, String)> = tail
+            .text()
+            .lines()
+            .map(|line| (line.starts_with(STDERR_MARK), line.trim_start_matches(STDERR_MARK).to_owned()))
+            .collect();
+        assert_eq!(lines, [(false, "\u{241e}out one".to_owned()), (true, "err \u{241e} two".to_owned())]);
+        assert_eq!(plain_output(&tail.text()), "\u{241e}out one\nerr \u{241e} two\n");
     }
 
     #[test]
