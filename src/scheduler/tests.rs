@@ -330,6 +330,11 @@ async fn a_start_sent_ahead_that_commits_after_its_slot_widens_the_start_lead() 
     lp.stop().await;
 }
 
+/// Below half the 1.2 s outages of the two tests after it: a lead learned from the outage is at
+/// least the outage, one learned from the statement is its duration (279 ms was seen for a claim
+/// on a 2-core machine at a load average of 15).
+const OUTAGE_NOT_LEARNED: Duration = Duration::from_millis(600);
+
 /// What the start's lead time learns is how long the statement that recorded the start took,
 /// not the retries before it: a start retried through a database outage leaves the lead at tens
 /// of milliseconds once the database answers again (a lead of a second would widen the window
@@ -352,7 +357,8 @@ async fn a_start_retried_through_a_database_outage_teaches_the_lead_its_statemen
     let rows = lp.wait_for_rows("the slot run", |rows| rows.iter().all(|row| row.status != "running")).await;
     assert_eq!(rows, [row("minutely", "2026-03-02T10:01:00Z", 1, "succeeded", true)]);
     let learned = lp.lead_times.start();
-    assert!(learned < Duration::from_millis(200), "the outage was learned as the start's duration: {learned:?}");
+    // The outage lasted 1.2 s; the statement, even on a starved CPU, a few hundred ms at most.
+    assert!(learned < OUTAGE_NOT_LEARNED, "the outage was learned as the start's duration: {learned:?}");
     lp.stop().await;
 }
 
@@ -378,7 +384,7 @@ async fn a_claim_retried_through_a_database_outage_teaches_the_lead_its_statemen
     sqlx::query("DROP TRIGGER refuse_claims").execute(&mut writer).await.unwrap();
     lp.wait_for_rows("the claim", |rows| rows.len() == 1).await;
     let learned = lp.lead_times.claims.lead();
-    assert!(learned < Duration::from_millis(200), "the outage was learned as the claim's duration: {learned:?}");
+    assert!(learned < OUTAGE_NOT_LEARNED, "the outage was learned as the claim's duration: {learned:?}");
     lp.stop().await;
 }
 
