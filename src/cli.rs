@@ -217,12 +217,18 @@ pub struct DevArgs {
     /// Keep ledger rows this long.
     #[arg(long, env = "TENURE_RETAIN", value_parser = humantime::parse_duration, default_value = "7d")]
     pub retain: Duration,
-    /// Token for trigger, pause and resume (default: a random one, printed at start).
+    /// The break-glass admin token (default: a random one, printed at start).
     #[arg(long, env = "TENURE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
     /// A file holding the admin token (a mounted secret), instead of --admin-token.
     #[arg(long, env = "TENURE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
     pub admin_token_file: Option<PathBuf>,
+    /// No admin token at all: only named tokens (`tenure tokens create`) sign in.
+    #[arg(long, env = "TENURE_NO_ADMIN_TOKEN", conflicts_with_all = ["admin_token", "admin_token_file"])]
+    pub no_admin_token: bool,
+    /// Keep audit entries this long.
+    #[arg(long, env = "TENURE_AUDIT_RETAIN", value_parser = humantime::parse_duration, default_value = "400d")]
+    pub audit_retain: Duration,
     #[command(flatten)]
     pub listener: ListenerArgs,
     #[command(flatten)]
@@ -285,17 +291,19 @@ impl DeadManArgs {
 }
 
 impl DevArgs {
-    /// The settings, and the admin token in effect (generated when none was given).
-    pub fn settings(&self) -> anyhow::Result<(DevSettings, Secret)> {
+    /// The settings, and the admin token in effect (generated when none was given; none with
+    /// `--no-admin-token`).
+    pub fn settings(&self) -> anyhow::Result<(DevSettings, Option<Secret>)> {
         let token = match Secret::inline_or_file(self.admin_token.as_ref(), self.admin_token_file.as_deref())? {
-            Some(token) => token,
+            _ if self.no_admin_token => None,
+            Some(token) => Some(token),
             None => {
                 let mut bytes = [0u8; 12];
                 use std::io::Read;
                 std::fs::File::open("/dev/urandom")
                     .and_then(|mut f| f.read_exact(&mut bytes))
                     .context("read /dev/urandom")?;
-                Secret::new(hex::encode(bytes))
+                Some(Secret::new(hex::encode(bytes)))
             }
         };
         let host = hostname::get().context("read host name")?.to_string_lossy().into_owned();
@@ -308,7 +316,9 @@ impl DevArgs {
             shutdown_grace: self.shutdown_grace,
             retain: self.retain,
             tls: self.listener.tls()?,
-            auth: Auth::new(Some(token.expose()), ReadAccess::Open).served(self.listener.served()),
+            auth: Auth::new(token.as_ref().map(Secret::expose), ReadAccess::Open)
+                .served(self.listener.served())
+                .with_audit_retain(self.audit_retain),
             dead_man: self.dead_man.settings()?,
         };
         Ok((settings, token))
@@ -394,23 +404,30 @@ impl ZooKeeperArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("admin_token_source").args(["admin_token", "admin_token_file"])))]
 pub struct WebArgs {
-    /// Token for trigger, pause and resume: a bearer token for the API, the password (any user
-    /// name) for the pages' basic auth. Without it nothing can be changed from the web.
+    /// The break-glass admin token: an admin on every job, a bearer token for the API, the
+    /// password (any user name) for the pages' basic auth; its changes are audited as
+    /// `admin-token`. Without it (the advice once named tokens exist: `tenure tokens create`), only
+    /// named tokens sign in.
     #[arg(long, env = "TENURE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
     /// A file holding the admin token (a mounted secret), instead of --admin-token.
     #[arg(long, env = "TENURE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
     pub admin_token_file: Option<PathBuf>,
-    /// Require the token for the pages and read endpoints too (health and metrics stay open).
-    #[arg(long, env = "TENURE_PROTECT_READS", requires = "admin_token_source")]
+    /// Require a token for the pages and read endpoints too (health and metrics stay open); a
+    /// token scoped to teams then sees only its teams' jobs.
+    #[arg(long, env = "TENURE_PROTECT_READS")]
     pub protect_reads: bool,
+    /// Keep audit entries this long; older ones are pruned by the leader (the only way an entry
+    /// goes).
+    #[arg(long, env = "TENURE_AUDIT_RETAIN", value_parser = humantime::parse_duration, default_value = "400d")]
+    pub audit_retain: Duration,
 }
 
 impl WebArgs {
     pub fn auth(&self) -> anyhow::Result<Auth> {
         let token = Secret::inline_or_file(self.admin_token.as_ref(), self.admin_token_file.as_deref())?;
         let reads = if self.protect_reads { ReadAccess::TokenRequired } else { ReadAccess::Open };
-        Ok(Auth::new(token.as_ref().map(Secret::expose), reads))
+        Ok(Auth::new(token.as_ref().map(Secret::expose), reads).with_audit_retain(self.audit_retain))
     }
 }
 

@@ -304,8 +304,12 @@ mod tests {
             }))
             .unwrap()
         };
-        let planned_line = |text: String| text.lines().find(|line| line.trim_start().starts_with("planned")).unwrap().to_owned();
-        assert_eq!(planned_line(self::run(&run("2026-11-27T09:00:00Z"))), "  planned         2026-11-27T09:00:00Z (its slot)");
+        let planned_line =
+            |text: String| text.lines().find(|line| line.trim_start().starts_with("planned")).unwrap().to_owned();
+        assert_eq!(
+            planned_line(self::run(&run("2026-11-27T09:00:00Z"))),
+            "  planned         2026-11-27T09:00:00Z (its slot)"
+        );
         assert_eq!(
             planned_line(self::run(&run("2026-11-27T09:00:07.500Z"))),
             "  planned         2026-11-27T09:00:07.500Z (jitter 7.5s)"

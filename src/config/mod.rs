@@ -160,6 +160,9 @@ pub struct Job {
     pub overrides: Vec<String>,
     /// Whom its processes run as (`user:`, `group:`); `None`: tenure's own user.
     pub run_as: Option<RunAs>,
+    /// The team that owns it (`team:`): an operator scoped to teams acts only on their jobs
+    /// (see `http::identity`). `None`: no team's, so only unscoped principals and admins.
+    pub team: Option<String>,
 }
 
 /// Whom a job's processes run as, resolved when the job file was loaded (`user:` and `group:`,

@@ -61,6 +61,10 @@ macro_rules! prune_runs {
 }
 pub(super) use prune_runs;
 
+/// Up to `$2` audit entries older than `$1`, oldest first: retention, the only way one goes.
+pub(super) const PRUNE_AUDIT: &str =
+    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < $1 ORDER BY id LIMIT $2)";
+
 /// Backfill slots whose row has not started: none yet, or a backfill claim never started (a
 /// dead leader's, taken over by the next claim). Oldest backfill first, at most `$1`.
 pub(super) const PENDING_BACKFILL_SLOTS: &str = "SELECT q.backfill_id, q.job, q.slot FROM backfill_slots q

@@ -71,10 +71,7 @@ async fn until_expired(store: &Store, run: i64) {
     assert!(expired, "run {run} never expired");
 }
 
-pub(crate) async fn an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt(
-    store: Store,
-    reads: Reads,
-) {
+pub(crate) async fn an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt(store: Store, reads: Reads) {
     let term = Term::for_tests(5, "c");
     store.begin_term(&term, "leader").await.unwrap();
     store.advertise(&offer("w1", &["gpu", "eu"], 1)).await.unwrap();

@@ -7,13 +7,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::Postgres;
+use super::access::insert_audit;
 use crate::config::Concurrency;
 use crate::model::{Control, RunStatus};
 use crate::store::common::{self, run_columns};
 use crate::store::outbox;
 use crate::store::{
-    BackfillRecord, CONTROL_CHANNEL, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord,
-    TriggerRecord, TriggerRequest, clean_text,
+    AuditRecord, BackfillRecord, CONTROL_CHANNEL, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord,
+    TermRecord, TriggerRecord, TriggerRequest, clean_text,
 };
 
 #[async_trait]
@@ -81,7 +82,7 @@ impl LedgerReads for Postgres {
         self.read_job_controls().await
     }
 
-    async fn set_control(&self, job: &str, control: Control, by: &str) -> Result<(), sqlx::Error> {
+    async fn set_control(&self, job: &str, control: Control, audit: &AuditRecord) -> Result<(), sqlx::Error> {
         let paused = control == Control::Pause;
         let mut tx = self.pool.begin().await?;
         // A resume that ends a pause records when, by the database's clock (every leader's agrees
@@ -95,18 +96,23 @@ impl LedgerReads for Postgres {
         )
         .bind(job)
         .bind(paused)
-        .bind(by)
+        .bind(&audit.who)
         .execute(&mut *tx)
         .await?;
+        insert_audit(&mut tx, audit).await?;
         sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
         tx.commit().await
     }
 
     /// Returns the trigger, new or the one already recorded under `idempotency_key`.
-    async fn request_trigger(&self, request: &TriggerRequest<'_>) -> Result<TriggerRecord, sqlx::Error> {
+    async fn request_trigger(
+        &self,
+        request: &TriggerRequest<'_>,
+        audit: &AuditRecord,
+    ) -> Result<TriggerRecord, sqlx::Error> {
         let TriggerRequest { job, idempotency_key, by, requested_at, overrides } = *request;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at, env, reason, concurrency)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job, idempotency_key) DO NOTHING",
         )
@@ -118,7 +124,11 @@ impl LedgerReads for Postgres {
         .bind(overrides.reason.as_deref().map(clean_text))
         .bind(overrides.concurrency.map(Concurrency::as_str))
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            insert_audit(&mut tx, audit).await?;
+        }
         let row = sqlx::query(common::TRIGGER_BY_KEY).bind(job).bind(idempotency_key).fetch_one(&mut *tx).await?;
         sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
         tx.commit().await?;
@@ -149,7 +159,7 @@ impl LedgerReads for Postgres {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         slots: &[DateTime<Utc>],
-        by: &str,
+        audit: &AuditRecord,
     ) -> Result<BackfillRecord, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
@@ -159,7 +169,7 @@ impl LedgerReads for Postgres {
         .bind(job)
         .bind(from)
         .bind(to)
-        .bind(by)
+        .bind(&audit.who)
         .fetch_one(&mut *tx)
         .await?;
         // The slots the ledger holds, or another backfill queued, stay theirs: nothing twice.
@@ -180,6 +190,8 @@ impl LedgerReads for Postgres {
             .bind(queued as i64)
             .execute(&mut *tx)
             .await?;
+        let audit = AuditRecord { target: Some(format!("backfill {id}")), ..audit.clone() };
+        insert_audit(&mut tx, &audit).await?;
         sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
         let row = sqlx::query(common::backfill_progress!("WHERE b.id = $1")).bind(id).fetch_one(&mut *tx).await?;
         tx.commit().await?;
