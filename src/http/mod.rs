@@ -463,7 +463,12 @@ impl AppState {
         if self.auth.is_admin_token(token) {
             return Ok(Principal::admin_token());
         }
-        let invalid = || Problem::unauthorized("the token is not valid: unknown, revoked or expired");
+        let invalid = || {
+            Problem::unauthorized(
+                "the token is not valid (unknown, revoked or expired): send a valid one as `Authorization: Bearer \
+                 <token>` or as the password of basic auth",
+            )
+        };
         let Some((id, secret)) = identity::split_token(token) else { return Err(invalid()) };
         let Some(check) = self.store.token(id).await? else { return Err(invalid()) };
         let digest = identity::token_hash(&check.salt, secret);
