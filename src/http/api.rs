@@ -603,7 +603,7 @@ pub(super) async fn create_named_token(
     caller: &Caller,
     body: TokenBody,
 ) -> Result<CreatedToken, Problem> {
-    state.permit(caller, Action::ManageTokens, None).await?;
+    state.permit(caller, Action::CreateToken, None).await?;
     let name = body.name.trim();
     if name.is_empty() || name.len() > TOKEN_NAME_MAX || !name.bytes().all(|byte| byte.is_ascii_graphic()) {
         return Err(Problem::bad_request(format!(
@@ -661,8 +661,7 @@ pub(super) async fn create_named_token(
         if teams.is_empty() { String::new() } else { format!(" of {}", teams.join(", ")) },
         expires_at.map_or_else(String::new, |at| format!(", expires {at}"))
     );
-    let mut audit = caller.audit(Action::ManageTokens, None, AuditOutcome::Done, detail);
-    audit.action = "token-create".to_owned();
+    let mut audit = caller.audit(Action::CreateToken, None, AuditOutcome::Done, detail);
     audit.target = Some(id.clone());
     let record = state.store.create_token(&token, &audit).await.map_err(|error| match error {
         CreateTokenError::NameTaken(_) => Problem::new(StatusCode::CONFLICT, "Conflict", error.to_string()),
@@ -673,9 +672,8 @@ pub(super) async fn create_named_token(
 
 /// Revoke the token with this id or name as `caller` (an admin), audited.
 pub(super) async fn revoke_named_token(state: &AppState, caller: &Caller, id: &str) -> Result<TokenRecord, Problem> {
-    state.permit(caller, Action::ManageTokens, None).await?;
-    let mut audit = caller.audit(Action::ManageTokens, None, AuditOutcome::Done, format!("revoked `{id}`"));
-    audit.action = "token-revoke".to_owned();
+    state.permit(caller, Action::RevokeToken, None).await?;
+    let audit = caller.audit(Action::RevokeToken, None, AuditOutcome::Done, format!("revoked `{id}`"));
     state.store.revoke_token(id, &audit).await?.ok_or_else(|| Problem::not_found(format!("no token `{id}`")))
 }
 
@@ -683,7 +681,7 @@ async fn tokens(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Vec<TokenRecord>>, Problem> {
-    state.permit(&caller, Action::ManageTokens, None).await?;
+    state.permit(&caller, Action::ListTokens, None).await?;
     Ok(Json(state.store.tokens().await?))
 }
 
@@ -692,7 +690,6 @@ async fn create_token(
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, Problem> {
-    state.permit(&caller, Action::ManageTokens, None).await?;
     let body = body.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
     let body: TokenBody = serde_json::from_slice(&body).map_err(|error| {
         Problem::bad_request(format!(

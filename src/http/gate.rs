@@ -175,7 +175,8 @@ fn change_of(route: &str) -> Action {
         "pause" => Action::Pause,
         "resume" => Action::Resume,
         "backfill" => Action::Backfill,
-        _ if route.contains("tokens") => Action::ManageTokens,
+        "revoke" => Action::RevokeToken,
+        _ if route.contains("tokens") => Action::CreateToken,
         // A page form's action is a path segment: `/jobs/{name}/{action}`.
         _ => Action::Trigger,
     }

@@ -113,7 +113,9 @@ pub enum Action {
     Resume,
     Backfill,
     /// Create, list and revoke API tokens.
-    ManageTokens,
+    CreateToken,
+    ListTokens,
+    RevokeToken,
     /// Read the audit trail.
     ReadAudit,
 }
@@ -127,7 +129,9 @@ impl Action {
             Action::Pause => "pause",
             Action::Resume => "resume",
             Action::Backfill => "backfill",
-            Action::ManageTokens => "tokens",
+            Action::CreateToken => "token-create",
+            Action::ListTokens => "token-list",
+            Action::RevokeToken => "token-revoke",
             Action::ReadAudit => "audit",
         }
     }
@@ -137,13 +141,13 @@ impl Action {
         match self {
             Action::Read => Role::Viewer,
             Action::Trigger | Action::Cancel | Action::Pause | Action::Resume | Action::Backfill => Role::Operator,
-            Action::ManageTokens | Action::ReadAudit => Role::Admin,
+            Action::CreateToken | Action::ListTokens | Action::RevokeToken | Action::ReadAudit => Role::Admin,
         }
     }
 
     /// Whether it acts on one job (and so on that job's team).
     fn on_a_job(self) -> bool {
-        !matches!(self, Action::ManageTokens | Action::ReadAudit)
+        !matches!(self, Action::CreateToken | Action::ListTokens | Action::RevokeToken | Action::ReadAudit)
     }
 }
 
@@ -237,12 +241,12 @@ mod tests {
                 "{action:?}"
             );
         }
-        assert!(matches!(authorize(&operator, Action::ManageTokens, None), Err(Denied::Role { .. })));
+        assert!(matches!(authorize(&operator, Action::CreateToken, None), Err(Denied::Role { .. })));
         let unscoped = principal(Role::Operator, &[]);
         assert!(authorize(&unscoped, Action::Pause, untagged).is_ok());
         let admin = principal(Role::Admin, &["search"]);
         assert!(authorize(&admin, Action::Pause, payments).is_ok(), "an admin acts on every team's jobs");
-        assert!(authorize(&admin, Action::ManageTokens, None).is_ok());
+        assert!(authorize(&admin, Action::RevokeToken, None).is_ok());
         assert!(matches!(authorize(&Principal::anonymous(), Action::Read, payments), Err(Denied::NotSignedIn(_))));
     }
 

@@ -631,7 +631,7 @@ fn action_named(action: &str) -> Action {
         "pause" => Action::Pause,
         "resume" => Action::Resume,
         "cancel" => Action::Cancel,
-        "create" | "revoke" => Action::ManageTokens,
+
         _ => Action::Trigger,
     }
 }
@@ -764,7 +764,7 @@ async fn tokens_page(
     created: Option<(String, String)>,
     notice: Option<&'static str>,
 ) -> Result<Response, PageError> {
-    state.permit(caller, Action::ManageTokens, None).await?;
+    state.permit(caller, Action::ListTokens, None).await?;
     let now = Utc::now();
     let tokens = state
         .store
@@ -845,7 +845,7 @@ async fn create_token(
     headers: HeaderMap,
     Form(form): Form<CreateTokenForm>,
 ) -> Result<Response, PageError> {
-    form_checked(&state, &caller, &headers, &form.csrf, Action::ManageTokens).await?;
+    form_checked(&state, &caller, &headers, &form.csrf, Action::CreateToken).await?;
     let body = api::TokenBody {
         name: form.name,
         role: form.role,
@@ -869,7 +869,7 @@ async fn revoke_token(
     Path(id): Path<String>,
     Form(form): Form<RevokeForm>,
 ) -> Result<Redirect, PageError> {
-    form_checked(&state, &caller, &headers, &form.csrf, Action::ManageTokens).await?;
+    form_checked(&state, &caller, &headers, &form.csrf, Action::RevokeToken).await?;
     api::revoke_named_token(&state, &caller, &id).await?;
     Ok(Redirect::to("/tokens?done=revoke"))
 }

@@ -1,6 +1,9 @@
 //! The one integration-test binary. Tests start their own etcd and PostgreSQL (see `harness`)
 //! and, for cluster scenarios, real `tenure run` processes.
 
+/// Sign-in and permissions: roles and teams against every write endpoint and form, tokens,
+/// the audit trail.
+mod access;
 /// The Prometheus alert rules: promtool, and the series they read against a real replica's.
 mod alerts;
 /// The API and the pages through the router, without a socket.
