@@ -117,8 +117,8 @@ async fn admit(
     };
     let outcome = match (need, resolved) {
         (Need::Nothing, _) => Ok(()),
-        // Open reads: whatever is presented, a wrong token included, reads as anyone.
-        (Need::Read, Err(_)) if !state.auth.reads_protected() => Ok(()),
+        // A token that is not valid (revoked, expired, unknown) is refused even where reads are
+        // open: its holder learns at once, and a browser asks for another.
         (Need::Read, Ok(principal)) if !state.auth.reads_protected() || principal.is_signed_in() => {
             caller.principal = principal;
             Ok(())

@@ -379,7 +379,10 @@ async fn the_audit_trail_filters_by_who_job_action_and_time_and_pages_by_cursor(
     assert!(seen.windows(2).all(|pair| pair[0] > pair[1]), "newest first, no repeats: {seen:?}");
     let page = send(
         &state,
-        Request::get("/audit?who=otto&limit=4").header(header::AUTHORIZATION, basic(ADMIN)).body(Body::empty()).unwrap(),
+        Request::get("/audit?who=otto&limit=4")
+            .header(header::AUTHORIZATION, basic(ADMIN))
+            .body(Body::empty())
+            .unwrap(),
     )
     .await;
     assert_eq!(page.status, StatusCode::OK);
@@ -389,4 +392,75 @@ async fn the_audit_trail_filters_by_who_job_action_and_time_and_pages_by_cursor(
         send(&state, Request::get("/audit").header(header::AUTHORIZATION, basic(&viewer)).body(Body::empty()).unwrap())
             .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
+}
+
+/// `GET /api/whoami` on a replica with `token`: its status.
+async fn whoami_status(base: &str, token: &str) -> u16 {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    match client.get(format!("{base}/api/whoami")).bearer_auth(token).send().await {
+        Ok(response) => response.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_and_an_expiry_hold_on_every_replica_within_a_second() {
+    use crate::cluster::{ADMIN_TOKEN, Cluster};
+    let cluster = Cluster::start(2, "jobs:\n  - { name: yearly, schedule: '0 0 1 1 *', shell: 'true' }\n").await;
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    let bases = [cluster.url(0), cluster.url(1)];
+    for base in &bases {
+        crate::harness::wait_for("the replica to answer", Duration::from_secs(10), || async {
+            whoami_status(base, ADMIN_TOKEN).await == 200
+        })
+        .await;
+    }
+    let client = reqwest::Client::new();
+    let create = |name: &'static str, expires_in: Option<&'static str>| {
+        let client = client.clone();
+        let url = format!("{}/api/tokens", bases[0]);
+        async move {
+            let body = json!({ "name": name, "role": "operator", "expires_in": expires_in });
+            let answer: Value =
+                client.post(url).bearer_auth(ADMIN_TOKEN).json(&body).send().await.unwrap().json().await.unwrap();
+            answer
+        }
+    };
+    let lasting = create("lasting", None).await;
+    let lasting = lasting["token"].as_str().unwrap().to_owned();
+    let brief = create("brief", Some("4s")).await;
+    let expires_at: chrono::DateTime<Utc> = brief["expires_at"].as_str().unwrap().parse().unwrap();
+    let brief = brief["token"].as_str().unwrap().to_owned();
+    for base in &bases {
+        assert_eq!(whoami_status(base, &lasting).await, 200, "{base}: a token made on replica 0 works here");
+        assert_eq!(whoami_status(base, &brief).await, 200, "{base}: before its expiry");
+    }
+    // Revoked through replica 0: the next request to either replica is refused.
+    let revoked =
+        client.post(format!("{}/api/tokens/lasting/revoke", bases[0])).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(revoked.status(), 200);
+    let answered = std::time::Instant::now();
+    for base in bases.iter().rev() {
+        assert_eq!(whoami_status(base, &lasting).await, 401, "{base}: revoked");
+    }
+    println!("revocation refused on both replicas {:?} after its answer", answered.elapsed());
+    // Expired: refused by both replicas within a second of its expiry.
+    let deadline = expires_at + chrono::Duration::seconds(1);
+    let mut refused = [None, None];
+    while Utc::now() < deadline + chrono::Duration::seconds(2) && refused.iter().any(Option::is_none) {
+        for (index, base) in bases.iter().enumerate() {
+            if refused[index].is_none() && whoami_status(base, &brief).await == 401 {
+                refused[index] = Some(Utc::now());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (index, at) in refused.iter().enumerate() {
+        let at = at.unwrap_or_else(|| panic!("replica {index} still took the token 3 s after its expiry"));
+        println!(
+            "replica {index} refused the expired token {} ms after its expiry",
+            (at - expires_at).num_milliseconds()
+        );
+        assert!(at <= deadline, "replica {index} took the token until {at}, past {deadline}");
+    }
 }
