@@ -602,3 +602,62 @@ jobs:
     assert_eq!(loader.code, 2, "{loader:?}");
     assert!(loader.stderr.contains("job `tick` lets a manual run set only WHO (its `overrides`)"), "{loader:?}");
 }
+
+#[tokio::test]
+async fn tokens_login_whoami_and_audit_from_the_command_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let dev = Dev::start(&JOBS.replace(
+        "    schedule: \"0 0 1 1 *\"\n    shell: 'echo \"about",
+        "    team: payments\n    schedule: \"0 0 1 1 *\"\n    shell: 'echo \"about",
+    ))
+    .await;
+    let server = dev.server.as_str();
+    let config = dev.dir.path().join("config");
+    let config = config.to_str().unwrap();
+    let admin = [("TENURE_ADMIN_TOKEN", TOKEN)];
+    let logged_in = [("XDG_CONFIG_HOME", config)];
+
+    let created = tenure(
+        &["tokens", "create", "alice", "--role", "operator", "--team", "payments", "--server", server, "-o", "json"],
+        &admin,
+    )
+    .await;
+    assert_eq!(created.code, 0, "{created:?}");
+    let token = created.json()["token"].as_str().unwrap().to_owned();
+    let token_file = dev.dir.path().join("alice-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+
+    let login = tenure(&["login", "--server", server, "--token-file", token_file.to_str().unwrap()], &logged_in).await;
+    assert_eq!(login.code, 0, "{login:?}");
+    assert!(login.stdout.contains("as alice (operator of payments, api-token)"), "{login:?}");
+    let stored = std::path::Path::new(config).join("tenure/credentials.json");
+    assert_eq!(std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let whoami = tenure(&["whoami", "--server", server], &logged_in).await;
+    assert_eq!(whoami.stdout, "alice (operator of payments, api-token)\n", "{whoami:?}");
+    // `greet` is no team's: alice may not pause it; `broken` is her team's.
+    let refused = tenure(&["pause", "greet", "--server", server], &logged_in).await;
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(refused.stderr.contains("Forbidden") && refused.stderr.contains("no team's"), "{refused:?}");
+    let paused = tenure(&["pause", "broken", "--server", server], &logged_in).await;
+    assert_eq!(paused.code, 0, "{paused:?}");
+    let triggered = tenure(&["trigger", "broken", "--wait", "--server", server], &logged_in).await;
+    assert!(triggered.stdout.contains("alice"), "the run names who asked: {triggered:?}");
+
+    let list = tenure(&["tokens", "list", "--server", server], &admin).await;
+    assert!(list.stdout.contains("alice") && list.stdout.contains("payments") && !list.stdout.contains(&token));
+    let audit = tenure(&["audit", "--who", "alice", "--server", server], &admin).await;
+    assert_eq!(audit.code, 0, "{audit:?}");
+    let lines: Vec<&str> = audit.stdout.lines().collect();
+    assert!(lines.iter().any(|line| line.contains("pause") && line.contains("refused") && line.contains("greet")));
+    assert!(lines.iter().any(|line| line.contains("pause") && line.contains("done") && line.contains("broken")));
+    assert!(lines.iter().any(|line| line.contains("trigger") && line.contains("done")), "{}", audit.stdout);
+    let not_admin = tenure(&["audit", "--server", server], &logged_in).await;
+    assert_eq!(not_admin.code, 2, "{not_admin:?}");
+
+    let revoked = tenure(&["tokens", "revoke", "alice", "--server", server], &admin).await;
+    assert_eq!(revoked.code, 0, "{revoked:?}");
+    let after = tenure(&["whoami", "--server", server], &logged_in).await;
+    assert_eq!(after.code, 2, "{after:?}");
+    assert!(after.stderr.contains("HTTP 401") && !after.stderr.contains(&token), "{after:?}");
+}
