@@ -464,3 +464,59 @@ async fn a_revocation_and_an_expiry_hold_on_every_replica_within_a_second() {
         assert!(at <= deadline, "replica {index} took the token until {at}, past {deadline}");
     }
 }
+
+/// The ledger's side, on PostgreSQL and SQLite alike: a token and its audit record in one
+/// transaction; revocation keeps the row; the shared key is made once; pruning by age is the
+/// only way an entry goes.
+async fn tokens_and_audit_in_the_ledger(reads: tenure::store::Reads, store: Store) {
+    use tenure::store::{AuditFilter, AuditRecord, NewToken};
+    let audit = AuditRecord::by("root", "token-create");
+    let token = NewToken {
+        id: "0123456789abcdef",
+        name: "ci",
+        role: "operator",
+        teams: "payments,search",
+        salt: &[1; 16],
+        hash: &[2; 32],
+        created_by: "root",
+        expires_at: None,
+    };
+    let record = reads.create_token(&token, &audit).await.unwrap();
+    assert_eq!(record.teams, ["payments", "search"]);
+    assert!(reads.create_token(&NewToken { id: "fedcba9876543210", ..token.clone() }, &audit).await.is_err());
+    let check = reads.token("0123456789abcdef").await.unwrap().unwrap();
+    assert!(check.valid && check.salt == [1; 16] && check.hash == [2; 32]);
+    let revoked = reads.revoke_token("ci", &AuditRecord::by("root", "token-revoke")).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_by.as_deref(), Some("root"));
+    assert!(!reads.token("0123456789abcdef").await.unwrap().unwrap().valid);
+    // Revoking again changes and records nothing.
+    reads.revoke_token("ci", &AuditRecord::by("root", "token-revoke")).await.unwrap();
+    let all = AuditFilter { limit: 100, ..AuditFilter::default() };
+    let entries = reads.audit(&all).await.unwrap();
+    let actions: Vec<&str> = entries.iter().map(|entry| entry.record.action.as_str()).collect();
+    assert_eq!(actions, ["token-revoke", "token-create"], "one record per change, newest first");
+    assert_eq!(entries[0].record.target.as_deref(), Some("0123456789abcdef"));
+    let key = reads.web_key("csrf", &[7; 32]).await.unwrap();
+    assert_eq!(reads.web_key("csrf", &[8; 32]).await.unwrap(), key, "made once, then read");
+    assert_eq!(store.prune_audit(Utc::now() - chrono::Duration::hours(1), 10).await.unwrap(), 0);
+    assert_eq!(store.prune_audit(Utc::now() + chrono::Duration::seconds(1), 1).await.unwrap(), 1, "in batches");
+    assert_eq!(reads.audit(&all).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn tokens_and_audit_in_the_sqlite_ledger() {
+    let (store, reads) = Store::with_reads(Sqlite::in_memory().await.unwrap());
+    tokens_and_audit_in_the_ledger(reads, store).await;
+}
+
+#[tokio::test]
+async fn tokens_and_audit_in_the_postgres_ledger_and_an_audit_row_cannot_be_changed() {
+    let pg = crate::harness::Postgres::start().await;
+    let url = pg.create_database("access").await;
+    let pool = tenure::store::connect(&url).await.unwrap();
+    tenure::store::migrate(&pool).await.unwrap();
+    let (store, reads) = Store::with_reads(tenure::store::Postgres::new(pool.clone()));
+    tokens_and_audit_in_the_ledger(reads, store).await;
+    let refused = sqlx::query("UPDATE audit SET who = 'someone else'").execute(&pool).await;
+    assert!(refused.is_err_and(|error| error.to_string().contains("append-only")));
+}
