@@ -273,62 +273,6 @@ pub fn paused(answer: &Paused) -> String {
     format!("{} {}\n", if answer.paused { "paused" } else { "resumed" }, answer.job)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_table_aligns_its_columns_and_ends_no_line_with_a_space() {
-        let rows = vec![
-            vec!["heartbeat".to_owned(), "* * * * * *".to_owned(), "-".to_owned()],
-            vec!["a".to_owned(), "@daily".to_owned(), "succeeded run 7".to_owned()],
-        ];
-        assert_eq!(
-            table(&["JOB", "SCHEDULE", "LAST"], &rows),
-            "JOB        SCHEDULE     LAST\n\
-             heartbeat  * * * * * *  -\n\
-             a          @daily       succeeded run 7\n"
-        );
-    }
-
-    /// `show` prints when a run was to start, as the API has it, also when that is its slot.
-    #[test]
-    fn show_prints_the_planned_start_with_or_without_jitter() {
-        let run = |planned: &str| -> Run {
-            serde_json::from_value(serde_json::json!({
-                "id": 7, "slot": "2026-11-27T09:00:00Z", "trigger": "schedule", "term": 3, "node": "a",
-                "executor": null, "attempt": 1, "status": "succeeded", "duration_ms": 12, "lateness_ms": 2,
-                "exit_code": 0, "http_status": null, "error": null, "job": "tick",
-                "claimed_at": "2026-11-27T08:59:59Z", "finished_at": "2026-11-27T09:00:07Z", "output": "",
-                "planned_at": planned, "request": null
-            }))
-            .unwrap()
-        };
-        let planned_line =
-            |text: String| text.lines().find(|line| line.trim_start().starts_with("planned")).unwrap().to_owned();
-        assert_eq!(
-            planned_line(self::run(&run("2026-11-27T09:00:00Z"))),
-            "  planned         2026-11-27T09:00:00Z (its slot)"
-        );
-        assert_eq!(
-            planned_line(self::run(&run("2026-11-27T09:00:07.500Z"))),
-            "  planned         2026-11-27T09:00:07.500Z (jitter 7.5s)"
-        );
-    }
-
-    #[test]
-    fn instants_are_utc_and_distances_read_both_ways() {
-        let now = DateTime::parse_from_rfc3339("2026-11-27T09:44:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(instant(now), "2026-11-27T09:44:00Z");
-        assert_eq!(instant(now + chrono::Duration::milliseconds(120)), "2026-11-27T09:44:00.120Z");
-        assert_eq!(instant(now + chrono::Duration::nanoseconds(317_359_769)), "2026-11-27T09:44:00.317Z");
-        assert_eq!(relative(now + chrono::Duration::seconds(3), now), "in 3.0s");
-        assert_eq!(relative(now - chrono::Duration::milliseconds(850), now), "850ms ago");
-        assert_eq!(relative(now - chrono::Duration::seconds(725), now), "12m05s ago");
-        assert_eq!(duration_ms(7_800_000), "2h10m");
-    }
-}
-
 /// A text field of a JSON document, or `–`.
 fn field(value: &serde_json::Value, name: &str) -> String {
     match value.get(name) {
@@ -389,4 +333,60 @@ pub fn audit(entries: &[serde_json::Value]) -> String {
         })
         .collect();
     table(&["AT", "WHO", "ROLE", "ACTION", "JOB", "OUTCOME", "SOURCE", "REQUEST", "DETAIL"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_aligns_its_columns_and_ends_no_line_with_a_space() {
+        let rows = vec![
+            vec!["heartbeat".to_owned(), "* * * * * *".to_owned(), "-".to_owned()],
+            vec!["a".to_owned(), "@daily".to_owned(), "succeeded run 7".to_owned()],
+        ];
+        assert_eq!(
+            table(&["JOB", "SCHEDULE", "LAST"], &rows),
+            "JOB        SCHEDULE     LAST\n\
+             heartbeat  * * * * * *  -\n\
+             a          @daily       succeeded run 7\n"
+        );
+    }
+
+    /// `show` prints when a run was to start, as the API has it, also when that is its slot.
+    #[test]
+    fn show_prints_the_planned_start_with_or_without_jitter() {
+        let run = |planned: &str| -> Run {
+            serde_json::from_value(serde_json::json!({
+                "id": 7, "slot": "2026-11-27T09:00:00Z", "trigger": "schedule", "term": 3, "node": "a",
+                "executor": null, "attempt": 1, "status": "succeeded", "duration_ms": 12, "lateness_ms": 2,
+                "exit_code": 0, "http_status": null, "error": null, "job": "tick",
+                "claimed_at": "2026-11-27T08:59:59Z", "finished_at": "2026-11-27T09:00:07Z", "output": "",
+                "planned_at": planned, "request": null
+            }))
+            .unwrap()
+        };
+        let planned_line =
+            |text: String| text.lines().find(|line| line.trim_start().starts_with("planned")).unwrap().to_owned();
+        assert_eq!(
+            planned_line(self::run(&run("2026-11-27T09:00:00Z"))),
+            "  planned         2026-11-27T09:00:00Z (its slot)"
+        );
+        assert_eq!(
+            planned_line(self::run(&run("2026-11-27T09:00:07.500Z"))),
+            "  planned         2026-11-27T09:00:07.500Z (jitter 7.5s)"
+        );
+    }
+
+    #[test]
+    fn instants_are_utc_and_distances_read_both_ways() {
+        let now = DateTime::parse_from_rfc3339("2026-11-27T09:44:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(instant(now), "2026-11-27T09:44:00Z");
+        assert_eq!(instant(now + chrono::Duration::milliseconds(120)), "2026-11-27T09:44:00.120Z");
+        assert_eq!(instant(now + chrono::Duration::nanoseconds(317_359_769)), "2026-11-27T09:44:00.317Z");
+        assert_eq!(relative(now + chrono::Duration::seconds(3), now), "in 3.0s");
+        assert_eq!(relative(now - chrono::Duration::milliseconds(850), now), "850ms ago");
+        assert_eq!(relative(now - chrono::Duration::seconds(725), now), "12m05s ago");
+        assert_eq!(duration_ms(7_800_000), "2h10m");
+    }
 }
