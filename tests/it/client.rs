@@ -205,7 +205,7 @@ async fn errors_are_one_line_with_exit_code_2_and_never_show_the_token() {
     let server = ["--server", dev.server.as_str()];
     let token = [("TENURE_ADMIN_TOKEN", TOKEN)];
     let not_found = "error: Not Found: no job `nope` in the job file (HTTP 404)\n";
-    let unauthorized = "error: Unauthorized: send the admin token as `Authorization: Bearer <token>` (HTTP 401)\n";
+    let unauthorized = "error: Unauthorized: the token is not valid (unknown, revoked or expired): send a valid one as `Authorization: Bearer <token>` or as the password of basic auth (HTTP 401)\n";
     let cases: [Case; 7] = [
         Case(&["trigger", "nope"], WITH_TOKEN, not_found),
         Case(&["trigger", "nope", "--wait"], WITH_TOKEN, not_found),
@@ -216,7 +216,7 @@ async fn errors_are_one_line_with_exit_code_2_and_never_show_the_token() {
         Case(
             &["trigger", "greet"],
             &[],
-            "error: trigger needs the admin token: give --token-file PATH or set TENURE_ADMIN_TOKEN\n",
+            "error: trigger needs a token: run `tenure login`, give --token-file PATH or set TENURE_TOKEN\n",
         ),
     ];
     for Case(args, env, expected) in cases {
@@ -229,10 +229,7 @@ async fn errors_are_one_line_with_exit_code_2_and_never_show_the_token() {
     let outcome =
         tenure(&[&["resume", "greet", "--token-file", wrong.to_str().unwrap()][..], &server].concat(), &token).await;
     assert_eq!(outcome.code, 2, "{outcome:?}");
-    assert_eq!(
-        outcome.stderr,
-        "error: Unauthorized: send the admin token as `Authorization: Bearer <token>` (HTTP 401)\n"
-    );
+    assert_eq!(outcome.stderr, unauthorized);
     for secret in ["wrong-secret-value", TOKEN] {
         assert!(!outcome.stdout.contains(secret) && !outcome.stderr.contains(secret), "{outcome:?}");
     }
@@ -463,7 +460,7 @@ async fn reads_behind_protect_reads_take_the_token() {
         (
             2,
             "",
-            "error: Unauthorized: this dashboard needs the admin token (basic auth password or bearer token) (HTTP 401)\n"
+            "error: Unauthorized: this dashboard needs a token to read (basic auth password or bearer token) (HTTP 401)\n"
         )
     );
     let listed = tenure(&["jobs", "--server", &server, "-o", "json"], &[("TENURE_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
