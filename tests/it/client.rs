@@ -587,7 +587,7 @@ jobs:
     let overrides = ["--env", "WHO=operator", "--reason", "check the fix", "--concurrency", "allow"];
     let run = tenure(&[&["trigger", "tick", "--wait"][..], &overrides, &server].concat(), &token).await;
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("\n  by              api\n  reason          check the fix\n"), "{run:?}");
+    assert!(run.stdout.contains("\n  by              admin-token\n  reason          check the fix\n"), "{run:?}");
     assert!(run.stdout.contains("\n  concurrency     allow (asked for)\n  env             WHO=operator\n"), "{run:?}");
     assert!(run.stdout.ends_with(" operator\n"), "the override reached the job: {run:?}");
     let bad = tenure(&[&["trigger", "tick"][..], &["--env", "TENURE_TERM=1"], &server].concat(), &token).await;
