@@ -71,6 +71,11 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (metric::DATABASE_REACHABLE, Kind::Gauge, "1 while the database answers this replica"),
     (metric::JOB_FILE_RELOADS, Kind::Counter, "Job file reloads by result (success or failure)"),
     (metric::RUNS_PRUNED, Kind::Counter, "Ledger rows removed by retention"),
+    (
+        metric::AUDIT_REFUSALS_UNRECORDED,
+        Kind::Counter,
+        "Refused attempts only logged, not audited: more arrived at once than the gate records",
+    ),
     (metric::RUNS_LOST, Kind::Counter, "Runs recorded lost: started, then their replica vanished"),
     (metric::RUNS, Kind::Counter, "Runs ended, by job and status"),
     (metric::MISSED_SLOTS, Kind::Counter, "Slots not run per the job's catch-up policy or starting deadline, by job"),
@@ -200,6 +205,9 @@ pub mod metric {
     /// Label `result`: `success` or `failure`.
     pub const JOB_FILE_RELOADS: &str = "tenure_job_file_reloads_total";
     pub const RUNS_PRUNED: &str = "tenure_runs_pruned_total";
+    /// Refused attempts before admission that were only logged: more arrived at once than the
+    /// gate records (`http::gate`).
+    pub const AUDIT_REFUSALS_UNRECORDED: &str = "tenure_audit_refusals_unrecorded_total";
     pub const RUNS_LOST: &str = "tenure_runs_lost_total";
     /// Labels `job` and `status`.
     pub const RUNS: &str = "tenure_runs_total";

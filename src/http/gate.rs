@@ -161,9 +161,26 @@ async fn admit(
     outcome.map(|()| caller)
 }
 
-/// Record a refusal in the audit trail, then give back the problem to answer with.
+/// How many refusals the gate records at once. A refusal here comes before admission (`shed`):
+/// without a bound, a flood of requests without a token would be a flood of ledger writes.
+const RECORDING_AT_ONCE: usize = 4;
+
+/// Record a refusal in the audit trail (unless `RECORDING_AT_ONCE` are being recorded already:
+/// then it is logged and counted instead), then give back the problem to answer with.
 async fn audited(state: &AppState, (record, problem): (AuditRecord, Problem)) -> Problem {
-    state.record_refusal(record).await;
+    static RECORDING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(RECORDING_AT_ONCE);
+    match RECORDING.try_acquire() {
+        Ok(_turn) => state.record_refusal(record).await,
+        Err(_) => {
+            metrics::counter!(crate::telemetry::metric::AUDIT_REFUSALS_UNRECORDED).increment(1);
+            tracing::warn!(
+                who = record.who,
+                action = record.action,
+                source = record.source,
+                "refused attempts arrive faster than the ledger records them; this one is only logged"
+            );
+        }
+    }
     problem
 }
 
