@@ -49,9 +49,9 @@ pub fn secret_arguments() -> (Vec<String>, Vec<String>) {
     name = "tenure",
     version,
     about = "A distributed cron scheduler that fires every job exactly once per slot",
-    after_help = "The client commands (status, jobs, runs, show, trigger, pause, resume, terms) talk to --server \
-                  (TENURE_SERVER) and exit 0 when done, 2 on an error (one line on stderr); `tenure trigger --help` \
-                  has the codes of --wait."
+    after_help = "The client commands (status, jobs, runs, show, trigger, pause, resume, backfill, terms, tokens, \
+                  audit, login, whoami) talk to --server (TENURE_SERVER) and exit 0 when done, 2 on an error (one line \
+                  on stderr); `tenure trigger --help` has the codes of --wait."
 )]
 pub struct Cli {
     #[command(subcommand)]
