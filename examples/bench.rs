@@ -5,7 +5,9 @@
 //! (`precision-100`, `precision-1000` or `precision-10000`: one size of `precision`); `scripts/bench
 //! readers` (firing while 50 dashboard and API clients read a large ledger, about 3 minutes) and
 //! `scripts/bench failover-zk` (the failover with ZooKeeper as the coordinator, about 4 minutes)
-//! run only when named.
+//! run only when named; so do `scripts/bench soak` (resident memory of `tenure dev` under a steady
+//! load, 2 hours; `--minutes N` for another length) and `scripts/bench soak-cluster` (the same on
+//! three replicas with `run_on: any`).
 
 #[path = "../tests/it/harness.rs"]
 #[allow(dead_code)]
@@ -26,7 +28,7 @@ use nix::unistd::Pid;
 use sqlx::PgPool;
 use tenure::leadership::Term;
 use tenure::model::Trigger;
-use tenure::store::{Claim, SkipIfRunning, Store};
+use tenure::store::{Claim, RunCursor, SkipIfRunning, Store};
 
 /// The allocator the binary uses, for the sink and the bare client too.
 #[global_allocator]
@@ -38,6 +40,15 @@ async fn main() -> anyhow::Result<()> {
     let wants = |name: &str| chosen.is_empty() || chosen.iter().any(|c| c == name);
     let started = Instant::now();
     machine();
+    // `ledger` (about 5 minutes at 1,000,000 rows and 25 at 10,000,000, 4 GB of disk) runs only
+    // when named; `ledger-1m` and `ledger-10m` one size.
+    let named = |name: &str| chosen.iter().any(|c| c == name);
+    if named("ledger") || named("ledger-1m") {
+        ledger_aged(1_000_000).await?;
+    }
+    if named("ledger") || named("ledger-10m") {
+        ledger_aged(10_000_000).await?;
+    }
     if wants("failover") {
         failover().await?;
     }
@@ -69,12 +80,27 @@ async fn main() -> anyhow::Result<()> {
     if wants("dashboard") {
         dashboard().await?;
     }
+    if wants("fleet") {
+        fleet().await?;
+    }
     // Not in the default run: they would take the whole bench past 15 minutes.
     if chosen.iter().any(|c| c == "failover-zk") {
         failover_zookeeper().await?;
     }
     if chosen.iter().any(|c| c == "readers") {
         readers().await?;
+    }
+    // Hours long: only when named, `--minutes N` (default 120) for a shorter or longer one.
+    let minutes = chosen
+        .iter()
+        .position(|c| c == "--minutes")
+        .and_then(|i| chosen.get(i + 1)?.parse::<u64>().ok())
+        .unwrap_or(120);
+    if chosen.iter().any(|c| c == "soak") {
+        soak_dev(minutes).await?;
+    }
+    if chosen.iter().any(|c| c == "soak-cluster") {
+        soak_cluster(minutes).await?;
     }
     println!("\nall scenarios in {:.0?}", started.elapsed());
     Ok(())
@@ -171,6 +197,8 @@ struct Replicas {
     ttl: Duration,
     election: String,
     logs: PathBuf,
+    /// Set in each replica's environment besides `RUST_LOG`.
+    env: Vec<(&'static str, &'static str)>,
     list: Vec<Replica>,
 }
 
@@ -217,6 +245,19 @@ impl Replicas {
         ttl: Duration,
         logs: &Path,
     ) -> anyhow::Result<Replicas> {
+        Replicas::start_on_env(count, jobs, coordinator, databases, ttl, logs, Vec::new())
+    }
+
+    /// Replicas with `env` set in their environment besides `RUST_LOG`.
+    fn start_on_env(
+        count: usize,
+        jobs: &Path,
+        coordinator: (&'static str, String),
+        databases: Vec<String>,
+        ttl: Duration,
+        logs: &Path,
+        env: Vec<(&'static str, &'static str)>,
+    ) -> anyhow::Result<Replicas> {
         // Each group of replicas campaigns in an election of its own: no waiting for the keys of
         // an earlier group to expire.
         static ELECTIONS: AtomicU64 = AtomicU64::new(0);
@@ -228,6 +269,7 @@ impl Replicas {
             databases,
             ttl,
             logs: logs.to_owned(),
+            env,
             list: (0..count)
                 .map(|i| Replica { node: format!("node-{i}"), port: harness::free_port(), child: None })
                 .collect(),
@@ -253,6 +295,7 @@ impl Replicas {
             .args(["--lease-ttl", &format!("{}s", self.ttl.as_secs())])
             .args(["--election", &self.election])
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -1239,6 +1282,112 @@ async fn dashboard() -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 5b. The overview of a fleet: 10,000 jobs, on PostgreSQL and on SQLite (`tenure dev`)
+
+/// The 10,000 jobs: every 7th fails, every 13th is paused, every 11th has four schedules.
+fn fleet_file() -> anyhow::Result<tenure::config::JobSet> {
+    let mut text = String::from("jobs:\n");
+    for i in 0..10_000 {
+        let schedule = if i % 11 == 0 {
+            r#"["0 9 * * MON-FRI", "30 17 * * MON-FRI", "15 3 1,15 * *"]"#.to_owned()
+        } else {
+            format!("\"{} {} * * *\"", i % 60, i % 24)
+        };
+        let paused = if i % 13 == 0 { ", paused: true" } else { "" };
+        text.push_str(&format!("  - {{ name: job-{i:05}, schedule: {schedule}, shell: \"true\"{paused} }}\n"));
+    }
+    tenure::config::parse(&text, "fleet.yaml").map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Each overview page rendered fresh (distinct pages, so the one-second page cache never
+/// answers), one request at a time: the server's time per rendering, as a client on loopback sees it.
+async fn fleet_renders(backend: &str, reads: tenure::store::Reads) -> anyhow::Result<()> {
+    let state = tenure::http::AppState {
+        node_id: "bench".into(),
+        store: reads,
+        leadership: tokio::sync::watch::channel(tenure::leadership::Leadership::Follower { leader: None }).1,
+        coordinator: None,
+        jobs: tokio::sync::watch::channel(Arc::new(fleet_file()?)).1,
+        cluster: tokio::sync::watch::channel(tenure::model::ClusterSnapshot {
+            leader: Some(("n".into(), 7)),
+            roster: Vec::new(),
+        })
+        .1,
+        auth: tenure::http::Auth::new(None, tenure::http::ReadAccess::Open),
+        pages: Default::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(tenure::http::serve(listener, state, None, tenure::fds::Budget::current(1), stop.clone()));
+    let client = reqwest::Client::new();
+    client.get(format!("{base}/")).send().await?.error_for_status()?;
+    for (name, query) in [
+        ("by name", ""),
+        ("by next fire", "sort=next&"),
+        ("by last outcome", "sort=outcome&"),
+        ("failing now", "show=failing&"),
+        ("search `job-09`", "q=job-09&"),
+    ] {
+        let mut times = Vec::new();
+        for page in 1..=15 {
+            let t = Instant::now();
+            let answer = client.get(format!("{base}/?{query}page={page}")).send().await?.error_for_status()?;
+            answer.bytes().await?;
+            times.push(ms_since(t));
+        }
+        row(&format!("{backend}: overview of 10,000 jobs, {name} (ms)"), &mut times, "max <= 300 ms");
+    }
+    stop.cancel();
+    Ok(())
+}
+
+async fn fleet() -> anyhow::Result<()> {
+    header("5b. Overview of a fleet: 10,000 jobs, 30 runs each (300,000 rows), a fresh rendering per page");
+    let pg = harness::Postgres::start_durable().await;
+    let (url, pool) = database(&pg, "fleet").await?;
+    let (_store, term) = leading_store(&pool).await?;
+    let mut bulk = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+    sqlx::query(
+        "INSERT INTO runs (job, slot, term, node, config_hash, status, attempt, claimed_at, started_at, finished_at, exit_code, output)
+         SELECT 'job-' || lpad((n % 10000)::text, 5, '0'), now() - make_interval(secs => (n / 10000) * 3600 + 60), $1, 'n', 'h',
+                CASE WHEN n % 7 = 0 THEN 'failed' WHEN n % 501 = 0 THEN 'missed' ELSE 'succeeded' END, 1,
+                now() - make_interval(secs => (n / 10000) * 3600 + 60), now() - make_interval(secs => (n / 10000) * 3600 + 60),
+                now() - make_interval(secs => (n / 10000) * 3600 + 58), 0, ''
+         FROM generate_series(0, 299999) AS n",
+    )
+    .bind(term.revision())
+    .execute(&mut bulk)
+    .await?;
+    sqlx::query("ANALYZE runs").execute(&mut bulk).await?;
+    fleet_renders("PostgreSQL", tenure::store::Reads::new(pool.clone())).await?;
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("ledger.db");
+    let sqlite = tenure::store::Sqlite::open(&path).await?;
+    let mut bulk =
+        <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("sqlite://{}", path.display())).await?;
+    let now = Utc::now().timestamp_micros();
+    sqlx::query(
+        "WITH RECURSIVE k(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM k WHERE n < 299999)
+         INSERT INTO runs (job, slot, term, node, config_hash, status, attempt, claimed_at, started_at, finished_at,
+                           exit_code, output, planned_at, began_at)
+         SELECT printf('job-%05d', n % 10000), ?1 - ((n / 10000) * 3600 + 60) * 1000000, 1, 'n', 'h',
+                CASE WHEN n % 7 = 0 THEN 'failed' WHEN n % 501 = 0 THEN 'missed' ELSE 'succeeded' END, 1,
+                ?1 - ((n / 10000) * 3600 + 60) * 1000000, ?1 - ((n / 10000) * 3600 + 60) * 1000000,
+                ?1 - ((n / 10000) * 3600 + 58) * 1000000, 0, '', ?1 - ((n / 10000) * 3600 + 60) * 1000000,
+                ?1 - ((n / 10000) * 3600 + 60) * 1000000 + (n % 3) * 700000
+         FROM k",
+    )
+    .bind(now)
+    .execute(&mut bulk)
+    .await?;
+    sqlx::query("ANALYZE").execute(&mut bulk).await?;
+    fleet_renders("SQLite", tenure::store::Reads::from_ledger(sqlite)).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // 6. Firing while the dashboard and the API are read hard
 
 async fn readers() -> anyhow::Result<()> {
@@ -1392,4 +1541,479 @@ async fn read_dashboard(client: reqwest::Client, base: String, index: usize, unt
         }
     }
     tally
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. A ledger that has aged: 1,000,000 and 10,000,000 rows of history
+
+/// One job of the generated history: its name, its rows over 90 days, its `retain` (days).
+fn history_jobs(rows: i64) -> Vec<(String, i64, Option<i64>)> {
+    // Three per-second jobs hold 90 % of the rows; 47 others, every 15 s to daily, the rest.
+    let mut jobs: Vec<(String, i64, Option<i64>)> =
+        (0..3).map(|i| (format!("fast-{i}"), rows * 3 / 10, None)).collect();
+    let rest = rows - jobs.iter().map(|(_, count, _)| count).sum::<i64>();
+    for i in 0..47 {
+        // One of them keeps 80 days where the cluster keeps 30.
+        jobs.push((format!("job-{i:02}"), rest / 47 + i64::from(i == 0) * (rest % 47), (i == 5).then_some(80)));
+    }
+    jobs
+}
+
+/// `rows` rows of history on the schema before the ledger-ages migrations, in one statement a job:
+/// 90 days, 30 terms, 99.5 % succeeded, the rest failed (0.38 %), timed out, skipped, missed, lost.
+async fn generate_history(bulk: &mut sqlx::PgConnection, newest: DateTime<Utc>, rows: i64) -> anyhow::Result<()> {
+    use sqlx::Executor;
+    bulk.execute("SET session_replication_role = replica").await?;
+    for (job, count, _) in history_jobs(rows) {
+        sqlx::query(
+            "INSERT INTO runs (job, slot, term, node, config_hash, status, attempt, claimed_at, planned_at,
+                               started_at, began_at, finished_at, exit_code, output)
+             SELECT $1, s, 1 + (k * 30) / $2, 'node-' || (k * 30 / $2) % 3, 'h',
+                    CASE WHEN k % 1000 IN (1, 2, 3, 4) AND k % 5000 <> 4 THEN 'failed'
+                         WHEN k % 1000 = 5 THEN 'timed_out' WHEN k % 2000 = 6 THEN 'skipped'
+                         WHEN k % 4000 = 8 THEN 'missed' WHEN k % 8000 = 9 THEN 'lost' ELSE 'succeeded' END,
+                    1, s - interval '1 second', s, s - interval '50 ms', s + interval '3 ms', s + interval '1 second',
+                    0, 'run ' || k || ' done: ' || repeat('.', 40)
+             FROM generate_series(1, $2) AS k,
+                  LATERAL (SELECT date_trunc('second', $3::timestamptz - make_interval(secs => k * 7776000.0 / $2))) AS t(s)",
+        )
+        .bind(&job)
+        .bind(count)
+        .bind(newest)
+        .execute(&mut *bulk)
+        .await?;
+    }
+    bulk.execute("SET session_replication_role = origin").await?;
+    bulk.execute("VACUUM ANALYZE runs").await?;
+    Ok(())
+}
+
+async fn runs_size(pool: &PgPool) -> anyhow::Result<f64> {
+    let bytes: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('runs')").fetch_one(pool).await?;
+    Ok(bytes as f64 / 1_048_576.0)
+}
+
+async fn ledger_aged(rows: i64) -> anyhow::Result<()> {
+    header(&format!("7. An aged ledger: {rows} rows of history (50 jobs, 90 days), one per-second job firing"));
+    let etcd = harness::Etcd::start().await;
+    let pg = harness::Postgres::start_durable().await;
+    let url = pg.create_database("aged").await;
+    let pool = tenure::store::connect(&url).await?;
+    // The schema as the release before these migrations left it, then its history.
+    let mut bulk = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
+    sqlx::migrate!("./migrations/postgres").run_to(9, &mut bulk).await?;
+    let newest = Utc::now().duration_trunc(chrono::Duration::seconds(1))? - chrono::Duration::minutes(1);
+    let started = Instant::now();
+    generate_history(&mut bulk, newest, rows).await?;
+    single("generate the history (s)", format!("{:.0}", started.elapsed().as_secs_f64()), "");
+    single("runs + indexes, before the migration (MB)", format!("{:.0}", runs_size(&pool).await?), "");
+
+    // The migration while a leader claims every 100 ms (what a replica of the previous release
+    // does while a new one migrates at its start).
+    let (store, term) = leading_store(&pool).await?;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let claiming = tokio::spawn({
+        let (store, term, done) = (store.clone(), term.clone(), done.clone());
+        async move {
+            let mut latencies = Vec::new();
+            let base = Utc::now() + chrono::Duration::days(1);
+            let mut i = 0;
+            while !done.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let _ = store.claim_run(&claim("migrating", base + chrono::Duration::seconds(i), &term)).await;
+                latencies.push(ms_since(t));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            latencies
+        }
+    });
+    let started = Instant::now();
+    tenure::store::migrate(&pool).await?;
+    let migration = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let mut latencies = claiming.await?;
+    single("migration onto it (s)", format!("{migration:.1}"), "");
+    row("claim latency during the migration", &mut latencies, "max < 1,000 ms");
+    single("runs + indexes, after the migration (MB)", format!("{:.0}", runs_size(&pool).await?), "");
+
+    // A replica: start-up to its first claim, then per-second lateness.
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("jobs.yaml");
+    // Every job keeps 100 days (the history is 90): the measurements below prune, not the leader.
+    let mut text = String::from(
+        "defaults: { retain: 100d }\njobs:\n  - name: tick\n    schedule: \"* * * * * *\"\n    shell: \"true\"\n",
+    );
+    for (job, _, retain) in history_jobs(rows) {
+        let retain = retain.map(|days| format!("\n    retain: {days}d")).unwrap_or_default();
+        text.push_str(&format!("  - name: {job}\n    schedule: \"0 0 1 1 *\"\n    shell: \"true\"{retain}\n"));
+    }
+    std::fs::write(&path, text)?;
+    let spawned = Utc::now();
+    let replicas = Replicas::start(1, &path, &etcd.client_url(), &url, Duration::from_secs(10), dir.path())?;
+    replicas.wait_leader(&pool).await;
+    let first_claim: DateTime<Utc> = loop {
+        let claimed: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT min(claimed_at) FROM runs WHERE job = 'tick'").fetch_one(&pool).await?;
+        if let Some(claimed) = claimed {
+            break claimed;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    single("start-up to the first claim (ms)", format!("{:.0}", ms(first_claim - spawned)), "");
+    let from = Utc::now();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let late: Vec<Option<f64>> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM began_at - planned_at)::float8 * 1000 FROM runs
+         WHERE job = 'tick' AND slot > $1 AND status <> 'running'",
+    )
+    .bind(from)
+    .fetch_all(&pool)
+    .await?;
+    let mut late: Vec<f64> = late.into_iter().flatten().collect();
+    row("per-second job: planned start -> began (30 s)", &mut late, "p99 <= 10 ms");
+
+    // Pages, one client, 50 requests each.
+    let base = format!("http://127.0.0.1:{}", replicas.list[0].port);
+    let back = RunCursor { slot: newest - chrono::Duration::days(80), id: i64::MAX }.encode();
+    let client = reqwest::Client::new();
+    for (name, path) in [
+        ("overview", "/".to_owned()),
+        ("job page (fast-0)", "/jobs/fast-0".to_owned()),
+        ("status-filtered, failed, 50", "/api/jobs/fast-0/runs?status=failed&limit=50".to_owned()),
+        ("status-filtered, failed, 500", "/api/jobs/fast-0/runs?status=failed&limit=500".to_owned()),
+        ("status-filtered, lost, 500", "/api/jobs/fast-0/runs?status=lost&limit=500".to_owned()),
+        ("job page via the API, cursor 80 days back", format!("/api/jobs/fast-0/runs?cursor={back}&limit=500")),
+        ("/api/cluster", "/api/cluster".to_owned()),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..50 {
+            let t = Instant::now();
+            let ok = client.get(format!("{base}{path}")).send().await?.status().is_success();
+            times.push(if ok { ms_since(t) } else { f64::INFINITY });
+        }
+        row(name, &mut times, "p99 <= 50 ms");
+    }
+
+    // Retention as the leader runs it: the cluster keeps 30 days, job-05 80.
+    let retention = |days: i64| tenure::store::Retention {
+        default_before: newest - chrono::Duration::days(days),
+        per_job: vec![("job-05".to_owned(), newest - chrono::Duration::days(80))],
+    };
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        store.prune_runs(&retention(100), 1000).await?;
+        idle.push(ms_since(t));
+    }
+    row("prune, nothing to delete", &mut idle, "p99 <= 50 ms");
+    let before = runs_size(&pool).await?;
+    let (mut batches, mut pruned) = (Vec::new(), 0);
+    let started = Instant::now();
+    loop {
+        let t = Instant::now();
+        let count = store.prune_runs(&retention(30), 1000).await?;
+        batches.push(ms_since(t));
+        pruned += count;
+        if count < 1000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    single("pruned rows / time (s)", format!("{pruned} / {:.0}", started.elapsed().as_secs_f64()), "");
+    row("prune, a batch of 1,000 deleted", &mut batches, "");
+    // Give autovacuum a minute, as a ledger in service would have.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    single(
+        "runs + indexes before / after retention (MB)",
+        format!("{before:.0} / {:.0}", runs_size(&pool).await?),
+        "after <= 45 % of before",
+    );
+    drop(replicas);
+    Ok(())
+}
+
+// Soak: resident memory under a steady load for hours
+
+/// The soak's load: 200 shell jobs every second (`echo`) and 20 HTTP jobs every 2 s to a closed
+/// port (each run fails), finished rows kept 5 minutes; `run_on: any` on the cluster.
+fn soak_jobs(run_on_any: bool) -> String {
+    let closed = harness::free_port();
+    let placement = if run_on_any { "    run_on: any\n" } else { "" };
+    let mut text = String::from("defaults:\n  retain: 5m\njobs:\n");
+    for i in 0..200 {
+        text.push_str(&format!(
+            "  - name: echo-{i:03}\n    schedule: \"* * * * * *\"\n    shell: \"echo soak {i}\"\n{placement}"
+        ));
+    }
+    for i in 0..20 {
+        text.push_str(&format!(
+            "  - name: http-{i:02}\n    schedule: \"*/2 * * * * *\"\n    http: {{ url: \"http://127.0.0.1:{closed}/\" }}\n    timeout: 5s\n{placement}"
+        ));
+    }
+    text
+}
+
+/// The `tenure supervise` process a replica started, if it has one now.
+fn supervisor_of(pid: u32) -> Option<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|children| children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()).collect::<Vec<_>>())
+        .find(|child| {
+            std::fs::read(format!("/proc/{child}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == b"supervise"))
+        })
+}
+
+/// One process's resident memory over a soak: (seconds since the start, MiB).
+struct MemorySeries {
+    name: String,
+    samples: Vec<(f64, f64)>,
+}
+
+impl MemorySeries {
+    fn new(name: &str) -> MemorySeries {
+        MemorySeries { name: name.to_owned(), samples: Vec::new() }
+    }
+
+    /// The least-squares slope (MiB per hour) of the samples of the last `window`, and their mean.
+    fn slope(&self, window: Duration) -> Option<(f64, f64)> {
+        let last = self.samples.last()?.0;
+        let recent: Vec<(f64, f64)> =
+            self.samples.iter().copied().filter(|(t, _)| *t >= last - window.as_secs_f64()).collect();
+        if recent.len() < 3 {
+            return None;
+        }
+        let n = recent.len() as f64;
+        let (mean_t, mean_m) =
+            (recent.iter().map(|s| s.0).sum::<f64>() / n, recent.iter().map(|s| s.1).sum::<f64>() / n);
+        let covariance: f64 = recent.iter().map(|(t, m)| (t - mean_t) * (m - mean_m)).sum();
+        let variance: f64 = recent.iter().map(|(t, _)| (t - mean_t).powi(2)).sum();
+        Some((covariance / variance * 3600.0, mean_m))
+    }
+
+    fn latest(&self) -> f64 {
+        self.samples.last().map_or(f64::NAN, |s| s.1)
+    }
+}
+
+/// The slope over the last hour as printed: MiB per hour and per cent of the resident memory.
+fn slope_text(series: &MemorySeries) -> String {
+    match series.slope(Duration::from_secs(3600)) {
+        Some((slope, mean)) => format!("{slope:+.2} MiB/h ({:+.2} %/h)", 100.0 * slope / mean),
+        None => "-".into(),
+    }
+}
+
+/// Sample every 30 s for `minutes`, print a row every 10 minutes: each process's resident memory
+/// (`pids` names them, looked up again at each sample: a supervisor may be restarted) and the slope
+/// of the last hour; `progress` says how far the load went.
+async fn soak_watch<P, R, F>(minutes: u64, names: &[&str], pids: P, progress: R) -> Vec<MemorySeries>
+where
+    P: Fn() -> Vec<Option<u32>>,
+    R: Fn() -> F,
+    F: std::future::Future<Output = String>,
+{
+    const SAMPLE: Duration = Duration::from_secs(30);
+    const ROW: Duration = Duration::from_secs(600);
+    let mut series: Vec<MemorySeries> = names.iter().map(|name| MemorySeries::new(name)).collect();
+    println!("{:>6}  {}", "minute", names.iter().map(|n| format!("{n:>22}")).collect::<String>());
+    let started = Instant::now();
+    let end = started + Duration::from_secs(minutes * 60);
+    let mut next_row = started;
+    loop {
+        let at = started.elapsed().as_secs_f64();
+        for (one, pid) in series.iter_mut().zip(pids()) {
+            if let Some(pid) = pid {
+                let rss = rss_mib(Pid::from_raw(pid as i32));
+                if rss.is_finite() {
+                    one.samples.push((at, rss));
+                }
+            }
+        }
+        if Instant::now() >= next_row {
+            let cells: String = series.iter().map(|s| format!("{:>18.1} MiB", s.latest())).collect();
+            println!("{:>6.0}  {cells}   {}", at / 60.0, progress().await);
+            if at >= 1200.0 {
+                let slopes: Vec<String> = series.iter().map(|s| format!("{} {}", s.name, slope_text(s))).collect();
+                println!("        slope over the last hour: {}", slopes.join(", "));
+            }
+            next_row += ROW;
+        }
+        if Instant::now() >= end {
+            return series;
+        }
+        tokio::time::sleep(SAMPLE.min(end.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// The verdict: each process's memory at its first sample, at the end, and its slope over the
+/// last hour against the target (under 1 % of its resident memory per hour).
+fn soak_verdict(series: &[MemorySeries]) {
+    println!("{:<22} {:>10} {:>10} {:>32}  target", "process", "first MiB", "last MiB", "slope over the last hour");
+    for one in series {
+        let first = one.samples.first().map_or(f64::NAN, |s| s.1);
+        let (slope, verdict) = match one.slope(Duration::from_secs(3600)) {
+            Some((slope, mean)) => {
+                let share = 100.0 * slope / mean;
+                (
+                    format!("{slope:+.2} MiB/h = {share:+.2} %/h"),
+                    if share < 1.0 { "< 1 %/h: met" } else { "< 1 %/h: NOT met" },
+                )
+            }
+            None => ("-".into(), ""),
+        };
+        println!("{:<22} {first:>10.1} {:>10.1} {slope:>32}  {verdict}", one.name, one.latest());
+    }
+}
+
+/// SIGTERM a replica and wait (up to 30 s) for it to end, so mimalloc prints its statistics
+/// (`MIMALLOC_SHOW_STATS`) to its log; then print them.
+async fn stop_for_allocator_stats(pid: u32, log: &Path, label: &str) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    let ended = Instant::now() + Duration::from_secs(30);
+    while !harness::process_gone(pid) && Instant::now() < ended {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    // mimalloc 2's table opens with its `pages` row (older ones with a `heap stats` line).
+    match lines
+        .iter()
+        .rposition(|l| l.contains("heap stats") || (l.trim_start().starts_with("pages") && l.contains("peak")))
+    {
+        Some(from) => {
+            println!("\nmimalloc's statistics of the {label} at its exit:");
+            for line in &lines[from..] {
+                println!("  {line}");
+            }
+        }
+        None => println!("\n(no mimalloc statistics in {})", log.display()),
+    }
+}
+
+/// The soak in `tenure dev`: one replica, SQLite, `--retain 5m`.
+async fn soak_dev(minutes: u64) -> anyhow::Result<()> {
+    println!(
+        "\n## {}",
+        format_args!(
+            "S1. Soak, tenure dev: 200 shell jobs every second + 20 HTTP jobs every 2 s (closed port), --retain 5m, {minutes} min"
+        )
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("jobs.yaml");
+    std::fs::write(&path, soak_jobs(false))?;
+    let ledger = dir.path().join("ledger.db");
+    let log_path = dir.path().join("dev.log");
+    let log = std::fs::File::create(&log_path)?;
+    let port = harness::free_port();
+    let mut child = Command::new(tenure_binary()?)
+        .args(["dev", "--jobs"])
+        .arg(&path)
+        .arg("--ledger")
+        .arg(&ledger)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--retain", "5m"])
+        .env("RUST_LOG", "warn")
+        .env("MIMALLOC_SHOW_STATS", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let pid = child.id();
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&ledger).read_only(true);
+    let reads = harness::wait_until(Duration::from_secs(30), || async { ledger.exists() }).await;
+    anyhow::ensure!(reads, "tenure dev made no ledger in 30 s (log: {})", log_path.display());
+    let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+    let series = soak_watch(
+        minutes,
+        &["replica", "supervisor"],
+        || vec![Some(pid), supervisor_of(pid)],
+        || {
+            soak_progress(
+                sqlx::query_as("SELECT COALESCE(MAX(id), 0), status, COUNT(*) FROM runs GROUP BY status")
+                    .fetch_all(&pool),
+            )
+        },
+    )
+    .await;
+    soak_verdict(&series);
+    stop_for_allocator_stats(pid, &log_path, "replica").await;
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}
+
+/// How far the load went: the runs claimed so far (the ledger's highest id) and the retained
+/// rows by status.
+async fn soak_progress<E: std::fmt::Display>(
+    rows: impl std::future::Future<Output = Result<Vec<(i64, String, i64)>, E>>,
+) -> String {
+    match rows.await {
+        Ok(rows) => {
+            let claimed = rows.iter().map(|r| r.0).max().unwrap_or(0);
+            let statuses: Vec<String> = rows.iter().map(|(_, status, n)| format!("{status} {n}")).collect();
+            format!("runs claimed {claimed}; kept: {}", statuses.join(", "))
+        }
+        Err(error) => format!("(ledger: {error})"),
+    }
+}
+
+/// The soak on three `tenure run` replicas (etcd, PostgreSQL), every job `run_on: any`: the leader
+/// and a worker measured.
+async fn soak_cluster(minutes: u64) -> anyhow::Result<()> {
+    println!(
+        "\n## {}",
+        format_args!(
+            "S2. Soak, 3 replicas on etcd + PostgreSQL, run_on: any: 200 shell jobs every second + 20 HTTP jobs every 2 s (closed port), retain 5m, {minutes} min"
+        )
+    );
+    let etcd = harness::Etcd::start().await;
+    let pg = harness::Postgres::start_durable().await;
+    let (url, pool) = database(&pg, "soak").await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("jobs.yaml");
+    std::fs::write(&path, soak_jobs(true))?;
+    let replicas = Replicas::start_on_env(
+        3,
+        &path,
+        ("--etcd", etcd.client_url()),
+        vec![url],
+        Duration::from_secs(10),
+        dir.path(),
+        vec![("MIMALLOC_SHOW_STATS", "1")],
+    )?;
+    let (leader, _) = replicas.wait_leader(&pool).await;
+    let worker = (leader + 1) % 3;
+    let (leader_pid, worker_pid) =
+        (replicas.pid(leader).unwrap().as_raw() as u32, replicas.pid(worker).unwrap().as_raw() as u32);
+    println!("leader: {}, worker: {}", replicas.list[leader].node, replicas.list[worker].node);
+    let series = soak_watch(
+        minutes,
+        &["leader", "leader's supervisor", "worker", "worker's supervisor"],
+        || vec![Some(leader_pid), supervisor_of(leader_pid), Some(worker_pid), supervisor_of(worker_pid)],
+        || async {
+            let progress = soak_progress(
+                sqlx::query_as("SELECT COALESCE(MAX(id), 0), status, COUNT(*)::bigint FROM runs GROUP BY status")
+                    .fetch_all(&pool),
+            )
+            .await;
+            let leading = match replicas.leader().await {
+                Some((index, term)) => format!("leader {} (term {term})", replicas.list[index].node),
+                None => "no leader".into(),
+            };
+            format!("{progress}; {leading}")
+        },
+    )
+    .await;
+    soak_verdict(&series);
+    let terms: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM terms").fetch_one(&pool).await.unwrap_or(-1);
+    single("terms during the soak", terms.to_string(), "1 (no failover)");
+    for (index, label) in [(leader, "leader"), (worker, "worker")] {
+        let pid = replicas.pid(index).unwrap().as_raw() as u32;
+        stop_for_allocator_stats(pid, &dir.path().join(format!("{}.log", replicas.list[index].node)), label).await;
+    }
+    drop(replicas);
+    Ok(())
 }

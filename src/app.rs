@@ -70,6 +70,7 @@ pub async fn run(settings: RunSettings, listener: TcpListener, shutdown: Cancell
     let jobs = load_jobs_apart(&settings.jobs_path, settings.retain)
         .await
         .map_err(|errors| anyhow::anyhow!("{}", errors.summary(config::LOGGED_ERRORS)))?;
+    log_warnings(&jobs);
     let address = listener.local_addr().context("listener address")?;
     tracing::info!(node = %settings.node_id, %address, jobs = jobs.jobs().len(), hash = jobs.hash(), "starting");
 
@@ -177,6 +178,7 @@ pub async fn dev(
     let jobs = load_jobs_apart(&settings.jobs_path, settings.retain)
         .await
         .map_err(|errors| anyhow::anyhow!("{}", errors.summary(config::LOGGED_ERRORS)))?;
+    log_warnings(&jobs);
     let address = listener.local_addr().context("listener address")?;
     let ledger = store::Sqlite::open(&settings.ledger_path)
         .await
@@ -473,7 +475,8 @@ async fn connect_coordinator_with_retry(
 
 /// Ledger retention: the leader deletes finished rows older than their job's `retain` (or
 /// `--retain`), a thousand at a time with a pause between batches, so pruning never holds up
-/// claims.
+/// claims; each batch costs what it deletes (`Ledger::prune_runs`). A cycle that fails is
+/// counted (`tenure_ledger_prune_failures_total`, alerted on) and tried again a minute later.
 async fn prune_ledger(
     store: Store,
     retain: Duration,
@@ -501,6 +504,7 @@ async fn prune_ledger(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(error) => {
+                    metrics::counter!(metric::PRUNE_FAILURES).increment(1);
                     tracing::warn!(%error, "ledger pruning failed; retrying later");
                     break;
                 }
@@ -654,6 +658,7 @@ async fn watch_job_file(
             Ok(loaded) => {
                 metrics::counter!(metric::JOB_FILE_RELOADS, "result" => "success").increment(1);
                 tracing::info!(hash = loaded.hash(), jobs = loaded.jobs().len(), "job file changed; reloading");
+                log_warnings(&loaded);
                 let previous = jobs.borrow().hash().to_owned();
                 telemetry::job_file_loaded(
                     loaded.hash(),
@@ -672,6 +677,29 @@ async fn watch_job_file(
             }
         }
     }
+}
+
+/// A job file's warnings (a step that does not divide its field), one log event: the file
+/// loads and fires as written; the first `config::LOGGED_ERRORS` are listed, each located.
+fn log_warnings(jobs: &JobSet) {
+    let warnings = jobs.warnings();
+    if warnings.is_empty() {
+        return;
+    }
+    let mut listed: Vec<String> =
+        warnings.iter().take(config::LOGGED_ERRORS).map(config::ConfigError::as_warning).collect();
+    if warnings.len() > config::LOGGED_ERRORS {
+        listed.push(format!(
+            "... and {} more (`tenure validate` lists them all)",
+            warnings.len() - config::LOGGED_ERRORS
+        ));
+    }
+    tracing::warn!(
+        hash = jobs.hash(),
+        warnings = warnings.len(),
+        "the job file loads, but may not fire as meant:\n{}",
+        listed.join("\n")
+    );
 }
 
 /// [`load_jobs`] on a thread of its own, at a lower CPU priority (`JOB_FILE_NICENESS`): never on

@@ -117,6 +117,10 @@ pub struct ValidateArgs {
     /// Also check every `starting_deadline` against this ledger retention, as `run` and `dev` do.
     #[arg(long, env = "TENURE_RETAIN", value_parser = humantime::parse_duration)]
     pub retain: Option<Duration>,
+    /// Treat warnings (a step that does not divide its field, such as `*/45` in minutes) as
+    /// errors: exit 1. Without it they are printed and the file is valid.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +143,9 @@ pub struct NextArgs {
     /// How many fire times to print.
     #[arg(short = 'n', long = "count", env = "TENURE_COUNT", default_value_t = 5)]
     pub count: usize,
+    /// First print the schedule in words, as the dashboard and the API describe it.
+    #[arg(long)]
+    pub describe: bool,
 }
 
 #[derive(Debug, Args)]
@@ -480,7 +487,8 @@ impl RunArgs {
     }
 }
 
-/// `tenure validate`: 0 when the file is valid, 1 with every error otherwise.
+/// `tenure validate`: 0 when the file is valid (its warnings printed to `err`), 1 with every
+/// error otherwise; with `--strict`, warnings are errors.
 pub fn validate(
     args: &ValidateArgs,
     now: DateTime<Utc>,
@@ -492,12 +500,19 @@ pub fn validate(
         None => Ok(jobs),
     });
     let jobs = match checked {
+        Ok(jobs) if args.strict && !jobs.warnings().is_empty() => {
+            writeln!(err, "{}", config::ConfigErrors(jobs.warnings().to_vec()))?;
+            return Ok(1);
+        }
         Ok(jobs) => jobs,
         Err(errors) => {
             writeln!(err, "{errors}")?;
             return Ok(1);
         }
     };
+    for warning in jobs.warnings() {
+        writeln!(err, "{}", warning.as_warning())?;
+    }
     for job in jobs.jobs() {
         let zone = job.schedule.timezone();
         let next = match (job.paused, job.schedule.next_after(now)) {
@@ -515,7 +530,12 @@ pub fn validate(
     }
     let count = jobs.jobs().len();
     let noun = if count == 1 { "job" } else { "jobs" };
-    writeln!(out, "{count} {noun} valid (config hash {})", jobs.hash())?;
+    let warned = match jobs.warnings().len() {
+        0 => String::new(),
+        1 => ", 1 warning".to_owned(),
+        n => format!(", {n} warnings"),
+    };
+    writeln!(out, "{count} {noun} valid{warned} (config hash {})", jobs.hash())?;
     Ok(0)
 }
 
@@ -553,6 +573,9 @@ pub fn next(args: &NextArgs, now: DateTime<Utc>, out: &mut impl Write, err: &mut
             return Ok(2);
         }
     };
+    if args.describe {
+        writeln!(out, "{}", schedule.describe())?;
+    }
     let mut after = args.from.map(|from| from.with_timezone(&Utc)).unwrap_or(now);
     for _ in 0..args.count {
         match schedule.next_after(after) {

@@ -55,6 +55,22 @@ fn identity(user: &RunAs) -> [(OsString, OsString); 3] {
 /// `PATH` for a job when tenure itself has none (as cron does).
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// How long a connection to an HTTP job's target stays open unused, kept for its next request:
+/// longer than a minute, so a `* * * * *` job's request finds its connection (no handshake at its
+/// slot), and no longer, so what the pool holds is bounded by age (reqwest's own default, named
+/// here as the bound). How many it holds per target is bounded by the requests once in flight
+/// together, that is by the jobs.
+pub const HTTP_POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// The HTTP client of a replica's runs (and of its dead-man ping and webhooks): one connection
+/// pool, each idle connection closed after `HTTP_POOL_IDLE`.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(crate::testing::http_pool_idle().unwrap_or(HTTP_POOL_IDLE))
+        .build()
+        .expect("the HTTP client builds (as `reqwest::Client::new` would)")
+}
+
 /// The part of `parent` (tenure's environment) a job inherits: [`INHERITED`], `LC_*` and the
 /// names in `inherit_env`, never a `TENURE_*` variable; `PATH` always.
 fn inherited_environment(
@@ -116,6 +132,20 @@ pub struct OutputTail {
 }
 
 impl OutputTail {
+    /// `chunk` from stderr: `STDERR_MARK` before each line it starts (`at_line_start`: whether
+    /// the stream's previous chunk ended a line; updated).
+    fn push_stderr(&self, chunk: &[u8], at_line_start: &mut bool) {
+        let mut marked = Vec::with_capacity(chunk.len() + 8);
+        for &byte in chunk {
+            if *at_line_start {
+                marked.push(STDERR_MARK as u8);
+            }
+            marked.push(byte);
+            *at_line_start = byte == b'\n';
+        }
+        self.push(&marked);
+    }
+
     fn push(&self, chunk: &[u8]) {
         let mut bytes = self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let keep = chunk.len().min(OUTPUT_LIMIT);
@@ -132,6 +162,15 @@ impl OutputTail {
         all.extend_from_slice(back);
         String::from_utf8_lossy(&all).into_owned()
     }
+}
+
+/// What starts each line a job wrote to stderr in its output tail (U+001E, the record
+/// separator), so stdout and stderr stay in the order printed and pages can tell them apart.
+pub const STDERR_MARK: char = '\u{1e}';
+
+/// An output tail as plain text: the stderr marks taken out.
+pub fn plain_output(output: &str) -> String {
+    output.replace(STDERR_MARK, "")
 }
 
 /// Told the instant an attempt began (its process spawned, or its request began to be sent),
@@ -326,8 +365,10 @@ async fn run_process(
     let began = Utc::now();
     (stops.on_began)(began);
     let group = started.group;
-    let readers =
-        [tokio::spawn(copy_into(stdout_rx, output.clone())), tokio::spawn(copy_into(stderr_rx, output.clone()))];
+    let readers = [
+        tokio::spawn(copy_into(stdout_rx, output.clone(), false)),
+        tokio::spawn(copy_into(stderr_rx, output.clone(), true)),
+    ];
     let mut ended = started.ended;
     let (ending, end) = tokio::select! {
         end = &mut ended => (Ending::Exited, end.ok()),
@@ -424,11 +465,14 @@ fn signal_group(group: Option<Pid>, signal: Signal) {
     }
 }
 
-async fn copy_into(mut pipe: impl AsyncRead + Unpin, output: OutputTail) {
+/// Copy a pipe into the tail; stderr's lines marked (`STDERR_MARK`).
+async fn copy_into(mut pipe: impl AsyncRead + Unpin, output: OutputTail, stderr: bool) {
     let mut buffer = vec![0u8; 8192];
+    let mut at_line_start = true;
     loop {
         match pipe.read(&mut buffer).await {
             Ok(0) | Err(_) => return,
+            Ok(n) if stderr => output.push_stderr(&buffer[..n], &mut at_line_start),
             Ok(n) => output.push(&buffer[..n]),
         }
     }

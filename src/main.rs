@@ -34,6 +34,24 @@ fn keep_burst_memory() {
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
 }
 
+/// No transparent huge pages for this process (`PR_SET_THP_DISABLE`, what mimalloc does itself
+/// when told `MIMALLOC_ALLOW_THP=0`). mimalloc marks its arena `MADV_HUGEPAGE`, and the kernel's
+/// khugepaged then turns every 2 MiB of it that holds a single resident page into a whole huge
+/// page, so resident memory crept up by 2 MiB steps while what tenure held stayed flat. The
+/// supervisor clears the flag again at its start (`allow_huge_pages`): its jobs get the
+/// machine's setting, not tenure's (its own allocator is started with `MIMALLOC_ALLOW_THP=0`).
+fn no_huge_pages() {
+    if let Err(error) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("warning: could not disable transparent huge pages (prctl PR_SET_THP_DISABLE): {error}");
+    }
+}
+
+/// The supervisor's side of `no_huge_pages`: the replica's flag is inherited across exec, so the
+/// supervisor clears it for the jobs it starts (`posix_spawn` has no place to do it per job).
+fn allow_huge_pages() {
+    let _ = nix::sys::prctl::set_thp_disable(false);
+}
+
 fn main() -> ExitCode {
     // First of all, before a secret is read: no other process of this user (a job) may read this
     // one's environment, files or memory through /proc (see `hardening`).
@@ -47,10 +65,12 @@ fn main() -> ExitCode {
     // `tenure supervise` is started by the executor, not by people: parsed apart from the other
     // commands (it runs with an empty environment), and it logs nothing.
     if std::env::args_os().nth(1).is_some_and(|command| command == "supervise") {
+        allow_huge_pages();
         let args = tenure::cli::SuperviseArgs::parse_from(std::env::args_os().skip(1));
         let code = tenure::supervisor::supervise(args.silence_limit);
         return ExitCode::from(code as u8);
     }
+    no_huge_pages();
     let cli = Cli::parse();
     // A replica's secrets, now read, leave the command line and the environment /proc shows of
     // it (`cmdline` stays readable to every process). Still one thread: the environment may change.

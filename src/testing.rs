@@ -57,6 +57,13 @@ pub fn prune_every() -> Option<std::time::Duration> {
     *EVERY.get_or_init(|| millis("TENURE_TEST_PRUNE_EVERY_MS"))
 }
 
+/// `TENURE_TEST_HTTP_POOL_IDLE_MS`: an idle connection to an HTTP job's target is closed after
+/// this long instead of `executor::HTTP_POOL_IDLE`, so a test can watch it closed.
+pub fn http_pool_idle() -> Option<std::time::Duration> {
+    static IDLE: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+    *IDLE.get_or_init(|| millis("TENURE_TEST_HTTP_POOL_IDLE_MS"))
+}
+
 fn millis(name: &str) -> Option<std::time::Duration> {
     value(name).and_then(|ms| ms.parse().ok()).map(std::time::Duration::from_millis)
 }

@@ -69,10 +69,11 @@ impl ExecutionLease {
 }
 
 /// Why an attempt's lease was lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum LeaseLoss {
-    /// The leader asked for the run to stop (`replace`).
-    CancelRequested,
+    /// The leader asked for the run to stop (`replace`, an operator's cancel): recorded
+    /// `killed` with this reason.
+    CancelRequested(String),
     /// The attempt is no longer this replica's (given up, reassigned, ended).
     Refused,
     /// No renewal was acknowledged before the local deadline.
@@ -93,7 +94,7 @@ impl LostLease {
     }
 
     fn reason(&self) -> Option<LeaseLoss> {
-        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -134,7 +135,7 @@ impl Worker {
             jobs,
             supervision,
             shutdown_grace,
-            http: reqwest::Client::new(),
+            http: crate::executor::http_client(),
             executions: TaskTracker::new(),
             going: Arc::default(),
             stop: CancellationToken::new(),
@@ -363,17 +364,18 @@ impl Execution {
     }
 
     /// The lease is gone and the process group with it (SIGKILLed at once). A cancel requested
-    /// by the leader (`replace`) is answered with `killed`, which the leader asked for; anything
+    /// by the leader (`replace`, or an operator's cancel it acted on) is answered with `killed`
+    /// and the reason the ledger gave, which the leader asked for; anything
     /// else records nothing: the attempt may already be another replica's. `began`: when the
     /// attempt began, if it did.
     async fn lease_lost(&self, key: &ExecutionKey, lost: &LostLease, began: Option<chrono::DateTime<chrono::Utc>>) {
         match lost.reason() {
-            Some(LeaseLoss::CancelRequested) => {
+            Some(LeaseLoss::CancelRequested(reason)) => {
                 let outcome = RunOutcome {
                     status: RunStatus::Killed,
                     exit_code: None,
                     http_status: None,
-                    error: Some("replaced by a newer run".to_owned()),
+                    error: Some(reason),
                     output: self.current.lock().await.output.text(),
                     began_at: began,
                     finished_at: chrono::Utc::now(),
@@ -451,7 +453,7 @@ async fn renew(
         };
         match renewal {
             Ok(Renewal::Renewed) => deadline.extend_to(lease.deadline_after(sent)),
-            Ok(Renewal::CancelRequested) => return lost.lose(LeaseLoss::CancelRequested),
+            Ok(Renewal::CancelRequested { reason }) => return lost.lose(LeaseLoss::CancelRequested(reason)),
             Ok(Renewal::Refused) => return lost.lose(LeaseLoss::Refused),
             Err(error) => tracing::warn!(%error, run_id = current.key.run_id, "could not renew an execution lease"),
         }

@@ -33,6 +33,10 @@ const EXIT_CODES: &str = "Exit codes: 0 done (with --wait: the run succeeded); 1
 killed, lost, missed or skipped; 2 usage error, server unreachable or an error answer (one line on stderr); 3 \
 --timeout passed before the run ended (it goes on).";
 
+const CANCEL_EXIT_CODES: &str = "Exit codes: 0 asked (with --wait: the run ended killed by the cancel); 1 with \
+--wait, the run ended otherwise before the cancel reached it; 2 usage error, server unreachable or an error answer \
+(no such run; 409 when the run has ended already); 3 --timeout passed before the run ended.";
+
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Show the cluster as a replica sees it: the leader and its term, the replicas, warnings.
@@ -47,6 +51,10 @@ pub enum ClientCommand {
     /// the run and exit with its outcome.
     #[command(after_help = EXIT_CODES)]
     Trigger(TriggerArgs),
+    /// Cancel a running run: the leader stops it (here or on the replica executing it) and
+    /// records it `killed` with who asked and why; with --wait, follow it until it has ended.
+    #[command(after_help = CANCEL_EXIT_CODES)]
+    Cancel(CancelArgs),
     /// Pause a job: its slots are not run until it is resumed (overrides the job file).
     Pause(JobArgs),
     /// Resume a paused job: the slots of its pause are not owed.
@@ -214,6 +222,24 @@ pub struct ShowArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The run's id (the ID column of `tenure runs`).
+    pub run_id: i64,
+    /// Follow the run until it has ended, print it, and exit with how it ended (see the exit
+    /// codes).
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up waiting after this long (exit code 3).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m", requires = "wait")]
+    pub timeout: Duration,
+    /// Why: recorded as the run's error ("cancelled by NAME (api): REASON").
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct TriggerArgs {
     /// The job's name.
     pub job: String,
@@ -297,6 +323,7 @@ impl ClientCommand {
             ClientCommand::Status(server) | ClientCommand::Jobs(server) | ClientCommand::Terms(server) => server,
             ClientCommand::Runs(args) => &args.server,
             ClientCommand::Show(args) => &args.server,
+            ClientCommand::Cancel(args) => &args.server,
             ClientCommand::Trigger(args) => &args.server,
             ClientCommand::Pause(args) | ClientCommand::Resume(args) => &args.server,
             ClientCommand::Backfill(args) => &args.server,
@@ -367,6 +394,7 @@ async fn execute(command: &ClientCommand, out: &mut Vec<u8>, progress: &mut impl
             print(out, &answer.document, render::run(&answer.value));
         }
         ClientCommand::Trigger(args) => return trigger(&client, args, server.output, out).await,
+        ClientCommand::Cancel(args) => return cancel(&client, args, server.output, out).await,
         ClientCommand::Backfill(args) if args.dry_run => {
             let answer = client.backfill_plan(&args.job, args.from, args.to).await?;
             print(out, &answer.document, render::backfill_plan(&answer.value));
@@ -527,6 +555,49 @@ async fn trigger(client: &Client, args: &TriggerArgs, output: Output, out: &mut 
             let text = format!("{what} after {timeout} (--timeout); it goes on\n");
             (exit::WAIT_TIMED_OUT, text)
         }
+    };
+    out.extend_from_slice(text.as_bytes());
+    Ok(code)
+}
+
+/// `tenure cancel RUN_ID [--wait]`: ask, then (with --wait) poll the run until it has ended.
+async fn cancel(client: &Client, args: &CancelArgs, output: Output, out: &mut Vec<u8>) -> Result<i32, ClientError> {
+    let mut run = client.cancel(args.run_id, args.reason.as_deref()).await?;
+    if !args.wait {
+        let text = match output {
+            Output::Table => {
+                format!(
+                    "asked to cancel run {} of {}: the leader stops it and records it killed\n",
+                    args.run_id, run.value.job
+                )
+            }
+            Output::Json => json_line(&run.document),
+        };
+        out.extend_from_slice(text.as_bytes());
+        return Ok(exit::OK);
+    }
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let mut wait = FOLLOW_FIRST_WAIT;
+    while run.value.brief.status == RunStatus::Running {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            let timeout = humantime::format_duration(args.timeout);
+            out.extend_from_slice(
+                format!("run {} had not ended after {timeout} (--timeout)\n", args.run_id).as_bytes(),
+            );
+            return Ok(exit::WAIT_TIMED_OUT);
+        }
+        tokio::time::sleep(wait.min(deadline - now)).await;
+        wait = (wait * 3 / 2).min(FOLLOW_LONGEST_WAIT);
+        run = client.run(args.run_id).await?;
+    }
+    let code = match run.value.brief.status {
+        RunStatus::Killed => exit::OK,
+        _ => exit::RUN_DID_NOT_SUCCEED,
+    };
+    let text = match output {
+        Output::Table => render::run(&run.value),
+        Output::Json => json_line(&run.document),
     };
     out.extend_from_slice(text.as_bytes());
     Ok(code)

@@ -180,6 +180,13 @@ impl Client {
         self.change(url, "trigger", Some(idempotency_key), Some(overrides)).await
     }
 
+    /// Ask for run `id` to be cancelled, `reason` recorded with who asked: the run as it is now
+    /// (still running until the leader has stopped it).
+    pub async fn cancel(&self, id: i64, reason: Option<&str>) -> Result<Answer<Run>, ClientError> {
+        let body = serde_json::json!({ "reason": reason });
+        self.change(self.url(&["api", "runs", &id.to_string(), "cancel"]), "cancel", None, Some(&body)).await
+    }
+
     pub async fn pause(&self, job: &str) -> Result<Answer<Paused>, ClientError> {
         self.change(self.url(&["api", "jobs", job, "pause"]), "pause", None, None).await
     }

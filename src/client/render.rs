@@ -56,7 +56,7 @@ fn or_dash<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |value| value.to_string())
 }
 
-/// `tenure jobs`.
+/// `tenure jobs`: the schedule's description last, the one column of words.
 pub fn jobs(jobs: &[Job], now: DateTime<Utc>) -> String {
     let rows: Vec<Vec<String>> = jobs
         .iter()
@@ -77,10 +77,11 @@ pub fn jobs(jobs: &[Job], now: DateTime<Utc>) -> String {
                 state,
                 or_dash(next),
                 or_dash(last),
+                or_dash(job.description.clone()),
             ]
         })
         .collect();
-    table(&["JOB", "SCHEDULE", "TIMEZONE", "KIND", "STATE", "NEXT", "LAST"], &rows)
+    table(&["JOB", "SCHEDULE", "TIMEZONE", "KIND", "STATE", "NEXT", "LAST", "DESCRIPTION"], &rows)
 }
 
 /// `tenure runs JOB`.

@@ -14,6 +14,9 @@ use crate::model::{RunStatus, TriggerKind};
 pub struct Job {
     pub name: String,
     pub schedule: String,
+    /// The schedule in words; older servers may say otherwise.
+    #[serde(default)]
+    pub description: Option<String>,
     pub timezone: String,
     pub next_utc: Option<DateTime<Utc>>,
     pub paused: bool,

@@ -211,7 +211,10 @@ impl Validator<'_> {
             let expected = "a crontab line, a macro or \"@every 30s\" (or a list of them)";
             let Some(text) = self.string(item, job, "schedule", expected) else { continue };
             match Schedule::parse(text, policies.timezone) {
-                Ok(schedule) => parts.push(schedule),
+                Ok(schedule) => {
+                    self.warn_uneven_steps(item, text, &schedule, job);
+                    parts.push(schedule);
+                }
                 Err(e) => self.error(&item.referenced, job, format!("`schedule`: {e}")),
             }
         }
@@ -219,6 +222,26 @@ impl Validator<'_> {
             return None;
         }
         Schedule::union(parts)
+    }
+
+    /// A warning for each step of `schedule` (written as `text` at `item`) that does not divide
+    /// its field, at the step itself: inside the quotes when the scalar is quoted and on one line,
+    /// else at the scalar.
+    fn warn_uneven_steps(&mut self, item: &Spanned<Node>, text: &str, schedule: &Schedule, job: Option<&str>) {
+        let chars = text.chars().count() as u64;
+        let span = item.referenced.span().len();
+        // A plain scalar spans its text; a quoted one without escapes, two more; anything else
+        // (escapes, folded lines) is pointed at as a whole.
+        let quote = match span {
+            _ if span == chars => Some(0),
+            _ if span == chars + 2 => Some(1),
+            _ => None,
+        };
+        let leading = text.len() - text.trim_start().len();
+        for (_, step) in schedule.uneven_steps() {
+            let right = quote.map_or(0, |quote| quote + text[..leading].chars().count() + step.offset);
+            self.warn(&item.referenced, right, job, step.message);
+        }
     }
 
     /// Exactly one of the target fields (`command`, `shell`, `http`), valid.

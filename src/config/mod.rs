@@ -86,6 +86,7 @@ pub struct JobSet {
     jobs: Vec<Job>,
     index: HashMap<JobName, usize>,
     hash: String,
+    warnings: Vec<ConfigError>,
 }
 
 impl JobSet {
@@ -93,8 +94,24 @@ impl JobSet {
         &self.jobs
     }
 
+    /// What loads but may not do what the user meant, located like errors, in file order: a
+    /// step that does not divide its field (`*/45` in minutes fires at :00 and :45). Never
+    /// stops the file from loading; `tenure validate` prints them (errors with `--strict`),
+    /// and a replica logs them when it loads the file.
+    pub fn warnings(&self) -> &[ConfigError] {
+        &self.warnings
+    }
+
     pub fn get(&self, name: &str) -> Option<&Job> {
         self.index.get(&JobName(name.to_owned())).map(|&i| &self.jobs[i])
+    }
+
+    /// The jobs `keep` keeps, as a set of their own (the same hash and warnings): what one
+    /// caller may read of the file.
+    pub fn only(&self, keep: impl Fn(&Job) -> bool) -> JobSet {
+        let jobs: Vec<Job> = self.jobs.iter().filter(|job| keep(job)).cloned().collect();
+        let index = jobs.iter().enumerate().map(|(i, job)| (job.name.clone(), i)).collect();
+        JobSet { jobs, index, hash: self.hash.clone(), warnings: self.warnings.clone() }
     }
 
     /// The first 12 hex digits of the SHA-256 of the file's bytes: which file a replica runs.
@@ -360,6 +377,18 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl ConfigError {
+    /// As a warning: `file:line:column: warning: job `x`: message`.
+    pub fn as_warning(&self) -> String {
+        let mut text = format!("{}:{}:{}: warning: ", self.file, self.line, self.column);
+        if let Some(job) = &self.job {
+            text.push_str(&format!("job `{job}`: "));
+        }
+        text.push_str(&self.message);
+        text
+    }
+}
+
 /// Every problem found in a job file, in file order.
 #[derive(Debug, Clone)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
@@ -476,13 +505,15 @@ pub fn parse_as(text: &str, file: &str, runner: Runner) -> Result<JobSet, Config
             Vec::new()
         }
     };
+    let mut warnings = std::mem::take(&mut validator.warnings);
+    warnings.sort_by_key(|w| (w.line, w.column));
     let errors = validator.into_errors();
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
     let index = jobs.iter().enumerate().map(|(i, job)| (job.name.clone(), i)).collect();
     let hash = hex::encode(Sha256::digest(text.as_bytes()))[..12].to_owned();
-    Ok(JobSet { jobs, index, hash })
+    Ok(JobSet { jobs, index, hash, warnings })
 }
 
 /// The YAML of a job file as a node tree (`None` for an empty file), or the one error that
@@ -672,6 +703,25 @@ jobs:
         assert_eq!(parse(&text, "big.yaml").map(|s| s.jobs().len()).unwrap_or_else(|e| panic!("{}", e.0[0])), MAX_JOBS);
         text.push_str("  - { name: one-more, schedule: '@daily', shell: 'true' }\n");
         assert!(errors(&text)[0].contains("at most 100000"));
+    }
+
+    #[test]
+    fn a_step_that_does_not_divide_its_field_warns_located_and_the_file_still_loads() {
+        let text = "jobs:\n  - name: digest\n    schedule: \"*/45 * * * *\"\n    shell: 'true'\n\
+                    \x20 - name: several\n    schedule: ['0 0 * * *', 0 */5 * * *]\n    shell: 'true'\n\
+                    \x20 - name: fine\n    schedule: '*/15 5-59/7 */6 * * *'\n    shell: 'true'\n";
+        let jobs = parse(text, "jobs.yaml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(jobs.jobs().len(), 3, "warnings never stop a job from loading");
+        let warnings: Vec<String> = jobs.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(warnings.len(), 2, "{warnings:#?}");
+        // The column of the term itself: inside the quotes, inside the flow list.
+        assert!(warnings[0].starts_with("jobs.yaml:3:16: job `digest`: `*/45` in the minute field"), "{}", warnings[0]);
+        assert!(warnings[0].contains("fires at minutes 0 and 45 of every hour"), "{}", warnings[0]);
+        assert!(warnings[0].contains("45 minutes apart, then 15"), "{}", warnings[0]);
+        assert!(warnings[0].contains("`@every 45m`"), "{}", warnings[0]);
+        assert!(warnings[1].starts_with("jobs.yaml:6:31: job `several`: `*/5` in the hour field"), "{}", warnings[1]);
+        assert!(warnings[1].contains("hours 0, 5, 10, 15 and 20"), "{}", warnings[1]);
+        assert!(warnings[1].contains("`@every 5h`"), "{}", warnings[1]);
     }
 }
 

@@ -71,16 +71,31 @@ impl Default for Policies {
 }
 
 /// One validation of one job file: its name (for error locations), who loads it (`user:` needs
-/// root) and the errors found so far.
+/// root) and the errors and warnings found so far.
 pub(super) struct Validator<'a> {
     file: &'a str,
     pub(super) runner: Runner,
     pub(super) errors: Vec<ConfigError>,
+    /// What loads but may not do what the user meant (a step that does not divide its field).
+    pub(super) warnings: Vec<ConfigError>,
 }
 
 impl<'a> Validator<'a> {
     pub(super) fn new(file: &'a str, runner: Runner) -> Validator<'a> {
-        Validator { file, runner, errors: Vec::new() }
+        Validator { file, runner, errors: Vec::new(), warnings: Vec::new() }
+    }
+
+    /// A warning at `column` chars right of `at` (on its line).
+    pub(super) fn warn(&mut self, at: &Location, right: usize, job: Option<&str>, message: String) {
+        let (line, column) = line_column(at);
+        let column = column.saturating_add(u32::try_from(right).unwrap_or(u32::MAX));
+        self.warnings.push(ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            job: job.map(str::to_owned),
+            message,
+        });
     }
 
     /// The errors found, in file order.

@@ -120,6 +120,16 @@ impl CoordinatorProbe {
         CoordinatorProbe { coordinator }
     }
 
+    /// What a term number is with this coordinator, in words (the terms page says it).
+    pub fn what_a_term_is(&self) -> &'static str {
+        match &self.coordinator {
+            Coordinator::Etcd(_) => "the etcd revision at which its leader's key was created",
+            Coordinator::ZooKeeper(_) => {
+                "the ZooKeeper transaction id (zxid) at which its leader's candidate znode was created"
+            }
+        }
+    }
+
     /// Whether the coordinator answers a request within `within`.
     pub async fn answers(&self, within: Duration) -> bool {
         match &self.coordinator {

@@ -1,7 +1,10 @@
-//! The JSON API under `/api`. Reads return the same views the pages render; trigger, pause and
-//! resume need the admin token as a bearer token and are recorded in the ledger, where the
-//! leader picks them up (a follower takes them just the same, nothing is forwarded).
+//! The JSON API under `/api`. Reads return the same views the pages render; trigger, pause,
+//! resume, backfill and cancel need a bearer token whose principal `identity::authorize` allows
+//! them, and are recorded in the ledger with their audit entry, where the leader picks them up
+//! (a follower takes them just the same, nothing is forwarded).
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
@@ -18,13 +21,14 @@ use serde::{Deserialize, Serialize};
 use super::gate::BODY_LIMIT;
 use super::identity::{self, Action, Principal, Role};
 use super::rejection::{Path, Query, Rejected};
+use super::timeline;
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, TermView};
 use super::{AppState, Caller, Problem};
 use crate::config::{Concurrency, Job, TargetKind};
 use crate::model::{Control, RunStatus, TriggerKind};
 use crate::store::{
-    AuditEntry, AuditFilter, AuditOutcome, BackfillRecord, CreateTokenError, NewToken, RunCursor, TokenRecord,
-    TriggerOverrides, TriggerRecord, TriggerRequest,
+    AuditEntry, AuditFilter, AuditOutcome, BackfillRecord, CancelAnswer, CreateTokenError, NewToken, RunCursor,
+    TokenRecord, TriggerOverrides, TriggerRecord, TriggerRequest,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -32,6 +36,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/jobs", get(jobs))
         .route("/api/jobs/{name}", get(job))
         .route("/api/jobs/{name}/runs", get(job_runs))
+        .route("/api/jobs/{name}/next", get(job_next))
+        .route("/api/timeline", get(timeline))
         .route("/api/jobs/{name}/trigger", post(trigger))
         .route("/api/jobs/{name}/pause", post(pause))
         .route("/api/jobs/{name}/resume", post(resume))
@@ -39,6 +45,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/backfills", get(backfills))
         .route("/api/backfills/{id}", get(backfill_progress))
         .route("/api/runs/{id}", get(run))
+        .route("/api/runs/{id}/cancel", post(cancel))
         .route("/api/cluster", get(cluster))
         .route("/api/whoami", get(whoami))
         .route("/api/tokens", get(tokens).post(create_token))
@@ -204,6 +211,48 @@ pub(super) async fn request_trigger(
     Ok(trigger)
 }
 
+/// Ask for run `id` to be cancelled as `caller` (who may: `permit`, on the run's job): recorded
+/// on its row with who asked (the caller's name, and `from`: `api` or `dashboard`) and why, for
+/// the leader to act on under the fence, and audited in the same transaction. 404 for an
+/// unknown run (or one `caller` may not read), 409 for one that has ended.
+pub(super) async fn request_cancel(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
+    from: &str,
+    reason: Option<&str>,
+) -> Result<(), Problem> {
+    let job = state
+        .store
+        .run(id)
+        .await?
+        .filter(|run| state.may_read(caller, &run.job))
+        .map(|run| run.job)
+        .ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
+    state.permit(caller, Action::Cancel, Some(&job)).await?;
+    let reason = reason.map(str::trim).filter(|reason| !reason.is_empty());
+    if reason.is_some_and(|reason| reason.len() > REASON_MAX) {
+        return Err(Problem::bad_request(format!("`reason` is over {REASON_MAX} bytes")));
+    }
+    let by = &caller.principal.name;
+    let why = match reason {
+        Some(reason) => format!("cancelled by {by} ({from}): {reason}"),
+        None => format!("cancelled by {by} ({from})"),
+    };
+    let team = state.jobs.borrow().get(&job).and_then(|job| job.team.clone());
+    let mut audit = caller.audit(Action::Cancel, Some((&job, team.as_deref())), AuditOutcome::Done, why.clone());
+    audit.target = Some(format!("run {id}"));
+    match state.store.cancel_run(id, &why, &audit).await? {
+        CancelAnswer::Asked { .. } => Ok(()),
+        CancelAnswer::NoSuchRun => Err(Problem::not_found(format!("no run {id}"))),
+        CancelAnswer::Ended(status) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("run {id} has ended ({}); only a running run can be cancelled", status.as_str()),
+        )),
+    }
+}
+
 /// The longest reason, in bytes.
 const REASON_MAX: usize = 1_000;
 
@@ -320,6 +369,89 @@ async fn job(
     Ok(Json(named_job(&state, &caller, &name).await?))
 }
 
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct NextQuery {
+    pub count: Option<usize>,
+}
+
+/// `GET /api/jobs/{name}/next`: a job's next fire times, in its zone and in UTC.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct NextView {
+    pub job: String,
+    pub timezone: String,
+    pub description: String,
+    /// Paused now (by the file or an operator): none of `fires` fires until it is resumed.
+    pub paused: bool,
+    pub fires: Vec<timeline::Fire>,
+}
+
+/// The jobs paused now: by an operator, or by the file unless an operator resumed them.
+pub(super) async fn paused_jobs(state: &AppState, jobs: &crate::config::JobSet) -> Result<HashSet<String>, Problem> {
+    let controls = state.store.job_controls().await?;
+    Ok(jobs
+        .jobs()
+        .iter()
+        .filter(|job| controls.get(job.name.as_str()).map_or(job.paused, |control| control.paused))
+        .map(|job| job.name.as_str().to_owned())
+        .collect())
+}
+
+/// Job `name`'s next `count` fire times, or 404 (also for a job `caller` may not read).
+pub(super) async fn next_view(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    count: usize,
+) -> Result<NextView, Problem> {
+    if count == 0 || count > timeline::MAX_UPCOMING {
+        return Err(Problem::bad_request(format!("count is 1 to {}", timeline::MAX_UPCOMING)));
+    }
+    let jobs = state.jobs.borrow().clone();
+    let job = jobs
+        .get(name)
+        .filter(|job| state.may_read_of(caller, name, job.team.as_deref()))
+        .ok_or_else(|| Problem::not_found(format!("no job `{name}` in the job file")))?;
+    let paused = paused_jobs(state, &jobs).await?.contains(name);
+    Ok(NextView {
+        job: name.to_owned(),
+        timezone: job.schedule.timezone().name().to_owned(),
+        description: job.schedule.describe(),
+        paused,
+        fires: timeline::upcoming(&job.schedule, Utc::now(), count),
+    })
+}
+
+async fn job_next(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Query(query): Query<NextQuery>,
+) -> Result<Json<NextView>, Problem> {
+    Ok(Json(next_view(&state, &caller, &name, query.count.unwrap_or(timeline::UPCOMING)).await?))
+}
+
+/// The timeline of the current job file from now, of the jobs `caller` may read, computed off
+/// the async runtime (bounded: `timeline::HOUR_CAP`).
+pub(super) async fn timeline_view(state: &AppState, caller: &Caller) -> Result<timeline::Timeline, Problem> {
+    let jobs = state.jobs.borrow().clone();
+    let jobs = if state.auth.reads_protected() {
+        Arc::new(jobs.only(|job| state.may_read_of(caller, job.name.as_str(), job.team.as_deref())))
+    } else {
+        jobs
+    };
+    let paused = paused_jobs(state, &jobs).await?;
+    tokio::task::spawn_blocking(move || timeline::timeline(&jobs, &paused, Utc::now())).await.map_err(|error| {
+        Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", "the timeline failed", &error)
+    })
+}
+
+async fn timeline(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<timeline::Timeline>, Problem> {
+    Ok(Json(timeline_view(&state, &caller).await?))
+}
+
 async fn job_runs(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -410,6 +542,33 @@ async fn trigger(
     let overrides = parsed.overrides()?;
     let trigger = request_trigger(&state, &caller, &name, key.as_deref(), &overrides).await?;
     Ok((StatusCode::ACCEPTED, Json(trigger)))
+}
+
+/// A cancel's optional body: `{"reason": "..."}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+/// `POST /api/runs/{id}/cancel`: 202 with the run as it is now; the leader stops it (here or on
+/// the replica executing it) and records it `killed` with who asked and why.
+async fn cancel(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, Problem> {
+    let body = body.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let parsed: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|error| {
+            Problem::bad_request(format!("expected a JSON object such as {{\"reason\": \"...\"}}: {error}"))
+        })?
+    };
+    request_cancel(&state, &caller, id, "api", parsed.reason.as_deref()).await?;
+    Ok((StatusCode::ACCEPTED, Json(run_view(&state, &caller, id).await?)))
 }
 
 /// The most slots one backfill may cover.

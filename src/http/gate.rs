@@ -43,7 +43,12 @@ enum Need {
 impl Need {
     fn of(method: &Method, route: &str) -> Need {
         match route {
-            "/api/openapi.json" | "/api/{*rest}" | "/static/app.css" | "/static/live.js" => Need::Nothing,
+            "/api/openapi.json"
+            | "/api/{*rest}"
+            | "/static/app.css"
+            | "/static/live.js"
+            | "/static/favicon.svg"
+            | "/favicon.ico" => Need::Nothing,
             "/signin" => Need::SignIn,
             _ if method == Method::GET || method == Method::HEAD => Need::Read,
             _ if method == Method::POST && is_api(route) => Need::ApiChange,
@@ -66,6 +71,7 @@ pub(super) fn is_api(path: &str) -> bool {
 pub(super) async fn check(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or_else(String::new, |path| path.as_str().to_owned());
     let api = is_api(request.uri().path());
+    let referer = request.headers().get(header::REFERER).and_then(|value| value.to_str().ok()).map(str::to_owned);
     let need = Need::of(request.method(), &route);
     let caller = Caller {
         principal: Principal::anonymous(),
@@ -74,7 +80,9 @@ pub(super) async fn check(State(state): State<AppState>, mut request: Request, n
         request_id: super::correlation_id(),
     };
     let request_id = HeaderValue::from_str(&caller.request_id).ok();
-    let refuse = |problem: Problem| if api { problem.into_response() } else { PageError(problem).into_response() };
+    let refuse = |problem: Problem| {
+        if api { problem.into_response() } else { PageError(problem).answer(referer.as_deref()) }
+    };
     let mut response = match admit(&state, caller, need, &route, request.headers()).await {
         Err(problem) => refuse(problem),
         Ok(caller) => {

@@ -9,10 +9,12 @@ mod api;
 mod gate;
 pub mod identity;
 mod listen;
+mod overview;
 mod pages;
 mod protect;
 mod rejection;
 mod shed;
+pub mod timeline;
 pub mod tls;
 pub mod view;
 
@@ -61,8 +63,9 @@ pub struct AppState {
 /// A rendered page and when it was rendered.
 type CachedPage = (std::time::Instant, Arc<str>);
 
-/// A one-second cache of rendered pages by key. The pages refresh themselves every two seconds,
-/// so a second of staleness is invisible, and twenty viewers cost one rendering, not twenty.
+/// A one-second cache of rendered pages by key, at most `MAX_PAGES` of them. The pages refresh
+/// themselves every two seconds, so a second of staleness is invisible, and twenty viewers cost
+/// one rendering, not twenty.
 #[derive(Clone, Default)]
 pub struct PageCache {
     /// Each page by key, with when it was rendered.
@@ -73,15 +76,23 @@ pub struct PageCache {
 
 impl PageCache {
     const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+    /// The most pages kept: a page number is the viewer's to choose, so a client walking through
+    /// page numbers faster than they go stale must not grow the cache.
+    const MAX_PAGES: usize = 32;
 
     fn get(&self, key: &str) -> Option<Arc<str>> {
         let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         entries.get(key).filter(|(at, _)| at.elapsed() < Self::FRESH).map(|(_, page)| page.clone())
     }
 
+    /// Keep `page`, with the pages still fresh, at most `MAX_PAGES` (the oldest go first).
     fn put(&self, key: String, page: Arc<str>) {
         let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         entries.retain(|_, (at, _)| at.elapsed() < Self::FRESH);
+        while entries.len() >= Self::MAX_PAGES && !entries.contains_key(&key) {
+            let Some(oldest) = entries.iter().min_by_key(|(_, (at, _))| *at).map(|(key, _)| key.clone()) else { break };
+            entries.remove(&oldest);
+        }
         entries.insert(key, (std::time::Instant::now(), page));
     }
 }
@@ -613,4 +624,21 @@ fn correlation_id() -> String {
     hasher
         .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     format!("{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_cache_keeps_a_bounded_number_of_pages_however_many_are_asked_for() {
+        let cache = PageCache::default();
+        for page in 1..=1_000 {
+            cache.put(format!("overview:{page}"), Arc::from(format!("page {page}")));
+        }
+        let kept = cache.entries.lock().unwrap().len();
+        assert!(kept <= PageCache::MAX_PAGES, "{kept} pages kept");
+        // The newest is still served.
+        assert_eq!(cache.get("overview:1000").as_deref(), Some("page 1000"));
+    }
 }

@@ -17,7 +17,9 @@ use serde::Deserialize;
 
 use super::api::{self, RunQuery};
 use super::identity::{self, Action};
+use super::overview::{self, Filters, Outcome, OverviewQuery, Show};
 use super::rejection::{Form, Path, Query};
+use super::timeline::{self, Timeline};
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, STRIP, ago, human_ms, in_zone, utc};
 use super::{AppState, BrowserSession, Caller, Problem};
 use crate::model::{Control, RunStatus, TriggerKind};
@@ -30,7 +32,9 @@ pub fn routes() -> Router<AppState> {
         .route("/jobs/{name}", get(job))
         .route("/jobs/{name}/{action}", post(control))
         .route("/runs/{id}", get(run))
+        .route("/runs/{id}/cancel", post(cancel))
         .route("/terms", get(terms))
+        .route("/timeline", get(timeline_page))
         .route("/signin", get(signin))
         .route("/audit", get(audit))
         .route("/tokens", get(tokens).post(create_token))
@@ -40,6 +44,10 @@ pub fn routes() -> Router<AppState> {
             "/static/live.js",
             get(|| async { asset("text/javascript; charset=utf-8", include_str!("static/live.js")) }),
         )
+        .route("/static/favicon.svg", get(|| async { asset("image/svg+xml", include_str!("static/favicon.svg")) }))
+        .route("/favicon.ico", get(|| async { asset("image/svg+xml", include_str!("static/favicon.svg")) }))
+        .route("/runs/{id}/output", get(run_output))
+        .route("/runs/{id}/rerun", post(rerun))
         .method_not_allowed_fallback(super::rejection::wrong_page_method)
 }
 
@@ -62,22 +70,71 @@ impl From<sqlx::Error> for PageError {
     }
 }
 
-impl IntoResponse for PageError {
-    fn into_response(self) -> Response {
+/// The error page: a title, what went wrong, and the ways back.
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    layout: Layout,
+    code: u16,
+    title: &'static str,
+    detail: String,
+    /// A way back to the page that led here, when it is a page of this dashboard.
+    back: Option<String>,
+}
+
+impl PageError {
+    /// The answer, with a way back to `referer` when it is a path of this site's.
+    pub(super) fn answer(self, referer: Option<&str>) -> Response {
         let problem = self.0;
-        let body = format!(
-            "<!doctype html><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
-             <link rel=stylesheet href=/static/app.css><main><h1>{} {}</h1><p>{}</p><p><a href=/>Overview</a></p></main>",
-            problem.code,
-            problem.title,
-            html_escape(&problem.detail)
-        );
+        let back = referer.and_then(same_site_path);
+        let page = ErrorPage {
+            layout: Layout {
+                title: format!("{} {}", problem.code, problem.title),
+                nav: "error",
+                node: String::new(),
+                badge: false,
+                leader: None,
+            },
+            code: problem.code,
+            title: problem.title,
+            detail: problem.detail.clone(),
+            back,
+        };
+        let body = page.render().unwrap_or_else(|_| {
+            format!(
+                "<!doctype html><title>{} {}</title><h1>{} {}</h1><p><a href=/>Overview</a>",
+                problem.code, problem.title, problem.code, problem.title
+            )
+        });
         let mut response = (problem.status, Html(body)).into_response();
         if problem.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, "Basic realm=\"tenure\"".parse().unwrap());
         }
         problem.add_correlation_header(&mut response);
         response
+    }
+}
+
+/// The path of a `Referer` (a full URL or a path) when it is a page of this dashboard: a way
+/// back that never leads off the site nor to a form's action.
+fn same_site_path(referer: &str) -> Option<String> {
+    let path = match referer.find("://") {
+        Some(scheme_end) => {
+            let rest = &referer[scheme_end + 3..];
+            &rest[rest.find('/')?..]
+        }
+        None => referer,
+    };
+    let page = path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.starts_with("/api")
+        && !path.contains(['\\', '"', '<', '>']);
+    page.then(|| path.to_owned())
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        self.answer(None)
     }
 }
 
@@ -100,6 +157,8 @@ struct Layout {
     title: String,
     nav: &'static str,
     node: String,
+    /// Whether the header shows the leader badge (error pages do not know it).
+    badge: bool,
     /// "node-1 · term 42" while someone leads.
     leader: Option<String>,
 }
@@ -107,7 +166,7 @@ struct Layout {
 impl Layout {
     fn new(state: &AppState, title: impl Into<String>, nav: &'static str) -> Layout {
         let leader = state.cluster.borrow().leader.as_ref().map(|(node, term)| format!("{node} · term {term}"));
-        Layout { title: title.into(), nav, node: state.node_id.clone(), leader }
+        Layout { title: title.into(), nav, node: state.node_id.clone(), badge: true, leader }
     }
 }
 
@@ -144,24 +203,60 @@ struct ReplicaRow {
     load: String,
 }
 
+/// A strip cell's glyph: every status told apart by shape as well as colour (succeeded is the
+/// plain full bar, skipped a low bar, missed a hollow one; the others carry a mark).
+fn glyph(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Succeeded | RunStatus::Skipped | RunStatus::Missed => "",
+        RunStatus::Failed => "✕",
+        RunStatus::TimedOut => "T",
+        RunStatus::Lost => "?",
+        RunStatus::Killed => "K",
+        RunStatus::Running => "▸",
+    }
+}
+
 struct Cell {
     id: i64,
     status: RunStatus,
+    glyph: &'static str,
     title: String,
 }
 
 struct JobRow {
     name: String,
     paused: bool,
+    running: bool,
+    late: bool,
     kind: &'static str,
+    tags: Vec<String>,
     schedule: String,
     description: String,
+    /// Long enough to be clamped: focusable, so the whole text shows on focus.
+    long_description: bool,
     timezone: String,
-    next_local: String,
+    /// The next fire time in UTC, or why there is none.
     next_utc: String,
+    /// The same instant in the job's zone, when that is not UTC.
+    next_local: String,
     last_status: Option<RunStatus>,
+    last_glyph: &'static str,
     last_duration: String,
+    /// Empty cells before the strip's outcomes, so strips of every length end aligned.
+    pad: usize,
     strip: Vec<Cell>,
+    strip_label: String,
+}
+
+/// A summary tile: a count and the link that shows those jobs.
+struct Tile {
+    id: &'static str,
+    label: &'static str,
+    count: usize,
+    href: String,
+    /// Its colour when the count is not zero.
+    tone: &'static str,
+    current: bool,
 }
 
 #[derive(Template)]
@@ -171,8 +266,23 @@ struct OverviewPage {
     cluster: ClusterView,
     leader_since: Option<String>,
     replicas: Vec<ReplicaRow>,
+    tiles: Vec<Tile>,
+    filters: Filters,
+    outcomes: Vec<&'static str>,
+    outcome: String,
+    kinds: Vec<&'static str>,
+    kind: String,
+    tags: Vec<String>,
+    tag: String,
+    paused: &'static str,
+    show: &'static str,
+    sorts: Vec<(&'static str, &'static str)>,
+    sort: &'static str,
+    narrowed: bool,
+    clear: String,
     jobs: Vec<JobRow>,
     strip: usize,
+    legend: Vec<(RunStatus, &'static str)>,
     /// "1-100 of 1000"
     shown: String,
     previous_page: Option<String>,
@@ -192,19 +302,36 @@ fn next_times(job: &JobView) -> (String, String) {
     }
 }
 
+/// The overview's next fire: UTC first (every time on the page is), the job's zone after.
+fn next_in_utc(job: &JobView) -> (String, String) {
+    if job.paused {
+        return ("paused".to_owned(), String::new());
+    }
+    match job.next_utc {
+        Some(next) => {
+            let tz: chrono_tz::Tz = job.timezone.parse().unwrap_or(chrono_tz::UTC);
+            (utc(next), if tz == chrono_tz::UTC { String::new() } else { in_zone(next, tz) })
+        }
+        None => ("never".to_owned(), String::new()),
+    }
+}
+
+/// Descriptions longer than this are clamped to two lines.
+const LONG_DESCRIPTION: usize = 60;
+
 async fn overview(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Query(query): Query<api::PageQuery>,
+    Query(query): Query<OverviewQuery>,
 ) -> Result<Html<String>, PageError> {
-    let page = query.page.unwrap_or(1).max(1);
+    let filters = Filters::of(query)?;
     // Scoped reads: one rendering per scope (role and teams), never another scope's jobs.
     let scope = if state.auth.reads_protected() {
         format!("{:?}:{}", caller.principal.role, caller.principal.teams.join(","))
     } else {
         String::new()
     };
-    let key = format!("overview:{page}:{scope}");
+    let key = format!("overview:{}:{scope}", filters.href());
     if let Some(cached) = state.pages.get(&key) {
         return Ok(Html(cached.to_string()));
     }
@@ -212,18 +339,46 @@ async fn overview(
     if let Some(cached) = state.pages.get(&key) {
         return Ok(Html(cached.to_string()));
     }
-    let cluster = api::cluster_view(&state).await?;
-    let (jobs, total) = api::jobs_page(&state, &caller, page).await?;
-    let pages = total.div_ceil(view::JOBS_PER_PAGE).max(1);
-    let skipped = (page - 1).saturating_mul(view::JOBS_PER_PAGE);
-    let shown = format!(
-        "{}-{} of {total}",
-        skipped.saturating_add(1).min(total),
-        skipped.saturating_add(jobs.len()).min(total)
-    );
-    let previous_page = (page > 1).then(|| format!("/?page={}", page - 1));
-    let next_page = (page < pages).then(|| format!("/?page={}", page + 1));
+    let html = render_overview(&state, &caller, &filters).await?;
+    state.pages.put(key, Arc::from(html.as_str()));
+    Ok(Html(html))
+}
+
+/// The overview for `filters`: every job counted and filtered from one read of the ledger
+/// (`job_states`), and only the page shown read in full (its strips); only the jobs `caller`
+/// may read.
+pub(super) async fn render_overview(state: &AppState, caller: &Caller, filters: &Filters) -> Result<String, PageError> {
+    let cluster = api::cluster_view(state).await?;
+    let jobs = state.jobs.borrow().clone();
+    let jobs = if state.auth.reads_protected() {
+        Arc::new(jobs.only(|job| state.may_read_of(caller, job.name.as_str(), job.team.as_deref())))
+    } else {
+        jobs
+    };
     let now = Utc::now();
+    let names: Vec<String> = jobs.jobs().iter().map(|job| job.name.as_str().to_owned()).collect();
+    let states = state.store.job_states(&names, now - overview::LATE_SINCE, overview::LATE_AFTER).await?;
+    let controls = state.store.job_controls().await?;
+    let (summary, selected) = overview::select(&jobs, &states, &controls, filters, now);
+    let total = selected.len();
+    let pages = total.div_ceil(view::JOBS_PER_PAGE).max(1);
+    let page = filters.page.min(pages);
+    let skipped = (page - 1).saturating_mul(view::JOBS_PER_PAGE);
+    let shown_jobs: Vec<&crate::config::Job> = selected.into_iter().skip(skipped).take(view::JOBS_PER_PAGE).collect();
+    let shown = if total == 0 {
+        format!("none of {}", summary.total)
+    } else {
+        format!(
+            "{}-{} of {total}{}",
+            skipped + 1,
+            skipped + shown_jobs.len(),
+            if total == summary.total { String::new() } else { format!(" matching, {} in all", summary.total) }
+        )
+    };
+    let previous_page = (page > 1).then(|| filters.on_page(page - 1).href());
+    let next_page = (page < pages).then(|| filters.on_page(page + 1).href());
+    let page_names: Vec<String> = shown_jobs.iter().map(|job| job.name.as_str().to_owned()).collect();
+    let recent = state.store.recent_runs(&page_names, STRIP as i64).await?;
     let replicas = cluster
         .replicas
         .iter()
@@ -244,47 +399,127 @@ async fn overview(
             load: r.execution.as_ref().map_or_else(|| "–".to_owned(), |e| format!("{} / {}", e.load, e.max_runs)),
         })
         .collect();
-    let rows = jobs
+    let rows = shown_jobs
         .iter()
         .map(|job| {
-            let (next_local, next_utc) = next_times(job);
+            let view = JobView::of(job, &controls, recent.get(job.name.as_str()).map_or(&[], |runs| &runs[..]), now);
+            let job_state = states.get(job.name.as_str()).copied().unwrap_or_default();
+            let (next_utc, next_local) = next_in_utc(&view);
+            let strip: Vec<Cell> = view
+                .recent
+                .iter()
+                .map(|run| Cell {
+                    id: run.id,
+                    status: run.status,
+                    glyph: glyph(run.status),
+                    title: format!("run {} · {} · {}", run.id, utc(run.slot), run.status),
+                })
+                .collect();
+            let mut counts: Vec<(RunStatus, usize)> = Vec::new();
+            for cell in &strip {
+                match counts.iter_mut().find(|(status, _)| *status == cell.status) {
+                    Some((_, count)) => *count += 1,
+                    None => counts.push((cell.status, 1)),
+                }
+            }
+            let strip_label = if strip.is_empty() {
+                format!("{}: no outcomes yet", view.name)
+            } else {
+                let counted: Vec<String> = counts.iter().map(|(status, count)| format!("{count} {status}")).collect();
+                format!(
+                    "{}: last {} outcomes, newest right: {}; arrow keys move between runs",
+                    view.name,
+                    strip.len(),
+                    counted.join(", ")
+                )
+            };
             JobRow {
-                name: job.name.clone(),
-                paused: job.paused,
-                kind: job.kind,
-                schedule: job.schedule.clone(),
-                description: job.description.clone(),
-                timezone: job.timezone.clone(),
-                next_local,
+                paused: view.paused,
+                running: job_state.running,
+                late: job_state.late_or_missed,
+                kind: view.kind,
+                tags: overview::tags(job).to_vec(),
+                long_description: view.description.chars().count() > LONG_DESCRIPTION,
+                schedule: view.schedule.clone(),
+                description: view.description.clone(),
+                timezone: view.timezone.clone(),
                 next_utc,
-                last_status: job.last.as_ref().map(|run| run.status),
-                last_duration: job.last.as_ref().and_then(|run| run.duration_ms).map(human_ms).unwrap_or_default(),
-                strip: job
+                next_local,
+                last_status: job_state.last,
+                last_glyph: job_state.last.map_or("", glyph),
+                last_duration: view
                     .recent
                     .iter()
-                    .map(|run| Cell {
-                        id: run.id,
-                        status: run.status,
-                        title: format!("{} · {}", utc(run.slot), run.status),
-                    })
-                    .collect(),
+                    .rev()
+                    .find(|run| run.status != RunStatus::Running)
+                    .and_then(|run| run.duration_ms)
+                    .map(human_ms)
+                    .unwrap_or_default(),
+                pad: STRIP.saturating_sub(strip.len()),
+                strip,
+                strip_label,
+                name: view.name,
             }
         })
         .collect();
     let leader_since = cluster.leader.as_ref().and_then(|leader| leader.since).map(utc);
+    let tile = |id, label, count, tone, link: Filters| Tile {
+        id,
+        label,
+        count,
+        current: filters.narrows() && link == filters.on_page(1),
+        href: link.href(),
+        tone: if count > 0 { tone } else { "" },
+    };
+    let tiles = vec![
+        tile("all", "jobs", summary.total, "", filters.summary_link(None, None)),
+        tile("failing", "failing now", summary.failing, "bad", filters.summary_link(Some(Show::Failing), None)),
+        tile("running", "running", summary.running, "info", filters.summary_link(Some(Show::Running), None)),
+        tile("late", "late or missed in 24 h", summary.late, "warn", filters.summary_link(Some(Show::Late), None)),
+        tile("paused", "paused", summary.paused, "warn", filters.summary_link(None, Some(true))),
+    ];
+    let (kinds, tags) = overview::choices(&jobs);
+    let mut outcomes: Vec<&'static str> = RunStatus::ALL
+        .iter()
+        .filter(|status| !matches!(status, RunStatus::Running | RunStatus::Skipped))
+        .map(|status| status.as_str())
+        .collect();
+    outcomes.push("never");
     let html = render(&OverviewPage {
-        layout: Layout::new(&state, "Overview", "overview"),
+        layout: Layout::new(state, "Overview", "overview"),
         cluster,
         leader_since,
         replicas,
+        tiles,
+        outcome: match filters.outcome {
+            Some(Outcome::Status(status)) => status.as_str().to_owned(),
+            Some(Outcome::Never) => "never".to_owned(),
+            None => String::new(),
+        },
+        outcomes,
+        kind: filters.kind.clone().unwrap_or_default(),
+        kinds,
+        tag: filters.tag.clone().unwrap_or_default(),
+        tags,
+        paused: match filters.paused {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "",
+        },
+        show: filters.show.map_or("", Show::as_str),
+        sorts: vec![("name", "name"), ("next", "next fire"), ("outcome", "last outcome")],
+        sort: filters.sort.as_str(),
+        narrowed: filters.narrows(),
+        clear: filters.summary_link(None, None).href(),
+        filters: filters.clone(),
         jobs: rows,
         strip: STRIP,
+        legend: RunStatus::ALL.iter().map(|status| (*status, glyph(*status))).collect(),
         shown,
         previous_page,
         next_page,
     })?;
-    state.pages.put(key, Arc::from(html.0.as_str()));
-    Ok(html)
+    Ok(html.0)
 }
 
 struct RunRow {
@@ -325,6 +560,19 @@ struct JobPage {
     next_page: Option<String>,
     /// The job's newest backfills and their progress.
     backfills: Vec<api::BackfillView>,
+    /// The concurrency policies a manual run may ask for.
+    concurrencies: Vec<&'static str>,
+    /// Its next fire times; each in its zone (when it is not UTC and not `?tz=utc`) and UTC.
+    upcoming: Vec<FireRow>,
+    show_local: bool,
+    /// `?tz=utc`: UTC alone.
+    utc_only: bool,
+    zone_is_utc: bool,
+}
+
+struct FireRow {
+    local: String,
+    utc: String,
 }
 
 #[derive(Deserialize)]
@@ -332,6 +580,8 @@ struct JobQuery {
     status: Option<String>,
     cursor: Option<String>,
     done: Option<String>,
+    /// `utc`: the next fire times in UTC alone.
+    tz: Option<String>,
 }
 
 async fn job(
@@ -358,11 +608,18 @@ async fn job(
         format!("/jobs/{name}?{status}cursor={cursor}")
     });
     let (next_local, next_utc) = next_times(&job);
+    let next = api::next_view(&state, &caller, &name, timeline::UPCOMING).await?;
+    let zone: chrono_tz::Tz = next.timezone.parse().unwrap_or(chrono_tz::UTC);
+    let upcoming =
+        next.fires.iter().map(|fire| FireRow { local: in_zone(fire.utc, zone), utc: utc(fire.utc) }).collect();
+    let utc_only = query.tz.as_deref() == Some("utc");
+    let zone_is_utc = zone == chrono_tz::UTC;
     let session = BrowserSession::of(&headers);
     let notice = match query.done.as_deref() {
         Some("trigger") => Some("Triggered: the leader runs it within a moment; it appears below as a manual run."),
         Some("pause") => Some("Paused: no slot fires until it is resumed."),
         Some("resume") => Some("Resumed: the next slot fires on schedule."),
+        Some("rerun") => Some("Re-run requested with the same request: it appears below as a manual run."),
         _ => None,
     };
     let runs = page
@@ -404,6 +661,11 @@ async fn job(
         runs,
         next_page,
         backfills: state.store.backfills(Some(&name), 5).await?.into_iter().map(api::BackfillView::of).collect(),
+        upcoming,
+        show_local: !utc_only && !zone_is_utc,
+        utc_only,
+        zone_is_utc,
+        concurrencies: crate::config::Concurrency::NAMES.iter().map(|(word, _)| *word).collect(),
         job,
     })?;
     let mut response = page.into_response();
@@ -447,11 +709,40 @@ fn duration_chart(runs: &[RunBrief]) -> String {
     svg
 }
 
-#[derive(Deserialize)]
+/// A page form's fields: `csrf`, `key` (a trigger's idempotency key), and a trigger's options:
+/// `env.NAME` for each variable the job lets a manual run set (empty: not set), `reason` and
+/// `concurrency` (empty: the job's).
 struct ControlForm {
-    #[serde(default)]
     csrf: String,
     key: Option<String>,
+    overrides: TriggerOverrides,
+}
+
+impl ControlForm {
+    fn of(fields: Vec<(String, String)>) -> Result<ControlForm, Problem> {
+        let mut form = ControlForm { csrf: String::new(), key: None, overrides: TriggerOverrides::default() };
+        for (name, value) in fields {
+            match name.as_str() {
+                "csrf" => form.csrf = value,
+                "key" => form.key = Some(value),
+                "reason" => form.overrides.reason = Some(value).filter(|reason| !reason.trim().is_empty()),
+                "concurrency" if value.is_empty() => {}
+                "concurrency" => {
+                    let policy = crate::config::Concurrency::NAMES.iter().find(|(word, _)| *word == value);
+                    form.overrides.concurrency =
+                        Some(policy.map(|(_, policy)| *policy).ok_or_else(|| {
+                            Problem::bad_request(format!("`concurrency`: `{value}` is not a policy"))
+                        })?);
+                }
+                _ => {
+                    if let Some(variable) = name.strip_prefix("env.").filter(|_| !value.is_empty()) {
+                        form.overrides.env.insert(variable.to_owned(), value);
+                    }
+                }
+            }
+        }
+        Ok(form)
+    }
 }
 
 async fn control(
@@ -459,14 +750,15 @@ async fn control(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
-    Form(form): Form<ControlForm>,
+    Form(fields): Form<Vec<(String, String)>>,
 ) -> Result<Redirect, PageError> {
+    let form = ControlForm::of(fields)?;
     form_checked(&state, &caller, &headers, &form.csrf, action_named(&action)).await?;
     match action.as_str() {
         "trigger" => {
             // The page's form always carries a fresh key; an empty one is taken as none.
             let key = form.key.as_deref().filter(|key| !key.is_empty());
-            api::request_trigger(&state, &caller, &name, key, &TriggerOverrides::default()).await?;
+            api::request_trigger(&state, &caller, &name, key, &form.overrides).await?;
         }
         "pause" => api::set_control(&state, &caller, &name, Control::Pause).await?,
         "resume" => api::set_control(&state, &caller, &name, Control::Resume).await?,
@@ -475,12 +767,77 @@ async fn control(
     Ok(Redirect::to(&format!("/jobs/{name}?done={action}")))
 }
 
+/// Re-run a finished run: a manual trigger of its job with the same request (the variables,
+/// reason and concurrency of the trigger behind it, read from the ledger as recorded, so an
+/// inherited variable's value shown redacted is re-sent as it was), the reason naming the run.
+async fn rerun(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(fields): Form<Vec<(String, String)>>,
+) -> Result<Redirect, PageError> {
+    let form = ControlForm::of(fields)?;
+    form_checked(&state, &caller, &headers, &form.csrf, Action::Trigger).await?;
+    let run = state
+        .store
+        .run(id)
+        .await?
+        .filter(|run| state.may_read(&caller, &run.job))
+        .ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
+    let mut overrides = match run.trigger {
+        TriggerKind::Manual => {
+            state.store.trigger_of_run(id).await?.map(|trigger| trigger.overrides).unwrap_or_default()
+        }
+        TriggerKind::Schedule | TriggerKind::Backfill => TriggerOverrides::default(),
+    };
+    overrides.reason = Some(match overrides.reason {
+        Some(reason) => format!("re-run of run {id}: {reason}"),
+        None => format!("re-run of run {id}"),
+    });
+    let key = form.key.as_deref().filter(|key| !key.is_empty());
+    api::request_trigger(&state, &caller, &run.job, key, &overrides).await?;
+    Ok(Redirect::to(&format!("/jobs/{}?done=rerun", run.job)))
+}
+
+/// A run's output as a file: the tail the ledger keeps, as text.
+async fn run_output(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> Result<Response, PageError> {
+    let run = state
+        .store
+        .run(id)
+        .await?
+        .filter(|run| state.may_read(&caller, &run.job))
+        .ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
+    let file: String =
+        run.job.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{file}-run-{id}.log\"")),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        crate::executor::plain_output(&run.output),
+    )
+        .into_response())
+}
+
 #[derive(Template)]
 #[template(path = "run.html")]
 struct RunPage {
     layout: Layout,
     run: RunView,
     running: bool,
+    /// A running run offers its cancel form to those who may cancel it (`identity::authorize`).
+    may_cancel: bool,
+    /// An ended run offers its re-run form to those who may trigger its job.
+    may_rerun: bool,
+    csrf: String,
+    /// Why a run did not run or was stopped (skipped, missed, lost, killed), in words.
+    why: Option<String>,
     slot: String,
     claimed: String,
     start_recorded: String,
@@ -491,13 +848,37 @@ struct RunPage {
     result: String,
     /// When it was to start, when that was not its slot (jitter, backfill).
     planned: Option<String>,
+    /// A fresh idempotency key for the re-run form.
+    key: String,
+}
+
+#[derive(Deserialize)]
+struct CancelForm {
+    #[serde(default)]
+    csrf: String,
+    reason: Option<String>,
+}
+
+/// The run page's cancel form: recorded as the API's cancel is, then back to the run.
+async fn cancel(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Form(form): Form<CancelForm>,
+) -> Result<Redirect, PageError> {
+    form_checked(&state, &caller, &headers, &form.csrf, Action::Cancel).await?;
+    api::request_cancel(&state, &caller, id, "dashboard", form.reason.as_deref()).await?;
+    Ok(Redirect::to(&format!("/runs/{id}")))
 }
 
 async fn run(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Path(id): Path<i64>,
-) -> Result<Html<String>, PageError> {
+) -> Result<Response, PageError> {
+    let session = BrowserSession::of(&headers);
     let run = api::run_view(&state, &caller, id).await?;
     let tz: chrono_tz::Tz =
         state.jobs.borrow().get(&run.job).map(|job| job.schedule.timezone()).unwrap_or(chrono_tz::UTC);
@@ -505,9 +886,22 @@ async fn run(
         if tz == chrono_tz::UTC { utc(instant) } else { format!("{} ({})", utc(instant), in_zone(instant, tz)) }
     };
     let running = run.brief.status == RunStatus::Running;
-    render(&RunPage {
+    let team = state.jobs.borrow().get(&run.job).and_then(|job| job.team.clone());
+    let may = |action| {
+        caller.principal.is_signed_in()
+            && identity::authorize(&caller.principal, action, Some((&run.job, team.as_deref()))).is_ok()
+    };
+    let (may_cancel, may_rerun) = (may(Action::Cancel), may(Action::Trigger));
+    let stopped =
+        matches!(run.brief.status, RunStatus::Skipped | RunStatus::Missed | RunStatus::Lost | RunStatus::Killed);
+    let page = render(&RunPage {
+        key: api::new_key(),
         layout: Layout::new(&state, format!("{} run {}", run.job, run.brief.id), "run"),
         running,
+        may_cancel,
+        may_rerun,
+        csrf: state.auth.csrf_for(&session).unwrap_or_default(),
+        why: stopped.then(|| run.brief.error.clone().unwrap_or_else(|| "not recorded".to_owned())),
         slot: with_zone(run.brief.slot),
         claimed: utc(run.claimed_at),
         start_recorded: or_dash(run.start_recorded_at.map(utc)),
@@ -529,7 +923,12 @@ async fn run(
         result: or_dash(Some(result_of(&run.brief)).filter(|text| !text.is_empty())),
         planned: (run.planned_at != run.brief.slot).then(|| with_zone(run.planned_at)),
         run,
-    })
+    })?;
+    let mut response = page.into_response();
+    if let Some(cookie) = session.set_cookie(&state.auth) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
 }
 
 struct TermRow {
@@ -545,6 +944,9 @@ struct TermRow {
 #[template(path = "terms.html")]
 struct TermsPage {
     layout: Layout,
+    /// What a term number is with the coordinator in use (etcd, ZooKeeper, or `tenure dev`'s
+    /// in-process leadership).
+    what_a_term_is: &'static str,
     timeline: String,
     terms: Vec<TermRow>,
 }
@@ -570,7 +972,18 @@ async fn terms(State(state): State<AppState>) -> Result<Html<String>, PageError>
         until = term.started_at;
     }
     spans.truncate(30);
-    render(&TermsPage { layout: Layout::new(&state, "Terms", "terms"), timeline: timeline(&spans, now), terms: rows })
+    let what_a_term_is = match &state.coordinator {
+        Some(coordinator) => coordinator.what_a_term_is(),
+        None => {
+            "the next number above the ledger's fence, taken by tenure dev's in-process leadership each time it leads (it has no etcd or ZooKeeper)"
+        }
+    };
+    render(&TermsPage {
+        layout: Layout::new(&state, "Terms", "terms"),
+        what_a_term_is,
+        timeline: timeline(&spans, now),
+        terms: rows,
+    })
 }
 
 /// Who led when, as bars on a time axis (newest 30 terms).
@@ -609,6 +1022,141 @@ fn timeline(spans: &[(i64, String, DateTime<Utc>, DateTime<Utc>)], now: DateTime
         utc(first),
         row * spans.len() as f64 + 13.0
     );
+    svg
+}
+
+struct HourRow {
+    label: String,
+    slots: u64,
+    jobs: usize,
+    /// Jobs firing more than the cap in the hour (not in `slots`), or empty.
+    over_cap: String,
+}
+
+struct MinuteRow {
+    label: String,
+    slots: u64,
+    jobs: String,
+}
+
+#[derive(Template)]
+#[template(path = "timeline.html")]
+struct TimelinePage {
+    layout: Layout,
+    from: String,
+    to: String,
+    jobs: usize,
+    paused: usize,
+    slots: u64,
+    hour_cap: u64,
+    /// The jobs counted to the cap, named (the first 10, then how many more); empty when none.
+    capped_jobs: String,
+    /// "fires" for one such job, "fire" for several.
+    capped_verb: &'static str,
+    chart: String,
+    hours: Vec<HourRow>,
+    minutes: Vec<MinuteRow>,
+}
+
+/// `/timeline`: the next 24 clock hours of every job's slots, per hour, and the busiest minutes.
+async fn timeline_page(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Html<String>, PageError> {
+    // Scoped reads: one rendering per scope (role and teams), never another scope's jobs.
+    let key = if state.auth.reads_protected() {
+        format!("timeline:{:?}:{}", caller.principal.role, caller.principal.teams.join(","))
+    } else {
+        "timeline".to_owned()
+    };
+    if let Some(cached) = state.pages.get(&key) {
+        return Ok(Html(cached.to_string()));
+    }
+    let _rendering = state.pages.rendering.lock().await;
+    if let Some(cached) = state.pages.get(&key) {
+        return Ok(Html(cached.to_string()));
+    }
+    let view = api::timeline_view(&state, &caller).await?;
+    let mut capped_jobs: Vec<String> = view.capped_jobs.iter().take(10).cloned().collect();
+    if view.capped_jobs.len() > 10 {
+        capped_jobs.push(format!("{} more", view.capped_jobs.len() - 10));
+    }
+    let html = render(&TimelinePage {
+        layout: Layout::new(&state, "Next 24 hours", "timeline"),
+        from: utc(view.from),
+        to: utc(view.to),
+        jobs: view.jobs,
+        paused: view.paused,
+        slots: view.slots,
+        hour_cap: view.hour_cap,
+        capped_verb: if view.capped_jobs.len() == 1 { "fires" } else { "fire" },
+        capped_jobs: capped_jobs.join(", "),
+        chart: slots_chart(&view),
+        hours: view
+            .hours
+            .iter()
+            .map(|hour| HourRow {
+                label: hour.start.format("%a %H:00").to_string(),
+                slots: hour.slots,
+                jobs: hour.jobs,
+                over_cap: if hour.over_cap == 0 { String::new() } else { hour.over_cap.to_string() },
+            })
+            .collect(),
+        minutes: view
+            .busiest_minutes
+            .iter()
+            .map(|minute| MinuteRow {
+                label: minute.start.format("%a %H:%M").to_string(),
+                slots: minute.slots,
+                jobs: match minute.more {
+                    0 => minute.jobs.join(", "),
+                    more => format!("{}, and {more} more", minute.jobs.join(", ")),
+                },
+            })
+            .collect(),
+    })?;
+    state.pages.put(key, Arc::from(html.0.as_str()));
+    Ok(html)
+}
+
+/// Slots per hour as bars, inline SVG scaled to its box (the hours' table below says the same).
+fn slots_chart(view: &Timeline) -> String {
+    let (width, height, top, bottom) = (720.0, 120.0, 14.0, 16.0);
+    let most = view.hours.iter().map(|hour| hour.slots).max().unwrap_or(0).max(1) as f64;
+    let slot = width / view.hours.len().max(1) as f64;
+    let mut svg = format!(
+        "<svg viewBox=\"0 0 {width} {}\" role=\"img\" aria-label=\"slots per hour over the next 24 hours\" width=\"100%\" class=\"slots-chart\">",
+        height + top + bottom
+    );
+    let _ = write!(svg, "<text x=\"0\" y=\"10\">most {}</text>", most as u64);
+    for (index, hour) in view.hours.iter().enumerate() {
+        let bar = if hour.slots == 0 { 0.0 } else { (hour.slots as f64 / most * height).max(1.0) };
+        let x = index as f64 * slot;
+        let _ = write!(
+            svg,
+            "<rect class=\"bar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bar:.1}\"><title>{} · {} slots · {} jobs{}</title></rect>",
+            x + 1.0,
+            top + height - bar,
+            (slot - 2.0).max(1.0),
+            hour.start.format("%H:00 UTC"),
+            hour.slots,
+            hour.jobs,
+            match hour.over_cap {
+                0 => String::new(),
+                n => format!(" ({n} of them more than {} times, not in the slots)", view.hour_cap),
+            },
+        );
+        if index % 3 == 0 {
+            let _ = write!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+                x + 1.0,
+                top + height + 13.0,
+                hour.start.format("%H:00")
+            );
+        }
+    }
+    svg.push_str("</svg>");
     svg
 }
 

@@ -124,11 +124,36 @@ pub struct RunView {
     /// sent. Recorded with its outcome; `null` before, and for a run that never began.
     pub began_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The output tail, stdout and stderr as printed.
     pub output: String,
+    /// The same, each line with where it came from (pages only).
+    #[serde(skip)]
+    pub output_lines: Vec<OutputLine>,
     /// The events `notify:` targets were or will be told about this run, with delivery state.
     pub notifications: Vec<NotificationRecord>,
     /// The operator's request behind a manual run: who, why, and what it overrode.
     pub request: Option<RequestView>,
+}
+
+/// One line of a run's output and whether the job wrote it to stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLine {
+    pub stderr: bool,
+    /// The line with its end, without the stderr mark.
+    pub text: String,
+}
+
+impl OutputLine {
+    /// The lines of an output tail: a line that starts with `executor::STDERR_MARK` is stderr's.
+    pub fn split(output: &str) -> Vec<OutputLine> {
+        output
+            .split_inclusive('\n')
+            .map(|line| OutputLine {
+                stderr: line.starts_with(crate::executor::STDERR_MARK),
+                text: crate::executor::plain_output(line),
+            })
+            .collect()
+    }
 }
 
 /// What an operator asked of a manual run.
@@ -180,7 +205,8 @@ impl RunView {
             start_recorded_at: run.started_at,
             began_at: run.began_at,
             finished_at: run.finished_at,
-            output: run.output,
+            output_lines: OutputLine::split(&run.output),
+            output: crate::executor::plain_output(&run.output),
             notifications,
             request,
         }

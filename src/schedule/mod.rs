@@ -25,6 +25,8 @@
 //! A job may have several expressions ([`Schedule::union`]): its fire times are theirs merged in
 //! time order, two expressions that fall on the same instant making one fire (a slot is its
 //! instant). [`jitter_offset`] is the deterministic delay a job's `jitter` gives one slot.
+//! `words` says a schedule in words that match its fire times, and finds the steps that do not
+//! divide their field (`*/45` in minutes), which `tenure validate` warns about.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -34,6 +36,10 @@ use chrono::{DateTime, Datelike, LocalResult, NaiveDateTime, Offset, TimeDelta, 
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
+
+mod words;
+
+pub use words::UnevenStep;
 
 /// Why an expression or time zone was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,10 +142,26 @@ impl Schedule {
         self.kinds.iter().filter_map(|kind| kind.next_after(self.timezone, after)).min()
     }
 
-    /// The schedule in English words, e.g. "At 02:30 AM, every day" (several joined by "; ").
+    /// The schedule in English words that match its fire times, e.g. "At 02:30", "Every 15
+    /// minutes during hours 9-17", "At seconds 0 and 45 of every minute" (several joined by
+    /// "; "). A period is claimed only where the fire times keep it (see `words`).
     pub fn describe(&self) -> String {
         let words: Vec<String> = self.kinds.iter().map(Kind::describe).collect();
         words.join("; ")
+    }
+
+    /// Every step that does not divide its field's range (`*/45` in minutes fires at :00 and :45
+    /// of each hour), with the index of its expression in [`Schedule::expressions`]: what
+    /// `tenure validate` and a reload warn about. The schedule fires as written all the same.
+    pub fn uneven_steps(&self) -> Vec<(usize, UnevenStep)> {
+        let mut found = Vec::new();
+        for (index, (expression, kind)) in self.expressions.iter().zip(&self.kinds).enumerate() {
+            if let Kind::Cron { .. } = kind {
+                let fields: Vec<&str> = expression.split_whitespace().collect();
+                found.extend(words::uneven_steps(expression, &fields).into_iter().map(|step| (index, step)));
+            }
+        }
+        found
     }
 
     /// The expression as written, or the expressions joined by [`Schedule::SEPARATOR`].
@@ -174,16 +196,7 @@ impl Kind {
             Kind::Every { seconds } => {
                 format!("Every {}", humantime::format_duration(Duration::from_secs(*seconds as u64)))
             }
-            Kind::Cron { cron, .. } => {
-                // croner says "At every 5 seconds." and ends with a full stop; a table cell wants
-                // neither.
-                let words = cron.describe();
-                let words = words.trim_end_matches('.');
-                match words.strip_prefix("At every ") {
-                    Some(rest) => format!("Every {rest}"),
-                    None => words.to_owned(),
-                }
-            }
+            Kind::Cron { cron, .. } => words::describe(cron),
         }
     }
 }

@@ -450,6 +450,45 @@ fn describes_in_words() {
     assert_eq!(Schedule::parse("* * * * *", Tz::UTC).unwrap().describe(), "Every minute");
 }
 
+fn words(expression: &str) -> String {
+    Schedule::parse(expression, Tz::UTC).unwrap_or_else(|e| panic!("{expression}: {e}")).describe()
+}
+
+#[test]
+fn a_step_that_does_not_divide_its_field_is_described_by_the_values_that_fire() {
+    for (expression, expected) in [
+        // A step restarts at every minute, hour or day: 45 then 15 apart, not every 45.
+        ("*/45 * * * * *", "At seconds 0 and 45 of every minute"),
+        ("*/50 * * * * *", "At seconds 0 and 50 of every minute"),
+        ("*/45 * * * *", "At minutes 0 and 45 past every hour"),
+        ("0 */5 * * *", "At 00:00, 05:00, 10:00, 15:00 and 20:00"),
+        ("*/7 * * * *", "At minutes 0, 7, 14, 21, 28, 35, 42, 49 and 56 past every hour"),
+        // Not starting at 0: the values, even when the step divides.
+        ("5-59/15 * * * *", "At minutes 5, 20, 35 and 50 past every hour"),
+        ("0 0 1 */5 *", "At 00:00, on day 1, in January, June and November"),
+        // Steps that divide their field's range and start at 0 keep their period.
+        ("*/15 * * * * *", "Every 15 seconds"),
+        ("*/20 * * * *", "Every 20 minutes"),
+        ("0 */6 * * *", "Every 6 hours, at minute 0"),
+        ("30 */2 * * *", "Every 2 hours, at minute 30"),
+        (
+            "*/15 9-17 * * MON-FRI",
+            "Every 15 minutes during hours 9-17, on Monday, Tuesday, Wednesday, Thursday and Friday",
+        ),
+        ("* * * * * *", "Every second"),
+        ("30 * * * * *", "Every minute, at second 30"),
+        ("0 * * * *", "At minute 0 past every hour"),
+        ("30 2 * * *", "At 02:30"),
+        ("15 30 2 * * *", "At 02:30:15"),
+        ("*/10 30 2 * * *", "Every 10 seconds during 02:30"),
+        ("* 0 * * *", "Every minute during hour 0"),
+        ("*/10 */2 * * *", "Every 10 minutes during every 2nd hour"),
+        ("@weekly", "At 00:00, on Sunday"),
+    ] {
+        assert_eq!(words(expression), expected, "`{expression}`");
+    }
+}
+
 #[test]
 fn several_expressions_merge_in_time_order_and_equal_instants_fire_once() {
     let parts = ["0,30 * * * *", "15 * * * *", "*/30 * * * *"]
@@ -516,3 +555,184 @@ fn jitter_is_deterministic_and_within_its_window_over_ten_thousand_slots() {
 /// `jitter_offset("nightly-report", 2026-01-01T00:00:00Z, 30s)`, computed apart from this crate
 /// (FNV-1a over the bytes, then the MurmurHash3 finaliser, in a few lines of Python).
 const PINNED_OFFSET_MS: u64 = 27_706;
+
+/// Descriptions against fire times, over generated expressions (in UTC: a wall-clock period is
+/// not a real one across a daylight-saving change).
+mod words_against_fire_times {
+    use chrono::Timelike;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One crontab field of values `0..=max`, in every form a step can take.
+    fn field(max: u16) -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("*".to_owned()),
+            (1..=max).prop_map(|k| format!("*/{k}")),
+            (0..=max, 1..=max).prop_map(|(a, k)| format!("{a}/{k}")),
+            (0..=max).prop_map(|a| a.to_string()),
+            (0..=max, 0..=max).prop_map(|(a, b)| format!("{a},{b}")),
+            (0..=max, 0..=max).prop_map(|(a, b)| format!("{}-{}", a.min(b), a.max(b))),
+            (0..=max, 0..=max, 1..=max).prop_map(|(a, b, k)| format!("{}-{}/{k}", a.min(b), a.max(b))),
+        ]
+    }
+
+    /// The period a description claims ("Every 15 seconds", "Every 2 hours, at minute 30").
+    fn claimed_period(words: &str) -> Option<TimeDelta> {
+        let claim = regex_lite::Regex::new(r"^Every (?:(\d+) )?(second|minute|hour)s?\b").unwrap();
+        let found = claim.captures(words)?;
+        let count: i64 = found.get(1).map_or(1, |n| n.as_str().parse().unwrap());
+        let unit = match &found[2] {
+            "second" => 1,
+            "minute" => 60,
+            _ => 3_600,
+        };
+        Some(TimeDelta::seconds(count * unit))
+    }
+
+    /// What a description says fires: (unit, value) for "seconds 0 and 45", "minute 30",
+    /// "hours 9-17", (hour, minute, second) for "02:30" and "02:30:15", and month numbers.
+    struct Named {
+        values: Vec<(&'static str, u32)>,
+        times: Vec<(u32, u32, Option<u32>)>,
+        months: Vec<u32>,
+    }
+
+    fn named(words: &str) -> Named {
+        let lists =
+            regex_lite::Regex::new(r"\b(second|minute|hour)s? (\d+(?:-\d+)?(?:(?:, | and )\d+(?:-\d+)?)*)").unwrap();
+        let mut values = Vec::new();
+        for found in lists.captures_iter(words) {
+            let unit = match &found[1] {
+                "second" => "second",
+                "minute" => "minute",
+                _ => "hour",
+            };
+            for item in found[2].split(", ").flat_map(|part| part.split(" and ")) {
+                let (low, high) = item.split_once('-').unwrap_or((item, item));
+                for value in low.parse::<u32>().unwrap()..=high.parse::<u32>().unwrap() {
+                    values.push((unit, value));
+                }
+            }
+        }
+        let clock = regex_lite::Regex::new(r"\b(\d{2}):(\d{2})(?::(\d{2}))?\b").unwrap();
+        let times = clock
+            .captures_iter(words)
+            .map(|t| (t[1].parse().unwrap(), t[2].parse().unwrap(), t.get(3).map(|s| s.as_str().parse().unwrap())))
+            .collect();
+        const MONTHS: [&str; 12] = [
+            "January",
+            "February",
+            "March",
+            "April",
+            "May",
+            "June",
+            "July",
+            "August",
+            "September",
+            "October",
+            "November",
+            "December",
+        ];
+        let months = (1..=12).filter(|m| words.contains(MONTHS[*m as usize - 1])).collect();
+        Named { values, times, months }
+    }
+
+    fn has(fire: DateTime<Utc>, (unit, value): (&str, u32)) -> bool {
+        match unit {
+            "second" => fire.second() == value,
+            "minute" => fire.minute() == value,
+            _ => fire.hour() == value,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// A description that claims a period holds for 200 consecutive fire times (between
+        /// fires of one minute, hour or day when it names a part of the day or of the year it
+        /// holds in), and every second, minute, hour, time of day and month it names fires.
+        #[test]
+        fn a_description_claims_only_periods_and_values_that_the_fire_times_have(
+            seconds in prop::option::of(field(59)),
+            minute in field(59),
+            hour in field(23),
+            dom in prop::sample::select(vec!["*", "*", "1", "1-15", "*/10", "10,20"]),
+            month in prop::sample::select(vec!["*", "*", "*/5", "*/3", "1,6", "JAN-MAR"]),
+            dow in prop::sample::select(vec!["*", "*", "MON-FRI", "*/2", "SUN"]),
+            start in 0i64..366 * 86_400,
+        ) {
+            let expression = match &seconds {
+                Some(second) => format!("{second} {minute} {hour} {dom} {month} {dow}"),
+                None => format!("{minute} {hour} {dom} {month} {dow}"),
+            };
+            // Generated fields may be out of range (`7-3/2` is fine, `*/59` too); skip refusals.
+            let Ok(schedule) = Schedule::parse(&expression, Tz::UTC) else { return Ok(()) };
+            let words = schedule.describe();
+            let from = at("2027-01-01T00:00:00Z") + TimeDelta::seconds(start);
+            let mut fires = Vec::with_capacity(200);
+            let mut t = from;
+            while fires.len() < 200 {
+                t = schedule.next_after(t).expect("a parsed schedule fires");
+                fires.push(t);
+            }
+            if let Some(period) = claimed_period(&words) {
+                // Unqualified, it holds between any two fires; "during hours 9-17" or "on
+                // Monday", between fires of the same minute, hour or day (the unit above).
+                let whole = !words.contains(" during ") && !words.contains(", on ") && !words.contains(", in ");
+                let unit = if period < TimeDelta::minutes(1) { 60 } else if period < TimeDelta::hours(1) { 3_600 } else { 86_400 };
+                for pair in fires.windows(2) {
+                    let same_unit = pair[0].timestamp() / unit == pair[1].timestamp() / unit;
+                    if whole || same_unit {
+                        prop_assert_eq!(pair[1] - pair[0], period, "`{}`: \"{}\" but {} then {}", expression, words, pair[0], pair[1]);
+                    }
+                }
+            }
+            let Named { values, times, months } = named(&words);
+            let mut values_left = values;
+            let mut times_left = times;
+            let mut t = from;
+            for _ in 0..200_000 {
+                if values_left.is_empty() && times_left.is_empty() {
+                    break;
+                }
+                t = schedule.next_after(t).expect("a parsed schedule fires");
+                values_left.retain(|value| !has(t, *value));
+                times_left.retain(|&(h, m, s)| !(t.hour() == h && t.minute() == m && s.is_none_or(|s| t.second() == s)));
+            }
+            prop_assert!(values_left.is_empty() && times_left.is_empty(), "`{}`: \"{}\" names {:?} {:?}, which never fire", expression, words, values_left, times_left);
+            // A month fires in some year (day 1, 11, 21 or 31 that is a Sunday: not every year).
+            for month in months {
+                let fires_in = |year| {
+                    let first = Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0).unwrap();
+                    let next = schedule.next_after(first - TimeDelta::seconds(1)).expect("fires");
+                    (next.year(), next.month()) == (year, month)
+                };
+                prop_assert!((2028..2068).any(fires_in), "`{}`: \"{}\" names month {}", expression, words, month);
+            }
+        }
+    }
+}
+
+#[test]
+fn only_steps_over_a_whole_field_that_do_not_divide_it_are_uneven() {
+    let uneven = |expression: &str| -> Vec<String> {
+        let schedule = Schedule::parse(expression, Tz::UTC).unwrap_or_else(|e| panic!("{expression}: {e}"));
+        schedule.uneven_steps().into_iter().map(|(_, step)| step.term).collect()
+    };
+    // Dividing steps, ranges the user chose, days of the month (no step divides months of 28 to
+    // 31 days), macros and `@every`: nothing to say.
+    for expression in ["*/15 * * * *", "0-30/7 * * * *", "5-59/15 * * * *", "0 0 */10 * *", "@daily", "@every 45m"] {
+        assert_eq!(uneven(expression), Vec::<String>::new(), "`{expression}`");
+    }
+    assert_eq!(uneven("*/45 0-59/45 */5 * */5 */2"), ["*/45", "0-59/45", "*/5", "*/5", "*/2"]);
+    let schedule = Schedule::parse("0 0 * */5 */2", Tz::UTC).unwrap();
+    let messages: Vec<String> = schedule.uneven_steps().into_iter().map(|(_, step)| step.message).collect();
+    assert!(messages[0].contains("fires in January, June and November (5 months apart, then 2"), "{}", messages[0]);
+    assert!(!messages[0].contains("@every"), "months vary in length: {}", messages[0]);
+    assert!(messages[1].contains("on Sunday, Tuesday, Thursday and Saturday"), "{}", messages[1]);
+    assert!(messages[1].contains("`@every 2d`"), "{}", messages[1]);
+    // Offsets locate the term in the expression.
+    let steps = Schedule::parse("0 */5 * * *", Tz::UTC).unwrap().uneven_steps();
+    assert_eq!(steps[0].1.offset, 2);
+}

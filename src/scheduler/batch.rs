@@ -434,6 +434,16 @@ mod tests {
         sent.lock().unwrap().clone()
     }
 
+    #[test]
+    fn the_live_outputs_hold_only_the_runs_going() {
+        let outputs = LiveOutputs::default();
+        let going: Vec<LiveOutput> = (0..1_000).map(|run_id| outputs.watch(run_id, OutputTail::default())).collect();
+        assert_eq!(outputs.tails.lock().unwrap().len(), 1_000);
+        drop(going);
+        assert!(outputs.tails.lock().unwrap().is_empty(), "the tails of ended attempts are kept");
+        assert!(outputs.changed().is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn outcomes_wait_for_a_burst_to_end_and_a_lone_one_briefly() {
         // Alone: written a linger after it came.

@@ -140,7 +140,7 @@ impl Scheduler {
             reads,
         } = inputs;
         // The executor's client (its TLS roots) also pings the monitor.
-        let http = reqwest::Client::new();
+        let http = crate::executor::http_client();
         let dead_man = dead_man.map(|settings| DeadManPing::new(settings, &node_id, http.clone()));
         crate::notify::export_metrics();
         Scheduler {
@@ -414,7 +414,7 @@ impl Scheduler {
                 "slots missed per the job's catch-up policy"
             );
             let (task, job, missed) = (task.clone(), job.clone(), plan.missed);
-            self.runs.spawn(async move { task.record_missed(&job, &missed, Trigger::Schedule).await });
+            self.runs.spawn(async move { task.record_missed(&job, &missed, Trigger::Schedule, now).await });
         }
         self.start_runs(job, plan.run, Trigger::Schedule, task);
     }
@@ -463,7 +463,7 @@ impl Scheduler {
             return None;
         }
         // `replace`: the job's earlier runs are stopped; the new one waits for them to end.
-        let NewRun { stop, done, replaced, finished, key } = self.own_runs.add(&job, trigger);
+        let NewRun { stop, done, replaced, after, finished, key } = self.own_runs.add(&job, trigger);
         self.runs.spawn(async move {
             for wait in replaced {
                 let _ = tokio::time::timeout(executor::KILL_GRACE * 2, wait.cancelled()).await;
@@ -473,7 +473,7 @@ impl Scheduler {
                 if stop.token.is_cancelled() {
                     break;
                 }
-                task.fire(&job, slot, trigger, &stop).await;
+                task.fire(&job, slot, trigger, &stop, &after).await;
             }
             done.cancel();
             let _ = finished.send(key);

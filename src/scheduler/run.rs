@@ -6,6 +6,7 @@
 //! slot it executes, with its retries; then its outcome is recorded.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use super::clock::Clock;
 use super::dispatch::Dispatch;
 use super::lead_time::LeadTimes;
 use super::{DATABASE_RETRY, LEADERSHIP_LOST};
-use crate::config::{Concurrency, Job};
+use crate::config::{CatchUp, Concurrency, Job};
 use crate::executor::{self, OutputTail, Prepared, RunContext};
 use crate::leadership::{LeaseDeadline, Term, WitnessedRun};
 use crate::model::{RunOutcome, RunStatus, Trigger};
@@ -32,21 +33,37 @@ const NO_REPLICA_RETRY: Duration = Duration::from_millis(200);
 /// How often a `replace` run looks whether the runs it replaces elsewhere have ended.
 const REPLACED_POLL: Duration = Duration::from_millis(100);
 
-/// A stop request with its reason, so the ledger says why a run was killed.
+/// A stop request with its reason, so the ledger says why a run was killed; and the run's id
+/// once its claim committed, so an operator's cancel finds it.
 #[derive(Clone, Default)]
 pub(super) struct RunStop {
     pub(super) token: CancellationToken,
-    reason: Arc<Mutex<Option<&'static str>>>,
+    reason: Arc<Mutex<Option<Arc<str>>>>,
+    run_id: Arc<AtomicI64>,
 }
 
 impl RunStop {
-    pub(super) fn stop(&self, reason: &'static str) {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(reason);
+    pub(super) fn stop(&self, reason: &str) {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| Arc::from(reason));
         self.token.cancel();
     }
 
-    fn reason(&self) -> Option<&'static str> {
-        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    fn reason(&self) -> Option<Arc<str>> {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the first stop was for the end of leadership.
+    fn leadership_lost(&self) -> bool {
+        self.reason().as_deref() == Some(LEADERSHIP_LOST)
+    }
+
+    fn claimed(&self, run_id: i64) {
+        self.run_id.store(run_id, Ordering::Relaxed);
+    }
+
+    /// The run's id, once claimed (ids start at 1).
+    fn run_id(&self) -> Option<i64> {
+        Some(self.run_id.load(Ordering::Relaxed)).filter(|id| *id > 0)
     }
 }
 
@@ -65,6 +82,9 @@ pub(super) struct NewRun {
     pub(super) done: CancellationToken,
     /// The runs of the same job it replaces (`concurrency: replace`), stopped already.
     pub(super) replaced: Vec<CancellationToken>,
+    /// The runs of the same job it starts after (a manual run of a `forbid` job this replica
+    /// executes): it is claimed at once, and started once they have ended.
+    pub(super) after: Vec<CancellationToken>,
     /// Send the run's key here when its task ends.
     pub(super) finished: mpsc::UnboundedSender<u64>,
     pub(super) key: u64,
@@ -89,20 +109,32 @@ impl OwnRuns {
     }
 
     /// Take note of a new run of `job`; with `concurrency: replace`, stop the job's runs going.
+    /// A manual run of a `forbid` job executed here waits for the job's runs going here (it was
+    /// asked for explicitly: it runs right after them, not never).
     pub(super) fn add(&mut self, job: &Job, trigger: Trigger) -> NewRun {
-        let mut replaced = Vec::new();
+        let (mut replaced, mut after) = (Vec::new(), Vec::new());
+        let of_job = self.runs.values().filter(|run| run.job == job.name.as_ref());
         if job.concurrency == Concurrency::Replace {
-            for run in self.runs.values().filter(|run| run.job == job.name.as_ref()) {
+            for run in of_job {
                 run.stop.stop("replaced by a newer run");
                 replaced.push(run.done.clone());
             }
+        } else if waits_for_own_runs(job, trigger) {
+            after.extend(of_job.map(|run| run.done.clone()));
         }
         let key = self.next_key;
         self.next_key += 1;
         let (stop, done) = (RunStop::default(), CancellationToken::new());
         self.runs.insert(key, OwnRun { job: job.name.to_string(), trigger, stop: stop.clone(), done: done.clone() });
         *self.per_job.entry(job.name.to_string()).or_default() += 1;
-        NewRun { stop, done, replaced, finished: self.finished_tx.clone(), key }
+        NewRun { stop, done, replaced, after, finished: self.finished_tx.clone(), key }
+    }
+
+    /// Stop the run `run_id` if it is one of this replica's: an operator cancelled it (the
+    /// leader recorded the request under the fence first). False when it is not here.
+    pub(super) fn stop_run(&self, run_id: i64, reason: &str) -> bool {
+        let run = self.runs.values().find(|run| run.stop.run_id() == Some(run_id));
+        run.inspect(|run| run.stop.stop(reason)).is_some()
     }
 
     /// The key of the next run whose task ended.
@@ -135,6 +167,21 @@ impl OwnRuns {
     }
 }
 
+/// Why a slot whose starting deadline had passed before a leader could start it was not run.
+fn missed_past_deadline(job: &Job) -> String {
+    format!(
+        "not run: its starting deadline ({}) had passed before a leader could start it",
+        humantime::format_duration(job.starting_deadline)
+    )
+}
+
+/// A manual run of a `forbid` job that its leader executes waits for the job's runs going there
+/// instead of being skipped for them (`SkipIfRunning::ExceptOwn`); one executed elsewhere is
+/// decided by its claim alone, as the leader does not see those runs end.
+fn waits_for_own_runs(job: &Job, trigger: Trigger) -> bool {
+    job.concurrency == Concurrency::Forbid && matches!(trigger, Trigger::Manual { .. }) && !job.run_on.is_remote()
+}
+
 /// One attempt of a run executed here, built before it starts (`RunTask::attempt`), so that at
 /// its slot nothing is left but to send its request or start its process.
 struct Attempt {
@@ -150,6 +197,9 @@ struct Attempt {
 struct Planned {
     slot: DateTime<Utc>,
     start: DateTime<Utc>,
+    /// Its starting deadline counts from here: the planned start, or for a run that waited for
+    /// the job's earlier runs, when they had ended.
+    ready: DateTime<Utc>,
 }
 
 /// What a run task needs to claim, execute and record its slots in one term.
@@ -180,9 +230,21 @@ pub(super) struct RunTask {
 }
 
 impl RunTask {
-    pub(super) async fn record_missed(&self, job: &Job, slots: &[DateTime<Utc>], trigger: Trigger) {
-        let reason = "not run: past the job's catch-up policy or starting deadline";
-        self.record(job, slots, RunStatus::Missed, trigger, reason).await;
+    /// Record `slots` `missed` at `now`, each saying why: those whose starting deadline had
+    /// passed, and those the job's `catch_up` does not run (late, within their deadline).
+    pub(super) async fn record_missed(&self, job: &Job, slots: &[DateTime<Utc>], trigger: Trigger, now: DateTime<Utc>) {
+        let deadline = now - chrono::Duration::from_std(job.starting_deadline).unwrap_or_default();
+        let (past, late): (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) = slots.iter().partition(|slot| **slot < deadline);
+        if !past.is_empty() {
+            self.record(job, &past, RunStatus::Missed, trigger, &missed_past_deadline(job)).await;
+        }
+        if !late.is_empty() {
+            let reason = match job.catch_up {
+                CatchUp::Latest => "not run: late, and `catch_up: latest` runs only the newest late slot",
+                CatchUp::None | CatchUp::All => "not run: late, and `catch_up: none` runs no late slot",
+            };
+            self.record(job, &late, RunStatus::Missed, trigger, reason).await;
+        }
     }
 
     /// Record `slots` `lost`: an older term may have started them, and the ledger forgot it in
@@ -220,16 +282,36 @@ impl RunTask {
 
     /// Claim `slot`, record its start once the claim has committed, and at its planned start
     /// execute it with its retries.
-    pub(super) async fn fire(&mut self, job: &Job, slot: DateTime<Utc>, trigger: Trigger, stop: &RunStop) {
+    /// `after`: the job's runs this one starts after (`NewRun::after`), once claimed.
+    pub(super) async fn fire(
+        &mut self,
+        job: &Job,
+        slot: DateTime<Utc>,
+        trigger: Trigger,
+        stop: &RunStop,
+        after: &[CancellationToken],
+    ) {
         let planned = self.planned_start(job, slot, trigger);
         let Some(run_id) = self.claim_learning(job, slot, planned, trigger, stop).await else { return };
+        stop.claimed(run_id);
         if job.run_on.is_remote() {
-            self.assign_at_slot(job, Planned { slot, start: planned }, trigger, run_id, stop).await;
+            self.assign_at_slot(job, Planned { slot, start: planned, ready: planned }, trigger, run_id, stop).await;
             return;
+        }
+        let mut ready = planned;
+        if !after.is_empty() {
+            tracing::info!(job = %job.name, run_id, "manual run of a `forbid` job: it starts when the job's run going here ends");
+            for earlier in after {
+                tokio::select! {
+                    () = earlier.cancelled() => {}
+                    () = stop.token.cancelled() => break,
+                }
+            }
+            ready = ready.max(self.clock.now());
         }
         // Built before the slot, so that at the slot it is only sent (or started).
         let first = self.attempt(job, slot, run_id, 1);
-        if self.start_at_slot(job, Planned { slot, start: planned }, trigger, run_id, stop).await {
+        if self.start_at_slot(job, Planned { slot, start: planned, ready }, trigger, run_id, stop).await {
             self.execute(job, slot, planned, run_id, stop, first).await;
         }
     }
@@ -250,7 +332,7 @@ impl RunTask {
         let started = self.clock.now().max(planned.start);
         let mut waiting = false;
         loop {
-            if stop.reason() == Some(LEADERSHIP_LOST) || !self.lease.is_valid() {
+            if stop.leadership_lost() || !self.lease.is_valid() {
                 tracing::warn!(job = %job.name, slot = %planned.slot, "leadership lost before the run was assigned; left to the next leader");
                 return;
             }
@@ -468,7 +550,7 @@ impl RunTask {
             .await;
             drop(live);
             if let Some(reason) = stop.reason() {
-                outcome.error = Some(reason.to_owned());
+                outcome.error = Some(reason.to_string());
             }
             let began = outcome.began_at.unwrap_or(started);
             self.metrics.run_duration.record((outcome.finished_at - began).to_std().unwrap_or_default().as_secs_f64());
@@ -504,6 +586,7 @@ impl RunTask {
         stop: &RunStop,
     ) -> Option<(Claimed, Duration)> {
         let skip_if_running = match job.concurrency {
+            Concurrency::Forbid if waits_for_own_runs(job, trigger) => SkipIfRunning::ExceptOwn,
             Concurrency::Forbid => SkipIfRunning::Yes,
             Concurrency::Allow | Concurrency::Replace => SkipIfRunning::No,
         };
@@ -548,7 +631,12 @@ impl RunTask {
                         > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default()
                     {
                         tracing::warn!(job = %job.name, %slot, "the slot passed its starting deadline while the database was down");
-                        self.record_missed(job, &[slot], trigger).await;
+                        let reason = format!(
+                            "not run: its claim could not be recorded (the database did not answer) before its \
+                             starting deadline ({})",
+                            humantime::format_duration(job.starting_deadline)
+                        );
+                        self.record(job, &[slot], RunStatus::Missed, trigger, &reason).await;
                         return None;
                     }
                 }
@@ -571,14 +659,14 @@ impl RunTask {
         run_id: i64,
         stop: &RunStop,
     ) -> Option<Duration> {
-        let Planned { slot, start: planned } = planned;
+        let Planned { slot, start: planned, ready } = planned;
         // The same start time on every retry: a retry after a lost acknowledgement finds it.
         // Recorded ahead, it is the planned start: the run executes then, never before.
         let started = self.clock.now().max(planned);
         let took = loop {
             // Stopped because the term ended: the claim was never started, so it is the next
             // term's to decide, not a run to record.
-            if stop.reason() == Some(LEADERSHIP_LOST) || !self.lease.is_valid() {
+            if stop.leadership_lost() || !self.lease.is_valid() {
                 tracing::warn!(job = %job.name, %slot, "leadership lost before the run started; left to the next leader");
                 return None;
             }
@@ -614,7 +702,7 @@ impl RunTask {
                 }
             }
         };
-        if self.clock.now() - planned > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default() {
+        if self.clock.now() - ready > chrono::Duration::from_std(job.starting_deadline).unwrap_or_default() {
             let reason = "not run: its start was recorded only after the starting deadline";
             let outcome = self.not_run(RunStatus::Missed, reason.to_owned());
             self.finish(job, run_id, &outcome).await;
@@ -626,11 +714,11 @@ impl RunTask {
     /// Why a run whose start is recorded may not execute after all: it was stopped (replaced,
     /// shut down, its term ended) or the lease ran out while it waited for its slot. It was
     /// started under this term, so no other term takes it over: it is recorded `killed`.
-    fn stopped_before_start(&self, stop: &RunStop) -> Option<&'static str> {
+    fn stopped_before_start(&self, stop: &RunStop) -> Option<Arc<str>> {
         if stop.token.is_cancelled() {
-            return Some(stop.reason().unwrap_or(LEADERSHIP_LOST));
+            return Some(stop.reason().unwrap_or_else(|| Arc::from(LEADERSHIP_LOST)));
         }
-        (!self.lease.is_valid()).then_some(LEADERSHIP_LOST)
+        (!self.lease.is_valid()).then(|| Arc::from(LEADERSHIP_LOST))
     }
 
     /// The outcome of a started run that never executed.
@@ -669,5 +757,29 @@ impl RunTask {
             }
         }
         tracing::error!(run_id, job = %job.name, "gave up recording a run's outcome; a later leader will mark it lost");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_runs_forget_each_run_whose_task_ended() {
+        let jobs = crate::config::parse(
+            "jobs:\n  - name: a\n    schedule: \"* * * * * *\"\n    shell: \"true\"\n    concurrency: allow\n  \
+             - name: b\n    schedule: \"* * * * * *\"\n    shell: \"true\"\n",
+            "jobs.yaml",
+        )
+        .unwrap();
+        let mut own = OwnRuns::new();
+        let keys: Vec<u64> = (0..1_000).map(|i| own.add(&jobs.jobs()[i % 2], Trigger::Schedule).key).collect();
+        assert_eq!((own.runs.len(), own.per_job.len()), (1_000, 2));
+        assert!(own.decided_at_slot(&jobs.jobs()[1]), "b (forbid) has runs going");
+        for key in keys {
+            assert!(own.finished(key).is_some());
+        }
+        assert!(own.runs.is_empty() && own.per_job.is_empty(), "ended runs are kept");
+        assert!(!own.decided_at_slot(&jobs.jobs()[1]));
     }
 }

@@ -406,6 +406,9 @@ impl Scheduler {
             // No trigger could be claimed now: retried shortly, unless the term ends first.
             return false;
         }
+        if !self.apply_cancels(term).await {
+            return false;
+        }
         let triggers = match self.store.pending_triggers().await {
             Ok(triggers) => triggers,
             Err(error) => {
@@ -437,6 +440,44 @@ impl Scheduler {
             self.start_runs(job, vec![trigger.requested_at], Trigger::Manual { request: trigger.id }, task);
         }
         self.start_backfills(term, now).await
+    }
+
+    /// Act on operators' cancels: recorded under the fence first (a stale leader's is refused,
+    /// and it steps down), then this replica's own runs among them are stopped with the
+    /// operator's reason; a run executing elsewhere is killed by its executor at its next
+    /// renewal, which the ledger refuses. False when the ledger could not be read or written
+    /// (retried like the controls).
+    async fn apply_cancels(&mut self, term: &mut ActiveTerm) -> bool {
+        let pending = match self.store.pending_cancels().await {
+            Ok(pending) => pending,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the cancels asked for; retrying");
+                return false;
+            }
+        };
+        if pending.is_empty() {
+            return true;
+        }
+        let ids: Vec<i64> = pending.iter().map(|cancel| cancel.run_id).collect();
+        match self.store.apply_cancels(term.term(), &ids).await {
+            Ok(marked) => {
+                for cancel in pending.iter().filter(|cancel| marked.contains(&cancel.run_id)) {
+                    let here = self.own_runs.stop_run(cancel.run_id, &cancel.reason);
+                    tracing::info!(job = %cancel.job, run_id = cancel.run_id, here, reason = %cancel.reason, "run cancelled");
+                }
+                true
+            }
+            Err(ClaimError::Fenced { term: stale, fence }) => {
+                metrics::counter!(metric::CLAIMS_REJECTED, "reason" => "fenced").increment(1);
+                tracing::warn!(term = stale, fence, "cancel refused: a newer term holds the fence; stepping down");
+                term.leader.step_down.cancel();
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not record the cancels asked for; retrying");
+                false
+            }
+        }
     }
 
     /// Start queued backfill slots, as many as each job's concurrency allows: one at a time for

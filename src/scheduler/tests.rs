@@ -9,7 +9,7 @@ use chrono::Timelike;
 
 use super::*;
 use crate::leadership::{BootInstant, LeaseDeadline, StartRecord, StartWitness, Term, WitnessError};
-use crate::store::{Reads, RunRecord, Sqlite};
+use crate::store::{AuditRecord, Reads, RunRecord, Sqlite};
 
 const NODE: &str = "node-1";
 
@@ -517,6 +517,27 @@ async fn a_term_that_begins_late_catches_up_per_each_jobs_policy_and_starting_de
     ];
     expected.sort();
     assert_eq!(rows, expected);
+    // Each missed row says why: its job's `catch_up`, or its starting deadline.
+    let mut reasons: Vec<(String, String)> = lp
+        .reads
+        .all_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|run| run.status == crate::model::RunStatus::Missed)
+        .map(|run| (run.job, run.error.unwrap_or_default()))
+        .collect();
+    reasons.sort();
+    reasons.dedup();
+    let reason = |job: &str, why: &str| (job.to_owned(), why.to_owned());
+    assert_eq!(
+        reasons,
+        [
+            reason("all-2m", "not run: its starting deadline (2m) had passed before a leader could start it"),
+            reason("latest", "not run: late, and `catch_up: latest` runs only the newest late slot"),
+            reason("none", "not run: late, and `catch_up: none` runs no late slot"),
+        ]
+    );
     let executed = |job: &str, minutes: &[u32]| -> Vec<Execution> {
         let slot = |minute| at(&format!("2026-03-02T10:0{minute}:00Z"));
         minutes.iter().map(|minute| Execution { job: job.into(), slot: slot(minute), term: 2 }).collect()
@@ -633,5 +654,122 @@ async fn a_claim_never_started_is_not_covered_by_the_start_record_and_runs_in_th
             row("minutely", "2026-03-02T10:02:00Z", 2, "succeeded", true),
         ]
     );
+    lp.stop().await;
+}
+
+/// A manual trigger of a `forbid` job that lands between the scheduled slot's claim and its
+/// start is not dropped: its row is claimed at once (the trigger handled), waits for the
+/// scheduled run to end, then runs. Placed deterministically: the stepped clock holds the
+/// scheduled run claimed and unstarted until the trigger's row is in the ledger.
+#[tokio::test]
+async fn a_manual_run_of_a_forbid_job_triggered_between_a_claim_and_its_start_runs_right_after_it() {
+    let witness = Witness::start().await;
+    let slot = at("2026-03-02T10:01:00Z");
+    let jobs = witness.jobs(&[("minutely", "* * * * *", "concurrency: forbid")]);
+    let lp = Loop::start(ledger().await, jobs, at("2026-03-02T10:00:50Z")).await;
+    lp.lead(1).await;
+    claimed_ahead(&lp, slot).await;
+    let requested_at = lp.clock.now();
+    let overrides = crate::store::TriggerOverrides::default();
+    let request = crate::store::TriggerRequest {
+        job: "minutely",
+        idempotency_key: "between-claim-and-start",
+        by: "admin",
+        requested_at,
+        overrides: &overrides,
+    };
+    lp.reads.request_trigger(&request, &AuditRecord::by("admin", "trigger")).await.unwrap();
+    let reads = &lp.reads;
+    let manual = wait_for("the manual trigger's row", || async move {
+        let runs = reads.all_runs().await.unwrap();
+        runs.into_iter().find(|run| run.trigger == crate::model::TriggerKind::Manual)
+    })
+    .await;
+    assert_eq!(
+        (manual.status, manual.started_at, manual.error.as_deref()),
+        (crate::model::RunStatus::Running, None, None),
+        "the manual run waits for the scheduled one, claimed: {manual:?}"
+    );
+    lp.clock.advance_to(slot + ms(10));
+    let finished =
+        lp.wait_for_rows("both runs", |rows| rows.len() == 2 && rows.iter().all(|row| row.status != "running")).await;
+    assert!(finished.iter().all(|row| row.status == "succeeded"), "{finished:?}");
+    let runs = lp.reads.all_runs().await.unwrap();
+    let scheduled = runs.iter().find(|run| run.trigger == crate::model::TriggerKind::Schedule).unwrap();
+    let manual = runs.iter().find(|run| run.trigger == crate::model::TriggerKind::Manual).unwrap();
+    assert!(
+        manual.began_at.unwrap() >= scheduled.finished_at.unwrap(),
+        "the manual run began after the scheduled one ended: {scheduled:?} {manual:?}"
+    );
+    assert_eq!(witness.executions().len(), 2);
+    lp.stop().await;
+}
+
+/// An operator's cancel goes through the ledger under the fence: a leader whose term the ledger
+/// has seen superseded acts on none (the run's cancel stays pending for the current leader) and
+/// steps down, as for a refused claim.
+#[tokio::test]
+async fn a_stale_leader_acts_on_no_cancel_and_steps_down() {
+    let witness = Witness::start().await;
+    let jobs = witness.jobs(&[("minutely", "* * * * *", "")]);
+    let lp = Loop::start(ledger().await, jobs, at("2026-03-02T10:00:50Z")).await;
+    let stale = lp.lead(1).await;
+    // A run of another replica's, going; then a newer term raises the fence behind this
+    // leader's back (it was cut off and does not know yet).
+    let newer = Term::for_tests(2, crate::local::CLUSTER_ID);
+    let term_one = Term::for_tests(1, crate::local::CLUSTER_ID);
+    let claim = crate::store::Claim {
+        job: "elsewhere",
+        slot: at("2026-03-02T10:00:00Z"),
+        trigger: Trigger::Schedule,
+        term: &term_one,
+        node: "node-9",
+        config_hash: "hash",
+        skip_if_running: crate::store::SkipIfRunning::No,
+        claimed_at: at("2026-03-02T10:00:00Z"),
+        planned_at: at("2026-03-02T10:00:00Z"),
+    };
+    let run = lp.store.claim_run(&claim).await.unwrap().run_id;
+    lp.store.start_runs(&term_one, &[(run, at("2026-03-02T10:00:00Z"))]).await.unwrap();
+    lp.store.begin_term(&newer, "node-2").await.unwrap();
+    let asked =
+        lp.reads.cancel_run(run, "cancelled by admin (api): stop", &AuditRecord::by("admin", "cancel")).await.unwrap();
+    assert_eq!(asked, crate::store::CancelAnswer::Asked { job: "elsewhere".into() });
+    let step_down = stale.step_down.clone();
+    wait_for("the stale leader to step down", || {
+        let step_down = step_down.clone();
+        async move { step_down.is_cancelled().then_some(()) }
+    })
+    .await;
+    let pending = lp.store.pending_cancels().await.unwrap();
+    assert_eq!(pending.len(), 1, "the stale leader acted on the cancel: {pending:?}");
+    assert_eq!(lp.reads.run(run).await.unwrap().unwrap().status, crate::model::RunStatus::Running);
+    lp.stop().await;
+}
+
+/// A claim whose start the database could record only after the starting deadline is not run:
+/// recorded `missed`, saying so.
+#[tokio::test]
+async fn a_start_recorded_only_after_the_starting_deadline_is_recorded_missed_saying_why() {
+    let witness = Witness::start().await;
+    let slot = at("2026-03-02T10:01:00Z");
+    let dir = tempfile::tempdir().unwrap();
+    let (lp, mut writer) = leading_on_a_file(&witness, &dir).await;
+    claimed_ahead(&lp, slot).await;
+    let refuse = "CREATE TRIGGER refuse BEFORE UPDATE OF started_at ON runs BEGIN SELECT RAISE(ABORT, 'down'); END";
+    sqlx::query(refuse).execute(&mut writer).await.unwrap();
+    // The starting deadline (5 minutes) passes while the database refuses the start.
+    lp.clock.advance_to(slot - ms(20));
+    lp.clock.advance_to(slot + chrono::Duration::minutes(6));
+    sqlx::query("DROP TRIGGER refuse").execute(&mut writer).await.unwrap();
+    let reads = &lp.reads;
+    let row = wait_for("the slot's row to end", || async move {
+        let row = reads.all_runs().await.unwrap().into_iter().find(|run| run.slot == slot);
+        row.filter(|run| run.status != crate::model::RunStatus::Running)
+    })
+    .await;
+    let why = "not run: its start was recorded only after the starting deadline";
+    assert_eq!((row.status, row.error.as_deref()), (crate::model::RunStatus::Missed, Some(why)));
+    assert!(witness.executions().iter().all(|e| e.slot != slot), "the slot ran");
     lp.stop().await;
 }

@@ -6,14 +6,16 @@
 //! read by number. Instants differ in storage (`timestamptz` on PostgreSQL, integer
 //! microseconds on SQLite), so each backend's `LedgerRow` reads them its own way.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 
 use super::{
-    BackfillRecord, BackfillSlot, ClaimError, Claimed, Fence, JobControl, RunRecord, TermRecord, TriggerOverrides,
-    TriggerRecord,
+    BackfillRecord, BackfillSlot, ClaimError, Claimed, Fence, JobControl, JobState, PendingCancel, RunRecord, TermRecord,
+    TriggerOverrides, TriggerRecord,
 };
 use crate::config::Concurrency;
 use crate::leadership::Term;
@@ -38,28 +40,6 @@ pub(super) use run_columns;
 pub(super) const RUN: &str = concat!("SELECT ", run_columns!(), " FROM runs WHERE id = $1");
 
 pub(super) const ALL_RUNS: &str = concat!("SELECT ", run_columns!(), " FROM runs ORDER BY slot, job");
-
-/// Up to `$2` finished rows whose slot and claim are before their job's limit (`$1`, or the
-/// job's own in `$3`/`$4` (PostgreSQL) or the JSON object `$3` (SQLite): see each backend), in
-/// one short statement so claims are never blocked for long. A backfill's rows (an old slot
-/// claimed lately) stay for the retention after their claim. Each job's newest row stays: the
-/// dashboard's last run (the cursor is kept apart, in `job_cursors`, never pruned).
-macro_rules! prune_runs {
-    ($limit:literal) => {
-        concat!(
-            "DELETE FROM runs WHERE id IN (
-                 SELECT r.id FROM runs r
-                 WHERE r.status <> 'running' AND r.slot < ",
-            $limit,
-            " AND r.claimed_at < ",
-            $limit,
-            " AND r.slot < (SELECT max(slot) FROM runs newest WHERE newest.job = r.job)
-                 LIMIT $2
-             )"
-        )
-    };
-}
-pub(super) use prune_runs;
 
 /// Up to `$2` audit entries older than `$1`, oldest first: retention, the only way one goes.
 pub(super) const PRUNE_AUDIT: &str =
@@ -219,6 +199,25 @@ fn trigger_kind(row: &impl LedgerRow, column: &str) -> Result<TriggerKind, sqlx:
     TriggerKind::parse(&text).ok_or_else(|| undecodable(column, format!("unknown trigger {text:?}")))
 }
 
+/// The rows of `LedgerReads::job_states` (`job`, `last`, `running`, `late_or_missed`), by job;
+/// a job without runs is left out.
+pub(super) fn job_states(rows: &[impl LedgerRow]) -> Result<HashMap<String, JobState>, sqlx::Error> {
+    let mut states = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let last = match row.optional_text("last")? {
+            Some(text) => Some(
+                RunStatus::parse(&text).ok_or_else(|| undecodable("last", format!("unknown run status {text:?}")))?,
+            ),
+            None => None,
+        };
+        let state = JobState { last, running: row.flag("running")?, late_or_missed: row.flag("late_or_missed")? };
+        if state != JobState::default() {
+            states.insert(row.text("job")?, state);
+        }
+    }
+    Ok(states)
+}
+
 /// A row of `run_columns!()`.
 pub(super) fn run_record(row: &impl LedgerRow) -> Result<RunRecord, sqlx::Error> {
     Ok(RunRecord {
@@ -309,6 +308,16 @@ pub(super) fn term_record(row: &impl LedgerRow) -> Result<TermRecord, sqlx::Erro
         started_at: row.instant("started_at")?,
         last_seen_at: row.optional_instant("last_seen_at")?,
     })
+}
+
+/// Operators' cancels the leader has not acted on (`Ledger::pending_cancels`); both databases
+/// read it alike.
+pub(super) const PENDING_CANCELS: &str = "SELECT id, job, cancel_reason FROM runs
+     WHERE status = 'running' AND cancel_reason IS NOT NULL AND NOT cancel_requested ORDER BY id LIMIT 1000";
+
+/// A row of `PENDING_CANCELS`.
+pub(super) fn pending_cancel(row: &impl LedgerRow) -> Result<PendingCancel, sqlx::Error> {
+    Ok(PendingCancel { run_id: row.int("id")?, job: row.text("job")?, reason: row.text("cancel_reason")? })
 }
 
 pub(super) fn fence(row: &impl LedgerRow) -> Result<Fence, sqlx::Error> {

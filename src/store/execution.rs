@@ -78,12 +78,13 @@ pub struct AssignedRun {
 }
 
 /// The answer to a renewal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Renewal {
     /// The lease runs a full lease from the statement's commit.
     Renewed,
-    /// The leader asked for the run to stop (`replace`): kill it.
-    CancelRequested,
+    /// The leader asked for the run to stop (`replace`, or an operator's cancel it acted on):
+    /// kill it, and record it `killed` with `reason`.
+    CancelRequested { reason: String },
     /// The attempt is no longer this replica's (given up, reassigned, ended): kill it, record
     /// nothing.
     Refused,
@@ -214,11 +215,15 @@ pub(super) const REPLICA_LOADS: &str = "SELECT p.node, p.tags, p.max_runs, p.las
 /// The PostgreSQL NOTIFY channel executors listen on; the payload is the executor's node id.
 pub(super) const ASSIGNMENT_CHANNEL: &str = "tenure_assignments";
 
-/// The error a given-up attempt is recorded with.
+/// Why `replace` stops a run: its error once `killed`.
+pub(super) const REPLACED: &str = "replaced by a newer run";
+
+/// The error a given-up attempt is recorded with (a cancelled one: its `cancel_reason`, when it
+/// has one).
 pub(super) fn give_up_reason(expired: &ExpiredExecution) -> String {
     let node = &expired.key.executor;
     if expired.cancel_requested {
-        "replaced by a newer run".to_owned()
+        REPLACED.to_owned()
     } else if expired.accepted {
         format!("lost: its executor {node} stopped renewing its execution lease")
     } else {

@@ -104,6 +104,10 @@ pub struct Claim<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkipIfRunning {
     Yes,
+    /// `forbid` for a manual run its leader executes: skipped only for a run going elsewhere
+    /// (another term's, or executing on another replica); the leader's own runs of the job in
+    /// this term it waits for before starting it.
+    ExceptOwn,
     No,
 }
 
@@ -112,7 +116,8 @@ pub enum SkipIfRunning {
 pub struct Claimed {
     pub run_id: i64,
     /// `Running` (claimed: start it at its slot through `start_runs`) or `Skipped` (a previous
-    /// run is still going).
+    /// run is still going; its row's error names it: "forbid: run N of this job was still
+    /// going").
     pub status: RunStatus,
 }
 
@@ -310,6 +315,23 @@ pub struct JobControl {
     pub resumed_at: Option<DateTime<Utc>>,
 }
 
+/// What the overview counts, filters and sorts each job by, read for every job at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobState {
+    /// The newest outcome: the newest run's status that is neither `running` nor `skipped` (a
+    /// slot its concurrency policy skipped says nothing of how the job fares); none before one.
+    pub last: Option<RunStatus>,
+    /// A run of the job is going.
+    pub running: bool,
+    /// Since the instant asked: a slot was missed, or one of the job's newest `LATE_WINDOW` runs
+    /// began later than the lateness asked after its planned start.
+    pub late_or_missed: bool,
+}
+
+/// How many of a job's newest runs `LedgerReads::job_states` looks at for lateness: a bound on
+/// its cost per job (a per-second job has 86,400 runs a day); missed slots are all counted.
+pub const LATE_WINDOW: i64 = 100;
+
 /// The PostgreSQL NOTIFY channel for pauses, resumes and triggers.
 const CONTROL_CHANNEL: &str = "tenure_controls";
 
@@ -398,6 +420,28 @@ pub struct UnrunSlots<'a> {
     pub node: &'a str,
     pub config_hash: &'a str,
     pub error: &'a str,
+}
+
+/// How the web's request to cancel a run was answered (`LedgerReads::cancel_run`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelAnswer {
+    /// Recorded (or recorded already: the first request's reason stays) for the running run of
+    /// `job`; the leader acts on it.
+    Asked {
+        job: String,
+    },
+    NoSuchRun,
+    /// The run has ended already, with this status.
+    Ended(RunStatus),
+}
+
+/// An operator's cancel the leader has not acted on yet (`Ledger::pending_cancels`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCancel {
+    pub run_id: i64,
+    pub job: String,
+    /// What the run is recorded `killed` with: who asked, and why.
+    pub reason: String,
 }
 
 /// The database's clock, and whether it is a writable primary.
@@ -576,6 +620,18 @@ pub trait Ledger: Executions + Send + Sync {
     /// term's claim takes it over), oldest first.
     async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error>;
 
+    /// Operators' cancels of running runs not acted on yet (`cancel_reason` set, no
+    /// `cancel_requested`), oldest first.
+    async fn pending_cancels(&self) -> Result<Vec<PendingCancel>, sqlx::Error>;
+
+    /// Act on operators' cancels, under the fence (as `Executions::request_cancel` for
+    /// `replace`): set `cancel_requested` on those of `runs` still running, so an executor
+    /// elsewhere is refused its next renewal and kills the run (recorded `killed` with its
+    /// `cancel_reason`); a claim an older term never started is recorded `killed` at once (no
+    /// one else would). Returns the ids it marked, whose runs this leader stops itself if they
+    /// are its own. `Fenced` when a newer term holds the fence: a stale leader cancels nothing.
+    async fn apply_cancels(&self, term: &Term, runs: &[i64]) -> Result<Vec<i64>, ClaimError>;
+
     /// Mark a trigger handled without a run (its job is not in the job file).
     async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error>;
 
@@ -636,6 +692,16 @@ pub trait LedgerReads: Access + Send + Sync {
     /// Operator pauses and resumes, by job (as `Ledger::job_controls`).
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error>;
 
+    /// The state of each of `jobs` that has runs, in one statement: its newest outcome, whether
+    /// a run goes, and whether since `since` a slot was missed or a run began more than `late`
+    /// after its planned start (`JobState`). Index probes per job, never a scan of the ledger.
+    async fn job_states(
+        &self,
+        jobs: &[String],
+        since: DateTime<Utc>,
+        late: std::time::Duration,
+    ) -> Result<HashMap<String, JobState>, sqlx::Error>;
+
     /// Pause or resume a job (by `audit.who`, recorded in the same transaction); survives
     /// failover; wakes the leader's scheduler. A resume that ends
     /// a pause (the job's control said paused, or it had none: the job file's pause) records
@@ -651,6 +717,12 @@ pub trait LedgerReads: Access + Send + Sync {
         request: &TriggerRequest<'_>,
         audit: &AuditRecord,
     ) -> Result<TriggerRecord, sqlx::Error>;
+
+    /// Ask for a running run to be stopped, `reason` (who asked and why) to be its error once it
+    /// is `killed`: one conditional statement, `audit` recorded in its transaction when it asked
+    /// (nothing for a run that ended), and a wake-up of the leader's scheduler, which acts on it
+    /// under the fence. The web never stops a run itself.
+    async fn cancel_run(&self, run_id: i64, reason: &str, audit: &AuditRecord) -> Result<CancelAnswer, sqlx::Error>;
 
     /// The manual trigger a run fulfilled, with its overrides, if it was one.
     async fn trigger_of_run(&self, run_id: i64) -> Result<Option<TriggerRecord>, sqlx::Error>;

@@ -97,8 +97,10 @@ pub(super) const RUN_NOTIFICATIONS: &str = "SELECT id, event, label, status, att
 
 pub(super) const PENDING_COUNT: &str = "SELECT count(*) AS pending FROM notifications WHERE status = 'pending'";
 
-/// Delivered and abandoned events created before `$1` (pruned with the runs).
-pub(super) const PRUNE_NOTIFICATIONS: &str = "DELETE FROM notifications WHERE status <> 'pending' AND created_at < $1";
+/// Delivered and abandoned events created before `$1`, the oldest `$2` (pruned with the runs, a
+/// batch with each batch of runs).
+pub(super) const PRUNE_NOTIFICATIONS: &str = "DELETE FROM notifications WHERE id IN (
+         SELECT id FROM notifications WHERE status <> 'pending' AND created_at < $1 ORDER BY created_at LIMIT $2)";
 
 pub(super) fn outbox_event(row: &impl LedgerRow) -> Result<OutboxEvent, sqlx::Error> {
     Ok(OutboxEvent {

@@ -159,9 +159,9 @@ fn transient(error: &sqlx::Error) -> bool {
 }
 
 /// A connection of its own for migrations, out of `pool`'s accounting and without its timeouts:
-/// an index build on a large ledger may take minutes. Waiting for a lock (the migrator's advisory
-/// lock, or a table a running replica is using) gives up after 5 s and is retried: a DDL
-/// statement queued behind a lock would hold up every claim queued behind it. Closing it (or dropping it, on any error
+/// an index build on a large ledger may take minutes. Waiting for a table lock a running replica
+/// is using gives up after 5 s and is retried: a DDL statement queued behind a lock would hold up
+/// every claim queued behind it (`migrate` lifts this for concurrent index builds). Closing it (or dropping it, on any error
 /// or cancellation) ends the session, and with it the migrator's advisory lock.
 pub async fn migration_connection(pool: &PgPool) -> Result<sqlx::PgConnection, sqlx::Error> {
     let mut conn = pool.acquire().await?.detach();
@@ -175,14 +175,23 @@ pub async fn migration_connection(pool: &PgPool) -> Result<sqlx::PgConnection, s
 }
 
 /// Apply the migrations in `migrations/postgres/` on a dedicated connection (see
-/// `migration_connection`), one replica at a time (sqlx's advisory lock). A database that has a
-/// migration this binary does not know is `NewerSchema`.
+/// `migration_connection`), one replica at a time. A database that has a migration this binary
+/// does not know is `NewerSchema`.
+///
+/// The replicas take turns on an advisory lock of tenure's own, tried every 500 ms rather than
+/// waited for: a session blocked in `pg_advisory_lock` holds a snapshot, which a concurrent index
+/// build waits out, while the builder holds the lock: a deadlock. Holding it, the migrator drops
+/// the invalid indexes an interrupted concurrent build left behind (`-- no-transaction`
+/// migrations: `CREATE INDEX CONCURRENTLY`, which holds up no claim), so that the build starts
+/// afresh: an interrupted migration resumes where it stopped. Those migrations wait for locks
+/// as long as they need (they queue no claim behind them); the others give up after 5 s.
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
     let migrator = sqlx::migrate!("./migrations/postgres");
     let mut conn = migration_connection(pool).await?;
-    let result = match migrator.run(&mut conn).await {
+    let result = migrate_on(&migrator, &mut conn).await;
+    let result = match result {
         Ok(()) => Ok(()),
-        Err(sqlx::migrate::MigrateError::VersionMissing(unknown)) => {
+        Err(MigrateError::Failed(sqlx::migrate::MigrateError::VersionMissing(unknown))) => {
             let known = migrator.iter().map(|migration| migration.version).max().unwrap_or(0);
             let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
                 .fetch_one(&mut conn)
@@ -190,11 +199,46 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
                 .unwrap_or(None);
             Err(MigrateError::NewerSchema { known, database: newest.unwrap_or(unknown).max(unknown) })
         }
-        Err(error) => Err(error.into()),
+        Err(error) => Err(error),
     };
     // Ends the session: the advisory lock goes with it, whatever happened above.
     if let Err(error) = sqlx::Connection::close(conn).await {
         tracing::debug!(%error, "closing the migration connection failed; the server ends it");
     }
     result
+}
+
+/// tenure's migration lock (`pg_try_advisory_lock`), apart from sqlx's own.
+const MIGRATION_LOCK: i64 = 0x7465_6e75_7265_6d67; // "tenuremg"
+
+async fn migrate_on(migrator: &sqlx::migrate::Migrator, conn: &mut sqlx::PgConnection) -> Result<(), MigrateError> {
+    while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .fetch_one(&mut *conn)
+        .await?
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let invalid: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(i.relname) FROM pg_index x
+         JOIN pg_class i ON i.oid = x.indexrelid
+         JOIN pg_namespace ns ON ns.oid = i.relnamespace AND ns.nspname = current_schema()
+         WHERE NOT x.indisvalid",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for index in invalid {
+        tracing::info!(index, "dropping the index an interrupted migration left unfinished");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP INDEX CONCURRENTLY IF EXISTS {index}")))
+            .execute(&mut *conn)
+            .await?;
+    }
+    let steps: Vec<(i64, bool)> = migrator.iter().map(|migration| (migration.version, migration.no_tx)).collect();
+    for (version, no_tx) in steps {
+        let lock_timeout = if no_tx { "SET lock_timeout = 0" } else { "SET lock_timeout = '5s'" };
+        sqlx::raw_sql(lock_timeout).execute(&mut *conn).await?;
+        // `run_to` on a connection: its `Acquire` bound makes this future not `Send`.
+        migrator.run_direct(Some(version), &mut *conn, false).await?;
+    }
+    Ok(())
 }

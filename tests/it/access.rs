@@ -1,7 +1,8 @@
 //! Sign-in and permissions through the router, without a socket, on a SQLite ledger: named
 //! tokens created through the API, every role and team against every write endpoint and page
-//! form, each attempt found in the audit trail under its request id; revocation and expiry;
-//! reads scoped by team under `--protect-reads`; the break-glass token, and CSRF, as before.
+//! form (a cancel on a running run of each job), each attempt found in the audit trail under its
+//! request id; revocation and expiry; reads scoped by team under `--protect-reads`; the
+//! break-glass token, and CSRF, as before.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +13,9 @@ use base64::Engine;
 use chrono::Utc;
 use serde_json::{Value, json};
 use tenure::http::{AppState, Auth, ReadAccess, router};
-use tenure::leadership::Leadership;
-use tenure::model::ClusterSnapshot;
-use tenure::store::{Sqlite, Store};
+use tenure::leadership::{Leadership, Term};
+use tenure::model::{ClusterSnapshot, Trigger};
+use tenure::store::{Claim, SkipIfRunning, Sqlite, Store};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
@@ -30,9 +31,14 @@ jobs:
 "#;
 
 async fn state(reads: ReadAccess) -> AppState {
-    let (_store, reads_side) = Store::with_reads(Sqlite::in_memory().await.unwrap());
+    state_and_ledger(reads).await.0
+}
+
+/// The state, and the leader's side of its ledger (to claim runs to cancel).
+async fn state_and_ledger(reads: ReadAccess) -> (AppState, Store) {
+    let (store, reads_side) = Store::with_reads(Sqlite::in_memory().await.unwrap());
     let jobs = tenure::config::parse(JOBS, "jobs.yaml").unwrap();
-    AppState {
+    let state = AppState {
         node_id: "node-a".to_owned(),
         store: reads_side,
         leadership: watch::channel(Leadership::Follower { leader: None }).1,
@@ -41,7 +47,31 @@ async fn state(reads: ReadAccess) -> AppState {
         cluster: watch::channel(ClusterSnapshot::default()).1,
         auth: Auth::new(Some(ADMIN), reads),
         pages: Default::default(),
+    };
+    (state, store)
+}
+
+/// A running run of each job (claimed, never acted on: a cancel asks again and again).
+async fn running_runs(store: &Store) -> Vec<i64> {
+    let term = Term::for_tests(1, "c");
+    store.begin_term(&term, "leader").await.unwrap();
+    let mut runs = Vec::new();
+    for job in ["pay", "index", "sweep"] {
+        let at = Utc::now();
+        let claim = Claim {
+            job,
+            slot: at,
+            trigger: Trigger::Schedule,
+            term: &term,
+            node: "leader",
+            config_hash: "hash",
+            skip_if_running: SkipIfRunning::No,
+            claimed_at: at,
+            planned_at: at,
+        };
+        runs.push(store.claim_run(&claim).await.unwrap().run_id);
     }
+    runs
 }
 
 struct Answer {
@@ -125,7 +155,7 @@ const PRINCIPALS: [Who; 6] = [
 fn expected(who: &Who, action: &str, job_team: Option<&str>) -> bool {
     match (who.role, action) {
         ("admin", _) => true,
-        ("operator", "trigger" | "pause" | "resume" | "backfill") => {
+        ("operator", "trigger" | "cancel" | "pause" | "resume" | "backfill") => {
             who.teams.is_empty() || job_team.is_some_and(|team| who.teams.contains(&team))
         }
         _ => false,
@@ -134,7 +164,8 @@ fn expected(who: &Who, action: &str, job_team: Option<&str>) -> bool {
 
 #[tokio::test]
 async fn every_role_and_team_against_every_write_endpoint_and_form_is_decided_and_audited() {
-    let state = state(ReadAccess::Open).await;
+    let (state, ledger) = state_and_ledger(ReadAccess::Open).await;
+    let runs = running_runs(&ledger).await;
     let mut tokens = Vec::new();
     for who in &PRINCIPALS {
         tokens.push(create_token(&state, who.name, who.role, who.teams, None).await);
@@ -151,10 +182,14 @@ async fn every_role_and_team_against_every_write_endpoint_and_form_is_decided_an
     let to = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
     let mut attempts = 0;
     for (who, token) in PRINCIPALS.iter().zip(&tokens) {
-        for (job, team) in [("pay", Some("payments")), ("index", Some("search")), ("sweep", None)] {
-            for action in ["trigger", "pause", "resume", "backfill"] {
+        for ((job, team), run) in
+            [("pay", Some("payments")), ("index", Some("search")), ("sweep", None)].into_iter().zip(&runs)
+        {
+            for action in ["trigger", "cancel", "pause", "resume", "backfill"] {
                 let body = if action == "backfill" { json!({ "from": from, "to": to }) } else { Value::Null };
-                let answer = api(&state, "POST", &format!("/api/jobs/{job}/{action}"), Some(token), body).await;
+                // A cancel names the job's running run; the others name the job.
+                let target = if action == "cancel" { format!("runs/{run}") } else { format!("jobs/{job}") };
+                let answer = api(&state, "POST", &format!("/api/{target}/{action}"), Some(token), body).await;
                 let allowed = expected(who, action, team);
                 let what = format!("{} ({} of {:?}) {action} {job} over the API", who.name, who.role, who.teams);
                 assert_eq!(answer.status.is_success(), allowed, "{what}: {} {}", answer.status, answer.body);
@@ -176,7 +211,7 @@ async fn every_role_and_team_against_every_write_endpoint_and_form_is_decided_an
                     continue;
                 }
                 // The same through the page's form, signed in by basic auth.
-                let form = Request::post(format!("/jobs/{job}/{action}"))
+                let form = Request::post(format!("/{target}/{action}"))
                     .header(header::AUTHORIZATION, basic(token))
                     .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                     .header(header::COOKIE, &cookie)
@@ -225,7 +260,14 @@ async fn every_role_and_team_against_every_write_endpoint_and_form_is_decided_an
         let audit = api(&state, "GET", "/api/audit", Some(token), Value::Null).await;
         assert_eq!(audit.status.is_success(), allowed, "{} reads the audit trail", who.name);
     }
-    assert_eq!(attempts, PRINCIPALS.len() * 3 * 7);
+    assert_eq!(attempts, PRINCIPALS.len() * 3 * 9);
+    // Each cancel done is audited with the reason it recorded, which names who asked.
+    let cancels = api(&state, "GET", "/api/audit?action=cancel&outcome=done&limit=500", Some(ADMIN), Value::Null).await;
+    assert!(cancels.json()["entries"].as_array().unwrap().iter().all(|entry| {
+        entry["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.starts_with(&format!("cancelled by {} (", entry["who"].as_str().unwrap())))
+    }));
 }
 
 #[tokio::test]

@@ -136,6 +136,7 @@ async fn every_series_the_alert_rules_read_is_exported_by_a_replica() {
             "tenure_is_leader",
             "tenure_job_file_info",
             "tenure_ledger_forgotten_starts_total",
+            "tenure_ledger_prune_failures_total",
             "tenure_missed_slots_total",
             "tenure_notifications_total",
             "tenure_runs_lost_total",
@@ -159,4 +160,39 @@ async fn every_series_the_alert_rules_read_is_exported_by_a_replica() {
             );
         }
     }
+}
+
+/// A prune the database refuses is counted, not only logged: retention that keeps failing lets
+/// the ledger grow without bound, and `TenureLedgerPruningFails` reads this count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_the_database_refuses_is_counted_in_a_metric() {
+    let options = Options { env: vec![("TENURE_TEST_PRUNE_EVERY_MS".into(), "200".into())], ..Options::default() };
+    let cluster = Cluster::start_with(1, TICK, options).await;
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let url = format!("{}/metrics", cluster.url(0));
+    let failures = || async {
+        let metrics = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        exported(&metrics, "tenure_ledger_prune_failures_total")
+            .first()
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse::<f64>().ok())
+    };
+    wait_for("the prune failures counter exported at 0", Duration::from_secs(10), || async {
+        failures().await == Some(0.0)
+    })
+    .await;
+    // Every delete from `runs` refused, whatever it would delete.
+    let pool = tenure::store::connect(&cluster.database_url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_deletes() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'deletes refused by the test'; END $$;
+         CREATE TRIGGER refuse_deletes BEFORE DELETE ON runs FOR EACH STATEMENT EXECUTE FUNCTION refuse_deletes();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    wait_for("two failed prunes counted", Duration::from_secs(10), || async {
+        failures().await.is_some_and(|count| count >= 2.0)
+    })
+    .await;
 }

@@ -181,6 +181,8 @@ async fn jobs_cluster_and_terms_read_as_json() {
         "/api/cluster",
         "/api/terms",
         "/api/openapi.json",
+        "/api/jobs/{name}/next",
+        "/api/timeline",
     ] {
         assert!(paths.iter().any(|p| p == path), "{path} missing from the OpenAPI document");
     }
@@ -290,6 +292,9 @@ async fn pages_render_and_forms_need_basic_auth_and_the_forgery_field() {
     assert!(run.body.contains("data-refresh"), "a running run refreshes live");
     let terms = get(&f.state, "/terms").await;
     assert!(terms.body.contains("node-a") && terms.body.contains("current"));
+    // In-process leadership (as `tenure dev`): the page says what a term is there, not etcd's.
+    let what = terms.body.split("id=\"what-a-term-is\">").nth(1).unwrap().split("</p>").next().unwrap();
+    assert!(what.contains("in-process leadership") && !what.contains("etcd revision"), "{what}");
     assert_eq!(get(&f.state, "/jobs/nope").await.status, StatusCode::NOT_FOUND);
 
     let csrf = job.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
@@ -309,6 +314,100 @@ async fn pages_render_and_forms_need_basic_auth_and_the_forgery_field() {
     assert_eq!(done.status, StatusCode::SEE_OTHER);
     assert_eq!(done.headers[header::LOCATION], "/jobs/tick?done=pause");
     assert!(f.store.job_controls().await.unwrap()["tick"].paused);
+}
+
+/// A cancel through the API and through the run page's form: recorded on the running row with
+/// who asked and why (the leader acts on it), the same request again changes nothing, a run that
+/// has ended is a 409 and an unknown one a 404, in problem+json; the form is offered only while
+/// the run goes and carries the anti-forgery field; a row that did not run says why.
+#[tokio::test]
+async fn a_cancel_is_recorded_for_the_leader_and_a_finished_or_unknown_run_is_refused_clearly() {
+    let f = fixture(ReadAccess::Open).await;
+    let running = f.state.store.job_runs("tick", Some(RunStatus::Running), None, 1).await.unwrap()[0].id;
+    let finished = f.state.store.job_runs("tick", Some(RunStatus::Succeeded), None, 1).await.unwrap()[0].id;
+    let bearer = format!("Bearer {TOKEN}");
+    let cancel = |id: i64, authorization: Option<&str>, body: &str| {
+        post(&format!("/api/runs/{id}/cancel"), authorization)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let refused = send(&f.state, cancel(running, None, "")).await;
+    assert_eq!((refused.status, refused.content_type.as_str()), (StatusCode::UNAUTHORIZED, "application/problem+json"));
+    let asked = send(&f.state, cancel(running, Some(&bearer), r#"{"reason": "wrong input"}"#)).await;
+    assert_eq!(asked.status, StatusCode::ACCEPTED, "{}", asked.body);
+    assert_eq!((asked.json()["id"].as_i64(), asked.json()["status"].as_str()), (Some(running), Some("running")));
+    let again = send(&f.state, cancel(running, Some(&bearer), "")).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    let pending = f.store.pending_cancels().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].run_id, pending[0].reason.as_str()),
+        (running, "cancelled by admin-token (api): wrong input")
+    );
+    let ended = send(&f.state, cancel(finished, Some(&bearer), "")).await;
+    assert_eq!((ended.status, ended.content_type.as_str()), (StatusCode::CONFLICT, "application/problem+json"));
+    assert!(ended.json()["detail"].as_str().unwrap().contains("has ended (succeeded)"), "{}", ended.body);
+    let unknown = send(&f.state, cancel(999_999, Some(&bearer), "")).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let garbled = send(&f.state, cancel(running, Some(&bearer), r#"{"why": 1}"#)).await;
+    assert_eq!(garbled.status, StatusCode::BAD_REQUEST);
+
+    // The page: the form while the run goes (with the session's anti-forgery value), none after;
+    // only to someone signed in who may cancel.
+    assert!(!get(&f.state, &format!("/runs/{running}")).await.body.contains("/cancel\""));
+    let page = signed_in_get(&f.state, &format!("/runs/{running}")).await;
+    assert!(page.body.contains(&format!("action=\"/runs/{running}/cancel\"")), "{}", page.body);
+    assert!(!signed_in_get(&f.state, &format!("/runs/{finished}")).await.body.contains("/cancel\""));
+    let cookie = page.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let csrf = page.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let form = |csrf: &str| {
+        post(&format!("/runs/{running}/cancel"), Some(&basic(TOKEN)))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, &cookie)
+            .body(Body::from(format!("csrf={csrf}&reason=from+the+page")))
+            .unwrap()
+    };
+    assert_eq!(send(&f.state, form("forged")).await.status, StatusCode::FORBIDDEN);
+    let done = send(&f.state, form(&csrf)).await;
+    assert_eq!(
+        (done.status, done.headers[header::LOCATION].to_str().unwrap()),
+        (StatusCode::SEE_OTHER, &*format!("/runs/{running}"))
+    );
+    let finished_form = send(
+        &f.state,
+        post(&format!("/runs/{finished}/cancel"), Some(&basic(TOKEN)))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::COOKIE, &cookie)
+            .body(Body::from(format!("csrf={csrf}")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (finished_form.status, finished_form.content_type.starts_with("text/html")),
+        (StatusCode::CONFLICT, true)
+    );
+
+    // The leader acted: the row is `killed` with who and why, and its page says why.
+    let term = Term::for_tests(42, "cluster");
+    assert_eq!(f.store.apply_cancels(&term, &[running]).await.unwrap(), [running]);
+    let outcome = RunOutcome {
+        status: RunStatus::Killed,
+        exit_code: None,
+        http_status: None,
+        error: Some("cancelled by admin-token (api): wrong input".to_owned()),
+        output: String::new(),
+        began_at: None,
+        finished_at: Utc::now(),
+    };
+    f.store.finish_run(running, &outcome).await.unwrap();
+    let page = get(&f.state, &format!("/runs/{running}")).await;
+    let why = page.body.split("id=\"why\">").nth(1).unwrap().split("</dd>").next().unwrap();
+    assert_eq!(why, "cancelled by admin-token (api): wrong input");
+    assert_eq!(
+        get(&f.state, &format!("/api/runs/{running}")).await.json()["error"],
+        "cancelled by admin-token (api): wrong input"
+    );
 }
 
 #[tokio::test]
@@ -829,6 +928,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/jobs/{name}/trigger"),
     ("POST", "/api/jobs/{name}/backfill"),
     ("POST", "/jobs/{name}/{action}"),
+    ("POST", "/api/runs/{id}/cancel"),
+    ("POST", "/runs/{id}/cancel"),
     ("GET", "/api/jobs"),
     ("GET", "/api/jobs/{name}"),
     ("GET", "/api/jobs/{name}/runs"),
@@ -839,6 +940,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/backfills"),
     ("GET", "/api/backfills/{id}"),
     ("GET", "/api/runs/{id}"),
+    ("POST", "/api/runs/{id}/cancel"),
     ("GET", "/api/cluster"),
     ("GET", "/api/terms"),
     ("GET", "/api/openapi.json"),
@@ -847,6 +949,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/jobs/{name}"),
     ("POST", "/jobs/{name}/{action}"),
     ("GET", "/runs/{id}"),
+    ("POST", "/runs/{id}/cancel"),
     ("GET", "/terms"),
     ("GET", "/signin"),
     ("GET", "/static/app.css"),
@@ -979,6 +1082,12 @@ fn hostile_body(template: &str) -> BoxedStrategy<Vec<u8>> {
     let shaped = match template {
         "/api/jobs/{name}/backfill" => backfill_body().boxed(),
         "/api/jobs/{name}/trigger" => trigger_body().boxed(),
+        "/api/runs/{id}/cancel" => prop::option::of(hostile_text())
+            .prop_map(|reason| serde_json::json!({ "reason": reason }).to_string().into_bytes())
+            .boxed(),
+        "/runs/{id}/cancel" => (prop_oneof![3 => Just(CSRF.to_owned()), 1 => hostile_text()], hostile_text())
+            .prop_map(|(csrf, reason)| format!("csrf={csrf}&reason={reason}").into_bytes())
+            .boxed(),
         "/jobs/{name}/{action}" => {
             (prop_oneof![3 => Just(CSRF.to_owned()), 1 => hostile_text()], prop::option::of(hostile_text()))
                 .prop_map(|(csrf, key)| match key {
@@ -1138,4 +1247,112 @@ fn every_route_answers_generated_input_with_a_success_or_a_clear_client_error() 
     if let Err(failure) = outcome {
         panic!("{failure}");
     }
+}
+
+/// A job's next ten fire times, in its zone and in UTC: from the API and on its page (both
+/// columns, or UTC alone with `?tz=utc`, a link and no script).
+#[tokio::test]
+async fn a_job_shows_its_next_ten_fire_times_in_its_zone_and_in_utc() {
+    let f = fixture(ReadAccess::Open).await;
+    let next = get(&f.state, "/api/jobs/berlin/next").await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.body);
+    let next = next.json();
+    assert_eq!((next["timezone"].as_str(), next["paused"].as_bool()), (Some("Europe/Berlin"), Some(true)));
+    let fires = next["fires"].as_array().unwrap();
+    assert_eq!(fires.len(), 10, "{next}");
+    for pair in fires.windows(2) {
+        let (a, b) = (pair[0]["utc"].as_str().unwrap(), pair[1]["utc"].as_str().unwrap());
+        assert!(a < b, "in time order: {a} then {b}");
+    }
+    // 02:30 in Berlin is 00:30 or 01:30 UTC, as daylight saving has it.
+    for fire in fires {
+        let (local, utc) = (fire["local"].as_str().unwrap(), fire["utc"].as_str().unwrap());
+        assert!(
+            local.contains("T02:30:00+01:00") || local.contains("T02:30:00+02:00") || local.contains("T03:00:00+02:00"),
+            "{local}"
+        );
+        let same =
+            chrono::DateTime::parse_from_rfc3339(local).unwrap() == chrono::DateTime::parse_from_rfc3339(utc).unwrap();
+        assert!(same, "{local} is {utc}");
+    }
+    assert_eq!(get(&f.state, "/api/jobs/berlin/next?count=3").await.json()["fires"].as_array().unwrap().len(), 3);
+    assert_eq!(get(&f.state, "/api/jobs/berlin/next?count=1000").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(get(&f.state, "/api/jobs/nope/next").await.status, StatusCode::NOT_FOUND);
+
+    let page = get(&f.state, "/jobs/berlin").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let upcoming = section(&page.body, "upcoming");
+    assert!(
+        upcoming.contains("<th scope=\"col\">Europe/Berlin</th>") && upcoming.contains("<th scope=\"col\">UTC</th>"),
+        "{upcoming}"
+    );
+    assert_eq!(upcoming.matches("<tr class=\"fire\">").count(), 10, "{upcoming}");
+    let first = fires[0]["utc"].as_str().unwrap().replace('T', " ").replace('Z', "");
+    assert!(upcoming.contains(&first[..16]), "{first} in {upcoming}");
+    assert!(upcoming.contains("paused"), "a paused job's times say it is paused: {upcoming}");
+    assert!(upcoming.contains("href=\"/jobs/berlin?tz=utc#upcoming\""), "{upcoming}");
+    let utc_page = get(&f.state, "/jobs/berlin?tz=utc").await;
+    let utc_only = section(&utc_page.body, "upcoming");
+    assert!(!utc_only.contains("<th scope=\"col\">Europe/Berlin</th>"), "{utc_only}");
+    assert_eq!(utc_only.matches("<tr class=\"fire\">").count(), 10, "{utc_only}");
+    assert!(utc_only.contains("href=\"/jobs/berlin#upcoming\""), "{utc_only}");
+}
+
+/// The element with `id` and what follows it up to its closing `</section>`.
+fn section<'a>(body: &'a str, id: &str) -> &'a str {
+    let start = body.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id} in {body}"));
+    let end = body[start..].find("</section>").map_or(body.len(), |end| start + end);
+    &body[start..end]
+}
+
+/// The next 24 hours of every job's slots, per clock hour, with the busiest minutes: 520 jobs,
+/// three of them per second. A job firing more than 60 times in an hour is walked no further
+/// there (never millions of slots enumerated) and counted apart, and the page says so.
+#[tokio::test]
+async fn the_timeline_counts_every_jobs_slots_per_hour_and_says_where_it_capped() {
+    let f = fixture(ReadAccess::Open).await;
+    let mut yaml = String::from("jobs:\n");
+    for i in 0..500 {
+        yaml.push_str(&format!("  - {{ name: hourly-{i}, schedule: '0 * * * *', shell: 'true' }}\n"));
+    }
+    for i in 0..3 {
+        yaml.push_str(&format!("  - {{ name: every-second-{i}, schedule: '* * * * * *', shell: 'true' }}\n"));
+    }
+    for i in 0..16 {
+        yaml.push_str(&format!("  - {{ name: nightly-{i}, schedule: '30 2 * * *', shell: 'true' }}\n"));
+    }
+    yaml.push_str("  - { name: resting, schedule: '0 * * * *', shell: 'true', paused: true }\n");
+    let mut state = f.state.clone();
+    state.jobs = watch::channel(Arc::new(tenure::config::parse(&yaml, "jobs.yaml").unwrap())).1;
+
+    let timeline = get(&state, "/api/timeline").await;
+    assert_eq!(timeline.status, StatusCode::OK, "{}", timeline.body);
+    let timeline = timeline.json();
+    assert_eq!((timeline["jobs"].as_u64(), timeline["paused"].as_u64()), (Some(519), Some(1)), "{timeline}");
+    let hours = timeline["hours"].as_array().unwrap();
+    assert_eq!(hours.len(), 24);
+    for hour in hours {
+        let start: chrono::DateTime<Utc> = hour["start"].as_str().unwrap().parse().unwrap();
+        let nightly = if start.format("%H").to_string() == "02" { 16 } else { 0 };
+        // 500 hourly and the nightly ones at 02:30; the 3 per-second ones apart.
+        assert_eq!(hour["slots"].as_u64(), Some(500 + nightly), "{hour}");
+        assert_eq!(hour["over_cap"].as_u64(), Some(3), "{hour}");
+        assert_eq!(hour["jobs"].as_u64(), Some(503 + nightly), "{hour}");
+    }
+    assert_eq!(timeline["capped_jobs"], serde_json::json!(["every-second-0", "every-second-1", "every-second-2"]));
+    // The busiest minutes are the tops of the hours, 500 jobs each; capped jobs are left out.
+    let busiest = &timeline["busiest_minutes"][0];
+    assert_eq!(busiest["slots"].as_u64(), Some(500), "{busiest}");
+    assert!(busiest["start"].as_str().unwrap().ends_with(":00:00Z"), "{busiest}");
+    assert_eq!(busiest["jobs"].as_array().unwrap().len(), 5, "the first few named: {busiest}");
+    assert_eq!(busiest["more"].as_u64(), Some(495), "{busiest}");
+
+    let page = get(&state, "/timeline").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let body = &page.body;
+    assert!(body.contains("<h1>Next 24 hours</h1>"), "{body}");
+    assert_eq!(body.matches("<tr class=\"hour\">").count(), 24, "{body}");
+    assert!(body.contains("every-second-0"), "the capped jobs are named: {body}");
+    assert!(body.contains("every-second-2 fire more than 60 times in an hour"), "the page says it capped: {body}");
+    assert!(body.contains("<td>500</td><td>503</td><td>3</td>"), "the hour's jobs past the cap, apart: {body}");
 }

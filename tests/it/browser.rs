@@ -38,9 +38,14 @@ struct Dev {
 impl Dev {
     /// Start it with `extra` arguments; not waited for.
     fn spawn(extra: &[&str]) -> Dev {
+        Dev::spawn_with(JOBS, extra)
+    }
+
+    /// Start it on the job file `jobs` with `extra` arguments; not waited for.
+    fn spawn_with(jobs_yaml: &str, extra: &[&str]) -> Dev {
         let dir = tempfile::tempdir().unwrap();
         let jobs = dir.path().join("jobs.yaml");
-        std::fs::write(&jobs, JOBS).unwrap();
+        std::fs::write(&jobs, jobs_yaml).unwrap();
         let port = free_port();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
             .args(["dev", "--admin-token", TOKEN, "--listen"])
@@ -63,7 +68,12 @@ impl Dev {
 
     /// Start it plain and wait until it leads.
     async fn start() -> Dev {
-        let dev = Dev::spawn(&[]);
+        Dev::start_with(JOBS).await
+    }
+
+    /// Start it plain on the job file `jobs` and wait until it leads.
+    async fn start_with(jobs: &str) -> Dev {
+        let dev = Dev::spawn_with(jobs, &[]);
         let cluster = format!("{}/api/cluster", dev.http());
         wait_for("tenure dev to lead", Duration::from_secs(15), || async {
             let answer: Option<serde_json::Value> =
@@ -224,17 +234,22 @@ async fn the_dashboard_works_under_its_content_security_policy() {
         browser.find_all(Locator::Css("table.runs tbody .status.succeeded")).await.is_ok_and(|found| found.len() == 1)
     })
     .await;
-    assert!(browser.current_url().await.unwrap().as_str().contains("done=trigger"));
+    let notice = browser.find(Locator::Css(".notice")).await.unwrap().text().await.unwrap();
+    assert!(notice.starts_with("Triggered"), "{notice}");
+    // Pause asks first (the page's own <dialog>, under the policy too).
     browser.find(Locator::Id("pause")).await.unwrap().click().await.unwrap();
+    browser.find(Locator::Id("confirm-yes")).await.unwrap().click().await.unwrap();
     wait_for("the page after pause", Duration::from_secs(10), || async {
-        browser.current_url().await.is_ok_and(|url| url.as_str().contains("done=pause"))
+        browser.find(Locator::Id("paused")).await.is_ok()
     })
     .await;
-    browser.find(Locator::Id("paused")).await.expect("the job shows paused");
     browser.find(Locator::Id("resume")).await.unwrap().click().await.unwrap();
     // The click starts a navigation; the page after the form's redirect says what was done.
     wait_for("the page after resume", Duration::from_secs(10), || async {
-        browser.current_url().await.is_ok_and(|url| url.as_str().contains("done=resume"))
+        match browser.find(Locator::Css(".notice")).await {
+            Ok(notice) => notice.text().await.is_ok_and(|text| text.starts_with("Resumed")),
+            Err(_) => false,
+        }
     })
     .await;
 
@@ -577,4 +592,74 @@ async fn tls_flags_come_together_and_a_bad_file_is_named_in_one_line_at_start() 
         .await;
         assert_eq!((code, stderr.as_str()), (1, expected.as_str()), "{stdout}");
     }
+}
+
+/// The job page's next fire times (in its zone and UTC, and UTC alone) and the 24-hour
+/// timeline fit the window at 390, 1,024 and 1,440 px: no element of theirs ends right of the
+/// viewport or scrolls sideways, with a job name of 63 characters and per-second jobs.
+#[tokio::test]
+async fn the_next_fire_times_and_the_timeline_fit_the_width_at_390_1024_and_1440_px() {
+    let long = "a-job-name-of-sixty-three-characters-that-fills-its-whole-lengt";
+    let mut jobs = format!(
+        "jobs:\n  - name: {long}\n    schedule: \"*/45 * * * * *\"\n    timezone: America/Argentina/Buenos_Aires\n    shell: \"true\"\n"
+    );
+    for i in 0..40 {
+        jobs.push_str(&format!("  - {{ name: {}-{i}, schedule: '0 * * * *', shell: 'true' }}\n", &long[..60]));
+    }
+    jobs.push_str("  - { name: every-second, schedule: '* * * * * *', shell: 'true' }\n");
+    jobs.push_str(
+        "  - { name: at-two-thirty, schedule: '30 2 * * *', timezone: Europe/Berlin, shell: 'true', paused: true }\n",
+    );
+    let dev = Dev::start_with(&jobs).await;
+    let chromium = Chromium::start(&[]).await;
+    let browser = &chromium.browser;
+    const OVERFLOW: &str = r#"
+        const [ids, whole] = arguments;
+        const width = document.documentElement.clientWidth;
+        const found = [];
+        for (const id of ids) {
+            const part = document.getElementById(id);
+            if (!part) { found.push(`#${id} missing`); continue; }
+            for (const element of [part, ...part.querySelectorAll('*')]) {
+                const right = element.getBoundingClientRect().right;
+                const name = `#${id} ${element.tagName.toLowerCase()}.${element.getAttribute('class') || ''}`;
+                if (right > width + 0.5) found.push(`${name} ends at ${right} px of ${width}`);
+                const scrolls = ['auto', 'scroll'].includes(getComputedStyle(element).overflowX);
+                if (scrolls && element.scrollWidth > element.clientWidth + 1) {
+                    found.push(`${name} scrolls: ${element.scrollWidth} px in ${element.clientWidth}`);
+                }
+            }
+        }
+        if (whole && document.documentElement.scrollWidth > window.innerWidth) {
+            found.push(`the page is ${document.documentElement.scrollWidth} px wide in ${window.innerWidth}`);
+        }
+        return found;
+    "#;
+    let pages: [(String, &[&str], bool); 4] = [
+        (format!("/jobs/{long}"), &["upcoming"], false),
+        (format!("/jobs/{long}?tz=utc"), &["upcoming"], false),
+        ("/jobs/at-two-thirty".to_owned(), &["upcoming"], false),
+        ("/timeline".to_owned(), &["slots-by-hour", "busiest-minutes"], true),
+    ];
+    let mut found = Vec::new();
+    for width in [390, 1024, 1440] {
+        browser.set_window_size(width, 900).await.unwrap();
+        for (path, parts, whole) in &pages {
+            browser.goto(&format!("{}{path}", dev.http())).await.unwrap();
+            let answer =
+                browser.execute(OVERFLOW, vec![serde_json::json!(parts), serde_json::json!(whole)]).await.unwrap();
+            for complaint in answer.as_array().unwrap() {
+                found.push(format!("{width} px {path}: {}", complaint.as_str().unwrap()));
+            }
+        }
+        // The parts are there: ten fire times; 24 hours.
+        browser.goto(&format!("{}/jobs/{long}", dev.http())).await.unwrap();
+        let rows = browser.find_all(Locator::Css("#upcoming tr.fire")).await.unwrap();
+        assert_eq!(rows.len(), 10, "at {width} px");
+        browser.goto(&format!("{}/timeline", dev.http())).await.unwrap();
+        let hours = browser.find_all(Locator::Css("#slots-by-hour tr.hour")).await.unwrap();
+        assert_eq!(hours.len(), 24, "at {width} px");
+    }
+    chromium.close().await;
+    assert!(found.is_empty(), "{found:#?}");
 }

@@ -330,3 +330,54 @@ fn completions_for_each_shell_and_a_man_page_are_printed() {
     let (code, _, err) = tenure(&["completions", "powerpoint"]);
     assert_eq!(code, 2, "an unknown shell is refused: {err}");
 }
+
+/// A step that does not divide its field (`*/45` in minutes fires at :00 and :45) is a warning:
+/// located, with the times it fires and the `@every` form that has the period, printed by
+/// `validate`, which still exits 0; `--strict` makes it an error (exit 1) for CI.
+#[test]
+fn validate_warns_about_a_step_that_does_not_divide_its_field_and_strict_refuses_it() {
+    let file = "tests/fixtures/uneven-step.yaml";
+    let (code, stdout, stderr) = tenure(&["validate", file]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        stderr,
+        "tests/fixtures/uneven-step.yaml:3:16: warning: job `every-45-minutes`: `*/45` in the minute field: \
+         the step does not divide 60, so it restarts every hour: fires at minutes 0 and 45 of every hour \
+         (45 minutes apart, then 15 from the last to the first of the next hour), not every 45 minutes; \
+         for a fire every 45 minutes write `@every 45m`\n"
+    );
+    assert!(
+        stdout.contains("every-45-minutes: \"*/45 * * * *\" (At minutes 0 and 45 past every hour) UTC next"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("quarter-hours: \"*/15 * * * *\" (Every 15 minutes) UTC next"), "{stdout}");
+    assert!(stdout.ends_with(&format!("2 jobs valid, 1 warning (config hash {})\n", hash_of(&stdout))), "{stdout}");
+
+    let (code, stdout, stderr) = tenure(&["validate", "--strict", file]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.starts_with("tests/fixtures/uneven-step.yaml:3:16: job `every-45-minutes`: `*/45` in the minute field"),
+        "{stderr}"
+    );
+    // A file without one passes --strict.
+    let (code, _, stderr) = tenure(&["validate", "--strict", "jobs.example.yaml"]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+fn hash_of(stdout: &str) -> &str {
+    stdout.rsplit("(config hash ").next().unwrap().trim_end().trim_end_matches(')')
+}
+
+/// `next --describe` says the schedule in the dashboard's words before its fire times.
+#[test]
+fn next_describes_the_schedule_in_the_words_the_dashboard_uses() {
+    let (code, stdout, stderr) =
+        tenure(&["next", "*/45 * * * * *", "--describe", "--from", "2026-11-27T00:00:00Z", "-n", "3"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        "At seconds 0 and 45 of every minute\n\
+         2026-11-27T00:00:45+00:00\n2026-11-27T00:01:00+00:00\n2026-11-27T00:01:45+00:00\n"
+    );
+}

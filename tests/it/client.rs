@@ -285,8 +285,11 @@ async fn pause_then_jobs_shows_it_paused_and_resume_clears_it() {
     assert_eq!(before.code, 0, "{before:?}");
     assert_eq!(
         before.stdout.lines().next().unwrap().split_whitespace().collect::<Vec<_>>(),
-        ["JOB", "SCHEDULE", "TIMEZONE", "KIND", "STATE", "NEXT", "LAST"]
+        ["JOB", "SCHEDULE", "TIMEZONE", "KIND", "STATE", "NEXT", "LAST", "DESCRIPTION"]
     );
+    // The schedule in the words of the dashboard and the API, last.
+    let greet = before.stdout.lines().find(|line| line.starts_with("greet ")).unwrap();
+    assert!(greet.ends_with("  At 00:00, on day 1, in January"), "{greet}");
     assert_eq!(state_of(&before.stdout, "greet"), "active");
 
     let paused = tenure(&[&["pause", "greet"][..], &server].concat(), &[]).await;

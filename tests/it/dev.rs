@@ -390,3 +390,141 @@ async fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
     let plain = on_a_terminal(true);
     assert!(plain.contains("INFO") && !plain.contains('\u{1b}'), "colour with NO_COLOR:\n{plain:?}");
 }
+
+/// `THP_enabled` of a process, from its `/proc/PID/status` (1: transparent huge pages allowed).
+fn huge_pages_enabled(status: &str) -> Option<String> {
+    status.lines().find_map(|line| Some(line.strip_prefix("THP_enabled:")?.trim().to_owned()))
+}
+
+/// mimalloc marks its arena for transparent huge pages, and the kernel then filled every 2 MiB of
+/// it holding one resident page into a huge page: a replica's resident memory crept up while
+/// what it held stayed flat. A real `tenure dev` runs without them; its supervisor and its jobs
+/// get the machine's setting (what this test process has), not tenure's.
+#[tokio::test]
+async fn a_replica_runs_without_transparent_huge_pages_and_its_jobs_with_the_machines_setting() {
+    let ours =
+        huge_pages_enabled(&std::fs::read_to_string("/proc/self/status").unwrap()).expect("THP_enabled in status");
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("thp.dump");
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &jobs,
+        format!(
+            "jobs:\n  - name: huge-pages\n    schedule: \"* * * * * *\"\n    \
+             shell: 'grep THP_enabled /proc/$$/status > {0}.tmp && grep THP_enabled /proc/$PPID/status >> {0}.tmp && mv {0}.tmp {0}'\n",
+            dump.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["dev", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--jobs")
+        .arg(&jobs)
+        .arg("--ledger")
+        .arg(dir.path().join("ledger.db"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tenure dev");
+    let found = crate::harness::wait_until(Duration::from_secs(15), || async { dump.exists() }).await;
+    let replica = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    // The supervisor's own memory: no mapping marked for huge pages (`hg`), so its arena does not
+    // grow by 2 MiB steps where the machine's setting is `madvise`.
+    let supervisor = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|children| children.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"supervise"))
+        });
+    let supervisor_maps = supervisor.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "the job never wrote its THP_enabled");
+    assert_eq!(huge_pages_enabled(&replica).as_deref(), Some("0"), "the replica's THP_enabled");
+    let supervisor_maps = supervisor_maps.expect("the supervisor's smaps (this test reads it as root)");
+    let marked: Vec<&str> = supervisor_maps
+        .lines()
+        .filter(|l| l.starts_with("VmFlags:") && l.split_whitespace().any(|f| f == "hg"))
+        .collect();
+    assert!(marked.is_empty(), "the supervisor marked memory for huge pages: {marked:?}");
+    let text = std::fs::read_to_string(&dump).unwrap();
+    let seen: Vec<String> = text.lines().filter_map(huge_pages_enabled).collect();
+    assert_eq!(seen, [ours.clone(), ours], "the job's and its supervisor's THP_enabled, as this process's:\n{text}");
+}
+
+/// Connections to HTTP jobs' targets are kept for the next request (no handshake at the slot),
+/// but not forever: an idle one is closed after the pool's idle time (90 s;
+/// `TENURE_TEST_HTTP_POOL_IDLE_MS` shortens it here). A target that answers once and is then
+/// left alone sees its connection closed by tenure.
+#[tokio::test]
+async fn an_idle_connection_to_an_http_jobs_target_is_closed_after_the_pools_idle_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = target.local_addr().unwrap();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel::<Duration>();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let heard = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = target.accept().await {
+            let (closed_tx, heard) = (closed_tx.clone(), heard.clone());
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 8192];
+                let mut answered = None;
+                loop {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+                            heard.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            answered = Some(std::time::Instant::now());
+                        }
+                    }
+                }
+                if let Some(at) = answered {
+                    let _ = closed_tx.send(at.elapsed());
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &jobs,
+        format!("jobs:\n  - name: ping\n    schedule: \"0 0 1 1 *\"\n    http: {{ url: \"http://{address}/\" }}\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["dev", "--admin-token", "tok", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--jobs")
+        .arg(&jobs)
+        .arg("--ledger")
+        .arg(dir.path().join("ledger.db"))
+        .env("TENURE_TEST_HTTP_POOL_IDLE_MS", "1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tenure dev");
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for("the manual run to be accepted", Duration::from_secs(15), || async {
+        let answer =
+            reqwest::Client::new().post(format!("{base}/api/jobs/ping/trigger")).bearer_auth("tok").send().await;
+        answer.is_ok_and(|answer| answer.status() == 202)
+    })
+    .await;
+    let idle = tokio::time::timeout(Duration::from_secs(20), closed.recv()).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let requests = requests.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(requests, 1, "requests heard by the target");
+    let idle = idle.expect("tenure kept its idle connection to the target open for 20 s").unwrap();
+    assert!(idle < Duration::from_secs(10), "closed after {idle:?} idle");
+}

@@ -17,7 +17,7 @@ use tenure::store::RunRecord;
 use tenure::worker::ExecutionLease;
 
 use crate::checker::{Execution, execution_overlaps};
-use crate::cluster::{Cluster, Options, TTL};
+use crate::cluster::{ADMIN_TOKEN, Cluster, Options, TTL};
 use crate::harness::{process_gone, wait_for};
 use crate::proxy::Fault;
 
@@ -479,6 +479,17 @@ jobs:
         scenario.cluster.ledger().await.iter().any(|r| r.job == "fb" && r.status == RunStatus::Skipped)
     })
     .await;
+    // A skipped slot says why, naming the run that was still going.
+    let ledger = scenario.cluster.ledger().await;
+    for skipped in ledger.iter().filter(|r| r.job == "fb" && r.status == RunStatus::Skipped) {
+        let why = skipped.error.as_deref().unwrap_or_default();
+        let going: i64 = why
+            .strip_prefix("forbid: run ")
+            .and_then(|rest| rest.strip_suffix(" of this job was still going"))
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("a skipped row without its reason: {skipped:?}"));
+        assert!(ledger.iter().any(|r| r.id == going && r.job == "fb"), "{skipped:?} names no run of fb");
+    }
     let executions = scenario.executions();
     let rp: Vec<&Execution> = executions.iter().filter(|e| e.job == "rp").collect();
     // Each replaced run was killed, by its replica at its next renewal, and recorded `killed`.
@@ -495,6 +506,199 @@ jobs:
         assert!(died > asked, "{died} vs {}", new.started);
     }
     scenario.assert_no_overlap(&["fb", "rp"]);
+}
+
+/// An operator's cancel on a real cluster: a run executing on a worker, asked through a
+/// follower's API (its process gone, its row `killed` with who asked and why, recorded by the
+/// worker at its next renewal); a run its leader executes, through `tenure cancel --wait`; a
+/// run that has ended answers 409, an unknown one 404.
+#[tokio::test]
+async fn a_cancel_kills_a_run_on_its_leader_or_on_another_replica_and_records_who_and_why() {
+    let jobs = r#"
+jobs:
+  - name: remote
+    schedule: "*/2 * * * * *"
+    run_on: { tags: [w] }
+    concurrency: forbid
+    shell: 'EXEC(60)'
+  - name: local
+    schedule: "*/2 * * * * *"
+    concurrency: forbid
+    shell: 'EXEC(60)'
+"#;
+    let scenario = Scenario::start(jobs, &[("w", 8), ("w", 8)], Options::default()).await;
+    let going = |job: &'static str| {
+        let scenario = &scenario;
+        async move {
+            wait_for(&format!("a run of {job} going"), Duration::from_secs(30), || async {
+                scenario.executions().iter().any(|e| e.job == job && scenario.died(e.pid).is_none())
+            })
+            .await;
+            scenario.executions().into_iter().find(|e| e.job == job && scenario.died(e.pid).is_none()).unwrap()
+        }
+    };
+    let remote = going("remote").await;
+    assert_ne!(remote.node, "node-0", "{remote:?}");
+    let http = reqwest::Client::new();
+    let cancel = |base: String, run_id: i64| {
+        http.post(format!("{base}/api/runs/{run_id}/cancel"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "reason": "wrong input" }))
+            .send()
+    };
+    // Any replica takes the request: the follower executing nothing of it here.
+    let asked_at = Utc::now();
+    let asked = cancel(scenario.cluster.url(2), remote.run_id).await.unwrap();
+    assert_eq!(asked.status(), reqwest::StatusCode::ACCEPTED);
+    let row = scenario.wait_ended(remote.run_id, Duration::from_secs(15)).await;
+    assert_eq!(
+        (row.status, row.error.as_deref(), row.executor.as_deref()),
+        (RunStatus::Killed, Some("cancelled by admin-token (api): wrong input"), Some(remote.node.as_str())),
+        "{row:?}"
+    );
+    wait_for("the cancelled run's process to be gone", Duration::from_secs(5), || async {
+        scenario.died(remote.pid).is_some()
+    })
+    .await;
+    let died = scenario.died(remote.pid).unwrap();
+    eprintln!(
+        "cancel of a run on another replica: process gone {} ms after the request",
+        (died - asked_at).num_milliseconds()
+    );
+    let ended = scenario.executions().into_iter().find(|e| e.pid == remote.pid).unwrap();
+    assert!(ended.ended.is_none(), "the cancelled run finished anyway: {ended:?}");
+    // Once ended, a cancel is refused, and so is one of a run that does not exist.
+    let again = cancel(scenario.cluster.url(0), remote.run_id).await.unwrap();
+    assert_eq!(again.status(), reqwest::StatusCode::CONFLICT);
+    assert!(again.headers()["content-type"].to_str().unwrap().starts_with("application/problem+json"));
+    assert_eq!(cancel(scenario.cluster.url(0), 999_999).await.unwrap().status(), reqwest::StatusCode::NOT_FOUND);
+
+    // The leader's own run, through the CLI, which waits for the run to end.
+    let local = going("local").await;
+    assert_eq!(local.node, "node-0", "{local:?}");
+    let asked_at = Utc::now();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["cancel", &local.run_id.to_string(), "--wait", "--timeout", "30s", "--reason", "not today"])
+        .args(["--server", &scenario.cluster.url(1)])
+        .env("TENURE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.starts_with(&format!("run {} of local: killed", local.run_id)), "{stdout}");
+    assert!(stdout.contains("cancelled by admin-token (api): not today"), "{stdout}");
+    wait_for("the leader's cancelled run's process to be gone", Duration::from_secs(5), || async {
+        scenario.died(local.pid).is_some()
+    })
+    .await;
+    let died = scenario.died(local.pid).unwrap();
+    eprintln!(
+        "cancel of the leader's own run through `tenure cancel --wait`: process gone {} ms after the command began",
+        (died - asked_at).num_milliseconds()
+    );
+    // Again, now that it has ended: an error, said in one line.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["cancel", &local.run_id.to_string(), "--server", &scenario.cluster.url(0)])
+        .env("TENURE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: Conflict: run {} has ended (killed); only a running run can be cancelled (HTTP 409)",
+            local.run_id
+        )
+    );
+    scenario.assert_no_overlap(&["remote", "local"]);
+}
+
+/// A stale leader cannot cancel: the leader is cut from etcd with its self-fencing off, so it
+/// believes it still leads, and a newer term raises the fence. While the new leader is frozen,
+/// an operator cancels a run executing on the other worker: the stale leader, told of it,
+/// is refused by the fence and steps down, and the run goes on; once a current leader acts, the
+/// run is killed there and recorded with who asked and why.
+#[tokio::test]
+async fn a_stale_leader_cannot_cancel_and_the_current_leader_does() {
+    let jobs = r#"
+jobs:
+  - name: on-a
+    schedule: "0 0 1 1 *"
+    run_on: { tags: [a] }
+    shell: 'EXEC(120)'
+  - name: on-b
+    schedule: "0 0 1 1 *"
+    run_on: { tags: [b] }
+    shell: 'EXEC(120)'
+"#;
+    let options = Options { env: vec![("TENURE_TEST_NO_SELF_FENCE".into(), "1".into())], ..proxies() };
+    let scenario = Scenario::start(jobs, &[("a", 8), ("b", 8)], options).await;
+    let cluster = &scenario.cluster;
+    let (old_leader, old_term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    assert_eq!(old_leader, 0);
+    let http = reqwest::Client::new();
+    for job in ["on-a", "on-b"] {
+        let answer = http
+            .post(format!("{}/api/jobs/{job}/trigger", cluster.url(0)))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
+    }
+    wait_for("both runs going", Duration::from_secs(30), || async {
+        ["node-1", "node-2"].iter().all(|node| scenario.executions().iter().any(|e| e.node == *node))
+    })
+    .await;
+
+    // Cut the leader from etcd: it keeps believing it leads (its self-fencing is off).
+    cluster.replicas[0].etcd_proxy.as_ref().unwrap().set(Fault::Blackhole);
+    let found = std::cell::Cell::new(None);
+    wait_for("a newer term with its fence raised", Duration::from_secs(20), || async {
+        let newer = cluster.leaders().await.into_iter().find(|(_, term)| *term > old_term);
+        let raised = match newer {
+            Some((_, term)) => cluster.reads.terms().await.unwrap().iter().any(|t| t.term == term),
+            None => false,
+        };
+        found.set(newer.filter(|_| raised));
+        raised
+    })
+    .await;
+    let (new_leader, new_term) = found.get().unwrap();
+    let other = if new_leader == 1 { 2 } else { 1 };
+    let victim = scenario.executions().into_iter().find(|e| e.node == format!("node-{other}")).unwrap();
+    assert!(cluster.leaders().await.iter().any(|(index, term)| *index == 0 && *term == old_term), "stale leader gone");
+
+    // The current leader frozen, the cancel is asked (of the victim's own replica).
+    cluster.signal(new_leader, Signal::SIGSTOP);
+    let asked = http
+        .post(format!("{}/api/runs/{}/cancel", cluster.url(other), victim.run_id))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "reason": "stale test" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), reqwest::StatusCode::ACCEPTED);
+    let refused = || plain_log(&cluster.replicas[0].log).contains("cancel refused: a newer term holds the fence");
+    wait_for("the stale leader to be refused", Duration::from_secs(10), || async { refused() }).await;
+    let row = scenario.row(victim.run_id).await;
+    assert_eq!(row.status, RunStatus::Running, "the stale leader acted on the cancel: {row:?}");
+    assert!(scenario.died(victim.pid).is_none(), "the run was stopped by a stale leader");
+
+    cluster.signal(new_leader, Signal::SIGCONT);
+    let row = scenario.wait_ended(victim.run_id, Duration::from_secs(30)).await;
+    assert_eq!(
+        (row.status, row.error.as_deref()),
+        (RunStatus::Killed, Some("cancelled by admin-token (api): stale test"))
+    );
+    wait_for("the cancelled run's process to be gone", Duration::from_secs(5), || async {
+        scenario.died(victim.pid).is_some()
+    })
+    .await;
+    eprintln!("stale leader refused; term {new_term} (or a later one) cancelled run {}", victim.run_id);
 }
 
 /// `tenure dev` on a job file of its own, stopped (SIGTERM) when dropped.

@@ -78,7 +78,19 @@ async fn a_failing_command_records_its_exit_code() {
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.exit_code, Some(3));
     assert_eq!(outcome.error.as_deref(), Some("exited with status 3"));
-    assert_eq!(outcome.output, "oops\n");
+    assert_eq!(outcome.output, "\u{1e}oops\n", "a line on stderr is marked");
+}
+
+/// stdout and stderr share one tail, in the order printed; each line the job wrote to stderr
+/// starts with the record separator (U+001E), so pages can tell them apart.
+#[tokio::test]
+async fn stderr_lines_are_marked_apart_from_stdout_in_the_output_tail() {
+    let job = job(
+        "    shell: 'echo out; sleep 0.2; printf \"err 1\\nerr \" >&2; sleep 0.2; echo 2 >&2; sleep 0.2; echo done'\n",
+    );
+    let outcome = run(&job).await;
+    assert_eq!(outcome.output, "out\n\u{1e}err 1\n\u{1e}err 2\ndone\n");
+    assert_eq!(tenure::executor::plain_output(&outcome.output), "out\nerr 1\nerr 2\ndone\n");
 }
 
 #[tokio::test]

@@ -117,3 +117,31 @@ async fn hostile_job_files_never_delay_a_slot_and_the_last_good_file_keeps_runni
 fn next_second(at: DateTime<Utc>) -> DateTime<Utc> {
     at.duration_trunc(chrono::Duration::seconds(1)).unwrap() + chrono::Duration::seconds(1)
 }
+
+/// A reload whose file has a step that does not divide its field loads (the job is scheduled
+/// and described by the times it fires) and logs the warning, located, with the `@every` form.
+#[tokio::test]
+async fn a_reloaded_file_with_an_uneven_step_loads_and_logs_the_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.yaml");
+    std::fs::write(&jobs, "jobs:\n  - name: daily\n    schedule: '@daily'\n    shell: 'true'\n").unwrap();
+    let dev = Dev::start(dir.path(), &jobs, &[]);
+    wait_for("tenure dev to serve", Duration::from_secs(30), || async { dev.json("/api/jobs").await.is_array() }).await;
+
+    std::fs::write(&jobs, "jobs:\n  - name: every-45-minutes\n    schedule: '*/45 * * * *'\n    shell: 'true'\n")
+        .unwrap();
+    kill(Pid::from_raw(dev.pid() as i32), Signal::SIGHUP).unwrap();
+    wait_for("the reloaded job", Duration::from_secs(30), || async {
+        dev.json("/api/jobs").await[0]["name"] == "every-45-minutes"
+    })
+    .await;
+    let job = dev.json("/api/jobs/every-45-minutes").await;
+    assert_eq!(job["description"], "At minutes 0 and 45 past every hour", "{job}");
+    let log = dev.log();
+    assert!(log.contains("may not fire as meant"), "{log}");
+    assert!(
+        log.contains(&format!("{}:3:16: warning: job `every-45-minutes`: `*/45` in the minute field", jobs.display())),
+        "{log}"
+    );
+    assert!(log.contains("write `@every 45m`"), "{log}");
+}

@@ -44,6 +44,7 @@ macro_rules! contract {
 contract!(a_claim_is_refused_when_stale_or_taken_and_the_two_are_told_apart);
 contract!(a_retried_claim_whose_commit_was_not_acknowledged_is_recognised_as_ours);
 contract!(forbid_records_skipped_while_a_run_is_going_and_missed_slots_are_fenced_too);
+contract!(a_skipped_slot_names_the_run_that_was_still_going);
 contract!(runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_one);
 contract!(concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one);
 contract!(pauses_and_triggers_are_recorded_once);
@@ -58,6 +59,7 @@ contract!(a_run_starts_through_a_fenced_transition_and_a_newer_term_takes_over_a
 contract!(the_ledger_tells_which_of_a_terms_starts_it_holds);
 contract!(an_unstarted_claim_can_be_recorded_missed_and_keeps_its_trigger);
 contract!(each_job_has_a_cursor_that_retention_and_manual_triggers_cannot_move);
+contract!(a_longer_retain_holds_and_a_job_gone_from_the_file_keeps_the_ledgers_in_bounded_batches);
 contract!(idempotency_keys_are_scoped_per_job);
 contract!(a_trigger_is_handled_only_by_the_claim_of_its_slot);
 contract!(a_resume_that_ends_a_pause_records_when);
@@ -71,9 +73,11 @@ contract!(a_delivery_is_held_by_one_term_and_an_older_terms_answer_is_refused);
 contract!(a_run_that_began_late_is_told_late_once_from_its_begin);
 contract!(an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt);
 contract!(renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled);
+contract!(an_operators_cancel_is_recorded_by_the_web_and_acted_on_only_by_the_current_term);
 
 use crate::ledger_execution::{
     an_assigned_run_is_accepted_only_by_its_executor_under_its_attempt,
+    an_operators_cancel_is_recorded_by_the_web_and_acted_on_only_by_the_current_term,
     renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled,
 };
 
@@ -240,7 +244,11 @@ async fn runs_of_a_vanished_leader_are_reaped_as_lost_but_not_those_of_a_live_on
     ];
     let reaped = store.reap_lost(&new, &live).await.unwrap();
     assert_eq!(reaped, 2);
-    assert_eq!(reads.run(gone.run_id).await.unwrap().unwrap().status, RunStatus::Lost);
+    let reaped_row = reads.run(gone.run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (reaped_row.status, reaped_row.error.as_deref()),
+        (RunStatus::Lost, Some("its leader vanished without recording an outcome"))
+    );
     assert_eq!(
         reads.run(previous_life.run_id).await.unwrap().unwrap().status,
         RunStatus::Lost,
@@ -479,6 +487,32 @@ async fn retention_prunes_old_finished_rows_in_batches_and_keeps_each_jobs_newes
         ],
         "running rows and each job's newest row stay"
     );
+}
+
+/// A slot `forbid` skips says why in words, naming the run that was still going: alone, in a
+/// batch, and when the run going is a claim of this term not started yet (it will start).
+async fn a_skipped_slot_names_the_run_that_was_still_going(store: Store, reads: Reads) {
+    let term = Term::for_tests(3, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    let going = store.claim_run(&claim("job", slot(0), &term, "n")).await.unwrap();
+    let mut manual = claim("job", slot(1), &term, "n");
+    manual.skip_if_running = SkipIfRunning::Yes;
+    let skipped = store.claim_run(&manual).await.unwrap();
+    assert_eq!(skipped.status, RunStatus::Skipped);
+    store.start_runs(&term, &[(going.run_id, slot(0))]).await.unwrap();
+    let mut batched = claim("job", slot(2), &term, "n");
+    batched.skip_if_running = SkipIfRunning::Yes;
+    let results = store.claim_runs(&[batched, claim("other", slot(2), &term, "n")]).await;
+    assert!(matches!(results[0], Ok(Claimed { status: RunStatus::Skipped, .. })), "{:?}", results[0]);
+
+    let expected = format!("forbid: run {} of this job was still going", going.run_id);
+    let rows = reads.all_runs().await.unwrap();
+    for row in rows.iter().filter(|row| row.status == RunStatus::Skipped) {
+        assert_eq!(row.error.as_deref(), Some(expected.as_str()), "{row:?}");
+    }
+    assert_eq!(rows.iter().filter(|row| row.status == RunStatus::Skipped).count(), 2);
+    // A run that was not skipped says nothing of the kind.
+    assert!(rows.iter().filter(|row| row.status == RunStatus::Running).all(|row| row.error.is_none()), "{rows:?}");
 }
 
 async fn a_batch_of_claims_answers_each_as_if_it_were_alone(store: Store, reads: Reads) {
@@ -1143,4 +1177,42 @@ async fn a_late_notification_counts_from_the_planned_start_not_the_slot(store: S
     assert_eq!(told(jittered).await, Vec::<String>::new(), "a jittered start is not late");
     assert_eq!(told(backfill).await, Vec::<String>::new(), "a backfill's start is not late");
     assert_eq!(told(late).await, ["late"]);
+}
+
+async fn a_longer_retain_holds_and_a_job_gone_from_the_file_keeps_the_ledgers_in_bounded_batches(
+    store: Store,
+    reads: Reads,
+) {
+    let term = Term::for_tests(1, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    for job in ["gone", "long", "plain"] {
+        for second in 0..10 {
+            let at = Claim { claimed_at: slot(second), ..claim(job, slot(second), &term, "n") };
+            let claimed = store.claim_run(&at).await.unwrap();
+            store.finish_run(claimed.run_id, &succeeded(slot(second))).await.unwrap();
+        }
+    }
+    // The ledger keeps rows from second 6 on; `long` its own, from second 2 on; `gone` is in no
+    // job file, so the ledger's retention is its.
+    let retention = Retention {
+        default_before: slot(6),
+        per_job: vec![("long".to_owned(), slot(2)), ("plain".to_owned(), slot(6))],
+    };
+    let mut batches = Vec::new();
+    loop {
+        let pruned = store.prune_runs(&retention, 4).await.unwrap();
+        batches.push(pruned);
+        if pruned == 0 {
+            break;
+        }
+    }
+    assert!(batches.iter().all(|pruned| *pruned <= 4), "every batch within its bound: {batches:?}");
+    assert_eq!(batches.iter().sum::<u64>(), 6 + 2 + 6);
+    let mut left: Vec<(String, u32)> =
+        reads.all_runs().await.unwrap().into_iter().map(|r| (r.job, chrono::Timelike::second(&r.slot))).collect();
+    left.sort();
+    let mut want: Vec<(String, u32)> = (6..10).map(|s| ("gone".to_owned(), s)).collect();
+    want.extend((2..10).map(|s| ("long".to_owned(), s)));
+    want.extend((6..10).map(|s| ("plain".to_owned(), s)));
+    assert_eq!(left, want);
 }

@@ -9,7 +9,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use tenure::leadership::Term;
 use tenure::model::{RunOutcome, RunStatus, Trigger};
 use tenure::store::{
-    Assignment, Claim, ClaimError, ExecutionKey, GiveUp, Reads, Renewal, ReplicaOffer, SkipIfRunning, Store,
+    Assignment, AuditFilter, AuditRecord, CancelAnswer, Claim, ClaimError, ExecutionKey, GiveUp, Reads, Renewal,
+    ReplicaOffer, SkipIfRunning, Store,
 };
 
 use crate::harness::wait_until;
@@ -135,6 +136,20 @@ pub(crate) async fn an_assigned_run_is_accepted_only_by_its_executor_under_its_a
         ["w2"]
     );
     assert_eq!(reads.replica_loads().await.unwrap().len(), 1);
+
+    // An assignment its replica never accepted is given up `lost`, saying so.
+    let unaccepted = store.claim_run(&claim("slow", slot(5), &newer, SkipIfRunning::No)).await.unwrap().run_id;
+    let assignment = Assignment { run_id: unaccepted, started_at: slot(5), executor: "w2".into() };
+    assert_eq!(store.assign_runs(&newer, &[assignment], Duration::ZERO).await.unwrap(), vec![true]);
+    until_expired(&store, unaccepted).await;
+    let expired = store.expired_executions(Duration::ZERO, 100).await.unwrap();
+    let expired = expired.iter().find(|expired| expired.key.run_id == unaccepted).unwrap();
+    assert!(store.give_up_execution(&newer, expired, &GiveUp::End, Duration::ZERO, LONG).await.unwrap());
+    let row = reads.run(unaccepted).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.error.as_deref()),
+        (RunStatus::Lost, Some("lost: its executor w2 did not accept it in time"))
+    );
 }
 
 pub(crate) async fn renewals_and_outcomes_are_refused_once_an_attempt_is_given_up_reassigned_or_cancelled(
@@ -182,7 +197,10 @@ pub(crate) async fn renewals_and_outcomes_are_refused_once_an_attempt_is_given_u
     // kill is accepted.
     let newer = assigned(&store, &term, "job", slot(2), "w1").await;
     assert_eq!(store.request_cancel(&term, "job", newer).await.unwrap(), 1);
-    assert_eq!(store.renew_execution(&third, LONG, "").await.unwrap(), Renewal::CancelRequested);
+    assert_eq!(
+        store.renew_execution(&third, LONG, "").await.unwrap(),
+        Renewal::CancelRequested { reason: "replaced by a newer run".into() }
+    );
     assert_eq!(store.executions_going("job").await.unwrap(), 2);
     let killed = RunOutcome { error: Some("replaced by a newer run".into()), ..ended(RunStatus::Killed) };
     assert!(store.finish_execution(&third, &killed).await.unwrap());
@@ -200,11 +218,90 @@ pub(crate) async fn renewals_and_outcomes_are_refused_once_an_attempt_is_given_u
     ));
     assert!(store.give_up_execution(&term, &expired[0], &GiveUp::End, Duration::ZERO, LONG).await.unwrap());
     let row = reads.run(newer).await.unwrap().unwrap();
-    assert_eq!(row.status, RunStatus::Lost);
+    assert_eq!(
+        (row.status, row.error.as_deref()),
+        (RunStatus::Lost, Some("lost: its executor w1 stopped renewing its execution lease"))
+    );
     assert_eq!(store.renew_execution(&last, LONG, "").await.unwrap(), Renewal::Refused);
     assert!(!store.finish_execution(&last, &ended(RunStatus::Succeeded)).await.unwrap());
     // A cancel requested by an older term is fenced.
     let newest = Term::for_tests(7, "c");
     store.begin_term(&newest, "leader-2").await.unwrap();
     assert!(matches!(store.request_cancel(&term, "job", 0).await, Err(ClaimError::Fenced { .. })));
+}
+
+/// An operator's cancel: the web records who asked and why on the running row (a finished run
+/// and an unknown one are told apart); only the current term acts on it, under the fence; the
+/// executor is then refused its renewal and told the reason, and the leader's give-up records it
+/// too; an older term's claim never started is recorded `killed` at once.
+pub(crate) async fn an_operators_cancel_is_recorded_by_the_web_and_acted_on_only_by_the_current_term(
+    store: Store,
+    reads: Reads,
+) {
+    let old = Term::for_tests(5, "c");
+    store.begin_term(&old, "leader").await.unwrap();
+    let remote = assigned(&store, &old, "job", slot(1), "w1").await;
+    let attempt = key(remote, 1, "w1");
+    store.accept_execution(&attempt, LONG, 8).await.unwrap().expect("accepted");
+    let unstarted = store.claim_run(&claim("other", slot(1), &old, SkipIfRunning::No)).await.unwrap().run_id;
+    let done = store.claim_run(&claim("done", slot(1), &old, SkipIfRunning::No)).await.unwrap().run_id;
+    store.finish_run(done, &ended(RunStatus::Succeeded)).await.unwrap();
+
+    let why = "cancelled by admin (api): wrong input";
+    let audit = AuditRecord::by("admin", "cancel");
+    assert_eq!(reads.cancel_run(remote, why, &audit).await.unwrap(), CancelAnswer::Asked { job: "job".into() });
+    // A second request keeps the first one's reason.
+    assert_eq!(
+        reads.cancel_run(remote, "cancelled by admin (api): again", &audit).await.unwrap(),
+        CancelAnswer::Asked { job: "job".into() }
+    );
+    assert_eq!(
+        reads.cancel_run(unstarted, "cancelled by admin (dashboard)", &audit).await.unwrap(),
+        CancelAnswer::Asked { job: "other".into() }
+    );
+    assert_eq!(reads.cancel_run(done, why, &audit).await.unwrap(), CancelAnswer::Ended(RunStatus::Succeeded));
+    assert_eq!(reads.cancel_run(999_999, why, &audit).await.unwrap(), CancelAnswer::NoSuchRun);
+    // Each request asked is audited with it; one that found no running run changed nothing.
+    let filter = AuditFilter { action: Some("cancel".into()), limit: 10, ..AuditFilter::default() };
+    assert_eq!(reads.audit(&filter).await.unwrap().len(), 3);
+    // Asked, not acted on: the executor still renews.
+    assert_eq!(store.renew_execution(&attempt, LONG, "").await.unwrap(), Renewal::Renewed);
+    let pending: Vec<(i64, String)> =
+        store.pending_cancels().await.unwrap().into_iter().map(|cancel| (cancel.run_id, cancel.reason)).collect();
+    assert_eq!(pending, [(remote, why.to_owned()), (unstarted, "cancelled by admin (dashboard)".to_owned())]);
+
+    // A newer term holds the fence: the stale leader's attempt to act is refused, nothing changes.
+    let new = Term::for_tests(6, "c");
+    store.begin_term(&new, "leader-2").await.unwrap();
+    let stale = store.apply_cancels(&old, &[remote, unstarted]).await;
+    assert!(matches!(stale, Err(ClaimError::Fenced { term: 5, fence: 6 })), "{stale:?}");
+    // (Renewed for no time at all: its lease lapses at once, for the give-up below.)
+    assert_eq!(store.renew_execution(&attempt, Duration::ZERO, "").await.unwrap(), Renewal::Renewed);
+    assert_eq!(store.pending_cancels().await.unwrap().len(), 2);
+
+    // The current term acts: the executor is refused its renewal with the operator's reason, and
+    // the older term's unstarted claim is recorded `killed` (no one would stop it).
+    let mut marked = store.apply_cancels(&new, &[remote, unstarted]).await.unwrap();
+    marked.sort();
+    assert_eq!(marked, [remote, unstarted]);
+    assert!(store.pending_cancels().await.unwrap().is_empty());
+    assert_eq!(
+        store.renew_execution(&attempt, LONG, "").await.unwrap(),
+        Renewal::CancelRequested { reason: why.into() }
+    );
+    let row = reads.run(unstarted).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.error.as_deref()),
+        (RunStatus::Killed, Some("cancelled by admin (dashboard) before the run started"))
+    );
+    // Acting twice changes nothing more.
+    assert!(store.apply_cancels(&new, &[remote]).await.unwrap().is_empty());
+
+    // An executor that vanished: the leader's give-up records the operator's reason, `killed`.
+    until_expired(&store, remote).await;
+    let expired = store.expired_executions(Duration::ZERO, 100).await.unwrap();
+    assert!(expired[0].cancel_requested);
+    assert!(store.give_up_execution(&new, &expired[0], &GiveUp::End, Duration::ZERO, LONG).await.unwrap());
+    let row = reads.run(remote).await.unwrap().unwrap();
+    assert_eq!((row.status, row.error.as_deref()), (RunStatus::Killed, Some(why)));
 }

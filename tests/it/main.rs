@@ -40,6 +40,9 @@ mod execution;
 mod executor;
 /// The fault suite: partitions, pauses, kills, restarts, reloads.
 mod faults;
+/// The dashboard for a fleet of 500 jobs in headless Chromium: widths, filters, live refresh,
+/// run output, axe-core and contrast in light and dark.
+mod fleet;
 /// Throwaway etcd, ZooKeeper and PostgreSQL servers with fault injection.
 mod harness;
 /// Hostile job files: huge, deep, alias bombs, 100,000 errors.
@@ -56,6 +59,8 @@ mod lateness;
 mod leadership;
 /// The ledger contract on PostgreSQL and SQLite.
 mod ledger;
+/// A ledger of a million rows: pruning and history pages read what they use, space goes back.
+mod ledger_ages;
 /// The execution part of the ledger contract: acceptance, renewal, give-up, cancel.
 mod ledger_execution;
 /// The notification outbox's part of the ledger contract.

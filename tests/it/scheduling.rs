@@ -257,8 +257,8 @@ jobs:
     assert_eq!(view["request"]["env"]["HOME"], "[redacted]");
     assert_eq!(view["request"]["concurrency"], Value::Null);
 
-    // `slow` forbids overlaps: a second manual run while the first goes is skipped, unless the
-    // request says otherwise (and that is recorded).
+    // `slow` forbids overlaps: a second manual run while the first goes waits for it and starts
+    // once it ended, unless the request says otherwise (and that is recorded).
     let first = post(&format!("{base}/api/jobs/slow/trigger"), json!({})).await;
     assert_eq!(first.status(), 202);
     wait_for("the first slow run to start", Duration::from_secs(10), || async {
@@ -268,17 +268,20 @@ jobs:
     post(&format!("{base}/api/jobs/slow/trigger"), json!({})).await;
     post(&format!("{base}/api/jobs/slow/trigger"), json!({"concurrency": "allow", "reason": "overlap on purpose"}))
         .await;
-    wait_for("both slow runs to end and the second to be skipped", Duration::from_secs(20), || async {
+    wait_for("the three slow runs to end", Duration::from_secs(30), || async {
         let slow: Vec<_> = cluster.ledger().await.into_iter().filter(|r| r.job == "slow").collect();
-        slow.len() == 3 && slow.iter().all(|r| r.status != RunStatus::Running)
+        slow.len() == 3 && slow.iter().all(|r| r.finished_at.is_some())
     })
     .await;
     let slow: Vec<_> = cluster.ledger().await.into_iter().filter(|r| r.job == "slow").collect();
     let statuses: Vec<RunStatus> = slow.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [RunStatus::Succeeded, RunStatus::Skipped, RunStatus::Succeeded], "{slow:?}");
+    assert_eq!(statuses, [RunStatus::Succeeded, RunStatus::Succeeded, RunStatus::Succeeded], "{slow:?}");
+    // The forbid run began only after the first ended; the allowed one overlapped the first.
+    assert!(slow[1].began_at.unwrap() >= slow[0].finished_at.unwrap(), "{slow:?}");
+    assert!(slow[2].began_at.unwrap() < slow[0].finished_at.unwrap(), "{slow:?}");
     let allowed = get(&format!("{base}/api/runs/{}", slow[2].id)).await;
     assert_eq!(allowed["request"]["concurrency"], "allow");
-    assert_eq!(lines().matches("slow ").count(), 2);
+    assert_eq!(lines().matches("slow ").count(), 3);
 }
 
 #[tokio::test]

@@ -34,6 +34,12 @@ async fn zookeeper_sigkill_of_the_leader_hands_over_once_its_session_expires() {
     let mut terms = Vec::new();
     for round in 0..2 {
         let (leader, term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
+        if round == 0 {
+            // The terms page says what a term is with ZooKeeper, not with etcd.
+            let page = reqwest::get(format!("{}/terms", cluster.url(leader))).await.unwrap().text().await.unwrap();
+            let what = page.split("id=\"what-a-term-is\">").nth(1).unwrap().split("</p>").next().unwrap();
+            assert!(what.contains("ZooKeeper transaction id (zxid)") && !what.contains("etcd"), "{what}");
+        }
         terms.push(term);
         cluster.let_it_tick(2).await;
         cluster.event(format!("round {round}: SIGKILL {} (term {term})", cluster.replicas[leader].node));

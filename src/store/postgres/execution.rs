@@ -12,7 +12,7 @@ use super::Postgres;
 use crate::leadership::Term;
 use crate::model::RunOutcome;
 use crate::store::execution::{
-    ASSIGNMENT_CHANNEL, AssignedRun, Assignment, ExecutionKey, Executions, ExpiredExecution, GiveUp, Renewal,
+    ASSIGNMENT_CHANNEL, AssignedRun, Assignment, ExecutionKey, Executions, ExpiredExecution, GiveUp, REPLACED, Renewal,
     ReplicaLoad, ReplicaOffer, assigned_run, expired_execution, give_up_reason, join_tags, replica_load,
 };
 use crate::store::{ClaimError, clean_text};
@@ -156,8 +156,9 @@ impl Executions for Postgres {
         if renewed == 1 {
             return Ok(Renewal::Renewed);
         }
-        let cancelled: Option<bool> = sqlx::query_scalar(
-            "SELECT cancel_requested FROM runs
+        // Asked to stop (`replace`, an operator's cancel): with what the run is to be recorded.
+        let cancelled: Option<(bool, Option<String>)> = sqlx::query_as(
+            "SELECT cancel_requested, cancel_reason FROM runs
              WHERE id = $1 AND attempt = $2 AND executor = $3 AND status = 'running' AND accepted",
         )
         .bind(key.run_id)
@@ -165,7 +166,10 @@ impl Executions for Postgres {
         .bind(&key.executor)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(if cancelled == Some(true) { Renewal::CancelRequested } else { Renewal::Refused })
+        Ok(match cancelled {
+            Some((true, reason)) => Renewal::CancelRequested { reason: reason.unwrap_or_else(|| REPLACED.to_owned()) },
+            _ => Renewal::Refused,
+        })
     }
 
     async fn retry_execution(
@@ -234,7 +238,8 @@ impl Executions for Postgres {
                      SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
                  )
                  UPDATE runs SET status = CASE WHEN cancel_requested THEN 'killed' ELSE 'lost' END,
-                        finished_at = now(), error = $5
+                        finished_at = now(),
+                        error = CASE WHEN cancel_requested THEN COALESCE(cancel_reason, $5) ELSE $5 END
                  FROM current_fence
                  WHERE id = $2 AND attempt = $3 AND executor = $4 AND status = 'running'
                    AND lease_until < now() - $6 * interval '1 second'",
@@ -284,13 +289,14 @@ impl Executions for Postgres {
             "WITH current_fence AS (
                  SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
              )
-             UPDATE runs SET cancel_requested = true
+             UPDATE runs SET cancel_requested = true, cancel_reason = COALESCE(cancel_reason, $4)
              FROM current_fence
              WHERE job = $2 AND id <> $3 AND status = 'running' AND executor IS NOT NULL AND NOT cancel_requested",
         )
         .bind(term.revision())
         .bind(job)
         .bind(except)
+        .bind(REPLACED)
         .execute(&self.pool)
         .await?
         .rows_affected();

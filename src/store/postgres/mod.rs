@@ -19,7 +19,8 @@ use super::common::{self, SlotHolder};
 use super::outbox;
 use super::{
     BackfillSlot, CONTROL_CHANNEL, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor,
-    Ledger, LedgerHistory, LiveNode, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
+    Ledger, LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots,
+    clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
@@ -46,33 +47,40 @@ impl Postgres {
         let slots: Vec<DateTime<Utc>> = claims.iter().map(|c| c.slot).collect();
         let triggers: Vec<&str> = claims.iter().map(|c| c.trigger.as_str()).collect();
         let hashes: Vec<&str> = claims.iter().map(|c| c.config_hash).collect();
-        let skips: Vec<bool> = claims.iter().map(|c| c.skip_if_running == SkipIfRunning::Yes).collect();
+        let skips: Vec<bool> = claims.iter().map(|c| c.skip_if_running != SkipIfRunning::No).collect();
+        // `ExceptOwn`: the leader's own runs of this term (it waits for them) do not count.
+        let own_waits: Vec<bool> = claims.iter().map(|c| c.skip_if_running == SkipIfRunning::ExceptOwn).collect();
         let claimed_at: Vec<DateTime<Utc>> = claims.iter().map(|c| c.claimed_at).collect();
         let requests: Vec<Option<i64>> = claims.iter().map(|c| c.trigger.request()).collect();
         let planned_at: Vec<DateTime<Utc>> = claims.iter().map(|c| c.planned_at).collect();
         // `forbid` counts runs started, and this term's own claims (they will start); an older
-        // term's claim that never started will not, and is being taken over.
+        // term's claim that never started will not, and is being taken over. A slot skipped says
+        // which run was still going.
         let rows = sqlx::query(
             "WITH current_fence AS (
                  SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
              ), wanted AS (
                  SELECT DISTINCT ON (job, slot) *
                  FROM unnest($3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[],
-                             $10::timestamptz[])
-                     AS w(job, slot, trigger, config_hash, skip, claimed_at, planned_at)
+                             $10::timestamptz[], $11::bool[])
+                     AS w(job, slot, trigger, config_hash, skip, claimed_at, planned_at, own_waits)
              ), claimed AS (
-                 INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at)
+                 INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at, error)
                  SELECT w.job, w.slot, w.trigger, $1, $2, w.config_hash,
-                        CASE WHEN w.skip AND EXISTS (
-                            SELECT 1 FROM runs r WHERE r.job = w.job AND r.status = 'running'
-                              AND (r.started_at IS NOT NULL OR r.term = $1)
-                        ) THEN 'skipped' ELSE 'running' END,
-                        w.claimed_at, w.planned_at
+                        CASE WHEN going.id IS NOT NULL THEN 'skipped' ELSE 'running' END,
+                        w.claimed_at, w.planned_at,
+                        'forbid: run ' || going.id || ' of this job was still going'
                  FROM current_fence, wanted w
+                 LEFT JOIN LATERAL (
+                     SELECT r.id FROM runs r WHERE w.skip AND r.job = w.job AND r.status = 'running'
+                       AND (r.started_at IS NOT NULL OR r.term = $1)
+                       AND NOT (w.own_waits AND r.term = $1 AND r.node = $2 AND r.executor IS NULL)
+                     ORDER BY r.id LIMIT 1
+                 ) going ON true
                  ON CONFLICT (job, slot) DO UPDATE
                      SET term = EXCLUDED.term, node = EXCLUDED.node, config_hash = EXCLUDED.config_hash,
                          status = EXCLUDED.status, claimed_at = EXCLUDED.claimed_at,
-                         planned_at = EXCLUDED.planned_at
+                         planned_at = EXCLUDED.planned_at, error = EXCLUDED.error
                      WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term < EXCLUDED.term
                  RETURNING job, slot, id, status, trigger
              ), cursors AS (
@@ -101,7 +109,8 @@ impl Postgres {
         .bind(&skips)
         .bind(&claimed_at)
         .bind(&requests)
-        .bind(&planned_at);
+        .bind(&planned_at)
+        .bind(&own_waits);
         let rows = match crate::testing::claim_hold() {
             None => rows.fetch_all(&self.pool).await?,
             Some(hold) => {
@@ -499,20 +508,41 @@ impl Ledger for Postgres {
         Ok(result.rows_affected())
     }
 
+    /// One statement whose cost follows the rows it deletes: the jobs the ledger holds are
+    /// found by skipping through `runs_job_slot_key` (one probe a job), and each job's rows
+    /// older than its limit and than its newest row are read off the same index, oldest first,
+    /// until the batch is full. With nothing to delete, a few probes a job.
     async fn prune_runs(&self, retention: &Retention, batch: i64) -> Result<u64, sqlx::Error> {
         let jobs: Vec<&str> = retention.per_job.iter().map(|(job, _)| job.as_str()).collect();
         let before: Vec<DateTime<Utc>> = retention.per_job.iter().map(|(_, before)| *before).collect();
-        let result = sqlx::query(common::prune_runs!(
-            "COALESCE((SELECT p.before FROM unnest($3::text[], $4::timestamptz[]) AS p(job, before)
-                       WHERE p.job = r.job), $1)"
-        ))
+        let result = sqlx::query(
+            "WITH RECURSIVE jobs(job) AS (
+                 SELECT min(job) FROM runs
+                 UNION ALL
+                 SELECT (SELECT min(r.job) FROM runs r WHERE r.job > jobs.job) FROM jobs WHERE jobs.job IS NOT NULL
+             ), limits AS (
+                 SELECT jobs.job, COALESCE(p.before, $1) AS before,
+                        (SELECT max(n.slot) FROM runs n WHERE n.job = jobs.job) AS newest
+                 FROM jobs LEFT JOIN unnest($3::text[], $4::timestamptz[]) AS p(job, before) ON p.job = jobs.job
+                 WHERE jobs.job IS NOT NULL
+             ), doomed AS (
+                 SELECT d.id FROM limits CROSS JOIN LATERAL (
+                     SELECT r.id FROM runs r
+                     WHERE r.job = limits.job AND r.slot < LEAST(limits.before, limits.newest)
+                       AND r.claimed_at < limits.before AND r.status <> 'running'
+                     ORDER BY r.slot LIMIT $2
+                 ) d
+                 LIMIT $2
+             )
+             DELETE FROM runs WHERE id = ANY (ARRAY(SELECT id FROM doomed))",
+        )
         .bind(retention.default_before)
         .bind(batch)
         .bind(&jobs)
         .bind(&before)
         .execute(&self.pool)
         .await?;
-        sqlx::query(outbox::PRUNE_NOTIFICATIONS).bind(retention.default_before).execute(&self.pool).await?;
+        sqlx::query(outbox::PRUNE_NOTIFICATIONS).bind(retention.default_before).bind(batch).execute(&self.pool).await?;
         Ok(result.rows_affected())
     }
 
@@ -573,6 +603,43 @@ impl Ledger for Postgres {
     }
 
     /// Mark a trigger handled without a run (its job is not in the job file).
+    async fn pending_cancels(&self) -> Result<Vec<PendingCancel>, sqlx::Error> {
+        let rows = sqlx::query(common::PENDING_CANCELS).fetch_all(&self.pool).await?;
+        rows.iter().map(common::pending_cancel).collect()
+    }
+
+    async fn apply_cancels(&self, term: &Term, runs: &[i64]) -> Result<Vec<i64>, ClaimError> {
+        // An older term's claim never started has nobody to stop it: recorded `killed` here
+        // (a newer claim would otherwise take it over and run it).
+        let marked: Vec<i64> = sqlx::query_scalar(
+            "WITH current_fence AS (
+                 SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
+             )
+             UPDATE runs SET cancel_requested = true,
+                    status = CASE WHEN runs.started_at IS NULL AND runs.executor IS NULL AND runs.term < $1
+                                  THEN 'killed' ELSE runs.status END,
+                    finished_at = CASE WHEN runs.started_at IS NULL AND runs.executor IS NULL AND runs.term < $1
+                                       THEN now() ELSE runs.finished_at END,
+                    error = CASE WHEN runs.started_at IS NULL AND runs.executor IS NULL AND runs.term < $1
+                                 THEN runs.cancel_reason || ' before the run started' ELSE runs.error END
+             FROM current_fence
+             WHERE runs.id = ANY($2) AND runs.status = 'running' AND runs.cancel_reason IS NOT NULL
+               AND NOT runs.cancel_requested
+             RETURNING runs.id",
+        )
+        .bind(term.revision())
+        .bind(runs)
+        .fetch_all(&self.pool)
+        .await?;
+        if marked.is_empty() && !runs.is_empty() {
+            let fence = fence_in(&mut *self.pool.acquire().await?).await?;
+            if fence.term > term.revision() {
+                return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
+            }
+        }
+        Ok(marked)
+    }
+
     async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE triggers SET handled_at = now() WHERE id = $1")
             .bind(trigger_id)

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 
 use super::Postgres;
 use super::access::insert_audit;
@@ -13,8 +14,8 @@ use crate::model::{Control, RunStatus};
 use crate::store::common::{self, run_columns};
 use crate::store::outbox;
 use crate::store::{
-    AuditRecord, BackfillRecord, CONTROL_CHANNEL, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord,
-    TermRecord, TriggerRecord, TriggerRequest, clean_text,
+    AuditRecord, BackfillRecord, CONTROL_CHANNEL, CancelAnswer, JobControl, JobState, LedgerReads, NotificationRecord,
+    RunCursor, RunRecord, TermRecord, TriggerRecord, TriggerRequest, clean_text,
 };
 
 #[async_trait]
@@ -40,31 +41,40 @@ impl LedgerReads for Postgres {
         before: Option<RunCursor>,
         limit: i64,
     ) -> Result<Vec<RunRecord>, sqlx::Error> {
-        // Keyset pagination on the (job, slot DESC, id DESC) index: as fast on page 1,000 as on 1.
-        sqlx::query(concat!(
-            "SELECT ",
-            run_columns!(brief),
-            " FROM runs WHERE job = $1 AND ($2::text IS NULL OR status = $2)
-               AND ($3::timestamptz IS NULL OR (slot, id) < ($3, $4))
-             ORDER BY slot DESC, id DESC LIMIT $5"
-        ))
-        .bind(job)
-        .bind(status.map(RunStatus::as_str))
-        .bind(before.map(|cursor| cursor.slot))
-        .bind(before.map_or(0, |cursor| cursor.id))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(common::run_record)
-        .collect()
+        // Keyset pagination, one statement per case so that every plan, generic ones included,
+        // has the job, the status and the cursor as index conditions: `runs_job_slot_key`
+        // (job, slot) or `runs_job_status_slot` (job, status, slot), read backwards from the
+        // cursor, as fast on page 1,000 as on 1. A job has one row per slot, so the slot alone
+        // orders its rows and places the cursor.
+        macro_rules! page {
+            ($filter:literal) => {
+                concat!(
+                    "SELECT ",
+                    run_columns!(brief),
+                    " FROM runs WHERE job = $1 ",
+                    $filter,
+                    " ORDER BY slot DESC LIMIT $2"
+                )
+            };
+        }
+        let query = match (status, before) {
+            (None, None) => sqlx::query(page!("")).bind(job).bind(limit),
+            (None, Some(cursor)) => sqlx::query(page!("AND slot < $3")).bind(job).bind(limit).bind(cursor.slot),
+            (Some(status), None) => sqlx::query(page!("AND status = $3")).bind(job).bind(limit).bind(status.as_str()),
+            (Some(status), Some(cursor)) => sqlx::query(page!("AND status = $3 AND slot < $4"))
+                .bind(job)
+                .bind(limit)
+                .bind(status.as_str())
+                .bind(cursor.slot),
+        };
+        query.fetch_all(&self.pool).await?.iter().map(common::run_record).collect()
     }
 
     async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error> {
         let rows = sqlx::query(concat!(
             "SELECT r.* FROM unnest($1::text[]) AS j(name) CROSS JOIN LATERAL (SELECT ",
             run_columns!(brief),
-            " FROM runs WHERE runs.job = j.name ORDER BY slot DESC, id DESC LIMIT $2) r"
+            " FROM runs WHERE runs.job = j.name ORDER BY slot DESC LIMIT $2) r"
         ))
         .bind(jobs)
         .bind(per_job)
@@ -80,6 +90,32 @@ impl LedgerReads for Postgres {
 
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {
         self.read_job_controls().await
+    }
+
+    async fn job_states(
+        &self,
+        jobs: &[String],
+        since: DateTime<Utc>,
+        late: std::time::Duration,
+    ) -> Result<HashMap<String, JobState>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT j.name AS job,
+               (SELECT status FROM runs WHERE job = j.name AND status NOT IN ('running', 'skipped')
+                 ORDER BY slot DESC, id DESC LIMIT 1) AS last,
+               EXISTS (SELECT 1 FROM runs WHERE job = j.name AND status = 'running') AS running,
+               EXISTS (SELECT 1 FROM runs WHERE job = j.name AND status = 'missed' AND slot >= $2)
+               OR EXISTS (SELECT 1 FROM (SELECT began_at, planned_at FROM runs
+                   WHERE job = j.name AND slot >= $2 ORDER BY slot DESC, id DESC LIMIT $4) recent
+                 WHERE began_at - planned_at > $3 * interval '1 microsecond') AS late_or_missed
+             FROM unnest($1::text[]) AS j(name)",
+        )
+        .bind(jobs)
+        .bind(since)
+        .bind(late.as_micros().min(i64::MAX as u128) as i64)
+        .bind(crate::store::LATE_WINDOW)
+        .fetch_all(&self.pool)
+        .await?;
+        common::job_states(&rows)
     }
 
     async fn set_control(&self, job: &str, control: Control, audit: &AuditRecord) -> Result<(), sqlx::Error> {
@@ -133,6 +169,35 @@ impl LedgerReads for Postgres {
         sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
         tx.commit().await?;
         common::trigger_record(&row)
+    }
+
+    async fn cancel_run(&self, run_id: i64, reason: &str, audit: &AuditRecord) -> Result<CancelAnswer, sqlx::Error> {
+        // The request, its audit entry and the leader's wake-up commit together; a second
+        // request keeps the first one's reason.
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "WITH asked AS (
+                 UPDATE runs SET cancel_reason = COALESCE(cancel_reason, $2)
+                 WHERE id = $1 AND status = 'running'
+                 RETURNING job
+             )
+             SELECT job, pg_notify($3, job) FROM asked",
+        )
+        .bind(run_id)
+        .bind(clean_text(reason))
+        .bind(CONTROL_CHANNEL)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            insert_audit(&mut tx, audit).await?;
+            tx.commit().await?;
+            return Ok(CancelAnswer::Asked { job: row.try_get("job")? });
+        }
+        let status = sqlx::query("SELECT status FROM runs WHERE id = $1").bind(run_id).fetch_optional(&mut *tx).await?;
+        Ok(match status {
+            Some(row) => CancelAnswer::Ended(common::status(&row, "status")?),
+            None => CancelAnswer::NoSuchRun,
+        })
     }
 
     async fn trigger_of_run(&self, run_id: i64) -> Result<Option<TriggerRecord>, sqlx::Error> {

@@ -15,8 +15,8 @@ use crate::leadership::Term;
 use crate::model::RunOutcome;
 use crate::store::common::micros;
 use crate::store::execution::{
-    AssignedRun, Assignment, ExecutionKey, Executions, ExpiredExecution, GiveUp, Renewal, ReplicaLoad, ReplicaOffer,
-    assigned_run, expired_execution, give_up_reason, join_tags, replica_load,
+    AssignedRun, Assignment, ExecutionKey, Executions, ExpiredExecution, GiveUp, REPLACED, Renewal, ReplicaLoad,
+    ReplicaOffer, assigned_run, expired_execution, give_up_reason, join_tags, replica_load,
 };
 use crate::store::{ClaimError, clean_text};
 
@@ -169,8 +169,9 @@ impl Executions for Sqlite {
         if renewed == 1 {
             return Ok(Renewal::Renewed);
         }
-        let cancelled: Option<bool> = sqlx::query_scalar(
-            "SELECT cancel_requested FROM runs
+        // Asked to stop (`replace`, an operator's cancel): with what the run is to be recorded.
+        let cancelled: Option<(bool, Option<String>)> = sqlx::query_as(
+            "SELECT cancel_requested, cancel_reason FROM runs
              WHERE id = ?1 AND attempt = ?2 AND executor = ?3 AND status = 'running' AND accepted",
         )
         .bind(key.run_id)
@@ -178,7 +179,10 @@ impl Executions for Sqlite {
         .bind(&key.executor)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(if cancelled == Some(true) { Renewal::CancelRequested } else { Renewal::Refused })
+        Ok(match cancelled {
+            Some((true, reason)) => Renewal::CancelRequested { reason: reason.unwrap_or_else(|| REPLACED.to_owned()) },
+            _ => Renewal::Refused,
+        })
     }
 
     async fn retry_execution(
@@ -247,7 +251,8 @@ impl Executions for Sqlite {
         let changed = match then {
             GiveUp::End => sqlx::query(
                 "UPDATE runs SET status = CASE WHEN cancel_requested THEN 'killed' ELSE 'lost' END,
-                        finished_at = ?5, error = ?6
+                        finished_at = ?5,
+                        error = CASE WHEN cancel_requested THEN COALESCE(cancel_reason, ?6) ELSE ?6 END
                  WHERE id = ?2 AND attempt = ?3 AND executor = ?4 AND status = 'running' AND lease_until < ?7
                    AND (SELECT term FROM fence WHERE id = 1) <= ?1",
             )
@@ -290,13 +295,14 @@ impl Executions for Sqlite {
 
     async fn request_cancel(&self, term: &Term, job: &str, except: i64) -> Result<u64, ClaimError> {
         let asked = sqlx::query(
-            "UPDATE runs SET cancel_requested = 1
+            "UPDATE runs SET cancel_requested = 1, cancel_reason = COALESCE(cancel_reason, ?4)
              WHERE job = ?2 AND id <> ?3 AND status = 'running' AND executor IS NOT NULL AND NOT cancel_requested
                AND (SELECT term FROM fence WHERE id = 1) <= ?1",
         )
         .bind(term.revision())
         .bind(job)
         .bind(except)
+        .bind(REPLACED)
         .execute(&self.pool)
         .await?
         .rows_affected();

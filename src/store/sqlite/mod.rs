@@ -24,7 +24,8 @@ use super::common::{self, LedgerRow, SlotHolder, micros};
 use super::outbox;
 use super::{
     BackfillSlot, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor, Ledger,
-    LedgerHistory, LiveNode, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots, clean_text,
+    LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots,
+    clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
@@ -149,19 +150,23 @@ impl Ledger for Sqlite {
     async fn claim_run(&self, claim: &Claim<'_>) -> Result<Claimed, ClaimError> {
         let mut tx = self.pool.begin().await?;
         // As on PostgreSQL: `forbid` counts runs started and this term's own claims; an older
-        // term's claim that never started is taken over.
+        // term's claim that never started is taken over; a slot skipped says which run was going.
         let inserted = sqlx::query(
-            "INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at)
+            "INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at, error)
              SELECT ?1, ?2, ?7, ?3, ?4, ?5,
-                    CASE WHEN ?6 AND EXISTS (
-                        SELECT 1 FROM runs WHERE job = ?1 AND status = 'running'
-                          AND (started_at IS NOT NULL OR term = ?3)
-                    ) THEN 'skipped' ELSE 'running' END,
-                    ?8, ?9
-             FROM fence WHERE id = 1 AND term <= ?3
+                    CASE WHEN going.id IS NOT NULL THEN 'skipped' ELSE 'running' END,
+                    ?8, ?9,
+                    'forbid: run ' || going.id || ' of this job was still going'
+             FROM fence, (
+                 SELECT min(id) AS id FROM runs WHERE ?6 AND job = ?1 AND status = 'running'
+                   AND (started_at IS NOT NULL OR term = ?3)
+                   AND NOT (?10 AND term = ?3 AND node = ?4 AND executor IS NULL)
+             ) going
+             WHERE fence.id = 1 AND fence.term <= ?3
              ON CONFLICT (job, slot) DO UPDATE
                  SET term = excluded.term, node = excluded.node, config_hash = excluded.config_hash,
-                     status = excluded.status, claimed_at = excluded.claimed_at, planned_at = excluded.planned_at
+                     status = excluded.status, claimed_at = excluded.claimed_at, planned_at = excluded.planned_at,
+                     error = excluded.error
                  WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term < excluded.term
              RETURNING id, status",
         )
@@ -170,10 +175,12 @@ impl Ledger for Sqlite {
         .bind(claim.term.revision())
         .bind(claim.node)
         .bind(claim.config_hash)
-        .bind(claim.skip_if_running == SkipIfRunning::Yes)
+        .bind(claim.skip_if_running != SkipIfRunning::No)
         .bind(claim.trigger.as_str())
         .bind(micros(claim.claimed_at))
         .bind(micros(claim.planned_at))
+        // `ExceptOwn`: the leader's own runs of this term (it waits for them) do not count.
+        .bind(claim.skip_if_running == SkipIfRunning::ExceptOwn)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(request) = claim.trigger.request() {
@@ -385,18 +392,47 @@ impl Ledger for Sqlite {
         Ok(result.rows_affected())
     }
 
+    /// Job by job (found by skipping through the (job, slot) key), each job's rows older than
+    /// its limit and than its newest row read off that key, oldest first, until the batch is
+    /// full: what it costs follows what it deletes. The pages freed go back to the file system
+    /// (`auto_vacuum = INCREMENTAL`).
     async fn prune_runs(&self, retention: &Retention, batch: i64) -> Result<u64, sqlx::Error> {
-        let per_job: serde_json::Map<String, serde_json::Value> =
-            retention.per_job.iter().map(|(job, before)| (job.clone(), micros(*before).into())).collect();
-        let result =
-            sqlx::query(common::prune_runs!("COALESCE((SELECT value FROM json_each($3) WHERE key = r.job), $1)"))
-                .bind(micros(retention.default_before))
-                .bind(batch)
-                .bind(serde_json::Value::Object(per_job).to_string())
-                .execute(&self.pool)
+        let own: HashMap<&str, DateTime<Utc>> =
+            retention.per_job.iter().map(|(job, before)| (job.as_str(), *before)).collect();
+        let mut pruned = 0;
+        let mut previous = String::new();
+        while pruned < batch {
+            let job: Option<String> = sqlx::query_scalar("SELECT job FROM runs WHERE job > ?1 ORDER BY job LIMIT 1")
+                .bind(&previous)
+                .fetch_optional(&self.pool)
                 .await?;
-        sqlx::query(outbox::PRUNE_NOTIFICATIONS).bind(micros(retention.default_before)).execute(&self.pool).await?;
-        Ok(result.rows_affected())
+            let Some(job) = job else { break };
+            let before = own.get(job.as_str()).copied().unwrap_or(retention.default_before);
+            pruned += sqlx::query(
+                "DELETE FROM runs WHERE id IN (
+                     SELECT id FROM runs
+                     WHERE job = ?1 AND slot < min(?2, (SELECT slot FROM runs WHERE job = ?1 ORDER BY slot DESC LIMIT 1))
+                       AND claimed_at < ?2 AND status <> 'running'
+                     ORDER BY slot LIMIT ?3)",
+            )
+            .bind(&job)
+            .bind(micros(before))
+            .bind(batch - pruned)
+            .execute(&self.pool)
+            .await?
+            .rows_affected() as i64;
+            previous = job;
+        }
+        let events = sqlx::query(outbox::PRUNE_NOTIFICATIONS)
+            .bind(micros(retention.default_before))
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if pruned > 0 || events > 0 {
+            sqlx::query("PRAGMA incremental_vacuum").execute(&self.pool).await?;
+        }
+        Ok(pruned as u64)
     }
 
     async fn prune_audit(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
@@ -438,6 +474,47 @@ impl Ledger for Sqlite {
 
     async fn pending_triggers(&self) -> Result<Vec<TriggerRecord>, sqlx::Error> {
         sqlx::query(common::PENDING_TRIGGERS).fetch_all(&self.pool).await?.iter().map(common::trigger_record).collect()
+    }
+
+    async fn pending_cancels(&self) -> Result<Vec<PendingCancel>, sqlx::Error> {
+        let rows = sqlx::query(common::PENDING_CANCELS).fetch_all(&self.pool).await?;
+        rows.iter().map(common::pending_cancel).collect()
+    }
+
+    async fn apply_cancels(&self, term: &Term, runs: &[i64]) -> Result<Vec<i64>, ClaimError> {
+        // As on PostgreSQL: an older term's claim never started is recorded `killed` here.
+        let mut marked = Vec::new();
+        let mut tx = self.pool.begin().await?;
+        for run_id in runs {
+            let row = sqlx::query(
+                "UPDATE runs SET cancel_requested = 1,
+                        status = CASE WHEN started_at IS NULL AND executor IS NULL AND term < ?1
+                                      THEN 'killed' ELSE status END,
+                        finished_at = CASE WHEN started_at IS NULL AND executor IS NULL AND term < ?1
+                                           THEN ?3 ELSE finished_at END,
+                        error = CASE WHEN started_at IS NULL AND executor IS NULL AND term < ?1
+                                     THEN cancel_reason || ' before the run started' ELSE error END
+                 WHERE id = ?2 AND status = 'running' AND cancel_reason IS NOT NULL AND NOT cancel_requested
+                   AND (SELECT term FROM fence WHERE id = 1) <= ?1
+                 RETURNING id",
+            )
+            .bind(term.revision())
+            .bind(run_id)
+            .bind(micros(Utc::now()))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                marked.push(row.try_get("id")?);
+            }
+        }
+        tx.commit().await?;
+        if marked.is_empty() && !runs.is_empty() {
+            let fence = self.fence().await?;
+            if fence.term > term.revision() {
+                return Err(ClaimError::Fenced { term: term.revision(), fence: fence.term });
+            }
+        }
+        Ok(marked)
     }
 
     async fn trigger_dropped(&self, trigger_id: i64) -> Result<(), sqlx::Error> {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::Row;
 
 use super::Sqlite;
 use super::access::insert_audit;
@@ -13,8 +14,8 @@ use crate::model::{Control, RunStatus};
 use crate::store::common::{self, micros, run_columns};
 use crate::store::outbox;
 use crate::store::{
-    AuditRecord, BackfillRecord, JobControl, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord,
-    TriggerRecord, TriggerRequest, clean_text,
+    AuditRecord, BackfillRecord, CancelAnswer, JobControl, JobState, LedgerReads, NotificationRecord, RunCursor,
+    RunRecord, TermRecord, TriggerRecord, TriggerRequest, clean_text,
 };
 
 #[async_trait]
@@ -40,23 +41,30 @@ impl LedgerReads for Sqlite {
         before: Option<RunCursor>,
         limit: i64,
     ) -> Result<Vec<RunRecord>, sqlx::Error> {
-        sqlx::query(concat!(
-            "SELECT ",
-            run_columns!(brief),
-            " FROM runs WHERE job = ?1 AND (?2 IS NULL OR status = ?2)
-               AND (?3 IS NULL OR slot < ?3 OR (slot = ?3 AND id < ?4))
-             ORDER BY slot DESC, id DESC LIMIT ?5"
-        ))
-        .bind(job)
-        .bind(status.map(RunStatus::as_str))
-        .bind(before.map(|cursor| micros(cursor.slot)))
-        .bind(before.map_or(0, |cursor| cursor.id))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(common::run_record)
-        .collect()
+        // One statement per case, each read off `(job, slot)` or `(job, status, slot)` backwards
+        // from the cursor (see the PostgreSQL ledger).
+        macro_rules! page {
+            ($filter:literal) => {
+                concat!(
+                    "SELECT ",
+                    run_columns!(brief),
+                    " FROM runs WHERE job = $1 ",
+                    $filter,
+                    " ORDER BY slot DESC LIMIT $2"
+                )
+            };
+        }
+        let query = match (status, before) {
+            (None, None) => sqlx::query(page!("")).bind(job).bind(limit),
+            (None, Some(cursor)) => sqlx::query(page!("AND slot < $3")).bind(job).bind(limit).bind(micros(cursor.slot)),
+            (Some(status), None) => sqlx::query(page!("AND status = $3")).bind(job).bind(limit).bind(status.as_str()),
+            (Some(status), Some(cursor)) => sqlx::query(page!("AND status = $3 AND slot < $4"))
+                .bind(job)
+                .bind(limit)
+                .bind(status.as_str())
+                .bind(micros(cursor.slot)),
+        };
+        query.fetch_all(&self.pool).await?.iter().map(common::run_record).collect()
     }
 
     async fn recent_runs(&self, jobs: &[String], per_job: i64) -> Result<HashMap<String, Vec<RunRecord>>, sqlx::Error> {
@@ -72,6 +80,33 @@ impl LedgerReads for Sqlite {
 
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {
         self.read_job_controls().await
+    }
+
+    async fn job_states(
+        &self,
+        jobs: &[String],
+        since: DateTime<Utc>,
+        late: std::time::Duration,
+    ) -> Result<HashMap<String, JobState>, sqlx::Error> {
+        let names = serde_json::to_string(jobs).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+        let rows = sqlx::query(
+            "SELECT j.value AS job,
+               (SELECT status FROM runs WHERE job = j.value AND status NOT IN ('running', 'skipped')
+                 ORDER BY slot DESC, id DESC LIMIT 1) AS last,
+               EXISTS (SELECT 1 FROM runs WHERE job = j.value AND status = 'running') AS running,
+               EXISTS (SELECT 1 FROM runs WHERE job = j.value AND status = 'missed' AND slot >= ?2)
+               OR EXISTS (SELECT 1 FROM (SELECT began_at, planned_at FROM runs
+                   WHERE job = j.value AND slot >= ?2 ORDER BY slot DESC, id DESC LIMIT ?4)
+                 WHERE began_at - COALESCE(planned_at, 0) > ?3) AS late_or_missed
+             FROM json_each(?1) AS j",
+        )
+        .bind(names)
+        .bind(micros(since))
+        .bind(late.as_micros().min(i64::MAX as u128) as i64)
+        .bind(crate::store::LATE_WINDOW)
+        .fetch_all(&self.pool)
+        .await?;
+        common::job_states(&rows)
     }
 
     async fn set_control(&self, job: &str, control: Control, audit: &AuditRecord) -> Result<(), sqlx::Error> {
@@ -123,6 +158,31 @@ impl LedgerReads for Sqlite {
         tx.commit().await?;
         self.notify_controls();
         common::trigger_record(&row)
+    }
+
+    async fn cancel_run(&self, run_id: i64, reason: &str, audit: &AuditRecord) -> Result<CancelAnswer, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE runs SET cancel_reason = COALESCE(cancel_reason, ?2)
+             WHERE id = ?1 AND status = 'running'
+             RETURNING job",
+        )
+        .bind(run_id)
+        .bind(clean_text(reason))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            let job = row.try_get("job")?;
+            insert_audit(&mut tx, audit).await?;
+            tx.commit().await?;
+            self.notify_controls();
+            return Ok(CancelAnswer::Asked { job });
+        }
+        let status = sqlx::query("SELECT status FROM runs WHERE id = ?1").bind(run_id).fetch_optional(&mut *tx).await?;
+        Ok(match status {
+            Some(row) => CancelAnswer::Ended(common::status(&row, "status")?),
+            None => CancelAnswer::NoSuchRun,
+        })
     }
 
     async fn trigger_of_run(&self, run_id: i64) -> Result<Option<TriggerRecord>, sqlx::Error> {
