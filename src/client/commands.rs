@@ -73,8 +73,10 @@ pub enum ClientCommand {
     /// The audit trail, newest first: who changed what, and every refused attempt (admins).
     Audit(AuditArgs),
     /// Store a token for --server in your config directory (mode 0600), for the other commands:
-    /// pasted on stdin, or read from --token-file. Checked with the server first.
-    Login(ServerArgs),
+    /// pasted on stdin, or read from --token-file; with --sso, a session from signing in at the
+    /// company's identity provider (device authorization: open the address it prints, enter the
+    /// code). Checked with the server first.
+    Login(LoginArgs),
     /// Who the server takes you for: name, role, teams.
     Whoami(ServerArgs),
 }
@@ -87,6 +89,19 @@ pub enum TokensCommand {
     List(ServerArgs),
     /// Revoke a token by id or name: refused by every replica from its next request.
     Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Sign in at the identity provider the server names (OpenID Connect device authorization)
+    /// instead of pasting a token.
+    #[arg(long)]
+    pub sso: bool,
+    /// With --sso: give up waiting for the sign-in after this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -331,7 +346,7 @@ impl ClientCommand {
             ClientCommand::Tokens(TokensCommand::List(server)) => server,
             ClientCommand::Tokens(TokensCommand::Revoke(args)) => &args.server,
             ClientCommand::Audit(args) => &args.server,
-            ClientCommand::Login(server) | ClientCommand::Whoami(server) => server,
+            ClientCommand::Login(LoginArgs { server, .. }) | ClientCommand::Whoami(server) => server,
         }
     }
 }
@@ -364,8 +379,11 @@ pub fn run(command: &ClientCommand, out: &mut impl Write, err: &mut impl Write) 
 /// `progress`: where a followed backfill reports as it goes (stderr; stdout gets the end).
 async fn execute(command: &ClientCommand, out: &mut Vec<u8>, progress: &mut impl Write) -> Result<i32, ClientError> {
     let server = command.server();
-    if let ClientCommand::Login(server) = command {
-        return login(server, out).await;
+    if let ClientCommand::Login(args) = command {
+        if args.sso {
+            return login_sso(args, out).await;
+        }
+        return login(&args.server, out).await;
     }
     let client = server.client()?;
     let now = Utc::now();
@@ -507,6 +525,63 @@ async fn login(server: &ServerArgs, out: &mut Vec<u8>) -> Result<i32, ClientErro
         "signed in to {} as {}; token stored in {}\n",
         client.server(),
         render::principal(&who.value).trim_end(),
+        path.display()
+    );
+    out.extend_from_slice(text.as_bytes());
+    Ok(exit::OK)
+}
+
+/// `tenure login --sso`: the device authorization grant at the provider the server names, with
+/// the CLI's public client; the ID token it yields is exchanged at the server for a session
+/// token (`/api/auth/session`), stored as `login` stores a token. The address and the code to
+/// enter go to stderr; no token is ever printed.
+async fn login_sso(args: &LoginArgs, out: &mut Vec<u8>) -> Result<i32, ClientError> {
+    use openidconnect::{AuthType, ClientId, Scope};
+    let server = &args.server;
+    let client = Client::new(&server.server, None, server.ca_file.as_deref())?;
+    let settings = client.oidc_settings().await?.value;
+    let provider = |what: &str, error: &dyn std::fmt::Display| ClientError::Setup(format!("{what}: {error}"));
+    let http = crate::http::oidc_http_client().map_err(|error| provider("the identity provider", &error))?;
+    let metadata = crate::http::discover_provider(&settings.issuer, &http)
+        .await
+        .map_err(|error| provider(&format!("discover {}", settings.issuer), &error))?;
+    let device =
+        metadata.additional_metadata().device_authorization_endpoint.clone().ok_or_else(|| {
+            ClientError::Setup(format!("{} offers no device authorization endpoint", settings.issuer))
+        })?;
+    let oidc = crate::http::OidcClient::from_provider_metadata(metadata, ClientId::new(settings.client_id), None)
+        .set_device_authorization_url(device)
+        .set_auth_type(AuthType::RequestBody);
+    let scopes = settings.scopes.iter().filter(|scope| *scope != "openid").map(|scope| Scope::new(scope.clone()));
+    let details: openidconnect::core::CoreDeviceAuthorizationResponse = oidc
+        .exchange_device_code()
+        .add_scopes(scopes)
+        .request_async(&http)
+        .await
+        .map_err(|error| provider("the device authorization request", &error))?;
+    let open = details
+        .verification_uri_complete()
+        .map_or_else(|| details.verification_uri().to_string(), |complete| complete.secret().clone());
+    eprintln!("open {open} and enter the code {} to sign in", details.user_code().secret());
+    let tokens = oidc
+        .exchange_device_access_token(&details)
+        .map_err(|error| provider("the device token request", &error))?
+        .request_async(&http, tokio::time::sleep, Some(args.timeout))
+        .await
+        .map_err(|error| provider("the sign-in at the identity provider", &error))?;
+    let id_token = openidconnect::TokenResponse::id_token(&tokens)
+        .ok_or_else(|| ClientError::Setup("the identity provider sent no ID token".to_owned()))?;
+    let session = client.session(&id_token.to_string()).await?.value;
+    let token = session.get("token").and_then(Value::as_str).unwrap_or_default();
+    let principal = session.get("principal").cloned().unwrap_or(Value::Null);
+    let path = super::login::credentials_path().map_err(|error| ClientError::Setup(format!("{error:#}")))?;
+    super::login::store_token(&path, &server.server, token)
+        .map_err(|error| ClientError::Setup(format!("{error:#}")))?;
+    let text = format!(
+        "signed in to {} as {} until {}; session stored in {}\n",
+        client.server(),
+        render::principal(&principal).trim_end(),
+        session.get("expires_at").and_then(Value::as_str).unwrap_or("?"),
         path.display()
     );
     out.extend_from_slice(text.as_bytes());

@@ -227,6 +227,17 @@ impl Client {
         self.read(self.url(&["api", "whoami"])).await
     }
 
+    /// Where the CLI signs in through the identity provider (`tenure login --sso`).
+    pub async fn oidc_settings(&self) -> Result<Answer<crate::http::CliSettings>, ClientError> {
+        self.read(self.url(&["api", "auth", "oidc"])).await
+    }
+
+    /// A session token for an ID token the provider issued to the CLI's client.
+    pub async fn session(&self, id_token: &str) -> Result<Answer<Value>, ClientError> {
+        let body = serde_json::json!({ "id_token": id_token });
+        self.send(Method::POST, self.url(&["api", "auth", "session"]), None, Some(&body)).await
+    }
+
     /// Every named token (never a secret).
     pub async fn tokens(&self) -> Result<Answer<Vec<Value>>, ClientError> {
         self.read(self.url(&["api", "tokens"])).await

@@ -38,6 +38,8 @@ enum Need {
     ApiChange,
     /// Page forms: the token, from this site; a body.
     FormChange,
+    /// Sign-in's own posts (`/api/auth/session`, `/auth/logout`): no credentials, a body.
+    SignInPost,
 }
 
 impl Need {
@@ -48,7 +50,11 @@ impl Need {
             | "/static/app.css"
             | "/static/live.js"
             | "/static/favicon.svg"
-            | "/favicon.ico" => Need::Nothing,
+            | "/favicon.ico"
+            | "/auth/login"
+            | "/auth/callback"
+            | "/api/auth/oidc" => Need::Nothing,
+            "/api/auth/session" | "/auth/logout" => Need::SignInPost,
             "/signin" => Need::SignIn,
             _ if method == Method::GET || method == Method::HEAD => Need::Read,
             _ if method == Method::POST && is_api(route) => Need::ApiChange,
@@ -83,11 +89,19 @@ pub(super) async fn check(State(state): State<AppState>, mut request: Request, n
     let refuse = |problem: Problem| {
         if api { problem.into_response() } else { PageError(problem).answer(referer.as_deref()) }
     };
+    let here = request.uri().path_and_query().map_or_else(|| "/".to_owned(), |path| path.as_str().to_owned());
     let mut response = match admit(&state, caller, need, &route, request.headers()).await {
+        // A page read without a sign-in, where the identity provider signs people in: there.
+        Err(problem)
+            if !api && need == Need::Read && problem.status == StatusCode::UNAUTHORIZED && state.auth.oidc_on() =>
+        {
+            let back: String = url::form_urlencoded::byte_serialize(here.as_bytes()).collect();
+            axum::response::Redirect::to(&format!("/auth/login?back={back}")).into_response()
+        }
         Err(problem) => refuse(problem),
         Ok(caller) => {
             request.extensions_mut().insert(caller);
-            if !matches!(need, Need::ApiChange | Need::FormChange) {
+            if !matches!(need, Need::ApiChange | Need::FormChange | Need::SignInPost) {
                 next.run(request).await
             } else {
                 match whole_body(request).await {
@@ -114,7 +128,9 @@ async fn admit(
 ) -> Result<Caller, Problem> {
     let (scheme, token) = super::presented(headers);
     let resolved = match &token {
-        None => Ok(Principal::anonymous()),
+        // A browser signed in through the identity provider; an invalid or expired session is
+        // nobody (the page offers to sign in again).
+        None => Ok(state.auth.session_principal(headers).unwrap_or_else(Principal::anonymous)),
         Some(token) => state.principal_of(token).await,
     };
     caller.scheme = scheme;
@@ -124,7 +140,7 @@ async fn admit(
         (record, problem)
     };
     let outcome = match (need, resolved) {
-        (Need::Nothing, _) => Ok(()),
+        (Need::Nothing | Need::SignInPost, _) => Ok(()),
         // A token that is not valid (revoked, expired, unknown) is refused even where reads are
         // open: its holder learns at once, and a browser asks for another.
         (Need::Read, Ok(principal)) if !state.auth.reads_protected() || principal.is_signed_in() => {

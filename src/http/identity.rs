@@ -10,11 +10,11 @@
 //! team is no team's: only unscoped principals and admins act on it); an unscoped principal
 //! (no teams) acts on every job its role allows.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// What a principal may do, in increasing power.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -49,6 +49,9 @@ pub enum Via {
     AdminToken,
     /// A named API token from the ledger.
     ApiToken,
+    /// A session signed by the cluster after a sign-in through the identity provider (the
+    /// browser's cookie, or `tenure login`'s bearer token).
+    Session,
 }
 
 impl Via {
@@ -57,6 +60,7 @@ impl Via {
             Via::Anonymous => "anonymous",
             Via::AdminToken => "admin-token",
             Via::ApiToken => "api-token",
+            Via::Session => "session",
         }
     }
 }
@@ -118,6 +122,8 @@ pub enum Action {
     RevokeToken,
     /// Read the audit trail.
     ReadAudit,
+    /// Sign in through the identity provider (audited, never authorized: the provider decides).
+    SignIn,
 }
 
 impl Action {
@@ -133,13 +139,14 @@ impl Action {
             Action::ListTokens => "token-list",
             Action::RevokeToken => "token-revoke",
             Action::ReadAudit => "audit",
+            Action::SignIn => "sign-in",
         }
     }
 
     /// The least role that may take it.
     pub fn needs(self) -> Role {
         match self {
-            Action::Read => Role::Viewer,
+            Action::Read | Action::SignIn => Role::Viewer,
             Action::Trigger | Action::Cancel | Action::Pause | Action::Resume | Action::Backfill => Role::Operator,
             Action::CreateToken | Action::ListTokens | Action::RevokeToken | Action::ReadAudit => Role::Admin,
         }
@@ -147,7 +154,10 @@ impl Action {
 
     /// Whether it acts on one job (and so on that job's team).
     fn on_a_job(self) -> bool {
-        !matches!(self, Action::CreateToken | Action::ListTokens | Action::RevokeToken | Action::ReadAudit)
+        !matches!(
+            self,
+            Action::CreateToken | Action::ListTokens | Action::RevokeToken | Action::ReadAudit | Action::SignIn
+        )
     }
 }
 

@@ -9,10 +9,12 @@ mod api;
 mod gate;
 pub mod identity;
 mod listen;
+mod oidc;
 mod overview;
 mod pages;
 mod protect;
 mod rejection;
+pub mod session;
 mod shed;
 pub mod timeline;
 pub mod tls;
@@ -20,6 +22,10 @@ pub mod view;
 
 pub use gate::{BODY_LIMIT, BODY_TIMEOUT};
 pub use listen::{HEADER_TIMEOUT, bind};
+pub use oidc::{
+    CliSession, CliSettings, GroupPolicy, Oidc, OidcClient, OidcSettings, discover as discover_provider,
+    provider_http_client as oidc_http_client,
+};
 pub use protect::{CONTENT_SECURITY_POLICY, PublicUrl, Served};
 pub use shed::{MAX_CONCURRENT_READS, MAX_QUEUED_READS};
 
@@ -105,6 +111,7 @@ pub fn router(state: AppState) -> Router {
     let https = state.auth.served.https();
     let dashboard = api::routes()
         .merge(pages::routes())
+        .merge(oidc::routes())
         .route_layer(axum::middleware::from_fn_with_state(shed::Admission::new(), shed::admit))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::check));
     Router::new()
@@ -230,6 +237,10 @@ pub struct Auth {
     served: Served,
     /// How long the audit trail keeps an entry (`--audit-retain`).
     audit_retain: std::time::Duration,
+    /// Sign-in through the identity provider (`--oidc-issuer`), if on.
+    oidc: Option<Arc<oidc::Oidc>>,
+    /// What signs sessions, derived from the replicas' shared web key (`keyed`).
+    session_key: Option<session::SessionKey>,
 }
 
 /// The audit trail's retention unless `--audit-retain` says otherwise.
@@ -353,7 +364,20 @@ impl Auth {
             reads,
             served: Served::default(),
             audit_retain: AUDIT_RETAIN_DEFAULT,
+            oidc: None,
+            session_key: None,
         }
+    }
+
+    /// Sign-in through the identity provider.
+    pub fn with_oidc(mut self, oidc: oidc::Oidc) -> Auth {
+        self.oidc = Some(Arc::new(oidc));
+        self
+    }
+
+    /// Whether sign-in through the identity provider is on.
+    pub fn oidc_on(&self) -> bool {
+        self.oidc.is_some()
     }
 
     /// Keep audit entries this long (`--audit-retain`).
@@ -376,7 +400,16 @@ impl Auth {
     /// The forms' anti-forgery key, the same on every replica (`LedgerReads::web_key`).
     pub fn keyed(mut self, key: &[u8]) -> Auth {
         self.csrf_key = Some(Sha256::digest(key).into());
+        self.session_key = Some(session::SessionKey::derive(key));
         self
+    }
+
+    /// The principal of a browser's session cookie, if it carries one this cluster signed and
+    /// it has not expired; anyone else is nobody.
+    fn session_principal(&self, headers: &HeaderMap) -> Option<Principal> {
+        let key = self.session_key.as_ref()?;
+        let text = session::cookie(headers, session::IDENTITY_COOKIE)?;
+        key.open_session(text, chrono::Utc::now().timestamp()).ok().map(|session| session.principal())
     }
 
     /// Whether the break-glass admin token is on.
@@ -473,6 +506,17 @@ impl AppState {
     async fn principal_of(&self, token: &str) -> Result<Principal, Problem> {
         if self.auth.is_admin_token(token) {
             return Ok(Principal::admin_token());
+        }
+        if let Some(sealed) = token.strip_prefix(session::SESSION_PREFIX) {
+            // A session of `tenure login`: signed by this cluster's key, so any replica takes it.
+            let key = self.auth.session_key.as_ref();
+            return match key.map(|key| key.open_session(sealed, chrono::Utc::now().timestamp())) {
+                Some(Ok(session)) => Ok(session.principal()),
+                Some(Err(refused)) => Err(Problem::unauthorized(&format!(
+                    "the session is not valid ({refused}): sign in again (`tenure login`)"
+                ))),
+                None => Err(Problem::unauthorized("sessions are not taken yet: try again")),
+            };
         }
         let invalid = || {
             Problem::unauthorized(

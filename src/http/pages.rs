@@ -547,6 +547,10 @@ struct JobPage {
     may_resume: bool,
     /// "alice (operator of payments)" once signed in.
     signed_in: Option<String>,
+    /// Signed in through the identity provider: a sign-out form.
+    session: bool,
+    /// Sign-in through the identity provider is on: the sign-in link leads there.
+    oidc: bool,
     csrf: String,
     key: String,
     next_local: String,
@@ -649,6 +653,8 @@ async fn job(
         may_pause: may(Action::Pause),
         may_resume: may(Action::Resume),
         signed_in: signed_in(&caller),
+        session: caller.principal.via == identity::Via::Session,
+        oidc: state.auth.oidc_on(),
         csrf: state.auth.csrf_for(&session).unwrap_or_default(),
         key: api::new_key(),
         next_local,

@@ -75,6 +75,9 @@ mod proxy;
 mod scheduling;
 /// What a job can see of tenure through /proc, and whom it runs as (`user:`).
 mod security;
+/// Sign-in through a real OpenID provider (oidc-provider on node): Chromium, forged and
+/// replayed answers, sessions on both replicas, `tenure login --sso`.
+mod signin;
 /// The harness itself: both servers come up, answer, survive restarts.
 mod smoke;
 /// Starting up against a real PostgreSQL: migrations, replicas together, a newer schema.
