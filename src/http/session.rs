@@ -198,6 +198,13 @@ mod tests {
     }
 
     #[test]
+    fn the_cookie_is_http_only_lax_expiring_and_secure_over_https() {
+        assert_eq!(set_cookie("c", "v", 60, false), "c=v; Path=/; HttpOnly; SameSite=Lax; Max-Age=60");
+        assert_eq!(set_cookie("c", "v", 60, true), "c=v; Path=/; HttpOnly; SameSite=Lax; Max-Age=60; Secure");
+        assert_eq!(set_cookie("c", "", -5, true), "c=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; Secure");
+    }
+
+    #[test]
     fn a_sign_in_under_way_never_passes_as_a_session() {
         let key = SessionKey::derive(b"k");
         let attempt =
