@@ -354,6 +354,12 @@ impl Replica {
         } = wiring;
         let (jobs_tx, jobs_rx) = watch::channel(self.jobs);
         tasks.spawn(prune_ledger(store.clone(), retain, jobs_rx.clone(), leadership.clone(), shutdown.clone()));
+        tasks.spawn(prune_audit(store.clone(), auth.audit_retain(), leadership.clone(), shutdown.clone()));
+        // The forms' anti-forgery key, one for the whole cluster: whichever replica asks first
+        // records it in the ledger, every other reads it.
+        let fresh = http::random_bytes::<32>().context("read /dev/urandom")?;
+        let key = reads.web_key("csrf", &fresh).await.context("read the web's shared key from the ledger")?;
+        let auth = auth.keyed(&key);
         tasks.spawn(watch_job_file(jobs_path.to_owned(), retain, jobs_tx, self.member_tx, shutdown.clone()));
         let state = AppState {
             node_id: self.node_id.clone(),
@@ -507,6 +513,48 @@ async fn prune_ledger(
         if pruned > 0 {
             metrics::counter!(metric::RUNS_PRUNED).increment(pruned);
             tracing::info!(pruned, before = %before, "pruned old ledger rows");
+        }
+    }
+}
+
+/// Audit retention: the leader deletes audit entries older than `--audit-retain`, a thousand at
+/// a time (the only way an entry goes).
+async fn prune_audit(
+    store: Store,
+    audit_retain: Duration,
+    leadership: watch::Receiver<Leadership>,
+    shutdown: CancellationToken,
+) {
+    const BATCH: i64 = 1000;
+    let every = crate::testing::prune_every().unwrap_or(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let Some(before) =
+            chrono::Duration::from_std(audit_retain).ok().and_then(|age| Utc::now().checked_sub_signed(age))
+        else {
+            continue;
+        };
+        let mut pruned = 0;
+        while leadership.borrow().is_leader() && !shutdown.is_cancelled() {
+            match store.prune_audit(before, BATCH).await {
+                Ok(count) => {
+                    pruned += count;
+                    if count < BATCH as u64 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "audit pruning failed; retrying later");
+                    break;
+                }
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(pruned, before = %before, "pruned old audit entries");
         }
     }
 }

@@ -37,6 +37,8 @@ pub fn secret_arguments() -> (Vec<String>, Vec<String>) {
     }
     let (mut flags, mut variables) = (Vec::new(), Vec::new());
     walk(&Cli::command(), &mut flags, &mut variables);
+    // Read by no flag (`OidcArgs::oidc_client_secret`), scrubbed all the same.
+    variables.push(OIDC_CLIENT_SECRET_VARIABLE.to_owned());
     for list in [&mut flags, &mut variables] {
         list.sort();
         list.dedup();
@@ -49,9 +51,9 @@ pub fn secret_arguments() -> (Vec<String>, Vec<String>) {
     name = "tenure",
     version,
     about = "A distributed cron scheduler that fires every job exactly once per slot",
-    after_help = "The client commands (status, jobs, runs, show, trigger, pause, resume, terms) talk to --server \
-                  (TENURE_SERVER) and exit 0 when done, 2 on an error (one line on stderr); `tenure trigger --help` \
-                  has the codes of --wait."
+    after_help = "The client commands (status, jobs, runs, show, trigger, pause, resume, backfill, terms, tokens, \
+                  audit, login, whoami) talk to --server (TENURE_SERVER) and exit 0 when done, 2 on an error (one line \
+                  on stderr); `tenure trigger --help` has the codes of --wait."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -224,12 +226,20 @@ pub struct DevArgs {
     /// Keep ledger rows this long.
     #[arg(long, env = "TENURE_RETAIN", value_parser = humantime::parse_duration, default_value = "7d")]
     pub retain: Duration,
-    /// Token for trigger, pause and resume (default: a random one, printed at start).
+    /// The break-glass admin token (default: a random one, printed at start).
     #[arg(long, env = "TENURE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
     /// A file holding the admin token (a mounted secret), instead of --admin-token.
     #[arg(long, env = "TENURE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
     pub admin_token_file: Option<PathBuf>,
+    /// No admin token at all: only named tokens (`tenure tokens create`) sign in.
+    #[arg(long, env = "TENURE_NO_ADMIN_TOKEN", conflicts_with_all = ["admin_token", "admin_token_file"])]
+    pub no_admin_token: bool,
+    /// Keep audit entries this long.
+    #[arg(long, env = "TENURE_AUDIT_RETAIN", value_parser = humantime::parse_duration, default_value = "400d")]
+    pub audit_retain: Duration,
+    #[command(flatten)]
+    pub oidc: Box<OidcArgs>,
     #[command(flatten)]
     pub listener: ListenerArgs,
     #[command(flatten)]
@@ -292,17 +302,19 @@ impl DeadManArgs {
 }
 
 impl DevArgs {
-    /// The settings, and the admin token in effect (generated when none was given).
-    pub fn settings(&self) -> anyhow::Result<(DevSettings, Secret)> {
+    /// The settings, and the admin token in effect (generated when none was given; none with
+    /// `--no-admin-token`).
+    pub fn settings(&self) -> anyhow::Result<(DevSettings, Option<Secret>)> {
         let token = match Secret::inline_or_file(self.admin_token.as_ref(), self.admin_token_file.as_deref())? {
-            Some(token) => token,
+            _ if self.no_admin_token => None,
+            Some(token) => Some(token),
             None => {
                 let mut bytes = [0u8; 12];
                 use std::io::Read;
                 std::fs::File::open("/dev/urandom")
                     .and_then(|mut f| f.read_exact(&mut bytes))
                     .context("read /dev/urandom")?;
-                Secret::new(hex::encode(bytes))
+                Some(Secret::new(hex::encode(bytes)))
             }
         };
         let host = hostname::get().context("read host name")?.to_string_lossy().into_owned();
@@ -315,7 +327,12 @@ impl DevArgs {
             shutdown_grace: self.shutdown_grace,
             retain: self.retain,
             tls: self.listener.tls()?,
-            auth: Auth::new(Some(token.expose()), ReadAccess::Open).served(self.listener.served()),
+            auth: self.oidc.apply(
+                Auth::new(token.as_ref().map(Secret::expose), ReadAccess::Open)
+                    .served(self.listener.served())
+                    .with_audit_retain(self.audit_retain),
+                &self.listener,
+            )?,
             dead_man: self.dead_man.settings()?,
         };
         Ok((settings, token))
@@ -401,23 +418,101 @@ impl ZooKeeperArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("admin_token_source").args(["admin_token", "admin_token_file"])))]
 pub struct WebArgs {
-    /// Token for trigger, pause and resume: a bearer token for the API, the password (any user
-    /// name) for the pages' basic auth. Without it nothing can be changed from the web.
+    /// The break-glass admin token: an admin on every job, a bearer token for the API, the
+    /// password (any user name) for the pages' basic auth; its changes are audited as
+    /// `admin-token`. Without it (the advice once named tokens exist: `tenure tokens create`), only
+    /// named tokens sign in.
     #[arg(long, env = "TENURE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
     /// A file holding the admin token (a mounted secret), instead of --admin-token.
     #[arg(long, env = "TENURE_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
     pub admin_token_file: Option<PathBuf>,
-    /// Require the token for the pages and read endpoints too (health and metrics stay open).
-    #[arg(long, env = "TENURE_PROTECT_READS", requires = "admin_token_source")]
+    /// Require a token for the pages and read endpoints too (health and metrics stay open); a
+    /// token scoped to teams then sees only its teams' jobs.
+    #[arg(long, env = "TENURE_PROTECT_READS")]
     pub protect_reads: bool,
+    /// Keep audit entries this long; older ones are pruned by the leader (the only way an entry
+    /// goes).
+    #[arg(long, env = "TENURE_AUDIT_RETAIN", value_parser = humantime::parse_duration, default_value = "400d")]
+    pub audit_retain: Duration,
+    #[command(flatten)]
+    pub oidc: Box<OidcArgs>,
+}
+
+/// Sign-in through the company's identity provider (OpenID Connect).
+#[derive(Debug, Args)]
+pub struct OidcArgs {
+    /// The identity provider's issuer URL (its discovery document is
+    /// `<issuer>/.well-known/openid-configuration`): browsers sign in there (`/auth/login`),
+    /// with --oidc-client-id, --oidc-policy and --public-url (where the provider sends them back,
+    /// to `auth/callback`). The client secret comes from --oidc-client-secret-file or the
+    /// TENURE_OIDC_CLIENT_SECRET variable, never from a flag.
+    #[arg(long, env = "TENURE_OIDC_ISSUER", requires_all = ["oidc_client_id", "oidc_policy"])]
+    pub oidc_issuer: Option<String>,
+    /// The dashboard's client id at the provider (a confidential client: code flow with PKCE).
+    #[arg(long, env = "TENURE_OIDC_CLIENT_ID", requires = "oidc_issuer")]
+    pub oidc_client_id: Option<String>,
+    /// A file holding the client secret (a mounted secret).
+    #[arg(long, env = "TENURE_OIDC_CLIENT_SECRET_FILE", requires = "oidc_issuer")]
+    pub oidc_client_secret_file: Option<PathBuf>,
+    /// The client secret from the environment (TENURE_OIDC_CLIENT_SECRET), read as the command
+    /// line is parsed, before the environment is scrubbed; no flag sets it.
+    #[arg(skip = std::env::var(OIDC_CLIENT_SECRET_VARIABLE).ok().filter(|value| !value.is_empty()).map(Secret::new))]
+    pub oidc_client_secret: Option<Secret>,
+    /// The public client `tenure login` signs in with (device authorization grant); without it
+    /// the CLI signs in with tokens only.
+    #[arg(long, env = "TENURE_OIDC_CLI_CLIENT_ID", requires = "oidc_issuer")]
+    pub oidc_cli_client_id: Option<String>,
+    /// The sign-in policy: the provider's groups mapped to roles and teams (YAML; see README).
+    #[arg(long, env = "TENURE_OIDC_POLICY", requires = "oidc_issuer")]
+    pub oidc_policy: Option<PathBuf>,
+    /// How long a sign-in lasts (the session cookie's and `tenure login`'s session's life).
+    #[arg(long, env = "TENURE_SESSION_TTL", value_parser = humantime::parse_duration, default_value = "8h")]
+    pub session_ttl: Duration,
+}
+
+/// The variable the OpenID Connect client secret may come from (scrubbed like the others).
+pub const OIDC_CLIENT_SECRET_VARIABLE: &str = "TENURE_OIDC_CLIENT_SECRET";
+
+impl OidcArgs {
+    /// `auth` with sign-in through the provider, when --oidc-issuer is given.
+    fn apply(&self, auth: Auth, listener: &ListenerArgs) -> anyhow::Result<Auth> {
+        let (Some(issuer), Some(client_id), Some(policy)) =
+            (&self.oidc_issuer, &self.oidc_client_id, &self.oidc_policy)
+        else {
+            return Ok(auth);
+        };
+        let client_secret = match (&self.oidc_client_secret_file, &self.oidc_client_secret) {
+            (Some(path), _) => Secret::from_file(path)?,
+            (None, Some(secret)) => secret.clone(),
+            (None, None) => anyhow::bail!(
+                "--oidc-issuer needs the client secret: --oidc-client-secret-file PATH or {OIDC_CLIENT_SECRET_VARIABLE}"
+            ),
+        };
+        let Some(public_url) = &listener.public_url else {
+            anyhow::bail!(
+                "--oidc-issuer needs --public-url: where browsers reach tenure, to which the provider sends them back"
+            );
+        };
+        let redirect = public_url.url().join("auth/callback").context("the sign-in's redirect URL")?;
+        let settings = crate::http::OidcSettings {
+            issuer: issuer.clone(),
+            client_id: client_id.clone(),
+            client_secret,
+            cli_client_id: self.oidc_cli_client_id.clone(),
+            policy: crate::http::GroupPolicy::load(policy)?,
+            session_ttl: self.session_ttl,
+            redirect,
+        };
+        Ok(auth.with_oidc(crate::http::Oidc::new(settings)?))
+    }
 }
 
 impl WebArgs {
     pub fn auth(&self) -> anyhow::Result<Auth> {
         let token = Secret::inline_or_file(self.admin_token.as_ref(), self.admin_token_file.as_deref())?;
         let reads = if self.protect_reads { ReadAccess::TokenRequired } else { ReadAccess::Open };
-        Ok(Auth::new(token.as_ref().map(Secret::expose), reads))
+        Ok(Auth::new(token.as_ref().map(Secret::expose), reads).with_audit_retain(self.audit_retain))
     }
 }
 
@@ -462,7 +557,7 @@ impl RunArgs {
             shutdown_grace: self.shutdown_grace,
             retain: self.retain,
             tls: self.listener.tls()?,
-            auth: self.web.auth()?.served(self.listener.served()),
+            auth: self.web.oidc.apply(self.web.auth()?.served(self.listener.served()), &self.listener)?,
             dead_man: self.dead_man.settings()?,
             tags,
             max_runs: self.max_runs,

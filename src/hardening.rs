@@ -227,7 +227,13 @@ mod tests {
         assert_eq!(flags, ["--admin-token", "--database-url", "--etcd-password", "--heartbeat-url"]);
         assert_eq!(
             variables,
-            ["TENURE_ADMIN_TOKEN", "TENURE_DATABASE_URL", "TENURE_ETCD_PASSWORD", "TENURE_HEARTBEAT_URL"]
+            [
+                "TENURE_ADMIN_TOKEN",
+                "TENURE_DATABASE_URL",
+                "TENURE_ETCD_PASSWORD",
+                "TENURE_HEARTBEAT_URL",
+                "TENURE_OIDC_CLIENT_SECRET"
+            ]
         );
     }
 

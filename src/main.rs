@@ -158,12 +158,22 @@ fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
         println!("  dashboard    {scheme}://{address}/");
         // A generated token is shown so it can be used; one the operator gave stays a secret.
         let generated = args.admin_token.is_none() && args.admin_token_file.is_none();
-        if generated {
-            println!("  admin token  {}   (trigger, pause, resume: any user name, this password)", token.expose());
-        } else {
-            println!("  admin token  the one given   (trigger, pause, resume: any user name, the token as password)");
+        match &token {
+            Some(token) if generated => {
+                println!("  admin token  {}   (trigger, pause, resume: any user name, this password)", token.expose());
+            }
+            Some(_) => {
+                println!(
+                    "  admin token  the one given   (trigger, pause, resume: any user name, the token as password)"
+                );
+            }
+            None => println!("  admin token  off (--no-admin-token): named tokens only"),
         }
-        let shown_token = if generated { token.expose() } else { "<the token given>" };
+        let shown_token = match &token {
+            Some(token) if generated => token.expose(),
+            Some(_) => "<the token given>",
+            None => "<a named token>",
+        };
         println!("  command line export TENURE_SERVER={scheme}://{address} TENURE_ADMIN_TOKEN={shown_token}");
         println!("               tenure status");
         println!("  ctrl-c stops; edit the job file and it reloads");

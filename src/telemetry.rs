@@ -95,6 +95,11 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (metric::DATABASE_REACHABLE, Kind::Gauge, "1 while the database answers this replica"),
     (metric::JOB_FILE_RELOADS, Kind::Counter, "Job file reloads by result (success or failure)"),
     (metric::RUNS_PRUNED, Kind::Counter, "Ledger rows removed by retention"),
+    (
+        metric::AUDIT_REFUSALS_UNRECORDED,
+        Kind::Counter,
+        "Refused attempts only logged, not audited: more arrived at once than the gate records",
+    ),
     (metric::PRUNE_FAILURES, Kind::Counter, "Retention cycles of the leader that failed on a database error"),
     (metric::RUNS_LOST, Kind::Counter, "Runs recorded lost: started, then their replica vanished"),
     (metric::RUNS, Kind::Counter, "Runs ended, by job and status"),
@@ -226,6 +231,9 @@ pub mod metric {
     /// Label `result`: `success` or `failure`.
     pub const JOB_FILE_RELOADS: &str = "tenure_job_file_reloads_total";
     pub const RUNS_PRUNED: &str = "tenure_runs_pruned_total";
+    /// Refused attempts before admission that were only logged: more arrived at once than the
+    /// gate records (`http::gate`).
+    pub const AUDIT_REFUSALS_UNRECORDED: &str = "tenure_audit_refusals_unrecorded_total";
     /// Retention cycles cut short by a database error (the rest waits for the next cycle).
     pub const PRUNE_FAILURES: &str = "tenure_ledger_prune_failures_total";
     pub const RUNS_LOST: &str = "tenure_runs_lost_total";

@@ -67,6 +67,94 @@ pub enum ClientCommand {
     Backfill(BackfillArgs),
     /// List the leaders' terms (fencing tokens), newest first, with hand-over times.
     Terms(ServerArgs),
+    /// Create, list and revoke named API tokens (admins).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// The audit trail, newest first: who changed what, and every refused attempt (admins).
+    Audit(AuditArgs),
+    /// Store a token for --server in your config directory (mode 0600), for the other commands:
+    /// pasted on stdin, or read from --token-file; with --sso, a session from signing in at the
+    /// company's identity provider (device authorization: open the address it prints, enter the
+    /// code). Checked with the server first.
+    Login(LoginArgs),
+    /// Who the server takes you for: name, role, teams.
+    Whoami(ServerArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token; its text is printed this once (tenure keeps only a salted hash).
+    Create(TokenCreateArgs),
+    /// List the tokens (never their secrets).
+    List(ServerArgs),
+    /// Revoke a token by id or name: refused by every replica from its next request.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Sign in at the identity provider the server names (OpenID Connect device authorization)
+    /// instead of pasting a token.
+    #[arg(long)]
+    pub sso: bool,
+    /// With --sso: give up waiting for the sign-in after this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// A name for the person or script it is for (e.g. alice@example.com, deploy-bot): what the
+    /// audit trail and a manual run's page show.
+    pub name: String,
+    /// viewer (read), operator (also trigger, cancel, pause, resume, backfill) or admin.
+    #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+    pub role: String,
+    /// Only the jobs of this team (repeatable); none: every team.
+    #[arg(long = "team")]
+    pub teams: Vec<String>,
+    /// Expire after this long (e.g. 90d, 12h); default never.
+    #[arg(long)]
+    pub expires_in: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id (`tenure tokens list`) or name.
+    pub token: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries by this principal (a token's name, `admin-token`, `anonymous`).
+    #[arg(long)]
+    pub who: Option<String>,
+    /// Only entries about this job.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Only this action (trigger, cancel, pause, resume, backfill, token-create, token-revoke, ...).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only `done` or only `refused` attempts.
+    #[arg(long, value_parser = ["done", "refused"])]
+    pub outcome: Option<String>,
+    /// Entries at or after this instant (RFC 3339).
+    #[arg(long)]
+    pub since: Option<chrono::DateTime<Utc>>,
+    /// Entries before this instant (RFC 3339).
+    #[arg(long)]
+    pub until: Option<chrono::DateTime<Utc>>,
+    /// At most this many entries.
+    #[arg(long, short = 'n', default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit: u32,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// Where the API is and how to talk to it.
@@ -75,8 +163,9 @@ pub struct ServerArgs {
     /// Base URL of any replica's dashboard and API (http:// or https://).
     #[arg(long, env = "TENURE_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
-    /// A file holding the admin token, needed by trigger, pause and resume (and by reads
-    /// under --protect-reads). Without it, the TENURE_ADMIN_TOKEN variable is used.
+    /// A file holding the token (a named one, or the admin token), needed by trigger, pause,
+    /// resume and backfill (and by reads under --protect-reads). Without it: the TENURE_TOKEN
+    /// variable, then TENURE_ADMIN_TOKEN, then the token `tenure login` stored for --server.
     #[arg(long, env = "TENURE_ADMIN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// PEM file of a CA to trust for https:// servers, besides the built-in roots.
@@ -158,7 +247,7 @@ pub struct CancelArgs {
     /// With --wait: give up waiting after this long (exit code 3).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m", requires = "wait")]
     pub timeout: Duration,
-    /// Why: recorded as the run's error ("cancelled by admin (api): REASON").
+    /// Why: recorded as the run's error ("cancelled by NAME (api): REASON").
     #[arg(long)]
     pub reason: Option<String>,
     #[command(flatten)]
@@ -228,7 +317,14 @@ impl ServerArgs {
             let token = Secret::from_file(path).map_err(|error| ClientError::Setup(format!("{error:#}")))?;
             return Ok(Some(token));
         }
-        Ok(std::env::var("TENURE_ADMIN_TOKEN").ok().filter(|token| !token.is_empty()).map(Secret::new))
+        for variable in ["TENURE_TOKEN", "TENURE_ADMIN_TOKEN"] {
+            if let Some(token) = std::env::var(variable).ok().filter(|token| !token.is_empty()) {
+                return Ok(Some(Secret::new(token)));
+            }
+        }
+        // No credentials file (no home) is no token, not an error: reads may be open.
+        let Ok(path) = super::login::credentials_path() else { return Ok(None) };
+        super::login::stored_token(&path, &self.server).map_err(|error| ClientError::Setup(format!("{error:#}")))
     }
 
     fn client(&self) -> Result<Client, ClientError> {
@@ -246,6 +342,11 @@ impl ClientCommand {
             ClientCommand::Trigger(args) => &args.server,
             ClientCommand::Pause(args) | ClientCommand::Resume(args) => &args.server,
             ClientCommand::Backfill(args) => &args.server,
+            ClientCommand::Tokens(TokensCommand::Create(args)) => &args.server,
+            ClientCommand::Tokens(TokensCommand::List(server)) => server,
+            ClientCommand::Tokens(TokensCommand::Revoke(args)) => &args.server,
+            ClientCommand::Audit(args) => &args.server,
+            ClientCommand::Login(LoginArgs { server, .. }) | ClientCommand::Whoami(server) => server,
         }
     }
 }
@@ -278,6 +379,12 @@ pub fn run(command: &ClientCommand, out: &mut impl Write, err: &mut impl Write) 
 /// `progress`: where a followed backfill reports as it goes (stderr; stdout gets the end).
 async fn execute(command: &ClientCommand, out: &mut Vec<u8>, progress: &mut impl Write) -> Result<i32, ClientError> {
     let server = command.server();
+    if let ClientCommand::Login(args) = command {
+        if args.sso {
+            return login_sso(args, out).await;
+        }
+        return login(&args.server, out).await;
+    }
     let client = server.client()?;
     let now = Utc::now();
     let print = |out: &mut Vec<u8>, document: &Value, table: String| {
@@ -323,7 +430,161 @@ async fn execute(command: &ClientCommand, out: &mut Vec<u8>, progress: &mut impl
             let answer = client.terms().await?;
             print(out, &answer.document, render::terms(&answer.value, now));
         }
+        ClientCommand::Whoami(_) => {
+            let answer = client.whoami().await?;
+            print(out, &answer.document, render::principal(&answer.value));
+        }
+        ClientCommand::Tokens(TokensCommand::List(_)) => {
+            let answer = client.tokens().await?;
+            print(out, &answer.document, render::tokens(&answer.value));
+        }
+        ClientCommand::Tokens(TokensCommand::Create(args)) => {
+            let mut body = serde_json::json!({ "name": args.name, "role": args.role, "teams": args.teams });
+            if let Some(expires_in) = &args.expires_in {
+                body["expires_in"] = Value::from(expires_in.clone());
+            }
+            let answer = client.create_token(&body).await?;
+            let token = answer.value.get("token").and_then(Value::as_str).unwrap_or_default();
+            let table = format!(
+                "{}\n{token}\n(shown this once: tenure keeps only a salted hash; `tenure login` stores it for the CLI)\n",
+                render::tokens(std::slice::from_ref(&answer.value)).trim_end()
+            );
+            print(out, &answer.document, table);
+        }
+        ClientCommand::Tokens(TokensCommand::Revoke(args)) => {
+            let answer = client.revoke_token(&args.token).await?;
+            print(out, &answer.document, render::tokens(std::slice::from_ref(&answer.value)));
+        }
+        ClientCommand::Audit(args) => {
+            let mut entries = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut query: Vec<(&str, String)> = Vec::new();
+                for (name, value) in
+                    [("who", &args.who), ("job", &args.job), ("action", &args.action), ("outcome", &args.outcome)]
+                {
+                    if let Some(value) = value {
+                        query.push((name, value.clone()));
+                    }
+                }
+                if let Some(since) = args.since {
+                    query.push(("since", since.to_rfc3339()));
+                }
+                if let Some(until) = args.until {
+                    query.push(("until", until.to_rfc3339()));
+                }
+                query.push(("limit", (args.limit as usize - entries.len()).min(500).to_string()));
+                if let Some(cursor) = &cursor {
+                    query.push(("cursor", cursor.clone()));
+                }
+                let answer = client.audit(&query).await?;
+                entries.extend(answer.document.get("entries").and_then(Value::as_array).cloned().unwrap_or_default());
+                cursor = answer.document.get("next_cursor").and_then(Value::as_str).map(str::to_owned);
+                if cursor.is_none() || entries.len() >= args.limit as usize {
+                    break;
+                }
+            }
+            let table = render::audit(&entries);
+            print(out, &serde_json::json!({ "entries": entries, "next_cursor": cursor }), table);
+        }
+        ClientCommand::Login(_) => unreachable!("handled above"),
     }
+    Ok(exit::OK)
+}
+
+/// `tenure login`: the token from --token-file, else one line of stdin; checked with the server
+/// (`/api/whoami`), then stored for --server (mode 0600).
+async fn login(server: &ServerArgs, out: &mut Vec<u8>) -> Result<i32, ClientError> {
+    let token = match &server.token_file {
+        Some(path) => Secret::from_file(path).map_err(|error| ClientError::Setup(format!("{error:#}")))?,
+        None => {
+            use std::io::IsTerminal;
+            if std::io::stdin().is_terminal() {
+                eprint!("paste a token for {} (tenure tokens create, or the dashboard's Tokens page): ", server.server);
+            }
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|error| ClientError::Setup(format!("read the token from stdin: {error}")))?;
+            let line = line.trim();
+            if line.is_empty() {
+                return Err(ClientError::Setup("no token on stdin".to_owned()));
+            }
+            Secret::new(line.to_owned())
+        }
+    };
+    let client = Client::new(&server.server, Some(token.clone()), server.ca_file.as_deref())?;
+    let who = client.whoami().await?;
+    if who.value.get("via").and_then(Value::as_str) == Some("anonymous") {
+        return Err(ClientError::Setup("the server did not take the token".to_owned()));
+    }
+    let path = super::login::credentials_path().map_err(|error| ClientError::Setup(format!("{error:#}")))?;
+    super::login::store_token(&path, &server.server, token.expose())
+        .map_err(|error| ClientError::Setup(format!("{error:#}")))?;
+    let text = format!(
+        "signed in to {} as {}; token stored in {}\n",
+        client.server(),
+        render::principal(&who.value).trim_end(),
+        path.display()
+    );
+    out.extend_from_slice(text.as_bytes());
+    Ok(exit::OK)
+}
+
+/// `tenure login --sso`: the device authorization grant at the provider the server names, with
+/// the CLI's public client; the ID token it yields is exchanged at the server for a session
+/// token (`/api/auth/session`), stored as `login` stores a token. The address and the code to
+/// enter go to stderr; no token is ever printed.
+async fn login_sso(args: &LoginArgs, out: &mut Vec<u8>) -> Result<i32, ClientError> {
+    use openidconnect::{AuthType, ClientId, Scope};
+    let server = &args.server;
+    let client = Client::new(&server.server, None, server.ca_file.as_deref())?;
+    let settings = client.oidc_settings().await?.value;
+    let provider = |what: &str, error: &dyn std::fmt::Display| ClientError::Setup(format!("{what}: {error}"));
+    let http = crate::http::oidc_http_client().map_err(|error| provider("the identity provider", &error))?;
+    let metadata = crate::http::discover_provider(&settings.issuer, &http)
+        .await
+        .map_err(|error| provider(&format!("discover {}", settings.issuer), &error))?;
+    let device =
+        metadata.additional_metadata().device_authorization_endpoint.clone().ok_or_else(|| {
+            ClientError::Setup(format!("{} offers no device authorization endpoint", settings.issuer))
+        })?;
+    let oidc = crate::http::OidcClient::from_provider_metadata(metadata, ClientId::new(settings.client_id), None)
+        .set_device_authorization_url(device)
+        .set_auth_type(AuthType::RequestBody);
+    let scopes = settings.scopes.iter().filter(|scope| *scope != "openid").map(|scope| Scope::new(scope.clone()));
+    let details: openidconnect::core::CoreDeviceAuthorizationResponse = oidc
+        .exchange_device_code()
+        .add_scopes(scopes)
+        .request_async(&http)
+        .await
+        .map_err(|error| provider("the device authorization request", &error))?;
+    let open = details
+        .verification_uri_complete()
+        .map_or_else(|| details.verification_uri().to_string(), |complete| complete.secret().clone());
+    eprintln!("open {open} and enter the code {} to sign in", details.user_code().secret());
+    let tokens = oidc
+        .exchange_device_access_token(&details)
+        .map_err(|error| provider("the device token request", &error))?
+        .request_async(&http, tokio::time::sleep, Some(args.timeout))
+        .await
+        .map_err(|error| provider("the sign-in at the identity provider", &error))?;
+    let id_token = openidconnect::TokenResponse::id_token(&tokens)
+        .ok_or_else(|| ClientError::Setup("the identity provider sent no ID token".to_owned()))?;
+    let session = client.session(&id_token.to_string()).await?.value;
+    let token = session.get("token").and_then(Value::as_str).unwrap_or_default();
+    let principal = session.get("principal").cloned().unwrap_or(Value::Null);
+    let path = super::login::credentials_path().map_err(|error| ClientError::Setup(format!("{error:#}")))?;
+    super::login::store_token(&path, &server.server, token)
+        .map_err(|error| ClientError::Setup(format!("{error:#}")))?;
+    let text = format!(
+        "signed in to {} as {} until {}; session stored in {}\n",
+        client.server(),
+        render::principal(&principal).trim_end(),
+        session.get("expires_at").and_then(Value::as_str).unwrap_or("?"),
+        path.display()
+    );
+    out.extend_from_slice(text.as_bytes());
     Ok(exit::OK)
 }
 

@@ -10,6 +10,7 @@
 //! server's problem+json.
 
 pub mod commands;
+pub mod login;
 pub mod render;
 pub mod types;
 
@@ -221,6 +222,45 @@ impl Client {
         self.read(self.url(&["api", "backfills", &id.to_string()])).await
     }
 
+    /// The caller as the server sees it: name, role, teams, how authenticated.
+    pub async fn whoami(&self) -> Result<Answer<Value>, ClientError> {
+        self.read(self.url(&["api", "whoami"])).await
+    }
+
+    /// Where the CLI signs in through the identity provider (`tenure login --sso`).
+    pub async fn oidc_settings(&self) -> Result<Answer<crate::http::CliSettings>, ClientError> {
+        self.read(self.url(&["api", "auth", "oidc"])).await
+    }
+
+    /// A session token for an ID token the provider issued to the CLI's client.
+    pub async fn session(&self, id_token: &str) -> Result<Answer<Value>, ClientError> {
+        let body = serde_json::json!({ "id_token": id_token });
+        self.send(Method::POST, self.url(&["api", "auth", "session"]), None, Some(&body)).await
+    }
+
+    /// Every named token (never a secret).
+    pub async fn tokens(&self) -> Result<Answer<Vec<Value>>, ClientError> {
+        self.read(self.url(&["api", "tokens"])).await
+    }
+
+    /// Create a named token (`{"name", "role", "teams", "expires_in"}`): the answer holds its
+    /// text, shown this once.
+    pub async fn create_token(&self, body: &Value) -> Result<Answer<Value>, ClientError> {
+        self.change(self.url(&["api", "tokens"]), "tokens create", None, Some(body)).await
+    }
+
+    /// Revoke the token with this id or name.
+    pub async fn revoke_token(&self, id_or_name: &str) -> Result<Answer<Value>, ClientError> {
+        self.change(self.url(&["api", "tokens", id_or_name, "revoke"]), "tokens revoke", None, None).await
+    }
+
+    /// One page of the audit trail, filtered by `query` (name and value pairs of `GET /api/audit`).
+    pub async fn audit(&self, query: &[(&str, String)]) -> Result<Answer<Value>, ClientError> {
+        let mut url = self.url(&["api", "audit"]);
+        url.query_pairs_mut().extend_pairs(query.iter().map(|(name, value)| (*name, value.as_str())));
+        self.read(url).await
+    }
+
     /// The base URL with `segments` appended, each percent-encoded (a job name is a segment).
     fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
@@ -243,7 +283,7 @@ impl Client {
     ) -> Result<Answer<T>, ClientError> {
         if self.token.is_none() {
             return Err(ClientError::Setup(format!(
-                "{what} needs the admin token: give --token-file PATH or set TENURE_ADMIN_TOKEN"
+                "{what} needs a token: run `tenure login`, give --token-file PATH or set TENURE_TOKEN"
             )));
         }
         self.send(Method::POST, url, idempotency_key, body).await

@@ -274,6 +274,68 @@ pub fn paused(answer: &Paused) -> String {
     format!("{} {}\n", if answer.paused { "paused" } else { "resumed" }, answer.job)
 }
 
+/// A text field of a JSON document, or `–`.
+fn field(value: &serde_json::Value, name: &str) -> String {
+    match value.get(name) {
+        Some(serde_json::Value::String(text)) if !text.is_empty() => text.clone(),
+        Some(serde_json::Value::Array(items)) if !items.is_empty() => {
+            items.iter().filter_map(serde_json::Value::as_str).collect::<Vec<_>>().join(",")
+        }
+        _ => "–".to_owned(),
+    }
+}
+
+/// `tenure whoami`: "alice (operator of payments, api-token)".
+pub fn principal(principal: &serde_json::Value) -> String {
+    let teams = field(principal, "teams");
+    let scope = if teams == "–" { String::new() } else { format!(" of {teams}") };
+    format!("{} ({}{scope}, {})\n", field(principal, "name"), field(principal, "role"), field(principal, "via"))
+}
+
+/// `tenure tokens list`: one row per token, never its secret.
+pub fn tokens(tokens: &[serde_json::Value]) -> String {
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|token| {
+            let state = if token.get("revoked_at").is_some_and(|at| !at.is_null()) {
+                format!("revoked by {}", field(token, "revoked_by"))
+            } else {
+                "active".to_owned()
+            };
+            vec![
+                field(token, "id"),
+                field(token, "name"),
+                field(token, "role"),
+                field(token, "teams"),
+                field(token, "expires_at"),
+                state,
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "ROLE", "TEAMS", "EXPIRES", "STATE"], &rows)
+}
+
+/// `tenure audit`: newest first.
+pub fn audit(entries: &[serde_json::Value]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|entry| {
+            vec![
+                field(entry, "at"),
+                field(entry, "who"),
+                field(entry, "role"),
+                field(entry, "action"),
+                entry.get("job").and_then(|job| job.as_str()).map_or_else(|| field(entry, "target"), str::to_owned),
+                field(entry, "outcome"),
+                field(entry, "source"),
+                field(entry, "request_id"),
+                field(entry, "detail"),
+            ]
+        })
+        .collect();
+    table(&["AT", "WHO", "ROLE", "ACTION", "JOB", "OUTCOME", "SOURCE", "REQUEST", "DETAIL"], &rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,8 +367,12 @@ mod tests {
             }))
             .unwrap()
         };
-        let planned_line = |text: String| text.lines().find(|line| line.trim_start().starts_with("planned")).unwrap().to_owned();
-        assert_eq!(planned_line(self::run(&run("2026-11-27T09:00:00Z"))), "  planned         2026-11-27T09:00:00Z (its slot)");
+        let planned_line =
+            |text: String| text.lines().find(|line| line.trim_start().starts_with("planned")).unwrap().to_owned();
+        assert_eq!(
+            planned_line(self::run(&run("2026-11-27T09:00:00Z"))),
+            "  planned         2026-11-27T09:00:00Z (its slot)"
+        );
         assert_eq!(
             planned_line(self::run(&run("2026-11-27T09:00:07.500Z"))),
             "  planned         2026-11-27T09:00:07.500Z (jitter 7.5s)"

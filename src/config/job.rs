@@ -1,5 +1,5 @@
 //! The fields only a job has (`name`, `schedule`, its target, `env`, `inherit_env`, `overrides`,
-//! `workdir`, `user` and `group`, `paused`), one [`Validator`] function each; [`Validator::job`]
+//! `workdir`, `user` and `group`, `paused`, `team`), one [`Validator`] function each; [`Validator::job`]
 //! puts them together with the job's policies. The walk over the file and the shared readers are
 //! in `validate.rs`. `user` and `group` are looked up on this machine when the file is loaded.
 
@@ -59,6 +59,7 @@ impl Validator<'_> {
             get("workdir").and_then(|w| self.string(w, job, "workdir", "a directory path")).map(PathBuf::from);
         let paused = get("paused").is_some_and(|paused| self.paused(paused, job));
         let run_on = get("run_on").map(|run_on| self.run_on(run_on, job)).unwrap_or_default();
+        let team = get("team").and_then(|team| self.team(team, job));
 
         if self.errors.len() != before || !policies_ok {
             return None;
@@ -83,7 +84,20 @@ impl Validator<'_> {
             run_on,
             overrides,
             run_as,
+            team,
         })
+    }
+
+    /// `team`: the team that owns the job, a name as tags are (letters, digits, `-`, `_`, `.`).
+    fn team(&mut self, node: &Spanned<Node>, job: Option<&str>) -> Option<String> {
+        let team = self.string(node, job, "team", "a team name")?;
+        if !is_tag(team) {
+            let message =
+                format!("`team`: `{team}` is not a team name (letters, digits, `-`, `_` and `.`, at most 64)");
+            self.error(&node.referenced, job, message);
+            return None;
+        }
+        Some(team.to_owned())
     }
 
     /// `run_on`: `leader` (the default), `any`, or `{ tags: [..] }` (at least one tag, each
@@ -726,6 +740,24 @@ jobs:
         ] {
             assert!(got.contains(needle), "missing {needle:?} in:\n{got}");
         }
+    }
+
+    #[test]
+    fn team_names_the_owning_team_and_bad_values_are_located() {
+        let text = "jobs:
+  - { name: a, schedule: '@daily', shell: 'true', team: payments }
+  - { name: b, schedule: '@daily', shell: 'true' }
+";
+        let jobs = crate::config::parse(text, "jobs.yaml").expect("valid");
+        let teams: Vec<Option<String>> = jobs.jobs().iter().map(|job| job.team.clone()).collect();
+        assert_eq!(teams, vec![Some("payments".to_owned()), None]);
+        let text = "jobs:
+  - { name: a, schedule: '@daily', shell: 'true', team: 'pay ments' }
+  - { name: b, schedule: '@daily', shell: 'true', team: [x] }
+";
+        let got = errors(text);
+        assert!(got[0].starts_with("jobs.yaml:2:57: job `a`: `team`: `pay ments` is not a team name"), "{got:?}");
+        assert!(got[1].starts_with("jobs.yaml:3:57: job `b`: `team`: expected a team name"), "{got:?}");
     }
 
     #[test]

@@ -106,6 +106,14 @@ impl JobSet {
         self.index.get(&JobName(name.to_owned())).map(|&i| &self.jobs[i])
     }
 
+    /// The jobs `keep` keeps, as a set of their own (the same hash and warnings): what one
+    /// caller may read of the file.
+    pub fn only(&self, keep: impl Fn(&Job) -> bool) -> JobSet {
+        let jobs: Vec<Job> = self.jobs.iter().filter(|job| keep(job)).cloned().collect();
+        let index = jobs.iter().enumerate().map(|(i, job)| (job.name.clone(), i)).collect();
+        JobSet { jobs, index, hash: self.hash.clone(), warnings: self.warnings.clone() }
+    }
+
     /// The first 12 hex digits of the SHA-256 of the file's bytes: which file a replica runs.
     pub fn hash(&self) -> &str {
         &self.hash
@@ -169,6 +177,9 @@ pub struct Job {
     pub overrides: Vec<String>,
     /// Whom its processes run as (`user:`, `group:`); `None`: tenure's own user.
     pub run_as: Option<RunAs>,
+    /// The team that owns it (`team:`): an operator scoped to teams acts only on their jobs
+    /// (see `http::identity`). `None`: no team's, so only unscoped principals and admins.
+    pub team: Option<String>,
 }
 
 /// Whom a job's processes run as, resolved when the job file was loaded (`user:` and `group:`,

@@ -1,12 +1,12 @@
 //! The JSON API under `/api`. Reads return the same views the pages render; trigger, pause,
-//! resume, backfill and cancel need the admin token as a bearer token and are recorded in the
-//! ledger, where the leader picks them up (a follower takes them just the same, nothing is
-//! forwarded).
+//! resume, backfill and cancel need a bearer token whose principal `identity::authorize` allows
+//! them, and are recorded in the ledger with their audit entry, where the leader picks them up
+//! (a follower takes them just the same, nothing is forwarded).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -14,17 +14,22 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::gate::BODY_LIMIT;
+use super::identity::{self, Action, Principal, Role};
 use super::rejection::{Path, Query, Rejected};
 use super::timeline;
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, TermView};
-use super::{AppState, Problem};
+use super::{AppState, Caller, Problem};
 use crate::config::{Concurrency, Job, TargetKind};
 use crate::model::{Control, RunStatus, TriggerKind};
-use crate::store::{BackfillRecord, CancelAnswer, RunCursor, TriggerOverrides, TriggerRecord, TriggerRequest};
+use crate::store::{
+    AuditEntry, AuditFilter, AuditOutcome, BackfillRecord, CancelAnswer, CreateTokenError, NewToken, RunCursor,
+    TokenRecord, TriggerOverrides, TriggerRecord, TriggerRequest,
+};
 
 pub fn routes() -> Router<AppState> {
     let api = Router::new()
@@ -42,6 +47,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/runs/{id}", get(run))
         .route("/api/runs/{id}/cancel", post(cancel))
         .route("/api/cluster", get(cluster))
+        .route("/api/whoami", get(whoami))
+        .route("/api/tokens", get(tokens).post(create_token))
+        .route("/api/tokens/{id}/revoke", post(revoke_token))
+        .route("/api/audit", get(audit))
         .route("/api/terms", get(terms))
         .route("/api/openapi.json", get(openapi))
         .route(
@@ -55,12 +64,20 @@ pub fn routes() -> Router<AppState> {
     })
 }
 
-/// One page of the jobs (`page` from 1), and how many jobs there are in all.
-pub(super) async fn jobs_page(state: &AppState, page: usize) -> Result<(Vec<JobView>, usize), Problem> {
+/// One page of the jobs `caller` may read (`page` from 1), and how many there are in all.
+pub(super) async fn jobs_page(
+    state: &AppState,
+    caller: &Caller,
+    page: usize,
+) -> Result<(Vec<JobView>, usize), Problem> {
     let jobs = state.jobs.borrow().clone();
+    let visible: Vec<&Job> =
+        jobs.jobs().iter().filter(|job| state.may_read_of(caller, job.name.as_str(), job.team.as_deref())).collect();
+    let total = visible.len();
     // Saturating: a page past the last (however far) is empty, never an overflow.
     let offset = page.saturating_sub(1).saturating_mul(view::JOBS_PER_PAGE);
-    Ok((view::read_jobs(&state.store, &jobs, offset, view::JOBS_PER_PAGE).await?, jobs.jobs().len()))
+    let page = visible.into_iter().skip(offset).take(view::JOBS_PER_PAGE).collect();
+    Ok((view::read_job_list(&state.store, page).await?, total))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,10 +85,13 @@ pub(super) struct PageQuery {
     pub page: Option<usize>,
 }
 
-/// The job named `name` in the current job file, or 404.
-pub(super) async fn named_job(state: &AppState, name: &str) -> Result<JobView, Problem> {
+/// The job named `name` in the current job file, or 404 (also for a job `caller` may not read).
+pub(super) async fn named_job(state: &AppState, caller: &Caller, name: &str) -> Result<JobView, Problem> {
     let jobs = state.jobs.borrow().clone();
-    let job = jobs.get(name).ok_or_else(|| Problem::not_found(format!("no job `{name}` in the job file")))?;
+    let job = jobs
+        .get(name)
+        .filter(|job| state.may_read_of(caller, name, job.team.as_deref()))
+        .ok_or_else(|| Problem::not_found(format!("no job `{name}` in the job file")))?;
     Ok(view::read_job(&state.store, job).await?)
 }
 
@@ -111,7 +131,15 @@ pub(super) struct RunQuery {
 pub(super) const PAGE_DEFAULT: i64 = 50;
 const PAGE_MAX: i64 = 500;
 
-pub(super) async fn run_page(state: &AppState, name: &str, query: &RunQuery) -> Result<RunPage, Problem> {
+pub(super) async fn run_page(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    query: &RunQuery,
+) -> Result<RunPage, Problem> {
+    if !state.may_read(caller, name) {
+        return Err(Problem::not_found(format!("no job `{name}` in the job file or the ledger")));
+    }
     if state.jobs.borrow().get(name).is_none() && state.store.job_runs(name, None, None, 1).await?.is_empty() {
         return Err(Problem::not_found(format!("no job `{name}` in the job file or the ledger")));
     }
@@ -138,8 +166,13 @@ pub(super) async fn run_page(state: &AppState, name: &str, query: &RunQuery) -> 
     Ok(RunPage { runs: runs.iter().map(RunBrief::of).collect(), next_cursor })
 }
 
-pub(super) async fn run_view(state: &AppState, id: i64) -> Result<RunView, Problem> {
-    let run = state.store.run(id).await?.ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
+pub(super) async fn run_view(state: &AppState, caller: &Caller, id: i64) -> Result<RunView, Problem> {
+    let run = state
+        .store
+        .run(id)
+        .await?
+        .filter(|run| state.may_read(caller, &run.job))
+        .ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
     let notifications = state.store.run_notifications(id).await?;
     let request = match run.trigger {
         TriggerKind::Manual => state.store.trigger_of_run(id).await?,
@@ -152,13 +185,15 @@ pub(super) async fn run_view(state: &AppState, id: i64) -> Result<RunView, Probl
 
 /// Record a manual trigger. The same key twice for one job is one trigger (a double click fires
 /// once); the same key for another job is that job's own trigger. Without a key, a fresh one.
+/// The run's `requested_by` is the caller's name, as the web decided it (`identity`).
 pub(super) async fn request_trigger(
     state: &AppState,
+    caller: &Caller,
     name: &str,
     key: Option<&str>,
-    by: &str,
     overrides: &TriggerOverrides,
 ) -> Result<TriggerRecord, Problem> {
+    state.permit(caller, Action::Trigger, Some(name)).await?;
     let Some(job) = state.jobs.borrow().get(name).cloned() else {
         return Err(Problem::not_found(format!("no job `{name}` in the job file")));
     };
@@ -167,25 +202,47 @@ pub(super) async fn request_trigger(
         Some(key) => checked_key(key)?.to_owned(),
         None => new_key(),
     };
+    let by = &caller.principal.name;
     let request = TriggerRequest { job: name, idempotency_key: &key, by, requested_at: Utc::now(), overrides };
-    let mut trigger = state.store.request_trigger(&request).await?;
+    let detail = overrides.reason.as_deref().map_or_else(String::new, |reason| format!("reason: {reason}"));
+    let audit = caller.audit(Action::Trigger, Some((name, job.team.as_deref())), AuditOutcome::Done, detail);
+    let mut trigger = state.store.request_trigger(&request, &audit).await?;
     trigger.overrides.env = view::shown_env(std::mem::take(&mut trigger.overrides.env), Some(&job));
     Ok(trigger)
 }
 
-/// Ask for run `id` to be cancelled: recorded on its row with who asked (`by`: "admin", the
-/// holder of the admin token, and where from) and why, for the leader to act on under the fence.
-/// 404 for an unknown run, 409 for one that has ended.
-pub(super) async fn request_cancel(state: &AppState, id: i64, by: &str, reason: Option<&str>) -> Result<(), Problem> {
+/// Ask for run `id` to be cancelled as `caller` (who may: `permit`, on the run's job): recorded
+/// on its row with who asked (the caller's name, and `from`: `api` or `dashboard`) and why, for
+/// the leader to act on under the fence, and audited in the same transaction. 404 for an
+/// unknown run (or one `caller` may not read), 409 for one that has ended.
+pub(super) async fn request_cancel(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
+    from: &str,
+    reason: Option<&str>,
+) -> Result<(), Problem> {
+    let job = state
+        .store
+        .run(id)
+        .await?
+        .filter(|run| state.may_read(caller, &run.job))
+        .map(|run| run.job)
+        .ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
+    state.permit(caller, Action::Cancel, Some(&job)).await?;
     let reason = reason.map(str::trim).filter(|reason| !reason.is_empty());
     if reason.is_some_and(|reason| reason.len() > REASON_MAX) {
         return Err(Problem::bad_request(format!("`reason` is over {REASON_MAX} bytes")));
     }
+    let by = &caller.principal.name;
     let why = match reason {
-        Some(reason) => format!("cancelled by admin ({by}): {reason}"),
-        None => format!("cancelled by admin ({by})"),
+        Some(reason) => format!("cancelled by {by} ({from}): {reason}"),
+        None => format!("cancelled by {by} ({from})"),
     };
-    match state.store.cancel_run(id, &why).await? {
+    let team = state.jobs.borrow().get(&job).and_then(|job| job.team.clone());
+    let mut audit = caller.audit(Action::Cancel, Some((&job, team.as_deref())), AuditOutcome::Done, why.clone());
+    audit.target = Some(format!("run {id}"));
+    match state.store.cancel_run(id, &why, &audit).await? {
         CancelAnswer::Asked { .. } => Ok(()),
         CancelAnswer::NoSuchRun => Err(Problem::not_found(format!("no run {id}"))),
         CancelAnswer::Ended(status) => Err(Problem::new(
@@ -260,16 +317,31 @@ fn key_rule(fault: &str) -> String {
     format!("an idempotency key is 1 to {KEY_MAX} visible ASCII characters (`!` to `~`, no spaces); {fault}")
 }
 
-pub(super) async fn set_control(state: &AppState, name: &str, control: Control, by: &str) -> Result<(), Problem> {
-    let Some(paused_in_file) = state.jobs.borrow().get(name).map(|job| job.paused) else {
+/// Pause or resume job `name` as `caller` (who may: `permit`), audited.
+pub(super) async fn set_control(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    control: Control,
+) -> Result<(), Problem> {
+    let action = match control {
+        Control::Pause => Action::Pause,
+        Control::Resume => Action::Resume,
+    };
+    state.permit(caller, action, Some(name)).await?;
+    let Some((paused_in_file, team)) = state.jobs.borrow().get(name).map(|job| (job.paused, job.team.clone())) else {
         return Err(Problem::not_found(format!("no job `{name}` in the job file")));
     };
+    let job = Some((name, team.as_deref()));
     if control == Control::Resume && !paused_in_file && !state.store.job_controls().await?.contains_key(name) {
         // Nothing pauses the job: the resume changes nothing, and recording it would stamp a
-        // resume instant that excuses the job's slots before it.
+        // resume instant that excuses the job's slots before it. The attempt is audited alone.
+        let audit = caller.audit(action, job, AuditOutcome::Done, "not paused: nothing changed");
+        state.store.record_audit(&audit).await?;
         return Ok(());
     }
-    Ok(state.store.set_control(name, control, by).await?)
+    let audit = caller.audit(action, job, AuditOutcome::Done, "");
+    Ok(state.store.set_control(name, control, &audit).await?)
 }
 
 /// A fresh idempotency key: unique per process and instant.
@@ -282,21 +354,19 @@ pub(super) fn new_key() -> String {
 /// `GET /api/jobs?page=N`: 100 jobs a page; `X-Total-Count` says how many there are.
 async fn jobs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<PageQuery>,
 ) -> Result<impl IntoResponse, Problem> {
-    state.auth.read(&headers)?;
-    let (jobs, total) = jobs_page(&state, query.page.unwrap_or(1)).await?;
+    let (jobs, total) = jobs_page(&state, &caller, query.page.unwrap_or(1)).await?;
     Ok(([("x-total-count", total.to_string())], Json(jobs)))
 }
 
 async fn job(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<JobView>, Problem> {
-    state.auth.read(&headers)?;
-    Ok(Json(named_job(&state, &name).await?))
+    Ok(Json(named_job(&state, &caller, &name).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -326,12 +396,21 @@ pub(super) async fn paused_jobs(state: &AppState, jobs: &crate::config::JobSet) 
         .collect())
 }
 
-pub(super) async fn next_view(state: &AppState, name: &str, count: usize) -> Result<NextView, Problem> {
+/// Job `name`'s next `count` fire times, or 404 (also for a job `caller` may not read).
+pub(super) async fn next_view(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    count: usize,
+) -> Result<NextView, Problem> {
     if count == 0 || count > timeline::MAX_UPCOMING {
         return Err(Problem::bad_request(format!("count is 1 to {}", timeline::MAX_UPCOMING)));
     }
     let jobs = state.jobs.borrow().clone();
-    let job = jobs.get(name).ok_or_else(|| Problem::not_found(format!("no job `{name}` in the job file")))?;
+    let job = jobs
+        .get(name)
+        .filter(|job| state.may_read_of(caller, name, job.team.as_deref()))
+        .ok_or_else(|| Problem::not_found(format!("no job `{name}` in the job file")))?;
     let paused = paused_jobs(state, &jobs).await?.contains(name);
     Ok(NextView {
         job: name.to_owned(),
@@ -344,56 +423,58 @@ pub(super) async fn next_view(state: &AppState, name: &str, count: usize) -> Res
 
 async fn job_next(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(query): Query<NextQuery>,
 ) -> Result<Json<NextView>, Problem> {
-    state.auth.read(&headers)?;
-    Ok(Json(next_view(&state, &name, query.count.unwrap_or(timeline::UPCOMING)).await?))
+    Ok(Json(next_view(&state, &caller, &name, query.count.unwrap_or(timeline::UPCOMING)).await?))
 }
 
-/// The timeline of the current job file from now, computed off the async runtime (bounded:
-/// `timeline::HOUR_CAP`).
-pub(super) async fn timeline_view(state: &AppState) -> Result<timeline::Timeline, Problem> {
+/// The timeline of the current job file from now, of the jobs `caller` may read, computed off
+/// the async runtime (bounded: `timeline::HOUR_CAP`).
+pub(super) async fn timeline_view(state: &AppState, caller: &Caller) -> Result<timeline::Timeline, Problem> {
     let jobs = state.jobs.borrow().clone();
+    let jobs = if state.auth.reads_protected() {
+        Arc::new(jobs.only(|job| state.may_read_of(caller, job.name.as_str(), job.team.as_deref())))
+    } else {
+        jobs
+    };
     let paused = paused_jobs(state, &jobs).await?;
     tokio::task::spawn_blocking(move || timeline::timeline(&jobs, &paused, Utc::now())).await.map_err(|error| {
         Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", "the timeline failed", &error)
     })
 }
 
-async fn timeline(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<timeline::Timeline>, Problem> {
-    state.auth.read(&headers)?;
-    Ok(Json(timeline_view(&state).await?))
+async fn timeline(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<timeline::Timeline>, Problem> {
+    Ok(Json(timeline_view(&state, &caller).await?))
 }
 
 async fn job_runs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(query): Query<RunQuery>,
 ) -> Result<Json<RunPage>, Problem> {
-    state.auth.read(&headers)?;
-    Ok(Json(run_page(&state, &name, &query).await?))
+    Ok(Json(run_page(&state, &caller, &name, &query).await?))
 }
 
 async fn run(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<i64>, Rejected>,
 ) -> Result<Json<RunView>, Problem> {
-    state.auth.read(&headers)?;
     let Path(id) = id.map_err(|_| Problem::bad_request("a run id is a number"))?;
-    Ok(Json(run_view(&state, id).await?))
+    Ok(Json(run_view(&state, &caller, id).await?))
 }
 
-async fn cluster(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<ClusterView>, Problem> {
-    state.auth.read(&headers)?;
+async fn cluster(State(state): State<AppState>) -> Result<Json<ClusterView>, Problem> {
     Ok(Json(cluster_view(&state).await?))
 }
 
-async fn terms(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<TermView>>, Problem> {
-    state.auth.read(&headers)?;
+async fn terms(State(state): State<AppState>) -> Result<Json<Vec<TermView>>, Problem> {
     Ok(Json(terms_view(&state).await?))
 }
 
@@ -430,11 +511,11 @@ impl TriggerBody {
 
 async fn trigger(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, Problem> {
-    state.auth.mutate_api(&headers)?;
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -459,7 +540,7 @@ async fn trigger(
     };
     let key = header.map(str::to_owned).or(parsed.idempotency_key.take());
     let overrides = parsed.overrides()?;
-    let trigger = request_trigger(&state, &name, key.as_deref(), "api", &overrides).await?;
+    let trigger = request_trigger(&state, &caller, &name, key.as_deref(), &overrides).await?;
     Ok((StatusCode::ACCEPTED, Json(trigger)))
 }
 
@@ -474,11 +555,10 @@ struct CancelBody {
 /// the replica executing it) and records it `killed` with who asked and why.
 async fn cancel(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<i64>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, Problem> {
-    state.auth.mutate_api(&headers)?;
     let body = body.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
     let parsed: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
         CancelBody::default()
@@ -487,8 +567,8 @@ async fn cancel(
             Problem::bad_request(format!("expected a JSON object such as {{\"reason\": \"...\"}}: {error}"))
         })?
     };
-    request_cancel(&state, id, "api", parsed.reason.as_deref()).await?;
-    Ok((StatusCode::ACCEPTED, Json(run_view(&state, id).await?)))
+    request_cancel(&state, &caller, id, "api", parsed.reason.as_deref()).await?;
+    Ok((StatusCode::ACCEPTED, Json(run_view(&state, &caller, id).await?)))
 }
 
 /// The most slots one backfill may cover.
@@ -568,11 +648,11 @@ fn backfill_slots(
 
 async fn backfill(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::response::Response, Problem> {
-    state.auth.mutate_api(&headers)?;
+    state.permit(&caller, Action::Backfill, Some(&name)).await?;
     let body = body.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
     let request: BackfillBody = serde_json::from_slice(&body).map_err(|error| {
         Problem::bad_request(format!(
@@ -586,7 +666,10 @@ async fn backfill(
         let plan = BackfillPlan { job: name, from: request.from, to: request.to, dry_run: true, slots };
         return Ok(Json(plan).into_response());
     }
-    let record = state.store.request_backfill(&name, request.from, request.to, &slots, "api").await?;
+    let team = state.jobs.borrow().get(&name).and_then(|job| job.team.clone());
+    let detail = format!("{} – {}, {} slots", request.from, request.to, slots.len());
+    let audit = caller.audit(Action::Backfill, Some((&name, team.as_deref())), AuditOutcome::Done, detail);
+    let record = state.store.request_backfill(&name, request.from, request.to, &slots, &audit).await?;
     Ok((StatusCode::ACCEPTED, Json(BackfillView::of(record))).into_response())
 }
 
@@ -598,22 +681,25 @@ struct BackfillQuery {
 /// `GET /api/backfills?job=NAME`: the newest 100 backfills, newest first, with their progress.
 async fn backfills(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<BackfillQuery>,
 ) -> Result<Json<Vec<BackfillView>>, Problem> {
-    state.auth.read(&headers)?;
     let records = state.store.backfills(query.job.as_deref(), 100).await?;
-    Ok(Json(records.into_iter().map(BackfillView::of).collect()))
+    Ok(Json(records.into_iter().filter(|record| state.may_read(&caller, &record.job)).map(BackfillView::of).collect()))
 }
 
 async fn backfill_progress(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<i64>, Rejected>,
 ) -> Result<Json<BackfillView>, Problem> {
-    state.auth.read(&headers)?;
     let Path(id) = id.map_err(|_| Problem::bad_request("a backfill id is a number"))?;
-    let record = state.store.backfill(id).await?.ok_or_else(|| Problem::not_found(format!("no backfill {id}")))?;
+    let record = state
+        .store
+        .backfill(id)
+        .await?
+        .filter(|record| state.may_read(&caller, &record.job))
+        .ok_or_else(|| Problem::not_found(format!("no backfill {id}")))?;
     Ok(Json(BackfillView::of(record)))
 }
 
@@ -625,22 +711,239 @@ struct Paused {
 
 async fn pause(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Paused>, Problem> {
-    state.auth.mutate_api(&headers)?;
-    set_control(&state, &name, Control::Pause, "api").await?;
+    set_control(&state, &caller, &name, Control::Pause).await?;
     Ok(Json(Paused { job: name, paused: true }))
 }
 
 async fn resume(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Paused>, Problem> {
-    state.auth.mutate_api(&headers)?;
-    set_control(&state, &name, Control::Resume, "api").await?;
+    set_control(&state, &caller, &name, Control::Resume).await?;
     Ok(Json(Paused { job: name, paused: false }))
+}
+
+/// `GET /api/whoami`: the caller as the web sees it (name, role, teams, how authenticated).
+async fn whoami(Extension(caller): Extension<Caller>) -> Json<Principal> {
+    Json(caller.principal)
+}
+
+/// `POST /api/tokens`: `{"name": "...", "role": "operator", "teams": ["payments"], "expires_in": "30d"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TokenBody {
+    pub name: String,
+    pub role: String,
+    #[serde(default)]
+    pub teams: Vec<String>,
+    /// A duration such as `30d` or `12h`; absent: never expires.
+    pub expires_in: Option<String>,
+}
+
+/// A created token: the only time its secret is shown.
+#[derive(Debug, Serialize)]
+pub(super) struct CreatedToken {
+    #[serde(flatten)]
+    pub record: TokenRecord,
+    /// The token to send as `Authorization: Bearer`; tenure keeps only a salted hash of it.
+    pub token: String,
+}
+
+/// The longest token name, in bytes.
+const TOKEN_NAME_MAX: usize = 100;
+
+/// Create a named token as `caller` (an admin), audited in the same transaction.
+pub(super) async fn create_named_token(
+    state: &AppState,
+    caller: &Caller,
+    body: TokenBody,
+) -> Result<CreatedToken, Problem> {
+    state.permit(caller, Action::CreateToken, None).await?;
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > TOKEN_NAME_MAX || !name.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(Problem::bad_request(format!(
+            "`name`: 1 to {TOKEN_NAME_MAX} visible ASCII characters (`!` to `~`, no spaces), e.g. alice@example.com"
+        )));
+    }
+    let role = Role::parse(&body.role).ok_or_else(|| {
+        let names: Vec<&str> = Role::NAMES.iter().map(|(name, _)| *name).collect();
+        Problem::bad_request(format!("`role`: `{}` is not one of {}", body.role, names.join(", ")))
+    })?;
+    let mut teams: Vec<String> = body.teams.iter().map(|team| team.trim().to_owned()).collect();
+    if let Some(bad) = teams.iter().find(|team| !crate::config::is_tag(team)) {
+        return Err(Problem::bad_request(format!(
+            "`teams`: `{bad}` is not a team name (letters, digits, `-`, `_` and `.`, at most 64)"
+        )));
+    }
+    teams.sort();
+    teams.dedup();
+    let expires_at = match body.expires_in.as_deref().map(str::trim).filter(|text| !text.is_empty()) {
+        None => None,
+        Some(text) => {
+            let duration = humantime::parse_duration(text)
+                .ok()
+                .and_then(|duration| chrono::Duration::from_std(duration).ok())
+                .filter(|duration| *duration > chrono::Duration::zero())
+                .ok_or_else(|| {
+                    Problem::bad_request(format!("`expires_in`: `{text}` is not a duration such as 30d or 12h"))
+                })?;
+            Some(Utc::now().checked_add_signed(duration).ok_or_else(|| Problem::bad_request("`expires_in`: too far"))?)
+        }
+    };
+    let (id, secret, salt) = identity::new_token().map_err(|error| {
+        Problem::internal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            "no randomness for a token",
+            &error,
+        )
+    })?;
+    let hash = identity::token_hash(&salt, &secret);
+    let teams_text = teams.join(",");
+    let token = NewToken {
+        id: &id,
+        name,
+        role: role.as_str(),
+        teams: &teams_text,
+        salt: &salt,
+        hash: &hash,
+        created_by: &caller.principal.name,
+        expires_at,
+    };
+    let detail = format!(
+        "token `{name}`: {}{}{}",
+        role.as_str(),
+        if teams.is_empty() { String::new() } else { format!(" of {}", teams.join(", ")) },
+        expires_at.map_or_else(String::new, |at| format!(", expires {at}"))
+    );
+    let mut audit = caller.audit(Action::CreateToken, None, AuditOutcome::Done, detail);
+    audit.target = Some(id.clone());
+    let record = state.store.create_token(&token, &audit).await.map_err(|error| match error {
+        CreateTokenError::NameTaken(_) => Problem::new(StatusCode::CONFLICT, "Conflict", error.to_string()),
+        CreateTokenError::Database(error) => Problem::database(error),
+    })?;
+    Ok(CreatedToken { record, token: format!("{}{id}_{secret}", identity::TOKEN_PREFIX) })
+}
+
+/// Revoke the token with this id or name as `caller` (an admin), audited.
+pub(super) async fn revoke_named_token(state: &AppState, caller: &Caller, id: &str) -> Result<TokenRecord, Problem> {
+    state.permit(caller, Action::RevokeToken, None).await?;
+    let audit = caller.audit(Action::RevokeToken, None, AuditOutcome::Done, format!("revoked `{id}`"));
+    state.store.revoke_token(id, &audit).await?.ok_or_else(|| Problem::not_found(format!("no token `{id}`")))
+}
+
+async fn tokens(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<TokenRecord>>, Problem> {
+    state.permit(&caller, Action::ListTokens, None).await?;
+    Ok(Json(state.store.tokens().await?))
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, Problem> {
+    let body = body.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let body: TokenBody = serde_json::from_slice(&body).map_err(|error| {
+        Problem::bad_request(format!(
+            "expected a JSON object such as {{\"name\": \"deploy-bot\", \"role\": \"operator\", \"teams\": [\"payments\"], \
+             \"expires_in\": \"30d\"}}: {error}"
+        ))
+    })?;
+    Ok((StatusCode::CREATED, Json(create_named_token(&state, &caller, body).await?)))
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<TokenRecord>, Problem> {
+    Ok(Json(revoke_named_token(&state, &caller, &id).await?))
+}
+
+/// `GET /api/audit`: filters, and the cursor of the next (older) page.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct AuditQuery {
+    pub who: Option<String>,
+    pub job: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    /// RFC 3339: entries at or after.
+    pub since: Option<String>,
+    /// RFC 3339: entries before.
+    pub until: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// A page of the audit trail, newest first.
+#[derive(Debug, Serialize)]
+pub(super) struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of the audit trail for `caller` (an admin).
+pub(super) async fn audit_page(state: &AppState, caller: &Caller, query: &AuditQuery) -> Result<AuditPage, Problem> {
+    state.permit(caller, Action::ReadAudit, None).await?;
+    let given =
+        |value: &Option<String>| value.as_deref().map(str::trim).filter(|text| !text.is_empty()).map(str::to_owned);
+    let instant = |field: &str, value: &Option<String>| -> Result<Option<DateTime<Utc>>, Problem> {
+        given(value)
+            .map(|text| {
+                DateTime::parse_from_rfc3339(&text).map(|at| at.with_timezone(&Utc)).map_err(|_| {
+                    Problem::bad_request(format!(
+                        "`{field}`: `{text}` is not an RFC 3339 instant such as 2026-01-01T00:00:00Z"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let outcome = match given(&query.outcome) {
+        None => None,
+        Some(text) => Some(
+            crate::store::AuditOutcome::parse(&text)
+                .ok_or_else(|| Problem::bad_request(format!("`outcome`: `{text}` is not done or refused")))?,
+        ),
+    };
+    let before_id = match given(&query.cursor) {
+        None => None,
+        Some(text) => Some(text.parse::<i64>().map_err(|_| Problem::bad_request("malformed cursor"))?),
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(Problem::bad_request(format!("limit must be between 1 and {PAGE_MAX}")));
+    }
+    let filter = AuditFilter {
+        who: given(&query.who),
+        job: given(&query.job),
+        action: given(&query.action),
+        outcome,
+        since: instant("since", &query.since)?,
+        until: instant("until", &query.until)?,
+        before_id,
+        limit: limit + 1,
+    };
+    let mut entries = state.store.audit(&filter).await?;
+    let more = entries.len() > limit as usize;
+    entries.truncate(limit as usize);
+    let next_cursor = if more { entries.last().map(|entry| entry.id.to_string()) } else { None };
+    Ok(AuditPage { entries, next_cursor })
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<AuditPage>, Problem> {
+    Ok(Json(audit_page(&state, &caller, &query).await?))
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -77,8 +77,8 @@ pub(super) async fn serve(
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 pause_after(&error, &connections).await;
                 continue;
@@ -90,13 +90,13 @@ pub(super) async fn serve(
         };
         let (app, shutdown) = (app.clone(), shutdown.clone());
         match &tls {
-            None => tasks.spawn(serve_connection(TokioIo::new(stream), app, open, shutdown)),
+            None => tasks.spawn(serve_connection(TokioIo::new(stream), peer, app, open, shutdown)),
             // The handshake (bounded by its own deadline) on the connection's task, within the cap.
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tasks.spawn(async move {
                     if let Some(stream) = super::tls::handshake(&acceptor, stream).await {
-                        serve_connection(TokioIo::new(stream), app, open, shutdown).await;
+                        serve_connection(TokioIo::new(stream), peer, app, open, shutdown).await;
                     }
                 })
             }
@@ -111,13 +111,15 @@ pub(super) async fn serve(
 
 /// One connection, until it ends, is closed to make room, or the server shuts down (requests in
 /// flight are answered first).
-async fn serve_connection<I>(io: I, app: Router, open: Open, shutdown: CancellationToken)
+async fn serve_connection<I>(io: I, peer: std::net::SocketAddr, app: Router, open: Open, shutdown: CancellationToken)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let in_flight = open.in_flight.clone();
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         let busy = Busy::enter(&in_flight);
+        // Who asked, for the audit trail (`http::gate`).
+        request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         let app = app.clone();
         async move {
             let response = app.oneshot(request).await;

@@ -8,11 +8,14 @@
 mod api;
 mod fleet;
 mod gate;
+pub mod identity;
 mod listen;
+mod oidc;
 mod overview;
 mod pages;
 mod protect;
 mod rejection;
+pub mod session;
 mod shed;
 pub mod timeline;
 pub mod tls;
@@ -20,6 +23,10 @@ pub mod view;
 
 pub use gate::{BODY_LIMIT, BODY_TIMEOUT};
 pub use listen::{HEADER_TIMEOUT, bind};
+pub use oidc::{
+    CliSession, CliSettings, GroupPolicy, Oidc, OidcClient, OidcSettings, discover as discover_provider,
+    provider_http_client as oidc_http_client,
+};
 pub use protect::{CONTENT_SECURITY_POLICY, PublicUrl, Served};
 pub use shed::{MAX_CONCURRENT_READS, MAX_QUEUED_READS};
 
@@ -41,7 +48,8 @@ use crate::config::JobSet;
 use crate::election::CoordinatorProbe;
 use crate::leadership::Leadership;
 use crate::model::ClusterSnapshot;
-use crate::store::Reads;
+use crate::store::{AuditOutcome, AuditRecord, Reads};
+use identity::{Action, Denied, Principal, Role, Via};
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -106,8 +114,9 @@ pub fn router(state: AppState) -> Router {
     let https = state.auth.served.https();
     let dashboard = api::routes()
         .merge(pages::routes())
+        .merge(oidc::routes())
         .route_layer(axum::middleware::from_fn_with_state(shed::Admission::new(), shed::admit))
-        .route_layer(axum::middleware::from_fn_with_state(state.auth.clone(), gate::check));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate::check));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -212,12 +221,14 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     (code, axum::Json(body))
 }
 
-/// The admin token, kept only as digests: one to compare credentials with, one (derived) that
-/// keys the pages' anti-forgery values.
+/// Who may use the web, and the keys of its forms: the break-glass admin token (kept only as a
+/// digest; `None`: off), whether reads need a signed-in principal, where browsers reach tenure,
+/// and the forms' anti-forgery key (shared by every replica through the ledger: `keyed`).
+/// Named API tokens are read from the ledger on every request (`AppState::principal`).
 ///
 /// Forms are protected twice over (OWASP's CSRF cheat sheet): a synchronizer value bound to the
 /// browser (HMAC of its `tenure_session` cookie, `HttpOnly; SameSite=Strict`, under a key only
-/// the token holder's replicas know), and the browser's own word on where a request comes from
+/// the cluster's replicas know), and the browser's own word on where a request comes from
 /// (`Sec-Fetch-Site`, and the `Origin` or `Referer` against where tenure is served: `Served`). A
 /// page viewed by someone else carries a value for their session only; a cross-site request is
 /// refused whatever it carries.
@@ -227,15 +238,24 @@ pub struct Auth {
     csrf_key: Option<[u8; 32]>,
     reads: ReadAccess,
     served: Served,
+    /// How long the audit trail keeps an entry (`--audit-retain`).
+    audit_retain: std::time::Duration,
+    /// Sign-in through the identity provider (`--oidc-issuer`), if on.
+    oidc: Option<Arc<oidc::Oidc>>,
+    /// What signs sessions, derived from the replicas' shared web key (`keyed`).
+    session_key: Option<session::SessionKey>,
 }
+
+/// The audit trail's retention unless `--audit-retain` says otherwise.
+pub const AUDIT_RETAIN_DEFAULT: std::time::Duration = std::time::Duration::from_secs(400 * 86_400);
 
 /// Who may read the pages and GET endpoints (health and metrics are always open).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReadAccess {
     #[default]
     Open,
-    /// The admin token is needed to read too (`--protect-reads`); without a token, reads stay
-    /// open (there is nothing to ask for).
+    /// A signed-in principal is needed to read too (`--protect-reads`), and one scoped to teams
+    /// sees only its teams' jobs.
     TokenRequired,
 }
 
@@ -283,13 +303,19 @@ fn is_session_id(value: &str) -> bool {
 /// 128 random bits from the kernel: a session id must not be guessable, or an attacker could
 /// ask for the page's value under the victim's id.
 fn new_session_id() -> String {
+    random_hex::<16>().unwrap_or_else(|| "0".repeat(32))
+}
+
+/// `N` random bytes from the kernel, in hex; `None` without kernel randomness.
+fn random_hex<const N: usize>() -> Option<String> {
+    random_bytes::<N>().map(hex::encode)
+}
+
+pub(crate) fn random_bytes<const N: usize>() -> Option<[u8; N]> {
     use std::io::Read;
-    let mut bytes = [0u8; 16];
-    if std::fs::File::open("/dev/urandom").and_then(|mut file| file.read_exact(&mut bytes)).is_err() {
-        // No kernel randomness: an id that matches no value, so forms fail closed.
-        return "0".repeat(32);
-    }
-    hex::encode(bytes)
+    let mut bytes = [0u8; N];
+    std::fs::File::open("/dev/urandom").and_then(|mut file| file.read_exact(&mut bytes)).ok()?;
+    Some(bytes)
 }
 
 /// HMAC-SHA-256 (RFC 2104) over a 32-byte key.
@@ -304,13 +330,32 @@ fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
     Sha256::new().chain_update(outer_pad).chain_update(inner).finalize().into()
 }
 
-/// What a request's credentials amount to.
+/// How a request presented its credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Credential {
+enum Scheme {
     None,
+    /// `Authorization: Bearer`: a browser never adds one by itself.
     Bearer,
+    /// Basic auth (any user name, the token as the password): what a browser remembers.
     Basic,
-    Wrong,
+}
+
+/// The token a request presents, and how.
+fn presented(headers: &HeaderMap) -> (Scheme, Option<String>) {
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return (Scheme::None, None);
+    };
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return (Scheme::Bearer, Some(token.trim().to_owned()));
+    }
+    if let Some(encoded) = value.strip_prefix("Basic ") {
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&decoded);
+        // Any user name; the password is the token.
+        let password = text.split_once(':').map_or("", |(_, password)| password);
+        return (Scheme::Basic, Some(password.to_owned()));
+    }
+    (Scheme::Bearer, Some(String::new()))
 }
 
 impl Auth {
@@ -319,9 +364,33 @@ impl Auth {
         Auth {
             token: token.map(|token| Sha256::digest(token.as_bytes()).into()),
             csrf_key: token.map(|token| Sha256::digest(format!("tenure-csrf-key:{token}").as_bytes()).into()),
-            reads: if token.is_some() { reads } else { ReadAccess::Open },
+            reads,
             served: Served::default(),
+            audit_retain: AUDIT_RETAIN_DEFAULT,
+            oidc: None,
+            session_key: None,
         }
+    }
+
+    /// Sign-in through the identity provider.
+    pub fn with_oidc(mut self, oidc: oidc::Oidc) -> Auth {
+        self.oidc = Some(Arc::new(oidc));
+        self
+    }
+
+    /// Whether sign-in through the identity provider is on.
+    pub fn oidc_on(&self) -> bool {
+        self.oidc.is_some()
+    }
+
+    /// Keep audit entries this long (`--audit-retain`).
+    pub fn with_audit_retain(mut self, retain: std::time::Duration) -> Auth {
+        self.audit_retain = retain;
+        self
+    }
+
+    pub fn audit_retain(&self) -> std::time::Duration {
+        self.audit_retain
     }
 
     /// Where browsers reach this listener (its scheme, `--public-url`): what the origin check
@@ -331,59 +400,39 @@ impl Auth {
         self
     }
 
-    fn matches(&self, candidate: &str) -> bool {
+    /// The forms' anti-forgery key, the same on every replica (`LedgerReads::web_key`).
+    pub fn keyed(mut self, key: &[u8]) -> Auth {
+        self.csrf_key = Some(Sha256::digest(key).into());
+        self.session_key = Some(session::SessionKey::derive(key));
+        self
+    }
+
+    /// The principal of a browser's session cookie, if it carries one this cluster signed and
+    /// it has not expired; anyone else is nobody.
+    fn session_principal(&self, headers: &HeaderMap) -> Option<Principal> {
+        let key = self.session_key.as_ref()?;
+        let text = session::cookie(headers, session::IDENTITY_COOKIE)?;
+        key.open_session(text, chrono::Utc::now().timestamp()).ok().map(|session| session.principal())
+    }
+
+    /// Whether the break-glass admin token is on.
+    pub fn admin_token_on(&self) -> bool {
+        self.token.is_some()
+    }
+
+    fn is_admin_token(&self, candidate: &str) -> bool {
         // Comparing digests: the time taken says nothing about the token.
         let digest: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
         self.token.is_some_and(|token| token == digest)
     }
 
-    fn credential(&self, headers: &HeaderMap) -> Credential {
-        let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-            return Credential::None;
-        };
-        if let Some(token) = value.strip_prefix("Bearer ") {
-            return if self.matches(token.trim()) { Credential::Bearer } else { Credential::Wrong };
-        }
-        if let Some(encoded) = value.strip_prefix("Basic ") {
-            let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).unwrap_or_default();
-            let text = String::from_utf8_lossy(&decoded);
-            // Any user name; the password is the token.
-            let password = text.split_once(':').map_or("", |(_, password)| password);
-            return if self.matches(password) { Credential::Basic } else { Credential::Wrong };
-        }
-        Credential::Wrong
+    /// Whether reads are scoped (`--protect-reads`).
+    fn reads_protected(&self) -> bool {
+        self.reads == ReadAccess::TokenRequired
     }
 
-    /// Reads (pages and GET endpoints): open unless `--protect-reads`.
-    fn read(&self, headers: &HeaderMap) -> Result<(), Problem> {
-        if self.reads == ReadAccess::Open || matches!(self.credential(headers), Credential::Bearer | Credential::Basic)
-        {
-            return Ok(());
-        }
-        Err(Problem::unauthorized("this dashboard needs the admin token (basic auth password or bearer token)"))
-    }
-
-    /// API mutations: the bearer token only (a browser never adds one by itself, so no forgery).
-    fn mutate_api(&self, headers: &HeaderMap) -> Result<(), Problem> {
-        self.enabled()?;
-        match self.credential(headers) {
-            Credential::Bearer => Ok(()),
-            _ => Err(Problem::unauthorized("send the admin token as `Authorization: Bearer <token>`")),
-        }
-    }
-
-    /// Sign-in: the credentials only (a GET that changes nothing).
-    fn signed_in(&self, headers: &HeaderMap) -> Result<(), Problem> {
-        self.enabled()?;
-        match self.credential(headers) {
-            Credential::Bearer | Credential::Basic => Ok(()),
-            _ => Err(Problem::unauthorized("sign in with the admin token as the password")),
-        }
-    }
-
-    /// Page forms, before their body is read: basic auth (or bearer), from a same-origin page.
-    fn form_sender(&self, headers: &HeaderMap) -> Result<(), Problem> {
-        self.signed_in(headers)?;
+    /// Page forms, before their body is read: a same-origin request.
+    fn same_origin(&self, headers: &HeaderMap) -> Result<(), Problem> {
         if let Err(reason) = self.served.same_origin(headers) {
             tracing::warn!(reason, "refused a cross-origin form post");
             return Err(Problem::new(
@@ -395,10 +444,8 @@ impl Auth {
         Ok(())
     }
 
-    /// Page forms: basic auth (or bearer), a same-origin request, and the anti-forgery value of
-    /// this browser's session.
-    fn mutate_form(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Problem> {
-        self.form_sender(headers)?;
+    /// Page forms: the anti-forgery value of this browser's session.
+    fn form_value(&self, headers: &HeaderMap, csrf: &str) -> Result<(), Problem> {
         let session = BrowserSession::of(headers);
         let expected = (!session.is_new).then(|| self.csrf_for(&session)).flatten();
         // Compare digests: the time taken says nothing about the expected value.
@@ -417,18 +464,117 @@ impl Auth {
     pub(crate) fn csrf_for(&self, session: &BrowserSession) -> Option<String> {
         self.csrf_key.as_ref().map(|key| hex::encode(hmac_sha256(key, session.id.as_bytes())))
     }
+}
 
-    fn enabled(&self) -> Result<(), Problem> {
-        if self.token.is_none() {
-            return Err(Problem::unauthorized(
-                "changes from the web are off: start tenure with --admin-token (or TENURE_ADMIN_TOKEN)",
-            ));
+/// Who sent a request, as `gate` decided it before the handler ran: the principal, how its
+/// credentials came (a form's must pass the anti-forgery check), the source address and the
+/// request's id (in the `X-Request-Id` answer header and every audit entry it causes).
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub principal: Principal,
+    scheme: Scheme,
+    pub source: String,
+    pub request_id: String,
+}
+
+impl Caller {
+    /// The audit record of `action` by this caller on `job` (of `team`).
+    pub(crate) fn audit(
+        &self,
+        action: Action,
+        job: Option<(&str, Option<&str>)>,
+        outcome: AuditOutcome,
+        detail: impl Into<String>,
+    ) -> AuditRecord {
+        AuditRecord {
+            who: self.principal.name.clone(),
+            role: self.principal.role.map(|role| role.as_str().to_owned()),
+            teams: self.principal.teams.join(","),
+            via: self.principal.via.as_str().to_owned(),
+            source: self.source.clone(),
+            request_id: self.request_id.clone(),
+            action: action.as_str().to_owned(),
+            job: job.map(|(name, _)| name.to_owned()),
+            job_team: job.and_then(|(_, team)| team.map(str::to_owned)),
+            target: None,
+            outcome,
+            detail: detail.into(),
         }
-        Ok(())
+    }
+}
+
+impl AppState {
+    /// The principal behind `token`: the break-glass admin token, a valid named token (read from
+    /// the ledger now: a revocation or expiry holds at once, on every replica), or an error.
+    async fn principal_of(&self, token: &str) -> Result<Principal, Problem> {
+        if self.auth.is_admin_token(token) {
+            return Ok(Principal::admin_token());
+        }
+        if let Some(sealed) = token.strip_prefix(session::SESSION_PREFIX) {
+            // A session of `tenure login`: signed by this cluster's key, so any replica takes it.
+            let key = self.auth.session_key.as_ref();
+            return match key.map(|key| key.open_session(sealed, chrono::Utc::now().timestamp())) {
+                Some(Ok(session)) => Ok(session.principal()),
+                Some(Err(refused)) => Err(Problem::unauthorized(&format!(
+                    "the session is not valid ({refused}): sign in again (`tenure login`)"
+                ))),
+                None => Err(Problem::unauthorized("sessions are not taken yet: try again")),
+            };
+        }
+        let invalid = || {
+            Problem::unauthorized(
+                "the token is not valid (unknown, revoked or expired): send a valid one as `Authorization: Bearer \
+                 <token>` or as the password of basic auth",
+            )
+        };
+        let Some((id, secret)) = identity::split_token(token) else { return Err(invalid()) };
+        let Some(check) = self.store.token(id).await? else { return Err(invalid()) };
+        let digest = identity::token_hash(&check.salt, secret);
+        // Compare digests of the digests: the time taken says nothing about the stored hash.
+        let matches = Sha256::digest(digest) == Sha256::digest(&check.hash);
+        if !matches || !check.valid {
+            return Err(invalid());
+        }
+        let role = Role::parse(&check.record.role).ok_or_else(invalid)?;
+        Ok(Principal { name: check.record.name, role: Some(role), teams: check.record.teams, via: Via::ApiToken })
     }
 
-    fn can_mutate(&self) -> bool {
-        self.token.is_some()
+    /// Whether `caller` may take `action` on `job` (by name, its team read from the job file);
+    /// a refusal is recorded in the audit trail and answered 403 (401 for nobody).
+    pub(crate) async fn permit(&self, caller: &Caller, action: Action, job: Option<&str>) -> Result<(), Problem> {
+        let team = job.and_then(|name| self.jobs.borrow().get(name).and_then(|job| job.team.clone()));
+        let job = job.map(|name| (name, team.as_deref()));
+        match identity::authorize(&caller.principal, action, job) {
+            Ok(()) => Ok(()),
+            Err(denied) => {
+                if action != Action::Read {
+                    self.record_refusal(caller.audit(action, job, AuditOutcome::Refused, denied.to_string())).await;
+                }
+                Err(match denied {
+                    Denied::NotSignedIn(_) => Problem::unauthorized(&denied.to_string()),
+                    _ => Problem::new(StatusCode::FORBIDDEN, "Forbidden", denied.to_string()),
+                })
+            }
+        }
+    }
+
+    /// Whether `caller` may read job `name` (of the job file; a job only the ledger knows is no
+    /// team's): always where reads are open.
+    pub(crate) fn may_read(&self, caller: &Caller, name: &str) -> bool {
+        let team = self.jobs.borrow().get(name).and_then(|job| job.team.clone());
+        self.may_read_of(caller, name, team.as_deref())
+    }
+
+    /// Whether `caller` may read job `name` of `team`.
+    pub(crate) fn may_read_of(&self, caller: &Caller, name: &str, team: Option<&str>) -> bool {
+        !self.auth.reads_protected() || identity::authorize(&caller.principal, Action::Read, Some((name, team))).is_ok()
+    }
+
+    /// Record a refused attempt; a ledger that does not answer is logged (the refusal stands).
+    async fn record_refusal(&self, record: AuditRecord) {
+        if let Err(error) = self.store.record_audit(&record).await {
+            tracing::warn!(%error, who = record.who, action = record.action, "could not record a refused attempt");
+        }
     }
 }
 
@@ -454,7 +600,12 @@ impl Problem {
 
     /// A failure inside tenure: logged with a fresh correlation id; the client sees `detail`
     /// (which must hold no internal text) and the id.
-    fn internal(status: StatusCode, title: &'static str, detail: &str, cause: &dyn std::fmt::Display) -> Problem {
+    pub(crate) fn internal(
+        status: StatusCode,
+        title: &'static str,
+        detail: &str,
+        cause: &dyn std::fmt::Display,
+    ) -> Problem {
         let id = correlation_id();
         tracing::warn!(correlation_id = %id, error = %cause, "{title}");
         Problem {
@@ -466,7 +617,7 @@ impl Problem {
         }
     }
 
-    fn unauthorized(detail: &str) -> Problem {
+    pub(crate) fn unauthorized(detail: &str) -> Problem {
         Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized", detail)
     }
 
@@ -478,7 +629,7 @@ impl Problem {
         Problem::new(StatusCode::BAD_REQUEST, "Bad Request", detail)
     }
 
-    fn database(error: sqlx::Error) -> Problem {
+    pub(crate) fn database(error: sqlx::Error) -> Problem {
         Problem::internal(StatusCode::SERVICE_UNAVAILABLE, "Database Unavailable", "the ledger did not answer", &error)
     }
 }

@@ -7,21 +7,23 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::api::{self, RunQuery};
+use super::identity::{self, Action};
 use super::overview::{self, Filters, Outcome, OverviewQuery, Show};
 use super::rejection::{Form, Path, Query};
 use super::timeline::{self, Timeline};
 use super::view::{self, ClusterView, JobView, RunBrief, RunView, STRIP, ago, human_ms, in_zone, utc};
-use super::{AppState, BrowserSession, Problem};
+use super::{AppState, BrowserSession, Caller, Problem};
 use crate::model::{Control, RunStatus, TriggerKind};
+use crate::store::AuditOutcome;
 use crate::store::TriggerOverrides;
 
 pub fn routes() -> Router<AppState> {
@@ -34,6 +36,9 @@ pub fn routes() -> Router<AppState> {
         .route("/terms", get(terms))
         .route("/timeline", get(timeline_page))
         .route("/signin", get(signin))
+        .route("/audit", get(audit))
+        .route("/tokens", get(tokens).post(create_token))
+        .route("/tokens/{id}/revoke", post(revoke_token))
         .route("/static/app.css", get(|| async { asset("text/css; charset=utf-8", include_str!("static/app.css")) }))
         .route(
             "/static/live.js",
@@ -316,12 +321,17 @@ const LONG_DESCRIPTION: usize = 60;
 
 async fn overview(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<OverviewQuery>,
 ) -> Result<Html<String>, PageError> {
-    state.auth.read(&headers)?;
     let filters = Filters::of(query)?;
-    let key = format!("overview:{}", filters.href());
+    // Scoped reads: one rendering per scope (role and teams), never another scope's jobs.
+    let scope = if state.auth.reads_protected() {
+        format!("{:?}:{}", caller.principal.role, caller.principal.teams.join(","))
+    } else {
+        String::new()
+    };
+    let key = format!("overview:{}:{scope}", filters.href());
     if let Some(cached) = state.pages.get(&key) {
         return Ok(Html(cached.to_string()));
     }
@@ -329,16 +339,22 @@ async fn overview(
     if let Some(cached) = state.pages.get(&key) {
         return Ok(Html(cached.to_string()));
     }
-    let html = render_overview(&state, &filters).await?;
+    let html = render_overview(&state, &caller, &filters).await?;
     state.pages.put(key, Arc::from(html.as_str()));
     Ok(Html(html))
 }
 
 /// The overview for `filters`: every job counted and filtered from one read of the ledger
-/// (`job_states`), and only the page shown read in full (its strips).
-pub(super) async fn render_overview(state: &AppState, filters: &Filters) -> Result<String, PageError> {
+/// (`job_states`), and only the page shown read in full (its strips); only the jobs `caller`
+/// may read.
+pub(super) async fn render_overview(state: &AppState, caller: &Caller, filters: &Filters) -> Result<String, PageError> {
     let cluster = api::cluster_view(state).await?;
     let jobs = state.jobs.borrow().clone();
+    let jobs = if state.auth.reads_protected() {
+        Arc::new(jobs.only(|job| state.may_read_of(caller, job.name.as_str(), job.team.as_deref())))
+    } else {
+        jobs
+    };
     let now = Utc::now();
     let fleet = state.pages.fleet.of(&state.store, &jobs).await?;
     let states = &fleet.states;
@@ -525,7 +541,16 @@ struct JobPage {
     layout: Layout,
     job: JobView,
     notice: Option<&'static str>,
-    can_mutate: bool,
+    /// The actions the caller may take (`identity::authorize`): only those are shown.
+    may_trigger: bool,
+    may_pause: bool,
+    may_resume: bool,
+    /// "alice (operator of payments)" once signed in.
+    signed_in: Option<String>,
+    /// Signed in through the identity provider: a sign-out form.
+    session: bool,
+    /// Sign-in through the identity provider is on: the sign-in link leads there.
+    oidc: bool,
     csrf: String,
     key: String,
     next_local: String,
@@ -565,15 +590,16 @@ struct JobQuery {
 
 async fn job(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Path(name): Path<String>,
     Query(query): Query<JobQuery>,
 ) -> Result<Response, PageError> {
-    state.auth.read(&headers)?;
-    let job = api::named_job(&state, &name).await?;
+    let job = api::named_job(&state, &caller, &name).await?;
     let status_filter = query.status.clone().unwrap_or_default();
     let page = api::run_page(
         &state,
+        &caller,
         &name,
         &RunQuery { status: query.status.clone(), cursor: query.cursor.clone(), limit: Some(api::PAGE_DEFAULT) },
     )
@@ -586,7 +612,7 @@ async fn job(
         format!("/jobs/{name}?{status}cursor={cursor}")
     });
     let (next_local, next_utc) = next_times(&job);
-    let next = api::next_view(&state, &name, timeline::UPCOMING).await?;
+    let next = api::next_view(&state, &caller, &name, timeline::UPCOMING).await?;
     let zone: chrono_tz::Tz = next.timezone.parse().unwrap_or(chrono_tz::UTC);
     let upcoming =
         next.fires.iter().map(|fire| FireRow { local: in_zone(fire.utc, zone), utc: utc(fire.utc) }).collect();
@@ -616,10 +642,19 @@ async fn job(
             result: result_of(run),
         })
         .collect();
+    let may = |action| {
+        caller.principal.is_signed_in()
+            && identity::authorize(&caller.principal, action, Some((&job.name, job.team.as_deref()))).is_ok()
+    };
     let page = render(&JobPage {
         layout: Layout::new(&state, job.name.clone(), "job"),
         notice,
-        can_mutate: state.auth.can_mutate(),
+        may_trigger: may(Action::Trigger),
+        may_pause: may(Action::Pause),
+        may_resume: may(Action::Resume),
+        signed_in: signed_in(&caller),
+        session: caller.principal.via == identity::Via::Session,
+        oidc: state.auth.oidc_on(),
         csrf: state.auth.csrf_for(&session).unwrap_or_default(),
         key: api::new_key(),
         next_local,
@@ -718,20 +753,21 @@ impl ControlForm {
 
 async fn control(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Result<Redirect, PageError> {
     let form = ControlForm::of(fields)?;
-    state.auth.mutate_form(&headers, &form.csrf)?;
+    form_checked(&state, &caller, &headers, &form.csrf, action_named(&action)).await?;
     match action.as_str() {
         "trigger" => {
             // The page's form always carries a fresh key; an empty one is taken as none.
             let key = form.key.as_deref().filter(|key| !key.is_empty());
-            api::request_trigger(&state, &name, key, "dashboard", &form.overrides).await?;
+            api::request_trigger(&state, &caller, &name, key, &form.overrides).await?;
         }
-        "pause" => api::set_control(&state, &name, Control::Pause, "dashboard").await?,
-        "resume" => api::set_control(&state, &name, Control::Resume, "dashboard").await?,
+        "pause" => api::set_control(&state, &caller, &name, Control::Pause).await?,
+        "resume" => api::set_control(&state, &caller, &name, Control::Resume).await?,
         _ => return Err(Problem::not_found(format!("no action `{action}`")).into()),
     }
     Ok(Redirect::to(&format!("/jobs/{name}?done={action}")))
@@ -742,13 +778,19 @@ async fn control(
 /// inherited variable's value shown redacted is re-sent as it was), the reason naming the run.
 async fn rerun(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Path(id): Path<i64>,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Result<Redirect, PageError> {
     let form = ControlForm::of(fields)?;
-    state.auth.mutate_form(&headers, &form.csrf)?;
-    let run = state.store.run(id).await?.ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
+    form_checked(&state, &caller, &headers, &form.csrf, Action::Trigger).await?;
+    let run = state
+        .store
+        .run(id)
+        .await?
+        .filter(|run| state.may_read(&caller, &run.job))
+        .ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
     let mut overrides = match run.trigger {
         TriggerKind::Manual => {
             state.store.trigger_of_run(id).await?.map(|trigger| trigger.overrides).unwrap_or_default()
@@ -760,18 +802,22 @@ async fn rerun(
         None => format!("re-run of run {id}"),
     });
     let key = form.key.as_deref().filter(|key| !key.is_empty());
-    api::request_trigger(&state, &run.job, key, "dashboard", &overrides).await?;
+    api::request_trigger(&state, &caller, &run.job, key, &overrides).await?;
     Ok(Redirect::to(&format!("/jobs/{}?done=rerun", run.job)))
 }
 
 /// A run's output as a file: the tail the ledger keeps, as text.
 async fn run_output(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<i64>,
 ) -> Result<Response, PageError> {
-    state.auth.read(&headers)?;
-    let run = state.store.run(id).await?.ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
+    let run = state
+        .store
+        .run(id)
+        .await?
+        .filter(|run| state.may_read(&caller, &run.job))
+        .ok_or_else(|| Problem::not_found(format!("no run {id}")))?;
     let file: String =
         run.job.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     Ok((
@@ -791,8 +837,10 @@ struct RunPage {
     layout: Layout,
     run: RunView,
     running: bool,
-    /// A running run offers its cancel form to those who may change things.
-    can_mutate: bool,
+    /// A running run offers its cancel form to those who may cancel it (`identity::authorize`).
+    may_cancel: bool,
+    /// An ended run offers its re-run form to those who may trigger its job.
+    may_rerun: bool,
     csrf: String,
     /// Why a run did not run or was stopped (skipped, missed, lost, killed), in words.
     why: Option<String>,
@@ -820,32 +868,44 @@ struct CancelForm {
 /// The run page's cancel form: recorded as the API's cancel is, then back to the run.
 async fn cancel(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<i64>,
+    headers: HeaderMap,
     Form(form): Form<CancelForm>,
 ) -> Result<Redirect, PageError> {
-    state.auth.mutate_form(&headers, &form.csrf)?;
-    api::request_cancel(&state, id, "dashboard", form.reason.as_deref()).await?;
+    form_checked(&state, &caller, &headers, &form.csrf, Action::Cancel).await?;
+    api::request_cancel(&state, &caller, id, "dashboard", form.reason.as_deref()).await?;
     Ok(Redirect::to(&format!("/runs/{id}")))
 }
 
-async fn run(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Response, PageError> {
-    state.auth.read(&headers)?;
+async fn run(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Response, PageError> {
     let session = BrowserSession::of(&headers);
-    let run = api::run_view(&state, id).await?;
+    let run = api::run_view(&state, &caller, id).await?;
     let tz: chrono_tz::Tz =
         state.jobs.borrow().get(&run.job).map(|job| job.schedule.timezone()).unwrap_or(chrono_tz::UTC);
     let with_zone = |instant: DateTime<Utc>| {
         if tz == chrono_tz::UTC { utc(instant) } else { format!("{} ({})", utc(instant), in_zone(instant, tz)) }
     };
     let running = run.brief.status == RunStatus::Running;
+    let team = state.jobs.borrow().get(&run.job).and_then(|job| job.team.clone());
+    let may = |action| {
+        caller.principal.is_signed_in()
+            && identity::authorize(&caller.principal, action, Some((&run.job, team.as_deref()))).is_ok()
+    };
+    let (may_cancel, may_rerun) = (may(Action::Cancel), may(Action::Trigger));
     let stopped =
         matches!(run.brief.status, RunStatus::Skipped | RunStatus::Missed | RunStatus::Lost | RunStatus::Killed);
     let page = render(&RunPage {
         key: api::new_key(),
         layout: Layout::new(&state, format!("{} run {}", run.job, run.brief.id), "run"),
         running,
-        can_mutate: state.auth.can_mutate(),
+        may_cancel,
+        may_rerun,
         csrf: state.auth.csrf_for(&session).unwrap_or_default(),
         why: stopped.then(|| run.brief.error.clone().unwrap_or_else(|| "not recorded".to_owned())),
         slot: with_zone(run.brief.slot),
@@ -897,8 +957,7 @@ struct TermsPage {
     terms: Vec<TermRow>,
 }
 
-async fn terms(State(state): State<AppState>, headers: HeaderMap) -> Result<Html<String>, PageError> {
-    state.auth.read(&headers)?;
+async fn terms(State(state): State<AppState>) -> Result<Html<String>, PageError> {
     let terms = api::terms_view(&state).await?;
     let now = Utc::now();
     // Newest first: a term lasted until the next one started (or until now, for the current one).
@@ -1006,9 +1065,16 @@ struct TimelinePage {
 }
 
 /// `/timeline`: the next 24 clock hours of every job's slots, per hour, and the busiest minutes.
-async fn timeline_page(State(state): State<AppState>, headers: HeaderMap) -> Result<Html<String>, PageError> {
-    state.auth.read(&headers)?;
-    let key = "timeline".to_owned();
+async fn timeline_page(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Html<String>, PageError> {
+    // Scoped reads: one rendering per scope (role and teams), never another scope's jobs.
+    let key = if state.auth.reads_protected() {
+        format!("timeline:{:?}:{}", caller.principal.role, caller.principal.teams.join(","))
+    } else {
+        "timeline".to_owned()
+    };
     if let Some(cached) = state.pages.get(&key) {
         return Ok(Html(cached.to_string()));
     }
@@ -1016,7 +1082,7 @@ async fn timeline_page(State(state): State<AppState>, headers: HeaderMap) -> Res
     if let Some(cached) = state.pages.get(&key) {
         return Ok(Html(cached.to_string()));
     }
-    let view = api::timeline_view(&state).await?;
+    let view = api::timeline_view(&state, &caller).await?;
     let mut capped_jobs: Vec<String> = view.capped_jobs.iter().take(10).cloned().collect();
     if view.capped_jobs.len() > 10 {
         capped_jobs.push(format!("{} more", view.capped_jobs.len() - 10));
@@ -1100,7 +1166,264 @@ fn slots_chart(view: &Timeline) -> String {
     svg
 }
 
-async fn signin(State(state): State<AppState>, headers: HeaderMap) -> Result<Redirect, PageError> {
-    state.auth.signed_in(&headers)?;
-    Ok(Redirect::to("/"))
+/// Signed in by `gate` (basic auth with a token as the password); back to the overview.
+async fn signin() -> Redirect {
+    Redirect::to("/")
+}
+
+/// "alice (operator of payments)" for a signed-in caller.
+fn signed_in(caller: &Caller) -> Option<String> {
+    let principal = &caller.principal;
+    let role = principal.role?.as_str();
+    let scope = if principal.teams.is_empty() { String::new() } else { format!(" of {}", principal.teams.join(", ")) };
+    principal.is_signed_in().then(|| format!("{} ({role}{scope})", principal.name))
+}
+
+/// The action a page form names, for the audit of a forged one.
+fn action_named(action: &str) -> Action {
+    match action {
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "cancel" => Action::Cancel,
+
+        _ => Action::Trigger,
+    }
+}
+
+/// A form's anti-forgery value (its sender and origin were checked by `gate`); a stale or forged
+/// one is refused and audited.
+async fn form_checked(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    csrf: &str,
+    action: Action,
+) -> Result<(), PageError> {
+    if let Err(problem) = state.auth.form_value(headers, csrf) {
+        state.record_refusal(caller.audit(action, None, AuditOutcome::Refused, problem.detail.clone())).await;
+        return Err(problem.into());
+    }
+    Ok(())
+}
+
+struct AuditRow {
+    at: String,
+    who: String,
+    via: String,
+    role: String,
+    teams: String,
+    action: String,
+    job: String,
+    job_team: String,
+    outcome: &'static str,
+    source: String,
+    request_id: String,
+    detail: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    layout: Layout,
+    who: String,
+    job: String,
+    action: String,
+    outcome: String,
+    filtered: bool,
+    entries: Vec<AuditRow>,
+    next_page: Option<String>,
+}
+
+/// `/audit`: the audit trail (admins), filtered as `GET /api/audit` is.
+async fn audit(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<api::AuditQuery>,
+) -> Result<Html<String>, PageError> {
+    let page = api::audit_page(&state, &caller, &query).await?;
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    let next_page = page.next_cursor.as_ref().map(|cursor| {
+        let mut url = url::form_urlencoded::Serializer::new(String::new());
+        for (name, value) in
+            [("who", &query.who), ("job", &query.job), ("action", &query.action), ("outcome", &query.outcome)]
+        {
+            if let Some(value) = value.as_deref().filter(|value| !value.is_empty()) {
+                url.append_pair(name, value);
+            }
+        }
+        url.append_pair("cursor", cursor);
+        format!("/audit?{}", url.finish())
+    });
+    let entries = page
+        .entries
+        .into_iter()
+        .map(|entry| AuditRow {
+            at: utc(entry.at),
+            who: entry.record.who,
+            via: entry.record.via,
+            role: entry.record.role.unwrap_or_else(|| "–".to_owned()),
+            teams: entry.record.teams,
+            action: entry.record.action,
+            job: entry.record.job.or(entry.record.target).unwrap_or_default(),
+            job_team: entry.record.job_team.unwrap_or_default(),
+            outcome: entry.record.outcome.as_str(),
+            source: entry.record.source,
+            request_id: entry.record.request_id,
+            detail: entry.record.detail,
+        })
+        .collect();
+    let filtered = [&query.who, &query.job, &query.action, &query.outcome]
+        .iter()
+        .any(|value| value.as_deref().is_some_and(|value| !value.is_empty()));
+    render(&AuditPage {
+        layout: Layout::new(&state, "Audit", "audit"),
+        who: text(&query.who),
+        job: text(&query.job),
+        action: text(&query.action),
+        outcome: text(&query.outcome),
+        filtered,
+        entries,
+        next_page,
+    })
+}
+
+struct TokenRow {
+    id: String,
+    name: String,
+    role: String,
+    teams: String,
+    created: String,
+    created_by: String,
+    expires: String,
+    state: String,
+    active: bool,
+}
+
+#[derive(Template)]
+#[template(path = "tokens.html")]
+struct TokensPage {
+    layout: Layout,
+    /// A token just created: its name and text, shown this once.
+    created: Option<(String, String)>,
+    notice: Option<&'static str>,
+    csrf: String,
+    tokens: Vec<TokenRow>,
+}
+
+/// The tokens page for `caller` (an admin), with `created` shown once.
+async fn tokens_page(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    created: Option<(String, String)>,
+    notice: Option<&'static str>,
+) -> Result<Response, PageError> {
+    state.permit(caller, Action::ListTokens, None).await?;
+    let now = Utc::now();
+    let tokens = state
+        .store
+        .tokens()
+        .await?
+        .into_iter()
+        .map(|token| {
+            let expired = token.expires_at.is_some_and(|at| at <= now);
+            let state = match (&token.revoked_at, &token.revoked_by) {
+                (Some(at), by) => format!("revoked {} by {}", utc(*at), by.as_deref().unwrap_or("–")),
+                (None, _) if expired => "expired".to_owned(),
+                (None, _) => "active".to_owned(),
+            };
+            TokenRow {
+                active: token.revoked_at.is_none() && !expired,
+                id: token.id,
+                name: token.name,
+                role: token.role,
+                teams: if token.teams.is_empty() { "every team".to_owned() } else { token.teams.join(", ") },
+                created: utc(token.created_at),
+                created_by: token.created_by,
+                expires: token.expires_at.map_or_else(|| "never".to_owned(), utc),
+                state,
+            }
+        })
+        .collect();
+    let session = BrowserSession::of(headers);
+    let page = render(&TokensPage {
+        layout: Layout::new(state, "API tokens", "tokens"),
+        created,
+        notice,
+        csrf: state.auth.csrf_for(&session).unwrap_or_default(),
+        tokens,
+    })?;
+    let mut response = page.into_response();
+    // Never kept by a cache: the page may show a token's secret.
+    response.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    if let Some(cookie) = session.set_cookie(&state.auth) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct TokensQuery {
+    done: Option<String>,
+}
+
+async fn tokens(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Query(query): Query<TokensQuery>,
+) -> Result<Response, PageError> {
+    let notice = match query.done.as_deref() {
+        Some("revoke") => Some("Revoked: the token is refused by every replica from its next request."),
+        _ => None,
+    };
+    tokens_page(&state, &caller, &headers, None, notice).await
+}
+
+#[derive(Deserialize)]
+struct CreateTokenForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+    role: String,
+    #[serde(default)]
+    teams: String,
+    #[serde(default)]
+    expires_in: String,
+}
+
+/// The create form: the new token is shown on the answer itself (never in a URL), this once.
+async fn create_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Form(form): Form<CreateTokenForm>,
+) -> Result<Response, PageError> {
+    form_checked(&state, &caller, &headers, &form.csrf, Action::CreateToken).await?;
+    let body = api::TokenBody {
+        name: form.name,
+        role: form.role,
+        teams: form.teams.split(',').map(str::trim).filter(|team| !team.is_empty()).map(str::to_owned).collect(),
+        expires_in: Some(form.expires_in),
+    };
+    let created = api::create_named_token(&state, &caller, body).await?;
+    tokens_page(&state, &caller, &headers, Some((created.record.name, created.token)), None).await
+}
+
+#[derive(Deserialize)]
+struct RevokeForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<RevokeForm>,
+) -> Result<Redirect, PageError> {
+    form_checked(&state, &caller, &headers, &form.csrf, Action::RevokeToken).await?;
+    api::revoke_named_token(&state, &caller, &id).await?;
+    Ok(Redirect::to("/tokens?done=revoke"))
 }

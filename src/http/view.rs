@@ -33,6 +33,8 @@ pub struct JobView {
     /// Who paused it: `file` (the job file says `paused: true`), `operator` (paused from the API
     /// or a page); none while it runs, also when an operator resumed a job the file pauses.
     pub paused_by: Option<&'static str>,
+    /// The team that owns it (`team:`).
+    pub team: Option<String>,
     pub kind: &'static str,
     /// What it runs: an argv, a script, or an HTTP method and URL (without its password and query
     /// values; `[redacted]` when read from the environment or a file).
@@ -301,6 +303,7 @@ impl JobView {
             next_utc,
             paused,
             paused_by,
+            team: job.team.clone(),
             kind: job.target.kind().as_str(),
             target,
             headers,
@@ -324,7 +327,11 @@ pub const JOBS_PER_PAGE: usize = 100;
 /// The jobs of the file from `offset`, at most `limit`, with their recent outcomes read from the
 /// ledger.
 pub async fn read_jobs(store: &Reads, jobs: &JobSet, offset: usize, limit: usize) -> Result<Vec<JobView>, sqlx::Error> {
-    let page: Vec<&Job> = jobs.jobs().iter().skip(offset).take(limit).collect();
+    read_job_list(store, jobs.jobs().iter().skip(offset).take(limit).collect()).await
+}
+
+/// These jobs, with their recent outcomes read from the ledger.
+pub async fn read_job_list(store: &Reads, page: Vec<&Job>) -> Result<Vec<JobView>, sqlx::Error> {
     let names: Vec<String> = page.iter().map(|job| job.name.as_str().to_owned()).collect();
     let recent = store.recent_runs(&names, STRIP as i64).await?;
     let controls = store.job_controls().await?;

@@ -9,7 +9,7 @@ use chrono::Timelike;
 
 use super::*;
 use crate::leadership::{BootInstant, LeaseDeadline, StartRecord, StartWitness, Term, WitnessError};
-use crate::store::{Reads, RunRecord, Sqlite};
+use crate::store::{AuditRecord, Reads, RunRecord, Sqlite};
 
 const NODE: &str = "node-1";
 
@@ -684,7 +684,7 @@ async fn a_manual_run_of_a_forbid_job_triggered_between_a_claim_and_its_start_ru
         requested_at,
         overrides: &overrides,
     };
-    lp.reads.request_trigger(&request).await.unwrap();
+    lp.reads.request_trigger(&request, &AuditRecord::by("admin", "trigger")).await.unwrap();
     let reads = &lp.reads;
     let manual = wait_for("the manual trigger's row", || async move {
         let runs = reads.all_runs().await.unwrap();
@@ -738,7 +738,8 @@ async fn a_stale_leader_acts_on_no_cancel_and_steps_down() {
     let run = lp.store.claim_run(&claim).await.unwrap().run_id;
     lp.store.start_runs(&term_one, &[(run, at("2026-03-02T10:00:00Z"))]).await.unwrap();
     lp.store.begin_term(&newer, "node-2").await.unwrap();
-    let asked = lp.reads.cancel_run(run, "cancelled by admin (api): stop").await.unwrap();
+    let asked =
+        lp.reads.cancel_run(run, "cancelled by admin (api): stop", &AuditRecord::by("admin", "cancel")).await.unwrap();
     assert_eq!(asked, crate::store::CancelAnswer::Asked { job: "elsewhere".into() });
     let step_down = stale.step_down.clone();
     wait_for("the stale leader to step down", || {

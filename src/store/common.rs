@@ -41,6 +41,10 @@ pub(super) const RUN: &str = concat!("SELECT ", run_columns!(), " FROM runs WHER
 
 pub(super) const ALL_RUNS: &str = concat!("SELECT ", run_columns!(), " FROM runs ORDER BY slot, job");
 
+/// Up to `$2` audit entries older than `$1`, oldest first: retention, the only way one goes.
+pub(super) const PRUNE_AUDIT: &str =
+    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < $1 ORDER BY id LIMIT $2)";
+
 /// Backfill slots whose row has not started: none yet, or a backfill claim never started (a
 /// dead leader's, taken over by the next claim). Oldest backfill first, at most `$1`.
 pub(super) const PENDING_BACKFILL_SLOTS: &str = "SELECT q.backfill_id, q.job, q.slot FROM backfill_slots q

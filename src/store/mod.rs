@@ -20,6 +20,7 @@
 //! claimed row that was never started can change hands: a newer term's claim or `record_slots`
 //! takes it over.
 
+mod access;
 mod common;
 mod execution;
 mod outbox;
@@ -27,6 +28,9 @@ mod pools;
 mod postgres;
 mod sqlite;
 
+pub use access::{
+    Access, AuditEntry, AuditFilter, AuditOutcome, AuditRecord, CreateTokenError, NewToken, TokenCheck, TokenRecord,
+};
 pub use execution::{
     AssignedRun, Assignment, ExecutionKey, Executions, ExpiredExecution, GiveUp, Renewal, ReplicaLoad, ReplicaOffer,
 };
@@ -582,6 +586,10 @@ pub trait Ledger: Executions + Send + Sync {
     /// created before the ledger's limit. Returns how many runs went.
     async fn prune_runs(&self, retention: &Retention, batch: i64) -> Result<u64, sqlx::Error>;
 
+    /// Delete up to `batch` audit entries older than `before` (`--audit-retain`): the only way an
+    /// audit entry goes. Returns how many went.
+    async fn prune_audit(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error>;
+
     /// Queued backfill slots whose row has not started (no row, or a claim never started),
     /// oldest backfill first, at most `limit`.
     async fn pending_backfill_slots(&self, limit: i64) -> Result<Vec<BackfillSlot>, sqlx::Error>;
@@ -659,7 +667,7 @@ pub trait Ledger: Executions + Send + Sync {
 /// controls (rows the leader acts on; never a run). Rows this binary cannot read (an unknown
 /// status or trigger) are decode errors, never a default.
 #[async_trait]
-pub trait LedgerReads: Send + Sync {
+pub trait LedgerReads: Access + Send + Sync {
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), sqlx::Error>;
 
@@ -694,20 +702,27 @@ pub trait LedgerReads: Send + Sync {
         late: std::time::Duration,
     ) -> Result<HashMap<String, JobState>, sqlx::Error>;
 
-    /// Pause or resume a job; survives failover; wakes the leader's scheduler. A resume that ends
+    /// Pause or resume a job (by `audit.who`, recorded in the same transaction); survives
+    /// failover; wakes the leader's scheduler. A resume that ends
     /// a pause (the job's control said paused, or it had none: the job file's pause) records
     /// the database's now as the job's `resumed_at`; a resume of a resumed job keeps it.
-    async fn set_control(&self, job: &str, control: Control, by: &str) -> Result<(), sqlx::Error>;
+    async fn set_control(&self, job: &str, control: Control, audit: &AuditRecord) -> Result<(), sqlx::Error>;
 
     /// Record a manual trigger with its overrides (idempotent per job and key: the same key for
     /// another job is another trigger; a retry keeps the first request's overrides) and wake
-    /// the leader's scheduler.
-    async fn request_trigger(&self, request: &TriggerRequest<'_>) -> Result<TriggerRecord, sqlx::Error>;
+    /// the leader's scheduler. `audit` is recorded with a new trigger, in its transaction (a
+    /// retry records nothing).
+    async fn request_trigger(
+        &self,
+        request: &TriggerRequest<'_>,
+        audit: &AuditRecord,
+    ) -> Result<TriggerRecord, sqlx::Error>;
 
     /// Ask for a running run to be stopped, `reason` (who asked and why) to be its error once it
-    /// is `killed`: one conditional statement, and a wake-up of the leader's scheduler, which
-    /// acts on it under the fence. The web never stops a run itself.
-    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<CancelAnswer, sqlx::Error>;
+    /// is `killed`: one conditional statement, `audit` recorded in its transaction when it asked
+    /// (nothing for a run that ended), and a wake-up of the leader's scheduler, which acts on it
+    /// under the fence. The web never stops a run itself.
+    async fn cancel_run(&self, run_id: i64, reason: &str, audit: &AuditRecord) -> Result<CancelAnswer, sqlx::Error>;
 
     /// The manual trigger a run fulfilled, with its overrides, if it was one.
     async fn trigger_of_run(&self, run_id: i64) -> Result<Option<TriggerRecord>, sqlx::Error>;
@@ -717,14 +732,15 @@ pub trait LedgerReads: Send + Sync {
     async fn unheld_slots(&self, job: &str, slots: &[DateTime<Utc>]) -> Result<Vec<DateTime<Utc>>, sqlx::Error>;
 
     /// Record a backfill of `job` over `[from, to]`, queueing those of `slots` the ledger does
-    /// not hold and no backfill has queued, and wake the leader's scheduler.
+    /// not hold and no backfill has queued (by `audit.who`, recorded in the same transaction),
+    /// and wake the leader's scheduler.
     async fn request_backfill(
         &self,
         job: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         slots: &[DateTime<Utc>],
-        by: &str,
+        audit: &AuditRecord,
     ) -> Result<BackfillRecord, sqlx::Error>;
 
     /// One backfill with its progress.

@@ -130,6 +130,11 @@ fn post(uri: &str, authorization: Option<&str>) -> axum::http::request::Builder 
     }
 }
 
+/// A page as the administrator's browser, signed in, sees it: with the forms it may use.
+async fn signed_in_get(state: &AppState, uri: &str) -> Answer {
+    send(state, Request::get(uri).header(header::AUTHORIZATION, basic(TOKEN)).body(Body::empty()).unwrap()).await
+}
+
 fn basic(password: &str) -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}")))
 }
@@ -266,7 +271,10 @@ async fn pages_render_and_forms_need_basic_auth_and_the_forgery_field() {
     {
         assert!(overview.body.contains(text), "overview lacks {text:?}");
     }
-    let job = get(&f.state, "/jobs/tick").await;
+    let anonymous = get(&f.state, "/jobs/tick").await;
+    assert!(!anonymous.body.contains("id=\"trigger\""), "no action for someone not signed in");
+    assert!(anonymous.body.contains("href=\"/signin\""));
+    let job = signed_in_get(&f.state, "/jobs/tick").await;
     assert_eq!(job.status, StatusCode::OK);
     assert!(job.body.contains("id=\"trigger\""));
     assert!(job.body.contains("exited with status 3"));
@@ -333,7 +341,10 @@ async fn a_cancel_is_recorded_for_the_leader_and_a_finished_or_unknown_run_is_re
     assert_eq!(again.status, StatusCode::ACCEPTED);
     let pending = f.store.pending_cancels().await.unwrap();
     assert_eq!(pending.len(), 1);
-    assert_eq!((pending[0].run_id, pending[0].reason.as_str()), (running, "cancelled by admin (api): wrong input"));
+    assert_eq!(
+        (pending[0].run_id, pending[0].reason.as_str()),
+        (running, "cancelled by admin-token (api): wrong input")
+    );
     let ended = send(&f.state, cancel(finished, Some(&bearer), "")).await;
     assert_eq!((ended.status, ended.content_type.as_str()), (StatusCode::CONFLICT, "application/problem+json"));
     assert!(ended.json()["detail"].as_str().unwrap().contains("has ended (succeeded)"), "{}", ended.body);
@@ -342,10 +353,12 @@ async fn a_cancel_is_recorded_for_the_leader_and_a_finished_or_unknown_run_is_re
     let garbled = send(&f.state, cancel(running, Some(&bearer), r#"{"why": 1}"#)).await;
     assert_eq!(garbled.status, StatusCode::BAD_REQUEST);
 
-    // The page: the form while the run goes (with the session's anti-forgery value), none after.
-    let page = get(&f.state, &format!("/runs/{running}")).await;
+    // The page: the form while the run goes (with the session's anti-forgery value), none after;
+    // only to someone signed in who may cancel.
+    assert!(!get(&f.state, &format!("/runs/{running}")).await.body.contains("/cancel\""));
+    let page = signed_in_get(&f.state, &format!("/runs/{running}")).await;
     assert!(page.body.contains(&format!("action=\"/runs/{running}/cancel\"")), "{}", page.body);
-    assert!(!get(&f.state, &format!("/runs/{finished}")).await.body.contains("/cancel\""));
+    assert!(!signed_in_get(&f.state, &format!("/runs/{finished}")).await.body.contains("/cancel\""));
     let cookie = page.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_owned();
     let csrf = page.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
     let form = |csrf: &str| {
@@ -382,7 +395,7 @@ async fn a_cancel_is_recorded_for_the_leader_and_a_finished_or_unknown_run_is_re
         status: RunStatus::Killed,
         exit_code: None,
         http_status: None,
-        error: Some("cancelled by admin (api): wrong input".to_owned()),
+        error: Some("cancelled by admin-token (api): wrong input".to_owned()),
         output: String::new(),
         began_at: None,
         finished_at: Utc::now(),
@@ -390,10 +403,10 @@ async fn a_cancel_is_recorded_for_the_leader_and_a_finished_or_unknown_run_is_re
     f.store.finish_run(running, &outcome).await.unwrap();
     let page = get(&f.state, &format!("/runs/{running}")).await;
     let why = page.body.split("id=\"why\">").nth(1).unwrap().split("</dd>").next().unwrap();
-    assert_eq!(why, "cancelled by admin (api): wrong input");
+    assert_eq!(why, "cancelled by admin-token (api): wrong input");
     assert_eq!(
         get(&f.state, &format!("/api/runs/{running}")).await.json()["error"],
-        "cancelled by admin (api): wrong input"
+        "cancelled by admin-token (api): wrong input"
     );
 }
 
@@ -534,8 +547,8 @@ async fn internal_errors_show_a_correlation_id_and_no_driver_text() {
 #[tokio::test]
 async fn a_cross_origin_form_post_is_refused_even_with_the_admins_credentials() {
     let f = fixture(ReadAccess::Open).await;
-    // The attacker reads the (open) job page and takes its anti-forgery value.
-    let attackers_view = get(&f.state, "/jobs/tick").await;
+    // The attacker reads the job page (signed in themselves) and takes its anti-forgery value.
+    let attackers_view = signed_in_get(&f.state, "/jobs/tick").await;
     let csrf =
         attackers_view.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
     // The administrator's browser, signed in (basic auth cached), submits the attacker's form.
@@ -562,7 +575,7 @@ async fn a_cross_origin_form_post_is_refused_even_with_the_admins_credentials() 
     );
 
     // The administrator's own page and form, same origin: accepted.
-    let own = get(&f.state, "/jobs/tick").await;
+    let own = signed_in_get(&f.state, "/jobs/tick").await;
     let cookie = own.headers[header::SET_COOKIE].to_str().unwrap().to_owned();
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(cookie.contains(attribute), "{cookie}");
@@ -823,7 +836,7 @@ async fn every_answer_carries_the_browser_protections_and_pages_have_nothing_inl
 /// A form post that forges the administrator's browser, with the given request headers (the
 /// replica is reached as `tenure.internal:8080`).
 async fn form_post(f: &Fixture, headers: &[(&str, &str)]) -> Answer {
-    let own = get(&f.state, "/jobs/tick").await;
+    let own = signed_in_get(&f.state, "/jobs/tick").await;
     let cookie = own.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_owned();
     let csrf = own.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
     let mut request = post("/jobs/tick/pause", Some(&basic(TOKEN)))
@@ -1203,7 +1216,7 @@ fn every_route_answers_generated_input_with_a_success_or_a_clear_client_error() 
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let f = runtime.block_on(fixture(ReadAccess::Open));
-    let page = runtime.block_on(get(&f.state, "/jobs/tick"));
+    let page = runtime.block_on(signed_in_get(&f.state, "/jobs/tick"));
     let session = page.headers[header::SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_owned();
     let csrf = page.body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
     let config = Config { cases: 1_000, failure_persistence: None, ..Config::default() };

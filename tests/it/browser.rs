@@ -145,7 +145,8 @@ async fn a_page_from_another_origin_cannot_frame_a_job_page() {
     .await;
     let chromium = Chromium::start(&[]).await;
     let browser = &chromium.browser;
-    // The page itself draws its Pause button: what the frame would show.
+    // The page itself draws its Pause button for a signed-in operator: what the frame would show.
+    browser.goto(&format!("http://admin:{TOKEN}@127.0.0.1:{}/signin", dev.port)).await.unwrap();
     browser.goto(&job_page).await.unwrap();
     browser.find(Locator::Id("pause")).await.expect("the job page draws its Pause button");
 
@@ -284,7 +285,8 @@ async fn a_real_listener_checks_the_whole_origin_and_forwarded_headers_only_with
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     // A form post as a signed-in browser makes it, with the session's own anti-forgery value.
     let pause = async |dev: &Dev, headers: &[(&str, String)]| {
-        let page = client.get(format!("{}/jobs/tick", dev.http())).send().await.unwrap();
+        let page =
+            client.get(format!("{}/jobs/tick", dev.http())).basic_auth("admin", Some(TOKEN)).send().await.unwrap();
         let cookie = page.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
         let body = page.text().await.unwrap();
         let csrf = body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();

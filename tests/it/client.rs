@@ -205,7 +205,7 @@ async fn errors_are_one_line_with_exit_code_2_and_never_show_the_token() {
     let server = ["--server", dev.server.as_str()];
     let token = [("TENURE_ADMIN_TOKEN", TOKEN)];
     let not_found = "error: Not Found: no job `nope` in the job file (HTTP 404)\n";
-    let unauthorized = "error: Unauthorized: send the admin token as `Authorization: Bearer <token>` (HTTP 401)\n";
+    let unauthorized = "error: Unauthorized: the token is not valid (unknown, revoked or expired): send a valid one as `Authorization: Bearer <token>` or as the password of basic auth (HTTP 401)\n";
     let cases: [Case; 7] = [
         Case(&["trigger", "nope"], WITH_TOKEN, not_found),
         Case(&["trigger", "nope", "--wait"], WITH_TOKEN, not_found),
@@ -216,7 +216,7 @@ async fn errors_are_one_line_with_exit_code_2_and_never_show_the_token() {
         Case(
             &["trigger", "greet"],
             &[],
-            "error: trigger needs the admin token: give --token-file PATH or set TENURE_ADMIN_TOKEN\n",
+            "error: trigger needs a token: run `tenure login`, give --token-file PATH or set TENURE_TOKEN\n",
         ),
     ];
     for Case(args, env, expected) in cases {
@@ -229,10 +229,7 @@ async fn errors_are_one_line_with_exit_code_2_and_never_show_the_token() {
     let outcome =
         tenure(&[&["resume", "greet", "--token-file", wrong.to_str().unwrap()][..], &server].concat(), &token).await;
     assert_eq!(outcome.code, 2, "{outcome:?}");
-    assert_eq!(
-        outcome.stderr,
-        "error: Unauthorized: send the admin token as `Authorization: Bearer <token>` (HTTP 401)\n"
-    );
+    assert_eq!(outcome.stderr, unauthorized);
     for secret in ["wrong-secret-value", TOKEN] {
         assert!(!outcome.stdout.contains(secret) && !outcome.stderr.contains(secret), "{outcome:?}");
     }
@@ -466,7 +463,7 @@ async fn reads_behind_protect_reads_take_the_token() {
         (
             2,
             "",
-            "error: Unauthorized: this dashboard needs the admin token (basic auth password or bearer token) (HTTP 401)\n"
+            "error: Unauthorized: this dashboard needs a token to read (basic auth password or bearer token) (HTTP 401)\n"
         )
     );
     let listed = tenure(&["jobs", "--server", &server, "-o", "json"], &[("TENURE_ADMIN_TOKEN", ADMIN_TOKEN)]).await;
@@ -593,7 +590,7 @@ jobs:
     let overrides = ["--env", "WHO=operator", "--reason", "check the fix", "--concurrency", "allow"];
     let run = tenure(&[&["trigger", "tick", "--wait"][..], &overrides, &server].concat(), &token).await;
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("\n  by              api\n  reason          check the fix\n"), "{run:?}");
+    assert!(run.stdout.contains("\n  by              admin-token\n  reason          check the fix\n"), "{run:?}");
     assert!(run.stdout.contains("\n  concurrency     allow (asked for)\n  env             WHO=operator\n"), "{run:?}");
     assert!(run.stdout.ends_with(" operator\n"), "the override reached the job: {run:?}");
     let bad = tenure(&[&["trigger", "tick"][..], &["--env", "TENURE_TERM=1"], &server].concat(), &token).await;
@@ -604,4 +601,63 @@ jobs:
         tenure(&[&["trigger", "tick"][..], &["--env", "LD_PRELOAD=/tmp/evil.so"], &server].concat(), &token).await;
     assert_eq!(loader.code, 2, "{loader:?}");
     assert!(loader.stderr.contains("job `tick` lets a manual run set only WHO (its `overrides`)"), "{loader:?}");
+}
+
+#[tokio::test]
+async fn tokens_login_whoami_and_audit_from_the_command_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let dev = Dev::start(&JOBS.replace(
+        "    schedule: \"0 0 1 1 *\"\n    shell: 'echo \"about",
+        "    team: payments\n    schedule: \"0 0 1 1 *\"\n    shell: 'echo \"about",
+    ))
+    .await;
+    let server = dev.server.as_str();
+    let config = dev.dir.path().join("config");
+    let config = config.to_str().unwrap();
+    let admin = [("TENURE_ADMIN_TOKEN", TOKEN)];
+    let logged_in = [("XDG_CONFIG_HOME", config)];
+
+    let created = tenure(
+        &["tokens", "create", "alice", "--role", "operator", "--team", "payments", "--server", server, "-o", "json"],
+        &admin,
+    )
+    .await;
+    assert_eq!(created.code, 0, "{created:?}");
+    let token = created.json()["token"].as_str().unwrap().to_owned();
+    let token_file = dev.dir.path().join("alice-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+
+    let login = tenure(&["login", "--server", server, "--token-file", token_file.to_str().unwrap()], &logged_in).await;
+    assert_eq!(login.code, 0, "{login:?}");
+    assert!(login.stdout.contains("as alice (operator of payments, api-token)"), "{login:?}");
+    let stored = std::path::Path::new(config).join("tenure/credentials.json");
+    assert_eq!(std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let whoami = tenure(&["whoami", "--server", server], &logged_in).await;
+    assert_eq!(whoami.stdout, "alice (operator of payments, api-token)\n", "{whoami:?}");
+    // `greet` is no team's: alice may not pause it; `broken` is her team's.
+    let refused = tenure(&["pause", "greet", "--server", server], &logged_in).await;
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(refused.stderr.contains("Forbidden") && refused.stderr.contains("no team's"), "{refused:?}");
+    let paused = tenure(&["pause", "broken", "--server", server], &logged_in).await;
+    assert_eq!(paused.code, 0, "{paused:?}");
+    let triggered = tenure(&["trigger", "broken", "--wait", "--server", server], &logged_in).await;
+    assert!(triggered.stdout.contains("alice"), "the run names who asked: {triggered:?}");
+
+    let list = tenure(&["tokens", "list", "--server", server], &admin).await;
+    assert!(list.stdout.contains("alice") && list.stdout.contains("payments") && !list.stdout.contains(&token));
+    let audit = tenure(&["audit", "--who", "alice", "--server", server], &admin).await;
+    assert_eq!(audit.code, 0, "{audit:?}");
+    let lines: Vec<&str> = audit.stdout.lines().collect();
+    assert!(lines.iter().any(|line| line.contains("pause") && line.contains("refused") && line.contains("greet")));
+    assert!(lines.iter().any(|line| line.contains("pause") && line.contains("done") && line.contains("broken")));
+    assert!(lines.iter().any(|line| line.contains("trigger") && line.contains("done")), "{}", audit.stdout);
+    let not_admin = tenure(&["audit", "--server", server], &logged_in).await;
+    assert_eq!(not_admin.code, 2, "{not_admin:?}");
+
+    let revoked = tenure(&["tokens", "revoke", "alice", "--server", server], &admin).await;
+    assert_eq!(revoked.code, 0, "{revoked:?}");
+    let after = tenure(&["whoami", "--server", server], &logged_in).await;
+    assert_eq!(after.code, 2, "{after:?}");
+    assert!(after.stderr.contains("HTTP 401") && !after.stderr.contains(&token), "{after:?}");
 }

@@ -94,7 +94,7 @@ pub struct Options {
     /// Put a fault proxy between each replica and etcd, and each replica and PostgreSQL.
     pub proxies: bool,
     /// Extra environment for every replica (test switches); `{node}` in a value becomes the
-    /// replica's node id.
+    /// replica's node id, `{port}` its listening port.
     pub env: Vec<(String, String)>,
     /// Run on an etcd cluster of this many members instead of a single one (no etcd proxies).
     pub etcd_members: usize,
@@ -348,7 +348,9 @@ impl Cluster {
     fn spawn_with(&self, replica: &mut Replica, mut command: Command) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&replica.log).unwrap();
         let child = command
-            .envs(self.options.env.iter().map(|(k, v)| (k.clone(), v.replace("{node}", &replica.node))))
+            .envs(self.options.env.iter().map(|(k, v)| {
+                (k.clone(), v.replace("{node}", &replica.node).replace("{port}", &replica.port.to_string()))
+            }))
             .args(["--node-id", &replica.node])
             .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
             .args(["--lease-ttl", &format!("{}s", self.lease_ttl().as_secs())])

@@ -159,7 +159,10 @@ async fn the_example_jobs_succeed_in_dev_except_the_one_failing_on_purpose() {
     dev.stop();
     let mut banner = String::new();
     std::io::Read::read_to_string(dev.0.stdout.as_mut().unwrap(), &mut banner).unwrap();
-    assert!(banner.contains(&format!("export TENURE_SERVER={base} TENURE_ADMIN_TOKEN=")) && !banner.contains("=tok"), "{banner}");
+    assert!(
+        banner.contains(&format!("export TENURE_SERVER={base} TENURE_ADMIN_TOKEN=")) && !banner.contains("=tok"),
+        "{banner}"
+    );
     assert!(banner.contains("tenure status"), "{banner}");
 }
 

@@ -553,7 +553,7 @@ jobs:
     let row = scenario.wait_ended(remote.run_id, Duration::from_secs(15)).await;
     assert_eq!(
         (row.status, row.error.as_deref(), row.executor.as_deref()),
-        (RunStatus::Killed, Some("cancelled by admin (api): wrong input"), Some(remote.node.as_str())),
+        (RunStatus::Killed, Some("cancelled by admin-token (api): wrong input"), Some(remote.node.as_str())),
         "{row:?}"
     );
     wait_for("the cancelled run's process to be gone", Duration::from_secs(5), || async {
@@ -587,7 +587,7 @@ jobs:
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.starts_with(&format!("run {} of local: killed", local.run_id)), "{stdout}");
-    assert!(stdout.contains("cancelled by admin (api): not today"), "{stdout}");
+    assert!(stdout.contains("cancelled by admin-token (api): not today"), "{stdout}");
     wait_for("the leader's cancelled run's process to be gone", Duration::from_secs(5), || async {
         scenario.died(local.pid).is_some()
     })
@@ -690,7 +690,10 @@ jobs:
 
     cluster.signal(new_leader, Signal::SIGCONT);
     let row = scenario.wait_ended(victim.run_id, Duration::from_secs(30)).await;
-    assert_eq!((row.status, row.error.as_deref()), (RunStatus::Killed, Some("cancelled by admin (api): stale test")));
+    assert_eq!(
+        (row.status, row.error.as_deref()),
+        (RunStatus::Killed, Some("cancelled by admin-token (api): stale test"))
+    );
     wait_for("the cancelled run's process to be gone", Duration::from_secs(5), || async {
         scenario.died(victim.pid).is_some()
     })

@@ -476,9 +476,11 @@ jobs:
     // Started, not only claimed: a claim ahead whose start the cut would stop (a start needs the
     // coordinator's witness) is the next term's, not a long run going.
     wait_for("a long run going", Duration::from_secs(10), || async {
-        cluster.ledger().await.iter().any(|r| {
-            r.job == "long" && r.status == RunStatus::Running && r.term == term && r.started_at.is_some()
-        })
+        cluster
+            .ledger()
+            .await
+            .iter()
+            .any(|r| r.job == "long" && r.status == RunStatus::Running && r.term == term && r.started_at.is_some())
     })
     .await;
     cluster.event("blackhole the leader <-> etcd during a long run");

@@ -233,7 +233,10 @@ jobs:
     let late = run["lateness_ms"].as_i64().unwrap_or(-1);
     assert!(late >= AT_LEAST_LATE_MS, "lateness {late} ms, though the spawn waited {HELD:?}: {run:#}");
     let took = run["duration_ms"].as_i64().unwrap_or(-1);
-    assert!((SLEEPS_MS..1_000).contains(&took), "duration {took} ms: the job sleeps 0.3 s, the wait is not its: {run:#}");
+    assert!(
+        (SLEEPS_MS..1_000).contains(&took),
+        "duration {took} ms: the job sleeps 0.3 s, the wait is not its: {run:#}"
+    );
     assert_eq!(instant(&run["start_recorded_at"]), Some(slot), "the start is recorded ahead, at the plan: {run:#}");
     let began = instant(&run["began_at"]).unwrap_or_else(|| panic!("no `began_at`: {run:#}"));
     assert_eq!((began - slot).num_milliseconds(), late, "{run:#}");

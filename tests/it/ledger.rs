@@ -6,8 +6,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use tenure::leadership::Term;
 use tenure::model::{Control, RunOutcome, RunStatus, Trigger, TriggerKind};
 use tenure::store::{
-    Claim, ClaimError, Claimed, FenceError, JobControl, LiveNode, Reads, Retention, RunCursor, SkipIfRunning, Store,
-    TriggerOverrides, TriggerRecord, TriggerRequest, UnrunSlots,
+    AuditRecord, Claim, ClaimError, Claimed, FenceError, JobControl, LiveNode, Reads, Retention, RunCursor,
+    SkipIfRunning, Store, TriggerOverrides, TriggerRecord, TriggerRequest, UnrunSlots,
 };
 
 use crate::harness::{Postgres, wait_until};
@@ -95,13 +95,10 @@ fn slot(second: u32) -> DateTime<Utc> {
 async fn request(reads: &Reads, job: &str, key: &str, at: DateTime<Utc>) -> Result<TriggerRecord, sqlx::Error> {
     let overrides = TriggerOverrides::default();
     reads
-        .request_trigger(&TriggerRequest {
-            job,
-            idempotency_key: key,
-            by: "admin",
-            requested_at: at,
-            overrides: &overrides,
-        })
+        .request_trigger(
+            &TriggerRequest { job, idempotency_key: key, by: "admin", requested_at: at, overrides: &overrides },
+            &AuditRecord::by("admin", "trigger"),
+        )
         .await
 }
 
@@ -320,9 +317,9 @@ async fn a_stale_claim_racing_a_fence_raise_waits_for_it_and_is_then_refused() {
 }
 
 async fn pauses_and_triggers_are_recorded_once(store: Store, reads: Reads) {
-    reads.set_control("job", Control::Pause, "admin").await.unwrap();
+    reads.set_control("job", Control::Pause, &AuditRecord::by("admin", "pause")).await.unwrap();
     assert!(store.job_controls().await.unwrap()["job"].paused);
-    reads.set_control("job", Control::Resume, "admin").await.unwrap();
+    reads.set_control("job", Control::Resume, &AuditRecord::by("admin", "resume")).await.unwrap();
     // A resume is kept too: it overrides `paused: true` in the job file.
     assert!(!store.job_controls().await.unwrap()["job"].paused);
 
@@ -885,24 +882,24 @@ async fn a_resume_that_ends_a_pause_records_when(store: Store, reads: Reads) {
         let store = store.clone();
         async move { store.job_controls().await.unwrap() }
     };
-    reads.set_control("job", Control::Pause, "admin").await.unwrap();
+    reads.set_control("job", Control::Pause, &AuditRecord::by("admin", "pause")).await.unwrap();
     assert_eq!(controls().await["job"], JobControl { paused: true, resumed_at: None });
     let before = store.clock().await.unwrap().now - chrono::Duration::seconds(1);
-    reads.set_control("job", Control::Resume, "admin").await.unwrap();
+    reads.set_control("job", Control::Resume, &AuditRecord::by("admin", "resume")).await.unwrap();
     let resumed = controls().await["job"];
     let at = resumed.resumed_at.expect("a resume that ends a pause records when");
     assert!(!resumed.paused && at >= before && at <= Utc::now() + chrono::Duration::seconds(1), "{resumed:?}");
 
     // Resuming a resumed job changes nothing; a pause keeps the last resume until the next one.
-    reads.set_control("job", Control::Resume, "admin").await.unwrap();
+    reads.set_control("job", Control::Resume, &AuditRecord::by("admin", "resume")).await.unwrap();
     assert_eq!(controls().await["job"].resumed_at, Some(at));
-    reads.set_control("job", Control::Pause, "admin").await.unwrap();
+    reads.set_control("job", Control::Pause, &AuditRecord::by("admin", "pause")).await.unwrap();
     assert_eq!(controls().await["job"], JobControl { paused: true, resumed_at: Some(at) });
-    reads.set_control("job", Control::Resume, "admin").await.unwrap();
+    reads.set_control("job", Control::Resume, &AuditRecord::by("admin", "resume")).await.unwrap();
     assert!(controls().await["job"].resumed_at.is_some_and(|again| again > at));
 
     // A job without a control was paused by its file: resuming it ends that pause.
-    reads.set_control("file-paused", Control::Resume, "admin").await.unwrap();
+    reads.set_control("file-paused", Control::Resume, &AuditRecord::by("admin", "resume")).await.unwrap();
     assert!(controls().await["file-paused"].resumed_at.is_some());
 }
 
@@ -1070,10 +1067,12 @@ async fn a_backfill_queues_each_unheld_slot_once_and_reports_its_progress(store:
     let window: Vec<DateTime<Utc>> = (0..6).map(slot).collect();
     let unheld = reads.unheld_slots("job", &window).await.unwrap();
     assert_eq!(unheld, [slot(0), slot(2), slot(3), slot(4), slot(5)], "the dry run's answer");
-    let first = reads.request_backfill("job", slot(0), slot(5), &window, "admin").await.unwrap();
+    let first =
+        reads.request_backfill("job", slot(0), slot(5), &window, &AuditRecord::by("admin", "backfill")).await.unwrap();
     assert_eq!((first.slots, first.done, first.running, first.pending()), (5, 0, 0, 5));
     // The same request again queues nothing new: every slot is held or queued.
-    let again = reads.request_backfill("job", slot(0), slot(5), &window, "admin").await.unwrap();
+    let again =
+        reads.request_backfill("job", slot(0), slot(5), &window, &AuditRecord::by("admin", "backfill")).await.unwrap();
     assert_eq!((again.slots, again.pending()), (0, 0));
     assert!(reads.unheld_slots("job", &window).await.unwrap().is_empty());
 
@@ -1125,11 +1124,11 @@ async fn a_triggers_overrides_are_recorded_with_its_run(store: Store, reads: Rea
     };
     let request =
         TriggerRequest { job: "job", idempotency_key: "k", by: "api", requested_at: slot(7), overrides: &overrides };
-    let trigger = reads.request_trigger(&request).await.unwrap();
+    let trigger = reads.request_trigger(&request, &AuditRecord::by("api", "trigger")).await.unwrap();
     assert_eq!(trigger.overrides, overrides);
     // A retry under the same key keeps the first request's overrides.
     let retry = TriggerRequest { overrides: &TriggerOverrides::default(), ..request };
-    assert_eq!(reads.request_trigger(&retry).await.unwrap(), trigger);
+    assert_eq!(reads.request_trigger(&retry, &AuditRecord::by("api", "trigger")).await.unwrap(), trigger);
     assert_eq!(store.pending_triggers().await.unwrap(), std::slice::from_ref(&trigger));
 
     let claimed = store

@@ -270,11 +270,12 @@ jobs:
 "#;
 
 /// The ledger as the release before these migrations left it: their indexes absent, the old
-/// ones present, the migrations unrecorded.
+/// ones present, the migrations unrecorded; nor the later ones (`0016_access`'s tables).
 const SCHEMA_BEFORE_AGES: &str =
     "DROP INDEX runs_job_status_slot; DROP INDEX triggers_run; DROP INDEX notifications_created;
      CREATE INDEX runs_job_status ON runs (job, status);
      CREATE INDEX runs_job_slot_desc ON runs (job, slot DESC, id DESC);
+     DROP TABLE api_tokens, web_keys, audit; DROP FUNCTION audit_append_only();
      DELETE FROM _sqlx_migrations WHERE version > 10;";
 
 /// The migration onto an aged ledger runs while its leader fires: a concurrent index build, then

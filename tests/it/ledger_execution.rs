@@ -9,8 +9,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use tenure::leadership::Term;
 use tenure::model::{RunOutcome, RunStatus, Trigger};
 use tenure::store::{
-    Assignment, CancelAnswer, Claim, ClaimError, ExecutionKey, GiveUp, Reads, Renewal, ReplicaOffer, SkipIfRunning,
-    Store,
+    Assignment, AuditFilter, AuditRecord, CancelAnswer, Claim, ClaimError, ExecutionKey, GiveUp, Reads, Renewal,
+    ReplicaOffer, SkipIfRunning, Store,
 };
 
 use crate::harness::wait_until;
@@ -248,18 +248,22 @@ pub(crate) async fn an_operators_cancel_is_recorded_by_the_web_and_acted_on_only
     store.finish_run(done, &ended(RunStatus::Succeeded)).await.unwrap();
 
     let why = "cancelled by admin (api): wrong input";
-    assert_eq!(reads.cancel_run(remote, why).await.unwrap(), CancelAnswer::Asked { job: "job".into() });
+    let audit = AuditRecord::by("admin", "cancel");
+    assert_eq!(reads.cancel_run(remote, why, &audit).await.unwrap(), CancelAnswer::Asked { job: "job".into() });
     // A second request keeps the first one's reason.
     assert_eq!(
-        reads.cancel_run(remote, "cancelled by admin (api): again").await.unwrap(),
+        reads.cancel_run(remote, "cancelled by admin (api): again", &audit).await.unwrap(),
         CancelAnswer::Asked { job: "job".into() }
     );
     assert_eq!(
-        reads.cancel_run(unstarted, "cancelled by admin (dashboard)").await.unwrap(),
+        reads.cancel_run(unstarted, "cancelled by admin (dashboard)", &audit).await.unwrap(),
         CancelAnswer::Asked { job: "other".into() }
     );
-    assert_eq!(reads.cancel_run(done, why).await.unwrap(), CancelAnswer::Ended(RunStatus::Succeeded));
-    assert_eq!(reads.cancel_run(999_999, why).await.unwrap(), CancelAnswer::NoSuchRun);
+    assert_eq!(reads.cancel_run(done, why, &audit).await.unwrap(), CancelAnswer::Ended(RunStatus::Succeeded));
+    assert_eq!(reads.cancel_run(999_999, why, &audit).await.unwrap(), CancelAnswer::NoSuchRun);
+    // Each request asked is audited with it; one that found no running run changed nothing.
+    let filter = AuditFilter { action: Some("cancel".into()), limit: 10, ..AuditFilter::default() };
+    assert_eq!(reads.audit(&filter).await.unwrap().len(), 3);
     // Asked, not acted on: the executor still renews.
     assert_eq!(store.renew_execution(&attempt, LONG, "").await.unwrap(), Renewal::Renewed);
     let pending: Vec<(i64, String)> =

@@ -1,6 +1,9 @@
 //! The one integration-test binary. Tests start their own etcd and PostgreSQL (see `harness`)
 //! and, for cluster scenarios, real `tenure run` processes.
 
+/// Sign-in and permissions: roles and teams against every write endpoint and form, tokens,
+/// the audit trail.
+mod access;
 /// The Prometheus alert rules: promtool, and the series they read against a real replica's.
 mod alerts;
 /// The API and the pages through the router, without a socket.
@@ -72,6 +75,9 @@ mod proxy;
 mod scheduling;
 /// What a job can see of tenure through /proc, and whom it runs as (`user:`).
 mod security;
+/// Sign-in through a real OpenID provider (oidc-provider on node): Chromium, forged and
+/// replayed answers, sessions on both replicas, `tenure login --sso`.
+mod signin;
 /// The harness itself: both servers come up, answer, survive restarts.
 mod smoke;
 /// Starting up against a real PostgreSQL: migrations, replicas together, a newer schema.

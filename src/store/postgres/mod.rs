@@ -1,6 +1,7 @@
 //! The ledger on PostgreSQL. Every statement that records a slot reads the fence `FOR SHARE`
 //! in the same statement, so it waits for a concurrent `begin_term` and is then refused.
 
+mod access;
 mod execution;
 mod reads;
 
@@ -542,6 +543,11 @@ impl Ledger for Postgres {
         .execute(&self.pool)
         .await?;
         sqlx::query(outbox::PRUNE_NOTIFICATIONS).bind(retention.default_before).bind(batch).execute(&self.pool).await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn prune_audit(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
+        let result = sqlx::query(common::PRUNE_AUDIT).bind(before).bind(batch).execute(&self.pool).await?;
         Ok(result.rows_affected())
     }
 

@@ -8,13 +8,14 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::Postgres;
+use super::access::insert_audit;
 use crate::config::Concurrency;
 use crate::model::{Control, RunStatus};
 use crate::store::common::{self, run_columns};
 use crate::store::outbox;
 use crate::store::{
-    BackfillRecord, CONTROL_CHANNEL, CancelAnswer, JobControl, JobState, LedgerReads, NotificationRecord, RunCursor, RunRecord,
-    TermRecord, TriggerRecord, TriggerRequest, clean_text,
+    AuditRecord, BackfillRecord, CONTROL_CHANNEL, CancelAnswer, JobControl, JobState, LedgerReads, NotificationRecord,
+    RunCursor, RunRecord, TermRecord, TriggerRecord, TriggerRequest, clean_text,
 };
 
 #[async_trait]
@@ -117,7 +118,7 @@ impl LedgerReads for Postgres {
         common::job_states(&rows)
     }
 
-    async fn set_control(&self, job: &str, control: Control, by: &str) -> Result<(), sqlx::Error> {
+    async fn set_control(&self, job: &str, control: Control, audit: &AuditRecord) -> Result<(), sqlx::Error> {
         let paused = control == Control::Pause;
         let mut tx = self.pool.begin().await?;
         // A resume that ends a pause records when, by the database's clock (every leader's agrees
@@ -131,18 +132,23 @@ impl LedgerReads for Postgres {
         )
         .bind(job)
         .bind(paused)
-        .bind(by)
+        .bind(&audit.who)
         .execute(&mut *tx)
         .await?;
+        insert_audit(&mut tx, audit).await?;
         sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
         tx.commit().await
     }
 
     /// Returns the trigger, new or the one already recorded under `idempotency_key`.
-    async fn request_trigger(&self, request: &TriggerRequest<'_>) -> Result<TriggerRecord, sqlx::Error> {
+    async fn request_trigger(
+        &self,
+        request: &TriggerRequest<'_>,
+        audit: &AuditRecord,
+    ) -> Result<TriggerRecord, sqlx::Error> {
         let TriggerRequest { job, idempotency_key, by, requested_at, overrides } = *request;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at, env, reason, concurrency)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job, idempotency_key) DO NOTHING",
         )
@@ -154,16 +160,21 @@ impl LedgerReads for Postgres {
         .bind(overrides.reason.as_deref().map(clean_text))
         .bind(overrides.concurrency.map(Concurrency::as_str))
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            insert_audit(&mut tx, audit).await?;
+        }
         let row = sqlx::query(common::TRIGGER_BY_KEY).bind(job).bind(idempotency_key).fetch_one(&mut *tx).await?;
         sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
         tx.commit().await?;
         common::trigger_record(&row)
     }
 
-    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<CancelAnswer, sqlx::Error> {
-        // The request and the leader's wake-up commit together; a second request keeps the
-        // first one's reason.
+    async fn cancel_run(&self, run_id: i64, reason: &str, audit: &AuditRecord) -> Result<CancelAnswer, sqlx::Error> {
+        // The request, its audit entry and the leader's wake-up commit together; a second
+        // request keeps the first one's reason.
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "WITH asked AS (
                  UPDATE runs SET cancel_reason = COALESCE(cancel_reason, $2)
@@ -175,13 +186,14 @@ impl LedgerReads for Postgres {
         .bind(run_id)
         .bind(clean_text(reason))
         .bind(CONTROL_CHANNEL)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = row {
+            insert_audit(&mut tx, audit).await?;
+            tx.commit().await?;
             return Ok(CancelAnswer::Asked { job: row.try_get("job")? });
         }
-        let status =
-            sqlx::query("SELECT status FROM runs WHERE id = $1").bind(run_id).fetch_optional(&self.pool).await?;
+        let status = sqlx::query("SELECT status FROM runs WHERE id = $1").bind(run_id).fetch_optional(&mut *tx).await?;
         Ok(match status {
             Some(row) => CancelAnswer::Ended(common::status(&row, "status")?),
             None => CancelAnswer::NoSuchRun,
@@ -212,7 +224,7 @@ impl LedgerReads for Postgres {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         slots: &[DateTime<Utc>],
-        by: &str,
+        audit: &AuditRecord,
     ) -> Result<BackfillRecord, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
@@ -222,7 +234,7 @@ impl LedgerReads for Postgres {
         .bind(job)
         .bind(from)
         .bind(to)
-        .bind(by)
+        .bind(&audit.who)
         .fetch_one(&mut *tx)
         .await?;
         // The slots the ledger holds, or another backfill queued, stay theirs: nothing twice.
@@ -243,6 +255,8 @@ impl LedgerReads for Postgres {
             .bind(queued as i64)
             .execute(&mut *tx)
             .await?;
+        let audit = AuditRecord { target: Some(format!("backfill {id}")), ..audit.clone() };
+        insert_audit(&mut tx, &audit).await?;
         sqlx::query("SELECT pg_notify($1, $2)").bind(CONTROL_CHANNEL).bind(job).execute(&mut *tx).await?;
         let row = sqlx::query(common::backfill_progress!("WHERE b.id = $1")).bind(id).fetch_one(&mut *tx).await?;
         tx.commit().await?;

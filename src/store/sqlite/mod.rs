@@ -3,6 +3,7 @@
 //! one statement are atomic without row locks. Instants are stored as integer microseconds
 //! since the Unix epoch, so `max()` and ordering are exact.
 
+mod access;
 mod execution;
 mod reads;
 
@@ -432,6 +433,11 @@ impl Ledger for Sqlite {
             sqlx::query("PRAGMA incremental_vacuum").execute(&self.pool).await?;
         }
         Ok(pruned as u64)
+    }
+
+    async fn prune_audit(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
+        let result = sqlx::query(common::PRUNE_AUDIT).bind(micros(before)).bind(batch).execute(&self.pool).await?;
+        Ok(result.rows_affected())
     }
 
     async fn pending_backfill_slots(&self, limit: i64) -> Result<Vec<BackfillSlot>, sqlx::Error> {

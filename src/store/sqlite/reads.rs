@@ -8,13 +8,14 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::Sqlite;
+use super::access::insert_audit;
 use crate::config::Concurrency;
 use crate::model::{Control, RunStatus};
 use crate::store::common::{self, micros, run_columns};
 use crate::store::outbox;
 use crate::store::{
-    BackfillRecord, CancelAnswer, JobControl, JobState, LedgerReads, NotificationRecord, RunCursor, RunRecord, TermRecord,
-    TriggerRecord, TriggerRequest, clean_text,
+    AuditRecord, BackfillRecord, CancelAnswer, JobControl, JobState, LedgerReads, NotificationRecord, RunCursor,
+    RunRecord, TermRecord, TriggerRecord, TriggerRequest, clean_text,
 };
 
 #[async_trait]
@@ -108,8 +109,9 @@ impl LedgerReads for Sqlite {
         common::job_states(&rows)
     }
 
-    async fn set_control(&self, job: &str, control: Control, by: &str) -> Result<(), sqlx::Error> {
+    async fn set_control(&self, job: &str, control: Control, audit: &AuditRecord) -> Result<(), sqlx::Error> {
         let paused = control == Control::Pause;
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO job_controls (job, paused, updated_by, updated_at, resumed_at)
              VALUES (?1, ?2, ?3, ?4, CASE WHEN ?2 THEN NULL ELSE ?4 END)
@@ -118,17 +120,24 @@ impl LedgerReads for Sqlite {
         )
         .bind(job)
         .bind(paused)
-        .bind(by)
+        .bind(&audit.who)
         .bind(micros(Utc::now()))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
         self.notify_controls();
         Ok(())
     }
 
-    async fn request_trigger(&self, request: &TriggerRequest<'_>) -> Result<TriggerRecord, sqlx::Error> {
+    async fn request_trigger(
+        &self,
+        request: &TriggerRequest<'_>,
+        audit: &AuditRecord,
+    ) -> Result<TriggerRecord, sqlx::Error> {
         let TriggerRequest { job, idempotency_key, by, requested_at, overrides } = *request;
-        sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
             "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at, env, reason, concurrency)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (job, idempotency_key) DO NOTHING",
         )
@@ -139,14 +148,20 @@ impl LedgerReads for Sqlite {
         .bind(common::env_json(&overrides.env))
         .bind(overrides.reason.as_deref().map(clean_text))
         .bind(overrides.concurrency.map(Concurrency::as_str))
-        .execute(&self.pool)
-        .await?;
-        let row = sqlx::query(common::TRIGGER_BY_KEY).bind(job).bind(idempotency_key).fetch_one(&self.pool).await?;
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            insert_audit(&mut tx, audit).await?;
+        }
+        let row = sqlx::query(common::TRIGGER_BY_KEY).bind(job).bind(idempotency_key).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
         self.notify_controls();
         common::trigger_record(&row)
     }
 
-    async fn cancel_run(&self, run_id: i64, reason: &str) -> Result<CancelAnswer, sqlx::Error> {
+    async fn cancel_run(&self, run_id: i64, reason: &str, audit: &AuditRecord) -> Result<CancelAnswer, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE runs SET cancel_reason = COALESCE(cancel_reason, ?2)
              WHERE id = ?1 AND status = 'running'
@@ -154,14 +169,16 @@ impl LedgerReads for Sqlite {
         )
         .bind(run_id)
         .bind(clean_text(reason))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = row {
+            let job = row.try_get("job")?;
+            insert_audit(&mut tx, audit).await?;
+            tx.commit().await?;
             self.notify_controls();
-            return Ok(CancelAnswer::Asked { job: row.try_get("job")? });
+            return Ok(CancelAnswer::Asked { job });
         }
-        let status =
-            sqlx::query("SELECT status FROM runs WHERE id = ?1").bind(run_id).fetch_optional(&self.pool).await?;
+        let status = sqlx::query("SELECT status FROM runs WHERE id = ?1").bind(run_id).fetch_optional(&mut *tx).await?;
         Ok(match status {
             Some(row) => CancelAnswer::Ended(common::status(&row, "status")?),
             None => CancelAnswer::NoSuchRun,
@@ -198,7 +215,7 @@ impl LedgerReads for Sqlite {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         slots: &[DateTime<Utc>],
-        by: &str,
+        audit: &AuditRecord,
     ) -> Result<BackfillRecord, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
@@ -208,7 +225,7 @@ impl LedgerReads for Sqlite {
         .bind(job)
         .bind(micros(from))
         .bind(micros(to))
-        .bind(by)
+        .bind(&audit.who)
         .bind(micros(Utc::now()))
         .fetch_one(&mut *tx)
         .await?;
@@ -227,6 +244,8 @@ impl LedgerReads for Sqlite {
             .rows_affected() as i64;
         }
         sqlx::query("UPDATE backfills SET slots = ?2 WHERE id = ?1").bind(id).bind(queued).execute(&mut *tx).await?;
+        let audit = AuditRecord { target: Some(format!("backfill {id}")), ..audit.clone() };
+        insert_audit(&mut tx, &audit).await?;
         let row = sqlx::query(common::backfill_progress!("WHERE b.id = $1")).bind(id).fetch_one(&mut *tx).await?;
         tx.commit().await?;
         self.notify_controls();
