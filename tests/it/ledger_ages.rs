@@ -46,6 +46,10 @@ async fn aged_postgres(pg: &Postgres, name: &str) -> sqlx::PgPool {
     let url = pg.create_database(name).await;
     let pool = tenure::store::connect(&url).await.expect("connect");
     tenure::store::migrate(&pool).await.expect("migrate");
+    tenure::store::Postgres::new(pool.clone())
+        .ensure_partitions(steps_back(ROWS / JOBS), newest())
+        .await
+        .expect("the history's days");
     pool.close().await;
     let options: PgConnectOptions = url.parse().expect("a database URL");
     let mut conn = options.connect().await.expect("connect without a timeout");
@@ -74,12 +78,13 @@ async fn aged_postgres(pg: &Postgres, name: &str) -> sqlx::PgPool {
         .expect("connect with generic plans")
 }
 
-/// Rows of `runs` read so far (sequentially or through an index), as the statistics hold them
-/// once this connection's pending counts are flushed.
+/// Rows of `runs` (all its partitions) read so far (sequentially or through an index), as the
+/// statistics hold them once this connection's pending counts are flushed.
 async fn rows_read(pool: &sqlx::PgPool) -> i64 {
     sqlx::query("SELECT pg_stat_force_next_flush()").execute(pool).await.expect("flush");
     sqlx::query_scalar(
-        "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = 'runs'",
+        "SELECT COALESCE(sum(COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0)), 0)::bigint
+         FROM pg_stat_user_tables WHERE relid IN (SELECT relid FROM pg_partition_tree('runs'))",
     )
     .fetch_one(pool)
     .await
