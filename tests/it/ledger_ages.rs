@@ -366,19 +366,21 @@ async fn migrating_an_aged_ledger_onto_partitions_keeps_firing_and_resumes_when_
     assert!(ended, "the validation was seen and its session ended");
     let error = second.await.unwrap().expect_err("the interrupted migration fails");
     assert!(error.is_transient(), "an interrupted migration is retried at start-up: {error}");
-    let layout: String =
-        sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE relname = 'runs'").fetch_one(&mut conn).await.unwrap();
+    let layout: String = sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE relname = 'runs'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(layout, "r", "not partitioned yet");
 
     tenure::store::migrate(&pool).await.expect("the migration resumes and completes");
     let to = Utc::now();
-    let layout: String =
-        sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE relname = 'runs'").fetch_one(&mut conn).await.unwrap();
-    assert_eq!(layout, "p", "partitioned by slot");
-    let legacy: i64 = sqlx::query_scalar("SELECT count(*) FROM runs_legacy WHERE job <> 'tick'")
+    let layout: String = sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE relname = 'runs'")
         .fetch_one(&mut conn)
         .await
         .unwrap();
+    assert_eq!(layout, "p", "partitioned by slot");
+    let legacy: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM runs_legacy WHERE job <> 'tick'").fetch_one(&mut conn).await.unwrap();
     assert_eq!(legacy, ROWS, "the history is the legacy partition, not copied");
     let indexes: Vec<String> =
         sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE tablename = 'runs' ORDER BY indexname")

@@ -235,7 +235,11 @@ async fn a_slot_is_claimed_once_and_a_stale_term_refused_in_every_partition_lega
     // The legacy partition sealed, as retention seals a range it rewrites: the current term's
     // claim there is a delay (an error, retried), not a run and not a refusal for good; the
     // stale term is fenced; outside the range claims go on.
-    sqlx::query("UPDATE fence SET sealed_from = '-infinity', sealed_to = $1").bind(cutover).execute(&pool).await.unwrap();
+    sqlx::query("UPDATE fence SET sealed_from = '-infinity', sealed_to = $1")
+        .bind(cutover)
+        .execute(&pool)
+        .await
+        .unwrap();
     for slot in [in_legacy_old + Duration::seconds(2), in_legacy_now + Duration::seconds(2)] {
         let delayed = store.claim_run(&claim("job", slot, &new, "n2")).await;
         assert!(matches!(delayed, Err(ClaimError::Database(_))), "{slot}: {delayed:?}");
@@ -285,8 +289,10 @@ async fn history_pages_cross_partition_bounds_and_return_every_row_once_in_order
     .execute(&pool)
     .await
     .unwrap();
-    let partitions: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT tableoid) FROM runs WHERE job = 'old'").fetch_one(&pool).await.unwrap();
+    let partitions: i64 = sqlx::query_scalar("SELECT count(DISTINCT tableoid) FROM runs WHERE job = 'old'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert!(partitions >= 6, "the job's rows span {partitions} partitions");
 
     for status in [None, Some(RunStatus::Failed)] {
@@ -311,4 +317,65 @@ async fn history_pages_cross_partition_bounds_and_return_every_row_once_in_order
         }
         assert_eq!(seen, expected, "{status:?}: every row once, newest first");
     }
+}
+
+#[tokio::test]
+async fn a_rewrite_interrupted_between_detach_and_attach_is_undone_by_the_next_pass() {
+    let pg = Postgres::start().await;
+    let url = pg.create_database("partitions_interrupted_rewrite").await;
+    let pool = tenure::store::connect(&url).await.expect("connect");
+    tenure::store::migrate(&pool).await.expect("migrate");
+    let ledger = tenure::store::Postgres::new(pool.clone());
+    // 2,000 rows: the last four hours before the newest slot, most on the day before it.
+    ledger.ensure_partitions(steps_back(40), newest()).await.expect("the days");
+    history(&url, 2_000).await;
+    let day = newest() - Duration::days(1);
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE slot >= $1 AND slot < $2")
+        .bind(day)
+        .bind(day + Duration::days(1))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(held > 0);
+    let (store, _reads) = Store::with_reads(ledger);
+    let name = format!("runs_{}", day.format("%Y%m%d"));
+    // As a pass leaves it when killed after the copy began and the old partition was detached:
+    // the range sealed, the old table outside the ledger, a copy half made.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE fence SET sealed_from = '{day}', sealed_to = '{end}';
+         ALTER TABLE runs DETACH PARTITION {name};
+         CREATE TABLE {name}_1 (LIKE runs INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+         INSERT INTO {name}_1 SELECT * FROM {name} LIMIT 3;",
+        day = day.to_rfc3339(),
+        end = (day + Duration::days(1)).to_rfc3339(),
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let term = Term::for_tests(3, "c");
+    store.begin_term(&term, "n").await.unwrap();
+    let sealed = store.claim_run(&claim("job-90", day + Duration::hours(1), &term, "n")).await;
+    assert!(matches!(sealed, Err(ClaimError::Database(_))), "{sealed:?}");
+
+    // Retention that removes nothing: the pass only finishes what was left.
+    let keep_all = Retention::before(newest() - Duration::days(365));
+    store.keep_partitions(&keep_all, Utc::now()).await.expect("the next pass");
+    let back: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE slot >= $1 AND slot < $2")
+        .bind(day)
+        .bind(day + Duration::days(1))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(back, held, "the old partition is attached again, whole");
+    let copy: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_class WHERE relname = $1")
+        .bind(format!("{name}_1"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(copy, 0, "the half-made copy is dropped");
+    let seal: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT sealed_to FROM fence").fetch_one(&pool).await.unwrap();
+    assert_eq!(seal, None, "the seal is lifted");
+    store.claim_run(&claim("job-90", day + Duration::hours(1), &term, "n")).await.expect("claimed once open");
+    let twice = store.claim_run(&claim("job-03", steps_back(12), &term, "n")).await;
+    assert!(matches!(twice, Err(ClaimError::AlreadyClaimed { term: 1, .. })), "{twice:?}");
 }

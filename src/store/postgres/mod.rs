@@ -337,7 +337,7 @@ impl Ledger for Postgres {
         let now = Utc::now();
         let query = || {
             sqlx::query_as::<_, (i64, i64)>(
-            "WITH current_fence AS (
+                "WITH current_fence AS (
                  SELECT term, sealed_from, sealed_to FROM fence WHERE id = 1 AND term <= $2 FOR SHARE
              ), recorded AS (
                  INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, finished_at, error)
@@ -357,16 +357,16 @@ impl Ledger for Postgres {
              SELECT (SELECT count(*) FROM recorded),
                     (SELECT count(*) FROM current_fence, unnest($6::timestamptz[]) AS s
                      WHERE s >= current_fence.sealed_from AND s < current_fence.sealed_to)",
-        )
-        .bind(job)
-        .bind(term.revision())
-        .bind(node)
-        .bind(config_hash)
-        .bind(status.as_str())
-        .bind(slots)
-        .bind(now)
-        .bind(error)
-        .bind(trigger.as_str())
+            )
+            .bind(job)
+            .bind(term.revision())
+            .bind(node)
+            .bind(config_hash)
+            .bind(status.as_str())
+            .bind(slots)
+            .bind(now)
+            .bind(error)
+            .bind(trigger.as_str())
         };
         let (recorded, sealed) = match query().fetch_one(&self.pool).await {
             Err(error) if partitions::missing_partition(&error) => {

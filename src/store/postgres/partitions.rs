@@ -148,12 +148,10 @@ async fn seal(conn: &mut sqlx::PgConnection) -> Result<Option<(Option<DateTime<U
     Ok(to.map(|to| (row.try_get("sealed_from").ok().flatten(), to)))
 }
 
-async fn set_seal(
-    conn: &mut sqlx::PgConnection,
-    range: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
-) -> Result<(), sqlx::Error> {
-    let (from, to, sealed) = match range {
-        Some((from, to)) => (from, to, true),
+/// Seal `partition`'s range (claims there refused from the commit on), or lift the seal.
+async fn set_seal(conn: &mut sqlx::PgConnection, partition: Option<&Partition>) -> Result<(), sqlx::Error> {
+    let (from, to, sealed) = match partition {
+        Some(partition) => (partition.lower, partition.upper, true),
         None => (None, None, false),
     };
     sqlx::query(
@@ -191,55 +189,45 @@ pub(super) async fn ensure_days(
     if days.is_empty() || !partitioned(conn).await? {
         return Ok(0);
     }
-    execute(conn, format!("SET lock_timeout = '{lock_timeout}'")).await?;
-    sqlx::query("SELECT pg_advisory_lock($1)").bind(CREATE_LOCK).execute(&mut *conn).await?;
-    let result = async {
-        let existing = partitions(conn).await?;
-        let sealed = seal(conn).await?;
-        let mut created = 0;
-        let mut wanted: Vec<DateTime<Utc>> = days.iter().map(|day| day_of(*day)).collect();
-        wanted.sort();
-        wanted.dedup();
-        for day in wanted {
-            let end = day + Duration::days(1);
-            let covered = existing.iter().any(|p| p.lower.is_none_or(|l| l < end) && p.upper.is_none_or(|u| u > day));
-            let in_seal = sealed.is_some_and(|(from, to)| from.is_none_or(|f| f < end) && to > day);
-            if covered || in_seal {
-                continue;
-            }
-            let name = base_name(Some(day));
-            execute(
-                conn,
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {name} (LIKE runs INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)"
-                ),
-            )
-            .await?;
-            execute(conn, status_statistics(&name)).await?;
-            let partition = Partition { name: name.clone(), lower: Some(day), upper: Some(end), estimate: 0.0 };
-            if let Err(error) = execute(conn, format!("ALTER TABLE runs ATTACH PARTITION {name} {}", partition.bound())).await
-            {
-                let _ = execute(conn, format!("DROP TABLE IF EXISTS {name}")).await;
-                return Err(error);
-            }
-            tracing::info!(partition = %name, "ledger partition created");
-            created += 1;
+    // One transaction, its lock and timeout its own: a caller cancelled half-way leaves nothing
+    // held on a connection that goes back to the pool.
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    execute(&mut tx, format!("SET LOCAL lock_timeout = '{lock_timeout}'")).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CREATE_LOCK).execute(&mut *tx).await?;
+    let existing = partitions(&mut tx).await?;
+    let sealed = seal(&mut tx).await?;
+    let mut created = 0;
+    let mut wanted: Vec<DateTime<Utc>> = days.iter().map(|day| day_of(*day)).collect();
+    wanted.sort();
+    wanted.dedup();
+    for day in wanted {
+        let end = day + Duration::days(1);
+        let covered = existing.iter().any(|p| p.lower.is_none_or(|l| l < end) && p.upper.is_none_or(|u| u > day));
+        let in_seal = sealed.is_some_and(|(from, to)| from.is_none_or(|f| f < end) && to > day);
+        if covered || in_seal {
+            continue;
         }
-        Ok(created)
+        let name = base_name(Some(day));
+        execute(
+            &mut tx,
+            format!("CREATE TABLE {name} (LIKE runs INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)"),
+        )
+        .await?;
+        execute(&mut tx, status_statistics(&name)).await?;
+        let partition = Partition { name: name.clone(), lower: Some(day), upper: Some(end), estimate: 0.0 };
+        execute(&mut tx, format!("ALTER TABLE runs ATTACH PARTITION {name} {}", partition.bound())).await?;
+        tracing::info!(partition = %name, "ledger partition created");
+        created += 1;
     }
-    .await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(CREATE_LOCK).execute(&mut *conn).await;
-    let _ = execute(conn, "SET lock_timeout = 0".to_owned()).await;
-    result
+    tx.commit().await?;
+    Ok(created)
 }
 
 /// A connection of its own for the ledger's upkeep, without the pool's statement timeout (a
 /// rewrite copies what a partition keeps); closed by its caller.
 async fn upkeep_connection(pool: &PgPool) -> Result<sqlx::PgConnection, sqlx::Error> {
     let mut conn = pool.acquire().await?.detach();
-    sqlx::raw_sql("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
-        .execute(&mut conn)
-        .await?;
+    sqlx::raw_sql("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0").execute(&mut conn).await?;
     Ok(conn)
 }
 
@@ -276,11 +264,13 @@ async fn retire_on(
     if !partitioned(conn).await? {
         return Ok(0);
     }
-    if !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)").bind(RETIRE_LOCK).fetch_one(&mut *conn).await? {
+    if !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)").bind(RETIRE_LOCK).fetch_one(&mut *conn).await?
+    {
         return Ok(0);
     }
     recover(conn).await?;
-    let newest_limit = retention.per_job.iter().map(|(_, before)| *before).fold(retention.default_before, |a, b| a.max(b));
+    let newest_limit =
+        retention.per_job.iter().map(|(_, before)| *before).fold(retention.default_before, |a, b| a.max(b));
     let mut removed = 0;
     for partition in partitions(conn).await? {
         if partition.lower.is_some_and(|lower| lower >= newest_limit) {
@@ -293,12 +283,10 @@ async fn retire_on(
         if doomed == 0 {
             // An empty partition past every limit (a day nothing fired, the legacy partition of
             // a ledger that was empty) goes too; a claim that needs its day again makes it.
-            let empty: bool = sqlx::query_scalar(AssertSqlSafe(format!(
-                "SELECT NOT EXISTS (SELECT 1 FROM {})",
-                partition.name
-            )))
-            .fetch_one(&mut *conn)
-            .await?;
+            let empty: bool =
+                sqlx::query_scalar(AssertSqlSafe(format!("SELECT NOT EXISTS (SELECT 1 FROM {})", partition.name)))
+                    .fetch_one(&mut *conn)
+                    .await?;
             if empty && partition.upper.is_some_and(|upper| upper <= retention.default_before) {
                 rewrite(conn, &partition, retention).await?;
             }
@@ -361,16 +349,19 @@ async fn count_doomed(conn: &mut sqlx::PgConnection, table: &str, retention: &Re
 
 /// Replace `partition` with what it keeps, or drop it when it keeps nothing. Returns the rows
 /// removed (0 when it was left as it is: a run in it is still going).
-async fn rewrite(conn: &mut sqlx::PgConnection, partition: &Partition, retention: &Retention) -> Result<u64, sqlx::Error> {
+async fn rewrite(
+    conn: &mut sqlx::PgConnection,
+    partition: &Partition,
+    retention: &Retention,
+) -> Result<u64, sqlx::Error> {
     let name = &partition.name;
     // Closed to claims from here: in-flight ones commit first (they hold the fence row), later
     // ones are refused in this range and retried once it is open again.
-    set_seal(conn, Some((partition.lower, partition.upper))).await?;
-    let going: bool = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT EXISTS (SELECT 1 FROM {name} WHERE status = 'running')"
-    )))
-    .fetch_one(&mut *conn)
-    .await?;
+    set_seal(conn, Some(partition)).await?;
+    let going: bool =
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT EXISTS (SELECT 1 FROM {name} WHERE status = 'running')")))
+            .fetch_one(&mut *conn)
+            .await?;
     if going {
         set_seal(conn, None).await?;
         return Ok(0);
@@ -389,7 +380,8 @@ async fn rewrite(conn: &mut sqlx::PgConnection, partition: &Partition, retention
         "{} INSERT INTO {next} SELECT r.* FROM {name} r JOIN limits l ON l.job = r.job WHERE NOT ({DOOMED})",
         limits(name)
     );
-    let kept = bind_retention(sqlx::query(AssertSqlSafe(copy.clone())), retention).execute(&mut *conn).await?.rows_affected();
+    let kept =
+        bind_retention(sqlx::query(AssertSqlSafe(copy.clone())), retention).execute(&mut *conn).await?.rows_affected();
     if kept == 0 {
         execute(conn, format!("DROP TABLE {next}")).await?;
         detach(conn, name).await?;
@@ -483,7 +475,8 @@ async fn recover(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     .bind(&base)
     .fetch_all(&mut *conn)
     .await?;
-    let generation = |name: &str| name.strip_prefix(&format!("{base}_")).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+    let generation =
+        |name: &str| name.strip_prefix(&format!("{base}_")).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
     orphans.sort_by_key(|name| generation(name));
     if covering.is_none() && !orphans.is_empty() {
         // The old table is the oldest generation: attach it again as it was.
