@@ -1153,6 +1153,10 @@ async fn dashboard() -> anyhow::Result<()> {
     header("5. Dashboard: 1,000,000 ledger rows (100,000 for one job), 20 concurrent clients");
     let pg = harness::Postgres::start_durable().await;
     let (url, pool) = database(&pg, "dashboard").await?;
+    // The history's days (written directly, not claimed: no claim makes them).
+    tenure::store::Postgres::new(pool.clone())
+        .ensure_partitions(Utc::now() - chrono::Duration::minutes(1_000_001), Utc::now())
+        .await?;
     let (store, term) = leading_store(&pool).await?;
     let started = Instant::now();
     // A connection of its own: the pool's 5 s statement timeout is for claims, not bulk loads.
@@ -1346,6 +1350,7 @@ async fn fleet() -> anyhow::Result<()> {
     header("5b. Overview of a fleet: 10,000 jobs, 30 runs each (300,000 rows), a fresh rendering per page");
     let pg = harness::Postgres::start_durable().await;
     let (url, pool) = database(&pg, "fleet").await?;
+    tenure::store::Postgres::new(pool.clone()).ensure_partitions(Utc::now() - chrono::Duration::hours(31), Utc::now()).await?;
     let (_store, term) = leading_store(&pool).await?;
     let mut bulk = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
     sqlx::query(

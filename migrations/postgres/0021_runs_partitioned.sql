@@ -1,4 +1,4 @@
--- The ledger partitioned by slot, one partition a UTC day, so that retention gives disk back by
+-- The ledger partitioned by slot, one partition a UTC week (Monday to Monday), so that retention gives disk back by
 -- dropping (or rewriting) whole partitions instead of leaving deleted rows' space in the table.
 --
 -- The table as it stands is renamed `runs_legacy` and attached as the first partition, covering
@@ -17,6 +17,7 @@ DO $$
 DECLARE
     cutover timestamptz;
     day timestamptz;
+    next timestamptz;
 BEGIN
     PERFORM set_config('lock_timeout', '100ms', true);
     FOR attempt IN 1..3000 LOOP
@@ -65,17 +66,19 @@ BEGIN
     ALTER TABLE runs_legacy ALTER COLUMN status SET (n_distinct = 8);
     EXECUTE format('ALTER TABLE runs ATTACH PARTITION runs_legacy FOR VALUES FROM (MINVALUE) TO (%L)', cutover);
 
-    -- The days after the cut-over (from yesterday when nothing came before): the leader creates
-    -- the following ones ahead of time, and any missing one when a claim needs it.
+    -- The weeks after the cut-over (from yesterday when nothing came before), the first one
+    -- from the cut-over to the next Monday: the leader creates the following ones ahead of
+    -- time, and any missing one when a claim needs it.
     day := greatest(cutover, date_trunc('day', now(), 'UTC') - interval '1 day');
     WHILE day < date_trunc('day', now(), 'UTC') + interval '9 days' LOOP
+        next := date_trunc('week', day, 'UTC') + interval '7 days';
         EXECUTE format('CREATE TABLE %I (LIKE runs INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)',
                        'runs_' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD'));
         EXECUTE format('ALTER TABLE %I ALTER COLUMN status SET (n_distinct = 8)',
                        'runs_' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD'));
         EXECUTE format('ALTER TABLE runs ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
-                       'runs_' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD'), day, day + interval '1 day');
-        day := day + interval '1 day';
+                       'runs_' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD'), day, next);
+        day := next;
     END LOOP;
 
     CREATE TRIGGER runs_notify_insert AFTER INSERT ON runs

@@ -582,7 +582,7 @@ pub trait Ledger: Executions + Send + Sync {
     /// created before the ledger's limit. Returns how many runs went.
     async fn prune_runs(&self, retention: &Retention, batch: i64) -> Result<u64, sqlx::Error>;
 
-    /// The ledger's partitions (PostgreSQL): the days up to a week ahead made ready, and the
+    /// The ledger's partitions (PostgreSQL, one a week): the next eight days' made ready, and the
     /// partitions retention has passed given back whole (dropped, or rewritten with the few
     /// rows they keep when at least half of them goes), each only once its last slot is more
     /// than an hour old. Returns the rows removed; `prune_runs` deletes the rest row by row.

@@ -3,7 +3,7 @@
 //! every partition (the legacy one an upgrade made of the table as it stood, a day made on
 //! demand, a range sealed while retention rewrites it); history pages cross partition bounds.
 
-use chrono::{DateTime, Duration, DurationRound, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, DurationRound, TimeZone, Utc};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor};
 use tenure::leadership::Term;
@@ -219,7 +219,8 @@ async fn a_slot_is_claimed_once_and_a_stale_term_refused_in_every_partition_lega
     assert_eq!(partition_of(in_legacy_old).await, "runs_legacy");
     assert_eq!(partition_of(in_legacy_now).await, "runs_legacy");
     assert_eq!(partition_of(in_a_day).await, format!("runs_{}", cutover.format("%Y%m%d")));
-    assert_eq!(partition_of(beyond).await, format!("runs_{}", beyond.format("%Y%m%d")));
+    let monday = beyond.date_naive() - chrono::Days::new(u64::from(beyond.weekday().num_days_from_monday()));
+    assert_eq!(partition_of(beyond).await, format!("runs_{}", monday.format("%Y%m%d")), "its week");
 
     let new = Term::for_tests(6, "c");
     store.begin_term(&new, "n2").await.unwrap();
@@ -278,11 +279,14 @@ async fn a_slot_is_claimed_once_and_a_stale_term_refused_in_every_partition_lega
 async fn history_pages_cross_partition_bounds_and_return_every_row_once_in_order() {
     let pg = Postgres::start().await;
     let (_url, pool, _store, reads) = upgraded(&pg, "partitions_pages", 40).await;
-    // Days after the legacy partition's: every 97 minutes for 8 days (the partitions the upgrade
-    // made), some failed.
+    // After the legacy partition's rows: every 290 minutes for 24 days, some failed.
+    tenure::store::Postgres::new(pool.clone())
+        .ensure_partitions(Utc::now(), Utc::now() + Duration::days(25))
+        .await
+        .expect("the weeks ahead");
     sqlx::query(
         "INSERT INTO runs (job, slot, term, node, config_hash, status, claimed_at, finished_at)
-         SELECT 'old', (SELECT max(slot) FROM runs) + make_interval(mins => 97 * i::int), 1, 'n', 'h',
+         SELECT 'old', (SELECT max(slot) FROM runs) + make_interval(mins => 290 * i::int), 1, 'n', 'h',
                 CASE WHEN i % 4 = 0 THEN 'failed' ELSE 'succeeded' END, now(), now()
          FROM generate_series(1, 118) AS i",
     )
@@ -293,7 +297,7 @@ async fn history_pages_cross_partition_bounds_and_return_every_row_once_in_order
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert!(partitions >= 6, "the job's rows span {partitions} partitions");
+    assert!(partitions >= 4, "the job's rows span {partitions} partitions");
 
     for status in [None, Some(RunStatus::Failed)] {
         let expected: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
@@ -326,28 +330,37 @@ async fn a_rewrite_interrupted_between_detach_and_attach_is_undone_by_the_next_p
     let pool = tenure::store::connect(&url).await.expect("connect");
     tenure::store::migrate(&pool).await.expect("migrate");
     let ledger = tenure::store::Postgres::new(pool.clone());
-    // 2,000 rows: the last four hours before the newest slot, most on the day before it.
+    // 2,000 rows: the last four hours before the newest slot, all in one week.
     ledger.ensure_partitions(steps_back(40), newest()).await.expect("the days");
     history(&url, 2_000).await;
+    // The week that holds them (2026-11-30 is a Monday).
     let day = newest() - Duration::days(1);
     let held: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE slot >= $1 AND slot < $2")
         .bind(day)
-        .bind(day + Duration::days(1))
+        .bind(day + Duration::days(7))
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert!(held > 0);
+    assert_eq!(held, 2_000);
     let (store, _reads) = Store::with_reads(ledger);
     let name = format!("runs_{}", day.format("%Y%m%d"));
+    let end: DateTime<Utc> = sqlx::query_scalar(
+        "SELECT btrim((regexp_match(pg_get_expr(relpartbound, oid), 'TO \\((.+)\\)'))[1], '''')::timestamptz
+         FROM pg_class WHERE relname = $1",
+    )
+    .bind(&name)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     // As a pass leaves it when killed after the copy began and the old partition was detached:
-    // the range sealed, the old table outside the ledger, a copy half made.
+    // its range sealed, the old table outside the ledger, a copy half made.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "UPDATE fence SET sealed_from = '{day}', sealed_to = '{end}';
          ALTER TABLE runs DETACH PARTITION {name};
          CREATE TABLE {name}_1 (LIKE runs INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
          INSERT INTO {name}_1 SELECT * FROM {name} LIMIT 3;",
         day = day.to_rfc3339(),
-        end = (day + Duration::days(1)).to_rfc3339(),
+        end = end.to_rfc3339(),
     )))
     .execute(&pool)
     .await
@@ -362,7 +375,7 @@ async fn a_rewrite_interrupted_between_detach_and_attach_is_undone_by_the_next_p
     store.keep_partitions(&keep_all, Utc::now()).await.expect("the next pass");
     let back: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE slot >= $1 AND slot < $2")
         .bind(day)
-        .bind(day + Duration::days(1))
+        .bind(day + Duration::days(7))
         .fetch_one(&pool)
         .await
         .unwrap();

@@ -122,7 +122,7 @@ impl Postgres {
         };
         let rows = match self.claim_statement(query()).await {
             Err(error) if partitions::missing_partition(&error) => {
-                // A slot no partition holds yet (far back, or beyond the days made ahead): its day
+                // A slot no partition holds yet (far back, or beyond the weeks made ahead): its week
                 // is created, and the batch sent once more.
                 self.ensure_days(&slots).await?;
                 self.claim_statement(query()).await?
@@ -150,7 +150,7 @@ impl Postgres {
         }
     }
 
-    /// Create the days of `slots` that no partition holds (a claim's or a record's that found
+    /// Create the partitions of `slots` that no partition holds (a claim's or a record's that found
     /// none), the lock on `runs` asked for 200 ms at most: a claim waits no longer for it.
     async fn ensure_days(&self, slots: &[DateTime<Utc>]) -> Result<(), sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
@@ -158,9 +158,9 @@ impl Postgres {
         Ok(())
     }
 
-    /// Create the day partitions that hold the slots from `from` to `to` and do not exist yet
+    /// Create the partitions that hold the slots from `from` to `to` and do not exist yet
     /// (the leader's upkeep keeps the next days ready; a claim creates one it lacks; tests and
-    /// benchmarks that write history directly make its days first). Returns how many it made.
+    /// benchmarks that write history directly make its weeks first). Returns how many it made.
     pub async fn ensure_partitions(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<usize, sqlx::Error> {
         let mut days = Vec::new();
         let mut day = partitions::day_of(from);

@@ -1,6 +1,7 @@
-//! The ledger's partitions on PostgreSQL: `runs` is partitioned by slot, one partition a UTC day
-//! (`runs_YYYYMMDD`), after `runs_legacy`, the table as it stood before the upgrade, which holds
-//! every slot before its cut-over. This module creates the days ahead and on demand, and gives
+//! The ledger's partitions on PostgreSQL: `runs` is partitioned by slot, one partition a UTC week
+//! (`runs_YYYYMMDD`, named by its first day, Monday but for the first after `runs_legacy`), after
+//! `runs_legacy`, the table as it stood before the upgrade, which holds
+//! every slot before its cut-over. This module creates the weeks ahead and on demand, and gives
 //! disk back when retention has passed them: a partition whose every row retention removes is
 //! detached and dropped; one that keeps a few rows (a job whose `retain` is longer than the
 //! ledger's, a job's newest row, a run still going) while at least half of it goes is rewritten:
@@ -15,7 +16,7 @@
 //! one attached partition (the new one if it was attached, else the old one attached again), the
 //! other dropped, before the seal is lifted.
 
-use chrono::{DateTime, Duration, DurationRound, Utc};
+use chrono::{DateTime, Datelike, Duration, DurationRound, Utc};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row};
 
@@ -39,7 +40,7 @@ struct Partition {
 }
 
 impl Partition {
-    /// The name its first generation has: `runs_legacy`, or `runs_YYYYMMDD` for a day.
+    /// The name its first generation has: `runs_legacy`, or `runs_YYYYMMDD` for a week (its first day).
     fn base(&self) -> String {
         base_name(self.lower)
     }
@@ -84,7 +85,7 @@ fn literal(instant: Option<DateTime<Utc>>, unbounded: &str) -> String {
 }
 
 /// Whether `error` is a row no partition of `runs` takes ("no partition of relation ... found
-/// for row"): its day is created and the statement sent again.
+/// for row"): its week is created and the statement sent again.
 pub(super) fn missing_partition(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Database(error) => {
@@ -97,6 +98,17 @@ pub(super) fn missing_partition(error: &sqlx::Error) -> bool {
 /// The UTC day that holds `slot`.
 pub(super) fn day_of(slot: DateTime<Utc>) -> DateTime<Utc> {
     slot.duration_trunc(Duration::days(1)).unwrap_or(slot)
+}
+
+/// How many days a partition holds: a week, Monday to Monday (UTC). Every statement locks each
+/// partition it cannot prune with all its indexes, so their number is kept small: 13 for a
+/// retention of 90 days.
+const WIDTH_DAYS: i64 = 7;
+
+/// The week (Monday 00:00 UTC) that holds `slot`.
+fn week_of(slot: DateTime<Utc>) -> DateTime<Utc> {
+    let day = day_of(slot);
+    day - Duration::days(i64::from(day.weekday().num_days_from_monday()))
 }
 
 /// Whether `runs` is partitioned yet (during the upgrade it is the plain table for a while).
@@ -178,9 +190,10 @@ async fn execute(conn: &mut sqlx::PgConnection, statement: String) -> Result<u64
     Ok(sqlx::raw_sql(AssertSqlSafe(statement)).execute(conn).await?.rows_affected())
 }
 
-/// Create and attach the day partitions of `days` that no partition covers, outside a sealed
-/// range. Each is created empty and attached (SHARE UPDATE EXCLUSIVE on `runs`: claims go on),
-/// the lock asked for `lock_timeout` at most. Returns how many were created.
+/// Create and attach a partition for each of `days` that no partition covers (its week, or the
+/// part of it no partition holds), outside a sealed range. Each is created empty and attached
+/// (SHARE UPDATE EXCLUSIVE on `runs`: claims go on), the lock asked for `lock_timeout` at most.
+/// Returns how many were created.
 pub(super) async fn ensure_days(
     conn: &mut sqlx::PgConnection,
     days: &[DateTime<Utc>],
@@ -194,17 +207,29 @@ pub(super) async fn ensure_days(
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     execute(&mut tx, format!("SET LOCAL lock_timeout = '{lock_timeout}'")).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CREATE_LOCK).execute(&mut *tx).await?;
-    let existing = partitions(&mut tx).await?;
+    let mut existing = partitions(&mut tx).await?;
     let sealed = seal(&mut tx).await?;
     let mut created = 0;
-    let mut wanted: Vec<DateTime<Utc>> = days.iter().map(|day| day_of(*day)).collect();
+    let mut wanted: Vec<DateTime<Utc>> = days.to_vec();
     wanted.sort();
-    wanted.dedup();
-    for day in wanted {
-        let end = day + Duration::days(1);
-        let covered = existing.iter().any(|p| p.lower.is_none_or(|l| l < end) && p.upper.is_none_or(|u| u > day));
+    for slot in wanted {
+        if existing.iter().any(|p| p.lower.is_none_or(|l| l <= slot) && p.upper.is_none_or(|u| u > slot)) {
+            continue;
+        }
+        // Its week, clipped to the partitions on either side (the first after the legacy
+        // partition starts at its cut-over).
+        let mut day = week_of(slot);
+        let mut end = day + Duration::days(WIDTH_DAYS);
+        for p in &existing {
+            if let Some(upper) = p.upper.filter(|upper| *upper <= slot) {
+                day = day.max(upper);
+            }
+            if let Some(lower) = p.lower.filter(|lower| *lower > slot) {
+                end = end.min(lower);
+            }
+        }
         let in_seal = sealed.is_some_and(|(from, to)| from.is_none_or(|f| f < end) && to > day);
-        if covered || in_seal {
+        if in_seal {
             continue;
         }
         let name = base_name(Some(day));
@@ -217,6 +242,7 @@ pub(super) async fn ensure_days(
         let partition = Partition { name: name.clone(), lower: Some(day), upper: Some(end), estimate: 0.0 };
         execute(&mut tx, format!("ALTER TABLE runs ATTACH PARTITION {name} {}", partition.bound())).await?;
         tracing::info!(partition = %name, "ledger partition created");
+        existing.push(partition);
         created += 1;
     }
     tx.commit().await?;
@@ -231,7 +257,7 @@ async fn upkeep_connection(pool: &PgPool) -> Result<sqlx::PgConnection, sqlx::Er
     Ok(conn)
 }
 
-/// Create the days from yesterday to `DAYS_AHEAD` days ahead that are missing.
+/// Create the partitions that hold yesterday to `DAYS_AHEAD` days ahead, where missing.
 pub(super) async fn keep_ahead(pool: &PgPool, now: DateTime<Utc>) -> Result<usize, sqlx::Error> {
     let days: Vec<DateTime<Utc>> = (-1..=DAYS_AHEAD).map(|d| day_of(now) + Duration::days(d)).collect();
     let mut conn = upkeep_connection(pool).await?;
@@ -281,8 +307,8 @@ async fn retire_on(
         }
         let doomed = count_doomed(conn, &partition.name, retention).await?;
         if doomed == 0 {
-            // An empty partition past every limit (a day nothing fired, the legacy partition of
-            // a ledger that was empty) goes too; a claim that needs its day again makes it.
+            // An empty partition past every limit (a week nothing fired, the legacy partition of
+            // a ledger that was empty) goes too; a claim that needs its week again makes it.
             let empty: bool =
                 sqlx::query_scalar(AssertSqlSafe(format!("SELECT NOT EXISTS (SELECT 1 FROM {})", partition.name)))
                     .fetch_one(&mut *conn)
