@@ -308,12 +308,19 @@ async fn retire_on(
         let doomed = count_doomed(conn, &partition.name, retention).await?;
         if doomed == 0 {
             // An empty partition past every limit (a week nothing fired, the legacy partition of
-            // a ledger that was empty) goes too; a claim that needs its week again makes it.
+            // a ledger that was empty) goes too, unless it is one `keep_ahead` keeps; a claim that
+            // needs its week again makes it.
+            let past = partition
+                .upper
+                .is_some_and(|upper| upper <= retention.default_before && upper < day_of(now) - Duration::days(1));
+            if !past {
+                continue;
+            }
             let empty: bool =
                 sqlx::query_scalar(AssertSqlSafe(format!("SELECT NOT EXISTS (SELECT 1 FROM {})", partition.name)))
                     .fetch_one(&mut *conn)
                     .await?;
-            if empty && partition.upper.is_some_and(|upper| upper <= retention.default_before) {
+            if empty {
                 rewrite(conn, &partition, retention).await?;
             }
             continue;
