@@ -473,9 +473,11 @@ async fn connect_coordinator_with_retry(
     }
 }
 
-/// Ledger retention: the leader deletes finished rows older than their job's `retain` (or
-/// `--retain`), a thousand at a time with a pause between batches, so pruning never holds up
-/// claims; each batch costs what it deletes (`Ledger::prune_runs`). A cycle that fails is
+/// Ledger retention: the leader keeps the ledger's partitions (PostgreSQL: the next days made,
+/// the partitions retention has passed dropped or rewritten, `Ledger::keep_partitions`), then
+/// deletes finished rows older than their job's `retain` (or `--retain`), a thousand at a time
+/// with a pause between batches, so pruning never holds up claims; each batch costs what it
+/// deletes (`Ledger::prune_runs`). A cycle that fails is
 /// counted (`tenure_ledger_prune_failures_total`, alerted on) and tried again a minute later.
 async fn prune_ledger(
     store: Store,
@@ -491,9 +493,20 @@ async fn prune_ledger(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let retention = retention(&jobs.borrow(), retain, Utc::now());
+        let now = Utc::now();
+        let retention = retention(&jobs.borrow(), retain, now);
         let before = retention.default_before;
         let mut pruned = 0;
+        if leadership.borrow().is_leader() {
+            // Whole partitions first (PostgreSQL): what they give back is not deleted row by row.
+            match store.keep_partitions(&retention, now).await {
+                Ok(count) => pruned += count,
+                Err(error) => {
+                    metrics::counter!(metric::PRUNE_FAILURES).increment(1);
+                    tracing::warn!(%error, "ledger partition upkeep failed; retrying later");
+                }
+            }
+        }
         while leadership.borrow().is_leader() && !shutdown.is_cancelled() {
             match store.prune_runs(&retention, BATCH).await {
                 Ok(count) => {

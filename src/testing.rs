@@ -64,6 +64,13 @@ pub fn http_pool_idle() -> Option<std::time::Duration> {
     *IDLE.get_or_init(|| millis("TENURE_TEST_HTTP_POOL_IDLE_MS"))
 }
 
+/// `TENURE_TEST_MIGRATE_TO`: a replica applies the PostgreSQL migrations up to this version
+/// only, so it fires on the schema an upgrade starts from while a test migrates the rest.
+pub fn migrate_to() -> Option<i64> {
+    static TO: OnceLock<Option<i64>> = OnceLock::new();
+    *TO.get_or_init(|| value("TENURE_TEST_MIGRATE_TO").and_then(|version| version.parse().ok()))
+}
+
 fn millis(name: &str) -> Option<std::time::Duration> {
     value(name).and_then(|ms| ms.parse().ok()).map(std::time::Duration::from_millis)
 }

@@ -348,6 +348,11 @@ impl SlotHolder {
             unstarted: row.flag("unstarted")?,
         })
     }
+
+    /// Whether a claim of `term` takes this row over: an older term's claim never started.
+    pub(super) fn taken_over_by(&self, term: &Term) -> bool {
+        self.status == Some(RunStatus::Running) && self.unstarted && self.term < term.revision()
+    }
 }
 
 /// A claim got no row back: "stale term" or "already claimed", or (a row of our own term and

@@ -590,6 +590,16 @@ pub trait Ledger: Executions + Send + Sync {
     /// audit entry goes. Returns how many went.
     async fn prune_audit(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error>;
 
+    /// The ledger's partitions (PostgreSQL, one a week): the next eight days' made ready, and the
+    /// partitions retention has passed given back whole (dropped, or rewritten with the few
+    /// rows they keep when at least half of them goes), each only once its last slot is more
+    /// than an hour old. Returns the rows removed; `prune_runs` deletes the rest row by row.
+    /// Nothing to do on a ledger without partitions (SQLite returns its pages as it deletes).
+    async fn keep_partitions(&self, retention: &Retention, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        let _ = (retention, now);
+        Ok(0)
+    }
+
     /// Queued backfill slots whose row has not started (no row, or a claim never started),
     /// oldest backfill first, at most `limit`.
     async fn pending_backfill_slots(&self, limit: i64) -> Result<Vec<BackfillSlot>, sqlx::Error>;

@@ -233,7 +233,12 @@ async fn migrate_on(migrator: &sqlx::migrate::Migrator, conn: &mut sqlx::PgConne
             .execute(&mut *conn)
             .await?;
     }
-    let steps: Vec<(i64, bool)> = migrator.iter().map(|migration| (migration.version, migration.no_tx)).collect();
+    let last = crate::testing::migrate_to().unwrap_or(i64::MAX);
+    let steps: Vec<(i64, bool)> = migrator
+        .iter()
+        .filter(|migration| migration.version <= last)
+        .map(|migration| (migration.version, migration.no_tx))
+        .collect();
     for (version, no_tx) in steps {
         let lock_timeout = if no_tx { "SET lock_timeout = 0" } else { "SET lock_timeout = '5s'" };
         sqlx::raw_sql(lock_timeout).execute(&mut *conn).await?;

@@ -227,7 +227,15 @@ impl Cluster {
         let jobs_path = dir.path().join("jobs.yaml");
         fs::write(&jobs_path, jobs_yaml.replace("WITNESS", &witness_command(&witness_path))).unwrap();
         let pool = tenure::store::connect(&database_url).await.unwrap();
-        tenure::store::migrate(&pool).await.unwrap();
+        // The replicas' `TENURE_TEST_MIGRATE_TO`: the schema an upgrade starts from.
+        match options.env.iter().find(|(name, _)| name == "TENURE_TEST_MIGRATE_TO") {
+            Some((_, version)) => {
+                let mut conn = pool.acquire().await.unwrap();
+                let version = version.parse().expect("a migration version");
+                sqlx::migrate!("./migrations/postgres").run_to(version, &mut *conn).await.unwrap();
+            }
+            None => tenure::store::migrate(&pool).await.unwrap(),
+        }
         let etcd_cluster = match options.etcd_members {
             0 | 1 => None,
             members => Some(EtcdCluster::start(members).await),

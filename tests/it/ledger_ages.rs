@@ -46,6 +46,10 @@ async fn aged_postgres(pg: &Postgres, name: &str) -> sqlx::PgPool {
     let url = pg.create_database(name).await;
     let pool = tenure::store::connect(&url).await.expect("connect");
     tenure::store::migrate(&pool).await.expect("migrate");
+    tenure::store::Postgres::new(pool.clone())
+        .ensure_partitions(steps_back(ROWS / JOBS), newest())
+        .await
+        .expect("the history's days");
     pool.close().await;
     let options: PgConnectOptions = url.parse().expect("a database URL");
     let mut conn = options.connect().await.expect("connect without a timeout");
@@ -74,12 +78,13 @@ async fn aged_postgres(pg: &Postgres, name: &str) -> sqlx::PgPool {
         .expect("connect with generic plans")
 }
 
-/// Rows of `runs` read so far (sequentially or through an index), as the statistics hold them
-/// once this connection's pending counts are flushed.
+/// Rows of `runs` (all its partitions) read so far (sequentially or through an index), as the
+/// statistics hold them once this connection's pending counts are flushed.
 async fn rows_read(pool: &sqlx::PgPool) -> i64 {
     sqlx::query("SELECT pg_stat_force_next_flush()").execute(pool).await.expect("flush");
     sqlx::query_scalar(
-        "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = 'runs'",
+        "SELECT COALESCE(sum(COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0)), 0)::bigint
+         FROM pg_stat_user_tables WHERE relid IN (SELECT relid FROM pg_partition_tree('runs'))",
     )
     .fetch_one(pool)
     .await
@@ -278,12 +283,20 @@ const SCHEMA_BEFORE_AGES: &str =
      DROP TABLE api_tokens, web_keys, audit; DROP FUNCTION audit_append_only();
      DELETE FROM _sqlx_migrations WHERE version > 10;";
 
-/// The migration onto an aged ledger runs while its leader fires: a concurrent index build, then
-/// the duplicates dropped, none of which holds up a claim. Interrupted in the middle of the index
-/// build (its session ended, as by a crash), it is run again and completes.
+/// The migration onto an aged ledger of a million rows runs while its leader fires every second:
+/// concurrent index builds, the duplicates dropped, then the table made the legacy partition of
+/// the ledger partitioned by slot (its range proven by a constraint validated without holding up
+/// writes, attached under a lock of milliseconds asked for 100 ms at a time). No second is
+/// missed or begins 1 s late. Interrupted twice, in the middle of an index build and of the
+/// validation (its session ended, as by a crash), it is run again and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrating_an_aged_ledger_keeps_firing_and_resumes_when_interrupted() {
-    let cluster = crate::cluster::Cluster::start_with(1, EVERY_SECOND, crate::cluster::Options::default()).await;
+async fn migrating_an_aged_ledger_onto_partitions_keeps_firing_and_resumes_when_interrupted() {
+    // The replica fires on the schema the upgrade starts from (before partitions).
+    let options = crate::cluster::Options {
+        env: vec![("TENURE_TEST_MIGRATE_TO".to_owned(), "17".to_owned())],
+        ..crate::cluster::Options::default()
+    };
+    let cluster = crate::cluster::Cluster::start_with(1, EVERY_SECOND, options).await;
     cluster.wait_for_leader(Duration::from_secs(20)).await;
     let options: PgConnectOptions = cluster.database_url.parse().expect("a database URL");
     let mut conn = options.connect().await.expect("connect");
@@ -331,8 +344,45 @@ async fn migrating_an_aged_ledger_keeps_firing_and_resumes_when_interrupted() {
             .unwrap();
     assert_eq!(invalid, ["runs_job_status_slot"], "the interrupted build left its index unfinished");
 
+    // The second attempt ends while it validates the legacy partition's range.
+    let second = tokio::spawn({
+        let pool = pool.clone();
+        async move { tenure::store::migrate(&pool).await }
+    });
+    let mut ended = false;
+    for _ in 0..6_000 {
+        let validating: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+             WHERE query LIKE '%VALIDATE CONSTRAINT runs_legacy_bound%' AND pid <> pg_backend_pid()",
+        )
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+        if let Some(pid) = validating {
+            ended = sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&mut conn).await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ended, "the validation was seen and its session ended");
+    let error = second.await.unwrap().expect_err("the interrupted migration fails");
+    assert!(error.is_transient(), "an interrupted migration is retried at start-up: {error}");
+    let layout: String = sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE relname = 'runs'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(layout, "r", "not partitioned yet");
+
     tenure::store::migrate(&pool).await.expect("the migration resumes and completes");
     let to = Utc::now();
+    let layout: String = sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE relname = 'runs'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(layout, "p", "partitioned by slot");
+    let legacy: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM runs_legacy WHERE job <> 'tick'").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(legacy, ROWS, "the history is the legacy partition, not copied");
     let indexes: Vec<String> =
         sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE tablename = 'runs' ORDER BY indexname")
             .fetch_all(&mut conn)
@@ -343,9 +393,9 @@ async fn migrating_an_aged_ledger_keeps_firing_and_resumes_when_interrupted() {
         [
             "runs_cancels_pending",
             "runs_executing",
+            "runs_id_slot",
             "runs_job_slot_key",
             "runs_job_status_slot",
-            "runs_pkey",
             "runs_running",
             "runs_unstarted"
         ]

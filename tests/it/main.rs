@@ -65,6 +65,9 @@ mod ledger_ages;
 mod ledger_execution;
 /// The notification outbox's part of the ledger contract.
 mod ledger_outbox;
+/// The ledger partitioned by slot: disk given back by whole partitions, claims, fence and pages
+/// across partitions.
+mod ledger_partitions;
 /// Readers never starve claims; a full dashboard sheds load.
 mod load;
 /// Notifications by outcome, from a real cluster to a real receiver.

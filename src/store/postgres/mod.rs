@@ -3,6 +3,7 @@
 
 mod access;
 mod execution;
+mod partitions;
 mod reads;
 
 use std::collections::HashMap;
@@ -25,6 +26,59 @@ use super::{
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
 use crate::model::RunOutcome;
+
+/// The batch claim (`Postgres::claim_batch`): one statement whatever the batch. A slot in the
+/// range retention is rewriting (`fence.sealed_from`..`sealed_to`, read with the fence `FOR
+/// SHARE`) is not claimed: refused as a delay, retried once the range is open again. `forbid`
+/// counts runs started, and this term's own claims (they will start); an older term's claim that
+/// never started will not, and is being taken over. A slot skipped says which run was still
+/// going.
+const CLAIM_BATCH: &str = "WITH current_fence AS (
+                 SELECT term, sealed_from, sealed_to FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
+             ), wanted AS (
+                 SELECT DISTINCT ON (job, slot) *
+                 FROM unnest($3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[],
+                             $10::timestamptz[], $11::bool[])
+                     AS w(job, slot, trigger, config_hash, skip, claimed_at, planned_at, own_waits)
+             ), claimed AS (
+                 INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at, error)
+                 SELECT w.job, w.slot, w.trigger, $1, $2, w.config_hash,
+                        CASE WHEN going.id IS NOT NULL THEN 'skipped' ELSE 'running' END,
+                        w.claimed_at, w.planned_at,
+                        'forbid: run ' || going.id || ' of this job was still going'
+                 FROM current_fence, wanted w
+                 LEFT JOIN LATERAL (
+                     SELECT r.id FROM runs r WHERE w.skip AND r.job = w.job AND r.status = 'running'
+                       AND (r.started_at IS NOT NULL OR r.term = $1)
+                       AND NOT (w.own_waits AND r.term = $1 AND r.node = $2 AND r.executor IS NULL)
+                     ORDER BY r.id LIMIT 1
+                 ) going ON true
+                 WHERE current_fence.sealed_to IS NULL OR w.slot < current_fence.sealed_from
+                       OR w.slot >= current_fence.sealed_to
+                 ON CONFLICT (job, slot) DO UPDATE
+                     SET term = EXCLUDED.term, node = EXCLUDED.node, config_hash = EXCLUDED.config_hash,
+                         status = EXCLUDED.status, claimed_at = EXCLUDED.claimed_at,
+                         planned_at = EXCLUDED.planned_at, error = EXCLUDED.error
+                     WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term < EXCLUDED.term
+                 RETURNING job, slot, id, status, trigger
+             ), cursors AS (
+                 INSERT INTO job_cursors (job, slot)
+                 SELECT job, max(slot) FROM claimed WHERE trigger = 'schedule' GROUP BY job
+                 ON CONFLICT (job) DO UPDATE SET slot = GREATEST(job_cursors.slot, EXCLUDED.slot)
+             ), handled AS (
+                 -- A manual claim marks its trigger handled under the same fence, linked to the
+                 -- row it claimed, or to the row another term holds for the slot (the trigger
+                 -- fired there); the statement's snapshot does not see its own rows, hence both.
+                 UPDATE triggers SET handled_at = now(),
+                        run_id = COALESCE(
+                            (SELECT c.id FROM claimed c WHERE c.job = m.job AND c.slot = m.slot),
+                            (SELECT r.id FROM runs r WHERE r.job = m.job AND r.slot = m.slot))
+                 FROM current_fence, unnest($3::text[], $4::timestamptz[], $9::bigint[]) AS m(job, slot, request)
+                 WHERE triggers.id = m.request AND triggers.handled_at IS NULL
+                   AND (current_fence.sealed_to IS NULL OR m.slot < current_fence.sealed_from
+                        OR m.slot >= current_fence.sealed_to)
+             )
+             SELECT job, slot, id, status FROM claimed";
 
 /// The ledger on PostgreSQL: what production replicas share.
 #[derive(Debug, Clone)]
@@ -53,76 +107,70 @@ impl Postgres {
         let claimed_at: Vec<DateTime<Utc>> = claims.iter().map(|c| c.claimed_at).collect();
         let requests: Vec<Option<i64>> = claims.iter().map(|c| c.trigger.request()).collect();
         let planned_at: Vec<DateTime<Utc>> = claims.iter().map(|c| c.planned_at).collect();
-        // `forbid` counts runs started, and this term's own claims (they will start); an older
-        // term's claim that never started will not, and is being taken over. A slot skipped says
-        // which run was still going.
-        let rows = sqlx::query(
-            "WITH current_fence AS (
-                 SELECT term FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
-             ), wanted AS (
-                 SELECT DISTINCT ON (job, slot) *
-                 FROM unnest($3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[],
-                             $10::timestamptz[], $11::bool[])
-                     AS w(job, slot, trigger, config_hash, skip, claimed_at, planned_at, own_waits)
-             ), claimed AS (
-                 INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at, error)
-                 SELECT w.job, w.slot, w.trigger, $1, $2, w.config_hash,
-                        CASE WHEN going.id IS NOT NULL THEN 'skipped' ELSE 'running' END,
-                        w.claimed_at, w.planned_at,
-                        'forbid: run ' || going.id || ' of this job was still going'
-                 FROM current_fence, wanted w
-                 LEFT JOIN LATERAL (
-                     SELECT r.id FROM runs r WHERE w.skip AND r.job = w.job AND r.status = 'running'
-                       AND (r.started_at IS NOT NULL OR r.term = $1)
-                       AND NOT (w.own_waits AND r.term = $1 AND r.node = $2 AND r.executor IS NULL)
-                     ORDER BY r.id LIMIT 1
-                 ) going ON true
-                 ON CONFLICT (job, slot) DO UPDATE
-                     SET term = EXCLUDED.term, node = EXCLUDED.node, config_hash = EXCLUDED.config_hash,
-                         status = EXCLUDED.status, claimed_at = EXCLUDED.claimed_at,
-                         planned_at = EXCLUDED.planned_at, error = EXCLUDED.error
-                     WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term < EXCLUDED.term
-                 RETURNING job, slot, id, status, trigger
-             ), cursors AS (
-                 INSERT INTO job_cursors (job, slot)
-                 SELECT job, max(slot) FROM claimed WHERE trigger = 'schedule' GROUP BY job
-                 ON CONFLICT (job) DO UPDATE SET slot = GREATEST(job_cursors.slot, EXCLUDED.slot)
-             ), handled AS (
-                 -- A manual claim marks its trigger handled under the same fence, linked to the
-                 -- row it claimed, or to the row another term holds for the slot (the trigger
-                 -- fired there); the statement's snapshot does not see its own rows, hence both.
-                 UPDATE triggers SET handled_at = now(),
-                        run_id = COALESCE(
-                            (SELECT c.id FROM claimed c WHERE c.job = m.job AND c.slot = m.slot),
-                            (SELECT r.id FROM runs r WHERE r.job = m.job AND r.slot = m.slot))
-                 FROM current_fence, unnest($3::text[], $4::timestamptz[], $9::bigint[]) AS m(job, slot, request)
-                 WHERE triggers.id = m.request AND triggers.handled_at IS NULL
-             )
-             SELECT job, slot, id, status FROM claimed",
-        )
-        .bind(term.revision())
-        .bind(claims[0].node)
-        .bind(&jobs)
-        .bind(&slots)
-        .bind(&triggers)
-        .bind(&hashes)
-        .bind(&skips)
-        .bind(&claimed_at)
-        .bind(&requests)
-        .bind(&planned_at)
-        .bind(&own_waits);
-        let rows = match crate::testing::claim_hold() {
-            None => rows.fetch_all(&self.pool).await?,
+        let query = || {
+            sqlx::query(CLAIM_BATCH)
+                .bind(term.revision())
+                .bind(claims[0].node)
+                .bind(&jobs)
+                .bind(&slots)
+                .bind(&triggers)
+                .bind(&hashes)
+                .bind(&skips)
+                .bind(&claimed_at)
+                .bind(&requests)
+                .bind(&planned_at)
+                .bind(&own_waits)
+        };
+        let rows = match self.claim_statement(query()).await {
+            Err(error) if partitions::missing_partition(&error) => {
+                // A slot no partition holds yet (far back, or beyond the weeks made ahead): its week
+                // is created, and the batch sent once more.
+                self.ensure_days(&slots).await?;
+                self.claim_statement(query()).await?
+            }
+            rows => rows?,
+        };
+        self.answer_claims(claims, &rows).await
+    }
+
+    /// The claim statement, committed (held open first under the `claim_hold` failpoint).
+    async fn claim_statement(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+        match crate::testing::claim_hold() {
+            None => query.fetch_all(&self.pool).await,
             Some(hold) => {
                 // Failpoint, as in `claim_run`: the batch stays uncommitted for `hold`.
                 let mut tx = self.pool.begin().await?;
-                let rows = rows.fetch_all(&mut *tx).await?;
+                let rows = query.fetch_all(&mut *tx).await?;
                 sqlx::query("SELECT pg_sleep($1)").bind(hold.as_secs_f64()).execute(&mut *tx).await?;
                 tx.commit().await?;
-                rows
+                Ok(rows)
             }
-        };
-        self.answer_claims(claims, &rows).await
+        }
+    }
+
+    /// Create the partitions of `slots` that no partition holds (a claim's or a record's that found
+    /// none), the lock on `runs` asked for 200 ms at most: a claim waits no longer for it.
+    async fn ensure_days(&self, slots: &[DateTime<Utc>]) -> Result<(), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        partitions::ensure_days(&mut conn, slots, "200ms").await?;
+        Ok(())
+    }
+
+    /// Create the partitions that hold the slots from `from` to `to` and do not exist yet
+    /// (the leader's upkeep keeps the next days ready; a claim creates one it lacks; tests and
+    /// benchmarks that write history directly make its weeks first). Returns how many it made.
+    pub async fn ensure_partitions(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<usize, sqlx::Error> {
+        let mut days = Vec::new();
+        let mut day = partitions::day_of(from);
+        while day <= to {
+            days.push(day);
+            day += chrono::Duration::days(1);
+        }
+        let mut conn = self.pool.acquire().await?;
+        partitions::ensure_days(&mut conn, &days, "5s").await
     }
 
     /// Each claim's answer: its row if the batch inserted or took one over, else why not.
@@ -157,6 +205,13 @@ impl Postgres {
         let holder = sqlx::query(common::SLOT_HOLDER).bind(job).bind(slot).fetch_optional(&self.pool).await?;
         let holder = holder.map(|row| SlotHolder::of(&row)).transpose()?;
         let fence = self.fence().await?;
+        // Not fenced, and no row this claim would not have taken: the range was sealed (or its
+        // partition missing) when it was sent. A delay: the claim is retried.
+        if fence.term <= term.revision() && holder.as_ref().is_none_or(|holder| holder.taken_over_by(term)) {
+            return Err(ClaimError::Database(sqlx::Error::Protocol(format!(
+                "slot {slot} of {job} was not recorded: retention is rewriting its partition; retrying"
+            ))));
+        }
         common::explain_refusal(holder, fence.term, term, node)
     }
 
@@ -281,13 +336,15 @@ impl Ledger for Postgres {
             return Ok(0);
         }
         let now = Utc::now();
-        let recorded: i64 = sqlx::query_scalar(
-            "WITH current_fence AS (
-                 SELECT term FROM fence WHERE id = 1 AND term <= $2 FOR SHARE
+        let query = || {
+            sqlx::query_as::<_, (i64, i64)>(
+                "WITH current_fence AS (
+                 SELECT term, sealed_from, sealed_to FROM fence WHERE id = 1 AND term <= $2 FOR SHARE
              ), recorded AS (
                  INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, finished_at, error)
                  SELECT $1, s, $9, $2, $3, $4, $5, $7, $7, $8
                  FROM current_fence, unnest($6::timestamptz[]) AS s
+                 WHERE current_fence.sealed_to IS NULL OR s < current_fence.sealed_from OR s >= current_fence.sealed_to
                  ON CONFLICT (job, slot) DO UPDATE
                      SET term = EXCLUDED.term, node = EXCLUDED.node, status = EXCLUDED.status,
                          finished_at = EXCLUDED.finished_at, error = EXCLUDED.error
@@ -298,19 +355,34 @@ impl Ledger for Postgres {
                  SELECT $1, max(slot) FROM recorded WHERE $9 = 'schedule' HAVING count(*) > 0
                  ON CONFLICT (job) DO UPDATE SET slot = GREATEST(job_cursors.slot, EXCLUDED.slot)
              )
-             SELECT count(*) FROM recorded",
-        )
-        .bind(job)
-        .bind(term.revision())
-        .bind(node)
-        .bind(config_hash)
-        .bind(status.as_str())
-        .bind(slots)
-        .bind(now)
-        .bind(error)
-        .bind(trigger.as_str())
-        .fetch_one(&self.pool)
-        .await?;
+             SELECT (SELECT count(*) FROM recorded),
+                    (SELECT count(*) FROM current_fence, unnest($6::timestamptz[]) AS s
+                     WHERE s >= current_fence.sealed_from AND s < current_fence.sealed_to)",
+            )
+            .bind(job)
+            .bind(term.revision())
+            .bind(node)
+            .bind(config_hash)
+            .bind(status.as_str())
+            .bind(slots)
+            .bind(now)
+            .bind(error)
+            .bind(trigger.as_str())
+        };
+        let (recorded, sealed) = match query().fetch_one(&self.pool).await {
+            Err(error) if partitions::missing_partition(&error) => {
+                self.ensure_days(slots).await?;
+                query().fetch_one(&self.pool).await?
+            }
+            recorded => recorded?,
+        };
+        if sealed > 0 {
+            // Slots of a range retention has sealed are recorded once it is open again (the
+            // statement is idempotent: what it recorded now is not recorded twice).
+            return Err(ClaimError::Database(sqlx::Error::Protocol(format!(
+                "{sealed} slots of {job} were not recorded: retention is rewriting their partition; retrying"
+            ))));
+        }
         if recorded == 0 {
             let fence = self.fence().await?;
             if fence.term > term.revision() {
@@ -549,6 +621,11 @@ impl Ledger for Postgres {
     async fn prune_audit(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
         let result = sqlx::query(common::PRUNE_AUDIT).bind(before).bind(batch).execute(&self.pool).await?;
         Ok(result.rows_affected())
+    }
+
+    async fn keep_partitions(&self, retention: &Retention, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        partitions::keep_ahead(&self.pool, now).await?;
+        partitions::retire(&self.pool, retention, now).await
     }
 
     async fn pending_backfill_slots(&self, limit: i64) -> Result<Vec<BackfillSlot>, sqlx::Error> {
