@@ -143,7 +143,7 @@ pub(super) async fn run_view(state: &AppState, id: i64) -> Result<RunView, Probl
     let notifications = state.store.run_notifications(id).await?;
     let request = match run.trigger {
         TriggerKind::Manual => state.store.trigger_of_run(id).await?,
-        TriggerKind::Schedule | TriggerKind::Backfill => None,
+        TriggerKind::Schedule | TriggerKind::Backfill | TriggerKind::Upstream => None,
     };
     let jobs = state.jobs.borrow().clone();
     let job = jobs.get(&run.job);

@@ -424,7 +424,8 @@ impl RunTask {
 
     /// When a run of `slot` is to start: a scheduled slot at the slot plus the job's jitter
     /// offset (the same on every replica, so a new leader keeps it); a manual trigger at its
-    /// request (its slot); a backfill's slot, long past, now. Lateness and the starting deadline
+    /// request (its slot); a backfill's slot, long past, and a run released by its awaited runs,
+    /// now. Lateness and the starting deadline
     /// are measured from it; the slot stays the run's identity.
     fn planned_start(&self, job: &Job, slot: DateTime<Utc>, trigger: Trigger) -> DateTime<Utc> {
         match trigger {
@@ -433,7 +434,7 @@ impl RunTask {
                 slot + chrono::Duration::from_std(offset).unwrap_or_default()
             }
             Trigger::Manual { .. } => slot,
-            Trigger::Backfill { .. } => self.clock.now().max(slot),
+            Trigger::Backfill { .. } | Trigger::Upstream => self.clock.now().max(slot),
         }
     }
 
