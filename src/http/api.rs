@@ -408,6 +408,9 @@ struct TriggerBody {
     env: std::collections::BTreeMap<String, String>,
     reason: Option<String>,
     concurrency: Option<String>,
+    /// Whether the run releases the runs waiting for its job (`after:`), as a scheduled run does.
+    #[serde(default)]
+    cascade: bool,
 }
 
 impl TriggerBody {
@@ -424,7 +427,7 @@ impl TriggerBody {
             }
         };
         let reason = self.reason.filter(|reason| !reason.trim().is_empty());
-        Ok(TriggerOverrides { env: self.env, reason, concurrency })
+        Ok(TriggerOverrides { env: self.env, reason, concurrency, cascade: self.cascade })
     }
 }
 
@@ -502,6 +505,9 @@ struct BackfillBody {
     to: DateTime<Utc>,
     #[serde(default)]
     dry_run: bool,
+    /// Whether its runs release the runs waiting for its job, link after link (`after:`).
+    #[serde(default)]
+    cascade: bool,
 }
 
 /// What a dry run would run: the slots of the window the ledger does not hold.
@@ -586,7 +592,7 @@ async fn backfill(
         let plan = BackfillPlan { job: name, from: request.from, to: request.to, dry_run: true, slots };
         return Ok(Json(plan).into_response());
     }
-    let record = state.store.request_backfill(&name, request.from, request.to, &slots, "api").await?;
+    let record = state.store.request_backfill(&name, request.from, request.to, &slots, "api", request.cascade).await?;
     Ok((StatusCode::ACCEPTED, Json(BackfillView::of(record))).into_response())
 }
 

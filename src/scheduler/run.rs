@@ -227,6 +227,8 @@ pub(super) struct RunTask {
     pub(super) metrics: JobRunMetrics,
     /// Where runs of `run_on: any` or `{ tags: [..] }` jobs go.
     pub(super) dispatch: Dispatch,
+    /// The runs that released the run (`after:`); empty for any other.
+    pub(super) upstream_run_ids: Vec<i64>,
 }
 
 impl RunTask {
@@ -254,7 +256,7 @@ impl RunTask {
     }
 
     /// Record `slots` as not run: new rows, or this term's claims that never started.
-    async fn record(&self, job: &Job, slots: &[DateTime<Utc>], status: RunStatus, trigger: Trigger, reason: &str) {
+    pub(super) async fn record(&self, job: &Job, slots: &[DateTime<Utc>], status: RunStatus, trigger: Trigger, reason: &str) {
         loop {
             let unrun = UnrunSlots {
                 job: job.name.as_ref(),
@@ -507,6 +509,7 @@ impl RunTask {
             node: self.node.clone(),
             attempt,
             lease_id: None,
+            upstream_run_ids: self.upstream_run_ids.clone(),
         };
         let prepared = executor::prepare(job, &context, &self.http);
         let output = OutputTail::default();

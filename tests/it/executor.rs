@@ -39,6 +39,7 @@ fn context() -> RunContext {
         node: "node-a".into(),
         attempt: 2,
         lease_id: None,
+        upstream_run_ids: Vec::new(),
     }
 }
 

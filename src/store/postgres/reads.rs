@@ -143,8 +143,8 @@ impl LedgerReads for Postgres {
         let TriggerRequest { job, idempotency_key, by, requested_at, overrides } = *request;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at, env, reason, concurrency)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job, idempotency_key) DO NOTHING",
+            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at, env, reason, concurrency, cascade)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (job, idempotency_key) DO NOTHING",
         )
         .bind(job)
         .bind(idempotency_key)
@@ -153,6 +153,7 @@ impl LedgerReads for Postgres {
         .bind(common::env_json(&overrides.env))
         .bind(overrides.reason.as_deref().map(clean_text))
         .bind(overrides.concurrency.map(Concurrency::as_str))
+        .bind(overrides.cascade)
         .execute(&mut *tx)
         .await?;
         let row = sqlx::query(common::TRIGGER_BY_KEY).bind(job).bind(idempotency_key).fetch_one(&mut *tx).await?;
@@ -213,16 +214,18 @@ impl LedgerReads for Postgres {
         to: DateTime<Utc>,
         slots: &[DateTime<Utc>],
         by: &str,
+        cascade: bool,
     ) -> Result<BackfillRecord, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO backfills (job, from_slot, to_slot, requested_by, slots) VALUES ($1, $2, $3, $4, 0)
+            "INSERT INTO backfills (job, from_slot, to_slot, requested_by, slots, cascade) VALUES ($1, $2, $3, $4, 0, $5)
              RETURNING id",
         )
         .bind(job)
         .bind(from)
         .bind(to)
         .bind(by)
+        .bind(cascade)
         .fetch_one(&mut *tx)
         .await?;
         // The slots the ledger holds, or another backfill queued, stay theirs: nothing twice.

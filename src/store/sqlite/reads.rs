@@ -129,8 +129,8 @@ impl LedgerReads for Sqlite {
     async fn request_trigger(&self, request: &TriggerRequest<'_>) -> Result<TriggerRecord, sqlx::Error> {
         let TriggerRequest { job, idempotency_key, by, requested_at, overrides } = *request;
         sqlx::query(
-            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at, env, reason, concurrency)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (job, idempotency_key) DO NOTHING",
+            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at, env, reason, concurrency, cascade)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (job, idempotency_key) DO NOTHING",
         )
         .bind(job)
         .bind(idempotency_key)
@@ -199,17 +199,19 @@ impl LedgerReads for Sqlite {
         to: DateTime<Utc>,
         slots: &[DateTime<Utc>],
         by: &str,
+        cascade: bool,
     ) -> Result<BackfillRecord, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO backfills (job, from_slot, to_slot, requested_by, requested_at, slots)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0) RETURNING id",
+            "INSERT INTO backfills (job, from_slot, to_slot, requested_by, requested_at, slots, cascade)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6) RETURNING id",
         )
         .bind(job)
         .bind(micros(from))
         .bind(micros(to))
         .bind(by)
         .bind(micros(Utc::now()))
+        .bind(cascade)
         .fetch_one(&mut *tx)
         .await?;
         let mut queued = 0;
