@@ -99,6 +99,9 @@ impl Releases {
             let links: Vec<AwaitLink<'_>> =
                 links.iter().map(|(dependent, upstream, since)| AwaitLink { dependent, upstream, since: *since }).collect();
             let found = store.awaited_runs(&term, &links).await;
+            if let Some(hold) = crate::testing::release_hold() {
+                tokio::time::sleep(hold).await;
+            }
             let _ = found_tx.send(found).await;
         })));
     }

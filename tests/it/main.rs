@@ -33,6 +33,9 @@ mod dev;
 mod dst;
 /// Runs executing on worker replicas under leases of their own, across faults.
 mod execution;
+/// Jobs that wait for other jobs (`after:`): the ledger's scan, chains across leader faults,
+/// failure branches, fan-in, cascades.
+mod dependencies;
 /// The executor on real processes and a real HTTP server.
 mod executor;
 /// The fault suite: partitions, pauses, kills, restarts, reloads.

@@ -139,6 +139,7 @@ impl LedgerReads for Sqlite {
         .bind(common::env_json(&overrides.env))
         .bind(overrides.reason.as_deref().map(clean_text))
         .bind(overrides.concurrency.map(Concurrency::as_str))
+        .bind(overrides.cascade)
         .execute(&self.pool)
         .await?;
         let row = sqlx::query(common::TRIGGER_BY_KEY).bind(job).bind(idempotency_key).fetch_one(&self.pool).await?;
