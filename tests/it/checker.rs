@@ -528,6 +528,7 @@ mod tests {
             ended("c", 0, "succeeded", 500),
             ended("a", 1, "failed", 100),
             RunRecord { error: Some("not run: awaited run 4 of `a` ended failed".into()), ..ended("b", 1, "skipped", 150) },
+            RunRecord { error: Some("not run: awaited run 5 of `b` was skipped".into()), ..ended("c", 1, "skipped", 200) },
         ];
         let witness = vec![ran_at("a", 0, 0), ran_at("b", 0, 200), ran_at("c", 0, 400), ran_at("a", 1, 0)];
         let clean = check_links(&witness, &ledger, &links, at(0), at(1), false);
@@ -556,8 +557,8 @@ mod tests {
         let mut found = check_links(&early, &ledger, &links, at(0), at(1), false);
         found.sort();
         assert_eq!(found.len(), 2, "{found:#?}");
-        assert!(found[0].contains("before the run of `a` ended"), "{found:#?}");
-        assert!(found[1].contains("did not all end as required"), "{found:#?}");
+        assert!(found[0].contains("did not all end as required"), "{found:#?}");
+        assert!(found[1].contains("before the run of `a` ended"), "{found:#?}");
     }
 
     #[test]

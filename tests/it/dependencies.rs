@@ -401,7 +401,7 @@ fn a_cycle_is_refused_with_its_location_and_next_tells_what_a_job_waits_for() {
     assert_eq!(
         lines,
         [
-            format!("{file}:3:13: job `extract`: `after`: a cycle: extract waits for load waits for transform waits for extract; a job may not wait for itself"),
+            format!("{file}:6:13: job `transform`: `after`: a cycle: transform waits for extract waits for load waits for transform; a job may not wait for itself"),
             format!("{file}:9:24: job `load`: `after`: there is no job `report` in the file"),
         ],
         "{stderr}"
