@@ -328,22 +328,34 @@ jobs:
     })
     .await;
     // Into a `slow` run: its slot is a multiple of 4 s, and it runs for 3.
+    let going = std::cell::Cell::new(None);
     wait_for("a slow run going", Duration::from_secs(10), || async {
         let now = Utc::now();
-        cluster.witness().iter().any(|w| w.job == "slow" && now - w.slot < chrono::Duration::milliseconds(1500))
+        let slow = cluster.witness().into_iter().find(|w| w.job == "slow" && now - w.slot < chrono::Duration::milliseconds(1500));
+        going.set(slow.map(|w| w.slot));
+        going.get().is_some()
     })
     .await;
-    let killed_at = Utc::now();
-    let slot_lost = killed_at - chrono::Duration::milliseconds(killed_at.timestamp_millis() % 4000);
+    let slot_lost = going.get().unwrap();
+    // The other awaited run of that slot has ended, recorded: only `slow` is lost.
+    wait_for("ok of the slot to be recorded", Duration::from_secs(3), || async {
+        cluster.ledger().await.iter().any(|r| r.job == "ok" && r.slot == slot_lost && r.status == RunStatus::Succeeded)
+    })
+    .await;
     cluster.event(format!("SIGKILL {} (term {term}) while slow of {slot_lost} runs", cluster.replicas[leader].node));
     cluster.kill(leader);
     crate::faults::handover_after(&cluster, Instant::now(), term, Duration::from_secs(15)).await;
     cluster.wait_for_reaped(Duration::from_secs(20)).await;
     let join_of = |ledger: &[RunRecord]| ledger.iter().find(|r| r.job == "join" && r.slot == slot_lost).cloned();
-    wait_for("the join of the lost slot to be recorded", Duration::from_secs(20), || async {
+    let recorded = crate::harness::wait_until(Duration::from_secs(20), || async {
         join_of(&cluster.ledger().await).is_some()
     })
     .await;
+    if !recorded {
+        let ledger = cluster.ledger().await;
+        let near: Vec<_> = ledger.iter().filter(|r| r.slot == slot_lost).collect();
+        panic!("the join of {slot_lost} was not recorded: {near:#?}\n{}", cluster.logs());
+    }
     cluster.let_it_tick(10).await;
     let until = Utc::now() - chrono::Duration::seconds(5);
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -420,23 +432,23 @@ fn a_cycle_is_refused_with_its_location_and_next_tells_what_a_job_waits_for() {
     assert_eq!(next("extract"), "its runs release: load\n2026-01-01T01:00:00+00:00\n");
 }
 
-/// A manual run of `x` releases `y` (and so `z`) only when asked (`cascade`); a backfill of `x`
+/// A manual run of `up` releases `mid` (and so `down`) only when asked (`cascade`); a backfill of `up`
 /// with `cascade` runs the chain once for every slot of its window, and the same backfill again
 /// runs nothing new.
 #[tokio::test]
 async fn manual_runs_cascade_only_when_asked_and_a_cascade_backfill_asked_twice_runs_each_link_once() {
     let jobs = r#"
 jobs:
-  - name: x
+  - name: up
     schedule: "0 0 1 1 *"
     shell: WITNESS
     concurrency: allow
-  - name: y
-    after: [x]
+  - name: mid
+    after: [up]
     shell: WITNESS
     concurrency: allow
-  - name: z
-    after: [y]
+  - name: down
+    after: [mid]
     shell: WITNESS
     concurrency: allow
 "#;
@@ -449,31 +461,31 @@ jobs:
     .await;
     let count = |job: &str| cluster.witness().iter().filter(|w| w.job == job).count();
 
-    let plain = post(&format!("{api}/api/jobs/x/trigger"), json!({"idempotency_key": "plain"})).await;
+    let plain = post(&format!("{api}/api/jobs/up/trigger"), json!({"idempotency_key": "plain"})).await;
     assert!(plain.status().is_success(), "{}", plain.status());
-    wait_for("the plain manual run", Duration::from_secs(15), || async { count("x") == 1 }).await;
+    wait_for("the plain manual run", Duration::from_secs(15), || async { count("up") == 1 }).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!((count("y"), count("z")), (0, 0), "a manual run releases nothing unless asked");
+    assert_eq!((count("mid"), count("down")), (0, 0), "a manual run releases nothing unless asked");
     let cascading =
-        post(&format!("{api}/api/jobs/x/trigger"), json!({"idempotency_key": "cascading", "cascade": true})).await;
+        post(&format!("{api}/api/jobs/up/trigger"), json!({"idempotency_key": "cascading", "cascade": true})).await;
     assert!(cascading.status().is_success(), "{}", cascading.status());
-    wait_for("the cascading manual run's chain", Duration::from_secs(15), || async { count("z") == 1 }).await;
-    assert_eq!((count("x"), count("y")), (2, 1));
+    wait_for("the cascading manual run's chain", Duration::from_secs(15), || async { count("down") == 1 }).await;
+    assert_eq!((count("up"), count("mid")), (2, 1));
 
     // Three yearly slots, the chain for each, once.
     let window = json!({"from": "2023-01-01T00:00:00Z", "to": "2025-01-01T00:00:00Z", "cascade": true});
-    let first = post(&format!("{api}/api/jobs/x/backfill"), window.clone()).await;
+    let first = post(&format!("{api}/api/jobs/up/backfill"), window.clone()).await;
     assert_eq!(first.status(), 202);
     let first: Value = first.json().await.unwrap();
     assert_eq!((first["slots"].as_i64(), first["cascade"].as_bool()), (Some(3), Some(true)));
-    wait_for("the backfill's chains", Duration::from_secs(30), || async { count("z") == 4 }).await;
-    let again = post(&format!("{api}/api/jobs/x/backfill"), window).await;
+    wait_for("the backfill's chains", Duration::from_secs(30), || async { count("down") == 4 }).await;
+    let again = post(&format!("{api}/api/jobs/up/backfill"), window).await;
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["slots"].as_i64(), Some(0), "nothing new to queue: {again}");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let witness = cluster.witness();
     let ledger = cluster.ledger().await;
-    for job in ["x", "y", "z"] {
+    for job in ["up", "mid", "down"] {
         let slots: Vec<DateTime<Utc>> = {
             let mut slots: Vec<DateTime<Utc>> = witness.iter().filter(|w| w.job == job).map(|w| w.slot).collect();
             slots.sort();
@@ -481,11 +493,11 @@ jobs:
         };
         let backfilled: Vec<&DateTime<Utc>> = slots.iter().filter(|slot| slot.timestamp() < 1_750_000_000).collect();
         assert_eq!(backfilled.len(), 3, "{job}: each backfilled slot once: {slots:?}");
-        assert_eq!(rows_of(&ledger, job).len(), if job == "x" { 5 } else { 4 }, "{job}");
+        assert_eq!(rows_of(&ledger, job).len(), if job == "up" { 5 } else { 4 }, "{job}");
     }
     let links = [
-        Link { dependent: "y", upstream: "x", on: AfterOn::Success },
-        Link { dependent: "z", upstream: "y", on: AfterOn::Success },
+        Link { dependent: "mid", upstream: "up", on: AfterOn::Success },
+        Link { dependent: "down", upstream: "mid", on: AfterOn::Success },
     ];
     let far = Utc.with_ymd_and_hms(2022, 1, 1, 0, 0, 0).unwrap();
     let backfill_only: Vec<RunRecord> = ledger.iter().filter(|r| r.slot.timestamp() < 1_750_000_000).cloned().collect();
