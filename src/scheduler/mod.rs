@@ -456,6 +456,8 @@ impl Scheduler {
         let going: HashSet<(&str, DateTime<Utc>)> =
             term.releases.going.values().map(|(job, slot)| (job.as_str(), *slot)).collect();
         let mut decided = Vec::new();
+        // Per dependent job, the slots to run with when they were released, for `catch_up`.
+        let mut to_run: std::collections::BTreeMap<&str, Vec<(DateTime<Utc>, DateTime<Utc>)>> = Default::default();
         for ((slot, dependent), runs) in release::by_slot(found) {
             if going.contains(&(dependent, slot)) {
                 continue;
@@ -468,7 +470,25 @@ impl Scheduler {
             } else {
                 release::decide(&state.job, &runs, now)
             };
+            if let (release::Release::Run { .. }, Some(at)) = (&decision, release::released_at(&runs)) {
+                to_run.entry(dependent).or_default().push((slot, at));
+            }
             decided.push((state.job.clone(), state.metrics.clone(), slot, decision));
+        }
+        // Slots released while no leader looked follow the job's `catch_up`.
+        let mut late: HashSet<(String, DateTime<Utc>, &'static str)> = HashSet::new();
+        for (dependent, released) in &to_run {
+            let Some(state) = term.jobs.iter().find(|state| state.job.name.as_str() == *dependent) else { continue };
+            for ((slot, _), why) in released.iter().zip(release::catch_up(&state.job, released, now)) {
+                if let Some(why) = why {
+                    late.insert((dependent.to_string(), *slot, why));
+                }
+            }
+        }
+        for (job, _, slot, decision) in decided.iter_mut() {
+            if let Some((_, _, why)) = late.iter().find(|(name, at, _)| name == job.name.as_str() && at == slot) {
+                *decision = release::Release::Record { status: crate::model::RunStatus::Missed, reason: (*why).to_owned() };
+            }
         }
         for (job, metrics, slot, decision) in decided {
             let mut task = self.run_task(term, metrics, now);

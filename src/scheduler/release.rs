@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::config::{AfterOn, Job, JobSet};
+use crate::config::{AfterOn, CatchUp, Job, JobSet};
 use crate::leadership::Term;
 use crate::model::RunStatus;
 use crate::store::{AwaitLink, AwaitedRun, Store};
@@ -111,6 +111,42 @@ impl Releases {
         let wait = if std::mem::take(&mut self.again) { Duration::ZERO } else { RELEASE_EVERY };
         self.next = Some(Instant::now() + wait);
     }
+}
+
+/// A slot released longer ago than this was released while no leader looked (a failover, an
+/// outage): it is late, and the job's `catch_up` decides it, as for a scheduled slot that fell due
+/// meanwhile. Two looks and a second: a leader that leads finds every release sooner.
+pub(super) const LATE_RELEASE: Duration = Duration::from_secs(3);
+
+/// What `catch_up` makes of `released` (the slots of one dependent job found ready at once, each
+/// with when it was released, oldest slot first) at `now`: for each, `None` to run it, or why it
+/// is recorded `missed`. `all` runs every late slot; `latest` only the newest late one, and none
+/// when an on-time one runs; `none` no late slot.
+pub(super) fn catch_up(
+    job: &Job,
+    released: &[(DateTime<Utc>, DateTime<Utc>)],
+    now: DateTime<Utc>,
+) -> Vec<Option<&'static str>> {
+    let late_before = now - chrono::Duration::from_std(LATE_RELEASE).unwrap_or_default();
+    let late = |released_at: &DateTime<Utc>| *released_at < late_before;
+    let newest_late = released.iter().rposition(|(_, at)| late(at));
+    let any_on_time = released.iter().any(|(_, at)| !late(at));
+    released
+        .iter()
+        .enumerate()
+        .map(|(index, (_, at))| match job.catch_up {
+            _ if !late(at) => None,
+            CatchUp::All => None,
+            CatchUp::Latest if !any_on_time && Some(index) == newest_late => None,
+            CatchUp::Latest => Some("not run: released late, and `catch_up: latest` runs only the newest late slot"),
+            CatchUp::None => Some("not run: released late, and `catch_up: none` runs no late slot"),
+        })
+        .collect()
+}
+
+/// When the awaited runs of a slot released it: the last one's end.
+pub(super) fn released_at(runs: &[&AwaitedRun]) -> Option<DateTime<Utc>> {
+    runs.iter().filter_map(|run| run.ended_at).max()
 }
 
 /// What one released slot of a dependent job comes to.
@@ -248,6 +284,23 @@ mod tests {
         let Release::Record { status, reason } = decide(&job, &[&a], at(12)) else { panic!("the wait is over") };
         assert_eq!(status, RunStatus::Missed);
         assert_eq!(reason, "not run: waited 10s from the first awaited run's end, and `b` had no run of this slot");
+    }
+
+    #[test]
+    fn slots_released_while_no_leader_looked_follow_catch_up() {
+        let released = [(at(0), at(9)), (at(1), at(9)), (at(2), at(10))];
+        let mut latest = job("[a]");
+        assert_eq!(catch_up(&latest, &released, at(11)), [None, None, None], "on time, all three");
+        // At 20 s all three are late: `latest` runs the newest only.
+        let decided = catch_up(&latest, &released, at(20));
+        assert_eq!(decided[2], None);
+        assert!(decided[0].is_some_and(|why| why.contains("`catch_up: latest`")) && decided[1].is_some());
+        // At 13 s the third is on time: it runs, the two late ones do not.
+        assert_eq!(catch_up(&latest, &released, at(13)), [decided[0], decided[1], None]);
+        latest.catch_up = CatchUp::All;
+        assert_eq!(catch_up(&latest, &released, at(20)), [None, None, None]);
+        latest.catch_up = CatchUp::None;
+        assert!(catch_up(&latest, &released, at(20)).iter().all(Option::is_some));
     }
 
     #[test]

@@ -175,15 +175,18 @@ jobs:
     after: [a]
     shell: WITNESS
     concurrency: allow
+    catch_up: all
     timeout: 10s
   - name: c
     after: [b]
     shell: WITNESS
     concurrency: allow
+    catch_up: all
     timeout: 10s
 "#;
 
-/// A chain a -> b -> c every second for a minute. What a look at the ledger found reaches the
+/// A chain a -> b -> c every second for a minute (`catch_up: all` for b and c, so what a
+/// failover released late still runs). What a look at the ledger found reaches the
 /// leader 600 ms late (a test switch), so the faults land between an `a` outcome and the claim of
 /// the `b` it releases: the leader is SIGKILLed there, and later SIGSTOPped there past its lease
 /// with its self-fencing off, so that on resuming it claims what it had found and only the fence
