@@ -72,7 +72,9 @@ pub(super) struct PageQuery {
 pub(super) async fn named_job(state: &AppState, name: &str) -> Result<JobView, Problem> {
     let jobs = state.jobs.borrow().clone();
     let job = jobs.get(name).ok_or_else(|| Problem::not_found(format!("no job `{name}` in the job file")))?;
-    Ok(view::read_job(&state.store, job).await?)
+    let mut view = view::read_job(&state.store, job).await?;
+    view.dependents = jobs.dependents(name).iter().map(|job| job.name.to_string()).collect();
+    Ok(view)
 }
 
 pub(super) async fn cluster_view(state: &AppState) -> Result<ClusterView, Problem> {
@@ -147,7 +149,25 @@ pub(super) async fn run_view(state: &AppState, id: i64) -> Result<RunView, Probl
     };
     let jobs = state.jobs.borrow().clone();
     let job = jobs.get(&run.job);
-    Ok(RunView::of(run, notifications, request, job))
+    // Linked by (job, slot) as the job file in force says: a released run's identity is the
+    // slot of the runs that released it.
+    let awaited: Vec<String> = match (run.trigger, job) {
+        (TriggerKind::Upstream, Some(job)) => job.after.iter().map(|up| up.job.to_string()).collect(),
+        _ => Vec::new(),
+    };
+    let waiting: Vec<String> = jobs.dependents(&run.job).iter().map(|job| job.name.to_string()).collect();
+    let linked = |rows: Vec<crate::store::RunRecord>, upstream_only: bool| -> Vec<view::LinkedRun> {
+        rows.into_iter()
+            .filter(|row| !upstream_only || row.trigger == TriggerKind::Upstream)
+            .map(|row| view::LinkedRun { id: row.id, job: row.job, status: row.status })
+            .collect()
+    };
+    let released_by = linked(state.store.slot_runs(&awaited, run.slot).await?, false);
+    let released = linked(state.store.slot_runs(&waiting, run.slot).await?, true);
+    let mut view = RunView::of(run, notifications, request, job);
+    view.released_by = released_by;
+    view.released = released;
+    Ok(view)
 }
 
 /// Record a manual trigger. The same key twice for one job is one trigger (a double click fires

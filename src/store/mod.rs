@@ -704,6 +704,10 @@ pub trait LedgerReads: Send + Sync {
 
     async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error>;
 
+    /// The runs of `jobs` of one slot (output left empty), by job name: the runs that released a
+    /// dependent run of that slot, or those it released (`after:`), whose identity is the slot.
+    async fn slot_runs(&self, jobs: &[String], slot: DateTime<Utc>) -> Result<Vec<RunRecord>, sqlx::Error>;
+
     /// The notifications of one run, oldest first, with their delivery state.
     async fn run_notifications(&self, run_id: i64) -> Result<Vec<NotificationRecord>, sqlx::Error>;
 

@@ -498,6 +498,36 @@ jobs:
         assert_eq!(backfilled.len(), 3, "{job}: each backfilled slot once: {slots:?}");
         assert_eq!(rows_of(&ledger, job).len(), if job == "up" { 5 } else { 4 }, "{job}");
     }
+    // The API and the pages say what waits for what, and link the runs of one slot.
+    let client = reqwest::Client::new();
+    let get_json = |path: String| {
+        let client = client.clone();
+        async move {
+            let answer = client.get(path).bearer_auth(ADMIN_TOKEN).send().await.expect("get");
+            assert!(answer.status().is_success(), "{}", answer.status());
+            answer.json::<Value>().await.expect("json")
+        }
+    };
+    let mid_job = get_json(format!("{api}/api/jobs/mid")).await;
+    assert_eq!(mid_job["after"], json!([{"job": "up", "on": "success"}]), "{mid_job}");
+    assert_eq!(mid_job["dependents"], json!(["down"]), "{mid_job}");
+    let mid = ledger.iter().find(|r| r.job == "mid" && r.slot.timestamp() < 1_750_000_000).unwrap();
+    let up = ledger.iter().find(|r| r.job == "up" && r.slot == mid.slot).unwrap();
+    let down = ledger.iter().find(|r| r.job == "down" && r.slot == mid.slot).unwrap();
+    let run = get_json(format!("{api}/api/runs/{}", mid.id)).await;
+    assert_eq!(run["released_by"], json!([{"id": up.id, "job": "up", "status": "succeeded"}]), "{run}");
+    assert_eq!(run["released"], json!([{"id": down.id, "job": "down", "status": "succeeded"}]), "{run}");
+    let page = |path: String| {
+        let client = client.clone();
+        async move { client.get(path).send().await.expect("page").text().await.expect("text") }
+    };
+    let job_page = page(format!("{api}/jobs/mid")).await;
+    assert!(job_page.contains(r#"Waits for <a href="/jobs/up">up</a> (success)"#), "{job_page}");
+    assert!(job_page.contains(r#"Waited for by <a href="/jobs/down">down</a>"#), "{job_page}");
+    let run_page = page(format!("{api}/runs/{}", mid.id)).await;
+    assert!(run_page.contains(&format!(r#"<a href="/runs/{}">up #{}</a>"#, up.id, up.id)), "{run_page}");
+    assert!(run_page.contains(&format!(r#"<a href="/runs/{}">down #{}</a>"#, down.id, down.id)), "{run_page}");
+
     let links = [
         Link { dependent: "mid", upstream: "up", on: AfterOn::Success },
         Link { dependent: "down", upstream: "mid", on: AfterOn::Success },

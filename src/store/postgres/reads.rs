@@ -28,6 +28,22 @@ impl LedgerReads for Postgres {
         row.map(|row| common::run_record(&row)).transpose()
     }
 
+    async fn slot_runs(&self, jobs: &[String], slot: DateTime<Utc>) -> Result<Vec<RunRecord>, sqlx::Error> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            common::run_columns!(brief),
+            " FROM runs WHERE job = ANY($1) AND slot = $2 ORDER BY job"
+        ))
+        .bind(jobs)
+        .bind(slot)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(common::run_record).collect()
+    }
+
     async fn run_notifications(&self, run_id: i64) -> Result<Vec<NotificationRecord>, sqlx::Error> {
         let rows = sqlx::query(outbox::RUN_NOTIFICATIONS).bind(run_id).fetch_all(&self.pool).await?;
         rows.iter().map(outbox::notification_record).collect()

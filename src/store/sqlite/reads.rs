@@ -28,6 +28,23 @@ impl LedgerReads for Sqlite {
         row.map(|row| common::run_record(&row)).transpose()
     }
 
+    async fn slot_runs(&self, jobs: &[String], slot: DateTime<Utc>) -> Result<Vec<RunRecord>, sqlx::Error> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names = serde_json::to_string(jobs).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            common::run_columns!(brief),
+            " FROM runs WHERE job IN (SELECT value FROM json_each($1)) AND slot = $2 ORDER BY job"
+        ))
+        .bind(names)
+        .bind(micros(slot))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(common::run_record).collect()
+    }
+
     async fn run_notifications(&self, run_id: i64) -> Result<Vec<NotificationRecord>, sqlx::Error> {
         let rows = sqlx::query(outbox::RUN_NOTIFICATIONS).bind(run_id).fetch_all(&self.pool).await?;
         rows.iter().map(outbox::notification_record).collect()
