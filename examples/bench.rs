@@ -903,9 +903,10 @@ async fn chains(chains: usize, window: Duration) -> anyhow::Result<()> {
     tokio::time::sleep(window).await;
     let until = Utc::now() - chrono::Duration::seconds(2);
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let pairs: Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<String>)> =
+    type Pair = (Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>);
+    let pairs: Vec<Pair> =
         sqlx::query_as(
-            "SELECT u.finished_at, d.claimed_at, d.began_at, d.status FROM runs u
+            "SELECT u.finished_at, d.claimed_at, d.began_at, d.status, u.slot, u.began_at FROM runs u
              LEFT JOIN runs d ON d.job = 'd' || substr(u.job, 2) AND d.slot = u.slot
              WHERE u.job LIKE 'u%' AND u.slot >= $1 AND u.slot < $2 AND u.status = 'succeeded'",
         )
@@ -919,11 +920,16 @@ async fn chains(chains: usize, window: Duration) -> anyhow::Result<()> {
     .fetch_one(&pool)
     .await?;
     drop(replicas);
-    let mut to_claim: Vec<f64> = pairs.iter().filter_map(|(end, claimed, _, _)| Some(ms(*claimed.as_ref()? - end.as_ref()?))).collect();
-    let mut to_begin: Vec<f64> = pairs.iter().filter_map(|(end, _, began, _)| Some(ms(*began.as_ref()? - end.as_ref()?))).collect();
-    let ran = pairs.iter().filter(|(_, _, _, status)| status.as_deref() == Some("succeeded")).count();
+    let gap = |from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>| Some(ms(to? - from?));
+    let mut to_claim: Vec<f64> = pairs.iter().filter_map(|p| gap(p.0, p.1)).collect();
+    let mut to_begin: Vec<f64> = pairs.iter().filter_map(|p| gap(p.0, p.2)).collect();
+    let mut claim_to_begin: Vec<f64> = pairs.iter().filter_map(|p| gap(p.1, p.2)).collect();
+    let mut upstream_late: Vec<f64> = pairs.iter().filter_map(|p| gap(Some(p.4), p.5)).collect();
+    let ran = pairs.iter().filter(|p| p.3.as_deref() == Some("succeeded")).count();
     row("upstream's end -> dependent's claim", &mut to_claim, "");
     row("upstream's end -> dependent's begin", &mut to_begin, "");
+    row("  of which dependent's claim -> its begin", &mut claim_to_begin, "");
+    row("for comparison: upstream's slot -> its begin", &mut upstream_late, "");
     single(
         "upstream runs ended / dependents run / (job, slot) twice",
         format!("{} / {ran} / {doubled}", pairs.len()),

@@ -537,3 +537,50 @@ jobs:
     let violations = check_links(&witness, &backfill_only, &links, far, Utc::now(), false);
     assert!(violations.is_empty(), "{violations:#?}");
 }
+
+/// `tenure dev` (SQLite, in-process leadership) runs a chain the same way: each link once per
+/// slot, after its awaited run, by the dependency rule.
+#[tokio::test]
+async fn tenure_dev_runs_a_chain_each_link_once_per_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let witness_path = dir.path().join("witness");
+    let jobs = CHAIN.replace("WITNESS", &crate::cluster::witness_command(&witness_path));
+    let jobs_path = dir.path().join("jobs.yaml");
+    std::fs::write(&jobs_path, jobs).unwrap();
+    let ledger_path = dir.path().join("ledger.db");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenure"))
+        .args(["dev", "--admin-token", "tok", "--listen"])
+        .arg(format!("127.0.0.1:{}", crate::harness::free_port()))
+        .arg("--jobs")
+        .arg(&jobs_path)
+        .arg("--ledger")
+        .arg(&ledger_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tenure dev");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(&mut child);
+    let witness = || crate::checker::Witness::read(&witness_path);
+    wait_for("ten chains", Duration::from_secs(30), || async { witness().iter().filter(|w| w.job == "c").count() >= 10 }).await;
+    let ledger = tenure::store::Sqlite::open(&ledger_path).await.expect("open the ledger");
+    let rows = tenure::store::LedgerReads::all_runs(&ledger).await.unwrap();
+    let witness = witness();
+    let from = witness.iter().map(|w| w.slot).min().unwrap();
+    let until = witness.iter().filter(|w| w.job == "c").map(|w| w.slot).max().unwrap();
+    let links = [
+        Link { dependent: "b", upstream: "a", on: AfterOn::Success },
+        Link { dependent: "c", upstream: "b", on: AfterOn::Success },
+    ];
+    let violations = check_links(&witness, &rows, &links, from, until, false);
+    assert!(violations.is_empty(), "{violations:#?}");
+    let report = check(&witness, &rows, &Expect { jobs: &["a"], from, until, missed_allowed: false });
+    assert!(report.is_clean(), "{report:#?}");
+}
