@@ -457,7 +457,7 @@ impl Scheduler {
             term.releases.going.values().map(|(job, slot)| (job.as_str(), *slot)).collect();
         let mut decided = Vec::new();
         // Per dependent job, the slots to run with when they were released, for `catch_up`.
-        let mut to_run: std::collections::BTreeMap<&str, Vec<(DateTime<Utc>, DateTime<Utc>)>> = Default::default();
+        let mut to_run: std::collections::BTreeMap<&str, Vec<release::ReleasedAt>> = Default::default();
         for ((slot, dependent), runs) in release::by_slot(found) {
             if going.contains(&(dependent, slot)) {
                 continue;

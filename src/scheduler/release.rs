@@ -113,6 +113,9 @@ impl Releases {
     }
 }
 
+/// A released slot and when it was released (its last awaited run's end).
+pub(super) type ReleasedAt = (DateTime<Utc>, DateTime<Utc>);
+
 /// A slot released longer ago than this was released while no leader looked (a failover, an
 /// outage): it is late, and the job's `catch_up` decides it, as for a scheduled slot that fell due
 /// meanwhile. Two looks and a second: a leader that leads finds every release sooner.
@@ -124,7 +127,7 @@ pub(super) const LATE_RELEASE: Duration = Duration::from_secs(3);
 /// when an on-time one runs; `none` no late slot.
 pub(super) fn catch_up(
     job: &Job,
-    released: &[(DateTime<Utc>, DateTime<Utc>)],
+    released: &[ReleasedAt],
     now: DateTime<Utc>,
 ) -> Vec<Option<&'static str>> {
     let late_before = now - chrono::Duration::from_std(LATE_RELEASE).unwrap_or_default();
