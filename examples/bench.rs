@@ -903,17 +903,23 @@ async fn chains(chains: usize, window: Duration) -> anyhow::Result<()> {
     tokio::time::sleep(window).await;
     let until = Utc::now() - chrono::Duration::seconds(2);
     tokio::time::sleep(Duration::from_secs(8)).await;
-    type Pair = (Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>);
-    let pairs: Vec<Pair> =
-        sqlx::query_as(
-            "SELECT u.finished_at, d.claimed_at, d.began_at, d.status, u.slot, u.began_at FROM runs u
+    type Pair = (
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<String>,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+    );
+    let pairs: Vec<Pair> = sqlx::query_as(
+        "SELECT u.finished_at, d.claimed_at, d.began_at, d.status, u.slot, u.began_at FROM runs u
              LEFT JOIN runs d ON d.job = 'd' || substr(u.job, 2) AND d.slot = u.slot
              WHERE u.job LIKE 'u%' AND u.slot >= $1 AND u.slot < $2 AND u.status = 'succeeded'",
-        )
-        .bind(from)
-        .bind(until)
-        .fetch_all(&pool)
-        .await?;
+    )
+    .bind(from)
+    .bind(until)
+    .fetch_all(&pool)
+    .await?;
     let doubled: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT job, slot FROM runs GROUP BY job, slot HAVING count(*) > 1) AS twice",
     )

@@ -203,7 +203,8 @@ impl<'a> Validator<'a> {
                         let mut names: Vec<&str> = path[from..].iter().map(|(n, _)| jobs[*n].name.as_str()).collect();
                         names.rotate_right(1);
                         names.push(jobs[node].name.as_str());
-                        let message = format!("`after`: a cycle: {}; a job may not wait for itself", names.join(" waits for "));
+                        let message =
+                            format!("`after`: a cycle: {}; a job may not wait for itself", names.join(" waits for "));
                         self.error_at(upstream.at.0, upstream.at.1, Some(jobs[node].name.as_str()), message);
                     }
                     _ => {}

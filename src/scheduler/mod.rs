@@ -487,7 +487,8 @@ impl Scheduler {
         }
         for (job, _, slot, decision) in decided.iter_mut() {
             if let Some((_, _, why)) = late.iter().find(|(name, at, _)| name == job.name.as_str() && at == slot) {
-                *decision = release::Release::Record { status: crate::model::RunStatus::Missed, reason: (*why).to_owned() };
+                *decision =
+                    release::Release::Record { status: crate::model::RunStatus::Missed, reason: (*why).to_owned() };
             }
         }
         for (job, metrics, slot, decision) in decided {
@@ -496,7 +497,8 @@ impl Scheduler {
                 release::Release::Wait => {}
                 release::Release::Record { status, reason } => {
                     tracing::info!(job = %job.name, %slot, status = status.as_str(), %reason, "released slot not run");
-                    self.runs.spawn(async move { task.record(&job, &[slot], status, Trigger::Upstream, &reason).await });
+                    self.runs
+                        .spawn(async move { task.record(&job, &[slot], status, Trigger::Upstream, &reason).await });
                 }
                 release::Release::Run { upstream_run_ids } => {
                     tracing::info!(job = %job.name, %slot, upstream = ?upstream_run_ids, "released by its awaited runs");

@@ -96,8 +96,10 @@ impl Releases {
         let (store, term, found_tx) = (store.clone(), term.clone(), self.found_tx.clone());
         self.next = None;
         self.scan = Some(AbortOnDropHandle::new(tokio::spawn(async move {
-            let links: Vec<AwaitLink<'_>> =
-                links.iter().map(|(dependent, upstream, since)| AwaitLink { dependent, upstream, since: *since }).collect();
+            let links: Vec<AwaitLink<'_>> = links
+                .iter()
+                .map(|(dependent, upstream, since)| AwaitLink { dependent, upstream, since: *since })
+                .collect();
             let found = store.awaited_runs(&term, &links).await;
             if let Some(hold) = crate::testing::release_hold() {
                 tokio::time::sleep(hold).await;
@@ -125,11 +127,7 @@ pub(super) const LATE_RELEASE: Duration = Duration::from_secs(3);
 /// with when it was released, oldest slot first) at `now`: for each, `None` to run it, or why it
 /// is recorded `missed`. `all` runs every late slot; `latest` only the newest late one, and none
 /// when an on-time one runs; `none` no late slot.
-pub(super) fn catch_up(
-    job: &Job,
-    released: &[ReleasedAt],
-    now: DateTime<Utc>,
-) -> Vec<Option<&'static str>> {
+pub(super) fn catch_up(job: &Job, released: &[ReleasedAt], now: DateTime<Utc>) -> Vec<Option<&'static str>> {
     let late_before = now - chrono::Duration::from_std(LATE_RELEASE).unwrap_or_default();
     let late = |released_at: &DateTime<Utc>| *released_at < late_before;
     let newest_late = released.iter().rposition(|(_, at)| late(at));
@@ -318,9 +316,11 @@ mod tests {
                 reason: "not run: awaited run 1 of `a` ended failed, and this job waits for its success".into()
             }
         );
-        for (status, recorded) in
-            [(RunStatus::Lost, RunStatus::Skipped), (RunStatus::Skipped, RunStatus::Skipped), (RunStatus::Missed, RunStatus::Missed)]
-        {
+        for (status, recorded) in [
+            (RunStatus::Lost, RunStatus::Skipped),
+            (RunStatus::Skipped, RunStatus::Skipped),
+            (RunStatus::Missed, RunStatus::Missed),
+        ] {
             let a = run("a", 1, status, Some(1));
             let reason = format!("not run: awaited run 1 of `a` was {status}");
             assert_eq!(decide(&job, &[&a, &b], at(2)), Release::Record { status: recorded, reason });

@@ -256,7 +256,14 @@ impl RunTask {
     }
 
     /// Record `slots` as not run: new rows, or this term's claims that never started.
-    pub(super) async fn record(&self, job: &Job, slots: &[DateTime<Utc>], status: RunStatus, trigger: Trigger, reason: &str) {
+    pub(super) async fn record(
+        &self,
+        job: &Job,
+        slots: &[DateTime<Utc>],
+        status: RunStatus,
+        trigger: Trigger,
+        reason: &str,
+    ) {
         loop {
             let unrun = UnrunSlots {
                 job: job.name.as_ref(),

@@ -84,14 +84,18 @@ pub(super) const SLOT_HOLDER: &str =
 macro_rules! awaited_runs {
     ($links:literal, $term:literal) => {
         concat!(
-            "WITH links AS (", $links, "), released AS (
+            "WITH links AS (",
+            $links,
+            "), released AS (
                  SELECT DISTINCT l.dependent, u.slot
                  FROM links l JOIN runs u ON u.job = l.upstream AND COALESCE(u.finished_at, u.claimed_at) >= l.since
                  WHERE u.status <> 'running' AND (u.trigger IN ('schedule', 'upstream') OR u.cascade)
                    AND NOT EXISTS (
                        SELECT 1 FROM runs d WHERE d.job = l.dependent AND d.slot = u.slot
                          AND NOT (d.status = 'running' AND d.started_at IS NULL AND d.trigger = 'upstream'
-                                  AND d.term < ", $term, "))
+                                  AND d.term < ",
+            $term,
+            "))
              )
              SELECT r.dependent, r.slot, u.job, u.id, u.status, COALESCE(u.finished_at, u.claimed_at) AS ended_at
              FROM released r JOIN links l ON l.dependent = r.dependent
@@ -104,8 +108,8 @@ pub(super) use awaited_runs;
 
 /// One row of `awaited_runs!`.
 pub(super) fn awaited_run(row: &impl LedgerRow) -> Result<super::AwaitedRun, sqlx::Error> {
-    let status = RunStatus::parse(&row.text("status")?)
-        .ok_or_else(|| undecodable("status", "unknown run status".to_owned()))?;
+    let status =
+        RunStatus::parse(&row.text("status")?).ok_or_else(|| undecodable("status", "unknown run status".to_owned()))?;
     Ok(super::AwaitedRun {
         dependent: row.text("dependent")?,
         slot: row.instant("slot")?,

@@ -237,8 +237,8 @@ pub fn check_links(
             let awaited: Vec<(&Link<'_>, Option<&&RunRecord>)> =
                 links.iter().map(|link| (*link, rows.get(&(link.upstream, slot)))).collect();
             let ended = awaited.iter().all(|(_, row)| row.is_some_and(|row| row.status != RunStatus::Running));
-            let released = ended
-                && awaited.iter().all(|(link, row)| row.is_some_and(|row| releases(link.on, row.status)));
+            let released =
+                ended && awaited.iter().all(|(link, row)| row.is_some_and(|row| releases(link.on, row.status)));
             let runs = ran.get(&(dependent, slot)).map(Vec::as_slice).unwrap_or_default();
             let row = rows.get(&(dependent, slot));
             if runs.len() > 1 {
@@ -527,8 +527,14 @@ mod tests {
             ended("b", 0, "succeeded", 300),
             ended("c", 0, "succeeded", 500),
             ended("a", 1, "failed", 100),
-            RunRecord { error: Some("not run: awaited run 4 of `a` ended failed".into()), ..ended("b", 1, "skipped", 150) },
-            RunRecord { error: Some("not run: awaited run 5 of `b` was skipped".into()), ..ended("c", 1, "skipped", 200) },
+            RunRecord {
+                error: Some("not run: awaited run 4 of `a` ended failed".into()),
+                ..ended("b", 1, "skipped", 150)
+            },
+            RunRecord {
+                error: Some("not run: awaited run 5 of `b` was skipped".into()),
+                ..ended("c", 1, "skipped", 200)
+            },
         ];
         let witness = vec![ran_at("a", 0, 0), ran_at("b", 0, 200), ran_at("c", 0, 400), ran_at("a", 1, 0)];
         let clean = check_links(&witness, &ledger, &links, at(0), at(1), false);
@@ -547,7 +553,8 @@ mod tests {
         assert!(found[0].starts_with("dropped link: `c` has no row for slot"), "{found:#?}");
 
         // b of slot 1 not recorded although a failed: dropped too, even where faults are allowed.
-        let unrecorded: Vec<RunRecord> = ledger.iter().filter(|r| !(r.job == "b" && r.slot == at(1))).cloned().collect();
+        let unrecorded: Vec<RunRecord> =
+            ledger.iter().filter(|r| !(r.job == "b" && r.slot == at(1))).cloned().collect();
         let found = check_links(&witness, &unrecorded, &links, at(0), at(1), true);
         assert_eq!(found.len(), 1, "{found:#?}");
         assert!(found[0].contains("can no longer run"), "{found:#?}");

@@ -13,9 +13,7 @@ use serde_json::{Value, json};
 use tenure::config::AfterOn;
 use tenure::leadership::Term;
 use tenure::model::{RunOutcome, RunStatus, Trigger, TriggerKind};
-use tenure::store::{
-    AwaitLink, Claim, Reads, RunRecord, SkipIfRunning, Store, TriggerOverrides, TriggerRequest,
-};
+use tenure::store::{AwaitLink, Claim, Reads, RunRecord, SkipIfRunning, Store, TriggerOverrides, TriggerRequest};
 
 use crate::checker::{Expect, Link, check, check_links};
 use crate::cluster::{ADMIN_TOKEN, Cluster, Options, TTL};
@@ -65,11 +63,27 @@ fn claim<'a>(job: &'a str, at: DateTime<Utc>, trigger: Trigger, term: &'a Term) 
 }
 
 fn ended(status: RunStatus, at: DateTime<Utc>) -> RunOutcome {
-    RunOutcome { status, exit_code: None, http_status: None, error: None, output: String::new(), began_at: None, finished_at: at }
+    RunOutcome {
+        status,
+        exit_code: None,
+        http_status: None,
+        error: None,
+        output: String::new(),
+        began_at: None,
+        finished_at: at,
+    }
 }
 
 /// One run of `job` at `at`, claimed, started and ended `status` at `end`.
-async fn run(store: &Store, term: &Term, job: &str, at: DateTime<Utc>, trigger: Trigger, status: RunStatus, end: DateTime<Utc>) -> i64 {
+async fn run(
+    store: &Store,
+    term: &Term,
+    job: &str,
+    at: DateTime<Utc>,
+    trigger: Trigger,
+    status: RunStatus,
+    end: DateTime<Utc>,
+) -> i64 {
     let claimed = store.claim_run(&claim(job, at, trigger, term)).await.unwrap();
     store.start_runs(term, &[(claimed.run_id, at)]).await.unwrap();
     store.finish_run(claimed.run_id, &ended(status, end)).await.unwrap();
@@ -119,10 +133,17 @@ async fn awaited_runs_are_found(store: Store, reads: Reads) {
     // A manual run releases only when its request asked to cascade.
     for (key, second, cascade) in [("plain", 10, false), ("cascading", 11, true)] {
         let overrides = TriggerOverrides { cascade, ..TriggerOverrides::default() };
-        let request = TriggerRequest { job: "a", idempotency_key: key, by: "admin", requested_at: slot(second), overrides: &overrides };
+        let request = TriggerRequest {
+            job: "a",
+            idempotency_key: key,
+            by: "admin",
+            requested_at: slot(second),
+            overrides: &overrides,
+        };
         let trigger = reads.request_trigger(&request).await.unwrap();
         assert_eq!(trigger.overrides.cascade, cascade);
-        run(&store, &new, "a", slot(second), Trigger::Manual { request: trigger.id }, RunStatus::Succeeded, slot(12)).await;
+        run(&store, &new, "a", slot(second), Trigger::Manual { request: trigger.id }, RunStatus::Succeeded, slot(12))
+            .await;
     }
     let found = store.awaited_runs(&new, &links[..1]).await.unwrap();
     let slots: Vec<DateTime<Utc>> = found.iter().map(|r| r.slot).collect();
@@ -223,7 +244,10 @@ async fn a_chain_runs_each_link_once_per_slot_across_a_sigkill_and_a_sigstop_bet
         }
         let slot = slot.unwrap_or_else(|| panic!("never between an outcome and its claim\n{}", cluster.logs()));
         let at = Utc::now();
-        cluster.event(format!("{fault:?} {} (term {term}): a of {slot} ended, b not claimed", cluster.replicas[leader].node));
+        cluster.event(format!(
+            "{fault:?} {} (term {term}): a of {slot} ended, b not claimed",
+            cluster.replicas[leader].node
+        ));
         match fault {
             Signal::SIGKILL => cluster.kill(leader),
             _ => cluster.signal(leader, fault),
@@ -326,15 +350,16 @@ jobs:
     let mut cluster = Cluster::start(2, jobs).await;
     let (leader, term) = cluster.wait_for_leader(Duration::from_secs(15)).await;
     let from = Utc::now() + chrono::Duration::seconds(1);
-    wait_for("a join to run", Duration::from_secs(20), || async {
-        cluster.witness().iter().any(|w| w.job == "join")
-    })
-    .await;
+    wait_for("a join to run", Duration::from_secs(20), || async { cluster.witness().iter().any(|w| w.job == "join") })
+        .await;
     // Into a `slow` run: its slot is a multiple of 4 s, and it runs for 3.
     let going = std::cell::Cell::new(None);
     wait_for("a slow run going", Duration::from_secs(10), || async {
         let now = Utc::now();
-        let slow = cluster.witness().into_iter().find(|w| w.job == "slow" && now - w.slot < chrono::Duration::milliseconds(1500));
+        let slow = cluster
+            .witness()
+            .into_iter()
+            .find(|w| w.job == "slow" && now - w.slot < chrono::Duration::milliseconds(1500));
         going.set(slow.map(|w| w.slot));
         going.get().is_some()
     })
@@ -350,10 +375,9 @@ jobs:
     crate::faults::handover_after(&cluster, Instant::now(), term, Duration::from_secs(15)).await;
     cluster.wait_for_reaped(Duration::from_secs(20)).await;
     let join_of = |ledger: &[RunRecord]| ledger.iter().find(|r| r.job == "join" && r.slot == slot_lost).cloned();
-    let recorded = crate::harness::wait_until(Duration::from_secs(20), || async {
-        join_of(&cluster.ledger().await).is_some()
-    })
-    .await;
+    let recorded =
+        crate::harness::wait_until(Duration::from_secs(20), || async { join_of(&cluster.ledger().await).is_some() })
+            .await;
     if !recorded {
         let ledger = cluster.ledger().await;
         let near: Vec<_> = ledger.iter().filter(|r| r.slot == slot_lost).collect();
@@ -372,7 +396,8 @@ jobs:
     assert_eq!(join.error.as_deref(), Some(format!("not run: awaited run {} of `slow` was lost", slow.id).as_str()));
     // The failure branch, slot by slot.
     let in_range = |row: &&RunRecord| from <= row.slot && row.slot <= until;
-    let bad: Vec<&RunRecord> = ledger.iter().filter(|r| r.job == "bad" && r.status == RunStatus::Failed).filter(in_range).collect();
+    let bad: Vec<&RunRecord> =
+        ledger.iter().filter(|r| r.job == "bad" && r.status == RunStatus::Failed).filter(in_range).collect();
     assert!(bad.len() >= 5, "{bad:?}");
     for failed in &bad {
         let branch = |job: &str| ledger.iter().find(|r| r.job == job && r.slot == failed.slot).cloned();
@@ -380,7 +405,8 @@ jobs:
         assert_eq!((on_failure.status, on_failure.trigger), (RunStatus::Succeeded, TriggerKind::Upstream));
         let on_success = branch("on-success").unwrap_or_else(|| panic!("on-success of {}", failed.slot));
         assert_eq!(on_success.status, RunStatus::Skipped);
-        let reason = format!("not run: awaited run {} of `bad` ended failed, and this job waits for its success", failed.id);
+        let reason =
+            format!("not run: awaited run {} of `bad` ended failed, and this job waits for its success", failed.id);
         assert_eq!(on_success.error.as_deref(), Some(reason.as_str()));
     }
     // A join that ran names the runs that released it.
@@ -416,7 +442,9 @@ fn a_cycle_is_refused_with_its_location_and_next_tells_what_a_job_waits_for() {
     assert_eq!(
         lines,
         [
-            format!("{file}:6:13: job `transform`: `after`: a cycle: transform waits for extract waits for load waits for transform; a job may not wait for itself"),
+            format!(
+                "{file}:6:13: job `transform`: `after`: a cycle: transform waits for extract waits for load waits for transform; a job may not wait for itself"
+            ),
             format!("{file}:9:24: job `load`: `after`: there is no job `report` in the file"),
         ],
         "{stderr}"
@@ -569,7 +597,10 @@ async fn tenure_dev_runs_a_chain_each_link_once_per_slot() {
     }
     let _kill = Kill(&mut child);
     let witness = || crate::checker::Witness::read(&witness_path);
-    wait_for("ten chains", Duration::from_secs(30), || async { witness().iter().filter(|w| w.job == "c").count() >= 10 }).await;
+    wait_for("ten chains", Duration::from_secs(30), || async {
+        witness().iter().filter(|w| w.job == "c").count() >= 10
+    })
+    .await;
     let ledger = tenure::store::Sqlite::open(&ledger_path).await.expect("open the ledger");
     let rows = tenure::store::LedgerReads::all_runs(&ledger).await.unwrap();
     let witness = witness();

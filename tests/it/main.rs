@@ -27,15 +27,15 @@ mod dashboard;
 mod db_failover;
 /// The dead-man ping: only the leader pings an outside monitor, and stops with the last leader.
 mod deadman;
+/// Jobs that wait for other jobs (`after:`): the ledger's scan, chains across leader faults,
+/// failure branches, fan-in, cascades.
+mod dependencies;
 /// `tenure dev`: one command, SQLite, the dashboard.
 mod dev;
 /// Daylight saving: `next` against the oracle around every transition, and the firing path.
 mod dst;
 /// Runs executing on worker replicas under leases of their own, across faults.
 mod execution;
-/// Jobs that wait for other jobs (`after:`): the ledger's scan, chains across leader faults,
-/// failure branches, fan-in, cascades.
-mod dependencies;
 /// The executor on real processes and a real HTTP server.
 mod executor;
 /// The fault suite: partitions, pauses, kills, restarts, reloads.

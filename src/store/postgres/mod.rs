@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, SlotHolder};
 use super::outbox;
 use super::{
-    AwaitLink, AwaitedRun, BackfillSlot, CONTROL_CHANNEL, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor,
-    Ledger, LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots,
-    clean_text,
+    AwaitLink, AwaitedRun, BackfillSlot, CONTROL_CHANNEL, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError,
+    JobControl, JobCursor, Ledger, LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning,
+    TriggerRecord, UnrunSlots, clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;

@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, LedgerRow, SlotHolder, micros};
 use super::outbox;
 use super::{
-    AwaitLink, AwaitedRun, BackfillSlot, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor, Ledger,
-    LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots,
-    clean_text,
+    AwaitLink, AwaitedRun, BackfillSlot, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl,
+    JobCursor, Ledger, LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning, TriggerRecord,
+    UnrunSlots, clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
