@@ -1,7 +1,8 @@
-//! tenure's benchmarks: failover, firing precision, job-file scale, the cost of fencing, and the
-//! dashboard on a large ledger, against a real etcd and a PostgreSQL with fsync on. Prints one
-//! table per scenario and the machine it ran on. No assertions: figures and the targets beside
-//! them. Run `scripts/bench [failover|pgcut|precision|processes|spread|scale|fencing|dashboard ...]`
+//! tenure's benchmarks: failover, firing precision, job-file scale, the cost of fencing, the
+//! dashboard on a large ledger, and chains of jobs waiting for others, against a real etcd and a
+//! PostgreSQL with fsync on. Prints one table per scenario and the machine it ran on. No
+//! assertions: figures and the targets beside them. Run
+//! `scripts/bench [failover|pgcut|precision|processes|spread|chains|scale|fencing|dashboard ...]`
 //! (`precision-100`, `precision-1000` or `precision-10000`: one size of `precision`); `scripts/bench
 //! readers` (firing while 50 dashboard and API clients read a large ledger, about 3 minutes) and
 //! `scripts/bench failover-zk` (the failover with ZooKeeper as the coordinator, about 4 minutes)
@@ -70,6 +71,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("spread") {
         spread(400, Duration::from_secs(40)).await?;
+    }
+    if wants("chains") {
+        chains(1_000, Duration::from_secs(60)).await?;
     }
     if wants("scale") {
         scale(100_000).await?;
@@ -869,6 +873,78 @@ async fn processes(jobs: usize, window: Duration) -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 2d. Chains: runs released by the runs they wait for (`after:`)
+
+/// `chains` two-link chains, `u` every 10 s and `d` after it, both `true`, on one leader (two
+/// replicas): from an upstream's end (its outcome's instant) to its dependent's claim and to its
+/// dependent's begin, read off the ledger; and every chain's link once.
+async fn chains(chains: usize, window: Duration) -> anyhow::Result<()> {
+    header(&format!(
+        "2d. Chains: {chains} two-link chains (u every 10 s, d after u), `true` each, for {}s",
+        window.as_secs()
+    ));
+    let etcd = harness::Etcd::start().await;
+    let pg = harness::Postgres::start_durable().await;
+    let (url, pool) = database(&pg, "chains").await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("jobs.yaml");
+    let mut text = String::from("jobs:\n");
+    for i in 0..chains {
+        text.push_str(&format!(
+            "  - {{ name: u{i:04}, schedule: \"*/10 * * * * *\", command: [\"true\"] }}\n  \
+             - {{ name: d{i:04}, after: [u{i:04}], command: [\"true\"] }}\n"
+        ));
+    }
+    std::fs::write(&path, text)?;
+    let replicas = Replicas::start(2, &path, &etcd.client_url(), &url, Duration::from_secs(10), dir.path())?;
+    replicas.wait_leader(&pool).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let from = Utc::now() + chrono::Duration::seconds(1);
+    tokio::time::sleep(window).await;
+    let until = Utc::now() - chrono::Duration::seconds(2);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    type Pair = (
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<String>,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+    );
+    let pairs: Vec<Pair> = sqlx::query_as(
+        "SELECT u.finished_at, d.claimed_at, d.began_at, d.status, u.slot, u.began_at FROM runs u
+             LEFT JOIN runs d ON d.job = 'd' || substr(u.job, 2) AND d.slot = u.slot
+             WHERE u.job LIKE 'u%' AND u.slot >= $1 AND u.slot < $2 AND u.status = 'succeeded'",
+    )
+    .bind(from)
+    .bind(until)
+    .fetch_all(&pool)
+    .await?;
+    let doubled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT job, slot FROM runs GROUP BY job, slot HAVING count(*) > 1) AS twice",
+    )
+    .fetch_one(&pool)
+    .await?;
+    drop(replicas);
+    let gap = |from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>| Some(ms(to? - from?));
+    let mut to_claim: Vec<f64> = pairs.iter().filter_map(|p| gap(p.0, p.1)).collect();
+    let mut to_begin: Vec<f64> = pairs.iter().filter_map(|p| gap(p.0, p.2)).collect();
+    let mut claim_to_begin: Vec<f64> = pairs.iter().filter_map(|p| gap(p.1, p.2)).collect();
+    let mut upstream_late: Vec<f64> = pairs.iter().filter_map(|p| gap(Some(p.4), p.5)).collect();
+    let ran = pairs.iter().filter(|p| p.3.as_deref() == Some("succeeded")).count();
+    row("upstream's end -> dependent's claim", &mut to_claim, "");
+    row("upstream's end -> dependent's begin", &mut to_begin, "");
+    row("  of which dependent's claim -> its begin", &mut claim_to_begin, "");
+    row("for comparison: upstream's slot -> its begin", &mut upstream_late, "");
+    single(
+        "upstream runs ended / dependents run / (job, slot) twice",
+        format!("{} / {ran} / {doubled}", pairs.len()),
+        "every link once",
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // 2c. Spread: runs executing across replicas
 
 /// `jobs` command jobs every 10 s, each stamping its start and sleeping 2 s, on 4 replicas with
@@ -1619,10 +1695,14 @@ async fn ledger_aged(rows: i64) -> anyhow::Result<()> {
 
     // The migration while a leader claims every 100 ms (what a replica of the previous release
     // does while a new one migrates at its start). This binary's claims stand in for it: they
-    // read the fence's seal, which 0017 adds (instantly), so it is added for them first.
+    // read the fence's seal, which 0019 adds, and write `cascade`, which 0017 adds (both
+    // instantly), so they are added for them first.
     sqlx::raw_sql(
         "ALTER TABLE fence ADD COLUMN IF NOT EXISTS sealed_from timestamptz;
-         ALTER TABLE fence ADD COLUMN IF NOT EXISTS sealed_to timestamptz",
+         ALTER TABLE fence ADD COLUMN IF NOT EXISTS sealed_to timestamptz;
+         ALTER TABLE runs ADD COLUMN IF NOT EXISTS cascade boolean NOT NULL DEFAULT false;
+         ALTER TABLE triggers ADD COLUMN IF NOT EXISTS cascade boolean NOT NULL DEFAULT false;
+         ALTER TABLE backfills ADD COLUMN IF NOT EXISTS cascade boolean NOT NULL DEFAULT false",
     )
     .execute(&mut bulk)
     .await?;

@@ -593,11 +593,15 @@ pub fn validate(
     }
     for job in jobs.jobs() {
         let zone = job.schedule.timezone();
-        let next = match (job.paused, job.schedule.next_after(now)) {
+        let mut next = match (job.paused, job.schedule.next_after(now)) {
             (true, _) => "paused".to_owned(),
             (false, Some(next)) => format!("next {}", rfc3339_in(next, zone)),
+            (false, None) if !job.after.is_empty() => "runs only after others".to_owned(),
             (false, None) => "never fires".to_owned(),
         };
+        if !job.after.is_empty() {
+            next.push_str(&format!("; {}", waits_for(job)));
+        }
         writeln!(
             out,
             "{name}: \"{expression}\" ({description}) {zone} {next}",
@@ -617,7 +621,14 @@ pub fn validate(
     Ok(0)
 }
 
-/// `tenure next`: the next N fire times, strictly after `--from`.
+/// What a job waits for, in words: "waits for extract (success), load (failure) within 5m".
+pub fn waits_for(job: &config::Job) -> String {
+    let awaited: Vec<String> = job.after.iter().map(|up| format!("{} ({})", up.job, up.on.as_str())).collect();
+    format!("waits for {} within {}", awaited.join(", "), humantime::format_duration(job.wait_bound()))
+}
+
+/// `tenure next`: the next N fire times, strictly after `--from`; for a job that waits for
+/// others (`--job`), what it waits for first.
 pub fn next(args: &NextArgs, now: DateTime<Utc>, out: &mut impl Write, err: &mut impl Write) -> anyhow::Result<i32> {
     let schedule = match (&args.expression, &args.jobs, &args.job) {
         (Some(expression), _, _) => {
@@ -639,7 +650,16 @@ pub fn next(args: &NextArgs, now: DateTime<Utc>, out: &mut impl Write, err: &mut
                 }
             };
             match jobs.get(name) {
-                Some(job) => job.schedule.clone(),
+                Some(job) => {
+                    if !job.after.is_empty() {
+                        writeln!(out, "{}", waits_for(job))?;
+                    }
+                    let dependents: Vec<&str> = jobs.dependents(name).iter().map(|job| job.name.as_str()).collect();
+                    if !dependents.is_empty() {
+                        writeln!(out, "its runs release: {}", dependents.join(", "))?;
+                    }
+                    job.schedule.clone()
+                }
                 None => {
                     writeln!(err, "error: no job named `{name}` in {}", file.display())?;
                     return Ok(1);

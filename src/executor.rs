@@ -106,6 +106,9 @@ pub struct RunContext {
     /// The attempt's execution lease (`TENURE_LEASE_ID`), when it executes on a replica under a
     /// lease of its own (`run_on: any` or `{ tags: [..] }`); `None` on the leader.
     pub lease_id: Option<String>,
+    /// The runs that released this one (`after:`), comma-separated in `TENURE_UPSTREAM_RUN_IDS`
+    /// (and `X-Tenure-Upstream-Run-Ids`); empty for a run no awaited run released.
+    pub upstream_run_ids: Vec<i64>,
 }
 
 impl RunContext {
@@ -120,6 +123,10 @@ impl RunContext {
         ];
         if let Some(lease_id) = &self.lease_id {
             variables.push(("LEASE_ID", lease_id.clone()));
+        }
+        if !self.upstream_run_ids.is_empty() {
+            let ids: Vec<String> = self.upstream_run_ids.iter().map(i64::to_string).collect();
+            variables.push(("UPSTREAM_RUN_IDS", ids.join(",")));
         }
         variables
     }

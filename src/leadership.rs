@@ -237,6 +237,7 @@ impl WitnessedRun {
             TriggerKind::Schedule => Trigger::Schedule,
             TriggerKind::Manual => Trigger::Manual { request },
             TriggerKind::Backfill => Trigger::Backfill { request },
+            TriggerKind::Upstream => Trigger::Upstream,
         }
     }
 }

@@ -81,6 +81,9 @@ pub enum Trigger {
     Backfill {
         request: i64,
     },
+    /// A run released by the runs of the jobs it waits for (`after:`), for their slot: its
+    /// identity is (job, that slot), claimed like a scheduled slot.
+    Upstream,
 }
 
 impl Trigger {
@@ -89,6 +92,7 @@ impl Trigger {
             Trigger::Schedule => TriggerKind::Schedule,
             Trigger::Manual { .. } => TriggerKind::Manual,
             Trigger::Backfill { .. } => TriggerKind::Backfill,
+            Trigger::Upstream => TriggerKind::Upstream,
         }
     }
 
@@ -99,7 +103,7 @@ impl Trigger {
     /// The request behind a manual or backfill claim.
     pub fn request_id(self) -> Option<i64> {
         match self {
-            Trigger::Schedule => None,
+            Trigger::Schedule | Trigger::Upstream => None,
             Trigger::Manual { request } | Trigger::Backfill { request } => Some(request),
         }
     }
@@ -107,7 +111,7 @@ impl Trigger {
     /// The trigger request a manual claim fulfils.
     pub fn request(self) -> Option<i64> {
         match self {
-            Trigger::Schedule | Trigger::Backfill { .. } => None,
+            Trigger::Schedule | Trigger::Backfill { .. } | Trigger::Upstream => None,
             Trigger::Manual { request } => Some(request),
         }
     }
@@ -121,6 +125,8 @@ pub enum TriggerKind {
     Schedule,
     Manual,
     Backfill,
+    /// Released by the runs of the jobs it waits for (`after:`).
+    Upstream,
 }
 
 impl TriggerKind {
@@ -130,11 +136,12 @@ impl TriggerKind {
             TriggerKind::Schedule => "schedule",
             TriggerKind::Manual => "manual",
             TriggerKind::Backfill => "backfill",
+            TriggerKind::Upstream => "upstream",
         }
     }
 
     pub fn parse(text: &str) -> Option<TriggerKind> {
-        [TriggerKind::Schedule, TriggerKind::Manual, TriggerKind::Backfill]
+        [TriggerKind::Schedule, TriggerKind::Manual, TriggerKind::Backfill, TriggerKind::Upstream]
             .into_iter()
             .find(|kind| kind.as_str() == text)
     }

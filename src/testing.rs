@@ -50,6 +50,14 @@ pub fn start_lead() -> Option<std::time::Duration> {
     *LEAD.get_or_init(|| millis("TENURE_TEST_START_LEAD_MS"))
 }
 
+/// `TENURE_TEST_RELEASE_HOLD_MS`: what a look at the ledger for released runs (`after:`) found
+/// reaches the leader this much later, so a test can fault the leader between an awaited run's
+/// end and the claim of the run it releases.
+pub fn release_hold() -> Option<std::time::Duration> {
+    static HOLD: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+    *HOLD.get_or_init(|| millis("TENURE_TEST_RELEASE_HOLD_MS"))
+}
+
 /// `TENURE_TEST_PRUNE_EVERY_MS`: the leader prunes the ledger this often instead of every
 /// minute, so a test can watch retention work.
 pub fn prune_every() -> Option<std::time::Duration> {

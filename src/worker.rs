@@ -301,6 +301,7 @@ impl Execution {
                 node: key.executor.clone(),
                 attempt: key.attempt,
                 lease_id: Some(key.lease_id()),
+                upstream_run_ids: Vec::new(),
             };
             tracing::info!(job = %self.run.job, run_id = key.run_id, attempt = key.attempt, "executing an assigned run");
             let prepared = executor::prepare(&self.job, &context, &self.http);

@@ -193,6 +193,10 @@ pub struct BackfillArgs {
     /// List the slots a backfill would run, and record nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Its runs release the runs of the jobs waiting for this one (`after:`), link after link:
+    /// the whole chain for every slot of the window, each link at most once.
+    #[arg(long)]
+    pub cascade: bool,
     /// Give up following after this long (exit code 3; the backfill goes on).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
     pub timeout: Duration,
@@ -274,6 +278,10 @@ pub struct TriggerArgs {
     /// Run under this concurrency policy instead of the job's (recorded with the run).
     #[arg(long, value_parser = ["allow", "forbid", "replace"])]
     pub concurrency: Option<String>,
+    /// The run releases the runs of the jobs waiting for this one (`after:`), as a scheduled
+    /// run does; without it a manual run releases nothing.
+    #[arg(long)]
+    pub cascade: bool,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -296,6 +304,9 @@ impl TriggerArgs {
         }
         if let Some(concurrency) = &self.concurrency {
             body["concurrency"] = Value::from(concurrency.clone());
+        }
+        if self.cascade {
+            body["cascade"] = Value::from(true);
         }
         body
     }
@@ -744,7 +755,7 @@ async fn backfill(
     out: &mut Vec<u8>,
     progress: &mut impl Write,
 ) -> Result<i32, ClientError> {
-    let mut answer = client.backfill(&args.job, args.from, args.to).await?;
+    let mut answer = client.backfill(&args.job, args.from, args.to, args.cascade).await?;
     let deadline = tokio::time::Instant::now() + args.timeout;
     let mut wait = FOLLOW_FIRST_WAIT;
     let mut shown = String::new();

@@ -206,14 +206,16 @@ impl Client {
         self.change(self.url(&["api", "jobs", job, "backfill"]), "backfill", None, Some(&body)).await
     }
 
-    /// Record a backfill of `job` over `[from, to]`. Repeating it queues nothing new.
+    /// Record a backfill of `job` over `[from, to]` (`cascade`: its runs release the jobs
+    /// waiting for it, link after link). Repeating it queues nothing new.
     pub async fn backfill(
         &self,
         job: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        cascade: bool,
     ) -> Result<Answer<Backfill>, ClientError> {
-        let body = serde_json::json!({ "from": from, "to": to });
+        let body = serde_json::json!({ "from": from, "to": to, "cascade": cascade });
         self.change(self.url(&["api", "jobs", job, "backfill"]), "backfill", None, Some(&body)).await
     }
 

@@ -10,7 +10,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::node::Node;
 use super::validate::{HTTP_KEYS, JOB_KEYS, Policies, Validator, line_column};
-use super::{HttpTarget, Job, JobName, RunAs, RunOn, Sourced, Target, TargetKind, is_tag};
+use super::{AfterOn, HttpTarget, Job, JobName, RunAs, RunOn, Sourced, Target, TargetKind, Upstream, is_tag};
 use crate::schedule::Schedule;
 
 /// A mapping's entries: each key and its value, located.
@@ -49,7 +49,12 @@ impl Validator<'_> {
         let mut policies = defaults.clone();
         let policies_ok = self.policies(entries, job, &mut policies)
             && self.policy_bounds(&policies, job, line_column(&node.referenced));
-        let schedule = self.schedule(node, get("schedule"), job, &policies);
+        let after = get("after").map(|after| self.after(after, job)).unwrap_or_default();
+        let within = get("within").and_then(|within| self.duration(within, job, "within"));
+        let schedule = match get("schedule") {
+            None if get("after").is_some() => Some(Schedule::never(policies.timezone)),
+            schedule => self.schedule(node, schedule, job, &policies),
+        };
         let target = self.target(node, entries, job);
         let env = get("env").map(|env| self.env(env, job)).unwrap_or_default();
         let inherit_env = self.inherit_env(entries, target.as_ref(), job);
@@ -85,7 +90,59 @@ impl Validator<'_> {
             overrides,
             run_as,
             team,
+            after,
+            within,
         })
+    }
+
+    /// `after`: the jobs this one waits for, a name each (`on: success`) or `{ job, on }` with
+    /// `on` one of `success`, `failure`, `always`; a list, or one name. Whether the names are
+    /// jobs of the file, and cycles, are checked once every job is read (`dependencies`).
+    fn after(&mut self, node: &Spanned<Node>, job: Option<&str>) -> Vec<Upstream> {
+        let items = match &node.value {
+            Node::Seq(items) if items.is_empty() => {
+                self.error(&node.referenced, job, "`after`: the list is empty; expected at least one job".into());
+                return Vec::new();
+            }
+            Node::Seq(items) => items.as_slice(),
+            _ => std::slice::from_ref(node),
+        };
+        let mut after: Vec<Upstream> = Vec::with_capacity(items.len());
+        for item in items {
+            let at = line_column(&item.referenced);
+            let (name_node, on) = match &item.value {
+                Node::Map(_) => {
+                    let Some(entries) = self.mapping(item, job, "an `after` entry", &["job", "on"]) else { continue };
+                    let on = match entries.iter().find(|(k, _)| k.value == "on") {
+                        Some((_, on)) => match self.choice(on, job, "after.on", AfterOn::NAMES) {
+                            Some(on) => on,
+                            None => continue,
+                        },
+                        None => AfterOn::Success,
+                    };
+                    match entries.iter().find(|(k, _)| k.value == "job") {
+                        Some((_, name)) => (name, on),
+                        None => {
+                            self.error(&item.referenced, job, "`after`: missing `job` in an entry".into());
+                            continue;
+                        }
+                    }
+                }
+                _ => (item, AfterOn::Success),
+            };
+            let Some(text) = self.string(name_node, job, "after", "a job name or `{ job, on }`") else { continue };
+            match JobName::parse(text) {
+                Ok(name) if Some(name.as_str()) == job => {
+                    self.error(&name_node.referenced, job, "`after`: a job may not wait for itself".into());
+                }
+                Ok(name) if after.iter().any(|known| known.job == name) => {
+                    self.error(&name_node.referenced, job, format!("`after`: `{text}` is listed twice"));
+                }
+                Ok(name) => after.push(Upstream { job: name, on, at }),
+                Err(e) => self.error(&name_node.referenced, job, format!("`after`: {e}")),
+            }
+        }
+        after
     }
 
     /// `team`: the team that owns the job, a name as tags are (letters, digits, `-`, `_`, `.`).
@@ -190,7 +247,7 @@ impl Validator<'_> {
         policies: &Policies,
     ) -> Option<Schedule> {
         let Some(node) = node else {
-            self.error(&job_node.referenced, job, "missing `schedule`: expected a crontab line such as \"30 2 * * *\", a macro such as @daily, or \"@every 30s\" (or a list of them)".into());
+            self.error(&job_node.referenced, job, "missing `schedule`: expected a crontab line such as \"30 2 * * *\", a macro such as @daily, or \"@every 30s\" (or a list of them), or `after:` the jobs it waits for".into());
             return None;
         };
         let items = match &node.value {

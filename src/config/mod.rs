@@ -114,6 +114,11 @@ impl JobSet {
         JobSet { jobs, index, hash: self.hash.clone(), warnings: self.warnings.clone() }
     }
 
+    /// The jobs that wait for `name` (list it under `after:`), in file order.
+    pub fn dependents(&self, name: &str) -> Vec<&Job> {
+        self.jobs.iter().filter(|job| job.after.iter().any(|up| up.job.as_str() == name)).collect()
+    }
+
     /// The first 12 hex digits of the SHA-256 of the file's bytes: which file a replica runs.
     pub fn hash(&self) -> &str {
         &self.hash
@@ -180,6 +185,28 @@ pub struct Job {
     /// The team that owns it (`team:`): an operator scoped to teams acts only on their jobs
     /// (see `http::identity`). `None`: no team's, so only unscoped principals and admins.
     pub team: Option<String>,
+    /// The jobs it waits for (`after:`), in file order: a run of it is released for a slot once
+    /// every one of them has a run of that slot that ended as required. Empty: none.
+    pub after: Vec<Upstream>,
+    /// How long it waits for the rest of its awaited runs, from the first one's end (`within:`);
+    /// `None`: its `starting_deadline`.
+    pub within: Option<Duration>,
+}
+
+impl Job {
+    /// How long a released slot of it may wait for its awaited runs, from the first one's end.
+    pub fn wait_bound(&self) -> Duration {
+        self.within.unwrap_or(self.starting_deadline)
+    }
+}
+
+/// One job another waits for (`after:`), with the outcome that releases it, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub job: JobName,
+    pub on: AfterOn,
+    /// Where the entry is written (line, column).
+    pub at: (u32, u32),
 }
 
 /// Whom a job's processes run as, resolved when the job file was loaded (`user:` and `group:`,
@@ -327,6 +354,18 @@ yaml_names! {
         None = "none",
         Latest = "latest",
         All = "all",
+    }
+}
+
+yaml_names! {
+    /// Which end of an awaited run releases a dependent run (`after: [{ job, on }]`).
+    pub enum AfterOn {
+        /// The awaited run succeeded (the default).
+        Success = "success",
+        /// It failed, timed out or was killed.
+        Failure = "failure",
+        /// It ran and ended, whatever its outcome.
+        Always = "always",
     }
 }
 
@@ -722,6 +761,54 @@ jobs:
         assert!(warnings[1].starts_with("jobs.yaml:6:31: job `several`: `*/5` in the hour field"), "{}", warnings[1]);
         assert!(warnings[1].contains("hours 0, 5, 10, 15 and 20"), "{}", warnings[1]);
         assert!(warnings[1].contains("`@every 5h`"), "{}", warnings[1]);
+    }
+}
+
+#[cfg(test)]
+mod after_tests {
+    use super::*;
+
+    #[test]
+    fn after_names_the_awaited_jobs_with_the_outcome_that_releases_and_a_schedule_is_optional() {
+        let text = "jobs:\n  - name: extract\n    schedule: '* * * * * *'\n    shell: 'true'\n\
+                    \x20 - name: load\n    schedule: '@daily'\n    shell: 'true'\n\
+                    \x20 - name: transform\n    after: [extract]\n    shell: 'true'\n\
+                    \x20 - name: report\n    after:\n      - transform\n      - { job: load, on: failure }\n      - { job: extract, on: always }\n    within: 30s\n    shell: 'true'\n";
+        let set = parse(text, "jobs.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let transform = set.get("transform").unwrap();
+        assert!(!transform.schedule.fires(), "an `after` job without a schedule never fires by itself");
+        assert_eq!(transform.after.len(), 1);
+        assert_eq!((transform.after[0].job.as_str(), transform.after[0].on), ("extract", AfterOn::Success));
+        assert_eq!(transform.wait_bound(), transform.starting_deadline);
+        let report = set.get("report").unwrap();
+        let after: Vec<(&str, AfterOn)> = report.after.iter().map(|up| (up.job.as_str(), up.on)).collect();
+        assert_eq!(after, [("transform", AfterOn::Success), ("load", AfterOn::Failure), ("extract", AfterOn::Always)]);
+        assert_eq!(report.after[1].at, (14, 9));
+        assert_eq!(report.wait_bound(), Duration::from_secs(30));
+        let dependents: Vec<&str> = set.dependents("extract").iter().map(|job| job.name.as_str()).collect();
+        assert_eq!(dependents, ["transform", "report"]);
+    }
+
+    #[test]
+    fn an_unknown_awaited_job_and_a_cycle_are_refused_where_they_are_written() {
+        let text = "jobs:\n  - name: a\n    after: [c]\n    shell: 'true'\n\
+                    \x20 - name: b\n    after: [a]\n    shell: 'true'\n\
+                    \x20 - name: c\n    after: [b, nowhere]\n    shell: 'true'\n\
+                    \x20 - name: d\n    shell: 'true'\n\
+                    \x20 - name: e\n    after: [{ job: a, on: sometimes }]\n    shell: 'true'\n";
+        let got = super::tests::errors(text);
+        let want = [
+            "jobs.yaml:6:13: job `b`: `after`: a cycle: b waits for a waits for c waits for b; a job may not wait for itself",
+            "jobs.yaml:9:16: job `c`: `after`: there is no job `nowhere` in the file",
+            "jobs.yaml:11:5: job `d`: missing `schedule`",
+            "jobs.yaml:14:27: job `e`: `after.on`: `sometimes` is not one of success, failure, always",
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (got, want) in got.iter().zip(want) {
+            assert!(got.starts_with(want), "got  {got}\nwant {want}…");
+        }
+        let itself = super::tests::errors("jobs:\n  - name: a\n    after: a\n    shell: 'true'\n");
+        assert_eq!(itself, ["jobs.yaml:3:12: job `a`: `after`: a job may not wait for itself"]);
     }
 }
 

@@ -1,12 +1,12 @@
 //! The JSON Schema of the job file (`tenure schema`), for editors and CI linters. The document is
 //! `job-file.schema.json`, except the lists of words the parser reads from a table
 //! (`Concurrency::NAMES`, `CatchUp::NAMES`, `TargetKind::NAMES`, `NotifyOn::NAMES`,
-//! `WebhookFormat::NAMES`) and the variables `overrides` may never list (`REFUSED_OVERRIDES`): the
+//! `WebhookFormat::NAMES`, `AfterOn::NAMES`) and the variables `overrides` may never list (`REFUSED_OVERRIDES`): the
 //! file holds a placeholder for each and they are written in here, so the schema cannot offer a
 //! word the parser refuses.
 
 use super::job::REFUSED_OVERRIDES;
-use super::{CatchUp, Concurrency, NotifyOn, TargetKind, WebhookFormat};
+use super::{AfterOn, CatchUp, Concurrency, NotifyOn, TargetKind, WebhookFormat};
 
 /// The schema with its placeholders; each is a JSON string in an array, so the file stays JSON.
 const TEMPLATE: &str = include_str!("job-file.schema.json");
@@ -19,6 +19,7 @@ pub fn job_file_schema() -> String {
         .replace(r#"["{concurrency}"]"#, &json_words(Concurrency::NAMES))
         .replace(r#"["{catch_up}"]"#, &json_words(CatchUp::NAMES))
         .replace(r#"["{notify on}"]"#, &json_words(NotifyOn::NAMES))
+        .replace(r#"["{after on}"]"#, &json_words(AfterOn::NAMES))
         .replace(r#"["{webhook formats}"]"#, &json_words(WebhookFormat::NAMES))
         .replace(r#"["{target kinds}"]"#, &format!("[{}\n      ]", one_of.join(",")))
         .replace(r#", "{refused overrides}"]"#, &refused_patterns())

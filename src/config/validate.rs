@@ -26,7 +26,7 @@ pub(super) const HTTP_KEYS: &[&str] = &["url", "method", "headers", "body", "exp
 /// The fields of a job, in the order the unknown-field error lists them.
 pub(super) static JOB_KEYS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     let targets = TargetKind::NAMES.iter().map(|(name, _)| *name);
-    let own = ["env", "inherit_env", "overrides", "workdir", "user", "group", "paused", "run_on", "team"];
+    let own = ["env", "inherit_env", "overrides", "workdir", "user", "group", "paused", "run_on", "team", "after", "within"];
     ["name", "schedule"].into_iter().chain(targets).chain(own).chain(POLICY_KEYS.iter().copied()).collect()
 });
 const MAX_RETRIES: i128 = 100;
@@ -157,7 +157,60 @@ impl<'a> Validator<'a> {
         // Sized up front: a `Job` is large, and a growing vector would hold up to twice the jobs.
         let mut jobs = Vec::with_capacity(items.len());
         jobs.extend(items.iter().filter_map(|item| self.job(item, &defaults, &mut first_seen)));
+        self.dependencies(&jobs, &first_seen);
         jobs
+    }
+
+    /// What `after:` entries name must be jobs of the file (`seen`: every name defined, valid
+    /// or not), and no job may wait for itself through any chain: each cycle is reported once,
+    /// at the `after` entry that closes it.
+    fn dependencies(&mut self, jobs: &[Job], seen: &HashMap<String, Location>) {
+        let index: HashMap<&str, usize> = jobs.iter().enumerate().map(|(i, job)| (job.name.as_str(), i)).collect();
+        for job in jobs {
+            for upstream in &job.after {
+                if !seen.contains_key(upstream.job.as_str()) {
+                    let message = format!("`after`: there is no job `{}` in the file", upstream.job);
+                    self.error_at(upstream.at.0, upstream.at.1, Some(job.name.as_str()), message);
+                }
+            }
+        }
+        // Depth-first, iteratively (a chain may be as long as the file): 0 unseen, 1 on the
+        // path, 2 done.
+        let mut state = vec![0u8; jobs.len()];
+        for root in 0..jobs.len() {
+            if state[root] != 0 {
+                continue;
+            }
+            let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+            state[root] = 1;
+            while let Some((node, next)) = path.last_mut() {
+                let (node, entry) = (*node, *next);
+                let Some(upstream) = jobs[node].after.get(entry) else {
+                    state[node] = 2;
+                    path.pop();
+                    continue;
+                };
+                *next += 1;
+                let Some(&up) = index.get(upstream.job.as_str()) else { continue };
+                match state[up] {
+                    0 => {
+                        state[up] = 1;
+                        path.push((up, 0));
+                    }
+                    1 => {
+                        let from = path.iter().position(|(n, _)| *n == up).unwrap_or(0);
+                        // From the job whose entry closes the cycle, round to it again.
+                        let mut names: Vec<&str> = path[from..].iter().map(|(n, _)| jobs[*n].name.as_str()).collect();
+                        names.rotate_right(1);
+                        names.push(jobs[node].name.as_str());
+                        let message =
+                            format!("`after`: a cycle: {}; a job may not wait for itself", names.join(" waits for "));
+                        self.error_at(upstream.at.0, upstream.at.1, Some(jobs[node].name.as_str()), message);
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// Apply the policy fields present in `entries` over `base`. Returns whether all were valid.

@@ -92,7 +92,14 @@ pub(super) async fn named_job(state: &AppState, caller: &Caller, name: &str) -> 
         .get(name)
         .filter(|job| state.may_read_of(caller, name, job.team.as_deref()))
         .ok_or_else(|| Problem::not_found(format!("no job `{name}` in the job file")))?;
-    Ok(view::read_job(&state.store, job).await?)
+    let mut view = view::read_job(&state.store, job).await?;
+    view.dependents = jobs
+        .dependents(name)
+        .iter()
+        .filter(|job| state.may_read_of(caller, job.name.as_str(), job.team.as_deref()))
+        .map(|job| job.name.to_string())
+        .collect();
+    Ok(view)
 }
 
 pub(super) async fn cluster_view(state: &AppState) -> Result<ClusterView, Problem> {
@@ -176,11 +183,29 @@ pub(super) async fn run_view(state: &AppState, caller: &Caller, id: i64) -> Resu
     let notifications = state.store.run_notifications(id).await?;
     let request = match run.trigger {
         TriggerKind::Manual => state.store.trigger_of_run(id).await?,
-        TriggerKind::Schedule | TriggerKind::Backfill => None,
+        TriggerKind::Schedule | TriggerKind::Backfill | TriggerKind::Upstream => None,
     };
     let jobs = state.jobs.borrow().clone();
     let job = jobs.get(&run.job);
-    Ok(RunView::of(run, notifications, request, job))
+    // Linked by (job, slot) as the job file in force says: a released run's identity is the
+    // slot of the runs that released it.
+    let awaited: Vec<String> = match (run.trigger, job) {
+        (TriggerKind::Upstream, Some(job)) => job.after.iter().map(|up| up.job.to_string()).collect(),
+        _ => Vec::new(),
+    };
+    let waiting: Vec<String> = jobs.dependents(&run.job).iter().map(|job| job.name.to_string()).collect();
+    let linked = |rows: Vec<crate::store::RunRecord>, upstream_only: bool| -> Vec<view::LinkedRun> {
+        rows.into_iter()
+            .filter(|row| !upstream_only || row.trigger == TriggerKind::Upstream)
+            .map(|row| view::LinkedRun { id: row.id, job: row.job, status: row.status })
+            .collect()
+    };
+    let released_by = linked(state.store.slot_runs(&awaited, run.slot).await?, false);
+    let released = linked(state.store.slot_runs(&waiting, run.slot).await?, true);
+    let mut view = RunView::of(run, notifications, request, job);
+    view.released_by = released_by;
+    view.released = released;
+    Ok(view)
 }
 
 /// Record a manual trigger. The same key twice for one job is one trigger (a double click fires
@@ -489,6 +514,9 @@ struct TriggerBody {
     env: std::collections::BTreeMap<String, String>,
     reason: Option<String>,
     concurrency: Option<String>,
+    /// Whether the run releases the runs waiting for its job (`after:`), as a scheduled run does.
+    #[serde(default)]
+    cascade: bool,
 }
 
 impl TriggerBody {
@@ -505,7 +533,7 @@ impl TriggerBody {
             }
         };
         let reason = self.reason.filter(|reason| !reason.trim().is_empty());
-        Ok(TriggerOverrides { env: self.env, reason, concurrency })
+        Ok(TriggerOverrides { env: self.env, reason, concurrency, cascade: self.cascade })
     }
 }
 
@@ -582,6 +610,9 @@ struct BackfillBody {
     to: DateTime<Utc>,
     #[serde(default)]
     dry_run: bool,
+    /// Whether its runs release the runs waiting for its job, link after link (`after:`).
+    #[serde(default)]
+    cascade: bool,
 }
 
 /// What a dry run would run: the slots of the window the ledger does not hold.
@@ -669,7 +700,7 @@ async fn backfill(
     let team = state.jobs.borrow().get(&name).and_then(|job| job.team.clone());
     let detail = format!("{} – {}, {} slots", request.from, request.to, slots.len());
     let audit = caller.audit(Action::Backfill, Some((&name, team.as_deref())), AuditOutcome::Done, detail);
-    let record = state.store.request_backfill(&name, request.from, request.to, &slots, &audit).await?;
+    let record = state.store.request_backfill(&name, request.from, request.to, &slots, &audit, request.cascade).await?;
     Ok((StatusCode::ACCEPTED, Json(BackfillView::of(record))).into_response())
 }
 

@@ -795,7 +795,7 @@ async fn rerun(
         TriggerKind::Manual => {
             state.store.trigger_of_run(id).await?.map(|trigger| trigger.overrides).unwrap_or_default()
         }
-        TriggerKind::Schedule | TriggerKind::Backfill => TriggerOverrides::default(),
+        TriggerKind::Schedule | TriggerKind::Backfill | TriggerKind::Upstream => TriggerOverrides::default(),
     };
     overrides.reason = Some(match overrides.reason {
         Some(reason) => format!("re-run of run {id}: {reason}"),

@@ -56,6 +56,29 @@ pub struct JobView {
     pub last: Option<RunBrief>,
     /// The last outcomes, oldest first (at most `STRIP`).
     pub recent: Vec<RunBrief>,
+    /// The jobs it waits for (`after:`), each with the end of its run that releases it.
+    pub after: Vec<AfterView>,
+    /// How long a released slot waits for the rest of its awaited runs (`within`, or the starting
+    /// deadline); `null` for a job that waits for none.
+    pub within_seconds: Option<u64>,
+    /// The jobs that wait for it (list it under `after:`).
+    pub dependents: Vec<String>,
+}
+
+/// One job a job waits for.
+#[derive(Debug, Clone, Serialize)]
+pub struct AfterView {
+    pub job: String,
+    /// `success`, `failure` or `always`.
+    pub on: &'static str,
+}
+
+/// A run linked to another by `after:`: one that released it, or one it released.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkedRun {
+    pub id: i64,
+    pub job: String,
+    pub status: RunStatus,
 }
 
 /// One run as lists show it.
@@ -133,6 +156,10 @@ pub struct RunView {
     pub notifications: Vec<NotificationRecord>,
     /// The operator's request behind a manual run: who, why, and what it overrode.
     pub request: Option<RequestView>,
+    /// The runs that released it (`after:`): its awaited jobs' runs of its slot.
+    pub released_by: Vec<LinkedRun>,
+    /// The runs it released: the runs of its slot of the jobs waiting for its job.
+    pub released: Vec<LinkedRun>,
 }
 
 /// One line of a run's output and whether the job wrote it to stderr.
@@ -209,6 +236,8 @@ impl RunView {
             output: crate::executor::plain_output(&run.output),
             notifications,
             request,
+            released_by: Vec::new(),
+            released: Vec::new(),
         }
     }
 }
@@ -317,6 +346,9 @@ impl JobView {
             overrides: job.overrides.clone(),
             last,
             recent,
+            after: job.after.iter().map(|up| AfterView { job: up.job.to_string(), on: up.on.as_str() }).collect(),
+            within_seconds: (!job.after.is_empty()).then(|| job.wait_bound().as_secs()),
+            dependents: Vec::new(),
         }
     }
 }

@@ -120,6 +120,17 @@ impl Schedule {
         Ok(schedule)
     }
 
+    /// No fire time at all, in `timezone`: the schedule of a job that runs only after other jobs
+    /// (`after:` without `schedule:`). Its expression is empty.
+    pub fn never(timezone: Tz) -> Schedule {
+        Schedule { expression: String::new(), expressions: Vec::new(), timezone, kinds: Vec::new() }
+    }
+
+    /// Whether it fires at all (`Schedule::never` does not).
+    pub fn fires(&self) -> bool {
+        !self.kinds.is_empty()
+    }
+
     /// How `expression` joins several expressions (no expression contains it).
     pub const SEPARATOR: &str = " | ";
 
@@ -146,6 +157,9 @@ impl Schedule {
     /// minutes during hours 9-17", "At seconds 0 and 45 of every minute" (several joined by
     /// "; "). A period is claimed only where the fire times keep it (see `words`).
     pub fn describe(&self) -> String {
+        if !self.fires() {
+            return "Only after the jobs it waits for".to_owned();
+        }
         let words: Vec<String> = self.kinds.iter().map(Kind::describe).collect();
         words.join("; ")
     }

@@ -8,6 +8,8 @@
 //! - `term`: one term as the loop holds it (`ActiveTerm`, returned by `begin_term`): the fence
 //!   raised, the jobs' cursors read, the term's batchers, heartbeat and reaping; operator controls;
 //! - `plan`: which slots are due and what each job's policies make of them (pure);
+//! - `release`: runs released by the runs of the jobs they wait for (`after:`), found in the
+//!   ledger and decided (claimed like a slot, or recorded with the reason);
 //! - `run`: one run's life from its claim to its outcome (`RunTask`), and the runs going;
 //! - `batch`: the batchers that send a term's claims, starts and outcomes together; live output;
 //! - `dispatch`: which replica a `run_on: any` or `{ tags: [..] }` run goes to, and the term's
@@ -20,6 +22,7 @@ mod clock;
 mod dispatch;
 mod lead_time;
 mod plan;
+mod release;
 mod run;
 mod term;
 #[cfg(test)]
@@ -121,6 +124,10 @@ enum Wake {
     /// The dead-man ping's interval is up (only with `--heartbeat-url`).
     DeadManPing,
     ClockChanged,
+    /// A look at the ledger for runs released by their awaited runs is due.
+    ReleaseDue,
+    /// What that look found.
+    Released(release::Found),
 }
 
 impl Scheduler {
@@ -235,7 +242,7 @@ impl Scheduler {
                 term.controls_pending = !self.apply_controls(&mut term).await;
                 term.due.reset(&term.jobs);
             }
-            let wake = self.next_wake(&term, &mut controls_rx, shutdown).await;
+            let wake = self.next_wake(&mut term, &mut controls_rx, shutdown).await;
             if self.on_wake(wake, &mut term).await.is_break() {
                 return;
             }
@@ -244,7 +251,7 @@ impl Scheduler {
 
     async fn next_wake(
         &mut self,
-        term: &ActiveTerm,
+        term: &mut ActiveTerm,
         controls: &mut mpsc::Receiver<()>,
         shutdown: &CancellationToken,
     ) -> Wake {
@@ -254,6 +261,7 @@ impl Scheduler {
             term.due.wake_at(self.lead_times.claim())
         };
         let clock = &self.clock;
+        let release_at = term.releases.next.filter(|_| term.releases.enabled);
         tokio::select! {
             biased;
             () = shutdown.cancelled() => Wake::Shutdown,
@@ -276,6 +284,8 @@ impl Scheduler {
             }
             () = tokio::time::sleep_until(term.next_heartbeat) => Wake::Heartbeat,
             () = sleep_until_or_never(term.next_dead_man_ping) => Wake::DeadManPing,
+            Some(found) = term.releases.found.recv() => Wake::Released(found),
+            () = sleep_until_or_never(release_at) => Wake::ReleaseDue,
         }
     }
 
@@ -295,6 +305,8 @@ impl Scheduler {
                 // A trigger's run that ended unstarted is started again; a backfill run that
                 // ended (or any run, while backfill slots wait for one to end) lets the next go.
                 let backfill_ended = term.backfills_going.remove(&key).is_some();
+                // Its dependents may be released now (and a released run's slot is the ledger's).
+                term.releases.run_ended(key);
                 if self.run_finished(key, term) || backfill_ended || term.backfill_waiting {
                     term.controls_pending = true;
                 }
@@ -323,6 +335,18 @@ impl Scheduler {
             }
             Wake::Reap => self.reap(term),
             Wake::Due => return self.fire_ready(term),
+            Wake::ReleaseDue => {
+                let jobs = self.jobs.borrow().clone();
+                let active = term.term().clone();
+                term.releases.scan(&self.store, &active, &jobs, self.clock.now());
+            }
+            Wake::Released(found) => {
+                term.releases.scanned();
+                match found {
+                    Ok(found) => self.release(term, &found),
+                    Err(error) => tracing::warn!(%error, "could not read the awaited runs; looking again"),
+                }
+            }
         }
         ControlFlow::Continue(())
     }
@@ -343,6 +367,7 @@ impl Scheduler {
             }
         }
         term.route_notifications(&self.store, &jobs);
+        term.releases.reload(&jobs);
         // Operator pauses apply to the reloaded jobs too.
         term.controls_pending = true;
         tracing::info!(jobs = term.jobs.len(), hash = jobs.hash(), "job file reloaded");
@@ -419,6 +444,74 @@ impl Scheduler {
         self.start_runs(job, plan.run, Trigger::Schedule, task);
     }
 
+    /// Claim the slots the ledger shows released by their awaited runs (`found`), or record
+    /// those that can no longer run, with their reason. Nothing while the operator controls are
+    /// unread (a paused job must not run) or the lease is not valid: the next look finds them
+    /// again, as would the next leader.
+    fn release(&mut self, term: &mut ActiveTerm, found: &[crate::store::AwaitedRun]) {
+        if term.controls_pending || !term.leader.lease.is_valid() || found.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        let going: HashSet<(&str, DateTime<Utc>)> =
+            term.releases.going.values().map(|(job, slot)| (job.as_str(), *slot)).collect();
+        let mut decided = Vec::new();
+        // Per dependent job, the slots to run with when they were released, for `catch_up`.
+        let mut to_run: std::collections::BTreeMap<&str, Vec<release::ReleasedAt>> = Default::default();
+        for ((slot, dependent), runs) in release::by_slot(found) {
+            if going.contains(&(dependent, slot)) {
+                continue;
+            }
+            // A job gone from the file waits for nothing any more.
+            let Some(state) = term.jobs.iter().find(|state| state.job.name.as_str() == dependent) else { continue };
+            let decision = if state.paused {
+                let reason = "not run: the job was paused when its awaited runs ended".to_owned();
+                release::Release::Record { status: crate::model::RunStatus::Skipped, reason }
+            } else {
+                release::decide(&state.job, &runs, now)
+            };
+            if let (release::Release::Run { .. }, Some(at)) = (&decision, release::released_at(&runs)) {
+                to_run.entry(dependent).or_default().push((slot, at));
+            }
+            decided.push((state.job.clone(), state.metrics.clone(), slot, decision));
+        }
+        // Slots released while no leader looked follow the job's `catch_up`.
+        let mut late: HashSet<(String, DateTime<Utc>, &'static str)> = HashSet::new();
+        for (dependent, released) in &to_run {
+            let Some(state) = term.jobs.iter().find(|state| state.job.name.as_str() == *dependent) else { continue };
+            for ((slot, _), why) in released.iter().zip(release::catch_up(&state.job, released, now)) {
+                if let Some(why) = why {
+                    late.insert((dependent.to_string(), *slot, why));
+                }
+            }
+        }
+        for (job, _, slot, decision) in decided.iter_mut() {
+            if let Some((_, _, why)) = late.iter().find(|(name, at, _)| name == job.name.as_str() && at == slot) {
+                *decision =
+                    release::Release::Record { status: crate::model::RunStatus::Missed, reason: (*why).to_owned() };
+            }
+        }
+        for (job, metrics, slot, decision) in decided {
+            let mut task = self.run_task(term, metrics, now);
+            match decision {
+                release::Release::Wait => {}
+                release::Release::Record { status, reason } => {
+                    tracing::info!(job = %job.name, %slot, status = status.as_str(), %reason, "released slot not run");
+                    self.runs
+                        .spawn(async move { task.record(&job, &[slot], status, Trigger::Upstream, &reason).await });
+                }
+                release::Release::Run { upstream_run_ids } => {
+                    tracing::info!(job = %job.name, %slot, upstream = ?upstream_run_ids, "released by its awaited runs");
+                    task.upstream_run_ids = upstream_run_ids;
+                    let name = job.name.to_string();
+                    if let Some(key) = self.start_runs(job, vec![slot], Trigger::Upstream, task) {
+                        term.releases.going.insert(key, (name, slot));
+                    }
+                }
+            }
+        }
+    }
+
     /// Forget a run that ended. True when it was a manual trigger's: if it was stopped before its
     /// claim or its start, the trigger is still pending, and the caller reads the triggers again.
     fn run_finished(&mut self, key: u64, term: &mut ActiveTerm) -> bool {
@@ -447,6 +540,7 @@ impl Scheduler {
             supervision: self.supervision.clone(),
             live_outputs: self.live_outputs.clone(),
             dispatch: term.dispatch.clone(),
+            upstream_run_ids: Vec::new(),
         }
     }
 

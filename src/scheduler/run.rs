@@ -227,6 +227,8 @@ pub(super) struct RunTask {
     pub(super) metrics: JobRunMetrics,
     /// Where runs of `run_on: any` or `{ tags: [..] }` jobs go.
     pub(super) dispatch: Dispatch,
+    /// The runs that released the run (`after:`); empty for any other.
+    pub(super) upstream_run_ids: Vec<i64>,
 }
 
 impl RunTask {
@@ -254,7 +256,14 @@ impl RunTask {
     }
 
     /// Record `slots` as not run: new rows, or this term's claims that never started.
-    async fn record(&self, job: &Job, slots: &[DateTime<Utc>], status: RunStatus, trigger: Trigger, reason: &str) {
+    pub(super) async fn record(
+        &self,
+        job: &Job,
+        slots: &[DateTime<Utc>],
+        status: RunStatus,
+        trigger: Trigger,
+        reason: &str,
+    ) {
         loop {
             let unrun = UnrunSlots {
                 job: job.name.as_ref(),
@@ -424,7 +433,8 @@ impl RunTask {
 
     /// When a run of `slot` is to start: a scheduled slot at the slot plus the job's jitter
     /// offset (the same on every replica, so a new leader keeps it); a manual trigger at its
-    /// request (its slot); a backfill's slot, long past, now. Lateness and the starting deadline
+    /// request (its slot); a backfill's slot, long past, and a run released by its awaited runs,
+    /// now. Lateness and the starting deadline
     /// are measured from it; the slot stays the run's identity.
     fn planned_start(&self, job: &Job, slot: DateTime<Utc>, trigger: Trigger) -> DateTime<Utc> {
         match trigger {
@@ -433,7 +443,7 @@ impl RunTask {
                 slot + chrono::Duration::from_std(offset).unwrap_or_default()
             }
             Trigger::Manual { .. } => slot,
-            Trigger::Backfill { .. } => self.clock.now().max(slot),
+            Trigger::Backfill { .. } | Trigger::Upstream => self.clock.now().max(slot),
         }
     }
 
@@ -506,6 +516,7 @@ impl RunTask {
             node: self.node.clone(),
             attempt,
             lease_id: None,
+            upstream_run_ids: self.upstream_run_ids.clone(),
         };
         let prepared = executor::prepare(job, &context, &self.http);
         let output = OutputTail::default();

@@ -17,6 +17,7 @@ use super::batch::Batchers;
 use super::clock::Clock;
 use super::dispatch::{Dispatch, Dispatcher};
 use super::plan::{self, DueSlots, JobState};
+use super::release::Releases;
 use super::witness::ForgottenSlots;
 use super::{DATABASE_RETRY, Scheduler};
 use crate::clock::StepDetector;
@@ -83,6 +84,8 @@ pub(super) struct ActiveTerm {
     pub(super) dispatch: Dispatch,
     /// Keeps `dispatch` fresh and gives up attempts whose execution lease expired.
     _dispatcher: AbortOnDropHandle<()>,
+    /// The looks at the ledger for runs released by the runs they wait for (`after:`).
+    pub(super) releases: Releases,
     /// The last heartbeat marks when this term ended, however it ends.
     _last_heartbeat: TermHeartbeat,
 }
@@ -209,6 +212,7 @@ impl Scheduler {
             _courier: AbortOnDropHandle::new(tokio::spawn(courier.run())),
             dispatch,
             _dispatcher: AbortOnDropHandle::new(tokio::spawn(dispatcher.run())),
+            releases: Releases::new(&self.jobs.borrow()),
             _last_heartbeat: TermHeartbeat {
                 store: self.store.clone(),
                 term: leader.term.clone(),

@@ -61,7 +61,7 @@ pub(super) const CLEAR_BACKFILL_SLOTS: &str = "DELETE FROM backfill_slots WHERE 
 macro_rules! backfill_progress {
     ($where:literal) => {
         concat!(
-            "SELECT b.id, b.job, b.from_slot, b.to_slot, b.requested_by, b.requested_at, b.slots,
+            "SELECT b.id, b.job, b.from_slot, b.to_slot, b.requested_by, b.requested_at, b.slots, b.cascade,
                     (SELECT count(*) FROM backfill_slots q WHERE q.backfill_id = b.id) AS queued,
                     (SELECT count(*) FROM backfill_slots q JOIN runs r ON r.job = q.job AND r.slot = q.slot
                      WHERE q.backfill_id = b.id AND r.status = 'running' AND r.started_at IS NOT NULL) AS going,
@@ -78,22 +78,69 @@ pub(super) use backfill_progress;
 pub(super) const SLOT_HOLDER: &str =
     "SELECT id, term, node, status, started_at IS NULL AS unstarted FROM runs WHERE job = $1 AND slot = $2";
 
+/// The scan for runs released by their awaited runs (`Ledger::awaited_runs`), given `links`
+/// as the table expression `$links` (dependent, upstream, since) and the term's parameter `$term`: for each
+/// dependent, the slots for which one of its awaited jobs has a run that ended since its link's
+/// instant (a run the claim skipped ends at its claim), of trigger `schedule` or `upstream` or
+/// asked to cascade, while the dependent has no row but an older term's released claim never
+/// started (the claim takes it over); then every run of that slot of each job it waits for,
+/// whatever its state.
+macro_rules! awaited_runs {
+    ($links:literal, $term:literal) => {
+        concat!(
+            "WITH links AS (",
+            $links,
+            "), released AS (
+                 SELECT DISTINCT l.dependent, u.slot
+                 FROM links l JOIN runs u ON u.job = l.upstream AND COALESCE(u.finished_at, u.claimed_at) >= l.since
+                 WHERE u.status <> 'running' AND (u.trigger IN ('schedule', 'upstream') OR u.cascade)
+                   AND NOT EXISTS (
+                       SELECT 1 FROM runs d WHERE d.job = l.dependent AND d.slot = u.slot
+                         AND NOT (d.status = 'running' AND d.started_at IS NULL AND d.trigger = 'upstream'
+                                  AND d.term < ",
+            $term,
+            "))
+             )
+             SELECT r.dependent, r.slot, u.job, u.id, u.status, COALESCE(u.finished_at, u.claimed_at) AS ended_at
+             FROM released r JOIN links l ON l.dependent = r.dependent
+             JOIN runs u ON u.job = l.upstream AND u.slot = r.slot
+             ORDER BY r.slot, r.dependent, u.job"
+        )
+    };
+}
+pub(super) use awaited_runs;
+
+/// One row of `awaited_runs!`.
+pub(super) fn awaited_run(row: &impl LedgerRow) -> Result<super::AwaitedRun, sqlx::Error> {
+    let status =
+        RunStatus::parse(&row.text("status")?).ok_or_else(|| undecodable("status", "unknown run status".to_owned()))?;
+    Ok(super::AwaitedRun {
+        dependent: row.text("dependent")?,
+        slot: row.instant("slot")?,
+        job: row.text("job")?,
+        run_id: row.int("id")?,
+        // A row still going has no end yet.
+        ended_at: (status != RunStatus::Running).then(|| row.instant("ended_at")).transpose()?,
+        status,
+    })
+}
+
 pub(super) const FENCE: &str = "SELECT term, cluster_id, node FROM fence WHERE id = 1";
 
 pub(super) const JOB_CONTROLS: &str = "SELECT job, paused, resumed_at FROM job_controls";
 
 pub(super) const TRIGGER_BY_KEY: &str =
-    "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at, env, reason, concurrency
+    "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at, env, reason, concurrency, cascade
      FROM triggers WHERE job = $1 AND idempotency_key = $2";
 
 pub(super) const TRIGGER_OF_RUN: &str =
-    "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at, env, reason, concurrency
+    "SELECT id, job, idempotency_key, requested_by, requested_at, run_id, handled_at, env, reason, concurrency, cascade
      FROM triggers WHERE run_id = $1 ORDER BY id LIMIT 1";
 
 /// Triggers no claim has handled, and those whose claim never started (a newer term's claim
 /// takes it over), oldest first.
 pub(super) const PENDING_TRIGGERS: &str = "SELECT t.id, t.job, t.idempotency_key, t.requested_by, t.requested_at,
-            t.run_id, t.handled_at, t.env, t.reason, t.concurrency
+            t.run_id, t.handled_at, t.env, t.reason, t.concurrency, t.cascade
      FROM triggers t LEFT JOIN runs r ON r.id = t.run_id
      WHERE t.handled_at IS NULL OR (r.status = 'running' AND r.started_at IS NULL)
      ORDER BY t.requested_at, t.id";
@@ -270,7 +317,7 @@ fn trigger_overrides(row: &impl LedgerRow) -> Result<TriggerOverrides, sqlx::Err
                 .ok_or_else(|| undecodable("concurrency", format!("unknown concurrency {text:?}")))?,
         ),
     };
-    Ok(TriggerOverrides { env, reason: row.optional_text("reason")?, concurrency })
+    Ok(TriggerOverrides { env, reason: row.optional_text("reason")?, concurrency, cascade: row.flag("cascade")? })
 }
 
 /// The JSON text the `env` column holds.
@@ -293,6 +340,7 @@ pub(super) fn backfill_record(row: &impl LedgerRow) -> Result<BackfillRecord, sq
         // Out of the queue: ended (or held by another trigger's run, which has ended too).
         done: slots - queued + ended,
         running: going,
+        cascade: row.flag("cascade")?,
     })
 }
 

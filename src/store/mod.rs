@@ -241,6 +241,9 @@ pub struct TriggerOverrides {
     /// A concurrency policy other than the job's, asked for explicitly; `None`: the job's.
     #[serde(serialize_with = "serialize_concurrency")]
     pub concurrency: Option<Concurrency>,
+    /// Whether the run releases the runs waiting for its job (`after:`), as a scheduled run does;
+    /// a manual run does not unless asked.
+    pub cascade: bool,
 }
 
 fn serialize_concurrency<S: serde::Serializer>(value: &Option<Concurrency>, out: S) -> Result<S::Ok, S::Error> {
@@ -275,6 +278,8 @@ pub struct BackfillRecord {
     pub done: i64,
     /// Slots whose run has started and not ended.
     pub running: i64,
+    /// Whether its runs release the runs waiting for its job, link after link (`after:`).
+    pub cascade: bool,
 }
 
 impl BackfillRecord {
@@ -290,6 +295,31 @@ pub struct BackfillSlot {
     pub backfill: i64,
     pub job: String,
     pub slot: DateTime<Utc>,
+}
+
+/// One job waiting for another, as the leader's scan asks about it (`Ledger::awaited_runs`): runs
+/// of `upstream` that ended at or after `since` may release runs of `dependent`.
+#[derive(Debug, Clone, Copy)]
+pub struct AwaitLink<'a> {
+    pub dependent: &'a str,
+    pub upstream: &'a str,
+    pub since: DateTime<Utc>,
+}
+
+/// A run of an awaited job, for a slot of which the dependent job has no row yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwaitedRun {
+    /// The job that waits.
+    pub dependent: String,
+    /// The slot: the awaited runs' and, once released, the dependent run's.
+    pub slot: DateTime<Utc>,
+    /// The awaited job and its run of the slot.
+    pub job: String,
+    pub run_id: i64,
+    pub status: RunStatus,
+    /// When it ended (its outcome recorded; for a slot skipped at its claim, the claim); `None`
+    /// while it goes.
+    pub ended_at: Option<DateTime<Utc>>,
 }
 
 /// How long each job's finished rows are kept: `default` for every job not in `per_job`.
@@ -611,6 +641,15 @@ pub trait Ledger: Executions + Send + Sync {
     /// Operator pauses and resumes, by job. An entry overrides the job file's `paused`.
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error>;
 
+    /// The runs that may release runs of jobs waiting for others (`after:`), read off the ledger
+    /// alone, so a new leader finds what an older one left: for each link's dependent, the slots
+    /// for which one of its awaited jobs has a run that ended at or after the link's `since` (a
+    /// scheduled or released run, or a manual or backfill run asked to cascade) while the
+    /// dependent has no row (or only an older term's claim of it, never started, which the next
+    /// claim takes over); then every run of that slot of each job it waits for (ended or going),
+    /// ordered by slot.
+    async fn awaited_runs(&self, term: &Term, links: &[AwaitLink<'_>]) -> Result<Vec<AwaitedRun>, sqlx::Error>;
+
     /// Replace a running run's output tail, so every replica can show it live.
     async fn update_output(&self, run_id: i64, output: &str) -> Result<(), sqlx::Error>;
 
@@ -683,6 +722,10 @@ pub trait LedgerReads: Access + Send + Sync {
 
     async fn run(&self, run_id: i64) -> Result<Option<RunRecord>, sqlx::Error>;
 
+    /// The runs of `jobs` of one slot (output left empty), by job name: the runs that released a
+    /// dependent run of that slot, or those it released (`after:`), whose identity is the slot.
+    async fn slot_runs(&self, jobs: &[String], slot: DateTime<Utc>) -> Result<Vec<RunRecord>, sqlx::Error>;
+
     /// The notifications of one run, oldest first, with their delivery state.
     async fn run_notifications(&self, run_id: i64) -> Result<Vec<NotificationRecord>, sqlx::Error>;
 
@@ -744,6 +787,7 @@ pub trait LedgerReads: Access + Send + Sync {
     /// Record a backfill of `job` over `[from, to]`, queueing those of `slots` the ledger does
     /// not hold and no backfill has queued (by `audit.who`, recorded in the same transaction),
     /// and wake the leader's scheduler.
+    /// `cascade`: its runs release the runs waiting for its job, link after link.
     async fn request_backfill(
         &self,
         job: &str,
@@ -751,6 +795,7 @@ pub trait LedgerReads: Access + Send + Sync {
         to: DateTime<Utc>,
         slots: &[DateTime<Utc>],
         audit: &AuditRecord,
+        cascade: bool,
     ) -> Result<BackfillRecord, sqlx::Error>;
 
     /// One backfill with its progress.

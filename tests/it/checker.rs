@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
+use tenure::config::AfterOn;
 use tenure::model::{RunStatus, TriggerKind};
 use tenure::store::RunRecord;
 
@@ -179,6 +180,110 @@ pub fn check(witness: &[Witness], ledger: &[RunRecord], expect: &Expect<'_>) -> 
         slot += Duration::seconds(1);
     }
     report
+}
+
+// Jobs that wait for other jobs (`after:`).
+
+/// One job waiting for another, as the job file says.
+#[derive(Debug, Clone, Copy)]
+pub struct Link<'a> {
+    pub dependent: &'a str,
+    pub upstream: &'a str,
+    pub on: AfterOn,
+}
+
+fn releases(on: AfterOn, status: RunStatus) -> bool {
+    let failed = matches!(status, RunStatus::Failed | RunStatus::TimedOut | RunStatus::Killed);
+    match on {
+        AfterOn::Success => status == RunStatus::Succeeded,
+        AfterOn::Failure => failed,
+        AfterOn::Always => status == RunStatus::Succeeded || failed,
+    }
+}
+
+/// The dependency rule, over every slot in `[from, until]` for which a dependent's awaited jobs
+/// have a row: a dependent runs at most once per slot (no doubled link), only once every run it
+/// awaits of that slot ended as its link asks, and never before they ended; once they have, it has
+/// a row (no dropped link) that ran, or (`faults`: a fault window) was recorded not run; once one
+/// of them ended so that it can no longer release it, the dependent is recorded with a reason,
+/// never left without a row. Each violation in words.
+pub fn check_links(
+    witness: &[Witness],
+    ledger: &[RunRecord],
+    links: &[Link<'_>],
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    faults: bool,
+) -> Vec<String> {
+    let rows: HashMap<(&str, DateTime<Utc>), &RunRecord> =
+        ledger.iter().map(|row| ((row.job.as_str(), row.slot), row)).collect();
+    let mut ran: HashMap<(&str, DateTime<Utc>), Vec<&Witness>> = HashMap::new();
+    for w in witness {
+        ran.entry((w.job.as_str(), w.slot)).or_default().push(w);
+    }
+    let mut dependents: BTreeMap<&str, Vec<&Link<'_>>> = BTreeMap::new();
+    for link in links {
+        dependents.entry(link.dependent).or_default().push(link);
+    }
+    let mut violations = Vec::new();
+    for (dependent, links) in dependents {
+        let slots: std::collections::BTreeSet<DateTime<Utc>> = ledger
+            .iter()
+            .filter(|row| links.iter().any(|link| link.upstream == row.job))
+            .map(|row| row.slot)
+            .filter(|slot| from <= *slot && *slot <= until)
+            .collect();
+        for slot in slots {
+            let awaited: Vec<(&Link<'_>, Option<&&RunRecord>)> =
+                links.iter().map(|link| (*link, rows.get(&(link.upstream, slot)))).collect();
+            let ended = awaited.iter().all(|(_, row)| row.is_some_and(|row| row.status != RunStatus::Running));
+            let released =
+                ended && awaited.iter().all(|(link, row)| row.is_some_and(|row| releases(link.on, row.status)));
+            let runs = ran.get(&(dependent, slot)).map(Vec::as_slice).unwrap_or_default();
+            let row = rows.get(&(dependent, slot));
+            if runs.len() > 1 {
+                violations.push(format!("doubled link: `{dependent}` ran {} times for slot {slot}", runs.len()));
+            }
+            if let Some(first) = runs.iter().map(|w| w.at).min() {
+                if !released {
+                    violations.push(format!(
+                        "`{dependent}` ran for slot {slot} although its awaited runs did not all end as required"
+                    ));
+                }
+                for (link, up) in &awaited {
+                    if let Some(end) = up.and_then(|up| up.finished_at).filter(|end| *end > first) {
+                        violations.push(format!(
+                            "`{dependent}` ran for slot {slot} at {first}, before the run of `{}` ended at {end}",
+                            link.upstream
+                        ));
+                    }
+                }
+            }
+            match row {
+                None if released => violations.push(format!(
+                    "dropped link: `{dependent}` has no row for slot {slot}, though its awaited runs ended as required"
+                )),
+                None if ended => violations.push(format!(
+                    "dropped link: `{dependent}` has no row for slot {slot}, though its awaited runs ended so that \
+                     it can no longer run (it must be recorded skipped or missed)"
+                )),
+                Some(row) if released && runs.is_empty() => {
+                    let excused = faults && matches!(row.status.as_str(), "lost" | "killed" | "skipped" | "missed");
+                    if !excused {
+                        violations.push(format!(
+                            "dropped link: `{dependent}`'s row for slot {slot} is {} and it never ran",
+                            row.status
+                        ));
+                    }
+                }
+                Some(row) if !released && row.error.is_none() && row.status != RunStatus::Running => {
+                    violations.push(format!("`{dependent}`'s row for slot {slot} is {} without a reason", row.status));
+                }
+                _ => {}
+            }
+        }
+    }
+    violations
 }
 
 // Executions across replicas, each with its start and end.
@@ -397,6 +502,70 @@ mod tests {
         let ordinary = [row("j", 0, 4, "succeeded"), row("j", 1, 6, "lost")];
         let report = check(&witness[..2], &ordinary, &Expect { until: at(1), ..expect });
         assert_eq!(report.without_ledger_row, [executed("j", 1, 4)]);
+    }
+
+    /// The dependency rule is only worth something if it fails: a doubled link, a dropped link,
+    /// a dependent run before (or without) its awaited run, and a slot that cannot run left
+    /// without a row are each caught; the clean chain passes.
+    #[test]
+    fn the_dependency_rule_catches_a_doubled_and_a_dropped_link() {
+        let links = [
+            Link { dependent: "b", upstream: "a", on: AfterOn::Success },
+            Link { dependent: "c", upstream: "b", on: AfterOn::Success },
+        ];
+        let ended = |job: &str, second: i64, status: &str, end_ms: i64| RunRecord {
+            finished_at: Some(at(second) + Duration::milliseconds(end_ms)),
+            trigger: if job == "a" { TriggerKind::Schedule } else { TriggerKind::Upstream },
+            ..row(job, second, 5, status)
+        };
+        let ran_at = |job: &str, second: i64, ms: i64| Witness {
+            at: at(second) + Duration::milliseconds(ms),
+            ..executed(job, second, 5)
+        };
+        let ledger = vec![
+            ended("a", 0, "succeeded", 100),
+            ended("b", 0, "succeeded", 300),
+            ended("c", 0, "succeeded", 500),
+            ended("a", 1, "failed", 100),
+            RunRecord {
+                error: Some("not run: awaited run 4 of `a` ended failed".into()),
+                ..ended("b", 1, "skipped", 150)
+            },
+            RunRecord {
+                error: Some("not run: awaited run 5 of `b` was skipped".into()),
+                ..ended("c", 1, "skipped", 200)
+            },
+        ];
+        let witness = vec![ran_at("a", 0, 0), ran_at("b", 0, 200), ran_at("c", 0, 400), ran_at("a", 1, 0)];
+        let clean = check_links(&witness, &ledger, &links, at(0), at(1), false);
+        assert!(clean.is_empty(), "{clean:#?}");
+
+        // b of slot 0 ran twice.
+        let doubled = [&witness[..], &[ran_at("b", 0, 250)]].concat();
+        let found = check_links(&doubled, &ledger, &links, at(0), at(1), false);
+        assert_eq!(found, ["doubled link: `b` ran 2 times for slot 2027-01-15 08:00:00 UTC"], "{found:#?}");
+
+        // c of slot 0 dropped: no row although b succeeded.
+        let dropped: Vec<RunRecord> = ledger.iter().filter(|r| !(r.job == "c" && r.slot == at(0))).cloned().collect();
+        let no_c: Vec<Witness> = witness.iter().filter(|w| w.job != "c").cloned().collect();
+        let found = check_links(&no_c, &dropped, &links, at(0), at(1), true);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(found[0].starts_with("dropped link: `c` has no row for slot"), "{found:#?}");
+
+        // b of slot 1 not recorded although a failed: dropped too, even where faults are allowed.
+        let unrecorded: Vec<RunRecord> =
+            ledger.iter().filter(|r| !(r.job == "b" && r.slot == at(1))).cloned().collect();
+        let found = check_links(&witness, &unrecorded, &links, at(0), at(1), true);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(found[0].contains("can no longer run"), "{found:#?}");
+
+        // b ran before a ended, and for a slot a failed.
+        let early = [&witness[..], &[ran_at("b", 1, 50)]].concat();
+        let mut found = check_links(&early, &ledger, &links, at(0), at(1), false);
+        found.sort();
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found[0].contains("did not all end as required"), "{found:#?}");
+        assert!(found[1].contains("before the run of `a` ended"), "{found:#?}");
     }
 
     #[test]

@@ -39,6 +39,7 @@ fn context() -> RunContext {
         node: "node-a".into(),
         attempt: 2,
         lease_id: None,
+        upstream_run_ids: Vec::new(),
     }
 }
 
@@ -180,6 +181,34 @@ async fn an_http_job_sends_its_identity_and_checks_the_status() {
     assert_eq!(outcome.status, RunStatus::Failed);
     assert_eq!(outcome.http_status, Some(500));
     assert_eq!(outcome.error.as_deref(), Some("unexpected HTTP status 500"));
+}
+
+/// A run released by its awaited runs (`after:`) is told which: `TENURE_UPSTREAM_RUN_IDS` for a
+/// process, `X-Tenure-Upstream-Run-Ids` for a request; a run nothing released gets neither.
+#[tokio::test]
+async fn a_released_run_is_told_the_runs_that_released_it() {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/released",
+        get(|headers: axum::http::HeaderMap| async move {
+            let ids = headers.get("x-tenure-upstream-run-ids").map(|v| v.to_str().unwrap_or("?").to_owned());
+            format!("{ids:?}")
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let released = RunContext { upstream_run_ids: vec![17, 23], ..context() };
+    let (output, stop) = (OutputTail::default(), CancellationToken::new());
+    let client = reqwest::Client::new();
+    let shell = job("    shell: 'echo \"${TENURE_UPSTREAM_RUN_IDS-unset}\"'\n");
+    let outcome = execute(&shell, &released, &output, &client, &supervision(), &stop).await;
+    assert_eq!(outcome.output, "17,23\n");
+    assert_eq!(run(&shell).await.output, "unset\n");
+    let http = job(&format!("    http: {{ url: \"http://{address}/released\" }}\n"));
+    let outcome = execute(&http, &released, &OutputTail::default(), &client, &supervision(), &stop).await;
+    assert_eq!(outcome.output, "Some(\"17,23\")");
+    assert_eq!(run(&http).await.output, "None");
 }
 
 /// A job inherits only a short list of tenure's environment (PATH, HOME, locale...).

@@ -1068,11 +1068,11 @@ async fn a_backfill_queues_each_unheld_slot_once_and_reports_its_progress(store:
     let unheld = reads.unheld_slots("job", &window).await.unwrap();
     assert_eq!(unheld, [slot(0), slot(2), slot(3), slot(4), slot(5)], "the dry run's answer");
     let first =
-        reads.request_backfill("job", slot(0), slot(5), &window, &AuditRecord::by("admin", "backfill")).await.unwrap();
+        reads.request_backfill("job", slot(0), slot(5), &window, &AuditRecord::by("admin", "backfill"), false).await.unwrap();
     assert_eq!((first.slots, first.done, first.running, first.pending()), (5, 0, 0, 5));
     // The same request again queues nothing new: every slot is held or queued.
     let again =
-        reads.request_backfill("job", slot(0), slot(5), &window, &AuditRecord::by("admin", "backfill")).await.unwrap();
+        reads.request_backfill("job", slot(0), slot(5), &window, &AuditRecord::by("admin", "backfill"), false).await.unwrap();
     assert_eq!((again.slots, again.pending()), (0, 0));
     assert!(reads.unheld_slots("job", &window).await.unwrap().is_empty());
 
@@ -1121,6 +1121,7 @@ async fn a_triggers_overrides_are_recorded_with_its_run(store: Store, reads: Rea
         env: [("DRY_RUN".to_owned(), "1".to_owned()), ("REGION".to_owned(), "eu-west".to_owned())].into(),
         reason: Some("re-run after the outage".to_owned()),
         concurrency: Some(tenure::config::Concurrency::Allow),
+        cascade: false,
     };
     let request =
         TriggerRequest { job: "job", idempotency_key: "k", by: "api", requested_at: slot(7), overrides: &overrides };

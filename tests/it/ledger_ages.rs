@@ -281,6 +281,7 @@ const SCHEMA_BEFORE_AGES: &str =
      CREATE INDEX runs_job_status ON runs (job, status);
      CREATE INDEX runs_job_slot_desc ON runs (job, slot DESC, id DESC);
      DROP TABLE api_tokens, web_keys, audit; DROP FUNCTION audit_append_only();
+     DROP INDEX runs_job_ended;
      DELETE FROM _sqlx_migrations WHERE version > 10;";
 
 /// The migration onto an aged ledger of a million rows runs while its leader fires every second:
@@ -293,7 +294,7 @@ const SCHEMA_BEFORE_AGES: &str =
 async fn migrating_an_aged_ledger_onto_partitions_keeps_firing_and_resumes_when_interrupted() {
     // The replica fires on the schema the upgrade starts from (before partitions).
     let options = crate::cluster::Options {
-        env: vec![("TENURE_TEST_MIGRATE_TO".to_owned(), "17".to_owned())],
+        env: vec![("TENURE_TEST_MIGRATE_TO".to_owned(), "19".to_owned())],
         ..crate::cluster::Options::default()
     };
     let cluster = crate::cluster::Cluster::start_with(1, EVERY_SECOND, options).await;
@@ -394,6 +395,7 @@ async fn migrating_an_aged_ledger_onto_partitions_keeps_firing_and_resumes_when_
             "runs_cancels_pending",
             "runs_executing",
             "runs_id_slot",
+            "runs_job_ended",
             "runs_job_slot_key",
             "runs_job_status_slot",
             "runs_running",

@@ -30,6 +30,9 @@ mod dashboard;
 mod db_failover;
 /// The dead-man ping: only the leader pings an outside monitor, and stops with the last leader.
 mod deadman;
+/// Jobs that wait for other jobs (`after:`): the ledger's scan, chains across leader faults,
+/// failure branches, fan-in, cascades.
+mod dependencies;
 /// `tenure dev`: one command, SQLite, the dashboard.
 mod dev;
 /// Daylight saving: `next` against the oracle around every transition, and the firing path.

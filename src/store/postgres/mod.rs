@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, SlotHolder};
 use super::outbox;
 use super::{
-    BackfillSlot, CONTROL_CHANNEL, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor,
-    Ledger, LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots,
-    clean_text,
+    AwaitLink, AwaitedRun, BackfillSlot, CONTROL_CHANNEL, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError,
+    JobControl, JobCursor, Ledger, LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning,
+    TriggerRecord, UnrunSlots, clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
@@ -32,20 +32,25 @@ use crate::model::RunOutcome;
 /// SHARE`) is not claimed: refused as a delay, retried once the range is open again. `forbid`
 /// counts runs started, and this term's own claims (they will start); an older term's claim that
 /// never started will not, and is being taken over. A slot skipped says which run was still
-/// going.
+/// going. A manual or backfill run's row copies its request's `cascade`.
 const CLAIM_BATCH: &str = "WITH current_fence AS (
                  SELECT term, sealed_from, sealed_to FROM fence WHERE id = 1 AND term <= $1 FOR SHARE
              ), wanted AS (
                  SELECT DISTINCT ON (job, slot) *
                  FROM unnest($3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bool[], $8::timestamptz[],
-                             $10::timestamptz[], $11::bool[])
-                     AS w(job, slot, trigger, config_hash, skip, claimed_at, planned_at, own_waits)
+                             $10::timestamptz[], $11::bool[], $12::bigint[])
+                     AS w(job, slot, trigger, config_hash, skip, claimed_at, planned_at, own_waits, request)
              ), claimed AS (
-                 INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at, error)
+                 INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at, error,
+                                   cascade)
                  SELECT w.job, w.slot, w.trigger, $1, $2, w.config_hash,
                         CASE WHEN going.id IS NOT NULL THEN 'skipped' ELSE 'running' END,
                         w.claimed_at, w.planned_at,
-                        'forbid: run ' || going.id || ' of this job was still going'
+                        'forbid: run ' || going.id || ' of this job was still going',
+                        COALESCE(CASE w.trigger
+                            WHEN 'manual' THEN (SELECT t.cascade FROM triggers t WHERE t.id = w.request)
+                            WHEN 'backfill' THEN (SELECT b.cascade FROM backfills b WHERE b.id = w.request)
+                        END, false)
                  FROM current_fence, wanted w
                  LEFT JOIN LATERAL (
                      SELECT r.id FROM runs r WHERE w.skip AND r.job = w.job AND r.status = 'running'
@@ -58,7 +63,7 @@ const CLAIM_BATCH: &str = "WITH current_fence AS (
                  ON CONFLICT (job, slot) DO UPDATE
                      SET term = EXCLUDED.term, node = EXCLUDED.node, config_hash = EXCLUDED.config_hash,
                          status = EXCLUDED.status, claimed_at = EXCLUDED.claimed_at,
-                         planned_at = EXCLUDED.planned_at, error = EXCLUDED.error
+                         planned_at = EXCLUDED.planned_at, error = EXCLUDED.error, cascade = EXCLUDED.cascade
                      WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term < EXCLUDED.term
                  RETURNING job, slot, id, status, trigger
              ), cursors AS (
@@ -107,6 +112,9 @@ impl Postgres {
         let claimed_at: Vec<DateTime<Utc>> = claims.iter().map(|c| c.claimed_at).collect();
         let requests: Vec<Option<i64>> = claims.iter().map(|c| c.trigger.request()).collect();
         let planned_at: Vec<DateTime<Utc>> = claims.iter().map(|c| c.planned_at).collect();
+        // A manual or backfill run cascades (releases the runs waiting for its job) when its
+        // request asked: the claim copies the request's word onto the row.
+        let request_ids: Vec<Option<i64>> = claims.iter().map(|c| c.trigger.request_id()).collect();
         let query = || {
             sqlx::query(CLAIM_BATCH)
                 .bind(term.revision())
@@ -120,6 +128,7 @@ impl Postgres {
                 .bind(&requests)
                 .bind(&planned_at)
                 .bind(&own_waits)
+                .bind(&request_ids)
         };
         let rows = match self.claim_statement(query()).await {
             Err(error) if partitions::missing_partition(&error) => {
@@ -640,6 +649,26 @@ impl Ledger for Postgres {
 
     async fn clear_backfill_slots(&self) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query(common::CLEAR_BACKFILL_SLOTS).execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn awaited_runs(&self, term: &Term, links: &[AwaitLink<'_>]) -> Result<Vec<AwaitedRun>, sqlx::Error> {
+        if links.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dependents: Vec<&str> = links.iter().map(|l| l.dependent).collect();
+        let upstreams: Vec<&str> = links.iter().map(|l| l.upstream).collect();
+        let since: Vec<DateTime<Utc>> = links.iter().map(|l| l.since).collect();
+        let rows = sqlx::query(common::awaited_runs!(
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS l(dependent, upstream, since)",
+            "$4"
+        ))
+        .bind(&dependents)
+        .bind(&upstreams)
+        .bind(&since)
+        .bind(term.revision())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(common::awaited_run).collect()
     }
 
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {

@@ -29,6 +29,22 @@ impl LedgerReads for Postgres {
         row.map(|row| common::run_record(&row)).transpose()
     }
 
+    async fn slot_runs(&self, jobs: &[String], slot: DateTime<Utc>) -> Result<Vec<RunRecord>, sqlx::Error> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            common::run_columns!(brief),
+            " FROM runs WHERE job = ANY($1) AND slot = $2 ORDER BY job"
+        ))
+        .bind(jobs)
+        .bind(slot)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(common::run_record).collect()
+    }
+
     async fn run_notifications(&self, run_id: i64) -> Result<Vec<NotificationRecord>, sqlx::Error> {
         let rows = sqlx::query(outbox::RUN_NOTIFICATIONS).bind(run_id).fetch_all(&self.pool).await?;
         rows.iter().map(outbox::notification_record).collect()
@@ -149,8 +165,8 @@ impl LedgerReads for Postgres {
         let TriggerRequest { job, idempotency_key, by, requested_at, overrides } = *request;
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at, env, reason, concurrency)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job, idempotency_key) DO NOTHING",
+            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at, env, reason, concurrency, cascade)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (job, idempotency_key) DO NOTHING",
         )
         .bind(job)
         .bind(idempotency_key)
@@ -159,6 +175,7 @@ impl LedgerReads for Postgres {
         .bind(common::env_json(&overrides.env))
         .bind(overrides.reason.as_deref().map(clean_text))
         .bind(overrides.concurrency.map(Concurrency::as_str))
+        .bind(overrides.cascade)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -225,16 +242,18 @@ impl LedgerReads for Postgres {
         to: DateTime<Utc>,
         slots: &[DateTime<Utc>],
         audit: &AuditRecord,
+        cascade: bool,
     ) -> Result<BackfillRecord, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO backfills (job, from_slot, to_slot, requested_by, slots) VALUES ($1, $2, $3, $4, 0)
+            "INSERT INTO backfills (job, from_slot, to_slot, requested_by, slots, cascade) VALUES ($1, $2, $3, $4, 0, $5)
              RETURNING id",
         )
         .bind(job)
         .bind(from)
         .bind(to)
         .bind(&audit.who)
+        .bind(cascade)
         .fetch_one(&mut *tx)
         .await?;
         // The slots the ledger holds, or another backfill queued, stay theirs: nothing twice.

@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::common::{self, LedgerRow, SlotHolder, micros};
 use super::outbox;
 use super::{
-    BackfillSlot, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl, JobCursor, Ledger,
-    LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning, TriggerRecord, UnrunSlots,
-    clean_text,
+    AwaitLink, AwaitedRun, BackfillSlot, Claim, ClaimError, Claimed, DatabaseClock, Fence, FenceError, JobControl,
+    JobCursor, Ledger, LedgerHistory, LiveNode, PendingCancel, Replication, Retention, SkipIfRunning, TriggerRecord,
+    UnrunSlots, clean_text,
 };
 use super::{Delivery, NotifyRoute, OutboxEvent};
 use crate::leadership::Term;
@@ -152,11 +152,16 @@ impl Ledger for Sqlite {
         // As on PostgreSQL: `forbid` counts runs started and this term's own claims; an older
         // term's claim that never started is taken over; a slot skipped says which run was going.
         let inserted = sqlx::query(
-            "INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at, error)
+            "INSERT INTO runs (job, slot, trigger, term, node, config_hash, status, claimed_at, planned_at, error,
+                               cascade)
              SELECT ?1, ?2, ?7, ?3, ?4, ?5,
                     CASE WHEN going.id IS NOT NULL THEN 'skipped' ELSE 'running' END,
                     ?8, ?9,
-                    'forbid: run ' || going.id || ' of this job was still going'
+                    'forbid: run ' || going.id || ' of this job was still going',
+                    COALESCE(CASE ?7
+                        WHEN 'manual' THEN (SELECT cascade FROM triggers WHERE id = ?11)
+                        WHEN 'backfill' THEN (SELECT cascade FROM backfills WHERE id = ?11)
+                    END, 0)
              FROM fence, (
                  SELECT min(id) AS id FROM runs WHERE ?6 AND job = ?1 AND status = 'running'
                    AND (started_at IS NOT NULL OR term = ?3)
@@ -166,7 +171,7 @@ impl Ledger for Sqlite {
              ON CONFLICT (job, slot) DO UPDATE
                  SET term = excluded.term, node = excluded.node, config_hash = excluded.config_hash,
                      status = excluded.status, claimed_at = excluded.claimed_at, planned_at = excluded.planned_at,
-                     error = excluded.error
+                     error = excluded.error, cascade = excluded.cascade
                  WHERE runs.status = 'running' AND runs.started_at IS NULL AND runs.term < excluded.term
              RETURNING id, status",
         )
@@ -181,6 +186,8 @@ impl Ledger for Sqlite {
         .bind(micros(claim.planned_at))
         // `ExceptOwn`: the leader's own runs of this term (it waits for them) do not count.
         .bind(claim.skip_if_running == SkipIfRunning::ExceptOwn)
+        // A manual or backfill run cascades when its request asked: copied onto the row.
+        .bind(claim.trigger.request_id())
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(request) = claim.trigger.request() {
@@ -452,6 +459,23 @@ impl Ledger for Sqlite {
 
     async fn clear_backfill_slots(&self) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query(common::CLEAR_BACKFILL_SLOTS).execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn awaited_runs(&self, term: &Term, links: &[AwaitLink<'_>]) -> Result<Vec<AwaitedRun>, sqlx::Error> {
+        if links.is_empty() {
+            return Ok(Vec::new());
+        }
+        let links: Vec<(&str, &str, i64)> = links.iter().map(|l| (l.dependent, l.upstream, micros(l.since))).collect();
+        let links = serde_json::to_string(&links).expect("links are JSON");
+        let rows = sqlx::query(common::awaited_runs!(
+            "SELECT value ->> 0 AS dependent, value ->> 1 AS upstream, value ->> 2 AS since FROM json_each($1)",
+            "$2"
+        ))
+        .bind(links)
+        .bind(term.revision())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(common::awaited_run).collect()
     }
 
     async fn job_controls(&self) -> Result<HashMap<String, JobControl>, sqlx::Error> {

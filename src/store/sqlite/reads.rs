@@ -29,6 +29,23 @@ impl LedgerReads for Sqlite {
         row.map(|row| common::run_record(&row)).transpose()
     }
 
+    async fn slot_runs(&self, jobs: &[String], slot: DateTime<Utc>) -> Result<Vec<RunRecord>, sqlx::Error> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names = serde_json::to_string(jobs).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            common::run_columns!(brief),
+            " FROM runs WHERE job IN (SELECT value FROM json_each($1)) AND slot = $2 ORDER BY job"
+        ))
+        .bind(names)
+        .bind(micros(slot))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(common::run_record).collect()
+    }
+
     async fn run_notifications(&self, run_id: i64) -> Result<Vec<NotificationRecord>, sqlx::Error> {
         let rows = sqlx::query(outbox::RUN_NOTIFICATIONS).bind(run_id).fetch_all(&self.pool).await?;
         rows.iter().map(outbox::notification_record).collect()
@@ -138,8 +155,8 @@ impl LedgerReads for Sqlite {
         let TriggerRequest { job, idempotency_key, by, requested_at, overrides } = *request;
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at, env, reason, concurrency)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (job, idempotency_key) DO NOTHING",
+            "INSERT INTO triggers (job, idempotency_key, requested_by, requested_at, env, reason, concurrency, cascade)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (job, idempotency_key) DO NOTHING",
         )
         .bind(job)
         .bind(idempotency_key)
@@ -148,6 +165,7 @@ impl LedgerReads for Sqlite {
         .bind(common::env_json(&overrides.env))
         .bind(overrides.reason.as_deref().map(clean_text))
         .bind(overrides.concurrency.map(Concurrency::as_str))
+        .bind(overrides.cascade)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -216,17 +234,19 @@ impl LedgerReads for Sqlite {
         to: DateTime<Utc>,
         slots: &[DateTime<Utc>],
         audit: &AuditRecord,
+        cascade: bool,
     ) -> Result<BackfillRecord, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO backfills (job, from_slot, to_slot, requested_by, requested_at, slots)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0) RETURNING id",
+            "INSERT INTO backfills (job, from_slot, to_slot, requested_by, requested_at, slots, cascade)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6) RETURNING id",
         )
         .bind(job)
         .bind(micros(from))
         .bind(micros(to))
         .bind(&audit.who)
         .bind(micros(Utc::now()))
+        .bind(cascade)
         .fetch_one(&mut *tx)
         .await?;
         let mut queued = 0;

@@ -2,7 +2,7 @@
 -- dropping (or rewriting) whole partitions instead of leaving deleted rows' space in the table.
 --
 -- The table as it stands is renamed `runs_legacy` and attached as the first partition, covering
--- every slot before its cut-over (0019, proven by the constraint 0020 validated): no row is
+-- every slot before its cut-over (0021, proven by the constraint 0022 validated): no row is
 -- copied and nothing is read under the lock, which is held for a few catalog changes and asked
 -- for 100 ms at a time (a long reader ahead of it must not queue the claims behind it).
 --
@@ -39,7 +39,7 @@ BEGIN
     DROP TRIGGER runs_notify_update ON runs;
     DROP TRIGGER runs_notify_began ON runs;
     ALTER TABLE runs RENAME TO runs_legacy;
-    -- (id) alone is no key of the partitioned ledger; (id, slot), built by 0018, replaces it.
+    -- (id) alone is no key of the partitioned ledger; (id, slot), built by 0020, replaces it.
     ALTER TABLE runs_legacy DROP CONSTRAINT runs_pkey;
     ALTER INDEX runs_job_slot_key RENAME TO runs_legacy_job_slot_key;
     ALTER INDEX runs_job_status_slot RENAME TO runs_legacy_job_status_slot;
@@ -47,6 +47,7 @@ BEGIN
     ALTER INDEX runs_unstarted RENAME TO runs_legacy_unstarted;
     ALTER INDEX runs_executing RENAME TO runs_legacy_executing;
     ALTER INDEX runs_cancels_pending RENAME TO runs_legacy_cancels_pending;
+    ALTER INDEX runs_job_ended RENAME TO runs_legacy_job_ended;
 
     CREATE TABLE runs (LIKE runs_legacy INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)
         PARTITION BY RANGE (slot);
@@ -59,6 +60,7 @@ BEGIN
     CREATE INDEX runs_executing ON runs (executor) WHERE status = 'running' AND executor IS NOT NULL;
     CREATE INDEX runs_cancels_pending ON runs (id)
         WHERE status = 'running' AND cancel_reason IS NOT NULL AND NOT cancel_requested;
+    CREATE INDEX runs_job_ended ON runs (job, (COALESCE(finished_at, claimed_at)));
     ALTER SEQUENCE runs_id_seq OWNED BY runs.id;
     -- `status` takes one of eight values, whatever a partition's statistics saw: a day on which
     -- every run succeeded must not make a generic plan take a filter on it for free (and page a
