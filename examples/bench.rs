@@ -1426,7 +1426,9 @@ async fn fleet() -> anyhow::Result<()> {
     header("5b. Overview of a fleet: 10,000 jobs, 30 runs each (300,000 rows), a fresh rendering per page");
     let pg = harness::Postgres::start_durable().await;
     let (url, pool) = database(&pg, "fleet").await?;
-    tenure::store::Postgres::new(pool.clone()).ensure_partitions(Utc::now() - chrono::Duration::hours(31), Utc::now()).await?;
+    tenure::store::Postgres::new(pool.clone())
+        .ensure_partitions(Utc::now() - chrono::Duration::hours(31), Utc::now())
+        .await?;
     let (_store, term) = leading_store(&pool).await?;
     let mut bulk = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
     sqlx::query(
@@ -1671,10 +1673,12 @@ async fn generate_history(bulk: &mut sqlx::PgConnection, newest: DateTime<Utc>, 
 
 /// `runs` with its indexes: every partition's, once it is partitioned.
 async fn runs_size(pool: &PgPool) -> anyhow::Result<f64> {
-    let bytes: i64 =
-        sqlx::query_scalar("SELECT sum(pg_total_relation_size(relid))::bigint FROM pg_partition_tree('runs')")
-            .fetch_one(pool)
-            .await?;
+    let bytes: i64 = sqlx::query_scalar(
+        "SELECT COALESCE((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('runs') WHERE isleaf),
+                             pg_total_relation_size('runs'))::bigint",
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(bytes as f64 / 1_048_576.0)
 }
 

@@ -16,12 +16,15 @@ fn main() -> anyhow::Result<()> {
         // Every seconds field a different spelling of "every second": 500 distinct schedules.
         ("500 per-second, all distinct", file(500, |i| format!("{}-59,0-{} * * * * *", i % 60, i % 60))),
         ("500 per-minute, all distinct", file(500, |i| format!("* {}-23,0-{} * * *", i % 24, i % 24))),
-        ("10,000 mixed, 1,000 distinct", file(10_000, |i| match i % 4 {
-            0 => format!("{} * * * *", i % 60),
-            1 => format!("*/{} * * * *", 1 + i % 30),
-            2 => format!("{} {} * * *", i % 60, (i / 60) % 24),
-            _ => format!("{} */{} * * * *", i % 60, 1 + i % 10),
-        })),
+        (
+            "10,000 mixed, 1,000 distinct",
+            file(10_000, |i| match i % 4 {
+                0 => format!("{} * * * *", i % 60),
+                1 => format!("*/{} * * * *", 1 + i % 30),
+                2 => format!("{} {} * * *", i % 60, (i / 60) % 24),
+                _ => format!("{} */{} * * * *", i % 60, 1 + i % 10),
+            }),
+        ),
     ];
     println!("{:<32} {:>7} {:>12} {:>8} {:>10}", "job file", "jobs", "slots", "capped", "time (ms)");
     for (name, yaml) in files {

@@ -26,7 +26,8 @@ pub(super) const HTTP_KEYS: &[&str] = &["url", "method", "headers", "body", "exp
 /// The fields of a job, in the order the unknown-field error lists them.
 pub(super) static JOB_KEYS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     let targets = TargetKind::NAMES.iter().map(|(name, _)| *name);
-    let own = ["env", "inherit_env", "overrides", "workdir", "user", "group", "paused", "run_on", "team", "after", "within"];
+    let own =
+        ["env", "inherit_env", "overrides", "workdir", "user", "group", "paused", "run_on", "team", "after", "within"];
     ["name", "schedule"].into_iter().chain(targets).chain(own).chain(POLICY_KEYS.iter().copied()).collect()
 });
 const MAX_RETRIES: i128 = 100;

@@ -14,8 +14,8 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 
 use super::{
-    BackfillRecord, BackfillSlot, ClaimError, Claimed, Fence, JobControl, JobState, PendingCancel, RunRecord, TermRecord,
-    TriggerOverrides, TriggerRecord,
+    BackfillRecord, BackfillSlot, ClaimError, Claimed, Fence, JobControl, JobState, PendingCancel, RunRecord,
+    TermRecord, TriggerOverrides, TriggerRecord,
 };
 use crate::config::Concurrency;
 use crate::leadership::Term;

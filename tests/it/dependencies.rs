@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use tenure::config::AfterOn;
 use tenure::leadership::Term;
 use tenure::model::{RunOutcome, RunStatus, Trigger, TriggerKind};
-use tenure::store::{AuditRecord, AwaitLink, Claim, Reads, RunRecord, SkipIfRunning, Store, TriggerOverrides, TriggerRequest};
+use tenure::store::{
+    AuditRecord, AwaitLink, Claim, Reads, RunRecord, SkipIfRunning, Store, TriggerOverrides, TriggerRequest,
+};
 
 use crate::checker::{Expect, Link, check, check_links};
 use crate::cluster::{ADMIN_TOKEN, Cluster, Options, TTL};
@@ -150,8 +152,14 @@ async fn awaited_runs_are_found(store: Store, reads: Reads) {
     assert_eq!(slots, [slot(11)], "only the manual run asked to cascade releases");
     // A backfill's runs likewise, per request.
     let window = [slot(20), slot(21)];
-    let plain = reads.request_backfill("a", slot(20), slot(20), &window[..1], &AuditRecord::by("admin", "backfill"), false).await.unwrap();
-    let cascading = reads.request_backfill("a", slot(21), slot(21), &window[1..], &AuditRecord::by("admin", "backfill"), true).await.unwrap();
+    let plain = reads
+        .request_backfill("a", slot(20), slot(20), &window[..1], &AuditRecord::by("admin", "backfill"), false)
+        .await
+        .unwrap();
+    let cascading = reads
+        .request_backfill("a", slot(21), slot(21), &window[1..], &AuditRecord::by("admin", "backfill"), true)
+        .await
+        .unwrap();
     assert!(cascading.cascade && !plain.cascade);
     run(&store, &new, "a", slot(20), Trigger::Backfill { request: plain.id }, RunStatus::Succeeded, slot(22)).await;
     run(&store, &new, "a", slot(21), Trigger::Backfill { request: cascading.id }, RunStatus::Succeeded, slot(22)).await;

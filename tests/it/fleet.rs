@@ -323,7 +323,7 @@ async fn the_overview_fits_a_fleet_at_every_width_and_every_page_passes_axe_and_
            .map((a) => a.getAttribute('href') + (a.getAttribute('aria-current') ? ' (here)' : ''));",
     )
     .await;
-    assert_eq!(current, json!(["/", "/timeline", "/terms"]), "the not-found page's nav: {current}");
+    assert_eq!(current, json!(["/", "/timeline", "/terms", "/audit"]), "the not-found page's nav: {current}");
     browser.goto(&format!("{base}/timeline")).await.unwrap();
     let here = js(
         &chromium,

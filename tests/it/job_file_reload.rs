@@ -22,9 +22,13 @@ const MAX_LOGGED: usize = 16 * 1024;
 /// Before: parsing ran on the async runtime's threads and logged every error, so a file of
 /// 100,000 invalid jobs wrote one 48.9 MB log entry and a per-second slot could be recorded
 /// `missed` while a large file was parsed.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_job_files_never_delay_a_slot_and_the_last_good_file_keeps_running() {
-    // The job calls this server: no process to start at each slot.
+    // Built before the window opens: building them (hundreds of thousands of jobs) and writing them
+    // is the test's own blocking work, which must not hold up the server the job calls.
+    let files = hostile_files(tenure::config::MAX_FILE_BYTES);
+    // The job calls this server, on a runtime with a second thread for it: no process to start
+    // at each slot.
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -49,7 +53,7 @@ async fn hostile_job_files_never_delay_a_slot_and_the_last_good_file_keeps_runni
     let from = next_second(Utc::now());
     let staged = dir.path().join("staged.yaml");
     let mut logged = Vec::new();
-    for (name, bytes) in hostile_files(tenure::config::MAX_FILE_BYTES) {
+    for (name, bytes) in files {
         let log_before = dev.log();
         let rejections = log_before.matches(REJECTED).count();
         // Replaced whole, as a deployment does: the replica never reads a half-written file.

@@ -1067,12 +1067,16 @@ async fn a_backfill_queues_each_unheld_slot_once_and_reports_its_progress(store:
     let window: Vec<DateTime<Utc>> = (0..6).map(slot).collect();
     let unheld = reads.unheld_slots("job", &window).await.unwrap();
     assert_eq!(unheld, [slot(0), slot(2), slot(3), slot(4), slot(5)], "the dry run's answer");
-    let first =
-        reads.request_backfill("job", slot(0), slot(5), &window, &AuditRecord::by("admin", "backfill"), false).await.unwrap();
+    let first = reads
+        .request_backfill("job", slot(0), slot(5), &window, &AuditRecord::by("admin", "backfill"), false)
+        .await
+        .unwrap();
     assert_eq!((first.slots, first.done, first.running, first.pending()), (5, 0, 0, 5));
     // The same request again queues nothing new: every slot is held or queued.
-    let again =
-        reads.request_backfill("job", slot(0), slot(5), &window, &AuditRecord::by("admin", "backfill"), false).await.unwrap();
+    let again = reads
+        .request_backfill("job", slot(0), slot(5), &window, &AuditRecord::by("admin", "backfill"), false)
+        .await
+        .unwrap();
     assert_eq!((again.slots, again.pending()), (0, 0));
     assert!(reads.unheld_slots("job", &window).await.unwrap().is_empty());
 
