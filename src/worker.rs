@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Job, JobSet};
 use crate::executor::{self, OutputTail, RunContext};
 use crate::leadership::{BootInstant, LeaseDeadline};
-use crate::model::{RunOutcome, RunStatus};
+use crate::model::{RunOutcome, RunStatus, TriggerKind};
 use crate::store::{AssignedRun, ExecutionKey, Renewal, ReplicaOffer, Store};
 use crate::supervisor::Supervision;
 use crate::telemetry::JobRunMetrics;
@@ -282,6 +282,7 @@ impl Execution {
             lost.clone(),
         ));
         let _stop_renewing = AbortOnDrop(renewer);
+        let upstream_run_ids = self.upstream_run_ids().await;
         loop {
             let (key, output) = {
                 let current = self.current.lock().await;
@@ -301,7 +302,7 @@ impl Execution {
                 node: key.executor.clone(),
                 attempt: key.attempt,
                 lease_id: Some(key.lease_id()),
-                upstream_run_ids: Vec::new(),
+                upstream_run_ids: upstream_run_ids.clone(),
             };
             tracing::info!(job = %self.run.job, run_id = key.run_id, attempt = key.attempt, "executing an assigned run");
             let prepared = executor::prepare(&self.job, &context, &self.http);
@@ -369,6 +370,27 @@ impl Execution {
     /// and the reason the ledger gave, which the leader asked for; anything
     /// else records nothing: the attempt may already be another replica's. `began`: when the
     /// attempt began, if it did.
+    /// The runs that released this one (`after:`), as the leader tells a run it executes
+    /// itself: the ended runs of its slot of the jobs it waits for, in the job file's order.
+    /// None for a run nothing released; none either, with a warning, if the ledger does not
+    /// answer (the run goes on: the ids are information, not a condition).
+    async fn upstream_run_ids(&self) -> Vec<i64> {
+        if self.run.trigger != TriggerKind::Upstream || self.job.after.is_empty() {
+            return Vec::new();
+        }
+        let awaited: Vec<String> = self.job.after.iter().map(|up| up.job.to_string()).collect();
+        match self.store.ended_slot_runs(&awaited, self.run.slot).await {
+            Ok(ended) => {
+                awaited.iter().filter_map(|job| ended.iter().find(|(name, _)| name == job).map(|(_, id)| *id)).collect()
+            }
+            Err(error) => {
+                tracing::warn!(job = %self.run.job, run_id = self.run.key.run_id, error = %error,
+                    "the runs that released this run could not be read; it runs without TENURE_UPSTREAM_RUN_IDS");
+                Vec::new()
+            }
+        }
+    }
+
     async fn lease_lost(&self, key: &ExecutionKey, lost: &LostLease, began: Option<chrono::DateTime<chrono::Utc>>) {
         match lost.reason() {
             Some(LeaseLoss::CancelRequested(reason)) => {

@@ -241,7 +241,7 @@ pub(super) fn status(row: &impl LedgerRow, column: &str) -> Result<RunStatus, sq
     RunStatus::parse(&text).ok_or_else(|| undecodable(column, format!("unknown run status {text:?}")))
 }
 
-fn trigger_kind(row: &impl LedgerRow, column: &str) -> Result<TriggerKind, sqlx::Error> {
+pub(super) fn trigger_kind(row: &impl LedgerRow, column: &str) -> Result<TriggerKind, sqlx::Error> {
     let text = row.text(column)?;
     TriggerKind::parse(&text).ok_or_else(|| undecodable(column, format!("unknown trigger {text:?}")))
 }

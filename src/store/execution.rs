@@ -75,6 +75,8 @@ pub struct AssignedRun {
     pub planned_at: DateTime<Utc>,
     /// The term that claimed it (`TENURE_TERM`).
     pub term: i64,
+    /// Why its slot was claimed: `Upstream` for a run its awaited runs released (`after:`).
+    pub trigger: crate::model::TriggerKind,
 }
 
 /// The answer to a renewal.
@@ -134,6 +136,10 @@ pub trait Executions: Send + Sync {
 
     /// The attempts assigned to `node` and not accepted yet (nor cancelled), oldest first.
     async fn assigned_to(&self, node: &str) -> Result<Vec<AssignedRun>, sqlx::Error>;
+
+    /// The ended runs of `jobs` of one slot, as (job, run id): the runs that released a run of
+    /// that slot waiting for them (`after:`), told to it where it executes.
+    async fn ended_slot_runs(&self, jobs: &[String], slot: DateTime<Utc>) -> Result<Vec<(String, i64)>, sqlx::Error>;
 
     /// Accept an assigned attempt: only if it is still assigned to this executor under this
     /// attempt, not cancelled, and the executor has fewer than `max_runs` accepted runs going.
@@ -231,7 +237,7 @@ pub(super) fn give_up_reason(expired: &ExpiredExecution) -> String {
     }
 }
 
-/// A row of `id, attempt, executor, job, slot, term`.
+/// A row of `id, attempt, executor, job, slot, planned_at, term, trigger`.
 pub(super) fn assigned_run(row: &impl LedgerRow) -> Result<AssignedRun, sqlx::Error> {
     Ok(AssignedRun {
         key: ExecutionKey {
@@ -243,6 +249,7 @@ pub(super) fn assigned_run(row: &impl LedgerRow) -> Result<AssignedRun, sqlx::Er
         slot: row.instant("slot")?,
         planned_at: row.instant("planned_at")?,
         term: row.int("term")?,
+        trigger: super::common::trigger_kind(row, "trigger")?,
     })
 }
 

@@ -623,3 +623,36 @@ async fn tenure_dev_runs_a_chain_each_link_once_per_slot() {
     let report = check(&witness, &rows, &Expect { jobs: &["a"], from, until, missed_allowed: false });
     assert!(report.is_clean(), "{report:#?}");
 }
+
+/// A released run handed to another replica (`run_on`) is told which runs released it, as one
+/// the leader executes is: `TENURE_UPSTREAM_RUN_IDS`, the awaited runs of its slot.
+#[tokio::test]
+async fn a_released_run_executing_on_another_replica_is_told_the_runs_that_released_it() {
+    let jobs = r#"
+jobs:
+  - name: up
+    schedule: "*/2 * * * * *"
+    shell: WITNESS
+  - name: down
+    after: [up]
+    run_on: { tags: [far] }
+    shell: WITNESS; echo "released by ${TENURE_UPSTREAM_RUN_IDS-nothing} on $TENURE_NODE"
+"#;
+    // The leader (node-0) offers no tag: every `down` run executes on node-1.
+    let options =
+        Options { replica_args: vec![("node-1".to_owned(), vec!["--tags=far".to_owned()])], ..Options::default() };
+    let mut cluster = Cluster::start_with(1, jobs, options).await;
+    cluster.wait_for_leader(Duration::from_secs(15)).await;
+    cluster.add_replica().await;
+    let ran = |ledger: &[RunRecord]| {
+        ledger.iter().find(|r| r.job == "down" && r.status == RunStatus::Succeeded && !r.output.is_empty()).cloned()
+    };
+    let recorded =
+        crate::harness::wait_until(Duration::from_secs(30), || async { ran(&cluster.ledger().await).is_some() }).await;
+    assert!(recorded, "no down run succeeded\n{}", cluster.logs());
+    let ledger = cluster.ledger().await;
+    let down = ran(&ledger).unwrap();
+    let up = ledger.iter().find(|r| r.job == "up" && r.slot == down.slot).expect("the up run of its slot");
+    assert_eq!(down.executor.as_deref(), Some("node-1"), "{down:?}");
+    assert!(down.output.contains(&format!("released by {} on node-1", up.id)), "{:?}", down.output);
+}

@@ -118,7 +118,7 @@ impl Executions for Sqlite {
 
     async fn assigned_to(&self, node: &str) -> Result<Vec<AssignedRun>, sqlx::Error> {
         sqlx::query(
-            "SELECT id, attempt, executor, job, slot, COALESCE(planned_at, slot) AS planned_at, term FROM runs
+            "SELECT id, attempt, executor, job, slot, COALESCE(planned_at, slot) AS planned_at, term, trigger FROM runs
              WHERE executor = ?1 AND status = 'running' AND NOT accepted AND NOT cancel_requested ORDER BY id",
         )
         .bind(node)
@@ -127,6 +127,22 @@ impl Executions for Sqlite {
         .iter()
         .map(assigned_run)
         .collect()
+    }
+
+    async fn ended_slot_runs(
+        &self,
+        jobs: &[String],
+        slot: chrono::DateTime<Utc>,
+    ) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let names = serde_json::to_string(jobs).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+        sqlx::query_as(
+            "SELECT job, id FROM runs
+             WHERE job IN (SELECT value FROM json_each(?1)) AND slot = ?2 AND status <> 'running'",
+        )
+        .bind(names)
+        .bind(micros(slot))
+        .fetch_all(&self.pool)
+        .await
     }
 
     async fn accept_execution(
@@ -140,7 +156,7 @@ impl Executions for Sqlite {
              WHERE id = ?1 AND attempt = ?2 AND executor = ?3 AND status = 'running'
                AND NOT accepted AND NOT cancel_requested
                AND (SELECT count(*) FROM runs o WHERE o.executor = ?3 AND o.status = 'running' AND o.accepted) < ?5
-             RETURNING id, attempt, executor, job, slot, COALESCE(planned_at, slot) AS planned_at, term",
+             RETURNING id, attempt, executor, job, slot, COALESCE(planned_at, slot) AS planned_at, term, trigger",
         )
         .bind(key.run_id)
         .bind(key.attempt)
