@@ -261,7 +261,8 @@ async fn the_checker_catches_a_double_run_when_the_start_witness_is_off() {
 
 /// With the standby synchronous (a commit returns only once the standby has it, shown by
 /// freezing its WAL receiver under a commit), the promoted ledger holds every run that executed,
-/// as it ended: nothing is recorded lost in the failover, nothing runs twice.
+/// as it ended: nothing that ran is recorded lost in the failover (only a batch of starts in
+/// flight at the kill, which never ran), nothing runs twice.
 #[tokio::test]
 async fn a_synchronous_failover_loses_nothing() {
     let mut replicated = Replicated::start(true, &[]).await;
@@ -295,12 +296,29 @@ async fn a_synchronous_failover_loses_nothing() {
         "a synchronous standby lacked started runs that had executed: {:#?}",
         outcome.forgotten
     );
+    // A batch of starts in flight when the primary died (sent, its answer never received) is
+    // recorded lost by the next term: after a promotion it cannot tell whether the batch
+    // committed, so it runs none of it again. None of those ran (a job executes only once its
+    // start's commit is acknowledged, and a synchronous standby holds every acknowledged commit),
+    // and they are the slots whose starts go out around the kill: a start is sent up to the claim
+    // lead ahead of its slot. Any other row recorded forgotten is a loss.
     let recorded_forgotten: Vec<&RunRecord> = outcome
         .ledger
         .iter()
         .filter(|row| row.error.as_deref().is_some_and(|error| error.contains(FORGOTTEN_IN_FAILOVER)))
+        .filter(|row| {
+            let executed = outcome.witness.iter().any(|w| w.job == row.job && w.slot == row.slot);
+            let in_flight = row.slot >= failover.primary_killed - chrono::Duration::seconds(1)
+                && row.slot <= failover.primary_killed + chrono::Duration::seconds(3);
+            executed || !in_flight
+        })
         .collect();
-    assert!(recorded_forgotten.is_empty(), "runs recorded forgotten where nothing was lost: {recorded_forgotten:#?}");
+    assert!(
+        recorded_forgotten.is_empty(),
+        "runs recorded forgotten that executed, or whose start was not in flight at the kill ({}): \
+         {recorded_forgotten:#?}",
+        failover.primary_killed
+    );
     // Every run that executed before the failover is the ledger's as it ended: succeeded. Only a
     // run executing within the last second before the primary died may have had its end go
     // unrecorded (then `lost`, its leader gone, like any run whose leader vanished).
