@@ -361,6 +361,11 @@ impl Replica {
         let key = reads.web_key("csrf", &fresh).await.context("read the web's shared key from the ledger")?;
         let auth = auth.keyed(&key);
         tasks.spawn(watch_job_file(jobs_path.to_owned(), retain, jobs_tx, self.member_tx, shutdown.clone()));
+        if let Some(oidc) = auth.oidc()
+            && let Some(policy_file) = oidc.policy_file()
+        {
+            tasks.spawn(watch_policy(oidc.clone(), policy_file.to_owned(), shutdown.clone()));
+        }
         let state = AppState {
             node_id: self.node_id.clone(),
             store: reads.clone(),
@@ -688,6 +693,65 @@ async fn watch_job_file(
                     "job file is invalid; keeping the last good one:\n{}", errors.summary(config::LOGGED_ERRORS)
                 );
             }
+        }
+    }
+}
+
+/// Read the sign-in policy again when it changes or on SIGHUP, as the job file: a valid one
+/// grants from the next sign-in on this replica on; an invalid one is logged, each error with
+/// its file, line and column, and the last good one stays in force. The file is small (at most
+/// 1 MiB) and read off the async runtime all the same.
+async fn watch_policy(oidc: Arc<http::Oidc>, path: PathBuf, shutdown: CancellationToken) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reloading the sign-in policy on changes only");
+            None
+        }
+    };
+    let read = async |path: &Path| {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || http::read_policy(&path))
+            .await
+            .unwrap_or_else(|error| Err(error.to_string()))
+    };
+    // What the policy in force was read from (at start, just before): only a change is read again.
+    let mut seen = read(&path).await;
+    let file = path.display().to_string();
+    loop {
+        let forced = tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(JOB_FILE_POLL) => false,
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let text = read(&path).await;
+        if !forced && text == seen {
+            continue;
+        }
+        seen = text.clone();
+        let parsed = match text {
+            Ok(text) => {
+                let name = file.clone();
+                tokio::task::spawn_blocking(move || http::GroupPolicy::parse(&text, &name))
+                    .await
+                    .unwrap_or_else(|error| Err(http::PolicyErrors(vec![format!("{file}:1:1: {error}")])))
+            }
+            Err(error) => Err(http::PolicyErrors(vec![format!("{file}:1:1: {error}")])),
+        };
+        match parsed {
+            Ok(policy) => {
+                tracing::info!(
+                    file,
+                    groups = policy.groups(),
+                    "sign-in policy reloaded; the next sign-in is granted by it"
+                );
+                oidc.set_policy(policy);
+            }
+            Err(errors) => tracing::error!(
+                file,
+                errors = errors.0.len(),
+                "the sign-in policy is invalid; keeping the last good one:\n{errors}"
+            ),
         }
     }
 }

@@ -500,7 +500,9 @@ impl OidcArgs {
             client_id: client_id.clone(),
             client_secret,
             cli_client_id: self.oidc_cli_client_id.clone(),
-            policy: crate::http::GroupPolicy::load(policy)?,
+            policy: crate::http::GroupPolicy::load(policy)
+                .map_err(|errors| anyhow::anyhow!("the sign-in policy is invalid:\n{errors}"))?,
+            policy_file: Some(policy.clone()),
             session_ttl: self.session_ttl,
             redirect,
         };

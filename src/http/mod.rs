@@ -24,8 +24,8 @@ pub mod view;
 pub use gate::{BODY_LIMIT, BODY_TIMEOUT};
 pub use listen::{HEADER_TIMEOUT, bind};
 pub use oidc::{
-    CliSession, CliSettings, GroupPolicy, Oidc, OidcClient, OidcSettings, discover as discover_provider,
-    provider_http_client as oidc_http_client,
+    CliSession, CliSettings, GroupPolicy, Oidc, OidcClient, OidcSettings, PolicyErrors, discover as discover_provider,
+    provider_http_client as oidc_http_client, read_policy,
 };
 pub use protect::{CONTENT_SECURITY_POLICY, PublicUrl, Served};
 pub use shed::{MAX_CONCURRENT_READS, MAX_QUEUED_READS};
@@ -376,6 +376,11 @@ impl Auth {
     pub fn with_oidc(mut self, oidc: oidc::Oidc) -> Auth {
         self.oidc = Some(Arc::new(oidc));
         self
+    }
+
+    /// Sign-in through the identity provider, if on.
+    pub fn oidc(&self) -> Option<&Arc<oidc::Oidc>> {
+        self.oidc.as_ref()
     }
 
     /// Whether sign-in through the identity provider is on.

@@ -11,8 +11,8 @@
 //! client secret is read from a file or the environment, never a flag, and never logged.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -29,12 +29,14 @@ use openidconnect::core::{
     CoreRevocationErrorResponse, CoreSubjectIdentifierType, CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
-    AdditionalClaims, AdditionalProviderMetadata, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
-    DeviceAuthorizationUrl, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdToken,
-    IdTokenClaims, IdTokenFields, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
-    Scope, StandardErrorResponse, StandardTokenResponse,
+    AdditionalClaims, AdditionalProviderMetadata, AuthorizationCode, ClaimsVerificationError, Client, ClientId,
+    ClientSecret, CsrfToken, DeviceAuthorizationUrl, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet,
+    EndpointSet, IdToken, IdTokenClaims, IdTokenFields, IssuerUrl, Nonce, NonceVerifier, PkceCodeChallenge,
+    PkceCodeVerifier, ProviderMetadata, RedirectUrl, Scope, SignatureVerificationError, StandardErrorResponse,
+    StandardTokenResponse,
 };
 use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
 
 use super::identity::{Action, Principal, Role, Via};
 use super::pages::PageError;
@@ -141,13 +143,13 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// One group's grant in the policy file.
+/// One group's grant in the policy file (each value with where it is, to locate errors).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Grant {
-    role: String,
+    role: Spanned<String>,
     #[serde(default)]
-    teams: Vec<String>,
+    teams: Vec<Spanned<String>>,
 }
 
 /// The policy file: which ID token claim holds the groups, extra scopes to ask for, and what
@@ -176,23 +178,83 @@ pub struct GroupPolicy {
     grants: HashMap<String, (Role, Vec<String>)>,
 }
 
+/// Why a policy file is refused: each error as `file:line:column: message`, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyErrors(pub Vec<String>);
+
+impl std::fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+/// The largest policy file read: a few thousand groups.
+const MAX_POLICY_BYTES: u64 = 1 << 20;
+
 impl GroupPolicy {
-    pub fn load(path: &Path) -> anyhow::Result<GroupPolicy> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("read the sign-in policy {}", path.display()))?;
-        GroupPolicy::parse(&text).with_context(|| format!("the sign-in policy {}", path.display()))
+    /// Read and validate the policy file at `path`; errors name it, each located.
+    pub fn load(path: &Path) -> Result<GroupPolicy, PolicyErrors> {
+        let file = path.display().to_string();
+        GroupPolicy::parse(
+            &read_policy(path).map_err(|error| PolicyErrors(vec![format!("{file}:1:1: {error}")]))?,
+            &file,
+        )
     }
 
-    pub fn parse(text: &str) -> anyhow::Result<GroupPolicy> {
-        let file: PolicyFile = serde_saphyr::from_str(text).map_err(|error| anyhow::anyhow!("{error}"))?;
+    /// Validate the text of a policy file; `file` names it in errors. Every error is located:
+    /// YAML syntax, an unknown or missing field, a role that is not viewer, operator or admin, a
+    /// team that is not a team name (as jobs' `team:`).
+    pub fn parse(text: &str, file: &str) -> Result<GroupPolicy, PolicyErrors> {
+        let located =
+            |line: u64, column: u64, message: &str| format!("{file}:{}:{}: {message}", line.max(1), column.max(1));
+        let policy: PolicyFile = serde_saphyr::from_str(text).map_err(|error| {
+            let (line, column) = error.location().map_or((1, 1), |at| (at.line(), at.column()));
+            let message = error.without_snippet().to_string();
+            let message = message.lines().next().unwrap_or("invalid YAML").to_owned();
+            PolicyErrors(vec![located(line, column, &message)])
+        })?;
+        let mut errors: Vec<(u64, u64, String)> = Vec::new();
         let mut grants = HashMap::new();
-        for (group, grant) in file.groups {
-            let role = Role::parse(&grant.role).ok_or_else(|| {
-                anyhow::anyhow!("group `{group}`: role `{}` is not viewer, operator or admin", grant.role)
-            })?;
-            grants.insert(group, (role, grant.teams));
+        for (group, grant) in policy.groups {
+            let at = grant.role.referenced;
+            let role = Role::parse(&grant.role.value);
+            if role.is_none() {
+                errors.push((
+                    at.line(),
+                    at.column(),
+                    format!("group `{group}`: role `{}` is not viewer, operator or admin", grant.role.value),
+                ));
+            }
+            for team in &grant.teams {
+                if !crate::config::is_tag(&team.value) {
+                    errors.push((
+                        team.referenced.line(),
+                        team.referenced.column(),
+                        format!(
+                            "group `{group}`: `{}` is not a team name (letters, digits, `-`, `_` and `.`, at most 64)",
+                            team.value
+                        ),
+                    ));
+                }
+            }
+            if let Some(role) = role {
+                grants.insert(group, (role, grant.teams.into_iter().map(|team| team.value).collect()));
+            }
         }
-        Ok(GroupPolicy { claim: file.claim, scopes: file.scopes, grants })
+        if !errors.is_empty() {
+            errors.sort();
+            return Err(PolicyErrors(
+                errors.into_iter().map(|(line, column, message)| located(line, column, &message)).collect(),
+            ));
+        }
+        Ok(GroupPolicy { claim: policy.claim, scopes: policy.scopes, grants })
+    }
+
+    /// How many groups it grants a role.
+    pub fn groups(&self) -> usize {
+        self.grants.len()
     }
 
     /// The role and teams `groups` grant, if any.
@@ -209,6 +271,20 @@ impl GroupPolicy {
     }
 }
 
+/// The policy file's text, at most `MAX_POLICY_BYTES` of it.
+pub fn read_policy(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|error| format!("cannot read the sign-in policy: {error}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| format!("cannot read the sign-in policy: {error}"))?;
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
+        return Err(format!("the sign-in policy is larger than {MAX_POLICY_BYTES} bytes"));
+    }
+    String::from_utf8(bytes).map_err(|_| "the sign-in policy is not valid UTF-8".to_owned())
+}
+
 /// The flags' settings (`--oidc-*`, `--session-ttl`).
 #[derive(Clone)]
 pub struct OidcSettings {
@@ -217,18 +293,25 @@ pub struct OidcSettings {
     pub client_secret: Secret,
     /// The public client `tenure login` uses for the device grant, if any.
     pub cli_client_id: Option<String>,
+    /// The policy as read at start; `policy_file` is where it is read again from (reloads).
     pub policy: GroupPolicy,
+    pub policy_file: Option<PathBuf>,
     pub session_ttl: Duration,
     /// Where the provider sends the browser back: `--public-url` + `auth/callback`.
     pub redirect: url::Url,
 }
 
-/// Sign-in through the provider, for every handler: the settings, the provider's metadata
-/// (discovered at the first sign-in, again after `REDISCOVER`, so rotated keys are learnt).
+/// Sign-in through the provider, for every handler: the settings, the policy in force (the last
+/// good one read), the provider's metadata (discovered at the first sign-in, again after
+/// `REDISCOVER`, and at once when no key it holds verifies an ID token, so a rotated key is
+/// learnt by the next sign-in).
 pub struct Oidc {
     settings: OidcSettings,
+    policy: RwLock<Arc<GroupPolicy>>,
     http: reqwest::Client,
     discovered: tokio::sync::Mutex<Option<(Instant, Arc<Metadata>)>>,
+    /// When the keys were last read again for a token none verified (`REKEY_AT_MOST_EVERY`).
+    rekeyed: std::sync::Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Oidc {
@@ -242,12 +325,96 @@ impl std::fmt::Debug for Oidc {
 
 /// How long the provider's metadata and keys are used before they are read again.
 const REDISCOVER: Duration = Duration::from_secs(600);
+/// At most this often does an ID token that no known key verifies send the replica to the
+/// provider for its keys again: a flood of forged tokens costs the provider one read each 10 s.
+const REKEY_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 /// How long a sign-in may take at the provider.
 const ATTEMPT_SECONDS: i64 = 600;
 
 impl Oidc {
     pub fn new(settings: OidcSettings) -> anyhow::Result<Oidc> {
-        Ok(Oidc { settings, http: provider_http_client()?, discovered: tokio::sync::Mutex::new(None) })
+        Ok(Oidc {
+            policy: RwLock::new(Arc::new(settings.policy.clone())),
+            settings,
+            http: provider_http_client()?,
+            discovered: tokio::sync::Mutex::new(None),
+            rekeyed: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<GroupPolicy> {
+        self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The policy file, if it is read again (reloads).
+    pub fn policy_file(&self) -> Option<&Path> {
+        self.settings.policy_file.as_deref()
+    }
+
+    /// Put `policy` in force: the next sign-in is granted by it.
+    pub fn set_policy(&self, policy: GroupPolicy) {
+        *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policy);
+    }
+
+    /// The provider's metadata read again because no key of `stale` verified an ID token (the
+    /// provider may have rotated its key), unless that was done less than `REKEY_AT_MOST_EVERY`
+    /// ago; what another sign-in read meanwhile, if it did. `None`: nothing newer.
+    async fn rediscover(&self, stale: &Arc<Metadata>) -> Option<Arc<Metadata>> {
+        let mut discovered = self.discovered.lock().await;
+        if let Some((_, current)) = discovered.as_ref()
+            && !Arc::ptr_eq(current, stale)
+        {
+            return Some(current.clone());
+        }
+        {
+            let mut rekeyed = self.rekeyed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if rekeyed.is_some_and(|at| at.elapsed() < REKEY_AT_MOST_EVERY) {
+                return None;
+            }
+            *rekeyed = Some(Instant::now());
+        }
+        match discover(&self.settings.issuer, &self.http).await {
+            Ok(metadata) => {
+                tracing::info!(
+                    issuer = self.settings.issuer,
+                    "no known key of the identity provider verifies an ID token; its keys read again"
+                );
+                let metadata = Arc::new(metadata);
+                *discovered = Some((Instant::now(), metadata.clone()));
+                Some(metadata)
+            }
+            Err(error) => {
+                tracing::warn!(issuer = self.settings.issuer, error = %error, "the identity provider's discovery failed");
+                None
+            }
+        }
+    }
+
+    /// `id_token`'s claims, verified by the client `client` makes of `metadata` (its keys) with
+    /// `nonce`; when no key it knows verifies the token, verified once more with the provider's
+    /// keys read again (`rediscover`), so a sign-in right after a key rotation succeeds.
+    async fn verify<'t, N: NonceVerifier + Copy>(
+        &self,
+        id_token: &'t ProviderIdToken,
+        metadata: Arc<Metadata>,
+        client: impl Fn(&Metadata) -> OidcClient,
+        nonce: N,
+    ) -> Result<&'t IdTokenClaims<OtherClaims, CoreGenderClaim>, ClaimsVerificationError> {
+        let verified = id_token.claims(&client(&metadata).id_token_verifier(), nonce);
+        let unknown_key = matches!(
+            &verified,
+            Err(ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey | SignatureVerificationError::CryptoError(_)
+            ))
+        );
+        if !unknown_key {
+            return verified;
+        }
+        match self.rediscover(&metadata).await {
+            Some(fresh) => id_token.claims(&client(&fresh).id_token_verifier(), nonce),
+            None => verified,
+        }
     }
 
     async fn metadata(&self) -> Result<Arc<Metadata>, Problem> {
@@ -290,7 +457,8 @@ impl Oidc {
 
     /// The principal the verified `claims` stand for, under the policy; or why none.
     fn principal(&self, claims: &IdTokenClaims<OtherClaims, CoreGenderClaim>) -> Result<Session, String> {
-        let groups: Vec<String> = match claims.additional_claims().claims.get(&self.settings.policy.claim) {
+        let policy = self.policy();
+        let groups: Vec<String> = match claims.additional_claims().claims.get(&policy.claim) {
             Some(serde_json::Value::Array(values)) => {
                 values.iter().filter_map(|value| value.as_str()).map(str::to_owned).collect()
             }
@@ -302,11 +470,11 @@ impl Oidc {
             .map(|name| name.as_str().to_owned())
             .or_else(|| claims.email().map(|email| email.as_str().to_owned()))
             .unwrap_or_else(|| claims.subject().as_str().to_owned());
-        let Some((role, teams)) = self.settings.policy.grant(&groups) else {
+        let Some((role, teams)) = policy.grant(&groups) else {
             return Err(format!(
                 "{name}'s groups ({}) give no role in tenure: the sign-in policy names none of them",
                 if groups.is_empty() {
-                    "none in the `".to_owned() + &self.settings.policy.claim + "` claim"
+                    "none in the `".to_owned() + &policy.claim + "` claim"
                 } else {
                     groups.join(", ")
                 }
@@ -375,7 +543,7 @@ async fn login(
         .add_scope(Scope::new("profile".to_owned()))
         .add_scope(Scope::new("email".to_owned()))
         .set_pkce_challenge(challenge);
-    for scope in &oidc.settings.policy.scopes {
+    for scope in &oidc.policy().scopes {
         request = request.add_scope(Scope::new(scope.clone()));
     }
     let (url, csrf, nonce) = request.url();
@@ -497,7 +665,8 @@ async fn callback(
                 refuse(&state, &caller, "sign-in refused: the identity provider sent no ID token".to_owned()).await
             );
         };
-        let claims = match id_token.claims(&client.id_token_verifier(), &Nonce::new(attempt.nonce.clone())) {
+        let nonce = Nonce::new(attempt.nonce.clone());
+        let claims = match oidc.verify(id_token, metadata, |metadata| oidc.web_client(metadata), &nonce).await {
             Ok(claims) => claims,
             Err(error) => {
                 return Err(
@@ -591,7 +760,7 @@ async fn cli_settings(State(state): State<AppState>) -> Result<Json<CliSettings>
         )
     })?;
     let mut scopes = vec!["openid".to_owned(), "profile".to_owned(), "email".to_owned()];
-    scopes.extend(oidc.settings.policy.scopes.iter().cloned());
+    scopes.extend(oidc.policy().scopes.iter().cloned());
     Ok(Json(CliSettings { issuer: oidc.settings.issuer.clone(), client_id, scopes }))
 }
 
@@ -634,9 +803,11 @@ async fn cli_session(
         Err(_) => return Err(refused("sign-in refused: not an ID token".to_owned()).await),
     };
     let metadata = oidc.metadata().await?;
-    let client = OidcClient::from_provider_metadata((*metadata).clone(), ClientId::new(cli_client_id), None);
-    let no_nonce = |_: Option<&Nonce>| Ok(());
-    let claims = match id_token.claims(&client.id_token_verifier(), no_nonce) {
+    let client = |metadata: &Metadata| {
+        OidcClient::from_provider_metadata(metadata.clone(), ClientId::new(cli_client_id.clone()), None)
+    };
+    let no_nonce = |_: Option<&Nonce>| -> Result<(), String> { Ok(()) };
+    let claims = match oidc.verify(&id_token, metadata, client, no_nonce).await {
         Ok(claims) => claims,
         Err(error) => return Err(refused(format!("sign-in refused: the ID token is not valid ({error})")).await),
     };
@@ -661,6 +832,7 @@ mod tests {
         let policy = GroupPolicy::parse(
             "groups:\n  admins: { role: admin }\n  pay-oncall: { role: operator, teams: [payments] }\n  \
              search-oncall: { role: operator, teams: [search] }\n  staff: { role: viewer }\n",
+            "policy.yaml",
         )
         .unwrap();
         let groups = |names: &[&str]| names.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>();
@@ -672,7 +844,45 @@ mod tests {
         assert_eq!(policy.grant(&groups(&["pay-oncall", "admins"])), Some((Role::Admin, vec![])));
         assert_eq!(policy.grant(&groups(&["contractors"])), None);
         assert_eq!(policy.claim, "groups");
-        assert!(GroupPolicy::parse("groups:\n  x: { role: owner }\n").unwrap_err().to_string().contains("owner"));
+    }
+
+    /// The errors of a policy file (as `policy.yaml`), each `file:line:column: message`.
+    fn policy_errors(text: &str) -> Vec<String> {
+        match GroupPolicy::parse(text, "policy.yaml") {
+            Ok(_) => panic!("expected errors in:\n{text}"),
+            Err(errors) => errors.0,
+        }
+    }
+
+    #[test]
+    fn policy_errors_are_located_by_file_line_and_column() {
+        let wrong_role = policy_errors("groups:\n  staff: { role: viewer }\n  x: { role: owner }\n");
+        assert_eq!(wrong_role, ["policy.yaml:3:14: group `x`: role `owner` is not viewer, operator or admin"]);
+        let bad_team = policy_errors("groups:\n  ops:\n    role: operator\n    teams: [payments, 'pay ments']\n");
+        assert_eq!(
+            bad_team,
+            [
+                "policy.yaml:4:23: group `ops`: `pay ments` is not a team name (letters, digits, `-`, `_` and `.`, at most 64)"
+            ]
+        );
+        let too_long = policy_errors(&format!("groups:\n  ops: {{ role: operator, teams: [{}] }}\n", "t".repeat(65)));
+        assert!(too_long[0].starts_with("policy.yaml:2:"), "{too_long:?}");
+        assert!(too_long[0].contains("is not a team name"), "{too_long:?}");
+        // Several, in file order whatever the map's order.
+        let both = policy_errors("groups:\n  a: { role: root }\n  b: { role: viewer, teams: [x/y] }\n");
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(both[0].starts_with("policy.yaml:2:") && both[1].starts_with("policy.yaml:3:"), "{both:?}");
+        let unknown_field = policy_errors("claim: groups\ngroups:\n  staff: { role: viewer, team: [x] }\n");
+        assert_eq!(unknown_field.len(), 1);
+        assert!(unknown_field[0].starts_with("policy.yaml:3:"), "{unknown_field:?}");
+        assert!(unknown_field[0].contains("team"), "{unknown_field:?}");
+        let unknown_top = policy_errors("claims: groups\ngroups: {}\n");
+        assert!(unknown_top[0].starts_with("policy.yaml:1:") && unknown_top[0].contains("claims"), "{unknown_top:?}");
+        let syntax = policy_errors("groups:\n  staff: { role: viewer\n  ops: [\n");
+        assert_eq!(syntax.len(), 1);
+        assert!(syntax[0].starts_with("policy.yaml:") && !syntax[0].starts_with("policy.yaml:1:1:"), "{syntax:?}");
+        let missing = GroupPolicy::load(Path::new("/nonexistent/policy.yaml")).unwrap_err();
+        assert!(missing.to_string().starts_with("/nonexistent/policy.yaml:1:1: cannot read"), "{missing}");
     }
 
     #[test]

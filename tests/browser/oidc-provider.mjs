@@ -1,15 +1,20 @@
 // The company's identity provider, for the sign-in tests: oidc-provider (a certified OpenID
 // Provider) on 127.0.0.1:$PORT, its development login pages (any password), the accounts and
 // their groups, a confidential client for the dashboard (code flow, PKCE required) and a public
-// one for the CLI (device authorization grant), all from $OIDC_TEST_CONFIG (JSON). Prints
-// `listening` once it takes requests.
+// one for the CLI (device authorization grant), all from $OIDC_TEST_CONFIG (JSON). It signs ID
+// tokens with an RSA key made at each start under a random key id (`kid`), as a provider that
+// has just rotated its key: a restart is a rotation. Prints `listening` once it takes requests.
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
 
 const port = Number(process.env.PORT);
 const config = JSON.parse(process.env.OIDC_TEST_CONFIG);
 const issuer = `http://127.0.0.1:${port}`;
+const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), use: 'sig', alg: 'RS256' };
 
 const provider = new Provider(issuer, {
+  jwks: { keys: [signingKey] },
   clients: [
     {
       client_id: config.web.client_id,

@@ -527,3 +527,93 @@ async fn tenure_login_signs_in_with_the_device_grant_and_the_session_works_on_bo
         (Some("alice"), Some("operator"), json!(["payments"]), Some("session"))
     );
 }
+
+/// The key ids the provider publishes (its discovery document's `jwks_uri`).
+async fn signing_kids(issuer: &str) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let discovery: Value =
+        http.get(format!("{issuer}/.well-known/openid-configuration")).send().await.unwrap().json().await.unwrap();
+    let jwks: Value = http.get(discovery["jwks_uri"].as_str().unwrap()).send().await.unwrap().json().await.unwrap();
+    jwks["keys"].as_array().unwrap().iter().map(|key| key["kid"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Sign `user` in on `base` through the callback; whom `/api/whoami` then says they are there.
+async fn sign_in(agent: &Browserless, base: &str, user: &str) -> Value {
+    agent.set_cookie(IDENTITY_COOKIE, None);
+    let url = code_for(agent, base, user).await;
+    let (status, location, body) = callback(agent, &url).await;
+    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/jobs/pay")), "{user}: {body}");
+    whoami(agent, base).await
+}
+
+/// The provider rotates its signing key (restarted on its port with a new key under a new
+/// `kid`) after a replica has read its keys: the next sign-in there, right away, succeeds (the
+/// replica reads the provider's keys again when none it knows verifies the ID token).
+#[tokio::test]
+async fn a_sign_in_right_after_the_provider_rotates_its_signing_key_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider_port = free_port();
+    let cluster = cluster(provider_port, dir.path()).await;
+    let redirects: Vec<String> = (0..2).map(|i| format!("{}/auth/callback", cluster.url(i))).collect();
+    let provider = Provider::start(provider_port, &redirects);
+    let first = cluster.url(0);
+    let agent = Browserless::new();
+    let old_kids = signing_kids(&provider.issuer()).await;
+    let who = sign_in(&agent, &first, "victor").await;
+    assert_eq!((who["name"].as_str(), who["role"].as_str()), (Some("victor"), Some("viewer")), "{who}");
+
+    // The rotation: the same issuer, a new key, none of the old ones published.
+    drop(provider);
+    let provider = Provider::start(provider_port, &redirects);
+    let new_kids = signing_kids(&provider.issuer()).await;
+    assert!(new_kids.iter().all(|kid| !old_kids.contains(kid)), "{old_kids:?} then {new_kids:?}");
+
+    let who = sign_in(&agent, &first, "alice").await;
+    assert_eq!(
+        (who["name"].as_str(), who["role"].as_str(), who["teams"].clone()),
+        (Some("alice"), Some("operator"), json!(["payments"])),
+        "{who}"
+    );
+}
+
+/// A replica started with a good policy is given an invalid one (a role that is none) and
+/// SIGHUP: it logs the error with the file, line and column, and still signs people in with the
+/// old grants. Given a good new one and SIGHUP, its next sign-in is granted by the new one.
+#[tokio::test]
+async fn an_invalid_policy_on_reload_is_logged_located_and_the_last_good_one_keeps_granting() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider_port = free_port();
+    let cluster = cluster(provider_port, dir.path()).await;
+    let redirects: Vec<String> = (0..2).map(|i| format!("{}/auth/callback", cluster.url(i))).collect();
+    let _provider = Provider::start(provider_port, &redirects);
+    let first = cluster.url(0);
+    let agent = Browserless::new();
+    let policy = dir.path().join("policy.yaml");
+    let log = || std::fs::read_to_string(&cluster.replicas[0].log).unwrap();
+    let grants = |who: &Value| (who["name"].clone(), who["role"].clone(), who["teams"].clone());
+    let operator_of_payments = (json!("alice"), json!("operator"), json!(["payments"]));
+    assert_eq!(grants(&sign_in(&agent, &first, "alice").await), operator_of_payments);
+
+    let invalid = "claim: groups\nscopes: [groups]\ngroups:\n  pay-oncall: { role: admin, teams: [payments] }\n  \
+                   staff: { role: owner }\n";
+    let column = invalid.lines().nth(4).unwrap().find("owner").unwrap() + 1;
+    std::fs::write(&policy, invalid).unwrap();
+    cluster.signal(0, nix::sys::signal::Signal::SIGHUP);
+    let located = format!("policy.yaml:5:{column}: group `staff`: role `owner` is not viewer, operator or admin");
+    wait_for("the invalid policy's error in the log", Duration::from_secs(15), || async { log().contains(&located) })
+        .await;
+    assert!(log().contains("keeping the last good one"), "{}", log());
+    // The last good policy still grants: alice an operator of payments, not the admin the
+    // invalid file would make her.
+    assert_eq!(grants(&sign_in(&agent, &first, "alice").await), operator_of_payments);
+
+    let good = "claim: groups\nscopes: [groups]\ngroups:\n  pay-oncall: { role: admin }\n  staff: { role: viewer }\n";
+    std::fs::write(&policy, good).unwrap();
+    cluster.signal(0, nix::sys::signal::Signal::SIGHUP);
+    wait_for("the new policy in force", Duration::from_secs(15), || async {
+        log().contains("sign-in policy reloaded")
+    })
+    .await;
+    assert_eq!(grants(&sign_in(&agent, &first, "alice").await), (json!("alice"), json!("admin"), json!([])));
+    assert_eq!(grants(&sign_in(&agent, &first, "victor").await), (json!("victor"), json!("viewer"), json!([])));
+}
