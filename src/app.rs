@@ -358,7 +358,9 @@ impl Replica {
         // The forms' anti-forgery key, one for the whole cluster: whichever replica asks first
         // records it in the ledger, every other reads it.
         let fresh = http::random_bytes::<32>().context("read /dev/urandom")?;
-        let key = reads.web_key("csrf", &fresh).await.context("read the web's shared key from the ledger")?;
+        let key = while_transient("the web's shared key", &shutdown, || reads.web_key("csrf", &fresh))
+            .await
+            .context("read the web's shared key from the ledger")?;
         let auth = auth.keyed(&key);
         tasks.spawn(watch_job_file(jobs_path.to_owned(), retain, jobs_tx, self.member_tx, shutdown.clone()));
         if let Some(oidc) = auth.oidc()
@@ -439,6 +441,29 @@ async fn migrate_with_retry(
         tracing::warn!(error = format!("{error:#}"), "database not ready; retrying");
         tokio::select! {
             () = shutdown.cancelled() => anyhow::bail!("shut down before the database was ready"),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// `read` from the ledger at start-up, again every second while it fails for a reason that
+/// passes (the database busy, restarting, or this process paused past a pool's timeout): a
+/// replica waits for its ledger rather than exiting. Any other error is returned at once.
+async fn while_transient<T, F, Fut>(what: &str, shutdown: &CancellationToken, mut read: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    loop {
+        match read().await {
+            Ok(value) => return Ok(value),
+            Err(error) if store::transient(&error) => {
+                tracing::warn!(%error, "{what} could not be read from the ledger yet; retrying");
+            }
+            Err(error) => return Err(error.into()),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => anyhow::bail!("shut down before {what} could be read"),
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
@@ -818,6 +843,32 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replica paused at start past a pool's acquire timeout once exited with "pool timed out"
+    /// instead of reading its web key again.
+    #[tokio::test(start_paused = true)]
+    async fn a_start_up_read_is_retried_while_its_error_passes_and_stops_at_one_that_does_not() {
+        let shutdown = CancellationToken::new();
+        let mut attempts = 0;
+        let read = while_transient("a key", &shutdown, || {
+            attempts += 1;
+            let answer = if attempts < 3 { Err(sqlx::Error::PoolTimedOut) } else { Ok(attempts) };
+            async move { answer }
+        });
+        assert_eq!(read.await.unwrap(), 3, "two pool timeouts, then the key");
+
+        let mut attempts = 0;
+        let refused = while_transient("a key", &shutdown, || {
+            attempts += 1;
+            async { Err::<(), _>(sqlx::Error::RowNotFound) }
+        });
+        assert!(refused.await.is_err());
+        assert_eq!(attempts, 1, "an error that does not pass is not retried");
+
+        shutdown.cancel();
+        let stopped = while_transient("a key", &shutdown, || async { Err::<(), _>(sqlx::Error::PoolTimedOut) });
+        assert!(stopped.await.unwrap_err().to_string().contains("shut down before a key could be read"));
+    }
 
     #[test]
     fn retention_takes_each_jobs_own_retain_and_the_ledgers_for_the_rest() {

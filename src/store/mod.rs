@@ -37,7 +37,7 @@ pub use execution::{
 pub use outbox::{Delivery, NotificationRecord, NotifyRoute, OutboxEvent};
 pub use pools::{
     DatabaseConnectError, MigrateError, READ_CONNECTIONS, check_connection, connect, connect_reads, migrate,
-    migration_connection,
+    migration_connection, transient,
 };
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;

@@ -143,7 +143,7 @@ impl MigrateError {
 
 /// Connection trouble, a server starting or shutting down, too many connections, a lock or
 /// statement timeout, a serialization failure or deadlock.
-fn transient(error: &sqlx::Error) -> bool {
+pub fn transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
