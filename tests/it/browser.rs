@@ -255,6 +255,10 @@ async fn the_dashboard_works_under_its_content_security_policy() {
 
     // The run and the terms (its timeline styled by the stylesheet too).
     browser.find(Locator::Css("table.runs tbody tr td a")).await.unwrap().click().await.unwrap();
+    wait_for("the run page", Duration::from_secs(10), || async {
+        browser.find(Locator::Id("run-status")).await.is_ok()
+    })
+    .await;
     assert_eq!(browser.find(Locator::Id("run-status")).await.unwrap().text().await.unwrap(), "succeeded");
     browser.goto(&format!("{base}/terms")).await.unwrap();
     browser.find(Locator::Css("svg.timeline")).await.expect("the terms' timeline");

@@ -166,6 +166,10 @@ async fn the_dashboard_in_a_real_browser() {
 
     // The run: timings, term, node and the output it printed.
     browser.find(Locator::Css("table.runs tbody tr td a")).await.unwrap().click().await.unwrap();
+    wait_for("the run page", Duration::from_secs(10), || async {
+        browser.find(Locator::Id("run-status")).await.is_ok()
+    })
+    .await;
     let status = browser.find(Locator::Id("run-status")).await.unwrap().text().await.unwrap();
     assert_eq!(status, "succeeded");
     let output = browser.find(Locator::Id("output")).await.unwrap().text().await.unwrap();

@@ -300,7 +300,11 @@ async fn signing_in_at_the_identity_provider_in_chromium_holds_on_both_replicas_
     browser.find(Locator::Css("input[name=login]")).await.unwrap().send_keys("alice").await.unwrap();
     browser.find(Locator::Css("input[name=password]")).await.unwrap().send_keys("any password").await.unwrap();
     browser.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
-    // The provider's consent page, then back to tenure.
+    // The provider's consent page (once the login form has gone), then back to tenure.
+    wait_for("the provider's consent page", Duration::from_secs(15), || async {
+        browser.find(Locator::Css("input[name=login]")).await.is_err()
+    })
+    .await;
     browser.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
     wait_for("back on the job page, signed in", Duration::from_secs(15), || async {
         browser.find(Locator::Id("signed-in")).await.is_ok()
@@ -340,7 +344,11 @@ async fn signing_in_at_the_identity_provider_in_chromium_holds_on_both_replicas_
     // Sign out: the cookie goes, and the job page asks to sign in again.
     browser.goto(&format!("{second}/jobs/pay")).await.unwrap();
     browser.find(Locator::Id("sign-out")).await.unwrap().click().await.unwrap();
-    assert!(browser.find(Locator::Id("signed-out")).await.is_ok(), "{}", text().await);
+    // The click returns before the next page has loaded: wait for it rather than read the old one.
+    wait_for("the signed-out page", Duration::from_secs(15), || async {
+        browser.find(Locator::Id("signed-out")).await.is_ok()
+    })
+    .await;
     let cookies = browser.get_all_cookies().await.unwrap();
     assert!(cookies.iter().all(|cookie| cookie.name() != IDENTITY_COOKIE), "signed out: {cookies:?}");
     chromium.close().await;
