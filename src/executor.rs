@@ -428,8 +428,13 @@ async fn run_process(
     // Children that outlived the job's main process would hold its pipes (and resources) forever.
     // The supervisor killed them already; this is for a supervisor that ended first.
     signal_group(Some(group), Signal::SIGKILL);
-    for reader in readers {
-        let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+    let read_until = tokio::time::Instant::now() + Duration::from_secs(1);
+    for mut reader in readers {
+        if tokio::time::timeout_at(read_until, &mut reader).await.is_err() {
+            // A descendant that left the group (`setsid`, a daemon) still holds the pipe: stop
+            // reading rather than keep this task and its buffer for as long as that one lives.
+            reader.abort();
+        }
     }
     let (status, exit_code, error) = judge(ending, end, job, supervision);
     RunOutcome { exit_code, error, began_at: Some(began), ..outcome(status, output) }

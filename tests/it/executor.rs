@@ -139,6 +139,26 @@ async fn a_stopped_run_is_killed_and_children_left_behind_are_cleaned_up() {
     assert_eq!(outcome.status, RunStatus::Killed);
 }
 
+/// A descendant that left the job's process group (`setsid`, a daemon) is beyond the group's
+/// kill and may hold the output pipes for as long as it lives. The replica stops reading them a
+/// second after the run ends rather than keep a reader and its buffer per such run forever: the
+/// escaped writer then sees its writes fail.
+#[tokio::test]
+async fn output_pipes_held_by_a_process_that_left_the_group_are_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let let_go = dir.path().join("let-go");
+    // The main process gives the other a second to leave its group before the group is killed.
+    let escaped = format!(
+        "setsid sh -c 'trap \"\" PIPE; sleep 2; i=0; while [ $i -lt 150 ]; do echo x || {{ touch {}; exit 0; }}; i=$((i+1)); sleep 0.1; done' & sleep 1; echo started",
+        let_go.display()
+    );
+    let job = job(&format!("    shell: {}\n", serde_json::to_string(&escaped).unwrap()));
+    let outcome = run(&job).await;
+    assert_eq!(outcome.status, RunStatus::Succeeded, "{outcome:?}");
+    assert!(outcome.output.starts_with("started\n"), "{outcome:?}");
+    wait_for("the escaped writer to find nobody reading", Duration::from_secs(12), || async { let_go.exists() }).await;
+}
+
 #[tokio::test]
 async fn endless_binary_output_keeps_only_a_bounded_tail() {
     let job = job("    shell: 'head -c 1000000 /dev/urandom; echo; echo THE-END'\n");
