@@ -1810,9 +1810,9 @@ async fn ledger_aged(rows: i64) -> anyhow::Result<()> {
     drop(replicas);
     // The upgraded ledger's history is its legacy partition, which takes claims until its
     // cut-over (within two days) and is given back once that has passed. Retention is measured
-    // on the same history written after the upgrade, one partition a day, as a ledger holds it
-    // from then on.
-    let url = pg.create_database("aged_days").await;
+    // on the same history written after the upgrade, one partition a UTC week, as a ledger holds
+    // it from then on.
+    let url = pg.create_database("aged_weeks").await;
     let pool = tenure::store::connect(&url).await?;
     tenure::store::migrate(&pool).await?;
     let ledger = tenure::store::Postgres::new(pool.clone());
@@ -1820,7 +1820,7 @@ async fn ledger_aged(rows: i64) -> anyhow::Result<()> {
     let mut bulk = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?;
     let started = Instant::now();
     generate_history(&mut bulk, newest, rows).await?;
-    single("the same history in day partitions: generated (s)", format!("{:.0}", started.elapsed().as_secs_f64()), "");
+    single("the same history in week partitions: generated (s)", format!("{:.0}", started.elapsed().as_secs_f64()), "");
     let store = Store::new(pool.clone());
     let before = runs_size(&pool).await?;
     let started = Instant::now();

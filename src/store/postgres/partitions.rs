@@ -25,7 +25,7 @@ use super::super::Retention;
 /// How many days ahead of today the leader keeps partitions ready.
 pub(super) const DAYS_AHEAD: i64 = 8;
 
-/// Session lock that keeps two replicas from creating the same day at once.
+/// Session lock that keeps two replicas from creating the same week at once.
 const CREATE_LOCK: i64 = 0x7465_6e75_7265_7064; // "tenurepd"
 /// Session lock of the retention pass (one leader at a time, and never two passes).
 const RETIRE_LOCK: i64 = 0x7465_6e75_7265_7072; // "tenurepr"
