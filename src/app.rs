@@ -765,6 +765,7 @@ async fn watch_policy(oidc: Arc<http::Oidc>, path: PathBuf, shutdown: Cancellati
         };
         match parsed {
             Ok(policy) => {
+                metrics::counter!(metric::POLICY_RELOADS, "result" => "success").increment(1);
                 tracing::info!(
                     file,
                     groups = policy.groups(),
@@ -772,11 +773,14 @@ async fn watch_policy(oidc: Arc<http::Oidc>, path: PathBuf, shutdown: Cancellati
                 );
                 oidc.set_policy(policy);
             }
-            Err(errors) => tracing::error!(
-                file,
-                errors = errors.0.len(),
-                "the sign-in policy is invalid; keeping the last good one:\n{errors}"
-            ),
+            Err(errors) => {
+                metrics::counter!(metric::POLICY_RELOADS, "result" => "failure").increment(1);
+                tracing::error!(
+                    file,
+                    errors = errors.0.len(),
+                    "the sign-in policy is invalid; keeping the last good one:\n{errors}"
+                );
+            }
         }
     }
 }

@@ -94,6 +94,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (metric::CLOCK_SKEW, Kind::Gauge, "This replica's clock minus the database's, in seconds"),
     (metric::DATABASE_REACHABLE, Kind::Gauge, "1 while the database answers this replica"),
     (metric::JOB_FILE_RELOADS, Kind::Counter, "Job file reloads by result (success or failure)"),
+    (metric::POLICY_RELOADS, Kind::Counter, "Sign-in policy reloads by result (success or failure)"),
     (metric::RUNS_PRUNED, Kind::Counter, "Ledger rows removed by retention"),
     (
         metric::AUDIT_REFUSALS_UNRECORDED,
@@ -230,6 +231,8 @@ pub mod metric {
     pub const DATABASE_REACHABLE: &str = "tenure_database_reachable";
     /// Label `result`: `success` or `failure`.
     pub const JOB_FILE_RELOADS: &str = "tenure_job_file_reloads_total";
+    /// Label `result`: `success` or `failure` (the last good policy kept).
+    pub const POLICY_RELOADS: &str = "tenure_sign_in_policy_reloads_total";
     pub const RUNS_PRUNED: &str = "tenure_runs_pruned_total";
     /// Refused attempts before admission that were only logged: more arrived at once than the
     /// gate records (`http::gate`).

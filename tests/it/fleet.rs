@@ -271,15 +271,21 @@ async fn the_overview_fits_a_fleet_at_every_width_and_every_page_passes_axe_and_
     .await;
     let chatty = get_json(format!("{base}/api/jobs/chatty/runs")).await;
     let run = chatty["runs"][0]["id"].as_i64().expect("chatty's run");
+    // The tokens page lists one; the audit page shows its creation and the trigger above.
+    post(format!("{base}/api/tokens"), json!({"name": "deploy-bot", "role": "operator", "expires_in": "30d"})).await;
 
     let chromium = Chromium::start(&[]).await;
     let browser = &chromium.browser;
+    // Signed in as an admin, every page shows all it can: the controls, and the admins' pages.
+    browser.goto(&format!("http://admin:{TOKEN}@127.0.0.1:{}/signin", fleet.port)).await.unwrap();
     let pages = [
         ("overview", "/".to_owned()),
         ("job", "/jobs/job-001".to_owned()),
         ("run", format!("/runs/{run}")),
         ("terms", "/terms".to_owned()),
         ("timeline", "/timeline".to_owned()),
+        ("audit", "/audit".to_owned()),
+        ("tokens", "/tokens".to_owned()),
         ("not-found", "/jobs/no-such-job".to_owned()),
     ];
     let mut faults = Vec::new();
@@ -291,6 +297,10 @@ async fn the_overview_fits_a_fleet_at_every_width_and_every_page_passes_axe_and_
                 let scheme = if dark { "dark" } else { "light" };
                 let fits: Vec<String> = serde_json::from_value(js(&chromium, FITS).await).unwrap();
                 faults.extend(fits.into_iter().map(|fault| format!("{name} at {width} px: {fault}")));
+                let unscoped = js(&chromium, "return document.querySelectorAll('th:not([scope])').length").await;
+                if unscoped != 0 {
+                    faults.push(format!("{name}: {unscoped} table headers without a scope"));
+                }
                 let h1 = js(&chromium, "return document.querySelectorAll('h1').length").await;
                 if h1 != 1 {
                     faults.push(format!("{name}: {h1} h1"));
@@ -323,7 +333,11 @@ async fn the_overview_fits_a_fleet_at_every_width_and_every_page_passes_axe_and_
            .map((a) => a.getAttribute('href') + (a.getAttribute('aria-current') ? ' (here)' : ''));",
     )
     .await;
-    assert_eq!(current, json!(["/", "/timeline", "/terms", "/audit"]), "the not-found page's nav: {current}");
+    assert_eq!(
+        current,
+        json!(["/", "/timeline", "/terms", "/audit", "/tokens"]),
+        "the not-found page's nav: {current}"
+    );
     browser.goto(&format!("{base}/timeline")).await.unwrap();
     let here = js(
         &chromium,

@@ -611,6 +611,8 @@ async fn an_invalid_policy_on_reload_is_logged_located_and_the_last_good_one_kee
     wait_for("the invalid policy's error in the log", Duration::from_secs(15), || async { log().contains(&located) })
         .await;
     assert!(log().contains("keeping the last good one"), "{}", log());
+    let counted = reloads(&first).await;
+    assert!(counted.contains(r#"tenure_sign_in_policy_reloads_total{result="failure"} 1"#), "{counted}");
     // The last good policy still grants: alice an operator of payments, not the admin the
     // invalid file would make her.
     assert_eq!(grants(&sign_in(&agent, &first, "alice").await), operator_of_payments);
@@ -624,4 +626,17 @@ async fn an_invalid_policy_on_reload_is_logged_located_and_the_last_good_one_kee
     .await;
     assert_eq!(grants(&sign_in(&agent, &first, "alice").await), (json!("alice"), json!("admin"), json!([])));
     assert_eq!(grants(&sign_in(&agent, &first, "victor").await), (json!("victor"), json!("viewer"), json!([])));
+    let counted = reloads(&first).await;
+    assert!(counted.contains(r#"tenure_sign_in_policy_reloads_total{result="success"} 1"#), "{counted}");
+}
+
+/// The sign-in policy's reload counters in a replica's `/metrics`.
+async fn reloads(base: &str) -> String {
+    let metrics = reqwest::Client::new().get(format!("{base}/metrics")).bearer_auth(crate::cluster::ADMIN_TOKEN);
+    let metrics = metrics.send().await.unwrap().text().await.unwrap();
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("tenure_sign_in_policy_reloads_total"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
