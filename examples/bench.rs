@@ -1671,6 +1671,32 @@ async fn generate_history(bulk: &mut sqlx::PgConnection, newest: DateTime<Utc>, 
     Ok(())
 }
 
+/// The claims slower than 250 ms while migrating, each with the migrations that ran when it was
+/// sent (by `_sqlx_migrations`: a migration in a transaction is stamped when it began, one
+/// without when it ended, so a window of its execution time either side of the stamp).
+async fn slow_claims_by_migration(pool: &PgPool, claims: &[(DateTime<Utc>, f64)]) -> anyhow::Result<()> {
+    let applied: Vec<(i64, DateTime<Utc>, i64)> =
+        sqlx::query_as("SELECT version, installed_on, execution_time FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(pool)
+            .await?;
+    for (at, latency) in claims.iter().filter(|(_, latency)| *latency > 250.0) {
+        let during: Vec<String> = applied
+            .iter()
+            .filter(|(_, stamp, nanos)| {
+                let took = chrono::Duration::nanoseconds(*nanos);
+                *at >= *stamp - took && *at <= *stamp + took
+            })
+            .map(|(version, _, _)| format!("{version:04}"))
+            .collect();
+        single(
+            &format!("  a slow claim ({latency:.0} ms) during migration"),
+            if during.is_empty() { "none (between)".to_owned() } else { during.join(", ") },
+            "",
+        );
+    }
+    Ok(())
+}
+
 /// `runs` with its indexes: every partition's, once it is partitioned.
 async fn runs_size(pool: &PgPool) -> anyhow::Result<f64> {
     let bytes: i64 = sqlx::query_scalar(
@@ -1719,9 +1745,9 @@ async fn ledger_aged(rows: i64) -> anyhow::Result<()> {
             let base = Utc::now() + chrono::Duration::days(1);
             let mut i = 0;
             while !done.load(Ordering::Relaxed) {
-                let t = Instant::now();
+                let (t, at) = (Instant::now(), Utc::now());
                 let _ = store.claim_run(&claim("migrating", base + chrono::Duration::seconds(i), &term)).await;
-                latencies.push(ms_since(t));
+                latencies.push((at, ms_since(t)));
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -1732,9 +1758,11 @@ async fn ledger_aged(rows: i64) -> anyhow::Result<()> {
     tenure::store::migrate(&pool).await?;
     let migration = started.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
-    let mut latencies = claiming.await?;
+    let claims = claiming.await?;
     single("migration onto it (s)", format!("{migration:.1}"), "");
+    let mut latencies: Vec<f64> = claims.iter().map(|(_, latency)| *latency).collect();
     row("claim latency during the migration", &mut latencies, "max < 1,000 ms");
+    slow_claims_by_migration(&pool, &claims).await?;
     single("runs + indexes, after the migration (MB)", format!("{:.0}", runs_size(&pool).await?), "");
 
     // A replica: start-up to its first claim, then per-second lateness.
