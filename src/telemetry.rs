@@ -120,6 +120,11 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (metric::DEADMAN_PINGS, Kind::Counter, "Dead-man pings sent while leading, by result"),
     (metric::DEADMAN_LAST_SUCCESS, Kind::Gauge, "When the last dead-man ping succeeded, in Unix seconds"),
     (metric::HTTP_SHED, Kind::Counter, "Dashboard and API requests turned away by admission"),
+    (
+        metric::HTTP_CONNECTIONS_SHED,
+        Kind::Counter,
+        "HTTP connections closed at the connection cap, by reason (idle: closed to make room; busy: a new one refused)",
+    ),
     (metric::NOTIFICATIONS, Kind::Counter, "Notification delivery attempts while leading, by result"),
     (metric::NOTIFICATIONS_PENDING, Kind::Gauge, "Notifications in the outbox not delivered yet (the leader's view)"),
 ];

@@ -328,6 +328,11 @@ impl Execution {
                 &on_began,
             )
             .await;
+            if let Some(began) = outcome.began_at {
+                self.metrics
+                    .run_duration
+                    .record((outcome.finished_at - began).to_std().unwrap_or_default().as_secs_f64());
+            }
             // Nothing is recorded by an executor whose lease may have lapsed: it checks first.
             if !self.deadline.is_valid() {
                 lost.lose(LeaseLoss::DeadlinePassed);

@@ -451,6 +451,8 @@ jobs:
             && line.contains("status=\"succeeded\"")),
         "{metrics}"
     );
+    let timed = metrics.lines().find_map(|line| line.strip_prefix("tenure_run_duration_seconds_count "));
+    assert!(timed.and_then(|count| count.trim().parse::<f64>().ok()).is_some_and(|count| count >= 1.0), "{metrics}");
     let overview = get("/".into()).await.text().await.unwrap();
     assert!(overview.contains("<td>a, b</td>") && overview.contains("/ 1</td>"), "{overview}");
 }
