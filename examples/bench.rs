@@ -1725,7 +1725,7 @@ async fn ledger_aged(rows: i64) -> anyhow::Result<()> {
 
     // The migration while a leader claims every 100 ms (what a replica of the previous release
     // does while a new one migrates at its start). This binary's claims stand in for it: they
-    // read the fence's seal, which 0019 adds, and write `cascade`, which 0017 adds (both
+    // read the fence's seal, which 0020 adds, and write `cascade`, which 0018 adds (both
     // instantly), so they are added for them first.
     sqlx::raw_sql(
         "ALTER TABLE fence ADD COLUMN IF NOT EXISTS sealed_from timestamptz;

@@ -4,8 +4,26 @@
 -- cancel by setting `cancel_requested` under the fence (as for `replace`): its own run is
 -- stopped, and a run executing on another replica is refused its next renewal there. NULL for
 -- every run nobody asked to stop.
-ALTER TABLE runs ADD COLUMN cancel_reason text;
-
--- What the leader reads each time the controls may have changed: the cancels it has not acted on.
-CREATE INDEX runs_cancels_pending ON runs (id)
-    WHERE status = 'running' AND cancel_reason IS NOT NULL AND NOT cancel_requested;
+--
+-- A nullable column without a default changes only the catalog, under a lock of milliseconds,
+-- asked for 100 ms at a time (as 0018 and 0024 do) so that a long reader ahead of it never
+-- queues the claims behind this migration. Its index is built CONCURRENTLY by 0011: built here,
+-- in this transaction, it would hold up every claim while it read the whole table (1.5 s at
+-- 10,000,000 rows, measured).
+DO $$
+BEGIN
+    PERFORM set_config('lock_timeout', '100ms', true);
+    FOR attempt IN 1..3000 LOOP
+        BEGIN
+            LOCK TABLE runs IN ACCESS EXCLUSIVE MODE;
+            EXIT;
+        EXCEPTION WHEN lock_not_available THEN
+            IF attempt = 3000 THEN
+                RAISE;
+            END IF;
+            PERFORM pg_sleep(0.05 + random() * 0.1);
+        END;
+    END LOOP;
+    ALTER TABLE runs ADD COLUMN IF NOT EXISTS cancel_reason text;
+END
+$$;

@@ -1,4 +1,4 @@
--- The same indexes as the PostgreSQL migrations 0010 to 0014: a job's history by status read
+-- The same indexes as the PostgreSQL migrations 0010 to 0015: a job's history by status read
 -- off (job, status, slot); `runs_job_slot_desc` held the keys of the (job, slot) key and
 -- `runs_job_status` a prefix of the new index's; a pruned run's trigger and old outbox events
 -- found by index.

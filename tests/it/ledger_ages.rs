@@ -274,7 +274,7 @@ jobs:
 "#;
 
 /// The ledger as the release before these migrations left it: their indexes absent, the old
-/// ones present, the migrations unrecorded; nor the later ones (`0016_access`'s tables).
+/// ones present, the migrations unrecorded; nor the later ones (`0017_access`'s tables).
 const SCHEMA_BEFORE_AGES: &str =
     "DROP INDEX runs_job_status_slot; DROP INDEX triggers_run; DROP INDEX notifications_created;
      CREATE INDEX runs_job_status ON runs (job, status);
@@ -293,7 +293,7 @@ const SCHEMA_BEFORE_AGES: &str =
 async fn migrating_an_aged_ledger_onto_partitions_keeps_firing_and_resumes_when_interrupted() {
     // The replica fires on the schema the upgrade starts from (before partitions).
     let options = crate::cluster::Options {
-        env: vec![("TENURE_TEST_MIGRATE_TO".to_owned(), "19".to_owned())],
+        env: vec![("TENURE_TEST_MIGRATE_TO".to_owned(), "20".to_owned())],
         ..crate::cluster::Options::default()
     };
     let cluster = crate::cluster::Cluster::start_with(1, EVERY_SECOND, options).await;

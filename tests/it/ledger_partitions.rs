@@ -158,7 +158,7 @@ async fn upgraded(pg: &Postgres, name: &str, rows: i64) -> (String, sqlx::PgPool
     let url = pg.create_database(name).await;
     let options: PgConnectOptions = url.parse().expect("a database URL");
     let mut conn = options.connect().await.expect("connect");
-    sqlx::migrate!("./migrations/postgres").run_to(15, &mut conn).await.expect("the schema before partitions");
+    sqlx::migrate!("./migrations/postgres").run_to(16, &mut conn).await.expect("the schema before partitions");
     sqlx::query(
         "INSERT INTO runs (job, slot, term, node, config_hash, status, claimed_at, finished_at)
          SELECT 'old', date_trunc('day', now()) - make_interval(days => i::int), 1, 'n', 'h',

@@ -4,8 +4,8 @@
 -- the run, so the leader's scan of ended runs reads it off the row.
 --
 -- Adding a column with a constant default changes only the catalog, under a lock of
--- milliseconds; the lock is asked for 100 ms at a time, as 0021 does, so that a long reader ahead
--- of it never queues the claims behind this migration while it waits. IF NOT EXISTS, as 0019:
+-- milliseconds; the lock is asked for 100 ms at a time, as 0024 does, so that a long reader ahead
+-- of it never queues the claims behind this migration while it waits. IF NOT EXISTS, as 0020:
 -- applied twice, it changes nothing.
 DO $$
 BEGIN

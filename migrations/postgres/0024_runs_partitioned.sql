@@ -2,7 +2,7 @@
 -- dropping (or rewriting) whole partitions instead of leaving deleted rows' space in the table.
 --
 -- The table as it stands is renamed `runs_legacy` and attached as the first partition, covering
--- every slot before its cut-over (0021, proven by the constraint 0022 validated): no row is
+-- every slot before its cut-over (0022, proven by the constraint 0023 validated): no row is
 -- copied and nothing is read under the lock, which is held for a few catalog changes and asked
 -- for 100 ms at a time (a long reader ahead of it must not queue the claims behind it).
 --
@@ -39,7 +39,7 @@ BEGIN
     DROP TRIGGER runs_notify_update ON runs;
     DROP TRIGGER runs_notify_began ON runs;
     ALTER TABLE runs RENAME TO runs_legacy;
-    -- (id) alone is no key of the partitioned ledger; (id, slot), built by 0020, replaces it.
+    -- (id) alone is no key of the partitioned ledger; (id, slot), built by 0021, replaces it.
     ALTER TABLE runs_legacy DROP CONSTRAINT runs_pkey;
     ALTER INDEX runs_job_slot_key RENAME TO runs_legacy_job_slot_key;
     ALTER INDEX runs_job_status_slot RENAME TO runs_legacy_job_status_slot;
