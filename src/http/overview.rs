@@ -391,8 +391,9 @@ jobs:
     #[test]
     fn filters_narrow_and_sorts_order() {
         let jobs = jobs();
-        let pick =
-            |pairs: &[(&str, &str)]| names(&select(&jobs, &states(), &HashMap::new(), &query(pairs), Utc::now()).1);
+        // A fixed minute that is no multiple of 5: at one, `*/5` and `* * * * *` fire together.
+        let now = "2026-03-02T10:01:30Z".parse().unwrap();
+        let pick = |pairs: &[(&str, &str)]| names(&select(&jobs, &states(), &HashMap::new(), &query(pairs), now).1);
         assert_eq!(pick(&[]), ["alpha-sync", "beta-report", "delta-idle", "gamma-ping"]);
         assert_eq!(pick(&[("q", "A-S")]), ["alpha-sync"], "case-insensitive part of the name");
         assert_eq!(pick(&[("show", "failing")]), ["beta-report", "gamma-ping"]);
