@@ -146,11 +146,13 @@ async fn a_stopped_run_is_killed_and_children_left_behind_are_cleaned_up() {
 #[tokio::test]
 async fn output_pipes_held_by_a_process_that_left_the_group_are_let_go() {
     let dir = tempfile::tempdir().unwrap();
-    let let_go = dir.path().join("let-go");
-    // The main process gives the other a second to leave its group before the group is killed.
+    let (left, let_go) = (dir.path().join("left"), dir.path().join("let-go"));
+    // The main process ends only once the other has left its group (else the group's kill takes
+    // it too, however loaded the machine).
     let escaped = format!(
-        "setsid sh -c 'trap \"\" PIPE; sleep 2; i=0; while [ $i -lt 150 ]; do echo x || {{ touch {}; exit 0; }}; i=$((i+1)); sleep 0.1; done' & sleep 1; echo started",
-        let_go.display()
+        "setsid sh -c 'touch {left}; trap \"\" PIPE; sleep 2; i=0; while [ $i -lt 150 ]; do echo x || {{ touch {let_go}; exit 0; }}; i=$((i+1)); sleep 0.1; done' & while [ ! -e {left} ]; do sleep 0.05; done; echo started",
+        left = left.display(),
+        let_go = let_go.display()
     );
     let job = job(&format!("    shell: {}\n", serde_json::to_string(&escaped).unwrap()));
     let outcome = run(&job).await;
