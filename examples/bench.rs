@@ -298,7 +298,8 @@ impl Replicas {
             .args(["--listen", &format!("127.0.0.1:{}", replica.port)])
             .args(["--lease-ttl", &format!("{}s", self.ttl.as_secs())])
             .args(["--election", &self.election])
-            .env("RUST_LOG", "warn")
+            // Elections are told at info: a benchmark that waits for a leader can say why not.
+            .env("RUST_LOG", "warn,tenure::election=info")
             .envs(self.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -329,17 +330,32 @@ impl Replicas {
         None
     }
 
-    async fn wait_leader(&self, pool: &PgPool) -> (usize, i64) {
-        loop {
+    /// The leader once its term holds the fence; an error naming what each replica said and
+    /// logged when none has after a minute (a benchmark never waits silently).
+    async fn wait_leader(&self, pool: &PgPool) -> anyhow::Result<(usize, i64)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::time::Instant::now() < deadline {
             if let Some((index, term)) = self.leader().await {
                 let fence: i64 =
                     sqlx::query_scalar("SELECT term FROM fence WHERE id = 1").fetch_one(pool).await.unwrap_or(0);
                 if fence == term {
-                    return (index, term);
+                    return Ok((index, term));
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let mut said = String::new();
+        for replica in &self.list {
+            let log = std::fs::read_to_string(self.logs.join(format!("{}.log", replica.node))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            said.push_str(&format!(
+                "\n{} (running: {}):\n  {}",
+                replica.node,
+                replica.child.is_some(),
+                tail.join("\n  ")
+            ));
+        }
+        anyhow::bail!("no leader whose term holds the fence within 60 s{said}")
     }
 
     fn signal(&mut self, index: usize, signal: Signal) {
@@ -482,7 +498,7 @@ async fn failover_trials(
     };
     let (mut to_fence, mut to_claim) = (Vec::new(), Vec::new());
     for _ in 0..trials {
-        let (leader, term) = replicas.wait_leader(&pool).await;
+        let (leader, term) = replicas.wait_leader(&pool).await?;
         tokio::time::sleep(Duration::from_millis(500 + jitter(1000))).await;
         let signalled = Utc::now();
         replicas.signal(leader, signal);
@@ -537,7 +553,7 @@ async fn postgres_cut_trials(
     let replicas = Replicas::start_with_databases(3, jobs, &etcd.client_url(), urls, ttl, dir.path())?;
     let mut to_fence = Vec::new();
     for _ in 0..10 {
-        let (leader, term) = replicas.wait_leader(&pool).await;
+        let (leader, term) = replicas.wait_leader(&pool).await?;
         tokio::time::sleep(Duration::from_millis(500 + jitter(1000))).await;
         let cut = Utc::now();
         proxies[leader].set(proxy::Fault::Blackhole);
@@ -632,7 +648,7 @@ async fn precision(jobs: usize, every: i64, window: Duration) -> anyhow::Result<
     }
     std::fs::write(&path, text)?;
     let replicas = Replicas::start(1, &path, &etcd.client_url(), &url, Duration::from_secs(10), dir.path())?;
-    replicas.wait_leader(&pool).await;
+    replicas.wait_leader(&pool).await?;
     // Both warm up past their first burst (it opens their connections to the sink), then whole
     // seconds are measured.
     let from = Utc::now() + chrono::Duration::seconds(every + 4);
@@ -841,7 +857,7 @@ async fn processes(jobs: usize, window: Duration) -> anyhow::Result<()> {
     }
     std::fs::write(&path, text)?;
     let replicas = Replicas::start(1, &path, &etcd.client_url(), &url, Duration::from_secs(10), dir.path())?;
-    replicas.wait_leader(&pool).await;
+    replicas.wait_leader(&pool).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let from = Utc::now() + chrono::Duration::seconds(1);
     let pid = replicas.pid(0).unwrap();
@@ -897,7 +913,7 @@ async fn chains(chains: usize, window: Duration) -> anyhow::Result<()> {
     }
     std::fs::write(&path, text)?;
     let replicas = Replicas::start(2, &path, &etcd.client_url(), &url, Duration::from_secs(10), dir.path())?;
-    replicas.wait_leader(&pool).await;
+    replicas.wait_leader(&pool).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let from = Utc::now() + chrono::Duration::seconds(1);
     tokio::time::sleep(window).await;
@@ -973,7 +989,7 @@ async fn spread(jobs: usize, window: Duration) -> anyhow::Result<()> {
         }
         std::fs::write(&path, text)?;
         let replicas = Replicas::start(REPLICAS, &path, &etcd.client_url(), &url, Duration::from_secs(10), dir.path())?;
-        let (leader, _) = replicas.wait_leader(&pool).await;
+        let (leader, _) = replicas.wait_leader(&pool).await?;
         // Every replica has advertised itself, and the first slot is a whole one.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let from = Utc::now() + chrono::Duration::seconds(1);
@@ -1512,7 +1528,7 @@ async fn readers() -> anyhow::Result<()> {
     }
     std::fs::write(&path, text)?;
     let replicas = Replicas::start(1, &path, &etcd.client_url(), &url, Duration::from_secs(10), dir.path())?;
-    replicas.wait_leader(&pool).await;
+    replicas.wait_leader(&pool).await?;
     let base = format!("http://127.0.0.1:{}", replicas.list[0].port);
     let pid = replicas.pid(0).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1779,7 +1795,7 @@ async fn ledger_aged(rows: i64) -> anyhow::Result<()> {
     std::fs::write(&path, text)?;
     let spawned = Utc::now();
     let replicas = Replicas::start(1, &path, &etcd.client_url(), &url, Duration::from_secs(10), dir.path())?;
-    replicas.wait_leader(&pool).await;
+    replicas.wait_leader(&pool).await?;
     let first_claim: DateTime<Utc> = loop {
         let claimed: Option<DateTime<Utc>> =
             sqlx::query_scalar("SELECT min(claimed_at) FROM runs WHERE job = 'tick'").fetch_one(&pool).await?;
@@ -2136,7 +2152,7 @@ async fn soak_cluster(minutes: u64) -> anyhow::Result<()> {
         dir.path(),
         vec![("MIMALLOC_SHOW_STATS", "1")],
     )?;
-    let (leader, _) = replicas.wait_leader(&pool).await;
+    let (leader, _) = replicas.wait_leader(&pool).await?;
     let worker = (leader + 1) % 3;
     let (leader_pid, worker_pid) =
         (replicas.pid(leader).unwrap().as_raw() as u32, replicas.pid(worker).unwrap().as_raw() as u32);

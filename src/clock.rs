@@ -4,7 +4,8 @@
 //! and would hold the lead while a replica that can waits. Three guards:
 //!
 //! - every replica asks the database for its clock (`clock_timestamp()`, the RTT halved) every
-//!   eighth of `unreachable_after` (within 250 ms..1 s); while the skew exceeds `MAX_SKEW`, is
+//!   eighth of `unreachable_after` (within 250 ms..1 s), on a connection kept for that (a burst
+//!   of claims holding every firing connection is not a database that does not answer); while the skew exceeds `MAX_SKEW`, is
 //!   still unknown, or no answer came for `unreachable_after`, it does not campaign, and a leader
 //!   steps down;
 //! - `unreachable_after` is the lease TTL, at least 2 s: a leader cut from PostgreSQL (but not

@@ -282,6 +282,26 @@ async fn concurrent_claims_of_one_slot_from_two_terms_admit_exactly_one(store: S
     assert_eq!(reads.all_runs().await.unwrap().len(), 20);
 }
 
+/// The clock check (whether the database answers, is a primary and agrees on the time) has a
+/// connection of its own: a burst of claims holding every firing connection is not a database
+/// that does not answer, and must not make a leader step down.
+#[tokio::test]
+async fn the_clock_check_is_answered_while_every_firing_connection_is_in_use() {
+    let pg = Postgres::start().await;
+    let pool = fresh_pool(&pg, "clock_apart").await;
+    let store = Store::new(pool.clone());
+    let mut held = Vec::new();
+    for _ in 0..pool.options().get_max_connections() {
+        held.push(pool.acquire().await.unwrap());
+    }
+    assert!(pool.try_acquire().is_none(), "every firing connection is in use");
+    for _ in 0..3 {
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(1), store.clock()).await;
+        assert!(matches!(answer, Ok(Ok(_))), "the clock check waited for a firing connection: {answer:?}");
+    }
+    drop(held);
+}
+
 #[tokio::test]
 async fn a_stale_claim_racing_a_fence_raise_waits_for_it_and_is_then_refused() {
     let pg = Postgres::start().await;

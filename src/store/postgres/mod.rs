@@ -89,11 +89,20 @@ const CLAIM_BATCH: &str = "WITH current_fence AS (
 #[derive(Debug, Clone)]
 pub struct Postgres {
     pool: PgPool,
+    /// The clock check's own connection (`clock`), to the same server with the same settings:
+    /// whether the database answers is asked apart from the claims, so a burst of them holding
+    /// every connection of `pool` does not read as a database that does not answer (which
+    /// makes a leader step down, and the next term's catch-up a bigger burst).
+    probe: PgPool,
 }
 
 impl Postgres {
     pub fn new(pool: PgPool) -> Postgres {
-        Postgres { pool }
+        let probe = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy_with((*pool.connect_options()).clone());
+        Postgres { pool, probe }
     }
 
     /// All `claims` (one term) in one statement: the fence read `FOR SHARE` once, each
@@ -237,7 +246,7 @@ impl Ledger for Postgres {
             "SELECT clock_timestamp() AS now, pg_is_in_recovery() AS in_recovery,
                     current_setting('transaction_read_only') = 'on' AS read_only",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.probe)
         .await?;
         Ok(DatabaseClock {
             now: row.try_get("now")?,
