@@ -333,7 +333,7 @@ pub fn audit(entries: &[serde_json::Value]) -> String {
             ]
         })
         .collect();
-    table(&["AT", "WHO", "ROLE", "ACTION", "JOB", "OUTCOME", "SOURCE", "REQUEST", "DETAIL"], &rows)
+    table(&["AT", "WHO", "ROLE", "ACTION", "TARGET", "OUTCOME", "SOURCE", "REQUEST", "DETAIL"], &rows)
 }
 
 #[cfg(test)]
@@ -352,6 +352,21 @@ mod tests {
              heartbeat  * * * * * *  -\n\
              a          @daily       succeeded run 7\n"
         );
+    }
+
+    /// What an audited change was done to is its job, else its target (a token, a backfill),
+    /// under a header that names both.
+    #[test]
+    fn audit_shows_the_job_or_else_the_target() {
+        let entries = [
+            serde_json::json!({ "action": "pause", "job": "settle", "target": null }),
+            serde_json::json!({ "action": "token-create", "job": null, "target": "tok_7" }),
+        ];
+        let text = audit(&entries);
+        let lines: Vec<Vec<&str>> = text.lines().map(|line| line.split_whitespace().collect()).collect();
+        assert_eq!(lines[0][4], "TARGET", "{text}");
+        assert_eq!(lines[1][4], "settle", "{text}");
+        assert_eq!(lines[2][4], "tok_7", "{text}");
     }
 
     /// `show` prints when a run was to start, as the API has it, also when that is its slot.

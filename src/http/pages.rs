@@ -1213,7 +1213,8 @@ struct AuditRow {
     role: String,
     teams: String,
     action: String,
-    job: String,
+    /// What the change was done to: its job, else its target (a backfill, a token).
+    target: String,
     job_team: String,
     outcome: &'static str,
     source: String,
@@ -1264,7 +1265,7 @@ async fn audit(
             role: entry.record.role.unwrap_or_else(|| "–".to_owned()),
             teams: entry.record.teams,
             action: entry.record.action,
-            job: entry.record.job.or(entry.record.target).unwrap_or_default(),
+            target: entry.record.job.or(entry.record.target).unwrap_or_default(),
             job_team: entry.record.job_team.unwrap_or_default(),
             outcome: entry.record.outcome.as_str(),
             source: entry.record.source,

@@ -429,6 +429,21 @@ async fn the_audit_trail_filters_by_who_job_action_and_time_and_pages_by_cursor(
     .await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains("otto") && page.body.contains("id=\"older\""));
+    // What a change was done to: a job, a backfill or, here, a token, under a header that says
+    // so (not "Job").
+    let created = get("action=token-create").await;
+    let token_id = created["entries"][0]["target"].as_str().unwrap().to_owned();
+    let page = send(
+        &state,
+        Request::get("/audit?action=token-create")
+            .header(header::AUTHORIZATION, basic(ADMIN))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(page.body.contains("<th scope=\"col\">Target</th>"), "{}", page.body);
+    assert!(!page.body.contains("<th scope=\"col\">Job</th>"), "{}", page.body);
+    assert!(page.body.contains(&format!("token-create</td><td>{token_id}")), "{}", page.body);
     let viewer = create_token(&state, "vic", "viewer", &[], None).await;
     let refused =
         send(&state, Request::get("/audit").header(header::AUTHORIZATION, basic(&viewer)).body(Body::empty()).unwrap())
