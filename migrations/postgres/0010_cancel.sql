@@ -5,18 +5,24 @@
 -- stopped, and a run executing on another replica is refused its next renewal there. NULL for
 -- every run nobody asked to stop.
 --
--- A nullable column without a default changes only the catalog, under a lock of milliseconds,
--- asked for 100 ms at a time (as 0018 and 0024 do) so that a long reader ahead of it never
--- queues the claims behind this migration. Its index is built CONCURRENTLY by 0011: built here,
--- in this transaction, it would hold up every claim while it read the whole table (1.5 s at
--- 10,000,000 rows, measured).
-DO $$
+-- A nullable column without a default changes only the catalog, under a lock of milliseconds.
+-- Its index is built CONCURRENTLY by 0011: built here, in this transaction, it would hold up
+-- every claim while it read the whole table (1.5 s at 10,000,000 rows, measured).
+--
+-- `tenure_lock_exclusive(tables)` takes ACCESS EXCLUSIVE locks on `tables` (a LOCK TABLE list)
+-- for the rest of the calling transaction, asked for 100 ms at a time with a pause between
+-- (for up to about 7 minutes, then the migration fails and is retried at the next start): a
+-- lock request queued behind a long reader would queue every claim behind it, where a request
+-- that gives up lets them pass. Every migration that changes a table the claims use takes its
+-- lock through it (0018, 0022, 0024).
+CREATE OR REPLACE FUNCTION tenure_lock_exclusive(tables text) RETURNS void
+LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM set_config('lock_timeout', '100ms', true);
     FOR attempt IN 1..3000 LOOP
         BEGIN
-            LOCK TABLE runs IN ACCESS EXCLUSIVE MODE;
-            EXIT;
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tables);
+            RETURN;
         EXCEPTION WHEN lock_not_available THEN
             IF attempt = 3000 THEN
                 RAISE;
@@ -24,6 +30,8 @@ BEGIN
             PERFORM pg_sleep(0.05 + random() * 0.1);
         END;
     END LOOP;
-    ALTER TABLE runs ADD COLUMN IF NOT EXISTS cancel_reason text;
 END
 $$;
+
+SELECT tenure_lock_exclusive('runs');
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS cancel_reason text;

@@ -6,24 +6,13 @@
 -- needs a CHECK constraint that proves its range: added NOT VALID here (a catalog change under a
 -- lock of milliseconds), validated by 0023 without holding up writes.
 --
--- The lock is asked for 100 ms at a time: a long reader ahead of it would otherwise queue every
--- claim behind this migration while it waits.
+-- The lock is asked for 100 ms at a time (`tenure_lock_exclusive`, 0010): a long reader ahead of
+-- it would otherwise queue every claim behind this migration while it waits.
 DO $$
 DECLARE
     cutover timestamptz;
 BEGIN
-    PERFORM set_config('lock_timeout', '100ms', true);
-    FOR attempt IN 1..3000 LOOP
-        BEGIN
-            LOCK TABLE runs IN ACCESS EXCLUSIVE MODE;
-            EXIT;
-        EXCEPTION WHEN lock_not_available THEN
-            IF attempt = 3000 THEN
-                RAISE;
-            END IF;
-            PERFORM pg_sleep(0.05 + random() * 0.1);
-        END;
-    END LOOP;
+    PERFORM tenure_lock_exclusive('runs');
     IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'runs_legacy_bound') THEN
         RETURN;
     END IF;

@@ -4,7 +4,8 @@
 -- The table as it stands is renamed `runs_legacy` and attached as the first partition, covering
 -- every slot before its cut-over (0022, proven by the constraint 0023 validated): no row is
 -- copied and nothing is read under the lock, which is held for a few catalog changes and asked
--- for 100 ms at a time (a long reader ahead of it must not queue the claims behind it).
+-- for 100 ms at a time (`tenure_lock_exclusive`, 0010: a long reader ahead of it must not queue
+-- the claims behind it).
 --
 -- The keys the ledger relies on hold the partition key: UNIQUE (job, slot) stays one constraint
 -- over every partition (a slot is in exactly one partition, whose unique index holds it), and
@@ -19,18 +20,7 @@ DECLARE
     day timestamptz;
     next timestamptz;
 BEGIN
-    PERFORM set_config('lock_timeout', '100ms', true);
-    FOR attempt IN 1..3000 LOOP
-        BEGIN
-            LOCK TABLE runs, triggers IN ACCESS EXCLUSIVE MODE;
-            EXIT;
-        EXCEPTION WHEN lock_not_available THEN
-            IF attempt = 3000 THEN
-                RAISE;
-            END IF;
-            PERFORM pg_sleep(0.05 + random() * 0.1);
-        END;
-    END LOOP;
+    PERFORM tenure_lock_exclusive('runs, triggers');
     SELECT (regexp_match(pg_get_constraintdef(oid), '''([^'']+)'''))[1]::timestamptz INTO STRICT cutover
     FROM pg_constraint WHERE conname = 'runs_legacy_bound' AND conrelid = 'runs'::regclass;
 

@@ -291,9 +291,14 @@ const SCHEMA_BEFORE_AGES: &str =
 /// validation (its session ended, as by a crash), it is run again and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrating_an_aged_ledger_onto_partitions_keeps_firing_and_resumes_when_interrupted() {
-    // The replica fires on the schema the upgrade starts from (before partitions).
+    // The replica fires on the schema the upgrade starts from (before partitions), and keeps the
+    // generated history (83 days of it): its pruning, once a minute, would otherwise delete some
+    // of the rows this test counts in the legacy partition, as many as the upgrade's time let it.
     let options = crate::cluster::Options {
-        env: vec![("TENURE_TEST_MIGRATE_TO".to_owned(), "20".to_owned())],
+        env: vec![
+            ("TENURE_TEST_MIGRATE_TO".to_owned(), "20".to_owned()),
+            ("TENURE_RETAIN".to_owned(), "3650d".to_owned()),
+        ],
         ..crate::cluster::Options::default()
     };
     let cluster = crate::cluster::Cluster::start_with(1, EVERY_SECOND, options).await;
