@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
@@ -24,19 +24,17 @@ use crate::local::{LedgerLock, LocalElection};
 use crate::model::{ClusterSnapshot, Member};
 use crate::scheduler::{self, Scheduler, SchedulerInputs};
 use crate::secret::Secret;
-use crate::store::{self, Reads, ReplicaOffer, Retention, Store};
+use crate::store::{self, Reads, ReplicaOffer, Store};
 use crate::supervisor::{self, Supervision};
 use crate::telemetry::{self, metric};
 use crate::worker::{ExecutionLease, Worker, WorkerInputs};
 
-/// How often the job file's size and modification time are compared (a change triggers a reload;
-/// SIGHUP forces one). Polling rather than inotify: a Kubernetes ConfigMap update swaps a symlink,
-/// which inotify watches on the file do not see.
-const JOB_FILE_POLL: Duration = Duration::from_secs(1);
-/// How much lower than the rest of the replica the thread that reads the job file runs (`nice`,
-/// added to the replica's own, at most 19): a large file takes a core for seconds, and when the
-/// CPU is short the firing path's threads get it first.
-const JOB_FILE_NICENESS: i32 = 10;
+mod files;
+mod retention;
+
+use files::{load_jobs_apart, log_warnings, watch_job_file, watch_policy};
+use retention::{prune_audit, prune_ledger};
+
 /// `tenure dev` holds no lease: how long its supervisor lets a frozen replica be silent.
 const DEV_SILENCE_LIMIT: Duration = Duration::from_secs(5);
 /// `tenure dev` executes every assigned run itself: as many at once as a laptop would.
@@ -503,120 +501,6 @@ async fn connect_coordinator_with_retry(
     }
 }
 
-/// Ledger retention: the leader keeps the ledger's partitions (PostgreSQL: the next days made,
-/// the partitions retention has passed dropped or rewritten, `Ledger::keep_partitions`), then
-/// deletes finished rows older than their job's `retain` (or `--retain`), a thousand at a time
-/// with a pause between batches, so pruning never holds up claims; each batch costs what it
-/// deletes (`Ledger::prune_runs`). A cycle that fails is
-/// counted (`tenure_ledger_prune_failures_total`, alerted on) and tried again a minute later.
-async fn prune_ledger(
-    store: Store,
-    retain: Duration,
-    jobs: watch::Receiver<Arc<JobSet>>,
-    leadership: watch::Receiver<Leadership>,
-    shutdown: CancellationToken,
-) {
-    const BATCH: i64 = 1000;
-    let every = crate::testing::prune_every().unwrap_or(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let now = Utc::now();
-        let retention = retention(&jobs.borrow(), retain, now);
-        let before = retention.default_before;
-        let mut pruned = 0;
-        if leadership.borrow().is_leader() {
-            // Whole partitions first (PostgreSQL): what they give back is not deleted row by row.
-            match store.keep_partitions(&retention, now).await {
-                Ok(count) => pruned += count,
-                Err(error) => {
-                    metrics::counter!(metric::PRUNE_FAILURES).increment(1);
-                    tracing::warn!(%error, "ledger partition upkeep failed; retrying later");
-                }
-            }
-        }
-        while leadership.borrow().is_leader() && !shutdown.is_cancelled() {
-            match store.prune_runs(&retention, BATCH).await {
-                Ok(count) => {
-                    pruned += count;
-                    if count < BATCH as u64 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(error) => {
-                    metrics::counter!(metric::PRUNE_FAILURES).increment(1);
-                    tracing::warn!(%error, "ledger pruning failed; retrying later");
-                    break;
-                }
-            }
-        }
-        if pruned > 0 {
-            metrics::counter!(metric::RUNS_PRUNED).increment(pruned);
-            tracing::info!(pruned, before = %before, "pruned old ledger rows");
-        }
-    }
-}
-
-/// Audit retention: the leader deletes audit entries older than `--audit-retain`, a thousand at
-/// a time (the only way an entry goes).
-async fn prune_audit(
-    store: Store,
-    audit_retain: Duration,
-    leadership: watch::Receiver<Leadership>,
-    shutdown: CancellationToken,
-) {
-    const BATCH: i64 = 1000;
-    let every = crate::testing::prune_every().unwrap_or(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let Some(before) =
-            chrono::Duration::from_std(audit_retain).ok().and_then(|age| Utc::now().checked_sub_signed(age))
-        else {
-            continue;
-        };
-        let mut pruned = 0;
-        while leadership.borrow().is_leader() && !shutdown.is_cancelled() {
-            match store.prune_audit(before, BATCH).await {
-                Ok(count) => {
-                    pruned += count;
-                    if count < BATCH as u64 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "audit pruning failed; retrying later");
-                    break;
-                }
-            }
-        }
-        if pruned > 0 {
-            tracing::info!(pruned, before = %before, "pruned old audit entries");
-        }
-    }
-}
-
-/// What pruning at `now` deletes: rows older than `retain` (`--retain`), or than their job's
-/// own `retain`. A job gone from the file keeps the ledger's retention.
-fn retention(jobs: &JobSet, retain: Duration, now: chrono::DateTime<Utc>) -> Retention {
-    let before = |retain: Duration| {
-        chrono::Duration::from_std(retain)
-            .ok()
-            .and_then(|age| now.checked_sub_signed(age))
-            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC)
-    };
-    Retention {
-        default_before: before(retain),
-        per_job: jobs.jobs().iter().filter_map(|job| Some((job.name.to_string(), before(job.retain?)))).collect(),
-    }
-}
-
 /// Keep the list of live replicas fresh for the scheduler (reaping), and the cluster snapshot
 /// (leader, roster) for the dashboard.
 async fn watch_members(
@@ -663,187 +547,6 @@ async fn watch_members(
     }
 }
 
-/// Reload the job file when it changes or on SIGHUP. An invalid file keeps the last good one;
-/// its first errors are logged, the rest counted. The file is read off the async runtime
-/// (`load_jobs_apart`), so however large or hostile it is, no slot waits for it.
-async fn watch_job_file(
-    path: PathBuf,
-    retain: Duration,
-    jobs: watch::Sender<Arc<JobSet>>,
-    member: watch::Sender<Member>,
-    shutdown: CancellationToken,
-) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; reloading on file changes only");
-            None
-        }
-    };
-    let mut seen = file_stamp(&path);
-    loop {
-        let forced = tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(JOB_FILE_POLL) => false,
-            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-        };
-        let stamp = file_stamp(&path);
-        if !forced && stamp == seen {
-            continue;
-        }
-        seen = stamp;
-        let loaded = tokio::select! {
-            () = shutdown.cancelled() => return,
-            loaded = load_jobs_apart(&path, retain) => loaded,
-        };
-        match loaded {
-            Ok(loaded) if loaded.hash() == jobs.borrow().hash() => {}
-            Ok(loaded) => {
-                metrics::counter!(metric::JOB_FILE_RELOADS, "result" => "success").increment(1);
-                tracing::info!(hash = loaded.hash(), jobs = loaded.jobs().len(), "job file changed; reloading");
-                log_warnings(&loaded);
-                let previous = jobs.borrow().hash().to_owned();
-                telemetry::job_file_loaded(
-                    loaded.hash(),
-                    Some(&previous),
-                    loaded.jobs().iter().map(|job| job.name.as_ref()),
-                );
-                member.send_modify(|member| member.config_hash = loaded.hash().to_owned());
-                jobs.send_replace(Arc::new(loaded));
-            }
-            Err(errors) => {
-                metrics::counter!(metric::JOB_FILE_RELOADS, "result" => "failure").increment(1);
-                tracing::error!(
-                    file = %path.display(), kept = jobs.borrow().hash(), errors = errors.0.len(),
-                    "job file is invalid; keeping the last good one:\n{}", errors.summary(config::LOGGED_ERRORS)
-                );
-            }
-        }
-    }
-}
-
-/// Read the sign-in policy again when it changes or on SIGHUP, as the job file: a valid one
-/// grants from the next sign-in on this replica on; an invalid one is logged, each error with
-/// its file, line and column, and the last good one stays in force. The file is small (at most
-/// 1 MiB) and read off the async runtime all the same.
-async fn watch_policy(oidc: Arc<http::Oidc>, path: PathBuf, shutdown: CancellationToken) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; reloading the sign-in policy on changes only");
-            None
-        }
-    };
-    let read = async |path: &Path| {
-        let path = path.to_owned();
-        tokio::task::spawn_blocking(move || http::read_policy(&path))
-            .await
-            .unwrap_or_else(|error| Err(error.to_string()))
-    };
-    // What the policy in force was read from (at start, just before): only a change is read again.
-    let mut seen = read(&path).await;
-    let file = path.display().to_string();
-    loop {
-        let forced = tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(JOB_FILE_POLL) => false,
-            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-        };
-        let text = read(&path).await;
-        if !forced && text == seen {
-            continue;
-        }
-        seen = text.clone();
-        let parsed = match text {
-            Ok(text) => {
-                let name = file.clone();
-                tokio::task::spawn_blocking(move || http::GroupPolicy::parse(&text, &name))
-                    .await
-                    .unwrap_or_else(|error| Err(http::PolicyErrors(vec![format!("{file}:1:1: {error}")])))
-            }
-            Err(error) => Err(http::PolicyErrors(vec![format!("{file}:1:1: {error}")])),
-        };
-        match parsed {
-            Ok(policy) => {
-                metrics::counter!(metric::POLICY_RELOADS, "result" => "success").increment(1);
-                tracing::info!(
-                    file,
-                    groups = policy.groups(),
-                    "sign-in policy reloaded; the next sign-in is granted by it"
-                );
-                oidc.set_policy(policy);
-            }
-            Err(errors) => {
-                metrics::counter!(metric::POLICY_RELOADS, "result" => "failure").increment(1);
-                tracing::error!(
-                    file,
-                    errors = errors.0.len(),
-                    "the sign-in policy is invalid; keeping the last good one:\n{errors}"
-                );
-            }
-        }
-    }
-}
-
-/// A job file's warnings (a step that does not divide its field), one log event: the file
-/// loads and fires as written; the first `config::LOGGED_ERRORS` are listed, each located.
-fn log_warnings(jobs: &JobSet) {
-    let warnings = jobs.warnings();
-    if warnings.is_empty() {
-        return;
-    }
-    let mut listed: Vec<String> =
-        warnings.iter().take(config::LOGGED_ERRORS).map(config::ConfigError::as_warning).collect();
-    if warnings.len() > config::LOGGED_ERRORS {
-        listed.push(format!(
-            "... and {} more (`tenure validate` lists them all)",
-            warnings.len() - config::LOGGED_ERRORS
-        ));
-    }
-    tracing::warn!(
-        hash = jobs.hash(),
-        warnings = warnings.len(),
-        "the job file loads, but may not fire as meant:\n{}",
-        listed.join("\n")
-    );
-}
-
-/// [`load_jobs`] on a thread of its own, at a lower CPU priority (`JOB_FILE_NICENESS`): never on
-/// the async runtime's threads, which fire the slots. The file's size is bounded
-/// (`config::MAX_FILE_BYTES`), so the thread's time and memory are too.
-async fn load_jobs_apart(path: &Path, retain: Duration) -> Result<JobSet, config::ConfigErrors> {
-    let whole_file = |message: String| {
-        let file = path.display().to_string();
-        config::ConfigErrors(vec![config::ConfigError { file, line: 1, column: 1, job: None, message }])
-    };
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    let owned = path.to_owned();
-    let spawned = std::thread::Builder::new().name("tenure-job-file".into()).spawn(move || {
-        // On Linux the niceness is per thread: only this one is lowered, relative to the replica's.
-        // SAFETY: getpriority and setpriority read no memory of ours; they read and change the
-        // calling thread's niceness. A failure leaves the thread at the replica's niceness.
-        let base = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, (base + JOB_FILE_NICENESS).min(19)) };
-        let _ = sender.send(load_jobs(&owned, retain));
-    });
-    if let Err(error) = spawned {
-        return Err(whole_file(format!("cannot start a thread to read the job file: {error}")));
-    }
-    receiver.await.unwrap_or_else(|_| Err(whole_file("reading the job file failed unexpectedly".into())))
-}
-
-/// Read the job file and check it against the ledger's retention.
-fn load_jobs(path: &Path, retain: Duration) -> Result<JobSet, config::ConfigErrors> {
-    let jobs = config::load(path)?;
-    jobs.check_retention(&path.display().to_string(), retain)?;
-    Ok(jobs)
-}
-
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let metadata = std::fs::metadata(path).ok()?;
-    Some((metadata.modified().ok()?, metadata.len()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -872,31 +575,5 @@ mod tests {
         shutdown.cancel();
         let stopped = while_transient("a key", &shutdown, || async { Err::<(), _>(sqlx::Error::PoolTimedOut) });
         assert!(stopped.await.unwrap_err().to_string().contains("shut down before a key could be read"));
-    }
-
-    #[test]
-    fn retention_takes_each_jobs_own_retain_and_the_ledgers_for_the_rest() {
-        let jobs = config::parse(
-            "jobs:
-  - { name: kept-long, schedule: '@hourly', shell: 'true', retain: 90d }
-  - { name: plain, schedule: '@hourly', shell: 'true' }
-  - { name: short, schedule: '@hourly', shell: 'true', retain: 1h, starting_deadline: 1h }
-",
-            "jobs.yaml",
-        )
-        .unwrap();
-        let now = chrono::DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z").unwrap().to_utc();
-        let week = retention(&jobs, Duration::from_secs(7 * 86_400), now);
-        assert_eq!(week.default_before, now - chrono::Duration::days(7));
-        assert_eq!(
-            week.per_job,
-            [
-                ("kept-long".to_owned(), now - chrono::Duration::days(90)),
-                ("short".to_owned(), now - chrono::Duration::hours(1)),
-            ]
-        );
-        // A retention too long to subtract keeps everything rather than panic.
-        let forever = retention(&jobs, Duration::from_secs(u64::MAX / 4), now);
-        assert_eq!(forever.default_before, chrono::DateTime::<Utc>::MIN_UTC);
     }
 }
