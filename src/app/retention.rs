@@ -1,6 +1,7 @@
 //! Retention: the leader prunes the ledger (its partitions, then its old rows) and the audit
 //! trail, a thousand rows at a time, never holding up a claim.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,6 @@ pub(super) async fn prune_ledger(
     leadership: watch::Receiver<Leadership>,
     shutdown: CancellationToken,
 ) {
-    const BATCH: i64 = 1000;
     let every = crate::testing::prune_every().unwrap_or(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -47,21 +47,12 @@ pub(super) async fn prune_ledger(
                 }
             }
         }
-        while leadership.borrow().is_leader() && !shutdown.is_cancelled() {
-            match store.prune_runs(&retention, BATCH).await {
-                Ok(count) => {
-                    pruned += count;
-                    if count < BATCH as u64 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(error) => {
-                    metrics::counter!(metric::PRUNE_FAILURES).increment(1);
-                    tracing::warn!(%error, "ledger pruning failed; retrying later");
-                    break;
-                }
-            }
+        let (count, failed) =
+            prune_in_batches(&leadership, &shutdown, |batch| store.prune_runs(&retention, batch)).await;
+        pruned += count;
+        if let Some(error) = failed {
+            metrics::counter!(metric::PRUNE_FAILURES).increment(1);
+            tracing::warn!(%error, "ledger pruning failed; retrying later");
         }
         if pruned > 0 {
             metrics::counter!(metric::RUNS_PRUNED).increment(pruned);
@@ -78,7 +69,6 @@ pub(super) async fn prune_audit(
     leadership: watch::Receiver<Leadership>,
     shutdown: CancellationToken,
 ) {
-    const BATCH: i64 = 1000;
     let every = crate::testing::prune_every().unwrap_or(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -90,26 +80,47 @@ pub(super) async fn prune_audit(
         else {
             continue;
         };
-        let mut pruned = 0;
-        while leadership.borrow().is_leader() && !shutdown.is_cancelled() {
-            match store.prune_audit(before, BATCH).await {
-                Ok(count) => {
-                    pruned += count;
-                    if count < BATCH as u64 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "audit pruning failed; retrying later");
-                    break;
-                }
-            }
+        let (pruned, failed) = prune_in_batches(&leadership, &shutdown, |batch| store.prune_audit(before, batch)).await;
+        if let Some(error) = failed {
+            tracing::warn!(%error, "audit pruning failed; retrying later");
         }
         if pruned > 0 {
             tracing::info!(pruned, before = %before, "pruned old audit entries");
         }
     }
+}
+
+/// Rows deleted per statement, and the pause between two statements: pruning a backlog never
+/// holds a lock or a connection long enough to delay a claim.
+const BATCH: i64 = 1000;
+const BETWEEN_BATCHES: Duration = Duration::from_millis(20);
+
+/// Deletes a batch at a time (`delete` is given the batch size and says how many rows it took)
+/// while this replica leads, until a batch comes back short. Returns the rows deleted and the
+/// error that stopped it early, if one did; the caller retries at its next cycle.
+async fn prune_in_batches<F, Deleted>(
+    leadership: &watch::Receiver<Leadership>,
+    shutdown: &CancellationToken,
+    mut delete: F,
+) -> (u64, Option<sqlx::Error>)
+where
+    F: FnMut(i64) -> Deleted,
+    Deleted: Future<Output = Result<u64, sqlx::Error>>,
+{
+    let mut pruned = 0;
+    while leadership.borrow().is_leader() && !shutdown.is_cancelled() {
+        match delete(BATCH).await {
+            Ok(count) => {
+                pruned += count;
+                if count < BATCH as u64 {
+                    break;
+                }
+                tokio::time::sleep(BETWEEN_BATCHES).await;
+            }
+            Err(error) => return (pruned, Some(error)),
+        }
+    }
+    (pruned, None)
 }
 
 /// What pruning at `now` deletes: rows older than `retain` (`--retain`), or than their job's
@@ -155,5 +166,65 @@ mod tests {
         // A retention too long to subtract keeps everything rather than panic.
         let forever = retention(&jobs, Duration::from_secs(u64::MAX / 4), now);
         assert_eq!(forever.default_before, chrono::DateTime::<Utc>::MIN_UTC);
+    }
+
+    /// Leading with term 7, a lease of an hour.
+    fn leading() -> Leadership {
+        use crate::leadership::{BootInstant, LeaderTerm, LeaseDeadline, NoStartWitness, Term};
+        Leadership::Leader(LeaderTerm {
+            term: Term::for_tests(7, crate::local::CLUSTER_ID),
+            since: Utc::now(),
+            lease: LeaseDeadline::new(BootInstant::now() + Duration::from_secs(3600)),
+            step_down: CancellationToken::new(),
+            starts: Arc::new(NoStartWitness),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pruning_deletes_a_batch_at_a_time_until_a_short_batch_an_error_or_a_lost_lead() {
+        let (lead, leadership) = watch::channel(leading());
+        let shutdown = CancellationToken::new();
+
+        // A backlog of 2,500 rows goes in three statements; the third, short, ends the cycle.
+        let mut left = 2_500_u64;
+        let mut asked = Vec::new();
+        let (pruned, failed) = prune_in_batches(&leadership, &shutdown, |batch| {
+            asked.push(batch);
+            let taken = left.min(batch as u64);
+            left -= taken;
+            async move { Ok(taken) }
+        })
+        .await;
+        assert_eq!((pruned, failed.is_none(), left), (2_500, true, 0));
+        assert_eq!(asked, [BATCH, BATCH, BATCH]);
+
+        // An error stops the cycle with what was deleted before it counted.
+        let mut statements = 0;
+        let (pruned, failed) = prune_in_batches(&leadership, &shutdown, |batch| {
+            statements += 1;
+            let answer = if statements < 3 { Ok(batch as u64) } else { Err(sqlx::Error::PoolTimedOut) };
+            async move { answer }
+        })
+        .await;
+        assert_eq!((pruned, statements), (2 * BATCH as u64, 3));
+        assert!(matches!(failed, Some(sqlx::Error::PoolTimedOut)), "{failed:?}");
+
+        // A replica that loses the lead deletes nothing more, however much is left.
+        let mut statements = 0;
+        let (pruned, failed) = prune_in_batches(&leadership, &shutdown, |batch| {
+            statements += 1;
+            lead.send_replace(Leadership::Follower { leader: None });
+            async move { Ok(batch as u64) }
+        })
+        .await;
+        assert_eq!((pruned, statements, failed.is_none()), (BATCH as u64, 1, true));
+        let (pruned, _) = prune_in_batches(&leadership, &shutdown, |_| async { Ok(1) }).await;
+        assert_eq!(pruned, 0, "a follower prunes nothing");
+
+        // Nor does one shutting down.
+        lead.send_replace(leading());
+        shutdown.cancel();
+        let (pruned, _) = prune_in_batches(&leadership, &shutdown, |_| async { Ok(1) }).await;
+        assert_eq!(pruned, 0, "a replica shutting down prunes nothing");
     }
 }
