@@ -400,6 +400,63 @@ fn as_postgres(tool: &str) -> Command {
     command
 }
 
+/// Make a fresh database cluster in `data` (not there yet), as `initdb` does. The suite starts
+/// a server for most of its tests, and `initdb` costs about a second of CPU each time: the
+/// cluster is copied instead from one made once per PostgreSQL version in cargo's scratch
+/// directory for tests (`CARGO_TARGET_TMPDIR`), and made in place where there is none (the
+/// benchmarks, which include this file).
+fn new_cluster(data: &Path) {
+    match cluster_template() {
+        Some(template) => {
+            // `-a`: the files keep their owner (the `postgres` user, when we are root) and modes.
+            let status = Command::new("cp").arg("-a").arg(template).arg(data).status().expect("run cp");
+            assert!(status.success(), "copy the template cluster {} to {}", template.display(), data.display());
+        }
+        None => initdb(data),
+    }
+}
+
+fn initdb(data: &Path) {
+    let output = as_postgres("initdb")
+        .args(["--auth=trust", "--username=postgres", "--no-sync", "--encoding=UTF8", "--locale=C", "-D"])
+        .arg(data)
+        .output()
+        .expect("run initdb (is PostgreSQL 15 installed? scripts/test installs it)");
+    assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// The template cluster, made by the first test that needs it. `initdb` runs in a temporary
+/// directory the `postgres` user can reach (it may not reach the checkout), and the result is
+/// copied under the scratch directory and renamed into place, so a test process finds either no
+/// template or a whole one. Its name carries `initdb --version`: another PostgreSQL makes its own.
+fn cluster_template() -> Option<&'static Path> {
+    static TEMPLATE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let scratch = Path::new(option_env!("CARGO_TARGET_TMPDIR")?);
+            let version = Command::new(format!("{PG_BIN}/initdb")).arg("--version").output().ok()?;
+            let version: String = String::from_utf8_lossy(&version.stdout)
+                .trim()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' })
+                .collect();
+            let template = scratch.join(format!("postgres-template-{version}"));
+            if template.join("PG_VERSION").exists() {
+                return Some(template);
+            }
+            let made = Postgres::server_dir();
+            initdb(&made.path().join("data"));
+            let partial = scratch.join(format!("postgres-template-{version}.{}", std::process::id()));
+            let copied = Command::new("cp").arg("-a").arg(made.path().join("data")).arg(&partial).status().ok()?;
+            if !copied.success() || fs::rename(&partial, &template).is_err() {
+                // Another process put its template in place first (or the copy failed).
+                let _ = fs::remove_dir_all(&partial);
+            }
+            template.join("PG_VERSION").exists().then_some(template)
+        })
+        .as_deref()
+}
+
 /// A throwaway PostgreSQL 15 on 127.0.0.1, fsync off.
 pub struct Postgres {
     dir: TempDir,
@@ -459,12 +516,7 @@ impl Postgres {
     fn initdb(settings: &str) -> TempDir {
         let dir = Postgres::server_dir();
         let data = dir.path().join("data");
-        let output = as_postgres("initdb")
-            .args(["--auth=trust", "--username=postgres", "--no-sync", "--encoding=UTF8", "--locale=C", "-D"])
-            .arg(&data)
-            .output()
-            .expect("run initdb (is PostgreSQL 15 installed? scripts/test installs it)");
-        assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
+        new_cluster(&data);
         if !settings.is_empty() {
             let mut conf = fs::read_to_string(data.join("postgresql.conf")).unwrap();
             conf.push_str(settings);
@@ -967,12 +1019,7 @@ impl Postgres {
             assert!(status.success(), "chown the temp dir to postgres");
             fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let output = as_postgres("initdb")
-            .args(["--auth=trust", "--username=postgres", "--no-sync", "--encoding=UTF8", "--locale=C", "-D"])
-            .arg(&data)
-            .output()
-            .expect("run initdb");
-        assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
+        new_cluster(&data);
         for (name, from) in [("server.crt", &server.cert), ("server.key", &server.key), ("root.crt", &pki.ca)] {
             let to = data.join(name);
             fs::copy(from, &to).unwrap();
