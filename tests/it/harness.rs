@@ -1012,13 +1012,8 @@ impl Postgres {
     /// role (`clientcert=verify-full`). `server` is the certificate it presents.
     pub async fn start_secure(pki: &Pki, server: &CertFiles) -> Postgres {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::Builder::new().prefix("tenure-pg").tempdir().expect("temp dir");
+        let dir = Postgres::server_dir();
         let data = dir.path().join("data");
-        if nix::unistd::geteuid().is_root() {
-            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
-            assert!(status.success(), "chown the temp dir to postgres");
-            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        }
         new_cluster(&data);
         for (name, from) in [("server.crt", &server.cert), ("server.key", &server.key), ("root.crt", &pki.ca)] {
             let to = data.join(name);
