@@ -130,9 +130,26 @@ async fn more_runs(cluster: &Cluster, count: usize) {
 }
 
 /// Stop new events: every job paused, its targets kept (events of a target no longer in the job
-/// file are abandoned).
-fn pause_every_job(cluster: &Cluster, jobs: &str) {
-    std::fs::write(&cluster.jobs_path, jobs.replace("    schedule:", "    paused: true\n    schedule:")).unwrap();
+/// file are abandoned). Returns once every replica running has reloaded the paused file and no
+/// run is left unfinished: a run in flight as the file changes adds its event when it ends, which
+/// may be after the events a test counted.
+async fn pause_every_job(cluster: &Cluster, jobs: &str) {
+    cluster.write_jobs(&jobs.replace("    schedule:", "    paused: true\n    schedule:"));
+    // A killed leader's runs end when the new one reaps them.
+    wait_for("every job paused on every replica, and no run in flight", Duration::from_secs(60), || async {
+        for index in (0..cluster.replicas.len()).filter(|index| cluster.is_up(*index)) {
+            let answer = reqwest::get(format!("{}/api/jobs", cluster.url(index))).await;
+            let jobs: Value = match answer {
+                Ok(answer) => answer.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            if !jobs.as_array().is_some_and(|jobs| jobs.iter().all(|job| job["paused"] == true)) {
+                return false;
+            }
+        }
+        cluster.ledger().await.iter().all(|run| run.finished_at.is_some())
+    })
+    .await;
 }
 
 /// Every event in the ledger, by id.
@@ -205,7 +222,7 @@ async fn outcomes_are_told_once_each_signed_with_a_stable_id_and_recoveries_once
     .await;
     // Successes after the recovery are no recoveries.
     more_runs(&cluster, 3).await;
-    pause_every_job(&cluster, &jobs);
+    pause_every_job(&cluster, &jobs).await;
     wait_all_delivered(&cluster, 4, Duration::from_secs(20)).await;
 
     let heard = receiver.heard();
@@ -255,7 +272,7 @@ async fn a_receiver_down_for_a_while_gets_every_event_once_it_is_back() {
     wait_for("refused deliveries", Duration::from_secs(20), || async { receiver.heard().len() >= 4 }).await;
     receiver.set_down(false);
     more_runs(&cluster, 2).await;
-    pause_every_job(&cluster, &jobs);
+    pause_every_job(&cluster, &jobs).await;
     // Backoff is 1, 2, 4 ... s: the first events wait a few seconds for their next attempt.
     wait_all_delivered(&cluster, 4, Duration::from_secs(40)).await;
     assert_each_accepted_once(&cluster, &receiver).await;
@@ -288,7 +305,7 @@ async fn a_failover_with_events_pending_delivers_each_once() {
     let (_, new_term) = cluster.wait_for_leader(Duration::from_secs(20)).await;
     assert!(new_term > term);
     more_runs(&cluster, 2).await;
-    pause_every_job(&cluster, &jobs);
+    pause_every_job(&cluster, &jobs).await;
     wait_all_delivered(&cluster, 5, Duration::from_secs(60)).await;
     assert_each_accepted_once(&cluster, &receiver).await;
 }
