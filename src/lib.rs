@@ -24,6 +24,7 @@ pub mod hardening;
 pub mod http;
 pub mod leadership;
 pub mod local;
+pub mod memory;
 pub mod model;
 pub mod notify;
 pub mod schedule;

@@ -120,12 +120,19 @@ fn raise_open_files_limit() {
     }
 }
 
+/// The replica's async runtime: a worker per core, each collecting its own heap as it goes idle
+/// (`tenure::memory`).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    tenure::memory::collect_when_idle(builder.enable_all()).build().context("start the async runtime")
+}
+
 fn run(args: &tenure::cli::RunArgs) -> anyhow::Result<i32> {
     let settings = args.settings()?;
     raise_open_files_limit();
     // Install the Prometheus recorder before anything records.
     tenure::telemetry::metrics();
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let runtime = runtime()?;
     runtime.block_on(async {
         let listener = tenure::http::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
         let shutdown = CancellationToken::new();
@@ -144,7 +151,7 @@ fn dev(args: &tenure::cli::DevArgs) -> anyhow::Result<i32> {
         .map_err(|errors| anyhow::anyhow!("{}", errors.summary(tenure::config::LOGGED_ERRORS)))?;
     // Before the port: a second dev in the same directory is told about the ledger, not the port.
     let lock = tenure::local::LedgerLock::acquire(&settings.ledger_path)?;
-    let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let runtime = runtime()?;
     runtime.block_on(async {
         let listener = tenure::http::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
         let address = listener.local_addr()?;

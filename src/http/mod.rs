@@ -154,7 +154,8 @@ pub fn serve_apart(
         if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, (base + HTTP_NICENESS).min(19)) } != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the HTTP thread's priority");
         }
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime =
+            crate::memory::collect_when_idle(tokio::runtime::Builder::new_current_thread().enable_all()).build()?;
         runtime.block_on(async move {
             let listener = TcpListener::from_std(listener)?;
             serve(listener, state, tls, budget, shutdown).await
