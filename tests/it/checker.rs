@@ -71,6 +71,18 @@ pub struct Report {
 }
 
 impl Report {
+    /// How many of each breach, on one line.
+    pub fn summary(&self) -> String {
+        format!(
+            "executed twice {}, executed early {}, without a ledger row {}, stale term accepted {}, missing {}",
+            self.executed_twice.len(),
+            self.executed_early.len(),
+            self.without_ledger_row.len(),
+            self.stale_term_accepted.len(),
+            self.missing.len()
+        )
+    }
+
     pub fn is_clean(&self) -> bool {
         self.executed_twice.is_empty()
             && self.executed_early.is_empty()

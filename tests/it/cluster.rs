@@ -646,7 +646,8 @@ impl Cluster {
         fs::write(dir.join("report.txt"), format!("{report:#?}")).unwrap();
         // Keep the directory: swap in a fresh one to be removed instead.
         let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
-        panic!("guarantee broken; report in {}\n{report:#?}", kept.join("report").display());
+        // The summary last: a log cut short keeps its end.
+        panic!("{report:#?}\nguarantee broken ({}); report in {}", report.summary(), kept.join("report").display());
     }
 
     /// Every replica's log, for a failing test's message.
