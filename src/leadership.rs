@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -108,11 +108,14 @@ impl std::ops::Sub<Duration> for BootInstant {
 pub struct LeaseDeadline {
     /// Nanoseconds of `CLOCK_BOOTTIME`; 0 means "already expired".
     deadline_nanos: Arc<AtomicU64>,
+    /// Ended by `resign` while still valid.
+    resigned: Arc<AtomicBool>,
 }
 
 impl LeaseDeadline {
     pub fn new(deadline: BootInstant) -> LeaseDeadline {
-        let lease = LeaseDeadline { deadline_nanos: Arc::new(AtomicU64::new(0)) };
+        let lease =
+            LeaseDeadline { deadline_nanos: Arc::new(AtomicU64::new(0)), resigned: Arc::new(AtomicBool::new(false)) };
         lease.extend_to(deadline);
         lease
     }
@@ -122,9 +125,26 @@ impl LeaseDeadline {
         self.deadline_nanos.fetch_max(deadline.0.as_nanos() as u64, Ordering::SeqCst);
     }
 
-    /// Stop at once (lease lost, stepping down, shutting down).
+    /// Stop at once (lease lost, stepping down).
     pub fn expire(&self) {
         self.deadline_nanos.store(0, Ordering::SeqCst);
+    }
+
+    /// Stop at once because the replica is shutting down: nothing more is claimed or started,
+    /// but a run whose start this term already recorded still executes at its slot, as a run
+    /// in flight finishes (no other term takes a started run over, and the replica stays
+    /// registered until its runs end). Only a lease still valid resigns: one that ran out (a
+    /// leader paused or cut off past it) has expired, whatever comes after.
+    pub fn resign(&self) {
+        if self.is_valid() {
+            self.resigned.store(true, Ordering::SeqCst);
+        }
+        self.expire();
+    }
+
+    /// Whether the lease ended by `resign` (while it was valid).
+    pub fn resigned(&self) -> bool {
+        self.resigned.load(Ordering::SeqCst)
     }
 
     pub fn deadline(&self) -> BootInstant {

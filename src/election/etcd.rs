@@ -250,8 +250,13 @@ impl Campaign {
             () = step_down.cancelled() => Ok(()),
             end = keep_alive_ended => Err(end.unwrap_or(LeaseEnd::Failed("keep-alive task panicked".into()))),
         };
-        // Stop firing first, then tell etcd.
-        lease.expire();
+        // Stop firing first, then tell etcd. A replica shutting down resigns: the runs it has
+        // started still execute at their slots (`LeaseDeadline::resign`).
+        if outcome.is_ok() && shutdown.is_cancelled() {
+            lease.resign();
+        } else {
+            lease.expire();
+        }
         super::publish_follower(leadership);
         metrics::counter!(metric::STEP_DOWNS).increment(1);
         match outcome {

@@ -24,7 +24,8 @@ const MAX_LEAD: Duration = Duration::from_secs(1);
 /// The price of a lead time is a window. A leader killed between a claim and its start leaves the
 /// claim unstarted, for the next leader to run; killed or stopped past its lease between the
 /// start and the slot, it leaves a run that was started and never executed: recorded `killed`
-/// if the leader lives, reaped `lost` if it died. Keeping the start's lead time short (tens of
+/// if the leader lives, reaped `lost` if it died. (A leader shutting down in order executes it
+/// at its slot: `LeaseDeadline::resign`.) Keeping the start's lead time short (tens of
 /// milliseconds with a healthy database) keeps that window short.
 #[derive(Clone)]
 pub(super) struct LeadTimes {

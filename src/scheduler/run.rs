@@ -723,13 +723,15 @@ impl RunTask {
     }
 
     /// Why a run whose start is recorded may not execute after all: it was stopped (replaced,
-    /// shut down, its term ended) or the lease ran out while it waited for its slot. It was
-    /// started under this term, so no other term takes it over: it is recorded `killed`.
+    /// its term ended, the shutdown grace ran out) or the lease ran out or was lost while it
+    /// waited for its slot. It was started under this term, so no other term takes it over: it
+    /// is recorded `killed`. A lease ended by the replica's orderly shutdown (`resign`) stops
+    /// nothing already started: the run executes at its slot.
     fn stopped_before_start(&self, stop: &RunStop) -> Option<Arc<str>> {
         if stop.token.is_cancelled() {
             return Some(stop.reason().unwrap_or_else(|| Arc::from(LEADERSHIP_LOST)));
         }
-        (!self.lease.is_valid()).then(|| Arc::from(LEADERSHIP_LOST))
+        (!self.lease.is_valid() && !self.lease.resigned()).then(|| Arc::from(LEADERSHIP_LOST))
     }
 
     /// The outcome of a started run that never executed.
