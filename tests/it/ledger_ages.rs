@@ -424,8 +424,8 @@ async fn migrating_an_aged_ledger_onto_partitions_keeps_firing_and_resumes_when_
             == 1
     })
     .await;
-    let fired: Vec<(DateTime<Utc>, String, Option<i64>)> = sqlx::query_as(
-        "SELECT slot, status, (extract(epoch FROM began_at - COALESCE(planned_at, slot)) * 1000)::bigint
+    let fired: Vec<(DateTime<Utc>, String, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT slot, status, (extract(epoch FROM began_at - COALESCE(planned_at, slot)) * 1000)::bigint, error
          FROM runs WHERE job = 'tick' AND slot BETWEEN $1 AND $2 ORDER BY slot",
     )
     .bind(first_slot)
@@ -436,8 +436,8 @@ async fn migrating_an_aged_ledger_onto_partitions_keeps_firing_and_resumes_when_
     let seconds = (last_slot - first_slot).num_seconds() + 1;
     assert!(seconds >= 2, "the migration took {seconds} s");
     assert_eq!(fired.len() as i64, seconds, "every second from {first_slot} to {last_slot} fired: {fired:?}");
-    for (slot, status, late_ms) in &fired {
-        assert_eq!(status, "succeeded", "{slot}");
+    for (slot, status, late_ms, error) in &fired {
+        assert_eq!(status, "succeeded", "{slot}: {error:?}\n{}", cluster.logs());
         let late_ms = late_ms.unwrap_or_else(|| panic!("{slot} has no begin"));
         assert!(late_ms < 1_000, "{slot} began {late_ms} ms late, during the migration");
     }
