@@ -258,7 +258,8 @@ impl Drop for Running {
     }
 }
 
-/// `tenure dev` with a per-second job in New York, its wall clock starting at `start` (UTC).
+/// `tenure dev` with a per-second job in New York, its wall clock starting at `start` (UTC); what it
+/// logs goes to `dev.log` in `dir`.
 fn dev_from(dir: &std::path::Path, port: u16, start: &str) -> Running {
     let jobs = dir.join("jobs.yaml");
     std::fs::write(
@@ -281,7 +282,7 @@ fn dev_from(dir: &std::path::Path, port: u16, start: &str) -> Running {
         .env("DONT_FAKE_MONOTONIC", "1")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("dev.log")).unwrap())
         .spawn()
         .map(Running)
         .expect("start tenure dev")
@@ -315,7 +316,7 @@ async fn tenure_dev_fires_what_next_says_across_a_fall_back() {
         let child = dev_from(dir.path(), port, start);
         running.push((dir, port, child, start, through.parse::<DateTime<Utc>>().unwrap()));
     }
-    for (_, port, _, start, through) in &running {
+    for (dir, port, _, start, through) in &running {
         let reached = crate::harness::wait_until(std::time::Duration::from_secs(60), || async {
             ledger_slots(*port).await.last().is_some_and(|last| last >= through)
         })
@@ -323,7 +324,12 @@ async fn tenure_dev_fires_what_next_says_across_a_fall_back() {
         let slots: Vec<DateTime<Utc>> = ledger_slots(*port).await.into_iter().filter(|s| s <= through).collect();
         let show =
             |slots: &[DateTime<Utc>]| slots.iter().map(|s| s.with_timezone(&ny).to_rfc3339()).collect::<Vec<_>>();
-        assert!(reached, "clock from {start}: the ledger never reached {through}; it holds {:?}", show(&slots));
+        assert!(
+            reached,
+            "clock from {start}: the ledger never reached {through}; it holds {:?}; its replica said:\n{}",
+            show(&slots),
+            std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default()
+        );
         let first = slots[0];
         assert!(first < *through - TimeDelta::seconds(8), "clock from {start}: the first slot {first} is too late");
         let expected: Vec<DateTime<Utc>> =

@@ -424,7 +424,9 @@ async fn migrating_an_aged_ledger_onto_partitions_keeps_firing_and_resumes_when_
             == 1
     })
     .await;
-    let fired: Vec<(DateTime<Utc>, String, Option<i64>, Option<String>)> = sqlx::query_as(
+    // Each slot: its status, how late it began (ms) and its error.
+    type Fired = (DateTime<Utc>, String, Option<i64>, Option<String>);
+    let fired: Vec<Fired> = sqlx::query_as(
         "SELECT slot, status, (extract(epoch FROM began_at - COALESCE(planned_at, slot)) * 1000)::bigint, error
          FROM runs WHERE job = 'tick' AND slot BETWEEN $1 AND $2 ORDER BY slot",
     )
