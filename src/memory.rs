@@ -25,7 +25,7 @@ unsafe extern "C" {
     fn mi_collect(force: bool);
 }
 
-/// Have every thread of the runtime `builder` makes collect its own heap as it parks (goes idle),
+/// Make every thread of the runtime `builder` builds collect its own heap as it parks (goes idle),
 /// at most once every [`COLLECT_EVERY`].
 pub fn collect_when_idle(builder: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
     builder.on_thread_park(|| {
